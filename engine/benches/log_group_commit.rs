@@ -1,0 +1,2 @@
+//! Placeholder until the group-commit benchmark lands (next commit).
+fn main() {}

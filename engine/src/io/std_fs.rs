@@ -1,0 +1,179 @@
+//! The portable back end: positioned `pread`/`pwrite` and `fdatasync`
+//! through `std::fs::File`. Also home of the directory operations that the
+//! io_uring back end shares (they are metadata calls, not the hot path):
+//! [`OsFs`] is both back ends, differing only in the file type it hands out.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::uring::UringFile;
+use super::{FileSystem, LogFile};
+
+/// The operating system's file system, with file I/O either through plain
+/// syscalls or through io_uring. Directory operations are plain syscalls in
+/// both (they are metadata calls, off the hot path).
+#[derive(Debug, Clone, Copy)]
+pub struct OsFs {
+    uring: bool,
+}
+
+impl OsFs {
+    /// `pread`/`pwrite` + `fdatasync` through the standard library.
+    pub fn std() -> Self {
+        OsFs { uring: false }
+    }
+
+    /// The same calls through io_uring. Probes the kernel first (a ring and a
+    /// no-op through it) and fails where io_uring is disabled or filtered.
+    pub fn uring() -> io::Result<Self> {
+        super::uring::probe()?;
+        Ok(OsFs { uring: true })
+    }
+
+    fn wrap(&self, file: File) -> Arc<dyn LogFile> {
+        if self.uring {
+            Arc::new(UringFile { file })
+        } else {
+            Arc::new(StdFile { file })
+        }
+    }
+}
+
+/// A file of the std back end.
+#[derive(Debug)]
+pub(crate) struct StdFile {
+    pub(crate) file: File,
+}
+
+impl LogFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        // `write_all_at` loops over short writes and EINTR.
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        allocate_fd(&self.file, len)
+    }
+}
+
+/// `fallocate(fd, 0, 0, len)`, falling back to `set_len` where the file
+/// system does not support it (the bytes then read as zero all the same).
+pub(crate) fn allocate_fd(file: &File, len: u64) -> io::Result<()> {
+    let Ok(len_off) = libc::off_t::try_from(len) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "allocation length out of range",
+        ));
+    };
+    // SAFETY: fallocate on a valid, open file descriptor; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len_off) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        if file.metadata()?.len() < len {
+            file.set_len(len)?;
+        }
+        return Ok(());
+    }
+    Err(err)
+}
+
+pub(crate) fn open_rw(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(create)
+        .open(path)
+}
+
+/// Holds an `flock` for as long as it lives (the kernel drops the lock when
+/// the descriptor closes, including when the process dies).
+struct FlockGuard {
+    _file: File,
+}
+
+impl FileSystem for OsFs {
+    fn name(&self) -> &'static str {
+        if self.uring {
+            "io_uring"
+        } else {
+            "std"
+        }
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        Ok(self.wrap(open_rw(path, true)?))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        Ok(self.wrap(open_rw(path, false)?))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Send + Sync>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        // SAFETY: flock on a valid descriptor; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Box::new(FlockGuard { _file: file }))
+    }
+}

@@ -1,0 +1,395 @@
+//! The group-commit pipeline: the queue callers fill, the writer thread that
+//! drains it into segment files, the syncer thread that makes it durable —
+//! and the read path, which reads what the writer indexed.
+//!
+//! Invariants (see the essay in `log/mod.rs` for the why):
+//! - Records reach the file in queue order; the queue order is call order.
+//! - `written` is published only after the bytes are in the file *and*
+//!   applied to the stream index, so a returned append is readable.
+//! - `durable` is published only after an fdatasync that started after the
+//!   bytes were written. At a segment roll the writer seals and fsyncs the
+//!   old segment itself before writing to the new one, so syncing the newest
+//!   segment always covers everything below the published LSN.
+//! - Any write or sync failure poisons the log; nothing after it completes.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::log::format::{
+    self, decode_record, peek_own_record, Decoded, RecordKind, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use crate::log::segment::{self, Segment};
+use crate::log::{gc, Counters, Entry, Shared, StreamId, SyncPolicy};
+
+/// A stream's tail as callers see it, including records still queued.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tail {
+    /// The index the next append gets.
+    pub next: u64,
+    /// The highest purged index.
+    pub purged: u64,
+}
+
+/// Records waiting for the writer.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    /// Encoded records, back to back, in call order.
+    buf: Vec<u8>,
+    /// LSN of `buf[0]`.
+    base_lsn: u64,
+    pub tails: HashMap<StreamId, Tail>,
+    /// Someone waits for durability now (meta, truncate, purge, sync).
+    pub force_sync: bool,
+    pub closed: bool,
+}
+
+impl Queue {
+    pub fn new(tails: HashMap<StreamId, Tail>) -> Self {
+        Queue {
+            buf: Vec::with_capacity(64 << 10),
+            base_lsn: 0,
+            tails,
+            force_sync: false,
+            closed: false,
+        }
+    }
+
+    /// The stream's tail, created at index 1 for a new stream.
+    pub fn tail(&mut self, stream: StreamId) -> &mut Tail {
+        self.tails
+            .entry(stream)
+            .or_insert(Tail { next: 1, purged: 0 })
+    }
+
+    /// Encodes one record onto the queue.
+    pub fn push(&mut self, kind: RecordKind, stream: StreamId, index: u64, payload: &[&[u8]]) {
+        format::encode_record(&mut self.buf, kind, stream, index, payload);
+    }
+
+    /// LSN just past everything queued so far.
+    pub fn end_lsn(&self) -> u64 {
+        self.base_lsn + self.buf.len() as u64
+    }
+}
+
+/// What the syncer should make durable next.
+#[derive(Debug)]
+pub(crate) struct SyncTarget {
+    /// The newest segment: the only one that can hold unsynced bytes.
+    file: Segment,
+    /// Everything below this LSN is written (to `file` or synced earlier).
+    written: u64,
+    /// Sync now, whatever the policy's interval.
+    force: bool,
+    closed: bool,
+}
+
+impl SyncTarget {
+    pub fn new(file: Segment) -> Self {
+        SyncTarget {
+            file,
+            written: 0,
+            force: false,
+            closed: false,
+        }
+    }
+}
+
+/// The writer's position: the newest segment and the offset to write at.
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    pub segment: Segment,
+    pub offset: u64,
+}
+
+impl WriterState {
+    /// Writes encoded records (whole records, back to back) at the tail,
+    /// rolling segments as needed, and applies them to the stream index.
+    /// Returns whether a record that can free segments (purge, truncate) or
+    /// a roll happened, so the caller runs segment GC.
+    pub fn write_records(&mut self, shared: &Shared, buf: &[u8]) -> Result<bool> {
+        // Room for the Seal record that closes a full segment.
+        let capacity = shared
+            .opts
+            .segment_size
+            .saturating_sub(RECORD_HEADER_LEN as u64);
+        let mut gc_hint = false;
+        let mut pos = 0;
+        while pos < buf.len() {
+            // Take whole records while they fit; an empty segment takes at
+            // least one record, however large.
+            let mut end = pos;
+            while let Some(rec) = buf.get(end..).and_then(peek_own_record) {
+                let len = rec.total_len();
+                let fits = self.offset + (end - pos + len) as u64 <= capacity
+                    || (end == pos && self.offset == SEGMENT_HEADER_LEN as u64);
+                if !fits {
+                    break;
+                }
+                end += len;
+            }
+            if end == pos {
+                self.roll(shared)?;
+                gc_hint = true;
+                continue;
+            }
+            let chunk = &buf[pos..end];
+            self.segment
+                .file
+                .write_at(chunk, self.offset)
+                .map_err(|e| Error::io("write", &self.segment.path, e))?;
+            Counters::add(&shared.stats.bytes_written, chunk.len() as u64);
+            let mut streams = shared.streams_mut();
+            let mut at = 0;
+            while let Some(rec) = chunk.get(at..).and_then(peek_own_record) {
+                gc_hint |= matches!(rec.kind, RecordKind::Purge | RecordKind::Truncate);
+                streams
+                    .apply(&rec, self.segment.seq, self.offset + at as u64)
+                    .map_err(|reason| {
+                        Error::corruption(&self.segment.path, self.offset + at as u64, reason)
+                    })?;
+                at += rec.total_len();
+            }
+            drop(streams);
+            self.offset += chunk.len() as u64;
+            pos = end;
+        }
+        Ok(gc_hint)
+    }
+
+    /// Seals the current segment, fsyncs it, and starts the next one.
+    fn roll(&mut self, shared: &Shared) -> Result<()> {
+        let mut seal = Vec::with_capacity(RECORD_HEADER_LEN);
+        format::encode_record(&mut seal, RecordKind::Seal, StreamId(0), self.offset, &[]);
+        let old = &self.segment;
+        old.file
+            .write_and_sync(&seal, self.offset)
+            .map_err(|e| Error::io("seal", &old.path, e))?;
+        Counters::add(&shared.stats.bytes_written, seal.len() as u64);
+        let next = segment::create(
+            shared.fs.as_ref(),
+            &shared.dir,
+            old.seq + 1,
+            shared.opts.preallocate.then_some(shared.opts.segment_size),
+        )?;
+        Counters::add(&shared.stats.segments_created, 1);
+        shared.segments_mut().insert(next.seq, next.clone());
+        shared.sync_target().file = next.clone();
+        self.segment = next;
+        self.offset = SEGMENT_HEADER_LEN as u64;
+        Ok(())
+    }
+}
+
+/// Starts the writer and (unless the policy is `Never`) the syncer.
+pub(crate) fn start(shared: &Arc<Shared>, writer: WriterState) -> Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    let s = Arc::clone(shared);
+    threads.push(
+        std::thread::Builder::new()
+            .name("missive-log-writer".into())
+            .spawn(move || writer_loop(&s, writer))
+            .map_err(|e| Error::io("spawn the writer thread for", &shared.dir, e))?,
+    );
+    if shared.opts.sync != SyncPolicy::Never {
+        let s = Arc::clone(shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("missive-log-syncer".into())
+                .spawn(move || syncer_loop(&s))
+                .map_err(|e| Error::io("spawn the syncer thread for", &shared.dir, e))?,
+        );
+    }
+    Ok(threads)
+}
+
+fn writer_loop(shared: &Shared, mut w: WriterState) {
+    let mut buf = Vec::with_capacity(64 << 10);
+    loop {
+        let (end_lsn, force) = {
+            let mut q = shared.queue();
+            while q.buf.is_empty() && !q.force_sync && !q.closed {
+                q = super::relock(shared.queue_cv.wait(q));
+            }
+            if q.buf.is_empty() && !q.force_sync && q.closed {
+                break;
+            }
+            std::mem::swap(&mut q.buf, &mut buf);
+            q.base_lsn += buf.len() as u64;
+            (q.base_lsn, std::mem::take(&mut q.force_sync))
+        };
+        let run_gc = match w.write_records(shared, &buf) {
+            Ok(hint) => hint,
+            Err(err) => {
+                tracing::error!(%err, "log write failed; poisoning the log");
+                shared.marks.poison(err);
+                break;
+            }
+        };
+        if !buf.is_empty() {
+            Counters::add(&shared.stats.groups, 1);
+        }
+        buf.clear();
+        // Collect before publishing, so a purge returns only once the
+        // segments it freed are gone (its caller may be reclaiming space).
+        if run_gc {
+            if let Err(err) = gc::collect(shared, &mut w) {
+                tracing::error!(%err, "log segment collection failed; poisoning the log");
+                shared.marks.poison(err);
+                break;
+            }
+        }
+        shared.marks.set_written(end_lsn);
+        if shared.opts.sync == SyncPolicy::Never {
+            shared.marks.set_durable(end_lsn);
+        } else {
+            let mut t = shared.sync_target();
+            t.written = end_lsn;
+            t.force |= force;
+            drop(t);
+            shared.sync_cv.notify_one();
+        }
+    }
+    let mut t = shared.sync_target();
+    t.closed = true;
+    drop(t);
+    shared.sync_cv.notify_one();
+}
+
+fn syncer_loop(shared: &Shared) {
+    let interval = match shared.opts.sync {
+        SyncPolicy::EveryMillis(ms) => Some(Duration::from_millis(ms)),
+        _ => None,
+    };
+    let mut synced = 0u64;
+    let mut last_sync = Instant::now();
+    loop {
+        let (file, upto) = {
+            let mut t = shared.sync_target();
+            loop {
+                if t.written > synced {
+                    match interval {
+                        Some(every) if !t.force && !t.closed => {
+                            let due = last_sync + every;
+                            let now = Instant::now();
+                            if now < due {
+                                t = super::relock(shared.sync_cv.wait_timeout(t, due - now)).0;
+                                continue;
+                            }
+                        }
+                        _ => {}
+                    }
+                    break;
+                }
+                if t.closed {
+                    return;
+                }
+                if t.force {
+                    // Nothing new to sync, but someone waits: it is durable.
+                    t.force = false;
+                    shared.marks.set_durable(synced);
+                }
+                t = super::relock(shared.sync_cv.wait(t));
+            }
+            t.force = false;
+            (t.file.clone(), t.written)
+        };
+        if let Err(e) = file.file.sync_data() {
+            let err = Error::io("fsync", &file.path, e);
+            tracing::error!(%err, "log fsync failed; poisoning the log");
+            shared.marks.poison(err);
+            return;
+        }
+        Counters::add(&shared.stats.syncs, 1);
+        last_sync = Instant::now();
+        synced = upto;
+        shared.marks.set_durable(upto);
+    }
+}
+
+/// Reads the live entries of `range`, one pread per run of adjacent records.
+pub(crate) fn read_entries(
+    shared: &Shared,
+    stream: StreamId,
+    range: Range<u64>,
+) -> Result<Vec<Entry>> {
+    // Snapshot the locations and the files they live in under the stream
+    // lock, then do the I/O without holding any lock. A segment collected
+    // meanwhile stays readable through the handle we hold.
+    let (first_index, locs, files) = {
+        let streams = shared.streams();
+        let Some(s) = streams.map.get(&stream) else {
+            return Ok(Vec::new());
+        };
+        let lo = range.start.max(s.first);
+        let hi = range.end.min(s.last() + 1);
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let from = (lo - s.first) as usize;
+        let to = (hi - s.first) as usize;
+        let locs: Vec<_> = s.locs.range(from..to).copied().collect();
+        let segments = shared.segments();
+        let mut files: HashMap<u64, Segment> = HashMap::new();
+        for l in &locs {
+            if let std::collections::hash_map::Entry::Vacant(v) = files.entry(l.segment) {
+                let seg = segments.get(&l.segment).ok_or_else(|| {
+                    Error::corruption(
+                        shared.dir.join(segment::file_name(l.segment)),
+                        l.offset,
+                        "indexed segment is missing",
+                    )
+                })?;
+                v.insert(seg.clone());
+            }
+        }
+        (lo, locs, files)
+    };
+
+    let mut out = Vec::with_capacity(locs.len());
+    let mut i = 0;
+    let mut buf = Vec::new();
+    while i < locs.len() {
+        // Extend the run while the next record follows this one directly.
+        let start = locs[i];
+        let mut j = i + 1;
+        let mut run_end = start.offset + u64::from(start.len);
+        while j < locs.len() && locs[j].segment == start.segment && locs[j].offset == run_end {
+            run_end += u64::from(locs[j].len);
+            j += 1;
+        }
+        let seg = &files[&start.segment];
+        buf.resize((run_end - start.offset) as usize, 0);
+        seg.file
+            .read_at(&mut buf, start.offset)
+            .map_err(|e| Error::io("read", &seg.path, e))?;
+        let mut at = 0usize;
+        for (k, loc) in locs[i..j].iter().enumerate() {
+            let index = first_index + (i + k) as u64;
+            let bad = |reason: &str| Error::corruption(&seg.path, loc.offset, reason.to_owned());
+            let rec = match decode_record(&buf, at) {
+                Decoded::Record(r) => r,
+                Decoded::Bad(reason) => return Err(bad(reason)),
+                Decoded::End | Decoded::Incomplete => return Err(bad("indexed record is missing")),
+            };
+            if rec.stream != stream || rec.index != index {
+                return Err(bad("indexed record belongs to another stream or index"));
+            }
+            let data = match rec.kind {
+                RecordKind::Entry => rec.payload.to_vec(),
+                RecordKind::EntryLz4 => lz4_flex::decompress_size_prepended(rec.payload)
+                    .map_err(|e| bad(&format!("lz4 payload does not decompress: {e}")))?,
+                _ => return Err(bad("indexed record is not an entry")),
+            };
+            out.push(Entry { index, data });
+            at += loc.len as usize;
+        }
+        i = j;
+    }
+    Ok(out)
+}

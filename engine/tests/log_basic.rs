@@ -1,0 +1,216 @@
+//! The log's contract, scenario by scenario, on every I/O back end.
+
+mod common;
+
+use missive_engine::log::{Compression, LogOptions, StreamId, SyncPolicy};
+use missive_engine::Error;
+
+use common::{backends, Backend};
+
+fn each_backend(f: impl Fn(&Backend)) {
+    for b in backends() {
+        eprintln!("backend: {}", b.name);
+        f(&b);
+    }
+}
+
+#[test]
+fn append_read_reopen() {
+    each_backend(|b| {
+        let dir = b.dir();
+        {
+            let log = b.open(&dir, LogOptions::default());
+            let a = log
+                .append(StreamId(1), &[b"one".as_slice(), b"two"])
+                .unwrap();
+            assert_eq!((a.first, a.last), (1, 2));
+            let c = log.append(StreamId(2), &[b"x"]).unwrap();
+            assert_eq!((c.first, c.last), (1, 1));
+            a.durable.wait().unwrap();
+            c.durable.wait().unwrap();
+            let got = log.read(StreamId(1), 0..100).unwrap();
+            assert_eq!(got.len(), 2);
+            assert_eq!(got[1].index, 2);
+            assert_eq!(got[1].data, b"two");
+            log.close().unwrap();
+        }
+        let log = b.open(&dir, LogOptions::default());
+        assert_eq!(
+            log.get(StreamId(1), 1).unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(log.get(StreamId(2), 1).unwrap().as_deref(), Some(&b"x"[..]));
+        let a = log.append(StreamId(1), &[b"three"]).unwrap();
+        assert_eq!(a.first, 3);
+    });
+}
+
+#[test]
+fn meta_truncate_purge_survive_reopen() {
+    each_backend(|b| {
+        let dir = b.dir();
+        let opts = LogOptions {
+            segment_size: 4096,
+            ..LogOptions::default()
+        };
+        {
+            let log = b.open(&dir, opts.clone());
+            for i in 0..200u32 {
+                log.append(StreamId(7), &[i.to_le_bytes()]).unwrap();
+            }
+            log.set_meta(StreamId(7), b"vote", b"term=3").unwrap();
+            log.truncate_after(StreamId(7), 150).unwrap();
+            log.purge_upto(StreamId(7), 100).unwrap();
+            let a = log.append(StreamId(7), &[b"new151"]).unwrap();
+            assert_eq!(a.first, 151);
+            a.durable.wait().unwrap();
+            assert!(matches!(
+                log.truncate_after(StreamId(7), 50),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        let log = b.open(&dir, opts);
+        let bounds = log.bounds(StreamId(7));
+        assert_eq!((bounds.first, bounds.last), (101, 151));
+        assert_eq!(
+            log.meta(StreamId(7), b"vote").as_deref(),
+            Some(&b"term=3"[..])
+        );
+        assert_eq!(
+            log.get(StreamId(7), 151).unwrap().as_deref(),
+            Some(&b"new151"[..])
+        );
+        assert_eq!(
+            log.get(StreamId(7), 150).unwrap(),
+            Some(149u32.to_le_bytes().to_vec())
+        );
+        assert!(log.get(StreamId(7), 100).unwrap().is_none());
+    });
+}
+
+#[test]
+fn purge_deletes_segments_but_keeps_meta_and_purge_point() {
+    each_backend(|b| {
+        let dir = b.dir();
+        let opts = LogOptions {
+            segment_size: 4096,
+            ..LogOptions::default()
+        };
+        {
+            let log = b.open(&dir, opts.clone());
+            log.set_meta(StreamId(1), b"flushed", b"42").unwrap();
+            for i in 0..400u32 {
+                log.append(StreamId(1), &[vec![i as u8; 100]]).unwrap();
+            }
+            log.append(StreamId(2), &[b"keep"]).unwrap();
+            log.purge_upto(StreamId(2), 1).unwrap();
+            let before = log.segment_seqs().len();
+            assert!(before > 5, "expected several segments, got {before}");
+            // Collection runs before the purge returns.
+            log.purge_upto(StreamId(1), 400).unwrap();
+            let after = log.segment_seqs();
+            assert!(after.len() < before, "no segment was deleted: {after:?}");
+            assert!(log.stats().segments_deleted > 0);
+        }
+        let log = b.open(&dir, opts);
+        assert_eq!(
+            log.meta(StreamId(1), b"flushed").as_deref(),
+            Some(&b"42"[..])
+        );
+        let bounds = log.bounds(StreamId(1));
+        assert_eq!((bounds.first, bounds.last), (401, 400));
+        assert_eq!(log.append(StreamId(1), &[b"next"]).unwrap().first, 401);
+        assert_eq!(log.append(StreamId(2), &[b"next"]).unwrap().first, 2);
+    });
+}
+
+#[test]
+fn purge_beyond_last_continues_after_it() {
+    each_backend(|b| {
+        let dir = b.dir();
+        let log = b.open(&dir, LogOptions::default());
+        log.append(StreamId(3), &[b"a"]).unwrap();
+        log.purge_upto(StreamId(3), 1000).unwrap();
+        assert_eq!(log.append(StreamId(3), &[b"b"]).unwrap().first, 1001);
+        drop(log);
+        let log = b.open(&dir, LogOptions::default());
+        let bounds = log.bounds(StreamId(3));
+        assert_eq!((bounds.first, bounds.last), (1001, 1001));
+    });
+}
+
+#[test]
+fn compression_round_trips() {
+    each_backend(|b| {
+        let dir = b.dir();
+        let opts = LogOptions {
+            compression: Compression::Lz4 { min_len: 16 },
+            ..LogOptions::default()
+        };
+        let text = b"hello hello hello hello hello hello hello hello".repeat(10);
+        {
+            let log = b.open(&dir, opts.clone());
+            log.append(StreamId(1), &[text.as_slice(), b"short"])
+                .unwrap();
+            assert!(log.stats().bytes_written < text.len() as u64);
+        }
+        let log = b.open(&dir, opts);
+        let got = log.read(StreamId(1), 1..3).unwrap();
+        assert_eq!(got[0].data, text);
+        assert_eq!(got[1].data, b"short");
+    });
+}
+
+#[test]
+fn sync_policies_complete() {
+    each_backend(|b| {
+        for policy in [
+            SyncPolicy::Always,
+            SyncPolicy::EveryMillis(5),
+            SyncPolicy::Never,
+        ] {
+            let dir = b.dir();
+            let log = b.open(
+                &dir,
+                LogOptions {
+                    sync: policy,
+                    ..LogOptions::default()
+                },
+            );
+            let a = log.append(StreamId(1), &[b"x"]).unwrap();
+            a.durable.wait().unwrap();
+            assert!(a.durable.is_durable());
+            log.set_meta(StreamId(1), b"k", b"v").unwrap();
+        }
+    });
+}
+
+#[test]
+fn second_open_of_same_dir_is_refused() {
+    let b = &backends()[0];
+    let dir = b.dir();
+    let _log = b.open(&dir, LogOptions::default());
+    let err = b.try_open(&dir, LogOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+}
+
+#[test]
+fn oversized_entry_is_rejected() {
+    let b = &backends()[0];
+    let dir = b.dir();
+    let log = b.open(&dir, LogOptions::default());
+    let big = vec![0u8; (64 << 20) + 1];
+    assert!(matches!(
+        log.append(StreamId(1), &[big]),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn completion_is_a_future() {
+    let b = &backends()[0];
+    let dir = b.dir();
+    let log = b.open(&dir, LogOptions::default());
+    let a = log.append(StreamId(1), &[b"x"]).unwrap();
+    common::block_on(a.durable).unwrap();
+}
