@@ -1,5 +1,11 @@
 //! The log's contract, scenario by scenario, on every I/O back end.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests panic on surprises"
+)]
+
 mod common;
 
 use missive_engine::log::{Compression, LogOptions, StreamId, SyncPolicy};

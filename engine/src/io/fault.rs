@@ -30,6 +30,31 @@ struct MemFile {
     data: Vec<u8>,
     /// What the last successful sync made durable.
     synced: Vec<u8>,
+    /// Bytes of `data` changed since the last sync, as a range; a sync
+    /// copies only these (segments are 64 MiB, writes are small).
+    dirty: Option<(usize, usize)>,
+}
+
+impl MemFile {
+    fn touch(&mut self, start: usize, end: usize) {
+        self.dirty = Some(match self.dirty {
+            Some((lo, hi)) => (lo.min(start), hi.max(end)),
+            None => (start, end),
+        });
+    }
+
+    fn sync(&mut self) {
+        // Regions that grew the file are marked dirty, so after this resize
+        // every byte of `synced` is either copied below or unchanged.
+        self.synced.truncate(self.data.len());
+        self.synced.resize(self.data.len(), 0);
+        if let Some((lo, hi)) = self.dirty.take() {
+            let hi = hi.min(self.data.len());
+            if lo < hi {
+                self.synced[lo..hi].copy_from_slice(&self.data[lo..hi]);
+            }
+        }
+    }
 }
 
 type FileRef = Arc<Mutex<MemFile>>;
@@ -99,6 +124,7 @@ impl FaultFsControl {
         for file in st.names.values() {
             let mut f = lock_file(file);
             f.data = f.synced.clone();
+            f.dirty = None;
         }
         st.locks.clear();
         st.fail_sync_at = None;
@@ -134,6 +160,7 @@ impl FaultFsControl {
         let mut f = lock_file(&file);
         f.data = bytes.to_vec();
         f.synced = bytes.to_vec();
+        f.dirty = None;
     }
 }
 
@@ -194,7 +221,10 @@ impl FileSystem for FaultFs {
         }
         let file: FileRef = match st.names.get(path) {
             Some(existing) => {
-                lock_file(existing).data.clear();
+                let mut f = lock_file(existing);
+                f.data.clear();
+                f.dirty = None;
+                drop(f);
                 Arc::clone(existing)
             }
             None => {
@@ -325,18 +355,20 @@ impl LogFile for FaultFile {
         let mut f = lock_file(&self.file);
         let start = usize::try_from(offset).map_err(io::Error::other)?;
         let end = start + buf.len();
-        if f.data.len() < end {
+        let old = f.data.len();
+        if old < end {
             f.data.resize(end, 0);
+            f.touch(old, end);
         }
         f.data[start..end].copy_from_slice(buf);
+        f.touch(start, end);
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
         let mut st = self.live()?;
         sync_permitted(&mut st)?;
-        let mut f = lock_file(&self.file);
-        f.synced = f.data.clone();
+        lock_file(&self.file).sync();
         Ok(())
     }
 
@@ -353,9 +385,54 @@ impl LogFile for FaultFile {
         let _st = self.live()?;
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let mut f = lock_file(&self.file);
-        if f.data.len() < len {
+        let old = f.data.len();
+        if old < len {
             f.data.resize(len, 0);
+            f.touch(old, len);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_keeps_exactly_what_was_synced() {
+        let ctl = FaultFsControl::new();
+        let fs = ctl.fs();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let f = fs.create(&dir.join("a")).unwrap();
+        f.write_at(b"hello world", 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        // Shrink and regrow, sync: the middle must read as zeros.
+        let f = fs.create(&dir.join("a")).unwrap();
+        f.write_at(b"XY", 8).unwrap();
+        f.sync_data().unwrap();
+        f.write_at(b"lost", 0).unwrap();
+        let g = fs.create(&dir.join("unsynced-name")).unwrap();
+        g.sync_data().unwrap();
+        ctl.crash();
+        assert!(f.size().is_err(), "handles die with the crash");
+        assert_eq!(
+            ctl.read_file(&dir.join("a")).unwrap(),
+            b"\0\0\0\0\0\0\0\0XY"
+        );
+        assert!(ctl.read_file(&dir.join("unsynced-name")).is_none());
+    }
+
+    #[test]
+    fn armed_sync_fails_once() {
+        let ctl = FaultFsControl::new();
+        let fs = ctl.fs();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        let f = fs.create(Path::new("/d/a")).unwrap();
+        ctl.fail_sync(2);
+        f.sync_data().unwrap();
+        assert_eq!(f.sync_data().unwrap_err().raw_os_error(), Some(libc::EIO));
+        f.sync_data().unwrap();
     }
 }

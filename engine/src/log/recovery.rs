@@ -80,6 +80,25 @@ pub(crate) struct Recovered {
     pub lock: Box<dyn Send + Sync>,
 }
 
+/// Position of the last non-zero byte. Walks the (usually preallocated,
+/// mostly zero) tail eight bytes at a time: it is the one full pass over a
+/// segment recovery makes beyond decoding its records.
+fn last_nonzero(data: &[u8]) -> Option<usize> {
+    let words = data.len() / 8;
+    let tail = &data[words * 8..];
+    if let Some(p) = tail.iter().rposition(|&b| b != 0) {
+        return Some(words * 8 + p);
+    }
+    let w = data[..words * 8]
+        .chunks_exact(8)
+        .rposition(|c| c.iter().fold(0u8, |acc, &b| acc | b) != 0)?;
+    let base = w * 8;
+    data[base..base + 8]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map(|p| base + p)
+}
+
 pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Result<Recovered> {
     fs.create_dir_all(dir)
         .map_err(|e| Error::io("create the log directory", dir, e))?;
@@ -212,10 +231,7 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
         }
 
         if !sealed {
-            let garbage_end = data
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(offset, |p| (p + 1).max(offset));
+            let garbage_end = last_nonzero(&data).map_or(offset, |p| (p + 1).max(offset));
             if stopped.is_some() || garbage_end > offset {
                 let reason = stopped.unwrap_or("non-zero bytes after the last record");
                 if intact_record_after(&data, offset) {
@@ -295,4 +311,24 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
         report,
         lock,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_nonzero;
+
+    #[test]
+    fn last_nonzero_finds_every_position() {
+        for len in 0..40 {
+            assert_eq!(last_nonzero(&vec![0u8; len]), None);
+            for at in 0..len {
+                let mut v = vec![0u8; len];
+                v[at] = 1;
+                if at > 0 {
+                    v[0] = 7;
+                }
+                assert_eq!(last_nonzero(&v), Some(at), "len {len} at {at}");
+            }
+        }
+    }
 }

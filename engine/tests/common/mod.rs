@@ -29,6 +29,11 @@ impl Backend {
         d
     }
 
+    /// The fault file system's control, for the fault back end.
+    pub fn fault(&self) -> Option<&FaultFsControl> {
+        self.fault.as_ref()
+    }
+
     pub fn options(&self, mut opts: LogOptions) -> LogOptions {
         match (&self.io, &self.fault) {
             (Some(io), _) => opts.io = *io,
