@@ -213,6 +213,23 @@ fn oversized_entry_is_rejected() {
 }
 
 #[test]
+fn indexes_near_u64_max_are_rejected_not_overflowed() {
+    let b = &backends()[0];
+    let dir = b.dir();
+    let log = b.open(&dir, LogOptions::default());
+    for bad in [u64::MAX, u64::MAX - 1] {
+        assert!(matches!(
+            log.purge_upto(StreamId(1), bad),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            log.truncate_after(StreamId(1), bad),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}
+
+#[test]
 fn completion_is_a_future() {
     let b = &backends()[0];
     let dir = b.dir();

@@ -441,6 +441,7 @@ impl Log {
     /// ordered with the appends around it. A no-op if nothing follows
     /// `index`; an error if `index` lies inside the purged prefix.
     pub fn truncate_after(&self, stream: StreamId, index: u64) -> Result<()> {
+        check_index(index)?;
         let (done, lsn) = self.enqueue(true, |q| {
             let tail = q.tail(stream);
             if index < tail.purged {
@@ -468,6 +469,7 @@ impl Log {
     /// Durable and ordered with appends; segments every stream has purged
     /// are deleted in the background.
     pub fn purge_upto(&self, stream: StreamId, index: u64) -> Result<()> {
+        check_index(index)?;
         let (done, lsn) = self.enqueue(true, |q| {
             let tail = q.tail(stream);
             if index <= tail.purged {
@@ -596,6 +598,17 @@ impl Log {
         self.shared.marks.wait_written(lsn)?;
         self.shared.marks.wait_durable(lsn)
     }
+}
+
+/// Indexes stay below `u64::MAX` so `index + 1` (the next append) exists.
+fn check_index(index: u64) -> Result<()> {
+    if index >= u64::MAX - 1 {
+        return Err(Error::InvalidArgument(format!(
+            "index {index} is out of range (must be below {})",
+            u64::MAX - 1
+        )));
+    }
+    Ok(())
 }
 
 impl Drop for Log {
