@@ -33,6 +33,8 @@
 
 pub mod error;
 pub mod io;
+pub mod keys;
 pub mod log;
+pub mod lsm;
 
 pub use error::{Error, Result};

@@ -1,0 +1,174 @@
+//! Carrying out a compaction the picker chose.
+//!
+//! The inputs are merged in internal order (key ascending, newest first) and
+//! each version is kept or dropped:
+//!
+//! - A version older than a newer version of its key that every live
+//!   snapshot can see is shadowed for everyone: dropped.
+//! - A tombstone every snapshot can see is dropped when the compaction is
+//!   bottommost (nothing below could hold an older value it must hide).
+//! - A value the retention hook calls expired becomes a tombstone, or is
+//!   dropped outright where a tombstone could be; either way its bytes are
+//!   gone from the output.
+//!
+//! Outputs are split at `target_table_bytes`, only between keys, so the
+//! tables of a level never share a key. They are fsynced, the directory is
+//! fsynced, and one manifest edit swaps inputs for outputs; the input files
+//! are deleted once no reader holds them.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::lsm::compaction::picker::Choice;
+use crate::lsm::read::{next_cursor, Cursor, Direction, RunCursor};
+use crate::lsm::table::builder::TableBuilder;
+use crate::lsm::table::reader::Table;
+use crate::lsm::table::{table_path, TableId};
+use crate::lsm::version::{FileMeta, TableFile, Version};
+use crate::lsm::Inner;
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outcome {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub versions_dropped: u64,
+}
+
+pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<Outcome> {
+    let find = |ids: &[FileMeta]| -> Vec<Arc<TableFile>> {
+        version
+            .all_tables()
+            .filter(|t| ids.iter().any(|m| m.id == t.meta.id))
+            .cloned()
+            .collect()
+    };
+    let inputs = find(&choice.inputs);
+    let mut below = find(&choice.overlapping);
+    below.sort_by(|a, b| a.meta.smallest.cmp(&b.meta.smallest));
+    // Inputs may overlap each other (level 0, or several levels in a full
+    // compaction): a cursor each. The tables below form one sorted run.
+    let mut cursors: Vec<Box<dyn Cursor>> = Vec::new();
+    for t in &inputs {
+        cursors.push(Box::new(RunCursor::new(
+            vec![Arc::clone(t)],
+            &[],
+            None,
+            Direction::Forward,
+        )?));
+    }
+    if !below.is_empty() {
+        cursors.push(Box::new(RunCursor::new(
+            below.clone(),
+            &[],
+            None,
+            Direction::Forward,
+        )?));
+    }
+    let oldest_snapshot = inner.oldest_snapshot();
+    let now = inner.now();
+    let mut outcome = Outcome {
+        bytes_in: inputs.iter().chain(&below).map(|t| t.meta.size).sum(),
+        ..Outcome::default()
+    };
+
+    let mut outputs: Vec<(TableId, crate::lsm::table::builder::TableSummary)> = Vec::new();
+    let mut builder: Option<(TableId, TableBuilder)> = None;
+    let mut prev_key: Vec<u8> = Vec::new();
+    let mut have_prev = false;
+    let mut newer_seq = u64::MAX;
+    while let Some(i) = next_cursor(&cursors, Direction::Forward) {
+        let Some((k, s, v)) = cursors[i].current() else {
+            break;
+        };
+        let new_key = !have_prev || k != prev_key.as_slice();
+        if new_key {
+            // Split outputs only between keys.
+            if builder
+                .as_ref()
+                .is_some_and(|(_, b)| b.estimated_size() >= inner.opts.target_table_bytes)
+            {
+                if let Some((id, b)) = builder.take() {
+                    outputs.push((id, b.finish()?));
+                }
+            }
+            prev_key.clear();
+            prev_key.extend_from_slice(k);
+            have_prev = true;
+            newer_seq = u64::MAX;
+        }
+        let visible_to_all = s <= oldest_snapshot;
+        let mut discard =
+            newer_seq <= oldest_snapshot || (v.is_none() && visible_to_all && choice.bottommost);
+        let mut value = v;
+        if !discard {
+            if let Some(val) = v {
+                if inner.is_expired(k, val, now) {
+                    if choice.bottommost && visible_to_all {
+                        discard = true;
+                    } else {
+                        value = None;
+                    }
+                }
+            }
+        }
+        newer_seq = s;
+        if discard {
+            outcome.versions_dropped += 1;
+        } else {
+            if builder.is_none() {
+                let id = inner.allocate_table_id();
+                let b = TableBuilder::create(
+                    &table_path(&inner.tables_dir, id),
+                    inner.build_options(),
+                )?;
+                builder = Some((id, b));
+            }
+            if let Some((_, b)) = builder.as_mut() {
+                b.add(k, s, value)?;
+            }
+        }
+        cursors[i].advance()?;
+    }
+    if let Some((id, b)) = builder.take() {
+        if b.is_empty() {
+            let path = table_path(&inner.tables_dir, id);
+            drop(b);
+            std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+        } else {
+            outputs.push((id, b.finish()?));
+        }
+    }
+    inner.sync_tables_dir()?;
+
+    let mut added = Vec::new();
+    for (id, sum) in outputs {
+        outcome.bytes_out += sum.size;
+        let meta = FileMeta {
+            id,
+            level: choice.output_level as u8,
+            size: sum.size,
+            smallest: sum.smallest,
+            largest: sum.largest,
+            min_seq: sum.min_seq,
+            max_seq: sum.max_seq,
+            entries: sum.entries,
+        };
+        let table = Table::open(
+            &table_path(&inner.tables_dir, id),
+            id,
+            Arc::clone(&inner.cache),
+        )?;
+        added.push(Arc::new(TableFile { meta, table }));
+    }
+    let removed: Vec<(u8, TableId)> = inputs
+        .iter()
+        .chain(&below)
+        .map(|t| (t.meta.level, t.meta.id))
+        .collect();
+    inner.install(removed, added, None, Vec::new())?;
+    for t in inputs.iter().chain(&below) {
+        t.table.mark_obsolete();
+    }
+    Ok(outcome)
+}

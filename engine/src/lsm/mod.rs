@@ -1,0 +1,1034 @@
+//! The LSM message store. It has no WAL of its own: its owner writes each
+//! batch to the node's log first and hands [`Lsm::apply`] the log position it
+//! came from; each flush records, per log stream, how far it reaches, and on
+//! open the owner replays the log from there (the standalone [`Db`] does).
+//!
+//! # Write path
+//!
+//! ```text
+//!  apply(batch, position)   one writer at a time (a mutex): assign the batch a
+//!     │                     contiguous run of sequence numbers, insert into the
+//!     │                     active memtable, note the log position
+//!     ▼
+//!  publish(seq)             readers' snapshot moves to `seq`: the whole batch
+//!     │                     becomes visible at once, never a part of it
+//!     ▼
+//!  active memtable full ─► immutable (newest first) ─► background flush:
+//!     write an L0 table, fsync it and the directory, append one manifest
+//!     edit {table, flushed position per stream}, install the new version,
+//!     drop the memtable ─► the owner may purge its log up to the position
+//! ```
+//!
+//! Writers stall (counted in stats) only while `max_immutable_memtables`
+//! wait for the flusher. Nothing on the write path fsyncs: durability is the
+//! log's job; tables and the manifest are fsynced by the background thread.
+//!
+//! # Read path
+//!
+//! See [`read`]. Every read runs at a snapshot (a sequence number) across
+//! memtables and the version's tables; readers hold `Arc`s and take no lock
+//! during I/O, so they never wait for a flush or a compaction.
+//!
+//! # Recovery
+//!
+//! Load the manifest, delete table files it does not name (a flush or
+//! compaction the crash interrupted), open the rest, and report the flushed
+//! position of each stream ([`Lsm::flushed_positions`]). Sequence numbers
+//! continue after the manifest's last one.
+
+pub mod batch;
+mod cache;
+pub mod compaction;
+mod db;
+mod manifest;
+mod memtable;
+pub mod read;
+pub mod retention;
+pub(crate) mod table;
+mod varint;
+pub mod version;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use batch::{BatchOp, WriteBatch};
+pub use compaction::picker::{Choice, PickerConfig};
+pub use db::{Db, DbOptions};
+pub use read::Direction;
+pub use retention::{MessageRetention, Retention};
+pub use table::TableId;
+
+use crate::error::{Error, Result};
+use crate::keys::{
+    conversation_prefix, decode_message_key, message_key, prefix_successor, ConversationId,
+    Timestamp,
+};
+use crate::log::StreamId;
+use manifest::{Edit, ManifestState, ManifestWriter};
+use memtable::Memtable;
+use read::{Cursor, MemCursor, RunCursor};
+use table::builder::{BuildOptions, TableBuilder};
+use table::reader::Table;
+use table::table_path;
+use version::{FileMeta, TableFile, Version, LEVELS};
+
+/// A sequence number: the order of every version the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqNo(pub u64);
+
+/// How to open an LSM.
+#[derive(Clone)]
+pub struct LsmOptions {
+    /// A memtable becomes immutable at about this many bytes.
+    pub memtable_bytes: usize,
+    /// Writers stall while this many immutable memtables await flushing.
+    pub max_immutable_memtables: usize,
+    /// Uncompressed size at which a data block is closed.
+    pub block_size: usize,
+    /// Bloom filter bits per key prefix (10 ≈ 1% false positives).
+    pub bloom_bits_per_key: u32,
+    /// lz4-compress data blocks (kept per block only where smaller).
+    pub compression: bool,
+    /// Size of the shared cache of decoded blocks.
+    pub block_cache_bytes: u64,
+    /// Compaction outputs are split at about this size.
+    pub target_table_bytes: u64,
+    /// The leveled compaction knobs.
+    pub picker: PickerConfig,
+    /// Which values have expired (none by default).
+    pub retention: Option<Arc<dyn Retention>>,
+    /// The clock retention compares against; the system clock by default.
+    pub clock: Option<Arc<dyn Fn() -> Timestamp + Send + Sync>>,
+    /// Run flushes and compactions on a background thread. Off, they run
+    /// only when [`Lsm::flush`] / [`Lsm::compact`] are called.
+    pub background: bool,
+}
+
+impl std::fmt::Debug for LsmOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LsmOptions")
+            .field("memtable_bytes", &self.memtable_bytes)
+            .field("block_size", &self.block_size)
+            .field("target_table_bytes", &self.target_table_bytes)
+            .field("picker", &self.picker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LsmOptions {
+    fn default() -> Self {
+        LsmOptions {
+            memtable_bytes: 64 << 20,
+            max_immutable_memtables: 2,
+            block_size: 16 << 10,
+            bloom_bits_per_key: 10,
+            compression: true,
+            block_cache_bytes: 256 << 20,
+            target_table_bytes: 32 << 20,
+            picker: PickerConfig::default(),
+            retention: None,
+            clock: None,
+            background: true,
+        }
+    }
+}
+
+/// Counters and shape, for export by a server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LsmStats {
+    /// Bytes of batches applied (keys + values).
+    pub bytes_written: u64,
+    /// Bytes of table files written by flushes and compactions.
+    pub table_bytes_written: u64,
+    /// Bytes of table blocks read into the cache.
+    pub bytes_read: u64,
+    /// Bytes of tables read by compactions.
+    pub compaction_bytes_read: u64,
+    /// Flushes completed.
+    pub flushes: u64,
+    /// Compactions completed.
+    pub compactions: u64,
+    /// Times a writer waited for a flush.
+    pub stalls: u64,
+    /// Block cache hits and misses.
+    pub cache_hits: u64,
+    /// Block cache misses.
+    pub cache_misses: u64,
+    /// Table files per level.
+    pub files_per_level: Vec<usize>,
+    /// Table bytes per level.
+    pub bytes_per_level: Vec<u64>,
+    /// Table bytes written per byte applied.
+    pub write_amplification: f64,
+    /// Table bytes on disk per byte of the newest level's size (≈ live data).
+    pub space_amplification: f64,
+    /// Tables a point read may probe (L0 count + one per non-empty level).
+    pub read_amplification: usize,
+}
+
+/// A message returned by the message queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its server timestamp.
+    pub ts: Timestamp,
+    /// Its stored value.
+    pub value: Vec<u8>,
+}
+
+/// A consistent point-in-time view. While it lives, compaction keeps every
+/// version it can see.
+pub struct Snapshot {
+    seq: u64,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("seq", &self.seq).finish()
+    }
+}
+
+impl Snapshot {
+    /// The sequence number it reads at.
+    pub fn seq(&self) -> SeqNo {
+        SeqNo(self.seq)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let mut s = lock(&self.inner.snapshots);
+        if let Some(n) = s.get_mut(&self.seq) {
+            *n -= 1;
+            if *n == 0 {
+                s.remove(&self.seq);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MemState {
+    active: Arc<Memtable>,
+    /// Immutable memtables, newest first.
+    immutables: Vec<Arc<Memtable>>,
+}
+
+type FlushHook = Box<dyn Fn(&HashMap<StreamId, u64>) + Send + Sync>;
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    tables_dir: PathBuf,
+    opts: LsmOptions,
+    mem: RwLock<MemState>,
+    version: RwLock<Arc<Version>>,
+    manifest: Mutex<(ManifestWriter, ManifestState)>,
+    /// Serializes writers: sequence assignment and memtable insertion.
+    write_lock: Mutex<()>,
+    flush_lock: Mutex<()>,
+    compaction_lock: Mutex<()>,
+    next_seq: AtomicU64,
+    visible_seq: AtomicU64,
+    snapshots: Mutex<BTreeMap<u64, usize>>,
+    /// Wakes the background thread; also wakes stalled writers.
+    bg_cv: Condvar,
+    bg_mu: Mutex<bool>,
+    closed: AtomicBool,
+    bg_error: Mutex<Option<Arc<Error>>>,
+    cache: Arc<cache::BlockCache>,
+    on_flush: Mutex<Option<FlushHook>>,
+    stats: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    bytes_written: AtomicU64,
+    table_bytes_written: AtomicU64,
+    flushes: AtomicU64,
+    compactions: AtomicU64,
+    compaction_bytes_read: AtomicU64,
+    stalls: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Inner {
+    fn mem(&self) -> std::sync::RwLockReadGuard<'_, MemState> {
+        self.mem
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn version(&self) -> Arc<Version> {
+        Arc::clone(
+            &self
+                .version
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        match &self.opts.clock {
+            Some(c) => c(),
+            None => Timestamp(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64),
+            ),
+        }
+    }
+
+    pub(crate) fn is_expired(&self, key: &[u8], value: &[u8], now: Timestamp) -> bool {
+        self.opts
+            .retention
+            .as_ref()
+            .is_some_and(|r| r.is_expired(key, value, now))
+    }
+
+    pub(crate) fn oldest_snapshot(&self) -> u64 {
+        let visible = self.visible_seq.load(Ordering::Acquire);
+        lock(&self.snapshots)
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(visible)
+            .min(visible)
+    }
+
+    pub(crate) fn allocate_table_id(&self) -> TableId {
+        let mut m = lock(&self.manifest);
+        let id = m.1.next_table_id;
+        m.1.next_table_id += 1;
+        TableId(id)
+    }
+
+    pub(crate) fn build_options(&self) -> BuildOptions {
+        BuildOptions {
+            block_size: self.opts.block_size,
+            bloom_bits_per_key: self.opts.bloom_bits_per_key,
+            compress: self.opts.compression,
+        }
+    }
+
+    pub(crate) fn sync_tables_dir(&self) -> Result<()> {
+        std::fs::File::open(&self.tables_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("fsync the directory", &self.tables_dir, e))
+    }
+
+    /// Records an edit durably and installs the version it produces.
+    pub(crate) fn install(
+        &self,
+        removed: Vec<(u8, TableId)>,
+        added: Vec<Arc<TableFile>>,
+        last_seq: Option<u64>,
+        flushed: Vec<(StreamId, u64)>,
+    ) -> Result<()> {
+        let mut m = lock(&self.manifest);
+        let edit = Edit {
+            added: added.iter().map(|t| t.meta.clone()).collect(),
+            removed: removed.clone(),
+            next_table_id: Some(m.1.next_table_id),
+            last_seq,
+            flushed,
+        };
+        m.0.append(&edit)?;
+        m.1.apply(&edit);
+        let state = m.1.clone();
+        m.0.maybe_rotate(&state)?;
+        let ids: Vec<TableId> = removed.iter().map(|(_, id)| *id).collect();
+        let mut v = self
+            .version
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = v.apply(&ids, added);
+        *v = Arc::new(next);
+        Ok(())
+    }
+}
+
+/// The LSM store. See the [module documentation](self).
+pub struct Lsm {
+    inner: Arc<Inner>,
+    bg: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Lsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lsm").field("dir", &self.inner.dir).finish()
+    }
+}
+
+impl Lsm {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>, opts: LsmOptions) -> Result<Lsm> {
+        let dir = dir.as_ref().to_path_buf();
+        let tables_dir = dir.join("tables");
+        std::fs::create_dir_all(&tables_dir).map_err(|e| Error::io("create", &tables_dir, e))?;
+        let cache = Arc::new(cache::BlockCache::new(opts.block_cache_bytes));
+        let (number, mut state) = match manifest::load(&dir)? {
+            Some((n, s)) => (n + 1, s),
+            None => (
+                1,
+                ManifestState {
+                    next_table_id: 1,
+                    ..ManifestState::default()
+                },
+            ),
+        };
+        // Tables the manifest does not name were being written when the
+        // process stopped: nothing refers to them.
+        let names =
+            std::fs::read_dir(&tables_dir).map_err(|e| Error::io("list", &tables_dir, e))?;
+        for entry in names {
+            let entry = entry.map_err(|e| Error::io("list", &tables_dir, e))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(table::parse_table_name) else {
+                continue;
+            };
+            if !state.files.contains_key(&id) {
+                let p = entry.path();
+                std::fs::remove_file(&p).map_err(|e| Error::io("remove the orphan", &p, e))?;
+            }
+            state.next_table_id = state.next_table_id.max(id.0 + 1);
+        }
+        let mut levels: Vec<Vec<Arc<TableFile>>> = vec![Vec::new(); LEVELS];
+        let mut max_seq = state.last_seq;
+        for meta in state.files.values() {
+            let path = table_path(&tables_dir, meta.id);
+            if !path.exists() {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    "table named by the manifest is missing",
+                ));
+            }
+            let table = Table::open(&path, meta.id, Arc::clone(&cache))?;
+            max_seq = max_seq.max(meta.max_seq);
+            let lvl = usize::from(meta.level).min(LEVELS - 1);
+            levels[lvl].push(Arc::new(TableFile {
+                meta: meta.clone(),
+                table,
+            }));
+        }
+        version::sort_levels(&mut levels);
+        state.last_seq = max_seq;
+        let writer = ManifestWriter::create(&dir, number, &state)?;
+        let inner = Arc::new(Inner {
+            dir,
+            tables_dir,
+            mem: RwLock::new(MemState {
+                active: Arc::new(Memtable::new()),
+                immutables: Vec::new(),
+            }),
+            version: RwLock::new(Arc::new(Version { levels })),
+            manifest: Mutex::new((writer, state)),
+            write_lock: Mutex::new(()),
+            flush_lock: Mutex::new(()),
+            compaction_lock: Mutex::new(()),
+            next_seq: AtomicU64::new(max_seq + 1),
+            visible_seq: AtomicU64::new(max_seq),
+            snapshots: Mutex::new(BTreeMap::new()),
+            bg_cv: Condvar::new(),
+            bg_mu: Mutex::new(false),
+            closed: AtomicBool::new(false),
+            bg_error: Mutex::new(None),
+            cache,
+            on_flush: Mutex::new(None),
+            stats: Counters::default(),
+            opts,
+        });
+        let bg = if inner.opts.background {
+            let i = Arc::clone(&inner);
+            Some(
+                std::thread::Builder::new()
+                    .name("missive-lsm-bg".into())
+                    .spawn(move || background(&i))
+                    .map_err(|e| Error::io("spawn the background thread for", &inner.dir, e))?,
+            )
+        } else {
+            None
+        };
+        Ok(Lsm { inner, bg })
+    }
+
+    /// Per log stream, the highest log index whose batches are all in tables.
+    /// The owner replays its log from the next index.
+    pub fn flushed_positions(&self) -> HashMap<StreamId, u64> {
+        lock(&self.inner.manifest).1.flushed.clone()
+    }
+
+    /// Called after each flush with the positions it made durable, so the
+    /// owner can purge its log.
+    pub fn set_flush_hook(&self, hook: impl Fn(&HashMap<StreamId, u64>) + Send + Sync + 'static) {
+        *lock(&self.inner.on_flush) = Some(Box::new(hook));
+    }
+
+    /// Applies a batch and publishes it: visible to readers on return.
+    /// `position` is where the batch is in the owner's log.
+    pub fn apply(&self, batch: &WriteBatch, position: Option<(StreamId, u64)>) -> Result<SeqNo> {
+        let seq = self.apply_unpublished(batch, position)?;
+        self.publish(seq);
+        Ok(seq)
+    }
+
+    /// Applies a batch without making it visible; [`Lsm::publish`] does.
+    /// Returns the batch's last sequence number. For owners that publish
+    /// only once the log has made the batch durable.
+    pub fn apply_unpublished(
+        &self,
+        batch: &WriteBatch,
+        position: Option<(StreamId, u64)>,
+    ) -> Result<SeqNo> {
+        if let Some(err) = lock(&self.inner.bg_error).clone() {
+            return Err(Error::Poisoned { cause: err });
+        }
+        let _w = lock(&self.inner.write_lock);
+        self.wait_for_room()?;
+        let n = batch.len().max(1) as u64;
+        let first = self.inner.next_seq.fetch_add(n, Ordering::AcqRel);
+        let mem = Arc::clone(&self.inner.mem().active);
+        for (i, op) in batch.ops().iter().enumerate() {
+            let seq = SeqNo(first + i as u64);
+            match op {
+                BatchOp::Put { key, value } => mem.insert(key, seq, Some(value)),
+                BatchOp::Delete { key } => mem.insert(key, seq, None),
+            }
+        }
+        if let Some((stream, index)) = position {
+            mem.note_position(stream, index);
+        }
+        self.inner
+            .stats
+            .bytes_written
+            .fetch_add(batch.approximate_size() as u64, Ordering::Relaxed);
+        if mem.approximate_bytes() >= self.inner.opts.memtable_bytes {
+            self.rotate();
+        }
+        Ok(SeqNo(first + n - 1))
+    }
+
+    /// Makes everything applied up to `seq` visible.
+    pub fn publish(&self, seq: SeqNo) {
+        self.inner.visible_seq.fetch_max(seq.0, Ordering::AcqRel);
+    }
+
+    fn wait_for_room(&self) -> Result<()> {
+        let max = self.inner.opts.max_immutable_memtables.max(1);
+        if self.inner.mem().immutables.len() < max {
+            return Ok(());
+        }
+        self.inner.stats.stalls.fetch_add(1, Ordering::Relaxed);
+        if !self.inner.opts.background {
+            // Nobody else will flush: do it here.
+            while self.inner.mem().immutables.len() >= max {
+                flush_oldest(&self.inner)?;
+            }
+            return Ok(());
+        }
+        let mut g = lock(&self.inner.bg_mu);
+        while self.inner.mem().immutables.len() >= max {
+            if let Some(err) = lock(&self.inner.bg_error).clone() {
+                return Err(Error::Poisoned { cause: err });
+            }
+            *g = true;
+            self.inner.bg_cv.notify_all();
+            g = self
+                .inner
+                .bg_cv
+                .wait_timeout(g, Duration::from_millis(50))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Makes the active memtable immutable and wakes the flusher.
+    fn rotate(&self) {
+        {
+            let mut m = self
+                .inner
+                .mem
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if m.active.is_empty() {
+                return;
+            }
+            let old = std::mem::replace(&mut m.active, Arc::new(Memtable::new()));
+            m.immutables.insert(0, old);
+        }
+        *lock(&self.inner.bg_mu) = true;
+        self.inner.bg_cv.notify_all();
+    }
+
+    /// Flushes every memtable to level 0 now (rotating the active one).
+    pub fn flush(&self) -> Result<()> {
+        {
+            let _w = lock(&self.inner.write_lock);
+            self.rotate();
+        }
+        while flush_oldest(&self.inner)? {}
+        Ok(())
+    }
+
+    /// Runs one compaction if the picker finds one; returns whether it did.
+    pub fn compact(&self) -> Result<bool> {
+        compact_once(&self.inner)
+    }
+
+    /// Compacts until the picker finds nothing.
+    pub fn compact_all(&self) -> Result<()> {
+        while compact_once(&self.inner)? {}
+        Ok(())
+    }
+
+    /// Merges every table into the deepest non-empty level (level one at
+    /// least) in one bottommost compaction, applying retention and dropping
+    /// tombstones and shadowed versions no snapshot needs. For tests, tools
+    /// and benchmarks ("after full compaction").
+    pub fn compact_full(&self) -> Result<()> {
+        self.flush()?;
+        let _c = lock(&self.inner.compaction_lock);
+        let v = self.inner.version();
+        let metas = v.metas();
+        let nonempty: Vec<usize> = (0..LEVELS).filter(|&l| !metas[l].is_empty()).collect();
+        let Some(&bottom) = nonempty.last() else {
+            return Ok(());
+        };
+        let target = bottom.max(1);
+        let inputs: Vec<FileMeta> = nonempty
+            .iter()
+            .filter(|&&l| l != target)
+            .flat_map(|&l| metas[l].iter().cloned())
+            .collect();
+        let overlapping = metas[target].clone();
+        let choice = Choice {
+            level: nonempty[0],
+            inputs,
+            overlapping,
+            output_level: target,
+            bottommost: true,
+        };
+        self.run_compaction(&v, &choice)
+    }
+
+    fn run_compaction(&self, v: &Version, choice: &Choice) -> Result<()> {
+        let outcome = compaction::worker::run(&self.inner, v, choice)?;
+        record_compaction(&self.inner, &outcome);
+        Ok(())
+    }
+
+    /// A snapshot of the current state.
+    pub fn snapshot(&self) -> Snapshot {
+        let seq = self.inner.visible_seq.load(Ordering::Acquire);
+        *lock(&self.inner.snapshots).entry(seq).or_insert(0) += 1;
+        Snapshot {
+            seq,
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// The value of `key` now.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_at_seq(key, self.inner.visible_seq.load(Ordering::Acquire))
+    }
+
+    /// The value of `key` at `snapshot`.
+    pub fn get_at(&self, key: &[u8], snapshot: &Snapshot) -> Result<Option<Vec<u8>>> {
+        self.get_at_seq(key, snapshot.seq)
+    }
+
+    fn get_at_seq(&self, key: &[u8], snap: u64) -> Result<Option<Vec<u8>>> {
+        let found = self.lookup(key, snap)?;
+        let now = self.inner.now();
+        Ok(found
+            .flatten()
+            .filter(|v| !self.inner.is_expired(key, v, now)))
+    }
+
+    fn lookup(&self, key: &[u8], snap: u64) -> Result<Option<Option<Vec<u8>>>> {
+        let (active, immutables) = {
+            let m = self.inner.mem();
+            (Arc::clone(&m.active), m.immutables.clone())
+        };
+        for mem in std::iter::once(&active).chain(&immutables) {
+            if let Some(v) = mem.get(key, SeqNo(snap)) {
+                return Ok(Some(v));
+            }
+        }
+        let version = self.inner.version();
+        let prefix = crate::keys::bloom_prefix(key);
+        for (lvl, tables) in version.levels.iter().enumerate() {
+            let candidates: Vec<&Arc<TableFile>> = if lvl == 0 {
+                tables
+                    .iter()
+                    .filter(|t| t.meta.overlaps(key, key))
+                    .collect()
+            } else {
+                let i = tables.partition_point(|t| t.meta.largest.as_slice() < key);
+                tables
+                    .get(i)
+                    .filter(|t| t.meta.smallest.as_slice() <= key)
+                    .into_iter()
+                    .collect()
+            };
+            for t in candidates {
+                if t.meta.min_seq > snap || !t.table.may_contain(prefix) {
+                    continue;
+                }
+                if let Some(v) = t.table.get(key, snap)? {
+                    return Ok(Some(v));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` live (key, value) pairs in `[lo, hi)` (`hi = None`: no
+    /// upper bound), ascending or descending.
+    pub fn scan(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let snap = self.inner.visible_seq.load(Ordering::Acquire);
+        self.scan_at_seq(lo, hi, dir, limit, snap)
+    }
+
+    /// [`Lsm::scan`] at a snapshot.
+    pub fn scan_at(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        dir: Direction,
+        limit: usize,
+        snapshot: &Snapshot,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_at_seq(lo, hi, dir, limit, snapshot.seq)
+    }
+
+    fn scan_at_seq(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        dir: Direction,
+        limit: usize,
+        snap: u64,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if limit == 0 || hi.is_some_and(|h| h <= lo) {
+            return Ok(out);
+        }
+        let (active, immutables) = {
+            let m = self.inner.mem();
+            (Arc::clone(&m.active), m.immutables.clone())
+        };
+        let version = self.inner.version();
+        let mut cursors: Vec<Box<dyn Cursor + '_>> = Vec::new();
+        for mem in std::iter::once(&active).chain(&immutables) {
+            cursors.push(Box::new(MemCursor::new(mem, lo, hi, dir)));
+        }
+        // A message-key range within one conversation can use the blooms.
+        let prefix = conversation_range_prefix(lo, hi);
+        let in_range = |m: &FileMeta| {
+            m.largest.as_slice() >= lo && hi.is_none_or(|h| m.smallest.as_slice() < h)
+        };
+        for (lvl, tables) in version.levels.iter().enumerate() {
+            let picked: Vec<Arc<TableFile>> = tables
+                .iter()
+                .filter(|t| in_range(&t.meta) && t.meta.min_seq <= snap)
+                .filter(|t| prefix.is_none_or(|p| t.table.may_contain(p)))
+                .cloned()
+                .collect();
+            if picked.is_empty() {
+                continue;
+            }
+            if lvl == 0 {
+                for t in picked {
+                    cursors.push(Box::new(RunCursor::new(vec![t], lo, hi, dir)?));
+                }
+            } else {
+                cursors.push(Box::new(RunCursor::new(picked, lo, hi, dir)?));
+            }
+        }
+        let now = self.inner.now();
+        let inner = &self.inner;
+        read::merge_visible(
+            &mut cursors,
+            dir,
+            snap,
+            &|k, v| !inner.is_expired(k, v, now),
+            &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                out.len() < limit
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// The newest `limit` messages of a conversation, newest first.
+    pub fn latest(&self, conv: ConversationId, limit: usize) -> Result<Vec<StoredMessage>> {
+        let prefix = conversation_prefix(conv);
+        let end = prefix_successor(&prefix);
+        self.messages(&prefix, end.as_deref(), Direction::Forward, limit)
+    }
+
+    /// Up to `limit` messages older than `ts`, newest first (paging back).
+    pub fn before(
+        &self,
+        conv: ConversationId,
+        ts: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let Some(older) = ts.0.checked_sub(1) else {
+            return Ok(Vec::new());
+        };
+        let start = message_key(conv, Timestamp(older));
+        let end = prefix_successor(&conversation_prefix(conv));
+        self.messages(&start, end.as_deref(), Direction::Forward, limit)
+    }
+
+    /// Up to `limit` messages newer than `ts`, oldest first (catching up).
+    pub fn after(
+        &self,
+        conv: ConversationId,
+        ts: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let start = conversation_prefix(conv);
+        let end = message_key(conv, ts);
+        self.messages(&start, Some(&end), Direction::Reverse, limit)
+    }
+
+    fn messages(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        Ok(self
+            .scan(lo, hi, dir, limit)?
+            .into_iter()
+            .filter_map(|(k, value)| {
+                decode_message_key(&k).map(|(_, ts)| StoredMessage { ts, value })
+            })
+            .collect())
+    }
+
+    /// Walks every checksum of every live table; returns the number of
+    /// versions checked.
+    pub fn verify(&self) -> Result<u64> {
+        let v = self.inner.version();
+        let mut n = 0;
+        for t in v.all_tables() {
+            n += t.table.verify()?;
+        }
+        Ok(n)
+    }
+
+    /// The live tables by level.
+    pub fn files(&self) -> Vec<Vec<FileMeta>> {
+        self.inner.version().metas()
+    }
+
+    /// Counters and shape.
+    pub fn stats(&self) -> LsmStats {
+        let v = self.inner.version();
+        let c = &self.inner.stats;
+        let files_per_level: Vec<usize> = v.levels.iter().map(Vec::len).collect();
+        let bytes_per_level: Vec<u64> = v
+            .levels
+            .iter()
+            .map(|l| l.iter().map(|t| t.meta.size).sum())
+            .collect();
+        let total: u64 = bytes_per_level.iter().sum();
+        let last = bytes_per_level
+            .iter()
+            .rev()
+            .find(|&&b| b > 0)
+            .copied()
+            .unwrap_or(0);
+        let written = c.bytes_written.load(Ordering::Relaxed);
+        let table_written = c.table_bytes_written.load(Ordering::Relaxed);
+        let (cache_hits, cache_misses) = self.inner.cache.counts();
+        LsmStats {
+            bytes_written: written,
+            table_bytes_written: table_written,
+            bytes_read: v
+                .all_tables()
+                .map(|t| t.table.bytes_read.load(Ordering::Relaxed))
+                .sum(),
+            compaction_bytes_read: c.compaction_bytes_read.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
+            stalls: c.stalls.load(Ordering::Relaxed),
+            cache_hits,
+            cache_misses,
+            read_amplification: files_per_level[0]
+                + files_per_level[1..].iter().filter(|&&n| n > 0).count(),
+            files_per_level,
+            bytes_per_level,
+            write_amplification: if written == 0 {
+                0.0
+            } else {
+                table_written as f64 / written as f64
+            },
+            space_amplification: if last == 0 {
+                0.0
+            } else {
+                total as f64 / last as f64
+            },
+        }
+    }
+}
+
+impl Drop for Lsm {
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::Release);
+        *lock(&self.inner.bg_mu) = true;
+        self.inner.bg_cv.notify_all();
+        if let Some(t) = self.bg.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// If `[lo, hi)` lies within one conversation's messages, its prefix.
+fn conversation_range_prefix<'a>(lo: &'a [u8], hi: Option<&[u8]>) -> Option<&'a [u8]> {
+    use crate::keys::{Keyspace, CONVERSATION_PREFIX_LEN};
+    let p = lo.get(..CONVERSATION_PREFIX_LEN)?;
+    if p[0] != Keyspace::Message as u8 {
+        return None;
+    }
+    let end = prefix_successor(p)?;
+    hi.filter(|h| *h <= end.as_slice())?;
+    Some(p)
+}
+
+/// Flushes the oldest immutable memtable; returns whether there was one.
+fn flush_oldest(inner: &Inner) -> Result<bool> {
+    let _f = lock(&inner.flush_lock);
+    let Some(mem) = inner.mem().immutables.last().cloned() else {
+        return Ok(false);
+    };
+    let positions = mem.positions();
+    let mut added = Vec::new();
+    let mut max_seq = 0;
+    if !mem.is_empty() {
+        let id = inner.allocate_table_id();
+        let path = table_path(&inner.tables_dir, id);
+        let mut b = TableBuilder::create(&path, inner.build_options())?;
+        for e in mem.map.iter() {
+            b.add(&e.key().key, e.key().seq.0, e.value().as_deref())?;
+        }
+        let sum = b.finish()?;
+        inner.sync_tables_dir()?;
+        max_seq = sum.max_seq;
+        inner
+            .stats
+            .table_bytes_written
+            .fetch_add(sum.size, Ordering::Relaxed);
+        let meta = FileMeta {
+            id,
+            level: 0,
+            size: sum.size,
+            smallest: sum.smallest,
+            largest: sum.largest,
+            min_seq: sum.min_seq,
+            max_seq: sum.max_seq,
+            entries: sum.entries,
+        };
+        let table = Table::open(&path, id, Arc::clone(&inner.cache))?;
+        added.push(Arc::new(TableFile { meta, table }));
+    }
+    let mut flushed: Vec<(StreamId, u64)> = positions.iter().map(|(s, i)| (*s, *i)).collect();
+    flushed.sort();
+    inner.install(Vec::new(), added, Some(max_seq), flushed)?;
+    {
+        let mut m = inner
+            .mem
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pos) = m.immutables.iter().position(|x| Arc::ptr_eq(x, &mem)) {
+            m.immutables.remove(pos);
+        }
+    }
+    inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
+    inner.bg_cv.notify_all();
+    if !positions.is_empty() {
+        if let Some(hook) = lock(&inner.on_flush).as_ref() {
+            hook(&lock(&inner.manifest).1.flushed.clone());
+        }
+    }
+    Ok(true)
+}
+
+fn record_compaction(inner: &Inner, outcome: &compaction::worker::Outcome) {
+    tracing::debug!(?outcome, "compaction done");
+    inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
+    inner
+        .stats
+        .compaction_bytes_read
+        .fetch_add(outcome.bytes_in, Ordering::Relaxed);
+    inner
+        .stats
+        .table_bytes_written
+        .fetch_add(outcome.bytes_out, Ordering::Relaxed);
+}
+
+fn compact_once(inner: &Inner) -> Result<bool> {
+    let _c = lock(&inner.compaction_lock);
+    let v = inner.version();
+    let Some(choice) = compaction::picker::pick(&v.metas(), &inner.opts.picker) else {
+        return Ok(false);
+    };
+    let outcome = compaction::worker::run(inner, &v, &choice)?;
+    record_compaction(inner, &outcome);
+    Ok(true)
+}
+
+/// The background thread: flush first (writers may be stalled on it), then
+/// compact, then sleep until woken.
+fn background(inner: &Inner) {
+    loop {
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let work = flush_oldest(inner).and_then(|flushed| {
+            if flushed {
+                Ok(true)
+            } else {
+                compact_once(inner)
+            }
+        });
+        match work {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(err) => {
+                tracing::error!(%err, "background flush/compaction failed; the store refuses writes");
+                *lock(&inner.bg_error) = Some(Arc::new(err));
+                inner.bg_cv.notify_all();
+                return;
+            }
+        }
+        let mut g = lock(&inner.bg_mu);
+        if !*g && !inner.closed.load(Ordering::Acquire) {
+            g = inner
+                .bg_cv
+                .wait_timeout(g, Duration::from_millis(500))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        *g = false;
+    }
+}

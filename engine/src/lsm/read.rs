@@ -1,0 +1,314 @@
+//! The read path: cursors over every source (memtables, level-0 tables,
+//! each deeper level as one run), merged by key, with shadowed versions and
+//! tombstones hidden at a snapshot.
+//!
+//! ```text
+//!  get(key)   memtable → immutables (newest first) → L0 (newest first, bloom)
+//!             → L1.. (one table per level by key range, bloom); first hit wins
+//!  scan(range, dir)  a cursor per source ─► merge by key ─► per key, the newest
+//!             version ≤ snapshot; skip tombstones and expired values
+//! ```
+//!
+//! Readers take no lock while reading: they hold `Arc`s of the memtables and
+//! of the version, which keep the skiplists and table files alive.
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crossbeam_skiplist::map::Range as SkipRange;
+
+use crate::error::Result;
+use crate::lsm::memtable::{MemKey, MemValue, Memtable};
+use crate::lsm::table::block::DecodedBlock;
+use crate::lsm::table::internal_cmp;
+use crate::lsm::version::TableFile;
+
+/// Scan direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Ascending keys.
+    Forward,
+    /// Descending keys.
+    Reverse,
+}
+
+/// One stored version: key, sequence number, value (`None`: tombstone).
+pub(crate) type Item<'a> = (&'a [u8], u64, Option<&'a [u8]>);
+
+/// A position in one sorted source.
+pub(crate) trait Cursor {
+    fn current(&self) -> Option<Item<'_>>;
+    fn advance(&mut self) -> Result<()>;
+}
+
+type MemRange<'a> = SkipRange<'a, MemKey, (Bound<MemKey>, Bound<MemKey>), MemKey, MemValue>;
+
+/// A cursor over one memtable, within `[lo, hi)`.
+pub(crate) struct MemCursor<'a> {
+    range: MemRange<'a>,
+    cur: Option<crossbeam_skiplist::map::Entry<'a, MemKey, MemValue>>,
+    dir: Direction,
+}
+
+impl<'a> MemCursor<'a> {
+    pub fn new(mem: &'a Memtable, lo: &[u8], hi: Option<&[u8]>, dir: Direction) -> Self {
+        let start = Bound::Included(MemKey {
+            key: lo.into(),
+            seq: crate::lsm::SeqNo(u64::MAX),
+        });
+        let end = match hi {
+            Some(h) => Bound::Excluded(MemKey {
+                key: h.into(),
+                seq: crate::lsm::SeqNo(u64::MAX),
+            }),
+            None => Bound::Unbounded,
+        };
+        let mut range = mem.map.range((start, end));
+        let cur = match dir {
+            Direction::Forward => range.next(),
+            Direction::Reverse => range.next_back(),
+        };
+        MemCursor { range, cur, dir }
+    }
+}
+
+impl Cursor for MemCursor<'_> {
+    fn current(&self) -> Option<Item<'_>> {
+        let e = self.cur.as_ref()?;
+        Some((&e.key().key, e.key().seq.0, e.value().as_deref()))
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        self.cur = match self.dir {
+            Direction::Forward => self.range.next(),
+            Direction::Reverse => self.range.next_back(),
+        };
+        Ok(())
+    }
+}
+
+/// A cursor over a run of tables that do not overlap, in key order (one
+/// level ≥ 1, or a single level-0 table), within `[lo, hi)`.
+pub(crate) struct RunCursor {
+    tables: Vec<Arc<TableFile>>,
+    lo: Vec<u8>,
+    hi: Option<Vec<u8>>,
+    dir: Direction,
+    /// (table, block, entry) of the current position.
+    pos: Option<(usize, usize, usize)>,
+    block: Option<Arc<DecodedBlock>>,
+}
+
+impl RunCursor {
+    pub fn new(
+        tables: Vec<Arc<TableFile>>,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        dir: Direction,
+    ) -> Result<Self> {
+        let mut c = RunCursor {
+            tables,
+            lo: lo.to_vec(),
+            hi: hi.map(<[u8]>::to_vec),
+            dir,
+            pos: None,
+            block: None,
+        };
+        c.seek()?;
+        Ok(c)
+    }
+
+    fn load(&mut self, t: usize, b: usize) -> Result<()> {
+        self.block = Some(self.tables[t].table.block(b)?);
+        Ok(())
+    }
+
+    fn seek(&mut self) -> Result<()> {
+        match self.dir {
+            Direction::Forward => {
+                let lo = self.lo.clone();
+                let Some(t) = self
+                    .tables
+                    .iter()
+                    .position(|f| f.meta.largest.as_slice() >= lo.as_slice())
+                else {
+                    return Ok(());
+                };
+                let table = &self.tables[t].table;
+                let b = table.find_block(&lo, u64::MAX);
+                if b >= table.index.len() {
+                    return Ok(());
+                }
+                self.load(t, b)?;
+                let i = self.block.as_ref().map_or(0, |blk| blk.seek_key(&lo));
+                self.pos = Some((t, b, i));
+                self.settle_forward()
+            }
+            Direction::Reverse => {
+                let hi = self.hi.clone();
+                let below_hi = |k: &[u8]| hi.as_deref().is_none_or(|h| k < h);
+                let Some(t) = self.tables.iter().rposition(|f| below_hi(&f.meta.smallest)) else {
+                    return Ok(());
+                };
+                let table = &self.tables[t].table;
+                let nblocks = table.index.len();
+                if nblocks == 0 {
+                    return Ok(());
+                }
+                let b = match &hi {
+                    Some(h) => table.find_block(h, u64::MAX).min(nblocks - 1),
+                    None => nblocks - 1,
+                };
+                self.load(t, b)?;
+                let blk = self.block.as_ref().map(Arc::clone);
+                let first_not_below = match (&blk, &hi) {
+                    (Some(blk), Some(h)) => blk.seek_key(h),
+                    (Some(blk), None) => blk.len(),
+                    (None, _) => 0,
+                };
+                self.pos = Some((t, b, first_not_below));
+                self.step_back()
+            }
+        }
+    }
+
+    /// Moves forward past block and table ends until on an entry (or done).
+    fn settle_forward(&mut self) -> Result<()> {
+        while let Some((t, b, i)) = self.pos {
+            let len = self.block.as_ref().map_or(0, |blk| blk.len());
+            if i < len {
+                return Ok(());
+            }
+            let nblocks = self.tables[t].table.index.len();
+            if b + 1 < nblocks {
+                self.load(t, b + 1)?;
+                self.pos = Some((t, b + 1, 0));
+            } else if t + 1 < self.tables.len() {
+                self.load(t + 1, 0)?;
+                self.pos = Some((t + 1, 0, 0));
+            } else {
+                self.pos = None;
+                self.block = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves to the entry before the current position.
+    fn step_back(&mut self) -> Result<()> {
+        while let Some((t, b, i)) = self.pos {
+            if i > 0 {
+                self.pos = Some((t, b, i - 1));
+                return Ok(());
+            }
+            if b > 0 {
+                self.load(t, b - 1)?;
+                let len = self.block.as_ref().map_or(0, |blk| blk.len());
+                self.pos = Some((t, b - 1, len));
+            } else if t > 0 {
+                let nb = self.tables[t - 1].table.index.len();
+                if nb == 0 {
+                    self.pos = Some((t - 1, 0, 0));
+                    continue;
+                }
+                self.load(t - 1, nb - 1)?;
+                let len = self.block.as_ref().map_or(0, |blk| blk.len());
+                self.pos = Some((t - 1, nb - 1, len));
+            } else {
+                self.pos = None;
+                self.block = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cursor for RunCursor {
+    fn current(&self) -> Option<Item<'_>> {
+        let (_, _, i) = self.pos?;
+        let blk = self.block.as_ref()?;
+        let key = blk.key(i);
+        let inside = match self.dir {
+            Direction::Forward => self.hi.as_deref().is_none_or(|h| key < h),
+            Direction::Reverse => key >= self.lo.as_slice(),
+        };
+        inside.then(|| (key, blk.seq(i), blk.value(i)))
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        match (self.dir, self.pos) {
+            (Direction::Forward, Some((t, b, i))) => {
+                self.pos = Some((t, b, i + 1));
+                self.settle_forward()
+            }
+            (Direction::Reverse, Some(_)) => self.step_back(),
+            (_, None) => Ok(()),
+        }
+    }
+}
+
+/// The index of the cursor holding the next entry: smallest in internal
+/// order going forward, largest key going backward.
+pub(crate) fn next_cursor(cursors: &[Box<dyn Cursor + '_>], dir: Direction) -> Option<usize> {
+    let mut best: Option<(usize, &[u8], u64)> = None;
+    for (i, c) in cursors.iter().enumerate() {
+        let Some((k, s, _)) = c.current() else {
+            continue;
+        };
+        let better = match best {
+            None => true,
+            Some((_, bk, bs)) => match dir {
+                Direction::Forward => internal_cmp(k, s, bk, bs) == Ordering::Less,
+                Direction::Reverse => k > bk,
+            },
+        };
+        if better {
+            best = Some((i, k, s));
+        }
+    }
+    best.map(|(i, _, _)| i)
+}
+
+/// Walks merged cursors key by key, calling `emit(key, value)` for the
+/// newest version ≤ `snapshot` of each key when it is a value that `keep`
+/// accepts, until `emit` returns false.
+pub(crate) fn merge_visible(
+    cursors: &mut [Box<dyn Cursor + '_>],
+    dir: Direction,
+    snapshot: u64,
+    keep: &dyn Fn(&[u8], &[u8]) -> bool,
+    emit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    let mut key = Vec::new();
+    let mut best_val: Vec<u8> = Vec::new();
+    while let Some(first) = next_cursor(cursors, dir) {
+        key.clear();
+        if let Some((k, _, _)) = cursors[first].current() {
+            key.extend_from_slice(k);
+        }
+        // Gather every version of `key` from every cursor.
+        let mut best: Option<(u64, bool)> = None; // (seq, is_value)
+        for c in cursors.iter_mut() {
+            while let Some((k, s, v)) = c.current() {
+                if k != key.as_slice() {
+                    break;
+                }
+                if s <= snapshot && best.is_none_or(|(bs, _)| s > bs) {
+                    best_val.clear();
+                    if let Some(v) = v {
+                        best_val.extend_from_slice(v);
+                    }
+                    best = Some((s, v.is_some()));
+                }
+                c.advance()?;
+            }
+        }
+        if let Some((_, true)) = best {
+            if keep(&key, &best_val) && !emit(&key, &best_val) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

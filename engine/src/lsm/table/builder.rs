@@ -1,0 +1,189 @@
+//! Writes one table file: data blocks as they fill, then filter, index and
+//! footer, then fsync. The caller fsyncs the directory and records the table
+//! in the manifest; an unrecorded table is an orphan deleted at open.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::keys::bloom_prefix;
+use crate::lsm::table::block::BlockBuilder;
+use crate::lsm::table::bloom::BloomBuilder;
+use crate::lsm::table::{TABLE_MAGIC, TABLE_VERSION};
+
+/// What a finished table holds, for the manifest.
+#[derive(Debug, Clone)]
+pub(crate) struct TableSummary {
+    pub size: u64,
+    pub smallest: Vec<u8>,
+    pub largest: Vec<u8>,
+    pub min_seq: u64,
+    pub max_seq: u64,
+    pub entries: u64,
+}
+
+/// Table-building knobs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BuildOptions {
+    pub block_size: usize,
+    pub bloom_bits_per_key: u32,
+    pub compress: bool,
+}
+
+pub(crate) struct TableBuilder {
+    path: PathBuf,
+    out: BufWriter<File>,
+    opts: BuildOptions,
+    offset: u64,
+    block: BlockBuilder,
+    index: Vec<u8>,
+    index_count: u32,
+    bloom: BloomBuilder,
+    last_prefix: Vec<u8>,
+    smallest: Option<Vec<u8>>,
+    largest: Vec<u8>,
+    min_seq: u64,
+    max_seq: u64,
+    entries: u64,
+}
+
+impl TableBuilder {
+    pub fn create(path: &Path, opts: BuildOptions) -> Result<Self> {
+        let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
+        Ok(TableBuilder {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(256 << 10, file),
+            opts,
+            offset: 0,
+            block: BlockBuilder::new(),
+            index: 0u32.to_le_bytes().to_vec(),
+            index_count: 0,
+            bloom: BloomBuilder::default(),
+            last_prefix: Vec::new(),
+            smallest: None,
+            largest: Vec::new(),
+            min_seq: u64::MAX,
+            max_seq: 0,
+            entries: 0,
+        })
+    }
+
+    /// Adds a version; callers add in internal order.
+    pub fn add(&mut self, key: &[u8], seq: u64, value: Option<&[u8]>) -> Result<()> {
+        if self.smallest.is_none() {
+            self.smallest = Some(key.to_vec());
+        }
+        let prefix = bloom_prefix(key);
+        if prefix != self.last_prefix.as_slice() {
+            self.bloom.add(prefix);
+            self.last_prefix.clear();
+            self.last_prefix.extend_from_slice(prefix);
+        }
+        self.block.add(key, seq, value);
+        self.largest.clear();
+        self.largest.extend_from_slice(key);
+        self.min_seq = self.min_seq.min(seq);
+        self.max_seq = self.max_seq.max(seq);
+        self.entries += 1;
+        if self.block.raw_len() >= self.opts.block_size {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far plus the open block: for splitting outputs.
+    pub fn estimated_size(&self) -> u64 {
+        self.offset + self.block.raw_len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn flush_block(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let (last_key, last_seq) = {
+            let (k, s) = self.block.last();
+            (k.to_vec(), s)
+        };
+        let raw = self.block.take();
+        let (mut payload, kind) = if self.opts.compress {
+            let c = lz4_flex::compress_prepend_size(&raw);
+            if c.len() < raw.len() {
+                (c, 1u8)
+            } else {
+                (raw, 0u8)
+            }
+        } else {
+            (raw, 0u8)
+        };
+        payload.push(kind);
+        let crc = crc32fast::hash(&payload);
+        payload.extend_from_slice(&crc.to_le_bytes());
+        let offset = self.offset;
+        self.write(&payload)?;
+        self.index
+            .extend_from_slice(&(last_key.len() as u16).to_le_bytes());
+        self.index.extend_from_slice(&last_key);
+        self.index.extend_from_slice(&last_seq.to_le_bytes());
+        self.index.extend_from_slice(&offset.to_le_bytes());
+        self.index
+            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.index_count += 1;
+        Ok(())
+    }
+
+    /// Writes the rest, fsyncs the file, and describes it.
+    pub fn finish(mut self) -> Result<TableSummary> {
+        self.flush_block()?;
+        let mut filter = self.bloom.finish(self.opts.bloom_bits_per_key);
+        let crc = crc32fast::hash(&filter);
+        filter.extend_from_slice(&crc.to_le_bytes());
+        let filter_offset = self.offset;
+        self.write(&filter)?;
+        let count = self.index_count.to_le_bytes();
+        self.index[..4].copy_from_slice(&count);
+        let crc = crc32fast::hash(&self.index);
+        let mut index = std::mem::take(&mut self.index);
+        index.extend_from_slice(&crc.to_le_bytes());
+        let index_offset = self.offset;
+        self.write(&index)?;
+
+        let mut footer = [0u8; super::FOOTER_LEN];
+        footer[0..8].copy_from_slice(&index_offset.to_le_bytes());
+        footer[8..16].copy_from_slice(&(index.len() as u64).to_le_bytes());
+        footer[16..24].copy_from_slice(&filter_offset.to_le_bytes());
+        footer[24..32].copy_from_slice(&(filter.len() as u64).to_le_bytes());
+        footer[32..40].copy_from_slice(&self.entries.to_le_bytes());
+        footer[48..50].copy_from_slice(&TABLE_VERSION.to_le_bytes());
+        let crc = crc32fast::hash(&footer[0..52]);
+        footer[52..56].copy_from_slice(&crc.to_le_bytes());
+        footer[56..64].copy_from_slice(&TABLE_MAGIC);
+        self.write(&footer)?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io("write", &self.path, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync", &self.path, e))?;
+        Ok(TableSummary {
+            size: self.offset,
+            smallest: self.smallest.unwrap_or_default(),
+            largest: std::mem::take(&mut self.largest),
+            min_seq: if self.entries == 0 { 0 } else { self.min_seq },
+            max_seq: self.max_seq,
+            entries: self.entries,
+        })
+    }
+}

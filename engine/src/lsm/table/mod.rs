@@ -1,0 +1,86 @@
+//! Sorted string tables: immutable files of sorted versions, read through
+//! memmap2.
+//!
+//! ## File format (version 1)
+//!
+//! ```text
+//! [data block 0] … [data block n-1] [filter block] [index block] [footer]
+//! ```
+//!
+//! **Data block** on disk: `payload ‖ compression u8 ‖ crc32 u32 LE`, the crc
+//! over payload and compression byte. Compression 0 = none, 1 = lz4_flex
+//! block with the u32 LE uncompressed size first (kept only when smaller).
+//! The uncompressed payload is
+//!
+//! ```text
+//! count u32 LE
+//! count × ( shared varint      -- bytes shared with the previous key
+//!           unshared varint    -- bytes that follow
+//!           seq varint         -- sequence number
+//!           kind u8            -- 0 tombstone, 1 value
+//!           [value_len varint] -- values only
+//!           key suffix (unshared bytes), value )
+//! ```
+//!
+//! Entries are in internal order: key ascending, sequence number descending.
+//! Prefix sharing makes our regular keys cheap: consecutive messages of a
+//! conversation share their 11-byte conversation prefix and most of the
+//! reverse timestamp.
+//!
+//! **Filter block**: a bloom filter over [`crate::keys::bloom_prefix`] of
+//! every key: `bits ‖ k u8 ‖ crc32 u32 LE` (see [`bloom`]).
+//!
+//! **Index block**: `count u32 LE`, then per data block `key_len u16 LE ‖
+//! last key ‖ last seq u64 LE ‖ offset u64 LE ‖ length u32 LE` (length
+//! including the 5-byte block trailer), then `crc32 u32 LE` over all of it.
+//!
+//! **Footer**, 64 bytes at the end of the file:
+//!
+//! ```text
+//!  0 8 index offset      8 8 index length
+//! 16 8 filter offset    24 8 filter length
+//! 32 8 entry count      40 8 reserved (0)
+//! 48 2 format version   50 2 reserved (0)
+//! 52 4 crc32 of bytes 0..52
+//! 56 8 magic b"MSVSST\r\n"
+//! ```
+
+pub(crate) mod block;
+pub(crate) mod bloom;
+pub(crate) mod builder;
+pub(crate) mod reader;
+
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+
+/// Identifies a table file; also its file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId(pub u64);
+
+/// Magic at the end of every table.
+pub const TABLE_MAGIC: [u8; 8] = *b"MSVSST\r\n";
+/// Table format version.
+pub const TABLE_VERSION: u16 = 1;
+/// Footer size.
+pub const FOOTER_LEN: usize = 64;
+/// Bytes after each data block's payload: compression byte and crc32.
+pub const BLOCK_TRAILER_LEN: usize = 5;
+
+/// `tables/00000000000000000042.sst`
+pub(crate) fn table_path(dir: &Path, id: TableId) -> PathBuf {
+    dir.join(format!("{:020}.sst", id.0))
+}
+
+/// Parses a table file name.
+pub(crate) fn parse_table_name(name: &str) -> Option<TableId> {
+    let digits = name.strip_suffix(".sst")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok().map(TableId))
+        .flatten()
+}
+
+/// Internal order of versions: key ascending, then sequence number
+/// descending (newest first).
+pub(crate) fn internal_cmp(a_key: &[u8], a_seq: u64, b_key: &[u8], b_seq: u64) -> Ordering {
+    a_key.cmp(b_key).then_with(|| b_seq.cmp(&a_seq))
+}

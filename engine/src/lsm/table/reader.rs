@@ -1,0 +1,254 @@
+//! Opening a table: map it, check the footer, load the index and filter.
+//! Blocks are checksummed and decoded on first use and kept in the shared
+//! block cache. Reads take no lock and do no I/O call of their own: the
+//! page cache serves the mapping.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::lsm::cache::BlockCache;
+use crate::lsm::table::block::DecodedBlock;
+use crate::lsm::table::{
+    bloom, internal_cmp, TableId, BLOCK_TRAILER_LEN, FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION,
+};
+
+#[derive(Debug)]
+pub(crate) struct IndexEntry {
+    pub last_key: Vec<u8>,
+    pub last_seq: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// An open table.
+pub(crate) struct Table {
+    pub id: TableId,
+    pub path: PathBuf,
+    map: Mmap,
+    pub index: Vec<IndexEntry>,
+    filter: std::ops::Range<usize>,
+    pub entries: u64,
+    cache: Arc<BlockCache>,
+    /// Set when no version references the table any more; the file is
+    /// deleted when the last reader drops its handle.
+    obsolete: AtomicBool,
+    /// Bytes read from the mapping (decompressed block misses), for stats.
+    pub bytes_read: AtomicU64,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").field("id", &self.id).finish()
+    }
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+impl Table {
+    pub fn open(path: &Path, id: TableId, cache: Arc<BlockCache>) -> Result<Table> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        // SAFETY: table files are immutable once written, never truncated
+        // while open, and the data directory is locked against other
+        // processes, so the mapping cannot change under us.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map", path, e))?;
+        let corrupt =
+            |offset: usize, reason: &str| Error::corruption(path, offset as u64, reason.to_owned());
+        if map.len() < FOOTER_LEN {
+            return Err(corrupt(0, "file is shorter than a table footer"));
+        }
+        let foot_at = map.len() - FOOTER_LEN;
+        let foot = &map[foot_at..];
+        if foot[56..64] != TABLE_MAGIC {
+            return Err(corrupt(foot_at + 56, "bad magic: not a Missive table"));
+        }
+        if crc32fast::hash(&foot[0..52]) != le_u32(&foot[52..56]) {
+            return Err(corrupt(foot_at, "footer checksum mismatch"));
+        }
+        let version = u16::from_le_bytes([foot[48], foot[49]]);
+        if version != TABLE_VERSION {
+            return Err(Error::UnsupportedVersion {
+                file: path.to_path_buf(),
+                found: u32::from(version),
+                supported: u32::from(TABLE_VERSION),
+            });
+        }
+        let (io, il) = (le_u64(&foot[0..8]) as usize, le_u64(&foot[8..16]) as usize);
+        let (fo, fl) = (
+            le_u64(&foot[16..24]) as usize,
+            le_u64(&foot[24..32]) as usize,
+        );
+        let entries = le_u64(&foot[32..40]);
+        let region = |o: usize, l: usize, what: &str| {
+            if l < 4 || o.checked_add(l).is_none_or(|end| end > foot_at) {
+                return Err(corrupt(
+                    foot_at,
+                    &format!("footer points the {what} outside the file"),
+                ));
+            }
+            let body = &map[o..o + l - 4];
+            if crc32fast::hash(body) != le_u32(&map[o + l - 4..o + l]) {
+                return Err(corrupt(o, &format!("{what} checksum mismatch")));
+            }
+            Ok(o..o + l - 4)
+        };
+        let filter = region(fo, fl, "filter block")?;
+        let index_range = region(io, il, "index block")?;
+        let index = Self::parse_index(&map[index_range.clone()], foot_at)
+            .ok_or_else(|| corrupt(index_range.start, "malformed index block"))?;
+        Ok(Table {
+            id,
+            path: path.to_path_buf(),
+            map,
+            index,
+            filter,
+            entries,
+            cache,
+            obsolete: AtomicBool::new(false),
+            bytes_read: AtomicU64::new(0),
+        })
+    }
+
+    fn parse_index(b: &[u8], data_end: usize) -> Option<Vec<IndexEntry>> {
+        let count = le_u32(b.get(..4)?) as usize;
+        let mut pos = 4;
+        let mut out = Vec::with_capacity(count.min(1 << 20));
+        for _ in 0..count {
+            let klen = u16::from_le_bytes([*b.get(pos)?, *b.get(pos + 1)?]) as usize;
+            pos += 2;
+            let last_key = b.get(pos..pos + klen)?.to_vec();
+            pos += klen;
+            let last_seq = le_u64(b.get(pos..pos + 8)?);
+            let offset = le_u64(b.get(pos + 8..pos + 16)?);
+            let len = le_u32(b.get(pos + 16..pos + 20)?);
+            pos += 20;
+            if (len as usize) < BLOCK_TRAILER_LEN || offset as usize + len as usize > data_end {
+                return None;
+            }
+            out.push(IndexEntry {
+                last_key,
+                last_seq,
+                offset,
+                len,
+            });
+        }
+        (pos == b.len()).then_some(out)
+    }
+
+    /// Whether the table may hold keys with this bloom prefix.
+    pub fn may_contain(&self, prefix: &[u8]) -> bool {
+        bloom::may_contain(&self.map[self.filter.clone()], prefix)
+    }
+
+    /// Block `i`, from the cache or decoded from the mapping.
+    pub fn block(&self, i: usize) -> Result<Arc<DecodedBlock>> {
+        let key = (self.id, i as u32);
+        if let Some(b) = self.cache.get(key) {
+            return Ok(b);
+        }
+        let e = &self.index[i];
+        let (o, l) = (e.offset as usize, e.len as usize);
+        let raw = &self.map[o..o + l];
+        let corrupt = |reason: String| Error::corruption(&self.path, e.offset, reason);
+        let (body, crc) = raw.split_at(l - 4);
+        if crc32fast::hash(body) != le_u32(crc) {
+            return Err(corrupt("data block checksum mismatch".into()));
+        }
+        let (payload, kind) = body.split_at(body.len() - 1);
+        let decompressed;
+        let plain = match kind[0] {
+            0 => payload,
+            1 => {
+                decompressed = lz4_flex::decompress_size_prepended(payload)
+                    .map_err(|e| corrupt(format!("data block does not decompress: {e}")))?;
+                &decompressed[..]
+            }
+            k => return Err(corrupt(format!("unknown block compression {k}"))),
+        };
+        self.bytes_read.fetch_add(l as u64, Ordering::Relaxed);
+        let block = Arc::new(DecodedBlock::decode(plain).map_err(|r| corrupt(r.into()))?);
+        self.cache.insert(key, Arc::clone(&block));
+        Ok(block)
+    }
+
+    /// Index of the first block that may hold (key, seq) or anything after.
+    pub fn find_block(&self, key: &[u8], seq: u64) -> usize {
+        self.index.partition_point(|e| {
+            internal_cmp(&e.last_key, e.last_seq, key, seq) == std::cmp::Ordering::Less
+        })
+    }
+
+    /// The newest version of `key` at `snapshot`: `Some(None)` for a
+    /// tombstone, `None` if the table has none visible.
+    pub fn get(&self, key: &[u8], snapshot: u64) -> Result<Option<Option<Vec<u8>>>> {
+        let mut b = self.find_block(key, snapshot);
+        while b < self.index.len() {
+            let block = self.block(b)?;
+            let i = block.seek(key, snapshot);
+            if i < block.len() {
+                if block.key(i) != key {
+                    return Ok(None);
+                }
+                return Ok(Some(block.value(i).map(<[u8]>::to_vec)));
+            }
+            // (key, snapshot) falls after this block's last entry only when
+            // the block ends with newer versions of `key`: look on.
+            b += 1;
+        }
+        Ok(None)
+    }
+
+    /// Checks every block's checksum and decoding (for `verify`).
+    pub fn verify(&self) -> Result<u64> {
+        let mut n = 0;
+        for i in 0..self.index.len() {
+            let e = &self.index[i];
+            let raw = &self.map[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
+            let (body, crc) = raw.split_at(raw.len() - 4);
+            if crc32fast::hash(body) != le_u32(crc) {
+                return Err(Error::corruption(
+                    &self.path,
+                    e.offset,
+                    "data block checksum mismatch",
+                ));
+            }
+            n += self.block(i)?.len() as u64;
+        }
+        if n != self.entries {
+            return Err(Error::corruption(
+                &self.path,
+                0,
+                format!("footer counts {} entries, blocks hold {n}", self.entries),
+            ));
+        }
+        Ok(n)
+    }
+
+    pub fn mark_obsolete(&self) {
+        self.obsolete.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Acquire) {
+            if let Err(err) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), %err, "could not delete an obsolete table");
+            }
+        }
+    }
+}
