@@ -66,12 +66,16 @@ fn hammer(
                     }
                     n += 1;
                     if rng.u8(..20) == 0 {
-                        // Purges make segments go away under the crashes.
+                        // Purges make segments go away under the crashes. A
+                        // purge that fails may still have reached the disk
+                        // (its record can ride another group's fsync), so the
+                        // entries stop being owed as soon as it is attempted.
                         let upto = a.last.saturating_sub(30);
+                        acked.retain(|(st, i), _| *st != s || *i > upto);
+                        drop(acked);
                         if log.purge_upto(StreamId(s), upto).is_err() {
                             break;
                         }
-                        acked.retain(|(st, i), _| *st != s || *i > upto);
                     }
                 }
                 n
@@ -98,7 +102,10 @@ fn verify(log: &Log, acked: &Acked, ctx: &str) {
 
 #[test]
 fn power_cuts_lose_nothing_acknowledged() {
-    let seed = fastrand::u64(..);
+    let seed = std::env::var("MISSIVE_LOST_WRITE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
     eprintln!("seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let ctl = FaultFsControl::new();
@@ -129,7 +136,10 @@ fn power_cuts_lose_nothing_acknowledged() {
 
 #[test]
 fn failed_fsync_poisons_and_acknowledges_nothing_after() {
-    let seed = fastrand::u64(..);
+    let seed = std::env::var("MISSIVE_LOST_WRITE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
     eprintln!("seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let ctl = FaultFsControl::new();

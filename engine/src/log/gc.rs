@@ -11,6 +11,12 @@
 //! Before deleting such a segment we append a Checkpoint record per affected
 //! stream — its purge point and all its meta — to the newest segment and
 //! fsync it. Only then are the old files removed (and the directory synced).
+//!
+//! That fsync happens even when no checkpoint is needed: collection runs on
+//! the writer right after writing a group, before the syncer has synced it,
+//! and the purge that freed the segments is in that group. Deleting first
+//! would let a power cut keep the deletion and lose the purge — a hole at
+//! the front of the stream. (The lost-write test found exactly that.)
 //! A crash in between leaves both copies; replay applies them in order and
 //! the newer one wins, which is the same state.
 //!
@@ -54,20 +60,20 @@ pub(crate) fn collect(shared: &Shared, w: &mut WriterState) -> Result<()> {
         (boundary, buf)
     };
     if !checkpoints.is_empty() {
-        let offset = w.offset;
         w.write_records(shared, &checkpoints)?;
-        // The checkpoints may have rolled into a new segment, which sealed
-        // and synced the previous one; the newest needs its own sync.
-        w.segment
-            .file
-            .sync_data()
-            .map_err(|e| Error::io("fsync", &w.segment.path, e))?;
-        tracing::debug!(
-            offset,
-            boundary,
-            "wrote checkpoints before deleting segments"
-        );
+        tracing::debug!(boundary, "wrote checkpoints before deleting segments");
     }
+    // Before anything is deleted, every record that made the old segments
+    // dead must be durable: the purges and truncates of the group just
+    // written (the syncer has not synced it yet — we run before `written`
+    // is published) and the checkpoints above. Older segments were synced
+    // when they were sealed, so syncing the newest covers all of it.
+    // Without this, a power cut could keep the deletions and lose the purge
+    // record, leaving a hole at the front of a stream.
+    w.segment
+        .file
+        .sync_data()
+        .map_err(|e| Error::io("fsync", &w.segment.path, e))?;
     let doomed: Vec<_> = {
         let mut segments = shared.segments_mut();
         let keys: Vec<u64> = segments.range(..boundary).map(|(k, _)| *k).collect();
