@@ -1,0 +1,58 @@
+//! Write stalls and the stats a server exports.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests panic on surprises"
+)]
+
+use missive_engine::keys::{message_key, ConversationId, Timestamp};
+use missive_engine::lsm::{Lsm, LsmOptions, PickerConfig, WriteBatch};
+
+#[test]
+fn stalls_are_counted_and_stats_describe_the_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lsm = Lsm::open(
+        tmp.path(),
+        LsmOptions {
+            memtable_bytes: 4 << 10,
+            max_immutable_memtables: 1,
+            block_size: 1024,
+            target_table_bytes: 16 << 10,
+            picker: PickerConfig {
+                l0_trigger: 2,
+                level1_bytes: 32 << 10,
+                multiplier: 4,
+            },
+            // No flusher thread: a writer that finds the immutable slot
+            // taken must stall (and, here, flush itself).
+            background: false,
+            ..LsmOptions::default()
+        },
+    )
+    .unwrap();
+    for i in 0..2_000u64 {
+        let mut b = WriteBatch::new();
+        b.put(
+            message_key(ConversationId(i % 50), Timestamp(i + 1)).to_vec(),
+            vec![7u8; 100],
+        );
+        lsm.apply(&b, None).unwrap();
+        if i % 200 == 0 {
+            lsm.compact_all().unwrap();
+        }
+    }
+    lsm.compact_all().unwrap();
+    let s = lsm.stats();
+    assert!(s.stalls > 0, "{s:?}");
+    assert!(s.flushes > 10, "{s:?}");
+    assert!(s.compactions > 0, "{s:?}");
+    assert!(s.files_per_level[1..].iter().sum::<usize>() > 0, "{s:?}");
+    assert!(s.write_amplification >= 1.0, "{s:?}");
+    assert!(s.space_amplification >= 1.0, "{s:?}");
+    assert!(s.read_amplification >= 1, "{s:?}");
+    let before = lsm.stats();
+    assert_eq!(lsm.latest(ConversationId(3), 5).unwrap().len(), 5);
+    let after = lsm.stats();
+    assert!(after.cache_hits + after.cache_misses > before.cache_hits + before.cache_misses);
+}
