@@ -32,6 +32,19 @@ pub struct ConversationId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Timestamp(pub u64);
 
+impl Timestamp {
+    /// The timestamp for the next message of a conversation whose newest
+    /// message has `prev`: the clock's `now`, bumped to `prev + 1` when the
+    /// clock has not moved past it (a collision, or a clock that stepped
+    /// back), so timestamps stay strictly increasing per conversation.
+    pub fn next_after(prev: Option<Timestamp>, now: Timestamp) -> Timestamp {
+        match prev {
+            Some(p) if now <= p => Timestamp(p.0.saturating_add(1)),
+            _ => now,
+        }
+    }
+}
+
 /// One of the fixed hash slots data is sharded by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Slot(pub u16);
@@ -132,6 +145,23 @@ mod tests {
         assert_eq!(decode_message_key(&new), Some((c, Timestamp(2_000))));
         assert_eq!(bloom_prefix(&new), &conversation_prefix(c)[..]);
         assert!(new.starts_with(&conversation_prefix(c)));
+    }
+
+    #[test]
+    fn timestamps_strictly_increase() {
+        assert_eq!(Timestamp::next_after(None, Timestamp(5)), Timestamp(5));
+        assert_eq!(
+            Timestamp::next_after(Some(Timestamp(4)), Timestamp(5)),
+            Timestamp(5)
+        );
+        assert_eq!(
+            Timestamp::next_after(Some(Timestamp(5)), Timestamp(5)),
+            Timestamp(6)
+        );
+        assert_eq!(
+            Timestamp::next_after(Some(Timestamp(9)), Timestamp(5)),
+            Timestamp(10)
+        );
     }
 
     #[test]

@@ -56,3 +56,11 @@ fn stalls_are_counted_and_stats_describe_the_tree() {
     let after = lsm.stats();
     assert!(after.cache_hits + after.cache_misses > before.cache_hits + before.cache_misses);
 }
+
+#[test]
+fn a_second_opener_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _first = Lsm::open(tmp.path(), LsmOptions::default()).unwrap();
+    let err = Lsm::open(tmp.path(), LsmOptions::default()).unwrap_err();
+    assert!(matches!(err, missive_engine::Error::Locked { .. }), "{err}");
+}

@@ -242,6 +242,8 @@ pub(crate) struct Inner {
     cache: Arc<cache::BlockCache>,
     on_flush: Mutex<Option<FlushHook>>,
     stats: Counters,
+    /// The directory's LOCK, held for the store's life.
+    _lock: Box<dyn Send + Sync>,
 }
 
 #[derive(Debug, Default)]
@@ -372,6 +374,19 @@ impl Lsm {
         let dir = dir.as_ref().to_path_buf();
         let tables_dir = dir.join("tables");
         std::fs::create_dir_all(&tables_dir).map_err(|e| Error::io("create", &tables_dir, e))?;
+        // One owner per directory: table files are mapped, and a second
+        // writer would change them under the mapping.
+        let lock_path = dir.join("LOCK");
+        let lock =
+            crate::io::FileSystem::lock(&crate::io::OsFs::std(), &lock_path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    Error::Locked {
+                        path: lock_path.clone(),
+                    }
+                } else {
+                    Error::io("lock", &lock_path, e)
+                }
+            })?;
         let cache = Arc::new(cache::BlockCache::new(opts.block_cache_bytes));
         let (number, mut state) = match manifest::load(&dir)? {
             Some((n, s)) => (n + 1, s),
@@ -443,6 +458,7 @@ impl Lsm {
             cache,
             on_flush: Mutex::new(None),
             stats: Counters::default(),
+            _lock: lock,
             opts,
         });
         let bg = if inner.opts.background {
