@@ -1,12 +1,13 @@
-//! Missive's storage engine.
-//!
-//! Today it is the node-wide durable log; the LSM message store is built on
-//! it next (it has no WAL of its own: its writes are already in this log).
+//! Missive's storage engine: the node-wide durable log, and the LSM message
+//! store on it (which has no WAL of its own: its writes are already in the
+//! log).
 //!
 //! # Layout
 //!
 //! - `error` — the one error type ([`Error`]): corruption vs I/O vs poisoned
-//!   vs closed vs invalid argument.
+//!   vs closed vs locked vs invalid argument.
+//! - `keys` — the key layout: keyspace tag, slot, and the message key
+//!   (conversation, reverse timestamp); newtypes for ids and timestamps.
 //! - `io/` — file I/O behind the [`io::FileSystem`] / [`io::LogFile`] traits:
 //!   `std_fs` (pwrite + fdatasync, and the directory operations), `uring`
 //!   (the same through io_uring, one ring per thread), `fault` (an in-memory
@@ -15,20 +16,37 @@
 //! - `log/` — the log ([`log::Log`]):
 //!   - `mod` — the API and the essay on the commit pipeline;
 //!   - `format` — segment header and record frame, byte by byte;
-//!   - `commit` — **the write path** (queue → writer → syncer) and the
+//!   - `commit` — **the log's write path** (queue → writer → syncer) and
 //!     **read path** (index lookup → pread → checksum);
 //!   - `durable` — watermarks and the completion handle;
 //!   - `stream` — per-stream state, applied identically by replay and writer;
 //!   - `segment` — segment names and crash-safe creation;
-//!   - `recovery` — **the recovery path**: scan, replay, cut a torn tail;
+//!   - `recovery` — **the log's recovery path**: scan, replay, cut a torn tail;
 //!   - `gc` — deleting segments every stream has purged.
+//! - `lsm/` — the message store ([`lsm::Lsm`], standalone [`lsm::Db`]):
+//!   - `mod` — the API, **the store's write path** (apply → memtable →
+//!     flush) and **recovery path** (manifest → tables → flushed positions);
+//!   - `batch` — atomic write batches and their encoding;
+//!   - `memtable` — the skiplist write buffer;
+//!   - `table/` — `block` (build/decode), `bloom`, `builder`, `reader`: the
+//!     table format, byte by byte in `table/mod.rs`;
+//!   - `cache` — the shared block cache;
+//!   - `read` — **the store's read path**: cursors, merge, snapshot rules;
+//!   - `version`, `manifest` — the live file set and its durable edit log;
+//!   - `compaction/` — `picker` (a pure function) and `worker`;
+//!   - `retention` — the expiry hook;
+//!   - `db` — the LSM with a log of its own.
 //!
 //! ```text
-//!  write path:  Log::append ─► Queue (encode, assign index + LSN)
+//!  log write:   Log::append ─► Queue (encode, assign index + LSN)
 //!                   ─► writer: pwrite segment, apply to stream index ─► "written"
 //!                   ─► syncer: fdatasync ─► "durable" ─► Durable completions fire
-//!  read path:   Log::read ─► stream index (segment, offset) ─► pread ─► crc check
-//!  recovery:    Log::open ─► list segments ─► replay records ─► cut torn tail
+//!  store write: Db::write ─► Log::append ─► Lsm::apply_unpublished (memtable)
+//!                   ─► durable ─► publish ─► visible;  memtable full ─► flush
+//!                   ─► L0 table + manifest edit ─► log purged ─► compaction
+//!  store read:  get/scan ─► memtables ─► L0 ─► L1.. (bloom, block cache, mmap)
+//!  recovery:    Log::open (replay segments) ─► Lsm::open (manifest, tables)
+//!                   ─► Db replays log entries after the flushed position
 //! ```
 
 pub mod error;

@@ -55,7 +55,7 @@
 //! writer rolls to a new segment it first writes a Seal record to the old one
 //! and fsyncs it, so every segment but the newest is complete and sealed, and
 //! the syncer only ever has one file to sync. The byte format is in
-//! [`format`]; recovery in [`recovery`]; segment deletion in [`gc`].
+//! `format.rs`; recovery in `recovery.rs`; segment deletion in `gc.rs`.
 //!
 //! # Small durable records
 //!

@@ -34,7 +34,8 @@ pub struct DbOptions {
     pub lsm: LsmOptions,
 }
 
-/// An LSM with its own log. See the [module documentation](self).
+/// An LSM with its own log: writes go to the log, then the memtable, and
+/// become visible once durable; open replays the log past the last flush.
 #[derive(Debug)]
 pub struct Db {
     log: Arc<Log>,
