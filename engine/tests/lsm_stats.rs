@@ -64,3 +64,43 @@ fn a_second_opener_is_refused() {
     let err = Lsm::open(tmp.path(), LsmOptions::default()).unwrap_err();
     assert!(matches!(err, missive_engine::Error::Locked { .. }), "{err}");
 }
+
+#[test]
+fn a_failing_flush_barrier_records_no_log_position() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use missive_engine::log::StreamId;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let lsm = Lsm::open(
+        tmp.path(),
+        LsmOptions {
+            background: false,
+            ..LsmOptions::default()
+        },
+    )
+    .unwrap();
+    let log_durable = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&log_durable);
+    lsm.set_flush_barrier(move || {
+        if flag.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(missive_engine::Error::Closed)
+        }
+    });
+    let mut b = WriteBatch::new();
+    b.put(b"k".to_vec(), b"v".to_vec());
+    lsm.apply(&b, Some((StreamId(1), 42))).unwrap();
+    assert!(lsm.flush().is_err());
+    assert_eq!(lsm.flushed_positions().get(&StreamId(1)), None);
+    assert_eq!(lsm.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    log_durable.store(true, Ordering::SeqCst);
+    lsm.flush().unwrap();
+    assert_eq!(lsm.flushed_positions().get(&StreamId(1)), Some(&42));
+    drop(lsm);
+    let lsm = Lsm::open(tmp.path(), LsmOptions::default()).unwrap();
+    assert_eq!(lsm.flushed_positions().get(&StreamId(1)), Some(&42));
+    assert_eq!(lsm.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}

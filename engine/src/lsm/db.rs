@@ -9,7 +9,8 @@
 //!               ─► wait durable ─► lsm.publish(seq) ─► return
 //!  open ─► Log::open ─► Lsm::open ─► replay log entries after the flushed
 //!          position ─► purge the log up to it
-//!  flush (background) ─► manifest records the position ─► purge the log
+//!  flush (background) ─► log.sync() (the flush barrier) ─► manifest records
+//!          the position ─► purge the log
 //! ```
 
 use std::path::Path;
@@ -81,6 +82,13 @@ impl Db {
         if flushed > 0 {
             log.purge_upto(STREAM, flushed)?;
         }
+        // Batches enter the memtable before the log has synced them; a
+        // flush must not record a log position the log could still lose.
+        let weak = Arc::downgrade(&log);
+        lsm.set_flush_barrier(move || match weak.upgrade() {
+            Some(log) => log.sync(),
+            None => Err(Error::Closed),
+        });
         let weak = Arc::downgrade(&log);
         lsm.set_flush_hook(move |positions| {
             let (Some(log), Some(&upto)) = (weak.upgrade(), positions.get(&STREAM)) else {

@@ -15,7 +15,8 @@
 //!     ▼
 //!  active memtable full ─► immutable (newest first) ─► background flush:
 //!     write an L0 table, fsync it and the directory, append one manifest
-//!     edit {table, flushed position per stream}, install the new version,
+//!     edit {table, flushed position per stream} (after the owner's flush
+//!     barrier made the log durable that far), install the new version,
 //!     drop the memtable ─► the owner may purge its log up to the position
 //! ```
 //!
@@ -219,6 +220,7 @@ struct MemState {
 }
 
 type FlushHook = Box<dyn Fn(&HashMap<StreamId, u64>) + Send + Sync>;
+type FlushBarrier = Box<dyn Fn() -> Result<()> + Send + Sync>;
 
 pub(crate) struct Inner {
     dir: PathBuf,
@@ -241,6 +243,7 @@ pub(crate) struct Inner {
     bg_error: Mutex<Option<Arc<Error>>>,
     cache: Arc<cache::BlockCache>,
     on_flush: Mutex<Option<FlushHook>>,
+    before_flush: Mutex<Option<FlushBarrier>>,
     stats: Counters,
     /// The directory's LOCK, held for the store's life.
     _lock: Box<dyn Send + Sync>,
@@ -457,6 +460,7 @@ impl Lsm {
             bg_error: Mutex::new(None),
             cache,
             on_flush: Mutex::new(None),
+            before_flush: Mutex::new(None),
             stats: Counters::default(),
             _lock: lock,
             opts,
@@ -485,6 +489,15 @@ impl Lsm {
     /// owner can purge its log.
     pub fn set_flush_hook(&self, hook: impl Fn(&HashMap<StreamId, u64>) + Send + Sync + 'static) {
         *lock(&self.inner.on_flush) = Some(Box::new(hook));
+    }
+
+    /// Called before each flush records its log positions in the manifest.
+    /// An owner that applies batches before its log made them durable (as
+    /// `Db` does) must make the log durable here: otherwise a power cut
+    /// could leave the manifest claiming log entries the log lost, and the
+    /// log would reuse their indexes.
+    pub fn set_flush_barrier(&self, barrier: impl Fn() -> Result<()> + Send + Sync + 'static) {
+        *lock(&self.inner.before_flush) = Some(Box::new(barrier));
     }
 
     /// Applies a batch and publishes it: visible to readers on return.
@@ -969,6 +982,11 @@ fn flush_oldest(inner: &Inner) -> Result<bool> {
     }
     let mut flushed: Vec<(StreamId, u64)> = positions.iter().map(|(s, i)| (*s, *i)).collect();
     flushed.sort();
+    if !flushed.is_empty() {
+        if let Some(barrier) = lock(&inner.before_flush).as_ref() {
+            barrier()?;
+        }
+    }
     inner.install(Vec::new(), added, Some(max_seq), flushed)?;
     {
         let mut m = inner
