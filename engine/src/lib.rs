@@ -6,6 +6,7 @@
 //!
 //! - `error` — the one error type ([`Error`]): corruption vs I/O vs poisoned
 //!   vs closed vs locked vs invalid argument.
+//! - `inspect` — read-only inspection of a data directory (for `missivectl`).
 //! - `keys` — the key layout: keyspace tag, slot, and the message key
 //!   (conversation, reverse timestamp); newtypes for ids and timestamps.
 //! - `io/` — file I/O behind the [`io::FileSystem`] / [`io::LogFile`] traits:
@@ -50,6 +51,7 @@
 //! ```
 
 pub mod error;
+pub mod inspect;
 pub mod io;
 pub mod keys;
 pub mod log;

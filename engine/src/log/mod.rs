@@ -80,7 +80,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::thread::JoinHandle;
 
 pub use durable::Durable;
+pub(crate) use recovery::scan_segment;
 pub use recovery::{RecoveryReport, TornTail};
+pub(crate) use segment::{file_name as segment_file_name, parse_file_name as segment_seq};
 
 use crate::error::{Error, Result};
 use crate::io::{FileSystem, IoBackend};

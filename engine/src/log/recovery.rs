@@ -80,6 +80,120 @@ pub(crate) struct Recovered {
     pub lock: Box<dyn Send + Sync>,
 }
 
+/// How a segment's scan ended.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentScan {
+    /// Offset just past the last intact record (the seal included).
+    pub end: usize,
+    /// Whether the segment ends with a seal record.
+    pub sealed: bool,
+    /// For the newest segment: a torn final write after `end`.
+    pub torn: Option<Torn>,
+}
+
+/// A torn final write: what was found, and where its bytes end.
+#[derive(Debug, Clone)]
+pub(crate) struct Torn {
+    pub reason: &'static str,
+    pub garbage_end: usize,
+}
+
+/// Scans one segment's bytes: checks the header, hands every record but
+/// the seal to `on_record` (whose `Err` is corruption at that record), and
+/// applies the rules of the module docs to how the segment ends. Shared by
+/// recovery and by read-only inspection, so both judge a log the same way.
+pub(crate) fn scan_segment(
+    path: &Path,
+    data: &[u8],
+    seq: u64,
+    is_newest: bool,
+    on_record: &mut dyn FnMut(&crate::log::format::RecordRef<'_>, usize) -> Result<(), String>,
+) -> Result<SegmentScan> {
+    match check_segment_header(data, seq) {
+        Ok(()) => {}
+        Err(HeaderError::Version(found)) => {
+            return Err(Error::UnsupportedVersion {
+                file: path.to_path_buf(),
+                found: u32::from(found),
+                supported: u32::from(SEGMENT_VERSION),
+            })
+        }
+        Err(HeaderError::Damaged(reason)) => return Err(Error::corruption(path, 0, reason)),
+        Err(HeaderError::WrongSeq(found)) => {
+            return Err(Error::corruption(
+                path,
+                12,
+                format!("header names segment {found}, file name says {seq}"),
+            ))
+        }
+    }
+    let mut offset = SEGMENT_HEADER_LEN;
+    let mut sealed = false;
+    let mut stopped: Option<&'static str> = None;
+    loop {
+        match decode_record(data, offset) {
+            Decoded::Record(rec) if rec.kind == RecordKind::Seal => {
+                if rec.index != offset as u64 {
+                    return Err(Error::corruption(
+                        path,
+                        offset as u64,
+                        "seal record names a different offset",
+                    ));
+                }
+                sealed = true;
+                offset += rec.total_len();
+                break;
+            }
+            Decoded::Record(rec) => {
+                on_record(&rec, offset)
+                    .map_err(|reason| Error::corruption(path, offset as u64, reason))?;
+                offset += rec.total_len();
+            }
+            Decoded::End => break,
+            Decoded::Incomplete => {
+                stopped = Some("record runs past the end of the file");
+                break;
+            }
+            Decoded::Bad(reason) => {
+                stopped = Some(reason);
+                break;
+            }
+        }
+    }
+    if !is_newest && !sealed {
+        return Err(Error::corruption(
+            path,
+            offset as u64,
+            stopped.unwrap_or("segment ends without a seal record although a newer segment exists"),
+        ));
+    }
+    let mut torn = None;
+    if is_newest && !sealed {
+        let garbage_end = last_nonzero(data).map_or(offset, |p| (p + 1).max(offset));
+        if stopped.is_some() || garbage_end > offset {
+            let reason = stopped.unwrap_or("non-zero bytes after the last record");
+            if intact_record_after(data, offset) {
+                return Err(Error::corruption(
+                    path,
+                    offset as u64,
+                    format!(
+                        "{reason}, and intact records follow it: damage inside the log, not a torn final write"
+                    ),
+                ));
+            }
+            torn = Some(Torn {
+                reason,
+                garbage_end,
+            });
+        }
+    }
+    Ok(SegmentScan {
+        end: offset,
+        sealed,
+        torn,
+    })
+}
+
 /// Position of the last non-zero byte. Walks the (usually preallocated,
 /// mostly zero) tail eight bytes at a time: it is the one full pass over a
 /// segment recovery makes beyond decoding its records.
@@ -155,115 +269,44 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
         let mut data = vec![0u8; len as usize];
         file.read_at(&mut data, 0)
             .map_err(|e| Error::io("read", &path, e))?;
-        match check_segment_header(&data, seq) {
-            Ok(()) => {}
-            Err(HeaderError::Version(found)) => {
-                return Err(Error::UnsupportedVersion {
-                    file: path,
-                    found: u32::from(found),
-                    supported: u32::from(SEGMENT_VERSION),
-                })
-            }
-            Err(HeaderError::Damaged(reason)) => return Err(Error::corruption(path, 0, reason)),
-            Err(HeaderError::WrongSeq(found)) => {
-                return Err(Error::corruption(
-                    path,
-                    12,
-                    format!("header names segment {found}, file name says {seq}"),
-                ))
-            }
-        }
         report.segments += 1;
-
-        let mut offset = SEGMENT_HEADER_LEN;
-        let mut sealed = false;
-        let mut stopped: Option<&'static str> = None;
-        loop {
-            match decode_record(&data, offset) {
-                Decoded::Record(rec) if rec.kind == RecordKind::Seal => {
-                    if rec.index != offset as u64 {
-                        return Err(Error::corruption(
-                            &path,
-                            offset as u64,
-                            "seal record names a different offset",
-                        ));
-                    }
-                    sealed = true;
-                    offset += rec.total_len();
-                    break;
-                }
-                Decoded::Record(rec) => {
-                    streams
-                        .apply(&rec, seq, offset as u64)
-                        .map_err(|reason| Error::corruption(&path, offset as u64, reason))?;
-                    report.records += 1;
-                    offset += rec.total_len();
-                }
-                Decoded::End => break,
-                Decoded::Incomplete => {
-                    stopped = Some("record runs past the end of the file");
-                    break;
-                }
-                Decoded::Bad(reason) => {
-                    stopped = Some(reason);
-                    break;
-                }
-            }
-        }
-
+        let scan = scan_segment(&path, &data, seq, is_newest, &mut |rec, offset| {
+            streams.apply(rec, seq, offset as u64)?;
+            report.records += 1;
+            Ok(())
+        })?;
         let segment = Segment {
             seq,
             path: path.clone(),
             file,
         };
         if !is_newest {
-            if !sealed {
-                return Err(Error::corruption(
-                    &path,
-                    offset as u64,
-                    stopped.unwrap_or(
-                        "segment ends without a seal record although a newer segment exists",
-                    ),
-                ));
-            }
             segments.insert(seq, segment);
             continue;
         }
-
-        if !sealed {
-            let garbage_end = last_nonzero(&data).map_or(offset, |p| (p + 1).max(offset));
-            if stopped.is_some() || garbage_end > offset {
-                let reason = stopped.unwrap_or("non-zero bytes after the last record");
-                if intact_record_after(&data, offset) {
-                    return Err(Error::corruption(
-                        &path,
-                        offset as u64,
-                        format!(
-                            "{reason}, and intact records follow it: damage inside the log, not a torn final write"
-                        ),
-                    ));
-                }
-                let zeros = vec![0u8; garbage_end - offset];
-                segment
-                    .file
-                    .write_at(&zeros, offset as u64)
-                    .and_then(|()| segment.file.sync_data())
-                    .map_err(|e| Error::io("zero the torn tail of", &path, e))?;
-                tracing::warn!(
-                    file = %path.display(),
-                    offset,
-                    bytes = zeros.len(),
-                    reason,
-                    "cut a torn final write from the log"
-                );
-                report.torn_tail = Some(TornTail {
-                    file: path.clone(),
-                    offset: offset as u64,
-                    discarded_bytes: zeros.len() as u64,
-                    reason: reason.to_owned(),
-                });
-            }
+        let offset = scan.end;
+        if let Some(torn) = &scan.torn {
+            let zeros = vec![0u8; torn.garbage_end - offset];
+            segment
+                .file
+                .write_at(&zeros, offset as u64)
+                .and_then(|()| segment.file.sync_data())
+                .map_err(|e| Error::io("zero the torn tail of", &path, e))?;
+            tracing::warn!(
+                file = %path.display(),
+                offset,
+                bytes = zeros.len(),
+                reason = torn.reason,
+                "cut a torn final write from the log"
+            );
+            report.torn_tail = Some(TornTail {
+                file: path.clone(),
+                offset: offset as u64,
+                discarded_bytes: zeros.len() as u64,
+                reason: torn.reason.to_owned(),
+            });
         }
+        let sealed = scan.sealed;
         segments.insert(seq, segment.clone());
         tail = Some((segment, offset as u64, sealed));
     }

@@ -288,6 +288,18 @@ impl ManifestWriter {
 
 /// Loads the manifest CURRENT names. `Ok(None)` for a new directory.
 pub(crate) fn load(dir: &Path) -> Result<Option<(u64, ManifestState)>> {
+    Ok(load_edits(dir)?.map(|(n, _, edits)| {
+        let mut state = ManifestState::default();
+        for e in &edits {
+            state.apply(e);
+        }
+        (n, state)
+    }))
+}
+
+/// The manifest CURRENT names: its number, path and every intact edit in
+/// order (a torn final record is left out, as `load` does).
+pub(crate) fn load_edits(dir: &Path) -> Result<Option<(u64, PathBuf, Vec<Edit>)>> {
     let current = dir.join("CURRENT");
     let name = match std::fs::read_to_string(&current) {
         Ok(s) => s.trim_end().to_owned(),
@@ -326,16 +338,13 @@ pub(crate) fn load(dir: &Path) -> Result<Option<(u64, ManifestState)>> {
             supported: u32::from(VERSION),
         });
     }
-    let mut state = ManifestState::default();
+    let mut edits = Vec::new();
     let mut pos = HEADER_LEN;
-    let mut records = 0;
     while pos < bytes.len() {
-        let rec = decode_record(&bytes, pos);
-        match rec {
+        match decode_record(&bytes, pos) {
             Some((edit, len)) => {
-                state.apply(&edit);
+                edits.push(edit);
                 pos += len;
-                records += 1;
             }
             None => {
                 // A bad record is a torn tail only if nothing intact follows.
@@ -347,10 +356,10 @@ pub(crate) fn load(dir: &Path) -> Result<Option<(u64, ManifestState)>> {
             }
         }
     }
-    if records == 0 {
+    if edits.is_empty() {
         return Err(corrupt(HEADER_LEN, "manifest holds no intact record"));
     }
-    Ok(Some((number, state)))
+    Ok(Some((number, path, edits)))
 }
 
 fn decode_record(bytes: &[u8], pos: usize) -> Option<(Edit, usize)> {

@@ -38,10 +38,10 @@
 //! continue after the manifest's last one.
 
 pub mod batch;
-mod cache;
+pub(crate) mod cache;
 pub mod compaction;
 mod db;
-mod manifest;
+pub(crate) mod manifest;
 mod memtable;
 pub mod read;
 pub mod retention;

@@ -29,9 +29,9 @@ pub(crate) struct IndexEntry {
 pub(crate) struct Table {
     pub id: TableId,
     pub path: PathBuf,
-    map: Mmap,
+    pub(crate) map: Mmap,
     pub index: Vec<IndexEntry>,
-    filter: std::ops::Range<usize>,
+    pub(crate) filter: std::ops::Range<usize>,
     pub entries: u64,
     cache: Arc<BlockCache>,
     /// Set when no version references the table any more; the file is

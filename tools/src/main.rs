@@ -1,0 +1,215 @@
+//! `missivectl`: the operator's CLI for Missive data directories.
+//!
+//! # Layout
+//!
+//! - `main` — the command line (clap) and the dispatch.
+//! - `render` — turning inspection results into a table for people or JSON
+//!   for scripts (`--json`).
+//!
+//! Every command here is offline and read-only: it opens no lock and
+//! changes nothing, so it is safe on a live node's directory and on a copy.
+//! Exit status: 0 when all is well, 1 when damage was found (the message
+//! names the file and byte offset), 2 when the command could not run.
+
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use missive_engine::inspect;
+use missive_engine::lsm::compaction::picker::PickerConfig;
+use missive_engine::lsm::compaction::sim::{self, KeyPattern, SimConfig};
+
+/// Inspect and check Missive data directories.
+#[derive(Debug, Parser)]
+#[command(name = "missivectl", version, about, long_about = None)]
+struct Cli {
+    /// Print JSON (one object) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The node log's segments and records.
+    Log {
+        #[command(subcommand)]
+        what: LogCommand,
+    },
+    /// One table file: blocks, index, bloom filter, key range, compression.
+    Sst {
+        #[command(subcommand)]
+        what: SstCommand,
+    },
+    /// The LSM manifest: its edits and the live tables they add up to.
+    Manifest {
+        #[command(subcommand)]
+        what: ManifestCommand,
+    },
+    /// Check every checksum of every live file; exit 1 on damage.
+    Verify {
+        /// A data directory (with log/ and lsm/), a log directory, or an LSM directory.
+        data_dir: PathBuf,
+    },
+    /// Files and bytes per level, amplification, log size.
+    Stats {
+        /// A data directory (with log/ and lsm/), a log directory, or an LSM directory.
+        data_dir: PathBuf,
+    },
+    /// Run the compaction picker on a synthetic workload, without disk, and
+    /// print the write and space amplification it would cause.
+    CompactionSim(SimArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// List segments (and with --records, every record).
+    Dump {
+        /// A data directory or a log directory.
+        dir: PathBuf,
+        /// List every record, not just a summary per segment.
+        #[arg(long)]
+        records: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SstCommand {
+    /// Describe one table file.
+    Dump {
+        /// The `.sst` file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ManifestCommand {
+    /// Print the manifest's edits and live tables.
+    Dump {
+        /// A data directory or an LSM directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Pattern {
+    /// Every flush spans the whole key space (new messages in every conversation).
+    Spread,
+    /// Each flush covers fresh keys above the previous one.
+    Sequential,
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Number of memtable flushes to simulate.
+    #[arg(long, default_value_t = 1000)]
+    flushes: u64,
+    /// Size of each flushed table, MiB.
+    #[arg(long, default_value_t = 64)]
+    flush_mib: u64,
+    /// Level-0 tables that trigger a compaction into level 1.
+    #[arg(long, default_value_t = 4)]
+    l0_trigger: usize,
+    /// Target size of level 1, MiB.
+    #[arg(long, default_value_t = 64)]
+    level1_mib: u64,
+    /// Each level's target is this many times the one above.
+    #[arg(long, default_value_t = 10)]
+    multiplier: u64,
+    /// Compaction output table size, MiB.
+    #[arg(long, default_value_t = 32)]
+    target_mib: u64,
+    /// Where flushes put their keys.
+    #[arg(long, value_enum, default_value_t = Pattern::Spread)]
+    pattern: Pattern,
+    /// Fraction of compaction input shadowed by newer versions (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    overwrite: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let damaged = err
+                .downcast_ref::<missive_engine::Error>()
+                .is_some_and(missive_engine::Error::is_corruption);
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "corruption": damaged, "error": format!("{err:#}") })
+                );
+            } else {
+                eprintln!("error: {err:#}");
+            }
+            if damaged {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let out = match &cli.command {
+        Command::Log {
+            what: LogCommand::Dump { dir, records },
+        } => {
+            let layout = inspect::layout(dir)?;
+            let log = layout
+                .log
+                .ok_or_else(|| anyhow::anyhow!("no log segments in {}", dir.display()))?;
+            render::log(&inspect::dump_log(&log)?, *records)
+        }
+        Command::Sst {
+            what: SstCommand::Dump { file },
+        } => render::table(&inspect::dump_table(file)?),
+        Command::Manifest {
+            what: ManifestCommand::Dump { dir },
+        } => {
+            let layout = inspect::layout(dir)?;
+            let lsm = layout
+                .lsm
+                .ok_or_else(|| anyhow::anyhow!("no LSM manifest (CURRENT) in {}", dir.display()))?;
+            render::manifest(&inspect::dump_manifest(&lsm)?)
+        }
+        Command::Verify { data_dir } => {
+            let layout = inspect::layout(data_dir)?;
+            if layout.log.is_none() && layout.lsm.is_none() {
+                anyhow::bail!("{} holds neither a log nor an LSM", data_dir.display());
+            }
+            render::verify(&inspect::verify(data_dir)?)
+        }
+        Command::Stats { data_dir } => render::stats(&inspect::stats(data_dir)?),
+        Command::CompactionSim(a) => {
+            let mib = 1u64 << 20;
+            let cfg = SimConfig {
+                picker: PickerConfig {
+                    l0_trigger: a.l0_trigger,
+                    level1_bytes: a.level1_mib * mib,
+                    multiplier: a.multiplier,
+                },
+                flush_bytes: a.flush_mib * mib,
+                target_table_bytes: a.target_mib * mib,
+                flushes: a.flushes,
+                pattern: match a.pattern {
+                    Pattern::Spread => KeyPattern::Spread,
+                    Pattern::Sequential => KeyPattern::Sequential,
+                },
+                overwrite: a.overwrite,
+            };
+            render::sim(&cfg, &sim::simulate(&cfg))
+        }
+    };
+    if cli.json {
+        println!("{}", out.json);
+    } else {
+        print!("{}", out.text);
+    }
+    Ok(())
+}
