@@ -1,0 +1,256 @@
+//! The engines under test, behind one small trait.
+//!
+//! Missive runs as the standalone `Db` (log + LSM). RocksDB (feature
+//! `rocksdb`) is configured to do the same work, as fairly as we know how:
+//!
+//! - WAL on; `sync = true` per durable batch (RocksDB's own group commit
+//!   joins concurrent writers) and `sync = false` for `ingest`, like
+//!   Missive's `SyncPolicy::Always` / `Never`;
+//! - LZ4 on every level (bottommost included);
+//! - a prefix bloom filter over the conversation: the same 19-byte message
+//!   keys, with an 11-byte fixed prefix extractor (keyspace, slot,
+//!   conversation) — the role the issue's "8-byte prefix" plays for 16-byte
+//!   keys — and 10 bits per key;
+//! - the same block size (16 KiB), memtable size (64 MiB) and block cache
+//!   size (LRU of the same bytes).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+#[cfg(feature = "rocksdb")]
+use missive_engine::keys::{conversation_prefix, message_key, prefix_successor};
+use missive_engine::keys::{ConversationId, Timestamp, MESSAGE_KEY_LEN};
+
+/// A batch of messages.
+pub type Batch = [([u8; MESSAGE_KEY_LEN], Vec<u8>)];
+
+/// What a benchmark needs from an engine.
+pub trait Engine: Send + Sync {
+    /// Writes a batch atomically (durable on return when opened with `sync`).
+    fn write(&self, batch: &Batch) -> Result<()>;
+    /// Flush and compact everything ("after ingest settles").
+    fn settle(&self) -> Result<()>;
+    /// The newest `n` messages of a conversation; returns how many.
+    fn latest(&self, conv: ConversationId, n: usize) -> Result<usize>;
+    /// `n` messages older than `ts`, newest first; returns how many.
+    fn before(&self, conv: ConversationId, ts: Timestamp, n: usize) -> Result<usize>;
+    /// Bytes of table files on disk.
+    fn table_bytes(&self) -> Result<u64>;
+}
+
+/// Which engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Missive's engine.
+    Missive,
+    /// RocksDB through the rocksdb crate (build with `--features rocksdb`).
+    Rocksdb,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Missive => "missive",
+            Kind::Rocksdb => "rocksdb",
+        }
+    }
+}
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub sync: bool,
+    pub block_cache_bytes: u64,
+}
+
+pub const BLOCK_SIZE: usize = 16 << 10;
+pub const MEMTABLE_BYTES: usize = 64 << 20;
+
+pub fn open(kind: Kind, cfg: &Config) -> Result<Box<dyn Engine>> {
+    match kind {
+        Kind::Missive => Ok(Box::new(Missive::open(cfg)?)),
+        #[cfg(feature = "rocksdb")]
+        Kind::Rocksdb => Ok(Box::new(rocks::Rocks::open(cfg)?)),
+        #[cfg(not(feature = "rocksdb"))]
+        Kind::Rocksdb => anyhow::bail!(
+            "this missive-bench was built without RocksDB: run bench/setup-rocksdb.sh, \
+             or build with `--features rocksdb`"
+        ),
+    }
+}
+
+fn dir_bytes(dir: &Path, ext: &str) -> Result<u64> {
+    let mut total = 0;
+    if !dir.exists() {
+        return Ok(0);
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.path().extension().is_some_and(|x| x == ext) {
+            total += e.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+struct Missive {
+    db: missive_engine::lsm::Db,
+    dir: PathBuf,
+}
+
+impl Missive {
+    fn open(cfg: &Config) -> Result<Self> {
+        use missive_engine::log::{LogOptions, SyncPolicy};
+        use missive_engine::lsm::{Db, DbOptions, LsmOptions};
+        let db = Db::open(
+            &cfg.dir,
+            DbOptions {
+                log: LogOptions {
+                    sync: if cfg.sync {
+                        SyncPolicy::Always
+                    } else {
+                        SyncPolicy::Never
+                    },
+                    ..LogOptions::default()
+                },
+                lsm: LsmOptions {
+                    memtable_bytes: MEMTABLE_BYTES,
+                    block_size: BLOCK_SIZE,
+                    block_cache_bytes: cfg.block_cache_bytes,
+                    ..LsmOptions::default()
+                },
+            },
+        )?;
+        Ok(Missive {
+            db,
+            dir: cfg.dir.clone(),
+        })
+    }
+}
+
+impl Engine for Missive {
+    fn write(&self, batch: &Batch) -> Result<()> {
+        let mut b = missive_engine::lsm::WriteBatch::new();
+        for (k, v) in batch {
+            b.put(k.to_vec(), v.clone());
+        }
+        self.db.write(&b)?;
+        Ok(())
+    }
+
+    fn settle(&self) -> Result<()> {
+        self.db.compact_full()?;
+        Ok(())
+    }
+
+    fn latest(&self, conv: ConversationId, n: usize) -> Result<usize> {
+        Ok(self.db.latest(conv, n)?.len())
+    }
+
+    fn before(&self, conv: ConversationId, ts: Timestamp, n: usize) -> Result<usize> {
+        Ok(self.db.before(conv, ts, n)?.len())
+    }
+
+    fn table_bytes(&self) -> Result<u64> {
+        dir_bytes(&self.dir.join("lsm/tables"), "sst")
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+mod rocks {
+    use super::*;
+    use rocksdb::{
+        BlockBasedOptions, Cache, DBCompressionType, Direction, IteratorMode, Options, ReadOptions,
+        SliceTransform, WriteBatch, WriteOptions, DB,
+    };
+
+    pub struct Rocks {
+        db: DB,
+        sync: bool,
+        dir: PathBuf,
+        _cache: Cache,
+    }
+
+    impl Rocks {
+        pub fn open(cfg: &Config) -> Result<Self> {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.set_compression_type(DBCompressionType::Lz4);
+            opts.set_bottommost_compression_type(DBCompressionType::Lz4);
+            opts.set_write_buffer_size(MEMTABLE_BYTES);
+            opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(
+                missive_engine::keys::CONVERSATION_PREFIX_LEN,
+            ));
+            let mut table = BlockBasedOptions::default();
+            table.set_block_size(BLOCK_SIZE);
+            table.set_bloom_filter(10.0, false);
+            let cache = Cache::new_lru_cache(cfg.block_cache_bytes as usize);
+            table.set_block_cache(&cache);
+            opts.set_block_based_table_factory(&table);
+            let db = DB::open(&opts, &cfg.dir)?;
+            Ok(Rocks {
+                db,
+                sync: cfg.sync,
+                dir: cfg.dir.clone(),
+                _cache: cache,
+            })
+        }
+
+        fn scan_from(&self, start: &[u8], conv: ConversationId, n: usize) -> Result<usize> {
+            let prefix = conversation_prefix(conv);
+            let mut ro = ReadOptions::default();
+            ro.set_prefix_same_as_start(true);
+            if let Some(end) = prefix_successor(&prefix) {
+                ro.set_iterate_upper_bound(end);
+            }
+            let mut count = 0;
+            for item in self
+                .db
+                .iterator_opt(IteratorMode::From(start, Direction::Forward), ro)
+            {
+                let (_, v) = item?;
+                std::hint::black_box(v.len());
+                count += 1;
+                if count == n {
+                    break;
+                }
+            }
+            Ok(count)
+        }
+    }
+
+    impl Engine for Rocks {
+        fn write(&self, batch: &Batch) -> Result<()> {
+            let mut b = WriteBatch::default();
+            for (k, v) in batch {
+                b.put(k, v);
+            }
+            let mut wo = WriteOptions::default();
+            wo.set_sync(self.sync);
+            self.db.write_opt(b, &wo)?;
+            Ok(())
+        }
+
+        fn settle(&self) -> Result<()> {
+            self.db.flush()?;
+            self.db.compact_range(None::<&[u8]>, None::<&[u8]>);
+            Ok(())
+        }
+
+        fn latest(&self, conv: ConversationId, n: usize) -> Result<usize> {
+            self.scan_from(&conversation_prefix(conv), conv, n)
+        }
+
+        fn before(&self, conv: ConversationId, ts: Timestamp, n: usize) -> Result<usize> {
+            let Some(older) = ts.0.checked_sub(1) else {
+                return Ok(0);
+            };
+            self.scan_from(&message_key(conv, Timestamp(older)), conv, n)
+        }
+
+        fn table_bytes(&self) -> Result<u64> {
+            dir_bytes(&self.dir, "sst")
+        }
+    }
+}

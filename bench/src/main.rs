@@ -1,0 +1,353 @@
+//! `missive-bench`: Missive's workloads, side by side with the systems it
+//! replaces.
+//!
+//! # Layout
+//!
+//! - `main` — the command line and the phases of `missive-bench engine`.
+//! - `workload` — the fixed, seeded message workload.
+//! - `engines` — the engines under test behind one trait (Missive's `Db`;
+//!   RocksDB with `--features rocksdb`).
+//! - `report` — latency histograms, the human table and JSON lines.
+//!
+//! `missive-bench engine` runs, in order: `ingest` (batches of 64, log on,
+//! no fsync per batch; then flush + full compaction, reported separately as
+//! `settle`), `space` (bytes per message on disk after it), `latest50`,
+//! `pageback`, `cold` (page cache dropped where permitted, 1 MiB block
+//! cache), and `ingest-sync` with 1 and 4 writers (every batch durable
+//! before the next).
+
+mod engines;
+mod report;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use missive_engine::keys::Timestamp;
+
+use engines::{Config, Engine, Kind};
+use report::{Recorder, Row};
+use workload::{conversation_id, Workload, TS0};
+
+/// Missive's benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "missive-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The storage-engine workload (see the module docs).
+    Engine(EngineArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EngineArgs {
+    /// Engine to run.
+    #[arg(long, value_enum, default_value_t = Kind::Missive)]
+    engine: Kind,
+    /// Messages to ingest.
+    #[arg(long, default_value_t = 5_000_000)]
+    messages: usize,
+    /// Conversations they go to (Zipf 1.1).
+    #[arg(long, default_value_t = 100_000)]
+    conversations: usize,
+    /// Messages per durable batch run of `ingest-sync` (per writer count).
+    #[arg(long, default_value_t = 500_000)]
+    sync_messages: usize,
+    /// Queries per read workload (after the warm-up).
+    #[arg(long, default_value_t = 200_000)]
+    queries: usize,
+    /// Warm-up queries before `latest50`.
+    #[arg(long, default_value_t = 20_000)]
+    warmup: usize,
+    /// Queries of each kind in `cold`.
+    #[arg(long, default_value_t = 20_000)]
+    cold_queries: usize,
+    /// Workload seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Block cache for the warm workloads, MiB.
+    #[arg(long, default_value_t = 256)]
+    cache_mib: u64,
+    /// Where to put the data (a fresh temporary directory inside it).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Comma-separated subset of: ingest,space,latest50,pageback,cold,ingest-sync.
+    #[arg(
+        long,
+        default_value = "ingest,space,latest50,pageback,cold,ingest-sync"
+    )]
+    workloads: String,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const BATCH: usize = 64;
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Engine(args) => engine(&args),
+    }
+}
+
+fn engine(a: &EngineArgs) -> Result<()> {
+    let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let tmp = tempfile::tempdir_in(&base)?;
+    let want = |w: &str| a.workloads.split(',').any(|x| x.trim() == w);
+    let name = a.engine.name();
+    let mut rows: Vec<Row> = Vec::new();
+    let emit = |row: &Row, rows: &mut Vec<Row>| {
+        if a.json {
+            println!("{}", row.json());
+        }
+        rows.push(row.clone());
+    };
+    let cfg = |dir: &str, sync: bool, cache_mib: u64| Config {
+        dir: tmp.path().join(dir),
+        sync,
+        block_cache_bytes: cache_mib << 20,
+    };
+
+    // ingest → settle → space → latest50 → pageback, on one store.
+    let mut wl = Workload::new(a.messages, a.conversations, a.seed);
+    let needs_store = ["ingest", "space", "latest50", "pageback", "cold"]
+        .iter()
+        .any(|w| want(w));
+    if needs_store {
+        let db = engines::open(a.engine, &cfg("main", false, a.cache_mib))?;
+        eprintln!(
+            "[{name}] ingest: {} messages in batches of {BATCH}",
+            a.messages
+        );
+        let mut rec = Recorder::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        let start = Instant::now();
+        loop {
+            wl.next_batch(BATCH, &mut batch);
+            if batch.is_empty() {
+                break;
+            }
+            let t = Instant::now();
+            db.write(&batch)?;
+            rec.record(t.elapsed());
+        }
+        let el = start.elapsed();
+        if want("ingest") {
+            emit(
+                &rec.row(
+                    name,
+                    "ingest",
+                    "msgs/s",
+                    a.messages as f64 / el.as_secs_f64(),
+                ),
+                &mut rows,
+            );
+        }
+        eprintln!("[{name}] settle: flush + full compaction");
+        let t = Instant::now();
+        db.settle()?;
+        let settle = t.elapsed();
+        if want("ingest") {
+            let mut r = Recorder::new();
+            r.record(settle);
+            emit(&r.row(name, "settle", "s", settle.as_secs_f64()), &mut rows);
+        }
+        if want("space") {
+            let bytes = db.table_bytes()?;
+            emit(
+                &Row::single(name, "space", "bytes/msg", bytes as f64 / a.messages as f64),
+                &mut rows,
+            );
+        }
+        let mut rng = fastrand::Rng::with_seed(a.seed ^ 0xABCD);
+        if want("latest50") {
+            for _ in 0..a.warmup {
+                db.latest(conversation_id(wl.sample_rank(&mut rng)), 50)?;
+            }
+            emit(
+                &reads(
+                    &*db,
+                    &wl,
+                    &mut rng,
+                    a.queries,
+                    Read::Latest,
+                    name,
+                    "latest50",
+                )?,
+                &mut rows,
+            );
+        }
+        if want("pageback") {
+            emit(
+                &reads(
+                    &*db,
+                    &wl,
+                    &mut rng,
+                    a.queries,
+                    Read::PageBack,
+                    name,
+                    "pageback",
+                )?,
+                &mut rows,
+            );
+        }
+        drop(db);
+        if want("cold") {
+            let dropped = drop_page_cache();
+            eprintln!(
+                "[{name}] cold: page cache {}, 1 MiB block cache",
+                if dropped {
+                    "dropped"
+                } else {
+                    "NOT dropped (not permitted here)"
+                }
+            );
+            let db = engines::open(a.engine, &cfg("main", false, 1))?;
+            let note = if dropped {
+                "cold"
+            } else {
+                "cold (page cache not dropped)"
+            };
+            let mut r = reads(
+                &*db,
+                &wl,
+                &mut rng,
+                a.cold_queries,
+                Read::Latest,
+                name,
+                "cold-latest50",
+            )?;
+            r.note = note.into();
+            emit(&r, &mut rows);
+            let mut r = reads(
+                &*db,
+                &wl,
+                &mut rng,
+                a.cold_queries,
+                Read::PageBack,
+                name,
+                "cold-pageback",
+            )?;
+            r.note = note.into();
+            emit(&r, &mut rows);
+        }
+    }
+
+    if want("ingest-sync") {
+        for writers in [1usize, 4] {
+            eprintln!(
+                "[{name}] ingest-sync: {writers} writer(s), {} messages",
+                a.sync_messages
+            );
+            let db: Arc<dyn Engine> = Arc::from(engines::open(
+                a.engine,
+                &cfg(&format!("sync{writers}"), true, a.cache_mib),
+            )?);
+            // Pre-generate each writer's batches so generation is not timed.
+            let mut gen = Workload::new(a.sync_messages, a.conversations, a.seed ^ writers as u64);
+            let mut per: Vec<Vec<Vec<_>>> = vec![Vec::new(); writers];
+            let mut b = Vec::new();
+            let mut i = 0;
+            loop {
+                gen.next_batch(BATCH, &mut b);
+                if b.is_empty() {
+                    break;
+                }
+                per[i % writers].push(std::mem::take(&mut b));
+                i += 1;
+            }
+            let start = Instant::now();
+            let threads: Vec<_> = per
+                .into_iter()
+                .map(|batches| {
+                    let db = Arc::clone(&db);
+                    std::thread::spawn(move || -> Result<Recorder> {
+                        let mut rec = Recorder::new();
+                        for batch in &batches {
+                            let t = Instant::now();
+                            db.write(batch)?;
+                            rec.record(t.elapsed());
+                        }
+                        Ok(rec)
+                    })
+                })
+                .collect();
+            let mut all = Recorder::new();
+            for t in threads {
+                let rec = t
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+                all.merge(&rec);
+            }
+            let el = start.elapsed();
+            emit(
+                &all.row(
+                    name,
+                    &format!("ingest-sync-{writers}w"),
+                    "msgs/s",
+                    a.sync_messages as f64 / el.as_secs_f64(),
+                ),
+                &mut rows,
+            );
+        }
+    }
+    if !a.json {
+        report::table(&rows);
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Read {
+    Latest,
+    PageBack,
+}
+
+fn reads(
+    db: &dyn Engine,
+    wl: &Workload,
+    rng: &mut fastrand::Rng,
+    n: usize,
+    kind: Read,
+    engine: &str,
+    name: &str,
+) -> Result<Row> {
+    let mut rec = Recorder::new();
+    let mut returned = 0usize;
+    let start = Instant::now();
+    for _ in 0..n {
+        let rank = wl.sample_rank(rng);
+        let conv = conversation_id(rank);
+        let t = Instant::now();
+        returned += match kind {
+            Read::Latest => db.latest(conv, 50)?,
+            Read::PageBack => {
+                let count = wl.counts[rank].max(1);
+                let cursor = TS0 + 10 * rng.u64(0..count);
+                db.before(conv, Timestamp(cursor), 50)?
+            }
+        };
+        rec.record(t.elapsed());
+    }
+    let el = start.elapsed();
+    let mut row = rec.row(engine, name, "queries/s", n as f64 / el.as_secs_f64());
+    row.note = format!("{:.1} msgs/query", returned as f64 / n.max(1) as f64);
+    Ok(row)
+}
+
+/// Drops the OS page cache; false where this process may not.
+fn drop_page_cache() -> bool {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", b"3\n")
+        .context("drop caches")
+        .is_ok()
+}
