@@ -101,10 +101,13 @@ impl SyncTarget {
 }
 
 /// The writer's position: the newest segment and the offset to write at.
+/// Whoever holds it (under `Shared::writer`) is the writer for now.
 #[derive(Debug)]
 pub(crate) struct WriterState {
     pub segment: Segment,
     pub offset: u64,
+    /// The buffer swapped with the queue's at each drain.
+    pub spare: Vec<u8>,
 }
 
 impl WriterState {
@@ -187,13 +190,13 @@ impl WriterState {
 }
 
 /// Starts the writer and (unless the policy is `Never`) the syncer.
-pub(crate) fn start(shared: &Arc<Shared>, writer: WriterState) -> Result<Vec<JoinHandle<()>>> {
+pub(crate) fn start(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
     let s = Arc::clone(shared);
     threads.push(
         std::thread::Builder::new()
             .name("missive-log-writer".into())
-            .spawn(move || writer_loop(&s, writer))
+            .spawn(move || writer_loop(&s))
             .map_err(|e| Error::io("spawn the writer thread for", &shared.dir, e))?,
     );
     if shared.opts.sync != SyncPolicy::Never {
@@ -208,51 +211,83 @@ pub(crate) fn start(shared: &Arc<Shared>, writer: WriterState) -> Result<Vec<Joi
     Ok(threads)
 }
 
-fn writer_loop(shared: &Shared, mut w: WriterState) {
-    let mut buf = Vec::with_capacity(64 << 10);
+/// What one [`drain`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Wrote a group (or served a forced sync).
+    Wrote,
+    /// The queue was empty.
+    Nothing,
+    /// The queue was empty and the log is closing.
+    Closed,
+}
+
+/// Writes everything queued so far as one group: swaps the queue's buffer
+/// out, writes and indexes its records, runs segment GC if they can free
+/// segments, publishes "written" and hands the group to the syncer. The
+/// caller holds the writer lock, which is what keeps groups in queue order.
+/// A failure poisons the log and is returned.
+pub(crate) fn drain(shared: &Shared, w: &mut WriterState) -> Result<Drained> {
+    let (end_lsn, force) = {
+        let mut q = shared.queue();
+        if q.buf.is_empty() && !q.force_sync {
+            return Ok(if q.closed {
+                Drained::Closed
+            } else {
+                Drained::Nothing
+            });
+        }
+        std::mem::swap(&mut q.buf, &mut w.spare);
+        q.base_lsn += w.spare.len() as u64;
+        (q.base_lsn, std::mem::take(&mut q.force_sync))
+    };
+    let buf = std::mem::take(&mut w.spare);
+    let result = w.write_records(shared, &buf).and_then(|run_gc| {
+        // Collect before publishing, so a purge returns only once the
+        // segments it freed are gone (its caller may be reclaiming space).
+        if run_gc {
+            gc::collect(shared, w)?;
+        }
+        Ok(())
+    });
+    if let Err(err) = result {
+        tracing::error!(%err, "log write failed; poisoning the log");
+        return Err(Error::Poisoned {
+            cause: shared.marks.poison(err),
+        });
+    }
+    if !buf.is_empty() {
+        Counters::add(&shared.stats.groups, 1);
+    }
+    w.spare = buf;
+    w.spare.clear();
+    shared.marks.set_written(end_lsn);
+    if shared.opts.sync == SyncPolicy::Never {
+        shared.marks.set_durable(end_lsn);
+    } else {
+        let mut t = shared.sync_target();
+        t.written = end_lsn;
+        t.force |= force;
+        drop(t);
+        shared.sync_cv.notify_one();
+    }
+    Ok(Drained::Wrote)
+}
+
+/// The writer thread: writes groups that no caller wrote itself (a caller
+/// that finds the writer busy wakes it), and closes the syncer at the end.
+fn writer_loop(shared: &Shared) {
     loop {
-        let (end_lsn, force) = {
+        {
             let mut q = shared.queue();
             while q.buf.is_empty() && !q.force_sync && !q.closed {
                 q = super::relock(shared.queue_cv.wait(q));
             }
-            if q.buf.is_empty() && !q.force_sync && q.closed {
-                break;
-            }
-            std::mem::swap(&mut q.buf, &mut buf);
-            q.base_lsn += buf.len() as u64;
-            (q.base_lsn, std::mem::take(&mut q.force_sync))
-        };
-        let run_gc = match w.write_records(shared, &buf) {
-            Ok(hint) => hint,
-            Err(err) => {
-                tracing::error!(%err, "log write failed; poisoning the log");
-                shared.marks.poison(err);
-                break;
-            }
-        };
-        if !buf.is_empty() {
-            Counters::add(&shared.stats.groups, 1);
         }
-        buf.clear();
-        // Collect before publishing, so a purge returns only once the
-        // segments it freed are gone (its caller may be reclaiming space).
-        if run_gc {
-            if let Err(err) = gc::collect(shared, &mut w) {
-                tracing::error!(%err, "log segment collection failed; poisoning the log");
-                shared.marks.poison(err);
-                break;
-            }
-        }
-        shared.marks.set_written(end_lsn);
-        if shared.opts.sync == SyncPolicy::Never {
-            shared.marks.set_durable(end_lsn);
-        } else {
-            let mut t = shared.sync_target();
-            t.written = end_lsn;
-            t.force |= force;
-            drop(t);
-            shared.sync_cv.notify_one();
+        let mut w = shared.writer();
+        match drain(shared, &mut w) {
+            Ok(Drained::Wrote | Drained::Nothing) => {}
+            Ok(Drained::Closed) | Err(_) => break,
         }
     }
     let mut t = shared.sync_target();

@@ -43,6 +43,11 @@ impl Watermarks {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether everything below `lsn` is readable.
+    pub fn is_written(&self, lsn: u64) -> bool {
+        self.lock().written >= lsn
+    }
+
     /// Everything below `lsn` is readable.
     pub fn set_written(&self, lsn: u64) {
         let mut m = self.lock();

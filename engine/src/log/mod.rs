@@ -86,7 +86,7 @@ pub(crate) use segment::{file_name as segment_file_name, parse_file_name as segm
 
 use crate::error::{Error, Result};
 use crate::io::{FileSystem, IoBackend};
-use commit::{Queue, SyncTarget, Tail};
+use commit::{Queue, SyncTarget, Tail, WriterState};
 use durable::Watermarks;
 use format::{RecordKind, MAX_META_KEY, MAX_META_VALUE, MAX_PAYLOAD};
 use segment::Segment;
@@ -237,8 +237,10 @@ struct Shared {
     opts: LogOptions,
     /// Records waiting for the writer, and each stream's logical tail.
     queue: Mutex<Queue>,
-    /// Wakes the writer.
+    /// Wakes the writer thread.
     queue_cv: Condvar,
+    /// The segment tail; whoever holds it writes the next group.
+    writer: Mutex<WriterState>,
     /// What the writer has written, per stream.
     streams: RwLock<Streams>,
     /// Live segment files by sequence number, for reads.
@@ -259,6 +261,9 @@ fn relock<G>(r: std::sync::LockResult<G>) -> G {
 impl Shared {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         relock(self.queue.lock())
+    }
+    fn writer(&self) -> MutexGuard<'_, WriterState> {
+        relock(self.writer.lock())
     }
     fn streams(&self) -> RwLockReadGuard<'_, Streams> {
         relock(self.streams.read())
@@ -339,11 +344,12 @@ impl Log {
             segments: RwLock::new(rec.segments),
             marks,
             sync: Mutex::new(SyncTarget::new(writer_state.segment.clone())),
+            writer: Mutex::new(writer_state),
             sync_cv: Condvar::new(),
             stats: Counters::default(),
             opts,
         });
-        let threads = commit::start(&shared, writer_state)?;
+        let threads = commit::start(&shared)?;
         Ok(Log {
             shared,
             threads,
@@ -592,8 +598,32 @@ impl Log {
         q.force_sync |= force_sync;
         let lsn = q.end_lsn();
         drop(q);
-        self.shared.queue_cv.notify_one();
+        self.write_through(lsn)?;
         Ok((r, lsn))
+    }
+
+    /// Gets what was queued up to `lsn` written: by this thread, if no one
+    /// else is writing (no thread hop: the common case with one writer),
+    /// else by the current writer or the writer thread, woken here. Every
+    /// caller that does not write wakes the writer thread, so records
+    /// queued while a caller writes are never left behind.
+    fn write_through(&self, lsn: u64) -> Result<()> {
+        let w = match self.shared.writer.try_lock() {
+            Ok(w) => Some(w),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        match w {
+            Some(mut w) => {
+                while !self.shared.marks.is_written(lsn) {
+                    if commit::drain(&self.shared, &mut w)? != commit::Drained::Wrote {
+                        break;
+                    }
+                }
+            }
+            None => self.shared.queue_cv.notify_one(),
+        }
+        self.shared.marks.wait_written(lsn)
     }
 
     fn wait_durable(&self, lsn: u64) -> Result<()> {

@@ -329,6 +329,7 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
         Some((seg, offset, false)) => WriterState {
             segment: seg,
             offset,
+            spare: Vec::new(),
         },
         Some((seg, _, true)) => {
             let next = segment::create(fs, dir, seg.seq + 1, prealloc)?;
@@ -336,6 +337,7 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
             WriterState {
                 segment: next,
                 offset: SEGMENT_HEADER_LEN as u64,
+                spare: Vec::new(),
             }
         }
         None => {
@@ -344,6 +346,7 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
             WriterState {
                 segment: first,
                 offset: SEGMENT_HEADER_LEN as u64,
+                spare: Vec::new(),
             }
         }
     };
