@@ -29,7 +29,7 @@ fn build(dir: &Path) -> PathBuf {
     for i in 0..200u64 {
         let mut b = WriteBatch::new();
         b.put(
-            message_key(ConversationId(5), Timestamp(i + 1)).to_vec(),
+            message_key(ConversationId(5), Timestamp(i + 1)),
             vec![i as u8; 60],
         );
         lsm.apply(&b, None).unwrap();
@@ -101,7 +101,7 @@ fn manifest_damage() {
     build(tmp.path());
     let lsm = Lsm::open(tmp.path(), options()).unwrap();
     let mut b = WriteBatch::new();
-    b.put(b"extra".to_vec(), b"v".to_vec());
+    b.put(b"extra", b"v");
     lsm.apply(&b, None).unwrap();
     lsm.flush().unwrap(); // a second record after the snapshot record
     drop(lsm);
@@ -122,7 +122,7 @@ fn manifest_damage() {
     // manifest with two records and damage the first.
     let lsm = Lsm::open(tmp.path(), options()).unwrap();
     let mut b = WriteBatch::new();
-    b.put(b"more".to_vec(), b"v".to_vec());
+    b.put(b"more", b"v");
     lsm.apply(&b, None).unwrap();
     lsm.flush().unwrap();
     drop(lsm);

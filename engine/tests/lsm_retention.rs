@@ -44,7 +44,7 @@ fn open(dir: &std::path::Path, clock: Arc<AtomicU64>) -> Lsm {
 
 fn put(lsm: &Lsm, conv: u64, ts: u64, v: Vec<u8>) {
     let mut b = WriteBatch::new();
-    b.put(message_key(ConversationId(conv), Timestamp(ts)).to_vec(), v);
+    b.put(message_key(ConversationId(conv), Timestamp(ts)), v);
     lsm.apply(&b, None).unwrap();
 }
 

@@ -54,7 +54,7 @@ fn data_dir() -> tempfile::TempDir {
         for i in from..to {
             let mut b = WriteBatch::new();
             b.put(
-                message_key(ConversationId(i % 10), Timestamp(i + 1)).to_vec(),
+                message_key(ConversationId(i % 10), Timestamp(i + 1)),
                 format!("hello from message {i}, how are you today?").into_bytes(),
             );
             db.write(&b).unwrap();

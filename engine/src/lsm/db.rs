@@ -110,13 +110,12 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
-        let encoded = batch.encode();
         let (appended, seq) = {
             let _w = self
                 .write_lock
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let appended = self.log.append(STREAM, &[encoded])?;
+            let appended = self.log.append(STREAM, &[batch.as_bytes()])?;
             let seq = self
                 .lsm
                 .apply_unpublished(batch, Some((STREAM, appended.first)))?;

@@ -3,7 +3,8 @@
 //! newest version of a key visible at a snapshot is the first entry at or
 //! after (key, snapshot).
 //!
-//! Applying a batch allocates exactly the key and the value of each entry;
+//! Applying a batch allocates one buffer (key then value) per entry, plus
+//! the skiplist's node;
 //! readers never block writers or each other.
 
 use std::cmp::Ordering;
@@ -17,17 +18,79 @@ use crossbeam_skiplist::SkipMap;
 use crate::log::StreamId;
 use crate::lsm::SeqNo;
 
-/// A version's key: user key ascending, then sequence number descending.
+/// One version: its key and value in one allocation, ordered by user key
+/// ascending, then sequence number descending.
+///
+/// `head` caches the key's first eight bytes (big-endian, zero-padded) so
+/// that most comparisons in the skiplist are one integer compare instead of
+/// a `memcmp` call: message keys differ in their first eight bytes unless
+/// they share a conversation. Zero padding keeps the order: where two
+/// padded heads differ, the keys differ at that byte or one ended there
+/// (and so is the smaller).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MemKey {
-    pub key: Box<[u8]>,
+    head: u64,
     pub seq: SeqNo,
+    key_len: u32,
+    tombstone: bool,
+    /// The key, then the value (empty for a tombstone).
+    buf: Box<[u8]>,
+}
+
+impl MemKey {
+    /// A version (`value` `None`: a tombstone).
+    pub fn new(key: &[u8], seq: SeqNo, value: Option<&[u8]>) -> Self {
+        let v = value.unwrap_or_default();
+        let mut buf = Vec::with_capacity(key.len() + v.len());
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(v);
+        MemKey {
+            head: head(key),
+            seq,
+            // Keys are bounded far below 4 GiB by the log's entry limit.
+            key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+            tombstone: value.is_none(),
+            buf: buf.into_boxed_slice(),
+        }
+    }
+
+    /// A search key: sorts before every version of `key` with a sequence
+    /// number ≤ `seq`.
+    pub fn probe(key: &[u8], seq: SeqNo) -> Self {
+        Self::new(key, seq, Some(&[]))
+    }
+
+    /// The user key.
+    pub fn key(&self) -> &[u8] {
+        &self.buf[..self.key_len as usize]
+    }
+
+    /// The value; `None` for a tombstone.
+    pub fn value(&self) -> Option<&[u8]> {
+        (!self.tombstone).then(|| &self.buf[self.key_len as usize..])
+    }
+}
+
+fn head(key: &[u8]) -> u64 {
+    let mut h = [0u8; 8];
+    let n = key.len().min(8);
+    h[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(h)
 }
 
 impl Ord for MemKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.key
-            .cmp(&other.key)
+        self.head
+            .cmp(&other.head)
+            .then_with(|| {
+                let (a, b) = (self.key(), other.key());
+                if a.len() >= 8 && b.len() >= 8 {
+                    // Equal heads: the first eight bytes are equal.
+                    a[8..].cmp(&b[8..])
+                } else {
+                    a.cmp(b)
+                }
+            })
             .then_with(|| other.seq.cmp(&self.seq))
     }
 }
@@ -38,13 +101,10 @@ impl PartialOrd for MemKey {
     }
 }
 
-/// A version's value; `None` is a tombstone.
-pub(crate) type MemValue = Option<Box<[u8]>>;
-
 /// One memtable.
 #[derive(Debug, Default)]
 pub(crate) struct Memtable {
-    pub map: SkipMap<MemKey, MemValue>,
+    pub map: SkipMap<MemKey, ()>,
     /// Approximate bytes held (keys, values, per-entry overhead).
     bytes: AtomicUsize,
     /// Highest sequence number inserted.
@@ -63,13 +123,7 @@ impl Memtable {
 
     pub fn insert(&self, key: &[u8], seq: SeqNo, value: Option<&[u8]>) {
         let size = key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD;
-        self.map.insert(
-            MemKey {
-                key: key.into(),
-                seq,
-            },
-            value.map(Into::into),
-        );
+        self.map.insert(MemKey::new(key, seq, value), ());
         self.bytes.fetch_add(size, AtomicOrdering::Relaxed);
         self.max_seq.fetch_max(seq.0, AtomicOrdering::Relaxed);
     }
@@ -101,15 +155,12 @@ impl Memtable {
     /// The newest version of `key` at `snapshot`: `Some(None)` for a
     /// tombstone, `None` if this memtable has no version visible there.
     pub fn get(&self, key: &[u8], snapshot: SeqNo) -> Option<Option<Vec<u8>>> {
-        let probe = MemKey {
-            key: key.into(),
-            seq: snapshot,
-        };
+        let probe = MemKey::probe(key, snapshot);
         let e = self.map.lower_bound(Bound::Included(&probe))?;
-        if &*e.key().key != key {
+        if e.key().key() != key {
             return None;
         }
-        Some(e.value().as_deref().map(<[u8]>::to_vec))
+        Some(e.key().value().map(<[u8]>::to_vec))
     }
 }
 

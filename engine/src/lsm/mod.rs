@@ -42,7 +42,7 @@ pub(crate) mod cache;
 pub mod compaction;
 mod db;
 pub(crate) mod manifest;
-mod memtable;
+pub(crate) mod memtable;
 pub mod read;
 pub mod retention;
 pub(crate) mod table;
@@ -524,7 +524,7 @@ impl Lsm {
         let n = batch.len().max(1) as u64;
         let first = self.inner.next_seq.fetch_add(n, Ordering::AcqRel);
         let mem = Arc::clone(&self.inner.mem().active);
-        for (i, op) in batch.ops().iter().enumerate() {
+        for (i, op) in batch.ops().enumerate() {
             let seq = SeqNo(first + i as u64);
             match op {
                 BatchOp::Put { key, value } => mem.insert(key, seq, Some(value)),
@@ -958,7 +958,7 @@ fn flush_oldest(inner: &Inner) -> Result<bool> {
         let path = table_path(&inner.tables_dir, id);
         let mut b = TableBuilder::create(&path, inner.build_options())?;
         for e in mem.map.iter() {
-            b.add(&e.key().key, e.key().seq.0, e.value().as_deref())?;
+            b.add(e.key().key(), e.key().seq.0, e.key().value())?;
         }
         let sum = b.finish()?;
         inner.sync_tables_dir()?;

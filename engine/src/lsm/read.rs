@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crossbeam_skiplist::map::Range as SkipRange;
 
 use crate::error::Result;
-use crate::lsm::memtable::{MemKey, MemValue, Memtable};
+use crate::lsm::memtable::{MemKey, Memtable};
 use crate::lsm::table::block::DecodedBlock;
 use crate::lsm::table::internal_cmp;
 use crate::lsm::version::TableFile;
@@ -42,26 +42,20 @@ pub(crate) trait Cursor {
     fn advance(&mut self) -> Result<()>;
 }
 
-type MemRange<'a> = SkipRange<'a, MemKey, (Bound<MemKey>, Bound<MemKey>), MemKey, MemValue>;
+type MemRange<'a> = SkipRange<'a, MemKey, (Bound<MemKey>, Bound<MemKey>), MemKey, ()>;
 
 /// A cursor over one memtable, within `[lo, hi)`.
 pub(crate) struct MemCursor<'a> {
     range: MemRange<'a>,
-    cur: Option<crossbeam_skiplist::map::Entry<'a, MemKey, MemValue>>,
+    cur: Option<crossbeam_skiplist::map::Entry<'a, MemKey, ()>>,
     dir: Direction,
 }
 
 impl<'a> MemCursor<'a> {
     pub fn new(mem: &'a Memtable, lo: &[u8], hi: Option<&[u8]>, dir: Direction) -> Self {
-        let start = Bound::Included(MemKey {
-            key: lo.into(),
-            seq: crate::lsm::SeqNo(u64::MAX),
-        });
+        let start = Bound::Included(MemKey::probe(lo, crate::lsm::SeqNo(u64::MAX)));
         let end = match hi {
-            Some(h) => Bound::Excluded(MemKey {
-                key: h.into(),
-                seq: crate::lsm::SeqNo(u64::MAX),
-            }),
+            Some(h) => Bound::Excluded(MemKey::probe(h, crate::lsm::SeqNo(u64::MAX))),
             None => Bound::Unbounded,
         };
         let mut range = mem.map.range((start, end));
@@ -76,7 +70,7 @@ impl<'a> MemCursor<'a> {
 impl Cursor for MemCursor<'_> {
     fn current(&self) -> Option<Item<'_>> {
         let e = self.cur.as_ref()?;
-        Some((&e.key().key, e.key().seq.0, e.value().as_deref()))
+        Some((e.key().key(), e.key().seq.0, e.key().value()))
     }
 
     fn advance(&mut self) -> Result<()> {
