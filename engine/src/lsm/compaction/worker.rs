@@ -11,6 +11,9 @@
 //!   dropped outright where a tombstone could be; either way its bytes are
 //!   gone from the output.
 //!
+//! - In a bottommost compaction, the surviving version every snapshot can
+//!   see is written with sequence number 0 (it orders below everything).
+//!
 //! Outputs are split at `target_table_bytes`, only between keys, so the
 //! tables of a level never share a key. They are fsynced, the directory is
 //! fsynced, and one manifest edit swaps inputs for outputs; the input files
@@ -124,8 +127,17 @@ pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<O
                 )?;
                 builder = Some((id, b));
             }
+            // At the bottom, the one version every snapshot sees needs no
+            // sequence number: nothing older exists to order it against
+            // and anything newer has a larger one. Zero (like RocksDB)
+            // encodes in one byte instead of up to ten.
+            let out_seq = if choice.bottommost && visible_to_all {
+                0
+            } else {
+                s
+            };
             if let Some((_, b)) = builder.as_mut() {
-                b.add(k, s, value)?;
+                b.add(k, out_seq, value)?;
             }
         }
         cursors[i].advance()?;
