@@ -131,9 +131,9 @@ impl Missive {
 
 impl Engine for Missive {
     fn write(&self, batch: &Batch) -> Result<()> {
-        let mut b = missive_engine::lsm::WriteBatch::new();
+        let mut b = missive_engine::lsm::WriteBatch::with_capacity(batch.len() * 128);
         for (k, v) in batch {
-            b.put(k.to_vec(), v.clone());
+            b.put(k, v);
         }
         self.db.write(&b)?;
         Ok(())

@@ -17,6 +17,7 @@
 //! before the next).
 
 mod engines;
+mod plot;
 mod report;
 mod workload;
 
@@ -44,6 +45,21 @@ struct Cli {
 enum Command {
     /// The storage-engine workload (see the module docs).
     Engine(EngineArgs),
+    /// Turn JSON result lines (`engine --json`) into an SVG chart.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PlotArgs {
+    /// Files of JSON result lines (other lines are skipped).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// The SVG to write.
+    #[arg(long, short, default_value = "benchmarks.svg")]
+    out: PathBuf,
+    /// The chart's title.
+    #[arg(long, default_value = "missive-bench engine")]
+    title: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +110,7 @@ const BATCH: usize = 64;
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Engine(args) => engine(&args),
+        Command::Plot(args) => plot::plot(&args.inputs, &args.out, &args.title),
     }
 }
 
@@ -123,22 +140,23 @@ fn engine(a: &EngineArgs) -> Result<()> {
         .any(|w| want(w));
     if needs_store {
         let db = engines::open(a.engine, &cfg("main", false, a.cache_mib))?;
+        // Generate first, so the timed loop measures the engine alone.
+        eprintln!("[{name}] generating {} messages", a.messages);
+        let batches = wl.all_batches(BATCH);
         eprintln!(
             "[{name}] ingest: {} messages in batches of {BATCH}",
             a.messages
         );
         let mut rec = Recorder::new();
-        let mut batch = Vec::with_capacity(BATCH);
+        let bar = progress(batches.len() as u64, "ingest");
         let start = Instant::now();
-        loop {
-            wl.next_batch(BATCH, &mut batch);
-            if batch.is_empty() {
-                break;
-            }
+        for batch in &batches {
             let t = Instant::now();
-            db.write(&batch)?;
+            db.write(batch)?;
             rec.record(t.elapsed());
+            bar.inc(1);
         }
+        bar.finish_and_clear();
         let el = start.elapsed();
         if want("ingest") {
             emit(
@@ -155,6 +173,7 @@ fn engine(a: &EngineArgs) -> Result<()> {
         let t = Instant::now();
         db.settle()?;
         let settle = t.elapsed();
+        drop(batches);
         if want("ingest") {
             let mut r = Recorder::new();
             r.record(settle);
@@ -252,17 +271,10 @@ fn engine(a: &EngineArgs) -> Result<()> {
                 &cfg(&format!("sync{writers}"), true, a.cache_mib),
             )?);
             // Pre-generate each writer's batches so generation is not timed.
-            let mut gen = Workload::new(a.sync_messages, a.conversations, a.seed ^ writers as u64);
+            let gen = Workload::new(a.sync_messages, a.conversations, a.seed ^ writers as u64);
             let mut per: Vec<Vec<Vec<_>>> = vec![Vec::new(); writers];
-            let mut b = Vec::new();
-            let mut i = 0;
-            loop {
-                gen.next_batch(BATCH, &mut b);
-                if b.is_empty() {
-                    break;
-                }
-                per[i % writers].push(std::mem::take(&mut b));
-                i += 1;
+            for (i, b) in gen.into_batches(BATCH).into_iter().enumerate() {
+                per[i % writers].push(b);
             }
             let start = Instant::now();
             let threads: Vec<_> = per
@@ -322,8 +334,12 @@ fn reads(
 ) -> Result<Row> {
     let mut rec = Recorder::new();
     let mut returned = 0usize;
+    let bar = progress(n as u64, name);
     let start = Instant::now();
-    for _ in 0..n {
+    for i in 0..n {
+        if i % 1024 == 0 {
+            bar.set_position(i as u64);
+        }
         let rank = wl.sample_rank(rng);
         let conv = conversation_id(rank);
         let t = Instant::now();
@@ -338,9 +354,22 @@ fn reads(
         rec.record(t.elapsed());
     }
     let el = start.elapsed();
+    bar.finish_and_clear();
     let mut row = rec.row(engine, name, "queries/s", n as f64 / el.as_secs_f64());
     row.note = format!("{:.1} msgs/query", returned as f64 / n.max(1) as f64);
     Ok(row)
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix:>14} [{bar:40}] {percent:>3}% {per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(what.to_owned());
+    bar
 }
 
 /// Drops the OS page cache; false where this process may not.

@@ -57,6 +57,9 @@ const WORDS: &[&str] = &[
     "going", "weekend", "plans", "movie", "dinner", "home", "work", "done", "nice", "cool",
 ];
 
+/// One message: key and value.
+pub type Message = ([u8; MESSAGE_KEY_LEN], Vec<u8>);
+
 /// The message workload.
 pub struct Workload {
     pub messages: usize,
@@ -88,7 +91,7 @@ impl Workload {
     }
 
     /// Appends the next `n` messages (or fewer at the end) to `out`.
-    pub fn next_batch(&mut self, n: usize, out: &mut Vec<([u8; MESSAGE_KEY_LEN], Vec<u8>)>) {
+    pub fn next_batch(&mut self, n: usize, out: &mut Vec<Message>) {
         out.clear();
         while out.len() < n && self.emitted < self.messages {
             let rank = self.zipf.sample(&mut self.rng);
@@ -97,6 +100,25 @@ impl Workload {
             out.push((Self::key(rank, i), self.value(rank)));
             self.emitted += 1;
         }
+    }
+
+    /// Every batch of the workload, generated at once (the counts are
+    /// updated as if they had been written).
+    pub fn all_batches(&mut self, n: usize) -> Vec<Vec<Message>> {
+        let mut out = Vec::with_capacity(self.messages.div_ceil(n));
+        loop {
+            let mut b = Vec::with_capacity(n);
+            self.next_batch(n, &mut b);
+            if b.is_empty() {
+                return out;
+            }
+            out.push(b);
+        }
+    }
+
+    /// [`Workload::all_batches`], consuming the workload.
+    pub fn into_batches(mut self, n: usize) -> Vec<Vec<Message>> {
+        self.all_batches(n)
     }
 
     fn value(&mut self, rank: usize) -> Vec<u8> {

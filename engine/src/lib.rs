@@ -6,6 +6,8 @@
 //!
 //! - `error` — the one error type ([`Error`]): corruption vs I/O vs poisoned
 //!   vs closed vs locked vs invalid argument.
+//! - `hot` — (hidden) entry points into internal hot paths for the
+//!   criterion benches.
 //! - `inspect` — read-only inspection of a data directory (for `missivectl`).
 //! - `keys` — the key layout: keyspace tag, slot, and the message key
 //!   (conversation, reverse timestamp); newtypes for ids and timestamps.
@@ -51,6 +53,8 @@
 //! ```
 
 pub mod error;
+#[doc(hidden)]
+pub mod hot;
 pub mod inspect;
 pub mod io;
 pub mod keys;

@@ -1,0 +1,67 @@
+//! Entry points into internal hot paths, for the criterion benches
+//! (`benches/hot_paths.rs`) only: hidden from the docs and not a stable
+//! API. Each is a thin wrapper; the code measured is the engine's own.
+
+use crate::lsm::memtable::Memtable;
+use crate::lsm::table::block::{BlockBuilder, DecodedBlock};
+use crate::lsm::table::bloom::{may_contain, BloomBuilder};
+use crate::lsm::SeqNo;
+
+/// Inserts every (key, value) into a fresh memtable, as one batch would;
+/// returns the memtable's size estimate (so the work is not optimized out).
+pub fn memtable_insert(entries: &[(Vec<u8>, Vec<u8>)]) -> usize {
+    let m = Memtable::new();
+    for (i, (k, v)) in entries.iter().enumerate() {
+        m.insert(k, SeqNo(i as u64 + 1), Some(v));
+    }
+    m.approximate_bytes()
+}
+
+/// Encodes sorted (key, value) pairs as one uncompressed data block.
+pub fn block_encode(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut b = BlockBuilder::new();
+    for (k, v) in entries {
+        b.add(k, 0, Some(v));
+    }
+    b.take()
+}
+
+/// A decoded data block.
+#[derive(Debug)]
+pub struct Block(DecodedBlock);
+
+/// Decodes an uncompressed data block.
+pub fn block_decode(payload: &[u8]) -> Option<Block> {
+    DecodedBlock::decode(payload).ok().map(Block)
+}
+
+impl Block {
+    /// Index of the first entry with a key ≥ `key`.
+    pub fn seek(&self, key: &[u8]) -> usize {
+        self.0.seek_key(key)
+    }
+
+    /// Entries in the block.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the block has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
+/// Builds a bloom filter over `prefixes`.
+pub fn bloom_build(prefixes: &[Vec<u8>], bits_per_key: u32) -> Vec<u8> {
+    let mut b = BloomBuilder::default();
+    for p in prefixes {
+        b.add(p);
+    }
+    b.finish(bits_per_key)
+}
+
+/// Probes a filter.
+pub fn bloom_probe(filter: &[u8], prefix: &[u8]) -> bool {
+    may_contain(filter, prefix)
+}
