@@ -87,6 +87,11 @@ pub(crate) struct SyncTarget {
     /// Sync now, whatever the policy's interval.
     force: bool,
     closed: bool,
+    /// Everything below this LSN is durable.
+    synced: u64,
+    /// A sync is running (on the syncer or on a waiting caller): at most
+    /// one at a time, so `synced` only grows.
+    syncing: bool,
 }
 
 impl SyncTarget {
@@ -96,6 +101,8 @@ impl SyncTarget {
             written: 0,
             force: false,
             closed: false,
+            synced: 0,
+            syncing: false,
         }
     }
 }
@@ -301,13 +308,12 @@ fn syncer_loop(shared: &Shared) {
         SyncPolicy::EveryMillis(ms) => Some(Duration::from_millis(ms)),
         _ => None,
     };
-    let mut synced = 0u64;
     let mut last_sync = Instant::now();
     loop {
         let (file, upto) = {
             let mut t = shared.sync_target();
             loop {
-                if t.written > synced {
+                if t.written > t.synced && !t.syncing {
                     match interval {
                         Some(every) if !t.force && !t.closed => {
                             let due = last_sync + every;
@@ -321,30 +327,80 @@ fn syncer_loop(shared: &Shared) {
                     }
                     break;
                 }
-                if t.closed {
+                if t.closed && !t.syncing {
                     return;
                 }
-                if t.force {
+                if t.force && !t.syncing {
                     // Nothing new to sync, but someone waits: it is durable.
                     t.force = false;
-                    shared.marks.set_durable(synced);
+                    shared.marks.set_durable(t.synced);
                 }
                 t = super::relock(shared.sync_cv.wait(t));
             }
             t.force = false;
+            t.syncing = true;
             (t.file.clone(), t.written)
         };
-        if let Err(e) = file.file.sync_data() {
-            let err = Error::io("fsync", &file.path, e);
-            tracing::error!(%err, "log fsync failed; poisoning the log");
-            shared.marks.poison(err);
+        if finish_sync(shared, &file, upto).is_err() {
             return;
         }
-        Counters::add(&shared.stats.syncs, 1);
         last_sync = Instant::now();
-        synced = upto;
-        shared.marks.set_durable(upto);
     }
+}
+
+/// fdatasyncs `file` (which holds everything written below `upto`), then
+/// publishes: `syncing` off, `synced` and the durable mark up to `upto`.
+/// The caller set `syncing`. A failure poisons the log.
+fn finish_sync(shared: &Shared, file: &Segment, upto: u64) -> Result<()> {
+    let result = file.file.sync_data();
+    let mut t = shared.sync_target();
+    t.syncing = false;
+    if result.is_ok() {
+        t.synced = t.synced.max(upto);
+    }
+    drop(t);
+    // The syncer may be waiting for this sync to end.
+    shared.sync_cv.notify_one();
+    match result {
+        Ok(()) => {
+            Counters::add(&shared.stats.syncs, 1);
+            shared.marks.set_durable(upto);
+            Ok(())
+        }
+        Err(e) => {
+            let err = Error::io("fsync", &file.path, e);
+            tracing::error!(%err, "log fsync failed; poisoning the log");
+            Err(Error::Poisoned {
+                cause: shared.marks.poison(err),
+            })
+        }
+    }
+}
+
+/// Waits until everything below `lsn` is durable. Under
+/// [`SyncPolicy::Always`], a waiter that finds no sync running runs it on
+/// its own thread — one fdatasync, no hand-off to the syncer and back,
+/// which is most of a lone writer's latency — while a waiter that finds a
+/// sync running waits for it (the next group forms meanwhile, and the
+/// syncer or the next waiter syncs it).
+pub(crate) fn wait_durable(shared: &Shared, lsn: u64) -> Result<()> {
+    shared.marks.wait_written(lsn)?;
+    if shared.opts.sync == SyncPolicy::Always {
+        let claimed = {
+            let mut t = shared.sync_target();
+            if t.synced < lsn && !t.syncing && !t.closed && t.written >= lsn {
+                t.syncing = true;
+                t.force = false;
+                Some((t.file.clone(), t.written))
+            } else {
+                None
+            }
+        };
+        if let Some((file, upto)) = claimed {
+            finish_sync(shared, &file, upto)?;
+        }
+    }
+    shared.marks.wait_durable(lsn)
 }
 
 /// Reads the live entries of `range`, one pread per run of adjacent records.

@@ -11,10 +11,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, Result};
+use crate::log::Shared;
 
 #[derive(Debug, Default)]
 struct Marks {
@@ -165,16 +166,22 @@ impl Watermarks {
 pub struct Durable {
     lsn: u64,
     marks: Arc<Watermarks>,
+    /// The log, so a blocking waiter can run the fdatasync itself.
+    shared: Weak<Shared>,
 }
 
 impl Durable {
-    pub(crate) fn new(lsn: u64, marks: Arc<Watermarks>) -> Self {
-        Durable { lsn, marks }
+    pub(crate) fn new(lsn: u64, marks: Arc<Watermarks>, shared: Weak<Shared>) -> Self {
+        Durable { lsn, marks, shared }
     }
 
-    /// Blocks the calling thread until the append is durable.
+    /// Blocks the calling thread until the append is durable (running the
+    /// fdatasync on this thread when no sync is under way).
     pub fn wait(&self) -> Result<()> {
-        self.marks.wait_durable(self.lsn)
+        match self.shared.upgrade() {
+            Some(shared) => crate::log::commit::wait_durable(&shared, self.lsn),
+            None => self.marks.wait_durable(self.lsn),
+        }
     }
 
     /// Whether it is durable already (never blocks).
