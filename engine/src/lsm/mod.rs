@@ -754,8 +754,26 @@ impl Lsm {
         snap: u64,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        if limit == 0 || hi.is_some_and(|h| h <= lo) {
-            return Ok(out);
+        self.visit(lo, hi, dir, snap, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `visit` with each live (key, value) in `[lo, hi)` at `snap`,
+    /// in `dir` order, until it returns false. The slices borrow from the
+    /// memtable or the cached block: callers copy only what they keep.
+    fn visit(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        dir: Direction,
+        snap: u64,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if hi.is_some_and(|h| h <= lo) {
+            return Ok(());
         }
         let (active, immutables) = {
             let m = self.inner.mem();
@@ -772,8 +790,16 @@ impl Lsm {
             m.largest.as_slice() >= lo && hi.is_none_or(|h| m.smallest.as_slice() < h)
         };
         for (lvl, tables) in version.levels.iter().enumerate() {
-            let picked: Vec<Arc<TableFile>> = tables
+            // Below level 0 a level's tables are sorted and disjoint: skip
+            // to the first that can overlap instead of testing them all.
+            let from = if lvl == 0 {
+                0
+            } else {
+                tables.partition_point(|t| t.meta.largest.as_slice() < lo)
+            };
+            let picked: Vec<Arc<TableFile>> = tables[from..]
                 .iter()
+                .take_while(|t| lvl == 0 || hi.is_none_or(|h| t.meta.smallest.as_slice() < h))
                 .filter(|t| in_range(&t.meta) && t.meta.min_seq <= snap)
                 .filter(|t| prefix.is_none_or(|p| t.table.may_contain(p)))
                 .cloned()
@@ -796,12 +822,8 @@ impl Lsm {
             dir,
             snap,
             &|k, v| !inner.is_expired(k, v, now),
-            &mut |k, v| {
-                out.push((k.to_vec(), v.to_vec()));
-                out.len() < limit
-            },
-        )?;
-        Ok(out)
+            visit,
+        )
     }
 
     /// The newest `limit` messages of a conversation, newest first.
@@ -845,13 +867,21 @@ impl Lsm {
         dir: Direction,
         limit: usize,
     ) -> Result<Vec<StoredMessage>> {
-        Ok(self
-            .scan(lo, hi, dir, limit)?
-            .into_iter()
-            .filter_map(|(k, value)| {
-                decode_message_key(&k).map(|(_, ts)| StoredMessage { ts, value })
-            })
-            .collect())
+        let mut out = Vec::with_capacity(limit.min(1024));
+        if limit == 0 {
+            return Ok(out);
+        }
+        let snap = self.inner.visible_seq.load(Ordering::Acquire);
+        self.visit(lo, hi, dir, snap, &mut |k, v| {
+            if let Some((_, ts)) = decode_message_key(k) {
+                out.push(StoredMessage {
+                    ts,
+                    value: v.to_vec(),
+                });
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
     }
 
     /// Walks every checksum of every live table; returns the number of

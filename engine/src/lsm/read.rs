@@ -274,6 +274,15 @@ pub(crate) fn merge_visible(
     keep: &dyn Fn(&[u8], &[u8]) -> bool,
     emit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<()> {
+    let mut live = cursors
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.current().is_some())
+        .map(|(i, _)| i);
+    // Going backward a key's versions come oldest first: merge as usual.
+    if let (Direction::Forward, Some(only), None) = (dir, live.next(), live.next()) {
+        return single_visible(cursors[only].as_mut(), snapshot, keep, emit);
+    }
     let mut key = Vec::new();
     let mut best_val: Vec<u8> = Vec::new();
     while let Some(first) = next_cursor(cursors, dir) {
@@ -303,6 +312,36 @@ pub(crate) fn merge_visible(
                 return Ok(());
             }
         }
+    }
+    Ok(())
+}
+
+/// [`merge_visible`] going forward when one source holds the whole range
+/// (the common case once compaction has run): its versions of a key are
+/// adjacent, newest first, so the first one at or below the snapshot decides the key, and
+/// values go to `emit` straight from the block or memtable, uncopied.
+fn single_visible(
+    c: &mut (dyn Cursor + '_),
+    snapshot: u64,
+    keep: &dyn Fn(&[u8], &[u8]) -> bool,
+    emit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    let mut decided: Vec<u8> = Vec::new();
+    let mut have_decided = false;
+    while let Some((k, s, v)) = c.current() {
+        if (have_decided && k == decided.as_slice()) || s > snapshot {
+            c.advance()?;
+            continue;
+        }
+        decided.clear();
+        decided.extend_from_slice(k);
+        have_decided = true;
+        if let Some(v) = v {
+            if keep(k, v) && !emit(k, v) {
+                return Ok(());
+            }
+        }
+        c.advance()?;
     }
     Ok(())
 }
