@@ -36,6 +36,8 @@ pub trait Engine: Send + Sync {
     fn before(&self, conv: ConversationId, ts: Timestamp, n: usize) -> Result<usize>;
     /// Bytes of table files on disk.
     fn table_bytes(&self) -> Result<u64>;
+    /// The shape of the tree (files per level), for the report.
+    fn shape(&self) -> String;
 }
 
 /// Which engine.
@@ -155,6 +157,11 @@ impl Engine for Missive {
     fn table_bytes(&self) -> Result<u64> {
         dir_bytes(&self.dir.join("lsm/tables"), "sst")
     }
+
+    fn shape(&self) -> String {
+        let s = self.db.stats();
+        format!("files/level {:?}", s.files_per_level)
+    }
 }
 
 #[cfg(feature = "rocksdb")]
@@ -251,6 +258,19 @@ mod rocks {
 
         fn table_bytes(&self) -> Result<u64> {
             dir_bytes(&self.dir, "sst")
+        }
+
+        fn shape(&self) -> String {
+            let levels: Vec<String> = (0..7)
+                .map(|l| {
+                    self.db
+                        .property_value(format!("rocksdb.num-files-at-level{l}"))
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                })
+                .collect();
+            format!("files/level [{}]", levels.join(", "))
         }
     }
 }

@@ -47,6 +47,19 @@ enum Command {
     Engine(EngineArgs),
     /// Turn JSON result lines (`engine --json`) into an SVG chart.
     Plot(PlotArgs),
+    /// The space floor: bytes per message when only the values, in key
+    /// order, are cut into blocks of the same size and LZ4-compressed.
+    SpaceFloor {
+        /// Messages to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        /// Conversations they go to (Zipf 1.1).
+        #[arg(long, default_value_t = 100_000)]
+        conversations: usize,
+        /// Workload seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +116,9 @@ struct EngineArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Keep the data directory afterwards (to look inside with missivectl).
+    #[arg(long)]
+    keep: bool,
 }
 
 const BATCH: usize = 64;
@@ -111,6 +127,30 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Engine(args) => engine(&args),
         Command::Plot(args) => plot::plot(&args.inputs, &args.out, &args.title),
+        Command::SpaceFloor {
+            messages,
+            conversations,
+            seed,
+        } => {
+            let mut all = Workload::new(messages, conversations, seed)
+                .into_batches(BATCH)
+                .concat();
+            all.sort();
+            let (mut stored, mut buf) = (0usize, Vec::new());
+            for (i, (_, v)) in all.iter().enumerate() {
+                buf.extend_from_slice(v);
+                if buf.len() >= engines::BLOCK_SIZE || i + 1 == all.len() {
+                    stored += lz4_flex::compress_prepend_size(&buf).len();
+                    buf.clear();
+                }
+            }
+            println!(
+                "values only, {} KiB LZ4 blocks: {:.1} bytes/msg",
+                engines::BLOCK_SIZE >> 10,
+                stored as f64 / all.len().max(1) as f64
+            );
+            Ok(())
+        }
     }
 }
 
@@ -181,10 +221,9 @@ fn engine(a: &EngineArgs) -> Result<()> {
         }
         if want("space") {
             let bytes = db.table_bytes()?;
-            emit(
-                &Row::single(name, "space", "bytes/msg", bytes as f64 / a.messages as f64),
-                &mut rows,
-            );
+            let mut row = Row::single(name, "space", "bytes/msg", bytes as f64 / a.messages as f64);
+            row.note = db.shape();
+            emit(&row, &mut rows);
         }
         let mut rng = fastrand::Rng::with_seed(a.seed ^ 0xABCD);
         if want("latest50") {
@@ -313,6 +352,9 @@ fn engine(a: &EngineArgs) -> Result<()> {
     }
     if !a.json {
         report::table(&rows);
+    }
+    if a.keep {
+        eprintln!("[{name}] data kept in {}", tmp.keep().display());
     }
     Ok(())
 }

@@ -631,7 +631,14 @@ impl Lsm {
         let Some(&bottom) = nonempty.last() else {
             return Ok(());
         };
-        let target = bottom.max(1);
+        // Merge into the shallowest level (at or below the current bottom)
+        // whose size target holds everything, so the picker has nothing
+        // left to push down afterwards: a full compaction leaves one sorted
+        // run that stays put.
+        let total: u64 = metas.iter().flatten().map(|m| m.size).sum();
+        let target = (bottom.max(1)..LEVELS)
+            .find(|&l| compaction::picker::target_bytes(&self.inner.opts.picker, l) >= total)
+            .unwrap_or(LEVELS - 1);
         let inputs: Vec<FileMeta> = nonempty
             .iter()
             .filter(|&&l| l != target)
