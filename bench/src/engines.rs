@@ -64,6 +64,8 @@ pub struct Config {
     pub dir: PathBuf,
     pub sync: bool,
     pub block_cache_bytes: u64,
+    /// Missive's log I/O back end.
+    pub log_io: missive_engine::io::IoBackend,
 }
 
 pub const BLOCK_SIZE: usize = 16 << 10;
@@ -114,6 +116,7 @@ impl Missive {
                     } else {
                         SyncPolicy::Never
                     },
+                    io: cfg.log_io,
                     ..LogOptions::default()
                 },
                 lsm: LsmOptions {
@@ -264,7 +267,7 @@ mod rocks {
             let levels: Vec<String> = (0..7)
                 .map(|l| {
                     self.db
-                        .property_value(format!("rocksdb.num-files-at-level{l}"))
+                        .property_value(format!("rocksdb.num-files-at-level{l}").as_str())
                         .ok()
                         .flatten()
                         .unwrap_or_default()

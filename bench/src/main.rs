@@ -116,12 +116,34 @@ struct EngineArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Missive's log I/O back end: auto (io_uring where the kernel allows
+    /// it), std or io-uring.
+    #[arg(long, value_enum, default_value_t = LogIo::Auto)]
+    log_io: LogIo,
     /// Keep the data directory afterwards (to look inside with missivectl).
     #[arg(long)]
     keep: bool,
 }
 
 const BATCH: usize = 64;
+
+/// `--log-io`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogIo {
+    Auto,
+    Std,
+    IoUring,
+}
+
+impl From<LogIo> for missive_engine::io::IoBackend {
+    fn from(x: LogIo) -> Self {
+        match x {
+            LogIo::Auto => Self::Auto,
+            LogIo::Std => Self::Std,
+            LogIo::IoUring => Self::IoUring,
+        }
+    }
+}
 
 fn main() -> Result<()> {
     match Cli::parse().command {
@@ -159,7 +181,11 @@ fn engine(a: &EngineArgs) -> Result<()> {
     std::fs::create_dir_all(&base)?;
     let tmp = tempfile::tempdir_in(&base)?;
     let want = |w: &str| a.workloads.split(',').any(|x| x.trim() == w);
-    let name = a.engine.name();
+    let name = match (a.engine, a.log_io) {
+        (Kind::Missive, LogIo::Std) => "missive-std",
+        (Kind::Missive, LogIo::IoUring) => "missive-uring",
+        (kind, _) => kind.name(),
+    };
     let mut rows: Vec<Row> = Vec::new();
     let emit = |row: &Row, rows: &mut Vec<Row>| {
         if a.json {
@@ -171,6 +197,7 @@ fn engine(a: &EngineArgs) -> Result<()> {
         dir: tmp.path().join(dir),
         sync,
         block_cache_bytes: cache_mib << 20,
+        log_io: a.log_io.into(),
     };
 
     // ingest → settle → space → latest50 → pageback, on one store.
