@@ -25,11 +25,13 @@
 
 /// A conversation (a 1:1 chat or a group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ConversationId(pub u64);
 
 /// A server-assigned per-conversation timestamp, in microseconds since the
 /// Unix epoch, strictly increasing within a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
@@ -47,6 +49,7 @@ impl Timestamp {
 
 /// One of the fixed hash slots data is sharded by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Slot(pub u16);
 
 /// The number of slots (fixed for the life of a cluster).

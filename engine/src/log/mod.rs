@@ -426,11 +426,7 @@ impl Log {
         Ok(Appended {
             first,
             last: first + entries.len() as u64 - 1,
-            durable: Durable::new(
-                end_lsn,
-                Arc::clone(&self.shared.marks),
-                Arc::downgrade(&self.shared),
-            ),
+            durable: self.completion(end_lsn),
         })
     }
 
@@ -438,6 +434,13 @@ impl Log {
     /// previous one. Returns once it is durable (except under
     /// [`SyncPolicy::Never`], where nothing is).
     pub fn set_meta(&self, stream: StreamId, key: &[u8], value: &[u8]) -> Result<()> {
+        self.submit_meta(stream, key, value)?.wait()
+    }
+
+    /// [`Log::set_meta`] without the wait: the value is readable through
+    /// [`Log::meta`] on return and durable when the completion fires (an
+    /// async caller `.await`s it instead of blocking a thread).
+    pub fn submit_meta(&self, stream: StreamId, key: &[u8], value: &[u8]) -> Result<Durable> {
         if key.len() > MAX_META_KEY || value.len() > MAX_META_VALUE {
             return Err(Error::InvalidArgument(format!(
                 "meta key/value of {}/{} bytes exceeds the {MAX_META_KEY}/{MAX_META_VALUE}-byte limit",
@@ -451,7 +454,7 @@ impl Log {
             q.push(RecordKind::Meta, stream, 0, &[&klen, key, value]);
             Ok(())
         })?;
-        self.wait_durable(lsn)
+        Ok(self.completion(lsn))
     }
 
     /// The newest value stored under `key` for `stream`.
@@ -470,8 +473,14 @@ impl Log {
     /// ordered with the appends around it. A no-op if nothing follows
     /// `index`; an error if `index` lies inside the purged prefix.
     pub fn truncate_after(&self, stream: StreamId, index: u64) -> Result<()> {
+        self.submit_truncate_after(stream, index)?.wait()
+    }
+
+    /// [`Log::truncate_after`] without the wait: later reads and appends see
+    /// the truncation on return; it is durable when the completion fires.
+    pub fn submit_truncate_after(&self, stream: StreamId, index: u64) -> Result<Durable> {
         check_index(index)?;
-        let (done, lsn) = self.enqueue(true, |q| {
+        let ((), lsn) = self.enqueue(true, |q| {
             let tail = q.tail(stream);
             if index < tail.purged {
                 return Err(Error::InvalidArgument(format!(
@@ -480,16 +489,15 @@ impl Log {
                 )));
             }
             if index + 1 >= tail.next {
-                return Ok(true);
+                return Ok(());
             }
             tail.next = index + 1;
             q.push(RecordKind::Truncate, stream, index, &[]);
-            Ok(false)
+            Ok(())
         })?;
-        if done {
-            return Ok(());
-        }
-        self.wait_durable(lsn)
+        // A no-op still waits for what was queued before it: the caller's
+        // earlier records must not be reported durable early.
+        Ok(self.completion(lsn))
     }
 
     /// Drops the stream's entries up to and including `index` (a snapshot
@@ -498,21 +506,24 @@ impl Log {
     /// Durable and ordered with appends; segments every stream has purged
     /// are deleted in the background.
     pub fn purge_upto(&self, stream: StreamId, index: u64) -> Result<()> {
+        self.submit_purge_upto(stream, index)?.wait()
+    }
+
+    /// [`Log::purge_upto`] without the wait: [`Log::bounds`] reflects it on
+    /// return; it is durable when the completion fires.
+    pub fn submit_purge_upto(&self, stream: StreamId, index: u64) -> Result<Durable> {
         check_index(index)?;
-        let (done, lsn) = self.enqueue(true, |q| {
+        let ((), lsn) = self.enqueue(true, |q| {
             let tail = q.tail(stream);
             if index <= tail.purged {
-                return Ok(true);
+                return Ok(());
             }
             tail.purged = index;
             tail.next = tail.next.max(index + 1);
             q.push(RecordKind::Purge, stream, index, &[]);
-            Ok(false)
+            Ok(())
         })?;
-        if done {
-            return Ok(());
-        }
-        self.wait_durable(lsn)
+        Ok(self.completion(lsn))
     }
 
     /// Makes everything appended so far durable now (under any policy but
@@ -649,6 +660,15 @@ impl Log {
 
     fn wait_durable(&self, lsn: u64) -> Result<()> {
         commit::wait_durable(&self.shared, lsn)
+    }
+
+    /// The completion for everything queued up to `lsn`.
+    fn completion(&self, lsn: u64) -> Durable {
+        Durable::new(
+            lsn,
+            Arc::clone(&self.shared.marks),
+            Arc::downgrade(&self.shared),
+        )
     }
 }
 

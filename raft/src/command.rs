@@ -1,0 +1,226 @@
+//! The state machine's commands, their outcomes, and the read queries.
+//!
+//! A Raft entry's payload is a [`Batch`]: the leader's clock reading and the
+//! commands that rode in that entry (the batcher packs concurrent writes of
+//! a shard into one entry, since openraft 0.9 pays a log flush per entry).
+//! Apply is a pure function of the batch and the shard's state: the time a
+//! message gets comes from `Batch::stamp_micros`, never from the replica's
+//! clock, so every replica computes the same ts and seq.
+//!
+//! # Encoding (in the log, byte by byte)
+//!
+//! An entry is stored as `[version: u8 = 1][postcard(openraft Entry)]` (see
+//! `codec`); its `Normal` payload is this module's [`Batch`] in postcard's
+//! stable wire format (varint integers, length-prefixed bytes and strings,
+//! enums as a varint variant index followed by the fields in declaration
+//! order). Variants and fields are append-only: a new command is a new
+//! variant at the end; a removed one keeps its slot.
+
+use serde::{Deserialize, Serialize};
+
+use missive_engine::keys::ConversationId;
+
+/// A user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UserId(pub u64);
+
+/// One of a user's devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceId(pub u64);
+
+/// The payload of one Raft entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The leader's clock when it proposed the entry, in microseconds since
+    /// the Unix epoch: the only time apply ever sees.
+    pub stamp_micros: u64,
+    /// The commands, applied in order.
+    pub commands: Vec<Command>,
+}
+
+/// What the state machine answers for a [`Batch`]: one outcome per command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BatchResponse {
+    /// In command order.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// A conversation's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConversationKind {
+    /// Exactly two members, one conversation per unordered pair.
+    Direct,
+    /// A named group with admins.
+    Group,
+}
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// Text (or ciphertext) in the body.
+    Text,
+    /// A reference to media stored elsewhere.
+    Media,
+    /// A reply; the body names the message replied to.
+    Reply,
+    /// A reaction to another message.
+    Reaction,
+    /// An edit of an earlier message.
+    Edit,
+    /// The sender withdrew an earlier message.
+    Unsend,
+    /// Written by the server (membership changes, renames).
+    System,
+}
+
+/// A state-machine command. Append-only enum (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates a conversation. Idempotent: creating one that exists with
+    /// the same kind answers `Created { created: false }`.
+    CreateConversation {
+        /// Its id (chosen by the caller: for a direct chat, derived from
+        /// the pair so there is one per pair).
+        conv: ConversationId,
+        /// Direct or group.
+        kind: ConversationKind,
+        /// The group's name (empty for direct chats).
+        name: String,
+        /// Who creates it; becomes an admin of a group.
+        creator: UserId,
+        /// The members, the creator included.
+        members: Vec<UserId>,
+        /// Maximum members (the server's configured limit).
+        max_members: u32,
+    },
+    /// Adds and removes members (group admins only). Writes a system message.
+    ChangeMembers {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who asks (must be an admin, or removing only themself: a leave).
+        actor: UserId,
+        /// Members to add.
+        add: Vec<UserId>,
+        /// Members to remove.
+        remove: Vec<UserId>,
+        /// Members to make admins.
+        promote: Vec<UserId>,
+        /// A new name, if renaming.
+        rename: Option<String>,
+        /// Maximum members (the server's configured limit).
+        max_members: u32,
+    },
+    /// Appends a message, assigning its ts and dense seq; deduplicated by
+    /// (sender, client message id).
+    AppendMessage {
+        /// The conversation.
+        conv: ConversationId,
+        /// The sending user (must be a member).
+        sender: UserId,
+        /// The sending device.
+        device: DeviceId,
+        /// The client's id for this message, unique per sender.
+        client_msg_id: String,
+        /// What it is.
+        kind: MessageKind,
+        /// Opaque bytes (may be ciphertext).
+        body: Vec<u8>,
+        /// When it disappears (µs since the epoch), if ever.
+        expires_at: Option<u64>,
+    },
+    /// Raises a member's receipt watermarks (never lowers them).
+    SetReceipt {
+        /// The conversation.
+        conv: ConversationId,
+        /// The member.
+        user: UserId,
+        /// Delivered up to this seq.
+        delivered: Option<u64>,
+        /// Read up to this seq (implies delivered).
+        read: Option<u64>,
+    },
+}
+
+impl Command {
+    /// The conversation the command acts on (it decides the shard).
+    pub fn conversation(&self) -> ConversationId {
+        match self {
+            Command::CreateConversation { conv, .. }
+            | Command::ChangeMembers { conv, .. }
+            | Command::AppendMessage { conv, .. }
+            | Command::SetReceipt { conv, .. } => *conv,
+        }
+    }
+}
+
+/// Why the state machine refused a command. Stable codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RejectCode {
+    /// The conversation does not exist.
+    NoSuchConversation,
+    /// The user is not a member.
+    NotAMember,
+    /// The user may not do this (not an admin).
+    Forbidden,
+    /// The conversation exists with a different kind or membership.
+    Conflict,
+    /// The command is malformed (empty member list, too many members, …).
+    Invalid,
+}
+
+impl RejectCode {
+    /// The code's stable name, as the server's protocol spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::NoSuchConversation => "no_such_conversation",
+            RejectCode::NotAMember => "not_a_member",
+            RejectCode::Forbidden => "forbidden",
+            RejectCode::Conflict => "conflict",
+            RejectCode::Invalid => "invalid",
+        }
+    }
+}
+
+/// The outcome of one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// `CreateConversation`: whether this command created it.
+    Created {
+        /// False if it already existed.
+        created: bool,
+    },
+    /// `ChangeMembers`: the new membership version, and the system
+    /// message's position.
+    MembersChanged {
+        /// Membership version after the change.
+        version: u64,
+        /// The system message's ts.
+        ts: u64,
+        /// The system message's seq.
+        seq: u64,
+    },
+    /// `AppendMessage`: where the message is.
+    Appended {
+        /// Server timestamp (µs).
+        ts: u64,
+        /// Dense per-conversation sequence number, from 1.
+        seq: u64,
+        /// True if this was a resend of an already stored message.
+        duplicate: bool,
+    },
+    /// `SetReceipt`: the watermarks after the command.
+    Receipt {
+        /// Delivered up to.
+        delivered: u64,
+        /// Read up to.
+        read: u64,
+    },
+    /// The command was refused.
+    Rejected {
+        /// Stable code.
+        code: RejectCode,
+        /// For a person.
+        message: String,
+    },
+}

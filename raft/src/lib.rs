@@ -1,0 +1,35 @@
+//! Missive's replication: one openraft group per shard. A group's log is a
+//! stream of the node's engine log; its state machine is the node's LSM.
+//!
+//! # Layout
+//!
+//! - `error` — the one error type ([`Error`]): not-leader (with the leader's
+//!   address) vs unavailable vs unknown outcome vs rejected vs storage.
+//! - `types` — the openraft instantiation ([`TypeConfig`]) and our ids; the
+//!   only place openraft's generic types are named.
+//! - `command` — the state machine's commands, outcomes and the batch a
+//!   Raft entry carries.
+//! - `records` — what the state machine stores in the LSM, byte by byte.
+//! - `codec` — how entries, votes and log pointers are stored in the log.
+//! - `log_store` — **the replication write path's durable half**:
+//!   openraft's log storage on the engine log (vote, committed, append with
+//!   a flush callback that fires only when durable, truncate, purge).
+//! - `state_machine` — **raft apply and recovery**: apply into the LSM with
+//!   no second WAL, the durable applied position, snapshots.
+//! - `apply` — the deterministic command executor.
+//! - `snapshot` — snapshot data: a pinned LSM view, or a received file.
+//! - `slots` — the slot → shard map.
+
+pub mod apply;
+pub mod codec;
+pub mod command;
+pub mod error;
+pub mod log_store;
+pub mod records;
+pub mod slots;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use types::{NodeId, ShardId, TypeConfig};

@@ -1,0 +1,299 @@
+//! openraft's log storage on the node-wide engine log.
+//!
+//! # The contract, and how each point is met
+//!
+//! - **Vote durable before return.** `save_vote` writes a meta record and
+//!   awaits its completion (a group-committed fdatasync shared with every
+//!   other shard's writes on this node).
+//! - **Committed durable before return.** Same, for `save_committed`; at
+//!   boot openraft re-applies `(applied, committed]` from the log, which is
+//!   how the state machine catches up on what it had applied only in
+//!   memory (see `state_machine`).
+//! - **Append: readable on return, callback only when durable.** The engine's
+//!   `append` returns once the entries are in the segment file (readable by
+//!   any reader); the `LogFlushed` callback fires from a task awaiting the
+//!   engine's completion, which fires only after an fdatasync covering the
+//!   entries and everything before them. Firing it early is the classic
+//!   openraft bug: a leader would count its own unsynced entry in a quorum.
+//! - **No holes.** Each append's first index must be the stream's next one;
+//!   anything else is refused as a storage error (openraft never asks for
+//!   it; a bug that did would otherwise corrupt the log).
+//! - **Truncate and purge durable and ordered.** They are records in the
+//!   same log queue as appends, so they reach the disk in call order, and
+//!   each awaits its completion. A purge first records the purged log id (a
+//!   meta record), then drops the entries: after a crash between the two,
+//!   the purged id is known and the leftover entries are merely unused.
+//!
+//! The engine calls here block for microseconds (a pwrite under the writer
+//! lock); the waits for fdatasync are `.await`s on the completion, so an
+//! openraft task never blocks a runtime thread on the disk.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's StorageError is 224 bytes and is what its traits return; boxing it here would only add a conversion at every boundary"
+)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogId, RaftLogReader, StorageIOError};
+
+use missive_engine::log::{Durable, Log};
+
+use crate::codec::{self, META_COMMITTED, META_PURGED, META_VOTE};
+use crate::types::{Entry, LogId, ShardId, StorageError, TypeConfig, Vote};
+
+/// One shard's Raft log: a stream of the node's log.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    log: Arc<Log>,
+    shard: ShardId,
+}
+
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: &(impl std::error::Error + 'static),
+) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::new(subject, verb, AnyError::new(e)),
+    }
+}
+
+async fn durable(d: Durable, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
+    d.await.map_err(|e| io_err(subject, ErrorVerb::Write, &e))
+}
+
+impl LogStore {
+    /// The log store of `shard` on `log`.
+    pub fn new(log: Arc<Log>, shard: ShardId) -> Self {
+        LogStore { log, shard }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        self.log
+            .meta(self.shard.stream(), key)
+            .map(|b| codec::decode(codec_what(key), &b))
+            .transpose()
+            .map_err(|e| io_err(subject, ErrorVerb::Read, &e))
+    }
+
+    async fn set_meta<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        v: &T,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), StorageError> {
+        let bytes = codec::encode(codec_what(key), v)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
+        let d = self
+            .log
+            .submit_meta(self.shard.stream(), key, &bytes)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
+        durable(d, subject).await
+    }
+
+    fn read_range(&self, lo: u64, hi: u64) -> Result<Vec<Entry>, StorageError> {
+        // Raft index i lives at engine index i + 1.
+        let entries = self
+            .log
+            .read(
+                self.shard.stream(),
+                lo.saturating_add(1)..hi.saturating_add(1),
+            )
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+        entries
+            .iter()
+            .map(|e| {
+                codec::decode_entry(&e.data).map_err(|err| {
+                    io_err(ErrorSubject::LogIndex(e.index - 1), ErrorVerb::Read, &err)
+                })
+            })
+            .collect()
+    }
+}
+
+fn codec_what(key: &[u8]) -> &'static str {
+    match key {
+        META_VOTE => "raft vote",
+        META_COMMITTED => "raft committed log id",
+        _ => "raft purged log id",
+    }
+}
+
+fn to_range(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let lo = match range.start_bound() {
+        Bound::Included(&x) => x,
+        Bound::Excluded(&x) => x.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let hi = match range.end_bound() {
+        Bound::Included(&x) => x.saturating_add(1),
+        Bound::Excluded(&x) => x,
+        Bound::Unbounded => u64::MAX - 2,
+    };
+    (lo, hi)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (lo, hi) = to_range(&range);
+        if hi <= lo {
+            return Ok(Vec::new());
+        }
+        self.read_range(lo, hi)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        // Bound one replication message: 1024 entries (each a batch of up
+        // to a few hundred messages).
+        let end = end.min(start.saturating_add(1024));
+        self.read_range(start, end)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.meta(META_PURGED, ErrorSubject::Logs)?;
+        let b = self.log.bounds(self.shard.stream());
+        let last = if b.is_empty() {
+            last_purged
+        } else {
+            let raft_index = b.last - 1;
+            let mut e = self.read_range(raft_index, raft_index + 1)?;
+            match e.pop() {
+                Some(e) => Some(*e.get_log_id()),
+                None => last_purged,
+            }
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.set_meta(META_VOTE, vote, ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.meta(META_VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.set_meta(META_COMMITTED, &committed, ErrorSubject::Store)
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .meta::<Option<LogId>>(META_COMMITTED, ErrorSubject::Store)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut encoded = Vec::new();
+        let mut first_index = None;
+        for e in entries {
+            first_index.get_or_insert(e.get_log_id().index);
+            encoded.push(codec::encode_entry(&e).map_err(|err| {
+                io_err(ErrorSubject::Log(*e.get_log_id()), ErrorVerb::Write, &err)
+            })?);
+        }
+        let stream = self.shard.stream();
+        if let Some(first) = first_index {
+            // The engine's next index is last + 1, which holds Raft index
+            // last: the first entry must be exactly that.
+            let b = self.log.bounds(stream);
+            let next = b.last;
+            if b.is_empty() && first > next {
+                // An empty stream may start anywhere: after a snapshot the
+                // purged log id (above) says where the log resumes, and
+                // the engine's indexes below it simply never existed.
+                // Ordered before the append, whose completion covers it.
+                let _purged = self
+                    .log
+                    .submit_purge_upto(stream, first)
+                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+            } else if first != next {
+                return Err(io_err(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Write,
+                    &crate::Error::InvalidArgument(format!(
+                        "{}: append at Raft index {first} would leave a hole or overwrite (next is {next})",
+                        self.shard
+                    )),
+                ));
+            }
+        }
+        let appended = self
+            .log
+            .append(stream, &encoded)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        // Readable now; the callback waits for the fdatasync.
+        tokio::spawn(async move {
+            let r = appended.durable.await.map_err(std::io::Error::other);
+            callback.log_io_completed(r);
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Drop Raft indexes >= log_id.index: keep engine indexes <= it.
+        let d = self
+            .log
+            .submit_truncate_after(self.shard.stream(), log_id.index)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))?;
+        durable(d, ErrorSubject::Log(log_id)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let bytes = codec::encode("raft purged log id", &log_id)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, &e))?;
+        let stream = self.shard.stream();
+        // Not awaited on its own: the purge below is queued after it, and
+        // its completion covers both.
+        let _meta = self
+            .log
+            .submit_meta(stream, META_PURGED, &bytes)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, &e))?;
+        // Raft index i is engine index i + 1. Entries the stream does not
+        // hold are not purged ahead of time: the purged log id alone says
+        // they are gone, and the next append (after a snapshot) may start
+        // anywhere past it. The purge is queued after the meta record, so
+        // its completion covers both.
+        let upto = (log_id.index + 1).min(self.log.bounds(stream).last);
+        let d = self
+            .log
+            .submit_purge_upto(stream, upto)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))?;
+        durable(d, ErrorSubject::Log(log_id)).await
+    }
+}

@@ -1,0 +1,137 @@
+//! Slots → shards.
+//!
+//! Data is sharded by a fixed space of [`SLOTS`] hash slots
+//! (`slot = xxh3(conversation_id) % 4096`, see `missive_engine::keys`). A
+//! shard owns a contiguous run of slots, so its data is one key range per
+//! keyspace — a snapshot or a move is a range scan, not a filter.
+//!
+//! The map is versioned: a node that receives a request for a slot it no
+//! longer serves answers with its version, and the caller refreshes.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use missive_engine::keys::{prefix_successor, ConversationId, Slot, SLOTS};
+
+use crate::error::{Error, Result};
+use crate::records::SLOTTED_KEYSPACES;
+use crate::types::ShardId;
+
+/// Which shard owns which slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMap {
+    /// Bumped by every change.
+    pub version: u64,
+    /// `ranges[i]` is the slot range of `ShardId(i + 1)`; together they
+    /// cover `0..SLOTS` in order without gaps.
+    ranges: Vec<Range<u16>>,
+}
+
+impl SlotMap {
+    /// `shards` shards (1..=shards) of as-equal-as-possible slot ranges.
+    pub fn even(shards: u32) -> Result<SlotMap> {
+        if shards == 0 || shards > u32::from(SLOTS) {
+            return Err(Error::InvalidArgument(format!(
+                "a cluster has between 1 and {SLOTS} shards, not {shards}"
+            )));
+        }
+        let n = u64::from(shards);
+        let ranges = (0..n)
+            .map(|i| {
+                let lo = (i * u64::from(SLOTS) / n) as u16;
+                let hi = ((i + 1) * u64::from(SLOTS) / n) as u16;
+                lo..hi
+            })
+            .collect();
+        Ok(SlotMap { version: 1, ranges })
+    }
+
+    /// The shards, in order.
+    pub fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+        (1..=self.ranges.len() as u32).map(ShardId)
+    }
+
+    /// The shard owning `slot`.
+    pub fn shard_of_slot(&self, slot: Slot) -> ShardId {
+        let i = self.ranges.partition_point(|r| r.end <= slot.0);
+        ShardId(i as u32 + 1)
+    }
+
+    /// The shard owning a conversation.
+    pub fn shard_of(&self, conv: ConversationId) -> ShardId {
+        self.shard_of_slot(Slot::of_conversation(conv))
+    }
+
+    /// The slots of a shard.
+    pub fn slots(&self, shard: ShardId) -> Option<Range<u16>> {
+        let i = (shard.0 as usize).checked_sub(1)?;
+        self.ranges.get(i).cloned()
+    }
+
+    /// The key ranges `[lo, hi)` holding a shard's data.
+    pub fn key_ranges(&self, shard: ShardId) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let Some(slots) = self.slots(shard) else {
+            return Vec::new();
+        };
+        SLOTTED_KEYSPACES
+            .iter()
+            .map(|ks| {
+                let tag = *ks as u8;
+                let mut lo = vec![tag];
+                lo.extend_from_slice(&slots.start.to_be_bytes());
+                let hi = if slots.end >= SLOTS {
+                    prefix_successor(&[tag])
+                } else {
+                    let mut h = vec![tag];
+                    h.extend_from_slice(&slots.end.to_be_bytes());
+                    Some(h)
+                };
+                (lo, hi)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn even_map_covers_every_slot_once() {
+        for n in [1, 2, 3, 7, 64, 4096] {
+            let m = SlotMap::even(n).unwrap();
+            let mut next = 0u16;
+            for s in m.shards() {
+                let r = m.slots(s).unwrap();
+                assert_eq!(r.start, next);
+                assert!(r.end > r.start);
+                for slot in [r.start, r.end - 1] {
+                    assert_eq!(m.shard_of_slot(Slot(slot)), s);
+                }
+                next = r.end;
+            }
+            assert_eq!(next, SLOTS);
+        }
+        assert!(SlotMap::even(0).is_err());
+        assert!(SlotMap::even(4097).is_err());
+    }
+
+    #[test]
+    fn key_ranges_hold_exactly_the_shards_keys() {
+        let m = SlotMap::even(3).unwrap();
+        for c in 0..500u64 {
+            let conv = ConversationId(c);
+            let key = crate::records::msg_key(conv, 7);
+            let owner = m.shard_of(conv);
+            for s in m.shards() {
+                let inside = m.key_ranges(s).iter().any(|(lo, hi)| {
+                    key.as_slice() >= lo.as_slice()
+                        && hi.as_ref().is_none_or(|h| key.as_slice() < h.as_slice())
+                });
+                assert_eq!(inside, s == owner, "conv {c} shard {s}");
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The types openraft is instantiated with, and our ids.
+//!
+//! openraft is generic over a "type config"; everything that names an
+//! openraft type goes through the aliases here, so a later move to openraft
+//! 0.10 changes this file and the storage/transport adapters, not callers.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Batch, BatchResponse};
+use crate::snapshot::ShardSnapshot;
+
+/// A node of the cluster. Node ids are chosen by the operator, never 0.
+pub type NodeId = u64;
+
+/// What the cluster knows about a node: where its transport listens.
+pub type NodeAddr = openraft::BasicNode;
+
+/// A shard: one Raft group. Its log is stream `shard` of the node's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ShardId(pub u32);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shard-{}", self.0)
+    }
+}
+
+impl ShardId {
+    /// The stream of the node's log that holds this shard's Raft log.
+    pub fn stream(self) -> missive_engine::log::StreamId {
+        missive_engine::log::StreamId(u64::from(self.0))
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Missive's openraft instantiation: entries carry a [`Batch`] of
+    /// commands, the state machine answers with a [`BatchResponse`], and a
+    /// snapshot is a [`ShardSnapshot`] (a pinned LSM view, or a received file).
+    pub TypeConfig:
+        D = Batch,
+        R = BatchResponse,
+        NodeId = NodeId,
+        Node = NodeAddr,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = ShardSnapshot,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id (term, leader, index).
+pub type LogId = openraft::LogId<NodeId>;
+/// A vote.
+pub type Vote = openraft::Vote<NodeId>;
+/// A membership as stored with the log id that introduced it.
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeAddr>;
+/// A snapshot's metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeAddr>;
+/// openraft's storage error.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// One Raft group's handle.
+pub type Raft = openraft::Raft<TypeConfig>;
