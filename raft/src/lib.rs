@@ -21,14 +21,17 @@
 //! - `slots` — the slot → shard map.
 
 pub mod apply;
+mod batcher;
 pub mod codec;
 pub mod command;
 pub mod error;
 pub mod log_store;
+pub mod node;
 pub mod records;
 pub mod slots;
 pub mod snapshot;
 pub mod state_machine;
+pub mod transport;
 pub mod types;
 
 pub use error::{Error, Result};

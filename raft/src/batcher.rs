@@ -1,0 +1,136 @@
+//! Packing concurrent writes of a shard into Raft entries.
+//!
+//! openraft 0.9 pays one log flush per client write, so a command per entry
+//! would cap a shard at one fsync's worth of messages. The batcher is group
+//! commit one level up: a write is proposed at once if nothing is queued
+//! (no added latency when idle), and writes that arrive while entries are
+//! being proposed ride together in the next entry, up to `max_batch`
+//! commands. Entries are proposed in the order their batches formed; each
+//! batch's answers come back when its entry is applied.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use openraft::error::{ClientWriteError, RaftError};
+
+use crate::command::{Batch, Command, Outcome};
+use crate::error::Error;
+use crate::types::{NodeAddr, NodeId, Raft, ShardId};
+
+/// One queued write.
+pub(crate) struct Pending {
+    pub(crate) command: Command,
+    pub(crate) reply: oneshot::Sender<Result<Outcome, Error>>,
+}
+
+/// Entries proposed but not yet applied, per shard. Bounds memory under
+/// overload; openraft pipelines them to followers.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// How long a proposed write may take before its caller hears "unknown".
+pub(crate) const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The leader's clock, µs since the epoch: stamped into each entry.
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Runs until every sender of `rx` is gone.
+pub(crate) async fn run(
+    raft: Raft,
+    shard: ShardId,
+    mut rx: mpsc::Receiver<Pending>,
+    max_batch: usize,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        // Everything that queued while we waited for a permit joins.
+        let mut items = vec![first];
+        while items.len() < max_batch {
+            match rx.try_recv() {
+                Ok(p) => items.push(p),
+                Err(_) => break,
+            }
+        }
+        let (commands, replies): (Vec<Command>, Vec<_>) =
+            items.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let batch = Batch {
+            stamp_micros: now_micros(),
+            commands,
+        };
+        let proposed = raft.client_write_ff(batch).await;
+        tokio::spawn(async move {
+            let result = match proposed {
+                Err(fatal) => Err(Error::Unavailable {
+                    shard,
+                    reason: format!("raft stopped: {fatal}"),
+                }),
+                Ok(rx) => match tokio::time::timeout(APPLY_TIMEOUT, rx).await {
+                    Err(_) => Err(Error::Unknown {
+                        shard,
+                        reason: format!("not applied within {APPLY_TIMEOUT:?}"),
+                    }),
+                    Ok(Err(_)) => Err(Error::Unknown {
+                        shard,
+                        reason: "the leader stopped before answering".into(),
+                    }),
+                    Ok(Ok(Ok(resp))) => Ok(resp.data.outcomes),
+                    Ok(Ok(Err(e))) => Err(client_write_error(shard, RaftError::APIError(e))),
+                },
+            };
+            match result {
+                Ok(outcomes) if outcomes.len() == replies.len() => {
+                    for (tx, o) in replies.into_iter().zip(outcomes) {
+                        let _ = tx.send(Ok(o));
+                    }
+                }
+                Ok(outcomes) => {
+                    let e = Error::Fatal(format!(
+                        "{shard}: {} outcomes for {} commands",
+                        outcomes.len(),
+                        replies.len()
+                    ));
+                    for tx in replies {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for tx in replies {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Maps openraft's client-write error onto ours. `ForwardToLeader` means
+/// the entry was not (or will never be) committed: this node is not the
+/// leader, or the entry was truncated by a new one.
+pub(crate) fn client_write_error(
+    shard: ShardId,
+    e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>,
+) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            shard,
+            leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Error::Unavailable {
+            shard,
+            reason: c.to_string(),
+        },
+        RaftError::Fatal(f) => Error::Unavailable {
+            shard,
+            reason: format!("raft stopped: {f}"),
+        },
+    }
+}

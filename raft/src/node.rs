@@ -1,0 +1,775 @@
+//! A node: the engine (one log, one LSM), one Raft group per shard, the
+//! transport, and the API the message service calls.
+//!
+//! ```text
+//!  write(cmd) ─► shard = slots.shard_of(cmd.conversation)
+//!     ─► this node leads it?  batcher ─► raft.client_write(Batch) ─► outcome
+//!     ─► else forward once to the leader over the transport (its batcher)
+//!  read(conv, consistency) ─► Linearizable: raft.ensure_linearizable()
+//!     (leader only; else NotLeader with the leader's address) ─► local LSM
+//!                          ─► Stale: the local LSM as applied so far
+//! ```
+//!
+//! Every shard has a group on every node; a node that is not in a shard's
+//! membership simply never hears from it. Bootstrap initializes each shard
+//! with its replicas (`replicas` nodes of the bootstrap list, rotating), and
+//! must be given the same list on every node (openraft accepts the same
+//! initial membership from several nodes; it is the first log entry).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
+use openraft::{Config, SnapshotPolicy};
+
+use missive_engine::keys::{ConversationId, Timestamp};
+use missive_engine::log::{Log, LogOptions};
+use missive_engine::lsm::{Direction, Lsm, LsmOptions};
+
+use crate::batcher::{self, Pending};
+use crate::command::{Command, Outcome, UserId};
+use crate::error::{Error, Result};
+use crate::log_store::LogStore;
+use crate::records::{
+    self, conversation_key, head_key, receipt_prefix, Conversation, Head, Message, Receipt,
+};
+use crate::slots::SlotMap;
+use crate::snapshot::{ShardSnapshot, SnapshotWriter};
+use crate::state_machine::StateMachine;
+use crate::transport::client::{CallError, NetworkFactory, Peers};
+use crate::transport::server::{self, Dispatch};
+use crate::transport::{RemoteFailure, Reply, Rpc};
+use crate::types::{NodeAddr, NodeId, Raft, ShardId};
+
+/// Raft timing, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Election timeout range.
+    pub election_min_ms: u64,
+    /// Election timeout range.
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    /// Slower than openraft's defaults (50 / 150–300 ms): every shard
+    /// heartbeats on its own, and hundreds of groups on 2 cores must leave
+    /// room for the work.
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 200,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+        }
+    }
+}
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (never 0; unique in the cluster, stable for its life).
+    pub id: NodeId,
+    /// The cluster's name; peers with another name are refused.
+    pub cluster: String,
+    /// Where the transport listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The data directory (log, LSM, snapshots).
+    pub data_dir: PathBuf,
+    /// Shards in the cluster (fixed at bootstrap).
+    pub shards: u32,
+    /// Raft timing.
+    pub timing: RaftTiming,
+    /// Most commands per Raft entry.
+    pub max_batch: usize,
+    /// The engine log's options.
+    pub log: LogOptions,
+    /// The LSM's options.
+    pub lsm: LsmOptions,
+    /// Raft entries between snapshots of a shard (each snapshot flushes the
+    /// memtables and lets the log be purged).
+    pub snapshot_every: u64,
+}
+
+impl NodeConfig {
+    /// A config with the defaults for everything but the identity.
+    pub fn new(id: NodeId, listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            id,
+            cluster: "missive".into(),
+            listen,
+            data_dir: data_dir.into(),
+            shards: 8,
+            timing: RaftTiming::default(),
+            max_batch: 256,
+            log: LogOptions::default(),
+            lsm: LsmOptions::default(),
+            snapshot_every: 20_000,
+        }
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (the
+    /// leader confirms its leadership with a quorum first).
+    Linearizable,
+    /// Whatever this replica has applied: may lag, never goes backwards.
+    Stale,
+}
+
+/// A message as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Server timestamp (µs).
+    pub ts: u64,
+    /// The message.
+    pub message: Message,
+}
+
+struct Group {
+    raft: Raft,
+    batcher: mpsc::Sender<Pending>,
+}
+
+struct Receiving {
+    snapshot_id: String,
+    next: u64,
+    writer: SnapshotWriter,
+}
+
+struct Inner {
+    id: NodeId,
+    addr: String,
+    lsm: Arc<Lsm>,
+    log: Arc<Log>,
+    slots: SlotMap,
+    groups: BTreeMap<ShardId, Group>,
+    peers: Arc<Peers>,
+    snapshot_dir: PathBuf,
+    receiving: Mutex<HashMap<ShardId, Receiving>>,
+}
+
+/// A running node. See the [module documentation](self).
+pub struct Node {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(op: &'static str, path: &Path, e: std::io::Error) -> Error {
+    Error::Storage(missive_engine::Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    })
+}
+
+/// The node's identity, stored at `<data>/NODE` so a data directory is
+/// never started as another node or with another shard count:
+/// `[version u8 = 1][postcard(Identity)]`, written to a temp file, fsynced,
+/// renamed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Identity {
+    id: NodeId,
+    cluster: String,
+    shards: u32,
+}
+
+fn check_identity(dir: &Path, want: &Identity) -> Result<()> {
+    let path = dir.join("NODE");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let have: Identity = crate::codec::decode("node identity", &bytes)?;
+            if &have != want {
+                return Err(Error::InvalidArgument(format!(
+                    "{} belongs to node {} of cluster {:?} with {} shards; asked to start node {} of {:?} with {}",
+                    dir.display(),
+                    have.id,
+                    have.cluster,
+                    have.shards,
+                    want.id,
+                    want.cluster,
+                    want.shards
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes = crate::codec::encode("node identity", want)?;
+            let tmp = dir.join("NODE.tmp");
+            std::fs::write(&tmp, &bytes)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .map_err(|e| io("write", &tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("fsync", dir, e))
+        }
+        Err(e) => Err(io("read", &path, e)),
+    }
+}
+
+impl Node {
+    /// Opens the data directory (recovering the log and the LSM), starts a
+    /// Raft group per shard and the transport.
+    pub async fn start(cfg: NodeConfig) -> Result<Node> {
+        if cfg.id == 0 {
+            return Err(Error::InvalidArgument("node id 0 is reserved".into()));
+        }
+        let slots = SlotMap::even(cfg.shards)?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| io("create", &cfg.data_dir, e))?;
+        check_identity(
+            &cfg.data_dir,
+            &Identity {
+                id: cfg.id,
+                cluster: cfg.cluster.clone(),
+                shards: cfg.shards,
+            },
+        )?;
+        let log = Arc::new(Log::open(cfg.data_dir.join("log"), cfg.log.clone())?);
+        let lsm = Arc::new(Lsm::open(cfg.data_dir.join("lsm"), cfg.lsm.clone())?);
+        // A flushed table must never hold an effect whose log entry is not
+        // durable here (see state_machine).
+        let barrier_log = Arc::clone(&log);
+        lsm.set_flush_barrier(move || barrier_log.sync());
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("cannot listen on {}: {e}", cfg.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::InvalidArgument(format!("no local address: {e}")))?
+            .to_string();
+        let peers = Arc::new(Peers::new(cfg.id, cfg.cluster.clone()));
+        let raft_config = Arc::new(
+            Config {
+                cluster_name: cfg.cluster.clone(),
+                heartbeat_interval: cfg.timing.heartbeat_ms,
+                election_timeout_min: cfg.timing.election_min_ms,
+                election_timeout_max: cfg.timing.election_max_ms,
+                max_payload_entries: 64,
+                snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+                max_in_snapshot_log_to_keep: 1000,
+                ..Config::default()
+            }
+            .validate()
+            .map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?,
+        );
+        let snapshot_dir = cfg.data_dir.join("snapshots");
+        // Staged files of an interrupted receive are useless after a restart.
+        let _ = std::fs::remove_dir_all(&snapshot_dir);
+        let mut groups = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for shard in slots.shards() {
+            let store = LogStore::new(Arc::clone(&log), shard);
+            let sm = StateMachine::open(Arc::clone(&lsm), &slots, shard, snapshot_dir.clone())?;
+            let net = NetworkFactory::new(Arc::clone(&peers), shard);
+            let raft = Raft::new(cfg.id, Arc::clone(&raft_config), net, store, sm)
+                .await
+                .map_err(|e| Error::Fatal(format!("{shard}: {e}")))?;
+            let (tx, rx) = mpsc::channel(4 * cfg.max_batch.max(1));
+            tasks.push(tokio::spawn(batcher::run(
+                raft.clone(),
+                shard,
+                rx,
+                cfg.max_batch.max(1),
+            )));
+            groups.insert(shard, Group { raft, batcher: tx });
+        }
+        let inner = Arc::new(Inner {
+            id: cfg.id,
+            addr,
+            lsm,
+            log,
+            slots,
+            groups,
+            peers,
+            snapshot_dir,
+            receiving: Mutex::new(HashMap::new()),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let dispatch: Arc<dyn Dispatch> = Arc::clone(&inner) as Arc<dyn Dispatch>;
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            cfg.id,
+            cfg.cluster,
+            dispatch,
+            stop_rx,
+        )));
+        tracing::info!(node = cfg.id, addr = %inner.addr, shards = cfg.shards, "node started");
+        Ok(Node { inner, stop, tasks })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The transport's address (what peers dial).
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The slot map.
+    pub fn slots(&self) -> &SlotMap {
+        &self.inner.slots
+    }
+
+    /// The connection pool (tests route it through fault proxies).
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.inner.peers
+    }
+
+    /// The shard's Raft handle (metrics, membership changes).
+    pub fn raft(&self, shard: ShardId) -> Result<&Raft> {
+        self.inner
+            .groups
+            .get(&shard)
+            .map(|g| &g.raft)
+            .ok_or(Error::NoSuchShard(shard))
+    }
+
+    /// Initializes every shard this node is a replica of: `replicas` nodes
+    /// of `members` per shard, rotating through them so leaders and load
+    /// spread. Call on every node with the same arguments; repeating it
+    /// after the cluster formed is a no-op.
+    pub async fn bootstrap(
+        &self,
+        members: &BTreeMap<NodeId, String>,
+        replicas: usize,
+    ) -> Result<()> {
+        if !members.contains_key(&self.inner.id) {
+            return Err(Error::InvalidArgument(format!(
+                "node {} is not in the bootstrap list",
+                self.inner.id
+            )));
+        }
+        let ids: Vec<NodeId> = members.keys().copied().collect();
+        let r = replicas.clamp(1, ids.len());
+        for (i, (shard, g)) in self.inner.groups.iter().enumerate() {
+            let picked: BTreeMap<NodeId, NodeAddr> = (0..r)
+                .map(|k| ids[(i + k) % ids.len()])
+                .map(|id| (id, NodeAddr::new(members[&id].clone())))
+                .collect();
+            if !picked.contains_key(&self.inner.id) {
+                continue;
+            }
+            match g.raft.initialize(picked).await {
+                Ok(()) => {}
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(Error::Fatal(format!("{shard}: initialize: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The replicas of a shard's current membership (voters).
+    pub fn voters(&self, shard: ShardId) -> Result<BTreeSet<NodeId>> {
+        let m = self.raft(shard)?.metrics().borrow().clone();
+        Ok(m.membership_config.membership().voter_ids().collect())
+    }
+
+    /// The leader of a shard as this node knows it.
+    pub fn leader(&self, shard: ShardId) -> Result<Option<NodeId>> {
+        Ok(self.raft(shard)?.metrics().borrow().current_leader)
+    }
+
+    /// Runs a command on its conversation's shard: here if this node leads
+    /// it, else forwarded once to the leader. Waits out an election for up
+    /// to `election_wait` (NotLeader with no leader known, or an
+    /// unreachable leader); never retries a write whose outcome is unknown.
+    pub async fn write(&self, command: Command, election_wait: Duration) -> Result<Outcome> {
+        let shard = self.inner.slots.shard_of(command.conversation());
+        let deadline = tokio::time::Instant::now() + election_wait;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let r = Arc::clone(&self.inner)
+                .write_to(shard, command.clone(), true)
+                .await;
+            let retry = matches!(
+                &r,
+                Err(Error::NotLeader { leader: None, .. }) | Err(Error::Transport { .. })
+            );
+            if !retry || tokio::time::Instant::now() + backoff > deadline {
+                return r.and_then(|o| match o {
+                    Outcome::Rejected { code, message } => Err(Error::Rejected { code, message }),
+                    o => Ok(o),
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn ensure_read(&self, shard: ShardId, c: Consistency) -> Result<()> {
+        if c == Consistency::Stale {
+            return Ok(());
+        }
+        let raft = self.raft(shard)?;
+        match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    shard,
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(Error::Unavailable {
+                    shard,
+                    reason: q.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(f)) => Err(Error::Unavailable {
+                shard,
+                reason: format!("raft stopped: {f}"),
+            }),
+        }
+    }
+
+    /// Up to `limit` messages of `conv` older than `before` (all if None),
+    /// newest first.
+    pub async fn history(
+        &self,
+        conv: ConversationId,
+        before: Option<u64>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<StoredMessage>> {
+        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
+            .await?;
+        let raw = match before {
+            Some(ts) => self.inner.lsm.before(conv, Timestamp(ts), limit)?,
+            None => self.inner.lsm.latest(conv, limit)?,
+        };
+        raw.into_iter()
+            .map(|m| {
+                Ok(StoredMessage {
+                    ts: m.ts.0,
+                    message: records::decode("message", &m.value)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A conversation's record.
+    pub async fn conversation(
+        &self,
+        conv: ConversationId,
+        consistency: Consistency,
+    ) -> Result<Option<Conversation>> {
+        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
+            .await?;
+        self.inner
+            .lsm
+            .get(&conversation_key(conv))?
+            .map(|v| records::decode("conversation", &v))
+            .transpose()
+    }
+
+    /// A conversation's newest position.
+    pub async fn head(&self, conv: ConversationId, consistency: Consistency) -> Result<Head> {
+        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
+            .await?;
+        Ok(self
+            .inner
+            .lsm
+            .get(&head_key(conv))?
+            .map(|v| records::decode("head", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Every member's receipt watermarks in a conversation.
+    pub async fn receipts(
+        &self,
+        conv: ConversationId,
+        consistency: Consistency,
+    ) -> Result<Vec<(UserId, Receipt)>> {
+        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
+            .await?;
+        let prefix = receipt_prefix(conv);
+        let end = missive_engine::keys::prefix_successor(&prefix);
+        self.inner
+            .lsm
+            .scan(&prefix, end.as_deref(), Direction::Forward, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let user = k
+                    .get(11..19)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| Error::malformed("receipt key", "short key"))?;
+                Ok((UserId(user), records::decode("receipt", &v)?))
+            })
+            .collect()
+    }
+
+    /// Stops the transport and every group, and closes the engine (its log
+    /// syncs what it wrote). In-memory LSM state is not flushed: the log
+    /// replays it on the next start, exactly as after a crash.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        for g in self.inner.groups.values() {
+            let _ = g.raft.shutdown().await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.inner.peers.disconnect_all();
+        Ok(())
+    }
+
+    /// The engine log (for inspection).
+    pub fn log(&self) -> &Arc<Log> {
+        &self.inner.log
+    }
+
+    /// The LSM (for inspection).
+    pub fn lsm(&self) -> &Arc<Lsm> {
+        &self.inner.lsm
+    }
+}
+
+impl Inner {
+    fn group(&self, shard: ShardId) -> Result<&Group> {
+        self.groups.get(&shard).ok_or(Error::NoSuchShard(shard))
+    }
+
+    async fn write_to(
+        self: Arc<Self>,
+        shard: ShardId,
+        command: Command,
+        forward: bool,
+    ) -> Result<Outcome> {
+        let g = self.group(shard)?;
+        let (tx, rx) = oneshot::channel();
+        g.batcher
+            .send(Pending {
+                command: command.clone(),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Error::Unavailable {
+                shard,
+                reason: "the node is shutting down".into(),
+            })?;
+        // Queued, maybe proposed: if the answer never comes, the outcome
+        // is unknown, not "not written".
+        let r = rx.await.map_err(|_| Error::Unknown {
+            shard,
+            reason: "the node shut down before answering".into(),
+        })?;
+        match r {
+            Err(Error::NotLeader {
+                leader: Some((leader, addr)),
+                ..
+            }) if forward && leader != self.id => self.forward(shard, leader, &addr, command).await,
+            other => other,
+        }
+    }
+
+    async fn forward(
+        &self,
+        shard: ShardId,
+        leader: NodeId,
+        addr: &str,
+        command: Command,
+    ) -> Result<Outcome> {
+        let reply = self
+            .peers
+            .call(
+                leader,
+                addr,
+                shard,
+                Rpc::Write { command },
+                batcher::APPLY_TIMEOUT + Duration::from_secs(1),
+            )
+            .await;
+        match reply {
+            Ok(Reply::Write(Ok(o))) => Ok(o),
+            Ok(Reply::Write(Err(f))) => Err(match f {
+                RemoteFailure::NotLeader { leader } => Error::NotLeader { shard, leader },
+                RemoteFailure::Unavailable(reason) => Error::Unavailable { shard, reason },
+                RemoteFailure::Unknown(reason) | RemoteFailure::Failed(reason) => {
+                    Error::Unknown { shard, reason }
+                }
+            }),
+            Ok(other) => Err(Error::Unknown {
+                shard,
+                reason: format!("unexpected reply {other:?}"),
+            }),
+            // Never sent: nothing was written.
+            Err(CallError::Unreachable(reason)) => Err(Error::Transport {
+                node: leader,
+                reason,
+            }),
+            // Sent, answer lost: the write may have happened.
+            Err(e) => Err(Error::Unknown {
+                shard,
+                reason: format!("forwarded to node {leader}: {e}"),
+            }),
+        }
+    }
+
+    fn snapshot_chunk(
+        &self,
+        shard: ShardId,
+        snapshot_id: String,
+        seq: u64,
+        chunk: &crate::snapshot::Chunk,
+    ) -> Result<()> {
+        let mut r = self
+            .receiving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seq == 0 {
+            std::fs::create_dir_all(&self.snapshot_dir)
+                .map_err(|e| io("create", &self.snapshot_dir, e))?;
+            let path =
+                self.snapshot_dir
+                    .join(format!("recv-{}-{}.snap", shard.0, sanitize(&snapshot_id)));
+            r.insert(
+                shard,
+                Receiving {
+                    snapshot_id: snapshot_id.clone(),
+                    next: 0,
+                    writer: SnapshotWriter::create(&path)?,
+                },
+            );
+        }
+        let Some(rcv) = r.get_mut(&shard) else {
+            return Err(Error::malformed(
+                "snapshot chunk",
+                format!("chunk {seq} of a snapshot never begun"),
+            ));
+        };
+        if rcv.snapshot_id != snapshot_id || rcv.next != seq {
+            return Err(Error::malformed(
+                "snapshot chunk",
+                format!(
+                    "expected chunk {} of {}, got {seq} of {snapshot_id}",
+                    rcv.next, rcv.snapshot_id
+                ),
+            ));
+        }
+        rcv.writer.push(chunk)?;
+        rcv.next += 1;
+        Ok(())
+    }
+
+    fn snapshot_done(&self, shard: ShardId, snapshot_id: &str, chunks: u64) -> Result<PathBuf> {
+        let mut r = self
+            .receiving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match r.remove(&shard) {
+            Some(rcv) if rcv.snapshot_id == snapshot_id && rcv.next == chunks => {
+                rcv.writer.finish()
+            }
+            None if chunks == 0 => {
+                std::fs::create_dir_all(&self.snapshot_dir)
+                    .map_err(|e| io("create", &self.snapshot_dir, e))?;
+                let path = self.snapshot_dir.join(format!(
+                    "recv-{}-{}.snap",
+                    shard.0,
+                    sanitize(snapshot_id)
+                ));
+                SnapshotWriter::create(&path)?.finish()
+            }
+            _ => Err(Error::malformed(
+                "snapshot",
+                format!("{snapshot_id} ended before all {chunks} chunks arrived"),
+            )),
+        }
+    }
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Dispatch for Inner {
+    fn dispatch(
+        self: Arc<Self>,
+        _from: NodeId,
+        shard: ShardId,
+        rpc: Rpc,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
+        Box::pin(async move {
+            let Ok(g) = self.group(shard) else {
+                return Reply::Failed(format!("{shard} is not hosted here"));
+            };
+            let raft = g.raft.clone();
+            match rpc {
+                Rpc::Append(req) => Reply::Append(raft.append_entries(req).await),
+                Rpc::Vote(req) => Reply::Vote(raft.vote(req).await),
+                Rpc::SnapshotChunk {
+                    snapshot_id,
+                    seq,
+                    chunk,
+                } => Reply::Chunk(
+                    self.snapshot_chunk(shard, snapshot_id, seq, &chunk)
+                        .map_err(|e| e.to_string()),
+                ),
+                Rpc::SnapshotDone {
+                    snapshot_id,
+                    chunks,
+                    vote,
+                    meta,
+                } => match self.snapshot_done(shard, &snapshot_id, chunks) {
+                    Ok(path) => Reply::Snapshot(
+                        raft.install_full_snapshot(
+                            vote,
+                            openraft::Snapshot {
+                                meta,
+                                snapshot: Box::new(ShardSnapshot::Received(path)),
+                            },
+                        )
+                        .await,
+                    ),
+                    Err(e) => Reply::Failed(e.to_string()),
+                },
+                Rpc::Write { command } => Reply::Write(
+                    Arc::clone(&self)
+                        .write_to(shard, command, false)
+                        .await
+                        .map_err(|e| match e {
+                            Error::NotLeader { leader, .. } => RemoteFailure::NotLeader { leader },
+                            Error::Unavailable { reason, .. } => RemoteFailure::Unavailable(reason),
+                            Error::Unknown { reason, .. } => RemoteFailure::Unknown(reason),
+                            other => RemoteFailure::Failed(other.to_string()),
+                        }),
+                ),
+            }
+        })
+    }
+}

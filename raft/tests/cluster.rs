@@ -1,0 +1,193 @@
+//! Replication end to end: a single-voter node, and a 3-node cluster on
+//! 127.0.0.x that loses its leader under a steady write load.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    cluster, config, config_at, create_group, send, wait_converged, wait_leader, Checker,
+};
+use missive_engine::keys::ConversationId;
+use missive_raft::command::Outcome;
+use missive_raft::node::{Consistency, Node};
+use missive_raft::{Error, ShardId};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_is_a_cluster_of_one_and_replays_its_log_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv = ConversationId(5);
+    let mut nodes = cluster(dir.path(), 1, 1).await;
+    let node = nodes[0].take().unwrap();
+    assert_eq!(
+        node.write(create_group(conv, &[1, 2]), WAIT).await.unwrap(),
+        Outcome::Created { created: true }
+    );
+    for i in 1..=50u64 {
+        match node
+            .write(send(conv, 1, &format!("m{i}")), WAIT)
+            .await
+            .unwrap()
+        {
+            Outcome::Appended { seq, duplicate, .. } => {
+                assert_eq!(seq, i);
+                assert!(!duplicate);
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+    // A resend answers with the original position.
+    let again = node.write(send(conv, 1, "m7"), WAIT).await.unwrap();
+    assert!(
+        matches!(
+            again,
+            Outcome::Appended {
+                seq: 7,
+                duplicate: true,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    // A non-member is refused, deterministically, by the state machine.
+    let refused = node.write(send(conv, 9, "x"), WAIT).await;
+    assert!(
+        matches!(refused, Err(Error::Rejected { .. })),
+        "{refused:?}"
+    );
+    let before = node
+        .history(conv, None, 1000, Consistency::Linearizable)
+        .await
+        .unwrap();
+    node.shutdown().await.unwrap();
+
+    let mut nodes = vec![Some(Node::start(config(1, dir.path(), 1)).await.unwrap())];
+    wait_leader(&nodes, ShardId(1), Duration::from_secs(20)).await;
+    let node = nodes[0].take().unwrap();
+    let after = node
+        .history(conv, None, 1000, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    match node.write(send(conv, 1, "m51"), WAIT).await.unwrap() {
+        Outcome::Appended { seq, .. } => assert_eq!(seq, 51),
+        o => panic!("{o:?}"),
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_under_load_loses_no_acknowledged_write() {
+    let seed = std::env::var("MISSIVE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {seed}");
+    fastrand::seed(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let conv = ConversationId(seed % 1000 + 1);
+    let nodes = cluster(dir.path(), 3, 1).await;
+    let shard = ShardId(1);
+    nodes[0]
+        .as_ref()
+        .unwrap()
+        .write(create_group(conv, &[1, 2]), WAIT)
+        .await
+        .unwrap();
+
+    let checker = Checker::default();
+    let shared = std::sync::Arc::new(tokio::sync::RwLock::new(nodes));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (checker, shared, stop) = (checker.clone(), shared.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let id = format!("w{w}-{i}");
+                checker.invoke(&id);
+                let r = {
+                    let nodes = shared.read().await;
+                    let live: Vec<&Node> = nodes.iter().flatten().collect();
+                    let node = live[(w as usize + i as usize) % live.len()];
+                    node.write(send(conv, 1, &id), Duration::from_secs(5)).await
+                };
+                checker.record(&id, &r);
+                if r.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let oks_before = checker.oks();
+    assert!(oks_before > 0, "no write succeeded before the kill");
+
+    // Kill the leader.
+    let (leader, leader_addr, killed_at) = {
+        let mut nodes = shared.write().await;
+        let leader = wait_leader(&nodes, shard, WAIT).await;
+        let node = nodes[leader as usize - 1].take().unwrap();
+        let addr = node.addr().parse().unwrap();
+        node.shutdown().await.unwrap();
+        (leader, addr, Instant::now())
+    };
+    println!("killed leader {leader}");
+    let oks_at_kill = checker.oks();
+    let new_leader = {
+        let nodes = shared.read().await;
+        wait_leader(&nodes, shard, Duration::from_secs(20)).await
+    };
+    assert_ne!(new_leader, leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while checker.oks() <= oks_at_kill {
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume after the leader died"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("first write after the kill: {:?}", killed_at.elapsed());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // The old leader comes back from its data directory and catches up.
+    {
+        let mut nodes = shared.write().await;
+        nodes[leader as usize - 1] = Some(
+            Node::start(config_at(leader, leader_addr, dir.path(), 1))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let nodes = std::sync::Arc::try_unwrap(shared)
+        .ok()
+        .unwrap()
+        .into_inner();
+    wait_converged(&nodes, shard, Duration::from_secs(30)).await;
+    println!("acknowledged writes: {}", checker.oks());
+    let m = nodes[leader as usize - 1]
+        .as_ref()
+        .unwrap()
+        .raft(shard)
+        .unwrap()
+        .metrics()
+        .borrow()
+        .clone();
+    println!(
+        "restarted node: applied {:?}, snapshot {:?}, purged {:?}",
+        m.last_applied, m.snapshot, m.purged
+    );
+    checker.check(&nodes, conv, 1).await;
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
