@@ -2,6 +2,8 @@
 //! checker of acknowledged writes.
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;

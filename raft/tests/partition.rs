@@ -1,0 +1,189 @@
+//! Network partitions between nodes, through fault-injecting proxies on
+//! every directed link of a 3-node loopback cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use common::proxy::{Mode, Proxy};
+use common::{config, create_group, init_tracing, send, wait_converged, wait_leader, Checker};
+use missive_engine::keys::ConversationId;
+use missive_raft::node::{Consistency, Node};
+use missive_raft::{NodeId, ShardId};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Three nodes whose every link (a → b) runs through its own proxy.
+async fn proxied_cluster(
+    dir: &std::path::Path,
+) -> (Vec<Option<Node>>, HashMap<(NodeId, NodeId), Proxy>) {
+    init_tracing();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(Node::start(config(id, dir, 1)).await.unwrap());
+    }
+    let mut proxies = HashMap::new();
+    for a in &nodes {
+        for b in &nodes {
+            if a.id() == b.id() {
+                continue;
+            }
+            // The proxy listens on the dialer's address, like its own NIC.
+            let p = Proxy::start(&format!("127.0.0.{}:0", a.id()), b.addr().parse().unwrap()).await;
+            a.peers().set_route(b.id(), p.addr);
+            proxies.insert((a.id(), b.id()), p);
+        }
+    }
+    let members: BTreeMap<NodeId, String> = nodes
+        .iter()
+        .map(|n| (n.id(), n.addr().to_string()))
+        .collect();
+    for n in &nodes {
+        n.bootstrap(&members, 3).await.unwrap();
+    }
+    let nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    wait_leader(&nodes, ShardId(1), Duration::from_secs(20)).await;
+    (nodes, proxies)
+}
+
+fn isolate(proxies: &HashMap<(NodeId, NodeId), Proxy>, node: NodeId, mode: Mode) {
+    for ((a, b), p) in proxies {
+        if *a == node || *b == node {
+            p.set(mode);
+        }
+    }
+}
+
+async fn partition_leader(mode: Mode) {
+    let seed = std::env::var("MISSIVE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {seed} mode {mode:?}");
+    fastrand::seed(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, proxies) = proxied_cluster(dir.path()).await;
+    let shard = ShardId(1);
+    let conv = ConversationId(seed % 1000 + 1);
+    let checker = Checker::default();
+    let leader = wait_leader(&nodes, shard, WAIT).await;
+    let node = |id: NodeId| nodes[id as usize - 1].as_ref().unwrap();
+    node(leader)
+        .write(create_group(conv, &[1, 2]), WAIT)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let id = format!("before-{i}");
+        checker.invoke(&id);
+        let r = node(leader).write(send(conv, 1, &id), WAIT).await;
+        checker.record(&id, &r);
+        r.unwrap();
+    }
+
+    isolate(&proxies, leader, mode);
+    println!("isolated leader {leader}");
+
+    // The isolated leader cannot acknowledge: every write times out or
+    // fails, and a linearizable read cannot be served.
+    let mut minority = Vec::new();
+    for i in 0..5 {
+        let id = format!("minority-{i}");
+        checker.invoke(&id);
+        let w = node(leader).write(send(conv, 1, &id), Duration::from_millis(500));
+        match tokio::time::timeout(Duration::from_secs(3), w).await {
+            Ok(r) => {
+                assert!(r.is_err(), "the isolated leader acknowledged {id}: {r:?}");
+                checker.record(&id, &r);
+            }
+            Err(_) => {} // stays Unknown
+        }
+        minority.push(id);
+    }
+    let read = tokio::time::timeout(
+        Duration::from_secs(3),
+        node(leader).history(conv, None, 10, Consistency::Linearizable),
+    )
+    .await;
+    assert!(
+        !matches!(read, Ok(Ok(_))),
+        "the isolated leader served a linearizable read"
+    );
+
+    // The majority elects a leader and acknowledges writes.
+    let majority: Vec<NodeId> = (1..=3).filter(|&n| n != leader).collect();
+    let new_leader = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = node(majority[0]).leader(shard).unwrap();
+            if let Some(l) =
+                l.filter(|l| *l != leader && node(majority[1]).leader(shard).unwrap() == Some(*l))
+            {
+                break l;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the majority elected no leader"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    println!("majority leader {new_leader}");
+    for i in 0..20 {
+        let id = format!("majority-{i}");
+        checker.invoke(&id);
+        let via = majority[i % 2];
+        let r = node(via).write(send(conv, 1, &id), WAIT).await;
+        checker.record(&id, &r);
+        assert!(r.is_ok(), "the majority failed {id}: {r:?}");
+    }
+
+    // Heal: the old leader steps down, drops its unacknowledged suffix,
+    // and every replica converges.
+    isolate(&proxies, leader, Mode::Pass);
+    wait_leader(&nodes, shard, Duration::from_secs(20)).await;
+    wait_converged(&nodes, shard, Duration::from_secs(30)).await;
+    checker.check(&nodes, conv, 1).await;
+    drop(proxies);
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_leader_cannot_acknowledge_and_the_majority_goes_on() {
+    partition_leader(Mode::Blackhole).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_leader_cannot_acknowledge_and_the_majority_goes_on() {
+    partition_leader(Mode::Refuse).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_links_still_replicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, proxies) = proxied_cluster(dir.path()).await;
+    for p in proxies.values() {
+        p.set(Mode::Delay(Duration::from_millis(20)));
+    }
+    let shard = ShardId(1);
+    let conv = ConversationId(3);
+    let checker = Checker::default();
+    let n1 = nodes[0].as_ref().unwrap();
+    n1.write(create_group(conv, &[1, 2]), WAIT).await.unwrap();
+    for i in 0..20 {
+        let id = format!("slow-{i}");
+        checker.invoke(&id);
+        let r = n1.write(send(conv, 1, &id), WAIT).await;
+        checker.record(&id, &r);
+        r.unwrap();
+    }
+    wait_converged(&nodes, shard, Duration::from_secs(30)).await;
+    checker.check(&nodes, conv, 1).await;
+    drop(proxies);
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
