@@ -7,6 +7,8 @@
 //! - `workload` — the fixed, seeded message workload.
 //! - `engines` — the engines under test behind one trait (Missive's `Db`;
 //!   RocksDB with `--features rocksdb`).
+//! - `cluster` — `missive-bench cluster`: replicated writes on a loopback
+//!   cluster, anchored by one node.
 //! - `report` — latency histograms, the human table and JSON lines.
 //!
 //! `missive-bench engine` runs, in order: `ingest` (batches of 64, log on,
@@ -16,6 +18,7 @@
 //! cache), and `ingest-sync` with 1 and 4 writers (every batch durable
 //! before the next).
 
+mod cluster;
 mod engines;
 mod plot;
 mod report;
@@ -45,6 +48,8 @@ struct Cli {
 enum Command {
     /// The storage-engine workload (see the module docs).
     Engine(EngineArgs),
+    /// Replicated durable writes on a loopback cluster vs one node.
+    Cluster(cluster::ClusterArgs),
     /// Turn JSON result lines (`engine --json`) into an SVG chart.
     Plot(PlotArgs),
     /// The space floor: bytes per message when only the values, in key
@@ -148,6 +153,7 @@ impl From<LogIo> for missive_engine::io::IoBackend {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Engine(args) => engine(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::Plot(args) => plot::plot(&args.inputs, &args.out, &args.title),
         Command::SpaceFloor {
             messages,

@@ -1,0 +1,340 @@
+//! `missive-bench cluster`: replicated durable writes on a loopback cluster,
+//! anchored by the same workload on one node (single-voter groups) in the
+//! same run.
+//!
+//! For each cluster size (1, then `--nodes`) and each writer count, every
+//! writer sends messages to its own conversation (conversations spread over
+//! every shard) through node `writer % nodes` — a follower forwards to the
+//! leader — one at a time, for `--seconds`. Reported: acknowledged
+//! messages/s and commit latency p50/p99 (send → outcome, which on the
+//! leader means: batched, appended, replicated to a quorum, applied). Then,
+//! on the full cluster under 64 writers, the leader of shard 1 is shut down
+//! and the time to the first acknowledged write on that shard is measured.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use missive_engine::keys::ConversationId;
+use missive_raft::command::{Command, ConversationKind, DeviceId, MessageKind, UserId};
+use missive_raft::node::{Node, NodeConfig};
+use missive_raft::ShardId;
+use tokio::sync::RwLock;
+
+/// Command-line arguments.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Nodes of the replicated cluster (the anchor is always 1 node).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Shards.
+    #[arg(long, default_value_t = 4)]
+    pub shards: u32,
+    /// Concurrent writer counts to run, comma-separated.
+    #[arg(long, default_value = "1,64,1024", value_delimiter = ',')]
+    pub writers: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Message body bytes.
+    #[arg(long, default_value_t = 100)]
+    pub body: usize,
+    /// Where the data directories go (default: the system temp dir).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Print one JSON object per result instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+type Nodes = Arc<RwLock<Vec<Option<Node>>>>;
+
+async fn start_cluster(dir: &Path, n: u64, shards: u32) -> Result<Nodes> {
+    let mut nodes = Vec::new();
+    for id in 1..=n {
+        let addr: SocketAddr = format!("127.0.0.{id}:0").parse()?;
+        let mut c = NodeConfig::new(id, addr, dir.join(format!("n{n}-node{id}")));
+        c.shards = shards;
+        nodes.push(
+            Node::start(c)
+                .await
+                .with_context(|| format!("start node {id}"))?,
+        );
+    }
+    let members: BTreeMap<u64, String> = nodes
+        .iter()
+        .map(|n| (n.id(), n.addr().to_string()))
+        .collect();
+    for node in &nodes {
+        node.bootstrap(&members, 3).await?;
+    }
+    let nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    for s in 1..=shards {
+        wait_leader(&nodes, ShardId(s), Duration::from_secs(30)).await?;
+    }
+    Ok(Arc::new(RwLock::new(nodes)))
+}
+
+async fn wait_leader(nodes: &[Option<Node>], shard: ShardId, within: Duration) -> Result<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let ls: std::collections::HashSet<Option<u64>> = nodes
+            .iter()
+            .flatten()
+            .map(|n| n.leader(shard).ok().flatten())
+            .collect();
+        if let (1, Some(Some(l))) = (ls.len(), ls.iter().next()) {
+            if nodes.iter().flatten().any(|n| n.id() == *l) {
+                return Ok(*l);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no leader of {shard} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn message(conv: ConversationId, id: String, body: &[u8]) -> Command {
+    Command::AppendMessage {
+        conv,
+        sender: UserId(1),
+        device: DeviceId(1),
+        client_msg_id: id,
+        kind: MessageKind::Text,
+        body: body.to_vec(),
+        expires_at: None,
+    }
+}
+
+/// A conversation per writer, created up front.
+async fn conversations(nodes: &Nodes, base: u64, n: usize) -> Result<Vec<ConversationId>> {
+    let g = nodes.read().await;
+    let node = g.iter().flatten().next().context("no node")?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let conv = ConversationId(base + i);
+        node.write(
+            Command::CreateConversation {
+                conv,
+                kind: ConversationKind::Group,
+                name: String::new(),
+                creator: UserId(1),
+                members: vec![UserId(1), UserId(2)],
+                max_members: 250,
+            },
+            Duration::from_secs(10),
+        )
+        .await?;
+        out.push(conv);
+    }
+    Ok(out)
+}
+
+struct Measured {
+    msgs_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+async fn measure(nodes: &Nodes, convs: &[ConversationId], seconds: u64, body: usize) -> Measured {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!()),
+    ));
+    let body = vec![b'x'; body];
+    let mut tasks = Vec::new();
+    for (w, conv) in convs.iter().copied().enumerate() {
+        let (nodes, stop, errors, hist, body) = (
+            nodes.clone(),
+            stop.clone(),
+            errors.clone(),
+            hist.clone(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let t = Instant::now();
+                let r = {
+                    let g = nodes.read().await;
+                    let live: Vec<&Node> = g.iter().flatten().collect();
+                    live[w % live.len()]
+                        .write(
+                            message(conv, format!("{w}-{i}"), &body),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                };
+                match r {
+                    Ok(_) => {
+                        let _ = local.record(t.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if let Ok(mut h) = hist.lock() {
+                let _ = h.add(&local);
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let h = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| unreachable!());
+    Measured {
+        msgs_per_s: h.len() as f64 / elapsed,
+        p50_us: h.value_at_quantile(0.5),
+        p99_us: h.value_at_quantile(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(a: &ClusterArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(a))
+}
+
+async fn run_async(a: &ClusterArgs) -> Result<()> {
+    let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let tmp = tempfile::tempdir_in(&base)?;
+    if !a.json {
+        println!(
+            "{:<10} {:>8} {:>12} {:>10} {:>10} {:>8}",
+            "cluster", "writers", "msgs/s", "p50 ms", "p99 ms", "errors"
+        );
+    }
+    for &n in &[1, a.nodes] {
+        let nodes = start_cluster(tmp.path(), n, a.shards).await?;
+        let mut next_conv = 1_000_000u64;
+        for &w in &a.writers {
+            let convs = conversations(&nodes, next_conv, w).await?;
+            next_conv += w as u64;
+            let m = measure(&nodes, &convs, a.seconds, a.body).await;
+            let name = if n == 1 {
+                "1 node".to_string()
+            } else {
+                format!("{n} nodes")
+            };
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "cluster", "nodes": n, "writers": w, "msgs_per_s": m.msgs_per_s,
+                        "p50_us": m.p50_us, "p99_us": m.p99_us, "errors": m.errors})
+                );
+            } else {
+                println!(
+                    "{:<10} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>8}",
+                    name,
+                    w,
+                    m.msgs_per_s,
+                    m.p50_us as f64 / 1000.0,
+                    m.p99_us as f64 / 1000.0,
+                    m.errors
+                );
+            }
+        }
+        if n > 1 {
+            let t = leader_kill(&nodes, next_conv).await?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "leader-kill", "nodes": n, "first_write_ms": t.as_secs_f64() * 1e3})
+                );
+            } else {
+                println!(
+                    "leader kill → first acknowledged write on its shard: {:.0} ms",
+                    t.as_secs_f64() * 1e3
+                );
+            }
+        }
+        let mut g = nodes.write().await;
+        for node in g.iter_mut().filter_map(Option::take) {
+            node.shutdown().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Under 64 writers, shuts down shard 1's leader; returns the time until a
+/// write to a shard-1 conversation is acknowledged again.
+async fn leader_kill(nodes: &Nodes, base: u64) -> Result<Duration> {
+    let shard = ShardId(1);
+    let conv = {
+        let g = nodes.read().await;
+        let slots = g
+            .iter()
+            .flatten()
+            .next()
+            .context("no node")?
+            .slots()
+            .clone();
+        (base..)
+            .map(ConversationId)
+            .find(|c| slots.shard_of(*c) == shard)
+            .context("no conversation")?
+    };
+    let convs = conversations(nodes, conv.0, 1).await?;
+    let load_convs = conversations(nodes, base + 10_000, 64).await?;
+    let load = {
+        let nodes = nodes.clone();
+        tokio::spawn(async move { measure(&nodes, &load_convs, 4, 100).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = {
+        let mut g = nodes.write().await;
+        let leader = wait_leader(&g, shard, Duration::from_secs(10)).await?;
+        let node = g[leader as usize - 1]
+            .take()
+            .context("leader already gone")?;
+        node.shutdown().await?;
+        Instant::now()
+    };
+    let mut i = 0u64;
+    loop {
+        i += 1;
+        let ok = {
+            let g = nodes.read().await;
+            let node = g.iter().flatten().next().context("no node left")?;
+            node.write(
+                message(convs[0], format!("kill-{i}"), b"x"),
+                Duration::from_millis(100),
+            )
+            .await
+            .is_ok()
+        };
+        if ok {
+            let t = killed.elapsed();
+            let _ = load.await;
+            return Ok(t);
+        }
+        anyhow::ensure!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no write within 60 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
