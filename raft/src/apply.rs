@@ -136,22 +136,8 @@ impl<'a> Apply<'a> {
                 body,
                 expires_at,
             } => {
-                let Some(c) =
-                    self.get_as::<Conversation>("conversation", &conversation_key(*conv))?
-                else {
-                    return Ok(reject(
-                        RejectCode::NoSuchConversation,
-                        format!("conversation {} does not exist", conv.0),
-                    ));
-                };
-                if !c.is_member(*sender) {
-                    return Ok(reject(
-                        RejectCode::NotAMember,
-                        format!(
-                            "user {} is not a member of conversation {}",
-                            sender.0, conv.0
-                        ),
-                    ));
+                if let Err(refused) = self.member_of(*conv, *sender)? {
+                    return Ok(refused);
                 }
                 self.append(
                     *conv,
@@ -173,19 +159,8 @@ impl<'a> Apply<'a> {
                 delivered,
                 read,
             } => {
-                let Some(c) =
-                    self.get_as::<Conversation>("conversation", &conversation_key(*conv))?
-                else {
-                    return Ok(reject(
-                        RejectCode::NoSuchConversation,
-                        format!("conversation {} does not exist", conv.0),
-                    ));
-                };
-                if !c.is_member(*user) {
-                    return Ok(reject(
-                        RejectCode::NotAMember,
-                        format!("user {} is not a member of conversation {}", user.0, conv.0),
-                    ));
+                if let Err(refused) = self.member_of(*conv, *user)? {
+                    return Ok(refused);
                 }
                 let head: Head = self.get_as("head", &head_key(*conv))?.unwrap_or_default();
                 let key = receipt_key(*conv, *user);
@@ -205,6 +180,28 @@ impl<'a> Apply<'a> {
                 Ok(Outcome::Receipt { delivered, read })
             }
         }
+    }
+
+    /// The conversation, if it exists and `user` is a member; else the
+    /// rejection to answer with.
+    fn member_of(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+    ) -> Result<std::result::Result<Conversation, Outcome>> {
+        let Some(c) = self.get_as::<Conversation>("conversation", &conversation_key(conv))? else {
+            return Ok(Err(reject(
+                RejectCode::NoSuchConversation,
+                format!("conversation {} does not exist", conv.0),
+            )));
+        };
+        if !c.is_member(user) {
+            return Ok(Err(reject(
+                RejectCode::NotAMember,
+                format!("user {} is not a member of conversation {}", user.0, conv.0),
+            )));
+        }
+        Ok(Ok(c))
     }
 
     #[allow(clippy::too_many_arguments, reason = "the command's fields")]
