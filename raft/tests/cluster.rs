@@ -81,12 +81,7 @@ async fn one_node_is_a_cluster_of_one_and_replays_its_log_on_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_loss_under_load_loses_no_acknowledged_write() {
-    let seed = std::env::var("MISSIVE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed}");
-    fastrand::seed(seed);
+    let seed = common::seed();
     let dir = tempfile::tempdir().unwrap();
     let conv = ConversationId(seed % 1000 + 1);
     let nodes = cluster(dir.path(), 3, 1).await;

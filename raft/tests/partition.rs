@@ -4,11 +4,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::proxy::{Mode, Proxy};
-use common::{config, create_group, init_tracing, send, wait_converged, wait_leader, Checker};
+use common::{
+    bootstrap_all, config, create_group, init_tracing, send, wait_converged, wait_leader, Checker,
+};
 use missive_engine::keys::ConversationId;
 use missive_raft::node::{Consistency, Node};
 use missive_raft::{NodeId, ShardId};
@@ -36,14 +38,7 @@ async fn proxied_cluster(
             proxies.insert((a.id(), b.id()), p);
         }
     }
-    let members: BTreeMap<NodeId, String> = nodes
-        .iter()
-        .map(|n| (n.id(), n.addr().to_string()))
-        .collect();
-    for n in &nodes {
-        n.bootstrap(&members, 3).await.unwrap();
-    }
-    let nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    let nodes = bootstrap_all(nodes).await;
     wait_leader(&nodes, ShardId(1), Duration::from_secs(20)).await;
     (nodes, proxies)
 }
@@ -57,12 +52,8 @@ fn isolate(proxies: &HashMap<(NodeId, NodeId), Proxy>, node: NodeId, mode: Mode)
 }
 
 async fn partition_leader(mode: Mode) {
-    let seed = std::env::var("MISSIVE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed} mode {mode:?}");
-    fastrand::seed(seed);
+    let seed = common::seed();
+    println!("mode {mode:?}");
     let dir = tempfile::tempdir().unwrap();
     let (nodes, proxies) = proxied_cluster(dir.path()).await;
     let shard = ShardId(1);

@@ -71,6 +71,15 @@ pub async fn cluster(dir: &Path, n: u64, shards: u32) -> Vec<Option<Node>> {
     for id in 1..=n {
         nodes.push(Node::start(config(id, dir, shards)).await.unwrap());
     }
+    let nodes = bootstrap_all(nodes).await;
+    for s in 1..=shards {
+        wait_leader(&nodes, ShardId(s), Duration::from_secs(20)).await;
+    }
+    nodes
+}
+
+/// Bootstraps every node with the whole list (3 replicas per shard).
+pub async fn bootstrap_all(nodes: Vec<Node>) -> Vec<Option<Node>> {
     let members: BTreeMap<NodeId, String> = nodes
         .iter()
         .map(|n| (n.id(), n.addr().to_string()))
@@ -78,11 +87,19 @@ pub async fn cluster(dir: &Path, n: u64, shards: u32) -> Vec<Option<Node>> {
     for node in &nodes {
         node.bootstrap(&members, 3).await.unwrap();
     }
-    let nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
-    for s in 1..=shards {
-        wait_leader(&nodes, ShardId(s), Duration::from_secs(20)).await;
-    }
-    nodes
+    nodes.into_iter().map(Some).collect()
+}
+
+/// The run's seed: `MISSIVE_SEED` to replay one, else random; printed so
+/// a failure can be replayed.
+pub fn seed() -> u64 {
+    let seed = std::env::var("MISSIVE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {seed}");
+    fastrand::seed(seed);
+    seed
 }
 
 /// Waits until every running node agrees on a leader of `shard`.
