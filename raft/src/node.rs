@@ -525,6 +525,12 @@ impl Node {
     /// Stops the transport and every group, and closes the engine (its log
     /// syncs what it wrote). In-memory LSM state is not flushed: the log
     /// replays it on the next start, exactly as after a crash.
+    ///
+    /// Returns only once the engine's files are released (their LOCKs
+    /// dropped), so the same data directory can be opened again at once:
+    /// openraft's workers and our completion tasks hold the log and the LSM
+    /// for a moment after `Raft::shutdown` returns, and a restart that raced
+    /// them failed with `Locked`.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
         for g in self.inner.groups.values() {
@@ -537,6 +543,22 @@ impl Node {
             let _ = t.await;
         }
         self.inner.peers.disconnect_all();
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        let inner = sole_owner(self.inner, "the node", deadline).await?;
+        let Inner {
+            lsm, log, groups, ..
+        } = inner;
+        drop(groups);
+        let lsm = sole_owner(lsm, "the LSM", deadline).await?;
+        // Dropping the LSM joins its background thread (maybe mid-compaction)
+        // and releases its hold on the log (the flush barrier).
+        tokio::task::spawn_blocking(move || drop(lsm))
+            .await
+            .map_err(|e| Error::Fatal(format!("closing the LSM: {e}")))?;
+        let log = sole_owner(log, "the log", deadline).await?;
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .map_err(|e| Error::Fatal(format!("closing the log: {e}")))??;
         Ok(())
     }
 
@@ -548,6 +570,29 @@ impl Node {
     /// The LSM (for inspection).
     pub fn lsm(&self) -> &Arc<Lsm> {
         &self.inner.lsm
+    }
+}
+
+/// How long shutdown waits for stopped tasks to let go of the engine.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `arc` is the last handle to its value and takes the value.
+async fn sole_owner<T>(mut arc: Arc<T>, what: &str, deadline: tokio::time::Instant) -> Result<T> {
+    loop {
+        match Arc::try_unwrap(arc) {
+            Ok(v) => return Ok(v),
+            Err(a) if tokio::time::Instant::now() >= deadline => {
+                return Err(Error::Fatal(format!(
+                    "{what} is still in use {} s after shutdown began ({} handles)",
+                    RELEASE_WAIT.as_secs(),
+                    Arc::strong_count(&a)
+                )))
+            }
+            Err(a) => {
+                arc = a;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
 }
 
