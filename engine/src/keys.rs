@@ -61,6 +61,16 @@ impl Slot {
     pub fn of_conversation(conv: ConversationId) -> Slot {
         Slot((xxhash_rust::xxh3::xxh3_64(&conv.0.to_be_bytes()) % u64::from(SLOTS)) as u16)
     }
+
+    /// The slot of a user's own data (inbox, conversation index, devices):
+    /// a hash of the id under a different seed than conversations', so a
+    /// user and a conversation with equal ids do not pile onto one slot.
+    pub fn of_user(user: u64) -> Slot {
+        Slot(
+            (xxhash_rust::xxh3::xxh3_64_with_seed(&user.to_be_bytes(), 0x7573_6572)
+                % u64::from(SLOTS)) as u16,
+        )
+    }
 }
 
 /// What a key holds. The tag is the key's first byte.
@@ -78,6 +88,9 @@ pub enum Keyspace {
     Receipt = 0x40,
     /// Raft state-machine metadata.
     RaftMeta = 0x50,
+    /// A conversation's durable outbox: events not yet fanned out to its
+    /// members' per-user data (which lives on other shards).
+    Outbox = 0x60,
 }
 
 /// Length of a message key.

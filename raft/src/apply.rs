@@ -17,12 +17,14 @@ use missive_engine::keys::{ConversationId, Timestamp};
 use missive_engine::lsm::{Lsm, WriteBatch};
 
 use crate::command::{
-    Command, ConversationKind, DeviceId, MessageKind, Outcome, RejectCode, UserId,
+    Command, ConversationKind, Delivery, DeviceId, MessageKind, Outcome, RejectCode, UserId,
 };
 use crate::error::Result;
 use crate::records::{
-    self, conversation_key, dedup_key, head_key, msg_key, receipt_key, Conversation, Dedup, Head,
-    Message, Receipt,
+    self, conversation_key, dedup_key, device_key, head_key, inbox_key, msg_key, outbox_head_key,
+    outbox_key, profile_key, receipt_key, user_conv_key, user_head_key, Conversation, Dedup,
+    Device, EventKind, Head, InboxEvent, Message, OutboxEntry, OutboxHead, Profile, Receipt,
+    UserConv, UserHead,
 };
 
 /// The body of a `System` message written by a membership change
@@ -41,9 +43,24 @@ pub struct SystemEvent {
     pub renamed: Option<String>,
 }
 
+/// A user's inbox grew: live connections of that user read from their
+/// cursor up to `useq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxNotice {
+    /// Whose inbox.
+    pub user: UserId,
+    /// Its newest useq.
+    pub useq: u64,
+}
+
 pub(crate) struct Apply<'a> {
     lsm: &'a Lsm,
-    pending: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Writes so far; `None` deletes.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Whether an outbox entry was written (the fan-out worker should look).
+    pub(crate) emitted: bool,
+    /// Inboxes that grew.
+    pub(crate) notices: Vec<InboxNotice>,
 }
 
 fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
@@ -64,12 +81,14 @@ impl<'a> Apply<'a> {
         Apply {
             lsm,
             pending: BTreeMap::new(),
+            emitted: false,
+            notices: Vec::new(),
         }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.pending.get(key) {
-            return Ok(Some(v.clone()));
+            return Ok(v.clone());
         }
         Ok(self.lsm.get(key)?)
     }
@@ -85,16 +104,56 @@ impl<'a> Apply<'a> {
     }
 
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.pending.insert(key, value);
+        self.pending.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.pending.insert(key, None);
+    }
+
+    fn put_as<T: Serialize>(&mut self, key: Vec<u8>, v: &T) -> Result<()> {
+        let bytes = records::encode(v)?;
+        self.put(key, bytes);
+        Ok(())
     }
 
     /// The accumulated writes, as one atomic batch.
     pub(crate) fn into_batch(self) -> WriteBatch {
         let mut b = WriteBatch::new();
         for (k, v) in &self.pending {
-            b.put(k, v);
+            match v {
+                Some(v) => b.put(k, v),
+                None => b.delete(k),
+            };
         }
         b
+    }
+
+    /// Queues `event` in the conversation's outbox for `recipients`.
+    fn emit(
+        &mut self,
+        conv: ConversationId,
+        event: EventKind,
+        recipients: Vec<UserId>,
+        at: u64,
+    ) -> Result<()> {
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let hkey = outbox_head_key(conv);
+        let mut head: OutboxHead = self.get_as("outbox head", &hkey)?.unwrap_or_default();
+        head.last += 1;
+        self.put_as(
+            outbox_key(conv, head.last),
+            &OutboxEntry {
+                event,
+                recipients,
+                at,
+            },
+        )?;
+        self.put_as(hkey, &head)?;
+        self.emitted = true;
+        Ok(())
     }
 
     /// Runs one command. `Err` only for storage failures (which stop the
@@ -136,10 +195,11 @@ impl<'a> Apply<'a> {
                 body,
                 expires_at,
             } => {
-                if let Err(refused) = self.member_of(*conv, *sender)? {
-                    return Ok(refused);
-                }
-                self.append(
+                let c = match self.member_of(*conv, *sender)? {
+                    Ok(c) => c,
+                    Err(refused) => return Ok(refused),
+                };
+                let out = self.append(
                     *conv,
                     Message {
                         seq: 0,
@@ -151,7 +211,27 @@ impl<'a> Apply<'a> {
                         expires_at: *expires_at,
                     },
                     stamp,
-                )
+                    &c.members,
+                )?;
+                if let Outcome::Appended {
+                    seq,
+                    duplicate: false,
+                    ..
+                } = out
+                {
+                    // Sending reads everything before: the sender's own
+                    // messages never count as unread.
+                    let key = receipt_key(*conv, *sender);
+                    let old: Receipt = self.get_as("receipt", &key)?.unwrap_or_default();
+                    self.put_as(
+                        key,
+                        &Receipt {
+                            delivered: old.delivered.max(seq),
+                            read: old.read.max(seq),
+                        },
+                    )?;
+                }
+                Ok(out)
             }
             Command::SetReceipt {
                 conv,
@@ -159,9 +239,10 @@ impl<'a> Apply<'a> {
                 delivered,
                 read,
             } => {
-                if let Err(refused) = self.member_of(*conv, *user)? {
-                    return Ok(refused);
-                }
+                let c = match self.member_of(*conv, *user)? {
+                    Ok(c) => c,
+                    Err(refused) => return Ok(refused),
+                };
                 let head: Head = self.get_as("head", &head_key(*conv))?.unwrap_or_default();
                 let key = receipt_key(*conv, *user);
                 let old: Receipt = self.get_as("receipt", &key)?.unwrap_or_default();
@@ -176,10 +257,136 @@ impl<'a> Apply<'a> {
                 let new = Receipt { delivered, read };
                 if new != old {
                     self.put(key, records::encode(&new)?);
+                    self.emit(
+                        *conv,
+                        EventKind::Receipt {
+                            user: *user,
+                            delivered,
+                            read,
+                        },
+                        c.members,
+                        stamp,
+                    )?;
                 }
                 Ok(Outcome::Receipt { delivered, read })
             }
+            Command::Deliver { items } => self.deliver(items),
+            Command::OutboxDone { done } => {
+                for (conv, upto) in done {
+                    let hkey = outbox_head_key(*conv);
+                    let mut head: OutboxHead =
+                        self.get_as("outbox head", &hkey)?.unwrap_or_default();
+                    let upto = (*upto).min(head.last);
+                    if upto <= head.done {
+                        continue;
+                    }
+                    for eseq in head.done + 1..=upto {
+                        self.delete(outbox_key(*conv, eseq));
+                    }
+                    head.done = upto;
+                    self.put_as(hkey, &head)?;
+                }
+                Ok(Outcome::Done)
+            }
+            Command::RegisterDevice {
+                user,
+                device,
+                name,
+                platform,
+            } => {
+                let key = device_key(*user, *device);
+                let registered_micros = self
+                    .get_as::<Device>("device", &key)?
+                    .map_or(stamp, |d| d.registered_micros);
+                self.put_as(
+                    key,
+                    &Device {
+                        name: name.clone(),
+                        platform: platform.clone(),
+                        registered_micros,
+                    },
+                )?;
+                Ok(Outcome::Done)
+            }
+            Command::SetProfile { user, display_name } => {
+                self.put_as(
+                    profile_key(*user),
+                    &Profile {
+                        display_name: display_name.clone(),
+                    },
+                )?;
+                Ok(Outcome::Done)
+            }
         }
+    }
+
+    /// Appends each new item to its user's inbox and updates the user's
+    /// view of the conversation. An item at or below the user's applied
+    /// eseq for its conversation is a repeat (the fan-out worker resends
+    /// after a crash or a leader change) and is skipped; the worker sends
+    /// one conversation's items in eseq order, always from the oldest not
+    /// yet done, so "above the mark" is also "the next one".
+    fn deliver(&mut self, items: &[Delivery]) -> Result<Outcome> {
+        let (mut applied, mut skipped) = (0, 0);
+        for d in items {
+            let ckey = user_conv_key(d.user, d.conv);
+            let mut uc: UserConv = self.get_as("user conversation", &ckey)?.unwrap_or_default();
+            if d.eseq <= uc.eseq {
+                skipped += 1;
+                continue;
+            }
+            uc.eseq = d.eseq;
+            match &d.event {
+                EventKind::Message {
+                    seq, ts, sender, ..
+                } => {
+                    uc.last_seq = uc.last_seq.max(*seq);
+                    uc.last_ts = uc.last_ts.max(*ts);
+                    if *sender == d.user {
+                        uc.read = uc.read.max(*seq);
+                        uc.delivered = uc.delivered.max(*seq);
+                    }
+                }
+                EventKind::Receipt {
+                    user,
+                    delivered,
+                    read,
+                } if *user == d.user => {
+                    uc.read = uc.read.max(*read);
+                    uc.delivered = uc.delivered.max(*delivered);
+                }
+                EventKind::Receipt { .. } => {}
+                EventKind::Membership { added, removed, .. } => {
+                    if added.contains(&d.user) {
+                        uc.member = true;
+                        uc.last_ts = uc.last_ts.max(d.at);
+                    }
+                    if removed.contains(&d.user) {
+                        uc.member = false;
+                    }
+                }
+            }
+            self.put_as(ckey, &uc)?;
+            let hkey = user_head_key(d.user);
+            let mut head: UserHead = self.get_as("user head", &hkey)?.unwrap_or_default();
+            head.useq += 1;
+            self.put_as(
+                inbox_key(d.user, head.useq),
+                &InboxEvent {
+                    conv: d.conv,
+                    eseq: d.eseq,
+                    event: d.event.clone(),
+                    at: d.at,
+                },
+            )?;
+            self.put_as(hkey, &head)?;
+            self.notices.push(InboxNotice {
+                user: d.user,
+                useq: head.useq,
+            });
+            applied += 1;
+        }
+        Ok(Outcome::Delivered { applied, skipped })
     }
 
     /// The conversation, if it exists and `user` is a member; else the
@@ -265,6 +472,16 @@ impl<'a> Apply<'a> {
             created_micros: stamp,
         };
         self.put(key, records::encode(&c)?);
+        self.emit(
+            conv,
+            EventKind::Membership {
+                version: 1,
+                added: c.members.clone(),
+                removed: Vec::new(),
+            },
+            c.members,
+            stamp,
+        )?;
         Ok(Outcome::Created { created: true })
     }
 
@@ -350,6 +567,9 @@ impl<'a> Apply<'a> {
                 admins.push(*first);
             }
         }
+        // Everyone before and after hears of the change: a removed member
+        // learns of their removal, and nothing after it.
+        let audience = sorted_unique(c.members.iter().chain(&members).copied().collect());
         c.members = members;
         c.admins = admins;
         c.version += 1;
@@ -358,6 +578,16 @@ impl<'a> Apply<'a> {
         }
         let version = c.version;
         self.put(key, records::encode(&c)?);
+        self.emit(
+            conv,
+            EventKind::Membership {
+                version,
+                added: add.clone(),
+                removed: remove.clone(),
+            },
+            audience.clone(),
+            stamp,
+        )?;
         let event = SystemEvent {
             actor,
             added: add,
@@ -377,6 +607,7 @@ impl<'a> Apply<'a> {
                 expires_at: None,
             },
             stamp,
+            &audience,
         )?;
         Ok(match out {
             Outcome::Appended { ts, seq, .. } => Outcome::MembersChanged { version, ts, seq },
@@ -385,8 +616,15 @@ impl<'a> Apply<'a> {
     }
 
     /// Stores a message at the conversation's next (ts, seq), unless the
-    /// sender already sent this client message id.
-    fn append(&mut self, conv: ConversationId, mut m: Message, stamp: u64) -> Result<Outcome> {
+    /// sender already sent this client message id, and queues it for
+    /// `recipients`' inboxes.
+    fn append(
+        &mut self,
+        conv: ConversationId,
+        mut m: Message,
+        stamp: u64,
+        recipients: &[UserId],
+    ) -> Result<Outcome> {
         let dkey =
             (!m.client_msg_id.is_empty()).then(|| dedup_key(conv, m.sender, &m.client_msg_id));
         if let Some(k) = &dkey {
@@ -409,6 +647,17 @@ impl<'a> Apply<'a> {
         if let Some(k) = dkey {
             self.put(k, records::encode(&Dedup { ts, seq })?);
         }
+        self.emit(
+            conv,
+            EventKind::Message {
+                seq,
+                ts,
+                sender: m.sender,
+                expires_at: m.expires_at,
+            },
+            recipients.to_vec(),
+            stamp,
+        )?;
         Ok(Outcome::Appended {
             ts,
             seq,

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use missive_engine::keys::ConversationId;
 
+use crate::records::EventKind;
+
 /// A user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct UserId(pub u64);
@@ -139,16 +141,92 @@ pub enum Command {
         /// Read up to this seq (implies delivered).
         read: Option<u64>,
     },
+    /// Appends conversation events to users' inboxes (the fan-out worker's
+    /// write; every item's user on this command's shard). Idempotent per
+    /// (user, conversation): an item at or below the user's last applied
+    /// eseq for that conversation is skipped.
+    Deliver {
+        /// In order; one conversation's items in eseq order.
+        items: Vec<Delivery>,
+    },
+    /// Deletes fanned-out outbox entries: `(conversation, up to eseq)`,
+    /// every conversation on this command's shard.
+    OutboxDone {
+        /// What reached every recipient.
+        done: Vec<(ConversationId, u64)>,
+    },
+    /// Registers (or renames) a user's device.
+    RegisterDevice {
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// A name for people.
+        name: String,
+        /// The platform ("ios", "web", …).
+        platform: String,
+    },
+    /// Sets a user's profile.
+    SetProfile {
+        /// The user.
+        user: UserId,
+        /// The name shown to others.
+        display_name: String,
+    },
+}
+
+/// One event bound for one user's inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The recipient.
+    pub user: UserId,
+    /// The conversation the event happened in.
+    pub conv: ConversationId,
+    /// The event's position in the conversation's outbox.
+    pub eseq: u64,
+    /// The event.
+    pub event: EventKind,
+    /// When it happened (µs).
+    pub at: u64,
+}
+
+/// Which data a command acts on: it decides the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A conversation's shard.
+    Conversation(ConversationId),
+    /// A user's shard.
+    User(UserId),
+    /// Nothing to act on (an empty list): refused before proposing.
+    Empty,
 }
 
 impl Command {
-    /// The conversation the command acts on (it decides the shard).
-    pub fn conversation(&self) -> ConversationId {
+    /// What the command acts on.
+    pub fn route(&self) -> Route {
         match self {
             Command::CreateConversation { conv, .. }
             | Command::ChangeMembers { conv, .. }
             | Command::AppendMessage { conv, .. }
-            | Command::SetReceipt { conv, .. } => *conv,
+            | Command::SetReceipt { conv, .. } => Route::Conversation(*conv),
+            Command::Deliver { items } => {
+                items.first().map_or(Route::Empty, |d| Route::User(d.user))
+            }
+            Command::OutboxDone { done } => done
+                .first()
+                .map_or(Route::Empty, |d| Route::Conversation(d.0)),
+            Command::RegisterDevice { user, .. } | Command::SetProfile { user, .. } => {
+                Route::User(*user)
+            }
+        }
+    }
+
+    /// Every route the command touches (all must be on one shard).
+    pub fn routes(&self) -> Vec<Route> {
+        match self {
+            Command::Deliver { items } => items.iter().map(|d| Route::User(d.user)).collect(),
+            Command::OutboxDone { done } => done.iter().map(|d| Route::Conversation(d.0)).collect(),
+            other => vec![other.route()],
         }
     }
 }
@@ -223,4 +301,14 @@ pub enum Outcome {
         /// For a person.
         message: String,
     },
+    /// `Deliver`: how many items were new and how many were repeats.
+    Delivered {
+        /// Appended to inboxes.
+        applied: u64,
+        /// Already there (a repeated fan-out).
+        skipped: u64,
+    },
+    /// A command with nothing to report succeeded (`OutboxDone`,
+    /// `RegisterDevice`, `SetProfile`).
+    Done,
 }

@@ -17,6 +17,8 @@
 //! - `state_machine` — **raft apply and recovery**: apply into the LSM with
 //!   no second WAL, the durable applied position, snapshots.
 //! - `apply` — the deterministic command executor.
+//! - `fanout` — the worker moving conversation events from a shard's
+//!   durable outbox into members' inboxes on their user shards.
 //! - `snapshot` — snapshot data: a pinned LSM view, or a received file.
 //! - `slots` — the slot → shard map.
 
@@ -25,6 +27,7 @@ mod batcher;
 pub mod codec;
 pub mod command;
 pub mod error;
+mod fanout;
 pub mod log_store;
 pub mod node;
 pub mod records;

@@ -33,16 +33,21 @@ use missive_engine::keys::{ConversationId, Timestamp};
 use missive_engine::log::{Log, LogOptions};
 use missive_engine::lsm::{Direction, Lsm, LsmOptions};
 
+use crate::apply::InboxNotice;
 use crate::batcher::{self, Pending};
-use crate::command::{Command, Outcome, UserId};
+use crate::command::{Command, DeviceId, Outcome, UserId};
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
 use crate::records::{
-    self, conversation_key, head_key, receipt_prefix, Conversation, Head, Message, Receipt,
+    self, conversation_key, head_key, msg_key, receipt_prefix, Conversation, Head, Message, Receipt,
+};
+use crate::records::{
+    device_prefix, inbox_key, key_tail_u64, profile_key, user_conv_prefix, user_head_key, Device,
+    InboxEvent, Profile, UserConv, UserHead,
 };
 use crate::slots::SlotMap;
 use crate::snapshot::{ShardSnapshot, SnapshotWriter};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{ApplyHooks, StateMachine};
 use crate::transport::client::{CallError, NetworkFactory, Peers};
 use crate::transport::server::{self, Dispatch};
 use crate::transport::{RemoteFailure, Reply, Rpc};
@@ -135,7 +140,7 @@ pub struct StoredMessage {
     pub message: Message,
 }
 
-struct Group {
+pub(crate) struct Group {
     raft: Raft,
     batcher: mpsc::Sender<Pending>,
 }
@@ -146,13 +151,14 @@ struct Receiving {
     writer: SnapshotWriter,
 }
 
-struct Inner {
-    id: NodeId,
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
     addr: String,
-    lsm: Arc<Lsm>,
+    pub(crate) lsm: Arc<Lsm>,
     log: Arc<Log>,
-    slots: SlotMap,
-    groups: BTreeMap<ShardId, Group>,
+    pub(crate) slots: SlotMap,
+    pub(crate) groups: BTreeMap<ShardId, Group>,
+    hooks: Arc<ApplyHooks>,
     peers: Arc<Peers>,
     snapshot_dir: PathBuf,
     receiving: Mutex<HashMap<ShardId, Receiving>>,
@@ -277,9 +283,16 @@ impl Node {
         let _ = std::fs::remove_dir_all(&snapshot_dir);
         let mut groups = BTreeMap::new();
         let mut tasks = Vec::new();
+        let hooks = Arc::new(ApplyHooks::new(INBOX_NOTICES));
         for shard in slots.shards() {
             let store = LogStore::new(Arc::clone(&log), shard);
-            let sm = StateMachine::open(Arc::clone(&lsm), &slots, shard, snapshot_dir.clone())?;
+            let sm = StateMachine::open(
+                Arc::clone(&lsm),
+                &slots,
+                shard,
+                snapshot_dir.clone(),
+                Arc::clone(&hooks),
+            )?;
             let net = NetworkFactory::new(Arc::clone(&peers), shard);
             let raft = Raft::new(cfg.id, Arc::clone(&raft_config), net, store, sm)
                 .await
@@ -303,8 +316,14 @@ impl Node {
             peers,
             snapshot_dir,
             receiving: Mutex::new(HashMap::new()),
+            hooks: Arc::clone(&hooks),
         });
         let (stop, stop_rx) = watch::channel(false);
+        tasks.push(tokio::spawn(crate::fanout::run(
+            Arc::clone(&inner),
+            hooks,
+            stop_rx.clone(),
+        )));
         let dispatch: Arc<dyn Dispatch> = Arc::clone(&inner) as Arc<dyn Dispatch>;
         tasks.push(tokio::spawn(server::serve(
             listener,
@@ -396,26 +415,26 @@ impl Node {
     /// to `election_wait` (NotLeader with no leader known, or an
     /// unreachable leader); never retries a write whose outcome is unknown.
     pub async fn write(&self, command: Command, election_wait: Duration) -> Result<Outcome> {
-        let shard = self.inner.slots.shard_of(command.conversation());
-        let deadline = tokio::time::Instant::now() + election_wait;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let r = Arc::clone(&self.inner)
-                .write_to(shard, command.clone(), true)
-                .await;
-            let retry = matches!(
-                &r,
-                Err(Error::NotLeader { leader: None, .. }) | Err(Error::Transport { .. })
-            );
-            if !retry || tokio::time::Instant::now() + backoff > deadline {
-                return r.and_then(|o| match o {
-                    Outcome::Rejected { code, message } => Err(Error::Rejected { code, message }),
-                    o => Ok(o),
-                });
+        let shard = self.shard_of_command(&command)?;
+        self.inner.write(shard, command, election_wait).await
+    }
+
+    /// The one shard a command acts on; a command spanning shards (or
+    /// naming nothing) is refused before anything is proposed.
+    fn shard_of_command(&self, command: &Command) -> Result<ShardId> {
+        let mut shard = None;
+        for r in command.routes() {
+            let s = self.inner.slots.shard_of_route(r).ok_or_else(|| {
+                Error::InvalidArgument("the command names no conversation or user".into())
+            })?;
+            if shard.is_some_and(|x| x != s) {
+                return Err(Error::InvalidArgument(
+                    "the command's items live on more than one shard".into(),
+                ));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            shard = Some(s);
         }
+        shard.ok_or_else(|| Error::InvalidArgument("the command is empty".into()))
     }
 
     async fn ensure_read(&self, shard: ShardId, c: Consistency) -> Result<()> {
@@ -522,6 +541,145 @@ impl Node {
             .collect()
     }
 
+    /// Notices of inboxes growing on this replica (see
+    /// `state_machine::ApplyHooks`). A receiver that lags gets
+    /// `RecvError::Lagged` and must re-read every inbox it follows.
+    pub fn inbox_notices(&self) -> tokio::sync::broadcast::Receiver<InboxNotice> {
+        self.inner.hooks.inbox.subscribe()
+    }
+
+    /// Changes when a snapshot replaced a shard here: re-read everything.
+    pub fn snapshot_installs(&self) -> watch::Receiver<u64> {
+        self.inner.hooks.installed.subscribe()
+    }
+
+    /// A user's newest inbox position.
+    pub async fn user_head(&self, user: UserId, consistency: Consistency) -> Result<UserHead> {
+        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
+            .await?;
+        self.get_record("user head", &user_head_key(user))
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Up to `limit` inbox events of `user` after `after`, oldest first,
+    /// with their useqs.
+    pub async fn inbox(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<(u64, InboxEvent)>> {
+        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
+            .await?;
+        let lo = inbox_key(user, after.saturating_add(1));
+        let hi = inbox_key(user, u64::MAX);
+        self.scan_records("inbox event", &lo, &hi, limit)
+    }
+
+    /// Every conversation a user has been in, with their view of it.
+    pub async fn user_conversations(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<Vec<(ConversationId, UserConv)>> {
+        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
+            .await?;
+        let prefix = user_conv_prefix(user);
+        let end = missive_engine::keys::prefix_successor(&prefix).unwrap_or_default();
+        Ok(self
+            .scan_records("user conversation", &prefix, &end, usize::MAX)?
+            .into_iter()
+            .map(|(c, uc)| (ConversationId(c), uc))
+            .collect())
+    }
+
+    /// A user's view of one conversation.
+    pub async fn user_conversation(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        consistency: Consistency,
+    ) -> Result<Option<UserConv>> {
+        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
+            .await?;
+        self.get_record(
+            "user conversation",
+            &crate::records::user_conv_key(user, conv),
+        )
+    }
+
+    /// A user's registered devices.
+    pub async fn devices(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<Vec<(DeviceId, Device)>> {
+        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
+            .await?;
+        let prefix = device_prefix(user);
+        let end = missive_engine::keys::prefix_successor(&prefix).unwrap_or_default();
+        Ok(self
+            .scan_records("device", &prefix, &end, usize::MAX)?
+            .into_iter()
+            .map(|(d, dev)| (DeviceId(d), dev))
+            .collect())
+    }
+
+    /// A user's profile (empty if never set).
+    pub async fn profile(&self, user: UserId, consistency: Consistency) -> Result<Profile> {
+        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
+            .await?;
+        self.get_record("profile", &profile_key(user))
+            .map(Option::unwrap_or_default)
+    }
+
+    /// The message of `conv` stored at `ts`, if it is here (and not
+    /// expired).
+    pub async fn message_at(
+        &self,
+        conv: ConversationId,
+        ts: u64,
+        consistency: Consistency,
+    ) -> Result<Option<StoredMessage>> {
+        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
+            .await?;
+        Ok(self
+            .get_record::<Message>("message", &msg_key(conv, ts))?
+            .map(|message| StoredMessage { ts, message }))
+    }
+
+    fn get_record<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        self.inner
+            .lsm
+            .get(key)?
+            .map(|v| records::decode(what, &v))
+            .transpose()
+    }
+
+    /// Records in `[lo, hi)` keyed by a trailing u64, in key order.
+    fn scan_records<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        lo: &[u8],
+        hi: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(u64, T)>> {
+        self.inner
+            .lsm
+            .scan(lo, Some(hi), Direction::Forward, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let n = key_tail_u64(&k).ok_or_else(|| Error::malformed(what, "short key"))?;
+                Ok((n, records::decode(what, &v)?))
+            })
+            .collect()
+    }
+
     /// Stops the transport and every group, and closes the engine (its log
     /// syncs what it wrote). In-memory LSM state is not flushed: the log
     /// replays it on the next start, exactly as after a crash.
@@ -573,6 +731,9 @@ impl Node {
     }
 }
 
+/// Inbox notices buffered for slow listeners (they re-read on lag).
+const INBOX_NOTICES: usize = 4096;
+
 /// How long shutdown waits for stopped tasks to let go of the engine.
 const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
@@ -597,6 +758,41 @@ async fn sole_owner<T>(mut arc: Arc<T>, what: &str, deadline: tokio::time::Insta
 }
 
 impl Inner {
+    /// [`Node::write`] once the shard is known.
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        shard: ShardId,
+        command: Command,
+        election_wait: Duration,
+    ) -> Result<Outcome> {
+        let deadline = tokio::time::Instant::now() + election_wait;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let r = Arc::clone(self)
+                .write_to(shard, command.clone(), true)
+                .await;
+            let retry = matches!(
+                &r,
+                Err(Error::NotLeader { leader: None, .. }) | Err(Error::Transport { .. })
+            );
+            if !retry || tokio::time::Instant::now() + backoff > deadline {
+                return r.and_then(|o| match o {
+                    Outcome::Rejected { code, message } => Err(Error::Rejected { code, message }),
+                    o => Ok(o),
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Whether this node leads `shard` now (as far as it knows).
+    pub(crate) fn leads(&self, shard: ShardId) -> bool {
+        self.groups
+            .get(&shard)
+            .is_some_and(|g| g.raft.metrics().borrow().current_leader == Some(self.id))
+    }
+
     fn group(&self, shard: ShardId) -> Result<&Group> {
         self.groups.get(&shard).ok_or(Error::NoSuchShard(shard))
     }

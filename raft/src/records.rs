@@ -13,7 +13,18 @@
 //! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message
 //! receipt       0x40 slot:u16 conv:u64 user:u64        → Receipt
 //! applied       0x50 shard:u32 0x01                    → Applied (raft meta)
+//! outbox head   0x20 slot:u16 conv:u64 0x03            → OutboxHead
+//! outbox entry  0x60 slot:u16 conv:u64 eseq:u64        → OutboxEntry
+//! user head     0x30 uslot:u16 user:u64 0x00           → UserHead
+//! inbox event   0x30 uslot:u16 user:u64 0x01 useq:u64  → InboxEvent
+//! user's conv   0x30 uslot:u16 user:u64 0x02 conv:u64  → UserConv
+//! device        0x30 uslot:u16 user:u64 0x03 dev:u64   → Device
+//! profile       0x30 uslot:u16 user:u64 0x04           → Profile
 //! ```
+//!
+//! `slot` is the conversation's slot, `uslot` the user's
+//! (`Slot::of_user`): a user's own data lives on the user's shard, not on
+//! the shards of the conversations they are in.
 //!
 //! All integers in keys are big-endian, so byte order is numeric order.
 
@@ -180,10 +191,213 @@ pub fn applied_key(shard: ShardId) -> Vec<u8> {
     k
 }
 
+/// Key of a conversation's outbox head.
+pub fn outbox_head_key(conv: ConversationId) -> Vec<u8> {
+    conv_key(conv, 0x03)
+}
+
+/// Key of one outbox entry.
+pub fn outbox_key(conv: ConversationId, eseq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19);
+    k.push(Keyspace::Outbox as u8);
+    k.extend_from_slice(&Slot::of_conversation(conv).0.to_be_bytes());
+    k.extend_from_slice(&conv.0.to_be_bytes());
+    k.extend_from_slice(&eseq.to_be_bytes());
+    k
+}
+
+/// Decodes an outbox key into (conversation, eseq).
+pub fn decode_outbox_key(k: &[u8]) -> Option<(ConversationId, u64)> {
+    if k.len() != 19 || k[0] != Keyspace::Outbox as u8 {
+        return None;
+    }
+    let conv = u64::from_be_bytes(k[3..11].try_into().ok()?);
+    let eseq = u64::from_be_bytes(k[11..19].try_into().ok()?);
+    Some((ConversationId(conv), eseq))
+}
+
+fn user_key(user: UserId, suffix: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(20);
+    k.push(Keyspace::User as u8);
+    k.extend_from_slice(&Slot::of_user(user.0).0.to_be_bytes());
+    k.extend_from_slice(&user.0.to_be_bytes());
+    k.push(suffix);
+    k
+}
+
+fn user_key_u64(user: UserId, suffix: u8, n: u64) -> Vec<u8> {
+    let mut k = user_key(user, suffix);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Key of a user's inbox head.
+pub fn user_head_key(user: UserId) -> Vec<u8> {
+    user_key(user, 0x00)
+}
+
+/// Key of one inbox event.
+pub fn inbox_key(user: UserId, useq: u64) -> Vec<u8> {
+    user_key_u64(user, 0x01, useq)
+}
+
+/// Key of a user's entry for one conversation.
+pub fn user_conv_key(user: UserId, conv: ConversationId) -> Vec<u8> {
+    user_key_u64(user, 0x02, conv.0)
+}
+
+/// Prefix of every conversation entry of a user.
+pub fn user_conv_prefix(user: UserId) -> Vec<u8> {
+    user_key(user, 0x02)
+}
+
+/// Key of a user's device.
+pub fn device_key(user: UserId, device: DeviceId) -> Vec<u8> {
+    user_key_u64(user, 0x03, device.0)
+}
+
+/// Prefix of every device of a user.
+pub fn device_prefix(user: UserId) -> Vec<u8> {
+    user_key(user, 0x03)
+}
+
+/// Key of a user's profile.
+pub fn profile_key(user: UserId) -> Vec<u8> {
+    user_key(user, 0x04)
+}
+
+/// The big-endian u64 that ends a key (an inbox useq, a conversation id).
+pub fn key_tail_u64(k: &[u8]) -> Option<u64> {
+    let n = k.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(k[n..].try_into().ok()?))
+}
+
+/// A conversation's outbox position: events get dense `eseq`s from 1;
+/// entries up to `done` were fanned out and deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OutboxHead {
+    /// The newest event's eseq (0 before the first).
+    pub last: u64,
+    /// Every event up to here reached every recipient's inbox.
+    pub done: u64,
+}
+
+/// Something that happened in a conversation that its members' per-user
+/// data must learn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A message was stored (system messages included).
+    Message {
+        /// Its seq.
+        seq: u64,
+        /// Its ts (the message key).
+        ts: u64,
+        /// Who sent it.
+        sender: UserId,
+        /// When it disappears, if ever (µs).
+        expires_at: Option<u64>,
+    },
+    /// A member's receipt watermarks rose.
+    Receipt {
+        /// Whose.
+        user: UserId,
+        /// Delivered up to.
+        delivered: u64,
+        /// Read up to.
+        read: u64,
+    },
+    /// Membership or settings changed (the conversation's creation too:
+    /// version 1, everyone added).
+    Membership {
+        /// Membership version after the change.
+        version: u64,
+        /// Who joined.
+        added: Vec<UserId>,
+        /// Who left or was removed.
+        removed: Vec<UserId>,
+    },
+}
+
+/// An event waiting in a conversation's outbox, with who must get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The event.
+    pub event: EventKind,
+    /// The users whose inbox gets it.
+    pub recipients: Vec<UserId>,
+    /// When it happened (µs, the leader's stamp).
+    pub at: u64,
+}
+
+/// A user's inbox position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UserHead {
+    /// The newest inbox event's useq (0 before the first).
+    pub useq: u64,
+}
+
+/// One event in a user's inbox: the user's devices sync these in useq
+/// order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEvent {
+    /// The conversation it happened in.
+    pub conv: ConversationId,
+    /// Its position in the conversation's event sequence.
+    pub eseq: u64,
+    /// What happened.
+    pub event: EventKind,
+    /// When (µs).
+    pub at: u64,
+}
+
+/// A user's view of one conversation: drives the conversation list and
+/// unread counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UserConv {
+    /// The last conversation event applied here (fan-out idempotence).
+    pub eseq: u64,
+    /// Whether the user is a member now.
+    pub member: bool,
+    /// The newest message's seq the user got.
+    pub last_seq: u64,
+    /// Its ts: the conversation's last activity.
+    pub last_ts: u64,
+    /// The user's own read watermark.
+    pub read: u64,
+    /// The user's own delivered watermark.
+    pub delivered: u64,
+}
+
+impl UserConv {
+    /// Messages the user has not read (their own count as read).
+    pub fn unread(&self) -> u64 {
+        self.last_seq.saturating_sub(self.read)
+    }
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// A name for people ("Ana's phone").
+    pub name: String,
+    /// The platform ("ios", "android", "web", …).
+    pub platform: String,
+    /// When it registered (µs).
+    pub registered_micros: u64,
+}
+
+/// A user's profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Profile {
+    /// The name shown to others.
+    pub display_name: String,
+}
+
 /// The keyspaces whose keys are slot-prefixed: a shard's data.
-pub const SLOTTED_KEYSPACES: [Keyspace; 4] = [
+pub const SLOTTED_KEYSPACES: [Keyspace; 5] = [
     Keyspace::Message,
     Keyspace::Conversation,
     Keyspace::User,
     Keyspace::Receipt,
+    Keyspace::Outbox,
 ];

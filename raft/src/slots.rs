@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use missive_engine::keys::{prefix_successor, ConversationId, Slot, SLOTS};
 
+use crate::command::{Route, UserId};
 use crate::error::{Error, Result};
 use crate::records::SLOTTED_KEYSPACES;
 use crate::types::ShardId;
@@ -61,6 +62,20 @@ impl SlotMap {
     /// The shard owning a conversation.
     pub fn shard_of(&self, conv: ConversationId) -> ShardId {
         self.shard_of_slot(Slot::of_conversation(conv))
+    }
+
+    /// The shard owning a user's own data.
+    pub fn shard_of_user(&self, user: UserId) -> ShardId {
+        self.shard_of_slot(Slot::of_user(user.0))
+    }
+
+    /// The shard a command's data lives on (None for an empty command).
+    pub fn shard_of_route(&self, route: Route) -> Option<ShardId> {
+        match route {
+            Route::Conversation(c) => Some(self.shard_of(c)),
+            Route::User(u) => Some(self.shard_of_user(u)),
+            Route::Empty => None,
+        }
     }
 
     /// The slots of a shard.

@@ -48,7 +48,7 @@ use openraft::{
 
 use missive_engine::lsm::{Direction, Lsm, WriteBatch};
 
-use crate::apply::Apply;
+use crate::apply::{Apply, InboxNotice};
 use crate::command::{BatchResponse, Outcome};
 use crate::error::{Error, Result};
 use crate::records::{self, applied_key, Applied};
@@ -68,9 +68,34 @@ fn snap_err(verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> StorageE
     }
 }
 
+/// What apply tells the rest of the node, after its batch is in the LSM.
+#[derive(Debug)]
+pub struct ApplyHooks {
+    /// Woken when an outbox entry was written (the fan-out worker looks).
+    pub outbox: tokio::sync::Notify,
+    /// Every inbox that grew, on this replica. Receivers that lag lose
+    /// notices, never data: they re-read from their cursor.
+    pub inbox: tokio::sync::broadcast::Sender<InboxNotice>,
+    /// Bumped when a snapshot replaced a shard's data: every listener
+    /// re-reads, since the notices of what it brought were never sent.
+    pub installed: tokio::sync::watch::Sender<u64>,
+}
+
+impl ApplyHooks {
+    /// Hooks with a notice buffer of `capacity`.
+    pub fn new(capacity: usize) -> Self {
+        ApplyHooks {
+            outbox: tokio::sync::Notify::new(),
+            inbox: tokio::sync::broadcast::channel(capacity).0,
+            installed: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
 /// One shard's state machine.
 pub struct StateMachine {
     shard: ShardId,
+    hooks: Arc<ApplyHooks>,
     lsm: Arc<Lsm>,
     ranges: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     applied: Applied,
@@ -99,6 +124,7 @@ impl StateMachine {
         slots: &SlotMap,
         shard: ShardId,
         snapshot_dir: PathBuf,
+        hooks: Arc<ApplyHooks>,
     ) -> Result<Self> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| {
             Error::Storage(missive_engine::Error::Io {
@@ -116,6 +142,7 @@ impl StateMachine {
         };
         Ok(StateMachine {
             shard,
+            hooks,
             ranges: slots.key_ranges(shard),
             lsm,
             applied,
@@ -280,11 +307,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied_key(self.shard),
             records::encode(&applied).map_err(|e| sm_err(ErrorVerb::Write, &e))?,
         );
+        let emitted = a.emitted;
+        let notices = std::mem::take(&mut a.notices);
         let batch = a.into_batch();
         self.lsm
             .apply(&batch, Some((self.shard.stream(), last.index + 1)))
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         self.applied = applied;
+        if emitted {
+            self.hooks.outbox.notify_one();
+        }
+        for n in notices {
+            // No receiver is not an error: nobody is connected.
+            let _ = self.hooks.inbox.send(n);
+        }
         Ok(out)
     }
 
@@ -324,6 +360,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(meta.clone());
+        // The shard's data was replaced wholesale: outboxes and inboxes may
+        // have grown without a notice each.
+        self.hooks.outbox.notify_one();
+        self.hooks.installed.send_modify(|n| *n += 1);
         Ok(())
     }
 

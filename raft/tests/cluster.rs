@@ -10,7 +10,7 @@ use common::{
     cluster, config, config_at, create_group, send, wait_converged, wait_leader, Checker,
 };
 use missive_engine::keys::ConversationId;
-use missive_raft::command::Outcome;
+use missive_raft::command::{Outcome, UserId};
 use missive_raft::node::{Consistency, Node};
 use missive_raft::{Error, ShardId};
 
@@ -76,6 +76,26 @@ async fn one_node_is_a_cluster_of_one_and_replays_its_log_on_restart() {
         Outcome::Appended { seq, .. } => assert_eq!(seq, 51),
         o => panic!("{o:?}"),
     }
+    // Every message reached both members' inboxes once, across the
+    // restart, and the sender's own messages count as read.
+    let nodes = vec![Some(node)];
+    common::check_inboxes(&nodes, conv, &[1, 2], WAIT).await;
+    let node = nodes.into_iter().flatten().next().unwrap();
+    let sender = node
+        .user_conversation(UserId(1), conv, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (sender.member, sender.last_seq, sender.unread()),
+        (true, 51, 0)
+    );
+    let other = node
+        .user_conversation(UserId(2), conv, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((other.member, other.unread()), (true, 51));
     node.shutdown().await.unwrap();
 }
 
@@ -182,6 +202,9 @@ async fn leader_loss_under_load_loses_no_acknowledged_write() {
         m.last_applied, m.snapshot, m.purged
     );
     checker.check(&nodes, conv, 1).await;
+    // The fan-out survived the leader change too: each member's inbox on
+    // every replica holds every message once, in order.
+    common::check_inboxes(&nodes, conv, &[1, 2], Duration::from_secs(30)).await;
     for n in nodes.into_iter().flatten() {
         n.shutdown().await.unwrap();
     }

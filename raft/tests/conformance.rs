@@ -9,7 +9,7 @@ use missive_engine::log::{Log, LogOptions};
 use missive_engine::lsm::{Lsm, LsmOptions};
 use missive_raft::log_store::LogStore;
 use missive_raft::slots::SlotMap;
-use missive_raft::state_machine::StateMachine;
+use missive_raft::state_machine::{ApplyHooks, StateMachine};
 use missive_raft::types::StorageError;
 use missive_raft::{ShardId, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
@@ -33,7 +33,14 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let lsm = Arc::new(Lsm::open(dir.path().join("lsm"), LsmOptions::default()).unwrap());
         let slots = SlotMap::even(1).unwrap();
         let shard = ShardId(1);
-        let sm = StateMachine::open(lsm, &slots, shard, dir.path().join("snapshots")).unwrap();
+        let sm = StateMachine::open(
+            lsm,
+            &slots,
+            shard,
+            dir.path().join("snapshots"),
+            Arc::new(ApplyHooks::new(16)),
+        )
+        .unwrap();
         Ok((dir, LogStore::new(log, shard), sm))
     }
 }

@@ -280,3 +280,65 @@ impl Checker {
         }
     }
 }
+
+/// Waits until the fan-out has delivered every message of `conv` to each of
+/// `users`' inboxes on every replica, then checks each inbox holds exactly
+/// seqs 1..=head once each, in order, with its conversation events' eseqs
+/// strictly rising: nothing lost, nothing repeated across leader changes.
+pub async fn check_inboxes(
+    nodes: &[Option<Node>],
+    conv: ConversationId,
+    users: &[u64],
+    within: Duration,
+) {
+    use missive_raft::records::EventKind;
+    let deadline = tokio::time::Instant::now() + within;
+    for node in nodes.iter().flatten() {
+        let head = node.head(conv, Consistency::Stale).await.unwrap().seq;
+        for &u in users {
+            loop {
+                let events = node
+                    .inbox(UserId(u), 0, usize::MAX, Consistency::Stale)
+                    .await
+                    .unwrap();
+                let mut eseqs = Vec::new();
+                let mut seqs = Vec::new();
+                for (i, (useq, e)) in events.iter().enumerate() {
+                    assert_eq!(
+                        *useq,
+                        i as u64 + 1,
+                        "node {}: user {u}: useq gap",
+                        node.id()
+                    );
+                    if e.conv == conv {
+                        eseqs.push(e.eseq);
+                        if let EventKind::Message { seq, .. } = e.event {
+                            seqs.push(seq);
+                        }
+                    }
+                }
+                assert!(
+                    eseqs.windows(2).all(|w| w[0] < w[1]),
+                    "node {}: user {u}: eseqs not rising: {eseqs:?}",
+                    node.id()
+                );
+                let want: Vec<u64> = (1..=head).collect();
+                if seqs == want {
+                    break;
+                }
+                assert!(
+                    seqs.len() < want.len() && seqs == want[..seqs.len()],
+                    "node {}: user {u}: inbox seqs are not a prefix of 1..={head}: {seqs:?}",
+                    node.id()
+                );
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {}: user {u}: fan-out delivered {} of {head} within {within:?}",
+                    node.id(),
+                    seqs.len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
