@@ -1,0 +1,216 @@
+//! Configuration: built-in defaults (one node on 127.0.0.1:8080, data
+//! under ./data), overridden by a TOML file, then by environment variables
+//! and flags (see `main`). Every field is documented in docs/protocol.md's
+//! "Running" section; unknown keys in the file are an error, not ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where clients connect (HTTP and WebSocket).
+    pub listen: SocketAddr,
+    /// Where the node keeps its data (log, tables, identity, auth secret).
+    pub data_dir: PathBuf,
+    /// This node in the cluster.
+    pub node: NodeSection,
+    /// Tokens and origins.
+    pub auth: AuthSection,
+    /// Sizes, rates and timeouts.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            node: NodeSection::default(),
+            auth: AuthSection::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The node's place in the Raft cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's id (unique in the cluster, fixed for its data dir).
+    pub id: u64,
+    /// Where other nodes reach this one (the Raft transport).
+    pub raft_listen: SocketAddr,
+    /// Shards (fixed when the cluster is created).
+    pub shards: u32,
+    /// Replicas per shard.
+    pub replicas: usize,
+    /// Every node of the cluster, this one included: id → Raft address.
+    /// Empty: a cluster of this node alone.
+    pub peers: BTreeMap<u64, String>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: 1,
+            raft_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            shards: 8,
+            replicas: 3,
+            peers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Tokens and browser origins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// The HS256 signing secret. None: a random one is created once in
+    /// `<data_dir>/auth.secret` and reused (every node of a cluster must
+    /// be given the same secret).
+    pub secret: Option<String>,
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// The `aud` tokens must carry.
+    pub audience: String,
+    /// Lifetime of minted access tokens, seconds.
+    pub token_ttl_secs: u64,
+    /// Lifetime of WebSocket tickets, seconds.
+    pub ticket_ttl_secs: u64,
+    /// Enables `POST /v1/admin/tokens` for callers presenting it.
+    pub admin_secret: Option<String>,
+    /// Origins a browser may open the WebSocket from (exact match, e.g.
+    /// "https://chat.example.com"). Requests without an Origin header
+    /// (native apps) are not affected; with an empty list every browser
+    /// origin is refused.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            secret: None,
+            issuer: "missive".into(),
+            audience: "missive-clients".into(),
+            token_ttl_secs: 24 * 3600,
+            ticket_ttl_secs: 30,
+            admin_secret: None,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Sizes, rates and timeouts. Units are in the names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message body, bytes (after base64 decoding).
+    pub max_message_bytes: usize,
+    /// Largest WebSocket message or frame from a client, bytes.
+    pub max_frame_bytes: usize,
+    /// Largest HTTP request body, bytes.
+    pub max_http_body_bytes: usize,
+    /// Largest group.
+    pub max_group_members: u32,
+    /// Sustained sends per user per second.
+    pub sends_per_second: u32,
+    /// Sends a user may burst above the rate.
+    pub send_burst: u32,
+    /// Open client connections (HTTP and WebSocket) beyond which new ones
+    /// are refused.
+    pub max_connections: usize,
+    /// Frames queued for one WebSocket before it counts as slow.
+    pub outbound_queue: usize,
+    /// How long a slow WebSocket may block its queue before it is closed,
+    /// milliseconds.
+    pub slow_consumer_ms: u64,
+    /// Time to read a request's headers, milliseconds.
+    pub header_timeout_ms: u64,
+    /// A WebSocket with no frame from the client for this long is closed,
+    /// seconds (clients ping).
+    pub idle_timeout_secs: u64,
+    /// Largest history page.
+    pub max_page: usize,
+    /// Events per sync page.
+    pub sync_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 128 * 1024,
+            max_http_body_bytes: 128 * 1024,
+            max_group_members: 250,
+            sends_per_second: 20,
+            send_burst: 50,
+            max_connections: 50_000,
+            outbound_queue: 1024,
+            slow_consumer_ms: 10_000,
+            header_timeout_ms: 10_000,
+            idle_timeout_secs: 120,
+            max_page: 200,
+            sync_page: 256,
+        }
+    }
+}
+
+impl Limits {
+    /// `slow_consumer_ms` as a duration.
+    pub fn slow_consumer(&self) -> Duration {
+        Duration::from_millis(self.slow_consumer_ms)
+    }
+}
+
+impl Config {
+    /// Defaults overridden by the TOML file at `path`.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            op: "read",
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<()> {
+        let l = &self.limits;
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.node.id == 0 {
+            return bad("node.id must be at least 1");
+        }
+        if self.node.shards == 0 {
+            return bad("node.shards must be at least 1");
+        }
+        if !self.node.peers.is_empty() && !self.node.peers.contains_key(&self.node.id) {
+            return bad("node.peers must include this node's own id");
+        }
+        if l.max_message_bytes == 0 || l.max_frame_bytes < l.max_message_bytes {
+            return bad("limits.max_frame_bytes must be at least limits.max_message_bytes (> 0)");
+        }
+        if l.max_group_members < 2 {
+            return bad("limits.max_group_members must be at least 2");
+        }
+        if l.sends_per_second == 0 || l.send_burst == 0 {
+            return bad("limits.sends_per_second and limits.send_burst must be positive");
+        }
+        if l.outbound_queue == 0 || l.max_page == 0 || l.sync_page == 0 || l.max_connections == 0 {
+            return bad(
+                "limits.outbound_queue, max_page, sync_page and max_connections must be positive",
+            );
+        }
+        if self.auth.token_ttl_secs == 0 || self.auth.ticket_ttl_secs == 0 {
+            return bad("auth.token_ttl_secs and auth.ticket_ttl_secs must be positive");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! The server's errors: [`Error`] for what stops the server (config, start,
+//! storage), and [`ApiError`] — a stable code, an HTTP status and a message
+//! for a person — for what a request or a frame did wrong. Every code is
+//! listed in docs/protocol.md; codes never change meaning.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// What can stop the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file or socket operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The replicated store failed.
+    #[error(transparent)]
+    Raft(#[from] missive_raft::Error),
+}
+
+/// A server result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A request's failure as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status (WebSocket error frames carry only the code).
+    pub status: StatusCode,
+    /// Stable, machine-readable code (snake_case).
+    pub code: &'static str,
+    /// For a person.
+    pub message: String,
+    /// When to retry, for `rate_limited` and the retryable codes.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// 400 `invalid`: a field's value is not acceptable.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `not_a_member`: the conversation is not the caller's.
+    pub fn not_a_member() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "not_a_member",
+            "you are not a member of this conversation",
+        )
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 500 `internal`: a failure of ours; details go to the log, not the
+    /// client.
+    pub fn internal(e: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; it was logged",
+        )
+    }
+
+    /// With a retry hint.
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
+    }
+}
+
+impl From<missive_raft::Error> for ApiError {
+    fn from(e: missive_raft::Error) -> Self {
+        use missive_raft::Error as E;
+        match e {
+            E::NotLeader { .. } | E::Unavailable { .. } | E::Transport { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the conversation's replicas cannot take this now ({e}); retry"),
+            )
+            .retry_after(500),
+            E::Unknown { .. } => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "outcome_unknown",
+                "the write may or may not have happened; resend it with the same client_msg_id",
+            )
+            .retry_after(500),
+            E::Rejected { code, message } => {
+                use missive_raft::command::RejectCode as R;
+                let status = match code {
+                    R::NoSuchConversation => StatusCode::NOT_FOUND,
+                    R::NotAMember | R::Forbidden => StatusCode::FORBIDDEN,
+                    R::Conflict => StatusCode::CONFLICT,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Self::new(status, code.as_str(), message)
+            }
+            E::InvalidArgument(m) => Self::invalid(m),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+/// The JSON body of an error (HTTP) and the fields of an error frame.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    /// Stable code.
+    pub code: &'a str,
+    /// For a person.
+    pub message: &'a str,
+    /// Retry hint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": ErrorBody {
+                code: self.code,
+                message: &self.message,
+                retry_after_ms: self.retry_after_ms,
+            }
+        });
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            let secs = ms.div_ceil(1000).max(1);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}

@@ -1,0 +1,675 @@
+//! The HTTP API under `/v1/`, the WebSocket upgrade, and the operational
+//! endpoints (`/healthz`, `/readyz`, `/metrics`). Handlers only translate:
+//! JSON in, a `Service` call, JSON out; errors are `ApiError`s.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State, WebSocketUpgrade,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+
+use missive_engine::keys::ConversationId;
+use missive_raft::command::{Command, DeviceId, Outcome, UserId};
+use missive_raft::node::Consistency;
+
+use crate::auth::{Auth, Caller};
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::service::Service;
+use crate::wire::{parse_kind, BodyIn, Id};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The message service.
+    pub service: Arc<Service>,
+    /// Token checks.
+    pub auth: Arc<Auth>,
+    /// Live sessions.
+    pub hub: Arc<Hub>,
+    /// Turns true when the server begins shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A JSON body whose rejections are our error codes.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(r) => Err(match &r {
+                JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send Content-Type: application/json",
+                ),
+                JsonRejection::JsonSyntaxError(_) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", r.body_text())
+                }
+                JsonRejection::JsonDataError(_) => ApiError::invalid(r.body_text()),
+                _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the request body is larger than limits.max_http_body_bytes",
+                ),
+                _ => ApiError::new(r.status(), "bad_request", r.body_text()),
+            }),
+        }
+    }
+}
+
+/// The authenticated caller of an HTTP request.
+pub struct Authed(pub Caller);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.auth.from_headers(&parts.headers).map(Authed)
+    }
+}
+
+/// Query parameters with our error codes.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|r| ApiError::invalid(r.body_text()))
+    }
+}
+
+/// A conversation id in the path.
+pub struct ConvPath(pub ConversationId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConvPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::invalid(r.body_text()))?;
+        raw.parse::<u64>()
+            .map(|c| ConvPath(ConversationId(c)))
+            .map_err(|_| ApiError::not_found(format!("{raw:?} is not a conversation id")))
+    }
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.service.limits.max_http_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/admin/tokens", post(admin_token))
+        .route("/v1/ws-ticket", post(ws_ticket))
+        .route("/v1/ws", get(ws_upgrade))
+        .route("/v1/users/me", get(me).put(set_me))
+        .route("/v1/users/{user}", get(user_profile))
+        .route("/v1/devices", get(devices).post(register_device))
+        .route("/v1/conversations", get(list).post(create))
+        .route("/v1/conversations/{conv}", get(conversation).patch(rename))
+        .route("/v1/conversations/{conv}/members", post(members))
+        .route("/v1/conversations/{conv}/leave", post(leave))
+        .route("/v1/conversations/{conv}/messages", get(history).post(send))
+        .route(
+            "/v1/conversations/{conv}/receipts",
+            get(receipts).post(set_receipt),
+        )
+        .route("/v1/sync", get(sync))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see docs/protocol.md") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let node = &s.service.node;
+    let leaderless: Vec<String> = node
+        .slots()
+        .shards()
+        .filter(|sh| !matches!(node.leader(*sh), Ok(Some(_))))
+        .map(|sh| sh.to_string())
+        .collect();
+    if leaderless.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no leader known for: {}\n", leaderless.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.service.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintReq {
+    user: Id,
+    device: Id,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+async fn admin_token(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<MintReq>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let presented = headers
+        .get("x-admin-secret")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !s.auth.is_admin(presented) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "minting tokens needs X-Admin-Secret matching auth.admin_secret",
+        ));
+    }
+    if req.user.0 == 0 {
+        return Err(ApiError::invalid("user must be a non-zero id"));
+    }
+    let (token, expires_at) = s.auth.access_token(
+        Caller {
+            user: UserId(req.user.0),
+            device: DeviceId(req.device.0),
+        },
+        req.ttl_secs,
+    )?;
+    Ok(Json(json!({ "token": token, "expires_at": expires_at })))
+}
+
+async fn ws_ticket(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (ticket, expires_at) = s.auth.ticket(who)?;
+    Ok(Json(json!({ "ticket": ticket, "expires_at": expires_at })))
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    #[serde(default)]
+    ticket: Option<String>,
+}
+
+async fn ws_upgrade(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Q(q): Q<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    s.auth.check_origin(&headers)?;
+    let who = match q.ticket {
+        Some(t) => s.auth.from_ticket(&t)?,
+        None => s.auth.from_headers(&headers)?,
+    };
+    let limits = &s.service.limits;
+    // Explicit limits: axum's defaults are 64 MiB messages and an
+    // unbounded write buffer.
+    Ok(ws
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .on_upgrade(move |socket| crate::ws::session(socket, s, who)))
+}
+
+#[derive(Serialize)]
+struct ProfileOut {
+    user: Id,
+    display_name: String,
+}
+
+async fn me(State(s): State<AppState>, Authed(who): Authed) -> Result<Json<ProfileOut>, ApiError> {
+    profile_of(&s, who.user).await
+}
+
+async fn user_profile(
+    State(s): State<AppState>,
+    _who: Authed,
+    Path(user): Path<String>,
+) -> Result<Json<ProfileOut>, ApiError> {
+    let u = user
+        .parse::<u64>()
+        .map_err(|_| ApiError::not_found(format!("{user:?} is not a user id")))?;
+    profile_of(&s, UserId(u)).await
+}
+
+async fn profile_of(s: &AppState, user: UserId) -> Result<Json<ProfileOut>, ApiError> {
+    let p = s.service.node.profile(user, Consistency::Stale).await?;
+    Ok(Json(ProfileOut {
+        user: Id(user.0),
+        display_name: p.display_name,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetProfile {
+    display_name: String,
+}
+
+async fn set_me(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    JsonBody(req): JsonBody<SetProfile>,
+) -> Result<Json<ProfileOut>, ApiError> {
+    if req.display_name.len() > crate::service::MAX_NAME {
+        return Err(ApiError::invalid("display_name is too long"));
+    }
+    s.service
+        .node
+        .write(
+            Command::SetProfile {
+                user: who.user,
+                display_name: req.display_name.clone(),
+            },
+            std::time::Duration::from_secs(5),
+        )
+        .await?;
+    Ok(Json(ProfileOut {
+        user: Id(who.user.0),
+        display_name: req.display_name,
+    }))
+}
+
+#[derive(Serialize)]
+struct DeviceOut {
+    device: Id,
+    name: String,
+    platform: String,
+    registered_at: u64,
+}
+
+async fn devices(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list: Vec<DeviceOut> = s
+        .service
+        .node
+        .devices(who.user, Consistency::Stale)
+        .await?
+        .into_iter()
+        .map(|(d, dev)| DeviceOut {
+            device: Id(d.0),
+            name: dev.name,
+            platform: dev.platform,
+            registered_at: dev.registered_micros,
+        })
+        .collect();
+    Ok(Json(json!({ "devices": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterDevice {
+    name: String,
+    #[serde(default)]
+    platform: String,
+}
+
+async fn register_device(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    JsonBody(req): JsonBody<RegisterDevice>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if req.name.len() > crate::service::MAX_NAME || req.platform.len() > 32 {
+        return Err(ApiError::invalid(
+            "name (≤ 256 bytes) or platform (≤ 32) too long",
+        ));
+    }
+    match s
+        .service
+        .node
+        .write(
+            Command::RegisterDevice {
+                user: who.user,
+                device: who.device,
+                name: req.name,
+                platform: req.platform,
+            },
+            std::time::Duration::from_secs(5),
+        )
+        .await?
+    {
+        Outcome::Done => Ok(Json(json!({ "device": Id(who.device.0) }))),
+        other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+    }
+}
+
+#[derive(Serialize)]
+struct ListItem {
+    conv: Id,
+    last_seq: u64,
+    last_activity: u64,
+    read: u64,
+    delivered: u64,
+    unread: u64,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let items: Vec<ListItem> = s
+        .service
+        .conversation_list(who.user)
+        .await?
+        .into_iter()
+        .map(|e| ListItem {
+            conv: Id(e.conv.0),
+            last_seq: e.view.last_seq,
+            last_activity: e.view.last_ts,
+            read: e.view.read,
+            delivered: e.view.delivered,
+            unread: e.view.unread(),
+        })
+        .collect();
+    Ok(Json(json!({ "conversations": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum CreateReq {
+    Direct {
+        peer: Id,
+    },
+    Group {
+        name: String,
+        #[serde(default)]
+        members: Vec<Id>,
+    },
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    JsonBody(req): JsonBody<CreateReq>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    match req {
+        CreateReq::Direct { peer } => {
+            let (conv, created) = s.service.create_direct(who.user, UserId(peer.0)).await?;
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((
+                status,
+                Json(json!({ "conv": Id(conv.0), "created": created })),
+            ))
+        }
+        CreateReq::Group { name, members } => {
+            let members = members.into_iter().map(|m| UserId(m.0)).collect();
+            let conv = s.service.create_group(who.user, name, members).await?;
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({ "conv": Id(conv.0), "created": true })),
+            ))
+        }
+    }
+}
+
+async fn conversation(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = s.service.member_conversation(who.user, conv).await?;
+    let head = s.service.node.head(conv, Consistency::Stale).await?;
+    let ids = |v: &[UserId]| v.iter().map(|u| Id(u.0)).collect::<Vec<_>>();
+    Ok(Json(json!({
+        "conv": Id(conv.0),
+        "kind": match c.kind {
+            missive_raft::command::ConversationKind::Direct => "direct",
+            missive_raft::command::ConversationKind::Group => "group",
+        },
+        "name": c.name,
+        "members": ids(&c.members),
+        "admins": ids(&c.admins),
+        "version": c.version,
+        "created_at": c.created_micros,
+        "last_seq": head.seq,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameReq {
+    name: String,
+}
+
+async fn rename(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+    JsonBody(req): JsonBody<RenameReq>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (version, seq) = s
+        .service
+        .change_members(who.user, conv, vec![], vec![], vec![], Some(req.name))
+        .await?;
+    Ok(Json(json!({ "version": version, "seq": seq })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersReq {
+    #[serde(default)]
+    add: Vec<Id>,
+    #[serde(default)]
+    remove: Vec<Id>,
+    #[serde(default)]
+    promote: Vec<Id>,
+}
+
+async fn members(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+    JsonBody(req): JsonBody<MembersReq>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let u = |v: Vec<Id>| v.into_iter().map(|i| UserId(i.0)).collect::<Vec<_>>();
+    if req.add.is_empty() && req.remove.is_empty() && req.promote.is_empty() {
+        return Err(ApiError::invalid("give add, remove or promote"));
+    }
+    let (version, seq) = s
+        .service
+        .change_members(
+            who.user,
+            conv,
+            u(req.add),
+            u(req.remove),
+            u(req.promote),
+            None,
+        )
+        .await?;
+    Ok(Json(json!({ "version": version, "seq": seq })))
+}
+
+async fn leave(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (version, seq) = s
+        .service
+        .change_members(who.user, conv, vec![], vec![who.user], vec![], None)
+        .await?;
+    Ok(Json(json!({ "version": version, "seq": seq })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+    Q(q): Q<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (messages, next) = s.service.history(who.user, conv, q.before, q.limit).await?;
+    Ok(Json(json!({ "messages": messages, "next_before": next })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendReq {
+    client_msg_id: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    body_b64: Option<String>,
+    #[serde(default)]
+    expires_in_ms: Option<u64>,
+}
+
+async fn send(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+    JsonBody(req): JsonBody<SendReq>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let kind = parse_kind(req.kind.as_deref().unwrap_or("text"))?;
+    let body = BodyIn {
+        body: req.body,
+        body_b64: req.body_b64,
+    }
+    .bytes(s.service.limits.max_message_bytes)?;
+    let a = s
+        .service
+        .send(who, conv, req.client_msg_id, kind, body, req.expires_in_ms)
+        .await?;
+    Ok(Json(json!({
+        "conv": Id(conv.0), "seq": a.seq, "ts": a.ts, "duplicate": a.duplicate
+    })))
+}
+
+async fn receipts(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.service.member_conversation(who.user, conv).await?;
+    let r = s.service.node.receipts(conv, Consistency::Stale).await?;
+    let list: Vec<serde_json::Value> = r
+        .into_iter()
+        .map(|(u, r)| json!({ "user": Id(u.0), "delivered": r.delivered, "read": r.read }))
+        .collect();
+    Ok(Json(json!({ "receipts": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptReq {
+    #[serde(default)]
+    delivered: Option<u64>,
+    #[serde(default)]
+    read: Option<u64>,
+}
+
+async fn set_receipt(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+    JsonBody(req): JsonBody<ReceiptReq>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (delivered, read) = s
+        .service
+        .set_receipt(who.user, conv, req.delivered, req.read)
+        .await?;
+    Ok(Json(json!({ "delivered": delivered, "read": read })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn sync(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Q(q): Q<SyncQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(s.service.limits.sync_page);
+    if limit == 0 || limit > s.service.limits.sync_page {
+        return Err(ApiError::invalid(format!(
+            "limit must be 1..={}",
+            s.service.limits.sync_page
+        )));
+    }
+    let (events, head) = s.service.inbox_page(who.user, q.after, limit).await?;
+    if q.after > head {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_cursor",
+            format!(
+                "after={} is beyond this user's newest event {head}",
+                q.after
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(events.len());
+    let mut cursor = q.after;
+    for (useq, e) in events {
+        let message = match &e.event {
+            missive_raft::records::EventKind::Message { ts, expires_at, .. } => {
+                s.service.event_message(e.conv, *ts, *expires_at).await?
+            }
+            _ => None,
+        };
+        out.push(json!({
+            "useq": useq,
+            "conv": Id(e.conv.0),
+            "at": e.at,
+            "event": crate::wire::event_out(&e, message),
+        }));
+        cursor = useq;
+    }
+    Ok(Json(
+        json!({ "events": out, "cursor": cursor, "more": cursor < head }),
+    ))
+}

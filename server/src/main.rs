@@ -1,0 +1,161 @@
+//! `missived`: starts a node (`missived`, or `missived serve`), or mints a
+//! development token (`missived token --user 1 --device 1`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use missive_raft::command::{DeviceId, UserId};
+use missive_server::auth::{Auth, Caller};
+use missive_server::Config;
+
+/// Missive's message server.
+#[derive(Parser, Debug)]
+#[command(name = "missived", version, about)]
+struct Cli {
+    /// A TOML config file (defaults apply to what it leaves out).
+    #[arg(long, global = true, env = "MISSIVE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where clients connect [default: 127.0.0.1:8080].
+    #[arg(long, global = true, env = "MISSIVE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Where data lives [default: ./data].
+    #[arg(long, global = true, env = "MISSIVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// This node's id [default: 1].
+    #[arg(long, global = true, env = "MISSIVE_NODE_ID")]
+    node_id: Option<u64>,
+    /// Where other nodes reach this one [default: 127.0.0.1:7080].
+    #[arg(long, global = true, env = "MISSIVE_RAFT_LISTEN")]
+    raft_listen: Option<SocketAddr>,
+    /// The token signing secret (else auth.secret, else <data-dir>/auth.secret).
+    #[arg(
+        long,
+        global = true,
+        env = "MISSIVE_AUTH_SECRET",
+        hide_env_values = true
+    )]
+    auth_secret: Option<String>,
+    /// Enables POST /v1/admin/tokens for callers presenting it.
+    #[arg(
+        long,
+        global = true,
+        env = "MISSIVE_ADMIN_SECRET",
+        hide_env_values = true
+    )]
+    admin_secret: Option<String>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the server (the default).
+    Serve,
+    /// Print a signed access token for a user's device (development).
+    Token {
+        /// The user id.
+        #[arg(long)]
+        user: u64,
+        /// The device id.
+        #[arg(long, default_value_t = 1)]
+        device: u64,
+        /// Lifetime in seconds [default: auth.token_ttl_secs].
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
+}
+
+fn config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut c = match &cli.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = cli.listen {
+        c.listen = v;
+    }
+    if let Some(v) = &cli.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = cli.node_id {
+        c.node.id = v;
+    }
+    if let Some(v) = cli.raft_listen {
+        c.node.raft_listen = v;
+    }
+    if let Some(v) = &cli.auth_secret {
+        c.auth.secret = Some(v.clone());
+    }
+    if let Some(v) = &cli.admin_secret {
+        c.auth.admin_secret = Some(v.clone());
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .init();
+    let cfg = config(&cli)?;
+    match cli.cmd {
+        Some(Cmd::Token {
+            user,
+            device,
+            ttl_secs,
+        }) => {
+            anyhow::ensure!(user != 0, "--user must be a non-zero id");
+            let auth = Auth::load(&cfg.auth, &cfg.data_dir)?;
+            let (token, _) = auth
+                .access_token(
+                    Caller {
+                        user: UserId(user),
+                        device: DeviceId(device),
+                    },
+                    ttl_secs,
+                )
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+            println!("{token}");
+            Ok(())
+        }
+        Some(Cmd::Serve) | None => serve(cfg),
+    }
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let running = missive_server::start(cfg).await?;
+        println!("missived listening on http://{}", running.addr());
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        running.shutdown().await?;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            r = tokio::signal::ctrl_c() => r.context("waiting for ctrl-c")?,
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for ctrl-c")?;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Counters for `/metrics`, in Prometheus' text exposition format (0.0.4).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// The value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the server counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open client connections (TCP).
+    pub connections: Gauge,
+    /// Connections refused at the cap.
+    pub connections_refused: Counter,
+    /// Open WebSocket sessions.
+    pub websockets: Gauge,
+    /// Messages committed (not counting duplicates' resends separately).
+    pub messages_sent: Counter,
+    /// Event frames written to WebSockets.
+    pub events_pushed: Counter,
+    /// Sends refused by the rate limit.
+    pub rate_limited: Counter,
+    /// WebSockets closed for falling behind.
+    pub slow_consumers: Counter,
+    /// Error frames and error responses.
+    pub errors: Counter,
+}
+
+impl Metrics {
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, v: i128| {
+            let _ = writeln!(s, "# HELP missive_{name} {help}");
+            let _ = writeln!(s, "# TYPE missive_{name} {kind}");
+            let _ = writeln!(s, "missive_{name} {v}");
+        };
+        line(
+            "connections",
+            "gauge",
+            "Open client connections.",
+            self.connections.get().into(),
+        );
+        line(
+            "connections_refused_total",
+            "counter",
+            "Connections refused at limits.max_connections.",
+            self.connections_refused.get().into(),
+        );
+        line(
+            "websockets",
+            "gauge",
+            "Open WebSocket sessions.",
+            self.websockets.get().into(),
+        );
+        line(
+            "messages_sent_total",
+            "counter",
+            "Messages committed.",
+            self.messages_sent.get().into(),
+        );
+        line(
+            "events_pushed_total",
+            "counter",
+            "Event frames written to WebSockets.",
+            self.events_pushed.get().into(),
+        );
+        line(
+            "rate_limited_total",
+            "counter",
+            "Sends refused by the per-user rate limit.",
+            self.rate_limited.get().into(),
+        );
+        line(
+            "slow_consumers_total",
+            "counter",
+            "WebSockets closed for falling behind.",
+            self.slow_consumers.get().into(),
+        );
+        line(
+            "errors_total",
+            "counter",
+            "Errors answered.",
+            self.errors.get().into(),
+        );
+        s
+    }
+}

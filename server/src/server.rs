@@ -1,0 +1,222 @@
+//! Starting and stopping a node's server: the store (a raft `Node`,
+//! bootstrapped as a cluster of one or with the configured peers), the
+//! fan-in of inbox notices, and the HTTP/WebSocket listener.
+//!
+//! The listener is hyper's HTTP/1 connection driver rather than plain
+//! `axum::serve`, for two limits that one lacks: a header-read timeout
+//! (a slowloris holds no connection longer than `limits.header_timeout_ms`)
+//! and a cap on open connections (`limits.max_connections`; the next one
+//! is closed at accept).
+//!
+//! Shutdown (SIGTERM in `main`): stop accepting; ask every connection to
+//! finish its request and every WebSocket to close with 1001; wait for them
+//! (bounded); then stop the node, whose log syncs everything it wrote.
+//! Nothing acknowledged depends on that last step — every ack waited for
+//! its commit — it only makes the next start replay less.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use missive_raft::node::{Node, NodeConfig};
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::http::{router, AppState};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::service::Service;
+
+/// How long shutdown waits for open connections to finish.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A running server.
+pub struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    service: Arc<Service>,
+    open: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the node and its server.
+pub async fn start(cfg: Config) -> Result<Running> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::Io {
+        op: "create",
+        path: cfg.data_dir.display().to_string(),
+        source,
+    })?;
+    let auth = Arc::new(Auth::load(&cfg.auth, &cfg.data_dir)?);
+    let mut ncfg = NodeConfig::new(cfg.node.id, cfg.node.raft_listen, cfg.data_dir.clone());
+    ncfg.shards = cfg.node.shards;
+    let node = Node::start(ncfg).await?;
+    let (members, replicas) = if cfg.node.peers.is_empty() {
+        (BTreeMap::from([(cfg.node.id, node.addr().to_string())]), 1)
+    } else {
+        (cfg.node.peers.clone(), cfg.node.replicas)
+    };
+    node.bootstrap(&members, replicas).await?;
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| Error::Io {
+            op: "listen on",
+            path: cfg.listen.to_string(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        op: "read address of",
+        path: cfg.listen.to_string(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let hub_task = tokio::spawn(Arc::clone(&hub).run(
+        node.inbox_notices(),
+        node.snapshot_installs(),
+        stop_rx.clone(),
+    ));
+    let service = Arc::new(Service::new(node, cfg.limits.clone(), Arc::clone(&metrics)));
+    let state = AppState {
+        service: Arc::clone(&service),
+        auth,
+        hub,
+        shutdown: stop_rx.clone(),
+    };
+    let open = Arc::new(Semaphore::new(cfg.limits.max_connections));
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        router(state),
+        Arc::clone(&open),
+        metrics,
+        Duration::from_millis(cfg.limits.header_timeout_ms.max(1)),
+        stop_rx,
+    ));
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "missived listening");
+    Ok(Running {
+        addr,
+        stop,
+        tasks: vec![hub_task, accept],
+        service,
+        open,
+        max_connections: cfg.limits.max_connections,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    open: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (sock, _peer) = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            metrics.connections_refused.inc();
+            drop(sock);
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let svc = TowerToHyperService::new(app.clone());
+        let metrics = Arc::clone(&metrics);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            metrics.connections.inc();
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(sock), svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, conn.as_mut()).await;
+                }
+            }
+            metrics.connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+impl Running {
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node under the server.
+    pub fn node(&self) -> &Node {
+        &self.service.node
+    }
+
+    /// Stops accepting, drains connections, stops the node.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // Connections (and upgraded WebSockets) hold the service; wait for
+        // them to go.
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        let mut service = self.service;
+        loop {
+            match Arc::try_unwrap(service) {
+                Ok(s) => {
+                    s.node.shutdown().await?;
+                    tracing::info!("missived stopped");
+                    return Ok(());
+                }
+                Err(s) if tokio::time::Instant::now() >= deadline => {
+                    let open = self.max_connections - self.open.available_permits();
+                    tracing::warn!(
+                        open,
+                        "connections still open after the drain; stopping anyway"
+                    );
+                    // The log syncs on drop; acknowledged writes were
+                    // durable before their acks anyway.
+                    drop(s);
+                    return Ok(());
+                }
+                Err(s) => {
+                    service = s;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}

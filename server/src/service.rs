@@ -1,0 +1,430 @@
+//! The message service: what a caller may do, as operations over the
+//! replicated store. HTTP handlers and WebSocket frames both call these, so
+//! the rules (membership, limits, idempotency) live in one place.
+//!
+//! Writes go through the raft layer's commands and return only once
+//! committed on a quorum and applied (persist before ack). Reads of a
+//! conversation are linearizable when this node leads its shard; on a
+//! follower they are served from the local replica, which may lag by the
+//! replication delay (reads are not forwarded yet).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use missive_engine::keys::ConversationId;
+use missive_raft::command::{Command, ConversationKind, MessageKind, Outcome, UserId};
+use missive_raft::node::{Consistency, Node};
+use missive_raft::records::{Conversation, InboxEvent, UserConv};
+
+use crate::auth::Caller;
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::wire::MessageOut;
+
+/// How long a write waits out an election before answering `unavailable`.
+const WRITE_WAIT: Duration = Duration::from_secs(5);
+/// Longest client message id, bytes.
+pub const MAX_CLIENT_MSG_ID: usize = 128;
+/// Longest group or display name, bytes.
+pub const MAX_NAME: usize = 256;
+
+/// A committed send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentAck {
+    /// Its seq.
+    pub seq: u64,
+    /// Its ts.
+    pub ts: u64,
+    /// A resend of an already stored message.
+    pub duplicate: bool,
+}
+
+/// A conversation in a user's list.
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    /// Its id.
+    pub conv: ConversationId,
+    /// The user's view (last seq, last activity, read watermark).
+    pub view: UserConv,
+}
+
+/// The service.
+pub struct Service {
+    /// The node (store and replication).
+    pub node: Node,
+    /// Limits.
+    pub limits: Limits,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    sends: DefaultKeyedRateLimiter<UserId>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The id of the direct conversation of two users: one per unordered pair,
+/// a hash so no lookup is needed to find it.
+pub fn direct_id(a: UserId, b: UserId) -> ConversationId {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&lo.0.to_be_bytes());
+    bytes[8..].copy_from_slice(&hi.0.to_be_bytes());
+    ConversationId(xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, 0x6469_7265_6374).max(1))
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.len() > MAX_NAME {
+        return Err(ApiError::invalid(format!(
+            "the name is {} bytes; the limit is {MAX_NAME}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Service {
+    /// A service over `node`.
+    pub fn new(node: Node, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        let rate = NonZeroU32::new(limits.sends_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.send_burst).unwrap_or(NonZeroU32::MIN);
+        Service {
+            node,
+            limits,
+            metrics,
+            sends: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+        }
+    }
+
+    async fn write(&self, cmd: Command) -> Result<Outcome, ApiError> {
+        Ok(self.node.write(cmd, WRITE_WAIT).await?)
+    }
+
+    /// Linearizable where this node leads, else this replica's state.
+    async fn read<T, F, Fut>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: Fn(Consistency) -> Fut,
+        Fut: std::future::Future<Output = missive_raft::Result<T>>,
+    {
+        match f(Consistency::Linearizable).await {
+            Err(missive_raft::Error::NotLeader { .. }) => Ok(f(Consistency::Stale).await?),
+            r => Ok(r?),
+        }
+    }
+
+    /// The conversation, if `who` is a member of it; `not_a_member` for a
+    /// conversation that does not exist too, so ids cannot be probed.
+    pub async fn member_conversation(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+    ) -> Result<Conversation, ApiError> {
+        match self.read(|c| self.node.conversation(conv, c)).await? {
+            Some(c) if c.is_member(who) => Ok(c),
+            _ => Err(ApiError::not_a_member()),
+        }
+    }
+
+    /// Sends a message (rate limited per user).
+    pub async fn send(
+        &self,
+        who: Caller,
+        conv: ConversationId,
+        client_msg_id: String,
+        kind: MessageKind,
+        body: Vec<u8>,
+        expires_in_ms: Option<u64>,
+    ) -> Result<SentAck, ApiError> {
+        if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
+            return Err(ApiError::invalid(format!(
+                "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
+            )));
+        }
+        if body.len() > self.limits.max_message_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the body is {} bytes; the limit is {}",
+                    body.len(),
+                    self.limits.max_message_bytes
+                ),
+            ));
+        }
+        if let Err(not_until) = self.sends.check_key(&who.user) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            self.metrics.rate_limited.inc();
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many sends; slow down",
+            )
+            .retry_after(wait.as_millis().max(1) as u64));
+        }
+        let expires_at = match expires_in_ms {
+            Some(0) => return Err(ApiError::invalid("expires_in_ms must be positive")),
+            Some(ms) => Some(now_micros().saturating_add(ms.saturating_mul(1000))),
+            None => None,
+        };
+        let out = self
+            .write(Command::AppendMessage {
+                conv,
+                sender: who.user,
+                device: who.device,
+                client_msg_id,
+                kind,
+                body,
+                expires_at,
+            })
+            .await?;
+        match out {
+            Outcome::Appended { ts, seq, duplicate } => {
+                self.metrics.messages_sent.inc();
+                Ok(SentAck { seq, ts, duplicate })
+            }
+            other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Creates (or finds) the direct conversation of `who` and `peer`.
+    pub async fn create_direct(
+        &self,
+        who: UserId,
+        peer: UserId,
+    ) -> Result<(ConversationId, bool), ApiError> {
+        if peer == who || peer.0 == 0 {
+            return Err(ApiError::invalid(
+                "a direct conversation needs another user",
+            ));
+        }
+        let conv = direct_id(who, peer);
+        let created = self
+            .create(
+                conv,
+                ConversationKind::Direct,
+                String::new(),
+                who,
+                vec![peer],
+            )
+            .await?;
+        Ok((conv, created))
+    }
+
+    /// Creates a group with `who` as its admin.
+    pub async fn create_group(
+        &self,
+        who: UserId,
+        name: String,
+        members: Vec<UserId>,
+    ) -> Result<ConversationId, ApiError> {
+        check_name(&name)?;
+        if members.iter().any(|u| u.0 == 0) {
+            return Err(ApiError::invalid("user id 0 does not exist"));
+        }
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).map_err(|e| ApiError::internal(&e))?;
+        let conv = ConversationId(u64::from_be_bytes(raw).max(1));
+        self.create(conv, ConversationKind::Group, name, who, members)
+            .await?;
+        Ok(conv)
+    }
+
+    async fn create(
+        &self,
+        conv: ConversationId,
+        kind: ConversationKind,
+        name: String,
+        creator: UserId,
+        members: Vec<UserId>,
+    ) -> Result<bool, ApiError> {
+        match self
+            .write(Command::CreateConversation {
+                conv,
+                kind,
+                name,
+                creator,
+                members,
+                max_members: self.limits.max_group_members,
+            })
+            .await?
+        {
+            Outcome::Created { created } => Ok(created),
+            other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Adds, removes, promotes members or renames (admins; anyone may
+    /// remove only themself: leave). Returns the system message's seq.
+    pub async fn change_members(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        add: Vec<UserId>,
+        remove: Vec<UserId>,
+        promote: Vec<UserId>,
+        rename: Option<String>,
+    ) -> Result<(u64, u64), ApiError> {
+        if let Some(n) = &rename {
+            check_name(n)?;
+        }
+        if add.iter().any(|u| u.0 == 0) {
+            return Err(ApiError::invalid("user id 0 does not exist"));
+        }
+        match self
+            .write(Command::ChangeMembers {
+                conv,
+                actor: who,
+                add,
+                remove,
+                promote,
+                rename,
+                max_members: self.limits.max_group_members,
+            })
+            .await?
+        {
+            Outcome::MembersChanged { version, seq, .. } => Ok((version, seq)),
+            other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Raises `who`'s receipt watermarks.
+    pub async fn set_receipt(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        delivered: Option<u64>,
+        read: Option<u64>,
+    ) -> Result<(u64, u64), ApiError> {
+        if delivered.is_none() && read.is_none() {
+            return Err(ApiError::invalid("give delivered, read or both"));
+        }
+        match self
+            .write(Command::SetReceipt {
+                conv,
+                user: who,
+                delivered,
+                read,
+            })
+            .await?
+        {
+            Outcome::Receipt { delivered, read } => Ok((delivered, read)),
+            other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// A history page, newest first, and the cursor of the next one.
+    pub async fn history(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        before: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<(Vec<MessageOut>, Option<u64>), ApiError> {
+        let limit = limit.unwrap_or(50);
+        if limit == 0 || limit > self.limits.max_page {
+            return Err(ApiError::invalid(format!(
+                "limit must be 1..={}",
+                self.limits.max_page
+            )));
+        }
+        if before == Some(0) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_cursor",
+                "before must be a message ts from a previous page",
+            ));
+        }
+        self.member_conversation(who, conv).await?;
+        let msgs = self
+            .read(|c| self.node.history(conv, before, limit, c))
+            .await?;
+        let next = (msgs.len() == limit)
+            .then(|| msgs.last().map(|m| m.ts))
+            .flatten();
+        Ok((
+            msgs.into_iter()
+                .map(|m| MessageOut::from_stored(conv.0, m))
+                .collect(),
+            next,
+        ))
+    }
+
+    /// The user's conversations they are a member of, most recently
+    /// active first.
+    pub async fn conversation_list(&self, who: UserId) -> Result<Vec<ListEntry>, ApiError> {
+        let mut list: Vec<ListEntry> = self
+            .read(|c| self.node.user_conversations(who, c))
+            .await?
+            .into_iter()
+            .filter(|(_, v)| v.member)
+            .map(|(conv, view)| ListEntry { conv, view })
+            .collect();
+        list.sort_by(|a, b| {
+            b.view
+                .last_ts
+                .cmp(&a.view.last_ts)
+                .then(a.conv.cmp(&b.conv))
+        });
+        Ok(list)
+    }
+
+    /// A page of inbox events after `after`, and the newest useq now.
+    pub async fn inbox_page(
+        &self,
+        who: UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, InboxEvent)>, u64), ApiError> {
+        let head = self.node.user_head(who, Consistency::Stale).await?.useq;
+        let events = self
+            .node
+            .inbox(who, after, limit, Consistency::Stale)
+            .await?;
+        Ok((events, head))
+    }
+
+    /// The message an inbox event names, from this replica. The message
+    /// committed before its event was fanned out, but this replica may
+    /// apply the conversation's shard a little later than the user's: wait
+    /// briefly. None if it expired (disappearing messages).
+    pub async fn event_message(
+        &self,
+        conv: ConversationId,
+        ts: u64,
+        expires_at: Option<u64>,
+    ) -> Result<Option<MessageOut>, ApiError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(m) = self.node.message_at(conv, ts, Consistency::Stale).await? {
+                return Ok(Some(MessageOut::from_stored(conv.0, m)));
+            }
+            if expires_at.is_some_and(|e| e <= now_micros()) {
+                return Ok(None);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "this replica has not caught up with the message yet",
+                )
+                .retry_after(500));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The WebSocket session (`GET /v1/ws`): requests (send, receipt, history,
+//! ping) answered by id, and the device's event stream (sync, then live).
+//!
+//! # The sync/live hand-off, and why it has no gap and no duplicate
+//!
+//! There is one source of events: the user's inbox in the store, in useq
+//! order. A session never pushes anything the store did not give it; the
+//! "live" phase is the same read loop woken by the hub instead of by the
+//! previous page being full. The session registers with the hub *before*
+//! its first read, and a wake that arrives while it reads is kept by the
+//! `Notify` as a permit, so no growth can slip between "read to the end"
+//! and "wait". The cursor only moves forward, one useq per event written,
+//! so a page re-read after a wake starts exactly after the last event
+//! sent. `synced` is written once, when the stream first reaches the end.
+//!
+//! # Slow consumers
+//!
+//! Frames go through one bounded queue per session. A writer blocked for
+//! longer than `limits.slow_consumer_ms` (the queue stays full) closes the
+//! session with code 4008 `slow_consumer`; the device reconnects and syncs
+//! from its cursor, losing nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use missive_engine::keys::ConversationId;
+use missive_raft::records::EventKind;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::wire::{event_out, parse_kind, BodyIn, ClientFrame, ServerFrame};
+
+/// Close codes (4000–4999 are the application's).
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame above `limits.max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// No frame from the client for `limits.idle_timeout_secs`.
+    pub const IDLE: u16 = 4000;
+    /// The session fell behind (see the module docs).
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// The server failed; reconnect.
+    pub const INTERNAL: u16 = 4011;
+}
+
+/// Requests of one session handled concurrently (a client may pipeline).
+const IN_FLIGHT: usize = 64;
+/// Frame types a client may send.
+const CLIENT_TYPES: [&str; 5] = ["send", "receipt", "history", "sync", "ping"];
+
+/// What the writer is asked to do.
+enum Out {
+    Frame(ServerFrame),
+}
+
+/// A session's way to send frames and to end itself.
+#[derive(Clone)]
+struct Tx {
+    frames: mpsc::Sender<Out>,
+    close: watch::Sender<Option<(u16, &'static str)>>,
+    slow_after: Duration,
+    state: AppState,
+}
+
+impl Tx {
+    /// Queues a frame; a queue that stays full closes the session.
+    async fn send(&self, f: ServerFrame) -> bool {
+        match tokio::time::timeout(self.slow_after, self.frames.send(Out::Frame(f))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.state.service.metrics.slow_consumers.inc();
+                self.end(close::SLOW_CONSUMER, "slow_consumer");
+                false
+            }
+        }
+    }
+
+    fn end(&self, code: u16, reason: &'static str) {
+        self.close.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some((code, reason));
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Runs one session until it closes.
+pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
+    let metrics = Arc::clone(&state.service.metrics);
+    metrics.websockets.inc();
+    let limits = state.service.limits.clone();
+    let (mut sink, mut stream) = socket.split();
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Out>(limits.outbound_queue);
+    let (close_tx, mut close_rx) = watch::channel(None);
+    let tx = Tx {
+        frames: frames_tx,
+        close: close_tx,
+        slow_after: limits.slow_consumer(),
+        state: state.clone(),
+    };
+
+    // The writer: the only task touching the sink.
+    let slow_after = limits.slow_consumer();
+    let wmetrics = Arc::clone(&metrics);
+    let writer = tokio::spawn(async move {
+        let reason = loop {
+            tokio::select! {
+                biased;
+                r = close_rx.changed() => {
+                    match (r, *close_rx.borrow()) {
+                        (Ok(()), Some(c)) => break c,
+                        (Err(_), _) => break (close::NORMAL, "closed"),
+                        _ => continue,
+                    }
+                }
+                f = frames_rx.recv() => {
+                    let Some(Out::Frame(f)) = f else { break (close::NORMAL, "closed") };
+                    if matches!(f, ServerFrame::Event { .. }) {
+                        wmetrics.events_pushed.inc();
+                    }
+                    if matches!(f, ServerFrame::Error { .. }) {
+                        wmetrics.errors.inc();
+                    }
+                    let text = match serde_json::to_string(&f) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::error!(error = %e, "frame did not serialize");
+                            break (close::INTERNAL, "internal");
+                        }
+                    };
+                    match tokio::time::timeout(slow_after, sink.send(Message::Text(text.into()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            wmetrics.slow_consumers.inc();
+                            break (close::SLOW_CONSUMER, "slow_consumer");
+                        }
+                    }
+                }
+            }
+        };
+        let frame = CloseFrame {
+            code: reason.0,
+            reason: Utf8Bytes::from_static(reason.1),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    });
+
+    let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut pump: Option<tokio::task::JoinHandle<()>> = None;
+    let mut shutdown = state.shutdown.clone();
+    let mut ended = tx.close.subscribe();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => { tx.end(close::GOING_AWAY, "server shutting down"); break; }
+            _ = ended.changed() => break,
+            n = tokio::time::timeout(idle, stream.next()) => n,
+        };
+        let msg = match next {
+            Err(_) => {
+                tx.end(close::IDLE, "idle");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                // tungstenite refuses a message above max_message_size and
+                // the stream cannot continue after it.
+                let too_big =
+                    e.to_string().contains("too long") || e.to_string().contains("too big");
+                if too_big {
+                    let _ = tx
+                        .send(ServerFrame::error(
+                            None,
+                            &ApiError::new(
+                                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                                "frame_too_large",
+                                format!("frames are limited to {} bytes", limits.max_frame_bytes),
+                            ),
+                        ))
+                        .await;
+                    tx.end(close::TOO_BIG, "frame_too_large");
+                }
+                break;
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Binary(_) => {
+                let e = ApiError::invalid("frames are JSON text; binary frames are not accepted");
+                let e = ApiError {
+                    code: "binary_not_supported",
+                    ..e
+                };
+                if !tx.send(ServerFrame::error(None, &e)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let frame = match parse(text.as_str()) {
+            Ok(f) => f,
+            Err((id, e)) => {
+                if !tx.send(ServerFrame::error(id, &e)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        match frame {
+            ClientFrame::Sync { after } => {
+                if let Some(p) = pump.take() {
+                    p.abort();
+                }
+                pump = Some(tokio::spawn(sync_pump(tx.clone(), who, after)));
+            }
+            ClientFrame::Ping { id } => {
+                if !tx.send(ServerFrame::Pong { id }).await {
+                    break;
+                }
+            }
+            request => {
+                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                    break;
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let reply = handle(&tx.state, who, request).await;
+                    tx.send(reply).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    if let Some(p) = pump.take() {
+        p.abort();
+    }
+    tx.end(close::NORMAL, "closed");
+    drop(tx);
+    let _ = writer.await;
+    metrics.websockets.dec();
+}
+
+/// Parses a frame; on failure, the request id if one was readable.
+fn parse(text: &str) -> Result<ClientFrame, (Option<String>, ApiError)> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        (
+            None,
+            ApiError {
+                code: "malformed_frame",
+                ..ApiError::invalid(format!("not JSON: {e}"))
+            },
+        )
+    })?;
+    let id = v.get("id").and_then(|i| i.as_str()).map(str::to_string);
+    let ty = v
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("")
+        .to_string();
+    if !CLIENT_TYPES.contains(&ty.as_str()) {
+        return Err((
+            id,
+            ApiError {
+                code: "unknown_frame_type",
+                ..ApiError::invalid(format!(
+                    "type {ty:?} is not one of {}",
+                    CLIENT_TYPES.join(", ")
+                ))
+            },
+        ));
+    }
+    serde_json::from_value(v).map_err(|e| {
+        (
+            id,
+            ApiError {
+                code: "malformed_frame",
+                ..ApiError::invalid(format!("bad {ty} frame: {e}"))
+            },
+        )
+    })
+}
+
+/// Answers one request frame.
+async fn handle(state: &AppState, who: Caller, f: ClientFrame) -> ServerFrame {
+    let svc = &state.service;
+    match f {
+        ClientFrame::Send {
+            id,
+            conv,
+            client_msg_id,
+            kind,
+            body,
+            body_b64,
+            expires_in_ms,
+        } => {
+            let r = async {
+                let kind = parse_kind(kind.as_deref().unwrap_or("text"))?;
+                let body = BodyIn { body, body_b64 }.bytes(svc.limits.max_message_bytes)?;
+                svc.send(
+                    who,
+                    ConversationId(conv.0),
+                    client_msg_id,
+                    kind,
+                    body,
+                    expires_in_ms,
+                )
+                .await
+            }
+            .await;
+            match r {
+                Ok(a) => ServerFrame::Sent {
+                    id,
+                    conv,
+                    seq: a.seq,
+                    ts: a.ts,
+                    duplicate: a.duplicate,
+                },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
+        ClientFrame::Receipt {
+            id,
+            conv,
+            delivered,
+            read,
+        } => match svc
+            .set_receipt(who.user, ConversationId(conv.0), delivered, read)
+            .await
+        {
+            Ok((delivered, read)) => ServerFrame::ReceiptSet {
+                id,
+                conv,
+                delivered,
+                read,
+            },
+            Err(e) => ServerFrame::error(Some(id), &e),
+        },
+        ClientFrame::History {
+            id,
+            conv,
+            before,
+            limit,
+        } => match svc
+            .history(who.user, ConversationId(conv.0), before, limit)
+            .await
+        {
+            Ok((messages, next_before)) => ServerFrame::History {
+                id,
+                conv,
+                messages,
+                next_before,
+            },
+            Err(e) => ServerFrame::error(Some(id), &e),
+        },
+        ClientFrame::Sync { .. } | ClientFrame::Ping { .. } => ServerFrame::error(
+            None,
+            &ApiError::internal(&"sync and ping are handled by the session"),
+        ),
+    }
+}
+
+/// Streams the user's inbox after `after`, then follows it live.
+async fn sync_pump(tx: Tx, who: Caller, after: u64) {
+    let svc = Arc::clone(&tx.state.service);
+    // Registered before the first read: see the module docs.
+    let sub = tx.state.hub.subscribe(who.user);
+    let page = svc.limits.sync_page;
+    let mut cursor = after;
+    let mut synced = false;
+    // A cursor from a replica ahead of this one: give this one time to
+    // catch up before calling the cursor bad.
+    let patience = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (events, head) = match svc.inbox_page(who.user, cursor, page).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(user = who.user.0, error = %e.message, "sync read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if after > head && !synced {
+            if tokio::time::Instant::now() < patience {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let e = ApiError {
+                code: "bad_cursor",
+                ..ApiError::invalid(format!(
+                    "cursor {after} is beyond this user's newest event {head}"
+                ))
+            };
+            tx.send(ServerFrame::error(None, &e)).await;
+            return;
+        }
+        let full = events.len() == page;
+        for (useq, e) in events {
+            let message = match &e.event {
+                EventKind::Message { ts, expires_at, .. } => {
+                    match svc.event_message(e.conv, *ts, *expires_at).await {
+                        Ok(m) => m,
+                        Err(err) => {
+                            tracing::warn!(user = who.user.0, error = %err.message, "event's message not readable yet");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            break;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let frame = ServerFrame::Event {
+                useq,
+                conv: crate::wire::Id(e.conv.0),
+                at: e.at,
+                event: event_out(&e, message),
+            };
+            if !tx.send(frame).await {
+                return;
+            }
+            cursor = useq;
+        }
+        if full {
+            continue;
+        }
+        if !synced && cursor >= head {
+            synced = true;
+            if !tx.send(ServerFrame::Synced { cursor }).await {
+                return;
+            }
+        }
+        if cursor >= head {
+            // A periodic look as well, in case a wake was never sent (a
+            // replica applying through a snapshot it has not announced).
+            tokio::select! {
+                _ = sub.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+        }
+    }
+}
