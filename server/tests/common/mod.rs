@@ -1,0 +1,312 @@
+//! A real missived on an ephemeral loopback port, and real clients: a
+//! WebSocket client (tokio-tungstenite) and an HTTP client (reqwest).
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use missive_raft::command::{DeviceId, UserId};
+use missive_server::auth::{Auth, Caller};
+use missive_server::{Config, Running};
+
+/// How long a test waits for any one expected frame.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A config for a test server under `dir`: loopback, ephemeral ports.
+pub fn config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = dir.to_path_buf();
+    c.node.raft_listen = "127.0.0.1:0".parse().unwrap();
+    c.node.shards = 4;
+    c.auth.admin_secret = Some("test-admin-secret".into());
+    c.auth.allowed_origins = vec!["https://chat.example".into()];
+    c.limits.sends_per_second = 10_000;
+    c.limits.send_burst = 10_000;
+    c
+}
+
+/// Starts a server.
+pub async fn start(c: Config) -> Running {
+    missive_server::start(c).await.unwrap()
+}
+
+/// An access token for (user, device), signed with the server's secret.
+pub fn token(c: &Config, user: u64, device: u64) -> String {
+    let auth = Auth::load(&c.auth, &c.data_dir).unwrap();
+    auth.access_token(
+        Caller {
+            user: UserId(user),
+            device: DeviceId(device),
+        },
+        None,
+    )
+    .unwrap()
+    .0
+}
+
+/// An HTTP client bound to a server and a token.
+#[derive(Clone)]
+pub struct Http {
+    pub base: String,
+    pub token: String,
+    pub client: reqwest::Client,
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr, token: String) -> Http {
+        Http {
+            base: format!("http://{addr}"),
+            token,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates the direct conversation with `peer`; its id.
+    pub async fn direct(&self, peer: u64) -> String {
+        let (s, v) = self
+            .post(
+                "/v1/conversations",
+                json!({"kind": "direct", "peer": peer.to_string()}),
+            )
+            .await;
+        assert!(s == 200 || s == 201, "{s} {v}");
+        v["conv"].as_str().unwrap().to_string()
+    }
+
+    /// Creates a group; its id.
+    pub async fn group(&self, name: &str, members: &[u64]) -> String {
+        let m: Vec<String> = members.iter().map(|u| u.to_string()).collect();
+        let (s, v) = self
+            .post(
+                "/v1/conversations",
+                json!({"kind": "group", "name": name, "members": m}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v["conv"].as_str().unwrap().to_string()
+    }
+
+    /// Sends a text message over HTTP; (seq, duplicate).
+    pub async fn send(&self, conv: &str, client_msg_id: &str, body: &str) -> (u64, bool) {
+        let (s, v) = self
+            .post(
+                &format!("/v1/conversations/{conv}/messages"),
+                json!({"client_msg_id": client_msg_id, "body": body}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        (
+            v["seq"].as_u64().unwrap(),
+            v["duplicate"].as_bool().unwrap(),
+        )
+    }
+}
+
+/// A WebSocket client.
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Ws {
+    /// Connects with `Authorization: Bearer`.
+    pub async fn connect(addr: SocketAddr, token: &str) -> Ws {
+        Self::try_connect(addr, Some(token), None, None)
+            .await
+            .unwrap()
+    }
+
+    /// Connects with any of a bearer token, a ticket and an Origin.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        token: Option<&str>,
+        ticket: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let url = match ticket {
+            Some(t) => format!("ws://{addr}/v1/ws?ticket={t}"),
+            None => format!("ws://{addr}/v1/ws"),
+        };
+        let mut req = url.into_client_request()?;
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Ws { stream, next_id: 0 })
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.stream
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_raw(&v.to_string()).await;
+    }
+
+    fn id(&mut self) -> String {
+        self.next_id += 1;
+        format!("r{}", self.next_id)
+    }
+
+    /// The next text frame as JSON (None when the socket closed).
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("no frame within the wait")?;
+            match m {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The close frame's code, reading past anything before it.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("no close within the wait")?;
+            match m {
+                Ok(Message::Close(Some(f))) => return Some(u16::from(f.code)),
+                Ok(Message::Close(None)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Reads frames until one of `ty` (events are kept for later checks).
+    pub async fn until(&mut self, ty: &str, seen: &mut Vec<Value>) -> Value {
+        loop {
+            let f = self.next().await.expect("socket closed");
+            if f["type"] == ty {
+                return f;
+            }
+            seen.push(f);
+        }
+    }
+
+    /// Sends a request and returns the answer with its id (events that
+    /// arrive meanwhile go to `seen`).
+    pub async fn request(&mut self, mut v: Value, seen: &mut Vec<Value>) -> Value {
+        let id = self.id();
+        v["id"] = json!(id);
+        self.send_json(v).await;
+        loop {
+            let f = self.next().await.expect("socket closed");
+            if f["id"] == json!(id) {
+                return f;
+            }
+            seen.push(f);
+        }
+    }
+
+    /// Sends a text message; the answer frame.
+    pub async fn send_text(
+        &mut self,
+        conv: &str,
+        cmid: &str,
+        body: &str,
+        seen: &mut Vec<Value>,
+    ) -> Value {
+        self.request(
+            json!({"type": "send", "conv": conv, "client_msg_id": cmid, "body": body}),
+            seen,
+        )
+        .await
+    }
+
+    /// Starts the event stream after `after` and collects events until
+    /// `synced`; returns them.
+    pub async fn sync(&mut self, after: u64) -> Vec<Value> {
+        self.send_json(json!({"type": "sync", "after": after}))
+            .await;
+        let mut events = Vec::new();
+        let _ = self.until("synced", &mut events).await;
+        events
+    }
+
+    /// Syncs after `after`, then keeps reading until `n` messages of
+    /// `conv` arrived (the fan-out to inboxes runs just behind the ack, so
+    /// a sync right after a send may reach `synced` before its event).
+    pub async fn sync_until(&mut self, after: u64, conv: &str, n: usize) -> Vec<Value> {
+        let mut events = self.sync(after).await;
+        while message_seqs(&events, conv).len() < n {
+            let f = self.next().await.expect("socket closed");
+            events.push(f);
+        }
+        events
+    }
+
+    /// Reads events until `pred` holds for one; returns it.
+    pub async fn event_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let f = self.next().await.expect("socket closed");
+            if f["type"] == "event" && pred(&f) {
+                return f;
+            }
+        }
+    }
+}
+
+/// The message events (by seq) of `conv` among `events`.
+pub fn message_seqs(events: &[Value], conv: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "event" && e["conv"] == conv && e["event"]["kind"] == "message")
+        .map(|e| e["event"]["message"]["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// Checks that events' useqs are consecutive from `after + 1`.
+pub fn assert_consecutive(events: &[Value], after: u64) {
+    let useqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "event")
+        .map(|e| e["useq"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = (after + 1..after + 1 + useqs.len() as u64).collect();
+    assert_eq!(useqs, want, "events are not consecutive after {after}");
+}

@@ -1,0 +1,372 @@
+//! Delivery end to end against a real missived: online delivery with all
+//! receipt states, multi-device, offline sync across a restart, idempotent
+//! resend, groups, history paging across flushed tables, and the sync/live
+//! hand-off under concurrent sends.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use serde_json::json;
+
+use common::{assert_consecutive, config, message_seqs, start, token, Http, Ws};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_online_with_receipts_and_every_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+
+    let mut a1 = Ws::connect(srv.addr(), &token(&c, 1, 1)).await;
+    let mut a2 = Ws::connect(srv.addr(), &token(&c, 1, 2)).await;
+    let mut b1 = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    for ws in [&mut a1, &mut a2, &mut b1] {
+        let evs = ws.sync(0).await;
+        // The conversation's creation is each member's first event.
+        assert_eq!(evs[0]["event"]["kind"], "membership", "{evs:?}");
+    }
+
+    let mut seen = Vec::new();
+    let sent = a1.send_text(&conv, "m1", "hello bob", &mut seen).await;
+    assert_eq!(sent["type"], "sent", "{sent}");
+    assert_eq!(sent["seq"], 1);
+    assert_eq!(sent["duplicate"], false);
+
+    // The recipient and the sender's other device get it at once.
+    for ws in [&mut b1, &mut a2] {
+        let e = ws.event_where(|e| e["event"]["kind"] == "message").await;
+        assert_eq!(e["event"]["message"]["body"], "hello bob");
+        assert_eq!(e["event"]["message"]["sender"], "1");
+        assert_eq!(e["event"]["message"]["seq"], 1);
+    }
+
+    // Bob's device acks DELIVERED, then marks READ; Alice's devices see both.
+    let r = b1
+        .request(
+            json!({"type": "receipt", "conv": conv, "delivered": 1}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(
+        (
+            r["type"].as_str(),
+            r["delivered"].as_u64(),
+            r["read"].as_u64()
+        ),
+        (Some("receipt_set"), Some(1), Some(0))
+    );
+    for ws in [&mut a1, &mut a2] {
+        let e = ws
+            .event_where(|e| e["event"]["kind"] == "receipt" && e["event"]["user"] == "2")
+            .await;
+        assert_eq!(
+            (
+                e["event"]["delivered"].as_u64(),
+                e["event"]["read"].as_u64()
+            ),
+            (Some(1), Some(0))
+        );
+    }
+    b1.request(
+        json!({"type": "receipt", "conv": conv, "read": 1}),
+        &mut seen,
+    )
+    .await;
+    for ws in [&mut a1, &mut a2] {
+        let e = ws
+            .event_where(|e| e["event"]["kind"] == "receipt" && e["event"]["read"] == 1)
+            .await;
+        assert_eq!(e["event"]["user"], "2");
+    }
+    // Bob's list shows nothing unread now; Alice's own message never was.
+    let bob = Http::new(srv.addr(), token(&c, 2, 1));
+    let (_, list) = bob.get("/v1/conversations").await;
+    assert_eq!(list["conversations"][0]["unread"], 0, "{list}");
+    let (_, list) = alice.get("/v1/conversations").await;
+    assert_eq!(list["conversations"][0]["unread"], 0, "{list}");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_device_syncs_everything_across_a_restart_then_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    // Bob's phone saw the first message, then went offline.
+    alice.send(&conv, "m1", "one").await;
+    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    let first = bob.sync_until(0, &conv, 1).await;
+    assert_eq!(message_seqs(&first, &conv), vec![1]);
+    let cursor = first.last().unwrap()["useq"].as_u64().unwrap();
+    drop(bob);
+    for i in 2..=20 {
+        alice
+            .send(&conv, &format!("m{i}"), &format!("msg {i}"))
+            .await;
+    }
+    let group = alice.group("later", &[2, 3]).await;
+    srv.shutdown().await.unwrap();
+
+    // A restart later, Bob reconnects with his cursor.
+    let srv = start(c.clone()).await;
+    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    let missed = bob.sync_until(cursor, &conv, 19).await;
+    assert_consecutive(&missed, cursor);
+    assert_eq!(message_seqs(&missed, &conv), (2..=20).collect::<Vec<_>>());
+    // ...including the conversation he was added to meanwhile (its
+    // outbox entry may still have been waiting at the shutdown: the new
+    // process's fan-out delivers it).
+    let mut missed = missed;
+    let added = |e: &serde_json::Value| {
+        e["conv"] == group.as_str()
+            && e["event"]["kind"] == "membership"
+            && e["event"]["added"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("2"))
+    };
+    while !missed.iter().any(added) {
+        missed.push(bob.next().await.expect("socket closed"));
+    }
+    assert_consecutive(&missed, cursor);
+    // Then live, with no gap after the last synced event.
+    let last = missed.last().unwrap()["useq"].as_u64().unwrap();
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    alice.send(&conv, "m21", "live").await;
+    let e = bob.event_where(|e| e["event"]["kind"] == "message").await;
+    assert_eq!(e["useq"].as_u64().unwrap(), last + 1);
+    assert_eq!(e["event"]["message"]["seq"], 21);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_returns_the_original_and_nobody_sees_it_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    let mut a = Ws::connect(srv.addr(), &token(&c, 1, 1)).await;
+    a.sync(0).await;
+    let mut seen = Vec::new();
+    let first = a.send_text(&conv, "same-id", "hi", &mut seen).await;
+    let again = a.send_text(&conv, "same-id", "hi", &mut seen).await;
+    assert_eq!(
+        (first["seq"].clone(), first["ts"].clone()),
+        (again["seq"].clone(), again["ts"].clone())
+    );
+    assert_eq!(again["duplicate"], true);
+    // Over HTTP too.
+    assert_eq!(alice.send(&conv, "same-id", "hi").await, (1, true));
+    alice.send(&conv, "next", "after").await;
+    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    let evs = bob.sync_until(0, &conv, 2).await;
+    assert_eq!(message_seqs(&evs, &conv), vec![1, 2]);
+    let (_, h) = alice
+        .get(&format!("/v1/conversations/{conv}/messages"))
+        .await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2, "{h}");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_fan_out_and_removed_members_hear_nothing_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let admin = Http::new(srv.addr(), token(&c, 1, 1));
+    let g = admin.group("team", &[2, 3, 4]).await;
+    let mut ws: Vec<Ws> = Vec::new();
+    for u in 1..=4 {
+        let mut w = Ws::connect(srv.addr(), &token(&c, u, 1)).await;
+        w.sync(0).await;
+        ws.push(w);
+    }
+    admin.send(&g, "g1", "to all").await;
+    for w in ws.iter_mut() {
+        let e = w.event_where(|e| e["event"]["kind"] == "message").await;
+        assert_eq!(e["event"]["message"]["body"], "to all");
+    }
+    // A non-admin cannot remove anyone.
+    let u2 = Http::new(srv.addr(), token(&c, 2, 1));
+    let (s, v) = u2
+        .post(
+            &format!("/v1/conversations/{g}/members"),
+            json!({"remove": ["3"]}),
+        )
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")));
+    // The admin removes 3: everyone, 3 included, gets the change and the
+    // system message.
+    let (s, v) = admin
+        .post(
+            &format!("/v1/conversations/{g}/members"),
+            json!({"remove": ["3"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for w in ws.iter_mut() {
+        let e = w
+            .event_where(|e| {
+                e["event"]["kind"] == "message" && e["event"]["message"]["kind"] == "system"
+            })
+            .await;
+        assert_eq!(e["event"]["message"]["system"]["removed"], json!(["3"]));
+    }
+    // 4 leaves.
+    let u4 = Http::new(srv.addr(), token(&c, 4, 1));
+    let (s, _) = u4
+        .post(&format!("/v1/conversations/{g}/leave"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    admin.send(&g, "g2", "after").await;
+    for i in [0usize, 1] {
+        let e = ws[i]
+            .event_where(|e| {
+                e["event"]["kind"] == "message" && e["event"]["message"]["body"] == "after"
+            })
+            .await;
+        assert_eq!(e["event"]["message"]["seq"], 4);
+    }
+    // 3 cannot read the group or send to it; its inbox has nothing after
+    // its removal.
+    let u3 = Http::new(srv.addr(), token(&c, 3, 1));
+    let (s, v) = u3.get(&format!("/v1/conversations/{g}/messages")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("not_a_member"))
+    );
+    let (s, v) = u3
+        .post(
+            &format!("/v1/conversations/{g}/messages"),
+            json!({"client_msg_id": "x", "body": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("not_a_member"))
+    );
+    let mut w3 = Ws::connect(srv.addr(), &token(&c, 3, 1)).await;
+    let all = w3.sync(0).await;
+    assert!(
+        !all.iter().any(|e| e["event"]["message"]["body"] == "after"),
+        "{all:?}"
+    );
+    let (_, list) = u3.get("/v1/conversations").await;
+    assert_eq!(list["conversations"], json!([]), "{list}");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_back_across_flushed_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    for i in 1..=60 {
+        alice.send(&conv, &format!("a{i}"), &format!("{i}")).await;
+    }
+    srv.node().lsm().flush().unwrap();
+    for i in 61..=120 {
+        alice.send(&conv, &format!("a{i}"), &format!("{i}")).await;
+    }
+    srv.node().lsm().flush().unwrap();
+    for i in 121..=130 {
+        alice.send(&conv, &format!("a{i}"), &format!("{i}")).await;
+    }
+    let mut seqs = Vec::new();
+    let mut before: Option<u64> = None;
+    let mut pages = 0;
+    loop {
+        let q = match before {
+            Some(b) => format!("/v1/conversations/{conv}/messages?limit=50&before={b}"),
+            None => format!("/v1/conversations/{conv}/messages?limit=50"),
+        };
+        let (s, v) = alice.get(&q).await;
+        assert_eq!(s, 200, "{v}");
+        pages += 1;
+        for m in v["messages"].as_array().unwrap() {
+            seqs.push(m["seq"].as_u64().unwrap());
+        }
+        match v["next_before"].as_u64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    assert_eq!(seqs, (1..=130).rev().collect::<Vec<_>>());
+    assert!(pages >= 3);
+    // The same over the socket.
+    let mut ws = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    let mut seen = Vec::new();
+    let page = ws
+        .request(
+            json!({"type": "history", "conv": conv, "limit": 10, "before": 1}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(page["messages"], json!([]), "{page}");
+    let page = ws
+        .request(
+            json!({"type": "history", "conv": conv, "limit": 10}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(page["messages"][0]["seq"], 130);
+    let bad = ws
+        .request(
+            json!({"type": "history", "conv": conv, "limit": 100000}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(bad["code"], "invalid");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_hands_off_to_live_with_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    const N: u64 = 300;
+    // Four senders race the receiver's connect-and-sync.
+    let mut senders = Vec::new();
+    for w in 0..4u64 {
+        let a = alice.clone();
+        let conv = conv.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0..N / 4 {
+                a.send(&conv, &format!("w{w}-{i}"), "x").await;
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    let mut events = bob.sync(0).await;
+    let synced_at = events.len();
+    while message_seqs(&events, &conv).len() < N as usize {
+        let f = bob.next().await.expect("socket closed");
+        assert_ne!(f["type"], "synced", "synced twice");
+        events.push(f);
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert_consecutive(&events, 0);
+    let mut seqs = message_seqs(&events, &conv);
+    assert_eq!(seqs.len(), N as usize);
+    let sorted = seqs.clone();
+    seqs.sort_unstable();
+    assert_eq!(seqs, sorted, "messages out of order");
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+    println!(
+        "{synced_at} events before synced, {} after",
+        events.len() - synced_at
+    );
+    srv.shutdown().await.unwrap();
+}
