@@ -381,6 +381,9 @@ pub enum ClientFrame {
     /// Start (or restart) the event stream after `after` (the last useq
     /// the device processed; 0 for everything).
     Sync {
+        /// Request id, echoed only on an error (a bad cursor).
+        #[serde(default)]
+        id: Option<String>,
         /// The cursor.
         after: u64,
     },

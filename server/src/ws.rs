@@ -77,7 +77,6 @@ impl Tx {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
-                self.state.service.metrics.slow_consumers.inc();
                 self.end(close::SLOW_CONSUMER, "slow_consumer");
                 false
             }
@@ -143,14 +142,14 @@ pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
                     match tokio::time::timeout(slow_after, sink.send(Message::Text(text.into()))).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return,
-                        Err(_) => {
-                            wmetrics.slow_consumers.inc();
-                            break (close::SLOW_CONSUMER, "slow_consumer");
-                        }
+                        Err(_) => break (close::SLOW_CONSUMER, "slow_consumer"),
                     }
                 }
             }
         };
+        if reason.0 == close::SLOW_CONSUMER {
+            wmetrics.slow_consumers.inc();
+        }
         let frame = CloseFrame {
             code: reason.0,
             reason: Utf8Bytes::from_static(reason.1),
@@ -228,11 +227,11 @@ pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
             }
         };
         match frame {
-            ClientFrame::Sync { after } => {
+            ClientFrame::Sync { id, after } => {
                 if let Some(p) = pump.take() {
                     p.abort();
                 }
-                pump = Some(tokio::spawn(sync_pump(tx.clone(), who, after)));
+                pump = Some(tokio::spawn(sync_pump(tx.clone(), who, after, id)));
             }
             ClientFrame::Ping { id } => {
                 if !tx.send(ServerFrame::Pong { id }).await {
@@ -381,7 +380,7 @@ async fn handle(state: &AppState, who: Caller, f: ClientFrame) -> ServerFrame {
 }
 
 /// Streams the user's inbox after `after`, then follows it live.
-async fn sync_pump(tx: Tx, who: Caller, after: u64) {
+async fn sync_pump(tx: Tx, who: Caller, after: u64, id: Option<String>) {
     let svc = Arc::clone(&tx.state.service);
     // Registered before the first read: see the module docs.
     let sub = tx.state.hub.subscribe(who.user);
@@ -411,7 +410,7 @@ async fn sync_pump(tx: Tx, who: Caller, after: u64) {
                     "cursor {after} is beyond this user's newest event {head}"
                 ))
             };
-            tx.send(ServerFrame::error(None, &e)).await;
+            tx.send(ServerFrame::error(id, &e)).await;
             return;
         }
         let full = events.len() == page;

@@ -22,9 +22,11 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A config for a test server under `dir`: loopback, ephemeral ports.
 pub fn config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.data_dir = dir.to_path_buf();
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     c.node.raft_listen = "127.0.0.1:0".parse().unwrap();
     c.node.shards = 4;
     c.auth.admin_secret = Some("test-admin-secret".into());

@@ -1,0 +1,334 @@
+//! Who may do what, and what bad or excessive input gets: authorization,
+//! tokens and tickets, Origin, the send rate limit, malformed and oversize
+//! frames, a slow consumer, and SIGTERM on the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use common::{config, message_seqs, start, token, Http, Ws};
+use missive_raft::command::{DeviceId, UserId};
+use missive_server::auth::{Auth, Caller};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_with_valid_tokens_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    alice.send(&conv, "m1", "secret").await;
+
+    // A third user cannot read or write the conversation.
+    let eve = Http::new(srv.addr(), token(&c, 3, 1));
+    let (s, v) = eve.get(&format!("/v1/conversations/{conv}/messages")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("not_a_member"))
+    );
+    let (s, _) = eve.get(&format!("/v1/conversations/{conv}")).await;
+    assert_eq!(s, 403);
+    let mut ws = Ws::connect(srv.addr(), &token(&c, 3, 1)).await;
+    let mut seen = Vec::new();
+    let r = ws
+        .request(json!({"type": "history", "conv": conv}), &mut seen)
+        .await;
+    assert_eq!(r["code"], "not_a_member");
+    let r = ws.send_text(&conv, "x", "x", &mut seen).await;
+    assert_eq!(r["code"], "not_a_member");
+
+    // No token, a forged one, an expired one.
+    let anon = Http::new(srv.addr(), String::new());
+    let (s, v) = anon.get("/v1/conversations").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let mut other = c.clone();
+    other.auth.secret = Some("a-different-secret-of-enough-length".into());
+    let forged = Http::new(srv.addr(), token(&other, 1, 1));
+    let (s, _) = forged.get("/v1/conversations").await;
+    assert_eq!(s, 401);
+    let auth = Auth::load(&c.auth, &c.data_dir).unwrap();
+    let who = Caller {
+        user: UserId(1),
+        device: DeviceId(1),
+    };
+    let (short, _) = auth.access_token(who, Some(1)).unwrap();
+    // Past the expiry and the 30 s leeway is too long for a test: forge
+    // an old token with the right secret instead.
+    let old = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &missive_server::auth::Claims {
+            sub: "1".into(),
+            dev: "1".into(),
+            typ: "access".into(),
+            iss: c.auth.issuer.clone(),
+            aud: c.auth.audience.clone(),
+            iat: 1_000,
+            exp: 2_000,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(
+            &std::fs::read(dir.path().join("auth.secret")).unwrap(),
+        ),
+    )
+    .unwrap();
+    let (s, v) = Http::new(srv.addr(), old).get("/v1/conversations").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("token_expired"))
+    );
+    // A 1-second token still works within its life.
+    let (s, _) = Http::new(srv.addr(), short).get("/v1/conversations").await;
+    assert_eq!(s, 200);
+    assert!(Ws::try_connect(srv.addr(), Some("garbage"), None, None)
+        .await
+        .is_err());
+    assert!(Ws::try_connect(srv.addr(), None, None, None).await.is_err());
+
+    // Browsers: a ticket from the allowed origin works; a wrong origin and
+    // an access token passed as a ticket do not.
+    let (s, t) = alice.post("/v1/ws-ticket", json!({})).await;
+    assert_eq!(s, 200);
+    let ticket = t["ticket"].as_str().unwrap();
+    let mut b = Ws::try_connect(srv.addr(), None, Some(ticket), Some("https://chat.example"))
+        .await
+        .unwrap();
+    let evs = b.sync_until(0, &conv, 1).await;
+    assert_eq!(message_seqs(&evs, &conv), vec![1]);
+    assert!(
+        Ws::try_connect(srv.addr(), None, Some(ticket), Some("https://evil.example"))
+            .await
+            .is_err()
+    );
+    assert!(Ws::try_connect(srv.addr(), None, Some(&alice.token), None)
+        .await
+        .is_err());
+
+    // The admin mint endpoint wants the admin secret.
+    let (s, _) = anon
+        .post("/v1/admin/tokens", json!({"user": "5", "device": "1"}))
+        .await;
+    assert_eq!(s, 403);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/admin/tokens", srv.addr()))
+        .header("x-admin-secret", "test-admin-secret")
+        .json(&json!({"user": "5", "device": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let minted: serde_json::Value = r.json().await.unwrap();
+    let five = Http::new(srv.addr(), minted["token"].as_str().unwrap().to_string());
+    assert_eq!(five.get("/v1/conversations").await.0, 200);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_beyond_the_rate_are_refused_with_a_retry_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.sends_per_second = 1;
+    c.limits.send_burst = 3;
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let (s, v) = alice
+            .post(
+                &format!("/v1/conversations/{conv}/messages"),
+                json!({"client_msg_id": format!("r{i}"), "body": "x"}),
+            )
+            .await;
+        codes.push(s);
+        if s == 429 {
+            assert_eq!(v["error"]["code"], "rate_limited");
+            assert!(v["error"]["retry_after_ms"].as_u64().unwrap() > 0);
+        }
+    }
+    assert_eq!(codes, vec![200, 200, 200, 429, 429]);
+    // Another user has their own bucket.
+    let bob = Http::new(srv.addr(), token(&c, 2, 1));
+    assert_eq!(bob.send(&conv, "b1", "hi").await.0, 4);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.max_message_bytes = 1000;
+    c.limits.max_frame_bytes = 4000;
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    let mut ws = Ws::connect(srv.addr(), &token(&c, 1, 1)).await;
+    let mut seen = Vec::new();
+
+    ws.send_raw("{not json").await;
+    let e = ws.next().await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("malformed_frame"))
+    );
+    ws.send_raw(r#"{"type":"teleport","id":"t1"}"#).await;
+    let e = ws.next().await.unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("unknown_frame_type"), Some("t1"))
+    );
+    ws.send_raw(r#"{"type":"send","id":"s1","conv":"1"}"#).await;
+    let e = ws.next().await.unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("malformed_frame"), Some("s1"))
+    );
+    let r = ws
+        .request(
+            json!({"type": "send", "conv": conv, "client_msg_id": "big", "body": "x".repeat(1001)}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(r["code"], "too_large");
+    let r = ws
+        .request(
+            json!({"type": "send", "conv": conv, "client_msg_id": "b64", "body_b64": "!!!"}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(r["code"], "invalid");
+    let r = ws
+        .request(json!({"type": "sync", "after": 99}), &mut seen)
+        .await;
+    assert_eq!(r["code"], "bad_cursor", "{r}");
+    // Still open: a ping and a real send work.
+    let r = ws.request(json!({"type": "ping"}), &mut seen).await;
+    assert_eq!(r["type"], "pong");
+    let r = ws
+        .request(
+            json!({"type": "send", "conv": conv, "client_msg_id": "ok", "body_b64": "AAEC/w=="}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(r["type"], "sent", "{r}");
+    // Binary bodies come back as base64.
+    let (_, h) = alice
+        .get(&format!("/v1/conversations/{conv}/messages"))
+        .await;
+    assert_eq!(h["messages"][0]["body_b64"], "AAEC/w==");
+    // HTTP: malformed JSON and bad cursors have codes too.
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/conversations/{conv}/messages",
+            srv.addr()
+        ))
+        .bearer_auth(&alice.token)
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "malformed_json");
+    let (s, v) = alice
+        .get(&format!("/v1/conversations/{conv}/messages?before=0"))
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_cursor")));
+    let (s, v) = alice
+        .get(&format!("/v1/conversations/{conv}/messages?before=abc"))
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid")));
+    let (s, v) = alice.get("/v1/sync?after=1000").await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_cursor")));
+    // A frame above the frame limit closes the socket with 1009.
+    ws.send_raw(&format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(5000)))
+        .await;
+    assert_eq!(ws.close_code().await, Some(1009));
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_closed_and_catches_up_by_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.outbound_queue = 4;
+    c.limits.slow_consumer_ms = 300;
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    // Bob asks for events and then never reads.
+    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    bob.send_json(json!({"type": "sync", "after": 0})).await;
+    let body = "y".repeat(60_000);
+    const N: u64 = 300;
+    for i in 1..=N {
+        alice.send(&conv, &format!("s{i}"), &body).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = reqwest::get(format!("http://{}/metrics", srv.addr()))
+            .await
+            .unwrap();
+        let text = r.text().await.unwrap();
+        if text.contains("missive_slow_consumers_total 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never closed:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bob.close_code().await, Some(4008));
+    // Reconnect and sync: everything is there, in order.
+    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    let evs = bob.sync_until(0, &conv, N as usize).await;
+    assert_eq!(message_seqs(&evs, &conv), (1..=N).collect::<Vec<_>>());
+    srv.shutdown().await.unwrap();
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_missived"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("missived listening on http://127.0.0.1:"),
+        "{line}"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap();
+    assert_eq!(code.code(), Some(0), "{code:?}");
+    // The data directory is whole: the next start opens it.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_missived"))
+        .args(["token", "--user", "1", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+}
