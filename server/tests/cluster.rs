@@ -1,0 +1,110 @@
+//! The delivery and sync cases against a 3-node cluster on 127.0.0.1–3:
+//! clients on different nodes, writes forwarded to shard leaders, events
+//! pushed from each node's own replica.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use common::{assert_consecutive, config, message_seqs, token, Http, Ws};
+use missive_server::{Config, Running};
+
+/// A free port on `ip` (bound then released: loopback, no one else races).
+fn free_port(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn cluster(dir: &std::path::Path) -> (Vec<Config>, Vec<Running>) {
+    let raft: Vec<SocketAddr> = (1..=3)
+        .map(|i| free_port(&format!("127.0.0.{i}")))
+        .collect();
+    let peers: BTreeMap<u64, String> = raft
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64 + 1, a.to_string()))
+        .collect();
+    let mut cfgs = Vec::new();
+    for i in 1..=3u64 {
+        let mut c = config(&dir.join(format!("n{i}")));
+        c.listen = format!("127.0.0.{i}:0").parse().unwrap();
+        c.node.id = i;
+        c.node.raft_listen = raft[i as usize - 1];
+        c.node.peers = peers.clone();
+        c.node.replicas = 3;
+        c.auth.secret = Some("one secret for the whole cluster".into());
+        cfgs.push(c);
+    }
+    let started =
+        futures_util::future::join_all(cfgs.iter().cloned().map(missive_server::start)).await;
+    let nodes: Vec<Running> = started.into_iter().map(|r| r.unwrap()).collect();
+    // Ready: every shard has a leader as every node sees it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    for n in &nodes {
+        loop {
+            let r = reqwest::get(format!("http://{}/readyz", n.addr()))
+                .await
+                .unwrap();
+            if r.status().as_u16() == 200 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "cluster not ready");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    (cfgs, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_and_sync_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, nodes) = cluster(dir.path()).await;
+    let c = &cfgs[0];
+    // Alice talks to node 1, Bob's phone to node 2, Bob's laptop to node 3.
+    let alice = Http::new(nodes[0].addr(), token(c, 1, 1));
+    let conv = alice.direct(2).await;
+    let mut phone = Ws::connect(nodes[1].addr(), &token(c, 2, 1)).await;
+    phone.sync(0).await;
+    for i in 1..=20 {
+        alice.send(&conv, &format!("m{i}"), &format!("{i}")).await;
+    }
+    let mut got = Vec::new();
+    while message_seqs(&got, &conv).len() < 20 {
+        got.push(phone.next().await.expect("closed"));
+    }
+    assert_eq!(message_seqs(&got, &conv), (1..=20).collect::<Vec<_>>());
+    // The laptop was offline: it syncs everything from node 3.
+    let mut laptop = Ws::connect(nodes[2].addr(), &token(c, 2, 2)).await;
+    let evs = laptop.sync_until(0, &conv, 20).await;
+    assert_consecutive(&evs, 0);
+    assert_eq!(message_seqs(&evs, &conv), (1..=20).collect::<Vec<_>>());
+    // A reply from node 3 reaches Alice on node 1, and history agrees on
+    // every node.
+    let mut seen = Vec::new();
+    let r = laptop
+        .send_text(&conv, "reply", "from the laptop", &mut seen)
+        .await;
+    assert_eq!(r["seq"], 21, "{r}");
+    let mut a = Ws::connect(nodes[0].addr(), &token(c, 1, 1)).await;
+    let evs = a.sync_until(0, &conv, 21).await;
+    assert_eq!(message_seqs(&evs, &conv).last(), Some(&21));
+    for n in &nodes {
+        let h = Http::new(n.addr(), token(c, 2, 1));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, v) = h
+                .get(&format!("/v1/conversations/{conv}/messages?limit=100"))
+                .await;
+            if v["messages"].as_array().map(Vec::len) == Some(21) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{v}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
