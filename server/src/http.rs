@@ -655,17 +655,12 @@ async fn sync(
     let mut out = Vec::with_capacity(events.len());
     let mut cursor = q.after;
     for (useq, e) in events {
-        let message = match &e.event {
-            missive_raft::records::EventKind::Message { ts, expires_at, .. } => {
-                s.service.event_message(e.conv, *ts, *expires_at).await?
-            }
-            _ => None,
-        };
+        let event = s.service.render_event(&e).await?;
         out.push(json!({
             "useq": useq,
             "conv": Id(e.conv.0),
             "at": e.at,
-            "event": crate::wire::event_out(&e, message),
+            "event": event,
         }));
         cursor = useq;
     }

@@ -18,13 +18,13 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use missive_engine::keys::ConversationId;
 use missive_raft::command::{Command, ConversationKind, MessageKind, Outcome, UserId};
 use missive_raft::node::{Consistency, Node};
-use missive_raft::records::{Conversation, InboxEvent, UserConv};
+use missive_raft::records::{Conversation, EventKind, InboxEvent, UserConv};
 
 use crate::auth::Caller;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::wire::MessageOut;
+use crate::wire::{EventOut, MessageOut};
 
 /// How long a write waits out an election before answering `unavailable`.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
@@ -426,5 +426,16 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// An inbox event as clients see it, with its message read in.
+    pub async fn render_event(&self, e: &InboxEvent) -> Result<EventOut, ApiError> {
+        let message = match &e.event {
+            EventKind::Message { ts, expires_at, .. } => {
+                self.event_message(e.conv, *ts, *expires_at).await?
+            }
+            _ => None,
+        };
+        Ok(crate::wire::event_out(e, message))
     }
 }

@@ -28,12 +28,11 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use missive_engine::keys::ConversationId;
-use missive_raft::records::EventKind;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::wire::{event_out, parse_kind, BodyIn, ClientFrame, ServerFrame};
+use crate::wire::{parse_kind, BodyIn, ClientFrame, ServerFrame};
 
 /// Close codes (4000–4999 are the application's).
 pub mod close {
@@ -415,24 +414,19 @@ async fn sync_pump(tx: Tx, who: Caller, after: u64, id: Option<String>) {
         }
         let full = events.len() == page;
         for (useq, e) in events {
-            let message = match &e.event {
-                EventKind::Message { ts, expires_at, .. } => {
-                    match svc.event_message(e.conv, *ts, *expires_at).await {
-                        Ok(m) => m,
-                        Err(err) => {
-                            tracing::warn!(user = who.user.0, error = %err.message, "event's message not readable yet");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            break;
-                        }
-                    }
+            let event = match svc.render_event(&e).await {
+                Ok(ev) => ev,
+                Err(err) => {
+                    tracing::warn!(user = who.user.0, error = %err.message, "event's message not readable yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
                 }
-                _ => None,
             };
             let frame = ServerFrame::Event {
                 useq,
                 conv: crate::wire::Id(e.conv.0),
                 at: e.at,
-                event: event_out(&e, message),
+                event,
             };
             if !tx.send(frame).await {
                 return;
