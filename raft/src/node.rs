@@ -585,10 +585,8 @@ impl Node {
     ) -> Result<Vec<(ConversationId, UserConv)>> {
         self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
             .await?;
-        let prefix = user_conv_prefix(user);
-        let end = missive_engine::keys::prefix_successor(&prefix).unwrap_or_default();
         Ok(self
-            .scan_records("user conversation", &prefix, &end, usize::MAX)?
+            .scan_prefix("user conversation", &user_conv_prefix(user))?
             .into_iter()
             .map(|(c, uc)| (ConversationId(c), uc))
             .collect())
@@ -617,10 +615,8 @@ impl Node {
     ) -> Result<Vec<(DeviceId, Device)>> {
         self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
             .await?;
-        let prefix = device_prefix(user);
-        let end = missive_engine::keys::prefix_successor(&prefix).unwrap_or_default();
         Ok(self
-            .scan_records("device", &prefix, &end, usize::MAX)?
+            .scan_prefix("device", &device_prefix(user))?
             .into_iter()
             .map(|(d, dev)| (DeviceId(d), dev))
             .collect())
@@ -659,6 +655,17 @@ impl Node {
             .get(key)?
             .map(|v| records::decode(what, &v))
             .transpose()
+    }
+
+    /// Every record under `prefix` (user-keyspace prefixes never end in
+    /// 0xFF bytes only, so the successor exists).
+    fn scan_prefix<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(u64, T)>> {
+        let end = missive_engine::keys::prefix_successor(prefix).unwrap_or_default();
+        self.scan_records(what, prefix, &end, usize::MAX)
     }
 
     /// Records in `[lo, hi)` keyed by a trailing u64, in key order.
