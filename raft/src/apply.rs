@@ -20,6 +20,7 @@ use crate::command::{
     Command, ConversationKind, Delivery, DeviceId, MessageKind, Outcome, RejectCode, UserId,
 };
 use crate::error::Result;
+use crate::outbox_feed::Fresh;
 use crate::records::{
     self, conversation_key, dedup_key, device_key, head_key, inbox_key, msg_key, outbox_head_key,
     outbox_key, profile_key, receipt_key, user_conv_key, user_head_key, Conversation, Dedup,
@@ -57,8 +58,8 @@ pub(crate) struct Apply<'a> {
     lsm: &'a Lsm,
     /// Writes so far; `None` deletes.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Whether an outbox entry was written (the fan-out worker should look).
-    pub(crate) emitted: bool,
+    /// Outbox entries written, for the fan-out worker's feed.
+    pub(crate) fresh: Vec<Fresh>,
     /// Inboxes that grew.
     pub(crate) notices: Vec<InboxNotice>,
 }
@@ -81,7 +82,7 @@ impl<'a> Apply<'a> {
         Apply {
             lsm,
             pending: BTreeMap::new(),
-            emitted: false,
+            fresh: Vec::new(),
             notices: Vec::new(),
         }
     }
@@ -143,16 +144,18 @@ impl<'a> Apply<'a> {
         let hkey = outbox_head_key(conv);
         let mut head: OutboxHead = self.get_as("outbox head", &hkey)?.unwrap_or_default();
         head.last += 1;
-        self.put_as(
-            outbox_key(conv, head.last),
-            &OutboxEntry {
-                event,
-                recipients,
-                at,
-            },
-        )?;
+        let entry = OutboxEntry {
+            event,
+            recipients,
+            at,
+        };
+        self.put_as(outbox_key(conv, head.last), &entry)?;
         self.put_as(hkey, &head)?;
-        self.emitted = true;
+        self.fresh.push(Fresh {
+            conv,
+            eseq: head.last,
+            entry,
+        });
         Ok(())
     }
 

@@ -12,31 +12,48 @@
 //! event sequence `eseq` (`records::OutboxHead`). A crash after the commit
 //! cannot lose the event: the outbox entry is as durable as the message.
 //!
-//! This worker runs on every node and acts for the shards the node leads:
+//! Every node runs one worker per shard; it acts while the node leads the
+//! shard:
 //!
-//! 1. scan the shard's outbox range (a page, ordered by conversation then
+//! 1. take the entries to deliver: normally those apply just wrote, handed
+//!    over in memory (`outbox_feed`); after a leader change, a failure, an
+//!    overflow or a snapshot, and every `SAFETY_SCAN` anyway, a scan of the
+//!    shard's outbox range instead (pages ordered by conversation then
 //!    eseq; entries above a conversation's `done` are always contiguous);
 //! 2. write `Deliver` commands to each recipient's user shard, one
 //!    conversation's items in eseq order, chunks of one shard sequentially;
-//! 3. when every delivery of the page succeeded, write `OutboxDone` to the
-//!    conversation's shard, which deletes the entries up to the delivered
-//!    eseq.
+//!    the next round starts only when every `Deliver` of this one
+//!    succeeded, so a user shard never sees a later eseq before an earlier
+//!    one from this worker;
+//! 3. write `OutboxDone` to the conversation's shard, which deletes the
+//!    entries up to the delivered eseq. After a scan round this is awaited;
+//!    after a feed round it runs behind the next rounds (at most one in
+//!    flight): until it lands the entries merely stay in the outbox, and a
+//!    later scan would deliver them again, harmlessly.
+//!
+//! A failed `Deliver` sends the worker back to scanning: the feed's later
+//! entries must not overtake the failed ones (that would be a gap, below).
 //!
 //! A crash, a lost answer or a leader change anywhere in 1–3 makes a worker
 //! (maybe another node's) repeat the page. Repeats are harmless: a user
 //! shard applies an item only if its eseq is above the user's mark for that
-//! conversation (`UserConv::eseq`). Gaps cannot happen: an item is only ever
-//! sent in a command that also carries, in order, every earlier not-done
-//! eseq of its conversation for that user, and `done` only rises after all
-//! of them were applied. Two workers briefly overlapping (an old leader
-//! that has not noticed yet) send overlapping prefixes; whichever applies
-//! first wins and the other's items are skipped.
+//! conversation (`UserConv::eseq`). Gaps cannot happen: a worker sends an
+//! item only when every earlier not-done eseq of its conversation for that
+//! user is either earlier in the same command or was applied by one of its
+//! own earlier rounds, all of which succeeded — a scan round carries the
+//! whole not-done suffix in order; a feed round follows only successful
+//! rounds, and the feed holds everything applied since it was activated,
+//! which happens before the scan that precedes it reads the LSM. `done`
+//! only rises after delivery. Two workers briefly overlapping (an old
+//! leader that has not noticed yet) each keep that rule; whichever applies
+//! an item first wins and the other's copy is skipped.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use missive_engine::keys::{ConversationId, Keyspace};
 use missive_engine::lsm::Direction;
@@ -44,49 +61,132 @@ use missive_engine::lsm::Direction;
 use crate::command::{Command, Delivery};
 use crate::error::{Error, Result};
 use crate::node::Inner;
-use crate::records::{self, decode_outbox_key, OutboxEntry};
+use crate::outbox_feed::Take;
+use crate::records::{self, decode_outbox_key};
 use crate::state_machine::ApplyHooks;
 use crate::types::ShardId;
 
-/// Outbox entries read per round and shard.
+/// Outbox entries read per scan round.
 const PAGE: usize = 512;
 /// Items per `Deliver` command (one Raft entry carries several commands).
 const CHUNK: usize = 256;
-/// How often the worker looks even without a notice: a new leader must
-/// drain what its predecessor left, and a failed round is retried.
-const RESCAN: Duration = Duration::from_millis(500);
+/// How often an idle worker looks: a new leader must drain what its
+/// predecessor left, and pending `OutboxDone`s go out.
+const TICK: Duration = Duration::from_millis(500);
+/// A full scan at least this often while leading, even when the feed
+/// vouches for completeness: the outbox, not the feed, is the truth.
+const SAFETY_SCAN: Duration = Duration::from_secs(10);
 /// How long one write may wait out an election.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs until `stop` turns true.
-pub(crate) async fn run(
+/// Runs one worker per shard of this node until `stop` turns true.
+pub(crate) async fn run(inner: Arc<Inner>, hooks: Arc<ApplyHooks>, stop: watch::Receiver<bool>) {
+    let mut workers = tokio::task::JoinSet::new();
+    for shard in inner.groups.keys().copied() {
+        workers.spawn(shard_worker(
+            Arc::clone(&inner),
+            Arc::clone(&hooks),
+            shard,
+            stop.clone(),
+        ));
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+async fn shard_worker(
     inner: Arc<Inner>,
     hooks: Arc<ApplyHooks>,
+    shard: ShardId,
     mut stop: watch::Receiver<bool>,
 ) {
+    let feed = &hooks.outbox;
+    let wake = feed.waker(shard);
+    let mut last_scan: Option<Instant> = None;
+    let mut done = DonePipe::default();
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
-            _ = hooks.outbox.notified() => {}
-            _ = tokio::time::sleep(RESCAN) => {}
-        }
-        let shards: Vec<ShardId> = inner.groups.keys().copied().collect();
-        for shard in shards {
-            if !inner.leads(shard) {
-                continue;
-            }
-            loop {
-                match round(&inner, shard).await {
-                    Ok(n) if n == PAGE => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::debug!(%shard, error = %e, "fan-out round failed; will retry");
-                        break;
-                    }
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    done.abort();
+                    return;
                 }
             }
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        if !inner.leads(shard) {
+            feed.deactivate(shard);
+            last_scan = None;
+            continue;
+        }
+        if last_scan.is_none_or(|t| t.elapsed() >= SAFETY_SCAN) {
+            feed.deactivate(shard);
+        }
+        let r = match feed.take(shard) {
+            Take::Scan => {
+                last_scan = Some(Instant::now());
+                scan(&inner, shard).await
+            }
+            Take::Fresh(fresh) if fresh.is_empty() => Ok(()),
+            Take::Fresh(fresh) => {
+                deliver(&inner, fresh.into_iter().map(|f| (f.conv, f.eseq, f.entry)))
+                    .await
+                    .map(|d| done.add(d))
+            }
+        };
+        if let Err(e) = r {
+            tracing::debug!(%shard, error = %e, "fan-out round failed; will scan");
+            feed.deactivate(shard);
+        }
+        done.flush(&inner, shard);
+    }
+}
+
+/// `OutboxDone` marks of feed rounds, written behind them.
+#[derive(Default)]
+struct DonePipe {
+    pending: BTreeMap<ConversationId, u64>,
+    in_flight: Option<JoinHandle<()>>,
+}
+
+impl DonePipe {
+    fn add(&mut self, done: BTreeMap<ConversationId, u64>) {
+        for (conv, eseq) in done {
+            let e = self.pending.entry(conv).or_default();
+            *e = (*e).max(eseq);
         }
     }
+
+    /// Starts an `OutboxDone` for what is pending unless one is running.
+    fn flush(&mut self, inner: &Arc<Inner>, shard: ShardId) {
+        if self.pending.is_empty() || self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let done: Vec<(ConversationId, u64)> =
+            std::mem::take(&mut self.pending).into_iter().collect();
+        let inner = Arc::clone(inner);
+        self.in_flight = Some(tokio::spawn(async move {
+            if let Err(e) = inner
+                .write(shard, Command::OutboxDone { done }, WRITE_WAIT)
+                .await
+            {
+                // The entries stay in the outbox; a later scan redoes them.
+                tracing::debug!(%shard, error = %e, "outbox-done failed");
+            }
+        }));
+    }
+
+    fn abort(&mut self) {
+        if let Some(h) = self.in_flight.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Scan rounds until the shard's outbox is drained.
+async fn scan(inner: &Arc<Inner>, shard: ShardId) -> Result<()> {
+    while round(inner, shard).await? == PAGE {}
+    Ok(())
 }
 
 /// One page of one shard's outbox; returns how many entries it handled.
@@ -106,12 +206,37 @@ async fn round(inner: &Arc<Inner>, shard: ShardId) -> Result<usize> {
         return Ok(0);
     }
     let n = page.len();
+    let entries = page
+        .into_iter()
+        .map(|(k, v)| {
+            let (conv, eseq) = decode_outbox_key(&k)
+                .ok_or_else(|| Error::malformed("outbox key", "not an outbox key"))?;
+            Ok((conv, eseq, records::decode("outbox entry", &v)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let done = deliver(inner, entries).await?;
+    inner
+        .write(
+            shard,
+            Command::OutboxDone {
+                done: done.into_iter().collect(),
+            },
+            WRITE_WAIT,
+        )
+        .await?;
+    Ok(n)
+}
+
+/// Writes `Deliver`s for `entries` (each conversation's in eseq order) to
+/// the recipients' user shards, every target shard concurrently; returns
+/// the newest eseq delivered per conversation, once all succeeded.
+async fn deliver(
+    inner: &Arc<Inner>,
+    entries: impl IntoIterator<Item = (ConversationId, u64, records::OutboxEntry)>,
+) -> Result<BTreeMap<ConversationId, u64>> {
     let mut by_shard: BTreeMap<ShardId, Vec<Delivery>> = BTreeMap::new();
     let mut done: BTreeMap<ConversationId, u64> = BTreeMap::new();
-    for (k, v) in page {
-        let (conv, eseq) = decode_outbox_key(&k)
-            .ok_or_else(|| Error::malformed("outbox key", "not an outbox key"))?;
-        let entry: OutboxEntry = records::decode("outbox entry", &v)?;
+    for (conv, eseq, entry) in entries {
         for user in entry.recipients {
             by_shard
                 .entry(inner.slots.shard_of_user(user))
@@ -124,7 +249,8 @@ async fn round(inner: &Arc<Inner>, shard: ShardId) -> Result<usize> {
                     at: entry.at,
                 });
         }
-        done.insert(conv, eseq);
+        let d = done.entry(conv).or_default();
+        *d = (*d).max(eseq);
     }
     let mut sends = tokio::task::JoinSet::new();
     for (target, items) in by_shard {
@@ -149,14 +275,5 @@ async fn round(inner: &Arc<Inner>, shard: ShardId) -> Result<usize> {
     while let Some(r) = sends.join_next().await {
         r.map_err(|e| Error::Fatal(format!("fan-out task: {e}")))??;
     }
-    inner
-        .write(
-            shard,
-            Command::OutboxDone {
-                done: done.into_iter().collect(),
-            },
-            WRITE_WAIT,
-        )
-        .await?;
-    Ok(n)
+    Ok(done)
 }

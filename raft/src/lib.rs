@@ -19,6 +19,8 @@
 //! - `apply` — the deterministic command executor.
 //! - `fanout` — the worker moving conversation events from a shard's
 //!   durable outbox into members' inboxes on their user shards.
+//! - `outbox_feed` — what apply just wrote to an outbox, handed to the
+//!   fan-out worker in memory (a scan of the outbox is the fallback).
 //! - `snapshot` — snapshot data: a pinned LSM view, or a received file.
 //! - `slots` — the slot → shard map.
 
@@ -30,6 +32,7 @@ pub mod error;
 mod fanout;
 pub mod log_store;
 pub mod node;
+pub mod outbox_feed;
 pub mod records;
 pub mod slots;
 pub mod snapshot;

@@ -51,6 +51,7 @@ use missive_engine::lsm::{Direction, Lsm, WriteBatch};
 use crate::apply::{Apply, InboxNotice};
 use crate::command::{BatchResponse, Outcome};
 use crate::error::{Error, Result};
+use crate::outbox_feed::OutboxFeed;
 use crate::records::{self, applied_key, Applied};
 use crate::slots::SlotMap;
 use crate::snapshot::{ShardSnapshot, SnapshotSource, View};
@@ -71,8 +72,8 @@ fn snap_err(verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> StorageE
 /// What apply tells the rest of the node, after its batch is in the LSM.
 #[derive(Debug)]
 pub struct ApplyHooks {
-    /// Woken when an outbox entry was written (the fan-out worker looks).
-    pub outbox: tokio::sync::Notify,
+    /// Outbox entries just applied, for the fan-out worker.
+    pub outbox: OutboxFeed,
     /// Every inbox that grew, on this replica. Receivers that lag lose
     /// notices, never data: they re-read from their cursor.
     pub inbox: tokio::sync::broadcast::Sender<InboxNotice>,
@@ -85,7 +86,7 @@ impl ApplyHooks {
     /// Hooks with a notice buffer of `capacity`.
     pub fn new(capacity: usize) -> Self {
         ApplyHooks {
-            outbox: tokio::sync::Notify::new(),
+            outbox: OutboxFeed::default(),
             inbox: tokio::sync::broadcast::channel(capacity).0,
             installed: tokio::sync::watch::channel(0).0,
         }
@@ -307,15 +308,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied_key(self.shard),
             records::encode(&applied).map_err(|e| sm_err(ErrorVerb::Write, &e))?,
         );
-        let emitted = a.emitted;
+        let fresh = std::mem::take(&mut a.fresh);
         let notices = std::mem::take(&mut a.notices);
         let batch = a.into_batch();
         self.lsm
             .apply(&batch, Some((self.shard.stream(), last.index + 1)))
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         self.applied = applied;
-        if emitted {
-            self.hooks.outbox.notify_one();
+        if !fresh.is_empty() {
+            self.hooks.outbox.push(self.shard, fresh);
         }
         for n in notices {
             // No receiver is not an error: nobody is connected.
@@ -362,7 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(meta.clone());
         // The shard's data was replaced wholesale: outboxes and inboxes may
         // have grown without a notice each.
-        self.hooks.outbox.notify_one();
+        self.hooks.outbox.invalidate(self.shard);
         self.hooks.installed.send_modify(|n| *n += 1);
         Ok(())
     }
