@@ -9,6 +9,8 @@
 //!   RocksDB with `--features rocksdb`).
 //! - `cluster` — `missive-bench cluster`: replicated writes on a loopback
 //!   cluster, anchored by one node.
+//! - `e2e` — `missive-bench e2e`: WebSocket clients against a real
+//!   `missived` (its own layout list).
 //! - `report` — latency histograms, the human table and JSON lines.
 //!
 //! `missive-bench engine` runs, in order: `ingest` (batches of 64, log on,
@@ -19,6 +21,7 @@
 //! before the next).
 
 mod cluster;
+mod e2e;
 mod engines;
 mod plot;
 mod report;
@@ -50,6 +53,8 @@ enum Command {
     Engine(EngineArgs),
     /// Replicated durable writes on a loopback cluster vs one node.
     Cluster(cluster::ClusterArgs),
+    /// Chat clients over WebSocket against a real missived.
+    E2e(e2e::E2eArgs),
     /// Turn JSON result lines (`engine --json`) into an SVG chart.
     Plot(PlotArgs),
     /// The space floor: bytes per message when only the values, in key
@@ -154,6 +159,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Engine(args) => engine(&args),
         Command::Cluster(args) => cluster::run(&args),
+        Command::E2e(args) => e2e::run(&args),
         Command::Plot(args) => plot::plot(&args.inputs, &args.out, &args.title),
         Command::SpaceFloor {
             messages,

@@ -1,0 +1,317 @@
+//! `missive-bench e2e`: chat clients against a real `missived`.
+//!
+//! N devices (`--connections`) hold WebSocket connections from several
+//! loopback source addresses; together they send `--rate` messages/s into
+//! their 1:1 conversations and (a `--group-share` of them) their groups,
+//! open-loop (see `client`). Every device of every member gets every
+//! message, the sender's own other devices included.
+//!
+//! Reported, over the measured window after the warm-up:
+//! - messages/s acknowledged and deliveries/s (events at recipient devices),
+//!   and the share of expected deliveries that arrived;
+//! - send → `sent` (persisted, acknowledged) and send → delivered latency,
+//!   p50/p99/p999/max;
+//! - the server's CPU (cores) and resident memory per connection, and the
+//!   generator's own CPU: both run on this machine, and a saturated
+//!   generator is a result about the generator, not the server.
+//!
+//! # Layout
+//! - `server` — the `missived` process (or an external one) and /proc.
+//! - `setup` — tokens and conversations over HTTP.
+//! - `client` — one device: connect, sync, send on schedule, time events.
+
+mod client;
+mod server;
+mod setup;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use hdrhistogram::Histogram;
+
+use crate::report::{self, Row};
+use client::Shared;
+use server::Server;
+use setup::Layout;
+
+/// Command-line arguments.
+#[derive(Debug, clap::Args)]
+pub struct E2eArgs {
+    /// Connected devices (one WebSocket each).
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Devices per user.
+    #[arg(long, default_value_t = 2)]
+    pub devices: usize,
+    /// Messages sent per second, all devices together.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// Share of sends that go to the sender's group (the rest: 1:1).
+    #[arg(long, default_value_t = 0.1)]
+    pub group_share: f64,
+    /// Users per group.
+    #[arg(long, default_value_t = 6)]
+    pub group_size: usize,
+    /// Message body, bytes.
+    #[arg(long, default_value_t = 100)]
+    pub body: usize,
+    /// Seconds of load before the measured window.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Seconds to keep reading after the last send.
+    #[arg(long, default_value_t = 3)]
+    pub drain: u64,
+    /// Loopback source addresses (127.0.0.2, …) the connections spread over
+    /// (one address has ~28K ephemeral ports to one server port).
+    #[arg(long, default_value_t = 4)]
+    pub sources: u8,
+    /// Connections opened at once during the connect phase.
+    #[arg(long, default_value_t = 128)]
+    pub connect_parallel: usize,
+    /// Worker threads of the generator.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// The `missived` binary to start [default: next to this one].
+    #[arg(long)]
+    pub missived: Option<PathBuf>,
+    /// Use a server already running on loopback (http://IP:PORT) instead.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The external server's `auth.admin_secret`.
+    #[arg(long, env = "MISSIVE_ADMIN_SECRET", hide_env_values = true)]
+    pub admin_secret: Option<String>,
+    /// Where the started server keeps its data (a fresh directory inside).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmark.
+pub fn run(a: &E2eArgs) -> Result<()> {
+    if a.rate.is_nan() || a.rate <= 0.0 || !(0.0..=1.0).contains(&a.group_share) || a.devices == 0 {
+        bail!("--rate must be > 0, --group-share in 0..=1, --devices ≥ 1");
+    }
+    let nofile = server::raise_nofile();
+    if (nofile as usize) < a.connections + 256 {
+        bail!(
+            "open-file limit {nofile} is below --connections {} (+256): raise `ulimit -n`",
+            a.connections
+        );
+    }
+    let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let tmp = tempfile::tempdir_in(&base)?;
+    let srv = match &a.url {
+        Some(url) => Server::external(url, a.admin_secret.clone())?,
+        None => {
+            let bin = match &a.missived {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("exe dir")?
+                    .join("missived"),
+            };
+            Server::spawn(&bin, tmp.path(), a.connections)?
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.max(1))
+        .enable_all()
+        .build()?;
+    let rows = rt.block_on(load(a, &srv))?;
+    drop(rt);
+    srv.stop()?;
+    if a.json {
+        for r in &rows {
+            println!("{}", r.json());
+        }
+    } else {
+        report::table(&rows);
+    }
+    Ok(())
+}
+
+fn say(a: &E2eArgs, what: &str) {
+    if !a.json {
+        eprintln!("e2e: {what}");
+    }
+}
+
+async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
+    let layout = Layout {
+        users: a.connections / a.devices,
+        devices: a.devices,
+        group_size: a.group_size,
+        user_base: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            * 100_000,
+    };
+    let http = reqwest::Client::new();
+    let t = Instant::now();
+    let plans = setup::prepare(&http, srv.addr, &srv.admin_secret, layout).await?;
+    say(
+        a,
+        &format!(
+            "{} users, {} devices: tokens and conversations in {:.1} s",
+            layout.users,
+            plans.len(),
+            t.elapsed().as_secs_f64()
+        ),
+    );
+    let idle = srv.usage();
+    let t = Instant::now();
+    let sources = a.sources;
+    let addr = srv.addr;
+    let conns: Vec<(client::Ws, u64)> = stream::iter(plans.iter().enumerate())
+        .map(|(i, p)| async move {
+            client::connect(i, sources, addr, p)
+                .await
+                .with_context(|| format!("connection {i}"))
+        })
+        .buffered(a.connect_parallel.max(1))
+        .try_collect()
+        .await?;
+    let connected = srv.usage();
+    say(
+        a,
+        &format!(
+            "{} connections open and synced in {:.1} s; load: {} msgs/s for {} s + {} s warm-up",
+            conns.len(),
+            t.elapsed().as_secs_f64(),
+            a.rate,
+            a.seconds,
+            a.warmup
+        ),
+    );
+
+    let start = Instant::now() + Duration::from_millis(200);
+    let sh = Arc::new(Shared {
+        group_share: a.group_share,
+        body: a.body.max(24),
+        ..Shared::new(
+            start,
+            Duration::from_secs(a.warmup),
+            Duration::from_secs(a.seconds),
+            Duration::from_secs(a.drain),
+        )?
+    });
+    let per_conn = a.rate / conns.len() as f64;
+    let mut tasks = Vec::with_capacity(conns.len());
+    for (i, ((ws, cursor), plan)) in conns.into_iter().zip(plans).enumerate() {
+        let sh = Arc::clone(&sh);
+        tasks.push(tokio::spawn(async move {
+            client::run(i, ws, cursor, plan, per_conn, &sh).await;
+        }));
+    }
+    // CPU over the measured window only.
+    tokio::time::sleep_until((start + Duration::from_secs(a.warmup)).into()).await;
+    let (srv0, gen0) = (srv.usage(), server::usage(None));
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    let (srv1, gen1) = (srv.usage(), server::usage(None));
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    let secs = a.seconds as f64;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (scheduled, acked) = (n(&sh.scheduled), n(&sh.acked));
+    let (expected, received) = (n(&sh.expected), n(&sh.received));
+    let errors = sh
+        .errors
+        .lock()
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_default();
+    let mut rows = vec![
+        hist_row(
+            "send→sent",
+            "msgs/s",
+            acked as f64 / secs,
+            &sh.sent.merged(),
+            format!("{scheduled} scheduled, {acked} acked; errors {errors}"),
+        ),
+        hist_row(
+            "send→delivered",
+            "deliveries/s",
+            received as f64 / secs,
+            &sh.delivered.merged(),
+            format!(
+                "{received} of {expected} expected ({:.2}%); useq gaps {}; dropped connections {}",
+                100.0 * received as f64 / expected.max(1) as f64,
+                n(&sh.gaps),
+                n(&sh.dropped)
+            ),
+        ),
+        hist_row(
+            "generator lag",
+            "sends/s",
+            scheduled as f64 / secs,
+            &sh.lag.merged(),
+            "scheduled → written by the generator".into(),
+        ),
+    ];
+    let cores = |a: Option<server::Usage>, b: Option<server::Usage>| match (a, b) {
+        (Some(a), Some(b)) => Some((b.cpu_secs - a.cpu_secs) / secs),
+        _ => None,
+    };
+    if let Some(c) = cores(srv0, srv1) {
+        rows.push(Row::single("missive", "e2e server cpu", "cores", c));
+    }
+    if let Some(c) = cores(gen0, gen1) {
+        rows.push(Row::single("missive", "e2e generator cpu", "cores", c));
+    }
+    if let (Some(i), Some(c), Some(l)) = (idle, connected, srv1) {
+        let per = |u: &server::Usage| {
+            u.rss_bytes.saturating_sub(i.rss_bytes) as f64 / plans_len(a) as f64 / 1024.0
+        };
+        let mut r = Row::single("missive", "e2e server rss/connection", "KiB", per(&c));
+        r.note = format!(
+            "idle {:.0} MiB → connected {:.0} MiB → under load {:.0} MiB ({:.1} KiB/conn)",
+            i.rss_bytes as f64 / 1048576.0,
+            c.rss_bytes as f64 / 1048576.0,
+            l.rss_bytes as f64 / 1048576.0,
+            per(&l)
+        );
+        rows.push(r);
+    }
+    for r in &mut rows {
+        r.note = format!(
+            "{} conns, {} devices/user, {} msgs/s target, {:.0}% groups of {}; {}",
+            a.connections,
+            a.devices,
+            a.rate,
+            a.group_share * 100.0,
+            a.group_size,
+            r.note
+        );
+    }
+    Ok(rows)
+}
+
+fn plans_len(a: &E2eArgs) -> usize {
+    (a.connections / a.devices) * a.devices
+}
+
+fn hist_row(workload: &str, unit: &str, rate: f64, h: &Histogram<u64>, note: String) -> Row {
+    let q = |q: f64| h.value_at_quantile(q) as f64;
+    Row {
+        engine: "missive".into(),
+        workload: format!("e2e {workload}"),
+        unit: unit.into(),
+        rate,
+        p50_us: q(0.5),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        max_us: h.max() as f64,
+        note,
+    }
+}

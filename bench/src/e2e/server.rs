@@ -1,0 +1,203 @@
+//! The server under test: a `missived` process this run starts (fresh data
+//! directory, loopback ports, an admin secret for minting tokens), or one
+//! already running on a loopback address. For a process we know the pid
+//! of, `/proc` gives its CPU time and resident memory.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// A running server.
+pub struct Server {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The secret `POST /v1/admin/tokens` wants.
+    pub admin_secret: String,
+    /// The process, when this run started it.
+    child: Option<Child>,
+}
+
+/// The `missived` config of a benchmark run: the defaults except the
+/// limits a load generator crosses on purpose (it is one machine opening
+/// thousands of sockets and sending from every one of them).
+fn config_text(data_dir: &Path, connections: usize) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\n\
+         data_dir = {data_dir:?}\n\
+         [node]\n\
+         raft_listen = \"127.0.0.1:0\"\n\
+         [limits]\n\
+         max_connections = {max}\n\
+         sends_per_second = 1000\n\
+         send_burst = 1000\n",
+        data_dir = data_dir.display().to_string(),
+        max = connections + 1024,
+    )
+}
+
+impl Server {
+    /// Starts `missived` at `bin` with data under `dir`; waits for its
+    /// "listening" line. Its log goes to `dir/missived.log`.
+    pub fn spawn(bin: &Path, dir: &Path, connections: usize) -> Result<Server> {
+        std::fs::create_dir_all(dir)?;
+        let cfg = dir.join("missived.toml");
+        std::fs::write(&cfg, config_text(&dir.join("data"), connections))?;
+        let log = std::fs::File::create(dir.join("missived.log"))?;
+        // Guards a loopback server that lives for one run.
+        let admin_secret = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(&cfg)
+            .env("MISSIVE_ADMIN_SECRET", &admin_secret)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (build it: cargo build --release --bin missived)",
+                    bin.display()
+                )
+            })?;
+        let stdout = child.stdout.take().context("missived stdout")?;
+        let (tx, rx) = mpsc::channel();
+        // Reads the address, then keeps draining so the child never blocks
+        // on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("missived listening on http://") {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a
+                .parse()
+                .with_context(|| format!("missived printed {a:?}"))?,
+            Err(_) => {
+                let _ = child.kill();
+                bail!(
+                    "missived did not start within 60 s; see {}",
+                    dir.join("missived.log").display()
+                );
+            }
+        };
+        Ok(Server {
+            addr,
+            admin_secret,
+            child: Some(child),
+        })
+    }
+
+    /// A server someone else runs; it must be on this machine's loopback.
+    pub fn external(url: &str, admin_secret: Option<String>) -> Result<Server> {
+        let hostport = url
+            .strip_prefix("http://")
+            .context("--url must look like http://127.0.0.1:8080")?
+            .trim_end_matches('/');
+        let addr: SocketAddr = hostport
+            .parse()
+            .with_context(|| format!("--url {url}: expected http://IP:PORT"))?;
+        if !addr.ip().is_loopback() {
+            bail!("--url {url}: the benchmark only talks to loopback addresses");
+        }
+        let admin_secret =
+            admin_secret.context("--url needs --admin-secret (the server's auth.admin_secret)")?;
+        Ok(Server {
+            addr,
+            admin_secret,
+            child: None,
+        })
+    }
+
+    /// The process's CPU and memory, when this run started it.
+    pub fn usage(&self) -> Option<Usage> {
+        self.child.as_ref().and_then(|c| usage(Some(c.id())))
+    }
+
+    /// SIGTERM, then waits for the exit (a clean stop syncs and exits 0).
+    pub fn stop(mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+            // SAFETY: kill(2) on our own child's pid; no memory involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("missived exited with {status}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// CPU time (user + system) and resident memory of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// CPU seconds since the process started.
+    pub cpu_secs: f64,
+    /// Resident set, bytes.
+    pub rss_bytes: u64,
+}
+
+/// Reads `/proc/<pid>/stat` and `/proc/<pid>/status` ("self" for this
+/// process). None where /proc does not exist.
+pub fn usage(pid: Option<u32>) -> Option<Usage> {
+    let dir = match pid {
+        Some(p) => PathBuf::from(format!("/proc/{p}")),
+        None => PathBuf::from("/proc/self"),
+    };
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // Fields after the parenthesised command name (which may hold spaces):
+    // state is field 3, utime 14, stime 15 (1-based, proc(5)).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Usage {
+        cpu_secs: ticks as f64 / hz,
+        rss_bytes: rss_kib * 1024,
+    })
+}
+
+/// Raises this process's open-file limit to its hard limit (every
+/// connection is a descriptor). Returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+        let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+    }
+    l.rlim_cur
+}
