@@ -126,9 +126,9 @@ struct EngineArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
-    /// Missive's log I/O back end: auto (io_uring where the kernel allows
-    /// it), std or io-uring.
-    #[arg(long, value_enum, default_value_t = LogIo::Auto)]
+    /// Missive's log I/O back end: std (the engine's default), io-uring,
+    /// or auto (io_uring where the kernel allows it).
+    #[arg(long, value_enum, default_value_t = LogIo::Std)]
     log_io: LogIo,
     /// Keep the data directory afterwards (to look inside with missivectl).
     #[arg(long)]
@@ -194,7 +194,7 @@ fn engine(a: &EngineArgs) -> Result<()> {
     let tmp = tempfile::tempdir_in(&base)?;
     let want = |w: &str| a.workloads.split(',').any(|x| x.trim() == w);
     let name = match (a.engine, a.log_io) {
-        (Kind::Missive, LogIo::Std) => "missive-std",
+        (Kind::Missive, LogIo::Auto) => "missive-auto",
         (Kind::Missive, LogIo::IoUring) => "missive-uring",
         (kind, _) => kind.name(),
     };

@@ -67,6 +67,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let auth = Arc::new(Auth::load(&cfg.auth, &cfg.data_dir)?);
     let mut ncfg = NodeConfig::new(cfg.node.id, cfg.node.raft_listen, cfg.data_dir.clone());
     ncfg.shards = cfg.node.shards;
+    ncfg.log.io = cfg.node.io;
     let node = Node::start(ncfg).await?;
     let (members, replicas) = if cfg.node.peers.is_empty() {
         (BTreeMap::from([(cfg.node.id, node.addr().to_string())]), 1)

@@ -163,7 +163,7 @@ pub struct LogOptions {
 impl Default for LogOptions {
     fn default() -> Self {
         LogOptions {
-            io: IoBackend::Auto,
+            io: IoBackend::default(),
             sync: SyncPolicy::Always,
             segment_size: 64 << 20,
             preallocate: true,
