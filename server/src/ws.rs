@@ -55,6 +55,40 @@ const IN_FLIGHT: usize = 64;
 /// Frame types a client may send.
 const CLIENT_TYPES: [&str; 5] = ["send", "receipt", "history", "sync", "ping"];
 
+/// Frames written per flush at most.
+const WRITE_BURST: usize = 64;
+
+/// Why a burst was not written.
+enum WriteEnd {
+    /// The peer is gone.
+    Closed,
+    /// A frame did not serialize (our bug).
+    Internal,
+}
+
+/// Serializes and writes `burst`, then flushes once.
+async fn write_burst(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    burst: Vec<Out>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), WriteEnd> {
+    for Out::Frame(f) in burst {
+        match &f {
+            ServerFrame::Event { .. } => metrics.events_pushed.inc(),
+            ServerFrame::Error { .. } => metrics.errors.inc(),
+            _ => {}
+        }
+        let text = serde_json::to_string(&f).map_err(|e| {
+            tracing::error!(error = %e, "frame did not serialize");
+            WriteEnd::Internal
+        })?;
+        sink.feed(Message::Text(text.into()))
+            .await
+            .map_err(|_| WriteEnd::Closed)?;
+    }
+    sink.flush().await.map_err(|_| WriteEnd::Closed)
+}
+
 /// What the writer is asked to do.
 enum Out {
     Frame(ServerFrame),
@@ -124,23 +158,22 @@ pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
                     }
                 }
                 f = frames_rx.recv() => {
-                    let Some(Out::Frame(f)) = f else { break (close::NORMAL, "closed") };
-                    if matches!(f, ServerFrame::Event { .. }) {
-                        wmetrics.events_pushed.inc();
-                    }
-                    if matches!(f, ServerFrame::Error { .. }) {
-                        wmetrics.errors.inc();
-                    }
-                    let text = match serde_json::to_string(&f) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::error!(error = %e, "frame did not serialize");
-                            break (close::INTERNAL, "internal");
+                    let Some(first) = f else { break (close::NORMAL, "closed") };
+                    // Everything already queued goes out in one write: a
+                    // `sent` and the sender's own echo, a burst of sync
+                    // pages. A frame per syscall was the largest single
+                    // cost of a busy server.
+                    let mut burst = vec![first];
+                    while burst.len() < WRITE_BURST {
+                        match frames_rx.try_recv() {
+                            Ok(f) => burst.push(f),
+                            Err(_) => break,
                         }
-                    };
-                    match tokio::time::timeout(slow_after, sink.send(Message::Text(text.into()))).await {
+                    }
+                    match tokio::time::timeout(slow_after, write_burst(&mut sink, burst, &wmetrics)).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(_)) => return,
+                        Ok(Err(WriteEnd::Closed)) => return,
+                        Ok(Err(WriteEnd::Internal)) => break (close::INTERNAL, "internal"),
                         Err(_) => break (close::SLOW_CONSUMER, "slow_consumer"),
                     }
                 }
