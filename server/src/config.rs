@@ -147,6 +147,8 @@ pub struct Limits {
     pub max_page: usize,
     /// Events per sync page.
     pub sync_page: usize,
+    /// Memory for the recent-messages cache, bytes (0 turns it off).
+    pub message_cache_bytes: u64,
 }
 
 impl Default for Limits {
@@ -165,6 +167,7 @@ impl Default for Limits {
             idle_timeout_secs: 120,
             max_page: 200,
             sync_page: 256,
+            message_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

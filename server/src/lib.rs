@@ -11,6 +11,8 @@
 //! - `wire` — the JSON frames and bodies.
 //! - `service` — **the write and read paths**: what a caller may do, as
 //!   raft commands and reads (membership, limits, idempotent send).
+//! - `recent` — the bounded recent-messages cache (event rendering, first
+//!   history pages) and why it cannot disagree with the store.
 //! - `hub` — live delivery: waking sessions when their user's inbox grows.
 //! - `ws` — **the delivery path**: a WebSocket session, its sync-then-live
 //!   event stream and its slow-consumer rule.
@@ -24,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod recent;
 pub mod server;
 pub mod service;
 pub mod wire;

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Error frames and error responses.
     pub errors: Counter,
+    /// Recent-messages cache lookups answered from memory.
+    pub message_cache_hits: Counter,
+    /// Recent-messages cache lookups that read the store.
+    pub message_cache_misses: Counter,
 }
 
 impl Metrics {
@@ -118,6 +122,18 @@ impl Metrics {
             "counter",
             "Errors answered.",
             self.errors.get().into(),
+        );
+        line(
+            "message_cache_hits_total",
+            "counter",
+            "Messages (events, first history pages) served from the recent-messages cache.",
+            self.message_cache_hits.get().into(),
+        );
+        line(
+            "message_cache_misses_total",
+            "counter",
+            "Recent-messages cache lookups that read the store.",
+            self.message_cache_misses.get().into(),
         );
         s
     }

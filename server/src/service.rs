@@ -17,13 +17,14 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use missive_engine::keys::ConversationId;
 use missive_raft::command::{Command, ConversationKind, MessageKind, Outcome, UserId};
-use missive_raft::node::{Consistency, Node};
-use missive_raft::records::{Conversation, EventKind, InboxEvent, UserConv};
+use missive_raft::node::{Consistency, Node, StoredMessage};
+use missive_raft::records::{Conversation, EventKind, InboxEvent, Message, UserConv};
 
 use crate::auth::Caller;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::recent::RecentMessages;
 use crate::wire::{EventOut, MessageOut};
 
 /// How long a write waits out an election before answering `unavailable`.
@@ -61,6 +62,8 @@ pub struct Service {
     pub limits: Limits,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Recent messages as clients see them.
+    pub recent: RecentMessages,
     sends: DefaultKeyedRateLimiter<UserId>,
 }
 
@@ -103,6 +106,7 @@ impl Service {
         let burst = NonZeroU32::new(limits.send_burst).unwrap_or(NonZeroU32::MIN);
         Service {
             node,
+            recent: RecentMessages::new(limits.message_cache_bytes, Arc::clone(&metrics)),
             limits,
             metrics,
             sends: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
@@ -181,20 +185,37 @@ impl Service {
             Some(ms) => Some(now_micros().saturating_add(ms.saturating_mul(1000))),
             None => None,
         };
+        // Kept for the cache: every recipient device renders this message.
+        let mut message = Message {
+            seq: 0,
+            sender: who.user,
+            device: who.device,
+            client_msg_id,
+            kind,
+            body,
+            expires_at,
+        };
         let out = self
             .write(Command::AppendMessage {
                 conv,
                 sender: who.user,
                 device: who.device,
-                client_msg_id,
+                client_msg_id: message.client_msg_id.clone(),
                 kind,
-                body,
+                body: message.body.clone(),
                 expires_at,
             })
             .await?;
         match out {
             Outcome::Appended { ts, seq, duplicate } => {
                 self.metrics.messages_sent.inc();
+                if !duplicate {
+                    message.seq = seq;
+                    self.recent.insert(&MessageOut::from_stored(
+                        conv.0,
+                        StoredMessage { ts, message },
+                    ));
+                }
                 Ok(SentAck { seq, ts, duplicate })
             }
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
@@ -350,18 +371,38 @@ impl Service {
             ));
         }
         self.member_conversation(who, conv).await?;
-        let msgs = self
-            .read(|c| self.node.history(conv, before, limit, c))
-            .await?;
+        let page = match before {
+            Some(_) => None,
+            // The newest page: from the cache if it holds every seq of it.
+            None => {
+                let head = self.read(|c| self.node.head(conv, c)).await?;
+                let lo = head.seq.saturating_sub(limit as u64 - 1).max(1);
+                match head.seq {
+                    0 => Some(Vec::new()),
+                    hi => self.recent.range(conv.0, lo, hi, now_micros()),
+                }
+            }
+        };
+        let msgs = match page {
+            Some(p) => p,
+            None => {
+                let stored = self
+                    .read(|c| self.node.history(conv, before, limit, c))
+                    .await?;
+                let msgs: Vec<MessageOut> = stored
+                    .into_iter()
+                    .map(|m| MessageOut::from_stored(conv.0, m))
+                    .collect();
+                if before.is_none() {
+                    msgs.iter().for_each(|m| self.recent.insert(m));
+                }
+                msgs
+            }
+        };
         let next = (msgs.len() == limit)
             .then(|| msgs.last().map(|m| m.ts))
             .flatten();
-        Ok((
-            msgs.into_iter()
-                .map(|m| MessageOut::from_stored(conv.0, m))
-                .collect(),
-            next,
-        ))
+        Ok((msgs, next))
     }
 
     /// The user's conversations they are a member of, most recently
@@ -405,16 +446,23 @@ impl Service {
     pub async fn event_message(
         &self,
         conv: ConversationId,
+        seq: u64,
         ts: u64,
         expires_at: Option<u64>,
     ) -> Result<Option<MessageOut>, ApiError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(m) = self.node.message_at(conv, ts, Consistency::Stale).await? {
-                return Ok(Some(MessageOut::from_stored(conv.0, m)));
-            }
-            if expires_at.is_some_and(|e| e <= now_micros()) {
+            let now = now_micros();
+            if expires_at.is_some_and(|e| e <= now) {
                 return Ok(None);
+            }
+            if let Some(m) = self.recent.get(conv.0, seq, now) {
+                return Ok(Some(m));
+            }
+            if let Some(m) = self.node.message_at(conv, ts, Consistency::Stale).await? {
+                let m = MessageOut::from_stored(conv.0, m);
+                self.recent.insert(&m);
+                return Ok(Some(m));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::new(
@@ -431,9 +479,12 @@ impl Service {
     /// An inbox event as clients see it, with its message read in.
     pub async fn render_event(&self, e: &InboxEvent) -> Result<EventOut, ApiError> {
         let message = match &e.event {
-            EventKind::Message { ts, expires_at, .. } => {
-                self.event_message(e.conv, *ts, *expires_at).await?
-            }
+            EventKind::Message {
+                seq,
+                ts,
+                expires_at,
+                ..
+            } => self.event_message(e.conv, *seq, *ts, *expires_at).await?,
             _ => None,
         };
         Ok(crate::wire::event_out(e, message))
