@@ -96,7 +96,9 @@ pub struct NodeConfig {
     pub max_batch: usize,
     /// The engine log's options.
     pub log: LogOptions,
-    /// The LSM's options.
+    /// The LSM's options. The default carries the store's retention rule
+    /// ([`crate::records::message_retention`]: disappearing messages); a config
+    /// that replaces `retention` loses it.
     pub lsm: LsmOptions,
     /// Raft entries between snapshots of a shard (each snapshot flushes the
     /// memtables and lets the log be purged).
@@ -115,7 +117,10 @@ impl NodeConfig {
             timing: RaftTiming::default(),
             max_batch: 256,
             log: LogOptions::default(),
-            lsm: LsmOptions::default(),
+            lsm: LsmOptions {
+                retention: Some(crate::records::message_retention()),
+                ..LsmOptions::default()
+            },
             snapshot_every: 20_000,
         }
     }

@@ -113,6 +113,24 @@ pub struct Message {
     pub expires_at: Option<u64>,
 }
 
+/// The LSM's retention rule for this store: a message expires at the
+/// `expires_at` its value carries (disappearing messages). Reads filter an
+/// expired message out at once and compaction drops it. Only message keys
+/// are ever judged (the engine checks the key's keyspace first), and a
+/// value that does not decode is kept, so the read that needs it reports
+/// the corruption instead of it silently vanishing.
+pub fn message_retention() -> std::sync::Arc<dyn missive_engine::lsm::Retention> {
+    std::sync::Arc::new(missive_engine::lsm::MessageRetention {
+        expires_at: |value: &[u8]| {
+            decode::<Message>("message", value)
+                .ok()
+                .and_then(|m| m.expires_at)
+                .map(Timestamp)
+        },
+        window: |_conv: ConversationId| None,
+    })
+}
+
 /// A member's receipt watermarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Receipt {

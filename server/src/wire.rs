@@ -215,6 +215,9 @@ impl MessageOut {
 pub enum EventOut {
     /// A message; `message` is null if it expired before it could be read.
     Message {
+        /// The message's seq in its conversation, always present, so a
+        /// client can tell an expired message from a gap.
+        seq: u64,
         /// The message.
         message: Option<MessageOut>,
     },
@@ -397,7 +400,7 @@ pub enum ClientFrame {
 /// Renders an inbox event (without the message body: see `sync`).
 pub fn event_out(e: &InboxEvent, message: Option<MessageOut>) -> EventOut {
     match &e.event {
-        EventKind::Message { .. } => EventOut::Message { message },
+        EventKind::Message { seq, .. } => EventOut::Message { seq: *seq, message },
         EventKind::Receipt {
             user,
             delivered,

@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use common::{assert_consecutive, config, message_seqs, start, token, Http, Ws};
@@ -373,5 +375,79 @@ async fn sync_hands_off_to_live_with_no_gap_and_no_duplicate() {
         "{synced_at} events before synced, {} after",
         events.len() - synced_at
     );
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disappearing_message_is_readable_until_it_expires_then_gone_everywhere() {
+    const LIFE_MS: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let bob = Http::new(srv.addr(), token(&c, 2, 1));
+    let conv = alice.direct(2).await;
+    let mut phone = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    phone.sync(0).await;
+
+    let sent_at = std::time::Instant::now();
+    let (s, v) = alice
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": "poof", "body": "poof", "expires_in_ms": LIFE_MS}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["seq"], 1);
+    alice.send(&conv, "stays", "stays").await;
+
+    // Before it expires: live, and in history with its expiry.
+    let live = phone.event_where(|e| e["event"]["seq"] == 1).await;
+    let m = &live["event"]["message"];
+    if m.is_null() {
+        assert!(
+            sent_at.elapsed().as_millis() >= u128::from(LIFE_MS),
+            "rendered without its message before it expired: {live}"
+        );
+    } else {
+        assert_eq!(m["body"], "poof", "{live}");
+        assert!(m["expires_at"].as_u64().is_some(), "{live}");
+    }
+    let (_, h) = bob.get(&format!("/v1/conversations/{conv}/messages")).await;
+    if sent_at.elapsed().as_millis() < u128::from(LIFE_MS) {
+        let bodies: Vec<_> = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["body"].clone())
+            .collect();
+        assert_eq!(bodies, vec![json!("stays"), json!("poof")], "{h}");
+    }
+
+    // After: gone from history (the first page, which the recent-messages
+    // cache would serve, and a page before a cursor), and a device syncing
+    // now gets the event — seq 1 was sent, so there is no gap — without it.
+    let left = Duration::from_millis(LIFE_MS + 200).saturating_sub(sent_at.elapsed());
+    tokio::time::sleep(left).await;
+    for q in ["", "?before=18446744073709551615"] {
+        let (s, h) = bob
+            .get(&format!("/v1/conversations/{conv}/messages{q}"))
+            .await;
+        assert_eq!(s, 200, "{h}");
+        let seqs: Vec<_> = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].clone())
+            .collect();
+        assert_eq!(seqs, vec![json!(2)], "{q}: {h}");
+    }
+    let mut laptop = Ws::connect(srv.addr(), &token(&c, 2, 2)).await;
+    let evs = laptop.sync_until(0, &conv, 2).await;
+    assert_eq!(message_seqs(&evs, &conv), vec![1, 2]);
+    let first = evs.iter().find(|e| e["event"]["seq"] == 1).unwrap();
+    assert!(first["event"]["message"].is_null(), "{first}");
+    let second = evs.iter().find(|e| e["event"]["seq"] == 2).unwrap();
+    assert_eq!(second["event"]["message"]["body"], "stays");
     srv.shutdown().await.unwrap();
 }

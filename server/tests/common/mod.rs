@@ -298,7 +298,7 @@ pub fn message_seqs(events: &[Value], conv: &str) -> Vec<u64> {
     events
         .iter()
         .filter(|e| e["type"] == "event" && e["conv"] == conv && e["event"]["kind"] == "message")
-        .map(|e| e["event"]["message"]["seq"].as_u64().unwrap())
+        .map(|e| e["event"]["seq"].as_u64().unwrap())
         .collect()
 }
 
