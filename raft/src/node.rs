@@ -167,6 +167,8 @@ pub(crate) struct Inner {
     peers: Arc<Peers>,
     snapshot_dir: PathBuf,
     receiving: Mutex<HashMap<ShardId, Receiving>>,
+    /// Ephemeral signals received (from peers and from this node).
+    signals: tokio::sync::broadcast::Sender<Arc<[u8]>>,
 }
 
 /// A running node. See the [module documentation](self).
@@ -322,6 +324,7 @@ impl Node {
             snapshot_dir,
             receiving: Mutex::new(HashMap::new()),
             hooks: Arc::clone(&hooks),
+            signals: tokio::sync::broadcast::channel(SIGNAL_BUFFER).0,
         });
         let (stop, stop_rx) = watch::channel(false);
         tasks.push(tokio::spawn(crate::fanout::run(
@@ -402,6 +405,47 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Every other node in any shard's membership, with its address.
+    fn other_nodes(&self) -> BTreeMap<NodeId, String> {
+        let mut out = BTreeMap::new();
+        for g in self.inner.groups.values() {
+            let m = g.raft.metrics().borrow().membership_config.clone();
+            for (id, n) in m.membership().nodes() {
+                if *id != self.inner.id {
+                    out.insert(*id, n.addr.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends an ephemeral signal (typing, presence) to every node of the
+    /// cluster, this one included: each hands it to its [`Node::signals`]
+    /// subscribers. Best effort and unordered across nodes — an unreachable
+    /// node misses it, nothing retries, nothing is stored — so only state
+    /// that is refreshed or harmless to lose may travel this way.
+    pub fn signal(&self, payload: Vec<u8>) {
+        let payload: Arc<[u8]> = payload.into();
+        let _ = self.inner.signals.send(Arc::clone(&payload));
+        for (id, addr) in self.other_nodes() {
+            let peers = Arc::clone(&self.inner.peers);
+            let rpc = Rpc::Signal {
+                payload: payload.to_vec(),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = peers.call(id, &addr, ShardId(0), rpc, SIGNAL_TIMEOUT).await {
+                    tracing::debug!(node = id, error = %e, "signal not delivered");
+                }
+            });
+        }
+    }
+
+    /// Signals from every node (see [`Node::signal`]). A receiver that falls
+    /// more than 4 096 signals behind is told it lagged.
+    pub fn signals(&self) -> tokio::sync::broadcast::Receiver<Arc<[u8]>> {
+        self.inner.signals.subscribe()
     }
 
     /// The replicas of a shard's current membership (voters).
@@ -746,6 +790,12 @@ impl Node {
 /// Inbox notices buffered for slow listeners (they re-read on lag).
 const INBOX_NOTICES: usize = 4096;
 
+/// Signals buffered per subscriber before it is told it lagged.
+const SIGNAL_BUFFER: usize = 4096;
+
+/// How long a signal's delivery to one peer may take before it is dropped.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long shutdown waits for stopped tasks to let go of the engine.
 const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
@@ -978,6 +1028,14 @@ impl Dispatch for Inner {
         rpc: Rpc,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
         Box::pin(async move {
+            // Signals belong to no group.
+            let rpc = match rpc {
+                Rpc::Signal { payload } => {
+                    let _ = self.signals.send(payload.into());
+                    return Reply::Signal;
+                }
+                group_rpc => group_rpc,
+            };
             let Ok(g) = self.group(shard) else {
                 return Reply::Failed(format!("{shard} is not hosted here"));
             };
@@ -1011,6 +1069,7 @@ impl Dispatch for Inner {
                     ),
                     Err(e) => Reply::Failed(e.to_string()),
                 },
+                Rpc::Signal { .. } => Reply::Signal,
                 Rpc::Write { command } => Reply::Write(
                     Arc::clone(&self)
                         .write_to(shard, command, false)

@@ -1,5 +1,6 @@
 //! Node-to-node transport: one TCP connection per ordered node pair,
-//! multiplexing every shard's Raft RPCs (and forwarded client writes).
+//! multiplexing every shard's Raft RPCs (and forwarded client writes, and
+//! the server's ephemeral signals: presence, typing).
 //!
 //! # Why length-framed TCP
 //!
@@ -129,6 +130,13 @@ pub enum Rpc {
         /// The command.
         command: Command,
     },
+    /// An ephemeral signal for the server above (typing, presence): not a
+    /// Raft message, not stored, lossy. Its `shard` is ignored. Opaque
+    /// bytes here; the server defines and versions their format.
+    Signal {
+        /// The server's payload.
+        payload: Vec<u8>,
+    },
 }
 
 /// An error carried back from a forwarded write.
@@ -160,6 +168,8 @@ pub enum Reply {
     Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
     /// To `Write`.
     Write(Result<Outcome, RemoteFailure>),
+    /// To `Signal`: handed to the server's subscribers.
+    Signal,
     /// The call could not be served at all (no such shard, shutting down).
     Failed(String),
 }
