@@ -37,6 +37,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Live sessions.
     pub hub: Arc<Hub>,
+    /// Presence and typing.
+    pub presence: Arc<crate::presence::Presence>,
     /// Turns true when the server begins shutting down.
     pub shutdown: watch::Receiver<bool>,
 }

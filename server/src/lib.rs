@@ -14,6 +14,8 @@
 //! - `recent` — the bounded recent-messages cache (event rendering, first
 //!   history pages) and why it cannot disagree with the store.
 //! - `hub` — live delivery: waking sessions when their user's inbox grows.
+//! - `presence` — ephemeral state across the cluster: who is online, who
+//!   is typing (leases and signals, never the store).
 //! - `ws` — **the delivery path**: a WebSocket session, its sync-then-live
 //!   event stream and its slow-consumer rule.
 //! - `http` — the HTTP API and the upgrade.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 pub mod recent;
 pub mod server;
 pub mod service;

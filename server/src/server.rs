@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::http::{router, AppState};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::{Presence, Signal};
 use crate::service::Service;
 
 /// How long shutdown waits for open connections to finish.
@@ -96,11 +97,21 @@ pub async fn start(cfg: Config) -> Result<Running> {
         node.snapshot_installs(),
         stop_rx.clone(),
     ));
+    let signals = node.signals();
     let service = Arc::new(Service::new(node, cfg.limits.clone(), Arc::clone(&metrics)));
+    let (presence, outgoing) = Presence::new(cfg.node.id);
+    let presence_task = tokio::spawn(run_presence(
+        Arc::clone(&presence),
+        Arc::clone(&service),
+        signals,
+        outgoing,
+        stop_rx.clone(),
+    ));
     let state = AppState {
         service: Arc::clone(&service),
         auth,
         hub,
+        presence,
         shutdown: stop_rx.clone(),
     };
     let open = Arc::new(Semaphore::new(cfg.limits.max_connections));
@@ -116,11 +127,46 @@ pub async fn start(cfg: Config) -> Result<Running> {
     Ok(Running {
         addr,
         stop,
-        tasks: vec![hub_task, accept],
+        tasks: vec![hub_task, presence_task, accept],
         service,
         open,
         max_connections: cfg.limits.max_connections,
     })
+}
+
+/// Carries presence and typing between this node's sessions and the
+/// cluster: outgoing signals to every node, incoming ones (this node's
+/// too) into `presence`, and the periodic lease refresh.
+async fn run_presence(
+    presence: Arc<Presence>,
+    service: Arc<Service>,
+    mut incoming: tokio::sync::broadcast::Receiver<Arc<[u8]>>,
+    mut outgoing: tokio::sync::mpsc::UnboundedReceiver<Signal>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut refresh = tokio::time::interval(crate::presence::REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = refresh.tick() => presence.refresh(),
+            s = outgoing.recv() => match s {
+                Some(s) => service.node.signal(s.encode()),
+                None => return,
+            },
+            r = incoming.recv() => match r {
+                Ok(bytes) => match Signal::decode(&bytes) {
+                    Some(s) => presence.receive(s),
+                    None => tracing::debug!("ignored a signal of another version"),
+                },
+                // Lost signals are repaired by the next refresh (see presence).
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(missed = n, "presence signals lagged");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
 }
 
 async fn accept_loop(

@@ -405,6 +405,54 @@ impl Service {
         Ok((msgs, next))
     }
 
+    /// Which of `users` share a conversation with `who` (whose presence
+    /// `who` may watch); `who` is always among them. Direct conversations
+    /// are checked by id first (one read each); only users not found that
+    /// way cost a walk over `who`'s group conversations.
+    pub async fn contacts_among(
+        &self,
+        who: UserId,
+        users: &[UserId],
+    ) -> Result<std::collections::HashSet<UserId>, ApiError> {
+        let mut allowed = std::collections::HashSet::new();
+        let mut rest = Vec::new();
+        for &u in users {
+            if u == who {
+                allowed.insert(u);
+                continue;
+            }
+            let direct = direct_id(who, u);
+            match self.read(|c| self.node.conversation(direct, c)).await? {
+                Some(c) if c.is_member(who) && c.is_member(u) => {
+                    allowed.insert(u);
+                }
+                _ => rest.push(u),
+            }
+        }
+        if rest.is_empty() {
+            return Ok(allowed);
+        }
+        for entry in self.conversation_list(who).await? {
+            let Some(c) = self.read(|k| self.node.conversation(entry.conv, k)).await? else {
+                continue;
+            };
+            if c.kind != ConversationKind::Group {
+                continue;
+            }
+            rest.retain(|u| {
+                let shared = c.is_member(*u);
+                if shared {
+                    allowed.insert(*u);
+                }
+                !shared
+            });
+            if rest.is_empty() {
+                break;
+            }
+        }
+        Ok(allowed)
+    }
+
     /// The user's conversations they are a member of, most recently
     /// active first.
     pub async fn conversation_list(&self, who: UserId) -> Result<Vec<ListEntry>, ApiError> {

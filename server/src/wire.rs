@@ -315,6 +315,37 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+    /// Answer to `presence`: the watched users now.
+    PresenceState {
+        /// The request id.
+        id: String,
+        /// Users you may watch, and their presence.
+        users: Vec<PresenceOut>,
+        /// Users you asked for but share no conversation with (not watched).
+        hidden: Vec<Id>,
+    },
+    /// A watched user came online or went offline.
+    Presence(PresenceOut),
+    /// Another member started or stopped typing.
+    Typing {
+        /// The conversation.
+        conv: Id,
+        /// Who.
+        user: Id,
+        /// Started (true) or stopped.
+        typing: bool,
+    },
+}
+
+/// One user's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresenceOut {
+    /// The user.
+    pub user: Id,
+    /// Has a socket open on some node now.
+    pub online: bool,
+    /// When their last socket closed (µs), if any node saw it.
+    pub last_seen: Option<u64>,
 }
 
 impl ServerFrame {
@@ -394,6 +425,24 @@ pub enum ClientFrame {
     Ping {
         /// Request id.
         id: String,
+    },
+    /// Watch these users' presence (replaces what this socket watched).
+    Presence {
+        /// Request id.
+        id: String,
+        /// Users to watch (at most 500).
+        users: Vec<Id>,
+    },
+    /// This user started or stopped typing in `conv`. No answer unless it
+    /// fails.
+    Typing {
+        /// Request id, echoed only on an error.
+        #[serde(default)]
+        id: Option<String>,
+        /// The conversation.
+        conv: Id,
+        /// Started (true) or stopped.
+        typing: bool,
     },
 }
 

@@ -32,6 +32,7 @@ use missive_engine::keys::ConversationId;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::AppState;
+use crate::presence;
 use crate::wire::{parse_kind, BodyIn, ClientFrame, ServerFrame};
 
 /// Close codes (4000–4999 are the application's).
@@ -53,7 +54,9 @@ pub mod close {
 /// Requests of one session handled concurrently (a client may pipeline).
 const IN_FLIGHT: usize = 64;
 /// Frame types a client may send.
-const CLIENT_TYPES: [&str; 5] = ["send", "receipt", "history", "sync", "ping"];
+const CLIENT_TYPES: [&str; 7] = [
+    "send", "receipt", "history", "sync", "ping", "presence", "typing",
+];
 
 /// Frames written per flush at most.
 const WRITE_BURST: usize = 64;
@@ -136,6 +139,14 @@ pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
     let (mut sink, mut stream) = socket.split();
     let (frames_tx, mut frames_rx) = mpsc::channel::<Out>(limits.outbound_queue);
     let (close_tx, mut close_rx) = watch::channel(None);
+    // Presence and typing frames: a separate small queue, dropped when full
+    // (see `presence`), so they never count toward the slow-consumer rule.
+    let (eph_tx, mut eph_rx) = mpsc::channel::<ServerFrame>(presence::SESSION_QUEUE);
+    let guard = state.presence.register(who.user, eph_tx.clone());
+    let eph = Ephemeral {
+        session: guard.id,
+        tx: eph_tx,
+    };
     let tx = Tx {
         frames: frames_tx,
         close: close_tx,
@@ -155,6 +166,14 @@ pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
                         (Ok(()), Some(c)) => break c,
                         (Err(_), _) => break (close::NORMAL, "closed"),
                         _ => continue,
+                    }
+                }
+                Some(f) = eph_rx.recv() => {
+                    match tokio::time::timeout(slow_after, write_burst(&mut sink, vec![Out::Frame(f)], &wmetrics)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(WriteEnd::Closed)) => return,
+                        Ok(Err(WriteEnd::Internal)) => break (close::INTERNAL, "internal"),
+                        Err(_) => break (close::SLOW_CONSUMER, "slow_consumer"),
                     }
                 }
                 f = frames_rx.recv() => {
@@ -275,9 +294,11 @@ pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
                     break;
                 };
                 let tx = tx.clone();
+                let eph = eph.clone();
                 tokio::spawn(async move {
-                    let reply = handle(&tx.state, who, request).await;
-                    tx.send(reply).await;
+                    if let Some(reply) = handle(&tx.state, who, &eph, request).await {
+                        tx.send(reply).await;
+                    }
                     drop(permit);
                 });
             }
@@ -288,6 +309,8 @@ pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
     }
     tx.end(close::NORMAL, "closed");
     drop(tx);
+    drop(eph);
+    drop(guard);
     let _ = writer.await;
     metrics.websockets.dec();
 }
@@ -332,10 +355,22 @@ fn parse(text: &str) -> Result<ClientFrame, (Option<String>, ApiError)> {
     })
 }
 
-/// Answers one request frame.
-async fn handle(state: &AppState, who: Caller, f: ClientFrame) -> ServerFrame {
+/// A session's handle on its ephemeral (presence, typing) queue.
+#[derive(Clone)]
+struct Ephemeral {
+    session: u64,
+    tx: mpsc::Sender<ServerFrame>,
+}
+
+/// Answers one request frame (`typing` has no answer unless it fails).
+async fn handle(
+    state: &AppState,
+    who: Caller,
+    eph: &Ephemeral,
+    f: ClientFrame,
+) -> Option<ServerFrame> {
     let svc = &state.service;
-    match f {
+    let reply = match f {
         ClientFrame::Send {
             id,
             conv,
@@ -404,11 +439,44 @@ async fn handle(state: &AppState, who: Caller, f: ClientFrame) -> ServerFrame {
             },
             Err(e) => ServerFrame::error(Some(id), &e),
         },
+        ClientFrame::Presence { id, users } => {
+            let r = async {
+                let users = presence::dedup_watch_list(&users).map_err(ApiError::invalid)?;
+                let allowed = svc.contacts_among(who.user, &users).await?;
+                let (watch, hidden): (Vec<_>, Vec<_>) =
+                    users.into_iter().partition(|u| allowed.contains(u));
+                let now = state.presence.watch(eph.session, &eph.tx, &watch);
+                Ok::<_, ApiError>((now, hidden))
+            }
+            .await;
+            match r {
+                Ok((users, hidden)) => ServerFrame::PresenceState {
+                    id,
+                    users,
+                    hidden: hidden.into_iter().map(|u| crate::wire::Id(u.0)).collect(),
+                },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
+        ClientFrame::Typing { id, conv, typing } => {
+            match svc
+                .member_conversation(who.user, ConversationId(conv.0))
+                .await
+            {
+                Ok(c) => {
+                    let to = c.members.iter().map(|m| m.0).collect();
+                    state.presence.typing(who.user, conv.0, typing, to);
+                    return None;
+                }
+                Err(e) => ServerFrame::error(id, &e),
+            }
+        }
         ClientFrame::Sync { .. } | ClientFrame::Ping { .. } => ServerFrame::error(
             None,
             &ApiError::internal(&"sync and ping are handled by the session"),
         ),
-    }
+    };
+    Some(reply)
 }
 
 /// Streams the user's inbox after `after`, then follows it live.

@@ -8,6 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use serde_json::json;
+
 use common::{assert_consecutive, config, message_seqs, token, Http, Ws};
 use missive_server::{Config, Running};
 
@@ -104,6 +106,50 @@ async fn delivery_and_sync_across_nodes() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_cross_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, nodes) = cluster(dir.path()).await;
+    let c = &cfgs[0];
+    let conv = Http::new(nodes[0].addr(), token(c, 1, 1)).direct(2).await;
+    // Alice watches Bob from node 1; Bob's phone is on node 2, his laptop
+    // on node 3.
+    let mut alice = Ws::connect(nodes[0].addr(), &token(c, 1, 1)).await;
+    let mut seen = Vec::new();
+    let state = alice
+        .request(json!({"type": "presence", "users": ["2"]}), &mut seen)
+        .await;
+    assert_eq!(state["users"][0]["online"], false, "{state}");
+    let phone = Ws::connect(nodes[1].addr(), &token(c, 2, 1)).await;
+    let on = alice.frame_where("presence", |f| f["user"] == "2").await;
+    assert_eq!(on["online"], true, "{on}");
+    let mut laptop = Ws::connect(nodes[2].addr(), &token(c, 2, 2)).await;
+    laptop
+        .send_json(json!({"type": "typing", "conv": conv, "typing": true}))
+        .await;
+    let t = alice.frame_where("typing", |_| true).await;
+    assert_eq!(t["user"], "2", "{t}");
+    // The phone leaves; the laptop on node 3 keeps Bob online, so no
+    // offline transition — until the laptop leaves too.
+    drop(phone);
+    let early = tokio::time::timeout(
+        std::time::Duration::from_millis(700),
+        alice.frame_where("presence", |f| f["user"] == "2"),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "offline while the laptop is still on: {early:?}"
+    );
+    drop(laptop);
+    let off = alice.frame_where("presence", |f| f["user"] == "2").await;
+    assert_eq!(off["online"], false, "{off}");
+    assert!(off["last_seen"].as_u64().is_some(), "{off}");
     for n in nodes {
         n.shutdown().await.unwrap();
     }

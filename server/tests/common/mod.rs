@@ -282,6 +282,16 @@ impl Ws {
         events
     }
 
+    /// Reads frames until one of type `ty` satisfies `pred`; returns it.
+    pub async fn frame_where(&mut self, ty: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let f = self.next().await.expect("socket closed");
+            if f["type"] == ty && pred(&f) {
+                return f;
+            }
+        }
+    }
+
     /// Reads events until `pred` holds for one; returns it.
     pub async fn event_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
