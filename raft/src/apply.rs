@@ -23,9 +23,9 @@ use crate::error::Result;
 use crate::outbox_feed::Fresh;
 use crate::records::{
     self, conversation_key, dedup_key, device_key, head_key, inbox_key, msg_key, outbox_head_key,
-    outbox_key, profile_key, receipt_key, user_conv_key, user_head_key, Conversation, Dedup,
-    Device, EventKind, Head, InboxEvent, Message, OutboxEntry, OutboxHead, Profile, Receipt,
-    UserConv, UserHead,
+    outbox_key, profile_key, push_key, receipt_key, user_conv_key, user_head_key, Conversation,
+    Dedup, Device, EventKind, Head, InboxEvent, Message, OutboxEntry, OutboxHead, Profile,
+    PushTarget, Receipt, UserConv, UserHead,
 };
 
 /// The body of a `System` message written by a membership change
@@ -309,6 +309,24 @@ impl<'a> Apply<'a> {
                         registered_micros,
                     },
                 )?;
+                Ok(Outcome::Done)
+            }
+            Command::SetPushToken {
+                user,
+                device,
+                token,
+            } => {
+                let key = push_key(*user, *device);
+                match token {
+                    Some(token) => self.put_as(
+                        key,
+                        &PushTarget {
+                            token: token.clone(),
+                            set_micros: stamp,
+                        },
+                    )?,
+                    None => self.delete(key),
+                }
                 Ok(Outcome::Done)
             }
             Command::SetProfile { user, display_name } => {

@@ -173,6 +173,15 @@ pub enum Command {
         /// The name shown to others.
         display_name: String,
     },
+    /// Sets (or, with `None`, clears) a device's push token.
+    SetPushToken {
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// The platform's token.
+        token: Option<String>,
+    },
 }
 
 /// One event bound for one user's inbox.
@@ -215,9 +224,9 @@ impl Command {
             Command::OutboxDone { done } => done
                 .first()
                 .map_or(Route::Empty, |d| Route::Conversation(d.0)),
-            Command::RegisterDevice { user, .. } | Command::SetProfile { user, .. } => {
-                Route::User(*user)
-            }
+            Command::RegisterDevice { user, .. }
+            | Command::SetProfile { user, .. }
+            | Command::SetPushToken { user, .. } => Route::User(*user),
         }
     }
 
@@ -309,6 +318,6 @@ pub enum Outcome {
         skipped: u64,
     },
     /// A command with nothing to report succeeded (`OutboxDone`,
-    /// `RegisterDevice`, `SetProfile`).
+    /// `RegisterDevice`, `SetProfile`, `SetPushToken`).
     Done,
 }

@@ -42,8 +42,8 @@ use crate::records::{
     self, conversation_key, head_key, msg_key, receipt_prefix, Conversation, Head, Message, Receipt,
 };
 use crate::records::{
-    device_prefix, inbox_key, key_tail_u64, profile_key, user_conv_prefix, user_head_key, Device,
-    InboxEvent, Profile, UserConv, UserHead,
+    device_prefix, inbox_key, key_tail_u64, profile_key, push_prefix, user_conv_prefix,
+    user_head_key, Device, InboxEvent, Profile, PushTarget, UserConv, UserHead,
 };
 use crate::slots::SlotMap;
 use crate::snapshot::{ShardSnapshot, SnapshotWriter};
@@ -668,6 +668,21 @@ impl Node {
             .scan_prefix("device", &device_prefix(user))?
             .into_iter()
             .map(|(d, dev)| (DeviceId(d), dev))
+            .collect())
+    }
+
+    /// A user's devices' push targets.
+    pub async fn push_targets(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<Vec<(DeviceId, PushTarget)>> {
+        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
+            .await?;
+        Ok(self
+            .scan_prefix("push target", &push_prefix(user))?
+            .into_iter()
+            .map(|(d, t)| (DeviceId(d), t))
             .collect())
     }
 

@@ -20,6 +20,7 @@
 //! user's conv   0x30 uslot:u16 user:u64 0x02 conv:u64  → UserConv
 //! device        0x30 uslot:u16 user:u64 0x03 dev:u64   → Device
 //! profile       0x30 uslot:u16 user:u64 0x04           → Profile
+//! push target   0x30 uslot:u16 user:u64 0x05 dev:u64   → PushTarget
 //! ```
 //!
 //! `slot` is the conversation's slot, `uslot` the user's
@@ -284,6 +285,16 @@ pub fn profile_key(user: UserId) -> Vec<u8> {
     user_key(user, 0x04)
 }
 
+/// Key of a device's push target.
+pub fn push_key(user: UserId, device: DeviceId) -> Vec<u8> {
+    user_key_u64(user, 0x05, device.0)
+}
+
+/// Prefix of every push target of a user.
+pub fn push_prefix(user: UserId) -> Vec<u8> {
+    user_key(user, 0x05)
+}
+
 /// The big-endian u64 that ends a key (an inbox useq, a conversation id).
 pub fn key_tail_u64(k: &[u8]) -> Option<u64> {
     let n = k.len().checked_sub(8)?;
@@ -402,6 +413,16 @@ pub struct Device {
     pub platform: String,
     /// When it registered (µs).
     pub registered_micros: u64,
+}
+
+/// Where to notify a device that is not connected: the push token its
+/// platform gave it (APNs, FCM, a web push endpoint), opaque here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTarget {
+    /// The platform's token for the device.
+    pub token: String,
+    /// When it was set (µs, the leader's stamp).
+    pub set_micros: u64,
 }
 
 /// A user's profile.
