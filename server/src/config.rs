@@ -27,6 +27,8 @@ pub struct Config {
     pub auth: AuthSection,
     /// Sizes, rates and timeouts.
     pub limits: Limits,
+    /// Push notifications to offline devices.
+    pub push: PushSection,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             node: NodeSection::default(),
             auth: AuthSection::default(),
             limits: Limits::default(),
+            push: PushSection::default(),
         }
     }
 }
@@ -71,6 +74,34 @@ impl Default for NodeSection {
             replicas: 3,
             peers: BTreeMap::new(),
             io: IoBackend::default(),
+        }
+    }
+}
+
+/// Push notifications: where to tell that an offline device has news.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSection {
+    /// The push gateway's endpoint (`http://…`), which talks to APNs, FCM
+    /// or web push. None: push is off.
+    pub webhook_url: Option<String>,
+    /// Sent as `Authorization: Bearer <secret>` so the gateway can tell
+    /// the calls are ours.
+    pub webhook_secret: Option<String>,
+    /// One call's deadline, ms.
+    pub timeout_ms: u64,
+    /// Notifications waiting for the gateway; beyond, new ones are dropped
+    /// (and counted).
+    pub queue: usize,
+}
+
+impl Default for PushSection {
+    fn default() -> Self {
+        PushSection {
+            webhook_url: None,
+            webhook_secret: None,
+            timeout_ms: 5_000,
+            queue: 4_096,
         }
     }
 }
@@ -219,6 +250,14 @@ impl Config {
         }
         if self.auth.token_ttl_secs == 0 || self.auth.ticket_ttl_secs == 0 {
             return bad("auth.token_ttl_secs and auth.ticket_ttl_secs must be positive");
+        }
+        if let Some(u) = &self.push.webhook_url {
+            if !u.starts_with("http://") || u.len() <= "http://".len() {
+                return bad("push.webhook_url must be an http:// URL (an internal push gateway)");
+            }
+        }
+        if self.push.timeout_ms == 0 || self.push.queue == 0 {
+            return bad("push.timeout_ms and push.queue must be positive");
         }
         Ok(())
     }

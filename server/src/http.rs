@@ -11,7 +11,7 @@ use axum::extract::{
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -127,6 +127,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/me", get(me).put(set_me))
         .route("/v1/users/{user}", get(user_profile))
         .route("/v1/devices", get(devices).post(register_device))
+        .route(
+            "/v1/devices/push",
+            put(set_push_token).delete(clear_push_token),
+        )
         .route("/v1/conversations", get(list).post(create))
         .route("/v1/conversations/{conv}", get(conversation).patch(rename))
         .route("/v1/conversations/{conv}/members", post(members))
@@ -376,6 +380,60 @@ async fn register_device(
         .await?
     {
         Outcome::Done => Ok(Json(json!({ "device": Id(who.device.0) }))),
+        other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// Longest push token accepted, bytes (APNs tokens are 64 hex digits, FCM
+/// ~160 characters, web push subscriptions a few hundred).
+const MAX_PUSH_TOKEN: usize = 4096;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushToken {
+    token: String,
+}
+
+async fn set_push_token(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    JsonBody(req): JsonBody<PushToken>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if req.token.is_empty() || req.token.len() > MAX_PUSH_TOKEN {
+        return Err(ApiError::invalid(format!(
+            "token must be 1..={MAX_PUSH_TOKEN} bytes"
+        )));
+    }
+    write_push_token(&s, who, Some(req.token)).await
+}
+
+async fn clear_push_token(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    write_push_token(&s, who, None).await
+}
+
+async fn write_push_token(
+    s: &AppState,
+    who: Caller,
+    token: Option<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let set = token.is_some();
+    match s
+        .service
+        .node
+        .write(
+            Command::SetPushToken {
+                user: who.user,
+                device: who.device,
+                token,
+            },
+            std::time::Duration::from_secs(5),
+        )
+        .await?
+    {
+        Outcome::Done => Ok(Json(json!({ "device": Id(who.device.0), "push": set }))),
         other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
     }
 }

@@ -16,6 +16,8 @@
 //! - `hub` — live delivery: waking sessions when their user's inbox grows.
 //! - `presence` — ephemeral state across the cluster: who is online, who
 //!   is typing (leases and signals, never the store).
+//! - `push` — notifying an offline user's devices through the operator's
+//!   push gateway.
 //! - `ws` — **the delivery path**: a WebSocket session, its sync-then-live
 //!   event stream and its slow-consumer rule.
 //! - `http` — the HTTP API and the upgrade.
@@ -29,6 +31,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod presence;
+pub mod push;
 pub mod recent;
 pub mod server;
 pub mod service;

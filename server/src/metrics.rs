@@ -64,6 +64,13 @@ pub struct Metrics {
     pub message_cache_hits: Counter,
     /// Recent-messages cache lookups that read the store.
     pub message_cache_misses: Counter,
+    /// Push notifications the gateway accepted.
+    pub push_sent: Counter,
+    /// Push notifications given up on (gateway down or refusing, event
+    /// unreadable).
+    pub push_failed: Counter,
+    /// Push notifications dropped because the queue was full.
+    pub push_dropped: Counter,
 }
 
 impl Metrics {
@@ -134,6 +141,24 @@ impl Metrics {
             "counter",
             "Recent-messages cache lookups that read the store.",
             self.message_cache_misses.get().into(),
+        );
+        line(
+            "push_sent_total",
+            "counter",
+            "Push notifications the gateway accepted.",
+            self.push_sent.get().into(),
+        );
+        line(
+            "push_failed_total",
+            "counter",
+            "Push notifications given up on after retries.",
+            self.push_failed.get().into(),
+        );
+        line(
+            "push_dropped_total",
+            "counter",
+            "Push notifications dropped: queue full.",
+            self.push_dropped.get().into(),
         );
         s
     }

@@ -267,6 +267,14 @@ impl Presence {
         }
     }
 
+    /// Whether `user` has a live lease on any node.
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.lock()
+            .seen
+            .get(&user)
+            .is_some_and(|s| s.online(Instant::now()))
+    }
+
     /// Makes session `id` watch exactly `users` (replacing what it watched)
     /// and returns their presence now.
     pub fn watch(&self, id: u64, tx: &SessionTx, users: &[UserId]) -> Vec<PresenceOut> {

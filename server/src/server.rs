@@ -107,6 +107,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
         outgoing,
         stop_rx.clone(),
     ));
+    let push_task = tokio::spawn(crate::push::run(
+        cfg.push.clone(),
+        Arc::clone(&service),
+        Arc::clone(&presence),
+        service.node.inbox_notices(),
+        stop_rx.clone(),
+    ));
     let state = AppState {
         service: Arc::clone(&service),
         auth,
@@ -127,7 +134,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     Ok(Running {
         addr,
         stop,
-        tasks: vec![hub_task, presence_task, accept],
+        tasks: vec![hub_task, presence_task, push_task, accept],
         service,
         open,
         max_connections: cfg.limits.max_connections,

@@ -1,0 +1,179 @@
+//! Push notifications against a real missived and a fake push gateway on
+//! loopback: who gets one (offline users' devices with a token, not for
+//! their own messages), retries, and turning a device's push off.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use common::{config, start, token, Http, Ws};
+
+/// What the gateway received: (Authorization header, body).
+type Calls = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A gateway that refuses its first call (503) and accepts the rest.
+async fn gateway() -> (String, Calls) {
+    let calls: Calls = Arc::default();
+    let app = Router::new()
+        .route(
+            "/push",
+            post(
+                |State(calls): State<Calls>, headers: HeaderMap, Json(body): Json<Value>| async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let mut c = calls.lock().unwrap();
+                    c.push((auth, body));
+                    if c.len() == 1 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        )
+        .with_state(Arc::clone(&calls));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, calls)
+}
+
+/// Accepted notifications (the refused first call excluded) so far.
+fn accepted(calls: &Calls) -> Vec<Value> {
+    calls
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+async fn wait_for(calls: &Calls, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = accepted(calls);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_devices_with_a_token_are_notified_once_per_message() {
+    let (url, calls) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.push.webhook_url = Some(url);
+    c.push.webhook_secret = Some("gw-secret".into());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let bob_phone = Http::new(srv.addr(), token(&c, 2, 1));
+    let (s, v) = bob_phone
+        .post(
+            "/v1/devices",
+            json!({"name": "Bob's phone", "platform": "ios"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let put = |body: Value| {
+        let h = bob_phone.clone();
+        async move {
+            let r = h
+                .client
+                .put(format!("{}/v1/devices/push", h.base))
+                .bearer_auth(&h.token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = put(json!({"token": ""})).await;
+    assert_eq!((s, v["error"]["code"].clone()), (400, json!("invalid")));
+    let (s, v) = put(json!({"token": "tok-phone"})).await;
+    assert_eq!(s, 200, "{v}");
+    let conv = alice.direct(2).await;
+
+    // Bob is offline: his phone (the only device with a token) hears of
+    // seq 1, through one retry.
+    alice.send(&conv, "m1", "hi").await;
+    let got = wait_for(&calls, 1).await;
+    assert_eq!(got[0]["user"], "2");
+    assert_eq!(got[0]["device"], "1");
+    assert_eq!(got[0]["platform"], "ios");
+    assert_eq!(got[0]["token"], "tok-phone");
+    assert_eq!(got[0]["conv"], json!(conv));
+    assert_eq!(got[0]["seq"], 1);
+    assert_eq!(got[0]["sender"], "1");
+    assert!(
+        got[0].get("body").is_none(),
+        "no content in a push: {}",
+        got[0]
+    );
+    assert_eq!(calls.lock().unwrap()[0].0, "Bearer gw-secret");
+
+    // Online (Alice sees him come online): no push for seq 2.
+    let mut alice_ws = Ws::connect(srv.addr(), &token(&c, 1, 1)).await;
+    let mut seen = Vec::new();
+    alice_ws
+        .request(json!({"type": "presence", "users": ["2"]}), &mut seen)
+        .await;
+    let mut bob_ws = Ws::connect(srv.addr(), &token(&c, 2, 2)).await;
+    bob_ws.sync(0).await;
+    alice_ws
+        .frame_where("presence", |f| f["user"] == "2" && f["online"] == true)
+        .await;
+    alice.send(&conv, "m2", "are you there").await;
+    // Delivered live before he leaves (a push decision is made when the
+    // event reaches his inbox).
+    bob_ws.event_where(|e| e["event"]["seq"] == 2).await;
+    drop(bob_ws);
+    alice_ws
+        .frame_where("presence", |f| f["user"] == "2" && f["online"] == false)
+        .await;
+    // Offline again: his own message (from another device) is not pushed
+    // to him, Alice's next one is.
+    bob_phone.send(&conv, "b3", "from the laptop, later").await;
+    alice.send(&conv, "m4", "ok").await;
+    let got = wait_for(&calls, 2).await;
+    assert_eq!(got[1]["seq"], 4, "{got:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seqs: Vec<_> = accepted(&calls).iter().map(|b| b["seq"].clone()).collect();
+    assert_eq!(seqs, vec![json!(1), json!(4)]);
+
+    // Push off for the phone: nothing more.
+    let r = bob_phone
+        .client
+        .delete(format!("{}/v1/devices/push", bob_phone.base))
+        .bearer_auth(&bob_phone.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    alice.send(&conv, "m5", "bye").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(accepted(&calls).len(), 2);
+    let m = reqwest::get(format!("http://{}/metrics", srv.addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("missive_push_sent_total 2"), "{m}");
+    srv.shutdown().await.unwrap();
+}
