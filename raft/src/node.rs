@@ -494,10 +494,12 @@ impl Node {
         match raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    shard,
-                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                })
+                match f.leader_id.zip(f.leader_node.map(|n| n.addr)) {
+                    Some((leader, addr)) if leader != self.inner.id => {
+                        self.follower_read_index(shard, raft, leader, &addr).await
+                    }
+                    leader => Err(Error::NotLeader { shard, leader }),
+                }
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
                 Err(Error::Unavailable {
@@ -510,6 +512,56 @@ impl Node {
                 reason: format!("raft stopped: {f}"),
             }),
         }
+    }
+
+    /// A linearizable read on a follower (Raft's read index): the leader
+    /// confirms it still leads with a quorum and names its commit point;
+    /// once this replica has applied that far, its state includes every
+    /// write acknowledged before the read began.
+    async fn follower_read_index(
+        &self,
+        shard: ShardId,
+        raft: &Raft,
+        leader: NodeId,
+        addr: &str,
+    ) -> Result<()> {
+        let reply = self
+            .inner
+            .peers
+            .call(leader, addr, shard, Rpc::ReadIndex, READ_INDEX_WAIT)
+            .await;
+        let index = match reply {
+            Ok(Reply::ReadIndex(Ok(i))) => i,
+            Ok(Reply::ReadIndex(Err(RemoteFailure::NotLeader { leader }))) => {
+                return Err(Error::NotLeader { shard, leader })
+            }
+            Ok(Reply::ReadIndex(Err(f))) => {
+                return Err(Error::Unavailable {
+                    shard,
+                    reason: format!("read index from node {leader}: {f:?}"),
+                })
+            }
+            Ok(other) => {
+                return Err(Error::Unavailable {
+                    shard,
+                    reason: format!("unexpected reply {other:?}"),
+                })
+            }
+            Err(e) => {
+                return Err(Error::Transport {
+                    node: leader,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        raft.wait(Some(READ_INDEX_WAIT))
+            .applied_index_at_least(index, "follower read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable {
+                shard,
+                reason: format!("this replica did not apply up to the read index: {e}"),
+            })
     }
 
     /// Up to `limit` messages of `conv` older than `before` (all if None),
@@ -808,6 +860,10 @@ const INBOX_NOTICES: usize = 4096;
 /// Signals buffered per subscriber before it is told it lagged.
 const SIGNAL_BUFFER: usize = 4096;
 
+/// How long a follower read waits for the leader's read index and then
+/// for its own apply to reach it.
+const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a signal's delivery to one peer may take before it is dropped.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -1085,6 +1141,15 @@ impl Dispatch for Inner {
                     Err(e) => Reply::Failed(e.to_string()),
                 },
                 Rpc::Signal { .. } => Reply::Signal,
+                Rpc::ReadIndex => Reply::ReadIndex(match raft.get_read_log_id().await {
+                    Ok((read, _applied)) => Ok(read.map(|l| l.index)),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                        Err(RemoteFailure::NotLeader {
+                            leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                        })
+                    }
+                    Err(e) => Err(RemoteFailure::Unavailable(e.to_string())),
+                }),
                 Rpc::Write { command } => Reply::Write(
                     Arc::clone(&self)
                         .write_to(shard, command, false)

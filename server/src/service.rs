@@ -117,15 +117,26 @@ impl Service {
         Ok(self.node.write(cmd, WRITE_WAIT).await?)
     }
 
-    /// Linearizable where this node leads, else this replica's state.
+    /// A linearizable read on whichever replica this node holds: the
+    /// leader confirms its leadership, a follower first asks the leader for
+    /// a read index and applies up to it. While no leader is known (an
+    /// election) it retries for up to `WRITE_WAIT`, then answers
+    /// `unavailable`.
     async fn read<T, F, Fut>(&self, f: F) -> Result<T, ApiError>
     where
         F: Fn(Consistency) -> Fut,
         Fut: std::future::Future<Output = missive_raft::Result<T>>,
     {
-        match f(Consistency::Linearizable).await {
-            Err(missive_raft::Error::NotLeader { .. }) => Ok(f(Consistency::Stale).await?),
-            r => Ok(r?),
+        let deadline = tokio::time::Instant::now() + WRITE_WAIT;
+        loop {
+            match f(Consistency::Linearizable).await {
+                Err(missive_raft::Error::NotLeader { leader: None, .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => return Ok(r?),
+            }
         }
     }
 

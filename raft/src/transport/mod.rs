@@ -130,6 +130,11 @@ pub enum Rpc {
         /// The command.
         command: Command,
     },
+    /// A follower asks the shard's leader for a read index: the leader
+    /// confirms its leadership with a quorum and answers its commit point;
+    /// the follower waits until it has applied that far, then reads
+    /// locally (Raft's read-index protocol for follower reads).
+    ReadIndex,
     /// An ephemeral signal for the server above (typing, presence): not a
     /// Raft message, not stored, lossy. Its `shard` is ignored. Opaque
     /// bytes here; the server defines and versions their format.
@@ -170,6 +175,9 @@ pub enum Reply {
     Write(Result<Outcome, RemoteFailure>),
     /// To `Signal`: handed to the server's subscribers.
     Signal,
+    /// To `ReadIndex`: the log index to apply up to before reading (None:
+    /// nothing committed yet).
+    ReadIndex(Result<Option<u64>, RemoteFailure>),
     /// The call could not be served at all (no such shard, shutting down).
     Failed(String),
 }
