@@ -282,7 +282,13 @@ pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
                 if let Some(p) = pump.take() {
                     p.abort();
                 }
-                pump = Some(tokio::spawn(sync_pump(tx.clone(), who, after, id)));
+                pump = Some(tokio::spawn(sync_pump(
+                    tx.clone(),
+                    state.clone(),
+                    who,
+                    after,
+                    id,
+                )));
             }
             ClientFrame::Ping { id } => {
                 if !tx.send(ServerFrame::Pong { id }).await {
@@ -479,11 +485,31 @@ async fn handle(
     Some(reply)
 }
 
+/// Where a sync stream's frames go: a WebSocket session here, a gRPC
+/// response stream in `grpc`. `send` is false once the receiver is gone
+/// (or was too slow and has been ended).
+pub(crate) trait FrameSink: Send + Sync + 'static {
+    /// Queues a frame for the client.
+    fn send(&self, f: ServerFrame) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl FrameSink for Tx {
+    async fn send(&self, f: ServerFrame) -> bool {
+        Tx::send(self, f).await
+    }
+}
+
 /// Streams the user's inbox after `after`, then follows it live.
-async fn sync_pump(tx: Tx, who: Caller, after: u64, id: Option<String>) {
-    let svc = Arc::clone(&tx.state.service);
+pub(crate) async fn sync_pump<S: FrameSink>(
+    tx: S,
+    state: AppState,
+    who: Caller,
+    after: u64,
+    id: Option<String>,
+) {
+    let svc = Arc::clone(&state.service);
     // Registered before the first read: see the module docs.
-    let sub = tx.state.hub.subscribe(who.user);
+    let sub = state.hub.subscribe(who.user);
     let page = svc.limits.sync_page;
     let mut cursor = after;
     let mut synced = false;
