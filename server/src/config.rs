@@ -29,6 +29,8 @@ pub struct Config {
     pub limits: Limits,
     /// Push notifications to offline devices.
     pub push: PushSection,
+    /// The gRPC API.
+    pub grpc: GrpcSection,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             limits: Limits::default(),
             push: PushSection::default(),
+            grpc: GrpcSection::default(),
         }
     }
 }
@@ -74,6 +77,26 @@ impl Default for NodeSection {
             replicas: 3,
             peers: BTreeMap::new(),
             io: IoBackend::default(),
+        }
+    }
+}
+
+/// The gRPC API (`server/proto/missive.proto`), on its own port because it
+/// speaks HTTP/2 and the HTTP/WebSocket listener speaks HTTP/1.1.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSection {
+    /// Serve it at all.
+    pub enabled: bool,
+    /// Where gRPC clients connect.
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        GrpcSection {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
         }
     }
 }

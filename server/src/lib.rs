@@ -18,6 +18,8 @@
 //!   is typing (leases and signals, never the store).
 //! - `push` — notifying an offline user's devices through the operator's
 //!   push gateway.
+//! - `grpc` — the same calls and event stream over gRPC (tonic), from
+//!   `proto/missive.proto`.
 //! - `ws` — **the delivery path**: a WebSocket session, its sync-then-live
 //!   event stream and its slow-consumer rule.
 //! - `http` — the HTTP API and the upgrade.
@@ -27,6 +29,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod metrics;

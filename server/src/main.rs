@@ -27,6 +27,9 @@ struct Cli {
     /// This node's id [default: 1].
     #[arg(long, global = true, env = "MISSIVE_NODE_ID")]
     node_id: Option<u64>,
+    /// Where gRPC clients connect [default: 127.0.0.1:8090].
+    #[arg(long, global = true, env = "MISSIVE_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
     /// Where other nodes reach this one [default: 127.0.0.1:7080].
     #[arg(long, global = true, env = "MISSIVE_RAFT_LISTEN")]
     raft_listen: Option<SocketAddr>,
@@ -82,6 +85,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(v) = cli.node_id {
         c.node.id = v;
     }
+    if let Some(v) = cli.grpc_listen {
+        c.grpc.listen = v;
+    }
     if let Some(v) = cli.raft_listen {
         c.node.raft_listen = v;
     }
@@ -136,6 +142,12 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     rt.block_on(async {
         let running = missive_server::start(cfg).await?;
         println!("missived listening on http://{}", running.addr());
+        if let Some(g) = running.grpc_addr() {
+            // Whoever read the first line may have closed stdout already;
+            // that must not take the server down (println! would panic).
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), "missived gRPC on http://{g}");
+        }
         wait_for_signal().await?;
         tracing::info!("shutting down");
         running.shutdown().await?;

@@ -42,6 +42,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// A running server.
 pub struct Running {
     addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     service: Arc<Service>,
@@ -121,6 +122,27 @@ pub async fn start(cfg: Config) -> Result<Running> {
         presence,
         shutdown: stop_rx.clone(),
     };
+    let grpc = match cfg.grpc.enabled {
+        true => {
+            let l = crate::grpc::bind(cfg.grpc.listen)
+                .await
+                .map_err(|source| Error::Io {
+                    op: "listen (gRPC) on",
+                    path: cfg.grpc.listen.to_string(),
+                    source,
+                })?;
+            let a = l.local_addr().map_err(|source| Error::Io {
+                op: "read address of",
+                path: cfg.grpc.listen.to_string(),
+                source,
+            })?;
+            Some((l, a))
+        }
+        false => None,
+    };
+    let grpc_addr = grpc.as_ref().map(|(_, a)| *a);
+    let grpc_task =
+        grpc.map(|(l, _)| tokio::spawn(crate::grpc::serve(l, state.clone(), stop_rx.clone())));
     let open = Arc::new(Semaphore::new(cfg.limits.max_connections));
     let accept = tokio::spawn(accept_loop(
         listener,
@@ -131,10 +153,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
         stop_rx,
     ));
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "missived listening");
+    let mut tasks = vec![hub_task, presence_task, push_task, accept];
+    tasks.extend(grpc_task);
     Ok(Running {
         addr,
+        grpc_addr,
         stop,
-        tasks: vec![hub_task, presence_task, push_task, accept],
+        tasks,
         service,
         open,
         max_connections: cfg.limits.max_connections,
@@ -231,6 +256,11 @@ impl Running {
     /// Where clients connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the gRPC API listens, if it is on.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// The node under the server.

@@ -302,6 +302,8 @@ fn sigterm_drains_and_exits_zero() {
             "127.0.0.1:0",
             "--raft-listen",
             "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path())

@@ -31,6 +31,8 @@ fn config_text(data_dir: &Path, connections: usize) -> String {
          data_dir = {data_dir:?}\n\
          [node]\n\
          raft_listen = \"127.0.0.1:0\"\n\
+         [grpc]\n\
+         listen = \"127.0.0.1:0\"\n\
          [limits]\n\
          max_connections = {max}\n\
          sends_per_second = 1000\n\
