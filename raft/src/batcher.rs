@@ -44,26 +44,48 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Runs until every sender of `rx` is gone.
-pub(crate) async fn run(
-    raft: Raft,
-    shard: ShardId,
-    mut rx: mpsc::Receiver<Pending>,
-    max_batch: usize,
-) {
+/// A shard's two queues. The node's own fan-out writes (`Deliver`,
+/// `OutboxDone`) go ahead of client writes: under overload every queued
+/// client write would otherwise sit in front of each fan-out round, and
+/// the fan-out — one round in flight per shard — fell to a trickle while
+/// sends kept being acknowledged (missive-bench e2e: 0.3 % of events
+/// delivered at 20 000 msgs/s). With the fan-out first, overload shows up
+/// where it belongs: as slower `sent` acks, i.e. backpressure on senders.
+pub(crate) struct Lanes {
+    /// Fan-out writes, served first.
+    pub(crate) system: mpsc::Receiver<Pending>,
+    /// Everything else.
+    pub(crate) clients: mpsc::Receiver<Pending>,
+}
+
+/// Moves queued writes of `lane` into `items`, up to `max` in all.
+fn drain(lane: &mut mpsc::Receiver<Pending>, items: &mut Vec<Pending>, max: usize) {
+    while items.len() < max {
+        match lane.try_recv() {
+            Ok(p) => items.push(p),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Runs until every sender of both lanes is gone.
+pub(crate) async fn run(raft: Raft, shard: ShardId, mut lanes: Lanes, max_batch: usize) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
         };
-        // Everything that queued while we waited for a permit joins.
+        let first = tokio::select! {
+            biased;
+            Some(p) = lanes.system.recv() => p,
+            Some(p) = lanes.clients.recv() => p,
+            else => return,
+        };
+        // Everything that queued while we waited for a permit joins,
+        // fan-out writes first.
         let mut items = vec![first];
-        while items.len() < max_batch {
-            match rx.try_recv() {
-                Ok(p) => items.push(p),
-                Err(_) => break,
-            }
-        }
+        drain(&mut lanes.system, &mut items, max_batch);
+        drain(&mut lanes.clients, &mut items, max_batch);
         let (commands, replies): (Vec<Command>, Vec<_>) =
             items.into_iter().map(|p| (p.command, p.reply)).unzip();
         let batch = Batch {

@@ -148,6 +148,8 @@ pub struct StoredMessage {
 pub(crate) struct Group {
     raft: Raft,
     batcher: mpsc::Sender<Pending>,
+    /// The batcher's lane for the fan-out's own writes (served first).
+    system: mpsc::Sender<Pending>,
 }
 
 struct Receiving {
@@ -304,14 +306,22 @@ impl Node {
             let raft = Raft::new(cfg.id, Arc::clone(&raft_config), net, store, sm)
                 .await
                 .map_err(|e| Error::Fatal(format!("{shard}: {e}")))?;
-            let (tx, rx) = mpsc::channel(4 * cfg.max_batch.max(1));
+            let (tx, clients) = mpsc::channel(4 * cfg.max_batch.max(1));
+            let (system_tx, system) = mpsc::channel(4 * cfg.max_batch.max(1));
             tasks.push(tokio::spawn(batcher::run(
                 raft.clone(),
                 shard,
-                rx,
+                batcher::Lanes { system, clients },
                 cfg.max_batch.max(1),
             )));
-            groups.insert(shard, Group { raft, batcher: tx });
+            groups.insert(
+                shard,
+                Group {
+                    raft,
+                    batcher: tx,
+                    system: system_tx,
+                },
+            );
         }
         let inner = Arc::new(Inner {
             id: cfg.id,
@@ -938,16 +948,19 @@ impl Inner {
     ) -> Result<Outcome> {
         let g = self.group(shard)?;
         let (tx, rx) = oneshot::channel();
-        g.batcher
-            .send(Pending {
-                command: command.clone(),
-                reply: tx,
-            })
-            .await
-            .map_err(|_| Error::Unavailable {
-                shard,
-                reason: "the node is shutting down".into(),
-            })?;
+        let lane = match command {
+            Command::Deliver { .. } | Command::OutboxDone { .. } => &g.system,
+            _ => &g.batcher,
+        };
+        lane.send(Pending {
+            command: command.clone(),
+            reply: tx,
+        })
+        .await
+        .map_err(|_| Error::Unavailable {
+            shard,
+            reason: "the node is shutting down".into(),
+        })?;
         // Queued, maybe proposed: if the answer never comes, the outcome
         // is unknown, not "not written".
         let r = rx.await.map_err(|_| Error::Unknown {
