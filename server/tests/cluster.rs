@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use serde_json::json;
 
-use common::{assert_consecutive, config, message_seqs, token, Http, Ws};
+use common::{assert_consecutive, config, message_seqs, suites, token, Http, Ws};
 use missive_server::{Config, Running};
 
 /// A free port on `ip` (bound then released: loopback, no one else races).
@@ -182,6 +182,65 @@ async fn history_on_any_node_includes_every_acknowledged_send() {
             "read {i} on another node: {v}"
         );
     }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_across_nodes_and_removed_members_hear_nothing_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, nodes) = cluster(dir.path()).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Running::addr).collect();
+    suites::groups_fan_out_and_removed_members_hear_nothing_after(&addrs, &cfgs[0]).await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_hands_off_to_live_across_nodes_with_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, nodes) = cluster(dir.path()).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Running::addr).collect();
+    suites::sync_hands_off_to_live_with_no_gap_and_no_duplicate(&addrs, &cfgs[0]).await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_from_its_data_serves_a_device_everything_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, mut nodes) = cluster(dir.path()).await;
+    let c = &cfgs[0];
+    let alice = Http::new(nodes[0].addr(), token(c, 1, 1));
+    let conv = alice.direct(2).await;
+    alice.send(&conv, "m1", "one").await;
+    // Bob's laptop, on node 3, saw the first message.
+    let mut laptop = Ws::connect(nodes[2].addr(), &token(c, 2, 2)).await;
+    let first = laptop.sync_until(0, &conv, 1).await;
+    let cursor = first.last().unwrap()["useq"].as_u64().unwrap();
+    drop(laptop);
+    // Node 3 goes down; the other two keep a quorum and keep committing.
+    let n3 = nodes.pop().unwrap();
+    n3.shutdown().await.unwrap();
+    for i in 2..=15 {
+        alice.send(&conv, &format!("m{i}"), &format!("{i}")).await;
+    }
+    // It comes back from its data directory and catches up; the laptop
+    // reconnects to it with its cursor.
+    let n3 = missive_server::start(cfgs[2].clone()).await.unwrap();
+    let mut laptop = Ws::connect(n3.addr(), &token(c, 2, 2)).await;
+    let missed = laptop.sync_until(cursor, &conv, 14).await;
+    assert_consecutive(&missed, cursor);
+    assert_eq!(message_seqs(&missed, &conv), (2..=15).collect::<Vec<_>>());
+    // History on the restarted node is linearizable too.
+    let (_, h) = Http::new(n3.addr(), token(c, 2, 2))
+        .get(&format!("/v1/conversations/{conv}/messages?limit=1"))
+        .await;
+    assert_eq!(h["messages"][0]["seq"], 15, "{h}");
+    nodes.push(n3);
     for n in nodes {
         n.shutdown().await.unwrap();
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use common::{assert_consecutive, config, message_seqs, start, token, Http, Ws};
+use common::{assert_consecutive, config, message_seqs, start, suites, token, Http, Ws};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_online_with_receipts_and_every_device() {
@@ -184,86 +184,7 @@ async fn groups_fan_out_and_removed_members_hear_nothing_after() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path());
     let srv = start(c.clone()).await;
-    let admin = Http::new(srv.addr(), token(&c, 1, 1));
-    let g = admin.group("team", &[2, 3, 4]).await;
-    let mut ws: Vec<Ws> = Vec::new();
-    for u in 1..=4 {
-        let mut w = Ws::connect(srv.addr(), &token(&c, u, 1)).await;
-        w.sync(0).await;
-        ws.push(w);
-    }
-    admin.send(&g, "g1", "to all").await;
-    for w in ws.iter_mut() {
-        let e = w.event_where(|e| e["event"]["kind"] == "message").await;
-        assert_eq!(e["event"]["message"]["body"], "to all");
-    }
-    // A non-admin cannot remove anyone.
-    let u2 = Http::new(srv.addr(), token(&c, 2, 1));
-    let (s, v) = u2
-        .post(
-            &format!("/v1/conversations/{g}/members"),
-            json!({"remove": ["3"]}),
-        )
-        .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")));
-    // The admin removes 3: everyone, 3 included, gets the change and the
-    // system message.
-    let (s, v) = admin
-        .post(
-            &format!("/v1/conversations/{g}/members"),
-            json!({"remove": ["3"]}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    for w in ws.iter_mut() {
-        let e = w
-            .event_where(|e| {
-                e["event"]["kind"] == "message" && e["event"]["message"]["kind"] == "system"
-            })
-            .await;
-        assert_eq!(e["event"]["message"]["system"]["removed"], json!(["3"]));
-    }
-    // 4 leaves.
-    let u4 = Http::new(srv.addr(), token(&c, 4, 1));
-    let (s, _) = u4
-        .post(&format!("/v1/conversations/{g}/leave"), json!({}))
-        .await;
-    assert_eq!(s, 200);
-    admin.send(&g, "g2", "after").await;
-    for i in [0usize, 1] {
-        let e = ws[i]
-            .event_where(|e| {
-                e["event"]["kind"] == "message" && e["event"]["message"]["body"] == "after"
-            })
-            .await;
-        assert_eq!(e["event"]["message"]["seq"], 4);
-    }
-    // 3 cannot read the group or send to it; its inbox has nothing after
-    // its removal.
-    let u3 = Http::new(srv.addr(), token(&c, 3, 1));
-    let (s, v) = u3.get(&format!("/v1/conversations/{g}/messages")).await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (403, Some("not_a_member"))
-    );
-    let (s, v) = u3
-        .post(
-            &format!("/v1/conversations/{g}/messages"),
-            json!({"client_msg_id": "x", "body": "x"}),
-        )
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (403, Some("not_a_member"))
-    );
-    let mut w3 = Ws::connect(srv.addr(), &token(&c, 3, 1)).await;
-    let all = w3.sync(0).await;
-    assert!(
-        !all.iter().any(|e| e["event"]["message"]["body"] == "after"),
-        "{all:?}"
-    );
-    let (_, list) = u3.get("/v1/conversations").await;
-    assert_eq!(list["conversations"], json!([]), "{list}");
+    suites::groups_fan_out_and_removed_members_hear_nothing_after(&[srv.addr()], &c).await;
     srv.shutdown().await.unwrap();
 }
 
@@ -338,43 +259,7 @@ async fn sync_hands_off_to_live_with_no_gap_and_no_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path());
     let srv = start(c.clone()).await;
-    let alice = Http::new(srv.addr(), token(&c, 1, 1));
-    let conv = alice.direct(2).await;
-    const N: u64 = 300;
-    // Four senders race the receiver's connect-and-sync.
-    let mut senders = Vec::new();
-    for w in 0..4u64 {
-        let a = alice.clone();
-        let conv = conv.clone();
-        senders.push(tokio::spawn(async move {
-            for i in 0..N / 4 {
-                a.send(&conv, &format!("w{w}-{i}"), "x").await;
-            }
-        }));
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
-    let mut events = bob.sync(0).await;
-    let synced_at = events.len();
-    while message_seqs(&events, &conv).len() < N as usize {
-        let f = bob.next().await.expect("socket closed");
-        assert_ne!(f["type"], "synced", "synced twice");
-        events.push(f);
-    }
-    for s in senders {
-        s.await.unwrap();
-    }
-    assert_consecutive(&events, 0);
-    let mut seqs = message_seqs(&events, &conv);
-    assert_eq!(seqs.len(), N as usize);
-    let sorted = seqs.clone();
-    seqs.sort_unstable();
-    assert_eq!(seqs, sorted, "messages out of order");
-    assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
-    println!(
-        "{synced_at} events before synced, {} after",
-        events.len() - synced_at
-    );
+    suites::sync_hands_off_to_live_with_no_gap_and_no_duplicate(&[srv.addr()], &c).await;
     srv.shutdown().await.unwrap();
 }
 

@@ -2,6 +2,8 @@
 //! WebSocket client (tokio-tungstenite) and an HTTP client (reqwest).
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub mod suites;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
