@@ -694,10 +694,14 @@ impl Node {
         user: UserId,
         consistency: Consistency,
     ) -> Result<Vec<(ConversationId, UserConv)>> {
-        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
-            .await?;
         Ok(self
-            .scan_prefix("user conversation", &user_conv_prefix(user))?
+            .user_records(
+                user,
+                consistency,
+                "user conversation",
+                &user_conv_prefix(user),
+            )
+            .await?
             .into_iter()
             .map(|(c, uc)| (ConversationId(c), uc))
             .collect())
@@ -724,10 +728,9 @@ impl Node {
         user: UserId,
         consistency: Consistency,
     ) -> Result<Vec<(DeviceId, Device)>> {
-        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
-            .await?;
         Ok(self
-            .scan_prefix("device", &device_prefix(user))?
+            .user_records(user, consistency, "device", &device_prefix(user))
+            .await?
             .into_iter()
             .map(|(d, dev)| (DeviceId(d), dev))
             .collect())
@@ -739,13 +742,26 @@ impl Node {
         user: UserId,
         consistency: Consistency,
     ) -> Result<Vec<(DeviceId, PushTarget)>> {
-        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
-            .await?;
         Ok(self
-            .scan_prefix("push target", &push_prefix(user))?
+            .user_records(user, consistency, "push target", &push_prefix(user))
+            .await?
             .into_iter()
             .map(|(d, t)| (DeviceId(d), t))
             .collect())
+    }
+
+    /// A user's records under `prefix` (on the user's shard, read at
+    /// `consistency`), by the id that ends each key.
+    async fn user_records<T: serde::de::DeserializeOwned>(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+        what: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(u64, T)>> {
+        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
+            .await?;
+        self.scan_prefix(what, prefix)
     }
 
     /// A user's profile (empty if never set).
