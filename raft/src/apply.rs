@@ -44,14 +44,18 @@ pub struct SystemEvent {
     pub renamed: Option<String>,
 }
 
-/// A user's inbox grew: live connections of that user read from their
-/// cursor up to `useq`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A user's inbox grew by one event: live connections of that user read
+/// from their cursor up to `useq` — or take `event` from the notice, which
+/// is exactly what was stored under `useq` (applied before the notice is
+/// sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxNotice {
     /// Whose inbox.
     pub user: UserId,
     /// Its newest useq.
     pub useq: u64,
+    /// The event stored under `useq`.
+    pub event: std::sync::Arc<InboxEvent>,
 }
 
 pub(crate) struct Apply<'a> {
@@ -391,19 +395,18 @@ impl<'a> Apply<'a> {
             let hkey = user_head_key(d.user);
             let mut head: UserHead = self.get_as("user head", &hkey)?.unwrap_or_default();
             head.useq += 1;
-            self.put_as(
-                inbox_key(d.user, head.useq),
-                &InboxEvent {
-                    conv: d.conv,
-                    eseq: d.eseq,
-                    event: d.event.clone(),
-                    at: d.at,
-                },
-            )?;
+            let event = InboxEvent {
+                conv: d.conv,
+                eseq: d.eseq,
+                event: d.event.clone(),
+                at: d.at,
+            };
+            self.put_as(inbox_key(d.user, head.useq), &event)?;
             self.put_as(hkey, &head)?;
             self.notices.push(InboxNotice {
                 user: d.user,
                 useq: head.useq,
+                event: std::sync::Arc::new(event),
             });
             applied += 1;
         }

@@ -161,7 +161,7 @@ async fn worker(
         let Some(n) = rx.lock().await.recv().await else {
             return;
         };
-        match notifications(&service, n).await {
+        match notifications(&service, &n).await {
             Ok(list) => {
                 for note in list {
                     if gateway.send(&note).await {
@@ -179,19 +179,14 @@ async fn worker(
     }
 }
 
-/// The notifications one inbox event calls for: one per device with a
-/// push token, if the event is someone else's message.
+/// The notifications one inbox event (carried by its notice) calls for:
+/// one per device with a push token, if it is someone else's message.
 async fn notifications(
     service: &Service,
-    n: InboxNotice,
+    n: &InboxNotice,
 ) -> Result<Vec<Notification>, missive_raft::Error> {
     let node = &service.node;
-    let events = node
-        .inbox(n.user, n.useq.saturating_sub(1), 1, Consistency::Stale)
-        .await?;
-    let Some((useq, e)) = events.into_iter().find(|(u, _)| *u == n.useq) else {
-        return Ok(Vec::new());
-    };
+    let (useq, e) = (n.useq, &n.event);
     let EventKind::Message { seq, sender, .. } = e.event else {
         return Ok(Vec::new());
     };

@@ -513,11 +513,25 @@ pub(crate) async fn sync_pump<S: FrameSink>(
     let page = svc.limits.sync_page;
     let mut cursor = after;
     let mut synced = false;
+    let mut look_in_store = false;
     // A cursor from a replica ahead of this one: give this one time to
     // catch up before calling the cursor bad.
     let patience = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (events, head) = match svc.inbox_page(who.user, cursor, page).await {
+        // Live, the hub's ring usually holds exactly what the wake was for;
+        // it answers only when it can vouch for everything after the cursor.
+        let from_ring = (synced && !look_in_store)
+            .then(|| state.hub.after(who.user, cursor, page))
+            .flatten()
+            .map(|evs| {
+                let head = evs.last().map_or(cursor, |(u, _)| *u);
+                (evs, head)
+            });
+        let page_read = match from_ring {
+            Some(p) => Ok(p),
+            None => svc.inbox_page(who.user, cursor, page).await,
+        };
+        let (events, head) = match page_read {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(user = who.user.0, error = %e.message, "sync read failed; retrying");
@@ -569,13 +583,15 @@ pub(crate) async fn sync_pump<S: FrameSink>(
                 return;
             }
         }
+        look_in_store = false;
         if cursor >= head {
-            // A periodic look as well, in case a wake was never sent (a
-            // replica applying through a snapshot it has not announced).
-            tokio::select! {
-                _ = sub.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-            }
+            // A periodic look in the store as well, in case a wake was
+            // never sent (a replica applying through a snapshot it has not
+            // announced).
+            look_in_store = tokio::select! {
+                _ = sub.wake.notified() => false,
+                _ = tokio::time::sleep(Duration::from_secs(30)) => true,
+            };
         }
     }
 }
