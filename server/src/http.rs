@@ -166,12 +166,25 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    let mut body = s.service.metrics.render();
+    // Who leads each shard, as this node sees it (0: none known) — for
+    // operators, and for tests that must stop a shard's leader.
+    let node = &s.service.node;
+    body.push_str("# HELP missive_shard_leader The node this node believes leads the shard (0: none known).\n");
+    body.push_str("# TYPE missive_shard_leader gauge\n");
+    for sh in node.slots().shards() {
+        let leader = node.leader(sh).ok().flatten().unwrap_or(0);
+        body.push_str(&format!(
+            "missive_shard_leader{{shard=\"{}\"}} {leader}\n",
+            sh.0
+        ));
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.service.metrics.render(),
+        body,
     )
         .into_response()
 }

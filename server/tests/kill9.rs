@@ -1,0 +1,321 @@
+//! Three `missived` processes on 127.0.0.1–3; under a steady load of
+//! sends through every node, the leader of the conversation's shard is
+//! killed with SIGKILL. A new leader takes over and sends succeed again;
+//! after the killed process restarts from its data directory, every
+//! acknowledged send is in the conversation exactly once, in the same
+//! order on all three replicas, and nothing appears that no client sent.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use common::{token, Http};
+use missive_engine::keys::ConversationId;
+use missive_raft::slots::SlotMap;
+use missive_server::Config;
+
+const SECRET: &str = "one secret for the kill -9 cluster";
+const SHARDS: u32 = 2;
+
+fn free_port(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
+struct Proc {
+    child: Child,
+    config: std::path::PathBuf,
+    addr: SocketAddr,
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_missived"))
+        .args(["--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the "listening" line (the port is fixed by the config, but
+/// the line says the node is up).
+fn wait_listening(child: &mut Child) {
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    // Log lines (peers not up yet) may come first.
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "missived exited");
+        if line.starts_with("missived listening") {
+            break;
+        }
+    }
+    // Keep draining so a later line never meets a closed pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+}
+
+async fn wait_ready(addrs: &[SocketAddr]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for a in addrs {
+        loop {
+            let ok = reqwest::get(format!("http://{a}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200);
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{a} not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn leader_of(addr: SocketAddr, shard: u32) -> u64 {
+    let m = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let key = format!("missive_shard_leader{{shard=\"{shard}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every message of `conv` as node `addr` holds it, oldest first:
+/// (seq, client_msg_id).
+async fn all_messages(h: &Http, conv: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let q = match before {
+            Some(b) => format!("/v1/conversations/{conv}/messages?limit=200&before={b}"),
+            None => format!("/v1/conversations/{conv}/messages?limit=200"),
+        };
+        let (s, v) = h.get(&q).await;
+        assert_eq!(s, 200, "{v}");
+        for m in v["messages"].as_array().unwrap() {
+            out.push((
+                m["seq"].as_u64().unwrap(),
+                m["client_msg_id"].as_str().unwrap().to_string(),
+            ));
+        }
+        match v["next_before"].as_u64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    out.reverse();
+    out
+}
+
+#[derive(Default)]
+struct Record {
+    invoked: HashSet<String>,
+    ok: HashSet<String>,
+    /// Ok sends invoked after the kill.
+    ok_after_kill: usize,
+    /// When the first of those was acknowledged.
+    first_after_kill: Option<Instant>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft: Vec<SocketAddr> = (1..=3)
+        .map(|i| free_port(&format!("127.0.0.{i}")))
+        .collect();
+    let http: Vec<SocketAddr> = (1..=3)
+        .map(|i| free_port(&format!("127.0.0.{i}")))
+        .collect();
+    let peers: BTreeMap<u64, String> = raft
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64 + 1, a.to_string()))
+        .collect();
+    let peers_toml = peers
+        .iter()
+        .map(|(id, a)| format!("{id} = \"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut procs = Vec::new();
+    for i in 0..3usize {
+        let data = dir.path().join(format!("n{}", i + 1));
+        let cfg = dir.path().join(format!("n{}.toml", i + 1));
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"{}\"\ndata_dir = {:?}\n[node]\nid = {}\nraft_listen = \"{}\"\n\
+                 shards = {SHARDS}\nreplicas = 3\npeers = {{ {peers_toml} }}\n\
+                 [auth]\nsecret = \"{SECRET}\"\n[grpc]\nenabled = false\n\
+                 [limits]\nsends_per_second = 100000\nsend_burst = 100000\n",
+                http[i],
+                data.display().to_string(),
+                i + 1,
+                raft[i]
+            ),
+        )
+        .unwrap();
+        let mut child = spawn(&cfg);
+        wait_listening(&mut child);
+        procs.push(Proc {
+            child,
+            config: cfg,
+            addr: http[i],
+        });
+    }
+    wait_ready(&http).await;
+
+    // Tokens signed with the cluster's secret.
+    let mut tc = Config {
+        data_dir: dir.path().join("tokens"),
+        ..Config::default()
+    };
+    tc.auth.secret = Some(SECRET.into());
+    let alice = token(&tc, 1, 1);
+    let conv = Http::new(http[0], alice.clone()).direct(2).await;
+    let shard = SlotMap::even(SHARDS)
+        .unwrap()
+        .shard_of(ConversationId(conv.parse().unwrap()))
+        .0;
+    let victim = leader_of(http[0], shard).await;
+    assert!((1..=3).contains(&victim), "no leader for shard {shard}");
+    println!("shard {shard} of {conv} is led by node {victim}; killing it under load");
+
+    // Four writers, each through its own node in turn (skipping the dead).
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let dead: Arc<Mutex<Option<usize>>> = Arc::default();
+    let rec: Arc<Mutex<Record>> = Arc::default();
+    let done: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (http, alice, conv) = (http.clone(), alice.clone(), conv.clone());
+        let (killed_at, dead, rec, done) =
+            (killed_at.clone(), dead.clone(), rec.clone(), done.clone());
+        writers.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(12))
+                .build()
+                .unwrap();
+            let mut i = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut n = ((w + i) % 3) as usize;
+                if *dead.lock().unwrap() == Some(n) {
+                    n = (n + 1) % 3;
+                }
+                let id = format!("w{w}-{i}");
+                i += 1;
+                let started = Instant::now();
+                rec.lock().unwrap().invoked.insert(id.clone());
+                let r = client
+                    .post(format!(
+                        "http://{}/v1/conversations/{conv}/messages",
+                        http[n]
+                    ))
+                    .bearer_auth(&alice)
+                    .json(&json!({"client_msg_id": id, "body": "x"}))
+                    .send()
+                    .await;
+                let ok = match r {
+                    Ok(r) => r.status().as_u16() == 200,
+                    Err(_) => false,
+                };
+                if ok {
+                    let mut g = rec.lock().unwrap();
+                    g.ok.insert(id);
+                    if killed_at.lock().unwrap().is_some_and(|k| started > k) {
+                        g.ok_after_kill += 1;
+                        g.first_after_kill.get_or_insert_with(Instant::now);
+                    }
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let v = (victim - 1) as usize;
+    *dead.lock().unwrap() = Some(v);
+    procs[v].child.kill().unwrap(); // SIGKILL
+    procs[v].child.wait().unwrap();
+    let kill = Instant::now();
+    *killed_at.lock().unwrap() = Some(kill);
+    // Load goes on until 200 sends started after the kill were
+    // acknowledged (a new leader is serving), or 60 s.
+    while rec.lock().unwrap().ok_after_kill < 200 && kill.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let (invoked, ok, ok_after_kill, first) = {
+        let g = rec.lock().unwrap();
+        (
+            g.invoked.clone(),
+            g.ok.clone(),
+            g.ok_after_kill,
+            g.first_after_kill,
+        )
+    };
+    println!(
+        "{} sends invoked, {} acknowledged, {ok_after_kill} of them started after the kill; \
+         the first of those acknowledged {:?} after it",
+        invoked.len(),
+        ok.len(),
+        first.map(|f| f - kill)
+    );
+    assert!(
+        ok_after_kill >= 200,
+        "sends did not resume after the leader was killed"
+    );
+
+    // The killed node restarts from its data directory and catches up.
+    let mut child = spawn(&procs[v].config);
+    wait_listening(&mut child);
+    procs[v].child = child;
+    wait_ready(&http).await;
+
+    let mut views: HashMap<usize, Vec<(u64, String)>> = HashMap::new();
+    for (i, p) in procs.iter().enumerate() {
+        views.insert(
+            i,
+            all_messages(&Http::new(p.addr, alice.clone()), &conv).await,
+        );
+    }
+    let first = &views[&0];
+    for (i, view) in &views {
+        assert_eq!(view, first, "node {} differs from node 1", i + 1);
+    }
+    let seqs: Vec<u64> = first.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=first.len() as u64).collect::<Vec<_>>(),
+        "seqs not dense"
+    );
+    let mut seen = HashSet::new();
+    for (_, id) in first {
+        assert!(seen.insert(id.clone()), "{id} stored twice");
+        assert!(invoked.contains(id), "{id} was never sent");
+    }
+    let missing: Vec<_> = ok.iter().filter(|id| !seen.contains(*id)).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    for mut p in procs {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}
