@@ -5,29 +5,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde_json::json;
 
-use common::{assert_consecutive, config, message_seqs, suites, token, Http, Ws};
+use common::{assert_consecutive, config, message_seqs, suites, three_raft_addrs, token, Http, Ws};
 use missive_server::{Config, Running};
 
-/// A free port on `ip` (bound then released: loopback, no one else races).
-fn free_port(ip: &str) -> SocketAddr {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap()
-}
-
 async fn cluster(dir: &std::path::Path) -> (Vec<Config>, Vec<Running>) {
-    let raft: Vec<SocketAddr> = (1..=3)
-        .map(|i| free_port(&format!("127.0.0.{i}")))
-        .collect();
-    let peers: BTreeMap<u64, String> = raft
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (i as u64 + 1, a.to_string()))
-        .collect();
+    let (raft, peers) = three_raft_addrs();
     let mut cfgs = Vec::new();
     for i in 1..=3u64 {
         let mut c = config(&dir.join(format!("n{i}")));

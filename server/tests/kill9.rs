@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,18 +18,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{token, Http};
+use common::{free_port, three_raft_addrs, token, Http};
 use missive_engine::keys::ConversationId;
 use missive_raft::slots::SlotMap;
 use missive_server::Config;
 
 const SECRET: &str = "one secret for the kill -9 cluster";
 const SHARDS: u32 = 2;
-
-fn free_port(ip: &str) -> SocketAddr {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap()
-}
 
 struct Proc {
     child: Child,
@@ -136,16 +131,9 @@ struct Record {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
     let dir = tempfile::tempdir().unwrap();
-    let raft: Vec<SocketAddr> = (1..=3)
-        .map(|i| free_port(&format!("127.0.0.{i}")))
-        .collect();
+    let (raft, peers) = three_raft_addrs();
     let http: Vec<SocketAddr> = (1..=3)
         .map(|i| free_port(&format!("127.0.0.{i}")))
-        .collect();
-    let peers: BTreeMap<u64, String> = raft
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (i as u64 + 1, a.to_string()))
         .collect();
     let peers_toml = peers
         .iter()

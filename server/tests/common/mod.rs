@@ -44,6 +44,27 @@ pub async fn start(c: Config) -> Running {
     missive_server::start(c).await.unwrap()
 }
 
+/// Free ports on 127.0.0.1, .2 and .3, one each (bound then released:
+/// loopback, no one else races for them), and the `node.peers` map of
+/// three nodes whose Raft transports listen there.
+pub fn three_raft_addrs() -> (Vec<SocketAddr>, std::collections::BTreeMap<u64, String>) {
+    let addrs: Vec<SocketAddr> = (1..=3)
+        .map(|i| free_port(&format!("127.0.0.{i}")))
+        .collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64 + 1, a.to_string()))
+        .collect();
+    (addrs, peers)
+}
+
+/// A free port on `ip` (bound then released).
+pub fn free_port(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
 /// An access token for (user, device), signed with the server's secret.
 pub fn token(c: &Config, user: u64, device: u64) -> String {
     let auth = Auth::load(&c.auth, &c.data_dir).unwrap();
