@@ -235,6 +235,15 @@ pub(crate) enum Drained {
 /// caller holds the writer lock, which is what keeps groups in queue order.
 /// A failure poisons the log and is returned.
 pub(crate) fn drain(shared: &Shared, w: &mut WriterState) -> Result<Drained> {
+    // After a failure nothing more is written. Records queued just before
+    // the poison would otherwise be written by their caller's own
+    // write-through — into a writer state the failure left half-rolled —
+    // and acknowledged by the next successful fsync (the lost-write test
+    // caught an append acknowledged after a failed directory fsync, then
+    // missing after the crash).
+    if let Some(cause) = shared.marks.poisoned() {
+        return Err(Error::Poisoned { cause });
+    }
     let (end_lsn, force) = {
         let mut q = shared.queue();
         if q.buf.is_empty() && !q.force_sync {
@@ -350,7 +359,8 @@ fn syncer_loop(shared: &Shared) {
 
 /// fdatasyncs `file` (which holds everything written below `upto`), then
 /// publishes: `syncing` off, `synced` and the durable mark up to `upto`.
-/// The caller set `syncing`. A failure poisons the log.
+/// The caller set `syncing`. A failure poisons the log; once it is
+/// poisoned, the durable mark no longer moves (see `Marks::set_durable`).
 fn finish_sync(shared: &Shared, file: &Segment, upto: u64) -> Result<()> {
     let result = file.file.sync_data();
     let mut t = shared.sync_target();

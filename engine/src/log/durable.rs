@@ -57,9 +57,15 @@ impl Watermarks {
         self.written_cv.notify_all();
     }
 
-    /// Everything below `lsn` is durable.
+    /// Everything below `lsn` is durable. Ignored once the log is
+    /// poisoned: after a write or sync failure nothing more completes, even
+    /// a sync that raced the failure and succeeded (its waiters hear the
+    /// poisoning error, which a caller treats as "outcome unknown").
     pub fn set_durable(&self, lsn: u64) {
         let mut m = self.lock();
+        if m.poisoned.is_some() {
+            return;
+        }
         m.durable = m.durable.max(lsn);
         let durable = m.durable;
         let mut ready = Vec::new();
