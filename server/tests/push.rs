@@ -89,23 +89,13 @@ async fn offline_devices_with_a_token_are_notified_once_per_message() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let put = |body: Value| {
-        let h = bob_phone.clone();
-        async move {
-            let r = h
-                .client
-                .put(format!("{}/v1/devices/push", h.base))
-                .bearer_auth(&h.token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
-    let (s, v) = put(json!({"token": ""})).await;
+    let (s, v) = bob_phone
+        .put("/v1/devices/push", json!({"token": ""}))
+        .await;
     assert_eq!((s, v["error"]["code"].clone()), (400, json!("invalid")));
-    let (s, v) = put(json!({"token": "tok-phone"})).await;
+    let (s, v) = bob_phone
+        .put("/v1/devices/push", json!({"token": "tok-phone"}))
+        .await;
     assert_eq!(s, 200, "{v}");
     let conv = alice.direct(2).await;
 
@@ -157,14 +147,8 @@ async fn offline_devices_with_a_token_are_notified_once_per_message() {
     assert_eq!(seqs, vec![json!(1), json!(4)]);
 
     // Push off for the phone: nothing more.
-    let r = bob_phone
-        .client
-        .delete(format!("{}/v1/devices/push", bob_phone.base))
-        .bearer_auth(&bob_phone.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (s, v) = bob_phone.delete("/v1/devices/push").await;
+    assert_eq!((s, v["push"].clone()), (200, json!(false)));
     alice.send(&conv, "m5", "bye").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(accepted(&calls).len(), 2);
