@@ -21,7 +21,11 @@
 //!   durable outbox into members' inboxes on their user shards.
 //! - `outbox_feed` — what apply just wrote to an outbox, handed to the
 //!   fan-out worker in memory (a scan of the outbox is the fallback).
+//! - `route` — where a shard's reads, writes and membership changes go
+//!   (here, or the shard's leader when this node does not replicate it).
 //! - `snapshot` — snapshot data: a pinned LSM view, or a received file.
+//! - `membership` — changing a shard's replicas (add, remove, move) and
+//!   retiring a removed replica.
 //! - `slots` — the slot → shard map.
 
 pub mod apply;
@@ -31,9 +35,11 @@ pub mod command;
 pub mod error;
 mod fanout;
 pub mod log_store;
+pub mod membership;
 pub mod node;
 pub mod outbox_feed;
 pub mod records;
+mod route;
 pub mod slots;
 pub mod snapshot;
 pub mod state_machine;

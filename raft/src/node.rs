@@ -29,15 +29,16 @@ use tokio::task::JoinHandle;
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 
-use missive_engine::keys::{ConversationId, Timestamp};
+use missive_engine::keys::ConversationId;
 use missive_engine::log::{Log, LogOptions};
-use missive_engine::lsm::{Direction, Lsm, LsmOptions};
+use missive_engine::lsm::{Lsm, LsmOptions};
 
 use crate::apply::InboxNotice;
 use crate::batcher::{self, Pending};
 use crate::command::{Command, DeviceId, Outcome, UserId};
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
+use crate::membership::{Change, Placement, Retired};
 use crate::records::{
     self, conversation_key, head_key, msg_key, receipt_prefix, Conversation, Head, Message, Receipt,
 };
@@ -50,7 +51,7 @@ use crate::snapshot::{ShardSnapshot, SnapshotWriter};
 use crate::state_machine::{ApplyHooks, StateMachine};
 use crate::transport::client::{CallError, NetworkFactory, Peers};
 use crate::transport::server::{self, Dispatch};
-use crate::transport::{RemoteFailure, Reply, Rpc};
+use crate::transport::{ReadOp, ReadResult, RemoteFailure, Reply, Rpc};
 use crate::types::{NodeAddr, NodeId, Raft, ShardId};
 
 /// Raft timing, in milliseconds.
@@ -146,7 +147,7 @@ pub struct StoredMessage {
 }
 
 pub(crate) struct Group {
-    raft: Raft,
+    pub(crate) raft: Raft,
     batcher: mpsc::Sender<Pending>,
     /// The batcher's lane for the fan-out's own writes (served first).
     system: mpsc::Sender<Pending>,
@@ -166,8 +167,14 @@ pub(crate) struct Inner {
     pub(crate) slots: SlotMap,
     pub(crate) groups: BTreeMap<ShardId, Group>,
     hooks: Arc<ApplyHooks>,
-    peers: Arc<Peers>,
+    pub(crate) peers: Arc<Peers>,
     snapshot_dir: PathBuf,
+    /// Shards whose replica here was removed (see `membership`).
+    pub(crate) retired: Retired,
+    /// Nodes to ask where a shard lives (the bootstrap or join list).
+    pub(crate) seeds: Mutex<BTreeMap<NodeId, String>>,
+    /// Where the shards this node does not host live, as last located.
+    pub(crate) placements: Mutex<HashMap<ShardId, Placement>>,
     receiving: Mutex<HashMap<ShardId, Receiving>>,
     /// Ephemeral signals received (from peers and from this node).
     signals: tokio::sync::broadcast::Sender<Arc<[u8]>>,
@@ -189,12 +196,30 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn io(op: &'static str, path: &Path, e: std::io::Error) -> Error {
+/// An I/O failure on `path` as a storage error.
+pub(crate) fn io(op: &'static str, path: &Path, e: std::io::Error) -> Error {
     Error::Storage(missive_engine::Error::Io {
         op,
         path: path.to_path_buf(),
         source: Arc::new(e),
     })
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves the old
+/// or the new contents, never a mix: temp file, fsync, rename, directory
+/// fsync.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .map_err(|e| io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("rename", path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("fsync", dir, e))
 }
 
 /// The node's identity, stored at `<data>/NODE` so a data directory is
@@ -228,15 +253,7 @@ fn check_identity(dir: &Path, want: &Identity) -> Result<()> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let bytes = crate::codec::encode("node identity", want)?;
-            let tmp = dir.join("NODE.tmp");
-            std::fs::write(&tmp, &bytes)
-                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-                .map_err(|e| io("write", &tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("fsync", dir, e))
+            write_durably(&path, &crate::codec::encode("node identity", want)?)
         }
         Err(e) => Err(io("read", &path, e)),
     }
@@ -290,6 +307,7 @@ impl Node {
         let snapshot_dir = cfg.data_dir.join("snapshots");
         // Staged files of an interrupted receive are useless after a restart.
         let _ = std::fs::remove_dir_all(&snapshot_dir);
+        let retired = Retired::load(&cfg.data_dir)?;
         let mut groups = BTreeMap::new();
         let mut tasks = Vec::new();
         let hooks = Arc::new(ApplyHooks::new(INBOX_NOTICES));
@@ -306,6 +324,9 @@ impl Node {
             let raft = Raft::new(cfg.id, Arc::clone(&raft_config), net, store, sm)
                 .await
                 .map_err(|e| Error::Fatal(format!("{shard}: {e}")))?;
+            if retired.contains(shard) {
+                raft.runtime_config().elect(false);
+            }
             let (tx, clients) = mpsc::channel(4 * cfg.max_batch.max(1));
             let (system_tx, system) = mpsc::channel(4 * cfg.max_batch.max(1));
             tasks.push(tokio::spawn(batcher::run(
@@ -333,6 +354,9 @@ impl Node {
             peers,
             snapshot_dir,
             receiving: Mutex::new(HashMap::new()),
+            retired,
+            seeds: Mutex::new(BTreeMap::new()),
+            placements: Mutex::new(HashMap::new()),
             hooks: Arc::clone(&hooks),
             signals: tokio::sync::broadcast::channel(SIGNAL_BUFFER).0,
         });
@@ -398,6 +422,7 @@ impl Node {
                 self.inner.id
             )));
         }
+        self.inner.add_seeds(members);
         let ids: Vec<NodeId> = members.keys().copied().collect();
         let r = replicas.clamp(1, ids.len());
         for (i, (shard, g)) in self.inner.groups.iter().enumerate() {
@@ -469,6 +494,36 @@ impl Node {
         Ok(self.raft(shard)?.metrics().borrow().current_leader)
     }
 
+    /// Whether this node replicates `shard` now (a voter or learner of its
+    /// group, not retired).
+    pub fn hosts(&self, shard: ShardId) -> bool {
+        self.inner.hosts(shard)
+    }
+
+    /// Where `shard`'s replicas are: this node's view if it hosts the
+    /// shard, else asked of the nodes it knows.
+    pub async fn placement(&self, shard: ShardId) -> Result<Placement> {
+        self.inner.locate(shard, true).await
+    }
+
+    /// Joins an existing cluster without forming any group: remembers
+    /// `seeds` (other nodes' ids and transport addresses) to locate shards
+    /// through. An operator then adds this node's replicas
+    /// ([`Node::change_replicas`]); until then it routes every read and
+    /// write to the shards' replicas.
+    pub fn join(&self, seeds: &BTreeMap<NodeId, String>) {
+        self.inner.add_seeds(seeds);
+    }
+
+    /// Changes `shard`'s replicas (add, remove, move one), at its leader
+    /// wherever that is; returns the placement after the change. Adding
+    /// waits until the new replica caught up before it votes (up to
+    /// [`crate::membership::CATCH_UP_WAIT`]). See `membership`.
+    pub async fn change_replicas(&self, shard: ShardId, change: Change) -> Result<Placement> {
+        self.inner.group(shard)?;
+        self.inner.change_replicas(shard, change).await
+    }
+
     /// Runs a command on its conversation's shard: here if this node leads
     /// it, else forwarded once to the leader. Waits out an election for up
     /// to `election_wait` (NotLeader with no leader known, or an
@@ -496,84 +551,6 @@ impl Node {
         shard.ok_or_else(|| Error::InvalidArgument("the command is empty".into()))
     }
 
-    async fn ensure_read(&self, shard: ShardId, c: Consistency) -> Result<()> {
-        if c == Consistency::Stale {
-            return Ok(());
-        }
-        let raft = self.raft(shard)?;
-        match raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                match f.leader_id.zip(f.leader_node.map(|n| n.addr)) {
-                    Some((leader, addr)) if leader != self.inner.id => {
-                        self.follower_read_index(shard, raft, leader, &addr).await
-                    }
-                    leader => Err(Error::NotLeader { shard, leader }),
-                }
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                Err(Error::Unavailable {
-                    shard,
-                    reason: q.to_string(),
-                })
-            }
-            Err(RaftError::Fatal(f)) => Err(Error::Unavailable {
-                shard,
-                reason: format!("raft stopped: {f}"),
-            }),
-        }
-    }
-
-    /// A linearizable read on a follower (Raft's read index): the leader
-    /// confirms it still leads with a quorum and names its commit point;
-    /// once this replica has applied that far, its state includes every
-    /// write acknowledged before the read began.
-    async fn follower_read_index(
-        &self,
-        shard: ShardId,
-        raft: &Raft,
-        leader: NodeId,
-        addr: &str,
-    ) -> Result<()> {
-        let reply = self
-            .inner
-            .peers
-            .call(leader, addr, shard, Rpc::ReadIndex, READ_INDEX_WAIT)
-            .await;
-        let index = match reply {
-            Ok(Reply::ReadIndex(Ok(i))) => i,
-            Ok(Reply::ReadIndex(Err(RemoteFailure::NotLeader { leader }))) => {
-                return Err(Error::NotLeader { shard, leader })
-            }
-            Ok(Reply::ReadIndex(Err(f))) => {
-                return Err(Error::Unavailable {
-                    shard,
-                    reason: format!("read index from node {leader}: {f:?}"),
-                })
-            }
-            Ok(other) => {
-                return Err(Error::Unavailable {
-                    shard,
-                    reason: format!("unexpected reply {other:?}"),
-                })
-            }
-            Err(e) => {
-                return Err(Error::Transport {
-                    node: leader,
-                    reason: e.to_string(),
-                })
-            }
-        };
-        raft.wait(Some(READ_INDEX_WAIT))
-            .applied_index_at_least(index, "follower read index")
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::Unavailable {
-                shard,
-                reason: format!("this replica did not apply up to the read index: {e}"),
-            })
-    }
-
     /// Up to `limit` messages of `conv` older than `before` (all if None),
     /// newest first.
     pub async fn history(
@@ -583,17 +560,27 @@ impl Node {
         limit: usize,
         consistency: Consistency,
     ) -> Result<Vec<StoredMessage>> {
-        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
-            .await?;
-        let raw = match before {
-            Some(ts) => self.inner.lsm.before(conv, Timestamp(ts), limit)?,
-            None => self.inner.lsm.latest(conv, limit)?,
+        let limit = limit as u64;
+        let op = match before {
+            Some(ts) => ReadOp::Before {
+                conv: conv.0,
+                ts,
+                limit,
+            },
+            None => ReadOp::Latest {
+                conv: conv.0,
+                limit,
+            },
+        };
+        let shard = self.inner.slots.shard_of(conv);
+        let ReadResult::Messages(raw) = self.inner.read(shard, consistency, op).await? else {
+            return Err(Error::malformed("history", "answer of the wrong kind"));
         };
         raw.into_iter()
-            .map(|m| {
+            .map(|(ts, value)| {
                 Ok(StoredMessage {
-                    ts: m.ts.0,
-                    message: records::decode("message", &m.value)?,
+                    ts,
+                    message: records::decode("message", &value)?,
                 })
             })
             .collect()
@@ -605,26 +592,17 @@ impl Node {
         conv: ConversationId,
         consistency: Consistency,
     ) -> Result<Option<Conversation>> {
-        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
-            .await?;
-        self.inner
-            .lsm
-            .get(&conversation_key(conv))?
-            .map(|v| records::decode("conversation", &v))
-            .transpose()
+        let shard = self.inner.slots.shard_of(conv);
+        self.get_record(shard, consistency, "conversation", &conversation_key(conv))
+            .await
     }
 
     /// A conversation's newest position.
     pub async fn head(&self, conv: ConversationId, consistency: Consistency) -> Result<Head> {
-        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
-            .await?;
-        Ok(self
-            .inner
-            .lsm
-            .get(&head_key(conv))?
-            .map(|v| records::decode("head", &v))
-            .transpose()?
-            .unwrap_or_default())
+        let shard = self.inner.slots.shard_of(conv);
+        self.get_record(shard, consistency, "head", &head_key(conv))
+            .await
+            .map(Option::unwrap_or_default)
     }
 
     /// Every member's receipt watermarks in a conversation.
@@ -633,13 +611,11 @@ impl Node {
         conv: ConversationId,
         consistency: Consistency,
     ) -> Result<Vec<(UserId, Receipt)>> {
-        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
-            .await?;
         let prefix = receipt_prefix(conv);
         let end = missive_engine::keys::prefix_successor(&prefix);
-        self.inner
-            .lsm
-            .scan(&prefix, end.as_deref(), Direction::Forward, usize::MAX)?
+        let shard = self.inner.slots.shard_of(conv);
+        self.scan(shard, consistency, &prefix, end, usize::MAX)
+            .await?
             .into_iter()
             .map(|(k, v)| {
                 let user = k
@@ -666,9 +642,9 @@ impl Node {
 
     /// A user's newest inbox position.
     pub async fn user_head(&self, user: UserId, consistency: Consistency) -> Result<UserHead> {
-        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
-            .await?;
-        self.get_record("user head", &user_head_key(user))
+        let shard = self.inner.slots.shard_of_user(user);
+        self.get_record(shard, consistency, "user head", &user_head_key(user))
+            .await
             .map(Option::unwrap_or_default)
     }
 
@@ -681,11 +657,11 @@ impl Node {
         limit: usize,
         consistency: Consistency,
     ) -> Result<Vec<(u64, InboxEvent)>> {
-        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
-            .await?;
         let lo = inbox_key(user, after.saturating_add(1));
         let hi = inbox_key(user, u64::MAX);
-        self.scan_records("inbox event", &lo, &hi, limit)
+        let shard = self.inner.slots.shard_of_user(user);
+        self.scan_records(shard, consistency, "inbox event", &lo, hi, limit)
+            .await
     }
 
     /// Every conversation a user has been in, with their view of it.
@@ -714,12 +690,10 @@ impl Node {
         conv: ConversationId,
         consistency: Consistency,
     ) -> Result<Option<UserConv>> {
-        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
-            .await?;
-        self.get_record(
-            "user conversation",
-            &crate::records::user_conv_key(user, conv),
-        )
+        let shard = self.inner.slots.shard_of_user(user);
+        let key = crate::records::user_conv_key(user, conv);
+        self.get_record(shard, consistency, "user conversation", &key)
+            .await
     }
 
     /// A user's registered devices.
@@ -751,7 +725,8 @@ impl Node {
     }
 
     /// A user's records under `prefix` (on the user's shard, read at
-    /// `consistency`), by the id that ends each key.
+    /// `consistency`), by the id that ends each key. User-keyspace
+    /// prefixes never end in 0xFF bytes only, so the successor exists.
     async fn user_records<T: serde::de::DeserializeOwned>(
         &self,
         user: UserId,
@@ -759,16 +734,17 @@ impl Node {
         what: &'static str,
         prefix: &[u8],
     ) -> Result<Vec<(u64, T)>> {
-        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
-            .await?;
-        self.scan_prefix(what, prefix)
+        let shard = self.inner.slots.shard_of_user(user);
+        let end = missive_engine::keys::prefix_successor(prefix).unwrap_or_default();
+        self.scan_records(shard, consistency, what, prefix, end, usize::MAX)
+            .await
     }
 
     /// A user's profile (empty if never set).
     pub async fn profile(&self, user: UserId, consistency: Consistency) -> Result<Profile> {
-        self.ensure_read(self.inner.slots.shard_of_user(user), consistency)
-            .await?;
-        self.get_record("profile", &profile_key(user))
+        let shard = self.inner.slots.shard_of_user(user);
+        self.get_record(shard, consistency, "profile", &profile_key(user))
+            .await
             .map(Option::unwrap_or_default)
     }
 
@@ -780,47 +756,60 @@ impl Node {
         ts: u64,
         consistency: Consistency,
     ) -> Result<Option<StoredMessage>> {
-        self.ensure_read(self.inner.slots.shard_of(conv), consistency)
-            .await?;
+        let shard = self.inner.slots.shard_of(conv);
         Ok(self
-            .get_record::<Message>("message", &msg_key(conv, ts))?
+            .get_record::<Message>(shard, consistency, "message", &msg_key(conv, ts))
+            .await?
             .map(|message| StoredMessage { ts, message }))
     }
 
-    fn get_record<T: serde::de::DeserializeOwned>(
+    async fn get_record<T: serde::de::DeserializeOwned>(
         &self,
+        shard: ShardId,
+        consistency: Consistency,
         what: &'static str,
         key: &[u8],
     ) -> Result<Option<T>> {
-        self.inner
-            .lsm
-            .get(key)?
-            .map(|v| records::decode(what, &v))
-            .transpose()
+        let op = ReadOp::Get { key: key.to_vec() };
+        let ReadResult::Value(v) = self.inner.read(shard, consistency, op).await? else {
+            return Err(Error::malformed(what, "answer of the wrong kind"));
+        };
+        v.map(|v| records::decode(what, &v)).transpose()
     }
 
-    /// Every record under `prefix` (user-keyspace prefixes never end in
-    /// 0xFF bytes only, so the successor exists).
-    fn scan_prefix<T: serde::de::DeserializeOwned>(
+    /// Key/value pairs of `shard` in `[lo, hi)`, in key order.
+    async fn scan(
         &self,
-        what: &'static str,
-        prefix: &[u8],
-    ) -> Result<Vec<(u64, T)>> {
-        let end = missive_engine::keys::prefix_successor(prefix).unwrap_or_default();
-        self.scan_records(what, prefix, &end, usize::MAX)
+        shard: ShardId,
+        consistency: Consistency,
+        lo: &[u8],
+        hi: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let op = ReadOp::Scan {
+            lo: lo.to_vec(),
+            hi,
+            reverse: false,
+            limit: limit as u64,
+        };
+        match self.inner.read(shard, consistency, op).await? {
+            ReadResult::Pairs(p) => Ok(p),
+            _ => Err(Error::malformed("scan", "answer of the wrong kind")),
+        }
     }
 
     /// Records in `[lo, hi)` keyed by a trailing u64, in key order.
-    fn scan_records<T: serde::de::DeserializeOwned>(
+    async fn scan_records<T: serde::de::DeserializeOwned>(
         &self,
+        shard: ShardId,
+        consistency: Consistency,
         what: &'static str,
         lo: &[u8],
-        hi: &[u8],
+        hi: Vec<u8>,
         limit: usize,
     ) -> Result<Vec<(u64, T)>> {
-        self.inner
-            .lsm
-            .scan(lo, Some(hi), Direction::Forward, limit)?
+        self.scan(shard, consistency, lo, Some(hi), limit)
+            .await?
             .into_iter()
             .map(|(k, v)| {
                 let n = key_tail_u64(&k).ok_or_else(|| Error::malformed(what, "short key"))?;
@@ -886,10 +875,6 @@ const INBOX_NOTICES: usize = 4096;
 /// Signals buffered per subscriber before it is told it lagged.
 const SIGNAL_BUFFER: usize = 4096;
 
-/// How long a follower read waits for the leader's read index and then
-/// for its own apply to reach it.
-const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
-
 /// How long a signal's delivery to one peer may take before it is dropped.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -952,7 +937,7 @@ impl Inner {
             .is_some_and(|g| g.raft.metrics().borrow().current_leader == Some(self.id))
     }
 
-    fn group(&self, shard: ShardId) -> Result<&Group> {
+    pub(crate) fn group(&self, shard: ShardId) -> Result<&Group> {
         self.groups.get(&shard).ok_or(Error::NoSuchShard(shard))
     }
 
@@ -962,6 +947,9 @@ impl Inner {
         command: Command,
         forward: bool,
     ) -> Result<Outcome> {
+        if forward && !self.hosts(shard) {
+            return self.write_remote(shard, command).await;
+        }
         let g = self.group(shard)?;
         let (tx, rx) = oneshot::channel();
         let lane = match command {
@@ -992,7 +980,7 @@ impl Inner {
         }
     }
 
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         shard: ShardId,
         leader: NodeId,
@@ -1011,13 +999,7 @@ impl Inner {
             .await;
         match reply {
             Ok(Reply::Write(Ok(o))) => Ok(o),
-            Ok(Reply::Write(Err(f))) => Err(match f {
-                RemoteFailure::NotLeader { leader } => Error::NotLeader { shard, leader },
-                RemoteFailure::Unavailable(reason) => Error::Unavailable { shard, reason },
-                RemoteFailure::Unknown(reason) | RemoteFailure::Failed(reason) => {
-                    Error::Unknown { shard, reason }
-                }
-            }),
+            Ok(Reply::Write(Err(f))) => Err(crate::route::from_remote(shard, f)),
             Ok(other) => Err(Error::Unknown {
                 shard,
                 reason: format!("unexpected reply {other:?}"),
@@ -1033,6 +1015,15 @@ impl Inner {
                 reason: format!("forwarded to node {leader}: {e}"),
             }),
         }
+    }
+
+    /// The leader of a hosted shard, with its address, as this node knows it.
+    fn known_leader(&self, shard: ShardId) -> Option<(NodeId, String)> {
+        let g = self.group(shard).ok()?;
+        let p = crate::membership::placement(&g.raft, shard);
+        let l = p.leader?;
+        let a = p.voters.get(&l).or(p.learners.get(&l))?.clone();
+        Some((l, a))
     }
 
     fn snapshot_chunk(
@@ -1141,7 +1132,10 @@ impl Dispatch for Inner {
             };
             let raft = g.raft.clone();
             match rpc {
-                Rpc::Append(req) => Reply::Append(raft.append_entries(req).await),
+                Rpc::Append(req) => {
+                    self.revive_if_retired(shard);
+                    Reply::Append(raft.append_entries(req).await)
+                }
                 Rpc::Vote(req) => Reply::Vote(raft.vote(req).await),
                 Rpc::SnapshotChunk {
                     snapshot_id,
@@ -1170,6 +1164,29 @@ impl Dispatch for Inner {
                     Err(e) => Reply::Failed(e.to_string()),
                 },
                 Rpc::Signal { .. } => Reply::Signal,
+                Rpc::Locate => Reply::Locate(
+                    self.hosts(shard)
+                        .then(|| crate::membership::placement(&raft, shard)),
+                ),
+                Rpc::ChangeReplicas { change } => Reply::ChangeReplicas(
+                    match self.leads(shard) {
+                        true => self.change_replicas(shard, change).await,
+                        false => Err(Error::NotLeader {
+                            shard,
+                            leader: self.known_leader(shard),
+                        }),
+                    }
+                    .map_err(crate::route::to_remote),
+                ),
+                Rpc::Retire { removed_at } => match self.retire(shard, removed_at) {
+                    Ok(()) => Reply::Retired,
+                    Err(e) => Reply::Failed(e.to_string()),
+                },
+                Rpc::Read { op, linearizable } => Reply::Read(
+                    self.serve_read(shard, op, linearizable)
+                        .await
+                        .map_err(crate::route::to_remote),
+                ),
                 Rpc::ReadIndex => Reply::ReadIndex(match raft.get_read_log_id().await {
                     Ok((read, _applied)) => Ok(read.map(|l| l.index)),
                     Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -1183,12 +1200,7 @@ impl Dispatch for Inner {
                     Arc::clone(&self)
                         .write_to(shard, command, false)
                         .await
-                        .map_err(|e| match e {
-                            Error::NotLeader { leader, .. } => RemoteFailure::NotLeader { leader },
-                            Error::Unavailable { reason, .. } => RemoteFailure::Unavailable(reason),
-                            Error::Unknown { reason, .. } => RemoteFailure::Unknown(reason),
-                            other => RemoteFailure::Failed(other.to_string()),
-                        }),
+                        .map_err(crate::route::to_remote),
                 ),
             }
         })

@@ -48,8 +48,9 @@ use openraft::raft::{
 };
 
 use crate::command::{Command, Outcome};
+use crate::membership::{Change, Placement};
 use crate::snapshot::Chunk;
-use crate::types::{NodeId, ShardId, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{LogId, NodeId, ShardId, SnapshotMeta, TypeConfig, Vote};
 
 /// The protocol version in `Hello`.
 pub const WIRE_VERSION: u32 = 1;
@@ -142,6 +143,75 @@ pub enum Rpc {
         /// The server's payload.
         payload: Vec<u8>,
     },
+    /// Where are this shard's replicas? Any node answers with its view.
+    Locate,
+    /// Change the shard's replicas (forwarded to its leader).
+    ChangeReplicas {
+        /// The change.
+        change: Change,
+    },
+    /// The leader tells a removed replica that it is one no longer: stop
+    /// campaigning (see `membership`).
+    Retire {
+        /// The log id of the configuration that removed it.
+        removed_at: LogId,
+    },
+    /// A read on behalf of a node that is not a replica of the shard; the
+    /// receiver reads at `linearizable` (else stale) consistency.
+    Read {
+        /// What to read.
+        op: ReadOp,
+        /// Linearizable (true) or stale.
+        linearizable: bool,
+    },
+}
+
+/// One read of the shard's data in the LSM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ReadOp {
+    /// One key.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Keys in `[lo, hi)` in order, at most `limit`.
+    Scan {
+        /// Lower bound (inclusive).
+        lo: Vec<u8>,
+        /// Upper bound (exclusive; None: to the end).
+        hi: Option<Vec<u8>>,
+        /// Newest (highest key) first.
+        reverse: bool,
+        /// Most pairs returned.
+        limit: u64,
+    },
+    /// The newest `limit` messages of a conversation.
+    Latest {
+        /// The conversation.
+        conv: u64,
+        /// Most messages.
+        limit: u64,
+    },
+    /// Up to `limit` messages of a conversation older than `ts`.
+    Before {
+        /// The conversation.
+        conv: u64,
+        /// Exclusive upper bound.
+        ts: u64,
+        /// Most messages.
+        limit: u64,
+    },
+}
+
+/// A [`ReadOp`]'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ReadResult {
+    /// To `Get`.
+    Value(Option<Vec<u8>>),
+    /// To `Scan`: key/value pairs.
+    Pairs(Vec<(Vec<u8>, Vec<u8>)>),
+    /// To `Latest` / `Before`: (ts, value), newest first.
+    Messages(Vec<(u64, Vec<u8>)>),
 }
 
 /// An error carried back from a forwarded write.
@@ -158,6 +228,8 @@ pub enum RemoteFailure {
     Unknown(String),
     /// Anything else.
     Failed(String),
+    /// The request was invalid (a bad membership change, …).
+    Invalid(String),
 }
 
 /// A call's answer.
@@ -178,6 +250,15 @@ pub enum Reply {
     /// To `ReadIndex`: the log index to apply up to before reading (None:
     /// nothing committed yet).
     ReadIndex(Result<Option<u64>, RemoteFailure>),
+    /// To `Locate`: the answering node's view (None: it is not a replica
+    /// or knows no configuration).
+    Locate(Option<Placement>),
+    /// To `ChangeReplicas`: the placement after the change.
+    ChangeReplicas(Result<Placement, RemoteFailure>),
+    /// To `Retire`.
+    Retired,
+    /// To `Read`.
+    Read(Result<ReadResult, RemoteFailure>),
     /// The call could not be served at all (no such shard, shutting down).
     Failed(String),
 }

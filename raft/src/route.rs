@@ -1,0 +1,562 @@
+//! Where a shard's reads and writes go, and the membership changes that
+//! move its replicas.
+//!
+//! A node replicates some shards — its *hosted* shards: its group's
+//! configuration names it (voter or learner) and it has not been retired —
+//! and serves every shard:
+//!
+//! ```text
+//!  hosted:      read  ─► ensure_read (leader: ensure_linearizable;
+//!                        follower: read index from the leader, wait for
+//!                        apply) ─► local LSM
+//!               write ─► local batcher (forwarded once to the leader)
+//!  not hosted:  locate(shard) ─► cached Placement, else ask the known nodes
+//!                        (seeds and every node of any hosted group)
+//!               read  ─► Rpc::Read to the leader (it reads as above)
+//!               write ─► Rpc::Write to the leader
+//!               a NotLeader answer naming another leader updates the cache;
+//!               an unreachable one refreshes it
+//! ```
+//!
+//! A node that joined the cluster and hosts nothing yet, and a node whose
+//! replica was moved away, serve clients this way; the cost is one network
+//! round trip per read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+
+use missive_engine::keys::{ConversationId, Timestamp};
+use missive_engine::lsm::Direction;
+
+use crate::error::{Error, Result};
+use crate::membership::{self, Change, Placement};
+use crate::node::{Consistency, Inner};
+use crate::transport::client::CallError;
+use crate::transport::{ReadOp, ReadResult, RemoteFailure, Reply, Rpc};
+use crate::types::{LogId, NodeId, Raft, ShardId};
+
+/// How long a follower read waits for the leader's read index and then
+/// for its own apply to reach it; also the budget of a routed read.
+pub(crate) const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
+
+/// How long one `Locate` question may take.
+const LOCATE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a forwarded membership change may take (catching a replica up
+/// included).
+const CHANGE_WAIT: Duration = Duration::from_secs(membership::CATCH_UP_WAIT.as_secs() + 60);
+
+/// How long the `Retire` notice to a removed replica may take.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A failure from another node, as our error.
+pub(crate) fn from_remote(shard: ShardId, f: RemoteFailure) -> Error {
+    match f {
+        RemoteFailure::NotLeader { leader } => Error::NotLeader { shard, leader },
+        RemoteFailure::Unavailable(reason) => Error::Unavailable { shard, reason },
+        RemoteFailure::Invalid(reason) => Error::InvalidArgument(reason),
+        RemoteFailure::Unknown(reason) | RemoteFailure::Failed(reason) => {
+            Error::Unknown { shard, reason }
+        }
+    }
+}
+
+/// Our error, to send to another node.
+pub(crate) fn to_remote(e: Error) -> RemoteFailure {
+    match e {
+        Error::NotLeader { leader, .. } => RemoteFailure::NotLeader { leader },
+        Error::Unavailable { reason, .. } => RemoteFailure::Unavailable(reason),
+        Error::Unknown { reason, .. } => RemoteFailure::Unknown(reason),
+        Error::InvalidArgument(reason) => RemoteFailure::Invalid(reason),
+        other => RemoteFailure::Failed(other.to_string()),
+    }
+}
+
+impl Inner {
+    /// Whether this node replicates `shard` now.
+    pub(crate) fn hosts(&self, shard: ShardId) -> bool {
+        let Some(g) = self.groups.get(&shard) else {
+            return false;
+        };
+        let named = g
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some();
+        named && !self.retired.contains(shard)
+    }
+
+    /// Every node this one knows of (but itself): the seeds and every node
+    /// of any hosted group's configuration.
+    pub(crate) fn known_nodes(&self) -> BTreeMap<NodeId, String> {
+        let mut out = self.seeds_snapshot();
+        for (shard, g) in &self.groups {
+            if self.retired.contains(*shard) {
+                continue;
+            }
+            let m = g.raft.metrics().borrow().membership_config.clone();
+            for (id, n) in m.membership().nodes() {
+                out.insert(*id, n.addr.clone());
+            }
+        }
+        out.remove(&self.id);
+        out
+    }
+
+    /// The placement of `shard`: this node's own view if it hosts the
+    /// shard, else the cached one (`refresh`: ask again).
+    pub(crate) async fn locate(&self, shard: ShardId, refresh: bool) -> Result<Placement> {
+        if self.hosts(shard) {
+            return Ok(membership::placement(&self.group(shard)?.raft, shard));
+        }
+        if !refresh {
+            if let Some(p) = self.cached_placement(shard) {
+                return Ok(p);
+            }
+        }
+        let mut best: Option<Placement> = None;
+        for (id, addr) in self.known_nodes() {
+            let reply = self
+                .peers
+                .call(id, &addr, shard, Rpc::Locate, LOCATE_TIMEOUT)
+                .await;
+            let Ok(Reply::Locate(Some(p))) = reply else {
+                continue;
+            };
+            let better = best.as_ref().is_none_or(|b| {
+                (p.config_index, p.leader.is_some()) > (b.config_index, b.leader.is_some())
+            });
+            if better {
+                best = Some(p);
+            }
+            if best.as_ref().is_some_and(|b| b.leader.is_some()) {
+                break;
+            }
+        }
+        let p = best.ok_or_else(|| Error::Unavailable {
+            shard,
+            reason: "no known node replicates this shard (is the cluster up?)".into(),
+        })?;
+        self.cache_placement(p.clone());
+        Ok(p)
+    }
+
+    /// Where to send a routed call: the leader if known, else a voter.
+    async fn route_target(&self, shard: ShardId, refresh: bool) -> Result<(NodeId, String)> {
+        let p = self.locate(shard, refresh).await?;
+        let pick = p
+            .leader
+            .and_then(|l| p.voters.get(&l).map(|a| (l, a.clone())))
+            .or_else(|| p.voters.iter().next().map(|(i, a)| (*i, a.clone())));
+        pick.ok_or_else(|| Error::Unavailable {
+            shard,
+            reason: "the shard has no voters".into(),
+        })
+    }
+
+    /// Remembers that `leader` leads `shard` (from a NotLeader answer).
+    fn learn_leader(&self, shard: ShardId, leader: NodeId, addr: String) {
+        let mut c = self.placement_cache();
+        if let Some(p) = c.get_mut(&shard) {
+            p.leader = Some(leader);
+            p.voters.entry(leader).or_insert(addr);
+        }
+    }
+
+    /// A write for a shard this node does not host: to its leader.
+    pub(crate) async fn write_remote(
+        &self,
+        shard: ShardId,
+        command: crate::command::Command,
+    ) -> Result<crate::command::Outcome> {
+        let mut refresh = false;
+        let mut last = None;
+        for _ in 0..3 {
+            let (leader, addr) = self.route_target(shard, refresh).await?;
+            match self.forward(shard, leader, &addr, command.clone()).await {
+                Err(Error::NotLeader {
+                    leader: Some((l, a)),
+                    ..
+                }) if l != leader => {
+                    self.learn_leader(shard, l, a);
+                    refresh = false;
+                }
+                Err(e @ Error::Transport { .. }) | Err(e @ Error::NotLeader { .. }) => {
+                    refresh = true;
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(Error::NotLeader {
+            shard,
+            leader: None,
+        }))
+    }
+
+    /// One read of `shard`'s data at `c`: here if hosted, else at the
+    /// leader.
+    pub(crate) async fn read(
+        &self,
+        shard: ShardId,
+        c: Consistency,
+        op: ReadOp,
+    ) -> Result<ReadResult> {
+        if self.hosts(shard) {
+            self.ensure_read(shard, c).await?;
+            return self.read_local(&op);
+        }
+        let deadline = tokio::time::Instant::now() + READ_INDEX_WAIT;
+        let mut refresh = false;
+        loop {
+            let (target, addr) = self.route_target(shard, refresh).await?;
+            let reply = self
+                .peers
+                .call(
+                    target,
+                    &addr,
+                    shard,
+                    Rpc::Read {
+                        op: op.clone(),
+                        linearizable: c == Consistency::Linearizable,
+                    },
+                    READ_INDEX_WAIT,
+                )
+                .await;
+            let err = match reply {
+                Ok(Reply::Read(Ok(r))) => return Ok(r),
+                Ok(Reply::Read(Err(f))) => from_remote(shard, f),
+                Ok(other) => Error::Unavailable {
+                    shard,
+                    reason: format!("unexpected reply {other:?}"),
+                },
+                Err(e) => Error::Transport {
+                    node: target,
+                    reason: e.to_string(),
+                },
+            };
+            if !err.is_retryable() || tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            refresh = true;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A `Read` from a node that does not host the shard.
+    pub(crate) async fn serve_read(
+        &self,
+        shard: ShardId,
+        op: ReadOp,
+        linearizable: bool,
+    ) -> Result<ReadResult> {
+        if !self.hosts(shard) {
+            return Err(Error::Unavailable {
+                shard,
+                reason: format!("node {} does not replicate it", self.id),
+            });
+        }
+        let c = if linearizable {
+            Consistency::Linearizable
+        } else {
+            Consistency::Stale
+        };
+        self.ensure_read(shard, c).await?;
+        self.read_local(&op)
+    }
+
+    fn read_local(&self, op: &ReadOp) -> Result<ReadResult> {
+        let limit = |l: u64| usize::try_from(l).unwrap_or(usize::MAX);
+        Ok(match op {
+            ReadOp::Get { key } => ReadResult::Value(self.lsm.get(key)?),
+            ReadOp::Scan {
+                lo,
+                hi,
+                reverse,
+                limit: l,
+            } => {
+                let dir = if *reverse {
+                    Direction::Reverse
+                } else {
+                    Direction::Forward
+                };
+                ReadResult::Pairs(self.lsm.scan(lo, hi.as_deref(), dir, limit(*l))?)
+            }
+            ReadOp::Latest { conv, limit: l } => ReadResult::Messages(
+                self.lsm
+                    .latest(ConversationId(*conv), limit(*l))?
+                    .into_iter()
+                    .map(|m| (m.ts.0, m.value))
+                    .collect(),
+            ),
+            ReadOp::Before { conv, ts, limit: l } => ReadResult::Messages(
+                self.lsm
+                    .before(ConversationId(*conv), Timestamp(*ts), limit(*l))?
+                    .into_iter()
+                    .map(|m| (m.ts.0, m.value))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// Makes a read at `c` on this replica reflect every write acknowledged
+    /// before it began (Stale: nothing to do).
+    async fn ensure_read(&self, shard: ShardId, c: Consistency) -> Result<()> {
+        if c == Consistency::Stale {
+            return Ok(());
+        }
+        let raft = &self.group(shard)?.raft;
+        match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                match f.leader_id.zip(f.leader_node.map(|n| n.addr)) {
+                    Some((leader, addr)) if leader != self.id => {
+                        self.follower_read_index(shard, raft, leader, &addr).await
+                    }
+                    leader => Err(Error::NotLeader { shard, leader }),
+                }
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(Error::Unavailable {
+                    shard,
+                    reason: q.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(f)) => Err(Error::Unavailable {
+                shard,
+                reason: format!("raft stopped: {f}"),
+            }),
+        }
+    }
+
+    /// A linearizable read on a follower (Raft's read index): the leader
+    /// confirms it still leads with a quorum and names its commit point;
+    /// once this replica has applied that far, its state includes every
+    /// write acknowledged before the read began.
+    async fn follower_read_index(
+        &self,
+        shard: ShardId,
+        raft: &Raft,
+        leader: NodeId,
+        addr: &str,
+    ) -> Result<()> {
+        let reply = self
+            .peers
+            .call(leader, addr, shard, Rpc::ReadIndex, READ_INDEX_WAIT)
+            .await;
+        let index = match reply {
+            Ok(Reply::ReadIndex(Ok(i))) => i,
+            Ok(Reply::ReadIndex(Err(f))) => return Err(from_remote(shard, f)),
+            Ok(other) => {
+                return Err(Error::Unavailable {
+                    shard,
+                    reason: format!("unexpected reply {other:?}"),
+                })
+            }
+            Err(e) => {
+                return Err(Error::Transport {
+                    node: leader,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        raft.wait(Some(READ_INDEX_WAIT))
+            .applied_index_at_least(index, "follower read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable {
+                shard,
+                reason: format!("this replica did not apply up to the read index: {e}"),
+            })
+    }
+
+    /// Changes `shard`'s replicas: here if this node leads it, else at its
+    /// leader. Retires the replicas the change removed.
+    pub(crate) async fn change_replicas(
+        self: &Arc<Self>,
+        shard: ShardId,
+        change: Change,
+    ) -> Result<Placement> {
+        let g = self.group(shard)?;
+        if self.leads(shard) {
+            let (after, gone, removed_at) = membership::execute(&g.raft, shard, &change).await?;
+            if let Some(at) = removed_at {
+                for (node, addr) in gone {
+                    self.send_retire(shard, node, &addr, at).await;
+                }
+            }
+            return Ok(after);
+        }
+        let mut refresh = false;
+        let mut last = None;
+        for _ in 0..3 {
+            let (leader, addr) = match self.hosts(shard) {
+                true => match membership::placement(&g.raft, shard).leader {
+                    Some(l) if l != self.id => {
+                        let p = membership::placement(&g.raft, shard);
+                        let a = p.voters.get(&l).or(p.learners.get(&l)).cloned();
+                        match a {
+                            Some(a) => (l, a),
+                            None => self.route_target(shard, true).await?,
+                        }
+                    }
+                    _ => self.route_target(shard, refresh).await?,
+                },
+                false => self.route_target(shard, refresh).await?,
+            };
+            let reply = self
+                .peers
+                .call(
+                    leader,
+                    &addr,
+                    shard,
+                    Rpc::ChangeReplicas {
+                        change: change.clone(),
+                    },
+                    CHANGE_WAIT,
+                )
+                .await;
+            match reply {
+                Ok(Reply::ChangeReplicas(Ok(p))) => return Ok(p),
+                Ok(Reply::ChangeReplicas(Err(RemoteFailure::NotLeader {
+                    leader: Some((l, a)),
+                }))) if l != leader => {
+                    self.learn_leader(shard, l, a);
+                    refresh = false;
+                }
+                Ok(Reply::ChangeReplicas(Err(f))) => {
+                    let e = from_remote(shard, f);
+                    if !matches!(e, Error::NotLeader { .. }) {
+                        return Err(e);
+                    }
+                    refresh = true;
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(other) => {
+                    return Err(Error::Unknown {
+                        shard,
+                        reason: format!("unexpected reply {other:?}"),
+                    })
+                }
+                Err(CallError::Unreachable(reason)) => {
+                    refresh = true;
+                    last = Some(Error::Transport {
+                        node: leader,
+                        reason,
+                    });
+                }
+                Err(e) => {
+                    return Err(Error::Unknown {
+                        shard,
+                        reason: format!("change sent to node {leader}: {e}"),
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::NotLeader {
+            shard,
+            leader: None,
+        }))
+    }
+
+    /// Tells `node` it no longer replicates `shard` (retiring this node
+    /// directly when it removed itself). Best effort: a node that misses
+    /// it keeps campaigning, harmlessly (voters that hear from their leader
+    /// ignore it), until told again by the next change or an operator.
+    async fn send_retire(&self, shard: ShardId, node: NodeId, addr: &str, at: LogId) {
+        if node == self.id {
+            if let Err(e) = self.retire(shard, at) {
+                tracing::warn!(%shard, error = %e, "retiring this node's replica failed");
+            }
+            return;
+        }
+        match self
+            .peers
+            .call(
+                node,
+                addr,
+                shard,
+                Rpc::Retire { removed_at: at },
+                RETIRE_TIMEOUT,
+            )
+            .await
+        {
+            Ok(Reply::Retired) => tracing::info!(%shard, node, "removed replica retired"),
+            other => tracing::warn!(%shard, node, reply = ?other, "removed replica not told"),
+        }
+    }
+
+    /// Retires this node's replica of `shard`, removed by the
+    /// configuration at `at` — unless this node has since seen a later
+    /// configuration (it was added back).
+    pub(crate) fn retire(&self, shard: ShardId, at: LogId) -> Result<()> {
+        let g = self.group(shard)?;
+        let seen = *g.raft.metrics().borrow().membership_config.log_id();
+        if seen.is_some_and(|s| s.index > at.index) {
+            return Ok(());
+        }
+        g.raft.runtime_config().elect(false);
+        if self.retired.retire(shard)? {
+            tracing::info!(%shard, "replica retired: elections off, reads and writes routed");
+        }
+        self.placement_cache().remove(&shard);
+        Ok(())
+    }
+
+    /// A leader replicates to this node's retired replica of `shard` again:
+    /// it was added back.
+    pub(crate) fn revive_if_retired(&self, shard: ShardId) {
+        if !self.retired.contains(shard) {
+            return;
+        }
+        let Ok(g) = self.group(shard) else { return };
+        match self.retired.revive(shard) {
+            Ok(_) => {
+                g.raft.runtime_config().elect(true);
+                tracing::info!(%shard, "replica revived: a leader replicates to it again");
+            }
+            Err(e) => tracing::warn!(%shard, error = %e, "reviving a retired replica failed"),
+        }
+    }
+}
+
+impl Inner {
+    fn placement_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ShardId, Placement>> {
+        self.placements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cached_placement(&self, shard: ShardId) -> Option<Placement> {
+        self.placement_cache().get(&shard).cloned()
+    }
+
+    fn cache_placement(&self, p: Placement) {
+        self.placement_cache().insert(p.shard, p);
+    }
+
+    /// The configured seed nodes (bootstrap list or join list).
+    fn seeds_snapshot(&self) -> BTreeMap<NodeId, String> {
+        self.seeds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adds seed nodes to ask where shards are.
+    pub(crate) fn add_seeds(&self, seeds: &BTreeMap<NodeId, String>) {
+        self.seeds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(seeds.iter().map(|(i, a)| (*i, a.clone())));
+    }
+}
