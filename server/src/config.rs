@@ -60,8 +60,13 @@ pub struct NodeSection {
     /// Replicas per shard.
     pub replicas: usize,
     /// Every node of the cluster, this one included: id → Raft address.
-    /// Empty: a cluster of this node alone.
+    /// Empty: a cluster of this node alone. With `join`, the nodes of the
+    /// running cluster to contact (this one need not be listed).
     pub peers: BTreeMap<u64, String>,
+    /// Join a running cluster instead of forming one: start hosting no
+    /// shard and wait for an operator to add this node's replicas
+    /// (`missivectl shard add` / `move`, docs/design.md §4.7).
+    pub join: bool,
     /// The log's I/O back end: `std` (pwrite + fdatasync, the default:
     /// measured faster here), `io_uring`, or `auto` (io_uring where the
     /// kernel allows it).
@@ -76,6 +81,7 @@ impl Default for NodeSection {
             shards: 8,
             replicas: 3,
             peers: BTreeMap::new(),
+            join: false,
             io: IoBackend::default(),
         }
     }
@@ -254,7 +260,11 @@ impl Config {
         if self.node.shards == 0 {
             return bad("node.shards must be at least 1");
         }
-        if !self.node.peers.is_empty() && !self.node.peers.contains_key(&self.node.id) {
+        if self.node.join {
+            if self.node.peers.keys().all(|&id| id == self.node.id) {
+                return bad("node.join needs node.peers to name at least one running node");
+            }
+        } else if !self.node.peers.is_empty() && !self.node.peers.contains_key(&self.node.id) {
             return bad("node.peers must include this node's own id");
         }
         if l.max_message_bytes == 0 || l.max_frame_bytes < l.max_message_bytes {

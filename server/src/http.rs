@@ -11,7 +11,7 @@ use axum::extract::{
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,19 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/admin/tokens", post(admin_token))
+        .route("/v1/admin/cluster", get(crate::admin::cluster))
+        .route(
+            "/v1/admin/shards/{shard}/replicas",
+            post(crate::admin::add_replica),
+        )
+        .route(
+            "/v1/admin/shards/{shard}/replicas/{node}",
+            delete(crate::admin::remove_replica),
+        )
+        .route(
+            "/v1/admin/shards/{shard}/move",
+            post(crate::admin::move_replica),
+        )
         .route("/v1/ws-ticket", post(ws_ticket))
         .route("/v1/ws", get(ws_upgrade))
         .route("/v1/users/me", get(me).put(set_me))
@@ -148,9 +161,12 @@ pub fn router(state: AppState) -> Router {
 
 async fn readyz(State(s): State<AppState>) -> Response {
     let node = &s.service.node;
+    // Shards this node does not replicate are served by routing to their
+    // replicas; only its own groups must have a leader.
     let leaderless: Vec<String> = node
         .slots()
         .shards()
+        .filter(|sh| node.hosts(*sh))
         .filter(|sh| !matches!(node.leader(*sh), Ok(Some(_))))
         .map(|sh| sh.to_string())
         .collect();
@@ -203,17 +219,7 @@ async fn admin_token(
     headers: HeaderMap,
     JsonBody(req): JsonBody<MintReq>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let presented = headers
-        .get("x-admin-secret")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !s.auth.is_admin(presented) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "minting tokens needs X-Admin-Secret matching auth.admin_secret",
-        ));
-    }
+    crate::admin::require_admin(&s, &headers, "minting tokens")?;
     if req.user.0 == 0 {
         return Err(ApiError::invalid("user must be a non-zero id"));
     }

@@ -23,9 +23,11 @@
 //! - `ws` — **the delivery path**: a WebSocket session, its sync-then-live
 //!   event stream and its slow-consumer rule.
 //! - `http` — the HTTP API and the upgrade.
+//! - `admin` — the operator's cluster API (placement, replica changes).
 //! - `metrics` — counters for `/metrics`.
 //! - `server` — start, the listener with its limits, and shutdown.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;

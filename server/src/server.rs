@@ -71,12 +71,16 @@ pub async fn start(cfg: Config) -> Result<Running> {
     ncfg.shards = cfg.node.shards;
     ncfg.log.io = cfg.node.io;
     let node = Node::start(ncfg).await?;
-    let (members, replicas) = if cfg.node.peers.is_empty() {
-        (BTreeMap::from([(cfg.node.id, node.addr().to_string())]), 1)
+    if cfg.node.join {
+        node.join(&cfg.node.peers);
     } else {
-        (cfg.node.peers.clone(), cfg.node.replicas)
-    };
-    node.bootstrap(&members, replicas).await?;
+        let (members, replicas) = if cfg.node.peers.is_empty() {
+            (BTreeMap::from([(cfg.node.id, node.addr().to_string())]), 1)
+        } else {
+            (cfg.node.peers.clone(), cfg.node.replicas)
+        };
+        node.bootstrap(&members, replicas).await?;
+    }
 
     let listener = TcpListener::bind(cfg.listen)
         .await

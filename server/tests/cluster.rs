@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use common::{assert_consecutive, config, message_seqs, suites, three_raft_addrs, token, Http, Ws};
 use missive_server::{Config, Running};
@@ -227,6 +227,163 @@ async fn a_node_restarted_from_its_data_serves_a_device_everything_it_missed() {
         .await;
     assert_eq!(h["messages"][0]["seq"], 15, "{h}");
     nodes.push(n3);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// An admin call: (status, body).
+async fn admin(
+    method: reqwest::Method,
+    url: String,
+    secret: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .header("x-admin-secret", secret);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn voter_ids(shard: &Value) -> Vec<u64> {
+    shard["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["node"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_replaced_through_the_admin_api_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, mut nodes) = cluster(dir.path()).await;
+    let c = &cfgs[0];
+    let secret = c.auth.admin_secret.clone().unwrap();
+    let alice = Http::new(nodes[0].addr(), token(c, 1, 1));
+    let conv = alice.direct(2).await;
+    for i in 1..=10 {
+        alice.send(&conv, &format!("m{i}"), &format!("{i}")).await;
+    }
+
+    // Node 4 joins: it hosts nothing yet, and serves everything by routing.
+    let mut c4 = config(&dir.path().join("n4"));
+    c4.listen = "127.0.0.4:0".parse().unwrap();
+    c4.node.id = 4;
+    c4.node.raft_listen = common::free_port("127.0.0.4");
+    c4.node.peers = cfgs[0].node.peers.clone();
+    c4.node.join = true;
+    c4.auth.secret = c.auth.secret.clone();
+    let n4 = missive_server::start(c4.clone()).await.unwrap();
+    let mut laptop = Ws::connect(n4.addr(), &token(c, 2, 2)).await;
+    let evs = laptop.sync_until(0, &conv, 10).await;
+    assert_eq!(message_seqs(&evs, &conv), (1..=10).collect::<Vec<_>>());
+    let (_, r) = Http::new(n4.addr(), token(c, 2, 2))
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": "from-4", "kind": "text", "body": "hi from node 4"}),
+        )
+        .await;
+    assert_eq!(r["seq"], 11, "{r}");
+
+    // The layout, as node 4 sees it: every shard on nodes 1–3.
+    let base4 = format!("http://{}/v1/admin", n4.addr());
+    let (st, layout) = admin(
+        reqwest::Method::GET,
+        format!("{base4}/cluster"),
+        &secret,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{layout}");
+    let shards = layout["shards"].as_array().unwrap().clone();
+    assert_eq!(shards.len(), 4);
+    for s in &shards {
+        assert_eq!(voter_ids(s), vec![1, 2, 3], "{s}");
+        assert_eq!(s["hosted_here"], false);
+    }
+    // Bad calls: no secret, no such shard, a bad body.
+    let (st, e) = admin(
+        reqwest::Method::GET,
+        format!("{base4}/cluster"),
+        "wrong",
+        None,
+    )
+    .await;
+    assert_eq!((st, e["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (st, e) = admin(
+        reqwest::Method::POST,
+        format!("{base4}/shards/9/move"),
+        &secret,
+        Some(json!({"from": 3, "to": 4, "addr": c4.node.raft_listen.to_string()})),
+    )
+    .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{e}"
+    );
+    let (st, e) = admin(
+        reqwest::Method::POST,
+        format!("{base4}/shards/1/move"),
+        &secret,
+        Some(json!({"from": 3, "to": 4, "addr": "not an address"})),
+    )
+    .await;
+    assert_eq!(st, 400, "{e}");
+
+    // Move every replica off node 3 onto node 4 (asked of node 1).
+    let base1 = format!("http://{}/v1/admin", nodes[0].addr());
+    for s in 1..=4 {
+        let (st, p) = admin(
+            reqwest::Method::POST,
+            format!("{base1}/shards/{s}/move"),
+            &secret,
+            Some(json!({"from": 3, "to": 4, "addr": c4.node.raft_listen.to_string()})),
+        )
+        .await;
+        assert_eq!(st, 200, "{p}");
+        assert_eq!(voter_ids(&p), vec![1, 2, 4], "{p}");
+    }
+    // Node 3 goes away for good; nodes 1, 2 and 4 carry on.
+    let n3 = nodes.pop().unwrap();
+    n3.shutdown().await.unwrap();
+    for i in 12..=20 {
+        let (seq, _) = alice.send(&conv, &format!("m{i}"), &format!("{i}")).await;
+        assert_eq!(seq, i);
+    }
+    // Node 4 now replicates every shard and serves the laptop live.
+    let (_, layout) = admin(
+        reqwest::Method::GET,
+        format!("{base4}/cluster"),
+        &secret,
+        None,
+    )
+    .await;
+    for s in layout["shards"].as_array().unwrap() {
+        assert_eq!(s["hosted_here"], true, "{s}");
+    }
+    alice.send(&conv, "m21", "21").await;
+    let live = laptop
+        .event_where(|e| e["event"]["kind"] == "message" && e["event"]["seq"] == 21)
+        .await;
+    assert_eq!(live["conv"], conv.as_str(), "{live}");
+    let (_, h) = Http::new(n4.addr(), token(c, 2, 2))
+        .get(&format!("/v1/conversations/{conv}/messages?limit=100"))
+        .await;
+    let seqs: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=21).rev().collect::<Vec<_>>());
+    nodes.push(n4);
     for n in nodes {
         n.shutdown().await.unwrap();
     }

@@ -1,0 +1,189 @@
+//! The operator's HTTP API for the cluster (what `missivectl cluster` and
+//! `missivectl shard` call): where every shard's replicas are, and changing
+//! them. Every call needs `X-Admin-Secret` matching `auth.admin_secret`.
+//!
+//! ```text
+//!  GET    /v1/admin/cluster                        every shard's placement
+//!  POST   /v1/admin/shards/{shard}/replicas        {"node", "addr"}: add
+//!  DELETE /v1/admin/shards/{shard}/replicas/{node} remove
+//!  POST   /v1/admin/shards/{shard}/move            {"from", "to", "addr"}
+//! ```
+//!
+//! A change runs at the shard's leader wherever the call lands, and answers
+//! once the new configuration is committed (adding waits for the new
+//! replica to catch up first: minutes for a large shard). The answer is the
+//! shard's placement afterwards.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use missive_raft::membership::{Change, Placement};
+use missive_raft::{NodeId, ShardId};
+
+use crate::error::ApiError;
+use crate::http::{AppState, JsonBody};
+
+/// Refuses callers without the admin secret.
+pub(crate) fn require_admin(s: &AppState, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    let presented = headers
+        .get("x-admin-secret")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if s.auth.is_admin(presented) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{what} needs X-Admin-Secret matching auth.admin_secret"),
+        ))
+    }
+}
+
+/// A placement as JSON.
+fn render(p: &Placement, slots: Option<std::ops::Range<u16>>) -> Value {
+    let nodes = |m: &std::collections::BTreeMap<NodeId, String>| {
+        m.iter()
+            .map(|(id, addr)| json!({ "node": id, "addr": addr }))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "shard": p.shard.0,
+        "slots": slots.map(|r| [r.start, r.end]),
+        "leader": p.leader,
+        "voters": nodes(&p.voters),
+        "learners": nodes(&p.learners),
+        "config_index": p.config_index,
+        "changing": p.changing,
+    })
+}
+
+/// `GET /v1/admin/cluster`.
+pub(crate) async fn cluster(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, "reading the cluster's layout")?;
+    let node = &s.service.node;
+    let mut shards = Vec::new();
+    for shard in node.slots().shards() {
+        let entry = match node.placement(shard).await {
+            Ok(p) => {
+                let mut v = render(&p, node.slots().slots(shard));
+                v["hosted_here"] = json!(node.hosts(shard));
+                v
+            }
+            Err(e) => json!({ "shard": shard.0, "error": e.to_string() }),
+        };
+        shards.push(entry);
+    }
+    Ok(Json(json!({
+        "node": node.id(),
+        "raft_addr": node.addr(),
+        "shards": shards,
+    })))
+}
+
+fn shard_of(node: &missive_raft::node::Node, raw: &str) -> Result<ShardId, ApiError> {
+    let shard = ShardId(
+        raw.parse::<u32>()
+            .map_err(|_| ApiError::not_found(format!("{raw:?} is not a shard number")))?,
+    );
+    if node.slots().slots(shard).is_none() {
+        return Err(ApiError::not_found(format!(
+            "there is no shard {raw} (the cluster has shards 1..={})",
+            node.slots().shards().count()
+        )));
+    }
+    Ok(shard)
+}
+
+fn check_node(id: NodeId, addr: Option<&str>) -> Result<(), ApiError> {
+    if id == 0 {
+        return Err(ApiError::invalid("node ids start at 1"));
+    }
+    if let Some(a) = addr {
+        if a.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::invalid(format!(
+                "{a:?} is not a transport address (ip:port, the node's node.raft_listen)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn apply(s: &AppState, raw: &str, change: Change) -> Result<Json<Value>, ApiError> {
+    let node = &s.service.node;
+    let shard = shard_of(node, raw)?;
+    tracing::info!(%shard, ?change, "replica change requested");
+    let p = node.change_replicas(shard, change).await?;
+    Ok(Json(render(&p, node.slots().slots(shard))))
+}
+
+/// The body of an add.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AddReq {
+    node: NodeId,
+    addr: String,
+}
+
+/// `POST /v1/admin/shards/{shard}/replicas`.
+pub(crate) async fn add_replica(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(shard): Path<String>,
+    JsonBody(req): JsonBody<AddReq>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, "changing replicas")?;
+    check_node(req.node, Some(&req.addr))?;
+    let change = Change::Add {
+        node: req.node,
+        addr: req.addr,
+    };
+    apply(&s, &shard, change).await
+}
+
+/// `DELETE /v1/admin/shards/{shard}/replicas/{node}`.
+pub(crate) async fn remove_replica(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((shard, node)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, "changing replicas")?;
+    let node: NodeId = node
+        .parse()
+        .map_err(|_| ApiError::invalid(format!("{node:?} is not a node id")))?;
+    check_node(node, None)?;
+    apply(&s, &shard, Change::Remove { node }).await
+}
+
+/// The body of a move.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MoveReq {
+    from: NodeId,
+    to: NodeId,
+    addr: String,
+}
+
+/// `POST /v1/admin/shards/{shard}/move`.
+pub(crate) async fn move_replica(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(shard): Path<String>,
+    JsonBody(req): JsonBody<MoveReq>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, "changing replicas")?;
+    check_node(req.from, None)?;
+    check_node(req.to, Some(&req.addr))?;
+    let change = Change::Move {
+        from: req.from,
+        to: req.to,
+        addr: req.addr,
+    };
+    apply(&s, &shard, change).await
+}
