@@ -1,16 +1,21 @@
-//! `missivectl`: the operator's CLI for Missive data directories.
+//! `missivectl`: the operator's CLI for Missive data directories and
+//! running clusters.
 //!
 //! # Layout
 //!
 //! - `main` — the command line (clap) and the dispatch.
 //! - `render` — turning inspection results into a table for people or JSON
 //!   for scripts (`--json`).
+//! - `cluster` — the online commands (`cluster`, `shard`, `node`), through
+//!   a node's admin HTTP API.
 //!
-//! Every command here is offline and read-only: it opens no lock and
-//! changes nothing, so it is safe on a live node's directory and on a copy.
-//! Exit status: 0 when all is well, 1 when damage was found (the message
-//! names the file and byte offset), 2 when the command could not run.
+//! The data-file commands (`log`, `sst`, `manifest`, `verify`, `stats`) are
+//! offline and read-only: they open no lock and change nothing, so they are
+//! safe on a live node's directory and on a copy. Exit status: 0 when all
+//! is well, 1 when damage was found (the message names the file and byte
+//! offset), 2 when the command could not run (or a cluster call failed).
 
+mod cluster;
 mod render;
 
 use std::path::PathBuf;
@@ -21,7 +26,7 @@ use missive_engine::inspect;
 use missive_engine::lsm::compaction::picker::PickerConfig;
 use missive_engine::lsm::compaction::sim::{self, KeyPattern, SimConfig};
 
-/// Inspect and check Missive data directories.
+/// Inspect Missive data directories; look at and change a running cluster.
 #[derive(Debug, Parser)]
 #[command(name = "missivectl", version, about, long_about = None)]
 struct Cli {
@@ -62,6 +67,96 @@ enum Command {
     /// Run the compaction picker on a synthetic workload, without disk, and
     /// print the write and space amplification it would cause.
     CompactionSim(SimArgs),
+    /// A running cluster, through any node's admin API.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
+    /// Change where one shard's replicas live (at its leader, wherever the
+    /// call lands).
+    Shard {
+        #[command(subcommand)]
+        what: ShardCommand,
+    },
+    /// Whole-node procedures.
+    Node {
+        #[command(subcommand)]
+        what: NodeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Every shard: its slots, leader, voters and learners.
+    Status {
+        #[command(flatten)]
+        target: cluster::Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShardCommand {
+    /// Add a voting replica on a node (it catches up as a learner first).
+    Add {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// The shard (1-based).
+        #[arg(long)]
+        shard: u32,
+        /// The node to place it on.
+        #[arg(long)]
+        node: u64,
+        /// That node's Raft transport address (its node.raft_listen).
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a node's replica.
+    Remove {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// The shard (1-based).
+        #[arg(long)]
+        shard: u32,
+        /// The node whose replica goes.
+        #[arg(long)]
+        node: u64,
+    },
+    /// Move a replica from one node to another in one change.
+    Move {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// The shard (1-based).
+        #[arg(long)]
+        shard: u32,
+        /// The node giving up its replica.
+        #[arg(long)]
+        from: u64,
+        /// The node receiving it.
+        #[arg(long)]
+        to: u64,
+        /// The receiving node's Raft transport address.
+        #[arg(long)]
+        addr: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Move every replica a node holds onto another node, shard by shard
+    /// (then the drained node can be stopped for good).
+    Drain {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// The node to empty.
+        #[arg(long)]
+        from: u64,
+        /// The node receiving its replicas.
+        #[arg(long)]
+        to: u64,
+        /// The receiving node's Raft transport address.
+        #[arg(long)]
+        addr: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +300,53 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             };
             render::sim(&cfg, &sim::simulate(&cfg))
         }
+        Command::Cluster {
+            what: ClusterCommand::Status { target },
+        } => cluster::status(target)?,
+        Command::Shard { what } => match what {
+            ShardCommand::Add {
+                target,
+                shard,
+                node,
+                addr,
+            } => cluster::shard(
+                target,
+                *shard,
+                &cluster::Change::Add {
+                    node: *node,
+                    addr: addr.clone(),
+                },
+            )?,
+            ShardCommand::Remove {
+                target,
+                shard,
+                node,
+            } => cluster::shard(target, *shard, &cluster::Change::Remove { node: *node })?,
+            ShardCommand::Move {
+                target,
+                shard,
+                from,
+                to,
+                addr,
+            } => cluster::shard(
+                target,
+                *shard,
+                &cluster::Change::Move {
+                    from: *from,
+                    to: *to,
+                    addr: addr.clone(),
+                },
+            )?,
+        },
+        Command::Node {
+            what:
+                NodeCommand::Drain {
+                    target,
+                    from,
+                    to,
+                    addr,
+                },
+        } => cluster::drain(target, *from, *to, addr)?,
     };
     if cli.json {
         println!("{}", out.json);

@@ -1,0 +1,215 @@
+//! The online commands: a running cluster's layout and changes to where
+//! shards' replicas live, through a node's admin HTTP API
+//! (`/v1/admin/...`, server/src/admin.rs; any node will do — changes are
+//! forwarded to each shard's leader).
+//!
+//! `node drain` is the one procedure built from several calls: it moves
+//! every replica a node holds onto another node, one shard at a time, each
+//! move a single joint configuration change (the new replica catches up
+//! before it votes), and stops at the first failure so an operator sees
+//! exactly which shards moved. Rerunning it continues where it stopped.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::render::Output;
+
+/// A change can wait for a new replica to catch up (minutes for a large
+/// shard).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Where and how to reach a node's admin API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// A node's HTTP address, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "MISSIVE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The cluster's admin secret (auth.admin_secret).
+    #[arg(long, env = "MISSIVE_ADMIN_SECRET", hide_env_values = true)]
+    pub admin_secret: String,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// One admin call; a non-2xx answer becomes an error carrying the server's
+/// code and message.
+async fn call(
+    t: &Target,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let url = format!("{}/v1/admin{path}", t.url.trim_end_matches('/'));
+    let mut req = reqwest::Client::new()
+        .request(method, &url)
+        .header("x-admin-secret", &t.admin_secret)
+        .timeout(CHANGE_TIMEOUT);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.with_context(|| format!("calling {url}"))?;
+    let status = resp.status();
+    let v: Value = resp
+        .json()
+        .await
+        .with_context(|| format!("reading the answer of {url} ({status})"))?;
+    if !status.is_success() {
+        bail!(
+            "{url}: {status}: {} ({})",
+            v["error"]["message"].as_str().unwrap_or("no message"),
+            v["error"]["code"].as_str().unwrap_or("no code")
+        );
+    }
+    Ok(v)
+}
+
+fn ids(nodes: &Value) -> String {
+    nodes
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| format!("{}@{}", n["node"], n["addr"].as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn placement_line(p: &Value) -> String {
+    let leader = p["leader"].as_u64().map_or("-".into(), |l| l.to_string());
+    let slots = match (p["slots"][0].as_u64(), p["slots"][1].as_u64()) {
+        (Some(a), Some(b)) => format!("{a}..{b}"),
+        _ => "?".into(),
+    };
+    let mut line = format!(
+        "shard {:>3}  slots {:<11} leader {:<3} voters {}",
+        p["shard"].as_u64().unwrap_or(0),
+        slots,
+        leader,
+        ids(&p["voters"])
+    );
+    if p["learners"].as_array().is_some_and(|a| !a.is_empty()) {
+        let _ = write!(line, "  learners {}", ids(&p["learners"]));
+    }
+    if p["changing"] == true {
+        line.push_str("  (change in progress)");
+    }
+    if let Some(e) = p["error"].as_str() {
+        let _ = write!(line, "  error: {e}");
+    }
+    line
+}
+
+/// `cluster status`.
+pub fn status(t: &Target) -> anyhow::Result<Output> {
+    let v = runtime()?.block_on(call(t, reqwest::Method::GET, "/cluster", None))?;
+    let mut text = format!(
+        "as seen by node {} (raft {})\n",
+        v["node"],
+        v["raft_addr"].as_str().unwrap_or("?")
+    );
+    for s in v["shards"].as_array().into_iter().flatten() {
+        let _ = writeln!(text, "{}", placement_line(s));
+    }
+    Ok(Output { text, json: v })
+}
+
+/// One replica change of one shard.
+pub enum Change {
+    /// Add `node` at `addr`.
+    Add { node: u64, addr: String },
+    /// Remove `node`.
+    Remove { node: u64 },
+    /// Move `from` → `to` at `addr`.
+    Move { from: u64, to: u64, addr: String },
+}
+
+async fn change(t: &Target, shard: u32, c: &Change) -> anyhow::Result<Value> {
+    match c {
+        Change::Add { node, addr } => {
+            let body = json!({ "node": node, "addr": addr });
+            call(
+                t,
+                reqwest::Method::POST,
+                &format!("/shards/{shard}/replicas"),
+                Some(body),
+            )
+            .await
+        }
+        Change::Remove { node } => {
+            let path = format!("/shards/{shard}/replicas/{node}");
+            call(t, reqwest::Method::DELETE, &path, None).await
+        }
+        Change::Move { from, to, addr } => {
+            let body = json!({ "from": from, "to": to, "addr": addr });
+            call(
+                t,
+                reqwest::Method::POST,
+                &format!("/shards/{shard}/move"),
+                Some(body),
+            )
+            .await
+        }
+    }
+}
+
+/// `shard add|remove|move`.
+pub fn shard(t: &Target, shard: u32, c: &Change) -> anyhow::Result<Output> {
+    let p = runtime()?.block_on(change(t, shard, c))?;
+    Ok(Output {
+        text: format!("{}\n", placement_line(&p)),
+        json: p,
+    })
+}
+
+/// `node drain`: every replica on `from` moves to `to`.
+pub fn drain(t: &Target, from: u64, to: u64, addr: &str) -> anyhow::Result<Output> {
+    let rt = runtime()?;
+    let layout = rt.block_on(call(t, reqwest::Method::GET, "/cluster", None))?;
+    let mut text = String::new();
+    let mut moved = Vec::new();
+    for s in layout["shards"].as_array().into_iter().flatten() {
+        if let Some(e) = s["error"].as_str() {
+            bail!("shard {}: cannot see its replicas: {e}", s["shard"]);
+        }
+        let on_from = s["voters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["node"].as_u64() == Some(from));
+        if !on_from {
+            continue;
+        }
+        let shard = s["shard"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .context("a shard number in the layout")?;
+        let c = Change::Move {
+            from,
+            to,
+            addr: addr.to_string(),
+        };
+        let p = rt
+            .block_on(change(t, shard, &c))
+            .with_context(|| format!("moving shard {shard} (shards before it moved: {moved:?})"))?;
+        let _ = writeln!(text, "{}", placement_line(&p));
+        moved.push(shard);
+    }
+    let _ = writeln!(
+        text,
+        "node {from} holds no replica now ({} moved to node {to})",
+        moved.len()
+    );
+    Ok(Output {
+        text,
+        json: json!({ "ok": true, "moved": moved, "from": from, "to": to }),
+    })
+}

@@ -1,0 +1,174 @@
+//! The online missivectl commands against running missived nodes on
+//! loopback: a single-node deployment moves to a new machine (node 2 joins,
+//! `node drain` moves every shard onto it), and bad calls fail with the
+//! server's error code and exit status 2.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests panic on surprises"
+)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const SECRET: &str = "ctl-test-admin-secret";
+
+fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_missivectl"))
+        .args(args)
+        .env("MISSIVE_ADMIN_SECRET", SECRET)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn ctl_json(args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let (code, out, err) = ctl(&a);
+    assert_eq!(code, 0, "{args:?} failed: {err}{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn config(dir: &std::path::Path, id: u64) -> missive_server::Config {
+    let mut c = missive_server::Config {
+        listen: format!("127.0.0.{id}:0").parse().unwrap(),
+        data_dir: dir.join(format!("n{id}")),
+        ..missive_server::Config::default()
+    };
+    c.node.id = id;
+    c.node.shards = 3;
+    c.grpc.enabled = false;
+    c.auth.secret = Some("one secret for both nodes".into());
+    c.auth.admin_secret = Some(SECRET.into());
+    c
+}
+
+fn free_port(ip: &str) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
+fn voters(shard: &Value) -> Vec<u64> {
+    shard["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["node"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_single_node_deployment_is_drained_onto_a_new_node() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c1 = config(dir.path(), 1);
+    c1.node.raft_listen = free_port("127.0.0.1");
+    let n1 = rt.block_on(missive_server::start(c1.clone())).unwrap();
+    let mut c2 = config(dir.path(), 2);
+    c2.node.raft_listen = free_port("127.0.0.2");
+    c2.node.join = true;
+    c2.node.peers = [(1, c1.node.raft_listen.to_string())].into();
+    let n2 = rt.block_on(missive_server::start(c2.clone())).unwrap();
+    let url1 = format!("http://{}", n1.addr());
+    let url2 = format!("http://{}", n2.addr());
+
+    let status = ctl_json(&["cluster", "status", "--url", &url2]);
+    assert_eq!(status["node"], 2, "{status}");
+    let shards = status["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3);
+    for s in shards {
+        assert_eq!(voters(s), vec![1], "{s}");
+    }
+    let (code, text, err) = ctl(&["cluster", "status", "--url", &url1]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("shard   1") && text.contains("leader 1"),
+        "{text}"
+    );
+
+    // Bad calls: the server's code, exit status 2.
+    let (code, _, err) = ctl(&[
+        "shard",
+        "move",
+        "--url",
+        &url1,
+        "--shard",
+        "7",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--addr",
+        &c2.node.raft_listen.to_string(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("not_found") && err.contains("no shard 7"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_missivectl"))
+        .args(["cluster", "status", "--url", &url1])
+        .env("MISSIVE_ADMIN_SECRET", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
+
+    // Drain node 1 onto node 2, asked of node 1.
+    let drained = ctl_json(&[
+        "node",
+        "drain",
+        "--url",
+        &url1,
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--addr",
+        &c2.node.raft_listen.to_string(),
+    ]);
+    assert_eq!(drained["moved"], serde_json::json!([1, 2, 3]), "{drained}");
+    // Every shard is on node 2 and elects it (node 1 stepped down).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = ctl_json(&["cluster", "status", "--url", &url2]);
+        let shards = status["shards"].as_array().unwrap();
+        let done = shards
+            .iter()
+            .all(|s| voters(s) == vec![2] && s["leader"] == 2 && s["hosted_here"] == true);
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shards not led by node 2: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Draining again moves nothing.
+    let again = ctl_json(&[
+        "node",
+        "drain",
+        "--url",
+        &url2,
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--addr",
+        &c2.node.raft_listen.to_string(),
+    ]);
+    assert_eq!(again["moved"], serde_json::json!([]), "{again}");
+    rt.block_on(async {
+        n1.shutdown().await.unwrap();
+        n2.shutdown().await.unwrap();
+    });
+}
