@@ -1018,7 +1018,7 @@ impl Inner {
     }
 
     /// The leader of a hosted shard, with its address, as this node knows it.
-    fn known_leader(&self, shard: ShardId) -> Option<(NodeId, String)> {
+    pub(crate) fn known_leader(&self, shard: ShardId) -> Option<(NodeId, String)> {
         let g = self.group(shard).ok()?;
         let p = crate::membership::placement(&g.raft, shard);
         let l = p.leader?;

@@ -49,6 +49,10 @@ const LOCATE_TIMEOUT: Duration = Duration::from_secs(1);
 /// included).
 const CHANGE_WAIT: Duration = Duration::from_secs(membership::CATCH_UP_WAIT.as_secs() + 60);
 
+/// How long a membership change waits for a shard to have a reachable
+/// leader (an election after the old one died).
+const ELECTION_WAIT: Duration = Duration::from_secs(15);
+
 /// How long the `Retire` notice to a removed replica may take.
 const RETIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -377,15 +381,40 @@ impl Inner {
     }
 
     /// Changes `shard`'s replicas: here if this node leads it, else at its
-    /// leader. Retires the replicas the change removed.
+    /// leader. Retires the replicas the change removed. Waits out an
+    /// election (no leader known, or the known one unreachable) for up to
+    /// [`ELECTION_WAIT`].
     pub(crate) async fn change_replicas(
         self: &Arc<Self>,
         shard: ShardId,
         change: Change,
     ) -> Result<Placement> {
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        let mut backoff = Duration::from_millis(50);
+        let mut refresh = false;
+        loop {
+            match self.change_once(shard, &change, refresh).await {
+                Err(Error::NotLeader { .. } | Error::Transport { .. })
+                    if tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    refresh = true;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn change_once(
+        self: &Arc<Self>,
+        shard: ShardId,
+        change: &Change,
+        refresh: bool,
+    ) -> Result<Placement> {
         let g = self.group(shard)?;
         if self.leads(shard) {
-            let (after, gone, removed_at) = membership::execute(&g.raft, shard, &change).await?;
+            let (after, gone, removed_at) = membership::execute(&g.raft, shard, change).await?;
             if let Some(at) = removed_at {
                 for (node, addr) in gone {
                     self.send_retire(shard, node, &addr, at).await;
@@ -393,77 +422,54 @@ impl Inner {
             }
             return Ok(after);
         }
-        let mut refresh = false;
-        let mut last = None;
-        for _ in 0..3 {
-            let (leader, addr) = match self.hosts(shard) {
-                true => match membership::placement(&g.raft, shard).leader {
-                    Some(l) if l != self.id => {
-                        let p = membership::placement(&g.raft, shard);
-                        let a = p.voters.get(&l).or(p.learners.get(&l)).cloned();
-                        match a {
-                            Some(a) => (l, a),
-                            None => self.route_target(shard, true).await?,
-                        }
-                    }
-                    _ => self.route_target(shard, refresh).await?,
+        let known = self
+            .hosts(shard)
+            .then(|| self.known_leader(shard))
+            .flatten()
+            .filter(|(l, _)| *l != self.id);
+        let (leader, addr) = match known {
+            Some(t) => t,
+            None => self.route_target(shard, refresh).await?,
+        };
+        let reply = self
+            .peers
+            .call(
+                leader,
+                &addr,
+                shard,
+                Rpc::ChangeReplicas {
+                    change: change.clone(),
                 },
-                false => self.route_target(shard, refresh).await?,
-            };
-            let reply = self
-                .peers
-                .call(
-                    leader,
-                    &addr,
-                    shard,
-                    Rpc::ChangeReplicas {
-                        change: change.clone(),
-                    },
-                    CHANGE_WAIT,
-                )
-                .await;
-            match reply {
-                Ok(Reply::ChangeReplicas(Ok(p))) => return Ok(p),
-                Ok(Reply::ChangeReplicas(Err(RemoteFailure::NotLeader {
+                CHANGE_WAIT,
+            )
+            .await;
+        match reply {
+            Ok(Reply::ChangeReplicas(Ok(p))) => Ok(p),
+            Ok(Reply::ChangeReplicas(Err(f))) => {
+                let e = from_remote(shard, f);
+                if let Error::NotLeader {
                     leader: Some((l, a)),
-                }))) if l != leader => {
-                    self.learn_leader(shard, l, a);
-                    refresh = false;
+                    ..
+                } = &e
+                {
+                    self.learn_leader(shard, *l, a.clone());
                 }
-                Ok(Reply::ChangeReplicas(Err(f))) => {
-                    let e = from_remote(shard, f);
-                    if !matches!(e, Error::NotLeader { .. }) {
-                        return Err(e);
-                    }
-                    refresh = true;
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Ok(other) => {
-                    return Err(Error::Unknown {
-                        shard,
-                        reason: format!("unexpected reply {other:?}"),
-                    })
-                }
-                Err(CallError::Unreachable(reason)) => {
-                    refresh = true;
-                    last = Some(Error::Transport {
-                        node: leader,
-                        reason,
-                    });
-                }
-                Err(e) => {
-                    return Err(Error::Unknown {
-                        shard,
-                        reason: format!("change sent to node {leader}: {e}"),
-                    })
-                }
+                Err(e)
             }
+            Ok(other) => Err(Error::Unknown {
+                shard,
+                reason: format!("unexpected reply {other:?}"),
+            }),
+            // Never sent: nothing changed.
+            Err(CallError::Unreachable(reason)) => Err(Error::Transport {
+                node: leader,
+                reason,
+            }),
+            Err(e) => Err(Error::Unknown {
+                shard,
+                reason: format!("change sent to node {leader}: {e}"),
+            }),
         }
-        Err(last.unwrap_or(Error::NotLeader {
-            shard,
-            leader: None,
-        }))
     }
 
     /// Tells `node` it no longer replicates `shard` (retiring this node
