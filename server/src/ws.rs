@@ -61,6 +61,15 @@ const CLIENT_TYPES: [&str; 7] = [
 /// Frames written per flush at most.
 const WRITE_BURST: usize = 64;
 
+/// How often a live session looks in the store without a wake, when this
+/// node replicates its user's shard (wakes are the live path).
+const STORE_RECHECK: Duration = Duration::from_secs(30);
+
+/// How often it looks when this node does not: one routed inbox read per
+/// idle session per interval is the live path then (a degraded mode while
+/// replicas move; docs/design.md §4.7).
+const REMOTE_POLL: Duration = Duration::from_millis(500);
+
 /// Why a burst was not written.
 enum WriteEnd {
     /// The peer is gone.
@@ -585,12 +594,21 @@ pub(crate) async fn sync_pump<S: FrameSink>(
         }
         look_in_store = false;
         if cursor >= head {
-            // A periodic look in the store as well, in case a wake was
-            // never sent (a replica applying through a snapshot it has not
-            // announced).
+            // A periodic look in the store as well: rarely where this node
+            // replicates the user's shard (in case a wake was never sent —
+            // a replica applying through a snapshot it has not announced),
+            // often where it does not (a node that joined and hosts nothing
+            // yet, or whose replica moved away): wakes come only from apply
+            // here, so there the look is the live path.
+            let user_shard = svc.node.slots().shard_of_user(who.user);
+            let recheck = if svc.node.hosts(user_shard) {
+                STORE_RECHECK
+            } else {
+                REMOTE_POLL
+            };
             look_in_store = tokio::select! {
                 _ = sub.wake.notified() => false,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => true,
+                _ = tokio::time::sleep(recheck) => true,
             };
         }
     }

@@ -290,6 +290,13 @@ async fn a_dead_node_is_replaced_through_the_admin_api_and_nothing_is_lost() {
         )
         .await;
     assert_eq!(r["seq"], 11, "{r}");
+    // Node 4 applies nothing, so no wake: the laptop still gets a message
+    // sent on node 1 live, from its session's routed look in the store.
+    alice.send(&conv, "m12", "12").await;
+    let live = laptop
+        .event_where(|e| e["event"]["kind"] == "message" && e["event"]["seq"] == 12)
+        .await;
+    assert_eq!(live["conv"], conv.as_str(), "{live}");
 
     // The layout, as node 4 sees it: every shard on nodes 1–3.
     let base4 = format!("http://{}/v1/admin", n4.addr());
@@ -354,7 +361,7 @@ async fn a_dead_node_is_replaced_through_the_admin_api_and_nothing_is_lost() {
         assert_eq!(voter_ids(&p), vec![1, 2, 4], "{p}");
     }
     // Nodes 1, 2 and 4 carry on.
-    for i in 12..=20 {
+    for i in 13..=20 {
         let (seq, _) = alice.send(&conv, &format!("m{i}"), &format!("{i}")).await;
         assert_eq!(seq, i);
     }
