@@ -49,7 +49,7 @@ use crate::records::{
 use crate::slots::SlotMap;
 use crate::snapshot::{ShardSnapshot, SnapshotWriter};
 use crate::state_machine::{ApplyHooks, StateMachine};
-use crate::transport::client::{CallError, NetworkFactory, Peers};
+use crate::transport::client::{NetworkFactory, Peers};
 use crate::transport::server::{self, Dispatch};
 use crate::transport::{ReadOp, ReadResult, RemoteFailure, Reply, Rpc};
 use crate::types::{NodeAddr, NodeId, Raft, ShardId};
@@ -1000,20 +1000,7 @@ impl Inner {
         match reply {
             Ok(Reply::Write(Ok(o))) => Ok(o),
             Ok(Reply::Write(Err(f))) => Err(crate::route::from_remote(shard, f)),
-            Ok(other) => Err(Error::Unknown {
-                shard,
-                reason: format!("unexpected reply {other:?}"),
-            }),
-            // Never sent: nothing was written.
-            Err(CallError::Unreachable(reason)) => Err(Error::Transport {
-                node: leader,
-                reason,
-            }),
-            // Sent, answer lost: the write may have happened.
-            Err(e) => Err(Error::Unknown {
-                shard,
-                reason: format!("forwarded to node {leader}: {e}"),
-            }),
+            other => Err(crate::route::call_failed(shard, leader, "forwarded", other)),
         }
     }
 

@@ -68,6 +68,29 @@ pub(crate) fn from_remote(shard: ShardId, f: RemoteFailure) -> Error {
     }
 }
 
+/// A forwarded call that did not get its expected answer, as our error:
+/// never sent (unreachable) is `Transport` — nothing happened; sent but
+/// lost, timed out or answered with the wrong kind of reply is `Unknown` —
+/// it may have happened.
+pub(crate) fn call_failed(
+    shard: ShardId,
+    node: NodeId,
+    doing: &str,
+    r: std::result::Result<Reply, CallError>,
+) -> Error {
+    match r {
+        Err(CallError::Unreachable(reason)) => Error::Transport { node, reason },
+        Err(e) => Error::Unknown {
+            shard,
+            reason: format!("{doing} to node {node}: {e}"),
+        },
+        Ok(other) => Error::Unknown {
+            shard,
+            reason: format!("{doing} to node {node}: unexpected reply {other:?}"),
+        },
+    }
+}
+
 /// Our error, to send to another node.
 pub(crate) fn to_remote(e: Error) -> RemoteFailure {
     match e {
@@ -456,19 +479,7 @@ impl Inner {
                 }
                 Err(e)
             }
-            Ok(other) => Err(Error::Unknown {
-                shard,
-                reason: format!("unexpected reply {other:?}"),
-            }),
-            // Never sent: nothing changed.
-            Err(CallError::Unreachable(reason)) => Err(Error::Transport {
-                node: leader,
-                reason,
-            }),
-            Err(e) => Err(Error::Unknown {
-                shard,
-                reason: format!("change sent to node {leader}: {e}"),
-            }),
+            other => Err(call_failed(shard, leader, "change sent", other)),
         }
     }
 

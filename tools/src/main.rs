@@ -128,16 +128,23 @@ enum ShardCommand {
         /// The shard (1-based).
         #[arg(long)]
         shard: u32,
-        /// The node giving up its replica.
-        #[arg(long)]
-        from: u64,
-        /// The node receiving it.
-        #[arg(long)]
-        to: u64,
-        /// The receiving node's Raft transport address.
-        #[arg(long)]
-        addr: String,
+        #[command(flatten)]
+        moving: MoveArgs,
     },
+}
+
+/// Where replicas move from and to.
+#[derive(Debug, clap::Args)]
+struct MoveArgs {
+    /// The node giving up its replica(s).
+    #[arg(long)]
+    from: u64,
+    /// The node receiving them.
+    #[arg(long)]
+    to: u64,
+    /// The receiving node's Raft transport address (its node.raft_listen).
+    #[arg(long)]
+    addr: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,15 +154,8 @@ enum NodeCommand {
     Drain {
         #[command(flatten)]
         target: cluster::Target,
-        /// The node to empty.
-        #[arg(long)]
-        from: u64,
-        /// The node receiving its replicas.
-        #[arg(long)]
-        to: u64,
-        /// The receiving node's Raft transport address.
-        #[arg(long)]
-        addr: String,
+        #[command(flatten)]
+        moving: MoveArgs,
     },
 }
 
@@ -325,28 +325,20 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             ShardCommand::Move {
                 target,
                 shard,
-                from,
-                to,
-                addr,
+                moving,
             } => cluster::shard(
                 target,
                 *shard,
                 &cluster::Change::Move {
-                    from: *from,
-                    to: *to,
-                    addr: addr.clone(),
+                    from: moving.from,
+                    to: moving.to,
+                    addr: moving.addr.clone(),
                 },
             )?,
         },
         Command::Node {
-            what:
-                NodeCommand::Drain {
-                    target,
-                    from,
-                    to,
-                    addr,
-                },
-        } => cluster::drain(target, *from, *to, addr)?,
+            what: NodeCommand::Drain { target, moving },
+        } => cluster::drain(target, moving.from, moving.to, &moving.addr)?,
     };
     if cli.json {
         println!("{}", out.json);
