@@ -119,6 +119,22 @@ impl Inner {
         named && !self.retired.contains(shard)
     }
 
+    /// Whether this node is a voter of `shard` (hosts it and is not a
+    /// learner). A learner may be minutes behind while it catches up: its
+    /// read-index wait would time out, so its reads are routed.
+    fn votes_in(&self, shard: ShardId) -> bool {
+        self.hosts(shard)
+            && self.groups.get(&shard).is_some_and(|g| {
+                g.raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|id| id == self.id)
+            })
+    }
+
     /// Every node this one knows of (but itself): the seeds and every node
     /// of any hosted group's configuration.
     pub(crate) fn known_nodes(&self) -> BTreeMap<NodeId, String> {
@@ -227,15 +243,19 @@ impl Inner {
         }))
     }
 
-    /// One read of `shard`'s data at `c`: here if hosted, else at the
-    /// leader.
+    /// One read of `shard`'s data at `c`: here if this node is a voter of
+    /// it (or hosts it, for a stale read), else at the leader.
     pub(crate) async fn read(
         &self,
         shard: ShardId,
         c: Consistency,
         op: ReadOp,
     ) -> Result<ReadResult> {
-        if self.hosts(shard) {
+        let local = match c {
+            Consistency::Stale => self.hosts(shard),
+            Consistency::Linearizable => self.votes_in(shard),
+        };
+        if local {
             self.ensure_read(shard, c).await?;
             return self.read_local(&op);
         }
