@@ -327,6 +327,15 @@ impl Node {
             if retired.contains(shard) {
                 raft.runtime_config().elect(false);
             }
+            // Until the group's core has loaded its vote and configuration
+            // and reported them, its metrics are openraft's defaults (term
+            // 0, no members) — and routing reads the configuration there
+            // (`route.rs`): a node just started would think it hosts
+            // nothing and route its own shards away.
+            let mut metrics = raft.metrics();
+            if !metrics.has_changed().unwrap_or(true) {
+                let _ = tokio::time::timeout(GROUP_START_WAIT, metrics.changed()).await;
+            }
             let (tx, clients) = mpsc::channel(4 * cfg.max_batch.max(1));
             let (system_tx, system) = mpsc::channel(4 * cfg.max_batch.max(1));
             tasks.push(tokio::spawn(batcher::run(
@@ -438,6 +447,17 @@ impl Node {
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(Error::Fatal(format!("{shard}: initialize: {e}"))),
             }
+            // initialize() may answer before the metrics (which routing
+            // reads) show the new configuration.
+            let me = self.inner.id;
+            g.raft
+                .wait(Some(GROUP_START_WAIT))
+                .metrics(
+                    |m| m.membership_config.membership().get_node(&me).is_some(),
+                    "initial configuration visible",
+                )
+                .await
+                .map_err(|e| Error::Fatal(format!("{shard}: after initialize: {e}")))?;
         }
         Ok(())
     }
@@ -874,6 +894,9 @@ const INBOX_NOTICES: usize = 4096;
 
 /// Signals buffered per subscriber before it is told it lagged.
 const SIGNAL_BUFFER: usize = 4096;
+
+/// How long a group's core may take to load its state and report it.
+const GROUP_START_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a signal's delivery to one peer may take before it is dropped.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
