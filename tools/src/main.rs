@@ -99,10 +99,7 @@ enum ShardCommand {
     /// Add a voting replica on a node (it catches up as a learner first).
     Add {
         #[command(flatten)]
-        target: cluster::Target,
-        /// The shard (1-based).
-        #[arg(long)]
-        shard: u32,
+        at: ShardAt,
         /// The node to place it on.
         #[arg(long)]
         node: u64,
@@ -113,10 +110,7 @@ enum ShardCommand {
     /// Remove a node's replica.
     Remove {
         #[command(flatten)]
-        target: cluster::Target,
-        /// The shard (1-based).
-        #[arg(long)]
-        shard: u32,
+        at: ShardAt,
         /// The node whose replica goes.
         #[arg(long)]
         node: u64,
@@ -124,13 +118,20 @@ enum ShardCommand {
     /// Move a replica from one node to another in one change.
     Move {
         #[command(flatten)]
-        target: cluster::Target,
-        /// The shard (1-based).
-        #[arg(long)]
-        shard: u32,
+        at: ShardAt,
         #[command(flatten)]
         moving: MoveArgs,
     },
+}
+
+/// Which node to ask, about which shard.
+#[derive(Debug, clap::Args)]
+struct ShardAt {
+    #[command(flatten)]
+    target: cluster::Target,
+    /// The shard (1-based).
+    #[arg(long)]
+    shard: u32,
 }
 
 /// Where replicas move from and to.
@@ -304,31 +305,22 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             what: ClusterCommand::Status { target },
         } => cluster::status(target)?,
         Command::Shard { what } => match what {
-            ShardCommand::Add {
-                target,
-                shard,
-                node,
-                addr,
-            } => cluster::shard(
-                target,
-                *shard,
+            ShardCommand::Add { at, node, addr } => cluster::shard(
+                &at.target,
+                at.shard,
                 &cluster::Change::Add {
                     node: *node,
                     addr: addr.clone(),
                 },
             )?,
-            ShardCommand::Remove {
-                target,
-                shard,
-                node,
-            } => cluster::shard(target, *shard, &cluster::Change::Remove { node: *node })?,
-            ShardCommand::Move {
-                target,
-                shard,
-                moving,
-            } => cluster::shard(
-                target,
-                *shard,
+            ShardCommand::Remove { at, node } => cluster::shard(
+                &at.target,
+                at.shard,
+                &cluster::Change::Remove { node: *node },
+            )?,
+            ShardCommand::Move { at, moving } => cluster::shard(
+                &at.target,
+                at.shard,
                 &cluster::Change::Move {
                     from: moving.from,
                     to: moving.to,

@@ -123,18 +123,13 @@ fn a_single_node_deployment_is_drained_onto_a_new_node() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
 
     // Drain node 1 onto node 2, asked of node 1.
-    let drained = ctl_json(&[
-        "node",
-        "drain",
-        "--url",
-        &url1,
-        "--from",
-        "1",
-        "--to",
-        "2",
-        "--addr",
-        &c2.node.raft_listen.to_string(),
-    ]);
+    let raft2 = c2.node.raft_listen.to_string();
+    let drain = |url: &str| {
+        ctl_json(&[
+            "node", "drain", "--url", url, "--from", "1", "--to", "2", "--addr", &raft2,
+        ])
+    };
+    let drained = drain(&url1);
     assert_eq!(drained["moved"], serde_json::json!([1, 2, 3]), "{drained}");
     // Every shard is on node 2 and elects it (node 1 stepped down).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -154,18 +149,7 @@ fn a_single_node_deployment_is_drained_onto_a_new_node() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Draining again moves nothing.
-    let again = ctl_json(&[
-        "node",
-        "drain",
-        "--url",
-        &url2,
-        "--from",
-        "1",
-        "--to",
-        "2",
-        "--addr",
-        &c2.node.raft_listen.to_string(),
-    ]);
+    let again = drain(&url2);
     assert_eq!(again["moved"], serde_json::json!([]), "{again}");
     rt.block_on(async {
         n1.shutdown().await.unwrap();
