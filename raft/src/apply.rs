@@ -17,16 +17,18 @@ use missive_engine::keys::{ConversationId, Timestamp};
 use missive_engine::lsm::{Lsm, WriteBatch};
 
 use crate::command::{
-    Command, ConversationKind, Delivery, DeviceId, MessageKind, Outcome, RejectCode, UserId,
+    Command, ConversationKind, Delivery, DeviceId, MessageKind, Outcome, RejectCode, Route, UserId,
 };
+use crate::directory::ClusterMap;
 use crate::error::Result;
 use crate::outbox_feed::Fresh;
 use crate::records::{
-    self, conversation_key, dedup_key, device_key, head_key, inbox_key, msg_key, outbox_head_key,
-    outbox_key, profile_key, push_key, receipt_key, user_conv_key, user_head_key, Conversation,
-    Dedup, Device, EventKind, Head, InboxEvent, Message, OutboxEntry, OutboxHead, Profile,
-    PushTarget, Receipt, UserConv, UserHead,
+    self, cluster_map_key, conversation_key, dedup_key, device_key, head_key, inbox_key, msg_key,
+    outbox_head_key, outbox_key, profile_key, push_key, receipt_key, user_conv_key, user_head_key,
+    Conversation, Dedup, Device, EventKind, Head, InboxEvent, Message, OutboxEntry, OutboxHead,
+    Profile, PushTarget, Receipt, UserConv, UserHead,
 };
+use crate::types::ShardId;
 
 /// The body of a `System` message written by a membership change
 /// (`[version u8 = 1][postcard(SystemEvent)]`).
@@ -60,6 +62,9 @@ pub struct InboxNotice {
 
 pub(crate) struct Apply<'a> {
     lsm: &'a Lsm,
+    /// The group applying: the metadata group runs only metadata commands,
+    /// a data shard only data commands.
+    shard: ShardId,
     /// Writes so far; `None` deletes.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Outbox entries written, for the fan-out worker's feed.
@@ -82,9 +87,10 @@ fn sorted_unique(mut v: Vec<UserId>) -> Vec<UserId> {
 }
 
 impl<'a> Apply<'a> {
-    pub(crate) fn new(lsm: &'a Lsm) -> Self {
+    pub(crate) fn new(lsm: &'a Lsm, shard: ShardId) -> Self {
         Apply {
             lsm,
+            shard,
             pending: BTreeMap::new(),
             fresh: Vec::new(),
             notices: Vec::new(),
@@ -166,7 +172,25 @@ impl<'a> Apply<'a> {
     /// Runs one command. `Err` only for storage failures (which stop the
     /// state machine); a refused command is `Ok(Outcome::Rejected)`.
     pub(crate) fn run(&mut self, stamp: u64, cmd: &Command) -> Result<Outcome> {
+        if (cmd.route() == Route::Directory) != self.shard.is_directory() {
+            return Ok(reject(
+                RejectCode::Invalid,
+                format!("{:?} cannot run on {}", cmd.route(), self.shard),
+            ));
+        }
         match cmd {
+            Command::RegisterNode { .. }
+            | Command::ForgetNode { .. }
+            | Command::ReportPlacement { .. } => {
+                let key = cluster_map_key();
+                let mut map: ClusterMap = self.get_as("cluster map", &key)?.unwrap_or_default();
+                let before = map.version;
+                let out = crate::directory::execute(&mut map, cmd);
+                if map.version != before {
+                    self.put_as(key, &map)?;
+                }
+                Ok(out)
+            }
             Command::CreateConversation {
                 conv,
                 kind,

@@ -18,9 +18,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeSet;
+
 use missive_engine::keys::ConversationId;
 
 use crate::records::EventKind;
+use crate::slots::SlotMap;
+use crate::types::{NodeId, ShardId};
 
 /// A user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -182,6 +186,35 @@ pub enum Command {
         /// The platform's token.
         token: Option<String>,
     },
+    /// Metadata group: records (or re-addresses) a node in the cluster
+    /// map's directory. Refused if the node's slot map is not the
+    /// cluster's (it was started with another shard count).
+    RegisterNode {
+        /// The node.
+        node: NodeId,
+        /// Its transport address.
+        addr: String,
+        /// Its slot → shard map.
+        slots: SlotMap,
+    },
+    /// Metadata group: drops a node from the directory. Refused while the
+    /// map places any replica on it.
+    ForgetNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// Metadata group: a group's leader reports its configuration. Ignored
+    /// if the map already holds a later one (a deposed leader's report).
+    ReportPlacement {
+        /// The group (a data shard, or the metadata group itself).
+        shard: ShardId,
+        /// Its voters.
+        voters: BTreeSet<NodeId>,
+        /// Its learners.
+        learners: BTreeSet<NodeId>,
+        /// The log index of that configuration.
+        config_index: u64,
+    },
 }
 
 /// One event bound for one user's inbox.
@@ -206,6 +239,8 @@ pub enum Route {
     Conversation(ConversationId),
     /// A user's shard.
     User(UserId),
+    /// The cluster map (the metadata group).
+    Directory,
     /// Nothing to act on (an empty list): refused before proposing.
     Empty,
 }
@@ -227,6 +262,9 @@ impl Command {
             Command::RegisterDevice { user, .. }
             | Command::SetProfile { user, .. }
             | Command::SetPushToken { user, .. } => Route::User(*user),
+            Command::RegisterNode { .. }
+            | Command::ForgetNode { .. }
+            | Command::ReportPlacement { .. } => Route::Directory,
         }
     }
 
@@ -320,4 +358,10 @@ pub enum Outcome {
     /// A command with nothing to report succeeded (`OutboxDone`,
     /// `RegisterDevice`, `SetProfile`, `SetPushToken`).
     Done,
+    /// A metadata-group command: the cluster map's version after it (not
+    /// bumped if the command changed nothing).
+    Directory {
+        /// The map's version.
+        version: u64,
+    },
 }

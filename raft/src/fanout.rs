@@ -82,7 +82,8 @@ const WRITE_WAIT: Duration = Duration::from_secs(5);
 /// Runs one worker per shard of this node until `stop` turns true.
 pub(crate) async fn run(inner: Arc<Inner>, hooks: Arc<ApplyHooks>, stop: watch::Receiver<bool>) {
     let mut workers = tokio::task::JoinSet::new();
-    for shard in inner.groups.keys().copied() {
+    // The metadata group has no outboxes.
+    for shard in inner.groups.keys().copied().filter(|s| !s.is_directory()) {
         workers.spawn(shard_worker(
             Arc::clone(&inner),
             Arc::clone(&hooks),

@@ -27,11 +27,15 @@
 //! - `membership` — changing a shard's replicas (add, remove, move) and
 //!   retiring a removed replica.
 //! - `slots` — the slot → shard map.
+//! - `directory` — the metadata group (shard 0): the cluster map (node
+//!   directory, slot map, placements) and the task keeping each node's copy
+//!   current.
 
 pub mod apply;
 mod batcher;
 pub mod codec;
 pub mod command;
+pub mod directory;
 pub mod error;
 mod fanout;
 pub mod log_store;

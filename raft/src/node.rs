@@ -36,6 +36,7 @@ use missive_engine::lsm::{Lsm, LsmOptions};
 use crate::apply::InboxNotice;
 use crate::batcher::{self, Pending};
 use crate::command::{Command, DeviceId, Outcome, UserId};
+use crate::directory::ClusterMap;
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
 use crate::membership::{Change, Placement, Retired};
@@ -161,13 +162,15 @@ struct Receiving {
 
 pub(crate) struct Inner {
     pub(crate) id: NodeId,
-    addr: String,
+    pub(crate) addr: String,
     pub(crate) lsm: Arc<Lsm>,
     log: Arc<Log>,
     pub(crate) slots: SlotMap,
     pub(crate) groups: BTreeMap<ShardId, Group>,
-    hooks: Arc<ApplyHooks>,
+    pub(crate) hooks: Arc<ApplyHooks>,
     pub(crate) peers: Arc<Peers>,
+    /// This node's copy of the cluster map (see `directory`).
+    pub(crate) map: watch::Sender<Arc<ClusterMap>>,
     snapshot_dir: PathBuf,
     /// Shards whose replica here was removed (see `membership`).
     pub(crate) retired: Retired,
@@ -311,7 +314,7 @@ impl Node {
         let mut groups = BTreeMap::new();
         let mut tasks = Vec::new();
         let hooks = Arc::new(ApplyHooks::new(INBOX_NOTICES));
-        for shard in slots.shards() {
+        for shard in slots.groups() {
             let store = LogStore::new(Arc::clone(&log), shard);
             let sm = StateMachine::open(
                 Arc::clone(&lsm),
@@ -366,6 +369,7 @@ impl Node {
             retired,
             seeds: Mutex::new(BTreeMap::new()),
             placements: Mutex::new(HashMap::new()),
+            map: watch::channel(Arc::new(ClusterMap::default())).0,
             hooks: Arc::clone(&hooks),
             signals: tokio::sync::broadcast::channel(SIGNAL_BUFFER).0,
         });
@@ -373,6 +377,10 @@ impl Node {
         tasks.push(tokio::spawn(crate::fanout::run(
             Arc::clone(&inner),
             hooks,
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::directory::run(
+            Arc::clone(&inner),
             stop_rx.clone(),
         )));
         let dispatch: Arc<dyn Dispatch> = Arc::clone(&inner) as Arc<dyn Dispatch>;
@@ -416,10 +424,12 @@ impl Node {
             .ok_or(Error::NoSuchShard(shard))
     }
 
-    /// Initializes every shard this node is a replica of: `replicas` nodes
+    /// Initializes every group this node is a replica of: `replicas` nodes
     /// of `members` per shard, rotating through them so leaders and load
-    /// spread. Call on every node with the same arguments; repeating it
-    /// after the cluster formed is a no-op.
+    /// spread, and the metadata group on the first `replicas` nodes. Call
+    /// on every node with the same arguments; repeating it after the
+    /// cluster formed is a no-op. (The node registers itself in the cluster
+    /// map in the background, once the metadata group has a leader.)
     pub async fn bootstrap(
         &self,
         members: &BTreeMap<NodeId, String>,
@@ -434,9 +444,11 @@ impl Node {
         self.inner.add_seeds(members);
         let ids: Vec<NodeId> = members.keys().copied().collect();
         let r = replicas.clamp(1, ids.len());
-        for (i, (shard, g)) in self.inner.groups.iter().enumerate() {
+        for (shard, g) in &self.inner.groups {
+            // Data shard s starts at position s − 1; the metadata group at 0.
+            let first = shard.0.saturating_sub(1) as usize;
             let picked: BTreeMap<NodeId, NodeAddr> = (0..r)
-                .map(|k| ids[(i + k) % ids.len()])
+                .map(|k| ids[(first + k) % ids.len()])
                 .map(|id| (id, NodeAddr::new(members[&id].clone())))
                 .collect();
             if !picked.contains_key(&self.inner.id) {
@@ -462,20 +474,6 @@ impl Node {
         Ok(())
     }
 
-    /// Every other node in any shard's membership, with its address.
-    fn other_nodes(&self) -> BTreeMap<NodeId, String> {
-        let mut out = BTreeMap::new();
-        for g in self.inner.groups.values() {
-            let m = g.raft.metrics().borrow().membership_config.clone();
-            for (id, n) in m.membership().nodes() {
-                if *id != self.inner.id {
-                    out.insert(*id, n.addr.clone());
-                }
-            }
-        }
-        out
-    }
-
     /// Sends an ephemeral signal (typing, presence) to every node of the
     /// cluster, this one included: each hands it to its [`Node::signals`]
     /// subscribers. Best effort and unordered across nodes — an unreachable
@@ -484,7 +482,7 @@ impl Node {
     pub fn signal(&self, payload: Vec<u8>) {
         let payload: Arc<[u8]> = payload.into();
         let _ = self.inner.signals.send(Arc::clone(&payload));
-        for (id, addr) in self.other_nodes() {
+        for (id, addr) in self.inner.known_nodes() {
             let peers = Arc::clone(&self.inner.peers);
             let rpc = Rpc::Signal {
                 payload: payload.to_vec(),
@@ -527,12 +525,41 @@ impl Node {
     }
 
     /// Joins an existing cluster without forming any group: remembers
-    /// `seeds` (other nodes' ids and transport addresses) to locate shards
-    /// through. An operator then adds this node's replicas
-    /// ([`Node::change_replicas`]); until then it routes every read and
-    /// write to the shards' replicas.
-    pub fn join(&self, seeds: &BTreeMap<NodeId, String>) {
+    /// `seeds` (other nodes' ids and transport addresses) to find the
+    /// metadata group through, and registers this node in the cluster map
+    /// (every node then knows it). Fails if the cluster refuses it (another
+    /// shard count, a forgotten id) or its metadata group cannot be reached
+    /// within [`crate::directory::JOIN_WAIT`]. An operator then adds this
+    /// node's replicas ([`Node::change_replicas`]); until then it routes
+    /// every read and write to the shards' replicas.
+    pub async fn join(&self, seeds: &BTreeMap<NodeId, String>) -> Result<()> {
         self.inner.add_seeds(seeds);
+        self.inner.register(crate::directory::JOIN_WAIT).await?;
+        self.inner.refresh_map().await?;
+        Ok(())
+    }
+
+    /// This node's copy of the cluster map (version 0: not read yet). It
+    /// follows the metadata group within seconds (see `directory`).
+    pub fn cluster_map(&self) -> Arc<ClusterMap> {
+        self.inner.cluster_map()
+    }
+
+    /// Reads the cluster map from the metadata group now.
+    pub async fn refresh_cluster_map(&self) -> Result<Arc<ClusterMap>> {
+        self.inner.refresh_map().await
+    }
+
+    /// Removes `node` from the cluster map for good (after its replicas
+    /// were moved away: refused while the map places any on it); its id
+    /// can never register again. Returns the map's version after it.
+    pub async fn forget_node(&self, node: NodeId) -> Result<u64> {
+        let v = self
+            .inner
+            .write_directory(Command::ForgetNode { node }, Duration::from_secs(5))
+            .await?;
+        self.inner.refresh_map().await?;
+        Ok(v)
     }
 
     /// Changes `shard`'s replicas (add, remove, move one), at its leader
@@ -1214,5 +1241,20 @@ impl Dispatch for Inner {
                 ),
             }
         })
+    }
+
+    fn map_version(&self) -> u64 {
+        self.peers.newest_map_version()
+    }
+
+    fn heard_map_version(&self, v: u64) {
+        self.peers.saw_map_version(v);
+    }
+
+    fn refuses(&self, from: NodeId) -> Option<String> {
+        self.cluster_map()
+            .forgotten
+            .contains(&from)
+            .then(|| format!("node {from} was removed from the cluster"))
     }
 }

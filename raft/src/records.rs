@@ -13,6 +13,8 @@
 //! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message
 //! receipt       0x40 slot:u16 conv:u64 user:u64        → Receipt
 //! applied       0x50 shard:u32 0x01                    → Applied (raft meta)
+//! cluster map   0x50 0:u32 0x02                        → ClusterMap (shard 0
+//!                                                        only; see directory)
 //! outbox head   0x20 slot:u16 conv:u64 0x03            → OutboxHead
 //! outbox entry  0x60 slot:u16 conv:u64 eseq:u64        → OutboxEntry
 //! user head     0x30 uslot:u16 user:u64 0x00           → UserHead
@@ -208,6 +210,23 @@ pub fn applied_key(shard: ShardId) -> Vec<u8> {
     k.extend_from_slice(&shard.0.to_be_bytes());
     k.push(0x01);
     k
+}
+
+/// Key of the cluster map, the metadata group's one record (see
+/// `directory`). It sorts right after shard 0's `Applied` record.
+pub fn cluster_map_key() -> Vec<u8> {
+    let mut k = applied_key(ShardId::DIRECTORY);
+    k[5] = 0x02;
+    k
+}
+
+/// The key range holding the metadata group's data (the cluster map):
+/// what its snapshots carry and its installs replace.
+pub fn directory_range() -> (Vec<u8>, Option<Vec<u8>>) {
+    let lo = cluster_map_key();
+    let mut hi = lo.clone();
+    hi[5] = 0x03;
+    (lo, Some(hi))
 }
 
 /// Key of a conversation's outbox head.

@@ -10,8 +10,10 @@
 //!                        follower: read index from the leader, wait for
 //!                        apply) ─► local LSM
 //!               write ─► local batcher (forwarded once to the leader)
-//!  not hosted:  locate(shard) ─► cached Placement, else ask the known nodes
-//!                        (seeds and every node of any hosted group)
+//!  not hosted:  locate(shard) ─► cached Placement, else ask the replicas
+//!                        the cluster map names, then every known node
+//!                        (the map's directory, the seeds, and every node
+//!                        of any hosted group; never a forgotten one)
 //!               read  ─► Rpc::Read to the leader (it reads as above)
 //!               write ─► Rpc::Write to the leader
 //!               a NotLeader answer naming another leader updates the cache;
@@ -135,20 +137,44 @@ impl Inner {
             })
     }
 
-    /// Every node this one knows of (but itself): the seeds and every node
-    /// of any hosted group's configuration.
+    /// Every node this one knows of (but itself): the cluster map's
+    /// directory, its seeds (nodes may not have registered yet) and every
+    /// node of any hosted group's configuration — but none the map says
+    /// was removed from the cluster.
     pub(crate) fn known_nodes(&self) -> BTreeMap<NodeId, String> {
-        let mut out = self.seeds_snapshot();
+        let map = self.cluster_map();
+        let mut out = map.nodes.clone();
+        for (id, addr) in self.seeds_snapshot() {
+            out.entry(id).or_insert(addr);
+        }
         for (shard, g) in &self.groups {
             if self.retired.contains(*shard) {
                 continue;
             }
             let m = g.raft.metrics().borrow().membership_config.clone();
             for (id, n) in m.membership().nodes() {
-                out.insert(*id, n.addr.clone());
+                out.entry(*id).or_insert_with(|| n.addr.clone());
             }
         }
         out.remove(&self.id);
+        out.retain(|id, _| !map.forgotten.contains(id));
+        out
+    }
+
+    /// Whom to ask where `shard` is: the replicas the cluster map names
+    /// first (voters, then learners), then every other known node.
+    fn locate_candidates(&self, shard: ShardId) -> Vec<(NodeId, String)> {
+        let mut out: Vec<(NodeId, String)> = self
+            .cluster_map()
+            .replicas(shard)
+            .into_iter()
+            .filter(|(id, _)| *id != self.id)
+            .collect();
+        for (id, addr) in self.known_nodes() {
+            if !out.iter().any(|(i, _)| *i == id) {
+                out.push((id, addr));
+            }
+        }
         out
     }
 
@@ -164,13 +190,19 @@ impl Inner {
             }
         }
         let mut best: Option<Placement> = None;
-        for (id, addr) in self.known_nodes() {
+        let mut failures = Vec::new();
+        for (id, addr) in self.locate_candidates(shard) {
             let reply = self
                 .peers
                 .call(id, &addr, shard, Rpc::Locate, LOCATE_TIMEOUT)
                 .await;
-            let Ok(Reply::Locate(Some(p))) = reply else {
-                continue;
+            let p = match reply {
+                Ok(Reply::Locate(Some(p))) => p,
+                Ok(_) => continue,
+                Err(e) => {
+                    failures.push(format!("node {id}: {e}"));
+                    continue;
+                }
             };
             let better = best.as_ref().is_none_or(|b| {
                 (p.config_index, p.leader.is_some()) > (b.config_index, b.leader.is_some())
@@ -184,7 +216,13 @@ impl Inner {
         }
         let p = best.ok_or_else(|| Error::Unavailable {
             shard,
-            reason: "no known node replicates this shard (is the cluster up?)".into(),
+            reason: match failures.is_empty() {
+                true => "no known node replicates this shard (is the cluster up?)".into(),
+                false => format!(
+                    "no known node replicates this shard (is the cluster up?); {}",
+                    failures.join("; ")
+                ),
+            },
         })?;
         self.cache_placement(p.clone());
         Ok(p)

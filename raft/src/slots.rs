@@ -48,9 +48,20 @@ impl SlotMap {
         Ok(SlotMap { version: 1, ranges })
     }
 
-    /// The shards, in order.
+    /// How many data shards.
+    pub fn shard_count(&self) -> u32 {
+        self.ranges.len() as u32
+    }
+
+    /// The data shards, in order (not the metadata group).
     pub fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
         (1..=self.ranges.len() as u32).map(ShardId)
+    }
+
+    /// Every Raft group of the cluster: the metadata group
+    /// ([`ShardId::DIRECTORY`]), then the data shards.
+    pub fn groups(&self) -> impl Iterator<Item = ShardId> + '_ {
+        std::iter::once(ShardId::DIRECTORY).chain(self.shards())
     }
 
     /// The shard owning `slot`.
@@ -74,6 +85,7 @@ impl SlotMap {
         match route {
             Route::Conversation(c) => Some(self.shard_of(c)),
             Route::User(u) => Some(self.shard_of_user(u)),
+            Route::Directory => Some(ShardId::DIRECTORY),
             Route::Empty => None,
         }
     }
@@ -84,8 +96,12 @@ impl SlotMap {
         self.ranges.get(i).cloned()
     }
 
-    /// The key ranges `[lo, hi)` holding a shard's data.
+    /// The key ranges `[lo, hi)` holding a shard's data (for the metadata
+    /// group, the cluster map's).
     pub fn key_ranges(&self, shard: ShardId) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        if shard.is_directory() {
+            return vec![crate::records::directory_range()];
+        }
         let Some(slots) = self.slots(shard) else {
             return Vec::new();
         };

@@ -80,6 +80,9 @@ pub struct ApplyHooks {
     /// Bumped when a snapshot replaced a shard's data: every listener
     /// re-reads, since the notices of what it brought were never sent.
     pub installed: tokio::sync::watch::Sender<u64>,
+    /// The newest cluster map version the metadata group applied here
+    /// (see `directory`).
+    pub directory: tokio::sync::watch::Sender<u64>,
 }
 
 impl ApplyHooks {
@@ -89,6 +92,7 @@ impl ApplyHooks {
             outbox: OutboxFeed::default(),
             inbox: tokio::sync::broadcast::channel(capacity).0,
             installed: tokio::sync::watch::channel(0).0,
+            directory: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -280,7 +284,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut out = Vec::new();
         let mut applied = self.applied.clone();
-        let mut a = Apply::new(&self.lsm);
+        let mut a = Apply::new(&self.lsm, self.shard);
         for e in entries {
             applied.last_applied = Some(e.log_id);
             match e.payload {
@@ -321,6 +325,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for n in notices {
             // No receiver is not an error: nobody is connected.
             let _ = self.hooks.inbox.send(n);
+        }
+        if self.shard.is_directory() {
+            let newest = out
+                .iter()
+                .flat_map(|r| &r.outcomes)
+                .filter_map(|o| match o {
+                    Outcome::Directory { version } => Some(*version),
+                    _ => None,
+                })
+                .max();
+            if let Some(v) = newest {
+                self.hooks.directory.send_if_modified(|cur| {
+                    let newer = v > *cur;
+                    *cur = (*cur).max(v);
+                    newer
+                });
+            }
         }
         Ok(out)
     }

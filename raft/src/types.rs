@@ -18,6 +18,7 @@ pub type NodeId = u64;
 pub type NodeAddr = openraft::BasicNode;
 
 /// A shard: one Raft group. Its log is stream `shard` of the node's log.
+/// Shard 0 is the metadata group ([`ShardId::DIRECTORY`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ShardId(pub u32);
 
@@ -28,6 +29,16 @@ impl fmt::Display for ShardId {
 }
 
 impl ShardId {
+    /// The metadata group: not a data shard, it replicates the cluster map
+    /// (node directory, slot map, where each shard's replicas are; see
+    /// `directory`). Data shards are numbered from 1.
+    pub const DIRECTORY: ShardId = ShardId(0);
+
+    /// Whether this is the metadata group rather than a data shard.
+    pub fn is_directory(self) -> bool {
+        self == ShardId::DIRECTORY
+    }
+
     /// The stream of the node's log that holds this shard's Raft log.
     pub fn stream(self) -> missive_engine::log::StreamId {
         missive_engine::log::StreamId(u64::from(self.0))

@@ -75,7 +75,7 @@ async fn a_replica_moves_off_its_leader_to_a_new_node_under_load_and_loses_nothi
 
     // Node 4 joins: it hosts nothing, yet reads and writes through it work.
     let four = Node::start(config(4, dir.path(), 2)).await.unwrap();
-    four.join(&seeds);
+    four.join(&seeds).await.unwrap();
     assert!(!four.hosts(shard));
     four.write(create_group(conv, &[1, 2]), WAIT).await.unwrap();
     let checker = Checker::default();
@@ -223,7 +223,7 @@ async fn a_replica_moves_off_its_leader_to_a_new_node_under_load_and_loses_nothi
     let old = Node::start(config_at(leader, old_addr, dir.path(), 2))
         .await
         .unwrap();
-    old.join(&seeds);
+    old.join(&seeds).await.unwrap();
     assert!(!old.hosts(shard), "retirement forgotten across a restart");
     // (Metrics show term 0 until the group has loaded its vote.)
     tokio::time::sleep(Duration::from_millis(300)).await;

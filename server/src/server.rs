@@ -72,7 +72,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     ncfg.log.io = cfg.node.io;
     let node = Node::start(ncfg).await?;
     if cfg.node.join {
-        node.join(&cfg.node.peers);
+        node.join(&cfg.node.peers).await?;
     } else {
         let (members, replicas) = if cfg.node.peers.is_empty() {
             (BTreeMap::from([(cfg.node.id, node.addr().to_string())]), 1)

@@ -18,7 +18,7 @@ use openraft::raft::{
 };
 use tokio::io::BufWriter;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{read_frame, write_frame, Reply, Rpc, Wire, WIRE_VERSION};
 use crate::snapshot::SnapshotSource;
@@ -61,6 +61,8 @@ pub struct Peers {
     /// Test hook: dial these addresses instead of the membership's (a
     /// fault-injecting proxy sits there).
     routes: RwLock<HashMap<NodeId, SocketAddr>>,
+    /// The newest cluster map version any peer's response carried.
+    map_seen: Arc<watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -69,6 +71,16 @@ impl std::fmt::Debug for Peers {
             .field("me", &self.me)
             .finish_non_exhaustive()
     }
+}
+
+fn note_version(seen: &watch::Sender<u64>, v: u64) {
+    seen.send_if_modified(|cur| {
+        let newer = v > *cur;
+        if newer {
+            *cur = v;
+        }
+        newer
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,6 +96,7 @@ impl Peers {
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             routes: RwLock::new(HashMap::new()),
+            map_seen: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -93,6 +106,22 @@ impl Peers {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(target, addr);
+    }
+
+    /// The newest cluster map version heard of (from peers' responses, or
+    /// noted with [`Peers::saw_map_version`]).
+    pub fn map_versions(&self) -> watch::Receiver<u64> {
+        self.map_seen.subscribe()
+    }
+
+    /// The newest cluster map version heard of.
+    pub fn newest_map_version(&self) -> u64 {
+        *self.map_seen.borrow()
+    }
+
+    /// Notes that version `v` of the cluster map exists.
+    pub fn saw_map_version(&self, v: u64) {
+        note_version(&self.map_seen, v);
     }
 
     /// Drops every connection (they redial on the next call).
@@ -168,6 +197,7 @@ impl Peers {
         let alive = Arc::new(AtomicBool::new(true));
         let (a1, a2) = (Arc::clone(&alive), Arc::clone(&alive));
         let p2 = Arc::clone(&pending);
+        let seen = Arc::clone(&self.map_seen);
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 let mut r = write_frame(&mut wr, &msg).await;
@@ -184,7 +214,13 @@ impl Peers {
             a1.store(false, Ordering::Release);
         });
         tokio::spawn(async move {
-            while let Ok(Wire::Response { id, reply }) = read_frame(&mut rd).await {
+            while let Ok(Wire::Response {
+                id,
+                reply,
+                map_version,
+            }) = read_frame(&mut rd).await
+            {
+                note_version(&seen, map_version);
                 if let Some(w) = lock(&p2).remove(&id) {
                     let _ = w.send(reply);
                 }
@@ -211,7 +247,12 @@ impl Peers {
         lock(&conn.pending).insert(id, tx);
         if conn
             .tx
-            .send(Wire::Request { id, shard, rpc })
+            .send(Wire::Request {
+                id,
+                shard,
+                rpc,
+                map_version: self.newest_map_version(),
+            })
             .await
             .is_err()
         {

@@ -24,10 +24,13 @@
 //! A connection opens with `Wire::Hello { version, cluster, from, to }`
 //! from the dialer; the listener answers `Welcome { node }` only if `to` is
 //! its own id and `cluster` its cluster name (a node restarted on another
-//! address, or a misconfigured peer, is refused, not served), else
+//! address, or a misconfigured peer, is refused, not served) and `from` is
+//! not a node removed from the cluster (the cluster map's tombstones), else
 //! `Refused { reason }` and closes. Then the dialer sends `Request { id,
-//! shard, rpc }` frames and the listener answers `Response { id, reply }`
-//! in any order. Any decode or checksum failure closes the connection; the
+//! shard, rpc, map_version }` frames and the listener answers `Response {
+//! id, reply, map_version }` in any order. `map_version` is the newest
+//! cluster map version the sender knows of, so news of a map change
+//! spreads with ordinary traffic, heartbeats included (see `directory`). Any decode or checksum failure closes the connection; the
 //! dialer reconnects on the next call.
 //!
 //! # Failure → openraft
@@ -53,7 +56,8 @@ use crate::snapshot::Chunk;
 use crate::types::{LogId, NodeId, ShardId, SnapshotMeta, TypeConfig, Vote};
 
 /// The protocol version in `Hello`.
-pub const WIRE_VERSION: u32 = 1;
+/// 2: responses carry the responder's cluster map version.
+pub const WIRE_VERSION: u32 = 2;
 /// The largest frame accepted.
 pub const MAX_FRAME: usize = 256 << 20;
 
@@ -89,6 +93,8 @@ pub enum Wire {
         shard: ShardId,
         /// The call.
         rpc: Rpc,
+        /// The newest cluster map version the caller knows of.
+        map_version: u64,
     },
     /// A call's answer.
     Response {
@@ -96,6 +102,9 @@ pub enum Wire {
         id: u64,
         /// The answer.
         reply: Reply,
+        /// The newest cluster map version the responder knows of: a caller
+        /// holding an older map re-reads it (see `directory`).
+        map_version: u64,
     },
 }
 

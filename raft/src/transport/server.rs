@@ -22,6 +22,17 @@ pub trait Dispatch: Send + Sync + 'static {
         shard: ShardId,
         rpc: Rpc,
     ) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+    /// The newest cluster map version this node knows of (sent with every
+    /// response).
+    fn map_version(&self) -> u64;
+
+    /// A caller knows of cluster map version `v`.
+    fn heard_map_version(&self, v: u64);
+
+    /// Why node `from` may not connect, if it may not (it was removed from
+    /// the cluster: a stale process must not disturb the groups it was in).
+    fn refuses(&self, from: NodeId) -> Option<String>;
 }
 
 /// Responses queued per connection before its reader stops taking calls.
@@ -88,7 +99,7 @@ async fn connection(
             } else if to != me {
                 Some(format!("expected node {to}, this is node {me}"))
             } else {
-                None
+                dispatch.refuses(from)
             };
             if let Some(reason) = refusal {
                 tracing::warn!(from, %reason, "refusing a peer");
@@ -125,12 +136,25 @@ async fn connection(
             f = read_frame(&mut rd) => f,
         };
         match frame {
-            Ok(Wire::Request { id, shard, rpc }) => {
+            Ok(Wire::Request {
+                id,
+                shard,
+                rpc,
+                map_version,
+            }) => {
+                dispatch.heard_map_version(map_version);
                 let d = Arc::clone(&dispatch);
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let reply = d.dispatch(from, shard, rpc).await;
-                    let _ = tx.send(Wire::Response { id, reply }).await;
+                    let reply = Arc::clone(&d).dispatch(from, shard, rpc).await;
+                    let map_version = d.map_version();
+                    let _ = tx
+                        .send(Wire::Response {
+                            id,
+                            reply,
+                            map_version,
+                        })
+                        .await;
                 });
             }
             Ok(_) => break Err(super::FrameError::Malformed("unexpected frame".into())),
