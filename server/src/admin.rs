@@ -3,11 +3,16 @@
 //! them. Every call needs `X-Admin-Secret` matching `auth.admin_secret`.
 //!
 //! ```text
-//!  GET    /v1/admin/cluster                        every shard's placement
+//!  GET    /v1/admin/cluster                        the cluster map and
+//!                                                  every group's placement
 //!  POST   /v1/admin/shards/{shard}/replicas        {"node", "addr"}: add
 //!  DELETE /v1/admin/shards/{shard}/replicas/{node} remove
 //!  POST   /v1/admin/shards/{shard}/move            {"from", "to", "addr"}
+//!  DELETE /v1/admin/nodes/{node}                   forget a drained node
 //! ```
+//!
+//! Shard 0 is the metadata group (the cluster map); its replicas move the
+//! same way as a data shard's.
 //!
 //! A change runs at the shard's leader wherever the call lands, and answers
 //! once the new configuration is committed (adding waits for the new
@@ -69,7 +74,7 @@ pub(crate) async fn cluster(
     require_admin(&s, &headers, "reading the cluster's layout")?;
     let node = &s.service.node;
     let mut shards = Vec::new();
-    for shard in node.slots().shards() {
+    for shard in node.slots().groups() {
         let entry = match node.placement(shard).await {
             Ok(p) => {
                 let mut v = render(&p, node.slots().slots(shard));
@@ -80,11 +85,56 @@ pub(crate) async fn cluster(
         };
         shards.push(entry);
     }
+    // A fresh read, so an operator sees every change made so far; this
+    // node's copy if the metadata group cannot answer now.
+    let (map, map_error) = match node.refresh_cluster_map().await {
+        Ok(m) => (m, None),
+        Err(e) => (node.cluster_map(), Some(e.to_string())),
+    };
+    let nodes: Vec<Value> = map
+        .nodes
+        .iter()
+        .map(|(id, addr)| {
+            let held: Vec<u32> = map.shards_on(*id).iter().map(|s| s.0).collect();
+            json!({ "node": id, "addr": addr, "replicas": held })
+        })
+        .collect();
     Ok(Json(json!({
         "node": node.id(),
         "raft_addr": node.addr(),
+        "map": {
+            "version": map.version,
+            "nodes": nodes,
+            "forgotten": map.forgotten,
+            "error": map_error,
+        },
         "shards": shards,
     })))
+}
+
+/// `DELETE /v1/admin/nodes/{node}`: removes a node that holds no replica
+/// from the cluster map for good (its id can never rejoin, and its old
+/// process is shut out of the cluster).
+pub(crate) async fn forget_node(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, "removing a node")?;
+    let id: NodeId = node
+        .parse()
+        .map_err(|_| ApiError::invalid(format!("{node:?} is not a node id")))?;
+    check_node(id, None)?;
+    if id == s.service.node.id() {
+        return Err(ApiError::invalid(format!(
+            "node {id} is the node answering this call; ask another node to forget it"
+        )));
+    }
+    tracing::info!(node = id, "node removal requested");
+    let version = s.service.node.forget_node(id).await?;
+    Ok(Json(
+        json!({ "node": id, "forgotten": true, "map_version": version }),
+    ))
 }
 
 fn shard_of(node: &missive_raft::node::Node, raw: &str) -> Result<ShardId, ApiError> {
@@ -92,10 +142,10 @@ fn shard_of(node: &missive_raft::node::Node, raw: &str) -> Result<ShardId, ApiEr
         raw.parse::<u32>()
             .map_err(|_| ApiError::not_found(format!("{raw:?} is not a shard number")))?,
     );
-    if node.slots().slots(shard).is_none() {
+    if !shard.is_directory() && node.slots().slots(shard).is_none() {
         return Err(ApiError::not_found(format!(
-            "there is no shard {raw} (the cluster has shards 1..={})",
-            node.slots().shards().count()
+            "there is no shard {raw} (the cluster has shards 1..={}, and 0: the metadata group)",
+            node.slots().shard_count()
         )));
     }
     Ok(shard)

@@ -135,6 +135,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/shards/{shard}/move",
             post(crate::admin::move_replica),
         )
+        .route("/v1/admin/nodes/{node}", delete(crate::admin::forget_node))
         .route("/v1/ws-ticket", post(ws_ticket))
         .route("/v1/ws", get(ws_upgrade))
         .route("/v1/users/me", get(me).put(set_me))
@@ -165,7 +166,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
     // replicas; only its own groups must have a leader.
     let leaderless: Vec<String> = node
         .slots()
-        .shards()
+        .groups()
         .filter(|sh| node.hosts(*sh))
         .filter(|sh| !matches!(node.leader(*sh), Ok(Some(_))))
         .map(|sh| sh.to_string())
@@ -183,18 +184,25 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let mut body = s.service.metrics.render();
-    // Who leads each shard, as this node sees it (0: none known) — for
-    // operators, and for tests that must stop a shard's leader.
+    // Who leads each group, as this node sees it (0: none known; shard 0
+    // is the metadata group) — for operators, and for tests that must stop
+    // a shard's leader.
     let node = &s.service.node;
     body.push_str("# HELP missive_shard_leader The node this node believes leads the shard (0: none known).\n");
     body.push_str("# TYPE missive_shard_leader gauge\n");
-    for sh in node.slots().shards() {
+    for sh in node.slots().groups() {
         let leader = node.leader(sh).ok().flatten().unwrap_or(0);
         body.push_str(&format!(
             "missive_shard_leader{{shard=\"{}\"}} {leader}\n",
             sh.0
         ));
     }
+    body.push_str("# HELP missive_cluster_map_version The version of the cluster map this node holds (0: not read yet).\n");
+    body.push_str("# TYPE missive_cluster_map_version gauge\n");
+    body.push_str(&format!(
+        "missive_cluster_map_version {}\n",
+        node.cluster_map().version
+    ));
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -7,6 +7,8 @@ mod common;
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use common::{assert_consecutive, config, message_seqs, suites, three_raft_addrs, token, Http, Ws};
@@ -309,7 +311,7 @@ async fn a_dead_node_is_replaced_through_the_admin_api_and_nothing_is_lost() {
     .await;
     assert_eq!(st, 200, "{layout}");
     let shards = layout["shards"].as_array().unwrap().clone();
-    assert_eq!(shards.len(), 4);
+    assert_eq!(shards.len(), 5, "the metadata group and 4 shards");
     for s in &shards {
         assert_eq!(voter_ids(s), vec![1, 2, 3], "{s}");
         assert_eq!(s["hosted_here"], false);
@@ -349,7 +351,7 @@ async fn a_dead_node_is_replaced_through_the_admin_api_and_nothing_is_lost() {
     let n3 = nodes.pop().unwrap();
     n3.shutdown().await.unwrap();
     let base1 = format!("http://{}/v1/admin", nodes[0].addr());
-    for s in 1..=4 {
+    for s in 0..=4 {
         let (st, p) = admin(
             reqwest::Method::POST,
             format!("{base1}/shards/{s}/move"),
@@ -391,6 +393,64 @@ async fn a_dead_node_is_replaced_through_the_admin_api_and_nothing_is_lost() {
         .map(|m| m["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, (1..=21).rev().collect::<Vec<_>>());
+
+    // Node 3 leaves the cluster map for good: refused for a bad id and for
+    // the answering node itself; retried until the moves were reported.
+    let (st, e) = admin(
+        reqwest::Method::DELETE,
+        format!("{base1}/nodes/three"),
+        &secret,
+        None,
+    )
+    .await;
+    assert_eq!((st, e["error"]["code"].as_str()), (400, Some("invalid")));
+    let (st, _) = admin(
+        reqwest::Method::DELETE,
+        format!("{base1}/nodes/1"),
+        &secret,
+        None,
+    )
+    .await;
+    assert_eq!(st, 400);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, r) = admin(
+            reqwest::Method::DELETE,
+            format!("{base1}/nodes/3"),
+            &secret,
+            None,
+        )
+        .await;
+        if st == 200 {
+            assert_eq!(r["forgotten"], true, "{r}");
+            break;
+        }
+        assert_eq!(
+            (st, r["error"]["code"].as_str()),
+            (409, Some("conflict")),
+            "{r}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 never forgettable: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, layout) = admin(
+        reqwest::Method::GET,
+        format!("{base4}/cluster"),
+        &secret,
+        None,
+    )
+    .await;
+    let listed: Vec<u64> = layout["map"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![1, 2, 4], "{layout}");
+    assert_eq!(layout["map"]["forgotten"], json!([3]), "{layout}");
     nodes.push(n4);
     for n in nodes {
         n.shutdown().await.unwrap();

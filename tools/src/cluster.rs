@@ -8,6 +8,7 @@
 //! move a single joint configuration change (the new replica catches up
 //! before it votes), and stops at the first failure so an operator sees
 //! exactly which shards moved. Rerunning it continues where it stopped.
+//! `node forget` then removes the drained node from the cluster map.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -87,6 +88,7 @@ fn placement_line(p: &Value) -> String {
     let leader = p["leader"].as_u64().map_or("-".into(), |l| l.to_string());
     let slots = match (p["slots"][0].as_u64(), p["slots"][1].as_u64()) {
         (Some(a), Some(b)) => format!("{a}..{b}"),
+        _ if p["shard"] == 0 => "(metadata)".into(),
         _ => "?".into(),
     };
     let mut line = format!(
@@ -116,10 +118,50 @@ pub fn status(t: &Target) -> anyhow::Result<Output> {
         v["node"],
         v["raft_addr"].as_str().unwrap_or("?")
     );
+    let map = &v["map"];
+    let _ = writeln!(text, "cluster map version {}", map["version"]);
+    for n in map["nodes"].as_array().into_iter().flatten() {
+        let held: Vec<String> = n["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
+        let _ = writeln!(
+            text,
+            "node {:>3}  {:<21} replicas of shards [{}]",
+            n["node"],
+            n["addr"].as_str().unwrap_or("?"),
+            held.join(", ")
+        );
+    }
+    if let Some(gone) = map["forgotten"].as_array().filter(|a| !a.is_empty()) {
+        let gone: Vec<String> = gone.iter().map(ToString::to_string).collect();
+        let _ = writeln!(text, "removed nodes: {}", gone.join(", "));
+    }
+    if let Some(e) = map["error"].as_str() {
+        let _ = writeln!(
+            text,
+            "(this node's copy: the metadata group did not answer: {e})"
+        );
+    }
     for s in v["shards"].as_array().into_iter().flatten() {
         let _ = writeln!(text, "{}", placement_line(s));
     }
     Ok(Output { text, json: v })
+}
+
+/// `node forget`.
+pub fn forget(t: &Target, node: u64) -> anyhow::Result<Output> {
+    let path = format!("/nodes/{node}");
+    let v = runtime()?.block_on(call(t, reqwest::Method::DELETE, &path, None))?;
+    Ok(Output {
+        text: format!(
+            "node {node} removed from the cluster (map version {})\n",
+            v["map_version"]
+        ),
+        json: v,
+    })
 }
 
 /// One replica change of one shard.

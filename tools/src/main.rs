@@ -129,7 +129,7 @@ enum ShardCommand {
 struct ShardAt {
     #[command(flatten)]
     target: cluster::Target,
-    /// The shard (1-based).
+    /// The shard (1-based; 0 is the metadata group).
     #[arg(long)]
     shard: u32,
 }
@@ -150,13 +150,22 @@ struct MoveArgs {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// Move every replica a node holds onto another node, shard by shard
-    /// (then the drained node can be stopped for good).
+    /// Move every replica a node holds onto another node, shard by shard,
+    /// the metadata group included (then forget the drained node).
     Drain {
         #[command(flatten)]
         target: cluster::Target,
         #[command(flatten)]
         moving: MoveArgs,
+    },
+    /// Remove a drained node from the cluster map for good: its id can
+    /// never rejoin and its old process is shut out. Ask another node.
+    Forget {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// The node to remove.
+        #[arg(long)]
+        node: u64,
     },
 }
 
@@ -331,6 +340,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Node {
             what: NodeCommand::Drain { target, moving },
         } => cluster::drain(target, moving.from, moving.to, &moving.addr)?,
+        Command::Node {
+            what: NodeCommand::Forget { target, node },
+        } => cluster::forget(target, *node)?,
     };
     if cli.json {
         println!("{}", out.json);

@@ -1,7 +1,8 @@
 //! The online missivectl commands against running missived nodes on
 //! loopback: a single-node deployment moves to a new machine (node 2 joins,
-//! `node drain` moves every shard onto it), and bad calls fail with the
-//! server's error code and exit status 2.
+//! `node drain` moves every shard and the metadata group onto it, `node
+//! forget` removes node 1 from the cluster map), and bad calls fail with
+//! the server's error code and exit status 2.
 
 #![allow(
     clippy::unwrap_used,
@@ -83,15 +84,30 @@ fn a_single_node_deployment_is_drained_onto_a_new_node() {
     let status = ctl_json(&["cluster", "status", "--url", &url2]);
     assert_eq!(status["node"], 2, "{status}");
     let shards = status["shards"].as_array().unwrap();
-    assert_eq!(shards.len(), 3);
+    assert_eq!(shards.len(), 4, "the metadata group and 3 shards");
     for s in shards {
         assert_eq!(voters(s), vec![1], "{s}");
     }
+    // Node 2 registered when it joined.
+    let listed: Vec<u64> = status["map"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![1, 2], "{status}");
     let (code, text, err) = ctl(&["cluster", "status", "--url", &url1]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        text.contains("shard   1") && text.contains("leader 1"),
+        text.contains("shard   1") && text.contains("leader 1") && text.contains("(metadata)"),
         "{text}"
+    );
+    // Node 1 holds replicas: it cannot be forgotten yet.
+    let (code, _, err) = ctl(&["node", "forget", "--url", &url2, "--node", "1"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("conflict") && err.contains("still holds replicas"),
+        "{err}"
     );
 
     // Bad calls: the server's code, exit status 2.
@@ -130,7 +146,11 @@ fn a_single_node_deployment_is_drained_onto_a_new_node() {
         ])
     };
     let drained = drain(&url1);
-    assert_eq!(drained["moved"], serde_json::json!([1, 2, 3]), "{drained}");
+    assert_eq!(
+        drained["moved"],
+        serde_json::json!([0, 1, 2, 3]),
+        "{drained}"
+    );
     // Every shard is on node 2 and elects it (node 1 stepped down).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -151,6 +171,29 @@ fn a_single_node_deployment_is_drained_onto_a_new_node() {
     // Draining again moves nothing.
     let again = drain(&url2);
     assert_eq!(again["moved"], serde_json::json!([]), "{again}");
+    // Node 1 is forgotten (once node 2 is the metadata group's leader and
+    // the moves were reported: retried for a few seconds).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = ctl(&["node", "forget", "--url", &url2, "--node", "1"]);
+        if code == 0 {
+            assert!(out.contains("node 1 removed"), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "forget failed: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = ctl_json(&["cluster", "status", "--url", &url2]);
+    assert_eq!(
+        status["map"]["forgotten"],
+        serde_json::json!([1]),
+        "{status}"
+    );
+    assert_eq!(
+        status["map"]["nodes"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
     rt.block_on(async {
         n1.shutdown().await.unwrap();
         n2.shutdown().await.unwrap();
