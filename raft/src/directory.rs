@@ -45,8 +45,10 @@
 //! shard's placement from its replicas (`route`).
 //!
 //! The same task registers the node (until the map lists it at its
-//! address) and, for each group this node leads, reports its configuration
-//! when the map's differs.
+//! address); for each group this node leads, reports its configuration
+//! when the map's differs; and retires a replica of its own that the map
+//! shows was removed while the node was down (it missed the leader's
+//! `Retire`), once a replica confirms (`membership`, retirement).
 //!
 //! # The record, byte by byte
 //!
@@ -72,7 +74,7 @@ use crate::membership::{self, Placement};
 use crate::node::{Consistency, Inner};
 use crate::records::{self, cluster_map_key};
 use crate::slots::SlotMap;
-use crate::transport::{ReadOp, ReadResult};
+use crate::transport::{ReadOp, ReadResult, Reply, Rpc};
 use crate::types::{NodeId, ShardId};
 
 /// How often the keeper looks at registration and placements.
@@ -83,6 +85,9 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 /// How long one of the keeper's writes may wait out an election.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a replica may take to confirm a removal.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long registering at join may wait for the metadata group.
 pub const JOIN_WAIT: Duration = Duration::from_secs(15);
@@ -346,6 +351,58 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Retires this node's replica of each group whose recorded
+    /// configuration is later than the one it holds and leaves it out —
+    /// the `Retire` notice it missed while it was down — once one of the
+    /// replicas the map names confirms it from its own configuration (the
+    /// map is only a hint). A replica wrongly retired would be revived by
+    /// its leader's next AppendEntries.
+    async fn retire_if_removed(&self, map: &ClusterMap) {
+        for shard in self.groups.keys().copied() {
+            let Some(entry) = map.shards.get(&shard) else {
+                continue;
+            };
+            let named = entry.voters.contains(&self.id) || entry.learners.contains(&self.id);
+            if named || !self.hosts(shard) || self.leads(shard) {
+                continue;
+            }
+            let Ok(g) = self.group(shard) else { continue };
+            let mine = g
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .log_id()
+                .map_or(0, |l| l.index);
+            if entry.config_index <= mine {
+                continue;
+            }
+            for (id, addr) in map.replicas(shard) {
+                let reply = self
+                    .peers
+                    .call(id, &addr, shard, Rpc::Locate, CONFIRM_TIMEOUT)
+                    .await;
+                // An unreachable replica, or one no further along than
+                // this node, cannot tell.
+                let Ok(Reply::Locate(Some(p))) = reply else {
+                    continue;
+                };
+                if p.config_index <= mine {
+                    continue;
+                }
+                if !p.voters.contains_key(&self.id) && !p.learners.contains_key(&self.id) {
+                    tracing::info!(%shard, by = id, "this replica was removed while the node was away");
+                    if let Err(e) = self.retire(shard, p.config_index) {
+                        tracing::warn!(%shard, error = %e, "retiring failed");
+                    }
+                }
+                break;
+            }
+        }
+    }
+}
+
 /// Keeps this node's copy of the map current, its registration and its
 /// led groups' placements recorded, until `stop` turns true.
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
@@ -385,6 +442,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             }
         }
         inner.report_placements(&map).await;
+        inner.retire_if_removed(&map).await;
     }
 }
 

@@ -1215,7 +1215,7 @@ impl Dispatch for Inner {
                     }
                     .map_err(crate::route::to_remote),
                 ),
-                Rpc::Retire { removed_at } => match self.retire(shard, removed_at) {
+                Rpc::Retire { removed_at } => match self.retire(shard, removed_at.index) {
                     Ok(()) => Reply::Retired,
                     Err(e) => Reply::Failed(e.to_string()),
                 },

@@ -543,11 +543,12 @@ impl Inner {
 
     /// Tells `node` it no longer replicates `shard` (retiring this node
     /// directly when it removed itself). Best effort: a node that misses
-    /// it keeps campaigning, harmlessly (voters that hear from their leader
-    /// ignore it), until told again by the next change or an operator.
+    /// it (it was down) campaigns, harmlessly (voters that hear from their
+    /// leader ignore it), until its cluster map shows the removal and a
+    /// replica confirms it (`directory`).
     async fn send_retire(&self, shard: ShardId, node: NodeId, addr: &str, at: LogId) {
         if node == self.id {
-            if let Err(e) = self.retire(shard, at) {
+            if let Err(e) = self.retire(shard, at.index) {
                 tracing::warn!(%shard, error = %e, "retiring this node's replica failed");
             }
             return;
@@ -569,12 +570,12 @@ impl Inner {
     }
 
     /// Retires this node's replica of `shard`, removed by the
-    /// configuration at `at` — unless this node has since seen a later
-    /// configuration (it was added back).
-    pub(crate) fn retire(&self, shard: ShardId, at: LogId) -> Result<()> {
+    /// configuration at log index `at` — unless this node has since seen a
+    /// later configuration (it was added back).
+    pub(crate) fn retire(&self, shard: ShardId, at: u64) -> Result<()> {
         let g = self.group(shard)?;
         let seen = *g.raft.metrics().borrow().membership_config.log_id();
-        if seen.is_some_and(|s| s.index > at.index) {
+        if seen.is_some_and(|s| s.index > at) {
             return Ok(());
         }
         g.raft.runtime_config().elect(false);

@@ -218,3 +218,63 @@ async fn the_cluster_map_follows_joins_moves_and_removals_on_every_node() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_removed_while_its_node_was_down_retires_when_it_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, 1).await;
+    let shard = ShardId(1);
+    let four = Node::start(config(4, dir.path(), 1)).await.unwrap();
+    let seeds = BTreeMap::from([(1, nodes[0].as_ref().unwrap().addr().to_string())]);
+    four.join(&seeds).await.unwrap();
+    let addr4 = four.addr().to_string();
+    nodes.push(Some(four));
+
+    // Node 3 is down while its replica of shard 1 moves to node 4: it
+    // never hears the leader's Retire.
+    let three = nodes[2].take().unwrap();
+    let addr3: std::net::SocketAddr = three.addr().parse().unwrap();
+    three.shutdown().await.unwrap();
+    let change = Change::Move {
+        from: 3,
+        to: 4,
+        addr: addr4,
+    };
+    nodes[0]
+        .as_ref()
+        .unwrap()
+        .change_replicas(shard, change)
+        .await
+        .unwrap();
+
+    // Back, its group's last configuration still names it a voter; its
+    // copy of the map says otherwise, a replica confirms, it retires.
+    let three = Node::start(config_at(3, addr3, dir.path(), 1))
+        .await
+        .unwrap();
+    assert!(
+        three.hosts(shard),
+        "the restarted node still thinks it hosts the shard"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while three.hosts(shard) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removed replica never retired: {:?}",
+            three.cluster_map()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It still hosts the metadata group (nothing moved that), and serves
+    // shard 1 by routing.
+    assert!(three.hosts(ShardId::DIRECTORY));
+    let conv = conv_on(&three, shard);
+    three
+        .write(create_group(conv, &[1, 2]), WAIT)
+        .await
+        .unwrap();
+    nodes[2] = Some(three);
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
