@@ -73,6 +73,8 @@ struct State {
     syncs: u64,
     /// The sync number that will fail, if any.
     fail_sync_at: Option<u64>,
+    /// How long each file sync takes (a real disk's flush latency).
+    sync_delay: std::time::Duration,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -134,6 +136,14 @@ impl FaultFsControl {
     pub fn fail_sync(&self, n: u64) {
         let mut st = lock(&self.state);
         st.fail_sync_at = Some(st.syncs + n.max(1));
+    }
+
+    /// Makes every file sync take `d` first, like a real disk's flush
+    /// (the in-memory sync is otherwise instant, which hides a durability
+    /// report made before the sync finished: nothing is ever unsynced for
+    /// long). A crash during the wait fails that sync.
+    pub fn set_sync_delay(&self, d: std::time::Duration) {
+        lock(&self.state).sync_delay = d;
     }
 
     /// How many syncs (file and directory) have run.
@@ -366,6 +376,10 @@ impl LogFile for FaultFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let delay = self.live()?.sync_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut st = self.live()?;
         sync_permitted(&mut st)?;
         lock_file(&self.file).sync();

@@ -215,6 +215,10 @@ impl Checker {
         self.seen.lock().unwrap().insert(id.to_string(), s);
     }
 
+    pub fn get(&self, id: &str) -> Option<Seen> {
+        self.seen.lock().unwrap().get(id).cloned()
+    }
+
     pub fn oks(&self) -> usize {
         self.seen
             .lock()
