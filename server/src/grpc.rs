@@ -26,6 +26,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use missive_engine::keys::ConversationId;
+use missive_raft::command::{ConversationKind, UserId};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -87,6 +88,10 @@ impl Grpc {
             .from_headers(&headers)
             .map_err(|e| status(&e))
     }
+}
+
+fn users(ids: Vec<u64>) -> Vec<UserId> {
+    ids.into_iter().map(UserId).collect()
 }
 
 fn pb_message(m: MessageOut) -> pb::Message {
@@ -312,6 +317,212 @@ impl Missive for Grpc {
                     unread: e.view.unread(),
                 })
                 .collect(),
+        }))
+    }
+
+    async fn create_direct(
+        &self,
+        req: Request<pb::CreateDirectRequest>,
+    ) -> Result<Response<pb::CreateReply>, Status> {
+        let who = self.caller(&req)?;
+        let peer = UserId(req.into_inner().peer);
+        let (conv, created) = self
+            .state
+            .service
+            .create_direct(who.user, peer)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::CreateReply {
+            conv: conv.0,
+            created,
+        }))
+    }
+
+    async fn create_group(
+        &self,
+        req: Request<pb::CreateGroupRequest>,
+    ) -> Result<Response<pb::CreateReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let conv = self
+            .state
+            .service
+            .create_group(who.user, r.name, users(r.members))
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::CreateReply {
+            conv: conv.0,
+            created: true,
+        }))
+    }
+
+    async fn conversation(
+        &self,
+        req: Request<pb::ConversationRequest>,
+    ) -> Result<Response<pb::ConversationInfo>, Status> {
+        let who = self.caller(&req)?;
+        let conv = ConversationId(req.into_inner().conv);
+        let (c, last_seq) = self
+            .state
+            .service
+            .conversation_info(who.user, conv)
+            .await
+            .map_err(|e| status(&e))?;
+        let ids = |v: &[UserId]| v.iter().map(|u| u.0).collect();
+        Ok(Response::new(pb::ConversationInfo {
+            conv: conv.0,
+            kind: match c.kind {
+                ConversationKind::Direct => "direct",
+                ConversationKind::Group => "group",
+            }
+            .to_string(),
+            name: c.name.clone(),
+            members: ids(&c.members),
+            admins: ids(&c.admins),
+            version: c.version,
+            created_at: c.created_micros,
+            last_seq,
+        }))
+    }
+
+    async fn change_members(
+        &self,
+        req: Request<pb::ChangeMembersRequest>,
+    ) -> Result<Response<pb::ChangeMembersReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let rename = (!r.rename.is_empty()).then_some(r.rename);
+        if r.add.is_empty() && r.remove.is_empty() && r.promote.is_empty() && rename.is_none() {
+            return Err(status(&ApiError::invalid(
+                "give add, remove, promote or rename",
+            )));
+        }
+        let (version, seq) = self
+            .state
+            .service
+            .change_members(
+                who.user,
+                ConversationId(r.conv),
+                users(r.add),
+                users(r.remove),
+                users(r.promote),
+                rename,
+            )
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ChangeMembersReply { version, seq }))
+    }
+
+    async fn leave(
+        &self,
+        req: Request<pb::ConversationRequest>,
+    ) -> Result<Response<pb::ChangeMembersReply>, Status> {
+        let who = self.caller(&req)?;
+        let conv = ConversationId(req.into_inner().conv);
+        let (version, seq) = self
+            .state
+            .service
+            .leave(who.user, conv)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ChangeMembersReply { version, seq }))
+    }
+
+    async fn profile(
+        &self,
+        req: Request<pb::ProfileRequest>,
+    ) -> Result<Response<pb::ProfileReply>, Status> {
+        let who = self.caller(&req)?;
+        let user = match req.into_inner().user {
+            0 => who.user,
+            u => UserId(u),
+        };
+        let p = self
+            .state
+            .service
+            .profile(user)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ProfileReply {
+            user: user.0,
+            display_name: p.display_name,
+        }))
+    }
+
+    async fn set_profile(
+        &self,
+        req: Request<pb::SetProfileRequest>,
+    ) -> Result<Response<pb::ProfileReply>, Status> {
+        let who = self.caller(&req)?;
+        let display_name = req.into_inner().display_name;
+        self.state
+            .service
+            .set_profile(who.user, display_name.clone())
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ProfileReply {
+            user: who.user.0,
+            display_name,
+        }))
+    }
+
+    async fn devices(
+        &self,
+        req: Request<pb::DevicesRequest>,
+    ) -> Result<Response<pb::DevicesReply>, Status> {
+        let who = self.caller(&req)?;
+        let list = self
+            .state
+            .service
+            .devices(who.user)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::DevicesReply {
+            devices: list
+                .into_iter()
+                .map(|(d, dev)| pb::DeviceInfo {
+                    device: d.0,
+                    name: dev.name,
+                    platform: dev.platform,
+                    registered_at: dev.registered_micros,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn register_device(
+        &self,
+        req: Request<pb::RegisterDeviceRequest>,
+    ) -> Result<Response<pb::DeviceReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        self.state
+            .service
+            .register_device(who, r.name, r.platform)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::DeviceReply {
+            device: who.device.0,
+            push: false,
+        }))
+    }
+
+    async fn set_push_token(
+        &self,
+        req: Request<pb::PushTokenRequest>,
+    ) -> Result<Response<pb::DeviceReply>, Status> {
+        let who = self.caller(&req)?;
+        let token = req.into_inner().token;
+        let token = (!token.is_empty()).then_some(token);
+        let push = token.is_some();
+        self.state
+            .service
+            .set_push_token(who, token)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::DeviceReply {
+            device: who.device.0,
+            push,
         }))
     }
 

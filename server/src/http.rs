@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use missive_engine::keys::ConversationId;
-use missive_raft::command::{Command, DeviceId, Outcome, UserId};
+use missive_raft::command::{DeviceId, UserId};
 use missive_raft::node::Consistency;
 
 use crate::auth::{Auth, Caller};
@@ -309,7 +309,7 @@ async fn user_profile(
 }
 
 async fn profile_of(s: &AppState, user: UserId) -> Result<Json<ProfileOut>, ApiError> {
-    let p = s.service.node.profile(user, Consistency::Stale).await?;
+    let p = s.service.profile(user).await?;
     Ok(Json(ProfileOut {
         user: Id(user.0),
         display_name: p.display_name,
@@ -327,18 +327,8 @@ async fn set_me(
     Authed(who): Authed,
     JsonBody(req): JsonBody<SetProfile>,
 ) -> Result<Json<ProfileOut>, ApiError> {
-    if req.display_name.len() > crate::service::MAX_NAME {
-        return Err(ApiError::invalid("display_name is too long"));
-    }
     s.service
-        .node
-        .write(
-            Command::SetProfile {
-                user: who.user,
-                display_name: req.display_name.clone(),
-            },
-            std::time::Duration::from_secs(5),
-        )
+        .set_profile(who.user, req.display_name.clone())
         .await?;
     Ok(Json(ProfileOut {
         user: Id(who.user.0),
@@ -360,8 +350,7 @@ async fn devices(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let list: Vec<DeviceOut> = s
         .service
-        .node
-        .devices(who.user, Consistency::Stale)
+        .devices(who.user)
         .await?
         .into_iter()
         .map(|(d, dev)| DeviceOut {
@@ -387,33 +376,11 @@ async fn register_device(
     Authed(who): Authed,
     JsonBody(req): JsonBody<RegisterDevice>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if req.name.len() > crate::service::MAX_NAME || req.platform.len() > 32 {
-        return Err(ApiError::invalid(
-            "name (≤ 256 bytes) or platform (≤ 32) too long",
-        ));
-    }
-    match s
-        .service
-        .node
-        .write(
-            Command::RegisterDevice {
-                user: who.user,
-                device: who.device,
-                name: req.name,
-                platform: req.platform,
-            },
-            std::time::Duration::from_secs(5),
-        )
-        .await?
-    {
-        Outcome::Done => Ok(Json(json!({ "device": Id(who.device.0) }))),
-        other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
-    }
+    s.service
+        .register_device(who, req.name, req.platform)
+        .await?;
+    Ok(Json(json!({ "device": Id(who.device.0) })))
 }
-
-/// Longest push token accepted, bytes (APNs tokens are 64 hex digits, FCM
-/// ~160 characters, web push subscriptions a few hundred).
-const MAX_PUSH_TOKEN: usize = 4096;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -426,11 +393,6 @@ async fn set_push_token(
     Authed(who): Authed,
     JsonBody(req): JsonBody<PushToken>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if req.token.is_empty() || req.token.len() > MAX_PUSH_TOKEN {
-        return Err(ApiError::invalid(format!(
-            "token must be 1..={MAX_PUSH_TOKEN} bytes"
-        )));
-    }
     write_push_token(&s, who, Some(req.token)).await
 }
 
@@ -447,22 +409,8 @@ async fn write_push_token(
     token: Option<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let set = token.is_some();
-    match s
-        .service
-        .node
-        .write(
-            Command::SetPushToken {
-                user: who.user,
-                device: who.device,
-                token,
-            },
-            std::time::Duration::from_secs(5),
-        )
-        .await?
-    {
-        Outcome::Done => Ok(Json(json!({ "device": Id(who.device.0), "push": set }))),
-        other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
-    }
+    s.service.set_push_token(who, token).await?;
+    Ok(Json(json!({ "device": Id(who.device.0), "push": set })))
 }
 
 #[derive(Serialize)]
@@ -543,8 +491,7 @@ async fn conversation(
     Authed(who): Authed,
     ConvPath(conv): ConvPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let c = s.service.member_conversation(who.user, conv).await?;
-    let head = s.service.node.head(conv, Consistency::Stale).await?;
+    let (c, last_seq) = s.service.conversation_info(who.user, conv).await?;
     let ids = |v: &[UserId]| v.iter().map(|u| Id(u.0)).collect::<Vec<_>>();
     Ok(Json(json!({
         "conv": Id(conv.0),
@@ -557,7 +504,7 @@ async fn conversation(
         "admins": ids(&c.admins),
         "version": c.version,
         "created_at": c.created_micros,
-        "last_seq": head.seq,
+        "last_seq": last_seq,
     })))
 }
 
@@ -620,10 +567,7 @@ async fn leave(
     Authed(who): Authed,
     ConvPath(conv): ConvPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (version, seq) = s
-        .service
-        .change_members(who.user, conv, vec![], vec![who.user], vec![], None)
-        .await?;
+    let (version, seq) = s.service.leave(who.user, conv).await?;
     Ok(Json(json!({ "version": version, "seq": seq })))
 }
 

@@ -1,6 +1,7 @@
 //! The message service: what a caller may do, as operations over the
-//! replicated store. HTTP handlers and WebSocket frames both call these, so
-//! the rules (membership, limits, idempotency) live in one place.
+//! replicated store. HTTP handlers, WebSocket frames and gRPC calls all
+//! call these, so the rules (membership, limits, idempotency) live in one
+//! place.
 //!
 //! Writes go through the raft layer's commands and return only once
 //! committed on a quorum and applied (persist before ack). Reads of a
@@ -16,9 +17,11 @@ use axum::http::StatusCode;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use missive_engine::keys::ConversationId;
-use missive_raft::command::{Command, ConversationKind, MessageKind, Outcome, UserId};
+use missive_raft::command::{Command, ConversationKind, DeviceId, MessageKind, Outcome, UserId};
 use missive_raft::node::{Consistency, Node, StoredMessage};
-use missive_raft::records::{Conversation, EventKind, InboxEvent, Message, UserConv};
+use missive_raft::records::{
+    Conversation, Device, EventKind, InboxEvent, Message, Profile, UserConv,
+};
 
 use crate::auth::Caller;
 use crate::config::Limits;
@@ -33,6 +36,11 @@ const WRITE_WAIT: Duration = Duration::from_secs(5);
 pub const MAX_CLIENT_MSG_ID: usize = 128;
 /// Longest group or display name, bytes.
 pub const MAX_NAME: usize = 256;
+/// Longest device platform name, bytes.
+pub const MAX_PLATFORM: usize = 32;
+/// Longest push token accepted, bytes (APNs tokens are 64 hex digits, FCM
+/// ~160 characters, web push subscriptions a few hundred).
+pub const MAX_PUSH_TOKEN: usize = 4096;
 
 /// A committed send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +338,92 @@ impl Service {
             .await?
         {
             Outcome::MembersChanged { version, seq, .. } => Ok((version, seq)),
+            other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// `who` leaves a conversation (a removal of themself).
+    pub async fn leave(&self, who: UserId, conv: ConversationId) -> Result<(u64, u64), ApiError> {
+        self.change_members(who, conv, vec![], vec![who], vec![], None)
+            .await
+    }
+
+    /// A conversation's record and its newest seq, for a member.
+    pub async fn conversation_info(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+    ) -> Result<(Conversation, u64), ApiError> {
+        let c = self.member_conversation(who, conv).await?;
+        let head = self.node.head(conv, Consistency::Stale).await?;
+        Ok((c, head.seq))
+    }
+
+    /// A user's profile (empty if never set).
+    pub async fn profile(&self, user: UserId) -> Result<Profile, ApiError> {
+        Ok(self.node.profile(user, Consistency::Stale).await?)
+    }
+
+    /// Sets `who`'s display name.
+    pub async fn set_profile(&self, who: UserId, display_name: String) -> Result<(), ApiError> {
+        if display_name.len() > MAX_NAME {
+            return Err(ApiError::invalid("display_name is too long"));
+        }
+        let cmd = Command::SetProfile {
+            user: who,
+            display_name,
+        };
+        self.write_done(cmd).await
+    }
+
+    /// `who`'s devices.
+    pub async fn devices(&self, who: UserId) -> Result<Vec<(DeviceId, Device)>, ApiError> {
+        Ok(self.node.devices(who, Consistency::Stale).await?)
+    }
+
+    /// Registers (or renames) the calling device.
+    pub async fn register_device(
+        &self,
+        who: Caller,
+        name: String,
+        platform: String,
+    ) -> Result<(), ApiError> {
+        if name.len() > MAX_NAME || platform.len() > MAX_PLATFORM {
+            return Err(ApiError::invalid(format!(
+                "name (≤ {MAX_NAME} bytes) or platform (≤ {MAX_PLATFORM}) too long"
+            )));
+        }
+        let cmd = Command::RegisterDevice {
+            user: who.user,
+            device: who.device,
+            name,
+            platform,
+        };
+        self.write_done(cmd).await
+    }
+
+    /// Sets (`Some`) or clears (`None`) the calling device's push token.
+    pub async fn set_push_token(&self, who: Caller, token: Option<String>) -> Result<(), ApiError> {
+        if token
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.len() > MAX_PUSH_TOKEN)
+        {
+            return Err(ApiError::invalid(format!(
+                "token must be 1..={MAX_PUSH_TOKEN} bytes"
+            )));
+        }
+        let cmd = Command::SetPushToken {
+            user: who.user,
+            device: who.device,
+            token,
+        };
+        self.write_done(cmd).await
+    }
+
+    /// A write whose outcome is `Done`.
+    async fn write_done(&self, cmd: Command) -> Result<(), ApiError> {
+        match self.write(cmd).await? {
+            Outcome::Done => Ok(()),
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }
     }

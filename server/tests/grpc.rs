@@ -195,3 +195,183 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
     .await;
     assert!(end.is_ok(), "the stream outlived the server");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_only_client_manages_conversations_devices_and_its_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let url = format!("http://{}", srv.grpc_addr().unwrap());
+    let mut client = MissiveClient::<Channel>::connect(url).await.unwrap();
+    let (alice, bob, carol) = (token(&c, 1, 1), token(&c, 2, 1), token(&c, 3, 7));
+    let code = |e: tonic::Status| (e.code(), error_code(&e));
+
+    // A direct conversation: created once, found the second time.
+    let first = client
+        .create_direct(authed(pb::CreateDirectRequest { peer: 2 }, &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = client
+        .create_direct(authed(pb::CreateDirectRequest { peer: 1 }, &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.created && !second.created);
+    assert_eq!(first.conv, second.conv);
+    let e = client
+        .create_direct(authed(pb::CreateDirectRequest { peer: 1 }, &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), (Code::InvalidArgument, "invalid".into()));
+
+    // A group: Alice its admin; Bob may not remove Carol until promoted.
+    let g = client
+        .create_group(authed(
+            pb::CreateGroupRequest {
+                name: "trip".into(),
+                members: vec![2, 3],
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let info_client = client.clone();
+    let info = |who: String| {
+        let mut client = info_client.clone();
+        async move {
+            client
+                .conversation(authed(pb::ConversationRequest { conv: g.conv }, &who))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let i = info(carol.clone()).await.unwrap();
+    assert_eq!(
+        (
+            i.kind.as_str(),
+            i.name.as_str(),
+            i.members.clone(),
+            i.admins.clone()
+        ),
+        ("group", "trip", vec![1, 2, 3], vec![1])
+    );
+    let change = |remove: Vec<u64>, promote: Vec<u64>, rename: &str| pb::ChangeMembersRequest {
+        conv: g.conv,
+        add: vec![],
+        remove,
+        promote,
+        rename: rename.into(),
+    };
+    let e = client
+        .change_members(authed(change(vec![3], vec![], ""), &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), (Code::PermissionDenied, "forbidden".into()));
+    let e = client
+        .change_members(authed(change(vec![], vec![], ""), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), (Code::InvalidArgument, "invalid".into()));
+    client
+        .change_members(authed(change(vec![], vec![2], "trip 2026"), &alice))
+        .await
+        .unwrap();
+    let r = client
+        .change_members(authed(change(vec![3], vec![], ""), &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.seq > 0);
+    // Carol is out: she can no longer see it.
+    let e = info(carol.clone()).await.unwrap_err();
+    assert_eq!(code(e), (Code::PermissionDenied, "not_a_member".into()));
+    let left = client
+        .leave(authed(pb::ConversationRequest { conv: g.conv }, &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(left.seq > r.seq && left.version > r.version);
+    let i = info(alice.clone()).await.unwrap();
+    assert_eq!(
+        (i.name.as_str(), i.members, i.admins),
+        ("trip 2026", vec![1], vec![1])
+    );
+    assert_eq!(i.last_seq, left.seq, "every change is a system message");
+
+    // Profile and devices of the calling device (Carol's device 7).
+    client
+        .set_profile(authed(
+            pb::SetProfileRequest {
+                display_name: "Carol".into(),
+            },
+            &carol,
+        ))
+        .await
+        .unwrap();
+    let p = client
+        .profile(authed(pb::ProfileRequest { user: 3 }, &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((p.user, p.display_name.as_str()), (3, "Carol"));
+    let e = client
+        .set_profile(authed(
+            pb::SetProfileRequest {
+                display_name: "x".repeat(300),
+            },
+            &carol,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), (Code::InvalidArgument, "invalid".into()));
+    let dev = client
+        .register_device(authed(
+            pb::RegisterDeviceRequest {
+                name: "Carol's phone".into(),
+                platform: "android".into(),
+            },
+            &carol,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dev.device, 7);
+    let set = client
+        .set_push_token(authed(
+            pb::PushTokenRequest {
+                token: "fcm-token".into(),
+            },
+            &carol,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let cleared = client
+        .set_push_token(authed(
+            pb::PushTokenRequest {
+                token: String::new(),
+            },
+            &carol,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(set.push && !cleared.push);
+    let list = client
+        .devices(authed(pb::DevicesRequest {}, &carol))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.devices.len(), 1);
+    assert_eq!(
+        (
+            list.devices[0].device,
+            list.devices[0].name.as_str(),
+            list.devices[0].platform.as_str()
+        ),
+        (7, "Carol's phone", "android")
+    );
+    srv.shutdown().await.unwrap();
+}
