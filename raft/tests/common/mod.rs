@@ -126,24 +126,23 @@ pub async fn wait_leader(nodes: &[Option<Node>], shard: ShardId, within: Duratio
     }
 }
 
-/// Waits until every running node has applied the same last log index of
-/// `shard` as its leader.
+/// Waits until every running node has applied the whole log of `shard` —
+/// up to the longest log any of them holds. (Equal applied indexes alone
+/// are not enough: right after a write is acknowledged the leader's
+/// metrics may not show it applied yet while the followers have not got
+/// it, and all would agree on the index before it.)
 pub async fn wait_converged(nodes: &[Option<Node>], shard: ShardId, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let applied: HashSet<Option<u64>> = nodes
-            .iter()
-            .flatten()
-            .map(|n| {
-                n.raft(shard)
-                    .unwrap()
-                    .metrics()
-                    .borrow()
-                    .last_applied
-                    .map(|l| l.index)
-            })
-            .collect();
-        if applied.len() == 1 {
+        let (applied, longest) = nodes.iter().flatten().fold(
+            (HashSet::new(), None),
+            |(mut applied, longest): (HashSet<Option<u64>>, Option<u64>), n| {
+                let m = n.raft(shard).unwrap().metrics().borrow().clone();
+                applied.insert(m.last_applied.map(|l| l.index));
+                (applied, longest.max(m.last_log_index))
+            },
+        );
+        if applied.len() == 1 && applied.contains(&longest) {
             return;
         }
         assert!(
