@@ -10,8 +10,9 @@
 //!                          ─► Stale: the local LSM as applied so far
 //! ```
 //!
-//! Every shard has a group on every node; a node that is not in a shard's
-//! membership simply never hears from it. Bootstrap initializes each shard
+//! Every shard has a group on every node — and so has the metadata group,
+//! shard 0, which replicates the cluster map (`directory`); a node that is
+//! not in a group's membership simply never hears from it. Bootstrap initializes each shard
 //! with its replicas (`replicas` nodes of the bootstrap list, rotating), and
 //! must be given the same list on every node (openraft accepts the same
 //! initial membership from several nodes; it is the first log entry).
