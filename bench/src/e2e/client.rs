@@ -102,7 +102,14 @@ pub struct Shared {
     pub dropped: AtomicU64,
     /// Error frames by code.
     pub errors: Mutex<BTreeMap<String, u64>>,
+    /// Per second of the window (by scheduled send time): deliveries seen,
+    /// deliveries later than [`LATE`], and the latest one (µs). Tells
+    /// stalls (a few bad seconds) from saturation (every second late).
+    pub seconds: Vec<[AtomicU64; 3]>,
 }
+
+/// A delivery later than this counts as late in [`Shared::seconds`].
+pub const LATE: Duration = Duration::from_millis(20);
 
 impl Shared {
     /// Counters at zero; the load begins at `start`.
@@ -130,7 +137,26 @@ impl Shared {
             gaps: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
+            seconds: (0..measure.as_secs().max(1))
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
         })
+    }
+
+    /// Counts a delivery of a send scheduled at `t` (ns since start) that
+    /// took `d`.
+    fn note_second(&self, t: u64, d: Duration) {
+        let i = ((t.saturating_sub(self.window.0)) / 1_000_000_000) as usize;
+        if let Some([all, late, worst]) = self.seconds.get(i) {
+            all.fetch_add(1, Ordering::Relaxed);
+            if d > LATE {
+                late.fetch_add(1, Ordering::Relaxed);
+            }
+            worst.fetch_max(
+                u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
     }
 
     fn in_window(&self, t: u64) -> bool {
@@ -317,7 +343,9 @@ fn on_frame(i: usize, f: Frame<'_>, useq: &mut u64, me: (&str, &str), sh: &Share
             if let Some(t) = m.body.as_deref().and_then(body_time) {
                 if sh.in_window(t) {
                     sh.received.fetch_add(1, Ordering::Relaxed);
-                    sh.delivered.record(i, sh.since(t));
+                    let d = sh.since(t);
+                    sh.delivered.record(i, d);
+                    sh.note_second(t, d);
                 }
             }
         }

@@ -224,6 +224,24 @@ async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
 
     let secs = a.seconds as f64;
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    // Diagnostics, not a result: where in the window the late ones were.
+    let timeline: Vec<String> = sh
+        .seconds
+        .iter()
+        .map(|[all, late, worst]| {
+            format!(
+                "{}/{} late, worst {:.0} ms",
+                n(late),
+                n(all),
+                n(worst) as f64 / 1000.0
+            )
+        })
+        .collect();
+    eprintln!(
+        "e2e: deliveries over {} ms, per second of the window: {}",
+        client::LATE.as_millis(),
+        timeline.join(" | ")
+    );
     let (scheduled, acked) = (n(&sh.scheduled), n(&sh.acked));
     let (expected, received) = (n(&sh.expected), n(&sh.received));
     let errors = sh
