@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 use crate::command::{Batch, Command, Outcome};
 use crate::error::Error;
@@ -71,6 +71,7 @@ fn drain(lane: &mut mpsc::Receiver<Pending>, items: &mut Vec<Pending>, max: usiz
 /// Runs until every sender of both lanes is gone.
 pub(crate) async fn run(raft: Raft, shard: ShardId, mut lanes: Lanes, max_batch: usize) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut confirmed_term = None;
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
@@ -86,6 +87,12 @@ pub(crate) async fn run(raft: Raft, shard: ShardId, mut lanes: Lanes, max_batch:
         let mut items = vec![first];
         drain(&mut lanes.system, &mut items, max_batch);
         drain(&mut lanes.clients, &mut items, max_batch);
+        if let Err(e) = confirm_leadership(&raft, shard, &mut confirmed_term).await {
+            for p in items {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+            continue;
+        }
         let (commands, replies): (Vec<Command>, Vec<_>) =
             items.into_iter().map(|p| (p.command, p.reply)).unzip();
         let batch = Batch {
@@ -142,6 +149,64 @@ pub(crate) async fn run(raft: Raft, shard: ShardId, mut lanes: Lanes, max_batch:
 /// Maps openraft's client-write error onto ours. `ForwardToLeader` means
 /// the entry was not (or will never be) committed: this node is not the
 /// leader, or the entry was truncated by a new one.
+/// How long a leader may take to confirm, once per term, that a quorum
+/// still follows it.
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
+
+/// Proposes nothing until this node has confirmed, once in its current
+/// term, that a quorum follows it (`ensure_linearizable`: one heartbeat
+/// round).
+///
+/// Why: openraft 0.9 restores a node that led before a restart as leader
+/// at once (`Engine::startup`), in its old term. Such a stale leader
+/// accepts proposals, cannot commit them, and steps down on the first
+/// answer carrying a newer vote — but its proposals' callers wait until
+/// the real leader truncates those entries, which can take many seconds
+/// (its replication to the restarted node backs off). Measured: a write
+/// through a restarted former leader hung for the whole 10 s apply timeout
+/// and came back `Unknown`. Confirming first turns that into a prompt
+/// `NotLeader`, which the caller retries or forwards.
+async fn confirm_leadership(
+    raft: &Raft,
+    shard: ShardId,
+    confirmed: &mut Option<u64>,
+) -> Result<(), Error> {
+    let (term, leads) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        (m.current_term, m.current_leader == Some(m.id))
+    };
+    if leads && *confirmed == Some(term) {
+        return Ok(());
+    }
+    match tokio::time::timeout(CONFIRM_WAIT, raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => {
+            *confirmed = Some(term);
+            Ok(())
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Err(Error::NotLeader {
+                shard,
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            })
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+            Err(Error::Unavailable {
+                shard,
+                reason: q.to_string(),
+            })
+        }
+        Ok(Err(RaftError::Fatal(f))) => Err(Error::Unavailable {
+            shard,
+            reason: format!("raft stopped: {f}"),
+        }),
+        Err(_) => Err(Error::Unavailable {
+            shard,
+            reason: format!("leadership not confirmed within {CONFIRM_WAIT:?}"),
+        }),
+    }
+}
+
 pub(crate) fn client_write_error(
     shard: ShardId,
     e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>,
