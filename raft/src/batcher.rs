@@ -184,26 +184,34 @@ async fn confirm_leadership(
             *confirmed = Some(term);
             Ok(())
         }
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-            Err(Error::NotLeader {
-                shard,
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            })
-        }
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
-            Err(Error::Unavailable {
-                shard,
-                reason: q.to_string(),
-            })
-        }
-        Ok(Err(RaftError::Fatal(f))) => Err(Error::Unavailable {
-            shard,
-            reason: format!("raft stopped: {f}"),
-        }),
+        Ok(Err(e)) => Err(check_leader_error(shard, e)),
         Err(_) => Err(Error::Unavailable {
             shard,
             reason: format!("leadership not confirmed within {CONFIRM_WAIT:?}"),
         }),
+    }
+}
+
+/// A failed leadership check (`ensure_linearizable`) as our error:
+/// `NotLeader` (with the leader if known) or `Unavailable`; nothing was
+/// written either way.
+pub(crate) fn check_leader_error(
+    shard: ShardId,
+    e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>,
+) -> Error {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Error::NotLeader {
+            shard,
+            leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+        },
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Error::Unavailable {
+            shard,
+            reason: q.to_string(),
+        },
+        RaftError::Fatal(f) => Error::Unavailable {
+            shard,
+            reason: format!("raft stopped: {f}"),
+        },
     }
 }
 

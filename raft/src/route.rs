@@ -28,8 +28,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
-
 use missive_engine::keys::{ConversationId, Timestamp};
 use missive_engine::lsm::Direction;
 
@@ -399,24 +397,16 @@ impl Inner {
         let raft = &self.group(shard)?.raft;
         match raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                match f.leader_id.zip(f.leader_node.map(|n| n.addr)) {
-                    Some((leader, addr)) if leader != self.id => {
-                        self.follower_read_index(shard, raft, leader, &addr).await
-                    }
-                    leader => Err(Error::NotLeader { shard, leader }),
+            Err(e) => match crate::batcher::check_leader_error(shard, e) {
+                // A follower reads through the leader's read index.
+                Error::NotLeader {
+                    leader: Some((leader, addr)),
+                    ..
+                } if leader != self.id => {
+                    self.follower_read_index(shard, raft, leader, &addr).await
                 }
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                Err(Error::Unavailable {
-                    shard,
-                    reason: q.to_string(),
-                })
-            }
-            Err(RaftError::Fatal(f)) => Err(Error::Unavailable {
-                shard,
-                reason: format!("raft stopped: {f}"),
-            }),
+                other => Err(other),
+            },
         }
     }
 
