@@ -90,6 +90,10 @@ pub struct E2eArgs {
     /// Where the started server keeps its data (a fresh directory inside).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Keep the started server's directory (data and `missived.log`) after
+    /// the run, for a look at what the server did; its path is printed.
+    #[arg(long)]
+    pub keep: bool,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -130,6 +134,9 @@ pub fn run(a: &E2eArgs) -> Result<()> {
     let rows = rt.block_on(load(a, &srv))?;
     drop(rt);
     srv.stop()?;
+    if a.keep && a.url.is_none() {
+        eprintln!("e2e: kept the server's directory {}", tmp.keep().display());
+    }
     if a.json {
         for r in &rows {
             println!("{}", r.json());

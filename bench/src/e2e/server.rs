@@ -3,7 +3,7 @@
 //! already running on a loopback address. For a process we know the pid
 //! of, `/proc` gives its CPU time and resident memory.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,13 +50,19 @@ impl Server {
         let cfg = dir.join("missived.toml");
         std::fs::write(&cfg, config_text(&dir.join("data"), connections))?;
         let log = std::fs::File::create(dir.join("missived.log"))?;
+        let mut log_out = log.try_clone()?;
         // Guards a loopback server that lives for one run.
         let admin_secret = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(&cfg)
             .env("MISSIVE_ADMIN_SECRET", &admin_secret)
-            .env("RUST_LOG", "warn")
+            // MISSIVED_LOG lets a profiling run see the server's own
+            // timings (e.g. `missive_engine=debug` for memtable flushes).
+            .env(
+                "RUST_LOG",
+                std::env::var("MISSIVED_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -69,13 +75,15 @@ impl Server {
         let stdout = child.stdout.take().context("missived stdout")?;
         let (tx, rx) = mpsc::channel();
         // Reads the address, then keeps draining so the child never blocks
-        // on a full pipe.
+        // on a full pipe; its log lines (tracing writes to stdout) go to
+        // the log file beside its stderr.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(a) = line.strip_prefix("missived listening on http://") {
                     let _ = tx.send(a.trim().to_string());
                 }
+                let _ = writeln!(log_out, "{line}");
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
