@@ -13,8 +13,9 @@
 //!  publish(seq)             readers' snapshot moves to `seq`: the whole batch
 //!     │                     becomes visible at once, never a part of it
 //!     ▼
-//!  active memtable full ─► immutable (newest first) ─► background flush:
-//!     write an L0 table, fsync it and the directory, append one manifest
+//!  active memtable full ─► immutable (newest first) ─► background flush
+//!     (flush.rs): write an L0 table of the versions a reader can still
+//!     see, fsync it and the directory, append one manifest
 //!     edit {table, flushed position per stream} (after the owner's flush
 //!     barrier made the log durable that far), install the new version,
 //!     drop the memtable ─► the owner may purge its log up to the position
@@ -41,6 +42,7 @@ pub mod batch;
 pub(crate) mod cache;
 pub mod compaction;
 mod db;
+mod flush;
 pub(crate) mod manifest;
 pub(crate) mod memtable;
 pub mod read;
@@ -72,7 +74,7 @@ use crate::log::StreamId;
 use manifest::{Edit, ManifestState, ManifestWriter};
 use memtable::Memtable;
 use read::{Cursor, MemCursor, RunCursor};
-use table::builder::{BuildOptions, TableBuilder};
+use table::builder::BuildOptions;
 use table::reader::Table;
 use table::table_path;
 use version::{FileMeta, TableFile, Version, LEVELS};
@@ -155,6 +157,9 @@ pub struct LsmStats {
     pub compactions: u64,
     /// Times a writer waited for a flush.
     pub stalls: u64,
+    /// Versions a flush left out because a newer version of their key
+    /// hides them from every reader.
+    pub flush_versions_dropped: u64,
     /// Block cache hits and misses.
     pub cache_hits: u64,
     /// Block cache misses.
@@ -257,6 +262,7 @@ struct Counters {
     compactions: AtomicU64,
     compaction_bytes_read: AtomicU64,
     stalls: AtomicU64,
+    flush_versions_dropped: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -558,7 +564,7 @@ impl Lsm {
         if !self.inner.opts.background {
             // Nobody else will flush: do it here.
             while self.inner.mem().immutables.len() >= max {
-                flush_oldest(&self.inner)?;
+                flush::flush_oldest(&self.inner)?;
             }
             return Ok(());
         }
@@ -603,7 +609,7 @@ impl Lsm {
             let _w = lock(&self.inner.write_lock);
             self.rotate();
         }
-        while flush_oldest(&self.inner)? {}
+        while flush::flush_oldest(&self.inner)? {}
         Ok(())
     }
 
@@ -938,6 +944,7 @@ impl Lsm {
             flushes: c.flushes.load(Ordering::Relaxed),
             compactions: c.compactions.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
+            flush_versions_dropped: c.flush_versions_dropped.load(Ordering::Relaxed),
             cache_hits,
             cache_misses,
             read_amplification: files_per_level[0]
@@ -981,69 +988,6 @@ fn conversation_range_prefix<'a>(lo: &'a [u8], hi: Option<&[u8]>) -> Option<&'a 
     Some(p)
 }
 
-/// Flushes the oldest immutable memtable; returns whether there was one.
-fn flush_oldest(inner: &Inner) -> Result<bool> {
-    let _f = lock(&inner.flush_lock);
-    let Some(mem) = inner.mem().immutables.last().cloned() else {
-        return Ok(false);
-    };
-    let positions = mem.positions();
-    let mut added = Vec::new();
-    let mut max_seq = 0;
-    if !mem.is_empty() {
-        let id = inner.allocate_table_id();
-        let path = table_path(&inner.tables_dir, id);
-        let mut b = TableBuilder::create(&path, inner.build_options())?;
-        for e in mem.map.iter() {
-            b.add(e.key().key(), e.key().seq.0, e.key().value())?;
-        }
-        let sum = b.finish()?;
-        inner.sync_tables_dir()?;
-        max_seq = sum.max_seq;
-        inner
-            .stats
-            .table_bytes_written
-            .fetch_add(sum.size, Ordering::Relaxed);
-        let meta = FileMeta {
-            id,
-            level: 0,
-            size: sum.size,
-            smallest: sum.smallest,
-            largest: sum.largest,
-            min_seq: sum.min_seq,
-            max_seq: sum.max_seq,
-            entries: sum.entries,
-        };
-        let table = Table::open(&path, id, Arc::clone(&inner.cache))?;
-        added.push(Arc::new(TableFile { meta, table }));
-    }
-    let mut flushed: Vec<(StreamId, u64)> = positions.iter().map(|(s, i)| (*s, *i)).collect();
-    flushed.sort();
-    if !flushed.is_empty() {
-        if let Some(barrier) = lock(&inner.before_flush).as_ref() {
-            barrier()?;
-        }
-    }
-    inner.install(Vec::new(), added, Some(max_seq), flushed)?;
-    {
-        let mut m = inner
-            .mem
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(pos) = m.immutables.iter().position(|x| Arc::ptr_eq(x, &mem)) {
-            m.immutables.remove(pos);
-        }
-    }
-    inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
-    inner.bg_cv.notify_all();
-    if !positions.is_empty() {
-        if let Some(hook) = lock(&inner.on_flush).as_ref() {
-            hook(&lock(&inner.manifest).1.flushed.clone());
-        }
-    }
-    Ok(true)
-}
-
 fn record_compaction(inner: &Inner, outcome: &compaction::worker::Outcome) {
     tracing::debug!(?outcome, "compaction done");
     inner.stats.compactions.fetch_add(1, Ordering::Relaxed);
@@ -1075,7 +1019,7 @@ fn background(inner: &Inner) {
         if inner.closed.load(Ordering::Acquire) {
             return;
         }
-        let work = flush_oldest(inner).and_then(|flushed| {
+        let work = flush::flush_oldest(inner).and_then(|flushed| {
             if flushed {
                 Ok(true)
             } else {
