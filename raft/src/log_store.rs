@@ -41,6 +41,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogId, RaftLogReader, StorageIOError};
 
 use missive_engine::log::{Durable, Log};
+use missive_engine::lsm::Lsm;
 
 use crate::codec::{self, META_COMMITTED, META_PURGED, META_VOTE};
 use crate::types::{Entry, LogId, ShardId, StorageError, TypeConfig, Vote};
@@ -50,6 +51,9 @@ use crate::types::{Entry, LogId, ShardId, StorageError, TypeConfig, Vote};
 pub struct LogStore {
     log: Arc<Log>,
     shard: ShardId,
+    /// The LSM the shard's state machine writes to: purges stop at what
+    /// its flushed tables reflect (see [`LogStore::with_durable_horizon`]).
+    horizon: Option<Arc<Lsm>>,
 }
 
 fn io_err(
@@ -69,7 +73,58 @@ async fn durable(d: Durable, subject: ErrorSubject<u64>) -> Result<(), StorageEr
 impl LogStore {
     /// The log store of `shard` on `log`.
     pub fn new(log: Arc<Log>, shard: ShardId) -> Self {
-        LogStore { log, shard }
+        LogStore {
+            log,
+            shard,
+            horizon: None,
+        }
+    }
+
+    /// Purges go no further than the entries whose effects `lsm` has
+    /// flushed to tables: after a crash the state machine holds only its
+    /// flushed state, and openraft re-applies the log from there, so those
+    /// entries must still be in the log. (openraft asks to purge up to its
+    /// newest snapshot; building one does not flush, so the log keeps what
+    /// the memtables hold and the next purge after a flush takes it.)
+    pub fn with_durable_horizon(mut self, lsm: Arc<Lsm>) -> Self {
+        self.horizon = Some(lsm);
+        self
+    }
+
+    /// The log id to purge up to instead of `want`: `want` itself, or the
+    /// newest entry the LSM's flushed state covers; `None` when nothing
+    /// more may go.
+    fn purge_bound(&self, want: LogId) -> Result<Option<LogId>, StorageError> {
+        let Some(lsm) = &self.horizon else {
+            return Ok(Some(want));
+        };
+        let stream = self.shard.stream();
+        // The flushed position is the engine index of the newest entry the
+        // tables reflect: Raft index position - 1.
+        let Some(flushed) = lsm.flushed_positions().get(&stream).copied() else {
+            return Ok(None);
+        };
+        let covered = flushed.saturating_sub(1);
+        if want.index <= covered {
+            return Ok(Some(want));
+        }
+        let bounds = self.log.bounds(stream);
+        if want.index + 1 >= bounds.last {
+            // The purge takes every entry the stream holds: openraft is
+            // installing a snapshot from the leader (it purges without
+            // waiting for the install), the log resumes past it, and
+            // keeping the old entries would leave a hole before the next
+            // append. The snapshot, not this log, is the state's source.
+            return Ok(Some(want));
+        }
+        if covered + 1 < bounds.first {
+            // Already purged that far.
+            return Ok(None);
+        }
+        Ok(self
+            .read_range(covered, covered + 1)?
+            .first()
+            .map(|e| *e.get_log_id()))
     }
 
     fn meta<T: serde::de::DeserializeOwned>(
@@ -274,7 +329,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         durable(d, ErrorSubject::Log(log_id)).await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, want: LogId) -> Result<(), StorageError> {
+        let Some(log_id) = self.purge_bound(want)? else {
+            return Ok(());
+        };
         let bytes = codec::encode("raft purged log id", &log_id)
             .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, &e))?;
         let stream = self.shard.stream();

@@ -316,7 +316,8 @@ impl Node {
         let mut tasks = Vec::new();
         let hooks = Arc::new(ApplyHooks::new(INBOX_NOTICES));
         for shard in slots.groups() {
-            let store = LogStore::new(Arc::clone(&log), shard);
+            let store =
+                LogStore::new(Arc::clone(&log), shard).with_durable_horizon(Arc::clone(&lsm));
             let sm = StateMachine::open(
                 Arc::clone(&lsm),
                 &slots,

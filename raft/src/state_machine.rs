@@ -25,8 +25,10 @@
 //! # Snapshots
 //!
 //! Building one pins an LSM view of the shard's key ranges at the current
-//! applied position, then flushes the memtables so that position is durable
-//! (openraft will purge the log up to it). Installing one replaces the
+//! applied position. It does not flush: openraft then purges the log up to
+//! the snapshot, and the log store purges no further than the entries the
+//! LSM's flushed tables reflect, so a restart can always re-apply the rest
+//! from the log. Installing one replaces the
 //! shard's ranges — every key in them deleted, every key of the snapshot
 //! put, the `Applied` record set — as one batch, then flushes: a crash
 //! before the flush's manifest edit leaves the old state whole, after it
@@ -234,7 +236,6 @@ fn snapshot_id(shard: ShardId, a: &Applied) -> String {
 /// Builds a snapshot: a view pinned when the builder was made.
 pub struct Builder {
     shard: ShardId,
-    lsm: Arc<Lsm>,
     view: Arc<View>,
     applied: Applied,
     current: Arc<Mutex<Option<SnapshotMeta>>>,
@@ -242,13 +243,12 @@ pub struct Builder {
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> std::result::Result<Snapshot<TypeConfig>, StorageError> {
-        // openraft purges the log up to the snapshot: make the position
-        // durable in the LSM first.
-        let lsm = Arc::clone(&self.lsm);
-        tokio::task::spawn_blocking(move || lsm.flush())
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, &e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, &e))?;
+        // No flush: openraft purges the log up to the snapshot next, and
+        // the log store stops that purge at what the LSM has flushed (see
+        // `LogStore::with_durable_horizon`). Flushing here made every
+        // shard's snapshot rotate the node-wide memtable: a storm of small
+        // flushes and compactions each time the shards crossed their
+        // snapshot interval together.
         let meta = SnapshotMeta {
             last_log_id: self.applied.last_applied,
             last_membership: self.applied.membership.clone(),
@@ -349,7 +349,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         Builder {
             shard: self.shard,
-            lsm: Arc::clone(&self.lsm),
             view: Arc::new(View::new(Arc::clone(&self.lsm), self.ranges.clone())),
             applied: self.applied.clone(),
             current: Arc::clone(&self.current),
