@@ -122,6 +122,8 @@ impl NodeConfig {
             log: LogOptions::default(),
             lsm: LsmOptions {
                 retention: Some(crate::records::message_retention()),
+                // A node's cores serve clients and Raft too.
+                yield_to_foreground: true,
                 ..LsmOptions::default()
             },
             snapshot_every: 20_000,

@@ -31,24 +31,86 @@
 //! newer version too. Tombstones are kept (older tables may hold what they
 //! hide), and retention is left to compaction.
 //!
+//! # Pacing
+//!
+//! A flush is background work with a deadline far away: the next memtable
+//! takes seconds to fill. With `yield_to_foreground` a background flush
+//! works in slices of [`SLICE`] and pauses [`PAUSE`] between them, so on a
+//! machine whose cores also serve clients it takes about a third of a core
+//! for a while instead of a whole core at once (a 64 MiB memtable's flush
+//! was 0.25 s of CPU: requests queued behind it for as long). It stops
+//! pausing as soon as writers are about to stall (the immutable slots are
+//! full), someone calls [`super::Lsm::flush`], or the store closes.
+//!
 //! Dropping is sound for recovery because the table stands for the whole
 //! memtable up to its noted log positions: a replay after a crash starts
 //! past them, so no dropped version is ever needed again.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::log::StreamId;
+use crate::lsm::reaper::{free_when_sole, FLUSHER_WAIT};
 use crate::lsm::table::builder::TableBuilder;
 use crate::lsm::table::reader::Table;
 use crate::lsm::table::table_path;
 use crate::lsm::version::{FileMeta, TableFile};
 use crate::lsm::{lock, Inner};
 
+/// Work between pauses of a paced flush.
+const SLICE: Duration = Duration::from_millis(2);
+/// A paced flush's pause.
+const PAUSE: Duration = Duration::from_millis(4);
+/// Entries between looks at the clock.
+const CHECK_EVERY: u32 = 1024;
+
+/// Paces a background flush (see the module documentation).
+struct Pacer<'a> {
+    inner: &'a Inner,
+    on: bool,
+    count: u32,
+    slice_start: Instant,
+}
+
+impl<'a> Pacer<'a> {
+    fn new(inner: &'a Inner, background: bool) -> Self {
+        Pacer {
+            inner,
+            on: background && inner.opts.yield_to_foreground,
+            count: 0,
+            slice_start: Instant::now(),
+        }
+    }
+
+    fn urgent(&self) -> bool {
+        self.inner.flush_waiters.load(Ordering::Acquire) > 0
+            || self.inner.closed.load(Ordering::Acquire)
+            || self.inner.mem().immutables.len() >= self.inner.opts.max_immutable_memtables.max(1)
+    }
+
+    fn tick(&mut self) {
+        if !self.on {
+            return;
+        }
+        self.count += 1;
+        if self.count % CHECK_EVERY != 0 || self.slice_start.elapsed() < SLICE {
+            return;
+        }
+        if self.urgent() {
+            // Stays off: the rest of this flush runs flat out.
+            self.on = false;
+            return;
+        }
+        std::thread::sleep(PAUSE);
+        self.slice_start = Instant::now();
+    }
+}
+
 /// Flushes the oldest immutable memtable; returns whether there was one.
-pub(super) fn flush_oldest(inner: &Inner) -> Result<bool> {
+/// `background`: called by the background thread (which may pace it).
+pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
     let _f = lock(&inner.flush_lock);
     let Some(mem) = inner.mem().immutables.last().cloned() else {
         return Ok(false);
@@ -66,7 +128,9 @@ pub(super) fn flush_oldest(inner: &Inner) -> Result<bool> {
         let oldest_snapshot = inner.oldest_snapshot();
         let mut prev_key: Vec<u8> = Vec::new();
         let mut newer_seq = u64::MAX;
+        let mut pacer = Pacer::new(inner, background);
         for e in mem.map.iter() {
+            pacer.tick();
             let v = e.key();
             if v.key() != prev_key.as_slice() {
                 prev_key.clear();
@@ -133,10 +197,12 @@ pub(super) fn flush_oldest(inner: &Inner) -> Result<bool> {
             hook(&lock(&inner.manifest).1.flushed.clone());
         }
     }
-    // Usually the last reference: freeing the memtable's entries here
-    // keeps that work on the background thread.
+    // Freed off the serving threads (see reaper.rs).
     let freeing = Instant::now();
-    drop(mem);
+    match &inner.reaper {
+        Some(r) => r.free(mem),
+        None => free_when_sole(mem, FLUSHER_WAIT),
+    }
     tracing::debug!(
         kept,
         dropped,

@@ -46,6 +46,7 @@ mod flush;
 pub(crate) mod manifest;
 pub(crate) mod memtable;
 pub mod read;
+mod reaper;
 pub mod retention;
 pub(crate) mod table;
 mod varint;
@@ -109,6 +110,13 @@ pub struct LsmOptions {
     /// Run flushes and compactions on a background thread. Off, they run
     /// only when [`Lsm::flush`] / [`Lsm::compact`] are called.
     pub background: bool,
+    /// Background work yields to the threads serving requests: a
+    /// background flush works in short slices with pauses between them
+    /// (about a third of a core) unless writers are about to stall or
+    /// someone waits for it, and a flushed memtable is freed on a thread of
+    /// the lowest priority. For a server sharing its cores with the store;
+    /// off for bulk loading, where the flush is the bottleneck.
+    pub yield_to_foreground: bool,
 }
 
 impl std::fmt::Debug for LsmOptions {
@@ -136,6 +144,7 @@ impl Default for LsmOptions {
             retention: None,
             clock: None,
             background: true,
+            yield_to_foreground: false,
         }
     }
 }
@@ -237,6 +246,10 @@ pub(crate) struct Inner {
     /// Serializes writers: sequence assignment and memtable insertion.
     write_lock: Mutex<()>,
     flush_lock: Mutex<()>,
+    /// Callers of [`Lsm::flush`] waiting: a paced flush stops pausing.
+    flush_waiters: std::sync::atomic::AtomicUsize,
+    /// Frees flushed memtables at low priority (`yield_to_foreground`).
+    reaper: Option<reaper::Reaper>,
     compaction_lock: Mutex<()>,
     next_seq: AtomicU64,
     visible_seq: AtomicU64,
@@ -445,6 +458,14 @@ impl Lsm {
         version::sort_levels(&mut levels);
         state.last_seq = max_seq;
         let writer = ManifestWriter::create(&dir, number, &state)?;
+        let reaper = if opts.yield_to_foreground && opts.background {
+            Some(
+                reaper::Reaper::start()
+                    .map_err(|e| Error::io("spawn the memtable-freeing thread for", &dir, e))?,
+            )
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             dir,
             tables_dir,
@@ -456,6 +477,8 @@ impl Lsm {
             manifest: Mutex::new((writer, state)),
             write_lock: Mutex::new(()),
             flush_lock: Mutex::new(()),
+            flush_waiters: std::sync::atomic::AtomicUsize::new(0),
+            reaper,
             compaction_lock: Mutex::new(()),
             next_seq: AtomicU64::new(max_seq + 1),
             visible_seq: AtomicU64::new(max_seq),
@@ -564,7 +587,7 @@ impl Lsm {
         if !self.inner.opts.background {
             // Nobody else will flush: do it here.
             while self.inner.mem().immutables.len() >= max {
-                flush::flush_oldest(&self.inner)?;
+                flush::flush_oldest(&self.inner, false)?;
             }
             return Ok(());
         }
@@ -609,8 +632,14 @@ impl Lsm {
             let _w = lock(&self.inner.write_lock);
             self.rotate();
         }
-        while flush::flush_oldest(&self.inner)? {}
-        Ok(())
+        // A paced background flush in progress stops pausing.
+        self.inner.flush_waiters.fetch_add(1, Ordering::AcqRel);
+        let r = (|| {
+            while flush::flush_oldest(&self.inner, false)? {}
+            Ok(())
+        })();
+        self.inner.flush_waiters.fetch_sub(1, Ordering::AcqRel);
+        r
     }
 
     /// Runs one compaction if the picker finds one; returns whether it did.
@@ -1019,7 +1048,7 @@ fn background(inner: &Inner) {
         if inner.closed.load(Ordering::Acquire) {
             return;
         }
-        let work = flush::flush_oldest(inner).and_then(|flushed| {
+        let work = flush::flush_oldest(inner, true).and_then(|flushed| {
             if flushed {
                 Ok(true)
             } else {
