@@ -222,6 +222,10 @@ async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
     }
     // CPU over the measured window only.
     tokio::time::sleep_until((start + Duration::from_secs(a.warmup)).into()).await;
+    // To line the timeline below up with the server's log.
+    let window_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let (srv0, gen0) = (srv.usage(), server::usage(None));
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let (srv1, gen1) = (srv.usage(), server::usage(None));
@@ -245,8 +249,9 @@ async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
         })
         .collect();
     eprintln!(
-        "e2e: deliveries over {} ms, per second of the window: {}",
+        "e2e: deliveries over {} ms, per second of the window (from {:.3} s since the epoch): {}",
         client::LATE.as_millis(),
+        window_start.as_secs_f64(),
         timeline.join(" | ")
     );
     let (scheduled, acked) = (n(&sh.scheduled), n(&sh.acked));
