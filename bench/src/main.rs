@@ -155,6 +155,11 @@ impl From<LogIo> for missive_engine::io::IoBackend {
     }
 }
 
+/// The allocator `missived` runs with, so the engine is measured as it is
+/// deployed (both engines of a side-by-side run share it).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Engine(args) => engine(&args),
