@@ -31,8 +31,9 @@ use missive_raft::command::{ConversationKind, UserId};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::wire::{parse_kind, EventOut, MessageOut, ServerFrame};
-use crate::ws::{sync_pump, FrameSink};
+use crate::presence;
+use crate::wire::{parse_kind, EventOut, Id, MessageOut, PresenceOut, ServerFrame};
+use crate::ws::{announce_typing, sync_pump, watch_list, FrameSink};
 
 /// The generated messages, server and client.
 #[allow(
@@ -526,6 +527,74 @@ impl Missive for Grpc {
         }))
     }
 
+    async fn typing(
+        &self,
+        req: Request<pb::TypingRequest>,
+    ) -> Result<Response<pb::TypingReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        announce_typing(&self.state, who.user, ConversationId(r.conv), r.typing)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::TypingReply {}))
+    }
+
+    type LiveStream = LiveStream;
+
+    async fn live(
+        &self,
+        req: Request<pb::LiveRequest>,
+    ) -> Result<Response<Self::LiveStream>, Status> {
+        let who = self.caller(&req)?;
+        let asked: Vec<Id> = req.into_inner().watch.into_iter().map(Id).collect();
+        let (watch, hidden) = watch_list(&self.state.service, who.user, &asked)
+            .await
+            .map_err(|e| status(&e))?;
+        // The same small, lossy queue as a WebSocket's ephemeral frames.
+        let (eph_tx, mut eph_rx) = mpsc::channel::<ServerFrame>(presence::SESSION_QUEUE);
+        let guard = self.state.presence.register(who.user, eph_tx.clone());
+        let now = self.state.presence.watch(guard.id, &eph_tx, &watch);
+        let (tx, mut rx) = mpsc::channel(presence::SESSION_QUEUE);
+        let first = pb::LiveEvent {
+            kind: Some(pb::live_event::Kind::Now(pb::PresenceNow {
+                users: now.into_iter().map(presence_info).collect(),
+                hidden: hidden.iter().map(|u| u.0).collect(),
+            })),
+        };
+        let _ = tx.try_send(Ok(first));
+        let mut shutdown = self.state.shutdown.clone();
+        // Owns the registration: the caller is online until the client
+        // goes (the stream is dropped, which aborts this) or the server
+        // stops (the stream ends with `unavailable`).
+        let pump = tokio::spawn(async move {
+            let _online = guard;
+            loop {
+                tokio::select! {
+                    f = eph_rx.recv() => {
+                        let Some(f) = f else { break };
+                        let Some(ev) = live_event(f) else { continue };
+                        // A client too slow to take them loses signals,
+                        // as a socket does; only a gone client ends this.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(ev)) {
+                            break;
+                        }
+                    }
+                    _ = shutdown.changed() => {
+                        let _ = tx.try_send(Err(Status::unavailable("server shutting down")));
+                        break;
+                    }
+                    () = tx.closed() => break,
+                }
+            }
+        });
+        let guard = AbortOnDrop(pump);
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            let _keep = &guard;
+            rx.poll_recv(cx)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     type SyncStream = EventStream;
 
     async fn sync(
@@ -563,6 +632,33 @@ impl Missive for Grpc {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The `Live` stream: its first event, then presence and typing.
+type LiveStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::LiveEvent, Status>> + Send>>;
+
+fn presence_info(p: PresenceOut) -> pb::PresenceInfo {
+    pb::PresenceInfo {
+        user: p.user.0,
+        online: p.online,
+        last_seen_micros: p.last_seen.unwrap_or(0),
+    }
+}
+
+/// An ephemeral frame as a `Live` event (`None`: not one `Live` carries).
+fn live_event(f: ServerFrame) -> Option<pb::LiveEvent> {
+    let kind = match f {
+        ServerFrame::Presence(p) => pb::live_event::Kind::Presence(presence_info(p)),
+        ServerFrame::Typing { conv, user, typing } => {
+            pb::live_event::Kind::Typing(pb::TypingEvent {
+                conv: conv.0,
+                user: user.0,
+                typing,
+            })
+        }
+        _ => return None,
+    };
+    Some(pb::LiveEvent { kind: Some(kind) })
 }
 
 /// Aborts a task when dropped.

@@ -28,11 +28,13 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use missive_engine::keys::ConversationId;
+use missive_raft::command::UserId;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::presence;
+use crate::service::Service;
 use crate::wire::{parse_kind, BodyIn, ClientFrame, ServerFrame};
 
 /// Close codes (4000–4999 are the application's).
@@ -456,10 +458,7 @@ async fn handle(
         },
         ClientFrame::Presence { id, users } => {
             let r = async {
-                let users = presence::dedup_watch_list(&users).map_err(ApiError::invalid)?;
-                let allowed = svc.contacts_among(who.user, &users).await?;
-                let (watch, hidden): (Vec<_>, Vec<_>) =
-                    users.into_iter().partition(|u| allowed.contains(u));
+                let (watch, hidden) = watch_list(svc, who.user, &users).await?;
                 let now = state.presence.watch(eph.session, &eph.tx, &watch);
                 Ok::<_, ApiError>((now, hidden))
             }
@@ -474,15 +473,8 @@ async fn handle(
             }
         }
         ClientFrame::Typing { id, conv, typing } => {
-            match svc
-                .member_conversation(who.user, ConversationId(conv.0))
-                .await
-            {
-                Ok(c) => {
-                    let to = c.members.iter().map(|m| m.0).collect();
-                    state.presence.typing(who.user, conv.0, typing, to);
-                    return None;
-                }
+            match announce_typing(state, who.user, ConversationId(conv.0), typing).await {
+                Ok(()) => return None,
                 Err(e) => ServerFrame::error(id, &e),
             }
         }
@@ -492,6 +484,35 @@ async fn handle(
         ),
     };
     Some(reply)
+}
+
+/// A presence watch list checked (at most 500; duplicates dropped) and split
+/// into the users `who` may watch — those sharing a conversation with
+/// them — and the rest, which stay hidden. Shared by the WebSocket's
+/// `presence` frame and gRPC's `Live`.
+pub(crate) async fn watch_list(
+    svc: &Service,
+    who: UserId,
+    users: &[crate::wire::Id],
+) -> Result<(Vec<UserId>, Vec<UserId>), ApiError> {
+    let users = presence::dedup_watch_list(users).map_err(ApiError::invalid)?;
+    let allowed = svc.contacts_among(who, &users).await?;
+    Ok(users.into_iter().partition(|u| allowed.contains(u)))
+}
+
+/// Announces that `who` started or stopped typing in `conv`, to its other
+/// members, if `who` is a member (`not_a_member` otherwise). Shared by the
+/// WebSocket's `typing` frame and gRPC's `Typing`.
+pub(crate) async fn announce_typing(
+    state: &AppState,
+    who: UserId,
+    conv: ConversationId,
+    typing: bool,
+) -> Result<(), ApiError> {
+    let c = state.service.member_conversation(who, conv).await?;
+    let to = c.members.iter().map(|m| m.0).collect();
+    state.presence.typing(who, conv.0, typing, to);
+    Ok(())
 }
 
 /// Where a sync stream's frames go: a WebSocket session here, a gRPC

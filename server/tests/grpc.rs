@@ -375,3 +375,92 @@ async fn a_grpc_only_client_manages_conversations_devices_and_its_profile() {
     );
     srv.shutdown().await.unwrap();
 }
+
+async fn next_live(s: &mut tonic::Streaming<pb::LiveEvent>) -> pb::live_event::Kind {
+    tokio::time::timeout(Duration::from_secs(15), s.message())
+        .await
+        .expect("no live event within the wait")
+        .unwrap()
+        .expect("stream ended")
+        .kind
+        .expect("an event of a known kind")
+}
+
+/// Typing and presence for a gRPC-only client: `Live` makes its caller
+/// online and carries the watched users' presence and other members'
+/// typing; `Typing` announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_presence_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let url = format!("http://{}", srv.grpc_addr().unwrap());
+    let mut client = MissiveClient::<Channel>::connect(url).await.unwrap();
+    let (alice, bob, carol) = (token(&c, 1, 1), token(&c, 2, 1), token(&c, 3, 1));
+    let conv: u64 = Http::new(srv.addr(), alice.clone())
+        .direct(2)
+        .await
+        .parse()
+        .unwrap();
+
+    // Alice watches Bob (a contact) and Carol (not one: hidden).
+    let mut live = client
+        .live(authed(pb::LiveRequest { watch: vec![2, 3] }, &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    let pb::live_event::Kind::Now(now) = next_live(&mut live).await else {
+        panic!("the first event is the presence now")
+    };
+    assert_eq!(now.hidden, vec![3]);
+    assert_eq!(now.users.len(), 1);
+    assert_eq!((now.users[0].user, now.users[0].online), (2, false));
+
+    // Bob's Live stream makes him online.
+    let bob_live = client
+        .live(authed(pb::LiveRequest { watch: vec![] }, &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    let pb::live_event::Kind::Presence(p) = next_live(&mut live).await else {
+        panic!("a presence change")
+    };
+    assert_eq!((p.user, p.online), (2, true));
+
+    // Bob types; Alice's stream says so.
+    client
+        .typing(authed(pb::TypingRequest { conv, typing: true }, &bob))
+        .await
+        .unwrap();
+    let pb::live_event::Kind::Typing(t) = next_live(&mut live).await else {
+        panic!("a typing event")
+    };
+    assert_eq!((t.conv, t.user, t.typing), (conv, 2, true));
+
+    // Carol is no member: refused with the stable code.
+    let e = client
+        .typing(authed(pb::TypingRequest { conv, typing: true }, &carol))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), "not_a_member", "{e:?}");
+    // A watch list over the limit is bad input.
+    let e = client
+        .live(authed(
+            pb::LiveRequest {
+                watch: (1..=501).collect(),
+            },
+            &carol,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // Bob's stream closes: offline, with when.
+    drop(bob_live);
+    let pb::live_event::Kind::Presence(p) = next_live(&mut live).await else {
+        panic!("a presence change")
+    };
+    assert_eq!((p.user, p.online), (2, false));
+    assert!(p.last_seen_micros > 0);
+    srv.shutdown().await.unwrap();
+}
