@@ -21,15 +21,21 @@ use crate::lsm::SeqNo;
 /// One version: its key and value in one allocation, ordered by user key
 /// ascending, then sequence number descending.
 ///
-/// `head` caches the key's first eight bytes (big-endian, zero-padded) so
-/// that most comparisons in the skiplist are one integer compare instead of
-/// a `memcmp` call: message keys differ in their first eight bytes unless
-/// they share a conversation. Zero padding keeps the order: where two
-/// padded heads differ, the keys differ at that byte or one ended there
-/// (and so is the smaller).
+/// `head` and `head2` cache the key's bytes 0..8 and 8..16 (big-endian,
+/// zero-padded) so that most comparisons in the skiplist are one or two
+/// integer compares instead of a `memcmp` call: keys differ in their first
+/// eight bytes unless they share a keyspace and most of an id, and the
+/// records of one conversation or user (heads, outbox, receipts, inbox)
+/// differ within the next eight. (A profile of the e2e benchmark had
+/// `memcmp` under the skiplist's search at 5 % of the server's CPU with
+/// `head` alone.) Zero padding keeps the order: where two padded words
+/// differ after equal earlier words, the keys differ at that byte or one
+/// ended there (and so is the smaller); equal words fall through to the
+/// bytes themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MemKey {
     head: u64,
+    head2: u64,
     pub seq: SeqNo,
     key_len: u32,
     tombstone: bool,
@@ -45,7 +51,8 @@ impl MemKey {
         buf.extend_from_slice(key);
         buf.extend_from_slice(v);
         MemKey {
-            head: head(key),
+            head: word(key, 0),
+            head2: word(key, 8),
             seq,
             // Keys are bounded far below 4 GiB by the log's entry limit.
             key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
@@ -71,10 +78,12 @@ impl MemKey {
     }
 }
 
-fn head(key: &[u8]) -> u64 {
+/// Bytes `at..at + 8` of `key`, big-endian, zero-padded past its end.
+fn word(key: &[u8], at: usize) -> u64 {
     let mut h = [0u8; 8];
-    let n = key.len().min(8);
-    h[..n].copy_from_slice(&key[..n]);
+    let rest = key.get(at..).unwrap_or_default();
+    let n = rest.len().min(8);
+    h[..n].copy_from_slice(&rest[..n]);
     u64::from_be_bytes(h)
 }
 
@@ -82,11 +91,12 @@ impl Ord for MemKey {
     fn cmp(&self, other: &Self) -> Ordering {
         self.head
             .cmp(&other.head)
+            .then_with(|| self.head2.cmp(&other.head2))
             .then_with(|| {
                 let (a, b) = (self.key(), other.key());
-                if a.len() >= 8 && b.len() >= 8 {
-                    // Equal heads: the first eight bytes are equal.
-                    a[8..].cmp(&b[8..])
+                if a.len() >= 16 && b.len() >= 16 {
+                    // Equal words: the first sixteen bytes are equal.
+                    a[16..].cmp(&b[16..])
                 } else {
                     a.cmp(b)
                 }
@@ -167,6 +177,29 @@ impl Memtable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Bytes from a small alphabet with zero in it, so that prefixes, zero
+    /// padding and equal words all come up.
+    fn bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(255u8)], len)
+    }
+
+    proptest! {
+        #[test]
+        fn the_cached_words_keep_the_byte_order(
+            shared in bytes(0..20), ta in bytes(0..6), tb in bytes(0..6),
+            sa in 0u64..3, sb in 0u64..3,
+        ) {
+            // Two keys with a common prefix of any length: their first
+            // difference falls in either word or past both.
+            let a = [shared.as_slice(), &ta].concat();
+            let b = [shared.as_slice(), &tb].concat();
+            let want = a.cmp(&b).then(sb.cmp(&sa));
+            let got = MemKey::new(&a, SeqNo(sa), None).cmp(&MemKey::new(&b, SeqNo(sb), None));
+            prop_assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn snapshot_reads_pick_the_right_version() {
