@@ -14,6 +14,9 @@
 //! - In a bottommost compaction, the surviving version every snapshot can
 //!   see is written with sequence number 0 (it orders below everything).
 //!
+//! Every few thousand versions the worker lets a waiting memtable flush
+//! first (see `flush_first`).
+//!
 //! Outputs are split at `target_table_bytes`, only between keys, so the
 //! tables of a level never share a key. They are fsynced, the directory is
 //! fsynced, and one manifest edit swaps inputs for outputs; the input files
@@ -36,6 +39,28 @@ pub(crate) struct Outcome {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub versions_dropped: u64,
+}
+
+/// Versions merged between looks for a memtable waiting to be flushed.
+const FLUSH_LOOK_EVERY: u32 = 4096;
+
+/// Flushes the waiting memtables before going on, when flushes run in the
+/// background. One background thread does both jobs and flushes come first
+/// (writers may be stalled on them); without this, a compaction of a few
+/// hundred megabytes held up the flush for its whole length and a bulk
+/// ingest saw writers wait up to 1.6 s. Interleaving is safe: the flush
+/// installs its table on the current version under the manifest lock, and
+/// this compaction's inputs were chosen before that table existed (the same
+/// holds for a caller's flush racing a compaction).
+fn flush_first(inner: &Inner) -> Result<()> {
+    if inner.opts.background {
+        while !inner.mem().immutables.is_empty() {
+            if !crate::lsm::flush::flush_oldest(inner, true)? {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<Outcome> {
@@ -80,7 +105,13 @@ pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<O
     let mut prev_key: Vec<u8> = Vec::new();
     let mut have_prev = false;
     let mut newer_seq = u64::MAX;
+    let mut since_look = 0u32;
     while let Some(i) = next_cursor(&cursors, Direction::Forward) {
+        since_look += 1;
+        if since_look == FLUSH_LOOK_EVERY {
+            since_look = 0;
+            flush_first(inner)?;
+        }
         let Some((k, s, v)) = cursors[i].current() else {
             break;
         };
