@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use missive_server::grpc::pb;
 use missive_server::grpc::pb::missive_client::MissiveClient;
+use missive_server::Running;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -30,6 +31,34 @@ fn error_code(s: &tonic::Status) -> String {
         .to_string()
 }
 
+/// A started server, a gRPC client of it and the tokens of Alice (user 1),
+/// Bob (2) and Carol (3, on device `carol_device`).
+async fn setup(
+    carol_device: u64,
+) -> (
+    tempfile::TempDir,
+    Running,
+    MissiveClient<Channel>,
+    [String; 3],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let url = format!("http://{}", srv.grpc_addr().unwrap());
+    let client = MissiveClient::<Channel>::connect(url).await.unwrap();
+    let tokens = [token(&c, 1, 1), token(&c, 2, 1), token(&c, 3, carol_device)];
+    (dir, srv, client, tokens)
+}
+
+/// The direct conversation of Alice (`alice` is her token) and Bob.
+async fn direct(srv: &Running, alice: &str) -> u64 {
+    Http::new(srv.addr(), alice.to_string())
+        .direct(2)
+        .await
+        .parse()
+        .unwrap()
+}
+
 async fn next_event(s: &mut tonic::Streaming<pb::Event>) -> pb::Event {
     tokio::time::timeout(Duration::from_secs(15), s.message())
         .await
@@ -40,17 +69,8 @@ async fn next_event(s: &mut tonic::Streaming<pb::Event>) -> pb::Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_history_receipts_and_the_sync_stream_over_grpc() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path());
-    let srv = start(c.clone()).await;
-    let url = format!("http://{}", srv.grpc_addr().unwrap());
-    let mut client = MissiveClient::<Channel>::connect(url).await.unwrap();
-    let (alice, bob, carol) = (token(&c, 1, 1), token(&c, 2, 1), token(&c, 3, 1));
-    let conv: u64 = Http::new(srv.addr(), alice.clone())
-        .direct(2)
-        .await
-        .parse()
-        .unwrap();
+    let (_dir, srv, mut client, [alice, bob, carol]) = setup(1).await;
+    let conv = direct(&srv, &alice).await;
 
     // Bob follows his stream: synced, and the conversation's creation (in
     // either order: the fan-out runs just behind the commit).
@@ -198,12 +218,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_only_client_manages_conversations_devices_and_its_profile() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path());
-    let srv = start(c.clone()).await;
-    let url = format!("http://{}", srv.grpc_addr().unwrap());
-    let mut client = MissiveClient::<Channel>::connect(url).await.unwrap();
-    let (alice, bob, carol) = (token(&c, 1, 1), token(&c, 2, 1), token(&c, 3, 7));
+    let (_dir, srv, mut client, [alice, bob, carol]) = setup(7).await;
     let code = |e: tonic::Status| (e.code(), error_code(&e));
 
     // A direct conversation: created once, found the second time.
@@ -391,17 +406,8 @@ async fn next_live(s: &mut tonic::Streaming<pb::LiveEvent>) -> pb::live_event::K
 /// typing; `Typing` announces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_and_presence_over_grpc() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path());
-    let srv = start(c.clone()).await;
-    let url = format!("http://{}", srv.grpc_addr().unwrap());
-    let mut client = MissiveClient::<Channel>::connect(url).await.unwrap();
-    let (alice, bob, carol) = (token(&c, 1, 1), token(&c, 2, 1), token(&c, 3, 1));
-    let conv: u64 = Http::new(srv.addr(), alice.clone())
-        .direct(2)
-        .await
-        .parse()
-        .unwrap();
+    let (_dir, srv, mut client, [alice, bob, carol]) = setup(1).await;
+    let conv = direct(&srv, &alice).await;
 
     // Alice watches Bob (a contact) and Carol (not one: hidden).
     let mut live = client

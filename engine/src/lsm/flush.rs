@@ -56,7 +56,7 @@ use crate::lsm::reaper::{free_when_sole, FLUSHER_WAIT};
 use crate::lsm::table::builder::TableBuilder;
 use crate::lsm::table::reader::Table;
 use crate::lsm::table::table_path;
-use crate::lsm::version::{FileMeta, TableFile};
+use crate::lsm::version::TableFile;
 use crate::lsm::{lock, Inner};
 
 /// Work between pauses of a paced flush.
@@ -159,16 +159,7 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
             .stats
             .flush_versions_dropped
             .fetch_add(dropped, Ordering::Relaxed);
-        let meta = FileMeta {
-            id,
-            level: 0,
-            size: sum.size,
-            smallest: sum.smallest,
-            largest: sum.largest,
-            min_seq: sum.min_seq,
-            max_seq: sum.max_seq,
-            entries: sum.entries,
-        };
+        let meta = sum.into_meta(id, 0);
         let table = Table::open(&path, id, Arc::clone(&inner.cache))?;
         added.push(Arc::new(TableFile { meta, table }));
     }

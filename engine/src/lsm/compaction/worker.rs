@@ -187,16 +187,7 @@ pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<O
     let mut added = Vec::new();
     for (id, sum) in outputs {
         outcome.bytes_out += sum.size;
-        let meta = FileMeta {
-            id,
-            level: choice.output_level as u8,
-            size: sum.size,
-            smallest: sum.smallest,
-            largest: sum.largest,
-            min_seq: sum.min_seq,
-            max_seq: sum.max_seq,
-            entries: sum.entries,
-        };
+        let meta = sum.into_meta(id, choice.output_level as u8);
         let table = Table::open(
             &table_path(&inner.tables_dir, id),
             id,

@@ -11,6 +11,7 @@ use crate::keys::bloom_prefix;
 use crate::lsm::table::block::BlockBuilder;
 use crate::lsm::table::bloom::BloomBuilder;
 use crate::lsm::table::{TABLE_MAGIC, TABLE_VERSION};
+use crate::lsm::version::FileMeta;
 
 /// What a finished table holds, for the manifest.
 #[derive(Debug, Clone)]
@@ -21,6 +22,22 @@ pub(crate) struct TableSummary {
     pub min_seq: u64,
     pub max_seq: u64,
     pub entries: u64,
+}
+
+impl TableSummary {
+    /// The manifest's description of the finished table `id` at `level`.
+    pub fn into_meta(self, id: crate::lsm::table::TableId, level: u8) -> FileMeta {
+        FileMeta {
+            id,
+            level,
+            size: self.size,
+            smallest: self.smallest,
+            largest: self.largest,
+            min_seq: self.min_seq,
+            max_seq: self.max_seq,
+            entries: self.entries,
+        }
+    }
 }
 
 /// Table-building knobs.
