@@ -66,6 +66,14 @@ pub struct Config {
     pub block_cache_bytes: u64,
     /// Missive's log I/O back end.
     pub log_io: missive_engine::io::IoBackend,
+    /// Missive: the LZ4 high-compression level of bottom-level tables
+    /// (`None`: fast LZ4 everywhere). RocksDB: `None` keeps the issue's
+    /// configuration (LZ4 on every level); `Some` makes its bottommost
+    /// compression LZ4HC at the same level, for the like-for-like row.
+    pub bottom_hc_level: Option<i32>,
+    /// Whether RocksDB gets `bottom_hc_level` too.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
+    pub rocksdb_bottom_hc: bool,
 }
 
 pub const BLOCK_SIZE: usize = 16 << 10;
@@ -123,6 +131,7 @@ impl Missive {
                     memtable_bytes: MEMTABLE_BYTES,
                     block_size: BLOCK_SIZE,
                     block_cache_bytes: cfg.block_cache_bytes,
+                    bottom_hc_level: cfg.bottom_hc_level,
                     ..LsmOptions::default()
                 },
             },
@@ -187,7 +196,14 @@ mod rocks {
             let mut opts = Options::default();
             opts.create_if_missing(true);
             opts.set_compression_type(DBCompressionType::Lz4);
-            opts.set_bottommost_compression_type(DBCompressionType::Lz4);
+            match cfg.bottom_hc_level.filter(|_| cfg.rocksdb_bottom_hc) {
+                Some(level) => {
+                    opts.set_bottommost_compression_type(DBCompressionType::Lz4hc);
+                    // window bits and strategy are zlib's; ignored by LZ4HC.
+                    opts.set_bottommost_compression_options(-14, level, 0, 0, true);
+                }
+                None => opts.set_bottommost_compression_type(DBCompressionType::Lz4),
+            }
             opts.set_write_buffer_size(MEMTABLE_BYTES);
             opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(
                 missive_engine::keys::CONVERSATION_PREFIX_LEN,

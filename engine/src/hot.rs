@@ -3,7 +3,7 @@
 //! API. Each is a thin wrapper; the code measured is the engine's own.
 
 use crate::lsm::memtable::Memtable;
-use crate::lsm::table::block::{BlockBuilder, DecodedBlock};
+use crate::lsm::table::block::{BlockBuilder, BlockLayout, DecodedBlock};
 use crate::lsm::table::bloom::{may_contain, BloomBuilder};
 use crate::lsm::SeqNo;
 
@@ -32,7 +32,9 @@ pub struct Block(DecodedBlock);
 
 /// Decodes an uncompressed data block.
 pub fn block_decode(payload: &[u8]) -> Option<Block> {
-    DecodedBlock::decode(payload).ok().map(Block)
+    DecodedBlock::decode(payload, BlockLayout::Columnar)
+        .ok()
+        .map(Block)
 }
 
 impl Block {

@@ -124,7 +124,7 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
     if !mem.is_empty() {
         let id = inner.allocate_table_id();
         let path = table_path(&inner.tables_dir, id);
-        let mut b = TableBuilder::create(&path, inner.build_options())?;
+        let mut b = TableBuilder::create(&path, inner.build_options(false))?;
         let oldest_snapshot = inner.oldest_snapshot();
         let mut prev_key: Vec<u8> = Vec::new();
         let mut newer_seq = u64::MAX;

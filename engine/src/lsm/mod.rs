@@ -75,7 +75,7 @@ use crate::log::StreamId;
 use manifest::{Edit, ManifestState, ManifestWriter};
 use memtable::Memtable;
 use read::{Cursor, MemCursor, RunCursor};
-use table::builder::BuildOptions;
+use table::builder::{BuildOptions, Compression};
 use table::reader::Table;
 use table::table_path;
 use version::{FileMeta, TableFile, Version, LEVELS};
@@ -97,6 +97,13 @@ pub struct LsmOptions {
     pub bloom_bits_per_key: u32,
     /// lz4-compress data blocks (kept per block only where smaller).
     pub compression: bool,
+    /// With `compression`, the LZ4 high-compression level (1–12) for the
+    /// tables a compaction writes to the bottom level: the same block
+    /// format, read as fast, about 8 % smaller on chat text, 4–5× slower
+    /// to write (level 4 ≈ 100 MB/s). `None`: the fast compressor
+    /// everywhere. Flushes and compactions into upper levels always use
+    /// the fast one: their tables are rewritten again soon.
+    pub bottom_hc_level: Option<i32>,
     /// Size of the shared cache of decoded blocks.
     pub block_cache_bytes: u64,
     /// Compaction outputs are split at about this size.
@@ -138,6 +145,7 @@ impl Default for LsmOptions {
             block_size: 16 << 10,
             bloom_bits_per_key: 10,
             compression: true,
+            bottom_hc_level: Some(4),
             block_cache_bytes: 256 << 20,
             target_table_bytes: 32 << 20,
             picker: PickerConfig::default(),
@@ -333,11 +341,18 @@ impl Inner {
         TableId(id)
     }
 
-    pub(crate) fn build_options(&self) -> BuildOptions {
+    /// How to build a table; `bottom` for a compaction into the bottom
+    /// level.
+    pub(crate) fn build_options(&self, bottom: bool) -> BuildOptions {
+        let compression = match (self.opts.compression, self.opts.bottom_hc_level) {
+            (false, _) => Compression::None,
+            (true, Some(level)) if bottom => Compression::Lz4Hc(level.clamp(1, 12)),
+            (true, _) => Compression::Lz4,
+        };
         BuildOptions {
             block_size: self.opts.block_size,
             bloom_bits_per_key: self.opts.bloom_bits_per_key,
-            compress: self.opts.compression,
+            compression,
         }
     }
 

@@ -154,7 +154,7 @@ pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<O
                 let id = inner.allocate_table_id();
                 let b = TableBuilder::create(
                     &table_path(&inner.tables_dir, id),
-                    inner.build_options(),
+                    inner.build_options(choice.bottommost),
                 )?;
                 builder = Some((id, b));
             }

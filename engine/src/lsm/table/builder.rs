@@ -40,12 +40,46 @@ impl TableSummary {
     }
 }
 
+/// How data blocks are compressed. Both LZ4 modes write the same block
+/// format (decoded by lz4_flex at the same speed); they differ only in
+/// how hard the compressor looks for matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compression {
+    /// Stored as built.
+    None,
+    /// lz4_flex's fast compressor: for flushes and compactions that are
+    /// rewritten again soon.
+    Lz4,
+    /// The LZ4 reference library's high-compression match finder at this
+    /// level (1–12): for the bottom level, written once and kept.
+    Lz4Hc(i32),
+}
+
 /// Table-building knobs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BuildOptions {
     pub block_size: usize,
     pub bloom_bits_per_key: u32,
-    pub compress: bool,
+    pub compression: Compression,
+}
+
+/// `raw` compressed as `how` says, the u32 LE uncompressed size first (the
+/// layout lz4_flex's `decompress_size_prepended` reads); `None` when
+/// compression is off or fails.
+fn compress(raw: &[u8], how: Compression) -> Option<Vec<u8>> {
+    match how {
+        Compression::None => None,
+        Compression::Lz4 => Some(lz4_flex::compress_prepend_size(raw)),
+        Compression::Lz4Hc(level) => {
+            let bound = lz4::block::compress_bound(raw.len()).ok()?;
+            let mut out = vec![0u8; bound + 4];
+            let mode = lz4::block::CompressionMode::HIGHCOMPRESSION(level);
+            // Fails only for inputs over 2 GiB: the block is stored raw.
+            let n = lz4::block::compress_to_buffer(raw, Some(mode), true, &mut out).ok()?;
+            out.truncate(n);
+            Some(out)
+        }
+    }
 }
 
 pub(crate) struct TableBuilder {
@@ -135,15 +169,9 @@ impl TableBuilder {
             (k.to_vec(), s)
         };
         let raw = self.block.take();
-        let (mut payload, kind) = if self.opts.compress {
-            let c = lz4_flex::compress_prepend_size(&raw);
-            if c.len() < raw.len() {
-                (c, 1u8)
-            } else {
-                (raw, 0u8)
-            }
-        } else {
-            (raw, 0u8)
+        let (mut payload, kind) = match compress(&raw, self.opts.compression) {
+            Some(c) if c.len() < raw.len() => (c, 1u8),
+            _ => (raw, 0u8),
         };
         payload.push(kind);
         let crc = crc32fast::hash(&payload);

@@ -1,31 +1,39 @@
 //! Sorted string tables: immutable files of sorted versions, read through
 //! memmap2.
 //!
-//! ## File format (version 1)
+//! ## File format (version 2)
 //!
 //! ```text
 //! [data block 0] … [data block n-1] [filter block] [index block] [footer]
 //! ```
 //!
 //! **Data block** on disk: `payload ‖ compression u8 ‖ crc32 u32 LE`, the crc
-//! over payload and compression byte. Compression 0 = none, 1 = lz4_flex
-//! block with the u32 LE uncompressed size first (kept only when smaller).
-//! The uncompressed payload is
+//! over payload and compression byte. Compression 0 = none, 1 = an LZ4 block
+//! with the u32 LE uncompressed size first (kept only when smaller; written
+//! by lz4_flex's fast compressor or, at the bottom level, by the reference
+//! library's high-compression one — the same format either way). The
+//! uncompressed payload is columnar:
 //!
 //! ```text
 //! count u32 LE
-//! count × ( shared varint      -- bytes shared with the previous key
-//!           unshared varint    -- bytes that follow
-//!           seq varint         -- sequence number
-//!           kind u8            -- 0 tombstone, 1 value
-//!           [value_len varint] -- values only
-//!           key suffix (unshared bytes), value )
+//! count × shared varint      -- bytes shared with the previous key
+//! count × unshared varint    -- bytes that follow
+//! count × seq varint         -- sequence number
+//! count × value_len varint   -- 0 a tombstone, len + 1 a value
+//! key suffixes               -- every key's unshared bytes, in order
+//! values                     -- every value, in order
 //! ```
 //!
-//! Entries are in internal order: key ascending, sequence number descending.
-//! Prefix sharing makes our regular keys cheap: consecutive messages of a
-//! conversation share their 11-byte conversation prefix and most of the
-//! reverse timestamp.
+//! The columns add up to the payload exactly. Entries are in internal
+//! order: key ascending, sequence number descending. Prefix sharing makes
+//! our regular keys cheap (consecutive messages of a conversation share
+//! their 11-byte conversation prefix and most of the reverse timestamp),
+//! and the columns put the nearly constant headers together, where LZ4
+//! compresses them to almost nothing (see [`block`]).
+//!
+//! Version 1 tables, still read, interleave each entry instead:
+//! `shared varint ‖ unshared varint ‖ seq varint ‖ kind u8 (0 tombstone, 1
+//! value) ‖ [value_len varint] ‖ key suffix ‖ value`.
 //!
 //! **Filter block**: a bloom filter over [`crate::keys::bloom_prefix`] of
 //! every key: `bits ‖ k u8 ‖ crc32 u32 LE` (see [`bloom`]).
@@ -60,7 +68,7 @@ pub struct TableId(pub u64);
 /// Magic at the end of every table.
 pub const TABLE_MAGIC: [u8; 8] = *b"MSVSST\r\n";
 /// Table format version.
-pub const TABLE_VERSION: u16 = 1;
+pub const TABLE_VERSION: u16 = 2;
 /// Footer size.
 pub const FOOTER_LEN: usize = 64;
 /// Bytes after each data block's payload: compression byte and crc32.

@@ -12,7 +12,7 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::lsm::cache::BlockCache;
-use crate::lsm::table::block::DecodedBlock;
+use crate::lsm::table::block::{BlockLayout, DecodedBlock};
 use crate::lsm::table::{
     bloom, internal_cmp, TableId, BLOCK_TRAILER_LEN, FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION,
 };
@@ -33,6 +33,8 @@ pub(crate) struct Table {
     pub index: Vec<IndexEntry>,
     pub(crate) filter: std::ops::Range<usize>,
     pub entries: u64,
+    /// How this table's data blocks lay out their entries (its version).
+    layout: BlockLayout,
     cache: Arc<BlockCache>,
     /// Set when no version references the table any more; the file is
     /// deleted when the last reader drops its handle.
@@ -80,13 +82,17 @@ impl Table {
             return Err(corrupt(foot_at, "footer checksum mismatch"));
         }
         let version = u16::from_le_bytes([foot[48], foot[49]]);
-        if version != TABLE_VERSION {
-            return Err(Error::UnsupportedVersion {
-                file: path.to_path_buf(),
-                found: u32::from(version),
-                supported: u32::from(TABLE_VERSION),
-            });
-        }
+        let layout = match version {
+            1 => BlockLayout::Interleaved,
+            TABLE_VERSION => BlockLayout::Columnar,
+            _ => {
+                return Err(Error::UnsupportedVersion {
+                    file: path.to_path_buf(),
+                    found: u32::from(version),
+                    supported: u32::from(TABLE_VERSION),
+                })
+            }
+        };
         let (io, il) = (le_u64(&foot[0..8]) as usize, le_u64(&foot[8..16]) as usize);
         let (fo, fl) = (
             le_u64(&foot[16..24]) as usize,
@@ -117,6 +123,7 @@ impl Table {
             index,
             filter,
             entries,
+            layout,
             cache,
             obsolete: AtomicBool::new(false),
             bytes_read: AtomicU64::new(0),
@@ -180,7 +187,8 @@ impl Table {
             k => return Err(corrupt(format!("unknown block compression {k}"))),
         };
         self.bytes_read.fetch_add(l as u64, Ordering::Relaxed);
-        let block = Arc::new(DecodedBlock::decode(plain).map_err(|r| corrupt(r.into()))?);
+        let block =
+            Arc::new(DecodedBlock::decode(plain, self.layout).map_err(|r| corrupt(r.into()))?);
         self.cache.insert(key, Arc::clone(&block));
         Ok(block)
     }
