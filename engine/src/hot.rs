@@ -32,7 +32,7 @@ pub struct Block(DecodedBlock);
 
 /// Decodes an uncompressed data block.
 pub fn block_decode(payload: &[u8]) -> Option<Block> {
-    DecodedBlock::decode(payload, BlockLayout::Columnar)
+    DecodedBlock::decode(payload.to_vec(), BlockLayout::Columnar)
         .ok()
         .map(Block)
 }

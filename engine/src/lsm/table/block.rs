@@ -1,10 +1,11 @@
 //! Data blocks: building one, and the decoded form readers keep in the
 //! block cache.
 //!
-//! A decoded block holds all its keys and values in one buffer plus one
-//! small record per entry — two allocations per block, however many entries
-//! — so a cache hit costs no allocation and supports binary search and
-//! iteration in both directions.
+//! A decoded block holds its values in one buffer (for the columnar layout,
+//! the uncompressed payload itself), its whole keys in another, and one
+//! small record per entry — three allocations per block, however many
+//! entries — so a cache hit costs no allocation and supports binary search
+//! and iteration in both directions.
 
 use std::cmp::Ordering;
 
@@ -133,24 +134,32 @@ struct Slot {
 }
 
 /// A decoded block.
+///
+/// A columnar block keeps its uncompressed payload as it came out of LZ4
+/// and reads values in place (a cache miss copies no value); only the keys,
+/// prefix-shared on disk, are rebuilt, into their own buffer.
 #[derive(Debug)]
 pub(crate) struct DecodedBlock {
-    data: Vec<u8>,
+    /// Where values are (`Slot::val_off`).
+    values: Vec<u8>,
+    /// The whole keys, one after another (`Slot::key_off`).
+    keys: Vec<u8>,
     slots: Vec<Slot>,
 }
 
 impl DecodedBlock {
-    /// Decodes an uncompressed payload of the given layout; `Err` names
-    /// what is malformed.
-    pub fn decode(payload: &[u8], layout: BlockLayout) -> Result<DecodedBlock, &'static str> {
+    /// Decodes an uncompressed payload of the given layout, keeping it as
+    /// the values' buffer where the layout allows; `Err` names what is
+    /// malformed.
+    pub fn decode(payload: Vec<u8>, layout: BlockLayout) -> Result<DecodedBlock, &'static str> {
         match layout {
-            BlockLayout::Interleaved => Self::decode_interleaved(payload),
+            BlockLayout::Interleaved => Self::decode_interleaved(&payload),
             BlockLayout::Columnar => Self::decode_columnar(payload),
         }
     }
 
-    fn decode_columnar(payload: &[u8]) -> Result<DecodedBlock, &'static str> {
-        let count = block_count(payload)?;
+    fn decode_columnar(payload: Vec<u8>) -> Result<DecodedBlock, &'static str> {
+        let count = block_count(&payload)?;
         let bad = "malformed block column";
         let mut pos = 4;
         // The four header columns first, parked in the slots: shared in
@@ -170,14 +179,19 @@ impl DecodedBlock {
         }
         let mut column = |set: &mut dyn FnMut(&mut Slot, u64) -> Result<(), &'static str>| {
             for slot in slots.iter_mut() {
-                set(slot, varint::get(payload, &mut pos).ok_or(bad)?)?;
+                set(slot, varint::get(&payload, &mut pos).ok_or(bad)?)?;
             }
             Ok::<(), &'static str>(())
         };
         let small = |v: u64| u32::try_from(v).ok().filter(|&n| n < u32::MAX).ok_or(bad);
         let mut suffix_total = 0usize;
         let mut value_total = 0usize;
-        column(&mut |s, v| small(v).map(|n| s.key_off = n))?;
+        let mut key_total = 0usize;
+        column(&mut |s, v| {
+            s.key_off = small(v)?;
+            key_total += s.key_off as usize;
+            Ok(())
+        })?;
         column(&mut |s, v| {
             s.key_len = small(v)?;
             suffix_total += s.key_len as usize;
@@ -200,36 +214,40 @@ impl DecodedBlock {
         if value_at.checked_add(value_total) != Some(payload.len()) {
             return Err("block columns do not add up to the block");
         }
-        let mut data = Vec::with_capacity(value_total + count * 16);
+        // A hint only: a corrupt column must not make us reserve gigabytes.
+        let mut keys = Vec::with_capacity((key_total + suffix_total).min(payload.len() * 2));
         let mut prev: (usize, usize) = (0, 0);
         for s in slots.iter_mut() {
             let (shared, unshared) = (s.key_off as usize, s.key_len as usize);
             if shared > prev.1 {
                 return Err("entry shares more bytes than the previous key has");
             }
-            let key_off = data.len();
-            data.extend_from_within(prev.0..prev.0 + shared);
-            data.extend_from_slice(&payload[suffix_at..suffix_at + unshared]);
+            let key_off = keys.len();
+            keys.extend_from_within(prev.0..prev.0 + shared);
+            keys.extend_from_slice(&payload[suffix_at..suffix_at + unshared]);
             suffix_at += unshared;
             s.key_off = key_off as u32;
             s.key_len = (shared + unshared) as u32;
-            s.val_off = data.len() as u32;
+            s.val_off = value_at as u32;
             if s.val_len != u32::MAX {
-                let n = s.val_len as usize;
-                data.extend_from_slice(&payload[value_at..value_at + n]);
-                value_at += n;
+                value_at += s.val_len as usize;
             }
             prev = (key_off, shared + unshared);
         }
-        Ok(DecodedBlock { data, slots })
+        Ok(DecodedBlock {
+            values: payload,
+            keys,
+            slots,
+        })
     }
 
     fn decode_interleaved(payload: &[u8]) -> Result<DecodedBlock, &'static str> {
         let count = block_count(payload)?;
         let mut pos = 4;
-        let mut data = Vec::with_capacity(payload.len() + count * 12);
+        let mut values = Vec::with_capacity(payload.len());
+        let mut keys = Vec::with_capacity(count.min(payload.len()) * 16);
         let mut slots = Vec::with_capacity(count.min(payload.len()));
-        let mut prev: (usize, usize) = (0, 0); // previous key in `data`
+        let mut prev: (usize, usize) = (0, 0); // previous key in `keys`
         for _ in 0..count {
             let bad = "malformed block entry";
             let shared = varint::get(payload, &mut pos).ok_or(bad)? as usize;
@@ -245,16 +263,16 @@ impl DecodedBlock {
             if shared > prev.1 {
                 return Err("entry shares more bytes than the previous key has");
             }
-            let key_off = data.len();
-            data.extend_from_within(prev.0..prev.0 + shared);
+            let key_off = keys.len();
+            keys.extend_from_within(prev.0..prev.0 + shared);
             let suffix = payload.get(pos..pos + unshared).ok_or(bad)?;
-            data.extend_from_slice(suffix);
+            keys.extend_from_slice(suffix);
             pos += unshared;
             let key_len = shared + unshared;
-            let val_off = data.len();
+            let val_off = values.len();
             let stored_len = match val_len {
                 Some(n) => {
-                    data.extend_from_slice(payload.get(pos..pos + n).ok_or(bad)?);
+                    values.extend_from_slice(payload.get(pos..pos + n).ok_or(bad)?);
                     pos += n;
                     n as u32
                 }
@@ -272,7 +290,11 @@ impl DecodedBlock {
         if pos != payload.len() {
             return Err("trailing bytes after the block's entries");
         }
-        Ok(DecodedBlock { data, slots })
+        Ok(DecodedBlock {
+            values,
+            keys,
+            slots,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -281,7 +303,7 @@ impl DecodedBlock {
 
     pub fn key(&self, i: usize) -> &[u8] {
         let s = &self.slots[i];
-        &self.data[s.key_off as usize..(s.key_off + s.key_len) as usize]
+        &self.keys[s.key_off as usize..(s.key_off + s.key_len) as usize]
     }
 
     pub fn seq(&self, i: usize) -> u64 {
@@ -292,13 +314,13 @@ impl DecodedBlock {
     pub fn value(&self, i: usize) -> Option<&[u8]> {
         let s = &self.slots[i];
         (s.val_len != u32::MAX)
-            .then(|| &self.data[s.val_off as usize..(s.val_off + s.val_len) as usize])
+            .then(|| &self.values[s.val_off as usize..(s.val_off + s.val_len) as usize])
     }
 
     /// Index of the first entry at or after (key, seq) in internal order.
     pub fn seek(&self, key: &[u8], seq: u64) -> usize {
         self.slots.partition_point(|s| {
-            let k = &self.data[s.key_off as usize..(s.key_off + s.key_len) as usize];
+            let k = &self.keys[s.key_off as usize..(s.key_off + s.key_len) as usize];
             internal_cmp(k, s.seq, key, seq) == Ordering::Less
         })
     }
@@ -310,7 +332,9 @@ impl DecodedBlock {
 
     /// Bytes of memory held, for the block cache's weight.
     pub fn memory(&self) -> usize {
-        self.data.capacity() + self.slots.capacity() * std::mem::size_of::<Slot>() + 64
+        self.values.capacity()
+            + self.keys.capacity()
+            + self.slots.capacity() * std::mem::size_of::<Slot>() + 64
     }
 }
 
@@ -327,7 +351,7 @@ mod tests {
         b.add(b"banana", 1, Some(b"yellow"));
         let payload = b.take();
         assert_eq!(b.raw_len(), 4, "take empties the builder");
-        let d = DecodedBlock::decode(&payload, BlockLayout::Columnar).unwrap();
+        let d = DecodedBlock::decode(payload.clone(), BlockLayout::Columnar).unwrap();
         assert_eq!(d.len(), 4);
         assert_eq!(
             (d.key(0), d.seq(0), d.value(0)),
@@ -343,12 +367,12 @@ mod tests {
         assert_eq!(d.seek_key(b"apricot"), 2);
         assert_eq!(d.seek_key(b"zzz"), 4);
         for cut in 0..payload.len() {
-            assert!(DecodedBlock::decode(&payload[..cut], BlockLayout::Columnar).is_err());
+            assert!(DecodedBlock::decode(payload[..cut].to_vec(), BlockLayout::Columnar).is_err());
         }
         // The builder starts afresh after take: the next block's first key
         // shares nothing.
         b.add(b"cherry", 2, Some(b"dark"));
-        let d = DecodedBlock::decode(&b.take(), BlockLayout::Columnar).unwrap();
+        let d = DecodedBlock::decode(b.take(), BlockLayout::Columnar).unwrap();
         assert_eq!((d.key(0), d.value(0)), (&b"cherry"[..], Some(&b"dark"[..])));
     }
 
@@ -362,7 +386,7 @@ mod tests {
             5, 0, 3, 0,                                                    // apple@3 deleted
             2, 5, 5, 1, 1, b'r', b'i', b'c', b'o', b't', b'x',             // apricot@5 = x
         ];
-        let d = DecodedBlock::decode(&payload, BlockLayout::Interleaved).unwrap();
+        let d = DecodedBlock::decode(payload.to_vec(), BlockLayout::Interleaved).unwrap();
         assert_eq!(d.len(), 3);
         assert_eq!(
             (d.key(0), d.seq(0), d.value(0)),
@@ -370,7 +394,7 @@ mod tests {
         );
         assert_eq!((d.key(1), d.seq(1), d.value(1)), (&b"apple"[..], 3, None));
         assert_eq!((d.key(2), d.value(2)), (&b"apricot"[..], Some(&b"x"[..])));
-        assert!(DecodedBlock::decode(&payload, BlockLayout::Columnar).is_err());
+        assert!(DecodedBlock::decode(payload.to_vec(), BlockLayout::Columnar).is_err());
     }
 
     /// Headers that promise more than the block holds are refused, not
@@ -384,13 +408,13 @@ mod tests {
         assert_eq!(&good[..8], &[1, 0, 0, 0, 0, 3, 1, 6]);
         let mut longer_value = good.clone();
         longer_value[7] = 7;
-        assert!(DecodedBlock::decode(&longer_value, BlockLayout::Columnar).is_err());
+        assert!(DecodedBlock::decode(longer_value, BlockLayout::Columnar).is_err());
         let mut shares_too_much = good.clone();
         shares_too_much[4] = 1;
-        assert!(DecodedBlock::decode(&shares_too_much, BlockLayout::Columnar).is_err());
+        assert!(DecodedBlock::decode(shares_too_much, BlockLayout::Columnar).is_err());
         let mut more_entries = good;
         more_entries[0] = 2;
-        assert!(DecodedBlock::decode(&more_entries, BlockLayout::Columnar).is_err());
+        assert!(DecodedBlock::decode(more_entries, BlockLayout::Columnar).is_err());
     }
 
     proptest::proptest! {
@@ -417,7 +441,7 @@ mod tests {
             let raw_len = b.raw_len();
             let payload = b.take();
             proptest::prop_assert_eq!(payload.len(), raw_len);
-            let d = DecodedBlock::decode(&payload, BlockLayout::Columnar)
+            let d = DecodedBlock::decode(payload, BlockLayout::Columnar)
                 .map_err(proptest::test_runner::TestCaseError::fail)?;
             proptest::prop_assert_eq!(d.len(), entries.len());
             for (i, (k, seq, v)) in entries.iter().enumerate() {

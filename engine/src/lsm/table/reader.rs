@@ -176,14 +176,10 @@ impl Table {
             return Err(corrupt("data block checksum mismatch".into()));
         }
         let (payload, kind) = body.split_at(body.len() - 1);
-        let decompressed;
         let plain = match kind[0] {
-            0 => payload,
-            1 => {
-                decompressed = lz4_flex::decompress_size_prepended(payload)
-                    .map_err(|e| corrupt(format!("data block does not decompress: {e}")))?;
-                &decompressed[..]
-            }
+            0 => payload.to_vec(),
+            1 => lz4_flex::decompress_size_prepended(payload)
+                .map_err(|e| corrupt(format!("data block does not decompress: {e}")))?,
             k => return Err(corrupt(format!("unknown block compression {k}"))),
         };
         self.bytes_read.fetch_add(l as u64, Ordering::Relaxed);
