@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use crossbeam_skiplist::SkipMap;
 
 use crate::log::StreamId;
-use crate::lsm::SeqNo;
+use crate::lsm::{key_word, SeqNo};
 
 /// One version: its key and value in one allocation, ordered by user key
 /// ascending, then sequence number descending.
@@ -51,8 +51,8 @@ impl MemKey {
         buf.extend_from_slice(key);
         buf.extend_from_slice(v);
         MemKey {
-            head: word(key, 0),
-            head2: word(key, 8),
+            head: key_word(key, 0),
+            head2: key_word(key, 8),
             seq,
             // Keys are bounded far below 4 GiB by the log's entry limit.
             key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
@@ -76,15 +76,6 @@ impl MemKey {
     pub fn value(&self) -> Option<&[u8]> {
         (!self.tombstone).then(|| &self.buf[self.key_len as usize..])
     }
-}
-
-/// Bytes `at..at + 8` of `key`, big-endian, zero-padded past its end.
-fn word(key: &[u8], at: usize) -> u64 {
-    let mut h = [0u8; 8];
-    let rest = key.get(at..).unwrap_or_default();
-    let n = rest.len().min(8);
-    h[..n].copy_from_slice(&rest[..n]);
-    u64::from_be_bytes(h)
 }
 
 impl Ord for MemKey {

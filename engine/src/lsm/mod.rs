@@ -84,6 +84,18 @@ use version::{FileMeta, TableFile, Version, LEVELS};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeqNo(pub u64);
 
+/// Bytes `at..at + 8` of `key`, big-endian, zero-padded past its end: an
+/// integer that orders like those bytes, so a search can compare most keys
+/// without `memcmp` (see `memtable::MemKey` for why the padding keeps the
+/// order). Equal words say nothing; compare the bytes then.
+pub(crate) fn key_word(key: &[u8], at: usize) -> u64 {
+    let mut h = [0u8; 8];
+    let rest = key.get(at..).unwrap_or_default();
+    let n = rest.len().min(8);
+    h[..n].copy_from_slice(&rest[..n]);
+    u64::from_be_bytes(h)
+}
+
 /// How to open an LSM.
 #[derive(Clone)]
 pub struct LsmOptions {

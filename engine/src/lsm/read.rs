@@ -122,13 +122,13 @@ impl RunCursor {
         match self.dir {
             Direction::Forward => {
                 let lo = self.lo.clone();
-                let Some(t) = self
+                // A run's tables are sorted and disjoint: binary search.
+                let t = self
                     .tables
-                    .iter()
-                    .position(|f| f.meta.largest.as_slice() >= lo.as_slice())
-                else {
+                    .partition_point(|f| f.meta.largest.as_slice() < lo.as_slice());
+                if t == self.tables.len() {
                     return Ok(());
-                };
+                }
                 let table = &self.tables[t].table;
                 let b = table.find_block(&lo, u64::MAX);
                 if b >= table.index.len() {
@@ -142,7 +142,11 @@ impl RunCursor {
             Direction::Reverse => {
                 let hi = self.hi.clone();
                 let below_hi = |k: &[u8]| hi.as_deref().is_none_or(|h| k < h);
-                let Some(t) = self.tables.iter().rposition(|f| below_hi(&f.meta.smallest)) else {
+                let Some(t) = self
+                    .tables
+                    .partition_point(|f| below_hi(&f.meta.smallest))
+                    .checked_sub(1)
+                else {
                     return Ok(());
                 };
                 let table = &self.tables[t].table;

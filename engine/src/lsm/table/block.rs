@@ -334,7 +334,8 @@ impl DecodedBlock {
     pub fn memory(&self) -> usize {
         self.values.capacity()
             + self.keys.capacity()
-            + self.slots.capacity() * std::mem::size_of::<Slot>() + 64
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + 64
     }
 }
 

@@ -12,6 +12,7 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::lsm::cache::BlockCache;
+use crate::lsm::key_word;
 use crate::lsm::table::block::{BlockLayout, DecodedBlock};
 use crate::lsm::table::{
     bloom, internal_cmp, TableId, BLOCK_TRAILER_LEN, FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION,
@@ -19,6 +20,10 @@ use crate::lsm::table::{
 
 #[derive(Debug)]
 pub(crate) struct IndexEntry {
+    /// `last_key`'s first eight bytes as an integer ([`key_word`]): a
+    /// search through the index compares this and reaches into the key's
+    /// own allocation (a cache miss) only near the target.
+    pub head: u64,
     pub last_key: Vec<u8>,
     pub last_seq: u64,
     pub offset: u64,
@@ -147,6 +152,7 @@ impl Table {
                 return None;
             }
             out.push(IndexEntry {
+                head: key_word(&last_key, 0),
                 last_key,
                 last_seq,
                 offset,
@@ -191,8 +197,12 @@ impl Table {
 
     /// Index of the first block that may hold (key, seq) or anything after.
     pub fn find_block(&self, key: &[u8], seq: u64) -> usize {
-        self.index.partition_point(|e| {
-            internal_cmp(&e.last_key, e.last_seq, key, seq) == std::cmp::Ordering::Less
+        let head = key_word(key, 0);
+        self.index.partition_point(|e| match e.head.cmp(&head) {
+            std::cmp::Ordering::Equal => {
+                internal_cmp(&e.last_key, e.last_seq, key, seq) == std::cmp::Ordering::Less
+            }
+            o => o == std::cmp::Ordering::Less,
         })
     }
 
