@@ -168,6 +168,8 @@ pub struct TableDump {
     pub size: u64,
     /// Versions (footer count).
     pub entries: u64,
+    /// Table format version (1: interleaved blocks, 2: columnar).
+    pub format_version: u16,
     /// Its data blocks.
     pub blocks: Vec<BlockInfo>,
     /// Bloom filter size in bytes and its probe count.
@@ -240,6 +242,7 @@ pub fn dump_table(path: &Path) -> Result<TableDump> {
             .map(|b| b.last_key.clone())
             .unwrap_or_default(),
         blocks,
+        format_version: table.version,
         bloom_bytes: filter.len().saturating_sub(1) as u64,
         bloom_probes: filter.last().copied().unwrap_or(0),
         compression_ratio: if stored_total == 0 {

@@ -86,6 +86,16 @@ pub fn table(t: &TableDump) -> Output {
         key(&t.smallest),
         key(&t.largest)
     );
+    let _ = writeln!(
+        text,
+        "format     version {} ({} blocks)",
+        t.format_version,
+        if t.format_version == 1 {
+            "interleaved"
+        } else {
+            "columnar"
+        }
+    );
     let _ = writeln!(text, "blocks     {}", t.blocks.len());
     let _ = writeln!(
         text,
@@ -127,6 +137,7 @@ pub fn table(t: &TableDump) -> Output {
         text,
         json: json!({
             "path": t.path, "size": t.size, "entries": t.entries, "tombstones": tombstones,
+            "format_version": t.format_version,
             "smallest": key(&t.smallest), "largest": key(&t.largest),
             "bloom_bytes": t.bloom_bytes, "bloom_probes": t.bloom_probes,
             "compression_ratio": t.compression_ratio, "blocks": blocks,

@@ -106,8 +106,13 @@ fn healthy_directory() {
     let (code, out, _) = ctl(&["sst", "dump", s(&table)]);
     assert_eq!(code, 0);
     assert!(out.contains("msg conv="), "{out}");
+    assert!(
+        out.contains("format     version 2 (columnar blocks)"),
+        "{out}"
+    );
     let t = json(&["sst", "dump", s(&table)]);
     assert_eq!(t["entries"], 1000);
+    assert_eq!(t["format_version"], 2);
     assert!(t["blocks"].as_array().unwrap().len() > 10);
     assert!(t["bloom_probes"].as_u64().unwrap() > 0);
     assert!(

@@ -38,6 +38,8 @@ pub(crate) struct Table {
     pub index: Vec<IndexEntry>,
     pub(crate) filter: std::ops::Range<usize>,
     pub entries: u64,
+    /// The table's format version (its footer's).
+    pub version: u16,
     /// How this table's data blocks lay out their entries (its version).
     layout: BlockLayout,
     cache: Arc<BlockCache>,
@@ -128,6 +130,7 @@ impl Table {
             index,
             filter,
             entries,
+            version,
             layout,
             cache,
             obsolete: AtomicBool::new(false),
