@@ -71,6 +71,11 @@ pub struct NodeSection {
     /// measured faster here), `io_uring`, or `auto` (io_uring where the
     /// kernel allows it).
     pub io: IoBackend,
+    /// The LZ4 high-compression level (1–12) for tables written to the
+    /// store's bottom level: ~10 % less disk per message for 4–5× the
+    /// compression CPU of those compactions. 0: the fast compressor
+    /// everywhere.
+    pub bottom_hc_level: u8,
 }
 
 impl Default for NodeSection {
@@ -83,6 +88,7 @@ impl Default for NodeSection {
             peers: BTreeMap::new(),
             join: false,
             io: IoBackend::default(),
+            bottom_hc_level: 4,
         }
     }
 }
@@ -260,6 +266,9 @@ impl Config {
         if self.node.shards == 0 {
             return bad("node.shards must be at least 1");
         }
+        if self.node.bottom_hc_level > 12 {
+            return bad("node.bottom_hc_level must be 0 (off) to 12");
+        }
         if self.node.join {
             if self.node.peers.keys().all(|&id| id == self.node.id) {
                 return bad("node.join needs node.peers to name at least one running node");
@@ -293,5 +302,24 @@ impl Config {
             return bad("push.timeout_ms and push.queue must be positive");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn the_bottom_compression_level_is_read_and_checked() {
+        let parse = |text: &str| toml::from_str::<Config>(text).unwrap();
+        assert_eq!(Config::default().node.bottom_hc_level, 4);
+        let off = parse("[node]\nbottom_hc_level = 0\n");
+        assert_eq!(off.node.bottom_hc_level, 0);
+        assert!(off.validate().is_ok());
+        let err = parse("[node]\nbottom_hc_level = 13\n")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("bottom_hc_level"), "{err}");
     }
 }

@@ -70,6 +70,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let mut ncfg = NodeConfig::new(cfg.node.id, cfg.node.raft_listen, cfg.data_dir.clone());
     ncfg.shards = cfg.node.shards;
     ncfg.log.io = cfg.node.io;
+    ncfg.lsm.bottom_hc_level =
+        (cfg.node.bottom_hc_level > 0).then_some(i32::from(cfg.node.bottom_hc_level));
     let node = Node::start(ncfg).await?;
     if cfg.node.join {
         node.join(&cfg.node.peers).await?;
