@@ -72,8 +72,8 @@ pub struct NodeSection {
     /// kernel allows it).
     pub io: IoBackend,
     /// The LZ4 high-compression level (1–12) for tables written to the
-    /// store's bottom level: ~10 % less disk per message for 4–5× the
-    /// compression CPU of those compactions. 0: the fast compressor
+    /// store's bottom level: ~9 % less disk per message for several times
+    /// the compression CPU of those compactions. 0: the fast compressor
     /// everywhere.
     pub bottom_hc_level: u8,
 }

@@ -111,10 +111,11 @@ pub struct LsmOptions {
     pub compression: bool,
     /// With `compression`, the LZ4 high-compression level (1–12) for the
     /// tables a compaction writes to the bottom level: the same block
-    /// format, read as fast, about 8 % smaller on chat text, 4–5× slower
-    /// to write (level 4 ≈ 100 MB/s). `None`: the fast compressor
-    /// everywhere. Flushes and compactions into upper levels always use
-    /// the fast one: their tables are rewritten again soon.
+    /// format, read as fast, about 9 % smaller on chat text (77.0 → 70.2
+    /// bytes per message), at several times the compression CPU (a full
+    /// compaction of 5 million messages: 9.4 → 21.6 s). `None`: the fast
+    /// compressor everywhere. Flushes and compactions into upper levels
+    /// always use the fast one: their tables are rewritten again soon.
     pub bottom_hc_level: Option<i32>,
     /// Size of the shared cache of decoded blocks.
     pub block_cache_bytes: u64,
