@@ -343,6 +343,11 @@ impl DecodedBlock {
 mod tests {
     use super::*;
 
+    /// Entry `i` as (key, seq, value).
+    fn entry(d: &DecodedBlock, i: usize) -> (&[u8], u64, Option<&[u8]>) {
+        (d.key(i), d.seq(i), d.value(i))
+    }
+
     #[test]
     fn build_decode_seek() {
         let mut b = BlockBuilder::new();
@@ -354,16 +359,10 @@ mod tests {
         assert_eq!(b.raw_len(), 4, "take empties the builder");
         let d = DecodedBlock::decode(payload.clone(), BlockLayout::Columnar).unwrap();
         assert_eq!(d.len(), 4);
-        assert_eq!(
-            (d.key(0), d.seq(0), d.value(0)),
-            (&b"apple"[..], 9, Some(&b"red"[..]))
-        );
-        assert_eq!((d.key(1), d.seq(1), d.value(1)), (&b"apple"[..], 3, None));
-        assert_eq!((d.key(2), d.value(2)), (&b"apricot"[..], Some(&b""[..])));
-        assert_eq!(
-            (d.key(3), d.value(3)),
-            (&b"banana"[..], Some(&b"yellow"[..]))
-        );
+        assert_eq!(entry(&d, 0), (&b"apple"[..], 9, Some(&b"red"[..])));
+        assert_eq!(entry(&d, 1), (&b"apple"[..], 3, None));
+        assert_eq!(entry(&d, 2), (&b"apricot"[..], 5, Some(&b""[..])));
+        assert_eq!(entry(&d, 3), (&b"banana"[..], 1, Some(&b"yellow"[..])));
         assert_eq!(d.seek(b"apple", 5), 1);
         assert_eq!(d.seek_key(b"apricot"), 2);
         assert_eq!(d.seek_key(b"zzz"), 4);
@@ -374,7 +373,7 @@ mod tests {
         // shares nothing.
         b.add(b"cherry", 2, Some(b"dark"));
         let d = DecodedBlock::decode(b.take(), BlockLayout::Columnar).unwrap();
-        assert_eq!((d.key(0), d.value(0)), (&b"cherry"[..], Some(&b"dark"[..])));
+        assert_eq!(entry(&d, 0), (&b"cherry"[..], 2, Some(&b"dark"[..])));
     }
 
     /// Tables written before version 2 keep their interleaved blocks.
@@ -389,12 +388,9 @@ mod tests {
         ];
         let d = DecodedBlock::decode(payload.to_vec(), BlockLayout::Interleaved).unwrap();
         assert_eq!(d.len(), 3);
-        assert_eq!(
-            (d.key(0), d.seq(0), d.value(0)),
-            (&b"apple"[..], 9, Some(&b"red"[..]))
-        );
-        assert_eq!((d.key(1), d.seq(1), d.value(1)), (&b"apple"[..], 3, None));
-        assert_eq!((d.key(2), d.value(2)), (&b"apricot"[..], Some(&b"x"[..])));
+        assert_eq!(entry(&d, 0), (&b"apple"[..], 9, Some(&b"red"[..])));
+        assert_eq!(entry(&d, 1), (&b"apple"[..], 3, None));
+        assert_eq!(entry(&d, 2), (&b"apricot"[..], 5, Some(&b"x"[..])));
         assert!(DecodedBlock::decode(payload.to_vec(), BlockLayout::Columnar).is_err());
     }
 
