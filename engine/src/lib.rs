@@ -30,7 +30,8 @@
 //!   - `mod` — the API, **the store's write path** (apply → memtable →
 //!     flush) and **recovery path** (manifest → tables → flushed positions);
 //!   - `batch` — atomic write batches and their encoding;
-//!   - `memtable` — the skiplist write buffer;
+//!   - `memtable/` — the write buffer: `skiplist` (one writer, lock-free
+//!     readers, finger-placed inserts) over `arena` chunks;
 //!   - `table/` — `block` (build/decode), `bloom`, `builder`, `reader`: the
 //!     table format, byte by byte in `table/mod.rs`;
 //!   - `cache` — the shared block cache;

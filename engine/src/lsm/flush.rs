@@ -129,21 +129,20 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
         let mut prev_key: Vec<u8> = Vec::new();
         let mut newer_seq = u64::MAX;
         let mut pacer = Pacer::new(inner, background);
-        for e in mem.map.iter() {
+        for v in mem.iter() {
             pacer.tick();
-            let v = e.key();
             if v.key() != prev_key.as_slice() {
                 prev_key.clear();
                 prev_key.extend_from_slice(v.key());
                 newer_seq = u64::MAX;
             }
             let shadowed = newer_seq <= oldest_snapshot;
-            newer_seq = v.seq.0;
+            newer_seq = v.seq();
             if shadowed {
                 dropped += 1;
                 continue;
             }
-            b.add(v.key(), v.seq.0, v.value())?;
+            b.add(v.key(), v.seq(), v.value())?;
         }
         // The newest version of every key is kept, so a non-empty memtable
         // gives a non-empty table.

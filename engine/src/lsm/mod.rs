@@ -576,16 +576,27 @@ impl Lsm {
         if let Some(err) = lock(&self.inner.bg_error).clone() {
             return Err(Error::Poisoned { cause: err });
         }
+        // The memtable stores lengths as u32 (u32::MAX marks a tombstone);
+        // the batch's size bounds every key and value in it.
+        if batch.approximate_size() >= u32::MAX as usize {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {} bytes is too large (limit 4 GiB)",
+                batch.approximate_size()
+            )));
+        }
         let _w = lock(&self.inner.write_lock);
         self.wait_for_room()?;
         let n = batch.len().max(1) as u64;
         let first = self.inner.next_seq.fetch_add(n, Ordering::AcqRel);
         let mem = Arc::clone(&self.inner.mem().active);
-        for (i, op) in batch.ops().enumerate() {
-            let seq = SeqNo(first + i as u64);
-            match op {
-                BatchOp::Put { key, value } => mem.insert(key, seq, Some(value)),
-                BatchOp::Delete { key } => mem.insert(key, seq, None),
+        {
+            let mut w = mem.writer();
+            for (i, op) in batch.ops().enumerate() {
+                let seq = SeqNo(first + i as u64);
+                match op {
+                    BatchOp::Put { key, value } => w.insert(key, seq, Some(value)),
+                    BatchOp::Delete { key } => w.insert(key, seq, None),
+                }
             }
         }
         if let Some((stream, index)) = position {

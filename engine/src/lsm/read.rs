@@ -13,16 +13,14 @@
 //! of the version, which keep the skiplists and table files alive.
 
 use std::cmp::Ordering;
-use std::ops::Bound;
 use std::sync::Arc;
 
-use crossbeam_skiplist::map::Range as SkipRange;
-
 use crate::error::Result;
-use crate::lsm::memtable::{MemKey, Memtable};
+use crate::lsm::memtable::{Entry, Memtable};
 use crate::lsm::table::block::DecodedBlock;
 use crate::lsm::table::internal_cmp;
 use crate::lsm::version::TableFile;
+use crate::lsm::SeqNo;
 
 /// Scan direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,42 +40,63 @@ pub(crate) trait Cursor {
     fn advance(&mut self) -> Result<()>;
 }
 
-type MemRange<'a> = SkipRange<'a, MemKey, (Bound<MemKey>, Bound<MemKey>), MemKey, ()>;
-
 /// A cursor over one memtable, within `[lo, hi)`.
 pub(crate) struct MemCursor<'a> {
-    range: MemRange<'a>,
-    cur: Option<crossbeam_skiplist::map::Entry<'a, MemKey, ()>>,
+    mem: &'a Memtable,
+    cur: Option<Entry<'a>>,
+    lo: Vec<u8>,
+    hi: Option<Vec<u8>>,
     dir: Direction,
 }
 
 impl<'a> MemCursor<'a> {
     pub fn new(mem: &'a Memtable, lo: &[u8], hi: Option<&[u8]>, dir: Direction) -> Self {
-        let start = Bound::Included(MemKey::probe(lo, crate::lsm::SeqNo(u64::MAX)));
-        let end = match hi {
-            Some(h) => Bound::Excluded(MemKey::probe(h, crate::lsm::SeqNo(u64::MAX))),
-            None => Bound::Unbounded,
+        let newest = SeqNo(u64::MAX);
+        let cur = match (dir, hi) {
+            (Direction::Forward, _) => mem.seek(lo, newest),
+            // Before every version of `hi`.
+            (Direction::Reverse, Some(h)) => mem.seek_before(h, newest),
+            (Direction::Reverse, None) => mem.last(),
         };
-        let mut range = mem.map.range((start, end));
-        let cur = match dir {
-            Direction::Forward => range.next(),
-            Direction::Reverse => range.next_back(),
+        let mut c = MemCursor {
+            mem,
+            cur,
+            lo: lo.to_vec(),
+            hi: hi.map(<[u8]>::to_vec),
+            dir,
         };
-        MemCursor { range, cur, dir }
+        c.clip();
+        c
+    }
+
+    /// Ends the cursor once it leaves `[lo, hi)`.
+    fn clip(&mut self) {
+        let Some(e) = self.cur else { return };
+        let outside = match self.dir {
+            Direction::Forward => self.hi.as_deref().is_some_and(|h| e.key() >= h),
+            Direction::Reverse => e.key() < self.lo.as_slice(),
+        };
+        if outside {
+            self.cur = None;
+        }
     }
 }
 
 impl Cursor for MemCursor<'_> {
     fn current(&self) -> Option<Item<'_>> {
         let e = self.cur.as_ref()?;
-        Some((e.key().key(), e.key().seq.0, e.key().value()))
+        Some((e.key(), e.seq(), e.value()))
     }
 
     fn advance(&mut self) -> Result<()> {
-        self.cur = match self.dir {
-            Direction::Forward => self.range.next(),
-            Direction::Reverse => self.range.next_back(),
+        self.cur = match (self.dir, self.cur) {
+            (_, None) => None,
+            (Direction::Forward, Some(e)) => e.next(),
+            // A singly linked list: the previous version is found by a
+            // search (as crossbeam's `next_back` did).
+            (Direction::Reverse, Some(e)) => self.mem.seek_before(e.key(), SeqNo(e.seq())),
         };
+        self.clip();
         Ok(())
     }
 }

@@ -1,0 +1,619 @@
+//! The memtable's skiplist: one writer at a time, any number of lock-free
+//! readers, nodes bump-allocated in an [`Arena`], insert positions found
+//! from a per-prefix finger.
+//!
+//! # Why not a general concurrent skiplist
+//!
+//! The LSM already serializes writers (`Lsm::apply`'s write lock), so the
+//! list needs no compare-and-swap and no epoch-based reclamation: nodes are
+//! never unlinked or freed before the whole memtable drops. crossbeam's
+//! skiplist paid for both, plus one heap allocation per node and one per
+//! key buffer, and its search was 44 % of the ingest writer's time (perf,
+//! `missive-bench engine --workloads ingest`): ~20 levels of pointer chasing
+//! through 64 MiB of nodes per insert, each step a likely cache miss.
+//!
+//! # Node layout (in the arena, 8-byte aligned, never moved)
+//!
+//! ```text
+//! 0   head  u64   key bytes 0..8, big-endian, zero-padded
+//! 8   head2 u64   key bytes 8..16
+//! 16  head3 u64   key bytes 16..24
+//! 24  seq   u64
+//! 32  key_len u32, 36 value_len u32 (u32::MAX: tombstone)
+//! 40  height u32, 44 padding
+//! 48  next: [AtomicPtr<Node>; height]    level 0 first
+//! ..  key bytes, then value bytes
+//! ```
+//!
+//! Order: key ascending, then sequence number descending, so the newest
+//! version of a key visible at a snapshot is the first node at or after
+//! (key, snapshot). The cached words make most comparisons integer compares
+//! inside the node's first cache line (see [`cmp_node`] for why the padding
+//! keeps the byte order).
+//!
+//! # Publication (the invariant readers rely on)
+//!
+//! The writer fills a node completely — header, key, value, and its own
+//! `next` pointers (plain stores; nobody can see the node yet) — and then
+//! links it level by level from the bottom with a `Release` store into each
+//! predecessor's `next`. Readers load `next` with `Acquire`, so a node they
+//! reach is fully written. Every level is a sorted sub-list of level 0 at
+//! every instant, so a reader that sees the node at level 2 but not yet at
+//! level 1 still finds it (or its successor) by descending. The height in
+//! use only grows; a reader with a stale one starts lower and walks more.
+//!
+//! # Fingers
+//!
+//! Chat keys arrive in a pattern: one conversation's messages share their
+//! first eight bytes (keyspace and conversation id) and each new message
+//! sorts just before the conversation's previous one (reverse timestamps),
+//! so its predecessors are those of the previous message — almost always
+//! the very same nodes. The writer keeps, per first-eight-bytes value (a
+//! direct-mapped table, collisions simply overwrite), the predecessors its
+//! last insert with that prefix found at levels `0..FINGER_LEVELS`.
+//!
+//! Why a finger is always a valid place to start: predecessors are nodes,
+//! nodes are never removed, and the predecessor at level i is never after
+//! the one at level 0 (each level is a subset of level 0). So once
+//! `preds[0] < key`, every `preds[i] < key` too, and walking level i
+//! forward from `preds[i]` until the next node is ≥ key finds the true
+//! predecessor there — correct whatever happened in between, only slower
+//! when many nodes arrived in between; past [`WALK_BUDGET`] steps the insert
+//! falls back to a full search from the top. Only the new node's own levels
+//! (1 with probability 3/4) are walked: no top-down descent at all.
+
+use std::cmp::Ordering;
+use std::marker::PhantomData;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::arena::Arena;
+use crate::lsm::key_word;
+
+/// Levels at most: with a branching factor of 4, enough for 16M nodes
+/// before searches lengthen (a 64 MiB memtable of chat messages holds ~400K).
+pub(crate) const MAX_HEIGHT: usize = 12;
+/// Levels a finger remembers; a node taller than this (1 in 4^7) is placed
+/// by a full search.
+const FINGER_LEVELS: usize = 7;
+/// Finger slots (64 bytes each: one cache line; 2 MiB per memtable). The
+/// engine bench (100 000 conversations, ~370 000 versions per memtable)
+/// placed 73 % of its inserts from a finger with 4 096 slots and 85 % with
+/// 32 768; the rest are a conversation's first message in the memtable.
+const FINGER_SLOTS: usize = 32768;
+/// Forward steps on one level before a finger is given up for a full search.
+const WALK_BUDGET: usize = 16;
+/// `value_len` of a tombstone.
+const TOMBSTONE: u32 = u32::MAX;
+
+/// A node's fixed part; the tower, key and value follow it in the arena.
+#[repr(C)]
+pub(crate) struct Node {
+    head: u64,
+    head2: u64,
+    head3: u64,
+    seq: u64,
+    key_len: u32,
+    value_len: u32,
+    height: u32,
+    _pad: u32,
+}
+
+/// Bytes before the tower.
+const HEADER: usize = std::mem::size_of::<Node>();
+const _: () = assert!(HEADER == 48);
+
+type NodePtr = *mut Node;
+
+/// The `next` pointer of `node` at `level`.
+///
+/// # Safety
+/// `node` is a live node of this list (or its head) with a height > `level`.
+unsafe fn slot<'a>(node: NodePtr, level: usize) -> &'a AtomicPtr<Node> {
+    // SAFETY: the tower starts right after the header, 8-aligned, and holds
+    // `height` initialized `AtomicPtr`s.
+    unsafe {
+        &*node
+            .cast::<u8>()
+            .add(HEADER + 8 * level)
+            .cast::<AtomicPtr<Node>>()
+    }
+}
+
+/// The node after `node` at `level`, null at the end.
+///
+/// # Safety
+/// As for [`slot`].
+unsafe fn next(node: NodePtr, level: usize) -> NodePtr {
+    // SAFETY: forwarded.
+    unsafe { slot(node, level) }.load(AtomicOrdering::Acquire)
+}
+
+/// The key bytes of `node`.
+///
+/// # Safety
+/// `node` is a live, published node (not the head); the slice lives as long
+/// as the list's arena.
+unsafe fn key_of<'a>(node: NodePtr) -> &'a [u8] {
+    // SAFETY: written before publication, never changed afterwards.
+    unsafe {
+        let h = &*node;
+        let at = node.cast::<u8>().add(HEADER + 8 * h.height as usize);
+        std::slice::from_raw_parts(at, h.key_len as usize)
+    }
+}
+
+/// What a search looks for: a key at a sequence number, with its words.
+pub(crate) struct Probe<'k> {
+    head: u64,
+    head2: u64,
+    head3: u64,
+    key: &'k [u8],
+    seq: u64,
+}
+
+impl<'k> Probe<'k> {
+    /// The position of `key` at `seq`: after every version of `key` newer
+    /// than `seq`, before (or at) the rest.
+    pub fn new(key: &'k [u8], seq: u64) -> Self {
+        Probe {
+            head: key_word(key, 0),
+            head2: key_word(key, 8),
+            head3: key_word(key, 16),
+            key,
+            seq,
+        }
+    }
+}
+
+/// Orders `node` against `p`: by key bytes, then sequence number descending.
+///
+/// The words are the keys' bytes 0..8, 8..16, 16..24, big-endian and
+/// zero-padded: keys differ in their first eight bytes unless they share a
+/// keyspace and most of an id, the records of one conversation or user
+/// differ within the next eight, and two messages of one conversation
+/// (19-byte keys) differ in the last three. Zero padding keeps the order:
+/// where two padded words differ after equal earlier words, the keys differ
+/// at that byte or one ended there (and so is the smaller). Equal words
+/// over two keys of at most 24 bytes make the shorter a prefix of the
+/// longer, so the lengths decide; longer keys fall through to the bytes.
+///
+/// # Safety
+/// `node` is a live, published node (not the head).
+unsafe fn cmp_node(node: NodePtr, p: &Probe<'_>) -> Ordering {
+    // SAFETY: the header is written before publication, never changed.
+    let n = unsafe { &*node };
+    n.head
+        .cmp(&p.head)
+        .then_with(|| n.head2.cmp(&p.head2))
+        .then_with(|| n.head3.cmp(&p.head3))
+        .then_with(|| {
+            let (la, lb) = (n.key_len as usize, p.key.len());
+            if la <= 24 && lb <= 24 {
+                la.cmp(&lb)
+            } else {
+                // SAFETY: forwarded.
+                let k = unsafe { key_of(node) };
+                if la >= 24 && lb >= 24 {
+                    k[24..].cmp(&p.key[24..])
+                } else {
+                    k.cmp(p.key)
+                }
+            }
+        })
+        .then_with(|| p.seq.cmp(&n.seq))
+}
+
+/// One finger: the predecessors the last insert with this first word found.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Finger {
+    head: u64,
+    /// Null: the slot is empty.
+    preds: [NodePtr; FINGER_LEVELS],
+}
+
+/// The writer's state, behind the list's mutex.
+struct Writer {
+    arena: Arena,
+    fingers: Box<[Finger]>,
+    /// xorshift64* state, for node heights.
+    rng: u64,
+    /// Bytes of nodes written (headers, towers, keys, values).
+    bytes: usize,
+    /// Inserts placed from a finger / by a full search.
+    from_finger: u64,
+    full_searches: u64,
+}
+
+impl Writer {
+    /// A height with P(h > k) = 4^-k.
+    fn random_height(&mut self) -> usize {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (1 + r.trailing_zeros() as usize / 2).min(MAX_HEIGHT)
+    }
+}
+
+/// The skiplist.
+pub(crate) struct SkipList {
+    /// A sentinel of [`MAX_HEIGHT`] levels before every node; never compared.
+    head: NodePtr,
+    /// Levels in use (≥ 1); only grows.
+    height: AtomicUsize,
+    len: AtomicUsize,
+    writer: Mutex<Writer>,
+}
+
+// SAFETY: nodes are immutable once published except their `next` pointers,
+// which are atomics; everything the writer mutates besides them is behind
+// `writer`'s mutex; the arena (and with it every node) lives as long as the
+// list, so references handed out are bounded by a borrow of it.
+unsafe impl Send for SkipList {}
+// SAFETY: as above.
+unsafe impl Sync for SkipList {}
+// SAFETY: the fingers point into the arena the same `Writer` owns.
+unsafe impl Send for Writer {}
+
+impl std::fmt::Debug for SkipList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SkipList")
+            .field("len", &self.len())
+            .field("height", &self.height.load(AtomicOrdering::Relaxed))
+            .finish()
+    }
+}
+
+impl Default for SkipList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SkipList {
+    /// An empty list.
+    pub fn new() -> Self {
+        let mut arena = Arena::new();
+        let head = arena.alloc(HEADER + 8 * MAX_HEIGHT).cast::<Node>().as_ptr();
+        // SAFETY: freshly allocated, large enough for a header and a full
+        // tower, 8-aligned.
+        unsafe {
+            ptr::write(
+                head,
+                Node {
+                    head: 0,
+                    head2: 0,
+                    head3: 0,
+                    seq: 0,
+                    key_len: 0,
+                    value_len: 0,
+                    height: MAX_HEIGHT as u32,
+                    _pad: 0,
+                },
+            );
+            for i in 0..MAX_HEIGHT {
+                ptr::write(
+                    head.cast::<u8>()
+                        .add(HEADER + 8 * i)
+                        .cast::<AtomicPtr<Node>>(),
+                    AtomicPtr::new(ptr::null_mut()),
+                );
+            }
+        }
+        let empty = Finger {
+            head: 0,
+            preds: [ptr::null_mut(); FINGER_LEVELS],
+        };
+        SkipList {
+            head,
+            height: AtomicUsize::new(1),
+            len: AtomicUsize::new(0),
+            writer: Mutex::new(Writer {
+                arena,
+                fingers: vec![empty; FINGER_SLOTS].into_boxed_slice(),
+                rng: 0x9e37_79b9_7f4a_7c15,
+                bytes: 0,
+                from_finger: 0,
+                full_searches: 0,
+            }),
+        }
+    }
+
+    /// Nodes in the list.
+    pub fn len(&self) -> usize {
+        self.len.load(AtomicOrdering::Acquire)
+    }
+
+    /// Exclusive write access until the guard drops (one lock per batch).
+    pub fn writer(&self) -> WriteGuard<'_> {
+        WriteGuard {
+            list: self,
+            w: self.writer.lock().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    /// Walks from `x` along `level` while the next node sorts before `p`;
+    /// returns the last node passed (or `x`) and the steps taken, stopping
+    /// early once `budget` steps are exceeded.
+    ///
+    /// # Safety
+    /// `x` is the head or a published node with height > `level`, and is
+    /// before `p`.
+    unsafe fn walk(
+        &self,
+        mut x: NodePtr,
+        level: usize,
+        p: &Probe<'_>,
+        budget: usize,
+    ) -> (NodePtr, bool) {
+        let mut steps = 0;
+        loop {
+            // SAFETY: `x` has height > `level` (it was reached on `level`).
+            let n = unsafe { next(x, level) };
+            // SAFETY: non-null `next` pointers are published nodes.
+            if n.is_null() || unsafe { cmp_node(n, p) } != Ordering::Less {
+                return (x, true);
+            }
+            x = n;
+            steps += 1;
+            if steps > budget {
+                return (x, false);
+            }
+        }
+    }
+
+    /// The last node before `p` at every level (the head where none is).
+    fn find_preds(&self, p: &Probe<'_>, preds: &mut [NodePtr; MAX_HEIGHT]) {
+        let mut x = self.head;
+        let top = self.height.load(AtomicOrdering::Acquire);
+        for (level, pred) in preds.iter_mut().enumerate().rev() {
+            if level < top {
+                // SAFETY: `x` is the head or a node reached on a level ≥
+                // this one, and before `p`.
+                x = unsafe { self.walk(x, level, p, usize::MAX) }.0;
+            }
+            *pred = x;
+        }
+    }
+
+    /// The last node before `p` on level 0, or the head.
+    fn last_before(&self, p: &Probe<'_>) -> NodePtr {
+        let mut x = self.head;
+        for level in (0..self.height.load(AtomicOrdering::Acquire)).rev() {
+            // SAFETY: as in `find_preds`.
+            x = unsafe { self.walk(x, level, p, usize::MAX) }.0;
+        }
+        x
+    }
+
+    fn entry(&self, n: NodePtr) -> Option<Entry<'_>> {
+        (!n.is_null() && n != self.head).then_some(Entry {
+            node: n,
+            _list: PhantomData,
+        })
+    }
+
+    /// The first version at or after `key` at `seq` (see [`Probe::new`]).
+    pub fn seek(&self, key: &[u8], seq: u64) -> Option<Entry<'_>> {
+        let x = self.last_before(&Probe::new(key, seq));
+        // SAFETY: `x` is the head or a published node.
+        self.entry(unsafe { next(x, 0) })
+    }
+
+    /// The last version before `key` at `seq`.
+    pub fn seek_before(&self, key: &[u8], seq: u64) -> Option<Entry<'_>> {
+        self.entry(self.last_before(&Probe::new(key, seq)))
+    }
+
+    /// The last version in the list.
+    pub fn last(&self) -> Option<Entry<'_>> {
+        let mut x = self.head;
+        for level in (0..self.height.load(AtomicOrdering::Acquire)).rev() {
+            loop {
+                // SAFETY: `x` was reached on a level ≥ this one.
+                let n = unsafe { next(x, level) };
+                if n.is_null() {
+                    break;
+                }
+                x = n;
+            }
+        }
+        self.entry(x)
+    }
+
+    /// The first version in the list.
+    pub fn first(&self) -> Option<Entry<'_>> {
+        // SAFETY: the head has every level.
+        self.entry(unsafe { next(self.head, 0) })
+    }
+}
+
+/// A published version, borrowed from the list.
+#[derive(Clone, Copy)]
+pub(crate) struct Entry<'a> {
+    node: NodePtr,
+    _list: PhantomData<&'a SkipList>,
+}
+
+impl<'a> Entry<'a> {
+    fn header(&self) -> &'a Node {
+        // SAFETY: a published node of a list borrowed for 'a.
+        unsafe { &*self.node }
+    }
+
+    /// The user key.
+    pub fn key(&self) -> &'a [u8] {
+        // SAFETY: as in `header`.
+        unsafe { key_of(self.node) }
+    }
+
+    /// The sequence number.
+    pub fn seq(&self) -> u64 {
+        self.header().seq
+    }
+
+    /// The value; `None` for a tombstone.
+    pub fn value(&self) -> Option<&'a [u8]> {
+        let h = self.header();
+        if h.value_len == TOMBSTONE {
+            return None;
+        }
+        let k = self.key();
+        // SAFETY: the value follows the key in the node, written before
+        // publication.
+        Some(unsafe { std::slice::from_raw_parts(k.as_ptr().add(k.len()), h.value_len as usize) })
+    }
+
+    /// The next version in order.
+    pub fn next(&self) -> Option<Entry<'a>> {
+        // SAFETY: a published node has at least level 0.
+        let n = unsafe { next(self.node, 0) };
+        (!n.is_null()).then_some(Entry {
+            node: n,
+            _list: PhantomData,
+        })
+    }
+}
+
+/// The writer's handle; see [`SkipList::writer`].
+pub(crate) struct WriteGuard<'a> {
+    list: &'a SkipList,
+    w: MutexGuard<'a, Writer>,
+}
+
+impl WriteGuard<'_> {
+    /// Bytes of nodes written so far.
+    pub fn bytes(&self) -> usize {
+        self.w.bytes
+    }
+
+    /// Inserts placed from a finger and by a full search, so far.
+    #[cfg(test)]
+    pub fn placements(&self) -> (u64, u64) {
+        (self.w.from_finger, self.w.full_searches)
+    }
+
+    /// Inserts a version (`value` `None`: a tombstone). `(key, seq)` must not
+    /// be in the list already (sequence numbers are unique), and the key and
+    /// value must each be shorter than 4 GiB − 1.
+    pub fn insert(&mut self, key: &[u8], seq: u64, value: Option<&[u8]>) {
+        let (key_len, value_len) = match (
+            u32::try_from(key.len()),
+            value.map(|v| u32::try_from(v.len())),
+        ) {
+            (Ok(k), None) => (k, TOMBSTONE),
+            (Ok(k), Some(Ok(v))) if v != TOMBSTONE => (k, v),
+            // The LSM refuses such batches before they get here.
+            _ => panic!("memtable entry too large: key {} bytes", key.len()),
+        };
+        let p = Probe::new(key, seq);
+        let height = self.w.random_height();
+        let mut preds = [self.list.head; MAX_HEIGHT];
+        if self.place_from_finger(&p, height, &mut preds) {
+            self.w.from_finger += 1;
+        } else {
+            self.w.full_searches += 1;
+            self.list.find_preds(&p, &mut preds);
+            let f = &mut self.w.fingers[finger_slot(p.head)];
+            f.head = p.head;
+            f.preds.copy_from_slice(&preds[..FINGER_LEVELS]);
+        }
+
+        let v = value.unwrap_or_default();
+        let size = HEADER + 8 * height + key.len() + v.len();
+        let node = self.w.arena.alloc(size).cast::<Node>().as_ptr();
+        self.w.bytes += size.div_ceil(8) * 8;
+        // SAFETY: `node` is fresh arena memory of `size` bytes, 8-aligned,
+        // invisible to readers until linked below; `preds[i]` are the head
+        // or published nodes with height > i (found on level i).
+        unsafe {
+            ptr::write(
+                node,
+                Node {
+                    head: p.head,
+                    head2: p.head2,
+                    head3: p.head3,
+                    seq,
+                    key_len,
+                    value_len,
+                    height: height as u32,
+                    _pad: 0,
+                },
+            );
+            for (i, &pred) in preds.iter().enumerate().take(height) {
+                ptr::write(
+                    node.cast::<u8>()
+                        .add(HEADER + 8 * i)
+                        .cast::<AtomicPtr<Node>>(),
+                    AtomicPtr::new(next(pred, i)),
+                );
+            }
+            let data = node.cast::<u8>().add(HEADER + 8 * height);
+            ptr::copy_nonoverlapping(key.as_ptr(), data, key.len());
+            ptr::copy_nonoverlapping(v.as_ptr(), data.add(key.len()), v.len());
+            // Publish, bottom level first (see the file's essay).
+            for (i, &pred) in preds.iter().enumerate().take(height) {
+                slot(pred, i).store(node, AtomicOrdering::Release);
+            }
+        }
+        if height > self.list.height.load(AtomicOrdering::Relaxed) {
+            self.list.height.store(height, AtomicOrdering::Release);
+        }
+        self.list.len.fetch_add(1, AtomicOrdering::Release);
+    }
+
+    /// Fills `preds[..height]` from the finger of `p`'s first word, if it
+    /// has one that is before `p` and close to it; updates the finger.
+    fn place_from_finger(
+        &mut self,
+        p: &Probe<'_>,
+        height: usize,
+        preds: &mut [NodePtr; MAX_HEIGHT],
+    ) -> bool {
+        if height > FINGER_LEVELS {
+            return false;
+        }
+        let head = self.list.head;
+        let f = &mut self.w.fingers[finger_slot(p.head)];
+        let start = f.preds[0];
+        // SAFETY: a non-null finger is a published node or the head.
+        if f.head != p.head
+            || start.is_null()
+            || (start != head && unsafe { cmp_node(start, p) } != Ordering::Less)
+        {
+            return false;
+        }
+        for (level, (pred, &start)) in preds.iter_mut().zip(&f.preds).take(height).enumerate() {
+            // SAFETY: `start` is the head or a node found on `level`, and is
+            // not after `f.preds[0]`, which is before `p`.
+            let (x, ok) = unsafe { self.list.walk(start, level, p, WALK_BUDGET) };
+            if !ok {
+                return false;
+            }
+            *pred = x;
+        }
+        f.preds[..height].copy_from_slice(&preds[..height]);
+        true
+    }
+}
+
+/// The finger slot of a first word.
+fn finger_slot(head: u64) -> usize {
+    // Fibonacci hashing: the top bits of the product mix every input bit.
+    (head.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FINGER_SLOTS.trailing_zeros())) as usize
+}
+
+#[cfg(test)]
+pub(crate) fn cmp_for_test(a: &[u8], a_seq: u64, b: &[u8], b_seq: u64) -> Ordering {
+    let list = SkipList::new();
+    list.writer().insert(a, a_seq, None);
+    let n = list.first().map(|e| e.node).unwrap_or(ptr::null_mut());
+    assert!(!n.is_null());
+    // SAFETY: a published node of `list`, which outlives the call.
+    unsafe { cmp_node(n, &Probe::new(b, b_seq)) }
+}
