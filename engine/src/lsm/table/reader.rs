@@ -187,7 +187,7 @@ impl Table {
         let (payload, kind) = body.split_at(body.len() - 1);
         let plain = match kind[0] {
             0 => payload.to_vec(),
-            1 => lz4_flex::decompress_size_prepended(payload)
+            1 => lz4::block::decompress(payload, None)
                 .map_err(|e| corrupt(format!("data block does not decompress: {e}")))?,
             k => return Err(corrupt(format!("unknown block compression {k}"))),
         };
