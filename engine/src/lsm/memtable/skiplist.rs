@@ -463,10 +463,16 @@ impl<'a> Entry<'a> {
         if h.value_len == TOMBSTONE {
             return None;
         }
-        let k = self.key();
         // SAFETY: the value follows the key in the node, written before
-        // publication.
-        Some(unsafe { std::slice::from_raw_parts(k.as_ptr().add(k.len()), h.value_len as usize) })
+        // publication; the pointer derives from the node's (the arena
+        // chunk's), not from the key slice.
+        Some(unsafe {
+            let at = self
+                .node
+                .cast::<u8>()
+                .add(HEADER + 8 * h.height as usize + h.key_len as usize);
+            std::slice::from_raw_parts(at, h.value_len as usize)
+        })
     }
 
     /// The next version in order.
