@@ -294,6 +294,47 @@ mod tests {
         }
     }
 
+    /// A finger that has gone stale — thousands of keys inserted between two
+    /// inserts with its prefix — is given up after its walk budget for a
+    /// full search, and the order stays right either way.
+    #[test]
+    fn stale_fingers_fall_back_to_a_full_search() {
+        let m = Memtable::new();
+        let mut w = m.writer();
+        let mut seq = 0;
+        let mut put = |w: &mut MemWriter<'_>, key: &[u8]| {
+            seq += 1;
+            w.insert(key, SeqNo(seq), Some(&value_for(key, seq)));
+        };
+        let mut b = 0u64;
+        for round in 0..50u64 {
+            // Prefix "b", chat-like: each key sorts before the previous one,
+            // so its finger's level-0 node is the largest "a" key so far...
+            put(
+                &mut w,
+                &[b"b".as_slice(), &(u64::MAX - round).to_be_bytes()].concat(),
+            );
+            // ...and 200 larger "a" keys then land between that node and
+            // the next "b" key.
+            for _ in 0..200 {
+                b += 1;
+                // One first word for all of them ("a" and seven zeros).
+                put(
+                    &mut w,
+                    &[b"a".as_slice(), &[0; 7], &b.to_be_bytes()].concat(),
+                );
+            }
+        }
+        let (fingered, full) = w.placements();
+        drop(w);
+        // Every "b" key after the first must pass 200 nodes on level 0 from
+        // its finger — past the budget — so it takes a full search.
+        assert!(full >= 49, "full searches {full}, from fingers {fingered}");
+        let all = contents(&m);
+        assert_eq!(all.len(), 50 * 201);
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "keys out of order");
+    }
+
     /// Readers walking and seeking while the writer inserts never see a
     /// half-written node, a key out of order, or a version that goes away.
     #[test]
