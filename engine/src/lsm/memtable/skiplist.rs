@@ -106,19 +106,32 @@ const _: () = assert!(HEADER == 48);
 
 type NodePtr = *mut Node;
 
+/// Where `node`'s `next` pointer for `level` lives (the node layout above).
+///
+/// # Safety
+/// `node` points into an allocation of at least `HEADER + 8 * (level + 1)`
+/// bytes.
+unsafe fn tower(node: NodePtr, level: usize) -> *mut AtomicPtr<Node> {
+    // SAFETY: forwarded; the tower starts right after the header, 8-aligned.
+    unsafe { node.cast::<u8>().add(HEADER + 8 * level).cast() }
+}
+
+/// Where `node`'s key starts (its value follows the key).
+///
+/// # Safety
+/// `node` points into an allocation of at least `HEADER + 8 * height` bytes.
+unsafe fn data(node: NodePtr, height: usize) -> *mut u8 {
+    // SAFETY: forwarded.
+    unsafe { node.cast::<u8>().add(HEADER + 8 * height) }
+}
+
 /// The `next` pointer of `node` at `level`.
 ///
 /// # Safety
 /// `node` is a live node of this list (or its head) with a height > `level`.
 unsafe fn slot<'a>(node: NodePtr, level: usize) -> &'a AtomicPtr<Node> {
-    // SAFETY: the tower starts right after the header, 8-aligned, and holds
-    // `height` initialized `AtomicPtr`s.
-    unsafe {
-        &*node
-            .cast::<u8>()
-            .add(HEADER + 8 * level)
-            .cast::<AtomicPtr<Node>>()
-    }
+    // SAFETY: the tower holds `height` initialized `AtomicPtr`s.
+    unsafe { &*tower(node, level) }
 }
 
 /// The node after `node` at `level`, null at the end.
@@ -139,8 +152,7 @@ unsafe fn key_of<'a>(node: NodePtr) -> &'a [u8] {
     // SAFETY: written before publication, never changed afterwards.
     unsafe {
         let h = &*node;
-        let at = node.cast::<u8>().add(HEADER + 8 * h.height as usize);
-        std::slice::from_raw_parts(at, h.key_len as usize)
+        std::slice::from_raw_parts(data(node, h.height as usize), h.key_len as usize)
     }
 }
 
@@ -297,12 +309,7 @@ impl SkipList {
                 },
             );
             for i in 0..MAX_HEIGHT {
-                ptr::write(
-                    head.cast::<u8>()
-                        .add(HEADER + 8 * i)
-                        .cast::<AtomicPtr<Node>>(),
-                    AtomicPtr::new(ptr::null_mut()),
-                );
+                ptr::write(tower(head, i), AtomicPtr::new(ptr::null_mut()));
             }
         }
         let empty = Finger {
@@ -467,10 +474,7 @@ impl<'a> Entry<'a> {
         // publication; the pointer derives from the node's (the arena
         // chunk's), not from the key slice.
         Some(unsafe {
-            let at = self
-                .node
-                .cast::<u8>()
-                .add(HEADER + 8 * h.height as usize + h.key_len as usize);
+            let at = data(self.node, h.height as usize).add(h.key_len as usize);
             std::slice::from_raw_parts(at, h.value_len as usize)
         })
     }
@@ -552,16 +556,11 @@ impl WriteGuard<'_> {
                 },
             );
             for (i, &pred) in preds.iter().enumerate().take(height) {
-                ptr::write(
-                    node.cast::<u8>()
-                        .add(HEADER + 8 * i)
-                        .cast::<AtomicPtr<Node>>(),
-                    AtomicPtr::new(next(pred, i)),
-                );
+                ptr::write(tower(node, i), AtomicPtr::new(next(pred, i)));
             }
-            let data = node.cast::<u8>().add(HEADER + 8 * height);
-            ptr::copy_nonoverlapping(key.as_ptr(), data, key.len());
-            ptr::copy_nonoverlapping(v.as_ptr(), data.add(key.len()), v.len());
+            let at = data(node, height);
+            ptr::copy_nonoverlapping(key.as_ptr(), at, key.len());
+            ptr::copy_nonoverlapping(v.as_ptr(), at.add(key.len()), v.len());
             // Publish, bottom level first (see the file's essay).
             for (i, &pred) in preds.iter().enumerate().take(height) {
                 slot(pred, i).store(node, AtomicOrdering::Release);
