@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -155,6 +156,13 @@ pub(crate) struct Group {
     batcher: mpsc::Sender<Pending>,
     /// The batcher's lane for the fan-out's own writes (served first).
     system: mpsc::Sender<Pending>,
+    /// Whether stale reads may be served from this replica's applied state
+    /// as it is. False at start when the log holds entries past the commit
+    /// point on record (`LogStore::tail_unconfirmed`): the replica may be
+    /// behind what it served before a crash until one linearizable read
+    /// has confirmed the group's commit point (`route.rs`); then true for
+    /// the life of the process.
+    pub(crate) stale_ok: AtomicBool,
 }
 
 struct Receiving {
@@ -320,6 +328,9 @@ impl Node {
         for shard in slots.groups() {
             let store =
                 LogStore::new(Arc::clone(&log), shard).with_durable_horizon(Arc::clone(&lsm));
+            let unconfirmed = store
+                .tail_unconfirmed()
+                .map_err(|e| Error::Fatal(format!("{shard}: reading its log: {e}")))?;
             let sm = StateMachine::open(
                 Arc::clone(&lsm),
                 &slots,
@@ -357,6 +368,7 @@ impl Node {
                     raft,
                     batcher: tx,
                     system: system_tx,
+                    stale_ok: AtomicBool::new(!unconfirmed),
                 },
             );
         }

@@ -25,6 +25,7 @@
 //! round trip per read.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -389,12 +390,39 @@ impl Inner {
     }
 
     /// Makes a read at `c` on this replica reflect every write acknowledged
-    /// before it began (Stale: nothing to do).
+    /// before it began (Linearizable), or at least everything this replica
+    /// served before a crash (Stale: nothing to do, except on a replica
+    /// that restarted with entries past its recorded commit point — see
+    /// `LogStore::tail_unconfirmed` — whose first stale read confirms the
+    /// commit point as a linearizable one does).
     async fn ensure_read(&self, shard: ShardId, c: Consistency) -> Result<()> {
+        let group = self.group(shard)?;
         if c == Consistency::Stale {
+            if group.stale_ok.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // Just restarted: the group may still be electing a leader, so
+            // wait for one as a routed read would.
+            let deadline = tokio::time::Instant::now() + READ_INDEX_WAIT;
+            loop {
+                match self.ensure_linearizable(shard, &group.raft).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            group.stale_ok.store(true, Ordering::Release);
             return Ok(());
         }
-        let raft = &self.group(shard)?.raft;
+        self.ensure_linearizable(shard, &group.raft).await
+    }
+
+    /// This replica has applied every write acknowledged before the call:
+    /// the leader confirms its leadership, a follower or learner asks the
+    /// leader for its commit point and waits to apply it.
+    async fn ensure_linearizable(&self, shard: ShardId, raft: &Raft) -> Result<()> {
         match raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(e) => match crate::batcher::check_leader_error(shard, e) {
