@@ -138,6 +138,27 @@ fn memtable(c: &mut Criterion) {
     g.bench_function("insert-chat-200k", |b| {
         b.iter(|| hot::memtable_insert(black_box(&chat)))
     });
+    // Point reads in the same memtable: each conversation's newest message
+    // (next to its finger, as the store's reads of just-written records
+    // are), and messages anywhere (mostly far from any finger).
+    let mem = hot::Mem::build(&chat);
+    let newest: Vec<Vec<u8>> = (0..ts.len())
+        .map(|c| {
+            let conv = ConversationId((c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            message_key(conv, Timestamp(ts[c])).to_vec()
+        })
+        .collect();
+    let anywhere: Vec<Vec<u8>> = (0..2_000)
+        .map(|_| chat[rng.usize(..chat.len())].0.clone())
+        .collect();
+    g.throughput(Throughput::Elements(newest.len() as u64));
+    g.sample_size(50);
+    g.bench_function("get-newest-chat-200k", |b| {
+        b.iter(|| newest.iter().filter(|k| mem.get(black_box(k))).count())
+    });
+    g.bench_function("get-anywhere-chat-200k", |b| {
+        b.iter(|| anywhere.iter().filter(|k| mem.get(black_box(k))).count())
+    });
     g.finish();
 }
 

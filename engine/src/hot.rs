@@ -17,6 +17,26 @@ pub fn memtable_insert(entries: &[(Vec<u8>, Vec<u8>)]) -> usize {
     m.approximate_bytes()
 }
 
+/// A memtable filled for read benchmarks.
+#[derive(Debug)]
+pub struct Mem(Memtable);
+
+impl Mem {
+    /// Inserts every (key, value), as [`memtable_insert`] does.
+    pub fn build(entries: &[(Vec<u8>, Vec<u8>)]) -> Self {
+        let m = Memtable::new();
+        for (i, (k, v)) in entries.iter().enumerate() {
+            m.insert(k, SeqNo(i as u64 + 1), Some(v));
+        }
+        Mem(m)
+    }
+
+    /// A point read at the newest snapshot; whether the key is there.
+    pub fn get(&self, key: &[u8]) -> bool {
+        matches!(self.0.get(key, SeqNo(u64::MAX >> 8)), Some(Some(_)))
+    }
+}
+
 /// Encodes sorted (key, value) pairs as one uncompressed data block.
 pub fn block_encode(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut b = BlockBuilder::new();

@@ -292,6 +292,30 @@ mod tests {
         for (k, s, v) in &all {
             assert_eq!(v.as_deref(), Some(value_for(k, *s).as_slice()));
         }
+
+        // Reads start from the fingers too: each conversation's newest
+        // message (the finger's own neighbourhood), the one before it, and
+        // a key just newer than any (absent) all come back right.
+        let before = m.list.finger_reads();
+        let mut reads = 0;
+        for (c, &t) in ts.iter().enumerate().filter(|(_, &t)| t > 3) {
+            let conv = (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let newest = chat_key(conv, t);
+            let got = m.get(&newest, SeqNo(n)).expect("the newest message");
+            let seq = all.iter().find(|(k, _, _)| *k == newest).map(|e| e.1);
+            assert_eq!(got, Some(value_for(&newest, seq.unwrap())));
+            assert_eq!(m.get(&chat_key(conv, t + 1), SeqNo(n)), None);
+            let older = m
+                .seek(&chat_key(conv, t - 1), SeqNo(n))
+                .expect("an older one");
+            assert!(older.key() > newest.as_slice() && older.key()[..8] == newest[..8]);
+            reads += 3;
+        }
+        let fingered = m.list.finger_reads() - before;
+        assert!(
+            fingered * 100 >= reads * 90,
+            "reads from fingers {fingered} of {reads}"
+        );
     }
 
     /// A finger that has gone stale — thousands of keys inserted between two
