@@ -44,38 +44,48 @@
 //!
 //! # Fingers
 //!
-//! Chat keys arrive in a pattern: one conversation's messages share their
-//! first eight bytes (keyspace and conversation id) and each new message
-//! sorts just before the conversation's previous one (reverse timestamps),
-//! so its predecessors are those of the previous message — almost always
-//! the very same nodes. The writer keeps, per first-eight-bytes value (a
-//! direct-mapped table, collisions simply overwrite), the predecessors its
-//! last insert with that prefix found at levels `0..FINGER_LEVELS`.
+//! A key's *prefix* here is its first twelve bytes: in the store's keys
+//! the keyspace, slot and conversation or user id, plus the record type
+//! (or the top byte of a message's reverse timestamp). Keys with one prefix
+//! form a contiguous *region* of the list. The finger table maps a hash of
+//! the prefix (a direct-mapped table; collisions simply overwrite, and are
+//! caught by the checks below) to two sets of nodes:
 //!
-//! Why a finger is always a valid place to start: predecessors are nodes,
-//! nodes are never removed, and the predecessor at level i is never after
-//! the one at level 0 (each level is a subset of level 0). So once
-//! `preds[0] < key`, every `preds[i] < key` too, and walking level i
-//! forward from `preds[i]` until the next node is ≥ key finds the true
-//! predecessor there — correct whatever happened in between, only slower
-//! when many nodes arrived in between; past [`WALK_BUDGET`] steps the insert
-//! falls back to a full search from the top. Only the new node's own levels
-//! (1 with probability 3/4) are walked: no top-down descent at all.
+//! - `preds`: the predecessors the last insert with that prefix found at
+//!   levels `0..FINGER_LEVELS`, for the writer. Chat keys arrive in a
+//!   pattern — each new message of a conversation sorts just before the
+//!   previous one (reverse timestamps) — so its predecessors are nearly
+//!   always those of the previous message.
+//! - `starts`: the predecessors of the region's first key at levels
+//!   `0..START_LEVELS`, for readers. They sort before *every* key with the
+//!   prefix, ever: a node before the region has a smaller prefix, and nodes
+//!   are never removed; a new first key (a newer message) refreshes them.
 //!
-//! Readers use the same fingers. A point read in the replicated store is
-//! mostly of a record written moments ago or next to one (a conversation's
-//! head before appending to it, a user's entry before delivering to it),
-//! so the key shares its first word with a recent insert, whose finger
-//! nodes sit just before it and are still in cache. A reader needs no
-//! consistent view of a finger slot — the writer may be rewriting it — only
-//! *one* node that is before the key: any node before the key is a valid
-//! place to start descending from, at any level below its height, and
-//! every pointer ever stored at finger level `i` is a node found on level
-//! `i` (so its height is > `i`). Each pointer is one atomic, stored with
-//! `Release` after the node it names was published, loaded with `Acquire`.
-//! The reader takes the highest level whose finger is a node (not the head
-//! sentinel), checks that node is before the key, and descends with the
-//! same walk budget; anything else is a full search from the top.
+//! Why a writer's finger is a valid place to start: predecessors are nodes,
+//! nodes are never removed, and `preds[i]` is never after `preds[0]` (a
+//! full search sets them all from one key; an insert placed from the finger
+//! only moves the levels it walks forward, to that key's predecessors, and
+//! a level-i predecessor is never after the level-0 one). So once `preds[0]
+//! < key`, walking level i forward from `preds[i]` until the next node is ≥
+//! key finds the true predecessor there — only slower when many nodes
+//! arrived in between; past [`WALK_BUDGET`] steps the insert falls back to
+//! a full search from the top. Only the new node's own levels (1 with
+//! probability 3/4) are walked: no top-down descent at all.
+//!
+//! Readers: a point read in the store is mostly of a record in a small
+//! region (a conversation's head, a user's entry for one conversation, a
+//! conversation's newest message), so descending from the region's start
+//! at level 2 takes a few steps through nodes still in cache, where a
+//! search from the top takes ~30 through a 64 MiB list. A reader needs no
+//! consistent view of a slot — the writer may be rewriting it — only *one*
+//! node that is before the key: any node before the key is a valid place to
+//! descend from, at any level below its height, and every pointer ever
+//! stored at level `i` of a slot was found on level `i` (so its height
+//! exceeds `i`). Each pointer is one atomic, stored with `Release` after the node
+//! it names was published, loaded with `Acquire`. The reader takes the
+//! highest start that is a node (not the head sentinel), checks that it is
+//! before the key (a collision or a torn slot fails this), and descends
+//! with the walk budget; anything else is a full search from the top.
 
 use std::cmp::Ordering;
 use std::marker::PhantomData;
@@ -89,9 +99,18 @@ use crate::lsm::key_word;
 /// Levels at most: with a branching factor of 4, enough for 16M nodes
 /// before searches lengthen (a 64 MiB memtable of chat messages holds ~400K).
 pub(crate) const MAX_HEIGHT: usize = 12;
-/// Levels a finger remembers; a node taller than this (1 in 4^7) is placed
-/// by a full search.
-const FINGER_LEVELS: usize = 7;
+/// Levels of a writer's finger; a node taller than this (1 in 4^4) is
+/// placed by a full search.
+const FINGER_LEVELS: usize = 4;
+/// Levels of a region's start kept for readers. A read descends from the
+/// highest: criterion (`memtable/get-*-chat-200k`) with the writer's last
+/// predecessors as the start, against searches from the top — from level
+/// 1, reads next to a finger −76 % but reads anywhere in a conversation
+/// +17 % (the walk gives up more often); from 2, −53 % and −26 %; from 3,
+/// −11 % and ±0.
+const START_LEVELS: usize = 3;
+/// Bytes of a key that make its prefix (see "Fingers").
+const PREFIX_BYTES: usize = 12;
 /// Finger slots (64 bytes each: one cache line; 2 MiB per memtable). The
 /// engine bench (100 000 conversations, ~370 000 versions per memtable)
 /// placed 73 % of its inserts from a finger with 4 096 slots and 85 % with
@@ -99,15 +118,6 @@ const FINGER_LEVELS: usize = 7;
 const FINGER_SLOTS: usize = 32768;
 /// Forward steps on one level before a finger is given up for a full search.
 const WALK_BUDGET: usize = 16;
-/// The highest finger level a reader starts from. Fingers above the new
-/// node's height are not refreshed by an insert placed from a finger (only
-/// by a full search), so high ones go stale: from level 3 a reader ran past
-/// its walk budget on 12 % of a hot chat's reads. Criterion
-/// (`memtable/get-*-chat-200k`, against reads without fingers): from level
-/// 1, reads next to a finger −76 % but reads anywhere in a conversation
-/// +17 % (the walk gives up more often); from 2, −53 % and −26 %; from 3,
-/// −11 % and ±0. Level 2 is refreshed by one insert in 16.
-const READ_START_LEVEL: usize = 2;
 /// `value_len` of a tombstone.
 const TOMBSTONE: u32 = u32::MAX;
 
@@ -187,20 +197,39 @@ pub(crate) struct Probe<'k> {
     head3: u64,
     key: &'k [u8],
     seq: u64,
+    /// A hash of the key's prefix (its first [`PREFIX_BYTES`]).
+    tag: u64,
 }
 
 impl<'k> Probe<'k> {
     /// The position of `key` at `seq`: after every version of `key` newer
     /// than `seq`, before (or at) the rest.
     pub fn new(key: &'k [u8], seq: u64) -> Self {
+        let (head, head2) = (key_word(key, 0), key_word(key, 8));
         Probe {
-            head: key_word(key, 0),
-            head2: key_word(key, 8),
+            head,
+            head2,
             head3: key_word(key, 16),
             key,
             seq,
+            tag: (head ^ prefix_tail(head2).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         }
     }
+
+    /// Whether `node`'s key has this probe's prefix.
+    ///
+    /// # Safety
+    /// `node` is a live, published node (not the head).
+    unsafe fn same_prefix(&self, node: NodePtr) -> bool {
+        // SAFETY: the header is written before publication, never changed.
+        let n = unsafe { &*node };
+        n.head == self.head && prefix_tail(n.head2) == prefix_tail(self.head2)
+    }
+}
+
+/// The prefix's part of a key's second word (bytes 8..[`PREFIX_BYTES`]).
+fn prefix_tail(head2: u64) -> u64 {
+    head2 >> (8 * (16 - PREFIX_BYTES))
 }
 
 /// Orders `node` against `p`: by key bytes, then sequence number descending.
@@ -241,30 +270,33 @@ unsafe fn cmp_node(node: NodePtr, p: &Probe<'_>) -> Ordering {
         .then_with(|| p.seq.cmp(&n.seq))
 }
 
-/// One finger: the predecessors the last insert with this first word found.
-/// Written by the writer only; read by readers without a lock (see
-/// "Fingers" above for why a torn slot is harmless).
+/// One slot of the finger table (see "Fingers" above). Written by the
+/// writer only; read by readers without a lock (a torn slot is harmless).
 #[repr(C, align(64))]
 struct Finger {
-    head: AtomicU64,
-    /// Null: the slot is empty.
+    /// The prefix hash the slot holds.
+    tag: AtomicU64,
+    /// The last insert's predecessors, for the writer. Null: empty.
     preds: [AtomicPtr<Node>; FINGER_LEVELS],
+    /// The region start's predecessors, for readers. Null: unknown.
+    starts: [AtomicPtr<Node>; START_LEVELS],
 }
+
+const _: () = assert!(std::mem::size_of::<Finger>() == 64);
 
 impl Finger {
     fn empty() -> Self {
         Finger {
-            head: AtomicU64::new(0),
+            tag: AtomicU64::new(0),
             preds: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            starts: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
         }
     }
 
-    /// Records `preds` (levels `0..n`) as the finger of first word `head`.
-    /// Writer only.
-    fn set(&self, head: u64, preds: &[NodePtr]) {
-        self.head.store(head, AtomicOrdering::Relaxed);
-        for (slot, &p) in self.preds.iter().zip(preds) {
-            slot.store(p, AtomicOrdering::Release);
+    /// Stores `nodes` into the first `nodes.len()` of `slots`. Writer only.
+    fn store(slots: &[AtomicPtr<Node>], nodes: &[NodePtr]) {
+        for (slot, &n) in slots.iter().zip(nodes) {
+            slot.store(n, AtomicOrdering::Release);
         }
     }
 }
@@ -456,30 +488,31 @@ impl SkipList {
         x
     }
 
-    /// `last_before` by descending from the finger of `p`'s first word, if
-    /// it names a node before `p` and the walk from it stays within the
-    /// budget on every level (see "Fingers" above).
+    /// `last_before` by descending from the start of `p`'s region, if its
+    /// finger has one that is before `p` and the walk from it stays within
+    /// the budget on every level (see "Fingers" above).
     fn last_before_from_finger(&self, p: &Probe<'_>) -> Option<NodePtr> {
-        let f = &self.fingers[finger_slot(p.head)];
-        if f.head.load(AtomicOrdering::Relaxed) != p.head {
+        let f = &self.fingers[finger_slot(p.tag)];
+        if f.tag.load(AtomicOrdering::Relaxed) != p.tag {
             return None;
         }
-        // The highest level whose finger is a node: the head sentinel there
-        // would be a search from the top at that level.
-        let (top, start) = f.preds[..=READ_START_LEVEL]
+        // The highest start that is a node: the head sentinel there would
+        // be a search from the top of that level.
+        let (top, start) = f
+            .starts
             .iter()
             .enumerate()
             .rev()
             .map(|(level, a)| (level, a.load(AtomicOrdering::Acquire)))
             .find(|&(_, x)| !x.is_null() && x != self.head)?;
-        // SAFETY: a non-null finger other than the head is a published node.
+        // SAFETY: a non-null start other than the head is a published node.
         if unsafe { cmp_node(start, p) } != Ordering::Less {
             return None;
         }
         let mut x = start;
         for level in (0..=top).rev() {
             // SAFETY: `x` is before `p` and was found on a level ≥ this
-            // one (a finger at level `top` has height > `top`).
+            // one (a start at level `top` has height > `top`).
             let (y, ok) = unsafe { self.walk(x, level, p, WALK_BUDGET) };
             if !ok {
                 return None;
@@ -614,13 +647,31 @@ impl WriteGuard<'_> {
         };
         let p = Probe::new(key, seq);
         let height = self.w.random_height();
-        let mut preds = [self.list.head; MAX_HEIGHT];
-        if self.place_from_finger(&p, height, &mut preds) {
+        let head = self.list.head;
+        let mut preds = [head; MAX_HEIGHT];
+        let f = &self.list.fingers[finger_slot(p.tag)];
+        // Levels of `preds` found (the rest are the head, unused).
+        let found = if self.place_from_finger(&p, f, height, &mut preds) {
             self.w.from_finger += 1;
+            height
         } else {
             self.w.full_searches += 1;
             self.list.find_preds(&p, &mut preds);
-            self.list.fingers[finger_slot(p.head)].set(p.head, &preds[..FINGER_LEVELS]);
+            if f.tag.load(AtomicOrdering::Relaxed) != p.tag {
+                // The slot changes hands: the old region's starts would
+                // only send this one's readers elsewhere.
+                f.tag.store(p.tag, AtomicOrdering::Relaxed);
+                Finger::store(&f.starts, &[ptr::null_mut(); START_LEVELS]);
+            }
+            Finger::store(&f.preds, &preds[..FINGER_LEVELS]);
+            MAX_HEIGHT
+        };
+        // The first key of its region: the node before it has another
+        // prefix. Its predecessors become the region's starts (the levels
+        // not walked keep theirs, which are before the region too).
+        // SAFETY: `preds[0]` is the head or a published node.
+        if preds[0] == head || !unsafe { p.same_prefix(preds[0]) } {
+            Finger::store(&f.starts, &preds[..found.min(START_LEVELS)]);
         }
 
         let v = value.unwrap_or_default();
@@ -664,8 +715,9 @@ impl WriteGuard<'_> {
     /// Fills `preds[..height]` from the finger of `p`'s first word, if it
     /// has one that is before `p` and close to it; updates the finger.
     fn place_from_finger(
-        &mut self,
+        &self,
         p: &Probe<'_>,
+        f: &Finger,
         height: usize,
         preds: &mut [NodePtr; MAX_HEIGHT],
     ) -> bool {
@@ -673,11 +725,10 @@ impl WriteGuard<'_> {
             return false;
         }
         let head = self.list.head;
-        let f = &self.list.fingers[finger_slot(p.head)];
         // Only this writer stores fingers, so its own loads need no ordering.
         let start = f.preds[0].load(AtomicOrdering::Relaxed);
         // SAFETY: a non-null finger is a published node or the head.
-        if f.head.load(AtomicOrdering::Relaxed) != p.head
+        if f.tag.load(AtomicOrdering::Relaxed) != p.tag
             || start.is_null()
             || (start != head && unsafe { cmp_node(start, p) } != Ordering::Less)
         {
@@ -694,15 +745,15 @@ impl WriteGuard<'_> {
             }
             *pred = x;
         }
-        f.set(p.head, &preds[..height]);
+        Finger::store(&f.preds, &preds[..height]);
         true
     }
 }
 
-/// The finger slot of a first word.
-fn finger_slot(head: u64) -> usize {
-    // Fibonacci hashing: the top bits of the product mix every input bit.
-    (head.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FINGER_SLOTS.trailing_zeros())) as usize
+/// The finger slot of a prefix hash.
+fn finger_slot(tag: u64) -> usize {
+    // The tag is a Fibonacci hash: its top bits mix every input bit.
+    (tag >> (64 - FINGER_SLOTS.trailing_zeros())) as usize
 }
 
 #[cfg(test)]
