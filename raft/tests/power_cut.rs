@@ -52,23 +52,33 @@ async fn start(id: u64, addr: Option<SocketAddr>, dir: &Path, disk: &FaultFsCont
     Node::start(on_disk(c, disk)).await.unwrap()
 }
 
+/// Three nodes, each on its own fault-injecting disk, bootstrapped, with a
+/// leader for shard 1: the nodes, their disks and their addresses.
+async fn three_on_fault_disks(
+    dir: &Path,
+    sync_delay: Duration,
+) -> (Vec<Option<Node>>, Vec<FaultFsControl>, Vec<SocketAddr>) {
+    let disks: Vec<FaultFsControl> = (0..3).map(|_| FaultFsControl::new()).collect();
+    for d in &disks {
+        d.set_sync_delay(sync_delay);
+    }
+    let mut started = Vec::new();
+    for (i, disk) in disks.iter().enumerate() {
+        started.push(start(i as u64 + 1, None, dir, disk).await);
+    }
+    let addrs: Vec<SocketAddr> = started.iter().map(|n| n.addr().parse().unwrap()).collect();
+    let nodes = bootstrap_all(started).await;
+    wait_leader(&nodes, ShardId(1), WAIT).await;
+    (nodes, disks, addrs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_cut_of_every_node_at_once_loses_no_acknowledged_write() {
     common::init_tracing();
     let seed = common::seed();
     let dir = tempfile::tempdir().unwrap();
-    let disks: Vec<FaultFsControl> = (0..3).map(|_| FaultFsControl::new()).collect();
-    for d in &disks {
-        d.set_sync_delay(SYNC_DELAY);
-    }
-    let mut started = Vec::new();
-    for (i, disk) in disks.iter().enumerate() {
-        started.push(start(i as u64 + 1, None, dir.path(), disk).await);
-    }
-    let addrs: Vec<SocketAddr> = started.iter().map(|n| n.addr().parse().unwrap()).collect();
-    let nodes = bootstrap_all(started).await;
+    let (nodes, disks, addrs) = three_on_fault_disks(dir.path(), SYNC_DELAY).await;
     let shard = ShardId(1);
-    wait_leader(&nodes, shard, WAIT).await;
     let conv = ConversationId(seed % 1000 + 1);
     nodes[0]
         .as_ref()
@@ -151,15 +161,8 @@ async fn a_power_cut_of_every_node_at_once_loses_no_acknowledged_write() {
 async fn a_stale_read_after_a_power_cut_is_not_older_than_before_it() {
     common::init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let disks: Vec<FaultFsControl> = (0..3).map(|_| FaultFsControl::new()).collect();
-    let mut started = Vec::new();
-    for (i, disk) in disks.iter().enumerate() {
-        started.push(start(i as u64 + 1, None, dir.path(), disk).await);
-    }
-    let addrs: Vec<SocketAddr> = started.iter().map(|n| n.addr().parse().unwrap()).collect();
-    let nodes = bootstrap_all(started).await;
+    let (nodes, disks, addrs) = three_on_fault_disks(dir.path(), Duration::ZERO).await;
     let shard = ShardId(1);
-    wait_leader(&nodes, shard, WAIT).await;
     let leader = nodes[0].as_ref().unwrap().leader(shard).unwrap().unwrap();
     let l = usize::try_from(leader).unwrap() - 1;
     let f = (l + 1) % 3;

@@ -311,6 +311,12 @@ mod tests {
             assert!(older.key() > newest.as_slice() && older.key()[..8] == newest[..8]);
             reads += 3;
         }
+        assert_mostly_from_fingers(&m, before, reads);
+    }
+
+    /// At least 90 % of the `reads` since the count was `before` started
+    /// from a finger.
+    fn assert_mostly_from_fingers(m: &Memtable, before: usize, reads: usize) {
         let fingered = m.list.finger_reads() - before;
         assert!(
             fingered * 100 >= reads * 90,
@@ -367,11 +373,7 @@ mod tests {
             assert_eq!(got, Some(value_for(k, s)));
             reads += 1;
         }
-        let fingered = m.list.finger_reads() - before;
-        assert!(
-            fingered * 100 >= reads * 90,
-            "reads from fingers {fingered} of {reads}"
-        );
+        assert_mostly_from_fingers(&m, before, reads);
     }
 
     /// A finger that has gone stale — thousands of keys inserted between two
