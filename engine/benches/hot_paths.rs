@@ -159,17 +159,6 @@ fn memtable(c: &mut Criterion) {
     g.bench_function("get-anywhere-chat-200k", |b| {
         b.iter(|| anywhere.iter().filter(|k| mem.get(black_box(k))).count())
     });
-    // Keys the memtable does not hold: conversations it has no message of
-    // (a record read from the tables, as a conversation's is).
-    let absent: Vec<Vec<u8>> = (0..2_000u64)
-        .map(|c| {
-            let conv = ConversationId((c + 1_000_000).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            message_key(conv, Timestamp(1_000)).to_vec()
-        })
-        .collect();
-    g.bench_function("get-absent-chat-200k", |b| {
-        b.iter(|| absent.iter().filter(|k| mem.get(black_box(k))).count())
-    });
     g.finish();
 }
 

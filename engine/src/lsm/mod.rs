@@ -498,7 +498,7 @@ impl Lsm {
             dir,
             tables_dir,
             mem: RwLock::new(MemState {
-                active: Arc::new(Memtable::for_bytes(opts.memtable_bytes)),
+                active: Arc::new(Memtable::new()),
                 immutables: Vec::new(),
             }),
             version: RwLock::new(Arc::new(Version { levels })),
@@ -658,10 +658,7 @@ impl Lsm {
             if m.active.is_empty() {
                 return;
             }
-            let old = std::mem::replace(
-                &mut m.active,
-                Arc::new(Memtable::for_bytes(self.inner.opts.memtable_bytes)),
-            );
+            let old = std::mem::replace(&mut m.active, Arc::new(Memtable::new()));
             m.immutables.insert(0, old);
         }
         *lock(&self.inner.bg_mu) = true;

@@ -5,14 +5,11 @@
 //! - `skiplist.rs` — the list: one writer, lock-free readers, insert
 //!   positions from per-prefix fingers (its essay: publication, fingers).
 //! - `arena.rs` — where its nodes live: 1 MiB chunks freed with the memtable.
-//! - `filter.rs` — a Bloom filter of its key prefixes, so a point read of
-//!   a key whose prefix it does not hold skips the search.
 //!
 //! Applying a batch takes the list's writer lock once and bump-allocates one
 //! node per version; readers never block the writer or each other.
 
 mod arena;
-mod filter;
 mod skiplist;
 
 use std::collections::HashMap;
@@ -25,12 +22,8 @@ use crate::lsm::SeqNo;
 use skiplist::SkipList;
 pub(crate) use skiplist::{Entry, WriteGuard};
 
-/// Bytes of nodes an entry is assumed to take at least, for sizing the
-/// prefix filter (header, one-level tower and a short key already take 64).
-const MIN_ENTRY_BYTES: usize = 64;
-
 /// One memtable.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Memtable {
     list: SkipList,
     /// Bytes of nodes written (keys, values, headers, towers), for rotation.
@@ -67,25 +60,9 @@ impl Drop for MemWriter<'_> {
     }
 }
 
-impl Default for Memtable {
-    fn default() -> Self {
-        Self::for_bytes(64 << 20)
-    }
-}
-
 impl Memtable {
-    /// A memtable sized for the default 64 MiB.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A memtable that will be rotated at about `bytes` (sizes its filter).
-    pub fn for_bytes(bytes: usize) -> Self {
-        Memtable {
-            list: SkipList::new(bytes / MIN_ENTRY_BYTES),
-            bytes: AtomicUsize::new(0),
-            positions: Mutex::new(HashMap::new()),
-        }
     }
 
     /// Exclusive write access for one batch.
@@ -161,9 +138,6 @@ impl Memtable {
     /// The newest version of `key` at `snapshot`: `Some(None)` for a
     /// tombstone, `None` if this memtable has no version visible there.
     pub fn get(&self, key: &[u8], snapshot: SeqNo) -> Option<Option<Vec<u8>>> {
-        if !self.list.may_hold_prefix(key) {
-            return None;
-        }
         let e = self.seek(key, snapshot)?;
         if e.key() != key {
             return None;
@@ -330,13 +304,7 @@ mod tests {
             let got = m.get(&newest, SeqNo(n)).expect("the newest message");
             let seq = all.iter().find(|(k, _, _)| *k == newest).map(|e| e.1);
             assert_eq!(got, Some(value_for(&newest, seq.unwrap())));
-            // Absent, just before the newest: the filter answers `get`; a
-            // seek lands on the newest.
             assert_eq!(m.get(&chat_key(conv, t + 1), SeqNo(n)), None);
-            let next = m
-                .seek(&chat_key(conv, t + 1), SeqNo(n))
-                .expect("the newest");
-            assert_eq!(next.key(), newest.as_slice());
             let older = m
                 .seek(&chat_key(conv, t - 1), SeqNo(n))
                 .expect("an older one");
@@ -406,43 +374,6 @@ mod tests {
             reads += 1;
         }
         assert_mostly_from_fingers(&m, before, reads);
-    }
-
-    /// Every key is found by a point read, however it arrived: alone in its
-    /// prefix (a region of one, which must reach the prefix filter), next
-    /// to others, in any order; keys never written are not found.
-    #[test]
-    fn point_reads_find_every_key_and_nothing_else() {
-        let m = Memtable::new();
-        let mut rng = 0x5eed_u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        let mut written = Vec::new();
-        for seq in 1..=5_000u64 {
-            // Random 16-byte keys (each its own prefix), and every tenth
-            // time a neighbour sharing the previous key's prefix.
-            let key = if seq % 10 == 0 {
-                let mut k: Vec<u8> = written.last().cloned().unwrap_or_default();
-                k.push((seq % 251) as u8);
-                k
-            } else {
-                [next().to_be_bytes(), next().to_be_bytes()].concat()
-            };
-            m.insert(&key, SeqNo(seq), Some(&value_for(&key, seq)));
-            written.push(key);
-        }
-        for (i, k) in written.iter().enumerate() {
-            let seq = i as u64 + 1;
-            assert_eq!(m.get(k, SeqNo(5_000)), Some(Some(value_for(k, seq))));
-        }
-        for _ in 0..5_000 {
-            let k = [next().to_be_bytes(), next().to_be_bytes()].concat();
-            assert_eq!(m.get(&k, SeqNo(5_000)), None);
-        }
     }
 
     /// A finger that has gone stale — thousands of keys inserted between two

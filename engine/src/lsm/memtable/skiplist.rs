@@ -94,7 +94,6 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering as AtomicOrd
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::arena::Arena;
-use super::filter::PrefixFilter;
 use crate::lsm::key_word;
 
 /// Levels at most: with a branching factor of 4, enough for 16M nodes
@@ -213,7 +212,7 @@ impl<'k> Probe<'k> {
             head3: key_word(key, 16),
             key,
             seq,
-            tag: prefix_tag(head, head2),
+            tag: (head ^ prefix_tail(head2).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         }
     }
 
@@ -226,11 +225,6 @@ impl<'k> Probe<'k> {
         let n = unsafe { &*node };
         n.head == self.head && prefix_tail(n.head2) == prefix_tail(self.head2)
     }
-}
-
-/// The hash of a key's prefix, from its first two words.
-fn prefix_tag(head: u64, head2: u64) -> u64 {
-    (head ^ prefix_tail(head2).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// The prefix's part of a key's second word (bytes 8..[`PREFIX_BYTES`]).
@@ -342,9 +336,6 @@ pub(crate) struct SkipList {
     /// Per first word, where the last insert with it was placed; written
     /// under `writer`, read by anyone.
     fingers: Box<[Finger]>,
-    /// The prefixes the list holds (by their tag): a point read of a key
-    /// whose prefix is not here skips the search.
-    prefixes: PrefixFilter,
     writer: Mutex<Writer>,
     /// Reads placed from a finger (tests only: a shared counter would make
     /// readers contend for its cache line).
@@ -373,13 +364,13 @@ impl std::fmt::Debug for SkipList {
 
 impl Default for SkipList {
     fn default() -> Self {
-        Self::new(1 << 20)
+        Self::new()
     }
 }
 
 impl SkipList {
-    /// An empty list, its prefix filter sized for about `prefixes`.
-    pub fn new(prefixes: usize) -> Self {
+    /// An empty list.
+    pub fn new() -> Self {
         let mut arena = Arena::new();
         let head = arena.alloc(HEADER + 8 * MAX_HEIGHT).cast::<Node>().as_ptr();
         // SAFETY: freshly allocated, large enough for a header and a full
@@ -407,7 +398,6 @@ impl SkipList {
             height: AtomicUsize::new(1),
             len: AtomicUsize::new(0),
             fingers: (0..FINGER_SLOTS).map(|_| Finger::empty()).collect(),
-            prefixes: PrefixFilter::with_capacity(prefixes),
             #[cfg(test)]
             finger_reads: AtomicUsize::new(0),
             writer: Mutex::new(Writer {
@@ -418,13 +408,6 @@ impl SkipList {
                 full_searches: 0,
             }),
         }
-    }
-
-    /// False only if the list holds no key with `key`'s prefix (at any
-    /// snapshot the caller can read: see `filter.rs`).
-    pub fn may_hold_prefix(&self, key: &[u8]) -> bool {
-        self.prefixes
-            .may_contain(prefix_tag(key_word(key, 0), key_word(key, 8)))
     }
 
     /// Searches placed from a finger so far (tests only).
@@ -685,17 +668,10 @@ impl WriteGuard<'_> {
         };
         // The first key of its region: the node before it has another
         // prefix. Its predecessors become the region's starts (the levels
-        // not walked keep theirs, which are before the region too). If the
-        // node after it has another prefix too, the region is new: its
-        // prefix goes into the filter, before the node is published.
-        // SAFETY: `preds[0]` is the head or a published node, and so is
-        // its successor when not null.
+        // not walked keep theirs, which are before the region too).
+        // SAFETY: `preds[0]` is the head or a published node.
         if preds[0] == head || !unsafe { p.same_prefix(preds[0]) } {
             Finger::store(&f.starts, &preds[..found.min(START_LEVELS)]);
-            let after = unsafe { next(preds[0], 0) };
-            if after.is_null() || !unsafe { p.same_prefix(after) } {
-                self.list.prefixes.insert(p.tag);
-            }
         }
 
         let v = value.unwrap_or_default();
@@ -782,7 +758,7 @@ fn finger_slot(tag: u64) -> usize {
 
 #[cfg(test)]
 pub(crate) fn cmp_for_test(a: &[u8], a_seq: u64, b: &[u8], b_seq: u64) -> Ordering {
-    let list = SkipList::new(16);
+    let list = SkipList::new();
     list.writer().insert(a, a_seq, None);
     let n = list.first().map(|e| e.node).unwrap_or(ptr::null_mut());
     assert!(!n.is_null());
