@@ -400,7 +400,8 @@ mod tests {
             // the next "b" key.
             for _ in 0..200 {
                 b += 1;
-                // One first word for all of them ("a" and seven zeros).
+                // One prefix for all of them ("a", seven zeros and the
+                // counter's zero high bytes).
                 put(
                     &mut w,
                     &[b"a".as_slice(), &[0; 7], &b.to_be_bytes()].concat(),

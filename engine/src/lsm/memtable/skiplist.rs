@@ -333,7 +333,7 @@ pub(crate) struct SkipList {
     /// Levels in use (≥ 1); only grows.
     height: AtomicUsize,
     len: AtomicUsize,
-    /// Per first word, where the last insert with it was placed; written
+    /// Per key prefix (by its tag), the finger slot; written
     /// under `writer`, read by anyone.
     fingers: Box<[Finger]>,
     writer: Mutex<Writer>,
@@ -712,7 +712,7 @@ impl WriteGuard<'_> {
         self.list.len.fetch_add(1, AtomicOrdering::Release);
     }
 
-    /// Fills `preds[..height]` from the finger of `p`'s first word, if it
+    /// Fills `preds[..height]` from the finger of `p`'s prefix, if it
     /// has one that is before `p` and close to it; updates the finger.
     fn place_from_finger(
         &self,
