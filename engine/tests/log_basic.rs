@@ -10,6 +10,7 @@ mod common;
 
 use missive_engine::log::{Compression, LogOptions, StreamId, SyncPolicy};
 use missive_engine::Error;
+use std::time::Duration;
 
 use common::{backends, Backend};
 
@@ -91,6 +92,102 @@ fn meta_truncate_purge_survive_reopen() {
             Some(149u32.to_le_bytes().to_vec())
         );
         assert!(log.get(StreamId(7), 100).unwrap().is_none());
+    });
+}
+
+#[test]
+fn staged_meta_rides_the_next_write_and_starts_none_of_its_own() {
+    each_backend(|b| {
+        let dir = b.dir();
+        // The writer thread never writes staged records on its own here,
+        // so only the append below (or the close) can carry them.
+        let opts = LogOptions {
+            staged_write_delay: Duration::from_secs(3600),
+            ..LogOptions::default()
+        };
+        {
+            let log = b.open(&dir, opts.clone());
+            log.append(StreamId(7), &[b"e1"])
+                .unwrap()
+                .durable
+                .wait()
+                .unwrap();
+            let before = log.stats();
+            log.stage_meta(StreamId(7), b"committed", b"1").unwrap();
+            log.stage_meta(StreamId(7), b"committed", b"2").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            let idle = log.stats();
+            assert_eq!(
+                (idle.groups, idle.syncs, idle.bytes_written),
+                (before.groups, before.syncs, before.bytes_written),
+                "a staged record was written or synced on its own"
+            );
+            assert_eq!(log.meta(StreamId(7), b"committed"), None);
+            let a = log.append(StreamId(8), &[b"other stream"]).unwrap();
+            a.durable.wait().unwrap();
+            let after = log.stats();
+            assert_eq!(after.groups, before.groups + 1, "one write for all three");
+            assert_eq!(
+                log.meta(StreamId(7), b"committed").as_deref(),
+                Some(&b"2"[..]),
+                "records keep call order: the newer staged value wins"
+            );
+            // Staged after a durable set_meta of the same key: the newer wins
+            // once written, and a close writes what is still staged.
+            log.set_meta(StreamId(7), b"vote", b"v1").unwrap();
+            log.stage_meta(StreamId(7), b"vote", b"v2").unwrap();
+            log.stage_meta(StreamId(7), b"committed", b"3").unwrap();
+            log.close().unwrap();
+        }
+        let log = b.open(&dir, opts);
+        assert_eq!(log.meta(StreamId(7), b"vote").as_deref(), Some(&b"v2"[..]));
+        assert_eq!(
+            log.meta(StreamId(7), b"committed").as_deref(),
+            Some(&b"3"[..])
+        );
+        assert!(matches!(
+            log.stage_meta(StreamId(7), &[0u8; 70_000], b"x"),
+            Err(Error::InvalidArgument(_))
+        ));
+    });
+}
+
+#[test]
+fn a_staged_meta_alone_is_written_and_synced_after_the_delay() {
+    each_backend(|b| {
+        let dir = b.dir();
+        let log = b.open(
+            &dir,
+            LogOptions {
+                staged_write_delay: Duration::from_millis(5),
+                ..LogOptions::default()
+            },
+        );
+        log.append(StreamId(3), &[b"e1"])
+            .unwrap()
+            .durable
+            .wait()
+            .unwrap();
+        // Let the writer thread reach its wait: it must be woken, not
+        // find the record on its way there.
+        std::thread::sleep(Duration::from_millis(50));
+        let before = log.stats();
+        log.stage_meta(StreamId(3), b"committed", b"9").unwrap();
+        // No other write comes: the writer thread writes it after the delay
+        // and the syncer syncs it. (A liveness bound, not a timing target.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.stats().syncs == before.syncs {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "staged record never written and synced"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            log.meta(StreamId(3), b"committed").as_deref(),
+            Some(&b"9"[..])
+        );
+        assert_eq!(log.stats().groups, before.groups + 1);
     });
 }
 

@@ -5,23 +5,28 @@
 //! - **Vote durable before return.** `save_vote` writes a meta record and
 //!   awaits its completion (a group-committed fdatasync shared with every
 //!   other shard's writes on this node).
-//! - **Committed: written, not waited for.** `save_committed` writes a meta
-//!   record and returns; the next fdatasync of the node's log (any shard's
-//!   append, any vote, the LSM's flush barrier) makes it durable. openraft
-//!   calls it inline before every apply, so waiting for its own sync put a
-//!   second fdatasync into every Raft round (measured: delivered p50 at
-//!   3 000 msgs/s roughly halved without it, docs/benchmarks.md). Raft
-//!   itself never needs `committed` durable — a leader re-commits its log
-//!   when elected, a follower learns the commit point from its leader. What
-//!   it bought us was that a restarted replica re-applies `(applied,
-//!   committed]` at boot and so never serves *stale* reads older than
-//!   before a crash; after a power loss the record may now lag by the last
-//!   few commits, so [`LogStore::tail_unconfirmed`] tells the node at boot
-//!   whether entries past the durable commit point exist, and stale reads
-//!   of that shard wait for one linearizable confirmation first
-//!   (`route.rs`). The LSM's flushed state never gets ahead of the durable
-//!   record: the flush barrier syncs the log, and the record for an entry
-//!   is written before the entry is applied.
+//! - **Committed: staged, neither written nor waited for.** `save_committed`
+//!   stages a meta record ([`Log::stage_meta`]): the next write of the
+//!   node's log (any shard's append, a vote) carries it, or the log's writer
+//!   thread writes it within 20 ms if nothing comes, and the sync after that
+//!   makes it durable. openraft calls it inline before every apply: waiting
+//!   for its own sync put a second fdatasync into every Raft round
+//!   (measured: delivered p50 at 3 000 msgs/s roughly halved without it),
+//!   and even unwaited, writing it on its own cost a `pwrite`, a wake of the
+//!   syncer and often a sync of its own per round (~5 % of the server's
+//!   CPU at 5 000 msgs/s; docs/benchmarks.md). Raft itself never needs
+//!   `committed` durable — a leader re-commits its log when elected, a
+//!   follower learns the commit point from its leader. What it bought us
+//!   was that a restarted replica re-applies `(applied, committed]` at boot
+//!   and so never serves *stale* reads older than before a crash; after a
+//!   crash the record may now lag by the last few commits, so
+//!   [`LogStore::tail_unconfirmed`] tells the node at boot whether entries
+//!   past the recorded commit point exist, and stale reads of that shard
+//!   wait for one linearizable confirmation first (`route.rs`). Whether
+//!   the LSM's flushed state is ahead of the record does not matter:
+//!   openraft takes `committed = max(committed, applied)` at boot, and the
+//!   gate compares the record with the log's last entry, so a lagging
+//!   record only ever closes it.
 //! - **Append: readable on return, callback only when durable.** The engine's
 //!   `append` returns once the entries are in the segment file (readable by
 //!   any reader); the `LogFlushed` callback fires from a task awaiting the
@@ -67,6 +72,9 @@ pub struct LogStore {
     /// The LSM the shard's state machine writes to: purges stop at what
     /// its flushed tables reflect (see [`LogStore::with_durable_horizon`]).
     horizon: Option<Arc<Lsm>>,
+    /// The commit point `save_committed` was last given in this process
+    /// (its record is staged, so the log may not show it yet).
+    saved_committed: Option<Option<LogId>>,
 }
 
 fn io_err(
@@ -90,6 +98,7 @@ impl LogStore {
             log,
             shard,
             horizon: None,
+            saved_committed: None,
         }
     }
 
@@ -299,12 +308,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not awaited: see "Committed" at the top of this file.
-        let _written = self.submit_meta(META_COMMITTED, &committed, &ErrorSubject::Store)?;
+        // Staged, not written or waited for: see "Committed" at the top of
+        // this file.
+        let subject = ErrorSubject::Store;
+        let bytes = codec::encode(codec_what(META_COMMITTED), &committed)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
+        self.log
+            .stage_meta(self.shard.stream(), META_COMMITTED, &bytes)
+            .map_err(|e| io_err(subject, ErrorVerb::Write, &e))?;
+        self.saved_committed = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        if let Some(c) = self.saved_committed {
+            return Ok(c);
+        }
         Ok(self
             .meta::<Option<LogId>>(META_COMMITTED, ErrorSubject::Store)?
             .flatten())

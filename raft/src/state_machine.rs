@@ -15,13 +15,14 @@
 //! written in one batch, so they cannot disagree. `applied_state()` at boot
 //! therefore reports only what is durable; openraft then re-applies
 //! `(applied, committed]` from the log, and the rest once the replica
-//! learns the commit point (the log store writes `committed` without
-//! waiting for its sync, so after a power cut the record may lag by the
-//! last commits). A restarted replica never serves state older than it had
-//! acknowledged: linearizable reads confirm the commit point anyway, and a
-//! shard whose log holds entries past the recorded point gets one such
-//! confirmation before its first stale read (`route.rs`). While running, `applied_state()` reports the in-memory
-//! position, which is what openraft's contract asks for.
+//! learns the commit point (the log store only stages `committed`, so
+//! after a crash the record may lag by the last commits). A restarted
+//! replica never serves state older than it had acknowledged:
+//! linearizable reads confirm the commit point anyway, and a shard whose
+//! log holds entries past the recorded point gets one such confirmation
+//! before its first stale read (`route.rs`). While running,
+//! `applied_state()` reports the in-memory position, which is what
+//! openraft's contract asks for.
 //!
 //! Apply is deterministic (see `apply`): the same entries give the same
 //! bytes on every replica.

@@ -45,6 +45,14 @@ pub(crate) struct Queue {
     pub tails: HashMap<StreamId, Tail>,
     /// Someone waits for durability now (meta, truncate, purge, sync).
     pub force_sync: bool,
+    /// `buf` is non-empty and holds only staged records
+    /// ([`crate::log::Log::stage_meta`]): no caller waits for them to be
+    /// written, so the writer thread may leave them for the next caller's
+    /// write-through for up to [`crate::log::LogOptions::staged_write_delay`].
+    pub staged_only: bool,
+    /// The writer thread knows about the staged records (it is in its
+    /// timed wait or about to drain): staging more need not wake it.
+    pub staged_armed: bool,
     pub closed: bool,
 }
 
@@ -55,6 +63,8 @@ impl Queue {
             base_lsn: 0,
             tails,
             force_sync: false,
+            staged_only: false,
+            staged_armed: false,
             closed: false,
         }
     }
@@ -69,6 +79,20 @@ impl Queue {
     /// Encodes one record onto the queue.
     pub fn push(&mut self, kind: RecordKind, stream: StreamId, index: u64, payload: &[&[u8]]) {
         format::encode_record(&mut self.buf, kind, stream, index, payload);
+    }
+
+    /// Encodes a staged record ([`crate::log::Log::stage_meta`]); returns
+    /// whether the writer thread must be told (it sleeps until told, and
+    /// nothing else may come to write the record).
+    pub fn push_staged(&mut self, kind: RecordKind, stream: StreamId, payload: &[&[u8]]) -> bool {
+        if self.buf.is_empty() {
+            self.staged_only = true;
+        }
+        self.tail(stream);
+        self.push(kind, stream, 0, payload);
+        let wake = self.staged_only && !self.staged_armed;
+        self.staged_armed |= wake;
+        wake
     }
 
     /// LSN just past everything queued so far.
@@ -254,6 +278,7 @@ pub(crate) fn drain(shared: &Shared, w: &mut WriterState) -> Result<Drained> {
             });
         }
         std::mem::swap(&mut q.buf, &mut w.spare);
+        q.staged_only = false;
         q.base_lsn += w.spare.len() as u64;
         (q.base_lsn, std::mem::take(&mut q.force_sync))
     };
@@ -296,8 +321,28 @@ fn writer_loop(shared: &Shared) {
     loop {
         {
             let mut q = shared.queue();
-            while q.buf.is_empty() && !q.force_sync && !q.closed {
-                q = super::relock(shared.queue_cv.wait(q));
+            loop {
+                if q.closed || q.force_sync || (!q.buf.is_empty() && !q.staged_only) {
+                    break;
+                }
+                if q.buf.is_empty() {
+                    q.staged_armed = false;
+                    q = super::relock(shared.queue_cv.wait(q));
+                    continue;
+                }
+                // Only staged records: give a caller's write-through the
+                // chance to carry them (no write, no sync of their own),
+                // then write them here.
+                q.staged_armed = true;
+                let (g, waited) = super::relock(
+                    shared
+                        .queue_cv
+                        .wait_timeout(q, shared.opts.staged_write_delay),
+                );
+                q = g;
+                if waited.timed_out() {
+                    break;
+                }
             }
         }
         let mut w = shared.writer();

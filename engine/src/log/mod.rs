@@ -79,7 +79,11 @@
 //! [`Log::set_meta`] stores a small key/value for a stream (a Raft vote, a
 //! committed index, an LSM flush position) as a record in the same log and
 //! returns once it is durable. The newest value of each key is kept in
-//! memory and rebuilt on open.
+//! memory and rebuilt on open. [`Log::stage_meta`] queues one that nobody
+//! waits for: it costs no write or sync of its own, riding the next write
+//! (or written by the writer thread after a short delay), for values a
+//! crash may roll back harmlessly — openraft's commit point, updated
+//! before every apply.
 
 mod commit;
 mod durable;
@@ -95,6 +99,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub use durable::Durable;
 pub(crate) use recovery::scan_segment;
@@ -156,6 +161,12 @@ pub struct LogOptions {
     pub preallocate: bool,
     /// Entry compression.
     pub compression: Compression,
+    /// How long [`Log::stage_meta`]'s records may wait in the queue for
+    /// another write to carry them before the writer thread writes them on
+    /// their own. Under load some append carries them within microseconds;
+    /// this bounds how far an idle stream's staged value lags in the file
+    /// (what a process crash can lose of it).
+    pub staged_write_delay: Duration,
     /// Use this file system instead of `io` (tests inject faults this way).
     pub fs: Option<Arc<dyn FileSystem>>,
 }
@@ -168,6 +179,7 @@ impl Default for LogOptions {
             segment_size: 64 << 20,
             preallocate: true,
             compression: Compression::None,
+            staged_write_delay: Duration::from_millis(20),
             fs: None,
         }
     }
@@ -441,13 +453,7 @@ impl Log {
     /// [`Log::meta`] on return and durable when the completion fires (an
     /// async caller `.await`s it instead of blocking a thread).
     pub fn submit_meta(&self, stream: StreamId, key: &[u8], value: &[u8]) -> Result<Durable> {
-        if key.len() > MAX_META_KEY || value.len() > MAX_META_VALUE {
-            return Err(Error::InvalidArgument(format!(
-                "meta key/value of {}/{} bytes exceeds the {MAX_META_KEY}/{MAX_META_VALUE}-byte limit",
-                key.len(),
-                value.len()
-            )));
-        }
+        check_meta(key, value)?;
         let klen = format::meta_key_len(key);
         let ((), lsn) = self.enqueue(true, |q| {
             q.tail(stream);
@@ -455,6 +461,32 @@ impl Log {
             Ok(())
         })?;
         Ok(self.completion(lsn))
+    }
+
+    /// Stages a meta record: queued now, written with whatever this log
+    /// writes next (any stream's append carries it in the same write) or
+    /// by the writer thread after [`LogOptions::staged_write_delay`], and
+    /// durable with the sync after that. Nothing waits for it and it starts
+    /// no write or sync of its own — for values whose loss at a crash is
+    /// harmless but that are worth having most of the time (a Raft commit
+    /// point, which openraft updates before every apply). [`Log::meta`]
+    /// returns it only once it is written; records keep call order, so a
+    /// later [`Log::set_meta`] of the same key still wins.
+    pub fn stage_meta(&self, stream: StreamId, key: &[u8], value: &[u8]) -> Result<()> {
+        check_meta(key, value)?;
+        let klen = format::meta_key_len(key);
+        let mut q = self.shared.queue();
+        if let Some(cause) = self.shared.marks.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        if q.closed {
+            return Err(Error::Closed);
+        }
+        if q.push_staged(RecordKind::Meta, stream, &[&klen, key, value]) {
+            drop(q);
+            self.shared.queue_cv.notify_one();
+        }
+        Ok(())
     }
 
     /// The newest value stored under `key` for `stream`.
@@ -628,6 +660,8 @@ impl Log {
         }
         let r = build(&mut q)?;
         q.force_sync |= force_sync;
+        // Someone waits for this write now; it carries any staged records.
+        q.staged_only = false;
         let lsn = q.end_lsn();
         drop(q);
         self.write_through(lsn)?;
@@ -670,6 +704,18 @@ impl Log {
             Arc::downgrade(&self.shared),
         )
     }
+}
+
+/// Meta keys and values fit their record's length fields.
+fn check_meta(key: &[u8], value: &[u8]) -> Result<()> {
+    if key.len() > MAX_META_KEY || value.len() > MAX_META_VALUE {
+        return Err(Error::InvalidArgument(format!(
+            "meta key/value of {}/{} bytes exceeds the {MAX_META_KEY}/{MAX_META_VALUE}-byte limit",
+            key.len(),
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Indexes stay below `u64::MAX` so `index + 1` (the next append) exists.
