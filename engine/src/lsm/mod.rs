@@ -73,7 +73,7 @@ use crate::keys::{
 };
 use crate::log::StreamId;
 use manifest::{Edit, ManifestState, ManifestWriter};
-use memtable::Memtable;
+use memtable::{ChunkPool, Memtable};
 use read::{Cursor, MemCursor, RunCursor};
 use table::builder::{BuildOptions, Compression};
 use table::reader::Table;
@@ -271,6 +271,8 @@ pub(crate) struct Inner {
     flush_waiters: std::sync::atomic::AtomicUsize,
     /// Frees flushed memtables at low priority (`yield_to_foreground`).
     reaper: Option<reaper::Reaper>,
+    /// Memtable node chunks kept warm between memtables (`arena.rs`).
+    chunks: Arc<ChunkPool>,
     compaction_lock: Mutex<()>,
     next_seq: AtomicU64,
     visible_seq: AtomicU64,
@@ -494,11 +496,14 @@ impl Lsm {
         } else {
             None
         };
+        // One memtable's worth: what a flush frees is what the next
+        // memtable fills.
+        let chunks = Arc::new(ChunkPool::new(opts.memtable_bytes));
         let inner = Arc::new(Inner {
             dir,
             tables_dir,
             mem: RwLock::new(MemState {
-                active: Arc::new(Memtable::new()),
+                active: Arc::new(Memtable::with_chunk_pool(&chunks)),
                 immutables: Vec::new(),
             }),
             version: RwLock::new(Arc::new(Version { levels })),
@@ -507,6 +512,7 @@ impl Lsm {
             flush_lock: Mutex::new(()),
             flush_waiters: std::sync::atomic::AtomicUsize::new(0),
             reaper,
+            chunks,
             compaction_lock: Mutex::new(()),
             next_seq: AtomicU64::new(max_seq + 1),
             visible_seq: AtomicU64::new(max_seq),
@@ -658,7 +664,10 @@ impl Lsm {
             if m.active.is_empty() {
                 return;
             }
-            let old = std::mem::replace(&mut m.active, Arc::new(Memtable::new()));
+            let old = std::mem::replace(
+                &mut m.active,
+                Arc::new(Memtable::with_chunk_pool(&self.inner.chunks)),
+            );
             m.immutables.insert(0, old);
         }
         *lock(&self.inner.bg_mu) = true;

@@ -7,13 +7,22 @@
 //! (malloc, the kernel zeroing fresh pages under it), and freeing half a
 //! million of them after a flush was a tenth of the background thread.
 //!
-//! Invariants: a chunk never moves and is never freed before the arena
-//! drops, so a pointer it handed out stays valid as long as the arena; every
-//! allocation is 8-byte aligned and at most one chunk's size or its own
-//! dedicated chunk.
+//! Freed chunks go back to the LSM's [`ChunkPool`] (up to one memtable's
+//! worth) for the next memtable instead of to the allocator: the allocator
+//! returns idle memory to the kernel after a while, and the next memtable
+//! then faulted every page in again — at 5 000 msgs/s in `missived` one
+//! 64 MiB memtable every ~13 s, ~1 400 page faults a second and ~2 % of
+//! the server's CPU in the kernel clearing pages (docs/benchmarks.md). A
+//! recycled chunk holds old bytes; allocations are uninitialized anyway.
+//!
+//! Invariants: a chunk never moves and is never freed (or pooled) before
+//! the arena drops, so a pointer it handed out stays valid as long as the
+//! arena; every allocation is 8-byte aligned and at most one chunk's size
+//! or its own dedicated chunk.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Bytes per ordinary chunk.
 const CHUNK: usize = 1 << 20;
@@ -23,11 +32,82 @@ const OWN_CHUNK_ABOVE: usize = CHUNK / 4;
 /// Alignment of every allocation (nodes hold `u64`s and atomic pointers).
 pub(crate) const ALIGN: usize = 8;
 
+/// The layout of an ordinary chunk (64: chunks start on a cache line).
+fn chunk_layout(size: usize) -> Layout {
+    // `size` is at most what a memtable entry (bounded far below
+    // isize::MAX) needs, rounded.
+    Layout::from_size_align(size, 64).unwrap_or_else(|_| handle_alloc_error(Layout::new::<u64>()))
+}
+
+/// Ordinary chunks freed by dropped arenas, kept for the next ones.
+#[derive(Debug)]
+pub(crate) struct ChunkPool {
+    free: Mutex<Vec<PooledChunk>>,
+    /// Chunks kept at most; the rest go back to the allocator.
+    cap: usize,
+}
+
+/// A free ordinary chunk, owned by the pool.
+#[derive(Debug)]
+struct PooledChunk(NonNull<u8>);
+
+// SAFETY: a pooled chunk is plain memory no one else references (its arena
+// dropped); the pool's mutex hands it to one arena at a time.
+unsafe impl Send for PooledChunk {}
+
+impl ChunkPool {
+    /// A pool keeping up to `bytes` of chunks.
+    pub fn new(bytes: usize) -> Self {
+        ChunkPool {
+            free: Mutex::new(Vec::new()),
+            cap: bytes / CHUNK,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PooledChunk>> {
+        self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Option<NonNull<u8>> {
+        self.lock().pop().map(|c| c.0)
+    }
+
+    /// Keeps `p` (an ordinary chunk no one uses) if there is room; returns
+    /// it otherwise.
+    fn give(&self, p: NonNull<u8>) -> Option<NonNull<u8>> {
+        let mut free = self.lock();
+        if free.len() >= self.cap {
+            return Some(p);
+        }
+        free.push(PooledChunk(p));
+        None
+    }
+
+    /// Chunks kept now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl Drop for ChunkPool {
+    fn drop(&mut self) {
+        let layout = chunk_layout(CHUNK);
+        for c in self.lock().drain(..) {
+            // SAFETY: every pooled chunk was allocated by `Arena::new_chunk`
+            // with the ordinary layout, and the pool owns it alone.
+            unsafe { dealloc(c.0.as_ptr(), layout) };
+        }
+    }
+}
+
 /// A bump allocator over chunks that live until it drops.
 #[derive(Debug)]
 pub(crate) struct Arena {
-    /// Every chunk, for freeing on drop.
+    /// Every chunk, for freeing (or pooling) on drop.
     chunks: Vec<(NonNull<u8>, Layout)>,
+    /// Where ordinary chunks come from first and go back to.
+    pool: Option<Arc<ChunkPool>>,
     /// Start of the chunk being carved, if any.
     cur: Option<NonNull<u8>>,
     /// Bytes used and available in it.
@@ -42,10 +122,19 @@ pub(crate) struct Arena {
 unsafe impl Send for Arena {}
 
 impl Arena {
-    /// An empty arena: the first allocation reserves the first chunk.
+    /// An empty arena without a pool: the first allocation reserves the
+    /// first chunk.
+    #[cfg(test)]
     pub fn new() -> Self {
+        Self::with_pool(None)
+    }
+
+    /// An empty arena that takes ordinary chunks from `pool` first and
+    /// returns them there when it drops.
+    pub fn with_pool(pool: Option<Arc<ChunkPool>>) -> Self {
         Arena {
             chunks: Vec::new(),
+            pool,
             cur: None,
             used: 0,
             cap: 0,
@@ -82,14 +171,18 @@ impl Arena {
     }
 
     fn new_chunk(&mut self, size: usize) -> NonNull<u8> {
-        // 64: chunks start on a cache line. `size` is at most what a
-        // memtable entry (bounded far below isize::MAX) needs, rounded.
-        let Ok(layout) = Layout::from_size_align(size, 64) else {
-            handle_alloc_error(Layout::new::<u64>())
+        let layout = chunk_layout(size);
+        let pooled = match &self.pool {
+            Some(pool) if size == CHUNK => pool.take(),
+            _ => None,
         };
-        // SAFETY: `layout` has a non-zero size.
-        let Some(p) = NonNull::new(unsafe { alloc(layout) }) else {
-            handle_alloc_error(layout)
+        let p = match pooled {
+            Some(p) => p,
+            // SAFETY: `layout` has a non-zero size.
+            None => match NonNull::new(unsafe { alloc(layout) }) {
+                Some(p) => p,
+                None => handle_alloc_error(layout),
+            },
         };
         self.chunks.push((p, layout));
         self.reserved += size;
@@ -100,8 +193,16 @@ impl Arena {
 impl Drop for Arena {
     fn drop(&mut self) {
         for (p, layout) in self.chunks.drain(..) {
-            // SAFETY: allocated in `new_chunk` with this layout, freed once.
-            unsafe { dealloc(p.as_ptr(), layout) };
+            let left = match &self.pool {
+                Some(pool) if layout.size() == CHUNK => pool.give(p),
+                _ => Some(p),
+            };
+            if let Some(p) = left {
+                // SAFETY: allocated in `new_chunk` with this layout (or
+                // taken from the pool, which holds only that layout), and
+                // handed out by this arena alone: freed once.
+                unsafe { dealloc(p.as_ptr(), layout) };
+            }
         }
     }
 }
@@ -145,5 +246,45 @@ mod tests {
             a.reserved(),
             2 * CHUNK + (OWN_CHUNK_ABOVE + 1).div_ceil(8) * 8
         );
+    }
+
+    #[test]
+    fn a_dropped_arena_s_ordinary_chunks_serve_the_next_arena() {
+        let pool = Arc::new(ChunkPool::new(2 * CHUNK));
+        let mut a = Arena::with_pool(Some(Arc::clone(&pool)));
+        let mut firsts = Vec::new();
+        for _ in 0..3 {
+            // Each fills a chunk: three ordinary chunks.
+            firsts.push(a.alloc(OWN_CHUNK_ABOVE).as_ptr() as usize);
+            a.alloc(OWN_CHUNK_ABOVE);
+            a.alloc(OWN_CHUNK_ABOVE);
+            a.alloc(OWN_CHUNK_ABOVE);
+        }
+        let own = a.alloc(OWN_CHUNK_ABOVE + 1).as_ptr();
+        // SAFETY: `own` has OWN_CHUNK_ABOVE + 1 bytes; write its ends to
+        // show it is ours.
+        unsafe {
+            own.write(1);
+            own.add(OWN_CHUNK_ABOVE).write(2);
+        }
+        assert_eq!(a.chunks.len(), 4);
+        drop(a);
+        // Two ordinary chunks kept (the cap), the third and the dedicated
+        // one freed.
+        assert_eq!(pool.len(), 2);
+        let mut b = Arena::with_pool(Some(Arc::clone(&pool)));
+        let p = b.alloc(8).as_ptr() as usize;
+        assert!(firsts.contains(&p), "a fresh chunk instead of a pooled one");
+        assert_eq!(pool.len(), 1);
+        // A recycled chunk is whole: fill it nearly to the end.
+        for _ in 0..3 {
+            // SAFETY: the allocation has OWN_CHUNK_ABOVE bytes.
+            unsafe {
+                std::ptr::write_bytes(b.alloc(OWN_CHUNK_ABOVE).as_ptr(), 0xab, OWN_CHUNK_ABOVE)
+            };
+        }
+        assert_eq!(b.chunks.len(), 1);
+        drop(b);
+        assert_eq!(pool.len(), 2);
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! - `skiplist.rs` — the list: one writer, lock-free readers, insert
 //!   positions from per-prefix fingers (its essay: publication, fingers).
-//! - `arena.rs` — where its nodes live: 1 MiB chunks freed with the memtable.
+//! - `arena.rs` — where its nodes live: 1 MiB chunks, returned with the
+//!   memtable to the LSM's chunk pool for the next one.
 //!
 //! Applying a batch takes the list's writer lock once and bump-allocates one
 //! node per version; readers never block the writer or each other.
@@ -12,9 +13,11 @@
 mod arena;
 mod skiplist;
 
+pub(crate) use arena::ChunkPool;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::log::StreamId;
 use crate::lsm::SeqNo;
@@ -63,6 +66,15 @@ impl Drop for MemWriter<'_> {
 impl Memtable {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty memtable whose node chunks come from, and go back to,
+    /// `pool`.
+    pub fn with_chunk_pool(pool: &Arc<ChunkPool>) -> Self {
+        Memtable {
+            list: SkipList::with_chunk_pool(Some(Arc::clone(pool))),
+            ..Self::default()
+        }
     }
 
     /// Exclusive write access for one batch.

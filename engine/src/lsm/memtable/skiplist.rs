@@ -91,9 +91,9 @@ use std::cmp::Ordering;
 use std::marker::PhantomData;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::arena::Arena;
+use super::arena::{Arena, ChunkPool};
 use crate::lsm::key_word;
 
 /// Levels at most: with a branching factor of 4, enough for 16M nodes
@@ -371,7 +371,12 @@ impl Default for SkipList {
 impl SkipList {
     /// An empty list.
     pub fn new() -> Self {
-        let mut arena = Arena::new();
+        Self::with_chunk_pool(None)
+    }
+
+    /// An empty list whose arena takes its chunks from `pool` first.
+    pub fn with_chunk_pool(pool: Option<Arc<ChunkPool>>) -> Self {
+        let mut arena = Arena::with_pool(pool);
         let head = arena.alloc(HEADER + 8 * MAX_HEIGHT).cast::<Node>().as_ptr();
         // SAFETY: freshly allocated, large enough for a header and a full
         // tower, 8-aligned.
