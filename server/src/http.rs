@@ -184,10 +184,14 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let mut body = s.service.metrics.render();
+    let node = &s.service.node;
+    body.push_str(&crate::metrics::render_storage(
+        &node.log().stats(),
+        &node.lsm().stats(),
+    ));
     // Who leads each group, as this node sees it (0: none known; shard 0
     // is the metadata group) — for operators, and for tests that must stop
     // a shard's leader.
-    let node = &s.service.node;
     body.push_str("# HELP missive_shard_leader The node this node believes leads the shard (0: none known).\n");
     body.push_str("# TYPE missive_shard_leader gauge\n");
     for sh in node.slots().groups() {

@@ -3,6 +3,9 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use missive_engine::log::LogStats;
+use missive_engine::lsm::LsmStats;
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -162,4 +165,124 @@ impl Metrics {
         );
         s
     }
+}
+
+/// The storage engine's counters: the node's log (group commit) and its
+/// LSM, so an operator sees syncs per second, write groups, flushes,
+/// compactions, stalls and the tree's shape next to the service's counters.
+pub fn render_storage(log: &LogStats, lsm: &LsmStats) -> String {
+    let mut s = String::new();
+    let mut line = |name: &str, kind: &str, help: &str, v: &dyn std::fmt::Display| {
+        let _ = writeln!(s, "# HELP missive_{name} {help}");
+        let _ = writeln!(s, "# TYPE missive_{name} {kind}");
+        let _ = writeln!(s, "missive_{name} {v}");
+    };
+    let c = "counter";
+    line(
+        "log_appends_total",
+        c,
+        "Appends to the node's log (each a batch of Raft entries).",
+        &log.appends,
+    );
+    line(
+        "log_entries_total",
+        c,
+        "Entries appended to the node's log.",
+        &log.entries,
+    );
+    line(
+        "log_bytes_written_total",
+        c,
+        "Bytes written to log segment files.",
+        &log.bytes_written,
+    );
+    line(
+        "log_write_groups_total",
+        c,
+        "Group-commit writes (one or more records each).",
+        &log.groups,
+    );
+    line(
+        "log_syncs_total",
+        c,
+        "fdatasyncs of the log for commits.",
+        &log.syncs,
+    );
+    line(
+        "log_segments_created_total",
+        c,
+        "Log segment files created.",
+        &log.segments_created,
+    );
+    line(
+        "log_segments_deleted_total",
+        c,
+        "Log segment files deleted after every shard purged them.",
+        &log.segments_deleted,
+    );
+    line(
+        "lsm_bytes_written_total",
+        c,
+        "Bytes of batches applied to the LSM (keys + values).",
+        &lsm.bytes_written,
+    );
+    line(
+        "lsm_table_bytes_written_total",
+        c,
+        "Bytes of table files written by flushes and compactions.",
+        &lsm.table_bytes_written,
+    );
+    line(
+        "lsm_flushes_total",
+        c,
+        "Memtable flushes completed.",
+        &lsm.flushes,
+    );
+    line(
+        "lsm_compactions_total",
+        c,
+        "Compactions completed.",
+        &lsm.compactions,
+    );
+    line(
+        "lsm_write_stalls_total",
+        c,
+        "Times a writer waited for a flush.",
+        &lsm.stalls,
+    );
+    line(
+        "lsm_block_cache_hits_total",
+        c,
+        "Block cache hits.",
+        &lsm.cache_hits,
+    );
+    line(
+        "lsm_block_cache_misses_total",
+        c,
+        "Block cache misses.",
+        &lsm.cache_misses,
+    );
+    line(
+        "lsm_write_amplification",
+        "gauge",
+        "Table bytes written per byte applied.",
+        &lsm.write_amplification,
+    );
+    let _ = writeln!(
+        s,
+        "# HELP missive_lsm_level_files Table files per LSM level."
+    );
+    let _ = writeln!(s, "# TYPE missive_lsm_level_files gauge");
+    for (level, n) in lsm.files_per_level.iter().enumerate() {
+        let _ = writeln!(s, "missive_lsm_level_files{{level=\"{level}\"}} {n}");
+    }
+    let _ = writeln!(
+        s,
+        "# HELP missive_lsm_level_bytes Table bytes per LSM level."
+    );
+    let _ = writeln!(s, "# TYPE missive_lsm_level_bytes gauge");
+    for (level, n) in lsm.bytes_per_level.iter().enumerate() {
+        let _ = writeln!(s, "missive_lsm_level_bytes{{level=\"{level}\"}} {n}");
+    }
+    s
 }

@@ -251,6 +251,33 @@ async fn history_pages_back_across_flushed_tables() {
         )
         .await;
     assert_eq!(bad["code"], "invalid");
+    // The engine's counters are on /metrics: the two flushes, the log's
+    // syncs and entries (130 sends and their fan-out), the tables.
+    let text = reqwest::get(format!("http://{}/metrics", srv.addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("missive_lsm_flushes_total") >= 2.0, "{text}");
+    assert!(value("missive_log_entries_total") >= 130.0, "{text}");
+    assert!(value("missive_log_syncs_total") >= 1.0, "{text}");
+    let tables: f64 = (0..7)
+        .filter_map(|l| {
+            let name = format!("missive_lsm_level_files{{level=\"{l}\"}}");
+            text.lines()
+                .find_map(|x| x.strip_prefix(name.as_str())?.strip_prefix(' '))
+                .map(|v| v.parse::<f64>().unwrap())
+        })
+        .sum();
+    assert!(tables >= 1.0, "{text}");
     srv.shutdown().await.unwrap();
 }
 
