@@ -14,6 +14,8 @@
 //! - `log_store` — **the replication write path's durable half**:
 //!   openraft's log storage on the engine log (vote, committed, append with
 //!   a flush callback that fires only when durable, truncate, purge).
+//! - `entry_cache` — the newest entries of each shard's log, decoded, for
+//!   the reads (apply, replication) that follow an append.
 //! - `state_machine` — **raft apply and recovery**: apply into the LSM with
 //!   no second WAL, the durable applied position, snapshots.
 //! - `apply` — the deterministic command executor.
@@ -36,6 +38,7 @@ mod batcher;
 pub mod codec;
 pub mod command;
 pub mod directory;
+mod entry_cache;
 pub mod error;
 mod fanout;
 pub mod log_store;

@@ -62,6 +62,7 @@ use missive_engine::log::{Durable, Log};
 use missive_engine::lsm::Lsm;
 
 use crate::codec::{self, META_COMMITTED, META_PURGED, META_VOTE};
+use crate::entry_cache::EntryCache;
 use crate::types::{Entry, LogId, ShardId, StorageError, TypeConfig, Vote};
 
 /// One shard's Raft log: a stream of the node's log.
@@ -75,6 +76,8 @@ pub struct LogStore {
     /// The commit point `save_committed` was last given in this process
     /// (its record is staged, so the log may not show it yet).
     saved_committed: Option<Option<LogId>>,
+    /// The newest entries, decoded, shared with the readers (clones).
+    cache: Arc<EntryCache>,
 }
 
 fn io_err(
@@ -99,6 +102,7 @@ impl LogStore {
             shard,
             horizon: None,
             saved_committed: None,
+            cache: Arc::default(),
         }
     }
 
@@ -208,6 +212,9 @@ impl LogStore {
     }
 
     fn read_range(&self, lo: u64, hi: u64) -> Result<Vec<Entry>, StorageError> {
+        if let Some(entries) = self.cache.get(lo, hi) {
+            return Ok(entries);
+        }
         // Raft index i lives at engine index i + 1.
         let entries = self
             .log
@@ -339,12 +346,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut encoded = Vec::new();
+        let mut kept = Vec::new();
         let mut first_index = None;
         for e in entries {
             first_index.get_or_insert(e.get_log_id().index);
             encoded.push(codec::encode_entry(&e).map_err(|err| {
                 io_err(ErrorSubject::Log(*e.get_log_id()), ErrorVerb::Write, &err)
             })?);
+            kept.push(e);
         }
         let stream = self.shard.stream();
         if let Some(first) = first_index {
@@ -376,6 +385,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .append(stream, &encoded)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        if let Some(first) = first_index {
+            self.cache
+                .appended(first, kept.into_iter().zip(encoded.iter().map(Vec::len)));
+        }
         // Readable now; the callback waits for the fdatasync.
         tokio::spawn(async move {
             let r = appended.durable.await.map_err(std::io::Error::other);
@@ -386,6 +399,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Drop Raft indexes >= log_id.index: keep engine indexes <= it.
+        // The cache first, so no reader gets a dropped entry from it.
+        self.cache.truncate_from(log_id.index);
         let d = self
             .log
             .submit_truncate_after(self.shard.stream(), log_id.index)
@@ -411,6 +426,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // they are gone, and the next append (after a snapshot) may start
         // anywhere past it. The purge is queued after the meta record, so
         // its completion covers both.
+        self.cache.purge_upto(log_id.index);
         let upto = (log_id.index + 1).min(self.log.bounds(stream).last);
         let d = self
             .log
