@@ -247,6 +247,20 @@ struct Identity {
     shards: u32,
 }
 
+/// The shard count a data directory was created with, if it was ever
+/// started (its `NODE` record); `None` for a new directory.
+pub fn recorded_shards(dir: &Path) -> Result<Option<u32>> {
+    let path = dir.join("NODE");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let have: Identity = crate::codec::decode("node identity", &bytes)?;
+            Ok(Some(have.shards))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", &path, e)),
+    }
+}
+
 fn check_identity(dir: &Path, want: &Identity) -> Result<()> {
     let path = dir.join("NODE");
     match std::fs::read(&path) {

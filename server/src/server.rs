@@ -68,7 +68,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
     })?;
     let auth = Arc::new(Auth::load(&cfg.auth, &cfg.data_dir)?);
     let mut ncfg = NodeConfig::new(cfg.node.id, cfg.node.raft_listen, cfg.data_dir.clone());
-    ncfg.shards = cfg.node.shards;
+    ncfg.shards = cfg.shards()?;
+    tracing::info!(shards = ncfg.shards, "shard count");
     ncfg.log.io = cfg.node.io;
     ncfg.lsm.bottom_hc_level =
         (cfg.node.bottom_hc_level > 0).then_some(i32::from(cfg.node.bottom_hc_level));

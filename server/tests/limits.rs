@@ -253,6 +253,40 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_keeps_its_shard_count_when_the_config_omits_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.node.shards = Some(3);
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    alice.send(&conv, "k1", "before").await;
+    srv.shutdown().await.unwrap();
+    // Unset now: the directory's 3, whatever this machine's core count.
+    c.node.shards = None;
+    let srv = start(c.clone()).await;
+    assert_eq!(srv.node().slots().shards().count(), 3);
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let (status, page) = alice
+        .get(&format!("/v1/conversations/{conv}/messages?limit=10"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+    srv.shutdown().await.unwrap();
+    // Set to something else: refused, naming both counts.
+    c.node.shards = Some(5);
+    let err = missive_server::start(c)
+        .await
+        .err()
+        .expect("started with 5 shards");
+    let text = err.to_string();
+    assert!(
+        text.contains("3 shards") && text.contains("with 5"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_catches_up_by_sync() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());

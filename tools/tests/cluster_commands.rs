@@ -45,7 +45,7 @@ fn config(dir: &std::path::Path, id: u64) -> missive_server::Config {
         ..missive_server::Config::default()
     };
     c.node.id = id;
-    c.node.shards = 3;
+    c.node.shards = Some(3);
     c.grpc.enabled = false;
     c.auth.secret = Some("one secret for both nodes".into());
     c.auth.admin_secret = Some(SECRET.into());

@@ -31,7 +31,7 @@ pub fn config(dir: &Path) -> Config {
     };
     c.node.raft_listen = "127.0.0.1:0".parse().unwrap();
     c.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    c.node.shards = 4;
+    c.node.shards = Some(4);
     c.auth.admin_secret = Some("test-admin-secret".into());
     c.auth.allowed_origins = vec!["https://chat.example".into()];
     c.limits.sends_per_second = 10_000;
