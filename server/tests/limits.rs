@@ -277,8 +277,7 @@ async fn a_data_directory_keeps_its_shard_count_when_the_config_omits_it() {
     c.node.shards = Some(5);
     let err = missive_server::start(c)
         .await
-        .err()
-        .expect("started with 5 shards");
+        .expect_err("started with 5 shards");
     let text = err.to_string();
     assert!(
         text.contains("3 shards") && text.contains("with 5"),
