@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use common::{assert_consecutive, config, message_seqs, start, suites, token, Http, Ws};
+use common::{
+    assert_consecutive, config, message_seqs, metric, metrics, start, suites, token, Http, Ws,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_online_with_receipts_and_every_device() {
@@ -253,29 +255,14 @@ async fn history_pages_back_across_flushed_tables() {
     assert_eq!(bad["code"], "invalid");
     // The engine's counters are on /metrics: the two flushes, the log's
     // syncs and entries (130 sends and their fan-out), the tables.
-    let text = reqwest::get(format!("http://{}/metrics", srv.addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
-            .parse()
-            .unwrap()
-    };
+    let text = metrics(srv.addr()).await;
+    let value =
+        |name: &str| metric(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
     assert!(value("missive_lsm_flushes_total") >= 2.0, "{text}");
     assert!(value("missive_log_entries_total") >= 130.0, "{text}");
     assert!(value("missive_log_syncs_total") >= 1.0, "{text}");
     let tables: f64 = (0..7)
-        .filter_map(|l| {
-            let name = format!("missive_lsm_level_files{{level=\"{l}\"}}");
-            text.lines()
-                .find_map(|x| x.strip_prefix(name.as_str())?.strip_prefix(' '))
-                .map(|v| v.parse::<f64>().unwrap())
-        })
+        .filter_map(|l| metric(&text, &format!("missive_lsm_level_files{{level=\"{l}\"}}")))
         .sum();
     assert!(tables >= 1.0, "{text}");
     srv.shutdown().await.unwrap();

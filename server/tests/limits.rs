@@ -304,11 +304,8 @@ async fn a_slow_consumer_is_closed_and_catches_up_by_sync() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let r = reqwest::get(format!("http://{}/metrics", srv.addr()))
-            .await
-            .unwrap();
-        let text = r.text().await.unwrap();
-        if text.contains("missive_slow_consumers_total 1") {
+        let text = common::metrics(srv.addr()).await;
+        if common::metric(&text, "missive_slow_consumers_total") == Some(1.0) {
             break;
         }
         assert!(

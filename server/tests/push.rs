@@ -152,12 +152,11 @@ async fn offline_devices_with_a_token_are_notified_once_per_message() {
     alice.send(&conv, "m5", "bye").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(accepted(&calls).len(), 2);
-    let m = reqwest::get(format!("http://{}/metrics", srv.addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(m.contains("missive_push_sent_total 2"), "{m}");
+    let m = common::metrics(srv.addr()).await;
+    assert_eq!(
+        common::metric(&m, "missive_push_sent_total"),
+        Some(2.0),
+        "{m}"
+    );
     srv.shutdown().await.unwrap();
 }

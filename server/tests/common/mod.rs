@@ -44,6 +44,24 @@ pub async fn start(c: Config) -> Running {
     missive_server::start(c).await.unwrap()
 }
 
+/// The server's `/metrics` text.
+pub async fn metrics(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample named exactly `name` (labels included) in a
+/// `/metrics` text, if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
 /// Free ports on 127.0.0.1, .2 and .3, one each (bound then released:
 /// loopback, no one else races for them), and the `node.peers` map of
 /// three nodes whose Raft transports listen there.
