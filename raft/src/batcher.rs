@@ -29,10 +29,14 @@ pub(crate) struct Pending {
 /// overload, and sets how big entries get: while these are in flight the
 /// next batch fills. Each entry costs a trip through openraft's core, the
 /// log and apply whatever it carries, so a deep pipeline (this was 64)
-/// made many small entries and less throughput; 4 still keeps followers'
-/// appends pipelined (docs/benchmarks.md, cluster: 64 → 4 took one node
-/// from 7.7K to 17K msgs/s at 64 writers).
-const MAX_IN_FLIGHT: usize = 4;
+/// made many small entries and less throughput (docs/benchmarks.md,
+/// cluster: 64 → 4 took one node from 7.7K to 17K msgs/s at 64 writers).
+/// Once the commit record stopped costing a write per round, 2 did better
+/// still on one node and on three (4 → 2: 64 writers 31–33K → 36–41K msgs/s
+/// on one node, 9.7–11.1K → 11.1–12.9K on three; 1 024 writers equal or
+/// better; e2e delivered p50 at 5 000 msgs/s 4.7–5.8 → 3.1–4.8 ms), while
+/// two entries still overlap a follower's append with the next batch.
+const MAX_IN_FLIGHT: usize = 2;
 
 /// How long a proposed write may take before its caller hears "unknown".
 pub(crate) const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
