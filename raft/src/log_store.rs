@@ -165,6 +165,15 @@ impl LogStore {
             .map_err(|e| io_err(subject, ErrorVerb::Read, &e))
     }
 
+    /// A meta record's value, encoded.
+    fn encode_meta<T: serde::Serialize>(
+        key: &[u8],
+        v: &T,
+        subject: &ErrorSubject<u64>,
+    ) -> Result<Vec<u8>, StorageError> {
+        codec::encode(codec_what(key), v).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))
+    }
+
     /// Writes a meta record; the returned completion fires once it is
     /// durable.
     fn submit_meta<T: serde::Serialize>(
@@ -173,8 +182,7 @@ impl LogStore {
         v: &T,
         subject: &ErrorSubject<u64>,
     ) -> Result<Durable, StorageError> {
-        let bytes = codec::encode(codec_what(key), v)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
+        let bytes = Self::encode_meta(key, v, subject)?;
         self.log
             .submit_meta(self.shard.stream(), key, &bytes)
             .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))
@@ -318,8 +326,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Staged, not written or waited for: see "Committed" at the top of
         // this file.
         let subject = ErrorSubject::Store;
-        let bytes = codec::encode(codec_what(META_COMMITTED), &committed)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
+        let bytes = Self::encode_meta(META_COMMITTED, &committed, &subject)?;
         self.log
             .stage_meta(self.shard.stream(), META_COMMITTED, &bytes)
             .map_err(|e| io_err(subject, ErrorVerb::Write, &e))?;
