@@ -5,7 +5,9 @@
 //! One `Apply` accumulates the writes of every entry openraft hands the
 //! state machine in one call, reading its own pending writes before the LSM
 //! (a later command sees an earlier one's effect), and turns them into one
-//! atomic `WriteBatch`. It reads only keys that never expire
+//! atomic `WriteBatch`. Reads go through the shard's record cache
+//! (`record_cache`), which the state machine updates once the batch is in
+//! the LSM. It reads only keys that never expire
 //! (conversation, head, dedup, receipt records), so the LSM's retention
 //! filter — which does use the local clock — cannot make replicas diverge.
 
@@ -22,6 +24,7 @@ use crate::command::{
 use crate::directory::ClusterMap;
 use crate::error::Result;
 use crate::outbox_feed::Fresh;
+use crate::record_cache::RecordCache;
 use crate::records::{
     self, cluster_map_key, conversation_key, dedup_key, device_key, head_key, inbox_key, msg_key,
     outbox_head_key, outbox_key, profile_key, push_key, receipt_key, user_conv_key, user_head_key,
@@ -62,6 +65,8 @@ pub struct InboxNotice {
 
 pub(crate) struct Apply<'a> {
     lsm: &'a Lsm,
+    /// The shard's records read before, as stored (its module's essay).
+    cache: &'a mut RecordCache,
     /// The group applying: the metadata group runs only metadata commands,
     /// a data shard only data commands.
     shard: ShardId,
@@ -87,9 +92,10 @@ fn sorted_unique(mut v: Vec<UserId>) -> Vec<UserId> {
 }
 
 impl<'a> Apply<'a> {
-    pub(crate) fn new(lsm: &'a Lsm, shard: ShardId) -> Self {
+    pub(crate) fn new(lsm: &'a Lsm, cache: &'a mut RecordCache, shard: ShardId) -> Self {
         Apply {
             lsm,
+            cache,
             shard,
             pending: BTreeMap::new(),
             fresh: Vec::new(),
@@ -97,21 +103,24 @@ impl<'a> Apply<'a> {
         }
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.pending.get(key) {
-            return Ok(v.clone());
-        }
-        Ok(self.lsm.get(key)?)
-    }
-
+    /// The record under `key`: this batch's own write, else the cache, else
+    /// the LSM (and then the cache holds it too).
     fn get_as<T: serde::de::DeserializeOwned>(
-        &self,
+        &mut self,
         what: &'static str,
         key: &[u8],
     ) -> Result<Option<T>> {
-        self.get(key)?
-            .map(|v| records::decode(what, &v))
-            .transpose()
+        if let Some(v) = self.pending.get(key) {
+            return v.as_deref().map(|v| records::decode(what, v)).transpose();
+        }
+        if let Some(v) = self.cache.get(key) {
+            return records::decode(what, v).map(Some);
+        }
+        let Some(v) = self.lsm.get(key)? else {
+            return Ok(None);
+        };
+        self.cache.loaded(key, &v);
+        records::decode(what, &v).map(Some)
     }
 
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -129,7 +138,7 @@ impl<'a> Apply<'a> {
     }
 
     /// The accumulated writes, as one atomic batch.
-    pub(crate) fn into_batch(self) -> WriteBatch {
+    pub(crate) fn batch(&self) -> WriteBatch {
         let mut b = WriteBatch::new();
         for (k, v) in &self.pending {
             match v {
@@ -138,6 +147,14 @@ impl<'a> Apply<'a> {
             };
         }
         b
+    }
+
+    /// Call once [`Apply::batch`]'s batch is in the LSM: the cache takes
+    /// the written values.
+    pub(crate) fn written(self) {
+        for (k, v) in &self.pending {
+            self.cache.written(k, v.as_deref());
+        }
     }
 
     /// Queues `event` in the conversation's outbox for `recipients`.
@@ -440,7 +457,7 @@ impl<'a> Apply<'a> {
     /// The conversation, if it exists and `user` is a member; else the
     /// rejection to answer with.
     fn member_of(
-        &self,
+        &mut self,
         conv: ConversationId,
         user: UserId,
     ) -> Result<std::result::Result<Conversation, Outcome>> {

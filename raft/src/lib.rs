@@ -19,6 +19,8 @@
 //! - `state_machine` — **raft apply and recovery**: apply into the LSM with
 //!   no second WAL, the durable applied position, snapshots.
 //! - `apply` — the deterministic command executor.
+//! - `record_cache` — the records apply reads most, per shard, in memory
+//!   (and why the cache cannot serve a stale value).
 //! - `fanout` — the worker moving conversation events from a shard's
 //!   durable outbox into members' inboxes on their user shards.
 //! - `outbox_feed` — what apply just wrote to an outbox, handed to the
@@ -45,6 +47,7 @@ pub mod log_store;
 pub mod membership;
 pub mod node;
 pub mod outbox_feed;
+mod record_cache;
 pub mod records;
 mod route;
 pub mod slots;

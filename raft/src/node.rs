@@ -712,6 +712,16 @@ impl Node {
         self.inner.hooks.inbox.subscribe()
     }
 
+    /// Apply's record reads on this node since start, (answered by the
+    /// shards' record caches, read from the LSM).
+    pub fn record_cache_counts(&self) -> (u64, u64) {
+        let h = &self.inner.hooks;
+        (
+            h.record_hits.load(std::sync::atomic::Ordering::Relaxed),
+            h.record_misses.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Changes when a snapshot replaced a shard here: re-read everything.
     pub fn snapshot_installs(&self) -> watch::Receiver<u64> {
         self.inner.hooks.installed.subscribe()

@@ -59,6 +59,7 @@ use crate::apply::{Apply, InboxNotice};
 use crate::command::{BatchResponse, Outcome};
 use crate::error::{Error, Result};
 use crate::outbox_feed::OutboxFeed;
+use crate::record_cache::{self, RecordCache};
 use crate::records::{self, applied_key, Applied};
 use crate::slots::SlotMap;
 use crate::snapshot::{ShardSnapshot, SnapshotSource, View};
@@ -90,6 +91,10 @@ pub struct ApplyHooks {
     /// The newest cluster map version the metadata group applied here
     /// (see `directory`).
     pub directory: tokio::sync::watch::Sender<u64>,
+    /// Apply's record reads answered by the shards' record caches.
+    pub record_hits: AtomicU64,
+    /// Apply's record reads that went to the LSM.
+    pub record_misses: AtomicU64,
 }
 
 impl ApplyHooks {
@@ -100,6 +105,8 @@ impl ApplyHooks {
             inbox: tokio::sync::broadcast::channel(capacity).0,
             installed: tokio::sync::watch::channel(0).0,
             directory: tokio::sync::watch::channel(0).0,
+            record_hits: AtomicU64::new(0),
+            record_misses: AtomicU64::new(0),
         }
     }
 }
@@ -111,6 +118,8 @@ pub struct StateMachine {
     lsm: Arc<Lsm>,
     ranges: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     applied: Applied,
+    /// Records apply reads, as stored (`record_cache`'s essay).
+    records: RecordCache,
     /// Set once a snapshot was built or installed since open.
     current: Arc<Mutex<Option<SnapshotMeta>>>,
     snapshot_dir: PathBuf,
@@ -123,6 +132,7 @@ impl std::fmt::Debug for StateMachine {
         f.debug_struct("StateMachine")
             .field("shard", &self.shard)
             .field("applied", &self.applied)
+            .field("records", &self.records)
             .finish_non_exhaustive()
     }
 }
@@ -158,6 +168,7 @@ impl StateMachine {
             ranges: slots.key_ranges(shard),
             lsm,
             applied,
+            records: RecordCache::new(record_cache::CACHE_BYTES),
             current: Arc::new(Mutex::new(None)),
             snapshot_dir,
             received: Arc::new(AtomicU64::new(0)),
@@ -174,6 +185,9 @@ impl StateMachine {
 
     /// Replaces the shard's ranges with the snapshot's contents, durably.
     fn install(&mut self, meta: &SnapshotMeta, data: &ShardSnapshot) -> Result<()> {
+        // Whatever happens below, the shard's records are no longer what
+        // the cache saw.
+        self.records.clear();
         let mut batch = WriteBatch::new();
         for (lo, hi) in &self.ranges {
             let mut start = lo.clone();
@@ -289,7 +303,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut out = Vec::new();
         let mut applied = self.applied.clone();
-        let mut a = Apply::new(&self.lsm, self.shard);
+        let mut a = Apply::new(&self.lsm, &mut self.records, self.shard);
         for e in entries {
             applied.last_applied = Some(e.log_id);
             match e.payload {
@@ -319,10 +333,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         );
         let fresh = std::mem::take(&mut a.fresh);
         let notices = std::mem::take(&mut a.notices);
-        let batch = a.into_batch();
         self.lsm
-            .apply(&batch, Some((self.shard.stream(), last.index + 1)))
+            .apply(&a.batch(), Some((self.shard.stream(), last.index + 1)))
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        a.written();
+        let (hits, misses) = self.records.take_counts();
+        self.hooks.record_hits.fetch_add(hits, Ordering::Relaxed);
+        self.hooks
+            .record_misses
+            .fetch_add(misses, Ordering::Relaxed);
         self.applied = applied;
         if !fresh.is_empty() {
             self.hooks.outbox.push(self.shard, fresh);

@@ -188,6 +188,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
     body.push_str(&crate::metrics::render_storage(
         &node.log().stats(),
         &node.lsm().stats(),
+        node.record_cache_counts(),
     ));
     // Who leads each group, as this node sees it (0: none known; shard 0
     // is the metadata group) — for operators, and for tests that must stop

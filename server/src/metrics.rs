@@ -169,8 +169,9 @@ impl Metrics {
 
 /// The storage engine's counters: the node's log (group commit) and its
 /// LSM, so an operator sees syncs per second, write groups, flushes,
-/// compactions, stalls and the tree's shape next to the service's counters.
-pub fn render_storage(log: &LogStats, lsm: &LsmStats) -> String {
+/// compactions, stalls and the tree's shape next to the service's counters;
+/// `records` is apply's record reads (cache hits, LSM reads).
+pub fn render_storage(log: &LogStats, lsm: &LsmStats, records: (u64, u64)) -> String {
     let mut s = String::new();
     let mut line = |name: &str, kind: &str, help: &str, v: &dyn std::fmt::Display| {
         let _ = writeln!(s, "# HELP missive_{name} {help}");
@@ -261,6 +262,18 @@ pub fn render_storage(log: &LogStats, lsm: &LsmStats) -> String {
         c,
         "Block cache misses.",
         &lsm.cache_misses,
+    );
+    line(
+        "apply_record_cache_hits_total",
+        c,
+        "Records the state machines read from their record caches.",
+        &records.0,
+    );
+    line(
+        "apply_record_cache_misses_total",
+        c,
+        "Records the state machines read from the LSM (not cached).",
+        &records.1,
     );
     line(
         "lsm_write_amplification",

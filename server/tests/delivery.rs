@@ -254,13 +254,20 @@ async fn history_pages_back_across_flushed_tables() {
         .await;
     assert_eq!(bad["code"], "invalid");
     // The engine's counters are on /metrics: the two flushes, the log's
-    // syncs and entries (130 sends and their fan-out), the tables.
+    // syncs and entries (130 sends and their fan-out), the record cache,
+    // the tables.
     let text = metrics(srv.addr()).await;
     let value =
         |name: &str| metric(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
     assert!(value("missive_lsm_flushes_total") >= 2.0, "{text}");
     assert!(value("missive_log_entries_total") >= 130.0, "{text}");
     assert!(value("missive_log_syncs_total") >= 1.0, "{text}");
+    // Every send after the first found the conversation's records in the
+    // state machine's record cache, flushes or not.
+    assert!(
+        value("missive_apply_record_cache_hits_total") >= 129.0 * 2.0,
+        "{text}"
+    );
     let tables: f64 = (0..7)
         .filter_map(|l| metric(&text, &format!("missive_lsm_level_files{{level=\"{l}\"}}")))
         .sum();
