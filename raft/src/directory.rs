@@ -251,6 +251,70 @@ pub(crate) fn execute(map: &mut ClusterMap, cmd: &Command) -> Outcome {
     }
 }
 
+/// The shard count of the cluster that `seeds` (node id → transport
+/// address) belong to, asked before this node opens anything — so a node
+/// joining with no `shards` of its own takes the cluster's instead of a
+/// default that would be refused. Each seed is asked in turn (a stale read
+/// of its copy of the metadata group: the slot map never changes once
+/// written), every second until one knows or `wait` runs out. A seed whose
+/// map has no slot map yet belongs to a cluster still forming (its members
+/// register within a second of their metadata group electing a leader);
+/// the joiner waits for it rather than define the slot map itself.
+///
+/// # Errors
+///
+/// [`Error::Unavailable`] when no seed told the count within `wait` (with
+/// each seed's last answer); [`Error::Malformed`] for a map that does not
+/// decode.
+pub async fn cluster_shard_count(
+    me: NodeId,
+    cluster: &str,
+    seeds: &BTreeMap<NodeId, String>,
+    wait: Duration,
+) -> Result<u32> {
+    let peers = crate::transport::client::Peers::new(me, cluster.to_string());
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut answers = Vec::new();
+        for (&id, addr) in seeds.iter().filter(|(&id, _)| id != me) {
+            let rpc = Rpc::Read {
+                op: ReadOp::Get {
+                    key: cluster_map_key(),
+                },
+                linearizable: false,
+            };
+            match peers
+                .call(id, addr, ShardId::DIRECTORY, rpc, Duration::from_secs(2))
+                .await
+            {
+                Ok(Reply::Read(Ok(ReadResult::Value(v)))) => {
+                    let map: ClusterMap = match v {
+                        Some(v) => records::decode("cluster map", &v)?,
+                        None => ClusterMap::default(),
+                    };
+                    if let Some(slots) = map.slots {
+                        return Ok(slots.shard_count());
+                    }
+                    answers.push(format!("node {id} ({addr}): no slot map yet"));
+                }
+                Ok(other) => answers.push(format!("node {id} ({addr}): {other:?}")),
+                Err(e) => answers.push(format!("node {id} ({addr}): {e}")),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Unavailable {
+                shard: ShardId::DIRECTORY,
+                reason: format!(
+                    "no seed told its cluster's shard count within {wait:?} (set node.shards \
+                     to the cluster's to skip asking): {}",
+                    answers.join("; ")
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 impl Inner {
     /// This node's copy of the map (version 0: not read yet).
     pub(crate) fn cluster_map(&self) -> Arc<ClusterMap> {

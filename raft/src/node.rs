@@ -564,6 +564,27 @@ impl Node {
     /// every read and write to the shards' replicas.
     pub async fn join(&self, seeds: &BTreeMap<NodeId, String>) -> Result<()> {
         self.inner.add_seeds(seeds);
+        // The first node to register defines the cluster's slot map, and
+        // the founding members register a tick after their metadata group
+        // elects a leader: a node joining a cluster still forming waits for
+        // that map instead of registering its own.
+        let theirs = crate::directory::cluster_shard_count(
+            self.inner.id,
+            self.inner.peers.cluster(),
+            seeds,
+            crate::directory::JOIN_WAIT,
+        )
+        .await?;
+        let mine = self.inner.slots.shard_count();
+        if theirs != mine {
+            return Err(Error::Rejected {
+                code: crate::command::RejectCode::Conflict,
+                message: format!(
+                    "node {} was started with {mine} shards; this cluster has {theirs}",
+                    self.inner.id
+                ),
+            });
+        }
         self.inner.register(crate::directory::JOIN_WAIT).await?;
         self.inner.refresh_map().await?;
         Ok(())

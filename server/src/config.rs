@@ -66,8 +66,8 @@ pub struct NodeSection {
     /// cluster is created (there is no shard split yet). Unset: what the
     /// data directory was created with; for a new directory, one per CPU
     /// core (at most [`MAX_DEFAULT_SHARDS`]) for a node alone, and
-    /// [`CLUSTER_DEFAULT_SHARDS`] for a node with peers. See
-    /// [`Config::shards`] for why.
+    /// [`CLUSTER_DEFAULT_SHARDS`] for a new cluster; a node joining a
+    /// running cluster takes the cluster's. See [`Config::shards`] for why.
     pub shards: Option<u32>,
     /// Replicas per shard.
     pub replicas: usize,
@@ -271,8 +271,9 @@ impl Config {
     /// The shard count to start the node with: `node.shards` if set; else
     /// the count the data directory was created with (so an existing node
     /// starts as it always has); else, for a new directory, one shard per
-    /// CPU core for a node alone and [`CLUSTER_DEFAULT_SHARDS`] for a
-    /// cluster.
+    /// CPU core for a node alone and [`CLUSTER_DEFAULT_SHARDS`] for a new
+    /// cluster; `None` for a node joining a running cluster, which takes
+    /// the cluster's count (`missive_raft::directory::cluster_shard_count`).
     ///
     /// Why per core for a node alone: each shard is a Raft group with its
     /// own log stream, apply loop and batches, and on one node more groups
@@ -286,9 +287,9 @@ impl Config {
     /// explicitly for a node meant to grow. A cluster's nodes must agree on
     /// the count, so cluster members do not derive it from their own
     /// hardware.
-    pub fn shards(&self) -> Result<u32> {
+    pub fn shards(&self) -> Result<Option<u32>> {
         if let Some(n) = self.node.shards {
-            return Ok(n);
+            return Ok(Some(n));
         }
         let recorded = missive_raft::node::recorded_shards(&self.data_dir).map_err(|e| {
             Error::Config(format!(
@@ -297,15 +298,18 @@ impl Config {
             ))
         })?;
         if let Some(n) = recorded {
-            return Ok(n);
+            return Ok(Some(n));
         }
-        let alone = self.node.peers.keys().all(|&id| id == self.node.id) && !self.node.join;
-        Ok(if alone {
+        if self.node.join {
+            return Ok(None);
+        }
+        let alone = self.node.peers.keys().all(|&id| id == self.node.id);
+        Ok(Some(if alone {
             let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
             u32::try_from(cores.min(MAX_DEFAULT_SHARDS as usize)).unwrap_or(MAX_DEFAULT_SHARDS)
         } else {
             CLUSTER_DEFAULT_SHARDS
-        })
+        }))
     }
 
     /// Checks values that parse but cannot work.
@@ -376,7 +380,8 @@ mod tests {
     }
 
     #[test]
-    fn the_shard_count_of_a_new_directory_follows_the_cores_alone_and_is_fixed_in_a_cluster() {
+    fn the_shard_count_of_a_new_directory_follows_the_cores_alone_is_fixed_in_a_new_cluster_and_asked_when_joining(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Config {
             data_dir: dir.path().to_path_buf(),
@@ -384,20 +389,23 @@ mod tests {
         };
         let cores = std::thread::available_parallelism().unwrap().get();
         let want = u32::try_from(cores.min(MAX_DEFAULT_SHARDS as usize)).unwrap();
-        assert_eq!(c.shards().unwrap(), want, "a node alone: one per core");
+        assert_eq!(
+            c.shards().unwrap(),
+            Some(want),
+            "a node alone: one per core"
+        );
         c.node.peers.insert(1, "127.0.0.1:7080".into());
         assert_eq!(
             c.shards().unwrap(),
-            want,
+            Some(want),
             "listing only itself is still alone"
         );
         c.node.peers.insert(2, "127.0.0.2:7080".into());
-        assert_eq!(c.shards().unwrap(), CLUSTER_DEFAULT_SHARDS);
-        c.node.peers.clear();
+        assert_eq!(c.shards().unwrap(), Some(CLUSTER_DEFAULT_SHARDS));
         c.node.join = true;
-        assert_eq!(c.shards().unwrap(), CLUSTER_DEFAULT_SHARDS);
+        assert_eq!(c.shards().unwrap(), None, "a joining node asks the cluster");
         c.node.shards = Some(5);
-        assert_eq!(c.shards().unwrap(), 5, "an explicit count wins");
+        assert_eq!(c.shards().unwrap(), Some(5), "an explicit count wins");
         let zero = toml::from_str::<Config>("[node]\nshards = 0\n").unwrap();
         let err = zero.validate().unwrap_err();
         assert!(err.to_string().contains("node.shards"), "{err}");

@@ -68,7 +68,19 @@ pub async fn start(cfg: Config) -> Result<Running> {
     })?;
     let auth = Arc::new(Auth::load(&cfg.auth, &cfg.data_dir)?);
     let mut ncfg = NodeConfig::new(cfg.node.id, cfg.node.raft_listen, cfg.data_dir.clone());
-    ncfg.shards = cfg.shards()?;
+    ncfg.shards = match cfg.shards()? {
+        Some(n) => n,
+        // Joining: the cluster's count, asked of the seeds.
+        None => {
+            missive_raft::directory::cluster_shard_count(
+                cfg.node.id,
+                &ncfg.cluster,
+                &cfg.node.peers,
+                missive_raft::directory::JOIN_WAIT,
+            )
+            .await?
+        }
+    };
     tracing::info!(shards = ncfg.shards, "shard count");
     ncfg.log.io = cfg.node.io;
     ncfg.lsm.bottom_hc_level =

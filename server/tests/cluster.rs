@@ -280,8 +280,12 @@ async fn a_dead_node_is_replaced_through_the_admin_api_and_nothing_is_lost() {
     c4.node.raft_listen = common::free_port("127.0.0.4");
     c4.node.peers = cfgs[0].node.peers.clone();
     c4.node.join = true;
+    // No shard count of its own: it takes the cluster's 4 (its default, 8,
+    // would be refused when it registers).
+    c4.node.shards = None;
     c4.auth.secret = c.auth.secret.clone();
     let n4 = missive_server::start(c4.clone()).await.unwrap();
+    assert_eq!(n4.node().slots().shards().count(), 4);
     let mut laptop = Ws::connect(n4.addr(), &token(c, 2, 2)).await;
     let evs = laptop.sync_until(0, &conv, 10).await;
     assert_eq!(message_seqs(&evs, &conv), (1..=10).collect::<Vec<_>>());

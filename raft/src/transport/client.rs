@@ -100,6 +100,11 @@ impl Peers {
         }
     }
 
+    /// The cluster's name this pool says hello with.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
     /// Dials `addr` whenever `target` is called (tests put a proxy there).
     pub fn set_route(&self, target: NodeId, addr: SocketAddr) {
         self.routes
