@@ -733,7 +733,7 @@ impl Node {
         self.inner.hooks.inbox.subscribe()
     }
 
-    /// Apply's record reads on this node since start, (answered by the
+    /// Apply's record reads on this node since start: (answered by the
     /// shards' record caches, read from the LSM).
     pub fn record_cache_counts(&self) -> (u64, u64) {
         let h = &self.inner.hooks;
