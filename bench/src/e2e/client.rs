@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::pacer::Pacer;
 use super::setup::Plan;
 
 /// An open, synced connection.
@@ -267,7 +268,15 @@ fn body(t: u64, len: usize) -> String {
 
 /// Runs device `i`'s load until `shared.stop_reading`: sends at `rate`
 /// messages/s, reads and times everything that arrives.
-pub async fn run(i: usize, mut ws: Ws, cursor: u64, plan: Plan, rate: f64, sh: &Shared) {
+pub async fn run(
+    i: usize,
+    mut ws: Ws,
+    cursor: u64,
+    plan: Plan,
+    rate: f64,
+    sh: &Shared,
+    pacer: Option<&Pacer>,
+) {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
     let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
     let mut next = fastrand::u64(0..interval_ns.max(1));
@@ -275,9 +284,9 @@ pub async fn run(i: usize, mut ws: Ws, cursor: u64, plan: Plan, rate: f64, sh: &
     let mut useq = cursor;
     let mut k = 0u64;
     let end = sh.start + Duration::from_nanos(sh.stop_reading);
+    let mut tick = Tick::new(pacer, sh.start + Duration::from_nanos(next));
     loop {
         let sending = next < sh.stop_sending;
-        let due = sh.start + Duration::from_nanos(next);
         tokio::select! {
             biased;
             m = ws.next() => {
@@ -292,10 +301,11 @@ pub async fn run(i: usize, mut ws: Ws, cursor: u64, plan: Plan, rate: f64, sh: &
                 };
                 on_frame(i, f, &mut useq, (&me_user, &me_device), sh);
             }
-            _ = tokio::time::sleep_until(due.into()), if sending => {
+            () = tick.wait(), if sending => {
                 let t = next;
                 next += interval_ns;
                 k += 1;
+                tick = Tick::new(pacer, sh.start + Duration::from_nanos(next));
                 let (conv, fanout) = match &plan.group {
                     Some(g) if fastrand::f64() < sh.group_share => g,
                     _ => &plan.direct,
@@ -319,6 +329,34 @@ pub async fn run(i: usize, mut ws: Ws, cursor: u64, plan: Plan, rate: f64, sh: &
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+}
+
+/// A connection's wait for its next send time: on the pacing thread, or on
+/// tokio's timer (`--pacer tokio`, 1 ms ticks).
+enum Tick {
+    Tokio(std::pin::Pin<Box<tokio::time::Sleep>>),
+    Paced(tokio::sync::oneshot::Receiver<()>),
+}
+
+impl Tick {
+    fn new(pacer: Option<&Pacer>, at: Instant) -> Tick {
+        match pacer {
+            Some(p) => Tick::Paced(p.until(at)),
+            None => Tick::Tokio(Box::pin(tokio::time::sleep_until(at.into()))),
+        }
+    }
+
+    /// Completes at the time (once: a fired tick is replaced, never
+    /// polled again).
+    async fn wait(&mut self) {
+        match self {
+            Tick::Tokio(s) => s.as_mut().await,
+            Tick::Paced(r) => {
+                // The pacer only goes away with the run.
+                let _ = r.await;
+            }
+        }
+    }
 }
 
 fn on_frame(i: usize, f: Frame<'_>, useq: &mut u64, me: (&str, &str), sh: &Shared) {

@@ -19,8 +19,10 @@
 //! - `server` — the `missived` process (or an external one) and /proc.
 //! - `setup` — tokens and conversations over HTTP.
 //! - `client` — one device: connect, sync, send on schedule, time events.
+//! - `pacer` — the thread that wakes each device at its send time.
 
 mod client;
+mod pacer;
 mod server;
 mod setup;
 
@@ -78,6 +80,11 @@ pub struct E2eArgs {
     /// Worker threads of the generator.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// What wakes a connection at its send time: `thread` (a pacing
+    /// thread, tens of µs late) or `tokio` (tokio's timer: 1 ms ticks,
+    /// ~0.75 ms late at the median — every latency includes it).
+    #[arg(long, value_enum, default_value_t = PacerKind::Thread)]
+    pub pacer: PacerKind,
     /// The `missived` binary to start [default: next to this one].
     #[arg(long)]
     pub missived: Option<PathBuf>,
@@ -97,6 +104,15 @@ pub struct E2eArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What wakes a connection at its scheduled send time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PacerKind {
+    /// A pacing thread (see `pacer`).
+    Thread,
+    /// tokio's timer wheel (1 ms ticks).
+    Tokio,
 }
 
 /// Runs the benchmark.
@@ -212,12 +228,17 @@ async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
             Duration::from_secs(a.drain),
         )?
     });
+    let pacer = match a.pacer {
+        PacerKind::Thread => Some(pacer::Pacer::start()?),
+        PacerKind::Tokio => None,
+    };
     let per_conn = a.rate / conns.len() as f64;
     let mut tasks = Vec::with_capacity(conns.len());
     for (i, ((ws, cursor), plan)) in conns.into_iter().zip(plans).enumerate() {
         let sh = Arc::clone(&sh);
+        let pacer = pacer.clone();
         tasks.push(tokio::spawn(async move {
-            client::run(i, ws, cursor, plan, per_conn, &sh).await;
+            client::run(i, ws, cursor, plan, per_conn, &sh, pacer.as_deref()).await;
         }));
     }
     // CPU over the measured window only.
