@@ -176,14 +176,28 @@ impl Http {
         v["conv"].as_str().unwrap().to_string()
     }
 
-    /// Sends a text message over HTTP; (seq, duplicate).
+    /// Sends a text message over HTTP; (seq, duplicate). Like a client
+    /// following docs/protocol.md, it resends (same client message id, so
+    /// at most once) after `unavailable` — a shard electing a leader, as
+    /// when a test stops one — for up to 30 s.
     pub async fn send(&self, conv: &str, client_msg_id: &str, body: &str) -> (u64, bool) {
-        let (s, v) = self
-            .post(
-                &format!("/v1/conversations/{conv}/messages"),
-                json!({"client_msg_id": client_msg_id, "body": body}),
-            )
-            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let (s, v) = loop {
+            let (s, v) = self
+                .post(
+                    &format!("/v1/conversations/{conv}/messages"),
+                    json!({"client_msg_id": client_msg_id, "body": body}),
+                )
+                .await;
+            if s != 503
+                || v["error"]["code"] != "unavailable"
+                || tokio::time::Instant::now() > deadline
+            {
+                break (s, v);
+            }
+            let wait = v["error"]["retry_after_ms"].as_u64().unwrap_or(500);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        };
         assert_eq!(s, 200, "{v}");
         (
             v["seq"].as_u64().unwrap(),
