@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
+use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, UserId};
+use missive_chat::ChatNode as Node;
 use missive_engine::keys::ConversationId;
-use missive_raft::command::{Command, ConversationKind, DeviceId, MessageKind, UserId};
-use missive_raft::node::{Node, NodeConfig};
+use missive_raft::node::NodeConfig;
 use missive_raft::ShardId;
 use tokio::sync::RwLock;
 

@@ -15,14 +15,14 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
-use crate::command::{Batch, Command, Outcome};
+use crate::app::{App, Batch};
 use crate::error::Error;
 use crate::types::{NodeAddr, NodeId, Raft, ShardId};
 
 /// One queued write.
-pub(crate) struct Pending {
-    pub(crate) command: Command,
-    pub(crate) reply: oneshot::Sender<Result<Outcome, Error>>,
+pub(crate) struct Pending<A: App> {
+    pub(crate) command: A::Command,
+    pub(crate) reply: oneshot::Sender<Result<A::Outcome, Error>>,
 }
 
 /// Entries proposed but not yet applied, per shard. Bounds memory under
@@ -55,15 +55,15 @@ fn now_micros() -> u64 {
 /// sends kept being acknowledged (missive-bench e2e: 0.3 % of events
 /// delivered at 20 000 msgs/s). With the fan-out first, overload shows up
 /// where it belongs: as slower `sent` acks, i.e. backpressure on senders.
-pub(crate) struct Lanes {
-    /// Fan-out writes, served first.
-    pub(crate) system: mpsc::Receiver<Pending>,
+pub(crate) struct Lanes<A: App> {
+    /// The node's own writes (`App::is_system`), served first.
+    pub(crate) system: mpsc::Receiver<Pending<A>>,
     /// Everything else.
-    pub(crate) clients: mpsc::Receiver<Pending>,
+    pub(crate) clients: mpsc::Receiver<Pending<A>>,
 }
 
 /// Moves queued writes of `lane` into `items`, up to `max` in all.
-fn drain(lane: &mut mpsc::Receiver<Pending>, items: &mut Vec<Pending>, max: usize) {
+fn drain<A: App>(lane: &mut mpsc::Receiver<Pending<A>>, items: &mut Vec<Pending<A>>, max: usize) {
     while items.len() < max {
         match lane.try_recv() {
             Ok(p) => items.push(p),
@@ -73,7 +73,12 @@ fn drain(lane: &mut mpsc::Receiver<Pending>, items: &mut Vec<Pending>, max: usiz
 }
 
 /// Runs until every sender of both lanes is gone.
-pub(crate) async fn run(raft: Raft, shard: ShardId, mut lanes: Lanes, max_batch: usize) {
+pub(crate) async fn run<A: App>(
+    raft: Raft<A>,
+    shard: ShardId,
+    mut lanes: Lanes<A>,
+    max_batch: usize,
+) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut confirmed_term = None;
     loop {
@@ -97,7 +102,7 @@ pub(crate) async fn run(raft: Raft, shard: ShardId, mut lanes: Lanes, max_batch:
             }
             continue;
         }
-        let (commands, replies): (Vec<Command>, Vec<_>) =
+        let (commands, replies): (Vec<A::Command>, Vec<_>) =
             items.into_iter().map(|p| (p.command, p.reply)).unzip();
         let batch = Batch {
             stamp_micros: now_micros(),
@@ -170,8 +175,8 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 /// through a restarted former leader hung for the whole 10 s apply timeout
 /// and came back `Unknown`. Confirming first turns that into a prompt
 /// `NotLeader`, which the caller retries or forwards.
-async fn confirm_leadership(
-    raft: &Raft,
+async fn confirm_leadership<A: App>(
+    raft: &Raft<A>,
     shard: ShardId,
     confirmed: &mut Option<u64>,
 ) -> Result<(), Error> {

@@ -8,7 +8,7 @@
 //! entry  (log index i + 1 holds Raft index i: the engine's indexes start
 //!         at 1, openraft's at 0)
 //!   0  1  format version = 1
-//!   1  …  postcard(openraft::Entry<TypeConfig>): log_id {leader_id {term,
+//!   1  …  postcard(openraft::Entry<TypeConfig<A>>): log_id {leader_id {term,
 //!         node_id}, index}, then the payload: 0 = Blank, 1 = Normal(Batch),
 //!         2 = Membership {configs, nodes}
 //!
@@ -21,6 +21,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::app::App;
 use crate::error::{Error, Result};
 use crate::types::Entry;
 
@@ -54,12 +55,12 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
 }
 
 /// Encodes a log entry.
-pub fn encode_entry(e: &Entry) -> Result<Vec<u8>> {
+pub fn encode_entry<A: App>(e: &Entry<A>) -> Result<Vec<u8>> {
     encode("raft log entry", e)
 }
 
 /// Decodes a log entry.
-pub fn decode_entry(bytes: &[u8]) -> Result<Entry> {
+pub fn decode_entry<A: App>(bytes: &[u8]) -> Result<Entry<A>> {
     decode("raft log entry", bytes)
 }
 
@@ -67,8 +68,8 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry> {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
-    use crate::command::{Batch, Command, DeviceId, MessageKind, UserId};
-    use missive_engine::keys::ConversationId;
+    use crate::app::Batch;
+    use crate::test_app::{Kv, KvCommand};
     use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -80,30 +81,25 @@ mod tests {
         nodes.insert(2, openraft::BasicNode::new("127.0.0.2:1"));
         let payloads = vec![
             EntryPayload::Blank,
-            EntryPayload::Normal(Batch {
+            EntryPayload::Normal(Batch::<Kv> {
                 stamp_micros: 42,
-                commands: vec![Command::AppendMessage {
-                    conv: ConversationId(9),
-                    sender: UserId(1),
-                    device: DeviceId(2),
-                    client_msg_id: "c-1".into(),
-                    kind: MessageKind::Text,
-                    body: vec![0, 255, 7],
-                    expires_at: Some(5),
+                commands: vec![KvCommand::Put {
+                    key: vec![0x10, 1],
+                    value: vec![0, 255, 7],
                 }],
             }),
             EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1, 2])], nodes)),
         ];
         for payload in payloads {
-            let e = Entry { log_id, payload };
+            let e = Entry::<Kv> { log_id, payload };
             let bytes = encode_entry(&e).unwrap();
             assert_eq!(bytes[0], FORMAT_VERSION);
-            let back = decode_entry(&bytes).unwrap();
+            let back = decode_entry::<Kv>(&bytes).unwrap();
             assert_eq!(format!("{back:?}"), format!("{e:?}"));
             let mut other = bytes.clone();
             other[0] = 2;
-            assert!(decode_entry(&other).is_err());
-            assert!(decode_entry(&bytes[..bytes.len() - 1]).is_err() || bytes.len() < 3);
+            assert!(decode_entry::<Kv>(&other).is_err());
+            assert!(decode_entry::<Kv>(&bytes[..bytes.len() - 1]).is_err() || bytes.len() < 3);
         }
     }
 }

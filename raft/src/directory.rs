@@ -68,11 +68,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::command::{Command, Outcome, RejectCode};
+use crate::app::{App, ClusterCommand, ClusterOutcome};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::membership::{self, Placement};
+use crate::meta::cluster_map_key;
 use crate::node::{Consistency, Inner};
-use crate::records::{self, cluster_map_key};
 use crate::slots::SlotMap;
 use crate::transport::{ReadOp, ReadResult, Reply, Rpc};
 use crate::types::{NodeId, ShardId};
@@ -213,11 +214,11 @@ impl ClusterMap {
 /// Runs a metadata command on the map (apply calls this; deterministic:
 /// it reads nothing but the map and the command). Bumps the version if the
 /// map changed.
-pub(crate) fn execute(map: &mut ClusterMap, cmd: &Command) -> Outcome {
+pub(crate) fn execute(map: &mut ClusterMap, cmd: &ClusterCommand) -> ClusterOutcome {
     let changed = match cmd {
-        Command::RegisterNode { node, addr, slots } => map.register(*node, addr, slots),
-        Command::ForgetNode { node } => map.forget(*node),
-        Command::ReportPlacement {
+        ClusterCommand::RegisterNode { node, addr, slots } => map.register(*node, addr, slots),
+        ClusterCommand::ForgetNode { node } => map.forget(*node),
+        ClusterCommand::ReportPlacement {
             shard,
             voters,
             learners,
@@ -230,25 +231,11 @@ pub(crate) fn execute(map: &mut ClusterMap, cmd: &Command) -> Outcome {
                 config_index: *config_index,
             },
         )),
-        other => Err(format!(
-            "{:?} is not a metadata-group command",
-            other.route()
-        )),
-    };
-    match changed {
-        Ok(changed) => {
-            if changed {
-                map.version += 1;
-            }
-            Outcome::Directory {
-                version: map.version,
-            }
-        }
-        Err(message) => Outcome::Rejected {
-            code: RejectCode::Conflict,
-            message,
-        },
+    }?;
+    if changed {
+        map.version += 1;
     }
+    Ok(map.version)
 }
 
 /// The shard count of the cluster that `seeds` (node id → transport
@@ -266,13 +253,13 @@ pub(crate) fn execute(map: &mut ClusterMap, cmd: &Command) -> Outcome {
 /// [`Error::Unavailable`] when no seed told the count within `wait` (with
 /// each seed's last answer); [`Error::Malformed`] for a map that does not
 /// decode.
-pub async fn cluster_shard_count(
+pub async fn cluster_shard_count<A: App>(
     me: NodeId,
     cluster: &str,
     seeds: &BTreeMap<NodeId, String>,
     wait: Duration,
 ) -> Result<u32> {
-    let peers = crate::transport::client::Peers::new(me, cluster.to_string());
+    let peers = crate::transport::client::Peers::<A>::new(me, cluster.to_string());
     let deadline = Instant::now() + wait;
     loop {
         let mut answers = Vec::new();
@@ -289,7 +276,7 @@ pub async fn cluster_shard_count(
             {
                 Ok(Reply::Read(Ok(ReadResult::Value(v)))) => {
                     let map: ClusterMap = match v {
-                        Some(v) => records::decode("cluster map", &v)?,
+                        Some(v) => codec::decode("cluster map", &v)?,
                         None => ClusterMap::default(),
                     };
                     if let Some(slots) = map.slots {
@@ -315,7 +302,7 @@ pub async fn cluster_shard_count(
     }
 }
 
-impl Inner {
+impl<A: App> Inner<A> {
     /// This node's copy of the map (version 0: not read yet).
     pub(crate) fn cluster_map(&self) -> Arc<ClusterMap> {
         Arc::clone(&self.map.borrow())
@@ -333,7 +320,7 @@ impl Inner {
             )
             .await?;
         let map: ClusterMap = match read {
-            ReadResult::Value(Some(v)) => records::decode("cluster map", &v)?,
+            ReadResult::Value(Some(v)) => codec::decode("cluster map", &v)?,
             ReadResult::Value(None) => ClusterMap::default(),
             other => {
                 return Err(Error::Unknown {
@@ -362,24 +349,28 @@ impl Inner {
     /// Runs a metadata command; returns the map's version after it.
     pub(crate) async fn write_directory(
         self: &Arc<Self>,
-        command: Command,
+        command: ClusterCommand,
         wait: Duration,
     ) -> Result<u64> {
-        match self.write(ShardId::DIRECTORY, command, wait).await? {
-            Outcome::Directory { version } => {
+        let out = self
+            .write(ShardId::DIRECTORY, A::cluster(command), wait)
+            .await?;
+        match A::as_cluster_outcome(&out) {
+            Some(Ok(version)) => {
                 self.heard_of_map(version);
                 Ok(version)
             }
-            other => Err(Error::Unknown {
+            Some(Err(message)) => Err(Error::Refused(message)),
+            None => Err(Error::Unknown {
                 shard: ShardId::DIRECTORY,
-                reason: format!("the metadata group answered {other:?}"),
+                reason: format!("the metadata group answered {out:?}"),
             }),
         }
     }
 
     /// Registers this node at its address.
     pub(crate) async fn register(self: &Arc<Self>, wait: Duration) -> Result<u64> {
-        let cmd = Command::RegisterNode {
+        let cmd = ClusterCommand::RegisterNode {
             node: self.id,
             addr: self.addr.clone(),
             slots: self.slots.clone(),
@@ -402,7 +393,7 @@ impl Inner {
             if p.voters.is_empty() || map.shards.get(&shard) == Some(&entry) {
                 continue;
             }
-            let cmd = Command::ReportPlacement {
+            let cmd = ClusterCommand::ReportPlacement {
                 shard,
                 voters: entry.voters,
                 learners: entry.learners,
@@ -415,7 +406,7 @@ impl Inner {
     }
 }
 
-impl Inner {
+impl<A: App> Inner<A> {
     /// Retires this node's replica of each group whose recorded
     /// configuration is later than the one it holds and leaves it out —
     /// the `Retire` notice it missed while it was down — once one of the
@@ -469,7 +460,7 @@ impl Inner {
 
 /// Keeps this node's copy of the map current, its registration and its
 /// led groups' placements recorded, until `stop` turns true.
-pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run<A: App>(inner: Arc<Inner<A>>, mut stop: watch::Receiver<bool>) {
     let mut heard = inner.peers.map_versions();
     let mut applied = inner.hooks.directory.subscribe();
     let mut last_read: Option<Instant> = None;
@@ -498,7 +489,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                 Ok(_) => {
                     tracing::info!(node = inner.id, addr = %inner.addr, "registered in the cluster map")
                 }
-                Err(Error::Rejected { message, .. }) => {
+                Err(Error::Refused(message)) => {
                     tracing::error!(node = inner.id, %message, "the cluster map refuses this node");
                     refused = true;
                 }
@@ -515,10 +506,10 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
-    fn register(map: &mut ClusterMap, node: NodeId, addr: &str, shards: u32) -> Outcome {
+    fn register(map: &mut ClusterMap, node: NodeId, addr: &str, shards: u32) -> ClusterOutcome {
         execute(
             map,
-            &Command::RegisterNode {
+            &ClusterCommand::RegisterNode {
                 node,
                 addr: addr.into(),
                 slots: SlotMap::even(shards).unwrap(),
@@ -526,10 +517,10 @@ mod tests {
         )
     }
 
-    fn report(map: &mut ClusterMap, shard: u32, voters: &[NodeId], index: u64) -> Outcome {
+    fn report(map: &mut ClusterMap, shard: u32, voters: &[NodeId], index: u64) -> ClusterOutcome {
         execute(
             map,
-            &Command::ReportPlacement {
+            &ClusterCommand::ReportPlacement {
                 shard: ShardId(shard),
                 voters: voters.iter().copied().collect(),
                 learners: BTreeSet::new(),
@@ -538,20 +529,17 @@ mod tests {
         )
     }
 
-    fn version(o: &Outcome) -> u64 {
+    fn version(o: &ClusterOutcome) -> u64 {
         match o {
-            Outcome::Directory { version } => *version,
-            other => panic!("expected a version, got {other:?}"),
+            Ok(version) => *version,
+            Err(other) => panic!("expected a version, got {other:?}"),
         }
     }
 
-    fn refused(o: &Outcome) -> &str {
+    fn refused(o: &ClusterOutcome) -> &str {
         match o {
-            Outcome::Rejected {
-                code: RejectCode::Conflict,
-                message,
-            } => message,
-            other => panic!("expected a conflict, got {other:?}"),
+            Err(message) => message,
+            Ok(other) => panic!("expected a conflict, got version {other}"),
         }
     }
 
@@ -590,33 +578,22 @@ mod tests {
     #[test]
     fn a_node_is_forgotten_only_once_it_holds_nothing_and_never_comes_back() {
         let mut m = ClusterMap::default();
-        register(&mut m, 1, "a:1", 2);
-        register(&mut m, 2, "b:1", 2);
-        report(&mut m, 0, &[1, 2], 1);
-        let why = refused(&execute(&mut m, &Command::ForgetNode { node: 1 })).to_string();
+        register(&mut m, 1, "a:1", 2).unwrap();
+        register(&mut m, 2, "b:1", 2).unwrap();
+        report(&mut m, 0, &[1, 2], 1).unwrap();
+        let why = refused(&execute(&mut m, &ClusterCommand::ForgetNode { node: 1 })).to_string();
         assert!(why.contains("shard-0"), "{why}");
         assert!(m.nodes.contains_key(&1));
-        report(&mut m, 0, &[2], 3);
-        let v = version(&execute(&mut m, &Command::ForgetNode { node: 1 }));
+        report(&mut m, 0, &[2], 3).unwrap();
+        let v = version(&execute(&mut m, &ClusterCommand::ForgetNode { node: 1 }));
         assert!(!m.nodes.contains_key(&1));
         // Forgetting again is a no-op; registering again is refused.
         assert_eq!(
-            version(&execute(&mut m, &Command::ForgetNode { node: 1 })),
+            version(&execute(&mut m, &ClusterCommand::ForgetNode { node: 1 })),
             v
         );
         let why = refused(&register(&mut m, 1, "a:1", 2)).to_string();
         assert!(why.contains("new id"), "{why}");
         assert_eq!(m.replicas(ShardId(0)), vec![(2, "b:1".to_string())]);
-    }
-
-    #[test]
-    fn a_data_command_is_not_a_metadata_command() {
-        let mut m = ClusterMap::default();
-        let cmd = Command::SetProfile {
-            user: crate::command::UserId(1),
-            display_name: "x".into(),
-        };
-        refused(&execute(&mut m, &cmd));
-        assert_eq!(m, ClusterMap::default());
     }
 }

@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
+use crate::app::App;
 use crate::types::Entry;
 
 /// Encoded bytes of entries kept per shard. Apply and replication read an
@@ -28,21 +29,33 @@ use crate::types::Entry;
 pub const CACHE_BYTES: usize = 1 << 20;
 
 /// A shard's newest entries (see the module docs).
-#[derive(Debug, Default)]
-pub struct EntryCache {
-    inner: Mutex<Run>,
+#[derive(Debug)]
+pub struct EntryCache<A: App> {
+    inner: Mutex<Run<A>>,
 }
 
-#[derive(Debug, Default)]
-struct Run {
+impl<A: App> Default for EntryCache<A> {
+    fn default() -> Self {
+        EntryCache {
+            inner: Mutex::new(Run {
+                first: 0,
+                entries: VecDeque::new(),
+                bytes: 0,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Run<A: App> {
     /// Raft index of `entries[0]`.
     first: u64,
     /// The entries and their encoded sizes.
-    entries: VecDeque<(Entry, usize)>,
+    entries: VecDeque<(Entry<A>, usize)>,
     bytes: usize,
 }
 
-impl Run {
+impl<A: App> Run<A> {
     fn end(&self) -> u64 {
         self.first + self.entries.len() as u64
     }
@@ -55,15 +68,15 @@ impl Run {
     }
 }
 
-impl EntryCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Run> {
+impl<A: App> EntryCache<A> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Run<A>> {
         // The run is left consistent before anything that could panic.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Entries just appended to the log at Raft indexes `first..`, with
     /// their encoded sizes.
-    pub fn appended(&self, first: u64, entries: impl IntoIterator<Item = (Entry, usize)>) {
+    pub fn appended(&self, first: u64, entries: impl IntoIterator<Item = (Entry<A>, usize)>) {
         let mut run = self.lock();
         if run.entries.is_empty() || run.end() != first {
             // Not a continuation (first append, or the log restarted after
@@ -103,7 +116,7 @@ impl EntryCache {
     }
 
     /// Entries at Raft indexes `lo..hi`, if the cache holds all of them.
-    pub fn get(&self, lo: u64, hi: u64) -> Option<Vec<Entry>> {
+    pub fn get(&self, lo: u64, hi: u64) -> Option<Vec<Entry<A>>> {
         let run = self.lock();
         if lo < run.first || hi > run.end() || hi <= lo {
             return None;
@@ -124,18 +137,19 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
     use super::*;
+    use crate::test_app::Kv;
     use crate::types::{LogId, TypeConfig};
     use openraft::{CommittedLeaderId, EntryPayload};
 
-    fn entry(term: u64, index: u64) -> (Entry, usize) {
-        let e = openraft::Entry::<TypeConfig> {
+    fn entry(term: u64, index: u64) -> (Entry<Kv>, usize) {
+        let e = openraft::Entry::<TypeConfig<Kv>> {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
         };
         (e, 1 << 10)
     }
 
-    fn ids(v: Option<Vec<Entry>>) -> Option<Vec<(u64, u64)>> {
+    fn ids(v: Option<Vec<Entry<Kv>>>) -> Option<Vec<(u64, u64)>> {
         v.map(|v| {
             v.iter()
                 .map(|e| (e.log_id.leader_id.term, e.log_id.index))
@@ -145,7 +159,7 @@ mod tests {
 
     #[test]
     fn serves_only_whole_ranges_of_the_current_run() {
-        let c = EntryCache::default();
+        let c = EntryCache::<Kv>::default();
         assert_eq!(ids(c.get(1, 2)), None);
         c.appended(5, (5..10).map(|i| entry(1, i)));
         assert_eq!(ids(c.get(6, 8)), Some(vec![(1, 6), (1, 7)]));
@@ -169,7 +183,7 @@ mod tests {
 
     #[test]
     fn keeps_its_byte_budget_and_drops_the_oldest() {
-        let c = EntryCache::default();
+        let c = EntryCache::<Kv>::default();
         let n = CACHE_BYTES / (1 << 10);
         c.appended(1, (1..=n as u64 + 10).map(|i| entry(1, i)));
         assert_eq!(ids(c.get(10, 11)), None);

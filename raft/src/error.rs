@@ -3,13 +3,16 @@
 //! A caller (the message service) must be able to act without parsing a
 //! message: [`Error::NotLeader`] says where to go instead, [`Error::Unavailable`]
 //! says retry later (no quorum, an election under way, a shutdown), a
-//! [`Error::Rejected`] command is the caller's to report to its user, and
+//! [`Error::Refused`] change of the cluster map is the operator's to fix,
+//! and
 //! [`Error::Storage`] carries the engine's own classification (corruption vs
 //! I/O vs poisoned). [`Error::Unknown`] is the honest answer when a write may
 //! or may not have committed (the leader vanished after accepting it): retry
 //! with the same client message id, which the state machine deduplicates.
+//!
+//! An application's refusals (a command its rules reject) are outcomes, not
+//! errors, here: the application's crate turns them into its own error.
 
-use crate::command::RejectCode;
 use crate::types::{NodeId, ShardId};
 
 /// A result with the replication layer's [`Error`].
@@ -50,15 +53,11 @@ pub enum Error {
         reason: String,
     },
 
-    /// The state machine refused the command (deterministically, on every
-    /// replica): no such conversation, not a member, …
-    #[error("rejected ({code:?}): {message}")]
-    Rejected {
-        /// Stable code.
-        code: RejectCode,
-        /// For a person.
-        message: String,
-    },
+    /// The cluster map refused a change (deterministically, on every
+    /// replica): a node started with another shard count, a forgotten node
+    /// registering again, forgetting a node that still holds replicas.
+    #[error("the cluster map refuses: {0}")]
+    Refused(String),
 
     /// This node has no such shard.
     #[error("{0} is not hosted on this node")]
@@ -109,7 +108,8 @@ impl Error {
         )
     }
 
-    pub(crate) fn malformed(what: &'static str, reason: impl ToString) -> Self {
+    /// Bytes that did not decode as `what`.
+    pub fn malformed(what: &'static str, reason: impl ToString) -> Self {
         Error::Malformed {
             what,
             reason: reason.to_string(),

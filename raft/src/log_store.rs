@@ -61,13 +61,14 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogId, RaftLogReader, Stor
 use missive_engine::log::{Durable, Log};
 use missive_engine::lsm::Lsm;
 
+use crate::app::App;
 use crate::codec::{self, META_COMMITTED, META_PURGED, META_VOTE};
 use crate::entry_cache::EntryCache;
 use crate::types::{Entry, LogId, ShardId, StorageError, TypeConfig, Vote};
 
 /// One shard's Raft log: a stream of the node's log.
-#[derive(Debug, Clone)]
-pub struct LogStore {
+#[derive(Debug)]
+pub struct LogStore<A: App> {
     log: Arc<Log>,
     shard: ShardId,
     /// The LSM the shard's state machine writes to: purges stop at what
@@ -77,7 +78,19 @@ pub struct LogStore {
     /// (its record is staged, so the log may not show it yet).
     saved_committed: Option<Option<LogId>>,
     /// The newest entries, decoded, shared with the readers (clones).
-    cache: Arc<EntryCache>,
+    cache: Arc<EntryCache<A>>,
+}
+
+impl<A: App> Clone for LogStore<A> {
+    fn clone(&self) -> Self {
+        LogStore {
+            log: Arc::clone(&self.log),
+            shard: self.shard,
+            horizon: self.horizon.clone(),
+            saved_committed: self.saved_committed,
+            cache: Arc::clone(&self.cache),
+        }
+    }
 }
 
 fn io_err(
@@ -94,7 +107,7 @@ async fn durable(d: Durable, subject: ErrorSubject<u64>) -> Result<(), StorageEr
     d.await.map_err(|e| io_err(subject, ErrorVerb::Write, &e))
 }
 
-impl LogStore {
+impl<A: App> LogStore<A> {
     /// The log store of `shard` on `log`.
     pub fn new(log: Arc<Log>, shard: ShardId) -> Self {
         LogStore {
@@ -219,7 +232,7 @@ impl LogStore {
         Ok(committed.flatten().is_none_or(|c| c.index < last))
     }
 
-    fn read_range(&self, lo: u64, hi: u64) -> Result<Vec<Entry>, StorageError> {
+    fn read_range(&self, lo: u64, hi: u64) -> Result<Vec<Entry<A>>, StorageError> {
         if let Some(entries) = self.cache.get(lo, hi) {
             return Ok(entries);
         }
@@ -234,7 +247,7 @@ impl LogStore {
         entries
             .iter()
             .map(|e| {
-                codec::decode_entry(&e.data).map_err(|err| {
+                codec::decode_entry::<A>(&e.data).map_err(|err| {
                     io_err(ErrorSubject::LogIndex(e.index - 1), ErrorVerb::Read, &err)
                 })
             })
@@ -264,11 +277,11 @@ fn to_range(range: &impl RangeBounds<u64>) -> (u64, u64) {
     (lo, hi)
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<A: App> RaftLogReader<TypeConfig<A>> for LogStore<A> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry<A>>, StorageError> {
         let (lo, hi) = to_range(&range);
         if hi <= lo {
             return Ok(Vec::new());
@@ -280,7 +293,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         start: u64,
         end: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry<A>>, StorageError> {
         // Bound one replication message: 1024 entries (each a batch of up
         // to a few hundred messages).
         let end = end.min(start.saturating_add(1024));
@@ -288,10 +301,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
+    type LogReader = LogStore<A>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig<A>>, StorageError> {
         let last_purged: Option<LogId> = self.meta(META_PURGED, ErrorSubject::Logs)?;
         let b = self.log.bounds(self.shard.stream());
         let last = if b.is_empty() {
@@ -346,10 +359,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: LogFlushed<TypeConfig<A>>,
     ) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + Send,
+        I: IntoIterator<Item = Entry<A>> + Send,
         I::IntoIter: Send,
     {
         let mut encoded = Vec::new();

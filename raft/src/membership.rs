@@ -58,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 
+use crate::app::App;
 use crate::error::{Error, Result};
 use crate::types::{LogId, NodeAddr, NodeId, Raft, ShardId};
 
@@ -109,7 +110,7 @@ pub enum Change {
 }
 
 /// The placement of `raft`'s group as its metrics show it.
-pub fn placement(raft: &Raft, shard: ShardId) -> Placement {
+pub fn placement<A: App>(raft: &Raft<A>, shard: ShardId) -> Placement {
     let m = raft.metrics().borrow().clone();
     let stored = &m.membership_config;
     let members = stored.membership();
@@ -132,8 +133,8 @@ pub fn placement(raft: &Raft, shard: ShardId) -> Placement {
 /// Runs `change` on `raft`, which must lead `shard`. Returns the new
 /// placement and the nodes that stopped being replicas (to retire), with
 /// the log id of the configuration that removed them.
-pub async fn execute(
-    raft: &Raft,
+pub async fn execute<A: App>(
+    raft: &Raft<A>,
     shard: ShardId,
     change: &Change,
 ) -> Result<(Placement, Vec<(NodeId, String)>, Option<LogId>)> {
@@ -199,7 +200,7 @@ pub async fn execute(
 
 /// Adds `node` as a learner and waits until it has everything the leader
 /// had when it was added.
-async fn catch_up(raft: &Raft, shard: ShardId, node: NodeId, addr: &str) -> Result<()> {
+async fn catch_up<A: App>(raft: &Raft<A>, shard: ShardId, node: NodeId, addr: &str) -> Result<()> {
     let resp = raft
         .add_learner(node, NodeAddr::new(addr), false)
         .await

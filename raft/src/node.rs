@@ -31,24 +31,15 @@ use tokio::task::JoinHandle;
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 
-use missive_engine::keys::ConversationId;
 use missive_engine::log::{Log, LogOptions};
 use missive_engine::lsm::{Lsm, LsmOptions};
 
-use crate::apply::InboxNotice;
+use crate::app::{App, ClusterCommand};
 use crate::batcher::{self, Pending};
-use crate::command::{Command, DeviceId, Outcome, UserId};
 use crate::directory::ClusterMap;
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
 use crate::membership::{Change, Placement, Retired};
-use crate::records::{
-    self, conversation_key, head_key, msg_key, receipt_prefix, Conversation, Head, Message, Receipt,
-};
-use crate::records::{
-    device_prefix, inbox_key, key_tail_u64, profile_key, push_prefix, user_conv_prefix,
-    user_head_key, Device, InboxEvent, Profile, PushTarget, UserConv, UserHead,
-};
 use crate::slots::SlotMap;
 use crate::snapshot::{ShardSnapshot, SnapshotWriter};
 use crate::state_machine::{ApplyHooks, StateMachine};
@@ -100,9 +91,8 @@ pub struct NodeConfig {
     pub max_batch: usize,
     /// The engine log's options.
     pub log: LogOptions,
-    /// The LSM's options. The default carries the store's retention rule
-    /// ([`crate::records::message_retention`]: disappearing messages); a config
-    /// that replaces `retention` loses it.
+    /// The LSM's options. With no `retention` rule of its own, the node
+    /// runs the application's ([`App::retention`]).
     pub lsm: LsmOptions,
     /// Raft entries between snapshots of a shard (each snapshot flushes the
     /// memtables and lets the log be purged).
@@ -122,7 +112,6 @@ impl NodeConfig {
             max_batch: 256,
             log: LogOptions::default(),
             lsm: LsmOptions {
-                retention: Some(crate::records::message_retention()),
                 // A node's cores serve clients and Raft too.
                 yield_to_foreground: true,
                 ..LsmOptions::default()
@@ -142,20 +131,11 @@ pub enum Consistency {
     Stale,
 }
 
-/// A message as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    /// Server timestamp (µs).
-    pub ts: u64,
-    /// The message.
-    pub message: Message,
-}
-
-pub(crate) struct Group {
-    pub(crate) raft: Raft,
-    batcher: mpsc::Sender<Pending>,
-    /// The batcher's lane for the fan-out's own writes (served first).
-    system: mpsc::Sender<Pending>,
+pub(crate) struct Group<A: App> {
+    pub(crate) raft: Raft<A>,
+    batcher: mpsc::Sender<Pending<A>>,
+    /// The batcher's lane for the node's own writes (served first).
+    system: mpsc::Sender<Pending<A>>,
     /// Whether stale reads may be served from this replica's applied state
     /// as it is. False at start when the log holds entries past the commit
     /// point on record (`LogStore::tail_unconfirmed`): the replica may be
@@ -171,15 +151,16 @@ struct Receiving {
     writer: SnapshotWriter,
 }
 
-pub(crate) struct Inner {
+pub(crate) struct Inner<A: App> {
+    pub(crate) app: Arc<A>,
     pub(crate) id: NodeId,
     pub(crate) addr: String,
     pub(crate) lsm: Arc<Lsm>,
     log: Arc<Log>,
     pub(crate) slots: SlotMap,
-    pub(crate) groups: BTreeMap<ShardId, Group>,
+    pub(crate) groups: BTreeMap<ShardId, Group<A>>,
     pub(crate) hooks: Arc<ApplyHooks>,
-    pub(crate) peers: Arc<Peers>,
+    pub(crate) peers: Arc<Peers<A>>,
     /// This node's copy of the cluster map (see `directory`).
     pub(crate) map: watch::Sender<Arc<ClusterMap>>,
     snapshot_dir: PathBuf,
@@ -195,13 +176,13 @@ pub(crate) struct Inner {
 }
 
 /// A running node. See the [module documentation](self).
-pub struct Node {
-    inner: Arc<Inner>,
+pub struct Node<A: App> {
+    inner: Arc<Inner<A>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for Node {
+impl<A: App> std::fmt::Debug for Node<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("id", &self.inner.id)
@@ -287,10 +268,13 @@ fn check_identity(dir: &Path, want: &Identity) -> Result<()> {
     }
 }
 
-impl Node {
+impl<A: App> Node<A> {
     /// Opens the data directory (recovering the log and the LSM), starts a
-    /// Raft group per shard and the transport.
-    pub async fn start(cfg: NodeConfig) -> Result<Node> {
+    /// Raft group per shard running `app`, and the transport.
+    pub async fn start(mut cfg: NodeConfig, app: Arc<A>) -> Result<Node<A>> {
+        if cfg.lsm.retention.is_none() {
+            cfg.lsm.retention = app.retention();
+        }
         if cfg.id == 0 {
             return Err(Error::InvalidArgument("node id 0 is reserved".into()));
         }
@@ -338,7 +322,7 @@ impl Node {
         let retired = Retired::load(&cfg.data_dir)?;
         let mut groups = BTreeMap::new();
         let mut tasks = Vec::new();
-        let hooks = Arc::new(ApplyHooks::new(INBOX_NOTICES));
+        let hooks = Arc::new(ApplyHooks::new());
         for shard in slots.groups() {
             let store =
                 LogStore::new(Arc::clone(&log), shard).with_durable_horizon(Arc::clone(&lsm));
@@ -346,6 +330,7 @@ impl Node {
                 .tail_unconfirmed()
                 .map_err(|e| Error::Fatal(format!("{shard}: reading its log: {e}")))?;
             let sm = StateMachine::open(
+                Arc::clone(&app),
                 Arc::clone(&lsm),
                 &slots,
                 shard,
@@ -387,6 +372,7 @@ impl Node {
             );
         }
         let inner = Arc::new(Inner {
+            app,
             id: cfg.id,
             addr,
             lsm,
@@ -404,16 +390,11 @@ impl Node {
             signals: tokio::sync::broadcast::channel(SIGNAL_BUFFER).0,
         });
         let (stop, stop_rx) = watch::channel(false);
-        tasks.push(tokio::spawn(crate::fanout::run(
-            Arc::clone(&inner),
-            hooks,
-            stop_rx.clone(),
-        )));
         tasks.push(tokio::spawn(crate::directory::run(
             Arc::clone(&inner),
             stop_rx.clone(),
         )));
-        let dispatch: Arc<dyn Dispatch> = Arc::clone(&inner) as Arc<dyn Dispatch>;
+        let dispatch: Arc<dyn Dispatch<A>> = Arc::clone(&inner) as Arc<dyn Dispatch<A>>;
         tasks.push(tokio::spawn(server::serve(
             listener,
             cfg.id,
@@ -441,12 +422,12 @@ impl Node {
     }
 
     /// The connection pool (tests route it through fault proxies).
-    pub fn peers(&self) -> &Arc<Peers> {
+    pub fn peers(&self) -> &Arc<Peers<A>> {
         &self.inner.peers
     }
 
     /// The shard's Raft handle (metrics, membership changes).
-    pub fn raft(&self, shard: ShardId) -> Result<&Raft> {
+    pub fn raft(&self, shard: ShardId) -> Result<&Raft<A>> {
         self.inner
             .groups
             .get(&shard)
@@ -568,7 +549,7 @@ impl Node {
         // the founding members register a tick after their metadata group
         // elects a leader: a node joining a cluster still forming waits for
         // that map instead of registering its own.
-        let theirs = crate::directory::cluster_shard_count(
+        let theirs = crate::directory::cluster_shard_count::<A>(
             self.inner.id,
             self.inner.peers.cluster(),
             seeds,
@@ -577,13 +558,10 @@ impl Node {
         .await?;
         let mine = self.inner.slots.shard_count();
         if theirs != mine {
-            return Err(Error::Rejected {
-                code: crate::command::RejectCode::Conflict,
-                message: format!(
-                    "node {} was started with {mine} shards; this cluster has {theirs}",
-                    self.inner.id
-                ),
-            });
+            return Err(Error::Refused(format!(
+                "node {} was started with {mine} shards; this cluster has {theirs}",
+                self.inner.id
+            )));
         }
         self.inner.register(crate::directory::JOIN_WAIT).await?;
         self.inner.refresh_map().await?;
@@ -607,7 +585,7 @@ impl Node {
     pub async fn forget_node(&self, node: NodeId) -> Result<u64> {
         let v = self
             .inner
-            .write_directory(Command::ForgetNode { node }, Duration::from_secs(5))
+            .write_directory(ClusterCommand::ForgetNode { node }, Duration::from_secs(5))
             .await?;
         self.inner.refresh_map().await?;
         Ok(v)
@@ -622,115 +600,41 @@ impl Node {
         self.inner.change_replicas(shard, change).await
     }
 
-    /// Runs a command on its conversation's shard: here if this node leads
-    /// it, else forwarded once to the leader. Waits out an election for up
-    /// to `election_wait` (NotLeader with no leader known, or an
-    /// unreachable leader); never retries a write whose outcome is unknown.
-    pub async fn write(&self, command: Command, election_wait: Duration) -> Result<Outcome> {
-        let shard = self.shard_of_command(&command)?;
+    /// Runs a command on the shard [`App::shard_of`] names: here if this
+    /// node leads it, else forwarded once to the leader. Waits out an
+    /// election for up to `election_wait` (NotLeader with no leader known,
+    /// or an unreachable leader); never retries a write whose outcome is
+    /// unknown. A command the application refuses is an `Ok` outcome.
+    pub async fn write(&self, command: A::Command, election_wait: Duration) -> Result<A::Outcome> {
+        let shard = self.inner.app.shard_of(&self.inner.slots, &command)?;
         self.inner.write(shard, command, election_wait).await
     }
 
-    /// The one shard a command acts on; a command spanning shards (or
-    /// naming nothing) is refused before anything is proposed.
-    fn shard_of_command(&self, command: &Command) -> Result<ShardId> {
-        let mut shard = None;
-        for r in command.routes() {
-            let s = self.inner.slots.shard_of_route(r).ok_or_else(|| {
-                Error::InvalidArgument("the command names no conversation or user".into())
-            })?;
-            if shard.is_some_and(|x| x != s) {
-                return Err(Error::InvalidArgument(
-                    "the command's items live on more than one shard".into(),
-                ));
-            }
-            shard = Some(s);
-        }
-        shard.ok_or_else(|| Error::InvalidArgument("the command is empty".into()))
-    }
-
-    /// Up to `limit` messages of `conv` older than `before` (all if None),
-    /// newest first.
-    pub async fn history(
+    /// [`Node::write`] to a shard the caller chose (the application's
+    /// background work, which knows where its items live).
+    pub async fn write_to(
         &self,
-        conv: ConversationId,
-        before: Option<u64>,
-        limit: usize,
-        consistency: Consistency,
-    ) -> Result<Vec<StoredMessage>> {
-        let limit = limit as u64;
-        let op = match before {
-            Some(ts) => ReadOp::Before {
-                conv: conv.0,
-                ts,
-                limit,
-            },
-            None => ReadOp::Latest {
-                conv: conv.0,
-                limit,
-            },
-        };
-        let shard = self.inner.slots.shard_of(conv);
-        let ReadResult::Messages(raw) = self.inner.read(shard, consistency, op).await? else {
-            return Err(Error::malformed("history", "answer of the wrong kind"));
-        };
-        raw.into_iter()
-            .map(|(ts, value)| {
-                Ok(StoredMessage {
-                    ts,
-                    message: records::decode("message", &value)?,
-                })
-            })
-            .collect()
+        shard: ShardId,
+        command: A::Command,
+        election_wait: Duration,
+    ) -> Result<A::Outcome> {
+        self.inner.write(shard, command, election_wait).await
     }
 
-    /// A conversation's record.
-    pub async fn conversation(
-        &self,
-        conv: ConversationId,
-        consistency: Consistency,
-    ) -> Result<Option<Conversation>> {
-        let shard = self.inner.slots.shard_of(conv);
-        self.get_record(shard, consistency, "conversation", &conversation_key(conv))
-            .await
+    /// Whether this node leads `shard` now (as far as it knows).
+    pub fn leads(&self, shard: ShardId) -> bool {
+        self.inner.leads(shard)
     }
 
-    /// A conversation's newest position.
-    pub async fn head(&self, conv: ConversationId, consistency: Consistency) -> Result<Head> {
-        let shard = self.inner.slots.shard_of(conv);
-        self.get_record(shard, consistency, "head", &head_key(conv))
-            .await
-            .map(Option::unwrap_or_default)
+    /// Every group this node has (hosted or not): the metadata group and
+    /// every data shard.
+    pub fn groups(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.inner.groups.keys().copied()
     }
 
-    /// Every member's receipt watermarks in a conversation.
-    pub async fn receipts(
-        &self,
-        conv: ConversationId,
-        consistency: Consistency,
-    ) -> Result<Vec<(UserId, Receipt)>> {
-        let prefix = receipt_prefix(conv);
-        let end = missive_engine::keys::prefix_successor(&prefix);
-        let shard = self.inner.slots.shard_of(conv);
-        self.scan(shard, consistency, &prefix, end, usize::MAX)
-            .await?
-            .into_iter()
-            .map(|(k, v)| {
-                let user = k
-                    .get(11..19)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| Error::malformed("receipt key", "short key"))?;
-                Ok((UserId(user), records::decode("receipt", &v)?))
-            })
-            .collect()
-    }
-
-    /// Notices of inboxes growing on this replica (see
-    /// `state_machine::ApplyHooks`). A receiver that lags gets
-    /// `RecvError::Lagged` and must re-read every inbox it follows.
-    pub fn inbox_notices(&self) -> tokio::sync::broadcast::Receiver<InboxNotice> {
-        self.inner.hooks.inbox.subscribe()
+    /// The application this node runs.
+    pub fn app(&self) -> &Arc<A> {
+        &self.inner.app
     }
 
     /// Apply's record reads on this node since start: (answered by the
@@ -748,145 +652,34 @@ impl Node {
         self.inner.hooks.installed.subscribe()
     }
 
-    /// A user's newest inbox position.
-    pub async fn user_head(&self, user: UserId, consistency: Consistency) -> Result<UserHead> {
-        let shard = self.inner.slots.shard_of_user(user);
-        self.get_record(shard, consistency, "user head", &user_head_key(user))
-            .await
-            .map(Option::unwrap_or_default)
-    }
-
-    /// Up to `limit` inbox events of `user` after `after`, oldest first,
-    /// with their useqs.
-    pub async fn inbox(
-        &self,
-        user: UserId,
-        after: u64,
-        limit: usize,
-        consistency: Consistency,
-    ) -> Result<Vec<(u64, InboxEvent)>> {
-        let lo = inbox_key(user, after.saturating_add(1));
-        let hi = inbox_key(user, u64::MAX);
-        let shard = self.inner.slots.shard_of_user(user);
-        self.scan_records(shard, consistency, "inbox event", &lo, hi, limit)
-            .await
-    }
-
-    /// Every conversation a user has been in, with their view of it.
-    pub async fn user_conversations(
-        &self,
-        user: UserId,
-        consistency: Consistency,
-    ) -> Result<Vec<(ConversationId, UserConv)>> {
-        Ok(self
-            .user_records(
-                user,
-                consistency,
-                "user conversation",
-                &user_conv_prefix(user),
-            )
-            .await?
-            .into_iter()
-            .map(|(c, uc)| (ConversationId(c), uc))
-            .collect())
-    }
-
-    /// A user's view of one conversation.
-    pub async fn user_conversation(
-        &self,
-        user: UserId,
-        conv: ConversationId,
-        consistency: Consistency,
-    ) -> Result<Option<UserConv>> {
-        let shard = self.inner.slots.shard_of_user(user);
-        let key = crate::records::user_conv_key(user, conv);
-        self.get_record(shard, consistency, "user conversation", &key)
-            .await
-    }
-
-    /// A user's registered devices.
-    pub async fn devices(
-        &self,
-        user: UserId,
-        consistency: Consistency,
-    ) -> Result<Vec<(DeviceId, Device)>> {
-        Ok(self
-            .user_records(user, consistency, "device", &device_prefix(user))
-            .await?
-            .into_iter()
-            .map(|(d, dev)| (DeviceId(d), dev))
-            .collect())
-    }
-
-    /// A user's devices' push targets.
-    pub async fn push_targets(
-        &self,
-        user: UserId,
-        consistency: Consistency,
-    ) -> Result<Vec<(DeviceId, PushTarget)>> {
-        Ok(self
-            .user_records(user, consistency, "push target", &push_prefix(user))
-            .await?
-            .into_iter()
-            .map(|(d, t)| (DeviceId(d), t))
-            .collect())
-    }
-
-    /// A user's records under `prefix` (on the user's shard, read at
-    /// `consistency`), by the id that ends each key. User-keyspace
-    /// prefixes never end in 0xFF bytes only, so the successor exists.
-    async fn user_records<T: serde::de::DeserializeOwned>(
-        &self,
-        user: UserId,
-        consistency: Consistency,
-        what: &'static str,
-        prefix: &[u8],
-    ) -> Result<Vec<(u64, T)>> {
-        let shard = self.inner.slots.shard_of_user(user);
-        let end = missive_engine::keys::prefix_successor(prefix).unwrap_or_default();
-        self.scan_records(shard, consistency, what, prefix, end, usize::MAX)
-            .await
-    }
-
-    /// A user's profile (empty if never set).
-    pub async fn profile(&self, user: UserId, consistency: Consistency) -> Result<Profile> {
-        let shard = self.inner.slots.shard_of_user(user);
-        self.get_record(shard, consistency, "profile", &profile_key(user))
-            .await
-            .map(Option::unwrap_or_default)
-    }
-
-    /// The message of `conv` stored at `ts`, if it is here (and not
-    /// expired).
-    pub async fn message_at(
-        &self,
-        conv: ConversationId,
-        ts: u64,
-        consistency: Consistency,
-    ) -> Result<Option<StoredMessage>> {
-        let shard = self.inner.slots.shard_of(conv);
-        Ok(self
-            .get_record::<Message>(shard, consistency, "message", &msg_key(conv, ts))
-            .await?
-            .map(|message| StoredMessage { ts, message }))
-    }
-
-    async fn get_record<T: serde::de::DeserializeOwned>(
+    /// One read of `shard`'s data at `consistency`: here if this node may
+    /// serve it (see `route`), else at the shard's leader.
+    pub async fn read(
         &self,
         shard: ShardId,
         consistency: Consistency,
-        what: &'static str,
-        key: &[u8],
-    ) -> Result<Option<T>> {
-        let op = ReadOp::Get { key: key.to_vec() };
-        let ReadResult::Value(v) = self.inner.read(shard, consistency, op).await? else {
-            return Err(Error::malformed(what, "answer of the wrong kind"));
-        };
-        v.map(|v| records::decode(what, &v)).transpose()
+        op: ReadOp,
+    ) -> Result<ReadResult> {
+        self.inner.read(shard, consistency, op).await
     }
 
-    /// Key/value pairs of `shard` in `[lo, hi)`, in key order.
-    async fn scan(
+    /// The value under `key` on `shard`.
+    pub async fn get(
+        &self,
+        shard: ShardId,
+        consistency: Consistency,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let op = ReadOp::Get { key: key.to_vec() };
+        match self.inner.read(shard, consistency, op).await? {
+            ReadResult::Value(v) => Ok(v),
+            _ => Err(Error::malformed("get", "answer of the wrong kind")),
+        }
+    }
+
+    /// Key/value pairs of `shard` in `[lo, hi)`, in key order, at most
+    /// `limit`.
+    pub async fn scan(
         &self,
         shard: ShardId,
         consistency: Consistency,
@@ -904,26 +697,6 @@ impl Node {
             ReadResult::Pairs(p) => Ok(p),
             _ => Err(Error::malformed("scan", "answer of the wrong kind")),
         }
-    }
-
-    /// Records in `[lo, hi)` keyed by a trailing u64, in key order.
-    async fn scan_records<T: serde::de::DeserializeOwned>(
-        &self,
-        shard: ShardId,
-        consistency: Consistency,
-        what: &'static str,
-        lo: &[u8],
-        hi: Vec<u8>,
-        limit: usize,
-    ) -> Result<Vec<(u64, T)>> {
-        self.scan(shard, consistency, lo, Some(hi), limit)
-            .await?
-            .into_iter()
-            .map(|(k, v)| {
-                let n = key_tail_u64(&k).ok_or_else(|| Error::malformed(what, "short key"))?;
-                Ok((n, records::decode(what, &v)?))
-            })
-            .collect()
     }
 
     /// Stops the transport and every group, and closes the engine (its log
@@ -977,9 +750,6 @@ impl Node {
     }
 }
 
-/// Inbox notices buffered for slow listeners (they re-read on lag).
-const INBOX_NOTICES: usize = 4096;
-
 /// Signals buffered per subscriber before it is told it lagged.
 const SIGNAL_BUFFER: usize = 4096;
 
@@ -1012,14 +782,14 @@ async fn sole_owner<T>(mut arc: Arc<T>, what: &str, deadline: tokio::time::Insta
     }
 }
 
-impl Inner {
+impl<A: App> Inner<A> {
     /// [`Node::write`] once the shard is known.
     pub(crate) async fn write(
         self: &Arc<Self>,
         shard: ShardId,
-        command: Command,
+        command: A::Command,
         election_wait: Duration,
-    ) -> Result<Outcome> {
+    ) -> Result<A::Outcome> {
         let deadline = tokio::time::Instant::now() + election_wait;
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -1031,10 +801,7 @@ impl Inner {
                 Err(Error::NotLeader { leader: None, .. }) | Err(Error::Transport { .. })
             );
             if !retry || tokio::time::Instant::now() + backoff > deadline {
-                return r.and_then(|o| match o {
-                    Outcome::Rejected { code, message } => Err(Error::Rejected { code, message }),
-                    o => Ok(o),
-                });
+                return r;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
@@ -1048,24 +815,25 @@ impl Inner {
             .is_some_and(|g| g.raft.metrics().borrow().current_leader == Some(self.id))
     }
 
-    pub(crate) fn group(&self, shard: ShardId) -> Result<&Group> {
+    pub(crate) fn group(&self, shard: ShardId) -> Result<&Group<A>> {
         self.groups.get(&shard).ok_or(Error::NoSuchShard(shard))
     }
 
     async fn write_to(
         self: Arc<Self>,
         shard: ShardId,
-        command: Command,
+        command: A::Command,
         forward: bool,
-    ) -> Result<Outcome> {
+    ) -> Result<A::Outcome> {
         if forward && !self.hosts(shard) {
             return self.write_remote(shard, command).await;
         }
         let g = self.group(shard)?;
         let (tx, rx) = oneshot::channel();
-        let lane = match command {
-            Command::Deliver { .. } | Command::OutboxDone { .. } => &g.system,
-            _ => &g.batcher,
+        let lane = if A::is_system(&command) {
+            &g.system
+        } else {
+            &g.batcher
         };
         lane.send(Pending {
             command: command.clone(),
@@ -1096,8 +864,8 @@ impl Inner {
         shard: ShardId,
         leader: NodeId,
         addr: &str,
-        command: Command,
-    ) -> Result<Outcome> {
+        command: A::Command,
+    ) -> Result<A::Outcome> {
         let reply = self
             .peers
             .call(
@@ -1209,13 +977,13 @@ fn sanitize(id: &str) -> String {
         .collect()
 }
 
-impl Dispatch for Inner {
+impl<A: App> Dispatch<A> for Inner<A> {
     fn dispatch(
         self: Arc<Self>,
         _from: NodeId,
         shard: ShardId,
-        rpc: Rpc,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
+        rpc: Rpc<A>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply<A>> + Send>> {
         Box::pin(async move {
             // Signals belong to no group.
             let rpc = match rpc {

@@ -32,6 +32,7 @@ use std::time::Duration;
 use missive_engine::keys::{ConversationId, Timestamp};
 use missive_engine::lsm::Direction;
 
+use crate::app::App;
 use crate::error::{Error, Result};
 use crate::membership::{self, Change, Placement};
 use crate::node::{Consistency, Inner};
@@ -77,7 +78,7 @@ pub(crate) fn call_failed(
     shard: ShardId,
     node: NodeId,
     doing: &str,
-    r: std::result::Result<Reply, CallError>,
+    r: std::result::Result<Reply<impl App>, CallError>,
 ) -> Error {
     match r {
         Err(CallError::Unreachable(reason)) => Error::Transport { node, reason },
@@ -103,7 +104,7 @@ pub(crate) fn to_remote(e: Error) -> RemoteFailure {
     }
 }
 
-impl Inner {
+impl<A: App> Inner<A> {
     /// Whether this node replicates `shard` now.
     pub(crate) fn hosts(&self, shard: ShardId) -> bool {
         let Some(g) = self.groups.get(&shard) else {
@@ -253,8 +254,8 @@ impl Inner {
     pub(crate) async fn write_remote(
         &self,
         shard: ShardId,
-        command: crate::command::Command,
-    ) -> Result<crate::command::Outcome> {
+        command: A::Command,
+    ) -> Result<A::Outcome> {
         let mut refresh = false;
         let mut last = None;
         for _ in 0..3 {
@@ -422,7 +423,7 @@ impl Inner {
     /// This replica has applied every write acknowledged before the call:
     /// the leader confirms its leadership, a follower or learner asks the
     /// leader for its commit point and waits to apply it.
-    async fn ensure_linearizable(&self, shard: ShardId, raft: &Raft) -> Result<()> {
+    async fn ensure_linearizable(&self, shard: ShardId, raft: &Raft<A>) -> Result<()> {
         match raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(e) => match crate::batcher::check_leader_error(shard, e) {
@@ -445,7 +446,7 @@ impl Inner {
     async fn follower_read_index(
         &self,
         shard: ShardId,
-        raft: &Raft,
+        raft: &Raft<A>,
         leader: NodeId,
         addr: &str,
     ) -> Result<()> {
@@ -621,7 +622,7 @@ impl Inner {
     }
 }
 
-impl Inner {
+impl<A: App> Inner<A> {
     fn placement_cache(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ShardId, Placement>> {

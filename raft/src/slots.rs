@@ -12,12 +12,20 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use missive_engine::keys::{prefix_successor, ConversationId, Slot, SLOTS};
+use missive_engine::keys::{prefix_successor, ConversationId, Keyspace, Slot, SLOTS};
 
-use crate::command::{Route, UserId};
 use crate::error::{Error, Result};
-use crate::records::SLOTTED_KEYSPACES;
 use crate::types::ShardId;
+
+/// The engine's keyspaces whose keys start with a slot: a data shard's
+/// data is one range of each (the `RaftMeta` keyspace is no shard's data).
+pub const SLOTTED_KEYSPACES: [Keyspace; 5] = [
+    Keyspace::Message,
+    Keyspace::Conversation,
+    Keyspace::User,
+    Keyspace::Receipt,
+    Keyspace::Outbox,
+];
 
 /// Which shard owns which slots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,18 +84,8 @@ impl SlotMap {
     }
 
     /// The shard owning a user's own data.
-    pub fn shard_of_user(&self, user: UserId) -> ShardId {
-        self.shard_of_slot(Slot::of_user(user.0))
-    }
-
-    /// The shard a command's data lives on (None for an empty command).
-    pub fn shard_of_route(&self, route: Route) -> Option<ShardId> {
-        match route {
-            Route::Conversation(c) => Some(self.shard_of(c)),
-            Route::User(u) => Some(self.shard_of_user(u)),
-            Route::Directory => Some(ShardId::DIRECTORY),
-            Route::Empty => None,
-        }
+    pub fn shard_of_user(&self, user: u64) -> ShardId {
+        self.shard_of_slot(Slot::of_user(user))
     }
 
     /// The slots of a shard.
@@ -100,7 +98,7 @@ impl SlotMap {
     /// group, the cluster map's).
     pub fn key_ranges(&self, shard: ShardId) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         if shard.is_directory() {
-            return vec![crate::records::directory_range()];
+            return vec![crate::meta::directory_range()];
         }
         let Some(slots) = self.slots(shard) else {
             return Vec::new();
@@ -154,7 +152,8 @@ mod tests {
         let m = SlotMap::even(3).unwrap();
         for c in 0..500u64 {
             let conv = ConversationId(c);
-            let key = crate::records::msg_key(conv, 7);
+            let key = missive_engine::keys::message_key(conv, missive_engine::keys::Timestamp(7))
+                .to_vec();
             let owner = m.shard_of(conv);
             for s in m.shards() {
                 let inside = m.key_ranges(s).iter().any(|(lo, hi)| {

@@ -55,12 +55,13 @@ use openraft::{
 
 use missive_engine::lsm::{Direction, Lsm, WriteBatch};
 
-use crate::apply::{Apply, InboxNotice};
-use crate::command::{BatchResponse, Outcome};
+use crate::app::{App, BatchResponse};
+use crate::codec;
+use crate::directory::ClusterMap;
 use crate::error::{Error, Result};
-use crate::outbox_feed::OutboxFeed;
+use crate::meta::{applied_key, cluster_map_key, Applied};
 use crate::record_cache::{self, RecordCache};
-use crate::records::{self, applied_key, Applied};
+use crate::record_source::Records;
 use crate::slots::SlotMap;
 use crate::snapshot::{ShardSnapshot, SnapshotSource, View};
 use crate::types::{Entry, ShardId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -77,14 +78,10 @@ fn snap_err(verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> StorageE
     }
 }
 
-/// What apply tells the rest of the node, after its batch is in the LSM.
+/// What apply tells the rest of the runtime, after its batch is in the
+/// LSM (the application hears through [`App::applied`]).
 #[derive(Debug)]
 pub struct ApplyHooks {
-    /// Outbox entries just applied, for the fan-out worker.
-    pub outbox: OutboxFeed,
-    /// Every inbox that grew, on this replica. Receivers that lag lose
-    /// notices, never data: they re-read from their cursor.
-    pub inbox: tokio::sync::broadcast::Sender<InboxNotice>,
     /// Bumped when a snapshot replaced a shard's data: every listener
     /// re-reads, since the notices of what it brought were never sent.
     pub installed: tokio::sync::watch::Sender<u64>,
@@ -98,11 +95,9 @@ pub struct ApplyHooks {
 }
 
 impl ApplyHooks {
-    /// Hooks with a notice buffer of `capacity`.
-    pub fn new(capacity: usize) -> Self {
+    /// New hooks.
+    pub fn new() -> Self {
         ApplyHooks {
-            outbox: OutboxFeed::default(),
-            inbox: tokio::sync::broadcast::channel(capacity).0,
             installed: tokio::sync::watch::channel(0).0,
             directory: tokio::sync::watch::channel(0).0,
             record_hits: AtomicU64::new(0),
@@ -111,8 +106,15 @@ impl ApplyHooks {
     }
 }
 
+impl Default for ApplyHooks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// One shard's state machine.
-pub struct StateMachine {
+pub struct StateMachine<A: App> {
+    app: Arc<A>,
     shard: ShardId,
     hooks: Arc<ApplyHooks>,
     lsm: Arc<Lsm>,
@@ -127,7 +129,7 @@ pub struct StateMachine {
     received: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for StateMachine {
+impl<A: App> std::fmt::Debug for StateMachine<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateMachine")
             .field("shard", &self.shard)
@@ -137,11 +139,12 @@ impl std::fmt::Debug for StateMachine {
     }
 }
 
-impl StateMachine {
+impl<A: App> StateMachine<A> {
     /// Opens shard `shard`'s state machine on `lsm`: its applied state is
     /// what the LSM holds (its flushed state, right after the LSM opened).
     /// Received snapshots are staged in `snapshot_dir`.
     pub fn open(
+        app: Arc<A>,
         lsm: Arc<Lsm>,
         slots: &SlotMap,
         shard: ShardId,
@@ -156,13 +159,14 @@ impl StateMachine {
             })
         })?;
         let applied = match lsm.get(&applied_key(shard))? {
-            Some(v) => records::decode("applied state", &v)?,
+            Some(v) => codec::decode("applied state", &v)?,
             None => Applied {
                 last_applied: None,
                 membership: StoredMembership::default(),
             },
         };
         Ok(StateMachine {
+            app,
             shard,
             hooks,
             ranges: slots.key_ranges(shard),
@@ -224,7 +228,10 @@ impl StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        batch.put(applied_key(self.shard), records::encode(&applied)?);
+        batch.put(
+            applied_key(self.shard),
+            codec::encode("applied state", &applied)?,
+        );
         let position = meta.last_log_id.map(|l| (self.shard.stream(), l.index + 1));
         self.lsm.apply(&batch, position)?;
         self.lsm.flush()?;
@@ -253,15 +260,18 @@ fn snapshot_id(shard: ShardId, a: &Applied) -> String {
 }
 
 /// Builds a snapshot: a view pinned when the builder was made.
-pub struct Builder {
+pub struct Builder<A> {
     shard: ShardId,
     view: Arc<View>,
     applied: Applied,
     current: Arc<Mutex<Option<SnapshotMeta>>>,
+    app: std::marker::PhantomData<fn() -> A>,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for Builder {
-    async fn build_snapshot(&mut self) -> std::result::Result<Snapshot<TypeConfig>, StorageError> {
+impl<A: App> RaftSnapshotBuilder<TypeConfig<A>> for Builder<A> {
+    async fn build_snapshot(
+        &mut self,
+    ) -> std::result::Result<Snapshot<TypeConfig<A>>, StorageError> {
         // No flush: openraft purges the log up to the snapshot next, and
         // the log store stops that purge at what the LSM has flushed (see
         // `LogStore::with_durable_horizon`). Flushing here made every
@@ -284,8 +294,8 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = Builder;
+impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachine<A> {
+    type SnapshotBuilder = Builder<A>;
 
     async fn applied_state(
         &mut self,
@@ -296,25 +306,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn apply<I>(
         &mut self,
         entries: I,
-    ) -> std::result::Result<Vec<BatchResponse>, StorageError>
+    ) -> std::result::Result<Vec<BatchResponse<A>>, StorageError>
     where
-        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I: IntoIterator<Item = Entry<A>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
         let mut out = Vec::new();
         let mut applied = self.applied.clone();
-        let mut a = Apply::new(&self.lsm, &mut self.records, self.shard);
+        let mut effects = A::Effects::default();
+        let mut newest_map = None;
+        let mut records = Records::new(&self.lsm, &mut self.records);
         for e in entries {
             applied.last_applied = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => out.push(BatchResponse::default()),
                 EntryPayload::Normal(batch) => {
-                    let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.commands.len());
+                    let mut outcomes = Vec::with_capacity(batch.commands.len());
                     for cmd in &batch.commands {
-                        outcomes.push(
-                            a.run(batch.stamp_micros, cmd)
-                                .map_err(|err| sm_err(ErrorVerb::Write, &err))?,
-                        );
+                        let o = run(
+                            &*self.app,
+                            self.shard,
+                            &mut records,
+                            batch.stamp_micros,
+                            cmd,
+                            &mut effects,
+                            &mut newest_map,
+                        )
+                        .map_err(|err| sm_err(ErrorVerb::Write, &err))?;
+                        outcomes.push(o);
                     }
                     out.push(BatchResponse { outcomes });
                 }
@@ -327,45 +346,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = applied.last_applied else {
             return Ok(out);
         };
-        a.put(
+        records.put(
             applied_key(self.shard),
-            records::encode(&applied).map_err(|e| sm_err(ErrorVerb::Write, &e))?,
+            codec::encode("applied state", &applied).map_err(|e| sm_err(ErrorVerb::Write, &e))?,
         );
-        let fresh = std::mem::take(&mut a.fresh);
-        let notices = std::mem::take(&mut a.notices);
         self.lsm
-            .apply(&a.batch(), Some((self.shard.stream(), last.index + 1)))
+            .apply(
+                &records.batch(),
+                Some((self.shard.stream(), last.index + 1)),
+            )
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-        a.written();
+        records.written();
         let (hits, misses) = self.records.take_counts();
         self.hooks.record_hits.fetch_add(hits, Ordering::Relaxed);
         self.hooks
             .record_misses
             .fetch_add(misses, Ordering::Relaxed);
         self.applied = applied;
-        if !fresh.is_empty() {
-            self.hooks.outbox.push(self.shard, fresh);
-        }
-        for n in notices {
-            // No receiver is not an error: nobody is connected.
-            let _ = self.hooks.inbox.send(n);
-        }
-        if self.shard.is_directory() {
-            let newest = out
-                .iter()
-                .flat_map(|r| &r.outcomes)
-                .filter_map(|o| match o {
-                    Outcome::Directory { version } => Some(*version),
-                    _ => None,
-                })
-                .max();
-            if let Some(v) = newest {
-                self.hooks.directory.send_if_modified(|cur| {
-                    let newer = v > *cur;
-                    *cur = (*cur).max(v);
-                    newer
-                });
-            }
+        self.app.applied(self.shard, effects);
+        if let Some(v) = newest_map {
+            self.hooks.directory.send_if_modified(|cur| {
+                let newer = v > *cur;
+                *cur = (*cur).max(v);
+                newer
+            });
         }
         Ok(out)
     }
@@ -376,6 +380,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             view: Arc::new(View::new(Arc::clone(&self.lsm), self.ranges.clone())),
             applied: self.applied.clone(),
             current: Arc::clone(&self.current),
+            app: std::marker::PhantomData,
         }
     }
 
@@ -405,16 +410,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(meta.clone());
-        // The shard's data was replaced wholesale: outboxes and inboxes may
-        // have grown without a notice each.
-        self.hooks.outbox.invalidate(self.shard);
+        // The shard's data was replaced wholesale: whatever listened to
+        // apply's notices may have missed changes.
+        self.app.installed(self.shard);
         self.hooks.installed.send_modify(|n| *n += 1);
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    ) -> std::result::Result<Option<Snapshot<TypeConfig<A>>>, StorageError> {
         if self
             .current
             .lock()
@@ -432,5 +437,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.ranges.clone(),
             )))),
         }))
+    }
+}
+
+/// Runs one command on `shard`: the metadata group runs the cluster map's
+/// commands, a data shard the application's; either refuses the other's
+/// (deterministically, on every replica). `newest_map` keeps the newest
+/// map version a cluster command produced.
+fn run<A: App>(
+    app: &A,
+    shard: ShardId,
+    records: &mut Records<'_>,
+    stamp_micros: u64,
+    cmd: &A::Command,
+    effects: &mut A::Effects,
+    newest_map: &mut Option<u64>,
+) -> Result<A::Outcome> {
+    match (A::as_cluster(cmd), shard.is_directory()) {
+        (Some(c), true) => {
+            let key = cluster_map_key();
+            let mut map: ClusterMap = records.get_as("cluster map", &key)?.unwrap_or_default();
+            let before = map.version;
+            let out = crate::directory::execute(&mut map, &c);
+            if map.version != before {
+                records.put_as(key, &map)?;
+            }
+            if let Ok(v) = out {
+                *newest_map = Some(newest_map.map_or(v, |n| n.max(v)));
+            }
+            Ok(A::cluster_outcome(out))
+        }
+        (None, false) => app.apply(shard, records, stamp_micros, cmd, effects),
+        (Some(_), false) => Ok(A::misrouted(format!(
+            "a cluster map command cannot run on {shard}"
+        ))),
+        (None, true) => Ok(A::misrouted(format!(
+            "an application command cannot run on {shard}"
+        ))),
     }
 }

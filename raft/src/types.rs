@@ -5,10 +5,11 @@
 //! 0.10 changes this file and the storage/transport adapters, not callers.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Batch, BatchResponse};
+use crate::app::{App, Batch, BatchResponse};
 use crate::snapshot::ShardSnapshot;
 
 /// A node of the cluster. Node ids are chosen by the operator, never 0.
@@ -45,22 +46,61 @@ impl ShardId {
     }
 }
 
-openraft::declare_raft_types!(
-    /// Missive's openraft instantiation: entries carry a [`Batch`] of
-    /// commands, the state machine answers with a [`BatchResponse`], and a
-    /// snapshot is a [`ShardSnapshot`] (a pinned LSM view, or a received file).
-    pub TypeConfig:
-        D = Batch,
-        R = BatchResponse,
-        NodeId = NodeId,
-        Node = NodeAddr,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = ShardSnapshot,
-        AsyncRuntime = openraft::TokioRuntime,
-);
+/// Missive's openraft instantiation for application `A`: entries carry a
+/// [`Batch`] of `A`'s commands, the state machine answers with a
+/// [`BatchResponse`], and a snapshot is a [`ShardSnapshot`] (a pinned LSM
+/// view, or a received file).
+///
+/// A type, never a value: openraft asks it to be `Copy`, `Ord`, … which
+/// are implemented here without asking the same of `A`.
+pub struct TypeConfig<A>(PhantomData<fn() -> A>);
+
+impl<A> fmt::Debug for TypeConfig<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TypeConfig")
+    }
+}
+impl<A> Clone for TypeConfig<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A> Copy for TypeConfig<A> {}
+impl<A> Default for TypeConfig<A> {
+    fn default() -> Self {
+        TypeConfig(PhantomData)
+    }
+}
+impl<A> PartialEq for TypeConfig<A> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl<A> Eq for TypeConfig<A> {}
+impl<A> PartialOrd for TypeConfig<A> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<A> Ord for TypeConfig<A> {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
+    type D = Batch<A>;
+    type R = BatchResponse<A>;
+    type NodeId = NodeId;
+    type Node = NodeAddr;
+    type Entry = openraft::Entry<TypeConfig<A>>;
+    type SnapshotData = ShardSnapshot;
+    type AsyncRuntime = openraft::TokioRuntime;
+    type Responder = openraft::impls::OneshotResponder<TypeConfig<A>>;
+}
 
 /// A log entry.
-pub type Entry = openraft::Entry<TypeConfig>;
+pub type Entry<A> = openraft::Entry<TypeConfig<A>>;
 /// A log id (term, leader, index).
 pub type LogId = openraft::LogId<NodeId>;
 /// A vote.
@@ -72,4 +112,4 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeAddr>;
 /// openraft's storage error.
 pub type StorageError = openraft::StorageError<NodeId>;
 /// One Raft group's handle.
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Raft<A> = openraft::Raft<TypeConfig<A>>;

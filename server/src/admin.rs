@@ -137,7 +137,7 @@ pub(crate) async fn forget_node(
     ))
 }
 
-fn shard_of(node: &missive_raft::node::Node, raw: &str) -> Result<ShardId, ApiError> {
+fn shard_of(node: &missive_chat::ChatNode, raw: &str) -> Result<ShardId, ApiError> {
     let shard = ShardId(
         raw.parse::<u32>()
             .map_err(|_| ApiError::not_found(format!("{raw:?} is not a shard number")))?,

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use missive_raft::command::{DeviceId, UserId};
+use missive_chat::command::{DeviceId, UserId};
 
 use crate::config::AuthSection;
 use crate::error::{ApiError, Error, Result};

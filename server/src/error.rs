@@ -27,6 +27,9 @@ pub enum Error {
     /// The replicated store failed.
     #[error(transparent)]
     Raft(#[from] missive_raft::Error),
+    /// The chat domain failed.
+    #[error(transparent)]
+    Chat(#[from] missive_chat::Error),
 }
 
 /// A server result.
@@ -114,8 +117,19 @@ impl From<missive_raft::Error> for ApiError {
                 "the write may or may not have happened; resend it with the same client_msg_id",
             )
             .retry_after(500),
+            E::Refused(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            E::InvalidArgument(m) => Self::invalid(m),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<missive_chat::Error> for ApiError {
+    fn from(e: missive_chat::Error) -> Self {
+        use missive_chat::Error as E;
+        match e {
             E::Rejected { code, message } => {
-                use missive_raft::command::RejectCode as R;
+                use missive_chat::command::RejectCode as R;
                 let status = match code {
                     R::NoSuchConversation => StatusCode::NOT_FOUND,
                     R::NotAMember | R::Forbidden => StatusCode::FORBIDDEN,
@@ -124,7 +138,7 @@ impl From<missive_raft::Error> for ApiError {
                 };
                 Self::new(status, code.as_str(), message)
             }
-            E::InvalidArgument(m) => Self::invalid(m),
+            E::Runtime(e) => e.into(),
             other => Self::internal(&other),
         }
     }

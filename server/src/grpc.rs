@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use missive_chat::command::{ConversationKind, UserId};
 use missive_engine::keys::ConversationId;
-use missive_raft::command::{ConversationKind, UserId};
 
 use crate::auth::Caller;
 use crate::error::ApiError;

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
 
+use missive_chat::command::{DeviceId, UserId};
 use missive_engine::keys::ConversationId;
-use missive_raft::command::{DeviceId, UserId};
 use missive_raft::node::Consistency;
 
 use crate::auth::{Auth, Caller};
@@ -501,8 +501,8 @@ async fn conversation(
     Ok(Json(json!({
         "conv": Id(conv.0),
         "kind": match c.kind {
-            missive_raft::command::ConversationKind::Direct => "direct",
-            missive_raft::command::ConversationKind::Group => "group",
+            missive_chat::command::ConversationKind::Direct => "direct",
+            missive_chat::command::ConversationKind::Group => "group",
         },
         "name": c.name,
         "members": ids(&c.members),

@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, watch, Notify};
 
-use missive_raft::apply::InboxNotice;
-use missive_raft::command::UserId;
-use missive_raft::records::InboxEvent;
+use missive_chat::apply::InboxNotice;
+use missive_chat::command::UserId;
+use missive_chat::records::InboxEvent;
 
 /// Events kept per user with a session here.
 pub const RECENT: usize = 64;
@@ -189,8 +189,8 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
     use super::*;
+    use missive_chat::records::EventKind;
     use missive_engine::keys::ConversationId;
-    use missive_raft::records::EventKind;
 
     fn notice(user: u64, useq: u64) -> InboxNotice {
         InboxNotice {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use missive_raft::command::{DeviceId, UserId};
+use missive_chat::command::{DeviceId, UserId};
 use missive_server::auth::{Auth, Caller};
 use missive_server::Config;
 

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use missive_raft::command::UserId;
+use missive_chat::command::UserId;
 
 use crate::wire::{Id, PresenceOut, ServerFrame};
 

@@ -40,9 +40,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use missive_raft::apply::InboxNotice;
+use missive_chat::apply::InboxNotice;
+use missive_chat::records::EventKind;
 use missive_raft::node::Consistency;
-use missive_raft::records::EventKind;
 
 use crate::config::PushSection;
 use crate::presence::Presence;
@@ -131,7 +131,7 @@ pub async fn run(
         };
         let node = &service.node;
         let leads = node
-            .leader(node.slots().shard_of_user(n.user))
+            .leader(node.slots().shard_of_user(n.user.0))
             .is_ok_and(|l| l == Some(node.id()));
         if !leads || presence.is_online(n.user) {
             continue;
@@ -184,7 +184,7 @@ async fn worker(
 async fn notifications(
     service: &Service,
     n: &InboxNotice,
-) -> Result<Vec<Notification>, missive_raft::Error> {
+) -> Result<Vec<Notification>, missive_chat::Error> {
     let node = &service.node;
     let (useq, e) = (n.useq, &n.event);
     let EventKind::Message { seq, sender, .. } = e.event else {

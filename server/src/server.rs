@@ -25,7 +25,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use missive_raft::node::{Node, NodeConfig};
+use missive_chat::ChatNode as Node;
+use missive_raft::node::NodeConfig;
 
 use crate::auth::Auth;
 use crate::config::Config;
@@ -72,7 +73,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         Some(n) => n,
         // Joining: the cluster's count, asked of the seeds.
         None => {
-            missive_raft::directory::cluster_shard_count(
+            missive_raft::directory::cluster_shard_count::<missive_chat::ChatApp>(
                 cfg.node.id,
                 &ncfg.cluster,
                 &cfg.node.peers,

@@ -16,12 +16,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::StatusCode;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use missive_engine::keys::ConversationId;
-use missive_raft::command::{Command, ConversationKind, DeviceId, MessageKind, Outcome, UserId};
-use missive_raft::node::{Consistency, Node, StoredMessage};
-use missive_raft::records::{
+use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, Outcome, UserId};
+use missive_chat::records::{
     Conversation, Device, EventKind, InboxEvent, Message, Profile, UserConv,
 };
+use missive_chat::{ChatNode as Node, StoredMessage};
+use missive_engine::keys::ConversationId;
+use missive_raft::node::Consistency;
 
 use crate::auth::Caller;
 use crate::config::Limits;
@@ -133,14 +134,15 @@ impl Service {
     async fn read<T, F, Fut>(&self, f: F) -> Result<T, ApiError>
     where
         F: Fn(Consistency) -> Fut,
-        Fut: std::future::Future<Output = missive_raft::Result<T>>,
+        Fut: std::future::Future<Output = missive_chat::Result<T>>,
     {
         let deadline = tokio::time::Instant::now() + WRITE_WAIT;
         loop {
             match f(Consistency::Linearizable).await {
-                Err(missive_raft::Error::NotLeader { leader: None, .. })
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Err(missive_chat::Error::Runtime(missive_raft::Error::NotLeader {
+                    leader: None,
+                    ..
+                })) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 r => return Ok(r?),

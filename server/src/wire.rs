@@ -10,10 +10,10 @@
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use missive_raft::apply::SystemEvent;
-use missive_raft::command::{MessageKind, UserId};
-use missive_raft::node::StoredMessage;
-use missive_raft::records::{self, EventKind, InboxEvent};
+use missive_chat::apply::SystemEvent;
+use missive_chat::command::{MessageKind, UserId};
+use missive_chat::records::{self, EventKind, InboxEvent};
+use missive_chat::StoredMessage;
 
 use crate::error::ApiError;
 

@@ -27,8 +27,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use missive_chat::command::UserId;
 use missive_engine::keys::ConversationId;
-use missive_raft::command::UserId;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -626,7 +626,7 @@ pub(crate) async fn sync_pump<S: FrameSink>(
             // often where it does not (a node that joined and hosts nothing
             // yet, or whose replica moved away): wakes come only from apply
             // here, so there the look is the live path.
-            let user_shard = svc.node.slots().shard_of_user(who.user);
+            let user_shard = svc.node.slots().shard_of_user(who.user.0);
             let recheck = if svc.node.hosts(user_shard) {
                 STORE_RECHECK
             } else {

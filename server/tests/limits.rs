@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use common::{config, message_seqs, start, token, Http, Ws};
-use missive_raft::command::{DeviceId, UserId};
+use missive_chat::command::{DeviceId, UserId};
 use missive_server::auth::{Auth, Caller};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

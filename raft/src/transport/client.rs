@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{read_frame, write_frame, Reply, Rpc, Wire, WIRE_VERSION};
+use crate::app::App;
 use crate::snapshot::SnapshotSource;
 use crate::types::{NodeAddr, NodeId, ShardId, TypeConfig, Vote};
 
@@ -41,22 +42,22 @@ pub enum CallError {
     Timeout(Duration),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+type Pending<A> = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply<A>>>>>;
 
 /// A peer's connection, behind an async lock so only one dial runs at once.
-type ConnSlot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
+type ConnSlot<A> = Arc<tokio::sync::Mutex<Option<Arc<Conn<A>>>>>;
 
-struct Conn {
-    tx: mpsc::Sender<Wire>,
-    pending: Pending,
+struct Conn<A: App> {
+    tx: mpsc::Sender<Wire<A>>,
+    pending: Pending<A>,
     alive: Arc<AtomicBool>,
 }
 
 /// Connections to the other nodes, shared by every shard of this node.
-pub struct Peers {
+pub struct Peers<A: App> {
     me: NodeId,
     cluster: String,
-    slots: Mutex<HashMap<NodeId, ConnSlot>>,
+    slots: Mutex<HashMap<NodeId, ConnSlot<A>>>,
     next_id: AtomicU64,
     /// Test hook: dial these addresses instead of the membership's (a
     /// fault-injecting proxy sits there).
@@ -65,7 +66,7 @@ pub struct Peers {
     map_seen: Arc<watch::Sender<u64>>,
 }
 
-impl std::fmt::Debug for Peers {
+impl<A: App> std::fmt::Debug for Peers<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peers")
             .field("me", &self.me)
@@ -87,7 +88,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl Peers {
+impl<A: App> Peers<A> {
     /// The pool of node `me` in cluster `cluster`.
     pub fn new(me: NodeId, cluster: String) -> Self {
         Peers {
@@ -134,7 +135,7 @@ impl Peers {
         lock(&self.slots).clear();
     }
 
-    async fn conn(&self, target: NodeId, addr: &str) -> Result<Arc<Conn>, CallError> {
+    async fn conn(&self, target: NodeId, addr: &str) -> Result<Arc<Conn<A>>, CallError> {
         let slot = Arc::clone(lock(&self.slots).entry(target).or_default());
         let mut g = slot.lock().await;
         if let Some(c) = g.as_ref() {
@@ -162,7 +163,7 @@ impl Peers {
         target: NodeId,
         addr: &str,
         route: Option<SocketAddr>,
-    ) -> Result<Conn, CallError> {
+    ) -> Result<Conn<A>, CallError> {
         let sock = match route {
             Some(r) => TcpStream::connect(r).await,
             None => TcpStream::connect(addr).await,
@@ -171,7 +172,7 @@ impl Peers {
         let _ = sock.set_nodelay(true);
         let (mut rd, wr) = sock.into_split();
         let mut wr = BufWriter::new(wr);
-        let hello = Wire::Hello {
+        let hello = Wire::<A>::Hello {
             version: WIRE_VERSION,
             cluster: self.cluster.clone(),
             from: self.me,
@@ -183,7 +184,7 @@ impl Peers {
         tokio::io::AsyncWriteExt::flush(&mut wr)
             .await
             .map_err(|e| unreachable(e.into()))?;
-        match read_frame(&mut rd).await.map_err(unreachable)? {
+        match read_frame::<A, _>(&mut rd).await.map_err(unreachable)? {
             Wire::Welcome { node } if node == target => {}
             Wire::Welcome { node } => {
                 return Err(CallError::Unreachable(format!(
@@ -197,8 +198,8 @@ impl Peers {
             }
             _ => return Err(CallError::Unreachable(format!("{addr} sent no welcome"))),
         }
-        let (tx, mut rx) = mpsc::channel::<Wire>(1024);
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, mut rx) = mpsc::channel::<Wire<A>>(1024);
+        let pending: Pending<A> = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
         let (a1, a2) = (Arc::clone(&alive), Arc::clone(&alive));
         let p2 = Arc::clone(&pending);
@@ -223,7 +224,7 @@ impl Peers {
                 id,
                 reply,
                 map_version,
-            }) = read_frame(&mut rd).await
+            }) = read_frame::<A, _>(&mut rd).await
             {
                 note_version(&seen, map_version);
                 if let Some(w) = lock(&p2).remove(&id) {
@@ -243,9 +244,9 @@ impl Peers {
         target: NodeId,
         addr: &str,
         shard: ShardId,
-        rpc: Rpc,
+        rpc: Rpc<A>,
         timeout: Duration,
-    ) -> Result<Reply, CallError> {
+    ) -> Result<Reply<A>, CallError> {
         let conn = self.conn(target, addr).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -277,33 +278,33 @@ impl Peers {
 }
 
 /// Makes openraft's per-peer clients for one shard.
-#[derive(Debug, Clone)]
-pub struct NetworkFactory {
-    peers: Arc<Peers>,
+#[derive(Debug)]
+pub struct NetworkFactory<A: App> {
+    peers: Arc<Peers<A>>,
     shard: ShardId,
 }
 
-impl NetworkFactory {
+impl<A: App> NetworkFactory<A> {
     /// Clients of `shard` over `peers`.
-    pub fn new(peers: Arc<Peers>, shard: ShardId) -> Self {
+    pub fn new(peers: Arc<Peers<A>>, shard: ShardId) -> Self {
         NetworkFactory { peers, shard }
     }
 }
 
 /// One shard's client of one peer.
 #[derive(Debug)]
-pub struct Network {
-    peers: Arc<Peers>,
+pub struct Network<A: App> {
+    peers: Arc<Peers<A>>,
     shard: ShardId,
     me: NodeId,
     target: NodeId,
     addr: String,
 }
 
-impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = Network;
+impl<A: App> RaftNetworkFactory<TypeConfig<A>> for NetworkFactory<A> {
+    type Network = Network<A>;
 
-    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Network {
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Network<A> {
         Network {
             me: self.peers.me,
             peers: Arc::clone(&self.peers),
@@ -314,7 +315,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
-impl Network {
+impl<A: App> Network<A> {
     fn rpc_error<E: std::error::Error>(
         &self,
         e: CallError,
@@ -332,24 +333,24 @@ impl Network {
         }
     }
 
-    async fn call(&self, rpc: Rpc, timeout: Duration) -> Result<Reply, CallError> {
+    async fn call(&self, rpc: Rpc<A>, timeout: Duration) -> Result<Reply<A>, CallError> {
         self.peers
             .call(self.target, &self.addr, self.shard, rpc, timeout)
             .await
     }
 }
 
-fn unexpected(reply: &Reply) -> CallError {
+fn unexpected<A: App>(reply: &Reply<A>) -> CallError {
     match reply {
         Reply::Failed(s) => CallError::Lost(s.clone()),
         other => CallError::Lost(format!("unexpected reply {other:?}")),
     }
 }
 
-impl RaftNetwork<TypeConfig> for Network {
+impl<A: App> RaftNetwork<TypeConfig<A>> for Network<A> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig<A>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
         match self.call(Rpc::Append(rpc), option.hard_ttl()).await {
@@ -364,7 +365,7 @@ impl RaftNetwork<TypeConfig> for Network {
 
     async fn install_snapshot(
         &mut self,
-        _rpc: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+        _rpc: openraft::raft::InstallSnapshotRequest<TypeConfig<A>>,
         _option: RPCOption,
     ) -> Result<
         openraft::raft::InstallSnapshotResponse<NodeId>,
@@ -393,16 +394,16 @@ impl RaftNetwork<TypeConfig> for Network {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: openraft::Snapshot<TypeConfig>,
+        snapshot: openraft::Snapshot<TypeConfig<A>>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig<A>, Fatal<NodeId>>> {
         let send = async {
             let snapshot_id = snapshot.meta.snapshot_id.clone();
             let mut src = SnapshotSource::new(&snapshot.snapshot)
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
             let mut seq = 0u64;
-            let to_streaming = |e: CallError| -> StreamingError<TypeConfig, Fatal<NodeId>> {
+            let to_streaming = |e: CallError| -> StreamingError<TypeConfig<A>, Fatal<NodeId>> {
                 match e {
                     CallError::Unreachable(_) => StreamingError::Unreachable(Unreachable::new(&e)),
                     _ => StreamingError::Network(NetworkError::new(&e)),

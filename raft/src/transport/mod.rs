@@ -50,7 +50,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 
-use crate::command::{Command, Outcome};
+use crate::app::App;
 use crate::membership::{Change, Placement};
 use crate::snapshot::Chunk;
 use crate::types::{LogId, NodeId, ShardId, SnapshotMeta, TypeConfig, Vote};
@@ -63,7 +63,8 @@ pub const MAX_FRAME: usize = 256 << 20;
 
 /// One frame's payload.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Wire {
+#[serde(bound = "")]
+pub enum Wire<A: App> {
     /// Dialer → listener, first frame.
     Hello {
         /// [`WIRE_VERSION`].
@@ -92,7 +93,7 @@ pub enum Wire {
         /// The group addressed.
         shard: ShardId,
         /// The call.
-        rpc: Rpc,
+        rpc: Rpc<A>,
         /// The newest cluster map version the caller knows of.
         map_version: u64,
     },
@@ -101,7 +102,7 @@ pub enum Wire {
         /// The request's id.
         id: u64,
         /// The answer.
-        reply: Reply,
+        reply: Reply<A>,
         /// The newest cluster map version the responder knows of: a caller
         /// holding an older map re-reads it (see `directory`).
         map_version: u64,
@@ -110,9 +111,10 @@ pub enum Wire {
 
 /// A call to a shard on another node.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Rpc {
+#[serde(bound = "")]
+pub enum Rpc<A: App> {
     /// Raft AppendEntries (also heartbeats).
-    Append(AppendEntriesRequest<TypeConfig>),
+    Append(AppendEntriesRequest<TypeConfig<A>>),
     /// Raft RequestVote.
     Vote(VoteRequest<NodeId>),
     /// One chunk of a snapshot (`seq` from 0, in order).
@@ -138,7 +140,7 @@ pub enum Rpc {
     /// A client write forwarded by a follower to the leader.
     Write {
         /// The command.
-        command: Command,
+        command: A::Command,
     },
     /// A follower asks the shard's leader for a read index: the leader
     /// confirms its leadership with a quorum and answers its commit point;
@@ -243,7 +245,8 @@ pub enum RemoteFailure {
 
 /// A call's answer.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Reply {
+#[serde(bound = "")]
+pub enum Reply<A: App> {
     /// To `Append`.
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     /// To `Vote`.
@@ -253,7 +256,7 @@ pub enum Reply {
     /// To `SnapshotDone`.
     Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
     /// To `Write`.
-    Write(Result<Outcome, RemoteFailure>),
+    Write(Result<A::Outcome, RemoteFailure>),
     /// To `Signal`: handed to the server's subscribers.
     Signal,
     /// To `ReadIndex`: the log index to apply up to before reading (None:
@@ -284,7 +287,10 @@ pub enum FrameError {
 }
 
 /// Writes one frame.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &Wire) -> Result<(), FrameError> {
+pub async fn write_frame<A: App, W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &Wire<A>,
+) -> Result<(), FrameError> {
     let payload = postcard::to_stdvec(msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if payload.len() > MAX_FRAME {
         return Err(FrameError::Malformed(format!(
@@ -301,7 +307,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &Wire) -> Result
 }
 
 /// Reads one frame.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Wire, FrameError> {
+pub async fn read_frame<A: App, R: AsyncRead + Unpin>(r: &mut R) -> Result<Wire<A>, FrameError> {
     let mut head = [0u8; 8];
     r.read_exact(&mut head).await?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;

@@ -11,17 +11,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::{read_frame, write_frame, Reply, Rpc, Wire, WIRE_VERSION};
+use crate::app::App;
 use crate::types::{NodeId, ShardId};
 
 /// Serves calls addressed to this node's shards.
-pub trait Dispatch: Send + Sync + 'static {
+pub trait Dispatch<A: App>: Send + Sync + 'static {
     /// Serves one call.
     fn dispatch(
         self: Arc<Self>,
         from: NodeId,
         shard: ShardId,
-        rpc: Rpc,
-    ) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+        rpc: Rpc<A>,
+    ) -> Pin<Box<dyn Future<Output = Reply<A>> + Send>>;
 
     /// The newest cluster map version this node knows of (sent with every
     /// response).
@@ -39,11 +40,11 @@ pub trait Dispatch: Send + Sync + 'static {
 const OUTBOUND_QUEUE: usize = 1024;
 
 /// Accepts connections until `stop` turns true.
-pub async fn serve(
+pub async fn serve<A: App>(
     listener: TcpListener,
     me: NodeId,
     cluster: String,
-    dispatch: Arc<dyn Dispatch>,
+    dispatch: Arc<dyn Dispatch<A>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -71,16 +72,16 @@ pub async fn serve(
     }
 }
 
-async fn connection(
+async fn connection<A: App>(
     sock: TcpStream,
     me: NodeId,
     cluster: String,
-    dispatch: Arc<dyn Dispatch>,
+    dispatch: Arc<dyn Dispatch<A>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), super::FrameError> {
     let (mut rd, wr) = sock.into_split();
     let mut wr = BufWriter::new(wr);
-    let hello = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut rd))
+    let hello = tokio::time::timeout(Duration::from_secs(5), read_frame::<A, _>(&mut rd))
         .await
         .map_err(|_| super::FrameError::Malformed("no hello within 5 s".into()))??;
     let from = match hello {
@@ -103,7 +104,7 @@ async fn connection(
             };
             if let Some(reason) = refusal {
                 tracing::warn!(from, %reason, "refusing a peer");
-                write_frame(&mut wr, &Wire::Refused { reason }).await?;
+                write_frame(&mut wr, &Wire::<A>::Refused { reason }).await?;
                 tokio::io::AsyncWriteExt::flush(&mut wr).await?;
                 return Ok(());
             }
@@ -115,10 +116,10 @@ async fn connection(
             ))
         }
     };
-    write_frame(&mut wr, &Wire::Welcome { node: me }).await?;
+    write_frame(&mut wr, &Wire::<A>::Welcome { node: me }).await?;
     tokio::io::AsyncWriteExt::flush(&mut wr).await?;
 
-    let (tx, mut rx) = mpsc::channel::<Wire>(OUTBOUND_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Wire<A>>(OUTBOUND_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             write_frame(&mut wr, &msg).await?;

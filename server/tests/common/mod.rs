@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use missive_raft::command::{DeviceId, UserId};
+use missive_chat::command::{DeviceId, UserId};
 use missive_server::auth::{Auth, Caller};
 use missive_server::{Config, Running};
 

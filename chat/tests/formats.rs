@@ -27,19 +27,26 @@ use openraft::{CommittedLeaderId, EntryPayload, Membership};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use missive_engine::keys::ConversationId;
-use missive_raft::apply::SystemEvent;
-use missive_raft::command::{
-    Batch, Command, ConversationKind, Delivery, DeviceId, MessageKind, Outcome, RejectCode, UserId,
+use missive_chat::apply::SystemEvent;
+use missive_chat::command::{
+    Command, ConversationKind, Delivery, DeviceId, MessageKind, Outcome, RejectCode, UserId,
 };
+use missive_chat::records::{self, *};
+use missive_chat::ChatApp;
+use missive_engine::keys::ConversationId;
 use missive_raft::directory::{ClusterMap, ShardEntry};
 use missive_raft::membership::{Change, Placement};
-use missive_raft::records::{self, *};
+use missive_raft::meta::{applied_key, cluster_map_key, directory_range, Applied};
 use missive_raft::slots::SlotMap;
-use missive_raft::transport::{
-    read_frame, write_frame, ReadOp, ReadResult, RemoteFailure, Reply, Rpc, Wire,
-};
-use missive_raft::types::{Entry, LogId, NodeAddr, SnapshotMeta, StoredMembership, Vote};
+use missive_raft::transport::{read_frame, write_frame, ReadOp, ReadResult, RemoteFailure};
+use missive_raft::types::{LogId, NodeAddr, SnapshotMeta, StoredMembership, Vote};
+
+// The runtime's types as the chat domain instantiates them.
+type Batch = missive_raft::app::Batch<ChatApp>;
+type Entry = missive_raft::types::Entry<ChatApp>;
+type Wire = missive_raft::transport::Wire<ChatApp>;
+type Rpc = missive_raft::transport::Rpc<ChatApp>;
+type Reply = missive_raft::transport::Reply<ChatApp>;
 use missive_raft::{codec, ShardId};
 
 // ---------------------------------------------------------------------------
@@ -483,7 +490,7 @@ fn raft_log_entries_and_meta_records() {
     for (name, e) in entries() {
         let bytes = codec::encode_entry(&e).unwrap();
         set.case(&name, bytes, |b| {
-            let got = codec::decode_entry(b).map_err(|e| e.to_string())?;
+            let got = codec::decode_entry::<ChatApp>(b).map_err(|e| e.to_string())?;
             entry_eq(&got, &e)
                 .then_some(())
                 .ok_or(format!("decoded {got:?}"))
@@ -971,7 +978,9 @@ fn transport_frames() {
         let want = format!("{wire:?}");
         set.case(&name, bytes, |b| {
             let mut r = b;
-            let got = rt.block_on(read_frame(&mut r)).map_err(|e| e.to_string())?;
+            let got = rt
+                .block_on(read_frame::<ChatApp, _>(&mut r))
+                .map_err(|e| e.to_string())?;
             // Wire has no PartialEq (openraft's error types lack one);
             // the byte comparison is the real check, this one names a
             // variant that decoded as another.
@@ -1034,7 +1043,7 @@ fn node_identity_file() {
     cfg.shards = 3;
     cfg.cluster = "fixture".into();
     rt.block_on(async {
-        let node = missive_raft::node::Node::start(cfg).await.unwrap();
+        let node = missive_chat::ChatNode::start(cfg).await.unwrap();
         node.shutdown().await.unwrap();
     });
     let bytes = std::fs::read(dir.path().join("n/NODE")).unwrap();

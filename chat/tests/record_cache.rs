@@ -6,14 +6,19 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, Outcome, UserId};
+use missive_chat::ChatApp;
 use missive_engine::keys::ConversationId;
 use missive_engine::lsm::{Lsm, LsmOptions};
-use missive_raft::command::{
-    Batch, BatchResponse, Command, ConversationKind, DeviceId, MessageKind, Outcome, UserId,
-};
 use missive_raft::slots::SlotMap;
-use missive_raft::state_machine::{ApplyHooks, StateMachine};
-use missive_raft::types::{Entry, LogId};
+use missive_raft::state_machine::ApplyHooks;
+use missive_raft::types::LogId;
+
+// The runtime's types as the chat domain instantiates them.
+type Batch = missive_raft::app::Batch<ChatApp>;
+type BatchResponse = missive_raft::app::BatchResponse<ChatApp>;
+type Entry = missive_raft::types::Entry<ChatApp>;
+type StateMachine = missive_raft::state_machine::StateMachine<ChatApp>;
 use missive_raft::ShardId;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -23,8 +28,9 @@ const CONV: ConversationId = ConversationId(7);
 
 fn open(dir: &Path) -> (StateMachine, Arc<ApplyHooks>, Arc<Lsm>) {
     let lsm = Arc::new(Lsm::open(dir.join("lsm"), LsmOptions::default()).unwrap());
-    let hooks = Arc::new(ApplyHooks::new(1024));
+    let hooks = Arc::new(ApplyHooks::new());
     let sm = StateMachine::open(
+        Arc::new(ChatApp::new()),
         Arc::clone(&lsm),
         &SlotMap::even(1).unwrap(),
         SHARD,

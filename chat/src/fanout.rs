@@ -58,13 +58,13 @@ use tokio::task::JoinHandle;
 use missive_engine::keys::{ConversationId, Keyspace};
 use missive_engine::lsm::Direction;
 
+use missive_raft::node::Node;
+use missive_raft::{Error, Result, ShardId};
+
+use crate::app::{ChatApp, Hooks};
 use crate::command::{Command, Delivery};
-use crate::error::{Error, Result};
-use crate::node::Inner;
 use crate::outbox_feed::Take;
 use crate::records::{self, decode_outbox_key};
-use crate::state_machine::ApplyHooks;
-use crate::types::ShardId;
 
 /// Outbox entries read per scan round.
 const PAGE: usize = 512;
@@ -80,10 +80,11 @@ const SAFETY_SCAN: Duration = Duration::from_secs(10);
 const WRITE_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs one worker per shard of this node until `stop` turns true.
-pub(crate) async fn run(inner: Arc<Inner>, hooks: Arc<ApplyHooks>, stop: watch::Receiver<bool>) {
+pub(crate) async fn run(inner: Arc<Node<ChatApp>>, hooks: Arc<Hooks>, stop: watch::Receiver<bool>) {
     let mut workers = tokio::task::JoinSet::new();
     // The metadata group has no outboxes.
-    for shard in inner.groups.keys().copied().filter(|s| !s.is_directory()) {
+    let shards: Vec<ShardId> = inner.groups().filter(|s| !s.is_directory()).collect();
+    for shard in shards {
         workers.spawn(shard_worker(
             Arc::clone(&inner),
             Arc::clone(&hooks),
@@ -95,8 +96,8 @@ pub(crate) async fn run(inner: Arc<Inner>, hooks: Arc<ApplyHooks>, stop: watch::
 }
 
 async fn shard_worker(
-    inner: Arc<Inner>,
-    hooks: Arc<ApplyHooks>,
+    inner: Arc<Node<ChatApp>>,
+    hooks: Arc<Hooks>,
     shard: ShardId,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -159,7 +160,7 @@ impl DonePipe {
     }
 
     /// Starts an `OutboxDone` for what is pending unless one is running.
-    fn flush(&mut self, inner: &Arc<Inner>, shard: ShardId) {
+    fn flush(&mut self, inner: &Arc<Node<ChatApp>>, shard: ShardId) {
         if self.pending.is_empty() || self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
@@ -168,7 +169,7 @@ impl DonePipe {
         let inner = Arc::clone(inner);
         self.in_flight = Some(tokio::spawn(async move {
             if let Err(e) = inner
-                .write(shard, Command::OutboxDone { done }, WRITE_WAIT)
+                .write_to(shard, Command::OutboxDone { done }, WRITE_WAIT)
                 .await
             {
                 // The entries stay in the outbox; a later scan redoes them.
@@ -185,15 +186,15 @@ impl DonePipe {
 }
 
 /// Scan rounds until the shard's outbox is drained.
-async fn scan(inner: &Arc<Inner>, shard: ShardId) -> Result<()> {
+async fn scan(inner: &Arc<Node<ChatApp>>, shard: ShardId) -> Result<()> {
     while round(inner, shard).await? == PAGE {}
     Ok(())
 }
 
 /// One page of one shard's outbox; returns how many entries it handled.
-async fn round(inner: &Arc<Inner>, shard: ShardId) -> Result<usize> {
+async fn round(inner: &Arc<Node<ChatApp>>, shard: ShardId) -> Result<usize> {
     let Some((lo, hi)) = inner
-        .slots
+        .slots()
         .key_ranges(shard)
         .into_iter()
         .find(|(lo, _)| lo.first() == Some(&(Keyspace::Outbox as u8)))
@@ -201,7 +202,7 @@ async fn round(inner: &Arc<Inner>, shard: ShardId) -> Result<usize> {
         return Ok(0);
     };
     let page = inner
-        .lsm
+        .lsm()
         .scan(&lo, hi.as_deref(), Direction::Forward, PAGE)?;
     if page.is_empty() {
         return Ok(0);
@@ -217,7 +218,7 @@ async fn round(inner: &Arc<Inner>, shard: ShardId) -> Result<usize> {
         .collect::<Result<Vec<_>>>()?;
     let done = deliver(inner, entries).await?;
     inner
-        .write(
+        .write_to(
             shard,
             Command::OutboxDone {
                 done: done.into_iter().collect(),
@@ -232,7 +233,7 @@ async fn round(inner: &Arc<Inner>, shard: ShardId) -> Result<usize> {
 /// the recipients' user shards, every target shard concurrently; returns
 /// the newest eseq delivered per conversation, once all succeeded.
 async fn deliver(
-    inner: &Arc<Inner>,
+    inner: &Arc<Node<ChatApp>>,
     entries: impl IntoIterator<Item = (ConversationId, u64, records::OutboxEntry)>,
 ) -> Result<BTreeMap<ConversationId, u64>> {
     let mut by_shard: BTreeMap<ShardId, Vec<Delivery>> = BTreeMap::new();
@@ -240,7 +241,7 @@ async fn deliver(
     for (conv, eseq, entry) in entries {
         for user in entry.recipients {
             by_shard
-                .entry(inner.slots.shard_of_user(user))
+                .entry(inner.slots().shard_of_user(user.0))
                 .or_default()
                 .push(Delivery {
                     user,
@@ -261,7 +262,7 @@ async fn deliver(
             // earlier one.
             for chunk in items.chunks(CHUNK) {
                 inner
-                    .write(
+                    .write_to(
                         target,
                         Command::Deliver {
                             items: chunk.to_vec(),

@@ -7,12 +7,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use missive_chat::ChatApp;
 use missive_engine::log::{Log, LogOptions};
 use missive_engine::lsm::{Lsm, LsmOptions};
-use missive_raft::log_store::LogStore;
+
+// The runtime's types as the chat domain instantiates them.
+type LogStore = missive_raft::log_store::LogStore<ChatApp>;
+type StateMachine = missive_raft::state_machine::StateMachine<ChatApp>;
+type Entry = missive_raft::types::Entry<ChatApp>;
 use missive_raft::slots::SlotMap;
-use missive_raft::state_machine::{ApplyHooks, StateMachine};
-use missive_raft::types::{Entry, LogId};
+use missive_raft::state_machine::ApplyHooks;
+use missive_raft::types::LogId;
 use missive_raft::ShardId;
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -62,11 +67,12 @@ fn open(dir: &Path) -> Opened {
         .unwrap(),
     );
     let sm = StateMachine::open(
+        Arc::new(ChatApp::new()),
         Arc::clone(&lsm),
         &SlotMap::even(1).unwrap(),
         SHARD,
         dir.join("snapshots"),
-        Arc::new(ApplyHooks::new(16)),
+        Arc::new(ApplyHooks::new()),
     )
     .unwrap();
     let store = LogStore::new(log, SHARD).with_durable_horizon(Arc::clone(&lsm));
@@ -136,3 +142,4 @@ async fn a_purge_past_the_whole_log_is_a_snapshot_install_and_goes_through() {
     n.store.blocking_append(entries(151..=160)).await.unwrap();
     assert_eq!(readable(&mut n.store, 151, 160).await, 10);
 }
+

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use missive_engine::keys::ConversationId;
 
 use crate::records::OutboxEntry;
-use crate::types::ShardId;
+use missive_raft::ShardId;
 
 /// Entries a shard's feed holds before it gives up and asks for a scan.
 const CAPACITY: usize = 65_536;

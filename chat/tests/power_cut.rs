@@ -21,10 +21,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use missive_chat::command::{Command, UserId};
+use missive_chat::ChatNode as Node;
 use missive_engine::io::FaultFsControl;
 use missive_engine::keys::ConversationId;
-use missive_raft::command::{Command, UserId};
-use missive_raft::node::{Consistency, Node, NodeConfig};
+use missive_raft::node::{Consistency, NodeConfig};
 use missive_raft::ShardId;
 
 use common::{bootstrap_all, config, config_at, create_group, send, wait_converged, wait_leader};

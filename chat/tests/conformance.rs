@@ -5,13 +5,18 @@
 
 use std::sync::Arc;
 
+use missive_chat::ChatApp;
 use missive_engine::log::{Log, LogOptions};
 use missive_engine::lsm::{Lsm, LsmOptions};
-use missive_raft::log_store::LogStore;
+
+// The runtime's types as the chat domain instantiates them.
+type LogStore = missive_raft::log_store::LogStore<ChatApp>;
+type StateMachine = missive_raft::state_machine::StateMachine<ChatApp>;
+type TypeConfig = missive_raft::TypeConfig<ChatApp>;
 use missive_raft::slots::SlotMap;
-use missive_raft::state_machine::{ApplyHooks, StateMachine};
+use missive_raft::state_machine::ApplyHooks;
 use missive_raft::types::StorageError;
-use missive_raft::{ShardId, TypeConfig};
+use missive_raft::ShardId;
 use openraft::testing::{StoreBuilder, Suite};
 
 struct Builder;
@@ -34,11 +39,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let slots = SlotMap::even(1).unwrap();
         let shard = ShardId(1);
         let sm = StateMachine::open(
+            Arc::new(ChatApp::new()),
             lsm,
             &slots,
             shard,
             dir.path().join("snapshots"),
-            Arc::new(ApplyHooks::new(16)),
+            Arc::new(ApplyHooks::new()),
         )
         .unwrap();
         Ok((dir, LogStore::new(log, shard), sm))

@@ -1,20 +1,27 @@
-//! The state machine's commands, their outcomes, and the read queries.
+//! The chat domain's commands and their outcomes.
 //!
-//! A Raft entry's payload is a [`Batch`]: the leader's clock reading and the
-//! commands that rode in that entry (the batcher packs concurrent writes of
-//! a shard into one entry, since openraft 0.9 pays a log flush per entry).
-//! Apply is a pure function of the batch and the shard's state: the time a
-//! message gets comes from `Batch::stamp_micros`, never from the replica's
-//! clock, so every replica computes the same ts and seq.
+//! A Raft entry's payload is the runtime's `Batch`: the leader's clock
+//! reading and the commands that rode in that entry. Apply is a pure
+//! function of the batch and the shard's state: the time a message gets
+//! comes from the batch's stamp, never from the replica's clock, so every
+//! replica computes the same ts and seq.
 //!
 //! # Encoding (in the log, byte by byte)
 //!
 //! An entry is stored as `[version: u8 = 1][postcard(openraft Entry)]` (see
-//! `codec`); its `Normal` payload is this module's [`Batch`] in postcard's
-//! stable wire format (varint integers, length-prefixed bytes and strings,
-//! enums as a varint variant index followed by the fields in declaration
-//! order). Variants and fields are append-only: a new command is a new
-//! variant at the end; a removed one keeps its slot.
+//! `missive_raft::codec`); its `Normal` payload is the runtime's `Batch` of
+//! this module's [`Command`]s in postcard's stable wire format (varint
+//! integers, length-prefixed bytes and strings, enums as a varint variant
+//! index followed by the fields in declaration order). Variants and fields
+//! are append-only: a new command is a new variant at the end; a removed
+//! one keeps its slot.
+//!
+//! Variants 9–11 (`RegisterNode`, `ForgetNode`, `ReportPlacement`) are the
+//! runtime's cluster-map commands (`missive_raft::app::ClusterCommand`),
+//! carried here at the indices they had when one enum held every command,
+//! so that every entry ever written still decodes (`tests/formats.rs`).
+//! Chat never runs them; the runtime does, on the metadata group. Outcome
+//! variant 7 (`Directory`) is their outcome, likewise.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,34 +29,11 @@ use std::collections::BTreeSet;
 
 use missive_engine::keys::ConversationId;
 
+use missive_raft::slots::SlotMap;
+use missive_raft::{NodeId, ShardId};
+
+pub use crate::ids::{DeviceId, UserId};
 use crate::records::EventKind;
-use crate::slots::SlotMap;
-use crate::types::{NodeId, ShardId};
-
-/// A user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct UserId(pub u64);
-
-/// One of a user's devices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct DeviceId(pub u64);
-
-/// The payload of one Raft entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Batch {
-    /// The leader's clock when it proposed the entry, in microseconds since
-    /// the Unix epoch: the only time apply ever sees.
-    pub stamp_micros: u64,
-    /// The commands, applied in order.
-    pub commands: Vec<Command>,
-}
-
-/// What the state machine answers for a [`Batch`]: one outcome per command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct BatchResponse {
-    /// In command order.
-    pub outcomes: Vec<Outcome>,
-}
 
 /// A conversation's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,8 +170,8 @@ pub enum Command {
         /// The platform's token.
         token: Option<String>,
     },
-    /// Metadata group: records (or re-addresses) a node in the cluster
-    /// map's directory. Refused if the node's slot map is not the
+    /// The runtime's `ClusterCommand::RegisterNode` (see the module docs):
+    /// records (or re-addresses) a node in the cluster map's directory. Refused if the node's slot map is not the
     /// cluster's (it was started with another shard count).
     RegisterNode {
         /// The node.
@@ -197,13 +181,15 @@ pub enum Command {
         /// Its slot → shard map.
         slots: SlotMap,
     },
-    /// Metadata group: drops a node from the directory. Refused while the
+    /// The runtime's `ClusterCommand::ForgetNode`: drops a node from the
+    /// directory. Refused while the
     /// map places any replica on it.
     ForgetNode {
         /// The node.
         node: NodeId,
     },
-    /// Metadata group: a group's leader reports its configuration. Ignored
+    /// The runtime's `ClusterCommand::ReportPlacement`: a group's leader
+    /// reports its configuration. Ignored
     /// if the map already holds a later one (a deposed leader's report).
     ReportPlacement {
         /// The group (a data shard, or the metadata group itself).
@@ -358,8 +344,9 @@ pub enum Outcome {
     /// A command with nothing to report succeeded (`OutboxDone`,
     /// `RegisterDevice`, `SetProfile`, `SetPushToken`).
     Done,
-    /// A metadata-group command: the cluster map's version after it (not
-    /// bumped if the command changed nothing).
+    /// A cluster-map command: the cluster map's version after it (not
+    /// bumped if the command changed nothing). A refused one is
+    /// `Rejected { code: Conflict }`.
     Directory {
         /// The map's version.
         version: u64,

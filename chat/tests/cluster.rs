@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use common::{
     cluster, config, config_at, create_group, send, wait_converged, wait_leader, Checker,
 };
+use missive_chat::command::{Outcome, UserId};
+use missive_chat::ChatNode as Node;
+use missive_chat::Error;
 use missive_engine::keys::ConversationId;
-use missive_raft::command::{Outcome, UserId};
-use missive_raft::node::{Consistency, Node};
-use missive_raft::{Error, ShardId};
+use missive_raft::node::Consistency;
+use missive_raft::ShardId;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -139,7 +141,9 @@ async fn leader_loss_under_load_loses_no_acknowledged_write() {
                     (invoked, r)
                 };
                 let after_restart = restarted.lock().unwrap().is_some_and(|t| invoked > t);
-                if after_restart && matches!(r, Err(missive_raft::Error::Unknown { .. })) {
+                if after_restart
+                    && matches!(r, Err(Error::Runtime(missive_raft::Error::Unknown { .. })))
+                {
                     late_unknown
                         .lock()
                         .unwrap()

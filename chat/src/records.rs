@@ -12,9 +12,6 @@
 //! dedup         0x20 slot:u16 conv:u64 0x02 sender:u64 client_msg_id → Dedup
 //! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message
 //! receipt       0x40 slot:u16 conv:u64 user:u64        → Receipt
-//! applied       0x50 shard:u32 0x01                    → Applied (raft meta)
-//! cluster map   0x50 0:u32 0x02                        → ClusterMap (shard 0
-//!                                                        only; see directory)
 //! outbox head   0x20 slot:u16 conv:u64 0x03            → OutboxHead
 //! outbox entry  0x60 slot:u16 conv:u64 eseq:u64        → OutboxEntry
 //! user head     0x30 uslot:u16 user:u64 0x00           → UserHead
@@ -30,24 +27,27 @@
 //! the shards of the conversations they are in.
 //!
 //! All integers in keys are big-endian, so byte order is numeric order.
+//! Keyspace 0x50 (`RaftMeta`) is the runtime's (`missive_raft::meta`).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use missive_engine::keys::{message_key, ConversationId, Keyspace, Slot, Timestamp};
 
-use crate::command::{ConversationKind, DeviceId, MessageKind, UserId};
-use crate::error::Result;
-use crate::types::{LogId, ShardId, StoredMembership};
+use missive_raft::Result;
 
-/// Encodes a stored value: `[version u8 = 1][postcard]` (see `codec`).
+use crate::command::{ConversationKind, MessageKind};
+use crate::ids::{DeviceId, UserId};
+
+/// Encodes a stored value: `[version u8 = 1][postcard]` (see
+/// `missive_raft::codec`).
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    crate::codec::encode("stored record", v)
+    missive_raft::codec::encode("stored record", v)
 }
 
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
-    crate::codec::decode(what, bytes)
+    missive_raft::codec::decode(what, bytes)
 }
 
 /// A conversation's membership and settings.
@@ -143,17 +143,6 @@ pub struct Receipt {
     pub read: u64,
 }
 
-/// The state machine's own position, written with every applied batch so
-/// that what the LSM holds after a restart (its flushed state) says exactly
-/// which log entry it reflects.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied {
-    /// The last applied log id.
-    pub last_applied: Option<LogId>,
-    /// The last applied membership.
-    pub membership: StoredMembership,
-}
-
 fn conv_key(conv: ConversationId, suffix: u8) -> Vec<u8> {
     let mut k = Vec::with_capacity(12);
     k.push(Keyspace::Conversation as u8);
@@ -201,32 +190,6 @@ pub fn receipt_prefix(conv: ConversationId) -> Vec<u8> {
     let mut k = receipt_key(conv, UserId(0));
     k.truncate(11);
     k
-}
-
-/// Key of a shard's applied state.
-pub fn applied_key(shard: ShardId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(6);
-    k.push(Keyspace::RaftMeta as u8);
-    k.extend_from_slice(&shard.0.to_be_bytes());
-    k.push(0x01);
-    k
-}
-
-/// Key of the cluster map, the metadata group's one record (see
-/// `directory`). It sorts right after shard 0's `Applied` record.
-pub fn cluster_map_key() -> Vec<u8> {
-    let mut k = applied_key(ShardId::DIRECTORY);
-    k[5] = 0x02;
-    k
-}
-
-/// The key range holding the metadata group's data (the cluster map):
-/// what its snapshots carry and its installs replace.
-pub fn directory_range() -> (Vec<u8>, Option<Vec<u8>>) {
-    let lo = cluster_map_key();
-    let mut hi = lo.clone();
-    hi[5] = 0x03;
-    (lo, Some(hi))
 }
 
 /// Key of a conversation's outbox head.
@@ -450,12 +413,3 @@ pub struct Profile {
     /// The name shown to others.
     pub display_name: String,
 }
-
-/// The keyspaces whose keys are slot-prefixed: a shard's data.
-pub const SLOTTED_KEYSPACES: [Keyspace; 5] = [
-    Keyspace::Message,
-    Keyspace::Conversation,
-    Keyspace::User,
-    Keyspace::Receipt,
-    Keyspace::Outbox,
-];

@@ -11,8 +11,9 @@ use common::proxy::{Mode, Proxy};
 use common::{
     bootstrap_all, config, create_group, init_tracing, send, wait_converged, wait_leader, Checker,
 };
+use missive_chat::ChatNode as Node;
 use missive_engine::keys::ConversationId;
-use missive_raft::node::{Consistency, Node};
+use missive_raft::node::Consistency;
 use missive_raft::{NodeId, ShardId};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -10,12 +10,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, Outcome, UserId};
+use missive_chat::ChatNode as Node;
+use missive_chat::Error;
 use missive_engine::keys::ConversationId;
 use missive_engine::log::LogOptions;
 use missive_engine::lsm::LsmOptions;
-use missive_raft::command::{Command, ConversationKind, DeviceId, MessageKind, Outcome, UserId};
-use missive_raft::node::{Consistency, Node, NodeConfig, RaftTiming};
-use missive_raft::{Error, NodeId, ShardId};
+use missive_raft::node::{Consistency, NodeConfig, RaftTiming};
+use missive_raft::{NodeId, ShardId};
 
 /// Logs to the test's output (shown for failures), filtered by RUST_LOG
 /// (default: warnings).
@@ -206,9 +208,11 @@ impl Checker {
             Ok(Outcome::Appended { ts, seq, .. }) => Seen::Ok(*ts, *seq),
             Ok(other) => panic!("unexpected outcome {other:?}"),
             // These promise nothing was written.
-            Err(Error::NotLeader { .. } | Error::Unavailable { .. } | Error::Transport { .. }) => {
-                Seen::Failed
-            }
+            Err(Error::Runtime(
+                missive_raft::Error::NotLeader { .. }
+                | missive_raft::Error::Unavailable { .. }
+                | missive_raft::Error::Transport { .. },
+            )) => Seen::Failed,
             Err(_) => Seen::Unknown,
         };
         self.seen.lock().unwrap().insert(id.to_string(), s);
@@ -294,7 +298,7 @@ pub async fn check_inboxes(
     users: &[u64],
     within: Duration,
 ) {
-    use missive_raft::records::EventKind;
+    use missive_chat::records::EventKind;
     let deadline = tokio::time::Instant::now() + within;
     for node in nodes.iter().flatten() {
         let head = node.head(conv, Consistency::Stale).await.unwrap().seq;

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use missive_chat::ChatNode as Node;
 use missive_engine::keys::ConversationId;
 use missive_raft::membership::Change;
-use missive_raft::node::{Consistency, Node};
+use missive_raft::node::Consistency;
 use missive_raft::{Error, NodeId, ShardId};
 
 use common::{cluster, config, config_at, create_group, send, wait_leader, Checker};

@@ -11,10 +11,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use missive_chat::ChatNode as Node;
 use missive_engine::keys::ConversationId;
 use missive_raft::directory::ClusterMap;
 use missive_raft::membership::Change;
-use missive_raft::node::{Consistency, Node};
+use missive_raft::node::Consistency;
 use missive_raft::{Error, NodeId, ShardId};
 
 use common::{cluster, config, config_at, create_group, send};
@@ -59,7 +60,7 @@ fn conv_on(node: &Node, shard: ShardId) -> ConversationId {
 
 fn rejected(r: Result<(), Error>, want: &str) {
     match r {
-        Err(Error::Rejected { message, .. }) if message.contains(want) => {}
+        Err(Error::Refused(message)) if message.contains(want) => {}
         other => panic!("expected a refusal saying {want:?}, got {other:?}"),
     }
 }

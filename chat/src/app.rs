@@ -1,0 +1,199 @@
+//! The chat domain as the runtime's replicated application ([`App`]).
+//!
+//! Everything chat-specific the runtime needs goes through here: which
+//! shard a command acts on (a conversation's or a user's, by slot), the
+//! apply rules (`apply`), what to do once a batch is durable (feed the
+//! fan-out worker, notify live connections), and the retention rule
+//! (disappearing messages).
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use missive_raft::app::{App, ClusterCommand, ClusterOutcome};
+use missive_raft::record_source::Records;
+use missive_raft::slots::SlotMap;
+use missive_raft::{Error, Result, ShardId};
+
+use crate::apply::{self, Effects, InboxNotice};
+use crate::command::{Command, Outcome, RejectCode, Route};
+use crate::outbox_feed::OutboxFeed;
+
+/// Inbox notices buffered for slow listeners (they re-read on lag).
+const INBOX_NOTICES: usize = 4096;
+
+/// What apply hands the rest of the node once a batch is durable.
+#[derive(Debug)]
+pub struct Hooks {
+    /// Outbox entries just applied, for the fan-out worker.
+    pub(crate) outbox: OutboxFeed,
+    /// Every inbox that grew, on this replica. Receivers that lag lose
+    /// notices, never data: they re-read from their cursor.
+    pub(crate) inbox: broadcast::Sender<InboxNotice>,
+}
+
+/// The chat domain, as run by every shard of a node. See the
+/// [module documentation](self).
+#[derive(Debug)]
+pub struct ChatApp {
+    hooks: Arc<Hooks>,
+}
+
+impl Default for ChatApp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChatApp {
+    /// A new application value (one per node).
+    pub fn new() -> Self {
+        ChatApp {
+            hooks: Arc::new(Hooks {
+                outbox: OutboxFeed::default(),
+                inbox: broadcast::channel(INBOX_NOTICES).0,
+            }),
+        }
+    }
+
+    pub(crate) fn hooks(&self) -> &Arc<Hooks> {
+        &self.hooks
+    }
+}
+
+/// The shard a route's data lives on (None for an empty command).
+fn shard_of_route(slots: &SlotMap, route: Route) -> Option<ShardId> {
+    match route {
+        Route::Conversation(c) => Some(slots.shard_of(c)),
+        Route::User(u) => Some(slots.shard_of_user(u.0)),
+        Route::Directory => Some(ShardId::DIRECTORY),
+        Route::Empty => None,
+    }
+}
+
+impl App for ChatApp {
+    type Command = Command;
+    type Outcome = Outcome;
+    type Effects = Effects;
+
+    fn cluster(cmd: ClusterCommand) -> Command {
+        match cmd {
+            ClusterCommand::RegisterNode { node, addr, slots } => {
+                Command::RegisterNode { node, addr, slots }
+            }
+            ClusterCommand::ForgetNode { node } => Command::ForgetNode { node },
+            ClusterCommand::ReportPlacement {
+                shard,
+                voters,
+                learners,
+                config_index,
+            } => Command::ReportPlacement {
+                shard,
+                voters,
+                learners,
+                config_index,
+            },
+        }
+    }
+
+    fn as_cluster(cmd: &Command) -> Option<ClusterCommand> {
+        Some(match cmd {
+            Command::RegisterNode { node, addr, slots } => ClusterCommand::RegisterNode {
+                node: *node,
+                addr: addr.clone(),
+                slots: slots.clone(),
+            },
+            Command::ForgetNode { node } => ClusterCommand::ForgetNode { node: *node },
+            Command::ReportPlacement {
+                shard,
+                voters,
+                learners,
+                config_index,
+            } => ClusterCommand::ReportPlacement {
+                shard: *shard,
+                voters: voters.clone(),
+                learners: learners.clone(),
+                config_index: *config_index,
+            },
+            _ => return None,
+        })
+    }
+
+    fn cluster_outcome(outcome: ClusterOutcome) -> Outcome {
+        match outcome {
+            Ok(version) => Outcome::Directory { version },
+            Err(message) => Outcome::Rejected {
+                code: RejectCode::Conflict,
+                message,
+            },
+        }
+    }
+
+    fn as_cluster_outcome(outcome: &Outcome) -> Option<ClusterOutcome> {
+        match outcome {
+            Outcome::Directory { version } => Some(Ok(*version)),
+            Outcome::Rejected {
+                code: RejectCode::Conflict,
+                message,
+            } => Some(Err(message.clone())),
+            _ => None,
+        }
+    }
+
+    fn misrouted(message: String) -> Outcome {
+        Outcome::Rejected {
+            code: RejectCode::Invalid,
+            message,
+        }
+    }
+
+    fn shard_of(&self, slots: &SlotMap, cmd: &Command) -> Result<ShardId> {
+        let mut shard = None;
+        for r in cmd.routes() {
+            let s = shard_of_route(slots, r).ok_or_else(|| {
+                Error::InvalidArgument("the command names no conversation or user".into())
+            })?;
+            if shard.is_some_and(|x| x != s) {
+                return Err(Error::InvalidArgument(
+                    "the command's items live on more than one shard".into(),
+                ));
+            }
+            shard = Some(s);
+        }
+        shard.ok_or_else(|| Error::InvalidArgument("the command is empty".into()))
+    }
+
+    fn is_system(cmd: &Command) -> bool {
+        matches!(cmd, Command::Deliver { .. } | Command::OutboxDone { .. })
+    }
+
+    fn apply(
+        &self,
+        _shard: ShardId,
+        records: &mut Records<'_>,
+        stamp_micros: u64,
+        cmd: &Command,
+        effects: &mut Effects,
+    ) -> Result<Outcome> {
+        apply::run(records, effects, stamp_micros, cmd)
+    }
+
+    fn applied(&self, shard: ShardId, effects: Effects) {
+        if !effects.fresh.is_empty() {
+            self.hooks.outbox.push(shard, effects.fresh);
+        }
+        for n in effects.notices {
+            // No receiver is not an error: nobody is connected.
+            let _ = self.hooks.inbox.send(n);
+        }
+    }
+
+    fn installed(&self, shard: ShardId) {
+        // Outboxes and inboxes may have grown without a notice each.
+        self.hooks.outbox.invalidate(shard);
+    }
+
+    fn retention(&self) -> Option<Arc<dyn missive_engine::lsm::Retention>> {
+        Some(crate::records::message_retention())
+    }
+}

@@ -1,0 +1,103 @@
+//! `Deliver` (the fan-out worker's write into users' inboxes) and
+//! `OutboxDone` (its clean-up of the conversation's outbox).
+
+use missive_engine::keys::ConversationId;
+use missive_raft::Result;
+
+use super::{Apply, InboxNotice};
+use crate::command::{Delivery, Outcome};
+use crate::records::{
+    inbox_key, outbox_head_key, outbox_key, user_conv_key, user_head_key, EventKind, InboxEvent,
+    OutboxHead, UserConv, UserHead,
+};
+
+impl Apply<'_, '_> {
+    /// Appends each new item to its user's inbox and updates the user's
+    /// view of the conversation. An item at or below the user's applied
+    /// eseq for its conversation is a repeat (the fan-out worker resends
+    /// after a crash or a leader change) and is skipped; the worker sends
+    /// one conversation's items in eseq order, always from the oldest not
+    /// yet done, so "above the mark" is also "the next one".
+    pub(super) fn deliver(&mut self, items: &[Delivery]) -> Result<Outcome> {
+        let (mut applied, mut skipped) = (0, 0);
+        for d in items {
+            let ckey = user_conv_key(d.user, d.conv);
+            let mut uc: UserConv = self
+                .rec
+                .get_as("user conversation", &ckey)?
+                .unwrap_or_default();
+            if d.eseq <= uc.eseq {
+                skipped += 1;
+                continue;
+            }
+            uc.eseq = d.eseq;
+            match &d.event {
+                EventKind::Message {
+                    seq, ts, sender, ..
+                } => {
+                    uc.last_seq = uc.last_seq.max(*seq);
+                    uc.last_ts = uc.last_ts.max(*ts);
+                    if *sender == d.user {
+                        uc.read = uc.read.max(*seq);
+                        uc.delivered = uc.delivered.max(*seq);
+                    }
+                }
+                EventKind::Receipt {
+                    user,
+                    delivered,
+                    read,
+                } if *user == d.user => {
+                    uc.read = uc.read.max(*read);
+                    uc.delivered = uc.delivered.max(*delivered);
+                }
+                EventKind::Receipt { .. } => {}
+                EventKind::Membership { added, removed, .. } => {
+                    if added.contains(&d.user) {
+                        uc.member = true;
+                        uc.last_ts = uc.last_ts.max(d.at);
+                    }
+                    if removed.contains(&d.user) {
+                        uc.member = false;
+                    }
+                }
+            }
+            self.rec.put_as(ckey, &uc)?;
+            let hkey = user_head_key(d.user);
+            let mut head: UserHead = self.rec.get_as("user head", &hkey)?.unwrap_or_default();
+            head.useq += 1;
+            let event = InboxEvent {
+                conv: d.conv,
+                eseq: d.eseq,
+                event: d.event.clone(),
+                at: d.at,
+            };
+            self.rec.put_as(inbox_key(d.user, head.useq), &event)?;
+            self.rec.put_as(hkey, &head)?;
+            self.fx.notices.push(InboxNotice {
+                user: d.user,
+                useq: head.useq,
+                event: std::sync::Arc::new(event),
+            });
+            applied += 1;
+        }
+        Ok(Outcome::Delivered { applied, skipped })
+    }
+
+    /// Deletes fanned-out outbox entries up to each conversation's `upto`.
+    pub(super) fn outbox_done(&mut self, done: &[(ConversationId, u64)]) -> Result<Outcome> {
+        for (conv, upto) in done {
+            let hkey = outbox_head_key(*conv);
+            let mut head: OutboxHead = self.rec.get_as("outbox head", &hkey)?.unwrap_or_default();
+            let upto = (*upto).min(head.last);
+            if upto <= head.done {
+                continue;
+            }
+            for eseq in head.done + 1..=upto {
+                self.rec.delete(outbox_key(*conv, eseq));
+            }
+            head.done = upto;
+            self.rec.put_as(hkey, &head)?;
+        }
+        Ok(Outcome::Done)
+    }
+}

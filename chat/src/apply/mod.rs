@@ -1,0 +1,242 @@
+//! The chat domain's apply rules: a deterministic function of (the shard's
+//! records, the leader's stamp, the command). Nothing here reads a clock, a
+//! random number or anything local to the replica.
+//!
+//! The runtime hands every command of one state-machine call to
+//! [`run`] with the same `Records` (its pending writes over the record
+//! cache over the LSM: a later command sees an earlier one's effect; all
+//! become one atomic batch) and the same [`Effects`] (outbox entries for
+//! the fan-out worker, inbox notices for live connections), which it hands
+//! back to `ChatApp::applied` once the batch is durable. The rules read
+//! only keys that never expire (conversation, head, dedup, receipt, outbox
+//! and user records), so the LSM's retention filter — which does use the
+//! local clock — cannot make replicas diverge.
+//!
+//! One file per command family: `conversation` (create, membership),
+//! `message` (append, dedup), `receipt`, `deliver` (inbox delivery and the
+//! outbox's clean-up), `user` (devices, profile, push tokens).
+
+mod conversation;
+mod deliver;
+mod message;
+mod receipt;
+mod user;
+
+use serde::{Deserialize, Serialize};
+
+use missive_engine::keys::ConversationId;
+use missive_raft::record_source::Records;
+use missive_raft::Result;
+
+use crate::command::{Command, Outcome, RejectCode};
+use crate::ids::UserId;
+use crate::outbox_feed::Fresh;
+use crate::records::{
+    conversation_key, outbox_head_key, outbox_key, Conversation, EventKind, InboxEvent,
+    OutboxEntry, OutboxHead,
+};
+
+/// The body of a `System` message written by a membership change
+/// (`[version u8 = 1][postcard(SystemEvent)]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemEvent {
+    /// Who made the change.
+    pub actor: UserId,
+    /// Members added.
+    pub added: Vec<UserId>,
+    /// Members removed (a member removing only themself left).
+    pub removed: Vec<UserId>,
+    /// Members made admins.
+    pub promoted: Vec<UserId>,
+    /// The new name, if renamed.
+    pub renamed: Option<String>,
+}
+
+/// A user's inbox grew by one event: live connections of that user read
+/// from their cursor up to `useq` — or take `event` from the notice, which
+/// is exactly what was stored under `useq` (applied before the notice is
+/// sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxNotice {
+    /// Whose inbox.
+    pub user: UserId,
+    /// Its newest useq.
+    pub useq: u64,
+    /// The event stored under `useq`.
+    pub event: std::sync::Arc<InboxEvent>,
+}
+
+/// What one state-machine call's commands leave for after the batch is
+/// durable.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Outbox entries written, for the fan-out worker's feed.
+    pub(crate) fresh: Vec<Fresh>,
+    /// Inboxes that grew.
+    pub(crate) notices: Vec<InboxNotice>,
+}
+
+/// One command's run: the call's records and effects.
+struct Apply<'r, 'a> {
+    rec: &'r mut Records<'a>,
+    fx: &'r mut Effects,
+}
+
+fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
+    Outcome::Rejected {
+        code,
+        message: message.into(),
+    }
+}
+
+fn sorted_unique(mut v: Vec<UserId>) -> Vec<UserId> {
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Runs one command of a data shard. `Err` only for storage failures
+/// (which stop the state machine); a refused command is
+/// `Ok(Outcome::Rejected)`.
+pub(crate) fn run(
+    records: &mut Records<'_>,
+    effects: &mut Effects,
+    stamp: u64,
+    cmd: &Command,
+) -> Result<Outcome> {
+    let mut a = Apply {
+        rec: records,
+        fx: effects,
+    };
+    match cmd {
+        Command::RegisterNode { .. }
+        | Command::ForgetNode { .. }
+        | Command::ReportPlacement { .. } => Ok(reject(
+            RejectCode::Invalid,
+            "a cluster map command cannot run on a data shard",
+        )),
+        Command::CreateConversation {
+            conv,
+            kind,
+            name,
+            creator,
+            members,
+            max_members,
+        } => a.create(*conv, *kind, name, *creator, members, *max_members, stamp),
+        Command::ChangeMembers {
+            conv,
+            actor,
+            add,
+            remove,
+            promote,
+            rename,
+            max_members,
+        } => a.change_members(
+            *conv,
+            *actor,
+            add,
+            remove,
+            promote,
+            rename.as_deref(),
+            *max_members,
+            stamp,
+        ),
+        Command::AppendMessage {
+            conv,
+            sender,
+            device,
+            client_msg_id,
+            kind,
+            body,
+            expires_at,
+        } => a.send(
+            *conv,
+            *sender,
+            *device,
+            client_msg_id,
+            *kind,
+            body,
+            *expires_at,
+            stamp,
+        ),
+        Command::SetReceipt {
+            conv,
+            user,
+            delivered,
+            read,
+        } => a.set_receipt(*conv, *user, *delivered, *read, stamp),
+        Command::Deliver { items } => a.deliver(items),
+        Command::OutboxDone { done } => a.outbox_done(done),
+        Command::RegisterDevice {
+            user,
+            device,
+            name,
+            platform,
+        } => a.register_device(*user, *device, name, platform, stamp),
+        Command::SetPushToken {
+            user,
+            device,
+            token,
+        } => a.set_push_token(*user, *device, token.as_deref(), stamp),
+        Command::SetProfile { user, display_name } => a.set_profile(*user, display_name),
+    }
+}
+
+impl Apply<'_, '_> {
+    /// Queues `event` in the conversation's outbox for `recipients`.
+    pub(super) fn emit(
+        &mut self,
+        conv: ConversationId,
+        event: EventKind,
+        recipients: Vec<UserId>,
+        at: u64,
+    ) -> Result<()> {
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let hkey = outbox_head_key(conv);
+        let mut head: OutboxHead = self.rec.get_as("outbox head", &hkey)?.unwrap_or_default();
+        head.last += 1;
+        let entry = OutboxEntry {
+            event,
+            recipients,
+            at,
+        };
+        self.rec.put_as(outbox_key(conv, head.last), &entry)?;
+        self.rec.put_as(hkey, &head)?;
+        self.fx.fresh.push(Fresh {
+            conv,
+            eseq: head.last,
+            entry,
+        });
+        Ok(())
+    }
+
+    /// The conversation, if it exists and `user` is a member; else the
+    /// rejection to answer with.
+    pub(super) fn member_of(
+        &mut self,
+        conv: ConversationId,
+        user: UserId,
+    ) -> Result<std::result::Result<Conversation, Outcome>> {
+        let Some(c) = self
+            .rec
+            .get_as::<Conversation>("conversation", &conversation_key(conv))?
+        else {
+            return Ok(Err(reject(
+                RejectCode::NoSuchConversation,
+                format!("conversation {} does not exist", conv.0),
+            )));
+        };
+        if !c.is_member(user) {
+            return Ok(Err(reject(
+                RejectCode::NotAMember,
+                format!("user {} is not a member of conversation {}", user.0, conv.0),
+            )));
+        }
+        Ok(Ok(c))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,461 @@
+//! The apply rules on their own: a shard's records in a `BTreeMap`, no
+//! disk, no Raft. Unit tests of each rule, and a model of append +
+//! receipts + deliver checked against random operation sequences (with
+//! the fan-out's repeats and replays).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+
+use missive_engine::keys::ConversationId;
+use missive_raft::record_source::Records;
+
+use super::{run, Effects};
+use crate::command::{Command, ConversationKind, Delivery, MessageKind, Outcome, RejectCode};
+use crate::ids::{DeviceId, UserId};
+use crate::records::{
+    self, head_key, outbox_head_key, outbox_key, receipt_key, user_conv_key, user_head_key, Head,
+    OutboxEntry, OutboxHead, Receipt, UserConv, UserHead,
+};
+
+const CONV: ConversationId = ConversationId(77);
+const STAMP: u64 = 1_700_000_000_000_000;
+
+/// A shard's committed records, and a clock for the leader's stamps.
+#[derive(Default)]
+struct Shard {
+    kv: BTreeMap<Vec<u8>, Vec<u8>>,
+    stamp: u64,
+}
+
+impl Shard {
+    /// Applies one command as one state-machine call; commits its writes.
+    fn apply(&mut self, cmd: Command) -> (Outcome, Effects) {
+        self.stamp += 1;
+        let mut fx = Effects::default();
+        let mut rec = Records::over(&self.kv);
+        let out = run(&mut rec, &mut fx, STAMP + self.stamp, &cmd).unwrap();
+        for (k, v) in rec.into_writes() {
+            match v {
+                Some(v) => self.kv.insert(k, v),
+                None => self.kv.remove(&k),
+            };
+        }
+        (out, fx)
+    }
+
+    fn out(&mut self, cmd: Command) -> Outcome {
+        self.apply(cmd).0
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        self.kv
+            .get(key)
+            .map(|v| records::decode("test", v).unwrap())
+    }
+}
+
+fn group(members: &[u64]) -> Command {
+    Command::CreateConversation {
+        conv: CONV,
+        kind: ConversationKind::Group,
+        name: "g".into(),
+        creator: UserId(members[0]),
+        members: members.iter().map(|u| UserId(*u)).collect(),
+        max_members: 5,
+    }
+}
+
+fn send(sender: u64, cid: &str) -> Command {
+    Command::AppendMessage {
+        conv: CONV,
+        sender: UserId(sender),
+        device: DeviceId(1),
+        client_msg_id: cid.into(),
+        kind: MessageKind::Text,
+        body: b"hi".to_vec(),
+        expires_at: None,
+    }
+}
+
+fn change(actor: u64, add: &[u64], remove: &[u64]) -> Command {
+    Command::ChangeMembers {
+        conv: CONV,
+        actor: UserId(actor),
+        add: add.iter().map(|u| UserId(*u)).collect(),
+        remove: remove.iter().map(|u| UserId(*u)).collect(),
+        promote: Vec::new(),
+        rename: None,
+        max_members: 5,
+    }
+}
+
+fn code(o: &Outcome) -> Option<RejectCode> {
+    match o {
+        Outcome::Rejected { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+fn seq(o: &Outcome) -> u64 {
+    match o {
+        Outcome::Appended { seq, .. } => *seq,
+        other => panic!("not appended: {other:?}"),
+    }
+}
+
+#[test]
+fn only_members_send_and_only_admins_change_a_group() {
+    let mut s = Shard::default();
+    assert_eq!(
+        code(&s.out(send(1, "a"))),
+        Some(RejectCode::NoSuchConversation)
+    );
+    assert_eq!(s.out(group(&[1, 2, 3])), Outcome::Created { created: true });
+    // Creating it again is idempotent.
+    assert_eq!(
+        s.out(group(&[1, 2, 3])),
+        Outcome::Created { created: false }
+    );
+    assert_eq!(code(&s.out(send(9, "a"))), Some(RejectCode::NotAMember));
+    assert_eq!(seq(&s.out(send(2, "a"))), 1);
+    // A member who is not an admin cannot add; they can leave.
+    assert_eq!(
+        code(&s.out(change(2, &[4], &[]))),
+        Some(RejectCode::Forbidden)
+    );
+    assert!(matches!(
+        s.out(change(2, &[], &[2])),
+        Outcome::MembersChanged {
+            version: 2,
+            seq: 2,
+            ..
+        }
+    ));
+    assert_eq!(code(&s.out(send(2, "b"))), Some(RejectCode::NotAMember));
+    // Past the limit is invalid, and changes nothing.
+    assert_eq!(
+        code(&s.out(change(1, &[4, 5, 6, 7], &[]))),
+        Some(RejectCode::Invalid)
+    );
+    // The last admin leaving promotes the lowest member left.
+    s.out(change(1, &[], &[1]));
+    let c: records::Conversation = s.get(&records::conversation_key(CONV)).unwrap();
+    assert_eq!(c.members, vec![UserId(3)]);
+    assert_eq!(c.admins, vec![UserId(3)]);
+}
+
+#[test]
+fn a_direct_conversation_has_two_members_and_one_per_pair() {
+    let mut s = Shard::default();
+    let direct = |members: &[u64]| Command::CreateConversation {
+        conv: CONV,
+        kind: ConversationKind::Direct,
+        name: String::new(),
+        creator: UserId(1),
+        members: members.iter().map(|u| UserId(*u)).collect(),
+        max_members: 250,
+    };
+    assert_eq!(code(&s.out(direct(&[2, 3]))), Some(RejectCode::Invalid));
+    assert_eq!(s.out(direct(&[2])), Outcome::Created { created: true });
+    assert_eq!(code(&s.out(direct(&[3]))), Some(RejectCode::Conflict));
+    assert_eq!(
+        code(&s.out(change(1, &[3], &[]))),
+        Some(RejectCode::Invalid)
+    );
+}
+
+#[test]
+fn a_resend_answers_the_original_and_writes_nothing() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    let first = s.out(send(1, "c-1"));
+    let before = s.kv.clone();
+    let (again, fx) = s.apply(send(1, "c-1"));
+    let (
+        Outcome::Appended {
+            ts: t1,
+            seq: s1,
+            duplicate: false,
+        },
+        Outcome::Appended {
+            ts: t2,
+            seq: s2,
+            duplicate: true,
+        },
+    ) = (first, again)
+    else {
+        panic!("not a duplicate");
+    };
+    assert_eq!((t1, s1), (t2, s2));
+    assert_eq!(s.kv, before, "a resend changed the store");
+    assert!(fx.fresh.is_empty());
+    // Another sender's same id is another message.
+    assert_eq!(seq(&s.out(send(2, "c-1"))), 2);
+}
+
+#[test]
+fn receipts_only_rise_never_past_the_newest_message_and_read_implies_delivered() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    for i in 0..3 {
+        s.out(send(1, &format!("m{i}")));
+    }
+    let receipt = |user, delivered, read| Command::SetReceipt {
+        conv: CONV,
+        user: UserId(user),
+        delivered,
+        read,
+    };
+    assert_eq!(
+        s.out(receipt(2, Some(9), None)),
+        Outcome::Receipt {
+            delivered: 3,
+            read: 0
+        }
+    );
+    assert_eq!(
+        s.out(receipt(2, Some(1), Some(2))),
+        Outcome::Receipt {
+            delivered: 3,
+            read: 2
+        }
+    );
+    let (o, fx) = s.apply(receipt(2, Some(1), Some(1)));
+    assert_eq!(
+        o,
+        Outcome::Receipt {
+            delivered: 3,
+            read: 2
+        }
+    );
+    assert!(fx.fresh.is_empty(), "an unchanged receipt is no event");
+    // Sending marks everything before as read by the sender.
+    let r: Receipt = s.get(&receipt_key(CONV, UserId(1))).unwrap();
+    assert_eq!((r.delivered, r.read), (3, 3));
+    assert_eq!(
+        code(&s.out(receipt(9, Some(1), None))),
+        Some(RejectCode::NotAMember)
+    );
+}
+
+#[test]
+fn every_event_is_an_outbox_entry_with_the_members_as_recipients() {
+    let mut s = Shard::default();
+    let (_, fx) = s.apply(group(&[1, 2]));
+    assert_eq!(fx.fresh.len(), 1, "the creation is an event");
+    let (_, fx) = s.apply(send(1, "a"));
+    let f = &fx.fresh[0];
+    assert_eq!((f.conv, f.eseq), (CONV, 2));
+    assert_eq!(f.entry.recipients, vec![UserId(1), UserId(2)]);
+    let stored: OutboxEntry = s.get(&outbox_key(CONV, 2)).unwrap();
+    assert_eq!(stored, f.entry);
+    let head: OutboxHead = s.get(&outbox_head_key(CONV)).unwrap();
+    assert_eq!((head.last, head.done), (2, 0));
+    // OutboxDone deletes up to the mark, never past the last entry.
+    s.out(Command::OutboxDone {
+        done: vec![(CONV, 9)],
+    });
+    let head: OutboxHead = s.get(&outbox_head_key(CONV)).unwrap();
+    assert_eq!((head.last, head.done), (2, 2));
+    assert!(s.kv.get(&outbox_key(CONV, 1)).is_none());
+    assert!(s.kv.get(&outbox_key(CONV, 2)).is_none());
+}
+
+#[test]
+fn a_repeated_delivery_is_skipped() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    let (_, fx) = s.apply(send(1, "a"));
+    let items: Vec<Delivery> = fx
+        .fresh
+        .iter()
+        .flat_map(|f| {
+            f.entry.recipients.iter().map(|u| Delivery {
+                user: *u,
+                conv: f.conv,
+                eseq: f.eseq,
+                event: f.entry.event.clone(),
+                at: f.entry.at,
+            })
+        })
+        .collect();
+    let (o, fx) = s.apply(Command::Deliver {
+        items: items.clone(),
+    });
+    assert_eq!(
+        o,
+        Outcome::Delivered {
+            applied: 2,
+            skipped: 0
+        }
+    );
+    assert_eq!(fx.notices.len(), 2);
+    let (o, fx) = s.apply(Command::Deliver { items });
+    assert_eq!(
+        o,
+        Outcome::Delivered {
+            applied: 0,
+            skipped: 2
+        }
+    );
+    assert!(fx.notices.is_empty());
+    let head: UserHead = s.get(&user_head_key(UserId(2))).unwrap();
+    assert_eq!(head.useq, 1);
+    let uc: UserConv = s.get(&user_conv_key(UserId(2), CONV)).unwrap();
+    assert_eq!((uc.last_seq, uc.read, uc.eseq), (1, 0, 2));
+    // The sender's own message counts as read in their view.
+    let uc: UserConv = s.get(&user_conv_key(UserId(1), CONV)).unwrap();
+    assert_eq!(uc.unread(), 0);
+}
+
+#[test]
+fn a_cluster_map_command_is_refused_on_a_data_shard() {
+    let mut s = Shard::default();
+    let o = s.out(Command::ForgetNode { node: 1 });
+    assert_eq!(code(&o), Some(RejectCode::Invalid));
+    assert!(s.kv.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// The model.
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A member sends with a client id (repeats are resends).
+    Send { sender: u64, cid: u8 },
+    /// A member raises their watermarks.
+    Receipt {
+        user: u64,
+        delivered: Option<u64>,
+        read: Option<u64>,
+    },
+    /// The fan-out delivers the oldest `n` undelivered events (a prefix,
+    /// as the worker does), maybe repeating the `replay` before them.
+    Deliver { n: usize, replay: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u64..=3, 0u8..6).prop_map(|(sender, cid)| Op::Send { sender, cid }),
+        2 => (1u64..=3, proptest::option::of(0u64..12), proptest::option::of(0u64..12))
+            .prop_map(|(user, delivered, read)| Op::Receipt { user, delivered, read }),
+        2 => (0usize..4, 0usize..3).prop_map(|(n, replay)| Op::Deliver { n, replay }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn append_receipts_and_deliver_match_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut s = Shard::default();
+        s.out(group(&[1, 2, 3]));
+        // The model.
+        let mut seqs: HashMap<(u64, u8), u64> = HashMap::new();
+        let mut last_seq = 0u64;
+        let mut receipts: HashMap<u64, (u64, u64)> = HashMap::new();
+        // Every event the shard emitted, in eseq order; those delivered.
+        let mut events: Vec<(u64, OutboxEntry)> = Vec::new();
+        let mut delivered = 0usize;
+        let mut inbox: HashMap<u64, Vec<u64>> = HashMap::new();
+        let (_, fx) = s.apply(group(&[1, 2, 3]));
+        prop_assert!(fx.fresh.is_empty());
+        let created: OutboxEntry = s.get(&outbox_key(CONV, 1)).unwrap();
+        events.push((1, created));
+        for op in ops {
+            match op {
+                Op::Send { sender, cid } => {
+                    let (o, fx) = s.apply(send(sender, &cid.to_string()));
+                    let Outcome::Appended { seq, duplicate, .. } = o else {
+                        return Err(TestCaseError::fail(format!("{o:?}")));
+                    };
+                    match seqs.get(&(sender, cid)) {
+                        Some(&want) => {
+                            prop_assert!(duplicate);
+                            prop_assert_eq!(seq, want);
+                            prop_assert!(fx.fresh.is_empty());
+                        }
+                        None => {
+                            prop_assert!(!duplicate);
+                            last_seq += 1;
+                            prop_assert_eq!(seq, last_seq);
+                            seqs.insert((sender, cid), seq);
+                            let r = receipts.entry(sender).or_default();
+                            *r = (r.0.max(seq), r.1.max(seq));
+                            prop_assert_eq!(fx.fresh.len(), 1);
+                            events.extend(fx.fresh.iter().map(|f| (f.eseq, f.entry.clone())));
+                        }
+                    }
+                }
+                Op::Receipt { user, delivered: d, read } => {
+                    let (o, fx) = s.apply(Command::SetReceipt {
+                        conv: CONV,
+                        user: UserId(user),
+                        delivered: d,
+                        read,
+                    });
+                    let old = receipts.get(&user).copied().unwrap_or_default();
+                    let r = old.1.max(read.unwrap_or(0)).min(last_seq);
+                    let dd = old.0.max(d.unwrap_or(0)).max(r).min(last_seq);
+                    prop_assert_eq!(&o, &Outcome::Receipt { delivered: dd, read: r });
+                    prop_assert_eq!(fx.fresh.len(), usize::from((dd, r) != old));
+                    events.extend(fx.fresh.iter().map(|f| (f.eseq, f.entry.clone())));
+                    receipts.insert(user, (dd, r));
+                }
+                Op::Deliver { n, replay } => {
+                    let from = delivered.saturating_sub(replay);
+                    let to = (delivered + n).min(events.len());
+                    let items: Vec<Delivery> = events[from..to]
+                        .iter()
+                        .flat_map(|(eseq, e)| {
+                            e.recipients.iter().map(move |u| Delivery {
+                                user: *u,
+                                conv: CONV,
+                                eseq: *eseq,
+                                event: e.event.clone(),
+                                at: e.at,
+                            })
+                        })
+                        .collect();
+                    if items.is_empty() {
+                        continue;
+                    }
+                    let total = items.len() as u64;
+                    let repeats: u64 = events[from..delivered.max(from)]
+                        .iter()
+                        .map(|(_, e)| e.recipients.len() as u64)
+                        .sum();
+                    let (o, _) = s.apply(Command::Deliver { items });
+                    prop_assert_eq!(o, Outcome::Delivered { applied: total - repeats, skipped: repeats });
+                    for (eseq, e) in &events[delivered.max(from)..to] {
+                        for u in &e.recipients {
+                            inbox.entry(u.0).or_default().push(*eseq);
+                        }
+                    }
+                    delivered = delivered.max(to);
+                }
+            }
+        }
+        // The store agrees with the model.
+        let head: Head = s.get(&head_key(CONV)).unwrap_or_default();
+        prop_assert_eq!(head.seq, last_seq);
+        for (user, (d, r)) in &receipts {
+            let got: Receipt = s.get(&receipt_key(CONV, UserId(*user))).unwrap_or_default();
+            prop_assert_eq!((got.delivered, got.read), (*d, *r));
+        }
+        for user in 1..=3u64 {
+            // Each user's inbox holds every delivered event once, in order.
+            let want = inbox.get(&user).cloned().unwrap_or_default();
+            let uh: UserHead = s.get(&user_head_key(UserId(user))).unwrap_or_default();
+            prop_assert_eq!(uh.useq, want.len() as u64);
+            let mut got = Vec::new();
+            for useq in 1..=uh.useq {
+                let e: records::InboxEvent = s.get(&records::inbox_key(UserId(user), useq)).unwrap();
+                got.push(e.eseq);
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Missive's chat domain, on the multi-raft runtime (`missive-raft`).
+//!
+//! ```text
+//!  a send ─► ChatNode::write(AppendMessage) ─► the conversation's shard
+//!     apply (every replica): member? dedup? ─► message at (ts, seq),
+//!     head, receipt, outbox entry ─► one atomic batch
+//!  fan-out worker (conversation shard's leader) ─► Deliver to each
+//!     recipient's user shard ─► inbox event (useq), user's conversation
+//!     view ─► InboxNotice to live connections ─► OutboxDone
+//!  a read ─► ChatNode::history / inbox / … ─► the data's shard, decoded
+//! ```
+//!
+//! # Layout
+//!
+//! - `ids` — [`UserId`], [`DeviceId`] (conversations are the engine's
+//!   `ConversationId`).
+//! - `command` — the commands, their outcomes and refusal codes; the entry
+//!   format's variant indices.
+//! - `records` — what the domain stores in the LSM, keys and values byte by
+//!   byte, and the retention rule (disappearing messages).
+//! - `apply` — **the apply rules**, one file per command family
+//!   (conversation, message, receipt, deliver, user).
+//! - `app` — [`ChatApp`], the runtime's `App`: routing by slot, apply, and
+//!   what happens once a batch is durable.
+//! - `outbox_feed` — what apply just wrote to an outbox, handed to the
+//!   fan-out worker in memory (a scan of the outbox is the fallback).
+//! - `fanout` — the worker moving conversation events from a shard's
+//!   durable outbox into members' inboxes on their user shards.
+//! - `node` — [`ChatNode`]: a runtime node running the domain, its fan-out
+//!   worker, and the typed reads.
+//! - `error` — the one error type ([`Error`]): a refusal with a stable code
+//!   vs the runtime's failure.
+
+pub mod app;
+pub mod apply;
+pub mod command;
+pub mod error;
+mod fanout;
+pub mod ids;
+pub mod node;
+pub mod outbox_feed;
+pub mod records;
+
+pub use app::ChatApp;
+pub use error::{Error, Result};
+pub use ids::{DeviceId, UserId};
+pub use node::{ChatNode, StoredMessage};

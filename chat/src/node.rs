@@ -1,0 +1,357 @@
+//! A node running the chat domain: the runtime's [`Node`] with
+//! [`ChatApp`], its fan-out worker, and the typed reads the message
+//! service calls.
+//!
+//! ```text
+//!  ChatNode::write(cmd) ─► Node::write ─► outcome (Rejected → Error::Rejected)
+//!  ChatNode::history/inbox/… ─► Node::read/get/scan on the data's shard
+//!                              ─► records decoded
+//!  fan-out worker (one per shard, acting while leader) ─► outbox → inboxes
+//! ```
+//!
+//! Runtime operations (cluster map, replicas, signals, the engine) are the
+//! [`Node`]'s, reached through `Deref`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use missive_engine::keys::ConversationId;
+use missive_raft::node::{Consistency, Node, NodeConfig};
+use missive_raft::transport::{ReadOp, ReadResult};
+use missive_raft::{Error as RaftError, ShardId};
+
+use crate::app::ChatApp;
+use crate::apply::InboxNotice;
+use crate::command::{Command, Outcome};
+use crate::error::{Error, Result};
+use crate::ids::{DeviceId, UserId};
+use crate::records::{
+    self, conversation_key, device_prefix, head_key, inbox_key, key_tail_u64, msg_key, profile_key,
+    push_prefix, receipt_prefix, user_conv_key, user_conv_prefix, user_head_key, Conversation,
+    Device, Head, InboxEvent, Message, Profile, PushTarget, Receipt, UserConv, UserHead,
+};
+
+/// A message as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Server timestamp (µs).
+    pub ts: u64,
+    /// The message.
+    pub message: Message,
+}
+
+/// A running chat node. See the [module documentation](self).
+pub struct ChatNode {
+    node: Arc<Node<ChatApp>>,
+    stop: watch::Sender<bool>,
+    fanout: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ChatNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatNode")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for ChatNode {
+    type Target = Node<ChatApp>;
+
+    fn deref(&self) -> &Node<ChatApp> {
+        &self.node
+    }
+}
+
+/// How long shutdown waits for the fan-out's tasks to let go of the node.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+impl ChatNode {
+    /// Starts the node (recovering its data directory) and its fan-out
+    /// worker.
+    pub async fn start(cfg: NodeConfig) -> Result<ChatNode> {
+        let app = Arc::new(ChatApp::new());
+        let hooks = Arc::clone(app.hooks());
+        let node = Arc::new(Node::start(cfg, app).await?);
+        let (stop, stop_rx) = watch::channel(false);
+        let fanout = tokio::spawn(crate::fanout::run(Arc::clone(&node), hooks, stop_rx));
+        Ok(ChatNode { node, stop, fanout })
+    }
+
+    /// Runs a command on its conversation's or user's shard (see
+    /// [`Node::write`]); a refused command is [`Error::Rejected`].
+    pub async fn write(&self, command: Command, election_wait: Duration) -> Result<Outcome> {
+        match self.node.write(command, election_wait).await? {
+            Outcome::Rejected { code, message } => Err(Error::Rejected { code, message }),
+            o => Ok(o),
+        }
+    }
+
+    /// Notices of inboxes growing on this replica. A receiver that lags
+    /// gets `RecvError::Lagged` and must re-read every inbox it follows.
+    pub fn inbox_notices(&self) -> broadcast::Receiver<InboxNotice> {
+        self.node.app().hooks().inbox.subscribe()
+    }
+
+    /// Stops the fan-out worker, then the node (see [`Node::shutdown`]).
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.fanout.abort();
+        let _ = self.fanout.await;
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        let mut node = self.node;
+        loop {
+            match Arc::try_unwrap(node) {
+                Ok(n) => return Ok(n.shutdown().await?),
+                Err(n) if tokio::time::Instant::now() >= deadline => {
+                    return Err(RaftError::Fatal(format!(
+                        "the node is still in use {} s after shutdown began ({} handles)",
+                        RELEASE_WAIT.as_secs(),
+                        Arc::strong_count(&n)
+                    ))
+                    .into())
+                }
+                Err(n) => {
+                    node = n;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+
+    /// Up to `limit` messages of `conv` older than `before` (all if None),
+    /// newest first.
+    pub async fn history(
+        &self,
+        conv: ConversationId,
+        before: Option<u64>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<StoredMessage>> {
+        let limit = limit as u64;
+        let op = match before {
+            Some(ts) => ReadOp::Before {
+                conv: conv.0,
+                ts,
+                limit,
+            },
+            None => ReadOp::Latest {
+                conv: conv.0,
+                limit,
+            },
+        };
+        let shard = self.node.slots().shard_of(conv);
+        let ReadResult::Messages(raw) = self.node.read(shard, consistency, op).await? else {
+            return Err(RaftError::malformed("history", "answer of the wrong kind").into());
+        };
+        raw.into_iter()
+            .map(|(ts, value)| {
+                Ok(StoredMessage {
+                    ts,
+                    message: records::decode("message", &value)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A conversation's record.
+    pub async fn conversation(
+        &self,
+        conv: ConversationId,
+        consistency: Consistency,
+    ) -> Result<Option<Conversation>> {
+        let shard = self.node.slots().shard_of(conv);
+        self.get_record(shard, consistency, "conversation", &conversation_key(conv))
+            .await
+    }
+
+    /// A conversation's newest position.
+    pub async fn head(&self, conv: ConversationId, consistency: Consistency) -> Result<Head> {
+        let shard = self.node.slots().shard_of(conv);
+        self.get_record(shard, consistency, "head", &head_key(conv))
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Every member's receipt watermarks in a conversation.
+    pub async fn receipts(
+        &self,
+        conv: ConversationId,
+        consistency: Consistency,
+    ) -> Result<Vec<(UserId, Receipt)>> {
+        let prefix = receipt_prefix(conv);
+        let end = missive_engine::keys::prefix_successor(&prefix);
+        let shard = self.node.slots().shard_of(conv);
+        self.node
+            .scan(shard, consistency, &prefix, end, usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(k, v)| {
+                let user = k
+                    .get(11..19)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| RaftError::malformed("receipt key", "short key"))?;
+                Ok((UserId(user), records::decode("receipt", &v)?))
+            })
+            .collect()
+    }
+
+    /// A user's newest inbox position.
+    pub async fn user_head(&self, user: UserId, consistency: Consistency) -> Result<UserHead> {
+        let shard = self.node.slots().shard_of_user(user.0);
+        self.get_record(shard, consistency, "user head", &user_head_key(user))
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Up to `limit` inbox events of `user` after `after`, oldest first,
+    /// with their useqs.
+    pub async fn inbox(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<(u64, InboxEvent)>> {
+        let lo = inbox_key(user, after.saturating_add(1));
+        let hi = inbox_key(user, u64::MAX);
+        let shard = self.node.slots().shard_of_user(user.0);
+        self.scan_records(shard, consistency, "inbox event", &lo, hi, limit)
+            .await
+    }
+
+    /// Every conversation a user has been in, with their view of it.
+    pub async fn user_conversations(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<Vec<(ConversationId, UserConv)>> {
+        Ok(self
+            .user_records(
+                user,
+                consistency,
+                "user conversation",
+                &user_conv_prefix(user),
+            )
+            .await?
+            .into_iter()
+            .map(|(c, uc)| (ConversationId(c), uc))
+            .collect())
+    }
+
+    /// A user's view of one conversation.
+    pub async fn user_conversation(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        consistency: Consistency,
+    ) -> Result<Option<UserConv>> {
+        let shard = self.node.slots().shard_of_user(user.0);
+        let key = user_conv_key(user, conv);
+        self.get_record(shard, consistency, "user conversation", &key)
+            .await
+    }
+
+    /// A user's registered devices.
+    pub async fn devices(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<Vec<(DeviceId, Device)>> {
+        Ok(self
+            .user_records(user, consistency, "device", &device_prefix(user))
+            .await?
+            .into_iter()
+            .map(|(d, dev)| (DeviceId(d), dev))
+            .collect())
+    }
+
+    /// A user's devices' push targets.
+    pub async fn push_targets(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<Vec<(DeviceId, PushTarget)>> {
+        Ok(self
+            .user_records(user, consistency, "push target", &push_prefix(user))
+            .await?
+            .into_iter()
+            .map(|(d, t)| (DeviceId(d), t))
+            .collect())
+    }
+
+    /// A user's records under `prefix` (on the user's shard, read at
+    /// `consistency`), by the id that ends each key. User-keyspace
+    /// prefixes never end in 0xFF bytes only, so the successor exists.
+    async fn user_records<T: serde::de::DeserializeOwned>(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+        what: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(u64, T)>> {
+        let shard = self.node.slots().shard_of_user(user.0);
+        let end = missive_engine::keys::prefix_successor(prefix).unwrap_or_default();
+        self.scan_records(shard, consistency, what, prefix, end, usize::MAX)
+            .await
+    }
+
+    /// A user's profile (empty if never set).
+    pub async fn profile(&self, user: UserId, consistency: Consistency) -> Result<Profile> {
+        let shard = self.node.slots().shard_of_user(user.0);
+        self.get_record(shard, consistency, "profile", &profile_key(user))
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    /// The message of `conv` stored at `ts`, if it is here (and not
+    /// expired).
+    pub async fn message_at(
+        &self,
+        conv: ConversationId,
+        ts: u64,
+        consistency: Consistency,
+    ) -> Result<Option<StoredMessage>> {
+        let shard = self.node.slots().shard_of(conv);
+        Ok(self
+            .get_record::<Message>(shard, consistency, "message", &msg_key(conv, ts))
+            .await?
+            .map(|message| StoredMessage { ts, message }))
+    }
+
+    async fn get_record<T: serde::de::DeserializeOwned>(
+        &self,
+        shard: ShardId,
+        consistency: Consistency,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        let v = self.node.get(shard, consistency, key).await?;
+        Ok(v.map(|v| records::decode(what, &v)).transpose()?)
+    }
+
+    /// Records in `[lo, hi)` keyed by a trailing u64, in key order.
+    async fn scan_records<T: serde::de::DeserializeOwned>(
+        &self,
+        shard: ShardId,
+        consistency: Consistency,
+        what: &'static str,
+        lo: &[u8],
+        hi: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(u64, T)>> {
+        self.node
+            .scan(shard, consistency, lo, Some(hi), limit)
+            .await?
+            .into_iter()
+            .map(|(k, v)| {
+                let n = key_tail_u64(&k).ok_or_else(|| RaftError::malformed(what, "short key"))?;
+                Ok((n, records::decode(what, &v)?))
+            })
+            .collect()
+    }
+}

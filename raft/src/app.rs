@@ -1,0 +1,232 @@
+//! The replicated application: what the runtime replicates, and the one
+//! place it meets the application's rules.
+//!
+//! The runtime (this crate) knows shards, logs, leaders, snapshots and the
+//! cluster map; it knows nothing of what a command means. An application
+//! (Missive's is the chat domain, `missive-chat`) implements [`App`]: its
+//! command and outcome types, which shard a command acts on, and `apply` —
+//! a deterministic function of (the shard's records, the leader's stamp,
+//! the command) that reads and writes through a [`Records`] and leaves
+//! side effects (notices for live listeners, work for background tasks) in
+//! its `Effects`, which the runtime hands back once the batch is durable.
+//!
+//! ```text
+//!  Node::write(cmd) ─► App::shard_of ─► batcher ─► Raft entry Batch<Command>
+//!  apply (every replica): for each command
+//!      metadata group:  App::as_cluster ─► the cluster map (runtime)
+//!      data shard:      App::apply(records, stamp, cmd, effects)
+//!  ─► one atomic LSM batch ─► App::applied(shard, effects)
+//! ```
+//!
+//! # The metadata group's commands ride in the application's type
+//!
+//! Every group shares one entry type, so the cluster map's commands
+//! ([`ClusterCommand`]) travel as values of the application's command
+//! type: [`App::cluster`] wraps one, [`App::as_cluster`] recognises one.
+//! Missive's entry format was written before the runtime and the chat
+//! domain were separate crates, with the three cluster commands as
+//! variants 9–11 of one enum; keeping them there keeps every log entry and
+//! transport frame ever written readable with no second entry version
+//! (`tests/fixtures`).
+//!
+//! [`Records`]: crate::record_source::Records
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use crate::error::Result;
+use crate::record_source::Records;
+use crate::slots::SlotMap;
+use crate::types::{NodeId, ShardId};
+
+/// The payload of one Raft entry: the leader's clock and the commands that
+/// rode in that entry (the batcher packs concurrent writes of a shard into
+/// one entry, since openraft 0.9 pays a log flush per entry).
+///
+/// Apply is a pure function of the batch and the shard's state: time comes
+/// from `stamp_micros`, never from the replica's clock.
+///
+/// # Encoding
+///
+/// postcard's stable wire format: `stamp_micros` as a varint, then the
+/// commands as a varint count and each command as the application encodes
+/// it (see `codec` for the entry around it).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Batch<A: App> {
+    /// The leader's clock when it proposed the entry, in microseconds since
+    /// the Unix epoch: the only time apply ever sees.
+    pub stamp_micros: u64,
+    /// The commands, applied in order.
+    pub commands: Vec<A::Command>,
+}
+
+/// What the state machine answers for a [`Batch`]: one outcome per command.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct BatchResponse<A: App> {
+    /// In command order.
+    pub outcomes: Vec<A::Outcome>,
+}
+
+// By hand: a derive would ask `A` itself (a type that is never a value of
+// a batch) to be `Clone` and `PartialEq`.
+impl<A: App> Clone for Batch<A> {
+    fn clone(&self) -> Self {
+        Batch {
+            stamp_micros: self.stamp_micros,
+            commands: self.commands.clone(),
+        }
+    }
+}
+impl<A: App> PartialEq for Batch<A> {
+    fn eq(&self, other: &Self) -> bool {
+        self.stamp_micros == other.stamp_micros && self.commands == other.commands
+    }
+}
+impl<A: App> Eq for Batch<A> {}
+impl<A: App> Clone for BatchResponse<A> {
+    fn clone(&self) -> Self {
+        BatchResponse {
+            outcomes: self.outcomes.clone(),
+        }
+    }
+}
+impl<A: App> PartialEq for BatchResponse<A> {
+    fn eq(&self, other: &Self) -> bool {
+        self.outcomes == other.outcomes
+    }
+}
+impl<A: App> Eq for BatchResponse<A> {}
+
+impl<A: App> Default for BatchResponse<A> {
+    fn default() -> Self {
+        BatchResponse {
+            outcomes: Vec::new(),
+        }
+    }
+}
+
+/// A command of the metadata group (shard 0), which replicates the cluster
+/// map (see `directory`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterCommand {
+    /// Records (or re-addresses) a node in the map's directory. Refused if
+    /// the node's slot map is not the cluster's (it was started with
+    /// another shard count).
+    RegisterNode {
+        /// The node.
+        node: NodeId,
+        /// Its transport address.
+        addr: String,
+        /// Its slot → shard map.
+        slots: SlotMap,
+    },
+    /// Drops a node from the directory. Refused while the map places any
+    /// replica on it.
+    ForgetNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// A group's leader reports its configuration. Ignored if the map
+    /// already holds a later one (a deposed leader's report).
+    ReportPlacement {
+        /// The group (a data shard, or the metadata group itself).
+        shard: ShardId,
+        /// Its voters.
+        voters: BTreeSet<NodeId>,
+        /// Its learners.
+        learners: BTreeSet<NodeId>,
+        /// The log index of that configuration.
+        config_index: u64,
+    },
+}
+
+/// A cluster command's outcome: the map's version after it (not bumped if
+/// it changed nothing), or why the map refused it.
+pub type ClusterOutcome = std::result::Result<u64, String>;
+
+/// A replicated application. See the [module documentation](self).
+///
+/// One value of it lives per node, shared by every shard's state machine:
+/// `apply` runs on one shard at a time per shard, shards in parallel.
+pub trait App: Debug + Send + Sync + 'static {
+    /// A command, as stored in log entries and forwarded between nodes.
+    /// Its encoding is a stored format: append-only, never renumbered.
+    type Command: Serialize
+        + DeserializeOwned
+        + Debug
+        + Clone
+        + PartialEq
+        + Eq
+        + Send
+        + Sync
+        + 'static;
+    /// A command's outcome (forwarded writes carry it back).
+    type Outcome: Serialize
+        + DeserializeOwned
+        + Debug
+        + Clone
+        + PartialEq
+        + Eq
+        + Send
+        + Sync
+        + 'static;
+    /// What one state-machine call's commands leave for after the batch is
+    /// durable (see [`App::applied`]).
+    type Effects: Default + Send;
+
+    /// `cmd` as the application's command type.
+    fn cluster(cmd: ClusterCommand) -> Self::Command;
+
+    /// The cluster command `cmd` is, if it is one.
+    fn as_cluster(cmd: &Self::Command) -> Option<ClusterCommand>;
+
+    /// A cluster command's outcome as the application's outcome type.
+    fn cluster_outcome(outcome: ClusterOutcome) -> Self::Outcome;
+
+    /// The cluster outcome `outcome` is, if it is one.
+    fn as_cluster_outcome(outcome: &Self::Outcome) -> Option<ClusterOutcome>;
+
+    /// The outcome of a command that reached a group it cannot run on (an
+    /// application command on the metadata group, or the reverse):
+    /// refused, the same on every replica.
+    fn misrouted(message: String) -> Self::Outcome;
+
+    /// The one data shard `cmd` acts on. A command spanning shards, or
+    /// naming nothing, is refused here, before anything is proposed.
+    fn shard_of(&self, slots: &SlotMap, cmd: &Self::Command) -> Result<ShardId>;
+
+    /// Whether `cmd` is the node's own background work (served before
+    /// client writes in the shard's batcher; see `batcher`).
+    fn is_system(cmd: &Self::Command) -> bool;
+
+    /// Runs one command of a data shard. Deterministic: reads only
+    /// `records` and `stamp_micros`. `Err` only for storage failures (they
+    /// stop the state machine); a refused command is an `Ok` outcome.
+    fn apply(
+        &self,
+        shard: ShardId,
+        records: &mut Records<'_>,
+        stamp_micros: u64,
+        cmd: &Self::Command,
+        effects: &mut Self::Effects,
+    ) -> Result<Self::Outcome>;
+
+    /// The batch whose commands produced `effects` is in the LSM (on this
+    /// replica: every replica calls this).
+    fn applied(&self, shard: ShardId, effects: Self::Effects);
+
+    /// A snapshot replaced `shard`'s data here: whatever the application
+    /// derived from notices may have missed changes.
+    fn installed(&self, shard: ShardId);
+
+    /// The LSM's retention rule for the application's data (which keys
+    /// expire), if it has one. A node whose config sets no rule runs this.
+    fn retention(&self) -> Option<std::sync::Arc<dyn missive_engine::lsm::Retention>> {
+        None
+    }
+}

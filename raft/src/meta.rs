@@ -1,0 +1,54 @@
+//! The runtime's own records in the LSM, byte by byte (keyspace
+//! `RaftMeta`, 0x50, which no slot owns):
+//!
+//! ```text
+//! applied       0x50 shard:u32 0x01   → Applied (every group)
+//! cluster map   0x50 0:u32 0x02       → ClusterMap (the metadata group's
+//!                                       one record; see `directory`)
+//! ```
+//!
+//! Values are `[version: u8 = 1][postcard(struct)]` (see `codec`). All
+//! integers in keys are big-endian, so byte order is numeric order.
+
+use serde::{Deserialize, Serialize};
+
+use missive_engine::keys::Keyspace;
+
+use crate::types::{LogId, ShardId, StoredMembership};
+
+/// The state machine's own position, written with every applied batch so
+/// that what the LSM holds after a restart (its flushed state) says exactly
+/// which log entry it reflects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The last applied log id.
+    pub last_applied: Option<LogId>,
+    /// The last applied membership.
+    pub membership: StoredMembership,
+}
+
+/// Key of a shard's applied state.
+pub fn applied_key(shard: ShardId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6);
+    k.push(Keyspace::RaftMeta as u8);
+    k.extend_from_slice(&shard.0.to_be_bytes());
+    k.push(0x01);
+    k
+}
+
+/// Key of the cluster map, the metadata group's one record (see
+/// `directory`). It sorts right after shard 0's `Applied` record.
+pub fn cluster_map_key() -> Vec<u8> {
+    let mut k = applied_key(ShardId::DIRECTORY);
+    k[5] = 0x02;
+    k
+}
+
+/// The key range holding the metadata group's data (the cluster map):
+/// what its snapshots carry and its installs replace.
+pub fn directory_range() -> (Vec<u8>, Option<Vec<u8>>) {
+    let lo = cluster_map_key();
+    let mut hi = lo.clone();
+    hi[5] = 0x03;
+    (lo, Some(hi))
+}

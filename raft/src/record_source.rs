@@ -1,0 +1,166 @@
+//! What apply reads and writes through: one state-machine call's pending
+//! writes over the shard's record cache over the LSM.
+//!
+//! A later command of the same call sees an earlier one's effect (its
+//! write is pending here, not yet in the LSM); the call's writes become one
+//! atomic `WriteBatch`, with the shard's `Applied` record, so a crash
+//! leaves all of them or none. Reads go through the shard's record cache
+//! (`record_cache`'s essay: why it cannot serve a stale value); the cache
+//! takes the written values once the batch is in the LSM ([`Records::written`]).
+//!
+//! Only keys that never expire may decide an outcome: the LSM's retention
+//! filter uses the local clock, so a read of an expiring key could differ
+//! between replicas.
+//!
+//! Under the state machine the source is the node's LSM; an application's
+//! own tests run its rules over a `BTreeMap` ([`Records::over`]) with no
+//! disk and no Raft.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use missive_engine::lsm::{Lsm, WriteBatch};
+
+use crate::codec;
+use crate::error::Result;
+use crate::record_cache::RecordCache;
+
+/// Where committed records are read from.
+pub trait RecordSource: Send + Sync {
+    /// The value under `key`, if any.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+}
+
+impl RecordSource for Lsm {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(Lsm::get(self, key)?)
+    }
+}
+
+impl RecordSource for BTreeMap<Vec<u8>, Vec<u8>> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(BTreeMap::get(self, key).cloned())
+    }
+}
+
+/// One state-machine call's view of a shard's records. See the
+/// [module documentation](self).
+pub struct Records<'a> {
+    source: &'a dyn RecordSource,
+    /// The shard's records read before, as stored (its module's essay);
+    /// none over a test's map.
+    cache: Option<&'a mut RecordCache>,
+    /// Writes so far; `None` deletes.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Records<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Records")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Records<'a> {
+    pub(crate) fn new(lsm: &'a Lsm, cache: &'a mut RecordCache) -> Self {
+        Records {
+            source: lsm,
+            cache: Some(cache),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Records over `source` with no cache: for an application's tests of
+    /// its rules. Take the writes with [`Records::into_writes`].
+    pub fn over(source: &'a dyn RecordSource) -> Self {
+        Records {
+            source,
+            cache: None,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// The writes so far, by key (`None`: deleted).
+    pub fn into_writes(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        self.pending
+    }
+
+    /// Reads through the cache (filling it) to the source.
+    fn load(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let v = self.source.get(key)?;
+        if let (Some(v), Some(cache)) = (&v, self.cache.as_deref_mut()) {
+            cache.loaded(key, v);
+        }
+        Ok(v)
+    }
+
+    /// The value under `key`: this call's own write, else the cache, else
+    /// the LSM (and then the cache holds it too).
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.pending.get(key) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.cache.as_deref_mut().and_then(|c| c.get(key)) {
+            return Ok(Some(v.to_vec()));
+        }
+        self.load(key)
+    }
+
+    /// The record under `key`, decoded (`codec::decode`; `what` names it in
+    /// errors). Decodes in place from the pending write or the cache.
+    pub fn get_as<T: DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        if let Some(v) = self.pending.get(key) {
+            return v.as_deref().map(|v| codec::decode(what, v)).transpose();
+        }
+        if let Some(v) = self.cache.as_deref_mut().and_then(|c| c.get(key)) {
+            return codec::decode(what, v).map(Some);
+        }
+        self.load(key)?.map(|v| codec::decode(what, &v)).transpose()
+    }
+
+    /// Writes `value` under `key`.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.pending.insert(key, Some(value));
+    }
+
+    /// Writes `v`, encoded (`codec::encode`), under `key`.
+    pub fn put_as<T: Serialize>(&mut self, key: Vec<u8>, v: &T) -> Result<()> {
+        let bytes = codec::encode("stored record", v)?;
+        self.put(key, bytes);
+        Ok(())
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.pending.insert(key, None);
+    }
+
+    /// The accumulated writes, as one atomic batch.
+    pub(crate) fn batch(&self) -> WriteBatch {
+        let mut b = WriteBatch::new();
+        for (k, v) in &self.pending {
+            match v {
+                Some(v) => b.put(k, v),
+                None => b.delete(k),
+            };
+        }
+        b
+    }
+
+    /// Call once [`Records::batch`]'s batch is in the LSM: the cache takes
+    /// the written values.
+    pub(crate) fn written(self) {
+        if let Some(cache) = self.cache {
+            for (k, v) in &self.pending {
+                cache.written(k, v.as_deref());
+            }
+        }
+    }
+}
