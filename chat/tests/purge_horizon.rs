@@ -143,3 +143,24 @@ async fn a_purge_past_the_whole_log_is_a_snapshot_install_and_goes_through() {
     assert_eq!(readable(&mut n.store, 151, 160).await, 10);
 }
 
+/// Regression: a node restarted before its LSM ever flushed the shard
+/// (no flushed position for the stream) got a snapshot from the leader;
+/// the purge that precedes the install kept the whole old log, the next
+/// append past the snapshot was refused as a hole ("append at Raft index
+/// 1801 would leave a hole or overwrite (next is 100)") and the replica's
+/// Raft core stopped (`cluster.rs`, leader loss under load, seen once
+/// under a loaded full-suite run).
+#[tokio::test]
+async fn a_snapshot_install_purges_the_whole_log_before_anything_was_ever_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = open(dir.path());
+    n.store.blocking_append(entries(0..=99)).await.unwrap();
+    n.sm.apply(entries(0..=99)).await.unwrap();
+    assert!(n.lsm.flushed_positions().is_empty(), "nothing flushed yet");
+    n.store.purge(log_id(1800)).await.unwrap();
+    let state = n.store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1800)));
+    assert_eq!(readable(&mut n.store, 0, 1800).await, 0);
+    n.store.blocking_append(entries(1801..=1810)).await.unwrap();
+    assert_eq!(readable(&mut n.store, 1801, 1810).await, 10);
+}

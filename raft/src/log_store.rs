@@ -138,15 +138,6 @@ impl<A: App> LogStore<A> {
             return Ok(Some(want));
         };
         let stream = self.shard.stream();
-        // The flushed position is the engine index of the newest entry the
-        // tables reflect: Raft index position - 1.
-        let Some(flushed) = lsm.flushed_positions().get(&stream).copied() else {
-            return Ok(None);
-        };
-        let covered = flushed.saturating_sub(1);
-        if want.index <= covered {
-            return Ok(Some(want));
-        }
         let bounds = self.log.bounds(stream);
         if want.index + 1 >= bounds.last {
             // The purge takes every entry the stream holds: openraft is
@@ -154,6 +145,20 @@ impl<A: App> LogStore<A> {
             // waiting for the install), the log resumes past it, and
             // keeping the old entries would leave a hole before the next
             // append. The snapshot, not this log, is the state's source.
+            // (A snapshot of our own never gets here: openraft keeps the
+            // newest `max_in_snapshot_log_to_keep` entries after it.) This
+            // is decided before asking what the LSM flushed, which a node
+            // restarted before its first flush cannot answer: it used to
+            // keep its whole old log and refuse the leader's next append.
+            return Ok(Some(want));
+        }
+        // The flushed position is the engine index of the newest entry the
+        // tables reflect: Raft index position - 1.
+        let Some(flushed) = lsm.flushed_positions().get(&stream).copied() else {
+            return Ok(None);
+        };
+        let covered = flushed.saturating_sub(1);
+        if want.index <= covered {
             return Ok(Some(want));
         }
         if covered + 1 < bounds.first {
