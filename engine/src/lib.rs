@@ -6,8 +6,8 @@
 //!
 //! - `error` — the one error type ([`Error`]): corruption vs I/O vs poisoned
 //!   vs closed vs locked vs invalid argument.
-//! - `hot` — (hidden) entry points into internal hot paths for the
-//!   criterion benches.
+//! - `hot` — entry points into internal hot paths for the criterion benches
+//!   (cargo feature `hot`; not in a normal build).
 //! - `inspect` — read-only inspection of a data directory (for `missivectl`).
 //! - `keys` — the key layout: keyspace tag, slot, and the message key
 //!   (conversation, reverse timestamp); newtypes for ids and timestamps.
@@ -54,7 +54,7 @@
 //! ```
 
 pub mod error;
-#[doc(hidden)]
+#[cfg(feature = "hot")]
 pub mod hot;
 pub mod inspect;
 pub mod io;

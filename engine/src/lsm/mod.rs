@@ -33,10 +33,11 @@
 //!
 //! # Recovery
 //!
-//! Load the manifest, delete table files it does not name (a flush or
-//! compaction the crash interrupted), open the rest, and report the flushed
-//! position of each stream ([`Lsm::flushed_positions`]). Sequence numbers
-//! continue after the manifest's last one.
+//! `recovery.rs` (its essay: what a crash leaves): load the manifest,
+//! delete table files it does not name (a flush or compaction the crash
+//! interrupted), open the rest, and report the flushed position of each
+//! stream ([`Lsm::flushed_positions`]). Sequence numbers continue after
+//! the manifest's last one.
 
 pub mod batch;
 pub(crate) mod cache;
@@ -47,6 +48,7 @@ pub(crate) mod manifest;
 pub(crate) mod memtable;
 pub mod read;
 mod reaper;
+mod recovery;
 pub mod retention;
 pub(crate) mod table;
 mod varint;
@@ -76,8 +78,6 @@ use manifest::{Edit, ManifestState, ManifestWriter};
 use memtable::{ChunkPool, Memtable};
 use read::{Cursor, MemCursor, RunCursor};
 use table::builder::{BuildOptions, Compression};
-use table::reader::Table;
-use table::table_path;
 use version::{FileMeta, TableFile, Version, LEVELS};
 
 /// A sequence number: the order of every version the store holds.
@@ -424,69 +424,15 @@ impl Lsm {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>, opts: LsmOptions) -> Result<Lsm> {
         let dir = dir.as_ref().to_path_buf();
-        let tables_dir = dir.join("tables");
-        std::fs::create_dir_all(&tables_dir).map_err(|e| Error::io("create", &tables_dir, e))?;
-        // One owner per directory: table files are mapped, and a second
-        // writer would change them under the mapping.
-        let lock_path = dir.join("LOCK");
-        let lock =
-            crate::io::FileSystem::lock(&crate::io::OsFs::std(), &lock_path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    Error::Locked {
-                        path: lock_path.clone(),
-                    }
-                } else {
-                    Error::io("lock", &lock_path, e)
-                }
-            })?;
-        let cache = Arc::new(cache::BlockCache::new(opts.block_cache_bytes));
-        let (number, mut state) = match manifest::load(&dir)? {
-            Some((n, s)) => (n + 1, s),
-            None => (
-                1,
-                ManifestState {
-                    next_table_id: 1,
-                    ..ManifestState::default()
-                },
-            ),
-        };
-        // Tables the manifest does not name were being written when the
-        // process stopped: nothing refers to them.
-        let names =
-            std::fs::read_dir(&tables_dir).map_err(|e| Error::io("list", &tables_dir, e))?;
-        for entry in names {
-            let entry = entry.map_err(|e| Error::io("list", &tables_dir, e))?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(table::parse_table_name) else {
-                continue;
-            };
-            if !state.files.contains_key(&id) {
-                let p = entry.path();
-                std::fs::remove_file(&p).map_err(|e| Error::io("remove the orphan", &p, e))?;
-            }
-            state.next_table_id = state.next_table_id.max(id.0 + 1);
-        }
-        let mut levels: Vec<Vec<Arc<TableFile>>> = vec![Vec::new(); LEVELS];
-        let mut max_seq = state.last_seq;
-        for meta in state.files.values() {
-            let path = table_path(&tables_dir, meta.id);
-            if !path.exists() {
-                return Err(Error::corruption(
-                    &path,
-                    0,
-                    "table named by the manifest is missing",
-                ));
-            }
-            let table = Table::open(&path, meta.id, Arc::clone(&cache))?;
-            max_seq = max_seq.max(meta.max_seq);
-            let lvl = usize::from(meta.level).min(LEVELS - 1);
-            levels[lvl].push(Arc::new(TableFile {
-                meta: meta.clone(),
-                table,
-            }));
-        }
-        version::sort_levels(&mut levels);
-        state.last_seq = max_seq;
+        let recovery::Recovered {
+            tables_dir,
+            lock,
+            cache,
+            number,
+            state,
+            levels,
+            max_seq,
+        } = recovery::recover(&dir, &opts)?;
         let writer = ManifestWriter::create(&dir, number, &state)?;
         let reaper = if opts.yield_to_foreground && opts.background {
             Some(

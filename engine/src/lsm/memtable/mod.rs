@@ -64,6 +64,9 @@ impl Drop for MemWriter<'_> {
 }
 
 impl Memtable {
+    /// An empty memtable with chunks of its own (tests and the `hot`
+    /// benches; the store's come from its pool).
+    #[cfg(any(test, feature = "hot"))]
     pub fn new() -> Self {
         Self::default()
     }
@@ -85,7 +88,8 @@ impl Memtable {
         }
     }
 
-    /// Inserts one version (a batch of one).
+    /// Inserts one version (a batch of one; tests and the `hot` benches).
+    #[cfg(any(test, feature = "hot"))]
     pub fn insert(&self, key: &[u8], seq: SeqNo, value: Option<&[u8]>) {
         self.writer().insert(key, seq, value);
     }
