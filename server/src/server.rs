@@ -30,12 +30,13 @@ use missive_raft::node::NodeConfig;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::delivery::hub::Hub;
+use crate::delivery::presence::{Presence, Signal};
+use crate::edge::http::router;
 use crate::error::{Error, Result};
-use crate::http::{router, AppState};
-use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::presence::{Presence, Signal};
 use crate::service::Service;
+use crate::state::AppState;
 
 /// How long shutdown waits for open connections to finish.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -128,7 +129,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         outgoing,
         stop_rx.clone(),
     ));
-    let push_task = tokio::spawn(crate::push::run(
+    let push_task = tokio::spawn(crate::delivery::push::run(
         cfg.push.clone(),
         Arc::clone(&service),
         Arc::clone(&presence),
@@ -144,7 +145,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     };
     let grpc = match cfg.grpc.enabled {
         true => {
-            let l = crate::grpc::bind(cfg.grpc.listen)
+            let l = crate::edge::grpc::bind(cfg.grpc.listen)
                 .await
                 .map_err(|source| Error::Io {
                     op: "listen (gRPC) on",
@@ -161,8 +162,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
         false => None,
     };
     let grpc_addr = grpc.as_ref().map(|(_, a)| *a);
-    let grpc_task =
-        grpc.map(|(l, _)| tokio::spawn(crate::grpc::serve(l, state.clone(), stop_rx.clone())));
+    let grpc_task = grpc
+        .map(|(l, _)| tokio::spawn(crate::edge::grpc::serve(l, state.clone(), stop_rx.clone())));
     let open = Arc::new(Semaphore::new(cfg.limits.max_connections));
     let accept = tokio::spawn(accept_loop(
         listener,
@@ -196,7 +197,7 @@ async fn run_presence(
     mut outgoing: tokio::sync::mpsc::UnboundedReceiver<Signal>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut refresh = tokio::time::interval(crate::presence::REFRESH);
+    let mut refresh = tokio::time::interval(crate::delivery::presence::REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

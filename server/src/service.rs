@@ -3,11 +3,15 @@
 //! call these, so the rules (membership, limits, idempotency) live in one
 //! place.
 //!
-//! Writes go through the raft layer's commands and return only once
-//! committed on a quorum and applied (persist before ack). Reads of a
-//! conversation are linearizable when this node leads its shard; on a
-//! follower they are served from the local replica, which may lag by the
-//! replication delay (reads are not forwarded yet).
+//! Writes go through the chat domain's commands and return only once
+//! committed on a quorum and applied (persist before ack). Reads that
+//! decide access (membership) are linearizable (`Service::read`): the
+//! shard's leader confirms its leadership first; a follower asks the leader
+//! for a read index and applies up to it; a node that does not replicate
+//! the shard asks its leader over the transport. Reads that follow the
+//! inbox (sync pages, heads, the messages events name) and display reads
+//! (profiles, devices, receipts) take the replica's applied state, which
+//! may lag and never goes backwards: a wake, or the next page, re-reads.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -26,9 +30,9 @@ use missive_raft::node::Consistency;
 
 use crate::auth::Caller;
 use crate::config::Limits;
+use crate::delivery::recent::RecentMessages;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::recent::RecentMessages;
 use crate::wire::{EventOut, MessageOut};
 
 /// How long a write waits out an election before answering `unavailable`.

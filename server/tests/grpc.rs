@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use missive_server::grpc::pb;
-use missive_server::grpc::pb::missive_client::MissiveClient;
+use missive_server::edge::grpc::pb;
+use missive_server::edge::grpc::pb::missive_client::MissiveClient;
 use missive_server::Running;
 use tonic::transport::Channel;
 use tonic::{Code, Request};

@@ -45,7 +45,7 @@ use missive_chat::records::EventKind;
 use missive_raft::node::Consistency;
 
 use crate::config::PushSection;
-use crate::presence::Presence;
+use crate::delivery::presence::Presence;
 use crate::service::Service;
 use crate::wire::Id;
 

@@ -29,7 +29,7 @@ use missive_raft::membership::{Change, Placement};
 use missive_raft::{NodeId, ShardId};
 
 use crate::error::ApiError;
-use crate::http::{AppState, JsonBody};
+use crate::state::{AppState, JsonBody};
 
 /// Refuses callers without the admin secret.
 pub(crate) fn require_admin(s: &AppState, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {

@@ -29,11 +29,11 @@ use missive_chat::command::{ConversationKind, UserId};
 use missive_engine::keys::ConversationId;
 
 use crate::auth::Caller;
+use crate::delivery::presence;
+use crate::delivery::sync::{announce_typing, sync_pump, watch_list, FrameSink};
 use crate::error::ApiError;
-use crate::http::AppState;
-use crate::presence;
+use crate::state::AppState;
 use crate::wire::{parse_kind, EventOut, Id, MessageOut, PresenceOut, ServerFrame};
-use crate::ws::{announce_typing, sync_pump, watch_list, FrameSink};
 
 /// The generated messages, server and client.
 #[allow(

@@ -2,117 +2,21 @@
 //! endpoints (`/healthz`, `/readyz`, `/metrics`). Handlers only translate:
 //! JSON in, a `Service` call, JSON out; errors are `ApiError`s.
 
-use std::sync::Arc;
-
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State, WebSocketUpgrade,
-};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::watch;
 
 use missive_chat::command::{DeviceId, UserId};
-use missive_engine::keys::ConversationId;
 use missive_raft::node::Consistency;
 
-use crate::auth::{Auth, Caller};
+use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::hub::Hub;
-use crate::service::Service;
+use crate::state::{AppState, Authed, ConvPath, JsonBody, Q};
 use crate::wire::{parse_kind, BodyIn, Id};
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    /// The message service.
-    pub service: Arc<Service>,
-    /// Token checks.
-    pub auth: Arc<Auth>,
-    /// Live sessions.
-    pub hub: Arc<Hub>,
-    /// Presence and typing.
-    pub presence: Arc<crate::presence::Presence>,
-    /// Turns true when the server begins shutting down.
-    pub shutdown: watch::Receiver<bool>,
-}
-
-/// A JSON body whose rejections are our error codes.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(r) => Err(match &r {
-                JsonRejection::MissingJsonContentType(_) => ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "send Content-Type: application/json",
-                ),
-                JsonRejection::JsonSyntaxError(_) => {
-                    ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", r.body_text())
-                }
-                JsonRejection::JsonDataError(_) => ApiError::invalid(r.body_text()),
-                _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "the request body is larger than limits.max_http_body_bytes",
-                ),
-                _ => ApiError::new(r.status(), "bad_request", r.body_text()),
-            }),
-        }
-    }
-}
-
-/// The authenticated caller of an HTTP request.
-pub struct Authed(pub Caller);
-
-impl FromRequestParts<AppState> for Authed {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.auth.from_headers(&parts.headers).map(Authed)
-    }
-}
-
-/// Query parameters with our error codes.
-pub struct Q<T>(pub T);
-
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(v)| Q(v))
-            .map_err(|r| ApiError::invalid(r.body_text()))
-    }
-}
-
-/// A conversation id in the path.
-pub struct ConvPath(pub ConversationId);
-
-impl<S: Send + Sync> FromRequestParts<S> for ConvPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|r| ApiError::invalid(r.body_text()))?;
-        raw.parse::<u64>()
-            .map(|c| ConvPath(ConversationId(c)))
-            .map_err(|_| ApiError::not_found(format!("{raw:?} is not a conversation id")))
-    }
-}
 
 /// The router.
 pub fn router(state: AppState) -> Router {
@@ -122,20 +26,23 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/admin/tokens", post(admin_token))
-        .route("/v1/admin/cluster", get(crate::admin::cluster))
+        .route("/v1/admin/cluster", get(crate::edge::admin::cluster))
         .route(
             "/v1/admin/shards/{shard}/replicas",
-            post(crate::admin::add_replica),
+            post(crate::edge::admin::add_replica),
         )
         .route(
             "/v1/admin/shards/{shard}/replicas/{node}",
-            delete(crate::admin::remove_replica),
+            delete(crate::edge::admin::remove_replica),
         )
         .route(
             "/v1/admin/shards/{shard}/move",
-            post(crate::admin::move_replica),
+            post(crate::edge::admin::move_replica),
         )
-        .route("/v1/admin/nodes/{node}", delete(crate::admin::forget_node))
+        .route(
+            "/v1/admin/nodes/{node}",
+            delete(crate::edge::admin::forget_node),
+        )
         .route("/v1/ws-ticket", post(ws_ticket))
         .route("/v1/ws", get(ws_upgrade))
         .route("/v1/users/me", get(me).put(set_me))
@@ -232,7 +139,7 @@ async fn admin_token(
     headers: HeaderMap,
     JsonBody(req): JsonBody<MintReq>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    crate::admin::require_admin(&s, &headers, "minting tokens")?;
+    crate::edge::admin::require_admin(&s, &headers, "minting tokens")?;
     if req.user.0 == 0 {
         return Err(ApiError::invalid("user must be a non-zero id"));
     }
@@ -289,7 +196,7 @@ async fn ws_upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(4 * 1024 * 1024)
-        .on_upgrade(move |socket| crate::ws::session(socket, s, who)))
+        .on_upgrade(move |socket| crate::edge::ws::session(socket, s, who)))
 }
 
 #[derive(Serialize)]

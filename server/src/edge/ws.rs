@@ -1,17 +1,7 @@
 //! The WebSocket session (`GET /v1/ws`): requests (send, receipt, history,
-//! ping) answered by id, and the device's event stream (sync, then live).
-//!
-//! # The sync/live hand-off, and why it has no gap and no duplicate
-//!
-//! There is one source of events: the user's inbox in the store, in useq
-//! order. A session never pushes anything the store did not give it; the
-//! "live" phase is the same read loop woken by the hub instead of by the
-//! previous page being full. The session registers with the hub *before*
-//! its first read, and a wake that arrives while it reads is kept by the
-//! `Notify` as a permit, so no growth can slip between "read to the end"
-//! and "wait". The cursor only moves forward, one useq per event written,
-//! so a page re-read after a wake starts exactly after the last event
-//! sent. `synced` is written once, when the stream first reaches the end.
+//! ping) answered by id, and the device's event stream (sync, then live:
+//! `delivery::sync`, whose essay says why the hand-off has no gap and no
+//! duplicate).
 //!
 //! # Slow consumers
 //!
@@ -24,17 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use missive_chat::command::UserId;
 use missive_engine::keys::ConversationId;
 
 use crate::auth::Caller;
+use crate::delivery::presence;
+use crate::delivery::sync::{announce_typing, sync_pump, watch_list, FrameSink};
 use crate::error::ApiError;
-use crate::http::AppState;
-use crate::presence;
-use crate::service::Service;
+use crate::state::AppState;
 use crate::wire::{parse_kind, BodyIn, ClientFrame, ServerFrame};
 
 /// Close codes (4000–4999 are the application's).
@@ -63,15 +52,6 @@ const CLIENT_TYPES: [&str; 7] = [
 /// Frames written per flush at most.
 const WRITE_BURST: usize = 64;
 
-/// How often a live session looks in the store without a wake, when this
-/// node replicates its user's shard (wakes are the live path).
-const STORE_RECHECK: Duration = Duration::from_secs(30);
-
-/// How often it looks when this node does not: one routed inbox read per
-/// idle session per interval is the live path then (a degraded mode while
-/// replicas move; docs/design.md §4.7).
-const REMOTE_POLL: Duration = Duration::from_millis(500);
-
 /// Why a burst was not written.
 enum WriteEnd {
     /// The peer is gone.
@@ -81,8 +61,8 @@ enum WriteEnd {
 }
 
 /// Serializes and writes `burst`, then flushes once.
-async fn write_burst(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+async fn write_burst<K: Sink<Message> + Unpin>(
+    sink: &mut K,
     burst: Vec<Out>,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), WriteEnd> {
@@ -142,8 +122,19 @@ impl Tx {
     }
 }
 
-/// Runs one session until it closes.
+/// Runs one session on an upgraded connection until it closes.
 pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
+    run(socket, state, who).await;
+}
+
+/// Runs one session over any message stream and sink until it closes: a
+/// WebSocket in production, a pair of channels in the tests below.
+pub async fn run<S, E>(socket: S, state: AppState, who: Caller)
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
+    <S as Sink<Message>>::Error: Send,
+    E: std::fmt::Display + Send,
+{
     let metrics = Arc::clone(&state.service.metrics);
     metrics.websockets.inc();
     let limits = state.service.limits.clone();
@@ -491,151 +482,190 @@ async fn handle(
     Some(reply)
 }
 
-/// A presence watch list checked (at most 500; duplicates dropped) and split
-/// into the users `who` may watch — those sharing a conversation with
-/// them — and the rest, which stay hidden. Shared by the WebSocket's
-/// `presence` frame and gRPC's `Live`.
-pub(crate) async fn watch_list(
-    svc: &Service,
-    who: UserId,
-    users: &[crate::wire::Id],
-) -> Result<(Vec<UserId>, Vec<UserId>), ApiError> {
-    let users = presence::dedup_watch_list(users).map_err(ApiError::invalid)?;
-    let allowed = svc.contacts_among(who, &users).await?;
-    Ok(users.into_iter().partition(|u| allowed.contains(u)))
-}
-
-/// Announces that `who` started or stopped typing in `conv`, to its other
-/// members, if `who` is a member (`not_a_member` otherwise). Shared by the
-/// WebSocket's `typing` frame and gRPC's `Typing`.
-pub(crate) async fn announce_typing(
-    state: &AppState,
-    who: UserId,
-    conv: ConversationId,
-    typing: bool,
-) -> Result<(), ApiError> {
-    let c = state.service.member_conversation(who, conv).await?;
-    let to = c.members.iter().map(|m| m.0).collect();
-    state.presence.typing(who, conv.0, typing, to);
-    Ok(())
-}
-
-/// Where a sync stream's frames go: a WebSocket session here, a gRPC
-/// response stream in `grpc`. `send` is false once the receiver is gone
-/// (or was too slow and has been ended).
-pub(crate) trait FrameSink: Send + Sync + 'static {
-    /// Queues a frame for the client.
-    fn send(&self, f: ServerFrame) -> impl std::future::Future<Output = bool> + Send;
-}
-
 impl FrameSink for Tx {
     async fn send(&self, f: ServerFrame) -> bool {
         Tx::send(self, f).await
     }
 }
 
-/// Streams the user's inbox after `after`, then follows it live.
-pub(crate) async fn sync_pump<S: FrameSink>(
-    tx: S,
-    state: AppState,
-    who: Caller,
-    after: u64,
-    id: Option<String>,
-) {
-    let svc = Arc::clone(&state.service);
-    // Registered before the first read: see the module docs.
-    let sub = state.hub.subscribe(who.user);
-    let page = svc.limits.sync_page;
-    let mut cursor = after;
-    let mut synced = false;
-    let mut look_in_store = false;
-    // A cursor from a replica ahead of this one: give this one time to
-    // catch up before calling the cursor bad.
-    let patience = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        // Live, the hub's ring usually holds exactly what the wake was for;
-        // it answers only when it can vouch for everything after the cursor.
-        let from_ring = (synced && !look_in_store)
-            .then(|| state.hub.after(who.user, cursor, page))
-            .flatten()
-            .map(|evs| {
-                let head = evs.last().map_or(cursor, |(u, _)| *u);
-                (evs, head)
-            });
-        let page_read = match from_ring {
-            Some(p) => Ok(p),
-            None => svc.inbox_page(who.user, cursor, page).await,
+#[cfg(test)]
+mod tests {
+    //! The session's logic without a socket: a pair of channels stands in
+    //! for the WebSocket, over a real one-node store in a temp directory.
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use std::collections::BTreeMap;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use axum::extract::ws::Message;
+    use futures_util::{Sink, Stream};
+    use tokio::sync::{mpsc, watch};
+
+    use missive_chat::command::{Command, ConversationKind};
+    use missive_chat::{ChatNode, DeviceId, UserId};
+    use missive_engine::keys::ConversationId;
+    use missive_raft::node::NodeConfig;
+
+    use super::*;
+    use crate::auth::Auth;
+    use crate::config::{AuthSection, Limits};
+    use crate::delivery::hub::Hub;
+    use crate::delivery::presence::Presence;
+    use crate::metrics::Metrics;
+    use crate::service::Service;
+
+    /// The server's end of a connection: client frames in, server frames
+    /// out.
+    struct Duplex {
+        from_client: mpsc::UnboundedReceiver<Result<Message, String>>,
+        to_client: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for Duplex {
+        type Item = Result<Message, String>;
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.get_mut().from_client.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for Duplex {
+        type Error = String;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), String> {
+            self.get_mut().to_client.send(m).map_err(|e| e.to_string())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Client {
+        send: mpsc::UnboundedSender<Result<Message, String>>,
+        recv: mpsc::UnboundedReceiver<Message>,
+    }
+
+    impl Client {
+        fn text(&self, t: &str) {
+            self.send.send(Ok(Message::Text(t.into()))).unwrap();
+        }
+
+        /// The next frame, as JSON (a close frame as `{"close": code}`).
+        async fn next(&mut self) -> serde_json::Value {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.recv.recv())
+                .await
+                .expect("a frame within 10 s")
+                .expect("the session is open");
+            match m {
+                Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+                Message::Close(c) => serde_json::json!({ "close": c.map(|c| c.code) }),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// A one-node server's state; the sender ends it when dropped.
+    async fn state(dir: &std::path::Path) -> (AppState, watch::Sender<bool>) {
+        let mut ncfg = NodeConfig::new(1, "127.0.0.1:0".parse().unwrap(), dir.join("data"));
+        ncfg.shards = 1;
+        let node = ChatNode::start(ncfg).await.unwrap();
+        let members = BTreeMap::from([(1, node.addr().to_string())]);
+        node.bootstrap(&members, 1).await.unwrap();
+        let hub = Arc::new(Hub::default());
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(Arc::clone(&hub).run(
+            node.inbox_notices(),
+            node.snapshot_installs(),
+            stop_rx.clone(),
+        ));
+        let metrics = Arc::new(Metrics::default());
+        let service = Arc::new(Service::new(node, Limits::default(), metrics));
+        let (presence, _outgoing) = Presence::new(1);
+        let state = AppState {
+            service,
+            auth: Arc::new(Auth::load(&AuthSection::default(), dir).unwrap()),
+            hub,
+            presence,
+            shutdown: stop_rx,
         };
-        let (events, head) = match page_read {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(user = who.user.0, error = %e.message, "sync read failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
+        (state, stop)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_answers_frames_then_syncs_and_goes_live_without_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _stop) = state(dir.path()).await;
+        let (send, from_client) = mpsc::unbounded_channel();
+        let (to_client, recv) = mpsc::unbounded_channel();
+        let who = Caller {
+            user: UserId(1),
+            device: DeviceId(1),
         };
-        if after > head && !synced {
-            if tokio::time::Instant::now() < patience {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            let e = ApiError {
-                code: "bad_cursor",
-                ..ApiError::invalid(format!(
-                    "cursor {after} is beyond this user's newest event {head}"
-                ))
-            };
-            tx.send(ServerFrame::error(id, &e)).await;
-            return;
-        }
-        let full = events.len() == page;
-        for (useq, e) in events {
-            let event = match svc.render_event(&e).await {
-                Ok(ev) => ev,
-                Err(err) => {
-                    tracing::warn!(user = who.user.0, error = %err.message, "event's message not readable yet");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    break;
-                }
-            };
-            let frame = ServerFrame::Event {
-                useq,
-                conv: crate::wire::Id(e.conv.0),
-                at: e.at,
-                event,
-            };
-            if !tx.send(frame).await {
-                return;
-            }
-            cursor = useq;
-        }
-        if full {
-            continue;
-        }
-        if !synced && cursor >= head {
-            synced = true;
-            if !tx.send(ServerFrame::Synced { cursor }).await {
-                return;
-            }
-        }
-        look_in_store = false;
-        if cursor >= head {
-            // A periodic look in the store as well: rarely where this node
-            // replicates the user's shard (in case a wake was never sent —
-            // a replica applying through a snapshot it has not announced),
-            // often where it does not (a node that joined and hosts nothing
-            // yet, or whose replica moved away): wakes come only from apply
-            // here, so there the look is the live path.
-            let user_shard = svc.node.slots().shard_of_user(who.user.0);
-            let recheck = if svc.node.hosts(user_shard) {
-                STORE_RECHECK
-            } else {
-                REMOTE_POLL
-            };
-            look_in_store = tokio::select! {
-                _ = sub.wake.notified() => false,
-                _ = tokio::time::sleep(recheck) => true,
-            };
-        }
+        let session = tokio::spawn(run(
+            Duplex {
+                from_client,
+                to_client,
+            },
+            state.clone(),
+            who,
+        ));
+        let mut c = Client { send, recv };
+
+        c.text(r#"{"type":"ping","id":"p1"}"#);
+        let f = c.next().await;
+        assert_eq!(
+            (f["type"].as_str(), f["id"].as_str()),
+            (Some("pong"), Some("p1"))
+        );
+        // A bad frame is answered with an error, and the session goes on.
+        c.text("not json");
+        let f = c.next().await;
+        assert_eq!(f["type"], "error", "{f}");
+        assert_eq!(f["code"], "malformed_frame", "{f}");
+        c.send.send(Ok(Message::Binary(vec![1, 2].into()))).unwrap();
+        let f = c.next().await;
+        assert_eq!(f["code"], "binary_not_supported", "{f}");
+
+        // Sync from the start: nothing yet, then live.
+        c.text(r#"{"type":"sync","id":"s","after":0}"#);
+        let f = c.next().await;
+        assert_eq!(f["type"], "synced", "{f}");
+        state
+            .service
+            .node
+            .write(
+                Command::CreateConversation {
+                    conv: ConversationId(5),
+                    kind: ConversationKind::Direct,
+                    name: String::new(),
+                    creator: UserId(1),
+                    members: vec![UserId(2)],
+                    max_members: 250,
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        // The fan-out puts the creation in user 1's inbox; the session
+        // pushes it live.
+        let f = c.next().await;
+        assert_eq!(
+            (f["type"].as_str(), f["useq"].as_u64()),
+            (Some("event"), Some(1)),
+            "{f}"
+        );
+        assert_eq!(f["conv"], "5", "{f}");
+
+        // The client going away ends the session.
+        drop(c.send);
+        tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the session ends")
+            .unwrap();
     }
 }

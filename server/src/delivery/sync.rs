@@ -1,0 +1,182 @@
+//! The sync engine, the same for every edge: a device's event stream from
+//! its cursor through the store, then live — over a WebSocket session
+//! (`edge::ws`) or a gRPC response stream (`edge::grpc`), through
+//! [`FrameSink`]. Also the presence and typing checks both edges share.
+//!
+//! # The sync/live hand-off, and why it has no gap and no duplicate
+//!
+//! There is one source of events: the user's inbox in the store, in useq
+//! order. A session never pushes anything the store did not give it; the
+//! "live" phase is the same read loop woken by the hub instead of by the
+//! previous page being full. The session registers with the hub *before*
+//! its first read, and a wake that arrives while it reads is kept by the
+//! `Notify` as a permit, so no growth can slip between "read to the end"
+//! and "wait". The cursor only moves forward, one useq per event written,
+//! so a page re-read after a wake starts exactly after the last event
+//! sent. `synced` is written once, when the stream first reaches the end.
+//!
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use missive_chat::command::UserId;
+use missive_engine::keys::ConversationId;
+
+use crate::auth::Caller;
+use crate::delivery::presence;
+use crate::error::ApiError;
+use crate::service::Service;
+use crate::state::AppState;
+use crate::wire::ServerFrame;
+
+/// How often a live session looks in the store without a wake, when this
+/// node replicates its user's shard (wakes are the live path).
+const STORE_RECHECK: Duration = Duration::from_secs(30);
+
+/// How often it looks when this node does not: one routed inbox read per
+/// idle session per interval is the live path then (a degraded mode while
+/// replicas move; docs/design.md §4.7).
+const REMOTE_POLL: Duration = Duration::from_millis(500);
+
+/// A presence watch list checked (at most 500; duplicates dropped) and split
+/// into the users `who` may watch — those sharing a conversation with
+/// them — and the rest, which stay hidden. Shared by the WebSocket's
+/// `presence` frame and gRPC's `Live`.
+pub(crate) async fn watch_list(
+    svc: &Service,
+    who: UserId,
+    users: &[crate::wire::Id],
+) -> Result<(Vec<UserId>, Vec<UserId>), ApiError> {
+    let users = presence::dedup_watch_list(users).map_err(ApiError::invalid)?;
+    let allowed = svc.contacts_among(who, &users).await?;
+    Ok(users.into_iter().partition(|u| allowed.contains(u)))
+}
+
+/// Announces that `who` started or stopped typing in `conv`, to its other
+/// members, if `who` is a member (`not_a_member` otherwise). Shared by the
+/// WebSocket's `typing` frame and gRPC's `Typing`.
+pub(crate) async fn announce_typing(
+    state: &AppState,
+    who: UserId,
+    conv: ConversationId,
+    typing: bool,
+) -> Result<(), ApiError> {
+    let c = state.service.member_conversation(who, conv).await?;
+    let to = c.members.iter().map(|m| m.0).collect();
+    state.presence.typing(who, conv.0, typing, to);
+    Ok(())
+}
+
+/// Where a sync stream's frames go: a WebSocket session here, a gRPC
+/// response stream in `grpc`. `send` is false once the receiver is gone
+/// (or was too slow and has been ended).
+pub(crate) trait FrameSink: Send + Sync + 'static {
+    /// Queues a frame for the client.
+    fn send(&self, f: ServerFrame) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// Streams the user's inbox after `after`, then follows it live.
+pub(crate) async fn sync_pump<S: FrameSink>(
+    tx: S,
+    state: AppState,
+    who: Caller,
+    after: u64,
+    id: Option<String>,
+) {
+    let svc = Arc::clone(&state.service);
+    // Registered before the first read: see the module docs.
+    let sub = state.hub.subscribe(who.user);
+    let page = svc.limits.sync_page;
+    let mut cursor = after;
+    let mut synced = false;
+    let mut look_in_store = false;
+    // A cursor from a replica ahead of this one: give this one time to
+    // catch up before calling the cursor bad.
+    let patience = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Live, the hub's ring usually holds exactly what the wake was for;
+        // it answers only when it can vouch for everything after the cursor.
+        let from_ring = (synced && !look_in_store)
+            .then(|| state.hub.after(who.user, cursor, page))
+            .flatten()
+            .map(|evs| {
+                let head = evs.last().map_or(cursor, |(u, _)| *u);
+                (evs, head)
+            });
+        let page_read = match from_ring {
+            Some(p) => Ok(p),
+            None => svc.inbox_page(who.user, cursor, page).await,
+        };
+        let (events, head) = match page_read {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(user = who.user.0, error = %e.message, "sync read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if after > head && !synced {
+            if tokio::time::Instant::now() < patience {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let e = ApiError {
+                code: "bad_cursor",
+                ..ApiError::invalid(format!(
+                    "cursor {after} is beyond this user's newest event {head}"
+                ))
+            };
+            tx.send(ServerFrame::error(id, &e)).await;
+            return;
+        }
+        let full = events.len() == page;
+        for (useq, e) in events {
+            let event = match svc.render_event(&e).await {
+                Ok(ev) => ev,
+                Err(err) => {
+                    tracing::warn!(user = who.user.0, error = %err.message, "event's message not readable yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            };
+            let frame = ServerFrame::Event {
+                useq,
+                conv: crate::wire::Id(e.conv.0),
+                at: e.at,
+                event,
+            };
+            if !tx.send(frame).await {
+                return;
+            }
+            cursor = useq;
+        }
+        if full {
+            continue;
+        }
+        if !synced && cursor >= head {
+            synced = true;
+            if !tx.send(ServerFrame::Synced { cursor }).await {
+                return;
+            }
+        }
+        look_in_store = false;
+        if cursor >= head {
+            // A periodic look in the store as well: rarely where this node
+            // replicates the user's shard (in case a wake was never sent —
+            // a replica applying through a snapshot it has not announced),
+            // often where it does not (a node that joined and hosts nothing
+            // yet, or whose replica moved away): wakes come only from apply
+            // here, so there the look is the live path.
+            let user_shard = svc.node.slots().shard_of_user(who.user.0);
+            let recheck = if svc.node.hosts(user_shard) {
+                STORE_RECHECK
+            } else {
+                REMOTE_POLL
+            };
+            look_in_store = tokio::select! {
+                _ = sub.wake.notified() => false,
+                _ = tokio::time::sleep(recheck) => true,
+            };
+        }
+    }
+}

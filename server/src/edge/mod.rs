@@ -1,0 +1,15 @@
+//! The edges: how clients and operators reach the service. Each translates
+//! its protocol to `Service` calls and `ApiError`s; none imports another.
+//!
+//! - `http` — the HTTP API under `/v1/`, the WebSocket upgrade, `/healthz`,
+//!   `/readyz`, `/metrics`, and the router (which mounts `admin`).
+//! - `ws` — **the frame path**: a WebSocket session, its requests answered
+//!   by id, its bounded outbound queue and the slow-consumer rule.
+//! - `grpc` — the same calls and event stream over gRPC (tonic), from
+//!   `proto/missive.proto`.
+//! - `admin` — the operator's cluster API (placement, replica changes).
+
+pub mod admin;
+pub mod grpc;
+pub mod http;
+pub mod ws;

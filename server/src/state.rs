@@ -1,0 +1,108 @@
+//! What every edge handler reaches: the shared state ([`AppState`]) and
+//! the extractors that turn a request's parts into our types with our
+//! error codes. The HTTP, WebSocket, gRPC and admin edges all import this;
+//! none imports another edge.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use missive_engine::keys::ConversationId;
+
+use crate::auth::{Auth, Caller};
+use crate::delivery::hub::Hub;
+use crate::delivery::presence::Presence;
+use crate::error::ApiError;
+use crate::service::Service;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The message service.
+    pub service: Arc<Service>,
+    /// Token checks.
+    pub auth: Arc<Auth>,
+    /// Live sessions.
+    pub hub: Arc<Hub>,
+    /// Presence and typing.
+    pub presence: Arc<Presence>,
+    /// Turns true when the server begins shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A JSON body whose rejections are our error codes.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(r) => Err(match &r {
+                JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send Content-Type: application/json",
+                ),
+                JsonRejection::JsonSyntaxError(_) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", r.body_text())
+                }
+                JsonRejection::JsonDataError(_) => ApiError::invalid(r.body_text()),
+                _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the request body is larger than limits.max_http_body_bytes",
+                ),
+                _ => ApiError::new(r.status(), "bad_request", r.body_text()),
+            }),
+        }
+    }
+}
+
+/// The authenticated caller of an HTTP request.
+pub struct Authed(pub Caller);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.auth.from_headers(&parts.headers).map(Authed)
+    }
+}
+
+/// Query parameters with our error codes.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|r| ApiError::invalid(r.body_text()))
+    }
+}
+
+/// A conversation id in the path.
+pub struct ConvPath(pub ConversationId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConvPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::invalid(r.body_text()))?;
+        raw.parse::<u64>()
+            .map(|c| ConvPath(ConversationId(c)))
+            .map_err(|_| ApiError::not_found(format!("{raw:?} is not a conversation id")))
+    }
+}
