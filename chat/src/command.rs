@@ -34,34 +34,7 @@ use missive_raft::{NodeId, ShardId};
 
 pub use crate::ids::{DeviceId, UserId};
 use crate::records::EventKind;
-
-/// A conversation's kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ConversationKind {
-    /// Exactly two members, one conversation per unordered pair.
-    Direct,
-    /// A named group with admins.
-    Group,
-}
-
-/// What a message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MessageKind {
-    /// Text (or ciphertext) in the body.
-    Text,
-    /// A reference to media stored elsewhere.
-    Media,
-    /// A reply; the body names the message replied to.
-    Reply,
-    /// A reaction to another message.
-    Reaction,
-    /// An edit of an earlier message.
-    Edit,
-    /// The sender withdrew an earlier message.
-    Unsend,
-    /// Written by the server (membership changes, renames).
-    System,
-}
+pub use crate::records::{ConversationKind, MessageKind};
 
 /// A state-machine command. Append-only enum (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,7 +36,6 @@ use missive_engine::keys::{message_key, ConversationId, Keyspace, Slot, Timestam
 
 use missive_raft::Result;
 
-use crate::command::{ConversationKind, MessageKind};
 use crate::ids::{DeviceId, UserId};
 
 /// Encodes a stored value: `[version u8 = 1][postcard]` (see
@@ -48,6 +47,34 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
     missive_raft::codec::decode(what, bytes)
+}
+
+/// A conversation's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConversationKind {
+    /// Exactly two members, one conversation per unordered pair.
+    Direct,
+    /// A named group with admins.
+    Group,
+}
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// Text (or ciphertext) in the body.
+    Text,
+    /// A reference to media stored elsewhere.
+    Media,
+    /// A reply; the body names the message replied to.
+    Reply,
+    /// A reaction to another message.
+    Reaction,
+    /// An edit of an earlier message.
+    Edit,
+    /// The sender withdrew an earlier message.
+    Unsend,
+    /// Written by the server (membership changes, renames).
+    System,
 }
 
 /// A conversation's membership and settings.

@@ -490,7 +490,8 @@ fn raft_log_entries_and_meta_records() {
     for (name, e) in entries() {
         let bytes = codec::encode_entry(&e).unwrap();
         set.case(&name, bytes, |b| {
-            let got = codec::decode_entry::<ChatApp>(b).map_err(|e| e.to_string())?;
+            let got = codec::decode_entry::<missive_raft::TypeConfig<ChatApp>>(b)
+                .map_err(|e| e.to_string())?;
             entry_eq(&got, &e)
                 .then_some(())
                 .ok_or(format!("decoded {got:?}"))

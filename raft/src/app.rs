@@ -38,9 +38,9 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use crate::error::Result;
+use crate::ids::{NodeId, ShardId};
 use crate::record_source::Records;
 use crate::slots::SlotMap;
-use crate::types::{NodeId, ShardId};
 
 /// The payload of one Raft entry: the leader's clock and the commands that
 /// rode in that entry (the batcher packs concurrent writes of a shard into

@@ -17,7 +17,8 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 use crate::app::{App, Batch};
 use crate::error::Error;
-use crate::types::{NodeAddr, NodeId, Raft, ShardId};
+use crate::ids::{NodeAddr, NodeId, ShardId};
+use crate::types::Raft;
 
 /// One queued write.
 pub(crate) struct Pending<A: App> {

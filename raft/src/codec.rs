@@ -21,9 +21,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::app::App;
 use crate::error::{Error, Result};
-use crate::types::Entry;
 
 /// The version byte of every record this module writes.
 pub const FORMAT_VERSION: u8 = 1;
@@ -55,12 +53,12 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
 }
 
 /// Encodes a log entry.
-pub fn encode_entry<A: App>(e: &Entry<A>) -> Result<Vec<u8>> {
+pub fn encode_entry<C: openraft::RaftTypeConfig>(e: &openraft::Entry<C>) -> Result<Vec<u8>> {
     encode("raft log entry", e)
 }
 
 /// Decodes a log entry.
-pub fn decode_entry<A: App>(bytes: &[u8]) -> Result<Entry<A>> {
+pub fn decode_entry<C: openraft::RaftTypeConfig>(bytes: &[u8]) -> Result<openraft::Entry<C>> {
     decode("raft log entry", bytes)
 }
 
@@ -70,6 +68,7 @@ mod tests {
     use super::*;
     use crate::app::Batch;
     use crate::test_app::{Kv, KvCommand};
+    use crate::types::Entry;
     use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -94,12 +93,15 @@ mod tests {
             let e = Entry::<Kv> { log_id, payload };
             let bytes = encode_entry(&e).unwrap();
             assert_eq!(bytes[0], FORMAT_VERSION);
-            let back = decode_entry::<Kv>(&bytes).unwrap();
+            let back = decode_entry::<crate::TypeConfig<Kv>>(&bytes).unwrap();
             assert_eq!(format!("{back:?}"), format!("{e:?}"));
             let mut other = bytes.clone();
             other[0] = 2;
-            assert!(decode_entry::<Kv>(&other).is_err());
-            assert!(decode_entry::<Kv>(&bytes[..bytes.len() - 1]).is_err() || bytes.len() < 3);
+            assert!(decode_entry::<crate::TypeConfig<Kv>>(&other).is_err());
+            assert!(
+                decode_entry::<crate::TypeConfig<Kv>>(&bytes[..bytes.len() - 1]).is_err()
+                    || bytes.len() < 3
+            );
         }
     }
 }

@@ -13,7 +13,7 @@
 //! An application's refusals (a command its rules reject) are outcomes, not
 //! errors, here: the application's crate turns them into its own error.
 
-use crate::types::{NodeId, ShardId};
+use crate::ids::{NodeId, ShardId};
 
 /// A result with the replication layer's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

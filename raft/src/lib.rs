@@ -20,8 +20,10 @@
 //!   ([`app::Batch`]) and the metadata group's commands.
 //! - `error` — the one error type ([`Error`]): not-leader (with the leader's
 //!   address) vs unavailable vs unknown outcome vs refused vs storage.
-//! - `types` — the openraft instantiation ([`TypeConfig`]) and our ids; the
-//!   only place openraft's generic types are named.
+//! - `ids` — our ids ([`NodeId`], [`ShardId`]) and openraft's types that do
+//!   not depend on the application (log id, vote, membership).
+//! - `types` — the openraft instantiation ([`TypeConfig`]), generic over
+//!   the application; with `ids`, the only place openraft's types are named.
 //! - `codec` — how entries, votes and log pointers are stored in the log.
 //! - `meta` — the runtime's own records in the LSM (a group's `Applied`
 //!   position, the cluster map), byte by byte.
@@ -43,23 +45,31 @@
 //! - `membership` — changing a shard's replicas (add, remove, move) and
 //!   retiring a removed replica.
 //! - `slots` — the slot → shard map.
-//! - `directory` — the metadata group (shard 0): the cluster map (node
-//!   directory, slot map, placements) and the task keeping each node's copy
-//!   current.
+//! - `placement` — where a shard's replicas are, and a requested change.
+//! - `cluster_map` — the cluster map as data (node directory, slot map,
+//!   placements) and the metadata group's apply rule.
+//! - `directory` — the metadata group (shard 0), essay on who is the
+//!   authority for what, and the task keeping each node's copy current.
+//! - `identity` — the `NODE` file (a data directory's node id, cluster and
+//!   shard count) and durable file replacement.
 //! - `transport` — the node-to-node wire, its client and its server.
 //! - `node` — a running node: start and recovery, the write and read API,
 //!   the RPC dispatch.
 
 pub mod app;
 mod batcher;
+pub mod cluster_map;
 pub mod codec;
 pub mod directory;
 mod entry_cache;
 pub mod error;
+pub mod identity;
+pub mod ids;
 pub mod log_store;
 pub mod membership;
 pub mod meta;
 pub mod node;
+pub mod placement;
 mod record_cache;
 pub mod record_source;
 mod route;
@@ -73,4 +83,5 @@ pub mod types;
 
 pub use app::App;
 pub use error::{Error, Result};
-pub use types::{NodeId, ShardId, TypeConfig};
+pub use ids::{NodeId, ShardId};
+pub use types::TypeConfig;

@@ -64,7 +64,8 @@ use missive_engine::lsm::Lsm;
 use crate::app::App;
 use crate::codec::{self, META_COMMITTED, META_PURGED, META_VOTE};
 use crate::entry_cache::EntryCache;
-use crate::types::{Entry, LogId, ShardId, StorageError, TypeConfig, Vote};
+use crate::ids::{LogId, ShardId, StorageError, Vote};
+use crate::types::{Entry, TypeConfig};
 
 /// One shard's Raft log: a stream of the node's log.
 #[derive(Debug)]
@@ -252,7 +253,7 @@ impl<A: App> LogStore<A> {
         entries
             .iter()
             .map(|e| {
-                codec::decode_entry::<A>(&e.data).map_err(|err| {
+                codec::decode_entry::<TypeConfig<A>>(&e.data).map_err(|err| {
                     io_err(ErrorSubject::LogIndex(e.index - 1), ErrorVerb::Read, &err)
                 })
             })

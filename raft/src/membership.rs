@@ -48,66 +48,24 @@
 //! `RETIRED.tmp`, fsynced, renamed over `RETIRED`, directory fsynced.
 //! Absent means none.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 
 use crate::app::App;
 use crate::error::{Error, Result};
-use crate::types::{LogId, NodeAddr, NodeId, Raft, ShardId};
+use crate::ids::{LogId, NodeAddr, NodeId, ShardId};
+use crate::types::Raft;
 
 /// How long a new replica may take to catch up before the change gives up
 /// (leaving it a learner; rerun the change to continue).
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(300);
 
-/// A shard's replicas as one node sees them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Placement {
-    /// The shard.
-    pub shard: ShardId,
-    /// Voters: id → transport address.
-    pub voters: BTreeMap<NodeId, String>,
-    /// Learners (catching up, not yet voting).
-    pub learners: BTreeMap<NodeId, String>,
-    /// The leader, if known.
-    pub leader: Option<NodeId>,
-    /// The log index of the configuration this view is from (0: none yet).
-    pub config_index: u64,
-    /// True while a change is half done (a joint configuration).
-    pub changing: bool,
-}
-
-/// A change of a shard's replicas.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Change {
-    /// Make `node` (reachable at `addr`) a voting replica.
-    Add {
-        /// The node.
-        node: NodeId,
-        /// Its transport address.
-        addr: String,
-    },
-    /// Stop `node` being a replica.
-    Remove {
-        /// The node.
-        node: NodeId,
-    },
-    /// Replace the replica on `from` with one on `to` (at `addr`).
-    Move {
-        /// The replica to drop.
-        from: NodeId,
-        /// The node to place it on.
-        to: NodeId,
-        /// `to`'s transport address.
-        addr: String,
-    },
-}
+pub use crate::placement::{Change, Placement};
 
 /// The placement of `raft`'s group as its metrics show it.
 pub fn placement<A: App>(raft: &Raft<A>, shard: ShardId) -> Placement {
@@ -266,7 +224,7 @@ impl Retired {
                 .map(ShardId)
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
-            Err(e) => return Err(crate::node::io("read", &path, e)),
+            Err(e) => return Err(crate::identity::io("read", &path, e)),
         };
         Ok(Retired {
             path,
@@ -313,7 +271,7 @@ impl Retired {
     fn persist(&self, s: &BTreeSet<ShardId>) -> Result<()> {
         let ids: Vec<u32> = s.iter().map(|s| s.0).collect();
         let bytes = crate::codec::encode("retired shards", &ids)?;
-        crate::node::write_durably(&self.path, &bytes)
+        crate::identity::write_durably(&self.path, &bytes)
     }
 }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use missive_engine::keys::Keyspace;
 
-use crate::types::{LogId, ShardId, StoredMembership};
+use crate::ids::{LogId, ShardId, StoredMembership};
 
 /// The state machine's own position, written with every applied batch so
 /// that what the LSM holds after a restart (its flushed state) says exactly

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +38,8 @@ use crate::app::{App, ClusterCommand};
 use crate::batcher::{self, Pending};
 use crate::directory::ClusterMap;
 use crate::error::{Error, Result};
+use crate::identity::{check_identity, io, Identity};
+use crate::ids::{NodeAddr, NodeId, ShardId};
 use crate::log_store::LogStore;
 use crate::membership::{Change, Placement, Retired};
 use crate::slots::SlotMap;
@@ -46,7 +48,7 @@ use crate::state_machine::{ApplyHooks, StateMachine};
 use crate::transport::client::{NetworkFactory, Peers};
 use crate::transport::server::{self, Dispatch};
 use crate::transport::{ReadOp, ReadResult, RemoteFailure, Reply, Rpc};
-use crate::types::{NodeAddr, NodeId, Raft, ShardId};
+use crate::types::Raft;
 
 /// Raft timing, in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -191,82 +193,7 @@ impl<A: App> std::fmt::Debug for Node<A> {
     }
 }
 
-/// An I/O failure on `path` as a storage error.
-pub(crate) fn io(op: &'static str, path: &Path, e: std::io::Error) -> Error {
-    Error::Storage(missive_engine::Error::Io {
-        op,
-        path: path.to_path_buf(),
-        source: Arc::new(e),
-    })
-}
-
-/// Replaces the file at `path` with `bytes` so that a crash leaves the old
-/// or the new contents, never a mix: temp file, fsync, rename, directory
-/// fsync.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .map_err(|e| io("write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename", path, e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("fsync", dir, e))
-}
-
-/// The node's identity, stored at `<data>/NODE` so a data directory is
-/// never started as another node or with another shard count:
-/// `[version u8 = 1][postcard(Identity)]`, written to a temp file, fsynced,
-/// renamed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Identity {
-    id: NodeId,
-    cluster: String,
-    shards: u32,
-}
-
-/// The shard count a data directory was created with, if it was ever
-/// started (its `NODE` record); `None` for a new directory.
-pub fn recorded_shards(dir: &Path) -> Result<Option<u32>> {
-    let path = dir.join("NODE");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let have: Identity = crate::codec::decode("node identity", &bytes)?;
-            Ok(Some(have.shards))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io("read", &path, e)),
-    }
-}
-
-fn check_identity(dir: &Path, want: &Identity) -> Result<()> {
-    let path = dir.join("NODE");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let have: Identity = crate::codec::decode("node identity", &bytes)?;
-            if &have != want {
-                return Err(Error::InvalidArgument(format!(
-                    "{} belongs to node {} of cluster {:?} with {} shards; asked to start node {} of {:?} with {}",
-                    dir.display(),
-                    have.id,
-                    have.cluster,
-                    have.shards,
-                    want.id,
-                    want.cluster,
-                    want.shards
-                )));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_durably(&path, &crate::codec::encode("node identity", want)?)
-        }
-        Err(e) => Err(io("read", &path, e)),
-    }
-}
+pub use crate::identity::recorded_shards;
 
 impl<A: App> Node<A> {
     /// Opens the data directory (recovering the log and the LSM), starts a

@@ -34,11 +34,12 @@ use missive_engine::lsm::Direction;
 
 use crate::app::App;
 use crate::error::{Error, Result};
+use crate::ids::{LogId, NodeId, ShardId};
 use crate::membership::{self, Change, Placement};
 use crate::node::{Consistency, Inner};
 use crate::transport::client::CallError;
 use crate::transport::{ReadOp, ReadResult, RemoteFailure, Reply, Rpc};
-use crate::types::{LogId, NodeId, Raft, ShardId};
+use crate::types::Raft;
 
 /// How long a follower read waits for the leader's read index and then
 /// for its own apply to reach it; also the budget of a routed read.

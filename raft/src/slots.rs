@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use missive_engine::keys::{prefix_successor, ConversationId, Keyspace, Slot, SLOTS};
 
 use crate::error::{Error, Result};
-use crate::types::ShardId;
+use crate::ids::ShardId;
 
 /// The engine's keyspaces whose keys start with a slot: a data shard's
 /// data is one range of each (the `RaftMeta` keyspace is no shard's data).

@@ -56,15 +56,16 @@ use openraft::{
 use missive_engine::lsm::{Direction, Lsm, WriteBatch};
 
 use crate::app::{App, BatchResponse};
+use crate::cluster_map::ClusterMap;
 use crate::codec;
-use crate::directory::ClusterMap;
 use crate::error::{Error, Result};
+use crate::ids::{ShardId, SnapshotMeta, StorageError, StoredMembership};
 use crate::meta::{applied_key, cluster_map_key, Applied};
 use crate::record_cache::{self, RecordCache};
 use crate::record_source::Records;
 use crate::slots::SlotMap;
 use crate::snapshot::{ShardSnapshot, SnapshotSource, View};
-use crate::types::{Entry, ShardId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, TypeConfig};
 
 fn sm_err(verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> StorageError {
     StorageError::IO {
@@ -458,7 +459,7 @@ fn run<A: App>(
             let key = cluster_map_key();
             let mut map: ClusterMap = records.get_as("cluster map", &key)?.unwrap_or_default();
             let before = map.version;
-            let out = crate::directory::execute(&mut map, &c);
+            let out = crate::cluster_map::execute(&mut map, &c);
             if map.version != before {
                 records.put_as(key, &map)?;
             }

@@ -7,9 +7,9 @@ use missive_engine::keys::Slot;
 
 use crate::app::{App, ClusterCommand, ClusterOutcome};
 use crate::error::{Error, Result};
+use crate::ids::ShardId;
 use crate::record_source::Records;
 use crate::slots::SlotMap;
-use crate::types::ShardId;
 
 /// Puts and deletes of slot-prefixed keys (`[keyspace][slot u16 BE]…`).
 #[derive(Debug, Default)]

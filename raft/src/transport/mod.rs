@@ -51,9 +51,10 @@ use openraft::raft::{
 };
 
 use crate::app::App;
-use crate::membership::{Change, Placement};
+use crate::ids::{LogId, NodeId, ShardId, SnapshotMeta, Vote};
+use crate::placement::{Change, Placement};
 use crate::snapshot::Chunk;
-use crate::types::{LogId, NodeId, ShardId, SnapshotMeta, TypeConfig, Vote};
+use crate::types::TypeConfig;
 
 /// The protocol version in `Hello`.
 /// 2: responses carry the responder's cluster map version.

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{read_frame, write_frame, Reply, Rpc, Wire, WIRE_VERSION};
 use crate::app::App;
-use crate::types::{NodeId, ShardId};
+use crate::ids::{NodeId, ShardId};
 
 /// Serves calls addressed to this node's shards.
 pub trait Dispatch<A: App>: Send + Sync + 'static {
