@@ -477,3 +477,53 @@ fn run<A: App>(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::app::ClusterCommand;
+    use crate::test_app::{Kv, KvCommand, KvOutcome};
+
+    #[test]
+    fn each_group_runs_only_its_own_commands() {
+        let committed = BTreeMap::new();
+        let mut rec = Records::over(&committed);
+        let mut newest = None;
+        let put = KvCommand::Put {
+            key: vec![0x10, 0, 1],
+            value: vec![1],
+        };
+        let forget = KvCommand::Cluster(ClusterCommand::ForgetNode { node: 9 });
+        let register = KvCommand::Cluster(ClusterCommand::RegisterNode {
+            node: 1,
+            addr: "127.0.0.1:1".into(),
+            slots: SlotMap::even(2).unwrap(),
+        });
+        let mut run = |shard, cmd: &KvCommand| {
+            run(&Kv, shard, &mut rec, 1, cmd, &mut (), &mut newest).unwrap()
+        };
+        // A data shard runs the application's command, refuses the map's.
+        assert_eq!(run(ShardId(1), &put), KvOutcome::Done);
+        assert!(matches!(run(ShardId(1), &forget), KvOutcome::Refused(_)));
+        // The metadata group the reverse; the map's command changes it.
+        assert!(matches!(
+            run(ShardId::DIRECTORY, &put),
+            KvOutcome::Refused(_)
+        ));
+        assert_eq!(
+            run(ShardId::DIRECTORY, &register),
+            KvOutcome::Cluster(Ok(1))
+        );
+        assert_eq!(newest, Some(1));
+        let writes = rec.into_writes();
+        assert_eq!(
+            writes.keys().cloned().collect::<Vec<_>>(),
+            vec![vec![0x10, 0, 1], cluster_map_key()],
+            "the put and the map, nothing from the refused commands"
+        );
+    }
+}
