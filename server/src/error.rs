@@ -105,12 +105,18 @@ impl From<missive_raft::Error> for ApiError {
     fn from(e: missive_raft::Error) -> Self {
         use missive_raft::Error as E;
         match e {
-            E::NotLeader { .. } | E::Unavailable { .. } | E::Transport { .. } => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("the conversation's replicas cannot take this now ({e}); retry"),
-            )
-            .retry_after(500),
+            E::NotLeader { .. } | E::Unavailable { .. } | E::Transport { .. } => {
+                // The detail names nodes and their internal addresses: the
+                // log's, never the client's.
+                tracing::debug!(error = %e, "answering unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the conversation's replicas cannot take this now (a leader change or a \
+                     node being away); retry",
+                )
+                .retry_after(500)
+            }
             E::Unknown { .. } => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "outcome_unknown",
@@ -173,5 +179,41 @@ impl IntoResponse for ApiError {
             }
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_answer_names_no_node_and_no_address() {
+        let errors = [
+            missive_raft::Error::NotLeader {
+                shard: missive_raft::ShardId(2),
+                leader: Some((3, "127.0.0.3:7080".into())),
+            },
+            missive_raft::Error::Transport {
+                node: 3,
+                reason: "connect to 127.0.0.3:7080: refused".into(),
+            },
+            missive_raft::Error::Unavailable {
+                shard: missive_raft::ShardId(2),
+                reason: "node 3 does not replicate it".into(),
+            },
+        ];
+        for e in errors {
+            let a = ApiError::from(e);
+            assert_eq!(
+                (a.code, a.status),
+                ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+            );
+            assert_eq!(a.retry_after_ms, Some(500));
+            assert!(
+                !a.message.contains("127.0.0") && !a.message.contains("node 3"),
+                "{}",
+                a.message
+            );
+        }
     }
 }
