@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use missive_engine::keys::ConversationId;
-use missive_raft::node::{Consistency, Node, NodeConfig};
+use missive_raft::node::{sole_owner, Consistency, Node, NodeConfig, RELEASE_WAIT};
 use missive_raft::transport::{ReadOp, ReadResult};
 use missive_raft::{Error as RaftError, ShardId};
 
@@ -66,9 +66,6 @@ impl std::ops::Deref for ChatNode {
     }
 }
 
-/// How long shutdown waits for the fan-out's tasks to let go of the node.
-const RELEASE_WAIT: Duration = Duration::from_secs(30);
-
 impl ChatNode {
     /// Starts the node (recovering its data directory) and its fan-out
     /// worker.
@@ -102,24 +99,8 @@ impl ChatNode {
         self.fanout.abort();
         let _ = self.fanout.await;
         let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
-        let mut node = self.node;
-        loop {
-            match Arc::try_unwrap(node) {
-                Ok(n) => return Ok(n.shutdown().await?),
-                Err(n) if tokio::time::Instant::now() >= deadline => {
-                    return Err(RaftError::Fatal(format!(
-                        "the node is still in use {} s after shutdown began ({} handles)",
-                        RELEASE_WAIT.as_secs(),
-                        Arc::strong_count(&n)
-                    ))
-                    .into())
-                }
-                Err(n) => {
-                    node = n;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
+        let node = sole_owner(self.node, "the node", deadline).await?;
+        Ok(node.shutdown().await?)
     }
 
     /// Up to `limit` messages of `conv` older than `before` (all if None),

@@ -687,10 +687,16 @@ const GROUP_START_WAIT: Duration = Duration::from_secs(10);
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for stopped tasks to let go of the engine.
-const RELEASE_WAIT: Duration = Duration::from_secs(30);
+pub const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
-/// Waits until `arc` is the last handle to its value and takes the value.
-async fn sole_owner<T>(mut arc: Arc<T>, what: &str, deadline: tokio::time::Instant) -> Result<T> {
+/// Waits until `arc` is the last handle to its value and takes the value;
+/// [`Error::Fatal`] naming `what` if other handles outlive `deadline`
+/// (shutdown of the node here, and of an application's tasks around it).
+pub async fn sole_owner<T>(
+    mut arc: Arc<T>,
+    what: &str,
+    deadline: tokio::time::Instant,
+) -> Result<T> {
     loop {
         match Arc::try_unwrap(arc) {
             Ok(v) => return Ok(v),
