@@ -11,8 +11,8 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use missive_raft::app::{App, ClusterCommand, ClusterOutcome};
-use missive_raft::record_source::Records;
-use missive_raft::slots::SlotMap;
+use missive_raft::cluster::slots::SlotMap;
+use missive_raft::storage::record_source::Records;
 use missive_raft::{Error, Result, ShardId};
 
 use crate::apply::{self, Effects, InboxNotice};

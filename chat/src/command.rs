@@ -9,7 +9,7 @@
 //! # Encoding (in the log, byte by byte)
 //!
 //! An entry is stored as `[version: u8 = 1][postcard(openraft Entry)]` (see
-//! `missive_raft::codec`); its `Normal` payload is the runtime's `Batch` of
+//! `missive_raft::storage::codec`); its `Normal` payload is the runtime's `Batch` of
 //! this module's [`Command`]s in postcard's stable wire format (varint
 //! integers, length-prefixed bytes and strings, enums as a varint variant
 //! index followed by the fields in declaration order). Variants and fields
@@ -29,7 +29,7 @@ use std::collections::BTreeSet;
 
 use missive_engine::keys::ConversationId;
 
-use missive_raft::slots::SlotMap;
+use missive_raft::cluster::slots::SlotMap;
 use missive_raft::{NodeId, ShardId};
 
 pub use crate::ids::{DeviceId, UserId};

@@ -27,7 +27,7 @@
 //! the shards of the conversations they are in.
 //!
 //! All integers in keys are big-endian, so byte order is numeric order.
-//! Keyspace 0x50 (`RaftMeta`) is the runtime's (`missive_raft::meta`).
+//! Keyspace 0x50 (`RaftMeta`) is the runtime's (`missive_raft::storage::meta`).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -39,14 +39,14 @@ use missive_raft::Result;
 use crate::ids::{DeviceId, UserId};
 
 /// Encodes a stored value: `[version u8 = 1][postcard]` (see
-/// `missive_raft::codec`).
+/// `missive_raft::storage::codec`).
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    missive_raft::codec::encode("stored record", v)
+    missive_raft::storage::codec::encode("stored record", v)
 }
 
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
-    missive_raft::codec::decode(what, bytes)
+    missive_raft::storage::codec::decode(what, bytes)
 }
 
 /// A conversation's kind.

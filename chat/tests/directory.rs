@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use missive_chat::ChatNode as Node;
 use missive_engine::keys::ConversationId;
-use missive_raft::directory::ClusterMap;
-use missive_raft::membership::Change;
+use missive_raft::cluster::directory::ClusterMap;
+use missive_raft::cluster::membership::Change;
 use missive_raft::node::Consistency;
 use missive_raft::{Error, NodeId, ShardId};
 

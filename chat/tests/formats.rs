@@ -34,10 +34,10 @@ use missive_chat::command::{
 use missive_chat::records::{self, *};
 use missive_chat::ChatApp;
 use missive_engine::keys::ConversationId;
-use missive_raft::directory::{ClusterMap, ShardEntry};
-use missive_raft::membership::{Change, Placement};
-use missive_raft::meta::{applied_key, cluster_map_key, directory_range, Applied};
-use missive_raft::slots::SlotMap;
+use missive_raft::cluster::directory::{ClusterMap, ShardEntry};
+use missive_raft::cluster::membership::{Change, Placement};
+use missive_raft::cluster::slots::SlotMap;
+use missive_raft::storage::meta::{applied_key, cluster_map_key, directory_range, Applied};
 use missive_raft::transport::{read_frame, write_frame, ReadOp, ReadResult, RemoteFailure};
 use missive_raft::types::{LogId, NodeAddr, SnapshotMeta, StoredMembership, Vote};
 
@@ -47,7 +47,7 @@ type Entry = missive_raft::types::Entry<ChatApp>;
 type Wire = missive_raft::transport::Wire<ChatApp>;
 type Rpc = missive_raft::transport::Rpc<ChatApp>;
 type Reply = missive_raft::transport::Reply<ChatApp>;
-use missive_raft::{codec, ShardId};
+use missive_raft::{storage::codec, ShardId};
 
 // ---------------------------------------------------------------------------
 // The fixture container: `[u16 LE name length][name][u32 LE length][bytes]`
@@ -995,7 +995,7 @@ fn transport_frames() {
 
 #[test]
 fn received_snapshot_file() {
-    use missive_raft::snapshot::{SnapshotReader, SnapshotWriter};
+    use missive_raft::storage::snapshot::{SnapshotReader, SnapshotWriter};
     let chunks: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![
         vec![
             (conversation_key(conv()), vec![1, 7]),

@@ -12,11 +12,11 @@ use missive_engine::log::{Log, LogOptions};
 use missive_engine::lsm::{Lsm, LsmOptions};
 
 // The runtime's types as the chat domain instantiates them.
-type LogStore = missive_raft::log_store::LogStore<ChatApp>;
-type StateMachine = missive_raft::state_machine::StateMachine<ChatApp>;
+type LogStore = missive_raft::storage::log_store::LogStore<ChatApp>;
+type StateMachine = missive_raft::storage::state_machine::StateMachine<ChatApp>;
 type Entry = missive_raft::types::Entry<ChatApp>;
-use missive_raft::slots::SlotMap;
-use missive_raft::state_machine::ApplyHooks;
+use missive_raft::cluster::slots::SlotMap;
+use missive_raft::storage::state_machine::ApplyHooks;
 use missive_raft::types::LogId;
 use missive_raft::ShardId;
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftStateMachine};

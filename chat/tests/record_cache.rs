@@ -10,15 +10,15 @@ use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, Ou
 use missive_chat::ChatApp;
 use missive_engine::keys::ConversationId;
 use missive_engine::lsm::{Lsm, LsmOptions};
-use missive_raft::slots::SlotMap;
-use missive_raft::state_machine::ApplyHooks;
+use missive_raft::cluster::slots::SlotMap;
+use missive_raft::storage::state_machine::ApplyHooks;
 use missive_raft::types::LogId;
 
 // The runtime's types as the chat domain instantiates them.
 type Batch = missive_raft::app::Batch<ChatApp>;
 type BatchResponse = missive_raft::app::BatchResponse<ChatApp>;
 type Entry = missive_raft::types::Entry<ChatApp>;
-type StateMachine = missive_raft::state_machine::StateMachine<ChatApp>;
+type StateMachine = missive_raft::storage::state_machine::StateMachine<ChatApp>;
 use missive_raft::ShardId;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};

@@ -29,7 +29,7 @@
 //! transport frame ever written readable with no second entry version
 //! (`tests/fixtures`).
 //!
-//! [`Records`]: crate::record_source::Records
+//! [`Records`]: crate::storage::record_source::Records
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -37,10 +37,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
+use crate::cluster::slots::SlotMap;
 use crate::error::Result;
 use crate::ids::{NodeId, ShardId};
-use crate::record_source::Records;
-use crate::slots::SlotMap;
+use crate::storage::record_source::Records;
 
 /// The payload of one Raft entry: the leader's clock and the commands that
 /// rode in that entry (the batcher packs concurrent writes of a shard into

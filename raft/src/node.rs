@@ -17,38 +17,42 @@
 //! must be given the same list on every node (openraft accepts the same
 //! initial membership from several nodes; it is the first log entry).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
+use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 
 use missive_engine::log::{Log, LogOptions};
 use missive_engine::lsm::{Lsm, LsmOptions};
 
 use crate::app::{App, ClusterCommand};
-use crate::batcher::{self, Pending};
-use crate::directory::ClusterMap;
+use crate::cluster::cluster_map::ClusterMap;
+use crate::cluster::directory;
+use crate::cluster::identity::{check_identity, io, Identity};
+use crate::cluster::locations::Locations;
+use crate::cluster::placement::{Change, Placement};
+use crate::cluster::retired::Retired;
+use crate::cluster::slots::SlotMap;
 use crate::error::{Error, Result};
-use crate::identity::{check_identity, io, Identity};
 use crate::ids::{NodeAddr, NodeId, ShardId};
-use crate::log_store::LogStore;
-use crate::membership::{Change, Placement, Retired};
-use crate::slots::SlotMap;
-use crate::snapshot::{ShardSnapshot, SnapshotWriter};
-use crate::state_machine::{ApplyHooks, StateMachine};
+use crate::shared::{Group, Shared};
+use crate::storage::log_store::LogStore;
+use crate::storage::snapshot_receive::SnapshotReceiver;
+use crate::storage::state_machine::{ApplyHooks, StateMachine};
 use crate::transport::client::{NetworkFactory, Peers};
 use crate::transport::server::{self, Dispatch};
-use crate::transport::{ReadOp, ReadResult, RemoteFailure, Reply, Rpc};
+use crate::transport::{ReadOp, ReadResult, Rpc};
 use crate::types::Raft;
+use crate::write::batcher;
 
 /// Raft timing, in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -123,63 +127,11 @@ impl NodeConfig {
     }
 }
 
-/// How fresh a read must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consistency {
-    /// Reflects every write acknowledged before the read began (the
-    /// leader confirms its leadership with a quorum first).
-    Linearizable,
-    /// Whatever this replica has applied: may lag, never goes backwards.
-    Stale,
-}
-
-pub(crate) struct Group<A: App> {
-    pub(crate) raft: Raft<A>,
-    batcher: mpsc::Sender<Pending<A>>,
-    /// The batcher's lane for the node's own writes (served first).
-    system: mpsc::Sender<Pending<A>>,
-    /// Whether stale reads may be served from this replica's applied state
-    /// as it is. False at start when the log holds entries past the commit
-    /// point on record (`LogStore::tail_unconfirmed`): the replica may be
-    /// behind what it served before a crash until one linearizable read
-    /// has confirmed the group's commit point (`route.rs`); then true for
-    /// the life of the process.
-    pub(crate) stale_ok: AtomicBool,
-}
-
-struct Receiving {
-    snapshot_id: String,
-    next: u64,
-    writer: SnapshotWriter,
-}
-
-pub(crate) struct Inner<A: App> {
-    pub(crate) app: Arc<A>,
-    pub(crate) id: NodeId,
-    pub(crate) addr: String,
-    pub(crate) lsm: Arc<Lsm>,
-    log: Arc<Log>,
-    pub(crate) slots: SlotMap,
-    pub(crate) groups: BTreeMap<ShardId, Group<A>>,
-    pub(crate) hooks: Arc<ApplyHooks>,
-    pub(crate) peers: Arc<Peers<A>>,
-    /// This node's copy of the cluster map (see `directory`).
-    pub(crate) map: watch::Sender<Arc<ClusterMap>>,
-    snapshot_dir: PathBuf,
-    /// Shards whose replica here was removed (see `membership`).
-    pub(crate) retired: Retired,
-    /// Nodes to ask where a shard lives (the bootstrap or join list).
-    pub(crate) seeds: Mutex<BTreeMap<NodeId, String>>,
-    /// Where the shards this node does not host live, as last located.
-    pub(crate) placements: Mutex<HashMap<ShardId, Placement>>,
-    receiving: Mutex<HashMap<ShardId, Receiving>>,
-    /// Ephemeral signals received (from peers and from this node).
-    signals: tokio::sync::broadcast::Sender<Arc<[u8]>>,
-}
+pub use crate::read::Consistency;
 
 /// A running node. See the [module documentation](self).
 pub struct Node<A: App> {
-    inner: Arc<Inner<A>>,
+    inner: Arc<Shared<A>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -193,7 +145,7 @@ impl<A: App> std::fmt::Debug for Node<A> {
     }
 }
 
-pub use crate::identity::recorded_shards;
+pub use crate::cluster::identity::recorded_shards;
 
 impl<A: App> Node<A> {
     /// Opens the data directory (recovering the log and the LSM), starts a
@@ -274,7 +226,7 @@ impl<A: App> Node<A> {
             // Until the group's core has loaded its vote and configuration
             // and reported them, its metrics are openraft's defaults (term
             // 0, no members) — and routing reads the configuration there
-            // (`route.rs`): a node just started would think it hosts
+            // (`cluster::locate`): a node just started would think it hosts
             // nothing and route its own shards away.
             let mut metrics = raft.metrics();
             if !metrics.has_changed().unwrap_or(true) {
@@ -298,7 +250,7 @@ impl<A: App> Node<A> {
                 },
             );
         }
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(Shared {
             app,
             id: cfg.id,
             addr,
@@ -307,17 +259,15 @@ impl<A: App> Node<A> {
             slots,
             groups,
             peers,
-            snapshot_dir,
-            receiving: Mutex::new(HashMap::new()),
             retired,
-            seeds: Mutex::new(BTreeMap::new()),
-            placements: Mutex::new(HashMap::new()),
+            locations: Locations::default(),
+            snapshots: SnapshotReceiver::new(snapshot_dir),
             map: watch::channel(Arc::new(ClusterMap::default())).0,
             hooks: Arc::clone(&hooks),
-            signals: tokio::sync::broadcast::channel(SIGNAL_BUFFER).0,
+            signals: broadcast::channel(SIGNAL_BUFFER).0,
         });
         let (stop, stop_rx) = watch::channel(false);
-        tasks.push(tokio::spawn(crate::directory::run(
+        tasks.push(tokio::spawn(directory::run(
             Arc::clone(&inner),
             stop_rx.clone(),
         )));
@@ -379,7 +329,7 @@ impl<A: App> Node<A> {
                 self.inner.id
             )));
         }
-        self.inner.add_seeds(members);
+        self.inner.locations.add_seeds(members);
         let ids: Vec<NodeId> = members.keys().copied().collect();
         let r = replicas.clamp(1, ids.len());
         for (shard, g) in &self.inner.groups {
@@ -435,7 +385,7 @@ impl<A: App> Node<A> {
 
     /// Signals from every node (see [`Node::signal`]). A receiver that falls
     /// more than 4 096 signals behind is told it lagged.
-    pub fn signals(&self) -> tokio::sync::broadcast::Receiver<Arc<[u8]>> {
+    pub fn signals(&self) -> broadcast::Receiver<Arc<[u8]>> {
         self.inner.signals.subscribe()
     }
 
@@ -467,20 +417,20 @@ impl<A: App> Node<A> {
     /// metadata group through, and registers this node in the cluster map
     /// (every node then knows it). Fails if the cluster refuses it (another
     /// shard count, a forgotten id) or its metadata group cannot be reached
-    /// within [`crate::directory::JOIN_WAIT`]. An operator then adds this
+    /// within [`directory::JOIN_WAIT`]. An operator then adds this
     /// node's replicas ([`Node::change_replicas`]); until then it routes
     /// every read and write to the shards' replicas.
     pub async fn join(&self, seeds: &BTreeMap<NodeId, String>) -> Result<()> {
-        self.inner.add_seeds(seeds);
+        self.inner.locations.add_seeds(seeds);
         // The first node to register defines the cluster's slot map, and
         // the founding members register a tick after their metadata group
         // elects a leader: a node joining a cluster still forming waits for
         // that map instead of registering its own.
-        let theirs = crate::directory::cluster_shard_count::<A>(
+        let theirs = directory::cluster_shard_count::<A>(
             self.inner.id,
             self.inner.peers.cluster(),
             seeds,
-            crate::directory::JOIN_WAIT,
+            directory::JOIN_WAIT,
         )
         .await?;
         let mine = self.inner.slots.shard_count();
@@ -490,7 +440,7 @@ impl<A: App> Node<A> {
                 self.inner.id
             )));
         }
-        self.inner.register(crate::directory::JOIN_WAIT).await?;
+        self.inner.register(directory::JOIN_WAIT).await?;
         self.inner.refresh_map().await?;
         Ok(())
     }
@@ -521,7 +471,7 @@ impl<A: App> Node<A> {
     /// Changes `shard`'s replicas (add, remove, move one), at its leader
     /// wherever that is; returns the placement after the change. Adding
     /// waits until the new replica caught up before it votes (up to
-    /// [`crate::membership::CATCH_UP_WAIT`]). See `membership`.
+    /// [`crate::cluster::membership::CATCH_UP_WAIT`]). See `membership`.
     pub async fn change_replicas(&self, shard: ShardId, change: Change) -> Result<Placement> {
         self.inner.group(shard)?;
         self.inner.change_replicas(shard, change).await
@@ -580,7 +530,7 @@ impl<A: App> Node<A> {
     }
 
     /// One read of `shard`'s data at `consistency`: here if this node may
-    /// serve it (see `route`), else at the shard's leader.
+    /// serve it (see `read`), else at the shard's leader.
     pub async fn read(
         &self,
         shard: ShardId,
@@ -649,7 +599,7 @@ impl<A: App> Node<A> {
         self.inner.peers.disconnect_all();
         let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
         let inner = sole_owner(self.inner, "the node", deadline).await?;
-        let Inner {
+        let Shared {
             lsm, log, groups, ..
         } = inner;
         drop(groups);
@@ -712,311 +662,5 @@ pub async fn sole_owner<T>(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-    }
-}
-
-impl<A: App> Inner<A> {
-    /// [`Node::write`] once the shard is known.
-    pub(crate) async fn write(
-        self: &Arc<Self>,
-        shard: ShardId,
-        command: A::Command,
-        election_wait: Duration,
-    ) -> Result<A::Outcome> {
-        let deadline = tokio::time::Instant::now() + election_wait;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let r = Arc::clone(self)
-                .write_to(shard, command.clone(), true)
-                .await;
-            let retry = matches!(
-                &r,
-                Err(Error::NotLeader { leader: None, .. }) | Err(Error::Transport { .. })
-            );
-            if !retry || tokio::time::Instant::now() + backoff > deadline {
-                return r;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
-        }
-    }
-
-    /// Whether this node leads `shard` now (as far as it knows).
-    pub(crate) fn leads(&self, shard: ShardId) -> bool {
-        self.groups
-            .get(&shard)
-            .is_some_and(|g| g.raft.metrics().borrow().current_leader == Some(self.id))
-    }
-
-    pub(crate) fn group(&self, shard: ShardId) -> Result<&Group<A>> {
-        self.groups.get(&shard).ok_or(Error::NoSuchShard(shard))
-    }
-
-    async fn write_to(
-        self: Arc<Self>,
-        shard: ShardId,
-        command: A::Command,
-        forward: bool,
-    ) -> Result<A::Outcome> {
-        if forward && !self.hosts(shard) {
-            return self.write_remote(shard, command).await;
-        }
-        let g = self.group(shard)?;
-        let (tx, rx) = oneshot::channel();
-        let lane = if A::is_system(&command) {
-            &g.system
-        } else {
-            &g.batcher
-        };
-        lane.send(Pending {
-            command: command.clone(),
-            reply: tx,
-        })
-        .await
-        .map_err(|_| Error::Unavailable {
-            shard,
-            reason: "the node is shutting down".into(),
-        })?;
-        // Queued, maybe proposed: if the answer never comes, the outcome
-        // is unknown, not "not written".
-        let r = rx.await.map_err(|_| Error::Unknown {
-            shard,
-            reason: "the node shut down before answering".into(),
-        })?;
-        match r {
-            Err(Error::NotLeader {
-                leader: Some((leader, addr)),
-                ..
-            }) if forward && leader != self.id => self.forward(shard, leader, &addr, command).await,
-            other => other,
-        }
-    }
-
-    pub(crate) async fn forward(
-        &self,
-        shard: ShardId,
-        leader: NodeId,
-        addr: &str,
-        command: A::Command,
-    ) -> Result<A::Outcome> {
-        let reply = self
-            .peers
-            .call(
-                leader,
-                addr,
-                shard,
-                Rpc::Write { command },
-                batcher::APPLY_TIMEOUT + Duration::from_secs(1),
-            )
-            .await;
-        match reply {
-            Ok(Reply::Write(Ok(o))) => Ok(o),
-            Ok(Reply::Write(Err(f))) => Err(crate::route::from_remote(shard, f)),
-            other => Err(crate::route::call_failed(shard, leader, "forwarded", other)),
-        }
-    }
-
-    /// The leader of a hosted shard, with its address, as this node knows it.
-    pub(crate) fn known_leader(&self, shard: ShardId) -> Option<(NodeId, String)> {
-        let g = self.group(shard).ok()?;
-        let p = crate::membership::placement(&g.raft, shard);
-        let l = p.leader?;
-        let a = p.voters.get(&l).or(p.learners.get(&l))?.clone();
-        Some((l, a))
-    }
-
-    fn snapshot_chunk(
-        &self,
-        shard: ShardId,
-        snapshot_id: String,
-        seq: u64,
-        chunk: &crate::snapshot::Chunk,
-    ) -> Result<()> {
-        let mut r = self
-            .receiving
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seq == 0 {
-            std::fs::create_dir_all(&self.snapshot_dir)
-                .map_err(|e| io("create", &self.snapshot_dir, e))?;
-            let path =
-                self.snapshot_dir
-                    .join(format!("recv-{}-{}.snap", shard.0, sanitize(&snapshot_id)));
-            r.insert(
-                shard,
-                Receiving {
-                    snapshot_id: snapshot_id.clone(),
-                    next: 0,
-                    writer: SnapshotWriter::create(&path)?,
-                },
-            );
-        }
-        let Some(rcv) = r.get_mut(&shard) else {
-            return Err(Error::malformed(
-                "snapshot chunk",
-                format!("chunk {seq} of a snapshot never begun"),
-            ));
-        };
-        if rcv.snapshot_id != snapshot_id || rcv.next != seq {
-            return Err(Error::malformed(
-                "snapshot chunk",
-                format!(
-                    "expected chunk {} of {}, got {seq} of {snapshot_id}",
-                    rcv.next, rcv.snapshot_id
-                ),
-            ));
-        }
-        rcv.writer.push(chunk)?;
-        rcv.next += 1;
-        Ok(())
-    }
-
-    fn snapshot_done(&self, shard: ShardId, snapshot_id: &str, chunks: u64) -> Result<PathBuf> {
-        let mut r = self
-            .receiving
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match r.remove(&shard) {
-            Some(rcv) if rcv.snapshot_id == snapshot_id && rcv.next == chunks => {
-                rcv.writer.finish()
-            }
-            None if chunks == 0 => {
-                std::fs::create_dir_all(&self.snapshot_dir)
-                    .map_err(|e| io("create", &self.snapshot_dir, e))?;
-                let path = self.snapshot_dir.join(format!(
-                    "recv-{}-{}.snap",
-                    shard.0,
-                    sanitize(snapshot_id)
-                ));
-                SnapshotWriter::create(&path)?.finish()
-            }
-            _ => Err(Error::malformed(
-                "snapshot",
-                format!("{snapshot_id} ended before all {chunks} chunks arrived"),
-            )),
-        }
-    }
-}
-
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-impl<A: App> Dispatch<A> for Inner<A> {
-    fn dispatch(
-        self: Arc<Self>,
-        _from: NodeId,
-        shard: ShardId,
-        rpc: Rpc<A>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply<A>> + Send>> {
-        Box::pin(async move {
-            // Signals belong to no group.
-            let rpc = match rpc {
-                Rpc::Signal { payload } => {
-                    let _ = self.signals.send(payload.into());
-                    return Reply::Signal;
-                }
-                group_rpc => group_rpc,
-            };
-            let Ok(g) = self.group(shard) else {
-                return Reply::Failed(format!("{shard} is not hosted here"));
-            };
-            let raft = g.raft.clone();
-            match rpc {
-                Rpc::Append(req) => {
-                    self.revive_if_retired(shard);
-                    Reply::Append(raft.append_entries(req).await)
-                }
-                Rpc::Vote(req) => Reply::Vote(raft.vote(req).await),
-                Rpc::SnapshotChunk {
-                    snapshot_id,
-                    seq,
-                    chunk,
-                } => Reply::Chunk(
-                    self.snapshot_chunk(shard, snapshot_id, seq, &chunk)
-                        .map_err(|e| e.to_string()),
-                ),
-                Rpc::SnapshotDone {
-                    snapshot_id,
-                    chunks,
-                    vote,
-                    meta,
-                } => match self.snapshot_done(shard, &snapshot_id, chunks) {
-                    Ok(path) => Reply::Snapshot(
-                        raft.install_full_snapshot(
-                            vote,
-                            openraft::Snapshot {
-                                meta,
-                                snapshot: Box::new(ShardSnapshot::Received(path)),
-                            },
-                        )
-                        .await,
-                    ),
-                    Err(e) => Reply::Failed(e.to_string()),
-                },
-                Rpc::Signal { .. } => Reply::Signal,
-                Rpc::Locate => Reply::Locate(
-                    self.hosts(shard)
-                        .then(|| crate::membership::placement(&raft, shard)),
-                ),
-                Rpc::ChangeReplicas { change } => Reply::ChangeReplicas(
-                    match self.leads(shard) {
-                        true => self.change_replicas(shard, change).await,
-                        false => Err(Error::NotLeader {
-                            shard,
-                            leader: self.known_leader(shard),
-                        }),
-                    }
-                    .map_err(crate::route::to_remote),
-                ),
-                Rpc::Retire { removed_at } => match self.retire(shard, removed_at.index) {
-                    Ok(()) => Reply::Retired,
-                    Err(e) => Reply::Failed(e.to_string()),
-                },
-                Rpc::Read { op, linearizable } => Reply::Read(
-                    self.serve_read(shard, op, linearizable)
-                        .await
-                        .map_err(crate::route::to_remote),
-                ),
-                Rpc::ReadIndex => Reply::ReadIndex(match raft.get_read_log_id().await {
-                    Ok((read, _applied)) => Ok(read.map(|l| l.index)),
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                        Err(RemoteFailure::NotLeader {
-                            leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                        })
-                    }
-                    Err(e) => Err(RemoteFailure::Unavailable(e.to_string())),
-                }),
-                Rpc::Write { command } => Reply::Write(
-                    Arc::clone(&self)
-                        .write_to(shard, command, false)
-                        .await
-                        .map_err(crate::route::to_remote),
-                ),
-            }
-        })
-    }
-
-    fn map_version(&self) -> u64 {
-        self.peers.newest_map_version()
-    }
-
-    fn heard_map_version(&self, v: u64) {
-        self.peers.saw_map_version(v);
-    }
-
-    fn refuses(&self, from: NodeId) -> Option<String> {
-        self.cluster_map()
-            .forgotten
-            .contains(&from)
-            .then(|| format!("node {from} was removed from the cluster"))
     }
 }

@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 use missive_engine::keys::Slot;
 
 use crate::app::{App, ClusterCommand, ClusterOutcome};
+use crate::cluster::slots::SlotMap;
 use crate::error::{Error, Result};
 use crate::ids::ShardId;
-use crate::record_source::Records;
-use crate::slots::SlotMap;
+use crate::storage::record_source::Records;
 
 /// Puts and deletes of slot-prefixed keys (`[keyspace][slot u16 BE]…`).
 #[derive(Debug, Default)]

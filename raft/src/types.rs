@@ -13,7 +13,7 @@ use crate::app::{App, Batch, BatchResponse};
 pub use crate::ids::{
     LogId, NodeAddr, NodeId, ShardId, SnapshotMeta, StorageError, StoredMembership, Vote,
 };
-use crate::snapshot::ShardSnapshot;
+use crate::storage::snapshot::ShardSnapshot;
 
 /// Missive's openraft instantiation for application `A`: entries carry a
 /// [`Batch`] of `A`'s commands, the state machine answers with a

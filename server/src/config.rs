@@ -273,7 +273,7 @@ impl Config {
     /// starts as it always has); else, for a new directory, one shard per
     /// CPU core for a node alone and [`CLUSTER_DEFAULT_SHARDS`] for a new
     /// cluster; `None` for a node joining a running cluster, which takes
-    /// the cluster's count (`missive_raft::directory::cluster_shard_count`).
+    /// the cluster's count (`missive_raft::cluster::directory::cluster_shard_count`).
     ///
     /// Why per core for a node alone: each shard is a Raft group with its
     /// own log stream, apply loop and batches, and on one node more groups

@@ -74,11 +74,11 @@ pub async fn start(cfg: Config) -> Result<Running> {
         Some(n) => n,
         // Joining: the cluster's count, asked of the seeds.
         None => {
-            missive_raft::directory::cluster_shard_count::<missive_chat::ChatApp>(
+            missive_raft::cluster::directory::cluster_shard_count::<missive_chat::ChatApp>(
                 cfg.node.id,
                 &ncfg.cluster,
                 &cfg.node.peers,
-                missive_raft::directory::JOIN_WAIT,
+                missive_raft::cluster::directory::JOIN_WAIT,
             )
             .await?
         }

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use common::{free_port, three_raft_addrs, token, Http};
 use missive_engine::keys::ConversationId;
-use missive_raft::slots::SlotMap;
+use missive_raft::cluster::slots::SlotMap;
 use missive_server::Config;
 
 const SECRET: &str = "one secret for the kill -9 cluster";

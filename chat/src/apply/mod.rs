@@ -25,7 +25,7 @@ mod user;
 use serde::{Deserialize, Serialize};
 
 use missive_engine::keys::ConversationId;
-use missive_raft::record_source::Records;
+use missive_raft::storage::record_source::Records;
 use missive_raft::Result;
 
 use crate::command::{Command, Outcome, RejectCode};

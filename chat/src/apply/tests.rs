@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 
 use missive_engine::keys::ConversationId;
-use missive_raft::record_source::Records;
+use missive_raft::storage::record_source::Records;
 
 use super::{run, Effects};
 use crate::command::{Command, ConversationKind, Delivery, MessageKind, Outcome, RejectCode};

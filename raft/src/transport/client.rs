@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{read_frame, write_frame, Reply, Rpc, Wire, WIRE_VERSION};
 use crate::app::App;
 use crate::ids::{NodeAddr, NodeId, ShardId, Vote};
-use crate::snapshot::SnapshotSource;
+use crate::storage::snapshot::SnapshotSource;
 use crate::types::TypeConfig;
 
 /// How long a connect (TCP + hello) may take.

@@ -30,16 +30,28 @@
 //! shard, rpc, map_version }` frames and the listener answers `Response {
 //! id, reply, map_version }` in any order. `map_version` is the newest
 //! cluster map version the sender knows of, so news of a map change
-//! spreads with ordinary traffic, heartbeats included (see `directory`). Any decode or checksum failure closes the connection; the
-//! dialer reconnects on the next call.
+//! spreads with ordinary traffic, heartbeats included (see
+//! `cluster::directory`). Any decode or checksum failure closes the
+//! connection; the dialer reconnects on the next call.
 //!
 //! # Failure → openraft
 //!
 //! A refused or failed connect is `Unreachable` (openraft backs off before
 //! retrying that peer); a connection lost mid-call is a `NetworkError`; no
 //! reply within the RPC's deadline is a `Timeout`.
+//!
+//! # Layout
+//!
+//! - this file — the wire: frames, `Wire`, every `Rpc` and its `Reply`.
+//! - `client` — the connection pool ([`client::Peers`]) and openraft's
+//!   network adapter over it.
+//! - `server` — the listener: handshake, frames in, replies out.
+//! - `dispatch` — what this node does with each `Rpc`.
+//! - `failure` — errors across the wire, both ways.
 
 pub mod client;
+mod dispatch;
+pub(crate) mod failure;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
@@ -51,9 +63,9 @@ use openraft::raft::{
 };
 
 use crate::app::App;
+use crate::cluster::placement::{Change, Placement};
 use crate::ids::{LogId, NodeId, ShardId, SnapshotMeta, Vote};
-use crate::placement::{Change, Placement};
-use crate::snapshot::Chunk;
+use crate::storage::snapshot::Chunk;
 use crate::types::TypeConfig;
 
 /// The protocol version in `Hello`.

@@ -25,7 +25,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use missive_raft::membership::{Change, Placement};
+use missive_raft::cluster::membership::{Change, Placement};
 use missive_raft::{NodeId, ShardId};
 
 use crate::error::ApiError;

@@ -32,25 +32,18 @@
 //! voter, and it would campaign forever, raising its term. The leader
 //! therefore tells it (`Rpc::Retire`, carrying the log id of the
 //! configuration that removed it); the node turns elections off for that
-//! group and records the shard in `<data>/RETIRED` so a restart keeps them
+//! group and records the shard in `<data>/RETIRED` (`retired`) so a restart keeps them
 //! off. A retired group's data stays in the LSM but is never read: reads
-//! and writes for that shard go to its replicas (`node.rs`, routing). A
+//! and writes for that shard go to its replicas (`cluster::locate`). A
 //! replica added back later receives AppendEntries from the leader again;
 //! the first one un-retires the group (`Retired::revive`).
 //!
 //! A `Retire` that arrives after a later configuration (the node was added
 //! back in between) is ignored: the node compares the log id it carries
 //! with its own group's membership log id.
-//!
-//! # `RETIRED`, byte by byte
-//!
-//! `[version u8 = 1][postcard(Vec<u32> shard ids)]`, written to
-//! `RETIRED.tmp`, fsynced, renamed over `RETIRED`, directory fsynced.
-//! Absent means none.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
@@ -59,13 +52,16 @@ use openraft::ChangeMembers;
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::ids::{LogId, NodeAddr, NodeId, ShardId};
+use crate::shared::Shared;
+use crate::transport::failure::{call_failed, from_remote};
+use crate::transport::{Reply, Rpc};
 use crate::types::Raft;
 
 /// How long a new replica may take to catch up before the change gives up
 /// (leaving it a learner; rerun the change to continue).
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(300);
 
-pub use crate::placement::{Change, Placement};
+pub use crate::cluster::placement::{Change, Placement};
 
 /// The placement of `raft`'s group as its metrics show it.
 pub fn placement<A: App>(raft: &Raft<A>, shard: ShardId) -> Placement {
@@ -207,97 +203,156 @@ fn change_error(shard: ShardId, e: RaftError<NodeId, ClientWriteError<NodeId, No
     }
 }
 
-/// The shards this node no longer replicates, persisted in `RETIRED`.
-#[derive(Debug)]
-pub struct Retired {
-    path: PathBuf,
-    shards: Mutex<BTreeSet<ShardId>>,
-}
+/// How long a forwarded membership change may take (catching a replica up
+/// included).
+const CHANGE_WAIT: Duration = Duration::from_secs(CATCH_UP_WAIT.as_secs() + 60);
 
-impl Retired {
-    /// Reads `<dir>/RETIRED` (absent: none).
-    pub fn load(dir: &Path) -> Result<Retired> {
-        let path = dir.join("RETIRED");
-        let shards = match std::fs::read(&path) {
-            Ok(bytes) => crate::codec::decode::<Vec<u32>>("retired shards", &bytes)?
-                .into_iter()
-                .map(ShardId)
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
-            Err(e) => return Err(crate::identity::io("read", &path, e)),
+/// How long a membership change waits for a shard to have a reachable
+/// leader (an election after the old one died).
+const ELECTION_WAIT: Duration = Duration::from_secs(15);
+
+/// How long the `Retire` notice to a removed replica may take.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl<A: App> Shared<A> {
+    /// Changes `shard`'s replicas: here if this node leads it, else at its
+    /// leader. Retires the replicas the change removed. Waits out an
+    /// election (no leader known, or the known one unreachable) for up to
+    /// [`ELECTION_WAIT`].
+    pub(crate) async fn change_replicas(
+        self: &Arc<Self>,
+        shard: ShardId,
+        change: Change,
+    ) -> Result<Placement> {
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        let mut backoff = Duration::from_millis(50);
+        let mut refresh = false;
+        loop {
+            match self.change_once(shard, &change, refresh).await {
+                Err(Error::NotLeader { .. } | Error::Transport { .. })
+                    if tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    refresh = true;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn change_once(
+        self: &Arc<Self>,
+        shard: ShardId,
+        change: &Change,
+        refresh: bool,
+    ) -> Result<Placement> {
+        let g = self.group(shard)?;
+        if self.leads(shard) {
+            let (after, gone, removed_at) = execute(&g.raft, shard, change).await?;
+            if let Some(at) = removed_at {
+                for (node, addr) in gone {
+                    self.send_retire(shard, node, &addr, at).await;
+                }
+            }
+            return Ok(after);
+        }
+        let known = self
+            .hosts(shard)
+            .then(|| self.known_leader(shard))
+            .flatten()
+            .filter(|(l, _)| *l != self.id);
+        let (leader, addr) = match known {
+            Some(t) => t,
+            None => self.route_target(shard, refresh).await?,
         };
-        Ok(Retired {
-            path,
-            shards: Mutex::new(shards),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<ShardId>> {
-        self.shards
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Whether `shard` is retired here.
-    pub fn contains(&self, shard: ShardId) -> bool {
-        self.lock().contains(&shard)
-    }
-
-    /// The retired shards.
-    pub fn all(&self) -> BTreeSet<ShardId> {
-        self.lock().clone()
-    }
-
-    /// Marks `shard` retired (durably). Returns false if it already was.
-    pub fn retire(&self, shard: ShardId) -> Result<bool> {
-        let mut s = self.lock();
-        if !s.insert(shard) {
-            return Ok(false);
+        let reply = self
+            .peers
+            .call(
+                leader,
+                &addr,
+                shard,
+                Rpc::ChangeReplicas {
+                    change: change.clone(),
+                },
+                CHANGE_WAIT,
+            )
+            .await;
+        match reply {
+            Ok(Reply::ChangeReplicas(Ok(p))) => Ok(p),
+            Ok(Reply::ChangeReplicas(Err(f))) => {
+                let e = from_remote(shard, f);
+                if let Error::NotLeader {
+                    leader: Some((l, a)),
+                    ..
+                } = &e
+                {
+                    self.locations.learn_leader(shard, *l, a.clone());
+                }
+                Err(e)
+            }
+            other => Err(call_failed(shard, leader, "change sent", other)),
         }
-        self.persist(&s)?;
-        Ok(true)
     }
 
-    /// Un-retires `shard` (durably). Returns false if it was not retired.
-    pub fn revive(&self, shard: ShardId) -> Result<bool> {
-        let mut s = self.lock();
-        if !s.remove(&shard) {
-            return Ok(false);
+    /// Tells `node` it no longer replicates `shard` (retiring this node
+    /// directly when it removed itself). Best effort: a node that misses
+    /// it (it was down) campaigns, harmlessly (voters that hear from their
+    /// leader ignore it), until its cluster map shows the removal and a
+    /// replica confirms it (`directory`).
+    async fn send_retire(&self, shard: ShardId, node: NodeId, addr: &str, at: LogId) {
+        if node == self.id {
+            if let Err(e) = self.retire(shard, at.index) {
+                tracing::warn!(%shard, error = %e, "retiring this node's replica failed");
+            }
+            return;
         }
-        self.persist(&s)?;
-        Ok(true)
+        match self
+            .peers
+            .call(
+                node,
+                addr,
+                shard,
+                Rpc::Retire { removed_at: at },
+                RETIRE_TIMEOUT,
+            )
+            .await
+        {
+            Ok(Reply::Retired) => tracing::info!(%shard, node, "removed replica retired"),
+            other => tracing::warn!(%shard, node, reply = ?other, "removed replica not told"),
+        }
     }
 
-    fn persist(&self, s: &BTreeSet<ShardId>) -> Result<()> {
-        let ids: Vec<u32> = s.iter().map(|s| s.0).collect();
-        let bytes = crate::codec::encode("retired shards", &ids)?;
-        crate::identity::write_durably(&self.path, &bytes)
+    /// Retires this node's replica of `shard`, removed by the
+    /// configuration at log index `at` — unless this node has since seen a
+    /// later configuration (it was added back).
+    pub(crate) fn retire(&self, shard: ShardId, at: u64) -> Result<()> {
+        let g = self.group(shard)?;
+        let seen = *g.raft.metrics().borrow().membership_config.log_id();
+        if seen.is_some_and(|s| s.index > at) {
+            return Ok(());
+        }
+        g.raft.runtime_config().elect(false);
+        if self.retired.retire(shard)? {
+            tracing::info!(%shard, "replica retired: elections off, reads and writes routed");
+        }
+        self.locations.forget(shard);
+        Ok(())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
-    use super::*;
-
-    #[test]
-    fn retired_shards_survive_a_reload_and_revive() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = Retired::load(dir.path()).unwrap();
-        assert!(r.all().is_empty());
-        assert!(r.retire(ShardId(3)).unwrap());
-        assert!(!r.retire(ShardId(3)).unwrap());
-        assert!(r.retire(ShardId(5)).unwrap());
-        let r = Retired::load(dir.path()).unwrap();
-        assert_eq!(r.all(), BTreeSet::from([ShardId(3), ShardId(5)]));
-        assert!(r.revive(ShardId(3)).unwrap());
-        assert!(!r.revive(ShardId(3)).unwrap());
-        let r = Retired::load(dir.path()).unwrap();
-        assert_eq!(r.all(), BTreeSet::from([ShardId(5)]));
-        std::fs::write(dir.path().join("RETIRED"), [9u8, 1, 2]).unwrap();
-        assert!(matches!(
-            Retired::load(dir.path()),
-            Err(Error::Malformed { .. })
-        ));
+    /// A leader replicates to this node's retired replica of `shard` again:
+    /// it was added back.
+    pub(crate) fn revive_if_retired(&self, shard: ShardId) {
+        if !self.retired.contains(shard) {
+            return;
+        }
+        let Ok(g) = self.group(shard) else { return };
+        match self.retired.revive(shard) {
+            Ok(_) => {
+                g.raft.runtime_config().elect(true);
+                tracing::info!(%shard, "replica revived: a leader replicates to it again");
+            }
+            Err(e) => tracing::warn!(%shard, error = %e, "reviving a retired replica failed"),
+        }
     }
 }

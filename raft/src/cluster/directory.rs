@@ -42,7 +42,7 @@
 //! writes, and a node that writes to the map gets the new version back. Between refreshes the
 //! copy may be stale; nothing depends on it being current, only on it
 //! converging: a routed call that finds a stale placement refreshes that
-//! shard's placement from its replicas (`route`).
+//! shard's placement from its replicas (`cluster::locate`).
 //!
 //! The same task registers the node (until the map lists it at its
 //! address); for each group this node leads, reports its configuration
@@ -68,12 +68,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::app::{App, ClusterCommand};
-use crate::codec;
+use crate::cluster::membership;
 use crate::error::{Error, Result};
 use crate::ids::{NodeId, ShardId};
-use crate::membership;
-use crate::meta::cluster_map_key;
-use crate::node::{Consistency, Inner};
+use crate::read::Consistency;
+use crate::shared::Shared;
+use crate::storage::codec;
+use crate::storage::meta::cluster_map_key;
 use crate::transport::{ReadOp, ReadResult, Reply, Rpc};
 
 /// How often the keeper looks at registration and placements.
@@ -91,7 +92,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long registering at join may wait for the metadata group.
 pub const JOIN_WAIT: Duration = Duration::from_secs(15);
 
-pub use crate::cluster_map::{ClusterMap, ShardEntry};
+pub use crate::cluster::cluster_map::{ClusterMap, ShardEntry};
 
 /// The shard count of the cluster that `seeds` (node id → transport
 /// address) belong to, asked before this node opens anything — so a node
@@ -157,7 +158,7 @@ pub async fn cluster_shard_count<A: App>(
     }
 }
 
-impl<A: App> Inner<A> {
+impl<A: App> Shared<A> {
     /// This node's copy of the map (version 0: not read yet).
     pub(crate) fn cluster_map(&self) -> Arc<ClusterMap> {
         Arc::clone(&self.map.borrow())
@@ -261,7 +262,7 @@ impl<A: App> Inner<A> {
     }
 }
 
-impl<A: App> Inner<A> {
+impl<A: App> Shared<A> {
     /// Retires this node's replica of each group whose recorded
     /// configuration is later than the one it holds and leaves it out —
     /// the `Retire` notice it missed while it was down — once one of the
@@ -315,7 +316,7 @@ impl<A: App> Inner<A> {
 
 /// Keeps this node's copy of the map current, its registration and its
 /// led groups' placements recorded, until `stop` turns true.
-pub(crate) async fn run<A: App>(inner: Arc<Inner<A>>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run<A: App>(inner: Arc<Shared<A>>, mut stop: watch::Receiver<bool>) {
     let mut heard = inner.peers.map_versions();
     let mut applied = inner.hooks.directory.subscribe();
     let mut last_read: Option<Instant> = None;

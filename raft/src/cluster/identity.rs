@@ -52,7 +52,7 @@ pub fn recorded_shards(dir: &Path) -> Result<Option<u32>> {
     let path = dir.join("NODE");
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let have: Identity = crate::codec::decode("node identity", &bytes)?;
+            let have: Identity = crate::storage::codec::decode("node identity", &bytes)?;
             Ok(Some(have.shards))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -65,7 +65,7 @@ pub(crate) fn check_identity(dir: &Path, want: &Identity) -> Result<()> {
     let path = dir.join("NODE");
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let have: Identity = crate::codec::decode("node identity", &bytes)?;
+            let have: Identity = crate::storage::codec::decode("node identity", &bytes)?;
             if &have != want {
                 return Err(Error::InvalidArgument(format!(
                     "{} belongs to node {} of cluster {:?} with {} shards; asked to start node {} of {:?} with {}",
@@ -80,9 +80,10 @@ pub(crate) fn check_identity(dir: &Path, want: &Identity) -> Result<()> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_durably(&path, &crate::codec::encode("node identity", want)?)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_durably(
+            &path,
+            &crate::storage::codec::encode("node identity", want)?,
+        ),
         Err(e) => Err(io("read", &path, e)),
     }
 }

@@ -98,7 +98,7 @@ impl SlotMap {
     /// group, the cluster map's).
     pub fn key_ranges(&self, shard: ShardId) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         if shard.is_directory() {
-            return vec![crate::meta::directory_range()];
+            return vec![crate::storage::meta::directory_range()];
         }
         let Some(slots) = self.slots(shard) else {
             return Vec::new();

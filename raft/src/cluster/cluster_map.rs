@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{ClusterCommand, ClusterOutcome};
+use crate::cluster::placement::Placement;
+use crate::cluster::slots::SlotMap;
 use crate::ids::{NodeId, ShardId};
-use crate::placement::Placement;
-use crate::slots::SlotMap;
 
 /// The cluster map (see `directory`'s essay: who is the authority for
 /// what, and its record byte by byte).

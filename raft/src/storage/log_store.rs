@@ -22,7 +22,7 @@
 //!   crash the record may now lag by the last few commits, so
 //!   [`LogStore::tail_unconfirmed`] tells the node at boot whether entries
 //!   past the recorded commit point exist, and stale reads of that shard
-//!   wait for one linearizable confirmation first (`route.rs`). Whether
+//!   wait for one linearizable confirmation first (`read::read_index`). Whether
 //!   the LSM's flushed state is ahead of the record does not matter:
 //!   openraft takes `committed = max(committed, applied)` at boot, and the
 //!   gate compares the record with the log's last entry, so a lagging
@@ -62,9 +62,9 @@ use missive_engine::log::{Durable, Log};
 use missive_engine::lsm::Lsm;
 
 use crate::app::App;
-use crate::codec::{self, META_COMMITTED, META_PURGED, META_VOTE};
-use crate::entry_cache::EntryCache;
 use crate::ids::{LogId, ShardId, StorageError, Vote};
+use crate::storage::codec::{self, META_COMMITTED, META_PURGED, META_VOTE};
+use crate::storage::entry_cache::EntryCache;
 use crate::types::{Entry, TypeConfig};
 
 /// One shard's Raft log: a stream of the node's log.

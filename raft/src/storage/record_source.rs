@@ -23,9 +23,9 @@ use serde::Serialize;
 
 use missive_engine::lsm::{Lsm, WriteBatch};
 
-use crate::codec;
 use crate::error::Result;
-use crate::record_cache::RecordCache;
+use crate::storage::codec;
+use crate::storage::record_cache::RecordCache;
 
 /// Where committed records are read from.
 pub trait RecordSource: Send + Sync {

@@ -20,7 +20,7 @@
 //! replica never serves state older than it had acknowledged:
 //! linearizable reads confirm the commit point anyway, and a shard whose
 //! log holds entries past the recorded point gets one such confirmation
-//! before its first stale read (`route.rs`). While running,
+//! before its first stale read (`read::read_index`). While running,
 //! `applied_state()` reports the in-memory position, which is what
 //! openraft's contract asks for.
 //!
@@ -56,15 +56,15 @@ use openraft::{
 use missive_engine::lsm::{Direction, Lsm, WriteBatch};
 
 use crate::app::{App, BatchResponse};
-use crate::cluster_map::ClusterMap;
-use crate::codec;
+use crate::cluster::cluster_map::ClusterMap;
+use crate::cluster::slots::SlotMap;
 use crate::error::{Error, Result};
 use crate::ids::{ShardId, SnapshotMeta, StorageError, StoredMembership};
-use crate::meta::{applied_key, cluster_map_key, Applied};
-use crate::record_cache::{self, RecordCache};
-use crate::record_source::Records;
-use crate::slots::SlotMap;
-use crate::snapshot::{ShardSnapshot, SnapshotSource, View};
+use crate::storage::codec;
+use crate::storage::meta::{applied_key, cluster_map_key, Applied};
+use crate::storage::record_cache::{self, RecordCache};
+use crate::storage::record_source::Records;
+use crate::storage::snapshot::{ShardSnapshot, SnapshotSource, View};
 use crate::types::{Entry, TypeConfig};
 
 fn sm_err(verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> StorageError {
@@ -394,8 +394,8 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachine<A> {
             self.shard.0,
             std::process::id()
         ));
-        crate::snapshot::SnapshotWriter::create(&path)
-            .and_then(crate::snapshot::SnapshotWriter::finish)
+        crate::storage::snapshot::SnapshotWriter::create(&path)
+            .and_then(crate::storage::snapshot::SnapshotWriter::finish)
             .map_err(|e| snap_err(ErrorVerb::Write, &e))?;
         Ok(Box::new(ShardSnapshot::Received(path)))
     }
@@ -459,7 +459,7 @@ fn run<A: App>(
             let key = cluster_map_key();
             let mut map: ClusterMap = records.get_as("cluster map", &key)?.unwrap_or_default();
             let before = map.version;
-            let out = crate::cluster_map::execute(&mut map, &c);
+            let out = crate::cluster::cluster_map::execute(&mut map, &c);
             if map.version != before {
                 records.put_as(key, &map)?;
             }

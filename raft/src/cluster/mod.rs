@@ -1,0 +1,31 @@
+//! Where shards live and how that changes: the slot map, the metadata
+//! group and its cluster map, each shard's placement, replica changes and
+//! retirement, routing to the shards this node does not host, and the
+//! data directory's identity. "Where does shard X live, and how does a
+//! replica move" is answered in this folder.
+//!
+//! # Layout
+//!
+//! - `slots` — the slot → shard map.
+//! - `placement` — where a shard's replicas are, and a requested change.
+//! - `cluster_map` — the cluster map as data (node directory, slot map,
+//!   placements) and the metadata group's apply rule.
+//! - `directory` — the metadata group (shard 0), essay on who is the
+//!   authority for what, and the task keeping each node's copy current.
+//! - `locate` — routing: finding a shard's replicas from here.
+//! - `locations` — what routing remembers (seeds, located placements).
+//! - `membership` — changing a shard's replicas (add, remove, move) at its
+//!   leader wherever that is, and retiring a removed replica.
+//! - `retired` — the `RETIRED` file: replicas this node no longer serves.
+//! - `identity` — the `NODE` file (a data directory's node id, cluster and
+//!   shard count) and durable file replacement.
+
+pub mod cluster_map;
+pub mod directory;
+pub mod identity;
+mod locate;
+pub(crate) mod locations;
+pub mod membership;
+pub mod placement;
+pub mod retired;
+pub mod slots;

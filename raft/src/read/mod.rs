@@ -1,0 +1,152 @@
+//! The read path: one read of a shard's data, served here when this node
+//! may (a voter for a linearizable read, any replica for a stale one) after
+//! `read_index` made the replica fresh enough, else at the shard's leader.
+//!
+//! ```text
+//!  read(shard, c, op) ─► local? ─► read_index::ensure_read ─► the LSM
+//!                     └─ routed: Rpc::Read to the leader as located,
+//!                        retried (re-located) while the answer is
+//!                        retryable, up to READ_INDEX_WAIT
+//! ```
+//!
+//! Reads are idempotent, so unlike writes they retry through elections
+//! and unreachable nodes freely.
+
+mod read_index;
+
+use std::time::Duration;
+
+use missive_engine::keys::{ConversationId, Timestamp};
+use missive_engine::lsm::Direction;
+
+use crate::app::App;
+use crate::error::{Error, Result};
+use crate::ids::ShardId;
+use crate::shared::Shared;
+use crate::transport::failure::from_remote;
+use crate::transport::{ReadOp, ReadResult, Reply, Rpc};
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (the
+    /// leader confirms its leadership with a quorum first).
+    Linearizable,
+    /// Whatever this replica has applied: may lag, never goes backwards.
+    Stale,
+}
+
+/// How long a follower read waits for the leader's read index and then
+/// for its own apply to reach it; also the budget of a routed read.
+pub(crate) const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
+
+impl<A: App> Shared<A> {
+    /// One read of `shard`'s data at `c`: here if this node is a voter of
+    /// it (or hosts it, for a stale read), else at the leader.
+    pub(crate) async fn read(
+        &self,
+        shard: ShardId,
+        c: Consistency,
+        op: ReadOp,
+    ) -> Result<ReadResult> {
+        let local = match c {
+            Consistency::Stale => self.hosts(shard),
+            Consistency::Linearizable => self.votes_in(shard),
+        };
+        if local {
+            self.ensure_read(shard, c).await?;
+            return self.read_local(&op);
+        }
+        let deadline = tokio::time::Instant::now() + READ_INDEX_WAIT;
+        let mut refresh = false;
+        loop {
+            let (target, addr) = self.route_target(shard, refresh).await?;
+            let reply = self
+                .peers
+                .call(
+                    target,
+                    &addr,
+                    shard,
+                    Rpc::Read {
+                        op: op.clone(),
+                        linearizable: c == Consistency::Linearizable,
+                    },
+                    READ_INDEX_WAIT,
+                )
+                .await;
+            let err = match reply {
+                Ok(Reply::Read(Ok(r))) => return Ok(r),
+                Ok(Reply::Read(Err(f))) => from_remote(shard, f),
+                Ok(other) => Error::Unavailable {
+                    shard,
+                    reason: format!("unexpected reply {other:?}"),
+                },
+                Err(e) => Error::Transport {
+                    node: target,
+                    reason: e.to_string(),
+                },
+            };
+            if !err.is_retryable() || tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            refresh = true;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A `Read` from a node that does not host the shard.
+    pub(crate) async fn serve_read(
+        &self,
+        shard: ShardId,
+        op: ReadOp,
+        linearizable: bool,
+    ) -> Result<ReadResult> {
+        if !self.hosts(shard) {
+            return Err(Error::Unavailable {
+                shard,
+                reason: format!("node {} does not replicate it", self.id),
+            });
+        }
+        let c = if linearizable {
+            Consistency::Linearizable
+        } else {
+            Consistency::Stale
+        };
+        self.ensure_read(shard, c).await?;
+        self.read_local(&op)
+    }
+
+    fn read_local(&self, op: &ReadOp) -> Result<ReadResult> {
+        let limit = |l: u64| usize::try_from(l).unwrap_or(usize::MAX);
+        Ok(match op {
+            ReadOp::Get { key } => ReadResult::Value(self.lsm.get(key)?),
+            ReadOp::Scan {
+                lo,
+                hi,
+                reverse,
+                limit: l,
+            } => {
+                let dir = if *reverse {
+                    Direction::Reverse
+                } else {
+                    Direction::Forward
+                };
+                ReadResult::Pairs(self.lsm.scan(lo, hi.as_deref(), dir, limit(*l))?)
+            }
+            ReadOp::Latest { conv, limit: l } => ReadResult::Messages(
+                self.lsm
+                    .latest(ConversationId(*conv), limit(*l))?
+                    .into_iter()
+                    .map(|m| (m.ts.0, m.value))
+                    .collect(),
+            ),
+            ReadOp::Before { conv, ts, limit: l } => ReadResult::Messages(
+                self.lsm
+                    .before(ConversationId(*conv), Timestamp(*ts), limit(*l))?
+                    .into_iter()
+                    .map(|m| (m.ts.0, m.value))
+                    .collect(),
+            ),
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! The state a running node's paths share: its identity, the engine, one
+//! [`Group`] per shard, the peer pool, its copy of the cluster map, and the
+//! parts with their own state (retired shards, located placements, incoming
+//! snapshots). The behaviour lives with each path — `write::forward`,
+//! `read`, `cluster::{locate, membership, directory}`, `transport::dispatch`
+//! — as `impl Shared` blocks there; this file holds only the data and the
+//! questions every path asks (which group, does this node host it, lead
+//! it), so it depends on none of them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+use missive_engine::log::Log;
+use missive_engine::lsm::Lsm;
+
+use crate::app::App;
+use crate::cluster::cluster_map::ClusterMap;
+use crate::cluster::locations::Locations;
+use crate::cluster::retired::Retired;
+use crate::cluster::slots::SlotMap;
+use crate::error::{Error, Result};
+use crate::ids::{NodeId, ShardId};
+use crate::storage::snapshot_receive::SnapshotReceiver;
+use crate::storage::state_machine::ApplyHooks;
+use crate::transport::client::Peers;
+use crate::types::Raft;
+use crate::write::batcher::Pending;
+
+/// One shard's group on this node.
+pub(crate) struct Group<A: App> {
+    /// Its Raft handle.
+    pub(crate) raft: Raft<A>,
+    /// The batcher's lane for clients' writes.
+    pub(crate) batcher: mpsc::Sender<Pending<A>>,
+    /// The batcher's lane for the node's own writes (served first).
+    pub(crate) system: mpsc::Sender<Pending<A>>,
+    /// Whether stale reads may be served from this replica's applied state
+    /// as it is. False at start when the log holds entries past the commit
+    /// point on record (`LogStore::tail_unconfirmed`): the replica may be
+    /// behind what it served before a crash until one linearizable read
+    /// has confirmed the group's commit point (`read::read_index`); then
+    /// true for the life of the process.
+    pub(crate) stale_ok: AtomicBool,
+}
+
+/// A running node's shared state. See the [module documentation](self).
+pub(crate) struct Shared<A: App> {
+    /// The application every group runs.
+    pub(crate) app: Arc<A>,
+    /// This node's id.
+    pub(crate) id: NodeId,
+    /// The transport's address (what peers dial).
+    pub(crate) addr: String,
+    /// The node's one LSM: every group's state machine.
+    pub(crate) lsm: Arc<Lsm>,
+    /// The node's one log: every group's Raft log.
+    pub(crate) log: Arc<Log>,
+    /// The slot → shard map.
+    pub(crate) slots: SlotMap,
+    /// Every group, hosted or not: the metadata group and each data shard.
+    pub(crate) groups: BTreeMap<ShardId, Group<A>>,
+    /// What apply tells the rest of the node (and counts).
+    pub(crate) hooks: Arc<ApplyHooks>,
+    /// Connections to the other nodes.
+    pub(crate) peers: Arc<Peers<A>>,
+    /// This node's copy of the cluster map (see `cluster::directory`).
+    pub(crate) map: watch::Sender<Arc<ClusterMap>>,
+    /// Shards whose replica here was removed (see `cluster::membership`).
+    pub(crate) retired: Retired,
+    /// Seeds and the located placements of shards hosted elsewhere.
+    pub(crate) locations: Locations,
+    /// Snapshots being received from leaders.
+    pub(crate) snapshots: SnapshotReceiver,
+    /// Ephemeral signals received (from peers and from this node).
+    pub(crate) signals: broadcast::Sender<Arc<[u8]>>,
+}
+
+impl<A: App> Shared<A> {
+    /// `shard`'s group ([`Error::NoSuchShard`] if the slot map has none).
+    pub(crate) fn group(&self, shard: ShardId) -> Result<&Group<A>> {
+        self.groups.get(&shard).ok_or(Error::NoSuchShard(shard))
+    }
+
+    /// Whether this node leads `shard` now (as far as it knows).
+    pub(crate) fn leads(&self, shard: ShardId) -> bool {
+        self.groups
+            .get(&shard)
+            .is_some_and(|g| g.raft.metrics().borrow().current_leader == Some(self.id))
+    }
+
+    /// Whether this node replicates `shard` now: its group's configuration
+    /// names this node (voter or learner) and the replica is not retired.
+    pub(crate) fn hosts(&self, shard: ShardId) -> bool {
+        let Some(g) = self.groups.get(&shard) else {
+            return false;
+        };
+        let named = g
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some();
+        named && !self.retired.contains(shard)
+    }
+
+    /// Whether this node is a voter of `shard` (hosts it and is not a
+    /// learner). A learner may be minutes behind while it catches up: its
+    /// read-index wait would time out, so its reads are routed.
+    pub(crate) fn votes_in(&self, shard: ShardId) -> bool {
+        self.hosts(shard)
+            && self.groups.get(&shard).is_some_and(|g| {
+                g.raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|id| id == self.id)
+            })
+    }
+}

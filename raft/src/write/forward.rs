@@ -1,0 +1,158 @@
+//! A write's way to its shard's leader: retried while an election is
+//! under way, queued on this node's batcher when it hosts the shard (its
+//! group answers NotLeader naming the leader if it does not lead, and the
+//! write is forwarded once), sent to the leader as located when it does
+//! not host the shard.
+//!
+//! ```text
+//!  write(shard, cmd) ─► hosted? ─► batcher lane (system or clients)
+//!                    │             └─ NotLeader(l) ─► forward to l (once)
+//!                    └─ not hosted ─► locate ─► forward to the leader
+//!                                      (a NotLeader naming another
+//!                                       leader: learn it, try again)
+//! ```
+//!
+//! Only answers that prove nothing was written are retried (NotLeader with
+//! no leader known, an unreachable node): a write whose outcome is unknown
+//! is never sent twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::app::App;
+use crate::error::{Error, Result};
+use crate::ids::{NodeId, ShardId};
+use crate::shared::Shared;
+use crate::transport::failure::{call_failed, from_remote};
+use crate::transport::{Reply, Rpc};
+use crate::write::batcher::{self, Pending};
+
+impl<A: App> Shared<A> {
+    /// [`Node::write`] once the shard is known.
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        shard: ShardId,
+        command: A::Command,
+        election_wait: Duration,
+    ) -> Result<A::Outcome> {
+        let deadline = tokio::time::Instant::now() + election_wait;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let r = Arc::clone(self)
+                .write_to(shard, command.clone(), true)
+                .await;
+            let retry = matches!(
+                &r,
+                Err(Error::NotLeader { leader: None, .. }) | Err(Error::Transport { .. })
+            );
+            if !retry || tokio::time::Instant::now() + backoff > deadline {
+                return r;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// One attempt: a shard hosted here goes to its batcher, one hosted
+    /// elsewhere to its leader. With `forward`, a NotLeader answer naming
+    /// another node sends the write there once; a write that was itself
+    /// forwarded here has `forward` false, so it never bounces on.
+    pub(crate) async fn write_to(
+        self: Arc<Self>,
+        shard: ShardId,
+        command: A::Command,
+        forward: bool,
+    ) -> Result<A::Outcome> {
+        if forward && !self.hosts(shard) {
+            return self.write_remote(shard, command).await;
+        }
+        let g = self.group(shard)?;
+        let (tx, rx) = oneshot::channel();
+        let lane = if A::is_system(&command) {
+            &g.system
+        } else {
+            &g.batcher
+        };
+        lane.send(Pending {
+            command: command.clone(),
+            reply: tx,
+        })
+        .await
+        .map_err(|_| Error::Unavailable {
+            shard,
+            reason: "the node is shutting down".into(),
+        })?;
+        // Queued, maybe proposed: if the answer never comes, the outcome
+        // is unknown, not "not written".
+        let r = rx.await.map_err(|_| Error::Unknown {
+            shard,
+            reason: "the node shut down before answering".into(),
+        })?;
+        match r {
+            Err(Error::NotLeader {
+                leader: Some((leader, addr)),
+                ..
+            }) if forward && leader != self.id => self.forward(shard, leader, &addr, command).await,
+            other => other,
+        }
+    }
+
+    /// Sends the write to `leader` (at `addr`), which queues it on its own
+    /// batcher; a lost or unanswered call is an unknown outcome.
+    pub(crate) async fn forward(
+        &self,
+        shard: ShardId,
+        leader: NodeId,
+        addr: &str,
+        command: A::Command,
+    ) -> Result<A::Outcome> {
+        let reply = self
+            .peers
+            .call(
+                leader,
+                addr,
+                shard,
+                Rpc::Write { command },
+                batcher::APPLY_TIMEOUT + Duration::from_secs(1),
+            )
+            .await;
+        match reply {
+            Ok(Reply::Write(Ok(o))) => Ok(o),
+            Ok(Reply::Write(Err(f))) => Err(from_remote(shard, f)),
+            other => Err(call_failed(shard, leader, "forwarded", other)),
+        }
+    }
+
+    /// A write for a shard this node does not host: to its leader.
+    pub(crate) async fn write_remote(
+        &self,
+        shard: ShardId,
+        command: A::Command,
+    ) -> Result<A::Outcome> {
+        let mut refresh = false;
+        let mut last = None;
+        for _ in 0..3 {
+            let (leader, addr) = self.route_target(shard, refresh).await?;
+            match self.forward(shard, leader, &addr, command.clone()).await {
+                Err(Error::NotLeader {
+                    leader: Some((l, a)),
+                    ..
+                }) if l != leader => {
+                    self.locations.learn_leader(shard, l, a);
+                    refresh = false;
+                }
+                Err(e @ Error::Transport { .. }) | Err(e @ Error::NotLeader { .. }) => {
+                    refresh = true;
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(Error::NotLeader {
+            shard,
+            leader: None,
+        }))
+    }
+}
