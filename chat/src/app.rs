@@ -194,6 +194,6 @@ impl App for ChatApp {
     }
 
     fn retention(&self) -> Option<Arc<dyn missive_engine::lsm::Retention>> {
-        Some(crate::records::message_retention())
+        Some(crate::retention::message_retention())
     }
 }

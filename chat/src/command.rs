@@ -33,6 +33,7 @@ use missive_raft::cluster::slots::SlotMap;
 use missive_raft::{NodeId, ShardId};
 
 pub use crate::ids::{DeviceId, UserId};
+use crate::ids::{Eseq, Seq};
 use crate::records::EventKind;
 pub use crate::records::{ConversationKind, MessageKind};
 
@@ -98,9 +99,9 @@ pub enum Command {
         /// The member.
         user: UserId,
         /// Delivered up to this seq.
-        delivered: Option<u64>,
+        delivered: Option<Seq>,
         /// Read up to this seq (implies delivered).
-        read: Option<u64>,
+        read: Option<Seq>,
     },
     /// Appends conversation events to users' inboxes (the fan-out worker's
     /// write; every item's user on this command's shard). Idempotent per
@@ -114,7 +115,7 @@ pub enum Command {
     /// every conversation on this command's shard.
     OutboxDone {
         /// What reached every recipient.
-        done: Vec<(ConversationId, u64)>,
+        done: Vec<(ConversationId, Eseq)>,
     },
     /// Registers (or renames) a user's device.
     RegisterDevice {
@@ -184,7 +185,7 @@ pub struct Delivery {
     /// The conversation the event happened in.
     pub conv: ConversationId,
     /// The event's position in the conversation's outbox.
-    pub eseq: u64,
+    pub eseq: Eseq,
     /// The event.
     pub event: EventKind,
     /// When it happened (µs).
@@ -282,23 +283,23 @@ pub enum Outcome {
         /// The system message's ts.
         ts: u64,
         /// The system message's seq.
-        seq: u64,
+        seq: Seq,
     },
     /// `AppendMessage`: where the message is.
     Appended {
         /// Server timestamp (µs).
         ts: u64,
         /// Dense per-conversation sequence number, from 1.
-        seq: u64,
+        seq: Seq,
         /// True if this was a resend of an already stored message.
         duplicate: bool,
     },
     /// `SetReceipt`: the watermarks after the command.
     Receipt {
         /// Delivered up to.
-        delivered: u64,
+        delivered: Seq,
         /// Read up to.
-        read: u64,
+        read: Seq,
     },
     /// The command was refused.
     Rejected {

@@ -63,6 +63,7 @@ use missive_raft::{Error, Result, ShardId};
 
 use crate::app::{ChatApp, Hooks};
 use crate::command::{Command, Delivery};
+use crate::ids::Eseq;
 use crate::outbox_feed::Take;
 use crate::records::{self, decode_outbox_key};
 
@@ -147,12 +148,12 @@ async fn shard_worker(
 /// `OutboxDone` marks of feed rounds, written behind them.
 #[derive(Default)]
 struct DonePipe {
-    pending: BTreeMap<ConversationId, u64>,
+    pending: BTreeMap<ConversationId, Eseq>,
     in_flight: Option<JoinHandle<()>>,
 }
 
 impl DonePipe {
-    fn add(&mut self, done: BTreeMap<ConversationId, u64>) {
+    fn add(&mut self, done: BTreeMap<ConversationId, Eseq>) {
         for (conv, eseq) in done {
             let e = self.pending.entry(conv).or_default();
             *e = (*e).max(eseq);
@@ -164,7 +165,7 @@ impl DonePipe {
         if self.pending.is_empty() || self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
-        let done: Vec<(ConversationId, u64)> =
+        let done: Vec<(ConversationId, Eseq)> =
             std::mem::take(&mut self.pending).into_iter().collect();
         let inner = Arc::clone(inner);
         self.in_flight = Some(tokio::spawn(async move {
@@ -234,10 +235,10 @@ async fn round(inner: &Arc<Node<ChatApp>>, shard: ShardId) -> Result<usize> {
 /// the newest eseq delivered per conversation, once all succeeded.
 async fn deliver(
     inner: &Arc<Node<ChatApp>>,
-    entries: impl IntoIterator<Item = (ConversationId, u64, records::OutboxEntry)>,
-) -> Result<BTreeMap<ConversationId, u64>> {
+    entries: impl IntoIterator<Item = (ConversationId, Eseq, records::OutboxEntry)>,
+) -> Result<BTreeMap<ConversationId, Eseq>> {
     let mut by_shard: BTreeMap<ShardId, Vec<Delivery>> = BTreeMap::new();
-    let mut done: BTreeMap<ConversationId, u64> = BTreeMap::new();
+    let mut done: BTreeMap<ConversationId, Eseq> = BTreeMap::new();
     for (conv, eseq, entry) in entries {
         for user in entry.recipients {
             by_shard

@@ -13,11 +13,15 @@
 //! # Layout
 //!
 //! - `ids` — [`UserId`], [`DeviceId`] (conversations are the engine's
-//!   `ConversationId`).
+//!   `ConversationId`), and the counters [`Seq`] (a message in its
+//!   conversation), [`Eseq`] (an event in a conversation's outbox) and
+//!   [`Useq`] (an event in a user's inbox).
 //! - `command` — the commands, their outcomes and refusal codes; the entry
 //!   format's variant indices.
 //! - `records` — what the domain stores in the LSM, keys and values byte by
-//!   byte, and the retention rule (disappearing messages).
+//!   byte.
+//! - `retention` — what the store forgets on its own (disappearing
+//!   messages).
 //! - `apply` — **the apply rules**, one file per command family
 //!   (conversation, message, receipt, deliver, user).
 //! - `app` — [`ChatApp`], the runtime's `App`: routing by slot, apply, and
@@ -40,8 +44,9 @@ pub mod ids;
 pub mod node;
 pub mod outbox_feed;
 pub mod records;
+pub mod retention;
 
 pub use app::ChatApp;
 pub use error::{Error, Result};
-pub use ids::{DeviceId, UserId};
+pub use ids::{DeviceId, Eseq, Seq, Useq, UserId};
 pub use node::{ChatNode, StoredMessage};

@@ -27,7 +27,7 @@ use crate::app::ChatApp;
 use crate::apply::InboxNotice;
 use crate::command::{Command, Outcome};
 use crate::error::{Error, Result};
-use crate::ids::{DeviceId, UserId};
+use crate::ids::{DeviceId, Useq, UserId};
 use crate::records::{
     self, conversation_key, device_prefix, head_key, inbox_key, key_tail_u64, msg_key, profile_key,
     push_prefix, receipt_prefix, user_conv_key, user_conv_prefix, user_head_key, Conversation,
@@ -194,15 +194,17 @@ impl ChatNode {
     pub async fn inbox(
         &self,
         user: UserId,
-        after: u64,
+        after: Useq,
         limit: usize,
         consistency: Consistency,
-    ) -> Result<Vec<(u64, InboxEvent)>> {
-        let lo = inbox_key(user, after.saturating_add(1));
-        let hi = inbox_key(user, u64::MAX);
+    ) -> Result<Vec<(Useq, InboxEvent)>> {
+        let lo = inbox_key(user, after.next());
+        let hi = inbox_key(user, Useq(u64::MAX));
         let shard = self.node.slots().shard_of_user(user.0);
-        self.scan_records(shard, consistency, "inbox event", &lo, hi, limit)
-            .await
+        let events = self
+            .scan_records(shard, consistency, "inbox event", &lo, hi, limit)
+            .await?;
+        Ok(events.into_iter().map(|(n, e)| (Useq(n), e)).collect())
     }
 
     /// Every conversation a user has been in, with their view of it.

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use missive_engine::keys::ConversationId;
 
+use crate::ids::Eseq;
 use crate::records::OutboxEntry;
 use missive_raft::ShardId;
 
@@ -31,7 +32,7 @@ pub(crate) struct Fresh {
     /// Its conversation.
     pub conv: ConversationId,
     /// Its per-conversation event sequence.
-    pub eseq: u64,
+    pub eseq: Eseq,
     /// The entry as stored.
     pub entry: OutboxEntry,
 }
@@ -135,12 +136,12 @@ mod tests {
     fn fresh(eseq: u64) -> Fresh {
         Fresh {
             conv: ConversationId(7),
-            eseq,
+            eseq: Eseq(eseq),
             entry: OutboxEntry {
                 event: EventKind::Receipt {
                     user: crate::command::UserId(1),
-                    delivered: eseq,
-                    read: 0,
+                    delivered: crate::ids::Seq(eseq),
+                    read: crate::ids::Seq(0),
                 },
                 recipients: vec![crate::command::UserId(2)],
                 at: 0,
@@ -150,7 +151,7 @@ mod tests {
 
     fn eseqs(t: Take) -> Option<Vec<u64>> {
         match t {
-            Take::Fresh(v) => Some(v.iter().map(|f| f.eseq).collect()),
+            Take::Fresh(v) => Some(v.iter().map(|f| f.eseq.0).collect()),
             Take::Scan => None,
         }
     }

@@ -36,7 +36,7 @@ use missive_engine::keys::{message_key, ConversationId, Keyspace, Slot, Timestam
 
 use missive_raft::Result;
 
-use crate::ids::{DeviceId, UserId};
+use crate::ids::{DeviceId, Eseq, Seq, Useq, UserId};
 
 /// Encodes a stored value: `[version u8 = 1][postcard]` (see
 /// `missive_raft::storage::codec`).
@@ -112,7 +112,7 @@ pub struct Head {
     /// Newest message's ts (µs).
     pub ts: u64,
     /// Newest message's seq (0 before the first message).
-    pub seq: u64,
+    pub seq: Seq,
 }
 
 /// Where an already stored message is, for deduplication.
@@ -121,14 +121,14 @@ pub struct Dedup {
     /// Its ts.
     pub ts: u64,
     /// Its seq.
-    pub seq: u64,
+    pub seq: Seq,
 }
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Dense per-conversation sequence number.
-    pub seq: u64,
+    pub seq: Seq,
     /// The sender.
     pub sender: UserId,
     /// The sending device.
@@ -143,31 +143,13 @@ pub struct Message {
     pub expires_at: Option<u64>,
 }
 
-/// The LSM's retention rule for this store: a message expires at the
-/// `expires_at` its value carries (disappearing messages). Reads filter an
-/// expired message out at once and compaction drops it. Only message keys
-/// are ever judged (the engine checks the key's keyspace first), and a
-/// value that does not decode is kept, so the read that needs it reports
-/// the corruption instead of it silently vanishing.
-pub fn message_retention() -> std::sync::Arc<dyn missive_engine::lsm::Retention> {
-    std::sync::Arc::new(missive_engine::lsm::MessageRetention {
-        expires_at: |value: &[u8]| {
-            decode::<Message>("message", value)
-                .ok()
-                .and_then(|m| m.expires_at)
-                .map(Timestamp)
-        },
-        window: |_conv: ConversationId| None,
-    })
-}
-
 /// A member's receipt watermarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Receipt {
     /// Delivered up to this seq.
-    pub delivered: u64,
+    pub delivered: Seq,
     /// Read up to this seq.
-    pub read: u64,
+    pub read: Seq,
 }
 
 fn conv_key(conv: ConversationId, suffix: u8) -> Vec<u8> {
@@ -225,23 +207,23 @@ pub fn outbox_head_key(conv: ConversationId) -> Vec<u8> {
 }
 
 /// Key of one outbox entry.
-pub fn outbox_key(conv: ConversationId, eseq: u64) -> Vec<u8> {
+pub fn outbox_key(conv: ConversationId, eseq: Eseq) -> Vec<u8> {
     let mut k = Vec::with_capacity(19);
     k.push(Keyspace::Outbox as u8);
     k.extend_from_slice(&Slot::of_conversation(conv).0.to_be_bytes());
     k.extend_from_slice(&conv.0.to_be_bytes());
-    k.extend_from_slice(&eseq.to_be_bytes());
+    k.extend_from_slice(&eseq.0.to_be_bytes());
     k
 }
 
 /// Decodes an outbox key into (conversation, eseq).
-pub fn decode_outbox_key(k: &[u8]) -> Option<(ConversationId, u64)> {
+pub fn decode_outbox_key(k: &[u8]) -> Option<(ConversationId, Eseq)> {
     if k.len() != 19 || k[0] != Keyspace::Outbox as u8 {
         return None;
     }
     let conv = u64::from_be_bytes(k[3..11].try_into().ok()?);
     let eseq = u64::from_be_bytes(k[11..19].try_into().ok()?);
-    Some((ConversationId(conv), eseq))
+    Some((ConversationId(conv), Eseq(eseq)))
 }
 
 fn user_key(user: UserId, suffix: u8) -> Vec<u8> {
@@ -265,8 +247,8 @@ pub fn user_head_key(user: UserId) -> Vec<u8> {
 }
 
 /// Key of one inbox event.
-pub fn inbox_key(user: UserId, useq: u64) -> Vec<u8> {
-    user_key_u64(user, 0x01, useq)
+pub fn inbox_key(user: UserId, useq: Useq) -> Vec<u8> {
+    user_key_u64(user, 0x01, useq.0)
 }
 
 /// Key of a user's entry for one conversation.
@@ -315,9 +297,9 @@ pub fn key_tail_u64(k: &[u8]) -> Option<u64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct OutboxHead {
     /// The newest event's eseq (0 before the first).
-    pub last: u64,
+    pub last: Eseq,
     /// Every event up to here reached every recipient's inbox.
-    pub done: u64,
+    pub done: Eseq,
 }
 
 /// Something that happened in a conversation that its members' per-user
@@ -327,7 +309,7 @@ pub enum EventKind {
     /// A message was stored (system messages included).
     Message {
         /// Its seq.
-        seq: u64,
+        seq: Seq,
         /// Its ts (the message key).
         ts: u64,
         /// Who sent it.
@@ -340,9 +322,9 @@ pub enum EventKind {
         /// Whose.
         user: UserId,
         /// Delivered up to.
-        delivered: u64,
+        delivered: Seq,
         /// Read up to.
-        read: u64,
+        read: Seq,
     },
     /// Membership or settings changed (the conversation's creation too:
     /// version 1, everyone added).
@@ -371,7 +353,7 @@ pub struct OutboxEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct UserHead {
     /// The newest inbox event's useq (0 before the first).
-    pub useq: u64,
+    pub useq: Useq,
 }
 
 /// One event in a user's inbox: the user's devices sync these in useq
@@ -381,7 +363,7 @@ pub struct InboxEvent {
     /// The conversation it happened in.
     pub conv: ConversationId,
     /// Its position in the conversation's event sequence.
-    pub eseq: u64,
+    pub eseq: Eseq,
     /// What happened.
     pub event: EventKind,
     /// When (µs).
@@ -393,23 +375,23 @@ pub struct InboxEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct UserConv {
     /// The last conversation event applied here (fan-out idempotence).
-    pub eseq: u64,
+    pub eseq: Eseq,
     /// Whether the user is a member now.
     pub member: bool,
     /// The newest message's seq the user got.
-    pub last_seq: u64,
+    pub last_seq: Seq,
     /// Its ts: the conversation's last activity.
     pub last_ts: u64,
     /// The user's own read watermark.
-    pub read: u64,
+    pub read: Seq,
     /// The user's own delivered watermark.
-    pub delivered: u64,
+    pub delivered: Seq,
 }
 
 impl UserConv {
     /// Messages the user has not read (their own count as read).
     pub fn unread(&self) -> u64 {
-        self.last_seq.saturating_sub(self.read)
+        self.last_seq.since(self.read)
     }
 }
 

@@ -11,7 +11,7 @@ use common::{
 };
 use missive_chat::command::{Outcome, UserId};
 use missive_chat::ChatNode as Node;
-use missive_chat::Error;
+use missive_chat::{Error, Seq};
 use missive_engine::keys::ConversationId;
 use missive_raft::node::Consistency;
 use missive_raft::ShardId;
@@ -35,7 +35,7 @@ async fn one_node_is_a_cluster_of_one_and_replays_its_log_on_restart() {
             .unwrap()
         {
             Outcome::Appended { seq, duplicate, .. } => {
-                assert_eq!(seq, i);
+                assert_eq!(seq, Seq(i));
                 assert!(!duplicate);
             }
             o => panic!("{o:?}"),
@@ -47,7 +47,7 @@ async fn one_node_is_a_cluster_of_one_and_replays_its_log_on_restart() {
         matches!(
             again,
             Outcome::Appended {
-                seq: 7,
+                seq: Seq(7),
                 duplicate: true,
                 ..
             }
@@ -75,7 +75,7 @@ async fn one_node_is_a_cluster_of_one_and_replays_its_log_on_restart() {
         .unwrap();
     assert_eq!(before, after);
     match node.write(send(conv, 1, "m51"), WAIT).await.unwrap() {
-        Outcome::Appended { seq, .. } => assert_eq!(seq, 51),
+        Outcome::Appended { seq, .. } => assert_eq!(seq, Seq(51)),
         o => panic!("{o:?}"),
     }
     // Every message reached both members' inboxes once, across the
@@ -90,7 +90,7 @@ async fn one_node_is_a_cluster_of_one_and_replays_its_log_on_restart() {
         .unwrap();
     assert_eq!(
         (sender.member, sender.last_seq, sender.unread()),
-        (true, 51, 0)
+        (true, Seq(51), 0)
     );
     let other = node
         .user_conversation(UserId(2), conv, Consistency::Linearizable)

@@ -32,7 +32,7 @@ use missive_chat::command::{
     Command, ConversationKind, Delivery, DeviceId, MessageKind, Outcome, RejectCode, UserId,
 };
 use missive_chat::records::{self, *};
-use missive_chat::ChatApp;
+use missive_chat::{ChatApp, Eseq, Seq, Useq};
 use missive_engine::keys::ConversationId;
 use missive_raft::cluster::directory::{ClusterMap, ShardEntry};
 use missive_raft::cluster::membership::{Change, Placement};
@@ -265,7 +265,7 @@ fn commands() -> Vec<(&'static str, Command)> {
             Command::SetReceipt {
                 conv: conv(),
                 user: UserId(8),
-                delivered: Some(10),
+                delivered: Some(Seq(10)),
                 read: None,
             },
         ),
@@ -276,9 +276,9 @@ fn commands() -> Vec<(&'static str, Command)> {
                     Delivery {
                         user: UserId(8),
                         conv: conv(),
-                        eseq: 3,
+                        eseq: Eseq(3),
                         event: EventKind::Message {
-                            seq: 2,
+                            seq: Seq(2),
                             ts: 1_700_000_000_000_001,
                             sender: UserId(7),
                             expires_at: None,
@@ -288,18 +288,18 @@ fn commands() -> Vec<(&'static str, Command)> {
                     Delivery {
                         user: UserId(8),
                         conv: conv(),
-                        eseq: 4,
+                        eseq: Eseq(4),
                         event: EventKind::Receipt {
                             user: UserId(7),
-                            delivered: 2,
-                            read: 1,
+                            delivered: Seq(2),
+                            read: Seq(1),
                         },
                         at: 1_700_000_000_000_002,
                     },
                     Delivery {
                         user: UserId(8),
                         conv: conv(),
-                        eseq: 5,
+                        eseq: Eseq(5),
                         event: EventKind::Membership {
                             version: 2,
                             added: vec![UserId(9)],
@@ -313,7 +313,7 @@ fn commands() -> Vec<(&'static str, Command)> {
         (
             "outbox_done",
             Command::OutboxDone {
-                done: vec![(conv(), 5), (ConversationId(6), 1)],
+                done: vec![(conv(), Eseq(5)), (ConversationId(6), Eseq(1))],
             },
         ),
         (
@@ -377,22 +377,22 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
             Outcome::MembersChanged {
                 version: 2,
                 ts: 1_700_000_000_000_000,
-                seq: 9,
+                seq: Seq(9),
             },
         ),
         (
             "appended",
             Outcome::Appended {
                 ts: 1_700_000_000_000_000,
-                seq: 10,
+                seq: Seq(10),
                 duplicate: true,
             },
         ),
         (
             "receipt",
             Outcome::Receipt {
-                delivered: 4,
-                read: 3,
+                delivered: Seq(4),
+                read: Seq(3),
             },
         ),
         (
@@ -531,20 +531,20 @@ fn stored_records_and_their_keys() {
         "head",
         &Head {
             ts: 1_700_000_000_000_005,
-            seq: 5,
+            seq: Seq(5),
         },
     );
     set.versioned(
         "dedup",
         &Dedup {
             ts: 1_700_000_000_000_005,
-            seq: 5,
+            seq: Seq(5),
         },
     );
     set.versioned(
         "message",
         &Message {
-            seq: 5,
+            seq: Seq(5),
             sender: UserId(7),
             device: DeviceId(2),
             client_msg_id: "c-5".into(),
@@ -575,8 +575,8 @@ fn stored_records_and_their_keys() {
     set.versioned(
         "receipt",
         &Receipt {
-            delivered: 5,
-            read: 4,
+            delivered: Seq(5),
+            read: Seq(4),
         },
     );
     set.versioned(
@@ -609,25 +609,31 @@ fn stored_records_and_their_keys() {
     );
     map.version = 6;
     set.versioned("cluster_map", &map);
-    set.versioned("outbox_head", &OutboxHead { last: 9, done: 4 });
+    set.versioned(
+        "outbox_head",
+        &OutboxHead {
+            last: Eseq(9),
+            done: Eseq(4),
+        },
+    );
     set.versioned(
         "outbox_entry",
         &OutboxEntry {
             event: EventKind::Receipt {
                 user: UserId(8),
-                delivered: 5,
-                read: 5,
+                delivered: Seq(5),
+                read: Seq(5),
             },
             recipients: vec![UserId(7), UserId(8)],
             at: 1_700_000_000_000_006,
         },
     );
-    set.versioned("user_head", &UserHead { useq: 77 });
+    set.versioned("user_head", &UserHead { useq: Useq(77) });
     set.versioned(
         "inbox_event",
         &InboxEvent {
             conv: conv(),
-            eseq: 9,
+            eseq: Eseq(9),
             event: EventKind::Membership {
                 version: 3,
                 added: vec![UserId(9)],
@@ -639,12 +645,12 @@ fn stored_records_and_their_keys() {
     set.versioned(
         "user_conv",
         &UserConv {
-            eseq: 9,
+            eseq: Eseq(9),
             member: true,
-            last_seq: 5,
+            last_seq: Seq(5),
             last_ts: 1_700_000_000_000_005,
-            read: 4,
-            delivered: 5,
+            read: Seq(4),
+            delivered: Seq(5),
         },
     );
     set.versioned(
@@ -682,9 +688,9 @@ fn stored_records_and_their_keys() {
     set.key("key_directory_range_lo", lo);
     set.key("key_directory_range_hi", hi.unwrap());
     set.key("key_outbox_head", outbox_head_key(conv()));
-    set.key("key_outbox", outbox_key(conv(), 9));
+    set.key("key_outbox", outbox_key(conv(), Eseq(9)));
     set.key("key_user_head", user_head_key(u));
-    set.key("key_inbox", inbox_key(u, 77));
+    set.key("key_inbox", inbox_key(u, Useq(77)));
     set.key("key_user_conv", user_conv_key(u, conv()));
     set.key("key_user_conv_prefix", user_conv_prefix(u));
     set.key("key_device", device_key(u, d));
@@ -700,8 +706,8 @@ fn stored_records_and_their_keys() {
         }
     }
     assert_eq!(
-        records::decode_outbox_key(&outbox_key(conv(), 9)),
-        Some((conv(), 9))
+        records::decode_outbox_key(&outbox_key(conv(), Eseq(9))),
+        Some((conv(), Eseq(9)))
     );
     set.finish();
 }
@@ -1002,7 +1008,7 @@ fn received_snapshot_file() {
             (head_key(conv()), vec![1, 9, 9]),
         ],
         Vec::new(),
-        vec![(inbox_key(UserId(7), 1), vec![1, 0])],
+        vec![(inbox_key(UserId(7), Useq(1)), vec![1, 0])],
     ];
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("recv.snap");

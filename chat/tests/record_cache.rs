@@ -82,7 +82,7 @@ async fn apply(sm: &mut StateMachine, index: u64, commands: Vec<Command>) -> Vec
 
 fn seq(o: &Outcome) -> u64 {
     match o {
-        Outcome::Appended { seq, .. } => *seq,
+        Outcome::Appended { seq, .. } => seq.0,
         other => panic!("not appended: {other:?}"),
     }
 }
@@ -127,7 +127,7 @@ async fn a_snapshot_install_is_never_answered_from_the_cache() {
     assert!(matches!(
         again[0],
         Outcome::Appended {
-            seq: 5,
+            seq: missive_chat::Seq(5),
             duplicate: true,
             ..
         }
@@ -135,7 +135,7 @@ async fn a_snapshot_install_is_never_answered_from_the_cache() {
     assert!(matches!(
         again[1],
         Outcome::Appended {
-            seq: 7,
+            seq: missive_chat::Seq(7),
             duplicate: false,
             ..
         }

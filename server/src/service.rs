@@ -24,7 +24,7 @@ use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, Ou
 use missive_chat::records::{
     Conversation, Device, EventKind, InboxEvent, Message, Profile, UserConv,
 };
-use missive_chat::{ChatNode as Node, StoredMessage};
+use missive_chat::{ChatNode as Node, Seq, StoredMessage, Useq};
 use missive_engine::keys::ConversationId;
 use missive_raft::node::Consistency;
 
@@ -212,7 +212,7 @@ impl Service {
         };
         // Kept for the cache: every recipient device renders this message.
         let mut message = Message {
-            seq: 0,
+            seq: Seq::ZERO,
             sender: who.user,
             device: who.device,
             client_msg_id,
@@ -241,7 +241,11 @@ impl Service {
                         StoredMessage { ts, message },
                     ));
                 }
-                Ok(SentAck { seq, ts, duplicate })
+                Ok(SentAck {
+                    seq: seq.0,
+                    ts,
+                    duplicate,
+                })
             }
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }
@@ -343,7 +347,7 @@ impl Service {
             })
             .await?
         {
-            Outcome::MembersChanged { version, seq, .. } => Ok((version, seq)),
+            Outcome::MembersChanged { version, seq, .. } => Ok((version, seq.0)),
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }
     }
@@ -362,7 +366,7 @@ impl Service {
     ) -> Result<(Conversation, u64), ApiError> {
         let c = self.member_conversation(who, conv).await?;
         let head = self.node.head(conv, Consistency::Stale).await?;
-        Ok((c, head.seq))
+        Ok((c, head.seq.0))
     }
 
     /// A user's profile (empty if never set).
@@ -449,12 +453,12 @@ impl Service {
             .write(Command::SetReceipt {
                 conv,
                 user: who,
-                delivered,
-                read,
+                delivered: delivered.map(Seq),
+                read: read.map(Seq),
             })
             .await?
         {
-            Outcome::Receipt { delivered, read } => Ok((delivered, read)),
+            Outcome::Receipt { delivered, read } => Ok((delivered.0, read.0)),
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }
     }
@@ -487,8 +491,8 @@ impl Service {
             // The newest page: from the cache if it holds every seq of it.
             None => {
                 let head = self.read(|c| self.node.head(conv, c)).await?;
-                let lo = head.seq.saturating_sub(limit as u64 - 1).max(1);
-                match head.seq {
+                let lo = head.seq.0.saturating_sub(limit as u64 - 1).max(1);
+                match head.seq.0 {
                     0 => Some(Vec::new()),
                     hi => self.recent.range(conv.0, lo, hi, now_micros()),
                 }
@@ -593,9 +597,10 @@ impl Service {
         let head = self.node.user_head(who, Consistency::Stale).await?.useq;
         let events = self
             .node
-            .inbox(who, after, limit, Consistency::Stale)
+            .inbox(who, Useq(after), limit, Consistency::Stale)
             .await?;
-        Ok((events, head))
+        let events = events.into_iter().map(|(n, e)| (n.0, e)).collect();
+        Ok((events, head.0))
     }
 
     /// The message an inbox event names, from this replica. The message
@@ -643,7 +648,7 @@ impl Service {
                 ts,
                 expires_at,
                 ..
-            } => self.event_message(e.conv, *seq, *ts, *expires_at).await?,
+            } => self.event_message(e.conv, seq.0, *ts, *expires_at).await?,
             _ => None,
         };
         Ok(crate::wire::event_out(e, message))

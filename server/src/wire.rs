@@ -195,7 +195,7 @@ impl MessageOut {
         };
         MessageOut {
             conv: Id(conv),
-            seq: msg.seq,
+            seq: msg.seq.0,
             ts: m.ts,
             sender: Id(msg.sender.0),
             device: Id(msg.device.0),
@@ -449,15 +449,18 @@ pub enum ClientFrame {
 /// Renders an inbox event (without the message body: see `sync`).
 pub fn event_out(e: &InboxEvent, message: Option<MessageOut>) -> EventOut {
     match &e.event {
-        EventKind::Message { seq, .. } => EventOut::Message { seq: *seq, message },
+        EventKind::Message { seq, .. } => EventOut::Message {
+            seq: seq.0,
+            message,
+        },
         EventKind::Receipt {
             user,
             delivered,
             read,
         } => EventOut::Receipt {
             user: Id(user.0),
-            delivered: *delivered,
-            read: *read,
+            delivered: delivered.0,
+            read: read.0,
         },
         EventKind::Membership {
             version,

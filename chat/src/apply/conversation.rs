@@ -6,7 +6,7 @@ use missive_raft::Result;
 
 use super::{reject, sorted_unique, Apply, SystemEvent};
 use crate::command::{ConversationKind, MessageKind, Outcome, RejectCode};
-use crate::ids::{DeviceId, UserId};
+use crate::ids::{DeviceId, Seq, UserId};
 use crate::records::{self, conversation_key, Conversation, EventKind, Message};
 
 impl Apply<'_, '_> {
@@ -197,7 +197,7 @@ impl Apply<'_, '_> {
         let out = self.append(
             conv,
             Message {
-                seq: 0,
+                seq: Seq::ZERO,
                 sender: actor,
                 device: DeviceId(0),
                 client_msg_id: String::new(),

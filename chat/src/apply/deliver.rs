@@ -6,6 +6,7 @@ use missive_raft::Result;
 
 use super::{Apply, InboxNotice};
 use crate::command::{Delivery, Outcome};
+use crate::ids::Eseq;
 use crate::records::{
     inbox_key, outbox_head_key, outbox_key, user_conv_key, user_head_key, EventKind, InboxEvent,
     OutboxHead, UserConv, UserHead,
@@ -64,7 +65,7 @@ impl Apply<'_, '_> {
             self.rec.put_as(ckey, &uc)?;
             let hkey = user_head_key(d.user);
             let mut head: UserHead = self.rec.get_as("user head", &hkey)?.unwrap_or_default();
-            head.useq += 1;
+            head.useq = head.useq.next();
             let event = InboxEvent {
                 conv: d.conv,
                 eseq: d.eseq,
@@ -84,7 +85,7 @@ impl Apply<'_, '_> {
     }
 
     /// Deletes fanned-out outbox entries up to each conversation's `upto`.
-    pub(super) fn outbox_done(&mut self, done: &[(ConversationId, u64)]) -> Result<Outcome> {
+    pub(super) fn outbox_done(&mut self, done: &[(ConversationId, Eseq)]) -> Result<Outcome> {
         for (conv, upto) in done {
             let hkey = outbox_head_key(*conv);
             let mut head: OutboxHead = self.rec.get_as("outbox head", &hkey)?.unwrap_or_default();
@@ -92,8 +93,8 @@ impl Apply<'_, '_> {
             if upto <= head.done {
                 continue;
             }
-            for eseq in head.done + 1..=upto {
-                self.rec.delete(outbox_key(*conv, eseq));
+            for eseq in head.done.0 + 1..=upto.0 {
+                self.rec.delete(outbox_key(*conv, Eseq(eseq)));
             }
             head.done = upto;
             self.rec.put_as(hkey, &head)?;

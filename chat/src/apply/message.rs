@@ -6,7 +6,7 @@ use missive_raft::Result;
 
 use super::Apply;
 use crate::command::{MessageKind, Outcome};
-use crate::ids::{DeviceId, UserId};
+use crate::ids::{DeviceId, Seq, UserId};
 use crate::records::{
     self, dedup_key, head_key, msg_key, receipt_key, Dedup, EventKind, Head, Message, Receipt,
 };
@@ -33,7 +33,7 @@ impl Apply<'_, '_> {
         let out = self.append(
             conv,
             Message {
-                seq: 0,
+                seq: Seq::ZERO,
                 sender,
                 device,
                 client_msg_id: client_msg_id.to_string(),
@@ -88,9 +88,9 @@ impl Apply<'_, '_> {
         }
         let hkey = head_key(conv);
         let head: Head = self.rec.get_as("head", &hkey)?.unwrap_or_default();
-        let prev = (head.seq > 0).then_some(Timestamp(head.ts));
+        let prev = (head.seq > Seq::ZERO).then_some(Timestamp(head.ts));
         let ts = Timestamp::next_after(prev, Timestamp(stamp)).0;
-        let seq = head.seq + 1;
+        let seq = head.seq.next();
         m.seq = seq;
         self.rec.put(msg_key(conv, ts), records::encode(&m)?);
         self.rec.put(hkey, records::encode(&Head { ts, seq })?);

@@ -29,7 +29,7 @@ use missive_raft::storage::record_source::Records;
 use missive_raft::Result;
 
 use crate::command::{Command, Outcome, RejectCode};
-use crate::ids::UserId;
+use crate::ids::{Useq, UserId};
 use crate::outbox_feed::Fresh;
 use crate::records::{
     conversation_key, outbox_head_key, outbox_key, Conversation, EventKind, InboxEvent,
@@ -61,7 +61,7 @@ pub struct InboxNotice {
     /// Whose inbox.
     pub user: UserId,
     /// Its newest useq.
-    pub useq: u64,
+    pub useq: Useq,
     /// The event stored under `useq`.
     pub event: std::sync::Arc<InboxEvent>,
 }
@@ -196,7 +196,7 @@ impl Apply<'_, '_> {
         }
         let hkey = outbox_head_key(conv);
         let mut head: OutboxHead = self.rec.get_as("outbox head", &hkey)?.unwrap_or_default();
-        head.last += 1;
+        head.last = head.last.next();
         let entry = OutboxEntry {
             event,
             recipients,

@@ -5,7 +5,7 @@ use missive_raft::Result;
 
 use super::Apply;
 use crate::command::Outcome;
-use crate::ids::UserId;
+use crate::ids::{Seq, UserId};
 use crate::records::{self, head_key, receipt_key, EventKind, Head, Receipt};
 
 impl Apply<'_, '_> {
@@ -16,8 +16,8 @@ impl Apply<'_, '_> {
         &mut self,
         conv: ConversationId,
         user: UserId,
-        delivered: Option<u64>,
-        read: Option<u64>,
+        delivered: Option<Seq>,
+        read: Option<Seq>,
         stamp: u64,
     ) -> Result<Outcome> {
         let c = match self.member_of(conv, user)? {
@@ -30,10 +30,10 @@ impl Apply<'_, '_> {
             .unwrap_or_default();
         let key = receipt_key(conv, user);
         let old: Receipt = self.rec.get_as("receipt", &key)?.unwrap_or_default();
-        let read = old.read.max(read.unwrap_or(0)).min(head.seq);
+        let read = old.read.max(read.unwrap_or(Seq::ZERO)).min(head.seq);
         let delivered = old
             .delivered
-            .max(delivered.unwrap_or(0))
+            .max(delivered.unwrap_or(Seq::ZERO))
             .max(read)
             .min(head.seq);
         let new = Receipt { delivered, read };

@@ -13,7 +13,7 @@ use missive_raft::storage::record_source::Records;
 
 use super::{run, Effects};
 use crate::command::{Command, ConversationKind, Delivery, MessageKind, Outcome, RejectCode};
-use crate::ids::{DeviceId, UserId};
+use crate::ids::{DeviceId, Eseq, Seq, Useq, UserId};
 use crate::records::{
     self, head_key, outbox_head_key, outbox_key, receipt_key, user_conv_key, user_head_key, Head,
     OutboxEntry, OutboxHead, Receipt, UserConv, UserHead,
@@ -100,7 +100,7 @@ fn code(o: &Outcome) -> Option<RejectCode> {
 
 fn seq(o: &Outcome) -> u64 {
     match o {
-        Outcome::Appended { seq, .. } => *seq,
+        Outcome::Appended { seq, .. } => seq.0,
         other => panic!("not appended: {other:?}"),
     }
 }
@@ -129,7 +129,7 @@ fn only_members_send_and_only_admins_change_a_group() {
         s.out(change(2, &[], &[2])),
         Outcome::MembersChanged {
             version: 2,
-            seq: 2,
+            seq: Seq(2),
             ..
         }
     ));
@@ -202,38 +202,38 @@ fn receipts_only_rise_never_past_the_newest_message_and_read_implies_delivered()
     for i in 0..3 {
         s.out(send(1, &format!("m{i}")));
     }
-    let receipt = |user, delivered, read| Command::SetReceipt {
+    let receipt = |user, delivered: Option<u64>, read: Option<u64>| Command::SetReceipt {
         conv: CONV,
         user: UserId(user),
-        delivered,
-        read,
+        delivered: delivered.map(Seq),
+        read: read.map(Seq),
     };
     assert_eq!(
         s.out(receipt(2, Some(9), None)),
         Outcome::Receipt {
-            delivered: 3,
-            read: 0
+            delivered: Seq(3),
+            read: Seq(0)
         }
     );
     assert_eq!(
         s.out(receipt(2, Some(1), Some(2))),
         Outcome::Receipt {
-            delivered: 3,
-            read: 2
+            delivered: Seq(3),
+            read: Seq(2)
         }
     );
     let (o, fx) = s.apply(receipt(2, Some(1), Some(1)));
     assert_eq!(
         o,
         Outcome::Receipt {
-            delivered: 3,
-            read: 2
+            delivered: Seq(3),
+            read: Seq(2)
         }
     );
     assert!(fx.fresh.is_empty(), "an unchanged receipt is no event");
     // Sending marks everything before as read by the sender.
     let r: Receipt = s.get(&receipt_key(CONV, UserId(1))).unwrap();
-    assert_eq!((r.delivered, r.read), (3, 3));
+    assert_eq!((r.delivered, r.read), (Seq(3), Seq(3)));
     assert_eq!(
         code(&s.out(receipt(9, Some(1), None))),
         Some(RejectCode::NotAMember)
@@ -247,20 +247,20 @@ fn every_event_is_an_outbox_entry_with_the_members_as_recipients() {
     assert_eq!(fx.fresh.len(), 1, "the creation is an event");
     let (_, fx) = s.apply(send(1, "a"));
     let f = &fx.fresh[0];
-    assert_eq!((f.conv, f.eseq), (CONV, 2));
+    assert_eq!((f.conv, f.eseq), (CONV, Eseq(2)));
     assert_eq!(f.entry.recipients, vec![UserId(1), UserId(2)]);
-    let stored: OutboxEntry = s.get(&outbox_key(CONV, 2)).unwrap();
+    let stored: OutboxEntry = s.get(&outbox_key(CONV, Eseq(2))).unwrap();
     assert_eq!(stored, f.entry);
     let head: OutboxHead = s.get(&outbox_head_key(CONV)).unwrap();
-    assert_eq!((head.last, head.done), (2, 0));
+    assert_eq!((head.last, head.done), (Eseq(2), Eseq(0)));
     // OutboxDone deletes up to the mark, never past the last entry.
     s.out(Command::OutboxDone {
-        done: vec![(CONV, 9)],
+        done: vec![(CONV, Eseq(9))],
     });
     let head: OutboxHead = s.get(&outbox_head_key(CONV)).unwrap();
-    assert_eq!((head.last, head.done), (2, 2));
-    assert!(!s.kv.contains_key(&outbox_key(CONV, 1)));
-    assert!(!s.kv.contains_key(&outbox_key(CONV, 2)));
+    assert_eq!((head.last, head.done), (Eseq(2), Eseq(2)));
+    assert!(!s.kv.contains_key(&outbox_key(CONV, Eseq(1))));
+    assert!(!s.kv.contains_key(&outbox_key(CONV, Eseq(2))));
 }
 
 #[test]
@@ -302,9 +302,9 @@ fn a_repeated_delivery_is_skipped() {
     );
     assert!(fx.notices.is_empty());
     let head: UserHead = s.get(&user_head_key(UserId(2))).unwrap();
-    assert_eq!(head.useq, 1);
+    assert_eq!(head.useq, Useq(1));
     let uc: UserConv = s.get(&user_conv_key(UserId(2), CONV)).unwrap();
-    assert_eq!((uc.last_seq, uc.read, uc.eseq), (1, 0, 2));
+    assert_eq!((uc.last_seq, uc.read, uc.eseq), (Seq(1), Seq(0), Eseq(2)));
     // The sender's own message counts as read in their view.
     let uc: UserConv = s.get(&user_conv_key(UserId(1), CONV)).unwrap();
     assert_eq!(uc.unread(), 0);
@@ -362,13 +362,13 @@ proptest! {
         let mut inbox: HashMap<u64, Vec<u64>> = HashMap::new();
         let (_, fx) = s.apply(group(&[1, 2, 3]));
         prop_assert!(fx.fresh.is_empty());
-        let created: OutboxEntry = s.get(&outbox_key(CONV, 1)).unwrap();
+        let created: OutboxEntry = s.get(&outbox_key(CONV, Eseq(1))).unwrap();
         events.push((1, created));
         for op in ops {
             match op {
                 Op::Send { sender, cid } => {
                     let (o, fx) = s.apply(send(sender, &cid.to_string()));
-                    let Outcome::Appended { seq, duplicate, .. } = o else {
+                    let Outcome::Appended { seq: Seq(seq), duplicate, .. } = o else {
                         return Err(TestCaseError::fail(format!("{o:?}")));
                     };
                     match seqs.get(&(sender, cid)) {
@@ -385,7 +385,7 @@ proptest! {
                             let r = receipts.entry(sender).or_default();
                             *r = (r.0.max(seq), r.1.max(seq));
                             prop_assert_eq!(fx.fresh.len(), 1);
-                            events.extend(fx.fresh.iter().map(|f| (f.eseq, f.entry.clone())));
+                            events.extend(fx.fresh.iter().map(|f| (f.eseq.0, f.entry.clone())));
                         }
                     }
                 }
@@ -393,15 +393,15 @@ proptest! {
                     let (o, fx) = s.apply(Command::SetReceipt {
                         conv: CONV,
                         user: UserId(user),
-                        delivered: d,
-                        read,
+                        delivered: d.map(Seq),
+                        read: read.map(Seq),
                     });
                     let old = receipts.get(&user).copied().unwrap_or_default();
                     let r = old.1.max(read.unwrap_or(0)).min(last_seq);
                     let dd = old.0.max(d.unwrap_or(0)).max(r).min(last_seq);
-                    prop_assert_eq!(&o, &Outcome::Receipt { delivered: dd, read: r });
+                    prop_assert_eq!(&o, &Outcome::Receipt { delivered: Seq(dd), read: Seq(r) });
                     prop_assert_eq!(fx.fresh.len(), usize::from((dd, r) != old));
-                    events.extend(fx.fresh.iter().map(|f| (f.eseq, f.entry.clone())));
+                    events.extend(fx.fresh.iter().map(|f| (f.eseq.0, f.entry.clone())));
                     receipts.insert(user, (dd, r));
                 }
                 Op::Deliver { n, replay } => {
@@ -413,7 +413,7 @@ proptest! {
                             e.recipients.iter().map(move |u| Delivery {
                                 user: *u,
                                 conv: CONV,
-                                eseq: *eseq,
+                                eseq: Eseq(*eseq),
                                 event: e.event.clone(),
                                 at: e.at,
                             })
@@ -440,20 +440,20 @@ proptest! {
         }
         // The store agrees with the model.
         let head: Head = s.get(&head_key(CONV)).unwrap_or_default();
-        prop_assert_eq!(head.seq, last_seq);
+        prop_assert_eq!(head.seq, Seq(last_seq));
         for (user, (d, r)) in &receipts {
             let got: Receipt = s.get(&receipt_key(CONV, UserId(*user))).unwrap_or_default();
-            prop_assert_eq!((got.delivered, got.read), (*d, *r));
+            prop_assert_eq!((got.delivered, got.read), (Seq(*d), Seq(*r)));
         }
         for user in 1..=3u64 {
             // Each user's inbox holds every delivered event once, in order.
             let want = inbox.get(&user).cloned().unwrap_or_default();
             let uh: UserHead = s.get(&user_head_key(UserId(user))).unwrap_or_default();
-            prop_assert_eq!(uh.useq, want.len() as u64);
+            prop_assert_eq!(uh.useq, Useq(want.len() as u64));
             let mut got = Vec::new();
-            for useq in 1..=uh.useq {
-                let e: records::InboxEvent = s.get(&records::inbox_key(UserId(user), useq)).unwrap();
-                got.push(e.eseq);
+            for useq in 1..=uh.useq.0 {
+                let e: records::InboxEvent = s.get(&records::inbox_key(UserId(user), Useq(useq))).unwrap();
+                got.push(e.eseq.0);
             }
             prop_assert_eq!(got, want);
         }

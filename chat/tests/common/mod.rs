@@ -13,6 +13,7 @@ use std::time::Duration;
 use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, Outcome, UserId};
 use missive_chat::ChatNode as Node;
 use missive_chat::Error;
+use missive_chat::Useq;
 use missive_engine::keys::ConversationId;
 use missive_engine::log::LogOptions;
 use missive_engine::lsm::LsmOptions;
@@ -205,7 +206,7 @@ impl Checker {
 
     pub fn record(&self, id: &str, r: &Result<Outcome, Error>) {
         let s = match r {
-            Ok(Outcome::Appended { ts, seq, .. }) => Seen::Ok(*ts, *seq),
+            Ok(Outcome::Appended { ts, seq, .. }) => Seen::Ok(*ts, seq.0),
             Ok(other) => panic!("unexpected outcome {other:?}"),
             // These promise nothing was written.
             Err(Error::Runtime(
@@ -245,7 +246,7 @@ impl Checker {
             let mut rows: Vec<(u64, u64, String)> = msgs
                 .into_iter()
                 .filter(|m| m.message.sender == UserId(sender))
-                .map(|m| (m.ts, m.message.seq, m.message.client_msg_id))
+                .map(|m| (m.ts, m.message.seq.0, m.message.client_msg_id))
                 .collect();
             rows.reverse();
             let mut ids = HashSet::new();
@@ -305,7 +306,7 @@ pub async fn check_inboxes(
         for &u in users {
             loop {
                 let events = node
-                    .inbox(UserId(u), 0, usize::MAX, Consistency::Stale)
+                    .inbox(UserId(u), Useq(0), usize::MAX, Consistency::Stale)
                     .await
                     .unwrap();
                 let mut eseqs = Vec::new();
@@ -313,14 +314,14 @@ pub async fn check_inboxes(
                 for (i, (useq, e)) in events.iter().enumerate() {
                     assert_eq!(
                         *useq,
-                        i as u64 + 1,
+                        Useq(i as u64 + 1),
                         "node {}: user {u}: useq gap",
                         node.id()
                     );
                     if e.conv == conv {
                         eseqs.push(e.eseq);
                         if let EventKind::Message { seq, .. } = e.event {
-                            seqs.push(seq);
+                            seqs.push(seq.0);
                         }
                     }
                 }
@@ -329,7 +330,7 @@ pub async fn check_inboxes(
                     "node {}: user {u}: eseqs not rising: {eseqs:?}",
                     node.id()
                 );
-                let want: Vec<u64> = (1..=head).collect();
+                let want: Vec<u64> = (1..=head.0).collect();
                 if seqs == want {
                     break;
                 }

@@ -107,12 +107,12 @@ impl Hub {
         let ring = rings.entry(n.user).or_default();
         if ring
             .back()
-            .is_some_and(|(u, _)| u.saturating_add(1) != n.useq)
+            .is_some_and(|(u, _)| u.saturating_add(1) != n.useq.0)
         {
             // A hole (or a replay): what is kept no longer vouches.
             ring.clear();
         }
-        ring.push_back((n.useq, Arc::clone(&n.event)));
+        ring.push_back((n.useq.0, Arc::clone(&n.event)));
         while ring.len() > RECENT {
             ring.pop_front();
         }
@@ -195,14 +195,14 @@ mod tests {
     fn notice(user: u64, useq: u64) -> InboxNotice {
         InboxNotice {
             user: UserId(user),
-            useq,
+            useq: missive_chat::Useq(useq),
             event: Arc::new(InboxEvent {
                 conv: ConversationId(7),
-                eseq: useq,
+                eseq: missive_chat::Eseq(useq),
                 event: EventKind::Receipt {
                     user: UserId(9),
-                    delivered: useq,
-                    read: 0,
+                    delivered: missive_chat::Seq(useq),
+                    read: missive_chat::Seq(0),
                 },
                 at: useq,
             }),

@@ -210,9 +210,9 @@ async fn notifications(
                 .unwrap_or_default(),
             token: t.token,
             conv: Id(e.conv.0),
-            seq,
+            seq: seq.0,
             sender: Id(sender.0),
-            useq,
+            useq: useq.0,
             at: e.at,
         })
         .collect())

@@ -311,10 +311,10 @@ impl Missive for Grpc {
                 .into_iter()
                 .map(|e| pb::ConversationEntry {
                     conv: e.conv.0,
-                    last_seq: e.view.last_seq,
+                    last_seq: e.view.last_seq.0,
                     last_activity: e.view.last_ts,
-                    read: e.view.read,
-                    delivered: e.view.delivered,
+                    read: e.view.read.0,
+                    delivered: e.view.delivered.0,
                     unread: e.view.unread(),
                 })
                 .collect(),

@@ -346,10 +346,10 @@ async fn list(
         .into_iter()
         .map(|e| ListItem {
             conv: Id(e.conv.0),
-            last_seq: e.view.last_seq,
+            last_seq: e.view.last_seq.0,
             last_activity: e.view.last_ts,
-            read: e.view.read,
-            delivered: e.view.delivered,
+            read: e.view.read.0,
+            delivered: e.view.delivered.0,
             unread: e.view.unread(),
         })
         .collect();
