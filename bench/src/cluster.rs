@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, UserId};
+use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, NewMessage, UserId};
 use missive_chat::ChatNode as Node;
 use missive_engine::keys::ConversationId;
 use missive_raft::node::NodeConfig;
@@ -103,7 +103,7 @@ async fn wait_leader(nodes: &[Option<Node>], shard: ShardId, within: Duration) -
 }
 
 fn message(conv: ConversationId, id: String, body: &[u8]) -> Command {
-    Command::AppendMessage {
+    Command::Post(NewMessage {
         conv,
         sender: UserId(1),
         device: DeviceId(1),
@@ -111,7 +111,8 @@ fn message(conv: ConversationId, id: String, body: &[u8]) -> Command {
         kind: MessageKind::Text,
         body: body.to_vec(),
         expires_at: None,
-    }
+        reply_to: None,
+    })
 }
 
 /// A conversation per writer, created up front.

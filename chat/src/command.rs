@@ -175,6 +175,32 @@ pub enum Command {
         /// The log index of that configuration.
         config_index: u64,
     },
+    /// Appends a message like `AppendMessage`, which may answer an earlier
+    /// one (`reply_to`). What the server writes since replies exist;
+    /// `AppendMessage` stays for the entries written before.
+    Post(NewMessage),
+}
+
+/// A message to append ([`Command::Post`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The sending user (must be a member).
+    pub sender: UserId,
+    /// The sending device.
+    pub device: DeviceId,
+    /// The client's id for this message, unique per sender.
+    pub client_msg_id: String,
+    /// What it is.
+    pub kind: MessageKind,
+    /// Opaque bytes (may be ciphertext).
+    pub body: Vec<u8>,
+    /// When it disappears (µs since the epoch), if ever.
+    pub expires_at: Option<u64>,
+    /// The message this one answers: a seq of the same conversation that
+    /// holds a message now (not expired, not a system message).
+    pub reply_to: Option<Seq>,
 }
 
 /// One event bound for one user's inbox.
@@ -213,6 +239,7 @@ impl Command {
             | Command::ChangeMembers { conv, .. }
             | Command::AppendMessage { conv, .. }
             | Command::SetReceipt { conv, .. } => Route::Conversation(*conv),
+            Command::Post(m) => Route::Conversation(m.conv),
             Command::Deliver { items } => {
                 items.first().map_or(Route::Empty, |d| Route::User(d.user))
             }
@@ -252,6 +279,9 @@ pub enum RejectCode {
     Conflict,
     /// The command is malformed (empty member list, too many members, …).
     Invalid,
+    /// The conversation holds no message under the seq the command names
+    /// (beyond the newest, expired, or a system message).
+    NoSuchMessage,
 }
 
 impl RejectCode {
@@ -263,6 +293,7 @@ impl RejectCode {
             RejectCode::Forbidden => "forbidden",
             RejectCode::Conflict => "conflict",
             RejectCode::Invalid => "invalid",
+            RejectCode::NoSuchMessage => "no_such_message",
         }
     }
 }

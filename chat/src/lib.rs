@@ -1,7 +1,7 @@
 //! Missive's chat domain, on the multi-raft runtime (`missive-raft`).
 //!
 //! ```text
-//!  a send ─► ChatNode::write(AppendMessage) ─► the conversation's shard
+//!  a send ─► ChatNode::write(Post) ─► the conversation's shard
 //!     apply (every replica): member? dedup? ─► message at (ts, seq),
 //!     head, receipt, outbox entry ─► one atomic batch
 //!  fan-out worker (conversation shard's leader) ─► Deliver to each

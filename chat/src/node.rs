@@ -132,7 +132,7 @@ impl ChatNode {
             .map(|(ts, value)| {
                 Ok(StoredMessage {
                     ts,
-                    message: records::decode("message", &value)?,
+                    message: records::decode_message(&value)?,
                 })
             })
             .collect()
@@ -300,9 +300,12 @@ impl ChatNode {
         consistency: Consistency,
     ) -> Result<Option<StoredMessage>> {
         let shard = self.node.slots().shard_of(conv);
-        Ok(self
-            .get_record::<Message>(shard, consistency, "message", &msg_key(conv, ts))
-            .await?
+        let v = self
+            .node
+            .get(shard, consistency, &msg_key(conv, ts))
+            .await?;
+        Ok(v.map(|v| records::decode_message(&v))
+            .transpose()?
             .map(|message| StoredMessage { ts, message }))
     }
 

@@ -10,7 +10,8 @@
 //! conversation  0x20 slot:u16 conv:u64 0x00            → Conversation
 //! head          0x20 slot:u16 conv:u64 0x01            → Head
 //! dedup         0x20 slot:u16 conv:u64 0x02 sender:u64 client_msg_id → Dedup
-//! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message
+//! seq index     0x20 slot:u16 conv:u64 0x04 seq:u64    → Indexed
+//! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message (v2)
 //! receipt       0x40 slot:u16 conv:u64 user:u64        → Receipt
 //! outbox head   0x20 slot:u16 conv:u64 0x03            → OutboxHead
 //! outbox entry  0x60 slot:u16 conv:u64 eseq:u64        → OutboxEntry
@@ -27,6 +28,24 @@
 //! the shards of the conversations they are in.
 //!
 //! All integers in keys are big-endian, so byte order is numeric order.
+//!
+//! # Message values
+//!
+//! A message is `[2][postcard(Message)]`: the fields of version 1 (`seq`,
+//! `sender`, `device`, `client_msg_id`, `kind`, `body`, `expires_at`), then
+//! `reply_to: Option<Seq>`. Version 1 values (written before replies
+//! existed) are still read: [`decode_message`] gives them `reply_to: None`.
+//! The seq index (written with every message since version 2) finds a
+//! message by seq; a message stored before it has no index entry, so
+//! commands that name a message by seq cannot find it.
+//!
+//! Why apply decides from the index and not from the message: the engine
+//! hides an expired message from reads by the *local* clock and compaction
+//! drops it on each replica's own schedule, so whether a replica still
+//! finds a message differs between replicas — a rule that read it could
+//! refuse on one replica what another accepted. The index entry never
+//! expires and carries what the rules need (`expires_at`, system or not),
+//! judged against the leader's stamp, which every replica shares.
 //! Keyspace 0x50 (`RaftMeta`) is the runtime's (`missive_raft::storage::meta`).
 
 use serde::de::DeserializeOwned;
@@ -141,6 +160,55 @@ pub struct Message {
     pub body: Vec<u8>,
     /// When it disappears (µs), if ever.
     pub expires_at: Option<u64>,
+    /// The message this one answers (same conversation), if a reply.
+    pub reply_to: Option<Seq>,
+}
+
+/// The version byte of a stored [`Message`] (see the module docs).
+pub const MESSAGE_VERSION: u8 = 2;
+
+/// A message as version 1 stored it: [`Message`] without `reply_to`.
+#[derive(Deserialize)]
+struct MessageV1 {
+    seq: Seq,
+    sender: UserId,
+    device: DeviceId,
+    client_msg_id: String,
+    kind: MessageKind,
+    body: Vec<u8>,
+    expires_at: Option<u64>,
+}
+
+/// Encodes a message: `[MESSAGE_VERSION][postcard(Message)]`.
+pub fn encode_message(m: &Message) -> Result<Vec<u8>> {
+    postcard::to_extend(m, vec![MESSAGE_VERSION])
+        .map_err(|e| missive_raft::Error::malformed("message", e))
+}
+
+/// Decodes a message of any version this build knows (1 and 2).
+pub fn decode_message(bytes: &[u8]) -> Result<Message> {
+    let bad = |e: postcard::Error| missive_raft::Error::malformed("message", e);
+    match bytes.split_first() {
+        Some((&MESSAGE_VERSION, rest)) => postcard::from_bytes(rest).map_err(bad),
+        Some((1, rest)) => {
+            let m: MessageV1 = postcard::from_bytes(rest).map_err(bad)?;
+            Ok(Message {
+                seq: m.seq,
+                sender: m.sender,
+                device: m.device,
+                client_msg_id: m.client_msg_id,
+                kind: m.kind,
+                body: m.body,
+                expires_at: m.expires_at,
+                reply_to: None,
+            })
+        }
+        Some((v, _)) => Err(missive_raft::Error::malformed(
+            "message",
+            format!("format version {v}, this build reads 1 and {MESSAGE_VERSION}"),
+        )),
+        None => Err(missive_raft::Error::malformed("message", "empty record")),
+    }
 }
 
 /// A member's receipt watermarks.
@@ -176,6 +244,25 @@ pub fn dedup_key(conv: ConversationId, sender: UserId, client_msg_id: &str) -> V
     let mut k = conv_key(conv, 0x02);
     k.extend_from_slice(&sender.0.to_be_bytes());
     k.extend_from_slice(client_msg_id.as_bytes());
+    k
+}
+
+/// What the seq index holds for one message: where it is, and what the
+/// rules that name a message by seq need to know without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Indexed {
+    /// The message's ts (its key).
+    pub ts: u64,
+    /// When it disappears (µs), if ever.
+    pub expires_at: Option<u64>,
+    /// Written by the server (nobody may answer it).
+    pub system: bool,
+}
+
+/// Key of the seq index entry of a conversation's message `seq`.
+pub fn seq_key(conv: ConversationId, seq: Seq) -> Vec<u8> {
+    let mut k = conv_key(conv, 0x04);
+    k.extend_from_slice(&seq.0.to_be_bytes());
     k
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use missive_engine::keys::{ConversationId, Timestamp};
 use missive_engine::lsm::{MessageRetention, Retention};
 
-use crate::records::{self, Message};
+use crate::records;
 
 /// The LSM's retention rule for this store: a message expires at the
 /// `expires_at` its value carries (disappearing messages). Reads filter an
@@ -19,7 +19,7 @@ use crate::records::{self, Message};
 pub fn message_retention() -> Arc<dyn Retention> {
     Arc::new(MessageRetention {
         expires_at: |value: &[u8]| {
-            records::decode::<Message>("message", value)
+            records::decode_message(value)
                 .ok()
                 .and_then(|m| m.expires_at)
                 .map(Timestamp)

@@ -29,7 +29,8 @@ use serde::Serialize;
 
 use missive_chat::apply::SystemEvent;
 use missive_chat::command::{
-    Command, ConversationKind, Delivery, DeviceId, MessageKind, Outcome, RejectCode, UserId,
+    Command, ConversationKind, Delivery, DeviceId, MessageKind, NewMessage, Outcome, RejectCode,
+    UserId,
 };
 use missive_chat::records::{self, *};
 use missive_chat::{ChatApp, Eseq, Seq, Useq};
@@ -199,6 +200,19 @@ fn conv() -> ConversationId {
     ConversationId(0x0123_4567_89ab_cdef)
 }
 
+/// Commands added after the first fixtures: the frames and batches that
+/// pinned "every command" then (`normal_batch_of_all`, `request_append`)
+/// leave them out, so their stored bytes stay what they were.
+const SINCE_REPLIES: &[&str] = &["post_reply", "post"];
+
+/// The commands of the first fixtures.
+fn commands_v1() -> Vec<(&'static str, Command)> {
+    commands()
+        .into_iter()
+        .filter(|(name, _)| !SINCE_REPLIES.contains(name))
+        .collect()
+}
+
 /// One of every command, with every optional field set somewhere.
 fn commands() -> Vec<(&'static str, Command)> {
     vec![
@@ -366,6 +380,32 @@ fn commands() -> Vec<(&'static str, Command)> {
                 config_index: 17,
             },
         ),
+        (
+            "post_reply",
+            Command::Post(NewMessage {
+                conv: conv(),
+                sender: UserId(7),
+                device: DeviceId(2),
+                client_msg_id: "c-2".into(),
+                kind: MessageKind::Text,
+                body: b"me too".to_vec(),
+                expires_at: Some(1_700_000_000_000_000),
+                reply_to: Some(Seq(1)),
+            }),
+        ),
+        (
+            "post",
+            Command::Post(NewMessage {
+                conv: conv(),
+                sender: UserId(7),
+                device: DeviceId(2),
+                client_msg_id: String::new(),
+                kind: MessageKind::Media,
+                body: Vec::new(),
+                expires_at: None,
+                reply_to: None,
+            }),
+        ),
     ]
 }
 
@@ -411,6 +451,15 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
         ),
         ("done", Outcome::Done),
         ("directory", Outcome::Directory { version: 12 }),
+        // Since replies (after every case above, so their frames keep
+        // their request ids).
+        (
+            "rejected_no_such_message",
+            Outcome::Rejected {
+                code: RejectCode::NoSuchMessage,
+                message: "no message 9".into(),
+            },
+        ),
     ]
 }
 
@@ -464,7 +513,7 @@ fn entries() -> Vec<(String, Entry)> {
             log_id: log_id(3, 2, 200),
             payload: EntryPayload::Normal(Batch {
                 stamp_micros: 1_700_000_000_000_999,
-                commands: commands().into_iter().map(|(_, c)| c).collect(),
+                commands: commands_v1().into_iter().map(|(_, c)| c).collect(),
             }),
         },
     ));
@@ -541,16 +590,49 @@ fn stored_records_and_their_keys() {
             seq: Seq(5),
         },
     );
+    // Version 1 of a message (before replies): still read, no longer
+    // written. Its fields, in order, are the same bytes as this tuple.
+    let v1 = Message {
+        seq: Seq(5),
+        sender: UserId(7),
+        device: DeviceId(2),
+        client_msg_id: "c-5".into(),
+        kind: MessageKind::Media,
+        body: vec![0, 1, 2, 255],
+        expires_at: Some(1_800_000_000_000_000),
+        reply_to: None,
+    };
+    let v1_bytes = codec::encode(
+        "message v1",
+        &(
+            v1.seq,
+            v1.sender,
+            v1.device,
+            &v1.client_msg_id,
+            v1.kind,
+            &v1.body,
+            v1.expires_at,
+        ),
+    )
+    .unwrap();
+    set.case("message", v1_bytes, |b| {
+        let got = records::decode_message(b).map_err(|e| e.to_string())?;
+        (got == v1).then_some(()).ok_or(format!("decoded {got:?}"))
+    });
+    let v2 = Message {
+        reply_to: Some(Seq(4)),
+        ..v1.clone()
+    };
+    set.case("message_v2", records::encode_message(&v2).unwrap(), |b| {
+        let got = records::decode_message(b).map_err(|e| e.to_string())?;
+        (got == v2).then_some(()).ok_or(format!("decoded {got:?}"))
+    });
     set.versioned(
-        "message",
-        &Message {
-            seq: Seq(5),
-            sender: UserId(7),
-            device: DeviceId(2),
-            client_msg_id: "c-5".into(),
-            kind: MessageKind::Media,
-            body: vec![0, 1, 2, 255],
+        "seq_index_value",
+        &Indexed {
+            ts: 1_700_000_000_000_005,
             expires_at: Some(1_800_000_000_000_000),
+            system: false,
         },
     );
     for (name, kind) in [
@@ -680,6 +762,7 @@ fn stored_records_and_their_keys() {
     set.key("key_head", head_key(conv()));
     set.key("key_dedup", dedup_key(conv(), u, "c-5"));
     set.key("key_message", msg_key(conv(), 1_700_000_000_000_005));
+    set.key("key_seq_index", seq_key(conv(), Seq(5)));
     set.key("key_receipt", receipt_key(conv(), u));
     set.key("key_receipt_prefix", receipt_prefix(conv()));
     set.key("key_applied", applied_key(ShardId(3)));
@@ -767,7 +850,13 @@ fn frames() -> Vec<(String, Wire)> {
             Rpc::Append(AppendEntriesRequest {
                 vote: Vote::new_committed(3, 2),
                 prev_log_id: Some(log_id(3, 2, 99)),
-                entries: entries().into_iter().map(|(_, e)| e).collect(),
+                entries: entries()
+                    .into_iter()
+                    .filter(|(name, _)| {
+                        !SINCE_REPLIES.contains(&name.trim_start_matches("normal_"))
+                    })
+                    .map(|(_, e)| e)
+                    .collect(),
                 leader_commit: Some(log_id(3, 2, 98)),
             }),
         ),

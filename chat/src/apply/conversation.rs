@@ -204,6 +204,7 @@ impl Apply<'_, '_> {
                 kind: MessageKind::System,
                 body: records::encode(&event)?,
                 expires_at: None,
+                reply_to: None,
             },
             stamp,
             &audience,

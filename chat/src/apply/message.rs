@@ -1,45 +1,54 @@
-//! `AppendMessage`: a message's dense seq and ts, deduplication by
-//! (sender, client message id), and the sender's own receipt.
+//! Appending a message (`Post`, and `AppendMessage` written before
+//! replies existed): a message's dense seq and ts, deduplication by
+//! (sender, client message id), the reply's target, and the sender's own
+//! receipt.
 
 use missive_engine::keys::{ConversationId, Timestamp};
 use missive_raft::Result;
 
-use super::Apply;
-use crate::command::{MessageKind, Outcome};
-use crate::ids::{DeviceId, Seq, UserId};
+use super::{reject, Apply};
+use crate::command::{MessageKind, NewMessage, Outcome, RejectCode};
+use crate::ids::{Seq, UserId};
 use crate::records::{
-    self, dedup_key, head_key, msg_key, receipt_key, Dedup, EventKind, Head, Message, Receipt,
+    self, dedup_key, head_key, msg_key, receipt_key, seq_key, Dedup, EventKind, Head, Indexed,
+    Message, Receipt,
 };
 
 impl Apply<'_, '_> {
     /// A member's send: the message stored, and everything before it read
-    /// by its sender.
-    #[allow(clippy::too_many_arguments, reason = "the command's fields")]
-    pub(super) fn send(
-        &mut self,
-        conv: ConversationId,
-        sender: UserId,
-        device: DeviceId,
-        client_msg_id: &str,
-        kind: MessageKind,
-        body: &[u8],
-        expires_at: Option<u64>,
-        stamp: u64,
-    ) -> Result<Outcome> {
-        let c = match self.member_of(conv, sender)? {
+    /// by its sender. A reply whose target the conversation does not hold
+    /// is refused (`NoSuchMessage`) — unless it is a resend of a message
+    /// already stored, which answers as the original did.
+    pub(super) fn send(&mut self, new: &NewMessage, stamp: u64) -> Result<Outcome> {
+        let conv = new.conv;
+        let c = match self.member_of(conv, new.sender)? {
             Ok(c) => c,
             Err(refused) => return Ok(refused),
         };
+        if let Some(target) = new.reply_to {
+            let resend = !new.client_msg_id.is_empty()
+                && self
+                    .rec
+                    .get(&dedup_key(conv, new.sender, &new.client_msg_id))?
+                    .is_some();
+            if !resend && self.message(conv, target, stamp)?.is_none() {
+                return Ok(reject(
+                    RejectCode::NoSuchMessage,
+                    format!("this conversation holds no message {target} to reply to"),
+                ));
+            }
+        }
         let out = self.append(
             conv,
             Message {
                 seq: Seq::ZERO,
-                sender,
-                device,
-                client_msg_id: client_msg_id.to_string(),
-                kind,
-                body: body.to_vec(),
-                expires_at,
+                sender: new.sender,
+                device: new.device,
+                client_msg_id: new.client_msg_id.clone(),
+                kind: new.kind,
+                body: new.body.clone(),
+                expires_at: new.expires_at,
+                reply_to: new.reply_to,
             },
             stamp,
             &c.members,
@@ -52,7 +61,7 @@ impl Apply<'_, '_> {
         {
             // Sending reads everything before: the sender's own
             // messages never count as unread.
-            let key = receipt_key(conv, sender);
+            let key = receipt_key(conv, new.sender);
             let old: Receipt = self.rec.get_as("receipt", &key)?.unwrap_or_default();
             self.rec.put_as(
                 key,
@@ -63,6 +72,27 @@ impl Apply<'_, '_> {
             )?;
         }
         Ok(out)
+    }
+
+    /// Message `seq` of `conv`, if the conversation holds it at `stamp`:
+    /// indexed, not expired by `stamp`, and not a system message (which
+    /// nobody may answer). Decided from the seq index alone, never from the
+    /// message record (see `records`: whether a replica still finds an
+    /// expired message depends on its own clock and compactions).
+    pub(super) fn message(
+        &mut self,
+        conv: ConversationId,
+        seq: Seq,
+        stamp: u64,
+    ) -> Result<Option<Indexed>> {
+        let Some(ix) = self
+            .rec
+            .get_as::<Indexed>("seq index", &seq_key(conv, seq))?
+        else {
+            return Ok(None);
+        };
+        let gone = ix.expires_at.is_some_and(|at| at <= stamp);
+        Ok((!gone && !ix.system).then_some(ix))
     }
 
     /// Stores a message at the conversation's next (ts, seq), unless the
@@ -92,7 +122,14 @@ impl Apply<'_, '_> {
         let ts = Timestamp::next_after(prev, Timestamp(stamp)).0;
         let seq = head.seq.next();
         m.seq = seq;
-        self.rec.put(msg_key(conv, ts), records::encode(&m)?);
+        self.rec
+            .put(msg_key(conv, ts), records::encode_message(&m)?);
+        let ix = Indexed {
+            ts,
+            expires_at: m.expires_at,
+            system: m.kind == MessageKind::System,
+        };
+        self.rec.put(seq_key(conv, seq), records::encode(&ix)?);
         self.rec.put(hkey, records::encode(&Head { ts, seq })?);
         if let Some(k) = dkey {
             self.rec.put(k, records::encode(&Dedup { ts, seq })?);

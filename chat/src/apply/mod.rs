@@ -28,7 +28,7 @@ use missive_engine::keys::ConversationId;
 use missive_raft::storage::record_source::Records;
 use missive_raft::Result;
 
-use crate::command::{Command, Outcome, RejectCode};
+use crate::command::{Command, NewMessage, Outcome, RejectCode};
 use crate::ids::{Useq, UserId};
 use crate::outbox_feed::Fresh;
 use crate::records::{
@@ -150,15 +150,19 @@ pub(crate) fn run(
             body,
             expires_at,
         } => a.send(
-            *conv,
-            *sender,
-            *device,
-            client_msg_id,
-            *kind,
-            body,
-            *expires_at,
+            &NewMessage {
+                conv: *conv,
+                sender: *sender,
+                device: *device,
+                client_msg_id: client_msg_id.clone(),
+                kind: *kind,
+                body: body.clone(),
+                expires_at: *expires_at,
+                reply_to: None,
+            },
             stamp,
         ),
+        Command::Post(m) => a.send(m, stamp),
         Command::SetReceipt {
             conv,
             user,

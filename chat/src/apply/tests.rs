@@ -12,7 +12,9 @@ use missive_engine::keys::ConversationId;
 use missive_raft::storage::record_source::Records;
 
 use super::{run, Effects};
-use crate::command::{Command, ConversationKind, Delivery, MessageKind, Outcome, RejectCode};
+use crate::command::{
+    Command, ConversationKind, Delivery, MessageKind, NewMessage, Outcome, RejectCode,
+};
 use crate::ids::{DeviceId, Eseq, Seq, Useq, UserId};
 use crate::records::{
     self, head_key, outbox_head_key, outbox_key, receipt_key, user_conv_key, user_head_key, Head,
@@ -77,6 +79,26 @@ fn send(sender: u64, cid: &str) -> Command {
         body: b"hi".to_vec(),
         expires_at: None,
     }
+}
+
+fn reply(sender: u64, cid: &str, to: u64, expires_at: Option<u64>) -> Command {
+    Command::Post(NewMessage {
+        conv: CONV,
+        sender: UserId(sender),
+        device: DeviceId(1),
+        client_msg_id: cid.into(),
+        kind: MessageKind::Text,
+        body: b"re".to_vec(),
+        expires_at,
+        reply_to: (to > 0).then_some(Seq(to)),
+    })
+}
+
+/// The stored message `seq` of `CONV`, through the seq index.
+fn stored(s: &Shard, seq: u64) -> Option<records::Message> {
+    let ix: records::Indexed = s.get(&records::seq_key(CONV, Seq(seq)))?;
+    let v = s.kv.get(&records::msg_key(CONV, ix.ts))?;
+    Some(records::decode_message(v).unwrap())
 }
 
 fn change(actor: u64, add: &[u64], remove: &[u64]) -> Command {
@@ -458,4 +480,116 @@ proptest! {
             prop_assert_eq!(got, want);
         }
     }
+}
+
+#[test]
+fn a_reply_names_a_message_the_conversation_holds() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2, 3]));
+    assert_eq!(seq(&s.out(send(1, "a"))), 1);
+    // A plain post has no target; a reply stores its target.
+    assert_eq!(seq(&s.out(reply(2, "b", 0, None))), 2);
+    assert_eq!(seq(&s.out(reply(2, "c", 1, None))), 3);
+    assert_eq!(stored(&s, 3).unwrap().reply_to, Some(Seq(1)));
+    assert_eq!(stored(&s, 2).unwrap().reply_to, None);
+    assert_eq!(stored(&s, 1).unwrap().body, b"hi");
+    // Nothing there yet, nothing ever, or not a member's to answer.
+    for to in [4, 99] {
+        assert_eq!(
+            code(&s.out(reply(2, &format!("x{to}"), to, None))),
+            Some(RejectCode::NoSuchMessage)
+        );
+    }
+    assert_eq!(
+        code(&s.out(reply(9, "y", 1, None))),
+        Some(RejectCode::NotAMember)
+    );
+    // A system message cannot be answered.
+    let Outcome::MembersChanged { seq: sys, .. } = s.out(change(1, &[4], &[])) else {
+        panic!("not changed");
+    };
+    assert_eq!(
+        code(&s.out(reply(2, "z", sys.0, None))),
+        Some(RejectCode::NoSuchMessage)
+    );
+    // A refused reply stores nothing: the next message takes the next seq.
+    assert_eq!(seq(&s.out(send(1, "d"))), sys.0 + 1);
+}
+
+#[test]
+fn an_expired_message_cannot_be_answered_but_a_resend_of_its_reply_can() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    // Expires two stamps from now.
+    s.out(reply(1, "a", 0, Some(STAMP + s.stamp + 3)));
+    let first = s.out(reply(2, "b", 1, None));
+    assert_eq!(seq(&first), 2);
+    s.out(send(1, "c"));
+    // Message 1 has expired now.
+    assert_eq!(
+        code(&s.out(reply(2, "d", 1, None))),
+        Some(RejectCode::NoSuchMessage)
+    );
+    // A resend of the reply that was stored answers as the original did.
+    let again = s.out(reply(2, "b", 1, None));
+    assert!(matches!(
+        again,
+        Outcome::Appended {
+            seq: Seq(2),
+            duplicate: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_message_stored_before_replies_still_reads_and_posts_keep_one_index_entry_each() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    for i in 0..5 {
+        s.out(reply(1, &format!("m{i}"), 0, None));
+    }
+    let index: Vec<&Vec<u8>> =
+        s.kv.keys()
+            .filter(|k| k.starts_with(&records::seq_key(CONV, Seq(0))[..12]))
+            .collect();
+    assert_eq!(index.len(), 5, "one seq index entry per message");
+    // A version 1 value (no reply_to) decodes with none.
+    let mut v1 = stored(&s, 3).unwrap();
+    let bytes = missive_raft::storage::codec::encode(
+        "v1",
+        &(
+            v1.seq,
+            v1.sender,
+            v1.device,
+            &v1.client_msg_id,
+            v1.kind,
+            &v1.body,
+            v1.expires_at,
+        ),
+    )
+    .unwrap();
+    v1.reply_to = None;
+    assert_eq!(records::decode_message(&bytes).unwrap(), v1);
+    assert!(records::decode_message(&[9, 1, 2]).is_err());
+    assert!(records::decode_message(&[]).is_err());
+}
+
+#[test]
+fn a_reply_is_decided_from_the_index_not_from_what_retention_left() {
+    // One replica's retention may already hide or drop a message another
+    // still holds (local clocks, own compactions); the reply rule must
+    // answer the same on both.
+    let run = |drop_record: bool| {
+        let mut s = Shard::default();
+        s.out(group(&[1, 2]));
+        s.out(reply(1, "a", 0, Some(STAMP + 1_000)));
+        if drop_record {
+            let ix: records::Indexed = s.get(&records::seq_key(CONV, Seq(1))).unwrap();
+            s.kv.remove(&records::msg_key(CONV, ix.ts));
+        }
+        s.out(reply(2, "b", 1, None))
+    };
+    assert_eq!(run(false), run(true));
+    assert_eq!(seq(&run(true)), 2);
 }
