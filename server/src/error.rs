@@ -137,7 +137,7 @@ impl From<missive_chat::Error> for ApiError {
             E::Rejected { code, message } => {
                 use missive_chat::command::RejectCode as R;
                 let status = match code {
-                    R::NoSuchConversation => StatusCode::NOT_FOUND,
+                    R::NoSuchConversation | R::NoSuchMessage => StatusCode::NOT_FOUND,
                     R::NotAMember | R::Forbidden => StatusCode::FORBIDDEN,
                     R::Conflict => StatusCode::CONFLICT,
                     _ => StatusCode::BAD_REQUEST,

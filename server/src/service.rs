@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::StatusCode;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, Outcome, UserId};
+use missive_chat::command::{
+    Command, ConversationKind, DeviceId, MessageKind, NewMessage, Outcome, UserId,
+};
 use missive_chat::records::{
     Conversation, Device, EventKind, InboxEvent, Message, Profile, UserConv,
 };
@@ -46,6 +48,21 @@ pub const MAX_PLATFORM: usize = 32;
 /// Longest push token accepted, bytes (APNs tokens are 64 hex digits, FCM
 /// ~160 characters, web push subscriptions a few hundred).
 pub const MAX_PUSH_TOKEN: usize = 4096;
+
+/// A message as an edge received it, to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The client's id for it (the idempotency key).
+    pub client_msg_id: String,
+    /// What it is.
+    pub kind: MessageKind,
+    /// The body, decoded.
+    pub body: Vec<u8>,
+    /// Disappear this long after sending, ms.
+    pub expires_in_ms: Option<u64>,
+    /// The seq of the message it answers, if a reply.
+    pub reply_to: Option<u64>,
+}
 
 /// A committed send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,11 +189,20 @@ impl Service {
         &self,
         who: Caller,
         conv: ConversationId,
-        client_msg_id: String,
-        kind: MessageKind,
-        body: Vec<u8>,
-        expires_in_ms: Option<u64>,
+        out: Outgoing,
     ) -> Result<SentAck, ApiError> {
+        let Outgoing {
+            client_msg_id,
+            kind,
+            body,
+            expires_in_ms,
+            reply_to,
+        } = out;
+        if reply_to == Some(0) {
+            return Err(ApiError::invalid(
+                "reply_to must be the seq (1 or more) of the message answered",
+            ));
+        }
         if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
             return Err(ApiError::invalid(format!(
                 "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
@@ -219,9 +245,10 @@ impl Service {
             kind,
             body,
             expires_at,
+            reply_to: reply_to.map(Seq),
         };
         let out = self
-            .write(Command::AppendMessage {
+            .write(Command::Post(NewMessage {
                 conv,
                 sender: who.user,
                 device: who.device,
@@ -229,7 +256,8 @@ impl Service {
                 kind,
                 body: message.body.clone(),
                 expires_at,
-            })
+                reply_to: message.reply_to,
+            }))
             .await?;
         match out {
             Outcome::Appended { ts, seq, duplicate } => {

@@ -146,6 +146,9 @@ pub struct MessageOut {
     /// When it disappears (µs), if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The seq of the message this one answers, on a reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
 }
 
 /// A membership change, as a system message describes it.
@@ -205,6 +208,7 @@ impl MessageOut {
             body_b64,
             system,
             expires_at: msg.expires_at,
+            reply_to: msg.reply_to.map(|s| s.0),
         }
     }
 }
@@ -218,8 +222,9 @@ pub enum EventOut {
         /// The message's seq in its conversation, always present, so a
         /// client can tell an expired message from a gap.
         seq: u64,
-        /// The message.
-        message: Option<MessageOut>,
+        /// The message (boxed: it is most of the frame's size, and the
+        /// other events are small).
+        message: Option<Box<MessageOut>>,
     },
     /// A member's receipt watermarks rose.
     Receipt {
@@ -384,6 +389,9 @@ pub enum ClientFrame {
         /// Disappear this long after sending, ms.
         #[serde(default)]
         expires_in_ms: Option<u64>,
+        /// The seq of the message this one answers.
+        #[serde(default)]
+        reply_to: Option<u64>,
     },
     /// Raise this user's receipt watermarks.
     Receipt {
@@ -451,7 +459,7 @@ pub fn event_out(e: &InboxEvent, message: Option<MessageOut>) -> EventOut {
     match &e.event {
         EventKind::Message { seq, .. } => EventOut::Message {
             seq: seq.0,
-            message,
+            message: message.map(Box::new),
         },
         EventKind::Receipt {
             user,

@@ -357,3 +357,12 @@ async fn a_disappearing_message_is_readable_until_it_expires_then_gone_everywher
     assert_eq!(second["event"]["message"]["body"], "stays");
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_name_the_message_they_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    suites::replies_name_the_message_they_answer(&[srv.addr()], &c).await;
+    srv.shutdown().await.unwrap();
+}

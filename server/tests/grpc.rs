@@ -96,6 +96,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         kind: String::new(),
         body: body.clone(),
         expires_in_ms: 0,
+        reply_to: 0,
     };
     let a = client
         .send(authed(send.clone(), &alice))
@@ -161,6 +162,41 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         .unwrap()
         .into_inner();
     assert_eq!((r.delivered, r.read), (1, 1));
+
+    // A reply names the message it answers; history carries the name.
+    let reply = |to: u64, cid: &str| pb::SendRequest {
+        conv,
+        client_msg_id: cid.into(),
+        kind: String::new(),
+        body: b"re".to_vec(),
+        expires_in_ms: 0,
+        reply_to: to,
+    };
+    let r = client
+        .send(authed(reply(1, "b1"), &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.seq, 2);
+    let h = client
+        .history(authed(
+            pb::HistoryRequest {
+                conv,
+                before: 0,
+                limit: 10,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let replies: Vec<(u64, u64)> = h.messages.iter().map(|m| (m.seq, m.reply_to)).collect();
+    assert_eq!(replies, vec![(2, 1), (1, 0)]);
+    let e = client.send(authed(reply(9, "b2"), &bob)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::NotFound, "no_such_message")
+    );
 
     // Errors: no token, someone else's conversation, a bad page size.
     let e = client

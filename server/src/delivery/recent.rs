@@ -136,6 +136,7 @@ mod tests {
             body_b64: None,
             expires_at,
             system: None,
+            reply_to: None,
         }
     }
 

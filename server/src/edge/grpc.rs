@@ -32,6 +32,7 @@ use crate::auth::Caller;
 use crate::delivery::presence;
 use crate::delivery::sync::{announce_typing, sync_pump, watch_list, FrameSink};
 use crate::error::ApiError;
+use crate::service::Outgoing;
 use crate::state::AppState;
 use crate::wire::{parse_kind, EventOut, Id, MessageOut, PresenceOut, ServerFrame};
 
@@ -121,6 +122,7 @@ fn pb_message(m: MessageOut) -> pb::Message {
             promoted: s.promoted.iter().map(|u| u.0).collect(),
             renamed: s.renamed.unwrap_or_default(),
         }),
+        reply_to: m.reply_to.unwrap_or(0),
     }
 }
 
@@ -141,7 +143,7 @@ fn pb_event(f: ServerFrame) -> Option<Result<pb::Event, Status>> {
             kind: Some(match event {
                 EventOut::Message { seq, message } => Kind::Message(pb::MessageEvent {
                     seq,
-                    message: message.map(pb_message),
+                    message: message.map(|m| pb_message(*m)),
                 }),
                 EventOut::Receipt {
                     user,
@@ -231,15 +233,15 @@ impl Missive for Grpc {
             )));
         }
         let expires = (r.expires_in_ms > 0).then_some(r.expires_in_ms);
+        let out = Outgoing {
+            client_msg_id: r.client_msg_id,
+            kind,
+            body: r.body,
+            expires_in_ms: expires,
+            reply_to: (r.reply_to > 0).then_some(r.reply_to),
+        };
         let a = svc
-            .send(
-                who,
-                ConversationId(r.conv),
-                r.client_msg_id,
-                kind,
-                r.body,
-                expires,
-            )
+            .send(who, ConversationId(r.conv), out)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::SendReply {

@@ -15,6 +15,7 @@ use missive_raft::node::Consistency;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::service::Outgoing;
 use crate::state::{AppState, Authed, ConvPath, JsonBody, Q};
 use crate::wire::{parse_kind, BodyIn, Id};
 
@@ -514,6 +515,8 @@ struct SendReq {
     body_b64: Option<String>,
     #[serde(default)]
     expires_in_ms: Option<u64>,
+    #[serde(default)]
+    reply_to: Option<u64>,
 }
 
 async fn send(
@@ -528,10 +531,14 @@ async fn send(
         body_b64: req.body_b64,
     }
     .bytes(s.service.limits.max_message_bytes)?;
-    let a = s
-        .service
-        .send(who, conv, req.client_msg_id, kind, body, req.expires_in_ms)
-        .await?;
+    let out = Outgoing {
+        client_msg_id: req.client_msg_id,
+        kind,
+        body,
+        expires_in_ms: req.expires_in_ms,
+        reply_to: req.reply_to,
+    };
+    let a = s.service.send(who, conv, out).await?;
     Ok(Json(json!({
         "conv": Id(conv.0), "seq": a.seq, "ts": a.ts, "duplicate": a.duplicate
     })))

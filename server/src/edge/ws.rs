@@ -23,6 +23,7 @@ use crate::auth::Caller;
 use crate::delivery::presence;
 use crate::delivery::sync::{announce_typing, sync_pump, watch_list, FrameSink};
 use crate::error::ApiError;
+use crate::service::Outgoing;
 use crate::state::AppState;
 use crate::wire::{parse_kind, BodyIn, ClientFrame, ServerFrame};
 
@@ -392,19 +393,19 @@ async fn handle(
             body,
             body_b64,
             expires_in_ms,
+            reply_to,
         } => {
             let r = async {
                 let kind = parse_kind(kind.as_deref().unwrap_or("text"))?;
                 let body = BodyIn { body, body_b64 }.bytes(svc.limits.max_message_bytes)?;
-                svc.send(
-                    who,
-                    ConversationId(conv.0),
+                let out = Outgoing {
                     client_msg_id,
                     kind,
                     body,
                     expires_in_ms,
-                )
-                .await
+                    reply_to,
+                };
+                svc.send(who, ConversationId(conv.0), out).await
             }
             .await;
             match r {

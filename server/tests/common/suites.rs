@@ -137,3 +137,111 @@ pub async fn sync_hands_off_to_live_with_no_gap_and_no_duplicate(addrs: &[Socket
         events.len() - synced_at
     );
 }
+
+/// Replies over WebSocket and HTTP: a reply carries its target's seq in
+/// the answer, the events and history (read on every node); a target the
+/// conversation does not hold is refused and stores nothing.
+pub async fn replies_name_the_message_they_answer(addrs: &[SocketAddr], c: &Config) {
+    let at = |u: u64| addrs[u as usize % addrs.len()];
+    let admin = Http::new(at(1), token(c, 1, 1));
+    let g = admin.group("replies", &[2, 3]).await;
+    let mut w2 = Ws::connect(at(2), &token(c, 2, 1)).await;
+    w2.sync(0).await;
+    let (first, _) = admin.send(&g, "q", "lunch?").await;
+    assert_eq!(first, 1);
+
+    // Over WebSocket.
+    let mut seen = Vec::new();
+    let sent = w2
+        .request(
+            json!({"type": "send", "conv": g, "client_msg_id": "r1", "body": "yes", "reply_to": 1}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(
+        (sent["type"].as_str(), sent["seq"].as_u64()),
+        (Some("sent"), Some(2)),
+        "{sent}"
+    );
+    // Over HTTP, answering the reply.
+    let u3 = Http::new(at(3), token(c, 3, 1));
+    let (s, v) = u3
+        .post(
+            &format!("/v1/conversations/{g}/messages"),
+            json!({"client_msg_id": "r2", "body": "me too", "reply_to": 2}),
+        )
+        .await;
+    assert_eq!((s, v["seq"].as_u64()), (200, Some(3)), "{v}");
+    let e = w2
+        .event_where(|e| e["event"]["kind"] == "message" && e["event"]["seq"] == 3)
+        .await;
+    assert_eq!(e["event"]["message"]["reply_to"], 2, "{e}");
+
+    // Refusals: nothing there, no seq 0, a system message, a non-member
+    // (who learns nothing about the conversation).
+    let bad = w2
+        .request(
+            json!({"type": "send", "conv": g, "client_msg_id": "r3", "body": "?", "reply_to": 99}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(
+        (bad["type"].as_str(), bad["code"].as_str()),
+        (Some("error"), Some("no_such_message")),
+        "{bad}"
+    );
+    let post = |cid: &str, to: u64| {
+        (
+            format!("/v1/conversations/{g}/messages"),
+            json!({"client_msg_id": cid, "body": "x", "reply_to": to}),
+        )
+    };
+    let (path, body) = post("r4", 0);
+    let (s, v) = u3.post(&path, body).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{v}"
+    );
+    let (s, _) = admin
+        .post(
+            &format!("/v1/conversations/{g}/members"),
+            json!({"add": ["4"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (path, body) = post("r5", 4);
+    let (s, v) = u3.post(&path, body).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("no_such_message")),
+        "{v}"
+    );
+    let u5 = Http::new(at(5), token(c, 5, 1));
+    let (path, body) = post("r6", 1);
+    let (s, v) = u5.post(&path, body).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("not_a_member")),
+        "{v}"
+    );
+
+    // History on every node: newest first, the system message at 4, and
+    // the refused replies stored nothing.
+    for addr in addrs {
+        let h = Http::new(*addr, token(c, 2, 1));
+        let (s, v) = h.get(&format!("/v1/conversations/{g}/messages")).await;
+        assert_eq!(s, 200, "{v}");
+        let got: Vec<(u64, Option<u64>)> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["seq"].as_u64().unwrap(), m["reply_to"].as_u64()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(4, None), (3, Some(2)), (2, Some(1)), (1, None)],
+            "on {addr}"
+        );
+    }
+}
