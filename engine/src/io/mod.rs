@@ -13,6 +13,7 @@
 //! [`FileSystem`] and [`LogFile`].
 
 mod fault;
+mod fd;
 mod std_fs;
 mod uring;
 

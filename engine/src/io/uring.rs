@@ -24,7 +24,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::std_fs::allocate_fd;
+use super::fd::allocate_fd;
 use super::LogFile;
 
 /// Entries per thread-local ring: we never have more than two in flight.

@@ -19,11 +19,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::log::format::{
-    self, decode_record, peek_own_record, Decoded, RecordKind, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
-};
+use crate::log::format::{self, decode_record, Decoded, RecordKind};
 use crate::log::segment::{self, Segment};
+use crate::log::writer::WriterState;
 use crate::log::{gc, Counters, Entry, Shared, StreamId, SyncPolicy};
 
 /// A stream's tail as callers see it, including records still queued.
@@ -119,6 +117,12 @@ pub(crate) struct SyncTarget {
 }
 
 impl SyncTarget {
+    /// The writer rolled to `file`: the only one that can hold unsynced
+    /// bytes from now on (the old one was sealed and synced by the roll).
+    pub fn switch_to(&mut self, file: Segment) {
+        self.file = file;
+    }
+
     pub fn new(file: Segment) -> Self {
         SyncTarget {
             file,
@@ -128,95 +132,6 @@ impl SyncTarget {
             synced: 0,
             syncing: false,
         }
-    }
-}
-
-/// The writer's position: the newest segment and the offset to write at.
-/// Whoever holds it (under `Shared::writer`) is the writer for now.
-#[derive(Debug)]
-pub(crate) struct WriterState {
-    pub segment: Segment,
-    pub offset: u64,
-    /// The buffer swapped with the queue's at each drain.
-    pub spare: Vec<u8>,
-}
-
-impl WriterState {
-    /// Writes encoded records (whole records, back to back) at the tail,
-    /// rolling segments as needed, and applies them to the stream index.
-    /// Returns whether a record that can free segments (purge, truncate) or
-    /// a roll happened, so the caller runs segment GC.
-    pub fn write_records(&mut self, shared: &Shared, buf: &[u8]) -> Result<bool> {
-        // Room for the Seal record that closes a full segment.
-        let capacity = shared
-            .opts
-            .segment_size
-            .saturating_sub(RECORD_HEADER_LEN as u64);
-        let mut gc_hint = false;
-        let mut pos = 0;
-        while pos < buf.len() {
-            // Take whole records while they fit; an empty segment takes at
-            // least one record, however large.
-            let mut end = pos;
-            while let Some(rec) = buf.get(end..).and_then(peek_own_record) {
-                let len = rec.total_len();
-                let fits = self.offset + (end - pos + len) as u64 <= capacity
-                    || (end == pos && self.offset == SEGMENT_HEADER_LEN as u64);
-                if !fits {
-                    break;
-                }
-                end += len;
-            }
-            if end == pos {
-                self.roll(shared)?;
-                gc_hint = true;
-                continue;
-            }
-            let chunk = &buf[pos..end];
-            self.segment
-                .file
-                .write_at(chunk, self.offset)
-                .map_err(|e| Error::io("write", &self.segment.path, e))?;
-            Counters::add(&shared.stats.bytes_written, chunk.len() as u64);
-            let mut streams = shared.streams_mut();
-            let mut at = 0;
-            while let Some(rec) = chunk.get(at..).and_then(peek_own_record) {
-                gc_hint |= matches!(rec.kind, RecordKind::Purge | RecordKind::Truncate);
-                streams
-                    .apply(&rec, self.segment.seq, self.offset + at as u64)
-                    .map_err(|reason| {
-                        Error::corruption(&self.segment.path, self.offset + at as u64, reason)
-                    })?;
-                at += rec.total_len();
-            }
-            drop(streams);
-            self.offset += chunk.len() as u64;
-            pos = end;
-        }
-        Ok(gc_hint)
-    }
-
-    /// Seals the current segment, fsyncs it, and starts the next one.
-    fn roll(&mut self, shared: &Shared) -> Result<()> {
-        let mut seal = Vec::with_capacity(RECORD_HEADER_LEN);
-        format::encode_record(&mut seal, RecordKind::Seal, StreamId(0), self.offset, &[]);
-        let old = &self.segment;
-        old.file
-            .write_and_sync(&seal, self.offset)
-            .map_err(|e| Error::io("seal", &old.path, e))?;
-        Counters::add(&shared.stats.bytes_written, seal.len() as u64);
-        let next = segment::create(
-            shared.fs.as_ref(),
-            &shared.dir,
-            old.seq + 1,
-            shared.opts.preallocate.then_some(shared.opts.segment_size),
-        )?;
-        Counters::add(&shared.stats.segments_created, 1);
-        shared.segments_mut().insert(next.seq, next.clone());
-        shared.sync_target().file = next.clone();
-        self.segment = next;
-        self.offset = SEGMENT_HEADER_LEN as u64;
-        Ok(())
     }
 }
 

@@ -25,8 +25,8 @@
 //! gone, so are the entries it removed.
 
 use crate::error::{Error, Result};
-use crate::log::commit::WriterState;
 use crate::log::format::{self, RecordKind};
+use crate::log::writer::WriterState;
 use crate::log::{Counters, Shared};
 
 /// Deletes the oldest segments that no stream needs any more.

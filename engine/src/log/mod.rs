@@ -72,7 +72,8 @@
 //! writer rolls to a new segment it first writes a Seal record to the old one
 //! and fsyncs it, so every segment but the newest is complete and sealed, and
 //! the syncer only ever has one file to sync. The byte format is in
-//! `format.rs`; recovery in `recovery.rs`; segment deletion in `gc.rs`.
+//! `format.rs`; recovery in `recovery.rs`; segment deletion in `gc.rs`; the
+//! writer's tail (append, roll) in `writer.rs`.
 //!
 //! # Small durable records
 //!
@@ -92,6 +93,7 @@ mod gc;
 mod recovery;
 mod segment;
 mod stream;
+mod writer;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -108,11 +110,12 @@ pub(crate) use segment::{file_name as segment_file_name, parse_file_name as segm
 
 use crate::error::{Error, Result};
 use crate::io::{FileSystem, IoBackend};
-use commit::{Queue, SyncTarget, Tail, WriterState};
+use commit::{Queue, SyncTarget, Tail};
 use durable::Watermarks;
 use format::{RecordKind, MAX_META_KEY, MAX_META_VALUE, MAX_PAYLOAD};
 use segment::Segment;
 use stream::Streams;
+use writer::WriterState;
 
 /// A stream of the log: one shard's Raft log, or one LSM's WAL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -31,13 +31,13 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::io::FileSystem;
-use crate::log::commit::WriterState;
 use crate::log::format::{
     check_segment_header, decode_record, intact_record_after, Decoded, HeaderError, RecordKind,
     SEGMENT_HEADER_LEN, SEGMENT_VERSION,
 };
 use crate::log::segment::{self, Segment};
 use crate::log::stream::Streams;
+use crate::log::writer::WriterState;
 use crate::log::LogOptions;
 
 /// The name of the lock file inside a log directory.
