@@ -15,29 +15,14 @@ use crate::records::{
 };
 
 impl Apply<'_, '_> {
-    /// A member's send: the message stored, and everything before it read
-    /// by its sender. A reply whose target the conversation does not hold
-    /// is refused (`NoSuchMessage`) — unless it is a resend of a message
-    /// already stored, which answers as the original did.
+    /// A member's send: the message stored (see `append` for the
+    /// reply rule), and everything before it read by its sender.
     pub(super) fn send(&mut self, new: &NewMessage, stamp: u64) -> Result<Outcome> {
         let conv = new.conv;
         let c = match self.member_of(conv, new.sender)? {
             Ok(c) => c,
             Err(refused) => return Ok(refused),
         };
-        if let Some(target) = new.reply_to {
-            let resend = !new.client_msg_id.is_empty()
-                && self
-                    .rec
-                    .get(&dedup_key(conv, new.sender, &new.client_msg_id))?
-                    .is_some();
-            if !resend && self.message(conv, target, stamp)?.is_none() {
-                return Ok(reject(
-                    RejectCode::NoSuchMessage,
-                    format!("this conversation holds no message {target} to reply to"),
-                ));
-            }
-        }
         let out = self.append(
             conv,
             Message {
@@ -97,7 +82,8 @@ impl Apply<'_, '_> {
 
     /// Stores a message at the conversation's next (ts, seq), unless the
     /// sender already sent this client message id, and queues it for
-    /// `recipients`' inboxes.
+    /// `recipients`' inboxes. A reply whose target the conversation does
+    /// not hold is refused (`NoSuchMessage`).
     pub(super) fn append(
         &mut self,
         conv: ConversationId,
@@ -114,6 +100,16 @@ impl Apply<'_, '_> {
                     seq: d.seq,
                     duplicate: true,
                 });
+            }
+        }
+        // Checked after dedup: a resend of a stored reply answers as the
+        // original did, even once its target has expired.
+        if let Some(target) = m.reply_to {
+            if self.message(conv, target, stamp)?.is_none() {
+                return Ok(reject(
+                    RejectCode::NoSuchMessage,
+                    format!("this conversation holds no message {target} to reply to"),
+                ));
             }
         }
         let hkey = head_key(conv);
