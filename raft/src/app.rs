@@ -149,6 +149,19 @@ pub enum ClusterCommand {
 /// it changed nothing), or why the map refused it.
 pub type ClusterOutcome = std::result::Result<u64, String>;
 
+/// What a command or an outcome must be: stored in log entries and sent
+/// between nodes (serde), compared in tests, shared across tasks. Every
+/// type with these traits is one.
+pub trait Payload:
+    Serialize + DeserializeOwned + Debug + Clone + PartialEq + Eq + Send + Sync + 'static
+{
+}
+
+impl<T> Payload for T where
+    T: Serialize + DeserializeOwned + Debug + Clone + PartialEq + Eq + Send + Sync + 'static
+{
+}
+
 /// A replicated application. See the [module documentation](self).
 ///
 /// One value of it lives per node, shared by every shard's state machine:
@@ -156,25 +169,9 @@ pub type ClusterOutcome = std::result::Result<u64, String>;
 pub trait App: Debug + Send + Sync + 'static {
     /// A command, as stored in log entries and forwarded between nodes.
     /// Its encoding is a stored format: append-only, never renumbered.
-    type Command: Serialize
-        + DeserializeOwned
-        + Debug
-        + Clone
-        + PartialEq
-        + Eq
-        + Send
-        + Sync
-        + 'static;
+    type Command: Payload;
     /// A command's outcome (forwarded writes carry it back).
-    type Outcome: Serialize
-        + DeserializeOwned
-        + Debug
-        + Clone
-        + PartialEq
-        + Eq
-        + Send
-        + Sync
-        + 'static;
+    type Outcome: Payload;
     /// What one state-machine call's commands leave for after the batch is
     /// durable (see [`App::applied`]).
     type Effects: Default + Send;
