@@ -18,6 +18,7 @@ use missive_raft::{Error, Result, ShardId};
 use crate::apply::{self, Effects, InboxNotice};
 use crate::command::{Command, Outcome, RejectCode, Route};
 use crate::outbox_feed::OutboxFeed;
+use crate::revisions::Revisions;
 
 /// Inbox notices buffered for slow listeners (they re-read on lag).
 const INBOX_NOTICES: usize = 4096;
@@ -30,6 +31,8 @@ pub struct Hooks {
     /// Every inbox that grew, on this replica. Receivers that lag lose
     /// notices, never data: they re-read from their cursor.
     pub(crate) inbox: broadcast::Sender<InboxNotice>,
+    /// Which stored messages changed on this replica.
+    pub(crate) revisions: Arc<Revisions>,
 }
 
 /// The chat domain, as run by every shard of a node. See the
@@ -52,6 +55,7 @@ impl ChatApp {
             hooks: Arc::new(Hooks {
                 outbox: OutboxFeed::default(),
                 inbox: broadcast::channel(INBOX_NOTICES).0,
+                revisions: Arc::default(),
             }),
         }
     }
@@ -179,6 +183,9 @@ impl App for ChatApp {
     }
 
     fn applied(&self, shard: ShardId, effects: Effects) {
+        for (conv, seq) in effects.changed {
+            self.hooks.revisions.changed(conv, seq);
+        }
         if !effects.fresh.is_empty() {
             self.hooks.outbox.push(shard, effects.fresh);
         }
@@ -189,8 +196,10 @@ impl App for ChatApp {
     }
 
     fn installed(&self, shard: ShardId) {
-        // Outboxes and inboxes may have grown without a notice each.
+        // Outboxes and inboxes may have grown without a notice each, and
+        // messages changed without a revision each.
         self.hooks.outbox.invalidate(shard);
+        self.hooks.revisions.all_changed();
     }
 
     fn retention(&self) -> Option<Arc<dyn missive_engine::lsm::Retention>> {

@@ -179,7 +179,60 @@ pub enum Command {
     /// one (`reply_to`). What the server writes since replies exist;
     /// `AppendMessage` stays for the entries written before.
     Post(NewMessage),
+    /// Replaces a message's body. Only its sender may, within
+    /// `window_micros` of sending it, and not a system or unsent message.
+    Edit {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who edits (must be a member and the sender).
+        actor: UserId,
+        /// The message.
+        seq: Seq,
+        /// The new body.
+        body: Vec<u8>,
+        /// How long after sending a message may be edited (µs; the
+        /// server's configuration, carried so every replica judges alike).
+        window_micros: u64,
+    },
+    /// Deletes a message for everyone: it becomes a tombstone (seq, ts and
+    /// sender kept; body, reactions and prior bodies gone). Its sender may,
+    /// within `window_micros`; a group admin may at any time if
+    /// `admins_may` is set. Unsending a tombstone again is a no-op.
+    Unsend {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who unsends.
+        actor: UserId,
+        /// The message.
+        seq: Seq,
+        /// How long after sending its sender may unsend it (µs).
+        window_micros: u64,
+        /// Whether a group's admins may unsend anyone's message.
+        admins_may: bool,
+    },
+    /// Adds (or removes) one user's emoji on a message. Adding one the
+    /// user already put there, or removing one they did not, changes
+    /// nothing (`changed: false`).
+    React {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who reacts (must be a member).
+        user: UserId,
+        /// The message.
+        seq: Seq,
+        /// The emoji (1..=64 bytes of UTF-8).
+        emoji: String,
+        /// Add (true) or remove (false).
+        add: bool,
+    },
 }
+
+/// The most distinct emoji one message carries.
+pub const MAX_EMOJIS_PER_MESSAGE: usize = 50;
+/// The most emoji one user puts on one message.
+pub const MAX_EMOJIS_PER_USER: usize = 10;
+/// The longest emoji, bytes.
+pub const MAX_EMOJI_BYTES: usize = 64;
 
 /// A message to append ([`Command::Post`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +293,9 @@ impl Command {
             | Command::AppendMessage { conv, .. }
             | Command::SetReceipt { conv, .. } => Route::Conversation(*conv),
             Command::Post(m) => Route::Conversation(m.conv),
+            Command::Edit { conv, .. }
+            | Command::Unsend { conv, .. }
+            | Command::React { conv, .. } => Route::Conversation(*conv),
             Command::Deliver { items } => {
                 items.first().map_or(Route::Empty, |d| Route::User(d.user))
             }
@@ -280,8 +336,11 @@ pub enum RejectCode {
     /// The command is malformed (empty member list, too many members, …).
     Invalid,
     /// The conversation holds no message under the seq the command names
-    /// (beyond the newest, expired, or a system message).
+    /// (beyond the newest, expired, unsent, or a system message).
     NoSuchMessage,
+    /// The window for this change closed (an edit or unsend too long
+    /// after sending).
+    TooLate,
 }
 
 impl RejectCode {
@@ -294,6 +353,7 @@ impl RejectCode {
             RejectCode::Conflict => "conflict",
             RejectCode::Invalid => "invalid",
             RejectCode::NoSuchMessage => "no_such_message",
+            RejectCode::TooLate => "too_late",
         }
     }
 }
@@ -355,5 +415,16 @@ pub enum Outcome {
     Directory {
         /// The map's version.
         version: u64,
+    },
+    /// `Edit`, `Unsend`, `React`: the message after the command.
+    MessageChanged {
+        /// The message.
+        seq: Seq,
+        /// When the change happened (µs, the leader's stamp): the
+        /// `edited_at` of an edit.
+        at: u64,
+        /// False if the command changed nothing (a repeated unsend, a
+        /// reaction already there or already gone).
+        changed: bool,
     },
 }

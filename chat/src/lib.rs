@@ -23,11 +23,13 @@
 //! - `retention` — what the store forgets on its own (disappearing
 //!   messages).
 //! - `apply` — **the apply rules**, one file per command family
-//!   (conversation, message, receipt, deliver, user).
+//!   (conversation, message, change, receipt, deliver, user).
 //! - `app` — [`ChatApp`], the runtime's `App`: routing by slot, apply, and
 //!   what happens once a batch is durable.
 //! - `outbox_feed` — what apply just wrote to an outbox, handed to the
 //!   fan-out worker in memory (a scan of the outbox is the fallback).
+//! - `revisions` — which stored messages changed on this replica, so
+//!   caches of rendered messages never serve an old version.
 //! - `fanout` — the worker moving conversation events from a shard's
 //!   durable outbox into members' inboxes on their user shards.
 //! - `node` — [`ChatNode`]: a runtime node running the domain, its fan-out
@@ -45,6 +47,7 @@ pub mod node;
 pub mod outbox_feed;
 pub mod records;
 pub mod retention;
+pub mod revisions;
 
 pub use app::ChatApp;
 pub use error::{Error, Result};

@@ -93,6 +93,12 @@ impl ChatNode {
         self.node.app().hooks().inbox.subscribe()
     }
 
+    /// Which stored messages changed on this replica (for caches of
+    /// rendered messages; see [`Revisions`](crate::revisions::Revisions)).
+    pub fn revisions(&self) -> Arc<crate::revisions::Revisions> {
+        Arc::clone(&self.node.app().hooks().revisions)
+    }
+
     /// Stops the fan-out worker, then the node (see [`Node::shutdown`]).
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);

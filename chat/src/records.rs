@@ -10,8 +10,9 @@
 //! conversation  0x20 slot:u16 conv:u64 0x00            → Conversation
 //! head          0x20 slot:u16 conv:u64 0x01            → Head
 //! dedup         0x20 slot:u16 conv:u64 0x02 sender:u64 client_msg_id → Dedup
-//! seq index     0x20 slot:u16 conv:u64 0x04 seq:u64    → Indexed
-//! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message (v2)
+//! seq index     0x20 slot:u16 conv:u64 0x04 seq:u64    → Indexed (v2)
+//! reactions     0x20 slot:u16 conv:u64 0x05 seq:u64    → Reactions
+//! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message (v3)
 //! receipt       0x40 slot:u16 conv:u64 user:u64        → Receipt
 //! outbox head   0x20 slot:u16 conv:u64 0x03            → OutboxHead
 //! outbox entry  0x60 slot:u16 conv:u64 eseq:u64        → OutboxEntry
@@ -31,21 +32,39 @@
 //!
 //! # Message values
 //!
-//! A message is `[2][postcard(Message)]`: the fields of version 1 (`seq`,
+//! A message is `[3][postcard(Message)]`: the fields of version 1 (`seq`,
 //! `sender`, `device`, `client_msg_id`, `kind`, `body`, `expires_at`), then
-//! `reply_to: Option<Seq>`. Version 1 values (written before replies
-//! existed) are still read: [`decode_message`] gives them `reply_to: None`.
+//! `reply_to: Option<Seq>` (version 2), then what changes after it is
+//! stored (version 3): `edited_at: Option<u64>`, `edits: u32`,
+//! `unsent: Option<Unsent>`, `reactions: Vec<Reaction>`, `prior:
+//! Vec<PriorBody>`. Versions 1 and 2 (written before replies, and before
+//! edits) are still read: [`decode_message`] fills the missing fields
+//! with "none". A message's key never changes: an edit, an unsend or a
+//! reaction rewrites the value under it, and compaction drops the older
+//! versions like any overwritten value.
+//!
 //! The seq index (written with every message since version 2) finds a
 //! message by seq; a message stored before it has no index entry, so
-//! commands that name a message by seq cannot find it.
+//! commands that name a message by seq cannot find it. Index values are
+//! `[2][postcard(Indexed)]` (`ts`, `expires_at`, `system`, `sender`,
+//! `unsent`); version 1 (`ts`, `expires_at`, `system`) reads with an
+//! unknown sender (user 0: nobody may edit or unsend it) and not unsent.
 //!
-//! Why apply decides from the index and not from the message: the engine
-//! hides an expired message from reads by the *local* clock and compaction
-//! drops it on each replica's own schedule, so whether a replica still
-//! finds a message differs between replicas — a rule that read it could
-//! refuse on one replica what another accepted. The index entry never
-//! expires and carries what the rules need (`expires_at`, system or not),
-//! judged against the leader's stamp, which every replica shares.
+//! # What the rules read (the invariant)
+//!
+//! The engine hides an expired message from reads by the *local* clock,
+//! and compaction drops it on each replica's own schedule, so whether a
+//! replica still finds a message record differs between replicas. A rule
+//! that decided from it could refuse on one replica what another accepted.
+//! So every decision a rule makes about a message — whether it exists,
+//! who sent it, when, whether it was unsent, what reactions it has —
+//! comes from records that never expire: the seq index (judged against the
+//! leader's stamp, which every replica shares) and the reactions record.
+//! The message record is only *rewritten* from them (a best effort: a
+//! replica that no longer finds it has already stopped serving it, and the
+//! rewrite would have expired at the same `expires_at` anyway). Reactions
+//! live twice for that reason: the reactions record decides, and a copy in
+//! the message value serves history pages without a second read.
 //! Keyspace 0x50 (`RaftMeta`) is the runtime's (`missive_raft::storage::meta`).
 
 use serde::de::DeserializeOwned;
@@ -162,12 +181,93 @@ pub struct Message {
     pub expires_at: Option<u64>,
     /// The message this one answers (same conversation), if a reply.
     pub reply_to: Option<Seq>,
+    /// When its body was last replaced by an edit (µs, the leader's
+    /// stamp), if ever.
+    pub edited_at: Option<u64>,
+    /// How many times it was edited.
+    pub edits: u32,
+    /// Set once it was unsent (deleted for everyone): the body, the
+    /// reactions and the prior bodies are gone; seq, ts and sender stay.
+    pub unsent: Option<Unsent>,
+    /// The reactions, a copy of the reactions record (see the module docs).
+    pub reactions: Vec<Reaction>,
+    /// The bodies it had before its edits, oldest first, when the
+    /// conversation keeps them (empty otherwise).
+    pub prior: Vec<PriorBody>,
+}
+
+impl Message {
+    /// A new message as its sender wrote it: never edited, unsent or
+    /// reacted to.
+    #[allow(clippy::too_many_arguments, reason = "one per field a sender gives")]
+    pub fn new(
+        seq: Seq,
+        sender: UserId,
+        device: DeviceId,
+        client_msg_id: String,
+        kind: MessageKind,
+        body: Vec<u8>,
+        expires_at: Option<u64>,
+        reply_to: Option<Seq>,
+    ) -> Message {
+        Message {
+            seq,
+            sender,
+            device,
+            client_msg_id,
+            kind,
+            body,
+            expires_at,
+            reply_to,
+            edited_at: None,
+            edits: 0,
+            unsent: None,
+            reactions: Vec::new(),
+            prior: Vec::new(),
+        }
+    }
+}
+
+/// Who unsent a message, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsent {
+    /// When (µs, the leader's stamp).
+    pub at: u64,
+    /// Who: the sender, or a group admin.
+    pub by: UserId,
+}
+
+/// One emoji on a message and who put it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji (a short UTF-8 string).
+    pub emoji: String,
+    /// Who reacted with it, in the order they did (never empty).
+    pub users: Vec<UserId>,
+}
+
+/// A message's reactions: the record the reaction rule decides from
+/// (`[1][postcard]`), in the order each emoji was first used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Reactions {
+    /// One entry per emoji in use.
+    pub list: Vec<Reaction>,
+}
+
+/// A body a message had before an edit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorBody {
+    /// When it was replaced (µs).
+    pub replaced_at: u64,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
 /// The version byte of a stored [`Message`] (see the module docs).
-pub const MESSAGE_VERSION: u8 = 2;
+pub const MESSAGE_VERSION: u8 = 3;
 
-/// A message as version 1 stored it: [`Message`] without `reply_to`.
+/// A message as versions 1 and 2 stored it: [`Message`] without what
+/// came later (`reply_to` is only in version 2, the last field).
 #[derive(Deserialize)]
 struct MessageV1 {
     seq: Seq,
@@ -185,27 +285,32 @@ pub fn encode_message(m: &Message) -> Result<Vec<u8>> {
         .map_err(|e| missive_raft::Error::malformed("message", e))
 }
 
-/// Decodes a message of any version this build knows (1 and 2).
+/// Decodes a message of any version this build knows (1 to 3).
 pub fn decode_message(bytes: &[u8]) -> Result<Message> {
     let bad = |e: postcard::Error| missive_raft::Error::malformed("message", e);
     match bytes.split_first() {
         Some((&MESSAGE_VERSION, rest)) => postcard::from_bytes(rest).map_err(bad),
-        Some((1, rest)) => {
-            let m: MessageV1 = postcard::from_bytes(rest).map_err(bad)?;
-            Ok(Message {
-                seq: m.seq,
-                sender: m.sender,
-                device: m.device,
-                client_msg_id: m.client_msg_id,
-                kind: m.kind,
-                body: m.body,
-                expires_at: m.expires_at,
-                reply_to: None,
-            })
+        Some((v @ (1 | 2), rest)) => {
+            let (m, rest): (MessageV1, _) = postcard::take_from_bytes(rest).map_err(bad)?;
+            let reply_to = if *v == 2 {
+                postcard::from_bytes(rest).map_err(bad)?
+            } else {
+                None
+            };
+            Ok(Message::new(
+                m.seq,
+                m.sender,
+                m.device,
+                m.client_msg_id,
+                m.kind,
+                m.body,
+                m.expires_at,
+                reply_to,
+            ))
         }
         Some((v, _)) => Err(missive_raft::Error::malformed(
             "message",
-            format!("format version {v}, this build reads 1 and {MESSAGE_VERSION}"),
+            format!("format version {v}, this build reads 1 to {MESSAGE_VERSION}"),
         )),
         None => Err(missive_raft::Error::malformed("message", "empty record")),
     }
@@ -248,7 +353,8 @@ pub fn dedup_key(conv: ConversationId, sender: UserId, client_msg_id: &str) -> V
 }
 
 /// What the seq index holds for one message: where it is, and what the
-/// rules that name a message by seq need to know without reading it.
+/// rules that name a message by seq need to know without reading it
+/// (`[2][postcard]`, see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Indexed {
     /// The message's ts (its key).
@@ -257,11 +363,62 @@ pub struct Indexed {
     pub expires_at: Option<u64>,
     /// Written by the server (nobody may answer it).
     pub system: bool,
+    /// Who sent it (user 0 for entries of version 1: unknown).
+    pub sender: UserId,
+    /// Whether it was unsent.
+    pub unsent: bool,
+}
+
+/// The version byte of a stored [`Indexed`].
+pub const INDEXED_VERSION: u8 = 2;
+
+/// An index entry as version 1 stored it.
+#[derive(Deserialize)]
+struct IndexedV1 {
+    ts: u64,
+    expires_at: Option<u64>,
+    system: bool,
+}
+
+/// Encodes a seq index entry: `[INDEXED_VERSION][postcard(Indexed)]`.
+pub fn encode_indexed(ix: &Indexed) -> Result<Vec<u8>> {
+    postcard::to_extend(ix, vec![INDEXED_VERSION])
+        .map_err(|e| missive_raft::Error::malformed("seq index", e))
+}
+
+/// Decodes a seq index entry of version 1 or 2.
+pub fn decode_indexed(bytes: &[u8]) -> Result<Indexed> {
+    let bad = |e: postcard::Error| missive_raft::Error::malformed("seq index", e);
+    match bytes.split_first() {
+        Some((&INDEXED_VERSION, rest)) => postcard::from_bytes(rest).map_err(bad),
+        Some((1, rest)) => {
+            let v1: IndexedV1 = postcard::from_bytes(rest).map_err(bad)?;
+            Ok(Indexed {
+                ts: v1.ts,
+                expires_at: v1.expires_at,
+                system: v1.system,
+                sender: UserId(0),
+                unsent: false,
+            })
+        }
+        Some((v, _)) => Err(missive_raft::Error::malformed(
+            "seq index",
+            format!("format version {v}, this build reads 1 and {INDEXED_VERSION}"),
+        )),
+        None => Err(missive_raft::Error::malformed("seq index", "empty record")),
+    }
 }
 
 /// Key of the seq index entry of a conversation's message `seq`.
 pub fn seq_key(conv: ConversationId, seq: Seq) -> Vec<u8> {
     let mut k = conv_key(conv, 0x04);
+    k.extend_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+/// Key of the reactions record of a conversation's message `seq`.
+pub fn reactions_key(conv: ConversationId, seq: Seq) -> Vec<u8> {
+    let mut k = conv_key(conv, 0x05);
     k.extend_from_slice(&seq.0.to_be_bytes());
     k
 }
@@ -422,6 +579,38 @@ pub enum EventKind {
         added: Vec<UserId>,
         /// Who left or was removed.
         removed: Vec<UserId>,
+    },
+    /// A message's body was replaced (not unread: the message was
+    /// counted when it arrived).
+    Edited {
+        /// Its seq.
+        seq: Seq,
+        /// Its ts (the message key).
+        ts: u64,
+        /// When it was edited (µs).
+        edited_at: u64,
+        /// When the message disappears, if ever (µs).
+        expires_at: Option<u64>,
+    },
+    /// A message was deleted for everyone.
+    Unsent {
+        /// Its seq.
+        seq: Seq,
+        /// Its ts.
+        ts: u64,
+        /// Who unsent it.
+        by: UserId,
+    },
+    /// A user added or removed an emoji on a message (not unread).
+    Reacted {
+        /// Its seq.
+        seq: Seq,
+        /// Who reacted.
+        user: UserId,
+        /// The emoji.
+        emoji: String,
+        /// Added (true) or removed.
+        added: bool,
     },
 }
 

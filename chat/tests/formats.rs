@@ -200,10 +200,11 @@ fn conv() -> ConversationId {
     ConversationId(0x0123_4567_89ab_cdef)
 }
 
-/// Commands added after the first fixtures: the frames and batches that
-/// pinned "every command" then (`normal_batch_of_all`, `request_append`)
-/// leave them out, so their stored bytes stay what they were.
-const SINCE_REPLIES: &[&str] = &["post_reply", "post"];
+/// Commands added after the first fixtures (replies; edits, unsends and
+/// reactions): the frames and batches that pinned "every command" then
+/// (`normal_batch_of_all`, `request_append`) leave them out, so their
+/// stored bytes stay what they were.
+const SINCE_REPLIES: &[&str] = &["post_reply", "post", "edit", "unsend", "react"];
 
 /// The commands of the first fixtures.
 fn commands_v1() -> Vec<(&'static str, Command)> {
@@ -406,6 +407,36 @@ fn commands() -> Vec<(&'static str, Command)> {
                 reply_to: None,
             }),
         ),
+        (
+            "edit",
+            Command::Edit {
+                conv: conv(),
+                actor: UserId(7),
+                seq: Seq(2),
+                body: b"me too!".to_vec(),
+                window_micros: 900_000_000,
+            },
+        ),
+        (
+            "unsend",
+            Command::Unsend {
+                conv: conv(),
+                actor: UserId(7),
+                seq: Seq(2),
+                window_micros: 172_800_000_000,
+                admins_may: true,
+            },
+        ),
+        (
+            "react",
+            Command::React {
+                conv: conv(),
+                user: UserId(8),
+                seq: Seq(2),
+                emoji: "👍".into(),
+                add: true,
+            },
+        ),
     ]
 }
 
@@ -458,6 +489,22 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
             Outcome::Rejected {
                 code: RejectCode::NoSuchMessage,
                 message: "no message 9".into(),
+            },
+        ),
+        // Since edits, unsends and reactions.
+        (
+            "message_changed",
+            Outcome::MessageChanged {
+                seq: Seq(2),
+                at: 1_700_000_000_000_009,
+                changed: true,
+            },
+        ),
+        (
+            "rejected_too_late",
+            Outcome::Rejected {
+                code: RejectCode::TooLate,
+                message: "too late".into(),
             },
         ),
     ]
@@ -592,29 +639,26 @@ fn stored_records_and_their_keys() {
     );
     // Version 1 of a message (before replies): still read, no longer
     // written. Its fields, in order, are the same bytes as this tuple.
-    let v1 = Message {
-        seq: Seq(5),
-        sender: UserId(7),
-        device: DeviceId(2),
-        client_msg_id: "c-5".into(),
-        kind: MessageKind::Media,
-        body: vec![0, 1, 2, 255],
-        expires_at: Some(1_800_000_000_000_000),
-        reply_to: None,
-    };
-    let v1_bytes = codec::encode(
-        "message v1",
-        &(
-            v1.seq,
-            v1.sender,
-            v1.device,
-            &v1.client_msg_id,
-            v1.kind,
-            &v1.body,
-            v1.expires_at,
-        ),
-    )
-    .unwrap();
+    let v1 = Message::new(
+        Seq(5),
+        UserId(7),
+        DeviceId(2),
+        "c-5".into(),
+        MessageKind::Media,
+        vec![0, 1, 2, 255],
+        Some(1_800_000_000_000_000),
+        None,
+    );
+    let v1_fields = (
+        v1.seq,
+        v1.sender,
+        v1.device,
+        &v1.client_msg_id,
+        v1.kind,
+        &v1.body,
+        v1.expires_at,
+    );
+    let v1_bytes = codec::encode("message v1", &v1_fields).unwrap();
     set.case("message", v1_bytes, |b| {
         let got = records::decode_message(b).map_err(|e| e.to_string())?;
         (got == v1).then_some(()).ok_or(format!("decoded {got:?}"))
@@ -623,18 +667,101 @@ fn stored_records_and_their_keys() {
         reply_to: Some(Seq(4)),
         ..v1.clone()
     };
-    set.case("message_v2", records::encode_message(&v2).unwrap(), |b| {
+    // Version 2 (replies, before edits): version 1's fields, then reply_to.
+    let mut v2_bytes = vec![2];
+    v2_bytes.extend(postcard::to_allocvec(&(v1_fields, v2.reply_to)).unwrap());
+    set.case("message_v2", v2_bytes, |b| {
         let got = records::decode_message(b).map_err(|e| e.to_string())?;
         (got == v2).then_some(()).ok_or(format!("decoded {got:?}"))
     });
-    set.versioned(
-        "seq_index_value",
-        &Indexed {
-            ts: 1_700_000_000_000_005,
-            expires_at: Some(1_800_000_000_000_000),
-            system: false,
+    // Version 1 of a seq index entry: still read, with an unknown sender.
+    let ix_v1 = Indexed {
+        ts: 1_700_000_000_000_005,
+        expires_at: Some(1_800_000_000_000_000),
+        system: false,
+        sender: UserId(0),
+        unsent: false,
+    };
+    let ix_v1_bytes =
+        codec::encode("seq index v1", &(ix_v1.ts, ix_v1.expires_at, ix_v1.system)).unwrap();
+    set.case("seq_index_value", ix_v1_bytes, |b| {
+        let got = records::decode_indexed(b).map_err(|e| e.to_string())?;
+        (got == ix_v1)
+            .then_some(())
+            .ok_or(format!("decoded {got:?}"))
+    });
+    let ix_v2 = Indexed {
+        sender: UserId(7),
+        unsent: true,
+        ..ix_v1
+    };
+    set.case(
+        "seq_index_value_v2",
+        records::encode_indexed(&ix_v2).unwrap(),
+        |b| {
+            let got = records::decode_indexed(b).map_err(|e| e.to_string())?;
+            (got == ix_v2)
+                .then_some(())
+                .ok_or(format!("decoded {got:?}"))
         },
     );
+    let v3 = Message {
+        edited_at: Some(1_700_000_000_000_009),
+        edits: 2,
+        unsent: Some(Unsent {
+            at: 1_700_000_000_000_010,
+            by: UserId(8),
+        }),
+        reactions: vec![Reaction {
+            emoji: "👍".into(),
+            users: vec![UserId(8), UserId(9)],
+        }],
+        prior: vec![PriorBody {
+            replaced_at: 1_700_000_000_000_009,
+            body: b"old".to_vec(),
+        }],
+        ..v2.clone()
+    };
+    set.case("message_v3", records::encode_message(&v3).unwrap(), |b| {
+        let got = records::decode_message(b).map_err(|e| e.to_string())?;
+        (got == v3).then_some(()).ok_or(format!("decoded {got:?}"))
+    });
+    set.versioned(
+        "reactions",
+        &Reactions {
+            list: v3.reactions.clone(),
+        },
+    );
+    for (name, event) in [
+        (
+            "event_edited",
+            EventKind::Edited {
+                seq: Seq(2),
+                ts: 1_700_000_000_000_001,
+                edited_at: 1_700_000_000_000_009,
+                expires_at: Some(1_800_000_000_000_000),
+            },
+        ),
+        (
+            "event_unsent",
+            EventKind::Unsent {
+                seq: Seq(2),
+                ts: 1_700_000_000_000_001,
+                by: UserId(7),
+            },
+        ),
+        (
+            "event_reacted",
+            EventKind::Reacted {
+                seq: Seq(2),
+                user: UserId(8),
+                emoji: "🎉".into(),
+                added: false,
+            },
+        ),
+    ] {
+        set.versioned(name, &event);
+    }
     for (name, kind) in [
         ("message_kind_text", MessageKind::Text),
         ("message_kind_reply", MessageKind::Reply),
@@ -763,6 +890,7 @@ fn stored_records_and_their_keys() {
     set.key("key_dedup", dedup_key(conv(), u, "c-5"));
     set.key("key_message", msg_key(conv(), 1_700_000_000_000_005));
     set.key("key_seq_index", seq_key(conv(), Seq(5)));
+    set.key("key_reactions", reactions_key(conv(), Seq(5)));
     set.key("key_receipt", receipt_key(conv(), u));
     set.key("key_receipt_prefix", receipt_prefix(conv()));
     set.key("key_applied", applied_key(ShardId(3)));

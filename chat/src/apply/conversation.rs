@@ -196,16 +196,16 @@ impl Apply<'_, '_> {
         };
         let out = self.append(
             conv,
-            Message {
-                seq: Seq::ZERO,
-                sender: actor,
-                device: DeviceId(0),
-                client_msg_id: String::new(),
-                kind: MessageKind::System,
-                body: records::encode(&event)?,
-                expires_at: None,
-                reply_to: None,
-            },
+            Message::new(
+                Seq::ZERO,
+                actor,
+                DeviceId(0),
+                String::new(),
+                MessageKind::System,
+                records::encode(&event)?,
+                None,
+                None,
+            ),
             stamp,
             &audience,
         )?;

@@ -51,7 +51,12 @@ impl Apply<'_, '_> {
                     uc.read = uc.read.max(*read);
                     uc.delivered = uc.delivered.max(*delivered);
                 }
-                EventKind::Receipt { .. } => {}
+                // Changes to a stored message are not new messages: no
+                // unread, no activity (the list does not reorder).
+                EventKind::Receipt { .. }
+                | EventKind::Edited { .. }
+                | EventKind::Unsent { .. }
+                | EventKind::Reacted { .. } => {}
                 EventKind::Membership { added, removed, .. } => {
                     if added.contains(&d.user) {
                         uc.member = true;

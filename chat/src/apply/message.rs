@@ -25,16 +25,16 @@ impl Apply<'_, '_> {
         };
         let out = self.append(
             conv,
-            Message {
-                seq: Seq::ZERO,
-                sender: new.sender,
-                device: new.device,
-                client_msg_id: new.client_msg_id.clone(),
-                kind: new.kind,
-                body: new.body.clone(),
-                expires_at: new.expires_at,
-                reply_to: new.reply_to,
-            },
+            Message::new(
+                Seq::ZERO,
+                new.sender,
+                new.device,
+                new.client_msg_id.clone(),
+                new.kind,
+                new.body.clone(),
+                new.expires_at,
+                new.reply_to,
+            ),
             stamp,
             &c.members,
         )?;
@@ -60,24 +60,30 @@ impl Apply<'_, '_> {
     }
 
     /// Message `seq` of `conv`, if the conversation holds it at `stamp`:
-    /// indexed, not expired by `stamp`, and not a system message (which
-    /// nobody may answer). Decided from the seq index alone, never from the
-    /// message record (see `records`: whether a replica still finds an
-    /// expired message depends on its own clock and compactions).
+    /// indexed, not expired by `stamp`, not unsent, and not a system
+    /// message (which nobody may answer, edit or react to). Decided from
+    /// the seq index alone, never from the message record (see `records`:
+    /// whether a replica still finds an expired message depends on its own
+    /// clock and compactions).
     pub(super) fn message(
         &mut self,
         conv: ConversationId,
         seq: Seq,
         stamp: u64,
     ) -> Result<Option<Indexed>> {
-        let Some(ix) = self
-            .rec
-            .get_as::<Indexed>("seq index", &seq_key(conv, seq))?
-        else {
+        let Some(ix) = self.indexed(conv, seq)? else {
             return Ok(None);
         };
         let gone = ix.expires_at.is_some_and(|at| at <= stamp);
-        Ok((!gone && !ix.system).then_some(ix))
+        Ok((!gone && !ix.system && !ix.unsent).then_some(ix))
+    }
+
+    /// The seq index entry of message `seq`, whatever its state.
+    pub(super) fn indexed(&mut self, conv: ConversationId, seq: Seq) -> Result<Option<Indexed>> {
+        self.rec
+            .get(&seq_key(conv, seq))?
+            .map(|b| records::decode_indexed(&b))
+            .transpose()
     }
 
     /// Stores a message at the conversation's next (ts, seq), unless the
@@ -124,8 +130,11 @@ impl Apply<'_, '_> {
             ts,
             expires_at: m.expires_at,
             system: m.kind == MessageKind::System,
+            sender: m.sender,
+            unsent: false,
         };
-        self.rec.put(seq_key(conv, seq), records::encode(&ix)?);
+        self.rec
+            .put(seq_key(conv, seq), records::encode_indexed(&ix)?);
         self.rec.put(hkey, records::encode(&Head { ts, seq })?);
         if let Some(k) = dkey {
             self.rec.put(k, records::encode(&Dedup { ts, seq })?);

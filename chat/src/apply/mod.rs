@@ -13,9 +13,11 @@
 //! local clock — cannot make replicas diverge.
 //!
 //! One file per command family: `conversation` (create, membership),
-//! `message` (append, dedup), `receipt`, `deliver` (inbox delivery and the
-//! outbox's clean-up), `user` (devices, profile, push tokens).
+//! `message` (append, dedup), `change` (edit, unsend, react), `receipt`,
+//! `deliver` (inbox delivery and the outbox's clean-up), `user` (devices,
+//! profile, push tokens).
 
+mod change;
 mod conversation;
 mod deliver;
 mod message;
@@ -74,6 +76,9 @@ pub struct Effects {
     pub(crate) fresh: Vec<Fresh>,
     /// Inboxes that grew.
     pub(crate) notices: Vec<InboxNotice>,
+    /// Stored messages whose value changed (edits, unsends, reactions):
+    /// what this replica served of them before is stale.
+    pub(crate) changed: Vec<(ConversationId, crate::ids::Seq)>,
 }
 
 /// One command's run: the call's records and effects.
@@ -183,6 +188,27 @@ pub(crate) fn run(
             token,
         } => a.set_push_token(*user, *device, token.as_deref(), stamp),
         Command::SetProfile { user, display_name } => a.set_profile(*user, display_name),
+        Command::Edit {
+            conv,
+            actor,
+            seq,
+            body,
+            window_micros,
+        } => a.edit(*conv, *actor, *seq, body, *window_micros, stamp),
+        Command::Unsend {
+            conv,
+            actor,
+            seq,
+            window_micros,
+            admins_may,
+        } => a.unsend(*conv, *actor, *seq, *window_micros, *admins_may, stamp),
+        Command::React {
+            conv,
+            user,
+            seq,
+            emoji,
+            add,
+        } => a.react(*conv, *user, *seq, emoji, *add, stamp),
     }
 }
 

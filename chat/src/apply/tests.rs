@@ -94,9 +94,15 @@ fn reply(sender: u64, cid: &str, to: u64, expires_at: Option<u64>) -> Command {
     })
 }
 
+/// The seq index entry of message `seq` of `CONV`.
+fn indexed(s: &Shard, seq: u64) -> Option<records::Indexed> {
+    let v = s.kv.get(&records::seq_key(CONV, Seq(seq)))?;
+    Some(records::decode_indexed(v).unwrap())
+}
+
 /// The stored message `seq` of `CONV`, through the seq index.
 fn stored(s: &Shard, seq: u64) -> Option<records::Message> {
-    let ix: records::Indexed = s.get(&records::seq_key(CONV, Seq(seq)))?;
+    let ix = indexed(s, seq)?;
     let v = s.kv.get(&records::msg_key(CONV, ix.ts))?;
     Some(records::decode_message(v).unwrap())
 }
@@ -570,11 +576,232 @@ fn a_reply_is_decided_from_the_index_not_from_what_retention_left() {
         s.out(group(&[1, 2]));
         s.out(reply(1, "a", 0, Some(STAMP + 1_000)));
         if drop_record {
-            let ix: records::Indexed = s.get(&records::seq_key(CONV, Seq(1))).unwrap();
+            let ix = indexed(&s, 1).unwrap();
             s.kv.remove(&records::msg_key(CONV, ix.ts));
         }
         s.out(reply(2, "b", 1, None))
     };
     assert_eq!(run(false), run(true));
     assert_eq!(seq(&run(true)), 2);
+}
+
+const WINDOW: u64 = 100;
+
+fn edit(actor: u64, seq: u64, body: &str) -> Command {
+    Command::Edit {
+        conv: CONV,
+        actor: UserId(actor),
+        seq: Seq(seq),
+        body: body.as_bytes().to_vec(),
+        window_micros: WINDOW,
+    }
+}
+
+fn unsend(actor: u64, seq: u64, admins_may: bool) -> Command {
+    Command::Unsend {
+        conv: CONV,
+        actor: UserId(actor),
+        seq: Seq(seq),
+        window_micros: WINDOW,
+        admins_may,
+    }
+}
+
+fn react(user: u64, seq: u64, emoji: &str, add: bool) -> Command {
+    Command::React {
+        conv: CONV,
+        user: UserId(user),
+        seq: Seq(seq),
+        emoji: emoji.into(),
+        add,
+    }
+}
+
+fn changed(o: &Outcome) -> bool {
+    match o {
+        Outcome::MessageChanged { changed, .. } => *changed,
+        other => panic!("not a change: {other:?}"),
+    }
+}
+
+/// The events queued in `CONV`'s outbox, oldest first.
+fn outbox(s: &Shard) -> Vec<records::EventKind> {
+    let head: OutboxHead = s.get(&outbox_head_key(CONV)).unwrap_or_default();
+    (1..=head.last.0)
+        .filter_map(|e| s.get::<OutboxEntry>(&outbox_key(CONV, Eseq(e))))
+        .map(|e| e.event)
+        .collect()
+}
+
+#[test]
+fn only_the_sender_edits_and_only_within_the_window() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2, 3]));
+    s.out(send(1, "a"));
+    assert_eq!(code(&s.out(edit(2, 1, "x"))), Some(RejectCode::Forbidden));
+    assert_eq!(code(&s.out(edit(4, 1, "x"))), Some(RejectCode::NotAMember));
+    assert_eq!(
+        code(&s.out(edit(1, 9, "x"))),
+        Some(RejectCode::NoSuchMessage)
+    );
+    assert_eq!(code(&s.out(edit(1, 1, ""))), Some(RejectCode::Invalid));
+    // The system message of the creation is nobody's to edit.
+    s.out(change(1, &[4], &[]));
+    assert_eq!(
+        code(&s.out(edit(1, 2, "x"))),
+        Some(RejectCode::NoSuchMessage)
+    );
+    let (out, fx) = s.apply(edit(1, 1, "fixed"));
+    assert!(changed(&out));
+    assert_eq!(fx.changed, vec![(CONV, Seq(1))], "caches learn of it");
+    s.out(edit(1, 1, "fixed again"));
+    let m = stored(&s, 1).unwrap();
+    assert_eq!(m.body, b"fixed again");
+    assert_eq!(m.edits, 2);
+    assert!(m.edited_at.is_some());
+    assert!(m.prior.is_empty(), "prior bodies are not kept by default");
+    // Not unread: the members' views do not count it (see deliver), and
+    // the event says what changed.
+    assert!(matches!(
+        outbox(&s).last(),
+        Some(records::EventKind::Edited { seq: Seq(1), .. })
+    ));
+    s.stamp += WINDOW;
+    assert_eq!(code(&s.out(edit(1, 1, "late"))), Some(RejectCode::TooLate));
+}
+
+#[test]
+fn unsend_leaves_a_tombstone_that_no_rule_finds_again() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2, 3]));
+    s.out(send(2, "a"));
+    s.out(react(3, 1, "👍", true));
+    assert_eq!(
+        code(&s.out(unsend(3, 1, true))),
+        Some(RejectCode::Forbidden)
+    );
+    assert!(changed(&s.out(unsend(2, 1, false))));
+    let m = stored(&s, 1).unwrap();
+    assert!(m.body.is_empty() && m.reactions.is_empty());
+    assert_eq!(m.unsent.map(|u| u.by), Some(UserId(2)));
+    assert!(indexed(&s, 1).unwrap().unsent);
+    assert!(
+        !s.kv.contains_key(&records::reactions_key(CONV, Seq(1))),
+        "its reactions go with it"
+    );
+    assert!(!changed(&s.out(unsend(2, 1, false))), "again: a no-op");
+    assert_eq!(
+        code(&s.out(edit(2, 1, "x"))),
+        Some(RejectCode::NoSuchMessage)
+    );
+    assert_eq!(
+        code(&s.out(react(3, 1, "👍", true))),
+        Some(RejectCode::NoSuchMessage)
+    );
+    assert_eq!(
+        code(&s.out(reply(3, "r", 1, None))),
+        Some(RejectCode::NoSuchMessage)
+    );
+    // Out of the sender's window, only an admin (if allowed) may.
+    s.out(send(2, "b"));
+    s.stamp += WINDOW;
+    assert_eq!(code(&s.out(unsend(2, 2, true))), Some(RejectCode::TooLate));
+    assert_eq!(
+        code(&s.out(unsend(1, 2, false))),
+        Some(RejectCode::Forbidden)
+    );
+    assert!(
+        changed(&s.out(unsend(1, 2, true))),
+        "user 1 created the group"
+    );
+    assert_eq!(stored(&s, 2).unwrap().unsent.map(|u| u.by), Some(UserId(1)));
+}
+
+#[test]
+fn reactions_are_a_set_per_user_and_emoji_with_bounds() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2, 3]));
+    s.out(send(1, "a"));
+    assert!(changed(&s.out(react(2, 1, "👍", true))));
+    assert!(!changed(&s.out(react(2, 1, "👍", true))), "already there");
+    assert!(changed(&s.out(react(3, 1, "👍", true))));
+    assert!(changed(&s.out(react(3, 1, "🎉", true))));
+    assert!(!changed(&s.out(react(2, 1, "🎉", false))), "never added");
+    let m = stored(&s, 1).unwrap();
+    let got: Vec<(String, Vec<u64>)> = m
+        .reactions
+        .iter()
+        .map(|r| (r.emoji.clone(), r.users.iter().map(|u| u.0).collect()))
+        .collect();
+    assert_eq!(got, [("👍".into(), vec![2, 3]), ("🎉".into(), vec![3])]);
+    assert!(changed(&s.out(react(3, 1, "🎉", false))));
+    assert_eq!(
+        stored(&s, 1).unwrap().reactions.len(),
+        1,
+        "an emoji nobody uses goes"
+    );
+    assert_eq!(
+        code(&s.out(react(2, 1, "", true))),
+        Some(RejectCode::Invalid)
+    );
+    assert_eq!(
+        code(&s.out(react(2, 1, "a b", true))),
+        Some(RejectCode::Invalid)
+    );
+    for i in 0..crate::command::MAX_EMOJIS_PER_USER - 1 {
+        assert!(changed(&s.out(react(2, 1, &format!("e{i}"), true))));
+    }
+    assert_eq!(
+        code(&s.out(react(2, 1, "one-more", true))),
+        Some(RejectCode::Invalid),
+        "per user bound"
+    );
+    // A member who left reacts no more.
+    s.out(change(3, &[], &[3]));
+    assert_eq!(
+        code(&s.out(react(3, 1, "👍", false))),
+        Some(RejectCode::NotAMember)
+    );
+    // Delivered to user 2's inbox, the reactions (and their removals)
+    // count nothing: unread are the two messages (the text, the system
+    // message of user 3 leaving), whatever the reactions did.
+    let items: Vec<Delivery> = outbox(&s)
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| Delivery {
+            user: UserId(2),
+            conv: CONV,
+            eseq: Eseq(i as u64 + 1),
+            event,
+            at: STAMP,
+        })
+        .collect();
+    assert!(items.len() > 10, "message, reactions, membership");
+    s.out(Command::Deliver { items });
+    let uc: UserConv = s.get(&user_conv_key(UserId(2), CONV)).unwrap();
+    assert_eq!((uc.unread(), uc.last_seq), (2, Seq(2)));
+}
+
+#[test]
+fn changes_are_decided_from_the_index_not_from_what_retention_left() {
+    // As for replies: a replica whose retention already dropped the
+    // message record must answer every change exactly as one that still
+    // holds it, and queue the same events.
+    let run = |drop_record: bool| {
+        let mut s = Shard::default();
+        s.out(group(&[1, 2]));
+        s.out(reply(1, "a", 0, Some(STAMP + 1_000)));
+        if drop_record {
+            let ix = indexed(&s, 1).unwrap();
+            s.kv.remove(&records::msg_key(CONV, ix.ts));
+        }
+        let outs = vec![
+            s.out(react(2, 1, "👍", true)),
+            s.out(react(2, 1, "👍", true)),
+            s.out(edit(1, 1, "x")),
+            s.out(unsend(1, 1, false)),
+        ];
+        (outs, outbox(&s), indexed(&s, 1))
+    };
+    assert_eq!(run(false), run(true));
 }

@@ -1,0 +1,286 @@
+//! Changing a stored message: `Edit`, `Unsend` and `React`.
+//!
+//! Every decision here comes from records that never expire — the seq
+//! index (sender, ts, unsent, expiry judged against the leader's stamp)
+//! and the reactions record — never from the message record, which a
+//! replica may already have dropped by its own clock (see `records`,
+//! "What the rules read"). The message record is then rewritten under its
+//! unchanged key, so history and sync serve the new state with the same
+//! single read as before, and compaction drops the old versions.
+
+use missive_engine::keys::ConversationId;
+use missive_raft::Result;
+
+use super::{reject, Apply};
+use crate::command::{
+    ConversationKind, Outcome, RejectCode, MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER,
+    MAX_EMOJI_BYTES,
+};
+use crate::ids::{Seq, UserId};
+use crate::records::{
+    self, msg_key, reactions_key, seq_key, EventKind, Indexed, Message, Reaction, Reactions, Unsent,
+};
+
+fn no_such(seq: Seq) -> Outcome {
+    reject(
+        RejectCode::NoSuchMessage,
+        format!("this conversation holds no message {seq} that can be changed"),
+    )
+}
+
+/// Whole seconds in `micros`, for messages to people.
+fn secs(micros: u64) -> u64 {
+    micros / 1_000_000
+}
+
+/// Why an emoji is refused, if it is.
+fn bad_emoji(emoji: &str) -> Option<String> {
+    if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES {
+        return Some(format!("an emoji is 1..={MAX_EMOJI_BYTES} bytes"));
+    }
+    emoji
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+        .then(|| "an emoji holds no spaces or control characters".to_string())
+}
+
+impl Apply<'_, '_> {
+    /// `Edit`: the sender replaces the body of a message they sent less
+    /// than `window` µs ago.
+    #[allow(clippy::too_many_arguments, reason = "the command's fields")]
+    pub(super) fn edit(
+        &mut self,
+        conv: ConversationId,
+        actor: UserId,
+        seq: Seq,
+        body: &[u8],
+        window: u64,
+        stamp: u64,
+    ) -> Result<Outcome> {
+        let c = match self.member_of(conv, actor)? {
+            Ok(c) => c,
+            Err(refused) => return Ok(refused),
+        };
+        if body.is_empty() {
+            return Ok(reject(
+                RejectCode::Invalid,
+                "an edit needs a body (unsend removes a message)",
+            ));
+        }
+        let Some(ix) = self.message(conv, seq, stamp)? else {
+            return Ok(no_such(seq));
+        };
+        if ix.sender != actor {
+            return Ok(reject(
+                RejectCode::Forbidden,
+                "only a message's sender may edit it",
+            ));
+        }
+        if stamp.saturating_sub(ix.ts) > window {
+            return Ok(reject(
+                RejectCode::TooLate,
+                format!(
+                    "message {seq} can no longer be edited: edits are allowed for {} s after sending",
+                    secs(window)
+                ),
+            ));
+        }
+        self.rewrite(conv, seq, &ix, |m| {
+            m.body = body.to_vec();
+            m.edited_at = Some(stamp);
+            m.edits = m.edits.saturating_add(1);
+        })?;
+        let event = EventKind::Edited {
+            seq,
+            ts: ix.ts,
+            edited_at: stamp,
+            expires_at: ix.expires_at,
+        };
+        self.emit(conv, event, c.members, stamp)?;
+        Ok(Outcome::MessageChanged {
+            seq,
+            at: stamp,
+            changed: true,
+        })
+    }
+
+    /// `Unsend`: the message becomes a tombstone; its reactions record
+    /// goes, and its index entry says so, so no later rule finds it.
+    pub(super) fn unsend(
+        &mut self,
+        conv: ConversationId,
+        actor: UserId,
+        seq: Seq,
+        window: u64,
+        admins_may: bool,
+        stamp: u64,
+    ) -> Result<Outcome> {
+        let c = match self.member_of(conv, actor)? {
+            Ok(c) => c,
+            Err(refused) => return Ok(refused),
+        };
+        let Some(mut ix) = self.indexed(conv, seq)? else {
+            return Ok(no_such(seq));
+        };
+        if ix.system || ix.expires_at.is_some_and(|at| at <= stamp) {
+            return Ok(no_such(seq));
+        }
+        if ix.unsent {
+            return Ok(Outcome::MessageChanged {
+                seq,
+                at: stamp,
+                changed: false,
+            });
+        }
+        let as_sender = ix.sender == actor && stamp.saturating_sub(ix.ts) <= window;
+        let as_admin = admins_may && c.kind == ConversationKind::Group && c.is_admin(actor);
+        if !as_sender && !as_admin {
+            return Ok(if ix.sender == actor {
+                reject(
+                    RejectCode::TooLate,
+                    format!(
+                        "message {seq} can no longer be unsent: unsending is allowed for {} s after sending",
+                        secs(window)
+                    ),
+                )
+            } else {
+                reject(
+                    RejectCode::Forbidden,
+                    "only a message's sender (or a group admin) may unsend it",
+                )
+            });
+        }
+        ix.unsent = true;
+        self.rec
+            .put(seq_key(conv, seq), records::encode_indexed(&ix)?);
+        self.rec.delete(reactions_key(conv, seq));
+        self.rewrite(conv, seq, &ix, |m| {
+            m.body = Vec::new();
+            m.edited_at = None;
+            m.edits = 0;
+            m.reactions = Vec::new();
+            m.prior = Vec::new();
+            m.unsent = Some(Unsent {
+                at: stamp,
+                by: actor,
+            });
+        })?;
+        let event = EventKind::Unsent {
+            seq,
+            ts: ix.ts,
+            by: actor,
+        };
+        self.emit(conv, event, c.members, stamp)?;
+        Ok(Outcome::MessageChanged {
+            seq,
+            at: stamp,
+            changed: true,
+        })
+    }
+
+    /// `React`: one user's emoji added to (or removed from) a message.
+    pub(super) fn react(
+        &mut self,
+        conv: ConversationId,
+        user: UserId,
+        seq: Seq,
+        emoji: &str,
+        add: bool,
+        stamp: u64,
+    ) -> Result<Outcome> {
+        let c = match self.member_of(conv, user)? {
+            Ok(c) => c,
+            Err(refused) => return Ok(refused),
+        };
+        if let Some(why) = bad_emoji(emoji) {
+            return Ok(reject(RejectCode::Invalid, why));
+        }
+        let Some(ix) = self.message(conv, seq, stamp)? else {
+            return Ok(no_such(seq));
+        };
+        let key = reactions_key(conv, seq);
+        let mut r: Reactions = self.rec.get_as("reactions", &key)?.unwrap_or_default();
+        let unchanged = Outcome::MessageChanged {
+            seq,
+            at: stamp,
+            changed: false,
+        };
+        let pos = r.list.iter().position(|x| x.emoji == emoji);
+        if add {
+            if pos.is_some_and(|i| r.list[i].users.contains(&user)) {
+                return Ok(unchanged);
+            }
+            let mine = r.list.iter().filter(|x| x.users.contains(&user)).count();
+            if mine >= MAX_EMOJIS_PER_USER {
+                return Ok(reject(
+                    RejectCode::Invalid,
+                    format!("one user puts at most {MAX_EMOJIS_PER_USER} emoji on a message"),
+                ));
+            }
+            match pos {
+                Some(i) => r.list[i].users.push(user),
+                None if r.list.len() >= MAX_EMOJIS_PER_MESSAGE => {
+                    return Ok(reject(
+                        RejectCode::Invalid,
+                        format!(
+                            "a message carries at most {MAX_EMOJIS_PER_MESSAGE} distinct emoji"
+                        ),
+                    ));
+                }
+                None => r.list.push(Reaction {
+                    emoji: emoji.to_string(),
+                    users: vec![user],
+                }),
+            }
+        } else {
+            let Some(i) = pos.filter(|i| r.list[*i].users.contains(&user)) else {
+                return Ok(unchanged);
+            };
+            r.list[i].users.retain(|u| *u != user);
+            if r.list[i].users.is_empty() {
+                r.list.remove(i);
+            }
+        }
+        if r.list.is_empty() {
+            self.rec.delete(key);
+        } else {
+            self.rec.put_as(key, &r)?;
+        }
+        self.rewrite(conv, seq, &ix, |m| m.reactions = r.list.clone())?;
+        let event = EventKind::Reacted {
+            seq,
+            user,
+            emoji: emoji.to_string(),
+            added: add,
+        };
+        self.emit(conv, event, c.members, stamp)?;
+        Ok(Outcome::MessageChanged {
+            seq,
+            at: stamp,
+            changed: true,
+        })
+    }
+
+    /// Rewrites message `seq`'s record under its key with `change`
+    /// applied, if this replica still holds it. One that does not has
+    /// dropped it as expired by its own clock and serves it to nobody; the
+    /// rewrite would carry the same `expires_at` (see `records`).
+    fn rewrite(
+        &mut self,
+        conv: ConversationId,
+        seq: Seq,
+        ix: &Indexed,
+        change: impl FnOnce(&mut Message),
+    ) -> Result<()> {
+        // Whatever this replica holds, what it served before is stale.
+        self.fx.changed.push((conv, seq));
+        let key = msg_key(conv, ix.ts);
+        let Some(bytes) = self.rec.get(&key)? else {
+            return Ok(());
+        };
+        let mut m = records::decode_message(&bytes)?;
+        change(&mut m);
+        self.rec.put(key, records::encode_message(&m)?);
+        Ok(())
+    }
+}
