@@ -31,6 +31,8 @@ pub struct Config {
     pub push: PushSection,
     /// The gRPC API.
     pub grpc: GrpcSection,
+    /// What members may do to messages already sent.
+    pub messages: MessagesSection,
 }
 
 impl Default for Config {
@@ -43,6 +45,32 @@ impl Default for Config {
             limits: Limits::default(),
             push: PushSection::default(),
             grpc: GrpcSection::default(),
+            messages: MessagesSection::default(),
+        }
+    }
+}
+
+/// What members may do to messages already sent. Every node of a cluster
+/// should agree: a command carries the value of the node that took it,
+/// so replicas judge alike, but two nodes configured differently answer
+/// the same request differently.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagesSection {
+    /// How long after sending its sender may edit a message, seconds.
+    pub edit_window_secs: u64,
+    /// How long after sending its sender may unsend a message, seconds.
+    pub unsend_window_secs: u64,
+    /// Whether a group's admins may unsend anyone's message, at any time.
+    pub admins_may_unsend: bool,
+}
+
+impl Default for MessagesSection {
+    fn default() -> Self {
+        MessagesSection {
+            edit_window_secs: 15 * 60,
+            unsend_window_secs: 2 * 24 * 3600,
+            admins_may_unsend: true,
         }
     }
 }

@@ -120,7 +120,12 @@ pub async fn start(cfg: Config) -> Result<Running> {
         stop_rx.clone(),
     ));
     let signals = node.signals();
-    let service = Arc::new(Service::new(node, cfg.limits.clone(), Arc::clone(&metrics)));
+    let service = Arc::new(Service::new(
+        node,
+        cfg.limits.clone(),
+        cfg.messages.clone(),
+        Arc::clone(&metrics),
+    ));
     let (presence, outgoing) = Presence::new(cfg.node.id);
     let presence_task = tokio::spawn(run_presence(
         Arc::clone(&presence),

@@ -31,7 +31,7 @@ use missive_engine::keys::ConversationId;
 use missive_raft::node::Consistency;
 
 use crate::auth::Caller;
-use crate::config::Limits;
+use crate::config::{Limits, MessagesSection};
 use crate::delivery::recent::RecentMessages;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -75,6 +75,17 @@ pub struct SentAck {
     pub duplicate: bool,
 }
 
+/// A committed edit, unsend or reaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeAck {
+    /// The message's seq.
+    pub seq: u64,
+    /// When it happened (µs; an edit's `edited_at`).
+    pub at: u64,
+    /// False if it changed nothing.
+    pub changed: bool,
+}
+
 /// A conversation in a user's list.
 #[derive(Debug, Clone)]
 pub struct ListEntry {
@@ -90,6 +101,8 @@ pub struct Service {
     pub node: Node,
     /// Limits.
     pub limits: Limits,
+    /// What members may do to sent messages.
+    pub messages: MessagesSection,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Recent messages as clients see them.
@@ -131,13 +144,23 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 
 impl Service {
     /// A service over `node`.
-    pub fn new(node: Node, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        node: Node,
+        limits: Limits,
+        messages: MessagesSection,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let rate = NonZeroU32::new(limits.sends_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.send_burst).unwrap_or(NonZeroU32::MIN);
         Service {
+            recent: RecentMessages::new(
+                limits.message_cache_bytes,
+                node.revisions(),
+                Arc::clone(&metrics),
+            ),
             node,
-            recent: RecentMessages::new(limits.message_cache_bytes, Arc::clone(&metrics)),
             limits,
+            messages,
             metrics,
             sends: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
         }
@@ -219,34 +242,24 @@ impl Service {
                 ),
             ));
         }
-        if let Err(not_until) = self.sends.check_key(&who.user) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            self.metrics.rate_limited.inc();
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many sends; slow down",
-            )
-            .retry_after(wait.as_millis().max(1) as u64));
-        }
+        self.check_rate(who.user)?;
         let expires_at = match expires_in_ms {
             Some(0) => return Err(ApiError::invalid("expires_in_ms must be positive")),
             Some(ms) => Some(now_micros().saturating_add(ms.saturating_mul(1000))),
             None => None,
         };
         // Kept for the cache: every recipient device renders this message.
-        let mut message = Message {
-            seq: Seq::ZERO,
-            sender: who.user,
-            device: who.device,
+        let mut message = Message::new(
+            Seq::ZERO,
+            who.user,
+            who.device,
             client_msg_id,
             kind,
             body,
             expires_at,
-            reply_to: reply_to.map(Seq),
-        };
+            reply_to.map(Seq),
+        );
+        let mark = self.recent.mark();
         let out = self
             .write(Command::Post(NewMessage {
                 conv,
@@ -262,12 +275,10 @@ impl Service {
         match out {
             Outcome::Appended { ts, seq, duplicate } => {
                 self.metrics.messages_sent.inc();
-                if !duplicate {
+                if !duplicate && self.cacheable(conv) {
                     message.seq = seq;
-                    self.recent.insert(&MessageOut::from_stored(
-                        conv.0,
-                        StoredMessage { ts, message },
-                    ));
+                    let m = MessageOut::from_stored(conv.0, StoredMessage { ts, message });
+                    self.recent.insert(&m, mark);
                 }
                 Ok(SentAck {
                     seq: seq.0,
@@ -277,6 +288,130 @@ impl Service {
             }
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    /// Whether this node may cache `conv`'s messages: it replicates the
+    /// conversation's shard, so it sees every change to them (see
+    /// `delivery::recent`).
+    fn cacheable(&self, conv: ConversationId) -> bool {
+        self.node.hosts(self.node.slots().shard_of(conv))
+    }
+
+    /// Counts one write against `who`'s send rate.
+    fn check_rate(&self, who: UserId) -> Result<(), ApiError> {
+        if let Err(not_until) = self.sends.check_key(&who) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            self.metrics.rate_limited.inc();
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many sends; slow down",
+            )
+            .retry_after(wait.as_millis().max(1) as u64));
+        }
+        Ok(())
+    }
+
+    /// Runs an edit, unsend or reaction (rate limited like sends). A
+    /// conversation that does not exist answers `not_a_member`, as every
+    /// conversation-scoped call does, so ids cannot be probed.
+    async fn change(&self, who: UserId, seq: u64, cmd: Command) -> Result<ChangeAck, ApiError> {
+        if seq == 0 {
+            return Err(ApiError::invalid("seq must be a message's seq (1 or more)"));
+        }
+        self.check_rate(who)?;
+        match self.node.write(cmd, WRITE_WAIT).await {
+            Ok(Outcome::MessageChanged { seq, at, changed }) => Ok(ChangeAck {
+                seq: seq.0,
+                at,
+                changed,
+            }),
+            Ok(other) => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+            Err(missive_chat::Error::Rejected {
+                code: missive_chat::command::RejectCode::NoSuchConversation,
+                ..
+            }) => Err(ApiError::not_a_member()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces the body of a message `who` sent (within
+    /// `messages.edit_window_secs`).
+    pub async fn edit(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        seq: u64,
+        body: Vec<u8>,
+    ) -> Result<ChangeAck, ApiError> {
+        if body.is_empty() {
+            return Err(ApiError::invalid(
+                "an edit needs a body (unsend removes a message)",
+            ));
+        }
+        if body.len() > self.limits.max_message_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the body is {} bytes; the limit is {}",
+                    body.len(),
+                    self.limits.max_message_bytes
+                ),
+            ));
+        }
+        let cmd = Command::Edit {
+            conv,
+            actor: who,
+            seq: Seq(seq),
+            body,
+            window_micros: self.messages.edit_window_secs.saturating_mul(1_000_000),
+        };
+        self.change(who, seq, cmd).await
+    }
+
+    /// Deletes a message for everyone (its sender within
+    /// `messages.unsend_window_secs`; a group admin if
+    /// `messages.admins_may_unsend`).
+    pub async fn unsend(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        seq: u64,
+    ) -> Result<ChangeAck, ApiError> {
+        let cmd = Command::Unsend {
+            conv,
+            actor: who,
+            seq: Seq(seq),
+            window_micros: self.messages.unsend_window_secs.saturating_mul(1_000_000),
+            admins_may: self.messages.admins_may_unsend,
+        };
+        self.change(who, seq, cmd).await
+    }
+
+    /// Adds (or removes) `who`'s emoji on a message.
+    pub async fn react(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        seq: u64,
+        emoji: String,
+        add: bool,
+    ) -> Result<ChangeAck, ApiError> {
+        let max = missive_chat::command::MAX_EMOJI_BYTES;
+        if emoji.is_empty() || emoji.len() > max {
+            return Err(ApiError::invalid(format!("an emoji is 1..={max} bytes")));
+        }
+        let cmd = Command::React {
+            conv,
+            user: who,
+            seq: Seq(seq),
+            emoji,
+            add,
+        };
+        self.change(who, seq, cmd).await
     }
 
     /// Creates (or finds) the direct conversation of `who` and `peer`.
@@ -514,8 +649,10 @@ impl Service {
             ));
         }
         self.member_conversation(who, conv).await?;
+        let cacheable = self.cacheable(conv);
         let page = match before {
             Some(_) => None,
+            _ if !cacheable => None,
             // The newest page: from the cache if it holds every seq of it.
             None => {
                 let head = self.read(|c| self.node.head(conv, c)).await?;
@@ -529,6 +666,7 @@ impl Service {
         let msgs = match page {
             Some(p) => p,
             None => {
+                let mark = self.recent.mark();
                 let stored = self
                     .read(|c| self.node.history(conv, before, limit, c))
                     .await?;
@@ -536,12 +674,13 @@ impl Service {
                     .into_iter()
                     .map(|m| MessageOut::from_stored(conv.0, m))
                     .collect();
-                if before.is_none() {
-                    msgs.iter().for_each(|m| self.recent.insert(m));
+                if before.is_none() && cacheable {
+                    msgs.iter().for_each(|m| self.recent.insert(m, mark));
                 }
                 msgs
             }
         };
+        let msgs: Vec<MessageOut> = msgs.into_iter().map(|m| m.for_viewer(who)).collect();
         let next = (msgs.len() == limit)
             .then(|| msgs.last().map(|m| m.ts))
             .flatten();
@@ -631,30 +770,43 @@ impl Service {
         Ok((events, head.0))
     }
 
-    /// The message an inbox event names, from this replica. The message
-    /// committed before its event was fanned out, but this replica may
-    /// apply the conversation's shard a little later than the user's: wait
-    /// briefly. None if it expired (disappearing messages).
-    pub async fn event_message(
+    /// The message an inbox event names, from this replica, once it holds
+    /// it at least `at_least` as changed as the event says (`done`). The
+    /// message committed before its event was fanned out, but this replica
+    /// may apply the conversation's shard a little later than the user's:
+    /// wait briefly. None if it expired (disappearing messages).
+    async fn event_message(
         &self,
         conv: ConversationId,
         seq: u64,
         ts: u64,
         expires_at: Option<u64>,
+        done: impl Fn(&MessageOut) -> bool,
     ) -> Result<Option<MessageOut>, ApiError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let cacheable = self.cacheable(conv);
         loop {
             let now = now_micros();
             if expires_at.is_some_and(|e| e <= now) {
                 return Ok(None);
             }
-            if let Some(m) = self.recent.get(conv.0, seq, now) {
-                return Ok(Some(m));
+            if let Some(m) = cacheable
+                .then(|| self.recent.get(conv.0, seq, now))
+                .flatten()
+            {
+                if done(&m) {
+                    return Ok(Some(m));
+                }
             }
+            let mark = self.recent.mark();
             if let Some(m) = self.node.message_at(conv, ts, Consistency::Stale).await? {
                 let m = MessageOut::from_stored(conv.0, m);
-                self.recent.insert(&m);
-                return Ok(Some(m));
+                if cacheable {
+                    self.recent.insert(&m, mark);
+                }
+                if done(&m) {
+                    return Ok(Some(m));
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::new(
@@ -668,17 +820,38 @@ impl Service {
         }
     }
 
-    /// An inbox event as clients see it, with its message read in.
-    pub async fn render_event(&self, e: &InboxEvent) -> Result<EventOut, ApiError> {
+    /// An inbox event as `viewer` sees it, with the message it names read
+    /// in (a new message, or an edited one in its state since the edit).
+    pub async fn render_event(&self, e: &InboxEvent, viewer: UserId) -> Result<EventOut, ApiError> {
         let message = match &e.event {
             EventKind::Message {
                 seq,
                 ts,
                 expires_at,
                 ..
-            } => self.event_message(e.conv, seq.0, *ts, *expires_at).await?,
+            } => {
+                self.event_message(e.conv, seq.0, *ts, *expires_at, |_| true)
+                    .await?
+            }
+            EventKind::Edited {
+                seq,
+                ts,
+                edited_at,
+                expires_at,
+            } => {
+                // Not the version before the edit (a lagging replica): the
+                // edit's, a later one's, or the tombstone.
+                let edited = |m: &MessageOut| {
+                    m.unsent.is_some() || m.edited_at.is_some_and(|at| at >= *edited_at)
+                };
+                self.event_message(e.conv, seq.0, *ts, *expires_at, edited)
+                    .await?
+            }
             _ => None,
         };
-        Ok(crate::wire::event_out(e, message))
+        Ok(crate::wire::event_out(
+            e,
+            message.map(|m| m.for_viewer(viewer)),
+        ))
     }
 }

@@ -91,6 +91,48 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
     }
 }
 
+fn conv_id(raw: &str) -> Result<ConversationId, ApiError> {
+    raw.parse::<u64>()
+        .map(ConversationId)
+        .map_err(|_| ApiError::not_found(format!("{raw:?} is not a conversation id")))
+}
+
+fn message_seq(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .map_err(|_| ApiError::not_found(format!("{raw:?} is not a message seq")))
+}
+
+/// A conversation id and a message seq in the path
+/// (`…/{conv}/messages/{seq}`).
+pub struct MessagePath(pub ConversationId, pub u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for MessagePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((conv, seq)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::invalid(r.body_text()))?;
+        Ok(MessagePath(conv_id(&conv)?, message_seq(&seq)?))
+    }
+}
+
+/// A conversation id, a message seq and an emoji (percent-decoded) in the
+/// path (`…/{conv}/messages/{seq}/reactions/{emoji}`).
+pub struct ReactionPath(pub ConversationId, pub u64, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ReactionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((conv, seq, emoji)) =
+            Path::<(String, String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|r| ApiError::invalid(r.body_text()))?;
+        Ok(ReactionPath(conv_id(&conv)?, message_seq(&seq)?, emoji))
+    }
+}
+
 /// A conversation id in the path.
 pub struct ConvPath(pub ConversationId);
 
@@ -101,8 +143,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ConvPath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|r| ApiError::invalid(r.body_text()))?;
-        raw.parse::<u64>()
-            .map(|c| ConvPath(ConversationId(c)))
-            .map_err(|_| ApiError::not_found(format!("{raw:?} is not a conversation id")))
+        conv_id(&raw).map(ConvPath)
     }
 }

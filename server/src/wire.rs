@@ -65,17 +65,24 @@ pub fn kind_name(k: MessageKind) -> &'static str {
 }
 
 /// Parses a client-sendable kind (`system` is the server's own).
+/// `reaction`, `edit` and `unsend` were labels on ordinary messages before
+/// they were operations; messages stored with them still render, but a
+/// new one is refused with a pointer to the operation, so that no client
+/// believes it edited or unsent something while it only sent a message.
 pub fn parse_kind(s: &str) -> Result<MessageKind, ApiError> {
     Ok(match s {
         "text" => MessageKind::Text,
         "media" => MessageKind::Media,
         "reply" => MessageKind::Reply,
-        "reaction" => MessageKind::Reaction,
-        "edit" => MessageKind::Edit,
-        "unsend" => MessageKind::Unsend,
+        "reaction" | "edit" | "unsend" => {
+            return Err(ApiError::invalid(format!(
+                "kind {s:?} is an operation on an earlier message, not a message: \
+                 use edit, unsend or react (docs/protocol.md)"
+            )))
+        }
         other => {
             return Err(ApiError::invalid(format!(
-                "kind {other:?} is not one of text, media, reply, reaction, edit, unsend"
+                "kind {other:?} is not one of text, media, reply"
             )))
         }
     })
@@ -149,6 +156,41 @@ pub struct MessageOut {
     /// The seq of the message this one answers, on a reply.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<u64>,
+    /// When the body was last replaced by an edit (µs), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// How many times it was edited (absent if never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edits: Option<u32>,
+    /// Set if it was unsent (deleted for everyone): no body follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsent: Option<UnsentOut>,
+    /// Reactions, in the order each emoji was first used (absent if none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionOut>,
+}
+
+/// Who unsent a message, and when.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct UnsentOut {
+    /// When (µs).
+    pub at: u64,
+    /// The sender, or the group admin who removed it.
+    pub by: Id,
+}
+
+/// One emoji on a message, as one viewer sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReactionOut {
+    /// The emoji.
+    pub emoji: String,
+    /// How many members reacted with it.
+    pub count: u32,
+    /// Whether the viewer is one of them.
+    pub mine: bool,
+    /// Who reacted (kept to set `mine` per viewer; not sent).
+    #[serde(skip)]
+    pub users: Vec<u64>,
 }
 
 /// A membership change, as a system message describes it.
@@ -185,7 +227,7 @@ impl MessageOut {
                 promoted: ids(&e.promoted),
                 renamed: e.renamed,
             });
-        let (body, body_b64) = if system.is_some() {
+        let (body, body_b64) = if system.is_some() || msg.unsent.is_some() {
             (None, None)
         } else {
             match String::from_utf8(msg.body) {
@@ -209,7 +251,31 @@ impl MessageOut {
             system,
             expires_at: msg.expires_at,
             reply_to: msg.reply_to.map(|s| s.0),
+            edited_at: msg.edited_at,
+            edits: (msg.edits > 0).then_some(msg.edits),
+            unsent: msg.unsent.map(|u| UnsentOut {
+                at: u.at,
+                by: Id(u.by.0),
+            }),
+            reactions: msg
+                .reactions
+                .into_iter()
+                .map(|r| ReactionOut {
+                    emoji: r.emoji,
+                    count: u32::try_from(r.users.len()).unwrap_or(u32::MAX),
+                    mine: false,
+                    users: r.users.iter().map(|u| u.0).collect(),
+                })
+                .collect(),
         }
+    }
+
+    /// This message as `viewer` sees it: which reactions are theirs.
+    pub fn for_viewer(mut self, viewer: UserId) -> MessageOut {
+        for r in &mut self.reactions {
+            r.mine = r.users.contains(&viewer.0);
+        }
+        self
     }
 }
 
@@ -244,6 +310,34 @@ pub enum EventOut {
         /// Who left or was removed.
         removed: Vec<Id>,
     },
+    /// A message was edited; `message` is its new state (null if it
+    /// expired or was unsent since).
+    Edited {
+        /// The message's seq.
+        seq: u64,
+        /// When it was edited (µs).
+        edited_at: u64,
+        /// The message now.
+        message: Option<Box<MessageOut>>,
+    },
+    /// A message was deleted for everyone: drop its body.
+    Unsent {
+        /// The message's seq.
+        seq: u64,
+        /// Who unsent it.
+        by: Id,
+    },
+    /// A member added or removed an emoji on a message.
+    Reaction {
+        /// The message's seq.
+        seq: u64,
+        /// Who.
+        user: Id,
+        /// The emoji.
+        emoji: String,
+        /// Added (true) or removed.
+        added: bool,
+    },
 }
 
 /// Server → client frames on the WebSocket.
@@ -273,6 +367,20 @@ pub enum ServerFrame {
         delivered: u64,
         /// Read up to.
         read: u64,
+    },
+    /// An `edit`, `unsend` or `react` was durably committed.
+    Changed {
+        /// The request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+        /// The message.
+        seq: u64,
+        /// When the change happened (µs; an edit's `edited_at`).
+        at: u64,
+        /// False if it changed nothing (a repeated unsend, a reaction
+        /// already there or already gone).
+        changed: bool,
     },
     /// A history page.
     History {
@@ -393,6 +501,44 @@ pub enum ClientFrame {
         #[serde(default)]
         reply_to: Option<u64>,
     },
+    /// Replace the body of a message this user sent.
+    Edit {
+        /// Request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+        /// The message.
+        seq: u64,
+        /// Text body.
+        #[serde(default)]
+        body: Option<String>,
+        /// Binary body, base64.
+        #[serde(default)]
+        body_b64: Option<String>,
+    },
+    /// Delete a message for everyone.
+    Unsend {
+        /// Request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+        /// The message.
+        seq: u64,
+    },
+    /// Add (or, with `add: false`, remove) an emoji on a message.
+    React {
+        /// Request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+        /// The message.
+        seq: u64,
+        /// The emoji.
+        emoji: String,
+        /// Add (default) or remove.
+        #[serde(default = "yes")]
+        add: bool,
+    },
     /// Raise this user's receipt watermarks.
     Receipt {
         /// Request id.
@@ -454,12 +600,37 @@ pub enum ClientFrame {
     },
 }
 
-/// Renders an inbox event (without the message body: see `sync`).
+fn yes() -> bool {
+    true
+}
+
+/// Renders an inbox event with the message it names, if it names one
+/// (read by the caller: see `Service::render_event`).
 pub fn event_out(e: &InboxEvent, message: Option<MessageOut>) -> EventOut {
     match &e.event {
         EventKind::Message { seq, .. } => EventOut::Message {
             seq: seq.0,
             message: message.map(Box::new),
+        },
+        EventKind::Edited { seq, edited_at, .. } => EventOut::Edited {
+            seq: seq.0,
+            edited_at: *edited_at,
+            message: message.map(Box::new),
+        },
+        EventKind::Unsent { seq, by, .. } => EventOut::Unsent {
+            seq: seq.0,
+            by: Id(by.0),
+        },
+        EventKind::Reacted {
+            seq,
+            user,
+            emoji,
+            added,
+        } => EventOut::Reaction {
+            seq: seq.0,
+            user: Id(user.0),
+            emoji: emoji.clone(),
+            added: *added,
         },
         EventKind::Receipt {
             user,

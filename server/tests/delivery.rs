@@ -359,6 +359,47 @@ async fn a_disappearing_message_is_readable_until_it_expires_then_gone_everywher
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_unsends_and_reactions_follow_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    suites::edits_unsends_and_reactions_follow_the_rules(&[srv.addr()], &c).await;
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_unsends_close_with_their_windows_but_admins_may_still_unsend() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.messages.edit_window_secs = 1;
+    c.messages.unsend_window_secs = 1;
+    let srv = start(c.clone()).await;
+    let admin = Http::new(srv.addr(), token(&c, 1, 1));
+    let u2 = Http::new(srv.addr(), token(&c, 2, 1));
+    let g = admin.group("windows", &[2]).await;
+    let (seq, _) = u2.send(&g, "m1", "hi").await;
+    let path = format!("/v1/conversations/{g}/messages/{seq}");
+    let (s, v) = u2.patch(&path, json!({"body": "within"})).await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (s, v) = u2.patch(&path, json!({"body": "late"})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("too_late")),
+        "{v}"
+    );
+    let (s, v) = u2.delete(&path).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("too_late")),
+        "{v}"
+    );
+    let (s, v) = admin.delete(&path).await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_name_the_message_they_answer() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path());

@@ -198,6 +198,95 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         (Code::NotFound, "no_such_message")
     );
 
+    // Edit, react and unsend: the same rules as the other edges.
+    let r = client
+        .edit(authed(
+            pb::EditRequest {
+                conv,
+                seq: 2,
+                body: b"re!".to_vec(),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.changed && r.at > 0);
+    let e = client
+        .edit(authed(
+            pb::EditRequest {
+                conv,
+                seq: 2,
+                body: b"not yours".to_vec(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::PermissionDenied, "forbidden")
+    );
+    let react = |add: bool| pb::ReactRequest {
+        conv,
+        seq: 2,
+        emoji: "👍".into(),
+        add,
+    };
+    assert!(
+        client
+            .react(authed(react(true), &alice))
+            .await
+            .unwrap()
+            .into_inner()
+            .changed
+    );
+    let page = |who: &str| {
+        authed(
+            pb::HistoryRequest {
+                conv,
+                before: 0,
+                limit: 10,
+            },
+            who,
+        )
+    };
+    let h = client.history(page(&alice)).await.unwrap().into_inner();
+    let m = &h.messages[0];
+    assert_eq!((m.seq, m.body.as_slice(), m.edits), (2, &b"re!"[..], 1));
+    let got: Vec<(String, u32, bool)> = m
+        .reactions
+        .iter()
+        .map(|r| (r.emoji.clone(), r.count, r.mine))
+        .collect();
+    assert_eq!(got, [("👍".to_string(), 1, true)]);
+    assert!(
+        !client
+            .history(page(&bob))
+            .await
+            .unwrap()
+            .into_inner()
+            .messages[0]
+            .reactions[0]
+            .mine
+    );
+    let r = client
+        .unsend(authed(pb::MessageRef { conv, seq: 2 }, &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.changed);
+    let h = client.history(page(&alice)).await.unwrap().into_inner();
+    let m = &h.messages[0];
+    assert!(
+        m.unsent_at > 0 && m.unsent_by == m.sender && m.body.is_empty() && m.reactions.is_empty()
+    );
+    let e = client.react(authed(react(true), &alice)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::NotFound, "no_such_message")
+    );
+
     // Errors: no token, someone else's conversation, a bad page size.
     let e = client
         .history(Request::new(pb::HistoryRequest {

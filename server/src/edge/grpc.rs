@@ -123,6 +123,28 @@ fn pb_message(m: MessageOut) -> pb::Message {
             renamed: s.renamed.unwrap_or_default(),
         }),
         reply_to: m.reply_to.unwrap_or(0),
+        edited_at: m.edited_at.unwrap_or(0),
+        edits: m.edits.unwrap_or(0),
+        unsent_at: m.unsent.map_or(0, |u| u.at),
+        unsent_by: m.unsent.map_or(0, |u| u.by.0),
+        reactions: m
+            .reactions
+            .into_iter()
+            .map(|r| pb::Reaction {
+                emoji: r.emoji,
+                count: r.count,
+                mine: r.mine,
+            })
+            .collect(),
+    }
+}
+
+fn pb_change(conv: u64, a: crate::service::ChangeAck) -> pb::ChangeReply {
+    pb::ChangeReply {
+        conv,
+        seq: a.seq,
+        at: a.at,
+        changed: a.changed,
     }
 }
 
@@ -162,6 +184,27 @@ fn pb_event(f: ServerFrame) -> Option<Result<pb::Event, Status>> {
                     version,
                     added: added.iter().map(|u| u.0).collect(),
                     removed: removed.iter().map(|u| u.0).collect(),
+                }),
+                EventOut::Edited {
+                    seq,
+                    edited_at,
+                    message,
+                } => Kind::Edited(pb::EditedEvent {
+                    seq,
+                    edited_at,
+                    message: message.map(|m| pb_message(*m)),
+                }),
+                EventOut::Unsent { seq, by } => Kind::Unsent(pb::UnsentEvent { seq, by: by.0 }),
+                EventOut::Reaction {
+                    seq,
+                    user,
+                    emoji,
+                    added,
+                } => Kind::Reaction(pb::ReactionEvent {
+                    seq,
+                    user: user.0,
+                    emoji,
+                    added,
                 }),
             }),
         },
@@ -250,6 +293,51 @@ impl Missive for Grpc {
             ts: a.ts,
             duplicate: a.duplicate,
         }))
+    }
+
+    async fn edit(
+        &self,
+        req: Request<pb::EditRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let a = self
+            .state
+            .service
+            .edit(who.user, ConversationId(r.conv), r.seq, r.body)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb_change(r.conv, a)))
+    }
+
+    async fn unsend(
+        &self,
+        req: Request<pb::MessageRef>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let a = self
+            .state
+            .service
+            .unsend(who.user, ConversationId(r.conv), r.seq)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb_change(r.conv, a)))
+    }
+
+    async fn react(
+        &self,
+        req: Request<pb::ReactRequest>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let a = self
+            .state
+            .service
+            .react(who.user, ConversationId(r.conv), r.seq, r.emoji, r.add)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb_change(r.conv, a)))
     }
 
     async fn set_receipt(

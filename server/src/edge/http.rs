@@ -11,12 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use missive_chat::command::{DeviceId, UserId};
+use missive_engine::keys::ConversationId;
 use missive_raft::node::Consistency;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::service::Outgoing;
-use crate::state::{AppState, Authed, ConvPath, JsonBody, Q};
+use crate::state::{AppState, Authed, ConvPath, JsonBody, MessagePath, ReactionPath, Q};
 use crate::wire::{parse_kind, BodyIn, Id};
 
 /// The router.
@@ -58,6 +59,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{conv}/members", post(members))
         .route("/v1/conversations/{conv}/leave", post(leave))
         .route("/v1/conversations/{conv}/messages", get(history).post(send))
+        .route(
+            "/v1/conversations/{conv}/messages/{seq}",
+            axum::routing::patch(edit).delete(unsend),
+        )
+        .route(
+            "/v1/conversations/{conv}/messages/{seq}/reactions/{emoji}",
+            put(react_add).delete(react_remove),
+        )
         .route(
             "/v1/conversations/{conv}/receipts",
             get(receipts).post(set_receipt),
@@ -544,6 +553,61 @@ async fn send(
     })))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditReq {
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    body_b64: Option<String>,
+}
+
+fn changed(conv: ConversationId, a: crate::service::ChangeAck) -> Json<serde_json::Value> {
+    Json(json!({ "conv": Id(conv.0), "seq": a.seq, "at": a.at, "changed": a.changed }))
+}
+
+async fn edit(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    MessagePath(conv, seq): MessagePath,
+    JsonBody(req): JsonBody<EditReq>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = BodyIn {
+        body: req.body,
+        body_b64: req.body_b64,
+    }
+    .bytes(s.service.limits.max_message_bytes)?;
+    let a = s.service.edit(who.user, conv, seq, body).await?;
+    Ok(changed(conv, a))
+}
+
+async fn unsend(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    MessagePath(conv, seq): MessagePath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let a = s.service.unsend(who.user, conv, seq).await?;
+    Ok(changed(conv, a))
+}
+
+async fn react_add(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ReactionPath(conv, seq, emoji): ReactionPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let a = s.service.react(who.user, conv, seq, emoji, true).await?;
+    Ok(changed(conv, a))
+}
+
+async fn react_remove(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ReactionPath(conv, seq, emoji): ReactionPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let a = s.service.react(who.user, conv, seq, emoji, false).await?;
+    Ok(changed(conv, a))
+}
+
 async fn receipts(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -615,7 +679,7 @@ async fn sync(
     let mut out = Vec::with_capacity(events.len());
     let mut cursor = q.after;
     for (useq, e) in events {
-        let event = s.service.render_event(&e).await?;
+        let event = s.service.render_event(&e, who.user).await?;
         out.push(json!({
             "useq": useq,
             "conv": Id(e.conv.0),

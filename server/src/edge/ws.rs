@@ -376,6 +376,24 @@ struct Ephemeral {
     tx: mpsc::Sender<ServerFrame>,
 }
 
+/// The answer to an `edit`, `unsend` or `react`.
+fn changed(
+    id: String,
+    conv: crate::wire::Id,
+    r: Result<crate::service::ChangeAck, ApiError>,
+) -> ServerFrame {
+    match r {
+        Ok(a) => ServerFrame::Changed {
+            id,
+            conv,
+            seq: a.seq,
+            at: a.at,
+            changed: a.changed,
+        },
+        Err(e) => ServerFrame::error(Some(id), &e),
+    }
+}
+
 /// Answers one request frame (`typing` has no answer unless it fails).
 async fn handle(
     state: &AppState,
@@ -418,6 +436,36 @@ async fn handle(
                 },
                 Err(e) => ServerFrame::error(Some(id), &e),
             }
+        }
+        ClientFrame::Edit {
+            id,
+            conv,
+            seq,
+            body,
+            body_b64,
+        } => {
+            let r = async {
+                let body = BodyIn { body, body_b64 }.bytes(svc.limits.max_message_bytes)?;
+                svc.edit(who.user, ConversationId(conv.0), seq, body).await
+            }
+            .await;
+            changed(id, conv, r)
+        }
+        ClientFrame::Unsend { id, conv, seq } => {
+            let r = svc.unsend(who.user, ConversationId(conv.0), seq).await;
+            changed(id, conv, r)
+        }
+        ClientFrame::React {
+            id,
+            conv,
+            seq,
+            emoji,
+            add,
+        } => {
+            let r = svc
+                .react(who.user, ConversationId(conv.0), seq, emoji, add)
+                .await;
+            changed(id, conv, r)
         }
         ClientFrame::Receipt {
             id,
@@ -585,7 +633,12 @@ mod tests {
             stop_rx.clone(),
         ));
         let metrics = Arc::new(Metrics::default());
-        let service = Arc::new(Service::new(node, Limits::default(), metrics));
+        let service = Arc::new(Service::new(
+            node,
+            Limits::default(),
+            crate::config::MessagesSection::default(),
+            metrics,
+        ));
         let (presence, _outgoing) = Presence::new(1);
         let state = AppState {
             service,

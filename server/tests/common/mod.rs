@@ -134,6 +134,10 @@ impl Http {
         self.call(reqwest::Method::PUT, path, Some(body)).await
     }
 
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::DELETE, path, None).await
     }

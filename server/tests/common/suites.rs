@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use missive_server::Config;
 
@@ -244,4 +244,248 @@ pub async fn replies_name_the_message_they_answer(addrs: &[SocketAddr], c: &Conf
             "on {addr}"
         );
     }
+}
+
+/// The newest page of `conv` as `h`'s user sees it.
+async fn page(h: &Http, conv: &str) -> Vec<Value> {
+    let (s, v) = h.get(&format!("/v1/conversations/{conv}/messages")).await;
+    assert_eq!(s, 200, "{v}");
+    v["messages"].as_array().unwrap().clone()
+}
+
+/// Message `seq` of a page.
+fn at_seq(page: &[Value], seq: u64) -> Value {
+    page.iter()
+        .find(|m| m["seq"] == seq)
+        .unwrap_or_else(|| panic!("no message {seq} in {page:?}"))
+        .clone()
+}
+
+/// `(emoji, count, mine)` of a rendered message's reactions.
+fn reactions(m: &Value) -> Vec<(String, u64, bool)> {
+    m["reactions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["emoji"].as_str().unwrap().to_string(),
+                        r["count"].as_u64().unwrap(),
+                        r["mine"].as_bool().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Edits, unsends and reactions: who may, what history and events show,
+/// what counts as unread, and the refusals. Users 1 (admin), 2 and 3 are
+/// members; 5 is not.
+pub async fn edits_unsends_and_reactions_follow_the_rules(addrs: &[SocketAddr], c: &Config) {
+    let at = |u: u64| addrs[u as usize % addrs.len()];
+    let admin = Http::new(at(1), token(c, 1, 1));
+    let u2 = Http::new(at(2), token(c, 2, 1));
+    let u3 = Http::new(at(3), token(c, 3, 1));
+    let g = admin.group("changes", &[2, 3]).await;
+    let mut w2 = Ws::connect(at(2), &token(c, 2, 1)).await;
+    w2.sync(0).await;
+    let (first, _) = u2.send(&g, "m1", "helo").await;
+    assert_eq!(first, 1);
+    let msg = |seq: u64| format!("/v1/conversations/{g}/messages/{seq}");
+    let reaction = |seq: u64, emoji: &str| {
+        let e: String = emoji.bytes().map(|b| format!("%{b:02X}")).collect();
+        format!("/v1/conversations/{g}/messages/{seq}/reactions/{e}")
+    };
+
+    // The sender edits over WebSocket; members see an `edited` event with
+    // the new body, and history shows it with edited_at and the count.
+    let mut seen = Vec::new();
+    let ack = w2
+        .request(
+            json!({"type": "edit", "conv": g, "seq": 1, "body": "hello"}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["changed"].as_bool()),
+        (Some("changed"), Some(true)),
+        "{ack}"
+    );
+    let e = w2.event_where(|e| e["event"]["kind"] == "edited").await;
+    assert_eq!(e["event"]["message"]["body"], "hello", "{e}");
+    assert_eq!(e["event"]["edited_at"], ack["at"], "{e}");
+    // Someone else's message: refused, over both edges.
+    let (s, v) = u3.patch(&msg(1), json!({"body": "hacked"})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let no = w2
+        .request(
+            json!({"type": "edit", "conv": g, "seq": 9, "body": "x"}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(no["code"], "no_such_message", "{no}");
+    let (s, v) = u2.patch(&msg(1), json!({"body": ""})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{v}"
+    );
+
+    // Reactions: a set per user and emoji, aggregated in history with the
+    // viewer's own marked.
+    let (s, v) = u3.put(&reaction(1, "👍"), json!({})).await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    let (s, v) = u3.put(&reaction(1, "👍"), json!({})).await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(false)), "{v}");
+    let r = w2
+        .request(
+            json!({"type": "react", "conv": g, "seq": 1, "emoji": "👍"}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(r["changed"], true, "{r}");
+    w2.request(
+        json!({"type": "react", "conv": g, "seq": 1, "emoji": "🎉"}),
+        &mut seen,
+    )
+    .await;
+    let ev = w2
+        .event_where(|e| e["event"]["kind"] == "reaction" && e["event"]["emoji"] == "🎉")
+        .await;
+    assert_eq!(
+        (ev["event"]["user"].as_str(), ev["event"]["added"].as_bool()),
+        (Some("2"), Some(true))
+    );
+    let m3 = at_seq(&page(&u3, &g).await, 1);
+    assert_eq!(m3["body"], "hello", "{m3}");
+    assert_eq!(
+        (m3["edits"].as_u64(), m3["edited_at"].is_u64()),
+        (Some(1), true),
+        "{m3}"
+    );
+    assert_eq!(
+        reactions(&m3),
+        [("👍".to_string(), 2, true), ("🎉".to_string(), 1, false)]
+    );
+    let m2 = at_seq(&page(&u2, &g).await, 1);
+    assert_eq!(
+        reactions(&m2),
+        [("👍".to_string(), 2, true), ("🎉".to_string(), 1, true)]
+    );
+    let (s, v) = u2.delete(&reaction(1, "🎉")).await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(
+        reactions(&at_seq(&page(&u3, &g).await, 1)),
+        [("👍".to_string(), 2, true)]
+    );
+    // Neither edits nor reactions count as unread: user 3 has one unread
+    // message, however many events reached them.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, list) = u3.get("/v1/conversations").await;
+        let entry = list["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["conv"] == g.as_str())
+            .cloned()
+            .unwrap();
+        if entry["last_seq"] == 1 {
+            assert_eq!(entry["unread"], 1, "{entry}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{entry}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Unsend: not by another member; by the sender, a tombstone; then no
+    // edit, reaction or reply finds it.
+    let (s, v) = u3.delete(&msg(1)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let un = w2
+        .request(json!({"type": "unsend", "conv": g, "seq": 1}), &mut seen)
+        .await;
+    assert_eq!(un["changed"], true, "{un}");
+    let ev = w2.event_where(|e| e["event"]["kind"] == "unsent").await;
+    assert_eq!(ev["event"]["by"], "2", "{ev}");
+    let (s, v) = u2.delete(&msg(1)).await;
+    assert_eq!(
+        (s, v["changed"].as_bool()),
+        (200, Some(false)),
+        "again: {v}"
+    );
+    for addr in addrs {
+        let h = Http::new(*addr, token(c, 3, 1));
+        let m = at_seq(&page(&h, &g).await, 1);
+        assert_eq!(m["unsent"]["by"], "2", "on {addr}: {m}");
+        assert!(
+            m.get("body").is_none() && m.get("reactions").is_none() && m.get("edits").is_none(),
+            "on {addr}: {m}"
+        );
+    }
+    let (s, v) = u2.patch(&msg(1), json!({"body": "back"})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("no_such_message")),
+        "{v}"
+    );
+    let (s, v) = u3.put(&reaction(1, "👍"), json!({})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("no_such_message")),
+        "{v}"
+    );
+
+    // A group admin may unsend anyone's message (the default policy).
+    let (second, _) = u3.send(&g, "m2", "spam").await;
+    let (s, v) = admin.delete(&msg(second)).await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(at_seq(&page(&u2, &g).await, second)["unsent"]["by"], "1");
+
+    // Non-members learn nothing: the same answer as for a conversation
+    // that does not exist. A member who left may no longer react.
+    let (third, _) = u2.send(&g, "m3", "still here").await;
+    let u5 = Http::new(at(5), token(c, 5, 1));
+    for path in [
+        msg(third),
+        format!("/v1/conversations/12345/messages/{third}"),
+    ] {
+        let (s, v) = u5.patch(&path, json!({"body": "x"})).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("not_a_member")),
+            "{v}"
+        );
+    }
+    let (s, _) = u3
+        .post(&format!("/v1/conversations/{g}/leave"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = u3.put(&reaction(third, "👍"), json!({})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("not_a_member")),
+        "{v}"
+    );
+    // The labels that are operations now are refused as message kinds.
+    let (s, v) = u2
+        .post(
+            &format!("/v1/conversations/{g}/messages"),
+            json!({"client_msg_id": "m4", "kind": "edit", "body": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{v}"
+    );
 }
