@@ -9,6 +9,8 @@
 //! - `hot` — entry points into internal hot paths for the criterion benches
 //!   (cargo feature `hot`; not in a normal build).
 //! - `inspect` — read-only inspection of a data directory (for `missivectl`).
+//! - `residue` — whether any file of a data directory still holds some
+//!   bytes, searched raw and decoded (the proof behind erasure).
 //! - `keys` — the key layout: keyspace tag, slot, and the message key
 //!   (conversation, reverse timestamp); newtypes for ids and timestamps.
 //! - `io/` — file I/O behind the [`io::FileSystem`] / [`io::LogFile`] traits:
@@ -61,5 +63,6 @@ pub mod io;
 pub mod keys;
 pub mod log;
 pub mod lsm;
+pub mod residue;
 
 pub use error::{Error, Result};

@@ -568,6 +568,35 @@ impl Log {
         self.wait_durable(lsn)
     }
 
+    /// Seals the newest segment and starts the next one, then deletes every
+    /// older segment no stream needs — what the writer does when a segment
+    /// fills, on demand. A purge frees only whole segments behind the one
+    /// being written; after every stream purged past some entries, this is
+    /// what makes their bytes leave the disk (erasure). A no-op on an
+    /// empty newest segment, except for the collection.
+    pub fn roll(&self) -> Result<()> {
+        // Everything queued so far is written (and durable) first, so the
+        // roll is ordered after it and the syncer owes the old segment
+        // nothing.
+        self.sync()?;
+        let mut w = self.shared.writer();
+        commit::drain(&self.shared, &mut w)?;
+        let result = (|| {
+            if w.offset > format::SEGMENT_HEADER_LEN as u64 {
+                w.roll(&self.shared)?;
+            }
+            gc::collect(&self.shared, &mut w)
+        })();
+        if let Err(err) = result {
+            // As a failed drain: a half-rolled writer must write no more.
+            tracing::error!(%err, "log roll failed; poisoning the log");
+            return Err(Error::Poisoned {
+                cause: self.shared.marks.poison(err),
+            });
+        }
+        Ok(())
+    }
+
     /// The stream's live range.
     pub fn bounds(&self, stream: StreamId) -> StreamBounds {
         let streams = self.shared.streams();

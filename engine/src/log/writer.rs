@@ -79,7 +79,7 @@ impl WriterState {
     }
 
     /// Seals the current segment, fsyncs it, and starts the next one.
-    fn roll(&mut self, shared: &Shared) -> Result<()> {
+    pub(crate) fn roll(&mut self, shared: &Shared) -> Result<()> {
         let mut seal = Vec::with_capacity(RECORD_HEADER_LEN);
         format::encode_record(&mut seal, RecordKind::Seal, StreamId(0), self.offset, &[]);
         let old = &self.segment;

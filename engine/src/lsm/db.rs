@@ -183,6 +183,12 @@ impl Db {
         self.lsm.flush()
     }
 
+    /// Rolls the log to a new segment and deletes the old ones every
+    /// flush has made unneeded (see [`Log::roll`]).
+    pub fn roll_log(&self) -> Result<()> {
+        self.log.roll()
+    }
+
     /// Merges everything into the bottom level.
     pub fn compact_full(&self) -> Result<()> {
         self.lsm.compact_full()
