@@ -36,6 +36,8 @@
 //!   retirement, routing, the `NODE` file.
 //! - `transport/` — the node-to-node wire, its client, its server and the
 //!   dispatch of each call.
+//! - `scrub` — making what the replicas no longer hold leave this node's
+//!   disk: snapshot, purge, roll the log, compact (erasure).
 //! - `shared` — the state every path of a running node shares.
 //! - `node` — the façade: [`node::Node`]'s start, API and shutdown.
 
@@ -45,6 +47,7 @@ pub mod error;
 pub mod ids;
 pub mod node;
 mod read;
+pub mod scrub;
 mod shared;
 pub mod storage;
 #[cfg(test)]

@@ -146,8 +146,10 @@ impl<A: App> LogStore<A> {
             // waiting for the install), the log resumes past it, and
             // keeping the old entries would leave a hole before the next
             // append. The snapshot, not this log, is the state's source.
-            // (A snapshot of our own never gets here: openraft keeps the
-            // newest `max_in_snapshot_log_to_keep` entries after it.) This
+            // (A snapshot of our own gets here only through a scrub, which
+            // purges past openraft's usual tail of
+            // `max_in_snapshot_log_to_keep` entries; building that snapshot
+            // flushed the memtables, so the tables cover it either way.) This
             // is decided before asking what the LSM flushed, which a node
             // restarted before its first flush cannot answer: it used to
             // keep its whole old log and refuse the leader's next append.
