@@ -152,6 +152,20 @@ pub fn status(t: &Target) -> anyhow::Result<Output> {
 }
 
 /// `node forget`.
+/// `node scrub`: the node at `t` purges, rolls its log and compacts, so
+/// what its replicas no longer hold leaves its disk.
+pub fn scrub(t: &Target) -> anyhow::Result<Output> {
+    let v = runtime()?.block_on(call(t, reqwest::Method::POST, "/scrub", None))?;
+    let groups = v["groups"].as_array().map_or(0, Vec::len);
+    Ok(Output {
+        text: format!(
+            "node {}: {groups} groups purged up to a fresh snapshot; log segments {} -> {}; {} tables after compaction\n",
+            v["node"], v["log_segments_before"], v["log_segments_after"], v["tables"]
+        ),
+        json: v,
+    })
+}
+
 pub fn forget(t: &Target, node: u64) -> anyhow::Result<Output> {
     let path = format!("/nodes/{node}");
     let v = runtime()?.block_on(call(t, reqwest::Method::DELETE, &path, None))?;

@@ -9,11 +9,12 @@
 //! - `cluster` — the online commands (`cluster`, `shard`, `node`), through
 //!   a node's admin HTTP API.
 //!
-//! The data-file commands (`log`, `sst`, `manifest`, `verify`, `stats`) are
-//! offline and read-only: they open no lock and change nothing, so they are
-//! safe on a live node's directory and on a copy. Exit status: 0 when all
-//! is well, 1 when damage was found (the message names the file and byte
-//! offset), 2 when the command could not run (or a cluster call failed).
+//! The data-file commands (`log`, `sst`, `manifest`, `verify`, `stats`,
+//! `residue`) are offline and read-only: they open no lock and change
+//! nothing, so they are safe on a live node's directory and on a copy.
+//! Exit status: 0 when all is well, 1 when damage was found (the message
+//! names the file and byte offset) or `residue` found the bytes, 2 when
+//! the command could not run (or a cluster call failed).
 
 mod cluster;
 mod render;
@@ -63,6 +64,20 @@ enum Command {
     Stats {
         /// A data directory (with log/ and lsm/), a log directory, or an LSM directory.
         data_dir: PathBuf,
+    },
+    /// Search every file of a data directory for some bytes, raw and
+    /// decoded (log records, table entries): the proof that an unsent
+    /// message or an erased user is gone after `node scrub`. Exit 1 if
+    /// found.
+    Residue {
+        /// A node's data directory.
+        data_dir: PathBuf,
+        /// The bytes, as UTF-8 text.
+        #[arg(long, conflicts_with = "hex", required_unless_present = "hex")]
+        text: Option<String>,
+        /// The bytes, in hex.
+        #[arg(long)]
+        hex: Option<String>,
     },
     /// Run the compaction picker on a synthetic workload, without disk, and
     /// print the write and space amplification it would cause.
@@ -158,6 +173,13 @@ enum NodeCommand {
         #[command(flatten)]
         moving: MoveArgs,
     },
+    /// Make what the node's replicas no longer hold (unsent messages,
+    /// erased users) leave its disk: purge every group's log up to a fresh
+    /// snapshot, roll the log, compact every table. This node only.
+    Scrub {
+        #[command(flatten)]
+        target: cluster::Target,
+    },
     /// Remove a drained node from the cluster map for good: its id can
     /// never rejoin and its old process is shut out. Ask another node.
     Forget {
@@ -238,7 +260,7 @@ struct SimArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             let damaged = err
                 .downcast_ref::<missive_engine::Error>()
@@ -260,8 +282,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn parse_hex(h: &str) -> anyhow::Result<Vec<u8>> {
+    let h = h.trim();
+    anyhow::ensure!(h.len() % 2 == 0, "--hex takes an even number of hex digits");
+    (0..h.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&h[i..i + 2], 16)
+                .map_err(|_| anyhow::anyhow!("--hex: {:?} is not a hex byte", &h[i..i + 2]))
+        })
+        .collect()
+}
+
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let mut code = ExitCode::SUCCESS;
     let out = match &cli.command {
+        Command::Residue {
+            data_dir,
+            text,
+            hex,
+        } => {
+            let needle = match (text, hex) {
+                (Some(t), _) => t.as_bytes().to_vec(),
+                (None, Some(h)) => parse_hex(h)?,
+                (None, None) => anyhow::bail!("give --text or --hex"),
+            };
+            let s = missive_engine::residue::search(data_dir, &needle)?;
+            if !s.found.is_empty() {
+                code = ExitCode::from(1);
+            }
+            render::residue(data_dir, &s)
+        }
         Command::Log {
             what: LogCommand::Dump { dir, records },
         } => {
@@ -343,11 +394,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Node {
             what: NodeCommand::Forget { target, node },
         } => cluster::forget(target, *node)?,
+        Command::Node {
+            what: NodeCommand::Scrub { target },
+        } => cluster::scrub(target)?,
     };
     if cli.json {
         println!("{}", out.json);
     } else {
         print!("{}", out.text);
     }
-    Ok(())
+    Ok(code)
 }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use missive_engine::inspect::{DirStats, LogSegmentDump, ManifestDump, TableDump, VerifyReport};
 use missive_engine::keys::decode_message_key;
 use missive_engine::lsm::compaction::sim::{SimConfig, SimReport};
+use missive_engine::residue::Search;
 use serde_json::{json, Value};
 
 /// One command's output in both forms.
@@ -223,6 +224,51 @@ pub fn verify(r: &VerifyReport) -> Output {
             "ok": true, "log_segments": r.log_segments, "log_records": r.log_records,
             "tables": r.tables, "table_entries": r.table_entries,
             "torn_tail": r.torn_tail.as_ref().map(|(p, o, w)| json!({"file": p, "offset": o, "reason": w})),
+        }),
+    }
+}
+
+pub fn residue(dir: &std::path::Path, s: &Search) -> Output {
+    let mut text = String::new();
+    for f in &s.found {
+        let _ = writeln!(text, "FOUND in {}: {}", f.path.display(), f.place);
+    }
+    for (p, why) in &s.unreadable {
+        let _ = writeln!(
+            text,
+            "unreadable (searched raw only): {}: {why}",
+            p.display()
+        );
+    }
+    let _ = writeln!(
+        text,
+        "{}: {} files ({}), {} log records and {} table entries decoded: {}",
+        dir.display(),
+        s.files,
+        mib(s.bytes),
+        s.log_records,
+        s.table_entries,
+        if s.found.is_empty() {
+            "not found"
+        } else {
+            "FOUND"
+        }
+    );
+    let found: Vec<Value> = s
+        .found
+        .iter()
+        .map(|f| json!({"file": f.path, "place": f.place}))
+        .collect();
+    let unreadable: Vec<Value> = s
+        .unreadable
+        .iter()
+        .map(|(p, w)| json!({"file": p, "error": w}))
+        .collect();
+    Output {
+        text,
+        json: json!({
+            "found": found, "unreadable": unreadable, "files": s.files, "bytes": s.bytes,
+            "log_records": s.log_records, "table_entries": s.table_entries,
         }),
     }
 }

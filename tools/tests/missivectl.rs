@@ -197,3 +197,28 @@ fn missing_directory_and_bad_usage_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("neither a log nor an LSM"), "{err}");
 }
+
+#[test]
+fn residue_finds_bytes_in_tables_and_log_and_says_when_they_are_absent() {
+    let dir = data_dir();
+    // Message 7 was flushed and compacted into a table; message 1100 is
+    // only in the log.
+    for (needle, place) in [
+        ("hello from message 7,", "table entry"),
+        ("hello from message 1100,", "log record"),
+    ] {
+        let (code, out, err) = ctl(&["residue", s(dir.path()), "--text", needle]);
+        assert_eq!(code, 1, "{needle}: {err}{out}");
+        assert!(out.contains(place), "{needle}: {out}");
+    }
+    let (code, out, _) = ctl(&["residue", s(dir.path()), "--hex", "00ff00ff00ff00ff13"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("not found"), "{out}");
+    let v = json(&["residue", s(dir.path()), "--text", "never written"]);
+    assert_eq!(v["found"], serde_json::json!([]), "{v}");
+    assert!(v["table_entries"].as_u64().unwrap() > 0, "{v}");
+    let (code, _, err) = ctl(&["residue", s(dir.path()), "--hex", "zz"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = ctl(&["residue", s(dir.path())]);
+    assert_eq!(code, 2, "neither --text nor --hex");
+}

@@ -9,6 +9,8 @@
 //!  DELETE /v1/admin/shards/{shard}/replicas/{node} remove
 //!  POST   /v1/admin/shards/{shard}/move            {"from", "to", "addr"}
 //!  DELETE /v1/admin/nodes/{node}                   forget a drained node
+//!  POST   /v1/admin/scrub                          this node only: purge,
+//!                                                  roll the log, compact
 //! ```
 //!
 //! Shard 0 is the metadata group (the cluster map); its replicas move the
@@ -135,6 +137,32 @@ pub(crate) async fn forget_node(
     Ok(Json(
         json!({ "node": id, "forgotten": true, "map_version": version }),
     ))
+}
+
+/// Makes what this node's replicas no longer hold (unsent bodies, erased
+/// users) leave its disk: every hosted group's log purged up to a fresh
+/// snapshot, the log rolled so the freed segments are deleted, every table
+/// compacted (`missive_raft::scrub`). This node only: call it on each.
+pub(crate) async fn scrub(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, "scrubbing a node")?;
+    tracing::info!("scrub requested");
+    let r = s.service.node.scrub().await?;
+    tracing::info!(?r, "scrub done");
+    let purged: Vec<Value> = r
+        .purged
+        .iter()
+        .map(|(g, upto)| json!({ "shard": g.0, "purged_upto": upto }))
+        .collect();
+    Ok(Json(json!({
+        "node": s.service.node.id(),
+        "groups": purged,
+        "log_segments_before": r.segments.0,
+        "log_segments_after": r.segments.1,
+        "tables": r.tables,
+    })))
 }
 
 fn shard_of(node: &missive_chat::ChatNode, raw: &str) -> Result<ShardId, ApiError> {

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/nodes/{node}",
             delete(crate::edge::admin::forget_node),
         )
+        .route("/v1/admin/scrub", post(crate::edge::admin::scrub))
         .route("/v1/ws-ticket", post(ws_ticket))
         .route("/v1/ws", get(ws_upgrade))
         .route("/v1/users/me", get(me).put(set_me))

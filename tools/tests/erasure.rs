@@ -1,0 +1,300 @@
+//! The unsend proof over three real nodes (loopback, 3 replicas): an
+//! unsent message's body, and a body an edit replaced, are on every
+//! replica's disk after they were written — `missivectl residue` finds
+//! them — and after `missivectl node scrub` on each node no table and no
+//! log segment of any replica holds them, while the messages still there
+//! are still found (the search sees through compressed tables and log
+//! records, so "not found" means gone).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests panic on surprises"
+)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const SECRET: &str = "erasure-test-admin-secret";
+
+fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_missivectl"))
+        .args(args)
+        .env("MISSIVE_ADMIN_SECRET", SECRET)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn free_port(ip: &str) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
+/// (status, body) of one call with a bearer token (or the admin secret
+/// when `token` is None).
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    req = match token {
+        Some(t) => req.bearer_auth(t),
+        None => req.header("x-admin-secret", SECRET),
+    };
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Whether `needle` is found in `dir` (exit 1) or not (exit 0).
+fn found(dir: &std::path::Path, needle: &str) -> bool {
+    let (code, out, err) = ctl(&["residue", dir.to_str().unwrap(), "--text", needle]);
+    assert!(code == 0 || code == 1, "residue failed: {err}{out}");
+    assert!(!out.contains("unreadable"), "{out}");
+    code == 1
+}
+
+#[test]
+fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let raft: Vec<_> = (1..=3)
+        .map(|i| free_port(&format!("127.0.0.{i}")))
+        .collect();
+    let peers: std::collections::BTreeMap<u64, String> = raft
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64 + 1, a.to_string()))
+        .collect();
+    let mut cfgs = Vec::new();
+    for i in 1..=3u64 {
+        let mut c = missive_server::Config {
+            listen: format!("127.0.0.{i}:0").parse().unwrap(),
+            data_dir: dir.path().join(format!("n{i}")),
+            ..missive_server::Config::default()
+        };
+        c.node.id = i;
+        c.node.shards = Some(2);
+        c.node.replicas = 3;
+        c.node.raft_listen = raft[i as usize - 1];
+        c.node.peers = peers.clone();
+        c.grpc.enabled = false;
+        c.auth.secret = Some("one secret for the erasure cluster".into());
+        c.auth.admin_secret = Some(SECRET.into());
+        cfgs.push(c);
+    }
+    let nodes: Vec<missive_server::Running> = rt
+        .block_on(futures_join(cfgs.iter().cloned()))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://{}", n.addr()))
+        .collect();
+    rt.block_on(async {
+        for u in &urls {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while reqwest::get(format!("{u}/readyz"))
+                .await
+                .map_or(true, |r| r.status().as_u16() != 200)
+            {
+                assert!(Instant::now() < deadline, "{u} not ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+
+    let nonce = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let secret = format!("unsent-body-{nonce}-please-forget-me");
+    let draft = format!("draft-body-{nonce}-replaced-by-an-edit");
+    let kept = format!("kept-body-{nonce}-still-here");
+    let edited = format!("final-body-{nonce}-after-the-edit");
+    let (alice, conv) = rt.block_on(async {
+        let mint = |user: u64| {
+            let url = format!("{}/v1/admin/tokens", urls[0]);
+            async move {
+                let (s, v) = call(
+                    reqwest::Method::POST,
+                    url,
+                    None,
+                    Some(json!({"user": user, "device": 1})),
+                )
+                .await;
+                assert_eq!(s, 200, "{v}");
+                v["token"].as_str().unwrap().to_string()
+            }
+        };
+        let (alice, bob) = (mint(1).await, mint(2).await);
+        let (s, v) = call(
+            reqwest::Method::POST,
+            format!("{}/v1/conversations", urls[1]),
+            Some(&alice),
+            Some(json!({"kind": "direct", "peer": "2"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let conv = v["conv"].as_str().unwrap().to_string();
+        let msgs = format!("{}/v1/conversations/{conv}/messages", urls[2]);
+        for (cid, body) in [("k", &kept), ("s", &secret), ("d", &draft)] {
+            let (s, v) = call(
+                reqwest::Method::POST,
+                msgs.clone(),
+                Some(&alice),
+                Some(json!({"client_msg_id": cid, "body": body})),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        let (s, v) = call(
+            reqwest::Method::PUT,
+            format!("{msgs}/2/reactions/%F0%9F%91%80"),
+            Some(&bob),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = call(
+            reqwest::Method::PATCH,
+            format!("{msgs}/3"),
+            Some(&alice),
+            Some(json!({"body": edited})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = call(
+            reqwest::Method::DELETE,
+            format!("{msgs}/2"),
+            Some(&alice),
+            None,
+        )
+        .await;
+        assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+        // Every replica has applied the unsend (each serves the tombstone
+        // from its own state).
+        for u in &urls {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, h) = call(
+                    reqwest::Method::GET,
+                    format!("{u}/v1/conversations/{conv}/messages"),
+                    Some(&bob),
+                    None,
+                )
+                .await;
+                let unsent = h["messages"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["seq"] == 2 && m["unsent"].is_object()));
+                if unsent {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{u}: {h}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        (alice, conv)
+    });
+
+    // Before the scrub the bodies are on every replica's disk: the search
+    // can fail this test.
+    for c in &cfgs {
+        assert!(
+            found(&c.data_dir, &secret),
+            "{}: the unsent body was never found",
+            c.data_dir.display()
+        );
+        assert!(found(&c.data_dir, &draft), "{}", c.data_dir.display());
+    }
+    for u in &urls {
+        let (code, out, err) = ctl(&["node", "scrub", "--url", u]);
+        assert_eq!(code, 0, "{err}{out}");
+        assert!(out.contains("groups purged"), "{out}");
+    }
+    for c in &cfgs {
+        let d = &c.data_dir;
+        assert!(
+            !found(d, &secret),
+            "{}: the unsent body is still on disk",
+            d.display()
+        );
+        assert!(
+            !found(d, &draft),
+            "{}: the body an edit replaced is still on disk",
+            d.display()
+        );
+        assert!(
+            found(d, &kept),
+            "{}: a live message is missing",
+            d.display()
+        );
+        assert!(
+            found(d, &edited),
+            "{}: the edited body is missing",
+            d.display()
+        );
+    }
+    // The nodes still serve after the scrub (their logs purged to the
+    // end): a new message is stored and every replica serves it.
+    rt.block_on(async {
+        let msgs = format!("{}/v1/conversations/{conv}/messages", urls[0]);
+        let (s, v) = call(
+            reqwest::Method::POST,
+            msgs,
+            Some(&alice),
+            Some(json!({"client_msg_id": "after", "body": "after the scrub"})),
+        )
+        .await;
+        assert_eq!((s, v["seq"].as_u64()), (200, Some(4)), "{v}");
+        for u in &urls {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, h) = call(
+                    reqwest::Method::GET,
+                    format!("{u}/v1/conversations/{conv}/messages"),
+                    Some(&alice),
+                    None,
+                )
+                .await;
+                if h["messages"][0]["seq"] == 4 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{u}: {h}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    for n in nodes {
+        rt.block_on(n.shutdown()).unwrap();
+    }
+}
+
+async fn futures_join(
+    cfgs: impl Iterator<Item = missive_server::Config>,
+) -> Vec<Result<missive_server::Running, missive_server::Error>> {
+    let handles: Vec<_> = cfgs
+        .map(|c| tokio::spawn(missive_server::start(c)))
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
