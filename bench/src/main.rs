@@ -11,6 +11,8 @@
 //!   cluster, anchored by one node.
 //! - `e2e` — `missive-bench e2e`: WebSocket clients against a real
 //!   `missived` (its own layout list).
+//! - `history` — `missive-bench history`: what edits and reactions cost a
+//!   history page, against a plain conversation of the same run.
 //! - `report` — latency histograms, the human table and JSON lines.
 //!
 //! `missive-bench engine` runs, in order: `ingest` (batches of 64, log on,
@@ -23,6 +25,7 @@
 mod cluster;
 mod e2e;
 mod engines;
+mod history;
 mod plot;
 mod report;
 mod workload;
@@ -55,6 +58,9 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// Chat clients over WebSocket against a real missived.
     E2e(e2e::E2eArgs),
+    /// History pages of a conversation whose messages were edited and
+    /// reacted to, against a plain one, over HTTP to a real missived.
+    History(history::HistoryArgs),
     /// Turn JSON result lines (`engine --json`) into an SVG chart.
     Plot(PlotArgs),
     /// The space floor: bytes per message when only the values, in key
@@ -173,6 +179,7 @@ fn main() -> Result<()> {
         Command::Engine(args) => engine(&args),
         Command::Cluster(args) => cluster::run(&args),
         Command::E2e(args) => e2e::run(&args),
+        Command::History(args) => history::run(&args),
         Command::Plot(args) => plot::plot(&args.inputs, &args.out, &args.title),
         Command::SpaceFloor {
             messages,

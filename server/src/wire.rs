@@ -7,12 +7,14 @@
 //! accepted on input. Timestamps (µs since the epoch, < 2^53 until the
 //! year 2255) and seqs are numbers.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use missive_chat::apply::SystemEvent;
 use missive_chat::command::{MessageKind, UserId};
-use missive_chat::records::{self, EventKind, InboxEvent};
+use missive_chat::records::{self, EventKind, InboxEvent, Reaction};
 use missive_chat::StoredMessage;
 
 use crate::error::ApiError;
@@ -165,9 +167,32 @@ pub struct MessageOut {
     /// Set if it was unsent (deleted for everyone): no body follows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsent: Option<UnsentOut>,
-    /// Reactions, in the order each emoji was first used (absent if none).
+    /// Reactions: each emoji and who put it there, in the order each was
+    /// first used. Sent as `{"emoji": count, …}` (absent if none); shared,
+    /// since a cached message is cloned for every reader.
+    #[serde(
+        skip_serializing_if = "reactions_empty",
+        serialize_with = "reaction_counts"
+    )]
+    pub reactions: Arc<[Reaction]>,
+    /// The viewer's own emoji on it (absent if none; see
+    /// [`MessageOut::for_viewer`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reactions: Vec<ReactionOut>,
+    pub my_reactions: Vec<String>,
+}
+
+fn reactions_empty(r: &Arc<[Reaction]>) -> bool {
+    r.is_empty()
+}
+
+/// `[Reaction]` as `{"emoji": count, …}`, in order.
+fn reaction_counts<S: Serializer>(r: &Arc<[Reaction]>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(r.len()))?;
+    for x in r.iter() {
+        m.serialize_entry(&x.emoji, &x.users.len())?;
+    }
+    m.end()
 }
 
 /// Who unsent a message, and when.
@@ -177,20 +202,6 @@ pub struct UnsentOut {
     pub at: u64,
     /// The sender, or the group admin who removed it.
     pub by: Id,
-}
-
-/// One emoji on a message, as one viewer sees it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReactionOut {
-    /// The emoji.
-    pub emoji: String,
-    /// How many members reacted with it.
-    pub count: u32,
-    /// Whether the viewer is one of them.
-    pub mine: bool,
-    /// Who reacted (kept to set `mine` per viewer; not sent).
-    #[serde(skip)]
-    pub users: Vec<u64>,
 }
 
 /// A membership change, as a system message describes it.
@@ -257,24 +268,19 @@ impl MessageOut {
                 at: u.at,
                 by: Id(u.by.0),
             }),
-            reactions: msg
-                .reactions
-                .into_iter()
-                .map(|r| ReactionOut {
-                    emoji: r.emoji,
-                    count: u32::try_from(r.users.len()).unwrap_or(u32::MAX),
-                    mine: false,
-                    users: r.users.iter().map(|u| u.0).collect(),
-                })
-                .collect(),
+            reactions: msg.reactions.into(),
+            my_reactions: Vec::new(),
         }
     }
 
     /// This message as `viewer` sees it: which reactions are theirs.
     pub fn for_viewer(mut self, viewer: UserId) -> MessageOut {
-        for r in &mut self.reactions {
-            r.mine = r.users.contains(&viewer.0);
-        }
+        self.my_reactions = self
+            .reactions
+            .iter()
+            .filter(|r| r.users.contains(&viewer))
+            .map(|r| r.emoji.clone())
+            .collect();
         self
     }
 }

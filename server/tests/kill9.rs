@@ -118,19 +118,9 @@ async fn all_messages(h: &Http, conv: &str) -> Vec<(u64, String)> {
     out
 }
 
-#[derive(Default)]
-struct Record {
-    invoked: HashSet<String>,
-    ok: HashSet<String>,
-    /// Ok sends invoked after the kill.
-    ok_after_kill: usize,
-    /// When the first of those was acknowledged.
-    first_after_kill: Option<Instant>,
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
-    let dir = tempfile::tempdir().unwrap();
+/// Three `missived` processes on 127.0.0.1–3 with data under `dir`, ready;
+/// their client addresses, and a config whose secret signs their tokens.
+async fn start_cluster(dir: &Path) -> (Vec<Proc>, Vec<SocketAddr>, Config) {
     let (raft, peers) = three_raft_addrs();
     let http: Vec<SocketAddr> = (1..=3)
         .map(|i| free_port(&format!("127.0.0.{i}")))
@@ -142,8 +132,8 @@ async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
         .join(", ");
     let mut procs = Vec::new();
     for i in 0..3usize {
-        let data = dir.path().join(format!("n{}", i + 1));
-        let cfg = dir.path().join(format!("n{}.toml", i + 1));
+        let data = dir.join(format!("n{}", i + 1));
+        let cfg = dir.join(format!("n{}.toml", i + 1));
         std::fs::write(
             &cfg,
             format!(
@@ -167,13 +157,29 @@ async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
         });
     }
     wait_ready(&http).await;
-
     // Tokens signed with the cluster's secret.
     let mut tc = Config {
-        data_dir: dir.path().join("tokens"),
+        data_dir: dir.join("tokens"),
         ..Config::default()
     };
     tc.auth.secret = Some(SECRET.into());
+    (procs, http, tc)
+}
+
+#[derive(Default)]
+struct Record {
+    invoked: HashSet<String>,
+    ok: HashSet<String>,
+    /// Ok sends invoked after the kill.
+    ok_after_kill: usize,
+    /// When the first of those was acknowledged.
+    first_after_kill: Option<Instant>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, http, tc) = start_cluster(dir.path()).await;
     let alice = token(&tc, 1, 1);
     let conv = Http::new(http[0], alice.clone()).direct(2).await;
     let shard = SlotMap::even(SHARDS)
@@ -302,6 +308,203 @@ async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
     }
     let missing: Vec<_> = ok.iter().filter(|id| !seen.contains(*id)).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    for mut p in procs {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}
+
+/// One change through the first alive node that takes it: retried (on
+/// another node, after a pause) while the answer is retryable — a leader
+/// is being elected — for up to 60 s. The answer's body.
+async fn change_until_done(
+    nodes: &[SocketAddr],
+    dead: Option<usize>,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(12))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for attempt in 0usize.. {
+        let n = (0..nodes.len())
+            .map(|k| (attempt + k) % nodes.len())
+            .find(|k| Some(*k) != dead)
+            .unwrap();
+        let mut req = client
+            .request(method.clone(), format!("http://{}{path}", nodes[n]))
+            .bearer_auth(token);
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        if let Ok(r) = req.send().await {
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            match status {
+                200 => return v,
+                503 | 504 => {}
+                other => panic!("{method} {path}: {other} {v}"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{method} {path} never went through"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+/// Every message of `conv` as node `addr` serves it, oldest first, with
+/// what edits, unsends and reactions made of it (`edited_at` kept: it is
+/// the leader's stamp, the same on every replica).
+async fn changed_messages(h: &Http, conv: &str) -> Vec<serde_json::Value> {
+    let (s, v) = h
+        .get(&format!("/v1/conversations/{conv}/messages?limit=200"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut out: Vec<serde_json::Value> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            json!({
+                "seq": m["seq"], "body": m["body"], "edits": m["edits"],
+                "edited_at": m["edited_at"], "unsent": m["unsent"], "reactions": m["reactions"],
+                "my_reactions": m["my_reactions"],
+            })
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_unsends_and_reactions_are_identical_on_every_replica_after_a_leader_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, http, tc) = start_cluster(dir.path()).await;
+    let (alice, bob, carol) = (token(&tc, 1, 1), token(&tc, 2, 1), token(&tc, 3, 1));
+    let conv = Http::new(http[0], alice.clone())
+        .group("kill", &[2, 3])
+        .await;
+    let msgs = format!("/v1/conversations/{conv}/messages");
+    // Alice's messages are seqs 1..=30.
+    for i in 0..30 {
+        let v = change_until_done(
+            &http,
+            None,
+            &alice,
+            reqwest::Method::POST,
+            &msgs,
+            Some(json!({"client_msg_id": format!("m{i}"), "body": format!("body {i}")})),
+        )
+        .await;
+        assert_eq!(v["seq"], i + 1, "{v}");
+    }
+    // Changes before and after the kill: edits (Alice), reactions (Bob,
+    // Carol; some removed), unsends (Alice).
+    let changes = |from: u64, to: u64| {
+        let mut c: Vec<(String, reqwest::Method, String, Option<serde_json::Value>)> = Vec::new();
+        for seq in from..to {
+            let m = format!("{msgs}/{seq}");
+            match seq % 4 {
+                0 => c.push((
+                    alice.clone(),
+                    reqwest::Method::PATCH,
+                    m,
+                    Some(json!({"body": format!("edited {seq}")})),
+                )),
+                1 => {
+                    c.push((
+                        bob.clone(),
+                        reqwest::Method::PUT,
+                        format!("{m}/reactions/%F0%9F%91%8D"),
+                        Some(json!({})),
+                    ));
+                    c.push((
+                        carol.clone(),
+                        reqwest::Method::PUT,
+                        format!("{m}/reactions/%F0%9F%91%8D"),
+                        Some(json!({})),
+                    ));
+                    c.push((
+                        carol.clone(),
+                        reqwest::Method::PUT,
+                        format!("{m}/reactions/%F0%9F%8E%89"),
+                        Some(json!({})),
+                    ));
+                }
+                2 => {
+                    c.push((
+                        bob.clone(),
+                        reqwest::Method::PUT,
+                        format!("{m}/reactions/%F0%9F%98%82"),
+                        Some(json!({})),
+                    ));
+                    c.push((
+                        bob.clone(),
+                        reqwest::Method::DELETE,
+                        format!("{m}/reactions/%F0%9F%98%82"),
+                        None,
+                    ));
+                }
+                _ => c.push((alice.clone(), reqwest::Method::DELETE, m, None)),
+            }
+        }
+        c
+    };
+    for (tok, method, path, body) in changes(1, 17) {
+        change_until_done(&http, None, &tok, method, &path, body).await;
+    }
+    let conv_id: u64 = conv.parse().unwrap();
+    let shard = SlotMap::even(SHARDS)
+        .unwrap()
+        .shard_of(ConversationId(conv_id))
+        .0;
+    let victim = leader_of(http[0], shard).await;
+    assert!((1..=3).contains(&victim), "no leader for shard {shard}");
+    let v = (victim - 1) as usize;
+    procs[v].child.kill().unwrap(); // SIGKILL
+    procs[v].child.wait().unwrap();
+    for (tok, method, path, body) in changes(17, 31) {
+        change_until_done(&http, Some(v), &tok, method, &path, body).await;
+    }
+    // The killed node comes back from its data directory and catches up.
+    let mut child = spawn(&procs[v].config);
+    wait_listening(&mut child);
+    procs[v].child = child;
+    wait_ready(&http).await;
+
+    let mut views = Vec::new();
+    for p in &procs {
+        views.push(changed_messages(&Http::new(p.addr, bob.clone()), &conv).await);
+    }
+    for (i, view) in views.iter().enumerate() {
+        assert_eq!(view, &views[0], "node {} differs from node 1", i + 1);
+    }
+    // And they are what the changes made: every kind present, as expected.
+    let view = &views[0];
+    assert_eq!(view.len(), 30, "{view:?}");
+    for m in view {
+        let seq = m["seq"].as_u64().unwrap();
+        match seq % 4 {
+            0 => assert_eq!(m["body"], format!("edited {seq}"), "{m}"),
+            1 => assert_eq!(
+                (&m["reactions"], &m["my_reactions"]),
+                (&json!({"👍": 2, "🎉": 1}), &json!(["👍"])),
+                "{m}"
+            ),
+            2 => assert!(
+                m["reactions"].is_null() && m["body"] == format!("body {}", seq - 1),
+                "{m}"
+            ),
+            _ => assert!(m["unsent"]["by"] == "1" && m["body"].is_null(), "{m}"),
+        }
+    }
     for mut p in procs {
         let _ = p.child.kill();
         let _ = p.child.wait();

@@ -23,7 +23,7 @@
 
 mod client;
 mod pacer;
-mod server;
+pub(crate) mod server;
 mod setup;
 
 use std::path::PathBuf;

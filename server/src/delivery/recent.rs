@@ -53,7 +53,7 @@ impl Weighter<(u64, u64), Entry> for Bytes {
         let reactions: usize = m
             .reactions
             .iter()
-            .map(|r| r.emoji.len() + 8 * r.users.len() + 32)
+            .map(|r| r.emoji.len() + 8 * r.users.len() + 48)
             .sum();
         ENTRY_OVERHEAD
             + (m.body.as_ref().map_or(0, String::len)
@@ -186,7 +186,8 @@ mod tests {
             edited_at: None,
             edits: None,
             unsent: None,
-            reactions: Vec::new(),
+            reactions: Arc::default(),
+            my_reactions: Vec::new(),
         }
     }
 

@@ -129,11 +129,11 @@ fn pb_message(m: MessageOut) -> pb::Message {
         unsent_by: m.unsent.map_or(0, |u| u.by.0),
         reactions: m
             .reactions
-            .into_iter()
+            .iter()
             .map(|r| pb::Reaction {
-                emoji: r.emoji,
-                count: r.count,
-                mine: r.mine,
+                emoji: r.emoji.clone(),
+                count: u32::try_from(r.users.len()).unwrap_or(u32::MAX),
+                mine: m.my_reactions.contains(&r.emoji),
             })
             .collect(),
     }

@@ -508,9 +508,21 @@ async fn history(
     Authed(who): Authed,
     ConvPath(conv): ConvPath,
     Q(q): Q<HistoryQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (messages, next) = s.service.history(who.user, conv, q.before, q.limit).await?;
-    Ok(Json(json!({ "messages": messages, "next_before": next })))
+) -> Result<Json<HistoryOut>, ApiError> {
+    let (messages, next_before) = s.service.history(who.user, conv, q.before, q.limit).await?;
+    Ok(Json(HistoryOut {
+        messages,
+        next_before,
+    }))
+}
+
+/// A history page. Typed rather than `json!`: that would build every
+/// message as a `serde_json::Value` map first (an allocation and a tree
+/// insert per field) and serialize it again — most of a page's CPU.
+#[derive(Serialize)]
+struct HistoryOut {
+    messages: Vec<crate::wire::MessageOut>,
+    next_before: Option<u64>,
 }
 
 #[derive(Deserialize)]
