@@ -225,7 +225,37 @@ pub enum Command {
         /// Add (true) or remove (false).
         add: bool,
     },
+    /// Pins (or unpins) a message of the conversation. Any member may; a
+    /// conversation holds at most [`MAX_PINS`]. Pinning a pinned message,
+    /// or unpinning one that is not, changes nothing.
+    Pin {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who (must be a member).
+        actor: UserId,
+        /// The message (to pin: one the conversation holds).
+        seq: Seq,
+        /// Pin (true) or unpin (false).
+        pin: bool,
+    },
+    /// `blocker` blocks (or unblocks) `target`: while either of a pair
+    /// blocks the other, neither sends in their direct conversation, and
+    /// it is not created if it does not exist. Runs on the pair's direct
+    /// conversation's shard (`pair` = `ids::direct_id(blocker, target)`).
+    Block {
+        /// The pair's direct conversation id.
+        pair: ConversationId,
+        /// Who blocks.
+        blocker: UserId,
+        /// Who is blocked.
+        target: UserId,
+        /// Block (true) or unblock (false).
+        block: bool,
+    },
 }
+
+/// The most messages one conversation has pinned.
+pub const MAX_PINS: usize = 50;
 
 /// The most distinct emoji one message carries.
 pub const MAX_EMOJIS_PER_MESSAGE: usize = 50;
@@ -295,7 +325,9 @@ impl Command {
             Command::Post(m) => Route::Conversation(m.conv),
             Command::Edit { conv, .. }
             | Command::Unsend { conv, .. }
-            | Command::React { conv, .. } => Route::Conversation(*conv),
+            | Command::React { conv, .. }
+            | Command::Pin { conv, .. } => Route::Conversation(*conv),
+            Command::Block { pair, .. } => Route::Conversation(*pair),
             Command::Deliver { items } => {
                 items.first().map_or(Route::Empty, |d| Route::User(d.user))
             }
@@ -341,6 +373,8 @@ pub enum RejectCode {
     /// The window for this change closed (an edit or unsend too long
     /// after sending).
     TooLate,
+    /// One user of a direct conversation blocks the other.
+    Blocked,
 }
 
 impl RejectCode {
@@ -354,6 +388,7 @@ impl RejectCode {
             RejectCode::Invalid => "invalid",
             RejectCode::NoSuchMessage => "no_such_message",
             RejectCode::TooLate => "too_late",
+            RejectCode::Blocked => "blocked",
         }
     }
 }

@@ -75,6 +75,19 @@ counter! {
     Useq
 }
 
+/// The id of the direct conversation of two users: one per unordered pair,
+/// a hash so no lookup is needed to find it (and the key under which the
+/// pair's blocks are kept, whether or not the conversation exists).
+pub fn direct_id(a: UserId, b: UserId) -> missive_engine::keys::ConversationId {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&lo.0.to_be_bytes());
+    bytes[8..].copy_from_slice(&hi.0.to_be_bytes());
+    missive_engine::keys::ConversationId(
+        xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, 0x6469_7265_6374).max(1),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,5 +51,5 @@ pub mod revisions;
 
 pub use app::ChatApp;
 pub use error::{Error, Result};
-pub use ids::{DeviceId, Eseq, Seq, Useq, UserId};
+pub use ids::{direct_id, DeviceId, Eseq, Seq, Useq, UserId};
 pub use node::{ChatNode, StoredMessage};

@@ -297,6 +297,75 @@ impl ChatNode {
             .map(Option::unwrap_or_default)
     }
 
+    /// The users `user` blocks (their own list, on their shard), with
+    /// since when.
+    pub async fn blocked_users(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<Vec<(UserId, records::BlockedUser)>> {
+        Ok(self
+            .user_records(
+                user,
+                consistency,
+                "blocked user",
+                &records::blocked_prefix(user),
+            )
+            .await?
+            .into_iter()
+            .map(|(u, b)| (UserId(u), b))
+            .collect())
+    }
+
+    /// Whether `by` blocks `other` (read on the pair's shard, where the
+    /// rules read it).
+    pub async fn blocks(
+        &self,
+        by: UserId,
+        other: UserId,
+        consistency: Consistency,
+    ) -> Result<bool> {
+        let pair = crate::ids::direct_id(by, other);
+        let shard = self.node.slots().shard_of(pair);
+        let b: Option<records::Blocks> = self
+            .get_record(shard, consistency, "blocks", &records::blocks_key(pair))
+            .await?;
+        Ok(b.is_some_and(|b| b.by.contains(&by)))
+    }
+
+    /// A conversation's pinned messages, most recently pinned first.
+    pub async fn pins(
+        &self,
+        conv: ConversationId,
+        consistency: Consistency,
+    ) -> Result<records::Pins> {
+        let shard = self.node.slots().shard_of(conv);
+        Ok(self
+            .get_record(shard, consistency, "pins", &records::pins_key(conv))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Message `seq` of `conv`, through the seq index (None if never
+    /// indexed, or expired).
+    pub async fn message_by_seq(
+        &self,
+        conv: ConversationId,
+        seq: crate::ids::Seq,
+        consistency: Consistency,
+    ) -> Result<Option<StoredMessage>> {
+        let shard = self.node.slots().shard_of(conv);
+        let Some(ix) = self
+            .node
+            .get(shard, consistency, &records::seq_key(conv, seq))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let ix = records::decode_indexed(&ix)?;
+        self.message_at(conv, ix.ts, consistency).await
+    }
+
     /// The message of `conv` stored at `ts`, if it is here (and not
     /// expired).
     pub async fn message_at(

@@ -12,6 +12,8 @@
 //! dedup         0x20 slot:u16 conv:u64 0x02 sender:u64 client_msg_id → Dedup
 //! seq index     0x20 slot:u16 conv:u64 0x04 seq:u64    → Indexed (v2)
 //! reactions     0x20 slot:u16 conv:u64 0x05 seq:u64    → Reactions
+//! pins          0x20 slot:u16 conv:u64 0x06            → Pins
+//! blocks        0x20 slot:u16 pair:u64 0x07            → Blocks
 //! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message (v3)
 //! receipt       0x40 slot:u16 conv:u64 user:u64        → Receipt
 //! outbox head   0x20 slot:u16 conv:u64 0x03            → OutboxHead
@@ -22,7 +24,14 @@
 //! device        0x30 uslot:u16 user:u64 0x03 dev:u64   → Device
 //! profile       0x30 uslot:u16 user:u64 0x04           → Profile
 //! push target   0x30 uslot:u16 user:u64 0x05 dev:u64   → PushTarget
+//! blocked user  0x30 uslot:u16 user:u64 0x06 other:u64 → BlockedUser
 //! ```
+//!
+//! `pair` is the direct conversation id of two users (`ids::direct_id`):
+//! their blocks live on that conversation's shard whether or not they ever
+//! talked, so the send and create rules of the pair read them in apply.
+//! Each user's own list (`blocked user`) is written by inbox delivery of
+//! the block's event, for that user's devices to read.
 //!
 //! `slot` is the conversation's slot, `uslot` the user's
 //! (`Slot::of_user`): a user's own data lives on the user's shard, not on
@@ -423,6 +432,50 @@ pub fn reactions_key(conv: ConversationId, seq: Seq) -> Vec<u8> {
     k
 }
 
+/// Key of a conversation's pinned messages.
+pub fn pins_key(conv: ConversationId) -> Vec<u8> {
+    conv_key(conv, 0x06)
+}
+
+/// Key of the blocks between the two users whose direct conversation id
+/// is `pair`.
+pub fn blocks_key(pair: ConversationId) -> Vec<u8> {
+    conv_key(pair, 0x07)
+}
+
+/// A pinned message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The message.
+    pub seq: Seq,
+    /// Who pinned it.
+    pub by: UserId,
+    /// When (µs, the leader's stamp).
+    pub at: u64,
+}
+
+/// A conversation's pinned messages, most recently pinned first (at most
+/// `command::MAX_PINS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Pins {
+    /// The pins.
+    pub list: Vec<Pin>,
+}
+
+/// Who of a pair blocks the other (zero, one or both users).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Blocks {
+    /// The users of the pair who block the other one.
+    pub by: Vec<UserId>,
+}
+
+/// A user this user blocks (the user's own list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedUser {
+    /// Since when (µs).
+    pub since: u64,
+}
+
 /// Key of a message.
 pub fn msg_key(conv: ConversationId, ts: u64) -> Vec<u8> {
     message_key(conv, Timestamp(ts)).to_vec()
@@ -530,6 +583,16 @@ pub fn push_prefix(user: UserId) -> Vec<u8> {
     user_key(user, 0x05)
 }
 
+/// Key of a user `user` blocks, in `user`'s list.
+pub fn blocked_key(user: UserId, other: UserId) -> Vec<u8> {
+    user_key_u64(user, 0x06, other.0)
+}
+
+/// Prefix of every user `user` blocks.
+pub fn blocked_prefix(user: UserId) -> Vec<u8> {
+    user_key(user, 0x06)
+}
+
 /// The big-endian u64 that ends a key (an inbox useq, a conversation id).
 pub fn key_tail_u64(k: &[u8]) -> Option<u64> {
     let n = k.len().checked_sub(8)?;
@@ -611,6 +674,23 @@ pub enum EventKind {
         emoji: String,
         /// Added (true) or removed.
         added: bool,
+    },
+    /// A member pinned or unpinned a message (not unread).
+    Pinned {
+        /// The message.
+        seq: Seq,
+        /// Who.
+        by: UserId,
+        /// Pinned (true) or unpinned.
+        pinned: bool,
+    },
+    /// The recipient blocked or unblocked `user` (only the blocker's own
+    /// devices get it; the blocked user is not told).
+    Blocked {
+        /// The other user.
+        user: UserId,
+        /// Blocked (true) or unblocked.
+        blocked: bool,
     },
 }
 

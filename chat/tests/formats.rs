@@ -204,7 +204,15 @@ fn conv() -> ConversationId {
 /// reactions): the frames and batches that pinned "every command" then
 /// (`normal_batch_of_all`, `request_append`) leave them out, so their
 /// stored bytes stay what they were.
-const SINCE_REPLIES: &[&str] = &["post_reply", "post", "edit", "unsend", "react"];
+const SINCE_REPLIES: &[&str] = &[
+    "post_reply",
+    "post",
+    "edit",
+    "unsend",
+    "react",
+    "pin",
+    "block",
+];
 
 /// The commands of the first fixtures.
 fn commands_v1() -> Vec<(&'static str, Command)> {
@@ -437,6 +445,24 @@ fn commands() -> Vec<(&'static str, Command)> {
                 add: true,
             },
         ),
+        (
+            "pin",
+            Command::Pin {
+                conv: conv(),
+                actor: UserId(8),
+                seq: Seq(2),
+                pin: true,
+            },
+        ),
+        (
+            "block",
+            Command::Block {
+                pair: missive_chat::direct_id(UserId(7), UserId(8)),
+                blocker: UserId(7),
+                target: UserId(8),
+                block: true,
+            },
+        ),
     ]
 }
 
@@ -505,6 +531,14 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
             Outcome::Rejected {
                 code: RejectCode::TooLate,
                 message: "too late".into(),
+            },
+        ),
+        // Since pins and blocks.
+        (
+            "rejected_blocked",
+            Outcome::Rejected {
+                code: RejectCode::Blocked,
+                message: "blocked".into(),
             },
         ),
     ]
@@ -732,6 +766,28 @@ fn stored_records_and_their_keys() {
             list: v3.reactions.clone(),
         },
     );
+    set.versioned(
+        "pins",
+        &Pins {
+            list: vec![Pin {
+                seq: Seq(2),
+                by: UserId(8),
+                at: 1_700_000_000_000_011,
+            }],
+        },
+    );
+    set.versioned(
+        "blocks",
+        &Blocks {
+            by: vec![UserId(7), UserId(8)],
+        },
+    );
+    set.versioned(
+        "blocked_user",
+        &BlockedUser {
+            since: 1_700_000_000_000_012,
+        },
+    );
     for (name, event) in [
         (
             "event_edited",
@@ -748,6 +804,21 @@ fn stored_records_and_their_keys() {
                 seq: Seq(2),
                 ts: 1_700_000_000_000_001,
                 by: UserId(7),
+            },
+        ),
+        (
+            "event_pinned",
+            EventKind::Pinned {
+                seq: Seq(2),
+                by: UserId(8),
+                pinned: true,
+            },
+        ),
+        (
+            "event_blocked",
+            EventKind::Blocked {
+                user: UserId(8),
+                blocked: true,
             },
         ),
         (
@@ -891,6 +962,19 @@ fn stored_records_and_their_keys() {
     set.key("key_message", msg_key(conv(), 1_700_000_000_000_005));
     set.key("key_seq_index", seq_key(conv(), Seq(5)));
     set.key("key_reactions", reactions_key(conv(), Seq(5)));
+    set.key("key_pins", pins_key(conv()));
+    set.key("key_blocks", blocks_key(conv()));
+    set.key("key_blocked", blocked_key(u, UserId(9)));
+    set.key("key_blocked_prefix", blocked_prefix(u));
+    // The pair's id is a hash of the two ids: pinned, since blocks and
+    // direct conversations are stored under it.
+    set.key(
+        "direct_id_7_8",
+        missive_chat::direct_id(UserId(8), UserId(7))
+            .0
+            .to_be_bytes()
+            .to_vec(),
+    );
     set.key("key_receipt", receipt_key(conv(), u));
     set.key("key_receipt_prefix", receipt_prefix(conv()));
     set.key("key_applied", applied_key(ShardId(3)));

@@ -138,7 +138,7 @@ impl From<missive_chat::Error> for ApiError {
                 use missive_chat::command::RejectCode as R;
                 let status = match code {
                     R::NoSuchConversation | R::NoSuchMessage => StatusCode::NOT_FOUND,
-                    R::NotAMember | R::Forbidden | R::TooLate => StatusCode::FORBIDDEN,
+                    R::NotAMember | R::Forbidden | R::TooLate | R::Blocked => StatusCode::FORBIDDEN,
                     R::Conflict => StatusCode::CONFLICT,
                     _ => StatusCode::BAD_REQUEST,
                 };

@@ -122,15 +122,7 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// The id of the direct conversation of two users: one per unordered pair,
-/// a hash so no lookup is needed to find it.
-pub fn direct_id(a: UserId, b: UserId) -> ConversationId {
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&lo.0.to_be_bytes());
-    bytes[8..].copy_from_slice(&hi.0.to_be_bytes());
-    ConversationId(xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, 0x6469_7265_6374).max(1))
-}
+pub use missive_chat::direct_id;
 
 fn check_name(name: &str) -> Result<(), ApiError> {
     if name.len() > MAX_NAME {
@@ -414,6 +406,93 @@ impl Service {
         self.change(who, seq, cmd).await
     }
 
+    /// Pins (`pin`) or unpins a message of a conversation `who` is in.
+    pub async fn pin(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        seq: u64,
+        pin: bool,
+    ) -> Result<ChangeAck, ApiError> {
+        let cmd = Command::Pin {
+            conv,
+            actor: who,
+            seq: Seq(seq),
+            pin,
+        };
+        self.change(who, seq, cmd).await
+    }
+
+    /// A conversation's pinned messages (members only), most recently
+    /// pinned first, each with the message as `who` sees it (None if it
+    /// expired since).
+    pub async fn pins(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+    ) -> Result<Vec<(missive_chat::records::Pin, Option<MessageOut>)>, ApiError> {
+        self.member_conversation(who, conv).await?;
+        let pins = self.read(|c| self.node.pins(conv, c)).await?;
+        let mut out = Vec::with_capacity(pins.list.len());
+        for p in pins.list {
+            let m = self
+                .node
+                .message_by_seq(conv, p.seq, Consistency::Stale)
+                .await?
+                .map(|m| MessageOut::from_stored(conv.0, m).for_viewer(who));
+            out.push((p, m));
+        }
+        Ok(out)
+    }
+
+    /// `who` blocks (`block`) or unblocks `target`.
+    pub async fn block(&self, who: UserId, target: UserId, block: bool) -> Result<(), ApiError> {
+        if target == who || target.0 == 0 {
+            return Err(ApiError::invalid(
+                "block another user (not yourself, not 0)",
+            ));
+        }
+        self.check_rate(who)?;
+        let cmd = Command::Block {
+            pair: direct_id(who, target),
+            blocker: who,
+            target,
+            block,
+        };
+        self.write_done(cmd).await
+    }
+
+    /// The users `who` blocks, with since when (µs).
+    pub async fn blocked(&self, who: UserId) -> Result<Vec<(UserId, u64)>, ApiError> {
+        Ok(self
+            .node
+            .blocked_users(who, Consistency::Stale)
+            .await?
+            .into_iter()
+            .map(|(u, b)| (u, b.since))
+            .collect())
+    }
+
+    /// Which of `users` block `who` (they hide their presence and typing
+    /// from `who`).
+    pub async fn blockers_among(
+        &self,
+        who: UserId,
+        users: &[UserId],
+    ) -> Result<std::collections::HashSet<UserId>, ApiError> {
+        let checks = users
+            .iter()
+            .filter(|u| **u != who)
+            .map(|u| async move { (*u, self.node.blocks(*u, who, Consistency::Stale).await) });
+        let mut out = std::collections::HashSet::new();
+        for (u, r) in futures_util::future::join_all(checks).await {
+            if r? {
+                out.insert(u);
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates (or finds) the direct conversation of `who` and `peer`.
     pub async fn create_direct(
         &self,
@@ -687,8 +766,8 @@ impl Service {
         Ok((msgs, next))
     }
 
-    /// Which of `users` share a conversation with `who` (whose presence
-    /// `who` may watch); `who` is always among them. Direct conversations
+    /// Which of `users` share a conversation with `who` and do not block
+    /// `who` (whose presence `who` may watch); `who` is always among them. Direct conversations
     /// are checked by id first (one read each); only users not found that
     /// way cost a walk over `who`'s group conversations.
     pub async fn contacts_among(
@@ -712,7 +791,7 @@ impl Service {
             }
         }
         if rest.is_empty() {
-            return Ok(allowed);
+            return self.without_blockers(who, allowed).await;
         }
         for entry in self.conversation_list(who).await? {
             let Some(c) = self.read(|k| self.node.conversation(entry.conv, k)).await? else {
@@ -731,6 +810,19 @@ impl Service {
             if rest.is_empty() {
                 break;
             }
+        }
+        self.without_blockers(who, allowed).await
+    }
+
+    /// `allowed` less the users who block `who`.
+    async fn without_blockers(
+        &self,
+        who: UserId,
+        mut allowed: std::collections::HashSet<UserId>,
+    ) -> Result<std::collections::HashSet<UserId>, ApiError> {
+        let users: Vec<UserId> = allowed.iter().copied().collect();
+        for u in self.blockers_among(who, &users).await? {
+            allowed.remove(&u);
         }
         Ok(allowed)
     }

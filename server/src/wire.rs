@@ -333,6 +333,22 @@ pub enum EventOut {
         /// Who unsent it.
         by: Id,
     },
+    /// A member pinned or unpinned a message.
+    Pin {
+        /// The message's seq.
+        seq: u64,
+        /// Who.
+        by: Id,
+        /// Pinned (true) or unpinned.
+        pinned: bool,
+    },
+    /// You (on some device) blocked or unblocked a user.
+    Block {
+        /// The other user.
+        user: Id,
+        /// Blocked (true) or unblocked.
+        blocked: bool,
+    },
     /// A member added or removed an emoji on a message.
     Reaction {
         /// The message's seq.
@@ -387,6 +403,31 @@ pub enum ServerFrame {
         /// False if it changed nothing (a repeated unsend, a reaction
         /// already there or already gone).
         changed: bool,
+    },
+    /// A conversation's pinned messages (answer to `pins`).
+    Pins {
+        /// The request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+        /// Most recently pinned first.
+        pins: Vec<PinOut>,
+    },
+    /// A `block` was committed.
+    BlockSet {
+        /// The request id.
+        id: String,
+        /// The other user.
+        user: Id,
+        /// Blocked now (true) or not.
+        blocked: bool,
+    },
+    /// The users you block (answer to `blocks`).
+    Blocks {
+        /// The request id.
+        id: String,
+        /// Who, and since when.
+        users: Vec<BlockedOut>,
     },
     /// A history page.
     History {
@@ -454,6 +495,28 @@ pub enum ServerFrame {
         /// Started (true) or stopped.
         typing: bool,
     },
+}
+
+/// A pinned message.
+#[derive(Debug, Clone, Serialize)]
+pub struct PinOut {
+    /// Its seq.
+    pub seq: u64,
+    /// Who pinned it.
+    pub by: Id,
+    /// When (µs).
+    pub at: u64,
+    /// The message as you see it; null if it expired since.
+    pub message: Option<MessageOut>,
+}
+
+/// A user you block.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BlockedOut {
+    /// The user.
+    pub user: Id,
+    /// Since when (µs).
+    pub since: u64,
 }
 
 /// One user's presence.
@@ -545,6 +608,40 @@ pub enum ClientFrame {
         #[serde(default = "yes")]
         add: bool,
     },
+    /// Pin (or, with `pin: false`, unpin) a message.
+    Pin {
+        /// Request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+        /// The message.
+        seq: u64,
+        /// Pin (default) or unpin.
+        #[serde(default = "yes")]
+        pin: bool,
+    },
+    /// Read a conversation's pinned messages.
+    Pins {
+        /// Request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+    },
+    /// Block (or, with `block: false`, unblock) a user.
+    Block {
+        /// Request id.
+        id: String,
+        /// The user.
+        user: Id,
+        /// Block (default) or unblock.
+        #[serde(default = "yes")]
+        block: bool,
+    },
+    /// Read the users you block.
+    Blocks {
+        /// Request id.
+        id: String,
+    },
     /// Raise this user's receipt watermarks.
     Receipt {
         /// Request id.
@@ -627,6 +724,15 @@ pub fn event_out(e: &InboxEvent, message: Option<MessageOut>) -> EventOut {
             seq: seq.0,
             by: Id(by.0),
         },
+        EventKind::Pinned { seq, by, pinned } => EventOut::Pin {
+            seq: seq.0,
+            by: Id(by.0),
+            pinned: *pinned,
+        },
+        EventKind::Blocked { user, blocked } => EventOut::Block {
+            user: Id(user.0),
+            blocked: *blocked,
+        },
         EventKind::Reacted {
             seq,
             user,
@@ -657,4 +763,26 @@ pub fn event_out(e: &InboxEvent, message: Option<MessageOut>) -> EventOut {
             removed: ids(removed),
         },
     }
+}
+
+/// Pins as the edges send them.
+pub fn pins_out(list: Vec<(records::Pin, Option<MessageOut>)>) -> Vec<PinOut> {
+    list.into_iter()
+        .map(|(p, message)| PinOut {
+            seq: p.seq.0,
+            by: Id(p.by.0),
+            at: p.at,
+            message,
+        })
+        .collect()
+}
+
+/// Blocked users as the edges send them.
+pub fn blocked_out(list: Vec<(UserId, u64)>) -> Vec<BlockedOut> {
+    list.into_iter()
+        .map(|(u, since)| BlockedOut {
+            user: Id(u.0),
+            since,
+        })
+        .collect()
 }

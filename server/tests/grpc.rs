@@ -287,6 +287,84 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         (Code::NotFound, "no_such_message")
     );
 
+    // Pins and blocks.
+    let r = client
+        .pin(authed(
+            pb::PinRequest {
+                conv,
+                seq: 1,
+                pin: true,
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.changed);
+    let pins = client
+        .pins(authed(pb::ConversationRequest { conv }, &alice))
+        .await
+        .unwrap()
+        .into_inner()
+        .pins;
+    assert_eq!(
+        pins.iter().map(|p| (p.seq, p.by)).collect::<Vec<_>>(),
+        [(1, 2)]
+    );
+    assert!(pins[0].message.is_some());
+    let e = client
+        .pins(authed(pb::ConversationRequest { conv }, &carol))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::PermissionDenied, "not_a_member")
+    );
+    let b = client
+        .block(authed(
+            pb::BlockRequest {
+                user: 1,
+                block: true,
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(b.blocked);
+    let e = client
+        .send(authed(reply(0, "blocked-1"), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::PermissionDenied, "blocked")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = client
+            .blocks(authed(pb::BlocksRequest {}, &bob))
+            .await
+            .unwrap()
+            .into_inner()
+            .users;
+        if list.iter().any(|u| u.user == 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .block(authed(
+            pb::BlockRequest {
+                user: 1,
+                block: false,
+            },
+            &bob,
+        ))
+        .await
+        .unwrap();
+
     // Errors: no token, someone else's conversation, a bad page size.
     let e = client
         .history(Request::new(pb::HistoryRequest {

@@ -154,6 +154,9 @@ impl Apply<'_, '_> {
         self.rec
             .put(seq_key(conv, seq), records::encode_indexed(&ix)?);
         self.rec.delete(reactions_key(conv, seq));
+        // A tombstone stays unpinned (members drop it from their pin list
+        // on the `unsent` event).
+        self.unpin(conv, seq)?;
         self.rewrite(conv, seq, &ix, |m| {
             m.body = Vec::new();
             m.edited_at = None;

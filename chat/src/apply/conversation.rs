@@ -58,6 +58,12 @@ impl Apply<'_, '_> {
                 )
             });
         }
+        if kind == ConversationKind::Direct && !self.blocks(conv)?.by.is_empty() {
+            return Ok(reject(
+                RejectCode::Blocked,
+                "you cannot start a conversation with this user",
+            ));
+        }
         let c = Conversation {
             kind,
             name: name.to_string(),

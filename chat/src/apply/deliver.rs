@@ -8,8 +8,8 @@ use super::{Apply, InboxNotice};
 use crate::command::{Delivery, Outcome};
 use crate::ids::Eseq;
 use crate::records::{
-    inbox_key, outbox_head_key, outbox_key, user_conv_key, user_head_key, EventKind, InboxEvent,
-    OutboxHead, UserConv, UserHead,
+    blocked_key, inbox_key, outbox_head_key, outbox_key, user_conv_key, user_head_key, BlockedUser,
+    EventKind, InboxEvent, OutboxHead, UserConv, UserHead,
 };
 
 impl Apply<'_, '_> {
@@ -56,7 +56,17 @@ impl Apply<'_, '_> {
                 EventKind::Receipt { .. }
                 | EventKind::Edited { .. }
                 | EventKind::Unsent { .. }
-                | EventKind::Reacted { .. } => {}
+                | EventKind::Reacted { .. }
+                | EventKind::Pinned { .. } => {}
+                // Only the blocker gets it: their own list follows.
+                EventKind::Blocked { user, blocked } => {
+                    let key = blocked_key(d.user, *user);
+                    if *blocked {
+                        self.rec.put_as(key, &BlockedUser { since: d.at })?;
+                    } else {
+                        self.rec.delete(key);
+                    }
+                }
                 EventKind::Membership { added, removed, .. } => {
                     if added.contains(&d.user) {
                         uc.member = true;

@@ -7,7 +7,7 @@ use missive_engine::keys::{ConversationId, Timestamp};
 use missive_raft::Result;
 
 use super::{reject, Apply};
-use crate::command::{MessageKind, NewMessage, Outcome, RejectCode};
+use crate::command::{ConversationKind, MessageKind, NewMessage, Outcome, RejectCode};
 use crate::ids::{Seq, UserId};
 use crate::records::{
     self, dedup_key, head_key, msg_key, receipt_key, seq_key, Dedup, EventKind, Head, Indexed,
@@ -23,6 +23,21 @@ impl Apply<'_, '_> {
             Ok(c) => c,
             Err(refused) => return Ok(refused),
         };
+        if c.kind == ConversationKind::Direct {
+            let blocks = self.blocks(conv)?;
+            if blocks.by.contains(&new.sender) {
+                return Ok(reject(
+                    RejectCode::Blocked,
+                    "you blocked this user: unblock them to send",
+                ));
+            }
+            if !blocks.by.is_empty() {
+                return Ok(reject(
+                    RejectCode::Blocked,
+                    "this user does not accept your messages",
+                ));
+            }
+        }
         let out = self.append(
             conv,
             Message::new(

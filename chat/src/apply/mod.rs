@@ -13,14 +13,16 @@
 //! local clock — cannot make replicas diverge.
 //!
 //! One file per command family: `conversation` (create, membership),
-//! `message` (append, dedup), `change` (edit, unsend, react), `receipt`,
-//! `deliver` (inbox delivery and the outbox's clean-up), `user` (devices,
-//! profile, push tokens).
+//! `message` (append, dedup), `change` (edit, unsend, react), `pin`,
+//! `block`, `receipt`, `deliver` (inbox delivery and the outbox's
+//! clean-up), `user` (devices, profile, push tokens).
 
+mod block;
 mod change;
 mod conversation;
 mod deliver;
 mod message;
+mod pin;
 mod receipt;
 mod user;
 
@@ -209,6 +211,18 @@ pub(crate) fn run(
             emoji,
             add,
         } => a.react(*conv, *user, *seq, emoji, *add, stamp),
+        Command::Pin {
+            conv,
+            actor,
+            seq,
+            pin,
+        } => a.pin(*conv, *actor, *seq, *pin, stamp),
+        Command::Block {
+            pair,
+            blocker,
+            target,
+            block,
+        } => a.block(*pair, *blocker, *target, *block, stamp),
     }
 }
 

@@ -805,3 +805,151 @@ fn changes_are_decided_from_the_index_not_from_what_retention_left() {
     };
     assert_eq!(run(false), run(true));
 }
+
+fn pin(actor: u64, seq: u64, pin: bool) -> Command {
+    Command::Pin {
+        conv: CONV,
+        actor: UserId(actor),
+        seq: Seq(seq),
+        pin,
+    }
+}
+
+#[test]
+fn pins_are_a_bounded_list_of_held_messages_and_an_unsend_unpins() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    for i in 0..3 {
+        s.out(send(1, &format!("m{i}")));
+    }
+    assert!(changed(&s.out(pin(2, 1, true))));
+    assert!(!changed(&s.out(pin(2, 1, true))), "already pinned");
+    assert!(changed(&s.out(pin(1, 2, true))));
+    assert_eq!(code(&s.out(pin(3, 3, true))), Some(RejectCode::NotAMember));
+    assert_eq!(
+        code(&s.out(pin(2, 9, true))),
+        Some(RejectCode::NoSuchMessage)
+    );
+    let pins: records::Pins = s.get(&records::pins_key(CONV)).unwrap();
+    let seqs: Vec<u64> = pins.list.iter().map(|p| p.seq.0).collect();
+    assert_eq!(seqs, [2, 1], "most recently pinned first");
+    assert!(matches!(
+        outbox(&s).last(),
+        Some(records::EventKind::Pinned {
+            seq: Seq(2),
+            pinned: true,
+            ..
+        })
+    ));
+    s.out(unsend(1, 2, false));
+    let pins: records::Pins = s.get(&records::pins_key(CONV)).unwrap();
+    assert_eq!(pins.list.len(), 1, "the unsent message left the pins");
+    assert!(changed(&s.out(pin(1, 1, false))));
+    assert!(!changed(&s.out(pin(1, 1, false))), "not pinned any more");
+    assert!(
+        !s.kv.contains_key(&records::pins_key(CONV)),
+        "an empty list is no record"
+    );
+    // The bound.
+    for i in 0..crate::command::MAX_PINS {
+        s.out(send(1, &format!("p{i}")));
+        assert!(changed(&s.out(pin(1, 4 + i as u64, true))));
+    }
+    s.out(send(1, "one more"));
+    let last = 4 + crate::command::MAX_PINS as u64;
+    assert_eq!(code(&s.out(pin(1, last, true))), Some(RejectCode::Invalid));
+}
+
+#[test]
+fn a_block_stops_the_pairs_direct_messages_both_ways_until_unblocked() {
+    let (a, b) = (UserId(1), UserId(2));
+    let pair = crate::ids::direct_id(a, b);
+    let mut s = Shard::default();
+    let direct = |creator: UserId, peer: UserId| Command::CreateConversation {
+        conv: pair,
+        kind: ConversationKind::Direct,
+        name: String::new(),
+        creator,
+        members: vec![peer],
+        max_members: 5,
+    };
+    let block = |blocker: UserId, target: UserId, block: bool| Command::Block {
+        pair,
+        blocker,
+        target,
+        block,
+    };
+    let post = |sender: UserId, cid: &str| {
+        Command::Post(NewMessage {
+            conv: pair,
+            sender,
+            device: DeviceId(1),
+            client_msg_id: cid.into(),
+            kind: MessageKind::Text,
+            body: b"hi".to_vec(),
+            expires_at: None,
+            reply_to: None,
+        })
+    };
+    // Blocked before they ever talked: no direct conversation either way.
+    assert_eq!(s.out(block(a, b, true)), Outcome::Done);
+    assert_eq!(code(&s.out(direct(b, a))), Some(RejectCode::Blocked));
+    assert_eq!(code(&s.out(direct(a, b))), Some(RejectCode::Blocked));
+    assert_eq!(s.out(block(a, b, false)), Outcome::Done);
+    assert_eq!(s.out(direct(b, a)), Outcome::Created { created: true });
+    assert!(matches!(s.out(post(b, "1")), Outcome::Appended { .. }));
+    // Blocked while talking: neither sends; the conversation is still
+    // found (creating it again is idempotent).
+    s.out(block(a, b, true));
+    assert_eq!(code(&s.out(post(b, "2"))), Some(RejectCode::Blocked));
+    assert_eq!(code(&s.out(post(a, "3"))), Some(RejectCode::Blocked));
+    assert_eq!(s.out(direct(b, a)), Outcome::Created { created: false });
+    // Only the blocker's inbox hears of it.
+    let last = s.get::<OutboxHead>(&outbox_head_key(pair)).unwrap().last;
+    let entry: OutboxEntry = s.get(&outbox_key(pair, last)).unwrap();
+    assert_eq!(entry.recipients, [a]);
+    assert_eq!(
+        entry.event,
+        records::EventKind::Blocked {
+            user: b,
+            blocked: true
+        }
+    );
+    // Both block, one unblocks: still blocked; both unblock: talking again.
+    s.out(block(b, a, true));
+    s.out(block(a, b, false));
+    assert_eq!(code(&s.out(post(a, "4"))), Some(RejectCode::Blocked));
+    s.out(block(b, a, false));
+    assert!(matches!(s.out(post(a, "5")), Outcome::Appended { .. }));
+    // A block names the pair's own conversation, and another user.
+    let wrong = Command::Block {
+        pair: CONV,
+        blocker: a,
+        target: b,
+        block: true,
+    };
+    assert_eq!(code(&s.out(wrong)), Some(RejectCode::Invalid));
+    assert_eq!(code(&s.out(block(a, a, true))), Some(RejectCode::Invalid));
+}
+
+#[test]
+fn delivering_a_block_keeps_the_blockers_own_list() {
+    let mut s = Shard::default();
+    let deliver = |blocked: bool, eseq: u64| Command::Deliver {
+        items: vec![Delivery {
+            user: UserId(1),
+            conv: CONV,
+            eseq: Eseq(eseq),
+            event: records::EventKind::Blocked {
+                user: UserId(2),
+                blocked,
+            },
+            at: STAMP,
+        }],
+    };
+    s.out(deliver(true, 1));
+    let key = records::blocked_key(UserId(1), UserId(2));
+    assert!(s.get::<records::BlockedUser>(&key).is_some());
+    s.out(deliver(false, 2));
+    assert!(s.get::<records::BlockedUser>(&key).is_none());
+}

@@ -62,7 +62,14 @@ pub(crate) async fn announce_typing(
     typing: bool,
 ) -> Result<(), ApiError> {
     let c = state.service.member_conversation(who, conv).await?;
-    let to = c.members.iter().map(|m| m.0).collect();
+    // Members who block `who` do not see them type.
+    let blockers = state.service.blockers_among(who, &c.members).await?;
+    let to = c
+        .members
+        .iter()
+        .filter(|m| !blockers.contains(m))
+        .map(|m| m.0)
+        .collect();
     state.presence.typing(who, conv.0, typing, to);
     Ok(())
 }

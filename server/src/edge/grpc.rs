@@ -195,6 +195,15 @@ fn pb_event(f: ServerFrame) -> Option<Result<pb::Event, Status>> {
                     message: message.map(|m| pb_message(*m)),
                 }),
                 EventOut::Unsent { seq, by } => Kind::Unsent(pb::UnsentEvent { seq, by: by.0 }),
+                EventOut::Pin { seq, by, pinned } => Kind::Pin(pb::PinEvent {
+                    seq,
+                    by: by.0,
+                    pinned,
+                }),
+                EventOut::Block { user, blocked } => Kind::Block(pb::BlockEvent {
+                    user: user.0,
+                    blocked,
+                }),
                 EventOut::Reaction {
                     seq,
                     user,
@@ -338,6 +347,79 @@ impl Missive for Grpc {
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb_change(r.conv, a)))
+    }
+
+    async fn pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::ChangeReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let a = self
+            .state
+            .service
+            .pin(who.user, ConversationId(r.conv), r.seq, r.pin)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb_change(r.conv, a)))
+    }
+
+    async fn pins(
+        &self,
+        req: Request<pb::ConversationRequest>,
+    ) -> Result<Response<pb::PinsReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let list = self
+            .state
+            .service
+            .pins(who.user, ConversationId(r.conv))
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::PinsReply {
+            pins: list
+                .into_iter()
+                .map(|(p, m)| pb::PinInfo {
+                    seq: p.seq.0,
+                    by: p.by.0,
+                    at: p.at,
+                    message: m.map(pb_message),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn block(
+        &self,
+        req: Request<pb::BlockRequest>,
+    ) -> Result<Response<pb::BlockReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        self.state
+            .service
+            .block(who.user, UserId(r.user), r.block)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::BlockReply {
+            user: r.user,
+            blocked: r.block,
+        }))
+    }
+
+    async fn blocks(
+        &self,
+        req: Request<pb::BlocksRequest>,
+    ) -> Result<Response<pb::BlocksReply>, Status> {
+        let who = self.caller(&req)?;
+        let list = self
+            .state
+            .service
+            .blocked(who.user)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::BlocksReply {
+            users: list
+                .into_iter()
+                .map(|(u, since)| pb::BlockedInfo { user: u.0, since })
+                .collect(),
+        }))
     }
 
     async fn set_receipt(

@@ -68,6 +68,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/conversations/{conv}/messages/{seq}/reactions/{emoji}",
             put(react_add).delete(react_remove),
         )
+        .route("/v1/conversations/{conv}/pins", get(pins))
+        .route(
+            "/v1/conversations/{conv}/pins/{seq}",
+            put(pin_add).delete(pin_remove),
+        )
+        .route("/v1/blocks", get(blocks))
+        .route("/v1/blocks/{user}", put(block_add).delete(block_remove))
         .route(
             "/v1/conversations/{conv}/receipts",
             get(receipts).post(set_receipt),
@@ -619,6 +626,67 @@ async fn react_remove(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let a = s.service.react(who.user, conv, seq, emoji, false).await?;
     Ok(changed(conv, a))
+}
+
+async fn pins(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = s.service.pins(who.user, conv).await?;
+    Ok(Json(json!({ "pins": crate::wire::pins_out(list) })))
+}
+
+async fn pin_add(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    MessagePath(conv, seq): MessagePath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let a = s.service.pin(who.user, conv, seq, true).await?;
+    Ok(changed(conv, a))
+}
+
+async fn pin_remove(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    MessagePath(conv, seq): MessagePath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let a = s.service.pin(who.user, conv, seq, false).await?;
+    Ok(changed(conv, a))
+}
+
+async fn blocks(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = s.service.blocked(who.user).await?;
+    Ok(Json(json!({ "blocked": crate::wire::blocked_out(list) })))
+}
+
+fn user_in_path(raw: &str) -> Result<UserId, ApiError> {
+    raw.parse::<u64>()
+        .map(UserId)
+        .map_err(|_| ApiError::not_found(format!("{raw:?} is not a user id")))
+}
+
+async fn block_add(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Path(user): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let u = user_in_path(&user)?;
+    s.service.block(who.user, u, true).await?;
+    Ok(Json(json!({ "user": Id(u.0), "blocked": true })))
+}
+
+async fn block_remove(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Path(user): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let u = user_in_path(&user)?;
+    s.service.block(who.user, u, false).await?;
+    Ok(Json(json!({ "user": Id(u.0), "blocked": false })))
 }
 
 async fn receipts(

@@ -467,6 +467,38 @@ async fn handle(
                 .await;
             changed(id, conv, r)
         }
+        ClientFrame::Pin { id, conv, seq, pin } => {
+            let r = svc.pin(who.user, ConversationId(conv.0), seq, pin).await;
+            changed(id, conv, r)
+        }
+        ClientFrame::Pins { id, conv } => match svc.pins(who.user, ConversationId(conv.0)).await {
+            Ok(list) => ServerFrame::Pins {
+                id,
+                conv,
+                pins: crate::wire::pins_out(list),
+            },
+            Err(e) => ServerFrame::error(Some(id), &e),
+        },
+        ClientFrame::Block { id, user, block } => {
+            match svc
+                .block(who.user, missive_chat::UserId(user.0), block)
+                .await
+            {
+                Ok(()) => ServerFrame::BlockSet {
+                    id,
+                    user,
+                    blocked: block,
+                },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
+        ClientFrame::Blocks { id } => match svc.blocked(who.user).await {
+            Ok(list) => ServerFrame::Blocks {
+                id,
+                users: crate::wire::blocked_out(list),
+            },
+            Err(e) => ServerFrame::error(Some(id), &e),
+        },
         ClientFrame::Receipt {
             id,
             conv,

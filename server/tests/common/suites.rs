@@ -490,3 +490,208 @@ pub async fn edits_unsends_and_reactions_follow_the_rules(addrs: &[SocketAddr], 
         "{v}"
     );
 }
+
+/// Pins (any member; bounded; an unsend unpins; non-members read nothing)
+/// and blocks (no direct messages either way, no new direct conversation,
+/// no presence or typing for the blocked; group messages still arrive;
+/// unblock restores).
+pub async fn pins_and_blocks_follow_the_rules(addrs: &[SocketAddr], c: &Config) {
+    let at = |u: u64| addrs[u as usize % addrs.len()];
+    let http = |u: u64| Http::new(at(u), token(c, u, 1));
+    let (u1, u2, u3) = (http(1), http(2), http(3));
+    let g = u1.group("pins", &[2, 3]).await;
+    let mut w2 = Ws::connect(at(2), &token(c, 2, 1)).await;
+    w2.sync(0).await;
+    u2.send(&g, "a", "first").await;
+    u2.send(&g, "b", "second").await;
+    let mut seen = Vec::new();
+    let ack = w2
+        .request(json!({"type": "pin", "conv": g, "seq": 1}), &mut seen)
+        .await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["changed"].as_bool()),
+        (Some("changed"), Some(true)),
+        "{ack}"
+    );
+    let ev = w2.event_where(|e| e["event"]["kind"] == "pin").await;
+    assert_eq!(
+        (ev["event"]["seq"].as_u64(), ev["event"]["by"].as_str()),
+        (Some(1), Some("2")),
+        "{ev}"
+    );
+    let (s, v) = u3
+        .put(&format!("/v1/conversations/{g}/pins/2"), json!({}))
+        .await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    let (s, v) = u3.get(&format!("/v1/conversations/{g}/pins")).await;
+    assert_eq!(s, 200, "{v}");
+    let pins: Vec<(u64, String, String)> = v["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["seq"].as_u64().unwrap(),
+                p["by"].as_str().unwrap().to_string(),
+                p["message"]["body"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pins,
+        [
+            (2, "3".into(), "second".into()),
+            (1, "2".into(), "first".into())
+        ],
+        "{v}"
+    );
+    // Non-members read nothing (whether or not the conversation exists).
+    let u5 = http(5);
+    for conv in [g.as_str(), "4242"] {
+        let (s, v) = u5.get(&format!("/v1/conversations/{conv}/pins")).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("not_a_member")),
+            "{v}"
+        );
+    }
+    let mut w5 = Ws::connect(at(5), &token(c, 5, 1)).await;
+    let no = w5
+        .request(json!({"type": "pins", "conv": g}), &mut Vec::new())
+        .await;
+    assert_eq!(no["code"], "not_a_member", "{no}");
+    let (s, v) = u5
+        .put(&format!("/v1/conversations/{g}/pins/1"), json!({}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("not_a_member")),
+        "{v}"
+    );
+    // An unsent message leaves the pins; pinning nothing is refused.
+    let (s, _) = u2
+        .delete(&format!("/v1/conversations/{g}/messages/2"))
+        .await;
+    assert_eq!(s, 200);
+    let got = w2
+        .request(json!({"type": "pins", "conv": g}), &mut seen)
+        .await;
+    let seqs: Vec<u64> = got["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1], "{got}");
+    let (s, v) = u3
+        .put(&format!("/v1/conversations/{g}/pins/2"), json!({}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("no_such_message")),
+        "{v}"
+    );
+    let (s, v) = u3.delete(&format!("/v1/conversations/{g}/pins/1")).await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+
+    // Blocks. Users 6 and 7 talk directly, then 6 blocks 7.
+    let (u6, u7) = (http(6), http(7));
+    let d = u6.direct(7).await;
+    u7.send(&d, "hi", "hi").await;
+    let mut w7 = Ws::connect(at(7), &token(c, 7, 1)).await;
+    let before = w7
+        .request(json!({"type": "presence", "users": ["6"]}), &mut Vec::new())
+        .await;
+    assert_eq!(
+        before["hidden"],
+        json!([]),
+        "they share a conversation: {before}"
+    );
+    let g2 = u6.group("with a blocked member", &[7]).await;
+    let mut w6 = Ws::connect(at(6), &token(c, 6, 1)).await;
+    w6.sync(0).await;
+    let set = w6
+        .request(json!({"type": "block", "user": "7"}), &mut Vec::new())
+        .await;
+    assert_eq!(
+        (set["type"].as_str(), set["blocked"].as_bool()),
+        (Some("block_set"), Some(true)),
+        "{set}"
+    );
+    // Neither sends in the direct conversation, with a clear code.
+    for (who, cid) in [(&u7, "after"), (&u6, "mine")] {
+        let (s, v) = who
+            .post(
+                &format!("/v1/conversations/{d}/messages"),
+                json!({"client_msg_id": cid, "body": "x"}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("blocked")),
+            "{v}"
+        );
+    }
+    // 6's devices learn of the block; 6's list shows it.
+    let ev = w6.event_where(|e| e["event"]["kind"] == "block").await;
+    assert_eq!(ev["event"]["user"], "7", "{ev}");
+    let (s, v) = u6.get("/v1/blocks").await;
+    assert_eq!(
+        (s, v["blocked"][0]["user"].as_str()),
+        (200, Some("7")),
+        "{v}"
+    );
+    // 7 no longer sees 6's presence, nor 6 see… only the blocker hides.
+    let after = w7
+        .request(json!({"type": "presence", "users": ["6"]}), &mut Vec::new())
+        .await;
+    assert_eq!(after["hidden"], json!(["6"]), "{after}");
+    // 7's typing in a shared group does not reach 6, but 7's group
+    // messages do (a client filters them by its block list).
+    w7.send_json(json!({"type": "typing", "conv": g2, "typing": true}))
+        .await;
+    u7.send(&g2, "g", "in the group").await;
+    let mut frames = Vec::new();
+    loop {
+        let f = w6.next().await.expect("closed");
+        let is_msg =
+            f["type"] == "event" && f["conv"] == g2.as_str() && f["event"]["kind"] == "message";
+        frames.push(f);
+        if is_msg {
+            break;
+        }
+    }
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f["type"] == "typing" && f["user"] == "7"),
+        "{frames:?}"
+    );
+    // No new direct conversation with someone who blocks you (or whom you
+    // block) either.
+    let (u8, u9) = (http(8), http(9));
+    let (s, _) = u8.put("/v1/blocks/9", json!({})).await;
+    assert_eq!(s, 200);
+    let (s, v) = u9
+        .post("/v1/conversations", json!({"kind": "direct", "peer": "8"}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("blocked")),
+        "{v}"
+    );
+    // Unblocking restores.
+    let (s, v) = u6.delete("/v1/blocks/7").await;
+    assert_eq!((s, v["blocked"].as_bool()), (200, Some(false)), "{v}");
+    let (seq, _) = u7.send(&d, "again", "hello again").await;
+    assert_eq!(seq, 2);
+    let (s, v) = u6.put("/v1/blocks/6", json!({})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{v}"
+    );
+}
