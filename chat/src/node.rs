@@ -130,6 +130,32 @@ impl ChatNode {
                 limit,
             },
         };
+        self.messages(conv, op, consistency).await
+    }
+
+    /// Up to `limit` messages of `conv` newer than `after`, oldest first
+    /// (the ones right after it).
+    pub async fn history_after(
+        &self,
+        conv: ConversationId,
+        after: u64,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<StoredMessage>> {
+        let op = ReadOp::After {
+            conv: conv.0,
+            ts: after,
+            limit: limit as u64,
+        };
+        self.messages(conv, op, consistency).await
+    }
+
+    async fn messages(
+        &self,
+        conv: ConversationId,
+        op: ReadOp,
+        consistency: Consistency,
+    ) -> Result<Vec<StoredMessage>> {
         let shard = self.node.slots().shard_of(conv);
         let ReadResult::Messages(raw) = self.node.read(shard, consistency, op).await? else {
             return Err(RaftError::malformed("history", "answer of the wrong kind").into());

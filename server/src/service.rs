@@ -86,6 +86,52 @@ pub struct ChangeAck {
     pub changed: bool,
 }
 
+/// Where a history page is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest messages.
+    Latest,
+    /// Messages older than this ts.
+    Before(u64),
+    /// Messages right after this ts.
+    After(u64),
+    /// The message at this ts and the ones around it.
+    Around(u64),
+}
+
+impl Cursor {
+    /// The cursor of a request's `before`, `after` and `around` (at most
+    /// one).
+    pub fn of(
+        before: Option<u64>,
+        after: Option<u64>,
+        around: Option<u64>,
+    ) -> Result<Cursor, ApiError> {
+        match (before, after, around) {
+            (None, None, None) => Ok(Cursor::Latest),
+            (Some(b), None, None) => Ok(Cursor::Before(b)),
+            (None, Some(a), None) => Ok(Cursor::After(a)),
+            (None, None, Some(x)) => Ok(Cursor::Around(x)),
+            _ => Err(ApiError::invalid(
+                "give at most one of before, after and around",
+            )),
+        }
+    }
+}
+
+/// A history page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Newest first.
+    pub messages: Vec<MessageOut>,
+    /// Pass as `before` for the older page; None when none is known to
+    /// exist (a short page going back).
+    pub next_before: Option<u64>,
+    /// Pass as `after` for the newer page; None when none is known to
+    /// exist.
+    pub next_after: Option<u64>,
+}
+
 /// A conversation in a user's list.
 #[derive(Debug, Clone)]
 pub struct ListEntry {
@@ -705,14 +751,15 @@ impl Service {
         }
     }
 
-    /// A history page, newest first, and the cursor of the next one.
+    /// A history page, newest first, with the cursors of the pages next
+    /// to it.
     pub async fn history(
         &self,
         who: UserId,
         conv: ConversationId,
-        before: Option<u64>,
+        cursor: Cursor,
         limit: Option<usize>,
-    ) -> Result<(Vec<MessageOut>, Option<u64>), ApiError> {
+    ) -> Result<Page, ApiError> {
         let limit = limit.unwrap_or(50);
         if limit == 0 || limit > self.limits.max_page {
             return Err(ApiError::invalid(format!(
@@ -720,50 +767,145 @@ impl Service {
                 self.limits.max_page
             )));
         }
-        if before == Some(0) {
+        if matches!(
+            cursor,
+            Cursor::Before(0) | Cursor::After(0) | Cursor::Around(0)
+        ) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_cursor",
-                "before must be a message ts from a previous page",
+                "a cursor is a message ts from a previous page (or a message's ts)",
             ));
         }
         self.member_conversation(who, conv).await?;
+        let full = |v: &Vec<MessageOut>, n: usize| v.len() == n;
+        let page = match cursor {
+            Cursor::Latest => {
+                let messages = self.latest(conv, limit).await?;
+                Page {
+                    next_before: full(&messages, limit)
+                        .then(|| messages.last().map(|m| m.ts))
+                        .flatten(),
+                    next_after: None,
+                    messages,
+                }
+            }
+            Cursor::Before(ts) => {
+                let messages = self.older(conv, ts, limit).await?;
+                Page {
+                    next_before: full(&messages, limit)
+                        .then(|| messages.last().map(|m| m.ts))
+                        .flatten(),
+                    next_after: messages.first().map(|m| m.ts),
+                    messages,
+                }
+            }
+            Cursor::After(ts) => {
+                let messages = self.newer(conv, ts, limit).await?;
+                Page {
+                    next_before: messages.last().map(|m| m.ts),
+                    next_after: full(&messages, limit)
+                        .then(|| messages.first().map(|m| m.ts))
+                        .flatten(),
+                    messages,
+                }
+            }
+            Cursor::Around(ts) => {
+                // The message at `ts` (if any) and up to half a page on
+                // each side of it.
+                let newer_n = limit / 2;
+                let older_n = limit - newer_n;
+                let mut messages = self.newer(conv, ts, newer_n).await?;
+                let older = self.older(conv, ts.saturating_add(1), older_n).await?;
+                let next_after = (newer_n > 0 && full(&messages, newer_n))
+                    .then(|| messages.first().map(|m| m.ts))
+                    .flatten();
+                let next_before = full(&older, older_n)
+                    .then(|| older.last().map(|m| m.ts))
+                    .flatten();
+                messages.extend(older);
+                Page {
+                    messages,
+                    next_before,
+                    next_after,
+                }
+            }
+        };
+        let messages = page
+            .messages
+            .into_iter()
+            .map(|m| m.for_viewer(who))
+            .collect();
+        Ok(Page { messages, ..page })
+    }
+
+    /// The newest `limit` messages, newest first: from the recent cache if
+    /// it holds every seq of them, else from the store (which fills it).
+    async fn latest(
+        &self,
+        conv: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<MessageOut>, ApiError> {
         let cacheable = self.cacheable(conv);
-        let page = match before {
-            Some(_) => None,
-            _ if !cacheable => None,
-            // The newest page: from the cache if it holds every seq of it.
-            None => {
-                let head = self.read(|c| self.node.head(conv, c)).await?;
-                let lo = head.seq.0.saturating_sub(limit as u64 - 1).max(1);
-                match head.seq.0 {
-                    0 => Some(Vec::new()),
-                    hi => self.recent.range(conv.0, lo, hi, now_micros()),
-                }
+        if cacheable {
+            let head = self.read(|c| self.node.head(conv, c)).await?;
+            let lo = head.seq.0.saturating_sub(limit as u64 - 1).max(1);
+            let hit = match head.seq.0 {
+                0 => Some(Vec::new()),
+                hi => self.recent.range(conv.0, lo, hi, now_micros()),
+            };
+            if let Some(p) = hit {
+                return Ok(p);
             }
-        };
-        let msgs = match page {
-            Some(p) => p,
-            None => {
-                let mark = self.recent.mark();
-                let stored = self
-                    .read(|c| self.node.history(conv, before, limit, c))
-                    .await?;
-                let msgs: Vec<MessageOut> = stored
-                    .into_iter()
-                    .map(|m| MessageOut::from_stored(conv.0, m))
-                    .collect();
-                if before.is_none() && cacheable {
-                    msgs.iter().for_each(|m| self.recent.insert(m, mark));
-                }
-                msgs
-            }
-        };
-        let msgs: Vec<MessageOut> = msgs.into_iter().map(|m| m.for_viewer(who)).collect();
-        let next = (msgs.len() == limit)
-            .then(|| msgs.last().map(|m| m.ts))
-            .flatten();
-        Ok((msgs, next))
+        }
+        let mark = self.recent.mark();
+        let stored = self
+            .read(|c| self.node.history(conv, None, limit, c))
+            .await?;
+        let msgs: Vec<MessageOut> = stored
+            .into_iter()
+            .map(|m| MessageOut::from_stored(conv.0, m))
+            .collect();
+        if cacheable {
+            msgs.iter().for_each(|m| self.recent.insert(m, mark));
+        }
+        Ok(msgs)
+    }
+
+    /// Up to `limit` messages older than `ts`, newest first.
+    async fn older(
+        &self,
+        conv: ConversationId,
+        ts: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageOut>, ApiError> {
+        let stored = self
+            .read(|c| self.node.history(conv, Some(ts), limit, c))
+            .await?;
+        Ok(stored
+            .into_iter()
+            .map(|m| MessageOut::from_stored(conv.0, m))
+            .collect())
+    }
+
+    /// Up to `limit` messages right after `ts`, newest first.
+    async fn newer(
+        &self,
+        conv: ConversationId,
+        ts: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageOut>, ApiError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stored = self
+            .read(|c| self.node.history_after(conv, ts, limit, c))
+            .await?;
+        Ok(stored
+            .into_iter()
+            .rev()
+            .map(|m| MessageOut::from_stored(conv.0, m))
+            .collect())
     }
 
     /// Which of `users` share a conversation with `who` and do not block

@@ -440,6 +440,10 @@ pub enum ServerFrame {
         /// Pass as `before` for the next (older) page; absent at the start.
         #[serde(skip_serializing_if = "Option::is_none")]
         next_before: Option<u64>,
+        /// Pass as `after` for the newer page; absent when it is not
+        /// known to exist (the newest page, a short page going forward).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_after: Option<u64>,
     },
     /// One inbox event (sync and live alike).
     Event {
@@ -665,6 +669,12 @@ pub enum ClientFrame {
         /// `next_before`).
         #[serde(default)]
         before: Option<u64>,
+        /// Only messages newer than this ts (a page's `next_after`).
+        #[serde(default)]
+        after: Option<u64>,
+        /// The message at this ts and the ones around it.
+        #[serde(default)]
+        around: Option<u64>,
         /// Page size (default 50).
         #[serde(default)]
         limit: Option<usize>,

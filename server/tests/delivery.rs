@@ -416,3 +416,83 @@ async fn replies_name_the_message_they_answer() {
     suites::replies_name_the_message_they_answer(&[srv.addr()], &c).await;
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_forward_and_around_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    for i in 1..=30 {
+        alice.send(&conv, &format!("m{i}"), &format!("{i}")).await;
+    }
+    let path = format!("/v1/conversations/{conv}/messages");
+    let (_, all) = alice.get(&format!("{path}?limit=30")).await;
+    // ts by seq.
+    let ts: std::collections::HashMap<u64, u64> = all["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].as_u64().unwrap(), m["ts"].as_u64().unwrap()))
+        .collect();
+    let seqs = |v: &serde_json::Value| -> Vec<u64> {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
+    };
+    // Forward from seq 10: the five right after it, newest first.
+    let (s, v) = alice
+        .get(&format!("{path}?after={}&limit=5", ts[&10]))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(seqs(&v), [15, 14, 13, 12, 11]);
+    assert_eq!(v["next_after"], ts[&15], "{v}");
+    let (_, v) = alice
+        .get(&format!("{path}?after={}&limit=5", v["next_after"]))
+        .await;
+    assert_eq!(seqs(&v), [20, 19, 18, 17, 16]);
+    // The end going forward: a short page, no next_after.
+    let (_, v) = alice
+        .get(&format!("{path}?after={}&limit=5", ts[&28]))
+        .await;
+    assert_eq!(seqs(&v), [30, 29]);
+    assert!(v["next_after"].is_null(), "{v}");
+    // Around seq 20: it and up to half a page on each side.
+    let (_, v) = alice
+        .get(&format!("{path}?around={}&limit=6", ts[&20]))
+        .await;
+    assert_eq!(seqs(&v), [23, 22, 21, 20, 19, 18]);
+    assert_eq!(
+        (v["next_before"].as_u64(), v["next_after"].as_u64()),
+        (Some(ts[&18]), Some(ts[&23]))
+    );
+    // Over the WebSocket too.
+    let mut ws = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    let page = ws
+        .request(
+            json!({"type": "history", "conv": conv, "around": ts[&1], "limit": 4}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(seqs(&page), [3, 2, 1], "{page}");
+    // One cursor at a time; none is 0.
+    let (s, v) = alice
+        .get(&format!("{path}?before={}&after={}", ts[&5], ts[&3]))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{v}"
+    );
+    let (s, v) = alice.get(&format!("{path}?around=0")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("bad_cursor")),
+        "{v}"
+    );
+    srv.shutdown().await.unwrap();
+}

@@ -130,6 +130,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
                 conv,
                 before: 0,
                 limit: 10,
+                ..Default::default()
             },
             &bob,
         ))
@@ -184,6 +185,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
                 conv,
                 before: 0,
                 limit: 10,
+                ..Default::default()
             },
             &alice,
         ))
@@ -247,6 +249,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
                 conv,
                 before: 0,
                 limit: 10,
+                ..Default::default()
             },
             who,
         )
@@ -371,6 +374,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
             conv,
             before: 0,
             limit: 10,
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -384,6 +388,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
                 conv,
                 before: 0,
                 limit: 10,
+                ..Default::default()
             },
             &carol,
         ))
@@ -399,6 +404,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
                 conv,
                 before: 0,
                 limit: 1000,
+                ..Default::default()
             },
             &bob,
         ))

@@ -147,6 +147,13 @@ impl<A: App> Shared<A> {
                     .map(|m| (m.ts.0, m.value))
                     .collect(),
             ),
+            ReadOp::After { conv, ts, limit: l } => ReadResult::Messages(
+                self.lsm
+                    .after(ConversationId(*conv), Timestamp(*ts), limit(*l))?
+                    .into_iter()
+                    .map(|m| (m.ts.0, m.value))
+                    .collect(),
+            ),
         })
     }
 }

@@ -225,6 +225,16 @@ pub enum ReadOp {
         /// Most messages.
         limit: u64,
     },
+    /// Up to `limit` messages of a conversation newer than `ts`, oldest
+    /// first (the ones right after `ts`).
+    After {
+        /// The conversation.
+        conv: u64,
+        /// Exclusive lower bound.
+        ts: u64,
+        /// Most messages.
+        limit: u64,
+    },
 }
 
 /// A [`ReadOp`]'s answer.

@@ -453,17 +453,20 @@ impl Missive for Grpc {
     ) -> Result<Response<pb::HistoryReply>, Status> {
         let who = self.caller(&req)?;
         let r = req.into_inner();
-        let before = (r.before > 0).then_some(r.before);
+        let some = |v: u64| (v > 0).then_some(v);
         let limit = (r.limit > 0).then_some(r.limit as usize);
-        let (messages, next) = self
+        let cursor = crate::service::Cursor::of(some(r.before), some(r.after), some(r.around))
+            .map_err(|e| status(&e))?;
+        let page = self
             .state
             .service
-            .history(who.user, ConversationId(r.conv), before, limit)
+            .history(who.user, ConversationId(r.conv), cursor, limit)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::HistoryReply {
-            messages: messages.into_iter().map(pb_message).collect(),
-            next_before: next.unwrap_or(0),
+            messages: page.messages.into_iter().map(pb_message).collect(),
+            next_before: page.next_before.unwrap_or(0),
+            next_after: page.next_after.unwrap_or(0),
         }))
     }
 

@@ -507,6 +507,10 @@ struct HistoryQuery {
     #[serde(default)]
     before: Option<u64>,
     #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    around: Option<u64>,
+    #[serde(default)]
     limit: Option<usize>,
 }
 
@@ -516,10 +520,12 @@ async fn history(
     ConvPath(conv): ConvPath,
     Q(q): Q<HistoryQuery>,
 ) -> Result<Json<HistoryOut>, ApiError> {
-    let (messages, next_before) = s.service.history(who.user, conv, q.before, q.limit).await?;
+    let cursor = crate::service::Cursor::of(q.before, q.after, q.around)?;
+    let page = s.service.history(who.user, conv, cursor, q.limit).await?;
     Ok(Json(HistoryOut {
-        messages,
-        next_before,
+        messages: page.messages,
+        next_before: page.next_before,
+        next_after: page.next_after,
     }))
 }
 
@@ -530,6 +536,7 @@ async fn history(
 struct HistoryOut {
     messages: Vec<crate::wire::MessageOut>,
     next_before: Option<u64>,
+    next_after: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -520,19 +520,27 @@ async fn handle(
             id,
             conv,
             before,
+            after,
+            around,
             limit,
-        } => match svc
-            .history(who.user, ConversationId(conv.0), before, limit)
-            .await
-        {
-            Ok((messages, next_before)) => ServerFrame::History {
-                id,
-                conv,
-                messages,
-                next_before,
-            },
-            Err(e) => ServerFrame::error(Some(id), &e),
-        },
+        } => {
+            let r = async {
+                let cursor = crate::service::Cursor::of(before, after, around)?;
+                svc.history(who.user, ConversationId(conv.0), cursor, limit)
+                    .await
+            }
+            .await;
+            match r {
+                Ok(p) => ServerFrame::History {
+                    id,
+                    conv,
+                    messages: p.messages,
+                    next_before: p.next_before,
+                    next_after: p.next_after,
+                },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
         ClientFrame::Presence { id, users } => {
             let r = async {
                 let (watch, hidden) = watch_list(svc, who.user, &users).await?;
