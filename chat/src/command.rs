@@ -252,6 +252,18 @@ pub enum Command {
         /// Block (true) or unblock (false).
         block: bool,
     },
+    /// Deletes a message for one member only ("delete for me"): their
+    /// history no longer shows it, on any of their devices. Hiding a
+    /// hidden message changes nothing.
+    Hide {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who (must be a member).
+        user: UserId,
+        /// The message (any the conversation ever held: a tombstone or a
+        /// system message too).
+        seq: Seq,
+    },
 }
 
 /// The most messages one conversation has pinned.
@@ -326,7 +338,8 @@ impl Command {
             Command::Edit { conv, .. }
             | Command::Unsend { conv, .. }
             | Command::React { conv, .. }
-            | Command::Pin { conv, .. } => Route::Conversation(*conv),
+            | Command::Pin { conv, .. }
+            | Command::Hide { conv, .. } => Route::Conversation(*conv),
             Command::Block { pair, .. } => Route::Conversation(*pair),
             Command::Deliver { items } => {
                 items.first().map_or(Route::Empty, |d| Route::User(d.user))

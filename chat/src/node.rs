@@ -359,6 +359,47 @@ impl ChatNode {
         Ok(b.is_some_and(|b| b.by.contains(&by)))
     }
 
+    /// The seqs of `conv` that `user` hid ("delete for me"), ascending (at
+    /// most `limit`).
+    pub async fn hidden(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<crate::ids::Seq>> {
+        let shard = self.node.slots().shard_of(conv);
+        let prefix = records::hidden_prefix(conv, user);
+        let end = missive_engine::keys::prefix_successor(&prefix).unwrap_or_default();
+        Ok(self
+            .scan_records::<records::Hidden>(shard, consistency, "hidden", &prefix, end, limit)
+            .await?
+            .into_iter()
+            .map(|(seq, _)| crate::ids::Seq(seq))
+            .collect())
+    }
+
+    /// The seqs in `lo..=hi` of `conv` that `user` hid, ascending (one
+    /// seek: a history page asks for its own range).
+    pub async fn hidden_between(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        lo: crate::ids::Seq,
+        hi: crate::ids::Seq,
+        consistency: Consistency,
+    ) -> Result<Vec<crate::ids::Seq>> {
+        let shard = self.node.slots().shard_of(conv);
+        let from = records::hidden_key(conv, user, lo);
+        let to = records::hidden_key(conv, user, hi.next());
+        Ok(self
+            .scan_records::<records::Hidden>(shard, consistency, "hidden", &from, to, usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(seq, _)| crate::ids::Seq(seq))
+            .collect())
+    }
+
     /// A conversation's pinned messages, most recently pinned first.
     pub async fn pins(
         &self,

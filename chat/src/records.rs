@@ -14,6 +14,7 @@
 //! reactions     0x20 slot:u16 conv:u64 0x05 seq:u64    → Reactions
 //! pins          0x20 slot:u16 conv:u64 0x06            → Pins
 //! blocks        0x20 slot:u16 pair:u64 0x07            → Blocks
+//! hidden        0x20 slot:u16 conv:u64 0x08 user:u64 seq:u64 → Hidden
 //! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message (v3)
 //! receipt       0x40 slot:u16 conv:u64 user:u64        → Receipt
 //! outbox head   0x20 slot:u16 conv:u64 0x03            → OutboxHead
@@ -443,6 +444,27 @@ pub fn blocks_key(pair: ConversationId) -> Vec<u8> {
     conv_key(pair, 0x07)
 }
 
+/// Key of message `seq` hidden for `user` ("delete for me").
+pub fn hidden_key(conv: ConversationId, user: UserId, seq: Seq) -> Vec<u8> {
+    let mut k = hidden_prefix(conv, user);
+    k.extend_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+/// Prefix of every message of `conv` hidden for `user`.
+pub fn hidden_prefix(conv: ConversationId, user: UserId) -> Vec<u8> {
+    let mut k = conv_key(conv, 0x08);
+    k.extend_from_slice(&user.0.to_be_bytes());
+    k
+}
+
+/// A message one member deleted for themself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hidden {
+    /// When (µs, the leader's stamp).
+    pub at: u64,
+}
+
 /// A pinned message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {
@@ -691,6 +713,12 @@ pub enum EventKind {
         user: UserId,
         /// Blocked (true) or unblocked.
         blocked: bool,
+    },
+    /// The recipient deleted a message for themself (only their own
+    /// devices get it).
+    Hidden {
+        /// The message.
+        seq: Seq,
     },
 }
 

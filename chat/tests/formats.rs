@@ -212,6 +212,7 @@ const SINCE_REPLIES: &[&str] = &[
     "react",
     "pin",
     "block",
+    "hide",
 ];
 
 /// The commands of the first fixtures.
@@ -461,6 +462,14 @@ fn commands() -> Vec<(&'static str, Command)> {
                 blocker: UserId(7),
                 target: UserId(8),
                 block: true,
+            },
+        ),
+        (
+            "hide",
+            Command::Hide {
+                conv: conv(),
+                user: UserId(8),
+                seq: Seq(2),
             },
         ),
     ]
@@ -783,6 +792,12 @@ fn stored_records_and_their_keys() {
         },
     );
     set.versioned(
+        "hidden",
+        &Hidden {
+            at: 1_700_000_000_000_013,
+        },
+    );
+    set.versioned(
         "blocked_user",
         &BlockedUser {
             since: 1_700_000_000_000_012,
@@ -814,6 +829,7 @@ fn stored_records_and_their_keys() {
                 pinned: true,
             },
         ),
+        ("event_hidden", EventKind::Hidden { seq: Seq(2) }),
         (
             "event_blocked",
             EventKind::Blocked {
@@ -963,6 +979,7 @@ fn stored_records_and_their_keys() {
     set.key("key_seq_index", seq_key(conv(), Seq(5)));
     set.key("key_reactions", reactions_key(conv(), Seq(5)));
     set.key("key_pins", pins_key(conv()));
+    set.key("key_hidden", hidden_key(conv(), u, Seq(5)));
     set.key("key_blocks", blocks_key(conv()));
     set.key("key_blocked", blocked_key(u, UserId(9)));
     set.key("key_blocked_prefix", blocked_prefix(u));

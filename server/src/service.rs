@@ -491,6 +491,21 @@ impl Service {
         Ok(out)
     }
 
+    /// Deletes a message for `who` only: their history no longer shows it.
+    pub async fn hide(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        seq: u64,
+    ) -> Result<ChangeAck, ApiError> {
+        let cmd = Command::Hide {
+            conv,
+            user: who,
+            seq: Seq(seq),
+        };
+        self.change(who, seq, cmd).await
+    }
+
     /// `who` blocks (`block`) or unblocks `target`.
     pub async fn block(&self, who: UserId, target: UserId, block: bool) -> Result<(), ApiError> {
         if target == who || target.0 == 0 {
@@ -831,9 +846,20 @@ impl Service {
                 }
             }
         };
+        // What `who` deleted for themself goes; the cursors stay those of
+        // the unfiltered page, so paging neither stops early nor skips.
+        let hidden = match (page.messages.last(), page.messages.first()) {
+            (Some(lo), Some(hi)) => {
+                let (lo, hi) = (Seq(lo.seq), Seq(hi.seq));
+                self.read(|c| self.node.hidden_between(conv, who, lo, hi, c))
+                    .await?
+            }
+            _ => Vec::new(),
+        };
         let messages = page
             .messages
             .into_iter()
+            .filter(|m| !hidden.contains(&Seq(m.seq)))
             .map(|m| m.for_viewer(who))
             .collect();
         Ok(Page { messages, ..page })

@@ -342,6 +342,11 @@ pub enum EventOut {
         /// Pinned (true) or unpinned.
         pinned: bool,
     },
+    /// You (on some device) deleted a message for yourself: hide it.
+    Hidden {
+        /// The message's seq.
+        seq: u64,
+    },
     /// You (on some device) blocked or unblocked a user.
     Block {
         /// The other user.
@@ -631,6 +636,15 @@ pub enum ClientFrame {
         /// The conversation.
         conv: Id,
     },
+    /// Delete a message for yourself only.
+    Hide {
+        /// Request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+        /// The message.
+        seq: u64,
+    },
     /// Block (or, with `block: false`, unblock) a user.
     Block {
         /// Request id.
@@ -739,6 +753,7 @@ pub fn event_out(e: &InboxEvent, message: Option<MessageOut>) -> EventOut {
             by: Id(by.0),
             pinned: *pinned,
         },
+        EventKind::Hidden { seq } => EventOut::Hidden { seq: seq.0 },
         EventKind::Blocked { user, blocked } => EventOut::Block {
             user: Id(user.0),
             blocked: *blocked,

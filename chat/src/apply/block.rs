@@ -40,11 +40,8 @@ impl Apply<'_, '_> {
         } else {
             b.by.retain(|u| *u != blocker);
         }
-        if b.by.is_empty() {
-            self.rec.delete(blocks_key(pair));
-        } else {
-            self.rec.put_as(blocks_key(pair), &b)?;
-        }
+        // Kept when empty (see `blocks`).
+        self.rec.put_as(blocks_key(pair), &b)?;
         let event = EventKind::Blocked {
             user: target,
             blocked: block,
@@ -53,11 +50,20 @@ impl Apply<'_, '_> {
         Ok(Outcome::Done)
     }
 
-    /// The blocks of the pair whose direct conversation is `pair`.
+    /// The blocks of the pair whose direct conversation is `pair`. Every
+    /// direct send reads them, and the record cache keeps only records
+    /// that exist (an absent key costs an LSM lookup each time), so an
+    /// absent record is written empty on first read: a direct
+    /// conversation's blocks are then one cached read per send.
     pub(super) fn blocks(&mut self, pair: ConversationId) -> Result<Blocks> {
-        Ok(self
-            .rec
-            .get_as::<Blocks>("blocks", &blocks_key(pair))?
-            .unwrap_or_default())
+        let key = blocks_key(pair);
+        match self.rec.get_as::<Blocks>("blocks", &key)? {
+            Some(b) => Ok(b),
+            None => {
+                let b = Blocks::default();
+                self.rec.put_as(key, &b)?;
+                Ok(b)
+            }
+        }
     }
 }

@@ -57,7 +57,8 @@ impl Apply<'_, '_> {
                 | EventKind::Edited { .. }
                 | EventKind::Unsent { .. }
                 | EventKind::Reacted { .. }
-                | EventKind::Pinned { .. } => {}
+                | EventKind::Pinned { .. }
+                | EventKind::Hidden { .. } => {}
                 // Only the blocker gets it: their own list follows.
                 EventKind::Blocked { user, blocked } => {
                     let key = blocked_key(d.user, *user);

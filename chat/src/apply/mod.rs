@@ -13,7 +13,8 @@
 //! local clock — cannot make replicas diverge.
 //!
 //! One file per command family: `conversation` (create, membership),
-//! `message` (append, dedup), `change` (edit, unsend, react), `pin`,
+//! `message` (append, dedup), `change` (edit, unsend, react), `pin` (pin,
+//! hide),
 //! `block`, `receipt`, `deliver` (inbox delivery and the outbox's
 //! clean-up), `user` (devices, profile, push tokens).
 
@@ -223,6 +224,7 @@ pub(crate) fn run(
             target,
             block,
         } => a.block(*pair, *blocker, *target, *block, stamp),
+        Command::Hide { conv, user, seq } => a.hide(*conv, *user, *seq, stamp),
     }
 }
 

@@ -1,7 +1,9 @@
-//! `Pin`: a conversation's pinned messages, a bounded list any member
-//! edits. Pinning reads the seq index (the message must exist at the
-//! leader's stamp); the list itself is a record that never expires, so
-//! every replica decides alike. An unsend unpins its message.
+//! `Pin` and `Hide`: what members mark on messages without changing them.
+//! Pins are a conversation's bounded list any member edits; pinning reads
+//! the seq index (the message must exist at the leader's stamp); the list
+//! is a record that never expires, so every replica decides alike. An
+//! unsend unpins its message. `Hide` ("delete for me") records one
+//! member's hidden seqs, which history skips for that member only.
 
 use missive_engine::keys::ConversationId;
 use missive_raft::Result;
@@ -9,7 +11,7 @@ use missive_raft::Result;
 use super::{reject, Apply};
 use crate::command::{Outcome, RejectCode, MAX_PINS};
 use crate::ids::{Seq, UserId};
-use crate::records::{pins_key, EventKind, Pin, Pins};
+use crate::records::{hidden_key, pins_key, EventKind, Hidden, Pin, Pins};
 
 impl Apply<'_, '_> {
     /// `Pin`.
@@ -70,6 +72,43 @@ impl Apply<'_, '_> {
             pinned: pin,
         };
         self.emit(conv, event, c.members, stamp)?;
+        Ok(Outcome::MessageChanged {
+            seq,
+            at: stamp,
+            changed: true,
+        })
+    }
+
+    /// `Hide`: message `seq` deleted for `user` only.
+    pub(super) fn hide(
+        &mut self,
+        conv: ConversationId,
+        user: UserId,
+        seq: Seq,
+        stamp: u64,
+    ) -> Result<Outcome> {
+        if let Err(refused) = self.member_of(conv, user)? {
+            return Ok(refused);
+        }
+        // Any message the conversation ever indexed: hiding a tombstone or
+        // an expired one is harmless and what a client clearing its view
+        // expects.
+        if self.indexed(conv, seq)?.is_none() {
+            return Ok(reject(
+                RejectCode::NoSuchMessage,
+                format!("this conversation holds no message {seq}"),
+            ));
+        }
+        let key = hidden_key(conv, user, seq);
+        if self.rec.get(&key)?.is_some() {
+            return Ok(Outcome::MessageChanged {
+                seq,
+                at: stamp,
+                changed: false,
+            });
+        }
+        self.rec.put_as(key, &Hidden { at: stamp })?;
+        self.emit(conv, EventKind::Hidden { seq }, vec![user], stamp)?;
         Ok(Outcome::MessageChanged {
             seq,
             at: stamp,

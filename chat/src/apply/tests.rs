@@ -953,3 +953,32 @@ fn delivering_a_block_keeps_the_blockers_own_list() {
     s.out(deliver(false, 2));
     assert!(s.get::<records::BlockedUser>(&key).is_none());
 }
+
+#[test]
+fn hiding_is_for_one_member_and_their_devices_only() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    s.out(send(1, "a"));
+    let hide = |user: u64, seq: u64| Command::Hide {
+        conv: CONV,
+        user: UserId(user),
+        seq: Seq(seq),
+    };
+    assert!(changed(&s.out(hide(2, 1))));
+    assert!(!changed(&s.out(hide(2, 1))), "already hidden");
+    assert_eq!(code(&s.out(hide(3, 1))), Some(RejectCode::NotAMember));
+    assert_eq!(code(&s.out(hide(2, 7))), Some(RejectCode::NoSuchMessage));
+    assert!(s
+        .kv
+        .contains_key(&records::hidden_key(CONV, UserId(2), Seq(1))));
+    assert!(!s
+        .kv
+        .contains_key(&records::hidden_key(CONV, UserId(1), Seq(1))));
+    let head: OutboxHead = s.get(&outbox_head_key(CONV)).unwrap();
+    let entry: OutboxEntry = s.get(&outbox_key(CONV, head.last)).unwrap();
+    assert_eq!(entry.recipients, [UserId(2)], "only the hider's devices");
+    // A tombstone can be hidden too.
+    s.out(unsend(1, 1, false));
+    assert!(!changed(&s.out(hide(2, 1))));
+    assert!(changed(&s.out(hide(1, 1))));
+}

@@ -200,6 +200,7 @@ fn pb_event(f: ServerFrame) -> Option<Result<pb::Event, Status>> {
                     by: by.0,
                     pinned,
                 }),
+                EventOut::Hidden { seq } => Kind::Hidden(pb::HiddenEvent { seq }),
                 EventOut::Block { user, blocked } => Kind::Block(pb::BlockEvent {
                     user: user.0,
                     blocked,
@@ -344,6 +345,21 @@ impl Missive for Grpc {
             .state
             .service
             .react(who.user, ConversationId(r.conv), r.seq, r.emoji, r.add)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb_change(r.conv, a)))
+    }
+
+    async fn hide(
+        &self,
+        req: Request<pb::MessageRef>,
+    ) -> Result<Response<pb::ChangeReply>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let a = self
+            .state
+            .service
+            .hide(who.user, ConversationId(r.conv), r.seq)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb_change(r.conv, a)))

@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/conversations/{conv}/messages/{seq}/reactions/{emoji}",
             put(react_add).delete(react_remove),
         )
+        .route("/v1/conversations/{conv}/messages/{seq}/hide", post(hide))
         .route("/v1/conversations/{conv}/pins", get(pins))
         .route(
             "/v1/conversations/{conv}/pins/{seq}",
@@ -632,6 +633,15 @@ async fn react_remove(
     ReactionPath(conv, seq, emoji): ReactionPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let a = s.service.react(who.user, conv, seq, emoji, false).await?;
+    Ok(changed(conv, a))
+}
+
+async fn hide(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    MessagePath(conv, seq): MessagePath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let a = s.service.hide(who.user, conv, seq).await?;
     Ok(changed(conv, a))
 }
 

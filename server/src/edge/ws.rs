@@ -467,6 +467,10 @@ async fn handle(
                 .await;
             changed(id, conv, r)
         }
+        ClientFrame::Hide { id, conv, seq } => {
+            let r = svc.hide(who.user, ConversationId(conv.0), seq).await;
+            changed(id, conv, r)
+        }
         ClientFrame::Pin { id, conv, seq, pin } => {
             let r = svc.pin(who.user, ConversationId(conv.0), seq, pin).await;
             changed(id, conv, r)

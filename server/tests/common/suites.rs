@@ -596,6 +596,35 @@ pub async fn pins_and_blocks_follow_the_rules(addrs: &[SocketAddr], c: &Config) 
     );
     let (s, v) = u3.delete(&format!("/v1/conversations/{g}/pins/1")).await;
     assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    // Delete for me: gone from 3's history on every device, not from 2's.
+    let (s, v) = u3
+        .post(&format!("/v1/conversations/{g}/messages/1/hide"), json!({}))
+        .await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    let seqs = |h: &Http| {
+        let h = h.clone();
+        let g = g.clone();
+        async move {
+            let (_, v) = h.get(&format!("/v1/conversations/{g}/messages")).await;
+            v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect::<Vec<u64>>()
+        }
+    };
+    assert_eq!(seqs(&u3).await, [2]);
+    assert_eq!(
+        seqs(&Http::new(at(4), token(c, 3, 2))).await,
+        [2],
+        "3's other device"
+    );
+    assert_eq!(seqs(&u2).await, [2, 1]);
+    let hid = w2
+        .request(json!({"type": "hide", "conv": g, "seq": 9}), &mut seen)
+        .await;
+    assert_eq!(hid["code"], "no_such_message", "{hid}");
 
     // Blocks. Users 6 and 7 talk directly, then 6 blocks 7.
     let (u6, u7) = (http(6), http(7));
