@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Alternating end-to-end runs of several missived builds, one summary line
-# per run: the way docs/benchmarks.md compares builds on a shared, noisy
+# Alternating end-to-end runs of several missived builds (the first build
+# rotating each round), one summary line per run: the way docs/benchmarks.md compares builds on a shared, noisy
 # machine (never one run of each). Also prints the guest's stolen CPU time
 # over the run (jiffies of /proc/stat's `steal` column, 1/100 s each), since
 # on a KVM guest the tail latency follows it.
@@ -18,8 +18,16 @@ mkdir -p "$dir"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 steal() { awk '/^cpu /{print $9}' /proc/stat; }
-for _ in $(seq 1 "$rounds"); do
-  for build in "$@"; do
+builds=("$@")
+for round in $(seq 1 "$rounds"); do
+  # Rotate which build goes first each round: the second run of a pair
+  # measured lower p50 whichever build it was (docs/benchmarks.md, the
+  # chat semantics section), so a fixed order biases the comparison.
+  order=()
+  for i in "${!builds[@]}"; do
+    order+=("${builds[(i + round - 1) % ${#builds[@]}]}")
+  done
+  for build in "${order[@]}"; do
     # Let the previous run's write-back and file deletion settle first.
     sync
     sleep 15
