@@ -141,6 +141,53 @@ pub struct ListEntry {
     pub view: UserConv,
 }
 
+/// A conversation as a list page shows it.
+#[derive(Debug, Clone)]
+pub struct ListItem {
+    /// Its id and the user's view of it.
+    pub entry: ListEntry,
+    /// Its record (name, kind, members); None if it could not be read
+    /// (not expected: the user is a member).
+    pub conversation: Option<Conversation>,
+    /// The newest message as the user sees it (a tombstone if unsent; None
+    /// if expired, hidden by the user, or none yet).
+    pub last_message: Option<MessageOut>,
+}
+
+/// Where a conversation list page starts: after the conversation whose
+/// (last activity, id) this is, in the list's order (most recently active
+/// first). Written `"<last_activity>-<conv>"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    /// Last activity (µs).
+    pub last_ts: u64,
+    /// Conversation id.
+    pub conv: u64,
+}
+
+impl ListCursor {
+    /// Parses `"<last_activity>-<conv>"`.
+    pub fn parse(s: &str) -> Result<ListCursor, ApiError> {
+        let bad = || {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_cursor",
+                "before must be a previous page's next_before",
+            )
+        };
+        let (ts, conv) = s.split_once('-').ok_or_else(bad)?;
+        Ok(ListCursor {
+            last_ts: ts.parse().map_err(|_| bad())?,
+            conv: conv.parse().map_err(|_| bad())?,
+        })
+    }
+
+    /// The cursor's text.
+    pub fn text(self) -> String {
+        format!("{}-{}", self.last_ts, self.conv)
+    }
+}
+
 /// The service.
 pub struct Service {
     /// The node (store and replication).
@@ -1012,6 +1059,86 @@ impl Service {
                 .then(a.conv.cmp(&b.conv))
         });
         Ok(list)
+    }
+
+    /// A page of `who`'s conversation list, most recently active first,
+    /// after `before`; and the cursor of the next page (None on the last).
+    /// Each item carries the conversation's name, kind and members and
+    /// its newest message as `who` sees it.
+    pub async fn conversation_page(
+        &self,
+        who: UserId,
+        before: Option<ListCursor>,
+        limit: Option<usize>,
+    ) -> Result<(Vec<ListItem>, Option<ListCursor>), ApiError> {
+        let limit = limit.unwrap_or(50);
+        if limit == 0 || limit > self.limits.max_page {
+            return Err(ApiError::invalid(format!(
+                "limit must be 1..={}",
+                self.limits.max_page
+            )));
+        }
+        let key = |e: &ListEntry| ListCursor {
+            last_ts: e.view.last_ts,
+            conv: e.conv.0,
+        };
+        // The list's order: last activity descending, then id ascending.
+        let after = |e: &ListEntry, c: &ListCursor| {
+            let k = key(e);
+            k.last_ts < c.last_ts || (k.last_ts == c.last_ts && k.conv > c.conv)
+        };
+        let all = self.conversation_list(who).await?;
+        let mut rest = all
+            .into_iter()
+            .filter(|e| before.as_ref().is_none_or(|c| after(e, c)));
+        let page: Vec<ListEntry> = rest.by_ref().take(limit).collect();
+        let next = (rest.next().is_some())
+            .then(|| page.last().map(key))
+            .flatten();
+        let mut items = Vec::with_capacity(page.len());
+        for entry in page {
+            let conversation = self
+                .node
+                .conversation(entry.conv, Consistency::Stale)
+                .await?;
+            let last_message = self.last_message(who, &entry).await?;
+            items.push(ListItem {
+                entry,
+                conversation,
+                last_message,
+            });
+        }
+        Ok((items, next))
+    }
+
+    /// The newest message of a list entry as `who` sees it.
+    async fn last_message(
+        &self,
+        who: UserId,
+        e: &ListEntry,
+    ) -> Result<Option<MessageOut>, ApiError> {
+        let seq = e.view.last_seq;
+        if seq == Seq::ZERO {
+            return Ok(None);
+        }
+        let hidden = self
+            .node
+            .hidden_between(e.conv, who, seq, seq, Consistency::Stale)
+            .await?;
+        if !hidden.is_empty() {
+            return Ok(None);
+        }
+        let now = now_micros();
+        if self.cacheable(e.conv) {
+            if let Some(m) = self.recent.get(e.conv.0, seq.0, now) {
+                return Ok(Some(m.for_viewer(who)));
+            }
+        }
+        Ok(self
+            .node
+            .message_by_seq(e.conv, seq, Consistency::Stale)
+            .await?
+            .map(|m| MessageOut::from_stored(e.conv.0, m).for_viewer(who)))
     }
 
     /// A page of inbox events after `after`, and the newest useq now.

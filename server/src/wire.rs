@@ -427,6 +427,16 @@ pub enum ServerFrame {
         /// Blocked now (true) or not.
         blocked: bool,
     },
+    /// A page of your conversation list (answer to `conversations`).
+    Conversations {
+        /// The request id.
+        id: String,
+        /// Most recently active first.
+        conversations: Vec<ListItemOut>,
+        /// Pass as `before` for the next page; absent on the last.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_before: Option<String>,
+    },
     /// The users you block (answer to `blocks`).
     Blocks {
         /// The request id.
@@ -660,6 +670,17 @@ pub enum ClientFrame {
         /// Request id.
         id: String,
     },
+    /// Read a page of your conversation list.
+    Conversations {
+        /// Request id.
+        id: String,
+        /// A previous page's `next_before`.
+        #[serde(default)]
+        before: Option<String>,
+        /// Page size (default 50).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Raise this user's receipt watermarks.
     Receipt {
         /// Request id.
@@ -808,6 +829,65 @@ pub fn blocked_out(list: Vec<(UserId, u64)>) -> Vec<BlockedOut> {
         .map(|(u, since)| BlockedOut {
             user: Id(u.0),
             since,
+        })
+        .collect()
+}
+
+/// A conversation list entry as the edges send it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListItemOut {
+    /// The conversation.
+    pub conv: Id,
+    /// `direct` or `group`.
+    pub kind: &'static str,
+    /// The group's name ("" for direct conversations).
+    pub name: String,
+    /// Members.
+    pub member_count: usize,
+    /// The newest seq you got.
+    pub last_seq: u64,
+    /// Its ts: the conversation's last activity (µs).
+    pub last_activity: u64,
+    /// Your read watermark.
+    pub read: u64,
+    /// Your delivered watermark.
+    pub delivered: u64,
+    /// Messages after your read watermark.
+    pub unread: u64,
+    /// The newest message as you see it (a tombstone if unsent; null if
+    /// expired, deleted for you, or none yet).
+    pub last_message: Option<MessageOut>,
+}
+
+/// List items as the edges send them.
+pub fn list_out(items: Vec<crate::service::ListItem>) -> Vec<ListItemOut> {
+    items
+        .into_iter()
+        .map(|i| {
+            let v = i.entry.view;
+            let (kind, name, member_count) = match i.conversation {
+                Some(c) => (
+                    match c.kind {
+                        missive_chat::records::ConversationKind::Direct => "direct",
+                        missive_chat::records::ConversationKind::Group => "group",
+                    },
+                    c.name,
+                    c.members.len(),
+                ),
+                None => ("direct", String::new(), 0),
+            };
+            ListItemOut {
+                conv: Id(i.entry.conv.0),
+                kind,
+                name,
+                member_count,
+                last_seq: v.last_seq.0,
+                last_activity: v.last_ts,
+                read: v.read.0,
+                delivered: v.delivered.0,
+                unread: v.unread(),
+                last_message: i.last_message,
+            }
         })
         .collect()
 }

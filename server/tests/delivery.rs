@@ -496,3 +496,87 @@ async fn history_pages_forward_and_around_a_message() {
     );
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conversation_list_pages_by_activity_with_previews() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    // Five conversations, active in this order: direct with 2..=5, then a
+    // group; the list is newest activity first.
+    let mut convs = Vec::new();
+    for peer in 2..=5 {
+        let d = alice.direct(peer).await;
+        alice
+            .send(&d, &format!("to{peer}"), &format!("hello {peer}"))
+            .await;
+        convs.push(d);
+    }
+    let g = alice.group("the group", &[2, 3]).await;
+    alice.send(&g, "g1", "group hello").await;
+    convs.push(g.clone());
+    convs.reverse();
+    let mut got = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let path = match &before {
+            Some(b) => format!("/v1/conversations?limit=2&before={b}"),
+            None => "/v1/conversations?limit=2".to_string(),
+        };
+        let (s, v) = alice.get(&path).await;
+        assert_eq!(s, 200, "{v}");
+        let page = v["conversations"].as_array().unwrap().clone();
+        assert!(page.len() <= 2);
+        got.extend(page);
+        match v["next_before"].as_str() {
+            Some(b) => before = Some(b.to_string()),
+            None => break,
+        }
+    }
+    let ids: Vec<&str> = got.iter().map(|e| e["conv"].as_str().unwrap()).collect();
+    assert_eq!(ids, convs.iter().map(String::as_str).collect::<Vec<_>>());
+    let group = &got[0];
+    assert_eq!(
+        (
+            group["kind"].as_str(),
+            group["name"].as_str(),
+            group["member_count"].as_u64()
+        ),
+        (Some("group"), Some("the group"), Some(3)),
+        "{group}"
+    );
+    assert_eq!(group["last_message"]["body"], "group hello", "{group}");
+    assert_eq!(got[1]["last_message"]["body"], "hello 5");
+    // The preview follows unsend (a tombstone) and delete-for-me (none).
+    let (s, _) = alice
+        .delete(&format!("/v1/conversations/{g}/messages/1"))
+        .await;
+    assert_eq!(s, 200);
+    let d5 = &convs[1];
+    let (s, _) = alice
+        .post(
+            &format!("/v1/conversations/{d5}/messages/1/hide"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut ws = Ws::connect(srv.addr(), &token(&c, 1, 1)).await;
+    let page = ws
+        .request(
+            json!({"type": "conversations", "limit": 2}),
+            &mut Vec::new(),
+        )
+        .await;
+    let first = &page["conversations"];
+    assert_eq!(first[0]["last_message"]["unsent"]["by"], "1", "{page}");
+    assert!(first[1]["last_message"].is_null(), "{page}");
+    assert!(page["next_before"].is_string(), "{page}");
+    let (s, v) = alice.get("/v1/conversations?before=nonsense").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("bad_cursor")),
+        "{v}"
+    );
+    srv.shutdown().await.unwrap();
+}

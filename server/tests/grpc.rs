@@ -141,7 +141,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
     assert_eq!(h.messages[0].body, body);
     assert_eq!(h.next_before, 0);
     let list = client
-        .conversations(authed(pb::ConversationsRequest {}, &bob))
+        .conversations(authed(pb::ConversationsRequest::default(), &bob))
         .await
         .unwrap()
         .into_inner();
@@ -150,6 +150,13 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         (list.conversations[0].conv, list.conversations[0].unread),
         (conv, 1)
     );
+    let e = &list.conversations[0];
+    assert_eq!((e.kind.as_str(), e.member_count), ("direct", 2));
+    assert_eq!(
+        e.last_message.as_ref().map(|m| m.body.clone()),
+        Some(body.clone())
+    );
+    assert!(list.next_before.is_empty());
     let r = client
         .set_receipt(authed(
             pb::ReceiptRequest {

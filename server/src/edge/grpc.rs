@@ -491,24 +491,37 @@ impl Missive for Grpc {
         req: Request<pb::ConversationsRequest>,
     ) -> Result<Response<pb::ConversationsReply>, Status> {
         let who = self.caller(&req)?;
-        let list = self
+        let r = req.into_inner();
+        let before = (!r.before.is_empty())
+            .then(|| crate::service::ListCursor::parse(&r.before))
+            .transpose()
+            .map_err(|e| status(&e))?;
+        let limit = (r.limit > 0).then_some(r.limit as usize);
+        let (items, next) = self
             .state
             .service
-            .conversation_list(who.user)
+            .conversation_page(who.user, before, limit)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::ConversationsReply {
-            conversations: list
+            conversations: crate::wire::list_out(items)
                 .into_iter()
                 .map(|e| pb::ConversationEntry {
                     conv: e.conv.0,
-                    last_seq: e.view.last_seq.0,
-                    last_activity: e.view.last_ts,
-                    read: e.view.read.0,
-                    delivered: e.view.delivered.0,
-                    unread: e.view.unread(),
+                    last_seq: e.last_seq,
+                    last_activity: e.last_activity,
+                    read: e.read,
+                    delivered: e.delivered,
+                    unread: e.unread,
+                    kind: e.kind.to_string(),
+                    name: e.name,
+                    member_count: u32::try_from(e.member_count).unwrap_or(u32::MAX),
+                    last_message: e.last_message.map(pb_message),
                 })
                 .collect(),
+            next_before: next
+                .map(crate::service::ListCursor::text)
+                .unwrap_or_default(),
         }))
     }
 

@@ -344,35 +344,33 @@ async fn write_push_token(
     Ok(Json(json!({ "device": Id(who.device.0), "push": set })))
 }
 
-#[derive(Serialize)]
-struct ListItem {
-    conv: Id,
-    last_seq: u64,
-    last_activity: u64,
-    read: u64,
-    delivered: u64,
-    unread: u64,
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 async fn list(
     State(s): State<AppState>,
     Authed(who): Authed,
+    Q(q): Q<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let items: Vec<ListItem> = s
+    let before = q
+        .before
+        .as_deref()
+        .map(crate::service::ListCursor::parse)
+        .transpose()?;
+    let (items, next) = s
         .service
-        .conversation_list(who.user)
-        .await?
-        .into_iter()
-        .map(|e| ListItem {
-            conv: Id(e.conv.0),
-            last_seq: e.view.last_seq.0,
-            last_activity: e.view.last_ts,
-            read: e.view.read.0,
-            delivered: e.view.delivered.0,
-            unread: e.view.unread(),
-        })
-        .collect();
-    Ok(Json(json!({ "conversations": items })))
+        .conversation_page(who.user, before, q.limit)
+        .await?;
+    Ok(Json(json!({
+        "conversations": crate::wire::list_out(items),
+        "next_before": next.map(crate::service::ListCursor::text),
+    })))
 }
 
 #[derive(Deserialize)]

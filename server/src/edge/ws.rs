@@ -496,6 +496,24 @@ async fn handle(
                 Err(e) => ServerFrame::error(Some(id), &e),
             }
         }
+        ClientFrame::Conversations { id, before, limit } => {
+            let r = async {
+                let before = before
+                    .as_deref()
+                    .map(crate::service::ListCursor::parse)
+                    .transpose()?;
+                svc.conversation_page(who.user, before, limit).await
+            }
+            .await;
+            match r {
+                Ok((items, next)) => ServerFrame::Conversations {
+                    id,
+                    conversations: crate::wire::list_out(items),
+                    next_before: next.map(crate::service::ListCursor::text),
+                },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
         ClientFrame::Blocks { id } => match svc.blocked(who.user).await {
             Ok(list) => ServerFrame::Blocks {
                 id,
