@@ -291,39 +291,51 @@ struct MessageV1 {
 
 /// Encodes a message: `[MESSAGE_VERSION][postcard(Message)]`.
 pub fn encode_message(m: &Message) -> Result<Vec<u8>> {
-    postcard::to_extend(m, vec![MESSAGE_VERSION])
-        .map_err(|e| missive_raft::Error::malformed("message", e))
+    encode_versioned("message", MESSAGE_VERSION, m)
+}
+
+/// `[version][postcard(v)]`: the encoding of the records whose version
+/// moved past 1 (messages, seq index entries).
+fn encode_versioned<T: Serialize>(what: &'static str, version: u8, v: &T) -> Result<Vec<u8>> {
+    postcard::to_extend(v, vec![version]).map_err(|e| missive_raft::Error::malformed(what, e))
+}
+
+/// The version byte and the rest of a record written by
+/// [`encode_versioned`], if this build reads that version (`1..=newest`).
+fn split_versioned<'b>(what: &'static str, bytes: &'b [u8], newest: u8) -> Result<(u8, &'b [u8])> {
+    match bytes.split_first() {
+        Some((&v, rest)) if (1..=newest).contains(&v) => Ok((v, rest)),
+        Some((v, _)) => Err(missive_raft::Error::malformed(
+            what,
+            format!("format version {v}, this build reads 1 to {newest}"),
+        )),
+        None => Err(missive_raft::Error::malformed(what, "empty record")),
+    }
 }
 
 /// Decodes a message of any version this build knows (1 to 3).
 pub fn decode_message(bytes: &[u8]) -> Result<Message> {
     let bad = |e: postcard::Error| missive_raft::Error::malformed("message", e);
-    match bytes.split_first() {
-        Some((&MESSAGE_VERSION, rest)) => postcard::from_bytes(rest).map_err(bad),
-        Some((v @ (1 | 2), rest)) => {
-            let (m, rest): (MessageV1, _) = postcard::take_from_bytes(rest).map_err(bad)?;
-            let reply_to = if *v == 2 {
-                postcard::from_bytes(rest).map_err(bad)?
-            } else {
-                None
-            };
-            Ok(Message::new(
-                m.seq,
-                m.sender,
-                m.device,
-                m.client_msg_id,
-                m.kind,
-                m.body,
-                m.expires_at,
-                reply_to,
-            ))
-        }
-        Some((v, _)) => Err(missive_raft::Error::malformed(
-            "message",
-            format!("format version {v}, this build reads 1 to {MESSAGE_VERSION}"),
-        )),
-        None => Err(missive_raft::Error::malformed("message", "empty record")),
+    let (v, rest) = split_versioned("message", bytes, MESSAGE_VERSION)?;
+    if v == MESSAGE_VERSION {
+        return postcard::from_bytes(rest).map_err(bad);
     }
+    let (m, rest): (MessageV1, _) = postcard::take_from_bytes(rest).map_err(bad)?;
+    let reply_to = if v == 2 {
+        postcard::from_bytes(rest).map_err(bad)?
+    } else {
+        None
+    };
+    Ok(Message::new(
+        m.seq,
+        m.sender,
+        m.device,
+        m.client_msg_id,
+        m.kind,
+        m.body,
+        m.expires_at,
+        reply_to,
+    ))
 }
 
 /// A member's receipt watermarks.
@@ -392,31 +404,24 @@ struct IndexedV1 {
 
 /// Encodes a seq index entry: `[INDEXED_VERSION][postcard(Indexed)]`.
 pub fn encode_indexed(ix: &Indexed) -> Result<Vec<u8>> {
-    postcard::to_extend(ix, vec![INDEXED_VERSION])
-        .map_err(|e| missive_raft::Error::malformed("seq index", e))
+    encode_versioned("seq index", INDEXED_VERSION, ix)
 }
 
 /// Decodes a seq index entry of version 1 or 2.
 pub fn decode_indexed(bytes: &[u8]) -> Result<Indexed> {
     let bad = |e: postcard::Error| missive_raft::Error::malformed("seq index", e);
-    match bytes.split_first() {
-        Some((&INDEXED_VERSION, rest)) => postcard::from_bytes(rest).map_err(bad),
-        Some((1, rest)) => {
-            let v1: IndexedV1 = postcard::from_bytes(rest).map_err(bad)?;
-            Ok(Indexed {
-                ts: v1.ts,
-                expires_at: v1.expires_at,
-                system: v1.system,
-                sender: UserId(0),
-                unsent: false,
-            })
-        }
-        Some((v, _)) => Err(missive_raft::Error::malformed(
-            "seq index",
-            format!("format version {v}, this build reads 1 and {INDEXED_VERSION}"),
-        )),
-        None => Err(missive_raft::Error::malformed("seq index", "empty record")),
+    let (v, rest) = split_versioned("seq index", bytes, INDEXED_VERSION)?;
+    if v == INDEXED_VERSION {
+        return postcard::from_bytes(rest).map_err(bad);
     }
+    let v1: IndexedV1 = postcard::from_bytes(rest).map_err(bad)?;
+    Ok(Indexed {
+        ts: v1.ts,
+        expires_at: v1.expires_at,
+        system: v1.system,
+        sender: UserId(0),
+        unsent: false,
+    })
 }
 
 /// Key of the seq index entry of a conversation's message `seq`.

@@ -190,26 +190,12 @@ fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
         assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
         // Every replica has applied the unsend (each serves the tombstone
         // from its own state).
-        for u in &urls {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let (_, h) = call(
-                    reqwest::Method::GET,
-                    format!("{u}/v1/conversations/{conv}/messages"),
-                    Some(&bob),
-                    None,
-                )
-                .await;
-                let unsent = h["messages"]
-                    .as_array()
-                    .is_some_and(|m| m.iter().any(|m| m["seq"] == 2 && m["unsent"].is_object()));
-                if unsent {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{u}: {h}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        until_every_node_serves(&urls, &bob, &conv, |h| {
+            h["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["seq"] == 2 && m["unsent"].is_object()))
+        })
+        .await;
         (alice, conv)
     });
 
@@ -263,26 +249,32 @@ fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
         )
         .await;
         assert_eq!((s, v["seq"].as_u64()), (200, Some(4)), "{v}");
-        for u in &urls {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let (_, h) = call(
-                    reqwest::Method::GET,
-                    format!("{u}/v1/conversations/{conv}/messages"),
-                    Some(&alice),
-                    None,
-                )
-                .await;
-                if h["messages"][0]["seq"] == 4 {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{u}: {h}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        until_every_node_serves(&urls, &alice, &conv, |h| h["messages"][0]["seq"] == 4).await;
     });
     for n in nodes {
         rt.block_on(n.shutdown()).unwrap();
+    }
+}
+
+/// Waits (up to 10 s each) until every node's newest history page of
+/// `conv` satisfies `done` — each node serves it from its own replica.
+async fn until_every_node_serves(
+    urls: &[String],
+    token: &str,
+    conv: &str,
+    done: impl Fn(&Value) -> bool,
+) {
+    for u in urls {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let path = format!("{u}/v1/conversations/{conv}/messages");
+            let (_, h) = call(reqwest::Method::GET, path, Some(token), None).await;
+            if done(&h) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{u}: {h}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -139,13 +139,18 @@ fn pb_message(m: MessageOut) -> pb::Message {
     }
 }
 
-fn pb_change(conv: u64, a: crate::service::ChangeAck) -> pb::ChangeReply {
-    pb::ChangeReply {
+/// The answer to an edit, unsend, react, hide or pin of `conv`.
+async fn change_reply(
+    conv: u64,
+    change: impl std::future::Future<Output = Result<crate::service::ChangeAck, ApiError>>,
+) -> Result<Response<pb::ChangeReply>, Status> {
+    let a = change.await.map_err(|e| status(&e))?;
+    Ok(Response::new(pb::ChangeReply {
         conv,
         seq: a.seq,
         at: a.at,
         changed: a.changed,
-    }
+    }))
 }
 
 /// A sync frame as a stream item; None for frames the stream never
@@ -311,13 +316,12 @@ impl Missive for Grpc {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let who = self.caller(&req)?;
         let r = req.into_inner();
-        let a = self
-            .state
-            .service
-            .edit(who.user, ConversationId(r.conv), r.seq, r.body)
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(pb_change(r.conv, a)))
+        let svc = &self.state.service;
+        change_reply(
+            r.conv,
+            svc.edit(who.user, ConversationId(r.conv), r.seq, r.body),
+        )
+        .await
     }
 
     async fn unsend(
@@ -326,13 +330,8 @@ impl Missive for Grpc {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let who = self.caller(&req)?;
         let r = req.into_inner();
-        let a = self
-            .state
-            .service
-            .unsend(who.user, ConversationId(r.conv), r.seq)
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(pb_change(r.conv, a)))
+        let svc = &self.state.service;
+        change_reply(r.conv, svc.unsend(who.user, ConversationId(r.conv), r.seq)).await
     }
 
     async fn react(
@@ -341,13 +340,12 @@ impl Missive for Grpc {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let who = self.caller(&req)?;
         let r = req.into_inner();
-        let a = self
-            .state
-            .service
-            .react(who.user, ConversationId(r.conv), r.seq, r.emoji, r.add)
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(pb_change(r.conv, a)))
+        let svc = &self.state.service;
+        change_reply(
+            r.conv,
+            svc.react(who.user, ConversationId(r.conv), r.seq, r.emoji, r.add),
+        )
+        .await
     }
 
     async fn hide(
@@ -356,25 +354,19 @@ impl Missive for Grpc {
     ) -> Result<Response<pb::ChangeReply>, Status> {
         let who = self.caller(&req)?;
         let r = req.into_inner();
-        let a = self
-            .state
-            .service
-            .hide(who.user, ConversationId(r.conv), r.seq)
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(pb_change(r.conv, a)))
+        let svc = &self.state.service;
+        change_reply(r.conv, svc.hide(who.user, ConversationId(r.conv), r.seq)).await
     }
 
     async fn pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::ChangeReply>, Status> {
         let who = self.caller(&req)?;
         let r = req.into_inner();
-        let a = self
-            .state
-            .service
-            .pin(who.user, ConversationId(r.conv), r.seq, r.pin)
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(pb_change(r.conv, a)))
+        let svc = &self.state.service;
+        change_reply(
+            r.conv,
+            svc.pin(who.user, ConversationId(r.conv), r.seq, r.pin),
+        )
+        .await
     }
 
     async fn pins(
