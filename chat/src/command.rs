@@ -35,7 +35,7 @@ use missive_raft::{NodeId, ShardId};
 pub use crate::ids::{DeviceId, UserId};
 use crate::ids::{Eseq, Seq};
 use crate::records::EventKind;
-pub use crate::records::{ConversationKind, MessageKind};
+pub use crate::records::{ConversationKind, HistoryVisibility, MessageKind, Retention, Settings};
 
 /// A state-machine command. Append-only enum (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +264,78 @@ pub enum Command {
         /// system message too).
         seq: Seq,
     },
+    /// Appends a message like `Post`, with the members it mentions and
+    /// the node's default retention. What the server writes since
+    /// mentions exist.
+    Send(SendMessage),
+    /// Changes a conversation's settings (a group's admins; either member
+    /// of a direct conversation). A field left `None` keeps its value.
+    Configure {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who changes them.
+        actor: UserId,
+        /// What members who join later see of older messages.
+        history: Option<HistoryVisibility>,
+        /// Whether edits keep the bodies they replace.
+        keep_edits: Option<bool>,
+        /// How long messages sent from now on are kept.
+        retention: Option<Retention>,
+    },
+    /// Erases one user's messages in one conversation (an operator's
+    /// erasure, one chunk of seqs at a time): each message `user` sent
+    /// with a seq in `(after, upto]` becomes a tombstone as if unsent, and
+    /// the user's receipt in the conversation goes. At most
+    /// [`MAX_ERASE_SPAN`] seqs per command.
+    EraseMessages {
+        /// The conversation.
+        conv: ConversationId,
+        /// Whose messages.
+        user: UserId,
+        /// Seqs after this one…
+        after: Seq,
+        /// …up to this one.
+        upto: Seq,
+    },
+    /// Erases a user's own records on the user's shard (an operator's
+    /// erasure): the profile, and the listed devices, push targets and
+    /// blocked-user entries (the server lists them just before).
+    EraseUser {
+        /// The user.
+        user: UserId,
+        /// Their devices (records and push targets).
+        devices: Vec<DeviceId>,
+        /// The users they block (their own list's entries).
+        blocked: Vec<UserId>,
+    },
+}
+
+/// The most seqs one `EraseMessages` covers.
+pub const MAX_ERASE_SPAN: u64 = 1_000;
+
+/// The most members one message mentions.
+pub const MAX_MENTIONS_PER_MESSAGE: usize = 50;
+
+/// The most bodies an edited message keeps, when its conversation keeps
+/// them (the oldest go first).
+pub const MAX_PRIOR_BODIES: usize = 20;
+
+/// The longest retention a conversation may set, days (100 years).
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+/// A message to append with its mentions ([`Command::Send`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMessage {
+    /// The message.
+    pub message: NewMessage,
+    /// The users it mentions: members other than the sender count (raise
+    /// their mention count); anyone else is ignored. At most
+    /// [`MAX_MENTIONS_PER_MESSAGE`].
+    pub mentions: Vec<UserId>,
+    /// How long the node keeps messages of conversations that did not set
+    /// their own retention (µs; `None`: forever). The server's
+    /// configuration, carried so every replica computes the same expiry.
+    pub default_retention_micros: Option<u64>,
 }
 
 /// The most messages one conversation has pinned.
@@ -335,6 +407,11 @@ impl Command {
             | Command::AppendMessage { conv, .. }
             | Command::SetReceipt { conv, .. } => Route::Conversation(*conv),
             Command::Post(m) => Route::Conversation(m.conv),
+            Command::Send(m) => Route::Conversation(m.message.conv),
+            Command::Configure { conv, .. } | Command::EraseMessages { conv, .. } => {
+                Route::Conversation(*conv)
+            }
+            Command::EraseUser { user, .. } => Route::User(*user),
             Command::Edit { conv, .. }
             | Command::Unsend { conv, .. }
             | Command::React { conv, .. }
@@ -474,5 +551,37 @@ pub enum Outcome {
         /// False if the command changed nothing (a repeated unsend, a
         /// reaction already there or already gone).
         changed: bool,
+    },
+    /// `Configure`: the settings after the command.
+    Configured {
+        /// The settings now.
+        settings: Settings,
+        /// False if the command changed nothing.
+        changed: bool,
+    },
+    /// `Send`: where the message is, and what the rules made of it.
+    Sent {
+        /// Server timestamp (µs).
+        ts: u64,
+        /// Dense per-conversation sequence number, from 1.
+        seq: Seq,
+        /// True if this was a resend of an already stored message (then
+        /// `expires_at` and `mentions` are not known: the original's
+        /// were decided when it was stored).
+        duplicate: bool,
+        /// When it disappears (µs): the sender's own expiry or the
+        /// conversation's retention, whichever comes first.
+        expires_at: Option<u64>,
+        /// The members it mentions (those of the asked who are members,
+        /// the sender excluded).
+        mentions: Vec<UserId>,
+    },
+    /// `EraseMessages`, `EraseUser`: what was removed.
+    Erased {
+        /// Messages tombstoned (`EraseMessages`) or records deleted
+        /// (`EraseUser`: profile, devices, push targets, blocked entries).
+        removed: u64,
+        /// Receipts deleted (`EraseMessages`: 0 or 1).
+        receipts: u64,
     },
 }

@@ -177,7 +177,8 @@ impl ChatNode {
         consistency: Consistency,
     ) -> Result<Option<Conversation>> {
         let shard = self.node.slots().shard_of(conv);
-        self.get_record(shard, consistency, "conversation", &conversation_key(conv))
+        let key = conversation_key(conv);
+        self.get_decoded(shard, consistency, &key, records::decode_conversation)
             .await
     }
 
@@ -245,17 +246,19 @@ impl ChatNode {
         user: UserId,
         consistency: Consistency,
     ) -> Result<Vec<(ConversationId, UserConv)>> {
-        Ok(self
-            .user_records(
-                user,
-                consistency,
-                "user conversation",
-                &user_conv_prefix(user),
-            )
+        let prefix = user_conv_prefix(user);
+        let end = missive_engine::keys::prefix_successor(&prefix);
+        let shard = self.node.slots().shard_of_user(user.0);
+        self.node
+            .scan(shard, consistency, &prefix, end, usize::MAX)
             .await?
             .into_iter()
-            .map(|(c, uc)| (ConversationId(c), uc))
-            .collect())
+            .map(|(k, v)| {
+                let c = key_tail_u64(&k)
+                    .ok_or_else(|| RaftError::malformed("user conversation", "short key"))?;
+                Ok((ConversationId(c), records::decode_user_conv(&v)?))
+            })
+            .collect()
     }
 
     /// A user's view of one conversation.
@@ -267,7 +270,7 @@ impl ChatNode {
     ) -> Result<Option<UserConv>> {
         let shard = self.node.slots().shard_of_user(user.0);
         let key = user_conv_key(user, conv);
-        self.get_record(shard, consistency, "user conversation", &key)
+        self.get_decoded(shard, consistency, &key, records::decode_user_conv)
             .await
     }
 
@@ -458,8 +461,21 @@ impl ChatNode {
         what: &'static str,
         key: &[u8],
     ) -> Result<Option<T>> {
+        self.get_decoded(shard, consistency, key, |v| records::decode(what, v))
+            .await
+    }
+
+    /// The record under `key`, decoded by `decode` (for the records whose
+    /// version moved past 1).
+    async fn get_decoded<T>(
+        &self,
+        shard: ShardId,
+        consistency: Consistency,
+        key: &[u8],
+        decode: impl Fn(&[u8]) -> missive_raft::Result<T>,
+    ) -> Result<Option<T>> {
         let v = self.node.get(shard, consistency, key).await?;
-        Ok(v.map(|v| records::decode(what, &v)).transpose()?)
+        Ok(v.map(|v| decode(&v)).transpose()?)
     }
 
     /// Records in `[lo, hi)` keyed by a trailing u64, in key order.

@@ -7,7 +7,7 @@
 //! bytes/strings, `Option` as a 0/1 byte then the value).
 //!
 //! ```text
-//! conversation  0x20 slot:u16 conv:u64 0x00            → Conversation
+//! conversation  0x20 slot:u16 conv:u64 0x00            → Conversation (v2)
 //! head          0x20 slot:u16 conv:u64 0x01            → Head
 //! dedup         0x20 slot:u16 conv:u64 0x02 sender:u64 client_msg_id → Dedup
 //! seq index     0x20 slot:u16 conv:u64 0x04 seq:u64    → Indexed (v2)
@@ -15,13 +15,13 @@
 //! pins          0x20 slot:u16 conv:u64 0x06            → Pins
 //! blocks        0x20 slot:u16 pair:u64 0x07            → Blocks
 //! hidden        0x20 slot:u16 conv:u64 0x08 user:u64 seq:u64 → Hidden
-//! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message (v3)
+//! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message (v4)
 //! receipt       0x40 slot:u16 conv:u64 user:u64        → Receipt
 //! outbox head   0x20 slot:u16 conv:u64 0x03            → OutboxHead
 //! outbox entry  0x60 slot:u16 conv:u64 eseq:u64        → OutboxEntry
 //! user head     0x30 uslot:u16 user:u64 0x00           → UserHead
 //! inbox event   0x30 uslot:u16 user:u64 0x01 useq:u64  → InboxEvent
-//! user's conv   0x30 uslot:u16 user:u64 0x02 conv:u64  → UserConv
+//! user's conv   0x30 uslot:u16 user:u64 0x02 conv:u64  → UserConv (v2)
 //! device        0x30 uslot:u16 user:u64 0x03 dev:u64   → Device
 //! profile       0x30 uslot:u16 user:u64 0x04           → Profile
 //! push target   0x30 uslot:u16 user:u64 0x05 dev:u64   → PushTarget
@@ -42,13 +42,13 @@
 //!
 //! # Message values
 //!
-//! A message is `[3][postcard(Message)]`: the fields of version 1 (`seq`,
+//! A message is `[4][postcard(Message)]`: the fields of version 1 (`seq`,
 //! `sender`, `device`, `client_msg_id`, `kind`, `body`, `expires_at`), then
 //! `reply_to: Option<Seq>` (version 2), then what changes after it is
 //! stored (version 3): `edited_at: Option<u64>`, `edits: u32`,
 //! `unsent: Option<Unsent>`, `reactions: Vec<Reaction>`, `prior:
-//! Vec<PriorBody>`. Versions 1 and 2 (written before replies, and before
-//! edits) are still read: [`decode_message`] fills the missing fields
+//! Vec<PriorBody>`, then `mentions: Vec<UserId>` (version 4). Versions 1
+//! to 3 are still read: [`decode_message`] fills the missing fields
 //! with "none". A message's key never changes: an edit, an unsend or a
 //! reaction rewrites the value under it, and compaction drops the older
 //! versions like any overwritten value.
@@ -75,6 +75,17 @@
 //! rewrite would have expired at the same `expires_at` anyway). Reactions
 //! live twice for that reason: the reactions record decides, and a copy in
 //! the message value serves history pages without a second read.
+//!
+//! # Growing a record
+//!
+//! A record's fields are only ever appended, and postcard writes a
+//! struct's fields back to back with no framing, so a record of an older
+//! version is exactly the newer encoding without its trailing fields.
+//! Decoding an older version appends the encoding of the missing fields'
+//! defaults and decodes the result as the newest struct: conversations
+//! (version 2 added `settings` and `joined`), messages (versions 2 to 4)
+//! and users' views of a conversation (version 2 added `mentions`).
+//!
 //! Keyspace 0x50 (`RaftMeta`) is the runtime's (`missive_raft::storage::meta`).
 
 use serde::de::DeserializeOwned;
@@ -140,9 +151,70 @@ pub struct Conversation {
     pub version: u64,
     /// When it was created (µs, the leader's stamp).
     pub created_micros: u64,
+    /// Its settings (version 2; version 1 reads as the defaults).
+    pub settings: Settings,
+    /// The members who joined after it was created, by id, each with the
+    /// seq the conversation had reached just before the message that
+    /// added them (version 2; a member not listed was there from the
+    /// start). What they see of older messages follows
+    /// [`Settings::history`].
+    pub joined: Vec<(UserId, Seq)>,
+}
+
+/// What a new member sees of the messages sent before they joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum HistoryVisibility {
+    /// The whole history (the default).
+    #[default]
+    Shared,
+    /// Only what was sent from their join on.
+    Joined,
+}
+
+/// How long a conversation keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Retention {
+    /// The node's default (`[messages] retention_days`; the default).
+    #[default]
+    NodeDefault,
+    /// Forever.
+    Forever,
+    /// This many days after each message was sent.
+    Days(u32),
+}
+
+/// A conversation's settings. Changes apply from the change on: a new
+/// retention period governs messages sent after it (like disappearing
+/// messages), a new edit-history policy the edits made after it; history
+/// visibility is judged when history is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Settings {
+    /// What members who join later see of older messages.
+    pub history: HistoryVisibility,
+    /// Whether an edit keeps the body it replaces (readable by members
+    /// as the message's `prior` bodies) or discards it (the default).
+    pub keep_edits: bool,
+    /// How long messages are kept.
+    pub retention: Retention,
 }
 
 impl Conversation {
+    /// Whether `u` may see message `seq` (see [`Self::hidden_through`]).
+    pub fn sees(&self, u: UserId, seq: Seq) -> bool {
+        seq > self.hidden_through(u)
+    }
+
+    /// The newest seq of the messages `u` may not see (0: none):
+    /// with [`HistoryVisibility::Joined`], everything before `u` joined.
+    pub fn hidden_through(&self, u: UserId) -> Seq {
+        if self.settings.history == HistoryVisibility::Shared {
+            return Seq::ZERO;
+        }
+        self.joined
+            .binary_search_by_key(&u, |(m, _)| *m)
+            .map_or(Seq::ZERO, |i| self.joined[i].1)
+    }
+
     /// Whether `u` is a member.
     pub fn is_member(&self, u: UserId) -> bool {
         self.members.binary_search(&u).is_ok()
@@ -204,6 +276,8 @@ pub struct Message {
     /// The bodies it had before its edits, oldest first, when the
     /// conversation keeps them (empty otherwise).
     pub prior: Vec<PriorBody>,
+    /// The members it mentions, by id, sorted (version 4).
+    pub mentions: Vec<UserId>,
 }
 
 impl Message {
@@ -234,6 +308,7 @@ impl Message {
             unsent: None,
             reactions: Vec::new(),
             prior: Vec::new(),
+            mentions: Vec::new(),
         }
     }
 }
@@ -274,20 +349,7 @@ pub struct PriorBody {
 }
 
 /// The version byte of a stored [`Message`] (see the module docs).
-pub const MESSAGE_VERSION: u8 = 3;
-
-/// A message as versions 1 and 2 stored it: [`Message`] without what
-/// came later (`reply_to` is only in version 2, the last field).
-#[derive(Deserialize)]
-struct MessageV1 {
-    seq: Seq,
-    sender: UserId,
-    device: DeviceId,
-    client_msg_id: String,
-    kind: MessageKind,
-    body: Vec<u8>,
-    expires_at: Option<u64>,
-}
+pub const MESSAGE_VERSION: u8 = 4;
 
 /// Encodes a message: `[MESSAGE_VERSION][postcard(Message)]`.
 pub fn encode_message(m: &Message) -> Result<Vec<u8>> {
@@ -313,29 +375,73 @@ fn split_versioned<'b>(what: &'static str, bytes: &'b [u8], newest: u8) -> Resul
     }
 }
 
-/// Decodes a message of any version this build knows (1 to 3).
+/// Decodes a message of any version this build knows (1 to 4): an older
+/// one gets the fields its version lacks at their "none" values.
 pub fn decode_message(bytes: &[u8]) -> Result<Message> {
-    let bad = |e: postcard::Error| missive_raft::Error::malformed("message", e);
     let (v, rest) = split_versioned("message", bytes, MESSAGE_VERSION)?;
-    if v == MESSAGE_VERSION {
-        return postcard::from_bytes(rest).map_err(bad);
-    }
-    let (m, rest): (MessageV1, _) = postcard::take_from_bytes(rest).map_err(bad)?;
-    let reply_to = if v == 2 {
-        postcard::from_bytes(rest).map_err(bad)?
-    } else {
-        None
+    let mentions = Vec::<UserId>::new();
+    let changes = (
+        None::<u64>,
+        0u32,
+        None::<Unsent>,
+        Vec::<Reaction>::new(),
+        Vec::<PriorBody>::new(),
+    );
+    let tail = match v {
+        1 => Some(postcard_tail(&(None::<Seq>, changes, mentions))?),
+        2 => Some(postcard_tail(&(changes, mentions))?),
+        3 => Some(postcard_tail(&mentions)?),
+        _ => None,
     };
-    Ok(Message::new(
-        m.seq,
-        m.sender,
-        m.device,
-        m.client_msg_id,
-        m.kind,
-        m.body,
-        m.expires_at,
-        reply_to,
-    ))
+    decode_with_tail("message", rest, tail)
+}
+
+/// The version byte of a stored [`Conversation`].
+pub const CONVERSATION_VERSION: u8 = 2;
+
+/// Encodes a conversation: `[CONVERSATION_VERSION][postcard(Conversation)]`.
+pub fn encode_conversation(c: &Conversation) -> Result<Vec<u8>> {
+    encode_versioned("conversation", CONVERSATION_VERSION, c)
+}
+
+/// Decodes a conversation of version 1 (no settings, no join seqs) or 2.
+pub fn decode_conversation(bytes: &[u8]) -> Result<Conversation> {
+    let (v, rest) = split_versioned("conversation", bytes, CONVERSATION_VERSION)?;
+    let tail = match v {
+        1 => Some(postcard_tail(&(
+            Settings::default(),
+            Vec::<(UserId, Seq)>::new(),
+        ))?),
+        _ => None,
+    };
+    decode_with_tail("conversation", rest, tail)
+}
+
+/// The postcard encoding of the fields a version added, at their
+/// defaults. A record of an older version is the newer one's encoding
+/// without those trailing fields (postcard writes a struct's fields one
+/// after another, with no framing), so appending this upgrades it.
+fn postcard_tail<T: Serialize>(defaults: &T) -> Result<Vec<u8>> {
+    postcard::to_stdvec(defaults).map_err(|e| missive_raft::Error::malformed("defaults", e))
+}
+
+/// Decodes `rest`, with `tail` (the defaults of the fields its version
+/// lacks) appended if given.
+fn decode_with_tail<T: DeserializeOwned>(
+    what: &'static str,
+    rest: &[u8],
+    tail: Option<Vec<u8>>,
+) -> Result<T> {
+    let bad = |e: postcard::Error| missive_raft::Error::malformed(what, e);
+    match tail {
+        None => postcard::from_bytes(rest).map_err(bad),
+        Some(tail) => {
+            let mut full = Vec::with_capacity(rest.len() + tail.len());
+            full.extend_from_slice(rest);
+            full.extend_from_slice(&tail);
+            postcard::from_bytes(&full).map_err(bad)
+        }
+    }
 }
 
 /// A member's receipt watermarks.
@@ -725,6 +831,22 @@ pub enum EventKind {
         /// The message.
         seq: Seq,
     },
+    /// A message mentions the recipient (only the mentioned members get
+    /// it, right after the message's own event; it raises their mention
+    /// count, not their unread count, which the message did).
+    Mentioned {
+        /// The message.
+        seq: Seq,
+        /// Who sent it.
+        sender: UserId,
+    },
+    /// A conversation's settings changed (every member gets it).
+    Configured {
+        /// Who changed them.
+        by: UserId,
+        /// The settings now.
+        settings: Settings,
+    },
 }
 
 /// An event waiting in a conversation's outbox, with who must get it.
@@ -760,8 +882,8 @@ pub struct InboxEvent {
 }
 
 /// A user's view of one conversation: drives the conversation list and
-/// unread counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// unread counts (`[2][postcard]`; version 1 lacks `mentions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct UserConv {
     /// The last conversation event applied here (fan-out idempotence).
     pub eseq: Eseq,
@@ -775,13 +897,49 @@ pub struct UserConv {
     pub read: Seq,
     /// The user's own delivered watermark.
     pub delivered: Seq,
+    /// The unread messages that mention the user, oldest first (at most
+    /// [`MAX_MENTIONS`]; version 2).
+    pub mentions: Vec<Seq>,
 }
+
+/// The most unread mentions a user's view of a conversation keeps (a
+/// client shows more as "99+").
+pub const MAX_MENTIONS: usize = 100;
 
 impl UserConv {
     /// Messages the user has not read (their own count as read).
     pub fn unread(&self) -> u64 {
         self.last_seq.since(self.read)
     }
+
+    /// Unread messages that mention the user.
+    pub fn unread_mentions(&self) -> usize {
+        self.mentions.iter().filter(|s| **s > self.read).count()
+    }
+
+    /// Forgets the mentions at or below the read watermark.
+    pub fn prune_mentions(&mut self) {
+        let read = self.read;
+        self.mentions.retain(|s| *s > read);
+    }
+}
+
+/// The version byte of a stored [`UserConv`].
+pub const USER_CONV_VERSION: u8 = 2;
+
+/// Encodes a user's view of a conversation.
+pub fn encode_user_conv(uc: &UserConv) -> Result<Vec<u8>> {
+    encode_versioned("user conversation", USER_CONV_VERSION, uc)
+}
+
+/// Decodes a user's view of a conversation, version 1 or 2.
+pub fn decode_user_conv(bytes: &[u8]) -> Result<UserConv> {
+    let (v, rest) = split_versioned("user conversation", bytes, USER_CONV_VERSION)?;
+    let tail = match v {
+        1 => Some(postcard_tail(&Vec::<Seq>::new())?),
+        _ => None,
+    };
+    decode_with_tail("user conversation", rest, tail)
 }
 
 /// A registered device.

@@ -30,8 +30,9 @@ use serde::Serialize;
 use missive_chat::apply::SystemEvent;
 use missive_chat::command::{
     Command, ConversationKind, Delivery, DeviceId, MessageKind, NewMessage, Outcome, RejectCode,
-    UserId,
+    SendMessage, UserId,
 };
+
 use missive_chat::records::{self, *};
 use missive_chat::{ChatApp, Eseq, Seq, Useq};
 use missive_engine::keys::ConversationId;
@@ -213,6 +214,10 @@ const SINCE_REPLIES: &[&str] = &[
     "pin",
     "block",
     "hide",
+    "send",
+    "configure",
+    "erase_messages",
+    "erase_user",
 ];
 
 /// The commands of the first fixtures.
@@ -472,6 +477,50 @@ fn commands() -> Vec<(&'static str, Command)> {
                 seq: Seq(2),
             },
         ),
+        (
+            "send",
+            Command::Send(SendMessage {
+                message: NewMessage {
+                    conv: conv(),
+                    sender: UserId(7),
+                    device: DeviceId(2),
+                    client_msg_id: "c-9".into(),
+                    kind: MessageKind::Text,
+                    body: b"@bo hi".to_vec(),
+                    expires_at: None,
+                    reply_to: Some(Seq(2)),
+                },
+                mentions: vec![UserId(8), UserId(300)],
+                default_retention_micros: Some(2_592_000_000_000),
+            }),
+        ),
+        (
+            "configure",
+            Command::Configure {
+                conv: conv(),
+                actor: UserId(7),
+                history: Some(HistoryVisibility::Joined),
+                keep_edits: Some(true),
+                retention: Some(Retention::Days(30)),
+            },
+        ),
+        (
+            "erase_messages",
+            Command::EraseMessages {
+                conv: conv(),
+                user: UserId(8),
+                after: Seq(1000),
+                upto: Seq(2000),
+            },
+        ),
+        (
+            "erase_user",
+            Command::EraseUser {
+                user: UserId(8),
+                devices: vec![DeviceId(1), DeviceId(2)],
+                blocked: vec![UserId(7)],
+            },
+        ),
     ]
 }
 
@@ -548,6 +597,35 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
             Outcome::Rejected {
                 code: RejectCode::Blocked,
                 message: "blocked".into(),
+            },
+        ),
+        // Since mentions, settings and erasure.
+        (
+            "sent",
+            Outcome::Sent {
+                ts: 1_700_000_000_000_000,
+                seq: Seq(11),
+                duplicate: false,
+                expires_at: Some(1_702_592_000_000_000),
+                mentions: vec![UserId(8)],
+            },
+        ),
+        (
+            "configured",
+            Outcome::Configured {
+                settings: Settings {
+                    history: HistoryVisibility::Joined,
+                    keep_edits: true,
+                    retention: Retention::Forever,
+                },
+                changed: true,
+            },
+        ),
+        (
+            "erased",
+            Outcome::Erased {
+                removed: 12,
+                receipts: 1,
             },
         ),
     ]
@@ -664,8 +742,47 @@ fn stored_records_and_their_keys() {
         admins: vec![UserId(7)],
         version: 3,
         created_micros: 1_700_000_000_000_000,
+        settings: Settings::default(),
+        joined: Vec::new(),
     };
-    set.versioned("conversation", &group);
+    // Version 1 (before settings and join seqs): read with the defaults.
+    let group_v1 = codec::encode(
+        "conversation v1",
+        &(
+            group.kind,
+            &group.name,
+            &group.members,
+            &group.admins,
+            group.version,
+            group.created_micros,
+        ),
+    )
+    .unwrap();
+    set.case("conversation", group_v1, |b| {
+        let got = records::decode_conversation(b).map_err(|e| e.to_string())?;
+        (got == group)
+            .then_some(())
+            .ok_or(format!("decoded {got:?}"))
+    });
+    let group_v2 = Conversation {
+        settings: Settings {
+            history: HistoryVisibility::Joined,
+            keep_edits: true,
+            retention: Retention::Days(30),
+        },
+        joined: vec![(UserId(8), Seq(41))],
+        ..group.clone()
+    };
+    set.case(
+        "conversation_v2",
+        records::encode_conversation(&group_v2).unwrap(),
+        |b| {
+            let got = records::decode_conversation(b).map_err(|e| e.to_string())?;
+            (got == group_v2)
+                .then_some(())
+                .ok_or(format!("decoded {got:?}"))
+        },
+    );
     set.versioned(
         "head",
         &Head {
@@ -765,9 +882,22 @@ fn stored_records_and_their_keys() {
         }],
         ..v2.clone()
     };
-    set.case("message_v3", records::encode_message(&v3).unwrap(), |b| {
+    // Version 3 (edits, before mentions): version 4 without its last
+    // field (an empty list is one 0 byte).
+    let mut v3_bytes = records::encode_message(&v3).unwrap();
+    assert_eq!(v3_bytes.pop(), Some(0));
+    v3_bytes[0] = 3;
+    set.case("message_v3", v3_bytes, |b| {
         let got = records::decode_message(b).map_err(|e| e.to_string())?;
         (got == v3).then_some(()).ok_or(format!("decoded {got:?}"))
+    });
+    let v4 = Message {
+        mentions: vec![UserId(8), UserId(9)],
+        ..v3.clone()
+    };
+    set.case("message_v4", records::encode_message(&v4).unwrap(), |b| {
+        let got = records::decode_message(b).map_err(|e| e.to_string())?;
+        (got == v4).then_some(()).ok_or(format!("decoded {got:?}"))
     });
     set.versioned(
         "reactions",
@@ -844,6 +974,24 @@ fn stored_records_and_their_keys() {
                 user: UserId(8),
                 emoji: "🎉".into(),
                 added: false,
+            },
+        ),
+        (
+            "event_mentioned",
+            EventKind::Mentioned {
+                seq: Seq(11),
+                sender: UserId(7),
+            },
+        ),
+        (
+            "event_configured",
+            EventKind::Configured {
+                by: UserId(7),
+                settings: Settings {
+                    history: HistoryVisibility::Shared,
+                    keep_edits: false,
+                    retention: Retention::Days(7),
+                },
             },
         ),
     ] {
@@ -938,15 +1086,41 @@ fn stored_records_and_their_keys() {
             at: 1_700_000_000_000_007,
         },
     );
-    set.versioned(
-        "user_conv",
-        &UserConv {
-            eseq: Eseq(9),
-            member: true,
-            last_seq: Seq(5),
-            last_ts: 1_700_000_000_000_005,
-            read: Seq(4),
-            delivered: Seq(5),
+    // Version 1 (before mentions): read with none.
+    let uc = UserConv {
+        eseq: Eseq(9),
+        member: true,
+        last_seq: Seq(5),
+        last_ts: 1_700_000_000_000_005,
+        read: Seq(4),
+        delivered: Seq(5),
+        mentions: Vec::new(),
+    };
+    let uc_v1 = (
+        uc.eseq,
+        uc.member,
+        uc.last_seq,
+        uc.last_ts,
+        uc.read,
+        uc.delivered,
+    );
+    let uc_v1 = codec::encode("user conv v1", &uc_v1).unwrap();
+    set.case("user_conv", uc_v1, |b| {
+        let got = records::decode_user_conv(b).map_err(|e| e.to_string())?;
+        (got == uc).then_some(()).ok_or(format!("decoded {got:?}"))
+    });
+    let uc_v2 = UserConv {
+        mentions: vec![Seq(5)],
+        ..uc.clone()
+    };
+    set.case(
+        "user_conv_v2",
+        records::encode_user_conv(&uc_v2).unwrap(),
+        |b| {
+            let got = records::decode_user_conv(b).map_err(|e| e.to_string())?;
+            (got == uc_v2)
+                .then_some(())
+                .ok_or(format!("decoded {got:?}"))
         },
     );
     set.versioned(

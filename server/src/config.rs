@@ -63,6 +63,18 @@ pub struct MessagesSection {
     pub unsend_window_secs: u64,
     /// Whether a group's admins may unsend anyone's message, at any time.
     pub admins_may_unsend: bool,
+    /// How long messages are kept in conversations that did not set their
+    /// own retention, days (0: forever, the default). Applies to messages
+    /// sent after it is set.
+    pub retention_days: u32,
+}
+
+impl MessagesSection {
+    /// The node's default retention (µs; `None`: forever).
+    pub fn retention_micros(&self) -> Option<u64> {
+        (self.retention_days > 0)
+            .then(|| u64::from(self.retention_days).saturating_mul(86_400_000_000))
+    }
 }
 
 impl Default for MessagesSection {
@@ -71,6 +83,7 @@ impl Default for MessagesSection {
             edit_window_secs: 15 * 60,
             unsend_window_secs: 2 * 24 * 3600,
             admins_may_unsend: true,
+            retention_days: 0,
         }
     }
 }

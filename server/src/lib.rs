@@ -23,6 +23,7 @@
 //!   `admin`.
 //! - `delivery/` — `sync` (the event stream, sync then live), `hub`,
 //!   `recent`, `presence`, `push`.
+//! - `erasure` — an operator's erasure of a user, over every shard.
 //! - `metrics` — counters for `/metrics`.
 //! - `server` — start, the listener with its limits, and shutdown.
 
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod edge;
+pub mod erasure;
 pub mod error;
 pub mod metrics;
 pub mod server;

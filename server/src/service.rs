@@ -21,10 +21,11 @@ use axum::http::StatusCode;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use missive_chat::command::{
-    Command, ConversationKind, DeviceId, MessageKind, NewMessage, Outcome, UserId,
+    Command, ConversationKind, DeviceId, MessageKind, NewMessage, Outcome, SendMessage, UserId,
+    MAX_MENTIONS_PER_MESSAGE,
 };
 use missive_chat::records::{
-    Conversation, Device, EventKind, InboxEvent, Message, Profile, UserConv,
+    Conversation, Device, EventKind, InboxEvent, Message, Profile, Settings, UserConv,
 };
 use missive_chat::{ChatNode as Node, Seq, StoredMessage, Useq};
 use missive_engine::keys::ConversationId;
@@ -35,7 +36,7 @@ use crate::config::{Limits, MessagesSection};
 use crate::delivery::recent::RecentMessages;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::wire::{EventOut, MessageOut};
+use crate::wire::{EventOut, MessageOut, SettingsChange};
 
 /// How long a write waits out an election before answering `unavailable`.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
@@ -62,6 +63,8 @@ pub struct Outgoing {
     pub expires_in_ms: Option<u64>,
     /// The seq of the message it answers, if a reply.
     pub reply_to: Option<u64>,
+    /// The users it mentions.
+    pub mentions: Vec<u64>,
 }
 
 /// A committed send.
@@ -305,7 +308,13 @@ impl Service {
             body,
             expires_in_ms,
             reply_to,
+            mentions,
         } = out;
+        if mentions.len() > MAX_MENTIONS_PER_MESSAGE {
+            return Err(ApiError::invalid(format!(
+                "a message mentions at most {MAX_MENTIONS_PER_MESSAGE} users"
+            )));
+        }
         if reply_to == Some(0) {
             return Err(ApiError::invalid(
                 "reply_to must be the seq (1 or more) of the message answered",
@@ -346,22 +355,34 @@ impl Service {
         );
         let mark = self.recent.mark();
         let out = self
-            .write(Command::Post(NewMessage {
-                conv,
-                sender: who.user,
-                device: who.device,
-                client_msg_id: message.client_msg_id.clone(),
-                kind,
-                body: message.body.clone(),
-                expires_at,
-                reply_to: message.reply_to,
+            .write(Command::Send(SendMessage {
+                message: NewMessage {
+                    conv,
+                    sender: who.user,
+                    device: who.device,
+                    client_msg_id: message.client_msg_id.clone(),
+                    kind,
+                    body: message.body.clone(),
+                    expires_at,
+                    reply_to: message.reply_to,
+                },
+                mentions: mentions.into_iter().map(UserId).collect(),
+                default_retention_micros: self.messages.retention_micros(),
             }))
             .await?;
         match out {
-            Outcome::Appended { ts, seq, duplicate } => {
+            Outcome::Sent {
+                ts,
+                seq,
+                duplicate,
+                expires_at,
+                mentions,
+            } => {
                 self.metrics.messages_sent.inc();
                 if !duplicate && self.cacheable(conv) {
                     message.seq = seq;
+                    message.expires_at = expires_at;
+                    message.mentions = mentions;
                     let m = MessageOut::from_stored(conv.0, StoredMessage { ts, message });
                     self.recent.insert(&m, mark);
                 }
@@ -524,10 +545,10 @@ impl Service {
         who: UserId,
         conv: ConversationId,
     ) -> Result<Vec<(missive_chat::records::Pin, Option<MessageOut>)>, ApiError> {
-        self.member_conversation(who, conv).await?;
+        let c = self.member_conversation(who, conv).await?;
         let pins = self.read(|c| self.node.pins(conv, c)).await?;
         let mut out = Vec::with_capacity(pins.list.len());
-        for p in pins.list {
+        for p in pins.list.into_iter().filter(|p| c.sees(who, p.seq)) {
             let m = self
                 .node
                 .message_by_seq(conv, p.seq, Consistency::Stale)
@@ -719,6 +740,33 @@ impl Service {
         Ok((c, head.seq.0))
     }
 
+    /// Changes a conversation's settings (see `Command::Configure`):
+    /// the settings after, and whether they changed.
+    pub async fn configure(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        change: SettingsChange,
+    ) -> Result<(Settings, bool), ApiError> {
+        let (history, keep_edits, retention) = change;
+        let cmd = Command::Configure {
+            conv,
+            actor: who,
+            history,
+            keep_edits,
+            retention,
+        };
+        match self.node.write(cmd, WRITE_WAIT).await {
+            Ok(Outcome::Configured { settings, changed }) => Ok((settings, changed)),
+            Ok(other) => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+            Err(missive_chat::Error::Rejected {
+                code: missive_chat::command::RejectCode::NoSuchConversation,
+                ..
+            }) => Err(ApiError::not_a_member()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A user's profile (empty if never set).
     pub async fn profile(&self, user: UserId) -> Result<Profile, ApiError> {
         Ok(self.node.profile(user, Consistency::Stale).await?)
@@ -839,7 +887,7 @@ impl Service {
                 "a cursor is a message ts from a previous page (or a message's ts)",
             ));
         }
-        self.member_conversation(who, conv).await?;
+        let c = self.member_conversation(who, conv).await?;
         let full = |v: &Vec<MessageOut>, n: usize| v.len() == n;
         let page = match cursor {
             Cursor::Latest => {
@@ -908,13 +956,24 @@ impl Service {
             }
             _ => Vec::new(),
         };
+        // With `joined` history, what came before `who` joined is not
+        // theirs to see, and nothing older is worth paging back to.
+        let first_seen = c.hidden_through(who);
+        let next_before = match page.messages.last() {
+            Some(m) if Seq(m.seq) <= first_seen.next() => None,
+            _ => page.next_before,
+        };
         let messages = page
             .messages
             .into_iter()
-            .filter(|m| !hidden.contains(&Seq(m.seq)))
+            .filter(|m| c.sees(who, Seq(m.seq)) && !hidden.contains(&Seq(m.seq)))
             .map(|m| m.for_viewer(who))
             .collect();
-        Ok(Page { messages, ..page })
+        Ok(Page {
+            messages,
+            next_before,
+            ..page
+        })
     }
 
     /// The newest `limit` messages, newest first: from the recent cache if

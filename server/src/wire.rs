@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use missive_chat::apply::SystemEvent;
-use missive_chat::command::{MessageKind, UserId};
+use missive_chat::command::{HistoryVisibility, MessageKind, Retention, Settings, UserId};
 use missive_chat::records::{self, EventKind, InboxEvent, Reaction};
 use missive_chat::StoredMessage;
 
@@ -179,6 +179,133 @@ pub struct MessageOut {
     /// [`MessageOut::for_viewer`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub my_reactions: Vec<String>,
+    /// The members it mentions (absent if none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<Id>,
+    /// The bodies it had before its edits, oldest first (absent unless
+    /// its conversation keeps edit history).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prior: Vec<PriorOut>,
+}
+
+/// A body a message had before an edit.
+#[derive(Debug, Clone, Serialize)]
+pub struct PriorOut {
+    /// When it was replaced (µs).
+    pub replaced_at: u64,
+    /// The body when it is UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body in base64 when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_b64: Option<String>,
+}
+
+/// A body as JSON carries it: text if UTF-8, else base64.
+fn text_or_b64(body: Vec<u8>) -> (Option<String>, Option<String>) {
+    match String::from_utf8(body) {
+        Ok(t) => (Some(t), None),
+        Err(e) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
+        ),
+    }
+}
+
+/// A conversation's settings as the edges send them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SettingsOut {
+    /// `shared` or `joined`.
+    pub history: &'static str,
+    /// Whether edits keep the bodies they replace.
+    pub keep_edits: bool,
+    /// `default`, `forever` or `days`.
+    pub retention: &'static str,
+    /// With `days`: how many (else absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+}
+
+impl From<Settings> for SettingsOut {
+    fn from(s: Settings) -> Self {
+        let (retention, retention_days) = match s.retention {
+            Retention::NodeDefault => ("default", None),
+            Retention::Forever => ("forever", None),
+            Retention::Days(d) => ("days", Some(d)),
+        };
+        SettingsOut {
+            history: match s.history {
+                HistoryVisibility::Shared => "shared",
+                HistoryVisibility::Joined => "joined",
+            },
+            keep_edits: s.keep_edits,
+            retention,
+            retention_days,
+        }
+    }
+}
+
+/// A change of settings as a client asks for it; absent fields keep
+/// their value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsIn {
+    /// `shared` or `joined`.
+    #[serde(default)]
+    pub history: Option<String>,
+    /// Whether edits keep the bodies they replace.
+    #[serde(default)]
+    pub keep_edits: Option<bool>,
+    /// `default`, `forever` or `days`.
+    #[serde(default)]
+    pub retention: Option<String>,
+    /// With `days`: how many (1..=36500).
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+}
+
+/// The parsed change: (history, keep_edits, retention).
+pub type SettingsChange = (Option<HistoryVisibility>, Option<bool>, Option<Retention>);
+
+impl SettingsIn {
+    /// The change, or `invalid` naming the bad field.
+    pub fn parse(self) -> Result<SettingsChange, ApiError> {
+        let history = match self.history.as_deref() {
+            None => None,
+            Some("shared") => Some(HistoryVisibility::Shared),
+            Some("joined") => Some(HistoryVisibility::Joined),
+            Some(other) => {
+                return Err(ApiError::invalid(format!(
+                    "history is \"shared\" or \"joined\", not {other:?}"
+                )))
+            }
+        };
+        let retention = match (self.retention.as_deref(), self.retention_days) {
+            (None, None) => None,
+            (Some("default"), None) => Some(Retention::NodeDefault),
+            (Some("forever"), None) => Some(Retention::Forever),
+            (Some("days") | None, Some(d)) => Some(Retention::Days(d)),
+            (Some("days"), None) => {
+                return Err(ApiError::invalid("retention \"days\" needs retention_days"))
+            }
+            (Some("default" | "forever"), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "retention_days goes only with retention \"days\"",
+                ))
+            }
+            (Some(other), _) => {
+                return Err(ApiError::invalid(format!(
+                    "retention is \"default\", \"forever\" or \"days\", not {other:?}"
+                )))
+            }
+        };
+        if history.is_none() && self.keep_edits.is_none() && retention.is_none() {
+            return Err(ApiError::invalid(
+                "give at least one of history, keep_edits, retention",
+            ));
+        }
+        Ok((history, self.keep_edits, retention))
+    }
 }
 
 fn reactions_empty(r: &Arc<[Reaction]>) -> bool {
@@ -241,13 +368,7 @@ impl MessageOut {
         let (body, body_b64) = if system.is_some() || msg.unsent.is_some() {
             (None, None)
         } else {
-            match String::from_utf8(msg.body) {
-                Ok(t) => (Some(t), None),
-                Err(e) => (
-                    None,
-                    Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
-                ),
-            }
+            text_or_b64(msg.body)
         };
         MessageOut {
             conv: Id(conv),
@@ -270,6 +391,19 @@ impl MessageOut {
             }),
             reactions: msg.reactions.into(),
             my_reactions: Vec::new(),
+            mentions: ids(&msg.mentions),
+            prior: msg
+                .prior
+                .into_iter()
+                .map(|p| {
+                    let (body, body_b64) = text_or_b64(p.body);
+                    PriorOut {
+                        replaced_at: p.replaced_at,
+                        body,
+                        body_b64,
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -365,6 +499,20 @@ pub enum EventOut {
         /// Added (true) or removed.
         added: bool,
     },
+    /// A message mentions you (right after its `message` event).
+    Mention {
+        /// The message's seq.
+        seq: u64,
+        /// Who sent it.
+        sender: Id,
+    },
+    /// The conversation's settings changed.
+    Settings {
+        /// Who changed them.
+        by: Id,
+        /// The settings now.
+        settings: SettingsOut,
+    },
 }
 
 /// Server → client frames on the WebSocket.
@@ -407,6 +555,17 @@ pub enum ServerFrame {
         at: u64,
         /// False if it changed nothing (a repeated unsend, a reaction
         /// already there or already gone).
+        changed: bool,
+    },
+    /// A conversation's settings (answer to `configure`).
+    Settings {
+        /// The request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+        /// The settings now.
+        settings: SettingsOut,
+        /// False if the request changed nothing.
         changed: bool,
     },
     /// A conversation's pinned messages (answer to `pins`).
@@ -588,6 +747,28 @@ pub enum ClientFrame {
         /// The seq of the message this one answers.
         #[serde(default)]
         reply_to: Option<u64>,
+        /// The users it mentions (at most 50).
+        #[serde(default)]
+        mentions: Vec<Id>,
+    },
+    /// Change a conversation's settings.
+    Configure {
+        /// Request id.
+        id: String,
+        /// The conversation.
+        conv: Id,
+        /// `shared` or `joined`.
+        #[serde(default)]
+        history: Option<String>,
+        /// Whether edits keep the bodies they replace.
+        #[serde(default)]
+        keep_edits: Option<bool>,
+        /// `default`, `forever` or `days`.
+        #[serde(default)]
+        retention: Option<String>,
+        /// With `days`: how many.
+        #[serde(default)]
+        retention_days: Option<u32>,
     },
     /// Replace the body of a message this user sent.
     Edit {
@@ -775,6 +956,14 @@ pub fn event_out(e: &InboxEvent, message: Option<MessageOut>) -> EventOut {
             pinned: *pinned,
         },
         EventKind::Hidden { seq } => EventOut::Hidden { seq: seq.0 },
+        EventKind::Mentioned { seq, sender } => EventOut::Mention {
+            seq: seq.0,
+            sender: Id(sender.0),
+        },
+        EventKind::Configured { by, settings } => EventOut::Settings {
+            by: Id(by.0),
+            settings: (*settings).into(),
+        },
         EventKind::Blocked { user, blocked } => EventOut::Block {
             user: Id(user.0),
             blocked: *blocked,
@@ -854,6 +1043,8 @@ pub struct ListItemOut {
     pub delivered: u64,
     /// Messages after your read watermark.
     pub unread: u64,
+    /// Unread messages that mention you.
+    pub mentions: usize,
     /// The newest message as you see it (a tombstone if unsent; null if
     /// expired, deleted for you, or none yet).
     pub last_message: Option<MessageOut>,
@@ -886,6 +1077,7 @@ pub fn list_out(items: Vec<crate::service::ListItem>) -> Vec<ListItemOut> {
                 read: v.read.0,
                 delivered: v.delivered.0,
                 unread: v.unread(),
+                mentions: v.unread_mentions(),
                 last_message: i.last_message,
             }
         })

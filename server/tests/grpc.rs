@@ -97,6 +97,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         body: body.clone(),
         expires_in_ms: 0,
         reply_to: 0,
+        mentions: Vec::new(),
     };
     let a = client
         .send(authed(send.clone(), &alice))
@@ -179,6 +180,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         body: b"re".to_vec(),
         expires_in_ms: 0,
         reply_to: to,
+        mentions: Vec::new(),
     };
     let r = client
         .send(authed(reply(1, "b1"), &bob))

@@ -11,14 +11,15 @@
 use missive_engine::keys::ConversationId;
 use missive_raft::Result;
 
-use super::{reject, Apply};
+use super::{reject, seeing, Apply};
 use crate::command::{
     ConversationKind, Outcome, RejectCode, MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER,
-    MAX_EMOJI_BYTES,
+    MAX_EMOJI_BYTES, MAX_PRIOR_BODIES,
 };
 use crate::ids::{Seq, UserId};
 use crate::records::{
-    self, msg_key, reactions_key, seq_key, EventKind, Indexed, Message, Reaction, Reactions, Unsent,
+    self, msg_key, reactions_key, seq_key, Conversation, EventKind, Indexed, Message, PriorBody,
+    Reaction, Reactions, Unsent,
 };
 
 fn no_such(seq: Seq) -> Outcome {
@@ -67,7 +68,10 @@ impl Apply<'_, '_> {
                 "an edit needs a body (unsend removes a message)",
             ));
         }
-        let Some(ix) = self.message(conv, seq, stamp)? else {
+        let Some(ix) = self
+            .message(conv, seq, stamp)?
+            .filter(|_| c.sees(actor, seq))
+        else {
             return Ok(no_such(seq));
         };
         if ix.sender != actor {
@@ -85,8 +89,17 @@ impl Apply<'_, '_> {
                 ),
             ));
         }
+        let keep = c.settings.keep_edits;
         self.rewrite(conv, seq, &ix, |m| {
-            m.body = body.to_vec();
+            let old = std::mem::replace(&mut m.body, body.to_vec());
+            if keep {
+                m.prior.push(PriorBody {
+                    replaced_at: stamp,
+                    body: old,
+                });
+                let over = m.prior.len().saturating_sub(MAX_PRIOR_BODIES);
+                m.prior.drain(..over);
+            }
             m.edited_at = Some(stamp);
             m.edits = m.edits.saturating_add(1);
         })?;
@@ -96,7 +109,7 @@ impl Apply<'_, '_> {
             edited_at: stamp,
             expires_at: ix.expires_at,
         };
-        self.emit(conv, event, c.members, stamp)?;
+        self.emit(conv, event, seeing(&c, seq), stamp)?;
         Ok(Outcome::MessageChanged {
             seq,
             at: stamp,
@@ -119,7 +132,7 @@ impl Apply<'_, '_> {
             Ok(c) => c,
             Err(refused) => return Ok(refused),
         };
-        let Some(mut ix) = self.indexed(conv, seq)? else {
+        let Some(ix) = self.indexed(conv, seq)?.filter(|_| c.sees(actor, seq)) else {
             return Ok(no_such(seq));
         };
         if ix.system || ix.expires_at.is_some_and(|at| at <= stamp) {
@@ -150,6 +163,27 @@ impl Apply<'_, '_> {
                 )
             });
         }
+        self.tombstone(&c, conv, seq, ix, actor, stamp)?;
+        Ok(Outcome::MessageChanged {
+            seq,
+            at: stamp,
+            changed: true,
+        })
+    }
+
+    /// Makes message `seq` (indexed as `ix`, not yet unsent) a tombstone
+    /// unsent by `by`: its index entry says so (no later rule finds it),
+    /// its reactions record and pin go, its record keeps only seq, ts and
+    /// sender, and the members who could see it are told.
+    pub(super) fn tombstone(
+        &mut self,
+        c: &Conversation,
+        conv: ConversationId,
+        seq: Seq,
+        mut ix: Indexed,
+        by: UserId,
+        stamp: u64,
+    ) -> Result<()> {
         ix.unsent = true;
         self.rec
             .put(seq_key(conv, seq), records::encode_indexed(&ix)?);
@@ -163,22 +197,10 @@ impl Apply<'_, '_> {
             m.edits = 0;
             m.reactions = Vec::new();
             m.prior = Vec::new();
-            m.unsent = Some(Unsent {
-                at: stamp,
-                by: actor,
-            });
+            m.unsent = Some(Unsent { at: stamp, by });
         })?;
-        let event = EventKind::Unsent {
-            seq,
-            ts: ix.ts,
-            by: actor,
-        };
-        self.emit(conv, event, c.members, stamp)?;
-        Ok(Outcome::MessageChanged {
-            seq,
-            at: stamp,
-            changed: true,
-        })
+        let event = EventKind::Unsent { seq, ts: ix.ts, by };
+        self.emit(conv, event, seeing(c, seq), stamp)
     }
 
     /// `React`: one user's emoji added to (or removed from) a message.
@@ -198,7 +220,10 @@ impl Apply<'_, '_> {
         if let Some(why) = bad_emoji(emoji) {
             return Ok(reject(RejectCode::Invalid, why));
         }
-        let Some(ix) = self.message(conv, seq, stamp)? else {
+        let Some(ix) = self
+            .message(conv, seq, stamp)?
+            .filter(|_| c.sees(user, seq))
+        else {
             return Ok(no_such(seq));
         };
         let key = reactions_key(conv, seq);
@@ -256,7 +281,7 @@ impl Apply<'_, '_> {
             emoji: emoji.to_string(),
             added: add,
         };
-        self.emit(conv, event, c.members, stamp)?;
+        self.emit(conv, event, seeing(&c, seq), stamp)?;
         Ok(Outcome::MessageChanged {
             seq,
             at: stamp,

@@ -1,13 +1,18 @@
-//! `CreateConversation` and `ChangeMembers`: who is in a conversation, who
-//! administers it, and the system message each change writes.
+//! `CreateConversation`, `ChangeMembers` and `Configure`: who is in a
+//! conversation, who administers it, when each member joined, the system
+//! message each membership change writes, and the conversation's
+//! settings.
 
 use missive_engine::keys::ConversationId;
 use missive_raft::Result;
 
 use super::{reject, sorted_unique, Apply, SystemEvent};
-use crate::command::{ConversationKind, MessageKind, Outcome, RejectCode};
+use crate::command::{
+    ConversationKind, HistoryVisibility, MessageKind, Outcome, RejectCode, Retention, Settings,
+    MAX_RETENTION_DAYS,
+};
 use crate::ids::{DeviceId, Seq, UserId};
-use crate::records::{self, conversation_key, Conversation, EventKind, Message};
+use crate::records::{self, conversation_key, head_key, Conversation, EventKind, Head, Message};
 
 impl Apply<'_, '_> {
     #[allow(clippy::too_many_arguments, reason = "the command's fields")]
@@ -46,7 +51,7 @@ impl Apply<'_, '_> {
             _ => {}
         }
         let key = conversation_key(conv);
-        if let Some(existing) = self.rec.get_as::<Conversation>("conversation", &key)? {
+        if let Some(existing) = self.conversation(conv)? {
             let same = existing.kind == kind
                 && (kind == ConversationKind::Group || existing.members == members);
             return Ok(if same {
@@ -75,8 +80,10 @@ impl Apply<'_, '_> {
             members,
             version: 1,
             created_micros: stamp,
+            settings: Settings::default(),
+            joined: Vec::new(),
         };
-        self.rec.put(key, records::encode(&c)?);
+        self.rec.put(key, records::encode_conversation(&c)?);
         self.emit(
             conv,
             EventKind::Membership {
@@ -103,7 +110,7 @@ impl Apply<'_, '_> {
         stamp: u64,
     ) -> Result<Outcome> {
         let key = conversation_key(conv);
-        let Some(mut c) = self.rec.get_as::<Conversation>("conversation", &key)? else {
+        let Some(mut c) = self.conversation(conv)? else {
             return Ok(reject(
                 RejectCode::NoSuchConversation,
                 format!("conversation {} does not exist", conv.0),
@@ -181,8 +188,19 @@ impl Apply<'_, '_> {
         if let Some(n) = rename {
             c.name = n.to_string();
         }
+        // Who joins now joins after everything so far: with `joined`
+        // history they see from the system message that adds them on. A
+        // re-added member's earlier join is replaced; a removed one's goes.
+        let before: Head = self
+            .rec
+            .get_as("head", &head_key(conv))?
+            .unwrap_or_default();
+        c.joined
+            .retain(|(u, _)| remove.binary_search(u).is_err() && add.binary_search(u).is_err());
+        c.joined.extend(add.iter().map(|u| (*u, before.seq)));
+        c.joined.sort_unstable();
         let version = c.version;
-        self.rec.put(key, records::encode(&c)?);
+        self.rec.put(key, records::encode_conversation(&c)?);
         self.emit(
             conv,
             EventKind::Membership {
@@ -212,12 +230,67 @@ impl Apply<'_, '_> {
                 None,
                 None,
             ),
+            None,
             stamp,
             &audience,
         )?;
         Ok(match out {
             Outcome::Appended { ts, seq, .. } => Outcome::MembersChanged { version, ts, seq },
             other => other,
+        })
+    }
+
+    /// `Configure`: a group's admin (or either member of a direct
+    /// conversation) changes its settings; everyone is told.
+    pub(super) fn configure(
+        &mut self,
+        conv: ConversationId,
+        actor: UserId,
+        history: Option<HistoryVisibility>,
+        keep_edits: Option<bool>,
+        retention: Option<Retention>,
+        stamp: u64,
+    ) -> Result<Outcome> {
+        let mut c = match self.member_of(conv, actor)? {
+            Ok(c) => c,
+            Err(refused) => return Ok(refused),
+        };
+        if c.kind == ConversationKind::Group && !c.is_admin(actor) {
+            return Ok(reject(
+                RejectCode::Forbidden,
+                "only a group's admins may change its settings",
+            ));
+        }
+        if let Some(Retention::Days(d)) = retention {
+            if d == 0 || d > MAX_RETENTION_DAYS {
+                return Ok(reject(
+                    RejectCode::Invalid,
+                    format!("retention is 1..={MAX_RETENTION_DAYS} days (or forever)"),
+                ));
+            }
+        }
+        let before = c.settings;
+        let s = &mut c.settings;
+        s.history = history.unwrap_or(s.history);
+        s.keep_edits = keep_edits.unwrap_or(s.keep_edits);
+        s.retention = retention.unwrap_or(s.retention);
+        let settings = c.settings;
+        if settings == before {
+            return Ok(Outcome::Configured {
+                settings,
+                changed: false,
+            });
+        }
+        self.rec
+            .put(conversation_key(conv), records::encode_conversation(&c)?);
+        let event = EventKind::Configured {
+            by: actor,
+            settings,
+        };
+        self.emit(conv, event, c.members, stamp)?;
+        Ok(Outcome::Configured {
+            settings,
+            changed: true,
         })
     }
 }

@@ -8,8 +8,8 @@ use super::{Apply, InboxNotice};
 use crate::command::{Delivery, Outcome};
 use crate::ids::Eseq;
 use crate::records::{
-    blocked_key, inbox_key, outbox_head_key, outbox_key, user_conv_key, user_head_key, BlockedUser,
-    EventKind, InboxEvent, OutboxHead, UserConv, UserHead,
+    self, blocked_key, inbox_key, outbox_head_key, outbox_key, user_conv_key, user_head_key,
+    BlockedUser, EventKind, InboxEvent, OutboxHead, UserConv, UserHead, MAX_MENTIONS,
 };
 
 impl Apply<'_, '_> {
@@ -25,7 +25,9 @@ impl Apply<'_, '_> {
             let ckey = user_conv_key(d.user, d.conv);
             let mut uc: UserConv = self
                 .rec
-                .get_as("user conversation", &ckey)?
+                .get(&ckey)?
+                .map(|b| records::decode_user_conv(&b))
+                .transpose()?
                 .unwrap_or_default();
             if d.eseq <= uc.eseq {
                 skipped += 1;
@@ -41,6 +43,7 @@ impl Apply<'_, '_> {
                     if *sender == d.user {
                         uc.read = uc.read.max(*seq);
                         uc.delivered = uc.delivered.max(*seq);
+                        uc.prune_mentions();
                     }
                 }
                 EventKind::Receipt {
@@ -50,15 +53,27 @@ impl Apply<'_, '_> {
                 } if *user == d.user => {
                     uc.read = uc.read.max(*read);
                     uc.delivered = uc.delivered.max(*delivered);
+                    uc.prune_mentions();
                 }
+                // Arrives right after its message's event, so usually
+                // unread; one the user already read does not count.
+                EventKind::Mentioned { seq, .. } => {
+                    if *seq > uc.read && !uc.mentions.contains(seq) {
+                        uc.mentions.push(*seq);
+                        let over = uc.mentions.len().saturating_sub(MAX_MENTIONS);
+                        uc.mentions.drain(..over);
+                    }
+                }
+                // A withdrawn message mentions nobody any more.
+                EventKind::Unsent { seq, .. } => uc.mentions.retain(|s| s != seq),
                 // Changes to a stored message are not new messages: no
                 // unread, no activity (the list does not reorder).
                 EventKind::Receipt { .. }
                 | EventKind::Edited { .. }
-                | EventKind::Unsent { .. }
                 | EventKind::Reacted { .. }
                 | EventKind::Pinned { .. }
-                | EventKind::Hidden { .. } => {}
+                | EventKind::Hidden { .. }
+                | EventKind::Configured { .. } => {}
                 // Only the blocker gets it: their own list follows.
                 EventKind::Blocked { user, blocked } => {
                     let key = blocked_key(d.user, *user);
@@ -78,7 +93,7 @@ impl Apply<'_, '_> {
                     }
                 }
             }
-            self.rec.put_as(ckey, &uc)?;
+            self.rec.put(ckey, records::encode_user_conv(&uc)?);
             let hkey = user_head_key(d.user);
             let mut head: UserHead = self.rec.get_as("user head", &hkey)?.unwrap_or_default();
             head.useq = head.useq.next();

@@ -1,23 +1,94 @@
-//! Appending a message (`Post`, and `AppendMessage` written before
-//! replies existed): a message's dense seq and ts, deduplication by
-//! (sender, client message id), the reply's target, and the sender's own
-//! receipt.
+//! Appending a message (`Send`, and `Post` and `AppendMessage` written
+//! before mentions and replies existed): a message's dense seq and ts,
+//! deduplication by (sender, client message id), the reply's target, its
+//! mentions, its expiry by the conversation's retention, and the sender's
+//! own receipt.
 
 use missive_engine::keys::{ConversationId, Timestamp};
 use missive_raft::Result;
 
-use super::{reject, Apply};
-use crate::command::{ConversationKind, MessageKind, NewMessage, Outcome, RejectCode};
+use super::{reject, sorted_unique, Apply};
+use crate::command::{
+    ConversationKind, MessageKind, NewMessage, Outcome, RejectCode, Retention, SendMessage,
+    MAX_MENTIONS_PER_MESSAGE,
+};
 use crate::ids::{Seq, UserId};
 use crate::records::{
-    self, dedup_key, head_key, msg_key, receipt_key, seq_key, Dedup, EventKind, Head, Indexed,
-    Message, Receipt,
+    self, dedup_key, head_key, msg_key, receipt_key, seq_key, Conversation, Dedup, EventKind, Head,
+    Indexed, Message, Receipt,
 };
 
+/// µs in a day.
+const DAY_MICROS: u64 = 86_400_000_000;
+
+/// How long `c` keeps a message sent now (µs; `None`: forever).
+fn retention_micros(c: &Conversation, node_default: Option<u64>) -> Option<u64> {
+    match c.settings.retention {
+        Retention::NodeDefault => node_default,
+        Retention::Forever => None,
+        Retention::Days(d) => Some(u64::from(d).saturating_mul(DAY_MICROS)),
+    }
+}
+
 impl Apply<'_, '_> {
+    /// `Send`: [`Self::send`] with mentions and the node's default
+    /// retention.
+    pub(super) fn send_mentioning(&mut self, m: &SendMessage, stamp: u64) -> Result<Outcome> {
+        if m.mentions.len() > MAX_MENTIONS_PER_MESSAGE {
+            return Ok(reject(
+                RejectCode::Invalid,
+                format!("a message mentions at most {MAX_MENTIONS_PER_MESSAGE} users"),
+            ));
+        }
+        let keep_default = m.default_retention_micros;
+        Ok(
+            match self.send(&m.message, &m.mentions, keep_default, stamp)? {
+                Outcome::Appended {
+                    ts,
+                    seq,
+                    duplicate: false,
+                } => {
+                    // What `send` stored: read back from the records it
+                    // wrote in this same call.
+                    let ix = self.indexed(m.message.conv, seq)?;
+                    let stored = match ix {
+                        Some(ix) => self.rec.get(&msg_key(m.message.conv, ix.ts))?,
+                        None => None,
+                    };
+                    let stored = stored.map(|b| records::decode_message(&b)).transpose()?;
+                    Outcome::Sent {
+                        ts,
+                        seq,
+                        duplicate: false,
+                        expires_at: stored.as_ref().and_then(|s| s.expires_at),
+                        mentions: stored.map(|s| s.mentions).unwrap_or_default(),
+                    }
+                }
+                Outcome::Appended { ts, seq, .. } => Outcome::Sent {
+                    ts,
+                    seq,
+                    duplicate: true,
+                    expires_at: None,
+                    mentions: Vec::new(),
+                },
+                other => other,
+            },
+        )
+    }
+
     /// A member's send: the message stored (see `append` for the
-    /// reply rule), and everything before it read by its sender.
-    pub(super) fn send(&mut self, new: &NewMessage, stamp: u64) -> Result<Outcome> {
+    /// reply rule), and everything before it read by its sender. Of
+    /// `mentions`, the members other than the sender are kept in the
+    /// message and told (a `Mentioned` event after the message's own);
+    /// the message expires by the conversation's retention (or the
+    /// node's, `node_retention`), or earlier if the sender asked.
+    pub(super) fn send(
+        &mut self,
+        new: &NewMessage,
+        mentions: &[UserId],
+        node_retention: Option<u64>,
+        stamp: u64,
+    ) -> Result<Outcome> {
         let conv = new.conv;
         let c = match self.member_of(conv, new.sender)? {
             Ok(c) => c,
@@ -38,27 +109,43 @@ impl Apply<'_, '_> {
                 ));
             }
         }
-        let out = self.append(
-            conv,
-            Message::new(
-                Seq::ZERO,
-                new.sender,
-                new.device,
-                new.client_msg_id.clone(),
-                new.kind,
-                new.body.clone(),
-                new.expires_at,
-                new.reply_to,
-            ),
-            stamp,
-            &c.members,
-        )?;
+        if new.reply_to.is_some_and(|t| !c.sees(new.sender, t)) {
+            return Ok(reject(
+                RejectCode::NoSuchMessage,
+                "this conversation holds no such message to reply to",
+            ));
+        }
+        let mut m = Message::new(
+            Seq::ZERO,
+            new.sender,
+            new.device,
+            new.client_msg_id.clone(),
+            new.kind,
+            new.body.clone(),
+            new.expires_at,
+            new.reply_to,
+        );
+        m.mentions = sorted_unique(
+            mentions
+                .iter()
+                .copied()
+                .filter(|u| *u != new.sender && c.is_member(*u))
+                .collect(),
+        );
+        let mentioned = m.mentions.clone();
+        let keep = retention_micros(&c, node_retention);
+        let out = self.append(conv, m, keep, stamp, &c.members)?;
         if let Outcome::Appended {
             seq,
             duplicate: false,
             ..
         } = out
         {
+            let event = EventKind::Mentioned {
+                seq,
+                sender: new.sender,
+            };
+            self.emit(conv, event, mentioned, stamp)?;
             // Sending reads everything before: the sender's own
             // messages never count as unread.
             let key = receipt_key(conv, new.sender);
@@ -104,11 +191,15 @@ impl Apply<'_, '_> {
     /// Stores a message at the conversation's next (ts, seq), unless the
     /// sender already sent this client message id, and queues it for
     /// `recipients`' inboxes. A reply whose target the conversation does
-    /// not hold is refused (`NoSuchMessage`).
+    /// not hold is refused (`NoSuchMessage`). With `keep` (µs), the
+    /// message expires that long after its ts at the latest: retention
+    /// rides on the same expiry as disappearing messages, so the engine's
+    /// reads and compactions enforce both alike.
     pub(super) fn append(
         &mut self,
         conv: ConversationId,
         mut m: Message,
+        keep: Option<u64>,
         stamp: u64,
         recipients: &[UserId],
     ) -> Result<Outcome> {
@@ -139,6 +230,10 @@ impl Apply<'_, '_> {
         let ts = Timestamp::next_after(prev, Timestamp(stamp)).0;
         let seq = head.seq.next();
         m.seq = seq;
+        if let Some(keep) = keep {
+            let until = ts.saturating_add(keep);
+            m.expires_at = Some(m.expires_at.map_or(until, |at| at.min(until)));
+        }
         self.rec
             .put(msg_key(conv, ts), records::encode_message(&m)?);
         let ix = Indexed {

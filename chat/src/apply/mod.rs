@@ -12,16 +12,17 @@
 //! and user records), so the LSM's retention filter — which does use the
 //! local clock — cannot make replicas diverge.
 //!
-//! One file per command family: `conversation` (create, membership),
-//! `message` (append, dedup), `change` (edit, unsend, react), `pin` (pin,
-//! hide),
-//! `block`, `receipt`, `deliver` (inbox delivery and the outbox's
-//! clean-up), `user` (devices, profile, push tokens).
+//! One file per command family: `conversation` (create, membership,
+//! settings), `message` (append, dedup, mentions, retention), `change`
+//! (edit, unsend, react), `pin` (pin, hide), `block`, `receipt`,
+//! `deliver` (inbox delivery and the outbox's clean-up), `user` (devices,
+//! profile, push tokens), `erase` (an operator's erasure of a user).
 
 mod block;
 mod change;
 mod conversation;
 mod deliver;
+mod erase;
 mod message;
 mod pin;
 mod receipt;
@@ -37,7 +38,7 @@ use crate::command::{Command, NewMessage, Outcome, RejectCode};
 use crate::ids::{Useq, UserId};
 use crate::outbox_feed::Fresh;
 use crate::records::{
-    conversation_key, outbox_head_key, outbox_key, Conversation, EventKind, InboxEvent,
+    self, conversation_key, outbox_head_key, outbox_key, Conversation, EventKind, InboxEvent,
     OutboxEntry, OutboxHead,
 };
 
@@ -95,6 +96,16 @@ fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
         code,
         message: message.into(),
     }
+}
+
+/// The members who may see message `seq` (with `joined` history, not
+/// those who joined after it): who hears of a change to it.
+fn seeing(c: &Conversation, seq: crate::ids::Seq) -> Vec<UserId> {
+    c.members
+        .iter()
+        .copied()
+        .filter(|u| c.sees(*u, seq))
+        .collect()
 }
 
 fn sorted_unique(mut v: Vec<UserId>) -> Vec<UserId> {
@@ -168,9 +179,11 @@ pub(crate) fn run(
                 expires_at: *expires_at,
                 reply_to: None,
             },
+            &[],
+            None,
             stamp,
         ),
-        Command::Post(m) => a.send(m, stamp),
+        Command::Post(m) => a.send(m, &[], None, stamp),
         Command::SetReceipt {
             conv,
             user,
@@ -225,6 +238,25 @@ pub(crate) fn run(
             block,
         } => a.block(*pair, *blocker, *target, *block, stamp),
         Command::Hide { conv, user, seq } => a.hide(*conv, *user, *seq, stamp),
+        Command::Send(m) => a.send_mentioning(m, stamp),
+        Command::Configure {
+            conv,
+            actor,
+            history,
+            keep_edits,
+            retention,
+        } => a.configure(*conv, *actor, *history, *keep_edits, *retention, stamp),
+        Command::EraseMessages {
+            conv,
+            user,
+            after,
+            upto,
+        } => a.erase_messages(*conv, *user, *after, *upto, stamp),
+        Command::EraseUser {
+            user,
+            devices,
+            blocked,
+        } => a.erase_user(*user, devices, blocked),
     }
 }
 
@@ -258,6 +290,14 @@ impl Apply<'_, '_> {
         Ok(())
     }
 
+    /// The conversation's record, if it exists.
+    pub(super) fn conversation(&mut self, conv: ConversationId) -> Result<Option<Conversation>> {
+        self.rec
+            .get(&conversation_key(conv))?
+            .map(|b| records::decode_conversation(&b))
+            .transpose()
+    }
+
     /// The conversation, if it exists and `user` is a member; else the
     /// rejection to answer with.
     pub(super) fn member_of(
@@ -265,10 +305,7 @@ impl Apply<'_, '_> {
         conv: ConversationId,
         user: UserId,
     ) -> Result<std::result::Result<Conversation, Outcome>> {
-        let Some(c) = self
-            .rec
-            .get_as::<Conversation>("conversation", &conversation_key(conv))?
-        else {
+        let Some(c) = self.conversation(conv)? else {
             return Ok(Err(reject(
                 RejectCode::NoSuchConversation,
                 format!("conversation {} does not exist", conv.0),

@@ -8,7 +8,7 @@
 use missive_engine::keys::ConversationId;
 use missive_raft::Result;
 
-use super::{reject, Apply};
+use super::{reject, seeing, Apply};
 use crate::command::{Outcome, RejectCode, MAX_PINS};
 use crate::ids::{Seq, UserId};
 use crate::records::{hidden_key, pins_key, EventKind, Hidden, Pin, Pins};
@@ -36,7 +36,7 @@ impl Apply<'_, '_> {
             changed: false,
         };
         if pin {
-            if self.message(conv, seq, stamp)?.is_none() {
+            if !c.sees(actor, seq) || self.message(conv, seq, stamp)?.is_none() {
                 return Ok(reject(
                     RejectCode::NoSuchMessage,
                     format!("this conversation holds no message {seq} that can be pinned"),
@@ -71,7 +71,7 @@ impl Apply<'_, '_> {
             by: actor,
             pinned: pin,
         };
-        self.emit(conv, event, c.members, stamp)?;
+        self.emit(conv, event, seeing(&c, seq), stamp)?;
         Ok(Outcome::MessageChanged {
             seq,
             at: stamp,

@@ -56,6 +56,18 @@ impl Shard {
             .get(key)
             .map(|v| records::decode("test", v).unwrap())
     }
+
+    /// `CONV`'s record.
+    fn conversation(&self) -> records::Conversation {
+        let v = self.kv.get(&records::conversation_key(CONV)).unwrap();
+        records::decode_conversation(v).unwrap()
+    }
+
+    /// `user`'s view of `CONV`.
+    fn user_conv(&self, user: u64) -> UserConv {
+        let v = self.kv.get(&user_conv_key(UserId(user), CONV)).unwrap();
+        records::decode_user_conv(v).unwrap()
+    }
 }
 
 fn group(members: &[u64]) -> Command {
@@ -169,7 +181,7 @@ fn only_members_send_and_only_admins_change_a_group() {
     );
     // The last admin leaving promotes the lowest member left.
     s.out(change(1, &[], &[1]));
-    let c: records::Conversation = s.get(&records::conversation_key(CONV)).unwrap();
+    let c = s.conversation();
     assert_eq!(c.members, vec![UserId(3)]);
     assert_eq!(c.admins, vec![UserId(3)]);
 }
@@ -331,10 +343,10 @@ fn a_repeated_delivery_is_skipped() {
     assert!(fx.notices.is_empty());
     let head: UserHead = s.get(&user_head_key(UserId(2))).unwrap();
     assert_eq!(head.useq, Useq(1));
-    let uc: UserConv = s.get(&user_conv_key(UserId(2), CONV)).unwrap();
+    let uc = s.user_conv(2);
     assert_eq!((uc.last_seq, uc.read, uc.eseq), (Seq(1), Seq(0), Eseq(2)));
     // The sender's own message counts as read in their view.
-    let uc: UserConv = s.get(&user_conv_key(UserId(1), CONV)).unwrap();
+    let uc = s.user_conv(1);
     assert_eq!(uc.unread(), 0);
 }
 
@@ -778,7 +790,7 @@ fn reactions_are_a_set_per_user_and_emoji_with_bounds() {
         .collect();
     assert!(items.len() > 10, "message, reactions, membership");
     s.out(Command::Deliver { items });
-    let uc: UserConv = s.get(&user_conv_key(UserId(2), CONV)).unwrap();
+    let uc = s.user_conv(2);
     assert_eq!((uc.unread(), uc.last_seq), (2, Seq(2)));
 }
 
@@ -981,4 +993,334 @@ fn hiding_is_for_one_member_and_their_devices_only() {
     s.out(unsend(1, 1, false));
     assert!(!changed(&s.out(hide(2, 1))));
     assert!(changed(&s.out(hide(1, 1))));
+}
+
+// ---------------------------------------------------------------------------
+// Mentions, settings (history visibility, edit history, retention), erasure.
+
+fn mention(sender: u64, cid: &str, mentions: &[u64]) -> Command {
+    Command::Send(crate::command::SendMessage {
+        message: NewMessage {
+            conv: CONV,
+            sender: UserId(sender),
+            device: DeviceId(1),
+            client_msg_id: cid.into(),
+            kind: MessageKind::Text,
+            body: format!("hi from {sender}").into_bytes(),
+            expires_at: None,
+            reply_to: None,
+        },
+        mentions: mentions.iter().map(|u| UserId(*u)).collect(),
+        default_retention_micros: None,
+    })
+}
+
+fn sent(o: &Outcome) -> (u64, Option<u64>, Vec<UserId>) {
+    match o {
+        Outcome::Sent {
+            seq,
+            expires_at,
+            mentions,
+            ..
+        } => (seq.0, *expires_at, mentions.clone()),
+        other => panic!("not sent: {other:?}"),
+    }
+}
+
+fn configure(
+    actor: u64,
+    history: Option<crate::command::HistoryVisibility>,
+    keep_edits: Option<bool>,
+    retention: Option<crate::command::Retention>,
+) -> Command {
+    Command::Configure {
+        conv: CONV,
+        actor: UserId(actor),
+        history,
+        keep_edits,
+        retention,
+    }
+}
+
+impl Shard {
+    /// Applies `cmd`, then delivers every event it queued (one `Deliver`
+    /// per event, as the fan-out would).
+    fn apply_and_deliver(&mut self, cmd: Command) -> Outcome {
+        let (out, fx) = self.apply(cmd);
+        for f in fx.fresh {
+            let items = f
+                .entry
+                .recipients
+                .iter()
+                .map(|u| Delivery {
+                    user: *u,
+                    conv: f.conv,
+                    eseq: f.eseq,
+                    event: f.entry.event.clone(),
+                    at: f.entry.at,
+                })
+                .collect();
+            self.out(Command::Deliver { items });
+        }
+        out
+    }
+}
+
+#[test]
+fn mentions_count_for_members_until_read_or_unsent() {
+    let mut s = Shard::default();
+    s.apply_and_deliver(group(&[1, 2, 3]));
+    // 9 is no member and 1 is the sender: only 2 and 3 count.
+    let (first, _, kept) = sent(&s.apply_and_deliver(mention(1, "a", &[2, 3, 9, 1, 2])));
+    assert_eq!(kept, vec![UserId(2), UserId(3)]);
+    assert_eq!(stored(&s, first).unwrap().mentions, kept);
+    let (second, _, _) = sent(&s.apply_and_deliver(mention(1, "b", &[2])));
+    assert_eq!(s.user_conv(2).unread_mentions(), 2);
+    assert_eq!(s.user_conv(3).unread_mentions(), 1);
+    assert_eq!(s.user_conv(1).unread_mentions(), 0);
+    // Reading past the first mention drops it, not the second.
+    s.apply_and_deliver(Command::SetReceipt {
+        conv: CONV,
+        user: UserId(2),
+        delivered: None,
+        read: Some(Seq(first)),
+    });
+    assert_eq!(s.user_conv(2).mentions, vec![Seq(second)]);
+    // An unsent message mentions nobody any more.
+    s.apply_and_deliver(unsend(1, second, false));
+    assert_eq!(s.user_conv(2).unread_mentions(), 0);
+    // 3 sends: everything before counts as read, their mention too.
+    s.apply_and_deliver(send(3, "c"));
+    assert_eq!(s.user_conv(3).unread_mentions(), 0);
+    // Too many mentions are refused whole.
+    let many: Vec<u64> = (1..=51).collect();
+    assert_eq!(
+        code(&s.out(mention(1, "d", &many))),
+        Some(RejectCode::Invalid)
+    );
+}
+
+#[test]
+fn settings_are_a_groups_admins_or_either_direct_members() {
+    use crate::command::{HistoryVisibility, Retention};
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    assert_eq!(
+        code(&s.out(configure(2, None, Some(true), None))),
+        Some(RejectCode::Forbidden)
+    );
+    assert_eq!(
+        code(&s.out(configure(9, None, Some(true), None))),
+        Some(RejectCode::NotAMember)
+    );
+    assert_eq!(
+        code(&s.out(configure(1, None, None, Some(Retention::Days(0))))),
+        Some(RejectCode::Invalid)
+    );
+    let out = s.out(configure(
+        1,
+        Some(HistoryVisibility::Joined),
+        None,
+        Some(Retention::Days(7)),
+    ));
+    assert!(matches!(out, Outcome::Configured { changed: true, .. }));
+    let c = s.conversation();
+    assert_eq!(c.settings.history, HistoryVisibility::Joined);
+    assert_eq!(c.settings.retention, Retention::Days(7));
+    assert!(!c.settings.keep_edits, "a field not given keeps its value");
+    assert!(matches!(
+        outbox(&s).last(),
+        Some(records::EventKind::Configured { by: UserId(1), .. })
+    ));
+    // The same again changes nothing and tells nobody.
+    let before = outbox(&s).len();
+    let out = s.out(configure(1, Some(HistoryVisibility::Joined), None, None));
+    assert!(matches!(out, Outcome::Configured { changed: false, .. }));
+    assert_eq!(outbox(&s).len(), before);
+}
+
+#[test]
+fn retention_stamps_each_new_message_like_a_disappearing_one() {
+    use crate::command::Retention;
+    const DAY: u64 = 86_400_000_000;
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    let node_default = |sender: u64, cid: &str, keep: Option<u64>, expires: Option<u64>| {
+        Command::Send(crate::command::SendMessage {
+            message: NewMessage {
+                conv: CONV,
+                sender: UserId(sender),
+                device: DeviceId(1),
+                client_msg_id: cid.into(),
+                kind: MessageKind::Text,
+                body: b"x".to_vec(),
+                expires_at: expires,
+                reply_to: None,
+            },
+            mentions: Vec::new(),
+            default_retention_micros: keep,
+        })
+    };
+    // The node's default applies until the conversation sets its own.
+    let (seq, exp, _) = sent(&s.out(node_default(1, "a", Some(3 * DAY), None)));
+    let ts = indexed(&s, seq).unwrap().ts;
+    assert_eq!(exp, Some(ts + 3 * DAY));
+    assert_eq!(indexed(&s, seq).unwrap().expires_at, exp);
+    assert_eq!(stored(&s, seq).unwrap().expires_at, exp);
+    s.out(configure(1, None, None, Some(Retention::Days(1))));
+    let (seq, exp, _) = sent(&s.out(node_default(1, "b", Some(3 * DAY), None)));
+    assert_eq!(exp, Some(indexed(&s, seq).unwrap().ts + DAY));
+    // A sender's own sooner expiry wins.
+    let soon = STAMP + 1000;
+    let (_, exp, _) = sent(&s.out(node_default(1, "c", Some(3 * DAY), Some(soon))));
+    assert_eq!(exp, Some(soon));
+    s.out(configure(1, None, None, Some(Retention::Forever)));
+    let (_, exp, _) = sent(&s.out(node_default(1, "d", Some(3 * DAY), None)));
+    assert_eq!(exp, None);
+    // The earlier messages keep the expiry they were sent with.
+    assert_eq!(
+        indexed(&s, 1).unwrap().expires_at,
+        Some(indexed(&s, 1).unwrap().ts + 3 * DAY)
+    );
+}
+
+#[test]
+fn edits_keep_prior_bodies_only_where_the_conversation_says() {
+    use crate::command::MAX_PRIOR_BODIES;
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    s.out(send(1, "a"));
+    s.out(edit(1, 1, "discarded"));
+    s.out(configure(1, None, Some(true), None));
+    for n in 0..MAX_PRIOR_BODIES + 2 {
+        s.out(edit(1, 1, &format!("v{n}")));
+    }
+    let m = stored(&s, 1).unwrap();
+    // "discarded" (and "v0") went: the bound drops the oldest.
+    assert_eq!(m.prior.len(), MAX_PRIOR_BODIES, "bounded, oldest dropped");
+    assert_eq!(m.prior[0].body, b"v1");
+    assert_eq!(
+        m.prior.last().unwrap().body,
+        format!("v{}", MAX_PRIOR_BODIES).into_bytes()
+    );
+    assert_eq!(m.body, format!("v{}", MAX_PRIOR_BODIES + 1).into_bytes());
+    // Unsending removes every body, the prior ones too.
+    s.out(unsend(1, 1, false));
+    assert!(stored(&s, 1).unwrap().prior.is_empty());
+}
+
+#[test]
+fn with_joined_history_a_new_member_neither_sees_nor_touches_older_messages() {
+    use crate::command::HistoryVisibility;
+    let mut s = Shard::default();
+    s.apply_and_deliver(group(&[1, 2]));
+    s.out(configure(1, Some(HistoryVisibility::Joined), None, None));
+    s.apply_and_deliver(send(1, "old")); // seq 1
+    s.apply_and_deliver(change(1, &[3], &[])); // seq 2: the system message
+    let c = s.conversation();
+    assert_eq!(c.joined, vec![(UserId(3), Seq(1))]);
+    assert!(!c.sees(UserId(3), Seq(1)) && c.sees(UserId(3), Seq(2)));
+    assert!(c.sees(UserId(2), Seq(1)), "founders see everything");
+    // 3 cannot react to, pin or answer what came before them…
+    for cmd in [
+        react(3, 1, "👍", true),
+        pin(3, 1, true),
+        reply(3, "r", 1, None),
+    ] {
+        assert_eq!(code(&s.out(cmd)), Some(RejectCode::NoSuchMessage));
+    }
+    // …and is not told when others change it.
+    let (_, fx) = s.apply(react(2, 1, "👍", true));
+    assert_eq!(fx.fresh[0].entry.recipients, vec![UserId(1), UserId(2)]);
+    // Re-added, a member joins again from then on.
+    s.out(change(1, &[], &[3]));
+    assert!(s.conversation().joined.is_empty());
+    s.out(send(1, "while away")); // seq 4
+    s.out(change(1, &[3], &[])); // seq 5
+    assert_eq!(s.conversation().joined, vec![(UserId(3), Seq(4))]);
+    // With shared history everything is visible again.
+    s.out(configure(1, Some(HistoryVisibility::Shared), None, None));
+    assert!(s.conversation().sees(UserId(3), Seq(1)));
+}
+
+#[test]
+fn erasure_tombstones_only_the_users_messages_and_takes_their_records() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    s.out(send(2, "a")); // 1
+    s.out(send(1, "b")); // 2
+    s.out(send(2, "c")); // 3
+    s.out(react(1, 3, "👍", true));
+    let erase = |after: u64, upto: u64| Command::EraseMessages {
+        conv: CONV,
+        user: UserId(2),
+        after: Seq(after),
+        upto: Seq(upto),
+    };
+    assert_eq!(
+        code(&s.out(erase(0, crate::command::MAX_ERASE_SPAN + 1))),
+        Some(RejectCode::Invalid)
+    );
+    let (out, fx) = s.apply(erase(0, 2));
+    assert_eq!(
+        out,
+        Outcome::Erased {
+            removed: 1,
+            receipts: 1
+        }
+    );
+    assert_eq!(fx.changed, vec![(CONV, Seq(1))]);
+    assert_eq!(
+        s.out(erase(2, 10)),
+        Outcome::Erased {
+            removed: 1,
+            receipts: 0
+        }
+    );
+    for seq in [1, 3] {
+        let m = stored(&s, seq).unwrap();
+        assert!(m.body.is_empty() && m.reactions.is_empty() && m.unsent.is_some());
+    }
+    assert_eq!(stored(&s, 2).unwrap().body, b"hi", "others' messages stay");
+    assert!(!s.kv.contains_key(&receipt_key(CONV, UserId(2))));
+    // Again: nothing left to remove.
+    assert_eq!(
+        s.out(erase(0, 3)),
+        Outcome::Erased {
+            removed: 0,
+            receipts: 0
+        }
+    );
+    // The user's own shard: profile, devices, push targets, blocks.
+    s.out(Command::SetProfile {
+        user: UserId(2),
+        display_name: "Bo".into(),
+    });
+    s.out(Command::RegisterDevice {
+        user: UserId(2),
+        device: DeviceId(5),
+        name: "phone".into(),
+        platform: "ios".into(),
+    });
+    s.out(Command::SetPushToken {
+        user: UserId(2),
+        device: DeviceId(5),
+        token: Some("tok".into()),
+    });
+    let out = s.out(Command::EraseUser {
+        user: UserId(2),
+        devices: vec![DeviceId(5), DeviceId(6)],
+        blocked: vec![UserId(1)],
+    });
+    assert_eq!(
+        out,
+        Outcome::Erased {
+            removed: 3,
+            receipts: 0
+        }
+    );
+    assert!(!s.kv.contains_key(&records::profile_key(UserId(2))));
+    assert!(!s
+        .kv
+        .contains_key(&records::push_key(UserId(2), DeviceId(5))));
 }

@@ -55,11 +55,22 @@ impl Weighter<(u64, u64), Entry> for Bytes {
             .iter()
             .map(|r| r.emoji.len() + 8 * r.users.len() + 48)
             .sum();
+        let prior: usize = m
+            .prior
+            .iter()
+            .map(|p| {
+                p.body.as_ref().map_or(0, String::len)
+                    + p.body_b64.as_ref().map_or(0, String::len)
+                    + 56
+            })
+            .sum();
         ENTRY_OVERHEAD
             + (m.body.as_ref().map_or(0, String::len)
                 + m.body_b64.as_ref().map_or(0, String::len)
                 + m.client_msg_id.len()
-                + reactions) as u64
+                + reactions
+                + prior
+                + 8 * m.mentions.len()) as u64
     }
 }
 
@@ -188,6 +199,8 @@ mod tests {
             unsent: None,
             reactions: Arc::default(),
             my_reactions: Vec::new(),
+            mentions: Vec::new(),
+            prior: Vec::new(),
         }
     }
 

@@ -11,6 +11,8 @@
 //!  DELETE /v1/admin/nodes/{node}                   forget a drained node
 //!  POST   /v1/admin/scrub                          this node only: purge,
 //!                                                  roll the log, compact
+//!  POST   /v1/admin/users/{user}/erase             erase a user everywhere
+//!                                                  (then scrub each node)
 //! ```
 //!
 //! Shard 0 is the metadata group (the cluster map); its replicas move the
@@ -163,6 +165,28 @@ pub(crate) async fn scrub(
         "log_segments_after": r.segments.1,
         "tables": r.tables,
     })))
+}
+
+/// `POST /v1/admin/users/{user}/erase`: erases a user (see
+/// `crate::erasure`) and answers the report.
+pub(crate) async fn erase_user(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<crate::erasure::ErasureReport>, ApiError> {
+    require_admin(&s, &headers, "erasing a user")?;
+    let user = raw
+        .parse::<u64>()
+        .ok()
+        .filter(|u| *u > 0)
+        .ok_or_else(|| ApiError::invalid(format!("{raw:?} is not a user id")))?;
+    tracing::info!(user, "erasure requested");
+    let r = s
+        .service
+        .erase_user(missive_chat::command::UserId(user))
+        .await?;
+    tracing::info!(?r, "erasure done");
+    Ok(Json(r))
 }
 
 fn shard_of(node: &missive_chat::ChatNode, raw: &str) -> Result<ShardId, ApiError> {

@@ -82,6 +82,36 @@ fn status(e: &ApiError) -> Status {
 }
 
 impl Grpc {
+    /// A conversation as `Conversation` and `Configure` answer it.
+    async fn conversation_info(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+    ) -> Result<Response<pb::ConversationInfo>, Status> {
+        let (c, last_seq) = self
+            .state
+            .service
+            .conversation_info(who, conv)
+            .await
+            .map_err(|e| status(&e))?;
+        let ids = |v: &[UserId]| v.iter().map(|u| u.0).collect();
+        Ok(Response::new(pb::ConversationInfo {
+            conv: conv.0,
+            kind: match c.kind {
+                ConversationKind::Direct => "direct",
+                ConversationKind::Group => "group",
+            }
+            .to_string(),
+            name: c.name.clone(),
+            members: ids(&c.members),
+            admins: ids(&c.admins),
+            version: c.version,
+            created_at: c.created_micros,
+            last_seq,
+            settings: Some(pb_settings(c.settings.into())),
+        }))
+    }
+
     #[allow(clippy::result_large_err, reason = "tonic handlers answer Status")]
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let headers = req.metadata().clone().into_headers();
@@ -96,15 +126,29 @@ fn users(ids: Vec<u64>) -> Vec<UserId> {
     ids.into_iter().map(UserId).collect()
 }
 
-fn pb_message(m: MessageOut) -> pb::Message {
+/// A body the JSON way (text, or base64 when not UTF-8) back to bytes.
+fn body_bytes(text: Option<String>, b64: Option<String>) -> Vec<u8> {
     use base64::Engine as _;
-    let body = match (m.body, m.body_b64) {
+    match (text, b64) {
         (Some(t), _) => t.into_bytes(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b)
             .unwrap_or_default(),
         (None, None) => Vec::new(),
-    };
+    }
+}
+
+fn pb_settings(s: crate::wire::SettingsOut) -> pb::Settings {
+    pb::Settings {
+        history: s.history.to_string(),
+        keep_edits: s.keep_edits,
+        retention: s.retention.to_string(),
+        retention_days: s.retention_days.unwrap_or(0),
+    }
+}
+
+fn pb_message(m: MessageOut) -> pb::Message {
+    let body = body_bytes(m.body, m.body_b64);
     pb::Message {
         conv: m.conv.0,
         seq: m.seq,
@@ -134,6 +178,15 @@ fn pb_message(m: MessageOut) -> pb::Message {
                 emoji: r.emoji.clone(),
                 count: u32::try_from(r.users.len()).unwrap_or(u32::MAX),
                 mine: m.my_reactions.contains(&r.emoji),
+            })
+            .collect(),
+        mentions: m.mentions.iter().map(|u| u.0).collect(),
+        prior: m
+            .prior
+            .into_iter()
+            .map(|p| pb::PriorBody {
+                replaced_at: p.replaced_at,
+                body: body_bytes(p.body, p.body_b64),
             })
             .collect(),
     }
@@ -221,6 +274,14 @@ fn pb_event(f: ServerFrame) -> Option<Result<pb::Event, Status>> {
                     emoji,
                     added,
                 }),
+                EventOut::Mention { seq, sender } => Kind::Mention(pb::MentionEvent {
+                    seq,
+                    sender: sender.0,
+                }),
+                EventOut::Settings { by, settings } => Kind::Settings(pb::SettingsEvent {
+                    by: by.0,
+                    settings: Some(pb_settings(settings)),
+                }),
             }),
         },
         ServerFrame::Synced { cursor } => pb::Event {
@@ -297,6 +358,7 @@ impl Missive for Grpc {
             body: r.body,
             expires_in_ms: expires,
             reply_to: (r.reply_to > 0).then_some(r.reply_to),
+            mentions: r.mentions,
         };
         let a = svc
             .send(who, ConversationId(r.conv), out)
@@ -509,6 +571,7 @@ impl Missive for Grpc {
                     name: e.name,
                     member_count: u32::try_from(e.member_count).unwrap_or(u32::MAX),
                     last_message: e.last_message.map(pb_message),
+                    mentions: u32::try_from(e.mentions).unwrap_or(u32::MAX),
                 })
                 .collect(),
             next_before: next
@@ -559,27 +622,30 @@ impl Missive for Grpc {
     ) -> Result<Response<pb::ConversationInfo>, Status> {
         let who = self.caller(&req)?;
         let conv = ConversationId(req.into_inner().conv);
-        let (c, last_seq) = self
-            .state
+        self.conversation_info(who.user, conv).await
+    }
+
+    async fn configure(
+        &self,
+        req: Request<pb::ConfigureRequest>,
+    ) -> Result<Response<pb::ConversationInfo>, Status> {
+        let who = self.caller(&req)?;
+        let r = req.into_inner();
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        let change = crate::wire::SettingsIn {
+            history: nonempty(r.history),
+            keep_edits: r.keep_edits,
+            retention_days: (r.retention_days > 0).then_some(r.retention_days),
+            retention: nonempty(r.retention),
+        };
+        let conv = ConversationId(r.conv);
+        let change = change.parse().map_err(|e| status(&e))?;
+        self.state
             .service
-            .conversation_info(who.user, conv)
+            .configure(who.user, conv, change)
             .await
             .map_err(|e| status(&e))?;
-        let ids = |v: &[UserId]| v.iter().map(|u| u.0).collect();
-        Ok(Response::new(pb::ConversationInfo {
-            conv: conv.0,
-            kind: match c.kind {
-                ConversationKind::Direct => "direct",
-                ConversationKind::Group => "group",
-            }
-            .to_string(),
-            name: c.name.clone(),
-            members: ids(&c.members),
-            admins: ids(&c.admins),
-            version: c.version,
-            created_at: c.created_micros,
-            last_seq,
-        }))
+        self.conversation_info(who.user, conv).await
     }
 
     async fn change_members(

@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::service::Outgoing;
 use crate::state::{AppState, Authed, ConvPath, JsonBody, MessagePath, ReactionPath, Q};
-use crate::wire::{parse_kind, BodyIn, Id};
+use crate::wire::{parse_kind, BodyIn, Id, SettingsIn, SettingsOut};
 
 /// The router.
 pub fn router(state: AppState) -> Router {
@@ -46,6 +46,10 @@ pub fn router(state: AppState) -> Router {
             delete(crate::edge::admin::forget_node),
         )
         .route("/v1/admin/scrub", post(crate::edge::admin::scrub))
+        .route(
+            "/v1/admin/users/{user}/erase",
+            post(crate::edge::admin::erase_user),
+        )
         .route("/v1/ws-ticket", post(ws_ticket))
         .route("/v1/ws", get(ws_upgrade))
         .route("/v1/users/me", get(me).put(set_me))
@@ -57,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/conversations", get(list).post(create))
         .route("/v1/conversations/{conv}", get(conversation).patch(rename))
+        .route("/v1/conversations/{conv}/settings", put(configure))
         .route("/v1/conversations/{conv}/members", post(members))
         .route("/v1/conversations/{conv}/leave", post(leave))
         .route("/v1/conversations/{conv}/messages", get(history).post(send))
@@ -434,6 +439,21 @@ async fn conversation(
         "version": c.version,
         "created_at": c.created_micros,
         "last_seq": last_seq,
+        "settings": SettingsOut::from(c.settings),
+    })))
+}
+
+async fn configure(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    ConvPath(conv): ConvPath,
+    JsonBody(req): JsonBody<SettingsIn>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (settings, changed) = s.service.configure(who.user, conv, req.parse()?).await?;
+    Ok(Json(json!({
+        "conv": Id(conv.0),
+        "settings": SettingsOut::from(settings),
+        "changed": changed,
     })))
 }
 
@@ -552,6 +572,8 @@ struct SendReq {
     expires_in_ms: Option<u64>,
     #[serde(default)]
     reply_to: Option<u64>,
+    #[serde(default)]
+    mentions: Vec<Id>,
 }
 
 async fn send(
@@ -572,6 +594,7 @@ async fn send(
         body,
         expires_in_ms: req.expires_in_ms,
         reply_to: req.reply_to,
+        mentions: req.mentions.into_iter().map(|m| m.0).collect(),
     };
     let a = s.service.send(who, conv, out).await?;
     Ok(Json(json!({

@@ -25,7 +25,7 @@ use crate::delivery::sync::{announce_typing, sync_pump, watch_list, FrameSink};
 use crate::error::ApiError;
 use crate::service::Outgoing;
 use crate::state::AppState;
-use crate::wire::{parse_kind, BodyIn, ClientFrame, ServerFrame};
+use crate::wire::{parse_kind, BodyIn, ClientFrame, ServerFrame, SettingsIn};
 
 /// Close codes (4000–4999 are the application's).
 pub mod close {
@@ -412,6 +412,7 @@ async fn handle(
             body_b64,
             expires_in_ms,
             reply_to,
+            mentions,
         } => {
             let r = async {
                 let kind = parse_kind(kind.as_deref().unwrap_or("text"))?;
@@ -422,6 +423,7 @@ async fn handle(
                     body,
                     expires_in_ms,
                     reply_to,
+                    mentions: mentions.into_iter().map(|m| m.0).collect(),
                 };
                 svc.send(who, ConversationId(conv.0), out).await
             }
@@ -433,6 +435,34 @@ async fn handle(
                     seq: a.seq,
                     ts: a.ts,
                     duplicate: a.duplicate,
+                },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
+        ClientFrame::Configure {
+            id,
+            conv,
+            history,
+            keep_edits,
+            retention,
+            retention_days,
+        } => {
+            let change = SettingsIn {
+                history,
+                keep_edits,
+                retention,
+                retention_days,
+            };
+            let r = match change.parse() {
+                Ok(c) => svc.configure(who.user, ConversationId(conv.0), c).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok((settings, changed)) => ServerFrame::Settings {
+                    id,
+                    conv,
+                    settings: settings.into(),
+                    changed,
                 },
                 Err(e) => ServerFrame::error(Some(id), &e),
             }
