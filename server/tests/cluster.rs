@@ -220,6 +220,17 @@ async fn pins_and_blocks_across_nodes_follow_the_rules() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_and_settings_across_nodes_follow_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, nodes) = cluster(dir.path()).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Running::addr).collect();
+    suites::mentions_and_settings_follow_the_rules(&addrs, &cfgs[0]).await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_hands_off_to_live_across_nodes_with_no_gap_and_no_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let (cfgs, nodes) = cluster(dir.path()).await;

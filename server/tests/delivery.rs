@@ -377,6 +377,15 @@ async fn pins_and_blocks_follow_the_rules() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_and_settings_follow_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    suites::mentions_and_settings_follow_the_rules(&[srv.addr()], &c).await;
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_and_unsends_close_with_their_windows_but_admins_may_still_unsend() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());

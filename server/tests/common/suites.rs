@@ -724,3 +724,226 @@ pub async fn pins_and_blocks_follow_the_rules(addrs: &[SocketAddr], c: &Config) 
         "{v}"
     );
 }
+
+/// `conv`'s entry in `h`'s conversation list once `ok` holds for it
+/// (the list follows the user's inbox, which the fan-out fills a moment
+/// after the write).
+async fn list_entry_when(h: &Http, conv: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (s, v) = h.get("/v1/conversations").await;
+        assert_eq!(s, 200, "{v}");
+        let entry = v["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["conv"] == conv)
+            .cloned();
+        match entry {
+            Some(e) if ok(&e) => return e,
+            other if std::time::Instant::now() > deadline => {
+                panic!("{conv} never matched; last: {other:?}")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Mentions and conversation settings: who is told and counted, who may
+/// change settings, and what each setting does to later messages and
+/// members. Users 1 (admin), 2 and 3 are members; 4 joins later; 5 never.
+pub async fn mentions_and_settings_follow_the_rules(addrs: &[SocketAddr], c: &Config) {
+    let at = |u: u64| addrs[u as usize % addrs.len()];
+    let http = |u: u64| Http::new(at(u), token(c, u, 1));
+    let (u1, u2, u4, u5) = (http(1), http(2), http(4), http(5));
+    let g = u1.group("mentions", &[2, 3]).await;
+    let mut w2 = Ws::connect(at(2), &token(c, 2, 1)).await;
+    w2.sync(0).await;
+
+    // Mentions: over HTTP and over the socket; a non-member is dropped.
+    let (s, v) = u1
+        .post(
+            &format!("/v1/conversations/{g}/messages"),
+            json!({"client_msg_id": "m1", "body": "@2 @9 look", "mentions": ["2", 9]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let first = v["seq"].as_u64().unwrap();
+    let ev = w2.event_where(|e| e["event"]["kind"] == "mention").await;
+    assert_eq!(
+        (ev["event"]["seq"].as_u64(), ev["event"]["sender"].as_str()),
+        (Some(first), Some("1")),
+        "{ev}"
+    );
+    let mut w3 = Ws::connect(at(3), &token(c, 3, 1)).await;
+    let sent = w3
+        .request(
+            json!({"type": "send", "conv": g, "client_msg_id": "m2", "body": "@2 too",
+                   "mentions": ["2"]}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(sent["type"], "sent", "{sent}");
+    let m = at_seq(&page(&u2, &g).await, first);
+    assert_eq!(m["mentions"], json!(["2"]), "{m}");
+    let e = list_entry_when(&u2, &g, |e| e["mentions"] == 2).await;
+    assert_eq!(e["unread"], 2, "{e}");
+    let (s, _) = u2
+        .post(
+            &format!("/v1/conversations/{g}/receipts"),
+            json!({"read": first}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    list_entry_when(&u2, &g, |e| e["mentions"] == 1).await;
+    let too_many: Vec<u64> = (1..=51).collect();
+    let (s, v) = u1
+        .post(
+            &format!("/v1/conversations/{g}/messages"),
+            json!({"client_msg_id": "m3", "body": "x", "mentions": too_many}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{v}"
+    );
+
+    // Settings: a group's admins only; bad values say which.
+    let settings = format!("/v1/conversations/{g}/settings");
+    let (s, v) = u2.put(&settings, json!({"keep_edits": true})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    for conv in [g.as_str(), "4242"] {
+        let (s, v) = u5
+            .put(
+                &format!("/v1/conversations/{conv}/settings"),
+                json!({"keep_edits": true}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("not_a_member")),
+            "{v}"
+        );
+    }
+    for bad in [
+        json!({}),
+        json!({"history": "everyone"}),
+        json!({"retention": "days"}),
+        json!({"retention": "days", "retention_days": 0}),
+        json!({"retention": "forever", "retention_days": 3}),
+    ] {
+        let (s, v) = u1.put(&settings, bad.clone()).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("invalid")),
+            "{bad}: {v}"
+        );
+    }
+    let (s, v) = u1
+        .put(
+            &settings,
+            json!({"history": "joined", "keep_edits": true, "retention": "days",
+                   "retention_days": 7}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["settings"],
+        json!({"history": "joined", "keep_edits": true, "retention": "days",
+               "retention_days": 7}),
+        "{v}"
+    );
+    let ev = w2.event_where(|e| e["event"]["kind"] == "settings").await;
+    assert_eq!(ev["event"]["settings"]["history"], "joined", "{ev}");
+    let (_, info) = u2.get(&format!("/v1/conversations/{g}")).await;
+    assert_eq!(info["settings"]["retention_days"], 7, "{info}");
+
+    // Retention: a message sent now expires 7 days after its ts.
+    let (kept, _) = u1.send(&g, "r1", "kept a week").await;
+    let m = at_seq(&page(&u1, &g).await, kept);
+    let week = 7 * 86_400_000_000u64;
+    assert_eq!(
+        m["expires_at"].as_u64(),
+        Some(m["ts"].as_u64().unwrap() + week),
+        "{m}"
+    );
+    // Edit history: kept now.
+    let (s, v) = u1
+        .patch(
+            &format!("/v1/conversations/{g}/messages/{kept}"),
+            json!({"body": "kept a week!"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let m = at_seq(&page(&u2, &g).await, kept);
+    assert_eq!(m["body"], "kept a week!", "{m}");
+    assert_eq!(m["prior"][0]["body"], "kept a week", "{m}");
+
+    // Joined history: 4 sees from the message that added them on, and
+    // cannot touch what came before.
+    let (s, v) = u1
+        .post(
+            &format!("/v1/conversations/{g}/members"),
+            json!({"add": ["4"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let joined_at = v["seq"].as_u64().unwrap();
+    let seqs =
+        |p: Vec<Value>| -> Vec<u64> { p.iter().map(|m| m["seq"].as_u64().unwrap()).collect() };
+    assert_eq!(seqs(page(&u4, &g).await), [joined_at]);
+    let (s, v) = u4
+        .get(&format!(
+            "/v1/conversations/{g}/messages?before={}",
+            m["ts"]
+        ))
+        .await;
+    assert_eq!(
+        (s, v["messages"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
+    assert!(v["next_before"].is_null(), "{v}");
+    let (s, v) = u4
+        .put(
+            &format!("/v1/conversations/{g}/messages/{kept}/reactions/👍"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("no_such_message")),
+        "{v}"
+    );
+    // Over the socket, back to shared: 4 sees everything.
+    let mut w1 = Ws::connect(at(1), &token(c, 1, 1)).await;
+    let ack = w1
+        .request(
+            json!({"type": "configure", "conv": g, "history": "shared"}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        (
+            ack["type"].as_str(),
+            ack["changed"].as_bool(),
+            ack["settings"]["history"].as_str()
+        ),
+        (Some("settings"), Some(true), Some("shared")),
+        "{ack}"
+    );
+    let all = seqs(page(&u4, &g).await);
+    assert!(all.contains(&first) && all.contains(&kept), "{all:?}");
+    let no = w3
+        .request(
+            json!({"type": "configure", "conv": g, "history": "joined"}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(no["code"], "forbidden", "{no}");
+}
