@@ -377,6 +377,75 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         .await
         .unwrap();
 
+    // Mentions raise the mentioned member's count in their list.
+    let mut m = reply(0, "mention-1");
+    m.mentions = vec![1, 99];
+    let sent = client.send(authed(m, &bob)).await.unwrap().into_inner();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = client
+            .conversations(authed(pb::ConversationsRequest::default(), &alice))
+            .await
+            .unwrap()
+            .into_inner()
+            .conversations;
+        let entry = list.iter().find(|e| e.conv == conv).unwrap();
+        if entry.mentions == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{entry:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let h = client.history(page(&alice)).await.unwrap().into_inner();
+    let m = h.messages.iter().find(|m| m.seq == sent.seq).unwrap();
+    assert_eq!(m.mentions, [1], "only members count");
+
+    // Settings: either member of a direct conversation; bad values and
+    // non-members are refused.
+    let configure = |history: &str, retention: &str, days: u32| pb::ConfigureRequest {
+        conv,
+        history: history.into(),
+        keep_edits: Some(true),
+        retention: retention.into(),
+        retention_days: days,
+    };
+    let info = client
+        .configure(authed(configure("joined", "days", 3), &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        info.settings,
+        Some(pb::Settings {
+            history: "joined".into(),
+            keep_edits: true,
+            retention: "days".into(),
+            retention_days: 3,
+        })
+    );
+    let e = client
+        .configure(authed(configure("sometimes", "", 0), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::InvalidArgument, "invalid")
+    );
+    let e = client
+        .configure(authed(configure("shared", "", 0), &carol))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::PermissionDenied, "not_a_member")
+    );
+    let info = client
+        .conversation(authed(pb::ConversationRequest { conv }, &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.settings.map(|s| s.retention_days), Some(3));
+
     // Errors: no token, someone else's conversation, a bad page size.
     let e = client
         .history(Request::new(pb::HistoryRequest {
