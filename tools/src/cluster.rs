@@ -166,6 +166,21 @@ pub fn scrub(t: &Target) -> anyhow::Result<Output> {
     })
 }
 
+/// `user erase`: the cluster erases `user` (see the server's `erasure`
+/// module) and reports what went.
+pub fn erase_user(t: &Target, user: u64) -> anyhow::Result<Output> {
+    let path = format!("/users/{user}/erase");
+    let v = runtime()?.block_on(call(t, reqwest::Method::POST, &path, None))?;
+    Ok(Output {
+        text: format!(
+            "user {user} erased: {} conversations searched, {} messages tombstoned, {} receipts and {} profile/device/push/block records removed\n\
+             older copies stay on disk until `missivectl node scrub` runs on every node\n",
+            v["conversations"], v["messages"], v["receipts"], v["user_records"]
+        ),
+        json: v,
+    })
+}
+
 pub fn forget(t: &Target, node: u64) -> anyhow::Result<Output> {
     let path = format!("/nodes/{node}");
     let v = runtime()?.block_on(call(t, reqwest::Method::DELETE, &path, None))?;

@@ -6,8 +6,8 @@
 //! - `main` — the command line (clap) and the dispatch.
 //! - `render` — turning inspection results into a table for people or JSON
 //!   for scripts (`--json`).
-//! - `cluster` — the online commands (`cluster`, `shard`, `node`), through
-//!   a node's admin HTTP API.
+//! - `cluster` — the online commands (`cluster`, `shard`, `node`, `user`),
+//!   through a node's admin HTTP API.
 //!
 //! The data-file commands (`log`, `sst`, `manifest`, `verify`, `stats`,
 //! `residue`) are offline and read-only: they open no lock and change
@@ -97,6 +97,26 @@ enum Command {
     Node {
         #[command(subcommand)]
         what: NodeCommand,
+    },
+    /// Procedures on one user's data, cluster-wide.
+    User {
+        #[command(subcommand)]
+        what: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Erase a user: their messages' bodies in every conversation
+    /// (tombstoned), receipts, profile, devices, push targets and block
+    /// list, on every replica; prints what was removed. Then run `node
+    /// scrub` on every node so no older copy stays on disk, and `residue`
+    /// to check.
+    Erase {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// The user's id.
+        user: u64,
     },
 }
 
@@ -397,6 +417,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Node {
             what: NodeCommand::Scrub { target },
         } => cluster::scrub(target)?,
+        Command::User {
+            what: UserCommand::Erase { target, user },
+        } => cluster::erase_user(target, *user)?,
     };
     if cli.json {
         println!("{}", out.json);

@@ -1,10 +1,11 @@
-//! The unsend proof over three real nodes (loopback, 3 replicas): an
-//! unsent message's body, and a body an edit replaced, are on every
-//! replica's disk after they were written — `missivectl residue` finds
-//! them — and after `missivectl node scrub` on each node no table and no
-//! log segment of any replica holds them, while the messages still there
-//! are still found (the search sees through compressed tables and log
-//! records, so "not found" means gone).
+//! The unsend and erasure proof over three real nodes (loopback, 3
+//! replicas): an unsent message's body, a body an edit replaced, and the
+//! messages, profile and device of a user erased with `missivectl user
+//! erase` are on every replica's disk after they were written —
+//! `missivectl residue` finds them — and after `missivectl node scrub` on
+//! each node no table and no log segment of any replica holds them, while
+//! the messages still there are still found (the search sees through
+//! compressed tables and log records, so "not found" means gone).
 
 #![allow(
     clippy::unwrap_used,
@@ -128,6 +129,13 @@ fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
     let draft = format!("draft-body-{nonce}-replaced-by-an-edit");
     let kept = format!("kept-body-{nonce}-still-here");
     let edited = format!("final-body-{nonce}-after-the-edit");
+    // What user 3 (Carol) leaves before she is erased.
+    let carols = [
+        format!("carol-body-{nonce}-one"),
+        format!("carol-body-{nonce}-two"),
+        format!("carol-profile-{nonce}"),
+        format!("carol-device-{nonce}"),
+    ];
     let (alice, conv) = rt.block_on(async {
         let mint = |user: u64| {
             let url = format!("{}/v1/admin/tokens", urls[0]);
@@ -143,7 +151,7 @@ fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
                 v["token"].as_str().unwrap().to_string()
             }
         };
-        let (alice, bob) = (mint(1).await, mint(2).await);
+        let (alice, bob, carol) = (mint(1).await, mint(2).await, mint(3).await);
         let (s, v) = call(
             reqwest::Method::POST,
             format!("{}/v1/conversations", urls[1]),
@@ -196,6 +204,71 @@ fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
                 .is_some_and(|m| m.iter().any(|m| m["seq"] == 2 && m["unsent"].is_object()))
         })
         .await;
+        // Carol talks in a group with Alice, with a profile and a device.
+        let (s, v) = call(
+            reqwest::Method::POST,
+            format!("{}/v1/conversations", urls[0]),
+            Some(&alice),
+            Some(json!({"kind": "group", "name": "g", "members": ["3"]})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let group = v["conv"].as_str().unwrap().to_string();
+        let gmsgs = format!("{}/v1/conversations/{group}/messages", urls[1]);
+        for (cid, body) in [("c1", &carols[0]), ("c2", &carols[1])] {
+            let (s, v) = call(
+                reqwest::Method::POST,
+                gmsgs.clone(),
+                Some(&carol),
+                Some(json!({"client_msg_id": cid, "body": body})),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        let me = format!("{}/v1/users/me", urls[2]);
+        let (s, v) = call(
+            reqwest::Method::PUT,
+            me,
+            Some(&carol),
+            Some(json!({"display_name": carols[2]})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let devices = format!("{}/v1/devices", urls[2]);
+        let (s, v) = call(
+            reqwest::Method::POST,
+            devices,
+            Some(&carol),
+            Some(json!({"name": carols[3], "platform": "ios"})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        // Every replica has Carol's messages before she is erased.
+        until_every_node_serves(&urls, &alice, &group, |h| {
+            h["messages"].as_array().is_some_and(|m| m.len() == 2)
+        })
+        .await;
+        let (code, out, err) = ctl(&["--json", "user", "erase", "--url", &urls[1], "3"]);
+        assert_eq!(code, 0, "{err}{out}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (
+                report["conversations"].as_u64(),
+                report["messages"].as_u64(),
+                report["receipts"].as_u64(),
+                report["user_records"].as_u64()
+            ),
+            (Some(1), Some(2), Some(1), Some(2)),
+            "{report}"
+        );
+        until_every_node_serves(&urls, &alice, &group, |h| {
+            h["messages"].as_array().is_some_and(|m| {
+                m.iter()
+                    .filter(|m| m["sender"] == "3")
+                    .all(|m| m["unsent"].is_object() && m.get("body").is_none())
+            })
+        })
+        .await;
         (alice, conv)
     });
 
@@ -208,6 +281,9 @@ fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
             c.data_dir.display()
         );
         assert!(found(&c.data_dir, &draft), "{}", c.data_dir.display());
+        for gone in &carols {
+            assert!(found(&c.data_dir, gone), "{gone}: never found");
+        }
     }
     for u in &urls {
         let (code, out, err) = ctl(&["node", "scrub", "--url", u]);
@@ -226,6 +302,13 @@ fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
             "{}: the body an edit replaced is still on disk",
             d.display()
         );
+        for gone in &carols {
+            assert!(
+                !found(d, gone),
+                "{}: {gone} of the erased user is still on disk",
+                d.display()
+            );
+        }
         assert!(
             found(d, &kept),
             "{}: a live message is missing",
