@@ -986,43 +986,70 @@ impl Service {
         let cacheable = self.cacheable(conv);
         if cacheable {
             let head = self.read(|c| self.node.head(conv, c)).await?;
-            let lo = head.seq.0.saturating_sub(limit as u64 - 1).max(1);
-            let hit = match head.seq.0 {
-                0 => Some(Vec::new()),
-                hi => self.recent.range(conv.0, lo, hi, now_micros()),
-            };
-            if let Some(p) = hit {
+            if let Some(p) = self.cached_page(conv, head.seq.0, limit) {
                 return Ok(p);
             }
         }
+        self.from_store(conv, None, limit, cacheable).await
+    }
+
+    /// The page of up to `limit` messages from seq `hi` down, newest
+    /// first, if the recent cache holds every one of them (none: `hi` 0).
+    fn cached_page(&self, conv: ConversationId, hi: u64, limit: usize) -> Option<Vec<MessageOut>> {
+        let lo = hi.saturating_sub(limit as u64 - 1).max(1);
+        match hi {
+            0 => Some(Vec::new()),
+            hi => self.recent.range(conv.0, lo, hi, now_micros()),
+        }
+    }
+
+    /// Up to `limit` messages older than `before` (the newest without it),
+    /// newest first, read from the store and, if `cache`, remembered in
+    /// the recent cache.
+    async fn from_store(
+        &self,
+        conv: ConversationId,
+        before: Option<u64>,
+        limit: usize,
+        cache: bool,
+    ) -> Result<Vec<MessageOut>, ApiError> {
         let mark = self.recent.mark();
         let stored = self
-            .read(|c| self.node.history(conv, None, limit, c))
+            .read(|c| self.node.history(conv, before, limit, c))
             .await?;
         let msgs: Vec<MessageOut> = stored
             .into_iter()
             .map(|m| MessageOut::from_stored(conv.0, m))
             .collect();
-        if cacheable {
+        if cache {
             msgs.iter().for_each(|m| self.recent.insert(m, mark));
         }
         Ok(msgs)
     }
 
-    /// Up to `limit` messages older than `ts`, newest first.
+    /// Up to `limit` messages older than `ts`, newest first: from the
+    /// recent cache when `ts` is a message's (the usual cursor: the oldest
+    /// of the page before) and the cache holds every seq below it down to
+    /// a full page, else from the store (which fills the cache, so a
+    /// reader scrolling back through a busy conversation, and the next
+    /// reader after them, pay the store once).
     async fn older(
         &self,
         conv: ConversationId,
         ts: u64,
         limit: usize,
     ) -> Result<Vec<MessageOut>, ApiError> {
-        let stored = self
-            .read(|c| self.node.history(conv, Some(ts), limit, c))
-            .await?;
-        Ok(stored
-            .into_iter()
-            .map(|m| MessageOut::from_stored(conv.0, m))
-            .collect())
+        let cacheable = self.cacheable(conv);
+        if cacheable {
+            // Stale is current enough: the caller's membership check was
+            // linearizable (see `history`).
+            let cursor = self.node.message_at(conv, ts, Consistency::Stale).await?;
+            let below = cursor.map(|at| at.message.seq.0.saturating_sub(1));
+            if let Some(page) = below.and_then(|hi| self.cached_page(conv, hi, limit)) {
+                return Ok(page);
+            }
+        }
+        self.from_store(conv, Some(ts), limit, cacheable).await
     }
 
     /// Up to `limit` messages right after `ts`, newest first.

@@ -191,6 +191,66 @@ async fn groups_fan_out_and_removed_members_hear_nothing_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_pages_come_from_the_cache_once_read_and_never_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    for i in 1..=120 {
+        alice.send(&conv, &format!("a{i}"), &format!("m{i}")).await;
+    }
+    let pages = || async {
+        let mut out = Vec::new();
+        let mut before: Option<u64> = None;
+        loop {
+            let q = match before {
+                Some(b) => format!("/v1/conversations/{conv}/messages?limit=50&before={b}"),
+                None => format!("/v1/conversations/{conv}/messages?limit=50"),
+            };
+            let (s, v) = alice.get(&q).await;
+            assert_eq!(s, 200, "{v}");
+            out.extend(v["messages"].as_array().unwrap().iter().cloned());
+            match v["next_before"].as_u64() {
+                Some(b) => before = Some(b),
+                None => return out,
+            }
+        }
+    };
+    let hits = || async {
+        let m = metrics(srv.addr()).await;
+        metric(&m, "missive_message_cache_hits_total").unwrap_or(0.0)
+    };
+    let first = pages().await;
+    assert_eq!(first.len(), 120);
+    let before = hits().await;
+    let again = pages().await;
+    assert!(
+        hits().await >= before + 3.0,
+        "the older pages were served from the cache"
+    );
+    assert_eq!(first.len(), again.len());
+    // A change to a cached older message shows on the next read.
+    let (s, _) = alice
+        .patch(
+            &format!("/v1/conversations/{conv}/messages/30"),
+            json!({"body": "m30 fixed"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = alice
+        .delete(&format!("/v1/conversations/{conv}/messages/20"))
+        .await;
+    assert_eq!(s, 200);
+    let after = pages().await;
+    let at = |seq: u64| after.iter().find(|m| m["seq"] == seq).unwrap().clone();
+    assert_eq!(at(30)["body"], "m30 fixed", "{}", at(30));
+    assert!(at(20)["unsent"].is_object() && at(20).get("body").is_none());
+    assert_eq!(at(21)["body"], "m21");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_back_across_flushed_tables() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path());
