@@ -990,7 +990,7 @@ impl Service {
                 return Ok(p);
             }
         }
-        self.from_store(conv, None, limit, cacheable).await
+        self.read_page(conv, None, limit, cacheable).await
     }
 
     /// The page of up to `limit` messages from seq `hi` down, newest
@@ -1006,7 +1006,7 @@ impl Service {
     /// Up to `limit` messages older than `before` (the newest without it),
     /// newest first, read from the store and, if `cache`, remembered in
     /// the recent cache.
-    async fn from_store(
+    async fn read_page(
         &self,
         conv: ConversationId,
         before: Option<u64>,
@@ -1049,7 +1049,7 @@ impl Service {
                 return Ok(page);
             }
         }
-        self.from_store(conv, Some(ts), limit, cacheable).await
+        self.read_page(conv, Some(ts), limit, cacheable).await
     }
 
     /// Up to `limit` messages right after `ts`, newest first.
