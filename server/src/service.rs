@@ -428,18 +428,26 @@ impl Service {
             return Err(ApiError::invalid("seq must be a message's seq (1 or more)"));
         }
         self.check_rate(who)?;
-        match self.node.write(cmd, WRITE_WAIT).await {
-            Ok(Outcome::MessageChanged { seq, at, changed }) => Ok(ChangeAck {
+        match self.write_in_conversation(cmd).await? {
+            Outcome::MessageChanged { seq, at, changed } => Ok(ChangeAck {
                 seq: seq.0,
                 at,
                 changed,
             }),
-            Ok(other) => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+            other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Writes a member's command in a conversation: one that does not
+    /// exist answers `not_a_member`, as every conversation-scoped call
+    /// does, so ids cannot be probed.
+    async fn write_in_conversation(&self, cmd: Command) -> Result<Outcome, ApiError> {
+        match self.node.write(cmd, WRITE_WAIT).await {
             Err(missive_chat::Error::Rejected {
                 code: missive_chat::command::RejectCode::NoSuchConversation,
                 ..
             }) => Err(ApiError::not_a_member()),
-            Err(e) => Err(e.into()),
+            r => Ok(r?),
         }
     }
 
@@ -756,14 +764,9 @@ impl Service {
             keep_edits,
             retention,
         };
-        match self.node.write(cmd, WRITE_WAIT).await {
-            Ok(Outcome::Configured { settings, changed }) => Ok((settings, changed)),
-            Ok(other) => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
-            Err(missive_chat::Error::Rejected {
-                code: missive_chat::command::RejectCode::NoSuchConversation,
-                ..
-            }) => Err(ApiError::not_a_member()),
-            Err(e) => Err(e.into()),
+        match self.write_in_conversation(cmd).await? {
+            Outcome::Configured { settings, changed } => Ok((settings, changed)),
+            other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }
     }
 

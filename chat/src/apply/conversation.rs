@@ -218,22 +218,17 @@ impl Apply<'_, '_> {
             promoted,
             renamed: rename.map(str::to_string),
         };
-        let out = self.append(
-            conv,
-            Message::new(
-                Seq::ZERO,
-                actor,
-                DeviceId(0),
-                String::new(),
-                MessageKind::System,
-                records::encode(&event)?,
-                None,
-                None,
-            ),
+        let mut system = Message::new(
+            Seq::ZERO,
+            actor,
+            DeviceId(0),
+            String::new(),
+            MessageKind::System,
+            records::encode(&event)?,
             None,
-            stamp,
-            &audience,
-        )?;
+            None,
+        );
+        let out = self.append(conv, &mut system, None, stamp, &audience)?;
         Ok(match out {
             Outcome::Appended { ts, seq, .. } => Outcome::MembersChanged { version, ts, seq },
             other => other,

@@ -41,39 +41,17 @@ impl Apply<'_, '_> {
             ));
         }
         let keep_default = m.default_retention_micros;
-        Ok(
-            match self.send(&m.message, &m.mentions, keep_default, stamp)? {
-                Outcome::Appended {
-                    ts,
-                    seq,
-                    duplicate: false,
-                } => {
-                    // What `send` stored: read back from the records it
-                    // wrote in this same call.
-                    let ix = self.indexed(m.message.conv, seq)?;
-                    let stored = match ix {
-                        Some(ix) => self.rec.get(&msg_key(m.message.conv, ix.ts))?,
-                        None => None,
-                    };
-                    let stored = stored.map(|b| records::decode_message(&b)).transpose()?;
-                    Outcome::Sent {
-                        ts,
-                        seq,
-                        duplicate: false,
-                        expires_at: stored.as_ref().and_then(|s| s.expires_at),
-                        mentions: stored.map(|s| s.mentions).unwrap_or_default(),
-                    }
-                }
-                Outcome::Appended { ts, seq, .. } => Outcome::Sent {
-                    ts,
-                    seq,
-                    duplicate: true,
-                    expires_at: None,
-                    mentions: Vec::new(),
-                },
-                other => other,
+        let (out, stored) = self.send(&m.message, &m.mentions, keep_default, stamp)?;
+        Ok(match (out, stored) {
+            (Outcome::Appended { ts, seq, duplicate }, stored) => Outcome::Sent {
+                ts,
+                seq,
+                duplicate,
+                expires_at: stored.as_ref().and_then(|s| s.expires_at),
+                mentions: stored.map(|s| s.mentions).unwrap_or_default(),
             },
-        )
+            (other, _) => other,
+        })
     }
 
     /// A member's send: the message stored (see `append` for the
@@ -81,39 +59,34 @@ impl Apply<'_, '_> {
     /// `mentions`, the members other than the sender are kept in the
     /// message and told (a `Mentioned` event after the message's own);
     /// the message expires by the conversation's retention (or the
-    /// node's, `node_retention`), or earlier if the sender asked.
+    /// node's, `node_retention`), or earlier if the sender asked. With the
+    /// outcome, the message as stored, if this call stored it.
     pub(super) fn send(
         &mut self,
         new: &NewMessage,
         mentions: &[UserId],
         node_retention: Option<u64>,
         stamp: u64,
-    ) -> Result<Outcome> {
+    ) -> Result<(Outcome, Option<Message>)> {
         let conv = new.conv;
         let c = match self.member_of(conv, new.sender)? {
             Ok(c) => c,
-            Err(refused) => return Ok(refused),
+            Err(refused) => return Ok((refused, None)),
         };
         if c.kind == ConversationKind::Direct {
             let blocks = self.blocks(conv)?;
             if blocks.by.contains(&new.sender) {
-                return Ok(reject(
-                    RejectCode::Blocked,
-                    "you blocked this user: unblock them to send",
-                ));
+                let why = "you blocked this user: unblock them to send";
+                return Ok((reject(RejectCode::Blocked, why), None));
             }
             if !blocks.by.is_empty() {
-                return Ok(reject(
-                    RejectCode::Blocked,
-                    "this user does not accept your messages",
-                ));
+                let why = "this user does not accept your messages";
+                return Ok((reject(RejectCode::Blocked, why), None));
             }
         }
         if new.reply_to.is_some_and(|t| !c.sees(new.sender, t)) {
-            return Ok(reject(
-                RejectCode::NoSuchMessage,
-                "this conversation holds no such message to reply to",
-            ));
+            let why = "this conversation holds no such message to reply to";
+            return Ok((reject(RejectCode::NoSuchMessage, why), None));
         }
         let mut m = Message::new(
             Seq::ZERO,
@@ -132,33 +105,33 @@ impl Apply<'_, '_> {
                 .filter(|u| *u != new.sender && c.is_member(*u))
                 .collect(),
         );
-        let mentioned = m.mentions.clone();
         let keep = retention_micros(&c, node_retention);
-        let out = self.append(conv, m, keep, stamp, &c.members)?;
-        if let Outcome::Appended {
+        let out = self.append(conv, &mut m, keep, stamp, &c.members)?;
+        let Outcome::Appended {
             seq,
             duplicate: false,
             ..
         } = out
-        {
-            let event = EventKind::Mentioned {
-                seq,
-                sender: new.sender,
-            };
-            self.emit(conv, event, mentioned, stamp)?;
-            // Sending reads everything before: the sender's own
-            // messages never count as unread.
-            let key = receipt_key(conv, new.sender);
-            let old: Receipt = self.rec.get_as("receipt", &key)?.unwrap_or_default();
-            self.rec.put_as(
-                key,
-                &Receipt {
-                    delivered: old.delivered.max(seq),
-                    read: old.read.max(seq),
-                },
-            )?;
-        }
-        Ok(out)
+        else {
+            return Ok((out, None));
+        };
+        let event = EventKind::Mentioned {
+            seq,
+            sender: new.sender,
+        };
+        self.emit(conv, event, m.mentions.clone(), stamp)?;
+        // Sending reads everything before: the sender's own messages
+        // never count as unread.
+        let key = receipt_key(conv, new.sender);
+        let old: Receipt = self.rec.get_as("receipt", &key)?.unwrap_or_default();
+        self.rec.put_as(
+            key,
+            &Receipt {
+                delivered: old.delivered.max(seq),
+                read: old.read.max(seq),
+            },
+        )?;
+        Ok((out, Some(m)))
     }
 
     /// Message `seq` of `conv`, if the conversation holds it at `stamp`:
@@ -198,7 +171,7 @@ impl Apply<'_, '_> {
     pub(super) fn append(
         &mut self,
         conv: ConversationId,
-        mut m: Message,
+        m: &mut Message,
         keep: Option<u64>,
         stamp: u64,
         recipients: &[UserId],
@@ -235,7 +208,7 @@ impl Apply<'_, '_> {
             m.expires_at = Some(m.expires_at.map_or(until, |at| at.min(until)));
         }
         self.rec
-            .put(msg_key(conv, ts), records::encode_message(&m)?);
+            .put(msg_key(conv, ts), records::encode_message(m)?);
         let ix = Indexed {
             ts,
             expires_at: m.expires_at,

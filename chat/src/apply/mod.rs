@@ -168,22 +168,24 @@ pub(crate) fn run(
             kind,
             body,
             expires_at,
-        } => a.send(
-            &NewMessage {
-                conv: *conv,
-                sender: *sender,
-                device: *device,
-                client_msg_id: client_msg_id.clone(),
-                kind: *kind,
-                body: body.clone(),
-                expires_at: *expires_at,
-                reply_to: None,
-            },
-            &[],
-            None,
-            stamp,
-        ),
-        Command::Post(m) => a.send(m, &[], None, stamp),
+        } => a
+            .send(
+                &NewMessage {
+                    conv: *conv,
+                    sender: *sender,
+                    device: *device,
+                    client_msg_id: client_msg_id.clone(),
+                    kind: *kind,
+                    body: body.clone(),
+                    expires_at: *expires_at,
+                    reply_to: None,
+                },
+                &[],
+                None,
+                stamp,
+            )
+            .map(|(out, _)| out),
+        Command::Post(m) => Ok(a.send(m, &[], None, stamp)?.0),
         Command::SetReceipt {
             conv,
             user,
