@@ -13,7 +13,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use missive_chat::apply::SystemEvent;
-use missive_chat::command::{HistoryVisibility, MessageKind, Retention, Settings, UserId};
+use missive_chat::command::{
+    ConversationKind, HistoryVisibility, MessageKind, Retention, Settings, UserId,
+};
 use missive_chat::records::{self, EventKind, InboxEvent, Reaction};
 use missive_chat::StoredMessage;
 
@@ -50,6 +52,14 @@ impl<'de> Deserialize<'de> for Id {
 impl From<UserId> for Id {
     fn from(u: UserId) -> Self {
         Id(u.0)
+    }
+}
+
+/// Conversation kinds as the protocol spells them.
+pub fn conversation_kind_name(k: ConversationKind) -> &'static str {
+    match k {
+        ConversationKind::Direct => "direct",
+        ConversationKind::Group => "group",
     }
 }
 
@@ -1057,14 +1067,7 @@ pub fn list_out(items: Vec<crate::service::ListItem>) -> Vec<ListItemOut> {
         .map(|i| {
             let v = i.entry.view;
             let (kind, name, member_count) = match i.conversation {
-                Some(c) => (
-                    match c.kind {
-                        missive_chat::records::ConversationKind::Direct => "direct",
-                        missive_chat::records::ConversationKind::Group => "group",
-                    },
-                    c.name,
-                    c.members.len(),
-                ),
+                Some(c) => (conversation_kind_name(c.kind), c.name, c.members.len()),
                 None => ("direct", String::new(), 0),
             };
             ListItemOut {

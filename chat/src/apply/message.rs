@@ -207,8 +207,7 @@ impl Apply<'_, '_> {
             let until = ts.saturating_add(keep);
             m.expires_at = Some(m.expires_at.map_or(until, |at| at.min(until)));
         }
-        self.rec
-            .put(msg_key(conv, ts), records::encode_message(m)?);
+        self.rec.put(msg_key(conv, ts), records::encode_message(m)?);
         let ix = Indexed {
             ts,
             expires_at: m.expires_at,

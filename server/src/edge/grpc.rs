@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use missive_chat::command::{ConversationKind, UserId};
+use missive_chat::command::UserId;
 use missive_engine::keys::ConversationId;
 
 use crate::auth::Caller;
@@ -97,11 +97,7 @@ impl Grpc {
         let ids = |v: &[UserId]| v.iter().map(|u| u.0).collect();
         Ok(Response::new(pb::ConversationInfo {
             conv: conv.0,
-            kind: match c.kind {
-                ConversationKind::Direct => "direct",
-                ConversationKind::Group => "group",
-            }
-            .to_string(),
+            kind: crate::wire::conversation_kind_name(c.kind).to_string(),
             name: c.name.clone(),
             members: ids(&c.members),
             admins: ids(&c.admins),

@@ -429,10 +429,7 @@ async fn conversation(
     let ids = |v: &[UserId]| v.iter().map(|u| Id(u.0)).collect::<Vec<_>>();
     Ok(Json(json!({
         "conv": Id(conv.0),
-        "kind": match c.kind {
-            missive_chat::command::ConversationKind::Direct => "direct",
-            missive_chat::command::ConversationKind::Group => "group",
-        },
+        "kind": crate::wire::conversation_kind_name(c.kind),
         "name": c.name,
         "members": ids(&c.members),
         "admins": ids(&c.admins),
