@@ -5,12 +5,15 @@
 //! `decorated` every message was edited once and carries three reactions
 //! from three members. Then, in rounds that alternate which conversation
 //! goes first, `--pages` history requests of 50 messages each over HTTP
-//! with `--parallel` in flight: `pageback` pages at random cursors (read
-//! from the store) and `latest` (the newest page, served from the
-//! recent-messages cache when it holds it). Reported per conversation and
+//! with `--parallel` in flight: `pageback` pages at random cursors (each
+//! a message's ts, as a client's next page is) and `latest` (the newest
+//! page). Reported per conversation and
 //! workload: pages/s, latency, and the server's CPU per page (from
 //! /proc), and the decorated/plain ratio of that CPU — the anchor is the
-//! plain conversation of the same run.
+//! plain conversation of the same run. Pages come from the server's
+//! recent-messages cache once it holds them (older pages too, since they
+//! are cached when first read); `--cold` turns the cache off to measure
+//! the store path.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -46,6 +49,10 @@ pub struct HistoryArgs {
     /// it, each decorated message has five versions in the memtable.
     #[arg(long)]
     pub settle: bool,
+    /// Turn the server's recent-messages cache off, so every page —
+    /// the newest too — is read from the store and rendered.
+    #[arg(long)]
+    pub cold: bool,
     /// The `missived` binary to start [default: next to this one].
     #[arg(long)]
     pub missived: Option<PathBuf>,
@@ -106,7 +113,7 @@ pub fn run(a: &HistoryArgs) -> Result<()> {
             .context("exe dir")?
             .join("missived"),
     };
-    let srv = Server::spawn(&bin, tmp.path(), 64)?;
+    let srv = Server::spawn(&bin, tmp.path(), 64, a.cold.then_some(0))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -88,6 +88,7 @@ pub enum Command {
         /// What it is.
         kind: MessageKind,
         /// Opaque bytes (may be ciphertext).
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
         /// When it disappears (µs since the epoch), if ever.
         expires_at: Option<u64>,
@@ -189,6 +190,7 @@ pub enum Command {
         /// The message.
         seq: Seq,
         /// The new body.
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
         /// How long after sending a message may be edited (µs; the
         /// server's configuration, carried so every replica judges alike).
@@ -362,6 +364,7 @@ pub struct NewMessage {
     /// What it is.
     pub kind: MessageKind,
     /// Opaque bytes (may be ciphertext).
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// When it disappears (µs since the epoch), if ever.
     pub expires_at: Option<u64>,

@@ -140,7 +140,7 @@ pub fn run(a: &E2eArgs) -> Result<()> {
                     .context("exe dir")?
                     .join("missived"),
             };
-            Server::spawn(&bin, tmp.path(), a.connections)?
+            Server::spawn(&bin, tmp.path(), a.connections, None)?
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

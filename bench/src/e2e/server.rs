@@ -25,8 +25,8 @@ pub struct Server {
 /// The `missived` config of a benchmark run: the defaults except the
 /// limits a load generator crosses on purpose (it is one machine opening
 /// thousands of sockets and sending from every one of them).
-fn config_text(data_dir: &Path, connections: usize) -> String {
-    format!(
+fn config_text(data_dir: &Path, connections: usize, message_cache_bytes: Option<u64>) -> String {
+    let mut text = format!(
         "listen = \"127.0.0.1:0\"\n\
          data_dir = {data_dir:?}\n\
          [node]\n\
@@ -39,16 +39,28 @@ fn config_text(data_dir: &Path, connections: usize) -> String {
          send_burst = 1000\n",
         data_dir = data_dir.display().to_string(),
         max = connections + 1024,
-    )
+    );
+    if let Some(b) = message_cache_bytes {
+        text.push_str(&format!("message_cache_bytes = {b}\n"));
+    }
+    text
 }
 
 impl Server {
     /// Starts `missived` at `bin` with data under `dir`; waits for its
-    /// "listening" line. Its log goes to `dir/missived.log`.
-    pub fn spawn(bin: &Path, dir: &Path, connections: usize) -> Result<Server> {
+    /// "listening" line. Its log goes to `dir/missived.log`. With
+    /// `message_cache_bytes`, its recent-messages cache has that size
+    /// (0: off) instead of the default.
+    pub fn spawn(
+        bin: &Path,
+        dir: &Path,
+        connections: usize,
+        message_cache_bytes: Option<u64>,
+    ) -> Result<Server> {
         std::fs::create_dir_all(dir)?;
         let cfg = dir.join("missived.toml");
-        std::fs::write(&cfg, config_text(&dir.join("data"), connections))?;
+        let text = config_text(&dir.join("data"), connections, message_cache_bytes);
+        std::fs::write(&cfg, text)?;
         let log = std::fs::File::create(dir.join("missived.log"))?;
         let mut log_out = log.try_clone()?;
         // Guards a loopback server that lives for one run.
