@@ -329,13 +329,16 @@ pub struct Unsent {
     pub by: UserId,
 }
 
-/// One emoji on a message and who put it there.
+/// One emoji on a message and who put it there. Encoded as a string and
+/// a sequence (the types only keep short ones inline in memory: decoding
+/// a history page's reactions allocates nothing for an emoji of up to 23
+/// bytes used by up to 4 members).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reaction {
     /// The emoji (a short UTF-8 string).
-    pub emoji: String,
+    pub emoji: smol_str::SmolStr,
     /// Who reacted with it, in the order they did (never empty).
-    pub users: Vec<UserId>,
+    pub users: smallvec::SmallVec<[UserId; 4]>,
 }
 
 /// A message's reactions: the record the reaction rule decides from

@@ -874,7 +874,7 @@ fn stored_records_and_their_keys() {
         }),
         reactions: vec![Reaction {
             emoji: "👍".into(),
-            users: vec![UserId(8), UserId(9)],
+            users: vec![UserId(8), UserId(9)].into(),
         }],
         prior: vec![PriorBody {
             replaced_at: 1_700_000_000_000_009,

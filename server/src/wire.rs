@@ -185,10 +185,16 @@ pub struct MessageOut {
         serialize_with = "reaction_counts"
     )]
     pub reactions: Arc<[Reaction]>,
-    /// The viewer's own emoji on it (absent if none; see
-    /// [`MessageOut::for_viewer`]).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub my_reactions: Vec<String>,
+    /// Who reads it ([`MessageOut::for_viewer`]; none in the cache):
+    /// written as `my_reactions`, the viewer's own emoji (absent if none),
+    /// found while serializing so that rendering a page for a reader
+    /// allocates nothing per reaction.
+    #[serde(
+        rename = "my_reactions",
+        skip_serializing_if = "Viewer::reacted_to_nothing",
+        serialize_with = "Viewer::emoji"
+    )]
+    pub viewer: Viewer,
     /// The members it mentions (absent if none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<Id>,
@@ -322,6 +328,34 @@ fn reactions_empty(r: &Arc<[Reaction]>) -> bool {
     r.is_empty()
 }
 
+/// A message's reader and its reactions, for `my_reactions`.
+#[derive(Debug, Clone, Default)]
+pub struct Viewer {
+    /// The reader (none: nobody's view, as cached).
+    pub user: Option<UserId>,
+    /// The message's reactions (shared with [`MessageOut::reactions`]).
+    pub reactions: Arc<[Reaction]>,
+}
+
+impl Viewer {
+    /// The emoji the reader put on the message.
+    pub fn mine(&self) -> impl Iterator<Item = &str> {
+        let user = self.user;
+        self.reactions
+            .iter()
+            .filter(move |r| user.is_some_and(|u| r.users.contains(&u)))
+            .map(|r| r.emoji.as_str())
+    }
+
+    fn reacted_to_nothing(&self) -> bool {
+        self.mine().next().is_none()
+    }
+
+    fn emoji<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.mine())
+    }
+}
+
 /// `[Reaction]` as `{"emoji": count, …}`, in order.
 fn reaction_counts<S: Serializer>(r: &Arc<[Reaction]>, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
@@ -364,7 +398,8 @@ fn ids(v: &[UserId]) -> Vec<Id> {
 impl MessageOut {
     /// Renders a stored message.
     pub fn from_stored(conv: u64, m: StoredMessage) -> MessageOut {
-        let msg = m.message;
+        let mut msg = m.message;
+        let reactions: Arc<[Reaction]> = std::mem::take(&mut msg.reactions).into();
         let system = (msg.kind == MessageKind::System)
             .then(|| records::decode::<SystemEvent>("system event", &msg.body).ok())
             .flatten()
@@ -399,8 +434,11 @@ impl MessageOut {
                 at: u.at,
                 by: Id(u.by.0),
             }),
-            reactions: msg.reactions.into(),
-            my_reactions: Vec::new(),
+            reactions: Arc::clone(&reactions),
+            viewer: Viewer {
+                user: None,
+                reactions,
+            },
             mentions: ids(&msg.mentions),
             prior: msg
                 .prior
@@ -419,12 +457,7 @@ impl MessageOut {
 
     /// This message as `viewer` sees it: which reactions are theirs.
     pub fn for_viewer(mut self, viewer: UserId) -> MessageOut {
-        self.my_reactions = self
-            .reactions
-            .iter()
-            .filter(|r| r.users.contains(&viewer))
-            .map(|r| r.emoji.clone())
-            .collect();
+        self.viewer.user = Some(viewer);
         self
     }
 }

@@ -256,8 +256,8 @@ impl Apply<'_, '_> {
                     ));
                 }
                 None => r.list.push(Reaction {
-                    emoji: emoji.to_string(),
-                    users: vec![user],
+                    emoji: emoji.into(),
+                    users: smallvec::smallvec![user],
                 }),
             }
         } else {

@@ -743,7 +743,7 @@ fn reactions_are_a_set_per_user_and_emoji_with_bounds() {
     let got: Vec<(String, Vec<u64>)> = m
         .reactions
         .iter()
-        .map(|r| (r.emoji.clone(), r.users.iter().map(|u| u.0).collect()))
+        .map(|r| (r.emoji.to_string(), r.users.iter().map(|u| u.0).collect()))
         .collect();
     assert_eq!(got, [("👍".into(), vec![2, 3]), ("🎉".into(), vec![3])]);
     assert!(changed(&s.out(react(3, 1, "🎉", false))));

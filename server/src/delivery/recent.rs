@@ -198,7 +198,7 @@ mod tests {
             edits: None,
             unsent: None,
             reactions: Arc::default(),
-            my_reactions: Vec::new(),
+            viewer: crate::wire::Viewer::default(),
             mentions: Vec::new(),
             prior: Vec::new(),
         }

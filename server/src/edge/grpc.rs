@@ -171,9 +171,9 @@ fn pb_message(m: MessageOut) -> pb::Message {
             .reactions
             .iter()
             .map(|r| pb::Reaction {
-                emoji: r.emoji.clone(),
+                emoji: r.emoji.to_string(),
                 count: u32::try_from(r.users.len()).unwrap_or(u32::MAX),
-                mine: m.my_reactions.contains(&r.emoji),
+                mine: m.viewer.user.is_some_and(|u| r.users.contains(&u)),
             })
             .collect(),
         mentions: m.mentions.iter().map(|u| u.0).collect(),
