@@ -303,13 +303,9 @@ fn every_event_is_an_outbox_entry_with_the_members_as_recipients() {
     assert!(!s.kv.contains_key(&outbox_key(CONV, Eseq(2))));
 }
 
-#[test]
-fn a_repeated_delivery_is_skipped() {
-    let mut s = Shard::default();
-    s.out(group(&[1, 2]));
-    let (_, fx) = s.apply(send(1, "a"));
-    let items: Vec<Delivery> = fx
-        .fresh
+/// The inbox deliveries of outbox entries, one per recipient, in order.
+fn deliveries(fresh: &[crate::outbox_feed::Fresh]) -> Vec<Delivery> {
+    fresh
         .iter()
         .flat_map(|f| {
             f.entry.recipients.iter().map(|u| Delivery {
@@ -320,7 +316,15 @@ fn a_repeated_delivery_is_skipped() {
                 at: f.entry.at,
             })
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_repeated_delivery_is_skipped() {
+    let mut s = Shard::default();
+    s.out(group(&[1, 2]));
+    let (_, fx) = s.apply(send(1, "a"));
+    let items = deliveries(&fx.fresh);
     let (o, fx) = s.apply(Command::Deliver {
         items: items.clone(),
     });
@@ -998,7 +1002,15 @@ fn hiding_is_for_one_member_and_their_devices_only() {
 // ---------------------------------------------------------------------------
 // Mentions, settings (history visibility, edit history, retention), erasure.
 
-fn mention(sender: u64, cid: &str, mentions: &[u64]) -> Command {
+/// A `Send` of `sender`'s message `cid` mentioning `mentions`, with the
+/// node's default retention `keep` and the sender's own `expires_at`.
+fn send_with(
+    sender: u64,
+    cid: &str,
+    mentions: &[u64],
+    keep: Option<u64>,
+    expires_at: Option<u64>,
+) -> Command {
     Command::Send(crate::command::SendMessage {
         message: NewMessage {
             conv: CONV,
@@ -1007,12 +1019,16 @@ fn mention(sender: u64, cid: &str, mentions: &[u64]) -> Command {
             client_msg_id: cid.into(),
             kind: MessageKind::Text,
             body: format!("hi from {sender}").into_bytes(),
-            expires_at: None,
+            expires_at,
             reply_to: None,
         },
         mentions: mentions.iter().map(|u| UserId(*u)).collect(),
-        default_retention_micros: None,
+        default_retention_micros: keep,
     })
+}
+
+fn mention(sender: u64, cid: &str, mentions: &[u64]) -> Command {
+    send_with(sender, cid, mentions, None, None)
 }
 
 fn sent(o: &Outcome) -> (u64, Option<u64>, Vec<UserId>) {
@@ -1047,19 +1063,8 @@ impl Shard {
     /// per event, as the fan-out would).
     fn apply_and_deliver(&mut self, cmd: Command) -> Outcome {
         let (out, fx) = self.apply(cmd);
-        for f in fx.fresh {
-            let items = f
-                .entry
-                .recipients
-                .iter()
-                .map(|u| Delivery {
-                    user: *u,
-                    conv: f.conv,
-                    eseq: f.eseq,
-                    event: f.entry.event.clone(),
-                    at: f.entry.at,
-                })
-                .collect();
+        for f in &fx.fresh {
+            let items = deliveries(std::slice::from_ref(f));
             self.out(Command::Deliver { items });
         }
         out
@@ -1146,20 +1151,7 @@ fn retention_stamps_each_new_message_like_a_disappearing_one() {
     let mut s = Shard::default();
     s.out(group(&[1, 2]));
     let node_default = |sender: u64, cid: &str, keep: Option<u64>, expires: Option<u64>| {
-        Command::Send(crate::command::SendMessage {
-            message: NewMessage {
-                conv: CONV,
-                sender: UserId(sender),
-                device: DeviceId(1),
-                client_msg_id: cid.into(),
-                kind: MessageKind::Text,
-                body: b"x".to_vec(),
-                expires_at: expires,
-                reply_to: None,
-            },
-            mentions: Vec::new(),
-            default_retention_micros: keep,
-        })
+        send_with(sender, cid, &[], keep, expires)
     };
     // The node's default applies until the conversation sets its own.
     let (seq, exp, _) = sent(&s.out(node_default(1, "a", Some(3 * DAY), None)));
