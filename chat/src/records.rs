@@ -407,6 +407,32 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message> {
     decode_with_tail("message", rest, tail)
 }
 
+/// A stored message's `expires_at`, read without decoding the rest: the
+/// fields up to it are the same in every version (1 to 4), so only they
+/// are parsed, borrowed. The engine's retention rule asks this of every
+/// message a read or a compaction visits; decoding whole messages there
+/// (reactions, prior bodies) doubled the decode cost of every page.
+pub fn message_expires_at(bytes: &[u8]) -> Result<Option<u64>> {
+    /// The shared prefix of every message version.
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        _seq: Seq,
+        _sender: UserId,
+        _device: DeviceId,
+        /// Read as bytes: a `&str` would check its UTF-8 for nothing.
+        #[serde(borrow)]
+        _client_msg_id: &'a [u8],
+        _kind: MessageKind,
+        #[serde(borrow)]
+        _body: &'a [u8],
+        expires_at: Option<u64>,
+    }
+    let (_, rest) = split_versioned("message", bytes, MESSAGE_VERSION)?;
+    let (head, _) = postcard::take_from_bytes::<Head<'_>>(rest)
+        .map_err(|e| missive_raft::Error::malformed("message", e))?;
+    Ok(head.expires_at)
+}
+
 /// The version byte of a stored [`Conversation`].
 pub const CONVERSATION_VERSION: u8 = 2;
 

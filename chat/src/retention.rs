@@ -14,14 +14,14 @@ use crate::records;
 /// `expires_at` its value carries (disappearing messages). Reads filter an
 /// expired message out at once and compaction drops it. Only message keys
 /// are ever judged (the engine checks the key's keyspace first), and a
-/// value that does not decode is kept, so the read that needs it reports
+/// value whose head does not decode is kept, so the read that needs it reports
 /// the corruption instead of it silently vanishing.
 pub fn message_retention() -> Arc<dyn Retention> {
     Arc::new(MessageRetention {
         expires_at: |value: &[u8]| {
-            records::decode_message(value)
+            records::message_expires_at(value)
                 .ok()
-                .and_then(|m| m.expires_at)
+                .flatten()
                 .map(Timestamp)
         },
         window: |_conv: ConversationId| None,
