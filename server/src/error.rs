@@ -137,8 +137,13 @@ impl From<missive_chat::Error> for ApiError {
             E::Rejected { code, message } => {
                 use missive_chat::command::RejectCode as R;
                 let status = match code {
-                    R::NoSuchConversation | R::NoSuchMessage => StatusCode::NOT_FOUND,
-                    R::NotAMember | R::Forbidden | R::TooLate | R::Blocked => StatusCode::FORBIDDEN,
+                    // One answer, word for word, whether the conversation
+                    // is missing or not the caller's: apply's messages
+                    // name the ids and differ, and a stranger can compute
+                    // any pair's direct id.
+                    R::NoSuchConversation | R::NotAMember => return Self::not_a_member(),
+                    R::NoSuchMessage => StatusCode::NOT_FOUND,
+                    R::Forbidden | R::TooLate | R::Blocked => StatusCode::FORBIDDEN,
                     R::Conflict => StatusCode::CONFLICT,
                     _ => StatusCode::BAD_REQUEST,
                 };

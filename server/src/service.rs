@@ -254,6 +254,9 @@ impl Service {
         }
     }
 
+    /// Writes a command. A conversation that does not exist answers
+    /// `not_a_member`, like one the caller is not in (see the `ApiError`
+    /// conversion), so that ids cannot be probed.
     async fn write(&self, cmd: Command) -> Result<Outcome, ApiError> {
         Ok(self.node.write(cmd, WRITE_WAIT).await?)
     }
@@ -428,26 +431,13 @@ impl Service {
             return Err(ApiError::invalid("seq must be a message's seq (1 or more)"));
         }
         self.check_rate(who)?;
-        match self.write_in_conversation(cmd).await? {
+        match self.write(cmd).await? {
             Outcome::MessageChanged { seq, at, changed } => Ok(ChangeAck {
                 seq: seq.0,
                 at,
                 changed,
             }),
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
-        }
-    }
-
-    /// Writes a member's command in a conversation: one that does not
-    /// exist answers `not_a_member`, as every conversation-scoped call
-    /// does, so ids cannot be probed.
-    async fn write_in_conversation(&self, cmd: Command) -> Result<Outcome, ApiError> {
-        match self.node.write(cmd, WRITE_WAIT).await {
-            Err(missive_chat::Error::Rejected {
-                code: missive_chat::command::RejectCode::NoSuchConversation,
-                ..
-            }) => Err(ApiError::not_a_member()),
-            r => Ok(r?),
         }
     }
 
@@ -764,7 +754,7 @@ impl Service {
             keep_edits,
             retention,
         };
-        match self.write_in_conversation(cmd).await? {
+        match self.write(cmd).await? {
             Outcome::Configured { settings, changed } => Ok((settings, changed)),
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }

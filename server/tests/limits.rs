@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use common::{config, message_seqs, start, token, Http, Ws};
 use missive_chat::command::{DeviceId, UserId};
@@ -363,4 +363,108 @@ fn sigterm_drains_and_exits_zero() {
         .output()
         .unwrap();
     assert!(again.status.success());
+}
+
+/// Every conversation-scoped call a stranger can make to `conv`, with
+/// the answer each got: HTTP (status, code, message) and WebSocket
+/// (code, message).
+async fn probe_as_stranger(eve: &Http, ws: &mut Ws, conv: &str) -> Vec<(String, Value)> {
+    let c = format!("/v1/conversations/{conv}");
+    let http = [
+        ("GET", c.clone(), None),
+        ("PATCH", c.clone(), Some(json!({"name": "mine"}))),
+        (
+            "PUT",
+            format!("{c}/settings"),
+            Some(json!({"history": "shared"})),
+        ),
+        ("POST", format!("{c}/members"), Some(json!({"add": ["3"]}))),
+        ("POST", format!("{c}/leave"), Some(json!({}))),
+        ("GET", format!("{c}/messages"), None),
+        (
+            "POST",
+            format!("{c}/messages"),
+            Some(json!({"client_msg_id": "e1", "body": "hi"})),
+        ),
+        (
+            "PATCH",
+            format!("{c}/messages/1"),
+            Some(json!({"body": "x"})),
+        ),
+        ("DELETE", format!("{c}/messages/1"), None),
+        (
+            "PUT",
+            format!("{c}/messages/1/reactions/%F0%9F%91%8D"),
+            Some(json!({})),
+        ),
+        ("POST", format!("{c}/messages/1/hide"), Some(json!({}))),
+        ("GET", format!("{c}/pins"), None),
+        ("PUT", format!("{c}/pins/1"), Some(json!({}))),
+        ("GET", format!("{c}/receipts"), None),
+        ("POST", format!("{c}/receipts"), Some(json!({"read": 1}))),
+    ];
+    let mut answers = Vec::new();
+    for (method, path, body) in http {
+        let (s, v) = match method {
+            "GET" => eve.get(&path).await,
+            "POST" => eve.post(&path, body.unwrap()).await,
+            "PUT" => eve.put(&path, body.unwrap()).await,
+            "PATCH" => eve.patch(&path, body.unwrap()).await,
+            _ => eve.delete(&path).await,
+        };
+        let what = format!("{method} {}", path.replace(conv, "{conv}"));
+        answers.push((what, json!([s, v["error"]["code"], v["error"]["message"]])));
+    }
+    let frames = [
+        json!({"type": "history", "conv": conv}),
+        json!({"type": "send", "conv": conv, "client_msg_id": "e2", "body": "hi"}),
+        json!({"type": "configure", "conv": conv, "history": "joined"}),
+        json!({"type": "edit", "conv": conv, "seq": 1, "body": "x"}),
+        json!({"type": "unsend", "conv": conv, "seq": 1}),
+        json!({"type": "react", "conv": conv, "seq": 1, "emoji": "👍"}),
+        json!({"type": "pin", "conv": conv, "seq": 1}),
+        json!({"type": "pins", "conv": conv}),
+        json!({"type": "hide", "conv": conv, "seq": 1}),
+        json!({"type": "receipt", "conv": conv, "read": 1}),
+    ];
+    let mut seen = Vec::new();
+    for f in frames {
+        let what = format!("ws {}", f["type"]);
+        let r = ws.request(f, &mut seen).await;
+        answers.push((what, json!([r["type"], r["code"], r["message"]])));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_tell_whether_a_conversation_exists_or_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let eve = Http::new(srv.addr(), token(&c, 3, 1));
+    let mut ws = Ws::connect(srv.addr(), &token(&c, 3, 1)).await;
+    // A direct conversation's id is a function of the pair: eve can
+    // compute alice and bob's before and after they talk.
+    let pair = missive_chat::ids::direct_id(UserId(1), UserId(2))
+        .0
+        .to_string();
+    let untouched = probe_as_stranger(&eve, &mut ws, &pair).await;
+    assert_eq!(alice.direct(2).await, pair);
+    alice.send(&pair, "m1", "hello bob").await;
+    let talking = probe_as_stranger(&eve, &mut ws, &pair).await;
+    let group = alice.group("g", &[2]).await;
+    alice.send(&group, "m1", "hello all").await;
+    let a_group = probe_as_stranger(&eve, &mut ws, &group).await;
+    let nothing = probe_as_stranger(&eve, &mut ws, "123456789").await;
+    for (i, (what, answer)) in untouched.iter().enumerate() {
+        assert!(
+            answer[1] == "not_a_member",
+            "{what} before they talked: {answer}"
+        );
+        for other in [&talking, &a_group, &nothing] {
+            assert_eq!(&other[i], &untouched[i], "{what} tells them apart");
+        }
+    }
+    srv.shutdown().await.unwrap();
 }

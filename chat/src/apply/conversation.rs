@@ -110,25 +110,15 @@ impl Apply<'_, '_> {
         stamp: u64,
     ) -> Result<Outcome> {
         let key = conversation_key(conv);
-        let Some(mut c) = self.conversation(conv)? else {
-            return Ok(reject(
-                RejectCode::NoSuchConversation,
-                format!("conversation {} does not exist", conv.0),
-            ));
+        // Membership first: a stranger must not learn the kind.
+        let mut c = match self.member_of(conv, actor)? {
+            Ok(c) => c,
+            Err(refused) => return Ok(refused),
         };
         if c.kind != ConversationKind::Group {
             return Ok(reject(
                 RejectCode::Invalid,
                 "a direct conversation's members cannot change",
-            ));
-        }
-        if !c.is_member(actor) {
-            return Ok(reject(
-                RejectCode::NotAMember,
-                format!(
-                    "user {} is not a member of conversation {}",
-                    actor.0, conv.0
-                ),
             ));
         }
         let leaving = add.is_empty() && promote.is_empty() && rename.is_none() && remove == [actor];
