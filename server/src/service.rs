@@ -1225,6 +1225,23 @@ impl Service {
             .map(|m| MessageOut::from_stored(e.conv.0, m).for_viewer(who)))
     }
 
+    /// `bad_cursor` if `after` is beyond `who`'s newest event — judged
+    /// on the leader's state (a read index), so that a cursor handed out
+    /// by a replica ahead of this one is not refused while this one
+    /// catches up, and a cursor that is really wrong is refused at once.
+    /// Callers ask only when a local page's head is below `after`.
+    pub async fn check_cursor(&self, who: UserId, after: u64) -> Result<(), ApiError> {
+        let head = self.read(|c| self.node.user_head(who, c)).await?.useq.0;
+        if after <= head {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_cursor",
+            format!("cursor {after} is beyond this user's newest event {head}"),
+        ))
+    }
+
     /// A page of inbox events after `after`, and the newest useq now.
     pub async fn inbox_page(
         &self,

@@ -32,20 +32,30 @@ impl Serialize for Id {
 }
 
 impl<'de> Deserialize<'de> for Id {
+    /// A decimal string (what the server sends) or a JSON number; the
+    /// error names what an id is, not how serde looked for one.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            N(u64),
+        struct IdVisitor;
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = Id;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an id: a decimal string such as \"42\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Id, E> {
+                Ok(Id(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Id, E> {
+                u64::try_from(n)
+                    .map(Id)
+                    .map_err(|_| E::custom(format!("{n} is not an id (ids are not negative)")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Id, E> {
+                s.parse()
+                    .map(Id)
+                    .map_err(|_| E::custom(format!("{s:?} is not a decimal id")))
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Id(n)),
-            Raw::S(s) => s
-                .parse()
-                .map(Id)
-                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a decimal id"))),
-        }
+        d.deserialize_any(IdVisitor)
     }
 }
 

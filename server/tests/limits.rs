@@ -181,6 +181,27 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
         (e["code"].as_str(), e["id"].as_str()),
         (Some("unknown_frame_type"), Some("t1"))
     );
+    // JSON that is not an object with a type is not a frame at all.
+    for not_a_frame in ["[1,2,3]", r#""hi""#, "{}", r#"{"type":7}"#] {
+        ws.send_raw(not_a_frame).await;
+        let e = ws.next().await.unwrap();
+        assert_eq!(e["code"], "malformed_frame", "{not_a_frame}: {e}");
+    }
+    // Every request type the protocol lists is known (a bad one is
+    // malformed, not unknown), and the message names the field, not
+    // serde's internals.
+    ws.send_raw(r#"{"type":"configure","id":"c1"}"#).await;
+    let e = ws.next().await.unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("malformed_frame"), Some("c1"))
+    );
+    ws.send_raw(r#"{"type":"history","id":"h1","conv":{"x":1}}"#)
+        .await;
+    let e = ws.next().await.unwrap();
+    assert_eq!(e["code"], "malformed_frame");
+    let m = e["message"].as_str().unwrap();
+    assert!(!m.contains("untagged") && !m.contains("Raw"), "{m}");
     ws.send_raw(r#"{"type":"send","id":"s1","conv":"1"}"#).await;
     let e = ws.next().await.unwrap();
     assert_eq!(
@@ -201,10 +222,18 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
         )
         .await;
     assert_eq!(r["code"], "invalid");
+    // A cursor beyond the stream is refused at once (it used to take the
+    // 5 s a lagging replica was given to catch up).
+    let asked = std::time::Instant::now();
     let r = ws
         .request(json!({"type": "sync", "after": 99}), &mut seen)
         .await;
     assert_eq!(r["code"], "bad_cursor", "{r}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
     // Still open: a ping and a real send work.
     let r = ws.request(json!({"type": "ping"}), &mut seen).await;
     assert_eq!(r["type"], "pong");

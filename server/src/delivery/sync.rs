@@ -97,9 +97,9 @@ pub(crate) async fn sync_pump<S: FrameSink>(
     let mut cursor = after;
     let mut synced = false;
     let mut look_in_store = false;
-    // A cursor from a replica ahead of this one: give this one time to
-    // catch up before calling the cursor bad.
-    let patience = tokio::time::Instant::now() + Duration::from_secs(5);
+    // Whether `after` was checked against the leader's head (see
+    // `Service::check_cursor`): then only this replica is behind.
+    let mut cursor_checked = false;
     loop {
         // Live, the hub's ring usually holds exactly what the wake was for;
         // it answers only when it can vouch for everything after the cursor.
@@ -123,18 +123,19 @@ pub(crate) async fn sync_pump<S: FrameSink>(
             }
         };
         if after > head && !synced {
-            if tokio::time::Instant::now() < patience {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+            if !cursor_checked {
+                match svc.check_cursor(who.user, after).await {
+                    Ok(()) => cursor_checked = true,
+                    Err(e) if e.code == "bad_cursor" => {
+                        tx.send(ServerFrame::error(id, &e)).await;
+                        return;
+                    }
+                    // No leader to ask right now: look again shortly.
+                    Err(_) => {}
+                }
             }
-            let e = ApiError {
-                code: "bad_cursor",
-                ..ApiError::invalid(format!(
-                    "cursor {after} is beyond this user's newest event {head}"
-                ))
-            };
-            tx.send(ServerFrame::error(id, &e)).await;
-            return;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
         }
         let full = events.len() == page;
         for (useq, e) in events {

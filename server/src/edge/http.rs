@@ -811,14 +811,9 @@ async fn sync(
     }
     let (events, head) = s.service.inbox_page(who.user, q.after, limit).await?;
     if q.after > head {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_cursor",
-            format!(
-                "after={} is beyond this user's newest event {head}",
-                q.after
-            ),
-        ));
+        // Beyond this replica: refused if beyond the leader too, else an
+        // empty page (this replica is behind; ask again).
+        s.service.check_cursor(who.user, q.after).await?;
     }
     let mut out = Vec::with_capacity(events.len());
     let mut cursor = q.after;

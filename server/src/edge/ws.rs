@@ -46,8 +46,24 @@ pub mod close {
 /// Requests of one session handled concurrently (a client may pipeline).
 const IN_FLIGHT: usize = 64;
 /// Frame types a client may send.
-const CLIENT_TYPES: [&str; 7] = [
-    "send", "receipt", "history", "sync", "ping", "presence", "typing",
+const CLIENT_TYPES: [&str; 17] = [
+    "send",
+    "configure",
+    "edit",
+    "unsend",
+    "react",
+    "pin",
+    "pins",
+    "hide",
+    "block",
+    "blocks",
+    "conversations",
+    "receipt",
+    "history",
+    "sync",
+    "ping",
+    "presence",
+    "typing",
 ];
 
 /// Frames written per flush at most.
@@ -134,7 +150,7 @@ pub async fn run<S, E>(socket: S, state: AppState, who: Caller)
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
     <S as Sink<Message>>::Error: Send,
-    E: std::fmt::Display + Send,
+    E: SocketError,
 {
     let metrics = Arc::clone(&state.service.metrics);
     metrics.websockets.inc();
@@ -234,11 +250,9 @@ where
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                // tungstenite refuses a message above max_message_size and
-                // the stream cannot continue after it.
-                let too_big =
-                    e.to_string().contains("too long") || e.to_string().contains("too big");
-                if too_big {
+                // tungstenite refuses a message (or a frame) above its
+                // limit and the stream cannot continue after it.
+                if e.too_big() {
                     let _ = tx
                         .send(ServerFrame::error(
                             None,
@@ -324,6 +338,22 @@ where
     metrics.websockets.dec();
 }
 
+/// A failure of the socket a session reads.
+pub trait SocketError: Send {
+    /// Whether the peer sent a message (or frame) above the size limit.
+    fn too_big(self) -> bool;
+}
+
+impl SocketError for axum::Error {
+    fn too_big(self) -> bool {
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+        matches!(
+            self.into_inner().downcast_ref::<WsError>(),
+            Some(WsError::Capacity(CapacityError::MessageTooLong { .. }))
+        )
+    }
+}
+
 /// Parses a frame; on failure, the request id if one was readable.
 fn parse(text: &str) -> Result<ClientFrame, (Option<String>, ApiError)> {
     // A well-formed frame in one pass; only a bad one goes through a JSON
@@ -341,11 +371,17 @@ fn parse(text: &str) -> Result<ClientFrame, (Option<String>, ApiError)> {
         )
     })?;
     let id = v.get("id").and_then(|i| i.as_str()).map(str::to_string);
-    let ty = v
-        .get("type")
-        .and_then(|t| t.as_str())
-        .unwrap_or("")
-        .to_string();
+    // `[1,2,3]`, `"hi"`, `{}`: not a frame at all, rather than a frame of
+    // a type we do not know.
+    let Some(ty) = v.get("type").and_then(|t| t.as_str()).map(str::to_string) else {
+        return Err((
+            id,
+            ApiError {
+                code: "malformed_frame",
+                ..ApiError::invalid("a frame is a JSON object with a string \"type\"")
+            },
+        ));
+    };
     if !CLIENT_TYPES.contains(&ty.as_str()) {
         return Err((
             id,
@@ -641,6 +677,26 @@ mod tests {
 
     use axum::extract::ws::Message;
     use futures_util::{Sink, Stream};
+
+    use super::CLIENT_TYPES;
+    use crate::wire::ClientFrame;
+
+    /// The list that tells an unknown type from a malformed frame must
+    /// name every frame the server reads: serde lists the variants it
+    /// expected when it meets an unknown one.
+    #[test]
+    fn the_known_frame_types_are_the_client_frames() {
+        let e = serde_json::from_str::<ClientFrame>(r#"{"type":"no-such-type"}"#)
+            .unwrap_err()
+            .to_string();
+        let listed = e.split("expected one of").nth(1).expect(&e);
+        // "`send`, `configure`, … `typing` at line 1 column 24"
+        let mut variants: Vec<&str> = listed.split('`').skip(1).step_by(2).collect();
+        let mut known = CLIENT_TYPES.to_vec();
+        variants.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(variants, known, "from {e}");
+    }
     use tokio::sync::{mpsc, watch};
 
     use missive_chat::command::{Command, ConversationKind};
@@ -661,6 +717,13 @@ mod tests {
     struct Duplex {
         from_client: mpsc::UnboundedReceiver<Result<Message, String>>,
         to_client: mpsc::UnboundedSender<Message>,
+    }
+
+    /// The channel stand-in fails only when a test says so.
+    impl super::SocketError for String {
+        fn too_big(self) -> bool {
+            self == "too big"
+        }
     }
 
     impl Stream for Duplex {
