@@ -342,7 +342,21 @@ impl<A: App> Node<A> {
             if !picked.contains_key(&self.inner.id) {
                 continue;
             }
-            match g.raft.initialize(picked).await {
+            // A group already formed (a restart, or another voter's
+            // initialize reached this one first) is not initialized again:
+            // openraft would refuse, logging the refusal at ERROR level on
+            // every normal start. A race with a peer's first vote can still
+            // get that refusal; it is harmless and ignored below.
+            let formed = g
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| Error::Fatal(format!("{shard}: initialize: {e}")))?;
+            match if formed {
+                Ok(())
+            } else {
+                g.raft.initialize(picked).await
+            } {
                 Ok(()) => {}
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(Error::Fatal(format!("{shard}: initialize: {e}"))),

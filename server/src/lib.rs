@@ -25,6 +25,7 @@
 //!   `recent`, `presence`, `push`.
 //! - `erasure` — an operator's erasure of a user, over every shard.
 //! - `metrics` — counters for `/metrics`.
+//! - `logging` — the binary's log (stderr; what is kept out, and why).
 //! - `server` — start, the listener with its limits, and shutdown.
 
 pub mod auth;
@@ -33,6 +34,7 @@ pub mod delivery;
 pub mod edge;
 pub mod erasure;
 pub mod error;
+pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod service;

@@ -111,12 +111,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .init();
+    missive_server::logging::init();
     let cfg = config(&cli)?;
     match cli.cmd {
         Some(Cmd::Token {

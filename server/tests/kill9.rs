@@ -33,12 +33,24 @@ struct Proc {
 }
 
 fn spawn(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_missived"))
-        .args(["--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+    spawn_logging(config, Some("error"))
+}
+
+/// Starts `missived` with its log (stderr) appended to `<config>.log`, at
+/// `level` (`RUST_LOG`; None: the binary's default).
+fn spawn_logging(config: &Path, level: Option<&str>) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_missived"));
+    cmd.args(["--config"]).arg(config).env_remove("RUST_LOG");
+    if let Some(level) = level {
+        cmd.env("RUST_LOG", level);
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap()
 }
@@ -121,6 +133,14 @@ async fn all_messages(h: &Http, conv: &str) -> Vec<(u64, String)> {
 /// Three `missived` processes on 127.0.0.1–3 with data under `dir`, ready;
 /// their client addresses, and a config whose secret signs their tokens.
 async fn start_cluster(dir: &Path) -> (Vec<Proc>, Vec<SocketAddr>, Config) {
+    start_cluster_logging(dir, Some("error")).await
+}
+
+/// [`start_cluster`] with the nodes' log level (see [`spawn_logging`]).
+async fn start_cluster_logging(
+    dir: &Path,
+    level: Option<&str>,
+) -> (Vec<Proc>, Vec<SocketAddr>, Config) {
     let (raft, peers) = three_raft_addrs();
     let http: Vec<SocketAddr> = (1..=3)
         .map(|i| free_port(&format!("127.0.0.{i}")))
@@ -148,7 +168,7 @@ async fn start_cluster(dir: &Path) -> (Vec<Proc>, Vec<SocketAddr>, Config) {
             ),
         )
         .unwrap();
-        let mut child = spawn(&cfg);
+        let mut child = spawn_logging(&cfg, level);
         wait_listening(&mut child);
         procs.push(Proc {
             child,
@@ -508,5 +528,45 @@ async fn edits_unsends_and_reactions_are_identical_on_every_replica_after_a_lead
     for mut p in procs {
         let _ = p.child.kill();
         let _ = p.child.wait();
+    }
+}
+
+/// What an operator sees in the logs of a cluster that starts normally,
+/// written to files (not a terminal): no colour escapes, and no ERROR
+/// line — each node used to log openraft's "Can not initialize" for every
+/// group another voter had formed first, and on every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_cluster_start_and_restart_log_no_error_and_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, http, tc) = start_cluster_logging(dir.path(), None).await;
+    Http::new(http[0], token(&tc, 1, 1)).direct(2).await;
+    // A restart of every node (a rolling upgrade, one at a time).
+    for p in &mut procs {
+        let term = Command::new("kill")
+            .args(["-TERM", &p.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        p.child.wait().unwrap();
+        let mut child = spawn_logging(&p.config, None);
+        wait_listening(&mut child);
+        p.child = child;
+        wait_ready(&http).await;
+    }
+    Http::new(http[1], token(&tc, 2, 1)).direct(1).await;
+    for p in &mut procs {
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+        let log = std::fs::read_to_string(p.config.with_extension("log")).unwrap();
+        assert!(log.contains(" INFO "), "nothing logged? {log}");
+        assert!(
+            !log.contains('\u{1b}'),
+            "colour escapes in a log file:\n{log}"
+        );
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert!(
+            errors.is_empty(),
+            "ERROR lines on a normal start:\n{errors:#?}"
+        );
     }
 }

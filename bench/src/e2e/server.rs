@@ -87,8 +87,8 @@ impl Server {
         let stdout = child.stdout.take().context("missived stdout")?;
         let (tx, rx) = mpsc::channel();
         // Reads the address, then keeps draining so the child never blocks
-        // on a full pipe; its log lines (tracing writes to stdout) go to
-        // the log file beside its stderr.
+        // on a full pipe; whatever else it prints goes to the log file,
+        // where its stderr (the log) goes too.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };

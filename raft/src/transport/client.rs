@@ -1,7 +1,7 @@
 //! The dialing half: one connection per peer, shared by every shard, and
 //! openraft's network traits on top.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,6 +65,10 @@ pub struct Peers<A: App> {
     routes: RwLock<HashMap<NodeId, SocketAddr>>,
     /// The newest cluster map version any peer's response carried.
     map_seen: Arc<watch::Sender<u64>>,
+    /// Peers whose last dial failed: the log says so once when one goes
+    /// away and once when it is back, rather than at every retry (openraft
+    /// reports each failed call at ERROR; the binary keeps those out).
+    away: Mutex<HashSet<NodeId>>,
 }
 
 impl<A: App> std::fmt::Debug for Peers<A> {
@@ -99,6 +103,7 @@ impl<A: App> Peers<A> {
             next_id: AtomicU64::new(1),
             routes: RwLock::new(HashMap::new()),
             map_seen: Arc::new(watch::channel(0).0),
+            away: Mutex::new(HashSet::new()),
         }
     }
 
@@ -150,11 +155,22 @@ impl<A: App> Peers<A> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&target)
             .copied();
-        let c = Arc::new(
-            tokio::time::timeout(CONNECT_TIMEOUT, self.dial(target, addr, route))
-                .await
-                .map_err(|_| CallError::Unreachable(format!("connect to {addr} timed out")))??,
-        );
+        let dialed = tokio::time::timeout(CONNECT_TIMEOUT, self.dial(target, addr, route))
+            .await
+            .map_err(|_| CallError::Unreachable(format!("connect to {addr} timed out")))
+            .and_then(|dialed| dialed);
+        let c = match dialed {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                if lock(&self.away).insert(target) {
+                    tracing::warn!(peer = target, error = %e, "peer unreachable; retrying");
+                }
+                return Err(e);
+            }
+        };
+        if lock(&self.away).remove(&target) {
+            tracing::info!(peer = target, "peer reachable again");
+        }
         *g = Some(Arc::clone(&c));
         Ok(c)
     }
@@ -233,8 +249,15 @@ impl<A: App> Peers<A> {
                 }
             }
             a2.store(false, Ordering::Release);
-            // Dropping the senders fails every outstanding call.
-            lock(&p2).clear();
+            // Dropping the senders fails every outstanding call (with
+            // `Lost("connection closed")`, which the binary's log keeps
+            // out of openraft's ERROR reports: this line says it once).
+            let failed = std::mem::take(&mut *lock(&p2)).len();
+            tracing::info!(
+                peer = target,
+                failed,
+                "connection to peer closed; redialing on the next call"
+            );
         });
         Ok(Conn { tx, pending, alive })
     }
