@@ -25,6 +25,7 @@
 //!   `recent`, `presence`, `push`.
 //! - `erasure` — an operator's erasure of a user, over every shard.
 //! - `metrics` — counters for `/metrics`.
+//! - `rate` — per-user rate limits that forget quiet users.
 //! - `logging` — the binary's log (stderr; what is kept out, and why).
 //! - `server` — start, the listener with its limits, and shutdown.
 
@@ -36,6 +37,7 @@ pub mod erasure;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod rate;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 
 use missive_chat::command::{
     Command, ConversationKind, DeviceId, MessageKind, NewMessage, Outcome, SendMessage, UserId,
@@ -36,10 +36,13 @@ use crate::config::{Limits, MessagesSection};
 use crate::delivery::recent::RecentMessages;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::rate::KeyedLimit;
 use crate::wire::{EventOut, MessageOut, SettingsChange};
 
 /// How long a write waits out an election before answering `unavailable`.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
+/// How often the send limiter forgets users whose bucket is full again.
+const LIMITER_PRUNE: Duration = Duration::from_secs(60);
 /// Longest client message id, bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
 /// Longest group or display name, bytes.
@@ -203,7 +206,7 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// Recent messages as clients see them.
     pub recent: RecentMessages,
-    sends: DefaultKeyedRateLimiter<UserId>,
+    sends: KeyedLimit<UserId>,
 }
 
 impl std::fmt::Debug for Service {
@@ -250,7 +253,7 @@ impl Service {
             limits,
             messages,
             metrics,
-            sends: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            sends: KeyedLimit::new(Quota::per_second(rate).allow_burst(burst), LIMITER_PRUNE),
         }
     }
 
@@ -406,12 +409,14 @@ impl Service {
         self.node.hosts(self.node.slots().shard_of(conv))
     }
 
+    /// Users the send limiter holds state for (the quiet are forgotten).
+    pub fn rate_limited_users(&self) -> usize {
+        self.sends.keys()
+    }
+
     /// Counts one write against `who`'s send rate.
     fn check_rate(&self, who: UserId) -> Result<(), ApiError> {
-        if let Err(not_until) = self.sends.check_key(&who) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
+        if let Err(wait) = self.sends.check(&who) {
             self.metrics.rate_limited.inc();
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,

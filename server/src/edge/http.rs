@@ -121,6 +121,12 @@ async fn metrics(State(s): State<AppState>) -> Response {
         &node.lsm().stats(),
         node.record_cache_counts(),
     ));
+    body.push_str("# HELP missive_rate_limited_users Users the send limiter holds state for (quiet ones are forgotten every minute).\n");
+    body.push_str("# TYPE missive_rate_limited_users gauge\n");
+    body.push_str(&format!(
+        "missive_rate_limited_users {}\n",
+        s.service.rate_limited_users()
+    ));
     // Who leads each group, as this node sees it (0: none known; shard 0
     // is the metadata group) — for operators, and for tests that must stop
     // a shard's leader.
