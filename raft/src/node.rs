@@ -352,11 +352,12 @@ impl<A: App> Node<A> {
                 .is_initialized()
                 .await
                 .map_err(|e| Error::Fatal(format!("{shard}: initialize: {e}")))?;
-            match if formed {
+            let initialized = if formed {
                 Ok(())
             } else {
                 g.raft.initialize(picked).await
-            } {
+            };
+            match initialized {
                 Ok(()) => {}
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(Error::Fatal(format!("{shard}: initialize: {e}"))),

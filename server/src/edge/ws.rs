@@ -677,9 +677,20 @@ mod tests {
 
     use axum::extract::ws::Message;
     use futures_util::{Sink, Stream};
+    use tokio::sync::{mpsc, watch};
 
-    use super::CLIENT_TYPES;
-    use crate::wire::ClientFrame;
+    use missive_chat::command::{Command, ConversationKind};
+    use missive_chat::{ChatNode, DeviceId, UserId};
+    use missive_engine::keys::ConversationId;
+    use missive_raft::node::NodeConfig;
+
+    use super::*;
+    use crate::auth::Auth;
+    use crate::config::{AuthSection, Limits};
+    use crate::delivery::hub::Hub;
+    use crate::delivery::presence::Presence;
+    use crate::metrics::Metrics;
+    use crate::service::Service;
 
     /// The list that tells an unknown type from a malformed frame must
     /// name every frame the server reads: serde lists the variants it
@@ -697,20 +708,6 @@ mod tests {
         known.sort_unstable();
         assert_eq!(variants, known, "from {e}");
     }
-    use tokio::sync::{mpsc, watch};
-
-    use missive_chat::command::{Command, ConversationKind};
-    use missive_chat::{ChatNode, DeviceId, UserId};
-    use missive_engine::keys::ConversationId;
-    use missive_raft::node::NodeConfig;
-
-    use super::*;
-    use crate::auth::Auth;
-    use crate::config::{AuthSection, Limits};
-    use crate::delivery::hub::Hub;
-    use crate::delivery::presence::Presence;
-    use crate::metrics::Metrics;
-    use crate::service::Service;
 
     /// The server's end of a connection: client frames in, server frames
     /// out.
