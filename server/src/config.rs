@@ -268,6 +268,40 @@ pub struct Limits {
     pub sync_page: usize,
     /// Memory for the recent-messages cache, bytes (0 turns it off).
     pub message_cache_bytes: u64,
+    /// History pages, conversation lists and other reads of a
+    /// conversation's past, per user.
+    pub history_rate: Rate,
+    /// Receipt writes, per user.
+    pub receipt_rate: Rate,
+    /// Conversations created (direct and group), per user.
+    pub create_rate: Rate,
+    /// Presence requests and typing signals, per user.
+    pub presence_rate: Rate,
+    /// New TCP connections (HTTP and gRPC listeners), per client IP.
+    pub connect_rate_per_ip: Rate,
+    /// WebSocket upgrades and gRPC streams opened, per client IP.
+    pub upgrade_rate_per_ip: Rate,
+    /// Open WebSockets and gRPC streams (`Sync`, `Live`) of one user on
+    /// one node; the next is refused with `too_many_sockets`.
+    pub max_sockets_per_user: usize,
+}
+
+/// A sustained rate and the burst allowed above it (a token bucket of
+/// `burst` tokens refilled at `per_second`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_second: u32,
+    /// The bucket's size: uses allowed at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `per_second` sustained, bursts of `burst`.
+    pub const fn new(per_second: u32, burst: u32) -> Rate {
+        Rate { per_second, burst }
+    }
 }
 
 impl Default for Limits {
@@ -287,6 +321,18 @@ impl Default for Limits {
             max_page: 200,
             sync_page: 256,
             message_cache_bytes: 64 * 1024 * 1024,
+            // Scrolling back reads a page per screen; a client opening
+            // reads a list and a page per visible conversation.
+            history_rate: Rate::new(20, 100),
+            // One per conversation read or delivered, batched by clients.
+            receipt_rate: Rate::new(50, 200),
+            create_rate: Rate::new(2, 20),
+            presence_rate: Rate::new(5, 30),
+            // Sized for many users behind one NAT or proxy, not for one
+            // client: a reconnect storm after a restart is a burst.
+            connect_rate_per_ip: Rate::new(200, 2_000),
+            upgrade_rate_per_ip: Rate::new(100, 1_000),
+            max_sockets_per_user: 32,
         }
     }
 }
@@ -381,6 +427,25 @@ impl Config {
         }
         if l.sends_per_second == 0 || l.send_burst == 0 {
             return bad("limits.sends_per_second and limits.send_burst must be positive");
+        }
+        let rates = [
+            ("history_rate", l.history_rate),
+            ("receipt_rate", l.receipt_rate),
+            ("create_rate", l.create_rate),
+            ("presence_rate", l.presence_rate),
+            ("connect_rate_per_ip", l.connect_rate_per_ip),
+            ("upgrade_rate_per_ip", l.upgrade_rate_per_ip),
+        ];
+        if let Some((name, _)) = rates
+            .iter()
+            .find(|(_, r)| r.per_second == 0 || r.burst == 0)
+        {
+            return bad(&format!(
+                "limits.{name}: per_second and burst must be positive"
+            ));
+        }
+        if l.max_sockets_per_user == 0 {
+            return bad("limits.max_sockets_per_user must be positive");
         }
         if l.outbound_queue == 0 || l.max_page == 0 || l.sync_page == 0 || l.max_connections == 0 {
             return bad(

@@ -25,7 +25,9 @@
 //!   `recent`, `presence`, `push`.
 //! - `erasure` — an operator's erasure of a user, over every shard.
 //! - `metrics` — counters for `/metrics`.
-//! - `rate` — per-user rate limits that forget quiet users.
+//! - `rate` — rate limits per user (by request class) and per client IP,
+//!   that forget quiet keys.
+//! - `sockets` — each user's open sockets, against their cap.
 //! - `logging` — the binary's log (stderr; what is kept out, and why).
 //! - `server` — start, the listener with its limits, and shutdown.
 
@@ -40,6 +42,7 @@ pub mod metrics;
 pub mod rate;
 pub mod server;
 pub mod service;
+pub mod sockets;
 pub mod state;
 pub mod wire;
 

@@ -1,4 +1,6 @@
-//! Per-user rate limits whose memory follows the users who are active.
+//! Rate limits whose memory follows the keys that are active: per user
+//! for each class of request ([`UserRates`]), per client IP for new
+//! connections and sockets ([`IpRates`]).
 //!
 //! governor's keyed limiter keeps a state per key it has ever seen; on a
 //! server that meets millions of users over its life that map only grows.
@@ -9,11 +11,163 @@
 //! traffic does not grow.
 
 use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use missive_chat::command::UserId;
+
+use crate::config::{Limits, Rate};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// How often a limiter forgets keys whose bucket is full again.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+fn quota(r: Rate) -> Quota {
+    let per_second = NonZeroU32::new(r.per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(r.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(per_second).allow_burst(burst)
+}
+
+/// What a user's request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Sends, edits, unsends, reactions (`limits.sends_per_second`).
+    Send,
+    /// History pages and other reads of the past (`limits.history_rate`).
+    History,
+    /// Receipt writes (`limits.receipt_rate`).
+    Receipt,
+    /// Conversation creation (`limits.create_rate`).
+    Create,
+    /// Presence requests and typing (`limits.presence_rate`).
+    Presence,
+}
+
+impl Class {
+    fn what(self) -> &'static str {
+        match self {
+            Class::Send => "sends",
+            Class::History => "history reads",
+            Class::Receipt => "receipts",
+            Class::Create => "conversations created",
+            Class::Presence => "presence and typing requests",
+        }
+    }
+}
+
+/// The per-user limits of each request class.
+#[derive(Debug)]
+pub struct UserRates {
+    send: KeyedLimit<UserId>,
+    history: KeyedLimit<UserId>,
+    receipt: KeyedLimit<UserId>,
+    create: KeyedLimit<UserId>,
+    presence: KeyedLimit<UserId>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl UserRates {
+    /// The limits of `l`.
+    pub fn new(l: &Limits, metrics: std::sync::Arc<Metrics>) -> Self {
+        let k = |r| KeyedLimit::new(quota(r), PRUNE_EVERY);
+        UserRates {
+            send: k(Rate::new(l.sends_per_second, l.send_burst)),
+            history: k(l.history_rate),
+            receipt: k(l.receipt_rate),
+            create: k(l.create_rate),
+            presence: k(l.presence_rate),
+            metrics,
+        }
+    }
+
+    fn limit(&self, class: Class) -> &KeyedLimit<UserId> {
+        match class {
+            Class::Send => &self.send,
+            Class::History => &self.history,
+            Class::Receipt => &self.receipt,
+            Class::Create => &self.create,
+            Class::Presence => &self.presence,
+        }
+    }
+
+    /// Counts one request of `class` by `who`: Ok, or 429 `rate_limited`
+    /// with the wait.
+    pub fn check(&self, class: Class, who: UserId) -> Result<(), ApiError> {
+        self.limit(class).check(&who).map_err(|wait| {
+            self.metrics.rate_limited.inc();
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many {}; slow down", class.what()),
+            )
+            .retry_after(wait.as_millis().max(1) as u64)
+        })
+    }
+
+    /// Users any limiter holds state for (the quiet are forgotten).
+    pub fn users(&self) -> usize {
+        [
+            Class::Send,
+            Class::History,
+            Class::Receipt,
+            Class::Create,
+            Class::Presence,
+        ]
+        .iter()
+        .map(|c| self.limit(*c).keys())
+        .sum()
+    }
+}
+
+/// The per-IP limits on new connections and sockets.
+#[derive(Debug)]
+pub struct IpRates {
+    connect: KeyedLimit<IpAddr>,
+    upgrade: KeyedLimit<IpAddr>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl IpRates {
+    /// The limits of `l`.
+    pub fn new(l: &Limits, metrics: std::sync::Arc<Metrics>) -> Self {
+        IpRates {
+            connect: KeyedLimit::new(quota(l.connect_rate_per_ip), PRUNE_EVERY),
+            upgrade: KeyedLimit::new(quota(l.upgrade_rate_per_ip), PRUNE_EVERY),
+            metrics,
+        }
+    }
+
+    /// Whether a new connection from `ip` may be served (a refused one is
+    /// closed at accept: there is no request to answer yet).
+    pub fn connect(&self, ip: IpAddr) -> bool {
+        let ok = self.connect.check(&ip).is_ok();
+        if !ok {
+            self.metrics.connections_refused.inc();
+        }
+        ok
+    }
+
+    /// Counts a WebSocket upgrade or a stream opened from `ip`: Ok, or
+    /// 429 `rate_limited` with the wait.
+    pub fn upgrade(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.upgrade.check(&ip).map_err(|wait| {
+            self.metrics.rate_limited.inc();
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many sockets opened from this address; slow down",
+            )
+            .retry_after(wait.as_millis().max(1) as u64)
+        })
+    }
+}
 
 /// A keyed rate limiter that forgets quiet keys.
 pub struct KeyedLimit<K: Hash + Eq + Clone> {

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -35,6 +36,7 @@ use crate::delivery::presence::{Presence, Signal};
 use crate::edge::http::router;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::rate::IpRates;
 use crate::service::Service;
 use crate::state::AppState;
 
@@ -141,13 +143,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         service.node.inbox_notices(),
         stop_rx.clone(),
     ));
-    let state = AppState {
-        service: Arc::clone(&service),
-        auth,
-        hub,
-        presence,
-        shutdown: stop_rx.clone(),
-    };
+    let state = AppState::new(Arc::clone(&service), auth, hub, presence, stop_rx.clone());
     let grpc = match cfg.grpc.enabled {
         true => {
             let l = crate::edge::grpc::bind(cfg.grpc.listen)
@@ -170,9 +166,11 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let grpc_task = grpc
         .map(|(l, _)| tokio::spawn(crate::edge::grpc::serve(l, state.clone(), stop_rx.clone())));
     let open = Arc::new(Semaphore::new(cfg.limits.max_connections));
+    let ips = Arc::clone(&state.ips);
     let accept = tokio::spawn(accept_loop(
         listener,
         router(state),
+        ips,
         Arc::clone(&open),
         metrics,
         Duration::from_millis(cfg.limits.header_timeout_ms.max(1)),
@@ -227,16 +225,18 @@ async fn run_presence(
     }
 }
 
+#[allow(clippy::too_many_arguments, reason = "the listener's parts, named")]
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
+    ips: Arc<IpRates>,
     open: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (sock, _peer) = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = stop.changed() => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -248,13 +248,24 @@ async fn accept_loop(
                 }
             },
         };
+        if !ips.connect(peer.ip()) {
+            drop(sock);
+            continue;
+        }
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             metrics.connections_refused.inc();
             drop(sock);
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
+        // Handlers that limit per client address read it from here.
+        let svc = TowerToHyperService::new(tower::util::MapRequest::new(
+            app.clone(),
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            },
+        ));
         let metrics = Arc::clone(&metrics);
         let mut stop = stop.clone();
         tokio::spawn(async move {

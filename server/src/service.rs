@@ -13,12 +13,10 @@
 //! (profiles, devices, receipts) take the replica's applied state, which
 //! may lag and never goes backwards: a wake, or the next page, re-reads.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
-use governor::Quota;
 
 use missive_chat::command::{
     Command, ConversationKind, DeviceId, MessageKind, NewMessage, Outcome, SendMessage, UserId,
@@ -36,13 +34,11 @@ use crate::config::{Limits, MessagesSection};
 use crate::delivery::recent::RecentMessages;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::rate::KeyedLimit;
+use crate::rate::{Class, UserRates};
 use crate::wire::{EventOut, MessageOut, SettingsChange};
 
 /// How long a write waits out an election before answering `unavailable`.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
-/// How often the send limiter forgets users whose bucket is full again.
-const LIMITER_PRUNE: Duration = Duration::from_secs(60);
 /// Longest client message id, bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
 /// Longest group or display name, bytes.
@@ -206,7 +202,8 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// Recent messages as clients see them.
     pub recent: RecentMessages,
-    sends: KeyedLimit<UserId>,
+    /// Per-user request rates.
+    pub rates: UserRates,
 }
 
 impl std::fmt::Debug for Service {
@@ -241,9 +238,8 @@ impl Service {
         messages: MessagesSection,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let rate = NonZeroU32::new(limits.sends_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(limits.send_burst).unwrap_or(NonZeroU32::MIN);
         Service {
+            rates: UserRates::new(&limits, Arc::clone(&metrics)),
             recent: RecentMessages::new(
                 limits.message_cache_bytes,
                 node.revisions(),
@@ -253,7 +249,6 @@ impl Service {
             limits,
             messages,
             metrics,
-            sends: KeyedLimit::new(Quota::per_second(rate).allow_burst(burst), LIMITER_PRUNE),
         }
     }
 
@@ -409,23 +404,15 @@ impl Service {
         self.node.hosts(self.node.slots().shard_of(conv))
     }
 
-    /// Users the send limiter holds state for (the quiet are forgotten).
+    /// Users the rate limiters hold state for, summed over the classes
+    /// (the quiet are forgotten).
     pub fn rate_limited_users(&self) -> usize {
-        self.sends.keys()
+        self.rates.users()
     }
 
     /// Counts one write against `who`'s send rate.
     fn check_rate(&self, who: UserId) -> Result<(), ApiError> {
-        if let Err(wait) = self.sends.check(&who) {
-            self.metrics.rate_limited.inc();
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many sends; slow down",
-            )
-            .retry_after(wait.as_millis().max(1) as u64));
-        }
-        Ok(())
+        self.rates.check(Class::Send, who)
     }
 
     /// Runs an edit, unsend or reaction (rate limited like sends). A
@@ -548,6 +535,7 @@ impl Service {
         who: UserId,
         conv: ConversationId,
     ) -> Result<Vec<(missive_chat::records::Pin, Option<MessageOut>)>, ApiError> {
+        self.rates.check(Class::History, who)?;
         let c = self.member_conversation(who, conv).await?;
         let pins = self.read(|c| self.node.pins(conv, c)).await?;
         let mut out = Vec::with_capacity(pins.list.len());
@@ -637,6 +625,7 @@ impl Service {
             ));
         }
         let conv = direct_id(who, peer);
+        self.rates.check(Class::Create, who)?;
         let created = self
             .create(
                 conv,
@@ -660,6 +649,7 @@ impl Service {
         if members.iter().any(|u| u.0 == 0) {
             return Err(ApiError::invalid("user id 0 does not exist"));
         }
+        self.rates.check(Class::Create, who)?;
         let mut raw = [0u8; 8];
         getrandom::fill(&mut raw).map_err(|e| ApiError::internal(&e))?;
         let conv = ConversationId(u64::from_be_bytes(raw).max(1));
@@ -834,6 +824,17 @@ impl Service {
         }
     }
 
+    /// Every member's receipt watermarks in `conv` (members only).
+    pub async fn receipts(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+    ) -> Result<Vec<(UserId, missive_chat::records::Receipt)>, ApiError> {
+        self.rates.check(Class::History, who)?;
+        self.member_conversation(who, conv).await?;
+        Ok(self.node.receipts(conv, Consistency::Stale).await?)
+    }
+
     /// Raises `who`'s receipt watermarks.
     pub async fn set_receipt(
         &self,
@@ -845,6 +846,7 @@ impl Service {
         if delivered.is_none() && read.is_none() {
             return Err(ApiError::invalid("give delivered, read or both"));
         }
+        self.rates.check(Class::Receipt, who)?;
         match self
             .write(Command::SetReceipt {
                 conv,
@@ -885,6 +887,7 @@ impl Service {
                 "a cursor is a message ts from a previous page (or a message's ts)",
             ));
         }
+        self.rates.check(Class::History, who)?;
         let c = self.member_conversation(who, conv).await?;
         let full = |v: &Vec<MessageOut>, n: usize| v.len() == n;
         let page = match cursor {
@@ -1167,6 +1170,7 @@ impl Service {
                 self.limits.max_page
             )));
         }
+        self.rates.check(Class::History, who)?;
         let key = |e: &ListEntry| ListCursor {
             last_ts: e.view.last_ts,
             conv: e.conv.0,

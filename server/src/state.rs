@@ -19,7 +19,9 @@ use crate::auth::{Auth, Caller};
 use crate::delivery::hub::Hub;
 use crate::delivery::presence::Presence;
 use crate::error::ApiError;
+use crate::rate::IpRates;
 use crate::service::Service;
+use crate::sockets::Sockets;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -34,6 +36,33 @@ pub struct AppState {
     pub presence: Arc<Presence>,
     /// Turns true when the server begins shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Each user's open sockets here, against their cap.
+    pub sockets: Arc<Sockets>,
+    /// New connections and sockets per client IP.
+    pub ips: Arc<IpRates>,
+}
+
+impl AppState {
+    /// The state of a server over `service`; the socket cap and the
+    /// per-IP rates come from its limits.
+    pub fn new(
+        service: Arc<Service>,
+        auth: Arc<Auth>,
+        hub: Arc<Hub>,
+        presence: Arc<Presence>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let limits = &service.limits;
+        AppState {
+            sockets: Arc::new(Sockets::new(limits.max_sockets_per_user)),
+            ips: Arc::new(IpRates::new(limits, Arc::clone(&service.metrics))),
+            service,
+            auth,
+            hub,
+            presence,
+            shutdown,
+        }
+    }
 }
 
 /// A JSON body whose rejections are our error codes.
@@ -74,6 +103,23 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         state.auth.from_headers(&parts.headers).map(Authed)
+    }
+}
+
+/// The client's IP address, as the listener accepted it (None where a
+/// request did not come through it: the in-process tests' routers).
+pub struct PeerIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 

@@ -160,7 +160,8 @@ async fn start_cluster_logging(
                 "listen = \"{}\"\ndata_dir = {:?}\n[node]\nid = {}\nraft_listen = \"{}\"\n\
                  shards = {SHARDS}\nreplicas = 3\npeers = {{ {peers_toml} }}\n\
                  [auth]\nsecret = \"{SECRET}\"\n[grpc]\nenabled = false\n\
-                 [limits]\nsends_per_second = 100000\nsend_burst = 100000\n",
+                 [limits]\nsends_per_second = 100000\nsend_burst = 100000\n\
+                 history_rate = {{ per_second = 100000, burst = 100000 }}\n",
                 http[i],
                 data.display().to_string(),
                 i + 1,

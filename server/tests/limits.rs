@@ -497,3 +497,168 @@ async fn a_stranger_cannot_tell_whether_a_conversation_exists_or_what_it_is() {
     }
     srv.shutdown().await.unwrap();
 }
+
+/// The code of a refused WebSocket upgrade (its HTTP answer's body).
+fn upgrade_refusal(r: Result<Ws, tokio_tungstenite::tungstenite::Error>) -> (u16, String) {
+    match r {
+        Ok(_) => panic!("the upgrade was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}"))
+                .unwrap_or(Value::Null);
+            (
+                resp.status().as_u16(),
+                body["error"]["code"].as_str().unwrap_or("").to_string(),
+            )
+        }
+        Err(e) => panic!("not an HTTP refusal: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_receipts_creation_and_presence_each_have_a_rate_per_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    let two = missive_server::config::Rate::new(1, 2);
+    c.limits.history_rate = two;
+    c.limits.receipt_rate = two;
+    c.limits.create_rate = two;
+    c.limits.presence_rate = two;
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let bob = Http::new(srv.addr(), token(&c, 2, 1));
+    // Creation: two, then refused; Bob has his own bucket.
+    let conv = alice.direct(2).await;
+    let direct = |peer: &str| json!({"kind": "direct", "peer": peer});
+    let (s, _) = alice.post("/v1/conversations", direct("3")).await;
+    assert_eq!(s, 201);
+    let (s, v) = alice.post("/v1/conversations", direct("4")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    assert!(v["error"]["retry_after_ms"].as_u64().unwrap() > 0);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("conversations created"));
+    let (s, _) = bob.post("/v1/conversations", direct("5")).await;
+    assert_eq!(s, 201);
+    // History (pages, lists, pins, receipts read): two, then refused.
+    let history = format!("/v1/conversations/{conv}/messages");
+    assert_eq!(alice.get(&history).await.0, 200);
+    assert_eq!(alice.get("/v1/conversations").await.0, 200);
+    let (s, v) = alice.get(&format!("/v1/conversations/{conv}/pins")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    // Sends are another class: not refused by the history bucket.
+    alice.send(&conv, "m1", "hi").await;
+    // Receipts: two, then refused.
+    let receipt = format!("/v1/conversations/{conv}/receipts");
+    for want in [200, 200, 429] {
+        let (s, _) = bob.post(&receipt, json!({"read": 1})).await;
+        assert_eq!(s, want);
+    }
+    // Presence and typing over the socket: two, then an error frame.
+    let mut ws = Ws::connect(srv.addr(), &token(&c, 1, 1)).await;
+    let mut seen = Vec::new();
+    for want in ["presence_state", "presence_state", "rate_limited"] {
+        let r = ws
+            .request(json!({"type": "presence", "users": ["2"]}), &mut seen)
+            .await;
+        let got = r["code"].as_str().unwrap_or(r["type"].as_str().unwrap());
+        assert_eq!(got, want, "{r}");
+    }
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_holds_at_most_the_socket_cap_on_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.max_sockets_per_user = 3;
+    let srv = start(c.clone()).await;
+    let alice = token(&c, 1, 1);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Ws::connect(srv.addr(), &alice).await);
+    }
+    let r = Ws::try_connect(srv.addr(), Some(&token(&c, 1, 2)), None, None).await;
+    assert_eq!(upgrade_refusal(r), (429, "too_many_sockets".to_string()));
+    // gRPC streams count too.
+    let url = format!("http://{}", srv.grpc_addr().unwrap());
+    let mut g = missive_server::edge::grpc::pb::missive_client::MissiveClient::connect(url)
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(missive_server::edge::grpc::pb::SyncRequest { after: 0 });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {alice}").parse().unwrap());
+    let e = g.sync(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    // Another user is not affected; a closed socket frees its place.
+    let _bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    drop(open.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        match Ws::try_connect(srv.addr(), Some(&alice), None, None).await {
+            Ok(w) => {
+                again = Some(w);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(again.is_some(), "the closed socket's place was not freed");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_upgrades_are_rate_limited_per_client_address() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.upgrade_rate_per_ip = missive_server::config::Rate::new(1, 2);
+    let srv = start(c.clone()).await;
+    let alice = token(&c, 1, 1);
+    let _a = Ws::connect(srv.addr(), &alice).await;
+    let _b = Ws::connect(srv.addr(), &alice).await;
+    let r = Ws::try_connect(srv.addr(), Some(&alice), None, None).await;
+    assert_eq!(upgrade_refusal(r), (429, "rate_limited".to_string()));
+    srv.shutdown().await.unwrap();
+
+    // New connections: beyond the burst, closed at accept.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.connect_rate_per_ip = missive_server::config::Rate::new(1, 3);
+    let srv = start(c.clone()).await;
+    let mut answered = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        answered.push(buf.starts_with(b"HTTP/1.1 200"));
+    }
+    assert_eq!(answered, vec![true, true, true, false, false]);
+    // Another client address has its own bucket.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = sock.connect(srv.addr()).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let m = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(common::metric(m, "missive_connections_refused_total").unwrap() >= 2.0);
+    srv.shutdown().await.unwrap();
+}

@@ -36,7 +36,14 @@ fn config_text(data_dir: &Path, connections: usize, message_cache_bytes: Option<
          [limits]\n\
          max_connections = {max}\n\
          sends_per_second = 1000\n\
-         send_burst = 1000\n",
+         send_burst = 1000\n\
+         history_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
+         receipt_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
+         create_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
+         presence_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
+         connect_rate_per_ip = {{ per_second = 1000000, burst = 1000000 }}\n\
+         upgrade_rate_per_ip = {{ per_second = 1000000, burst = 1000000 }}\n\
+         max_sockets_per_user = {max}\n",
         data_dir = data_dir.display().to_string(),
         max = connections + 1024,
     );

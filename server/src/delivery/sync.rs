@@ -25,6 +25,7 @@ use missive_engine::keys::ConversationId;
 use crate::auth::Caller;
 use crate::delivery::presence;
 use crate::error::ApiError;
+use crate::rate::Class;
 use crate::service::Service;
 use crate::state::AppState;
 use crate::wire::ServerFrame;
@@ -48,6 +49,7 @@ pub(crate) async fn watch_list(
     users: &[crate::wire::Id],
 ) -> Result<(Vec<UserId>, Vec<UserId>), ApiError> {
     let users = presence::dedup_watch_list(users).map_err(ApiError::invalid)?;
+    svc.rates.check(Class::Presence, who)?;
     let allowed = svc.contacts_among(who, &users).await?;
     Ok(users.into_iter().partition(|u| allowed.contains(u)))
 }
@@ -61,6 +63,7 @@ pub(crate) async fn announce_typing(
     conv: ConversationId,
     typing: bool,
 ) -> Result<(), ApiError> {
+    state.service.rates.check(Class::Presence, who)?;
     let c = state.service.member_conversation(who, conv).await?;
     // Members who block `who` do not see them type.
     let blockers = state.service.blockers_among(who, &c.members).await?;

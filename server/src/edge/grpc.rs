@@ -33,6 +33,7 @@ use crate::delivery::presence;
 use crate::delivery::sync::{announce_typing, sync_pump, watch_list, FrameSink};
 use crate::error::ApiError;
 use crate::service::Outgoing;
+use crate::sockets::SocketSlot;
 use crate::state::AppState;
 use crate::wire::{parse_kind, EventOut, Id, MessageOut, PresenceOut, ServerFrame};
 
@@ -106,6 +107,16 @@ impl Grpc {
             last_seq,
             settings: Some(pb_settings(c.settings.into())),
         }))
+    }
+
+    /// Admits a stream (`Sync`, `Live`) of `who`: the per-IP rate of
+    /// sockets opened and the user's socket cap, as for a WebSocket.
+    #[allow(clippy::result_large_err, reason = "tonic handlers answer Status")]
+    fn admit_stream<T>(&self, req: &Request<T>, who: Caller) -> Result<SocketSlot, Status> {
+        if let Some(peer) = req.remote_addr() {
+            self.state.ips.upgrade(peer.ip()).map_err(|e| status(&e))?;
+        }
+        self.state.sockets.admit(who.user).map_err(|e| status(&e))
     }
 
     #[allow(clippy::result_large_err, reason = "tonic handlers answer Status")]
@@ -804,6 +815,7 @@ impl Missive for Grpc {
         req: Request<pb::LiveRequest>,
     ) -> Result<Response<Self::LiveStream>, Status> {
         let who = self.caller(&req)?;
+        let slot = self.admit_stream(&req, who)?;
         let asked: Vec<Id> = req.into_inner().watch.into_iter().map(Id).collect();
         let (watch, hidden) = watch_list(&self.state.service, who.user, &asked)
             .await
@@ -826,6 +838,7 @@ impl Missive for Grpc {
         // stops (the stream ends with `unavailable`).
         let pump = tokio::spawn(async move {
             let _online = guard;
+            let _slot = slot;
             loop {
                 tokio::select! {
                     f = eph_rx.recv() => {
@@ -860,6 +873,7 @@ impl Missive for Grpc {
         req: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let who = self.caller(&req)?;
+        let slot = self.admit_stream(&req, who)?;
         let after = req.into_inner().after;
         let limits = &self.state.service.limits;
         let (tx, mut rx) = mpsc::channel(limits.outbound_queue);
@@ -874,6 +888,7 @@ impl Missive for Grpc {
         // another node and sync), so the server's graceful stop is not
         // held open by streams that never end on their own.
         let pump = tokio::spawn(async move {
+            let _slot = slot;
             tokio::select! {
                 () = sync_pump(sink, state, who, after, None) => {}
                 _ = shutdown.changed() => {
@@ -978,12 +993,16 @@ pub async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Rece
     let limits = state.service.limits.clone();
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let metrics = Arc::clone(&state.service.metrics);
+    let ips = Arc::clone(&state.ips);
     let incoming = futures_util::stream::unfold(
-        (listener, open, metrics),
-        |(listener, open, metrics)| async move {
+        (listener, open, metrics, ips),
+        |(listener, open, metrics, ips)| async move {
             loop {
                 match listener.accept().await {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
+                        if !ips.connect(peer.ip()) {
+                            continue;
+                        }
                         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
                             metrics.connections_refused.inc();
                             continue;
@@ -993,7 +1012,7 @@ pub async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Rece
                             stream,
                             _permit: permit,
                         };
-                        return Some((Ok::<_, std::io::Error>(c), (listener, open, metrics)));
+                        return Some((Ok::<_, std::io::Error>(c), (listener, open, metrics, ips)));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "gRPC accept failed");

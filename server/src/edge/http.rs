@@ -12,12 +12,11 @@ use serde_json::json;
 
 use missive_chat::command::{DeviceId, UserId};
 use missive_engine::keys::ConversationId;
-use missive_raft::node::Consistency;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::service::Outgoing;
-use crate::state::{AppState, Authed, ConvPath, JsonBody, MessagePath, ReactionPath, Q};
+use crate::state::{AppState, Authed, ConvPath, JsonBody, MessagePath, PeerIp, ReactionPath, Q};
 use crate::wire::{parse_kind, BodyIn, Id, SettingsIn, SettingsOut};
 
 /// The router.
@@ -205,15 +204,20 @@ const WRITE_BUFFER: usize = 16 * 1024;
 
 async fn ws_upgrade(
     State(s): State<AppState>,
+    PeerIp(peer): PeerIp,
     headers: HeaderMap,
     Q(q): Q<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     s.auth.check_origin(&headers)?;
+    if let Some(ip) = peer {
+        s.ips.upgrade(ip)?;
+    }
     let who = match q.ticket {
         Some(t) => s.auth.from_ticket(&t)?,
         None => s.auth.from_headers(&headers)?,
     };
+    let slot = s.sockets.admit(who.user)?;
     let limits = &s.service.limits;
     // Explicit limits: axum's defaults are 64 MiB messages and an
     // unbounded write buffer. The read buffer is small because chat frames
@@ -226,7 +230,7 @@ async fn ws_upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(4 * 1024 * 1024)
-        .on_upgrade(move |socket| crate::edge::ws::session(socket, s, who)))
+        .on_upgrade(move |socket| crate::edge::ws::session(socket, s, who, slot)))
 }
 
 #[derive(Serialize)]
@@ -763,8 +767,7 @@ async fn receipts(
     Authed(who): Authed,
     ConvPath(conv): ConvPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.service.member_conversation(who.user, conv).await?;
-    let r = s.service.node.receipts(conv, Consistency::Stale).await?;
+    let r = s.service.receipts(who.user, conv).await?;
     let list: Vec<serde_json::Value> = r
         .into_iter()
         .map(|(u, r)| json!({ "user": Id(u.0), "delivered": r.delivered, "read": r.read }))

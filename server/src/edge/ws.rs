@@ -24,6 +24,7 @@ use crate::delivery::presence;
 use crate::delivery::sync::{announce_typing, sync_pump, watch_list, FrameSink};
 use crate::error::ApiError;
 use crate::service::Outgoing;
+use crate::sockets::SocketSlot;
 use crate::state::AppState;
 use crate::wire::{parse_kind, BodyIn, ClientFrame, ServerFrame, SettingsIn};
 
@@ -139,9 +140,11 @@ impl Tx {
     }
 }
 
-/// Runs one session on an upgraded connection until it closes.
-pub async fn session(socket: WebSocket, state: AppState, who: Caller) {
+/// Runs one session on an upgraded connection until it closes; its place
+/// under the user's socket cap is given back then.
+pub async fn session(socket: WebSocket, state: AppState, who: Caller, slot: SocketSlot) {
     run(socket, state, who).await;
+    drop(slot);
 }
 
 /// Runs one session over any message stream and sink until it closes: a
@@ -792,13 +795,13 @@ mod tests {
             metrics,
         ));
         let (presence, _outgoing) = Presence::new(1);
-        let state = AppState {
+        let state = AppState::new(
             service,
-            auth: Arc::new(Auth::load(&AuthSection::default(), dir).unwrap()),
+            Arc::new(Auth::load(&AuthSection::default(), dir).unwrap()),
             hub,
             presence,
-            shutdown: stop_rx,
-        };
+            stop_rx,
+        );
         (state, stop)
     }
 
