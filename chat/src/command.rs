@@ -310,7 +310,44 @@ pub enum Command {
         /// The users they block (their own list's entries).
         blocked: Vec<UserId>,
     },
+    /// Redeems a WebSocket ticket, once: refused (`Conflict`) if `ticket`
+    /// was redeemed before. Redeemed ids are kept until `expires_secs`
+    /// (the ticket's own expiry) passes by the leader's stamp.
+    UseTicket {
+        /// The ticket's user.
+        user: UserId,
+        /// The ticket's id (its `jti`).
+        ticket: [u8; 16],
+        /// When the ticket expires (seconds since the epoch).
+        expires_secs: u64,
+    },
+    /// Revokes the tokens of some of a user's devices issued up to now
+    /// (the leader's stamp).
+    RevokeSessions {
+        /// The user.
+        user: UserId,
+        /// Which devices.
+        scope: RevokeScope,
+    },
 }
+
+/// Which of a user's devices a [`Command::RevokeSessions`] logs out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevokeScope {
+    /// These devices.
+    Devices(Vec<DeviceId>),
+    /// Every device but this one ("log out other devices"), or with
+    /// `None` every device (an operator's).
+    AllBut(Option<DeviceId>),
+}
+
+/// The most ticket ids a user may have redeemed and not yet expired (a
+/// ticket lives seconds; a client reconnecting in a loop hits the per-IP
+/// upgrade rate long before this).
+pub const MAX_LIVE_TICKETS: usize = 1_024;
+
+/// The most devices one [`RevokeScope::Devices`] names.
+pub const MAX_REVOKED_DEVICES: usize = 256;
 
 /// The most seqs one `EraseMessages` covers.
 pub const MAX_ERASE_SPAN: u64 = 1_000;
@@ -429,7 +466,9 @@ impl Command {
                 .map_or(Route::Empty, |d| Route::Conversation(d.0)),
             Command::RegisterDevice { user, .. }
             | Command::SetProfile { user, .. }
-            | Command::SetPushToken { user, .. } => Route::User(*user),
+            | Command::SetPushToken { user, .. }
+            | Command::UseTicket { user, .. }
+            | Command::RevokeSessions { user, .. } => Route::User(*user),
             Command::RegisterNode { .. }
             | Command::ForgetNode { .. }
             | Command::ReportPlacement { .. } => Route::Directory,

@@ -326,6 +326,23 @@ impl ChatNode {
             .map(Option::unwrap_or_default)
     }
 
+    /// Which of `user`'s tokens are revoked (none if never set).
+    pub async fn revocations(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<records::Revocations> {
+        let shard = self.node.slots().shard_of_user(user.0);
+        self.get_record(
+            shard,
+            consistency,
+            "revocations",
+            &records::revocations_key(user),
+        )
+        .await
+        .map(Option::unwrap_or_default)
+    }
+
     /// The users `user` blocks (their own list, on their shard), with
     /// since when.
     pub async fn blocked_users(

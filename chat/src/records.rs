@@ -26,6 +26,8 @@
 //! profile       0x30 uslot:u16 user:u64 0x04           → Profile
 //! push target   0x30 uslot:u16 user:u64 0x05 dev:u64   → PushTarget
 //! blocked user  0x30 uslot:u16 user:u64 0x06 other:u64 → BlockedUser
+//! ticket uses   0x30 uslot:u16 user:u64 0x07            → TicketUses
+//! revocations   0x30 uslot:u16 user:u64 0x08            → Revocations
 //! ```
 //!
 //! `pair` is the direct conversation id of two users (`ids::direct_id`):
@@ -763,6 +765,16 @@ pub fn blocked_prefix(user: UserId) -> Vec<u8> {
     user_key(user, 0x06)
 }
 
+/// Key of the tickets a user redeemed that have not expired.
+pub fn ticket_uses_key(user: UserId) -> Vec<u8> {
+    user_key(user, 0x07)
+}
+
+/// Key of a user's token revocations.
+pub fn revocations_key(user: UserId) -> Vec<u8> {
+    user_key(user, 0x08)
+}
+
 /// The big-endian u64 that ends a key (an inbox useq, a conversation id).
 pub fn key_tail_u64(k: &[u8]) -> Option<u64> {
     let n = k.len().checked_sub(8)?;
@@ -977,6 +989,42 @@ pub fn decode_user_conv(bytes: &[u8]) -> Result<UserConv> {
         _ => None,
     };
     decode_with_tail("user conversation", rest, tail)
+}
+
+/// The WebSocket tickets a user redeemed that have not expired yet:
+/// `[1][postcard]`, `used` as (16-byte id, expiry in seconds) pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketUses {
+    /// Redeemed ids with their tickets' expiry (seconds since the epoch).
+    pub used: Vec<([u8; 16], u64)>,
+}
+
+/// Which of a user's tokens are revoked: `[1][postcard]`. A token of
+/// device `d` issued at `iat` (seconds) is revoked when `iat <=
+/// devices[d]`, or when `iat <= all_before` and `d` is not `keep`.
+/// Seconds, because tokens carry seconds; "at or before" so that a token
+/// issued in the very second of a revocation is not missed (a device
+/// logged out gets a new token a second later).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocations {
+    /// Tokens of every device but `keep` issued at or before this second
+    /// are revoked (0: none).
+    pub all_before: u64,
+    /// The device "log out other devices" was asked from.
+    pub keep: Option<DeviceId>,
+    /// Per device: tokens issued at or before this second are revoked.
+    pub devices: Vec<(DeviceId, u64)>,
+}
+
+impl Revocations {
+    /// Whether a token of `device` issued at `iat` is revoked.
+    pub fn revokes(&self, device: DeviceId, iat: u64) -> bool {
+        (iat <= self.all_before && self.keep != Some(device))
+            || self
+                .devices
+                .iter()
+                .any(|(d, until)| *d == device && iat <= *until)
+    }
 }
 
 /// A registered device.

@@ -534,6 +534,28 @@ fn commands() -> Vec<(&'static str, Command)> {
                 blocked: vec![UserId(7)],
             },
         ),
+        (
+            "use_ticket",
+            Command::UseTicket {
+                user: UserId(8),
+                ticket: [0xab; 16],
+                expires_secs: 1_700_000_030,
+            },
+        ),
+        (
+            "revoke_devices",
+            Command::RevokeSessions {
+                user: UserId(8),
+                scope: missive_chat::command::RevokeScope::Devices(vec![DeviceId(2)]),
+            },
+        ),
+        (
+            "revoke_all_but",
+            Command::RevokeSessions {
+                user: UserId(8),
+                scope: missive_chat::command::RevokeScope::AllBut(Some(DeviceId(1))),
+            },
+        ),
     ]
 }
 
@@ -1147,6 +1169,20 @@ fn stored_records_and_their_keys() {
             display_name: "Ana".into(),
         },
     );
+    set.versioned(
+        "ticket_uses",
+        &records::TicketUses {
+            used: vec![([0xab; 16], 1_700_000_030)],
+        },
+    );
+    set.versioned(
+        "revocations",
+        &records::Revocations {
+            all_before: 1_700_000_000,
+            keep: Some(DeviceId(1)),
+            devices: vec![(DeviceId(2), 1_700_000_100)],
+        },
+    );
 
     let (u, d) = (UserId(0x0a0b_0c0d), DeviceId(3));
     set.key("key_conversation", conversation_key(conv()));
@@ -1187,6 +1223,8 @@ fn stored_records_and_their_keys() {
     set.key("key_profile", profile_key(u));
     set.key("key_push", push_key(u, d));
     set.key("key_push_prefix", push_prefix(u));
+    set.key("key_ticket_uses", records::ticket_uses_key(u));
+    set.key("key_revocations", records::revocations_key(u));
     let slots = SlotMap::even(3).unwrap();
     for shard in slots.groups() {
         for (i, (lo, hi)) in slots.key_ranges(shard).into_iter().enumerate() {

@@ -6,7 +6,12 @@
 //! "access". A ticket is the same with `typ` "ticket" and a lifetime of
 //! seconds: browsers cannot set headers on a WebSocket, so they trade their
 //! access token for a ticket over HTTP and put it in the upgrade's query
-//! string, where a long-lived token would end up in logs.
+//! string, where a long-lived token would end up in logs. A ticket also
+//! carries `jti`, 16 random bytes in hex, by which it is redeemed once
+//! (`Command::UseTicket`, on the user's shard: once across the cluster).
+//!
+//! What is checked here is only the signature and the claims; whether a
+//! token was revoked since it was issued is `revocation`'s question.
 
 use std::path::Path;
 
@@ -36,6 +41,22 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at (seconds since the epoch).
     pub exp: u64,
+    /// A ticket's id: 32 hex digits (absent from access tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// A token that checked out: who it names and its times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token {
+    /// Who is calling.
+    pub caller: Caller,
+    /// When it was issued (seconds since the epoch).
+    pub issued_at: u64,
+    /// When it expires (seconds since the epoch).
+    pub expires_at: u64,
+    /// A ticket's id.
+    pub id: Option<[u8; 16]>,
 }
 
 /// An authenticated caller.
@@ -104,6 +125,13 @@ impl Auth {
 
     fn mint(&self, who: Caller, typ: &str, ttl_secs: u64) -> Result<(String, u64), ApiError> {
         let iat = now_secs();
+        let jti = if typ == TICKET {
+            let mut raw = [0u8; 16];
+            getrandom::fill(&mut raw).map_err(|e| ApiError::internal(&e))?;
+            Some(raw.iter().map(|b| format!("{b:02x}")).collect())
+        } else {
+            None
+        };
         let claims = Claims {
             sub: who.user.0.to_string(),
             dev: who.device.0.to_string(),
@@ -112,6 +140,7 @@ impl Auth {
             aud: self.cfg.audience.clone(),
             iat,
             exp: iat + ttl_secs,
+            jti,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .map_err(|e| ApiError::internal(&e))?;
@@ -133,7 +162,7 @@ impl Auth {
         self.mint(who, TICKET, self.cfg.ticket_ttl_secs)
     }
 
-    fn verify(&self, token: &str, typ: &str) -> Result<Caller, ApiError> {
+    fn verify(&self, token: &str, typ: &str) -> Result<Token, ApiError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation).map_err(
             |e| match e.kind() {
@@ -154,19 +183,35 @@ impl Auth {
         }
         let user = c.sub.parse::<u64>().ok().filter(|u| *u != 0);
         let device = c.dev.parse::<u64>().ok();
-        match (user, device) {
-            (Some(u), Some(d)) => Ok(Caller {
+        let caller = match (user, device) {
+            (Some(u), Some(d)) => Caller {
                 user: UserId(u),
                 device: DeviceId(d),
-            }),
-            _ => Err(ApiError::unauthorized(
-                "the token's sub and dev must be decimal ids (sub non-zero)",
-            )),
-        }
+            },
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "the token's sub and dev must be decimal ids (sub non-zero)",
+                ))
+            }
+        };
+        let id =
+            match c.jti.as_deref() {
+                None => None,
+                Some(hex) => Some(parse_jti(hex).ok_or_else(|| {
+                    ApiError::unauthorized("the token's jti must be 32 hex digits")
+                })?),
+            };
+        Ok(Token {
+            caller,
+            issued_at: c.iat,
+            expires_at: c.exp,
+            id,
+        })
     }
 
-    /// The caller named by `Authorization: Bearer <access token>`.
-    pub fn from_headers(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// The token in `Authorization: Bearer <access token>` (not checked
+    /// for revocation: see `revocation`).
+    pub fn from_headers(&self, headers: &HeaderMap) -> Result<Token, ApiError> {
         let value = headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
@@ -178,9 +223,16 @@ impl Auth {
         self.verify(token.trim(), ACCESS)
     }
 
-    /// The caller named by a WebSocket ticket.
-    pub fn from_ticket(&self, ticket: &str) -> Result<Caller, ApiError> {
-        self.verify(ticket, TICKET)
+    /// A WebSocket ticket, checked but not yet redeemed (see the module
+    /// docs); one without an id (from an older build) is refused.
+    pub fn from_ticket(&self, ticket: &str) -> Result<Token, ApiError> {
+        let t = self.verify(ticket, TICKET)?;
+        if t.id.is_none() {
+            return Err(ApiError::unauthorized(
+                "the ticket has no id; get a new one",
+            ));
+        }
+        Ok(t)
     }
 
     /// Refuses a browser origin not on the allowlist (no Origin header:
@@ -211,6 +263,18 @@ impl Auth {
             None => false,
         }
     }
+}
+
+/// 32 hex digits as 16 bytes.
+fn parse_jti(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Reads the generated secret, creating it (0600) if absent.

@@ -28,6 +28,8 @@
 //! - `rate` — rate limits per user (by request class) and per client IP,
 //!   that forget quiet keys.
 //! - `sockets` — each user's open sockets, against their cap.
+//! - `revocation` — whether a token was revoked ("log out other
+//!   devices"), cached per node, and how open sockets learn of it.
 //! - `logging` — the binary's log (stderr; what is kept out, and why).
 //! - `server` — start, the listener with its limits, and shutdown.
 
@@ -40,6 +42,7 @@ pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod rate;
+pub mod revocation;
 pub mod server;
 pub mod service;
 pub mod sockets;

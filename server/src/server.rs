@@ -129,13 +129,6 @@ pub async fn start(cfg: Config) -> Result<Running> {
         Arc::clone(&metrics),
     ));
     let (presence, outgoing) = Presence::new(cfg.node.id);
-    let presence_task = tokio::spawn(run_presence(
-        Arc::clone(&presence),
-        Arc::clone(&service),
-        signals,
-        outgoing,
-        stop_rx.clone(),
-    ));
     let push_task = tokio::spawn(crate::delivery::push::run(
         cfg.push.clone(),
         Arc::clone(&service),
@@ -144,6 +137,12 @@ pub async fn start(cfg: Config) -> Result<Running> {
         stop_rx.clone(),
     ));
     let state = AppState::new(Arc::clone(&service), auth, hub, presence, stop_rx.clone());
+    let presence_task = tokio::spawn(run_signals(
+        state.clone(),
+        signals,
+        outgoing,
+        stop_rx.clone(),
+    ));
     let grpc = match cfg.grpc.enabled {
         true => {
             let l = crate::edge::grpc::bind(cfg.grpc.listen)
@@ -190,16 +189,17 @@ pub async fn start(cfg: Config) -> Result<Running> {
     })
 }
 
-/// Carries presence and typing between this node's sessions and the
-/// cluster: outgoing signals to every node, incoming ones (this node's
-/// too) into `presence`, and the periodic lease refresh.
-async fn run_presence(
-    presence: Arc<Presence>,
-    service: Arc<Service>,
+/// Carries signals between this node and the cluster: presence and
+/// typing (outgoing to every node, incoming ones — this node's too — into
+/// `presence`, and the periodic lease refresh), and revocations (incoming:
+/// forget the cached copy, wake the user's sockets; see `revocation`).
+async fn run_signals(
+    state: AppState,
     mut incoming: tokio::sync::broadcast::Receiver<Arc<[u8]>>,
     mut outgoing: tokio::sync::mpsc::UnboundedReceiver<Signal>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (presence, service) = (&state.presence, &state.service);
     let mut refresh = tokio::time::interval(crate::delivery::presence::REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -212,6 +212,11 @@ async fn run_presence(
             },
             r = incoming.recv() => match r {
                 Ok(bytes) => match Signal::decode(&bytes) {
+                    Some(Signal::Revoked { user }) => {
+                        let user = missive_chat::command::UserId(user);
+                        state.revoked.forget(user);
+                        state.sockets.wake(user);
+                    }
                     Some(s) => presence.receive(s),
                     None => tracing::debug!("ignored a signal of another version"),
                 },

@@ -816,6 +816,60 @@ impl Service {
         self.write_done(cmd).await
     }
 
+    /// Redeems a WebSocket ticket (once, across the cluster: the user's
+    /// shard remembers the ids it redeemed until they expire).
+    pub async fn use_ticket(
+        &self,
+        who: UserId,
+        id: [u8; 16],
+        expires_secs: u64,
+    ) -> Result<(), ApiError> {
+        use missive_chat::command::RejectCode as R;
+        let cmd = Command::UseTicket {
+            user: who,
+            ticket: id,
+            expires_secs,
+        };
+        match self.node.write(cmd, WRITE_WAIT).await {
+            Ok(_) => Ok(()),
+            Err(missive_chat::Error::Rejected { code, .. }) => Err(match code {
+                R::Conflict => ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "ticket_used",
+                    "this ticket was used already; get a new one",
+                ),
+                R::TooLate => ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_expired",
+                    "the ticket has expired; get a new one",
+                ),
+                _ => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many tickets redeemed in the last minute; wait and retry",
+                )
+                .retry_after(1_000),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Revokes the tokens of `scope`'s devices of `who` issued up to now.
+    pub async fn revoke_sessions(
+        &self,
+        who: UserId,
+        scope: missive_chat::command::RevokeScope,
+    ) -> Result<(), ApiError> {
+        if let missive_chat::command::RevokeScope::Devices(d) = &scope {
+            let max = missive_chat::command::MAX_REVOKED_DEVICES;
+            if d.is_empty() || d.len() > max {
+                return Err(ApiError::invalid(format!("name 1 to {max} devices")));
+            }
+        }
+        self.write_done(Command::RevokeSessions { user: who, scope })
+            .await
+    }
+
     /// A write whose outcome is `Done`.
     async fn write_done(&self, cmd: Command) -> Result<(), ApiError> {
         match self.write(cmd).await? {

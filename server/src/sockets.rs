@@ -7,11 +7,16 @@
 //! event. The count is per node: a cluster's nodes do not share it, so a
 //! user may hold up to the cap on each node they reach (clients are
 //! normally pinned to one node by the load balancer's hash).
+//!
+//! The registry also wakes a user's sockets when their tokens may have
+//! been revoked (`revocation`): each slot holds a receiver of its user's
+//! revocation counter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
+use tokio::sync::watch;
 
 use missive_chat::command::UserId;
 
@@ -21,7 +26,8 @@ use crate::error::ApiError;
 #[derive(Debug)]
 pub struct Sockets {
     cap: usize,
-    open: Mutex<HashMap<UserId, usize>>,
+    /// Per user: open sockets, and the counter [`Sockets::wake`] bumps.
+    open: Mutex<HashMap<UserId, (usize, watch::Sender<u64>)>>,
 }
 
 /// One admitted socket; gives its place back on drop.
@@ -29,12 +35,21 @@ pub struct Sockets {
 pub struct SocketSlot {
     sockets: Arc<Sockets>,
     user: UserId,
+    revoked: watch::Receiver<u64>,
+}
+
+impl SocketSlot {
+    /// Changes when the user's tokens may have been revoked: the socket
+    /// should check its own.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.revoked.clone()
+    }
 }
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
         let mut open = self.sockets.lock();
-        if let Some(n) = open.get_mut(&self.user) {
+        if let Some((n, _)) = open.get_mut(&self.user) {
             *n -= 1;
             if *n == 0 {
                 open.remove(&self.user);
@@ -52,7 +67,7 @@ impl Sockets {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, (usize, watch::Sender<u64>)>> {
         self.open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -61,7 +76,9 @@ impl Sockets {
     /// A place for one more socket of `user`, or 429 `too_many_sockets`.
     pub fn admit(self: &Arc<Self>, user: UserId) -> Result<SocketSlot, ApiError> {
         let mut open = self.lock();
-        let n = open.entry(user).or_insert(0);
+        let (n, tx) = open
+            .entry(user)
+            .or_insert_with(|| (0, watch::Sender::new(0)));
         if *n >= self.cap {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -73,10 +90,19 @@ impl Sockets {
             ));
         }
         *n += 1;
+        let revoked = tx.subscribe();
         Ok(SocketSlot {
             sockets: Arc::clone(self),
             user,
+            revoked,
         })
+    }
+
+    /// Wakes `user`'s sockets here to check their tokens.
+    pub fn wake(&self, user: UserId) {
+        if let Some((_, tx)) = self.lock().get(&user) {
+            tx.send_modify(|n| *n += 1);
+        }
     }
 
     /// Users with at least one socket here.
@@ -98,7 +124,16 @@ mod tests {
         let _a2 = s.admit(UserId(1)).unwrap();
         let e = s.admit(UserId(1)).unwrap_err();
         assert_eq!(e.code, "too_many_sockets");
-        let _b = s.admit(UserId(2)).unwrap();
+        let b = s.admit(UserId(2)).unwrap();
+        let mut woken = b.revocations();
+        s.wake(UserId(1));
+        assert!(
+            !woken.has_changed().unwrap(),
+            "only the user's sockets wake"
+        );
+        s.wake(UserId(2));
+        assert!(woken.has_changed().unwrap());
+        woken.mark_unchanged();
         drop(a1);
         let _a3 = s.admit(UserId(1)).unwrap();
         assert_eq!(s.users(), 2);

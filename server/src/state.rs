@@ -15,11 +15,12 @@ use tokio::sync::watch;
 
 use missive_engine::keys::ConversationId;
 
-use crate::auth::{Auth, Caller};
+use crate::auth::{Auth, Caller, Token};
 use crate::delivery::hub::Hub;
 use crate::delivery::presence::Presence;
 use crate::error::ApiError;
 use crate::rate::IpRates;
+use crate::revocation::Revoked;
 use crate::service::Service;
 use crate::sockets::Sockets;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub sockets: Arc<Sockets>,
     /// New connections and sockets per client IP.
     pub ips: Arc<IpRates>,
+    /// Each user's token revocations, as this node last read them.
+    pub revoked: Arc<Revoked>,
 }
 
 impl AppState {
@@ -56,12 +59,51 @@ impl AppState {
         AppState {
             sockets: Arc::new(Sockets::new(limits.max_sockets_per_user)),
             ips: Arc::new(IpRates::new(limits, Arc::clone(&service.metrics))),
+            revoked: Arc::new(Revoked::default()),
             service,
             auth,
             hub,
             presence,
             shutdown,
         }
+    }
+
+    /// The caller of a request with `Authorization: Bearer <token>`, if
+    /// the token is valid and not revoked.
+    pub async fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<Token, ApiError> {
+        let t = self.auth.from_headers(headers)?;
+        self.revoked.check(&self.service, &t).await?;
+        Ok(t)
+    }
+
+    /// The caller of a WebSocket ticket, redeemed: valid, not revoked,
+    /// and never redeemed before (on any node).
+    pub async fn redeem_ticket(&self, ticket: &str) -> Result<Token, ApiError> {
+        let t = self.auth.from_ticket(ticket)?;
+        self.revoked.check(&self.service, &t).await?;
+        if let Some(id) = t.id {
+            self.service
+                .use_ticket(t.caller.user, id, t.expires_at)
+                .await?;
+        }
+        Ok(t)
+    }
+
+    /// Revokes `user`'s tokens of `scope`; this node's sockets of theirs
+    /// check theirs at once, and every other node is told to (see
+    /// `revocation`).
+    pub async fn revoke(
+        &self,
+        user: missive_chat::command::UserId,
+        scope: missive_chat::command::RevokeScope,
+    ) -> Result<(), ApiError> {
+        self.service.revoke_sessions(user, scope).await?;
+        self.revoked.forget(user);
+        self.sockets.wake(user);
+        self.service
+            .node
+            .signal(crate::delivery::presence::Signal::Revoked { user: user.0 }.encode());
+        Ok(())
     }
 }
 
@@ -102,7 +144,10 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.auth.from_headers(&parts.headers).map(Authed)
+        state
+            .authenticate(&parts.headers)
+            .await
+            .map(|t| Authed(t.caller))
     }
 }
 

@@ -14,7 +14,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use missive_chat::apply::SystemEvent;
 use missive_chat::command::{
-    ConversationKind, HistoryVisibility, MessageKind, Retention, Settings, UserId,
+    ConversationKind, DeviceId, HistoryVisibility, MessageKind, Retention, RevokeScope, Settings,
+    UserId,
 };
 use missive_chat::records::{self, EventKind, InboxEvent, Reaction};
 use missive_chat::StoredMessage;
@@ -268,6 +269,49 @@ impl From<Settings> for SettingsOut {
             retention,
             retention_days,
         }
+    }
+}
+
+/// Which devices to log out, as a client (or an operator) asks.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeIn {
+    /// These devices.
+    #[serde(default)]
+    pub devices: Vec<Id>,
+    /// Every device but the caller's.
+    #[serde(default)]
+    pub others: bool,
+}
+
+impl RevokeIn {
+    /// The scope for a user's own request from `device`: exactly one of
+    /// `devices` and `others`.
+    pub fn scope(self, device: DeviceId) -> Result<RevokeScope, ApiError> {
+        match (self.devices.is_empty(), self.others) {
+            (false, false) => Ok(RevokeScope::Devices(
+                self.devices.into_iter().map(|d| DeviceId(d.0)).collect(),
+            )),
+            (true, true) => Ok(RevokeScope::AllBut(Some(device))),
+            _ => Err(ApiError::invalid(
+                "give either devices (a list of device ids) or others: true",
+            )),
+        }
+    }
+
+    /// The scope for an operator: `devices`, or every device when none
+    /// are named (`others` means nothing without a calling device).
+    pub fn operator_scope(self) -> Result<RevokeScope, ApiError> {
+        if self.others {
+            return Err(ApiError::invalid(
+                "an operator names devices, or none for every device",
+            ));
+        }
+        Ok(if self.devices.is_empty() {
+            RevokeScope::AllBut(None)
+        } else {
+            RevokeScope::Devices(self.devices.into_iter().map(|d| DeviceId(d.0)).collect())
+        })
     }
 }
 
@@ -639,6 +683,12 @@ pub enum ServerFrame {
         /// Blocked now (true) or not.
         blocked: bool,
     },
+    /// A `revoke` was committed (the tokens it names stop working on
+    /// every node within seconds).
+    Revoked {
+        /// The request id.
+        id: String,
+    },
     /// A page of your conversation list (answer to `conversations`).
     Conversations {
         /// The request id.
@@ -903,6 +953,18 @@ pub enum ClientFrame {
     Blocks {
         /// Request id.
         id: String,
+    },
+    /// Log devices out: revoke the tokens of `devices`, or with `others`
+    /// every device's but this one's.
+    Revoke {
+        /// Request id.
+        id: String,
+        /// Devices to log out.
+        #[serde(default)]
+        devices: Vec<Id>,
+        /// Every device but this one.
+        #[serde(default)]
+        others: bool,
     },
     /// Read a page of your conversation list.
     Conversations {

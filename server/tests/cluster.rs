@@ -100,6 +100,59 @@ async fn delivery_and_sync_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_are_single_use_and_revocations_reach_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, nodes) = cluster(dir.path()).await;
+    let c = &cfgs[0];
+    let ticket_url = |n: &Running, t: &str| format!("ws://{}/v1/ws?ticket={t}", n.addr());
+    // A ticket minted on node 1 works once, on node 2; node 3 refuses it.
+    let alice_phone = Http::new(nodes[0].addr(), token(c, 1, 1));
+    let (s, t) = alice_phone.post("/v1/ws-ticket", json!({})).await;
+    assert_eq!(s, 200);
+    let ticket = t["ticket"].as_str().unwrap().to_string();
+    let (_ws, _) = tokio_tungstenite::connect_async(ticket_url(&nodes[1], &ticket))
+        .await
+        .unwrap();
+    match tokio_tungstenite::connect_async(ticket_url(&nodes[2], &ticket)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 401);
+            let body: Value = serde_json::from_slice(r.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "ticket_used", "{body}");
+        }
+        other => panic!("a used ticket was not refused: {:?}", other.map(|_| ())),
+    }
+
+    // Alice's laptop has a socket on node 2; her phone, on node 1, logs
+    // it out; node 3 refuses its token and the socket on node 2 closes.
+    let laptop = token(c, 1, 2);
+    let mut ws = Ws::connect(nodes[1].addr(), &laptop).await;
+    ws.sync(0).await;
+    let (s, _) = alice_phone
+        .post("/v1/devices/revoke", json!({"devices": ["2"]}))
+        .await;
+    assert_eq!(s, 204);
+    assert_eq!(ws.close_code().await, Some(4003));
+    let on3 = Http::new(nodes[2].addr(), laptop);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = on3.get("/v1/conversations").await;
+        if s == 401 {
+            assert_eq!(v["error"]["code"], "token_revoked");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 still takes the revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(alice_phone.get("/v1/conversations").await.0, 200);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_typing_cross_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let (cfgs, nodes) = cluster(dir.path()).await;

@@ -195,6 +195,8 @@ struct Record {
     ok_after_kill: usize,
     /// When the first of those was acknowledged.
     first_after_kill: Option<Instant>,
+    /// The bodies of refusals (503s while a leader is elected).
+    refusals: Vec<String>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +248,12 @@ async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
                     .send()
                     .await;
                 let ok = match r {
-                    Ok(r) => r.status().as_u16() == 200,
+                    Ok(r) if r.status().as_u16() == 200 => true,
+                    Ok(r) => {
+                        let body = r.text().await.unwrap_or_default();
+                        rec.lock().unwrap().refusals.push(body);
+                        false
+                    }
                     Err(_) => false,
                 };
                 if ok {
@@ -298,6 +305,16 @@ async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
         ok_after_kill >= 200,
         "sends did not resume after the leader was killed"
     );
+    // Refusals while the shard had no leader name no node and no internal
+    // address (the raft error behind them does).
+    let refusals = rec.lock().unwrap().refusals.clone();
+    println!("{} refusals, e.g. {:?}", refusals.len(), refusals.first());
+    for body in &refusals {
+        assert!(
+            !body.contains("127.0.0.") && !body.contains("node "),
+            "a refusal leaks cluster internals: {body}"
+        );
+    }
 
     // The killed node restarts from its data directory and catches up.
     let mut child = spawn(&procs[v].config);

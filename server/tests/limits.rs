@@ -1,6 +1,7 @@
 //! Who may do what, and what bad or excessive input gets: authorization,
-//! tokens and tickets, Origin, the send rate limit, malformed and oversize
-//! frames, a slow consumer, and SIGTERM on the real binary.
+//! tokens, single-use tickets and revocation, Origin, the rate limits and
+//! the socket cap, malformed and oversize frames, a slow consumer, and
+//! SIGTERM on the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;
@@ -70,6 +71,7 @@ async fn only_members_with_valid_tokens_get_in() {
             aud: c.auth.audience.clone(),
             iat: 1_000,
             exp: 2_000,
+            jti: None,
         },
         &jsonwebtoken::EncodingKey::from_secret(
             &std::fs::read(dir.path().join("auth.secret")).unwrap(),
@@ -99,6 +101,9 @@ async fn only_members_with_valid_tokens_get_in() {
         .unwrap();
     let evs = b.sync_until(0, &conv, 1).await;
     assert_eq!(message_seqs(&evs, &conv), vec![1]);
+    // A ticket is redeemed once: replayed, it is refused.
+    let r = Ws::try_connect(srv.addr(), None, Some(ticket), Some("https://chat.example")).await;
+    assert_eq!(upgrade_refusal(r), (401, "ticket_used".to_string()));
     assert!(
         Ws::try_connect(srv.addr(), None, Some(ticket), Some("https://evil.example"))
             .await
@@ -660,5 +665,125 @@ async fn connections_and_upgrades_are_rate_limited_per_client_address() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let m = text.split("\r\n\r\n").nth(1).unwrap_or("");
     assert!(common::metric(m, "missive_connections_refused_total").unwrap() >= 2.0);
+    srv.shutdown().await.unwrap();
+}
+
+/// Waits for the next second: tokens carry seconds, and one issued in the
+/// very second of a revocation counts as revoked.
+async fn next_second() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    tokio::time::sleep(Duration::from_nanos(
+        1_000_000_000 - u64::from(now.subsec_nanos()) + 1_000_000,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_other_devices_revokes_their_tokens_and_closes_their_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let (d1, d2, d3) = (token(&c, 1, 1), token(&c, 1, 2), token(&c, 1, 3));
+    let phone = Http::new(srv.addr(), d1.clone());
+    let laptop = Http::new(srv.addr(), d2.clone());
+    let tablet = Http::new(srv.addr(), d3.clone());
+    let conv = phone.direct(2).await;
+    assert_eq!(laptop.get("/v1/conversations").await.0, 200);
+    // The laptop has a socket and a gRPC stream open.
+    let mut ws = Ws::connect(srv.addr(), &d2).await;
+    ws.sync(0).await;
+    let url = format!("http://{}", srv.grpc_addr().unwrap());
+    let mut g = missive_server::edge::grpc::pb::missive_client::MissiveClient::connect(url)
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(missive_server::edge::grpc::pb::SyncRequest { after: 0 });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {d2}").parse().unwrap());
+    let mut stream = g.sync(req).await.unwrap().into_inner();
+
+    // Bad requests first.
+    let (s, v) = phone.post("/v1/devices/revoke", json!({})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid")));
+    let (s, _) = phone
+        .post(
+            "/v1/devices/revoke",
+            json!({"others": true, "devices": ["2"]}),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // The phone logs out the other devices.
+    let (s, _) = phone
+        .post("/v1/devices/revoke", json!({"others": true}))
+        .await;
+    assert_eq!(s, 204);
+    let (s, v) = laptop.get("/v1/conversations").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("token_revoked"))
+    );
+    assert_eq!(tablet.get("/v1/conversations").await.0, 401);
+    assert_eq!(ws.close_code().await, Some(4003));
+    let end = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    })
+    .await
+    .expect("the stream did not end");
+    let e = end.expect("the stream ended without a status");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        e.metadata()
+            .get("missive-error-code")
+            .map(|v| v.to_str().unwrap()),
+        Some("token_revoked")
+    );
+    let r = Ws::try_connect(srv.addr(), Some(&d2), None, None).await;
+    assert_eq!(upgrade_refusal(r), (401, "token_revoked".to_string()));
+    // The phone goes on.
+    phone.send(&conv, "still-here", "hi").await;
+
+    // A new sign-in (a token issued after the revocation) works again.
+    next_second().await;
+    let laptop = Http::new(srv.addr(), token(&c, 1, 2));
+    assert_eq!(laptop.get("/v1/conversations").await.0, 200);
+
+    // One device over the socket's frame; and an operator, every device.
+    let mut ws1 = Ws::connect(srv.addr(), &d1).await;
+    let mut seen = Vec::new();
+    let r = ws1
+        .request(json!({"type": "revoke", "devices": ["2"]}), &mut seen)
+        .await;
+    assert_eq!(r["type"], "revoked", "{r}");
+    assert_eq!(laptop.get("/v1/conversations").await.0, 401);
+    assert_eq!(phone.get("/v1/conversations").await.0, 200);
+    let admin = reqwest::Client::new();
+    let r = admin
+        .post(format!("http://{}/v1/admin/users/1/revoke", srv.addr()))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "the admin secret is needed");
+    let r = admin
+        .post(format!("http://{}/v1/admin/users/1/revoke", srv.addr()))
+        .header("x-admin-secret", "test-admin-secret")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(phone.get("/v1/conversations").await.0, 401);
+    assert_eq!(ws1.close_code().await, Some(4003));
+    // Another user is untouched.
+    let bob = Http::new(srv.addr(), token(&c, 2, 1));
+    assert_eq!(bob.get("/v1/conversations").await.0, 200);
     srv.shutdown().await.unwrap();
 }

@@ -22,7 +22,9 @@ use missive_raft::Result;
 use super::{reject, Apply};
 use crate::command::{Outcome, RejectCode, MAX_ERASE_SPAN};
 use crate::ids::{DeviceId, Seq, UserId};
-use crate::records::{blocked_key, device_key, profile_key, push_key, receipt_key};
+use crate::records::{
+    blocked_key, device_key, profile_key, push_key, receipt_key, ticket_uses_key,
+};
 
 impl Apply<'_, '_> {
     /// `EraseMessages`: `user`'s messages with seqs in `(after, upto]`
@@ -76,7 +78,10 @@ impl Apply<'_, '_> {
         devices: &[DeviceId],
         blocked: &[UserId],
     ) -> Result<Outcome> {
-        let keys = std::iter::once(profile_key(user))
+        // Revocations stay: they hold no personal data, and dropping them
+        // would make revoked tokens valid again.
+        let keys = [profile_key(user), ticket_uses_key(user)]
+            .into_iter()
             .chain(devices.iter().map(|d| device_key(user, *d)))
             .chain(devices.iter().map(|d| push_key(user, *d)))
             .chain(blocked.iter().map(|b| blocked_key(user, *b)));

@@ -16,7 +16,7 @@
 //! settings), `message` (append, dedup, mentions, retention), `change`
 //! (edit, unsend, react), `pin` (pin, hide), `block`, `receipt`,
 //! `deliver` (inbox delivery and the outbox's clean-up), `user` (devices,
-//! profile, push tokens), `erase` (an operator's erasure of a user).
+//! profile, push tokens, tickets, revocations), `erase` (an operator's erasure of a user).
 
 mod block;
 mod change;
@@ -206,6 +206,12 @@ pub(crate) fn run(
             token,
         } => a.set_push_token(*user, *device, token.as_deref(), stamp),
         Command::SetProfile { user, display_name } => a.set_profile(*user, display_name),
+        Command::UseTicket {
+            user,
+            ticket,
+            expires_secs,
+        } => a.use_ticket(*user, *ticket, *expires_secs, stamp),
+        Command::RevokeSessions { user, scope } => a.revoke_sessions(*user, scope, stamp),
         Command::Edit {
             conv,
             actor,

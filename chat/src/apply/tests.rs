@@ -1316,3 +1316,97 @@ fn erasure_tombstones_only_the_users_messages_and_takes_their_records() {
         .kv
         .contains_key(&records::push_key(UserId(2), DeviceId(5))));
 }
+
+fn use_ticket(id: u8, expires_secs: u64) -> Command {
+    Command::UseTicket {
+        user: UserId(1),
+        ticket: [id; 16],
+        expires_secs,
+    }
+}
+
+fn rejected(o: &Outcome) -> Option<RejectCode> {
+    match o {
+        Outcome::Rejected { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_ticket_is_redeemed_once_and_forgotten_after_it_expires() {
+    let mut s = Shard::default();
+    let now = (STAMP + 1) / 1_000_000;
+    assert_eq!(s.out(use_ticket(1, now + 30)), Outcome::Done);
+    assert_eq!(
+        rejected(&s.out(use_ticket(1, now + 30))),
+        Some(RejectCode::Conflict)
+    );
+    // Another ticket, and the same id for another user, are their own.
+    assert_eq!(s.out(use_ticket(2, now + 30)), Outcome::Done);
+    let other = Command::UseTicket {
+        user: UserId(2),
+        ticket: [1; 16],
+        expires_secs: now + 30,
+    };
+    assert_eq!(s.out(other), Outcome::Done);
+    // An expired ticket is refused; once past their expiry the redeemed
+    // ids leave the record.
+    assert_eq!(
+        rejected(&s.out(use_ticket(3, now - 1))),
+        Some(RejectCode::TooLate)
+    );
+    s.stamp += 31 * 1_000_000;
+    assert_eq!(s.out(use_ticket(4, now + 90)), Outcome::Done);
+    let uses: records::TicketUses = s.get(&records::ticket_uses_key(UserId(1))).unwrap();
+    assert_eq!(uses.used, vec![([4; 16], now + 90)]);
+}
+
+#[test]
+fn revocations_cover_the_devices_named_or_all_but_the_asking_one() {
+    let mut s = Shard::default();
+    let revoke = |scope| Command::RevokeSessions {
+        user: UserId(1),
+        scope,
+    };
+    let read = |s: &Shard| -> records::Revocations {
+        s.get(&records::revocations_key(UserId(1))).unwrap()
+    };
+    let t0 = (STAMP + 1) / 1_000_000;
+    s.out(revoke(crate::command::RevokeScope::Devices(vec![
+        DeviceId(2),
+    ])));
+    let r = read(&s);
+    assert!(r.revokes(DeviceId(2), t0) && r.revokes(DeviceId(2), t0 - 100));
+    assert!(!r.revokes(DeviceId(2), t0 + 1), "a newer token of device 2");
+    assert!(!r.revokes(DeviceId(1), t0), "another device");
+    // Ten seconds later device 1 logs out the others: device 2's token of
+    // then goes too, device 1's stays.
+    s.stamp += 10 * 1_000_000;
+    s.out(revoke(crate::command::RevokeScope::AllBut(Some(DeviceId(
+        1,
+    )))));
+    let r = read(&s);
+    assert!(r.revokes(DeviceId(2), t0 + 10) && r.revokes(DeviceId(3), t0 + 5));
+    assert!(!r.revokes(DeviceId(1), t0 + 10));
+    assert!(r.devices.is_empty(), "covered entries dropped: {r:?}");
+    // Device 1 revoked on its own later; a further "others" from device 1
+    // keeps that revocation.
+    s.stamp += 10 * 1_000_000;
+    s.out(revoke(crate::command::RevokeScope::Devices(vec![
+        DeviceId(1),
+    ])));
+    s.stamp += 10 * 1_000_000;
+    s.out(revoke(crate::command::RevokeScope::AllBut(Some(DeviceId(
+        1,
+    )))));
+    let r = read(&s);
+    assert!(r.revokes(DeviceId(1), t0 + 20), "{r:?}");
+    assert!(!r.revokes(DeviceId(1), t0 + 21));
+    // An operator's: every device.
+    s.out(revoke(crate::command::RevokeScope::AllBut(None)));
+    assert!(read(&s).revokes(DeviceId(1), t0 + 30));
+    assert_eq!(
+        rejected(&s.out(revoke(crate::command::RevokeScope::Devices(vec![])))),
+        Some(RejectCode::Invalid)
+    );
+}

@@ -98,6 +98,12 @@ pub enum Signal {
         /// The conversation's other members.
         to: Vec<u64>,
     },
+    /// Some of `user`'s tokens were revoked: drop what is cached of their
+    /// revocations and have their sockets check (see `revocation`).
+    Revoked {
+        /// The user.
+        user: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -348,6 +354,8 @@ impl Presence {
         let now = Instant::now();
         let mut st = self.lock();
         match s {
+            // The server's signal loop handles these (`revocation`).
+            Signal::Revoked { .. } => {}
             Signal::Online { node, users } => {
                 for u in users.into_iter().map(UserId) {
                     let seen = st.seen.entry(u).or_default();

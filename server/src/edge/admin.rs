@@ -189,6 +189,26 @@ pub(crate) async fn erase_user(
     Ok(Json(r))
 }
 
+/// `POST /v1/admin/users/{user}/revoke`: logs a user's devices out —
+/// those named in `devices`, or every one.
+pub(crate) async fn revoke_user(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    crate::state::JsonBody(req): crate::state::JsonBody<crate::wire::RevokeIn>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    require_admin(&s, &headers, "revoking a user's tokens")?;
+    let user = raw
+        .parse::<u64>()
+        .ok()
+        .filter(|u| *u > 0)
+        .ok_or_else(|| ApiError::invalid(format!("{raw:?} is not a user id")))?;
+    let scope = req.operator_scope()?;
+    tracing::info!(user, ?scope, "revocation requested");
+    s.revoke(missive_chat::command::UserId(user), scope).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
 fn shard_of(node: &missive_chat::ChatNode, raw: &str) -> Result<ShardId, ApiError> {
     let shard = ShardId(
         raw.parse::<u32>()

@@ -28,10 +28,11 @@ use tonic::{Request, Response, Status};
 use missive_chat::command::UserId;
 use missive_engine::keys::ConversationId;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Token};
 use crate::delivery::presence;
 use crate::delivery::sync::{announce_typing, sync_pump, watch_list, FrameSink};
 use crate::error::ApiError;
+use crate::revocation::revoked_error;
 use crate::service::Outgoing;
 use crate::sockets::SocketSlot;
 use crate::state::AppState;
@@ -119,13 +120,32 @@ impl Grpc {
         self.state.sockets.admit(who.user).map_err(|e| status(&e))
     }
 
-    #[allow(clippy::result_large_err, reason = "tonic handlers answer Status")]
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    /// The request's token, valid and not revoked.
+    async fn token<T>(&self, req: &Request<T>) -> Result<Token, Status> {
         let headers = req.metadata().clone().into_headers();
-        self.state
-            .auth
-            .from_headers(&headers)
+        // Boxed: every handler awaits this, and inlining its future into
+        // each handler's nests them past the compiler's layout depth.
+        Box::pin(self.state.authenticate(&headers))
+            .await
             .map_err(|e| status(&e))
+    }
+
+    /// Resolves once the stream's token is found revoked.
+    fn until_revoked(
+        &self,
+        token: Token,
+        slot: &SocketSlot,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        Arc::clone(&self.state.revoked).until_revoked(
+            Arc::clone(&self.state.service),
+            token,
+            slot.revocations(),
+        )
+    }
+
+    /// The caller named by the request's token.
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        Ok(self.token(req).await?.caller)
     }
 }
 
@@ -343,7 +363,7 @@ type EventStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::Event, Sta
 #[tonic::async_trait]
 impl Missive for Grpc {
     async fn send(&self, req: Request<pb::SendRequest>) -> Result<Response<pb::SendReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let svc = &self.state.service;
         let kind =
@@ -383,7 +403,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::EditRequest>,
     ) -> Result<Response<pb::ChangeReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let svc = &self.state.service;
         change_reply(
@@ -397,7 +417,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::MessageRef>,
     ) -> Result<Response<pb::ChangeReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let svc = &self.state.service;
         change_reply(r.conv, svc.unsend(who.user, ConversationId(r.conv), r.seq)).await
@@ -407,7 +427,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::ReactRequest>,
     ) -> Result<Response<pb::ChangeReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let svc = &self.state.service;
         change_reply(
@@ -421,14 +441,14 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::MessageRef>,
     ) -> Result<Response<pb::ChangeReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let svc = &self.state.service;
         change_reply(r.conv, svc.hide(who.user, ConversationId(r.conv), r.seq)).await
     }
 
     async fn pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::ChangeReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let svc = &self.state.service;
         change_reply(
@@ -442,7 +462,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::ConversationRequest>,
     ) -> Result<Response<pb::PinsReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let list = self
             .state
@@ -467,7 +487,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::BlockRequest>,
     ) -> Result<Response<pb::BlockReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         self.state
             .service
@@ -484,7 +504,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::BlocksRequest>,
     ) -> Result<Response<pb::BlocksReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let list = self
             .state
             .service
@@ -503,7 +523,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::ReceiptRequest>,
     ) -> Result<Response<pb::ReceiptReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let some = |v: u64| (v > 0).then_some(v);
         let (delivered, read) = self
@@ -528,7 +548,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let some = |v: u64| (v > 0).then_some(v);
         let limit = (r.limit > 0).then_some(r.limit as usize);
@@ -551,7 +571,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::ConversationsRequest>,
     ) -> Result<Response<pb::ConversationsReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let before = (!r.before.is_empty())
             .then(|| crate::service::ListCursor::parse(&r.before))
@@ -591,7 +611,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::CreateDirectRequest>,
     ) -> Result<Response<pb::CreateReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let peer = UserId(req.into_inner().peer);
         let (conv, created) = self
             .state
@@ -609,7 +629,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::CreateReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let conv = self
             .state
@@ -627,7 +647,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::ConversationRequest>,
     ) -> Result<Response<pb::ConversationInfo>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let conv = ConversationId(req.into_inner().conv);
         self.conversation_info(who.user, conv).await
     }
@@ -636,7 +656,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::ConfigureRequest>,
     ) -> Result<Response<pb::ConversationInfo>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let nonempty = |s: String| (!s.is_empty()).then_some(s);
         let change = crate::wire::SettingsIn {
@@ -659,7 +679,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::ChangeMembersRequest>,
     ) -> Result<Response<pb::ChangeMembersReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         let rename = (!r.rename.is_empty()).then_some(r.rename);
         if r.add.is_empty() && r.remove.is_empty() && r.promote.is_empty() && rename.is_none() {
@@ -687,7 +707,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::ConversationRequest>,
     ) -> Result<Response<pb::ChangeMembersReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let conv = ConversationId(req.into_inner().conv);
         let (version, seq) = self
             .state
@@ -702,7 +722,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::ProfileRequest>,
     ) -> Result<Response<pb::ProfileReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let user = match req.into_inner().user {
             0 => who.user,
             u => UserId(u),
@@ -723,7 +743,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::SetProfileRequest>,
     ) -> Result<Response<pb::ProfileReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let display_name = req.into_inner().display_name;
         self.state
             .service
@@ -740,7 +760,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::DevicesRequest>,
     ) -> Result<Response<pb::DevicesReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let list = self
             .state
             .service
@@ -764,7 +784,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::RegisterDeviceRequest>,
     ) -> Result<Response<pb::DeviceReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         self.state
             .service
@@ -777,11 +797,30 @@ impl Missive for Grpc {
         }))
     }
 
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeReply>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.into_inner();
+        let scope = crate::wire::RevokeIn {
+            devices: r.devices.into_iter().map(Id).collect(),
+            others: r.others,
+        }
+        .scope(who.device)
+        .map_err(|e| status(&e))?;
+        self.state
+            .revoke(who.user, scope)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::RevokeReply {}))
+    }
+
     async fn set_push_token(
         &self,
         req: Request<pb::PushTokenRequest>,
     ) -> Result<Response<pb::DeviceReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let token = req.into_inner().token;
         let token = (!token.is_empty()).then_some(token);
         let push = token.is_some();
@@ -800,7 +839,7 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::TypingRequest>,
     ) -> Result<Response<pb::TypingReply>, Status> {
-        let who = self.caller(&req)?;
+        let who = self.caller(&req).await?;
         let r = req.into_inner();
         announce_typing(&self.state, who.user, ConversationId(r.conv), r.typing)
             .await
@@ -814,8 +853,10 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::LiveRequest>,
     ) -> Result<Response<Self::LiveStream>, Status> {
-        let who = self.caller(&req)?;
+        let token = self.token(&req).await?;
+        let who = token.caller;
         let slot = self.admit_stream(&req, who)?;
+        let revoked = self.until_revoked(token, &slot);
         let asked: Vec<Id> = req.into_inner().watch.into_iter().map(Id).collect();
         let (watch, hidden) = watch_list(&self.state.service, who.user, &asked)
             .await
@@ -839,8 +880,13 @@ impl Missive for Grpc {
         let pump = tokio::spawn(async move {
             let _online = guard;
             let _slot = slot;
+            let mut revoked = std::pin::pin!(revoked);
             loop {
                 tokio::select! {
+                    () = &mut revoked => {
+                        let _ = tx.try_send(Err(status(&revoked_error())));
+                        break;
+                    }
                     f = eph_rx.recv() => {
                         let Some(f) = f else { break };
                         let Some(ev) = live_event(f) else { continue };
@@ -872,8 +918,10 @@ impl Missive for Grpc {
         &self,
         req: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let who = self.caller(&req)?;
+        let token = self.token(&req).await?;
+        let who = token.caller;
         let slot = self.admit_stream(&req, who)?;
+        let revoked = self.until_revoked(token, &slot);
         let after = req.into_inner().after;
         let limits = &self.state.service.limits;
         let (tx, mut rx) = mpsc::channel(limits.outbound_queue);
@@ -891,6 +939,9 @@ impl Missive for Grpc {
             let _slot = slot;
             tokio::select! {
                 () = sync_pump(sink, state, who, after, None) => {}
+                () = revoked => {
+                    let _ = ending.try_send(Err(status(&revoked_error())));
+                }
                 _ = shutdown.changed() => {
                     let _ = ending.try_send(Err(Status::unavailable("server shutting down")));
                 }

@@ -17,7 +17,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::service::Outgoing;
 use crate::state::{AppState, Authed, ConvPath, JsonBody, MessagePath, PeerIp, ReactionPath, Q};
-use crate::wire::{parse_kind, BodyIn, Id, SettingsIn, SettingsOut};
+use crate::wire::{parse_kind, BodyIn, Id, RevokeIn, SettingsIn, SettingsOut};
 
 /// The router.
 pub fn router(state: AppState) -> Router {
@@ -49,11 +49,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/users/{user}/erase",
             post(crate::edge::admin::erase_user),
         )
+        .route(
+            "/v1/admin/users/{user}/revoke",
+            post(crate::edge::admin::revoke_user),
+        )
         .route("/v1/ws-ticket", post(ws_ticket))
         .route("/v1/ws", get(ws_upgrade))
         .route("/v1/users/me", get(me).put(set_me))
         .route("/v1/users/{user}", get(user_profile))
         .route("/v1/devices", get(devices).post(register_device))
+        .route("/v1/devices/revoke", post(revoke))
         .route(
             "/v1/devices/push",
             put(set_push_token).delete(clear_push_token),
@@ -213,11 +218,11 @@ async fn ws_upgrade(
     if let Some(ip) = peer {
         s.ips.upgrade(ip)?;
     }
-    let who = match q.ticket {
-        Some(t) => s.auth.from_ticket(&t)?,
-        None => s.auth.from_headers(&headers)?,
+    let token = match q.ticket {
+        Some(t) => s.redeem_ticket(&t).await?,
+        None => s.authenticate(&headers).await?,
     };
-    let slot = s.sockets.admit(who.user)?;
+    let slot = s.sockets.admit(token.caller.user)?;
     let limits = &s.service.limits;
     // Explicit limits: axum's defaults are 64 MiB messages and an
     // unbounded write buffer. The read buffer is small because chat frames
@@ -230,7 +235,18 @@ async fn ws_upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(4 * 1024 * 1024)
-        .on_upgrade(move |socket| crate::edge::ws::session(socket, s, who, slot)))
+        .on_upgrade(move |socket| crate::edge::ws::session(socket, s, token, slot)))
+}
+
+/// Logs devices of the caller out (their tokens stop working).
+async fn revoke(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    JsonBody(req): JsonBody<RevokeIn>,
+) -> Result<StatusCode, ApiError> {
+    let scope = req.scope(who.device)?;
+    s.revoke(who.user, scope).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Serialize)]

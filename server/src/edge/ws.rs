@@ -19,14 +19,14 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use missive_engine::keys::ConversationId;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Token};
 use crate::delivery::presence;
 use crate::delivery::sync::{announce_typing, sync_pump, watch_list, FrameSink};
 use crate::error::ApiError;
 use crate::service::Outgoing;
 use crate::sockets::SocketSlot;
 use crate::state::AppState;
-use crate::wire::{parse_kind, BodyIn, ClientFrame, ServerFrame, SettingsIn};
+use crate::wire::{parse_kind, BodyIn, ClientFrame, RevokeIn, ServerFrame, SettingsIn};
 
 /// Close codes (4000–4999 are the application's).
 pub mod close {
@@ -38,6 +38,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// No frame from the client for `limits.idle_timeout_secs`.
     pub const IDLE: u16 = 4000;
+    /// The session's token was revoked (the device was logged out).
+    pub const REVOKED: u16 = 4003;
     /// The session fell behind (see the module docs).
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The server failed; reconnect.
@@ -47,7 +49,7 @@ pub mod close {
 /// Requests of one session handled concurrently (a client may pipeline).
 const IN_FLIGHT: usize = 64;
 /// Frame types a client may send.
-const CLIENT_TYPES: [&str; 17] = [
+const CLIENT_TYPES: [&str; 18] = [
     "send",
     "configure",
     "edit",
@@ -65,6 +67,7 @@ const CLIENT_TYPES: [&str; 17] = [
     "ping",
     "presence",
     "typing",
+    "revoke",
 ];
 
 /// Frames written per flush at most.
@@ -140,17 +143,28 @@ impl Tx {
     }
 }
 
-/// Runs one session on an upgraded connection until it closes; its place
-/// under the user's socket cap is given back then.
-pub async fn session(socket: WebSocket, state: AppState, who: Caller, slot: SocketSlot) {
-    run(socket, state, who).await;
+/// Runs one session on an upgraded connection until it closes (or its
+/// token is revoked: 4003); its place under the user's socket cap is given
+/// back then.
+pub async fn session(socket: WebSocket, state: AppState, token: Token, slot: SocketSlot) {
+    let revoked = Arc::clone(&state.revoked).until_revoked(
+        Arc::clone(&state.service),
+        token,
+        slot.revocations(),
+    );
+    run(socket, state, token.caller, revoked).await;
     drop(slot);
 }
 
-/// Runs one session over any message stream and sink until it closes: a
-/// WebSocket in production, a pair of channels in the tests below.
-pub async fn run<S, E>(socket: S, state: AppState, who: Caller)
-where
+/// Runs one session over any message stream and sink until it closes (or
+/// `revoked` resolves): a WebSocket in production, a pair of channels in
+/// the tests below.
+pub async fn run<S, E>(
+    socket: S,
+    state: AppState,
+    who: Caller,
+    revoked: impl std::future::Future<Output = ()> + Send,
+) where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
     <S as Sink<Message>>::Error: Send,
     E: SocketError,
@@ -240,9 +254,12 @@ where
     let mut pump: Option<tokio::task::JoinHandle<()>> = None;
     let mut shutdown = state.shutdown.clone();
     let mut ended = tx.close.subscribe();
+    let revoked = std::pin::pin!(revoked);
+    let mut revoked = revoked;
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => { tx.end(close::GOING_AWAY, "server shutting down"); break; }
+            () = &mut revoked => { tx.end(close::REVOKED, "token_revoked"); break; }
             _ = ended.changed() => break,
             n = tokio::time::timeout(idle, stream.next()) => n,
         };
@@ -565,6 +582,20 @@ async fn handle(
                 Err(e) => ServerFrame::error(Some(id), &e),
             }
         }
+        ClientFrame::Revoke {
+            id,
+            devices,
+            others,
+        } => {
+            let r = match (RevokeIn { devices, others }).scope(who.device) {
+                Ok(scope) => state.revoke(who.user, scope).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => ServerFrame::Revoked { id },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
         ClientFrame::Conversations { id, before, limit } => {
             let r = async {
                 let before = before
@@ -822,6 +853,7 @@ mod tests {
             },
             state.clone(),
             who,
+            std::future::pending(),
         ));
         let mut c = Client { send, recv };
 
