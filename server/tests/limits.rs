@@ -356,6 +356,56 @@ async fn a_slow_consumer_is_closed_and_catches_up_by_sync() {
     srv.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_again_loses_its_connection_not_just_its_stream() {
+    // The writer blocks on the socket first (a long queue): it gives up
+    // after slow_consumer_ms, and the connection must go with it — before,
+    // the session kept reading a socket it no longer wrote to until the
+    // idle timeout (120 s), a zombie holding its buffers.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.limits.outbound_queue = 1024;
+    c.limits.slow_consumer_ms = 300;
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    bob.send_json(json!({"type": "sync", "after": 0})).await;
+    let body = "z".repeat(60_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    loop {
+        // Bob never reads: sends fill the socket until the server gives up.
+        for _ in 0..20 {
+            i += 1;
+            alice.send(&conv, &format!("z{i}"), &body).await;
+        }
+        let text = common::metrics(srv.addr()).await;
+        if common::metric(&text, "missive_slow_consumers_total") == Some(1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never slow:\n{text}"
+        );
+    }
+    // The session is gone, not only its writer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = common::metrics(srv.addr()).await;
+        if common::metric(&text, "missive_websockets") == Some(0.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow consumer's session outlived its writer:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(bob);
+    srv.shutdown().await.unwrap();
+}
+
 #[test]
 fn sigterm_drains_and_exits_zero() {
     use std::io::{BufRead, BufReader};

@@ -193,7 +193,7 @@ pub async fn run<S, E>(
     // The writer: the only task touching the sink.
     let slow_after = limits.slow_consumer();
     let wmetrics = Arc::clone(&metrics);
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         let reason = loop {
             tokio::select! {
                 biased;
@@ -254,6 +254,7 @@ pub async fn run<S, E>(
     let mut pump: Option<tokio::task::JoinHandle<()>> = None;
     let mut shutdown = state.shutdown.clone();
     let mut ended = tx.close.subscribe();
+    let mut writer_done = false;
     let revoked = std::pin::pin!(revoked);
     let mut revoked = revoked;
     loop {
@@ -261,6 +262,15 @@ pub async fn run<S, E>(
             _ = shutdown.changed() => { tx.end(close::GOING_AWAY, "server shutting down"); break; }
             () = &mut revoked => { tx.end(close::REVOKED, "token_revoked"); break; }
             _ = ended.changed() => break,
+            // The writer ended on its own (the peer is gone, or it was
+            // blocked past `slow_consumer_ms`): the session ends with it,
+            // and dropping both halves closes the connection. Before, the
+            // read half kept a stalled client's socket open until its idle
+            // timeout, with nothing left to write to it.
+            _ = &mut writer => {
+                writer_done = true;
+                break;
+            }
             n = tokio::time::timeout(idle, stream.next()) => n,
         };
         let msg = match next {
@@ -354,7 +364,9 @@ pub async fn run<S, E>(
     drop(tx);
     drop(eph);
     drop(guard);
-    let _ = writer.await;
+    if !writer_done {
+        let _ = writer.await;
+    }
     metrics.websockets.dec();
 }
 
