@@ -202,10 +202,13 @@ async fn run_signals(
     let (presence, service) = (&state.presence, &state.service);
     let mut refresh = tokio::time::interval(crate::delivery::presence::REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expire = tokio::time::interval(crate::delivery::presence::EXPIRE_EVERY);
+    expire.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = refresh.tick() => presence.refresh(),
+            _ = expire.tick() => presence.expire(),
             s = outgoing.recv() => match s {
                 Some(s) => service.node.signal(s.encode()),
                 None => return,
