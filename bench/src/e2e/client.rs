@@ -180,15 +180,31 @@ impl Shared {
 /// syncs its stream from the start and returns once `synced` arrived, with
 /// the cursor.
 pub async fn connect(i: usize, sources: u8, server: SocketAddr, plan: &Plan) -> Result<(Ws, u64)> {
+    open(i, sources, server, &plan.token, None).await
+}
+
+/// Like [`connect`] for `token`, with the socket's receive buffer set to
+/// `rcvbuf` bytes if given (a small one makes a client that stops reading
+/// back up the server quickly).
+pub async fn open(
+    i: usize,
+    sources: u8,
+    server: SocketAddr,
+    token: &str,
+    rcvbuf: Option<u32>,
+) -> Result<(Ws, u64)> {
     let src = Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(sources.max(1))) as u8);
     let sock = TcpSocket::new_v4()?;
+    if let Some(b) = rcvbuf {
+        sock.set_recv_buffer_size(b)?;
+    }
     sock.bind(SocketAddr::new(IpAddr::V4(src), 0))
         .with_context(|| format!("bind {src}"))?;
     let stream = sock.connect(server).await.context("connect")?;
     stream.set_nodelay(true)?;
     let mut req = format!("ws://{server}/v1/ws").into_client_request()?;
     req.headers_mut()
-        .insert("authorization", format!("Bearer {}", plan.token).parse()?);
+        .insert("authorization", format!("Bearer {token}").parse()?);
     // tungstenite zero-fills its whole read buffer before every read (128 KiB
     // by default): that memset was 37 % of the generator's samples, CPU taken
     // from the server it measures on the same two cores. Frames here are

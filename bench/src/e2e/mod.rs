@@ -20,11 +20,14 @@
 //! - `setup` — tokens and conversations over HTTP.
 //! - `client` — one device: connect, sync, send on schedule, time events.
 //! - `pacer` — the thread that wakes each device at its send time.
+//! - `stall` — `--stalled`: sockets that stop reading, flooded, beside the
+//!   load (what a slow consumer costs the others).
 
 mod client;
 mod pacer;
 pub(crate) mod server;
 mod setup;
+mod stall;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -101,6 +104,20 @@ pub struct E2eArgs {
     /// the run, for a look at what the server did; its path is printed.
     #[arg(long)]
     pub keep: bool,
+    /// Sockets that stop reading (of one extra user), flooded with
+    /// `--flood-rate` messages/s, beside the load (see `stall`); 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
+    /// Messages/s sent to the stalled sockets' user.
+    #[arg(long, default_value_t = 200.0)]
+    pub flood_rate: f64,
+    /// The flood's message body, bytes.
+    #[arg(long, default_value_t = 2_000)]
+    pub flood_body: usize,
+    /// The `--stalled` sockets read after all: the anchor of a stall run
+    /// (the same work for the server, no slow consumer).
+    #[arg(long)]
+    pub flood_readers: bool,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -232,6 +249,25 @@ async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
         PacerKind::Thread => Some(pacer::Pacer::start()?),
         PacerKind::Tokio => None,
     };
+    let stall = match a.stalled {
+        0 => None,
+        n => Some(
+            stall::start(
+                &http,
+                srv.addr,
+                &srv.admin_secret,
+                layout.user_base + layout.users as u64 + 10,
+                stall::Shape {
+                    sockets: n,
+                    rate: a.flood_rate,
+                    body: a.flood_body,
+                    until: start + Duration::from_secs(a.warmup + a.seconds),
+                    readers: a.flood_readers,
+                },
+            )
+            .await?,
+        ),
+    };
     let per_conn = a.rate / conns.len() as f64;
     let mut tasks = Vec::with_capacity(conns.len());
     for (i, ((ws, cursor), plan)) in conns.into_iter().zip(plans).enumerate() {
@@ -253,6 +289,24 @@ async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
     for t in tasks {
         let _ = t.await;
     }
+    let stalled = match stall {
+        Some(st) => {
+            let o = st.finish().await;
+            format!(
+                "; {} {} sockets, {} closed by the server, flood {} sent / {} failed",
+                o.sockets,
+                if a.flood_readers {
+                    "reading"
+                } else {
+                    "stalled"
+                },
+                o.closed,
+                o.flooded,
+                o.flood_errors
+            )
+        }
+        None => String::new(),
+    };
 
     let secs = a.seconds as f64;
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -336,7 +390,7 @@ async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
     }
     for r in &mut rows {
         r.note = format!(
-            "{} conns, {} devices/user, {} msgs/s target, {:.0}% groups of {}; {}",
+            "{} conns, {} devices/user, {} msgs/s target, {:.0}% groups of {}{stalled}; {}",
             a.connections,
             a.devices,
             a.rate,

@@ -170,3 +170,30 @@ pub async fn prepare(
         .collect();
     Ok(plans)
 }
+
+/// A pair of users apart from the layout's (ids from `base`): the one
+/// whose sockets stall and the one who floods them, with their direct
+/// conversation. Returns (stalled user's token for `devices` devices,
+/// flooder's token, conversation).
+pub async fn flood_pair(
+    http: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    admin: &str,
+    base: u64,
+    devices: usize,
+) -> Result<(Vec<String>, String, String)> {
+    let api = Api {
+        http,
+        base: format!("http://{addr}"),
+    };
+    let (stalled, flooder) = (base, base + 1);
+    let mut tokens = Vec::with_capacity(devices);
+    for d in 1..=devices as u64 {
+        tokens.push(api.token(admin, stalled, d).await?);
+    }
+    let f = api.token(admin, flooder, 1).await?;
+    let conv = api
+        .create(&f, json!({"kind": "direct", "peer": stalled.to_string()}))
+        .await?;
+    Ok((tokens, f, conv))
+}
