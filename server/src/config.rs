@@ -254,6 +254,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Frames queued for one WebSocket before it counts as slow.
     pub outbound_queue: usize,
+    /// Bytes of serialized frames queued for one WebSocket before it
+    /// counts as slow (what a client that stops reading can pin).
+    pub outbound_queue_bytes: usize,
     /// How long a slow WebSocket may block its queue before it is closed,
     /// milliseconds.
     pub slow_consumer_ms: u64,
@@ -315,6 +318,7 @@ impl Default for Limits {
             send_burst: 50,
             max_connections: 50_000,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1024 * 1024,
             slow_consumer_ms: 10_000,
             header_timeout_ms: 10_000,
             idle_timeout_secs: 120,
@@ -446,6 +450,9 @@ impl Config {
         }
         if l.max_sockets_per_user == 0 {
             return bad("limits.max_sockets_per_user must be positive");
+        }
+        if l.outbound_queue_bytes == 0 || l.outbound_queue_bytes > u32::MAX as usize {
+            return bad("limits.outbound_queue_bytes must be 1 to 4 GiB");
         }
         if l.outbound_queue == 0 || l.max_page == 0 || l.sync_page == 0 || l.max_connections == 0 {
             return bad(

@@ -5,10 +5,16 @@
 //!
 //! # Slow consumers
 //!
-//! Frames go through one bounded queue per session. A writer blocked for
-//! longer than `limits.slow_consumer_ms` (the queue stays full) closes the
-//! session with code 4008 `slow_consumer`; the device reconnects and syncs
-//! from its cursor, losing nothing.
+//! Frames go through one bounded queue per session, bounded twice: in
+//! frames (`limits.outbound_queue`) and in bytes
+//! (`limits.outbound_queue_bytes`: frames are serialized when queued, and
+//! each holds its length of the session's byte budget until written), so
+//! what a client that stops reading pins in the server's memory is known
+//! whatever the messages' sizes. A queue that stays full, or a writer
+//! blocked on the socket, for longer than `limits.slow_consumer_ms` closes
+//! the session with code 4008 `slow_consumer` (or drops the connection,
+//! when the socket cannot take even that); the device reconnects and
+//! syncs from its cursor, losing nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,49 +87,76 @@ enum WriteEnd {
     Internal,
 }
 
-/// Serializes and writes `burst`, then flushes once.
+/// Serializes a frame, counting what it is.
+fn render(f: &ServerFrame, metrics: &crate::metrics::Metrics) -> Result<String, WriteEnd> {
+    match f {
+        ServerFrame::Event { .. } => metrics.events_pushed.inc(),
+        ServerFrame::Error { .. } => metrics.errors.inc(),
+        _ => {}
+    }
+    serde_json::to_string(f).map_err(|e| {
+        tracing::error!(error = %e, "frame did not serialize");
+        WriteEnd::Internal
+    })
+}
+
+/// Writes `burst`, then flushes once; each frame's bytes go back to the
+/// session's budget as it is handed to the socket.
 async fn write_burst<K: Sink<Message> + Unpin>(
     sink: &mut K,
     burst: Vec<Out>,
-    metrics: &crate::metrics::Metrics,
 ) -> Result<(), WriteEnd> {
-    for Out::Frame(f) in burst {
-        match &f {
-            ServerFrame::Event { .. } => metrics.events_pushed.inc(),
-            ServerFrame::Error { .. } => metrics.errors.inc(),
-            _ => {}
-        }
-        let text = serde_json::to_string(&f).map_err(|e| {
-            tracing::error!(error = %e, "frame did not serialize");
-            WriteEnd::Internal
-        })?;
-        sink.feed(Message::Text(text.into()))
+    for Out { text, budget } in burst {
+        sink.feed(Message::Text(text))
             .await
             .map_err(|_| WriteEnd::Closed)?;
+        drop(budget);
     }
     sink.flush().await.map_err(|_| WriteEnd::Closed)
 }
 
-/// What the writer is asked to do.
-enum Out {
-    Frame(ServerFrame),
+/// A serialized frame and the part of the session's byte budget it holds.
+struct Out {
+    text: Utf8Bytes,
+    budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A session's way to send frames and to end itself.
 #[derive(Clone)]
 struct Tx {
     frames: mpsc::Sender<Out>,
+    /// Bytes of serialized frames the queue may hold
+    /// (`limits.outbound_queue_bytes` permits).
+    budget: Arc<Semaphore>,
+    /// The budget's size: a frame larger than it takes all of it.
+    budget_bytes: usize,
     close: watch::Sender<Option<(u16, &'static str)>>,
     slow_after: Duration,
     state: AppState,
 }
 
 impl Tx {
-    /// Queues a frame; a queue that stays full closes the session.
+    /// Serializes and queues a frame; a queue that stays full (in frames
+    /// or in bytes) closes the session.
     async fn send(&self, f: ServerFrame) -> bool {
-        match tokio::time::timeout(self.slow_after, self.frames.send(Out::Frame(f))).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
+        let text = match render(&f, &self.state.service.metrics) {
+            Ok(t) => t,
+            Err(_) => {
+                self.end(close::INTERNAL, "internal");
+                return false;
+            }
+        };
+        let n = u32::try_from(text.len().clamp(1, self.budget_bytes)).unwrap_or(u32::MAX);
+        let queued = async {
+            let budget = Arc::clone(&self.budget).acquire_many_owned(n).await.ok();
+            let out = Out {
+                text: text.into(),
+                budget,
+            };
+            self.frames.send(out).await.is_ok()
+        };
+        match tokio::time::timeout(self.slow_after, queued).await {
+            Ok(sent) => sent,
             Err(_) => {
                 self.end(close::SLOW_CONSUMER, "slow_consumer");
                 false
@@ -183,8 +216,11 @@ pub async fn run<S, E>(
         session: guard.id,
         tx: eph_tx,
     };
+    let budget_bytes = limits.outbound_queue_bytes.max(1);
     let tx = Tx {
         frames: frames_tx,
+        budget: Arc::new(Semaphore::new(budget_bytes)),
+        budget_bytes,
         close: close_tx,
         slow_after: limits.slow_consumer(),
         state: state.clone(),
@@ -205,7 +241,12 @@ pub async fn run<S, E>(
                     }
                 }
                 Some(f) = eph_rx.recv() => {
-                    match tokio::time::timeout(slow_after, write_burst(&mut sink, vec![Out::Frame(f)], &wmetrics)).await {
+                    let text = match render(&f, &wmetrics) {
+                        Ok(t) => t,
+                        Err(_) => break (close::INTERNAL, "internal"),
+                    };
+                    let out = Out { text: text.into(), budget: None };
+                    match tokio::time::timeout(slow_after, write_burst(&mut sink, vec![out])).await {
                         Ok(Ok(())) => {}
                         Ok(Err(WriteEnd::Closed)) => return,
                         Ok(Err(WriteEnd::Internal)) => break (close::INTERNAL, "internal"),
@@ -225,7 +266,7 @@ pub async fn run<S, E>(
                             Err(_) => break,
                         }
                     }
-                    match tokio::time::timeout(slow_after, write_burst(&mut sink, burst, &wmetrics)).await {
+                    match tokio::time::timeout(slow_after, write_burst(&mut sink, burst)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(WriteEnd::Closed)) => return,
                         Ok(Err(WriteEnd::Internal)) => break (close::INTERNAL, "internal"),
@@ -760,6 +801,8 @@ mod tests {
     struct Duplex {
         from_client: mpsc::UnboundedReceiver<Result<Message, String>>,
         to_client: mpsc::UnboundedSender<Message>,
+        /// A client that reads nothing: the socket never takes a frame.
+        stalled: bool,
     }
 
     /// The channel stand-in fails only when a test says so.
@@ -779,6 +822,9 @@ mod tests {
     impl Sink<Message> for Duplex {
         type Error = String;
         fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            if self.stalled {
+                return Poll::Pending;
+            }
             Poll::Ready(Ok(()))
         }
         fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), String> {
@@ -817,7 +863,7 @@ mod tests {
     }
 
     /// A one-node server's state; the sender ends it when dropped.
-    async fn state(dir: &std::path::Path) -> (AppState, watch::Sender<bool>) {
+    async fn state(dir: &std::path::Path, limits: Limits) -> (AppState, watch::Sender<bool>) {
         let mut ncfg = NodeConfig::new(1, "127.0.0.1:0".parse().unwrap(), dir.join("data"));
         ncfg.shards = 1;
         let node = ChatNode::start(ncfg).await.unwrap();
@@ -833,7 +879,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let service = Arc::new(Service::new(
             node,
-            Limits::default(),
+            limits,
             crate::config::MessagesSection::default(),
             metrics,
         ));
@@ -851,7 +897,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_session_answers_frames_then_syncs_and_goes_live_without_a_socket() {
         let dir = tempfile::tempdir().unwrap();
-        let (state, _stop) = state(dir.path()).await;
+        let (state, _stop) = state(dir.path(), Limits::default()).await;
         let (send, from_client) = mpsc::unbounded_channel();
         let (to_client, recv) = mpsc::unbounded_channel();
         let who = Caller {
@@ -862,6 +908,7 @@ mod tests {
             Duplex {
                 from_client,
                 to_client,
+                stalled: false,
             },
             state.clone(),
             who,
@@ -920,5 +967,69 @@ mod tests {
             .await
             .expect("the session ends")
             .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_reads_nothing_pins_at_most_the_byte_budget() {
+        // Room for 1 024 frames, but only 20 KB: with ~5 KB events, the
+        // queue takes four (and the writer, stuck on the socket, one).
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            outbound_queue: 1024,
+            outbound_queue_bytes: 20_000,
+            slow_consumer_ms: 500,
+            ..Limits::default()
+        };
+        let (state, _stop) = state(dir.path(), limits).await;
+        let (send, from_client) = mpsc::unbounded_channel();
+        let (to_client, _recv) = mpsc::unbounded_channel();
+        let who = Caller {
+            user: UserId(1),
+            device: DeviceId(1),
+        };
+        let session = tokio::spawn(run(
+            Duplex {
+                from_client,
+                to_client,
+                stalled: true,
+            },
+            state.clone(),
+            who,
+            std::future::pending(),
+        ));
+        let svc = &state.service;
+        svc.create_direct(UserId(2), UserId(1)).await.unwrap();
+        let conv = crate::service::direct_id(UserId(2), UserId(1));
+        for i in 0..40 {
+            let out = crate::service::Outgoing {
+                client_msg_id: format!("m{i}"),
+                kind: missive_chat::command::MessageKind::Text,
+                body: vec![b'x'; 5_000],
+                expires_in_ms: None,
+                reply_to: None,
+                mentions: Vec::new(),
+            };
+            let sender = Caller {
+                user: UserId(2),
+                device: DeviceId(1),
+            };
+            svc.send(sender, conv, out).await.unwrap();
+        }
+        send.send(Ok(Message::Text(r#"{"type":"sync","after":0}"#.into())))
+            .unwrap();
+        // The session gives up on the client...
+        tokio::time::timeout(Duration::from_secs(20), session)
+            .await
+            .expect("the stalled session ends")
+            .unwrap();
+        assert_eq!(svc.metrics.slow_consumers.get(), 1);
+        // ...having rendered (queued) no more than the budget allows: the
+        // creation event, four or five 5 KB messages, and the one that
+        // waited for room.
+        let queued = svc.metrics.events_pushed.get();
+        assert!(
+            (2..=7).contains(&queued),
+            "{queued} events queued for a client that reads nothing"
+        );
     }
 }
