@@ -1,14 +1,14 @@
 //! Generates the gRPC messages, server and client from
-//! `proto/missive.proto` with the protoc that `protoc-bin-vendored` ships,
-//! so a fresh machine needs no system protoc.
+//! `proto/missive.proto`. protox, a protobuf compiler written in Rust,
+//! parses the file into descriptors at build time, so a fresh machine
+//! needs no protoc (system or vendored binary).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = tonic_build::Config::new();
-    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    let descriptors = protox::compile(["proto/missive.proto"], ["proto"])?;
     tonic_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos_with_config(config, &["proto/missive.proto"], &["proto"])?;
+        .compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=proto/missive.proto");
     Ok(())
 }
