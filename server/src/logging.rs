@@ -1,4 +1,5 @@
-//! The binary's log: plain text on stderr (colour only at a terminal),
+//! The binary's log: plain text on stderr (colour only at a terminal), or
+//! one JSON object per line (`--log-format json`, for a log pipeline),
 //! filtered by `RUST_LOG` (default `info,openraft=warn`), with openraft's
 //! reports of an unreachable peer kept out.
 //!
@@ -20,20 +21,44 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// For people: one line per event, colour only at a terminal.
+    #[default]
+    Text,
+    /// For machines: one JSON object per line (`timestamp`, `level`,
+    /// `target`, `fields` with `message`, and `spans` — the request's,
+    /// with its `request_id`).
+    Json,
+}
+
 /// Starts the process-wide log.
-pub fn init() {
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+pub fn init(format: Format) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::registry()
+    let base = tracing_subscriber::registry()
         .with(QuietUnreachablePeers)
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(ansi)
-                .with_writer(std::io::stderr),
-        )
-        .init();
+        .with(filter);
+    match format {
+        Format::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            base.with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+        }
+        Format::Json => base
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_span_list(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
 }
 
 /// Drops openraft's ERROR events about a call to a peer that could not be

@@ -57,6 +57,16 @@ struct Cli {
         hide_env_values = true
     )]
     admin_secret: Option<String>,
+    /// How the log (stderr) is written: `text` or `json` (one object per
+    /// line).
+    #[arg(
+        long,
+        global = true,
+        env = "MISSIVE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: missive_server::logging::Format,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -111,7 +121,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    missive_server::logging::init();
+    missive_server::logging::init(cli.log_format);
     let cfg = config(&cli)?;
     match cli.cmd {
         Some(Cmd::Token {

@@ -449,6 +449,81 @@ fn sigterm_drains_and_exits_zero() {
     assert!(again.status.success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_request_id_and_a_clients_own_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let http = reqwest::Client::new();
+    let mut seen = std::collections::HashSet::new();
+    for path in ["/healthz", "/v1/conversations", "/v1/no-such-endpoint"] {
+        let r = http
+            .get(format!("http://{}{path}", srv.addr()))
+            .send()
+            .await
+            .unwrap();
+        let id = r
+            .headers()
+            .get("x-request-id")
+            .unwrap_or_else(|| panic!("no x-request-id on {path}"))
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(!id.is_empty() && seen.insert(id.clone()), "{id} repeated");
+    }
+    let r = http
+        .get(format!("http://{}/v1/conversations", srv.addr()))
+        .bearer_auth(token(&c, 1, 1))
+        .header("x-request-id", "client-trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-request-id"], "client-trace-42");
+    srv.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_log_can_be_json_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_missived"))
+        .args([
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Up to the "listening" line: every line one JSON object with a level
+    // and a message.
+    loop {
+        let line = lines.next().expect("the log ended").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        let msg = v["fields"]["message"].as_str().unwrap_or("").to_string();
+        seen.push(msg.clone());
+        if msg == "missived listening" {
+            break;
+        }
+        assert!(seen.len() < 500, "no listening line in {seen:?}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Every conversation-scoped call a stranger can make to `conv`, with
 /// the answer each got: HTTP (status, code, message) and WebSocket
 /// (code, message).

@@ -30,7 +30,9 @@ use crate::transport::{Reply, Rpc};
 use crate::write::batcher::{self, Pending};
 
 impl<A: App> Shared<A> {
-    /// [`Node::write`] once the shard is known.
+    /// [`Node::write`] once the shard is known. One span per write (DEBUG:
+    /// off by default, nearly free then), inside the caller's request span.
+    #[tracing::instrument(level = "debug", name = "raft_write", skip_all, fields(shard = shard.0))]
     pub(crate) async fn write(
         self: &Arc<Self>,
         shard: ShardId,

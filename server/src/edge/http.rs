@@ -9,6 +9,10 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use missive_chat::command::{DeviceId, UserId};
 use missive_engine::keys::ConversationId;
@@ -92,7 +96,61 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sync", get(sync))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/protocol.md") })
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost last: an id is set (a client's own `x-request-id` is
+        // kept), a span carries it through the handler, and the answer
+        // echoes it.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                // A 503 during an election is the protocol working, not a
+                // failure to log at ERROR; ours are logged where they
+                // happen (`ApiError::internal`).
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
         .with_state(state)
+}
+
+/// Request ids: a random prefix per process and a counter, in hex
+/// (`3fa9c2d1-1a`): unique across restarts and nodes in practice, and
+/// cheap (no syscall per request).
+#[derive(Clone)]
+struct RequestIds {
+    prefix: u32,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut raw = [0u8; 4];
+        // Without randomness, ids still count up; only their prefix is 0.
+        let _ = getrandom::fill(&mut raw);
+        RequestIds {
+            prefix: u32::from_be_bytes(raw),
+            next: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{:08x}-{n:x}", self.prefix);
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// The span of one HTTP request: method, path and request id.
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id = id)
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -223,6 +281,11 @@ async fn ws_upgrade(
         None => s.authenticate(&headers).await?,
     };
     let slot = s.sockets.admit(token.caller.user)?;
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let limits = &s.service.limits;
     // Explicit limits: axum's defaults are 64 MiB messages and an
     // unbounded write buffer. The read buffer is small because chat frames
@@ -235,7 +298,15 @@ async fn ws_upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(4 * 1024 * 1024)
-        .on_upgrade(move |socket| crate::edge::ws::session(socket, s, token, slot)))
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!(
+                "ws",
+                user = token.caller.user.0,
+                device = token.caller.device.0,
+                request_id
+            );
+            tracing::Instrument::instrument(crate::edge::ws::session(socket, s, token, slot), span)
+        }))
 }
 
 /// Logs devices of the caller out (their tokens stop working).
