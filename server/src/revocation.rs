@@ -10,7 +10,7 @@
 //! requests, so the node that takes a revocation also signals every node
 //! (`presence::Signal::Revoked`, the channel presence uses): each drops its
 //! cached copy and wakes that user's sockets, which re-check and close
-//! (4003 `revoked`). A node that misses the signal (cut off at that moment)
+//! (4003 `token_revoked`). A node that misses the signal (cut off at that moment)
 //! still refuses the revoked token's next request after [`FRESH`]; its
 //! open sockets of that token stay until they reconnect — the documented
 //! bound.
