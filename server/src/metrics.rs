@@ -1,63 +1,58 @@
-//! Counters for `/metrics`, in Prometheus' text exposition format (0.0.4).
+//! What `/metrics` shows, in Prometheus' text exposition format (0.0.4):
+//! the service's counters, gauges and latency histograms through
+//! prometheus-client (a registry built once; the handler encodes it), then
+//! the storage engine's counters and the per-shard gauges, read from the
+//! node when scraped (`render_storage`, the HTTP edge).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 use missive_engine::log::LogStats;
 use missive_engine::lsm::LsmStats;
 
 /// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    /// The count.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+pub type Counter = prometheus_client::metrics::counter::Counter;
 
 /// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
+pub type Gauge = prometheus_client::metrics::gauge::Gauge;
 
-impl Gauge {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    /// Subtracts one.
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-    /// The value.
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
+/// A latency histogram in seconds.
+#[derive(Debug, Clone)]
+pub struct Latency(Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        // 0.25 ms … ~4 s, doubling: chat latencies live between a
+        // memtable read and a leader election.
+        Latency(Histogram::new(exponential_buckets(0.000_25, 2.0, 15)))
     }
 }
 
-/// Everything the server counts.
-#[derive(Debug, Default)]
+impl Latency {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        self.0.observe(d.as_secs_f64());
+    }
+}
+
+/// Everything the service counts, and the registry that exposes it.
+#[derive(Debug)]
 pub struct Metrics {
     /// Open client connections (TCP).
     pub connections: Gauge,
-    /// Connections refused at the cap.
+    /// Connections refused at the cap or the per-address rate.
     pub connections_refused: Counter,
     /// Open WebSocket sessions.
     pub websockets: Gauge,
     /// Messages committed (not counting duplicates' resends separately).
     pub messages_sent: Counter,
-    /// Event frames written to WebSockets.
+    /// Event frames queued for WebSockets.
     pub events_pushed: Counter,
-    /// Sends refused by the rate limit.
+    /// Requests refused by a rate limit.
     pub rate_limited: Counter,
     /// WebSockets closed for falling behind.
     pub slow_consumers: Counter,
@@ -74,95 +69,148 @@ pub struct Metrics {
     pub push_failed: Counter,
     /// Push notifications dropped because the queue was full.
     pub push_dropped: Counter,
+    /// A send from its arrival to its commit on a quorum (the ack).
+    pub send_commit: Latency,
+    /// A history page, from the request to the rendered page.
+    pub history_read: Latency,
+    /// An event from its commit (its stamp) to its frame queued for a
+    /// socket: fan-out, inbox write, wake, render.
+    pub delivery: Latency,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = MetricsParts::default();
+        let mut r = Registry::with_prefix("missive");
+        // Counters are registered without `_total` and help texts without
+        // a final full stop: the encoder adds both.
+        r.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections refused at limits.max_connections or the per-address rate",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "websockets",
+            "Open WebSocket sessions",
+            m.websockets.clone(),
+        );
+        r.register(
+            "messages_sent",
+            "Messages committed",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "events_pushed",
+            "Event frames queued for WebSockets",
+            m.events_pushed.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests refused by a per-user or per-address rate limit",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "slow_consumers",
+            "WebSockets closed for falling behind",
+            m.slow_consumers.clone(),
+        );
+        r.register("errors", "Errors answered", m.errors.clone());
+        r.register(
+            "message_cache_hits",
+            "Messages (events, first history pages) served from the recent-messages cache",
+            m.message_cache_hits.clone(),
+        );
+        r.register(
+            "message_cache_misses",
+            "Recent-messages cache lookups that read the store",
+            m.message_cache_misses.clone(),
+        );
+        r.register(
+            "push_sent",
+            "Push notifications the gateway accepted",
+            m.push_sent.clone(),
+        );
+        r.register(
+            "push_failed",
+            "Push notifications given up on after retries",
+            m.push_failed.clone(),
+        );
+        r.register(
+            "push_dropped",
+            "Push notifications dropped: queue full",
+            m.push_dropped.clone(),
+        );
+        r.register(
+            "send_commit_seconds",
+            "A send from its arrival to its commit on a quorum",
+            m.send_commit.0.clone(),
+        );
+        r.register(
+            "history_read_seconds",
+            "A history page read: membership, the page, its messages as the caller sees them",
+            m.history_read.0.clone(),
+        );
+        r.register(
+            "delivery_seconds",
+            "An event from its commit to its frame queued for a WebSocket",
+            m.delivery.0.clone(),
+        );
+        Metrics {
+            connections: m.connections,
+            connections_refused: m.connections_refused,
+            websockets: m.websockets,
+            messages_sent: m.messages_sent,
+            events_pushed: m.events_pushed,
+            rate_limited: m.rate_limited,
+            slow_consumers: m.slow_consumers,
+            errors: m.errors,
+            message_cache_hits: m.message_cache_hits,
+            message_cache_misses: m.message_cache_misses,
+            push_sent: m.push_sent,
+            push_failed: m.push_failed,
+            push_dropped: m.push_dropped,
+            send_commit: m.send_commit,
+            history_read: m.history_read,
+            delivery: m.delivery,
+            registry: r,
+        }
+    }
+}
+
+/// The metrics before they are registered.
+#[derive(Default)]
+struct MetricsParts {
+    connections: Gauge,
+    connections_refused: Counter,
+    websockets: Gauge,
+    messages_sent: Counter,
+    events_pushed: Counter,
+    rate_limited: Counter,
+    slow_consumers: Counter,
+    errors: Counter,
+    message_cache_hits: Counter,
+    message_cache_misses: Counter,
+    push_sent: Counter,
+    push_failed: Counter,
+    push_dropped: Counter,
+    send_commit: Latency,
+    history_read: Latency,
+    delivery: Latency,
 }
 
 impl Metrics {
-    /// The exposition text.
+    /// The exposition text of the service's metrics.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let mut line = |name: &str, kind: &str, help: &str, v: i128| {
-            let _ = writeln!(s, "# HELP missive_{name} {help}");
-            let _ = writeln!(s, "# TYPE missive_{name} {kind}");
-            let _ = writeln!(s, "missive_{name} {v}");
-        };
-        line(
-            "connections",
-            "gauge",
-            "Open client connections.",
-            self.connections.get().into(),
-        );
-        line(
-            "connections_refused_total",
-            "counter",
-            "Connections refused at limits.max_connections.",
-            self.connections_refused.get().into(),
-        );
-        line(
-            "websockets",
-            "gauge",
-            "Open WebSocket sessions.",
-            self.websockets.get().into(),
-        );
-        line(
-            "messages_sent_total",
-            "counter",
-            "Messages committed.",
-            self.messages_sent.get().into(),
-        );
-        line(
-            "events_pushed_total",
-            "counter",
-            "Event frames written to WebSockets.",
-            self.events_pushed.get().into(),
-        );
-        line(
-            "rate_limited_total",
-            "counter",
-            "Sends refused by the per-user rate limit.",
-            self.rate_limited.get().into(),
-        );
-        line(
-            "slow_consumers_total",
-            "counter",
-            "WebSockets closed for falling behind.",
-            self.slow_consumers.get().into(),
-        );
-        line(
-            "errors_total",
-            "counter",
-            "Errors answered.",
-            self.errors.get().into(),
-        );
-        line(
-            "message_cache_hits_total",
-            "counter",
-            "Messages (events, first history pages) served from the recent-messages cache.",
-            self.message_cache_hits.get().into(),
-        );
-        line(
-            "message_cache_misses_total",
-            "counter",
-            "Recent-messages cache lookups that read the store.",
-            self.message_cache_misses.get().into(),
-        );
-        line(
-            "push_sent_total",
-            "counter",
-            "Push notifications the gateway accepted.",
-            self.push_sent.get().into(),
-        );
-        line(
-            "push_failed_total",
-            "counter",
-            "Push notifications given up on after retries.",
-            self.push_failed.get().into(),
-        );
-        line(
-            "push_dropped_total",
-            "counter",
-            "Push notifications dropped: queue full.",
-            self.push_dropped.get().into(),
-        );
+        if let Err(e) = prometheus_text::encode(&mut s, &self.registry) {
+            tracing::error!(error = %e, "metrics did not encode");
+        }
         s
     }
 }

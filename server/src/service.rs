@@ -355,6 +355,7 @@ impl Service {
             reply_to.map(Seq),
         );
         let mark = self.recent.mark();
+        let started = std::time::Instant::now();
         let out = self
             .write(Command::Send(SendMessage {
                 message: NewMessage {
@@ -380,6 +381,7 @@ impl Service {
                 mentions,
             } => {
                 self.metrics.messages_sent.inc();
+                self.metrics.send_commit.observe(started.elapsed());
                 if !duplicate && self.cacheable(conv) {
                     message.seq = seq;
                     message.expires_at = expires_at;
@@ -916,8 +918,23 @@ impl Service {
     }
 
     /// A history page, newest first, with the cursors of the pages next
-    /// to it.
+    /// to it (timed into `history_read_seconds`).
     pub async fn history(
+        &self,
+        who: UserId,
+        conv: ConversationId,
+        cursor: Cursor,
+        limit: Option<usize>,
+    ) -> Result<Page, ApiError> {
+        let started = std::time::Instant::now();
+        let page = self.history_page(who, conv, cursor, limit).await;
+        if page.is_ok() {
+            self.metrics.history_read.observe(started.elapsed());
+        }
+        page
+    }
+
+    async fn history_page(
         &self,
         who: UserId,
         conv: ConversationId,

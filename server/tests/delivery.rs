@@ -649,3 +649,39 @@ async fn the_conversation_list_pages_by_activity_with_previews() {
     );
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_latency_histograms_for_sends_history_and_live_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    bob.sync(0).await;
+    for i in 0..3 {
+        alice.send(&conv, &format!("h{i}"), "hi").await;
+    }
+    // Bob, live, gets them (and the conversation's creation before).
+    bob.sync_until(0, &conv, 3).await;
+    let (s, _) = alice
+        .get(&format!("/v1/conversations/{conv}/messages"))
+        .await;
+    assert_eq!(s, 200);
+    let text = common::metrics(srv.addr()).await;
+    let count =
+        |name: &str| common::metric(&text, name).unwrap_or_else(|| panic!("no {name}:\n{text}"));
+    assert_eq!(count("missive_send_commit_seconds_count"), 3.0);
+    assert!(count("missive_send_commit_seconds_sum") > 0.0);
+    assert_eq!(count("missive_history_read_seconds_count"), 1.0);
+    assert!(count("missive_delivery_seconds_count") >= 3.0, "{text}");
+    // Buckets are cumulative and end with +Inf = count.
+    assert_eq!(
+        count("missive_send_commit_seconds_bucket{le=\"+Inf\"}"),
+        3.0
+    );
+    // The counters kept their names.
+    assert_eq!(count("missive_messages_sent_total"), 3.0);
+    assert!(count("missive_websockets") >= 1.0);
+    srv.shutdown().await.unwrap();
+}

@@ -124,7 +124,7 @@ pub async fn run(
         let n = match n {
             Ok(n) => n,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                service.metrics.push_dropped.add(missed);
+                service.metrics.push_dropped.inc_by(missed);
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => break,

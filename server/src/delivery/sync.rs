@@ -150,6 +150,17 @@ pub(crate) async fn sync_pump<S: FrameSink>(
                     break;
                 }
             };
+            if synced {
+                // Live: how long from the event's commit to here (a
+                // synced-up backlog would only measure how long the device
+                // was away).
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                svc.metrics
+                    .delivery
+                    .observe(Duration::from_micros(now.saturating_sub(e.at)));
+            }
             let frame = ServerFrame::Event {
                 useq,
                 conv: crate::wire::Id(e.conv.0),

@@ -90,8 +90,12 @@ enum WriteEnd {
 /// Serializes a frame, counting what it is.
 fn render(f: &ServerFrame, metrics: &crate::metrics::Metrics) -> Result<String, WriteEnd> {
     match f {
-        ServerFrame::Event { .. } => metrics.events_pushed.inc(),
-        ServerFrame::Error { .. } => metrics.errors.inc(),
+        ServerFrame::Event { .. } => {
+            metrics.events_pushed.inc();
+        }
+        ServerFrame::Error { .. } => {
+            metrics.errors.inc();
+        }
         _ => {}
     }
     serde_json::to_string(f).map_err(|e| {
