@@ -374,6 +374,20 @@ impl Ws {
     }
 
     /// Reads events until `pred` holds for one; returns it.
+    /// The first event matching `pred` among the frames a `request` set
+    /// aside in `seen` (taken out), else the next one read: an event may
+    /// arrive before the answer to the request that caused it.
+    pub async fn event_seen_or_next(
+        &mut self,
+        seen: &mut Vec<Value>,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        if let Some(i) = seen.iter().position(|f| f["type"] == "event" && pred(f)) {
+            return seen.remove(i);
+        }
+        self.event_where(pred).await
+    }
+
     pub async fn event_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             let f = self.next().await.expect("socket closed");

@@ -313,7 +313,9 @@ pub async fn edits_unsends_and_reactions_follow_the_rules(addrs: &[SocketAddr], 
         (Some("changed"), Some(true)),
         "{ack}"
     );
-    let e = w2.event_where(|e| e["event"]["kind"] == "edited").await;
+    let e = w2
+        .event_seen_or_next(&mut seen, |e| e["event"]["kind"] == "edited")
+        .await;
     assert_eq!(e["event"]["message"]["body"], "hello", "{e}");
     assert_eq!(e["event"]["edited_at"], ack["at"], "{e}");
     // Someone else's message: refused, over both edges.
@@ -356,7 +358,9 @@ pub async fn edits_unsends_and_reactions_follow_the_rules(addrs: &[SocketAddr], 
     )
     .await;
     let ev = w2
-        .event_where(|e| e["event"]["kind"] == "reaction" && e["event"]["emoji"] == "🎉")
+        .event_seen_or_next(&mut seen, |e| {
+            e["event"]["kind"] == "reaction" && e["event"]["emoji"] == "🎉"
+        })
         .await;
     assert_eq!(
         (ev["event"]["user"].as_str(), ev["event"]["added"].as_bool()),
@@ -416,7 +420,9 @@ pub async fn edits_unsends_and_reactions_follow_the_rules(addrs: &[SocketAddr], 
         .request(json!({"type": "unsend", "conv": g, "seq": 1}), &mut seen)
         .await;
     assert_eq!(un["changed"], true, "{un}");
-    let ev = w2.event_where(|e| e["event"]["kind"] == "unsent").await;
+    let ev = w2
+        .event_seen_or_next(&mut seen, |e| e["event"]["kind"] == "unsent")
+        .await;
     assert_eq!(ev["event"]["by"], "2", "{ev}");
     let (s, v) = u2.delete(&msg(1)).await;
     assert_eq!(
@@ -513,7 +519,9 @@ pub async fn pins_and_blocks_follow_the_rules(addrs: &[SocketAddr], c: &Config) 
         (Some("changed"), Some(true)),
         "{ack}"
     );
-    let ev = w2.event_where(|e| e["event"]["kind"] == "pin").await;
+    let ev = w2
+        .event_seen_or_next(&mut seen, |e| e["event"]["kind"] == "pin")
+        .await;
     assert_eq!(
         (ev["event"]["seq"].as_u64(), ev["event"]["by"].as_str()),
         (Some(1), Some("2")),
