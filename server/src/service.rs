@@ -156,6 +156,38 @@ pub struct ListItem {
     pub last_message: Option<MessageOut>,
 }
 
+/// List items as the edges send them (here rather than in `wire`, so
+/// that `wire` does not depend on the service).
+pub fn list_out(items: Vec<ListItem>) -> Vec<crate::wire::ListItemOut> {
+    items
+        .into_iter()
+        .map(|i| {
+            let v = i.entry.view;
+            let (kind, name, member_count) = match i.conversation {
+                Some(c) => (
+                    crate::wire::conversation_kind_name(c.kind),
+                    c.name,
+                    c.members.len(),
+                ),
+                None => ("direct", String::new(), 0),
+            };
+            crate::wire::ListItemOut {
+                conv: crate::wire::Id(i.entry.conv.0),
+                kind,
+                name,
+                member_count,
+                last_seq: v.last_seq.0,
+                last_activity: v.last_ts,
+                read: v.read.0,
+                delivered: v.delivered.0,
+                unread: v.unread(),
+                mentions: v.unread_mentions(),
+                last_message: i.last_message,
+            }
+        })
+        .collect()
+}
+
 /// Where a conversation list page starts: after the conversation whose
 /// (last activity, id) this is, in the list's order (most recently active
 /// first). Written `"<last_activity>-<conv>"`.

@@ -1164,30 +1164,3 @@ pub struct ListItemOut {
     /// expired, deleted for you, or none yet).
     pub last_message: Option<MessageOut>,
 }
-
-/// List items as the edges send them.
-pub fn list_out(items: Vec<crate::service::ListItem>) -> Vec<ListItemOut> {
-    items
-        .into_iter()
-        .map(|i| {
-            let v = i.entry.view;
-            let (kind, name, member_count) = match i.conversation {
-                Some(c) => (conversation_kind_name(c.kind), c.name, c.members.len()),
-                None => ("direct", String::new(), 0),
-            };
-            ListItemOut {
-                conv: Id(i.entry.conv.0),
-                kind,
-                name,
-                member_count,
-                last_seq: v.last_seq.0,
-                last_activity: v.last_ts,
-                read: v.read.0,
-                delivered: v.delivered.0,
-                unread: v.unread(),
-                mentions: v.unread_mentions(),
-                last_message: i.last_message,
-            }
-        })
-        .collect()
-}

@@ -585,7 +585,7 @@ impl Missive for Grpc {
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::ConversationsReply {
-            conversations: crate::wire::list_out(items)
+            conversations: crate::service::list_out(items)
                 .into_iter()
                 .map(|e| pb::ConversationEntry {
                     conv: e.conv.0,

@@ -470,7 +470,7 @@ async fn list(
         .conversation_page(who.user, before, q.limit)
         .await?;
     Ok(Json(json!({
-        "conversations": crate::wire::list_out(items),
+        "conversations": crate::service::list_out(items),
         "next_before": next.map(crate::service::ListCursor::text),
     })))
 }

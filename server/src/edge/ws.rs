@@ -665,7 +665,7 @@ async fn handle(
             match r {
                 Ok((items, next)) => ServerFrame::Conversations {
                     id,
-                    conversations: crate::wire::list_out(items),
+                    conversations: crate::service::list_out(items),
                     next_before: next.map(crate::service::ListCursor::text),
                 },
                 Err(e) => ServerFrame::error(Some(id), &e),
