@@ -406,11 +406,11 @@ async fn a_client_that_never_reads_again_loses_its_connection_not_just_its_strea
     srv.shutdown().await.unwrap();
 }
 
-#[test]
-fn sigterm_drains_and_exits_zero() {
-    use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_missived"))
+/// The real binary on ephemeral loopback ports with data in `dir`, and
+/// `extra` flags.
+fn missived_on_loopback(dir: &std::path::Path, extra: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_missived"));
+    c.args(extra)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -420,7 +420,15 @@ fn sigterm_drains_and_exits_zero() {
             "127.0.0.1:0",
             "--data-dir",
         ])
-        .arg(dir.path())
+        .arg(dir);
+    c
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = missived_on_loopback(dir.path(), &[])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -487,19 +495,7 @@ async fn every_answer_carries_a_request_id_and_a_clients_own_is_kept() {
 fn the_log_can_be_json_one_object_per_line() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_missived"))
-        .args([
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--raft-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
+    let mut child = missived_on_loopback(dir.path(), &["--log-format", "json"])
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

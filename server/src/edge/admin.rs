@@ -175,11 +175,7 @@ pub(crate) async fn erase_user(
     Path(raw): Path<String>,
 ) -> Result<Json<crate::erasure::ErasureReport>, ApiError> {
     require_admin(&s, &headers, "erasing a user")?;
-    let user = raw
-        .parse::<u64>()
-        .ok()
-        .filter(|u| *u > 0)
-        .ok_or_else(|| ApiError::invalid(format!("{raw:?} is not a user id")))?;
+    let user = user_id(&raw)?;
     tracing::info!(user, "erasure requested");
     let r = s
         .service
@@ -198,15 +194,19 @@ pub(crate) async fn revoke_user(
     crate::state::JsonBody(req): crate::state::JsonBody<crate::wire::RevokeIn>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     require_admin(&s, &headers, "revoking a user's tokens")?;
-    let user = raw
-        .parse::<u64>()
-        .ok()
-        .filter(|u| *u > 0)
-        .ok_or_else(|| ApiError::invalid(format!("{raw:?} is not a user id")))?;
+    let user = user_id(&raw)?;
     let scope = req.operator_scope()?;
     tracing::info!(user, ?scope, "revocation requested");
     s.revoke(missive_chat::command::UserId(user), scope).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// A user id from the path (non-zero decimal).
+fn user_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|u| *u > 0)
+        .ok_or_else(|| ApiError::invalid(format!("{raw:?} is not a user id")))
 }
 
 fn shard_of(node: &missive_chat::ChatNode, raw: &str) -> Result<ShardId, ApiError> {

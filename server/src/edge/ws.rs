@@ -898,10 +898,16 @@ mod tests {
         (state, stop)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_session_answers_frames_then_syncs_and_goes_live_without_a_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let (state, _stop) = state(dir.path(), Limits::default()).await;
+    /// User 1's session over a channel pair (its socket `stalled` or
+    /// not): the client's sender, its receiver, the session's task.
+    fn open_session(
+        state: &AppState,
+        stalled: bool,
+    ) -> (
+        mpsc::UnboundedSender<Result<Message, String>>,
+        mpsc::UnboundedReceiver<Message>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (send, from_client) = mpsc::unbounded_channel();
         let (to_client, recv) = mpsc::unbounded_channel();
         let who = Caller {
@@ -912,12 +918,20 @@ mod tests {
             Duplex {
                 from_client,
                 to_client,
-                stalled: false,
+                stalled,
             },
             state.clone(),
             who,
             std::future::pending(),
         ));
+        (send, recv, session)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_answers_frames_then_syncs_and_goes_live_without_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _stop) = state(dir.path(), Limits::default()).await;
+        let (send, recv, session) = open_session(&state, false);
         let mut c = Client { send, recv };
 
         c.text(r#"{"type":"ping","id":"p1"}"#);
@@ -985,22 +999,7 @@ mod tests {
             ..Limits::default()
         };
         let (state, _stop) = state(dir.path(), limits).await;
-        let (send, from_client) = mpsc::unbounded_channel();
-        let (to_client, _recv) = mpsc::unbounded_channel();
-        let who = Caller {
-            user: UserId(1),
-            device: DeviceId(1),
-        };
-        let session = tokio::spawn(run(
-            Duplex {
-                from_client,
-                to_client,
-                stalled: true,
-            },
-            state.clone(),
-            who,
-            std::future::pending(),
-        ));
+        let (send, _recv, session) = open_session(&state, true);
         let svc = &state.service;
         svc.create_direct(UserId(2), UserId(1)).await.unwrap();
         let conv = crate::service::direct_id(UserId(2), UserId(1));
