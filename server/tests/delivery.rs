@@ -586,6 +586,18 @@ async fn the_conversation_list_pages_by_activity_with_previews() {
     alice.send(&g, "g1", "group hello").await;
     convs.push(g.clone());
     convs.reverse();
+    // The list is fed by fan-out (the same step that sends the sender's
+    // devices their own `message` event), so it may trail a send's answer
+    // by a moment: wait until the last send shows before paging.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = alice.get("/v1/conversations?limit=1").await;
+        if v["conversations"][0]["last_message"]["body"] == "group hello" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut got = Vec::new();
     let mut before: Option<String> = None;
     loop {
