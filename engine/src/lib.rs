@@ -6,6 +6,8 @@
 //!
 //! - `error` — the one error type ([`Error`]): corruption vs I/O vs poisoned
 //!   vs closed vs locked vs invalid argument.
+//! - `fuzzing` — fuzz entry points into every decoder of on-disk bytes
+//!   (cargo feature `fuzzing`; the targets are in `fuzz/`).
 //! - `hot` — entry points into internal hot paths for the criterion benches
 //!   (cargo feature `hot`; not in a normal build).
 //! - `inspect` — read-only inspection of a data directory (for `missivectl`).
@@ -56,6 +58,9 @@
 //! ```
 
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "hot")]
 pub mod hot;
 pub mod inspect;

@@ -30,6 +30,9 @@
 //! - `sockets` — each user's open sockets, against their cap.
 //! - `revocation` — whether a token was revoked ("log out other
 //!   devices"), cached per node, and how open sockets learn of it.
+//! - `fuzzing` — fuzz entry points into the decoders of frames, bodies,
+//!   config files and cluster signals (cargo feature `fuzzing`; the
+//!   targets are in `fuzz/`).
 //! - `logging` — the binary's log (stderr; what is kept out, and why).
 //! - `server` — start, the listener with its limits, and shutdown.
 
@@ -39,6 +42,9 @@ pub mod delivery;
 pub mod edge;
 pub mod erasure;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod rate;

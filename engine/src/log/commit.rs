@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::log::format::{self, decode_record, Decoded, RecordKind};
+use crate::log::format::{self, decode_record, entry_data, Decoded, RecordKind};
 use crate::log::segment::{self, Segment};
 use crate::log::writer::WriterState;
 use crate::log::{gc, Counters, Entry, Shared, StreamId, SyncPolicy};
@@ -441,12 +441,7 @@ pub(crate) fn read_entries(
             if rec.stream != stream || rec.index != index {
                 return Err(bad("indexed record belongs to another stream or index"));
             }
-            let data = match rec.kind {
-                RecordKind::Entry => rec.payload.to_vec(),
-                RecordKind::EntryLz4 => lz4_flex::decompress_size_prepended(rec.payload)
-                    .map_err(|e| bad(&format!("lz4 payload does not decompress: {e}")))?,
-                _ => return Err(bad("indexed record is not an entry")),
-            };
+            let data = entry_data(&rec).map_err(|reason| bad(&reason))?;
             out.push(Entry { index, data });
             at += loc.len as usize;
         }

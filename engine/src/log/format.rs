@@ -292,6 +292,31 @@ pub fn meta_key_len(key: &[u8]) -> [u8; 2] {
     (key.len() as u16).to_le_bytes()
 }
 
+/// An entry record's bytes: the payload as is, or decompressed. The size an
+/// `EntryLz4` payload claims is checked against [`MAX_PAYLOAD`] (no entry is
+/// appended larger) before anything is allocated, so a damaged size cannot
+/// make a read reserve gigabytes. `Err` says why the record is not an entry.
+pub fn entry_data(rec: &RecordRef<'_>) -> Result<Vec<u8>, String> {
+    match rec.kind {
+        RecordKind::Entry => Ok(rec.payload.to_vec()),
+        RecordKind::EntryLz4 => {
+            let claimed = rec
+                .payload
+                .get(..4)
+                .map(le_u32)
+                .ok_or("lz4 payload shorter than its size")?;
+            if claimed as usize > MAX_PAYLOAD {
+                return Err(format!(
+                    "lz4 payload claims {claimed} bytes, more than an entry holds"
+                ));
+            }
+            lz4_flex::decompress_size_prepended(rec.payload)
+                .map_err(|e| format!("lz4 payload does not decompress: {e}"))
+        }
+        _ => Err("indexed record is not an entry".into()),
+    }
+}
+
 /// Splits a meta payload into key and value.
 pub fn decode_meta(payload: &[u8]) -> Option<(&[u8], &[u8])> {
     let klen = u16::from_le_bytes([*payload.first()?, *payload.get(1)?]) as usize;

@@ -90,9 +90,9 @@ mod commit;
 mod durable;
 pub mod format;
 mod gc;
-mod recovery;
+pub(crate) mod recovery;
 mod segment;
-mod stream;
+pub(crate) mod stream;
 mod writer;
 
 use std::collections::HashMap;

@@ -318,7 +318,15 @@ pub(crate) fn load_edits(dir: &Path) -> Result<Option<(u64, PathBuf, Vec<Edit>)>
         })?;
     let path = dir.join(&name);
     let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
-    let corrupt = |off: usize, why: &str| Error::corruption(&path, off as u64, why.to_owned());
+    let edits = parse_edits(&path, &bytes)?;
+    Ok(Some((number, path, edits)))
+}
+
+/// A manifest file's intact edits, in order: the header checked, a torn
+/// final record left out, a bad record followed by an intact one
+/// corruption (`path` only names the file in errors).
+pub(crate) fn parse_edits(path: &Path, bytes: &[u8]) -> Result<Vec<Edit>> {
+    let corrupt = |off: usize, why: &str| Error::corruption(path, off as u64, why.to_owned());
     if bytes.len() < HEADER_LEN || bytes[0..8] != MAGIC {
         return Err(corrupt(0, "bad magic: not a Missive manifest"));
     }
@@ -333,7 +341,7 @@ pub(crate) fn load_edits(dir: &Path) -> Result<Option<(u64, PathBuf, Vec<Edit>)>
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
     if version != VERSION {
         return Err(Error::UnsupportedVersion {
-            file: path,
+            file: path.to_path_buf(),
             found: u32::from(version),
             supported: u32::from(VERSION),
         });
@@ -341,14 +349,14 @@ pub(crate) fn load_edits(dir: &Path) -> Result<Option<(u64, PathBuf, Vec<Edit>)>
     let mut edits = Vec::new();
     let mut pos = HEADER_LEN;
     while pos < bytes.len() {
-        match decode_record(&bytes, pos) {
+        match decode_record(bytes, pos) {
             Some((edit, len)) => {
                 edits.push(edit);
                 pos += len;
             }
             None => {
                 // A bad record is a torn tail only if nothing intact follows.
-                if (pos + 1..bytes.len()).any(|p| decode_record(&bytes, p).is_some()) {
+                if (pos + 1..bytes.len()).any(|p| decode_record(bytes, p).is_some()) {
                     return Err(corrupt(pos, "bad manifest record followed by intact ones"));
                 }
                 tracing::warn!(path = %path.display(), pos, "ignoring a torn final manifest record");
@@ -359,7 +367,7 @@ pub(crate) fn load_edits(dir: &Path) -> Result<Option<(u64, PathBuf, Vec<Edit>)>
     if edits.is_empty() {
         return Err(corrupt(HEADER_LEN, "manifest holds no intact record"));
     }
-    Ok(Some((number, path, edits)))
+    Ok(edits)
 }
 
 fn decode_record(bytes: &[u8], pos: usize) -> Option<(Edit, usize)> {

@@ -927,3 +927,76 @@ async fn sync(
         json!({ "events": out, "cursor": cursor, "more": cursor < head }),
     ))
 }
+
+/// Fuzz entry (cargo feature `fuzzing`): `body` as the JSON body of the
+/// route `pick` names, through the same extractor and the same pure checks
+/// as its handler (everything before the handler calls the service).
+#[cfg(feature = "fuzzing")]
+pub(crate) async fn fuzz_body(pick: u8, body: Vec<u8>) -> Result<(), ApiError> {
+    use axum::extract::FromRequest;
+    use serde::de::DeserializeOwned;
+    async fn take<T: DeserializeOwned>(body: Vec<u8>) -> Result<T, ApiError> {
+        let req = axum::http::Request::builder()
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        JsonBody::<T>::from_request(req, &()).await.map(|b| b.0)
+    }
+    const MAX: usize = 64 << 10;
+    match pick % 14 {
+        0 => {
+            let r: SendReq = take(body).await?;
+            parse_kind(r.kind.as_deref().unwrap_or("text"))?;
+            BodyIn {
+                body: r.body,
+                body_b64: r.body_b64,
+            }
+            .bytes(MAX)?;
+        }
+        1 => {
+            let r: EditReq = take(body).await?;
+            BodyIn {
+                body: r.body,
+                body_b64: r.body_b64,
+            }
+            .bytes(MAX)?;
+        }
+        2 => {
+            take::<SettingsIn>(body).await?.parse()?;
+        }
+        3 => {
+            take::<MintReq>(body).await?;
+        }
+        4 => {
+            take::<RevokeIn>(body).await?;
+        }
+        5 => {
+            take::<SetProfile>(body).await?;
+        }
+        6 => {
+            take::<RegisterDevice>(body).await?;
+        }
+        7 => {
+            take::<PushToken>(body).await?;
+        }
+        8 => {
+            take::<CreateReq>(body).await?;
+        }
+        9 => {
+            take::<RenameReq>(body).await?;
+        }
+        10 => {
+            take::<MembersReq>(body).await?;
+        }
+        11 => {
+            take::<ReceiptReq>(body).await?;
+        }
+        12 => {
+            take::<crate::edge::admin::AddReq>(body).await?;
+        }
+        _ => {
+            take::<crate::edge::admin::MoveReq>(body).await?;
+        }
+    }
+    Ok(())
+}

@@ -482,6 +482,13 @@ fn parse(text: &str) -> Result<ClientFrame, (Option<String>, ApiError)> {
     })
 }
 
+/// Fuzz entry (cargo feature `fuzzing`): a client frame's text parsed as
+/// a session parses it; a refusal's code.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_parse(text: &str) -> Result<(), ApiError> {
+    parse(text).map(drop).map_err(|(_, e)| e)
+}
+
 /// A session's handle on its ephemeral (presence, typing) queue.
 #[derive(Clone)]
 struct Ephemeral {

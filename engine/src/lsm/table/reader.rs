@@ -138,7 +138,7 @@ impl Table {
         })
     }
 
-    fn parse_index(b: &[u8], data_end: usize) -> Option<Vec<IndexEntry>> {
+    pub(crate) fn parse_index(b: &[u8], data_end: usize) -> Option<Vec<IndexEntry>> {
         let count = le_u32(b.get(..4)?) as usize;
         let mut pos = 4;
         let mut out = Vec::with_capacity(count.min(1 << 20));
