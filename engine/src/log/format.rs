@@ -27,7 +27,7 @@
 //!      9    1 flags    zero (reserved)
 //!     10    2 reserved zero
 //!     12    8 stream   u64 LE
-//!     20    8 index    u64 LE, meaning depends on kind
+//!     20    8 index    u64 LE, meaning depends on kind; ≤ MAX_INDEX (2^62)
 //!     28  len payload
 //! ```
 //!
@@ -60,6 +60,10 @@ pub const MAX_PAYLOAD: usize = 64 << 20;
 pub const MAX_META_KEY: usize = 1024;
 /// Largest meta value.
 pub const MAX_META_VALUE: usize = 1 << 20;
+/// Largest entry index a record may name (2^62: more entries than any
+/// stream will ever append), so that index arithmetic never wraps. A
+/// larger one is corruption.
+pub const MAX_INDEX: u64 = 1 << 62;
 
 /// What a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

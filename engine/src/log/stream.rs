@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::log::format::{decode_checkpoint, decode_meta, RecordKind, RecordRef};
+use crate::log::format::{decode_checkpoint, decode_meta, RecordKind, RecordRef, MAX_INDEX};
 use crate::log::StreamId;
 
 /// Where a record lives.
@@ -108,6 +108,12 @@ impl Streams {
     pub fn apply(&mut self, rec: &RecordRef<'_>, segment: u64, offset: u64) -> Result<(), String> {
         if rec.kind == RecordKind::Seal {
             return Ok(());
+        }
+        if rec.index > MAX_INDEX {
+            return Err(format!(
+                "record names entry {}, beyond the largest index {MAX_INDEX}",
+                rec.index
+            ));
         }
         let s = self.map.entry(rec.stream).or_default();
         match rec.kind {

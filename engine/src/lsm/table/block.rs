@@ -265,14 +265,18 @@ impl DecodedBlock {
             }
             let key_off = keys.len();
             keys.extend_from_within(prev.0..prev.0 + shared);
-            let suffix = payload.get(pos..pos + unshared).ok_or(bad)?;
+            // Lengths come from the file: checked, never wrapped.
+            let suffix = payload
+                .get(pos..pos.checked_add(unshared).ok_or(bad)?)
+                .ok_or(bad)?;
             keys.extend_from_slice(suffix);
             pos += unshared;
             let key_len = shared + unshared;
             let val_off = values.len();
             let stored_len = match val_len {
                 Some(n) => {
-                    values.extend_from_slice(payload.get(pos..pos + n).ok_or(bad)?);
+                    let value = payload.get(pos..pos.checked_add(n).ok_or(bad)?);
+                    values.extend_from_slice(value.ok_or(bad)?);
                     pos += n;
                     n as u32
                 }

@@ -151,7 +151,10 @@ impl Table {
             let offset = le_u64(b.get(pos + 8..pos + 16)?);
             let len = le_u32(b.get(pos + 16..pos + 20)?);
             pos += 20;
-            if (len as usize) < BLOCK_TRAILER_LEN || offset as usize + len as usize > data_end {
+            let end = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(len as usize));
+            if (len as usize) < BLOCK_TRAILER_LEN || end.is_none_or(|end| end > data_end) {
                 return None;
             }
             out.push(IndexEntry {
