@@ -42,6 +42,13 @@
 //! level 1 still finds it (or its successor) by descending. The height in
 //! use only grows; a reader with a stale one starts lower and walks more.
 //!
+//! A search answers the node it *saw* after the predecessor, never the
+//! predecessor's `next` read again: between the two loads the writer may
+//! link a node there that sorts before the key (a newer, unpublished
+//! version of it, or a smaller key), and a seek would answer that. The
+//! loom model in `tests/loom_skiplist.rs` checks this protocol under every
+//! interleaving and found that race.
+//!
 //! # Fingers
 //!
 //! A key's *prefix* here is its first twelve bytes: in the store's keys
@@ -435,8 +442,9 @@ impl SkipList {
     }
 
     /// Walks from `x` along `level` while the next node sorts before `p`;
-    /// returns the last node passed (or `x`) and the steps taken, stopping
-    /// early once `budget` steps are exceeded.
+    /// returns the last node passed (or `x`), the node seen after it (at
+    /// or after `p`, or null), and whether it got there within `budget`
+    /// steps (when not, the second is null and means nothing).
     ///
     /// # Safety
     /// `x` is the head or a published node with height > `level`, and is
@@ -447,19 +455,19 @@ impl SkipList {
         level: usize,
         p: &Probe<'_>,
         budget: usize,
-    ) -> (NodePtr, bool) {
+    ) -> (NodePtr, NodePtr, bool) {
         let mut steps = 0;
         loop {
             // SAFETY: `x` has height > `level` (it was reached on `level`).
             let n = unsafe { next(x, level) };
             // SAFETY: non-null `next` pointers are published nodes.
             if n.is_null() || unsafe { cmp_node(n, p) } != Ordering::Less {
-                return (x, true);
+                return (x, n, true);
             }
             x = n;
             steps += 1;
             if steps > budget {
-                return (x, false);
+                return (x, ptr::null_mut(), false);
             }
         }
     }
@@ -478,25 +486,32 @@ impl SkipList {
         }
     }
 
-    /// The last node before `p` on level 0, or the head.
-    fn last_before(&self, p: &Probe<'_>) -> NodePtr {
-        if let Some(x) = self.last_before_from_finger(p) {
+    /// The last node before `p` on level 0 (or the head), and the node
+    /// the search saw right after it (at or after `p`, or null).
+    ///
+    /// The second is the one *seen*, not the predecessor's `next` read
+    /// again: the writer may link a node between the two in the meantime,
+    /// and that node may sort before `p` — a newer, unpublished version of
+    /// the key, or a smaller key — which a seek must never answer (the
+    /// memtable's loom model, `tests/loom_skiplist.rs`, found this).
+    fn last_before(&self, p: &Probe<'_>) -> (NodePtr, NodePtr) {
+        if let Some(found) = self.last_before_from_finger(p) {
             #[cfg(test)]
             self.finger_reads.fetch_add(1, AtomicOrdering::Relaxed);
-            return x;
+            return found;
         }
-        let mut x = self.head;
+        let (mut x, mut after) = (self.head, ptr::null_mut());
         for level in (0..self.height.load(AtomicOrdering::Acquire)).rev() {
             // SAFETY: as in `find_preds`.
-            x = unsafe { self.walk(x, level, p, usize::MAX) }.0;
+            (x, after, _) = unsafe { self.walk(x, level, p, usize::MAX) };
         }
-        x
+        (x, after)
     }
 
     /// `last_before` by descending from the start of `p`'s region, if its
     /// finger has one that is before `p` and the walk from it stays within
     /// the budget on every level (see "Fingers" above).
-    fn last_before_from_finger(&self, p: &Probe<'_>) -> Option<NodePtr> {
+    fn last_before_from_finger(&self, p: &Probe<'_>) -> Option<(NodePtr, NodePtr)> {
         let f = &self.fingers[finger_slot(p.tag)];
         if f.tag.load(AtomicOrdering::Relaxed) != p.tag {
             return None;
@@ -514,17 +529,17 @@ impl SkipList {
         if unsafe { cmp_node(start, p) } != Ordering::Less {
             return None;
         }
-        let mut x = start;
+        let (mut x, mut after) = (start, ptr::null_mut());
         for level in (0..=top).rev() {
             // SAFETY: `x` is before `p` and was found on a level ≥ this
             // one (a start at level `top` has height > `top`).
-            let (y, ok) = unsafe { self.walk(x, level, p, WALK_BUDGET) };
+            let (y, seen, ok) = unsafe { self.walk(x, level, p, WALK_BUDGET) };
             if !ok {
                 return None;
             }
-            x = y;
+            (x, after) = (y, seen);
         }
-        Some(x)
+        Some((x, after))
     }
 
     fn entry(&self, n: NodePtr) -> Option<Entry<'_>> {
@@ -536,14 +551,12 @@ impl SkipList {
 
     /// The first version at or after `key` at `seq` (see [`Probe::new`]).
     pub fn seek(&self, key: &[u8], seq: u64) -> Option<Entry<'_>> {
-        let x = self.last_before(&Probe::new(key, seq));
-        // SAFETY: `x` is the head or a published node.
-        self.entry(unsafe { next(x, 0) })
+        self.entry(self.last_before(&Probe::new(key, seq)).1)
     }
 
     /// The last version before `key` at `seq`.
     pub fn seek_before(&self, key: &[u8], seq: u64) -> Option<Entry<'_>> {
-        self.entry(self.last_before(&Probe::new(key, seq)))
+        self.entry(self.last_before(&Probe::new(key, seq)).0)
     }
 
     /// The last version in the list.
@@ -744,7 +757,7 @@ impl WriteGuard<'_> {
             // SAFETY: `start` is the head or a node found on `level`, and is
             // not after `f.preds[0]`, which is before `p` (the writer's
             // slots are consistent: it wrote them all).
-            let (x, ok) = unsafe { self.list.walk(start, level, p, WALK_BUDGET) };
+            let (x, _, ok) = unsafe { self.list.walk(start, level, p, WALK_BUDGET) };
             if !ok {
                 return false;
             }
