@@ -33,6 +33,9 @@ pub struct Hooks {
     pub(crate) inbox: broadcast::Sender<InboxNotice>,
     /// Which stored messages changed on this replica.
     pub(crate) revisions: Arc<Revisions>,
+    /// Fan-out rounds led from this node: each outbox entry from its
+    /// commit to its `Deliver`s committed on every recipient's shard.
+    pub(crate) fanout_latency: missive_engine::latency::Recorder,
 }
 
 /// The chat domain, as run by every shard of a node. See the
@@ -56,6 +59,7 @@ impl ChatApp {
                 outbox: OutboxFeed::default(),
                 inbox: broadcast::channel(INBOX_NOTICES).0,
                 revisions: Arc::default(),
+                fanout_latency: Default::default(),
             }),
         }
     }

@@ -239,7 +239,9 @@ async fn deliver(
 ) -> Result<BTreeMap<ConversationId, Eseq>> {
     let mut by_shard: BTreeMap<ShardId, Vec<Delivery>> = BTreeMap::new();
     let mut done: BTreeMap<ConversationId, Eseq> = BTreeMap::new();
+    let mut stamps = Vec::new();
     for (conv, eseq, entry) in entries {
+        stamps.push(entry.at);
         for user in entry.recipients {
             by_shard
                 .entry(inner.slots().shard_of_user(user.0))
@@ -277,6 +279,15 @@ async fn deliver(
     }
     while let Some(r) = sends.join_next().await {
         r.map_err(|e| Error::Fatal(format!("fan-out task: {e}")))??;
+    }
+    // Commit (the leader's stamp) to every recipient's inbox written; the
+    // clocks of two nodes may differ, as for the delivery histogram.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let fanout = &inner.app().hooks().fanout_latency;
+    for at in stamps {
+        fanout.record(std::time::Duration::from_micros(now.saturating_sub(at)));
     }
     Ok(done)
 }

@@ -67,6 +67,12 @@ impl std::ops::Deref for ChatNode {
 }
 
 impl ChatNode {
+    /// Fan-out rounds led from this node: each outbox entry from its
+    /// commit to its `Deliver`s committed on every recipient's shard.
+    pub fn fanout_latencies(&self) -> missive_engine::latency::Latencies {
+        self.node.app().hooks().fanout_latency.snapshot()
+    }
+
     /// Starts the node (recovering its data directory) and its fan-out
     /// worker.
     pub async fn start(cfg: NodeConfig) -> Result<ChatNode> {

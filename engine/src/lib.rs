@@ -13,6 +13,8 @@
 //! - `inspect` — read-only inspection of a data directory (for `missivectl`).
 //! - `residue` — whether any file of a data directory still holds some
 //!   bytes, searched raw and decoded (the proof behind erasure).
+//! - `latency` — fixed-bucket latency histograms (the log's fdatasync, a
+//!   shard's apply) that the server exports.
 //! - `keys` — the key layout: keyspace tag, slot, and the message key
 //!   (conversation, reverse timestamp); newtypes for ids and timestamps.
 //! - `io/` — file I/O behind the [`io::FileSystem`] / [`io::LogFile`] traits:
@@ -66,6 +68,7 @@ pub mod hot;
 pub mod inspect;
 pub mod io;
 pub mod keys;
+pub mod latency;
 pub mod log;
 pub mod lsm;
 pub mod residue;

@@ -539,6 +539,33 @@ impl<A: App> Node<A> {
         )
     }
 
+    /// How long the state machines' apply calls took on this node.
+    pub fn apply_latencies(&self) -> missive_engine::latency::Latencies {
+        self.inner.hooks.apply_latency.snapshot()
+    }
+
+    /// Where this node leads `shard`: how many entries each other replica
+    /// still lacks (the leader's last log index minus the replica's
+    /// matched index). Empty where this node does not lead the shard.
+    pub fn replication_lag(&self, shard: ShardId) -> Vec<(NodeId, u64)> {
+        let Ok(raft) = self.raft(shard) else {
+            return Vec::new();
+        };
+        let m = raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        m.replication
+            .map(|r| {
+                r.into_iter()
+                    .filter(|(node, _)| *node != m.id)
+                    .map(|(node, matched)| {
+                        let have = matched.map_or(0, |l| l.index + 1);
+                        (node, (last + 1).saturating_sub(have))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Changes when a snapshot replaced a shard here: re-read everything.
     pub fn snapshot_installs(&self) -> watch::Receiver<u64> {
         self.inner.hooks.installed.subscribe()

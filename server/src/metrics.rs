@@ -1,16 +1,21 @@
-//! What `/metrics` shows, in Prometheus' text exposition format (0.0.4):
-//! the service's counters, gauges and latency histograms through
-//! prometheus-client (a registry built once; the handler encodes it), then
-//! the storage engine's counters and the per-shard gauges, read from the
-//! node when scraped (`render_storage`, the HTTP edge).
+//! What `/metrics` shows, in Prometheus' text exposition format (0.0.4),
+//! all through prometheus-client: the service's counters, gauges and
+//! latency histograms (a registry built once; the handler encodes it),
+//! then [`NodeView`] — the storage engine's counters, the fsync, apply and
+//! fan-out histograms and the per-shard gauges, read from the node when
+//! scraped.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use prometheus_client::encoding::prometheus_text;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use missive_engine::latency::Latencies;
 use missive_engine::log::LogStats;
 use missive_engine::lsm::LsmStats;
 
@@ -215,135 +220,215 @@ impl Metrics {
     }
 }
 
-/// The storage engine's counters: the node's log (group commit) and its
-/// LSM, so an operator sees syncs per second, write groups, flushes,
-/// compactions, stalls and the tree's shape next to the service's counters;
-/// `records` is apply's record reads (cache hits, LSM reads).
-pub fn render_storage(log: &LogStats, lsm: &LsmStats, records: (u64, u64)) -> String {
-    let mut s = String::new();
-    let mut line = |name: &str, kind: &str, help: &str, v: &dyn std::fmt::Display| {
-        let _ = writeln!(s, "# HELP missive_{name} {help}");
-        let _ = writeln!(s, "# TYPE missive_{name} {kind}");
-        let _ = writeln!(s, "missive_{name} {v}");
-    };
-    let c = "counter";
-    line(
-        "log_appends_total",
-        c,
-        "Appends to the node's log (each a batch of Raft entries).",
-        &log.appends,
-    );
-    line(
-        "log_entries_total",
-        c,
-        "Entries appended to the node's log.",
-        &log.entries,
-    );
-    line(
-        "log_bytes_written_total",
-        c,
-        "Bytes written to log segment files.",
-        &log.bytes_written,
-    );
-    line(
-        "log_write_groups_total",
-        c,
-        "Group-commit writes (one or more records each).",
-        &log.groups,
-    );
-    line(
-        "log_syncs_total",
-        c,
-        "fdatasyncs of the log for commits.",
-        &log.syncs,
-    );
-    line(
-        "log_segments_created_total",
-        c,
-        "Log segment files created.",
-        &log.segments_created,
-    );
-    line(
-        "log_segments_deleted_total",
-        c,
-        "Log segment files deleted after every shard purged them.",
-        &log.segments_deleted,
-    );
-    line(
-        "lsm_bytes_written_total",
-        c,
-        "Bytes of batches applied to the LSM (keys + values).",
-        &lsm.bytes_written,
-    );
-    line(
-        "lsm_table_bytes_written_total",
-        c,
-        "Bytes of table files written by flushes and compactions.",
-        &lsm.table_bytes_written,
-    );
-    line(
-        "lsm_flushes_total",
-        c,
-        "Memtable flushes completed.",
-        &lsm.flushes,
-    );
-    line(
-        "lsm_compactions_total",
-        c,
-        "Compactions completed.",
-        &lsm.compactions,
-    );
-    line(
-        "lsm_write_stalls_total",
-        c,
-        "Times a writer waited for a flush.",
-        &lsm.stalls,
-    );
-    line(
-        "lsm_block_cache_hits_total",
-        c,
-        "Block cache hits.",
-        &lsm.cache_hits,
-    );
-    line(
-        "lsm_block_cache_misses_total",
-        c,
-        "Block cache misses.",
-        &lsm.cache_misses,
-    );
-    line(
-        "apply_record_cache_hits_total",
-        c,
-        "Records the state machines read from their record caches.",
-        &records.0,
-    );
-    line(
-        "apply_record_cache_misses_total",
-        c,
-        "Records the state machines read from the LSM (not cached).",
-        &records.1,
-    );
-    line(
-        "lsm_write_amplification",
-        "gauge",
-        "Table bytes written per byte applied.",
-        &lsm.write_amplification,
-    );
-    let _ = writeln!(
-        s,
-        "# HELP missive_lsm_level_files Table files per LSM level."
-    );
-    let _ = writeln!(s, "# TYPE missive_lsm_level_files gauge");
-    for (level, n) in lsm.files_per_level.iter().enumerate() {
-        let _ = writeln!(s, "missive_lsm_level_files{{level=\"{level}\"}} {n}");
+/// What the node shows when scraped: the storage engine's counters (the
+/// node's log and its LSM: syncs, write groups, flushes, compactions,
+/// stalls, the tree's shape), the fsync, apply and fan-out histograms, and
+/// per shard its leader and, where this node leads, each replica's lag.
+/// Read from the node at scrape time; encoded by prometheus-client as a
+/// [`Collector`].
+#[derive(Debug)]
+pub struct NodeView {
+    /// The node's log.
+    pub log: LogStats,
+    /// The node's LSM.
+    pub lsm: LsmStats,
+    /// Apply's record reads: (answered by the record caches, read from the
+    /// LSM).
+    pub records: (u64, u64),
+    /// The state machines' apply calls.
+    pub apply: Latencies,
+    /// Fan-out rounds led from this node.
+    pub fanout: Latencies,
+    /// Users the rate limiters hold state for.
+    pub rate_limited_users: u64,
+    /// Per shard (0 is the metadata group): the leader this node believes
+    /// in (0: none known).
+    pub leaders: Vec<(u32, u64)>,
+    /// (shard, replica, entries it lacks) for the shards this node leads.
+    pub lag: Vec<(u32, u64, u64)>,
+    /// The cluster map version this node holds (0: not read yet).
+    pub cluster_map_version: u64,
+}
+
+impl NodeView {
+    /// The exposition text.
+    pub fn render(self) -> String {
+        let mut r = Registry::with_prefix("missive");
+        r.register_collector(Box::new(self));
+        let mut s = String::new();
+        if let Err(e) = prometheus_text::encode(&mut s, &r) {
+            tracing::error!(error = %e, "node metrics did not encode");
+        }
+        s
     }
-    let _ = writeln!(
-        s,
-        "# HELP missive_lsm_level_bytes Table bytes per LSM level."
-    );
-    let _ = writeln!(s, "# TYPE missive_lsm_level_bytes gauge");
-    for (level, n) in lsm.bytes_per_level.iter().enumerate() {
-        let _ = writeln!(s, "missive_lsm_level_bytes{{level=\"{level}\"}} {n}");
+}
+
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge<N>(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: N) -> std::fmt::Result
+where
+    N: prometheus_client::encoding::EncodeGaugeValue,
+{
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn histogram(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &Latencies,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    m.encode_histogram::<NoLabelSet>(h.sum_seconds(), h.count(), &h.buckets(), None)
+}
+
+impl Collector for NodeView {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let (log, lsm) = (&self.log, &self.lsm);
+        // Counters without `_total` and help without a full stop: the
+        // encoder adds both.
+        let counters: [(&str, &str, u64); 16] = [
+            (
+                "log_appends",
+                "Appends to the node's log (each a batch of Raft entries)",
+                log.appends,
+            ),
+            (
+                "log_entries",
+                "Entries appended to the node's log",
+                log.entries,
+            ),
+            (
+                "log_bytes_written",
+                "Bytes written to log segment files",
+                log.bytes_written,
+            ),
+            (
+                "log_write_groups",
+                "Group-commit writes (one or more records each)",
+                log.groups,
+            ),
+            ("log_syncs", "fdatasyncs of the log for commits", log.syncs),
+            (
+                "log_segments_created",
+                "Log segment files created",
+                log.segments_created,
+            ),
+            (
+                "log_segments_deleted",
+                "Log segment files deleted after every shard purged them",
+                log.segments_deleted,
+            ),
+            (
+                "lsm_bytes_written",
+                "Bytes of batches applied to the LSM (keys + values)",
+                lsm.bytes_written,
+            ),
+            (
+                "lsm_table_bytes_written",
+                "Bytes of table files written by flushes and compactions",
+                lsm.table_bytes_written,
+            ),
+            ("lsm_flushes", "Memtable flushes completed", lsm.flushes),
+            ("lsm_compactions", "Compactions completed", lsm.compactions),
+            (
+                "lsm_write_stalls",
+                "Times a writer waited for a flush",
+                lsm.stalls,
+            ),
+            ("lsm_block_cache_hits", "Block cache hits", lsm.cache_hits),
+            (
+                "lsm_block_cache_misses",
+                "Block cache misses",
+                lsm.cache_misses,
+            ),
+            (
+                "apply_record_cache_hits",
+                "Records the state machines read from their record caches",
+                self.records.0,
+            ),
+            (
+                "apply_record_cache_misses",
+                "Records the state machines read from the LSM (not cached)",
+                self.records.1,
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(&mut e, name, help, v)?;
+        }
+        gauge(
+            &mut e,
+            "lsm_write_amplification",
+            "Table bytes written per byte applied",
+            lsm.write_amplification,
+        )?;
+        let files: Vec<i64> = lsm.files_per_level.iter().map(|&n| n as i64).collect();
+        let bytes: Vec<i64> = lsm.bytes_per_level.iter().map(|&n| n as i64).collect();
+        for (name, help, per_level) in [
+            ("lsm_level_files", "Table files per LSM level", files),
+            ("lsm_level_bytes", "Table bytes per LSM level", bytes),
+        ] {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (level, n) in per_level.into_iter().enumerate() {
+                let labels = [("level", level as u64)];
+                ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        histogram(
+            &mut e,
+            "log_fsync_seconds",
+            "A commit fdatasync of the node's log",
+            &log.fsync,
+        )?;
+        histogram(
+            &mut e,
+            "apply_seconds",
+            "A state machine's apply of a run of committed entries",
+            &self.apply,
+        )?;
+        histogram(
+            &mut e,
+            "fanout_seconds",
+            "An outbox entry from its commit to its Deliver committed on every recipient's shard",
+            &self.fanout,
+        )?;
+        gauge(
+            &mut e,
+            "rate_limited_users",
+            "Users the rate limiters hold state for (quiet ones are forgotten every minute)",
+            self.rate_limited_users as i64,
+        )?;
+        // Who leads each group, as this node sees it — for operators, and
+        // for tests that must stop a shard's leader.
+        let mut m = e.encode_descriptor(
+            "shard_leader",
+            "The node this node believes leads the shard (0: none known; shard 0 is the metadata group)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (shard, leader) in &self.leaders {
+            let labels = [("shard", u64::from(*shard))];
+            ConstGauge::new(*leader as i64).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "shard_replication_lag_entries",
+            "On a shard's leader: log entries a replica still lacks",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (shard, node, lag) in &self.lag {
+            let labels = [("shard", u64::from(*shard)), ("node", *node)];
+            ConstGauge::new(*lag as i64).encode(m.encode_family(&labels)?)?;
+        }
+        gauge(
+            &mut e,
+            "cluster_map_version",
+            "The version of the cluster map this node holds (0: not read yet)",
+            self.cluster_map_version as i64,
+        )
     }
-    s
 }

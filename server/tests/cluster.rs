@@ -223,6 +223,26 @@ async fn history_on_any_node_includes_every_acknowledged_send() {
             "read {i} on another node: {v}"
         );
     }
+    // Shard 1's leader, and only it, reports each other replica's lag;
+    // once the writes stop, both catch up to 0.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut lags = Vec::new();
+        for n in &nodes {
+            let text = common::metrics(n.addr()).await;
+            lags.extend(
+                text.lines()
+                    .filter(|l| l.starts_with("missive_shard_replication_lag_entries{shard=\"1\""))
+                    .map(str::to_string),
+            );
+        }
+        let caught_up = lags.iter().all(|l| l.ends_with(" 0"));
+        if lags.len() == 2 && caught_up {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{lags:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for n in nodes {
         n.shutdown().await.unwrap();
     }

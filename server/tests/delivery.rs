@@ -699,5 +699,22 @@ async fn metrics_show_latency_histograms_for_sends_history_and_live_delivery() {
     // The counters kept their names.
     assert_eq!(count("missive_messages_sent_total"), 3.0);
     assert!(count("missive_websockets") >= 1.0);
+    // The storage side: every commit was fsynced and applied, and each
+    // message fanned out to both inboxes before Bob saw it.
+    assert!(count("missive_log_fsync_seconds_count") >= 3.0, "{text}");
+    assert_eq!(
+        count("missive_log_fsync_seconds_bucket{le=\"+Inf\"}"),
+        count("missive_log_fsync_seconds_count")
+    );
+    assert!(count("missive_apply_seconds_count") >= 3.0, "{text}");
+    assert!(count("missive_fanout_seconds_count") >= 3.0, "{text}");
+    assert!(count("missive_log_syncs_total") >= 3.0);
+    assert!(count("missive_lsm_level_files{level=\"0\"}") >= 0.0);
+    // One node: it leads every shard, and there is no replica to lag.
+    assert_eq!(count("missive_shard_leader{shard=\"1\"}"), 1.0);
+    assert!(
+        !text.contains("missive_shard_replication_lag_entries{"),
+        "{text}"
+    );
     srv.shutdown().await.unwrap();
 }

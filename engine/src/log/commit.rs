@@ -322,7 +322,9 @@ fn syncer_loop(shared: &Shared) {
 /// The caller set `syncing`. A failure poisons the log; once it is
 /// poisoned, the durable mark no longer moves (see `Marks::set_durable`).
 fn finish_sync(shared: &Shared, file: &Segment, upto: u64) -> Result<()> {
+    let started = Instant::now();
     let result = file.file.sync_data();
+    shared.stats.fsync.record(started.elapsed());
     let mut t = shared.sync_target();
     t.syncing = false;
     if result.is_ok() {

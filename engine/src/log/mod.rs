@@ -242,6 +242,8 @@ pub struct LogStats {
     pub segments_created: u64,
     /// Segments deleted after every stream purged them.
     pub segments_deleted: u64,
+    /// How long each commit fdatasync took.
+    pub fsync: crate::latency::Latencies,
 }
 
 #[derive(Debug, Default)]
@@ -253,6 +255,7 @@ struct Counters {
     syncs: AtomicU64,
     segments_created: AtomicU64,
     segments_deleted: AtomicU64,
+    fsync: crate::latency::Recorder,
 }
 
 impl Counters {
@@ -640,6 +643,7 @@ impl Log {
             syncs: g(&c.syncs),
             segments_created: g(&c.segments_created),
             segments_deleted: g(&c.segments_deleted),
+            fsync: c.fsync.snapshot(),
         }
     }
 

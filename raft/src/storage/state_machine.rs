@@ -93,6 +93,9 @@ pub struct ApplyHooks {
     pub record_hits: AtomicU64,
     /// Apply's record reads that went to the LSM.
     pub record_misses: AtomicU64,
+    /// How long each apply call took (a run of committed entries: the
+    /// app's rules, the batch into the LSM, the effects handed on).
+    pub apply_latency: missive_engine::latency::Recorder,
 }
 
 impl ApplyHooks {
@@ -103,6 +106,7 @@ impl ApplyHooks {
             directory: tokio::sync::watch::channel(0).0,
             record_hits: AtomicU64::new(0),
             record_misses: AtomicU64::new(0),
+            apply_latency: missive_engine::latency::Recorder::default(),
         }
     }
 }
@@ -312,6 +316,7 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachine<A> {
         I: IntoIterator<Item = Entry<A>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut out = Vec::new();
         let mut applied = self.applied.clone();
         let mut effects = A::Effects::default();
@@ -365,6 +370,7 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachine<A> {
             .fetch_add(misses, Ordering::Relaxed);
         self.applied = applied;
         self.app.applied(self.shard, effects);
+        self.hooks.apply_latency.record(started.elapsed());
         if let Some(v) = newest_map {
             self.hooks.directory.send_if_modified(|cur| {
                 let newer = v > *cur;

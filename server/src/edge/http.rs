@@ -116,7 +116,7 @@ pub fn router(state: AppState) -> Router {
 /// (`3fa9c2d1-1a`): unique across restarts and nodes in practice, and
 /// cheap (no syscall per request).
 #[derive(Clone)]
-struct RequestIds {
+pub(crate) struct RequestIds {
     prefix: u32,
     next: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -143,8 +143,9 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-/// The span of one HTTP request: method, path and request id.
-fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+/// The span of one HTTP request (a gRPC call is one too: its path names
+/// the method): method, path and request id.
+pub(crate) fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     let id = req
         .headers()
         .get("x-request-id")
@@ -178,35 +179,29 @@ async fn readyz(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     let mut body = s.service.metrics.render();
     let node = &s.service.node;
-    body.push_str(&crate::metrics::render_storage(
-        &node.log().stats(),
-        &node.lsm().stats(),
-        node.record_cache_counts(),
-    ));
-    body.push_str("# HELP missive_rate_limited_users Users the send limiter holds state for (quiet ones are forgotten every minute).\n");
-    body.push_str("# TYPE missive_rate_limited_users gauge\n");
-    body.push_str(&format!(
-        "missive_rate_limited_users {}\n",
-        s.service.rate_limited_users()
-    ));
-    // Who leads each group, as this node sees it (0: none known; shard 0
-    // is the metadata group) — for operators, and for tests that must stop
-    // a shard's leader.
-    body.push_str("# HELP missive_shard_leader The node this node believes leads the shard (0: none known).\n");
-    body.push_str("# TYPE missive_shard_leader gauge\n");
-    for sh in node.slots().groups() {
-        let leader = node.leader(sh).ok().flatten().unwrap_or(0);
-        body.push_str(&format!(
-            "missive_shard_leader{{shard=\"{}\"}} {leader}\n",
-            sh.0
-        ));
-    }
-    body.push_str("# HELP missive_cluster_map_version The version of the cluster map this node holds (0: not read yet).\n");
-    body.push_str("# TYPE missive_cluster_map_version gauge\n");
-    body.push_str(&format!(
-        "missive_cluster_map_version {}\n",
-        node.cluster_map().version
-    ));
+    let shards: Vec<_> = node.slots().groups().collect();
+    let view = crate::metrics::NodeView {
+        log: node.log().stats(),
+        lsm: node.lsm().stats(),
+        records: node.record_cache_counts(),
+        apply: node.apply_latencies(),
+        fanout: node.fanout_latencies(),
+        rate_limited_users: s.service.rate_limited_users() as u64,
+        leaders: shards
+            .iter()
+            .map(|sh| (sh.0, node.leader(*sh).ok().flatten().unwrap_or(0)))
+            .collect(),
+        lag: shards
+            .iter()
+            .flat_map(|sh| {
+                node.replication_lag(*sh)
+                    .into_iter()
+                    .map(move |(n, lag)| (sh.0, n, lag))
+            })
+            .collect(),
+        cluster_map_version: node.cluster_map().version,
+    };
+    body.push_str(&view.render());
     (
         [(
             axum::http::header::CONTENT_TYPE,
