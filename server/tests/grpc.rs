@@ -757,3 +757,39 @@ async fn typing_and_presence_over_grpc() {
     assert!(p.last_seen_micros > 0);
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_echoes_a_request_id_in_its_metadata() {
+    let (_dir, srv, mut client, [alice, _, _]) = setup(1).await;
+    let id = |m: &tonic::metadata::MetadataMap| {
+        m.get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    // The server makes one…
+    let a = client
+        .blocks(authed(pb::BlocksRequest {}, &alice))
+        .await
+        .unwrap();
+    let b = client
+        .blocks(authed(pb::BlocksRequest {}, &alice))
+        .await
+        .unwrap();
+    let (first, second) = (id(a.metadata()), id(b.metadata()));
+    assert!(!first.is_empty() && first != second, "{first:?} {second:?}");
+    // …keeps the client's own…
+    let mut req = authed(pb::BlocksRequest {}, &alice);
+    req.metadata_mut()
+        .insert("x-request-id", "client-chosen-7".parse().unwrap());
+    let r = client.blocks(req).await.unwrap();
+    assert_eq!(id(r.metadata()), "client-chosen-7");
+    // …and names it on a refusal too.
+    let e = client
+        .blocks(authed(pb::BlocksRequest {}, "not a token"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(!id(e.metadata()).is_empty(), "{e:?}");
+    srv.shutdown().await.unwrap();
+}

@@ -17,6 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -1077,10 +1079,24 @@ pub async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Rece
     let shutdown = async move {
         let _ = stop.changed().await;
     };
+    // As on the HTTP edge: an id per call (a client's own `x-request-id`
+    // metadata is kept), a span carrying it, and the id echoed in the
+    // response metadata — on errors too.
+    let ids = tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(
+            crate::edge::http::RequestIds::default(),
+        ))
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(crate::edge::http::request_span)
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id());
     let r = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(256))
+        .layer(ids)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
