@@ -156,7 +156,7 @@ impl From<missive_chat::Error> for ApiError {
 }
 
 /// The JSON body of an error (HTTP) and the fields of an error frame.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
     /// Stable code.
     pub code: &'a str,
@@ -167,15 +167,22 @@ pub struct ErrorBody<'a> {
     pub retry_after_ms: Option<u64>,
 }
 
+/// An HTTP error answer: `{"error": ErrorBody}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorAnswer<'a> {
+    /// What went wrong.
+    pub error: ErrorBody<'a>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": ErrorBody {
+        let body = ErrorAnswer {
+            error: ErrorBody {
                 code: self.code,
                 message: &self.message,
                 retry_after_ms: self.retry_after_ms,
-            }
-        });
+            },
+        };
         let mut r = (self.status, axum::Json(body)).into_response();
         if let Some(ms) = self.retry_after_ms {
             let secs = ms.div_ceil(1000).max(1);

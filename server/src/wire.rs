@@ -26,6 +26,20 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id(pub u64);
 
+impl utoipa::PartialSchema for Id {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9]{1,20}$"))
+            .description(Some(
+                "a 64-bit id as a decimal string (a JSON number is accepted on input)",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Id {}
+
 impl Serialize for Id {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.0)
@@ -273,7 +287,7 @@ impl From<Settings> for SettingsOut {
 }
 
 /// Which devices to log out, as a client (or an operator) asks.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeIn {
     /// These devices.
@@ -317,7 +331,7 @@ impl RevokeIn {
 
 /// A change of settings as a client asks for it; absent fields keep
 /// their value.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsIn {
     /// `shared` or `joined`.

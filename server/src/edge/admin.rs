@@ -71,6 +71,13 @@ fn render(p: &Placement, slots: Option<std::ops::Range<u16>>) -> Value {
 }
 
 /// `GET /v1/admin/cluster`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/cluster",
+    tag = "admin",
+    summary = "The cluster: nodes, shards, replicas, leaders",
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 pub(crate) async fn cluster(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -119,6 +126,14 @@ pub(crate) async fn cluster(
 /// `DELETE /v1/admin/nodes/{node}`: removes a node that holds no replica
 /// from the cluster map for good (its id can never rejoin, and its old
 /// process is shut out of the cluster).
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/nodes/{node}",
+    tag = "admin",
+    summary = "Forget a node that holds no replica",
+    params(("node" = String, Path, description = "node id")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 pub(crate) async fn forget_node(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -145,6 +160,13 @@ pub(crate) async fn forget_node(
 /// users) leave its disk: every hosted group's log purged up to a fresh
 /// snapshot, the log rolled so the freed segments are deleted, every table
 /// compacted (`missive_raft::scrub`). This node only: call it on each.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/scrub",
+    tag = "admin",
+    summary = "Check every table and log record of this node",
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 pub(crate) async fn scrub(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -169,6 +191,14 @@ pub(crate) async fn scrub(
 
 /// `POST /v1/admin/users/{user}/erase`: erases a user (see
 /// `crate::erasure`) and answers the report.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{user}/erase",
+    tag = "admin",
+    summary = "Erase a user's data on every shard",
+    params(("user" = String, Path, description = "user id (decimal)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 pub(crate) async fn erase_user(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -187,6 +217,15 @@ pub(crate) async fn erase_user(
 
 /// `POST /v1/admin/users/{user}/revoke`: logs a user's devices out —
 /// those named in `devices`, or every one.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{user}/revoke",
+    tag = "admin",
+    summary = "Log a user's devices out",
+    params(("user" = String, Path, description = "user id (decimal)")),
+    request_body = crate::wire::RevokeIn,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 pub(crate) async fn revoke_user(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -246,7 +285,7 @@ async fn apply(s: &AppState, raw: &str, change: Change) -> Result<Json<Value>, A
 }
 
 /// The body of an add.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddReq {
     node: NodeId,
@@ -254,6 +293,15 @@ pub(crate) struct AddReq {
 }
 
 /// `POST /v1/admin/shards/{shard}/replicas`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/shards/{shard}/replicas",
+    tag = "admin",
+    summary = "Add a replica of a shard on a node",
+    params(("shard" = String, Path, description = "shard id")),
+    request_body = AddReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 pub(crate) async fn add_replica(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -270,6 +318,14 @@ pub(crate) async fn add_replica(
 }
 
 /// `DELETE /v1/admin/shards/{shard}/replicas/{node}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/shards/{shard}/replicas/{node}",
+    tag = "admin",
+    summary = "Remove a shard's replica from a node",
+    params(("shard" = String, Path, description = "shard id"), ("node" = String, Path, description = "node id")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 pub(crate) async fn remove_replica(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -284,7 +340,7 @@ pub(crate) async fn remove_replica(
 }
 
 /// The body of a move.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MoveReq {
     from: NodeId,
@@ -293,6 +349,15 @@ pub(crate) struct MoveReq {
 }
 
 /// `POST /v1/admin/shards/{shard}/move`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/shards/{shard}/move",
+    tag = "admin",
+    summary = "Move a shard's replica from one node to another",
+    params(("shard" = String, Path, description = "shard id")),
+    request_body = MoveReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 pub(crate) async fn move_replica(
     State(s): State<AppState>,
     headers: HeaderMap,

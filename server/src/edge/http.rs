@@ -5,7 +5,6 @@
 use axum::extract::{DefaultBodyLimit, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -13,6 +12,8 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use missive_chat::command::{DeviceId, UserId};
 use missive_engine::keys::ConversationId;
@@ -23,77 +24,124 @@ use crate::service::Outgoing;
 use crate::state::{AppState, Authed, ConvPath, JsonBody, MessagePath, PeerIp, ReactionPath, Q};
 use crate::wire::{parse_kind, BodyIn, Id, RevokeIn, SettingsIn, SettingsOut};
 
+/// The OpenAPI document's top: what the API is and how it authenticates.
+/// Its paths come from the handlers' `#[utoipa::path]` attributes, through
+/// [`api`].
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Missive",
+        description = "The HTTP API of missived. docs/protocol.md is the full contract: the WebSocket and gRPC edges, every event, every error code and limit."
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+/// Every route but `/v1/ws-ticket`'s and the admin ones takes a bearer
+/// access token; the admin routes take the admin secret the same way.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        doc.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// Every route with its OpenAPI description: registered and described from
+/// the same `#[utoipa::path]` attribute, so the document cannot leave a
+/// route out (a test also checks it against protocol.md's tables).
+fn api() -> OpenApiRouter<AppState> {
+    use crate::edge::admin;
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(admin_token))
+        .routes(routes!(admin::cluster))
+        .routes(routes!(admin::add_replica))
+        .routes(routes!(admin::remove_replica))
+        .routes(routes!(admin::move_replica))
+        .routes(routes!(admin::forget_node))
+        .routes(routes!(admin::scrub))
+        .routes(routes!(admin::erase_user))
+        .routes(routes!(admin::revoke_user))
+        .routes(routes!(ws_ticket))
+        .routes(routes!(ws_upgrade))
+        .routes(routes!(me, set_me))
+        .routes(routes!(user_profile))
+        .routes(routes!(devices, register_device))
+        .routes(routes!(revoke))
+        .routes(routes!(set_push_token, clear_push_token))
+        .routes(routes!(list, create))
+        .routes(routes!(conversation, rename))
+        .routes(routes!(configure))
+        .routes(routes!(members))
+        .routes(routes!(leave))
+        .routes(routes!(history, send))
+        .routes(routes!(edit, unsend))
+        .routes(routes!(react_add, react_remove))
+        .routes(routes!(hide))
+        .routes(routes!(pins))
+        .routes(routes!(pin_add, pin_remove))
+        .routes(routes!(blocks))
+        .routes(routes!(block_add, block_remove))
+        .routes(routes!(receipts, set_receipt))
+        .routes(routes!(sync))
+}
+
+/// The OpenAPI 3.1 description of the HTTP API (served at
+/// `/v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().split_for_parts().1
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    summary = "This description (OpenAPI 3.1, JSON)",
+    security(()),
+    responses((status = 200, description = "the document"))
+)]
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| openapi().to_json().unwrap_or_default());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.clone(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness: 200 while the process runs",
+    security(()),
+    responses((status = 200, description = "ok"))
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
 /// The router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.service.limits.max_http_body_bytes;
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/admin/tokens", post(admin_token))
-        .route("/v1/admin/cluster", get(crate::edge::admin::cluster))
-        .route(
-            "/v1/admin/shards/{shard}/replicas",
-            post(crate::edge::admin::add_replica),
-        )
-        .route(
-            "/v1/admin/shards/{shard}/replicas/{node}",
-            delete(crate::edge::admin::remove_replica),
-        )
-        .route(
-            "/v1/admin/shards/{shard}/move",
-            post(crate::edge::admin::move_replica),
-        )
-        .route(
-            "/v1/admin/nodes/{node}",
-            delete(crate::edge::admin::forget_node),
-        )
-        .route("/v1/admin/scrub", post(crate::edge::admin::scrub))
-        .route(
-            "/v1/admin/users/{user}/erase",
-            post(crate::edge::admin::erase_user),
-        )
-        .route(
-            "/v1/admin/users/{user}/revoke",
-            post(crate::edge::admin::revoke_user),
-        )
-        .route("/v1/ws-ticket", post(ws_ticket))
-        .route("/v1/ws", get(ws_upgrade))
-        .route("/v1/users/me", get(me).put(set_me))
-        .route("/v1/users/{user}", get(user_profile))
-        .route("/v1/devices", get(devices).post(register_device))
-        .route("/v1/devices/revoke", post(revoke))
-        .route(
-            "/v1/devices/push",
-            put(set_push_token).delete(clear_push_token),
-        )
-        .route("/v1/conversations", get(list).post(create))
-        .route("/v1/conversations/{conv}", get(conversation).patch(rename))
-        .route("/v1/conversations/{conv}/settings", put(configure))
-        .route("/v1/conversations/{conv}/members", post(members))
-        .route("/v1/conversations/{conv}/leave", post(leave))
-        .route("/v1/conversations/{conv}/messages", get(history).post(send))
-        .route(
-            "/v1/conversations/{conv}/messages/{seq}",
-            axum::routing::patch(edit).delete(unsend),
-        )
-        .route(
-            "/v1/conversations/{conv}/messages/{seq}/reactions/{emoji}",
-            put(react_add).delete(react_remove),
-        )
-        .route("/v1/conversations/{conv}/messages/{seq}/hide", post(hide))
-        .route("/v1/conversations/{conv}/pins", get(pins))
-        .route(
-            "/v1/conversations/{conv}/pins/{seq}",
-            put(pin_add).delete(pin_remove),
-        )
-        .route("/v1/blocks", get(blocks))
-        .route("/v1/blocks/{user}", put(block_add).delete(block_remove))
-        .route(
-            "/v1/conversations/{conv}/receipts",
-            get(receipts).post(set_receipt),
-        )
-        .route("/v1/sync", get(sync))
+    let (routes, _) = api().split_for_parts();
+    routes
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/protocol.md") })
         .layer(DefaultBodyLimit::max(body_limit))
         // Outermost last: an id is set (a client's own `x-request-id` is
@@ -154,6 +202,13 @@ pub(crate) fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id = id)
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: 200 when every group this node replicates has a leader, else 503 naming them",
+    responses((status = 200, description = "the answer (protocol.md)"))
+)]
 async fn readyz(State(s): State<AppState>) -> Response {
     let node = &s.service.node;
     // Shards this node does not replicate are served by routing to their
@@ -176,6 +231,13 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus text exposition of the node's metrics",
+    responses((status = 200, description = "the answer (protocol.md)"))
+)]
 async fn metrics(State(s): State<AppState>) -> Response {
     let mut body = s.service.metrics.render();
     let node = &s.service.node;
@@ -212,7 +274,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MintReq {
     user: Id,
@@ -221,6 +283,14 @@ struct MintReq {
     ttl_secs: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tokens",
+    tag = "admin",
+    summary = "Mint an access token (development; needs the admin secret)",
+    request_body = MintReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn admin_token(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -240,6 +310,13 @@ async fn admin_token(
     Ok(Json(json!({ "token": token, "expires_at": expires_at })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/ws-ticket",
+    tag = "sessions",
+    summary = "A single-use WebSocket ticket",
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn ws_ticket(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -248,7 +325,8 @@ async fn ws_ticket(
     Ok(Json(json!({ "ticket": ticket, "expires_at": expires_at })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WsQuery {
     #[serde(default)]
     ticket: Option<String>,
@@ -260,6 +338,14 @@ const READ_BUFFER: usize = 4 * 1024;
 /// writer flushes after each burst anyway), bytes.
 const WRITE_BUFFER: usize = 16 * 1024;
 
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "sessions",
+    summary = "Open the WebSocket (see the WebSocket section of protocol.md)",
+    params(WsQuery),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn ws_upgrade(
     State(s): State<AppState>,
     PeerIp(peer): PeerIp,
@@ -305,6 +391,14 @@ async fn ws_upgrade(
 }
 
 /// Logs devices of the caller out (their tokens stop working).
+#[utoipa::path(
+    post,
+    path = "/v1/devices/revoke",
+    tag = "devices",
+    summary = "Log devices out (204)",
+    request_body = RevokeIn,
+    responses((status = 204, description = "done"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn revoke(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -321,10 +415,25 @@ struct ProfileOut {
     display_name: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/me",
+    tag = "users",
+    summary = "Your profile",
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn me(State(s): State<AppState>, Authed(who): Authed) -> Result<Json<ProfileOut>, ApiError> {
     profile_of(&s, who.user).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user}",
+    tag = "users",
+    summary = "A user's profile",
+    params(("user" = String, Path, description = "user id (decimal)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn user_profile(
     State(s): State<AppState>,
     _who: Authed,
@@ -344,12 +453,20 @@ async fn profile_of(s: &AppState, user: UserId) -> Result<Json<ProfileOut>, ApiE
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetProfile {
     display_name: String,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/users/me",
+    tag = "users",
+    summary = "Set your display name",
+    request_body = SetProfile,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn set_me(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -372,6 +489,13 @@ struct DeviceOut {
     registered_at: u64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    tag = "devices",
+    summary = "Your devices",
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn devices(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -391,7 +515,7 @@ async fn devices(
     Ok(Json(json!({ "devices": list })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterDevice {
     name: String,
@@ -399,6 +523,14 @@ struct RegisterDevice {
     platform: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/devices",
+    tag = "devices",
+    summary = "Register the token's device",
+    request_body = RegisterDevice,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn register_device(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -410,12 +542,20 @@ async fn register_device(
     Ok(Json(json!({ "device": Id(who.device.0) })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PushToken {
     token: String,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/devices/push",
+    tag = "devices",
+    summary = "Set this device's push token",
+    request_body = PushToken,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn set_push_token(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -424,6 +564,13 @@ async fn set_push_token(
     write_push_token(&s, who, Some(req.token)).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/push",
+    tag = "devices",
+    summary = "Turn push off for this device",
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn clear_push_token(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -441,7 +588,8 @@ async fn write_push_token(
     Ok(Json(json!({ "device": Id(who.device.0), "push": set })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
@@ -450,6 +598,14 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    tag = "conversations",
+    summary = "A page of your conversation list, most recently active first",
+    params(ListQuery),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn list(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -470,7 +626,7 @@ async fn list(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum CreateReq {
     Direct {
@@ -483,6 +639,14 @@ enum CreateReq {
     },
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/conversations",
+    tag = "conversations",
+    summary = "Create a direct conversation or a group",
+    request_body = CreateReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn create(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -512,6 +676,14 @@ async fn create(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{conv}",
+    tag = "conversations",
+    summary = "A conversation: kind, name, members, admins, settings",
+    params(("conv" = String, Path, description = "conversation id (decimal)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn conversation(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -532,6 +704,15 @@ async fn conversation(
     })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/conversations/{conv}/settings",
+    tag = "conversations",
+    summary = "Change a conversation's settings",
+    params(("conv" = String, Path, description = "conversation id (decimal)")),
+    request_body = SettingsIn,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn configure(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -546,12 +727,21 @@ async fn configure(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RenameReq {
     name: String,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/conversations/{conv}",
+    tag = "conversations",
+    summary = "Rename a group",
+    params(("conv" = String, Path, description = "conversation id (decimal)")),
+    request_body = RenameReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn rename(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -565,7 +755,7 @@ async fn rename(
     Ok(Json(json!({ "version": version, "seq": seq })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MembersReq {
     #[serde(default)]
@@ -576,6 +766,15 @@ struct MembersReq {
     promote: Vec<Id>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{conv}/members",
+    tag = "conversations",
+    summary = "Add, remove or promote members of a group",
+    params(("conv" = String, Path, description = "conversation id (decimal)")),
+    request_body = MembersReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn members(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -600,6 +799,14 @@ async fn members(
     Ok(Json(json!({ "version": version, "seq": seq })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{conv}/leave",
+    tag = "conversations",
+    summary = "Leave a group",
+    params(("conv" = String, Path, description = "conversation id (decimal)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn leave(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -609,7 +816,8 @@ async fn leave(
     Ok(Json(json!({ "version": version, "seq": seq })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
     #[serde(default)]
@@ -622,6 +830,14 @@ struct HistoryQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{conv}/messages",
+    tag = "messages",
+    summary = "A page of history",
+    params(("conv" = String, Path, description = "conversation id (decimal)"), HistoryQuery),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn history(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -675,7 +891,7 @@ impl IntoResponse for HistoryOut {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SendReq {
     client_msg_id: String,
@@ -693,6 +909,15 @@ struct SendReq {
     mentions: Vec<Id>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{conv}/messages",
+    tag = "messages",
+    summary = "Send a message (idempotent per client_msg_id)",
+    params(("conv" = String, Path, description = "conversation id (decimal)")),
+    request_body = SendReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn send(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -719,7 +944,7 @@ async fn send(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EditReq {
     #[serde(default)]
@@ -732,6 +957,15 @@ fn changed(conv: ConversationId, a: crate::service::ChangeAck) -> Json<serde_jso
     Json(json!({ "conv": Id(conv.0), "seq": a.seq, "at": a.at, "changed": a.changed }))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/conversations/{conv}/messages/{seq}",
+    tag = "messages",
+    summary = "Edit your message",
+    params(("conv" = String, Path, description = "conversation id (decimal)"), ("seq" = String, Path, description = "message seq in the conversation")),
+    request_body = EditReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn edit(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -747,6 +981,14 @@ async fn edit(
     Ok(changed(conv, a))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/conversations/{conv}/messages/{seq}",
+    tag = "messages",
+    summary = "Unsend a message (a tombstone for everyone)",
+    params(("conv" = String, Path, description = "conversation id (decimal)"), ("seq" = String, Path, description = "message seq in the conversation")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn unsend(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -756,6 +998,14 @@ async fn unsend(
     Ok(changed(conv, a))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/conversations/{conv}/messages/{seq}/reactions/{emoji}",
+    tag = "messages",
+    summary = "React to a message",
+    params(("conv" = String, Path, description = "conversation id (decimal)"), ("seq" = String, Path, description = "message seq in the conversation"), ("emoji" = String, Path, description = "the reaction (URL-encoded)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn react_add(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -765,6 +1015,14 @@ async fn react_add(
     Ok(changed(conv, a))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/conversations/{conv}/messages/{seq}/reactions/{emoji}",
+    tag = "messages",
+    summary = "Remove your reaction",
+    params(("conv" = String, Path, description = "conversation id (decimal)"), ("seq" = String, Path, description = "message seq in the conversation"), ("emoji" = String, Path, description = "the reaction (URL-encoded)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn react_remove(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -774,6 +1032,14 @@ async fn react_remove(
     Ok(changed(conv, a))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{conv}/messages/{seq}/hide",
+    tag = "messages",
+    summary = "Delete a message for yourself only",
+    params(("conv" = String, Path, description = "conversation id (decimal)"), ("seq" = String, Path, description = "message seq in the conversation")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn hide(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -783,6 +1049,14 @@ async fn hide(
     Ok(changed(conv, a))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{conv}/pins",
+    tag = "messages",
+    summary = "A conversation's pinned messages",
+    params(("conv" = String, Path, description = "conversation id (decimal)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn pins(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -792,6 +1066,14 @@ async fn pins(
     Ok(Json(json!({ "pins": crate::wire::pins_out(list) })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/conversations/{conv}/pins/{seq}",
+    tag = "messages",
+    summary = "Pin a message",
+    params(("conv" = String, Path, description = "conversation id (decimal)"), ("seq" = String, Path, description = "message seq in the conversation")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn pin_add(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -801,6 +1083,14 @@ async fn pin_add(
     Ok(changed(conv, a))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/conversations/{conv}/pins/{seq}",
+    tag = "messages",
+    summary = "Unpin a message",
+    params(("conv" = String, Path, description = "conversation id (decimal)"), ("seq" = String, Path, description = "message seq in the conversation")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn pin_remove(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -810,6 +1100,13 @@ async fn pin_remove(
     Ok(changed(conv, a))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/blocks",
+    tag = "users",
+    summary = "The users you block",
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn blocks(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -824,6 +1121,14 @@ fn user_in_path(raw: &str) -> Result<UserId, ApiError> {
         .map_err(|_| ApiError::not_found(format!("{raw:?} is not a user id")))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/blocks/{user}",
+    tag = "users",
+    summary = "Block a user",
+    params(("user" = String, Path, description = "user id (decimal)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn block_add(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -834,6 +1139,14 @@ async fn block_add(
     Ok(Json(json!({ "user": Id(u.0), "blocked": true })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/blocks/{user}",
+    tag = "users",
+    summary = "Unblock a user",
+    params(("user" = String, Path, description = "user id (decimal)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn block_remove(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -844,6 +1157,14 @@ async fn block_remove(
     Ok(Json(json!({ "user": Id(u.0), "blocked": false })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{conv}/receipts",
+    tag = "receipts",
+    summary = "Every member's delivered and read watermarks",
+    params(("conv" = String, Path, description = "conversation id (decimal)")),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn receipts(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -857,7 +1178,7 @@ async fn receipts(
     Ok(Json(json!({ "receipts": list })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReceiptReq {
     #[serde(default)]
@@ -866,6 +1187,15 @@ struct ReceiptReq {
     read: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{conv}/receipts",
+    tag = "receipts",
+    summary = "Move your delivered and read watermarks",
+    params(("conv" = String, Path, description = "conversation id (decimal)")),
+    request_body = ReceiptReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn set_receipt(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -879,7 +1209,8 @@ async fn set_receipt(
     Ok(Json(json!({ "delivered": delivered, "read": read })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SyncQuery {
     #[serde(default)]
@@ -888,6 +1219,14 @@ struct SyncQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sync",
+    tag = "sync",
+    summary = "Stored events after a cursor (the WebSocket sync, one page)",
+    params(SyncQuery),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
 async fn sync(
     State(s): State<AppState>,
     Authed(who): Authed,
