@@ -2,7 +2,7 @@
 //! `corpus/<target>/` and `regressions/<target>/`, then seeded random
 //! mutations of them (bit flips, byte changes, cuts, insertions, splices,
 //! length fields set to extremes) — `MISSIVE_FUZZ_MUTATIONS` per target
-//! (default 3000). Not coverage-guided (that is `fuzz/run`), but cheap,
+//! (default 10 000). Not coverage-guided (that is `fuzz/run`), but cheap,
 //! deterministic for a seed (`MISSIVE_FUZZ_SEED`), and it runs every
 //! target's checks on every CI run. A failure names the target and the
 //! mutated input's bytes, to be saved under `regressions/`.
@@ -75,7 +75,7 @@ fn every_target_survives_its_corpus_and_mutations_of_it() {
     let mutations: usize = std::env::var("MISSIVE_FUZZ_MUTATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+        .unwrap_or(10_000);
     let seed: u64 = std::env::var("MISSIVE_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
