@@ -160,17 +160,17 @@ pub fn table_file(data: &[u8]) {
         }
         put_crc(&mut sealed, foot + 52, foot..foot + 52);
     }
-    let dir = std::env::temp_dir().join(format!("missive-fuzz-{}", std::process::id()));
-    if std::fs::create_dir_all(&dir).is_err() {
-        return;
-    }
-    let path = dir.join("table.sst");
+    let path = scratch_file("table.sst");
     for bytes in [data, &sealed[..]] {
         if std::fs::write(&path, bytes).is_err() {
             return;
         }
         let cache = Arc::new(BlockCache::new(1 << 20));
-        let Ok(table) = Table::open(&path, TableId(1), cache) else {
+        let opened = Table::open(&path, TableId(1), cache);
+        // The mapping outlives the name: the file goes now, not with the
+        // process.
+        let _ = std::fs::remove_file(&path);
+        let Ok(table) = opened else {
             continue;
         };
         let _ = table.verify();
@@ -183,6 +183,20 @@ pub fn table_file(data: &[u8]) {
             }
         }
     }
+}
+
+/// A file name of this process for a target that must go through a file
+/// (an mmap, a reader that opens a path): in memory (`/dev/shm`) where
+/// there is one — a disk write per execution made those targets a hundred
+/// times slower — else in the temporary directory. Callers remove it.
+pub fn scratch_file(name: &str) -> std::path::PathBuf {
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    dir.join(format!("missive-fuzz-{}-{name}", std::process::id()))
 }
 
 /// A manifest file (records resealed), parsed as the store loads it; and

@@ -168,16 +168,15 @@ pub fn snapshot_file(data: &[u8]) {
         put_crc(&mut sealed, pos + 4, pos + 8..end);
         pos = end;
     }
-    let dir = std::env::temp_dir().join(format!("missive-fuzz-{}", std::process::id()));
-    if std::fs::create_dir_all(&dir).is_err() {
-        return;
-    }
-    let path = dir.join("snapshot.bin");
+    let path = missive_engine::fuzzing::scratch_file("snapshot.bin");
     for bytes in [data, &sealed[..]] {
         if std::fs::write(&path, bytes).is_err() {
             return;
         }
-        let Ok(mut r) = SnapshotReader::open(&path) else {
+        let opened = SnapshotReader::open(&path);
+        // The open file outlives the name.
+        let _ = std::fs::remove_file(&path);
+        let Ok(mut r) = opened else {
             continue;
         };
         // Each chunk holds at least its header's bytes: a bounded loop.
