@@ -650,8 +650,11 @@ pub async fn pins_and_blocks_follow_the_rules(addrs: &[SocketAddr], c: &Config) 
     let g2 = u6.group("with a blocked member", &[7]).await;
     let mut w6 = Ws::connect(at(6), &token(c, 6, 1)).await;
     w6.sync(0).await;
+    // The block's event may arrive before its answer: keep what the
+    // request sets aside.
+    let mut seen6 = Vec::new();
     let set = w6
-        .request(json!({"type": "block", "user": "7"}), &mut Vec::new())
+        .request(json!({"type": "block", "user": "7"}), &mut seen6)
         .await;
     assert_eq!(
         (set["type"].as_str(), set["blocked"].as_bool()),
@@ -673,7 +676,9 @@ pub async fn pins_and_blocks_follow_the_rules(addrs: &[SocketAddr], c: &Config) 
         );
     }
     // 6's devices learn of the block; 6's list shows it.
-    let ev = w6.event_where(|e| e["event"]["kind"] == "block").await;
+    let ev = w6
+        .event_seen_or_next(&mut seen6, |e| e["event"]["kind"] == "block")
+        .await;
     assert_eq!(ev["event"]["user"], "7", "{ev}");
     let (s, v) = u6.get("/v1/blocks").await;
     assert_eq!(
