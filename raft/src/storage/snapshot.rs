@@ -200,6 +200,17 @@ impl SnapshotReader {
             .map_err(|e| storage_io("read", &self.path, e))?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        // Every chunk arrived in one transport frame: a larger length is
+        // damage, refused before anything is allocated for it.
+        if len > crate::transport::MAX_FRAME {
+            return Err(Error::malformed(
+                "snapshot chunk",
+                format!(
+                    "{} claims a chunk of {len} bytes, more than a frame carries",
+                    self.path.display()
+                ),
+            ));
+        }
         let mut payload = vec![0u8; len];
         self.input
             .read_exact(&mut payload)
@@ -248,4 +259,28 @@ fn storage_io(op: &'static str, path: &Path, e: std::io::Error) -> Error {
         path: path.to_path_buf(),
         source: Arc::new(e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn a_damaged_chunk_length_is_corruption_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received");
+        let mut bytes = MAGIC.to_vec();
+        bytes.push(FILE_VERSION);
+        bytes.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 4]);
+        std::fs::write(&path, bytes).unwrap();
+        let mut r = SnapshotReader::open(&path).unwrap();
+        let err = r.next_chunk().unwrap_err();
+        // Before: 4 GiB reserved, then an I/O error at the end of the file.
+        assert!(
+            matches!(err, Error::Malformed { .. }) && err.to_string().contains("more than a frame"),
+            "{err:?}"
+        );
+    }
 }
