@@ -39,7 +39,9 @@ fn le_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
 }
 
-fn put_crc(buf: &mut [u8], at: usize, over: std::ops::Range<usize>) {
+/// Writes the crc32 of `buf[over]` at `buf[at..at + 4]` (little-endian),
+/// where both fit: how a target reseals a checksum over fuzzed bytes.
+pub fn put_crc(buf: &mut [u8], at: usize, over: std::ops::Range<usize>) {
     if over.end <= buf.len() && at + 4 <= buf.len() {
         let crc = crc32fast::hash(&buf[over]);
         buf[at..at + 4].copy_from_slice(&crc.to_le_bytes());

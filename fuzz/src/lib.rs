@@ -37,6 +37,8 @@ use missive_raft::transport::{read_frame, write_frame};
 use missive_raft::types::{LogId, Vote};
 use missive_raft::TypeConfig;
 
+use missive_engine::fuzzing::put_crc;
+
 pub use missive_engine::fuzzing::{
     bloom, log_segment, manifest, table_block, table_file, write_batch,
 };
@@ -71,13 +73,6 @@ fn runtime() -> Option<&'static tokio::runtime::Runtime> {
         .as_ref()
 }
 
-fn put_crc(buf: &mut [u8], at: usize, over: std::ops::Range<usize>) {
-    if over.end <= buf.len() && at + 4 <= buf.len() {
-        let crc = crc32fast::hash(&buf[over]);
-        buf[at..at + 4].copy_from_slice(&crc.to_le_bytes());
-    }
-}
-
 /// What decodes re-encodes to bytes that decode to the same value.
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     what: &'static str,
@@ -86,6 +81,19 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     if let Ok(v) = records::decode::<T>(what, bytes) {
         let again = records::encode(&v).unwrap_or_default();
         assert_eq!(records::decode::<T>(what, &again).ok(), Some(v), "{what}");
+    }
+}
+
+/// A record with its own versioned codec: what `decode` reads, `encode`
+/// writes back to bytes that decode to the same value.
+fn versioned<T: PartialEq + std::fmt::Debug, E>(
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+    encode: impl Fn(&T) -> Result<Vec<u8>, E>,
+    bytes: &[u8],
+) {
+    if let Ok(v) = decode(bytes) {
+        let again = encode(&v).unwrap_or_default();
+        assert_eq!(decode(&again).ok(), Some(v));
     }
 }
 
@@ -195,30 +203,10 @@ pub fn chat_record(data: &[u8]) {
         return;
     };
     match pick % 24 {
-        0 => {
-            if let Ok(m) = decode_message(b) {
-                let again = encode_message(&m).unwrap_or_default();
-                assert_eq!(decode_message(&again).ok(), Some(m));
-            }
-        }
-        1 => {
-            if let Ok(c) = decode_conversation(b) {
-                let again = encode_conversation(&c).unwrap_or_default();
-                assert_eq!(decode_conversation(&again).ok(), Some(c));
-            }
-        }
-        2 => {
-            if let Ok(ix) = decode_indexed(b) {
-                let again = encode_indexed(&ix).unwrap_or_default();
-                assert_eq!(decode_indexed(&again).ok(), Some(ix));
-            }
-        }
-        3 => {
-            if let Ok(uc) = decode_user_conv(b) {
-                let again = encode_user_conv(&uc).unwrap_or_default();
-                assert_eq!(decode_user_conv(&again).ok(), Some(uc));
-            }
-        }
+        0 => versioned(decode_message, encode_message, b),
+        1 => versioned(decode_conversation, encode_conversation, b),
+        2 => versioned(decode_indexed, encode_indexed, b),
+        3 => versioned(decode_user_conv, encode_user_conv, b),
         4 => round_trip::<OutboxEntry>("outbox entry", b),
         5 => round_trip::<InboxEvent>("inbox event", b),
         6 => round_trip::<Receipt>("receipt", b),
