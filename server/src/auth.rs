@@ -235,14 +235,25 @@ impl Auth {
         Ok(t)
     }
 
-    /// Refuses a browser origin not on the allowlist (no Origin header:
-    /// not a browser, allowed).
+    /// Refuses a browser origin that is neither this server's own (the
+    /// web client it serves) nor on `auth.allowed_origins`. No Origin
+    /// header: not a browser, allowed.
+    ///
+    /// "This server's own" is an Origin whose host and port are the
+    /// request's `Host`: a browser sets both itself (a page cannot forge
+    /// them), so they match only for a page this server (or the proxy in
+    /// front of it, under the same name) served. The scheme is not
+    /// compared: behind a TLS-terminating proxy the page is `https://`
+    /// while this server hears plain HTTP.
     pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
             return Ok(());
         };
         let origin = origin.to_str().unwrap_or("");
-        if self.cfg.allowed_origins.iter().any(|o| o == origin) {
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        if self.cfg.allowed_origins.iter().any(|o| o == origin) || same_origin(origin, host) {
             Ok(())
         } else {
             Err(ApiError::new(
@@ -251,6 +262,11 @@ impl Auth {
                 format!("origin {origin:?} is not in auth.allowed_origins"),
             ))
         }
+    }
+
+    /// The settings these checks run on.
+    pub fn config(&self) -> &AuthSection {
+        &self.cfg
     }
 
     /// Whether `presented` is the configured admin secret (constant time).
@@ -263,6 +279,18 @@ impl Auth {
             None => false,
         }
     }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the authority in
+/// `host` (the request's Host header), over http or https.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
 /// 32 hex digits as 16 bytes.
@@ -318,4 +346,22 @@ fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>> {
     }
     std::fs::rename(&tmp, &path).map_err(io("rename"))?;
     Ok(hex.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn a_page_this_server_served_is_its_own_origin_and_nothing_else_is() {
+        assert!(same_origin("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
+        assert!(same_origin("https://Chat.Example", Some("chat.example")));
+        assert!(!same_origin("http://127.0.0.1:8081", Some("127.0.0.1:8080")));
+        assert!(!same_origin("http://evil.example", Some("chat.example")));
+        assert!(!same_origin("http://chat.example.evil", Some("chat.example")));
+        assert!(!same_origin("null", Some("null")));
+        assert!(!same_origin("ftp://chat.example", Some("chat.example")));
+        assert!(!same_origin("http://chat.example", None));
+        assert!(!same_origin("http://", Some("")));
+    }
 }

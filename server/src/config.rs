@@ -212,10 +212,11 @@ pub struct AuthSection {
     pub ticket_ttl_secs: u64,
     /// Enables `POST /v1/admin/tokens` for callers presenting it.
     pub admin_secret: Option<String>,
-    /// Origins a browser may open the WebSocket from (exact match, e.g.
-    /// "https://chat.example.com"). Requests without an Origin header
-    /// (native apps) are not affected; with an empty list every browser
-    /// origin is refused.
+    /// Origins of browser apps that may call this server from another
+    /// origin (exact match, e.g. "https://chat.example.com"): CORS answers
+    /// them, and their requests and WebSocket upgrades are accepted. Every
+    /// other origin but the server's own (its web client) is refused;
+    /// requests without an Origin header (native apps) are not affected.
     pub allowed_origins: Vec<String>,
 }
 
@@ -459,6 +460,12 @@ impl Config {
                 "limits.outbound_queue, max_page, sync_page and max_connections must be positive",
             );
         }
+        if let Some(o) = self.auth.allowed_origins.iter().find(|o| !is_origin(o)) {
+            return bad(&format!(
+                "auth.allowed_origins: {o:?} is not an origin: write scheme://host[:port], \
+                 e.g. \"https://chat.example.com\" (no path, no trailing slash)"
+            ));
+        }
         if self.auth.token_ttl_secs == 0 || self.auth.ticket_ttl_secs == 0 {
             return bad("auth.token_ttl_secs and auth.ticket_ttl_secs must be positive");
         }
@@ -472,6 +479,19 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether `o` is a browser origin as a browser writes it in `Origin`:
+/// `http://` or `https://`, then a host and optional port, nothing after.
+fn is_origin(o: &str) -> bool {
+    let rest = o
+        .strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"));
+    rest.is_some_and(|a| {
+        !a.is_empty()
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    })
 }
 
 #[cfg(test)]
@@ -522,5 +542,21 @@ mod tests {
         let zero = toml::from_str::<Config>("[node]\nshards = 0\n").unwrap();
         let err = zero.validate().unwrap_err();
         assert!(err.to_string().contains("node.shards"), "{err}");
+    }
+
+    #[test]
+    fn allowed_origins_must_be_origins_as_a_browser_writes_them() {
+        let with = |o: &str| {
+            let mut c = Config::default();
+            c.auth.allowed_origins = vec![o.to_string()];
+            c.validate()
+        };
+        for good in ["https://chat.example.com", "http://127.0.0.1:5173", "http://[::1]:8080"] {
+            assert!(with(good).is_ok(), "{good}");
+        }
+        for bad in ["https://chat.example.com/", "chat.example.com", "https://", "*", "https://a.example/app"] {
+            let err = with(bad).unwrap_err();
+            assert!(err.to_string().contains("auth.allowed_origins"), "{bad}: {err}");
+        }
     }
 }

@@ -141,9 +141,17 @@ async fn healthz() -> &'static str {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.service.limits.max_http_body_bytes;
     let (routes, _) = api().split_for_parts();
+    let cors = crate::edge::cors::layer(state.auth.config());
     routes
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/protocol.md") })
         .layer(DefaultBodyLimit::max(body_limit))
+        // Foreign browser origins are refused before any handler runs;
+        // the allowed ones get CORS answers (preflights end there).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::edge::cors::guard,
+        ))
+        .layer(cors)
         // Outermost last: an id is set (a client's own `x-request-id` is
         // kept), a span carries it through the handler, and the answer
         // echoes it.
@@ -353,7 +361,7 @@ async fn ws_upgrade(
     Q(q): Q<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    s.auth.check_origin(&headers)?;
+    // The origin was checked by `cors::guard`, as for every route.
     if let Some(ip) = peer {
         s.ips.upgrade(ip)?;
     }

@@ -8,8 +8,10 @@
 //! - `grpc` — the same calls and event stream over gRPC (tonic), from
 //!   `proto/missive.proto`.
 //! - `admin` — the operator's cluster API (placement, replica changes).
+//! - `cors` — which browser origins may call, and CORS for them.
 
 pub mod admin;
+pub mod cors;
 pub mod grpc;
 pub mod http;
 pub mod ws;
