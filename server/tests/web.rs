@@ -1,5 +1,8 @@
 //! Browsers: CORS for the allowed origins, every other origin refused, the
-//! server's own origin accepted.
+//! server's own origin (its web client) accepted, and the client's files
+//! served from the binary. The client itself runs in a real browser in
+//! `server/web/tests` (see its `run`).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;
 
@@ -43,7 +46,10 @@ async fn an_allowed_origin_gets_cors_answers_and_any_other_is_refused() {
         .request(Method::OPTIONS, format!("{base}/v1/ws-ticket"))
         .header(ORIGIN, ALLOWED)
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization, content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
         .send()
         .await
         .unwrap();
@@ -52,8 +58,14 @@ async fn an_allowed_origin_gets_cors_answers_and_any_other_is_refused() {
     assert_eq!(header(h, "access-control-allow-origin"), Some(ALLOWED));
     assert!(values(h, "access-control-allow-methods").contains("post"));
     let allowed = values(h, "access-control-allow-headers");
-    assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{allowed:?}");
-    assert!(!allowed.contains("x-admin-secret"), "the admin secret stays off other origins");
+    assert!(
+        allowed.contains("authorization") && allowed.contains("content-type"),
+        "{allowed:?}"
+    );
+    assert!(
+        !allowed.contains("x-admin-secret"),
+        "the admin secret stays off other origins"
+    );
     assert_eq!(header(h, "access-control-max-age"), Some("600"));
     assert_eq!(header(h, "access-control-allow-credentials"), None);
 
@@ -81,7 +93,10 @@ async fn an_allowed_origin_gets_cors_answers_and_any_other_is_refused() {
     let h = ticket.headers();
     assert_eq!(header(h, "access-control-allow-origin"), Some(ALLOWED));
     let exposed = values(h, "access-control-expose-headers");
-    assert!(exposed.contains("retry-after") && exposed.contains("x-request-id"), "{exposed:?}");
+    assert!(
+        exposed.contains("retry-after") && exposed.contains("x-request-id"),
+        "{exposed:?}"
+    );
     assert!(values(h, "vary").contains("origin"));
     // … also on a refusal, so the app can wait as told.
     let mut limited = None;
@@ -99,7 +114,10 @@ async fn an_allowed_origin_gets_cors_answers_and_any_other_is_refused() {
         }
     }
     let limited = limited.expect("a second history read in a second is limited");
-    assert_eq!(header(limited.headers(), "access-control-allow-origin"), Some(ALLOWED));
+    assert_eq!(
+        header(limited.headers(), "access-control-allow-origin"),
+        Some(ALLOWED)
+    );
     assert!(header(limited.headers(), "retry-after").is_some());
 
     // Another origin is refused before any handler runs, whatever the
@@ -134,5 +152,81 @@ async fn an_allowed_origin_gets_cors_answers_and_any_other_is_refused() {
         let r = Ws::try_connect(srv.addr(), None, Some(ticket), Some(origin)).await;
         assert_eq!(r.is_ok(), ok, "{origin}");
     }
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_client_is_served_from_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let base = format!("http://{}", srv.addr());
+    let http = reqwest::Client::new();
+
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let h = page.headers().clone();
+    assert_eq!(header(&h, "content-type"), Some("text/html; charset=utf-8"));
+    let csp = header(&h, "content-security-policy").unwrap_or("");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script type="module" src="/web/app.js">"#));
+
+    // Every file the page and its modules name is served, with its type.
+    let mut names = vec!["app.js".to_string(), "style.css".to_string()];
+    let mut seen = BTreeSet::new();
+    while let Some(name) = names.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let r = http.get(format!("{base}/web/{name}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        let mime = header(r.headers(), "content-type")
+            .unwrap_or("")
+            .to_string();
+        let want = if name.ends_with(".js") {
+            "text/javascript"
+        } else {
+            "text/css"
+        };
+        assert!(mime.starts_with(want), "{name}: {mime}");
+        let text = r.text().await.unwrap();
+        for import in text.split("from './").skip(1) {
+            if let Some(file) = import.split('\'').next() {
+                names.push(file.to_string());
+            }
+        }
+    }
+    assert!(seen.len() >= 5, "{seen:?}");
+
+    // Revalidation: the same build answers 304 to its own ETag.
+    let r = http.get(format!("{base}/web/app.js")).send().await.unwrap();
+    let etag = header(r.headers(), "etag").unwrap().to_string();
+    assert_eq!(header(r.headers(), "cache-control"), Some("no-cache"));
+    let r = http
+        .get(format!("{base}/web/app.js"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // Anything else under /web is the API's 404.
+    let r = http
+        .get(format!("{base}/web/../auth.secret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .get(format!("{base}/web/secret.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
     srv.shutdown().await.unwrap();
 }

@@ -143,6 +143,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, _) = api().split_for_parts();
     let cors = crate::edge::cors::layer(state.auth.config());
     routes
+        .merge(crate::edge::web::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/protocol.md") })
         .layer(DefaultBodyLimit::max(body_limit))
         // Foreign browser origins are refused before any handler runs;

@@ -9,9 +9,11 @@
 //!   `proto/missive.proto`.
 //! - `admin` — the operator's cluster API (placement, replica changes).
 //! - `cors` — which browser origins may call, and CORS for them.
+//! - `web` — the web client's static files, compiled in.
 
 pub mod admin;
 pub mod cors;
 pub mod grpc;
 pub mod http;
+pub mod web;
 pub mod ws;

@@ -1,0 +1,170 @@
+// Drawing the store: the conversation list, the open conversation's
+// header, messages and typing line. Text always goes in as textContent,
+// never as HTML: message bodies and names are other people's input.
+
+/** `el('li', {class: 'x', dataset: {seq: 3}}, child, 'text', …)` */
+export function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'dataset') Object.assign(e.dataset, v);
+    else if (k === 'class') e.className = v;
+    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+const $ = (id) => document.getElementById(id);
+
+/** Microseconds since the epoch as a short local time. */
+export function when(us) {
+  if (!us) return '';
+  const d = new Date(us / 1000);
+  const today = new Date();
+  return d.toDateString() === today.toDateString()
+    ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+    : d.toLocaleDateString([], { month: 'short', day: 'numeric' });
+}
+
+/** What a message shows as text. */
+export function preview(store, m) {
+  if (!m) return '';
+  if (m.unsent) return 'message deleted';
+  if (m.system) {
+    const s = m.system;
+    const who = (list) => list.map((u) => store.name(u)).join(', ');
+    if (s.renamed) return `${store.name(s.actor)} renamed the group to “${s.renamed}”`;
+    if (s.added && s.added.includes(s.actor)) {
+      const others = s.added.filter((u) => u !== s.actor);
+      return others.length
+        ? `${store.name(s.actor)} started the conversation with ${who(others)}`
+        : `${store.name(s.actor)} joined`;
+    }
+    if (s.added && s.added.length) return `${store.name(s.actor)} added ${who(s.added)}`;
+    if (s.removed && s.removed.length) {
+      return s.removed.length === 1 && s.removed[0] === s.actor
+        ? `${store.name(s.actor)} left`
+        : `${store.name(s.actor)} removed ${who(s.removed)}`;
+    }
+    if (s.promoted && s.promoted.length) return `${store.name(s.actor)} made ${who(s.promoted)} admin`;
+    return 'conversation updated';
+  }
+  if (m.body !== undefined) return m.body;
+  if (m.body_b64 !== undefined) return '(encrypted or binary message)';
+  return '';
+}
+
+export function renderList(store, open) {
+  const ul = $('convs');
+  ul.replaceChildren(
+    ...store.list().map((c) =>
+      el(
+        'li',
+        { class: c.conv === open ? 'conv open' : 'conv', dataset: { conv: c.conv }, tabindex: 0 },
+        el('div', { class: 'conv-top' }, el('span', { class: 'conv-title' }, store.title(c)), el('time', {}, when(c.last_activity))),
+        el(
+          'div',
+          { class: 'conv-bottom' },
+          el('span', { class: 'conv-preview' }, preview(store, c.last_message)),
+          c.mentions > 0 && c.unread > 0 ? el('span', { class: 'mention' }, '@') : null,
+          c.unread > 0 ? el('span', { class: 'unread', dataset: { count: c.unread } }, String(c.unread)) : null,
+        ),
+      ),
+    ),
+  );
+}
+
+export function renderHead(store, conv) {
+  const c = store.convs.get(conv);
+  $('empty').hidden = Boolean(c);
+  $('conv-head').hidden = !c;
+  $('composer').hidden = !c || c.left;
+  $('messages').hidden = !c;
+  $('typing').hidden = !c;
+  if (!c) return;
+  $('conv-title').textContent = store.title(c);
+  const sub = $('conv-sub');
+  if (c.kind === 'direct' && c.members) {
+    const peer = c.members.find((u) => u !== store.me);
+    const p = peer ? store.presence.get(peer) : null;
+    sub.textContent = !p ? '' : p.online ? 'online' : p.last_seen ? `last seen ${when(p.last_seen)}` : 'offline';
+    sub.dataset.online = p && p.online ? 'true' : 'false';
+  } else {
+    const members = c.members || [];
+    const online = members.filter((u) => u !== store.me && (store.presence.get(u) || {}).online).length;
+    sub.textContent = `${members.length || c.member_count} members` + (online ? `, ${online} online` : '');
+    sub.dataset.online = online ? 'true' : 'false';
+  }
+  const typers = store.typers(conv).filter((u) => u !== store.me);
+  $('typing').textContent = typers.length
+    ? `${typers.map((u) => store.name(u)).join(', ')} ${typers.length === 1 ? 'is' : 'are'} typing…`
+    : '';
+  renderMembers(store, c);
+}
+
+function renderMembers(store, c) {
+  const admin = (c.admins || []).includes(store.me);
+  $('members-toggle').hidden = c.kind !== 'group';
+  $('add-member').hidden = !admin;
+  $('leave').hidden = c.kind !== 'group' || c.left;
+  $('member-list').replaceChildren(
+    ...(c.members || []).map((u) =>
+      el(
+        'li',
+        { dataset: { user: u } },
+        el('span', { class: u === store.me || (store.presence.get(u) || {}).online ? 'dot on' : 'dot' }),
+        store.name(u) + (u === store.me ? ' (you)' : ''),
+        (c.admins || []).includes(u) ? el('em', {}, ' admin') : null,
+        admin && u !== store.me ? el('button', { type: 'button', class: 'remove', dataset: { user: u } }, 'Remove') : null,
+      ),
+    ),
+  );
+}
+
+const TICKS = { pending: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓' };
+
+function bubble(store, conv, m, state) {
+  const mine = m.sender === store.me;
+  const cls = ['msg', mine ? 'mine' : 'theirs', m.system ? 'system' : '', m.unsent ? 'unsent' : ''].join(' ').trim();
+  return el(
+    'li',
+    { class: cls, dataset: { seq: m.seq ?? '', cmid: m.client_msg_id || '' } },
+    !mine && !m.system ? el('span', { class: 'sender' }, store.name(m.sender)) : null,
+    el('span', { class: 'body' }, preview(store, m)),
+    el(
+      'span',
+      { class: 'meta' },
+      m.edited_at ? 'edited · ' : '',
+      el('time', {}, when(m.ts)),
+      mine && !m.system ? el('span', { class: 'ticks', dataset: { state }, title: state }, TICKS[state]) : null,
+    ),
+  );
+}
+
+/** Redraws the messages, keeping the reader where they were: at the
+ *  bottom if they were there, else on the same message. */
+export function renderThread(store, conv) {
+  const ol = $('messages');
+  const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
+  const before = ol.scrollHeight;
+  const top = ol.scrollTop;
+  if (!conv) {
+    ol.replaceChildren();
+    return;
+  }
+  const { held, pend } = store.thread(conv);
+  const items = held.map((m) => bubble(store, conv, m, m.sender === store.me ? store.tick(conv, m.seq) : ''));
+  for (const p of pend) {
+    items.push(bubble(store, conv, { conv, sender: store.me, client_msg_id: p.client_msg_id, body: p.body, ts: p.at * 1000 }, 'pending'));
+  }
+  if (store.older.get(conv) === null && held.length) items.unshift(el('li', { class: 'start' }, 'the beginning of the conversation'));
+  ol.replaceChildren(...items);
+  if (atBottom) ol.scrollTop = ol.scrollHeight;
+  // Older messages came in above the reader (they scrolled to the top):
+  // keep the same message under their eyes.
+  else if (top < 40) ol.scrollTop = top + (ol.scrollHeight - before);
+  else ol.scrollTop = top;
+}
