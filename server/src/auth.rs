@@ -356,9 +356,15 @@ mod tests {
     fn a_page_this_server_served_is_its_own_origin_and_nothing_else_is() {
         assert!(same_origin("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
         assert!(same_origin("https://Chat.Example", Some("chat.example")));
-        assert!(!same_origin("http://127.0.0.1:8081", Some("127.0.0.1:8080")));
+        assert!(!same_origin(
+            "http://127.0.0.1:8081",
+            Some("127.0.0.1:8080")
+        ));
         assert!(!same_origin("http://evil.example", Some("chat.example")));
-        assert!(!same_origin("http://chat.example.evil", Some("chat.example")));
+        assert!(!same_origin(
+            "http://chat.example.evil",
+            Some("chat.example")
+        ));
         assert!(!same_origin("null", Some("null")));
         assert!(!same_origin("ftp://chat.example", Some("chat.example")));
         assert!(!same_origin("http://chat.example", None));

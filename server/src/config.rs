@@ -551,12 +551,25 @@ mod tests {
             c.auth.allowed_origins = vec![o.to_string()];
             c.validate()
         };
-        for good in ["https://chat.example.com", "http://127.0.0.1:5173", "http://[::1]:8080"] {
+        for good in [
+            "https://chat.example.com",
+            "http://127.0.0.1:5173",
+            "http://[::1]:8080",
+        ] {
             assert!(with(good).is_ok(), "{good}");
         }
-        for bad in ["https://chat.example.com/", "chat.example.com", "https://", "*", "https://a.example/app"] {
+        for bad in [
+            "https://chat.example.com/",
+            "chat.example.com",
+            "https://",
+            "*",
+            "https://a.example/app",
+        ] {
             let err = with(bad).unwrap_err();
-            assert!(err.to_string().contains("auth.allowed_origins"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("auth.allowed_origins"),
+                "{bad}: {err}"
+            );
         }
     }
 }
