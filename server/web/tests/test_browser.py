@@ -291,6 +291,15 @@ def test_two_users_chat_reload_and_a_server_killed_mid_conversation(server, brow
     expect(bodies(ana, "Ana added user 3")).to_have_count(1)
     shot(ana, "group")
     ana.locator("#members-toggle").click()
+    # Bo leaves: the group leaves his list, Ana sees him go.
+    conv_item(bo, "team").click()
+    bo.locator("#members-toggle").click()
+    expect(bo.locator("#member-list li")).to_have_count(3)
+    bo.locator("#leave").click()
+    expect(conv_item(bo, "team")).to_have_count(0)
+    expect(bodies(ana, "Bo left")).to_have_count(1)
+    expect(ana.locator("#member-list li")).to_have_count(2)
+    conv_item(bo, "Ana").click()
 
     # Reload keeps everything, once.
     conv_item(ana, "Bo").click()
@@ -327,6 +336,8 @@ def test_two_users_chat_reload_and_a_server_killed_mid_conversation(server, brow
     for page in (ana, bo):
         page.reload()
         online(page)
+    expect(conv_item(bo, "Ana")).to_have_count(1)
+    expect(conv_item(bo, "team")).to_have_count(0)
     conv_item(ana, "Bo").click()
     expect(ana.locator("#messages .msg .body")).to_have_count(4)
     # Once each, in the conversation's order (the two sent while the
