@@ -1,7 +1,7 @@
 // The page: sign-in, then the chat. Wires the DOM to the session
 // (client.js) and the store (store.js); view.js draws.
 
-import { ApiError, Session, call, mintToken, tokenClaims } from './client.js';
+import { ApiError, Session, call, mintToken, retryable, tokenClaims } from './client.js';
 import { Store } from './store.js';
 import { renderHead, renderList, renderThread } from './view.js';
 
@@ -227,6 +227,7 @@ function watchPresence() {
 function acknowledge() {
   if (!session || !session.online) return;
   for (const c of store.convs.values()) {
+    if (c.left) continue;
     const held = store.msgs(c.conv);
     let newest = 0;
     for (const s of held.keys()) newest = Math.max(newest, s);
@@ -248,10 +249,10 @@ function acknowledge() {
         store.changed();
       })
       .catch((e) => {
-        // Not taken (the shard is electing, the socket closed): ask again.
         deliveredAcked.delete(c.conv);
         readAcked.delete(c.conv);
-        setTimeout(draw, e.retryAfterMs || 1000);
+        // Not taken (the shard is electing, the socket closed): ask again.
+        if (retryable(e)) setTimeout(draw, e.retryAfterMs || 1000);
       });
   }
 }
@@ -271,7 +272,7 @@ async function sendPending(p) {
     const ans = await session.request({ type: 'send', conv: p.conv, client_msg_id: p.client_msg_id, body: p.body });
     store.acked(p.client_msg_id, ans);
   } catch (e) {
-    if (e.code !== 'disconnected' && e.code !== 'timeout' && e.code !== 'unavailable' && e.code !== 'outcome_unknown' && e.code !== 'rate_limited') {
+    if (!retryable(e)) {
       // Refused for good (not a member, blocked, too large): say so, drop it.
       store.pending.delete(p.client_msg_id);
       store.changed();

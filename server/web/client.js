@@ -13,6 +13,13 @@ export class ApiError extends Error {
   }
 }
 
+/** Whether the same request may succeed later: nothing was decided (the
+ *  socket closed, no answer in time, a leader election, a rate limit) or
+ *  the outcome is unknown (resend with the same client_msg_id). */
+export function retryable(e) {
+  return ['disconnected', 'timeout', 'network', 'unavailable', 'rate_limited', 'outcome_unknown'].includes(e.code);
+}
+
 /** Reads a JWT's claims (no check: the server checks; we only show them). */
 export function tokenClaims(token) {
   const part = String(token).split('.')[1];
