@@ -66,14 +66,24 @@ pub struct RaftTiming {
 }
 
 impl Default for RaftTiming {
-    /// Slower than openraft's defaults (50 / 150–300 ms): every shard
-    /// heartbeats on its own, and hundreds of groups on 2 cores must leave
-    /// room for the work.
+    /// Chosen for failover under a second. In openraft 0.9 a follower that
+    /// has heard from a leader holds a *lease* of `election_max_ms`: it
+    /// refuses to vote and does not campaign until the lease has run out,
+    /// and then waits its own random election timeout on top (see
+    /// `RaftCore::handle_tick_election`). So from a leader's death to a
+    /// new leader takes between `max + min` and `2 × max` after the last
+    /// heartbeat: 520–640 ms here, against 3–4 s with the 200 / 1000–2000
+    /// ms used before (measured in docs/benchmarks.md, "failover"). The
+    /// lease spans five heartbeats and the election timeout three more, so
+    /// a follower must miss eight in a row before it campaigns: a loaded
+    /// machine does not provoke elections. A node's groups heartbeat each
+    /// on their own: 9 groups × 2 followers / 60 ms ≈ 300 small frames a
+    /// second on a leader of everything, nothing next to the traffic.
     fn default() -> Self {
         RaftTiming {
-            heartbeat_ms: 200,
-            election_min_ms: 1000,
-            election_max_ms: 2000,
+            heartbeat_ms: 60,
+            election_min_ms: 200,
+            election_max_ms: 320,
         }
     }
 }

@@ -294,8 +294,9 @@ impl Service {
     /// A linearizable read on whichever replica this node holds: the
     /// leader confirms its leadership, a follower first asks the leader for
     /// a read index and applies up to it. While no leader is known (an
-    /// election) it retries for up to `WRITE_WAIT`, then answers
-    /// `unavailable`.
+    /// election), or the one known cannot be reached (it died and the
+    /// election has not ended yet), it retries for up to `WRITE_WAIT`,
+    /// then answers `unavailable`: a read is safe to repeat.
     async fn read<T, F, Fut>(&self, f: F) -> Result<T, ApiError>
     where
         F: Fn(Consistency) -> Fut,
@@ -304,11 +305,11 @@ impl Service {
         let deadline = tokio::time::Instant::now() + WRITE_WAIT;
         loop {
             match f(Consistency::Linearizable).await {
-                Err(missive_chat::Error::Runtime(missive_raft::Error::NotLeader {
-                    leader: None,
-                    ..
-                })) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(missive_chat::Error::Runtime(
+                    missive_raft::Error::NotLeader { leader: None, .. }
+                    | missive_raft::Error::Transport { .. },
+                )) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 r => return Ok(r?),
             }

@@ -29,6 +29,13 @@ use crate::transport::failure::{call_failed, from_remote};
 use crate::transport::{Reply, Rpc};
 use crate::write::batcher::{self, Pending};
 
+/// The first pause before retrying a write that found no leader.
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+/// The longest pause between retries: short next to an election (0.5 s),
+/// since a retry that finds no leader costs one local call or one refused
+/// connect; and a leader elected here ends the pause at once anyway.
+const RETRY_MAX: Duration = Duration::from_millis(50);
+
 impl<A: App> Shared<A> {
     /// [`Node::write`] once the shard is known. One span per write (DEBUG:
     /// off by default, nearly free then), inside the caller's request span.
@@ -40,7 +47,7 @@ impl<A: App> Shared<A> {
         election_wait: Duration,
     ) -> Result<A::Outcome> {
         let deadline = tokio::time::Instant::now() + election_wait;
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = RETRY_FIRST;
         loop {
             let r = Arc::clone(self)
                 .write_to(shard, command.clone(), true)
@@ -52,9 +59,32 @@ impl<A: App> Shared<A> {
             if !retry || tokio::time::Instant::now() + backoff > deadline {
                 return r;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            self.leader_change_or(shard, backoff).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
         }
+    }
+
+    /// Waits until this node's view of `shard`'s leader changes (an
+    /// election ended: retry at once, not after the rest of a backoff) or
+    /// `backoff` passes. For a shard not hosted here there is nothing to
+    /// watch: just the backoff.
+    async fn leader_change_or(&self, shard: ShardId, backoff: Duration) {
+        let Ok(g) = self.group(shard) else {
+            tokio::time::sleep(backoff).await;
+            return;
+        };
+        let mut metrics = g.raft.metrics();
+        let before = metrics.borrow_and_update().current_leader;
+        let changed = async {
+            while metrics.changed().await.is_ok() {
+                if metrics.borrow().current_leader != before {
+                    return;
+                }
+            }
+            // The group stopped: nothing will change; let the backoff run.
+            std::future::pending::<()>().await;
+        };
+        let _ = tokio::time::timeout(backoff, changed).await;
     }
 
     /// One attempt: a shard hosted here goes to its batcher, one hosted
