@@ -113,6 +113,9 @@ pub struct NodeConfig {
     /// Raft entries between snapshots of a shard (each snapshot flushes the
     /// memtables and lets the log be purged).
     pub snapshot_every: u64,
+    /// Hand leadership back to each shard's preferred leader
+    /// (`cluster::balance`). Off only to measure what balance buys.
+    pub balance_leaders: bool,
 }
 
 impl NodeConfig {
@@ -133,6 +136,7 @@ impl NodeConfig {
                 ..LsmOptions::default()
             },
             snapshot_every: 20_000,
+            balance_leaders: true,
         }
     }
 }
@@ -281,6 +285,12 @@ impl<A: App> Node<A> {
             Arc::clone(&inner),
             stop_rx.clone(),
         )));
+        if cfg.balance_leaders {
+            tasks.push(tokio::spawn(crate::cluster::balance::run(
+                Arc::clone(&inner),
+                stop_rx.clone(),
+            )));
+        }
         let dispatch: Arc<dyn Dispatch<A>> = Arc::clone(&inner) as Arc<dyn Dispatch<A>>;
         tasks.push(tokio::spawn(server::serve(
             listener,
@@ -328,6 +338,16 @@ impl<A: App> Node<A> {
     /// on every node with the same arguments; repeating it after the
     /// cluster formed is a no-op. (The node registers itself in the cluster
     /// map in the background, once the metadata group has a leader.)
+    ///
+    /// Leaders start spread: a group is initialized by its preferred
+    /// leader (`cluster::balance`), which campaigns at once and wins (the
+    /// others have heard from no leader, so hold no lease against it) —
+    /// with every node a replica of every shard, data shard `s` is led by
+    /// the `(s − 1) mod n`-th node, at most ⌈shards / nodes⌉ each.
+    /// The other replicas wait [`BOOTSTRAP_FALLBACK`] for it and, if the
+    /// group has still not formed (that node is not up), initialize it
+    /// themselves: every replica proposes the same configuration at the
+    /// same log position, so whichever gets there first is right.
     pub async fn bootstrap(
         &self,
         members: &BTreeMap<NodeId, String>,
@@ -350,6 +370,24 @@ impl<A: App> Node<A> {
                 .map(|id| (id, NodeAddr::new(members[&id].clone())))
                 .collect();
             if !picked.contains_key(&self.inner.id) {
+                continue;
+            }
+            let designated =
+                crate::cluster::balance::preferred_leader(*shard, picked.keys().copied())
+                    .unwrap_or(self.inner.id);
+            if designated != self.inner.id {
+                let raft = g.raft.clone();
+                let shard = *shard;
+                tokio::spawn(async move {
+                    tokio::time::sleep(BOOTSTRAP_FALLBACK).await;
+                    if matches!(raft.is_initialized().await, Ok(false)) {
+                        tracing::info!(%shard, "its first replica did not form it; initializing");
+                        match raft.initialize(picked).await {
+                            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                            Err(e) => tracing::warn!(%shard, error = %e, "initialize"),
+                        }
+                    }
+                });
                 continue;
             }
             // A group already formed (a restart, or another voter's
@@ -684,6 +722,10 @@ const SIGNAL_BUFFER: usize = 4096;
 
 /// How long a group's core may take to load its state and report it.
 const GROUP_START_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a replica waits for a group's first replica to form it at
+/// bootstrap before forming it itself ([`Node::bootstrap`]).
+pub const BOOTSTRAP_FALLBACK: Duration = Duration::from_secs(2);
 
 /// How long a signal's delivery to one peer may take before it is dropped.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);

@@ -7,6 +7,8 @@
 //! # Layout
 //!
 //! - `slots` — the slot → shard map.
+//! - `balance` — each group's preferred leader, and handing leadership
+//!   back to it.
 //! - `placement` — where a shard's replicas are, and a requested change.
 //! - `cluster_map` — the cluster map as data (node directory, slot map,
 //!   placements) and the metadata group's apply rule.
@@ -20,6 +22,7 @@
 //! - `identity` — the `NODE` file (a data directory's node id, cluster and
 //!   shard count) and durable file replacement.
 
+pub mod balance;
 pub mod cluster_map;
 pub mod directory;
 pub mod identity;

@@ -103,6 +103,23 @@ impl<A: App> Dispatch<A> for Shared<A> {
                     }
                     Err(e) => Err(RemoteFailure::Unavailable(e.to_string())),
                 }),
+                Rpc::Campaign => {
+                    let voter = raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&self.id)
+                        .is_some()
+                        && !self.retired.contains(shard);
+                    if !voter {
+                        return Reply::Failed(format!("not a voter of {shard}"));
+                    }
+                    match raft.trigger().elect().await {
+                        Ok(()) => Reply::Campaigning,
+                        Err(e) => Reply::Failed(e.to_string()),
+                    }
+                }
                 Rpc::Write { command } => Reply::Write(
                     Arc::clone(&self)
                         .write_to(shard, command, false)

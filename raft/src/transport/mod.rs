@@ -188,6 +188,10 @@ pub enum Rpc<A: App> {
         /// Linearizable (true) or stale.
         linearizable: bool,
     },
+    /// The shard's leader asks this voter to campaign now: it is the
+    /// shard's preferred leader (`cluster::balance`). Appended last, as
+    /// every new variant must be (postcard numbers variants in order).
+    Campaign,
 }
 
 /// One read of the shard's data in the LSM.
@@ -296,6 +300,8 @@ pub enum Reply<A: App> {
     Read(Result<ReadResult, RemoteFailure>),
     /// The call could not be served at all (no such shard, shutting down).
     Failed(String),
+    /// To `Campaign`: the election started.
+    Campaigning,
 }
 
 /// Why a frame could not be read.
