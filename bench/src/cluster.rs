@@ -9,7 +9,11 @@
 //! messages/s and commit latency p50/p99 (send → outcome, which on the
 //! leader means: batched, appended, replicated to a quorum, applied). Then,
 //! on the full cluster under 64 writers, the leader of shard 1 is shut down
-//! and the time to the first acknowledged write on that shard is measured.
+//! and the time to the first acknowledged write on that shard is measured,
+//! `--kills` times (the node is restarted and its leaderships handed back
+//! between kills); the median is reported. Last, the same writer counts on
+//! the full cluster with every leader moved to node 1 and the balancer off
+//! — what one node taking every write costs against leaders spread.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +27,7 @@ use hdrhistogram::Histogram;
 use missive_chat::command::{Command, ConversationKind, DeviceId, MessageKind, NewMessage, UserId};
 use missive_chat::ChatNode as Node;
 use missive_engine::keys::ConversationId;
+use missive_raft::cluster::balance::preferred_leader;
 use missive_raft::node::NodeConfig;
 use missive_raft::ShardId;
 use tokio::sync::RwLock;
@@ -48,6 +53,9 @@ pub struct ClusterArgs {
     /// Where the data directories go (default: the system temp dir).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Leader kills to measure (each followed by a restart).
+    #[arg(long, default_value_t = 5)]
+    pub kills: usize,
     /// Print one JSON object per result instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -55,17 +63,30 @@ pub struct ClusterArgs {
 
 type Nodes = Arc<RwLock<Vec<Option<Node>>>>;
 
-async fn start_cluster(dir: &Path, n: u64, shards: u32) -> Result<Nodes> {
+/// Starts `n` nodes on 127.0.0.1..n (data under `dir/<tag>-n<n>-node<id>`)
+/// and bootstraps them; `balance` runs the leader balancer. Returns the
+/// nodes and their configs (with the addresses they bound: a restart must
+/// reuse them, the membership names them).
+async fn start_cluster(
+    dir: &Path,
+    n: u64,
+    shards: u32,
+    balance: bool,
+    tag: &str,
+) -> Result<(Nodes, Vec<NodeConfig>)> {
     let mut nodes = Vec::new();
+    let mut configs = Vec::new();
     for id in 1..=n {
         let addr: SocketAddr = format!("127.0.0.{id}:0").parse()?;
-        let mut c = NodeConfig::new(id, addr, dir.join(format!("n{n}-node{id}")));
+        let mut c = NodeConfig::new(id, addr, dir.join(format!("{tag}-n{n}-node{id}")));
         c.shards = shards;
-        nodes.push(
-            Node::start(c)
-                .await
-                .with_context(|| format!("start node {id}"))?,
-        );
+        c.balance_leaders = balance;
+        let node = Node::start(c.clone())
+            .await
+            .with_context(|| format!("start node {id}"))?;
+        c.listen = node.addr().parse()?;
+        configs.push(c);
+        nodes.push(node);
     }
     let members: BTreeMap<u64, String> = nodes
         .iter()
@@ -78,7 +99,57 @@ async fn start_cluster(dir: &Path, n: u64, shards: u32) -> Result<Nodes> {
     for s in 1..=shards {
         wait_leader(&nodes, ShardId(s), Duration::from_secs(30)).await?;
     }
-    Ok(Arc::new(RwLock::new(nodes)))
+    Ok((Arc::new(RwLock::new(nodes)), configs))
+}
+
+/// Waits until every shard is led by its preferred leader (the balancer's
+/// rule), i.e. leaders are spread again.
+async fn wait_preferred(nodes: &Nodes, shards: u32, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let settled = {
+            let g = nodes.read().await;
+            let ids: Vec<u64> = g.iter().flatten().map(|n| n.id()).collect();
+            (1..=shards).all(|s| {
+                let want = preferred_leader(ShardId(s), ids.iter().copied());
+                g.iter()
+                    .flatten()
+                    .all(|n| n.leader(ShardId(s)).ok().flatten() == want)
+            })
+        };
+        if settled {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "leaders not back on their preferred nodes within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Moves every shard's leadership to node `to` (the balancer must be off).
+async fn lead_all_from(nodes: &Nodes, to: u64, shards: u32) -> Result<()> {
+    for s in 1..=shards {
+        let shard = ShardId(s);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let g = nodes.read().await;
+            let node = g
+                .iter()
+                .flatten()
+                .find(|n| n.id() == to)
+                .context("no such node")?;
+            if node.leader(shard)? == Some(to) {
+                break;
+            }
+            node.raft(shard)?.trigger().elect().await?;
+            drop(g);
+            anyhow::ensure!(Instant::now() < deadline, "node {to} did not take {shard}");
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn wait_leader(nodes: &[Option<Node>], shard: ShardId, within: Duration) -> Result<u64> {
@@ -230,60 +301,117 @@ async fn run_async(a: &ClusterArgs) -> Result<()> {
         );
     }
     for &n in &[1, a.nodes] {
-        let nodes = start_cluster(tmp.path(), n, a.shards).await?;
+        let (nodes, configs) = start_cluster(tmp.path(), n, a.shards, true, "spread").await?;
         let mut next_conv = 1_000_000u64;
-        for &w in &a.writers {
-            let convs = conversations(&nodes, next_conv, w).await?;
-            next_conv += w as u64;
-            let m = measure(&nodes, &convs, a.seconds, a.body).await;
-            let name = if n == 1 {
-                "1 node".to_string()
-            } else {
-                format!("{n} nodes")
-            };
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"bench": "cluster", "nodes": n, "writers": w, "msgs_per_s": m.msgs_per_s,
-                        "p50_us": m.p50_us, "p99_us": m.p99_us, "errors": m.errors})
-                );
-            } else {
-                println!(
-                    "{:<10} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>8}",
-                    name,
-                    w,
-                    m.msgs_per_s,
-                    m.p50_us as f64 / 1000.0,
-                    m.p99_us as f64 / 1000.0,
-                    m.errors
-                );
-            }
-        }
+        let name = if n == 1 {
+            "1 node".to_string()
+        } else {
+            format!("{n} nodes")
+        };
+        measure_all(a, &nodes, &name, &mut next_conv).await?;
         if n > 1 {
-            let t = leader_kill(&nodes, next_conv).await?;
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"bench": "leader-kill", "nodes": n, "first_write_ms": t.as_secs_f64() * 1e3})
-                );
-            } else {
-                println!(
-                    "leader kill → first acknowledged write on its shard: {:.0} ms",
-                    t.as_secs_f64() * 1e3
-                );
+            let mut times = Vec::new();
+            for k in 0..a.kills {
+                let (t, killed) = leader_kill(&nodes, next_conv).await?;
+                next_conv += 20_000;
+                times.push(t);
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"bench": "leader-kill", "nodes": n, "kill": k + 1, "first_write_ms": t.as_secs_f64() * 1e3})
+                    );
+                } else {
+                    println!(
+                        "leader kill {} → first acknowledged write on its shard: {:.0} ms",
+                        k + 1,
+                        t.as_secs_f64() * 1e3
+                    );
+                }
+                // Back up, caught up, and leading its shards again.
+                let node = Node::start(configs[killed as usize - 1].clone()).await?;
+                nodes.write().await[killed as usize - 1] = Some(node);
+                wait_preferred(&nodes, a.shards, Duration::from_secs(120)).await?;
+            }
+            times.sort();
+            if let Some(median) = times.get(times.len() / 2) {
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"bench": "leader-kill-median", "nodes": n, "kills": times.len(), "first_write_ms": median.as_secs_f64() * 1e3})
+                    );
+                } else {
+                    println!(
+                        "leader kill → first write, median of {}: {:.0} ms",
+                        times.len(),
+                        median.as_secs_f64() * 1e3
+                    );
+                }
             }
         }
-        let mut g = nodes.write().await;
-        for node in g.iter_mut().filter_map(Option::take) {
-            node.shutdown().await?;
+        shutdown(&nodes).await?;
+        if n > 1 {
+            // The anchor for balance: the same writes with one node
+            // leading every shard.
+            let (nodes, _) = start_cluster(tmp.path(), n, a.shards, false, "one").await?;
+            lead_all_from(&nodes, 1, a.shards).await?;
+            let mut next = 1_000_000u64;
+            measure_all(
+                a,
+                &nodes,
+                &format!("{n} nodes, leaders all on node 1"),
+                &mut next,
+            )
+            .await?;
+            shutdown(&nodes).await?;
         }
     }
     Ok(())
 }
 
+/// Every writer count of `a` on `nodes`, one line (or JSON object) each.
+async fn measure_all(
+    a: &ClusterArgs,
+    nodes: &Nodes,
+    name: &str,
+    next_conv: &mut u64,
+) -> Result<()> {
+    for &w in &a.writers {
+        let convs = conversations(nodes, *next_conv, w).await?;
+        *next_conv += w as u64;
+        let m = measure(nodes, &convs, a.seconds, a.body).await;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"bench": "cluster", "cluster": name, "writers": w, "msgs_per_s": m.msgs_per_s,
+                    "p50_us": m.p50_us, "p99_us": m.p99_us, "errors": m.errors})
+            );
+        } else {
+            println!(
+                "{:<10} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>8}",
+                name,
+                w,
+                m.msgs_per_s,
+                m.p50_us as f64 / 1000.0,
+                m.p99_us as f64 / 1000.0,
+                m.errors
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown(nodes: &Nodes) -> Result<()> {
+    let mut g = nodes.write().await;
+    for node in g.iter_mut().filter_map(Option::take) {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
+
 /// Under 64 writers, shuts down shard 1's leader; returns the time until a
-/// write to a shard-1 conversation is acknowledged again.
-async fn leader_kill(nodes: &Nodes, base: u64) -> Result<Duration> {
+/// write to a shard-1 conversation is acknowledged again, and which node
+/// it shut down.
+async fn leader_kill(nodes: &Nodes, base: u64) -> Result<(Duration, u64)> {
     let shard = ShardId(1);
     let conv = {
         let g = nodes.read().await;
@@ -306,14 +434,14 @@ async fn leader_kill(nodes: &Nodes, base: u64) -> Result<Duration> {
         tokio::spawn(async move { measure(&nodes, &load_convs, 4, 100).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let killed = {
+    let (killed, victim) = {
         let mut g = nodes.write().await;
         let leader = wait_leader(&g, shard, Duration::from_secs(10)).await?;
         let node = g[leader as usize - 1]
             .take()
             .context("leader already gone")?;
         node.shutdown().await?;
-        Instant::now()
+        (Instant::now(), leader)
     };
     let mut i = 0u64;
     loop {
@@ -331,7 +459,7 @@ async fn leader_kill(nodes: &Nodes, base: u64) -> Result<Duration> {
         if ok {
             let t = killed.elapsed();
             let _ = load.await;
-            return Ok(t);
+            return Ok((t, victim));
         }
         anyhow::ensure!(
             killed.elapsed() < Duration::from_secs(60),
