@@ -273,8 +273,14 @@ fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
     });
 
     // Before the scrub the bodies are on every replica's disk: the search
-    // can fail this test.
+    // can fail this test. A replica may still be catching up (a commit
+    // needs two of three, and the third may have started after its leader
+    // first tried it), so each is given a few seconds to get them.
     for c in &cfgs {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !found(&c.data_dir, &secret) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         assert!(
             found(&c.data_dir, &secret),
             "{}: the unsent body was never found",
