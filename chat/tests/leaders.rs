@@ -135,6 +135,17 @@ async fn leaders_spread_at_bootstrap_and_after_a_restart_and_failover_is_quick()
         spread[&victim] >= 2,
         "the restarted node leads too little: {spread:?}"
     );
+    // The survivors counted the failover's election and leader change,
+    // and handed the restarted node its shards back.
+    let survivor = nodes[0].as_ref().unwrap();
+    let seen = survivor.group_stats(shard).unwrap();
+    assert!(seen.elections >= 2 && seen.leader_changes >= 2, "{seen:?}");
+    assert!(seen.applied_index <= seen.log_index, "{seen:?}");
+    let handed: u64 = [0, 2]
+        .iter()
+        .map(|&i| nodes[i].as_ref().unwrap().leader_handovers())
+        .sum();
+    assert!(handed >= 2, "handovers: {handed}");
 
     // Everything acknowledged is still there, once.
     any(&nodes)

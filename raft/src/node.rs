@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +44,7 @@ use crate::cluster::retired::Retired;
 use crate::cluster::slots::SlotMap;
 use crate::error::{Error, Result};
 use crate::ids::{NodeAddr, NodeId, ShardId};
-use crate::shared::{Group, Shared};
+use crate::shared::{Group, GroupCounters, Shared};
 use crate::storage::log_store::LogStore;
 use crate::storage::snapshot_receive::SnapshotReceiver;
 use crate::storage::state_machine::{ApplyHooks, StateMachine};
@@ -254,6 +254,8 @@ impl<A: App> Node<A> {
                 batcher::Lanes { system, clients },
                 cfg.max_batch.max(1),
             )));
+            let seen = Arc::new(GroupCounters::default());
+            tokio::spawn(count_events(raft.metrics(), Arc::clone(&seen)));
             groups.insert(
                 shard,
                 Group {
@@ -261,6 +263,7 @@ impl<A: App> Node<A> {
                     batcher: tx,
                     system: system_tx,
                     stale_ok: AtomicBool::new(!unconfirmed),
+                    seen,
                 },
             );
         }
@@ -279,6 +282,7 @@ impl<A: App> Node<A> {
             map: watch::channel(Arc::new(ClusterMap::default())).0,
             hooks: Arc::clone(&hooks),
             signals: broadcast::channel(SIGNAL_BUFFER).0,
+            handovers: std::sync::atomic::AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
         tasks.push(tokio::spawn(directory::run(
@@ -614,6 +618,28 @@ impl<A: App> Node<A> {
             .unwrap_or_default()
     }
 
+    /// `shard`'s Raft state here and what this node saw of it since it
+    /// started (None: not a group of this node).
+    pub fn group_stats(&self, shard: ShardId) -> Option<GroupStats> {
+        let g = self.inner.groups.get(&shard)?;
+        let m = g.raft.metrics().borrow().clone();
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        Some(GroupStats {
+            term: m.current_term,
+            log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            elections: n(&g.seen.elections),
+            leader_changes: n(&g.seen.leader_changes),
+            snapshots: n(&g.seen.snapshots),
+        })
+    }
+
+    /// Leaderships this node handed to their shard's preferred leader
+    /// since it started (`cluster::balance`).
+    pub fn leader_handovers(&self) -> u64 {
+        self.inner.handovers.load(Ordering::Relaxed)
+    }
+
     /// Changes when a snapshot replaced a shard here: re-read everything.
     pub fn snapshot_installs(&self) -> watch::Receiver<u64> {
         self.inner.hooks.installed.subscribe()
@@ -722,6 +748,52 @@ const SIGNAL_BUFFER: usize = 4096;
 
 /// How long a group's core may take to load its state and report it.
 const GROUP_START_WAIT: Duration = Duration::from_secs(10);
+
+/// One group's Raft state on this node and what the node saw of it
+/// (`Node::group_stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStats {
+    /// The current term.
+    pub term: u64,
+    /// The last index in this replica's log (0: empty).
+    pub log_index: u64,
+    /// The last index applied to its state machine (0: none).
+    pub applied_index: u64,
+    /// Terms begun since this node started (elections, won or not).
+    pub elections: u64,
+    /// Changes of the leader this node knows since it started.
+    pub leader_changes: u64,
+    /// Snapshots built or installed here since this node started.
+    pub snapshots: u64,
+}
+
+/// Counts a group's terms, leader changes and snapshots from its metrics
+/// until the group stops (its metrics channel closes).
+async fn count_events(
+    mut m: watch::Receiver<openraft::RaftMetrics<NodeId, NodeAddr>>,
+    seen: Arc<GroupCounters>,
+) {
+    let (mut term, mut leader, mut snapshot) = {
+        let now = m.borrow_and_update();
+        (now.current_term, now.current_leader, now.snapshot)
+    };
+    while m.changed().await.is_ok() {
+        let now = m.borrow_and_update();
+        if now.current_term > term {
+            seen.elections
+                .fetch_add(now.current_term - term, Ordering::Relaxed);
+            term = now.current_term;
+        }
+        if now.current_leader != leader {
+            seen.leader_changes.fetch_add(1, Ordering::Relaxed);
+            leader = now.current_leader;
+        }
+        if now.snapshot != snapshot {
+            seen.snapshots.fetch_add(1, Ordering::Relaxed);
+            snapshot = now.snapshot;
+        }
+    }
+}
 
 /// How long a replica waits for a group's first replica to form it at
 /// bootstrap before forming it itself ([`Node::bootstrap`]).

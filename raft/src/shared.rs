@@ -44,6 +44,20 @@ pub(crate) struct Group<A: App> {
     /// has confirmed the group's commit point (`read::read_index`); then
     /// true for the life of the process.
     pub(crate) stale_ok: AtomicBool,
+    /// What this node saw of the group since it started.
+    pub(crate) seen: Arc<GroupCounters>,
+}
+
+/// Events of one group as this node saw them, counted since it started
+/// (`Node::group_stats`): read from openraft's metrics as they change.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCounters {
+    /// Terms begun (each an election, won or not, by any replica).
+    pub(crate) elections: std::sync::atomic::AtomicU64,
+    /// Changes of the leader this node knows (to none included).
+    pub(crate) leader_changes: std::sync::atomic::AtomicU64,
+    /// Snapshots built or installed here.
+    pub(crate) snapshots: std::sync::atomic::AtomicU64,
 }
 
 /// A running node's shared state. See the [module documentation](self).
@@ -76,6 +90,9 @@ pub(crate) struct Shared<A: App> {
     pub(crate) snapshots: SnapshotReceiver,
     /// Ephemeral signals received (from peers and from this node).
     pub(crate) signals: broadcast::Sender<Arc<[u8]>>,
+    /// Leaderships this node handed to a shard's preferred leader
+    /// (`cluster::balance`): campaigns it asked for and that began.
+    pub(crate) handovers: std::sync::atomic::AtomicU64,
 }
 
 impl<A: App> Shared<A> {

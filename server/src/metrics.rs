@@ -5,6 +5,7 @@
 //! fan-out histograms and the per-shard gauges, read from the node when
 //! scraped.
 
+use missive_raft::node::GroupStats;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -248,6 +249,11 @@ pub struct NodeView {
     pub lag: Vec<(u32, u64, u64)>,
     /// The cluster map version this node holds (0: not read yet).
     pub cluster_map_version: u64,
+    /// Per group of this node: its Raft state here and what the node saw
+    /// of it since it started.
+    pub groups: Vec<(u32, GroupStats)>,
+    /// Leaderships this node handed to their shard's preferred leader.
+    pub handovers: u64,
 }
 
 impl NodeView {
@@ -262,6 +268,9 @@ impl NodeView {
         s
     }
 }
+
+/// A per-group metric: its name, help, and how to read it from the stats.
+type GroupMetric = (&'static str, &'static str, fn(&GroupStats) -> u64);
 
 fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
     let c = ConstCounter::new(v);
@@ -429,6 +438,62 @@ impl Collector for NodeView {
             "cluster_map_version",
             "The version of the cluster map this node holds (0: not read yet)",
             self.cluster_map_version as i64,
+        )?;
+        // Each group's Raft state on this replica, and its events since
+        // the node started.
+        let per_group: [GroupMetric; 3] = [
+            (
+                "shard_term",
+                "The group's current term on this replica",
+                |g| g.term,
+            ),
+            (
+                "shard_log_index",
+                "The last index in this replica's log of the group",
+                |g| g.log_index,
+            ),
+            (
+                "shard_applied_index",
+                "The last index this replica applied",
+                |g| g.applied_index,
+            ),
+        ];
+        for (name, help, f) in per_group {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (shard, g) in &self.groups {
+                let labels = [("shard", u64::from(*shard))];
+                ConstGauge::new(f(g) as i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let per_group: [GroupMetric; 3] = [
+            (
+                "shard_elections",
+                "Terms begun in the group (elections, won or not) since this node started",
+                |g| g.elections,
+            ),
+            (
+                "shard_leader_changes",
+                "Changes of the group's leader seen by this node since it started",
+                |g| g.leader_changes,
+            ),
+            (
+                "shard_snapshots",
+                "Snapshots of the group built or installed here since this node started",
+                |g| g.snapshots,
+            ),
+        ];
+        for (name, help, f) in per_group {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (shard, g) in &self.groups {
+                let labels = [("shard", u64::from(*shard))];
+                ConstCounter::new(f(g)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut e,
+            "leader_handovers",
+            "Leaderships this node handed to their shard's preferred leader",
+            self.handovers,
         )
     }
 }

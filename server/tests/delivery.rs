@@ -716,5 +716,20 @@ async fn metrics_show_latency_histograms_for_sends_history_and_live_delivery() {
         !text.contains("missive_shard_replication_lag_entries{"),
         "{text}"
     );
+    // Each group's Raft state: it elected itself once, applied what it
+    // logged (the sends are on some shard, so some group moved past its
+    // first entries), and nobody handed anything over.
+    assert_eq!(count("missive_shard_elections_total{shard=\"1\"}"), 1.0);
+    assert_eq!(count("missive_shard_term{shard=\"1\"}"), 1.0);
+    assert!(count("missive_shard_leader_changes_total{shard=\"1\"}") >= 1.0);
+    let applied: f64 = (1..=4)
+        .map(|s| count(&format!("missive_shard_applied_index{{shard=\"{s}\"}}")))
+        .sum();
+    let logged: f64 = (1..=4)
+        .map(|s| count(&format!("missive_shard_log_index{{shard=\"{s}\"}}")))
+        .sum();
+    assert!(applied >= 4.0 + 3.0 && applied <= logged, "{text}");
+    assert!(count("missive_shard_snapshots_total{shard=\"1\"}") >= 0.0);
+    assert_eq!(count("missive_leader_handovers_total"), 0.0);
     srv.shutdown().await.unwrap();
 }

@@ -144,7 +144,11 @@ async fn hand_over<A: App>(inner: &Shared<A>, shard: ShardId, to: NodeId) {
         .call(to, &addr, shard, Rpc::Campaign, CALL_TIMEOUT)
         .await
     {
-        Ok(Reply::Campaigning) => {}
+        Ok(Reply::Campaigning) => {
+            inner
+                .handovers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(other) => {
             tracing::debug!(%shard, to, reply = ?std::mem::discriminant(&other), "campaign refused")
         }

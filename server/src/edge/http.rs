@@ -271,6 +271,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
             })
             .collect(),
         cluster_map_version: node.cluster_map().version,
+        groups: shards
+            .iter()
+            .filter_map(|sh| node.group_stats(*sh).map(|g| (sh.0, g)))
+            .collect(),
+        handovers: node.leader_handovers(),
     };
     body.push_str(&view.render());
     (
