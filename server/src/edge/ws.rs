@@ -143,6 +143,11 @@ impl Tx {
     /// Serializes and queues a frame; a queue that stays full (in frames
     /// or in bytes) closes the session.
     async fn send(&self, f: ServerFrame) -> bool {
+        // An ended session renders nothing more: its sync and live tasks
+        // notice the end only at their next send.
+        if self.close.borrow().is_some() {
+            return false;
+        }
         let text = match render(&f, &self.state.service.metrics) {
             Ok(t) => t,
             Err(_) => {
