@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+use missive_engine::keys::Keyspace;
 use missive_raft::app::{App, ClusterCommand, ClusterOutcome};
 use missive_raft::cluster::slots::SlotMap;
 use missive_raft::storage::record_source::Records;
@@ -101,6 +102,7 @@ impl App for ChatApp {
                 learners,
                 config_index,
             },
+            ClusterCommand::Restore { pairs } => Command::Restore { pairs },
         }
     }
 
@@ -122,6 +124,9 @@ impl App for ChatApp {
                 voters: voters.clone(),
                 learners: learners.clone(),
                 config_index: *config_index,
+            },
+            Command::Restore { pairs } => ClusterCommand::Restore {
+                pairs: pairs.clone(),
             },
             _ => return None,
         })
@@ -204,6 +209,24 @@ impl App for ChatApp {
         // messages changed without a revision each.
         self.hooks.outbox.invalidate(shard);
         self.hooks.revisions.all_changed();
+    }
+
+    /// Conversations' records first, users' second: an inbox is filled
+    /// from a conversation's outbox by later writes on the user's shard,
+    /// and the outbox forgets an entry only once every inbox has it, so a
+    /// users' copy taken after the conversations' copy holds every
+    /// delivery the conversations' copy counts as done (see
+    /// `crate::restore` for the other direction).
+    fn backup_phases(&self) -> Vec<Vec<Keyspace>> {
+        vec![
+            vec![
+                Keyspace::Message,
+                Keyspace::Conversation,
+                Keyspace::Receipt,
+                Keyspace::Outbox,
+            ],
+            vec![Keyspace::User],
+        ]
     }
 
     fn retention(&self) -> Option<Arc<dyn missive_engine::lsm::Retention>> {

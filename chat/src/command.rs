@@ -21,7 +21,9 @@
 //! carried here at the indices they had when one enum held every command,
 //! so that every entry ever written still decodes (`tests/formats.rs`).
 //! Chat never runs them; the runtime does, on the metadata group. Outcome
-//! variant 7 (`Directory`) is their outcome, likewise.
+//! variant 7 (`Directory`) is their outcome, likewise. The last variant,
+//! `Restore`, is the runtime's too: a backup's records, put into a data
+//! shard by the runtime (it has no route: the restore names its shard).
 
 use serde::{Deserialize, Serialize};
 
@@ -329,6 +331,25 @@ pub enum Command {
         /// Which devices.
         scope: RevokeScope,
     },
+    /// The runtime's `ClusterCommand::Restore`: a backup's records put into
+    /// a data shard as they are (see `missive_raft::backup`). Chat never
+    /// runs it; the runtime does, before the chat rules.
+    Restore {
+        /// Key/value pairs, keys in the shard's ranges.
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// After a restore: raises a conversation's newest seq and outbox
+    /// eseq to at least these (what its members' restored inboxes already
+    /// hold of it; see `crate::restore`). Refused (`Conflict`) while the
+    /// conversation has deliveries pending and the eseq would move.
+    RaiseHeads {
+        /// The conversation.
+        conv: ConversationId,
+        /// The newest seq any member's inbox holds.
+        seq: Seq,
+        /// The newest eseq any member's inbox applied.
+        eseq: Eseq,
+    },
 }
 
 /// Which of a user's devices a [`Command::RevokeSessions`] logs out.
@@ -472,6 +493,8 @@ impl Command {
             Command::RegisterNode { .. }
             | Command::ForgetNode { .. }
             | Command::ReportPlacement { .. } => Route::Directory,
+            Command::Restore { .. } => Route::Empty,
+            Command::RaiseHeads { conv, .. } => Route::Conversation(*conv),
         }
     }
 

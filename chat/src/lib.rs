@@ -34,6 +34,8 @@
 //!   durable outbox into members' inboxes on their user shards.
 //! - `node` — [`ChatNode`]: a runtime node running the domain, its fan-out
 //!   worker, and the typed reads.
+//! - `restore` — after a backup is restored: each conversation's counters
+//!   raised past what its members' inboxes hold.
 //! - `error` — the one error type ([`Error`]): a refusal with a stable code
 //!   vs the runtime's failure.
 
@@ -46,6 +48,7 @@ pub mod ids;
 pub mod node;
 pub mod outbox_feed;
 pub mod records;
+pub mod restore;
 pub mod retention;
 pub mod revisions;
 

@@ -29,9 +29,10 @@ use crate::command::{Command, Outcome};
 use crate::error::{Error, Result};
 use crate::ids::{DeviceId, Useq, UserId};
 use crate::records::{
-    self, conversation_key, device_prefix, head_key, inbox_key, key_tail_u64, msg_key, profile_key,
-    push_prefix, receipt_prefix, user_conv_key, user_conv_prefix, user_head_key, Conversation,
-    Device, Head, InboxEvent, Message, Profile, PushTarget, Receipt, UserConv, UserHead,
+    self, conversation_key, device_prefix, head_key, inbox_key, key_tail_u64, msg_key,
+    outbox_head_key, profile_key, push_prefix, receipt_prefix, user_conv_key, user_conv_prefix,
+    user_head_key, Conversation, Device, Head, InboxEvent, Message, OutboxHead, Profile,
+    PushTarget, Receipt, UserConv, UserHead,
 };
 
 /// A message as read back.
@@ -192,6 +193,19 @@ impl ChatNode {
     pub async fn head(&self, conv: ConversationId, consistency: Consistency) -> Result<Head> {
         let shard = self.node.slots().shard_of(conv);
         self.get_record(shard, consistency, "head", &head_key(conv))
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    /// A conversation's outbox position: its newest event and the newest
+    /// one every recipient has.
+    pub async fn outbox_head(
+        &self,
+        conv: ConversationId,
+        consistency: Consistency,
+    ) -> Result<OutboxHead> {
+        let shard = self.node.slots().shard_of(conv);
+        self.get_record(shard, consistency, "outbox head", &outbox_head_key(conv))
             .await
             .map(Option::unwrap_or_default)
     }

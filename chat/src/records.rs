@@ -730,6 +730,17 @@ pub fn user_conv_prefix(user: UserId) -> Vec<u8> {
     user_key(user, 0x02)
 }
 
+/// Decodes a user's-conversation key into (user, conversation), `None` for any
+/// other key.
+pub fn decode_user_conv_key(k: &[u8]) -> Option<(UserId, ConversationId)> {
+    if k.len() != 20 || k[0] != Keyspace::User as u8 || k[11] != 0x02 {
+        return None;
+    }
+    let user = u64::from_be_bytes(k[3..11].try_into().ok()?);
+    let conv = u64::from_be_bytes(k[12..20].try_into().ok()?);
+    Some((UserId(user), ConversationId(conv)))
+}
+
 /// Key of a user's device.
 pub fn device_key(user: UserId, device: DeviceId) -> Vec<u8> {
     user_key_u64(user, 0x03, device.0)

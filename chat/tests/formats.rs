@@ -40,6 +40,7 @@ use missive_raft::cluster::directory::{ClusterMap, ShardEntry};
 use missive_raft::cluster::membership::{Change, Placement};
 use missive_raft::cluster::slots::SlotMap;
 use missive_raft::storage::meta::{applied_key, cluster_map_key, directory_range, Applied};
+use missive_raft::storage::snapshot::ChunkCursor;
 use missive_raft::transport::{read_frame, write_frame, ReadOp, ReadResult, RemoteFailure};
 use missive_raft::types::{LogId, NodeAddr, SnapshotMeta, StoredMembership, Vote};
 
@@ -215,7 +216,7 @@ fn conv() -> ConversationId {
 }
 
 /// Commands added after the first fixtures (replies; edits, unsends and
-/// reactions): the frames and batches that pinned "every command" then
+/// reactions; erasure; restore): the frames and batches that pinned "every command" then
 /// (`normal_batch_of_all`, `request_append`) leave them out, so their
 /// stored bytes stay what they were.
 const SINCE_REPLIES: &[&str] = &[
@@ -231,6 +232,8 @@ const SINCE_REPLIES: &[&str] = &[
     "configure",
     "erase_messages",
     "erase_user",
+    "restore",
+    "raise_heads",
 ];
 
 /// The commands of the first fixtures.
@@ -554,6 +557,23 @@ fn commands() -> Vec<(&'static str, Command)> {
             Command::RevokeSessions {
                 user: UserId(8),
                 scope: missive_chat::command::RevokeScope::AllBut(Some(DeviceId(1))),
+            },
+        ),
+        (
+            "restore",
+            Command::Restore {
+                pairs: vec![
+                    (vec![0x10, 0, 7, 1], vec![1, 2, 3]),
+                    (vec![0x30, 0, 7], vec![]),
+                ],
+            },
+        ),
+        (
+            "raise_heads",
+            Command::RaiseHeads {
+                conv: conv(),
+                seq: Seq(41),
+                eseq: Eseq(97),
             },
         ),
     ]
@@ -1416,6 +1436,25 @@ fn frames() -> Vec<(String, Wire)> {
     for (name, cmd) in commands() {
         rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
     }
+    // Appended: every earlier case keeps its request id.
+    rpcs.push(("campaign".into(), Rpc::Campaign));
+    rpcs.push((
+        "read_backup_open".into(),
+        Rpc::Read {
+            op: ReadOp::BackupOpen { phase: 1 },
+            linearizable: true,
+        },
+    ));
+    rpcs.push((
+        "read_backup_chunk".into(),
+        Rpc::Read {
+            op: ReadOp::BackupChunk {
+                token: 7,
+                cursor: ChunkCursor::default(),
+            },
+            linearizable: false,
+        },
+    ));
     for (i, (name, rpc)) in rpcs.into_iter().enumerate() {
         out.push((format!("request_{name}"), request(i as u64 + 1, rpc)));
     }
@@ -1500,6 +1539,24 @@ fn frames() -> Vec<(String, Wire)> {
     for (name, o) in outcomes() {
         replies.push((format!("write_{name}"), Reply::Write(Ok(o))));
     }
+    // Appended: every earlier case keeps its response id.
+    replies.push(("campaigning".into(), Reply::Campaigning));
+    replies.push((
+        "read_backup_opened".into(),
+        Reply::Read(Ok(ReadResult::BackupOpened {
+            token: 7,
+            applied: Some(log_id(3, 1, 1_583)),
+            node: 2,
+            addr: "127.0.0.2:7081".into(),
+        })),
+    ));
+    replies.push((
+        "read_backup_chunk".into(),
+        Reply::Read(Ok(ReadResult::BackupChunk {
+            pairs: vec![(vec![0x10, 0, 7, 1], vec![1, 2, 3])],
+            next: Some(ChunkCursor::default()),
+        })),
+    ));
     for (i, (name, reply)) in replies.into_iter().enumerate() {
         out.push((format!("response_{name}"), response(i as u64 + 1, reply)));
     }

@@ -14,7 +14,8 @@
 //!  Node::write(cmd) ─► App::shard_of ─► batcher ─► Raft entry Batch<Command>
 //!  apply (every replica): for each command
 //!      metadata group:  App::as_cluster ─► the cluster map (runtime)
-//!      data shard:      App::apply(records, stamp, cmd, effects)
+//!      data shard:      App::as_cluster ─► Restore: raw pairs (runtime)
+//!                       else App::apply(records, stamp, cmd, effects)
 //!  ─► one atomic LSM batch ─► App::applied(shard, effects)
 //! ```
 //!
@@ -110,8 +111,9 @@ impl<A: App> Default for BatchResponse<A> {
     }
 }
 
-/// A command of the metadata group (shard 0), which replicates the cluster
-/// map (see `directory`).
+/// A command of the runtime rather than the application: the metadata
+/// group's (shard 0) commands, which replicate the cluster map (see
+/// `directory`), and [`ClusterCommand::Restore`], which a data shard runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterCommand {
     /// Records (or re-addresses) a node in the map's directory. Refused if
@@ -142,6 +144,16 @@ pub enum ClusterCommand {
         learners: BTreeSet<NodeId>,
         /// The log index of that configuration.
         config_index: u64,
+    },
+    /// Puts key/value pairs of a backup into a data shard as they are
+    /// (`crate::backup`): the application's records, written below its
+    /// rules. Refused whole, on every replica, if any key lies outside the
+    /// shard's key ranges; refused on the metadata group. The shard's
+    /// listeners then hear what a snapshot install tells them
+    /// ([`App::installed`]): the records changed without notices.
+    Restore {
+        /// The pairs, keys in the shard's ranges.
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }
 
@@ -220,6 +232,20 @@ pub trait App: Debug + Send + Sync + 'static {
     /// A snapshot replaced `shard`'s data here: whatever the application
     /// derived from notices may have missed changes.
     fn installed(&self, shard: ShardId);
+
+    /// The order in which a backup copies the keyspaces of the data
+    /// shards: every shard's first phase, then every shard's second, and
+    /// so on, each phase pinned after the previous one ended (see
+    /// `backup`). An application whose records in one keyspace are derived
+    /// from another's by later, asynchronous writes on other shards (an
+    /// inbox filled from a conversation's outbox) copies the source first,
+    /// so that nothing the copy of the source counts as done is missing
+    /// from the copy of the derived records. The phases together name
+    /// every keyspace of [`crate::cluster::slots::SLOTTED_KEYSPACES`] once.
+    /// The default: one phase of all of them.
+    fn backup_phases(&self) -> Vec<Vec<missive_engine::keys::Keyspace>> {
+        vec![crate::cluster::slots::SLOTTED_KEYSPACES.to_vec()]
+    }
 
     /// The LSM's retention rule for the application's data (which keys
     /// expire), if it has one. A node whose config sets no rule runs this.

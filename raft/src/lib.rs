@@ -36,12 +36,16 @@
 //!   retirement, routing, the `NODE` file.
 //! - `transport/` — the node-to-node wire, its client, its server and the
 //!   dispatch of each call.
+//! - `backup` — a consistent online copy of a shard (a pinned LSM view at
+//!   an applied position, streamed in chunks) and restoring one through
+//!   Raft into a cluster of any shape.
 //! - `scrub` — making what the replicas no longer hold leave this node's
 //!   disk: snapshot, purge, roll the log, compact (erasure).
 //! - `shared` — the state every path of a running node shares.
 //! - `node` — the façade: [`node::Node`]'s start, API and shutdown.
 
 pub mod app;
+pub mod backup;
 pub mod cluster;
 pub mod error;
 pub mod ids;

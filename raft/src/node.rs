@@ -145,7 +145,7 @@ pub use crate::read::Consistency;
 
 /// A running node. See the [module documentation](self).
 pub struct Node<A: App> {
-    inner: Arc<Shared<A>>,
+    pub(crate) inner: Arc<Shared<A>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -283,6 +283,7 @@ impl<A: App> Node<A> {
             hooks: Arc::clone(&hooks),
             signals: broadcast::channel(SIGNAL_BUFFER).0,
             handovers: std::sync::atomic::AtomicU64::new(0),
+            backups: crate::backup::Sessions::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         tasks.push(tokio::spawn(directory::run(

@@ -93,6 +93,8 @@ pub(crate) struct Shared<A: App> {
     /// Leaderships this node handed to a shard's preferred leader
     /// (`cluster::balance`): campaigns it asked for and that began.
     pub(crate) handovers: std::sync::atomic::AtomicU64,
+    /// The backup streams this node serves (see `backup`).
+    pub(crate) backups: crate::backup::Sessions,
 }
 
 impl<A: App> Shared<A> {

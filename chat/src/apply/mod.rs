@@ -16,7 +16,8 @@
 //! settings), `message` (append, dedup, mentions, retention), `change`
 //! (edit, unsend, react), `pin` (pin, hide), `block`, `receipt`,
 //! `deliver` (inbox delivery and the outbox's clean-up), `user` (devices,
-//! profile, push tokens, tickets, revocations), `erase` (an operator's erasure of a user).
+//! profile, push tokens, tickets, revocations), `erase` (an operator's erasure of a user),
+//! `restore` (raising a restored conversation's counters).
 
 mod block;
 mod change;
@@ -26,6 +27,7 @@ mod erase;
 mod message;
 mod pin;
 mod receipt;
+mod restore;
 mod user;
 
 use serde::{Deserialize, Serialize};
@@ -134,6 +136,11 @@ pub(crate) fn run(
             RejectCode::Invalid,
             "a cluster map command cannot run on a data shard",
         )),
+        Command::Restore { .. } => Ok(reject(
+            RejectCode::Invalid,
+            "a backup's records are put by the runtime, not the chat rules",
+        )),
+        Command::RaiseHeads { conv, seq, eseq } => a.raise_heads(*conv, *seq, *eseq),
         Command::CreateConversation {
             conv,
             kind,

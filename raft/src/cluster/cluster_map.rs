@@ -151,6 +151,9 @@ pub(crate) fn execute(map: &mut ClusterMap, cmd: &ClusterCommand) -> ClusterOutc
                 config_index: *config_index,
             },
         )),
+        ClusterCommand::Restore { .. } => {
+            Err("a backup's records belong to a data shard, not the cluster map".to_string())
+        }
     }?;
     if changed {
         map.version += 1;

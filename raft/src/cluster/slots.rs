@@ -122,6 +122,33 @@ impl SlotMap {
     }
 }
 
+impl SlotMap {
+    /// [`SlotMap::key_ranges`] of a data shard, only those of `keyspaces`.
+    pub fn key_ranges_of(
+        &self,
+        shard: ShardId,
+        keyspaces: &[Keyspace],
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.key_ranges(shard)
+            .into_iter()
+            .filter(|(lo, _)| {
+                !shard.is_directory() && keyspaces.iter().any(|ks| lo.first() == Some(&(*ks as u8)))
+            })
+            .collect()
+    }
+}
+
+/// The slot a key of one of the [`SLOTTED_KEYSPACES`] lies in (its tag
+/// byte, then the slot as a big-endian u16); `None` for any other key.
+pub fn slot_of_key(key: &[u8]) -> Option<Slot> {
+    let (&tag, rest) = key.split_first()?;
+    if !SLOTTED_KEYSPACES.iter().any(|ks| *ks as u8 == tag) {
+        return None;
+    }
+    let slot = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+    (slot < SLOTS).then_some(Slot(slot))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
@@ -163,5 +190,26 @@ mod tests {
                 assert_eq!(inside, s == owner, "conv {c} shard {s}");
             }
         }
+    }
+
+    #[test]
+    fn a_keys_slot_names_its_shard_under_any_shard_count() {
+        for c in 0..500u64 {
+            let conv = ConversationId(c);
+            let key = missive_engine::keys::message_key(conv, missive_engine::keys::Timestamp(7));
+            let slot = slot_of_key(&key).unwrap();
+            assert_eq!(slot, Slot::of_conversation(conv));
+            for n in [1, 3, 8] {
+                let m = SlotMap::even(n).unwrap();
+                assert_eq!(m.shard_of_slot(slot), m.shard_of(conv));
+            }
+        }
+        // The metadata group's keys and cut-off keys have no slot.
+        assert_eq!(
+            slot_of_key(&crate::storage::meta::directory_range().0),
+            None
+        );
+        assert_eq!(slot_of_key(&[Keyspace::Message as u8, 0]), None);
+        assert_eq!(slot_of_key(&[]), None);
     }
 }

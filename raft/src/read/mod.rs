@@ -55,7 +55,7 @@ impl<A: App> Shared<A> {
         };
         if local {
             self.ensure_read(shard, c).await?;
-            return self.read_local(&op);
+            return self.read_local(shard, &op);
         }
         let deadline = tokio::time::Instant::now() + READ_INDEX_WAIT;
         let mut refresh = false;
@@ -113,12 +113,17 @@ impl<A: App> Shared<A> {
             Consistency::Stale
         };
         self.ensure_read(shard, c).await?;
-        self.read_local(&op)
+        self.read_local(shard, &op)
     }
 
-    fn read_local(&self, op: &ReadOp) -> Result<ReadResult> {
+    /// Serves `op` from this node's LSM (the caller decided it may).
+    pub(crate) fn read_local(&self, shard: ShardId, op: &ReadOp) -> Result<ReadResult> {
         let limit = |l: u64| usize::try_from(l).unwrap_or(usize::MAX);
         Ok(match op {
+            ReadOp::BackupOpen { phase } => return self.open_backup(shard, *phase),
+            ReadOp::BackupChunk { token, cursor } => {
+                return self.backup_chunk(shard, *token, cursor)
+            }
             ReadOp::Get { key } => ReadResult::Value(self.lsm.get(key)?),
             ReadOp::Scan {
                 lo,

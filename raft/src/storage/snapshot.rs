@@ -36,6 +36,41 @@ const FILE_VERSION: u8 = 1;
 /// Key/value pairs of one chunk.
 pub type Chunk = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The file's first five bytes: the magic and the version.
+pub const FILE_HEADER: &[u8; 5] = b"MSNP\x01";
+
+/// One chunk as the file frames it: `[len u32 LE][crc32 u32 LE][payload]`.
+pub fn frame_chunk(chunk: &Chunk) -> Result<Vec<u8>> {
+    let payload = postcard::to_stdvec(chunk).map_err(|e| Error::malformed("snapshot chunk", e))?;
+    let len = u32::try_from(payload.len())
+        .map_err(|_| Error::malformed("snapshot chunk", "larger than 4 GiB"))?;
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// The chunk in exactly one frame of [`frame_chunk`]'s (a short, long,
+/// damaged or undecodable frame is refused).
+pub fn unframe_chunk(framed: &[u8]) -> Result<Chunk> {
+    let (head, payload) = framed
+        .split_first_chunk::<8>()
+        .ok_or_else(|| Error::malformed("snapshot chunk", "shorter than its 8-byte header"))?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if payload.len() != len {
+        return Err(Error::malformed(
+            "snapshot chunk",
+            format!("its header says {len} bytes, {} follow", payload.len()),
+        ));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(Error::malformed("snapshot chunk", "checksum mismatch"));
+    }
+    postcard::from_bytes(payload).map_err(|e| Error::malformed("snapshot chunk", e))
+}
+
 /// A chunk is closed at about this many bytes of keys and values.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
@@ -70,10 +105,17 @@ impl View {
         let snap = lsm.snapshot();
         View { lsm, snap, ranges }
     }
+
+    /// The value under `key` as the pinned view sees it (any key, not only
+    /// the ranges': the shard's `Applied` record, for one).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.lsm.get_at(key, &self.snap)?)
+    }
 }
 
-/// Where a chunked read of a snapshot stands.
-#[derive(Debug, Default, Clone)]
+/// Where a chunked read of a snapshot stands (sent between nodes by a
+/// backup stream, so the caller holds it and a retried call is idempotent).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChunkCursor {
     range: usize,
     /// Next key to read within `range` (None: its start).
@@ -133,15 +175,16 @@ impl SnapshotWriter {
 
     /// Appends one chunk.
     pub fn push(&mut self, chunk: &Chunk) -> Result<()> {
-        let payload =
-            postcard::to_stdvec(chunk).map_err(|e| Error::malformed("snapshot chunk", e))?;
-        let len = u32::try_from(payload.len())
-            .map_err(|_| Error::malformed("snapshot chunk", "larger than 4 GiB"))?;
-        let crc = crc32fast::hash(&payload);
+        let framed = frame_chunk(chunk)?;
+        self.push_framed(&framed)
+    }
+
+    /// Appends one chunk already framed by [`frame_chunk`] (as a backup
+    /// stream carries them), checking its frame first.
+    pub fn push_framed(&mut self, framed: &[u8]) -> Result<()> {
+        unframe_chunk(framed)?;
         self.out
-            .write_all(&len.to_le_bytes())
-            .and_then(|()| self.out.write_all(&crc.to_le_bytes()))
-            .and_then(|()| self.out.write_all(&payload))
+            .write_all(framed)
             .map_err(|e| storage_io("write", &self.path, e))
     }
 
@@ -265,6 +308,33 @@ fn storage_io(op: &'static str, path: &Path, e: std::io::Error) -> Error {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+
+    #[test]
+    fn a_frame_round_trips_and_any_damage_is_refused() {
+        let chunk: Chunk = vec![(b"k1".to_vec(), b"v1".to_vec()), (b"k2".to_vec(), vec![])];
+        let framed = frame_chunk(&chunk).unwrap();
+        assert_eq!(unframe_chunk(&framed).unwrap(), chunk);
+        for cut in [0, 7, 8, framed.len() - 1] {
+            assert!(unframe_chunk(&framed[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = framed.clone();
+        longer.push(0);
+        assert!(unframe_chunk(&longer).is_err());
+        for i in 0..framed.len() {
+            let mut bad = framed.clone();
+            bad[i] ^= 0x40;
+            assert!(unframe_chunk(&bad).is_err(), "flipped byte {i}");
+        }
+        // The file is the header and the frames, as a backup stream sends.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup");
+        let mut w = SnapshotWriter::create(&path).unwrap();
+        w.push_framed(&framed).unwrap();
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..5], FILE_HEADER);
+        assert_eq!(&bytes[5..], framed.as_slice());
+    }
 
     #[test]
     fn a_damaged_chunk_length_is_corruption_not_an_allocation() {

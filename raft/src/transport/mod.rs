@@ -65,7 +65,7 @@ use openraft::raft::{
 use crate::app::App;
 use crate::cluster::placement::{Change, Placement};
 use crate::ids::{LogId, NodeId, ShardId, SnapshotMeta, Vote};
-use crate::storage::snapshot::Chunk;
+use crate::storage::snapshot::{Chunk, ChunkCursor};
 use crate::types::TypeConfig;
 
 /// The protocol version in `Hello`.
@@ -239,6 +239,20 @@ pub enum ReadOp {
         /// Most messages.
         limit: u64,
     },
+    /// Pin the shard's state for a backup (see `backup`): the keyspaces
+    /// of [`crate::App::backup_phases`]'s phase `phase`; answered with
+    /// `BackupOpened`. Appended last, as every new variant must be.
+    BackupOpen {
+        /// Which phase's keyspaces.
+        phase: u32,
+    },
+    /// The next chunk of a backup this node pinned.
+    BackupChunk {
+        /// The stream's token (`BackupOpened`).
+        token: u64,
+        /// Where the previous chunk ended (the default: the start).
+        cursor: ChunkCursor,
+    },
 }
 
 /// A [`ReadOp`]'s answer.
@@ -250,6 +264,25 @@ pub enum ReadResult {
     Pairs(Vec<(Vec<u8>, Vec<u8>)>),
     /// To `Latest` / `Before`: (ts, value), newest first.
     Messages(Vec<(u64, Vec<u8>)>),
+    /// To `BackupOpen`: the pinned stream.
+    BackupOpened {
+        /// Names the stream in `BackupChunk`.
+        token: u64,
+        /// The log id the pinned state reflects.
+        applied: Option<LogId>,
+        /// The node that pinned it (and serves its chunks).
+        node: NodeId,
+        /// That node's transport address.
+        addr: String,
+    },
+    /// To `BackupChunk`: pairs in key order (empty: the stream ended) and
+    /// the cursor after them.
+    BackupChunk {
+        /// The pairs.
+        pairs: Chunk,
+        /// Pass it to the next call.
+        next: Option<ChunkCursor>,
+    },
 }
 
 /// An error carried back from a forwarded write.
