@@ -25,7 +25,7 @@ use missive_chat::command::{
 use missive_chat::records::{
     Conversation, Device, EventKind, InboxEvent, Message, Profile, Settings, UserConv,
 };
-use missive_chat::{ChatNode as Node, Seq, StoredMessage, Useq};
+use missive_chat::{ChatNode as Node, Eseq, Seq, StoredMessage, Useq};
 use missive_engine::keys::ConversationId;
 use missive_raft::node::Consistency;
 
@@ -1376,10 +1376,17 @@ impl Service {
     /// message committed before its event was fanned out, but this replica
     /// may apply the conversation's shard a little later than the user's:
     /// wait briefly. None if it expired (disappearing messages).
+    ///
+    /// Once this replica's conversation has applied the event itself (its
+    /// outbox reached `eseq`: the change and its event are one batch) the
+    /// message is as the event left it or later, and is answered as it is
+    /// — or None if absent. That is also the end of the wait for an event
+    /// a restored inbox holds from past its conversation's copy (see
+    /// `missive_chat::restore`): its change is never coming.
     async fn event_message(
         &self,
         conv: ConversationId,
-        seq: u64,
+        (seq, eseq): (u64, Eseq),
         ts: u64,
         expires_at: Option<u64>,
         done: impl Fn(&MessageOut) -> bool,
@@ -1400,14 +1407,22 @@ impl Service {
                 }
             }
             let mark = self.recent.mark();
-            if let Some(m) = self.node.message_at(conv, ts, Consistency::Stale).await? {
-                let m = MessageOut::from_stored(conv.0, m);
-                if cacheable {
-                    self.recent.insert(&m, mark);
+            let found = match self.node.message_at(conv, ts, Consistency::Stale).await? {
+                Some(m) => {
+                    let m = MessageOut::from_stored(conv.0, m);
+                    if cacheable {
+                        self.recent.insert(&m, mark);
+                    }
+                    if done(&m) {
+                        return Ok(Some(m));
+                    }
+                    Some(m)
                 }
-                if done(&m) {
-                    return Ok(Some(m));
-                }
+                None => None,
+            };
+            let applied = self.node.outbox_head(conv, Consistency::Stale).await?.last;
+            if applied >= eseq {
+                return Ok(found);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::new(
@@ -1431,7 +1446,7 @@ impl Service {
                 expires_at,
                 ..
             } => {
-                self.event_message(e.conv, seq.0, *ts, *expires_at, |_| true)
+                self.event_message(e.conv, (seq.0, e.eseq), *ts, *expires_at, |_| true)
                     .await?
             }
             EventKind::Edited {
@@ -1445,7 +1460,7 @@ impl Service {
                 let edited = |m: &MessageOut| {
                     m.unsent.is_some() || m.edited_at.is_some_and(|at| at >= *edited_at)
                 };
-                self.event_message(e.conv, seq.0, *ts, *expires_at, edited)
+                self.event_message(e.conv, (seq.0, e.eseq), *ts, *expires_at, edited)
                     .await?
             }
             _ => None,
