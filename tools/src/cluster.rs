@@ -20,7 +20,7 @@ use crate::render::Output;
 
 /// A change can wait for a new replica to catch up (minutes for a large
 /// shard).
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where and how to reach a node's admin API.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,7 +33,7 @@ pub struct Target {
     pub admin_secret: String,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,7 +42,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// One admin call; a non-2xx answer becomes an error carrying the server's
 /// code and message.
-async fn call(
+pub(crate) async fn call(
     t: &Target,
     method: reqwest::Method,
     path: &str,

@@ -8,6 +8,8 @@
 //!   for scripts (`--json`).
 //! - `cluster` — the online commands (`cluster`, `shard`, `node`, `user`),
 //!   through a node's admin HTTP API.
+//! - `backup` — `backup` and `restore`: a cluster's data shards to a
+//!   directory and into another cluster, through the admin API.
 //!
 //! The data-file commands (`log`, `sst`, `manifest`, `verify`, `stats`,
 //! `residue`) are offline and read-only: they open no lock and change
@@ -16,6 +18,7 @@
 //! names the file and byte offset) or `residue` found the bytes, 2 when
 //! the command could not run (or a cluster call failed).
 
+mod backup;
 mod cluster;
 mod render;
 
@@ -102,6 +105,29 @@ enum Command {
     User {
         #[command(subcommand)]
         what: UserCommand,
+    },
+    /// Copy every data shard of a running cluster to a new directory, each
+    /// at one applied position, while it serves.
+    Backup {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// The directory to write (created; must not hold a backup).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup into a running cluster of any node and shard count,
+    /// which must be empty.
+    Restore {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Restore into a cluster that already holds data (the backup's
+        /// records overwrite the same keys; or rerunning a restore that
+        /// stopped part-way).
+        #[arg(long)]
+        allow_nonempty: bool,
     },
 }
 
@@ -420,6 +446,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::User {
             what: UserCommand::Erase { target, user },
         } => cluster::erase_user(target, *user)?,
+        Command::Backup { target, out } => backup::backup(target, out)?,
+        Command::Restore {
+            target,
+            from,
+            allow_nonempty,
+        } => backup::restore(target, from, *allow_nonempty)?,
     };
     if cli.json {
         println!("{}", out.json);

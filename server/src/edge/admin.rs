@@ -15,6 +15,8 @@
 //!                                                  (then scrub each node)
 //! ```
 //!
+//! Backup and restore have their own module (`backup`).
+//!
 //! Shard 0 is the metadata group (the cluster map); its replicas move the
 //! same way as a data shard's.
 //!
@@ -248,7 +250,8 @@ fn user_id(raw: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::invalid(format!("{raw:?} is not a user id")))
 }
 
-fn shard_of(node: &missive_chat::ChatNode, raw: &str) -> Result<ShardId, ApiError> {
+/// A shard id from the path: a data shard of this cluster or 0.
+pub(crate) fn shard_of(node: &missive_chat::ChatNode, raw: &str) -> Result<ShardId, ApiError> {
     let shard = ShardId(
         raw.parse::<u32>()
             .map_err(|_| ApiError::not_found(format!("{raw:?} is not a shard number")))?,
@@ -280,7 +283,10 @@ async fn apply(s: &AppState, raw: &str, change: Change) -> Result<Json<Value>, A
     let node = &s.service.node;
     let shard = shard_of(node, raw)?;
     tracing::info!(%shard, ?change, "replica change requested");
-    let p = node.change_replicas(shard, change).await?;
+    let p = node
+        .change_replicas(shard, change)
+        .await
+        .map_err(leader_hint)?;
     Ok(Json(render(&p, node.slots().slots(shard))))
 }
 
@@ -373,4 +379,57 @@ pub(crate) async fn move_replica(
         addr: req.addr,
     };
     apply(&s, &shard, change).await
+}
+
+/// An operator's 503 names the shard's new leader when one is known (the
+/// admin API shows every node's address anyway; a client's never does).
+fn leader_hint(e: missive_raft::Error) -> ApiError {
+    match &e {
+        missive_raft::Error::NotLeader {
+            shard,
+            leader: Some((id, addr)),
+        } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{shard} just changed leader: node {id} at {addr} leads it now; retry"),
+        )
+        .retry_after(crate::error::RETRY_LEADER_KNOWN_MS),
+        _ => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operators_503_names_the_new_leader_when_known() {
+        let known = leader_hint(missive_raft::Error::NotLeader {
+            shard: ShardId(2),
+            leader: Some((3, "127.0.0.3:7080".into())),
+        });
+        assert_eq!(known.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            known.retry_after_ms,
+            Some(crate::error::RETRY_LEADER_KNOWN_MS)
+        );
+        assert!(
+            known.message.contains("node 3 at 127.0.0.3:7080"),
+            "{}",
+            known.message
+        );
+        let electing = leader_hint(missive_raft::Error::NotLeader {
+            shard: ShardId(2),
+            leader: None,
+        });
+        assert_eq!(
+            electing.retry_after_ms,
+            Some(crate::error::RETRY_ELECTION_MS)
+        );
+        assert!(
+            !electing.message.contains("127.0.0") && !electing.message.contains("node 3"),
+            "{}",
+            electing.message
+        );
+    }
 }

@@ -77,6 +77,13 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::scrub))
         .routes(routes!(admin::erase_user))
         .routes(routes!(admin::revoke_user))
+        .routes(routes!(crate::edge::backup::backup_plan))
+        .routes(routes!(crate::edge::backup::backup_shard))
+        .routes(routes!(crate::edge::backup::restore_reconcile))
+        .routes(routes!(
+            crate::edge::backup::restore_check,
+            crate::edge::backup::restore
+        ))
         .routes(routes!(ws_ticket))
         .routes(routes!(ws_upgrade))
         .routes(routes!(me, set_me))

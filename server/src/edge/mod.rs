@@ -8,10 +8,12 @@
 //! - `grpc` — the same calls and event stream over gRPC (tonic), from
 //!   `proto/missive.proto`.
 //! - `admin` — the operator's cluster API (placement, replica changes).
+//! - `backup` — the operator's backup stream and restore frames.
 //! - `cors` — which browser origins may call, and CORS for them.
 //! - `web` — the web client's static files, compiled in.
 
 pub mod admin;
+pub mod backup;
 pub mod cors;
 pub mod grpc;
 pub mod http;
