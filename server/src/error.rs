@@ -101,10 +101,31 @@ impl ApiError {
     }
 }
 
+/// The retry hint of a 503 whose shard has a known new leader (ms).
+pub const RETRY_LEADER_KNOWN_MS: u64 = 50;
+/// The retry hint of a 503 while a shard elects or a node is away (ms):
+/// about one election (`RaftTiming`: campaigns start 200–320 ms after the
+/// leader's last heartbeat).
+pub const RETRY_ELECTION_MS: u64 = 300;
+
 impl From<missive_raft::Error> for ApiError {
     fn from(e: missive_raft::Error) -> Self {
         use missive_raft::Error as E;
         match e {
+            // A new leader is known: the next try reaches it (the server
+            // forwards to it), so say retry at once. Which node it is, and
+            // where, is the cluster's business, not the client's.
+            E::NotLeader {
+                leader: Some(_), ..
+            } => {
+                tracing::debug!(error = %e, "answering unavailable, leader known");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the conversation's replicas just changed leader; retry now",
+                )
+                .retry_after(RETRY_LEADER_KNOWN_MS)
+            }
             E::NotLeader { .. } | E::Unavailable { .. } | E::Transport { .. } => {
                 // The detail names nodes and their internal addresses: the
                 // log's, never the client's.
@@ -115,7 +136,7 @@ impl From<missive_raft::Error> for ApiError {
                     "the conversation's replicas cannot take this now (a leader change or a \
                      node being away); retry",
                 )
-                .retry_after(500)
+                .retry_after(RETRY_ELECTION_MS)
             }
             E::Unknown { .. } => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -205,6 +226,10 @@ mod tests {
                 shard: missive_raft::ShardId(2),
                 leader: Some((3, "127.0.0.3:7080".into())),
             },
+            missive_raft::Error::NotLeader {
+                shard: missive_raft::ShardId(2),
+                leader: None,
+            },
             missive_raft::Error::Transport {
                 node: 3,
                 reason: "connect to 127.0.0.3:7080: refused".into(),
@@ -214,13 +239,20 @@ mod tests {
                 reason: "node 3 does not replicate it".into(),
             },
         ];
-        for e in errors {
+        // A known new leader: retry at once; else about one election.
+        let waits = [
+            RETRY_LEADER_KNOWN_MS,
+            RETRY_ELECTION_MS,
+            RETRY_ELECTION_MS,
+            RETRY_ELECTION_MS,
+        ];
+        for (e, wait) in errors.into_iter().zip(waits) {
             let a = ApiError::from(e);
             assert_eq!(
                 (a.code, a.status),
                 ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
             );
-            assert_eq!(a.retry_after_ms, Some(500));
+            assert_eq!(a.retry_after_ms, Some(wait));
             assert!(
                 !a.message.contains("127.0.0") && !a.message.contains("node 3"),
                 "{}",
