@@ -103,6 +103,7 @@ impl App for ChatApp {
                 config_index,
             },
             ClusterCommand::Restore { pairs } => Command::Restore { pairs },
+            ClusterCommand::Checkpoint => Command::Checkpoint,
         }
     }
 
@@ -128,6 +129,7 @@ impl App for ChatApp {
             Command::Restore { pairs } => ClusterCommand::Restore {
                 pairs: pairs.clone(),
             },
+            Command::Checkpoint => ClusterCommand::Checkpoint,
             _ => return None,
         })
     }

@@ -22,8 +22,9 @@
 //! so that every entry ever written still decodes (`tests/formats.rs`).
 //! Chat never runs them; the runtime does, on the metadata group. Outcome
 //! variant 7 (`Directory`) is their outcome, likewise. The last variant,
-//! `Restore`, is the runtime's too: a backup's records, put into a data
-//! shard by the runtime (it has no route: the restore names its shard).
+//! `Restore` and `Checkpoint` are the runtime's too: a backup's records put
+//! into a data shard, and a verification point (they have no route: the
+//! runtime names the shard).
 
 use serde::{Deserialize, Serialize};
 
@@ -350,6 +351,10 @@ pub enum Command {
         /// The newest eseq any member's inbox applied.
         eseq: Eseq,
     },
+    /// The runtime's `ClusterCommand::Checkpoint`: every replica pins its
+    /// state here for a cross-replica comparison (`missive_raft::verify`).
+    /// Chat never runs it.
+    Checkpoint,
 }
 
 /// Which of a user's devices a [`Command::RevokeSessions`] logs out.
@@ -493,7 +498,7 @@ impl Command {
             Command::RegisterNode { .. }
             | Command::ForgetNode { .. }
             | Command::ReportPlacement { .. } => Route::Directory,
-            Command::Restore { .. } => Route::Empty,
+            Command::Restore { .. } | Command::Checkpoint => Route::Empty,
             Command::RaiseHeads { conv, .. } => Route::Conversation(*conv),
         }
     }

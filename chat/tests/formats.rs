@@ -234,6 +234,7 @@ const SINCE_REPLIES: &[&str] = &[
     "erase_user",
     "restore",
     "raise_heads",
+    "checkpoint",
 ];
 
 /// The commands of the first fixtures.
@@ -576,6 +577,7 @@ fn commands() -> Vec<(&'static str, Command)> {
                 eseq: Eseq(97),
             },
         ),
+        ("checkpoint", Command::Checkpoint),
     ]
 }
 
@@ -1455,6 +1457,13 @@ fn frames() -> Vec<(String, Wire)> {
             linearizable: false,
         },
     ));
+    rpcs.push((
+        "read_checksum".into(),
+        Rpc::Read {
+            op: ReadOp::Checksum { index: 1_583 },
+            linearizable: false,
+        },
+    ));
     for (i, (name, rpc)) in rpcs.into_iter().enumerate() {
         out.push((format!("request_{name}"), request(i as u64 + 1, rpc)));
     }
@@ -1556,6 +1565,13 @@ fn frames() -> Vec<(String, Wire)> {
             pairs: vec![(vec![0x10, 0, 7, 1], vec![1, 2, 3])],
             next: Some(ChunkCursor::default()),
         })),
+    ));
+    replies.push((
+        "read_checksum".into(),
+        Reply::Read(Ok(ReadResult::Checksum(missive_raft::verify::Checksum {
+            pairs: 513,
+            hash: 0x0123_4567_89ab_cdef,
+        }))),
     ));
     for (i, (name, reply)) in replies.into_iter().enumerate() {
         out.push((format!("response_{name}"), response(i as u64 + 1, reply)));

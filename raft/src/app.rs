@@ -14,7 +14,8 @@
 //!  Node::write(cmd) ─► App::shard_of ─► batcher ─► Raft entry Batch<Command>
 //!  apply (every replica): for each command
 //!      metadata group:  App::as_cluster ─► the cluster map (runtime)
-//!      data shard:      App::as_cluster ─► Restore: raw pairs (runtime)
+//!      data shard:      App::as_cluster ─► Restore: raw pairs, Checkpoint:
+//!                       a pinned view for verification (runtime)
 //!                       else App::apply(records, stamp, cmd, effects)
 //!  ─► one atomic LSM batch ─► App::applied(shard, effects)
 //! ```
@@ -155,6 +156,11 @@ pub enum ClusterCommand {
         /// The pairs, keys in the shard's ranges.
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    /// Marks a point in a data shard's log where every replica pins a view
+    /// of its state for comparison (`crate::verify`): the state after
+    /// every entry before this one. Its outcome is its entry's index.
+    /// Refused on the metadata group.
+    Checkpoint,
 }
 
 /// A cluster command's outcome: the map's version after it (not bumped if

@@ -39,6 +39,8 @@
 //! - `backup` — a consistent online copy of a shard (a pinned LSM view at
 //!   an applied position, streamed in chunks) and restoring one through
 //!   Raft into a cluster of any shape.
+//! - `verify` — comparing a shard's replicas at one log position (a
+//!   checkpoint entry, a pinned view on each, their checksums).
 //! - `scrub` — making what the replicas no longer hold leave this node's
 //!   disk: snapshot, purge, roll the log, compact (erasure).
 //! - `shared` — the state every path of a running node shares.
@@ -58,6 +60,7 @@ pub mod storage;
 mod test_app;
 pub mod transport;
 pub mod types;
+pub mod verify;
 mod write;
 
 pub use app::App;

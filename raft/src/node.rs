@@ -717,9 +717,19 @@ impl<A: App> Node<A> {
         let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
         let inner = sole_owner(self.inner, "the node", deadline).await?;
         let Shared {
-            lsm, log, groups, ..
+            lsm,
+            log,
+            groups,
+            hooks,
+            backups,
+            ..
         } = inner;
         drop(groups);
+        // Pinned views (backup streams, verification checkpoints) hold the
+        // LSM; the rest of `inner` would only drop at the end of this call.
+        drop(backups);
+        hooks.checkpoints.clear();
+        drop(hooks);
         let lsm = sole_owner(lsm, "the LSM", deadline).await?;
         // Dropping the LSM joins its background thread (maybe mid-compaction)
         // and releases its hold on the log (the flush barrier).

@@ -284,3 +284,37 @@ pub fn drain(t: &Target, from: u64, to: u64, addr: &str) -> anyhow::Result<Outpu
         json: json!({ "ok": true, "moved": moved, "from": from, "to": to }),
     })
 }
+
+/// `verify --cluster`: every data shard's replicas compared at one log
+/// position (the server's `missive_raft::verify`); whether all agree.
+pub fn verify(t: &Target) -> anyhow::Result<(Output, bool)> {
+    let v = runtime()?.block_on(call(t, reqwest::Method::POST, "/verify", None))?;
+    let mut text = String::new();
+    for s in v["shards"].as_array().into_iter().flatten() {
+        let state = if s["agree"] == true {
+            "replicas agree".to_string()
+        } else {
+            format!("DIVERGING {} SILENT {}", s["diverging"], s["silent"])
+        };
+        let _ = writeln!(
+            text,
+            "shard {:>3} at index {:<8} {state}",
+            s["shard"].as_u64().unwrap_or(0),
+            s["index"]
+        );
+        for r in s["replicas"].as_array().into_iter().flatten() {
+            let sum = match (r["pairs"].as_u64(), r["hash"].as_str()) {
+                (Some(p), Some(h)) => format!("{p} pairs, xxh3 {h}"),
+                _ => format!("no checksum: {}", r["error"].as_str().unwrap_or("?")),
+            };
+            let _ = writeln!(text, "    node {:<3} {sum}", r["node"]);
+        }
+    }
+    let agree = v["agree"] == true;
+    text.push_str(if agree {
+        "every shard's replicas hold the same bytes\n"
+    } else {
+        "replicas differ or did not answer: see above\n"
+    });
+    Ok((Output { text, json: v }, agree))
+}

@@ -11,7 +11,7 @@
 //! - `backup` — `backup` and `restore`: a cluster's data shards to a
 //!   directory and into another cluster, through the admin API.
 //!
-//! The data-file commands (`log`, `sst`, `manifest`, `verify`, `stats`,
+//! The data-file commands (`log`, `sst`, `manifest`, `verify DIR`, `stats`,
 //! `residue`) are offline and read-only: they open no lock and change
 //! nothing, so they are safe on a live node's directory and on a copy.
 //! Exit status: 0 when all is well, 1 when damage was found (the message
@@ -61,7 +61,14 @@ enum Command {
     /// Check every checksum of every live file; exit 1 on damage.
     Verify {
         /// A data directory (with log/ and lsm/), a log directory, or an LSM directory.
-        data_dir: PathBuf,
+        #[arg(required_unless_present = "cluster")]
+        data_dir: Option<PathBuf>,
+        /// Instead: compare every data shard's replicas of the running
+        /// cluster at one log position (exit 1 naming any that differ).
+        #[arg(long, conflicts_with = "data_dir")]
+        cluster: bool,
+        #[command(flatten)]
+        target: cluster::Target,
     },
     /// Files and bytes per level, amplification, log size.
     Stats {
@@ -380,13 +387,28 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| anyhow::anyhow!("no LSM manifest (CURRENT) in {}", dir.display()))?;
             render::manifest(&inspect::dump_manifest(&lsm)?)
         }
-        Command::Verify { data_dir } => {
+        Command::Verify {
+            cluster: true,
+            target,
+            ..
+        } => {
+            let (out, agree) = cluster::verify(target)?;
+            if !agree {
+                code = ExitCode::from(1);
+            }
+            out
+        }
+        Command::Verify {
+            data_dir: Some(data_dir),
+            ..
+        } => {
             let layout = inspect::layout(data_dir)?;
             if layout.log.is_none() && layout.lsm.is_none() {
                 anyhow::bail!("{} holds neither a log nor an LSM", data_dir.display());
             }
             render::verify(&inspect::verify(data_dir)?)
         }
+        Command::Verify { .. } => anyhow::bail!("give a data directory or --cluster"),
         Command::Stats { data_dir } => render::stats(&inspect::stats(data_dir)?),
         Command::CompactionSim(a) => {
             let mib = 1u64 << 20;

@@ -136,9 +136,9 @@ pub(crate) fn run(
             RejectCode::Invalid,
             "a cluster map command cannot run on a data shard",
         )),
-        Command::Restore { .. } => Ok(reject(
+        Command::Restore { .. } | Command::Checkpoint => Ok(reject(
             RejectCode::Invalid,
-            "a backup's records are put by the runtime, not the chat rules",
+            "a restore or a checkpoint is the runtime's, not the chat rules'",
         )),
         Command::RaiseHeads { conv, seq, eseq } => a.raise_heads(*conv, *seq, *eseq),
         Command::CreateConversation {

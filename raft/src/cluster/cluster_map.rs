@@ -154,6 +154,9 @@ pub(crate) fn execute(map: &mut ClusterMap, cmd: &ClusterCommand) -> ClusterOutc
         ClusterCommand::Restore { .. } => {
             Err("a backup's records belong to a data shard, not the cluster map".to_string())
         }
+        ClusterCommand::Checkpoint => {
+            Err("verification checkpoints are for data shards, not the cluster map".to_string())
+        }
     }?;
     if changed {
         map.version += 1;

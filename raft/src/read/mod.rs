@@ -107,6 +107,11 @@ impl<A: App> Shared<A> {
                 reason: format!("node {} does not replicate it", self.id),
             });
         }
+        // Asked of this replica in particular, at a log position it waits
+        // for itself.
+        if let ReadOp::Checksum { index } = op {
+            return self.checkpoint_checksum(shard, index).await;
+        }
         let c = if linearizable {
             Consistency::Linearizable
         } else {
@@ -123,6 +128,11 @@ impl<A: App> Shared<A> {
             ReadOp::BackupOpen { phase } => return self.open_backup(shard, *phase),
             ReadOp::BackupChunk { token, cursor } => {
                 return self.backup_chunk(shard, *token, cursor)
+            }
+            ReadOp::Checksum { .. } => {
+                return Err(Error::InvalidArgument(
+                    "a checksum is asked of one replica, not read through the read path".into(),
+                ))
             }
             ReadOp::Get { key } => ReadResult::Value(self.lsm.get(key)?),
             ReadOp::Scan {

@@ -27,6 +27,14 @@
 //! Apply is deterministic (see `apply`): the same entries give the same
 //! bytes on every replica.
 //!
+//! # Checkpoints
+//!
+//! An entry carrying `ClusterCommand::Checkpoint` splits its apply call:
+//! the entries before it go to the LSM as one batch, a view of the shard
+//! is pinned (`verify`), then the rest are applied. Every replica so pins
+//! the state after exactly the entries below the checkpoint, whatever
+//! runs of entries openraft hands it.
+//!
 //! # Snapshots
 //!
 //! Building one pins an LSM view of the shard's key ranges at the current
@@ -96,6 +104,8 @@ pub struct ApplyHooks {
     /// How long each apply call took (a run of committed entries: the
     /// app's rules, the batch into the LSM, the effects handed on).
     pub apply_latency: missive_engine::latency::Recorder,
+    /// The views pinned at verification checkpoints (see `verify`).
+    pub checkpoints: crate::verify::Checkpoints,
 }
 
 impl ApplyHooks {
@@ -107,6 +117,7 @@ impl ApplyHooks {
             record_hits: AtomicU64::new(0),
             record_misses: AtomicU64::new(0),
             apply_latency: missive_engine::latency::Recorder::default(),
+            checkpoints: crate::verify::Checkpoints::default(),
         }
     }
 }
@@ -250,6 +261,106 @@ impl<A: App> StateMachine<A> {
     fn in_ranges(&self, k: &[u8]) -> bool {
         in_ranges(&self.ranges, k)
     }
+
+    /// Applies `entries` and writes their effects and the `Applied` record
+    /// to the LSM as one batch.
+    fn apply_run(
+        &mut self,
+        entries: Vec<Entry<A>>,
+        run: &mut Run<A>,
+    ) -> std::result::Result<(), StorageError> {
+        let mut applied = self.applied.clone();
+        let mut records = Records::new(&self.lsm, &mut self.records);
+        for e in entries {
+            applied.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => run.out.push(BatchResponse::default()),
+                EntryPayload::Normal(batch) => {
+                    let mut outcomes = Vec::with_capacity(batch.commands.len());
+                    for cmd in &batch.commands {
+                        let o = match A::as_cluster(cmd) {
+                            Some(ClusterCommand::Restore { pairs })
+                                if !self.shard.is_directory() =>
+                            {
+                                run.restored = true;
+                                restore::<A>(&self.ranges, self.shard, &mut records, pairs)
+                            }
+                            Some(ClusterCommand::Checkpoint) if !self.shard.is_directory() => {
+                                A::cluster_outcome(Ok(e.log_id.index))
+                            }
+                            _ => self::run(
+                                &*self.app,
+                                self.shard,
+                                &mut records,
+                                batch.stamp_micros,
+                                cmd,
+                                &mut run.effects,
+                                &mut run.newest_map,
+                            )
+                            .map_err(|err| sm_err(ErrorVerb::Write, &err))?,
+                        };
+                        outcomes.push(o);
+                    }
+                    run.out.push(BatchResponse { outcomes });
+                }
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(e.log_id), m);
+                    run.out.push(BatchResponse::default());
+                }
+            }
+        }
+        let Some(last) = applied.last_applied else {
+            return Ok(());
+        };
+        records.put(
+            applied_key(self.shard),
+            codec::encode("applied state", &applied).map_err(|e| sm_err(ErrorVerb::Write, &e))?,
+        );
+        self.lsm
+            .apply(
+                &records.batch(),
+                Some((self.shard.stream(), last.index + 1)),
+            )
+            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        records.written();
+        let (hits, misses) = self.records.take_counts();
+        self.hooks.record_hits.fetch_add(hits, Ordering::Relaxed);
+        self.hooks
+            .record_misses
+            .fetch_add(misses, Ordering::Relaxed);
+        self.applied = applied;
+        Ok(())
+    }
+}
+
+/// What one `apply` call gathers across its runs of entries.
+struct Run<A: App> {
+    out: Vec<BatchResponse<A>>,
+    effects: A::Effects,
+    newest_map: Option<u64>,
+    restored: bool,
+}
+
+impl<A: App> Default for Run<A> {
+    fn default() -> Self {
+        Run {
+            out: Vec::new(),
+            effects: A::Effects::default(),
+            newest_map: None,
+            restored: false,
+        }
+    }
+}
+
+/// Whether `e` carries a [`ClusterCommand::Checkpoint`].
+fn holds_checkpoint<A: App>(e: &Entry<A>) -> bool {
+    match &e.payload {
+        EntryPayload::Normal(b) => b
+            .commands
+            .iter()
+            .any(|c| matches!(A::as_cluster(c), Some(ClusterCommand::Checkpoint))),
+        _ => false,
+    }
 }
 
 /// Whether `k` lies in one of `ranges` (`[lo, hi)`, `None`: no end).
@@ -345,83 +456,42 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachine<A> {
         I::IntoIter: openraft::OptionalSend,
     {
         let started = std::time::Instant::now();
-        let mut out = Vec::new();
-        let mut applied = self.applied.clone();
-        let mut effects = A::Effects::default();
-        let mut newest_map = None;
-        let mut restored = false;
-        let mut records = Records::new(&self.lsm, &mut self.records);
+        let mut run = Run::<A>::default();
+        // Entries up to a checkpoint go to the LSM as one batch, then the
+        // checkpoint's view is pinned: the same state on every replica,
+        // however each batches its apply calls (see `verify`).
+        let mut pending = Vec::new();
         for e in entries {
-            applied.last_applied = Some(e.log_id);
-            match e.payload {
-                EntryPayload::Blank => out.push(BatchResponse::default()),
-                EntryPayload::Normal(batch) => {
-                    let mut outcomes = Vec::with_capacity(batch.commands.len());
-                    for cmd in &batch.commands {
-                        let o = match A::as_cluster(cmd) {
-                            Some(ClusterCommand::Restore { pairs })
-                                if !self.shard.is_directory() =>
-                            {
-                                restored = true;
-                                restore::<A>(&self.ranges, self.shard, &mut records, pairs)
-                            }
-                            _ => run(
-                                &*self.app,
-                                self.shard,
-                                &mut records,
-                                batch.stamp_micros,
-                                cmd,
-                                &mut effects,
-                                &mut newest_map,
-                            )
-                            .map_err(|err| sm_err(ErrorVerb::Write, &err))?,
-                        };
-                        outcomes.push(o);
-                    }
-                    out.push(BatchResponse { outcomes });
+            if !self.shard.is_directory() && holds_checkpoint::<A>(&e) {
+                if !pending.is_empty() {
+                    self.apply_run(std::mem::take(&mut pending), &mut run)?;
                 }
-                EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(e.log_id), m);
-                    out.push(BatchResponse::default());
-                }
+                let view = View::new(Arc::clone(&self.lsm), self.ranges.clone());
+                self.hooks
+                    .checkpoints
+                    .pinned(self.shard, e.log_id.index, view);
             }
+            pending.push(e);
         }
-        let Some(last) = applied.last_applied else {
-            return Ok(out);
-        };
-        records.put(
-            applied_key(self.shard),
-            codec::encode("applied state", &applied).map_err(|e| sm_err(ErrorVerb::Write, &e))?,
-        );
-        self.lsm
-            .apply(
-                &records.batch(),
-                Some((self.shard.stream(), last.index + 1)),
-            )
-            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-        records.written();
-        let (hits, misses) = self.records.take_counts();
-        self.hooks.record_hits.fetch_add(hits, Ordering::Relaxed);
-        self.hooks
-            .record_misses
-            .fetch_add(misses, Ordering::Relaxed);
-        self.applied = applied;
-        self.app.applied(self.shard, effects);
-        if restored {
+        if !pending.is_empty() {
+            self.apply_run(pending, &mut run)?;
+        }
+        self.app.applied(self.shard, run.effects);
+        if run.restored {
             // A backup's records arrived without the notices apply's rules
             // leave: listeners re-read, as after a snapshot install.
             self.app.installed(self.shard);
             self.hooks.installed.send_modify(|n| *n += 1);
         }
         self.hooks.apply_latency.record(started.elapsed());
-        if let Some(v) = newest_map {
+        if let Some(v) = run.newest_map {
             self.hooks.directory.send_if_modified(|cur| {
                 let newer = v > *cur;
                 *cur = (*cur).max(v);
                 newer
             });
         }
-        Ok(out)
+        Ok(run.out)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

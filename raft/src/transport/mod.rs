@@ -253,6 +253,12 @@ pub enum ReadOp {
         /// Where the previous chunk ended (the default: the start).
         cursor: ChunkCursor,
     },
+    /// This replica's checksum of the view it pinned at a verification
+    /// checkpoint (see `verify`), once its apply gets there.
+    Checksum {
+        /// The checkpoint entry's index.
+        index: u64,
+    },
 }
 
 /// A [`ReadOp`]'s answer.
@@ -283,6 +289,8 @@ pub enum ReadResult {
         /// Pass it to the next call.
         next: Option<ChunkCursor>,
     },
+    /// To `Checksum`.
+    Checksum(crate::verify::Checksum),
 }
 
 /// An error carried back from a forwarded write.

@@ -1,7 +1,8 @@
-//! The operator's backup and restore calls (what `missivectl backup` and
-//! `missivectl restore` use; see `missive_raft::backup` for why a shard's
-//! copy is consistent while writes go on). Every call needs
-//! `X-Admin-Secret`.
+//! The operator's backup, restore and cross-replica verification calls
+//! (what `missivectl backup`, `restore` and `verify --cluster` use; see
+//! `missive_raft::backup` for why a shard's copy is consistent while
+//! writes go on, `missive_raft::verify` for how replicas are compared).
+//! Every call needs `X-Admin-Secret`.
 //!
 //! ```text
 //!  GET  /v1/admin/backup                 the phases: which keyspaces, in
@@ -17,6 +18,8 @@
 //!  POST /v1/admin/restore/reconcile      after the last frame: raise each
 //!                                        conversation's counters past
 //!                                        what the inboxes hold
+//!  POST /v1/admin/verify                 every data shard's replicas
+//!                                        compared at one log position
 //! ```
 //!
 //! # The backup stream
@@ -240,4 +243,50 @@ pub(crate) async fn restore_reconcile(
     let r = s.service.node.reconcile_restored().await?;
     tracing::info!(?r, "restore reconciled");
     Ok(Json(r))
+}
+
+/// `POST /v1/admin/verify`: every data shard's replicas compared at one
+/// log position each (`missive_raft::verify`).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/verify",
+    tag = "admin",
+    summary = "Compare every data shard's replicas at one log position",
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn verify(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, "verifying replicas")?;
+    let node = &s.service.node;
+    let mut shards = Vec::new();
+    let mut agree = true;
+    for shard in node.slots().shards() {
+        let v = node.verify_shard(shard).await?;
+        agree &= v.agrees();
+        if !v.agrees() {
+            tracing::warn!(%shard, diverging = ?v.diverging, silent = ?v.silent, "replicas differ");
+        }
+        let replicas: Vec<Value> = v
+            .replicas
+            .iter()
+            .map(|r| match &r.checksum {
+                // The hash as hex text: JSON numbers lose a u64's low bits.
+                Ok(c) => {
+                    json!({ "node": r.node, "pairs": c.pairs, "hash": format!("{:016x}", c.hash) })
+                }
+                Err(e) => json!({ "node": r.node, "error": e }),
+            })
+            .collect();
+        shards.push(json!({
+            "shard": shard.0,
+            "index": v.index,
+            "agree": v.agrees(),
+            "diverging": v.diverging,
+            "silent": v.silent,
+            "replicas": replicas,
+        }));
+    }
+    Ok(Json(json!({ "agree": agree, "shards": shards })))
 }

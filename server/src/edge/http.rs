@@ -80,6 +80,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::edge::backup::backup_plan))
         .routes(routes!(crate::edge::backup::backup_shard))
         .routes(routes!(crate::edge::backup::restore_reconcile))
+        .routes(routes!(crate::edge::backup::verify))
         .routes(routes!(
             crate::edge::backup::restore_check,
             crate::edge::backup::restore
