@@ -67,8 +67,17 @@ enum Command {
         /// cluster at one log position (exit 1 naming any that differ).
         #[arg(long, conflicts_with = "data_dir")]
         cluster: bool,
-        #[command(flatten)]
-        target: cluster::Target,
+        /// With --cluster: a node's HTTP address.
+        #[arg(long, env = "MISSIVE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// With --cluster: the cluster's admin secret (auth.admin_secret).
+        #[arg(
+            long,
+            env = "MISSIVE_ADMIN_SECRET",
+            hide_env_values = true,
+            required_if_eq("cluster", "true")
+        )]
+        admin_secret: Option<String>,
     },
     /// Files and bytes per level, amplification, log size.
     Stats {
@@ -389,10 +398,15 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify {
             cluster: true,
-            target,
+            url,
+            admin_secret,
             ..
         } => {
-            let (out, agree) = cluster::verify(target)?;
+            let target = cluster::Target {
+                url: url.clone(),
+                admin_secret: admin_secret.clone().unwrap_or_default(),
+            };
+            let (out, agree) = cluster::verify(&target)?;
             if !agree {
                 code = ExitCode::from(1);
             }
