@@ -16,114 +16,17 @@
     reason = "tests panic on surprises"
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const SECRET: &str = "backup-test-admin-secret";
+use common::{call, ctl};
+
 const USERS: u64 = 4;
-
-fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_missivectl"))
-        .args(args)
-        .env("MISSIVE_ADMIN_SECRET", SECRET)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-fn free_port(ip: &str) -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap()
-}
-
-/// (status, body) of one call with a bearer token (or the admin secret
-/// when `token` is None).
-async fn call(
-    method: reqwest::Method,
-    url: String,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, url)
-        .timeout(Duration::from_secs(30));
-    req = match token {
-        Some(t) => req.bearer_auth(t),
-        None => req.header("x-admin-secret", SECRET),
-    };
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    match req.send().await {
-        Ok(r) => {
-            let s = r.status().as_u16();
-            (s, r.json().await.unwrap_or(Value::Null))
-        }
-        Err(e) => (0, json!({ "transport": e.to_string() })),
-    }
-}
-
-/// A three-node cluster of `shards` shards, every node ready.
-async fn cluster(
-    dir: &std::path::Path,
-    name: &str,
-    shards: u32,
-) -> (Vec<missive_server::Running>, Vec<String>) {
-    let raft: Vec<_> = (1..=3)
-        .map(|i| free_port(&format!("127.0.0.{i}")))
-        .collect();
-    let peers: BTreeMap<u64, String> = raft
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (i as u64 + 1, a.to_string()))
-        .collect();
-    let mut handles = Vec::new();
-    for i in 1..=3u64 {
-        let mut c = missive_server::Config {
-            listen: format!("127.0.0.{i}:0").parse().unwrap(),
-            data_dir: dir.join(format!("{name}{i}")),
-            ..missive_server::Config::default()
-        };
-        c.node.id = i;
-        c.node.shards = Some(shards);
-        c.node.replicas = 3;
-        c.node.raft_listen = raft[i as usize - 1];
-        c.node.peers = peers.clone();
-        c.grpc.enabled = false;
-        c.auth.secret = Some(format!("the {name} cluster's secret"));
-        c.auth.admin_secret = Some(SECRET.into());
-        c.limits.sends_per_second = 10_000;
-        c.limits.send_burst = 10_000;
-        handles.push(tokio::spawn(missive_server::start(c)));
-    }
-    let mut nodes = Vec::new();
-    for h in handles {
-        nodes.push(h.await.unwrap().unwrap());
-    }
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("http://{}", n.addr()))
-        .collect();
-    for u in &urls {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while reqwest::get(format!("{u}/readyz"))
-            .await
-            .map_or(true, |r| r.status().as_u16() != 200)
-        {
-            assert!(Instant::now() < deadline, "{u} not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    (nodes, urls)
-}
 
 /// Tokens for users 1..=USERS, minted by the cluster at `url`.
 async fn tokens(url: &str) -> Vec<String> {
@@ -257,7 +160,11 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let backup_dir = dir.path().join("backup");
-    let (a_nodes, a) = rt.block_on(cluster(dir.path(), "a", 3));
+    let common::Trio {
+        nodes: a_nodes,
+        urls: a,
+        ..
+    } = rt.block_on(common::three_nodes(dir.path(), "a", 3));
     let a_tokens = rt.block_on(tokens(&a[0]));
 
     // Four groups of all four users, and messages in each; user u reads
@@ -382,7 +289,11 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
     std::fs::write(&victim, bytes).unwrap();
 
     // The new cluster: another shard count, its own secret.
-    let (b_nodes, b) = rt.block_on(cluster(dir.path(), "b", 4));
+    let common::Trio {
+        nodes: b_nodes,
+        urls: b,
+        ..
+    } = rt.block_on(common::three_nodes(dir.path(), "b", 4));
     let (code, out, err) = ctl(&[
         "restore",
         "--url",

@@ -10,25 +10,13 @@
     reason = "tests panic on surprises"
 )]
 
-use std::process::Command;
+mod common;
+
 use std::time::Duration;
 
 use serde_json::Value;
 
-const SECRET: &str = "ctl-test-admin-secret";
-
-fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_missivectl"))
-        .args(args)
-        .env("MISSIVE_ADMIN_SECRET", SECRET)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use common::{ctl, free_port, SECRET};
 
 fn ctl_json(args: &[&str]) -> Value {
     let mut a = args.to_vec();
@@ -50,11 +38,6 @@ fn config(dir: &std::path::Path, id: u64) -> missive_server::Config {
     c.auth.secret = Some("one secret for both nodes".into());
     c.auth.admin_secret = Some(SECRET.into());
     c
-}
-
-fn free_port(ip: &str) -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap()
 }
 
 fn voters(shard: &Value) -> Vec<u64> {
@@ -130,7 +113,7 @@ fn a_single_node_deployment_is_drained_onto_a_new_node() {
         err.contains("not_found") && err.contains("no shard 7"),
         "{err}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_missivectl"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_missivectl"))
         .args(["cluster", "status", "--url", &url1])
         .env("MISSIVE_ADMIN_SECRET", "wrong")
         .output()

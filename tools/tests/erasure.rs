@@ -13,51 +13,13 @@
     reason = "tests panic on surprises"
 )]
 
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const SECRET: &str = "erasure-test-admin-secret";
-
-fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_missivectl"))
-        .args(args)
-        .env("MISSIVE_ADMIN_SECRET", SECRET)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-fn free_port(ip: &str) -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap()
-}
-
-/// (status, body) of one call with a bearer token (or the admin secret
-/// when `token` is None).
-async fn call(
-    method: reqwest::Method,
-    url: String,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, url);
-    req = match token {
-        Some(t) => req.bearer_auth(t),
-        None => req.header("x-admin-secret", SECRET),
-    };
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
+use common::{call, ctl};
 
 /// Whether `needle` is found in `dir` (exit 1) or not (exit 0).
 fn found(dir: &std::path::Path, needle: &str) -> bool {
@@ -71,52 +33,7 @@ fn found(dir: &std::path::Path, needle: &str) -> bool {
 fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let raft: Vec<_> = (1..=3)
-        .map(|i| free_port(&format!("127.0.0.{i}")))
-        .collect();
-    let peers: std::collections::BTreeMap<u64, String> = raft
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (i as u64 + 1, a.to_string()))
-        .collect();
-    let mut cfgs = Vec::new();
-    for i in 1..=3u64 {
-        let mut c = missive_server::Config {
-            listen: format!("127.0.0.{i}:0").parse().unwrap(),
-            data_dir: dir.path().join(format!("n{i}")),
-            ..missive_server::Config::default()
-        };
-        c.node.id = i;
-        c.node.shards = Some(2);
-        c.node.replicas = 3;
-        c.node.raft_listen = raft[i as usize - 1];
-        c.node.peers = peers.clone();
-        c.grpc.enabled = false;
-        c.auth.secret = Some("one secret for the erasure cluster".into());
-        c.auth.admin_secret = Some(SECRET.into());
-        cfgs.push(c);
-    }
-    let nodes: Vec<missive_server::Running> = rt
-        .block_on(futures_join(cfgs.iter().cloned()))
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("http://{}", n.addr()))
-        .collect();
-    rt.block_on(async {
-        for u in &urls {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while reqwest::get(format!("{u}/readyz"))
-                .await
-                .map_or(true, |r| r.status().as_u16() != 200)
-            {
-                assert!(Instant::now() < deadline, "{u} not ready");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    });
+    let common::Trio { nodes, urls, cfgs } = rt.block_on(common::three_nodes(dir.path(), "n", 2));
 
     let nonce = format!(
         "{:x}",
@@ -365,17 +282,4 @@ async fn until_every_node_serves(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-async fn futures_join(
-    cfgs: impl Iterator<Item = missive_server::Config>,
-) -> Vec<Result<missive_server::Running, missive_server::Error>> {
-    let handles: Vec<_> = cfgs
-        .map(|c| tokio::spawn(missive_server::start(c)))
-        .collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
 }

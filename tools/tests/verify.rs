@@ -10,44 +10,18 @@
     reason = "tests panic on surprises"
 )]
 
-use std::collections::BTreeMap;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
 use serde_json::{json, Value};
 
 use missive_engine::lsm::{Direction, WriteBatch};
 use missive_raft::ShardId;
 
-const SECRET: &str = "verify-test-admin-secret";
+use common::{call, ctl};
 
-fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_missivectl"))
-        .args(args)
-        .env("MISSIVE_ADMIN_SECRET", SECRET)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-fn free_port(ip: &str) -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap()
-}
-
-async fn call(method: reqwest::Method, url: String, token: Option<&str>, body: Value) -> Value {
-    let mut req = reqwest::Client::new().request(method, url).json(&body);
-    req = match token {
-        Some(t) => req.bearer_auth(t),
-        None => req.header("x-admin-secret", SECRET),
-    };
-    let r = req.send().await.unwrap();
-    let s = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
+/// One call that must succeed; its answer.
+async fn ok(method: reqwest::Method, url: String, token: Option<&str>, body: Value) -> Value {
+    let (s, v) = call(method, url, token, Some(body)).await;
     assert!(s == 200 || s == 201, "{s} {v}");
     v
 }
@@ -56,54 +30,9 @@ async fn call(method: reqwest::Method, url: String, token: Option<&str>, body: V
 fn a_changed_replica_is_named_and_the_others_agree() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let raft: Vec<_> = (1..=3)
-        .map(|i| free_port(&format!("127.0.0.{i}")))
-        .collect();
-    let peers: BTreeMap<u64, String> = raft
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (i as u64 + 1, a.to_string()))
-        .collect();
-    let nodes: Vec<missive_server::Running> = rt.block_on(async {
-        let mut handles = Vec::new();
-        for i in 1..=3u64 {
-            let mut c = missive_server::Config {
-                listen: format!("127.0.0.{i}:0").parse().unwrap(),
-                data_dir: dir.path().join(format!("n{i}")),
-                ..missive_server::Config::default()
-            };
-            c.node.id = i;
-            c.node.shards = Some(2);
-            c.node.replicas = 3;
-            c.node.raft_listen = raft[i as usize - 1];
-            c.node.peers = peers.clone();
-            c.grpc.enabled = false;
-            c.auth.secret = Some("the verify cluster's secret".into());
-            c.auth.admin_secret = Some(SECRET.into());
-            handles.push(tokio::spawn(missive_server::start(c)));
-        }
-        let mut out = Vec::new();
-        for h in handles {
-            out.push(h.await.unwrap().unwrap());
-        }
-        out
-    });
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("http://{}", n.addr()))
-        .collect();
+    let common::Trio { nodes, urls, .. } = rt.block_on(common::three_nodes(dir.path(), "n", 2));
     rt.block_on(async {
-        for u in &urls {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while reqwest::get(format!("{u}/readyz"))
-                .await
-                .map_or(true, |r| r.status().as_u16() != 200)
-            {
-                assert!(Instant::now() < deadline, "{u} not ready");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        let alice = call(
+        let alice = ok(
             reqwest::Method::POST,
             format!("{}/v1/admin/tokens", urls[0]),
             None,
@@ -115,7 +44,7 @@ fn a_changed_replica_is_named_and_the_others_agree() {
             .to_string();
         // Conversations on both shards, with messages.
         for peer in 2..=9u64 {
-            let v = call(
+            let v = ok(
                 reqwest::Method::POST,
                 format!("{}/v1/conversations", urls[peer as usize % 3]),
                 Some(&alice),
@@ -124,7 +53,7 @@ fn a_changed_replica_is_named_and_the_others_agree() {
             .await;
             let conv = v["conv"].as_str().unwrap().to_string();
             for i in 0..5 {
-                call(
+                ok(
                     reqwest::Method::POST,
                     format!("{}/v1/conversations/{conv}/messages", urls[i % 3]),
                     Some(&alice),

@@ -1,0 +1,130 @@
+//! What the missivectl tests share: running the real `missivectl`, calling
+//! a node's HTTP API, and three `missived` nodes on 127.0.0.1–3.
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "each test uses some of these; tests panic on surprises"
+)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The admin secret of every test cluster.
+pub const SECRET: &str = "missivectl-test-admin-secret";
+
+/// Runs `missivectl args` with the admin secret: (exit code, stdout,
+/// stderr).
+pub fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_missivectl"))
+        .args(args)
+        .env("MISSIVE_ADMIN_SECRET", SECRET)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// A free port on `ip` (bound then released: loopback, nobody races).
+pub fn free_port(ip: &str) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
+/// (status, body) of one call with a bearer token, or the admin secret
+/// when `token` is None; status 0 when the call itself failed.
+pub async fn call(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .timeout(Duration::from_secs(30));
+    req = match token {
+        Some(t) => req.bearer_auth(t),
+        None => req.header("x-admin-secret", SECRET),
+    };
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    match req.send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(e) => (0, json!({ "transport": e.to_string() })),
+    }
+}
+
+/// Three running nodes, their HTTP base URLs and their configs.
+pub struct Trio {
+    pub nodes: Vec<missive_server::Running>,
+    pub urls: Vec<String>,
+    pub cfgs: Vec<missive_server::Config>,
+}
+
+/// Three nodes of one cluster on 127.0.0.1–3 (`shards` shards, 3
+/// replicas), data under `dir/{name}{1,2,3}`, every node ready.
+pub async fn three_nodes(dir: &Path, name: &str, shards: u32) -> Trio {
+    let raft: Vec<_> = (1..=3)
+        .map(|i| free_port(&format!("127.0.0.{i}")))
+        .collect();
+    let peers: BTreeMap<u64, String> = raft
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64 + 1, a.to_string()))
+        .collect();
+    let mut cfgs = Vec::new();
+    for i in 1..=3u64 {
+        let mut c = missive_server::Config {
+            listen: format!("127.0.0.{i}:0").parse().unwrap(),
+            data_dir: dir.join(format!("{name}{i}")),
+            ..missive_server::Config::default()
+        };
+        c.node.id = i;
+        c.node.shards = Some(shards);
+        c.node.replicas = 3;
+        c.node.raft_listen = raft[i as usize - 1];
+        c.node.peers = peers.clone();
+        c.grpc.enabled = false;
+        c.auth.secret = Some(format!("the {name} cluster's secret"));
+        c.auth.admin_secret = Some(SECRET.into());
+        c.limits.sends_per_second = 10_000;
+        c.limits.send_burst = 10_000;
+        cfgs.push(c);
+    }
+    let handles: Vec<_> = cfgs
+        .iter()
+        .cloned()
+        .map(|c| tokio::spawn(missive_server::start(c)))
+        .collect();
+    let mut nodes = Vec::new();
+    for h in handles {
+        nodes.push(h.await.unwrap().unwrap());
+    }
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://{}", n.addr()))
+        .collect();
+    for u in &urls {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{u}/readyz"))
+            .await
+            .map_or(true, |r| r.status().as_u16() != 200)
+        {
+            assert!(Instant::now() < deadline, "{u} not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Trio { nodes, urls, cfgs }
+}
