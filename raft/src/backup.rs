@@ -73,7 +73,7 @@ use crate::shared::Shared;
 use crate::storage::codec;
 use crate::storage::meta::{applied_key, Applied};
 use crate::storage::snapshot::{Chunk, ChunkCursor, View, CHUNK_BYTES};
-use crate::transport::{ReadOp, ReadResult, Reply, Rpc};
+use crate::transport::{ReadOp, ReadResult};
 
 /// A pinned view unused this long is dropped (its stream then fails and
 /// the caller starts that shard again).
@@ -331,40 +331,10 @@ impl<A: App> BackupStream<A> {
             token: self.token,
             cursor,
         };
-        let result = if self.served_by == self.node.id {
-            self.node.read_local(self.shard, &op)?
-        } else {
-            let reply = self
-                .node
-                .peers
-                .call(
-                    self.served_by,
-                    &self.addr,
-                    self.shard,
-                    Rpc::Read {
-                        op,
-                        linearizable: false,
-                    },
-                    CHUNK_WAIT,
-                )
-                .await
-                .map_err(|e| Error::Transport {
-                    node: self.served_by,
-                    reason: e.to_string(),
-                })?;
-            match reply {
-                Reply::Read(Ok(r)) => r,
-                Reply::Read(Err(f)) => {
-                    return Err(crate::transport::failure::from_remote(self.shard, f))
-                }
-                other => {
-                    return Err(Error::malformed(
-                        "backup chunk",
-                        format!("answered {other:?}"),
-                    ))
-                }
-            }
-        };
+        let result = self
+            .node
+            .read_on(self.served_by, &self.addr, self.shard, op, CHUNK_WAIT)
+            .await?;
         match result {
             ReadResult::BackupChunk { pairs, next } if !pairs.is_empty() => {
                 self.cursor = next;

@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::ids::{NodeId, ShardId};
 use crate::node::Node;
 use crate::storage::snapshot::{ChunkCursor, View};
-use crate::transport::{ReadOp, ReadResult, Reply, Rpc};
+use crate::transport::{ReadOp, ReadResult};
 
 /// A checkpoint's view is kept this long for the checksum calls.
 pub const CHECKPOINT_TTL: Duration = Duration::from_secs(120);
@@ -270,35 +270,10 @@ impl<A: App> Node<A> {
         node: NodeId,
         addr: &str,
     ) -> Result<Checksum> {
-        let result = if node == self.id() {
-            self.inner.checkpoint_checksum(shard, index).await?
-        } else {
-            let reply = self
-                .inner
-                .peers
-                .call(
-                    node,
-                    addr,
-                    shard,
-                    Rpc::Read {
-                        op: ReadOp::Checksum { index },
-                        linearizable: false,
-                    },
-                    CHECKSUM_WAIT,
-                )
-                .await
-                .map_err(|e| Error::Transport {
-                    node,
-                    reason: e.to_string(),
-                })?;
-            match reply {
-                Reply::Read(Ok(r)) => r,
-                Reply::Read(Err(f)) => {
-                    return Err(crate::transport::failure::from_remote(shard, f))
-                }
-                other => return Err(Error::malformed("checksum", format!("answered {other:?}"))),
-            }
-        };
+        let result = self
+            .inner
+            .read_on(node, addr, shard, ReadOp::Checksum { index }, CHECKSUM_WAIT)
+            .await?;
         match result {
             ReadResult::Checksum(c) => Ok(c),
             other => Err(Error::malformed("checksum", format!("answered {other:?}"))),

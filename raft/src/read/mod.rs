@@ -21,7 +21,7 @@ use missive_engine::lsm::Direction;
 
 use crate::app::App;
 use crate::error::{Error, Result};
-use crate::ids::ShardId;
+use crate::ids::{NodeId, ShardId};
 use crate::shared::Shared;
 use crate::transport::failure::from_remote;
 use crate::transport::{ReadOp, ReadResult, Reply, Rpc};
@@ -91,6 +91,37 @@ impl<A: App> Shared<A> {
             }
             refresh = true;
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `op` served by one node in particular — the one holding a backup
+    /// stream or a checkpoint's view — here if it is this node.
+    pub(crate) async fn read_on(
+        &self,
+        node: NodeId,
+        addr: &str,
+        shard: ShardId,
+        op: ReadOp,
+        wait: Duration,
+    ) -> Result<ReadResult> {
+        if node == self.id {
+            return match op {
+                ReadOp::Checksum { index } => self.checkpoint_checksum(shard, index).await,
+                op => self.read_local(shard, &op),
+            };
+        }
+        let rpc = Rpc::Read {
+            op,
+            linearizable: false,
+        };
+        match self.peers.call(node, addr, shard, rpc, wait).await {
+            Ok(Reply::Read(Ok(r))) => Ok(r),
+            Ok(Reply::Read(Err(f))) => Err(from_remote(shard, f)),
+            Ok(other) => Err(Error::malformed("read", format!("answered {other:?}"))),
+            Err(e) => Err(Error::Transport {
+                node,
+                reason: e.to_string(),
+            }),
         }
     }
 
