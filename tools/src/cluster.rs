@@ -285,6 +285,93 @@ pub fn drain(t: &Target, from: u64, to: u64, addr: &str) -> anyhow::Result<Outpu
     })
 }
 
+/// `shard rebalance`: moves replicas from the nodes holding the most to
+/// those holding the fewest (the metadata group counts like a shard), one
+/// joint change at a time, until no two nodes differ by more than one.
+/// It plans from the live placements (`GET /v1/admin/cluster`) and stops
+/// at the first failure; rerunning it continues from where it stopped.
+pub fn rebalance(t: &Target) -> anyhow::Result<Output> {
+    let rt = runtime()?;
+    let layout = rt.block_on(call(t, reqwest::Method::GET, "/cluster", None))?;
+    let mut addrs = std::collections::BTreeMap::new();
+    for n in layout["map"]["nodes"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(addr)) = (n["node"].as_u64(), n["addr"].as_str()) {
+            addrs.insert(id, addr.to_string());
+        }
+    }
+    let mut held: std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>> =
+        addrs.keys().map(|id| (*id, Default::default())).collect();
+    for s in layout["shards"].as_array().into_iter().flatten() {
+        if let Some(e) = s["error"].as_str() {
+            bail!("shard {}: cannot see its replicas: {e}", s["shard"]);
+        }
+        let shard = s["shard"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .context("a shard number in the layout")?;
+        for v in s["voters"].as_array().into_iter().flatten() {
+            if let Some(id) = v["node"].as_u64() {
+                held.entry(id).or_default().insert(shard);
+            }
+        }
+    }
+    let mut text = String::new();
+    let mut moves = Vec::new();
+    let most_moves: usize = held.values().map(std::collections::BTreeSet::len).sum();
+    while moves.len() < most_moves {
+        // Fullest first (lowest id on ties), emptiest last.
+        let Some((&from, full)) = held
+            .iter()
+            .max_by_key(|(id, s)| (s.len(), std::cmp::Reverse(**id)))
+        else {
+            break;
+        };
+        let Some((&to, empty)) = held.iter().min_by_key(|(id, s)| (s.len(), **id)) else {
+            break;
+        };
+        if full.len() <= empty.len() + 1 {
+            break;
+        }
+        let Some(&shard) = full.iter().find(|s| !empty.contains(s)) else {
+            break;
+        };
+        let addr = addrs
+            .get(&to)
+            .with_context(|| format!("node {to} has no address in the cluster map"))?
+            .clone();
+        let c = Change::Move { from, to, addr };
+        let p = rt.block_on(change(t, shard, &c)).with_context(|| {
+            format!(
+                "moving shard {shard} from node {from} to node {to} (moves before it: {moves:?})"
+            )
+        })?;
+        let _ = writeln!(text, "{}", placement_line(&p));
+        moves.push(json!({ "shard": shard, "from": from, "to": to }));
+        if let Some(s) = held.get_mut(&from) {
+            s.remove(&shard);
+        }
+        if let Some(s) = held.get_mut(&to) {
+            s.insert(shard);
+        }
+    }
+    let counts: std::collections::BTreeMap<u64, usize> =
+        held.iter().map(|(id, s)| (*id, s.len())).collect();
+    let _ = writeln!(
+        text,
+        "{} replicas moved; replicas per node now: {}",
+        moves.len(),
+        counts
+            .iter()
+            .map(|(id, n)| format!("node {id}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Output {
+        text,
+        json: json!({ "ok": true, "moves": moves, "replicas_per_node": counts }),
+    })
+}
+
 /// `verify --cluster`: every data shard's replicas compared at one log
 /// position (the server's `missive_raft::verify`); whether all agree.
 pub fn verify(t: &Target) -> anyhow::Result<(Output, bool)> {

@@ -199,6 +199,13 @@ enum ShardCommand {
         #[command(flatten)]
         moving: MoveArgs,
     },
+    /// Move replicas, one at a time, from the nodes holding the most to
+    /// those holding the fewest, until every node in the cluster map holds
+    /// within one of every other.
+    Rebalance {
+        #[command(flatten)]
+        target: cluster::Target,
+    },
 }
 
 /// Which node to ask, about which shard.
@@ -469,6 +476,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     addr: moving.addr.clone(),
                 },
             )?,
+            ShardCommand::Rebalance { target } => cluster::rebalance(target)?,
         },
         Command::Node {
             what: NodeCommand::Drain { target, moving },

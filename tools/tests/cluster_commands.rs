@@ -182,3 +182,44 @@ fn a_single_node_deployment_is_drained_onto_a_new_node() {
         n2.shutdown().await.unwrap();
     });
 }
+
+#[test]
+fn a_joined_node_gets_its_share_of_replicas_from_rebalance() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c1 = config(dir.path(), 1);
+    c1.node.raft_listen = free_port("127.0.0.1");
+    let n1 = rt.block_on(missive_server::start(c1.clone())).unwrap();
+    let mut c2 = config(dir.path(), 2);
+    c2.node.raft_listen = free_port("127.0.0.2");
+    c2.node.join = true;
+    c2.node.peers = [(1, c1.node.raft_listen.to_string())].into();
+    let n2 = rt.block_on(missive_server::start(c2.clone())).unwrap();
+    let url1 = format!("http://{}", n1.addr());
+
+    // Node 1 holds all four groups, node 2 none: two move.
+    let r = ctl_json(&["shard", "rebalance", "--url", &url1]);
+    assert_eq!(r["moves"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(
+        r["replicas_per_node"],
+        serde_json::json!({"1": 2, "2": 2}),
+        "{r}"
+    );
+    // The placements say so too, and a second run moves nothing.
+    let status = ctl_json(&["cluster", "status", "--url", &url1]);
+    let on = |node: u64| {
+        status["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| voters(s) == vec![node])
+            .count()
+    };
+    assert_eq!((on(1), on(2)), (2, 2), "{status}");
+    let again = ctl_json(&["shard", "rebalance", "--url", &url1]);
+    assert_eq!(again["moves"], serde_json::json!([]), "{again}");
+    rt.block_on(async {
+        n1.shutdown().await.unwrap();
+        n2.shutdown().await.unwrap();
+    });
+}
