@@ -49,18 +49,31 @@ fn voters(shard: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// Node 1 founds a 3-shard cluster alone; node 2 joins it holding nothing.
+/// The two nodes and node 2's config.
+async fn founder_and_joiner(
+    dir: &std::path::Path,
+) -> (
+    missive_server::Running,
+    missive_server::Running,
+    missive_server::Config,
+) {
+    let mut c1 = config(dir, 1);
+    c1.node.raft_listen = free_port("127.0.0.1");
+    let n1 = missive_server::start(c1.clone()).await.unwrap();
+    let mut c2 = config(dir, 2);
+    c2.node.raft_listen = free_port("127.0.0.2");
+    c2.node.join = true;
+    c2.node.peers = [(1, c1.node.raft_listen.to_string())].into();
+    let n2 = missive_server::start(c2.clone()).await.unwrap();
+    (n1, n2, c2)
+}
+
 #[test]
 fn a_single_node_deployment_is_drained_onto_a_new_node() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut c1 = config(dir.path(), 1);
-    c1.node.raft_listen = free_port("127.0.0.1");
-    let n1 = rt.block_on(missive_server::start(c1.clone())).unwrap();
-    let mut c2 = config(dir.path(), 2);
-    c2.node.raft_listen = free_port("127.0.0.2");
-    c2.node.join = true;
-    c2.node.peers = [(1, c1.node.raft_listen.to_string())].into();
-    let n2 = rt.block_on(missive_server::start(c2.clone())).unwrap();
+    let (n1, n2, c2) = rt.block_on(founder_and_joiner(dir.path()));
     let url1 = format!("http://{}", n1.addr());
     let url2 = format!("http://{}", n2.addr());
 
@@ -187,14 +200,7 @@ fn a_single_node_deployment_is_drained_onto_a_new_node() {
 fn a_joined_node_gets_its_share_of_replicas_from_rebalance() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut c1 = config(dir.path(), 1);
-    c1.node.raft_listen = free_port("127.0.0.1");
-    let n1 = rt.block_on(missive_server::start(c1.clone())).unwrap();
-    let mut c2 = config(dir.path(), 2);
-    c2.node.raft_listen = free_port("127.0.0.2");
-    c2.node.join = true;
-    c2.node.peers = [(1, c1.node.raft_listen.to_string())].into();
-    let n2 = rt.block_on(missive_server::start(c2.clone())).unwrap();
+    let (n1, n2, _) = rt.block_on(founder_and_joiner(dir.path()));
     let url1 = format!("http://{}", n1.addr());
 
     // Node 1 holds all four groups, node 2 none: two move.
