@@ -148,6 +148,41 @@ fn file_crc(path: &Path) -> anyhow::Result<(u32, u64)> {
     Ok((h.finalize(), len))
 }
 
+/// How long one shard's copy is retried while its replicas answer 503
+/// (an election, a node away).
+const SHARD_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A failure worth another try: the server answered 503.
+#[derive(Debug)]
+struct Unavailable(String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// [`backup_shard`], started again (the file rewritten) while the server
+/// answers 503, for up to [`SHARD_RETRY`].
+async fn backup_shard_retrying(
+    t: &Target,
+    phase: u64,
+    shard: u64,
+    path: &Path,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + SHARD_RETRY;
+    loop {
+        match backup_shard(t, phase, shard, path).await {
+            Err(e) if e.is::<Unavailable>() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Streams one phase of one shard into `path`; answers its manifest entry.
 async fn backup_shard(t: &Target, phase: u64, shard: u64, path: &Path) -> anyhow::Result<Value> {
     let url = format!(
@@ -163,11 +198,15 @@ async fn backup_shard(t: &Target, phase: u64, shard: u64, path: &Path) -> anyhow
     let status = resp.status();
     if !status.is_success() {
         let v: Value = resp.json().await.unwrap_or(Value::Null);
-        bail!(
+        let why = format!(
             "{url}: {status}: {} ({})",
             v["error"]["message"].as_str().unwrap_or("no message"),
             v["error"]["code"].as_str().unwrap_or("no code")
         );
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return Err(Unavailable(why).into());
+        }
+        bail!(why);
     }
     let header = |name: &str| {
         resp.headers()
@@ -252,7 +291,8 @@ pub fn backup(t: &Target, out: &Path) -> anyhow::Result<Output> {
         for s in &data_shards {
             let shard = s["shard"].as_u64().unwrap_or_default();
             let file = format!("p{phase}-shard-{shard:04}.msnp");
-            let mut entry = rt.block_on(backup_shard(t, phase, shard, &out.join(&file)))?;
+            let mut entry =
+                rt.block_on(backup_shard_retrying(t, phase, shard, &out.join(&file)))?;
             entry["slots"] = s["slots"].clone();
             text.push_str(&format!(
                 "phase {phase} shard {shard:>3}  {} pairs in {} chunks ({} bytes) at index {}, served by node {}\n",
