@@ -144,8 +144,10 @@ impl Tx {
     /// or in bytes) closes the session.
     async fn send(&self, f: ServerFrame) -> bool {
         // An ended session renders nothing more: its sync and live tasks
-        // notice the end only at their next send.
-        if self.close.borrow().is_some() {
+        // notice the end only at their next send. The writer closes the
+        // queue when it gives up on its own (a stalled socket), before it
+        // spends up to two seconds on the close handshake.
+        if self.close.borrow().is_some() || self.frames.is_closed() {
             return false;
         }
         let text = match render(&f, &self.state.service.metrics) {
@@ -284,6 +286,9 @@ pub async fn run<S, E>(
                 }
             }
         };
+        // Nothing more is queued (or rendered) for a socket we are leaving;
+        // frames already queued give their budget back as they are dropped.
+        frames_rx.close();
         if reason.0 == close::SLOW_CONSUMER {
             wmetrics.slow_consumers.inc();
         }
