@@ -94,6 +94,7 @@ fn kind_name(k: RecordKind) -> &'static str {
         RecordKind::Purge => "purge",
         RecordKind::Checkpoint => "checkpoint",
         RecordKind::Seal => "seal",
+        RecordKind::Reset => "reset",
     }
 }
 

@@ -334,3 +334,49 @@ fn completion_is_a_future() {
     let a = log.append(StreamId(1), &[b"x"]).unwrap();
     common::block_on(a.durable).unwrap();
 }
+
+#[test]
+fn reset_forgets_a_stream_and_frees_its_segments() {
+    each_backend(|b| {
+        let dir = b.dir();
+        let opts = LogOptions {
+            segment_size: 4096,
+            ..LogOptions::default()
+        };
+        {
+            let log = b.open(&dir, opts.clone());
+            log.set_meta(StreamId(1), b"vote", b"7").unwrap();
+            for i in 0..400u32 {
+                log.append(StreamId(1), &[vec![i as u8; 100]]).unwrap();
+            }
+            log.purge_upto(StreamId(1), 10).unwrap();
+            log.append(StreamId(2), &[b"other"]).unwrap();
+            log.set_meta(StreamId(2), b"vote", b"9").unwrap();
+            let before = log.segment_seqs().len();
+            assert!(before > 5, "expected several segments, got {before}");
+            log.reset(StreamId(1)).unwrap();
+            // Forgotten at once: no entries, no purge point, no meta.
+            let bounds = log.bounds(StreamId(1));
+            assert_eq!((bounds.first, bounds.last), (1, 0));
+            assert_eq!(log.meta(StreamId(1), b"vote"), None);
+            assert!(log.get(StreamId(1), 200).unwrap().is_none());
+            // Only stream 2's entry in the first segment keeps anything.
+            log.purge_upto(StreamId(2), 1).unwrap();
+            let after = log.segment_seqs().len();
+            assert!(after < before, "reset freed no segment: {before} → {after}");
+            // The stream starts over at 1.
+            assert_eq!(log.append(StreamId(1), &[b"again"]).unwrap().first, 1);
+        }
+        // And so it is after a restart; the other stream is untouched.
+        let log = b.open(&dir, opts);
+        let bounds = log.bounds(StreamId(1));
+        assert_eq!((bounds.first, bounds.last), (1, 1));
+        assert_eq!(
+            log.get(StreamId(1), 1).unwrap().as_deref(),
+            Some(&b"again"[..])
+        );
+        assert_eq!(log.meta(StreamId(1), b"vote"), None);
+        assert_eq!(log.meta(StreamId(2), b"vote").as_deref(), Some(&b"9"[..]));
+        assert_eq!(log.append(StreamId(2), &[b"next"]).unwrap().first, 2);
+    });
+}

@@ -10,7 +10,8 @@
 //! ```text
 //! offset size field
 //!      0    8 magic            b"MSVLOG\r\n"
-//!      8    2 format version   u16 LE, currently 1
+//!      8    2 format version   u16 LE, currently 2 (1 is read too: it
+//!                                lacks only the Reset record)
 //!     10    2 reserved         zero
 //!     12    8 segment sequence u64 LE, equal to the number in the file name
 //!     20    8 reserved         zero
@@ -40,6 +41,7 @@
 //! | 5    | Purge       | drop entries ≤ index   | empty                                     |
 //! | 6    | Checkpoint  | purged index           | count u32 LE, then count × (key_len u16 LE, key, val_len u32 LE, val) |
 //! | 7    | Seal        | this record's offset   | empty; stream is 0                        |
+//! | 8    | Reset       | 0                      | empty: forget the stream (entries, purge point, meta) |
 //!
 //! A header of all zeros (kind 0) marks the end of the written data.
 
@@ -47,8 +49,12 @@ use crate::log::StreamId;
 
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"MSVLOG\r\n";
-/// The segment format version this build reads and writes.
-pub const SEGMENT_VERSION: u16 = 1;
+/// The segment format version this build writes. Version 2 added the
+/// Reset record: a build that reads only version 1 refuses a newer
+/// segment with a clear error instead of taking a Reset for a torn tail.
+pub const SEGMENT_VERSION: u16 = 2;
+/// The oldest segment format version this build reads.
+pub const SEGMENT_VERSION_MIN: u16 = 1;
 /// Size of the segment header in bytes.
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Size of a record header in bytes.
@@ -84,6 +90,11 @@ pub enum RecordKind {
     Checkpoint = 6,
     /// The end of a segment that has been rolled over.
     Seal = 7,
+    /// Forget everything about the stream written before: its entries,
+    /// purge point and meta (a Raft group's replica wiped to start over).
+    /// Like a Truncate it needs no carrying forward: segments go oldest
+    /// first, so once its segment is gone so is all it undid.
+    Reset = 8,
 }
 
 impl RecordKind {
@@ -96,6 +107,7 @@ impl RecordKind {
             5 => RecordKind::Purge,
             6 => RecordKind::Checkpoint,
             7 => RecordKind::Seal,
+            8 => RecordKind::Reset,
             _ => return None,
         })
     }
@@ -135,7 +147,7 @@ pub fn check_segment_header(bytes: &[u8], expect_seq: u64) -> Result<(), HeaderE
         return Err(HeaderError::Damaged("segment header checksum mismatch"));
     }
     let version = u16::from_le_bytes([h[8], h[9]]);
-    if version != SEGMENT_VERSION {
+    if !(SEGMENT_VERSION_MIN..=SEGMENT_VERSION).contains(&version) {
         return Err(HeaderError::Version(version));
     }
     let seq = le_u64(&h[12..20]);
@@ -405,6 +417,19 @@ mod tests {
             check_segment_header(&bad, 9),
             Err(HeaderError::Damaged(_))
         ));
+        // Version 1 segments (before Reset) still read; a future one not.
+        let with_version = |v: u16| {
+            let mut h = h;
+            h[8..10].copy_from_slice(&v.to_le_bytes());
+            let crc = crc32fast::hash(&h[0..28]);
+            h[28..32].copy_from_slice(&crc.to_le_bytes());
+            h
+        };
+        assert_eq!(check_segment_header(&with_version(1), 9), Ok(()));
+        assert_eq!(
+            check_segment_header(&with_version(3), 9),
+            Err(HeaderError::Version(3))
+        );
     }
 
     #[test]

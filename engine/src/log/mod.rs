@@ -564,6 +564,26 @@ impl Log {
         Ok(self.completion(lsn))
     }
 
+    /// Forgets `stream`: its entries, purge point and meta values are gone
+    /// and its next append gets index 1, as for a stream never written.
+    /// For a Raft replica wiped to start over from a snapshot. Durable
+    /// and ordered with the records around it on return; the segments
+    /// only this stream kept alive are deleted in the background.
+    pub fn reset(&self, stream: StreamId) -> Result<()> {
+        self.submit_reset(stream)?.wait()
+    }
+
+    /// [`Log::reset`] without the wait: [`Log::bounds`] and [`Log::meta`]
+    /// reflect it on return; it is durable when the completion fires.
+    pub fn submit_reset(&self, stream: StreamId) -> Result<Durable> {
+        let ((), lsn) = self.enqueue(true, |q| {
+            *q.tail(stream) = Tail { next: 1, purged: 0 };
+            q.push(RecordKind::Reset, stream, 0, &[]);
+            Ok(())
+        })?;
+        Ok(self.completion(lsn))
+    }
+
     /// Makes everything appended so far durable now (under any policy but
     /// `Never`).
     pub fn sync(&self) -> Result<()> {

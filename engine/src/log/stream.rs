@@ -168,6 +168,7 @@ impl Streams {
                     );
                 }
             }
+            RecordKind::Reset => *s = StreamState::default(),
             RecordKind::Seal => {}
         }
         Ok(())

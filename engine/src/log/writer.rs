@@ -63,7 +63,10 @@ impl WriterState {
             let mut streams = shared.streams_mut();
             let mut at = 0;
             while let Some(rec) = chunk.get(at..).and_then(peek_own_record) {
-                gc_hint |= matches!(rec.kind, RecordKind::Purge | RecordKind::Truncate);
+                gc_hint |= matches!(
+                    rec.kind,
+                    RecordKind::Purge | RecordKind::Truncate | RecordKind::Reset
+                );
                 streams
                     .apply(&rec, self.segment.seq, self.offset + at as u64)
                     .map_err(|reason| {
