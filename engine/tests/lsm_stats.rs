@@ -112,3 +112,39 @@ fn a_failing_flush_barrier_records_no_log_position() {
     assert_eq!(lsm.flushed_positions().get(&StreamId(1)), Some(&42));
     assert_eq!(lsm.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+#[test]
+fn a_forgotten_position_stays_forgotten_and_restarts_lower() {
+    use missive_engine::log::StreamId;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = || LsmOptions {
+        background: false,
+        ..LsmOptions::default()
+    };
+    let lsm = Lsm::open(tmp.path(), opts()).unwrap();
+    let mut b = WriteBatch::new();
+    b.put(b"a", b"1");
+    lsm.apply(&b, Some((StreamId(3), 500))).unwrap();
+    lsm.apply(&b, Some((StreamId(4), 9))).unwrap();
+    lsm.flush().unwrap();
+    // Noted in a memtable but not yet flushed: forgotten as well.
+    lsm.apply(&b, Some((StreamId(3), 501))).unwrap();
+    lsm.forget_position(StreamId(3)).unwrap();
+    assert_eq!(lsm.flushed_positions().get(&StreamId(3)), None);
+    lsm.flush().unwrap();
+    assert_eq!(lsm.flushed_positions().get(&StreamId(3)), None);
+    // The stream starts over lower; other streams keep theirs.
+    lsm.apply(&b, Some((StreamId(3), 2))).unwrap();
+    lsm.flush().unwrap();
+    assert_eq!(lsm.flushed_positions().get(&StreamId(3)), Some(&2));
+    drop(lsm);
+    let lsm = Lsm::open(tmp.path(), opts()).unwrap();
+    assert_eq!(lsm.flushed_positions().get(&StreamId(3)), Some(&2));
+    assert_eq!(lsm.flushed_positions().get(&StreamId(4)), Some(&9));
+    // Forgotten with nothing after it, across a restart too.
+    lsm.forget_position(StreamId(4)).unwrap();
+    drop(lsm);
+    let lsm = Lsm::open(tmp.path(), opts()).unwrap();
+    assert_eq!(lsm.flushed_positions().get(&StreamId(4)), None);
+}

@@ -11,7 +11,7 @@
 //! a torn tail of the previous one is left behind with it. While running,
 //! a manifest that grows past a bound is rewritten the same way.
 //!
-//! ## Format (version 1)
+//! ## Format (version 2; version 1, without tag 6, is read too)
 //!
 //! ```text
 //! header:  magic b"MSVMANIF" ‖ version u16 LE ‖ reserved u16 ‖ crc32 u32 LE (of the 12 bytes before)
@@ -23,6 +23,8 @@
 //!   3 next table id u64
 //!   4 last seq      u64
 //!   5 flushed       stream u64, index u64
+//!   6 forget flushed stream u64: the stream has no flushed position (its
+//!                 log was reset); applied before any tag 5 of the same edit
 //! ```
 //!
 //! Integers little-endian. A record is applied whole or not at all. On load,
@@ -42,7 +44,9 @@ use crate::lsm::table::TableId;
 use crate::lsm::version::FileMeta;
 
 const MAGIC: [u8; 8] = *b"MSVMANIF";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
+/// The oldest manifest version this build reads.
+const VERSION_MIN: u16 = 1;
 const HEADER_LEN: usize = 16;
 /// Rewrite the manifest once it grows past this.
 pub(crate) const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -55,6 +59,9 @@ pub(crate) struct Edit {
     pub next_table_id: Option<u64>,
     pub last_seq: Option<u64>,
     pub flushed: Vec<(StreamId, u64)>,
+    /// Streams whose flushed position is dropped (applied before
+    /// `flushed`).
+    pub forgotten: Vec<StreamId>,
 }
 
 /// The state a manifest describes.
@@ -80,6 +87,9 @@ impl ManifestState {
         if let Some(s) = e.last_seq {
             self.last_seq = self.last_seq.max(s);
         }
+        for s in &e.forgotten {
+            self.flushed.remove(s);
+        }
         for (s, i) in &e.flushed {
             let v = self.flushed.entry(*s).or_insert(0);
             *v = (*v).max(*i);
@@ -96,6 +106,7 @@ impl ManifestState {
             next_table_id: Some(self.next_table_id),
             last_seq: Some(self.last_seq),
             flushed,
+            forgotten: Vec::new(),
         }
     }
 }
@@ -131,6 +142,10 @@ impl Edit {
         if let Some(n) = self.last_seq {
             o.push(4);
             o.extend_from_slice(&n.to_le_bytes());
+        }
+        for s in &self.forgotten {
+            o.push(6);
+            o.extend_from_slice(&s.0.to_le_bytes());
         }
         for (s, i) in &self.flushed {
             o.push(5);
@@ -190,6 +205,7 @@ impl Edit {
                     let s = StreamId(u64_at(&mut p)?);
                     e.flushed.push((s, u64_at(&mut p)?));
                 }
+                6 => e.forgotten.push(StreamId(u64_at(&mut p)?)),
                 _ => return None,
             }
         }
@@ -339,7 +355,7 @@ pub(crate) fn parse_edits(path: &Path, bytes: &[u8]) -> Result<Vec<Edit>> {
         return Err(corrupt(0, "manifest header checksum mismatch"));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != VERSION {
+    if !(VERSION_MIN..=VERSION).contains(&version) {
         return Err(Error::UnsupportedVersion {
             file: path.to_path_buf(),
             found: u32::from(version),
@@ -401,6 +417,7 @@ mod tests {
             next_table_id: Some(8),
             last_seq: Some(9),
             flushed: vec![(StreamId(1), 42)],
+            forgotten: vec![StreamId(2)],
         };
         assert_eq!(Edit::decode(&e.encode()), Some(e));
     }

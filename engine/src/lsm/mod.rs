@@ -392,6 +392,7 @@ impl Inner {
             next_table_id: Some(m.1.next_table_id),
             last_seq,
             flushed,
+            forgotten: Vec::new(),
         };
         m.0.append(&edit)?;
         m.1.apply(&edit);
@@ -634,6 +635,31 @@ impl Lsm {
         })();
         self.inner.flush_waiters.fetch_sub(1, Ordering::AcqRel);
         r
+    }
+
+    /// Drops what the store knows of how far `stream` is flushed, in its
+    /// memtables and durably in the manifest: for an owner that reset the
+    /// stream (`Log::reset`) and will number its entries from 1 again, so
+    /// that the old, higher position is not taken for the new entries'.
+    /// The owner must have stopped writing with positions in that stream
+    /// and flushed what it wrote before ([`Lsm::flush`]).
+    pub fn forget_position(&self, stream: StreamId) -> Result<()> {
+        {
+            let _w = lock(&self.inner.write_lock);
+            let mems = self.inner.mem();
+            mems.active.forget_position(stream);
+            for m in &mems.immutables {
+                m.forget_position(stream);
+            }
+        }
+        let mut m = lock(&self.inner.manifest);
+        let edit = Edit {
+            forgotten: vec![stream],
+            ..Edit::default()
+        };
+        m.0.append(&edit)?;
+        m.1.apply(&edit);
+        Ok(())
     }
 
     /// Runs one compaction if the picker finds one; returns whether it did.

@@ -103,6 +103,14 @@ impl Memtable {
         *e = (*e).max(index);
     }
 
+    /// Forgets the position noted for `stream` (see `Lsm::forget_position`).
+    pub fn forget_position(&self, stream: StreamId) {
+        self.positions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&stream);
+    }
+
     pub fn positions(&self) -> HashMap<StreamId, u64> {
         self.positions
             .lock()
