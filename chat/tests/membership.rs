@@ -164,6 +164,58 @@ async fn a_replica_moves_off_its_leader_to_a_new_node_under_load_and_loses_nothi
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The removed replica's data leaves the node: wiped from its LSM (and
+    // its log), gone from its table files after a compaction — while a
+    // replica that holds the shard still has the conversation's messages
+    // in its files (so the search below can find what it looks for).
+    {
+        let nodes = shared.read().await;
+        let old = nodes[leader as usize - 1].as_ref().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while old.group_stats(shard).unwrap().wipes == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the removed replica was not wiped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ranges = old.slots().key_ranges(shard);
+        for (lo, hi) in &ranges {
+            let left = old
+                .lsm()
+                .scan(
+                    lo,
+                    hi.as_deref(),
+                    missive_engine::lsm::Direction::Forward,
+                    10,
+                )
+                .unwrap();
+            assert!(left.is_empty(), "the wiped replica still reads {left:?}");
+        }
+        let bounds = old.log().bounds(shard.stream());
+        assert_eq!(
+            bounds.last, 0,
+            "the wiped replica's log still has {bounds:?}"
+        );
+        let needle = missive_engine::keys::conversation_prefix(conv);
+        let files = |id: NodeId| {
+            dir.path()
+                .join(format!("node{id}"))
+                .join("lsm")
+                .join("tables")
+        };
+        old.lsm().compact_full().unwrap();
+        let found = missive_engine::residue::search(&files(leader), &needle).unwrap();
+        assert!(
+            found.found.is_empty(),
+            "left in the tables: {:?}",
+            found.found
+        );
+        let four = nodes[3].as_ref().unwrap();
+        four.lsm().flush().unwrap();
+        let held = missive_engine::residue::search(&files(4), &needle).unwrap();
+        assert!(!held.found.is_empty(), "a replica's tables hold no message");
+    }
     // The retired replica does not campaign: its term stays put while the
     // others elect and lead (it would rise every 0.5–1 s otherwise).
     {

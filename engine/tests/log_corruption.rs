@@ -209,15 +209,15 @@ fn damaged_segment_header_and_unknown_version() {
         let reason = expect_corruption(tmp.path(), io, &seg, 0);
         assert!(reason.contains("magic"), "{reason}");
 
-        let mut v2 = good.clone();
-        v2[8] = 2; // version 2, checksum recomputed: a newer build's file
-        let crc = crc32fast::hash(&v2[0..28]);
-        v2[28..32].copy_from_slice(&crc.to_le_bytes());
-        std::fs::write(&seg, &v2).unwrap();
+        let mut v3 = good.clone();
+        v3[8] = 3; // version 3, checksum recomputed: a newer build's file
+        let crc = crc32fast::hash(&v3[0..28]);
+        v3[28..32].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&seg, &v3).unwrap();
         match Log::open(tmp.path(), opts(io, 1 << 20)) {
             Err(Error::UnsupportedVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 file,
             }) => assert_eq!(file, seg),
             other => panic!("expected UnsupportedVersion, got {other:?}"),

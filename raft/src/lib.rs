@@ -43,6 +43,8 @@
 //!   checkpoint entry, a pinned view on each, their checksums).
 //! - `scrub` — making what the replicas no longer hold leave this node's
 //!   disk: snapshot, purge, roll the log, compact (erasure).
+//! - `group` — opening a group's Raft on the node's storage (at start, and
+//!   again for a replica wiped after its removal).
 //! - `shared` — the state every path of a running node shares.
 //! - `node` — the façade: [`node::Node`]'s start, API and shutdown.
 
@@ -50,6 +52,7 @@ pub mod app;
 pub mod backup;
 pub mod cluster;
 pub mod error;
+mod group;
 pub mod ids;
 pub mod node;
 mod read;

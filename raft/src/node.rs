@@ -42,13 +42,14 @@ use crate::cluster::locations::Locations;
 use crate::cluster::placement::{Change, Placement};
 use crate::cluster::retired::Retired;
 use crate::cluster::slots::SlotMap;
+use crate::cluster::wipe;
 use crate::error::{Error, Result};
+use crate::group::{GroupOpener, GROUP_START_WAIT};
 use crate::ids::{NodeAddr, NodeId, ShardId};
-use crate::shared::{Group, GroupCounters, Shared};
-use crate::storage::log_store::LogStore;
+use crate::shared::{Group, GroupCounters, RaftCell, Shared};
 use crate::storage::snapshot_receive::SnapshotReceiver;
-use crate::storage::state_machine::{ApplyHooks, StateMachine};
-use crate::transport::client::{NetworkFactory, Peers};
+use crate::storage::state_machine::ApplyHooks;
+use crate::transport::client::Peers;
 use crate::transport::server::{self, Dispatch};
 use crate::transport::{ReadOp, ReadResult, Rpc};
 use crate::types::Raft;
@@ -216,53 +217,45 @@ impl<A: App> Node<A> {
         let mut groups = BTreeMap::new();
         let mut tasks = Vec::new();
         let hooks = Arc::new(ApplyHooks::new());
+        let opener = GroupOpener {
+            id: cfg.id,
+            config: raft_config,
+            app: Arc::clone(&app),
+            log: Arc::clone(&log),
+            lsm: Arc::clone(&lsm),
+            snapshot_dir: snapshot_dir.clone(),
+            hooks: Arc::clone(&hooks),
+            peers: Arc::clone(&peers),
+        };
         for shard in slots.groups() {
-            let store =
-                LogStore::new(Arc::clone(&log), shard).with_durable_horizon(Arc::clone(&lsm));
-            let unconfirmed = store
-                .tail_unconfirmed()
-                .map_err(|e| Error::Fatal(format!("{shard}: reading its log: {e}")))?;
-            let sm = StateMachine::open(
-                Arc::clone(&app),
-                Arc::clone(&lsm),
-                &slots,
-                shard,
-                snapshot_dir.clone(),
-                Arc::clone(&hooks),
-            )?;
-            let net = NetworkFactory::new(Arc::clone(&peers), shard);
-            let raft = Raft::new(cfg.id, Arc::clone(&raft_config), net, store, sm)
-                .await
-                .map_err(|e| Error::Fatal(format!("{shard}: {e}")))?;
+            // A replica removed while this node was down, or whose wipe a
+            // crash interrupted, starts over empty (`cluster::wipe`).
             if retired.contains(shard) {
-                raft.runtime_config().elect(false);
+                let (log, lsm, ranges) =
+                    (Arc::clone(&log), Arc::clone(&lsm), slots.key_ranges(shard));
+                tokio::task::spawn_blocking(move || wipe::wipe_storage(&log, &lsm, shard, &ranges))
+                    .await
+                    .map_err(|e| Error::Fatal(format!("wiping {shard}: {e}")))??;
+                retired.revive(shard)?;
             }
-            // Until the group's core has loaded its vote and configuration
-            // and reported them, its metrics are openraft's defaults (term
-            // 0, no members) — and routing reads the configuration there
-            // (`cluster::locate`): a node just started would think it hosts
-            // nothing and route its own shards away.
-            let mut metrics = raft.metrics();
-            if !metrics.has_changed().unwrap_or(true) {
-                let _ = tokio::time::timeout(GROUP_START_WAIT, metrics.changed()).await;
-            }
+            let seen = Arc::new(GroupCounters::default());
+            let opened = opener.open(&slots, shard, true, &seen).await?;
+            let cell = Arc::new(RaftCell::new(opened.raft));
             let (tx, clients) = mpsc::channel(4 * cfg.max_batch.max(1));
             let (system_tx, system) = mpsc::channel(4 * cfg.max_batch.max(1));
             tasks.push(tokio::spawn(batcher::run(
-                raft.clone(),
+                Arc::clone(&cell),
                 shard,
                 batcher::Lanes { system, clients },
                 cfg.max_batch.max(1),
             )));
-            let seen = Arc::new(GroupCounters::default());
-            tokio::spawn(count_events(raft.metrics(), Arc::clone(&seen)));
             groups.insert(
                 shard,
                 Group {
-                    raft,
+                    cell,
                     batcher: tx,
                     system: system_tx,
-                    stale_ok: AtomicBool::new(!unconfirmed),
+                    stale_ok: AtomicBool::new(!opened.unconfirmed),
                     seen,
                 },
             );
@@ -284,6 +277,9 @@ impl<A: App> Node<A> {
             signals: broadcast::channel(SIGNAL_BUFFER).0,
             handovers: std::sync::atomic::AtomicU64::new(0),
             backups: crate::backup::Sessions::default(),
+            opener,
+            wiping: tokio::sync::Mutex::new(()),
+            stopping: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
         tasks.push(tokio::spawn(directory::run(
@@ -329,11 +325,11 @@ impl<A: App> Node<A> {
     }
 
     /// The shard's Raft handle (metrics, membership changes).
-    pub fn raft(&self, shard: ShardId) -> Result<&Raft<A>> {
+    pub fn raft(&self, shard: ShardId) -> Result<Raft<A>> {
         self.inner
             .groups
             .get(&shard)
-            .map(|g| &g.raft)
+            .map(|g| g.raft())
             .ok_or(Error::NoSuchShard(shard))
     }
 
@@ -381,7 +377,7 @@ impl<A: App> Node<A> {
                 crate::cluster::balance::preferred_leader(*shard, picked.keys().copied())
                     .unwrap_or(self.inner.id);
             if designated != self.inner.id {
-                let raft = g.raft.clone();
+                let raft = g.raft();
                 let shard = *shard;
                 tokio::spawn(async move {
                     tokio::time::sleep(BOOTSTRAP_FALLBACK).await;
@@ -401,14 +397,14 @@ impl<A: App> Node<A> {
             // every normal start. A race with a peer's first vote can still
             // get that refusal; it is harmless and ignored below.
             let formed = g
-                .raft
+                .raft()
                 .is_initialized()
                 .await
                 .map_err(|e| Error::Fatal(format!("{shard}: initialize: {e}")))?;
             let initialized = if formed {
                 Ok(())
             } else {
-                g.raft.initialize(picked).await
+                g.raft().initialize(picked).await
             };
             match initialized {
                 Ok(()) => {}
@@ -418,7 +414,7 @@ impl<A: App> Node<A> {
             // initialize() may answer before the metrics (which routing
             // reads) show the new configuration.
             let me = self.inner.id;
-            g.raft
+            g.raft()
                 .wait(Some(GROUP_START_WAIT))
                 .metrics(
                     |m| m.membership_config.membership().get_node(&me).is_some(),
@@ -623,7 +619,7 @@ impl<A: App> Node<A> {
     /// started (None: not a group of this node).
     pub fn group_stats(&self, shard: ShardId) -> Option<GroupStats> {
         let g = self.inner.groups.get(&shard)?;
-        let m = g.raft.metrics().borrow().clone();
+        let m = g.raft().metrics().borrow().clone();
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         Some(GroupStats {
             term: m.current_term,
@@ -632,6 +628,7 @@ impl<A: App> Node<A> {
             elections: n(&g.seen.elections),
             leader_changes: n(&g.seen.leader_changes),
             snapshots: n(&g.seen.snapshots),
+            wipes: n(&g.seen.wipes),
         })
     }
 
@@ -704,8 +701,13 @@ impl<A: App> Node<A> {
     /// them failed with `Locked`.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
+        {
+            // A wipe under way finishes first; none starts after this.
+            let _wiping = self.inner.wiping.lock().await;
+            self.inner.stopping.store(true, Ordering::SeqCst);
+        }
         for g in self.inner.groups.values() {
-            let _ = g.raft.shutdown().await;
+            let _ = g.raft().shutdown().await;
         }
         for t in &self.tasks {
             t.abort();
@@ -722,9 +724,12 @@ impl<A: App> Node<A> {
             groups,
             hooks,
             backups,
+            opener,
             ..
         } = inner;
         drop(groups);
+        // It holds the log and the LSM (and the hooks) to reopen groups.
+        drop(opener);
         // Pinned views (backup streams, verification checkpoints) hold the
         // LSM; the rest of `inner` would only drop at the end of this call.
         drop(backups);
@@ -757,9 +762,6 @@ impl<A: App> Node<A> {
 /// Signals buffered per subscriber before it is told it lagged.
 const SIGNAL_BUFFER: usize = 4096;
 
-/// How long a group's core may take to load its state and report it.
-const GROUP_START_WAIT: Duration = Duration::from_secs(10);
-
 /// One group's Raft state on this node and what the node saw of it
 /// (`Node::group_stats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -776,34 +778,9 @@ pub struct GroupStats {
     pub leader_changes: u64,
     /// Snapshots built or installed here since this node started.
     pub snapshots: u64,
-}
-
-/// Counts a group's terms, leader changes and snapshots from its metrics
-/// until the group stops (its metrics channel closes).
-async fn count_events(
-    mut m: watch::Receiver<openraft::RaftMetrics<NodeId, NodeAddr>>,
-    seen: Arc<GroupCounters>,
-) {
-    let (mut term, mut leader, mut snapshot) = {
-        let now = m.borrow_and_update();
-        (now.current_term, now.current_leader, now.snapshot)
-    };
-    while m.changed().await.is_ok() {
-        let now = m.borrow_and_update();
-        if now.current_term > term {
-            seen.elections
-                .fetch_add(now.current_term - term, Ordering::Relaxed);
-            term = now.current_term;
-        }
-        if now.current_leader != leader {
-            seen.leader_changes.fetch_add(1, Ordering::Relaxed);
-            leader = now.current_leader;
-        }
-        if now.snapshot != snapshot {
-            seen.snapshots.fetch_add(1, Ordering::Relaxed);
-            snapshot = now.snapshot;
-        }
-    }
+    /// Times this node's replica was wiped after its removal, since this
+    /// node started (`cluster::wipe`).
+    pub wipes: u64,
 }
 
 /// How long a replica waits for a group's first replica to form it at

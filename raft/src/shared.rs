@@ -29,10 +29,39 @@ use crate::transport::client::Peers;
 use crate::types::Raft;
 use crate::write::batcher::Pending;
 
+/// A group's current Raft handle. It is replaced once in a replica's life
+/// at most: when the replica is removed from this node, its storage is
+/// wiped and a fresh, empty Raft takes its place (`cluster::wipe`). Every
+/// path asks for the handle each time it needs one, never keeps it.
+pub(crate) struct RaftCell<A: App>(std::sync::RwLock<Raft<A>>);
+
+impl<A: App> RaftCell<A> {
+    /// A cell holding `raft`.
+    pub(crate) fn new(raft: Raft<A>) -> Self {
+        RaftCell(std::sync::RwLock::new(raft))
+    }
+
+    /// The current handle (a cheap clone).
+    pub(crate) fn get(&self) -> Raft<A> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `raft` in place of the current handle.
+    pub(crate) fn replace(&self, raft: Raft<A>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = raft;
+    }
+}
+
 /// One shard's group on this node.
 pub(crate) struct Group<A: App> {
-    /// Its Raft handle.
-    pub(crate) raft: Raft<A>,
+    /// Its Raft handle (see [`RaftCell`]; the batcher shares it).
+    pub(crate) cell: Arc<RaftCell<A>>,
     /// The batcher's lane for clients' writes.
     pub(crate) batcher: mpsc::Sender<Pending<A>>,
     /// The batcher's lane for the node's own writes (served first).
@@ -58,6 +87,16 @@ pub(crate) struct GroupCounters {
     pub(crate) leader_changes: std::sync::atomic::AtomicU64,
     /// Snapshots built or installed here.
     pub(crate) snapshots: std::sync::atomic::AtomicU64,
+    /// Times this node's replica was wiped after its removal
+    /// (`cluster::wipe`).
+    pub(crate) wipes: std::sync::atomic::AtomicU64,
+}
+
+impl<A: App> Group<A> {
+    /// The group's current Raft handle.
+    pub(crate) fn raft(&self) -> Raft<A> {
+        self.cell.get()
+    }
 }
 
 /// A running node's shared state. See the [module documentation](self).
@@ -95,6 +134,14 @@ pub(crate) struct Shared<A: App> {
     pub(crate) handovers: std::sync::atomic::AtomicU64,
     /// The backup streams this node serves (see `backup`).
     pub(crate) backups: crate::backup::Sessions,
+    /// What opening a group needs (a wiped replica's group is reopened).
+    pub(crate) opener: crate::group::GroupOpener<A>,
+    /// Held by a wipe from start to end (`cluster::wipe`), and by shutdown
+    /// while it marks the node stopping: wipes run one at a time, never
+    /// during or after shutdown.
+    pub(crate) wiping: tokio::sync::Mutex<()>,
+    /// Set by shutdown: no group is reopened after it.
+    pub(crate) stopping: AtomicBool,
 }
 
 impl<A: App> Shared<A> {
@@ -107,7 +154,7 @@ impl<A: App> Shared<A> {
     pub(crate) fn leads(&self, shard: ShardId) -> bool {
         self.groups
             .get(&shard)
-            .is_some_and(|g| g.raft.metrics().borrow().current_leader == Some(self.id))
+            .is_some_and(|g| g.raft().metrics().borrow().current_leader == Some(self.id))
     }
 
     /// Whether this node replicates `shard` now: its group's configuration
@@ -117,7 +164,7 @@ impl<A: App> Shared<A> {
             return false;
         };
         let named = g
-            .raft
+            .raft()
             .metrics()
             .borrow()
             .membership_config
@@ -133,7 +180,7 @@ impl<A: App> Shared<A> {
     pub(crate) fn votes_in(&self, shard: ShardId) -> bool {
         self.hosts(shard)
             && self.groups.get(&shard).is_some_and(|g| {
-                g.raft
+                g.raft()
                     .metrics()
                     .borrow()
                     .membership_config

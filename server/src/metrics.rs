@@ -465,7 +465,7 @@ impl Collector for NodeView {
                 ConstGauge::new(f(g) as i64).encode(m.encode_family(&labels)?)?;
             }
         }
-        let per_group: [GroupMetric; 3] = [
+        let per_group: [GroupMetric; 4] = [
             (
                 "shard_elections",
                 "Terms begun in the group (elections, won or not) since this node started",
@@ -480,6 +480,11 @@ impl Collector for NodeView {
                 "shard_snapshots",
                 "Snapshots of the group built or installed here since this node started",
                 |g| g.snapshots,
+            ),
+            (
+                "shard_replica_wipes",
+                "Times this node's replica of the group was wiped after its removal, since this node started",
+                |g| g.wipes,
             ),
         ];
         for (name, help, f) in per_group {

@@ -107,7 +107,7 @@ fn next_hand_over<A: App>(
         if last.get(shard).is_some_and(|t| t.elapsed() < AGAIN_AFTER) {
             continue;
         }
-        let m = g.raft.metrics().borrow().clone();
+        let m = g.raft().metrics().borrow().clone();
         if m.current_leader != Some(inner.id) {
             continue;
         }

@@ -242,7 +242,7 @@ impl<A: App> Shared<A> {
                 continue;
             }
             let Ok(g) = self.group(shard) else { continue };
-            let p = membership::placement(&g.raft, shard);
+            let p = membership::placement(&g.raft(), shard);
             let entry = ShardEntry::from(&p);
             // (The bootstrap configuration is at log index 0: no voters
             // means the group has not loaded one, not index 0.)
@@ -269,7 +269,7 @@ impl<A: App> Shared<A> {
     /// replicas the map names confirms it from its own configuration (the
     /// map is only a hint). A replica wrongly retired would be revived by
     /// its leader's next AppendEntries.
-    async fn retire_if_removed(&self, map: &ClusterMap) {
+    async fn retire_if_removed(self: &Arc<Self>, map: &ClusterMap) {
         for shard in self.groups.keys().copied() {
             let Some(entry) = map.shards.get(&shard) else {
                 continue;
@@ -280,7 +280,7 @@ impl<A: App> Shared<A> {
             }
             let Ok(g) = self.group(shard) else { continue };
             let mine = g
-                .raft
+                .raft()
                 .metrics()
                 .borrow()
                 .membership_config

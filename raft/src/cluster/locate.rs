@@ -53,7 +53,7 @@ impl<A: App> Shared<A> {
             if self.retired.contains(*shard) {
                 continue;
             }
-            let m = g.raft.metrics().borrow().membership_config.clone();
+            let m = g.raft().metrics().borrow().membership_config.clone();
             for (id, n) in m.membership().nodes() {
                 out.entry(*id).or_insert_with(|| n.addr.clone());
             }
@@ -84,7 +84,7 @@ impl<A: App> Shared<A> {
     /// shard, else the cached one (`refresh`: ask again).
     pub(crate) async fn locate(&self, shard: ShardId, refresh: bool) -> Result<Placement> {
         if self.hosts(shard) {
-            return Ok(membership::placement(&self.group(shard)?.raft, shard));
+            return Ok(membership::placement(&self.group(shard)?.raft(), shard));
         }
         if !refresh {
             if let Some(p) = self.locations.placement(shard) {
@@ -150,7 +150,7 @@ impl<A: App> Shared<A> {
     /// The leader of a hosted shard, with its address, as this node knows it.
     pub(crate) fn known_leader(&self, shard: ShardId) -> Option<(NodeId, String)> {
         let g = self.group(shard).ok()?;
-        let p = membership::placement(&g.raft, shard);
+        let p = membership::placement(&g.raft(), shard);
         let l = p.leader?;
         let a = p.voters.get(&l).or(p.learners.get(&l))?.clone();
         Some((l, a))

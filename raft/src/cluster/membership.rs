@@ -249,7 +249,7 @@ impl<A: App> Shared<A> {
     ) -> Result<Placement> {
         let g = self.group(shard)?;
         if self.leads(shard) {
-            let (after, gone, removed_at) = execute(&g.raft, shard, change).await?;
+            let (after, gone, removed_at) = execute(&g.raft(), shard, change).await?;
             if let Some(at) = removed_at {
                 for (node, addr) in gone {
                     self.send_retire(shard, node, &addr, at).await;
@@ -300,7 +300,7 @@ impl<A: App> Shared<A> {
     /// it (it was down) campaigns, harmlessly (voters that hear from their
     /// leader ignore it), until its cluster map shows the removal and a
     /// replica confirms it (`directory`).
-    async fn send_retire(&self, shard: ShardId, node: NodeId, addr: &str, at: LogId) {
+    async fn send_retire(self: &Arc<Self>, shard: ShardId, node: NodeId, addr: &str, at: LogId) {
         if node == self.id {
             if let Err(e) = self.retire(shard, at.index) {
                 tracing::warn!(%shard, error = %e, "retiring this node's replica failed");
@@ -326,17 +326,19 @@ impl<A: App> Shared<A> {
     /// Retires this node's replica of `shard`, removed by the
     /// configuration at log index `at` — unless this node has since seen a
     /// later configuration (it was added back).
-    pub(crate) fn retire(&self, shard: ShardId, at: u64) -> Result<()> {
+    /// Its storage is then wiped in the background (`cluster::wipe`).
+    pub(crate) fn retire(self: &Arc<Self>, shard: ShardId, at: u64) -> Result<()> {
         let g = self.group(shard)?;
-        let seen = *g.raft.metrics().borrow().membership_config.log_id();
+        let seen = *g.raft().metrics().borrow().membership_config.log_id();
         if seen.is_some_and(|s| s.index > at) {
             return Ok(());
         }
-        g.raft.runtime_config().elect(false);
+        g.raft().runtime_config().elect(false);
         if self.retired.retire(shard)? {
             tracing::info!(%shard, "replica retired: elections off, reads and writes routed");
         }
         self.locations.forget(shard);
+        crate::cluster::wipe::spawn(Arc::clone(self), shard);
         Ok(())
     }
 
@@ -349,7 +351,7 @@ impl<A: App> Shared<A> {
         let Ok(g) = self.group(shard) else { return };
         match self.retired.revive(shard) {
             Ok(_) => {
-                g.raft.runtime_config().elect(true);
+                g.raft().runtime_config().elect(true);
                 tracing::info!(%shard, "replica revived: a leader replicates to it again");
             }
             Err(e) => tracing::warn!(%shard, error = %e, "reviving a retired replica failed"),

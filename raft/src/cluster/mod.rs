@@ -19,6 +19,8 @@
 //! - `membership` — changing a shard's replicas (add, remove, move) at its
 //!   leader wherever that is, and retiring a removed replica.
 //! - `retired` — the `RETIRED` file: replicas this node no longer serves.
+//! - `wipe` — a removed replica's data, log and applied state deleted from
+//!   this node, and its group started over empty.
 //! - `identity` — the `NODE` file (a data directory's node id, cluster and
 //!   shard count) and durable file replacement.
 
@@ -32,3 +34,4 @@ pub mod membership;
 pub mod placement;
 pub mod retired;
 pub mod slots;
+pub(crate) mod wipe;

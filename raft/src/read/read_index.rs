@@ -36,7 +36,7 @@ impl<A: App> Shared<A> {
             // wait for one as a routed read would.
             let deadline = tokio::time::Instant::now() + READ_INDEX_WAIT;
             loop {
-                match self.ensure_linearizable(shard, &group.raft).await {
+                match self.ensure_linearizable(shard, &group.raft()).await {
                     Ok(()) => break,
                     Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -47,7 +47,7 @@ impl<A: App> Shared<A> {
             group.stale_ok.store(true, Ordering::Release);
             return Ok(());
         }
-        self.ensure_linearizable(shard, &group.raft).await
+        self.ensure_linearizable(shard, &group.raft()).await
     }
 
     /// This replica has applied every write acknowledged before the call:

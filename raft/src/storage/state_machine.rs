@@ -209,25 +209,7 @@ impl<A: App> StateMachine<A> {
         // the cache saw.
         self.records.clear();
         let mut batch = WriteBatch::new();
-        for (lo, hi) in &self.ranges {
-            let mut start = lo.clone();
-            loop {
-                let page = self
-                    .lsm
-                    .scan(&start, hi.as_deref(), Direction::Forward, 4096)?;
-                let done = page.len() < 4096;
-                for (k, _) in &page {
-                    batch.delete(k);
-                }
-                match page.last() {
-                    Some((k, _)) if !done => {
-                        start = k.clone();
-                        start.push(0);
-                    }
-                    _ => break,
-                }
-            }
-        }
+        delete_ranges(&self.lsm, &self.ranges, &mut batch)?;
         let mut src = SnapshotSource::new(data)?;
         while let Some(chunk) = src.next_chunk()? {
             for (k, v) in chunk {
@@ -373,6 +355,37 @@ fn in_ranges(ranges: &[(Vec<u8>, Option<Vec<u8>>)], k: &[u8]) -> bool {
 /// Runs [`ClusterCommand::Restore`] on a data shard: every pair put as it
 /// is, or — if any key lies outside the shard's ranges — nothing, refused
 /// the same on every replica. Answers the count put as a cluster outcome.
+/// Adds a delete of every key the LSM holds in `ranges` to `batch`;
+/// returns how many. (A shard's ranges replaced by a snapshot install, or
+/// wiped from a node that no longer holds a replica: `cluster::wipe`.)
+pub(crate) fn delete_ranges(
+    lsm: &Lsm,
+    ranges: &[(Vec<u8>, Option<Vec<u8>>)],
+    batch: &mut WriteBatch,
+) -> Result<u64> {
+    const PAGE: usize = 4096;
+    let mut n = 0u64;
+    for (lo, hi) in ranges {
+        let mut start = lo.clone();
+        loop {
+            let page = lsm.scan(&start, hi.as_deref(), Direction::Forward, PAGE)?;
+            let done = page.len() < PAGE;
+            for (k, _) in &page {
+                batch.delete(k);
+                n += 1;
+            }
+            match page.last() {
+                Some((k, _)) if !done => {
+                    start = k.clone();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(n)
+}
+
 fn restore<A: App>(
     ranges: &[(Vec<u8>, Option<Vec<u8>>)],
     shard: ShardId,

@@ -36,7 +36,7 @@ impl<A: App> Dispatch<A> for Shared<A> {
             let Ok(g) = self.group(shard) else {
                 return Reply::Failed(format!("{shard} is not hosted here"));
             };
-            let raft = g.raft.clone();
+            let raft = g.raft();
             match rpc {
                 Rpc::Append(req) => {
                     self.revive_if_retired(shard);

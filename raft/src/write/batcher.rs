@@ -18,6 +18,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use crate::app::{App, Batch};
 use crate::error::Error;
 use crate::ids::{NodeAddr, NodeId, ShardId};
+use crate::shared::RaftCell;
 use crate::types::Raft;
 
 /// One queued write.
@@ -75,7 +76,7 @@ fn drain<A: App>(lane: &mut mpsc::Receiver<Pending<A>>, items: &mut Vec<Pending<
 
 /// Runs until every sender of both lanes is gone.
 pub(crate) async fn run<A: App>(
-    raft: Raft<A>,
+    cell: Arc<RaftCell<A>>,
     shard: ShardId,
     mut lanes: Lanes<A>,
     max_batch: usize,
@@ -97,6 +98,9 @@ pub(crate) async fn run<A: App>(
         let mut items = vec![first];
         drain(&mut lanes.system, &mut items, max_batch);
         drain(&mut lanes.clients, &mut items, max_batch);
+        // The group's current Raft: a wiped replica's is replaced
+        // (`cluster::wipe`).
+        let raft = cell.get();
         if let Err(e) = confirm_leadership(&raft, shard, &mut confirmed_term).await {
             for p in items {
                 let _ = p.reply.send(Err(e.clone()));

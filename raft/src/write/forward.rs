@@ -73,7 +73,7 @@ impl<A: App> Shared<A> {
             tokio::time::sleep(backoff).await;
             return;
         };
-        let mut metrics = g.raft.metrics();
+        let mut metrics = g.raft().metrics();
         let before = metrics.borrow_and_update().current_leader;
         let changed = async {
             while metrics.changed().await.is_ok() {
