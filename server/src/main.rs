@@ -153,6 +153,10 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async {
+        // Installed before the "listening" line: whoever starts us may
+        // send SIGTERM as soon as it reads that line, and a signal that
+        // arrived before the handler would kill the process undrained.
+        let stop = StopSignals::install()?;
         let running = missive_server::start(cfg).await?;
         println!("missived listening on http://{}", running.addr());
         if let Some(g) = running.grpc_addr() {
@@ -161,26 +165,45 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             use std::io::Write as _;
             let _ = writeln!(std::io::stdout(), "missived gRPC on http://{g}");
         }
-        wait_for_signal().await?;
+        stop.wait().await?;
         tracing::info!("shutting down");
         running.shutdown().await?;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// SIGTERM and ctrl-c, listened for from the moment of `install`.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        tokio::select! {
-            _ = term.recv() => {}
-            r = tokio::signal::ctrl_c() => r.context("waiting for ctrl-c")?,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+            let int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+            Ok(StopSignals { term, int })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for ctrl-c")?;
-    Ok(())
+
+    /// Resolves at the first SIGTERM or ctrl-c.
+    async fn wait(mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for ctrl-c")?;
+        Ok(())
+    }
 }
