@@ -191,20 +191,30 @@ fn a_staged_meta_alone_is_written_and_synced_after_the_delay() {
     });
 }
 
+/// Options whose 4 KiB segments fill after a few dozen small entries.
+fn small_segments() -> LogOptions {
+    LogOptions {
+        segment_size: 4096,
+        ..LogOptions::default()
+    }
+}
+
+/// Appends `n` entries of 100 bytes to `stream`, one append each.
+fn fill(log: &missive_engine::log::Log, stream: StreamId, n: u32) {
+    for i in 0..n {
+        log.append(stream, &[vec![i as u8; 100]]).unwrap();
+    }
+}
+
 #[test]
 fn purge_deletes_segments_but_keeps_meta_and_purge_point() {
     each_backend(|b| {
         let dir = b.dir();
-        let opts = LogOptions {
-            segment_size: 4096,
-            ..LogOptions::default()
-        };
+        let opts = small_segments();
         {
             let log = b.open(&dir, opts.clone());
             log.set_meta(StreamId(1), b"flushed", b"42").unwrap();
-            for i in 0..400u32 {
-                log.append(StreamId(1), &[vec![i as u8; 100]]).unwrap();
-            }
+            fill(&log, StreamId(1), 400);
             log.append(StreamId(2), &[b"keep"]).unwrap();
             log.purge_upto(StreamId(2), 1).unwrap();
             let before = log.segment_seqs().len();
@@ -339,16 +349,11 @@ fn completion_is_a_future() {
 fn reset_forgets_a_stream_and_frees_its_segments() {
     each_backend(|b| {
         let dir = b.dir();
-        let opts = LogOptions {
-            segment_size: 4096,
-            ..LogOptions::default()
-        };
+        let opts = small_segments();
         {
             let log = b.open(&dir, opts.clone());
             log.set_meta(StreamId(1), b"vote", b"7").unwrap();
-            for i in 0..400u32 {
-                log.append(StreamId(1), &[vec![i as u8; 100]]).unwrap();
-            }
+            fill(&log, StreamId(1), 400);
             log.purge_upto(StreamId(1), 10).unwrap();
             log.append(StreamId(2), &[b"other"]).unwrap();
             log.set_meta(StreamId(2), b"vote", b"9").unwrap();
