@@ -266,6 +266,16 @@ async fn a_replica_removed_while_its_node_was_down_retires_when_it_comes_back() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Its copy of the shard is deleted: the group starts over empty.
+    while three.group_stats(shard).unwrap().wipes == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the retired replica was not wiped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(three.group_stats(shard).unwrap().applied_index, 0);
+    assert_eq!(three.log().bounds(shard.stream()).last, 0);
     // It still hosts the metadata group (nothing moved that), and serves
     // shard 1 by routing.
     assert!(three.hosts(ShardId::DIRECTORY));

@@ -350,3 +350,81 @@ async fn a_replica_moves_off_its_leader_to_a_new_node_under_load_and_loses_nothi
         n.shutdown().await.unwrap();
     }
 }
+
+/// A crash between retirement and the end of the wipe leaves the shard in
+/// `RETIRED` with its data still there: the next start wipes it before the
+/// group opens. Added back, the empty replica is filled again by its
+/// leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wipe_cut_short_is_finished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, 2).await;
+    let conv = ConversationId(common::seed() % 1000 + 1);
+    let shard = nodes[0].as_ref().unwrap().slots().shard_of(conv);
+    let other = ShardId(3 - shard.0);
+    let one = nodes[0].as_ref().unwrap();
+    one.write(create_group(conv, &[1, 2]), WAIT).await.unwrap();
+    for i in 0..50 {
+        one.write(send(conv, 1, &format!("m{i}")), WAIT)
+            .await
+            .unwrap();
+    }
+    common::wait_converged(&nodes, shard, WAIT).await;
+
+    // Node 3 stops; the shard's replica there is removed meanwhile (so no
+    // Retire reaches it); its RETIRED file is made to say what it would
+    // have, had the notice arrived just before a crash.
+    let three = nodes[2].take().unwrap();
+    let addr = three.addr().parse().unwrap();
+    assert!(three.group_stats(shard).unwrap().applied_index > 0);
+    three.shutdown().await.unwrap();
+    let p = nodes[0]
+        .as_ref()
+        .unwrap()
+        .change_replicas(shard, Change::Remove { node: 3 })
+        .await
+        .unwrap();
+    assert!(!p.voters.contains_key(&3), "{p:?}");
+    let retired = |dir: &std::path::Path| {
+        missive_raft::cluster::retired::Retired::load(&dir.join("node3")).unwrap()
+    };
+    assert!(retired(dir.path()).retire(shard).unwrap());
+
+    let three = Node::start(config_at(3, addr, dir.path(), 2))
+        .await
+        .unwrap();
+    let stats = three.group_stats(shard).unwrap();
+    assert_eq!((stats.wipes, stats.applied_index), (1, 0), "{stats:?}");
+    assert_eq!(three.log().bounds(shard.stream()).last, 0);
+    assert!(
+        retired(dir.path()).all().is_empty(),
+        "a wiped shard stays in RETIRED"
+    );
+    assert!(!three.hosts(shard));
+    // The other shard was left alone.
+    assert_eq!(three.group_stats(other).unwrap().wipes, 0);
+    assert!(three.group_stats(other).unwrap().applied_index > 0);
+    let addr = three.addr().to_string();
+    nodes[2] = Some(three);
+
+    // Added back, it is filled again: every message, read from node 3's
+    // own replica.
+    let p = nodes[0]
+        .as_ref()
+        .unwrap()
+        .change_replicas(shard, Change::Add { node: 3, addr })
+        .await
+        .unwrap();
+    assert!(p.voters.contains_key(&3), "{p:?}");
+    common::wait_converged(&nodes, shard, Duration::from_secs(30)).await;
+    let three = nodes[2].as_ref().unwrap();
+    assert!(three.hosts(shard));
+    let mine = three
+        .history(conv, None, usize::MAX, Consistency::Stale)
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 50, "node 3's replica after the refill");
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}

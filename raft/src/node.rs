@@ -228,17 +228,22 @@ impl<A: App> Node<A> {
             peers: Arc::clone(&peers),
         };
         for shard in slots.groups() {
-            // A replica removed while this node was down, or whose wipe a
-            // crash interrupted, starts over empty (`cluster::wipe`).
+            // A replica retired but not wiped — a crash cut its wipe short,
+            // or a build before wipes retired it — starts over empty
+            // (`cluster::wipe`).
+            let seen = Arc::new(GroupCounters::default());
             if retired.contains(shard) {
                 let (log, lsm, ranges) =
                     (Arc::clone(&log), Arc::clone(&lsm), slots.key_ranges(shard));
-                tokio::task::spawn_blocking(move || wipe::wipe_storage(&log, &lsm, shard, &ranges))
-                    .await
-                    .map_err(|e| Error::Fatal(format!("wiping {shard}: {e}")))??;
+                let deleted = tokio::task::spawn_blocking(move || {
+                    wipe::wipe_storage(&log, &lsm, shard, &ranges)
+                })
+                .await
+                .map_err(|e| Error::Fatal(format!("wiping {shard}: {e}")))??;
+                tracing::info!(%shard, deleted, "retired replica wiped at start");
                 retired.revive(shard)?;
+                seen.wipes.fetch_add(1, Ordering::Relaxed);
             }
-            let seen = Arc::new(GroupCounters::default());
             let opened = opener.open(&slots, shard, true, &seen).await?;
             let cell = Arc::new(RaftCell::new(opened.raft));
             let (tx, clients) = mpsc::channel(4 * cfg.max_batch.max(1));

@@ -9,8 +9,10 @@
 //! Right after the node is told it was removed (`Rpc::Retire`, see
 //! `membership`: the configuration without it has committed, so no quorum
 //! of any configuration the group can still use counts this replica), and
-//! at start for every shard still listed in `RETIRED` — a replica removed
-//! while the node was down, or a wipe a crash cut short. A wipe ends by
+//! at start for every shard still listed in `RETIRED` — a wipe a crash
+//! cut short, or a replica a build before wipes retired. (A replica
+//! removed while its node was down is retired, then wiped, once the node
+//! is back and learns of it: `directory`'s `retire_if_removed`.) A wipe ends by
 //! taking the shard off `RETIRED`: the fresh group names no members, so
 //! it neither campaigns nor serves; the first AppendEntries or snapshot
 //! of a leader that adds it back fills it like any new learner's.
@@ -41,6 +43,15 @@
 //!   (its calls fail and it retries) or, before, revives the shard
 //!   (`membership::revive_if_retired`); the wipe checks again once the
 //!   Raft has stopped and then reopens the group on its storage unwiped.
+//!
+//! Only a replica that is no member of its group's configuration may be
+//! wiped: a voter or learner whose log went backwards would break Raft's
+//! guarantees, and openraft's leader panics when a follower it tracks
+//! reports a shorter log ("follower log reversion"). That holds because a
+//! shard is in `RETIRED` only between its removal and the first
+//! AppendEntries of a leader that adds it back, which revives it before
+//! anything is appended — and a removed node's progress is dropped by the
+//! leader, so a re-added one starts from nothing.
 //!
 //! Wipes run one at a time under `Shared::wiping`, which shutdown also
 //! takes, so no group is reopened after the node began to stop.
