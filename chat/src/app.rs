@@ -231,6 +231,16 @@ impl App for ChatApp {
         ]
     }
 
+    fn query(
+        &self,
+        _shard: ShardId,
+        lsm: &missive_engine::lsm::Lsm,
+        query: &[u8],
+    ) -> Result<Vec<u8>> {
+        let q: crate::search::query::AppQuery = crate::records::decode("chat query", query)?;
+        crate::records::encode(&crate::search::query::answer(lsm, &q)?)
+    }
+
     fn retention(&self) -> Option<Arc<dyn missive_engine::lsm::Retention>> {
         Some(crate::retention::message_retention())
     }

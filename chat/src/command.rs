@@ -355,6 +355,27 @@ pub enum Command {
     /// state here for a cross-replica comparison (`missive_raft::verify`).
     /// Chat never runs it.
     Checkpoint,
+    /// Appends a message like `Send` whose body its sender gave as text
+    /// (UTF-8, checked in apply): the only bodies the search index reads.
+    /// What the server writes for text since search exists; `Send` then
+    /// carries opaque bytes (maybe ciphertext), which are never indexed.
+    SendText(SendMessage),
+    /// Replaces a message's body like `Edit`, with a body given as text
+    /// (UTF-8, checked): the message is indexed by its new words. `Edit`
+    /// then carries opaque bytes, and the edited message leaves the index.
+    EditText {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who edits (must be a member and the sender).
+        actor: UserId,
+        /// The message.
+        seq: Seq,
+        /// The new body (UTF-8).
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+        /// How long after sending a message may be edited (µs).
+        window_micros: u64,
+    },
 }
 
 /// Which of a user's devices a [`Command::RevokeSessions`] logs out.
@@ -473,12 +494,13 @@ impl Command {
             | Command::AppendMessage { conv, .. }
             | Command::SetReceipt { conv, .. } => Route::Conversation(*conv),
             Command::Post(m) => Route::Conversation(m.conv),
-            Command::Send(m) => Route::Conversation(m.message.conv),
+            Command::Send(m) | Command::SendText(m) => Route::Conversation(m.message.conv),
             Command::Configure { conv, .. } | Command::EraseMessages { conv, .. } => {
                 Route::Conversation(*conv)
             }
             Command::EraseUser { user, .. } => Route::User(*user),
             Command::Edit { conv, .. }
+            | Command::EditText { conv, .. }
             | Command::Unsend { conv, .. }
             | Command::React { conv, .. }
             | Command::Pin { conv, .. }

@@ -21,7 +21,9 @@
 //! - `records` — what the domain stores in the LSM, keys and values byte by
 //!   byte.
 //! - `retention` — what the store forgets on its own (disappearing
-//!   messages).
+//!   messages, and their search postings).
+//! - `search` — full-text search: the tokenizer, the postings (written by
+//!   `apply::index`) and one shard's query.
 //! - `apply` — **the apply rules**, one file per command family
 //!   (conversation, message, change, receipt, deliver, user).
 //! - `app` — [`ChatApp`], the runtime's `App`: routing by slot, apply, and
@@ -51,6 +53,7 @@ pub mod records;
 pub mod restore;
 pub mod retention;
 pub mod revisions;
+pub mod search;
 
 pub use app::ChatApp;
 pub use error::{Error, Result};

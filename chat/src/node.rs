@@ -177,6 +177,29 @@ impl ChatNode {
             .collect()
     }
 
+    /// A page of `user`'s search (see `crate::search`): the messages of
+    /// the conversations they are a member of now (of `req.conv` only, if
+    /// set) that they may see and that hold every word of `req.text`,
+    /// newest first. A query without words, too long, or with a bad limit
+    /// is refused (`Invalid`).
+    pub async fn search(
+        &self,
+        user: UserId,
+        req: &crate::search::SearchRequest,
+        consistency: Consistency,
+    ) -> Result<crate::search::SearchPage> {
+        let convs = match req.conv {
+            Some(c) => vec![c],
+            None => self
+                .user_conversations(user, consistency)
+                .await?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect(),
+        };
+        crate::search::scatter::search(&self.node, user, req, consistency, convs).await
+    }
+
     /// A conversation's record.
     pub async fn conversation(
         &self,

@@ -15,6 +15,7 @@
 //! pins          0x20 slot:u16 conv:u64 0x06            → Pins
 //! blocks        0x20 slot:u16 pair:u64 0x07            → Blocks
 //! hidden        0x20 slot:u16 conv:u64 0x08 user:u64 seq:u64 → Hidden
+//! posting       0x20 slot:u16 conv:u64 0x09 term 0x00 (MAX-ts):u64 → Posting
 //! message       0x10 slot:u16 conv:u64 (MAX-ts):u64    → Message (v4)
 //! receipt       0x40 slot:u16 conv:u64 user:u64        → Receipt
 //! outbox head   0x20 slot:u16 conv:u64 0x03            → OutboxHead
@@ -49,8 +50,9 @@
 //! `reply_to: Option<Seq>` (version 2), then what changes after it is
 //! stored (version 3): `edited_at: Option<u64>`, `edits: u32`,
 //! `unsent: Option<Unsent>`, `reactions: Vec<Reaction>`, `prior:
-//! Vec<PriorBody>`, then `mentions: Vec<UserId>` (version 4). Versions 1
-//! to 3 are still read: [`decode_message`] fills the missing fields
+//! Vec<PriorBody>`, then `mentions: Vec<UserId>` (version 4), then `text:
+//! bool` (version 5: the body was given as text, so search indexes it).
+//! Versions 1 to 4 are still read: [`decode_message`] fills the missing fields
 //! with "none". A message's key never changes: an edit, an unsend or a
 //! reaction rewrites the value under it, and compaction drops the older
 //! versions like any overwritten value.
@@ -287,6 +289,10 @@ pub struct Message {
     pub prior: Vec<PriorBody>,
     /// The members it mentions, by id, sorted (version 4).
     pub mentions: Vec<UserId>,
+    /// Whether the body is text its sender gave as text (checked UTF-8):
+    /// the only bodies the search index reads. False for opaque bytes
+    /// (maybe ciphertext) and for every message stored before version 5.
+    pub text: bool,
 }
 
 impl Message {
@@ -318,6 +324,7 @@ impl Message {
             reactions: Vec::new(),
             prior: Vec::new(),
             mentions: Vec::new(),
+            text: false,
         }
     }
 }
@@ -362,7 +369,7 @@ pub struct PriorBody {
 }
 
 /// The version byte of a stored [`Message`] (see the module docs).
-pub const MESSAGE_VERSION: u8 = 4;
+pub const MESSAGE_VERSION: u8 = 5;
 
 /// Encodes a message: `[MESSAGE_VERSION][postcard(Message)]`.
 pub fn encode_message(m: &Message) -> Result<Vec<u8>> {
@@ -388,11 +395,11 @@ fn split_versioned<'b>(what: &'static str, bytes: &'b [u8], newest: u8) -> Resul
     }
 }
 
-/// Decodes a message of any version this build knows (1 to 4): an older
+/// Decodes a message of any version this build knows (1 to 5): an older
 /// one gets the fields its version lacks at their "none" values.
 pub fn decode_message(bytes: &[u8]) -> Result<Message> {
     let (v, rest) = split_versioned("message", bytes, MESSAGE_VERSION)?;
-    let mentions = Vec::<UserId>::new();
+    let mentions = (Vec::<UserId>::new(), false);
     let changes = (
         None::<u64>,
         0u32,
@@ -404,13 +411,14 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message> {
         1 => Some(postcard_tail(&(None::<Seq>, changes, mentions))?),
         2 => Some(postcard_tail(&(changes, mentions))?),
         3 => Some(postcard_tail(&mentions)?),
+        4 => Some(postcard_tail(&false)?),
         _ => None,
     };
     decode_with_tail("message", rest, tail)
 }
 
 /// A stored message's `expires_at`, read without decoding the rest: the
-/// fields up to it are the same in every version (1 to 4), so only they
+/// fields up to it are the same in every version (1 to 5), so only they
 /// are parsed, borrowed. The engine's retention rule asks this of every
 /// message a read or a compaction visits; decoding whole messages there
 /// (reactions, prior bodies) doubled the decode cost of every page.
@@ -492,7 +500,7 @@ pub struct Receipt {
     pub read: Seq,
 }
 
-fn conv_key(conv: ConversationId, suffix: u8) -> Vec<u8> {
+pub(crate) fn conv_key(conv: ConversationId, suffix: u8) -> Vec<u8> {
     let mut k = Vec::with_capacity(12);
     k.push(Keyspace::Conversation as u8);
     k.extend_from_slice(&Slot::of_conversation(conv).0.to_be_bytes());

@@ -235,7 +235,13 @@ const SINCE_REPLIES: &[&str] = &[
     "restore",
     "raise_heads",
     "checkpoint",
+    "send_text",
+    "edit_text",
 ];
+
+/// Commands added with search: their write frames come after every
+/// earlier frame, so the earlier ones keep their request ids.
+const SINCE_SEARCH: &[&str] = &["send_text", "edit_text"];
 
 /// The commands of the first fixtures.
 fn commands_v1() -> Vec<(&'static str, Command)> {
@@ -578,6 +584,33 @@ fn commands() -> Vec<(&'static str, Command)> {
             },
         ),
         ("checkpoint", Command::Checkpoint),
+        (
+            "send_text",
+            Command::SendText(SendMessage {
+                message: NewMessage {
+                    conv: conv(),
+                    sender: UserId(7),
+                    device: DeviceId(2),
+                    client_msg_id: "c-10".into(),
+                    kind: MessageKind::Text,
+                    body: "Grüße aus 東京".as_bytes().to_vec(),
+                    expires_at: Some(1_800_000_000_000_000),
+                    reply_to: None,
+                },
+                mentions: vec![UserId(8)],
+                default_retention_micros: None,
+            }),
+        ),
+        (
+            "edit_text",
+            Command::EditText {
+                conv: conv(),
+                actor: UserId(7),
+                seq: Seq(3),
+                body: b"me three".to_vec(),
+                window_micros: 900_000_000,
+            },
+        ),
     ]
 }
 
@@ -933,9 +966,10 @@ fn stored_records_and_their_keys() {
         }],
         ..v2.clone()
     };
-    // Version 3 (edits, before mentions): version 4 without its last
-    // field (an empty list is one 0 byte).
+    // Version 3 (edits, before mentions): version 5 without its last two
+    // fields (an empty list is one 0 byte, `false` another).
     let mut v3_bytes = records::encode_message(&v3).unwrap();
+    assert_eq!(v3_bytes.pop(), Some(0));
     assert_eq!(v3_bytes.pop(), Some(0));
     v3_bytes[0] = 3;
     set.case("message_v3", v3_bytes, |b| message_decodes(b, &v3));
@@ -943,9 +977,24 @@ fn stored_records_and_their_keys() {
         mentions: vec![UserId(8), UserId(9)],
         ..v3.clone()
     };
-    set.case("message_v4", records::encode_message(&v4).unwrap(), |b| {
-        message_decodes(b, &v4)
+    // Version 4 (mentions, before search): version 5 without `text`.
+    let mut v4_bytes = records::encode_message(&v4).unwrap();
+    assert_eq!(v4_bytes.pop(), Some(0));
+    v4_bytes[0] = 4;
+    set.case("message_v4", v4_bytes, |b| message_decodes(b, &v4));
+    let v5 = Message {
+        text: true,
+        ..v4.clone()
+    };
+    set.case("message_v5", records::encode_message(&v5).unwrap(), |b| {
+        message_decodes(b, &v5)
     });
+    set.versioned(
+        "posting",
+        &missive_chat::search::postings::Posting {
+            expires_at: Some(1_800_000_000_000_000),
+        },
+    );
     set.versioned(
         "reactions",
         &Reactions {
@@ -1215,6 +1264,10 @@ fn stored_records_and_their_keys() {
     set.key("key_reactions", reactions_key(conv(), Seq(5)));
     set.key("key_pins", pins_key(conv()));
     set.key("key_hidden", hidden_key(conv(), u, Seq(5)));
+    set.key(
+        "key_posting",
+        missive_chat::search::postings::posting_key(conv(), "grüße", 1_700_000_000_000_005),
+    );
     set.key("key_blocks", blocks_key(conv()));
     set.key("key_blocked", blocked_key(u, UserId(9)));
     set.key("key_blocked_prefix", blocked_prefix(u));
@@ -1435,7 +1488,10 @@ fn frames() -> Vec<(String, Wire)> {
             },
         ),
     ];
-    for (name, cmd) in commands() {
+    let (later, first): (Vec<_>, Vec<_>) = commands()
+        .into_iter()
+        .partition(|(name, _)| SINCE_SEARCH.contains(name));
+    for (name, cmd) in first {
         rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
     }
     // Appended: every earlier case keeps its request id.
@@ -1462,6 +1518,18 @@ fn frames() -> Vec<(String, Wire)> {
         Rpc::Read {
             op: ReadOp::Checksum { index: 1_583 },
             linearizable: false,
+        },
+    ));
+    for (name, cmd) in later {
+        rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
+    }
+    rpcs.push((
+        "read_app".into(),
+        Rpc::Read {
+            op: ReadOp::App {
+                query: vec![1, 0, 9],
+            },
+            linearizable: true,
         },
     ));
     for (i, (name, rpc)) in rpcs.into_iter().enumerate() {
@@ -1572,6 +1640,10 @@ fn frames() -> Vec<(String, Wire)> {
             pairs: 513,
             hash: 0x0123_4567_89ab_cdef,
         }))),
+    ));
+    replies.push((
+        "read_app".into(),
+        Reply::Read(Ok(ReadResult::App(vec![1, 0, 0]))),
     ));
     for (i, (name, reply)) in replies.into_iter().enumerate() {
         out.push((format!("response_{name}"), response(i as u64 + 1, reply)));

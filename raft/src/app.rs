@@ -253,6 +253,21 @@ pub trait App: Debug + Send + Sync + 'static {
         vec![crate::cluster::slots::SLOTTED_KEYSPACES.to_vec()]
     }
 
+    /// Answers one of the application's own queries (`ReadOp::App`) from
+    /// this replica's LSM, which the runtime has brought up to the read's
+    /// consistency. Reads only `shard`'s keys. The default answers none.
+    fn query(
+        &self,
+        shard: ShardId,
+        lsm: &missive_engine::lsm::Lsm,
+        query: &[u8],
+    ) -> Result<Vec<u8>> {
+        let _ = (shard, lsm, query);
+        Err(crate::Error::InvalidArgument(
+            "this application answers no queries of its own".into(),
+        ))
+    }
+
     /// The LSM's retention rule for the application's data (which keys
     /// expire), if it has one. A node whose config sets no rule runs this.
     fn retention(&self) -> Option<std::sync::Arc<dyn missive_engine::lsm::Retention>> {

@@ -673,6 +673,24 @@ impl<A: App> Node<A> {
         }
     }
 
+    /// The application's answer to `query` on `shard` (see
+    /// [`App::query`]), from a replica read at `consistency`.
+    pub async fn query(
+        &self,
+        shard: ShardId,
+        consistency: Consistency,
+        query: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        match self
+            .inner
+            .read(shard, consistency, ReadOp::App { query })
+            .await?
+        {
+            ReadResult::App(a) => Ok(a),
+            _ => Err(Error::malformed("query", "answer of the wrong kind")),
+        }
+    }
+
     /// Key/value pairs of `shard` in `[lo, hi)`, in key order, at most
     /// `limit`.
     pub async fn scan(

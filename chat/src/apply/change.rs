@@ -11,6 +11,7 @@
 use missive_engine::keys::ConversationId;
 use missive_raft::Result;
 
+use super::index::indexed_terms;
 use super::{reject, seeing, Apply};
 use crate::command::{
     ConversationKind, Outcome, RejectCode, MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER,
@@ -46,8 +47,9 @@ fn bad_emoji(emoji: &str) -> Option<String> {
 }
 
 impl Apply<'_, '_> {
-    /// `Edit`: the sender replaces the body of a message they sent less
-    /// than `window` µs ago.
+    /// `Edit` (`text`: `EditText`): the sender replaces the body of a
+    /// message they sent less than `window` µs ago; the search index
+    /// follows (a body given as opaque bytes is not indexed).
     #[allow(clippy::too_many_arguments, reason = "the command's fields")]
     pub(super) fn edit(
         &mut self,
@@ -55,6 +57,7 @@ impl Apply<'_, '_> {
         actor: UserId,
         seq: Seq,
         body: &[u8],
+        text: bool,
         window: u64,
         stamp: u64,
     ) -> Result<Outcome> {
@@ -90,8 +93,11 @@ impl Apply<'_, '_> {
             ));
         }
         let keep = c.settings.keep_edits;
+        let mut terms = None;
         self.rewrite(conv, seq, &ix, |m| {
+            let before = indexed_terms(m);
             let old = std::mem::replace(&mut m.body, body.to_vec());
+            m.text = text;
             if keep {
                 m.prior.push(PriorBody {
                     replaced_at: stamp,
@@ -102,7 +108,11 @@ impl Apply<'_, '_> {
             }
             m.edited_at = Some(stamp);
             m.edits = m.edits.saturating_add(1);
+            terms = Some((before, indexed_terms(m)));
         })?;
+        if let Some((before, after)) = terms {
+            self.reindex(conv, ix.ts, ix.expires_at, &before, &after)?;
+        }
         let event = EventKind::Edited {
             seq,
             ts: ix.ts,
@@ -191,7 +201,9 @@ impl Apply<'_, '_> {
         // A tombstone stays unpinned (members drop it from their pin list
         // on the `unsent` event).
         self.unpin(conv, seq)?;
+        let mut before = None;
         self.rewrite(conv, seq, &ix, |m| {
+            before = Some(indexed_terms(m));
             m.body = Vec::new();
             m.edited_at = None;
             m.edits = 0;
@@ -199,6 +211,9 @@ impl Apply<'_, '_> {
             m.prior = Vec::new();
             m.unsent = Some(Unsent { at: stamp, by });
         })?;
+        if let Some(before) = before {
+            self.reindex(conv, ix.ts, ix.expires_at, &before, &Default::default())?;
+        }
         let event = EventKind::Unsent { seq, ts: ix.ts, by };
         self.emit(conv, event, seeing(c, seq), stamp)
     }

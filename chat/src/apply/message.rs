@@ -4,9 +4,12 @@
 //! mentions, its expiry by the conversation's retention, and the sender's
 //! own receipt.
 
+use std::collections::BTreeSet;
+
 use missive_engine::keys::{ConversationId, Timestamp};
 use missive_raft::Result;
 
+use super::index::indexed_terms;
 use super::{reject, sorted_unique, Apply};
 use crate::command::{
     ConversationKind, MessageKind, NewMessage, Outcome, RejectCode, Retention, SendMessage,
@@ -31,9 +34,14 @@ fn retention_micros(c: &Conversation, node_default: Option<u64>) -> Option<u64> 
 }
 
 impl Apply<'_, '_> {
-    /// `Send`: [`Self::send`] with mentions and the node's default
-    /// retention.
-    pub(super) fn send_mentioning(&mut self, m: &SendMessage, stamp: u64) -> Result<Outcome> {
+    /// `Send` and `SendText` (`text`): [`Self::send`] with mentions and
+    /// the node's default retention.
+    pub(super) fn send_mentioning(
+        &mut self,
+        m: &SendMessage,
+        text: bool,
+        stamp: u64,
+    ) -> Result<Outcome> {
         if m.mentions.len() > MAX_MENTIONS_PER_MESSAGE {
             return Ok(reject(
                 RejectCode::Invalid,
@@ -41,7 +49,7 @@ impl Apply<'_, '_> {
             ));
         }
         let keep_default = m.default_retention_micros;
-        let (out, stored) = self.send(&m.message, &m.mentions, keep_default, stamp)?;
+        let (out, stored) = self.send(&m.message, &m.mentions, keep_default, text, stamp)?;
         Ok(match (out, stored) {
             (Outcome::Appended { ts, seq, duplicate }, stored) => Outcome::Sent {
                 ts,
@@ -59,13 +67,15 @@ impl Apply<'_, '_> {
     /// `mentions`, the members other than the sender are kept in the
     /// message and told (a `Mentioned` event after the message's own);
     /// the message expires by the conversation's retention (or the
-    /// node's, `node_retention`), or earlier if the sender asked. With the
+    /// node's, `node_retention`), or earlier if the sender asked; a body
+    /// given as `text` is indexed for search. With the
     /// outcome, the message as stored, if this call stored it.
     pub(super) fn send(
         &mut self,
         new: &NewMessage,
         mentions: &[UserId],
         node_retention: Option<u64>,
+        text: bool,
         stamp: u64,
     ) -> Result<(Outcome, Option<Message>)> {
         let conv = new.conv;
@@ -98,6 +108,7 @@ impl Apply<'_, '_> {
             new.expires_at,
             new.reply_to,
         );
+        m.text = text;
         m.mentions = sorted_unique(
             mentions
                 .iter()
@@ -208,6 +219,8 @@ impl Apply<'_, '_> {
             m.expires_at = Some(m.expires_at.map_or(until, |at| at.min(until)));
         }
         self.rec.put(msg_key(conv, ts), records::encode_message(m)?);
+        let terms = indexed_terms(m);
+        self.reindex(conv, ts, m.expires_at, &BTreeSet::new(), &terms)?;
         let ix = Indexed {
             ts,
             expires_at: m.expires_at,

@@ -17,13 +17,16 @@
 //! (edit, unsend, react), `pin` (pin, hide), `block`, `receipt`,
 //! `deliver` (inbox delivery and the outbox's clean-up), `user` (devices,
 //! profile, push tokens, tickets, revocations), `erase` (an operator's erasure of a user),
-//! `restore` (raising a restored conversation's counters).
+//! `restore` (raising a restored conversation's counters), and `index`
+//! (the search postings every message rule keeps in step).
 
 mod block;
 mod change;
 mod conversation;
 mod deliver;
 mod erase;
+mod index;
+pub(crate) use index::indexed_terms;
 mod message;
 mod pin;
 mod receipt;
@@ -92,6 +95,9 @@ struct Apply<'r, 'a> {
     rec: &'r mut Records<'a>,
     fx: &'r mut Effects,
 }
+
+/// Why a body given as text is refused.
+const NOT_TEXT: &str = "a text body must be UTF-8 (send other bytes as opaque bytes)";
 
 fn reject(code: RejectCode, message: impl Into<String>) -> Outcome {
     Outcome::Rejected {
@@ -189,10 +195,11 @@ pub(crate) fn run(
                 },
                 &[],
                 None,
+                false,
                 stamp,
             )
             .map(|(out, _)| out),
-        Command::Post(m) => Ok(a.send(m, &[], None, stamp)?.0),
+        Command::Post(m) => Ok(a.send(m, &[], None, false, stamp)?.0),
         Command::SetReceipt {
             conv,
             user,
@@ -225,7 +232,17 @@ pub(crate) fn run(
             seq,
             body,
             window_micros,
-        } => a.edit(*conv, *actor, *seq, body, *window_micros, stamp),
+        } => a.edit(*conv, *actor, *seq, body, false, *window_micros, stamp),
+        Command::EditText {
+            conv,
+            actor,
+            seq,
+            body,
+            window_micros,
+        } => match std::str::from_utf8(body) {
+            Ok(_) => a.edit(*conv, *actor, *seq, body, true, *window_micros, stamp),
+            Err(_) => Ok(reject(RejectCode::Invalid, NOT_TEXT)),
+        },
         Command::Unsend {
             conv,
             actor,
@@ -253,7 +270,11 @@ pub(crate) fn run(
             block,
         } => a.block(*pair, *blocker, *target, *block, stamp),
         Command::Hide { conv, user, seq } => a.hide(*conv, *user, *seq, stamp),
-        Command::Send(m) => a.send_mentioning(m, stamp),
+        Command::Send(m) => a.send_mentioning(m, false, stamp),
+        Command::SendText(m) => match std::str::from_utf8(&m.message.body) {
+            Ok(_) => a.send_mentioning(m, true, stamp),
+            Err(_) => Ok(reject(RejectCode::Invalid, NOT_TEXT)),
+        },
         Command::Configure {
             conv,
             actor,

@@ -165,6 +165,7 @@ impl<A: App> Shared<A> {
                     "a checksum is asked of one replica, not read through the read path".into(),
                 ))
             }
+            ReadOp::App { query } => ReadResult::App(self.app.query(shard, &self.lsm, query)?),
             ReadOp::Get { key } => ReadResult::Value(self.lsm.get(key)?),
             ReadOp::Scan {
                 lo,

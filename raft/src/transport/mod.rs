@@ -259,6 +259,14 @@ pub enum ReadOp {
         /// The checkpoint entry's index.
         index: u64,
     },
+    /// The application's own query, run on one replica against its LSM
+    /// (see [`crate::App::query`]): one round trip for a read that would
+    /// otherwise take many gets and scans. The bytes are the
+    /// application's format; answered with `App`.
+    App {
+        /// The query.
+        query: Vec<u8>,
+    },
 }
 
 /// A [`ReadOp`]'s answer.
@@ -291,6 +299,8 @@ pub enum ReadResult {
     },
     /// To `Checksum`.
     Checksum(crate::verify::Checksum),
+    /// To `App`: the application's answer, in its format.
+    App(Vec<u8>),
 }
 
 /// An error carried back from a forwarded write.

@@ -1,0 +1,62 @@
+//! Keeping the search index in step with the messages: every rule that
+//! stores, rewrites or tombstones a message body calls `Apply::reindex`
+//! in the same call, so the postings land in the
+//! same atomic batch as the message (see `search`).
+//!
+//! A body is indexed only if its sender gave it as text (`Message::text`),
+//! it is not a system message, and it was not unsent. Removing reads the
+//! terms back from the body being replaced: a replica that no longer finds
+//! the message record (expired by its own clock) removes nothing, and
+//! needs to — the postings carry the message's `expires_at` and are gone
+//! from its reads and compactions exactly when the message is.
+
+use std::collections::BTreeSet;
+
+use missive_engine::keys::ConversationId;
+use missive_raft::Result;
+
+use super::Apply;
+use crate::command::MessageKind;
+use crate::records::Message;
+use crate::search::postings::{self, posting_key, Posting};
+use crate::search::tokenize;
+
+/// The distinct terms `m`'s body gives the index (none if it is not
+/// indexed at all).
+pub(crate) fn indexed_terms(m: &Message) -> BTreeSet<String> {
+    if !m.text || m.unsent.is_some() || m.kind == MessageKind::System {
+        return BTreeSet::new();
+    }
+    match std::str::from_utf8(&m.body) {
+        Ok(text) => tokenize::terms(text).into_iter().collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+impl Apply<'_, '_> {
+    /// Moves the postings of the message of `conv` stored at `ts` from the
+    /// terms `before` (the body it had; empty for a new message) to
+    /// `after` (the body it has now; empty once unsent): the terms only
+    /// `before` has lose their posting, those only `after` has gain one
+    /// carrying the message's `expires_at`.
+    pub(super) fn reindex(
+        &mut self,
+        conv: ConversationId,
+        ts: u64,
+        expires_at: Option<u64>,
+        before: &BTreeSet<String>,
+        after: &BTreeSet<String>,
+    ) -> Result<()> {
+        for t in before.difference(after) {
+            self.rec.delete(posting_key(conv, t, ts));
+        }
+        if after.is_empty() {
+            return Ok(());
+        }
+        let value = postings::encode(&Posting { expires_at })?;
+        for t in after.difference(before) {
+            self.rec.put(posting_key(conv, t, ts), value.clone());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,400 @@
+//! Running a search on one shard (the read path): the request a node
+//! scatters to each shard holding some of the user's conversations, its
+//! execution against that shard's LSM, and the highlights of a hit.
+//!
+//! ```text
+//!  per conversation of the request (its record read first: is the user
+//!  a member now? from which seq may they see?)
+//!    driver postings ─► candidate ts, newest first, below the cursor
+//!      (the longest exact term's range; with only a prefix, the union of
+//!       every term's range under it, sorted)
+//!    ─► the other exact terms' postings at that ts (point reads)
+//!    ─► the message record ─► visible to the user? not hidden for them?
+//!       filters? its tokens hold every term? ─► a hit
+//!  the conversations' hits merged, newest first, `limit` of them
+//! ```
+//!
+//! The last check re-reads the terms from the message itself, so a hit is
+//! never a posting the message no longer backs (an edit between the
+//! posting read and the message read, a stale replica), and the prefix
+//! term is checked there when an exact term drove the scan.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use missive_engine::keys::ConversationId;
+use missive_engine::lsm::{Direction, Lsm};
+use missive_raft::Result;
+
+use super::postings::{self, end_of, posting_key, term_postings, term_prefix};
+use super::tokenize::{self, QueryTerms};
+use crate::command::MessageKind;
+use crate::ids::UserId;
+use crate::records::{self, conversation_key, hidden_key, msg_key, Message};
+
+/// Postings read per scan of a driver term.
+const SCAN_CHUNK: usize = 256;
+
+/// Which messages a search keeps, by what they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KindFilter {
+    /// Text messages (not replies).
+    Text,
+    /// Media messages.
+    Media,
+    /// Replies.
+    Reply,
+    /// Messages holding a link (`http://`, `https://` or `www.`).
+    Link,
+}
+
+impl KindFilter {
+    fn keeps(self, m: &Message) -> bool {
+        match self {
+            KindFilter::Text => m.kind == MessageKind::Text,
+            KindFilter::Media => m.kind == MessageKind::Media,
+            KindFilter::Reply => m.kind == MessageKind::Reply || m.reply_to.is_some(),
+            KindFilter::Link => has_link(&m.body),
+        }
+    }
+}
+
+/// Whether a body holds something a client would show as a link.
+fn has_link(body: &[u8]) -> bool {
+    let lower = body.to_ascii_lowercase();
+    [&b"http://"[..], b"https://", b"www."]
+        .iter()
+        .any(|p| lower.windows(p.len()).any(|w| w == *p))
+}
+
+/// Where a page of hits ended: hits are ordered by (ts, conversation),
+/// newest first; the next page starts strictly after this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The last hit's message ts (µs).
+    pub ts: u64,
+    /// The last hit's conversation.
+    pub conv: ConversationId,
+}
+
+impl Cursor {
+    /// Whether a hit at (`ts`, `conv`) comes after the cursor.
+    fn admits(&self, ts: u64, conv: ConversationId) -> bool {
+        ts < self.ts || (ts == self.ts && conv < self.conv)
+    }
+
+    /// The cursor as clients carry it: `<ts>.<conv>` in decimal.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.ts, self.conv.0)
+    }
+
+    /// Parses what [`Cursor::encode`] wrote.
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let (ts, conv) = s.split_once('.')?;
+        Some(Cursor {
+            ts: ts.parse().ok()?,
+            conv: ConversationId(conv.parse().ok()?),
+        })
+    }
+}
+
+/// Narrows a search beyond its words.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filters {
+    /// Only messages from this sender.
+    pub sender: Option<UserId>,
+    /// Only messages sent at or after this ts (µs).
+    pub since: Option<u64>,
+    /// Only messages sent before this ts (µs).
+    pub until: Option<u64>,
+    /// Only messages of this kind.
+    pub kind: Option<KindFilter>,
+}
+
+/// One shard's part of a search, as sent to a replica of it
+/// (`[1][postcard(ShardSearch)]` inside the runtime's `ReadOp::App`,
+/// wrapped in [`AppQuery`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSearch {
+    /// Who searches: only conversations they are a member of now, and
+    /// only the messages they may see, are searched.
+    pub user: UserId,
+    /// The conversations of this shard to search.
+    pub convs: Vec<ConversationId>,
+    /// The query's terms.
+    pub terms: QueryTerms,
+    /// The filters.
+    pub filters: Filters,
+    /// Only hits after this (the previous page's end).
+    pub after: Option<Cursor>,
+    /// The most hits to answer.
+    pub limit: u32,
+}
+
+/// A hit as a shard answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawHit {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message's ts.
+    pub ts: u64,
+    /// The stored message value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// The chat domain's own reads (`ReadOp::App`), `[1][postcard]`.
+/// Append-only enum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppQuery {
+    /// A search of some of a shard's conversations.
+    Search(ShardSearch),
+}
+
+/// Answers to [`AppQuery`], `[1][postcard]`. Append-only enum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppAnswer {
+    /// To `Search`: hits, newest first.
+    Hits(Vec<RawHit>),
+}
+
+/// Answers `q` from `lsm` (a replica brought to the read's consistency).
+pub fn answer(lsm: &Lsm, q: &AppQuery) -> Result<AppAnswer> {
+    match q {
+        AppQuery::Search(s) => Ok(AppAnswer::Hits(search(lsm, s)?)),
+    }
+}
+
+/// One shard's hits for `q`, newest first.
+pub fn search(lsm: &Lsm, q: &ShardSearch) -> Result<Vec<RawHit>> {
+    let limit = q.limit as usize;
+    let mut hits = Vec::new();
+    if limit == 0 || (q.terms.exact.is_empty() && q.terms.prefix.is_none()) {
+        return Ok(hits);
+    }
+    for &conv in &q.convs {
+        hits.extend(conversation(lsm, q, conv, limit)?);
+    }
+    hits.retain(|h| q.after.is_none_or(|c| c.admits(h.ts, h.conv)));
+    hits.sort_by_key(|h| std::cmp::Reverse((h.ts, h.conv)));
+    hits.truncate(limit);
+    Ok(hits)
+}
+
+/// Up to `limit` hits of `q` in one conversation, newest first.
+fn conversation(
+    lsm: &Lsm,
+    q: &ShardSearch,
+    conv: ConversationId,
+    limit: usize,
+) -> Result<Vec<RawHit>> {
+    let Some(c) = lsm.get(&conversation_key(conv))? else {
+        return Ok(Vec::new());
+    };
+    let c = records::decode_conversation(&c)?;
+    if !c.is_member(q.user) {
+        return Ok(Vec::new());
+    }
+    let hidden_through = c.hidden_through(q.user);
+    // Candidates lie in [since, below): below the page's cursor and the
+    // `until` filter.
+    let mut below = q.filters.until.unwrap_or(u64::MAX);
+    if let Some(cur) = q.after {
+        let bound = if conv < cur.conv {
+            cur.ts.saturating_add(1)
+        } else {
+            cur.ts
+        };
+        below = below.min(bound);
+    }
+    let since = q.filters.since.unwrap_or(0);
+    if below <= since {
+        return Ok(Vec::new());
+    }
+    let mut hits = Vec::new();
+    let mut check = |ts: u64| -> Result<bool> {
+        if let Some(h) = candidate(lsm, q, conv, ts, hidden_through)? {
+            hits.push(h);
+        }
+        Ok(hits.len() < limit)
+    };
+    match q.terms.exact.iter().max_by_key(|t| t.len()) {
+        Some(driver) => {
+            let mut lo = posting_key(conv, driver, below - 1);
+            let hi = end_of(&term_postings(conv, driver));
+            'scan: loop {
+                let chunk = lsm.scan(&lo, Some(&hi), Direction::Forward, SCAN_CHUNK)?;
+                for (k, _) in &chunk {
+                    let Some((_, ts)) = postings::decode_key(k) else {
+                        continue;
+                    };
+                    if ts < since || !check(ts)? {
+                        break 'scan;
+                    }
+                }
+                match chunk.last() {
+                    Some((k, _)) if chunk.len() == SCAN_CHUNK => {
+                        lo = k.clone();
+                        lo.push(0);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        None => {
+            // Only a prefix: every term under it, merged newest first.
+            let prefix = q.terms.prefix.as_deref().unwrap_or_default();
+            let lo = term_prefix(conv, prefix);
+            let hi = end_of(&lo);
+            let mut found = BTreeSet::new();
+            for (k, _) in lsm.scan(&lo, Some(&hi), Direction::Forward, usize::MAX)? {
+                if let Some((_, ts)) = postings::decode_key(&k) {
+                    if (since..below).contains(&ts) {
+                        found.insert(ts);
+                    }
+                }
+            }
+            for ts in found.into_iter().rev() {
+                if !check(ts)? {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(hits)
+}
+
+/// The hit at `ts` in `conv`, if the message there matches `q` and the
+/// user may see it.
+fn candidate(
+    lsm: &Lsm,
+    q: &ShardSearch,
+    conv: ConversationId,
+    ts: u64,
+    hidden_through: crate::ids::Seq,
+) -> Result<Option<RawHit>> {
+    for t in &q.terms.exact {
+        if lsm.get(&posting_key(conv, t, ts))?.is_none() {
+            return Ok(None);
+        }
+    }
+    let Some(value) = lsm.get(&msg_key(conv, ts))? else {
+        return Ok(None);
+    };
+    let m = records::decode_message(&value)?;
+    if m.seq <= hidden_through
+        || q.filters.sender.is_some_and(|s| s != m.sender)
+        || q.filters.kind.is_some_and(|k| !k.keeps(&m))
+    {
+        return Ok(None);
+    }
+    let terms = crate::apply::indexed_terms(&m);
+    let has_prefix = q
+        .terms
+        .prefix
+        .as_ref()
+        .is_none_or(|p| terms.iter().any(|t| t.starts_with(p.as_str())));
+    if !has_prefix || !q.terms.exact.iter().all(|t| terms.contains(t)) {
+        return Ok(None);
+    }
+    if lsm.get(&hidden_key(conv, q.user, m.seq))?.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(RawHit { conv, ts, value }))
+}
+
+/// Where in `text` the query's terms occur, as byte ranges, sorted and
+/// merged (overlapping CJK bigrams and unigrams become one range).
+pub fn matches(text: &str, terms: &QueryTerms) -> Vec<(usize, usize)> {
+    let mut ranges: Vec<(usize, usize)> = tokenize::tokens(text)
+        .into_iter()
+        .filter(|t| {
+            terms.exact.contains(&t.term)
+                || terms
+                    .prefix
+                    .as_ref()
+                    .is_some_and(|p| t.term.starts_with(p.as_str()))
+        })
+        .map(|t| (t.start, t.end))
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
+
+/// Characters of context a snippet keeps before its first highlight.
+const SNIPPET_LEAD: usize = 40;
+/// The longest snippet, in characters.
+const SNIPPET_CHARS: usize = 160;
+
+/// A snippet of `text` around its first match and the matches inside it,
+/// as `[start, end)` offsets in characters (Unicode scalar values) of the
+/// snippet.
+pub fn snippet(text: &str, terms: &QueryTerms) -> (String, Vec<(u32, u32)>) {
+    let found = matches(text, terms);
+    // Byte offset → char offset, over the whole text.
+    let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    let char_at = |byte: usize| starts.partition_point(|&b| b < byte);
+    let first = found.first().map_or(0, |m| char_at(m.0));
+    let from = first.saturating_sub(SNIPPET_LEAD);
+    let to = (from + SNIPPET_CHARS).min(starts.len());
+    let byte = |c: usize| starts.get(c).copied().unwrap_or(text.len());
+    let out = text[byte(from)..byte(to)].to_string();
+    let highlights = found
+        .iter()
+        .map(|&(s, e)| (char_at(s), char_at(e)))
+        .filter(|&(s, e)| s >= from && e <= to)
+        .map(|(s, e)| ((s - from) as u32, (e - from) as u32))
+        .collect();
+    (out, highlights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snippet_centres_on_the_first_match_and_counts_characters() {
+        let q = tokenize::query("grüß ");
+        let text = format!("{} Grüß dich, grüß", "é".repeat(100));
+        let (s, h) = snippet(&text, &q);
+        // From 40 characters before the first match to the end.
+        assert_eq!(
+            s.chars().count(),
+            text.chars().count() - (101 - SNIPPET_LEAD)
+        );
+        let chars: Vec<char> = s.chars().collect();
+        let words: Vec<String> = h
+            .iter()
+            .map(|&(a, b)| chars[a as usize..b as usize].iter().collect())
+            .collect();
+        assert_eq!(words, ["Grüß", "grüß"]);
+    }
+
+    #[test]
+    fn matches_merge_overlapping_cjk_ranges() {
+        let q = tokenize::query("東京 ");
+        assert_eq!(matches("x 東京都", &q), vec![(2, 8)]);
+    }
+
+    #[test]
+    fn links_and_cursors() {
+        assert!(has_link(b"see HTTPS://x.org"));
+        assert!(!has_link(b"no link here"));
+        let c = Cursor {
+            ts: 5,
+            conv: ConversationId(9),
+        };
+        assert_eq!(Cursor::parse(&c.encode()), Some(c));
+        assert_eq!(Cursor::parse("5"), None);
+        assert!(c.admits(4, ConversationId(10)) && c.admits(5, ConversationId(8)));
+        assert!(!c.admits(5, ConversationId(9)) && !c.admits(6, ConversationId(1)));
+    }
+}

@@ -1,0 +1,349 @@
+//! The index against the messages it indexes: random sends, edits,
+//! unsends, expiries, flushes and compactions on a real LSM (the chat
+//! retention rule, a test clock), then every query answered three ways —
+//! by the index (`query::search`), by a brute-force scan of the
+//! conversation's stored messages, and by a model of what was sent — which
+//! must agree exactly, page by page. Finally every posting left must be
+//! backed by a visible message holding its term, and every such term must
+//! have its posting.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use missive_engine::keys::{ConversationId, Timestamp};
+use missive_engine::lsm::{Direction, Lsm, LsmOptions, WriteBatch};
+use missive_raft::storage::record_source::Records;
+
+use super::postings;
+use super::query::{search, Cursor, Filters, ShardSearch};
+use super::tokenize;
+use crate::apply::{indexed_terms, run, Effects};
+use crate::command::{Command, ConversationKind, MessageKind, NewMessage, Outcome, SendMessage};
+use crate::ids::{DeviceId, Seq, UserId};
+use crate::records;
+
+const CONV: ConversationId = ConversationId(4242);
+const START: u64 = 1_700_000_000_000_000;
+const WORDS: &[&str] = &[
+    "apple",
+    "apricot",
+    "Äpfel",
+    "banana",
+    "café",
+    "CAFE",
+    "東京都",
+    "京都",
+    "hello",
+    "help",
+    "ok",
+];
+
+/// A shard: an LSM with the chat retention rule on a clock the test moves.
+struct Shard {
+    lsm: Lsm,
+    now: Arc<AtomicU64>,
+    _dir: tempfile::TempDir,
+}
+
+impl Shard {
+    fn new() -> Shard {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicU64::new(START));
+        let clock = Arc::clone(&now);
+        let lsm = Lsm::open(
+            dir.path(),
+            LsmOptions {
+                background: false,
+                retention: Some(crate::retention::message_retention()),
+                clock: Some(Arc::new(move || Timestamp(clock.load(Ordering::SeqCst)))),
+                ..LsmOptions::default()
+            },
+        )
+        .unwrap();
+        Shard {
+            lsm,
+            now,
+            _dir: dir,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    /// Applies `cmd` at the next µs, as one batch.
+    fn apply(&self, cmd: Command) -> Outcome {
+        let stamp = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut fx = Effects::default();
+        let mut rec = Records::over(&self.lsm);
+        let out = run(&mut rec, &mut fx, stamp, &cmd).unwrap();
+        let mut b = WriteBatch::new();
+        for (k, v) in rec.into_writes() {
+            match v {
+                Some(v) => b.put(k, v),
+                None => b.delete(k),
+            };
+        }
+        self.lsm.apply(&b, None).unwrap();
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Send {
+        sender: u64,
+        words: Vec<usize>,
+        text: bool,
+        expires_in: Option<u64>,
+    },
+    Edit {
+        pick: usize,
+        words: Vec<usize>,
+        text: bool,
+    },
+    Unsend {
+        pick: usize,
+    },
+    Wait(u64),
+    Flush,
+    Compact,
+}
+
+fn words() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(0..WORDS.len(), 1..4)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1..=2u64, words(), prop::bool::weighted(0.8), prop::option::weighted(0.3, 1..50u64))
+            .prop_map(|(sender, words, text, expires_in)| Op::Send { sender, words, text, expires_in }),
+        2 => (any::<usize>(), words(), prop::bool::weighted(0.8))
+            .prop_map(|(pick, words, text)| Op::Edit { pick, words, text }),
+        1 => any::<usize>().prop_map(|pick| Op::Unsend { pick }),
+        1 => (1..40u64).prop_map(Op::Wait),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Compact),
+    ]
+}
+
+fn body(words: &[usize]) -> String {
+    words
+        .iter()
+        .map(|w| WORDS[*w])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What the model holds of one message.
+#[derive(Debug, Clone)]
+struct Sent {
+    ts: u64,
+    body: String,
+    text: bool,
+    expires_at: Option<u64>,
+    unsent: bool,
+}
+
+/// Whether `body`'s terms satisfy `q`.
+fn satisfies(body: &str, q: &tokenize::QueryTerms) -> bool {
+    let terms: BTreeSet<String> = tokenize::terms(body).into_iter().collect();
+    q.exact.iter().all(|t| terms.contains(t))
+        && q.prefix
+            .as_ref()
+            .is_none_or(|p| terms.iter().any(|t| t.starts_with(p.as_str())))
+}
+
+/// Every page of user 1's search for `text`, concatenated (ts of each hit).
+fn by_index(s: &Shard, text: &str, page: u32) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut after: Option<Cursor> = None;
+    loop {
+        let q = ShardSearch {
+            user: UserId(1),
+            convs: vec![CONV],
+            terms: tokenize::query(text),
+            filters: Filters::default(),
+            after,
+            limit: page,
+        };
+        let hits = search(&s.lsm, &q).unwrap();
+        out.extend(hits.iter().map(|h| h.ts));
+        if hits.len() < page as usize {
+            return out;
+        }
+        let last = hits.last().unwrap();
+        after = Some(Cursor {
+            ts: last.ts,
+            conv: last.conv,
+        });
+    }
+}
+
+/// The same search by reading every stored message of the conversation.
+fn by_scan(s: &Shard, text: &str) -> Vec<u64> {
+    let q = tokenize::query(text);
+    s.lsm
+        .latest(CONV, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| {
+            let msg = records::decode_message(&m.value).unwrap();
+            let body = std::str::from_utf8(&msg.body).ok()?;
+            (!indexed_terms(&msg).is_empty() && satisfies(body, &q)).then_some(m.ts.0)
+        })
+        .collect()
+}
+
+/// The same search over what the model says was sent.
+fn by_model(model: &BTreeMap<u64, Sent>, now: u64, text: &str) -> Vec<u64> {
+    let q = tokenize::query(text);
+    let mut out: Vec<u64> = model
+        .values()
+        .filter(|m| m.text && !m.unsent && m.expires_at.is_none_or(|at| at > now))
+        .filter(|m| satisfies(&m.body, &q))
+        .map(|m| m.ts)
+        .collect();
+    out.sort_unstable_by(|a, b| b.cmp(a));
+    out
+}
+
+fn queries() -> Vec<String> {
+    let mut q: Vec<String> = WORDS.iter().map(|w| format!("{w} ")).collect();
+    q.extend(
+        [
+            "ap",
+            "he",
+            "caf",
+            "Apfel ",
+            "hello ap",
+            "cafe banana ",
+            "東京 ",
+            "京",
+        ]
+        .map(String::from),
+    );
+    q
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_index_answers_what_a_scan_of_the_messages_does(ops in prop::collection::vec(op(), 1..60)) {
+        let s = Shard::new();
+        let created = s.apply(Command::CreateConversation {
+            conv: CONV,
+            kind: ConversationKind::Group,
+            name: "g".into(),
+            creator: UserId(1),
+            members: vec![UserId(1), UserId(2)],
+            max_members: 10,
+        });
+        let ok = matches!(created, Outcome::Created { .. });
+        prop_assert!(ok, "create refused");
+        let mut model: BTreeMap<u64, Sent> = BTreeMap::new();
+        let mut n = 0u64;
+        for op in ops {
+            match op {
+                Op::Send { sender, words, text, expires_in } => {
+                    n += 1;
+                    let b = body(&words);
+                    let expires_at = expires_in.map(|d| s.now() + d);
+                    let m = SendMessage {
+                        message: NewMessage {
+                            conv: CONV,
+                            sender: UserId(sender),
+                            device: DeviceId(1),
+                            client_msg_id: format!("m{n}"),
+                            kind: MessageKind::Text,
+                            body: b.clone().into_bytes(),
+                            expires_at,
+                            reply_to: None,
+                        },
+                        mentions: Vec::new(),
+                        default_retention_micros: None,
+                    };
+                    let cmd = if text { Command::SendText(m) } else { Command::Send(m) };
+                    let Outcome::Sent { ts, seq, .. } = s.apply(cmd) else {
+                        panic!("send refused");
+                    };
+                    model.insert(seq.0, Sent { ts, body: b, text, expires_at, unsent: false });
+                }
+                Op::Edit { pick, words, text } if !model.is_empty() => {
+                    let seq = *model.keys().nth(pick % model.len()).unwrap();
+                    let sender = records::decode_indexed(
+                        &s.lsm.get(&records::seq_key(CONV, Seq(seq))).unwrap().unwrap(),
+                    )
+                    .unwrap()
+                    .sender;
+                    let b = body(&words);
+                    let (conv, actor, seq_, body_, window_micros) =
+                        (CONV, sender, Seq(seq), b.clone().into_bytes(), u64::MAX);
+                    let cmd = if text {
+                        Command::EditText { conv, actor, seq: seq_, body: body_, window_micros }
+                    } else {
+                        Command::Edit { conv, actor, seq: seq_, body: body_, window_micros }
+                    };
+                    if let Outcome::MessageChanged { changed: true, .. } = s.apply(cmd) {
+                        let m = model.get_mut(&seq).unwrap();
+                        m.body = b;
+                        m.text = text;
+                    }
+                }
+                Op::Unsend { pick } if !model.is_empty() => {
+                    let seq = *model.keys().nth(pick % model.len()).unwrap();
+                    let out = s.apply(Command::Unsend {
+                        conv: CONV,
+                        actor: UserId(1),
+                        seq: Seq(seq),
+                        window_micros: u64::MAX,
+                        admins_may: true,
+                    });
+                    if let Outcome::MessageChanged { changed: true, .. } = out {
+                        model.get_mut(&seq).unwrap().unsent = true;
+                    }
+                }
+                Op::Wait(d) => {
+                    s.now.fetch_add(d, Ordering::SeqCst);
+                }
+                Op::Flush => s.lsm.flush().unwrap(),
+                Op::Compact => s.lsm.compact_full().unwrap(),
+                _ => {}
+            }
+        }
+        let now = s.now();
+        for q in queries() {
+            let want = by_model(&model, now, &q);
+            prop_assert_eq!(&by_scan(&s, &q), &want, "scan for {:?}", q);
+            prop_assert_eq!(&by_index(&s, &q, 100), &want, "index for {:?}", q);
+            prop_assert_eq!(&by_index(&s, &q, 2), &want, "index paged for {:?}", q);
+        }
+        // Every posting is backed, and every indexed term has its posting.
+        s.lsm.compact_full().unwrap();
+        let lo = postings::conversation_postings(CONV);
+        let hi = postings::end_of(&lo);
+        let found: BTreeSet<(Vec<u8>, u64)> = s
+            .lsm
+            .scan(&lo, Some(&hi), Direction::Forward, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| {
+                let (t, ts) = postings::decode_key(&k).unwrap();
+                (t.to_vec(), ts)
+            })
+            .collect();
+        let mut want = BTreeSet::new();
+        for m in s.lsm.latest(CONV, usize::MAX).unwrap() {
+            let msg = records::decode_message(&m.value).unwrap();
+            for t in indexed_terms(&msg) {
+                want.insert((t.into_bytes(), m.ts.0));
+            }
+        }
+        prop_assert_eq!(found, want);
+    }
+}
