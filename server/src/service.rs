@@ -57,7 +57,7 @@ pub struct Outgoing {
     /// What it is.
     pub kind: MessageKind,
     /// The body, decoded.
-    pub body: Vec<u8>,
+    pub body: crate::wire::Body,
     /// Disappear this long after sending, ms.
     pub expires_in_ms: Option<u64>,
     /// The seq of the message it answers, if a reply.
@@ -119,6 +119,50 @@ impl Cursor {
             )),
         }
     }
+}
+
+/// A search as an edge received it (see protocol.md, "Search").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchQuery {
+    /// The words; the last one is a prefix unless the text ends in a space.
+    pub text: String,
+    /// Only this conversation.
+    pub conv: Option<ConversationId>,
+    /// Only messages from this user.
+    pub sender: Option<UserId>,
+    /// Only messages sent at or after this ts (µs).
+    pub since: Option<u64>,
+    /// Only messages sent before this ts (µs).
+    pub until: Option<u64>,
+    /// Only messages of this kind: `text`, `media`, `reply` or `link`.
+    pub kind: Option<String>,
+    /// The previous page's `next`.
+    pub cursor: Option<String>,
+    /// Most hits (1..=100, default 20).
+    pub limit: Option<usize>,
+}
+
+/// One hit of a search: the message as the caller sees it, and where the
+/// words matched.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchHitOut {
+    /// The message.
+    pub message: MessageOut,
+    /// Up to 160 characters of its body around the first match.
+    pub snippet: String,
+    /// The matches in `snippet`: `[start, end)` in characters (Unicode
+    /// scalar values).
+    pub highlights: Vec<[u32; 2]>,
+}
+
+/// A page of search hits, newest first.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchPageOut {
+    /// The hits.
+    pub hits: Vec<SearchHitOut>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A history page.
@@ -377,20 +421,26 @@ impl Service {
             None => None,
         };
         // Kept for the cache: every recipient device renders this message.
+        let text = body.text;
         let mut message = Message::new(
             Seq::ZERO,
             who.user,
             who.device,
             client_msg_id,
             kind,
-            body,
+            body.bytes,
             expires_at,
             reply_to.map(Seq),
         );
+        message.text = text;
         let mark = self.recent.mark();
         let started = std::time::Instant::now();
         let out = self
-            .write(Command::Send(SendMessage {
+            .write((if text {
+                Command::SendText
+            } else {
+                Command::Send
+            })(SendMessage {
                 message: NewMessage {
                     conv,
                     sender: who.user,
@@ -475,7 +525,7 @@ impl Service {
         who: UserId,
         conv: ConversationId,
         seq: u64,
-        body: Vec<u8>,
+        body: crate::wire::Body,
     ) -> Result<ChangeAck, ApiError> {
         if body.is_empty() {
             return Err(ApiError::invalid(
@@ -493,12 +543,26 @@ impl Service {
                 ),
             ));
         }
-        let cmd = Command::Edit {
-            conv,
-            actor: who,
-            seq: Seq(seq),
-            body,
-            window_micros: self.messages.edit_window_secs.saturating_mul(1_000_000),
+        let (seq_, window_micros) = (
+            Seq(seq),
+            self.messages.edit_window_secs.saturating_mul(1_000_000),
+        );
+        let cmd = if body.text {
+            Command::EditText {
+                conv,
+                actor: who,
+                seq: seq_,
+                body: body.bytes,
+                window_micros,
+            }
+        } else {
+            Command::Edit {
+                conv,
+                actor: who,
+                seq: seq_,
+                body: body.bytes,
+                window_micros,
+            }
         };
         self.change(who, seq, cmd).await
     }
@@ -1469,5 +1533,71 @@ impl Service {
             e,
             message.map(|m| m.for_viewer(viewer)),
         ))
+    }
+
+    /// A page of `who`'s search (see protocol.md, "Search"): messages of
+    /// the conversations they are in now (and may see), holding every
+    /// word, newest first. Rate limited like history reads. A conversation
+    /// filter naming one they are not in answers `not_a_member`, as every
+    /// conversation-scoped call does.
+    pub async fn search(&self, who: UserId, q: SearchQuery) -> Result<SearchPageOut, ApiError> {
+        use missive_chat::search::{Cursor as SearchCursor, Filters, KindFilter, SearchRequest};
+        let limit = q.limit.unwrap_or(20);
+        let kind = match q.kind.as_deref() {
+            None | Some("") => None,
+            Some("text") => Some(KindFilter::Text),
+            Some("media") => Some(KindFilter::Media),
+            Some("reply") => Some(KindFilter::Reply),
+            Some("link") => Some(KindFilter::Link),
+            Some(other) => {
+                return Err(ApiError::invalid(format!(
+                    "kind {other:?} is not one of text, media, reply, link"
+                )))
+            }
+        };
+        let after = match q.cursor.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(SearchCursor::parse(c).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_cursor",
+                    "a search cursor is the `next` of a previous page",
+                )
+            })?),
+        };
+        if let (Some(since), Some(until)) = (q.since, q.until) {
+            if since >= until {
+                return Err(ApiError::invalid("since must be before until"));
+            }
+        }
+        self.rates.check(Class::History, who)?;
+        if let Some(conv) = q.conv {
+            self.member_conversation(who, conv).await?;
+        }
+        let req = SearchRequest {
+            text: q.text,
+            conv: q.conv,
+            filters: Filters {
+                sender: q.sender,
+                since: q.since,
+                until: q.until,
+                kind,
+            },
+            after,
+            limit,
+        };
+        let page = self.read(|c| self.node.search(who, &req, c)).await?;
+        Ok(SearchPageOut {
+            hits: page
+                .hits
+                .into_iter()
+                .map(|h| SearchHitOut {
+                    message: MessageOut::from_stored(h.conv.0, h.message).for_viewer(who),
+                    snippet: h.snippet,
+                    highlights: h.highlights.into_iter().map(|(a, b)| [a, b]).collect(),
+                })
+                .collect(),
+            next: page.next.map(|c| c.encode()),
+        })
     }
 }

@@ -137,18 +137,56 @@ pub struct BodyIn {
     pub body_b64: Option<String>,
 }
 
+/// A message body as decoded from a request, and how it was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Body {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// Given as text (`body`): the message is indexed for search. Bytes
+    /// given as bytes (`body_b64`, gRPC's `body`) are opaque (maybe
+    /// ciphertext) and never indexed.
+    pub text: bool,
+}
+
+impl Body {
+    /// Text.
+    pub fn text(t: String) -> Body {
+        Body {
+            bytes: t.into_bytes(),
+            text: true,
+        }
+    }
+
+    /// Opaque bytes.
+    pub fn opaque(bytes: Vec<u8>) -> Body {
+        Body { bytes, text: false }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
 impl BodyIn {
-    /// The bytes, checked against `max` bytes.
-    pub fn bytes(self, max: usize) -> Result<Vec<u8>, ApiError> {
+    /// The body, checked against `max` bytes.
+    pub fn bytes(self, max: usize) -> Result<Body, ApiError> {
         let b = match (self.body, self.body_b64) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid("give body or body_b64, not both"));
             }
-            (Some(t), None) => t.into_bytes(),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map_err(|e| ApiError::invalid(format!("body_b64 is not base64: {e}")))?,
-            (None, None) => Vec::new(),
+            (Some(t), None) => Body::text(t),
+            (None, Some(b)) => Body::opaque(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| ApiError::invalid(format!("body_b64 is not base64: {e}")))?,
+            ),
+            (None, None) => Body::default(),
         };
         if b.len() > max {
             return Err(ApiError::new(
@@ -736,6 +774,16 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         next_after: Option<u64>,
     },
+    /// A page of search hits (answer to `search`), newest first.
+    SearchResult {
+        /// The request id.
+        id: String,
+        /// The hits.
+        hits: Vec<crate::service::SearchHitOut>,
+        /// Pass as `cursor` for the next page; absent on the last.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+    },
     /// One inbox event (sync and live alike).
     Event {
         /// The user's event sequence number: the sync cursor.
@@ -1021,6 +1069,34 @@ pub enum ClientFrame {
         #[serde(default)]
         around: Option<u64>,
         /// Page size (default 50).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Search the caller's messages (see protocol.md, "Search").
+    Search {
+        /// Request id.
+        id: String,
+        /// The words; the last is a prefix unless the text ends in a space.
+        q: String,
+        /// Only this conversation.
+        #[serde(default)]
+        conv: Option<Id>,
+        /// Only messages from this user.
+        #[serde(default)]
+        sender: Option<Id>,
+        /// Only messages sent at or after this ts (µs).
+        #[serde(default)]
+        since: Option<u64>,
+        /// Only messages sent before this ts (µs).
+        #[serde(default)]
+        until: Option<u64>,
+        /// text, media, reply or link.
+        #[serde(default)]
+        kind: Option<String>,
+        /// The previous page's `next`.
+        #[serde(default)]
+        cursor: Option<String>,
+        /// 1..=100 (default 20).
         #[serde(default)]
         limit: Option<usize>,
     },

@@ -293,6 +293,17 @@ async fn pins_and_blocks_across_nodes_follow_the_rules() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_across_nodes_scopes_hits_to_what_the_user_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, nodes) = cluster(dir.path()).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Running::addr).collect();
+    suites::search_scopes_hits_to_what_the_user_may_read(&addrs, &cfgs[0]).await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mentions_and_settings_across_nodes_follow_the_rules() {
     let dir = tempfile::tempdir().unwrap();
     let (cfgs, nodes) = cluster(dir.path()).await;

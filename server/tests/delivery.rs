@@ -733,3 +733,12 @@ async fn metrics_show_latency_histograms_for_sends_history_and_live_delivery() {
     assert_eq!(count("missive_leader_handovers_total"), 0.0);
     srv.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_scopes_hits_to_what_the_user_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    suites::search_scopes_hits_to_what_the_user_may_read(&[srv.addr()], &c).await;
+    srv.shutdown().await.unwrap();
+}

@@ -98,6 +98,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         expires_in_ms: 0,
         reply_to: 0,
         mentions: Vec::new(),
+        text: String::new(),
     };
     let a = client
         .send(authed(send.clone(), &alice))
@@ -181,6 +182,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         expires_in_ms: 0,
         reply_to: to,
         mentions: Vec::new(),
+        text: String::new(),
     };
     let r = client
         .send(authed(reply(1, "b1"), &bob))
@@ -216,6 +218,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
                 conv,
                 seq: 2,
                 body: b"re!".to_vec(),
+                text: String::new(),
             },
             &bob,
         ))
@@ -229,6 +232,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
                 conv,
                 seq: 2,
                 body: b"not yours".to_vec(),
+                text: String::new(),
             },
             &alice,
         ))
@@ -791,5 +795,138 @@ async fn every_call_echoes_a_request_id_in_its_metadata() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(!id(e.metadata()).is_empty(), "{e:?}");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_over_grpc_finds_text_never_bytes() {
+    let (_dir, srv, mut client, [alice, bob, carol]) = setup(1).await;
+    let conv = direct(&srv, &alice).await;
+    let send = |cid: &str, text: &str, body: &[u8]| pb::SendRequest {
+        conv,
+        client_msg_id: cid.into(),
+        text: text.into(),
+        body: body.to_vec(),
+        ..Default::default()
+    };
+    // `text` is indexed; the same words as bytes in `body` are not.
+    let t = client
+        .send(authed(
+            send("t1", "Lunch at Zoë's? 東京駅 at noon", b""),
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .send(authed(send("b1", "", b"lunch secret"), &alice))
+        .await
+        .unwrap();
+    let e = client
+        .send(authed(send("x1", "both", b"both"), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::InvalidArgument, "invalid")
+    );
+    let search = |query: &str| pb::SearchRequest {
+        query: query.into(),
+        ..Default::default()
+    };
+    let r = client
+        .search(authed(search("zoe"), &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.hits.len(), 1, "{r:?}");
+    let hit = &r.hits[0];
+    assert_eq!(hit.message.as_ref().map(|m| m.seq), Some(t.seq));
+    assert_eq!(hit.snippet, "Lunch at Zoë's? 東京駅 at noon");
+    // "Zoë's" is one word (UAX #29): characters 9..14.
+    assert_eq!(
+        hit.highlights
+            .iter()
+            .map(|h| (h.start, h.end))
+            .collect::<Vec<_>>(),
+        vec![(9, 14)]
+    );
+    assert!(r.next.is_empty());
+    for q in ["東京 ", "lunch "] {
+        let r = client
+            .search(authed(search(q), &alice))
+            .await
+            .unwrap()
+            .into_inner();
+        let seqs: Vec<u64> = r
+            .hits
+            .iter()
+            .filter_map(|h| h.message.as_ref())
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(seqs, vec![t.seq], "{q}");
+    }
+    // Carol is not in the conversation: nothing, and a filter naming it
+    // is refused like any conversation-scoped call.
+    let r = client
+        .search(authed(search("lunch"), &carol))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.hits.is_empty());
+    let e = client
+        .search(authed(
+            pb::SearchRequest {
+                conv,
+                ..search("lunch")
+            },
+            &carol,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::PermissionDenied, "not_a_member")
+    );
+    let e = client
+        .search(authed(search("..."), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e).as_str()),
+        (Code::InvalidArgument, "invalid")
+    );
+    // An edit given as text re-indexes; as bytes, the message leaves the
+    // index.
+    let edit = |text: &str, body: &[u8]| pb::EditRequest {
+        conv,
+        seq: t.seq,
+        text: text.into(),
+        body: body.to_vec(),
+    };
+    client
+        .edit(authed(edit("dinner instead", b""), &alice))
+        .await
+        .unwrap();
+    let hits = |r: pb::SearchReply| r.hits.len();
+    let searcher = client.clone();
+    let found = |q: &'static str| {
+        let mut c = searcher.clone();
+        let tok = bob.clone();
+        async move {
+            hits(
+                c.search(authed(search(q), &tok))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            )
+        }
+    };
+    assert_eq!((found("dinner").await, found("lunch").await), (1, 0));
+    client
+        .edit(authed(edit("", b"dinner as bytes"), &alice))
+        .await
+        .unwrap();
+    assert_eq!(found("dinner").await, 0);
     srv.shutdown().await.unwrap();
 }

@@ -593,3 +593,140 @@ async fn a_normal_cluster_start_and_restart_log_no_error_and_no_colour() {
         );
     }
 }
+
+/// The seqs of `token`'s search hits for `q` on the node at `addr`, every
+/// page, retrying while the node answers `unavailable` (an election).
+async fn search_on(addr: SocketAddr, token: &str, q: &str) -> Vec<u64> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(12))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seqs = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let url = format!("http://{addr}/v1/search?q={q}&limit=7&cursor={cursor}");
+        let r = client.get(url).bearer_auth(token).send().await;
+        let (status, v) = match r {
+            Ok(r) => (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            ),
+            Err(_) => (503, serde_json::Value::Null),
+        };
+        match status {
+            200 => {
+                for h in v["hits"].as_array().unwrap() {
+                    seqs.push(h["message"]["seq"].as_u64().unwrap());
+                }
+                match v["next"].as_str() {
+                    Some(n) => cursor = n.to_string(),
+                    None => return seqs,
+                }
+            }
+            503 | 504 => {
+                assert!(Instant::now() < deadline, "search on {addr} never answered");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("search {q} on {addr}: {other} {v}"),
+        }
+    }
+}
+
+/// Search is answered from the index every replica keeps in the message's
+/// own batch: after the conversation's shard leader is killed (changes
+/// made before and after), every node — the restarted one too — answers
+/// every query the same, and as the changes say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_answers_the_same_on_every_node_after_a_leader_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, http, tc) = start_cluster(dir.path()).await;
+    let (alice, bob) = (token(&tc, 1, 1), token(&tc, 2, 1));
+    let conv = Http::new(http[0], alice.clone())
+        .group("find", &[2, 3])
+        .await;
+    let msgs = format!("/v1/conversations/{conv}/messages");
+    let send = |i: u64| {
+        (
+            reqwest::Method::POST,
+            msgs.clone(),
+            Some(
+                json!({"client_msg_id": format!("m{i}"), "body": format!("w{} common {i}", i % 3)}),
+            ),
+        )
+    };
+    // Seqs 1..=20, then: seq 1 edited out of "common", seq 2 unsent.
+    for i in 1..=20 {
+        let (m, p, b) = send(i);
+        change_until_done(&http, None, &alice, m, &p, b).await;
+    }
+    let edit = json!({"body": "w1 no longer"});
+    change_until_done(
+        &http,
+        None,
+        &alice,
+        reqwest::Method::PATCH,
+        &format!("{msgs}/1"),
+        Some(edit),
+    )
+    .await;
+    let conv_id: u64 = conv.parse().unwrap();
+    let shard = SlotMap::even(SHARDS)
+        .unwrap()
+        .shard_of(ConversationId(conv_id))
+        .0;
+    let victim = leader_of(http[0], shard).await;
+    assert!((1..=3).contains(&victim), "no leader for shard {shard}");
+    let v = (victim - 1) as usize;
+    procs[v].child.kill().unwrap(); // SIGKILL
+    procs[v].child.wait().unwrap();
+    change_until_done(
+        &http,
+        Some(v),
+        &alice,
+        reqwest::Method::DELETE,
+        &format!("{msgs}/2"),
+        None,
+    )
+    .await;
+    for i in 21..=25 {
+        let (m, p, b) = send(i);
+        change_until_done(&http, Some(v), &alice, m, &p, b).await;
+    }
+    let want = |f: &dyn Fn(u64) -> bool| (3..=25).rev().filter(|s| f(*s)).collect::<Vec<u64>>();
+    let queries: Vec<(&str, Vec<u64>)> = vec![
+        ("common", want(&|_| true)),
+        ("w0%20common%20", want(&|s| s % 3 == 0)),
+        ("w1", [want(&|s| s % 3 == 1), vec![1]].concat()),
+        ("no%20long", vec![1]),
+    ];
+    for (i, p) in procs.iter().enumerate().filter(|(i, _)| *i != v) {
+        for (q, expect) in &queries {
+            assert_eq!(
+                &search_on(p.addr, &bob, q).await,
+                expect,
+                "node {} {q}",
+                i + 1
+            );
+        }
+    }
+    // The killed node comes back from its data directory and catches up.
+    let mut child = spawn(&procs[v].config);
+    wait_listening(&mut child);
+    procs[v].child = child;
+    wait_ready(&http).await;
+    for (i, p) in procs.iter().enumerate() {
+        for (q, expect) in &queries {
+            assert_eq!(
+                &search_on(p.addr, &bob, q).await,
+                expect,
+                "node {} {q}",
+                i + 1
+            );
+        }
+    }
+    for mut p in procs {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}

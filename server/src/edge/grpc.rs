@@ -167,6 +167,16 @@ fn body_bytes(text: Option<String>, b64: Option<String>) -> Vec<u8> {
     }
 }
 
+/// A request's body: `text` (indexed for search) or `body` (opaque bytes),
+/// not both.
+fn grpc_body(text: String, bytes: Vec<u8>) -> Result<crate::wire::Body, ApiError> {
+    match (text.is_empty(), bytes.is_empty()) {
+        (false, false) => Err(ApiError::invalid("give text or body, not both")),
+        (false, true) => Ok(crate::wire::Body::text(text)),
+        _ => Ok(crate::wire::Body::opaque(bytes)),
+    }
+}
+
 fn pb_settings(s: crate::wire::SettingsOut) -> pb::Settings {
     pb::Settings {
         history: s.history.to_string(),
@@ -370,7 +380,8 @@ impl Missive for Grpc {
         let svc = &self.state.service;
         let kind =
             parse_kind(if r.kind.is_empty() { "text" } else { &r.kind }).map_err(|e| status(&e))?;
-        if r.body.len() > svc.limits.max_message_bytes {
+        let body = grpc_body(r.text, r.body).map_err(|e| status(&e))?;
+        if body.len() > svc.limits.max_message_bytes {
             return Err(status(&ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
@@ -384,7 +395,7 @@ impl Missive for Grpc {
         let out = Outgoing {
             client_msg_id: r.client_msg_id,
             kind,
-            body: r.body,
+            body,
             expires_in_ms: expires,
             reply_to: (r.reply_to > 0).then_some(r.reply_to),
             mentions: r.mentions,
@@ -408,9 +419,10 @@ impl Missive for Grpc {
         let who = self.caller(&req).await?;
         let r = req.into_inner();
         let svc = &self.state.service;
+        let body = grpc_body(r.text, r.body).map_err(|e| status(&e))?;
         change_reply(
             r.conv,
-            svc.edit(who.user, ConversationId(r.conv), r.seq, r.body),
+            svc.edit(who.user, ConversationId(r.conv), r.seq, body),
         )
         .await
     }
@@ -566,6 +578,48 @@ impl Missive for Grpc {
             messages: page.messages.into_iter().map(pb_message).collect(),
             next_before: page.next_before.unwrap_or(0),
             next_after: page.next_after.unwrap_or(0),
+        }))
+    }
+
+    async fn search(
+        &self,
+        req: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchReply>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.into_inner();
+        let some = |v: u64| (v > 0).then_some(v);
+        let text = |s: String| (!s.is_empty()).then_some(s);
+        let query = crate::service::SearchQuery {
+            text: r.query,
+            conv: some(r.conv).map(ConversationId),
+            sender: some(r.sender).map(UserId),
+            since: some(r.since),
+            until: some(r.until),
+            kind: text(r.kind),
+            cursor: text(r.cursor),
+            limit: (r.limit > 0).then_some(r.limit as usize),
+        };
+        let page = self
+            .state
+            .service
+            .search(who.user, query)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::SearchReply {
+            hits: page
+                .hits
+                .into_iter()
+                .map(|h| pb::SearchHit {
+                    message: Some(pb_message(h.message)),
+                    snippet: h.snippet,
+                    highlights: h
+                        .highlights
+                        .into_iter()
+                        .map(|[start, end]| pb::Highlight { start, end })
+                        .collect(),
+                })
+                .collect(),
+            next: page.next.unwrap_or_default(),
         }))
     }
 

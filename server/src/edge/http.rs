@@ -98,6 +98,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(members))
         .routes(routes!(leave))
         .routes(routes!(history, send))
+        .routes(routes!(search))
         .routes(routes!(edit, unsend))
         .routes(routes!(react_add, react_remove))
         .routes(routes!(hide))
@@ -873,6 +874,63 @@ async fn history(
         next_before: page.next_before,
         next_after: page.next_after,
     })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    /// The words; the last is a prefix unless the text ends in a space.
+    q: String,
+    /// Only this conversation (decimal id).
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    conv: Option<Id>,
+    /// Only messages from this user (decimal id).
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    sender: Option<Id>,
+    /// Only messages sent at or after this ts (µs).
+    #[serde(default)]
+    since: Option<u64>,
+    /// Only messages sent before this ts (µs).
+    #[serde(default)]
+    until: Option<u64>,
+    /// text, media, reply or link.
+    #[serde(default)]
+    kind: Option<String>,
+    /// The previous page's `next`.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// 1..=100 (default 20).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/search",
+    tag = "messages",
+    summary = "Search your messages",
+    params(SearchParams),
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+async fn search(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Q(q): Q<SearchParams>,
+) -> Result<Json<crate::service::SearchPageOut>, ApiError> {
+    let query = crate::service::SearchQuery {
+        text: q.q,
+        conv: q.conv.map(|c| ConversationId(c.0)),
+        sender: q.sender.map(|u| UserId(u.0)),
+        since: q.since,
+        until: q.until,
+        kind: q.kind,
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    Ok(Json(s.service.search(who.user, query).await?))
 }
 
 /// A history page. Typed rather than `json!`: that would build every

@@ -737,6 +737,36 @@ async fn handle(
                 Err(e) => ServerFrame::error(Some(id), &e),
             }
         }
+        ClientFrame::Search {
+            id,
+            q,
+            conv,
+            sender,
+            since,
+            until,
+            kind,
+            cursor,
+            limit,
+        } => {
+            let query = crate::service::SearchQuery {
+                text: q,
+                conv: conv.map(|c| ConversationId(c.0)),
+                sender: sender.map(|u| missive_chat::UserId(u.0)),
+                since,
+                until,
+                kind,
+                cursor,
+                limit,
+            };
+            match svc.search(who.user, query).await {
+                Ok(p) => ServerFrame::SearchResult {
+                    id,
+                    hits: p.hits,
+                    next: p.next,
+                },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
         ClientFrame::Presence { id, users } => {
             let r = async {
                 let (watch, hidden) = watch_list(svc, who.user, &users).await?;
@@ -1024,7 +1054,7 @@ mod tests {
             let out = crate::service::Outgoing {
                 client_msg_id: format!("m{i}"),
                 kind: missive_chat::command::MessageKind::Text,
-                body: vec![b'x'; 5_000],
+                body: crate::wire::Body::opaque(vec![b'x'; 5_000]),
                 expires_in_ms: None,
                 reply_to: None,
                 mentions: Vec::new(),

@@ -960,3 +960,205 @@ pub async fn mentions_and_settings_follow_the_rules(addrs: &[SocketAddr], c: &Co
         .await;
     assert_eq!(no["code"], "forbidden", "{no}");
 }
+
+/// The seqs and conversations of `who`'s search hits for `q` (query string
+/// parameters after `q=`), over HTTP; asserts 200.
+async fn search_hits(h: &Http, q: &str) -> Vec<(String, u64)> {
+    let (s, v) = h.get(&format!("/v1/search?q={q}")).await;
+    assert_eq!(s, 200, "search {q}: {v}");
+    v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["message"]["conv"].as_str().unwrap().to_string(),
+                h["message"]["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Search: a user's hits come only from conversations they are in now
+/// (not one they left, not what came before they joined with `joined`
+/// history), edits and unsends show at once, opaque bodies are never
+/// found, and bad queries get clear errors. Over HTTP and WebSocket.
+pub async fn search_scopes_hits_to_what_the_user_may_read(addrs: &[SocketAddr], c: &Config) {
+    let at = |u: u64| addrs[u as usize % addrs.len()];
+    let u = |n: u64| Http::new(at(n), token(c, n, 1));
+    let (u1, u2, u3, u4, u5) = (u(1), u(2), u(3), u(4), u(5));
+    let g = u1.group("search", &[2, 3]).await;
+    let (s1, _) = u1.send(&g, "s1", "The quarterly Report is ready").await;
+    // Sent as opaque bytes: the same words, never indexed.
+    let (s, v) = u2
+        .post(
+            &format!("/v1/conversations/{g}/messages"),
+            json!({"client_msg_id": "s2", "body_b64": "cmVwb3J0IHNlY3JldA=="}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s3, _) = u2.send(&g, "s3", "Café au lait, rapport prêt").await;
+    let d45 = u4.direct(5).await;
+    let (d1, _) = u4.send(&d45, "d1", "my report, not yours").await;
+
+    // Words, folded case and accents, the last one a prefix.
+    let mine = vec![(g.clone(), s1)];
+    assert_eq!(search_hits(&u1, "report%20").await, mine);
+    assert_eq!(search_hits(&u3, "REP").await, mine);
+    assert_eq!(search_hits(&u1, "quarterly%20rep").await, mine);
+    assert_eq!(search_hits(&u2, "cafe%20pret").await, vec![(g.clone(), s3)]);
+    assert_eq!(search_hits(&u1, "secret").await, vec![], "opaque bodies");
+    assert_eq!(search_hits(&u4, "report").await, vec![(d45.clone(), d1)]);
+    assert_eq!(search_hits(&u5, "report").await, vec![(d45.clone(), d1)]);
+    // The answer's snippet and highlights (characters of the snippet).
+    let (_, v) = u1.get("/v1/search?q=report").await;
+    let hit = &v["hits"][0];
+    assert_eq!(hit["snippet"], "The quarterly Report is ready", "{v}");
+    assert_eq!(hit["highlights"], json!([[14, 20]]), "{v}");
+    assert_eq!(hit["message"]["body"], "The quarterly Report is ready");
+    assert!(v.get("next").is_none(), "a short page is the last: {v}");
+
+    // Filters: conversation, sender, kind, time.
+    assert_eq!(
+        search_hits(&u1, &format!("report&conv={g}&sender=1&kind=text")).await,
+        mine
+    );
+    assert_eq!(search_hits(&u1, "report&sender=2").await, vec![]);
+    assert_eq!(search_hits(&u1, "report&kind=link").await, vec![]);
+    assert_eq!(search_hits(&u1, "report&until=1").await, vec![]);
+    // A conversation filter naming one the caller is not in: the answer
+    // every conversation-scoped call gives, existing or not.
+    for other in [d45.as_str(), "12345"] {
+        let (s, v) = u1.get(&format!("/v1/search?q=report&conv={other}")).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("not_a_member")),
+            "{v}"
+        );
+    }
+    // Bad queries.
+    for (q, code) in [
+        ("%20%2C%2C", "invalid"),
+        ("report&kind=gif", "invalid"),
+        ("report&cursor=zz", "bad_cursor"),
+        ("report&limit=0", "invalid"),
+        ("report&limit=101", "invalid"),
+        ("report&since=5&until=5", "invalid"),
+    ] {
+        let (s, v) = u1.get(&format!("/v1/search?q={q}")).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{q}: {v}"
+        );
+    }
+
+    // Pages: newest first, the cursor continues with no gap or repeat.
+    let mut sent = vec![s1];
+    for i in 0..4 {
+        sent.push(
+            u1.send(&g, &format!("p{i}"), &format!("report page {i}"))
+                .await
+                .0,
+        );
+    }
+    sent.reverse();
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (s, v) = u3
+            .get(&format!("/v1/search?q=report&limit=2&cursor={cursor}"))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        for h in v["hits"].as_array().unwrap() {
+            paged.push(h["message"]["seq"].as_u64().unwrap());
+        }
+        match v["next"].as_str() {
+            Some(n) => cursor = n.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, sent);
+
+    // An edit re-indexes at once; an unsend removes the hit at once.
+    let (s, v) = u1
+        .patch(
+            &format!("/v1/conversations/{g}/messages/{s1}"),
+            json!({"body": "The annual summary is ready"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(search_hits(&u2, "annual").await, vec![(g.clone(), s1)]);
+    assert!(!search_hits(&u2, "quarterly")
+        .await
+        .contains(&(g.clone(), s1)));
+    let (s, v) = u1
+        .delete(&format!("/v1/conversations/{g}/messages/{s1}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(search_hits(&u2, "annual").await, vec![]);
+
+    // With `joined` history, a member added later finds nothing from
+    // before they joined, and what is sent after.
+    let (s, v) = u1
+        .put(
+            &format!("/v1/conversations/{g}/settings"),
+            json!({"history": "joined"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = u1
+        .post(
+            &format!("/v1/conversations/{g}/members"),
+            json!({"add": ["5"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(search_hits(&u5, &format!("page&conv={g}")).await, vec![]);
+    let (late, _) = u1.send(&g, "late", "report page late").await;
+    assert_eq!(
+        search_hits(&u5, &format!("page&conv={g}")).await,
+        vec![(g.clone(), late)]
+    );
+    // A member who left finds nothing of the conversation any more.
+    assert!(!search_hits(&u3, "page").await.is_empty());
+    let (s, _) = u3
+        .post(&format!("/v1/conversations/{g}/leave"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(search_hits(&u3, "page").await, vec![]);
+
+    // The WebSocket answers the same.
+    let mut w = Ws::connect(at(2), &token(c, 2, 1)).await;
+    let mut seen = Vec::new();
+    let f = w
+        .request(
+            json!({"type": "search", "q": "page", "limit": 3}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(f["type"], "search_result", "{f}");
+    let seqs: Vec<u64> = f["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["message"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [vec![late], sent[..2].to_vec()].concat(), "{f}");
+    let next = f["next"].as_str().unwrap().to_string();
+    let f = w
+        .request(
+            json!({"type": "search", "q": "page", "limit": 3, "cursor": next}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(f["hits"].as_array().unwrap().len(), 2, "{f}");
+    let f = w
+        .request(json!({"type": "search", "q": "  "}), &mut seen)
+        .await;
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_str()),
+        (Some("error"), Some("invalid")),
+        "{f}"
+    );
+}
