@@ -376,7 +376,25 @@ pub enum Command {
         /// How long after sending a message may be edited (µs).
         window_micros: u64,
     },
+    /// Brings a conversation's search postings back in line with its
+    /// messages (an operator's repair after `search::check`): every
+    /// message stored at a ts in `reindex` gets the postings of its terms;
+    /// each `(term, ts)` in `drop` loses its posting unless the message
+    /// there holds that term. Both derive from this replica's own copy of
+    /// the message, as the send did. At most [`MAX_REPAIR`] entries.
+    RepairIndex {
+        /// The conversation.
+        conv: ConversationId,
+        /// Messages (by ts) to index again.
+        reindex: Vec<u64>,
+        /// Postings (term, ts) to drop if nothing backs them.
+        drop: Vec<(String, u64)>,
+    },
 }
+
+/// The most entries (`reindex` + `drop`) one [`Command::RepairIndex`]
+/// carries.
+pub const MAX_REPAIR: usize = 1000;
 
 /// Which of a user's devices a [`Command::RevokeSessions`] logs out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -521,7 +539,9 @@ impl Command {
             | Command::ForgetNode { .. }
             | Command::ReportPlacement { .. } => Route::Directory,
             Command::Restore { .. } | Command::Checkpoint => Route::Empty,
-            Command::RaiseHeads { conv, .. } => Route::Conversation(*conv),
+            Command::RaiseHeads { conv, .. } | Command::RepairIndex { conv, .. } => {
+                Route::Conversation(*conv)
+            }
         }
     }
 
@@ -675,5 +695,12 @@ pub enum Outcome {
         removed: u64,
         /// Receipts deleted (`EraseMessages`: 0 or 1).
         receipts: u64,
+    },
+    /// `RepairIndex` ran.
+    Reindexed {
+        /// Postings written.
+        written: u64,
+        /// Postings dropped.
+        dropped: u64,
     },
 }

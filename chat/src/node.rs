@@ -200,6 +200,30 @@ impl ChatNode {
         crate::search::scatter::search(&self.node, user, req, consistency, convs).await
     }
 
+    /// The first page of `shard`'s index check (None: not a data shard).
+    pub fn index_check_start(&self, shard: ShardId) -> Option<crate::search::check::CheckIndex> {
+        crate::search::check::conversation_range(&self.node.slots().key_ranges(shard))
+    }
+
+    /// One page of `shard`'s index check (see `crate::search::check`),
+    /// read at the shard's leader.
+    pub async fn check_index(
+        &self,
+        shard: ShardId,
+        page: crate::search::check::CheckIndex,
+    ) -> Result<crate::search::check::IndexCheck> {
+        use crate::search::query::{AppAnswer, AppQuery};
+        let q = records::encode(&AppQuery::CheckIndex(page))?;
+        let bytes = self.node.query(shard, Consistency::Linearizable, q).await?;
+        match records::decode("index check", &bytes)? {
+            AppAnswer::IndexChecked(c) => Ok(c),
+            other => {
+                let why = format!("answered {other:?}");
+                Err(RaftError::malformed("index check", why).into())
+            }
+        }
+    }
+
     /// A conversation's record.
     pub async fn conversation(
         &self,

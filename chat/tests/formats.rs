@@ -241,13 +241,24 @@ const SINCE_REPLIES: &[&str] = &[
 
 /// Commands added with search: their write frames come after every
 /// earlier frame, so the earlier ones keep their request ids.
-const SINCE_SEARCH: &[&str] = &["send_text", "edit_text"];
+const SINCE_SEARCH: &[&str] = &["send_text", "edit_text", "repair_index"];
+
+/// Outcomes added with search, appended after every earlier frame.
+fn outcomes_since_search() -> Vec<(&'static str, Outcome)> {
+    vec![(
+        "reindexed",
+        Outcome::Reindexed {
+            written: 3,
+            dropped: 1,
+        },
+    )]
+}
 
 /// The commands of the first fixtures.
 fn commands_v1() -> Vec<(&'static str, Command)> {
     commands()
         .into_iter()
-        .filter(|(name, _)| !SINCE_REPLIES.contains(name))
+        .filter(|(name, _)| !SINCE_REPLIES.contains(name) && !SINCE_SEARCH.contains(name))
         .collect()
 }
 
@@ -611,6 +622,14 @@ fn commands() -> Vec<(&'static str, Command)> {
                 window_micros: 900_000_000,
             },
         ),
+        (
+            "repair_index",
+            Command::RepairIndex {
+                conv: conv(),
+                reindex: vec![1_700_000_000_000_005],
+                drop: vec![("grüße".into(), 1_700_000_000_000_006)],
+            },
+        ),
     ]
 }
 
@@ -816,7 +835,7 @@ fn raft_log_entries_and_meta_records() {
 fn command_outcomes() {
     // Outcomes travel in forwarded writes' replies (`Reply::Write`).
     let mut set = Set::new("outcomes");
-    for (name, o) in outcomes() {
+    for (name, o) in outcomes().into_iter().chain(outcomes_since_search()) {
         set.versioned(name, &o);
     }
     set.finish();
@@ -1372,7 +1391,8 @@ fn frames() -> Vec<(String, Wire)> {
                 entries: entries()
                     .into_iter()
                     .filter(|(name, _)| {
-                        !SINCE_REPLIES.contains(&name.trim_start_matches("normal_"))
+                        let name = name.trim_start_matches("normal_");
+                        !SINCE_REPLIES.contains(&name) && !SINCE_SEARCH.contains(&name)
                     })
                     .map(|(_, e)| e)
                     .collect(),
@@ -1645,6 +1665,9 @@ fn frames() -> Vec<(String, Wire)> {
         "read_app".into(),
         Reply::Read(Ok(ReadResult::App(vec![1, 0, 0]))),
     ));
+    for (name, o) in outcomes_since_search() {
+        replies.push((format!("write_{name}"), Reply::Write(Ok(o))));
+    }
     for (i, (name, reply)) in replies.into_iter().enumerate() {
         out.push((format!("response_{name}"), response(i as u64 + 1, reply)));
     }

@@ -24,6 +24,8 @@
 //! - `delivery/` — `sync` (the event stream, sync then live), `hub`,
 //!   `recent`, `presence`, `push`.
 //! - `erasure` — an operator's erasure of a user, over every shard.
+//! - `index_check` — an operator's check (and rebuild) of a shard's
+//!   search index against its messages.
 //! - `metrics` — counters for `/metrics`.
 //! - `rate` — rate limits per user (by request class) and per client IP,
 //!   that forget quiet keys.
@@ -45,6 +47,7 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod index_check;
 pub mod logging;
 pub mod metrics;
 pub mod rate;

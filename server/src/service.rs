@@ -38,7 +38,7 @@ use crate::rate::{Class, UserRates};
 use crate::wire::{EventOut, MessageOut, SettingsChange};
 
 /// How long a write waits out an election before answering `unavailable`.
-const WRITE_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WRITE_WAIT: Duration = Duration::from_secs(5);
 /// Longest client message id, bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
 /// Longest group or display name, bytes.

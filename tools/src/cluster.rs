@@ -405,3 +405,44 @@ pub fn verify(t: &Target) -> anyhow::Result<(Output, bool)> {
     });
     Ok((Output { text, json: v }, agree))
 }
+
+/// `shard search-index`: the report, and whether the index now matches
+/// the messages (clean, or repaired).
+pub fn search_index(t: &Target, shard: u32, repair: bool) -> anyhow::Result<(Output, bool)> {
+    let path = format!("/shards/{shard}/search-index");
+    let body = serde_json::json!({ "repair": repair });
+    let v = runtime()?.block_on(call(t, reqwest::Method::POST, &path, Some(body)))?;
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let mut text = format!(
+        "shard {shard}: {} conversations, {} messages, {} postings\n",
+        n("conversations"),
+        n("messages"),
+        n("postings")
+    );
+    let differs = n("missing") + n("stale") > 0;
+    if differs {
+        let _ = writeln!(
+            text,
+            "  {} messages missing postings, {} stale postings",
+            n("missing"),
+            n("stale")
+        );
+        for e in v["examples"].as_array().into_iter().flatten() {
+            let _ = writeln!(text, "    {}", e.as_str().unwrap_or("?"));
+        }
+    }
+    if repair && differs {
+        let _ = writeln!(
+            text,
+            "  repaired: {} postings written, {} dropped",
+            n("written"),
+            n("dropped")
+        );
+    }
+    text.push_str(match (differs, repair) {
+        (false, _) => "the index matches the messages\n",
+        (true, true) => "rebuilt through Raft: run again to confirm\n",
+        (true, false) => "the index differs from the messages: --repair rebuilds it\n",
+    });
+    Ok((Output { text, json: v }, !differs || repair))
+}

@@ -206,6 +206,15 @@ enum ShardCommand {
         #[command(flatten)]
         target: cluster::Target,
     },
+    /// Check the shard's search index against its messages (exit 1 if
+    /// they differ); with --repair, rebuild what differs through Raft.
+    SearchIndex {
+        #[command(flatten)]
+        at: ShardAt,
+        /// Rebuild the postings that are missing or stale.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 /// Which node to ask, about which shard.
@@ -477,6 +486,13 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 },
             )?,
             ShardCommand::Rebalance { target } => cluster::rebalance(target)?,
+            ShardCommand::SearchIndex { at, repair } => {
+                let (out, clean) = cluster::search_index(&at.target, at.shard, *repair)?;
+                if !clean {
+                    code = ExitCode::from(1);
+                }
+                out
+            }
         },
         Command::Node {
             what: NodeCommand::Drain { target, moving },

@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 use missive_engine::keys::ConversationId;
 use missive_raft::Result;
 
-use super::Apply;
-use crate::command::MessageKind;
+use super::{reject, Apply};
+use crate::command::{MessageKind, Outcome, RejectCode, MAX_REPAIR};
 use crate::records::Message;
 use crate::search::postings::{self, posting_key, Posting};
 use crate::search::tokenize;
@@ -58,5 +58,57 @@ impl Apply<'_, '_> {
             self.rec.put(posting_key(conv, t, ts), value.clone());
         }
         Ok(())
+    }
+
+    /// `RepairIndex` (see `search::check`): the messages at `reindex` get
+    /// every posting their terms call for; each posting in `drop` goes
+    /// unless the message at its ts holds its term.
+    pub(super) fn repair_index(
+        &mut self,
+        conv: ConversationId,
+        reindex: &[u64],
+        drop: &[(String, u64)],
+    ) -> Result<Outcome> {
+        if reindex.len() + drop.len() > MAX_REPAIR {
+            return Ok(reject(
+                RejectCode::Invalid,
+                format!("a repair carries at most {MAX_REPAIR} entries"),
+            ));
+        }
+        let (mut written, mut dropped) = (0, 0);
+        for &ts in reindex {
+            let Some(m) = self.stored(conv, ts)? else {
+                continue;
+            };
+            let value = postings::encode(&Posting {
+                expires_at: m.expires_at,
+            })?;
+            for t in indexed_terms(&m) {
+                let key = posting_key(conv, &t, ts);
+                if self.rec.get(&key)?.is_none() {
+                    self.rec.put(key, value.clone());
+                    written += 1;
+                }
+            }
+        }
+        for (term, ts) in drop {
+            let backed = self
+                .stored(conv, *ts)?
+                .is_some_and(|m| indexed_terms(&m).contains(term));
+            let key = posting_key(conv, term, *ts);
+            if !backed && self.rec.get(&key)?.is_some() {
+                self.rec.delete(key);
+                dropped += 1;
+            }
+        }
+        Ok(Outcome::Reindexed { written, dropped })
+    }
+
+    /// The message of `conv` stored at `ts` on this replica, if any.
+    fn stored(&mut self, conv: ConversationId, ts: u64) -> Result<Option<Message>> {
+        self.rec
+            .get(&crate::records::msg_key(conv, ts))?
+            .map(|b| crate::records::decode_message(&b))
+            .transpose()
     }
 }

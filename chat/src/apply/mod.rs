@@ -271,6 +271,11 @@ pub(crate) fn run(
         } => a.block(*pair, *blocker, *target, *block, stamp),
         Command::Hide { conv, user, seq } => a.hide(*conv, *user, *seq, stamp),
         Command::Send(m) => a.send_mentioning(m, false, stamp),
+        Command::RepairIndex {
+            conv,
+            reindex,
+            drop,
+        } => a.repair_index(*conv, reindex, drop),
         Command::SendText(m) => match std::str::from_utf8(&m.message.body) {
             Ok(_) => a.send_mentioning(m, true, stamp),
             Err(_) => Ok(reject(RejectCode::Invalid, NOT_TEXT)),

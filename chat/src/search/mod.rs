@@ -28,6 +28,8 @@
 //! - `postings` — the index's records, byte by byte.
 //! - `query` — **the read path**: one shard's part of a search, run
 //!   against its LSM (`ReadOp::App`), and a hit's snippet and highlights.
+//! - `check` — the index against the messages, conversation by
+//!   conversation (an operator's check; `RepairIndex` fixes what it finds).
 //! - `scatter` — a user's search over the shards of their conversations,
 //!   merged newest first (`ChatNode::search`).
 //!
@@ -42,6 +44,7 @@
 //! be valid UTF-8; so are no messages stored before the index existed
 //! (version 4 and older carry no text flag).
 
+pub mod check;
 pub mod postings;
 pub mod query;
 pub mod scatter;

@@ -150,6 +150,8 @@ pub struct RawHit {
 pub enum AppQuery {
     /// A search of some of a shard's conversations.
     Search(ShardSearch),
+    /// A page of the index check (`check`).
+    CheckIndex(super::check::CheckIndex),
 }
 
 /// Answers to [`AppQuery`], `[1][postcard]`. Append-only enum.
@@ -157,12 +159,15 @@ pub enum AppQuery {
 pub enum AppAnswer {
     /// To `Search`: hits, newest first.
     Hits(Vec<RawHit>),
+    /// To `CheckIndex`.
+    IndexChecked(super::check::IndexCheck),
 }
 
 /// Answers `q` from `lsm` (a replica brought to the read's consistency).
 pub fn answer(lsm: &Lsm, q: &AppQuery) -> Result<AppAnswer> {
     match q {
         AppQuery::Search(s) => Ok(AppAnswer::Hits(search(lsm, s)?)),
+        AppQuery::CheckIndex(c) => Ok(AppAnswer::IndexChecked(super::check::check(lsm, c)?)),
     }
 }
 

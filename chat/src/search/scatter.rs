@@ -125,8 +125,13 @@ pub(crate) async fn search(
         let bytes = done.map_err(|e| {
             Error::Runtime(missive_raft::Error::malformed("search", e.to_string()))
         })??;
-        let AppAnswer::Hits(h) = records::decode("search answer", &bytes)?;
-        hits.extend(h);
+        match records::decode("search answer", &bytes)? {
+            AppAnswer::Hits(h) => hits.extend(h),
+            other => {
+                let why = format!("answered {other:?}");
+                return Err(missive_raft::Error::malformed("search", why).into());
+            }
+        }
     }
     hits.sort_by_key(|h| std::cmp::Reverse((h.ts, h.conv)));
     hits.truncate(req.limit);

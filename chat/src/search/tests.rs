@@ -345,5 +345,94 @@ proptest! {
             }
         }
         prop_assert_eq!(found, want);
+        let c = super::check::conversation(&s.lsm, CONV).unwrap();
+        prop_assert!(c.missing.is_empty() && c.stale.is_empty(), "{:?}", c);
     }
+}
+
+/// The check finds a lost and a stray posting; the repair command puts
+/// the index back to what the messages say, and repeats change nothing.
+#[test]
+fn the_check_finds_differences_and_the_repair_removes_them() {
+    let s = Shard::new();
+    s.apply(Command::CreateConversation {
+        conv: CONV,
+        kind: ConversationKind::Group,
+        name: "g".into(),
+        creator: UserId(1),
+        members: vec![UserId(1), UserId(2)],
+        max_members: 10,
+    });
+    let mut ts = Vec::new();
+    for (i, body) in ["apple pie", "banana split", "apple banana"]
+        .iter()
+        .enumerate()
+    {
+        let out = s.apply(Command::SendText(SendMessage {
+            message: NewMessage {
+                conv: CONV,
+                sender: UserId(1),
+                device: DeviceId(1),
+                client_msg_id: format!("c{i}"),
+                kind: MessageKind::Text,
+                body: body.as_bytes().to_vec(),
+                expires_at: None,
+                reply_to: None,
+            },
+            mentions: Vec::new(),
+            default_retention_micros: None,
+        }));
+        let Outcome::Sent { ts: t, .. } = out else {
+            panic!("{out:?}");
+        };
+        ts.push(t);
+    }
+    let range = super::check::CheckIndex {
+        lo: postings::conversation_postings(CONV)[..3].to_vec(),
+        hi: None,
+    };
+    let clean = super::check::check(&s.lsm, &range).unwrap();
+    assert_eq!(clean.convs.len(), 1);
+    assert_eq!((clean.convs[0].messages, clean.convs[0].postings), (3, 6));
+    assert!(clean.convs[0].missing.is_empty() && clean.convs[0].stale.is_empty());
+    // Damage: the posting of "banana" for the second message goes, a
+    // stray "cherry" one appears for the first.
+    let mut b = WriteBatch::new();
+    b.delete(postings::posting_key(CONV, "banana", ts[1]));
+    b.put(
+        postings::posting_key(CONV, "cherry", ts[0]),
+        postings::encode(&postings::Posting::default()).unwrap(),
+    );
+    s.lsm.apply(&b, None).unwrap();
+    let found = super::check::conversation(&s.lsm, CONV).unwrap();
+    assert_eq!(found.missing, vec![ts[1]]);
+    assert_eq!(found.stale, vec![("cherry".to_string(), ts[0])]);
+    // A stray posting the message does back is kept.
+    let drop = vec![found.stale[0].clone(), ("apple".to_string(), ts[0])];
+    let repair = Command::RepairIndex {
+        conv: CONV,
+        reindex: found.missing.clone(),
+        drop: drop.clone(),
+    };
+    assert_eq!(
+        s.apply(repair.clone()),
+        Outcome::Reindexed {
+            written: 1,
+            dropped: 1
+        }
+    );
+    let after = super::check::conversation(&s.lsm, CONV).unwrap();
+    assert!(
+        after.missing.is_empty() && after.stale.is_empty(),
+        "{after:?}"
+    );
+    assert_eq!(after.postings, 6);
+    assert_eq!(
+        s.apply(repair),
+        Outcome::Reindexed {
+            written: 0,
+            dropped: 0
+        }
+    );
+    assert_eq!(by_index(&s, "banana ", 10), vec![ts[2], ts[1]]);
 }

@@ -13,6 +13,8 @@
 //!                                                  roll the log, compact
 //!  POST   /v1/admin/users/{user}/erase             erase a user everywhere
 //!                                                  (then scrub each node)
+//!  POST   /v1/admin/shards/{shard}/search-index    {"repair"?}: the search
+//!                                                  index vs the messages
 //! ```
 //!
 //! Backup and restore have their own module (`backup`).
@@ -432,4 +434,38 @@ mod tests {
             electing.message
         );
     }
+}
+
+/// Body of `POST /v1/admin/shards/{shard}/search-index`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IndexReq {
+    /// Rebuild what differs (default: only report).
+    #[serde(default)]
+    repair: bool,
+}
+
+/// `POST /v1/admin/shards/{shard}/search-index`: checks the shard's
+/// search index against its messages (`crate::index_check`), and with
+/// `repair` rebuilds what differs through Raft.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/shards/{shard}/search-index",
+    tag = "admin",
+    summary = "Check (and rebuild) a shard's search index",
+    params(("shard" = String, Path, description = "shard id")),
+    request_body = IndexReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn search_index(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(shard): Path<String>,
+    JsonBody(req): JsonBody<IndexReq>,
+) -> Result<Json<crate::index_check::IndexReport>, ApiError> {
+    require_admin(&s, &headers, "checking the search index")?;
+    let shard = shard_of(&s.service.node, &shard)?;
+    let r = s.service.check_index(shard, req.repair).await?;
+    tracing::info!(?r, repair = req.repair, "search index checked");
+    Ok(Json(r))
 }

@@ -77,6 +77,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::scrub))
         .routes(routes!(admin::erase_user))
         .routes(routes!(admin::revoke_user))
+        .routes(routes!(admin::search_index))
         .routes(routes!(crate::edge::backup::backup_plan))
         .routes(routes!(crate::edge::backup::backup_shard))
         .routes(routes!(crate::edge::backup::restore_reconcile))
