@@ -19,8 +19,6 @@
 //! posting read and the message read, a stale replica), and the prefix
 //! term is checked there when an exact term drove the scan.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 
 use missive_engine::keys::ConversationId;
@@ -248,19 +246,25 @@ fn conversation(
             }
         }
         None => {
-            // Only a prefix: every term under it, merged newest first.
+            // Only a prefix: the postings of every term under it, merged
+            // newest first, reading each term's range only as far as the
+            // page needs.
             let prefix = q.terms.prefix.as_deref().unwrap_or_default();
-            let lo = term_prefix(conv, prefix);
-            let hi = end_of(&lo);
-            let mut found = BTreeSet::new();
-            for (k, _) in lsm.scan(&lo, Some(&hi), Direction::Forward, usize::MAX)? {
-                if let Some((_, ts)) = postings::decode_key(&k) {
-                    if (since..below).contains(&ts) {
-                        found.insert(ts);
-                    }
-                }
+            let mut streams = Vec::new();
+            for term in terms_under(lsm, conv, prefix)? {
+                streams.push(TermStream::new(conv, &term, below));
             }
-            for ts in found.into_iter().rev() {
+            let mut last = None;
+            while let Some(ts) = next_newest(lsm, &mut streams)? {
+                if ts < since {
+                    break;
+                }
+                // A message holding two terms under the prefix comes from
+                // both streams, one after the other.
+                if last == Some(ts) {
+                    continue;
+                }
+                last = Some(ts);
                 if !check(ts)? {
                     break;
                 }
@@ -268,6 +272,94 @@ fn conversation(
         }
     }
     Ok(hits)
+}
+
+/// The distinct terms of `conv`'s postings that start with `prefix`, in
+/// order: one seek per term (after a term's postings, the next term starts
+/// past `term 0x00 …`, that is at `term 0x01`).
+fn terms_under(lsm: &Lsm, conv: ConversationId, prefix: &str) -> Result<Vec<Vec<u8>>> {
+    let lo = term_prefix(conv, prefix);
+    let hi = end_of(&lo);
+    let base = postings::conversation_postings(conv).len();
+    let mut at = lo;
+    let mut terms = Vec::new();
+    while let Some((k, _)) = lsm
+        .scan(&at, Some(&hi), Direction::Forward, 1)?
+        .into_iter()
+        .next()
+    {
+        let Some((term, _)) = postings::decode_key(&k) else {
+            break;
+        };
+        terms.push(term.to_vec());
+        at = k[..base + term.len()].to_vec();
+        at.push(1);
+    }
+    Ok(terms)
+}
+
+/// One term's postings in a conversation, read newest first in chunks.
+struct TermStream {
+    /// Where the next chunk starts.
+    lo: Vec<u8>,
+    /// The end of the term's postings.
+    hi: Vec<u8>,
+    /// Read, not yet taken (newest first).
+    buf: std::collections::VecDeque<u64>,
+    /// The range is read to its end.
+    done: bool,
+}
+
+impl TermStream {
+    /// The postings of `term` (UTF-8 bytes) in `conv` below ts `below`.
+    fn new(conv: ConversationId, term: &[u8], below: u64) -> TermStream {
+        let mut start = postings::conversation_postings(conv);
+        start.extend_from_slice(term);
+        start.push(0);
+        let hi = end_of(&start);
+        start.extend_from_slice(&(u64::MAX - (below - 1)).to_be_bytes());
+        TermStream {
+            lo: start,
+            hi,
+            buf: Default::default(),
+            done: false,
+        }
+    }
+
+    /// The newest ts not yet taken, reading a chunk if needed.
+    fn peek(&mut self, lsm: &Lsm) -> Result<Option<u64>> {
+        if self.buf.is_empty() && !self.done {
+            let chunk = lsm.scan(&self.lo, Some(&self.hi), Direction::Forward, SCAN_CHUNK)?;
+            self.done = chunk.len() < SCAN_CHUNK;
+            if let Some((k, _)) = chunk.last() {
+                self.lo = k.clone();
+                self.lo.push(0);
+            }
+            self.buf.extend(
+                chunk
+                    .iter()
+                    .filter_map(|(k, _)| postings::decode_key(k))
+                    .map(|(_, ts)| ts),
+            );
+        }
+        Ok(self.buf.front().copied())
+    }
+}
+
+/// The newest ts at the head of any stream, taken from it.
+fn next_newest(lsm: &Lsm, streams: &mut [TermStream]) -> Result<Option<u64>> {
+    let mut best: Option<(usize, u64)> = None;
+    for (i, s) in streams.iter_mut().enumerate() {
+        if let Some(ts) = s.peek(lsm)? {
+            if best.is_none_or(|(_, b)| ts > b) {
+                best = Some((i, ts));
+            }
+        }
+    }
+    Ok(best.map(|(i, ts)| {
+        streams[i].buf.pop_front();
+        ts
+    }))
 }
 
 /// The hit at `ts` in `conv`, if the message there matches `q` and the
