@@ -13,6 +13,9 @@
 //!   `missived` (its own layout list).
 //! - `history` — `missive-bench history`: what edits and reactions cost a
 //!   history page, against a plain conversation of the same run.
+//! - `search` — `missive-bench search`: the search index's ingest cost,
+//!   bytes and query latency, against PostgreSQL full-text search
+//!   (`--features postgres`).
 //! - `report` — latency histograms, the human table and JSON lines.
 //!
 //! `missive-bench engine` runs, in order: `ingest` (batches of 64, log on,
@@ -28,6 +31,7 @@ mod engines;
 mod history;
 mod plot;
 mod report;
+mod search;
 mod workload;
 
 use std::path::PathBuf;
@@ -61,6 +65,9 @@ enum Command {
     /// History pages of a conversation whose messages were edited and
     /// reacted to, against a plain one, over HTTP to a real missived.
     History(history::HistoryArgs),
+    /// The search index: ingest with and without it, its bytes per
+    /// message, and query latency against PostgreSQL full-text search.
+    Search(search::SearchArgs),
     /// Turn JSON result lines (`engine --json`) into an SVG chart.
     Plot(PlotArgs),
     /// The space floor: bytes per message when only the values, in key
@@ -180,6 +187,7 @@ fn main() -> Result<()> {
         Command::Cluster(args) => cluster::run(&args),
         Command::E2e(args) => e2e::run(&args),
         Command::History(args) => history::run(&args),
+        Command::Search(args) => search::run(&args),
         Command::Plot(args) => plot::plot(&args.inputs, &args.out, &args.title),
         Command::SpaceFloor {
             messages,

@@ -49,7 +49,7 @@ pub fn conversation_id(rank: usize) -> ConversationId {
     ConversationId(z ^ (z >> 31))
 }
 
-const WORDS: &[&str] = &[
+pub const WORDS: &[&str] = &[
     "hey", "hi", "ok", "sure", "lol", "thanks", "see", "you", "tomorrow", "tonight", "at", "the",
     "office", "coffee", "lunch", "meeting", "call", "me", "when", "free", "sounds", "good",
     "great", "haha", "yes", "no", "maybe", "later", "on", "my", "way", "running", "late", "sorry",
