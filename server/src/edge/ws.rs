@@ -55,7 +55,7 @@ pub mod close {
 /// Requests of one session handled concurrently (a client may pipeline).
 const IN_FLIGHT: usize = 64;
 /// Frame types a client may send.
-const CLIENT_TYPES: [&str; 18] = [
+const CLIENT_TYPES: [&str; 19] = [
     "send",
     "configure",
     "edit",
@@ -69,6 +69,7 @@ const CLIENT_TYPES: [&str; 18] = [
     "conversations",
     "receipt",
     "history",
+    "search",
     "sync",
     "ping",
     "presence",
