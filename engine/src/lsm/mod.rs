@@ -187,6 +187,12 @@ pub struct LsmStats {
     pub compactions: u64,
     /// Times a writer waited for a flush.
     pub stalls: u64,
+    /// Memtable inserts, and those of them placed by a search from the
+    /// top of the skiplist rather than from a finger (the writer's costly
+    /// case: see the skiplist's essay).
+    pub memtable_inserts: u64,
+    /// See `memtable_inserts`.
+    pub memtable_full_searches: u64,
     /// Versions a flush left out because a newer version of their key
     /// hides them from every reader.
     pub flush_versions_dropped: u64,
@@ -298,6 +304,8 @@ struct Counters {
     compactions: AtomicU64,
     compaction_bytes_read: AtomicU64,
     stalls: AtomicU64,
+    memtable_inserts: AtomicU64,
+    memtable_full_searches: AtomicU64,
     flush_versions_dropped: AtomicU64,
 }
 
@@ -544,6 +552,7 @@ impl Lsm {
         let mem = Arc::clone(&self.inner.mem().active);
         {
             let mut w = mem.writer();
+            let (_, full_before) = w.placements();
             for (i, op) in batch.ops().enumerate() {
                 let seq = SeqNo(first + i as u64);
                 match op {
@@ -551,6 +560,14 @@ impl Lsm {
                     BatchOp::Delete { key } => w.insert(key, seq, None),
                 }
             }
+            let stats = &self.inner.stats;
+            let (_, full_after) = w.placements();
+            stats
+                .memtable_inserts
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats
+                .memtable_full_searches
+                .fetch_add(full_after - full_before, Ordering::Relaxed);
         }
         if let Some((stream, index)) = position {
             mem.note_position(stream, index);
@@ -993,6 +1010,8 @@ impl Lsm {
             flushes: c.flushes.load(Ordering::Relaxed),
             compactions: c.compactions.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
+            memtable_inserts: c.memtable_inserts.load(Ordering::Relaxed),
+            memtable_full_searches: c.memtable_full_searches.load(Ordering::Relaxed),
             flush_versions_dropped: c.flush_versions_dropped.load(Ordering::Relaxed),
             cache_hits,
             cache_misses,

@@ -49,7 +49,6 @@ impl MemWriter<'_> {
     }
 
     /// Inserts placed from a finger and by a full search, so far.
-    #[cfg(test)]
     pub fn placements(&self) -> (u64, u64) {
         self.w.placements()
     }
@@ -400,11 +399,13 @@ mod tests {
         assert_mostly_from_fingers(&m, before, reads);
     }
 
-    /// A finger that has gone stale — thousands of keys inserted between two
-    /// inserts with its prefix — is given up after its walk budget for a
-    /// full search, and the order stays right either way.
-    #[test]
-    fn stale_fingers_fall_back_to_a_full_search() {
+    /// `rounds` keys of prefix "b", each sorting before the previous one
+    /// (chat-like), with `between` larger keys of prefix "a" inserted
+    /// between each two — so each "b" key's finger (its predecessor, the
+    /// largest "a" key then) is `between` nodes behind it on level 0.
+    /// Returns the memtable and its (from finger, full search) counts,
+    /// after checking the order.
+    fn fingers_left_behind(rounds: u64, between: u64) -> (Memtable, u64, u64) {
         let m = Memtable::new();
         let mut w = m.writer();
         let mut seq = 0;
@@ -413,16 +414,13 @@ mod tests {
             w.insert(key, SeqNo(seq), Some(&value_for(key, seq)));
         };
         let mut b = 0u64;
-        for round in 0..50u64 {
-            // Prefix "b", chat-like: each key sorts before the previous one,
-            // so its finger's level-0 node is the largest "a" key so far...
+        for round in 0..rounds {
+            // One prefix for all of them ("b" and eleven zeros).
             put(
                 &mut w,
-                &[b"b".as_slice(), &(u64::MAX - round).to_be_bytes()].concat(),
+                &[b"b".as_slice(), &[0; 11], &(u64::MAX - round).to_be_bytes()].concat(),
             );
-            // ...and 200 larger "a" keys then land between that node and
-            // the next "b" key.
-            for _ in 0..200 {
+            for _ in 0..between {
                 b += 1;
                 // One prefix for all of them ("a", seven zeros and the
                 // counter's zero high bytes).
@@ -434,12 +432,32 @@ mod tests {
         }
         let (fingered, full) = w.placements();
         drop(w);
-        // Every "b" key after the first must pass 200 nodes on level 0 from
-        // its finger — past the budget — so it takes a full search.
-        assert!(full >= 49, "full searches {full}, from fingers {fingered}");
         let all = contents(&m);
-        assert_eq!(all.len(), 50 * 201);
+        assert_eq!(all.len() as u64, rounds * (between + 1));
         assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "keys out of order");
+        (m, fingered, full)
+    }
+
+    /// A finger a few hundred nodes behind its key — past the walk budget
+    /// on the key's own levels — is still used: the insert descends from
+    /// the finger's top level (as a batch's postings do, term after term).
+    #[test]
+    fn far_fingers_are_descended_from() {
+        let (_, fingered, full) = fingers_left_behind(50, 200);
+        // Full searches: the first "b" and "a" keys and the tall nodes (1
+        // in 256 of 10 050: 41 in all here), not one more per "b" key (90
+        // without the descent).
+        assert!(full < 65, "full searches {full}, from fingers {fingered}");
+    }
+
+    /// A finger that has gone stale — thousands of keys inserted between two
+    /// inserts with its prefix — is given up after its walk budget for a
+    /// full search, and the order stays right either way.
+    #[test]
+    fn stale_fingers_fall_back_to_a_full_search() {
+        // 5 000 nodes: ~78 steps on the finger's top level, past the budget.
+        let (_, fingered, full) = fingers_left_behind(20, 5_000);
+        assert!(full >= 19, "full searches {full}, from fingers {fingered}");
     }
 
     /// Readers walking and seeking while the writer inserts never see a

@@ -75,9 +75,14 @@
 //! a level-i predecessor is never after the level-0 one). So once `preds[0]
 //! < key`, walking level i forward from `preds[i]` until the next node is ≥
 //! key finds the true predecessor there — only slower when many nodes
-//! arrived in between; past [`WALK_BUDGET`] steps the insert falls back to
-//! a full search from the top. Only the new node's own levels (1 with
-//! probability 3/4) are walked: no top-down descent at all.
+//! arrived in between. Only the new node's own levels (1 with probability
+//! 3/4) are walked first: no top-down descent at all. Past [`WALK_BUDGET`]
+//! steps on one of them the insert descends instead from the finger's top
+//! level (`descend_from_finger`: a step there passes ~64 nodes), which
+//! places keys a few hundred nodes past their finger — a batch's search
+//! postings, one per term of a conversation's message, each landing past
+//! the last term's postings — in a dozen steps; past the budget there
+//! too, it falls back to a full search from the top.
 //!
 //! Readers: a point read in the store is mostly of a record in a small
 //! region (a conversation's head, a user's entry for one conversation, a
@@ -645,7 +650,6 @@ impl WriteGuard<'_> {
     }
 
     /// Inserts placed from a finger and by a full search, so far.
-    #[cfg(test)]
     pub fn placements(&self) -> (u64, u64) {
         (self.w.from_finger, self.w.full_searches)
     }
@@ -752,6 +756,7 @@ impl WriteGuard<'_> {
         {
             return false;
         }
+        let mut near = true;
         for (level, (pred, start)) in preds.iter_mut().zip(&f.preds).take(height).enumerate() {
             let start = start.load(AtomicOrdering::Relaxed);
             // SAFETY: `start` is the head or a node found on `level`, and is
@@ -759,11 +764,51 @@ impl WriteGuard<'_> {
             // slots are consistent: it wrote them all).
             let (x, _, ok) = unsafe { self.list.walk(start, level, p, WALK_BUDGET) };
             if !ok {
-                return false;
+                near = false;
+                break;
             }
             *pred = x;
         }
-        Finger::store(&f.preds, &preds[..height]);
+        if near {
+            Finger::store(&f.preds, &preds[..height]);
+            return true;
+        }
+        self.descend_from_finger(p, f, preds)
+    }
+
+    /// The second chance of [`Self::place_from_finger`]: `p` is after the
+    /// finger but farther than the walk budget on its own levels — as when
+    /// a batch inserts a conversation's postings term by term, each
+    /// hundreds of nodes past the last. Descends from the finger's top
+    /// level, where a step passes ~4^level nodes, instead of searching from
+    /// the list's head through every level. Fills `preds[..FINGER_LEVELS]`.
+    ///
+    /// Valid starts, level by level: `f.preds[level]` is before `p` (it is
+    /// not after `f.preds[0]`, which the caller checked is), and a node the
+    /// walk stopped at on the level above is before `p` and taller than
+    /// this level.
+    fn descend_from_finger(
+        &self,
+        p: &Probe<'_>,
+        f: &Finger,
+        preds: &mut [NodePtr; MAX_HEIGHT],
+    ) -> bool {
+        let mut above: Option<NodePtr> = None;
+        for level in (0..FINGER_LEVELS).rev() {
+            let start = above.unwrap_or_else(|| f.preds[level].load(AtomicOrdering::Relaxed));
+            // SAFETY: see above; `start` is the head or a node of height
+            // > `level` before `p`.
+            let (x, _, ok) = unsafe { self.list.walk(start, level, p, WALK_BUDGET) };
+            if !ok {
+                return false;
+            }
+            // Moved: the finger's own start on the next level may be behind.
+            if x != start || above.is_some() {
+                above = Some(x);
+            }
+            preds[level] = x;
+        }
+        Finger::store(&f.preds, &preds[..FINGER_LEVELS]);
         true
     }
 }
