@@ -18,7 +18,7 @@ use missive_raft::Result;
 use super::{reject, Apply};
 use crate::command::{MessageKind, Outcome, RejectCode, MAX_REPAIR};
 use crate::records::Message;
-use crate::search::postings::{self, posting_key, Posting};
+use crate::search::postings::{self, posting_key, posting_key_under, Posting};
 use crate::search::tokenize;
 
 /// The distinct terms `m`'s body gives the index (none if it is not
@@ -47,15 +47,17 @@ impl Apply<'_, '_> {
         before: &BTreeSet<String>,
         after: &BTreeSet<String>,
     ) -> Result<()> {
+        let prefix = postings::conversation_postings(conv);
         for t in before.difference(after) {
-            self.rec.delete(posting_key(conv, t, ts));
+            self.rec.delete(posting_key_under(&prefix, t, ts));
         }
         if after.is_empty() {
             return Ok(());
         }
         let value = postings::encode(&Posting { expires_at })?;
         for t in after.difference(before) {
-            self.rec.put(posting_key(conv, t, ts), value.clone());
+            self.rec
+                .put(posting_key_under(&prefix, t, ts), value.clone());
         }
         Ok(())
     }

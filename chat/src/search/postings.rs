@@ -64,7 +64,17 @@ pub fn term_postings(conv: ConversationId, term: &str) -> Vec<u8> {
 
 /// Key of the posting of `term` for the message of `conv` at `ts`.
 pub fn posting_key(conv: ConversationId, term: &str, ts: u64) -> Vec<u8> {
-    let mut k = term_postings(conv, term);
+    posting_key_under(&conversation_postings(conv), term, ts)
+}
+
+/// [`posting_key`] from the conversation's [`conversation_postings`]
+/// prefix, computed once for all of a message's terms (one allocation per
+/// key: a message writes about ten).
+pub fn posting_key_under(prefix: &[u8], term: &str, ts: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + term.len() + 1 + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(term.as_bytes());
+    k.push(0);
     k.extend_from_slice(&(u64::MAX - ts).to_be_bytes());
     k
 }

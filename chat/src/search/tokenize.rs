@@ -64,6 +64,20 @@ fn is_cjk(c: char) -> bool {
 /// `word` folded: NFKD, combining marks dropped, NFC, lower-cased, cut to
 /// [`MAX_TERM_BYTES`], NULs dropped.
 pub fn fold(word: &str) -> String {
+    if word.is_ascii() {
+        // The common case, without the normalizers' buffering: ASCII is
+        // its own NFKD and NFC, has no combining marks, and lower-cases
+        // byte by byte (the model test checks this against the full path).
+        let mut out: String = word.chars().filter(|&c| c != '\0').collect();
+        out.make_ascii_lowercase();
+        out.truncate(MAX_TERM_BYTES);
+        return out;
+    }
+    fold_unicode(word)
+}
+
+/// [`fold`] for any text.
+fn fold_unicode(word: &str) -> String {
     let mut out = String::with_capacity(word.len());
     // Recomposed after the marks are dropped: Hangul syllables (which
     // NFKD splits into jamo) come back whole, and short.
@@ -236,6 +250,14 @@ mod tests {
         let han = "\u{20000}".repeat(30); // 4 bytes each
         assert!(t(&han).iter().all(|x| x.len() <= MAX_TERM_BYTES));
         assert!(t("a\0b").iter().all(|x| !x.contains('\0')));
+    }
+
+    proptest::proptest! {
+        /// The ASCII shortcut folds exactly as the full pipeline does.
+        #[test]
+        fn ascii_folds_as_the_full_pipeline_does(word in "[\\x00-\\x7f]{0,80}") {
+            proptest::prop_assert_eq!(fold(&word), fold_unicode(&word));
+        }
     }
 
     #[test]
