@@ -98,15 +98,29 @@ fn a_damaged_index_is_found_and_rebuilt_through_raft() {
     );
 
     // Every replica loses the newest "apple" posting and gains a stray
-    // "cherry" one, behind Raft's back.
+    // "cherry" one, behind Raft's back — once it has applied the sends (a
+    // follower may still be behind the leader that acknowledged them).
     for n in &nodes {
         let lsm = n.node().lsm();
         let lo = postings::term_postings(conv_id, "apple");
-        let (key, _) = lsm
-            .scan(&lo, Some(&postings::end_of(&lo)), Direction::Forward, 1)
-            .unwrap()
-            .pop()
-            .expect("an apple posting");
+        // Both "apple" messages' postings, newest first.
+        let apples = || {
+            lsm.scan(&lo, Some(&postings::end_of(&lo)), Direction::Forward, 2)
+                .unwrap()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let (key, _) = loop {
+            let found = apples();
+            if found.len() == 2 {
+                break found.into_iter().next().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a replica holds {} apple postings after 30 s",
+                found.len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         let (_, ts) = postings::decode_key(&key).unwrap();
         let mut b = WriteBatch::new();
         b.delete(&key);
