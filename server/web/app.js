@@ -3,7 +3,7 @@
 
 import { ApiError, Session, call, mintToken, retryable, tokenClaims } from './client.js';
 import { Store } from './store.js';
-import { renderHead, renderList, renderThread } from './view.js';
+import { renderHead, renderList, renderSearch, renderThread } from './view.js';
 
 const $ = (id) => document.getElementById(id);
 const SESSION_KEY = 'missive:session';
@@ -316,6 +316,31 @@ function wire() {
   $('convs').addEventListener('click', (ev) => {
     const li = ev.target.closest('[data-conv]');
     if (li) openConv(li.dataset.conv);
+  });
+  // Search: a page of hits over the list; a hit opens its conversation,
+  // emptying the box closes the results.
+  $('search').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    showError('side-error', null);
+    // The last word matches as a prefix (the server's rule for a query
+    // not ending in a space): "quart" finds "quarterly".
+    const q = ev.target.q.value.trim();
+    try {
+      const page = await session.http('GET', `/v1/search?q=${encodeURIComponent(q)}&limit=20`);
+      renderSearch(store, q, page.hits);
+    } catch (e) {
+      showError('side-error', e);
+    }
+  });
+  $('search').q.addEventListener('input', (ev) => {
+    if (!ev.target.value) $('search-results').hidden = true;
+  });
+  $('search-results').addEventListener('click', (ev) => {
+    const li = ev.target.closest('[data-conv]');
+    if (!li) return;
+    $('search-results').hidden = true;
+    $('search').reset();
+    openConv(li.dataset.conv);
   });
   $('new-direct').addEventListener('submit', async (ev) => {
     ev.preventDefault();

@@ -168,3 +168,38 @@ export function renderThread(store, conv) {
   else if (top < 40) ol.scrollTop = top + (ol.scrollHeight - before);
   else ol.scrollTop = top;
 }
+
+/**
+ * A page of search hits (`GET /v1/search`): each names its conversation
+ * and shows the snippet with its highlights (offsets in Unicode scalar
+ * values, so the snippet is indexed by code point, not UTF-16 unit).
+ */
+export function renderSearch(store, q, hits) {
+  const ul = $('search-results');
+  ul.hidden = false;
+  const head = el('li', { class: 'hits-head' }, `Messages matching “${q}”`);
+  if (!hits.length) {
+    ul.replaceChildren(head, el('li', { class: 'hit none' }, 'No messages found.'));
+    return;
+  }
+  ul.replaceChildren(
+    head,
+    ...hits.map((h) => {
+      const chars = Array.from(h.snippet);
+      const parts = [];
+      let at = 0;
+      for (const [start, end] of h.highlights) {
+        parts.push(chars.slice(at, start).join(''), el('mark', {}, chars.slice(start, end).join('')));
+        at = end;
+      }
+      parts.push(chars.slice(at).join(''));
+      const conv = h.message.conv;
+      return el(
+        'li',
+        { class: 'hit', dataset: { conv, seq: h.message.seq }, tabindex: 0 },
+        el('div', { class: 'conv-top' }, el('span', { class: 'conv-title' }, store.title(store.conv(conv))), el('time', {}, when(h.message.ts))),
+        el('div', { class: 'snippet' }, ...parts),
+      );
+    }),
+  );
+}

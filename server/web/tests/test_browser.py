@@ -377,6 +377,37 @@ def test_history_pages_back_on_scroll(server, browser):
     assert seqs == list(range(1, len(seqs) + 1)), seqs
 
 
+def test_search_finds_a_message_and_opens_its_conversation(server, browser):
+    # Messages sent as text are found by a word's beginning, with the match
+    # marked in the snippet; a hit opens its conversation; a conversation
+    # the reader is not in gives nothing.
+    fay = server.token(7)
+    conv = server.call("POST", "/v1/conversations", {"kind": "group", "name": "reports", "members": ["8"]},
+                       token=fay)["conv"]
+    other = server.call("POST", "/v1/conversations", {"kind": "group", "name": "private", "members": ["9"]},
+                        token=fay)["conv"]
+    for i, (c, text) in enumerate([(conv, "The quarterly Report is ready"), (conv, "lunch at noon"),
+                                   (other, "quarterly numbers, not for Gus")]):
+        server.call("POST", f"/v1/conversations/{c}/messages", {"client_msg_id": f"s-{i}", "body": text}, token=fay)
+    page = new_page(browser)
+    sign_in(page, server.url, server.url, 8, "Gus")
+    page.locator("#search [name=q]").fill("quart")
+    page.locator("#search button").click()
+    hits = page.locator("#search-results .hit")
+    expect(hits).to_have_count(1)
+    expect(hits.locator(".snippet")).to_have_text("The quarterly Report is ready")
+    expect(hits.locator("mark")).to_have_text("quarterly")
+    shot(page, "search")
+    hits.click()
+    expect(page.locator("#search-results")).to_be_hidden()
+    expect(page.locator("#conv-title")).to_have_text("reports")
+    expect(bodies(page, "The quarterly Report is ready")).to_have_count(1)
+    page.locator("#search [name=q]").fill("nothing-like-this")
+    page.locator("#search button").click()
+    expect(page.locator("#search-results .hit.none")).to_have_text("No messages found.")
+    assert not page.errors, page.errors
+
+
 def test_a_listed_origin_works_and_another_is_refused(server, browser, origins):
     listed, unlisted = origins
     token = server.token(1, device=2)
