@@ -19,14 +19,7 @@ use missive_chat::search::postings;
 use missive_engine::keys::ConversationId;
 use missive_engine::lsm::{Direction, WriteBatch};
 
-use common::{call, ctl};
-
-/// One call that must succeed; its answer.
-async fn ok(method: reqwest::Method, url: String, token: Option<&str>, body: Value) -> Value {
-    let (s, v) = call(method, url, token, Some(body)).await;
-    assert!(s == 200 || s == 201, "{s} {v}");
-    v
-}
+use common::{call, ctl, ok};
 
 #[test]
 fn a_damaged_index_is_found_and_rebuilt_through_raft() {

@@ -17,14 +17,7 @@ use serde_json::{json, Value};
 use missive_engine::lsm::{Direction, WriteBatch};
 use missive_raft::ShardId;
 
-use common::{call, ctl};
-
-/// One call that must succeed; its answer.
-async fn ok(method: reqwest::Method, url: String, token: Option<&str>, body: Value) -> Value {
-    let (s, v) = call(method, url, token, Some(body)).await;
-    assert!(s == 200 || s == 201, "{s} {v}");
-    v
-}
+use common::{ctl, ok};
 
 #[test]
 fn a_changed_replica_is_named_and_the_others_agree() {

@@ -66,6 +66,13 @@ pub async fn call(
     }
 }
 
+/// One call that must succeed (200 or 201); its answer.
+pub async fn ok(method: reqwest::Method, url: String, token: Option<&str>, body: Value) -> Value {
+    let (s, v) = call(method, url, token, Some(body)).await;
+    assert!(s == 200 || s == 201, "{s} {v}");
+    v
+}
+
 /// Three running nodes, their HTTP base URLs and their configs.
 pub struct Trio {
     pub nodes: Vec<missive_server::Running>,
