@@ -5,8 +5,9 @@
 //!
 //! openraft logs every call to a peer that could not be reached at ERROR
 //! (votes: "while requesting vote", or "timeout" when one hangs;
-//! replication: "RPCError"), and every call cut short by a peer closing
-//! its connection. In a cluster whose nodes start one after another, or
+//! replication: "RPCError"), every append or heartbeat past its deadline
+//! ("timeout after … when AppendEntries"), and every call cut short by a
+//! peer closing its connection. In a cluster whose nodes start one after another, or
 //! while one restarts, each election and each replication retry produces
 //! them: an operator reading ERROR lines on a healthy start learns to
 //! ignore ERROR. So these events are dropped, and the transport says it
@@ -79,10 +80,16 @@ impl<S: Subscriber> Layer<S> for QuietUnreachablePeers {
         // A call cut by the peer closing its connection (a restart) reads
         // "NetworkError: … connection lost: connection closed" (the
         // transport's wording: `missive_raft::transport::client`).
+        // A heartbeat or append past its deadline (60 ms since failover
+        // was tuned, see raft's timing) reads "timeout after … when
+        // AppendEntries …": on a loaded 2-core machine it happens on a
+        // healthy start (CI saw one), and openraft retries at once. A peer
+        // that stays away still shows as the transport's WARN.
         let unreachable = f.error.starts_with("Unreachable node")
             || (f.error.starts_with("NetworkError")
                 && f.error.ends_with("connection lost: connection closed"))
-            || (f.message == "timeout" && f.error.contains(" when Vote "));
+            || (f.message == "timeout" && f.error.contains(" when Vote "))
+            || (f.error.starts_with("timeout after") && f.error.contains(" when AppendEntries "));
         !unreachable
     }
 }
@@ -136,6 +143,8 @@ mod tests {
             let closed = "NetworkError: missive_raft::transport::client::CallError: connection lost: connection closed";
             tracing::error!(target: "openraft::replication", err = %closed, "RPCError");
             tracing::error!(target: "openraft::core::raft_core", error = %"timeout after 1s when Vote 1->2", "timeout");
+            tracing::error!(target: "openraft::replication", err = %"timeout after 60ms when AppendEntries 1->3", "RPCError");
+            tracing::error!(target: "openraft::replication", err = %"timeout after 1s when AppendEntries 1->2", "timeout");
         });
         assert_eq!(n.load(Ordering::Relaxed), 0);
         tracing::subscriber::with_default(
@@ -144,13 +153,12 @@ mod tests {
                 .with(Count(Arc::clone(&n))),
             || {
                 tracing::error!(target: "openraft::core::raft_core", error = %"decode: bad frame", "while requesting vote");
-                tracing::error!(target: "openraft::replication", err = %"timeout after 1s when AppendEntries 1->2", "timeout");
                 tracing::error!(target: "openraft::replication", err = %"NetworkError: connection lost: unexpected reply", "RPCError");
                 tracing::error!(target: "openraft::core::raft_core", error = %"storage: I/O", "storage failed");
                 tracing::error!(target: "missive_raft", error = %"unreachable", "while requesting vote");
                 tracing::warn!(target: "openraft::core::raft_core", error = %"unreachable", "while requesting vote");
             },
         );
-        assert_eq!(n.load(Ordering::Relaxed), 6);
+        assert_eq!(n.load(Ordering::Relaxed), 5);
     }
 }
