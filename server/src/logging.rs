@@ -7,10 +7,10 @@
 //! (votes: "while requesting vote", or "timeout" when one hangs;
 //! replication: "RPCError"), every append or heartbeat past its deadline
 //! ("timeout after … when AppendEntries"), and every call cut short by a
-//! peer closing its connection. In a cluster whose nodes start one after another, or
-//! while one restarts, each election and each replication retry produces
-//! them: an operator reading ERROR lines on a healthy start learns to
-//! ignore ERROR. So these events are dropped, and the transport says it
+//! peer closing its connection. In a cluster whose nodes start one after
+//! another, or while one restarts, each election and each replication
+//! retry produces them: an operator reading ERROR lines on a healthy
+//! start learns to ignore ERROR. So these events are dropped, and the transport says it
 //! instead, once per change: WARN "peer unreachable; retrying" when a
 //! peer goes away, INFO "peer reachable again" when it is back, INFO
 //! "connection to peer closed" when a connection ends.

@@ -194,10 +194,13 @@ export function renderSearch(store, q, hits) {
       }
       parts.push(chars.slice(at).join(''));
       const conv = h.message.conv;
+      // Read, never create: drawing hits must not add to the store.
+      const known = store.convs.get(conv);
+      const title = known ? store.title(known) : 'conversation';
       return el(
         'li',
         { class: 'hit', dataset: { conv, seq: h.message.seq }, tabindex: 0 },
-        el('div', { class: 'conv-top' }, el('span', { class: 'conv-title' }, store.title(store.conv(conv))), el('time', {}, when(h.message.ts))),
+        el('div', { class: 'conv-top' }, el('span', { class: 'conv-title' }, title), el('time', {}, when(h.message.ts))),
         el('div', { class: 'snippet' }, ...parts),
       );
     }),
