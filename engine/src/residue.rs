@@ -192,7 +192,10 @@ mod tests {
         let db = Db::open(dir.path(), DbOptions::default()).unwrap();
         let put = |v: &[u8]| {
             let mut b = crate::lsm::WriteBatch::new();
-            b.put(b"\x10k", v);
+            b.put(
+                crate::keys::message_key(crate::keys::ConversationId(1), crate::keys::Timestamp(1)),
+                v,
+            );
             db.write(&b).unwrap();
         };
         put(&secret);

@@ -63,7 +63,7 @@ use std::time::Duration;
 
 pub use batch::{BatchOp, WriteBatch};
 pub use compaction::picker::{Choice, PickerConfig};
-pub use db::{Db, DbOptions};
+pub use db::{Db, DbOptions, WriteOptions};
 pub use read::Direction;
 pub use retention::{MessageRetention, Retention};
 pub use table::TableId;
@@ -210,6 +210,17 @@ pub struct LsmStats {
     pub space_amplification: f64,
     /// Tables a point read may probe (L0 count + one per non-empty level).
     pub read_amplification: usize,
+}
+
+/// Which of a conversation's messages [`Lsm::visit_messages`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageRange {
+    /// All of them, newest first (what [`Lsm::latest`] pages).
+    Latest,
+    /// Those older than the timestamp, newest first (paging back).
+    Before(Timestamp),
+    /// Those newer than the timestamp, oldest first (catching up).
+    After(Timestamp),
 }
 
 /// A message returned by the message queries.
@@ -833,17 +844,45 @@ impl Lsm {
         snap: u64,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        self.visit(lo, hi, dir, snap, &mut |k, v| {
+        self.visit_seq(lo, hi, dir, snap, &mut |k, v| {
             out.push((k.to_vec(), v.to_vec()));
             out.len() < limit
         })?;
         Ok(out)
     }
 
+    /// Calls `visit` with each live (key, value) in `[lo, hi)`, in `dir`
+    /// order, until it returns false: [`Lsm::scan`] without copying. The
+    /// slices borrow from the memtable or a cached block and live only for
+    /// the call; copy what you keep. Reads at what is visible when it
+    /// starts, like a scan.
+    pub fn visit(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        dir: Direction,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let snap = self.inner.visible_seq.load(Ordering::Acquire);
+        self.visit_seq(lo, hi, dir, snap, &mut visit)
+    }
+
+    /// [`Lsm::visit`] at a snapshot.
+    pub fn visit_at(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        dir: Direction,
+        snapshot: &Snapshot,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        self.visit_seq(lo, hi, dir, snapshot.seq, &mut visit)
+    }
+
     /// Calls `visit` with each live (key, value) in `[lo, hi)` at `snap`,
     /// in `dir` order, until it returns false. The slices borrow from the
     /// memtable or the cached block: callers copy only what they keep.
-    fn visit(
+    fn visit_seq(
         &self,
         lo: &[u8],
         hi: Option<&[u8]>,
@@ -907,9 +946,7 @@ impl Lsm {
 
     /// The newest `limit` messages of a conversation, newest first.
     pub fn latest(&self, conv: ConversationId, limit: usize) -> Result<Vec<StoredMessage>> {
-        let prefix = conversation_prefix(conv);
-        let end = prefix_successor(&prefix);
-        self.messages(&prefix, end.as_deref(), Direction::Forward, limit)
+        self.messages(conv, MessageRange::Latest, limit)
     }
 
     /// Up to `limit` messages older than `ts`, newest first (paging back).
@@ -919,12 +956,7 @@ impl Lsm {
         ts: Timestamp,
         limit: usize,
     ) -> Result<Vec<StoredMessage>> {
-        let Some(older) = ts.0.checked_sub(1) else {
-            return Ok(Vec::new());
-        };
-        let start = message_key(conv, Timestamp(older));
-        let end = prefix_successor(&conversation_prefix(conv));
-        self.messages(&start, end.as_deref(), Direction::Forward, limit)
+        self.messages(conv, MessageRange::Before(ts), limit)
     }
 
     /// Up to `limit` messages newer than `ts`, oldest first (catching up).
@@ -934,33 +966,71 @@ impl Lsm {
         ts: Timestamp,
         limit: usize,
     ) -> Result<Vec<StoredMessage>> {
-        let start = conversation_prefix(conv);
-        let end = message_key(conv, ts);
-        self.messages(&start, Some(&end), Direction::Reverse, limit)
+        self.messages(conv, MessageRange::After(ts), limit)
     }
 
     fn messages(
         &self,
-        lo: &[u8],
-        hi: Option<&[u8]>,
-        dir: Direction,
+        conv: ConversationId,
+        range: MessageRange,
         limit: usize,
     ) -> Result<Vec<StoredMessage>> {
         let mut out = Vec::with_capacity(limit.min(1024));
         if limit == 0 {
             return Ok(out);
         }
-        let snap = self.inner.visible_seq.load(Ordering::Acquire);
-        self.visit(lo, hi, dir, snap, &mut |k, v| {
-            if let Some((_, ts)) = decode_message_key(k) {
-                out.push(StoredMessage {
-                    ts,
-                    value: v.to_vec(),
-                });
-            }
+        self.visit_messages(conv, range, |ts, v| {
+            out.push(StoredMessage {
+                ts,
+                value: v.to_vec(),
+            });
             out.len() < limit
         })?;
         Ok(out)
+    }
+
+    /// Calls `visit` with a conversation's messages in `range` — their
+    /// timestamp and stored value, borrowed for the call — until it
+    /// returns false: [`Lsm::latest`], [`Lsm::before`] and [`Lsm::after`]
+    /// without copying, for callers that stream what they read. Only
+    /// message keys ([`message_key`]) are seen.
+    pub fn visit_messages(
+        &self,
+        conv: ConversationId,
+        range: MessageRange,
+        mut visit: impl FnMut(Timestamp, &[u8]) -> bool,
+    ) -> Result<()> {
+        let prefix = conversation_prefix(conv);
+        let end = prefix_successor(&prefix);
+        let (lo, hi, dir) = match range {
+            MessageRange::Latest => (prefix.to_vec(), end, Direction::Forward),
+            MessageRange::Before(ts) => {
+                let Some(older) = ts.0.checked_sub(1) else {
+                    return Ok(());
+                };
+                (
+                    message_key(conv, Timestamp(older)).to_vec(),
+                    end,
+                    Direction::Forward,
+                )
+            }
+            MessageRange::After(ts) => (
+                prefix.to_vec(),
+                Some(message_key(conv, ts).to_vec()),
+                Direction::Reverse,
+            ),
+        };
+        let snap = self.inner.visible_seq.load(Ordering::Acquire);
+        self.visit_seq(
+            &lo,
+            hi.as_deref(),
+            dir,
+            snap,
+            &mut |k, v| match decode_message_key(k) {
+                Some((_, ts)) => visit(ts, v),
+                None => true,
+            },
+        )
     }
 
     /// Walks every checksum of every live table; returns the number of
