@@ -38,6 +38,9 @@ pub trait Engine: Send + Sync {
     fn table_bytes(&self) -> Result<u64>;
     /// The shape of the tree (files per level), for the report.
     fn shape(&self) -> String;
+    /// Name prefixes of the threads doing the engine's background work
+    /// (flushes, compactions), for `sustained`'s CPU accounting.
+    fn background_threads(&self) -> &'static [&'static str];
 }
 
 /// Which engine.
@@ -74,6 +77,9 @@ pub struct Config {
     /// Whether RocksDB gets `bottom_hc_level` too.
     #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
     pub rocksdb_bottom_hc: bool,
+    /// RocksDB's data block size (its default is 4 KiB; Missive's 16 KiB).
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
+    pub rocksdb_block_bytes: usize,
 }
 
 pub const BLOCK_SIZE: usize = 16 << 10;
@@ -174,6 +180,10 @@ impl Engine for Missive {
         let s = self.db.stats();
         format!("files/level {:?}", s.files_per_level)
     }
+
+    fn background_threads(&self) -> &'static [&'static str] {
+        &["missive-lsm-"]
+    }
 }
 
 #[cfg(feature = "rocksdb")]
@@ -209,7 +219,7 @@ mod rocks {
                 missive_engine::keys::CONVERSATION_PREFIX_LEN,
             ));
             let mut table = BlockBasedOptions::default();
-            table.set_block_size(BLOCK_SIZE);
+            table.set_block_size(cfg.rocksdb_block_bytes);
             table.set_bloom_filter(10.0, false);
             let cache = Cache::new_lru_cache(cfg.block_cache_bytes as usize);
             table.set_block_cache(&cache);
@@ -290,6 +300,11 @@ mod rocks {
                 })
                 .collect();
             format!("files/level [{}]", levels.join(", "))
+        }
+
+        fn background_threads(&self) -> &'static [&'static str] {
+            // RocksDB names its pool threads rocksdb:low / :high / :bottom.
+            &["rocksdb:"]
         }
     }
 }
