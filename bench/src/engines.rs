@@ -38,6 +38,12 @@ pub trait Engine: Send + Sync {
     fn table_bytes(&self) -> Result<u64>;
     /// The shape of the tree (files per level), for the report.
     fn shape(&self) -> String;
+    /// Runs to the end the background work the engine leaves for idle
+    /// time (Missive: the LZ4-HC recompression of the deepest level;
+    /// RocksDB: none — its settle already wrote its final compression).
+    fn finish_idle_work(&self) -> Result<()> {
+        Ok(())
+    }
     /// Name prefixes of the threads doing the engine's background work
     /// (flushes, compactions), for `sustained`'s CPU accounting.
     fn background_threads(&self) -> &'static [&'static str];
@@ -183,6 +189,11 @@ impl Engine for Missive {
 
     fn background_threads(&self) -> &'static [&'static str] {
         &["missive-lsm-"]
+    }
+
+    fn finish_idle_work(&self) -> Result<()> {
+        self.db.lsm().recompress_all()?;
+        Ok(())
     }
 }
 

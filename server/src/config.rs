@@ -124,10 +124,10 @@ pub struct NodeSection {
     /// measured faster here), `io_uring`, or `auto` (io_uring where the
     /// kernel allows it).
     pub io: IoBackend,
-    /// The LZ4 high-compression level (1–12) for tables written to the
-    /// store's bottom level: ~9 % less disk per message for several times
-    /// the compression CPU of those compactions. 0: the fast compressor
-    /// everywhere.
+    /// The LZ4 high-compression level (1–12) with which the store
+    /// rewrites its deepest level's tables in idle time: ~9 % less disk
+    /// per message for several times the compression CPU, never spent by
+    /// a flush or a compaction. 0: the fast compressor everywhere.
     pub bottom_hc_level: u8,
 }
 

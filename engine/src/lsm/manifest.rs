@@ -11,7 +11,7 @@
 //! a torn tail of the previous one is left behind with it. While running,
 //! a manifest that grows past a bound is rewritten the same way.
 //!
-//! ## Format (version 2; version 1, without tag 6, is read too)
+//! ## Format (version 3; versions 1 and 2, without tags 6 and 7, are read too)
 //!
 //! ```text
 //! header:  magic b"MSVMANIF" ‖ version u16 LE ‖ reserved u16 ‖ crc32 u32 LE (of the 12 bytes before)
@@ -25,6 +25,8 @@
 //!   5 flushed       stream u64, index u64
 //!   6 forget flushed stream u64: the stream has no flushed position (its
 //!                 log was reset); applied before any tag 5 of the same edit
+//!   7 recompressed id u64: the file this edit adds (a tag 1 before it in
+//!                 the same edit) was written by the recompression pass
 //! ```
 //!
 //! Integers little-endian. A record is applied whole or not at all. On load,
@@ -44,7 +46,7 @@ use crate::lsm::table::TableId;
 use crate::lsm::version::FileMeta;
 
 const MAGIC: [u8; 8] = *b"MSVMANIF";
-const VERSION: u16 = 2;
+const VERSION: u16 = 3;
 /// The oldest manifest version this build reads.
 const VERSION_MIN: u16 = 1;
 const HEADER_LEN: usize = 16;
@@ -129,6 +131,10 @@ impl Edit {
             o.extend_from_slice(&f.min_seq.to_le_bytes());
             o.extend_from_slice(&f.max_seq.to_le_bytes());
             o.extend_from_slice(&f.entries.to_le_bytes());
+            if f.recompressed {
+                o.push(7);
+                o.extend_from_slice(&f.id.0.to_le_bytes());
+            }
         }
         for (level, id) in &self.removed {
             o.push(2);
@@ -192,6 +198,7 @@ impl Edit {
                         min_seq,
                         max_seq,
                         entries,
+                        recompressed: false,
                     });
                 }
                 2 => {
@@ -206,6 +213,10 @@ impl Edit {
                     e.flushed.push((s, u64_at(&mut p)?));
                 }
                 6 => e.forgotten.push(StreamId(u64_at(&mut p)?)),
+                7 => {
+                    let id = TableId(u64_at(&mut p)?);
+                    e.added.iter_mut().find(|f| f.id == id)?.recompressed = true;
+                }
                 _ => return None,
             }
         }
@@ -412,6 +423,7 @@ mod tests {
                 min_seq: 1,
                 max_seq: 9,
                 entries: 5,
+                recompressed: true,
             }],
             removed: vec![(0, TableId(3))],
             next_table_id: Some(8),

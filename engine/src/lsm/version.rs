@@ -28,6 +28,10 @@ pub struct FileMeta {
     pub max_seq: u64,
     /// Number of versions stored.
     pub entries: u64,
+    /// Written by the recompression pass (LZ4-HC, see
+    /// `compaction::picker::pick_recompress`): the pass never takes it
+    /// again. False for every table a flush or a compaction writes.
+    pub recompressed: bool,
 }
 
 impl FileMeta {

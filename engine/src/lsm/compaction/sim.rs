@@ -86,6 +86,7 @@ pub fn simulate(cfg: &SimConfig) -> SimReport {
             min_seq: id,
             max_seq: id,
             entries: 0,
+            recompressed: false,
         }
     };
     let span = u64::MAX / cfg.flushes.max(1);

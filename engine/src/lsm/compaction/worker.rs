@@ -41,6 +41,17 @@ pub(crate) struct Outcome {
     pub versions_dropped: u64,
 }
 
+/// How a compaction writes its outputs.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct How<'a> {
+    /// LZ4-HC at `bottom_hc_level` (the recompression pass) instead of the
+    /// fast LZ4; the outputs are marked recompressed.
+    pub hc: bool,
+    /// Asked every [`FLUSH_LOOK_EVERY`] versions: true stops the
+    /// compaction, removes what it wrote and changes nothing.
+    pub abort: Option<&'a dyn Fn() -> bool>,
+}
+
 /// Versions merged between looks for a memtable waiting to be flushed.
 const FLUSH_LOOK_EVERY: u32 = 4096;
 
@@ -63,7 +74,13 @@ fn flush_first(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<Outcome> {
+/// Carries out `choice`; `None` if `how.abort` stopped it (nothing changed).
+pub(crate) fn run(
+    inner: &Inner,
+    version: &Version,
+    choice: &Choice,
+    how: How<'_>,
+) -> Result<Option<Outcome>> {
     let find = |ids: &[FileMeta]| -> Vec<Arc<TableFile>> {
         version
             .all_tables()
@@ -111,6 +128,18 @@ pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<O
         if since_look == FLUSH_LOOK_EVERY {
             since_look = 0;
             flush_first(inner)?;
+            if how.abort.is_some_and(|abort| abort()) {
+                let mut ids: Vec<TableId> = outputs.iter().map(|(id, _)| *id).collect();
+                if let Some((id, b)) = builder.take() {
+                    drop(b);
+                    ids.push(id);
+                }
+                for id in ids {
+                    let path = table_path(&inner.tables_dir, id);
+                    std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                }
+                return Ok(None);
+            }
         }
         let Some((k, s, v)) = cursors[i].current() else {
             break;
@@ -154,7 +183,7 @@ pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<O
                 let id = inner.allocate_table_id();
                 let b = TableBuilder::create(
                     &table_path(&inner.tables_dir, id),
-                    inner.build_options(choice.bottommost),
+                    inner.build_options(how.hc),
                 )?;
                 builder = Some((id, b));
             }
@@ -187,7 +216,8 @@ pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<O
     let mut added = Vec::new();
     for (id, sum) in outputs {
         outcome.bytes_out += sum.size;
-        let meta = sum.into_meta(id, choice.output_level as u8);
+        let mut meta = sum.into_meta(id, choice.output_level as u8);
+        meta.recompressed = how.hc;
         let table = Table::open(
             &table_path(&inner.tables_dir, id),
             id,
@@ -204,5 +234,5 @@ pub(crate) fn run(inner: &Inner, version: &Version, choice: &Choice) -> Result<O
     for t in inputs.iter().chain(&below) {
         t.table.mark_obsolete();
     }
-    Ok(outcome)
+    Ok(Some(outcome))
 }

@@ -36,6 +36,7 @@ impl TableSummary {
             min_seq: self.min_seq,
             max_seq: self.max_seq,
             entries: self.entries,
+            recompressed: false,
         }
     }
 }
