@@ -294,6 +294,9 @@ pub(crate) struct Inner {
     flush_lock: Mutex<()>,
     /// Callers of [`Lsm::flush`] waiting: a paced flush stops pausing.
     flush_waiters: std::sync::atomic::AtomicUsize,
+    /// Callers in a compaction they asked for (`compact`, `compact_all`,
+    /// `compact_full`): the recompression pass gives way to them.
+    compaction_waiters: std::sync::atomic::AtomicUsize,
     /// Frees flushed memtables at low priority (`yield_to_foreground`).
     reaper: Option<reaper::Reaper>,
     /// Memtable node chunks kept warm between memtables (`arena.rs`).
@@ -486,6 +489,7 @@ impl Lsm {
             write_lock: Mutex::new(()),
             flush_lock: Mutex::new(()),
             flush_waiters: std::sync::atomic::AtomicUsize::new(0),
+            compaction_waiters: std::sync::atomic::AtomicUsize::new(0),
             reaper,
             chunks,
             compaction_lock: Mutex::new(()),
@@ -701,11 +705,13 @@ impl Lsm {
 
     /// Runs one compaction if the picker finds one; returns whether it did.
     pub fn compact(&self) -> Result<bool> {
+        let _w = Waiting::on(&self.inner.compaction_waiters);
         compact_once(&self.inner)
     }
 
     /// Compacts until the picker finds nothing.
     pub fn compact_all(&self) -> Result<()> {
+        let _w = Waiting::on(&self.inner.compaction_waiters);
         while compact_once(&self.inner)? {}
         Ok(())
     }
@@ -715,6 +721,7 @@ impl Lsm {
     /// tombstones and shadowed versions no snapshot needs. For tests, tools
     /// and benchmarks ("after full compaction").
     pub fn compact_full(&self) -> Result<()> {
+        let _w = Waiting::on(&self.inner.compaction_waiters);
         self.flush()?;
         let _c = lock(&self.inner.compaction_lock);
         let v = self.inner.version();
@@ -1205,6 +1212,8 @@ fn recompress_once(inner: &Inner, yielding: bool) -> Result<Recompressed> {
     };
     let busy = || {
         !inner.mem().immutables.is_empty()
+            || inner.flush_waiters.load(Ordering::Acquire) > 0
+            || inner.compaction_waiters.load(Ordering::Acquire) > 0
             || compaction::picker::pick(&inner.version().metas(), &inner.opts.picker).is_some()
     };
     let how = How {
@@ -1230,16 +1239,45 @@ fn recompress_once(inner: &Inner, yielding: bool) -> Result<Recompressed> {
     })
 }
 
+/// Counts a caller in `counter` while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How long the background thread must have had no flush or compaction to
+/// run before the recompression pass starts: data compacted moments ago is
+/// likely to be compacted again (a burst's tail, a caller's full
+/// compaction), and HC spent on it is wasted.
+const RECOMPRESS_AFTER_IDLE: Duration = Duration::from_secs(5);
+
 /// The background thread: flush first (writers may be stalled on it), then
-/// compact, then sleep until woken.
+/// compact, then (idle for a while) recompress, then sleep until woken.
 fn background(inner: &Inner) {
+    let mut busy_at = std::time::Instant::now();
     loop {
         if inner.closed.load(Ordering::Acquire) {
             return;
         }
         let work = flush::flush_oldest(inner, true).and_then(|flushed| {
             if flushed || compact_once(inner)? {
+                busy_at = std::time::Instant::now();
                 return Ok(true);
+            }
+            if busy_at.elapsed() < RECOMPRESS_AFTER_IDLE
+                || inner.compaction_waiters.load(Ordering::Acquire) > 0
+            {
+                return Ok(false);
             }
             // Idle: one table of the recompression pass. An abandoned
             // rewrite (work arrived) is not retried at once: the loop

@@ -42,7 +42,8 @@
 //! Compactions write the fast LZ4 everywhere; a compression that costs
 //! several times the CPU (LZ4-HC: ~9 % smaller tables of chat text, 2–3×
 //! the CPU of the whole compaction) pays only for data that stays where it
-//! is written. When the picker has nothing to do, [`pick_recompress`]
+//! is written. When the picker has had nothing to do for a while (5 s),
+//! [`pick_recompress`]
 //! chooses one table of the deepest level that the pass has not rewritten
 //! yet; the worker rewrites it alone, in place, with LZ4-HC (dropping what
 //! a bottommost compaction drops), and aborts as soon as the picker has
