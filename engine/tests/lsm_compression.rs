@@ -37,6 +37,18 @@ fn entries() -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// Writes the entries in four flushes.
+fn fill(lsm: &Lsm) {
+    for chunk in entries().chunks(5_000) {
+        let mut b = WriteBatch::new();
+        for (k, v) in chunk {
+            b.put(k, v);
+        }
+        lsm.apply(&b, None).unwrap();
+        lsm.flush().unwrap();
+    }
+}
+
 /// Writes the entries in four flushes, then compacts everything to the
 /// bottom; returns the table bytes after the flushes and after the
 /// compaction.
@@ -50,14 +62,7 @@ fn load(dir: &std::path::Path, bottom_hc_level: Option<i32>) -> (Lsm, u64, u64) 
         },
     )
     .unwrap();
-    for chunk in entries().chunks(5_000) {
-        let mut b = WriteBatch::new();
-        for (k, v) in chunk {
-            b.put(k, v);
-        }
-        lsm.apply(&b, None).unwrap();
-        lsm.flush().unwrap();
-    }
+    fill(&lsm);
     let flushed: u64 = lsm.stats().bytes_per_level.iter().sum();
     lsm.compact_all().unwrap();
     let compacted: u64 = lsm.stats().bytes_per_level.iter().sum();
@@ -137,16 +142,10 @@ fn the_background_thread_recompresses_when_idle() {
         },
     )
     .unwrap();
-    for chunk in entries().chunks(5_000) {
-        let mut b = WriteBatch::new();
-        for (k, v) in chunk {
-            b.put(k, v);
-        }
-        lsm.apply(&b, None).unwrap();
-        lsm.flush().unwrap();
-    }
+    fill(&lsm);
     lsm.compact_all().unwrap();
-    // Generous: the thread wakes at least every 500 ms.
+    // Generous: the pass starts after 5 s without work, and the thread
+    // wakes at least every 500 ms.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !deepest(&lsm).0 {
         assert!(std::time::Instant::now() < deadline, "{:?}", lsm.stats());
