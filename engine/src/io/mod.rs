@@ -13,7 +13,7 @@
 //! [`FileSystem`] and [`LogFile`].
 
 mod fault;
-mod fd;
+pub(crate) mod fd;
 mod std_fs;
 mod uring;
 
@@ -42,6 +42,17 @@ pub trait LogFile: Send + Sync + Debug {
     /// allocation (and fdatasync no allocation metadata). Extends the file
     /// to at least `len`; the new bytes read as zero.
     fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Asks the kernel to start writing `[offset, offset + len)` back to
+    /// the device without waiting for it (Linux `sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`). Promises nothing about durability: it
+    /// spreads the disk writes over time, so that the next sync — and
+    /// every other writer the kernel would throttle once too many pages
+    /// are dirty — does not pay for all of them at once. A no-op where
+    /// unsupported.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Writes all of `buf` at `offset` and then syncs data. Back ends that
     /// can chain the two in one submission (io_uring `IO_LINK`) override it.
     fn write_and_sync(&self, buf: &[u8], offset: u64) -> io::Result<()> {

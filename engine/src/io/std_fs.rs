@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::fd::allocate_fd;
+use super::fd::{allocate_fd, start_writeback_fd};
 use super::uring::UringFile;
 use super::{FileSystem, LogFile};
 
@@ -74,6 +74,10 @@ impl LogFile for StdFile {
 
     fn allocate(&self, len: u64) -> io::Result<()> {
         allocate_fd(&self.file, len)
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        start_writeback_fd(&self.file, offset, len)
     }
 }
 

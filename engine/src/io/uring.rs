@@ -24,7 +24,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::fd::allocate_fd;
+use super::fd::{allocate_fd, start_writeback_fd};
 use super::LogFile;
 
 /// Entries per thread-local ring: we never have more than two in flight.
@@ -201,6 +201,10 @@ impl LogFile for UringFile {
 
     fn allocate(&self, len: u64) -> io::Result<()> {
         allocate_fd(&self.file, len)
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        start_writeback_fd(&self.file, offset, len)
     }
 
     fn write_and_sync(&self, buf: &[u8], offset: u64) -> io::Result<()> {

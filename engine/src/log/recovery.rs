@@ -326,28 +326,16 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
 
     let prealloc = opts.preallocate.then_some(opts.segment_size);
     let writer = match tail {
-        Some((seg, offset, false)) => WriterState {
-            segment: seg,
-            offset,
-            spare: Vec::new(),
-        },
+        Some((seg, offset, false)) => WriterState::at(seg, offset),
         Some((seg, _, true)) => {
             let next = segment::create(fs, dir, seg.seq + 1, prealloc)?;
             segments.insert(next.seq, next.clone());
-            WriterState {
-                segment: next,
-                offset: SEGMENT_HEADER_LEN as u64,
-                spare: Vec::new(),
-            }
+            WriterState::at(next, SEGMENT_HEADER_LEN as u64)
         }
         None => {
             let first = segment::create(fs, dir, 1, prealloc)?;
             segments.insert(first.seq, first.clone());
-            WriterState {
-                segment: first,
-                offset: SEGMENT_HEADER_LEN as u64,
-                spare: Vec::new(),
-            }
+            WriterState::at(first, SEGMENT_HEADER_LEN as u64)
         }
     };
     Ok(Recovered {
