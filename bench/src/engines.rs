@@ -184,7 +184,13 @@ impl Engine for Missive {
 
     fn shape(&self) -> String {
         let s = self.db.stats();
-        format!("files/level {:?}", s.files_per_level)
+        format!(
+            "files/level {:?}; {} stalls, {} slowdowns ({:.1} s)",
+            s.files_per_level,
+            s.stalls,
+            s.slowdowns,
+            s.slowdown_micros as f64 / 1e6
+        )
     }
 
     fn background_threads(&self) -> &'static [&'static str] {

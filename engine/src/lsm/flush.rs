@@ -109,7 +109,7 @@ impl<'a> Pacer<'a> {
 }
 
 /// Flushes the oldest immutable memtable; returns whether there was one.
-/// `background`: called by the background thread (which may pace it).
+/// `background`: called by the flush thread (which may pace it).
 pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
     let _f = lock(&inner.flush_lock);
     let Some(mem) = inner.mem().immutables.last().cloned() else {
@@ -181,7 +181,7 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
         }
     }
     inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
-    inner.bg_cv.notify_all();
+    inner.wake();
     if !positions.is_empty() {
         if let Some(hook) = lock(&inner.on_flush).as_ref() {
             hook(&lock(&inner.manifest).1.flushed.clone());

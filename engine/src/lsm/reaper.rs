@@ -64,7 +64,7 @@ impl Reaper {
         let thread = std::thread::Builder::new()
             .name("missive-lsm-free".into())
             .spawn(move || {
-                lowest_priority();
+                crate::lsm::priority::set_nice(19, "the memtable-freeing thread");
                 for mem in rx {
                     free_when_sole(mem, REAPER_WAIT);
                     p.fetch_sub(1, Ordering::AcqRel);
@@ -101,26 +101,6 @@ impl Drop for Reaper {
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-    }
-}
-
-/// Puts the calling thread at nice 19 (best effort: on failure it stays at
-/// the process's priority, which is only slower to give way).
-fn lowest_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid takes no arguments; setpriority with PRIO_PROCESS
-        // and a thread id changes only that thread's nice value on Linux.
-        let rc = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
-        };
-        if rc != 0 {
-            tracing::warn!(
-                err = %std::io::Error::last_os_error(),
-                "could not lower the memtable-freeing thread's priority"
-            );
         }
     }
 }

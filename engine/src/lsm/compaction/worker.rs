@@ -14,8 +14,10 @@
 //! - In a bottommost compaction, the surviving version every snapshot can
 //!   see is written with sequence number 0 (it orders below everything).
 //!
-//! Every few thousand versions the worker lets a waiting memtable flush
-//! first (see `flush_first`).
+//! Flushes run beside it on their own thread (`lsm/background.rs`); a
+//! flush installs its table on the current version under the manifest
+//! lock, and this compaction's inputs were chosen before that table
+//! existed, so either may install first.
 //!
 //! Outputs are split at `target_table_bytes`, only between keys, so the
 //! tables of a level never share a key. They are fsynced, the directory is
@@ -47,32 +49,13 @@ pub(crate) struct How<'a> {
     /// LZ4-HC at `bottom_hc_level` (the recompression pass) instead of the
     /// fast LZ4; the outputs are marked recompressed.
     pub hc: bool,
-    /// Asked every [`FLUSH_LOOK_EVERY`] versions: true stops the
+    /// Asked every [`ABORT_LOOK_EVERY`] versions: true stops the
     /// compaction, removes what it wrote and changes nothing.
     pub abort: Option<&'a dyn Fn() -> bool>,
 }
 
-/// Versions merged between looks for a memtable waiting to be flushed.
-const FLUSH_LOOK_EVERY: u32 = 4096;
-
-/// Flushes the waiting memtables before going on, when flushes run in the
-/// background. One background thread does both jobs and flushes come first
-/// (writers may be stalled on them); without this, a compaction of a few
-/// hundred megabytes held up the flush for its whole length and a bulk
-/// ingest saw writers wait up to 1.6 s. Interleaving is safe: the flush
-/// installs its table on the current version under the manifest lock, and
-/// this compaction's inputs were chosen before that table existed (the same
-/// holds for a caller's flush racing a compaction).
-fn flush_first(inner: &Inner) -> Result<()> {
-    if inner.opts.background {
-        while !inner.mem().immutables.is_empty() {
-            if !crate::lsm::flush::flush_oldest(inner, true)? {
-                break;
-            }
-        }
-    }
-    Ok(())
-}
+/// Versions merged between calls of `How::abort`.
+const ABORT_LOOK_EVERY: u32 = 4096;
 
 /// Carries out `choice`; `None` if `how.abort` stopped it (nothing changed).
 pub(crate) fn run(
@@ -125,9 +108,8 @@ pub(crate) fn run(
     let mut since_look = 0u32;
     while let Some(i) = next_cursor(&cursors, Direction::Forward) {
         since_look += 1;
-        if since_look == FLUSH_LOOK_EVERY {
+        if since_look == ABORT_LOOK_EVERY {
             since_look = 0;
-            flush_first(inner)?;
             if how.abort.is_some_and(|abort| abort()) {
                 let mut ids: Vec<TableId> = outputs.iter().map(|(id, _)| *id).collect();
                 if let Some((id, b)) = builder.take() {

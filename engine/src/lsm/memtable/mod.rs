@@ -73,9 +73,12 @@ impl Memtable {
     /// An empty memtable whose node chunks come from, and go back to,
     /// `pool`.
     pub fn with_chunk_pool(pool: &Arc<ChunkPool>) -> Self {
+        // Not `..Self::default()`: that would build (and free) a list with
+        // a chunk of its own.
         Memtable {
             list: SkipList::with_chunk_pool(Some(Arc::clone(pool))),
-            ..Self::default()
+            bytes: AtomicUsize::new(0),
+            positions: Mutex::new(HashMap::new()),
         }
     }
 
