@@ -300,7 +300,7 @@ impl Collector for NodeView {
         let (log, lsm) = (&self.log, &self.lsm);
         // Counters without `_total` and help without a full stop: the
         // encoder adds both.
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 18] = [
             (
                 "log_appends",
                 "Appends to the node's log (each a batch of Raft entries)",
@@ -348,6 +348,16 @@ impl Collector for NodeView {
                 "lsm_write_stalls",
                 "Times a writer waited for a flush",
                 lsm.stalls,
+            ),
+            (
+                "lsm_write_slowdowns",
+                "Times a writer slept because level 0 was deep (compaction behind)",
+                lsm.slowdowns,
+            ),
+            (
+                "lsm_write_slowdown_micros",
+                "Microseconds writers slept because level 0 was deep",
+                lsm.slowdown_micros,
             ),
             ("lsm_block_cache_hits", "Block cache hits", lsm.cache_hits),
             (

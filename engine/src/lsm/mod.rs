@@ -115,7 +115,7 @@ pub struct LsmOptions {
     pub l0_slowdown_tables: usize,
     /// Level-0 table count at which the flush thread waits for compaction
     /// (writers then stall once the immutable memtables are full too).
-    /// Raised to `picker.l0_trigger + 1` if set lower.
+    /// Raised to `picker.l0_trigger` if set lower.
     pub l0_stop_tables: usize,
     /// Uncompressed size at which a data block is closed.
     pub block_size: usize,
@@ -143,8 +143,9 @@ pub struct LsmOptions {
     pub retention: Option<Arc<dyn Retention>>,
     /// The clock retention compares against; the system clock by default.
     pub clock: Option<Arc<dyn Fn() -> Timestamp + Send + Sync>>,
-    /// Run flushes and compactions on background threads (a flush thread and a compaction thread). Off, they run
-    /// only when [`Lsm::flush`] / [`Lsm::compact`] are called.
+    /// Run flushes and compactions on background threads (a flush thread
+    /// and a compaction thread). Off, they run only when [`Lsm::flush`] /
+    /// [`Lsm::compact`] are called.
     pub background: bool,
     /// Background work yields to the threads serving requests: a
     /// background flush works in short slices with pauses between them
