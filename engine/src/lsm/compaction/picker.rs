@@ -162,20 +162,27 @@ pub fn pick_recompress(levels: &[Vec<FileMeta>]) -> Option<Choice> {
 /// a long push-down of a deeper level would otherwise keep level 0 growing
 /// until writers stop (a 334 ms stall in a 5M ingest).
 pub fn pick_level0(levels: &[Vec<FileMeta>]) -> Option<Choice> {
-    let l0 = levels.first().filter(|l| !l.is_empty())?;
-    let (lo, hi) = key_range(l0)?;
+    let l0 = levels.first()?;
+    push_down(levels, 0, l0.clone())
+}
+
+/// `inputs` of level `n` with the overlapping tables of level n+1, into
+/// level n+1; `None` if `inputs` is empty. Bottommost when no level below
+/// n+1 overlaps the whole range.
+fn push_down(levels: &[Vec<FileMeta>], n: usize, inputs: Vec<FileMeta>) -> Option<Choice> {
     let empty = Vec::new();
-    let level = |n: usize| levels.get(n).unwrap_or(&empty);
+    let level = |m: usize| levels.get(m).unwrap_or(&empty);
     let last = LEVELS.min(levels.len().max(2)) - 1;
-    let overlapping = overlapping(level(1), lo, hi);
+    let (lo, hi) = key_range(&inputs)?;
+    let overlapping = overlapping(level(n + 1), lo, hi);
     let (lo2, hi2) = key_range(&overlapping).map_or((lo, hi), |(a, b)| (lo.min(a), hi.max(b)));
-    let bottommost = (2..=last).all(|m| level(m).iter().all(|f| !f.overlaps(lo2, hi2)));
+    let bottommost = (n + 2..=last).all(|m| level(m).iter().all(|f| !f.overlaps(lo2, hi2)));
     Some(Choice {
-        level: 0,
-        inputs: l0.clone(),
+        level: n,
         overlapping,
-        output_level: 1,
+        output_level: n + 1,
         bottommost,
+        inputs,
     })
 }
 
@@ -185,23 +192,6 @@ pub fn pick(levels: &[Vec<FileMeta>], cfg: &PickerConfig) -> Option<Choice> {
     let empty = Vec::new();
     let level = |n: usize| levels.get(n).unwrap_or(&empty);
     let last = LEVELS.min(levels.len().max(2)) - 1;
-    let finish = |n: usize, inputs: Vec<FileMeta>| {
-        let (lo, hi) = key_range(&inputs)?;
-        let (lo, hi) = (lo.to_vec(), hi.to_vec());
-        let overlapping = overlapping(level(n + 1), &lo, &hi);
-        let (lo2, hi2) = key_range(&overlapping).map_or((lo.clone(), hi.clone()), |(a, b)| {
-            (lo.clone().min(a.to_vec()), hi.clone().max(b.to_vec()))
-        });
-        let bottommost = (n + 2..=last).all(|m| level(m).iter().all(|f| !f.overlaps(&lo2, &hi2)));
-        Some(Choice {
-            level: n,
-            inputs,
-            overlapping,
-            output_level: n + 1,
-            bottommost,
-        })
-    };
-
     let mut best: Option<(f64, usize)> = None;
     let l0_score = level(0).len() as f64 / cfg.l0_trigger.max(1) as f64;
     if l0_score >= 1.0 {
@@ -233,7 +223,7 @@ pub fn pick(levels: &[Vec<FileMeta>], cfg: &PickerConfig) -> Option<Choice> {
             .unwrap_or(std::cmp::Ordering::Equal)
             .then(a.smallest.cmp(&b.smallest))
     })?;
-    finish(n, vec![file.clone()])
+    push_down(levels, n, vec![file.clone()])
 }
 
 #[cfg(test)]
