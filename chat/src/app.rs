@@ -75,6 +75,7 @@ fn shard_of_route(slots: &SlotMap, route: Route) -> Option<ShardId> {
     match route {
         Route::Conversation(c) => Some(slots.shard_of(c)),
         Route::User(u) => Some(slots.shard_of_user(u.0)),
+        Route::Slot(s) => Some(slots.shard_of_slot(s)),
         Route::Directory => Some(ShardId::DIRECTORY),
         Route::Empty => None,
     }
@@ -226,6 +227,7 @@ impl App for ChatApp {
                 Keyspace::Conversation,
                 Keyspace::Receipt,
                 Keyspace::Outbox,
+                Keyspace::Media,
             ],
             vec![Keyspace::User],
         ]

@@ -30,13 +30,14 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeSet;
 
-use missive_engine::keys::ConversationId;
+use missive_engine::keys::{ConversationId, Slot};
 
 use missive_raft::cluster::slots::SlotMap;
 use missive_raft::{NodeId, ShardId};
 
 pub use crate::ids::{DeviceId, UserId};
 use crate::ids::{Eseq, Seq};
+use crate::media::records::{object_slot, upload_slot, Grant, Hash, Upload, UploadId};
 use crate::records::EventKind;
 pub use crate::records::{ConversationKind, HistoryVisibility, MessageKind, Retention, Settings};
 
@@ -390,6 +391,67 @@ pub enum Command {
         /// Postings (term, ts) to drop if nothing backs them.
         drop: Vec<(String, u64)>,
     },
+    /// Starts an upload (`crate::media`): refused if the id is taken.
+    CreateUpload {
+        /// Its id (random, chosen by the node).
+        upload: UploadId,
+        /// Who uploads.
+        owner: UserId,
+        /// The file's length (bytes, at most the server's limit).
+        length: u64,
+        /// The declared MIME type.
+        mime: String,
+        /// The declared file name.
+        name: String,
+    },
+    /// Appends bytes to an open upload: `offset` must be the bytes stored
+    /// so far, and the bytes must not cross a chunk boundary
+    /// (`media::records::CHUNK`) nor the declared length.
+    AppendUpload {
+        /// The upload.
+        upload: UploadId,
+        /// Who asks (must be its owner).
+        owner: UserId,
+        /// Where the bytes go.
+        offset: u64,
+        /// The bytes (at most one chunk).
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Ends an upload whose bytes all arrived, with their content hash:
+    /// its chunks are the object's bytes (`keep`) or are deleted (an
+    /// identical object is stored in another upload's chunks).
+    FinishUpload {
+        /// The upload.
+        upload: UploadId,
+        /// Who asks (must be its owner).
+        owner: UserId,
+        /// The BLAKE3 hash of its bytes.
+        hash: Hash,
+        /// Keep the chunks (this upload stores the object).
+        keep: bool,
+    },
+    /// Records that object `hash` is stored in `upload`'s chunks, unless
+    /// an object with that hash is stored already (then answers where).
+    StoreObject {
+        /// The content hash.
+        hash: Hash,
+        /// The upload holding the bytes.
+        upload: UploadId,
+        /// Its length (bytes).
+        size: u64,
+        /// Its MIME type.
+        mime: String,
+    },
+    /// Grants `user` an object they uploaded.
+    GrantMedia {
+        /// The uploader.
+        user: UserId,
+        /// The object.
+        hash: Hash,
+        /// What the grant records.
+        grant: Grant,
+    },
 }
 
 /// The most entries (`reindex` + `drop`) one [`Command::RepairIndex`]
@@ -497,6 +559,8 @@ pub enum Route {
     Conversation(ConversationId),
     /// A user's shard.
     User(UserId),
+    /// The shard of a slot (media: uploads and objects).
+    Slot(Slot),
     /// The cluster map (the metadata group).
     Directory,
     /// Nothing to act on (an empty list): refused before proposing.
@@ -542,6 +606,11 @@ impl Command {
             Command::RaiseHeads { conv, .. } | Command::RepairIndex { conv, .. } => {
                 Route::Conversation(*conv)
             }
+            Command::CreateUpload { upload, .. }
+            | Command::AppendUpload { upload, .. }
+            | Command::FinishUpload { upload, .. } => Route::Slot(upload_slot(*upload)),
+            Command::StoreObject { hash, .. } => Route::Slot(object_slot(hash)),
+            Command::GrantMedia { user, .. } => Route::User(*user),
         }
     }
 
@@ -577,6 +646,11 @@ pub enum RejectCode {
     TooLate,
     /// One user of a direct conversation blocks the other.
     Blocked,
+    /// No such upload or media object, or not the caller's: one answer
+    /// for both, so ids cannot be probed.
+    NoSuchMedia,
+    /// An upload's append does not start where its stored bytes end.
+    OffsetMismatch,
 }
 
 impl RejectCode {
@@ -591,6 +665,8 @@ impl RejectCode {
             RejectCode::NoSuchMessage => "no_such_message",
             RejectCode::TooLate => "too_late",
             RejectCode::Blocked => "blocked",
+            RejectCode::NoSuchMedia => "no_such_media",
+            RejectCode::OffsetMismatch => "offset_mismatch",
         }
     }
 }
@@ -703,4 +779,14 @@ pub enum Outcome {
         /// Postings dropped.
         dropped: u64,
     },
+    /// `CreateUpload`, `AppendUpload`, `FinishUpload`: the upload now.
+    Upload(Upload),
+    /// `StoreObject`: the upload whose chunks hold the object's bytes
+    /// (the command's own unless it was stored before).
+    Stored {
+        /// The upload holding the bytes.
+        upload: UploadId,
+    },
+    /// `GrantMedia`: done (idempotent).
+    Granted,
 }

@@ -22,6 +22,8 @@
 //!   byte.
 //! - `retention` — what the store forgets on its own (disappearing
 //!   messages, and their search postings).
+//! - `media` — the media store: uploads in chunks through Raft,
+//!   content-addressed objects, who may read them.
 //! - `search` — full-text search: the tokenizer, the postings (written by
 //!   `apply::index`) and one shard's query.
 //! - `apply` — **the apply rules**, one file per command family
@@ -47,6 +49,7 @@ pub mod command;
 pub mod error;
 mod fanout;
 pub mod ids;
+pub mod media;
 pub mod node;
 pub mod outbox_feed;
 pub mod records;

@@ -703,7 +703,7 @@ pub fn decode_outbox_key(k: &[u8]) -> Option<(ConversationId, Eseq)> {
     Some((ConversationId(conv), Eseq(eseq)))
 }
 
-fn user_key(user: UserId, suffix: u8) -> Vec<u8> {
+pub(crate) fn user_key(user: UserId, suffix: u8) -> Vec<u8> {
     let mut k = Vec::with_capacity(20);
     k.push(Keyspace::User as u8);
     k.extend_from_slice(&Slot::of_user(user.0).0.to_be_bytes());

@@ -243,22 +243,66 @@ const SINCE_REPLIES: &[&str] = &[
 /// earlier frame, so the earlier ones keep their request ids.
 const SINCE_SEARCH: &[&str] = &["send_text", "edit_text", "repair_index"];
 
+/// Commands added with media: their write frames come after every
+/// earlier frame (search's `read_app` included).
+const SINCE_MEDIA: &[&str] = &[
+    "create_upload",
+    "append_upload",
+    "finish_upload",
+    "store_object",
+    "grant_media",
+];
+
+/// Whether a command came after the first fixtures.
+fn later(name: &str) -> bool {
+    SINCE_REPLIES.contains(&name) || SINCE_SEARCH.contains(&name) || SINCE_MEDIA.contains(&name)
+}
+
 /// Outcomes added with search, appended after every earlier frame.
 fn outcomes_since_search() -> Vec<(&'static str, Outcome)> {
-    vec![(
-        "reindexed",
-        Outcome::Reindexed {
-            written: 3,
-            dropped: 1,
+    vec![
+        (
+            "reindexed",
+            Outcome::Reindexed {
+                written: 3,
+                dropped: 1,
+            },
+        ),
+        ("upload", Outcome::Upload(upload_record())),
+        (
+            "stored",
+            Outcome::Stored {
+                upload: 0x0102_0304_0506_0708,
+            },
+        ),
+        ("granted", Outcome::Granted),
+    ]
+}
+
+fn media_hash() -> [u8; 32] {
+    std::array::from_fn(|i| (i as u8).wrapping_mul(37))
+}
+
+fn upload_record() -> missive_chat::media::records::Upload {
+    missive_chat::media::records::Upload {
+        owner: UserId(7),
+        length: 3 << 20,
+        received: 1 << 20,
+        mime: "image/png".into(),
+        name: "grüße.png".into(),
+        created_at: 1_700_000_000_000_001,
+        state: missive_chat::media::records::UploadState::Finished {
+            hash: media_hash(),
+            kept: true,
         },
-    )]
+    }
 }
 
 /// The commands of the first fixtures.
 fn commands_v1() -> Vec<(&'static str, Command)> {
     commands()
         .into_iter()
-        .filter(|(name, _)| !SINCE_REPLIES.contains(name) && !SINCE_SEARCH.contains(name))
+        .filter(|(name, _)| !later(name))
         .collect()
 }
 
@@ -628,6 +672,56 @@ fn commands() -> Vec<(&'static str, Command)> {
                 conv: conv(),
                 reindex: vec![1_700_000_000_000_005],
                 drop: vec![("grüße".into(), 1_700_000_000_000_006)],
+            },
+        ),
+        (
+            "create_upload",
+            Command::CreateUpload {
+                upload: 0x0102_0304_0506_0708,
+                owner: UserId(7),
+                length: 3 << 20,
+                mime: "image/png".into(),
+                name: "grüße.png".into(),
+            },
+        ),
+        (
+            "append_upload",
+            Command::AppendUpload {
+                upload: 0x0102_0304_0506_0708,
+                owner: UserId(7),
+                offset: 1 << 20,
+                bytes: vec![0, 1, 2, 255],
+            },
+        ),
+        (
+            "finish_upload",
+            Command::FinishUpload {
+                upload: 0x0102_0304_0506_0708,
+                owner: UserId(7),
+                hash: media_hash(),
+                keep: false,
+            },
+        ),
+        (
+            "store_object",
+            Command::StoreObject {
+                hash: media_hash(),
+                upload: 0x0102_0304_0506_0708,
+                size: 3 << 20,
+                mime: "image/png".into(),
+            },
+        ),
+        (
+            "grant_media",
+            Command::GrantMedia {
+                user: UserId(7),
+                hash: media_hash(),
+                grant: missive_chat::media::records::Grant {
+                    size: 3 << 20,
+                    mime: "image/png".into(),
+                    name: "grüße.png".into(),
+                    at: 1_700_000_000_000_002,
+                },
             },
         ),
     ]
@@ -1319,6 +1413,38 @@ fn stored_records_and_their_keys() {
     set.key("key_push_prefix", push_prefix(u));
     set.key("key_ticket_uses", records::ticket_uses_key(u));
     set.key("key_revocations", records::revocations_key(u));
+    {
+        use missive_chat::media::records as media;
+        let upload = 0x0102_0304_0506_0708;
+        set.key("key_media_upload", media::upload_key(upload));
+        set.key("key_media_chunk", media::chunk_key(upload, 3));
+        set.key("key_media_object", media::object_key(&media_hash()));
+        set.key("key_media_grant", media::grant_key(u, &media_hash()));
+        set.key(
+            "key_media_reference",
+            media::reference_key(conv(), &media_hash(), Seq(5)),
+        );
+        set.key("value_media_chunk", media::encode_chunk(&[9, 8, 7]));
+        set.versioned("media_upload", &upload_record());
+        set.versioned(
+            "media_object",
+            &media::Object {
+                size: 3 << 20,
+                mime: "image/png".into(),
+                upload,
+                created_at: 1_700_000_000_000_001,
+            },
+        );
+        set.versioned(
+            "media_grant",
+            &media::Grant {
+                size: 3 << 20,
+                mime: "image/png".into(),
+                name: "grüße.png".into(),
+                at: 1_700_000_000_000_002,
+            },
+        );
+    }
     let slots = SlotMap::even(3).unwrap();
     for shard in slots.groups() {
         for (i, (lo, hi)) in slots.key_ranges(shard).into_iter().enumerate() {
@@ -1392,7 +1518,7 @@ fn frames() -> Vec<(String, Wire)> {
                     .into_iter()
                     .filter(|(name, _)| {
                         let name = name.trim_start_matches("normal_");
-                        !SINCE_REPLIES.contains(&name) && !SINCE_SEARCH.contains(&name)
+                        !later(name)
                     })
                     .map(|(_, e)| e)
                     .collect(),
@@ -1508,7 +1634,10 @@ fn frames() -> Vec<(String, Wire)> {
             },
         ),
     ];
-    let (later, first): (Vec<_>, Vec<_>) = commands()
+    let (media, earlier): (Vec<_>, Vec<_>) = commands()
+        .into_iter()
+        .partition(|(name, _)| SINCE_MEDIA.contains(name));
+    let (later, first): (Vec<_>, Vec<_>) = earlier
         .into_iter()
         .partition(|(name, _)| SINCE_SEARCH.contains(name));
     for (name, cmd) in first {
@@ -1552,6 +1681,9 @@ fn frames() -> Vec<(String, Wire)> {
             linearizable: true,
         },
     ));
+    for (name, cmd) in media {
+        rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
+    }
     for (i, (name, rpc)) in rpcs.into_iter().enumerate() {
         out.push((format!("request_{name}"), request(i as u64 + 1, rpc)));
     }

@@ -91,6 +91,9 @@ pub enum Keyspace {
     /// A conversation's durable outbox: events not yet fanned out to its
     /// members' per-user data (which lives on other shards).
     Outbox = 0x60,
+    /// Media: uploads in progress, their bytes in chunks of at most 1 MiB,
+    /// and content-addressed objects (see `missive_chat::media`).
+    Media = 0x70,
 }
 
 /// Length of a message key.

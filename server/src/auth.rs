@@ -74,6 +74,11 @@ pub struct Auth {
     dec: DecodingKey,
     validation: Validation,
     cfg: AuthSection,
+    /// The key that signs media download URLs: derived from the token
+    /// secret (BLAKE3's key derivation, its own context string), so every
+    /// node sharing the secret checks every node's URLs, and a URL's
+    /// signature says nothing about the token key.
+    media_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Auth {
@@ -86,6 +91,9 @@ impl std::fmt::Debug for Auth {
 
 /// The file holding a generated secret, in the data directory.
 pub const SECRET_FILE: &str = "auth.secret";
+
+/// BLAKE3's key-derivation context for the media URL key.
+const MEDIA_URL_CONTEXT: &str = "missive 2026-12 media download URL signatures v1";
 
 /// Token kinds.
 const ACCESS: &str = "access";
@@ -120,7 +128,13 @@ impl Auth {
             dec: DecodingKey::from_secret(&secret),
             validation,
             cfg: cfg.clone(),
+            media_key: blake3::derive_key(MEDIA_URL_CONTEXT, &secret),
         })
+    }
+
+    /// The key that signs media download URLs (`crate::media`).
+    pub fn media_key(&self) -> [u8; 32] {
+        self.media_key
     }
 
     fn mint(&self, who: Caller, typ: &str, ttl_secs: u64) -> Result<(String, u64), ApiError> {

@@ -33,6 +33,8 @@ pub struct Config {
     pub grpc: GrpcSection,
     /// What members may do to messages already sent.
     pub messages: MessagesSection,
+    /// Uploads and downloads of media.
+    pub media: MediaSection,
 }
 
 impl Default for Config {
@@ -46,6 +48,29 @@ impl Default for Config {
             push: PushSection::default(),
             grpc: GrpcSection::default(),
             messages: MessagesSection::default(),
+            media: MediaSection::default(),
+        }
+    }
+}
+
+/// Uploads and downloads of media (`crate::media`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSection {
+    /// The longest file one upload may declare (bytes).
+    pub max_file_bytes: u64,
+    /// The most bytes of finished uploads one user may hold (bytes).
+    pub quota_bytes: u64,
+    /// How long a signed download URL stays valid (seconds).
+    pub url_ttl_secs: u64,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        MediaSection {
+            max_file_bytes: 100 << 20,
+            quota_bytes: 10 << 30,
+            url_ttl_secs: 3600,
         }
     }
 }
@@ -426,6 +451,9 @@ impl Config {
         }
         if l.max_message_bytes == 0 || l.max_frame_bytes < l.max_message_bytes {
             return bad("limits.max_frame_bytes must be at least limits.max_message_bytes (> 0)");
+        }
+        if self.media.max_file_bytes == 0 || self.media.url_ttl_secs == 0 {
+            return bad("media.max_file_bytes and media.url_ttl_secs must be positive");
         }
         if l.max_group_members < 2 {
             return bad("limits.max_group_members must be at least 2");

@@ -23,6 +23,8 @@
 //!   `admin`.
 //! - `delivery/` — `sync` (the event stream, sync then live), `hub`,
 //!   `recent`, `presence`, `push`.
+//! - `media` — uploads' limits, who may read an object, signed download
+//!   URLs (the HTTP side is `edge/media`).
 //! - `erasure` — an operator's erasure of a user, over every shard.
 //! - `index_check` — an operator's check (and rebuild) of a shard's
 //!   search index against its messages.
@@ -49,6 +51,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod index_check;
 pub mod logging;
+pub mod media;
 pub mod metrics;
 pub mod rate;
 pub mod revocation;

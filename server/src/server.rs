@@ -122,12 +122,18 @@ pub async fn start(cfg: Config) -> Result<Running> {
         stop_rx.clone(),
     ));
     let signals = node.signals();
-    let service = Arc::new(Service::new(
-        node,
-        cfg.limits.clone(),
-        cfg.messages.clone(),
-        Arc::clone(&metrics),
-    ));
+    let service = Arc::new(
+        Service::new(
+            node,
+            cfg.limits.clone(),
+            cfg.messages.clone(),
+            Arc::clone(&metrics),
+        )
+        .with_media(crate::media::MediaConfig::new(
+            cfg.media.clone(),
+            auth.media_key(),
+        )),
+    );
     let (presence, outgoing) = Presence::new(cfg.node.id);
     let push_task = tokio::spawn(crate::delivery::push::run(
         cfg.push.clone(),

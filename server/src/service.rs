@@ -280,6 +280,8 @@ pub struct Service {
     pub recent: RecentMessages,
     /// Per-user request rates.
     pub rates: UserRates,
+    /// Media limits and the URL signing key.
+    pub media: crate::media::MediaConfig,
 }
 
 impl std::fmt::Debug for Service {
@@ -325,7 +327,14 @@ impl Service {
             limits,
             messages,
             metrics,
+            media: crate::media::MediaConfig::default(),
         }
+    }
+
+    /// The same service with these media settings.
+    pub fn with_media(mut self, media: crate::media::MediaConfig) -> Self {
+        self.media = media;
+        self
     }
 
     /// Writes a command. A conversation that does not exist answers
@@ -341,7 +350,7 @@ impl Service {
     /// election), or the one known cannot be reached (it died and the
     /// election has not ended yet), it retries for up to `WRITE_WAIT`,
     /// then answers `unavailable`: a read is safe to repeat.
-    async fn read<T, F, Fut>(&self, f: F) -> Result<T, ApiError>
+    pub(crate) async fn read<T, F, Fut>(&self, f: F) -> Result<T, ApiError>
     where
         F: Fn(Consistency) -> Fut,
         Fut: std::future::Future<Output = missive_chat::Result<T>>,
@@ -415,6 +424,9 @@ impl Service {
             ));
         }
         self.check_rate(who.user)?;
+        if kind == MessageKind::Media {
+            self.check_media_body(who.user, &body.bytes).await?;
+        }
         let expires_at = match expires_in_ms {
             Some(0) => return Err(ApiError::invalid("expires_in_ms must be positive")),
             Some(ms) => Some(now_micros().saturating_add(ms.saturating_mul(1000))),

@@ -182,7 +182,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
     }
 }
 
-fn conv_id(raw: &str) -> Result<ConversationId, ApiError> {
+pub(crate) fn conv_id(raw: &str) -> Result<ConversationId, ApiError> {
     raw.parse::<u64>()
         .map(ConversationId)
         .map_err(|_| ApiError::not_found(format!("{raw:?} is not a conversation id")))

@@ -784,6 +784,21 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
+    /// A signed download URL (answer to `media_url`).
+    MediaUrl {
+        /// The request id.
+        id: String,
+        /// The object (64 hex digits).
+        media_id: String,
+        /// Path and query to GET, relative to the server; no token needed.
+        url: String,
+        /// When the URL stops working (seconds since the epoch).
+        expires_at: u64,
+        /// The object's MIME type.
+        mime: String,
+        /// Its length (bytes).
+        size: u64,
+    },
     /// One inbox event (sync and live alike).
     Event {
         /// The user's event sequence number: the sync cursor.
@@ -1120,6 +1135,16 @@ pub enum ClientFrame {
         id: String,
         /// Users to watch (at most 500).
         users: Vec<Id>,
+    },
+    /// A signed, expiring URL to download a media object.
+    MediaUrl {
+        /// Request id.
+        id: String,
+        /// The object (64 hex digits).
+        media: String,
+        /// The conversation whose message names it (unless you uploaded it).
+        #[serde(default)]
+        conv: Option<Id>,
     },
     /// This user started or stopped typing in `conv`. No answer unless it
     /// fails.

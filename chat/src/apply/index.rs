@@ -4,7 +4,8 @@
 //! same atomic batch as the message (see `search`).
 //!
 //! A body is indexed only if its sender gave it as text (`Message::text`),
-//! it is not a system message, and it was not unsent. Removing reads the
+//! it is not a system message, and it was not unsent; a media message
+//! gives only its file name (`media::body`). Removing reads the
 //! terms back from the body being replaced: a replica that no longer finds
 //! the message record (expired by its own clock) removes nothing, and
 //! needs to — the postings carry the message's `expires_at` and are gone
@@ -26,6 +27,13 @@ use crate::search::tokenize;
 pub(crate) fn indexed_terms(m: &Message) -> BTreeSet<String> {
     if !m.text || m.unsent.is_some() || m.kind == MessageKind::System {
         return BTreeSet::new();
+    }
+    if m.kind == MessageKind::Media {
+        // A media body is JSON naming an object: its file name is what a
+        // person searches for, not its hash or field names.
+        return crate::media::body::MediaBody::parse(&m.body)
+            .map(|b| tokenize::terms(&b.name).into_iter().collect())
+            .unwrap_or_default();
     }
     match std::str::from_utf8(&m.body) {
         Ok(text) => tokenize::terms(text).into_iter().collect(),

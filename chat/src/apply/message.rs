@@ -16,6 +16,8 @@ use crate::command::{
     MAX_MENTIONS_PER_MESSAGE,
 };
 use crate::ids::{Seq, UserId};
+use crate::media::body::MediaBody;
+use crate::media::records::reference_key;
 use crate::records::{
     self, dedup_key, head_key, msg_key, receipt_key, seq_key, Conversation, Dedup, EventKind, Head,
     Indexed, Message, Receipt,
@@ -230,6 +232,14 @@ impl Apply<'_, '_> {
         };
         self.rec
             .put(seq_key(conv, seq), records::encode_indexed(&ix)?);
+        if m.kind == MessageKind::Media {
+            // The reference lets the members read the object; what it
+            // decides is judged from the seq index (unsent, expiry), so it
+            // is never rewritten.
+            if let Some(hash) = MediaBody::parse(&m.body).and_then(|b| b.hash()) {
+                self.rec.put(reference_key(conv, &hash, seq), vec![1]);
+            }
+        }
         self.rec.put(hkey, records::encode(&Head { ts, seq })?);
         if let Some(k) = dkey {
             self.rec.put(k, records::encode(&Dedup { ts, seq })?);

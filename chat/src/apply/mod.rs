@@ -18,7 +18,9 @@
 //! `deliver` (inbox delivery and the outbox's clean-up), `user` (devices,
 //! profile, push tokens, tickets, revocations), `erase` (an operator's erasure of a user),
 //! `restore` (raising a restored conversation's counters), and `index`
-//! (the search postings every message rule keeps in step).
+//! (the search postings every message rule keeps in step), `media`
+//! (uploads, objects, grants; a media message's reference is written by
+//! `message`).
 
 mod block;
 mod change;
@@ -27,6 +29,7 @@ mod deliver;
 mod erase;
 mod index;
 pub(crate) use index::indexed_terms;
+mod media;
 mod message;
 mod pin;
 mod receipt;
@@ -298,6 +301,32 @@ pub(crate) fn run(
             devices,
             blocked,
         } => a.erase_user(*user, devices, blocked),
+        Command::CreateUpload {
+            upload,
+            owner,
+            length,
+            mime,
+            name,
+        } => a.create_upload(*upload, *owner, *length, mime, name, stamp),
+        Command::AppendUpload {
+            upload,
+            owner,
+            offset,
+            bytes,
+        } => a.append_upload(*upload, *owner, *offset, bytes),
+        Command::FinishUpload {
+            upload,
+            owner,
+            hash,
+            keep,
+        } => a.finish_upload(*upload, *owner, *hash, *keep),
+        Command::StoreObject {
+            hash,
+            upload,
+            size,
+            mime,
+        } => a.store_object(hash, *upload, *size, mime, stamp),
+        Command::GrantMedia { user, hash, grant } => a.grant_media(*user, hash, grant),
     }
 }
 

@@ -1410,3 +1410,153 @@ fn revocations_cover_the_devices_named_or_all_but_the_asking_one() {
         Some(RejectCode::Invalid)
     );
 }
+
+mod media {
+    use super::*;
+    use crate::media::records::{
+        chunk_key, decode_chunk, object_key, upload_key, Object, Upload, UploadState, CHUNK,
+    };
+
+    const UP: u64 = 0xfeed;
+    const OWNER: UserId = UserId(1);
+
+    fn append(offset: u64, bytes: Vec<u8>) -> Command {
+        Command::AppendUpload {
+            upload: UP,
+            owner: OWNER,
+            offset,
+            bytes,
+        }
+    }
+
+    fn code(o: Outcome) -> RejectCode {
+        match o {
+            Outcome::Rejected { code, .. } => code,
+            o => panic!("not refused: {o:?}"),
+        }
+    }
+
+    fn chunk(s: &Shard, i: u32) -> Option<Vec<u8>> {
+        s.kv.get(&chunk_key(UP, i))
+            .map(|v| decode_chunk(v).unwrap().to_vec())
+    }
+
+    #[test]
+    fn uploads_take_bytes_in_order_within_chunks_and_only_from_their_owner() {
+        let mut s = Shard::default();
+        let len = CHUNK + 10;
+        let create = Command::CreateUpload {
+            upload: UP,
+            owner: OWNER,
+            length: len,
+            mime: "image/png".into(),
+            name: "a.png".into(),
+        };
+        assert!(matches!(s.out(create.clone()), Outcome::Upload(_)));
+        assert_eq!(
+            code(s.out(create)),
+            RejectCode::Conflict,
+            "an id is never reused"
+        );
+        // Not the owner: the same refusal as no upload at all.
+        let stranger = Command::AppendUpload {
+            upload: UP,
+            owner: UserId(2),
+            offset: 0,
+            bytes: vec![1],
+        };
+        assert_eq!(code(s.out(stranger)), RejectCode::NoSuchMedia);
+        assert_eq!(code(s.out(append(5, vec![1]))), RejectCode::OffsetMismatch);
+        // Two appends into one chunk concatenate.
+        assert!(matches!(s.out(append(0, vec![1; 100])), Outcome::Upload(_)));
+        assert!(matches!(
+            s.out(append(100, vec![2; 50])),
+            Outcome::Upload(_)
+        ));
+        let c0 = chunk(&s, 0).unwrap();
+        assert_eq!((c0.len(), c0[99], c0[100]), (150, 1, 2));
+        // An append may not cross into the next chunk.
+        let cross = append(150, vec![3; CHUNK as usize]);
+        assert_eq!(code(s.out(cross)), RejectCode::Invalid);
+        let fill = append(150, vec![3; CHUNK as usize - 150]);
+        assert!(matches!(s.out(fill), Outcome::Upload(_)));
+        // Nor pass the declared length.
+        assert_eq!(code(s.out(append(CHUNK, vec![4; 11]))), RejectCode::Invalid);
+        let Outcome::Upload(u) = s.out(append(CHUNK, vec![4; 10])) else {
+            panic!()
+        };
+        assert_eq!(u.received, len);
+        assert_eq!(chunk(&s, 1), Some(vec![4; 10]));
+    }
+
+    #[test]
+    fn the_first_upload_of_a_hash_stores_it_and_later_ones_drop_their_chunks() {
+        let mut s = Shard::default();
+        let hash = [9u8; 32];
+        for (up, owner) in [(UP, OWNER), (UP + 1, UserId(2))] {
+            s.out(Command::CreateUpload {
+                upload: up,
+                owner,
+                length: 3,
+                mime: "text/plain".into(),
+                name: String::new(),
+            });
+            s.out(Command::AppendUpload {
+                upload: up,
+                owner,
+                offset: 0,
+                bytes: vec![7, 8, 9],
+            });
+            let stored = s.out(Command::StoreObject {
+                hash,
+                upload: up,
+                size: 3,
+                mime: "text/plain".into(),
+            });
+            assert_eq!(stored, Outcome::Stored { upload: UP }, "the first wins");
+            let keep = up == UP;
+            let finish = Command::FinishUpload {
+                upload: up,
+                owner,
+                hash,
+                keep,
+            };
+            assert!(matches!(s.out(finish.clone()), Outcome::Upload(_)));
+            // Idempotent.
+            assert!(matches!(s.out(finish), Outcome::Upload(_)));
+            let u: Upload = s.get(&upload_key(up)).unwrap();
+            assert_eq!(u.state, UploadState::Finished { hash, kept: keep });
+            assert_eq!(s.kv.contains_key(&chunk_key(up, 0)), keep);
+        }
+        let o: Object = s.get(&object_key(&hash)).unwrap();
+        assert_eq!((o.upload, o.size), (UP, 3));
+        // Another hash for a finished upload is refused.
+        let other = Command::FinishUpload {
+            upload: UP,
+            owner: OWNER,
+            hash: [1; 32],
+            keep: true,
+        };
+        assert_eq!(code(s.out(other)), RejectCode::Conflict);
+    }
+
+    #[test]
+    fn an_unfinished_upload_cannot_finish() {
+        let mut s = Shard::default();
+        s.out(Command::CreateUpload {
+            upload: UP,
+            owner: OWNER,
+            length: 3,
+            mime: "text/plain".into(),
+            name: String::new(),
+        });
+        s.out(append(0, vec![1]));
+        let finish = Command::FinishUpload {
+            upload: UP,
+            owner: OWNER,
+            hash: [1; 32],
+            keep: true,
+        };
+        assert_eq!(code(s.out(finish)), RejectCode::Invalid);
+    }
+}

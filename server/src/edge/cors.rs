@@ -10,7 +10,8 @@
 //! - another origin — accepted only if listed in `auth.allowed_origins`.
 //!   Those get CORS answers ([`layer`]): preflights say which methods and
 //!   headers they may use, and answers expose `Retry-After` and
-//!   `X-Request-Id` to their scripts. Every other origin is refused by
+//!   `X-Request-Id` (and media's tus, Range and ETag headers) to their
+//!   scripts. Every other origin is refused by
 //!   [`guard`] before any handler runs (403 `origin_not_allowed`, with no
 //!   CORS headers, so the page cannot even read that answer), and its
 //!   preflights get no `Access-Control-Allow-Origin`.
@@ -52,13 +53,31 @@ pub fn layer(auth: &AuthSection) -> CorsLayer {
             Method::PUT,
             Method::PATCH,
             Method::DELETE,
+            Method::HEAD,
         ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
+            header::RANGE,
+            header::IF_NONE_MATCH,
             HeaderName::from_static("x-request-id"),
+            // tus uploads (`edge::media`).
+            HeaderName::from_static("tus-resumable"),
+            HeaderName::from_static("upload-length"),
+            HeaderName::from_static("upload-offset"),
+            HeaderName::from_static("upload-metadata"),
         ])
-        .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
+        .expose_headers([
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-request-id"),
+            header::LOCATION,
+            header::CONTENT_RANGE,
+            header::ETAG,
+            HeaderName::from_static("tus-resumable"),
+            HeaderName::from_static("upload-offset"),
+            HeaderName::from_static("upload-length"),
+            HeaderName::from_static("missive-media-id"),
+        ])
         .max_age(Duration::from_secs(PREFLIGHT_MAX_AGE_SECS))
 }
 

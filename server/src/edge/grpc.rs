@@ -472,6 +472,30 @@ impl Missive for Grpc {
         .await
     }
 
+    async fn media_url(
+        &self,
+        req: Request<pb::MediaUrlRequest>,
+    ) -> Result<Response<pb::MediaUrlReply>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.into_inner();
+        let hash = missive_chat::media::body::parse_hash(&r.media)
+            .ok_or_else(|| status(&crate::media::no_such_media()))?;
+        let conv = (r.conv != 0).then_some(ConversationId(r.conv));
+        let (url, object) = self
+            .state
+            .service
+            .media_url(who.user, &hash, conv)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::MediaUrlReply {
+            media_id: missive_chat::media::body::hash_hex(&hash),
+            url: url.url,
+            expires_at: url.expires_at,
+            mime: object.mime,
+            size: object.size,
+        }))
+    }
+
     async fn pins(
         &self,
         req: Request<pb::ConversationRequest>,

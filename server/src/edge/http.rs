@@ -109,6 +109,13 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(block_add, block_remove))
         .routes(routes!(receipts, set_receipt))
         .routes(routes!(sync))
+        .routes(routes!(crate::edge::media::create_upload))
+        .routes(routes!(
+            crate::edge::media::upload_status,
+            crate::edge::media::append_upload
+        ))
+        .routes(routes!(crate::edge::media::download))
+        .routes(routes!(crate::edge::media::media_url))
 }
 
 /// The OpenAPI 3.1 description of the HTTP API (served at
@@ -163,6 +170,12 @@ pub fn router(state: AppState) -> Router {
             crate::edge::cors::guard,
         ))
         .layer(cors)
+        // tus discovery, outside the CORS layer (which answers every
+        // OPTIONS as a preflight); not in the OpenAPI document (OPTIONS).
+        .route(
+            "/v1/media/uploads",
+            axum::routing::options(crate::edge::media::tus_options),
+        )
         // Outermost last: an id is set (a client's own `x-request-id` is
         // kept), a span carries it through the handler, and the answer
         // echoes it.

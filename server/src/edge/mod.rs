@@ -7,6 +7,8 @@
 //!   by id, its bounded outbound queue and the slow-consumer rule.
 //! - `grpc` — the same calls and event stream over gRPC (tonic), from
 //!   `proto/missive.proto`.
+//! - `media` — media over HTTP: tus uploads, Range downloads, signed
+//!   URLs.
 //! - `admin` — the operator's cluster API (placement, replica changes).
 //! - `backup` — the operator's backup stream and restore frames.
 //! - `cors` — which browser origins may call, and CORS for them.
@@ -17,5 +19,6 @@ pub mod backup;
 pub mod cors;
 pub mod grpc;
 pub mod http;
+pub mod media;
 pub mod web;
 pub mod ws;

@@ -55,7 +55,7 @@ pub mod close {
 /// Requests of one session handled concurrently (a client may pipeline).
 const IN_FLIGHT: usize = 64;
 /// Frame types a client may send.
-const CLIENT_TYPES: [&str; 19] = [
+const CLIENT_TYPES: [&str; 20] = [
     "send",
     "configure",
     "edit",
@@ -75,6 +75,7 @@ const CLIENT_TYPES: [&str; 19] = [
     "presence",
     "typing",
     "revoke",
+    "media_url",
 ];
 
 /// Frames written per flush at most.
@@ -764,6 +765,25 @@ async fn handle(
                     id,
                     hits: p.hits,
                     next: p.next,
+                },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
+        ClientFrame::MediaUrl { id, media, conv } => {
+            let r = async {
+                let hash = missive_chat::media::body::parse_hash(&media)
+                    .ok_or_else(crate::media::no_such_media)?;
+                let conv = conv.map(|c| ConversationId(c.0));
+                svc.media_url(who.user, &hash, conv).await
+            };
+            match r.await {
+                Ok((url, object)) => ServerFrame::MediaUrl {
+                    id,
+                    media_id: media.to_ascii_lowercase(),
+                    url: url.url,
+                    expires_at: url.expires_at,
+                    mime: object.mime,
+                    size: object.size,
                 },
                 Err(e) => ServerFrame::error(Some(id), &e),
             }

@@ -1,0 +1,200 @@
+//! The media store's rules (`crate::media`): uploads taking bytes chunk by
+//! chunk, finishing with their content hash, objects recorded once per
+//! hash, grants to uploaders. Every decision reads records that never
+//! expire (upload, object, grant), so replicas decide alike.
+
+use missive_raft::Result;
+
+use super::{reject, Apply};
+use crate::command::{Outcome, RejectCode};
+use crate::ids::UserId;
+use crate::media::records::{
+    chunk_key, chunk_of, chunks_for, decode_chunk, encode_chunk, grant_key, object_key, upload_key,
+    Grant, Hash, Object, Upload, UploadId, UploadState, CHUNK,
+};
+
+/// The one refusal for an upload that is missing or someone else's: the
+/// same words either way, so ids cannot be probed.
+fn no_such_upload() -> Outcome {
+    reject(RejectCode::NoSuchMedia, "no such upload")
+}
+
+impl Apply<'_, '_> {
+    /// `CreateUpload`.
+    pub(super) fn create_upload(
+        &mut self,
+        upload: UploadId,
+        owner: UserId,
+        length: u64,
+        mime: &str,
+        name: &str,
+        stamp: u64,
+    ) -> Result<Outcome> {
+        let key = upload_key(upload);
+        if self.rec.get(&key)?.is_some() {
+            // Ids are 64 random bits: a collision is a retried create
+            // whose first answer was lost, or a bug; never overwrite.
+            return Ok(reject(RejectCode::Conflict, "this upload id is taken"));
+        }
+        if u64::from(u32::MAX) * CHUNK < length {
+            return Ok(reject(
+                RejectCode::Invalid,
+                "an upload this long cannot be stored",
+            ));
+        }
+        let u = Upload {
+            owner,
+            length,
+            received: 0,
+            mime: mime.to_owned(),
+            name: name.to_owned(),
+            created_at: stamp,
+            state: UploadState::Open,
+        };
+        self.rec.put_as(key, &u)?;
+        Ok(Outcome::Upload(u))
+    }
+
+    /// The upload if it exists and `owner` owns it.
+    fn owned_upload(&mut self, upload: UploadId, owner: UserId) -> Result<Option<Upload>> {
+        Ok(self
+            .rec
+            .get_as::<Upload>("upload", &upload_key(upload))?
+            .filter(|u| u.owner == owner))
+    }
+
+    /// `AppendUpload`.
+    pub(super) fn append_upload(
+        &mut self,
+        upload: UploadId,
+        owner: UserId,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Outcome> {
+        let Some(mut u) = self.owned_upload(upload, owner)? else {
+            return Ok(no_such_upload());
+        };
+        if u.state != UploadState::Open {
+            return Ok(reject(RejectCode::Conflict, "this upload is complete"));
+        }
+        if offset != u.received {
+            return Ok(reject(
+                RejectCode::OffsetMismatch,
+                format!("this upload holds {} bytes; append from there", u.received),
+            ));
+        }
+        let len = bytes.len() as u64;
+        let end = offset.saturating_add(len);
+        if end > u.length {
+            return Ok(reject(
+                RejectCode::Invalid,
+                format!("this upload was declared {} bytes long", u.length),
+            ));
+        }
+        if len == 0 {
+            return Ok(Outcome::Upload(u));
+        }
+        let index = chunk_of(offset);
+        if chunk_of(end - 1) != index {
+            return Ok(reject(
+                RejectCode::Invalid,
+                "an append stays within one 1 MiB chunk",
+            ));
+        }
+        let key = chunk_key(upload, index);
+        let value = if offset % CHUNK == 0 {
+            encode_chunk(bytes)
+        } else {
+            // The chunk's earlier bytes are stored: append to them.
+            let Some(old) = self.rec.get(&key)? else {
+                return Err(missive_raft::Error::malformed(
+                    "media chunk",
+                    format!("upload {upload:x} lacks chunk {index} below its received bytes"),
+                ));
+            };
+            let mut v = old;
+            decode_chunk(&v)?;
+            v.extend_from_slice(bytes);
+            v
+        };
+        self.rec.put(key, value);
+        u.received = end;
+        self.rec.put_as(upload_key(upload), &u)?;
+        Ok(Outcome::Upload(u))
+    }
+
+    /// `FinishUpload`.
+    pub(super) fn finish_upload(
+        &mut self,
+        upload: UploadId,
+        owner: UserId,
+        hash: Hash,
+        keep: bool,
+    ) -> Result<Outcome> {
+        let Some(mut u) = self.owned_upload(upload, owner)? else {
+            return Ok(no_such_upload());
+        };
+        match u.state {
+            UploadState::Open if u.received == u.length => {}
+            UploadState::Open => {
+                return Ok(reject(
+                    RejectCode::Invalid,
+                    format!("this upload holds {} of {} bytes", u.received, u.length),
+                ))
+            }
+            // Idempotent: a retried finish answers as the first did.
+            UploadState::Finished { hash: h, .. } if h == hash => return Ok(Outcome::Upload(u)),
+            UploadState::Finished { .. } => {
+                return Ok(reject(
+                    RejectCode::Conflict,
+                    "this upload finished with another hash",
+                ))
+            }
+        }
+        if !keep {
+            for i in 0..chunks_for(u.length) {
+                self.rec.delete(chunk_key(upload, i));
+            }
+        }
+        u.state = UploadState::Finished { hash, kept: keep };
+        self.rec.put_as(upload_key(upload), &u)?;
+        Ok(Outcome::Upload(u))
+    }
+
+    /// `StoreObject`.
+    pub(super) fn store_object(
+        &mut self,
+        hash: &Hash,
+        upload: UploadId,
+        size: u64,
+        mime: &str,
+        stamp: u64,
+    ) -> Result<Outcome> {
+        let key = object_key(hash);
+        if let Some(o) = self.rec.get_as::<Object>("media object", &key)? {
+            return Ok(Outcome::Stored { upload: o.upload });
+        }
+        let o = Object {
+            size,
+            mime: mime.to_owned(),
+            upload,
+            created_at: stamp,
+        };
+        self.rec.put_as(key, &o)?;
+        Ok(Outcome::Stored { upload })
+    }
+
+    /// `GrantMedia`.
+    pub(super) fn grant_media(
+        &mut self,
+        user: UserId,
+        hash: &Hash,
+        grant: &Grant,
+    ) -> Result<Outcome> {
+        let key = grant_key(user, hash);
+        if self.rec.get(&key)?.is_none() {
+            self.rec.put_as(key, grant)?;
+        }
+        Ok(Outcome::Granted)
+    }
+}

@@ -1,0 +1,56 @@
+//! The media store: photos, videos, voice notes and files, kept by the
+//! same replicated shards as messages, so one binary is still the whole
+//! storage tier.
+//!
+//! ```text
+//!  upload   CreateUpload ─► upload's shard (slot = hash of a random id)
+//!           AppendUpload × n (≤ 1 MiB each, in order) ─► chunk records
+//!  finish   read the chunks back, BLAKE3 ─► StoreObject on the hash's
+//!           shard (first upload of these bytes wins) ─► FinishUpload
+//!           (keep the chunks, or delete them: stored before) ─►
+//!           GrantMedia on the uploader's shard
+//!  send     a `media` message names the hash ─► apply writes a reference
+//!           (conversation, hash, seq) beside the message
+//!  read     object (hash's shard) ─► may the caller? (a grant, or a
+//!           reference they can see) ─► chunks of the storing upload
+//! ```
+//!
+//! # Why chunks in the LSM, through Raft
+//!
+//! A blob is cut into chunks of at most [`records::CHUNK`] (1 MiB), each
+//! one Raft entry and one LSM value. Every replica then holds every byte,
+//! and everything the runtime does to a shard's key ranges — snapshots
+//! for a new replica, backup and restore, verification, retirement of a
+//! moved replica — covers media with no second mechanism. The price is
+//! write amplification: a chunk is written to the log, then by the flush,
+//! then by each compaction that moves it down (docs/design.md measures
+//! it). A separate blob file per object would save the compactions but
+//! need its own replication, snapshot, backup and crash story.
+//!
+//! # Invariants
+//!
+//! - An upload's bytes below `received` are stored; an append starts
+//!   exactly there (a resumed upload asks where that is: tus's `HEAD`).
+//!   So an acknowledged append is never lost and never applied twice.
+//! - An object names the upload whose chunks hold its bytes; the first
+//!   `StoreObject` of a hash wins, later uploads of the same bytes delete
+//!   their chunks (`FinishUpload { keep: false }`): a file is stored once.
+//!   The finish order (object, then upload, then grant) means a crash
+//!   between steps leaves an open upload whose owner retries the finish,
+//!   every step idempotent — never an object without its bytes.
+//! - A download is allowed by a grant (the caller uploaded these bytes)
+//!   or by a reference from a message the caller can read now (member,
+//!   history visibility, not unsent, not expired); every refusal is the
+//!   same `no_such_media`, whether or not the object exists.
+//!
+//! # Layout
+//!
+//! - `records` — keys and values, byte by byte.
+//! - `body` — a media message's body (JSON naming the object).
+//! - `store` — the node's media operations (upload, finish, access,
+//!   reads of chunks).
+//! - the rules are `crate::apply::media`.
+
+pub mod body;
+pub mod records;
+pub mod store;

@@ -1,0 +1,315 @@
+//! The node's media operations: what the server's edges call. Writes go
+//! through [`ChatNode::write`] (committed on a quorum and applied before
+//! they answer); the reads that decide access are linearizable.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use missive_engine::keys::ConversationId;
+use missive_raft::node::Consistency;
+use missive_raft::Error as RaftError;
+
+use super::records::{
+    self, chunk_key, chunks_for, decode_chunk, grant_key, object_key, reference_prefix,
+    reference_seq, upload_key, Grant, Hash, Object, Upload, UploadId, UploadState,
+};
+use crate::command::{Command, Outcome, RejectCode};
+use crate::error::{Error, Result};
+use crate::ids::UserId;
+use crate::node::ChatNode;
+use crate::records::{conversation_key, decode_conversation, decode_indexed, seq_key};
+
+/// The most references of one object from one conversation looked at to
+/// decide a download (a file forwarded into one chat more often than this
+/// is readable through any of the first ones).
+const REFERENCES_LOOKED_AT: usize = 64;
+
+/// A finished upload: its object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The content hash (the media id).
+    pub hash: Hash,
+    /// The object.
+    pub object: Object,
+    /// Whether these bytes were stored before (this upload's were dropped).
+    pub deduplicated: bool,
+}
+
+fn unexpected(what: &str, o: Outcome) -> Error {
+    Error::Runtime(RaftError::malformed(
+        "media outcome",
+        format!("{what} answered {o:?}"),
+    ))
+}
+
+fn no_such_upload() -> Error {
+    Error::Rejected {
+        code: RejectCode::NoSuchMedia,
+        message: "no such upload".into(),
+    }
+}
+
+impl ChatNode {
+    /// Starts an upload of `length` bytes for `owner` under a new random
+    /// id.
+    pub async fn create_upload(
+        &self,
+        owner: UserId,
+        length: u64,
+        mime: &str,
+        name: &str,
+        wait: Duration,
+    ) -> Result<(UploadId, Upload)> {
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).map_err(|e| {
+            Error::Runtime(RaftError::malformed(
+                "upload id",
+                format!("no randomness: {e}"),
+            ))
+        })?;
+        // Never 0, so a zero id in a path is always unknown.
+        let upload = u64::from_be_bytes(raw).max(1);
+        let cmd = Command::CreateUpload {
+            upload,
+            owner,
+            length,
+            mime: mime.to_owned(),
+            name: name.to_owned(),
+        };
+        match self.write(cmd, wait).await? {
+            Outcome::Upload(u) => Ok((upload, u)),
+            o => Err(unexpected("CreateUpload", o)),
+        }
+    }
+
+    /// The upload, if it exists and `owner` owns it.
+    pub async fn upload(
+        &self,
+        owner: UserId,
+        upload: UploadId,
+        consistency: Consistency,
+    ) -> Result<Option<Upload>> {
+        let shard = self.slots().shard_of_slot(records::upload_slot(upload));
+        let Some(v) = self.get(shard, consistency, &upload_key(upload)).await? else {
+            return Ok(None);
+        };
+        let u: Upload = crate::records::decode("upload", &v)?;
+        Ok((u.owner == owner).then_some(u))
+    }
+
+    /// Appends `bytes` (within one chunk) at `offset` of `owner`'s upload.
+    pub async fn append_upload(
+        &self,
+        owner: UserId,
+        upload: UploadId,
+        offset: u64,
+        bytes: Vec<u8>,
+        wait: Duration,
+    ) -> Result<Upload> {
+        let cmd = Command::AppendUpload {
+            upload,
+            owner,
+            offset,
+            bytes,
+        };
+        match self.write(cmd, wait).await? {
+            Outcome::Upload(u) => Ok(u),
+            o => Err(unexpected("AppendUpload", o)),
+        }
+    }
+
+    /// Finishes `owner`'s upload whose bytes all arrived: hashes them,
+    /// stores the object (once per hash), and grants it to the owner.
+    /// Idempotent: a finish retried after a crash or a lost answer
+    /// completes the steps the first one did not.
+    pub async fn finish_upload(
+        &self,
+        owner: UserId,
+        upload: UploadId,
+        wait: Duration,
+    ) -> Result<Finished> {
+        let u = self
+            .upload(owner, upload, Consistency::Linearizable)
+            .await?
+            .ok_or_else(no_such_upload)?;
+        let hash = match u.state {
+            UploadState::Finished { hash, .. } => hash,
+            UploadState::Open if u.received == u.length => {
+                self.hash_upload(upload, u.length).await?
+            }
+            UploadState::Open => {
+                return Err(Error::Rejected {
+                    code: RejectCode::Invalid,
+                    message: format!("this upload holds {} of {} bytes", u.received, u.length),
+                })
+            }
+        };
+        let store = Command::StoreObject {
+            hash,
+            upload,
+            size: u.length,
+            mime: u.mime.clone(),
+        };
+        let holder = match self.write(store, wait).await? {
+            Outcome::Stored { upload } => upload,
+            o => return Err(unexpected("StoreObject", o)),
+        };
+        let finish = Command::FinishUpload {
+            upload,
+            owner,
+            hash,
+            keep: holder == upload,
+        };
+        let finished = match self.write(finish, wait).await? {
+            Outcome::Upload(f) => f,
+            o => return Err(unexpected("FinishUpload", o)),
+        };
+        let grant = Command::GrantMedia {
+            user: owner,
+            hash,
+            grant: Grant {
+                size: u.length,
+                mime: u.mime.clone(),
+                name: u.name.clone(),
+                at: finished.created_at,
+            },
+        };
+        self.write(grant, wait).await?;
+        let object = self
+            .object(&hash, Consistency::Linearizable)
+            .await?
+            .ok_or_else(|| unexpected("StoreObject", Outcome::Stored { upload: holder }))?;
+        Ok(Finished {
+            hash,
+            object,
+            deduplicated: holder != upload,
+        })
+    }
+
+    /// The BLAKE3 hash of an upload's `length` bytes, read back chunk by
+    /// chunk (one chunk in memory at a time).
+    async fn hash_upload(&self, upload: UploadId, length: u64) -> Result<Hash> {
+        let mut hasher = blake3::Hasher::new();
+        for i in 0..chunks_for(length) {
+            let chunk = self
+                .chunk(upload, i, Consistency::Linearizable)
+                .await?
+                .ok_or_else(|| {
+                    Error::Runtime(RaftError::malformed(
+                        "media chunk",
+                        format!("upload {upload:x} lacks chunk {i} below its received bytes"),
+                    ))
+                })?;
+            hasher.update(&chunk);
+        }
+        Ok(*hasher.finalize().as_bytes())
+    }
+
+    /// Chunk `index` of an upload's bytes.
+    pub async fn chunk(
+        &self,
+        upload: UploadId,
+        index: u32,
+        consistency: Consistency,
+    ) -> Result<Option<Vec<u8>>> {
+        let shard = self.slots().shard_of_slot(records::upload_slot(upload));
+        let Some(mut v) = self
+            .get(shard, consistency, &chunk_key(upload, index))
+            .await?
+        else {
+            return Ok(None);
+        };
+        decode_chunk(&v)?;
+        v.remove(0);
+        Ok(Some(v))
+    }
+
+    /// The object stored under `hash`.
+    pub async fn object(&self, hash: &Hash, consistency: Consistency) -> Result<Option<Object>> {
+        let shard = self.slots().shard_of_slot(records::object_slot(hash));
+        let v = self.get(shard, consistency, &object_key(hash)).await?;
+        Ok(v.map(|v| crate::records::decode("media object", &v))
+            .transpose()?)
+    }
+
+    /// `user`'s grant on `hash` (they uploaded it).
+    pub async fn grant(
+        &self,
+        user: UserId,
+        hash: &Hash,
+        consistency: Consistency,
+    ) -> Result<Option<Grant>> {
+        let shard = self.slots().shard_of_user(user.0);
+        let v = self.get(shard, consistency, &grant_key(user, hash)).await?;
+        Ok(v.map(|v| crate::records::decode("media grant", &v))
+            .transpose()?)
+    }
+
+    /// `user`'s grants (what they uploaded), by hash.
+    pub async fn grants(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<Vec<(Hash, Grant)>> {
+        let shard = self.slots().shard_of_user(user.0);
+        let lo = records::grants_prefix(user);
+        let hi = missive_engine::keys::prefix_successor(&lo);
+        self.scan(shard, consistency, &lo, hi, usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(k, v)| {
+                let hash: Hash = k
+                    .get(lo.len()..)
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or_else(|| RaftError::malformed("media grant", "short key"))?;
+                Ok((hash, crate::records::decode("media grant", &v)?))
+            })
+            .collect()
+    }
+
+    /// Whether `user` can read, in `conv` now, a message that references
+    /// `hash`: a member, the message visible to them (history
+    /// visibility), not unsent, not expired.
+    pub async fn referenced_for(
+        &self,
+        user: UserId,
+        conv: ConversationId,
+        hash: &Hash,
+        consistency: Consistency,
+    ) -> Result<bool> {
+        let shard = self.slots().shard_of(conv);
+        let Some(c) = self
+            .get(shard, consistency, &conversation_key(conv))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let c = decode_conversation(&c)?;
+        if !c.is_member(user) {
+            return Ok(false);
+        }
+        let lo = reference_prefix(conv, hash);
+        let hi = missive_engine::keys::prefix_successor(&lo);
+        let refs = self
+            .scan(shard, consistency, &lo, hi, REFERENCES_LOOKED_AT)
+            .await?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        for (k, _) in refs {
+            let Some(seq) = reference_seq(&k) else {
+                continue;
+            };
+            if !c.sees(user, seq) {
+                continue;
+            }
+            let Some(ix) = self.get(shard, consistency, &seq_key(conv, seq)).await? else {
+                continue;
+            };
+            let ix = decode_indexed(&ix)?;
+            if !ix.unsent && ix.expires_at.is_none_or(|at| at > now) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,668 @@
+//! Media over HTTP: resumable uploads (tus 1.0's core protocol and its
+//! `creation` extension) and downloads with `Range`, `ETag` and caching
+//! headers. What a caller may do is `crate::media`'s; this file speaks the
+//! protocols.
+//!
+//! ```text
+//! POST  /v1/media/uploads            Upload-Length, Upload-Metadata → 201 Location
+//! HEAD  /v1/media/uploads/{upload}   → Upload-Offset, Upload-Length (GET: JSON too)
+//! PATCH /v1/media/uploads/{upload}   Upload-Offset, the bytes → 204 Upload-Offset
+//!                                    (+ Missive-Media-Id once complete)
+//! GET   /v1/media/{media}            ?conversation= (token) or ?exp=&sig= (signed)
+//! POST  /v1/media/{media}/url        → a signed URL
+//! ```
+//!
+//! A PATCH body is streamed: its bytes are cut at 1 MiB chunk boundaries
+//! and each piece is committed (one Raft write) before the next is read,
+//! so memory per upload is one chunk, and a connection that drops keeps
+//! every piece committed before it dropped — `HEAD` tells the client where
+//! to resume. A download streams chunk by chunk the same way.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use missive_chat::media::body::{hash_hex, parse_hash};
+use missive_chat::media::records::{Hash, Object, Upload, UploadId, UploadState};
+use missive_engine::keys::ConversationId;
+
+use crate::error::ApiError;
+use crate::media::{no_such_media, APPEND_CHUNK};
+use crate::service::Service;
+use crate::state::{conv_id, AppState, Authed, Q};
+
+/// The tus protocol version spoken.
+pub const TUS_VERSION: &str = "1.0.0";
+/// The header naming a finished upload's object.
+pub const MEDIA_ID_HEADER: &str = "missive-media-id";
+
+fn tus_headers(h: &mut HeaderMap) {
+    h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+}
+
+/// A client naming another tus version gets 412 (tus 1.0 core); one that
+/// names none is served (plain HTTP clients).
+fn check_tus(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get("tus-resumable") {
+        Some(v) if v.as_bytes() != TUS_VERSION.as_bytes() => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "unsupported_version",
+            format!("this server speaks tus {TUS_VERSION}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Result<u64, ApiError> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| ApiError::invalid(format!("send the {name} header (a byte count)")))
+}
+
+/// `Upload-Metadata`: comma-separated `key base64(value)` pairs (tus 1.0).
+/// The file name is `filename` (or `name`), the MIME type `filetype`
+/// (or `type`, `mime`); other keys are ignored.
+fn upload_metadata(headers: &HeaderMap) -> Result<(String, String), ApiError> {
+    use base64::Engine;
+    let (mut name, mut mime) = (String::new(), String::new());
+    let Some(raw) = headers.get("upload-metadata") else {
+        return Ok((name, mime));
+    };
+    let raw = raw
+        .to_str()
+        .map_err(|_| ApiError::invalid("Upload-Metadata is ASCII"))?;
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once(' ').unwrap_or((pair, ""));
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()
+            .and_then(|v| String::from_utf8(v).ok())
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "Upload-Metadata's {key:?} is not base64 of UTF-8 text"
+                ))
+            })?;
+        match key {
+            "filename" | "name" => name = value,
+            "filetype" | "type" | "mime" => mime = value,
+            _ => {}
+        }
+    }
+    Ok((name, mime))
+}
+
+/// `OPTIONS /v1/media/uploads`: tus discovery (version, extensions, the
+/// largest file). A browser's OPTIONS (it sends `Origin`) is a CORS
+/// preflight and gets the CORS layer's answer instead: this route sits
+/// outside that layer, which would answer every OPTIONS as a preflight.
+pub(crate) async fn tus_options(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+) -> Response {
+    use tower::{Layer, ServiceExt};
+    if req.headers().contains_key(header::ORIGIN) {
+        let cors = crate::edge::cors::layer(s.auth.config());
+        let inner = tower::service_fn(|_req: axum::extract::Request| async {
+            Ok::<_, std::convert::Infallible>(StatusCode::NO_CONTENT.into_response())
+        });
+        return match cors.layer(inner).oneshot(req).await {
+            Ok(r) => r.into_response(),
+            Err(never) => match never {},
+        };
+    }
+    let mut h = HeaderMap::new();
+    tus_headers(&mut h);
+    h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+    h.insert("tus-extension", HeaderValue::from_static("creation"));
+    h.insert(
+        "tus-max-size",
+        HeaderValue::from(s.service.media.section.max_file_bytes),
+    );
+    (StatusCode::NO_CONTENT, h).into_response()
+}
+
+fn upload_id(raw: &str) -> Result<UploadId, ApiError> {
+    if raw.len() != 16 {
+        return Err(no_such_media());
+    }
+    u64::from_str_radix(raw, 16).map_err(|_| no_such_media())
+}
+
+fn media_hash(raw: &str) -> Result<Hash, ApiError> {
+    parse_hash(raw).ok_or_else(no_such_media)
+}
+
+fn upload_json(id: UploadId, u: &Upload) -> serde_json::Value {
+    let media = match &u.state {
+        UploadState::Finished { hash, .. } => json!(hash_hex(hash)),
+        UploadState::Open => serde_json::Value::Null,
+    };
+    json!({
+        "upload": format!("{id:016x}"),
+        "offset": u.received,
+        "length": u.length,
+        "mime": u.mime,
+        "name": u.name,
+        "media_id": media,
+    })
+}
+
+fn offset_headers(u: &Upload) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    tus_headers(&mut h);
+    h.insert("upload-offset", HeaderValue::from(u.received));
+    h.insert("upload-length", HeaderValue::from(u.length));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let UploadState::Finished { hash, .. } = &u.state {
+        if let Ok(v) = HeaderValue::from_str(&hash_hex(hash)) {
+            h.insert(MEDIA_ID_HEADER, v);
+        }
+    }
+    h
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/media/uploads",
+    tag = "media",
+    summary = "Start a resumable upload (tus 1.0 creation)",
+    params(("Upload-Length" = u64, Header, description = "the file's length in bytes"), ("Upload-Metadata" = Option<String>, Header, description = "tus metadata: `filename <base64>,filetype <base64>`")),
+    responses((status = 201, description = "created: Location names the upload"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn create_upload(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_tus(&headers)?;
+    if headers.contains_key("upload-defer-length") {
+        return Err(ApiError::invalid(
+            "declare the length at creation (Upload-Length); deferred lengths are not supported",
+        ));
+    }
+    let length = header_u64(&headers, "upload-length")?;
+    let (name, mime) = upload_metadata(&headers)?;
+    let (id, u) = s
+        .service
+        .create_upload(who.user, length, &mime, &name)
+        .await?;
+    let mut h = offset_headers(&u);
+    let location = format!("/v1/media/uploads/{id:016x}");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, h, Json(upload_json(id, &u))).into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/media/uploads/{upload}",
+    tag = "media",
+    summary = "Where an upload stands (HEAD: the tus offset headers only)",
+    params(("upload" = String, Path, description = "upload id (16 hex digits)")),
+    responses((status = 200, description = "Upload-Offset, Upload-Length; JSON {upload, offset, length, mime, name, media_id}"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn upload_status(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = upload_id(&raw)?;
+    let u = s.service.upload(who.user, id).await?;
+    Ok((offset_headers(&u), Json(upload_json(id, &u))).into_response())
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/media/uploads/{upload}",
+    tag = "media",
+    summary = "Append bytes to an upload (tus 1.0 core)",
+    params(("upload" = String, Path, description = "upload id (16 hex digits)"), ("Upload-Offset" = u64, Header, description = "where the bytes go: the upload's current offset")),
+    request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
+    responses((status = 204, description = "stored: Upload-Offset is the new offset; Missive-Media-Id once complete"), (status = "4XX", description = "refused (409 offset_mismatch: HEAD for the offset)", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn append_upload(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_tus(&headers)?;
+    let id = upload_id(&raw)?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if ctype != "application/offset+octet-stream" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/offset+octet-stream",
+        ));
+    }
+    let offset = header_u64(&headers, "upload-offset")?;
+    let u = s.service.upload(who.user, id).await?;
+    if u.received != offset {
+        return Err(offset_mismatch(u.received));
+    }
+    let u = if u.state == UploadState::Open {
+        append_stream(&s.service, who.user, id, u, body).await?
+    } else {
+        // Complete: an empty PATCH re-reads the answer; bytes are refused.
+        let mut stream = body.into_data_stream();
+        while let Some(piece) = stream.next().await {
+            if piece.is_ok_and(|b| !b.is_empty()) {
+                return Err(ApiError::invalid(format!(
+                    "this upload is complete at {} bytes; it takes no more",
+                    u.length
+                )));
+            }
+        }
+        u
+    };
+    let u = if u.received == u.length && u.state == UploadState::Open {
+        s.service.finish_upload(who.user, id).await?;
+        s.service.upload(who.user, id).await?
+    } else {
+        u
+    };
+    Ok((StatusCode::NO_CONTENT, offset_headers(&u)).into_response())
+}
+
+fn offset_mismatch(received: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "offset_mismatch",
+        format!("this upload holds {received} bytes; send Upload-Offset: {received}"),
+    )
+}
+
+/// Commits the body's bytes one chunk-bounded piece at a time. Returns
+/// the upload after the last piece; a body longer than the declared
+/// length is refused after the bytes that fit are stored.
+async fn append_stream(
+    svc: &Service,
+    who: missive_chat::UserId,
+    id: UploadId,
+    mut u: Upload,
+    body: Body,
+) -> Result<Upload, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut dropped = false;
+    loop {
+        let piece = match stream.next().await {
+            Some(Ok(b)) => Some(b),
+            Some(Err(e)) => {
+                // The connection went away mid-body: keep what arrived
+                // (tus: the client resumes from the stored offset).
+                tracing::debug!(error = %e, "upload body ended early");
+                dropped = true;
+                None
+            }
+            None => None,
+        };
+        let end = piece.is_none();
+        if let Some(b) = piece {
+            buf.extend_from_slice(&b);
+        }
+        loop {
+            let room = APPEND_CHUNK - u.received % APPEND_CHUNK;
+            let left = u.length - u.received;
+            if left == 0 && !buf.is_empty() {
+                return Err(ApiError::invalid(format!(
+                    "the upload was declared {} bytes long; the body is longer",
+                    u.length
+                )));
+            }
+            let take = room.min(left) as usize;
+            if buf.is_empty() || (buf.len() < take && !end) {
+                break;
+            }
+            let n = take.min(buf.len());
+            let rest = buf.split_off(n);
+            let bytes = std::mem::replace(&mut buf, rest);
+            match svc.append_upload(who, id, u.received, bytes).await {
+                Ok(next) => u = next,
+                Err(e) if e.code == "offset_mismatch" => {
+                    let now = svc.upload(who, id).await?;
+                    return Err(offset_mismatch(now.received));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if end {
+            break;
+        }
+    }
+    if dropped {
+        tracing::debug!(upload = %format!("{id:016x}"), offset = u.received, "upload paused");
+    }
+    Ok(u)
+}
+
+/// The query of a download.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub(crate) struct DownloadQuery {
+    /// The conversation whose message references the object (token reads).
+    conversation: Option<String>,
+    /// A signed URL's expiry (seconds since the epoch).
+    exp: Option<u64>,
+    /// A signed URL's signature.
+    sig: Option<String>,
+    /// The file name to offer in Content-Disposition.
+    name: Option<String>,
+}
+
+fn conversation(raw: Option<&str>) -> Result<Option<ConversationId>, ApiError> {
+    raw.map(|c| conv_id(c).map_err(|_| no_such_media()))
+        .transpose()
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/media/{media}",
+    tag = "media",
+    summary = "Download a media object (Range, ETag; a token and ?conversation=, or a signed URL)",
+    params(("media" = String, Path, description = "media id (64 hex digits)"), DownloadQuery),
+    responses((status = 200, description = "the bytes"), (status = 206, description = "the requested range"), (status = 304, description = "not modified (If-None-Match)"), (status = 416, description = "the range is not satisfiable"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn download(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    Q(q): Q<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let hash = media_hash(&raw)?;
+    let id = hash_hex(&hash);
+    let (object, cache) = match (q.exp, q.sig.as_deref()) {
+        (Some(exp), Some(sig)) => {
+            if !s.service.media.verify(&id, exp, sig) {
+                return Err(no_such_media());
+            }
+            let left = exp.saturating_sub(now_secs());
+            // A CDN may keep it no longer than the URL works.
+            let cache = format!("public, max-age={left}, immutable");
+            (s.service.object(&hash).await?, cache)
+        }
+        _ => {
+            let who = s.authenticate(&headers).await?.caller;
+            let conv = conversation(q.conversation.as_deref())?;
+            let object = s.service.readable_media(who.user, &hash, conv).await?;
+            (object, "private, max-age=31536000, immutable".to_owned())
+        }
+    };
+    serve(&s.service, &id, object, &cache, q.name.as_deref(), &headers)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A requested byte range, resolved against the object's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// The whole object.
+    All,
+    /// `[start, end)`.
+    Part(u64, u64),
+    /// Nothing of the object can be served (416).
+    Unsatisfiable,
+}
+
+/// Parses one `Range: bytes=…` spec (RFC 9110 §14.1.2): `a-b`, `a-`,
+/// `-n`. Several ranges, or a unit other than bytes, are served whole
+/// (a server may ignore Range); a malformed one is 416, like one that
+/// starts past the end.
+pub fn parse_range(header: Option<&str>, size: u64) -> Wanted {
+    let Some(spec) = header.map(str::trim) else {
+        return Wanted::All;
+    };
+    let Some(spec) = spec.strip_prefix("bytes=") else {
+        return Wanted::All;
+    };
+    if spec.contains(',') {
+        return Wanted::All;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Wanted::Unsatisfiable;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => match num(b) {
+            Some(0) | None => Wanted::Unsatisfiable,
+            Some(_) if size == 0 => Wanted::Unsatisfiable,
+            Some(n) => Wanted::Part(size.saturating_sub(n), size),
+        },
+        (false, _) => match (num(a), if b.is_empty() { Some(u64::MAX) } else { num(b) }) {
+            (Some(start), Some(last)) if start <= last && start < size => {
+                Wanted::Part(start, last.saturating_add(1).min(size))
+            }
+            _ => Wanted::Unsatisfiable,
+        },
+        (true, true) => Wanted::Unsatisfiable,
+    }
+}
+
+/// Whether a type is shown inline: images, audio and video, except SVG
+/// (it can carry script); everything else downloads as an attachment.
+fn inline(mime: &str) -> bool {
+    (mime.starts_with("image/") && !mime.starts_with("image/svg"))
+        || mime.starts_with("audio/")
+        || mime.starts_with("video/")
+}
+
+fn disposition(mime: &str, name: Option<&str>) -> HeaderValue {
+    let kind = if inline(mime) { "inline" } else { "attachment" };
+    let name = name
+        .and_then(|n| crate::media::check_file_name(n).ok())
+        .filter(|n| !n.is_empty());
+    let v = match name {
+        Some(n) => {
+            // RFC 6266: an ASCII fallback, and the exact name in RFC 8187.
+            let ascii: String = n
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let mut exact = String::new();
+            for b in n.bytes() {
+                if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                    exact.push(b as char);
+                } else {
+                    exact.push_str(&format!("%{b:02X}"));
+                }
+            }
+            format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{exact}")
+        }
+        None => kind.to_owned(),
+    };
+    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("attachment"))
+}
+
+fn serve(
+    svc: &std::sync::Arc<Service>,
+    id: &str,
+    object: Object,
+    cache: &str,
+    name: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{id}\"");
+    let mut h = HeaderMap::new();
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    set(&mut h, header::ETAG, &etag);
+    set(&mut h, header::CACHE_CONTROL, cache);
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let matches = |v: &HeaderValue| {
+        v.to_str()
+            .map(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+            .unwrap_or(false)
+    };
+    if headers.get(header::IF_NONE_MATCH).is_some_and(matches) {
+        return Ok((StatusCode::NOT_MODIFIED, h).into_response());
+    }
+    set(&mut h, header::CONTENT_TYPE, &object.mime);
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CONTENT_DISPOSITION, disposition(&object.mime, name));
+    // If-Range with another validator: serve the whole object.
+    let range = match headers.get(header::IF_RANGE) {
+        Some(v) if v.to_str().ok().map(str::trim) != Some(etag.as_str()) => None,
+        _ => headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+    };
+    let size = object.size;
+    let (status, start, end) = match parse_range(range, size) {
+        Wanted::All => (StatusCode::OK, 0, size),
+        Wanted::Part(a, b) => {
+            set(
+                &mut h,
+                header::CONTENT_RANGE,
+                &format!("bytes {a}-{}/{size}", b - 1),
+            );
+            (StatusCode::PARTIAL_CONTENT, a, b)
+        }
+        Wanted::Unsatisfiable => {
+            set(&mut h, header::CONTENT_RANGE, &format!("bytes */{size}"));
+            let e = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("this object is {size} bytes; ask for a range inside it"),
+            );
+            return Ok((h, e).into_response());
+        }
+    };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    let body = Body::from_stream(chunks(svc.clone(), object.upload, start, end));
+    Ok((status, h, body).into_response())
+}
+
+/// The bytes `[start, end)` of an upload's chunks, one chunk read at a
+/// time.
+fn chunks(
+    svc: std::sync::Arc<Service>,
+    upload: UploadId,
+    start: u64,
+    end: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::try_unfold(start, move |pos| {
+        let svc = svc.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let index = (pos / APPEND_CHUNK) as u32;
+            let chunk = svc
+                .media_chunk(upload, index)
+                .await
+                .map_err(|e| std::io::Error::other(e.message))?;
+            let from = (pos % APPEND_CHUNK) as usize;
+            let to = ((end - u64::from(index) * APPEND_CHUNK).min(APPEND_CHUNK) as usize)
+                .min(chunk.len());
+            if from >= to {
+                return Err(std::io::Error::other(format!(
+                    "upload {upload:x}'s chunk {index} is shorter than its object"
+                )));
+            }
+            let piece = Bytes::copy_from_slice(&chunk[from..to]);
+            Ok(Some((piece, pos + (to - from) as u64)))
+        }
+    })
+}
+
+/// The body of a URL request.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub(crate) struct UrlIn {
+    /// The conversation whose message references the object, unless you
+    /// uploaded it.
+    #[serde(default)]
+    conversation: Option<crate::wire::Id>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/media/{media}/url",
+    tag = "media",
+    summary = "A signed, expiring download URL (for a CDN, or an <img> without a token)",
+    params(("media" = String, Path, description = "media id (64 hex digits)")),
+    request_body = UrlIn,
+    responses((status = 200, description = "{url, expires_at, media_id, mime, size}"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn media_url(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Path(raw): Path<String>,
+    crate::state::JsonBody(body): crate::state::JsonBody<UrlIn>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let hash = media_hash(&raw)?;
+    let conv = body.conversation.map(|c| ConversationId(c.0));
+    let (url, object) = s.service.media_url(who.user, &hash, conv).await?;
+    Ok(Json(url_json(&hash, &url, &object)))
+}
+
+/// The answer to a URL request, on every edge.
+pub fn url_json(hash: &Hash, url: &crate::media::SignedUrl, object: &Object) -> serde_json::Value {
+    json!({
+        "media_id": hash_hex(hash),
+        "url": url.url,
+        "expires_at": url.expires_at,
+        "mime": object.mime,
+        "size": object.size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve_against_the_size() {
+        assert_eq!(parse_range(None, 10), Wanted::All);
+        assert_eq!(parse_range(Some("bytes=0-0"), 10), Wanted::Part(0, 1));
+        assert_eq!(parse_range(Some("bytes=2-5"), 10), Wanted::Part(2, 6));
+        assert_eq!(parse_range(Some("bytes=2-"), 10), Wanted::Part(2, 10));
+        assert_eq!(parse_range(Some("bytes=5-100"), 10), Wanted::Part(5, 10));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Wanted::Part(7, 10));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), Wanted::Part(0, 10));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Wanted::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Wanted::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), Wanted::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=x-y"), 10), Wanted::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-1,4-5"), 10), Wanted::All);
+        assert_eq!(parse_range(Some("items=0-1"), 10), Wanted::All);
+    }
+
+    #[test]
+    fn dispositions_are_inline_only_for_media_and_quote_names() {
+        let d = |m, n| disposition(m, n).to_str().unwrap_or_default().to_owned();
+        assert_eq!(d("image/png", None), "inline");
+        assert_eq!(d("image/svg+xml", None), "attachment");
+        assert_eq!(d("text/html", None), "attachment");
+        assert_eq!(
+            d("application/pdf", Some("q\"3 é.pdf")),
+            "attachment; filename=\"q_3 _.pdf\"; filename*=UTF-8''q%223%20%C3%A9.pdf"
+        );
+    }
+}

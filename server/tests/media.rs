@@ -1,0 +1,477 @@
+//! Media against the real server: tus uploads interrupted and resumed,
+//! Range downloads, deduplication, who may read an object, signed URLs,
+//! and media messages.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use common::{config, start, token, Http};
+
+/// A file of `len` bytes that compresses poorly (as media does).
+fn file(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn hex(h: &[u8]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates an upload; its path.
+async fn create(h: &Http, len: usize, name: &str, mime: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let r = h
+        .client
+        .post(format!("{}/v1/media/uploads", h.base))
+        .bearer_auth(&h.token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", len.to_string())
+        .header(
+            "Upload-Metadata",
+            format!("filename {},filetype {}", b64(name), b64(mime)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    assert_eq!(r.headers()["tus-resumable"], "1.0.0");
+    assert_eq!(r.headers()["upload-offset"], "0");
+    r.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// HEAD: the upload's offset.
+async fn offset(h: &Http, path: &str) -> u64 {
+    let r = h
+        .client
+        .head(format!("{}{path}", h.base))
+        .bearer_auth(&h.token)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    r.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// PATCH `bytes` at `at`: (status, headers).
+async fn patch(h: &Http, path: &str, at: u64, bytes: Vec<u8>) -> (u16, reqwest::header::HeaderMap) {
+    let r = h
+        .client
+        .patch(format!("{}{path}", h.base))
+        .bearer_auth(&h.token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", at.to_string())
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.headers().clone())
+}
+
+/// Sends a PATCH whose body stops after `sent` of its declared `len`
+/// bytes: the connection closes mid-body, as a phone losing its network.
+async fn patch_cut(addr: SocketAddr, token: &str, path: &str, at: u64, body: &[u8], sent: usize) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Tus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n\
+         Upload-Offset: {at}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..sent]).await.unwrap();
+    s.flush().await.unwrap();
+    // Give the server the bytes before the connection goes.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(s);
+}
+
+/// Uploads `data` whole; its media id.
+async fn upload(h: &Http, data: &[u8], name: &str, mime: &str) -> String {
+    let path = create(h, data.len(), name, mime).await;
+    let (s, headers) = patch(h, &path, 0, data.to_vec()).await;
+    assert_eq!(s, 204);
+    assert_eq!(headers["upload-offset"], data.len().to_string().as_str());
+    headers["missive-media-id"].to_str().unwrap().to_owned()
+}
+
+async fn get(
+    h: &Http,
+    path: &str,
+    range: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = h
+        .client
+        .get(format!("{}{path}", h.base))
+        .bearer_auth(&h.token);
+    if let Some(r) = range {
+        req = req.header("Range", r);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_at_any_point_resumes_to_the_exact_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let tok = token(&c, 1, 1);
+    let h = Http::new(srv.addr(), tok.clone());
+    // 2.5 MiB: three chunks, the last short.
+    let data = file(5 << 19, 7);
+    let path = create(&h, data.len(), "clip.bin", "application/octet-stream").await;
+    // Cuts inside a chunk, at a chunk's last byte, on a boundary, one
+    // past it, and in the last chunk.
+    let cuts = [
+        1usize,
+        300_000,
+        (1 << 20) - 1,
+        1 << 20,
+        (1 << 20) + 1,
+        2_500_000,
+    ];
+    let mut at = 0u64;
+    for cut in cuts {
+        let want = cut - at as usize;
+        patch_cut(srv.addr(), &tok, &path, at, &data[at as usize..], want).await;
+        // The server may still be storing the last piece: the offset only
+        // grows, to exactly what arrived.
+        let mut now = offset(&h, &path).await;
+        for _ in 0..100 {
+            if now == cut as u64 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            now = offset(&h, &path).await;
+        }
+        assert_eq!(now, cut as u64, "after a cut at {cut}");
+        at = now;
+    }
+    // A PATCH from a stale offset is refused with the right one.
+    let (s, headers) = patch(&h, &path, 5, data[5..10].to_vec()).await;
+    assert_eq!(s, 409);
+    let _ = headers;
+    // The rest, and the upload finishes.
+    let (s, headers) = patch(&h, &path, at, data[at as usize..].to_vec()).await;
+    assert_eq!(s, 204);
+    let id = headers["missive-media-id"].to_str().unwrap().to_owned();
+    assert_eq!(id, hex(blake3::hash(&data).as_bytes()));
+    // A finished upload takes no more bytes, and reports its object.
+    let (s, v) = h.get(&path).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["media_id"], id.as_str());
+    assert_eq!(v["offset"], data.len() as u64);
+    let (s, _) = patch(&h, &path, data.len() as u64, vec![1]).await;
+    assert_eq!(s, 400, "bytes past the declared length");
+    let (s, _, bytes) = get(&h, &format!("/v1/media/{id}"), None).await;
+    assert_eq!(s, 200);
+    assert!(bytes == data, "the stored bytes differ from the upload");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_serve_ranges_etags_and_refuse_bad_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let h = Http::new(srv.addr(), token(&c, 1, 1));
+    let data = file((1 << 20) + 4321, 9);
+    let id = upload(&h, &data, "photo.jpg", "image/jpeg").await;
+    let path = format!("/v1/media/{id}?name=photo.jpg");
+    let (s, hd, body) = get(&h, &path, None).await;
+    assert_eq!(s, 200);
+    assert!(body == data);
+    assert_eq!(hd["content-type"], "image/jpeg");
+    assert_eq!(hd["etag"], format!("\"{id}\"").as_str());
+    assert_eq!(hd["accept-ranges"], "bytes");
+    assert_eq!(hd["x-content-type-options"], "nosniff");
+    assert!(hd["cache-control"].to_str().unwrap().contains("immutable"));
+    assert!(hd["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("inline; filename=\"photo.jpg\""));
+    let n = data.len();
+    for (range, from, to) in [
+        ("bytes=0-99", 0, 100),
+        ("bytes=1048570-1048590", 1_048_570, 1_048_591),
+        ("bytes=1000-", 1000, n),
+        ("bytes=-500", n - 500, n),
+    ] {
+        let (s, hd, body) = get(&h, &path, Some(range)).await;
+        assert_eq!(s, 206, "{range}");
+        assert!(body == data[from..to], "{range}");
+        assert_eq!(
+            hd["content-range"],
+            format!("bytes {from}-{}/{n}", to - 1).as_str(),
+            "{range}"
+        );
+    }
+    for bad in ["bytes=99999999-", "bytes=5-2", "bytes=-0"] {
+        let (s, hd, _) = get(&h, &path, Some(bad)).await;
+        assert_eq!(s, 416, "{bad}");
+        assert_eq!(hd["content-range"], format!("bytes */{n}").as_str());
+    }
+    let r = h
+        .client
+        .get(format!("{}{path}", h.base))
+        .bearer_auth(&h.token)
+        .header("If-None-Match", format!("\"{id}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    // Too large, and a missing length, are refused up front.
+    let r = h
+        .client
+        .post(format!("{}/v1/media/uploads", h.base))
+        .bearer_auth(&h.token)
+        .header("Upload-Length", ((100u64 << 20) + 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = h
+        .client
+        .post(format!("{}/v1/media/uploads", h.base))
+        .bearer_auth(&h.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = h
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/media/uploads", h.base),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["tus-version"], "1.0.0");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_files_are_stored_once_and_only_readers_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let (alice, bob, eve) = (
+        Http::new(srv.addr(), token(&c, 1, 1)),
+        Http::new(srv.addr(), token(&c, 2, 1)),
+        Http::new(srv.addr(), token(&c, 3, 1)),
+    );
+    let data = file(700_000, 3);
+    let id = upload(&alice, &data, "a.png", "image/png").await;
+    // Eve uploads the same bytes: the same id, stored once.
+    let again = upload(&eve, &data, "same.png", "image/png").await;
+    assert_eq!(again, id);
+    let (s, _, body) = get(&eve, &format!("/v1/media/{id}"), None).await;
+    assert_eq!(
+        (s, body == data),
+        (200, true),
+        "an uploader reads their upload"
+    );
+    // Bob may not read it until a message in a conversation he is in names it.
+    let conv = alice.direct(2).await;
+    let q = format!("/v1/media/{id}?conversation={conv}");
+    let missing = format!("/v1/media/{}?conversation={conv}", "ab".repeat(32));
+    let (s1, _, b1) = get(&bob, &q, None).await;
+    let (s2, _, b2) = get(&bob, &missing, None).await;
+    assert_eq!((s1, s2), (404, 404));
+    assert_eq!(
+        b1, b2,
+        "the refusal says nothing of whether the object exists"
+    );
+    let body = json!({"media_id": id, "mime": "image/png", "size": data.len(), "name": "a.png"});
+    let (s, v) = alice
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": "m1", "kind": "media", "body": body.to_string()}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let seq = v["seq"].as_u64().unwrap();
+    let (s, _, b) = get(&bob, &q, None).await;
+    assert_eq!(
+        (s, b == data),
+        (200, true),
+        "a member reads what a message names"
+    );
+    // Eve is not in the conversation: naming it does not help her read
+    // Bob's... and a stranger's id is refused alike.
+    let (s, _, _) = get(&Http::new(srv.addr(), token(&c, 4, 1)), &q, None).await;
+    assert_eq!(s, 404);
+    // A media message must name something its sender uploaded, with its size.
+    let (s, v) = bob
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": "m2", "kind": "media", "body": body.to_string()}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("no_such_media")),
+        "{v}"
+    );
+    let wrong = json!({"media_id": id, "mime": "image/png", "size": 1});
+    let (s, _) = alice
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": "m3", "kind": "media", "body": wrong.to_string()}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = alice
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": "m4", "kind": "media", "body": "not json"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    // A signed URL works without a token, for a while, for these bytes only.
+    let (s, v) = bob
+        .post(
+            &format!("/v1/media/{id}/url"),
+            json!({"conversation": conv}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["url"].as_str().unwrap().to_owned();
+    let r = reqwest::get(format!("{}{url}", bob.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .starts_with("public, max-age="));
+    assert!(r.bytes().await.unwrap() == data);
+    let forged = url.replace("exp=", "exp=1");
+    let r = reqwest::get(format!("{}{forged}", bob.base)).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let (s, _) = eve
+        .post(
+            &format!("/v1/media/{id}/url"),
+            json!({"conversation": conv}),
+        )
+        .await;
+    assert_eq!(s, 200, "Eve uploaded these bytes too");
+    let (s, _) = Http::new(srv.addr(), token(&c, 4, 1))
+        .post(
+            &format!("/v1/media/{id}/url"),
+            json!({"conversation": conv}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    // Unsent, the message no longer lets Bob read it.
+    let (s, v) = alice
+        .delete(&format!("/v1/conversations/{conv}/messages/{seq}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _, _) = get(&bob, &q, None).await;
+    assert_eq!(s, 404);
+    // An upload is its owner's: others cannot see or extend it.
+    let path = create(&alice, 10, "", "").await;
+    let (s, _) = bob.get(&path).await;
+    assert_eq!(s, 404);
+    let (s, _) = patch(&bob, &path, 0, vec![0; 10]).await;
+    assert_eq!(s, 404);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_and_grpc_hand_out_signed_urls_to_readers_only() {
+    use missive_server::edge::grpc::pb;
+    use missive_server::edge::grpc::pb::missive_client::MissiveClient;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let (alice, bob_tok) = (Http::new(srv.addr(), token(&c, 1, 1)), token(&c, 2, 1));
+    let data = file(5000, 11);
+    let id = upload(&alice, &data, "v.ogg", "audio/ogg").await;
+    let conv = alice.direct(2).await;
+    let body = json!({"media_id": id, "mime": "audio/ogg", "size": data.len()});
+    let (s, v) = alice
+        .post(
+            &format!("/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": "v1", "kind": "media", "body": body.to_string()}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // WebSocket: Bob asks through the conversation; without it, refused.
+    let mut ws = common::Ws::connect(srv.addr(), &bob_tok).await;
+    let mut seen = Vec::new();
+    let a = ws
+        .request(
+            json!({"type": "media_url", "media": id, "conv": conv}),
+            &mut seen,
+        )
+        .await;
+    assert_eq!(a["type"], "media_url", "{a}");
+    assert_eq!(a["size"], data.len() as u64);
+    let r = reqwest::get(format!("{}{}", alice.base, a["url"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/ogg");
+    assert!(r.bytes().await.unwrap() == data);
+    let a = ws
+        .request(json!({"type": "media_url", "media": id}), &mut seen)
+        .await;
+    assert_eq!(a["type"], "error", "{a}");
+    assert_eq!(a["code"], "no_such_media", "{a}");
+
+    // gRPC: the same rules.
+    let mut g = MissiveClient::connect(format!("http://{}", srv.grpc_addr().unwrap()))
+        .await
+        .unwrap();
+    let call = |media: String, conv: u64| {
+        let mut r = tonic::Request::new(pb::MediaUrlRequest { media, conv });
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {bob_tok}").parse().unwrap(),
+        );
+        r
+    };
+    let ok = g
+        .media_url(call(id.clone(), conv.parse().unwrap()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ok.media_id.as_str(), ok.size),
+        (id.as_str(), data.len() as u64)
+    );
+    let r = reqwest::get(format!("{}{}", alice.base, ok.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let refused = g.media_url(call(id.clone(), 0)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    let refused = g.media_url(call("zz".into(), 0)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    srv.shutdown().await.unwrap();
+}
