@@ -4,6 +4,8 @@
 //! after the killed process restarts from its data directory, every
 //! acknowledged send is in the conversation exactly once, in the same
 //! order on all three replicas, and nothing appears that no client sent.
+//! The same kill during a media upload loses no acknowledged byte, and
+//! the media stays downloadable from the survivors.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;
@@ -726,6 +728,205 @@ async fn search_answers_the_same_on_every_node_after_a_leader_kill() {
         }
     }
     for mut p in procs {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}
+
+/// Sends the request `build` makes to the nodes in turn (skipping `dead`)
+/// until one answers other than 503/504; that answer.
+async fn until_answered(
+    nodes: &[SocketAddr],
+    dead: Option<usize>,
+    build: impl Fn(&reqwest::Client, SocketAddr) -> reqwest::RequestBuilder,
+) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(12))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for attempt in 0usize.. {
+        let n = (0..nodes.len())
+            .map(|k| (attempt + k) % nodes.len())
+            .find(|k| Some(*k) != dead)
+            .unwrap();
+        if let Ok(r) = build(&client, nodes[n]).send().await {
+            if !matches!(r.status().as_u16(), 503 | 504) {
+                return r;
+            }
+        }
+        assert!(Instant::now() < deadline, "never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+/// A media upload to three replicas: its shard's leader is killed after
+/// 1.5 MiB were acknowledged, while a PATCH to it is mid-body; the upload
+/// resumes through another node
+/// from at least that offset and finishes with the exact bytes. Then,
+/// with the node back, the upload shard's leader is killed again and a
+/// conversation member still downloads every byte (and a Range) from
+/// each of the other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_survives_the_kill_of_its_shard_leader_mid_upload_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, http, tc) = start_cluster(dir.path()).await;
+    let (alice, bob) = (token(&tc, 1, 1), token(&tc, 2, 1));
+    let data: Vec<u8> = {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..(7 << 19))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let r = until_answered(&http, None, |c, a| {
+        c.post(format!("http://{a}/v1/media/uploads"))
+            .bearer_auth(&alice)
+            .header("Upload-Length", data.len().to_string())
+    })
+    .await;
+    assert_eq!(r.status(), 201);
+    let path = r.headers()["location"].to_str().unwrap().to_owned();
+    let upload = u64::from_str_radix(path.rsplit('/').next().unwrap(), 16).unwrap();
+    let acked = 3 << 19;
+    let patch = |from: usize, to: usize, node: SocketAddr| {
+        let (alice, path, body) = (alice.clone(), path.clone(), data[from..to].to_vec());
+        async move {
+            reqwest::Client::new()
+                .patch(format!("http://{node}{path}"))
+                .bearer_auth(&alice)
+                .header("Content-Type", "application/offset+octet-stream")
+                .header("Upload-Offset", from.to_string())
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = patch(0, acked, http[0]).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["upload-offset"], acked.to_string().as_str());
+
+    let slots = SlotMap::even(SHARDS).unwrap();
+    let shard = slots
+        .shard_of_slot(missive_chat::media::records::upload_slot(upload))
+        .0;
+    let victim = leader_of(http[0], shard).await;
+    let v = (victim - 1) as usize;
+    // A PATCH in flight to the victim: part of its body sent (past the
+    // next chunk boundary), the rest never comes — the process dies.
+    let mut inflight = tokio::net::TcpStream::connect(http[v]).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {alice}\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: {acked}\r\n\
+         Content-Length: {}\r\n\r\n",
+        http[v],
+        data.len() - acked
+    );
+    {
+        use tokio::io::AsyncWriteExt;
+        inflight.write_all(head.as_bytes()).await.unwrap();
+        inflight
+            .write_all(&data[acked..acked + 700_000])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    procs[v].child.kill().unwrap(); // SIGKILL
+    procs[v].child.wait().unwrap();
+    drop(inflight);
+
+    // Resume through the others: HEAD says at least what was acknowledged.
+    let offset: usize = loop {
+        let r = until_answered(&http, Some(v), |c, a| {
+            c.head(format!("http://{a}{path}")).bearer_auth(&alice)
+        })
+        .await;
+        assert_eq!(r.status(), 200);
+        let at: usize = r.headers()["upload-offset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(at >= acked, "acknowledged {acked}, the store holds {at}");
+        let node = http[(v + 1) % 3];
+        let r = patch(at, data.len(), node).await;
+        match r.status().as_u16() {
+            204 => {
+                break r.headers()["upload-offset"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            }
+            503 | 504 | 409 => tokio::time::sleep(Duration::from_millis(100)).await,
+            s => panic!("resume: {s} {:?}", r.text().await),
+        }
+    };
+    assert_eq!(offset, data.len());
+    let r = until_answered(&http, Some(v), |c, a| {
+        c.get(format!("http://{a}{path}")).bearer_auth(&alice)
+    })
+    .await;
+    let status: serde_json::Value = r.json().await.unwrap();
+    let id = status["media_id"].as_str().unwrap().to_owned();
+    assert_eq!(id, blake3::hash(&data).to_hex().as_str());
+
+    // Alice sends it to Bob.
+    let r = until_answered(&http, Some(v), |c, a| {
+        c.post(format!("http://{a}/v1/conversations"))
+            .bearer_auth(&alice)
+            .json(&json!({"kind": "direct", "peer": "2"}))
+    })
+    .await;
+    assert!(matches!(r.status().as_u16(), 200 | 201));
+    let conv = r.json::<serde_json::Value>().await.unwrap()["conv"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = json!({"media_id": id, "mime": "application/octet-stream", "size": data.len()});
+    change_until_done(
+        &http,
+        Some(v),
+        &alice,
+        reqwest::Method::POST,
+        &format!("/v1/conversations/{conv}/messages"),
+        Some(json!({"client_msg_id": "m1", "kind": "media", "body": body.to_string()})),
+    )
+    .await;
+
+    // The killed node comes back; then the upload shard's leader dies.
+    let mut child = spawn(&procs[v].config);
+    wait_listening(&mut child);
+    procs[v].child = child;
+    wait_ready(&http).await;
+    let victim = leader_of(http[(v + 1) % 3], shard).await;
+    let v = (victim - 1) as usize;
+    procs[v].child.kill().unwrap();
+    procs[v].child.wait().unwrap();
+    for (n, node) in http.iter().enumerate().filter(|(n, _)| *n != v) {
+        let url = format!("/v1/media/{id}?conversation={conv}");
+        let r = until_answered(&[*node], None, |c, a| {
+            c.get(format!("http://{a}{url}")).bearer_auth(&bob)
+        })
+        .await;
+        assert_eq!(r.status(), 200, "node {n}");
+        assert!(r.bytes().await.unwrap() == data, "node {n}: bytes differ");
+        let r = until_answered(&[*node], None, |c, a| {
+            c.get(format!("http://{a}{url}"))
+                .bearer_auth(&bob)
+                .header("Range", "bytes=1048000-1049000")
+        })
+        .await;
+        assert_eq!(r.status(), 206, "node {n}");
+        assert!(r.bytes().await.unwrap() == data[1_048_000..=1_049_000]);
+    }
+    for p in &mut procs {
         let _ = p.child.kill();
         let _ = p.child.wait();
     }
