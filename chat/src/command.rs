@@ -37,6 +37,7 @@ use missive_raft::{NodeId, ShardId};
 
 pub use crate::ids::{DeviceId, UserId};
 use crate::ids::{Eseq, Seq};
+use crate::media::image::ImageInfo;
 use crate::media::records::{object_slot, upload_slot, Grant, Hash, Upload, UploadId};
 use crate::records::EventKind;
 pub use crate::records::{ConversationKind, HistoryVisibility, MessageKind, Retention, Settings};
@@ -442,6 +443,11 @@ pub enum Command {
         size: u64,
         /// Its MIME type.
         mime: String,
+        /// An image's description, if it is one.
+        image: Option<ImageInfo>,
+        /// The image's thumbnails: (size, encoded bytes), as described in
+        /// `image` (together well under a chunk).
+        thumbs: Vec<(u16, serde_bytes::ByteBuf)>,
     },
     /// Grants `user` an object they uploaded.
     GrantMedia {
@@ -646,6 +652,9 @@ pub enum RejectCode {
     TooLate,
     /// One user of a direct conversation blocks the other.
     Blocked,
+    /// An image upload that does not decode, or passes the decoding
+    /// limits (a decompression bomb).
+    BadImage,
     /// No such upload or media object, or not the caller's: one answer
     /// for both, so ids cannot be probed.
     NoSuchMedia,
@@ -666,6 +675,7 @@ impl RejectCode {
             RejectCode::TooLate => "too_late",
             RejectCode::Blocked => "blocked",
             RejectCode::NoSuchMedia => "no_such_media",
+            RejectCode::BadImage => "bad_image",
             RejectCode::OffsetMismatch => "offset_mismatch",
         }
     }

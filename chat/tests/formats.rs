@@ -279,6 +279,20 @@ fn outcomes_since_search() -> Vec<(&'static str, Outcome)> {
     ]
 }
 
+fn image_info() -> missive_chat::media::image::ImageInfo {
+    missive_chat::media::image::ImageInfo {
+        width: 4032,
+        height: 3024,
+        placeholder: vec![1, 2, 3, 250],
+        thumbs: vec![missive_chat::media::image::ThumbInfo {
+            size: 96,
+            width: 96,
+            height: 72,
+            mime: "image/jpeg".into(),
+        }],
+    }
+}
+
 fn media_hash() -> [u8; 32] {
     std::array::from_fn(|i| (i as u8).wrapping_mul(37))
 }
@@ -709,6 +723,8 @@ fn commands() -> Vec<(&'static str, Command)> {
                 upload: 0x0102_0304_0506_0708,
                 size: 3 << 20,
                 mime: "image/png".into(),
+                image: Some(image_info()),
+                thumbs: vec![(96, serde_bytes::ByteBuf::from(vec![0xff, 0xd8, 0xff]))],
             },
         ),
         (
@@ -1419,6 +1435,7 @@ fn stored_records_and_their_keys() {
         set.key("key_media_upload", media::upload_key(upload));
         set.key("key_media_chunk", media::chunk_key(upload, 3));
         set.key("key_media_object", media::object_key(&media_hash()));
+        set.key("key_media_thumbnail", media::thumb_key(&media_hash(), 320));
         set.key("key_media_grant", media::grant_key(u, &media_hash()));
         set.key(
             "key_media_reference",
@@ -1433,6 +1450,7 @@ fn stored_records_and_their_keys() {
                 mime: "image/png".into(),
                 upload,
                 created_at: 1_700_000_000_000_001,
+                image: Some(image_info()),
             },
         );
         set.versioned(

@@ -308,6 +308,21 @@ impl Service {
         }
     }
 
+    /// Thumbnail `size` of object `hash` (the caller's access checked).
+    pub async fn thumbnail(&self, hash: &Hash, size: u16) -> Result<Vec<u8>, ApiError> {
+        match self
+            .node
+            .thumbnail(hash, size, Consistency::Linearizable)
+            .await?
+        {
+            Some(t) => Ok(t),
+            None => Err(ApiError::internal(&format!(
+                "object {} lacks its thumbnail {size}",
+                hash_hex(hash)
+            ))),
+        }
+    }
+
     /// Reads chunk `index` of the upload holding an object's bytes.
     pub async fn media_chunk(&self, upload: UploadId, index: u32) -> Result<Vec<u8>, ApiError> {
         match self

@@ -198,12 +198,13 @@ async fn downloads_serve_ranges_etags_and_refuse_bad_ranges() {
     let srv = start(c.clone()).await;
     let h = Http::new(srv.addr(), token(&c, 1, 1));
     let data = file((1 << 20) + 4321, 9);
-    let id = upload(&h, &data, "photo.jpg", "image/jpeg").await;
-    let path = format!("/v1/media/{id}?name=photo.jpg");
+    // Random bytes: a video (an image would be decoded, and refused).
+    let id = upload(&h, &data, "clip.mp4", "video/mp4").await;
+    let path = format!("/v1/media/{id}?name=clip.mp4");
     let (s, hd, body) = get(&h, &path, None).await;
     assert_eq!(s, 200);
     assert!(body == data);
-    assert_eq!(hd["content-type"], "image/jpeg");
+    assert_eq!(hd["content-type"], "video/mp4");
     assert_eq!(hd["etag"], format!("\"{id}\"").as_str());
     assert_eq!(hd["accept-ranges"], "bytes");
     assert_eq!(hd["x-content-type-options"], "nosniff");
@@ -211,7 +212,7 @@ async fn downloads_serve_ranges_etags_and_refuse_bad_ranges() {
     assert!(hd["content-disposition"]
         .to_str()
         .unwrap()
-        .starts_with("inline; filename=\"photo.jpg\""));
+        .starts_with("inline; filename=\"clip.mp4\""));
     let n = data.len();
     for (range, from, to) in [
         ("bytes=0-99", 0, 100),
@@ -285,9 +286,9 @@ async fn identical_files_are_stored_once_and_only_readers_may_read() {
         Http::new(srv.addr(), token(&c, 3, 1)),
     );
     let data = file(700_000, 3);
-    let id = upload(&alice, &data, "a.png", "image/png").await;
+    let id = upload(&alice, &data, "a.pdf", "application/pdf").await;
     // Eve uploads the same bytes: the same id, stored once.
-    let again = upload(&eve, &data, "same.png", "image/png").await;
+    let again = upload(&eve, &data, "same.pdf", "application/pdf").await;
     assert_eq!(again, id);
     let (s, _, body) = get(&eve, &format!("/v1/media/{id}"), None).await;
     assert_eq!(
@@ -306,7 +307,8 @@ async fn identical_files_are_stored_once_and_only_readers_may_read() {
         b1, b2,
         "the refusal says nothing of whether the object exists"
     );
-    let body = json!({"media_id": id, "mime": "image/png", "size": data.len(), "name": "a.png"});
+    let body =
+        json!({"media_id": id, "mime": "application/pdf", "size": data.len(), "name": "a.pdf"});
     let (s, v) = alice
         .post(
             &format!("/v1/conversations/{conv}/messages"),
@@ -337,7 +339,7 @@ async fn identical_files_are_stored_once_and_only_readers_may_read() {
         (404, Some("no_such_media")),
         "{v}"
     );
-    let wrong = json!({"media_id": id, "mime": "image/png", "size": 1});
+    let wrong = json!({"media_id": id, "mime": "application/pdf", "size": 1});
     let (s, _) = alice
         .post(
             &format!("/v1/conversations/{conv}/messages"),
@@ -473,5 +475,114 @@ async fn the_socket_and_grpc_hand_out_signed_urls_to_readers_only() {
     assert_eq!(refused.code(), tonic::Code::NotFound);
     let refused = g.media_url(call("zz".into(), 0)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::NotFound);
+    srv.shutdown().await.unwrap();
+}
+
+fn encoded(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 128])
+    }));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_get_thumbnails_and_a_placeholder_and_bombs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let bob = Http::new(srv.addr(), token(&c, 2, 1));
+
+    let png = encoded(1000, 500, image::ImageFormat::Png);
+    let path = create(&alice, png.len(), "wide.png", "image/png").await;
+    let (s, headers) = patch(&alice, &path, 0, png.clone()).await;
+    assert_eq!(s, 204);
+    assert!(
+        !headers["missive-placeholder"].is_empty(),
+        "a ThumbHash in the answer"
+    );
+    let id = headers["missive-media-id"].to_str().unwrap().to_owned();
+    let (s, v) = alice.get(&path).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (v["image"]["width"].as_u64(), v["image"]["height"].as_u64()),
+        (Some(1000), Some(500))
+    );
+    let sizes: Vec<(u64, u64, u64)> = v["image"]["thumbnails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["size"].as_u64().unwrap(),
+                t["width"].as_u64().unwrap(),
+                t["height"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sizes, [(96, 96, 48), (320, 320, 160), (800, 800, 400)]);
+    for (size, w, h) in sizes {
+        let (s, hd, bytes) = get(&alice, &format!("/v1/media/{id}/thumbnail/{size}"), None).await;
+        assert_eq!(s, 200);
+        assert_eq!(hd["content-type"], "image/jpeg");
+        let t = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((u64::from(t.width()), u64::from(t.height())), (w, h));
+    }
+    let (s, _, _) = get(&alice, &format!("/v1/media/{id}/thumbnail/50"), None).await;
+    assert_eq!(s, 404);
+    let (s, _, body) = get(&bob, &format!("/v1/media/{id}/thumbnail/96"), None).await;
+    assert_eq!(s, 404, "the thumbnail's access is the object's");
+    assert!(String::from_utf8_lossy(&body).contains("no_such_media"));
+
+    // A small JPEG: one thumbnail; a GIF and a WebP decode too.
+    for (format, mime) in [
+        (image::ImageFormat::Jpeg, "image/jpeg"),
+        (image::ImageFormat::Gif, "image/gif"),
+        (image::ImageFormat::WebP, "image/webp"),
+    ] {
+        let bytes = encoded(300, 200, format);
+        let path = create(&alice, bytes.len(), "small", mime).await;
+        let (s, _) = patch(&alice, &path, 0, bytes).await;
+        assert_eq!(s, 204, "{mime}");
+        let (_, v) = alice.get(&path).await;
+        let t = &v["image"]["thumbnails"];
+        assert_eq!(t.as_array().map(Vec::len), Some(1), "{mime}: {v}");
+        assert_eq!(
+            (t[0]["width"].as_u64(), t[0]["height"].as_u64()),
+            (Some(96), Some(64))
+        );
+    }
+
+    // A PNG whose header claims 100 000 × 100 000 pixels.
+    let mut bomb = encoded(1, 1, image::ImageFormat::Png);
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let crc = crc32fast::hash(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    let path = create(&alice, bomb.len(), "bomb.png", "image/png").await;
+    let r = alice
+        .client
+        .patch(format!("{}{path}", alice.base))
+        .bearer_auth(&alice.token)
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "0")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "bad_image", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100000×100000"),
+        "{v}"
+    );
+    let (_, v) = alice.get(&path).await;
+    assert!(v["media_id"].is_null(), "a refused image is no object: {v}");
     srv.shutdown().await.unwrap();
 }

@@ -8,9 +8,10 @@ use missive_raft::Result;
 use super::{reject, Apply};
 use crate::command::{Outcome, RejectCode};
 use crate::ids::UserId;
+use crate::media::image::ImageInfo;
 use crate::media::records::{
-    chunk_key, chunk_of, chunks_for, decode_chunk, encode_chunk, grant_key, object_key, upload_key,
-    Grant, Hash, Object, Upload, UploadId, UploadState, CHUNK,
+    chunk_key, chunk_of, chunks_for, decode_chunk, encode_chunk, grant_key, object_key, thumb_key,
+    upload_key, Grant, Hash, Object, Upload, UploadId, UploadState, CHUNK,
 };
 
 /// The one refusal for an upload that is missing or someone else's: the
@@ -161,24 +162,31 @@ impl Apply<'_, '_> {
         Ok(Outcome::Upload(u))
     }
 
-    /// `StoreObject`.
+    /// `StoreObject`: the object and its thumbnails, in one batch.
+    #[allow(clippy::too_many_arguments, reason = "the command's fields")]
     pub(super) fn store_object(
         &mut self,
         hash: &Hash,
         upload: UploadId,
         size: u64,
         mime: &str,
+        image: &Option<ImageInfo>,
+        thumbs: &[(u16, serde_bytes::ByteBuf)],
         stamp: u64,
     ) -> Result<Outcome> {
         let key = object_key(hash);
         if let Some(o) = self.rec.get_as::<Object>("media object", &key)? {
             return Ok(Outcome::Stored { upload: o.upload });
         }
+        for (size, bytes) in thumbs {
+            self.rec.put(thumb_key(hash, *size), encode_chunk(bytes));
+        }
         let o = Object {
             size,
             mime: mime.to_owned(),
             upload,
             created_at: stamp,
+            image: image.clone(),
         };
         self.rec.put_as(key, &o)?;
         Ok(Outcome::Stored { upload })

@@ -325,7 +325,9 @@ pub(crate) fn run(
             upload,
             size,
             mime,
-        } => a.store_object(hash, *upload, *size, mime, stamp),
+            image,
+            thumbs,
+        } => a.store_object(hash, *upload, *size, mime, image, thumbs, stamp),
         Command::GrantMedia { user, hash, grant } => a.grant_media(*user, hash, grant),
     }
 }

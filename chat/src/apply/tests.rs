@@ -1512,8 +1512,12 @@ mod media {
                 upload: up,
                 size: 3,
                 mime: "text/plain".into(),
+                image: None,
+                thumbs: vec![(96, serde_bytes::ByteBuf::from(vec![up as u8]))],
             });
             assert_eq!(stored, Outcome::Stored { upload: UP }, "the first wins");
+            let thumb = s.kv.get(&crate::media::records::thumb_key(&hash, 96)).unwrap();
+            assert_eq!(decode_chunk(thumb).unwrap(), [UP as u8], "the first's thumbnails");
             let keep = up == UP;
             let finish = Command::FinishUpload {
                 upload: up,

@@ -52,5 +52,6 @@
 //! - the rules are `crate::apply::media`.
 
 pub mod body;
+pub mod image;
 pub mod records;
 pub mod store;

@@ -4,6 +4,7 @@
 //! upload        0x70 slot:u16 0x00 upload:u64                → Upload
 //! chunk         0x70 slot:u16 0x01 upload:u64 index:u32      → [1] bytes
 //! object        0x70 slot:u16 0x02 hash:[32]                 → Object
+//! thumbnail     0x70 slot:u16 0x03 hash:[32] size:u16         → [1] bytes
 //! grant         0x30 uslot:u16 user:u64 0x09 hash:[32]       → Grant
 //! reference     0x20 slot:u16 conv:u64 0x0a hash:[32] seq:u64 → [1]
 //! ```
@@ -29,6 +30,7 @@ use missive_engine::keys::{ConversationId, Keyspace, Slot, SLOTS};
 use missive_raft::Result;
 
 use crate::ids::{Seq, UserId};
+use crate::media::image::ImageInfo;
 use crate::records::{conv_key, user_key};
 
 /// Bytes per chunk: each chunk is one Raft entry and one LSM value.
@@ -77,6 +79,15 @@ pub fn chunk_key(upload: UploadId, index: u32) -> Vec<u8> {
 pub fn object_key(hash: &Hash) -> Vec<u8> {
     let mut k = media_key(object_slot(hash), 0x02, 36);
     k.extend_from_slice(hash);
+    k
+}
+
+/// Key of an object's thumbnail of `size` (longest side, pixels): on
+/// the object's shard, beside it.
+pub fn thumb_key(hash: &Hash, size: u16) -> Vec<u8> {
+    let mut k = media_key(object_slot(hash), 0x03, 38);
+    k.extend_from_slice(hash);
+    k.extend_from_slice(&size.to_be_bytes());
     k
 }
 
@@ -188,6 +199,9 @@ pub struct Object {
     pub upload: UploadId,
     /// When it was first stored (µs).
     pub created_at: u64,
+    /// An image's dimensions, placeholder and thumbnails (JPEG, PNG, WebP
+    /// and GIF objects; `None` for other types).
+    pub image: Option<ImageInfo>,
 }
 
 /// A user's grant on an object (`grant` key): they uploaded it, so they

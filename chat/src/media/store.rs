@@ -8,9 +8,10 @@ use missive_engine::keys::ConversationId;
 use missive_raft::node::Consistency;
 use missive_raft::Error as RaftError;
 
+use super::image::{describe, is_thumbnailed, MAX_IMAGE_FILE};
 use super::records::{
     self, chunk_key, chunks_for, decode_chunk, grant_key, object_key, reference_prefix,
-    reference_seq, upload_key, Grant, Hash, Object, Upload, UploadId, UploadState,
+    reference_seq, thumb_key, upload_key, Grant, Hash, Object, Upload, UploadId, UploadState,
 };
 use crate::command::{Command, Outcome, RejectCode};
 use crate::error::{Error, Result};
@@ -38,6 +39,13 @@ fn unexpected(what: &str, o: Outcome) -> Error {
     Error::Runtime(RaftError::malformed(
         "media outcome",
         format!("{what} answered {o:?}"),
+    ))
+}
+
+fn missing_chunk(upload: UploadId, index: u32) -> Error {
+    Error::Runtime(RaftError::malformed(
+        "media chunk",
+        format!("upload {upload:x} lacks chunk {index} below its received bytes"),
     ))
 }
 
@@ -131,10 +139,45 @@ impl ChatNode {
             .upload(owner, upload, Consistency::Linearizable)
             .await?
             .ok_or_else(no_such_upload)?;
-        let hash = match u.state {
-            UploadState::Finished { hash, .. } => hash,
+        let stored_before = |hash: Hash| async move {
+            Ok::<_, Error>(
+                self.object(&hash, Consistency::Linearizable)
+                    .await?
+                    .is_some(),
+            )
+        };
+        let (hash, image, thumbs) = match u.state {
+            UploadState::Finished { hash, .. } => (hash, None, Vec::new()),
             UploadState::Open if u.received == u.length => {
-                self.hash_upload(upload, u.length).await?
+                if is_thumbnailed(&u.mime) && u.length <= MAX_IMAGE_FILE {
+                    // An image is read whole (at most MAX_IMAGE_FILE) to
+                    // decode it; its thumbnails ride with the object.
+                    let bytes = self.read_upload(upload, u.length).await?;
+                    let hash = *blake3::hash(&bytes).as_bytes();
+                    if stored_before(hash).await? {
+                        (hash, None, Vec::new())
+                    } else {
+                        let mime = u.mime.clone();
+                        let described =
+                            tokio::task::spawn_blocking(move || describe(&mime, &bytes))
+                                .await
+                                .map_err(|e| {
+                                    Error::Runtime(RaftError::malformed("image", e.to_string()))
+                                })?;
+                        match described {
+                            Ok(Some((info, thumbs))) => (hash, Some(info), thumbs),
+                            Ok(None) => (hash, None, Vec::new()),
+                            Err(e) => {
+                                return Err(Error::Rejected {
+                                    code: RejectCode::BadImage,
+                                    message: e.to_string(),
+                                })
+                            }
+                        }
+                    }
+                } else {
+                    (self.hash_upload(upload, u.length).await?, None, Vec::new())
+                }
             }
             UploadState::Open => {
                 return Err(Error::Rejected {
@@ -148,6 +191,11 @@ impl ChatNode {
             upload,
             size: u.length,
             mime: u.mime.clone(),
+            image,
+            thumbs: thumbs
+                .into_iter()
+                .map(|t| (t.info.size, serde_bytes::ByteBuf::from(t.bytes)))
+                .collect(),
         };
         let holder = match self.write(store, wait).await? {
             Outcome::Stored { upload } => upload,
@@ -193,15 +241,39 @@ impl ChatNode {
             let chunk = self
                 .chunk(upload, i, Consistency::Linearizable)
                 .await?
-                .ok_or_else(|| {
-                    Error::Runtime(RaftError::malformed(
-                        "media chunk",
-                        format!("upload {upload:x} lacks chunk {i} below its received bytes"),
-                    ))
-                })?;
+                .ok_or_else(|| missing_chunk(upload, i))?;
             hasher.update(&chunk);
         }
         Ok(*hasher.finalize().as_bytes())
+    }
+
+    /// An upload's `length` bytes, whole.
+    async fn read_upload(&self, upload: UploadId, length: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(length as usize);
+        for i in 0..chunks_for(length) {
+            let chunk = self
+                .chunk(upload, i, Consistency::Linearizable)
+                .await?
+                .ok_or_else(|| missing_chunk(upload, i))?;
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Thumbnail `size` of object `hash`.
+    pub async fn thumbnail(
+        &self,
+        hash: &Hash,
+        size: u16,
+        consistency: Consistency,
+    ) -> Result<Option<Vec<u8>>> {
+        let shard = self.slots().shard_of_slot(records::object_slot(hash));
+        let Some(mut v) = self.get(shard, consistency, &thumb_key(hash, size)).await? else {
+            return Ok(None);
+        };
+        decode_chunk(&v)?;
+        v.remove(0);
+        Ok(Some(v))
     }
 
     /// Chunk `index` of an upload's bytes.

@@ -115,6 +115,7 @@ fn api() -> OpenApiRouter<AppState> {
             crate::edge::media::append_upload
         ))
         .routes(routes!(crate::edge::media::download))
+        .routes(routes!(crate::edge::media::thumbnail))
         .routes(routes!(crate::edge::media::media_url))
 }
 

@@ -9,6 +9,7 @@
 //! PATCH /v1/media/uploads/{upload}   Upload-Offset, the bytes → 204 Upload-Offset
 //!                                    (+ Missive-Media-Id once complete)
 //! GET   /v1/media/{media}            ?conversation= (token) or ?exp=&sig= (signed)
+//! GET   /v1/media/{media}/thumbnail/{size}   the same access, an image's thumbnail
 //! POST  /v1/media/{media}/url        → a signed URL
 //! ```
 //!
@@ -28,6 +29,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use missive_chat::media::body::{hash_hex, parse_hash};
+use missive_chat::media::image::ImageInfo;
 use missive_chat::media::records::{Hash, Object, Upload, UploadId, UploadState};
 use missive_engine::keys::ConversationId;
 
@@ -40,6 +42,8 @@ use crate::state::{conv_id, AppState, Authed, Q};
 pub const TUS_VERSION: &str = "1.0.0";
 /// The header naming a finished upload's object.
 pub const MEDIA_ID_HEADER: &str = "missive-media-id";
+/// The header carrying a finished image upload's ThumbHash (base64).
+pub const PLACEHOLDER_HEADER: &str = "missive-placeholder";
 
 fn tus_headers(h: &mut HeaderMap) {
     h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
@@ -216,7 +220,26 @@ pub(crate) async fn upload_status(
 ) -> Result<Response, ApiError> {
     let id = upload_id(&raw)?;
     let u = s.service.upload(who.user, id).await?;
-    Ok((offset_headers(&u), Json(upload_json(id, &u))).into_response())
+    let mut body = upload_json(id, &u);
+    if let UploadState::Finished { hash, .. } = &u.state {
+        let object = s.service.object(hash).await?;
+        body["image"] = object.image.as_ref().map(image_json).unwrap_or_default();
+    }
+    Ok((offset_headers(&u), Json(body)).into_response())
+}
+
+/// An image's description as the edges send it (`placeholder`: the
+/// ThumbHash, base64).
+pub fn image_json(i: &ImageInfo) -> serde_json::Value {
+    use base64::Engine;
+    json!({
+        "width": i.width,
+        "height": i.height,
+        "placeholder": base64::engine::general_purpose::STANDARD.encode(&i.placeholder),
+        "thumbnails": i.thumbs.iter().map(|t| json!({
+            "size": t.size, "width": t.width, "height": t.height, "mime": t.mime,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 #[utoipa::path(
@@ -268,13 +291,23 @@ pub(crate) async fn append_upload(
         }
         u
     };
+    let mut placeholder = None;
     let u = if u.received == u.length && u.state == UploadState::Open {
-        s.service.finish_upload(who.user, id).await?;
+        let f = s.service.finish_upload(who.user, id).await?;
+        placeholder = f.object.image.map(|i| i.placeholder);
         s.service.upload(who.user, id).await?
     } else {
         u
     };
-    Ok((StatusCode::NO_CONTENT, offset_headers(&u)).into_response())
+    let mut h = offset_headers(&u);
+    if let Some(p) = placeholder {
+        use base64::Engine;
+        let p = base64::engine::general_purpose::STANDARD.encode(p);
+        if let Ok(v) = HeaderValue::from_str(&p) {
+            h.insert(PLACEHOLDER_HEADER, v);
+        }
+    }
+    Ok((StatusCode::NO_CONTENT, h).into_response())
 }
 
 fn offset_mismatch(received: u64) -> ApiError {
@@ -382,25 +415,95 @@ pub(crate) async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let hash = media_hash(&raw)?;
-    let id = hash_hex(&hash);
-    let (object, cache) = match (q.exp, q.sig.as_deref()) {
+    let (object, cache) = access(&s, &hash, &q, &headers).await?;
+    serve(
+        &s.service,
+        &hash_hex(&hash),
+        object,
+        &cache,
+        q.name.as_deref(),
+        &headers,
+    )
+}
+
+/// The object if the request may read it (a signed URL, or a token and
+/// the conversation that names it), and the `Cache-Control` to answer
+/// with.
+async fn access(
+    s: &AppState,
+    hash: &Hash,
+    q: &DownloadQuery,
+    headers: &HeaderMap,
+) -> Result<(Object, String), ApiError> {
+    match (q.exp, q.sig.as_deref()) {
         (Some(exp), Some(sig)) => {
-            if !s.service.media.verify(&id, exp, sig) {
+            if !s.service.media.verify(&hash_hex(hash), exp, sig) {
                 return Err(no_such_media());
             }
             let left = exp.saturating_sub(now_secs());
             // A CDN may keep it no longer than the URL works.
             let cache = format!("public, max-age={left}, immutable");
-            (s.service.object(&hash).await?, cache)
+            Ok((s.service.object(hash).await?, cache))
         }
         _ => {
-            let who = s.authenticate(&headers).await?.caller;
+            let who = s.authenticate(headers).await?.caller;
             let conv = conversation(q.conversation.as_deref())?;
-            let object = s.service.readable_media(who.user, &hash, conv).await?;
-            (object, "private, max-age=31536000, immutable".to_owned())
+            let object = s.service.readable_media(who.user, hash, conv).await?;
+            Ok((object, "private, max-age=31536000, immutable".to_owned()))
         }
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/media/{media}/thumbnail/{size}",
+    tag = "media",
+    summary = "An image's thumbnail (96, 320 or 800: longest side), with the download's access rules",
+    params(("media" = String, Path, description = "media id (64 hex digits)"), ("size" = u16, Path, description = "96, 320 or 800"), DownloadQuery),
+    responses((status = 200, description = "the thumbnail (JPEG, or PNG with transparency)"), (status = 304, description = "not modified (If-None-Match)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn thumbnail(
+    State(s): State<AppState>,
+    Path((raw, size)): Path<(String, String)>,
+    Q(q): Q<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let hash = media_hash(&raw)?;
+    let (object, cache) = access(&s, &hash, &q, &headers).await?;
+    let thumb = size.parse::<u16>().ok().and_then(|size| {
+        object
+            .image
+            .as_ref()
+            .and_then(|i| i.thumbs.iter().find(|t| t.size == size).cloned())
+    });
+    let Some(thumb) = thumb else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_thumbnail",
+            "this object has no thumbnail of that size (see its image.thumbnails)",
+        ));
     };
-    serve(&s.service, &id, object, &cache, q.name.as_deref(), &headers)
+    let etag = format!("\"{}-{}\"", hash_hex(&hash), thumb.size);
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        (header::ETAG, etag.as_str()),
+        (header::CACHE_CONTROL, cache.as_str()),
+        (header::CONTENT_TYPE, thumb.mime.as_str()),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    }
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if fresh {
+        return Ok((StatusCode::NOT_MODIFIED, h).into_response());
+    }
+    let bytes = s.service.thumbnail(&hash, thumb.size).await?;
+    Ok((h, bytes).into_response())
 }
 
 fn now_secs() -> u64 {
@@ -624,13 +727,17 @@ pub(crate) async fn media_url(
 
 /// The answer to a URL request, on every edge.
 pub fn url_json(hash: &Hash, url: &crate::media::SignedUrl, object: &Object) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "media_id": hash_hex(hash),
         "url": url.url,
         "expires_at": url.expires_at,
         "mime": object.mime,
         "size": object.size,
-    })
+    });
+    if let Some(i) = &object.image {
+        v["image"] = image_json(i);
+    }
+    v
 }
 
 #[cfg(test)]
