@@ -448,6 +448,8 @@ pub enum Command {
         /// The image's thumbnails: (size, encoded bytes), as described in
         /// `image` (together well under a chunk).
         thumbs: Vec<(u16, serde_bytes::ByteBuf)>,
+        /// Who uploaded these bytes.
+        owner: UserId,
     },
     /// Grants `user` an object they uploaded.
     GrantMedia {
@@ -457,6 +459,42 @@ pub enum Command {
         hash: Hash,
         /// What the grant records.
         grant: Grant,
+    },
+    /// Marks an object used now (a send names it), so a collection that
+    /// began before cannot delete it.
+    TouchObject {
+        /// The object.
+        hash: Hash,
+    },
+    /// Deletes an object and its thumbnails (the collector's), unless it
+    /// was created or used at or after `unused_since` (µs).
+    DeleteObject {
+        /// The object.
+        hash: Hash,
+        /// The collection's cutoff.
+        unused_since: u64,
+    },
+    /// Deletes an upload's record and chunks (the collector's: its object
+    /// was deleted, it was abandoned, or it was a duplicate).
+    DropUpload {
+        /// The upload.
+        upload: UploadId,
+    },
+    /// Deletes a reference whose message is gone (the collector's).
+    DropReference {
+        /// The conversation.
+        conv: ConversationId,
+        /// The object.
+        hash: Hash,
+        /// The message.
+        seq: Seq,
+    },
+    /// Deletes `user`'s grant on an object that was deleted.
+    RevokeGrant {
+        /// The uploader.
+        user: UserId,
+        /// The object.
+        hash: Hash,
     },
 }
 
@@ -615,8 +653,14 @@ impl Command {
             Command::CreateUpload { upload, .. }
             | Command::AppendUpload { upload, .. }
             | Command::FinishUpload { upload, .. } => Route::Slot(upload_slot(*upload)),
-            Command::StoreObject { hash, .. } => Route::Slot(object_slot(hash)),
-            Command::GrantMedia { user, .. } => Route::User(*user),
+            Command::StoreObject { hash, .. }
+            | Command::TouchObject { hash }
+            | Command::DeleteObject { hash, .. } => Route::Slot(object_slot(hash)),
+            Command::DropUpload { upload } => Route::Slot(upload_slot(*upload)),
+            Command::DropReference { conv, .. } => Route::Conversation(*conv),
+            Command::GrantMedia { user, .. } | Command::RevokeGrant { user, .. } => {
+                Route::User(*user)
+            }
         }
     }
 
@@ -797,6 +841,20 @@ pub enum Outcome {
         /// The upload holding the bytes.
         upload: UploadId,
     },
-    /// `GrantMedia`: done (idempotent).
+    /// `GrantMedia`, `TouchObject`, `DropUpload`, `DropReference`,
+    /// `RevokeGrant`: done
+    /// (idempotent).
     Granted,
+    /// `DeleteObject`: whether it was deleted (not: in use, or gone), and
+    /// what held it.
+    ObjectDeleted {
+        /// Deleted by this command.
+        deleted: bool,
+        /// The upload holding its bytes (to drop next).
+        upload: UploadId,
+        /// Its uploaders (whose grants to revoke).
+        uploaders: Vec<UserId>,
+        /// Its length (bytes).
+        size: u64,
+    },
 }

@@ -251,6 +251,11 @@ const SINCE_MEDIA: &[&str] = &[
     "finish_upload",
     "store_object",
     "grant_media",
+    "touch_object",
+    "delete_object",
+    "drop_upload",
+    "drop_reference",
+    "revoke_grant",
 ];
 
 /// Whether a command came after the first fixtures.
@@ -276,6 +281,15 @@ fn outcomes_since_search() -> Vec<(&'static str, Outcome)> {
             },
         ),
         ("granted", Outcome::Granted),
+        (
+            "object_deleted",
+            Outcome::ObjectDeleted {
+                deleted: true,
+                upload: 0x0102_0304_0506_0708,
+                uploaders: vec![UserId(7)],
+                size: 3 << 20,
+            },
+        ),
     ]
 }
 
@@ -725,6 +739,36 @@ fn commands() -> Vec<(&'static str, Command)> {
                 mime: "image/png".into(),
                 image: Some(image_info()),
                 thumbs: vec![(96, serde_bytes::ByteBuf::from(vec![0xff, 0xd8, 0xff]))],
+                owner: UserId(7),
+            },
+        ),
+        ("touch_object", Command::TouchObject { hash: media_hash() }),
+        (
+            "delete_object",
+            Command::DeleteObject {
+                hash: media_hash(),
+                unused_since: 1_700_000_000_000_004,
+            },
+        ),
+        (
+            "drop_upload",
+            Command::DropUpload {
+                upload: 0x0102_0304_0506_0708,
+            },
+        ),
+        (
+            "drop_reference",
+            Command::DropReference {
+                conv: conv(),
+                hash: media_hash(),
+                seq: Seq(5),
+            },
+        ),
+        (
+            "revoke_grant",
+            Command::RevokeGrant {
+                user: UserId(7),
+                hash: media_hash(),
             },
         ),
         (
@@ -1451,6 +1495,8 @@ fn stored_records_and_their_keys() {
                 upload,
                 created_at: 1_700_000_000_000_001,
                 image: Some(image_info()),
+                uploaders: vec![UserId(7), UserId(9)],
+                last_used: 1_700_000_000_000_003,
             },
         );
         set.versioned(

@@ -63,6 +63,15 @@ pub struct MediaSection {
     pub quota_bytes: u64,
     /// How long a signed download URL stays valid (seconds).
     pub url_ttl_secs: u64,
+    /// How often the media collector runs (seconds; 0: only when an
+    /// operator asks, `POST /v1/admin/media/gc`).
+    pub gc_interval_secs: u64,
+    /// How long an object no message names is kept after it was stored
+    /// or last sent (seconds). Longer than any send, so the collector
+    /// never races one (`missive_chat::media::gc`).
+    pub unreferenced_grace_secs: u64,
+    /// How long an upload may stay unfinished (seconds).
+    pub upload_ttl_secs: u64,
 }
 
 impl Default for MediaSection {
@@ -71,6 +80,9 @@ impl Default for MediaSection {
             max_file_bytes: 100 << 20,
             quota_bytes: 10 << 30,
             url_ttl_secs: 3600,
+            gc_interval_secs: 3600,
+            unreferenced_grace_secs: 24 * 3600,
+            upload_ttl_secs: 24 * 3600,
         }
     }
 }

@@ -4,6 +4,13 @@
 //! `missive_chat::media`; the HTTP protocol (tus 1.0 uploads, Range
 //! downloads) is `edge::media`.
 //!
+//! # Collection
+//!
+//! [`run_collector`] runs `missive_chat::media::gc` every
+//! `media.gc_interval_secs` on the node that leads the metadata group
+//! (one collector per cluster; another node takes over with the
+//! leadership). `POST /v1/admin/media/gc` runs one at once.
+//!
 //! # Signed URLs
 //!
 //! `/v1/media/{id}?exp={unix seconds}&sig={64 hex}` where `sig` is
@@ -299,7 +306,14 @@ impl Service {
         let hash = b.hash().ok_or_else(bad)?;
         let grant = self.read(|c| self.node.grant(who, &hash, c)).await?;
         match grant {
-            Some(g) if g.size == b.size => Ok(()),
+            Some(g) if g.size == b.size => {
+                // Used now: a collection running beside this send keeps it
+                // (`missive_chat::media::gc`).
+                self.node
+                    .touch_object(&hash, WRITE_WAIT)
+                    .await
+                    .map_err(media_error)
+            }
             Some(g) => Err(ApiError::invalid(format!(
                 "media {} is {} bytes, not {}",
                 b.media_id, g.size, b.size
@@ -323,6 +337,24 @@ impl Service {
         }
     }
 
+    /// Runs one media collection over the cluster, with `grace` overriding
+    /// `media.unreferenced_grace_secs` (an operator's immediate run).
+    pub async fn collect_media(
+        &self,
+        grace: Option<std::time::Duration>,
+    ) -> Result<missive_chat::media::gc::GcReport, ApiError> {
+        let m = &self.media.section;
+        let policy = missive_chat::media::gc::GcPolicy {
+            now_micros: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+            grace: grace.unwrap_or(std::time::Duration::from_secs(m.unreferenced_grace_secs)),
+            upload_ttl: std::time::Duration::from_secs(m.upload_ttl_secs),
+            wait: WRITE_WAIT,
+        };
+        Ok(self.node.collect_media(policy).await?)
+    }
+
     /// Reads chunk `index` of the upload holding an object's bytes.
     pub async fn media_chunk(&self, upload: UploadId, index: u32) -> Result<Vec<u8>, ApiError> {
         match self
@@ -340,6 +372,42 @@ impl Service {
 
 /// The chunk size appends are cut at (re-exported for the edge).
 pub const APPEND_CHUNK: u64 = CHUNK;
+
+/// Runs the media collector every `media.gc_interval_secs` while this node
+/// leads the metadata group, until `stop` turns true.
+pub async fn run_collector(
+    svc: std::sync::Arc<Service>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = svc.media.section.gc_interval_secs;
+    if every == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let me = svc.node.id();
+        let leads = svc
+            .node
+            .leader(missive_raft::ShardId::DIRECTORY)
+            .ok()
+            .flatten()
+            == Some(me);
+        if !leads {
+            continue;
+        }
+        match svc.collect_media(None).await {
+            Ok(r) => tracing::info!(?r, "media collected"),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "media collection failed; next run retries")
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

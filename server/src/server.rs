@@ -142,6 +142,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
         service.node.inbox_notices(),
         stop_rx.clone(),
     ));
+    let collector_task = tokio::spawn(crate::media::run_collector(
+        Arc::clone(&service),
+        stop_rx.clone(),
+    ));
     let state = AppState::new(Arc::clone(&service), auth, hub, presence, stop_rx.clone());
     let presence_task = tokio::spawn(run_signals(
         state.clone(),
@@ -182,7 +186,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         stop_rx,
     ));
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "missived listening");
-    let mut tasks = vec![hub_task, presence_task, push_task, accept];
+    let mut tasks = vec![hub_task, presence_task, push_task, collector_task, accept];
     tasks.extend(grpc_task);
     Ok(Running {
         addr,

@@ -586,3 +586,91 @@ async fn images_get_thumbnails_and_a_placeholder_and_bombs_are_refused() {
     assert!(v["media_id"].is_null(), "a refused image is no object: {v}");
     srv.shutdown().await.unwrap();
 }
+
+/// Runs the collector now (grace 0: everything unreferenced goes).
+async fn collect(h: &Http) -> serde_json::Value {
+    let r = h
+        .client
+        .post(format!("{}/v1/admin/media/gc?grace_secs=0", h.base))
+        .header("x-admin-secret", "test-admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_deletes_media_once_no_live_message_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.media.upload_ttl_secs = 0;
+    c.media.gc_interval_secs = 0;
+    let srv = start(c.clone()).await;
+    let (alice, bob) = (
+        Http::new(srv.addr(), token(&c, 1, 1)),
+        Http::new(srv.addr(), token(&c, 2, 1)),
+    );
+    let conv = alice.direct(2).await;
+    let kept = file((1 << 20) + 10, 21);
+    let a = upload(&alice, &kept, "a.bin", "").await;
+    let b = upload(&alice, &file(1000, 22), "b.bin", "").await;
+    let open = create(&alice, 5000, "c.bin", "").await;
+    let (s, _) = patch(&alice, &open, 0, vec![1; 100]).await;
+    assert_eq!(s, 204);
+    let mut seqs = Vec::new();
+    for m in ["m1", "m2"] {
+        let body = json!({"media_id": a, "mime": "application/octet-stream", "size": kept.len()});
+        let (s, v) = alice
+            .post(
+                &format!("/v1/conversations/{conv}/messages"),
+                json!({"client_msg_id": m, "kind": "media", "body": body.to_string()}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        seqs.push(v["seq"].as_u64().unwrap());
+    }
+    let r = collect(&alice).await;
+    assert_eq!(r["live_references"], 2, "{r}");
+    assert_eq!(r["objects_deleted"], 1, "the unsent upload: {r}");
+    assert_eq!(r["uploads_dropped"], 1, "the abandoned upload: {r}");
+    let (s, _, _) = get(&alice, &format!("/v1/media/{b}"), None).await;
+    assert_eq!(s, 404, "never sent, collected");
+    let (s, _) = alice.get(&open).await;
+    assert_eq!(s, 404, "abandoned, dropped");
+    let q = format!("/v1/media/{a}?conversation={conv}");
+    let (s, _, bytes) = get(&bob, &q, None).await;
+    assert_eq!((s, bytes == kept), (200, true));
+
+    // One of two messages unsent: still named, kept.
+    let (s, _) = alice
+        .delete(&format!("/v1/conversations/{conv}/messages/{}", seqs[0]))
+        .await;
+    assert_eq!(s, 200);
+    let r = collect(&alice).await;
+    assert_eq!(
+        (r["objects_deleted"].as_u64(), r["dead_references"].as_u64()),
+        (Some(0), Some(1)),
+        "{r}"
+    );
+    let (s, _, _) = get(&bob, &q, None).await;
+    assert_eq!(s, 200);
+    // The last one unsent: the bytes go, for everyone.
+    let (s, _) = alice
+        .delete(&format!("/v1/conversations/{conv}/messages/{}", seqs[1]))
+        .await;
+    assert_eq!(s, 200);
+    let r = collect(&alice).await;
+    assert_eq!(r["objects_deleted"], 1, "{r}");
+    assert_eq!(r["bytes_deleted"], kept.len() as u64, "{r}");
+    let (s, _, _) = get(&bob, &q, None).await;
+    assert_eq!(s, 404);
+    let (s, _, _) = get(&alice, &format!("/v1/media/{a}"), None).await;
+    assert_eq!(s, 404, "the uploader's grant went with it");
+    // Uploading the same bytes again stores them anew.
+    let again = upload(&alice, &kept, "a.bin", "").await;
+    assert_eq!(again, a);
+    let (s, _, bytes) = get(&alice, &format!("/v1/media/{a}"), None).await;
+    assert_eq!((s, bytes == kept), (200, true));
+    srv.shutdown().await.unwrap();
+}

@@ -8,7 +8,7 @@ use missive_raft::Result;
 use super::{reject, Apply};
 use crate::command::{Outcome, RejectCode};
 use crate::ids::UserId;
-use crate::media::image::ImageInfo;
+use crate::media::image::{ImageInfo, THUMB_SIZES};
 use crate::media::records::{
     chunk_key, chunk_of, chunks_for, decode_chunk, encode_chunk, grant_key, object_key, thumb_key,
     upload_key, Grant, Hash, Object, Upload, UploadId, UploadState, CHUNK,
@@ -172,10 +172,18 @@ impl Apply<'_, '_> {
         mime: &str,
         image: &Option<ImageInfo>,
         thumbs: &[(u16, serde_bytes::ByteBuf)],
+        owner: UserId,
         stamp: u64,
     ) -> Result<Outcome> {
         let key = object_key(hash);
-        if let Some(o) = self.rec.get_as::<Object>("media object", &key)? {
+        if let Some(mut o) = self.rec.get_as::<Object>("media object", &key)? {
+            // Stored again: used now (a collection in progress must not
+            // delete what this upload is about to rely on).
+            if !o.uploaders.contains(&owner) {
+                o.uploaders.push(owner);
+            }
+            o.last_used = stamp;
+            self.rec.put_as(key, &o)?;
             return Ok(Outcome::Stored { upload: o.upload });
         }
         for (size, bytes) in thumbs {
@@ -187,9 +195,65 @@ impl Apply<'_, '_> {
             upload,
             created_at: stamp,
             image: image.clone(),
+            uploaders: vec![owner],
+            last_used: stamp,
         };
         self.rec.put_as(key, &o)?;
         Ok(Outcome::Stored { upload })
+    }
+
+    /// `TouchObject`.
+    pub(super) fn touch_object(&mut self, hash: &Hash, stamp: u64) -> Result<Outcome> {
+        let key = object_key(hash);
+        let Some(mut o) = self.rec.get_as::<Object>("media object", &key)? else {
+            return Ok(reject(RejectCode::NoSuchMedia, "no such media"));
+        };
+        o.last_used = o.last_used.max(stamp);
+        self.rec.put_as(key, &o)?;
+        Ok(Outcome::Granted)
+    }
+
+    /// `DeleteObject`.
+    pub(super) fn delete_object(&mut self, hash: &Hash, unused_since: u64) -> Result<Outcome> {
+        let key = object_key(hash);
+        let Some(o) = self.rec.get_as::<Object>("media object", &key)? else {
+            return Ok(reject(RejectCode::NoSuchMedia, "no such media"));
+        };
+        let deleted = o.created_at < unused_since && o.last_used < unused_since;
+        if deleted {
+            // Every size a thumbnail may have been stored under (the
+            // record lists what was made; tombstones for the rest cost a
+            // few bytes).
+            let made = o.image.iter().flat_map(|i| i.thumbs.iter().map(|t| t.size));
+            for size in THUMB_SIZES.into_iter().chain(made) {
+                self.rec.delete(thumb_key(hash, size));
+            }
+            self.rec.delete(key);
+        }
+        Ok(Outcome::ObjectDeleted {
+            deleted,
+            upload: o.upload,
+            uploaders: o.uploaders,
+            size: o.size,
+        })
+    }
+
+    /// `DropUpload`.
+    pub(super) fn drop_upload(&mut self, upload: UploadId) -> Result<Outcome> {
+        let key = upload_key(upload);
+        if let Some(u) = self.rec.get_as::<Upload>("upload", &key)? {
+            for i in 0..chunks_for(u.received) {
+                self.rec.delete(chunk_key(upload, i));
+            }
+            self.rec.delete(key);
+        }
+        Ok(Outcome::Granted)
+    }
+
+    /// `RevokeGrant`.
+    pub(super) fn revoke_grant(&mut self, user: UserId, hash: &Hash) -> Result<Outcome> {
+        self.rec.delete(grant_key(user, hash));
+        Ok(Outcome::Granted)
     }
 
     /// `GrantMedia`.

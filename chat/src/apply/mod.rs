@@ -327,8 +327,18 @@ pub(crate) fn run(
             mime,
             image,
             thumbs,
-        } => a.store_object(hash, *upload, *size, mime, image, thumbs, stamp),
+            owner,
+        } => a.store_object(hash, *upload, *size, mime, image, thumbs, *owner, stamp),
         Command::GrantMedia { user, hash, grant } => a.grant_media(*user, hash, grant),
+        Command::TouchObject { hash } => a.touch_object(hash, stamp),
+        Command::DeleteObject { hash, unused_since } => a.delete_object(hash, *unused_since),
+        Command::DropUpload { upload } => a.drop_upload(*upload),
+        Command::DropReference { conv, hash, seq } => {
+            a.rec
+                .delete(crate::media::records::reference_key(*conv, hash, *seq));
+            Ok(Outcome::Granted)
+        }
+        Command::RevokeGrant { user, hash } => a.revoke_grant(*user, hash),
     }
 }
 

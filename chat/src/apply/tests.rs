@@ -1514,10 +1514,17 @@ mod media {
                 mime: "text/plain".into(),
                 image: None,
                 thumbs: vec![(96, serde_bytes::ByteBuf::from(vec![up as u8]))],
+                owner,
             });
             assert_eq!(stored, Outcome::Stored { upload: UP }, "the first wins");
-            let thumb = s.kv.get(&crate::media::records::thumb_key(&hash, 96)).unwrap();
-            assert_eq!(decode_chunk(thumb).unwrap(), [UP as u8], "the first's thumbnails");
+            let thumb =
+                s.kv.get(&crate::media::records::thumb_key(&hash, 96))
+                    .unwrap();
+            assert_eq!(
+                decode_chunk(thumb).unwrap(),
+                [UP as u8],
+                "the first's thumbnails"
+            );
             let keep = up == UP;
             let finish = Command::FinishUpload {
                 upload: up,
@@ -1534,6 +1541,7 @@ mod media {
         }
         let o: Object = s.get(&object_key(&hash)).unwrap();
         assert_eq!((o.upload, o.size), (UP, 3));
+        assert_eq!(o.uploaders, [OWNER, UserId(2)]);
         // Another hash for a finished upload is refused.
         let other = Command::FinishUpload {
             upload: UP,
@@ -1542,6 +1550,30 @@ mod media {
             keep: true,
         };
         assert_eq!(code(s.out(other)), RejectCode::Conflict);
+        // Used since the cutoff (stored again): not deleted.
+        let del = |cut| Command::DeleteObject {
+            hash,
+            unused_since: cut,
+        };
+        let Outcome::ObjectDeleted { deleted, .. } = s.out(del(o.last_used)) else {
+            panic!()
+        };
+        assert!(!deleted);
+        assert!(s.kv.contains_key(&object_key(&hash)));
+        let Outcome::ObjectDeleted {
+            deleted, upload, ..
+        } = s.out(del(o.last_used + 1))
+        else {
+            panic!()
+        };
+        assert!(deleted && upload == UP);
+        assert!(!s.kv.contains_key(&object_key(&hash)));
+        assert!(!s
+            .kv
+            .contains_key(&crate::media::records::thumb_key(&hash, 96)));
+        s.out(Command::DropUpload { upload: UP });
+        assert!(!s.kv.contains_key(&chunk_key(UP, 0)));
+        assert!(!s.kv.contains_key(&upload_key(UP)));
     }
 
     #[test]

@@ -47,11 +47,15 @@
 //!
 //! - `records` — keys and values, byte by byte.
 //! - `body` — a media message's body (JSON naming the object).
+//! - `image` — images: bounded decoding, placeholder, thumbnails.
+//! - `gc` — **the collector**: mark references, sweep objects and
+//!   uploads (its essay: why nothing live is deleted).
 //! - `store` — the node's media operations (upload, finish, access,
 //!   reads of chunks).
 //! - the rules are `crate::apply::media`.
 
 pub mod body;
+pub mod gc;
 pub mod image;
 pub mod records;
 pub mod store;

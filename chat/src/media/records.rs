@@ -5,14 +5,17 @@
 //! chunk         0x70 slot:u16 0x01 upload:u64 index:u32      → [1] bytes
 //! object        0x70 slot:u16 0x02 hash:[32]                 → Object
 //! thumbnail     0x70 slot:u16 0x03 hash:[32] size:u16         → [1] bytes
+//! reference     0x70 slot:u16 0x04 conv:u64 hash:[32] seq:u64 → [1]
 //! grant         0x30 uslot:u16 user:u64 0x09 hash:[32]       → Grant
-//! reference     0x20 slot:u16 conv:u64 0x0a hash:[32] seq:u64 → [1]
 //! ```
 //!
 //! An upload's slot is a hash of its id ([`upload_slot`]); an object's is
 //! the first two bytes of its content hash modulo the slot count
 //! ([`object_slot`]): both spread evenly over the shards. A grant lives on
-//! its user's shard (`uslot`), a reference on its conversation's.
+//! its user's shard (`uslot`). A reference lives on its conversation's
+//! shard (`slot` is the conversation's), written in the same batch as the
+//! message, under the media keyspace's own tag so the collector
+//! (`media::gc`) finds every reference of a slot in one short scan.
 //!
 //! Chunk `i` of an upload holds the bytes `[i × CHUNK, (i + 1) × CHUNK)`
 //! of the file ([`CHUNK`] = 1 MiB): a fixed grid, so a Range read goes
@@ -31,7 +34,7 @@ use missive_raft::Result;
 
 use crate::ids::{Seq, UserId};
 use crate::media::image::ImageInfo;
-use crate::records::{conv_key, user_key};
+use crate::records::user_key;
 
 /// Bytes per chunk: each chunk is one Raft entry and one LSM value.
 pub const CHUNK: u64 = 1 << 20;
@@ -112,15 +115,32 @@ pub fn reference_key(conv: ConversationId, hash: &Hash, seq: Seq) -> Vec<u8> {
 
 /// The prefix of every reference to an object from `conv`.
 pub fn reference_prefix(conv: ConversationId, hash: &Hash) -> Vec<u8> {
-    let mut k = conv_key(conv, 0x0a);
+    let mut k = media_key(Slot::of_conversation(conv), 0x04, 55);
+    k.extend_from_slice(&conv.0.to_be_bytes());
     k.extend_from_slice(hash);
     k
 }
 
+/// Decodes a reference key: (conversation, object, seq).
+pub fn decode_reference(key: &[u8]) -> Option<(ConversationId, Hash, Seq)> {
+    if key.len() != 4 + 8 + 32 + 8 || key[0] != Keyspace::Media as u8 || key[3] != 0x04 {
+        return None;
+    }
+    let conv = u64::from_be_bytes(key[4..12].try_into().ok()?);
+    let hash: Hash = key[12..44].try_into().ok()?;
+    let seq = u64::from_be_bytes(key[44..52].try_into().ok()?);
+    Some((ConversationId(conv), hash, Seq(seq)))
+}
+
 /// The seq a reference key ends with.
 pub fn reference_seq(key: &[u8]) -> Option<Seq> {
-    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
-    Some(Seq(u64::from_be_bytes(tail)))
+    decode_reference(key).map(|(_, _, seq)| seq)
+}
+
+/// The range of one slot's records of one kind (`0x00` uploads, `0x02`
+/// objects, `0x04` references): what the collector scans.
+pub fn slot_range(slot: Slot, kind: u8) -> (Vec<u8>, Vec<u8>) {
+    (media_key(slot, kind, 4), media_key(slot, kind + 1, 4))
 }
 
 /// The chunk that holds byte `offset` of a file.
@@ -202,6 +222,12 @@ pub struct Object {
     /// An image's dimensions, placeholder and thumbnails (JPEG, PNG, WebP
     /// and GIF objects; `None` for other types).
     pub image: Option<ImageInfo>,
+    /// Everyone who uploaded these bytes (each holds a grant), first
+    /// first.
+    pub uploaders: Vec<UserId>,
+    /// The last time it was stored again or named by a send (µs): the
+    /// collector leaves an object used within its grace period alone.
+    pub last_used: u64,
 }
 
 /// A user's grant on an object (`grant` key): they uploaded it, so they

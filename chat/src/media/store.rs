@@ -196,6 +196,7 @@ impl ChatNode {
                 .into_iter()
                 .map(|t| (t.info.size, serde_bytes::ByteBuf::from(t.bytes)))
                 .collect(),
+            owner,
         };
         let holder = match self.write(store, wait).await? {
             Outcome::Stored { upload } => upload,

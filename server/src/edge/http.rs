@@ -75,6 +75,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::move_replica))
         .routes(routes!(admin::forget_node))
         .routes(routes!(admin::scrub))
+        .routes(routes!(admin::media_gc))
         .routes(routes!(admin::erase_user))
         .routes(routes!(admin::revoke_user))
         .routes(routes!(admin::search_index))
