@@ -13,6 +13,8 @@
 //!   `missived` (its own layout list).
 //! - `history` — `missive-bench history`: what edits and reactions cost a
 //!   history page, against a plain conversation of the same run.
+//! - `media` — `missive-bench media`: uploads, downloads and Range
+//!   requests through a real `missived`, against raw sequential I/O.
 //! - `search` — `missive-bench search`: the search index's ingest cost,
 //!   bytes and query latency, against PostgreSQL full-text search
 //!   (`--features postgres`).
@@ -35,6 +37,7 @@ mod cluster;
 mod e2e;
 mod engines;
 mod history;
+mod media;
 mod plot;
 mod report;
 mod search;
@@ -75,6 +78,9 @@ enum Command {
     /// The search index: ingest with and without it, its bytes per
     /// message, and query latency against PostgreSQL full-text search.
     Search(search::SearchArgs),
+    /// Media uploads and downloads through a real missived, against the
+    /// disk's raw sequential write and read.
+    Media(media::MediaArgs),
     /// Turn JSON result lines (`engine --json`) into an SVG chart.
     Plot(PlotArgs),
     /// The space floor: bytes per message when only the values, in key
@@ -207,6 +213,7 @@ fn main() -> Result<()> {
         Command::E2e(args) => e2e::run(&args),
         Command::History(args) => history::run(&args),
         Command::Search(args) => search::run(&args),
+        Command::Media(args) => media::run(&args),
         Command::Plot(args) => plot::plot(&args.inputs, &args.out, &args.title),
         Command::SpaceFloor {
             messages,

@@ -6,7 +6,7 @@
 //! - `main` — the command line (clap) and the dispatch.
 //! - `render` — turning inspection results into a table for people or JSON
 //!   for scripts (`--json`).
-//! - `cluster` — the online commands (`cluster`, `shard`, `node`, `user`),
+//! - `cluster` — the online commands (`cluster`, `shard`, `node`, `user`, `media`),
 //!   through a node's admin HTTP API.
 //! - `backup` — `backup` and `restore`: a cluster's data shards to a
 //!   directory and into another cluster, through the admin API.
@@ -121,6 +121,11 @@ enum Command {
     User {
         #[command(subcommand)]
         what: UserCommand,
+    },
+    /// The media store, cluster-wide.
+    Media {
+        #[command(subcommand)]
+        what: MediaCommand,
     },
     /// Copy every data shard of a running cluster to a new directory, each
     /// at one applied position, while it serves.
@@ -239,6 +244,21 @@ struct MoveArgs {
     /// The receiving node's Raft transport address (its node.raft_listen).
     #[arg(long)]
     addr: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum MediaCommand {
+    /// Run the collector now: delete every object no live message names
+    /// (stored and last sent more than the grace ago), and unfinished
+    /// uploads past their time, from every replica.
+    Gc {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// Keep unreferenced objects stored or sent within this many
+        /// seconds [default: the server's media.unreferenced_grace_secs].
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -506,6 +526,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::User {
             what: UserCommand::Erase { target, user },
         } => cluster::erase_user(target, *user)?,
+        Command::Media {
+            what: MediaCommand::Gc { target, grace_secs },
+        } => cluster::media_gc(target, *grace_secs)?,
         Command::Backup { target, out } => backup::backup(target, out)?,
         Command::Restore {
             target,

@@ -329,7 +329,9 @@ async fn append_stream(
     body: Body,
 ) -> Result<Upload, ApiError> {
     let mut stream = body.into_data_stream();
-    let mut buf: Vec<u8> = Vec::new();
+    // A piece's worth up front: growing it frame by frame reallocates
+    // (and the kernel zeroes) each size on the way to a MiB.
+    let mut buf: Vec<u8> = Vec::with_capacity(APPEND_CHUNK as usize);
     let mut dropped = false;
     loop {
         let piece = match stream.next().await {
@@ -361,8 +363,13 @@ async fn append_stream(
                 break;
             }
             let n = take.min(buf.len());
-            let rest = buf.split_off(n);
+            let mut rest = Vec::with_capacity(APPEND_CHUNK as usize);
+            rest.extend_from_slice(&buf[n..]);
+            buf.truncate(n);
             let bytes = std::mem::replace(&mut buf, rest);
+            // One piece at a time: pieces in flight together could reach
+            // the leader out of order when this node forwards them (each
+            // forward is its own call), and fail on their offsets.
             match svc.append_upload(who, id, u.received, bytes).await {
                 Ok(next) => u = next,
                 Err(e) if e.code == "offset_mismatch" => {

@@ -1,0 +1,332 @@
+//! `missive-bench media`: uploads and downloads through a real `missived`,
+//! against the same disk's raw sequential write and read in the same run.
+//!
+//! Phases, per file size (`--sizes`, default 1 MiB and 50 MiB), in
+//! `--rounds` that alternate the anchor and Missive:
+//! 1. **raw write**: the same bytes written to a file in the server's data
+//!    directory's filesystem, 1 MiB per `write`, one `fdatasync` per file
+//!    (what an upload's acknowledgement promises: the file is durable).
+//! 2. **upload**: tus create + one PATCH per file, one file at a time; the
+//!    answer comes once every chunk is committed (replicated where there
+//!    are replicas; this is one node) and the object stored.
+//! 3. **raw read** (cold: the file's pages dropped with
+//!    `posix_fadvise(DONTNEED)` first) and **download** cold (every file
+//!    of the server's data directory dropped the same way) and warm.
+//! 4. **range**: `--ranges` random 64 KiB `Range` requests over the
+//!    uploaded files; p50/p99.
+//!
+//! Also reported: the node's bytes written (log + tables, from /metrics)
+//! per byte uploaded, right after the uploads and again after the store is
+//! flushed and fully compacted (`POST /v1/admin/scrub`) — the media
+//! store's write amplification (docs/design.md).
+
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::e2e::server::Server;
+use crate::report::{self, Recorder, Row};
+
+/// Command-line arguments.
+#[derive(Debug, clap::Args)]
+pub struct MediaArgs {
+    /// File sizes, MiB.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u64, 50])]
+    pub sizes: Vec<u64>,
+    /// Bytes moved per size and phase, MiB (files = this / size).
+    #[arg(long, default_value_t = 200)]
+    pub volume: u64,
+    /// Random 64 KiB range requests.
+    #[arg(long, default_value_t = 2000)]
+    pub ranges: usize,
+    /// Rounds.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// The `missived` binary to start [default: next to this one].
+    #[arg(long)]
+    pub missived: Option<PathBuf>,
+    /// Where the server's data and the raw files go.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Drops a file's pages from the page cache.
+fn drop_cache(path: &Path) -> Result<()> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: a valid open descriptor; the call only advises the kernel.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        bail!("posix_fadvise: {rc}");
+    }
+    Ok(())
+}
+
+fn drop_tree(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            drop_tree(&p)?;
+        } else {
+            let _ = drop_cache(&p);
+        }
+    }
+    Ok(())
+}
+
+fn mibps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+/// Runs the benchmark.
+pub fn run(a: &MediaArgs) -> Result<()> {
+    if a.sizes.is_empty() || a.rounds == 0 || a.volume == 0 {
+        bail!("--sizes, --rounds and --volume must be set");
+    }
+    let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let tmp = tempfile::tempdir_in(&base)?;
+    let bin = match &a.missived {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("missived"),
+    };
+    let srv = Server::spawn(&bin, &tmp.path().join("server"), 64, None)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let rows = rt.block_on(measure(a, &srv, tmp.path()))?;
+    drop(rt);
+    srv.stop()?;
+    if a.json {
+        for r in &rows {
+            println!("{}", r.json());
+        }
+    } else {
+        report::table(&rows);
+    }
+    Ok(())
+}
+
+async fn metric(c: &reqwest::Client, srv: &Server, name: &str) -> Result<f64> {
+    let text = c
+        .get(format!("http://{}/metrics", srv.addr))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("{name} not in /metrics"))
+}
+
+async fn node_bytes_written(c: &reqwest::Client, srv: &Server) -> Result<f64> {
+    Ok(metric(c, srv, "missive_log_bytes_written_total").await?
+        + metric(c, srv, "missive_lsm_table_bytes_written_total").await?)
+}
+
+async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
+    let c = reqwest::Client::new();
+    let base = format!("http://{}", srv.addr);
+    let v: serde_json::Value = c
+        .post(format!("{base}/v1/admin/tokens"))
+        .header("x-admin-secret", &srv.admin_secret)
+        .json(&json!({"user": "1", "device": "1"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = v["token"].as_str().context("token")?.to_owned();
+    let data_dir = dir.join("server").join("data");
+    let raw_path = dir.join("raw.bin");
+    let mut rows = Vec::new();
+    let mut uploaded_bytes = 0u64;
+    let written_before = node_bytes_written(&c, srv).await?;
+    let mut ids: Vec<(String, u64)> = Vec::new();
+    for &size_mib in &a.sizes {
+        let size = (size_mib << 20) as usize;
+        let files = (a.volume / size_mib).max(1) as usize;
+        let total = (size * files) as u64;
+        let (mut raw_w, mut up, mut raw_r, mut down_cold, mut down_warm) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..a.rounds {
+            // Distinct bytes per file and round: no deduplication.
+            let contents: Vec<Vec<u8>> = (0..files)
+                .map(|i| bytes_of(size, (round * 1000 + i) as u64 + size_mib * 7919))
+                .collect();
+            // Raw write: 1 MiB writes, one fdatasync per file.
+            let t = Instant::now();
+            for body in &contents {
+                let mut f = std::fs::File::create(&raw_path)?;
+                for piece in body.chunks(1 << 20) {
+                    f.write_all(piece)?;
+                }
+                f.sync_data()?;
+            }
+            raw_w.push(mibps(total, t.elapsed()));
+            // Upload.
+            let t = Instant::now();
+            let mut round_ids = Vec::new();
+            for body in &contents {
+                let r = c
+                    .post(format!("{base}/v1/media/uploads"))
+                    .bearer_auth(&token)
+                    .header("Upload-Length", body.len().to_string())
+                    .send()
+                    .await?;
+                if r.status() != 201 {
+                    bail!("create: {} {:?}", r.status(), r.text().await);
+                }
+                let loc = r.headers()["location"].to_str()?.to_owned();
+                let r = c
+                    .patch(format!("{base}{loc}"))
+                    .bearer_auth(&token)
+                    .header("Content-Type", "application/offset+octet-stream")
+                    .header("Upload-Offset", "0")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                if r.status() != 204 {
+                    bail!("patch: {} {:?}", r.status(), r.text().await);
+                }
+                round_ids.push(r.headers()["missive-media-id"].to_str()?.to_owned());
+            }
+            up.push(mibps(total, t.elapsed()));
+            uploaded_bytes += total;
+            // Raw read, cold (the last file written, read `files` times).
+            let t = Instant::now();
+            for _ in 0..files {
+                drop_cache(&raw_path)?;
+                let n = std::fs::read(&raw_path)?.len();
+                if n != size {
+                    bail!("raw read {n} of {size}");
+                }
+            }
+            raw_r.push(mibps(total, t.elapsed()));
+            // Download, cold then warm.
+            for (cold, out) in [(true, &mut down_cold), (false, &mut down_warm)] {
+                if cold {
+                    drop_tree(&data_dir)?;
+                }
+                let t = Instant::now();
+                for (id, body) in round_ids.iter().zip(&contents) {
+                    let got = c
+                        .get(format!("{base}/v1/media/{id}"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await?
+                        .bytes()
+                        .await?;
+                    if got.len() != body.len() {
+                        bail!("download of {id}: {} of {} bytes", got.len(), body.len());
+                    }
+                }
+                out.push(mibps(total, t.elapsed()));
+            }
+            ids.extend(round_ids.into_iter().map(|id| (id, size as u64)));
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (rw, u, rr, dc, dw) = (
+            med(&mut raw_w),
+            med(&mut up),
+            med(&mut raw_r),
+            med(&mut down_cold),
+            med(&mut down_warm),
+        );
+        let name = format!("{size_mib}MiB");
+        rows.push(Row::single("raw", &format!("write-{name}"), "MiB/s", rw));
+        let mut r = Row::single("missive", &format!("upload-{name}"), "MiB/s", u);
+        r.note = format!("{:.2}× raw write (target ≥ 0.5)", u / rw);
+        rows.push(r);
+        rows.push(Row::single(
+            "raw",
+            &format!("read-cold-{name}"),
+            "MiB/s",
+            rr,
+        ));
+        let mut r = Row::single("missive", &format!("download-cold-{name}"), "MiB/s", dc);
+        r.note = format!("{:.2}× raw read (target ≥ 0.8)", dc / rr);
+        rows.push(r);
+        let mut r = Row::single("missive", &format!("download-warm-{name}"), "MiB/s", dw);
+        r.note = format!("{:.2}× raw cold read", dw / rr);
+        rows.push(r);
+    }
+    let written_after = node_bytes_written(&c, srv).await?;
+    let mut r = Row::single(
+        "missive",
+        "write-amp-after-upload",
+        "bytes/byte",
+        (written_after - written_before) / uploaded_bytes as f64,
+    );
+    r.note = "log + tables written per byte uploaded".into();
+    rows.push(r);
+
+    // Range requests over everything uploaded.
+    let mut rec = Recorder::new();
+    let t = Instant::now();
+    for _ in 0..a.ranges {
+        let (id, size) = &ids[fastrand::usize(..ids.len())];
+        let start = fastrand::u64(..size.saturating_sub(65_536).max(1));
+        let t0 = Instant::now();
+        let r = c
+            .get(format!("{base}/v1/media/{id}"))
+            .bearer_auth(&token)
+            .header("Range", format!("bytes={start}-{}", start + 65_535))
+            .send()
+            .await?;
+        if r.status() != 206 {
+            bail!("range: {}", r.status());
+        }
+        let n = r.bytes().await?.len();
+        if n != 65_536 {
+            bail!("range: {n} bytes");
+        }
+        rec.record(t0.elapsed());
+    }
+    let rate = a.ranges as f64 / t.elapsed().as_secs_f64();
+    rows.push(rec.row("missive", "range-64KiB", "req/s", rate));
+
+    // Settled: flushed and fully compacted.
+    let r = c
+        .post(format!("{base}/v1/admin/scrub"))
+        .header("x-admin-secret", &srv.admin_secret)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("scrub: {}", r.status());
+    }
+    let settled = node_bytes_written(&c, srv).await?;
+    let mut r = Row::single(
+        "missive",
+        "write-amp-settled",
+        "bytes/byte",
+        (settled - written_before) / uploaded_bytes as f64,
+    );
+    r.note = "after flush + full compaction".into();
+    rows.push(r);
+    Ok(rows)
+}

@@ -1,0 +1,155 @@
+//! Media leaves every replica's disk once no live message names it: three
+//! real nodes (loopback, 3 replicas), a file with a unique marker
+//! uploaded and sent, then unsent; `missivectl media gc` collects it and,
+//! after `missivectl node scrub` on each node, `missivectl residue` finds
+//! the marker on no replica — while a file still sent is still found.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests panic on surprises"
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::{call, ctl};
+
+fn found(dir: &std::path::Path, needle: &str) -> bool {
+    let (code, out, err) = ctl(&["residue", dir.to_str().unwrap(), "--text", needle]);
+    assert!(code == 0 || code == 1, "residue failed: {err}{out}");
+    code == 1
+}
+
+/// Uploads `body` as Alice (tus: create, one PATCH); its media id.
+async fn upload(url: &str, token: &str, body: &[u8]) -> String {
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{url}/v1/media/uploads"))
+        .bearer_auth(token)
+        .header("Upload-Length", body.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = c
+        .patch(format!("{url}{loc}"))
+        .bearer_auth(token)
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "0")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    r.headers()["missive-media-id"].to_str().unwrap().to_owned()
+}
+
+#[test]
+fn collected_media_leaves_no_byte_on_any_replica_after_a_scrub() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let common::Trio { nodes, urls, cfgs } = rt.block_on(common::three_nodes(dir.path(), "m", 2));
+    let nonce = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let gone = format!("media-bytes-{nonce}-collect-me");
+    let kept = format!("media-bytes-{nonce}-still-sent");
+    rt.block_on(async {
+        let (s, v) = call(
+            reqwest::Method::POST,
+            format!("{}/v1/admin/tokens", urls[0]),
+            None,
+            Some(json!({"user": "1", "device": "1"})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let alice = v["token"].as_str().unwrap().to_owned();
+        let (s, v) = call(
+            reqwest::Method::POST,
+            format!("{}/v1/conversations", urls[0]),
+            Some(&alice),
+            Some(json!({"kind": "direct", "peer": "2"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let conv = v["conv"].as_str().unwrap().to_owned();
+        let mut seqs = Vec::new();
+        for (i, text) in [&gone, &kept].into_iter().enumerate() {
+            // 1.5 MiB: two chunks, the marker in each.
+            let mut body = text.repeat((3 << 19) / text.len() + 1).into_bytes();
+            body.truncate(3 << 19);
+            let id = upload(&urls[0], &alice, &body).await;
+            let m = json!({"media_id": id, "mime": "application/octet-stream", "size": body.len()});
+            let (s, v) = call(
+                reqwest::Method::POST,
+                format!("{}/v1/conversations/{conv}/messages", urls[0]),
+                Some(&alice),
+                Some(json!({"client_msg_id": format!("m{i}"), "kind": "media", "body": m.to_string()})),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            seqs.push(v["seq"].as_u64().unwrap());
+        }
+        let (s, v) = call(
+            reqwest::Method::DELETE,
+            format!("{}/v1/conversations/{conv}/messages/{}", urls[0], seqs[0]),
+            Some(&alice),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    });
+    // Every replica has both files before the collection.
+    for c in &cfgs {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !(found(&c.data_dir, &gone) && found(&c.data_dir, &kept)) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(found(&c.data_dir, &gone), "{}", c.data_dir.display());
+    }
+    let (code, out, err) = ctl(&[
+        "--json",
+        "media",
+        "gc",
+        "--url",
+        &urls[1],
+        "--grace-secs",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{err}{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["objects_deleted"], 1, "{report}");
+    assert_eq!(report["live_references"], 1, "{report}");
+    for u in &urls {
+        let (code, out, err) = ctl(&["node", "scrub", "--url", u]);
+        assert_eq!(code, 0, "{err}{out}");
+    }
+    for c in &cfgs {
+        let d = &c.data_dir;
+        assert!(
+            !found(d, &gone),
+            "{}: collected media still on disk",
+            d.display()
+        );
+        assert!(
+            found(d, &kept),
+            "{}: media still sent is missing",
+            d.display()
+        );
+    }
+    rt.block_on(async {
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    });
+}
