@@ -23,7 +23,7 @@ use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 
 use crate::e2e::server::Server;
-use crate::report::{self, Recorder, Row};
+use crate::report::{Recorder, Row};
 
 /// Command-line arguments.
 #[derive(Debug, clap::Args)]
@@ -103,32 +103,13 @@ pub fn run(a: &HistoryArgs) -> Result<()> {
     if a.messages < 100 || a.pages == 0 || a.parallel == 0 || a.rounds == 0 {
         bail!("--messages ≥ 100, --pages, --parallel and --rounds ≥ 1");
     }
-    let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base)?;
-    let tmp = tempfile::tempdir_in(&base)?;
-    let bin = match &a.missived {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("exe dir")?
-            .join("missived"),
-    };
-    let srv = Server::spawn(&bin, tmp.path(), 64, a.cold.then_some(0))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let rows = rt.block_on(measure(a, &srv))?;
-    drop(rt);
-    srv.stop()?;
-    if a.json {
-        for r in &rows {
-            println!("{}", r.json());
-        }
-    } else {
-        report::table(&rows);
-    }
-    Ok(())
+    crate::e2e::server::measure_with_server(
+        a.missived.as_deref(),
+        a.dir.as_deref(),
+        a.cold.then_some(0),
+        a.json,
+        async |srv, _| measure(a, srv).await,
+    )
 }
 
 /// A conversation ready to read: its id and its messages' ts, oldest first.

@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::e2e::server::Server;
-use crate::report::{self, Recorder, Row};
+use crate::report::{Recorder, Row};
 
 /// Command-line arguments.
 #[derive(Debug, clap::Args)]
@@ -101,32 +101,13 @@ pub fn run(a: &MediaArgs) -> Result<()> {
     if a.sizes.is_empty() || a.rounds == 0 || a.volume == 0 {
         bail!("--sizes, --rounds and --volume must be set");
     }
-    let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base)?;
-    let tmp = tempfile::tempdir_in(&base)?;
-    let bin = match &a.missived {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("exe dir")?
-            .join("missived"),
-    };
-    let srv = Server::spawn(&bin, &tmp.path().join("server"), 64, None)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let rows = rt.block_on(measure(a, &srv, tmp.path()))?;
-    drop(rt);
-    srv.stop()?;
-    if a.json {
-        for r in &rows {
-            println!("{}", r.json());
-        }
-    } else {
-        report::table(&rows);
-    }
-    Ok(())
+    crate::e2e::server::measure_with_server(
+        a.missived.as_deref(),
+        a.dir.as_deref(),
+        None,
+        a.json,
+        async |srv, dir| measure(a, srv, dir).await,
+    )
 }
 
 async fn metric(c: &reqwest::Client, srv: &Server, name: &str) -> Result<f64> {

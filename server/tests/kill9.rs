@@ -370,38 +370,20 @@ async fn change_until_done(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(12))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for attempt in 0usize.. {
-        let n = (0..nodes.len())
-            .map(|k| (attempt + k) % nodes.len())
-            .find(|k| Some(*k) != dead)
-            .unwrap();
-        let mut req = client
-            .request(method.clone(), format!("http://{}{path}", nodes[n]))
+    let r = until_answered(nodes, dead, |c, a| {
+        let mut req = c
+            .request(method.clone(), format!("http://{a}{path}"))
             .bearer_auth(token);
         if let Some(b) = &body {
             req = req.json(b);
         }
-        if let Ok(r) = req.send().await {
-            let status = r.status().as_u16();
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            match status {
-                200 => return v,
-                503 | 504 => {}
-                other => panic!("{method} {path}: {other} {v}"),
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{method} {path} never went through"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    unreachable!()
+        req
+    })
+    .await;
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, 200, "{method} {path}: {v}");
+    v
 }
 
 /// Every message of `conv` as node `addr` serves it, oldest first, with

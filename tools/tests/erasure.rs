@@ -19,15 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{call, ctl};
-
-/// Whether `needle` is found in `dir` (exit 1) or not (exit 0).
-fn found(dir: &std::path::Path, needle: &str) -> bool {
-    let (code, out, err) = ctl(&["residue", dir.to_str().unwrap(), "--text", needle]);
-    assert!(code == 0 || code == 1, "residue failed: {err}{out}");
-    assert!(!out.contains("unreadable"), "{out}");
-    code == 1
-}
+use common::{call, ctl, found};
 
 #[test]
 fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {

@@ -16,13 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{call, ctl};
-
-fn found(dir: &std::path::Path, needle: &str) -> bool {
-    let (code, out, err) = ctl(&["residue", dir.to_str().unwrap(), "--text", needle]);
-    assert!(code == 0 || code == 1, "residue failed: {err}{out}");
-    code == 1
-}
+use common::{call, ctl, found};
 
 /// Uploads `body` as Alice (tus: create, one PATCH); its media id.
 async fn upload(url: &str, token: &str, body: &[u8]) -> String {

@@ -53,6 +53,47 @@ fn config_text(data_dir: &Path, connections: usize, message_cache_bytes: Option<
     text
 }
 
+/// One benchmark against a server this run starts: `missived` (`bin`, or
+/// the one next to this executable) with its data in `server/` of a fresh
+/// directory under `dir` (default: the system's temporary directory),
+/// `measure` given the server and that fresh directory on a 2-thread
+/// runtime, then the server stopped and the rows printed (a table, or
+/// JSON lines with `json`).
+pub fn measure_with_server(
+    bin: Option<&Path>,
+    dir: Option<&Path>,
+    message_cache_bytes: Option<u64>,
+    json: bool,
+    measure: impl AsyncFnOnce(&Server, &Path) -> Result<Vec<crate::report::Row>>,
+) -> Result<()> {
+    let base = dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    std::fs::create_dir_all(&base)?;
+    let tmp = tempfile::tempdir_in(&base)?;
+    let bin = match bin {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("missived"),
+    };
+    let srv = Server::spawn(&bin, &tmp.path().join("server"), 64, message_cache_bytes)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let rows = rt.block_on(measure(&srv, tmp.path()))?;
+    drop(rt);
+    srv.stop()?;
+    if json {
+        for r in &rows {
+            println!("{}", r.json());
+        }
+    } else {
+        crate::report::table(&rows);
+    }
+    Ok(())
+}
+
 impl Server {
     /// Starts `missived` at `bin` with data under `dir`; waits for its
     /// "listening" line. Its log goes to `dir/missived.log`. With

@@ -33,6 +33,15 @@ pub fn ctl(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Whether `missivectl residue` finds `needle` in `dir` (exit 1) or
+/// not (exit 0); anything else, or an unreadable file, fails the test.
+pub fn found(dir: &Path, needle: &str) -> bool {
+    let (code, out, err) = ctl(&["residue", dir.to_str().unwrap(), "--text", needle]);
+    assert!(code == 0 || code == 1, "residue failed: {err}{out}");
+    assert!(!out.contains("unreadable"), "{out}");
+    code == 1
+}
+
 /// A free port on `ip` (bound then released: loopback, nobody races).
 pub fn free_port(ip: &str) -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
