@@ -38,4 +38,10 @@ impl Error {
             Error::Rejected { .. } => false,
         }
     }
+
+    /// True when stored bytes cannot be read back (see
+    /// `missive_raft::Error::is_corruption`).
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Error::Runtime(e) if e.is_corruption())
+    }
 }

@@ -108,6 +108,17 @@ impl Error {
         )
     }
 
+    /// True when stored bytes cannot be read back: an engine checksum or
+    /// format failure, or a record that did not decode. Retrying does not
+    /// help; the replica needs repair.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            Error::Storage(e) => e.is_corruption(),
+            Error::Malformed { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Bytes that did not decode as `what`.
     pub fn malformed(what: &'static str, reason: impl ToString) -> Self {
         Error::Malformed {

@@ -166,29 +166,6 @@ pub fn scrub(t: &Target) -> anyhow::Result<Output> {
     })
 }
 
-/// `media gc`: the cluster's media collector runs now (see the server's
-/// `media` module) and reports what went.
-pub fn media_gc(t: &Target, grace_secs: Option<u64>) -> anyhow::Result<Output> {
-    let path = match grace_secs {
-        Some(g) => format!("/media/gc?grace_secs={g}"),
-        None => "/media/gc".to_owned(),
-    };
-    let v = runtime()?.block_on(call(t, reqwest::Method::POST, &path, None))?;
-    Ok(Output {
-        text: format!(
-            "media collected: {} objects ({} bytes) deleted, {} kept in their grace period, \
-             {} uploads dropped; {} live references, {} dead ones removed\n",
-            v["objects_deleted"],
-            v["bytes_deleted"],
-            v["objects_kept_young"],
-            v["uploads_dropped"],
-            v["live_references"],
-            v["dead_references"]
-        ),
-        json: v,
-    })
-}
-
 /// `user erase`: the cluster erases `user` (see the server's `erasure`
 /// module) and reports what went.
 pub fn erase_user(t: &Target, user: u64) -> anyhow::Result<Output> {

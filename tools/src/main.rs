@@ -6,8 +6,9 @@
 //! - `main` — the command line (clap) and the dispatch.
 //! - `render` — turning inspection results into a table for people or JSON
 //!   for scripts (`--json`).
-//! - `cluster` — the online commands (`cluster`, `shard`, `node`, `user`, `media`),
+//! - `cluster` — the online commands (`cluster`, `shard`, `node`, `user`),
 //!   through a node's admin HTTP API.
+//! - `media` — `media list | inspect | verify | gc`, through the same API.
 //! - `backup` — `backup` and `restore`: a cluster's data shards to a
 //!   directory and into another cluster, through the admin API.
 //!
@@ -20,6 +21,7 @@
 
 mod backup;
 mod cluster;
+mod media;
 mod render;
 
 use std::path::PathBuf;
@@ -248,6 +250,28 @@ struct MoveArgs {
 
 #[derive(Debug, Subcommand)]
 enum MediaCommand {
+    /// List the stored objects (hash, size, type, uploaders), in key order.
+    List {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// At most this many [default: all].
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Everything stored about one object: record, upload, thumbnails, and
+    /// the messages that name it.
+    Inspect {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// The media id (64 hex digits).
+        id: String,
+    },
+    /// Re-read every object and check its bytes against its hash (and its
+    /// thumbnails are there); exit 1 naming any damaged object.
+    Verify {
+        #[command(flatten)]
+        target: cluster::Target,
+    },
     /// Run the collector now: delete every object no live message names
     /// (stored and last sent more than the grace ago), and unfinished
     /// uploads past their time, from every replica.
@@ -526,9 +550,18 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::User {
             what: UserCommand::Erase { target, user },
         } => cluster::erase_user(target, *user)?,
-        Command::Media {
-            what: MediaCommand::Gc { target, grace_secs },
-        } => cluster::media_gc(target, *grace_secs)?,
+        Command::Media { what } => match what {
+            MediaCommand::List { target, limit } => media::list(target, *limit)?,
+            MediaCommand::Inspect { target, id } => media::inspect(target, id)?,
+            MediaCommand::Verify { target } => {
+                let (out, clean) = media::verify(target)?;
+                if !clean {
+                    code = ExitCode::from(1);
+                }
+                out
+            }
+            MediaCommand::Gc { target, grace_secs } => media::gc(target, *grace_secs)?,
+        },
         Command::Backup { target, out } => backup::backup(target, out)?,
         Command::Restore {
             target,

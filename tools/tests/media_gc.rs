@@ -3,6 +3,8 @@
 //! uploaded and sent, then unsent; `missivectl media gc` collects it and,
 //! after `missivectl node scrub` on each node, `missivectl residue` finds
 //! the marker on no replica — while a file still sent is still found.
+//! On the way, `missivectl media list | inspect | verify` show what is
+//! stored and check it.
 
 #![allow(
     clippy::unwrap_used,
@@ -57,7 +59,7 @@ fn collected_media_leaves_no_byte_on_any_replica_after_a_scrub() {
     );
     let gone = format!("media-bytes-{nonce}-collect-me");
     let kept = format!("media-bytes-{nonce}-still-sent");
-    rt.block_on(async {
+    let (conv, ids) = rt.block_on(async {
         let (s, v) = call(
             reqwest::Method::POST,
             format!("{}/v1/admin/tokens", urls[0]),
@@ -77,6 +79,7 @@ fn collected_media_leaves_no_byte_on_any_replica_after_a_scrub() {
         assert_eq!(s, 201, "{v}");
         let conv = v["conv"].as_str().unwrap().to_owned();
         let mut seqs = Vec::new();
+        let mut ids = Vec::new();
         for (i, text) in [&gone, &kept].into_iter().enumerate() {
             // 1.5 MiB: two chunks, the marker in each.
             let mut body = text.repeat((3 << 19) / text.len() + 1).into_bytes();
@@ -92,6 +95,7 @@ fn collected_media_leaves_no_byte_on_any_replica_after_a_scrub() {
             .await;
             assert_eq!(s, 200, "{v}");
             seqs.push(v["seq"].as_u64().unwrap());
+            ids.push(id);
         }
         let (s, v) = call(
             reqwest::Method::DELETE,
@@ -101,7 +105,46 @@ fn collected_media_leaves_no_byte_on_any_replica_after_a_scrub() {
         )
         .await;
         assert_eq!(s, 200, "{v}");
+        (conv, ids)
     });
+    // What the operator sees: both objects, each whole; the kept one named
+    // by its message.
+    let json = |args: &[&str]| {
+        let (code, out, err) = ctl(args);
+        (
+            code,
+            serde_json::from_str::<Value>(&out).unwrap_or(Value::Null),
+            err,
+        )
+    };
+    let (code, v, err) = json(&["--json", "media", "list", "--url", &urls[2]]);
+    assert_eq!(code, 0, "{err}");
+    let mut listed: Vec<&str> = v["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["media_id"].as_str().unwrap())
+        .collect();
+    listed.sort_unstable();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(listed, want, "{v}");
+    assert_eq!(v["bytes"], 2 * (3 << 19), "{v}");
+    let (code, v, err) = json(&["--json", "media", "inspect", "--url", &urls[1], &ids[1]]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["size"], 3 << 19, "{v}");
+    assert_eq!(v["uploaders"], json!(["1"]), "{v}");
+    assert!(v["upload_record"]["media_id"] == ids[1].as_str(), "{v}");
+    let refs = v["references"].as_array().unwrap();
+    assert_eq!(refs.len(), 1, "{v}");
+    assert_eq!(refs[0]["conversation"], conv.as_str(), "{v}");
+    let (code, v, err) = json(&["--json", "media", "verify", "--url", &urls[0]]);
+    assert_eq!(code, 0, "{err}{v}");
+    assert_eq!(v["objects"], 2, "{v}");
+    assert_eq!(v["damaged"], json!([]), "{v}");
+    let (code, _, err) = ctl(&["media", "inspect", "--url", &urls[0], &"ab".repeat(32)]);
+    assert_eq!(code, 2, "an unknown id is an error");
+    assert!(err.contains("no_such_media"), "{err}");
     // Every replica has both files before the collection.
     for c in &cfgs {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -124,6 +167,9 @@ fn collected_media_leaves_no_byte_on_any_replica_after_a_scrub() {
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["objects_deleted"], 1, "{report}");
     assert_eq!(report["live_references"], 1, "{report}");
+    let (code, v, err) = json(&["--json", "media", "verify", "--url", &urls[2]]);
+    assert_eq!(code, 0, "{err}{v}");
+    assert_eq!(v["objects"], 1, "only the sent file is left: {v}");
     for u in &urls {
         let (code, out, err) = ctl(&["node", "scrub", "--url", u]);
         assert_eq!(code, 0, "{err}{out}");

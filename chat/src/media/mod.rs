@@ -46,6 +46,7 @@
 //! # Layout
 //!
 //! - `records` — keys and values, byte by byte.
+//! - `audit` — the operator's reads: list, inspect, verify (hash check).
 //! - `body` — a media message's body (JSON naming the object).
 //! - `image` — images: bounded decoding, placeholder, thumbnails.
 //! - `gc` — **the collector**: mark references, sweep objects and
@@ -54,6 +55,7 @@
 //!   reads of chunks).
 //! - the rules are `crate::apply::media`.
 
+pub mod audit;
 pub mod body;
 pub mod gc;
 pub mod image;

@@ -17,7 +17,8 @@
 //!                                                  index vs the messages
 //! ```
 //!
-//! Backup and restore have their own module (`backup`).
+//! Backup and restore have their own module (`backup`); the media calls
+//! (`/v1/admin/media…`) theirs (`media_admin`).
 //!
 //! Shard 0 is the metadata group (the cluster map); its replicas move the
 //! same way as a data shard's.
@@ -190,43 +191,6 @@ pub(crate) async fn scrub(
         "log_segments_before": r.segments.0,
         "log_segments_after": r.segments.1,
         "tables": r.tables,
-    })))
-}
-
-/// The query of a media collection.
-#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
-pub(crate) struct GcQuery {
-    /// Keep unreferenced objects stored or used within this many seconds
-    /// (default `media.unreferenced_grace_secs`).
-    grace_secs: Option<u64>,
-}
-
-/// Runs the media collector now over the whole cluster
-/// (`missive_chat::media::gc`) and answers what it did.
-#[utoipa::path(
-    post,
-    path = "/v1/admin/media/gc",
-    tag = "admin",
-    summary = "Collect media no live message names (every shard)",
-    params(GcQuery),
-    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
-)]
-pub(crate) async fn media_gc(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    crate::state::Q(q): crate::state::Q<GcQuery>,
-) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers, "collecting media")?;
-    let grace = q.grace_secs.map(std::time::Duration::from_secs);
-    let r = s.service.collect_media(grace).await?;
-    tracing::info!(?r, "media collected (operator)");
-    Ok(Json(json!({
-        "live_references": r.live_references,
-        "dead_references": r.dead_references,
-        "objects_deleted": r.objects_deleted,
-        "bytes_deleted": r.bytes_deleted,
-        "objects_kept_young": r.objects_kept_young,
-        "uploads_dropped": r.uploads_dropped,
     })))
 }
 

@@ -62,7 +62,7 @@ impl utoipa::Modify for BearerAuth {
 /// the same `#[utoipa::path]` attribute, so the document cannot leave a
 /// route out (a test also checks it against protocol.md's tables).
 fn api() -> OpenApiRouter<AppState> {
-    use crate::edge::admin;
+    use crate::edge::{admin, media_admin};
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -75,7 +75,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::move_replica))
         .routes(routes!(admin::forget_node))
         .routes(routes!(admin::scrub))
-        .routes(routes!(admin::media_gc))
+        .routes(routes!(media_admin::list))
+        .routes(routes!(media_admin::inspect))
+        .routes(routes!(media_admin::verify))
+        .routes(routes!(media_admin::gc))
         .routes(routes!(admin::erase_user))
         .routes(routes!(admin::revoke_user))
         .routes(routes!(admin::search_index))

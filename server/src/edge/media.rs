@@ -143,7 +143,7 @@ fn media_hash(raw: &str) -> Result<Hash, ApiError> {
     parse_hash(raw).ok_or_else(no_such_media)
 }
 
-fn upload_json(id: UploadId, u: &Upload) -> serde_json::Value {
+pub(crate) fn upload_json(id: UploadId, u: &Upload) -> serde_json::Value {
     let media = match &u.state {
         UploadState::Finished { hash, .. } => json!(hash_hex(hash)),
         UploadState::Open => serde_json::Value::Null,

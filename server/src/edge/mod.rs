@@ -10,6 +10,8 @@
 //! - `media` — media over HTTP: tus uploads, Range downloads, signed
 //!   URLs.
 //! - `admin` — the operator's cluster API (placement, replica changes).
+//! - `media_admin` — the operator's media API (list, inspect, verify,
+//!   collect).
 //! - `backup` — the operator's backup stream and restore frames.
 //! - `cors` — which browser origins may call, and CORS for them.
 //! - `web` — the web client's static files, compiled in.
@@ -20,5 +22,6 @@ pub mod cors;
 pub mod grpc;
 pub mod http;
 pub mod media;
+pub mod media_admin;
 pub mod web;
 pub mod ws;
