@@ -19,6 +19,36 @@ use missive_server::Config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process. mimalloc asks the
+/// kernel for huge pages on its regions (`MADV_HUGEPAGE`); the server then
+/// faults in and zeroes 2 MiB for every fresh region it touches, and it
+/// touches fresh memory all the time (a memtable freed per flush, a MiB
+/// buffer per media chunk). Measured on this project's 2-core machine
+/// (docs/benchmarks.md, "Transparent huge pages"): 84 % of the server's CPU
+/// during media uploads was the kernel's `clear_page`, and the e2e
+/// benchmark's delivered p99 was 3–4× higher with huge pages on. Redis,
+/// MongoDB and TiKV advise operators to turn them off for the same reason;
+/// missived does it for itself (`PR_SET_THP_DISABLE` is per process and
+/// inherited by nothing else). `MISSIVE_THP=1` keeps them, for comparison.
+fn disable_transparent_huge_pages() {
+    if std::env::var_os("MISSIVE_THP").is_some_and(|v| v == "1") {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a
+        // flag on this process's memory descriptor.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            // Not fatal: a kernel without the call serves the same, slower.
+            eprintln!(
+                "missived: could not turn transparent huge pages off: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Missive's message server.
 #[derive(Parser, Debug)]
 #[command(name = "missived", version, about)]
@@ -120,6 +150,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn main() -> anyhow::Result<()> {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     missive_server::logging::init(cli.log_format);
     let cfg = config(&cli)?;
