@@ -239,10 +239,16 @@ impl Service {
             .map_err(media_error)
     }
 
-    /// Finishes the caller's upload once every byte arrived.
-    pub async fn finish_upload(&self, who: UserId, upload: UploadId) -> Result<Finished, ApiError> {
+    /// Finishes the caller's upload once every byte arrived
+    /// (`received_hash`: see `ChatNode::finish_upload`).
+    pub async fn finish_upload(
+        &self,
+        who: UserId,
+        upload: UploadId,
+        received_hash: Option<Hash>,
+    ) -> Result<Finished, ApiError> {
         self.node
-            .finish_upload(who, upload, WRITE_WAIT)
+            .finish_upload(who, upload, received_hash, WRITE_WAIT)
             .await
             .map_err(media_error)
     }

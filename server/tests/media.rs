@@ -200,6 +200,9 @@ async fn downloads_serve_ranges_etags_and_refuse_bad_ranges() {
     let data = file((1 << 20) + 4321, 9);
     // Random bytes: a video (an image would be decoded, and refused).
     let id = upload(&h, &data, "clip.mp4", "video/mp4").await;
+    // One PATCH carried it all: the id is the hash taken as it streamed
+    // by, and must be the bytes' own.
+    assert_eq!(id, hex(blake3::hash(&data).as_bytes()));
     let path = format!("/v1/media/{id}?name=clip.mp4");
     let (s, hd, body) = get(&h, &path, None).await;
     assert_eq!(s, 200);

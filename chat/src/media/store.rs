@@ -129,10 +129,17 @@ impl ChatNode {
     /// stores the object (once per hash), and grants it to the owner.
     /// Idempotent: a finish retried after a crash or a lost answer
     /// completes the steps the first one did not.
+    ///
+    /// `received_hash` is the BLAKE3 of every byte of the upload, from
+    /// offset 0, as this node committed them (the edge hashes a PATCH that
+    /// carried the whole file while it streams it): it spares reading the
+    /// upload back. Without it (a resumed upload) the bytes are read back
+    /// and hashed. Images are read back either way, to be decoded.
     pub async fn finish_upload(
         &self,
         owner: UserId,
         upload: UploadId,
+        received_hash: Option<Hash>,
         wait: Duration,
     ) -> Result<Finished> {
         let u = self
@@ -176,7 +183,11 @@ impl ChatNode {
                         }
                     }
                 } else {
-                    (self.hash_upload(upload, u.length).await?, None, Vec::new())
+                    let hash = match received_hash {
+                        Some(h) => h,
+                        None => self.hash_upload(upload, u.length).await?,
+                    };
+                    (hash, None, Vec::new())
                 }
             }
             UploadState::Open => {

@@ -276,8 +276,11 @@ pub(crate) async fn append_upload(
     if u.received != offset {
         return Err(offset_mismatch(u.received));
     }
+    let mut received_hash = None;
     let u = if u.state == UploadState::Open {
-        append_stream(&s.service, who.user, id, u, body).await?
+        let (u, hash) = append_stream(&s.service, who.user, id, u, body).await?;
+        received_hash = hash;
+        u
     } else {
         // Complete: an empty PATCH re-reads the answer; bytes are refused.
         let mut stream = body.into_data_stream();
@@ -293,7 +296,7 @@ pub(crate) async fn append_upload(
     };
     let mut placeholder = None;
     let u = if u.received == u.length && u.state == UploadState::Open {
-        let f = s.service.finish_upload(who.user, id).await?;
+        let f = s.service.finish_upload(who.user, id, received_hash).await?;
         placeholder = f.object.image.map(|i| i.placeholder);
         s.service.upload(who.user, id).await?
     } else {
@@ -319,16 +322,22 @@ fn offset_mismatch(received: u64) -> ApiError {
 }
 
 /// Commits the body's bytes one chunk-bounded piece at a time. Returns
-/// the upload after the last piece; a body longer than the declared
-/// length is refused after the bytes that fit are stored.
+/// the upload after the last piece, and — when this body carried the
+/// whole file from offset 0 and every piece committed — the BLAKE3 of
+/// those bytes, hashed as they went by, so finishing need not read them
+/// back. A body longer than the declared length is refused after the
+/// bytes that fit are stored.
 async fn append_stream(
     svc: &Service,
     who: missive_chat::UserId,
     id: UploadId,
     mut u: Upload,
     body: Body,
-) -> Result<Upload, ApiError> {
+) -> Result<(Upload, Option<Hash>), ApiError> {
     let mut stream = body.into_data_stream();
+    // Only what this node commits from offset 0 is hashed; anything else
+    // is read back at finish.
+    let mut hasher = (u.received == 0).then(blake3::Hasher::new);
     // A piece's worth up front: growing it frame by frame reallocates
     // (and the kernel zeroes) each size on the way to a MiB.
     let mut buf: Vec<u8> = Vec::with_capacity(APPEND_CHUNK as usize);
@@ -370,8 +379,19 @@ async fn append_stream(
             // One piece at a time: pieces in flight together could reach
             // the leader out of order when this node forwards them (each
             // forward is its own call), and fail on their offsets.
-            match svc.append_upload(who, id, u.received, bytes).await {
-                Ok(next) => u = next,
+            if let Some(h) = hasher.as_mut() {
+                h.update(&bytes);
+            }
+            let at = u.received;
+            let n = bytes.len() as u64;
+            match svc.append_upload(who, id, at, bytes).await {
+                Ok(next) => {
+                    // The rule stores a piece at `at` only, in full.
+                    if next.received != at + n {
+                        hasher = None;
+                    }
+                    u = next;
+                }
                 Err(e) if e.code == "offset_mismatch" => {
                     let now = svc.upload(who, id).await?;
                     return Err(offset_mismatch(now.received));
@@ -386,7 +406,10 @@ async fn append_stream(
     if dropped {
         tracing::debug!(upload = %format!("{id:016x}"), offset = u.received, "upload paused");
     }
-    Ok(u)
+    let hash = hasher
+        .filter(|_| u.received == u.length)
+        .map(|h| *h.finalize().as_bytes());
+    Ok((u, hash))
 }
 
 /// The query of a download.
@@ -669,37 +692,47 @@ fn serve(
     Ok((status, h, body).into_response())
 }
 
-/// The bytes `[start, end)` of an upload's chunks, one chunk read at a
-/// time.
+/// How many chunk reads a download keeps in flight: the next chunk is
+/// read (from disk, when cold) while the current one is being sent.
+const READ_AHEAD: usize = 2;
+
+/// The bytes `[start, end)` of an upload's chunks, in order, with
+/// [`READ_AHEAD`] chunk reads in flight (reads commute; the stream yields
+/// them in order).
 fn chunks(
     svc: std::sync::Arc<Service>,
     upload: UploadId,
     start: u64,
     end: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    futures_util::stream::try_unfold(start, move |pos| {
-        let svc = svc.clone();
-        async move {
-            if pos >= end {
-                return Ok(None);
+    use futures_util::StreamExt as _;
+    let first = (start / APPEND_CHUNK) as u32;
+    let last = if end > start {
+        ((end - 1) / APPEND_CHUNK) as u32 + 1
+    } else {
+        first
+    };
+    futures_util::stream::iter(first..last)
+        .map(move |index| {
+            let svc = svc.clone();
+            async move {
+                let chunk = svc
+                    .media_chunk(upload, index)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.message))?;
+                let base = u64::from(index) * APPEND_CHUNK;
+                let from = start.saturating_sub(base).min(APPEND_CHUNK) as usize;
+                let to = ((end - base).min(APPEND_CHUNK) as usize).min(chunk.len());
+                if from >= to {
+                    return Err(std::io::Error::other(format!(
+                        "upload {upload:x}'s chunk {index} is shorter than its object"
+                    )));
+                }
+                // No copy: the chunk's buffer becomes the body's.
+                Ok(Bytes::from(chunk).slice(from..to))
             }
-            let index = (pos / APPEND_CHUNK) as u32;
-            let chunk = svc
-                .media_chunk(upload, index)
-                .await
-                .map_err(|e| std::io::Error::other(e.message))?;
-            let from = (pos % APPEND_CHUNK) as usize;
-            let to = ((end - u64::from(index) * APPEND_CHUNK).min(APPEND_CHUNK) as usize)
-                .min(chunk.len());
-            if from >= to {
-                return Err(std::io::Error::other(format!(
-                    "upload {upload:x}'s chunk {index} is shorter than its object"
-                )));
-            }
-            let piece = Bytes::copy_from_slice(&chunk[from..to]);
-            Ok(Some((piece, pos + (to - from) as u64)))
-        }
-    })
+        })
+        .buffered(READ_AHEAD)
 }
 
 /// The body of a URL request.
