@@ -3,13 +3,14 @@
 //!
 //! Phases, per file size (`--sizes`, default 1 MiB and 50 MiB), in
 //! `--rounds` that alternate the anchor and Missive:
-//! 1. **raw write**: the same bytes written to a file in the server's data
+//! 1. **raw write**: the same bytes written to new files (one per upload,
+//!    kept until the reads, as an upload's bytes are) in the server's data
 //!    directory's filesystem, 1 MiB per `write`, one `fdatasync` per file
 //!    (what an upload's acknowledgement promises: the file is durable).
 //! 2. **upload**: tus create + one PATCH per file, one file at a time; the
 //!    answer comes once every chunk is committed (replicated where there
 //!    are replicas; this is one node) and the object stored.
-//! 3. **raw read** (cold: the file's pages dropped with
+//! 3. **raw read** of those files (cold: their pages dropped with
 //!    `posix_fadvise(DONTNEED)` first) and **download** cold (every file
 //!    of the server's data directory dropped the same way) and warm.
 //! 4. **range**: `--ranges` random 64 KiB `Range` requests over the
@@ -57,16 +58,19 @@ pub struct MediaArgs {
     pub json: bool,
 }
 
-fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
+/// `len` pseudo-random (incompressible) bytes: xorshift64, a word at a
+/// time.
+fn bytes_of(len: usize, seed: u64) -> bytes::Bytes {
     let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    bytes::Bytes::from(out)
 }
 
 /// Drops a file's pages from the page cache.
@@ -140,7 +144,6 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
         .await?;
     let token = v["token"].as_str().context("token")?.to_owned();
     let data_dir = dir.join("server").join("data");
-    let raw_path = dir.join("raw.bin");
     let mut rows = Vec::new();
     let mut uploaded_bytes = 0u64;
     let written_before = node_bytes_written(&c, srv).await?;
@@ -153,13 +156,17 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..a.rounds {
             // Distinct bytes per file and round: no deduplication.
-            let contents: Vec<Vec<u8>> = (0..files)
+            let contents: Vec<bytes::Bytes> = (0..files)
                 .map(|i| bytes_of(size, (round * 1000 + i) as u64 + size_mib * 7919))
                 .collect();
-            // Raw write: 1 MiB writes, one fdatasync per file.
+            // Raw write: 1 MiB writes, one fdatasync per file, each file
+            // new and kept until the reads (as an upload's bytes are).
+            let raw_files: Vec<PathBuf> = (0..files)
+                .map(|i| dir.join(format!("raw-{i}.bin")))
+                .collect();
             let t = Instant::now();
-            for body in &contents {
-                let mut f = std::fs::File::create(&raw_path)?;
+            for (body, path) in contents.iter().zip(&raw_files) {
+                let mut f = std::fs::File::create(path)?;
                 for piece in body.chunks(1 << 20) {
                     f.write_all(piece)?;
                 }
@@ -195,16 +202,21 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
             }
             up.push(mibps(total, t.elapsed()));
             uploaded_bytes += total;
-            // Raw read, cold (the last file written, read `files` times).
+            // Raw read, cold: every file written, its pages dropped first.
+            for path in &raw_files {
+                drop_cache(path)?;
+            }
             let t = Instant::now();
-            for _ in 0..files {
-                drop_cache(&raw_path)?;
-                let n = std::fs::read(&raw_path)?.len();
+            for path in &raw_files {
+                let n = std::fs::read(path)?.len();
                 if n != size {
                     bail!("raw read {n} of {size}");
                 }
             }
             raw_r.push(mibps(total, t.elapsed()));
+            for path in &raw_files {
+                std::fs::remove_file(path)?;
+            }
             // Download, cold then warm.
             for (cold, out) in [(true, &mut down_cold), (false, &mut down_warm)] {
                 if cold {
