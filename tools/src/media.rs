@@ -15,44 +15,50 @@ use crate::render::Output;
 /// Objects asked for per call.
 const PAGE: usize = 500;
 
-/// One admin GET or POST of a page starting after `after`.
-async fn page(
+/// Walks the pages of `path` (GET or POST), `page_size()` objects per
+/// call (0 stops), handing each answer to `each`.
+fn walk(
     t: &Target,
     method: reqwest::Method,
     path: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> anyhow::Result<Value> {
-    let mut p = format!("{path}?limit={limit}");
-    if let Some(a) = after {
-        let _ = write!(p, "&after={a}");
+    mut page_size: impl FnMut() -> usize,
+    mut each: impl FnMut(&Value),
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let mut after: Option<String> = None;
+    loop {
+        let limit = page_size();
+        if limit == 0 {
+            return Ok(());
+        }
+        let mut p = format!("{path}?limit={limit}");
+        if let Some(a) = &after {
+            let _ = write!(p, "&after={a}");
+        }
+        let v = rt.block_on(call(t, method.clone(), &p, None))?;
+        each(&v);
+        match v["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => return Ok(()),
+        }
     }
-    call(t, method, &p, None).await
 }
 
 /// `media list`: every object (or the first `limit`), in key order.
 pub fn list(t: &Target, limit: Option<usize>) -> anyhow::Result<Output> {
-    let rt = runtime()?;
-    let mut objects: Vec<Value> = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let want = limit.map_or(PAGE, |l| (l - objects.len()).min(PAGE));
-        if want == 0 {
-            break;
-        }
-        let v = rt.block_on(page(
-            t,
-            reqwest::Method::GET,
-            "/media",
-            after.as_deref(),
-            want,
-        ))?;
-        objects.extend(v["objects"].as_array().cloned().unwrap_or_default());
-        match v["next"].as_str() {
-            Some(n) => after = Some(n.to_owned()),
-            None => break,
-        }
-    }
+    let objects = std::cell::RefCell::new(Vec::<Value>::new());
+    walk(
+        t,
+        reqwest::Method::GET,
+        "/media",
+        || limit.map_or(PAGE, |l| l.saturating_sub(objects.borrow().len()).min(PAGE)),
+        |v| {
+            objects
+                .borrow_mut()
+                .extend(v["objects"].as_array().cloned().unwrap_or_default());
+        },
+    )?;
+    let objects = objects.into_inner();
     let mut text = String::new();
     let mut bytes = 0u64;
     for o in &objects {
@@ -124,26 +130,19 @@ pub fn inspect(t: &Target, id: &str) -> anyhow::Result<Output> {
 /// `media verify`: every object re-read and re-hashed; `false` when any is
 /// damaged.
 pub fn verify(t: &Target) -> anyhow::Result<(Output, bool)> {
-    let rt = runtime()?;
     let (mut objects, mut bytes) = (0u64, 0u64);
     let mut damaged: Vec<Value> = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let v = rt.block_on(page(
-            t,
-            reqwest::Method::POST,
-            "/media/verify",
-            after.as_deref(),
-            PAGE,
-        ))?;
-        objects += v["objects"].as_u64().unwrap_or(0);
-        bytes += v["bytes"].as_u64().unwrap_or(0);
-        damaged.extend(v["damaged"].as_array().cloned().unwrap_or_default());
-        match v["next"].as_str() {
-            Some(n) => after = Some(n.to_owned()),
-            None => break,
-        }
-    }
+    walk(
+        t,
+        reqwest::Method::POST,
+        "/media/verify",
+        || PAGE,
+        |v| {
+            objects += v["objects"].as_u64().unwrap_or(0);
+            bytes += v["bytes"].as_u64().unwrap_or(0);
+            damaged.extend(v["damaged"].as_array().cloned().unwrap_or_default());
+        },
+    )?;
     let mut text = String::new();
     for d in &damaged {
         let _ = writeln!(

@@ -7,7 +7,8 @@
 //! receipt acknowledged before it too; every member's inbox holds each
 //! such message once (the restored outboxes finish what the source had
 //! not delivered); nothing is there that the source never acknowledged.
-//! A restore into a cluster that holds data is refused, and a damaged
+//! A media file sent before the backup downloads byte for byte from the
+//! restored cluster. A restore into a cluster that holds data is refused, and a damaged
 //! backup file is refused before anything is sent.
 
 #![allow(
@@ -214,6 +215,24 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
         (convs, (sent, read))
     });
     let (sent_before, read_before) = before;
+    // A file sent to the first group: its bytes (two chunks, in the
+    // backup's media keyspace) must come back whole.
+    let file: Vec<u8> = (0..(3u32 << 19))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let media_id = rt.block_on(async {
+        let id = common::upload(&a[0], &a_tokens[0], &file).await;
+        let body = json!({"media_id": id, "mime": "application/octet-stream", "size": file.len()});
+        let (s, v) = call(
+            reqwest::Method::POST,
+            format!("{}/v1/conversations/{}/messages", a[1], convs[0]),
+            Some(&a_tokens[0]),
+            Some(json!({"client_msg_id": "file", "kind": "media", "body": body.to_string()})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        id
+    });
 
     // Load while the backup runs: every node takes sends.
     let during: Arc<Mutex<Vec<Sent>>> = Arc::default();
@@ -324,6 +343,32 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
     assert!(err.contains("already holds data"), "{err}");
 
     let b_tokens = rt.block_on(tokens(&b[1]));
+    // The file: readable by another member from the restored cluster,
+    // byte for byte, and whole by its hash.
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/media/{media_id}?conversation={}",
+                b[2], convs[0]
+            ))
+            .bearer_auth(&b_tokens[1])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.bytes().await.unwrap() == file,
+            "the restored file differs"
+        );
+    });
+    let (code, out, err) = ctl(&["--json", "media", "verify", "--url", &b[0]]);
+    assert_eq!(code, 0, "{err}{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["objects"].as_u64(), v["damaged"].clone()),
+        (Some(1), json!([])),
+        "{v}"
+    );
     rt.block_on(async {
         // Source truth, after the load stopped.
         let mut source: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();

@@ -18,32 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{call, ctl, found};
-
-/// Uploads `body` as Alice (tus: create, one PATCH); its media id.
-async fn upload(url: &str, token: &str, body: &[u8]) -> String {
-    let c = reqwest::Client::new();
-    let r = c
-        .post(format!("{url}/v1/media/uploads"))
-        .bearer_auth(token)
-        .header("Upload-Length", body.len().to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    let r = c
-        .patch(format!("{url}{loc}"))
-        .bearer_auth(token)
-        .header("Content-Type", "application/offset+octet-stream")
-        .header("Upload-Offset", "0")
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    r.headers()["missive-media-id"].to_str().unwrap().to_owned()
-}
+use common::{call, ctl, found, upload};
 
 #[test]
 fn collected_media_leaves_no_byte_on_any_replica_after_a_scrub() {

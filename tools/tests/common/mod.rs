@@ -144,3 +144,28 @@ pub async fn three_nodes(dir: &Path, name: &str, shards: u32) -> Trio {
     }
     Trio { nodes, urls, cfgs }
 }
+
+/// Uploads `body` with `token` (tus: create, one PATCH); its media id.
+pub async fn upload(url: &str, token: &str, body: &[u8]) -> String {
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{url}/v1/media/uploads"))
+        .bearer_auth(token)
+        .header("Upload-Length", body.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = c
+        .patch(format!("{url}{loc}"))
+        .bearer_auth(token)
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "0")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    r.headers()["missive-media-id"].to_str().unwrap().to_owned()
+}
