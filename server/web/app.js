@@ -1,7 +1,7 @@
 // The page: sign-in, then the chat. Wires the DOM to the session
 // (client.js) and the store (store.js); view.js draws.
 
-import { ApiError, Session, call, mintToken, retryable, tokenClaims } from './client.js';
+import { ApiError, Session, call, mintToken, retryable, tokenClaims, uploadFile } from './client.js';
 import { Store } from './store.js';
 import { renderHead, renderList, renderSearch, renderThread } from './view.js';
 
@@ -31,7 +31,54 @@ function draw() {
     renderHead(store, open);
     renderThread(store, open);
     acknowledge();
+    signMedia();
   });
+}
+
+// ---- media ----------------------------------------------------------------
+
+const signing = new Set(); // media ids whose URL is being asked for
+
+/** Asks for a signed URL for each media element drawn without one, then
+ *  redraws (view.js draws from `store.mediaUrls`). */
+function signMedia() {
+  if (!session || !session.online) return;
+  for (const e of document.querySelectorAll('#messages [data-media]')) {
+    const { media, conv } = e.dataset;
+    if (signing.has(media)) continue;
+    signing.add(media);
+    session
+      .request({ type: 'media_url', media, conv })
+      .then((a) => {
+        store.mediaUrls.set(media, { url: a.url, expires_at: a.expires_at });
+        // Ask again a minute before it runs out.
+        const ms = Math.max(a.expires_at * 1000 - Date.now() - 60_000, 60_000);
+        setTimeout(() => store.mediaUrls.delete(media), ms);
+        draw();
+      })
+      .catch((err) => showError('pane-error', err))
+      .finally(() => signing.delete(media));
+  }
+}
+
+/** Uploads a picked file and sends it to the open conversation. */
+async function attach(file) {
+  const conv = open;
+  if (!conv || !file) return;
+  showError('pane-error', null);
+  $('attach').disabled = true;
+  try {
+    const u = await uploadFile(session.server, session.token, file);
+    const body = { media_id: u.media_id, mime: u.mime, size: u.length, name: u.name };
+    if (u.image) Object.assign(body, { width: u.image.width, height: u.image.height });
+    const id = newMsgId();
+    store.addPending(conv, id, JSON.stringify(body), 'media');
+    sendPending(store.pending.get(id));
+  } catch (e) {
+    showError('pane-error', e);
+  } finally {
+    $('attach').disabled = false;
+  }
 }
 
 // ---- signing in ----------------------------------------------------------
@@ -269,7 +316,9 @@ async function sendPending(p) {
   if (p.inflight || !session.online) return;
   p.inflight = true;
   try {
-    const ans = await session.request({ type: 'send', conv: p.conv, client_msg_id: p.client_msg_id, body: p.body });
+    const frame = { type: 'send', conv: p.conv, client_msg_id: p.client_msg_id, body: p.body };
+    if (p.kind && p.kind !== 'text') frame.kind = p.kind;
+    const ans = await session.request(frame);
     store.acked(p.client_msg_id, ans);
   } catch (e) {
     if (!retryable(e)) {
@@ -377,6 +426,12 @@ function wire() {
     const id = newMsgId();
     store.addPending(open, id, body);
     sendPending(store.pending.get(id));
+  });
+  $('attach').addEventListener('click', () => $('attach-file').click());
+  $('attach-file').addEventListener('change', (ev) => {
+    const file = ev.target.files[0];
+    ev.target.value = '';
+    attach(file);
   });
   $('composer').body.addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter' && !ev.shiftKey) {

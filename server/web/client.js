@@ -246,3 +246,39 @@ export class Session {
     if (this.online) this.ws.send(JSON.stringify({ type: 'sync', after: cursor }));
   }
 }
+
+/**
+ * Uploads a file (tus 1.0, protocol.md "Media"): creates the upload, sends
+ * the bytes in one PATCH, and answers the upload's JSON (`media_id`, and
+ * `image` with its dimensions for a picture). Errors are ApiErrors.
+ */
+export async function uploadFile(server, token, file) {
+  const b64 = (t) => btoa(String.fromCharCode(...new TextEncoder().encode(t)));
+  const auth = { Authorization: `Bearer ${token}`, 'Tus-Resumable': '1.0.0' };
+  const meta = [`filename ${b64(file.name || 'file')}`, `filetype ${b64(file.type || 'application/octet-stream')}`];
+  const failed = async (res) => {
+    let e = {};
+    try {
+      e = await res.json();
+    } catch {
+      /* no body */
+    }
+    return new ApiError(e.code || 'upload_failed', e.message || `the upload failed (${res.status})`);
+  };
+  let res = await fetch(server + '/v1/media/uploads', {
+    method: 'POST',
+    headers: { ...auth, 'Upload-Length': String(file.size), 'Upload-Metadata': meta.join(',') },
+  });
+  if (res.status !== 201) throw await failed(res);
+  const at = res.headers.get('Location');
+  res = await fetch(server + at, {
+    method: 'PATCH',
+    headers: { ...auth, 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream' },
+    body: file,
+  });
+  if (res.status !== 204) throw await failed(res);
+  res = await fetch(server + at, { headers: auth });
+  if (!res.ok) throw await failed(res);
+  return res.json();
+}
+

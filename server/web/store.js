@@ -12,11 +12,15 @@ export class Store {
     // session: {server, token, user, device, name}
     this.key = `missive:${session.server}:${session.user}:${session.device}`;
     this.me = session.user;
+    this.server = session.server; // signed media URLs are relative to it
     this.cursor = 0;
     this.convs = new Map(); // conv -> summary (the conversation list's fields, plus members/admins when known)
     this.messages = new Map(); // conv -> Map(seq -> Message)
     this.receipts = new Map(); // conv -> Map(user -> {delivered, read})
-    this.pending = new Map(); // client_msg_id -> {conv, body, at}
+    this.pending = new Map(); // client_msg_id -> {conv, body, kind, at}
+    // media_id -> {url, expires_at (s)}: signed download URLs, asked for
+    // once per object and renewed when they run out (not persisted).
+    this.mediaUrls = new Map();
     this.older = new Map(); // conv -> next_before ts, or null when the start is reached
     this.names = new Map(); // user -> display name
     this.presence = new Map(); // user -> {online, last_seen}
@@ -251,8 +255,8 @@ export class Store {
     return todo;
   }
 
-  addPending(conv, client_msg_id, body) {
-    this.pending.set(client_msg_id, { conv, client_msg_id, body, at: Date.now() });
+  addPending(conv, client_msg_id, body, kind = 'text') {
+    this.pending.set(client_msg_id, { conv, client_msg_id, body, kind, at: Date.now() });
     this.changed();
   }
 
@@ -262,7 +266,7 @@ export class Store {
     const p = this.pending.get(client_msg_id);
     if (!p) return;
     if (!this.msgs(p.conv).has(ans.seq)) {
-      this.putMessage({ conv: p.conv, seq: ans.seq, ts: ans.ts, sender: this.me, client_msg_id, kind: 'text', body: p.body });
+      this.putMessage({ conv: p.conv, seq: ans.seq, ts: ans.ts, sender: this.me, client_msg_id, kind: p.kind || 'text', body: p.body });
     }
     this.pending.delete(client_msg_id);
     raise(this.rcpts(p.conv), this.me, ans.seq, ans.seq);

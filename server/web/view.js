@@ -52,9 +52,69 @@ export function preview(store, m) {
     if (s.promoted && s.promoted.length) return `${store.name(s.actor)} made ${who(s.promoted)} admin`;
     return 'conversation updated';
   }
+  if (m.kind === 'media') {
+    const f = mediaBody(m);
+    if (!f) return '(a file)';
+    // Words, not emoji: a system without an emoji font draws boxes.
+    return `${isImage(f.mime) ? 'Photo' : 'File'}: ${f.name || 'unnamed'}`;
+  }
   if (m.body !== undefined) return m.body;
   if (m.body_b64 !== undefined) return '(encrypted or binary message)';
   return '';
+}
+
+/** A media message's body (protocol.md, "Media"), or null. */
+export function mediaBody(m) {
+  try {
+    const f = JSON.parse(m.body);
+    return f && typeof f.media_id === 'string' ? f : null;
+  } catch {
+    return null;
+  }
+}
+
+const THUMBNAILED = ['image/jpeg', 'image/png', 'image/webp', 'image/gif'];
+function isImage(mime) {
+  return THUMBNAILED.includes(mime);
+}
+
+function sizeText(n) {
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  if (n >= 1 << 10) return `${Math.round(n / (1 << 10))} KiB`;
+  return `${n} B`;
+}
+
+/**
+ * A media message's content: an image (its 320-pixel thumbnail where the
+ * image is larger) or a download link, through a signed URL from
+ * `store.mediaUrls`. Without one yet, the element carries
+ * `data-media`/`data-conv` and the page asks for it (app.js), then redraws.
+ */
+function mediaContent(store, conv, m) {
+  const f = mediaBody(m);
+  if (!f) return el('span', { class: 'body' }, preview(store, m));
+  const signed = m.seq ? store.mediaUrls.get(f.media_id) : null;
+  const want = m.seq && !signed ? { media: f.media_id, conv } : {};
+  if (isImage(f.mime)) {
+    let src;
+    if (signed) {
+      const big = Math.max(f.width || 0, f.height || 0) > 320;
+      const [path, query] = signed.url.split('?');
+      src = store.server + (big ? `${path}/thumbnail/320?${query}` : signed.url);
+    }
+    return el(
+      'span',
+      { class: 'body media' },
+      el('img', { class: 'media-image', alt: f.name || 'photo', src, dataset: want, width: f.width && Math.min(f.width, 320), loading: 'lazy' }),
+    );
+  }
+  const href = signed ? `${store.server}${signed.url}&name=${encodeURIComponent(f.name || 'file')}` : undefined;
+  return el(
+    'span',
+    { class: 'body media' },
+    el('a', { class: 'media-file', href, download: f.name || 'file', dataset: want }, f.name || 'file'),
+    el('span', { class: 'media-size' }, ` ${sizeText(f.size || 0)}`),
+  );
 }
 
 export function renderList(store, open) {
@@ -133,7 +193,7 @@ function bubble(store, conv, m, state) {
     'li',
     { class: cls, dataset: { seq: m.seq ?? '', cmid: m.client_msg_id || '' } },
     !mine && !m.system ? el('span', { class: 'sender' }, store.name(m.sender)) : null,
-    el('span', { class: 'body' }, preview(store, m)),
+    m.kind === 'media' && !m.unsent ? mediaContent(store, conv, m) : el('span', { class: 'body' }, preview(store, m)),
     el(
       'span',
       { class: 'meta' },
@@ -158,7 +218,7 @@ export function renderThread(store, conv) {
   const { held, pend } = store.thread(conv);
   const items = held.map((m) => bubble(store, conv, m, m.sender === store.me ? store.tick(conv, m.seq) : ''));
   for (const p of pend) {
-    items.push(bubble(store, conv, { conv, sender: store.me, client_msg_id: p.client_msg_id, body: p.body, ts: p.at * 1000 }, 'pending'));
+    items.push(bubble(store, conv, { conv, sender: store.me, client_msg_id: p.client_msg_id, kind: p.kind, body: p.body, ts: p.at * 1000 }, 'pending'));
   }
   if (store.older.get(conv) === null && held.length) items.unshift(el('li', { class: 'start' }, 'the beginning of the conversation'));
   ol.replaceChildren(...items);

@@ -65,9 +65,12 @@ const ASSETS: &[Asset] = &[
 
 /// The page's policy: its own scripts and styles only, no frames, no
 /// plugins; connections to any http(s)/ws(s) server, since the client may
-/// be pointed at another missived.
+/// be pointed at another missived — and pictures from any, for the same
+/// reason (a media message's thumbnail comes from the server it talks to,
+/// through a signed URL; bodies are drawn as text, so no message can
+/// place an image of its own).
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self' http: https: ws: wss:; \
+     img-src 'self' data: http: https:; connect-src 'self' http: https: ws: wss:; \
      object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'";
 
 /// The client's routes: `/` and `/web/{file}`.

@@ -408,6 +408,57 @@ def test_search_finds_a_message_and_opens_its_conversation(server, browser):
     assert not page.errors, page.errors
 
 
+def png(width, height):
+    """An RGB PNG of a colour gradient, made here (zlib and struct only)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        c = kind + data
+        return struct.pack(">I", len(data)) + c + struct.pack(">I", zlib.crc32(c) & 0xFFFFFFFF)
+
+    rows = b"".join(
+        b"\x00" + bytes(v for x in range(width) for v in (x * 255 // width, y * 255 // height, 128))
+        for y in range(height)
+    )
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_a_picture_and_a_file_are_sent_and_shown_through_signed_urls(server, browser):
+    # Hal attaches a picture and a text file; Ivy sees the picture (its
+    # 320-pixel thumbnail, loaded through a signed URL) and a link that
+    # downloads the file's exact bytes; the list previews name them.
+    hal = server.token(10)
+    conv = server.call("POST", "/v1/conversations", {"kind": "group", "name": "photos", "members": ["11"]},
+                       token=hal)["conv"]
+    a, b = new_page(browser), new_page(browser)
+    sign_in(a, server.url, server.url, 10, "Hal")
+    sign_in(b, server.url, server.url, 11, "Ivy")
+    conv_item(a, "photos").click()
+    notes = "meeting notes\n" * 50
+    a.locator("#attach-file").set_input_files(
+        files=[{"name": "sunset.png", "mimeType": "image/png", "buffer": png(400, 300)}])
+    expect(a.locator("#messages .msg.mine .media-image")).to_have_count(1)
+    a.locator("#attach-file").set_input_files(
+        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": notes.encode()}])
+    expect(a.locator("#messages .msg.mine .media-file")).to_have_count(1)
+    expect(conv_item(b, "photos").locator(".conv-preview")).to_have_text("File: notes.txt")
+    conv_item(b, "photos").click()
+    img = b.locator("#messages .msg.theirs .media-image")
+    expect(img).to_have_attribute("src", re.compile(r"/thumbnail/320\?exp=\d+&sig="))
+    b.wait_for_function("() => { const i = document.querySelector('#messages .media-image');"
+                        " return i && i.complete && i.naturalWidth > 0; }")
+    assert img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [320, 240]
+    link = b.locator("#messages .msg.theirs .media-file")
+    expect(link).to_have_text("notes.txt")
+    expect(link).to_have_attribute("href", re.compile(r"sig="))
+    got = b.request.get(link.get_attribute("href"))
+    assert got.status == 200 and got.body() == notes.encode(), got.status
+    shot(b, "media")
+    assert not a.errors and not b.errors, (a.errors, b.errors)
+
+
 def test_a_listed_origin_works_and_another_is_refused(server, browser, origins):
     listed, unlisted = origins
     token = server.token(1, device=2)
