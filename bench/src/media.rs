@@ -269,14 +269,21 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
         rows.push(r);
     }
     let written_after = node_bytes_written(&c, srv).await?;
-    let mut r = Row::single(
-        "missive",
+    let amp = |name: &str, written: f64, note: &str| {
+        let mut r = Row::single(
+            "missive",
+            name,
+            "bytes/byte",
+            (written - written_before) / uploaded_bytes as f64,
+        );
+        r.note = note.into();
+        r
+    };
+    rows.push(amp(
         "write-amp-after-upload",
-        "bytes/byte",
-        (written_after - written_before) / uploaded_bytes as f64,
-    );
-    r.note = "log + tables written per byte uploaded".into();
-    rows.push(r);
+        written_after,
+        "log + tables written per byte uploaded",
+    ));
 
     // Range requests over everything uploaded.
     let mut rec = Recorder::new();
@@ -313,13 +320,10 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
         bail!("scrub: {}", r.status());
     }
     let settled = node_bytes_written(&c, srv).await?;
-    let mut r = Row::single(
-        "missive",
+    rows.push(amp(
         "write-amp-settled",
-        "bytes/byte",
-        (settled - written_before) / uploaded_bytes as f64,
-    );
-    r.note = "after flush + full compaction".into();
-    rows.push(r);
+        settled,
+        "after flush + full compaction",
+    ));
     Ok(rows)
 }

@@ -27,13 +27,7 @@ fn unsent_and_edited_away_bodies_leave_no_byte_on_any_replica_after_a_scrub() {
     let dir = tempfile::tempdir().unwrap();
     let common::Trio { nodes, urls, cfgs } = rt.block_on(common::three_nodes(dir.path(), "n", 2));
 
-    let nonce = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let nonce = common::nonce();
     let secret = format!("unsent-body-{nonce}-please-forget-me");
     let draft = format!("draft-body-{nonce}-replaced-by-an-edit");
     let kept = format!("kept-body-{nonce}-still-here");

@@ -25,13 +25,7 @@ fn collected_media_leaves_no_byte_on_any_replica_after_a_scrub() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let common::Trio { nodes, urls, cfgs } = rt.block_on(common::three_nodes(dir.path(), "m", 2));
-    let nonce = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let nonce = common::nonce();
     let gone = format!("media-bytes-{nonce}-collect-me");
     let kept = format!("media-bytes-{nonce}-still-sent");
     let (conv, ids) = rt.block_on(async {

@@ -169,3 +169,15 @@ pub async fn upload(url: &str, token: &str, body: &[u8]) -> String {
     assert_eq!(r.status(), 204);
     r.headers()["missive-media-id"].to_str().unwrap().to_owned()
 }
+
+/// A marker unique to this run (hex nanoseconds since the epoch), so a
+/// residue search cannot find bytes an earlier run left behind.
+pub fn nonce() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
