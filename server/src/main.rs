@@ -26,10 +26,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// buffer per media chunk). Measured on this project's 2-core machine
 /// (docs/benchmarks.md, "Transparent huge pages"): 84 % of the server's CPU
 /// during media uploads was the kernel's `clear_page`, and the e2e
-/// benchmark's delivered p99 was 3–4× higher with huge pages on. Redis,
+/// benchmark's delivered p99 was 2.4–11× higher with huge pages on. Redis,
 /// MongoDB and TiKV advise operators to turn them off for the same reason;
-/// missived does it for itself (`PR_SET_THP_DISABLE` is per process and
-/// inherited by nothing else). `MISSIVE_THP=1` keeps them, for comparison.
+/// missived does it for itself (`PR_SET_THP_DISABLE` covers this process
+/// and children it would fork — it starts none — not the machine).
+/// `MISSIVE_THP=1` keeps them, for comparison.
 fn disable_transparent_huge_pages() {
     if std::env::var_os("MISSIVE_THP").is_some_and(|v| v == "1") {
         return;
