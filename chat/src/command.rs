@@ -35,6 +35,7 @@ use missive_engine::keys::{ConversationId, Slot};
 use missive_raft::cluster::slots::SlotMap;
 use missive_raft::{NodeId, ShardId};
 
+use crate::e2ee::{DeviceKeys, KeyChange, OneTimeKey, SignedPreKey};
 pub use crate::ids::{DeviceId, UserId};
 use crate::ids::{Eseq, Seq};
 use crate::media::image::ImageInfo;
@@ -305,8 +306,9 @@ pub enum Command {
         upto: Seq,
     },
     /// Erases a user's own records on the user's shard (an operator's
-    /// erasure): the profile, and the listed devices, push targets and
-    /// blocked-user entries (the server lists them just before).
+    /// erasure): the profile, and the listed devices (records, key
+    /// directory entries), push targets and blocked-user entries (the
+    /// server lists them just before).
     EraseUser {
         /// The user.
         user: UserId,
@@ -496,6 +498,61 @@ pub enum Command {
         /// The object.
         hash: Hash,
     },
+    /// Publishes a device's keys (`crate::e2ee`): its identity key and
+    /// signed pre-key (the signature is checked here), and more one-time
+    /// pre-keys appended to those it has. A different identity key than
+    /// the stored one replaces the device's entry: its old one-time keys
+    /// go.
+    PublishKeys {
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// The Ed25519 identity public key.
+        identity: [u8; 32],
+        /// The signed pre-key.
+        signed: SignedPreKey,
+        /// One-time pre-keys to add (at most
+        /// `e2ee::MAX_ONE_TIME_KEYS_PER_PUBLISH`).
+        one_time: Vec<OneTimeKey>,
+    },
+    /// Hands out a bundle for each listed device of `user` that is in the
+    /// directory, each with its oldest one-time pre-key, which leaves the
+    /// directory in this same batch: never handed out twice.
+    ClaimKeys {
+        /// Whose devices.
+        user: UserId,
+        /// Which (at most `apply::keys::MAX_CLAIMED_DEVICES`).
+        devices: Vec<DeviceId>,
+    },
+    /// Removes a device from the directory (and its one-time pre-keys).
+    RemoveKeys {
+        /// The user.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+    },
+    /// Marks a conversation end-to-end encrypted (a group's admins;
+    /// either member of a direct one). One way.
+    Encrypt {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who.
+        actor: UserId,
+    },
+    /// Tells a conversation's members that `user`'s device list changed
+    /// (the edge's announcement after a `PublishKeys`/`RemoveKeys`; `user`
+    /// must be a member).
+    NoteKeys {
+        /// The conversation.
+        conv: ConversationId,
+        /// Whose device.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// What changed.
+        change: KeyChange,
+    },
 }
 
 /// The most entries (`reindex` + `drop`) one [`Command::RepairIndex`]
@@ -661,6 +718,12 @@ impl Command {
             Command::GrantMedia { user, .. } | Command::RevokeGrant { user, .. } => {
                 Route::User(*user)
             }
+            Command::PublishKeys { user, .. }
+            | Command::ClaimKeys { user, .. }
+            | Command::RemoveKeys { user, .. } => Route::User(*user),
+            Command::Encrypt { conv, .. } | Command::NoteKeys { conv, .. } => {
+                Route::Conversation(*conv)
+            }
         }
     }
 
@@ -704,6 +767,9 @@ pub enum RejectCode {
     NoSuchMedia,
     /// An upload's append does not start where its stored bytes end.
     OffsetMismatch,
+    /// The conversation is end-to-end encrypted and the command would put
+    /// plaintext (or a change the server cannot make to ciphertext) there.
+    Encrypted,
 }
 
 impl RejectCode {
@@ -721,6 +787,7 @@ impl RejectCode {
             RejectCode::NoSuchMedia => "no_such_media",
             RejectCode::BadImage => "bad_image",
             RejectCode::OffsetMismatch => "offset_mismatch",
+            RejectCode::Encrypted => "encrypted",
         }
     }
 }
@@ -857,4 +924,36 @@ pub enum Outcome {
         /// Its length (bytes).
         size: u64,
     },
+    /// `PublishKeys`, `RemoveKeys`: how the device list changed (`None`:
+    /// it did not, e.g. more one-time keys or a new signed pre-key), and
+    /// the one-time pre-keys the device has now.
+    Keys {
+        /// The change to announce to the user's contacts.
+        change: Option<KeyChange>,
+        /// One-time pre-keys left.
+        remaining: u64,
+    },
+    /// `ClaimKeys`: one bundle per device (sorted by device).
+    Claimed {
+        /// The bundles.
+        bundles: Vec<Bundle>,
+    },
+    /// `Encrypt`: whether this command turned it on (not: it was on).
+    EncryptedOn {
+        /// False if it already was.
+        changed: bool,
+    },
+}
+
+/// What a claim hands out for one device: enough to start a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// The device.
+    pub device: DeviceId,
+    /// Its identity key and signed pre-key (the queue bounds are the
+    /// directory's own and mean nothing to the claimer).
+    pub keys: DeviceKeys,
+    /// Its oldest one-time pre-key, now taken (`None`: it had none left;
+    /// X3DH then runs without one).
+    pub one_time: Option<OneTimeKey>,
 }

@@ -24,6 +24,8 @@
 //!   messages, and their search postings).
 //! - `media` — the media store: uploads in chunks through Raft,
 //!   content-addressed objects, who may read them.
+//! - `e2ee` — end-to-end encryption support: the device key directory
+//!   (rules in `apply::keys`) and encrypted messages' per-device payloads.
 //! - `search` — full-text search: the tokenizer, the postings (written by
 //!   `apply::index`) and one shard's query.
 //! - `apply` — **the apply rules**, one file per command family
@@ -46,6 +48,7 @@
 pub mod app;
 pub mod apply;
 pub mod command;
+pub mod e2ee;
 pub mod error;
 mod fanout;
 pub mod ids;

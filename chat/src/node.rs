@@ -355,6 +355,22 @@ impl ChatNode {
             .collect())
     }
 
+    /// A user's device list for end-to-end encryption: every device in
+    /// the key directory with its identity key and signed pre-key.
+    pub async fn device_keys(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> Result<Vec<(DeviceId, crate::e2ee::DeviceKeys)>> {
+        let prefix = crate::e2ee::keys::device_keys_prefix(user);
+        Ok(self
+            .user_records(user, consistency, "device keys", &prefix)
+            .await?
+            .into_iter()
+            .map(|(d, k)| (DeviceId(d), k))
+            .collect())
+    }
+
     /// A user's devices' push targets.
     pub async fn push_targets(
         &self,

@@ -7,7 +7,7 @@
 //! bytes/strings, `Option` as a 0/1 byte then the value).
 //!
 //! ```text
-//! conversation  0x20 slot:u16 conv:u64 0x00            → Conversation (v2)
+//! conversation  0x20 slot:u16 conv:u64 0x00            → Conversation (v3)
 //! head          0x20 slot:u16 conv:u64 0x01            → Head
 //! dedup         0x20 slot:u16 conv:u64 0x02 sender:u64 client_msg_id → Dedup
 //! seq index     0x20 slot:u16 conv:u64 0x04 seq:u64    → Indexed (v2)
@@ -29,6 +29,8 @@
 //! blocked user  0x30 uslot:u16 user:u64 0x06 other:u64 → BlockedUser
 //! ticket uses   0x30 uslot:u16 user:u64 0x07            → TicketUses
 //! revocations   0x30 uslot:u16 user:u64 0x08            → Revocations
+//! device keys   0x30 uslot:u16 user:u64 0x09 dev:u64   → e2ee::DeviceKeys
+//! one-time key  0x30 uslot:u16 user:u64 0x0a dev:u64 n:u64 → e2ee::OneTimeKey
 //! ```
 //!
 //! `pair` is the direct conversation id of two users (`ids::direct_id`):
@@ -87,7 +89,7 @@
 //! version is exactly the newer encoding without its trailing fields.
 //! Decoding an older version appends the encoding of the missing fields'
 //! defaults and decodes the result as the newest struct: conversations
-//! (version 2 added `settings` and `joined`), messages (versions 2 to 4)
+//! (version 2 added `settings` and `joined`, version 3 `encrypted`), messages (versions 2 to 4)
 //! and users' views of a conversation (version 2 added `mentions`).
 //!
 //! Bodies (`Vec<u8>` fields named `body`, here and in commands) are
@@ -144,6 +146,9 @@ pub enum MessageKind {
     Unsend,
     /// Written by the server (membership changes, renames).
     System,
+    /// End-to-end encrypted: the body is an `e2ee::Envelope`, one
+    /// ciphertext per recipient device; each device is served its own.
+    Encrypted,
 }
 
 /// A conversation's membership and settings.
@@ -169,6 +174,9 @@ pub struct Conversation {
     /// start). What they see of older messages follows
     /// [`Settings::history`].
     pub joined: Vec<(UserId, Seq)>,
+    /// End-to-end encrypted: only encrypted messages are accepted
+    /// (version 3; one way, see `crate::e2ee`).
+    pub encrypted: bool,
 }
 
 /// What a new member sees of the messages sent before they joined.
@@ -444,21 +452,24 @@ pub fn message_expires_at(bytes: &[u8]) -> Result<Option<u64>> {
 }
 
 /// The version byte of a stored [`Conversation`].
-pub const CONVERSATION_VERSION: u8 = 2;
+pub const CONVERSATION_VERSION: u8 = 3;
 
 /// Encodes a conversation: `[CONVERSATION_VERSION][postcard(Conversation)]`.
 pub fn encode_conversation(c: &Conversation) -> Result<Vec<u8>> {
     encode_versioned("conversation", CONVERSATION_VERSION, c)
 }
 
-/// Decodes a conversation of version 1 (no settings, no join seqs) or 2.
+/// Decodes a conversation of version 1 (no settings, no join seqs), 2
+/// (not encrypted) or 3.
 pub fn decode_conversation(bytes: &[u8]) -> Result<Conversation> {
     let (v, rest) = split_versioned("conversation", bytes, CONVERSATION_VERSION)?;
     let tail = match v {
         1 => Some(postcard_tail(&(
             Settings::default(),
             Vec::<(UserId, Seq)>::new(),
+            false,
         ))?),
+        2 => Some(postcard_tail(&false)?),
         _ => None,
     };
     decode_with_tail("conversation", rest, tail)
@@ -914,6 +925,31 @@ pub enum EventKind {
         by: UserId,
         /// The settings now.
         settings: Settings,
+    },
+    /// The conversation became end-to-end encrypted (every member gets
+    /// it).
+    Encrypted {
+        /// Who turned it on.
+        by: UserId,
+    },
+    /// A member's device list changed (`crate::e2ee`): every member gets
+    /// it in each conversation they share with that user.
+    DeviceKeys {
+        /// Whose device.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// What changed.
+        change: crate::e2ee::KeyChange,
+    },
+    /// One of the recipient's own devices is running out of one-time
+    /// pre-keys (an account event: conversation 0, written on the user's
+    /// shard by the claim that took one).
+    PreKeysLow {
+        /// The device that should publish more.
+        device: DeviceId,
+        /// How many it has left.
+        remaining: u64,
     },
 }
 

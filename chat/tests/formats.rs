@@ -260,7 +260,38 @@ const SINCE_MEDIA: &[&str] = &[
 
 /// Whether a command came after the first fixtures.
 fn later(name: &str) -> bool {
-    SINCE_REPLIES.contains(&name) || SINCE_SEARCH.contains(&name) || SINCE_MEDIA.contains(&name)
+    SINCE_REPLIES.contains(&name)
+        || SINCE_SEARCH.contains(&name)
+        || SINCE_MEDIA.contains(&name)
+        || SINCE_E2EE.contains(&name)
+}
+
+/// Commands added with end-to-end encryption: their write frames come
+/// after every earlier frame (media's included).
+const SINCE_E2EE: &[&str] = &[
+    "publish_keys",
+    "claim_keys",
+    "remove_keys",
+    "encrypt",
+    "note_keys",
+];
+
+fn signed_pre_key() -> missive_chat::e2ee::SignedPreKey {
+    missive_chat::e2ee::SignedPreKey {
+        id: 7,
+        key: [0x11; 32],
+        signature: [0x22; 64],
+    }
+}
+
+fn device_keys() -> missive_chat::e2ee::DeviceKeys {
+    missive_chat::e2ee::DeviceKeys {
+        identity: [0x33; 32],
+        signed: signed_pre_key(),
+        since_micros: 1_700_000_000_000_003,
+        first: 4,
+        next: 9,
+    }
 }
 
 /// Outcomes added with search, appended after every earlier frame.
@@ -288,6 +319,34 @@ fn outcomes_since_search() -> Vec<(&'static str, Outcome)> {
                 upload: 0x0102_0304_0506_0708,
                 uploaders: vec![UserId(7)],
                 size: 3 << 20,
+            },
+        ),
+        (
+            "keys",
+            Outcome::Keys {
+                change: Some(missive_chat::e2ee::KeyChange::Added),
+                remaining: 5,
+            },
+        ),
+        (
+            "claimed",
+            Outcome::Claimed {
+                bundles: vec![missive_chat::command::Bundle {
+                    device: DeviceId(2),
+                    keys: device_keys(),
+                    one_time: Some(missive_chat::e2ee::OneTimeKey {
+                        id: 40,
+                        key: [0x44; 32],
+                    }),
+                }],
+            },
+        ),
+        ("encrypted_on", Outcome::EncryptedOn { changed: true }),
+        (
+            "rejected_encrypted",
+            Outcome::Rejected {
+                code: RejectCode::Encrypted,
+                message: "encrypted".into(),
             },
         ),
     ]
@@ -784,6 +843,49 @@ fn commands() -> Vec<(&'static str, Command)> {
                 },
             },
         ),
+        (
+            "publish_keys",
+            Command::PublishKeys {
+                user: UserId(7),
+                device: DeviceId(2),
+                identity: [0x33; 32],
+                signed: signed_pre_key(),
+                one_time: vec![missive_chat::e2ee::OneTimeKey {
+                    id: 40,
+                    key: [0x44; 32],
+                }],
+            },
+        ),
+        (
+            "claim_keys",
+            Command::ClaimKeys {
+                user: UserId(7),
+                devices: vec![DeviceId(1), DeviceId(2)],
+            },
+        ),
+        (
+            "remove_keys",
+            Command::RemoveKeys {
+                user: UserId(7),
+                device: DeviceId(2),
+            },
+        ),
+        (
+            "encrypt",
+            Command::Encrypt {
+                conv: conv(),
+                actor: UserId(7),
+            },
+        ),
+        (
+            "note_keys",
+            Command::NoteKeys {
+                conv: conv(),
+                user: UserId(7),
+                device: DeviceId(2),
+                change: missive_chat::e2ee::KeyChange::IdentityChanged,
+            },
+        ),
     ]
 }
 
@@ -1007,6 +1109,7 @@ fn stored_records_and_their_keys() {
         created_micros: 1_700_000_000_000_000,
         settings: Settings::default(),
         joined: Vec::new(),
+        encrypted: false,
     };
     // Version 1 (before settings and join seqs): read with the defaults.
     let group_v1 = codec::encode(
@@ -1036,15 +1139,64 @@ fn stored_records_and_their_keys() {
         joined: vec![(UserId(8), Seq(41))],
         ..group.clone()
     };
+    // Version 2 (before `encrypted`): read as not encrypted.
+    let mut v2_bytes = records::encode_conversation(&group_v2).unwrap();
+    v2_bytes[0] = 2;
+    v2_bytes.pop();
+    set.case("conversation_v2", v2_bytes, |b| {
+        let got = records::decode_conversation(b).map_err(|e| e.to_string())?;
+        (got == group_v2)
+            .then_some(())
+            .ok_or(format!("decoded {got:?}"))
+    });
+    let group_v3 = Conversation {
+        encrypted: true,
+        ..group_v2.clone()
+    };
     set.case(
-        "conversation_v2",
-        records::encode_conversation(&group_v2).unwrap(),
+        "conversation_v3",
+        records::encode_conversation(&group_v3).unwrap(),
         |b| {
             let got = records::decode_conversation(b).map_err(|e| e.to_string())?;
-            (got == group_v2)
+            (got == group_v3)
                 .then_some(())
                 .ok_or(format!("decoded {got:?}"))
         },
+    );
+    set.versioned("device_keys", &device_keys());
+    set.versioned(
+        "one_time_key",
+        &missive_chat::e2ee::OneTimeKey {
+            id: 40,
+            key: [0x44; 32],
+        },
+    );
+    let envelope = missive_chat::e2ee::Envelope::new(vec![
+        missive_chat::e2ee::DevicePayload {
+            user: UserId(8),
+            device: DeviceId(1),
+            ciphertext: vec![0xde, 0xad],
+        },
+        missive_chat::e2ee::DevicePayload {
+            user: UserId(7),
+            device: DeviceId(2),
+            ciphertext: vec![0xbe, 0xef, 0x01],
+        },
+    ])
+    .unwrap();
+    set.case("envelope", envelope.encode(), |b| {
+        let got = missive_chat::e2ee::Envelope::decode(b)?;
+        (got == envelope)
+            .then_some(())
+            .ok_or(format!("decoded {got:?}"))
+    });
+    set.key(
+        "key_device_keys",
+        missive_chat::e2ee::keys::device_keys_key(UserId(0x0a0b_0c0d), DeviceId(3)),
+    );
+    set.key(
+        "key_one_time_key",
+        missive_chat::e2ee::keys::one_time_key(UserId(0x0a0b_0c0d), DeviceId(3), 9),
     );
     set.versioned(
         "head",
@@ -1263,6 +1415,22 @@ fn stored_records_and_their_keys() {
                 },
             },
         ),
+        ("event_encrypted", EventKind::Encrypted { by: UserId(7) }),
+        (
+            "event_device_keys",
+            EventKind::DeviceKeys {
+                user: UserId(7),
+                device: DeviceId(2),
+                change: missive_chat::e2ee::KeyChange::Removed,
+            },
+        ),
+        (
+            "event_prekeys_low",
+            EventKind::PreKeysLow {
+                device: DeviceId(2),
+                remaining: 9,
+            },
+        ),
     ] {
         set.versioned(name, &event);
     }
@@ -1272,6 +1440,7 @@ fn stored_records_and_their_keys() {
         ("message_kind_reaction", MessageKind::Reaction),
         ("message_kind_edit", MessageKind::Edit),
         ("message_kind_system", MessageKind::System),
+        ("message_kind_encrypted", MessageKind::Encrypted),
     ] {
         set.versioned(name, &kind);
     }
@@ -1698,7 +1867,10 @@ fn frames() -> Vec<(String, Wire)> {
             },
         ),
     ];
-    let (media, earlier): (Vec<_>, Vec<_>) = commands()
+    let (e2ee, before_e2ee): (Vec<_>, Vec<_>) = commands()
+        .into_iter()
+        .partition(|(name, _)| SINCE_E2EE.contains(name));
+    let (media, earlier): (Vec<_>, Vec<_>) = before_e2ee
         .into_iter()
         .partition(|(name, _)| SINCE_MEDIA.contains(name));
     let (later, first): (Vec<_>, Vec<_>) = earlier
@@ -1746,6 +1918,9 @@ fn frames() -> Vec<(String, Wire)> {
         },
     ));
     for (name, cmd) in media {
+        rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
+    }
+    for (name, cmd) in e2ee {
         rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
     }
     for (i, (name, rpc)) in rpcs.into_iter().enumerate() {

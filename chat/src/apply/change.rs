@@ -65,6 +65,13 @@ impl Apply<'_, '_> {
             Ok(c) => c,
             Err(refused) => return Ok(refused),
         };
+        if c.encrypted {
+            return Ok(reject(
+                RejectCode::Encrypted,
+                "messages of an end-to-end encrypted conversation cannot be edited \
+                 (unsend it and send it again)",
+            ));
+        }
         if body.is_empty() {
             return Ok(reject(
                 RejectCode::Invalid,

@@ -82,6 +82,7 @@ impl Apply<'_, '_> {
             created_micros: stamp,
             settings: Settings::default(),
             joined: Vec::new(),
+            encrypted: false,
         };
         self.rec.put(key, records::encode_conversation(&c)?);
         self.emit(

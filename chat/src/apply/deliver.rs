@@ -6,7 +6,7 @@ use missive_raft::Result;
 
 use super::{Apply, InboxNotice};
 use crate::command::{Delivery, Outcome};
-use crate::ids::Eseq;
+use crate::ids::{Eseq, UserId};
 use crate::records::{
     self, blocked_key, inbox_key, outbox_head_key, outbox_key, user_conv_key, user_head_key,
     BlockedUser, EventKind, InboxEvent, OutboxHead, UserConv, UserHead, MAX_MENTIONS,
@@ -73,7 +73,10 @@ impl Apply<'_, '_> {
                 | EventKind::Reacted { .. }
                 | EventKind::Pinned { .. }
                 | EventKind::Hidden { .. }
-                | EventKind::Configured { .. } => {}
+                | EventKind::Configured { .. }
+                | EventKind::Encrypted { .. }
+                | EventKind::DeviceKeys { .. }
+                | EventKind::PreKeysLow { .. } => {}
                 // Only the blocker gets it: their own list follows.
                 EventKind::Blocked { user, blocked } => {
                     let key = blocked_key(d.user, *user);
@@ -94,25 +97,32 @@ impl Apply<'_, '_> {
                 }
             }
             self.rec.put(ckey, records::encode_user_conv(&uc)?);
-            let hkey = user_head_key(d.user);
-            let mut head: UserHead = self.rec.get_as("user head", &hkey)?.unwrap_or_default();
-            head.useq = head.useq.next();
             let event = InboxEvent {
                 conv: d.conv,
                 eseq: d.eseq,
                 event: d.event.clone(),
                 at: d.at,
             };
-            self.rec.put_as(inbox_key(d.user, head.useq), &event)?;
-            self.rec.put_as(hkey, &head)?;
-            self.fx.notices.push(InboxNotice {
-                user: d.user,
-                useq: head.useq,
-                event: std::sync::Arc::new(event),
-            });
+            self.append_inbox(d.user, event)?;
             applied += 1;
         }
         Ok(Outcome::Delivered { applied, skipped })
+    }
+
+    /// Appends one event to `user`'s inbox (the user is on this shard)
+    /// and tells live connections.
+    pub(super) fn append_inbox(&mut self, user: UserId, event: InboxEvent) -> Result<()> {
+        let hkey = user_head_key(user);
+        let mut head: UserHead = self.rec.get_as("user head", &hkey)?.unwrap_or_default();
+        head.useq = head.useq.next();
+        self.rec.put_as(inbox_key(user, head.useq), &event)?;
+        self.rec.put_as(hkey, &head)?;
+        self.fx.notices.push(InboxNotice {
+            user,
+            useq: head.useq,
+            event: std::sync::Arc::new(event),
+        });
+        Ok(())
     }
 
     /// Deletes fanned-out outbox entries up to each conversation's `upto`.

@@ -86,6 +86,14 @@ impl Apply<'_, '_> {
             .chain(devices.iter().map(|d| push_key(user, *d)))
             .chain(blocked.iter().map(|b| blocked_key(user, *b)));
         let mut removed = 0;
+        for d in devices {
+            if let Outcome::Keys {
+                change: Some(_), ..
+            } = self.remove_keys(user, *d)?
+            {
+                removed += 1;
+            }
+        }
         for key in keys {
             if self.rec.get(&key)?.is_some() {
                 self.rec.delete(key);

@@ -15,6 +15,7 @@ use crate::command::{
     ConversationKind, MessageKind, NewMessage, Outcome, RejectCode, Retention, SendMessage,
     MAX_MENTIONS_PER_MESSAGE,
 };
+use crate::e2ee::Envelope;
 use crate::ids::{Seq, UserId};
 use crate::media::body::MediaBody;
 use crate::media::records::reference_key;
@@ -33,6 +34,36 @@ fn retention_micros(c: &Conversation, node_default: Option<u64>) -> Option<u64> 
         Retention::Forever => None,
         Retention::Days(d) => Some(u64::from(d).saturating_mul(DAY_MICROS)),
     }
+}
+
+/// What an end-to-end encrypted conversation accepts (`crate::e2ee`):
+/// only encrypted messages; and what an encrypted message must be: an
+/// envelope, given as bytes, whose payloads are for members only.
+fn encryption_rule(c: &Conversation, new: &NewMessage, text: bool) -> Result<(), Outcome> {
+    if new.kind != MessageKind::Encrypted {
+        if c.encrypted && new.kind != MessageKind::System {
+            return Err(reject(
+                RejectCode::Encrypted,
+                "this conversation is end-to-end encrypted: send kind encrypted, \
+                 with one ciphertext per recipient device",
+            ));
+        }
+        return Ok(());
+    }
+    if text {
+        return Err(reject(
+            RejectCode::Invalid,
+            "an encrypted message carries payloads, not text",
+        ));
+    }
+    let envelope = Envelope::decode(&new.body).map_err(|why| reject(RejectCode::Invalid, why))?;
+    if let Some(u) = envelope.users().into_iter().find(|u| !c.is_member(*u)) {
+        return Err(reject(
+            RejectCode::Invalid,
+            format!("a payload is for user {}, who is not a member", u.0),
+        ));
+    }
+    Ok(())
 }
 
 impl Apply<'_, '_> {
@@ -95,6 +126,9 @@ impl Apply<'_, '_> {
                 let why = "this user does not accept your messages";
                 return Ok((reject(RejectCode::Blocked, why), None));
             }
+        }
+        if let Err(refused) = encryption_rule(&c, new, text) {
+            return Ok((refused, None));
         }
         if new.reply_to.is_some_and(|t| !c.sees(new.sender, t)) {
             let why = "this conversation holds no such message to reply to";

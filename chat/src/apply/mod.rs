@@ -15,7 +15,8 @@
 //! One file per command family: `conversation` (create, membership,
 //! settings), `message` (append, dedup, mentions, retention), `change`
 //! (edit, unsend, react), `pin` (pin, hide), `block`, `receipt`,
-//! `deliver` (inbox delivery and the outbox's clean-up), `user` (devices,
+//! `deliver` (inbox delivery and the outbox's clean-up), `keys` (the
+//! end-to-end encryption key directory, encrypted conversations), `user` (devices,
 //! profile, push tokens, tickets, revocations), `erase` (an operator's erasure of a user),
 //! `restore` (raising a restored conversation's counters), and `index`
 //! (the search postings every message rule keeps in step), `media`
@@ -28,6 +29,7 @@ mod conversation;
 mod deliver;
 mod erase;
 mod index;
+pub mod keys;
 pub(crate) use index::indexed_terms;
 mod media;
 mod message;
@@ -339,6 +341,22 @@ pub(crate) fn run(
             Ok(Outcome::Granted)
         }
         Command::RevokeGrant { user, hash } => a.revoke_grant(*user, hash),
+        Command::PublishKeys {
+            user,
+            device,
+            identity,
+            signed,
+            one_time,
+        } => a.publish_keys(*user, *device, identity, signed, one_time, stamp),
+        Command::ClaimKeys { user, devices } => a.claim_keys(*user, devices, stamp),
+        Command::RemoveKeys { user, device } => a.remove_keys(*user, *device),
+        Command::Encrypt { conv, actor } => a.encrypt(*conv, *actor, stamp),
+        Command::NoteKeys {
+            conv,
+            user,
+            device,
+            change,
+        } => a.note_keys(*conv, *user, *device, *change, stamp),
     }
 }
 
