@@ -70,7 +70,11 @@ impl Service {
         }
         let devices = self.node.devices(user, lin).await?.into_iter().map(|d| d.0);
         let pushed = self.node.push_targets(user, lin).await?.into_iter();
-        let mut devices: Vec<_> = devices.chain(pushed.map(|p| p.0)).collect();
+        let keyed = self.node.device_keys(user, lin).await?.into_iter();
+        let mut devices: Vec<_> = devices
+            .chain(pushed.map(|p| p.0))
+            .chain(keyed.map(|k| k.0))
+            .collect();
         devices.sort_unstable();
         devices.dedup();
         let blocked = self.node.blocked_users(user, lin).await?;

@@ -46,6 +46,31 @@ pub struct ApiError {
     pub message: String,
     /// When to retry, for `rate_limited` and the retryable codes.
     pub retry_after_ms: Option<u64>,
+    /// For `stale_devices`: the devices an encrypted send missed and
+    /// the ones it named that are not in the device lists.
+    pub stale: Option<Box<StaleDevices>>,
+}
+
+/// What was wrong with an encrypted send's devices: `(user, device)`
+/// pairs, sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
+pub struct StaleDevices {
+    /// Devices of members that got no payload.
+    pub missing_devices: Vec<DeviceRef>,
+    /// Payloads for devices that are not in the lists (removed, or never
+    /// published keys).
+    pub extra_devices: Vec<DeviceRef>,
+}
+
+/// A user's device, as `stale_devices` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DeviceRef {
+    /// The user (decimal string).
+    #[schema(value_type = String)]
+    pub user: crate::wire::Id,
+    /// The device (decimal string).
+    #[schema(value_type = String)]
+    pub device: crate::wire::Id,
 }
 
 impl ApiError {
@@ -56,7 +81,25 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_ms: None,
+            stale: None,
         }
+    }
+
+    /// 409 `stale_devices`: an encrypted send's payloads do not match the
+    /// members' device lists.
+    pub fn stale_devices(stale: StaleDevices) -> Self {
+        let mut e = Self::new(
+            StatusCode::CONFLICT,
+            "stale_devices",
+            format!(
+                "the payloads do not match the members' devices: {} missing, {} extra; \
+                 fetch the device lists again",
+                stale.missing_devices.len(),
+                stale.extra_devices.len()
+            ),
+        );
+        e.stale = Some(Box::new(stale));
+        e
     }
 
     /// 400 `invalid`: a field's value is not acceptable.
@@ -186,6 +229,9 @@ pub struct ErrorBody<'a> {
     /// Retry hint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// With `stale_devices`: which devices.
+    #[serde(flatten)]
+    pub stale: Option<&'a StaleDevices>,
 }
 
 /// An HTTP error answer: `{"error": ErrorBody}`.
@@ -202,6 +248,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: &self.message,
                 retry_after_ms: self.retry_after_ms,
+                stale: self.stale.as_deref(),
             },
         };
         let mut r = (self.status, axum::Json(body)).into_response();

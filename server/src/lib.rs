@@ -25,6 +25,9 @@
 //!   `recent`, `presence`, `push`.
 //! - `media` — uploads' limits, who may read an object, signed download
 //!   URLs (the HTTP side is `edge/media`).
+//! - `e2ee` — end-to-end encryption at the edge: the key directory's
+//!   calls, an encrypted send's device-list check, announcing device-list
+//!   changes.
 //! - `erasure` — an operator's erasure of a user, over every shard.
 //! - `index_check` — an operator's check (and rebuild) of a shard's
 //!   search index against its messages.
@@ -43,6 +46,7 @@
 pub mod auth;
 pub mod config;
 pub mod delivery;
+pub mod e2ee;
 pub mod edge;
 pub mod erasure;
 pub mod error;

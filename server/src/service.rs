@@ -39,6 +39,9 @@ use crate::wire::{EventOut, MessageOut, SettingsChange};
 
 /// How long a write waits out an election before answering `unavailable`.
 pub(crate) const WRITE_WAIT: Duration = Duration::from_secs(5);
+/// The most ciphertext bytes one encrypted message carries, over all its
+/// payloads (the envelope is one Raft entry).
+pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 /// Longest client message id, bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
 /// Longest group or display name, bytes.
@@ -64,6 +67,9 @@ pub struct Outgoing {
     pub reply_to: Option<u64>,
     /// The users it mentions.
     pub mentions: Vec<u64>,
+    /// With kind `encrypted`: a ciphertext per recipient device (the body
+    /// is then empty).
+    pub payloads: Vec<missive_chat::e2ee::DevicePayload>,
 }
 
 /// A committed send.
@@ -340,7 +346,7 @@ impl Service {
     /// Writes a command. A conversation that does not exist answers
     /// `not_a_member`, like one the caller is not in (see the `ApiError`
     /// conversion), so that ids cannot be probed.
-    async fn write(&self, cmd: Command) -> Result<Outcome, ApiError> {
+    pub(crate) async fn write(&self, cmd: Command) -> Result<Outcome, ApiError> {
         Ok(self.node.write(cmd, WRITE_WAIT).await?)
     }
 
@@ -396,6 +402,7 @@ impl Service {
             expires_in_ms,
             reply_to,
             mentions,
+            payloads,
         } = out;
         if mentions.len() > MAX_MENTIONS_PER_MESSAGE {
             return Err(ApiError::invalid(format!(
@@ -423,6 +430,9 @@ impl Service {
                 ),
             ));
         }
+        // Boxed: the device-list reads nest deep enough to overflow the
+        // compiler's layout query limit in the WebSocket handler's future.
+        let body = Box::pin(self.encrypted_body(who, conv, kind, body, payloads)).await?;
         self.check_rate(who.user)?;
         if kind == MessageKind::Media {
             self.check_media_body(who.user, &body.bytes).await?;
@@ -492,6 +502,47 @@ impl Service {
             }
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    /// The body of an encrypted send: its payloads, checked against the
+    /// members' device lists, as one envelope (see `crate::e2ee`). Other
+    /// kinds keep their body and may not carry payloads.
+    async fn encrypted_body(
+        &self,
+        who: Caller,
+        conv: ConversationId,
+        kind: MessageKind,
+        body: crate::wire::Body,
+        payloads: Vec<missive_chat::e2ee::DevicePayload>,
+    ) -> Result<crate::wire::Body, ApiError> {
+        if kind != MessageKind::Encrypted {
+            if !payloads.is_empty() {
+                return Err(ApiError::invalid(
+                    "payloads go only with kind \"encrypted\"",
+                ));
+            }
+            return Ok(body);
+        }
+        if !body.is_empty() {
+            return Err(ApiError::invalid(
+                "an encrypted message carries payloads, not a body",
+            ));
+        }
+        let max = self.limits.max_message_bytes;
+        let total: usize = payloads.iter().map(|p| p.ciphertext.len()).sum();
+        if payloads.iter().any(|p| p.ciphertext.len() > max) || total > MAX_ENVELOPE_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "each ciphertext is limited to {max} bytes and all of them to \
+                     {MAX_ENVELOPE_BYTES}"
+                ),
+            ));
+        }
+        let c = self.member_conversation(who.user, conv).await?;
+        let envelope = self.seal(who, &c, payloads).await?;
+        Ok(crate::wire::Body::opaque(envelope.encode()))
     }
 
     /// Whether this node may cache `conv`'s messages: it replicates the
@@ -643,9 +694,10 @@ impl Service {
     /// expired since).
     pub async fn pins(
         &self,
-        who: UserId,
+        caller: Caller,
         conv: ConversationId,
     ) -> Result<Vec<(missive_chat::records::Pin, Option<MessageOut>)>, ApiError> {
+        let who = caller.user;
         self.rates.check(Class::History, who)?;
         let c = self.member_conversation(who, conv).await?;
         let pins = self.read(|c| self.node.pins(conv, c)).await?;
@@ -655,7 +707,11 @@ impl Service {
                 .node
                 .message_by_seq(conv, p.seq, Consistency::Stale)
                 .await?
-                .map(|m| MessageOut::from_stored(conv.0, m).for_viewer(who));
+                .map(|m| {
+                    MessageOut::from_stored(conv.0, m)
+                        .for_viewer(who)
+                        .open_for(who, caller.device)
+                });
             out.push((p, m));
         }
         Ok(out)
@@ -844,15 +900,17 @@ impl Service {
         Ok((c, head.seq.0))
     }
 
-    /// Changes a conversation's settings (see `Command::Configure`):
-    /// the settings after, and whether they changed.
+    /// Changes a conversation's settings (see `Command::Configure`), and
+    /// first turns end-to-end encryption on if asked (`Command::Encrypt`):
+    /// the settings after, and whether anything changed.
     pub async fn configure(
         &self,
         who: UserId,
         conv: ConversationId,
         change: SettingsChange,
     ) -> Result<(Settings, bool), ApiError> {
-        let (history, keep_edits, retention) = change;
+        let (history, keep_edits, retention, encrypt) = change;
+        let encrypted = encrypt && self.encrypt(who, conv).await?;
         let cmd = Command::Configure {
             conv,
             actor: who,
@@ -861,7 +919,7 @@ impl Service {
             retention,
         };
         match self.write(cmd).await? {
-            Outcome::Configured { settings, changed } => Ok((settings, changed)),
+            Outcome::Configured { settings, changed } => Ok((settings, changed || encrypted)),
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }
     }
@@ -1030,7 +1088,7 @@ impl Service {
     /// to it (timed into `history_read_seconds`).
     pub async fn history(
         &self,
-        who: UserId,
+        who: Caller,
         conv: ConversationId,
         cursor: Cursor,
         limit: Option<usize>,
@@ -1045,11 +1103,12 @@ impl Service {
 
     async fn history_page(
         &self,
-        who: UserId,
+        caller: Caller,
         conv: ConversationId,
         cursor: Cursor,
         limit: Option<usize>,
     ) -> Result<Page, ApiError> {
+        let who = caller.user;
         let limit = limit.unwrap_or(50);
         if limit == 0 || limit > self.limits.max_page {
             return Err(ApiError::invalid(format!(
@@ -1148,7 +1207,7 @@ impl Service {
             .messages
             .into_iter()
             .filter(|m| c.sees(who, Seq(m.seq)) && !hidden.contains(&Seq(m.seq)))
-            .map(|m| m.for_viewer(who))
+            .map(|m| m.for_viewer(who).open_for(who, caller.device))
             .collect();
         Ok(Page {
             messages,
@@ -1514,7 +1573,7 @@ impl Service {
 
     /// An inbox event as `viewer` sees it, with the message it names read
     /// in (a new message, or an edited one in its state since the edit).
-    pub async fn render_event(&self, e: &InboxEvent, viewer: UserId) -> Result<EventOut, ApiError> {
+    pub async fn render_event(&self, e: &InboxEvent, viewer: Caller) -> Result<EventOut, ApiError> {
         let message = match &e.event {
             EventKind::Message {
                 seq,
@@ -1543,7 +1602,10 @@ impl Service {
         };
         Ok(crate::wire::event_out(
             e,
-            message.map(|m| m.for_viewer(viewer)),
+            message.map(|m| {
+                m.for_viewer(viewer.user)
+                    .open_for(viewer.user, viewer.device)
+            }),
         ))
     }
 

@@ -17,6 +17,7 @@ use missive_chat::command::{
     ConversationKind, DeviceId, HistoryVisibility, MessageKind, Retention, RevokeScope, Settings,
     UserId,
 };
+use missive_chat::e2ee::Envelope;
 use missive_chat::records::{self, EventKind, InboxEvent, Reaction};
 use missive_chat::StoredMessage;
 
@@ -98,6 +99,7 @@ pub fn kind_name(k: MessageKind) -> &'static str {
         MessageKind::Edit => "edit",
         MessageKind::Unsend => "unsend",
         MessageKind::System => "system",
+        MessageKind::Encrypted => "encrypted",
     }
 }
 
@@ -111,6 +113,7 @@ pub fn parse_kind(s: &str) -> Result<MessageKind, ApiError> {
         "text" => MessageKind::Text,
         "media" => MessageKind::Media,
         "reply" => MessageKind::Reply,
+        "encrypted" => MessageKind::Encrypted,
         "reaction" | "edit" | "unsend" => {
             return Err(ApiError::invalid(format!(
                 "kind {s:?} is an operation on an earlier message, not a message: \
@@ -119,7 +122,7 @@ pub fn parse_kind(s: &str) -> Result<MessageKind, ApiError> {
         }
         other => {
             return Err(ApiError::invalid(format!(
-                "kind {other:?} is not one of text, media, reply"
+                "kind {other:?} is not one of text, media, reply, encrypted"
             )))
         }
     })
@@ -265,6 +268,11 @@ pub struct MessageOut {
     /// its conversation keeps edit history).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub prior: Vec<PriorOut>,
+    /// An encrypted message's payloads, one per recipient device: never
+    /// sent as such; [`MessageOut::open_for`] puts the reader device's own
+    /// in `body_b64`.
+    #[serde(skip)]
+    pub sealed: Option<Arc<Envelope>>,
 }
 
 /// A body a message had before an edit.
@@ -384,10 +392,19 @@ pub struct SettingsIn {
     /// With `days`: how many (1..=36500).
     #[serde(default)]
     pub retention_days: Option<u32>,
+    /// `true`: make the conversation end-to-end encrypted (one way:
+    /// `false` is refused).
+    #[serde(default)]
+    pub encrypted: Option<bool>,
 }
 
-/// The parsed change: (history, keep_edits, retention).
-pub type SettingsChange = (Option<HistoryVisibility>, Option<bool>, Option<Retention>);
+/// The parsed change: (history, keep_edits, retention, encrypt).
+pub type SettingsChange = (
+    Option<HistoryVisibility>,
+    Option<bool>,
+    Option<Retention>,
+    bool,
+);
 
 impl SettingsIn {
     /// The change, or `invalid` naming the bad field.
@@ -421,12 +438,21 @@ impl SettingsIn {
                 )))
             }
         };
-        if history.is_none() && self.keep_edits.is_none() && retention.is_none() {
+        let encrypt = match self.encrypted {
+            Some(false) => {
+                return Err(ApiError::invalid(
+                    "end-to-end encryption cannot be turned off once on",
+                ))
+            }
+            Some(true) => true,
+            None => false,
+        };
+        if history.is_none() && self.keep_edits.is_none() && retention.is_none() && !encrypt {
             return Err(ApiError::invalid(
-                "give at least one of history, keep_edits, retention",
+                "give at least one of history, keep_edits, retention, encrypted",
             ));
         }
-        Ok((history, self.keep_edits, retention))
+        Ok((history, self.keep_edits, retention, encrypt))
     }
 }
 
@@ -516,7 +542,12 @@ impl MessageOut {
                 promoted: ids(&e.promoted),
                 renamed: e.renamed,
             });
+        let mut sealed = None;
         let (body, body_b64) = if system.is_some() || msg.unsent.is_some() {
+            (None, None)
+        } else if msg.kind == MessageKind::Encrypted {
+            // Checked in apply; a body that does not decode serves nobody.
+            sealed = Envelope::decode(&msg.body).ok().map(Arc::new);
             (None, None)
         } else {
             text_or_b64(msg.body)
@@ -558,7 +589,20 @@ impl MessageOut {
                     }
                 })
                 .collect(),
+            sealed,
         }
+    }
+
+    /// An encrypted message as one device reads it: its own ciphertext in
+    /// `body_b64` (none for the device that sent it, or one the sender
+    /// did not encrypt for). Other messages are unchanged.
+    pub fn open_for(mut self, user: UserId, device: DeviceId) -> MessageOut {
+        if let Some(e) = self.sealed.take() {
+            self.body_b64 = e
+                .for_device(user, device)
+                .map(|c| base64::engine::general_purpose::STANDARD.encode(c));
+        }
+        self
     }
 
     /// This message as `viewer` sees it: which reactions are theirs.
@@ -662,6 +706,29 @@ pub enum EventOut {
         /// The settings now.
         settings: SettingsOut,
     },
+    /// The conversation became end-to-end encrypted.
+    Encrypted {
+        /// Who turned it on.
+        by: Id,
+    },
+    /// A member's device list changed: a device was `added`, changed its
+    /// identity key (`identity_changed`), or was `removed`.
+    DeviceKeys {
+        /// Whose device.
+        user: Id,
+        /// The device.
+        device: Id,
+        /// What changed.
+        change: &'static str,
+    },
+    /// One of your devices is running out of one-time pre-keys (an
+    /// account event, conversation "0").
+    PreKeysLow {
+        /// The device that should publish more.
+        device: Id,
+        /// How many it has left.
+        remaining: u64,
+    },
 }
 
 /// Server → client frames on the WebSocket.
@@ -716,6 +783,27 @@ pub enum ServerFrame {
         settings: SettingsOut,
         /// False if the request changed nothing.
         changed: bool,
+    },
+    /// This device's keys (answer to `publish_keys`, `key_status`,
+    /// `remove_keys`).
+    Keys {
+        /// The request id.
+        id: String,
+        /// The device.
+        device: Id,
+        /// One-time pre-keys it has left.
+        one_time_prekeys: u64,
+        /// `added`, `identity_changed`, `removed`, or null.
+        change: Option<&'static str>,
+    },
+    /// A user's devices' keys (answer to `device_keys`, `claim_keys`).
+    DeviceKeys {
+        /// The request id.
+        id: String,
+        /// The user.
+        user: Id,
+        /// Their devices.
+        devices: Vec<crate::e2ee::BundleOut>,
     },
     /// A conversation's pinned messages (answer to `pins`).
     Pins {
@@ -832,6 +920,9 @@ pub enum ServerFrame {
         /// When to retry.
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+        /// With `stale_devices`: `missing_devices` and `extra_devices`.
+        #[serde(flatten)]
+        stale: Option<Box<crate::error::StaleDevices>>,
     },
     /// Answer to `presence`: the watched users now.
     PresenceState {
@@ -896,6 +987,7 @@ impl ServerFrame {
             code: e.code.to_string(),
             message: e.message.clone(),
             retry_after_ms: e.retry_after_ms,
+            stale: e.stale.clone(),
         }
     }
 }
@@ -930,6 +1022,9 @@ pub enum ClientFrame {
         /// The users it mentions (at most 50).
         #[serde(default)]
         mentions: Vec<Id>,
+        /// With kind `encrypted`: one ciphertext per recipient device.
+        #[serde(default)]
+        payloads: Vec<crate::e2ee::PayloadIn>,
     },
     /// Change a conversation's settings.
     Configure {
@@ -949,6 +1044,48 @@ pub enum ClientFrame {
         /// With `days`: how many.
         #[serde(default)]
         retention_days: Option<u32>,
+        /// `true`: make it end-to-end encrypted (one way).
+        #[serde(default)]
+        encrypted: Option<bool>,
+    },
+    /// Publish this device's end-to-end encryption keys.
+    PublishKeys {
+        /// Request id.
+        id: String,
+        /// The keys.
+        #[serde(flatten)]
+        keys: crate::e2ee::PublishIn,
+    },
+    /// This device's one-time pre-keys left.
+    KeyStatus {
+        /// Request id.
+        id: String,
+    },
+    /// A user's device list (nothing consumed).
+    DeviceKeys {
+        /// Request id.
+        id: String,
+        /// The user.
+        user: Id,
+    },
+    /// A bundle per device of a user, each consuming a one-time pre-key.
+    ClaimKeys {
+        /// Request id.
+        id: String,
+        /// The user.
+        user: Id,
+        /// Only these devices (default: all).
+        #[serde(default)]
+        devices: Vec<Id>,
+    },
+    /// Remove one of this user's devices (default: this one) from the key
+    /// directory.
+    RemoveKeys {
+        /// Request id.
+        id: String,
+        /// The device.
+        #[serde(default)]
+        device: Option<Id>,
     },
     /// Replace the body of a message this user sent.
     Edit {
@@ -1226,6 +1363,20 @@ pub fn event_out(e: &InboxEvent, message: Option<MessageOut>) -> EventOut {
             version: *version,
             added: ids(added),
             removed: ids(removed),
+        },
+        EventKind::Encrypted { by } => EventOut::Encrypted { by: Id(by.0) },
+        EventKind::DeviceKeys {
+            user,
+            device,
+            change,
+        } => EventOut::DeviceKeys {
+            user: Id(user.0),
+            device: Id(device.0),
+            change: change.as_str(),
+        },
+        EventKind::PreKeysLow { device, remaining } => EventOut::PreKeysLow {
+            device: Id(device.0),
+            remaining: *remaining,
         },
     }
 }

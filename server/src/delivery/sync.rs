@@ -142,7 +142,7 @@ pub(crate) async fn sync_pump<S: FrameSink>(
         }
         let full = events.len() == page;
         for (useq, e) in events {
-            let event = match svc.render_event(&e, who.user).await {
+            let event = match svc.render_event(&e, who).await {
                 Ok(ev) => ev,
                 Err(err) => {
                     tracing::warn!(user = who.user.0, error = %err.message, "event's message not readable yet");

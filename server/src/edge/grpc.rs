@@ -73,7 +73,28 @@ fn status(e: &ApiError) -> Status {
         StatusCode::GATEWAY_TIMEOUT => tonic::Code::Unknown,
         _ => tonic::Code::Internal,
     };
+    let code = if e.code == "stale_devices" {
+        tonic::Code::FailedPrecondition
+    } else {
+        code
+    };
     let mut s = Status::new(code, e.message.clone());
+    if let Some(stale) = &e.stale {
+        let list = |v: &[crate::error::DeviceRef]| {
+            v.iter()
+                .map(|d| format!("{}:{}", d.user.0, d.device.0))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        for (key, v) in [
+            ("missive-missing-devices", list(&stale.missing_devices)),
+            ("missive-extra-devices", list(&stale.extra_devices)),
+        ] {
+            if let Ok(v) = MetadataValue::try_from(v) {
+                s.metadata_mut().insert(key, v);
+            }
+        }
+    }
     if let Ok(v) = MetadataValue::try_from(e.code) {
         s.metadata_mut().insert("missive-error-code", v);
     }
@@ -109,6 +130,7 @@ impl Grpc {
             created_at: c.created_micros,
             last_seq,
             settings: Some(pb_settings(c.settings.into())),
+            encrypted: c.encrypted,
         }))
     }
 
@@ -231,6 +253,34 @@ fn pb_message(m: MessageOut) -> pb::Message {
     }
 }
 
+fn keys_reply(a: crate::e2ee::KeysAck) -> pb::KeysReply {
+    pb::KeysReply {
+        device: a.device.0,
+        one_time_prekeys: a.remaining,
+        change: a.change.map_or("", |c| c.as_str()).to_string(),
+    }
+}
+
+fn pb_bundle(
+    device: missive_chat::DeviceId,
+    k: &missive_chat::e2ee::DeviceKeys,
+    one_time: Option<missive_chat::e2ee::OneTimeKey>,
+) -> pb::DeviceBundle {
+    pb::DeviceBundle {
+        device: device.0,
+        identity_key: k.identity.to_vec(),
+        signed_prekey: Some(pb::SignedPreKey {
+            id: k.signed.id,
+            key: k.signed.key.to_vec(),
+            signature: k.signed.signature.to_vec(),
+        }),
+        one_time_prekey: one_time.map(|o| pb::OneTimePreKey {
+            id: o.id,
+            key: o.key.to_vec(),
+        }),
+    }
+}
+
 /// The answer to an edit, unsend, react, hide or pin of `conv`.
 async fn change_reply(
     conv: u64,
@@ -321,6 +371,22 @@ fn pb_event(f: ServerFrame) -> Option<Result<pb::Event, Status>> {
                     by: by.0,
                     settings: Some(pb_settings(settings)),
                 }),
+                EventOut::Encrypted { by } => Kind::Encrypted(pb::EncryptedEvent { by: by.0 }),
+                EventOut::DeviceKeys {
+                    user,
+                    device,
+                    change,
+                } => Kind::DeviceKeys(pb::DeviceKeysEvent {
+                    user: user.0,
+                    device: device.0,
+                    change: change.to_string(),
+                }),
+                EventOut::PreKeysLow { device, remaining } => {
+                    Kind::PrekeysLow(pb::PreKeysLowEvent {
+                        device: device.0,
+                        remaining,
+                    })
+                }
             }),
         },
         ServerFrame::Synced { cursor } => pb::Event {
@@ -399,6 +465,15 @@ impl Missive for Grpc {
             expires_in_ms: expires,
             reply_to: (r.reply_to > 0).then_some(r.reply_to),
             mentions: r.mentions,
+            payloads: r
+                .payloads
+                .into_iter()
+                .map(|p| missive_chat::e2ee::DevicePayload {
+                    user: UserId(p.user),
+                    device: missive_chat::DeviceId(p.device),
+                    ciphertext: p.ciphertext,
+                })
+                .collect(),
         };
         let a = svc
             .send(who, ConversationId(r.conv), out)
@@ -472,6 +547,122 @@ impl Missive for Grpc {
         .await
     }
 
+    async fn publish_keys(
+        &self,
+        req: Request<pb::PublishKeysRequest>,
+    ) -> Result<Response<pb::KeysReply>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.into_inner();
+        let parsed = (|| {
+            use crate::e2ee::fixed_bytes;
+            let spk = r
+                .signed_prekey
+                .ok_or_else(|| ApiError::invalid("signed_prekey is required"))?;
+            let signed = missive_chat::e2ee::SignedPreKey {
+                id: spk.id,
+                key: fixed_bytes("signed_prekey.key", spk.key)?,
+                signature: fixed_bytes("signed_prekey.signature", spk.signature)?,
+            };
+            let one_time = r
+                .one_time_prekeys
+                .into_iter()
+                .map(|k| {
+                    Ok(missive_chat::e2ee::OneTimeKey {
+                        id: k.id,
+                        key: fixed_bytes("one_time_prekeys[].key", k.key)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?;
+            Ok::<_, ApiError>((
+                fixed_bytes("identity_key", r.identity_key)?,
+                signed,
+                one_time,
+            ))
+        })();
+        let (identity, signed, one_time) = parsed.map_err(|e| status(&e))?;
+        let a = self
+            .state
+            .service
+            .publish_keys(who, identity, signed, one_time)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(keys_reply(a)))
+    }
+
+    async fn key_status(
+        &self,
+        req: Request<pb::KeyStatusRequest>,
+    ) -> Result<Response<pb::KeysReply>, Status> {
+        let who = self.caller(&req).await?;
+        let a = self
+            .state
+            .service
+            .key_status(who)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(keys_reply(a)))
+    }
+
+    async fn remove_keys(
+        &self,
+        req: Request<pb::RemoveKeysRequest>,
+    ) -> Result<Response<pb::KeysReply>, Status> {
+        let who = self.caller(&req).await?;
+        let d = req.into_inner().device;
+        let device = if d == 0 {
+            who.device
+        } else {
+            missive_chat::DeviceId(d)
+        };
+        let a = self
+            .state
+            .service
+            .remove_keys(who, device)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(keys_reply(a)))
+    }
+
+    async fn device_keys(
+        &self,
+        req: Request<pb::DeviceKeysRequest>,
+    ) -> Result<Response<pb::DeviceKeysReply>, Status> {
+        self.caller(&req).await?;
+        let user = UserId(req.into_inner().user);
+        let list = self
+            .state
+            .service
+            .device_list(user)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::DeviceKeysReply {
+            user: user.0,
+            devices: list.iter().map(|(d, k)| pb_bundle(*d, k, None)).collect(),
+        }))
+    }
+
+    async fn claim_keys(
+        &self,
+        req: Request<pb::ClaimKeysRequest>,
+    ) -> Result<Response<pb::DeviceKeysReply>, Status> {
+        let who = self.caller(&req).await?;
+        let r = req.into_inner();
+        let devices = r.devices.into_iter().map(missive_chat::DeviceId).collect();
+        let bundles = self
+            .state
+            .service
+            .claim_keys(who.user, UserId(r.user), devices)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::DeviceKeysReply {
+            user: r.user,
+            devices: bundles
+                .iter()
+                .map(|b| pb_bundle(b.device, &b.keys, b.one_time))
+                .collect(),
+        }))
+    }
+
     async fn media_url(
         &self,
         req: Request<pb::MediaUrlRequest>,
@@ -505,7 +696,7 @@ impl Missive for Grpc {
         let list = self
             .state
             .service
-            .pins(who.user, ConversationId(r.conv))
+            .pins(who, ConversationId(r.conv))
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::PinsReply {
@@ -595,7 +786,7 @@ impl Missive for Grpc {
         let page = self
             .state
             .service
-            .history(who.user, ConversationId(r.conv), cursor, limit)
+            .history(who, ConversationId(r.conv), cursor, limit)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::HistoryReply {
@@ -744,6 +935,7 @@ impl Missive for Grpc {
             keep_edits: r.keep_edits,
             retention_days: (r.retention_days > 0).then_some(r.retention_days),
             retention: nonempty(r.retention),
+            encrypted: r.encrypted,
         };
         let conv = ConversationId(r.conv);
         let change = change.parse().map_err(|e| status(&e))?;

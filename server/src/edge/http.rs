@@ -121,6 +121,13 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::edge::media::download))
         .routes(routes!(crate::edge::media::thumbnail))
         .routes(routes!(crate::edge::media::media_url))
+        .routes(routes!(
+            crate::edge::keys::publish_keys,
+            crate::edge::keys::key_status,
+            crate::edge::keys::remove_keys
+        ))
+        .routes(routes!(crate::edge::keys::device_keys))
+        .routes(routes!(crate::edge::keys::claim_keys))
 }
 
 /// The OpenAPI 3.1 description of the HTTP API (served at
@@ -743,6 +750,7 @@ async fn conversation(
         "created_at": c.created_micros,
         "last_seq": last_seq,
         "settings": SettingsOut::from(c.settings),
+        "encrypted": c.encrypted,
     })))
 }
 
@@ -887,7 +895,7 @@ async fn history(
     Q(q): Q<HistoryQuery>,
 ) -> Result<HistoryOut, ApiError> {
     let cursor = crate::service::Cursor::of(q.before, q.after, q.around)?;
-    let page = s.service.history(who.user, conv, cursor, q.limit).await?;
+    let page = s.service.history(who, conv, cursor, q.limit).await?;
     Ok(HistoryOut {
         messages: page.messages,
         next_before: page.next_before,
@@ -1006,6 +1014,8 @@ struct SendReq {
     reply_to: Option<u64>,
     #[serde(default)]
     mentions: Vec<Id>,
+    #[serde(default)]
+    payloads: Vec<crate::e2ee::PayloadIn>,
 }
 
 #[utoipa::path(
@@ -1036,6 +1046,11 @@ async fn send(
         expires_in_ms: req.expires_in_ms,
         reply_to: req.reply_to,
         mentions: req.mentions.into_iter().map(|m| m.0).collect(),
+        payloads: req
+            .payloads
+            .into_iter()
+            .map(crate::e2ee::PayloadIn::parse)
+            .collect::<Result<_, _>>()?,
     };
     let a = s.service.send(who, conv, out).await?;
     Ok(Json(json!({
@@ -1161,7 +1176,7 @@ async fn pins(
     Authed(who): Authed,
     ConvPath(conv): ConvPath,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let list = s.service.pins(who.user, conv).await?;
+    let list = s.service.pins(who, conv).await?;
     Ok(Json(json!({ "pins": crate::wire::pins_out(list) })))
 }
 
@@ -1347,7 +1362,7 @@ async fn sync(
     let mut out = Vec::with_capacity(events.len());
     let mut cursor = q.after;
     for (useq, e) in events {
-        let event = s.service.render_event(&e, who.user).await?;
+        let event = s.service.render_event(&e, who).await?;
         out.push(json!({
             "useq": useq,
             "conv": Id(e.conv.0),

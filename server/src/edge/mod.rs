@@ -7,6 +7,7 @@
 //!   by id, its bounded outbound queue and the slow-consumer rule.
 //! - `grpc` — the same calls and event stream over gRPC (tonic), from
 //!   `proto/missive.proto`.
+//! - `keys` — end-to-end encryption's key directory over HTTP.
 //! - `media` — media over HTTP: tus uploads, Range downloads, signed
 //!   URLs.
 //! - `admin` — the operator's cluster API (placement, replica changes).
@@ -21,6 +22,7 @@ pub mod backup;
 pub mod cors;
 pub mod grpc;
 pub mod http;
+pub mod keys;
 pub mod media;
 pub mod media_admin;
 pub mod web;

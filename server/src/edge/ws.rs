@@ -33,6 +33,7 @@ use crate::service::Outgoing;
 use crate::sockets::SocketSlot;
 use crate::state::AppState;
 use crate::wire::{parse_kind, BodyIn, ClientFrame, RevokeIn, ServerFrame, SettingsIn};
+use missive_chat::{DeviceId, UserId};
 
 /// Close codes (4000–4999 are the application's).
 pub mod close {
@@ -55,7 +56,7 @@ pub mod close {
 /// Requests of one session handled concurrently (a client may pipeline).
 const IN_FLIGHT: usize = 64;
 /// Frame types a client may send.
-const CLIENT_TYPES: [&str; 20] = [
+const CLIENT_TYPES: [&str; 25] = [
     "send",
     "configure",
     "edit",
@@ -76,6 +77,11 @@ const CLIENT_TYPES: [&str; 20] = [
     "typing",
     "revoke",
     "media_url",
+    "publish_keys",
+    "key_status",
+    "device_keys",
+    "claim_keys",
+    "remove_keys",
 ];
 
 /// Frames written per flush at most.
@@ -527,6 +533,68 @@ fn changed(
 }
 
 /// Answers one request frame (`typing` has no answer unless it fails).
+/// The answer to a key-directory frame about this device.
+fn keys_frame(id: String, r: Result<crate::e2ee::KeysAck, ApiError>) -> ServerFrame {
+    match r {
+        Ok(a) => ServerFrame::Keys {
+            id,
+            device: crate::wire::Id(a.device.0),
+            one_time_prekeys: a.remaining,
+            change: a.change.map(|c| c.as_str()),
+        },
+        Err(e) => ServerFrame::error(Some(id), &e),
+    }
+}
+
+/// A key-directory frame's answer (boxed by the caller: `handle`'s
+/// future is large enough already).
+async fn key_frame(svc: &crate::service::Service, who: Caller, f: ClientFrame) -> ServerFrame {
+    match f {
+        ClientFrame::PublishKeys { id, keys } => {
+            let r = async {
+                let (identity, signed, one_time) = keys.parse()?;
+                svc.publish_keys(who, identity, signed, one_time).await
+            }
+            .await;
+            keys_frame(id, r)
+        }
+        ClientFrame::KeyStatus { id } => keys_frame(id, svc.key_status(who).await),
+        ClientFrame::RemoveKeys { id, device } => {
+            let device = device.map_or(who.device, |d| DeviceId(d.0));
+            keys_frame(id, svc.remove_keys(who, device).await)
+        }
+        ClientFrame::DeviceKeys { id, user } => match svc.device_list(UserId(user.0)).await {
+            Ok(list) => ServerFrame::DeviceKeys {
+                id,
+                user,
+                devices: list
+                    .iter()
+                    .map(|(d, k)| crate::e2ee::bundle_out(*d, k, None))
+                    .collect(),
+            },
+            Err(e) => ServerFrame::error(Some(id), &e),
+        },
+        ClientFrame::ClaimKeys { id, user, devices } => {
+            let devices = devices.into_iter().map(|d| DeviceId(d.0)).collect();
+            match svc.claim_keys(who.user, UserId(user.0), devices).await {
+                Ok(bundles) => ServerFrame::DeviceKeys {
+                    id,
+                    user,
+                    devices: bundles
+                        .iter()
+                        .map(|b| crate::e2ee::bundle_out(b.device, &b.keys, b.one_time))
+                        .collect(),
+                },
+                Err(e) => ServerFrame::error(Some(id), &e),
+            }
+        }
+        other => ServerFrame::error(
+            None,
+            &ApiError::internal(&format!("not a key frame: {other:?}")),
+        ),
+    }
+}
+
 async fn handle(
     state: &AppState,
     who: Caller,
@@ -545,10 +613,15 @@ async fn handle(
             expires_in_ms,
             reply_to,
             mentions,
+            payloads,
         } => {
             let r = async {
                 let kind = parse_kind(kind.as_deref().unwrap_or("text"))?;
                 let body = BodyIn { body, body_b64 }.bytes(svc.limits.max_message_bytes)?;
+                let payloads = payloads
+                    .into_iter()
+                    .map(crate::e2ee::PayloadIn::parse)
+                    .collect::<Result<_, _>>()?;
                 let out = Outgoing {
                     client_msg_id,
                     kind,
@@ -556,6 +629,7 @@ async fn handle(
                     expires_in_ms,
                     reply_to,
                     mentions: mentions.into_iter().map(|m| m.0).collect(),
+                    payloads,
                 };
                 svc.send(who, ConversationId(conv.0), out).await
             }
@@ -578,12 +652,14 @@ async fn handle(
             keep_edits,
             retention,
             retention_days,
+            encrypted,
         } => {
             let change = SettingsIn {
                 history,
                 keep_edits,
                 retention,
                 retention_days,
+                encrypted,
             };
             let r = match change.parse() {
                 Ok(c) => svc.configure(who.user, ConversationId(conv.0), c).await,
@@ -637,7 +713,7 @@ async fn handle(
             let r = svc.pin(who.user, ConversationId(conv.0), seq, pin).await;
             changed(id, conv, r)
         }
-        ClientFrame::Pins { id, conv } => match svc.pins(who.user, ConversationId(conv.0)).await {
+        ClientFrame::Pins { id, conv } => match svc.pins(who, ConversationId(conv.0)).await {
             Ok(list) => ServerFrame::Pins {
                 id,
                 conv,
@@ -690,6 +766,11 @@ async fn handle(
                 Err(e) => ServerFrame::error(Some(id), &e),
             }
         }
+        f @ (ClientFrame::PublishKeys { .. }
+        | ClientFrame::KeyStatus { .. }
+        | ClientFrame::RemoveKeys { .. }
+        | ClientFrame::DeviceKeys { .. }
+        | ClientFrame::ClaimKeys { .. }) => Box::pin(key_frame(svc, who, f)).await,
         ClientFrame::Blocks { id } => match svc.blocked(who.user).await {
             Ok(list) => ServerFrame::Blocks {
                 id,
@@ -724,7 +805,7 @@ async fn handle(
         } => {
             let r = async {
                 let cursor = crate::service::Cursor::of(before, after, around)?;
-                svc.history(who.user, ConversationId(conv.0), cursor, limit)
+                svc.history(who, ConversationId(conv.0), cursor, limit)
                     .await
             }
             .await;
@@ -1079,6 +1160,7 @@ mod tests {
                 expires_in_ms: None,
                 reply_to: None,
                 mentions: Vec::new(),
+                payloads: Vec::new(),
             };
             let sender = Caller {
                 user: UserId(2),

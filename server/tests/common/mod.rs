@@ -2,6 +2,7 @@
 //! WebSocket client (tokio-tungstenite) and an HTTP client (reqwest).
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub mod e2ee;
 pub mod suites;
 
 use std::net::SocketAddr;
@@ -46,6 +47,18 @@ pub fn config(dir: &Path) -> Config {
     c.limits.connect_rate_per_ip = fast;
     c.limits.upgrade_rate_per_ip = fast;
     c
+}
+
+/// A marker unique to this run (hex nanoseconds since the epoch), so a
+/// search of the server's files cannot find bytes an earlier run left.
+pub fn nonce() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 /// Starts a server.
