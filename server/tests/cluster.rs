@@ -588,3 +588,93 @@ async fn a_dead_node_is_replaced_through_the_admin_api_and_nothing_is_lost() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_encryption_across_nodes_and_the_key_directory_survives_its_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, mut nodes) = cluster(dir.path()).await;
+    let c = &cfgs[0];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(Running::addr).collect();
+    common::e2ee::two_users_two_devices_each(&addrs, c).await;
+
+    // A device with 20 one-time keys; 5 claimed through one node.
+    let owner = 501u64;
+    let mut d = common::e2ee::Device::new(owner, 1, Http::new(addrs[0], token(c, owner, 1)));
+    d.publish(20).await;
+    let claim = |addr: SocketAddr| {
+        let h = Http::new(addr, token(c, 502, 1));
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let (s, v) = h
+                    .post(&format!("/v1/users/{owner}/keys/claim"), json!({}))
+                    .await;
+                if s == 200 {
+                    return v["devices"][0]["one_time_prekey"]["id"].as_u64().unwrap();
+                }
+                assert!(
+                    s == 503 && tokio::time::Instant::now() < deadline,
+                    "{s} {v}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(claim(addrs[i % 3]).await);
+    }
+    // Stop the node that leads the owner's user shard.
+    let shard = nodes[0].node().slots().shard_of_user(owner);
+    let leader = leader_of(addrs[0], shard.0).await;
+    let victim = nodes.remove(leader as usize - 1);
+    victim.shutdown().await.unwrap();
+    let alive: Vec<SocketAddr> = nodes.iter().map(Running::addr).collect();
+    for i in 0..5 {
+        ids.push(claim(alive[i % 2]).await);
+    }
+    assert_eq!(ids, (1..=10).collect::<Vec<u64>>(), "in order, none twice");
+    // Both survivors list the same device with the same identity, and 10
+    // keys left.
+    for a in &alive {
+        let (s, v) = Http::new(*a, token(c, 502, 1))
+            .get(&format!("/v1/users/{owner}/keys"))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let listed = v["devices"][0]["identity_key"].as_str().unwrap();
+        let want = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            d.identity_public(),
+        );
+        assert_eq!(listed, want);
+    }
+    let (s, v) = Http::new(alive[1], token(c, owner, 1))
+        .get("/v1/keys")
+        .await;
+    assert_eq!((s, v["one_time_prekeys"].as_u64()), (200, Some(10)), "{v}");
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// The node that leads `shard`, as `addr`'s metrics report it.
+async fn leader_of(addr: SocketAddr, shard: u32) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = common::metrics(addr).await;
+        let key = format!("missive_shard_leader{{shard=\"{shard}\"}} ");
+        if let Some(l) = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|l| *l > 0)
+        {
+            return l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader of {shard}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

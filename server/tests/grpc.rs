@@ -99,6 +99,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         reply_to: 0,
         mentions: Vec::new(),
         text: String::new(),
+        payloads: Vec::new(),
     };
     let a = client
         .send(authed(send.clone(), &alice))
@@ -183,6 +184,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         reply_to: to,
         mentions: Vec::new(),
         text: String::new(),
+        payloads: Vec::new(),
     };
     let r = client
         .send(authed(reply(1, "b1"), &bob))
@@ -412,6 +414,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         keep_edits: Some(true),
         retention: retention.into(),
         retention_days: days,
+        encrypted: None,
     };
     let info = client
         .configure(authed(configure("joined", "days", 3), &alice))

@@ -64,8 +64,14 @@ impl Weighter<(u64, u64), Entry> for Bytes {
                     + 56
             })
             .sum();
+        // An encrypted message's payloads: the ciphertexts and 40 bytes
+        // of ids and vector header each.
+        let sealed: usize = m.sealed.as_ref().map_or(0, |e| {
+            e.payloads.iter().map(|p| p.ciphertext.len() + 40).sum()
+        });
         ENTRY_OVERHEAD
-            + (m.body.as_ref().map_or(0, String::len)
+            + (sealed
+                + m.body.as_ref().map_or(0, String::len)
                 + m.body_b64.as_ref().map_or(0, String::len)
                 + m.client_msg_id.len()
                 + reactions
@@ -201,6 +207,7 @@ mod tests {
             viewer: crate::wire::Viewer::default(),
             mentions: Vec::new(),
             prior: Vec::new(),
+            sealed: None,
         }
     }
 
