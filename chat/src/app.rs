@@ -229,7 +229,8 @@ impl App for ChatApp {
                 Keyspace::Outbox,
                 Keyspace::Media,
             ],
-            vec![Keyspace::User],
+            // Push jobs are written with inbox events: the users' phase.
+            vec![Keyspace::User, Keyspace::Push, Keyspace::PushDead],
         ]
     }
 

@@ -37,7 +37,7 @@ use missive_raft::{NodeId, ShardId};
 
 use crate::e2ee::{DeviceKeys, KeyChange, OneTimeKey, SignedPreKey};
 pub use crate::ids::{DeviceId, UserId};
-use crate::ids::{Eseq, Seq};
+use crate::ids::{Eseq, Seq, Useq};
 use crate::media::image::ImageInfo;
 use crate::media::records::{object_slot, upload_slot, Grant, Hash, Upload, UploadId};
 use crate::records::EventKind;
@@ -553,6 +553,43 @@ pub enum Command {
         /// What changed.
         change: KeyChange,
     },
+    /// Deletes push jobs that are done (every device notified, or the
+    /// user was online): every user on this command's shard.
+    PushDone {
+        /// The jobs, by event: (user, useq).
+        jobs: Vec<(UserId, Useq)>,
+    },
+    /// Records a failed attempt of a push job: the devices still to
+    /// notify, and when to try next.
+    PushRetry {
+        /// The user.
+        user: UserId,
+        /// The event.
+        useq: Useq,
+        /// The devices still to notify.
+        devices: Vec<DeviceId>,
+        /// Attempts failed so far.
+        attempts: u32,
+        /// Not before (µs).
+        next_micros: u64,
+    },
+    /// Moves a push job to the dead letters.
+    PushDead {
+        /// The user.
+        user: UserId,
+        /// The event.
+        useq: Useq,
+        /// Why (at most `push::MAX_REASON` bytes are kept).
+        reason: String,
+    },
+    /// Moves a dead letter back to the pending jobs, due now, its attempts
+    /// reset (an operator's replay).
+    PushReplay {
+        /// The user.
+        user: UserId,
+        /// The event.
+        useq: Useq,
+    },
 }
 
 /// The most entries (`reindex` + `drop`) one [`Command::RepairIndex`]
@@ -724,6 +761,10 @@ impl Command {
             Command::Encrypt { conv, .. } | Command::NoteKeys { conv, .. } => {
                 Route::Conversation(*conv)
             }
+            Command::PushDone { jobs } => jobs.first().map_or(Route::Empty, |j| Route::User(j.0)),
+            Command::PushRetry { user, .. }
+            | Command::PushDead { user, .. }
+            | Command::PushReplay { user, .. } => Route::User(*user),
         }
     }
 
@@ -732,6 +773,7 @@ impl Command {
         match self {
             Command::Deliver { items } => items.iter().map(|d| Route::User(d.user)).collect(),
             Command::OutboxDone { done } => done.iter().map(|d| Route::Conversation(d.0)).collect(),
+            Command::PushDone { jobs } => jobs.iter().map(|j| Route::User(j.0)).collect(),
             other => vec![other.route()],
         }
     }
@@ -942,6 +984,12 @@ pub enum Outcome {
     EncryptedOn {
         /// False if it already was.
         changed: bool,
+    },
+    /// `PushDone`, `PushRetry`, `PushDead`, `PushReplay`: how many jobs
+    /// (or dead letters) it found and changed.
+    Push {
+        /// Found and changed.
+        changed: u64,
     },
 }
 

@@ -24,6 +24,8 @@
 //!   messages, and their search postings).
 //! - `media` — the media store: uploads in chunks through Raft,
 //!   content-addressed objects, who may read them.
+//! - `push` — the durable push outbox: notification jobs written with
+//!   inbox events, their retries and dead letters (sent by `missived`).
 //! - `e2ee` — end-to-end encryption support: the device key directory
 //!   (rules in `apply::keys`) and encrypted messages' per-device payloads.
 //! - `search` — full-text search: the tokenizer, the postings (written by
@@ -55,6 +57,7 @@ pub mod ids;
 pub mod media;
 pub mod node;
 pub mod outbox_feed;
+pub mod push;
 pub mod records;
 pub mod restore;
 pub mod retention;

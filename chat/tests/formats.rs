@@ -264,6 +264,23 @@ fn later(name: &str) -> bool {
         || SINCE_SEARCH.contains(&name)
         || SINCE_MEDIA.contains(&name)
         || SINCE_E2EE.contains(&name)
+        || SINCE_PUSH.contains(&name)
+}
+
+/// Commands added with the durable push outbox: after every earlier frame.
+const SINCE_PUSH: &[&str] = &["push_done", "push_retry", "push_dead", "push_replay"];
+
+fn push_job() -> missive_chat::push::PushJob {
+    missive_chat::push::PushJob {
+        conv: conv(),
+        seq: Seq(5),
+        sender: UserId(8),
+        at: 1_700_000_000_000_005,
+        devices: vec![DeviceId(1), DeviceId(3)],
+        attempts: 2,
+        next_micros: 1_700_000_004_000_000,
+        since_micros: 1_700_000_000_000_005,
+    }
 }
 
 /// Commands added with end-to-end encryption: their write frames come
@@ -349,6 +366,7 @@ fn outcomes_since_search() -> Vec<(&'static str, Outcome)> {
                 message: "encrypted".into(),
             },
         ),
+        ("push", Outcome::Push { changed: 2 }),
     ]
 }
 
@@ -886,6 +904,37 @@ fn commands() -> Vec<(&'static str, Command)> {
                 change: missive_chat::e2ee::KeyChange::IdentityChanged,
             },
         ),
+        (
+            "push_done",
+            Command::PushDone {
+                jobs: vec![(UserId(7), Useq(3)), (UserId(7), Useq(4))],
+            },
+        ),
+        (
+            "push_retry",
+            Command::PushRetry {
+                user: UserId(7),
+                useq: Useq(3),
+                devices: vec![DeviceId(2)],
+                attempts: 3,
+                next_micros: 1_700_000_008_000_000,
+            },
+        ),
+        (
+            "push_dead",
+            Command::PushDead {
+                user: UserId(7),
+                useq: Useq(3),
+                reason: "gateway answered 500".into(),
+            },
+        ),
+        (
+            "push_replay",
+            Command::PushReplay {
+                user: UserId(7),
+                useq: Useq(3),
+            },
+        ),
     ]
 }
 
@@ -1190,6 +1239,33 @@ fn stored_records_and_their_keys() {
             .then_some(())
             .ok_or(format!("decoded {got:?}"))
     });
+    set.versioned("push_job", &push_job());
+    set.versioned(
+        "dead_push",
+        &missive_chat::push::DeadPush {
+            job: push_job(),
+            died_micros: 1_700_000_009_000_000,
+            reason: "gateway answered 500".into(),
+        },
+    );
+    set.versioned(
+        "push_devices",
+        &missive_chat::push::PushDevices {
+            devices: vec![DeviceId(1), DeviceId(3)],
+        },
+    );
+    set.key(
+        "key_push_job",
+        missive_chat::push::job_key(UserId(0x0a0b_0c0d), Useq(9)),
+    );
+    set.key(
+        "key_dead_push",
+        missive_chat::push::dead_key(UserId(0x0a0b_0c0d), Useq(9)),
+    );
+    set.key(
+        "key_push_devices",
+        missive_chat::push::push_devices_key(UserId(0x0a0b_0c0d)),
+    );
     set.key(
         "key_device_keys",
         missive_chat::e2ee::keys::device_keys_key(UserId(0x0a0b_0c0d), DeviceId(3)),
@@ -1867,7 +1943,10 @@ fn frames() -> Vec<(String, Wire)> {
             },
         ),
     ];
-    let (e2ee, before_e2ee): (Vec<_>, Vec<_>) = commands()
+    let (push, before_push): (Vec<_>, Vec<_>) = commands()
+        .into_iter()
+        .partition(|(name, _)| SINCE_PUSH.contains(name));
+    let (e2ee, before_e2ee): (Vec<_>, Vec<_>) = before_push
         .into_iter()
         .partition(|(name, _)| SINCE_E2EE.contains(name));
     let (media, earlier): (Vec<_>, Vec<_>) = before_e2ee
@@ -1921,6 +2000,9 @@ fn frames() -> Vec<(String, Wire)> {
         rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
     }
     for (name, cmd) in e2ee {
+        rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
+    }
+    for (name, cmd) in push {
         rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
     }
     for (i, (name, rpc)) in rpcs.into_iter().enumerate() {

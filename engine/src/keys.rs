@@ -94,6 +94,13 @@ pub enum Keyspace {
     /// Media: uploads in progress, their bytes in chunks of at most 1 MiB,
     /// and content-addressed objects (see `missive_chat::media`).
     Media = 0x70,
+    /// Push notifications waiting to be sent (see `missive_chat::push`):
+    /// kept apart from the user's other data so the sender's scan of a
+    /// shard reads only pending jobs.
+    Push = 0x80,
+    /// Push notifications that could not be sent in time (dead letters,
+    /// for an operator to list and replay).
+    PushDead = 0x90,
 }
 
 /// Length of a message key.

@@ -109,14 +109,17 @@ impl Apply<'_, '_> {
         Ok(Outcome::Delivered { applied, skipped })
     }
 
-    /// Appends one event to `user`'s inbox (the user is on this shard)
-    /// and tells live connections.
+    /// Appends one event to `user`'s inbox (the user is on this shard),
+    /// with its push job if it calls for one, and tells live connections.
     pub(super) fn append_inbox(&mut self, user: UserId, event: InboxEvent) -> Result<()> {
         let hkey = user_head_key(user);
         let mut head: UserHead = self.rec.get_as("user head", &hkey)?.unwrap_or_default();
         head.useq = head.useq.next();
         self.rec.put_as(inbox_key(user, head.useq), &event)?;
         self.rec.put_as(hkey, &head)?;
+        // The notification that may wake the user's devices, in the same
+        // batch as the event it announces (`crate::push`).
+        self.push_job(user, head.useq, &event)?;
         self.fx.notices.push(InboxNotice {
             user,
             useq: head.useq,

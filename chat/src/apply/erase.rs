@@ -80,11 +80,15 @@ impl Apply<'_, '_> {
     ) -> Result<Outcome> {
         // Revocations stay: they hold no personal data, and dropping them
         // would make revoked tokens valid again.
-        let keys = [profile_key(user), ticket_uses_key(user)]
-            .into_iter()
-            .chain(devices.iter().map(|d| device_key(user, *d)))
-            .chain(devices.iter().map(|d| push_key(user, *d)))
-            .chain(blocked.iter().map(|b| blocked_key(user, *b)));
+        let keys = [
+            profile_key(user),
+            ticket_uses_key(user),
+            crate::push::push_devices_key(user),
+        ]
+        .into_iter()
+        .chain(devices.iter().map(|d| device_key(user, *d)))
+        .chain(devices.iter().map(|d| push_key(user, *d)))
+        .chain(blocked.iter().map(|b| blocked_key(user, *b)));
         let mut removed = 0;
         for d in devices {
             if let Outcome::Keys {

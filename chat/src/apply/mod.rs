@@ -21,7 +21,7 @@
 //! `restore` (raising a restored conversation's counters), and `index`
 //! (the search postings every message rule keeps in step), `media`
 //! (uploads, objects, grants; a media message's reference is written by
-//! `message`).
+//! `message`), `push` (the push outbox's jobs, retries and dead letters).
 
 mod block;
 mod change;
@@ -34,6 +34,7 @@ pub(crate) use index::indexed_terms;
 mod media;
 mod message;
 mod pin;
+mod push;
 mod receipt;
 mod restore;
 mod user;
@@ -357,6 +358,16 @@ pub(crate) fn run(
             device,
             change,
         } => a.note_keys(*conv, *user, *device, *change, stamp),
+        Command::PushDone { jobs } => a.push_done(jobs),
+        Command::PushRetry {
+            user,
+            useq,
+            devices,
+            attempts,
+            next_micros,
+        } => a.push_retry(*user, *useq, devices, *attempts, *next_micros),
+        Command::PushDead { user, useq, reason } => a.push_dead(*user, *useq, reason, stamp),
+        Command::PushReplay { user, useq } => a.push_replay(*user, *useq, stamp),
     }
 }
 

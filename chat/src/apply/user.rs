@@ -62,6 +62,7 @@ impl Apply<'_, '_> {
             )?,
             None => self.rec.delete(key),
         }
+        self.note_push_device(user, device, token.is_some())?;
         Ok(Outcome::Done)
     }
 

@@ -19,13 +19,15 @@ use crate::ids::ShardId;
 
 /// The engine's keyspaces whose keys start with a slot: a data shard's
 /// data is one range of each (the `RaftMeta` keyspace is no shard's data).
-pub const SLOTTED_KEYSPACES: [Keyspace; 6] = [
+pub const SLOTTED_KEYSPACES: [Keyspace; 8] = [
     Keyspace::Message,
     Keyspace::Conversation,
     Keyspace::User,
     Keyspace::Receipt,
     Keyspace::Outbox,
     Keyspace::Media,
+    Keyspace::Push,
+    Keyspace::PushDead,
 ];
 
 /// Which shard owns which slots.
