@@ -215,9 +215,17 @@ pub struct PushSection {
     pub webhook_secret: Option<String>,
     /// One call's deadline, ms.
     pub timeout_ms: u64,
-    /// Notifications waiting for the gateway; beyond, new ones are dropped
-    /// (and counted).
+    /// Notifications being sent at once by this node (the jobs wait in
+    /// the store, so none is dropped when this is reached).
     pub queue: usize,
+    /// A notification not sent this long after its event is given up on
+    /// and kept as a dead letter (`missivectl push dead`), seconds.
+    pub max_age_secs: u64,
+    /// The wait before the first retry, ms; it doubles (with jitter) up to
+    /// `retry_max_ms`.
+    pub retry_min_ms: u64,
+    /// The longest wait between retries, ms.
+    pub retry_max_ms: u64,
 }
 
 impl Default for PushSection {
@@ -226,7 +234,10 @@ impl Default for PushSection {
             webhook_url: None,
             webhook_secret: None,
             timeout_ms: 5_000,
-            queue: 4_096,
+            queue: 64,
+            max_age_secs: 86_400,
+            retry_min_ms: 1_000,
+            retry_max_ms: 300_000,
         }
     }
 }

@@ -23,6 +23,19 @@ use missive_engine::lsm::LsmStats;
 /// A monotonically increasing count.
 pub type Counter = prometheus_client::metrics::counter::Counter;
 
+/// Counters labelled by (provider, outcome).
+pub type PushFamily =
+    prometheus_client::metrics::family::Family<Vec<(&'static str, &'static str)>, Counter>;
+
+impl Metrics {
+    /// Counts one push outcome of `provider`.
+    pub fn push_outcome(&self, provider: &'static str, outcome: &'static str) {
+        self.push
+            .get_or_create(&vec![("provider", provider), ("outcome", outcome)])
+            .inc();
+    }
+}
+
 /// A value that goes up and down.
 pub type Gauge = prometheus_client::metrics::gauge::Gauge;
 
@@ -68,13 +81,14 @@ pub struct Metrics {
     pub message_cache_hits: Counter,
     /// Recent-messages cache lookups that read the store.
     pub message_cache_misses: Counter,
-    /// Push notifications the gateway accepted.
+    /// Push notifications a provider accepted (all providers).
     pub push_sent: Counter,
-    /// Push notifications given up on (gateway down or refusing, event
-    /// unreadable).
+    /// Push attempts that failed (all providers; the job is retried or
+    /// dead-lettered).
     pub push_failed: Counter,
-    /// Push notifications dropped because the queue was full.
-    pub push_dropped: Counter,
+    /// Push notifications by provider and outcome (`sent`, `failed`,
+    /// `retried`, `dead_lettered`, `token_removed`).
+    pub push: PushFamily,
     /// A send from its arrival to its commit on a quorum (the ack).
     pub send_commit: Latency,
     /// A history page, from the request to the rendered page.
@@ -144,13 +158,13 @@ impl Default for Metrics {
         );
         r.register(
             "push_failed",
-            "Push notifications given up on after retries",
+            "Push attempts that failed (retried or dead-lettered after)",
             m.push_failed.clone(),
         );
         r.register(
-            "push_dropped",
-            "Push notifications dropped: queue full",
-            m.push_dropped.clone(),
+            "push_notifications",
+            "Push notifications by provider and outcome: sent, failed (an attempt), retried (a job rescheduled), dead_lettered, token_removed",
+            m.push.clone(),
         );
         r.register(
             "send_commit_seconds",
@@ -180,7 +194,7 @@ impl Default for Metrics {
             message_cache_misses: m.message_cache_misses,
             push_sent: m.push_sent,
             push_failed: m.push_failed,
-            push_dropped: m.push_dropped,
+            push: m.push,
             send_commit: m.send_commit,
             history_read: m.history_read,
             delivery: m.delivery,
@@ -204,7 +218,7 @@ struct MetricsParts {
     message_cache_misses: Counter,
     push_sent: Counter,
     push_failed: Counter,
-    push_dropped: Counter,
+    push: PushFamily,
     send_commit: Latency,
     history_read: Latency,
     delivery: Latency,

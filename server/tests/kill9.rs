@@ -913,3 +913,120 @@ async fn media_survives_the_kill_of_its_shard_leader_mid_upload_and_after() {
         let _ = p.child.wait();
     }
 }
+
+/// A push gateway on loopback that refuses the first call of each
+/// idempotency key (500) and accepts every later one; (url, what it got:
+/// (key, status)).
+async fn flaky_gateway() -> (String, Arc<Mutex<Vec<(String, u16)>>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    let log: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
+    let l2 = Arc::clone(&log);
+    let app = axum::Router::new().route(
+        "/push",
+        axum::routing::post(move |headers: HeaderMap| {
+            let log = Arc::clone(&l2);
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let mut l = log.lock().unwrap();
+                let status = if l.iter().any(|(k, _)| *k == key) {
+                    204
+                } else {
+                    500
+                };
+                l.push((key, status));
+                StatusCode::from_u16(status).unwrap()
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_retry_loses_no_push_notification_and_sends_none_twice() {
+    let (url, log) = flaky_gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port("127.0.0.1");
+    let cfg = dir.path().join("n1.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{http}\"\ndata_dir = {:?}\n[node]\nshards = {SHARDS}\n\
+             raft_listen = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n\
+             [grpc]\nenabled = false\n\
+             [push]\nwebhook_url = \"{url}\"\nretry_min_ms = 1500\nretry_max_ms = 1500\n",
+            dir.path().join("n1").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut child = spawn(&cfg);
+    wait_listening(&mut child);
+    wait_ready(&[http]).await;
+    let mut tc = Config {
+        data_dir: dir.path().join("tokens"),
+        ..Config::default()
+    };
+    tc.auth.secret = Some(SECRET.into());
+    let alice = Http::new(http, token(&tc, 1, 1));
+    let phone = Http::new(http, token(&tc, 2, 1));
+    let (s, v) = phone.put("/v1/devices/push", json!({"token": "tok"})).await;
+    assert_eq!(s, 200, "{v}");
+    let conv = alice.direct(2).await;
+    // m1's first attempt fails; kill the node while it waits to retry,
+    // right after m2 is acknowledged (its job written, maybe not tried).
+    alice.send(&conv, "m1", "one").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while log.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no first attempt");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    alice.send(&conv, "m2", "two").await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before: Vec<(String, u16)> = log.lock().unwrap().clone();
+    assert!(
+        before.iter().all(|(_, s)| *s == 500),
+        "killed before any retry: {before:?}"
+    );
+
+    let mut child = spawn(&cfg);
+    wait_listening(&mut child);
+    wait_ready(&[http]).await;
+    // Both events are accepted, once each.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let accepted: Vec<String> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| *s == 204)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if accepted.len() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "accepted only {accepted:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Settle: no late duplicate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = log.lock().unwrap().clone();
+    let mut accepted: Vec<String> = log
+        .iter()
+        .filter(|(_, s)| *s == 204)
+        .map(|(k, _)| k.clone())
+        .collect();
+    accepted.sort();
+    let keys: HashSet<&String> = log.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), 2, "two events, one device: {log:?}");
+    assert_eq!(accepted.len(), 2, "each accepted once: {log:?}");
+    assert_ne!(accepted[0], accepted[1], "{log:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -160,3 +160,171 @@ async fn offline_devices_with_a_token_are_notified_once_per_message() {
     );
     srv.shutdown().await.unwrap();
 }
+
+/// A gateway whose answer for each call `answer` decides from the token
+/// and how many calls that idempotency key had before; what it received:
+/// (idempotency key, status answered, body).
+type Log = Arc<Mutex<Vec<(String, u16, Value)>>>;
+
+async fn scripted(answer: fn(&str, usize) -> u16) -> (String, Log) {
+    let log: Log = Arc::default();
+    let app = Router::new()
+        .route(
+            "/push",
+            post(
+                move |State(log): State<Log>, headers: HeaderMap, Json(body): Json<Value>| async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let mut l = log.lock().unwrap();
+                    let before = l.iter().filter(|(k, _, _)| *k == key).count();
+                    let status = answer(body["token"].as_str().unwrap_or(""), before);
+                    l.push((key, status, body));
+                    StatusCode::from_u16(status).unwrap()
+                },
+            ),
+        )
+        .with_state(Arc::clone(&log));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, log)
+}
+
+async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(tokio::time::Instant::now() < deadline, "waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_pushes_become_dead_letters_that_replay_and_a_gone_token_is_dropped() {
+    // "tok-down" fails until it has been refused 4 times; "tok-gone" is
+    // unregistered (410).
+    let (url, log) = scripted(|token, before| match token {
+        "tok-gone" => 410,
+        _ if before < 4 => 500,
+        _ => 204,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.push.webhook_url = Some(url);
+    c.push.retry_min_ms = 100;
+    c.push.retry_max_ms = 200;
+    c.push.max_age_secs = 1;
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let phone = Http::new(srv.addr(), token(&c, 2, 1));
+    let tablet = Http::new(srv.addr(), token(&c, 2, 2));
+    let (s, _) = phone
+        .put("/v1/devices/push", json!({"token": "tok-down"}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = tablet
+        .put("/v1/devices/push", json!({"token": "tok-gone"}))
+        .await;
+    assert_eq!(s, 200);
+    let conv = alice.direct(2).await;
+    alice.send(&conv, "m1", "hi").await;
+
+    // The tablet's token is dropped at the first answer; the phone's
+    // attempts fail until the job is older than a second: a dead letter.
+    let admin = |path: &str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::GET, format!("http://{}{path}", srv.addr()))
+            .header("x-admin-secret", "test-admin-secret")
+    };
+    let mut dead = Value::Null;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while dead["dead"].as_array().is_none_or(Vec::is_empty) {
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        dead = admin("/v1/admin/push/dead")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    }
+    let d = &dead["dead"][0];
+    assert_eq!(
+        (d["user"].as_str(), d["seq"].as_u64()),
+        (Some("2"), Some(1)),
+        "{dead}"
+    );
+    assert_eq!(
+        d["devices"],
+        json!(["1"]),
+        "the gone tablet is not retried: {dead}"
+    );
+    assert!(d["attempts"].as_u64().unwrap() >= 1, "{dead}");
+    assert!(d["reason"].as_str().unwrap().contains("500"), "{dead}");
+    let tries = log.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        log.lock().unwrap().len(),
+        tries,
+        "a dead letter is not retried"
+    );
+
+    // A second message: only the phone has a target now.
+    alice.send(&conv, "m2", "again").await;
+    until("m2 tried", || {
+        log.lock().unwrap().iter().any(|(_, _, b)| b["seq"] == 2)
+    })
+    .await;
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(_, _, b)| b["seq"] != 2 || b["token"] == "tok-down"));
+    assert_eq!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s, _)| *s == 410)
+            .count(),
+        1,
+        "the gone token was used once"
+    );
+
+    // Replay: the phone's gateway now accepts (it refused 4 times).
+    let id = d["id"].as_str().unwrap().to_string();
+    assert_eq!(id, format!("2:{}", d["useq"]), "{dead}");
+    let v: Value = reqwest::Client::new()
+        .post(format!("http://{}/v1/admin/push/replay", srv.addr()))
+        .header("x-admin-secret", "test-admin-secret")
+        .json(&json!({"jobs": [&id]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["replayed"], 1, "{v}");
+    until("the replayed notification accepted", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|(k, s, b)| *s == 204 && b["seq"] == 1 && *k == format!("{id}:1"))
+    })
+    .await;
+    let m = common::metrics(srv.addr()).await;
+    let outcome = |o: &str| {
+        common::metric(
+            &m,
+            &format!("missive_push_notifications_total{{provider=\"webhook\",outcome=\"{o}\"}}"),
+        )
+    };
+    assert_eq!(outcome("token_removed"), Some(1.0), "{m}");
+    assert!(outcome("dead_lettered").unwrap_or(0.0) >= 1.0, "{m}");
+    assert!(outcome("retried").unwrap_or(0.0) >= 1.0, "{m}");
+    assert!(outcome("sent").unwrap_or(0.0) >= 1.0, "{m}");
+    srv.shutdown().await.unwrap();
+}

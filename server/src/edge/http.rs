@@ -79,6 +79,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(media_admin::inspect))
         .routes(routes!(media_admin::verify))
         .routes(routes!(media_admin::gc))
+        .routes(routes!(crate::edge::push_admin::dead))
+        .routes(routes!(crate::edge::push_admin::replay))
         .routes(routes!(admin::erase_user))
         .routes(routes!(admin::revoke_user))
         .routes(routes!(admin::search_index))

@@ -13,6 +13,7 @@
 //! - `admin` — the operator's cluster API (placement, replica changes).
 //! - `media_admin` — the operator's media API (list, inspect, verify,
 //!   collect).
+//! - `push_admin` — the operator's push API (dead letters, replay).
 //! - `backup` — the operator's backup stream and restore frames.
 //! - `cors` — which browser origins may call, and CORS for them.
 //! - `web` — the web client's static files, compiled in.
@@ -25,5 +26,6 @@ pub mod http;
 pub mod keys;
 pub mod media;
 pub mod media_admin;
+pub mod push_admin;
 pub mod web;
 pub mod ws;
