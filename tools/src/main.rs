@@ -9,6 +9,7 @@
 //! - `cluster` — the online commands (`cluster`, `shard`, `node`, `user`),
 //!   through a node's admin HTTP API.
 //! - `media` — `media list | inspect | verify | gc`, through the same API.
+//! - `push` — `push dead | replay`: the push outbox's dead letters.
 //! - `backup` — `backup` and `restore`: a cluster's data shards to a
 //!   directory and into another cluster, through the admin API.
 //!
@@ -22,6 +23,7 @@
 mod backup;
 mod cluster;
 mod media;
+mod push;
 mod render;
 
 use std::path::PathBuf;
@@ -128,6 +130,11 @@ enum Command {
     Media {
         #[command(subcommand)]
         what: MediaCommand,
+    },
+    /// Push notifications given up on (dead letters), cluster-wide.
+    Push {
+        #[command(subcommand)]
+        what: PushCommand,
     },
     /// Copy every data shard of a running cluster to a new directory, each
     /// at one applied position, while it serves.
@@ -282,6 +289,30 @@ enum MediaCommand {
         /// seconds [default: the server's media.unreferenced_grace_secs].
         #[arg(long)]
         grace_secs: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PushCommand {
+    /// List the dead letters: notifications not sent within the server's
+    /// push.max_age_secs (id, conversation, devices, attempts, last error).
+    Dead {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// At most this many [default: all].
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Make dead letters pending again, due now (their attempts reset).
+    Replay {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "jobs")]
+        all: bool,
+        /// Job ids (`user:useq`, as `push dead` lists them).
+        #[arg(required_unless_present = "all")]
+        jobs: Vec<String>,
     },
 }
 
@@ -561,6 +592,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 out
             }
             MediaCommand::Gc { target, grace_secs } => media::gc(target, *grace_secs)?,
+        },
+        Command::Push { what } => match what {
+            PushCommand::Dead { target, limit } => push::dead(target, *limit)?,
+            PushCommand::Replay { target, all, jobs } => push::replay(target, jobs, *all)?,
         },
         Command::Backup { target, out } => backup::backup(target, out)?,
         Command::Restore {

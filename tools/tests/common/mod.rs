@@ -92,6 +92,16 @@ pub struct Trio {
 /// Three nodes of one cluster on 127.0.0.1–3 (`shards` shards, 3
 /// replicas), data under `dir/{name}{1,2,3}`, every node ready.
 pub async fn three_nodes(dir: &Path, name: &str, shards: u32) -> Trio {
+    three_nodes_with(dir, name, shards, |_| {}).await
+}
+
+/// [`three_nodes`] with each config changed by `change` before it starts.
+pub async fn three_nodes_with(
+    dir: &Path,
+    name: &str,
+    shards: u32,
+    change: impl Fn(&mut missive_server::Config),
+) -> Trio {
     let raft: Vec<_> = (1..=3)
         .map(|i| free_port(&format!("127.0.0.{i}")))
         .collect();
@@ -117,6 +127,7 @@ pub async fn three_nodes(dir: &Path, name: &str, shards: u32) -> Trio {
         c.auth.admin_secret = Some(SECRET.into());
         c.limits.sends_per_second = 10_000;
         c.limits.send_burst = 10_000;
+        change(&mut c);
         cfgs.push(c);
     }
     let handles: Vec<_> = cfgs
