@@ -80,15 +80,14 @@ impl Apply<'_, '_> {
     ) -> Result<Outcome> {
         // Revocations stay: they hold no personal data, and dropping them
         // would make revoked tokens valid again.
-        let keys = [
-            profile_key(user),
-            ticket_uses_key(user),
-            crate::push::push_devices_key(user),
-        ]
-        .into_iter()
-        .chain(devices.iter().map(|d| device_key(user, *d)))
-        .chain(devices.iter().map(|d| push_key(user, *d)))
-        .chain(blocked.iter().map(|b| blocked_key(user, *b)));
+        // The list of devices with push targets is an index of the
+        // targets, not a record of its own: deleted, not counted.
+        self.rec.delete(crate::push::push_devices_key(user));
+        let keys = [profile_key(user), ticket_uses_key(user)]
+            .into_iter()
+            .chain(devices.iter().map(|d| device_key(user, *d)))
+            .chain(devices.iter().map(|d| push_key(user, *d)))
+            .chain(blocked.iter().map(|b| blocked_key(user, *b)));
         let mut removed = 0;
         for d in devices {
             if let Outcome::Keys {

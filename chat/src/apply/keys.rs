@@ -230,13 +230,11 @@ impl Apply<'_, '_> {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
-    use std::collections::BTreeMap;
-
     use ed25519_dalek::{Signer, SigningKey};
-    use missive_raft::storage::record_source::Records;
 
     use super::*;
-    use crate::apply::{run, Effects};
+    use crate::apply::tests::Shard;
+    use crate::apply::Effects;
     use crate::command::{Command, MessageKind, NewMessage, SendMessage};
     use crate::e2ee::keys::signed_message;
     use crate::e2ee::{DevicePayload, Envelope};
@@ -244,28 +242,6 @@ mod tests {
     const CONV: ConversationId = ConversationId(77);
     const ALICE: UserId = UserId(1);
     const BOB: UserId = UserId(2);
-
-    #[derive(Default)]
-    struct Shard {
-        kv: BTreeMap<Vec<u8>, Vec<u8>>,
-        stamp: u64,
-    }
-
-    impl Shard {
-        fn apply(&mut self, cmd: Command) -> (Outcome, Effects) {
-            self.stamp += 1;
-            let mut fx = Effects::default();
-            let mut rec = Records::over(&self.kv);
-            let out = run(&mut rec, &mut fx, 1_000 + self.stamp, &cmd).unwrap();
-            for (k, v) in rec.into_writes() {
-                match v {
-                    Some(v) => self.kv.insert(k, v),
-                    None => self.kv.remove(&k),
-                };
-            }
-            (out, fx)
-        }
-    }
 
     fn publish(sk: &SigningKey, device: u64, spk_id: u32, otks: std::ops::Range<u32>) -> Command {
         let mut signed = SignedPreKey {

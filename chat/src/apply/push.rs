@@ -152,38 +152,19 @@ impl Apply<'_, '_> {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
-    use std::collections::BTreeMap;
-
     use missive_engine::keys::ConversationId;
-    use missive_raft::storage::record_source::Records;
 
     use super::*;
-    use crate::apply::{run, Effects};
+    use crate::apply::tests::Shard;
     use crate::command::{Command, Delivery};
     use crate::ids::{Eseq, Seq};
     use crate::records::EventKind;
 
-    #[derive(Default)]
-    struct Shard {
-        kv: BTreeMap<Vec<u8>, Vec<u8>>,
-        stamp: u64,
+    trait Jobs {
+        fn job(&self, user: u64, useq: u64) -> Option<PushJob>;
     }
 
-    impl Shard {
-        fn apply(&mut self, cmd: Command) -> Outcome {
-            self.stamp += 1;
-            let mut fx = Effects::default();
-            let mut rec = Records::over(&self.kv);
-            let out = run(&mut rec, &mut fx, 1_000 + self.stamp, &cmd).unwrap();
-            for (k, v) in rec.into_writes() {
-                match v {
-                    Some(v) => self.kv.insert(k, v),
-                    None => self.kv.remove(&k),
-                };
-            }
-            out
-        }
-
+    impl Jobs for Shard {
         fn job(&self, user: u64, useq: u64) -> Option<PushJob> {
             let v = self.kv.get(&job_key(UserId(user), Useq(useq)))?;
             Some(crate::records::decode("job", v).unwrap())
@@ -218,12 +199,12 @@ mod tests {
     #[test]
     fn a_job_is_written_with_each_pushable_event_and_follows_its_attempts() {
         let mut s = Shard::default();
-        s.apply(message(2, 1, 1));
+        s.out(message(2, 1, 1));
         assert_eq!(s.job(2, 1), None, "no push target: no job");
-        s.apply(token(5, Some("t5")));
-        s.apply(token(3, Some("t3")));
-        s.apply(message(2, 2, 1));
-        s.apply(message(2, 3, 2));
+        s.out(token(5, Some("t5")));
+        s.out(token(3, Some("t3")));
+        s.out(message(2, 2, 1));
+        s.out(message(2, 3, 2));
         let job = s.job(2, 2).unwrap();
         assert_eq!(job.devices, vec![DeviceId(3), DeviceId(5)]);
         assert_eq!(
@@ -231,8 +212,8 @@ mod tests {
             (Seq(2), UserId(1), 602, 602)
         );
         assert_eq!(s.job(2, 3), None, "the user's own message is not pushed");
-        s.apply(token(5, None));
-        s.apply(message(2, 4, 1));
+        s.out(token(5, None));
+        s.out(message(2, 4, 1));
         assert_eq!(s.job(2, 4).unwrap().devices, vec![DeviceId(3)]);
 
         let retry = Command::PushRetry {
@@ -242,7 +223,7 @@ mod tests {
             attempts: 1,
             next_micros: 9_000,
         };
-        assert_eq!(s.apply(retry), Outcome::Push { changed: 1 });
+        assert_eq!(s.out(retry), Outcome::Push { changed: 1 });
         let job = s.job(2, 2).unwrap();
         assert_eq!(
             (job.devices, job.attempts, job.next_micros),
@@ -253,8 +234,8 @@ mod tests {
             useq: Useq(2),
             reason: "x".repeat(MAX_REASON + 10),
         };
-        assert_eq!(s.apply(dead.clone()), Outcome::Push { changed: 1 });
-        assert_eq!(s.apply(dead), Outcome::Push { changed: 0 }, "moved once");
+        assert_eq!(s.out(dead.clone()), Outcome::Push { changed: 1 });
+        assert_eq!(s.out(dead), Outcome::Push { changed: 0 }, "moved once");
         assert_eq!(s.job(2, 2), None);
         let d: DeadPush =
             crate::records::decode("dead", &s.kv[&dead_key(UserId(2), Useq(2))]).unwrap();
@@ -263,7 +244,7 @@ mod tests {
             user: UserId(2),
             useq: Useq(2),
         };
-        assert_eq!(s.apply(replay), Outcome::Push { changed: 1 });
+        assert_eq!(s.out(replay), Outcome::Push { changed: 1 });
         let job = s.job(2, 2).unwrap();
         assert_eq!((job.attempts, job.devices.clone()), (0, vec![DeviceId(5)]));
         assert!(!s.kv.contains_key(&dead_key(UserId(2), Useq(2))));
@@ -274,7 +255,7 @@ mod tests {
                 (UserId(2), Useq(99)),
             ],
         };
-        assert_eq!(s.apply(done), Outcome::Push { changed: 2 });
+        assert_eq!(s.out(done), Outcome::Push { changed: 2 });
         assert_eq!((s.job(2, 2), s.job(2, 4)), (None, None));
     }
 }

@@ -24,16 +24,17 @@ use crate::records::{
 const CONV: ConversationId = ConversationId(77);
 const STAMP: u64 = 1_700_000_000_000_000;
 
-/// A shard's committed records, and a clock for the leader's stamps.
+/// A shard's committed records, and a clock for the leader's stamps
+/// (shared with the rule families' own tests).
 #[derive(Default)]
-struct Shard {
-    kv: BTreeMap<Vec<u8>, Vec<u8>>,
+pub(super) struct Shard {
+    pub(super) kv: BTreeMap<Vec<u8>, Vec<u8>>,
     stamp: u64,
 }
 
 impl Shard {
     /// Applies one command as one state-machine call; commits its writes.
-    fn apply(&mut self, cmd: Command) -> (Outcome, Effects) {
+    pub(super) fn apply(&mut self, cmd: Command) -> (Outcome, Effects) {
         self.stamp += 1;
         let mut fx = Effects::default();
         let mut rec = Records::over(&self.kv);
@@ -47,7 +48,7 @@ impl Shard {
         (out, fx)
     }
 
-    fn out(&mut self, cmd: Command) -> Outcome {
+    pub(super) fn out(&mut self, cmd: Command) -> Outcome {
         self.apply(cmd).0
     }
 
@@ -1312,6 +1313,7 @@ fn erasure_tombstones_only_the_users_messages_and_takes_their_records() {
         }
     );
     assert!(!s.kv.contains_key(&records::profile_key(UserId(2))));
+    assert!(!s.kv.contains_key(&crate::push::push_devices_key(UserId(2))));
     assert!(!s
         .kv
         .contains_key(&records::push_key(UserId(2), DeviceId(5))));
