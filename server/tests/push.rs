@@ -110,6 +110,7 @@ async fn offline_devices_with_a_token_are_notified_once_per_message() {
     assert_eq!(got[0]["conv"], json!(conv));
     assert_eq!(got[0]["seq"], 1);
     assert_eq!(got[0]["sender"], "1");
+    assert_eq!(got[0]["badge"], 1, "one unread message");
     assert!(
         got[0].get("body").is_none(),
         "no content in a push: {}",
@@ -273,12 +274,34 @@ async fn failing_pushes_become_dead_letters_that_replay_and_a_gone_token_is_drop
         "a dead letter is not retried"
     );
 
-    // A second message: only the phone has a target now.
-    alice.send(&conv, "m2", "again").await;
-    until("m2 tried", || {
-        log.lock().unwrap().iter().any(|(_, _, b)| b["seq"] == 2)
+    // Carol writes too (another conversation, pushed on its own), then a
+    // second message from Alice: only the phone has a target now, and the
+    // badge counts both conversations' unread messages (2 + 1).
+    let carol = Http::new(srv.addr(), token(&c, 3, 1));
+    let other = carol.direct(2).await;
+    carol.send(&other, "c1", "hello from carol").await;
+    until("carol's message pushed", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, b)| b["conv"] == other.as_str())
     })
     .await;
+    alice.send(&conv, "m2", "again").await;
+    until("m2 tried", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, b)| b["seq"] == 2 && b["conv"] == conv.as_str())
+    })
+    .await;
+    let badge = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, _, b)| b["seq"] == 2 && b["conv"] == conv.as_str())
+        .map(|(_, _, b)| b["badge"].clone());
+    assert_eq!(badge, Some(json!(3)));
     assert!(log
         .lock()
         .unwrap()

@@ -101,7 +101,8 @@ pub struct Notification {
     /// Notifications of one conversation replace each other on the
     /// device (APNs `apns-collapse-id`, FCM `collapse_key`).
     pub collapse_key: String,
-    /// The conversation's unread count for the user, for the app badge.
+    /// The user's unread messages over all their conversations (the app
+    /// icon's badge).
     pub badge: u64,
 }
 
@@ -285,12 +286,17 @@ impl Sender {
             .devices(user, Consistency::Stale)
             .await
             .unwrap_or_default();
-        let badge = node
-            .user_conversation(user, job.conv, Consistency::Stale)
+        // The app icon's count: unread messages over every conversation
+        // the user is in (one scan of their views; pushes go only to
+        // users who are offline, so this is not on the live path).
+        let badge: u64 = node
+            .user_conversations(user, Consistency::Stale)
             .await
-            .ok()
-            .flatten()
-            .map_or(0, |v| v.unread());
+            .unwrap_or_default()
+            .iter()
+            .filter(|(_, v)| v.member)
+            .map(|(_, v)| v.unread())
+            .sum();
         let name = Webhook::NAME;
         let metrics = &self.service.metrics;
         let mut left: Vec<DeviceId> = Vec::new();
