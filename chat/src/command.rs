@@ -590,6 +590,18 @@ pub enum Command {
         /// The event.
         useq: Useq,
     },
+    /// Lets push notifications of a conversation's messages carry a
+    /// preview (sender and text) or stops them (the default: none). A
+    /// group's admins; either member of a direct conversation. Refused in
+    /// an end-to-end encrypted conversation.
+    SetPushPreviews {
+        /// The conversation.
+        conv: ConversationId,
+        /// Who.
+        actor: UserId,
+        /// Previews on.
+        on: bool,
+    },
 }
 
 /// The most entries (`reindex` + `drop`) one [`Command::RepairIndex`]
@@ -758,9 +770,9 @@ impl Command {
             Command::PublishKeys { user, .. }
             | Command::ClaimKeys { user, .. }
             | Command::RemoveKeys { user, .. } => Route::User(*user),
-            Command::Encrypt { conv, .. } | Command::NoteKeys { conv, .. } => {
-                Route::Conversation(*conv)
-            }
+            Command::Encrypt { conv, .. }
+            | Command::NoteKeys { conv, .. }
+            | Command::SetPushPreviews { conv, .. } => Route::Conversation(*conv),
             Command::PushDone { jobs } => jobs.first().map_or(Route::Empty, |j| Route::User(j.0)),
             Command::PushRetry { user, .. }
             | Command::PushDead { user, .. }
@@ -990,6 +1002,13 @@ pub enum Outcome {
     Push {
         /// Found and changed.
         changed: u64,
+    },
+    /// `SetPushPreviews`: the setting now and whether this changed it.
+    PushPreviews {
+        /// Previews on.
+        on: bool,
+        /// False if it already was so.
+        changed: bool,
     },
 }
 

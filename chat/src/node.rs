@@ -567,7 +567,7 @@ impl ChatNode {
 
     /// The record under `key`, decoded by `decode` (for the records whose
     /// version moved past 1).
-    async fn get_decoded<T>(
+    pub(crate) async fn get_decoded<T>(
         &self,
         shard: ShardId,
         consistency: Consistency,

@@ -168,6 +168,16 @@ impl crate::ChatNode {
         .await
     }
 
+    /// The pending job of event (user, useq), if there is one, as this
+    /// replica has applied it.
+    pub async fn push_job(&self, user: UserId, useq: Useq) -> crate::Result<Option<PushJob>> {
+        let shard = self.slots().shard_of_user(user.0);
+        self.get_decoded(shard, Consistency::Stale, &job_key(user, useq), |b| {
+            crate::records::decode("push job", b)
+        })
+        .await
+    }
+
     /// Up to `limit` dead letters after `after`, over every shard in
     /// order (linearizable: an operator's listing).
     pub async fn dead_pushes(

@@ -89,7 +89,7 @@
 //! version is exactly the newer encoding without its trailing fields.
 //! Decoding an older version appends the encoding of the missing fields'
 //! defaults and decodes the result as the newest struct: conversations
-//! (version 2 added `settings` and `joined`, version 3 `encrypted`), messages (versions 2 to 4)
+//! (version 2 added `settings` and `joined`, version 3 `encrypted`, version 4 `push_previews`), messages (versions 2 to 4)
 //! and users' views of a conversation (version 2 added `mentions`).
 //!
 //! Bodies (`Vec<u8>` fields named `body`, here and in commands) are
@@ -177,6 +177,9 @@ pub struct Conversation {
     /// End-to-end encrypted: only encrypted messages are accepted
     /// (version 3; one way, see `crate::e2ee`).
     pub encrypted: bool,
+    /// Push notifications of its messages may carry a preview (sender and
+    /// text; version 4, off before). Never for an encrypted conversation.
+    pub push_previews: bool,
 }
 
 /// What a new member sees of the messages sent before they joined.
@@ -452,7 +455,7 @@ pub fn message_expires_at(bytes: &[u8]) -> Result<Option<u64>> {
 }
 
 /// The version byte of a stored [`Conversation`].
-pub const CONVERSATION_VERSION: u8 = 3;
+pub const CONVERSATION_VERSION: u8 = 4;
 
 /// Encodes a conversation: `[CONVERSATION_VERSION][postcard(Conversation)]`.
 pub fn encode_conversation(c: &Conversation) -> Result<Vec<u8>> {
@@ -460,7 +463,7 @@ pub fn encode_conversation(c: &Conversation) -> Result<Vec<u8>> {
 }
 
 /// Decodes a conversation of version 1 (no settings, no join seqs), 2
-/// (not encrypted) or 3.
+/// (not encrypted), 3 (no push previews) or 4.
 pub fn decode_conversation(bytes: &[u8]) -> Result<Conversation> {
     let (v, rest) = split_versioned("conversation", bytes, CONVERSATION_VERSION)?;
     let tail = match v {
@@ -468,8 +471,10 @@ pub fn decode_conversation(bytes: &[u8]) -> Result<Conversation> {
             Settings::default(),
             Vec::<(UserId, Seq)>::new(),
             false,
+            false,
         ))?),
-        2 => Some(postcard_tail(&false)?),
+        2 => Some(postcard_tail(&(false, false))?),
+        3 => Some(postcard_tail(&false)?),
         _ => None,
     };
     decode_with_tail("conversation", rest, tail)

@@ -265,7 +265,11 @@ fn later(name: &str) -> bool {
         || SINCE_MEDIA.contains(&name)
         || SINCE_E2EE.contains(&name)
         || SINCE_PUSH.contains(&name)
+        || SINCE_PREVIEWS.contains(&name)
 }
+
+/// Commands added with push previews: after every earlier frame.
+const SINCE_PREVIEWS: &[&str] = &["set_push_previews"];
 
 /// Commands added with the durable push outbox: after every earlier frame.
 const SINCE_PUSH: &[&str] = &["push_done", "push_retry", "push_dead", "push_replay"];
@@ -367,6 +371,13 @@ fn outcomes_since_search() -> Vec<(&'static str, Outcome)> {
             },
         ),
         ("push", Outcome::Push { changed: 2 }),
+        (
+            "push_previews",
+            Outcome::PushPreviews {
+                on: true,
+                changed: true,
+            },
+        ),
     ]
 }
 
@@ -935,6 +946,14 @@ fn commands() -> Vec<(&'static str, Command)> {
                 useq: Useq(3),
             },
         ),
+        (
+            "set_push_previews",
+            Command::SetPushPreviews {
+                conv: conv(),
+                actor: UserId(7),
+                on: true,
+            },
+        ),
     ]
 }
 
@@ -1159,6 +1178,7 @@ fn stored_records_and_their_keys() {
         settings: Settings::default(),
         joined: Vec::new(),
         encrypted: false,
+        push_previews: false,
     };
     // Version 1 (before settings and join seqs): read with the defaults.
     let group_v1 = codec::encode(
@@ -1191,7 +1211,7 @@ fn stored_records_and_their_keys() {
     // Version 2 (before `encrypted`): read as not encrypted.
     let mut v2_bytes = records::encode_conversation(&group_v2).unwrap();
     v2_bytes[0] = 2;
-    v2_bytes.pop();
+    v2_bytes.truncate(v2_bytes.len() - 2);
     set.case("conversation_v2", v2_bytes, |b| {
         let got = records::decode_conversation(b).map_err(|e| e.to_string())?;
         (got == group_v2)
@@ -1202,12 +1222,27 @@ fn stored_records_and_their_keys() {
         encrypted: true,
         ..group_v2.clone()
     };
+    // Version 3 (before `push_previews`): read as previews off.
+    let mut v3_bytes = records::encode_conversation(&group_v3).unwrap();
+    v3_bytes[0] = 3;
+    v3_bytes.pop();
+    set.case("conversation_v3", v3_bytes, |b| {
+        let got = records::decode_conversation(b).map_err(|e| e.to_string())?;
+        (got == group_v3)
+            .then_some(())
+            .ok_or(format!("decoded {got:?}"))
+    });
+    let group_v4 = Conversation {
+        encrypted: false,
+        push_previews: true,
+        ..group_v2.clone()
+    };
     set.case(
-        "conversation_v3",
-        records::encode_conversation(&group_v3).unwrap(),
+        "conversation_v4",
+        records::encode_conversation(&group_v4).unwrap(),
         |b| {
             let got = records::decode_conversation(b).map_err(|e| e.to_string())?;
-            (got == group_v3)
+            (got == group_v4)
                 .then_some(())
                 .ok_or(format!("decoded {got:?}"))
         },
@@ -1943,7 +1978,10 @@ fn frames() -> Vec<(String, Wire)> {
             },
         ),
     ];
-    let (push, before_push): (Vec<_>, Vec<_>) = commands()
+    let (previews, before_previews): (Vec<_>, Vec<_>) = commands()
+        .into_iter()
+        .partition(|(name, _)| SINCE_PREVIEWS.contains(name));
+    let (push, before_push): (Vec<_>, Vec<_>) = before_previews
         .into_iter()
         .partition(|(name, _)| SINCE_PUSH.contains(name));
     let (e2ee, before_e2ee): (Vec<_>, Vec<_>) = before_push
@@ -2003,6 +2041,9 @@ fn frames() -> Vec<(String, Wire)> {
         rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
     }
     for (name, cmd) in push {
+        rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
+    }
+    for (name, cmd) in previews {
         rpcs.push((format!("write_{name}"), Rpc::Write { command: cmd }));
     }
     for (i, (name, rpc)) in rpcs.into_iter().enumerate() {

@@ -83,6 +83,7 @@ impl Apply<'_, '_> {
             settings: Settings::default(),
             joined: Vec::new(),
             encrypted: false,
+            push_previews: false,
         };
         self.rec.put(key, records::encode_conversation(&c)?);
         self.emit(
@@ -237,16 +238,10 @@ impl Apply<'_, '_> {
         retention: Option<Retention>,
         stamp: u64,
     ) -> Result<Outcome> {
-        let mut c = match self.member_of(conv, actor)? {
+        let mut c = match self.settable_by(conv, actor, "change its settings")? {
             Ok(c) => c,
             Err(refused) => return Ok(refused),
         };
-        if c.kind == ConversationKind::Group && !c.is_admin(actor) {
-            return Ok(reject(
-                RejectCode::Forbidden,
-                "only a group's admins may change its settings",
-            ));
-        }
         if let Some(Retention::Days(d)) = retention {
             if d == 0 || d > MAX_RETENTION_DAYS {
                 return Ok(reject(

@@ -13,7 +13,7 @@ use missive_engine::keys::ConversationId;
 use missive_raft::Result;
 
 use super::{reject, Apply};
-use crate::command::{Bundle, ConversationKind, Outcome, RejectCode};
+use crate::command::{Bundle, Outcome, RejectCode};
 use crate::e2ee::keys::{device_keys_key, one_time_key, verify_signed_pre_key};
 use crate::e2ee::{
     DeviceKeys, KeyChange, OneTimeKey, SignedPreKey, LOW_ONE_TIME_KEYS, MAX_ONE_TIME_KEYS,
@@ -183,24 +183,47 @@ impl Apply<'_, '_> {
         actor: UserId,
         stamp: u64,
     ) -> Result<Outcome> {
-        let mut c = match self.member_of(conv, actor)? {
+        let mut c = match self.settable_by(conv, actor, "turn on end-to-end encryption")? {
             Ok(c) => c,
             Err(refused) => return Ok(refused),
         };
-        if c.kind == ConversationKind::Group && !c.is_admin(actor) {
-            return Ok(reject(
-                RejectCode::Forbidden,
-                "only a group's admins may turn on end-to-end encryption",
-            ));
-        }
         if c.encrypted {
             return Ok(Outcome::EncryptedOn { changed: false });
         }
         c.encrypted = true;
+        c.push_previews = false;
         self.rec
             .put(conversation_key(conv), records::encode_conversation(&c)?);
         self.emit(conv, EventKind::Encrypted { by: actor }, c.members, stamp)?;
         Ok(Outcome::EncryptedOn { changed: true })
+    }
+
+    /// `SetPushPreviews`: whether notifications may show the messages'
+    /// content (sits here because encryption is what forbids it).
+    pub(super) fn set_push_previews(
+        &mut self,
+        conv: ConversationId,
+        actor: UserId,
+        on: bool,
+    ) -> Result<Outcome> {
+        let mut c = match self.settable_by(conv, actor, "change its push previews")? {
+            Ok(c) => c,
+            Err(refused) => return Ok(refused),
+        };
+        if on && c.encrypted {
+            return Ok(reject(
+                RejectCode::Encrypted,
+                "this conversation is end-to-end encrypted: push notifications never \
+                 carry its messages' content",
+            ));
+        }
+        if c.push_previews == on {
+            return Ok(Outcome::PushPreviews { on, changed: false });
+        }
+        c.push_previews = on;
+        self.rec
+            .put(conversation_key(conv), records::encode_conversation(&c)?);
+        Ok(Outcome::PushPreviews { on, changed: true })
     }
 
     /// `NoteKeys`: every member hears that `user`'s device list changed.
@@ -235,7 +258,7 @@ mod tests {
     use super::*;
     use crate::apply::tests::Shard;
     use crate::apply::Effects;
-    use crate::command::{Command, MessageKind, NewMessage, SendMessage};
+    use crate::command::{Command, ConversationKind, MessageKind, NewMessage, SendMessage};
     use crate::e2ee::keys::signed_message;
     use crate::e2ee::{DevicePayload, Envelope};
 
@@ -413,6 +436,58 @@ mod tests {
             Outcome::Rejected { code, .. } => Some(*code),
             _ => None,
         }
+    }
+
+    #[test]
+    fn push_previews_are_an_admins_choice_and_end_with_encryption() {
+        let mut s = Shard::default();
+        s.apply(Command::CreateConversation {
+            conv: CONV,
+            kind: ConversationKind::Group,
+            name: "g".into(),
+            creator: ALICE,
+            members: vec![ALICE, BOB],
+            max_members: 5,
+        });
+        let set = |actor, on| Command::SetPushPreviews {
+            conv: CONV,
+            actor,
+            on,
+        };
+        assert_eq!(
+            code(&s.apply(set(BOB, true)).0),
+            Some(RejectCode::Forbidden)
+        );
+        assert_eq!(
+            code(&s.apply(set(UserId(9), true)).0),
+            Some(RejectCode::NotAMember)
+        );
+        let on = Outcome::PushPreviews {
+            on: true,
+            changed: true,
+        };
+        assert_eq!(s.apply(set(ALICE, true)).0, on);
+        assert_eq!(
+            s.apply(set(ALICE, true)).0,
+            Outcome::PushPreviews {
+                on: true,
+                changed: false
+            }
+        );
+        let stored = |s: &Shard| {
+            let bytes = &s.kv[&conversation_key(CONV)];
+            records::decode_conversation(bytes).unwrap().push_previews
+        };
+        assert!(stored(&s));
+        s.apply(Command::Encrypt {
+            conv: CONV,
+            actor: ALICE,
+        });
+        assert!(!stored(&s), "encryption turns previews off");
+        assert_eq!(
+            code(&s.apply(set(ALICE, true)).0),
+            Some(RejectCode::Encrypted)
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ use missive_engine::keys::ConversationId;
 use missive_raft::storage::record_source::Records;
 use missive_raft::Result;
 
-use crate::command::{Command, NewMessage, Outcome, RejectCode};
+use crate::command::{Command, ConversationKind, NewMessage, Outcome, RejectCode};
 use crate::ids::{Useq, UserId};
 use crate::outbox_feed::Fresh;
 use crate::records::{
@@ -368,6 +368,7 @@ pub(crate) fn run(
         } => a.push_retry(*user, *useq, devices, *attempts, *next_micros),
         Command::PushDead { user, useq, reason } => a.push_dead(*user, *useq, reason, stamp),
         Command::PushReplay { user, useq } => a.push_replay(*user, *useq, stamp),
+        Command::SetPushPreviews { conv, actor, on } => a.set_push_previews(*conv, *actor, *on),
     }
 }
 
@@ -426,6 +427,28 @@ impl Apply<'_, '_> {
             return Ok(Err(reject(
                 RejectCode::NotAMember,
                 format!("user {} is not a member of conversation {}", user.0, conv.0),
+            )));
+        }
+        Ok(Ok(c))
+    }
+
+    /// `conv` if `actor` may change its settings: a group's admin, or
+    /// either member of a direct conversation; otherwise the refusal
+    /// (`forbidden` saying only a group's admins may `what`).
+    pub(super) fn settable_by(
+        &mut self,
+        conv: ConversationId,
+        actor: UserId,
+        what: &str,
+    ) -> Result<std::result::Result<Conversation, Outcome>> {
+        let c = match self.member_of(conv, actor)? {
+            Ok(c) => c,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        if c.kind == ConversationKind::Group && !c.is_admin(actor) {
+            return Ok(Err(reject(
+                RejectCode::Forbidden,
+                format!("only a group's admins may {what}"),
             )));
         }
         Ok(Ok(c))
