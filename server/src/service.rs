@@ -94,6 +94,17 @@ pub struct ChangeAck {
     pub changed: bool,
 }
 
+/// What a `configure` came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Configured {
+    /// The settings after it.
+    pub settings: Settings,
+    /// Push previews after it, if it set them.
+    pub push_previews: Option<bool>,
+    /// False if it changed nothing.
+    pub changed: bool,
+}
+
 /// Where a history page is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cursor {
@@ -901,25 +912,49 @@ impl Service {
     }
 
     /// Changes a conversation's settings (see `Command::Configure`), and
-    /// first turns end-to-end encryption on if asked (`Command::Encrypt`):
-    /// the settings after, and whether anything changed.
+    /// first turns end-to-end encryption on if asked (`Command::Encrypt`),
+    /// then push previews on or off (`Command::SetPushPreviews`, so that
+    /// encrypting and asking for previews at once is refused).
     pub async fn configure(
         &self,
         who: UserId,
         conv: ConversationId,
         change: SettingsChange,
-    ) -> Result<(Settings, bool), ApiError> {
-        let (history, keep_edits, retention, encrypt) = change;
-        let encrypted = encrypt && self.encrypt(who, conv).await?;
+    ) -> Result<Configured, ApiError> {
+        let encrypted = change.encrypt && self.encrypt(who, conv).await?;
+        let mut previews_changed = false;
+        let push_previews = match change.push_previews {
+            None => None,
+            Some(on) => {
+                let cmd = Command::SetPushPreviews {
+                    conv,
+                    actor: who,
+                    on,
+                };
+                match self.write(cmd).await? {
+                    Outcome::PushPreviews { on, changed } => {
+                        previews_changed = changed;
+                        Some(on)
+                    }
+                    other => {
+                        return Err(ApiError::internal(&format!("unexpected outcome {other:?}")))
+                    }
+                }
+            }
+        };
         let cmd = Command::Configure {
             conv,
             actor: who,
-            history,
-            keep_edits,
-            retention,
+            history: change.history,
+            keep_edits: change.keep_edits,
+            retention: change.retention,
         };
         match self.write(cmd).await? {
-            Outcome::Configured { settings, changed } => Ok((settings, changed || encrypted)),
+            Outcome::Configured { settings, changed } => Ok(Configured {
+                settings,
+                push_previews,
+                changed: changed || encrypted || previews_changed,
+            }),
             other => Err(ApiError::internal(&format!("unexpected outcome {other:?}"))),
         }
     }

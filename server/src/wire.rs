@@ -396,15 +396,26 @@ pub struct SettingsIn {
     /// `false` is refused).
     #[serde(default)]
     pub encrypted: Option<bool>,
+    /// Whether push notifications of its messages show a preview (the
+    /// sender and the text's start); refused on in an encrypted one.
+    #[serde(default)]
+    pub push_previews: Option<bool>,
 }
 
-/// The parsed change: (history, keep_edits, retention, encrypt).
-pub type SettingsChange = (
-    Option<HistoryVisibility>,
-    Option<bool>,
-    Option<Retention>,
-    bool,
-);
+/// A parsed settings change; `None` keeps a setting as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingsChange {
+    /// What later members see of older messages.
+    pub history: Option<HistoryVisibility>,
+    /// Whether edits keep the bodies they replace.
+    pub keep_edits: Option<bool>,
+    /// How long messages sent from now on are kept.
+    pub retention: Option<Retention>,
+    /// Turn end-to-end encryption on.
+    pub encrypt: bool,
+    /// Push previews on or off.
+    pub push_previews: Option<bool>,
+}
 
 impl SettingsIn {
     /// The change, or `invalid` naming the bad field.
@@ -447,12 +458,23 @@ impl SettingsIn {
             Some(true) => true,
             None => false,
         };
-        if history.is_none() && self.keep_edits.is_none() && retention.is_none() && !encrypt {
+        if history.is_none()
+            && self.keep_edits.is_none()
+            && retention.is_none()
+            && !encrypt
+            && self.push_previews.is_none()
+        {
             return Err(ApiError::invalid(
-                "give at least one of history, keep_edits, retention, encrypted",
+                "give at least one of history, keep_edits, retention, encrypted, push_previews",
             ));
         }
-        Ok((history, self.keep_edits, retention, encrypt))
+        Ok(SettingsChange {
+            history,
+            keep_edits: self.keep_edits,
+            retention,
+            encrypt,
+            push_previews: self.push_previews,
+        })
     }
 }
 
@@ -781,6 +803,10 @@ pub enum ServerFrame {
         conv: Id,
         /// The settings now.
         settings: SettingsOut,
+        /// Whether push notifications show previews now, if the request
+        /// set it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        push_previews: Option<bool>,
         /// False if the request changed nothing.
         changed: bool,
     },
@@ -1047,6 +1073,9 @@ pub enum ClientFrame {
         /// `true`: make it end-to-end encrypted (one way).
         #[serde(default)]
         encrypted: Option<bool>,
+        /// Whether push notifications show a preview.
+        #[serde(default)]
+        push_previews: Option<bool>,
     },
     /// Publish this device's end-to-end encryption keys.
     PublishKeys {

@@ -415,6 +415,7 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
         retention: retention.into(),
         retention_days: days,
         encrypted: None,
+        push_previews: None,
     };
     let info = client
         .configure(authed(configure("joined", "days", 3), &alice))
@@ -430,6 +431,21 @@ async fn send_history_receipts_and_the_sync_stream_over_grpc() {
             retention_days: 3,
         })
     );
+    assert!(!info.push_previews);
+    let previews = pb::ConfigureRequest {
+        push_previews: Some(true),
+        ..configure("", "", 0)
+    };
+    let previews = pb::ConfigureRequest {
+        keep_edits: None,
+        ..previews
+    };
+    let info = client
+        .configure(authed(previews, &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.push_previews, "{info:?}");
     let e = client
         .configure(authed(configure("sometimes", "", 0), &alice))
         .await

@@ -131,6 +131,7 @@ impl Grpc {
             last_seq,
             settings: Some(pb_settings(c.settings.into())),
             encrypted: c.encrypted,
+            push_previews: c.push_previews,
         }))
     }
 
@@ -936,6 +937,7 @@ impl Missive for Grpc {
             retention_days: (r.retention_days > 0).then_some(r.retention_days),
             retention: nonempty(r.retention),
             encrypted: r.encrypted,
+            push_previews: r.push_previews,
         };
         let conv = ConversationId(r.conv);
         let change = change.parse().map_err(|e| status(&e))?;

@@ -753,6 +753,7 @@ async fn conversation(
         "last_seq": last_seq,
         "settings": SettingsOut::from(c.settings),
         "encrypted": c.encrypted,
+        "push_previews": c.push_previews,
     })))
 }
 
@@ -771,12 +772,16 @@ async fn configure(
     ConvPath(conv): ConvPath,
     JsonBody(req): JsonBody<SettingsIn>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (settings, changed) = s.service.configure(who.user, conv, req.parse()?).await?;
-    Ok(Json(json!({
+    let done = s.service.configure(who.user, conv, req.parse()?).await?;
+    let mut answer = json!({
         "conv": Id(conv.0),
-        "settings": SettingsOut::from(settings),
-        "changed": changed,
-    })))
+        "settings": SettingsOut::from(done.settings),
+        "changed": done.changed,
+    });
+    if let Some(on) = done.push_previews {
+        answer["push_previews"] = on.into();
+    }
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -653,6 +653,7 @@ async fn handle(
             retention,
             retention_days,
             encrypted,
+            push_previews,
         } => {
             let change = SettingsIn {
                 history,
@@ -660,17 +661,19 @@ async fn handle(
                 retention,
                 retention_days,
                 encrypted,
+                push_previews,
             };
             let r = match change.parse() {
                 Ok(c) => svc.configure(who.user, ConversationId(conv.0), c).await,
                 Err(e) => Err(e),
             };
             match r {
-                Ok((settings, changed)) => ServerFrame::Settings {
+                Ok(done) => ServerFrame::Settings {
                     id,
                     conv,
-                    settings: settings.into(),
-                    changed,
+                    settings: done.settings.into(),
+                    push_previews: done.push_previews,
+                    changed: done.changed,
                 },
                 Err(e) => ServerFrame::error(Some(id), &e),
             }

@@ -952,6 +952,25 @@ pub async fn mentions_and_settings_follow_the_rules(addrs: &[SocketAddr], c: &Co
     );
     let all = seqs(page(&u4, &g).await);
     assert!(all.contains(&first) && all.contains(&kept), "{all:?}");
+    // Push previews: an admin's setting too, answered with its value.
+    let ack = w1
+        .request(
+            json!({"type": "configure", "conv": g, "push_previews": true}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        (ack["push_previews"].as_bool(), ack["changed"].as_bool()),
+        (Some(true), Some(true)),
+        "{ack}"
+    );
+    let no = w3
+        .request(
+            json!({"type": "configure", "conv": g, "push_previews": false}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(no["code"], "forbidden", "{no}");
     let no = w3
         .request(
             json!({"type": "configure", "conv": g, "history": "joined"}),
