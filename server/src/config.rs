@@ -207,8 +207,10 @@ impl Default for GrpcSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushSection {
-    /// The push gateway's endpoint (`http://…`), which talks to APNs, FCM
-    /// or web push. None: push is off.
+    /// The operator's push gateway (`http://…` or `https://…`), for the
+    /// devices APNs and FCM do not take (web push, or every device when
+    /// neither is configured). Push is off if this, `apns` and `fcm` are
+    /// all unset.
     pub webhook_url: Option<String>,
     /// Sent as `Authorization: Bearer <secret>` so the gateway can tell
     /// the calls are ours.
@@ -226,6 +228,58 @@ pub struct PushSection {
     pub retry_min_ms: u64,
     /// The longest wait between retries, ms.
     pub retry_max_ms: u64,
+    /// A PEM file of certificates trusted by the providers' TLS besides
+    /// the built-in Mozilla roots (a private CA in front of the gateway).
+    pub ca_file: Option<PathBuf>,
+    /// Apple's push service, for `ios` (and other Apple) devices.
+    pub apns: Option<ApnsSection>,
+    /// Firebase Cloud Messaging, for `android` devices.
+    pub fcm: Option<FcmSection>,
+}
+
+/// APNs with token-based authentication (`delivery::push::apns`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsSection {
+    /// The APNs auth key from Apple's developer portal (`AuthKey_….p8`,
+    /// a P-256 private key in PKCS#8 PEM).
+    pub key_file: PathBuf,
+    /// That key's id (10 characters, in the file's name).
+    pub key_id: String,
+    /// The developer team's id (10 characters).
+    pub team_id: String,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// `https://api.push.apple.com` (the default) or, for development
+    /// builds of the app, `https://api.sandbox.push.apple.com`.
+    #[serde(default = "ApnsSection::production")]
+    pub endpoint: String,
+}
+
+impl ApnsSection {
+    /// Apple's production endpoint.
+    pub fn production() -> String {
+        "https://api.push.apple.com".into()
+    }
+}
+
+/// FCM's HTTP v1 API with a service account (`delivery::push::fcm`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmSection {
+    /// The service account's JSON key file (Firebase console, Project
+    /// settings, Service accounts); it names the project.
+    pub service_account_file: PathBuf,
+    /// The API's base URL (default `https://fcm.googleapis.com`).
+    #[serde(default = "FcmSection::production")]
+    pub endpoint: String,
+}
+
+impl FcmSection {
+    /// Google's endpoint.
+    pub fn production() -> String {
+        "https://fcm.googleapis.com".into()
+    }
 }
 
 impl Default for PushSection {
@@ -238,6 +292,9 @@ impl Default for PushSection {
             max_age_secs: 86_400,
             retry_min_ms: 1_000,
             retry_max_ms: 300_000,
+            ca_file: None,
+            apns: None,
+            fcm: None,
         }
     }
 }
@@ -521,8 +578,23 @@ impl Config {
             return bad("auth.token_ttl_secs and auth.ticket_ttl_secs must be positive");
         }
         if let Some(u) = &self.push.webhook_url {
-            if !u.starts_with("http://") || u.len() <= "http://".len() {
-                return bad("push.webhook_url must be an http:// URL (an internal push gateway)");
+            if !is_http_url(u, "http://") && !is_http_url(u, "https://") {
+                return bad("push.webhook_url must be an http:// or https:// URL");
+            }
+        }
+        if let Some(a) = &self.push.apns {
+            if !is_http_url(&a.endpoint, "https://") {
+                return bad("push.apns.endpoint must be an https:// URL (APNs is HTTP/2 over TLS)");
+            }
+            if a.key_id.is_empty() || a.team_id.is_empty() || a.topic.is_empty() {
+                return bad(
+                    "push.apns: key_id, team_id and topic (the app's bundle id) are needed",
+                );
+            }
+        }
+        if let Some(f) = &self.push.fcm {
+            if !is_http_url(&f.endpoint, "https://") {
+                return bad("push.fcm.endpoint must be an https:// URL");
             }
         }
         if self.push.timeout_ms == 0 || self.push.queue == 0 {
@@ -530,6 +602,11 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether `u` starts with `scheme` and names something after it.
+fn is_http_url(u: &str, scheme: &str) -> bool {
+    u.starts_with(scheme) && u.len() > scheme.len()
 }
 
 /// Whether `o` is a browser origin as a browser writes it in `Origin`:

@@ -71,6 +71,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
         source,
     })?;
     let auth = Arc::new(Auth::load(&cfg.auth, &cfg.data_dir)?);
+    // Push keys are read now: a bad one stops the start with its reason.
+    let push = crate::delivery::push::Providers::load(&cfg.push)?;
     let mut ncfg = NodeConfig::new(cfg.node.id, cfg.node.raft_listen, cfg.data_dir.clone());
     ncfg.shards = match cfg.shards()? {
         Some(n) => n,
@@ -137,6 +139,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let (presence, outgoing) = Presence::new(cfg.node.id);
     let push_task = tokio::spawn(crate::delivery::push::run(
         cfg.push.clone(),
+        push,
         Arc::clone(&service),
         Arc::clone(&presence),
         service.node.inbox_notices(),

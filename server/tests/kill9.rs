@@ -948,20 +948,21 @@ async fn flaky_gateway() -> (String, Arc<Mutex<Vec<(String, u16)>>>) {
     (url, log)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_retry_loses_no_push_notification_and_sends_none_twice() {
-    let (url, log) = flaky_gateway().await;
-    let dir = tempfile::tempdir().unwrap();
+/// One `missived` process on 127.0.0.1 whose config has `push` (TOML
+/// lines under `[push]`, sections after it allowed) and push retries every
+/// 1.5 s; ready, with the config's path and a config that mints tokens
+/// for it.
+async fn push_node(dir: &Path, push: &str) -> (Child, SocketAddr, std::path::PathBuf, Config) {
     let http = free_port("127.0.0.1");
-    let cfg = dir.path().join("n1.toml");
+    let cfg = dir.join("n1.toml");
     std::fs::write(
         &cfg,
         format!(
             "listen = \"{http}\"\ndata_dir = {:?}\n[node]\nshards = {SHARDS}\n\
              raft_listen = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n\
              [grpc]\nenabled = false\n\
-             [push]\nwebhook_url = \"{url}\"\nretry_min_ms = 1500\nretry_max_ms = 1500\n",
-            dir.path().join("n1").display().to_string(),
+             [push]\nretry_min_ms = 1500\nretry_max_ms = 1500\n{push}",
+            dir.join("n1").display().to_string(),
         ),
     )
     .unwrap();
@@ -969,10 +970,19 @@ async fn sigkill_mid_retry_loses_no_push_notification_and_sends_none_twice() {
     wait_listening(&mut child);
     wait_ready(&[http]).await;
     let mut tc = Config {
-        data_dir: dir.path().join("tokens"),
+        data_dir: dir.join("tokens"),
         ..Config::default()
     };
     tc.auth.secret = Some(SECRET.into());
+    (child, http, cfg, tc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_retry_loses_no_push_notification_and_sends_none_twice() {
+    let (url, log) = flaky_gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, http, cfg, tc) =
+        push_node(dir.path(), &format!("webhook_url = \"{url}\"\n")).await;
     let alice = Http::new(http, token(&tc, 1, 1));
     let phone = Http::new(http, token(&tc, 2, 1));
     let (s, v) = phone.put("/v1/devices/push", json!({"token": "tok"})).await;
@@ -1027,6 +1037,111 @@ async fn sigkill_mid_retry_loses_no_push_notification_and_sends_none_twice() {
     assert_eq!(keys.len(), 2, "two events, one device: {log:?}");
     assert_eq!(accepted.len(), 2, "each accepted once: {log:?}");
     assert_ne!(accepted[0], accepted[1], "{log:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_retry_through_apns_and_fcm_loses_no_notification_and_sends_none_twice() {
+    use common::fake_push::{self, ApnsAccount, TestCa};
+    // Both providers refuse the first request for each notification and
+    // accept every later one.
+    let flaky = || -> fake_push::Script {
+        Arc::new(|_, before| match before {
+            0 => (503, Duration::ZERO),
+            _ => (200, Duration::ZERO),
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let account = ApnsAccount::new();
+    let apns = fake_push::apns(&ca, &account, flaky()).await;
+    let (fcm, sa) = fake_push::fcm(&ca, dir.path(), flaky()).await;
+    let (mut child, http, cfg, tc) = push_node(
+        dir.path(),
+        &format!(
+            "ca_file = {:?}\n\
+             [push.apns]\nkey_file = {:?}\nkey_id = \"{}\"\nteam_id = \"{}\"\n\
+             topic = \"{}\"\nendpoint = \"{}\"\n\
+             [push.fcm]\nservice_account_file = {:?}\nendpoint = \"{}\"\n",
+            ca.write(dir.path()).display().to_string(),
+            account.write(dir.path()).display().to_string(),
+            account.key_id,
+            account.team_id,
+            account.topic,
+            apns.url,
+            sa.display().to_string(),
+            fcm.url,
+        ),
+    )
+    .await;
+    let alice = Http::new(http, token(&tc, 1, 1));
+    for (device, platform) in [(1, "ios"), (2, "android")] {
+        let h = Http::new(http, token(&tc, 2, device));
+        let (s, v) = h
+            .post(
+                "/v1/devices",
+                json!({"name": platform, "platform": platform}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = h
+            .put(
+                "/v1/devices/push",
+                json!({"token": format!("tok-{platform}")}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let conv = alice.direct(2).await;
+    // m1's first attempts fail; kill the node while it waits to retry,
+    // right after m2 is acknowledged (its job written, maybe not tried).
+    alice.send(&conv, "m1", "one").await;
+    apns.until("m1's first APNs attempt", |l| !l.is_empty())
+        .await;
+    fcm.until("m1's first FCM attempt", |l| !l.is_empty()).await;
+    alice.send(&conv, "m2", "two").await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for fake in [&apns, &fcm] {
+        let before = fake.log.lock().unwrap().clone();
+        assert!(
+            before.iter().all(|g| g.status == 503),
+            "killed before any retry: {:?}",
+            before.iter().map(|g| (&g.id, g.status)).collect::<Vec<_>>()
+        );
+    }
+
+    let mut child = spawn(&cfg);
+    wait_listening(&mut child);
+    wait_ready(&[http]).await;
+    // Both events reach both devices, once each.
+    for fake in [&apns, &fcm] {
+        fake.until("both events accepted", |l| {
+            l.iter().filter(|g| g.status == 200).count() >= 2
+        })
+        .await;
+    }
+    // Settle: no late duplicate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, fake) in [("apns", &apns), ("fcm", &fcm)] {
+        let log = fake.log.lock().unwrap().clone();
+        let ids: HashSet<&String> = log.iter().map(|g| &g.id).collect();
+        assert_eq!(ids.len(), 2, "{name}: two events, one device: {log:?}");
+        let mut accepted: Vec<&String> = log
+            .iter()
+            .filter(|g| g.status == 200)
+            .map(|g| &g.id)
+            .collect();
+        accepted.sort();
+        accepted.dedup();
+        assert_eq!(
+            log.iter().filter(|g| g.status == 200).count(),
+            2,
+            "{name}: each accepted once: {log:?}"
+        );
+        assert_eq!(accepted.len(), 2, "{name}: {log:?}");
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -1,8 +1,9 @@
-//! `missivectl push dead | replay` on three real nodes: a push gateway
-//! that is down leaves a dead letter once the notification is older than
+//! `missivectl push dead | replay` on three real nodes: APNs (a fake on
+//! loopback, HTTP/2 over TLS, see the server's `tests/common/fake_push.rs`)
+//! down leaves a dead letter once the notification is older than
 //! `push.max_age_secs`; `push dead` lists it (read at the owning shard's
-//! leader, whichever node is asked), and once the gateway is back, `push
-//! replay --all` sends it, once.
+//! leader, whichever node is asked), and once APNs is back, `push replay
+//! --all` sends it, once.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,49 +12,48 @@
 )]
 
 mod common;
+#[allow(dead_code, reason = "the server's fakes; this test uses APNs")]
+#[path = "../../server/tests/common/fake_push.rs"]
+mod fake_push;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use common::{call, ctl};
+use fake_push::{ApnsAccount, TestCa};
 
 #[test]
 fn dead_push_notifications_are_listed_and_replayed_by_the_cli() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let up = Arc::new(AtomicBool::new(false));
-    let got: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
-    let url = rt.block_on({
-        let (up, got) = (Arc::clone(&up), Arc::clone(&got));
-        async move {
-            let app = axum::Router::new().route(
-                "/push",
-                axum::routing::post(move |headers: axum::http::HeaderMap| {
-                    let (up, got) = (Arc::clone(&up), Arc::clone(&got));
-                    async move {
-                        let key = headers
-                            .get("idempotency-key")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let status = if up.load(Ordering::SeqCst) { 204 } else { 503 };
-                        got.lock().unwrap().push((key, status));
-                        axum::http::StatusCode::from_u16(status).unwrap()
-                    }
-                }),
-            );
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}/push", l.local_addr().unwrap());
-            tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-            url
-        }
+    let ca = TestCa::new();
+    let account = ApnsAccount::new();
+    let apns = rt.block_on({
+        let up = Arc::clone(&up);
+        fake_push::apns(
+            &ca,
+            &account,
+            Arc::new(move |_, _| {
+                let status = if up.load(Ordering::SeqCst) { 200 } else { 503 };
+                (status, Duration::ZERO)
+            }),
+        )
     });
     let dir = tempfile::tempdir().unwrap();
+    let (ca_file, key_file) = (ca.write(dir.path()), account.write(dir.path()));
     let common::Trio { nodes, urls, .. } =
         rt.block_on(common::three_nodes_with(dir.path(), "p", 2, |c| {
-            c.push.webhook_url = Some(url.clone());
+            c.push.ca_file = Some(ca_file.clone());
+            c.push.apns = Some(missive_server::config::ApnsSection {
+                key_file: key_file.clone(),
+                key_id: account.key_id.clone(),
+                team_id: account.team_id.clone(),
+                topic: account.topic.clone(),
+                endpoint: apns.url.clone(),
+            });
             c.push.retry_min_ms = 100;
             c.push.retry_max_ms = 200;
             c.push.max_age_secs = 1;
@@ -75,6 +75,14 @@ fn dead_push_notifications_are_listed_and_replayed_by_the_cli() {
             }
         };
         let (alice, bob) = (mint("1").await, mint("2").await);
+        let (s, v) = call(
+            reqwest::Method::POST,
+            format!("{}/v1/devices", urls[1]),
+            Some(&bob),
+            Some(json!({"name": "phone", "platform": "ios"})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
         let (s, v) = call(
             reqwest::Method::PUT,
             format!("{}/v1/devices/push", urls[1]),
@@ -124,7 +132,7 @@ fn dead_push_notifications_are_listed_and_replayed_by_the_cli() {
     let (code, out, _) = ctl(&["push", "dead", "--url", &urls[2]]);
     assert_eq!(code, 0);
     assert!(out.contains("1 dead letters"), "any node lists it: {out}");
-    let tries = got.lock().unwrap().len();
+    let tries = apns.log.lock().unwrap().len();
     assert!(tries >= 1);
 
     // Back up: replay everything; the notification is accepted once.
@@ -133,29 +141,22 @@ fn dead_push_notifications_are_listed_and_replayed_by_the_cli() {
     assert_eq!(code, 0, "{err}{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["replayed"], 1, "{out}");
-    let key = format!("{}:1", d["id"].as_str().unwrap());
+    // The same apns-id as every earlier attempt at that notification.
+    let id = missive_server::delivery::push::apns_id(&format!("{}:1", d["id"].as_str().unwrap()));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !got
+    while !apns
+        .log
         .lock()
         .unwrap()
         .iter()
-        .any(|(k, s)| *k == key && *s == 204)
+        .any(|g| g.id == id && g.status == 200)
     {
-        assert!(
-            Instant::now() < deadline,
-            "not resent: {:?}",
-            got.lock().unwrap()
-        );
+        assert!(Instant::now() < deadline, "not resent");
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(800));
-    let accepted = got
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, s)| *s == 204)
-        .count();
-    assert_eq!(accepted, 1);
+    assert_eq!(apns.answered(200).len(), 1);
+    assert!(apns.log.lock().unwrap().iter().all(|g| g.id == id));
     let (code, out, _) = ctl(&["push", "dead", "--url", &urls[0]]);
     assert_eq!(code, 0);
     assert!(out.contains("0 dead letters"), "{out}");

@@ -8,8 +8,8 @@
 //!   history pages) and why it cannot disagree with the store.
 //! - `presence` — ephemeral state across the cluster: who is online, who
 //!   is typing (leases and signals, never the store).
-//! - `push` — notifying an offline user's devices through the operator's
-//!   push gateway.
+//! - `push` — notifying an offline user's devices through APNs, FCM or
+//!   the operator's webhook gateway.
 
 pub mod hub;
 pub mod presence;

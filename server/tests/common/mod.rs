@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
 pub mod e2ee;
+pub mod fake_push;
 pub mod suites;
 
 use std::net::SocketAddr;
