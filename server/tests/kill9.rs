@@ -5,7 +5,11 @@
 //! acknowledged send is in the conversation exactly once, in the same
 //! order on all three replicas, and nothing appears that no client sent.
 //! The same kill during a media upload loses no acknowledged byte, and
-//! the media stays downloadable from the survivors.
+//! the media stays downloadable from the survivors; during one-time key
+//! claims through every node it hands out no key twice and every node
+//! agrees on what is left; while a push notification waits to retry
+//! (through the webhook, or fake APNs and FCM), the next leader sends it
+//! and nobody sends it twice.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;
@@ -143,6 +147,16 @@ async fn start_cluster_logging(
     dir: &Path,
     level: Option<&str>,
 ) -> (Vec<Proc>, Vec<SocketAddr>, Config) {
+    start_cluster_with(dir, level, "").await
+}
+
+/// [`start_cluster_logging`] with `extra` appended to every node's
+/// config (TOML sections).
+async fn start_cluster_with(
+    dir: &Path,
+    level: Option<&str>,
+    extra: &str,
+) -> (Vec<Proc>, Vec<SocketAddr>, Config) {
     let (raft, peers) = three_raft_addrs();
     let http: Vec<SocketAddr> = (1..=3)
         .map(|i| free_port(&format!("127.0.0.{i}")))
@@ -163,7 +177,7 @@ async fn start_cluster_logging(
                  shards = {SHARDS}\nreplicas = 3\npeers = {{ {peers_toml} }}\n\
                  [auth]\nsecret = \"{SECRET}\"\n[grpc]\nenabled = false\n\
                  [limits]\nsends_per_second = 100000\nsend_burst = 100000\n\
-                 history_rate = {{ per_second = 100000, burst = 100000 }}\n",
+                 history_rate = {{ per_second = 100000, burst = 100000 }}\n{extra}",
                 http[i],
                 data.display().to_string(),
                 i + 1,
@@ -1144,4 +1158,198 @@ async fn sigkill_mid_retry_through_apns_and_fcm_loses_no_notification_and_sends_
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Restarts node `i` (0-based) of `procs` from its config; ready.
+async fn restart(procs: &mut [Proc], i: usize) {
+    let mut child = spawn(&procs[i].config);
+    wait_listening(&mut child);
+    procs[i].child = child;
+    wait_ready(&[procs[i].addr]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_push_senders_node_mid_retry_hands_the_job_on_and_sends_none_twice() {
+    use common::fake_push::{self, ApnsAccount, TestCa};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let account = ApnsAccount::new();
+    // The first request for each notification fails, later ones succeed.
+    let apns = fake_push::apns(
+        &ca,
+        &account,
+        Arc::new(|_, before| match before {
+            0 => (503, Duration::ZERO),
+            _ => (200, Duration::ZERO),
+        }),
+    )
+    .await;
+    let extra = format!(
+        "[push]\nretry_min_ms = 2000\nretry_max_ms = 2000\nca_file = {:?}\n\
+         [push.apns]\nkey_file = {:?}\nkey_id = \"{}\"\nteam_id = \"{}\"\n\
+         topic = \"{}\"\nendpoint = \"{}\"\n",
+        ca.write(dir.path()).display().to_string(),
+        account.write(dir.path()).display().to_string(),
+        account.key_id,
+        account.team_id,
+        account.topic,
+        apns.url,
+    );
+    let (mut procs, http, tc) = start_cluster_with(dir.path(), Some("error"), &extra).await;
+    let bob = Http::new(http[1], token(&tc, 2, 1));
+    let (s, v) = bob
+        .post("/v1/devices", json!({"name": "phone", "platform": "ios"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = bob.put("/v1/devices/push", json!({"token": "tok"})).await;
+    assert_eq!(s, 200, "{v}");
+    let alice = Http::new(http[0], token(&tc, 1, 1));
+    let conv = alice.direct(2).await;
+    // Bob's jobs live on his user shard; its leader sends them.
+    let shard = SlotMap::even(SHARDS).unwrap().shard_of_user(2).0;
+    let leader = leader_of(http[0], shard).await as usize;
+    alice.send(&conv, "m1", "one").await;
+    apns.until("m1's first attempt", |l| !l.is_empty()).await;
+    alice.send(&conv, "m2", "two").await;
+    procs[leader - 1].child.kill().unwrap(); // SIGKILL
+    procs[leader - 1].child.wait().unwrap();
+    // The new leader of the shard sends both, m1 when its retry is due.
+    apns.until("both accepted after the kill", |l| {
+        l.iter().filter(|g| g.status == 200).count() >= 2
+    })
+    .await;
+    restart(&mut procs, leader - 1).await;
+    // Settle: neither the new leader nor the restarted node sends again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = apns.log.lock().unwrap().clone();
+    let ids: HashSet<&String> = log.iter().map(|g| &g.id).collect();
+    let accepted: Vec<&String> = log
+        .iter()
+        .filter(|g| g.status == 200)
+        .map(|g| &g.id)
+        .collect();
+    let distinct: HashSet<&&String> = accepted.iter().collect();
+    let seen: Vec<(&String, u16)> = log.iter().map(|g| (&g.id, g.status)).collect();
+    assert_eq!(ids.len(), 2, "two events, one device: {seen:?}");
+    assert_eq!(accepted.len(), 2, "each accepted once: {seen:?}");
+    assert_eq!(distinct.len(), 2, "{seen:?}");
+    for p in &mut procs {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_key_directorys_leader_under_concurrent_claims_hands_out_no_key_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, http, tc) = start_cluster(dir.path()).await;
+    let owner = 77u64;
+    let mut d = common::e2ee::Device::new(owner, 1, Http::new(http[0], token(&tc, owner, 1)));
+    d.publish(60).await;
+    let shard = SlotMap::even(SHARDS).unwrap().shard_of_user(owner).0;
+    let leader = leader_of(http[0], shard).await as usize;
+    // Claimers on every node, claiming until told to stop; each keeps the
+    // ids it was answered (a claim that dies with the node is not
+    // answered: its key may be gone unseen, never handed out twice).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut claimers = Vec::new();
+    for (i, addr) in http.iter().enumerate() {
+        // A plain client: the killed node refuses connections for a while.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let url = format!("http://{addr}/v1/users/{owner}/keys/claim");
+        let bearer = token(&tc, 100 + i as u64, 1);
+        let (stop, killed) = (Arc::clone(&stop), Arc::clone(&killed));
+        claimers.push(tokio::spawn(async move {
+            // (id, whether the claim started after the kill)
+            let mut got = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let after = killed.load(std::sync::atomic::Ordering::SeqCst);
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&bearer)
+                    .json(&json!({}))
+                    .send()
+                    .await;
+                if let Ok(r) = r.and_then(reqwest::Response::error_for_status) {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    if let Some(id) = v["devices"][0]["one_time_prekey"]["id"].as_u64() {
+                        got.push((id, after));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            got
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    procs[leader - 1].child.kill().unwrap(); // SIGKILL
+    procs[leader - 1].child.wait().unwrap();
+    killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    restart(&mut procs, leader - 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut got = Vec::new();
+    for c in claimers {
+        got.extend(c.await.unwrap());
+    }
+    let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    let n = ids.len();
+    let distinct: HashSet<u64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), n, "a key handed out twice: {ids:?}");
+    let after = got.iter().filter(|(_, a)| *a).count();
+    assert!(
+        after > 0 && n > after,
+        "claims answered before and after the kill: {got:?}"
+    );
+    // Every node, the restarted one too, agrees on what is left and on
+    // the device's identity; claiming the rest hands out none seen.
+    let left = |addr: SocketAddr| {
+        let h = Http::new(addr, token(&tc, owner, 1));
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (s, v) = h.get("/v1/keys").await;
+                if s == 200 {
+                    return v["one_time_prekeys"].as_u64().unwrap();
+                }
+                assert!(Instant::now() < deadline, "{s} {v}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let remaining = left(http[0]).await;
+    for a in &http[1..] {
+        assert_eq!(left(*a).await, remaining, "node {a}");
+    }
+    assert!(
+        remaining as usize + n <= 60,
+        "{remaining} left, {n} claimed"
+    );
+    let want = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        d.identity_public(),
+    );
+    let mut rest = Vec::new();
+    for i in 0..remaining {
+        let h = Http::new(http[i as usize % 3], token(&tc, 200, 1));
+        let (s, v) = h
+            .post(&format!("/v1/users/{owner}/keys/claim"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["devices"][0]["identity_key"], want.as_str(), "{v}");
+        rest.push(v["devices"][0]["one_time_prekey"]["id"].as_u64().unwrap());
+    }
+    assert!(
+        rest.iter().all(|id| !distinct.contains(id)),
+        "{rest:?} vs {ids:?}"
+    );
+    for p in &mut procs {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
 }
