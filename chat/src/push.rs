@@ -149,8 +149,11 @@ pub type Listed<T> = ((UserId, Useq), T);
 
 impl crate::ChatNode {
     /// Up to `limit` pending jobs of `shard` after `after` (a job id), in
-    /// key order, as this replica has applied them (the sender runs on the
-    /// shard's leader).
+    /// key order, linearizable. The sender runs on the shard's leader, but
+    /// a leader's state machine may not have applied all its log yet — a
+    /// node elected after a restart, still applying: a stale read there
+    /// shows jobs whose `PushDone` is committed but not applied, and they
+    /// would be sent twice. The read index makes the read wait for them.
     pub async fn push_jobs(
         &self,
         shard: missive_raft::ShardId,
@@ -163,18 +166,22 @@ impl crate::ChatNode {
             "push job",
             after,
             limit,
-            Consistency::Stale,
+            Consistency::Linearizable,
         )
         .await
     }
 
-    /// The pending job of event (user, useq), if there is one, as this
-    /// replica has applied it.
+    /// The pending job of event (user, useq), if there is one,
+    /// linearizable (see [`Self::push_jobs`]: the notice that asks may
+    /// come from a leader still applying old entries).
     pub async fn push_job(&self, user: UserId, useq: Useq) -> crate::Result<Option<PushJob>> {
         let shard = self.slots().shard_of_user(user.0);
-        self.get_decoded(shard, Consistency::Stale, &job_key(user, useq), |b| {
-            crate::records::decode("push job", b)
-        })
+        self.get_decoded(
+            shard,
+            Consistency::Linearizable,
+            &job_key(user, useq),
+            |b| crate::records::decode("push job", b),
+        )
         .await
     }
 

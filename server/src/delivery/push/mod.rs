@@ -171,10 +171,10 @@ impl Sender {
         tokio::spawn(async move {
             let read_at = Instant::now();
             match me.service.node.push_job(user, useq).await {
-                Ok(Some(job)) => {
+                Ok(Some(job)) if job.next_micros <= now_micros() => {
                     me.start(user, useq, job, read_at);
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(e) => tracing::debug!(user = user.0, error = %e, "push: cannot read the job"),
             };
         });
