@@ -25,6 +25,7 @@
 
 mod client;
 mod pacer;
+mod push_sink;
 pub(crate) mod server;
 mod setup;
 mod stall;
@@ -118,6 +119,12 @@ pub struct E2eArgs {
     /// (the same work for the server, no slow consumer).
     #[arg(long)]
     pub flood_readers: bool,
+    /// Every device sets a push token and the started server pushes to a
+    /// webhook in this process (see `push_sink`): the push outbox's cost
+    /// on the live path. Every device is connected, so the notifications
+    /// sent (a row of their own) should be 0.
+    #[arg(long)]
+    pub push: bool,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -147,6 +154,15 @@ pub fn run(a: &E2eArgs) -> Result<()> {
     let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base)?;
     let tmp = tempfile::tempdir_in(&base)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.max(1))
+        .enable_all()
+        .build()?;
+    let sink = match a.push {
+        true if a.url.is_some() => bail!("--push needs a server this run starts (no --url)"),
+        true => Some(rt.block_on(push_sink::Sink::start())?),
+        false => None,
+    };
     let srv = match &a.url {
         Some(url) => Server::external(url, a.admin_secret.clone())?,
         None => {
@@ -157,14 +173,21 @@ pub fn run(a: &E2eArgs) -> Result<()> {
                     .context("exe dir")?
                     .join("missived"),
             };
-            Server::spawn(&bin, tmp.path(), a.connections, None)?
+            let hook = sink.as_ref().map(|s| s.url.as_str());
+            Server::spawn(&bin, tmp.path(), a.connections, None, hook)?
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.threads.max(1))
-        .enable_all()
-        .build()?;
-    let rows = rt.block_on(load(a, &srv))?;
+    let mut rows = rt.block_on(load(a, &srv))?;
+    if let Some(s) = &sink {
+        let mut r = Row::single(
+            "missive",
+            "e2e push notifications sent",
+            "calls",
+            s.calls() as f64,
+        );
+        r.note = "every device connected: should be 0".into();
+        rows.push(r);
+    }
     drop(rt);
     srv.stop()?;
     if a.keep && a.url.is_none() {
@@ -199,6 +222,9 @@ async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
     let http = reqwest::Client::new();
     let t = Instant::now();
     let plans = setup::prepare(&http, srv.addr, &srv.admin_secret, layout).await?;
+    if a.push {
+        push_sink::register(&http, srv.addr, &plans).await?;
+    }
     say(
         a,
         &format!(

@@ -25,7 +25,12 @@ pub struct Server {
 /// The `missived` config of a benchmark run: the defaults except the
 /// limits a load generator crosses on purpose (it is one machine opening
 /// thousands of sockets and sending from every one of them).
-fn config_text(data_dir: &Path, connections: usize, message_cache_bytes: Option<u64>) -> String {
+fn config_text(
+    data_dir: &Path,
+    connections: usize,
+    message_cache_bytes: Option<u64>,
+    push_webhook: Option<&str>,
+) -> String {
     let mut text = format!(
         "listen = \"127.0.0.1:0\"\n\
          data_dir = {data_dir:?}\n\
@@ -49,6 +54,9 @@ fn config_text(data_dir: &Path, connections: usize, message_cache_bytes: Option<
     );
     if let Some(b) = message_cache_bytes {
         text.push_str(&format!("message_cache_bytes = {b}\n"));
+    }
+    if let Some(url) = push_webhook {
+        text.push_str(&format!("[push]\nwebhook_url = \"{url}\"\n"));
     }
     text
 }
@@ -76,7 +84,13 @@ pub fn measure_with_server(
             .context("exe dir")?
             .join("missived"),
     };
-    let srv = Server::spawn(&bin, &tmp.path().join("server"), 64, message_cache_bytes)?;
+    let srv = Server::spawn(
+        &bin,
+        &tmp.path().join("server"),
+        64,
+        message_cache_bytes,
+        None,
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -98,16 +112,23 @@ impl Server {
     /// Starts `missived` at `bin` with data under `dir`; waits for its
     /// "listening" line. Its log goes to `dir/missived.log`. With
     /// `message_cache_bytes`, its recent-messages cache has that size
-    /// (0: off) instead of the default.
+    /// (0: off) instead of the default; with `push_webhook`, it pushes
+    /// there.
     pub fn spawn(
         bin: &Path,
         dir: &Path,
         connections: usize,
         message_cache_bytes: Option<u64>,
+        push_webhook: Option<&str>,
     ) -> Result<Server> {
         std::fs::create_dir_all(dir)?;
         let cfg = dir.join("missived.toml");
-        let text = config_text(&dir.join("data"), connections, message_cache_bytes);
+        let text = config_text(
+            &dir.join("data"),
+            connections,
+            message_cache_bytes,
+            push_webhook,
+        );
         std::fs::write(&cfg, text)?;
         let log = std::fs::File::create(dir.join("missived.log"))?;
         let mut log_out = log.try_clone()?;
