@@ -942,6 +942,16 @@ impl Service {
                 }
             }
         };
+        if change.history.is_none() && change.keep_edits.is_none() && change.retention.is_none() {
+            // Nothing for `Configure` to change: the settings as they are,
+            // read rather than written (the commands above left them).
+            let c = self.member_conversation(who, conv).await?;
+            return Ok(Configured {
+                settings: c.settings,
+                push_previews,
+                changed: encrypted || previews_changed,
+            });
+        }
         let cmd = Command::Configure {
             conv,
             actor: who,
