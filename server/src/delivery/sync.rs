@@ -16,7 +16,6 @@
 //! sent. `synced` is written once, when the stream first reaches the end.
 //!
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use missive_chat::command::UserId;
@@ -86,59 +85,124 @@ pub(crate) trait FrameSink: Send + Sync + 'static {
 }
 
 /// Streams the user's inbox after `after`, then follows it live.
-pub(crate) async fn sync_pump<S: FrameSink>(
+///
+/// Not an `async fn`: the stream's state lives once, in [`Pump`] (a
+/// generator keeps its arguments for its whole life beside whatever it
+/// moves them into), and a live session spends its life in the small
+/// wait between rounds, not in a round (see [`Pump::run`]).
+pub(crate) fn sync_pump<S: FrameSink>(
     tx: S,
     state: AppState,
     who: Caller,
     after: u64,
     id: Option<String>,
-) {
-    let svc = Arc::clone(&state.service);
-    // Registered before the first read: see the module docs.
-    let sub = state.hub.subscribe(who.user);
-    let page = svc.limits.sync_page;
-    let mut cursor = after;
-    let mut synced = false;
-    let mut look_in_store = false;
-    // Whether `after` was checked against the leader's head (see
-    // `Service::check_cursor`): then only this replica is behind.
-    let mut cursor_checked = false;
-    loop {
+) -> impl std::future::Future<Output = ()> + Send {
+    Pump {
+        // Registered before the first read: see the module docs.
+        sub: state.hub.subscribe(who.user),
+        tx,
+        state,
+        who,
+        after,
+        id,
+        cursor: after,
+        synced: false,
+        look_in_store: false,
+        cursor_checked: false,
+    }
+    .run()
+}
+
+/// One device's event stream (see [`sync_pump`]).
+struct Pump<S> {
+    tx: S,
+    state: AppState,
+    who: Caller,
+    /// The cursor the device asked from.
+    after: u64,
+    /// The request's id, for its `bad_cursor` error.
+    id: Option<String>,
+    sub: crate::delivery::hub::Subscription,
+    /// The last useq sent.
+    cursor: u64,
+    /// Whether the stream has reached the end once (`synced` was sent).
+    synced: bool,
+    /// Whether the next round reads the store rather than the hub's ring.
+    look_in_store: bool,
+    /// Whether `after` was checked against the leader's head (see
+    /// `Service::check_cursor`): then only this replica is behind.
+    cursor_checked: bool,
+}
+
+/// What a round of the pump leaves to do.
+enum Round {
+    /// Read again at once.
+    Again,
+    /// Caught up: wait for a wake, or this long.
+    Wait(Duration),
+    /// The receiver is gone (or the cursor was refused).
+    End,
+}
+
+impl<S: FrameSink> Pump<S> {
+    async fn run(mut self) {
+        loop {
+            // Boxed: a round (reads, renders, sends) holds far more state
+            // than the wait between rounds, and inline it made every idle
+            // session's pump ~1 KiB larger.
+            match Box::pin(self.round()).await {
+                Round::Again => {}
+                Round::End => return,
+                Round::Wait(recheck) => {
+                    self.look_in_store = tokio::select! {
+                        _ = self.sub.wake.notified() => false,
+                        _ = tokio::time::sleep(recheck) => true,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Reads one page after the cursor and sends it.
+    async fn round(&mut self) -> Round {
+        let svc = &self.state.service;
+        let who = self.who;
+        let page = svc.limits.sync_page;
         // Live, the hub's ring usually holds exactly what the wake was for;
         // it answers only when it can vouch for everything after the cursor.
-        let from_ring = (synced && !look_in_store)
-            .then(|| state.hub.after(who.user, cursor, page))
+        let from_ring = (self.synced && !self.look_in_store)
+            .then(|| self.state.hub.after(who.user, self.cursor, page))
             .flatten()
             .map(|evs| {
-                let head = evs.last().map_or(cursor, |(u, _)| *u);
+                let head = evs.last().map_or(self.cursor, |(u, _)| *u);
                 (evs, head)
             });
         let page_read = match from_ring {
             Some(p) => Ok(p),
-            None => svc.inbox_page(who.user, cursor, page).await,
+            None => svc.inbox_page(who.user, self.cursor, page).await,
         };
         let (events, head) = match page_read {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(user = who.user.0, error = %e.message, "sync read failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+                return Round::Again;
             }
         };
-        if after > head && !synced {
-            if !cursor_checked {
-                match svc.check_cursor(who.user, after).await {
-                    Ok(()) => cursor_checked = true,
+        if self.after > head && !self.synced {
+            if !self.cursor_checked {
+                match svc.check_cursor(who.user, self.after).await {
+                    Ok(()) => self.cursor_checked = true,
                     Err(e) if e.code == "bad_cursor" => {
-                        tx.send(ServerFrame::error(id, &e)).await;
-                        return;
+                        self.tx.send(ServerFrame::error(self.id.take(), &e)).await;
+                        return Round::End;
                     }
                     // No leader to ask right now: look again shortly.
                     Err(_) => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+            return Round::Again;
         }
         let full = events.len() == page;
         for (useq, e) in events {
@@ -150,7 +214,7 @@ pub(crate) async fn sync_pump<S: FrameSink>(
                     break;
                 }
             };
-            if synced {
+            if self.synced {
                 // Live: how long from the event's commit to here (a
                 // synced-up backlog would only measure how long the device
                 // was away).
@@ -167,38 +231,41 @@ pub(crate) async fn sync_pump<S: FrameSink>(
                 at: e.at,
                 event,
             };
-            if !tx.send(frame).await {
-                return;
+            if !self.tx.send(frame).await {
+                return Round::End;
             }
-            cursor = useq;
+            self.cursor = useq;
         }
         if full {
-            continue;
+            return Round::Again;
         }
-        if !synced && cursor >= head {
-            synced = true;
-            if !tx.send(ServerFrame::Synced { cursor }).await {
-                return;
+        if !self.synced && self.cursor >= head {
+            self.synced = true;
+            if !self
+                .tx
+                .send(ServerFrame::Synced {
+                    cursor: self.cursor,
+                })
+                .await
+            {
+                return Round::End;
             }
         }
-        look_in_store = false;
-        if cursor >= head {
-            // A periodic look in the store as well: rarely where this node
-            // replicates the user's shard (in case a wake was never sent —
-            // a replica applying through a snapshot it has not announced),
-            // often where it does not (a node that joined and hosts nothing
-            // yet, or whose replica moved away): wakes come only from apply
-            // here, so there the look is the live path.
-            let user_shard = svc.node.slots().shard_of_user(who.user.0);
-            let recheck = if svc.node.hosts(user_shard) {
-                STORE_RECHECK
-            } else {
-                REMOTE_POLL
-            };
-            look_in_store = tokio::select! {
-                _ = sub.wake.notified() => false,
-                _ = tokio::time::sleep(recheck) => true,
-            };
+        self.look_in_store = false;
+        if self.cursor < head {
+            return Round::Again;
         }
+        // A periodic look in the store as well: rarely where this node
+        // replicates the user's shard (in case a wake was never sent — a
+        // replica applying through a snapshot it has not announced), often
+        // where it does not (a node that joined and hosts nothing yet, or
+        // whose replica moved away): wakes come only from apply here, so
+        // there the look is the live path.
+        let user_shard = svc.node.slots().shard_of_user(who.user.0);
+        Round::Wait(if svc.node.hosts(user_shard) {
+            STORE_RECHECK
+        } else {
+            REMOTE_POLL
+        })
     }
 }

@@ -1136,7 +1136,7 @@ impl Missive for Grpc {
             .await
             .map_err(|e| status(&e))?;
         // The same small, lossy queue as a WebSocket's ephemeral frames.
-        let (eph_tx, mut eph_rx) = mpsc::channel::<ServerFrame>(presence::SESSION_QUEUE);
+        let (eph_tx, mut eph_rx) = mpsc::channel::<Box<ServerFrame>>(presence::SESSION_QUEUE);
         let guard = self.state.presence.register(who.user, eph_tx.clone());
         let now = self.state.presence.watch(guard.id, &eph_tx, &watch);
         let (tx, mut rx) = mpsc::channel(presence::SESSION_QUEUE);
@@ -1163,7 +1163,7 @@ impl Missive for Grpc {
                     }
                     f = eph_rx.recv() => {
                         let Some(f) = f else { break };
-                        let Some(ev) = live_event(f) else { continue };
+                        let Some(ev) = live_event(*f) else { continue };
                         // A client too slow to take them loses signals,
                         // as a socket does; only a gone client ends this.
                         if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(ev)) {

@@ -383,8 +383,11 @@ struct WsQuery {
     ticket: Option<String>,
 }
 
-/// A WebSocket's read buffer, bytes.
-const READ_BUFFER: usize = 4 * 1024;
+/// A WebSocket's read buffer, bytes: tungstenite keeps (and zeroes) this
+/// much for every connection's life, so it is sized for the frames chat
+/// clients send (a `send` of a short text is ~200 bytes); a larger frame
+/// still arrives, in more reads.
+const READ_BUFFER: usize = 1024;
 /// Frames are gathered up to this many bytes before a write (the session
 /// writer flushes after each burst anyway), bytes.
 const WRITE_BUFFER: usize = 16 * 1024;
@@ -437,7 +440,14 @@ async fn ws_upgrade(
                 device = token.caller.device.0,
                 request_id
             );
-            tracing::Instrument::instrument(crate::edge::ws::session(socket, s, token, slot), span)
+            // A task of its own: run inside axum's upgrade task, the
+            // session's state sat next to that task's own (the upgrade, the
+            // handshake), ~4 KiB more for every connection's life.
+            tokio::spawn(tracing::Instrument::instrument(
+                crate::edge::ws::session(socket, s, token, slot),
+                span,
+            ));
+            std::future::ready(())
         }))
 }
 

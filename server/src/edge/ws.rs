@@ -112,36 +112,65 @@ fn render(f: &ServerFrame, metrics: &crate::metrics::Metrics) -> Result<String, 
     })
 }
 
-/// Writes `burst`, then flushes once; each frame's bytes go back to the
-/// session's budget as it is handed to the socket.
+/// Writes `burst`, then flushes once; each frame's bytes go back to
+/// `budget` (when the frames came from the budgeted queue) as it is handed
+/// to the socket.
 async fn write_burst<K: Sink<Message> + Unpin>(
     sink: &mut K,
-    burst: Vec<Out>,
+    burst: Vec<Utf8Bytes>,
+    budget: Option<&Budget>,
 ) -> Result<(), WriteEnd> {
-    for Out { text, budget } in burst {
+    for text in burst {
+        let len = text.len();
         sink.feed(Message::Text(text))
             .await
             .map_err(|_| WriteEnd::Closed)?;
-        drop(budget);
+        if let Some(b) = budget {
+            b.give_back(len);
+        }
     }
     sink.flush().await.map_err(|_| WriteEnd::Closed)
 }
 
-/// A serialized frame and the part of the session's byte budget it holds.
-struct Out {
-    text: Utf8Bytes,
-    budget: Option<tokio::sync::OwnedSemaphorePermit>,
+/// A session's byte budget for queued frames
+/// (`limits.outbound_queue_bytes`): a frame takes its length (at least 1,
+/// at most the whole budget) when it is queued, and the writer gives that
+/// back once the frame is handed to the socket. The frames carry no permit
+/// of their own: a permit is 16 bytes in each of the queue's slots, and
+/// the queue keeps a block of 32 slots for the session's life. The writer
+/// closes the budget when it ends, so no sender waits on it any more.
+struct Budget {
+    room: Semaphore,
+    bytes: usize,
+}
+
+impl Budget {
+    /// What a frame of `len` bytes takes of the budget.
+    fn cost(&self, len: usize) -> u32 {
+        u32::try_from(len.clamp(1, self.bytes)).unwrap_or(u32::MAX)
+    }
+
+    /// Gives back what a frame of `len` bytes took.
+    fn give_back(&self, len: usize) {
+        self.room.add_permits(self.cost(len) as usize);
+    }
+}
+
+/// Closes the budget when the writer ends, however it ends.
+struct CloseBudget(Arc<Budget>);
+
+impl Drop for CloseBudget {
+    fn drop(&mut self) {
+        self.0.room.close();
+    }
 }
 
 /// A session's way to send frames and to end itself.
 #[derive(Clone)]
 struct Tx {
-    frames: mpsc::Sender<Out>,
-    /// Bytes of serialized frames the queue may hold
-    /// (`limits.outbound_queue_bytes` permits).
-    budget: Arc<Semaphore>,
-    /// The budget's size: a frame larger than it takes all of it.
-    budget_bytes: usize,
+    frames: mpsc::Sender<Utf8Bytes>,
+    /// Bytes of serialized frames the queue may hold.
+    budget: Arc<Budget>,
     close: watch::Sender<Option<(u16, &'static str)>>,
     slow_after: Duration,
     state: AppState,
@@ -165,14 +194,49 @@ impl Tx {
                 return false;
             }
         };
-        let n = u32::try_from(text.len().clamp(1, self.budget_bytes)).unwrap_or(u32::MAX);
-        let queued = async {
-            let budget = Arc::clone(&self.budget).acquire_many_owned(n).await.ok();
-            let out = Out {
-                text: text.into(),
-                budget,
+        let n = self.budget.cost(text.len());
+        // Almost always the queue has room at once: queued without a
+        // timer or a wait. Both the budget and the channel hand free room
+        // to waiters first, so this never overtakes a frame already
+        // waiting (and one task's frames stay in order regardless: it
+        // sends the next only once this one is queued).
+        if let Ok(taken) = self.budget.room.try_acquire_many(n) {
+            // Given back by the writer (`Budget::give_back`).
+            taken.forget();
+            return match self.frames.try_send(text.into()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Full(text)) => Box::pin(self.queue(text)).await,
             };
-            self.frames.send(out).await.is_ok()
+        }
+        // Boxed: the waiting path's state (a timer, the two waits) would
+        // otherwise be part of every task that sends — each session's
+        // sync pump and reader among them — for their whole lives.
+        Box::pin(self.queue_waiting(text, n)).await
+    }
+
+    /// Queues `text` (its budget already taken), waiting at most
+    /// `slow_after` for room.
+    async fn queue(&self, text: Utf8Bytes) -> bool {
+        match tokio::time::timeout(self.slow_after, self.frames.send(text)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.end(close::SLOW_CONSUMER, "slow_consumer");
+                false
+            }
+        }
+    }
+
+    /// Takes `n` bytes of the budget for `text` and queues it, waiting at
+    /// most `slow_after` for both.
+    async fn queue_waiting(&self, text: String, n: u32) -> bool {
+        let queued = async {
+            // Closed: the writer has ended.
+            let Ok(taken) = self.budget.room.acquire_many(n).await else {
+                return false;
+            };
+            taken.forget();
+            self.frames.send(text.into()).await.is_ok()
         };
         match tokio::time::timeout(self.slow_after, queued).await {
             Ok(sent) => sent,
@@ -198,24 +262,43 @@ impl Tx {
 /// Runs one session on an upgraded connection until it closes (or its
 /// token is revoked: 4003); its place under the user's socket cap is given
 /// back then.
-pub async fn session(socket: WebSocket, state: AppState, token: Token, slot: SocketSlot) {
+///
+/// Not an `async fn`: the session's state is `run`'s alone. A wrapper
+/// future would keep its own copy of the arguments (a generator keeps its
+/// arguments for its whole life) beside `run`'s, for as long as the
+/// connection lives; and the socket goes in boxed, so the one copy of it
+/// is the one the split halves share.
+pub fn session(
+    socket: WebSocket,
+    state: AppState,
+    token: Token,
+    slot: SocketSlot,
+) -> impl std::future::Future<Output = ()> + Send {
     let revoked = Arc::clone(&state.revoked).until_revoked(
         Arc::clone(&state.service),
         token,
         slot.revocations(),
     );
-    run(socket, state, token.caller, revoked).await;
-    drop(slot);
+    run(
+        Box::new(socket),
+        state,
+        token.caller,
+        Box::pin(revoked),
+        slot,
+    )
 }
 
 /// Runs one session over any message stream and sink until it closes (or
 /// `revoked` resolves): a WebSocket in production, a pair of channels in
-/// the tests below.
+/// the tests below. `revoked` is best boxed: the session keeps it for its
+/// whole life. `held` (the socket's place under its user's cap) is
+/// dropped when the session ends.
 pub async fn run<S, E>(
     socket: S,
     state: AppState,
     who: Caller,
     revoked: impl std::future::Future<Output = ()> + Send,
+    held: impl Send,
 ) where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
     <S as Sink<Message>>::Error: Send,
@@ -223,13 +306,14 @@ pub async fn run<S, E>(
 {
     let metrics = Arc::clone(&state.service.metrics);
     metrics.websockets.inc();
-    let limits = state.service.limits.clone();
+    // Borrowed, not cloned: a copy would sit in every session's state.
+    let limits = &state.service.limits;
     let (mut sink, mut stream) = socket.split();
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Out>(limits.outbound_queue);
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Utf8Bytes>(limits.outbound_queue);
     let (close_tx, mut close_rx) = watch::channel(None);
     // Presence and typing frames: a separate small queue, dropped when full
     // (see `presence`), so they never count toward the slow-consumer rule.
-    let (eph_tx, mut eph_rx) = mpsc::channel::<ServerFrame>(presence::SESSION_QUEUE);
+    let (eph_tx, mut eph_rx) = mpsc::channel::<Box<ServerFrame>>(presence::SESSION_QUEUE);
     let guard = state.presence.register(who.user, eph_tx.clone());
     let eph = Ephemeral {
         session: guard.id,
@@ -238,8 +322,10 @@ pub async fn run<S, E>(
     let budget_bytes = limits.outbound_queue_bytes.max(1);
     let tx = Tx {
         frames: frames_tx,
-        budget: Arc::new(Semaphore::new(budget_bytes)),
-        budget_bytes,
+        budget: Arc::new(Budget {
+            room: Semaphore::new(budget_bytes),
+            bytes: budget_bytes,
+        }),
         close: close_tx,
         slow_after: limits.slow_consumer(),
         state: state.clone(),
@@ -248,7 +334,9 @@ pub async fn run<S, E>(
     // The writer: the only task touching the sink.
     let slow_after = limits.slow_consumer();
     let wmetrics = Arc::clone(&metrics);
+    let budget = Arc::clone(&tx.budget);
     let mut writer = tokio::spawn(async move {
+        let _closing = CloseBudget(Arc::clone(&budget));
         let reason = loop {
             tokio::select! {
                 biased;
@@ -264,8 +352,8 @@ pub async fn run<S, E>(
                         Ok(t) => t,
                         Err(_) => break (close::INTERNAL, "internal"),
                     };
-                    let out = Out { text: text.into(), budget: None };
-                    match tokio::time::timeout(slow_after, write_burst(&mut sink, vec![out])).await {
+                    let out = vec![text.into()];
+                    match tokio::time::timeout(slow_after, write_burst(&mut sink, out, None)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(WriteEnd::Closed)) => return,
                         Ok(Err(WriteEnd::Internal)) => break (close::INTERNAL, "internal"),
@@ -285,7 +373,7 @@ pub async fn run<S, E>(
                             Err(_) => break,
                         }
                     }
-                    match tokio::time::timeout(slow_after, write_burst(&mut sink, burst)).await {
+                    match tokio::time::timeout(slow_after, write_burst(&mut sink, burst, Some(&budget))).await {
                         Ok(Ok(())) => {}
                         Ok(Err(WriteEnd::Closed)) => return,
                         Ok(Err(WriteEnd::Internal)) => break (close::INTERNAL, "internal"),
@@ -294,9 +382,10 @@ pub async fn run<S, E>(
                 }
             }
         };
-        // Nothing more is queued (or rendered) for a socket we are leaving;
-        // frames already queued give their budget back as they are dropped.
+        // Nothing more is queued (or rendered) for a socket we are leaving,
+        // and no sender waits for budget.
         frames_rx.close();
+        budget.room.close();
         if reason.0 == close::SLOW_CONSUMER {
             wmetrics.slow_consumers.inc();
         }
@@ -352,7 +441,10 @@ pub async fn run<S, E>(
                             &ApiError::new(
                                 axum::http::StatusCode::PAYLOAD_TOO_LARGE,
                                 "frame_too_large",
-                                format!("frames are limited to {} bytes", limits.max_frame_bytes),
+                                format!(
+                                    "frames are limited to {} bytes",
+                                    state.service.limits.max_frame_bytes
+                                ),
                             ),
                         ))
                         .await;
@@ -431,6 +523,7 @@ pub async fn run<S, E>(
         let _ = writer.await;
     }
     metrics.websockets.dec();
+    drop(held);
 }
 
 /// A failure of the socket a session reads.
@@ -511,7 +604,7 @@ pub(crate) fn fuzz_parse(text: &str) -> Result<(), ApiError> {
 #[derive(Clone)]
 struct Ephemeral {
     session: u64,
-    tx: mpsc::Sender<ServerFrame>,
+    tx: mpsc::Sender<Box<ServerFrame>>,
 }
 
 /// The answer to an `edit`, `unsend` or `react`.
@@ -1075,8 +1168,64 @@ mod tests {
             state.clone(),
             who,
             std::future::pending(),
+            (),
         ));
         (send, recv, session)
+    }
+
+    /// Every open connection keeps a session's tasks for its whole life,
+    /// so their state is per-connection memory (docs/benchmarks.md,
+    /// "Memory per connection"): a read's or a wait's state inline in them
+    /// made an idle connection ~29 KiB, with all of this ~10 KiB. The
+    /// bounds leave room for compiler versions, not for another read
+    /// inlined (an inbox page's read alone is ~3 KiB).
+    #[tokio::test]
+    async fn an_idle_sessions_tasks_stay_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _stop) = state(dir.path(), Limits::default()).await;
+        let who = Caller {
+            user: UserId(1),
+            device: DeviceId(1),
+        };
+        let (_send, from_client) = mpsc::unbounded_channel();
+        let (to_client, _recv) = mpsc::unbounded_channel();
+        let socket = Duplex {
+            from_client,
+            to_client,
+            stalled: false,
+        };
+        let token = Token {
+            caller: who,
+            issued_at: 0,
+            expires_at: u64::MAX,
+            id: None,
+        };
+        let revoked = Arc::clone(&state.revoked).until_revoked(
+            Arc::clone(&state.service),
+            token,
+            watch::channel(0).1,
+        );
+        let revoked_bytes = std::mem::size_of_val(&revoked);
+        let session = run(socket, state.clone(), who, Box::pin(revoked), ());
+        let session_bytes = std::mem::size_of_val(&session);
+        let (frames, _queued) = mpsc::channel(1);
+        let tx = Tx {
+            frames,
+            budget: Arc::new(Budget {
+                room: Semaphore::new(1),
+                bytes: 1,
+            }),
+            close: watch::channel(None).0,
+            slow_after: Duration::from_secs(1),
+            state: state.clone(),
+        };
+        let pump_bytes = std::mem::size_of_val(&sync_pump(tx, state, who, 0, None));
+        assert!(
+            revoked_bytes <= 512,
+            "revocation watch: {revoked_bytes} bytes"
+        );
+        assert!(session_bytes <= 2048, "session: {session_bytes} bytes");
+        assert!(pump_bytes <= 1024, "sync pump: {pump_bytes} bytes");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
