@@ -396,6 +396,18 @@ async fn load(a: &E2eArgs, srv: &Server) -> Result<Vec<Row>> {
     };
     if let Some(c) = cores(srv0, srv1) {
         rows.push(Row::single("missive", "e2e server cpu", "cores", c));
+        // The scale issue's measure: server CPU time per acknowledged send
+        // (every delivery, receipt and sync read it caused included).
+        if acked > 0 {
+            let mut r = Row::single(
+                "missive",
+                "e2e server cpu/message",
+                "µs",
+                c * secs * 1e6 / acked as f64,
+            );
+            r.note = format!("{c:.3} cores over {acked} acked sends");
+            rows.push(r);
+        }
     }
     if let Some(c) = cores(gen0, gen1) {
         rows.push(Row::single("missive", "e2e generator cpu", "cores", c));
