@@ -54,6 +54,9 @@ pub struct Records<'a> {
     cache: Option<&'a mut RecordCache>,
     /// Writes so far; `None` deletes.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The key ranges `[lo, hi)` that are this shard's data
+    /// (`SlotMap::key_ranges`); none over a test's map unless given.
+    owned: &'a [(Vec<u8>, Option<Vec<u8>>)],
 }
 
 impl std::fmt::Debug for Records<'_> {
@@ -65,22 +68,47 @@ impl std::fmt::Debug for Records<'_> {
 }
 
 impl<'a> Records<'a> {
-    pub(crate) fn new(lsm: &'a Lsm, cache: &'a mut RecordCache) -> Self {
+    pub(crate) fn new(
+        lsm: &'a Lsm,
+        cache: &'a mut RecordCache,
+        owned: &'a [(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Self {
         Records {
             source: lsm,
             cache: Some(cache),
             pending: BTreeMap::new(),
+            owned,
         }
     }
 
     /// Records over `source` with no cache: for an application's tests of
-    /// its rules. Take the writes with [`Records::into_writes`].
+    /// its rules. Take the writes with [`Records::into_writes`]. They own
+    /// no key ([`Records::owns`]) unless given ranges with
+    /// [`Records::owning`].
     pub fn over(source: &'a dyn RecordSource) -> Self {
         Records {
             source,
             cache: None,
             pending: BTreeMap::new(),
+            owned: &[],
         }
+    }
+
+    /// These records, as the shard whose data is the key ranges `owned`
+    /// (`[lo, hi)`, `None`: to the end): for tests.
+    pub fn owning(mut self, owned: &'a [(Vec<u8>, Option<Vec<u8>>)]) -> Self {
+        self.owned = owned;
+        self
+    }
+
+    /// Whether `key` is this shard's data: a rule may then write it in the
+    /// same batch instead of asking another shard. The same answer on
+    /// every replica at the same log position: the ranges come from the
+    /// slot map, which is fixed for the life of the cluster (a future
+    /// split must change a shard's ranges at an entry of its own log, so
+    /// that this stays true — docs/design.md §4.1).
+    pub fn owns(&self, key: &[u8]) -> bool {
+        crate::storage::state_machine::in_ranges(self.owned, key)
     }
 
     /// The writes so far, by key (`None`: deleted).

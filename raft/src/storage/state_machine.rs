@@ -252,7 +252,7 @@ impl<A: App> StateMachine<A> {
         run: &mut Run<A>,
     ) -> std::result::Result<(), StorageError> {
         let mut applied = self.applied.clone();
-        let mut records = Records::new(&self.lsm, &mut self.records);
+        let mut records = Records::new(&self.lsm, &mut self.records, &self.ranges);
         for e in entries {
             applied.last_applied = Some(e.log_id);
             match e.payload {
@@ -346,7 +346,8 @@ fn holds_checkpoint<A: App>(e: &Entry<A>) -> bool {
 }
 
 /// Whether `k` lies in one of `ranges` (`[lo, hi)`, `None`: no end).
-fn in_ranges(ranges: &[(Vec<u8>, Option<Vec<u8>>)], k: &[u8]) -> bool {
+/// Whether `k` lies in one of `ranges` (`[lo, hi)`, `None`: to the end).
+pub(crate) fn in_ranges(ranges: &[(Vec<u8>, Option<Vec<u8>>)], k: &[u8]) -> bool {
     ranges
         .iter()
         .any(|(lo, hi)| k >= lo.as_slice() && hi.as_ref().is_none_or(|h| k < h.as_slice()))
