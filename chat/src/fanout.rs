@@ -34,6 +34,26 @@
 //! A failed `Deliver` sends the worker back to scanning: the feed's later
 //! entries must not overtake the failed ones (that would be a gap, below).
 //!
+//! # Local delivery: recipients on the conversation's own shard
+//!
+//! A recipient whose inbox lives on the conversation's shard needs no
+//! worker: the command that emits the event appends it to their inbox in
+//! the same batch (`apply::emit`), and the outbox entry names only the
+//! others — or is not written at all, `done` rising with `last`. One Raft
+//! round from send to inbox instead of three. The rule applies only while
+//! the conversation's outbox is drained (`done == last` before the
+//! event): then every earlier event is in every recipient's inbox, so
+//! the local copy is the next one each of them gets. While an entry
+//! waits, it may be for a user who is local now but was not when it was
+//! written (data from before this rule, a restore into another shard
+//! count, a future split); delivering the newer event first would raise
+//! their mark past the waiting one, which would then be skipped as a
+//! repeat — lost. So while anything waits, the event goes through the
+//! outbox for everyone, in order. Entries above `done` stay contiguous:
+//! an eseq gets no entry only when the outbox was drained, and `done`
+//! takes it at once. Which users are local is decided from the shard's
+//! slot ranges, identical on every replica, so apply stays deterministic.
+//!
 //! A crash, a lost answer or a leader change anywhere in 1–3 makes a worker
 //! (maybe another node's) repeat the page. Repeats are harmless: a user
 //! shard applies an item only if its eseq is above the user's mark for that

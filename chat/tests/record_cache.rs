@@ -166,10 +166,14 @@ async fn cached_records_follow_every_write() {
             .record_misses
             .load(std::sync::atomic::Ordering::Relaxed);
         // Each message's dedup record is looked up absent (a miss, never
-        // cached); the conversation, head, outbox head and the pair's
-        // blocks come from the cache or the entry's own writes after their
-        // first read (a few misses per conversation, none per message).
-        assert!(misses <= 200 + 10, "hits {hits}, misses {misses}");
+        // cached), and so is the recipient's push-device list: with one
+        // shard both members are local, so the message's own batch
+        // delivers it to their inboxes (local delivery) and asks whether
+        // the recipient has push targets. The conversation, head, outbox
+        // head, the pair's blocks and the members' inbox heads and views
+        // come from the cache or the entry's own writes after their first
+        // read (a few misses per conversation, none per message).
+        assert!(misses <= 2 * 200 + 20, "hits {hits}, misses {misses}");
         assert!(hits >= 200, "hits {hits}, misses {misses}");
         // What the node does before it stops (the LSM has no log of its
         // own; the Raft log would replay the rest).

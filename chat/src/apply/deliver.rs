@@ -22,91 +22,101 @@ impl Apply<'_, '_> {
     pub(super) fn deliver(&mut self, items: &[Delivery]) -> Result<Outcome> {
         let (mut applied, mut skipped) = (0, 0);
         for d in items {
-            let ckey = user_conv_key(d.user, d.conv);
-            let mut uc: UserConv = self
-                .rec
-                .get(&ckey)?
-                .map(|b| records::decode_user_conv(&b))
-                .transpose()?
-                .unwrap_or_default();
-            if d.eseq <= uc.eseq {
+            if self.deliver_one(d)? {
+                applied += 1;
+            } else {
                 skipped += 1;
-                continue;
             }
-            uc.eseq = d.eseq;
-            match &d.event {
-                EventKind::Message {
-                    seq, ts, sender, ..
-                } => {
-                    uc.last_seq = uc.last_seq.max(*seq);
-                    uc.last_ts = uc.last_ts.max(*ts);
-                    if *sender == d.user {
-                        uc.read = uc.read.max(*seq);
-                        uc.delivered = uc.delivered.max(*seq);
-                        uc.prune_mentions();
-                    }
-                }
-                EventKind::Receipt {
-                    user,
-                    delivered,
-                    read,
-                } if *user == d.user => {
-                    uc.read = uc.read.max(*read);
-                    uc.delivered = uc.delivered.max(*delivered);
-                    uc.prune_mentions();
-                }
-                // Arrives right after its message's event, so usually
-                // unread; one the user already read does not count.
-                EventKind::Mentioned { seq, .. } => {
-                    if *seq > uc.read && !uc.mentions.contains(seq) {
-                        uc.mentions.push(*seq);
-                        let over = uc.mentions.len().saturating_sub(MAX_MENTIONS);
-                        uc.mentions.drain(..over);
-                    }
-                }
-                // A withdrawn message mentions nobody any more.
-                EventKind::Unsent { seq, .. } => uc.mentions.retain(|s| s != seq),
-                // Changes to a stored message are not new messages: no
-                // unread, no activity (the list does not reorder).
-                EventKind::Receipt { .. }
-                | EventKind::Edited { .. }
-                | EventKind::Reacted { .. }
-                | EventKind::Pinned { .. }
-                | EventKind::Hidden { .. }
-                | EventKind::Configured { .. }
-                | EventKind::Encrypted { .. }
-                | EventKind::DeviceKeys { .. }
-                | EventKind::PreKeysLow { .. } => {}
-                // Only the blocker gets it: their own list follows.
-                EventKind::Blocked { user, blocked } => {
-                    let key = blocked_key(d.user, *user);
-                    if *blocked {
-                        self.rec.put_as(key, &BlockedUser { since: d.at })?;
-                    } else {
-                        self.rec.delete(key);
-                    }
-                }
-                EventKind::Membership { added, removed, .. } => {
-                    if added.contains(&d.user) {
-                        uc.member = true;
-                        uc.last_ts = uc.last_ts.max(d.at);
-                    }
-                    if removed.contains(&d.user) {
-                        uc.member = false;
-                    }
-                }
-            }
-            self.rec.put(ckey, records::encode_user_conv(&uc)?);
-            let event = InboxEvent {
-                conv: d.conv,
-                eseq: d.eseq,
-                event: d.event.clone(),
-                at: d.at,
-            };
-            self.append_inbox(d.user, event)?;
-            applied += 1;
         }
         Ok(Outcome::Delivered { applied, skipped })
+    }
+
+    /// One item of [`Self::deliver`] (also run by `emit` for a recipient
+    /// whose data is on the conversation's own shard): false if it was a
+    /// repeat and skipped.
+    pub(super) fn deliver_one(&mut self, d: &Delivery) -> Result<bool> {
+        let ckey = user_conv_key(d.user, d.conv);
+        let mut uc: UserConv = self
+            .rec
+            .get(&ckey)?
+            .map(|b| records::decode_user_conv(&b))
+            .transpose()?
+            .unwrap_or_default();
+        if d.eseq <= uc.eseq {
+            return Ok(false);
+        }
+        uc.eseq = d.eseq;
+        match &d.event {
+            EventKind::Message {
+                seq, ts, sender, ..
+            } => {
+                uc.last_seq = uc.last_seq.max(*seq);
+                uc.last_ts = uc.last_ts.max(*ts);
+                if *sender == d.user {
+                    uc.read = uc.read.max(*seq);
+                    uc.delivered = uc.delivered.max(*seq);
+                    uc.prune_mentions();
+                }
+            }
+            EventKind::Receipt {
+                user,
+                delivered,
+                read,
+            } if *user == d.user => {
+                uc.read = uc.read.max(*read);
+                uc.delivered = uc.delivered.max(*delivered);
+                uc.prune_mentions();
+            }
+            // Arrives right after its message's event, so usually
+            // unread; one the user already read does not count.
+            EventKind::Mentioned { seq, .. } => {
+                if *seq > uc.read && !uc.mentions.contains(seq) {
+                    uc.mentions.push(*seq);
+                    let over = uc.mentions.len().saturating_sub(MAX_MENTIONS);
+                    uc.mentions.drain(..over);
+                }
+            }
+            // A withdrawn message mentions nobody any more.
+            EventKind::Unsent { seq, .. } => uc.mentions.retain(|s| s != seq),
+            // Changes to a stored message are not new messages: no
+            // unread, no activity (the list does not reorder).
+            EventKind::Receipt { .. }
+            | EventKind::Edited { .. }
+            | EventKind::Reacted { .. }
+            | EventKind::Pinned { .. }
+            | EventKind::Hidden { .. }
+            | EventKind::Configured { .. }
+            | EventKind::Encrypted { .. }
+            | EventKind::DeviceKeys { .. }
+            | EventKind::PreKeysLow { .. } => {}
+            // Only the blocker gets it: their own list follows.
+            EventKind::Blocked { user, blocked } => {
+                let key = blocked_key(d.user, *user);
+                if *blocked {
+                    self.rec.put_as(key, &BlockedUser { since: d.at })?;
+                } else {
+                    self.rec.delete(key);
+                }
+            }
+            EventKind::Membership { added, removed, .. } => {
+                if added.contains(&d.user) {
+                    uc.member = true;
+                    uc.last_ts = uc.last_ts.max(d.at);
+                }
+                if removed.contains(&d.user) {
+                    uc.member = false;
+                }
+            }
+        }
+        self.rec.put(ckey, records::encode_user_conv(&uc)?);
+        let event = InboxEvent {
+            conv: d.conv,
+            eseq: d.eseq,
+            event: d.event.clone(),
+            at: d.at,
+        };
+        self.append_inbox(d.user, event)?;
+        Ok(true)
     }
 
     /// Appends one event to `user`'s inbox (the user is on this shard),

@@ -45,12 +45,12 @@ use missive_engine::keys::ConversationId;
 use missive_raft::storage::record_source::Records;
 use missive_raft::Result;
 
-use crate::command::{Command, ConversationKind, NewMessage, Outcome, RejectCode};
+use crate::command::{Command, ConversationKind, Delivery, NewMessage, Outcome, RejectCode};
 use crate::ids::{Useq, UserId};
 use crate::outbox_feed::Fresh;
 use crate::records::{
-    self, conversation_key, outbox_head_key, outbox_key, Conversation, EventKind, InboxEvent,
-    OutboxEntry, OutboxHead,
+    self, conversation_key, outbox_head_key, outbox_key, user_head_key, Conversation, EventKind,
+    InboxEvent, OutboxEntry, OutboxHead,
 };
 
 /// The body of a `System` message written by a membership change
@@ -373,7 +373,13 @@ pub(crate) fn run(
 }
 
 impl Apply<'_, '_> {
-    /// Queues `event` in the conversation's outbox for `recipients`.
+    /// Gives `event` the conversation's next eseq and sends it to
+    /// `recipients`: into the inboxes of those whose data is on this
+    /// shard at once, in this batch, when nothing of the conversation is
+    /// waiting in its outbox; through the outbox (the fan-out worker,
+    /// `crate::fanout`) for the others — and for everyone while earlier
+    /// events still wait there, so no recipient gets an event before an
+    /// earlier one (the fan-out essay's "local delivery").
     pub(super) fn emit(
         &mut self,
         conv: ConversationId,
@@ -386,10 +392,34 @@ impl Apply<'_, '_> {
         }
         let hkey = outbox_head_key(conv);
         let mut head: OutboxHead = self.rec.get_as("outbox head", &hkey)?.unwrap_or_default();
+        let drained = head.done == head.last;
         head.last = head.last.next();
+        let (local, remote): (Vec<UserId>, Vec<UserId>) = if drained {
+            recipients
+                .into_iter()
+                .partition(|u| self.rec.owns(&user_head_key(*u)))
+        } else {
+            (Vec::new(), recipients)
+        };
+        for user in local {
+            self.deliver_one(&Delivery {
+                user,
+                conv,
+                eseq: head.last,
+                event: event.clone(),
+                at,
+            })?;
+        }
+        if remote.is_empty() {
+            // Nothing to fan out: the event is done where it happened,
+            // and the outbox stays drained for the next one.
+            head.done = head.last;
+            self.rec.put_as(hkey, &head)?;
+            return Ok(());
+        }
         let entry = OutboxEntry {
             event,
-            recipients,
+            recipients: remote,
             at,
         };
         self.rec.put_as(outbox_key(conv, head.last), &entry)?;

@@ -30,6 +30,10 @@ const STAMP: u64 = 1_700_000_000_000_000;
 pub(super) struct Shard {
     pub(super) kv: BTreeMap<Vec<u8>, Vec<u8>>,
     stamp: u64,
+    /// The key ranges this shard owns (`Records::owns`): none by default,
+    /// so every event goes through the outbox as on a shard that holds
+    /// none of its recipients.
+    owned: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Shard {
@@ -37,7 +41,7 @@ impl Shard {
     pub(super) fn apply(&mut self, cmd: Command) -> (Outcome, Effects) {
         self.stamp += 1;
         let mut fx = Effects::default();
-        let mut rec = Records::over(&self.kv);
+        let mut rec = Records::over(&self.kv).owning(&self.owned);
         let out = run(&mut rec, &mut fx, STAMP + self.stamp, &cmd).unwrap();
         for (k, v) in rec.into_writes() {
             match v {
@@ -46,6 +50,25 @@ impl Shard {
             };
         }
         (out, fx)
+    }
+
+    /// A shard that holds the data of `users` (and of no other user).
+    fn holding(users: &[u64]) -> Shard {
+        let owned = users
+            .iter()
+            .map(|u| {
+                // Every key of a user's own data starts with the head key
+                // minus its one-byte suffix (keyspace, slot, user).
+                let mut lo = user_head_key(UserId(*u));
+                lo.pop();
+                let hi = missive_engine::keys::prefix_successor(&lo);
+                (lo, hi)
+            })
+            .collect();
+        Shard {
+            owned,
+            ..Shard::default()
+        }
     }
 
     pub(super) fn out(&mut self, cmd: Command) -> Outcome {
@@ -353,6 +376,203 @@ fn a_repeated_delivery_is_skipped() {
     // The sender's own message counts as read in their view.
     let uc = s.user_conv(1);
     assert_eq!(uc.unread(), 0);
+}
+
+/// The eseqs in `user`'s inbox, in useq order (all of `CONV`).
+fn inbox_eseqs(s: &Shard, user: u64) -> Vec<u64> {
+    let head: UserHead = s.get(&user_head_key(UserId(user))).unwrap_or_default();
+    (1..=head.useq.0)
+        .map(|u| {
+            let e: records::InboxEvent = s.get(&records::inbox_key(UserId(user), Useq(u))).unwrap();
+            e.eseq.0
+        })
+        .collect()
+}
+
+#[test]
+fn an_event_reaches_the_users_of_its_own_shard_in_its_own_batch() {
+    // Users 1 and 2 live on the conversation's shard, 3 elsewhere.
+    let mut s = Shard::holding(&[1, 2]);
+    let (_, created) = s.apply(group(&[1, 2, 3]));
+    let told: Vec<_> = created.notices.iter().map(|n| (n.user, n.useq)).collect();
+    assert_eq!(told, vec![(UserId(1), Useq(1)), (UserId(2), Useq(1))]);
+    assert_eq!(created.fresh.len(), 1);
+    assert_eq!(created.fresh[0].entry.recipients, vec![UserId(3)]);
+    let head: OutboxHead = s.get(&outbox_head_key(CONV)).unwrap();
+    assert_eq!((head.last, head.done), (Eseq(1), Eseq(0)));
+    // While 3's copy waits, the next event goes through the outbox for
+    // everyone: nobody may get an event of the conversation before an
+    // earlier one still waiting for them.
+    let (_, sent) = s.apply(send(1, "a"));
+    assert!(sent.notices.is_empty());
+    let all = vec![UserId(1), UserId(2), UserId(3)];
+    assert_eq!(sent.fresh[0].entry.recipients, all);
+    // The worker delivers both, in order, and marks them done.
+    let mut items = deliveries(&created.fresh);
+    items.extend(deliveries(&sent.fresh));
+    s.out(Command::Deliver { items });
+    s.out(Command::OutboxDone {
+        done: vec![(CONV, Eseq(2))],
+    });
+    // Drained: the next event is in 1's and 2's inboxes in its own batch.
+    let (_, fx) = s.apply(send(2, "b"));
+    let told: Vec<_> = fx.notices.iter().map(|n| (n.user, n.event.eseq)).collect();
+    assert_eq!(told, vec![(UserId(1), Eseq(3)), (UserId(2), Eseq(3))]);
+    assert_eq!(fx.fresh[0].entry.recipients, vec![UserId(3)]);
+    assert_eq!(inbox_eseqs(&s, 1), vec![1, 2, 3]);
+    assert_eq!(inbox_eseqs(&s, 2), vec![1, 2, 3]);
+    assert_eq!(inbox_eseqs(&s, 3), vec![1, 2]);
+    // A local copy counts like a delivered one: unread for the reader,
+    // read for the sender.
+    assert_eq!(s.user_conv(1).unread(), 1);
+    assert_eq!(s.user_conv(2).unread(), 0);
+}
+
+#[test]
+fn on_a_shard_holding_every_member_nothing_is_fanned_out() {
+    let mut s = Shard::holding(&[1, 2]);
+    let (_, fx) = s.apply(group(&[1, 2]));
+    assert!(fx.fresh.is_empty());
+    let (_, fx) = s.apply(send(1, "a"));
+    assert!(fx.fresh.is_empty());
+    assert_eq!(fx.notices.len(), 2);
+    let head: OutboxHead = s.get(&outbox_head_key(CONV)).unwrap();
+    assert_eq!((head.last, head.done), (Eseq(2), Eseq(2)));
+    let outbox_tag = missive_engine::keys::Keyspace::Outbox as u8;
+    let entries =
+        s.kv.keys()
+            .filter(|k| k.first() == Some(&outbox_tag) && *k != &outbox_head_key(CONV))
+            .count();
+    assert_eq!(entries, 0, "no outbox entry is written");
+    assert_eq!(inbox_eseqs(&s, 2), vec![1, 2]);
+    assert_eq!(s.user_conv(2).unread(), 1);
+    // A resend is answered from dedup and delivers nothing again.
+    let (_, fx) = s.apply(send(1, "a"));
+    assert!(fx.notices.is_empty());
+    assert_eq!(inbox_eseqs(&s, 2), vec![1, 2]);
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A member sends with a client id (repeats are resends).
+    Send { sender: u64, cid: u8 },
+    /// A member reads up to a seq.
+    Read { user: u64, read: u64 },
+    /// The fan-out delivers the next `n` outbox entries, repeating the
+    /// `replay` before them, and then maybe writes `OutboxDone`.
+    Fanout { n: usize, replay: usize, done: bool },
+    /// Which members live on the conversation's shard changes (bit i:
+    /// user i + 1): data written before local delivery existed, a restore
+    /// into another shard count, a future split.
+    Move { mask: u8 },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1u64..=3, 0u8..6).prop_map(|(sender, cid)| Step::Send { sender, cid }),
+        1 => (1u64..=3, 0u64..12).prop_map(|(user, read)| Step::Read { user, read }),
+        3 => (0usize..4, 0usize..3, any::<bool>())
+            .prop_map(|(n, replay, done)| Step::Fanout { n, replay, done }),
+        1 => (0u8..8).prop_map(|mask| Step::Move { mask }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whichever members live on the conversation's shard: at every step
+    /// each inbox holds the conversation's events in eseq order, and once
+    /// the fan-out has caught up every member holds every event once.
+    #[test]
+    fn local_delivery_keeps_every_inbox_complete_and_in_order(
+        mask in 0u8..8,
+        steps in proptest::collection::vec(step(), 1..60),
+    ) {
+        let local = |mask: u8| -> Vec<u64> { (1..=3u64).filter(|u| mask & (1 << (u - 1)) != 0).collect() };
+        let mut s = Shard::holding(&local(mask));
+        // Who got or must get each eseq, from the effects: an outbox
+        // entry's recipients and the inboxes written at once.
+        let mut owed: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        // Outbox entries in eseq order; how many the fan-out delivered.
+        let mut queue: Vec<(u64, OutboxEntry)> = Vec::new();
+        let mut delivered = 0usize;
+        let note = |fx: &Effects, owed: &mut BTreeMap<u64, Vec<u64>>, queue: &mut Vec<(u64, OutboxEntry)>| {
+            for f in &fx.fresh {
+                owed.entry(f.eseq.0).or_default().extend(f.entry.recipients.iter().map(|u| u.0));
+                queue.push((f.eseq.0, f.entry.clone()));
+            }
+            for n in &fx.notices {
+                owed.entry(n.event.eseq.0).or_default().push(n.user.0);
+            }
+        };
+        let (_, fx) = s.apply(group(&[1, 2, 3]));
+        note(&fx, &mut owed, &mut queue);
+        let fan = |s: &mut Shard, queue: &[(u64, OutboxEntry)], from: usize, to: usize| {
+            let items: Vec<Delivery> = queue[from..to]
+                .iter()
+                .flat_map(|(eseq, e)| {
+                    e.recipients.iter().map(move |u| Delivery {
+                        user: *u,
+                        conv: CONV,
+                        eseq: Eseq(*eseq),
+                        event: e.event.clone(),
+                        at: e.at,
+                    })
+                })
+                .collect();
+            if !items.is_empty() {
+                s.apply(Command::Deliver { items })
+            } else {
+                (Outcome::Done, Effects::default())
+            }
+        };
+        for st in steps {
+            let fx = match st {
+                Step::Send { sender, cid } => s.apply(send(sender, &cid.to_string())).1,
+                Step::Read { user, read } => s.apply(Command::SetReceipt {
+                    conv: CONV,
+                    user: UserId(user),
+                    delivered: None,
+                    read: Some(Seq(read)),
+                }).1,
+                Step::Fanout { n, replay, done } => {
+                    let from = delivered.saturating_sub(replay);
+                    let to = (delivered + n).min(queue.len());
+                    let (_, fx) = fan(&mut s, &queue, from, to);
+                    prop_assert!(fx.fresh.is_empty());
+                    delivered = delivered.max(to);
+                    if done && delivered > 0 {
+                        s.out(Command::OutboxDone { done: vec![(CONV, Eseq(queue[delivered - 1].0))] });
+                    }
+                    // Its notices are the entries' recipients, counted
+                    // when the entries were written.
+                    Effects::default()
+                }
+                Step::Move { mask } => {
+                    s.owned = Shard::holding(&local(mask)).owned;
+                    Effects::default()
+                }
+            };
+            note(&fx, &mut owed, &mut queue);
+            for u in 1..=3u64 {
+                let got = inbox_eseqs(&s, u);
+                prop_assert!(got.windows(2).all(|w| w[0] < w[1]), "user {} got {:?}", u, got);
+            }
+        }
+        // The fan-out catches up.
+        let (_, fx) = fan(&mut s, &queue, delivered, queue.len());
+        prop_assert!(fx.fresh.is_empty());
+        for u in 1..=3u64 {
+            let want: Vec<u64> = owed.iter().filter(|(_, us)| us.contains(&u)).map(|(e, _)| *e).collect();
+            prop_assert_eq!(inbox_eseqs(&s, u), want);
+        }
+        // Every event was owed to every member, exactly once.
+        for (eseq, us) in &owed {
+            let mut us = us.clone();
+            us.sort_unstable();
+            prop_assert_eq!(us, vec![1, 2, 3], "eseq {}", eseq);
+        }
+    }
 }
 
 #[test]
