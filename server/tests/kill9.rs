@@ -3,7 +3,10 @@
 //! killed with SIGKILL. A new leader takes over and sends succeed again;
 //! after the killed process restarts from its data directory, every
 //! acknowledged send is in the conversation exactly once, in the same
-//! order on all three replicas, and nothing appears that no client sent.
+//! order on all three replicas, and nothing appears that no client sent;
+//! both members' inboxes hold every stored message once, in order (one
+//! member's inbox is on the conversation's shard — local delivery — the
+//! other's is reached through the outbox).
 //! The same kill during a media upload loses no acknowledged byte, and
 //! the media stays downloadable from the survivors; during one-time key
 //! claims through every node it hands out no key twice and every node
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use common::{free_port, three_raft_addrs, token, Http};
+use missive_chat::command::UserId;
 use missive_engine::keys::ConversationId;
 use missive_raft::cluster::slots::SlotMap;
 use missive_server::Config;
@@ -220,11 +224,19 @@ async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, http, tc) = start_cluster(dir.path()).await;
     let alice = token(&tc, 1, 1);
-    let conv = Http::new(http[0], alice.clone()).direct(2).await;
-    let shard = SlotMap::even(SHARDS)
-        .unwrap()
-        .shard_of(ConversationId(conv.parse().unwrap()))
-        .0;
+    // Bob's inbox is on the conversation's shard and Alice's is not: each
+    // message reaches Bob in its own Raft batch (local delivery) and
+    // Alice through the outbox and a Deliver on her shard; both must
+    // survive the kill.
+    let slots = SlotMap::even(SHARDS).unwrap();
+    let bob = (2..1000u64)
+        .find(|&b| {
+            let home = slots.shard_of(missive_chat::direct_id(UserId(1), UserId(b)));
+            slots.shard_of_user(b) == home && slots.shard_of_user(1) != home
+        })
+        .expect("some peer shares the conversation's shard and user 1 does not");
+    let conv = Http::new(http[0], alice.clone()).direct(bob).await;
+    let shard = slots.shard_of(ConversationId(conv.parse().unwrap())).0;
     let victim = leader_of(http[0], shard).await;
     assert!((1..=3).contains(&victim), "no leader for shard {shard}");
     println!("shard {shard} of {conv} is led by node {victim}; killing it under load");
@@ -367,9 +379,51 @@ async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
     }
     let missing: Vec<_> = ok.iter().filter(|id| !seen.contains(*id)).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    // Every stored message is in both members' inboxes once, in order,
+    // read through every node (a replica still catching up answers a
+    // shorter stream for a moment: asked again for up to 60 s).
+    let bob_token = token(&tc, bob, 1);
+    for p in &procs {
+        for (who, t) in [("alice", &alice), ("bob", &bob_token)] {
+            let h = Http::new(p.addr, t.clone());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut got = inbox_seqs(&h, &conv).await;
+            while got != seqs && got.len() < seqs.len() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                got = inbox_seqs(&h, &conv).await;
+            }
+            assert_eq!(got, seqs, "{who}'s inbox through {}", p.addr);
+        }
+    }
     for mut p in procs {
         let _ = p.child.kill();
         let _ = p.child.wait();
+    }
+}
+
+/// The seqs of `conv`'s message events in the caller's inbox, in useq
+/// order (`GET /v1/sync` from the start, page by page; retried while the
+/// node is still catching up).
+async fn inbox_seqs(h: &Http, conv: &str) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut after = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, v) = h.get(&format!("/v1/sync?after={after}&limit=256")).await;
+        if s != 200 {
+            assert!(Instant::now() < deadline, "sync: {s} {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        for e in v["events"].as_array().unwrap() {
+            if e["conv"] == conv && e["event"]["kind"] == "message" {
+                seqs.push(e["event"]["seq"].as_u64().unwrap());
+            }
+        }
+        after = v["cursor"].as_u64().unwrap();
+        if v["more"] != true {
+            return seqs;
+        }
     }
 }
 
