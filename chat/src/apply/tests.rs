@@ -378,6 +378,23 @@ fn a_repeated_delivery_is_skipped() {
     assert_eq!(uc.unread(), 0);
 }
 
+/// The deliveries of `CONV`'s outbox entries (eseq, entry), one per
+/// recipient, in order: what the fan-out worker sends for them.
+fn items_of(entries: &[(u64, OutboxEntry)]) -> Vec<Delivery> {
+    entries
+        .iter()
+        .flat_map(|(eseq, e)| {
+            e.recipients.iter().map(move |u| Delivery {
+                user: *u,
+                conv: CONV,
+                eseq: Eseq(*eseq),
+                event: e.event.clone(),
+                at: e.at,
+            })
+        })
+        .collect()
+}
+
 /// The eseqs in `user`'s inbox, in useq order (all of `CONV`).
 fn inbox_eseqs(s: &Shard, user: u64) -> Vec<u64> {
     let head: UserHead = s.get(&user_head_key(UserId(user))).unwrap_or_default();
@@ -508,18 +525,7 @@ proptest! {
         let (_, fx) = s.apply(group(&[1, 2, 3]));
         note(&fx, &mut owed, &mut queue);
         let fan = |s: &mut Shard, queue: &[(u64, OutboxEntry)], from: usize, to: usize| {
-            let items: Vec<Delivery> = queue[from..to]
-                .iter()
-                .flat_map(|(eseq, e)| {
-                    e.recipients.iter().map(move |u| Delivery {
-                        user: *u,
-                        conv: CONV,
-                        eseq: Eseq(*eseq),
-                        event: e.event.clone(),
-                        at: e.at,
-                    })
-                })
-                .collect();
+            let items = items_of(&queue[from..to]);
             if !items.is_empty() {
                 s.apply(Command::Deliver { items })
             } else {
@@ -672,18 +678,7 @@ proptest! {
                 Op::Deliver { n, replay } => {
                     let from = delivered.saturating_sub(replay);
                     let to = (delivered + n).min(events.len());
-                    let items: Vec<Delivery> = events[from..to]
-                        .iter()
-                        .flat_map(|(eseq, e)| {
-                            e.recipients.iter().map(move |u| Delivery {
-                                user: *u,
-                                conv: CONV,
-                                eseq: Eseq(*eseq),
-                                event: e.event.clone(),
-                                at: e.at,
-                            })
-                        })
-                        .collect();
+                    let items = items_of(&events[from..to]);
                     if items.is_empty() {
                         continue;
                     }
