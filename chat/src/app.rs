@@ -37,6 +37,9 @@ pub struct Hooks {
     /// Fan-out rounds led from this node: each outbox entry from its
     /// commit to its `Deliver`s committed on every recipient's shard.
     pub(crate) fanout_latency: missive_engine::latency::Recorder,
+    /// Inbox events this replica wrote in their event's own batch (local
+    /// delivery) rather than through a `Deliver`.
+    pub(crate) local_deliveries: std::sync::atomic::AtomicU64,
 }
 
 /// The chat domain, as run by every shard of a node. See the
@@ -61,6 +64,7 @@ impl ChatApp {
                 inbox: broadcast::channel(INBOX_NOTICES).0,
                 revisions: Arc::default(),
                 fanout_latency: Default::default(),
+                local_deliveries: Default::default(),
             }),
         }
     }
@@ -195,6 +199,9 @@ impl App for ChatApp {
     }
 
     fn applied(&self, shard: ShardId, effects: Effects) {
+        self.hooks
+            .local_deliveries
+            .fetch_add(effects.local, std::sync::atomic::Ordering::Relaxed);
         for (conv, seq) in effects.changed {
             self.hooks.revisions.changed(conv, seq);
         }

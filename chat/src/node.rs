@@ -74,6 +74,17 @@ impl ChatNode {
         self.node.app().hooks().fanout_latency.snapshot()
     }
 
+    /// Inbox events this replica wrote in their event's own batch, the
+    /// recipient's inbox being on the conversation's shard (local
+    /// delivery), since the node started.
+    pub fn local_deliveries(&self) -> u64 {
+        self.node
+            .app()
+            .hooks()
+            .local_deliveries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Starts the node (recovering its data directory) and its fan-out
     /// worker.
     pub async fn start(cfg: NodeConfig) -> Result<ChatNode> {

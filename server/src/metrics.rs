@@ -254,6 +254,8 @@ pub struct NodeView {
     pub apply: Latencies,
     /// Fan-out rounds led from this node.
     pub fanout: Latencies,
+    /// Inbox events written by local delivery on this replica.
+    pub local_deliveries: u64,
     /// Users the rate limiters hold state for.
     pub rate_limited_users: u64,
     /// Per shard (0 is the metadata group): the leader this node believes
@@ -314,7 +316,7 @@ impl Collector for NodeView {
         let (log, lsm) = (&self.log, &self.lsm);
         // Counters without `_total` and help without a full stop: the
         // encoder adds both.
-        let counters: [(&str, &str, u64); 18] = [
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "log_appends",
                 "Appends to the node's log (each a batch of Raft entries)",
@@ -388,6 +390,11 @@ impl Collector for NodeView {
                 "apply_record_cache_misses",
                 "Records the state machines read from the LSM (not cached)",
                 self.records.1,
+            ),
+            (
+                "deliveries_local",
+                "Inbox events this replica wrote in their event's own batch (the inbox is on the conversation's shard), not through the fan-out",
+                self.local_deliveries,
             ),
         ];
         for (name, help, v) in counters {

@@ -662,6 +662,36 @@ async fn the_conversation_list_pages_by_activity_with_previews() {
     srv.shutdown().await.unwrap();
 }
 
+/// With one shard every inbox is on every conversation's shard: each
+/// event reaches its members in its own batch (local delivery), nothing
+/// goes through the fan-out, and live sessions still get every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_shard_every_event_is_delivered_in_its_own_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.node.shards = Some(1);
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let conv = alice.direct(2).await;
+    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
+    bob.sync(0).await;
+    for i in 0..3 {
+        alice.send(&conv, &format!("l{i}"), "hi").await;
+    }
+    for i in 0..3 {
+        let body = format!("l{i}");
+        bob.event_where(|e| e["event"]["message"]["client_msg_id"] == body.as_str())
+            .await;
+    }
+    let text = common::metrics(srv.addr()).await;
+    let count =
+        |name: &str| common::metric(&text, name).unwrap_or_else(|| panic!("no {name}:\n{text}"));
+    // The creation and three messages, each to both members.
+    assert_eq!(count("missive_deliveries_local_total"), 8.0, "{text}");
+    assert_eq!(count("missive_fanout_seconds_count"), 0.0, "{text}");
+    srv.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_latency_histograms_for_sends_history_and_live_delivery() {
     let dir = tempfile::tempdir().unwrap();

@@ -94,6 +94,8 @@ pub struct Effects {
     /// Stored messages whose value changed (edits, unsends, reactions):
     /// what this replica served of them before is stale.
     pub(crate) changed: Vec<(ConversationId, crate::ids::Seq)>,
+    /// Inbox events written by local delivery (`emit`), not by `Deliver`.
+    pub(crate) local: u64,
 }
 
 /// One command's run: the call's records and effects.
@@ -402,13 +404,14 @@ impl Apply<'_, '_> {
             (Vec::new(), recipients)
         };
         for user in local {
-            self.deliver_one(&Delivery {
+            let delivered = self.deliver_one(&Delivery {
                 user,
                 conv,
                 eseq: head.last,
                 event: event.clone(),
                 at,
             })?;
+            self.fx.local += u64::from(delivered);
         }
         if remote.is_empty() {
             // Nothing to fan out: the event is done where it happened,

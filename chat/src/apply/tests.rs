@@ -453,6 +453,7 @@ fn on_a_shard_holding_every_member_nothing_is_fanned_out() {
     let (_, fx) = s.apply(send(1, "a"));
     assert!(fx.fresh.is_empty());
     assert_eq!(fx.notices.len(), 2);
+    assert_eq!(fx.local, 2, "counted for /metrics");
     let head: OutboxHead = s.get(&outbox_head_key(CONV)).unwrap();
     assert_eq!((head.last, head.done), (Eseq(2), Eseq(2)));
     let outbox_tag = missive_engine::keys::Keyspace::Outbox as u8;
@@ -466,6 +467,7 @@ fn on_a_shard_holding_every_member_nothing_is_fanned_out() {
     // A resend is answered from dedup and delivers nothing again.
     let (_, fx) = s.apply(send(1, "a"));
     assert!(fx.notices.is_empty());
+    assert_eq!(fx.local, 0);
     assert_eq!(inbox_eseqs(&s, 2), vec![1, 2]);
 }
 

@@ -294,6 +294,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         records: node.record_cache_counts(),
         apply: node.apply_latencies(),
         fanout: node.fanout_latencies(),
+        local_deliveries: node.local_deliveries(),
         rate_limited_users: s.service.rate_limited_users() as u64,
         leaders: shards
             .iter()
