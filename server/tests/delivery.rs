@@ -662,6 +662,28 @@ async fn the_conversation_list_pages_by_activity_with_previews() {
     srv.shutdown().await.unwrap();
 }
 
+/// Alice (user 1) sends three messages to Bob (user 2) in their direct
+/// conversation while Bob's socket is live; returns once Bob got them all
+/// (with Bob's socket, still open).
+async fn three_to_bob_live(
+    addr: std::net::SocketAddr,
+    c: &missive_server::Config,
+) -> (Http, String, Ws) {
+    let alice = Http::new(addr, token(c, 1, 1));
+    let conv = alice.direct(2).await;
+    let mut bob = Ws::connect(addr, &token(c, 2, 1)).await;
+    bob.sync(0).await;
+    for i in 0..3 {
+        alice.send(&conv, &format!("h{i}"), "hi").await;
+    }
+    for i in 0..3 {
+        let body = format!("h{i}");
+        bob.event_where(|e| e["event"]["message"]["client_msg_id"] == body.as_str())
+            .await;
+    }
+    (alice, conv, bob)
+}
+
 /// With one shard every inbox is on every conversation's shard: each
 /// event reaches its members in its own batch (local delivery), nothing
 /// goes through the fan-out, and live sessions still get every message.
@@ -671,18 +693,7 @@ async fn on_one_shard_every_event_is_delivered_in_its_own_batch() {
     let mut c = config(dir.path());
     c.node.shards = Some(1);
     let srv = start(c.clone()).await;
-    let alice = Http::new(srv.addr(), token(&c, 1, 1));
-    let conv = alice.direct(2).await;
-    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
-    bob.sync(0).await;
-    for i in 0..3 {
-        alice.send(&conv, &format!("l{i}"), "hi").await;
-    }
-    for i in 0..3 {
-        let body = format!("l{i}");
-        bob.event_where(|e| e["event"]["message"]["client_msg_id"] == body.as_str())
-            .await;
-    }
+    let _live = three_to_bob_live(srv.addr(), &c).await;
     let text = common::metrics(srv.addr()).await;
     let count =
         |name: &str| common::metric(&text, name).unwrap_or_else(|| panic!("no {name}:\n{text}"));
@@ -697,19 +708,7 @@ async fn metrics_show_latency_histograms_for_sends_history_and_live_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path());
     let srv = start(c.clone()).await;
-    let alice = Http::new(srv.addr(), token(&c, 1, 1));
-    let conv = alice.direct(2).await;
-    let mut bob = Ws::connect(srv.addr(), &token(&c, 2, 1)).await;
-    bob.sync(0).await;
-    for i in 0..3 {
-        alice.send(&conv, &format!("h{i}"), "hi").await;
-    }
-    // Bob, live, gets them.
-    for i in 0..3 {
-        let body = format!("h{i}");
-        bob.event_where(|e| e["event"]["message"]["client_msg_id"] == body.as_str())
-            .await;
-    }
+    let (alice, conv, _bob) = three_to_bob_live(srv.addr(), &c).await;
     let (s, _) = alice
         .get(&format!("/v1/conversations/{conv}/messages"))
         .await;
