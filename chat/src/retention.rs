@@ -3,8 +3,9 @@
 //! — an expired record is filtered out of reads at once and dropped by
 //! compaction for good — so the rule is a pure function of the stored key
 //! and value. Two kinds of records expire: messages, and the search
-//! postings that point at them (which carry their message's `expires_at`,
-//! so a disappearing message leaves the index at the same instant).
+//! postings that point at them (which carry the `expires_at` of the last
+//! of their messages to expire, so the index forgets a bucket's term once
+//! none of the messages holding it can be read).
 
 use std::sync::Arc;
 
@@ -30,9 +31,9 @@ impl<M: Retention> Retention for ChatRetention<M> {
         if postings::is_posting(key) {
             // A value that does not decode is kept: the read that needs it
             // reports the corruption instead of it silently vanishing.
-            return postings::decode(value)
+            return postings::expires_at(key, value)
                 .ok()
-                .and_then(|p| p.expires_at)
+                .flatten()
                 .is_some_and(|at| at <= now.0);
         }
         self.messages.is_expired(key, value, now)

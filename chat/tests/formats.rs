@@ -1425,10 +1425,19 @@ fn stored_records_and_their_keys() {
     set.case("message_v5", records::encode_message(&v5).unwrap(), |b| {
         message_decodes(b, &v5)
     });
+    // Version 1 postings (tag 0x09, one per term and message): no longer
+    // written, still recognised so that the check can drop them.
     set.versioned(
         "posting",
+        &missive_chat::search::postings::LegacyPosting {
+            expires_at: Some(1_800_000_000_000_000),
+        },
+    );
+    set.versioned(
+        "posting_v2",
         &missive_chat::search::postings::Posting {
             expires_at: Some(1_800_000_000_000_000),
+            bits: (1 << 5) | (1 << 127),
         },
     );
     set.versioned(
@@ -1719,7 +1728,11 @@ fn stored_records_and_their_keys() {
     set.key("key_hidden", hidden_key(conv(), u, Seq(5)));
     set.key(
         "key_posting",
-        missive_chat::search::postings::posting_key(conv(), "grüße", 1_700_000_000_000_005),
+        missive_chat::search::postings::legacy::posting_key(conv(), "grüße", 1_700_000_000_000_005),
+    );
+    set.key(
+        "key_posting_v2",
+        missive_chat::search::postings::posting_key(conv(), "grüße".as_bytes(), 3),
     );
     set.key("key_blocks", blocks_key(conv()));
     set.key("key_blocked", blocked_key(u, UserId(9)));

@@ -707,8 +707,13 @@ async fn search_answers_the_same_on_every_node_after_a_leader_kill() {
             ),
         )
     };
-    // Seqs 1..=20, then: seq 1 edited out of "common", seq 2 unsent.
-    for i in 1..=20 {
+    // Seqs 1..=130 — the first 127 fill the conversation's first search
+    // bucket, whose postings the 127th send writes — then: seq 1 edited
+    // out of "common" before the kill, seq 2 unsent after it (both in the
+    // sealed bucket), and five more sends.
+    const BEFORE: u64 = 130;
+    const AFTER: u64 = 135;
+    for i in 1..=BEFORE {
         let (m, p, b) = send(i);
         change_until_done(&http, None, &alice, m, &p, b).await;
     }
@@ -741,11 +746,11 @@ async fn search_answers_the_same_on_every_node_after_a_leader_kill() {
         None,
     )
     .await;
-    for i in 21..=25 {
+    for i in BEFORE + 1..=AFTER {
         let (m, p, b) = send(i);
         change_until_done(&http, Some(v), &alice, m, &p, b).await;
     }
-    let want = |f: &dyn Fn(u64) -> bool| (3..=25).rev().filter(|s| f(*s)).collect::<Vec<u64>>();
+    let want = |f: &dyn Fn(u64) -> bool| (3..=AFTER).rev().filter(|s| f(*s)).collect::<Vec<u64>>();
     let queries: Vec<(&str, Vec<u64>)> = vec![
         ("common", want(&|_| true)),
         ("w0%20common%20", want(&|s| s % 3 == 0)),

@@ -1,6 +1,6 @@
 //! `missivectl shard search-index` over three real nodes on loopback: a
 //! healthy index matches the messages; after every replica loses one
-//! posting and gains a stray one behind Raft's back (what an older build
+//! message's bit and gains a stray posting behind Raft's back (what an older build
 //! or a bug could leave), the check exits 1 naming both, `--repair`
 //! rebuilds them through Raft, a second check is clean, and search finds
 //! the message again.
@@ -15,9 +15,10 @@ mod common;
 
 use serde_json::{json, Value};
 
+use missive_chat::ids::Seq;
 use missive_chat::search::postings;
 use missive_engine::keys::ConversationId;
-use missive_engine::lsm::{Direction, WriteBatch};
+use missive_engine::lsm::WriteBatch;
 
 use common::{call, ctl, ok};
 
@@ -26,7 +27,7 @@ fn a_damaged_index_is_found_and_rebuilt_through_raft() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let common::Trio { nodes, urls, .. } = rt.block_on(common::three_nodes(dir.path(), "s", 2));
-    let (alice, conv) = rt.block_on(async {
+    let (alice, conv, messages) = rt.block_on(async {
         let alice = ok(
             reqwest::Method::POST,
             format!("{}/v1/admin/tokens", urls[0]),
@@ -45,19 +46,36 @@ fn a_damaged_index_is_found_and_rebuilt_through_raft() {
         )
         .await;
         let conv = v["conv"].as_str().unwrap().to_string();
+        let mut seq = 0;
         for (i, body) in ["an apple a day", "banana bread", "apple crumble"]
             .iter()
             .enumerate()
         {
-            ok(
+            seq = ok(
                 reqwest::Method::POST,
                 format!("{}/v1/conversations/{conv}/messages", urls[i % 3]),
                 Some(&alice),
                 json!({"client_msg_id": format!("m{i}"), "body": body}),
             )
-            .await;
+            .await["seq"]
+                .as_u64()
+                .unwrap();
         }
-        (alice, conv)
+        // Fill the first bucket, so that its postings are written.
+        let mut i = 3;
+        while !postings::seals(Seq(seq)) {
+            seq = ok(
+                reqwest::Method::POST,
+                format!("{}/v1/conversations/{conv}/messages", urls[i % 3]),
+                Some(&alice),
+                json!({"client_msg_id": format!("m{i}"), "body": "filler"}),
+            )
+            .await["seq"]
+                .as_u64()
+                .unwrap();
+            i += 1;
+        }
+        (alice, conv, seq)
     });
     let conv_id = ConversationId(conv.parse().unwrap());
     let shard = nodes[0].node().slots().shard_of(conv_id).0.to_string();
@@ -86,40 +104,38 @@ fn a_damaged_index_is_found_and_rebuilt_through_raft() {
             v["missing"].as_u64(),
             v["stale"].as_u64()
         ),
-        (Some(3), Some(0), Some(0)),
+        (Some(messages), Some(0), Some(0)),
         "{v}"
     );
 
-    // Every replica loses the newest "apple" posting and gains a stray
-    // "cherry" one, behind Raft's back — once it has applied the sends (a
-    // follower may still be behind the leader that acknowledged them).
+    // Every replica loses the newest "apple" message's bit and gains a
+    // stray "cherry" posting, behind Raft's back — once it has applied the
+    // bucket's seal (a follower may still be behind the leader that
+    // acknowledged it).
     for n in &nodes {
         let lsm = n.node().lsm();
-        let lo = postings::term_postings(conv_id, "apple");
-        // Both "apple" messages' postings, newest first.
-        let apples = || {
-            lsm.scan(&lo, Some(&postings::end_of(&lo)), Direction::Forward, 2)
-                .unwrap()
-        };
+        let key = postings::posting_key(conv_id, b"apple", 0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let (key, _) = loop {
-            let found = apples();
-            if found.len() == 2 {
-                break found.into_iter().next().unwrap();
+        let mut apple = loop {
+            if let Some(v) = lsm.get(&key).unwrap() {
+                break postings::decode(&v).unwrap();
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "a replica holds {} apple postings after 30 s",
-                found.len()
+                "a replica has not sealed the bucket after 30 s"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        let (_, ts) = postings::decode_key(&key).unwrap();
+        let seqs: Vec<Seq> = apple.seqs(0).collect();
+        assert_eq!(seqs.len(), 2, "{seqs:?}");
+        apple.bits &= !postings::bit(seqs[0]);
+        let mut cherry = postings::Posting::default();
+        cherry.add(seqs[1], None, true);
         let mut b = WriteBatch::new();
-        b.delete(&key);
+        b.put(key, postings::encode(&apple).unwrap());
         b.put(
-            postings::posting_key(conv_id, "cherry", ts),
-            postings::encode(&postings::Posting::default()).unwrap(),
+            postings::posting_key(conv_id, b"cherry", 0),
+            postings::encode(&cherry).unwrap(),
         );
         lsm.apply(&b, None).unwrap();
     }

@@ -118,7 +118,7 @@ impl Apply<'_, '_> {
             terms = Some((before, indexed_terms(m)));
         })?;
         if let Some((before, after)) = terms {
-            self.reindex(conv, ix.ts, ix.expires_at, &before, &after)?;
+            self.reindex(conv, seq, ix.expires_at, &before, &after)?;
         }
         let event = EventKind::Edited {
             seq,
@@ -219,7 +219,7 @@ impl Apply<'_, '_> {
             m.unsent = Some(Unsent { at: stamp, by });
         })?;
         if let Some(before) = before {
-            self.reindex(conv, ix.ts, ix.expires_at, &before, &Default::default())?;
+            self.reindex(conv, seq, ix.expires_at, &before, &Default::default())?;
         }
         let event = EventKind::Unsent { seq, ts: ix.ts, by };
         self.emit(conv, event, seeing(c, seq), stamp)

@@ -1,25 +1,40 @@
-//! Keeping the search index in step with the messages: every rule that
-//! stores, rewrites or tombstones a message body calls `Apply::reindex`
-//! in the same call, so the postings land in the
-//! same atomic batch as the message (see `search`).
+//! Keeping the search index in step with the messages (the write path of
+//! `search`; its records are described in `search::postings`).
+//!
+//! - **Seal.** The send that stores the last seq of a bucket writes the
+//!   bucket's postings in its own batch ([`Apply::seal`]): it reads the
+//!   bucket's messages back through the seq index, and each distinct term
+//!   gets one posting whose bits name the messages holding it. Before
+//!   that, a bucket's messages have no postings: a search reads the open
+//!   bucket's messages themselves.
+//! - **Change.** An edit, an unsend or an operator's erasure of a message
+//!   in a sealed bucket moves its bit from the terms only the old body had
+//!   to those only the new one has ([`Apply::reindex`]); in the open bucket
+//!   there is nothing to change.
 //!
 //! A body is indexed only if its sender gave it as text (`Message::text`),
 //! it is not a system message, and it was not unsent; a media message
-//! gives only its file name (`media::body`). Removing reads the
-//! terms back from the body being replaced: a replica that no longer finds
-//! the message record (expired by its own clock) removes nothing, and
-//! needs to — the postings carry the message's `expires_at` and are gone
-//! from its reads and compactions exactly when the message is.
+//! gives only its file name (`media::body`).
+//!
+//! What a seal reads is decided by records that never expire — the seq
+//! index, judged against the leader's stamp, as `records`' essay requires:
+//! a message already expired at the stamp, unsent, or a system message is
+//! left out. Its body comes from the message record, which a replica whose
+//! clock runs ahead of the leader's may already hide; that replica then
+//! leaves out the terms of a message that is invisible everywhere
+//! within moments (the same best-effort argument as the rewrites'), and a
+//! search never trusts a bit without reading the message.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use missive_engine::keys::ConversationId;
 use missive_raft::Result;
 
 use super::{reject, Apply};
 use crate::command::{MessageKind, Outcome, RejectCode, MAX_REPAIR};
-use crate::records::Message;
-use crate::search::postings::{self, posting_key, posting_key_under, Posting};
+use crate::ids::Seq;
+use crate::records::{self, head_key, Head, Message};
+use crate::search::postings::{self, bit, bucket_of, posting_key, Posting, BUCKET};
 use crate::search::tokenize;
 
 /// The distinct terms `m`'s body gives the index (none if it is not
@@ -42,37 +57,126 @@ pub(crate) fn indexed_terms(m: &Message) -> BTreeSet<String> {
 }
 
 impl Apply<'_, '_> {
-    /// Moves the postings of the message of `conv` stored at `ts` from the
-    /// terms `before` (the body it had; empty for a new message) to
-    /// `after` (the body it has now; empty once unsent): the terms only
-    /// `before` has lose their posting, those only `after` has gain one
-    /// carrying the message's `expires_at`.
-    pub(super) fn reindex(
-        &mut self,
-        conv: ConversationId,
-        ts: u64,
-        expires_at: Option<u64>,
-        before: &BTreeSet<String>,
-        after: &BTreeSet<String>,
-    ) -> Result<()> {
-        let prefix = postings::conversation_postings(conv);
-        for t in before.difference(after) {
-            self.rec.delete(posting_key_under(&prefix, t, ts));
+    /// Writes the postings of `bucket` of `conv`, whose last seq the
+    /// current command just stored (see the module docs).
+    pub(super) fn seal(&mut self, conv: ConversationId, bucket: u64, stamp: u64) -> Result<()> {
+        let mut terms: BTreeMap<String, Posting> = BTreeMap::new();
+        let first = (bucket * BUCKET).max(1);
+        for seq in (first..(bucket + 1) * BUCKET).map(Seq) {
+            let Some(ix) = self.indexed(conv, seq)? else {
+                continue;
+            };
+            if ix.system || ix.unsent || ix.expires_at.is_some_and(|at| at <= stamp) {
+                continue;
+            }
+            let Some(m) = self.stored(conv, ix.ts)? else {
+                continue;
+            };
+            for t in indexed_terms(&m) {
+                let mut fresh = false;
+                let p = terms.entry(t).or_insert_with(|| {
+                    fresh = true;
+                    Posting::default()
+                });
+                p.add(seq, m.expires_at, fresh);
+            }
         }
-        if after.is_empty() {
-            return Ok(());
-        }
-        let value = postings::encode(&Posting { expires_at })?;
-        for t in after.difference(before) {
-            self.rec
-                .put(posting_key_under(&prefix, t, ts), value.clone());
+        for (t, p) in terms {
+            self.rec.put(
+                posting_key(conv, t.as_bytes(), bucket),
+                postings::encode(&p)?,
+            );
         }
         Ok(())
     }
 
-    /// `RepairIndex` (see `search::check`): the messages at `reindex` get
-    /// every posting their terms call for; each posting in `drop` goes
-    /// unless the message at its ts holds its term.
+    /// Whether `seq` of `conv` lies in a sealed bucket (the conversation's
+    /// head decides).
+    fn sealed(&mut self, conv: ConversationId, seq: Seq) -> Result<bool> {
+        let head: Head = self
+            .rec
+            .get_as("head", &head_key(conv))?
+            .unwrap_or_default();
+        Ok(seq < postings::open_from(head.seq))
+    }
+
+    /// Moves the message of `conv` at `seq` from the terms `before` (the
+    /// body it had) to `after` (the body it has now; empty once unsent):
+    /// in a sealed bucket, its bit leaves the postings of the terms only
+    /// `before` has (a posting left with no bit goes) and joins those of
+    /// the terms only `after` has. Nothing in the open bucket.
+    pub(super) fn reindex(
+        &mut self,
+        conv: ConversationId,
+        seq: Seq,
+        expires_at: Option<u64>,
+        before: &BTreeSet<String>,
+        after: &BTreeSet<String>,
+    ) -> Result<()> {
+        if before == after || !self.sealed(conv, seq)? {
+            return Ok(());
+        }
+        for t in before.difference(after) {
+            self.clear_bit(conv, t, seq)?;
+        }
+        for t in after.difference(before) {
+            self.set_bit(conv, t, seq, expires_at)?;
+        }
+        Ok(())
+    }
+
+    /// Sets `seq`'s bit in the posting of `term`; whether it was unset.
+    fn set_bit(
+        &mut self,
+        conv: ConversationId,
+        term: &str,
+        seq: Seq,
+        expires_at: Option<u64>,
+    ) -> Result<bool> {
+        let key = posting_key(conv, term.as_bytes(), bucket_of(seq));
+        let old = self
+            .rec
+            .get(&key)?
+            .map(|v| postings::decode(&v))
+            .transpose()?;
+        if old.is_some_and(|p| p.bits & bit(seq) != 0) {
+            return Ok(false);
+        }
+        let mut p = old.unwrap_or_default();
+        p.add(seq, expires_at, old.is_none());
+        self.rec.put(key, postings::encode(&p)?);
+        Ok(true)
+    }
+
+    /// Clears `seq`'s bit in the posting of `term` (deleting a posting
+    /// left with none); whether it was set.
+    fn clear_bit(&mut self, conv: ConversationId, term: &str, seq: Seq) -> Result<bool> {
+        let key = posting_key(conv, term.as_bytes(), bucket_of(seq));
+        let Some(mut p) = self
+            .rec
+            .get(&key)?
+            .map(|v| postings::decode(&v))
+            .transpose()?
+        else {
+            return Ok(false);
+        };
+        if p.bits & bit(seq) == 0 {
+            return Ok(false);
+        }
+        p.bits &= !bit(seq);
+        if p.bits == 0 {
+            self.rec.delete(key);
+        } else {
+            self.rec.put(key, postings::encode(&p)?);
+        }
+        Ok(true)
+    }
+
+    /// `RepairIndex` (see `search::check`): each message at `reindex`, in
+    /// a sealed bucket, gets its bit in the postings of every term it
+    /// holds; each `(term, ts)` in `drop` loses the v1 posting under it
+    /// (a layout no longer written) and, unless the message at `ts` holds
+    /// the term, that message's bit in the term's posting.
     pub(super) fn repair_index(
         &mut self,
         conv: ConversationId,
@@ -90,24 +194,25 @@ impl Apply<'_, '_> {
             let Some(m) = self.stored(conv, ts)? else {
                 continue;
             };
-            let value = postings::encode(&Posting {
-                expires_at: m.expires_at,
-            })?;
+            if !self.sealed(conv, m.seq)? {
+                continue;
+            }
             for t in indexed_terms(&m) {
-                let key = posting_key(conv, &t, ts);
-                if self.rec.get(&key)?.is_none() {
-                    self.rec.put(key, value.clone());
+                if self.set_bit(conv, &t, m.seq, m.expires_at)? {
                     written += 1;
                 }
             }
         }
         for (term, ts) in drop {
-            let backed = self
-                .stored(conv, *ts)?
-                .is_some_and(|m| indexed_terms(&m).contains(term));
-            let key = posting_key(conv, term, *ts);
-            if !backed && self.rec.get(&key)?.is_some() {
-                self.rec.delete(key);
+            let legacy = postings::legacy::posting_key(conv, term, *ts);
+            if self.rec.get(&legacy)?.is_some() {
+                self.rec.delete(legacy);
+                dropped += 1;
+            }
+            let Some(m) = self.stored(conv, *ts)? else {
+                continue;
+            };
+            if !indexed_terms(&m).contains(term) && self.clear_bit(conv, term, m.seq)? {
                 dropped += 1;
             }
         }
@@ -117,8 +222,8 @@ impl Apply<'_, '_> {
     /// The message of `conv` stored at `ts` on this replica, if any.
     fn stored(&mut self, conv: ConversationId, ts: u64) -> Result<Option<Message>> {
         self.rec
-            .get(&crate::records::msg_key(conv, ts))?
-            .map(|b| crate::records::decode_message(&b))
+            .get(&records::msg_key(conv, ts))?
+            .map(|b| records::decode_message(&b))
             .transpose()
     }
 }

@@ -4,12 +4,9 @@
 //! mentions, its expiry by the conversation's retention, and the sender's
 //! own receipt.
 
-use std::collections::BTreeSet;
-
 use missive_engine::keys::{ConversationId, Timestamp};
 use missive_raft::Result;
 
-use super::index::indexed_terms;
 use super::{reject, sorted_unique, Apply};
 use crate::command::{
     ConversationKind, MessageKind, NewMessage, Outcome, RejectCode, Retention, SendMessage,
@@ -23,6 +20,7 @@ use crate::records::{
     self, dedup_key, head_key, msg_key, receipt_key, seq_key, Conversation, Dedup, EventKind, Head,
     Indexed, Message, Receipt,
 };
+use crate::search::postings;
 
 /// µs in a day.
 const DAY_MICROS: u64 = 86_400_000_000;
@@ -255,8 +253,6 @@ impl Apply<'_, '_> {
             m.expires_at = Some(m.expires_at.map_or(until, |at| at.min(until)));
         }
         self.rec.put(msg_key(conv, ts), records::encode_message(m)?);
-        let terms = indexed_terms(m);
-        self.reindex(conv, ts, m.expires_at, &BTreeSet::new(), &terms)?;
         let ix = Indexed {
             ts,
             expires_at: m.expires_at,
@@ -275,6 +271,11 @@ impl Apply<'_, '_> {
             }
         }
         self.rec.put(hkey, records::encode(&Head { ts, seq })?);
+        if postings::seals(seq) {
+            // This message completes its bucket: the bucket's search
+            // postings go in this batch (`apply::index`).
+            self.seal(conv, postings::bucket_of(seq), stamp)?;
+        }
         if let Some(k) = dkey {
             self.rec.put(k, records::encode(&Dedup { ts, seq })?);
         }

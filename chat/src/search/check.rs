@@ -4,19 +4,22 @@
 //!
 //! ```text
 //!  a page of the shard's conversations (their records, in key order)
-//!    per conversation: the terms of every stored message (a scan of its
-//!    messages) vs its postings (a scan of its posting range)
-//!      missing: a message term without its posting
-//!      stale:   a posting no visible message backs
+//!    per conversation: the (term, seq) pairs of every stored message of
+//!    a sealed bucket (a scan of its messages) vs the bits of its
+//!    postings (a scan of its posting range)
+//!      missing: a message term whose bit is not set
+//!      stale:   a bit no visible message backs (one of an expired
+//!               message excepted), and every version-1 posting
 //!  ─► RepairIndex {conv, reindex: [ts], drop: [(term, ts)]} through Raft
 //! ```
 //!
 //! Both sets are read from the replica's LSM through its retention rule,
-//! so an expired message and its postings are both absent, never a
-//! difference. The repair is a replicated command: every replica derives
+//! so an expired message is absent, never a difference; a posting lives
+//! until the last of its messages expires, so the bit of one that expired
+//! first is not counted stale. The repair is a replicated command: every replica derives
 //! the postings from its own copy of the message, exactly as the send did.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +28,8 @@ use missive_engine::lsm::{Direction, Lsm};
 use missive_raft::Result;
 
 use super::postings::{self, conversation_postings, end_of};
-use crate::records;
+use crate::ids::Seq;
+use crate::records::{self, Head};
 
 /// Conversations one check page reads at most.
 pub const CHECK_PAGE: usize = 64;
@@ -111,29 +115,70 @@ pub fn conversation(lsm: &Lsm, conv: ConversationId) -> Result<ConversationCheck
         missing: Vec::new(),
         stale: Vec::new(),
     };
-    let mut want: BTreeSet<(Vec<u8>, u64)> = BTreeSet::new();
+    let head: Head = match lsm.get(&records::head_key(conv))? {
+        Some(v) => records::decode("head", &v)?,
+        None => Head::default(),
+    };
+    let open = postings::open_from(head.seq);
+    // (term, seq) the sealed buckets' visible messages call for, and the
+    // ts of every visible message by seq.
+    let mut want: BTreeSet<(Vec<u8>, Seq)> = BTreeSet::new();
+    let mut ts_of: BTreeMap<Seq, u64> = BTreeMap::new();
     for m in lsm.latest(conv, usize::MAX)? {
         c.messages += 1;
         let msg = records::decode_message(&m.value)?;
-        for t in crate::apply::indexed_terms(&msg) {
-            want.insert((t.into_bytes(), m.ts.0));
+        ts_of.insert(msg.seq, m.ts.0);
+        if msg.seq < open {
+            for t in crate::apply::indexed_terms(&msg) {
+                want.insert((t.into_bytes(), msg.seq));
+            }
         }
     }
     let lo = conversation_postings(conv);
-    let mut have: BTreeSet<(Vec<u8>, u64)> = BTreeSet::new();
-    for (k, _) in lsm.scan(&lo, Some(&end_of(&lo)), Direction::Forward, usize::MAX)? {
+    let mut have: BTreeSet<(Vec<u8>, Seq)> = BTreeSet::new();
+    for (k, v) in lsm.scan(&lo, Some(&end_of(&lo)), Direction::Forward, usize::MAX)? {
         c.postings += 1;
-        if let Some((t, ts)) = postings::decode_key(&k) {
-            have.insert((t.to_vec(), ts));
+        if let Some((t, bucket)) = postings::decode_key(&k) {
+            for seq in postings::decode(&v)?.seqs(bucket) {
+                have.insert((t.to_vec(), seq));
+            }
         }
     }
-    let missing: BTreeSet<u64> = want.difference(&have).map(|(_, ts)| *ts).collect();
-    c.missing = missing.into_iter().take(MAX_REPORTED).collect();
-    c.stale = have
-        .difference(&want)
-        .take(MAX_REPORTED)
-        .map(|(t, ts)| (String::from_utf8_lossy(t).into_owned(), *ts))
+    let missing: BTreeSet<u64> = want
+        .difference(&have)
+        .filter_map(|(_, seq)| ts_of.get(seq).copied())
         .collect();
+    c.missing = missing.into_iter().take(MAX_REPORTED).collect();
+    // A bit no visible message backs is stale, unless its message is only
+    // gone by expiry (a posting outlives the first of its messages to
+    // expire); that of an unsent or system message is not.
+    for (t, seq) in have.difference(&want) {
+        if c.stale.len() >= MAX_REPORTED {
+            break;
+        }
+        let ts = match ts_of.get(seq) {
+            Some(ts) => Some(*ts),
+            None => lsm
+                .get(&records::seq_key(conv, *seq))?
+                .map(|v| records::decode_indexed(&v))
+                .transpose()?
+                .filter(|ix| ix.unsent || ix.system)
+                .map(|ix| ix.ts),
+        };
+        if let Some(ts) = ts {
+            c.stale.push((String::from_utf8_lossy(t).into_owned(), ts));
+        }
+    }
+    // Version-1 postings are all stale: the layout is no longer read.
+    let lo = postings::legacy::conversation_postings(conv);
+    for (k, _) in lsm.scan(&lo, Some(&end_of(&lo)), Direction::Forward, usize::MAX)? {
+        c.postings += 1;
+        if let Some((t, ts)) = postings::legacy::decode_key(&k) {
+            if c.stale.len() < MAX_REPORTED {
+                c.stale.push((String::from_utf8_lossy(t).into_owned(), ts));
+            }
+        }
+    }
     Ok(c)
 }
 

@@ -9,23 +9,25 @@
 //! data with its own commit, so it lags the messages and, after a crash
 //! or a failover, can disagree with them until something reconciles the
 //! two. Here the postings are records of the conversation's shard: the
-//! rule that stores, edits or unsends a message writes or deletes its
-//! postings in the same atomic batch (`apply::index`), so on every
-//! replica, at every applied index, the index is exactly the messages'
-//! words. Raft replicates it, snapshots and backups carry it, a moved
+//! send that completes a bucket of 128 messages writes the bucket's
+//! postings, and an edit or unsend in a sealed bucket changes its bits, in
+//! the same atomic batch (`apply::index`); the newest, still open bucket
+//! is read from the messages themselves. So on every replica, at every
+//! applied index, the index and the open bucket together are exactly the
+//! messages' words. Raft replicates it, snapshots and backups carry it, a moved
 //! replica's wipe removes it, and the engine's retention rule expires a
 //! posting with its message (`retention`): nothing else has to know.
 //! What tantivy would bring — block-compressed postings lists and BM25
 //! scoring — matters less for chat search, which ranks by time (newest
 //! first) and is scoped to a user's conversations: the postings of a term
-//! in one conversation are one contiguous key range, read newest first,
-//! and the LSM's prefix compression and LZ4 blocks keep them small.
+//! in one conversation are one contiguous key range, a bucket of 128
+//! messages per key, read newest first.
 //!
 //! # Layout
 //!
 //! - `tokenize` — text → terms: Unicode word segmentation, folding (NFKD,
 //!   diacritics, case), CJK bigrams; a query's last word as a prefix.
-//! - `postings` — the index's records, byte by byte.
+//! - `postings` — the index's records, byte by byte, and why buckets.
 //! - `query` — **the read path**: one shard's part of a search, run
 //!   against its LSM (`ReadOp::App`), and a hit's snippet and highlights.
 //! - `check` — the index against the messages, conversation by

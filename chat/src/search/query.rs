@@ -5,31 +5,41 @@
 //! ```text
 //!  per conversation of the request (its record read first: is the user
 //!  a member now? from which seq may they see?)
-//!    driver postings ─► candidate ts, newest first, below the cursor
-//!      (the longest exact term's range; with only a prefix, the union of
-//!       every term's range under it, sorted)
-//!    ─► the other exact terms' postings at that ts (point reads)
-//!    ─► the message record ─► visible to the user? not hidden for them?
-//!       filters? its tokens hold every term? ─► a hit
+//!    the open bucket (seqs the head says are not sealed yet): its
+//!      messages, newest first, below the cursor ─► judged one by one
+//!    then the sealed buckets, newest first, from the bucket of the last
+//!    seq below the cursor (a bisection of the seq index):
+//!      driver postings ─► (bucket, bits) (the longest exact term's range;
+//!        with only a prefix, the union of every term's under it)
+//!      ─► AND the other exact terms' postings of that bucket (point reads)
+//!      ─► each set bit's seq ─► seq index (ts, unsent?) ─► the message
+//!    judged: visible to the user? not hidden for them? filters? its
+//!    tokens hold every term? ─► a hit
 //!  the conversations' hits merged, newest first, `limit` of them
 //! ```
 //!
-//! The last check re-reads the terms from the message itself, so a hit is
+//! The judgement re-reads the terms from the message itself, so a hit is
 //! never a posting the message no longer backs (an edit between the
 //! posting read and the message read, a stale replica), and the prefix
-//! term is checked there when an exact term drove the scan.
+//! term is checked there when an exact term drove the scan. Seqs and ts
+//! grow together in a conversation, so the open bucket's hits all come
+//! before the sealed buckets'.
 
 use serde::{Deserialize, Serialize};
 
-use missive_engine::keys::ConversationId;
+use missive_engine::keys::{ConversationId, Timestamp};
 use missive_engine::lsm::{Direction, Lsm};
 use missive_raft::Result;
 
-use super::postings::{self, end_of, posting_key, term_postings, term_prefix};
+use super::postings::{
+    self, bucket_of, end_of, posting_key, term_postings, term_prefix, Posting, BUCKET,
+};
 use super::tokenize::{self, QueryTerms};
 use crate::command::MessageKind;
-use crate::ids::UserId;
-use crate::records::{self, conversation_key, hidden_key, msg_key, Message};
+use crate::ids::{Seq, UserId};
+use crate::records::{
+    self, conversation_key, head_key, hidden_key, msg_key, seq_key, Head, Message,
+};
 
 /// Postings read per scan of a driver term.
 const SCAN_CHUNK: usize = 256;
@@ -199,7 +209,6 @@ fn conversation(
     if !c.is_member(q.user) {
         return Ok(Vec::new());
     }
-    let hidden_through = c.hidden_through(q.user);
     // Candidates lie in [since, below): below the page's cursor and the
     // `until` filter.
     let mut below = q.filters.until.unwrap_or(u64::MAX);
@@ -215,64 +224,178 @@ fn conversation(
     if below <= since {
         return Ok(Vec::new());
     }
-    let mut hits = Vec::new();
-    let mut check = |ts: u64| -> Result<bool> {
-        if let Some(h) = candidate(lsm, q, conv, ts, hidden_through)? {
-            hits.push(h);
-        }
-        Ok(hits.len() < limit)
+    let head: Head = match lsm.get(&head_key(conv))? {
+        Some(v) => records::decode("head", &v)?,
+        None => Head::default(),
     };
-    match q.terms.exact.iter().max_by_key(|t| t.len()) {
-        Some(driver) => {
-            let mut lo = posting_key(conv, driver, below - 1);
-            let hi = end_of(&term_postings(conv, driver));
-            'scan: loop {
-                let chunk = lsm.scan(&lo, Some(&hi), Direction::Forward, SCAN_CHUNK)?;
-                for (k, _) in &chunk {
-                    let Some((_, ts)) = postings::decode_key(k) else {
-                        continue;
-                    };
-                    if ts < since || !check(ts)? {
-                        break 'scan;
-                    }
+    let mut scan = Scan {
+        lsm,
+        q,
+        conv,
+        hidden_through: c.hidden_through(q.user),
+        below,
+        since,
+        limit,
+        hits: Vec::new(),
+    };
+    let open = postings::open_from(head.seq);
+    if scan.open_bucket(open)? && open > Seq::ZERO {
+        scan.sealed_buckets(Seq(open.0 - 1))?;
+    }
+    Ok(scan.hits)
+}
+
+/// One conversation's search, newest first: its open bucket's messages,
+/// then its sealed buckets' postings.
+struct Scan<'a> {
+    lsm: &'a Lsm,
+    q: &'a ShardSearch,
+    conv: ConversationId,
+    /// The user sees only seqs above it (`joined` history).
+    hidden_through: Seq,
+    /// Candidates' ts lie in `[since, below)`.
+    below: u64,
+    since: u64,
+    limit: usize,
+    hits: Vec<RawHit>,
+}
+
+impl Scan<'_> {
+    /// Reads the open bucket's messages (seq ≥ `open`) below the cursor,
+    /// newest first; whether the search goes on to older ones.
+    fn open_bucket(&mut self, open: Seq) -> Result<bool> {
+        let mut at = self.below;
+        loop {
+            let page = self.lsm.before(self.conv, Timestamp(at), OPEN_CHUNK)?;
+            for sm in &page {
+                let m = records::decode_message(&sm.value)?;
+                if m.seq < open {
+                    return Ok(true);
                 }
-                match chunk.last() {
-                    Some((k, _)) if chunk.len() == SCAN_CHUNK => {
-                        lo = k.clone();
-                        lo.push(0);
-                    }
-                    _ => break,
+                if sm.ts.0 < self.since {
+                    return Ok(false);
+                }
+                if !self.judge(sm.ts.0, &m, &sm.value)? {
+                    return Ok(false);
                 }
             }
-        }
-        None => {
-            // Only a prefix: the postings of every term under it, merged
-            // newest first, reading each term's range only as far as the
-            // page needs.
-            let prefix = q.terms.prefix.as_deref().unwrap_or_default();
-            let mut streams = Vec::new();
-            for term in terms_under(lsm, conv, prefix)? {
-                streams.push(TermStream::new(conv, &term, below));
-            }
-            let mut last = None;
-            while let Some(ts) = next_newest(lsm, &mut streams)? {
-                if ts < since {
-                    break;
-                }
-                // A message holding two terms under the prefix comes from
-                // both streams, one after the other.
-                if last == Some(ts) {
-                    continue;
-                }
-                last = Some(ts);
-                if !check(ts)? {
-                    break;
-                }
+            match page.last() {
+                Some(sm) if page.len() == OPEN_CHUNK => at = sm.ts.0,
+                _ => return Ok(true),
             }
         }
     }
-    Ok(hits)
+
+    /// Reads the sealed buckets' postings from the bucket of `last` (the
+    /// newest sealed seq) down, each candidate message checked.
+    fn sealed_buckets(&mut self, last: Seq) -> Result<()> {
+        let (lsm, conv) = (self.lsm, self.conv);
+        let top = self.last_seq_below(last)?;
+        if top == Seq::ZERO {
+            return Ok(());
+        }
+        let driver = self.q.terms.exact.iter().max_by_key(|t| t.len());
+        let mut streams = match driver {
+            Some(d) => vec![TermStream::new(conv, d.as_bytes(), bucket_of(top))],
+            // Only a prefix: every term under it, merged bucket by bucket.
+            None => {
+                let prefix = self.q.terms.prefix.as_deref().unwrap_or_default();
+                terms_under(lsm, conv, prefix)?
+                    .iter()
+                    .map(|t| TermStream::new(conv, t, bucket_of(top)))
+                    .collect()
+            }
+        };
+        while let Some((bucket, mut bits)) = next_bucket(lsm, &mut streams)? {
+            if bucket == bucket_of(top) {
+                // Seqs above `top` are at or past the cursor.
+                bits &= u128::MAX >> (127 - (top.0 & (BUCKET - 1)));
+            }
+            for t in &self.q.terms.exact {
+                if bits == 0 {
+                    break;
+                }
+                if Some(t) != driver {
+                    bits &= match lsm.get(&posting_key(conv, t.as_bytes(), bucket))? {
+                        Some(v) => postings::decode(&v)?.bits,
+                        None => 0,
+                    };
+                }
+            }
+            let found = Posting {
+                bits,
+                expires_at: None,
+            };
+            for seq in found.seqs(bucket) {
+                let Some(ix) = indexed(lsm, conv, seq)? else {
+                    continue;
+                };
+                if ix.ts >= self.below || ix.unsent || ix.system {
+                    continue;
+                }
+                if ix.ts < self.since {
+                    return Ok(());
+                }
+                let Some(value) = lsm.get(&msg_key(conv, ix.ts))? else {
+                    continue;
+                };
+                let m = records::decode_message(&value)?;
+                if !self.judge(ix.ts, &m, &value)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest seq at or below `last` stored before the cursor
+    /// (`below`), found by bisecting the seq index (ts grows with seq);
+    /// `last` itself when there is no cursor or a seq has no index entry
+    /// (messages stored before the index existed: candidates are then
+    /// checked one by one).
+    fn last_seq_below(&self, last: Seq) -> Result<Seq> {
+        if self.below == u64::MAX {
+            return Ok(last);
+        }
+        let (mut lo, mut hi) = (0u64, last.0);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            match indexed(self.lsm, self.conv, Seq(mid))? {
+                Some(ix) if ix.ts < self.below => lo = mid,
+                Some(_) => hi = mid - 1,
+                None => return Ok(last),
+            }
+        }
+        Ok(Seq(lo))
+    }
+
+    /// Keeps the message `m` stored at `ts` (its stored value `value`) if
+    /// it matches and the user may see it; whether the page wants more.
+    fn judge(&mut self, ts: u64, m: &Message, value: &[u8]) -> Result<bool> {
+        if let Some(h) = candidate(
+            self.lsm,
+            self.q,
+            self.conv,
+            ts,
+            m,
+            value,
+            self.hidden_through,
+        )? {
+            self.hits.push(h);
+        }
+        Ok(self.hits.len() < self.limit)
+    }
 }
+
+/// The seq index entry of `seq` in `conv`.
+fn indexed(lsm: &Lsm, conv: ConversationId, seq: Seq) -> Result<Option<records::Indexed>> {
+    lsm.get(&seq_key(conv, seq))?
+        .map(|v| records::decode_indexed(&v))
+        .transpose()
+}
+
+/// Messages of the open bucket read per scan.
+const OPEN_CHUNK: usize = 64;
 
 /// The distinct terms of `conv`'s postings that start with `prefix`, in
 /// order: one seek per term (after a term's postings, the next term starts
@@ -298,36 +421,33 @@ fn terms_under(lsm: &Lsm, conv: ConversationId, prefix: &str) -> Result<Vec<Vec<
     Ok(terms)
 }
 
-/// One term's postings in a conversation, read newest first in chunks.
+/// One term's postings in a conversation, read newest bucket first in
+/// chunks.
 struct TermStream {
     /// Where the next chunk starts.
     lo: Vec<u8>,
     /// The end of the term's postings.
     hi: Vec<u8>,
-    /// Read, not yet taken (newest first).
-    buf: std::collections::VecDeque<u64>,
+    /// Read, not yet taken (newest first): (bucket, bits).
+    buf: std::collections::VecDeque<(u64, u128)>,
     /// The range is read to its end.
     done: bool,
 }
 
 impl TermStream {
-    /// The postings of `term` (UTF-8 bytes) in `conv` below ts `below`.
-    fn new(conv: ConversationId, term: &[u8], below: u64) -> TermStream {
-        let mut start = postings::conversation_postings(conv);
-        start.extend_from_slice(term);
-        start.push(0);
-        let hi = end_of(&start);
-        start.extend_from_slice(&(u64::MAX - (below - 1)).to_be_bytes());
+    /// The postings of `term` (UTF-8 bytes) in `conv` from bucket `from`
+    /// down.
+    fn new(conv: ConversationId, term: &[u8], from: u64) -> TermStream {
         TermStream {
-            lo: start,
-            hi,
+            lo: posting_key(conv, term, from),
+            hi: end_of(&term_postings(conv, term)),
             buf: Default::default(),
             done: false,
         }
     }
 
-    /// The newest ts not yet taken, reading a chunk if needed.
-    fn peek(&mut self, lsm: &Lsm) -> Result<Option<u64>> {
+    /// The newest bucket not yet taken, reading a chunk if needed.
+    fn peek(&mut self, lsm: &Lsm) -> Result<Option<(u64, u128)>> {
         if self.buf.is_empty() && !self.done {
             let chunk = lsm.scan(&self.lo, Some(&self.hi), Direction::Forward, SCAN_CHUNK)?;
             self.done = chunk.len() < SCAN_CHUNK;
@@ -335,58 +455,58 @@ impl TermStream {
                 self.lo = k.clone();
                 self.lo.push(0);
             }
-            self.buf.extend(
-                chunk
-                    .iter()
-                    .filter_map(|(k, _)| postings::decode_key(k))
-                    .map(|(_, ts)| ts),
-            );
+            for (k, v) in &chunk {
+                if let Some((_, bucket)) = postings::decode_key(k) {
+                    self.buf.push_back((bucket, postings::decode(v)?.bits));
+                }
+            }
         }
         Ok(self.buf.front().copied())
     }
 }
 
-/// The newest ts at the head of any stream, taken from it.
-fn next_newest(lsm: &Lsm, streams: &mut [TermStream]) -> Result<Option<u64>> {
-    let mut best: Option<(usize, u64)> = None;
-    for (i, s) in streams.iter_mut().enumerate() {
-        if let Some(ts) = s.peek(lsm)? {
-            if best.is_none_or(|(_, b)| ts > b) {
-                best = Some((i, ts));
+/// The newest bucket at the head of any stream, taken from every stream
+/// holding it, with the union of their bits.
+fn next_bucket(lsm: &Lsm, streams: &mut [TermStream]) -> Result<Option<(u64, u128)>> {
+    let mut newest: Option<u64> = None;
+    for s in streams.iter_mut() {
+        if let Some((b, _)) = s.peek(lsm)? {
+            newest = Some(newest.map_or(b, |n| n.max(b)));
+        }
+    }
+    let Some(bucket) = newest else {
+        return Ok(None);
+    };
+    let mut bits = 0;
+    for s in streams.iter_mut() {
+        if let Some(&(b, more)) = s.buf.front() {
+            if b == bucket {
+                bits |= more;
+                s.buf.pop_front();
             }
         }
     }
-    Ok(best.map(|(i, ts)| {
-        streams[i].buf.pop_front();
-        ts
-    }))
+    Ok(Some((bucket, bits)))
 }
 
-/// The hit at `ts` in `conv`, if the message there matches `q` and the
-/// user may see it.
+/// The hit for the message `m` of `conv` stored at `ts` (`value`), if it
+/// matches `q` and the user may see it.
 fn candidate(
     lsm: &Lsm,
     q: &ShardSearch,
     conv: ConversationId,
     ts: u64,
-    hidden_through: crate::ids::Seq,
+    m: &Message,
+    value: &[u8],
+    hidden_through: Seq,
 ) -> Result<Option<RawHit>> {
-    for t in &q.terms.exact {
-        if lsm.get(&posting_key(conv, t, ts))?.is_none() {
-            return Ok(None);
-        }
-    }
-    let Some(value) = lsm.get(&msg_key(conv, ts))? else {
-        return Ok(None);
-    };
-    let m = records::decode_message(&value)?;
     if m.seq <= hidden_through
         || q.filters.sender.is_some_and(|s| s != m.sender)
-        || q.filters.kind.is_some_and(|k| !k.keeps(&m))
+        || q.filters.kind.is_some_and(|k| !k.keeps(m))
     {
         return Ok(None);
     }
-    let terms = crate::apply::indexed_terms(&m);
+    let terms = crate::apply::indexed_terms(m);
     let has_prefix = q
         .terms
         .prefix
@@ -398,7 +518,11 @@ fn candidate(
     if lsm.get(&hidden_key(conv, q.user, m.seq))?.is_some() {
         return Ok(None);
     }
-    Ok(Some(RawHit { conv, ts, value }))
+    Ok(Some(RawHit {
+        conv,
+        ts,
+        value: value.to_vec(),
+    }))
 }
 
 /// Where in `text` the query's terms occur, as byte ranges, sorted and

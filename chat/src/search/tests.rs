@@ -323,35 +323,52 @@ proptest! {
             prop_assert_eq!(&by_index(&s, &q, 100), &want, "index for {:?}", q);
             prop_assert_eq!(&by_index(&s, &q, 2), &want, "index paged for {:?}", q);
         }
-        // Every posting is backed, and every indexed term has its posting.
+        // Every indexed term of a sealed bucket's message has its bit, and
+        // every bit is backed by a message holding its term, unless that
+        // message has expired (a posting lives until its last message
+        // expires).
         s.lsm.compact_full().unwrap();
+        let open = postings::open_from(
+            records::decode::<records::Head>(
+                "head",
+                &s.lsm.get(&records::head_key(CONV)).unwrap().unwrap_or_default(),
+            )
+            .unwrap_or_default()
+            .seq,
+        );
         let lo = postings::conversation_postings(CONV);
         let hi = postings::end_of(&lo);
-        let found: BTreeSet<(Vec<u8>, u64)> = s
-            .lsm
-            .scan(&lo, Some(&hi), Direction::Forward, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| {
-                let (t, ts) = postings::decode_key(&k).unwrap();
-                (t.to_vec(), ts)
-            })
-            .collect();
+        let mut found: BTreeSet<(Vec<u8>, u64)> = BTreeSet::new();
+        for (k, v) in s.lsm.scan(&lo, Some(&hi), Direction::Forward, usize::MAX).unwrap() {
+            let (t, bucket) = postings::decode_key(&k).unwrap();
+            for seq in postings::decode(&v).unwrap().seqs(bucket) {
+                found.insert((t.to_vec(), seq.0));
+            }
+        }
         let mut want = BTreeSet::new();
         for m in s.lsm.latest(CONV, usize::MAX).unwrap() {
             let msg = records::decode_message(&m.value).unwrap();
-            for t in indexed_terms(&msg) {
-                want.insert((t.into_bytes(), m.ts.0));
+            if msg.seq < open {
+                for t in indexed_terms(&msg) {
+                    want.insert((t.into_bytes(), msg.seq.0));
+                }
             }
         }
-        prop_assert_eq!(found, want);
+        prop_assert!(want.is_subset(&found), "missing {:?}", want.difference(&found).collect::<Vec<_>>());
+        for (t, seq) in found.difference(&want) {
+            let expired = model
+                .get(seq)
+                .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now));
+            prop_assert!(expired, "stray bit: {:?} seq {}", String::from_utf8_lossy(t), seq);
+        }
         let c = super::check::conversation(&s.lsm, CONV).unwrap();
         prop_assert!(c.missing.is_empty() && c.stale.is_empty(), "{:?}", c);
     }
 }
 
-/// The check finds a lost and a stray posting; the repair command puts
-/// the index back to what the messages say, and repeats change nothing.
+/// The check finds a lost bit, a stray one and a version-1 posting; the
+/// repair command puts the index back to what the messages say, and
+/// repeats change nothing.
 #[test]
 fn the_check_finds_differences_and_the_repair_removes_them() {
     let s = Shard::new();
@@ -363,11 +380,7 @@ fn the_check_finds_differences_and_the_repair_removes_them() {
         members: vec![UserId(1), UserId(2)],
         max_members: 10,
     });
-    let mut ts = Vec::new();
-    for (i, body) in ["apple pie", "banana split", "apple banana"]
-        .iter()
-        .enumerate()
-    {
+    let send = |i: usize, body: &str| {
         let out = s.apply(Command::SendText(SendMessage {
             message: NewMessage {
                 conv: CONV,
@@ -382,10 +395,26 @@ fn the_check_finds_differences_and_the_repair_removes_them() {
             mentions: Vec::new(),
             default_retention_micros: None,
         }));
-        let Outcome::Sent { ts: t, .. } = out else {
+        let Outcome::Sent { ts, seq, .. } = out else {
             panic!("{out:?}");
         };
+        (ts, seq)
+    };
+    let mut ts = Vec::new();
+    let mut last = Seq::ZERO;
+    for (i, body) in ["apple pie", "banana split", "apple banana"]
+        .iter()
+        .enumerate()
+    {
+        let (t, seq) = send(i, body);
         ts.push(t);
+        last = seq;
+    }
+    // Fill the bucket so that the three are sealed.
+    let mut i = 3;
+    while !postings::seals(last) {
+        last = send(i, "filler").1;
+        i += 1;
     }
     let range = super::check::CheckIndex {
         lo: postings::conversation_postings(CONV)[..3].to_vec(),
@@ -393,22 +422,47 @@ fn the_check_finds_differences_and_the_repair_removes_them() {
     };
     let clean = super::check::check(&s.lsm, &range).unwrap();
     assert_eq!(clean.convs.len(), 1);
-    assert_eq!((clean.convs[0].messages, clean.convs[0].postings), (3, 6));
+    let postings_before = clean.convs[0].postings;
+    assert!(postings_before > 0);
     assert!(clean.convs[0].missing.is_empty() && clean.convs[0].stale.is_empty());
-    // Damage: the posting of "banana" for the second message goes, a
-    // stray "cherry" one appears for the first.
+    assert_eq!(by_index(&s, "banana ", 10), vec![ts[2], ts[1]]);
+    // Damage: the second message loses its "banana" bit, the first gains
+    // a stray "cherry" one, and a version-1 posting is left behind.
+    let seq_of = |t: u64| {
+        records::decode_message(&s.lsm.get(&records::msg_key(CONV, t)).unwrap().unwrap())
+            .unwrap()
+            .seq
+    };
+    let banana = postings::posting_key(CONV, b"banana", postings::bucket_of(seq_of(ts[1])));
+    let mut p = postings::decode(&s.lsm.get(&banana).unwrap().unwrap()).unwrap();
+    p.bits &= !postings::bit(seq_of(ts[1]));
+    let mut stray = postings::Posting::default();
+    stray.add(seq_of(ts[0]), None, true);
     let mut b = WriteBatch::new();
-    b.delete(postings::posting_key(CONV, "banana", ts[1]));
+    b.put(banana, postings::encode(&p).unwrap());
     b.put(
-        postings::posting_key(CONV, "cherry", ts[0]),
-        postings::encode(&postings::Posting::default()).unwrap(),
+        postings::posting_key(CONV, b"cherry", postings::bucket_of(seq_of(ts[0]))),
+        postings::encode(&stray).unwrap(),
+    );
+    b.put(
+        postings::legacy::posting_key(CONV, "pie", ts[2]),
+        postings::legacy::encode(&postings::LegacyPosting::default()).unwrap(),
     );
     s.lsm.apply(&b, None).unwrap();
+    assert_eq!(
+        by_index(&s, "banana ", 10),
+        vec![ts[2]],
+        "the lost bit hides a message"
+    );
     let found = super::check::conversation(&s.lsm, CONV).unwrap();
     assert_eq!(found.missing, vec![ts[1]]);
-    assert_eq!(found.stale, vec![("cherry".to_string(), ts[0])]);
+    assert_eq!(
+        found.stale,
+        vec![("cherry".to_string(), ts[0]), ("pie".to_string(), ts[2])]
+    );
     // A stray posting the message does back is kept.
-    let drop = vec![found.stale[0].clone(), ("apple".to_string(), ts[0])];
+    let mut drop = found.stale.clone();
+    drop.push(("apple".to_string(), ts[0]));
     let repair = Command::RepairIndex {
         conv: CONV,
         reindex: found.missing.clone(),
@@ -418,7 +472,7 @@ fn the_check_finds_differences_and_the_repair_removes_them() {
         s.apply(repair.clone()),
         Outcome::Reindexed {
             written: 1,
-            dropped: 1
+            dropped: 2
         }
     );
     let after = super::check::conversation(&s.lsm, CONV).unwrap();
@@ -426,7 +480,7 @@ fn the_check_finds_differences_and_the_repair_removes_them() {
         after.missing.is_empty() && after.stale.is_empty(),
         "{after:?}"
     );
-    assert_eq!(after.postings, 6);
+    assert_eq!(after.postings, postings_before);
     assert_eq!(
         s.apply(repair),
         Outcome::Reindexed {
@@ -435,4 +489,5 @@ fn the_check_finds_differences_and_the_repair_removes_them() {
         }
     );
     assert_eq!(by_index(&s, "banana ", 10), vec![ts[2], ts[1]]);
+    assert_eq!(by_index(&s, "cherry ", 10), Vec::<u64>::new());
 }
