@@ -3,8 +3,9 @@
 //!
 //! - **Seal.** The send that stores the last seq of a bucket writes the
 //!   bucket's postings in its own batch ([`Apply::seal`]): it reads the
-//!   bucket's messages back through the seq index, and each distinct term
-//!   gets one posting whose bits name the messages holding it. Before
+//!   bucket's messages back (one scan: they are the conversation's
+//!   newest), and each distinct term gets one posting whose bits name the
+//!   messages holding it. Before
 //!   that, a bucket's messages have no postings: a search reads the open
 //!   bucket's messages themselves.
 //! - **Change.** An edit, an unsend or an operator's erasure of a message
@@ -16,18 +17,18 @@
 //! it is not a system message, and it was not unsent; a media message
 //! gives only its file name (`media::body`).
 //!
-//! What a seal reads is decided by records that never expire — the seq
-//! index, judged against the leader's stamp, as `records`' essay requires:
-//! a message already expired at the stamp, unsent, or a system message is
-//! left out. Its body comes from the message record, which a replica whose
-//! clock runs ahead of the leader's may already hide; that replica then
-//! leaves out the terms of a message that is invisible everywhere
-//! within moments (the same best-effort argument as the rewrites'), and a
-//! search never trusts a bit without reading the message.
+//! What a seal includes is judged against the leader's stamp: a message
+//! already expired at the stamp, unsent, or a system message is left out.
+//! The message records are read through the LSM's retention filter, which
+//! uses the local clock: a replica whose clock runs ahead of the leader's
+//! may already hide a message about to expire, and then leaves out the
+//! terms of a message that is invisible everywhere within moments (the
+//! same best-effort argument as the rewrites', `records`); a search never
+//! trusts a bit without reading the message.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use missive_engine::keys::ConversationId;
+use missive_engine::keys::{prefix_successor, ConversationId};
 use missive_raft::Result;
 
 use super::{reject, Apply};
@@ -36,6 +37,9 @@ use crate::ids::Seq;
 use crate::records::{self, head_key, Head, Message};
 use crate::search::postings::{self, bit, bucket_of, posting_key, Posting, BUCKET};
 use crate::search::tokenize;
+
+/// Bytes of a message key before its ts: keyspace, slot, conversation.
+const MESSAGE_PREFIX: usize = 11;
 
 /// The distinct terms `m`'s body gives the index (none if it is not
 /// indexed at all).
@@ -58,27 +62,29 @@ pub(crate) fn indexed_terms(m: &Message) -> BTreeSet<String> {
 
 impl Apply<'_, '_> {
     /// Writes the postings of `bucket` of `conv`, whose last seq the
-    /// current command just stored (see the module docs).
+    /// current command just stored (see the module docs). The bucket's
+    /// messages are the conversation's newest, so one scan from the
+    /// newest back reads them all.
     pub(super) fn seal(&mut self, conv: ConversationId, bucket: u64, stamp: u64) -> Result<()> {
+        let first = Seq((bucket * BUCKET).max(1));
+        let lo = records::msg_key(conv, u64::MAX);
+        let hi = prefix_successor(&lo[..MESSAGE_PREFIX]).unwrap_or_default();
         let mut terms: BTreeMap<String, Posting> = BTreeMap::new();
-        let first = (bucket * BUCKET).max(1);
-        for seq in (first..(bucket + 1) * BUCKET).map(Seq) {
-            let Some(ix) = self.indexed(conv, seq)? else {
-                continue;
-            };
-            if ix.system || ix.unsent || ix.expires_at.is_some_and(|at| at <= stamp) {
+        for (_, value) in self.rec.scan(&lo, &hi, BUCKET as usize)? {
+            let m = records::decode_message(&value)?;
+            if m.seq < first {
+                break;
+            }
+            if m.expires_at.is_some_and(|at| at <= stamp) {
                 continue;
             }
-            let Some(m) = self.stored(conv, ix.ts)? else {
-                continue;
-            };
             for t in indexed_terms(&m) {
                 let mut fresh = false;
                 let p = terms.entry(t).or_insert_with(|| {
                     fresh = true;
                     Posting::default()
                 });
-                p.add(seq, m.expires_at, fresh);
+                p.add(m.seq, m.expires_at, fresh);
             }
         }
         for (t, p) in terms {

@@ -31,17 +31,41 @@ use crate::storage::record_cache::RecordCache;
 pub trait RecordSource: Send + Sync {
     /// The value under `key`, if any.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `limit` records with keys in `[lo, hi)`, in key order.
+    fn scan(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 }
 
 impl RecordSource for Lsm {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(Lsm::get(self, key)?)
     }
+
+    fn scan(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(Lsm::scan(
+            self,
+            lo,
+            Some(hi),
+            missive_engine::lsm::Direction::Forward,
+            limit,
+        )?)
+    }
 }
 
 impl RecordSource for BTreeMap<Vec<u8>, Vec<u8>> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(BTreeMap::get(self, key).cloned())
+    }
+
+    fn scan(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .range(lo.to_vec()..hi.to_vec())
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 
@@ -153,6 +177,35 @@ impl<'a> Records<'a> {
         self.load(key)?.map(|v| codec::decode(what, &v)).transpose()
     }
 
+    /// Up to `limit` records with keys in `[lo, hi)`, in key order, as
+    /// this call sees them: its own writes over the source (the cache is
+    /// bypassed: it never holds a value the source lacks, only fewer).
+    /// For reading a run of adjacent records at once, where point reads
+    /// would each descend the LSM; only keys that never decide an outcome
+    /// may be read this way if they can expire (see the module docs).
+    pub fn scan(&mut self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if lo >= hi || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mine: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
+            self.pending.range(lo.to_vec()..hi.to_vec()).collect();
+        // Each of this call's deletes may hide one of the source's first
+        // records: read that many more.
+        let deletes = mine.iter().filter(|(_, v)| v.is_none()).count();
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .source
+            .scan(lo, hi, limit.saturating_add(deletes))?
+            .into_iter()
+            .collect();
+        for (k, v) in mine {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
     /// Writes `value` under `key`.
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.pending.insert(key, Some(value));
@@ -190,5 +243,41 @@ impl<'a> Records<'a> {
                 cache.written(k, v.as_deref());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn k(i: u8) -> Vec<u8> {
+        vec![7, i]
+    }
+
+    #[test]
+    fn a_scan_sees_this_calls_writes_over_the_source() {
+        let source: BTreeMap<Vec<u8>, Vec<u8>> = (1..=6).map(|i| (k(i), vec![i])).collect();
+        let mut r = Records::over(&source);
+        r.delete(k(1));
+        r.delete(k(2));
+        r.put(k(3), vec![30]);
+        r.put(k(0), vec![0]);
+        r.put(k(9), vec![9]);
+        let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| {
+            v.into_iter().map(|(k, v)| (k[1], v[0])).collect::<Vec<_>>()
+        };
+        // The two deletes hide the source's first two: the scan still
+        // returns `limit` records when that many exist.
+        assert_eq!(
+            keys(r.scan(&k(0), &k(8), 4).unwrap()),
+            vec![(0, 0), (3, 30), (4, 4), (5, 5)]
+        );
+        assert_eq!(
+            keys(r.scan(&k(1), &k(255), 10).unwrap()),
+            vec![(3, 30), (4, 4), (5, 5), (6, 6), (9, 9)]
+        );
+        assert!(r.scan(&k(5), &k(5), 10).unwrap().is_empty());
+        assert!(r.scan(&k(0), &k(9), 0).unwrap().is_empty());
     }
 }
