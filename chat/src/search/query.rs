@@ -239,7 +239,7 @@ fn conversation(
         hits: Vec::new(),
     };
     let open = postings::open_from(head.seq);
-    if scan.open_bucket(open)? && open > Seq::ZERO {
+    if scan.open_bucket(open, head.seq)? && open > Seq::ZERO {
         scan.sealed_buckets(Seq(open.0 - 1))?;
     }
     Ok(scan.hits)
@@ -261,12 +261,18 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
-    /// Reads the open bucket's messages (seq ≥ `open`) below the cursor,
-    /// newest first; whether the search goes on to older ones.
-    fn open_bucket(&mut self, open: Seq) -> Result<bool> {
+    /// Reads the open bucket's messages (seqs `open..=newest`) below the
+    /// cursor, newest first; whether the search goes on to older ones.
+    fn open_bucket(&mut self, open: Seq, newest: Seq) -> Result<bool> {
+        // No more messages than the bucket has seqs: a page never reaches
+        // far into the sealed ones.
+        let chunk = (newest.0 + 1).saturating_sub(open.0).min(OPEN_CHUNK as u64) as usize;
+        if chunk == 0 {
+            return Ok(true);
+        }
         let mut at = self.below;
         loop {
-            let page = self.lsm.before(self.conv, Timestamp(at), OPEN_CHUNK)?;
+            let page = self.lsm.before(self.conv, Timestamp(at), chunk)?;
             for sm in &page {
                 let m = records::decode_message(&sm.value)?;
                 if m.seq < open {
@@ -280,7 +286,7 @@ impl Scan<'_> {
                 }
             }
             match page.last() {
-                Some(sm) if page.len() == OPEN_CHUNK => at = sm.ts.0,
+                Some(sm) if page.len() == chunk => at = sm.ts.0,
                 _ => return Ok(true),
             }
         }
