@@ -8,6 +8,8 @@
 //!   messages holding it. Before
 //!   that, a bucket's messages have no postings: a search reads the open
 //!   bucket's messages themselves.
+//!   A restore's `RaiseHeads` that carries the head past the open
+//!   bucket's end seals it the same way (no send will take its last seq).
 //! - **Change.** An edit, an unsend or an operator's erasure of a message
 //!   in a sealed bucket moves its bit from the terms only the old body had
 //!   to those only the new one has ([`Apply::reindex`]); in the open bucket

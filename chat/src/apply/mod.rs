@@ -154,7 +154,7 @@ pub(crate) fn run(
             RejectCode::Invalid,
             "a restore or a checkpoint is the runtime's, not the chat rules'",
         )),
-        Command::RaiseHeads { conv, seq, eseq } => a.raise_heads(*conv, *seq, *eseq),
+        Command::RaiseHeads { conv, seq, eseq } => a.raise_heads(*conv, *seq, *eseq, stamp),
         Command::CreateConversation {
             conv,
             kind,

@@ -8,6 +8,7 @@ use super::{reject, Apply};
 use crate::command::{Outcome, RejectCode};
 use crate::ids::{Eseq, Seq};
 use crate::records::{head_key, outbox_head_key, Head, OutboxHead};
+use crate::search::postings;
 
 impl Apply<'_, '_> {
     /// Raises the conversation's newest seq to at least `seq` and its
@@ -23,6 +24,7 @@ impl Apply<'_, '_> {
         conv: ConversationId,
         seq: Seq,
         eseq: Eseq,
+        stamp: u64,
     ) -> Result<Outcome> {
         let okey = outbox_head_key(conv);
         let outbox: OutboxHead = self.rec.get_as("outbox head", &okey)?.unwrap_or_default();
@@ -45,6 +47,13 @@ impl Apply<'_, '_> {
         let head: Head = self.rec.get_as("head", &hkey)?.unwrap_or_default();
         if seq > head.seq {
             self.rec.put_as(hkey, &Head { ts: head.ts, seq })?;
+            // Raising the head past the open search bucket's end seals it
+            // (`apply::index`): its messages are still the newest, and no
+            // send will take its last seq now.
+            let open = postings::open_from(head.seq);
+            if head.seq >= open && postings::open_from(seq) > open {
+                self.seal(conv, postings::bucket_of(open), stamp)?;
+            }
         }
         Ok(Outcome::Done)
     }

@@ -491,3 +491,55 @@ fn the_check_finds_differences_and_the_repair_removes_them() {
     assert_eq!(by_index(&s, "banana ", 10), vec![ts[2], ts[1]]);
     assert_eq!(by_index(&s, "cherry ", 10), Vec::<u64>::new());
 }
+
+/// A restore's `RaiseHeads` that carries the head past the open bucket's
+/// end seals that bucket: its messages stay found, and the check is clean.
+#[test]
+fn raising_the_head_past_a_bucket_seals_it() {
+    let s = Shard::new();
+    s.apply(Command::CreateConversation {
+        conv: CONV,
+        kind: ConversationKind::Group,
+        name: "g".into(),
+        creator: UserId(1),
+        members: vec![UserId(1), UserId(2)],
+        max_members: 10,
+    });
+    let mut ts = Vec::new();
+    for (i, body) in ["apple pie", "apple tart"].iter().enumerate() {
+        let out = s.apply(Command::SendText(SendMessage {
+            message: NewMessage {
+                conv: CONV,
+                sender: UserId(1),
+                device: DeviceId(1),
+                client_msg_id: format!("c{i}"),
+                kind: MessageKind::Text,
+                body: body.as_bytes().to_vec(),
+                expires_at: None,
+                reply_to: None,
+            },
+            mentions: Vec::new(),
+            default_retention_micros: None,
+        }));
+        let Outcome::Sent { ts: t, seq, .. } = out else {
+            panic!("{out:?}");
+        };
+        assert_eq!(postings::open_from(seq), Seq::ZERO, "the bucket is open");
+        ts.push(t);
+    }
+    let raised = Seq(2 * postings::BUCKET + 1);
+    assert_eq!(
+        s.apply(Command::RaiseHeads {
+            conv: CONV,
+            seq: raised,
+            eseq: crate::ids::Eseq(0),
+        }),
+        Outcome::Done
+    );
+    assert!(postings::open_from(raised) > Seq(postings::BUCKET));
+    assert_eq!(by_index(&s, "apple ", 10), vec![ts[1], ts[0]]);
+    assert_eq!(by_index(&s, "apple ", 1), vec![ts[1], ts[0]]);
+    let c = super::check::conversation(&s.lsm, CONV).unwrap();
+    assert!(c.missing.is_empty() && c.stale.is_empty(), "{c:?}");
+    assert!(c.postings > 0);
+}
