@@ -12,9 +12,13 @@
 //!                                       leader: learn it, try again)
 //! ```
 //!
-//! Only answers that prove nothing was written are retried (NotLeader with
-//! no leader known, an unreachable node): a write whose outcome is unknown
-//! is never sent twice.
+//! Only answers that prove nothing was written are retried, until the
+//! caller's election wait runs out: NotLeader (openraft's
+//! `ForwardToLeader`: the entry was never proposed, or will never commit),
+//! with or without a leader named — a leader named by a node that has just
+//! lost the leadership, or by the named leader itself as it hands it over,
+//! is tried again after the backoff — and an unreachable node. A write
+//! whose outcome is unknown is never sent twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +58,7 @@ impl<A: App> Shared<A> {
                 .await;
             let retry = matches!(
                 &r,
-                Err(Error::NotLeader { leader: None, .. }) | Err(Error::Transport { .. })
+                Err(Error::NotLeader { .. }) | Err(Error::Transport { .. })
             );
             if !retry || tokio::time::Instant::now() + backoff > deadline {
                 return r;
