@@ -366,11 +366,8 @@ proptest! {
     }
 }
 
-/// The check finds a lost bit, a stray one and a version-1 posting; the
-/// repair command puts the index back to what the messages say, and
-/// repeats change nothing.
-#[test]
-fn the_check_finds_differences_and_the_repair_removes_them() {
+/// A shard holding `CONV`, a group of users 1 and 2.
+fn group_of_two() -> Shard {
     let s = Shard::new();
     s.apply(Command::CreateConversation {
         conv: CONV,
@@ -380,26 +377,38 @@ fn the_check_finds_differences_and_the_repair_removes_them() {
         members: vec![UserId(1), UserId(2)],
         max_members: 10,
     });
-    let send = |i: usize, body: &str| {
-        let out = s.apply(Command::SendText(SendMessage {
-            message: NewMessage {
-                conv: CONV,
-                sender: UserId(1),
-                device: DeviceId(1),
-                client_msg_id: format!("c{i}"),
-                kind: MessageKind::Text,
-                body: body.as_bytes().to_vec(),
-                expires_at: None,
-                reply_to: None,
-            },
-            mentions: Vec::new(),
-            default_retention_micros: None,
-        }));
-        let Outcome::Sent { ts, seq, .. } = out else {
-            panic!("{out:?}");
-        };
-        (ts, seq)
+    s
+}
+
+/// User 1 sends `body` as text (client message id `c{i}`): its (ts, seq).
+fn send_text(s: &Shard, i: usize, body: &str) -> (u64, Seq) {
+    let out = s.apply(Command::SendText(SendMessage {
+        message: NewMessage {
+            conv: CONV,
+            sender: UserId(1),
+            device: DeviceId(1),
+            client_msg_id: format!("c{i}"),
+            kind: MessageKind::Text,
+            body: body.as_bytes().to_vec(),
+            expires_at: None,
+            reply_to: None,
+        },
+        mentions: Vec::new(),
+        default_retention_micros: None,
+    }));
+    let Outcome::Sent { ts, seq, .. } = out else {
+        panic!("{out:?}");
     };
+    (ts, seq)
+}
+
+/// The check finds a lost bit, a stray one and a version-1 posting; the
+/// repair command puts the index back to what the messages say, and
+/// repeats change nothing.
+#[test]
+fn the_check_finds_differences_and_the_repair_removes_them() {
+    let s = group_of_two();
+    let send = |i: usize, body: &str| send_text(&s, i, body);
     let mut ts = Vec::new();
     let mut last = Seq::ZERO;
     for (i, body) in ["apple pie", "banana split", "apple banana"]
@@ -496,34 +505,10 @@ fn the_check_finds_differences_and_the_repair_removes_them() {
 /// end seals that bucket: its messages stay found, and the check is clean.
 #[test]
 fn raising_the_head_past_a_bucket_seals_it() {
-    let s = Shard::new();
-    s.apply(Command::CreateConversation {
-        conv: CONV,
-        kind: ConversationKind::Group,
-        name: "g".into(),
-        creator: UserId(1),
-        members: vec![UserId(1), UserId(2)],
-        max_members: 10,
-    });
+    let s = group_of_two();
     let mut ts = Vec::new();
     for (i, body) in ["apple pie", "apple tart"].iter().enumerate() {
-        let out = s.apply(Command::SendText(SendMessage {
-            message: NewMessage {
-                conv: CONV,
-                sender: UserId(1),
-                device: DeviceId(1),
-                client_msg_id: format!("c{i}"),
-                kind: MessageKind::Text,
-                body: body.as_bytes().to_vec(),
-                expires_at: None,
-                reply_to: None,
-            },
-            mentions: Vec::new(),
-            default_retention_micros: None,
-        }));
-        let Outcome::Sent { ts: t, seq, .. } = out else {
-            panic!("{out:?}");
-        };
+        let (t, seq) = send_text(&s, i, body);
         assert_eq!(postings::open_from(seq), Seq::ZERO, "the bucket is open");
         ts.push(t);
     }
