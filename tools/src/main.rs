@@ -144,6 +144,12 @@ enum Command {
         /// The directory to write (created; must not hold a backup).
         #[arg(long)]
         out: PathBuf,
+        /// An earlier backup (version 2) to make this one incremental
+        /// against: the chunks it holds are hard-linked from it, not
+        /// written. The new backup stays whole on its own (the base may be
+        /// deleted later).
+        #[arg(long)]
+        base: Option<PathBuf>,
     },
     /// Put a backup into a running cluster of any node and shard count,
     /// which must be empty.
@@ -597,7 +603,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             PushCommand::Dead { target, limit } => push::dead(target, *limit)?,
             PushCommand::Replay { target, all, jobs } => push::replay(target, jobs, *all)?,
         },
-        Command::Backup { target, out } => backup::backup(target, out)?,
+        Command::Backup { target, out, base } => backup::backup(target, out, base.as_deref())?,
         Command::Restore {
             target,
             from,

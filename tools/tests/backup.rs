@@ -9,7 +9,10 @@
 //! not delivered); nothing is there that the source never acknowledged.
 //! A media file sent before the backup downloads byte for byte from the
 //! restored cluster. A restore into a cluster that holds data is refused, and a damaged
-//! backup file is refused before anything is sent.
+//! backup file is refused before anything is sent. Then an incremental
+//! backup (`--base` the first) writes only what changed, links the rest,
+//! and restores on its own into a one-node cluster after the first backup
+//! is deleted.
 
 #![allow(
     clippy::unwrap_used,
@@ -296,12 +299,11 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
 
     // A damaged copy of the backup is refused before anything is sent.
     let damaged = dir.path().join("damaged");
-    std::fs::create_dir_all(&damaged).unwrap();
-    for e in std::fs::read_dir(&backup_dir).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), damaged.join(e.file_name())).unwrap();
-    }
-    let victim = damaged.join("p1-shard-0002.msnp");
+    copy_dir(&backup_dir, &damaged);
+    let victim = chunk_files(&damaged)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
     let mut bytes = std::fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -321,7 +323,8 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
         damaged.to_str().unwrap(),
     ]);
     assert_eq!(code, 2, "{out}");
-    assert!(err.contains("p1-shard-0002.msnp"), "{err}");
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name) && err.contains("damaged"), "{err}");
     let (code, out, err) = ctl(&[
         "restore",
         "--url",
@@ -490,7 +493,168 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
             }
         }
     });
-    for n in a_nodes.into_iter().chain(b_nodes) {
+    for n in b_nodes {
         rt.block_on(n.shutdown()).unwrap();
+    }
+
+    // An incremental backup: more messages in one conversation and a second
+    // file, then `--base` the first backup. The first file's chunks are
+    // linked, not written; the first backup is deleted; the second still
+    // restores everything the source holds (no load now: all of it).
+    let second: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    rt.block_on(async {
+        for i in 0..10 {
+            send(
+                &a[i % 3],
+                &a_tokens[0],
+                &convs[1],
+                &format!("i{i}"),
+                &format!("incr-{i}"),
+            )
+            .await
+            .expect("a send after the first backup is acknowledged");
+        }
+        let id = common::upload(&a[2], &a_tokens[1], &second).await;
+        let body =
+            json!({"media_id": id, "mime": "application/octet-stream", "size": second.len()});
+        let (s, v) = call(
+            reqwest::Method::POST,
+            format!("{}/v1/conversations/{}/messages", a[0], convs[1]),
+            Some(&a_tokens[1]),
+            Some(json!({"client_msg_id": "file2", "kind": "media", "body": body.to_string()})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    });
+    let incremental = dir.path().join("incremental");
+    let (code, out, err) = ctl(&[
+        "backup",
+        "--url",
+        &a[0],
+        "--out",
+        incremental.to_str().unwrap(),
+        "--base",
+        backup_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "incremental backup failed: {err}{out}");
+    let m: Value = serde_json::from_str(&out).unwrap();
+    let n = |k: &str| m[k].as_u64().unwrap();
+    eprintln!(
+        "incremental: {} bytes of chunks, {} written, {} linked",
+        n("bytes"),
+        n("written_bytes"),
+        n("linked_bytes")
+    );
+    assert_eq!(n("written_bytes") + n("linked_bytes"), n("bytes"), "{m}");
+    assert!(n("linked_bytes") >= file.len() as u64, "{m}");
+    assert!(n("written_bytes") < n("bytes") / 3, "{m}");
+    // The first file's biggest chunk is the same file in both backups.
+    use std::os::unix::fs::MetadataExt as _;
+    let biggest = chunk_files(&backup_dir)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let twin = incremental.join(biggest.strip_prefix(&backup_dir).unwrap());
+    assert_eq!(
+        std::fs::metadata(&biggest).unwrap().ino(),
+        std::fs::metadata(&twin).unwrap().ino()
+    );
+    std::fs::remove_dir_all(&backup_dir).unwrap();
+    // `--base` must be a finished version-2 backup.
+    let (code, _, err) = ctl(&[
+        "backup",
+        "--url",
+        &a[0],
+        "--out",
+        dir.path().join("never").to_str().unwrap(),
+        "--base",
+        backup_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unfinished"), "{err}");
+
+    let (c_node, c) = rt.block_on(common::one_node(dir.path(), "c", 2));
+    let (code, out, err) = ctl(&[
+        "restore",
+        "--url",
+        &c,
+        "--from",
+        incremental.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        code, 0,
+        "restore of the incremental backup failed: {err}{out}"
+    );
+    let c_tokens = rt.block_on(tokens(&c));
+    rt.block_on(async {
+        for conv in &convs {
+            let source = history(&a[0], &a_tokens[0], conv).await;
+            let restored = history(&c, &c_tokens[0], conv).await;
+            assert_eq!(
+                restored, source,
+                "{conv}: the incremental backup's copy differs"
+            );
+        }
+        for (bytes, conv) in [(&file, &convs[0]), (&second, &convs[1])] {
+            let (s, v) = call(
+                reqwest::Method::GET,
+                format!("{c}/v1/conversations/{conv}/messages?limit=200"),
+                Some(&c_tokens[2]),
+                None,
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            let id = v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["kind"] == "media")
+                .find_map(|m| {
+                    let b: Value = serde_json::from_str(m["body"].as_str()?).ok()?;
+                    (b["size"].as_u64()? == bytes.len() as u64)
+                        .then(|| b["media_id"].as_str().map(str::to_string))?
+                })
+                .unwrap();
+            let r = reqwest::Client::new()
+                .get(format!("{c}/v1/media/{id}?conversation={conv}"))
+                .bearer_auth(&c_tokens[2])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert!(
+                r.bytes().await.unwrap() == *bytes,
+                "a restored file differs"
+            );
+        }
+    });
+    for n in a_nodes.into_iter().chain([c_node]) {
+        rt.block_on(n.shutdown()).unwrap();
+    }
+}
+
+/// Every chunk file of a backup directory.
+fn chunk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(dir.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    assert!(!out.is_empty(), "{} holds no chunks", dir.display());
+    out
+}
+
+/// A copy of the directory tree `from` at `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
 }

@@ -156,6 +156,32 @@ pub async fn three_nodes_with(
     Trio { nodes, urls, cfgs }
 }
 
+/// One node alone (`shards` shards) on 127.0.0.1, data under
+/// `dir/{name}`, ready; its HTTP base URL.
+pub async fn one_node(dir: &Path, name: &str, shards: u32) -> (missive_server::Running, String) {
+    let mut c = missive_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.join(name),
+        ..missive_server::Config::default()
+    };
+    c.node.shards = Some(shards);
+    c.node.raft_listen = free_port("127.0.0.1");
+    c.grpc.enabled = false;
+    c.auth.secret = Some(format!("the {name} node's secret"));
+    c.auth.admin_secret = Some(SECRET.into());
+    let node = missive_server::start(c).await.unwrap();
+    let url = format!("http://{}", node.addr());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{url}/readyz"))
+        .await
+        .map_or(true, |r| r.status().as_u16() != 200)
+    {
+        assert!(Instant::now() < deadline, "{url} not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (node, url)
+}
+
 /// Uploads `body` with `token` (tus: create, one PATCH); its media id.
 pub async fn upload(url: &str, token: &str, body: &[u8]) -> String {
     let c = reqwest::Client::new();
