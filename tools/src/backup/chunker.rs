@@ -6,25 +6,43 @@
 //!
 //! The server cuts its stream every ~1 MiB of pairs, so one new message
 //! shifts every later boundary and no frame of today's stream equals
-//! yesterday's. The chunker ignores the server's framing and closes a
-//! chunk after a pair whose key hashes to one of [`CUT_ONE_IN`] values
-//! (BLAKE3 of the key, first 8 bytes, mod 512): a boundary is where it is
-//! because of the key at it, so a change inside one conversation's or one
+//! yesterday's. The chunker ignores the server's framing and puts a
+//! boundary where the keys say, so a boundary is where it is because of
+//! the keys around it, and a change inside one conversation's or one
 //! user's records changes the chunk holding them and leaves the others
 //! byte for byte as they were — which is what lets a later backup store
-//! only the chunks that changed ([`super::store`]). Two more rules bound a
-//! chunk: a value of [`BIG_VALUE`] or more (a media chunk, a thumbnail)
-//! is a chunk of its own, so an uploaded file is stored once however its
-//! neighbours change; and a chunk closes at [`CHUNK_CAP`] bytes, so a
-//! restore frame stays about the size the server takes. With pairs of
-//! ~150 bytes (a message) a chunk averages ~75 KiB.
+//! only the chunks that changed ([`super::store`]). The rules, each a
+//! function of the keys and values alone:
+//!
+//! - **Before an entity** whose name hashes to one of [`ENTITY_CUT_ONE_IN`]
+//!   values. Every slotted key starts with its entity's name — tag, slot
+//!   and the conversation, user or upload id, [`ENTITY_PREFIX`] bytes
+//!   (`missive_engine::keys`, chat's `records`) — and a day's writes
+//!   touch some entities and not others: a chunk of a few whole entities
+//!   is dirtied only when one of them is. (Cutting before every entity
+//!   would dedup best and make a file of every conversation record.)
+//! - **After a key** whose BLAKE3 hash is one of [`CUT_ONE_IN`] values:
+//!   a conversation of thousands of messages is several chunks, and only
+//!   the one holding its newest messages changes (keys sort newest first).
+//! - **Around a value** of [`BIG_VALUE`] or more (a media chunk, a
+//!   thumbnail): a chunk of its own, so an uploaded file is stored once
+//!   however its neighbours change.
+//! - **At [`CHUNK_CAP`] bytes**, so a restore frame stays about the size
+//!   the server takes (the one rule that depends on position; it applies
+//!   only to runs of big entities without a cut for 1 MiB).
 
 use anyhow::{bail, ensure};
 
 use missive_raft::storage::snapshot::{unframe_chunk, Chunk, FILE_HEADER};
 
 /// One key in this many closes a chunk after it.
-pub const CUT_ONE_IN: u64 = 512;
+pub const CUT_ONE_IN: u64 = 128;
+
+/// One entity in this many starts a chunk.
+pub const ENTITY_CUT_ONE_IN: u64 = 4;
+
+/// The bytes of a slotted key that name its entity: tag, slot (2), id (8).
+pub const ENTITY_PREFIX: usize = 11;
 
 /// A value at least this long is stored as a chunk of its own.
 pub const BIG_VALUE: usize = 64 << 10;
@@ -37,12 +55,17 @@ pub const CHUNK_CAP: usize = 1 << 20;
 /// anything is allocated for it.
 const MAX_FRAME: usize = 16 << 20;
 
-/// Whether a chunk closes after the pair of `key`.
-fn cuts_after(key: &[u8]) -> bool {
-    let h = blake3::hash(key);
+/// Whether BLAKE3 of `bytes` (its first 8 bytes, LE) is 0 mod `one_in`.
+fn hits(bytes: &[u8], one_in: u64) -> bool {
+    let h = blake3::hash(bytes);
     let mut first = [0u8; 8];
     first.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(first) % CUT_ONE_IN == 0
+    u64::from_le_bytes(first) % one_in == 0
+}
+
+/// The entity a key belongs to (the whole key if shorter).
+fn entity(key: &[u8]) -> &[u8] {
+    &key[..key.len().min(ENTITY_PREFIX)]
 }
 
 /// Pairs in, chunks at key-defined boundaries out (see the module
@@ -62,10 +85,13 @@ impl Chunker {
     pub fn push(&mut self, key: Vec<u8>, value: Vec<u8>) -> Vec<Chunk> {
         let mut closed = Vec::new();
         let big = value.len() >= BIG_VALUE;
-        if big && !self.pairs.is_empty() {
+        let starts_entity = self.pairs.last().is_some_and(|(last, _)| {
+            entity(last) != entity(&key) && hits(entity(&key), ENTITY_CUT_ONE_IN)
+        });
+        if (big || starts_entity) && !self.pairs.is_empty() {
             closed.push(self.take());
         }
-        let cut = big || cuts_after(&key);
+        let cut = big || hits(&key, CUT_ONE_IN);
         self.bytes += key.len() + value.len();
         self.pairs.push((key, value));
         if cut || self.bytes >= CHUNK_CAP {
@@ -211,6 +237,40 @@ mod tests {
         assert!(a.len() > 20, "{} chunks", a.len());
         assert!(
             b.len() - kept <= 3 && a.len() - kept <= 2,
+            "{kept} of {} chunks kept (before: {})",
+            b.len(),
+            a.len()
+        );
+    }
+
+    #[test]
+    fn a_change_in_one_entity_changes_only_the_chunk_of_its_group() {
+        // 3 000 entities (conversations) of 1..=6 records each.
+        let mut before = Chunk::new();
+        for e in 0..3_000u64 {
+            for r in 0..(e % 6 + 1) {
+                let mut k = vec![0x10, (e >> 8) as u8, e as u8];
+                k.extend_from_slice(&e.to_be_bytes());
+                k.extend_from_slice(&r.to_be_bytes());
+                before.push((k, vec![e as u8; 120]));
+            }
+        }
+        let a = chunk_all(&before);
+        // Chunks hold whole groups of entities: ~4 on average.
+        assert!(a.len() > 500, "{} chunks", a.len());
+        // One entity gains a record; every chunk but its group's stays.
+        let mut after = before.clone();
+        let at = after
+            .iter()
+            .position(|(k, _)| k[3..11] == 1_234u64.to_be_bytes())
+            .unwrap();
+        let mut k = after[at].0.clone();
+        k.push(0);
+        after.insert(at + 1, (k, b"new".to_vec()));
+        let b = chunk_all(&after);
+        let kept = b.iter().filter(|c| a.contains(c)).count();
+        assert!(
+            b.len() - kept <= 2 && a.len() - kept <= 1,
             "{kept} of {} chunks kept (before: {})",
             b.len(),
             a.len()
