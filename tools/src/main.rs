@@ -65,12 +65,18 @@ enum Command {
     /// Check every checksum of every live file; exit 1 on damage.
     Verify {
         /// A data directory (with log/ and lsm/), a log directory, or an LSM directory.
-        #[arg(required_unless_present = "cluster")]
+        #[arg(required_unless_present_any = ["cluster", "backup"])]
         data_dir: Option<PathBuf>,
         /// Instead: compare every data shard's replicas of the running
         /// cluster at one log position (exit 1 naming any that differ).
-        #[arg(long, conflicts_with = "data_dir")]
+        #[arg(long, conflicts_with_all = ["data_dir", "backup"])]
         cluster: bool,
+        /// Instead: check a backup directory offline — its manifest, every
+        /// shard's index or file, every chunk against its name — as a
+        /// restore would before sending anything (exit 1 naming each
+        /// damaged file).
+        #[arg(long, value_name = "DIR", conflicts_with = "data_dir")]
+        backup: Option<PathBuf>,
         /// With --cluster: a node's HTTP address.
         #[arg(long, env = "MISSIVE_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
@@ -519,7 +525,16 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             }
             render::verify(&inspect::verify(data_dir)?)
         }
-        Command::Verify { .. } => anyhow::bail!("give a data directory or --cluster"),
+        Command::Verify {
+            backup: Some(dir), ..
+        } => {
+            let (out, whole) = backup::verify(dir)?;
+            if !whole {
+                code = ExitCode::from(1);
+            }
+            out
+        }
+        Command::Verify { .. } => anyhow::bail!("give a data directory, --cluster or --backup"),
         Command::Stats { data_dir } => render::stats(&inspect::stats(data_dir)?),
         Command::CompactionSim(a) => {
             let mib = 1u64 << 20;

@@ -308,6 +308,20 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&victim, bytes).unwrap();
+    // `verify --backup` finds it offline (and the original is whole).
+    let (code, out, err) = ctl(&["verify", "--backup", damaged.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("DAMAGED") && out.contains(victim.file_name().unwrap().to_str().unwrap()),
+        "{out}"
+    );
+    let (code, out, err) = ctl(&["--json", "verify", "--backup", backup_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["whole"].clone(), v["pairs"].clone()),
+        (json!(true), manifest_pairs(&manifest))
+    );
 
     // The new cluster: another shard count, its own secret.
     let common::Trio {
@@ -574,6 +588,12 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
     assert_eq!(code, 2);
     assert!(err.contains("unfinished"), "{err}");
 
+    let (code, out, err) = ctl(&["verify", "--backup", incremental.to_str().unwrap()]);
+    assert_eq!(
+        code, 0,
+        "the incremental backup without its base: {out}{err}"
+    );
+
     let (c_node, c) = rt.block_on(common::one_node(dir.path(), "c", 2));
     let (code, out, err) = ctl(&[
         "restore",
@@ -632,6 +652,16 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
     for n in a_nodes.into_iter().chain([c_node]) {
         rt.block_on(n.shutdown()).unwrap();
     }
+}
+
+/// The pairs a backup's manifest counts over every shard copy.
+fn manifest_pairs(m: &Value) -> Value {
+    json!(m["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pairs"].as_u64().unwrap())
+        .sum::<u64>())
 }
 
 /// Every chunk file of a backup directory.

@@ -494,6 +494,69 @@ impl ShardCopy {
     }
 }
 
+/// `verify --backup DIR`: every shard of the backup checked as a restore
+/// checks it, without stopping at the first damage. Answers the report and
+/// whether the backup is whole. A manifest that cannot be read is an
+/// error (nothing else can be checked without it).
+pub fn verify(dir: &Path) -> anyhow::Result<(Output, bool)> {
+    let manifest = read_manifest(dir)?;
+    let version = manifest["version"].as_u64().unwrap_or(0);
+    let entries = manifest["shards"].as_array().cloned().unwrap_or_default();
+    let mut damaged = Vec::new();
+    let mut text = String::new();
+    let (mut chunks, mut pairs) = (0u64, 0u64);
+    for e in &entries {
+        match check_shard(dir, version, e) {
+            Ok(copy) => {
+                chunks += match &copy {
+                    ShardCopy::File(_) => e["chunks"].as_u64().unwrap_or(0),
+                    ShardCopy::Chunks(c) => c.len() as u64,
+                };
+                pairs += e["pairs"].as_u64().unwrap_or(0);
+            }
+            Err(err) => {
+                text.push_str(&format!(
+                    "DAMAGED phase {} shard {}: {err:#}\n",
+                    e["phase"], e["shard"]
+                ));
+                damaged.push(json!({
+                    "phase": e["phase"],
+                    "shard": e["shard"],
+                    "error": format!("{err:#}"),
+                }));
+            }
+        }
+    }
+    let whole = damaged.is_empty();
+    text.push_str(&format!(
+        "{}: backup version {version} of {} shards taken {} ms after the epoch, {} shard copies, \
+         {chunks} chunks, {pairs} pairs: {}\n",
+        dir.display(),
+        manifest["shard_count"],
+        manifest["created_ms"],
+        entries.len(),
+        if whole {
+            "whole".to_string()
+        } else {
+            format!("{} shard copies damaged", damaged.len())
+        }
+    ));
+    Ok((
+        Output {
+            text,
+            json: json!({
+                "version": version,
+                "shard_copies": entries.len(),
+                "chunks": chunks,
+                "pairs": pairs,
+                "whole": whole,
+                "damaged": damaged,
+            }),
+        },
+        whole,
+    ))
+}
+
 /// `restore --from DIR`: every shard of the backup into the cluster at
 /// `t`, which must be empty unless `allow_nonempty`.
 pub fn restore(t: &Target, from: &Path, allow_nonempty: bool) -> anyhow::Result<Output> {
