@@ -255,7 +255,12 @@ impl<A: App> Node<A> {
     /// took. Refuses (before writing anything) a key of no data shard.
     pub async fn restore(&self, pairs: Chunk) -> Result<Vec<(ShardId, u64)>> {
         let slots = self.slots();
-        let mut by_shard: std::collections::BTreeMap<ShardId, Vec<Chunk>> = Default::default();
+        // Per target shard: its commands' pairs, and the bytes of the last
+        // command (kept as a running sum: summing the command again at every
+        // pair made a frame of n pairs cost n² / 2 additions — three
+        // quarters of a restore's CPU).
+        let mut by_shard: std::collections::BTreeMap<ShardId, (Vec<Chunk>, usize)> =
+            Default::default();
         for (k, v) in pairs {
             let slot = slot_of_key(&k).ok_or_else(|| {
                 Error::InvalidArgument(format!(
@@ -264,19 +269,18 @@ impl<A: App> Node<A> {
                     k.len()
                 ))
             })?;
-            let cmds = by_shard.entry(slots.shard_of_slot(slot)).or_default();
-            let full = cmds.last().is_none_or(|c| {
-                c.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() >= RESTORE_BYTES
-            });
-            if full {
+            let (cmds, last_bytes) = by_shard.entry(slots.shard_of_slot(slot)).or_default();
+            if cmds.is_empty() || *last_bytes >= RESTORE_BYTES {
                 cmds.push(Chunk::new());
+                *last_bytes = 0;
             }
+            *last_bytes += k.len() + v.len();
             if let Some(c) = cmds.last_mut() {
                 c.push((k, v));
             }
         }
         let mut out = Vec::new();
-        for (shard, cmds) in by_shard {
+        for (shard, (cmds, _)) in by_shard {
             let mut put = 0;
             for pairs in cmds {
                 let cmd = A::cluster(ClusterCommand::Restore { pairs });
