@@ -70,7 +70,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context};
 use serde_json::{json, Value};
 
-use missive_raft::storage::snapshot::{frame_chunk, SnapshotReader, FILE_HEADER};
+use missive_raft::storage::snapshot::{
+    frame_chunk, unframe_chunk, Chunk, SnapshotReader, FILE_HEADER,
+};
 
 use crate::cluster::{call, runtime, Target, CHANGE_TIMEOUT};
 use crate::render::Output;
@@ -153,6 +155,10 @@ fn file_crc(path: &Path) -> anyhow::Result<(u32, u64)> {
     }
     Ok((h.finalize(), len))
 }
+
+/// A restore call carries about this many bytes of keys and values (the
+/// server's chunk size; it takes frames up to 16 MiB).
+const RESTORE_FRAME_BYTES: usize = 1 << 20;
 
 /// How long one shard's copy is retried while its replicas answer 503
 /// (an election, a node away).
@@ -485,8 +491,23 @@ impl ShardCopy {
                 }
             }
             ShardCopy::Chunks(entries) => {
+                // Chunks average a few KiB; each restore call is a Raft
+                // round per shard it reaches, so they go in frames of
+                // ~1 MiB, as the server's own chunks were.
+                let mut pairs: Chunk = Vec::new();
+                let mut bytes = 0usize;
                 for e in entries {
-                    send(store::read_chunk(dir, e)?)?;
+                    for (k, v) in unframe_chunk(&store::read_chunk(dir, e)?)? {
+                        bytes += k.len() + v.len();
+                        pairs.push((k, v));
+                    }
+                    if bytes >= RESTORE_FRAME_BYTES {
+                        send(frame_chunk(&std::mem::take(&mut pairs))?)?;
+                        bytes = 0;
+                    }
+                }
+                if !pairs.is_empty() {
+                    send(frame_chunk(&pairs)?)?;
                 }
             }
         }
@@ -657,8 +678,6 @@ pub fn restore(t: &Target, from: &Path, allow_nonempty: bool) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
-
-    use missive_raft::storage::snapshot::{unframe_chunk, Chunk};
 
     use super::*;
 
