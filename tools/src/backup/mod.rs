@@ -550,7 +550,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<(Output, bool)> {
     }
     let whole = damaged.is_empty();
     text.push_str(&format!(
-        "{}: backup version {version} of {} shards taken {} ms after the epoch, {} shard copies, \
+        "{}: backup version {version} of {} shards (created_ms {}), {} shard copies, \
          {chunks} chunks, {pairs} pairs: {}\n",
         dir.display(),
         manifest["shard_count"],
