@@ -149,10 +149,12 @@ impl ChunkStore {
             pairs: u32::try_from(chunk.len()).context("a chunk of over 2^32 pairs")?,
         };
         let path = chunk_path(&self.dir, &entry.hash);
-        // A file of the right length is this chunk (a name is its hash);
-        // one of another length is the remains of a backup stopped before
-        // its files were synced, and is written again.
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() == u64::from(entry.len)) {
+        // Already here: the same chunk twice, or a file an attempt stopped
+        // before its files were synced left behind. Kept only if it holds
+        // exactly these bytes; anything else is written again.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == u64::from(entry.len))
+            && std::fs::read(&path).is_ok_and(|b| b == frame)
+        {
             self.counts.repeated += 1;
             return Ok(entry);
         }
@@ -168,6 +170,8 @@ impl ChunkStore {
                 if read_chunk(base, &entry).is_ok_and(|bytes| bytes == frame) {
                     let _ = std::fs::remove_file(&path);
                     if std::fs::hard_link(&from, &path).is_ok() {
+                        // Its directory entry is new: synced with the rest.
+                        self.unsynced.push(path);
                         self.counts.linked += 1;
                         self.counts.linked_bytes += u64::from(entry.len);
                         return Ok(entry);
@@ -360,12 +364,17 @@ mod tests {
         // The base can go: the second backup still holds every chunk.
         std::fs::remove_dir_all(&first).unwrap();
         read_chunk(&second, &a).unwrap();
-        // A chunk file of the wrong length left by a stopped backup is
-        // written again, not taken as the chunk.
-        std::fs::write(chunk_path(&second, &c.hash), b"short").unwrap();
+        // A chunk file left by a stopped backup — short, or of the right
+        // length with other bytes — is written again, not taken as the
+        // chunk.
         let mut s = ChunkStore::new(&second, None);
+        std::fs::write(chunk_path(&second, &c.hash), b"short").unwrap();
         s.put(&chunk(3, 5)).unwrap();
-        assert_eq!(s.counts.written, 1);
+        std::fs::write(chunk_path(&second, &c.hash), vec![0; c.len as usize]).unwrap();
+        s.put(&chunk(3, 5)).unwrap();
+        assert_eq!((s.counts.written, s.counts.repeated), (2, 0));
         read_chunk(&second, &c).unwrap();
+        s.put(&chunk(3, 5)).unwrap();
+        assert_eq!(s.counts.repeated, 1);
     }
 }
