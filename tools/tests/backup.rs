@@ -223,19 +223,14 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
     let file: Vec<u8> = (0..(3u32 << 19))
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let media_id = rt.block_on(async {
-        let id = common::upload(&a[0], &a_tokens[0], &file).await;
-        let body = json!({"media_id": id, "mime": "application/octet-stream", "size": file.len()});
-        let (s, v) = call(
-            reqwest::Method::POST,
-            format!("{}/v1/conversations/{}/messages", a[1], convs[0]),
-            Some(&a_tokens[0]),
-            Some(json!({"client_msg_id": "file", "kind": "media", "body": body.to_string()})),
-        )
-        .await;
-        assert_eq!(s, 200, "{v}");
-        id
-    });
+    let media_id = rt.block_on(send_file(
+        &a[0],
+        &a[1],
+        &a_tokens[0],
+        &convs[0],
+        "file",
+        &file,
+    ));
 
     // Load while the backup runs: every node takes sends.
     let during: Arc<Mutex<Vec<Sent>>> = Arc::default();
@@ -528,17 +523,7 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
             .await
             .expect("a send after the first backup is acknowledged");
         }
-        let id = common::upload(&a[2], &a_tokens[1], &second).await;
-        let body =
-            json!({"media_id": id, "mime": "application/octet-stream", "size": second.len()});
-        let (s, v) = call(
-            reqwest::Method::POST,
-            format!("{}/v1/conversations/{}/messages", a[0], convs[1]),
-            Some(&a_tokens[1]),
-            Some(json!({"client_msg_id": "file2", "kind": "media", "body": body.to_string()})),
-        )
-        .await;
-        assert_eq!(s, 200, "{v}");
+        send_file(&a[2], &a[0], &a_tokens[1], &convs[1], "file2", &second).await;
     });
     let incremental = dir.path().join("incremental");
     let (code, out, err) = ctl(&[
@@ -652,6 +637,22 @@ fn a_backup_taken_under_load_restores_into_a_cluster_of_another_shape() {
     for n in a_nodes.into_iter().chain([c_node]) {
         rt.block_on(n.shutdown()).unwrap();
     }
+}
+
+/// Uploads `bytes` through `up` and sends them to `conv` as a media
+/// message through `at`; the media id.
+async fn send_file(up: &str, at: &str, token: &str, conv: &str, cid: &str, bytes: &[u8]) -> String {
+    let id = common::upload(up, token, bytes).await;
+    let body = json!({"media_id": id, "mime": "application/octet-stream", "size": bytes.len()});
+    let (s, v) = call(
+        reqwest::Method::POST,
+        format!("{at}/v1/conversations/{conv}/messages"),
+        Some(token),
+        Some(json!({"client_msg_id": cid, "kind": "media", "body": body.to_string()})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    id
 }
 
 /// The pairs a backup's manifest counts over every shard copy.

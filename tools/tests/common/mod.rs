@@ -144,16 +144,21 @@ pub async fn three_nodes_with(
         .map(|n| format!("http://{}", n.addr()))
         .collect();
     for u in &urls {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while reqwest::get(format!("{u}/readyz"))
-            .await
-            .map_or(true, |r| r.status().as_u16() != 200)
-        {
-            assert!(Instant::now() < deadline, "{u} not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        ready(u).await;
     }
     Trio { nodes, urls, cfgs }
+}
+
+/// Waits (up to 30 s) until the node at `url` answers `/readyz` 200.
+pub async fn ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{url}/readyz"))
+        .await
+        .map_or(true, |r| r.status().as_u16() != 200)
+    {
+        assert!(Instant::now() < deadline, "{url} not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One node alone (`shards` shards) on 127.0.0.1, data under
@@ -171,14 +176,7 @@ pub async fn one_node(dir: &Path, name: &str, shards: u32) -> (missive_server::R
     c.auth.admin_secret = Some(SECRET.into());
     let node = missive_server::start(c).await.unwrap();
     let url = format!("http://{}", node.addr());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{url}/readyz"))
-        .await
-        .map_or(true, |r| r.status().as_u16() != 200)
-    {
-        assert!(Instant::now() < deadline, "{url} not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ready(&url).await;
     (node, url)
 }
 
