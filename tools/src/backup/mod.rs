@@ -578,6 +578,17 @@ pub fn verify(dir: &Path) -> anyhow::Result<(Output, bool)> {
     ))
 }
 
+/// Restore calls a restore keeps in flight.
+const RESTORE_IN_FLIGHT: usize = 2;
+
+/// The pairs one finished restore call put.
+fn restored_pairs(
+    done: Result<anyhow::Result<Value>, tokio::task::JoinError>,
+) -> anyhow::Result<u64> {
+    let v = done.context("a restore call's task failed")??;
+    Ok(v["pairs"].as_u64().unwrap_or(0))
+}
+
 /// `restore --from DIR`: every shard of the backup into the cluster at
 /// `t`, which must be empty unless `allow_nonempty`.
 pub fn restore(t: &Target, from: &Path, allow_nonempty: bool) -> anyhow::Result<Output> {
@@ -590,7 +601,13 @@ pub fn restore(t: &Target, from: &Path, allow_nonempty: bool) -> anyhow::Result<
         .iter()
         .map(|e| check_shard(from, version, e))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let rt = runtime()?;
+    // Two workers: calls in flight make progress while this thread reads
+    // and checks the next frame.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let check = rt.block_on(call(t, reqwest::Method::GET, "/restore", None))?;
     if check["empty"] != true && !allow_nonempty {
         let full: Vec<String> = check["shards"]
@@ -614,11 +631,23 @@ pub fn restore(t: &Target, from: &Path, allow_nonempty: bool) -> anyhow::Result<
     let mut done = Vec::new();
     for (entry, copy) in entries.iter().zip(&copies) {
         let mut pairs = 0u64;
+        // Up to RESTORE_IN_FLIGHT calls at once: the next frame is read,
+        // checked and sent while the cluster writes the one before. Frames
+        // of one shard copy hold disjoint keys, so their order does not
+        // matter; a copy is finished before the next begins (phases stay
+        // in order).
+        let mut in_flight = std::collections::VecDeque::new();
         copy.for_each_frame(from, |frame| {
-            let v = rt.block_on(async {
+            if in_flight.len() >= RESTORE_IN_FLIGHT {
+                if let Some(call) = in_flight.pop_front() {
+                    pairs += restored_pairs(rt.block_on(call))?;
+                }
+            }
+            let (client, url, secret) = (client.clone(), url.clone(), t.admin_secret.clone());
+            in_flight.push_back(rt.spawn(async move {
                 let resp = client
                     .post(&url)
-                    .header("x-admin-secret", &t.admin_secret)
+                    .header("x-admin-secret", &secret)
                     .header("content-type", "application/octet-stream")
                     .timeout(CHANGE_TIMEOUT)
                     .body(frame)
@@ -637,10 +666,12 @@ pub fn restore(t: &Target, from: &Path, allow_nonempty: bool) -> anyhow::Result<
                     );
                 }
                 Ok(v)
-            })?;
-            pairs += v["pairs"].as_u64().unwrap_or(0);
+            }));
             Ok(())
         })?;
+        for call in in_flight {
+            pairs += restored_pairs(rt.block_on(call))?;
+        }
         ensure!(
             entry["pairs"].as_u64() == Some(pairs),
             "phase {} shard {} of the backup held {pairs} pairs, the manifest says {}",
