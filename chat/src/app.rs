@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use missive_engine::keys::Keyspace;
+use missive_engine::keys::{Keyspace, Slot};
 use missive_raft::app::{App, ClusterCommand, ClusterOutcome};
 use missive_raft::cluster::slots::SlotMap;
 use missive_raft::storage::record_source::Records;
@@ -109,6 +109,11 @@ impl App for ChatApp {
             },
             ClusterCommand::Restore { pairs } => Command::Restore { pairs },
             ClusterCommand::Checkpoint => Command::Checkpoint,
+            ClusterCommand::ReserveSplit { parent, at } => Command::ReserveSplit { parent, at },
+            ClusterCommand::RecordSplit { parent, at, child } => {
+                Command::RecordSplit { parent, at, child }
+            }
+            ClusterCommand::Split { at, child } => Command::Split { at, child },
         }
     }
 
@@ -135,6 +140,19 @@ impl App for ChatApp {
                 pairs: pairs.clone(),
             },
             Command::Checkpoint => ClusterCommand::Checkpoint,
+            Command::ReserveSplit { parent, at } => ClusterCommand::ReserveSplit {
+                parent: *parent,
+                at: *at,
+            },
+            Command::RecordSplit { parent, at, child } => ClusterCommand::RecordSplit {
+                parent: *parent,
+                at: *at,
+                child: *child,
+            },
+            Command::Split { at, child } => ClusterCommand::Split {
+                at: *at,
+                child: *child,
+            },
             _ => return None,
         })
     }
@@ -162,9 +180,31 @@ impl App for ChatApp {
 
     fn misrouted(message: String) -> Outcome {
         Outcome::Rejected {
-            code: RejectCode::Invalid,
+            code: RejectCode::Misrouted,
             message,
         }
+    }
+
+    fn is_misrouted(outcome: &Outcome) -> bool {
+        matches!(
+            outcome,
+            Outcome::Rejected {
+                code: RejectCode::Misrouted,
+                ..
+            }
+        )
+    }
+
+    fn slots_of(&self, cmd: &Command) -> Vec<Slot> {
+        cmd.routes()
+            .into_iter()
+            .filter_map(|r| match r {
+                Route::Conversation(c) => Some(Slot::of_conversation(c)),
+                Route::User(u) => Some(Slot::of_user(u.0)),
+                Route::Slot(s) => Some(s),
+                Route::Directory | Route::Empty => None,
+            })
+            .collect()
     }
 
     fn shard_of(&self, slots: &SlotMap, cmd: &Command) -> Result<ShardId> {

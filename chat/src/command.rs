@@ -22,7 +22,8 @@
 //! so that every entry ever written still decodes (`tests/formats.rs`).
 //! Chat never runs them; the runtime does, on the metadata group. Outcome
 //! variant 7 (`Directory`) is their outcome, likewise. The last variant,
-//! `Restore` and `Checkpoint` are the runtime's too: a backup's records put
+//! `Restore` and `Checkpoint` are the runtime's too (and, appended after
+//! them, `ReserveSplit`, `RecordSplit` and `Split`): a backup's records put
 //! into a data shard, and a verification point (they have no route: the
 //! runtime names the shard).
 
@@ -602,6 +603,30 @@ pub enum Command {
         /// Previews on.
         on: bool,
     },
+    /// The runtime's `ClusterCommand::ReserveSplit` (metadata group).
+    ReserveSplit {
+        /// The shard to split.
+        parent: ShardId,
+        /// The first slot the child takes.
+        at: u16,
+    },
+    /// The runtime's `ClusterCommand::RecordSplit` (metadata group).
+    RecordSplit {
+        /// The shard split.
+        parent: ShardId,
+        /// The first slot the child took.
+        at: u16,
+        /// The new shard.
+        child: ShardId,
+    },
+    /// The runtime's `ClusterCommand::Split`: the cut in a data shard's
+    /// log. Chat never runs it.
+    Split {
+        /// The first slot the child takes.
+        at: u16,
+        /// The new shard.
+        child: ShardId,
+    },
 }
 
 /// The most entries (`reindex` + `drop`) one [`Command::RepairIndex`]
@@ -751,8 +776,10 @@ impl Command {
             | Command::RevokeSessions { user, .. } => Route::User(*user),
             Command::RegisterNode { .. }
             | Command::ForgetNode { .. }
-            | Command::ReportPlacement { .. } => Route::Directory,
-            Command::Restore { .. } | Command::Checkpoint => Route::Empty,
+            | Command::ReportPlacement { .. }
+            | Command::ReserveSplit { .. }
+            | Command::RecordSplit { .. } => Route::Directory,
+            Command::Restore { .. } | Command::Checkpoint | Command::Split { .. } => Route::Empty,
             Command::RaiseHeads { conv, .. } | Command::RepairIndex { conv, .. } => {
                 Route::Conversation(*conv)
             }
@@ -824,6 +851,11 @@ pub enum RejectCode {
     /// The conversation is end-to-end encrypted and the command would put
     /// plaintext (or a change the server cannot make to ciphertext) there.
     Encrypted,
+    /// The command reached a shard that does not own its slots (routed by
+    /// a slot map from before a split): nothing was written; the writer
+    /// refreshes its map and tries again. A client sees it only if that
+    /// ran out of time, as a retryable refusal.
+    Misrouted,
 }
 
 impl RejectCode {
@@ -842,6 +874,7 @@ impl RejectCode {
             RejectCode::BadImage => "bad_image",
             RejectCode::OffsetMismatch => "offset_mismatch",
             RejectCode::Encrypted => "encrypted",
+            RejectCode::Misrouted => "misrouted",
         }
     }
 }

@@ -100,18 +100,33 @@ const SAFETY_SCAN: Duration = Duration::from_secs(10);
 /// How long one write may wait out an election.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs one worker per shard of this node until `stop` turns true.
-pub(crate) async fn run(inner: Arc<Node<ChatApp>>, hooks: Arc<Hooks>, stop: watch::Receiver<bool>) {
+/// Runs one worker per shard of this node until `stop` turns true, and
+/// one more for each group a split opens here later.
+pub(crate) async fn run(
+    inner: Arc<Node<ChatApp>>,
+    hooks: Arc<Hooks>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut workers = tokio::task::JoinSet::new();
-    // The metadata group has no outboxes.
-    let shards: Vec<ShardId> = inner.groups().filter(|s| !s.is_directory()).collect();
-    for shard in shards {
-        workers.spawn(shard_worker(
-            Arc::clone(&inner),
-            Arc::clone(&hooks),
-            shard,
-            stop.clone(),
-        ));
+    let mut running = std::collections::BTreeSet::new();
+    let mut added = inner.groups_changed();
+    loop {
+        // The metadata group has no outboxes.
+        let shards: Vec<ShardId> = inner.groups().filter(|s| !s.is_directory()).collect();
+        for shard in shards {
+            if running.insert(shard) {
+                workers.spawn(shard_worker(
+                    Arc::clone(&inner),
+                    Arc::clone(&hooks),
+                    shard,
+                    stop.clone(),
+                ));
+            }
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            r = added.changed() => if r.is_err() { break },
+        }
     }
     while workers.join_next().await.is_some() {}
 }

@@ -161,6 +161,36 @@ pub enum ClusterCommand {
     /// every entry before this one. Its outcome is its entry's index.
     /// Refused on the metadata group.
     Checkpoint,
+    /// Metadata group: reserves the id of the shard a split of `parent` at
+    /// slot `at` will create (`ClusterMap::reserve`; the id is read back
+    /// from the map).
+    ReserveSplit {
+        /// The shard to split.
+        parent: ShardId,
+        /// The first slot the child takes.
+        at: u16,
+    },
+    /// Metadata group: the split of `parent` at `at` into `child` is cut
+    /// in the parent's log; route the child's slots to it. Idempotent.
+    RecordSplit {
+        /// The shard split.
+        parent: ShardId,
+        /// The first slot the child took.
+        at: u16,
+        /// The new shard.
+        child: ShardId,
+    },
+    /// A data shard: gives its slots from `at` on to the new shard `child`
+    /// (the cut; see `state_machine`'s essay). Its outcome is the cut's
+    /// log index; refused, the same on every replica, unless the shard
+    /// owns `at` and a slot below it, `child` has no state on record here,
+    /// and the shard's configuration is not joint.
+    Split {
+        /// The first slot the child takes.
+        at: u16,
+        /// The new shard (reserved in the cluster map).
+        child: ShardId,
+    },
 }
 
 /// A cluster command's outcome: the map's version after it (not bumped if
@@ -214,6 +244,16 @@ pub trait App: Debug + Send + Sync + 'static {
     /// The one data shard `cmd` acts on. A command spanning shards, or
     /// naming nothing, is refused here, before anything is proposed.
     fn shard_of(&self, slots: &SlotMap, cmd: &Self::Command) -> Result<ShardId>;
+
+    /// The slots an application command acts on. Apply refuses a command
+    /// naming a slot its shard does not own (a writer routed by a map from
+    /// before a split) with [`App::misrouted`], and the writer refreshes
+    /// its map and tries again. Empty: nothing to check.
+    fn slots_of(&self, cmd: &Self::Command) -> Vec<missive_engine::keys::Slot>;
+
+    /// Whether `outcome` is [`App::misrouted`]'s: nothing was written, the
+    /// command belongs to another shard.
+    fn is_misrouted(outcome: &Self::Outcome) -> bool;
 
     /// Whether `cmd` is the node's own background work (served before
     /// client writes in the shard's batcher; see `batcher`).

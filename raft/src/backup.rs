@@ -163,7 +163,7 @@ impl<A: App> Shared<A> {
                 phases.len()
             ))
         })?;
-        let (view, applied) = pin(&self.lsm, &self.slots, shard, keyspaces)?;
+        let (view, applied) = pin(&self.lsm, &self.slot_map(), shard, keyspaces)?;
         let token = self.backups.register(shard, view)?;
         Ok(ReadResult::BackupOpened {
             token,

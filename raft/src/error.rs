@@ -63,6 +63,18 @@ pub enum Error {
     #[error("{0} is not hosted on this node")]
     NoSuchShard(ShardId),
 
+    /// The shard no longer owns the slot asked about: a split gave it to
+    /// another shard after the caller's slot map was made. Nothing was
+    /// read or written; route again with a fresh map (`Node::read` and
+    /// `Node::write` do).
+    #[error("{shard} does not own that slot (it split): {reason}")]
+    Misrouted {
+        /// The shard asked.
+        shard: ShardId,
+        /// What it said.
+        reason: String,
+    },
+
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] missive_engine::Error),

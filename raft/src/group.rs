@@ -14,6 +14,7 @@ use missive_engine::lsm::Lsm;
 
 use crate::app::App;
 use crate::cluster::slots::SlotMap;
+use crate::cluster::split::Ownership;
 use crate::error::{Error, Result};
 use crate::ids::{NodeAddr, NodeId, ShardId};
 use crate::shared::GroupCounters;
@@ -63,19 +64,21 @@ impl<A: App> GroupOpener<A> {
         shard: ShardId,
         elect: bool,
         seen: &Arc<GroupCounters>,
+        owned: &Arc<Ownership>,
     ) -> Result<Opened<A>> {
         let store =
             LogStore::new(Arc::clone(&self.log), shard).with_durable_horizon(Arc::clone(&self.lsm));
         let unconfirmed = store
             .tail_unconfirmed()
             .map_err(|e| Error::Fatal(format!("{shard}: reading its log: {e}")))?;
-        let sm = StateMachine::open(
+        let sm = StateMachine::open_owned(
             Arc::clone(&self.app),
             Arc::clone(&self.lsm),
             slots,
             shard,
             self.snapshot_dir.clone(),
             Arc::clone(&self.hooks),
+            Arc::clone(owned),
         )?;
         let net = NetworkFactory::new(Arc::clone(&self.peers), shard);
         let raft = Raft::new(self.id, Arc::clone(&self.config), net, store, sm)
@@ -95,6 +98,39 @@ impl<A: App> GroupOpener<A> {
         }
         tokio::spawn(count_events(raft.metrics(), Arc::clone(seen)));
         Ok(Opened { raft, unconfirmed })
+    }
+}
+
+impl<A: App> GroupOpener<A> {
+    /// Opens `shard`'s group (see [`GroupOpener::open`]) and starts its
+    /// batcher; returns the group and the batcher's task.
+    pub(crate) async fn start(
+        &self,
+        slots: &SlotMap,
+        shard: ShardId,
+        seen: Arc<GroupCounters>,
+        max_batch: usize,
+    ) -> Result<(crate::shared::Group<A>, tokio::task::JoinHandle<()>)> {
+        let owned = Arc::new(Ownership::default());
+        let opened = self.open(slots, shard, true, &seen, &owned).await?;
+        let cell = Arc::new(crate::shared::RaftCell::new(opened.raft));
+        let (tx, clients) = tokio::sync::mpsc::channel(4 * max_batch.max(1));
+        let (system_tx, system) = tokio::sync::mpsc::channel(4 * max_batch.max(1));
+        let task = tokio::spawn(crate::write::batcher::run(
+            Arc::clone(&cell),
+            shard,
+            crate::write::batcher::Lanes { system, clients },
+            max_batch.max(1),
+        ));
+        let group = crate::shared::Group {
+            cell,
+            batcher: tx,
+            system: system_tx,
+            stale_ok: std::sync::atomic::AtomicBool::new(!opened.unconfirmed),
+            seen,
+            owned,
+        };
+        Ok((group, task))
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use openraft::error::{InitializeError, RaftError};
@@ -42,18 +42,18 @@ use crate::cluster::locations::Locations;
 use crate::cluster::placement::{Change, Placement};
 use crate::cluster::retired::Retired;
 use crate::cluster::slots::SlotMap;
+use crate::cluster::split;
 use crate::cluster::wipe;
 use crate::error::{Error, Result};
 use crate::group::{GroupOpener, GROUP_START_WAIT};
 use crate::ids::{NodeAddr, NodeId, ShardId};
-use crate::shared::{Group, GroupCounters, RaftCell, Shared};
+use crate::shared::{GroupCounters, Shared};
 use crate::storage::snapshot_receive::SnapshotReceiver;
 use crate::storage::state_machine::ApplyHooks;
 use crate::transport::client::Peers;
 use crate::transport::server::{self, Dispatch};
 use crate::transport::{ReadOp, ReadResult, Rpc};
 use crate::types::Raft;
-use crate::write::batcher;
 
 /// Raft timing, in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +173,7 @@ impl<A: App> Node<A> {
             return Err(Error::InvalidArgument("node id 0 is reserved".into()));
         }
         let slots = SlotMap::even(cfg.shards)?;
+        let founding = slots.clone();
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| io("create", &cfg.data_dir, e))?;
         check_identity(
             &cfg.data_dir,
@@ -233,8 +234,11 @@ impl<A: App> Node<A> {
             // (`cluster::wipe`).
             let seen = Arc::new(GroupCounters::default());
             if retired.contains(shard) {
-                let (log, lsm, ranges) =
-                    (Arc::clone(&log), Arc::clone(&lsm), slots.key_ranges(shard));
+                let (log, lsm, ranges) = (
+                    Arc::clone(&log),
+                    Arc::clone(&lsm),
+                    split::ranges_on_record(&lsm, &slots, shard)?,
+                );
                 let deleted = tokio::task::spawn_blocking(move || {
                     wipe::wipe_storage(&log, &lsm, shard, &ranges)
                 })
@@ -244,26 +248,20 @@ impl<A: App> Node<A> {
                 retired.revive(shard)?;
                 seen.wipes.fetch_add(1, Ordering::Relaxed);
             }
-            let opened = opener.open(&slots, shard, true, &seen).await?;
-            let cell = Arc::new(RaftCell::new(opened.raft));
-            let (tx, clients) = mpsc::channel(4 * cfg.max_batch.max(1));
-            let (system_tx, system) = mpsc::channel(4 * cfg.max_batch.max(1));
-            tasks.push(tokio::spawn(batcher::run(
-                Arc::clone(&cell),
-                shard,
-                batcher::Lanes { system, clients },
-                cfg.max_batch.max(1),
-            )));
-            groups.insert(
-                shard,
-                Group {
-                    cell,
-                    batcher: tx,
-                    system: system_tx,
-                    stale_ok: AtomicBool::new(!opened.unconfirmed),
-                    seen,
-                },
-            );
+            let (group, task) = opener.start(&slots, shard, seen, cfg.max_batch).await?;
+            tasks.push(task);
+            groups.insert(shard, Arc::new(group));
+        }
+        // Groups a split created here (their owner records are in the LSM)
+        // beyond the founding map's.
+        for shard in split::owner_records(&lsm)? {
+            if groups.contains_key(&shard) {
+                continue;
+            }
+            let seen = Arc::new(GroupCounters::default());
+            let (group, task) = opener.start(&slots, shard, seen, cfg.max_batch).await?;
+            tasks.push(task);
+            groups.insert(shard, Arc::new(group));
         }
         let inner = Arc::new(Shared {
             app,
@@ -271,8 +269,12 @@ impl<A: App> Node<A> {
             addr,
             lsm,
             log,
-            slots,
-            groups,
+            slots: std::sync::RwLock::new(Arc::new(slots)),
+            groups: std::sync::RwLock::new(groups),
+            groups_changed: watch::channel(0).0,
+            founding: founding.clone(),
+            late_tasks: std::sync::Mutex::new(Vec::new()),
+            max_batch: cfg.max_batch.max(1),
             peers,
             retired,
             locations: Locations::default(),
@@ -320,8 +322,8 @@ impl<A: App> Node<A> {
     }
 
     /// The slot map.
-    pub fn slots(&self) -> &SlotMap {
-        &self.inner.slots
+    pub fn slots(&self) -> Arc<SlotMap> {
+        self.inner.slot_map()
     }
 
     /// The connection pool (tests route it through fault proxies).
@@ -331,11 +333,7 @@ impl<A: App> Node<A> {
 
     /// The shard's Raft handle (metrics, membership changes).
     pub fn raft(&self, shard: ShardId) -> Result<Raft<A>> {
-        self.inner
-            .groups
-            .get(&shard)
-            .map(|g| g.raft())
-            .ok_or(Error::NoSuchShard(shard))
+        self.inner.group(shard).map(|g| g.raft())
     }
 
     /// Initializes every group this node is a replica of: `replicas` nodes
@@ -368,7 +366,7 @@ impl<A: App> Node<A> {
         self.inner.locations.add_seeds(members);
         let ids: Vec<NodeId> = members.keys().copied().collect();
         let r = replicas.clamp(1, ids.len());
-        for (shard, g) in &self.inner.groups {
+        for (shard, g) in &self.inner.group_list() {
             // Data shard s starts at position s − 1; the metadata group at 0.
             let first = shard.0.saturating_sub(1) as usize;
             let picked: BTreeMap<NodeId, NodeAddr> = (0..r)
@@ -502,7 +500,7 @@ impl<A: App> Node<A> {
             directory::JOIN_WAIT,
         )
         .await?;
-        let mine = self.inner.slots.shard_count();
+        let mine = self.inner.founding.shard_count();
         if theirs != mine {
             return Err(Error::Refused(format!(
                 "node {} was started with {mine} shards; this cluster has {theirs}",
@@ -552,8 +550,7 @@ impl<A: App> Node<A> {
     /// or an unreachable leader); never retries a write whose outcome is
     /// unknown. A command the application refuses is an `Ok` outcome.
     pub async fn write(&self, command: A::Command, election_wait: Duration) -> Result<A::Outcome> {
-        let shard = self.inner.app.shard_of(&self.inner.slots, &command)?;
-        self.inner.write(shard, command, election_wait).await
+        self.inner.write_routed(command, election_wait).await
     }
 
     /// [`Node::write`] to a shard the caller chose (the application's
@@ -567,6 +564,19 @@ impl<A: App> Node<A> {
         self.inner.write(shard, command, election_wait).await
     }
 
+    /// Splits `parent` at slot `at` (its middle slot if `None`) into a new
+    /// shard on the same replicas, online: see `cluster::split`. Any node
+    /// may call it.
+    pub async fn split(&self, parent: ShardId, at: Option<u16>) -> Result<split::SplitDone> {
+        self.inner.split(parent, at).await
+    }
+
+    /// Changes when this node opened a group after start (a split's
+    /// child): per-group work should look at [`Node::groups`] again.
+    pub fn groups_changed(&self) -> watch::Receiver<u64> {
+        self.inner.groups_changed.subscribe()
+    }
+
     /// Whether this node leads `shard` now (as far as it knows).
     pub fn leads(&self, shard: ShardId) -> bool {
         self.inner.leads(shard)
@@ -575,7 +585,7 @@ impl<A: App> Node<A> {
     /// Every group this node has (hosted or not): the metadata group and
     /// every data shard.
     pub fn groups(&self) -> impl Iterator<Item = ShardId> + '_ {
-        self.inner.groups.keys().copied()
+        self.inner.group_ids().into_iter()
     }
 
     /// The application this node runs.
@@ -623,7 +633,7 @@ impl<A: App> Node<A> {
     /// `shard`'s Raft state here and what this node saw of it since it
     /// started (None: not a group of this node).
     pub fn group_stats(&self, shard: ShardId) -> Option<GroupStats> {
-        let g = self.inner.groups.get(&shard)?;
+        let g = self.inner.group(shard).ok()?;
         let m = g.raft().metrics().borrow().clone();
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         Some(GroupStats {
@@ -729,11 +739,21 @@ impl<A: App> Node<A> {
             let _wiping = self.inner.wiping.lock().await;
             self.inner.stopping.store(true, Ordering::SeqCst);
         }
-        for g in self.inner.groups.values() {
+        for (_, g) in self.inner.group_list() {
             let _ = g.raft().shutdown().await;
         }
-        for t in &self.tasks {
+        let late: Vec<_> = std::mem::take(
+            &mut *self
+                .inner
+                .late_tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for t in self.tasks.iter().chain(late.iter()) {
             t.abort();
+        }
+        for t in late {
+            let _ = t.await;
         }
         for t in self.tasks {
             let _ = t.await;

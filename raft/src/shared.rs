@@ -75,6 +75,8 @@ pub(crate) struct Group<A: App> {
     pub(crate) stale_ok: AtomicBool,
     /// What this node saw of the group since it started.
     pub(crate) seen: Arc<GroupCounters>,
+    /// The slots the group's state machine owns (`cluster::split`).
+    pub(crate) owned: Arc<crate::cluster::split::Ownership>,
 }
 
 /// Events of one group as this node saw them, counted since it started
@@ -111,10 +113,21 @@ pub(crate) struct Shared<A: App> {
     pub(crate) lsm: Arc<Lsm>,
     /// The node's one log: every group's Raft log.
     pub(crate) log: Arc<Log>,
-    /// The slot → shard map.
-    pub(crate) slots: SlotMap,
-    /// Every group, hosted or not: the metadata group and each data shard.
-    pub(crate) groups: BTreeMap<ShardId, Group<A>>,
+    /// The slot → shard map this node routes by: the founding map, then
+    /// the cluster map's routing map as it learns it (`cluster::split`).
+    pub(crate) slots: std::sync::RwLock<Arc<SlotMap>>,
+    /// Every group, hosted or not: the metadata group and each data shard
+    /// (a split adds one: see [`Shared::groups_changed`]).
+    pub(crate) groups: std::sync::RwLock<BTreeMap<ShardId, Arc<Group<A>>>>,
+    /// The founding slot map (`SlotMap::even` of the node's shard count):
+    /// what it registers with (the cluster map compares founding maps).
+    pub(crate) founding: SlotMap,
+    /// Bumped when a group was added to `groups`.
+    pub(crate) groups_changed: watch::Sender<u64>,
+    /// The batchers of groups opened after start (stopped at shutdown).
+    pub(crate) late_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// How many commands a batcher packs into one entry.
+    pub(crate) max_batch: usize,
     /// What apply tells the rest of the node (and counts).
     pub(crate) hooks: Arc<ApplyHooks>,
     /// Connections to the other nodes.
@@ -145,22 +158,70 @@ pub(crate) struct Shared<A: App> {
 }
 
 impl<A: App> Shared<A> {
-    /// `shard`'s group ([`Error::NoSuchShard`] if the slot map has none).
-    pub(crate) fn group(&self, shard: ShardId) -> Result<&Group<A>> {
-        self.groups.get(&shard).ok_or(Error::NoSuchShard(shard))
+    /// `shard`'s group ([`Error::NoSuchShard`] if this node has none).
+    pub(crate) fn group(&self, shard: ShardId) -> Result<Arc<Group<A>>> {
+        self.groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&shard)
+            .cloned()
+            .ok_or(Error::NoSuchShard(shard))
+    }
+
+    /// Every group this node has, in id order.
+    pub(crate) fn group_list(&self) -> Vec<(ShardId, Arc<Group<A>>)> {
+        self.groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(s, g)| (*s, Arc::clone(g)))
+            .collect()
+    }
+
+    /// The ids of every group this node has, in order.
+    pub(crate) fn group_ids(&self) -> Vec<ShardId> {
+        self.groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// The slot map this node routes by now.
+    pub(crate) fn slot_map(&self) -> Arc<SlotMap> {
+        Arc::clone(
+            &self
+                .slots
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Takes `map` to route by if it is newer than the one held.
+    pub(crate) fn adopt_slots(&self, map: &SlotMap) -> bool {
+        let mut cur = self
+            .slots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.version > cur.version {
+            *cur = Arc::new(map.clone());
+            true
+        } else {
+            false
+        }
     }
 
     /// Whether this node leads `shard` now (as far as it knows).
     pub(crate) fn leads(&self, shard: ShardId) -> bool {
-        self.groups
-            .get(&shard)
-            .is_some_and(|g| g.raft().metrics().borrow().current_leader == Some(self.id))
+        self.group(shard)
+            .is_ok_and(|g| g.raft().metrics().borrow().current_leader == Some(self.id))
     }
 
     /// Whether this node replicates `shard` now: its group's configuration
     /// names this node (voter or learner) and the replica is not retired.
     pub(crate) fn hosts(&self, shard: ShardId) -> bool {
-        let Some(g) = self.groups.get(&shard) else {
+        let Ok(g) = self.group(shard) else {
             return false;
         };
         let named = g
@@ -179,7 +240,7 @@ impl<A: App> Shared<A> {
     /// read-index wait would time out, so its reads are routed.
     pub(crate) fn votes_in(&self, shard: ShardId) -> bool {
         self.hosts(shard)
-            && self.groups.get(&shard).is_some_and(|g| {
+            && self.group(shard).is_ok_and(|g| {
                 g.raft()
                     .metrics()
                     .borrow()

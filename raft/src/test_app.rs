@@ -59,7 +59,7 @@ impl App for Kv {
         }
     }
     fn misrouted(message: String) -> KvOutcome {
-        KvOutcome::Refused(message)
+        KvOutcome::Refused(format!("misrouted: {message}"))
     }
     fn shard_of(&self, slots: &SlotMap, cmd: &KvCommand) -> Result<ShardId> {
         match cmd {
@@ -68,6 +68,17 @@ impl App for Kv {
                 .ok_or_else(|| Error::InvalidArgument("short key".into())),
             KvCommand::Cluster(_) => Ok(ShardId::DIRECTORY),
         }
+    }
+    fn slots_of(&self, cmd: &KvCommand) -> Vec<missive_engine::keys::Slot> {
+        match cmd {
+            KvCommand::Put { key, .. } | KvCommand::Delete { key } => {
+                slot_of(key).into_iter().collect()
+            }
+            KvCommand::Cluster(_) => Vec::new(),
+        }
+    }
+    fn is_misrouted(outcome: &KvOutcome) -> bool {
+        matches!(outcome, KvOutcome::Refused(m) if m.starts_with("misrouted"))
     }
     fn is_system(_: &KvCommand) -> bool {
         false

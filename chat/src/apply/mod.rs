@@ -146,13 +146,15 @@ pub(crate) fn run(
     match cmd {
         Command::RegisterNode { .. }
         | Command::ForgetNode { .. }
-        | Command::ReportPlacement { .. } => Ok(reject(
+        | Command::ReportPlacement { .. }
+        | Command::ReserveSplit { .. }
+        | Command::RecordSplit { .. } => Ok(reject(
             RejectCode::Invalid,
             "a cluster map command cannot run on a data shard",
         )),
-        Command::Restore { .. } | Command::Checkpoint => Ok(reject(
+        Command::Restore { .. } | Command::Checkpoint | Command::Split { .. } => Ok(reject(
             RejectCode::Invalid,
-            "a restore or a checkpoint is the runtime's, not the chat rules'",
+            "a restore, a checkpoint or a split is the runtime's, not the chat rules'",
         )),
         Command::RaiseHeads { conv, seq, eseq } => a.raise_heads(*conv, *seq, *eseq, stamp),
         Command::CreateConversation {

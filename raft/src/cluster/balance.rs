@@ -103,7 +103,7 @@ fn next_hand_over<A: App>(
     inner: &Shared<A>,
     last: &BTreeMap<ShardId, Instant>,
 ) -> Option<(ShardId, NodeId)> {
-    for (shard, g) in &inner.groups {
+    for (shard, g) in &inner.group_list() {
         if last.get(shard).is_some_and(|t| t.elapsed() < AGAIN_AFTER) {
             continue;
         }

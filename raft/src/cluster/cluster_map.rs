@@ -27,6 +27,74 @@ pub struct ClusterMap {
     pub forgotten: BTreeSet<NodeId>,
     /// Each group's replicas as its leader last reported them.
     pub shards: BTreeMap<ShardId, ShardEntry>,
+    /// The slot map after the splits recorded so far (`None`: none yet, the
+    /// founding `slots` rule). Record version 2.
+    pub routing: Option<SlotMap>,
+    /// Shard ids reserved for splits not recorded yet: child → (parent, the
+    /// first slot it takes). Record version 2.
+    pub reserved: BTreeMap<ShardId, (ShardId, u16)>,
+}
+
+/// The record's version-1 shape (every field before `routing`): what
+/// builds before splits wrote, and what a map with no split is still
+/// written as, so that a node of such a build can read it.
+#[derive(Serialize, Deserialize)]
+struct ClusterMapV1 {
+    version: u64,
+    slots: Option<SlotMap>,
+    nodes: BTreeMap<NodeId, String>,
+    forgotten: BTreeSet<NodeId>,
+    shards: BTreeMap<ShardId, ShardEntry>,
+}
+
+/// The record's format versions (see `directory`'s essay).
+const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
+
+/// The map's record bytes: version 1 while no split was reserved or
+/// recorded, else version 2.
+pub(crate) fn encode(map: &ClusterMap) -> crate::error::Result<Vec<u8>> {
+    let out = if map.routing.is_none() && map.reserved.is_empty() {
+        let v1 = ClusterMapV1 {
+            version: map.version,
+            slots: map.slots.clone(),
+            nodes: map.nodes.clone(),
+            forgotten: map.forgotten.clone(),
+            shards: map.shards.clone(),
+        };
+        postcard::to_extend(&v1, vec![RECORD_V1])
+    } else {
+        postcard::to_extend(map, vec![RECORD_V2])
+    };
+    out.map_err(|e| crate::error::Error::malformed("cluster map", e))
+}
+
+/// Reads a map record of either version.
+pub(crate) fn decode(bytes: &[u8]) -> crate::error::Result<ClusterMap> {
+    let bad = |e: postcard::Error| crate::error::Error::malformed("cluster map", e);
+    match bytes.split_first() {
+        Some((&RECORD_V1, rest)) => {
+            let v1: ClusterMapV1 = postcard::from_bytes(rest).map_err(bad)?;
+            Ok(ClusterMap {
+                version: v1.version,
+                slots: v1.slots,
+                nodes: v1.nodes,
+                forgotten: v1.forgotten,
+                shards: v1.shards,
+                routing: None,
+                reserved: BTreeMap::new(),
+            })
+        }
+        Some((&RECORD_V2, rest)) => postcard::from_bytes(rest).map_err(bad),
+        Some((v, _)) => Err(crate::error::Error::malformed(
+            "cluster map",
+            format!("record version {v}, this build reads 1 and 2"),
+        )),
+        None => Err(crate::error::Error::malformed(
+            "cluster map",
+            "empty record",
+        )),
+    }
 }
 
 /// One group's replicas as recorded in the map.
@@ -51,6 +119,76 @@ impl From<&Placement> for ShardEntry {
 }
 
 impl ClusterMap {
+    /// The slot map to route by: the founding map with every recorded
+    /// split (`None` before the first node registered).
+    pub fn current_slots(&self) -> Option<&SlotMap> {
+        self.routing.as_ref().or(self.slots.as_ref())
+    }
+
+    /// Reserves the id of `parent`'s child for a split at slot `at`: the
+    /// first id neither the slot map nor a reservation names. The same
+    /// request again (a retried call) gets the same id. `Err` if the split
+    /// is not possible on the current map.
+    pub fn reserve(&mut self, parent: ShardId, at: u16) -> std::result::Result<bool, String> {
+        let Some(current) = self.current_slots() else {
+            return Err("the cluster has no slot map yet".into());
+        };
+        if self.reserved.values().any(|r| *r == (parent, at)) {
+            return Ok(false);
+        }
+        let next = self
+            .reserved
+            .keys()
+            .map(|c| ShardId(c.0 + 1))
+            .max()
+            .unwrap_or(ShardId(0))
+            .max(current.next_shard());
+        current.split(parent, at, next).map_err(|e| e.to_string())?;
+        self.reserved.insert(next, (parent, at));
+        Ok(true)
+    }
+
+    /// The child id reserved for splitting `parent` at `at`, if any.
+    pub fn reserved_child(&self, parent: ShardId, at: u16) -> Option<ShardId> {
+        self.reserved
+            .iter()
+            .find(|(_, r)| **r == (parent, at))
+            .map(|(c, _)| *c)
+    }
+
+    /// Records a split the parent's log has made: the routing map gives
+    /// the child its slots. Idempotent (a split recorded already changes
+    /// nothing); `Err` if no reservation matches.
+    pub fn record_split(
+        &mut self,
+        parent: ShardId,
+        at: u16,
+        child: ShardId,
+    ) -> std::result::Result<bool, String> {
+        if self.reserved.get(&child) != Some(&(parent, at)) {
+            let done = self
+                .current_slots()
+                .and_then(|m| m.slots(child))
+                .is_some_and(|r| r.start == at && !r.is_empty());
+            return if done {
+                Ok(false)
+            } else {
+                Err(format!(
+                    "no split of {parent} at slot {at} into {child} was reserved"
+                ))
+            };
+        }
+        let Some(current) = self.current_slots() else {
+            return Err("the cluster has no slot map yet".into());
+        };
+        let next = current
+            .split(parent, at, child)
+            .map_err(|e| e.to_string())?;
+        self.routing = Some(next);
+        self.reserved.remove(&child);
+        Ok(true)
+    }
+
     /// Records `node` at `addr`. `Ok(true)` if that changed the map;
     /// `Err(why)` if the node was forgotten or its slot map is not the
     /// cluster's.
@@ -156,6 +294,11 @@ pub(crate) fn execute(map: &mut ClusterMap, cmd: &ClusterCommand) -> ClusterOutc
         }
         ClusterCommand::Checkpoint => {
             Err("verification checkpoints are for data shards, not the cluster map".to_string())
+        }
+        ClusterCommand::ReserveSplit { parent, at } => map.reserve(*parent, *at),
+        ClusterCommand::RecordSplit { parent, at, child } => map.record_split(*parent, *at, *child),
+        ClusterCommand::Split { .. } => {
+            Err("a split is cut in the parent shard's log, not the cluster map".to_string())
         }
     }?;
     if changed {

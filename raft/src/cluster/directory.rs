@@ -73,7 +73,6 @@ use crate::error::{Error, Result};
 use crate::ids::{NodeId, ShardId};
 use crate::read::Consistency;
 use crate::shared::Shared;
-use crate::storage::codec;
 use crate::storage::meta::cluster_map_key;
 use crate::transport::{ReadOp, ReadResult, Reply, Rpc};
 
@@ -132,7 +131,7 @@ pub async fn cluster_shard_count<A: App>(
             {
                 Ok(Reply::Read(Ok(ReadResult::Value(v)))) => {
                     let map: ClusterMap = match v {
-                        Some(v) => codec::decode("cluster map", &v)?,
+                        Some(v) => crate::cluster::cluster_map::decode(&v)?,
                         None => ClusterMap::default(),
                     };
                     if let Some(slots) = map.slots {
@@ -169,14 +168,14 @@ impl<A: App> Shared<A> {
     pub(crate) async fn refresh_map(&self) -> Result<Arc<ClusterMap>> {
         let key = cluster_map_key();
         let read = self
-            .read(
+            .read_once(
                 ShardId::DIRECTORY,
                 Consistency::Linearizable,
                 ReadOp::Get { key },
             )
             .await?;
         let map: ClusterMap = match read {
-            ReadResult::Value(Some(v)) => codec::decode("cluster map", &v)?,
+            ReadResult::Value(Some(v)) => crate::cluster::cluster_map::decode(&v)?,
             ReadResult::Value(None) => ClusterMap::default(),
             other => {
                 return Err(Error::Unknown {
@@ -229,7 +228,7 @@ impl<A: App> Shared<A> {
         let cmd = ClusterCommand::RegisterNode {
             node: self.id,
             addr: self.addr.clone(),
-            slots: self.slots.clone(),
+            slots: self.founding.clone(),
         };
         self.write_directory(cmd, wait).await
     }
@@ -237,7 +236,7 @@ impl<A: App> Shared<A> {
     /// Reports the configuration of every group this node leads whose
     /// entry in `map` differs.
     async fn report_placements(self: &Arc<Self>, map: &ClusterMap) {
-        for shard in self.groups.keys().copied() {
+        for shard in self.group_ids() {
             if !self.leads(shard) {
                 continue;
             }
@@ -270,7 +269,7 @@ impl<A: App> Shared<A> {
     /// map is only a hint). A replica wrongly retired would be revived by
     /// its leader's next AppendEntries.
     async fn retire_if_removed(self: &Arc<Self>, map: &ClusterMap) {
-        for shard in self.groups.keys().copied() {
+        for shard in self.group_ids() {
             let Some(entry) = map.shards.get(&shard) else {
                 continue;
             };
@@ -352,6 +351,8 @@ pub(crate) async fn run<A: App>(inner: Arc<Shared<A>>, mut stop: watch::Receiver
                 Err(e) => tracing::debug!(error = %e, "registration failed; next tick retries"),
             }
         }
+        inner.adopt_from_map().await;
+        inner.record_cuts(&map).await;
         inner.report_placements(&map).await;
         inner.retire_if_removed(&map).await;
     }

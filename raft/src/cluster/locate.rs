@@ -49,7 +49,7 @@ impl<A: App> Shared<A> {
         for (id, addr) in self.locations.seeds() {
             out.entry(id).or_insert(addr);
         }
-        for (shard, g) in &self.groups {
+        for (shard, g) in &self.group_list() {
             if self.retired.contains(*shard) {
                 continue;
             }

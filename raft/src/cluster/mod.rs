@@ -18,6 +18,8 @@
 //! - `locations` — what routing remembers (seeds, located placements).
 //! - `membership` — changing a shard's replicas (add, remove, move) at its
 //!   leader wherever that is, and retiring a removed replica.
+//! - `split` — online shard split: the cut in the parent's log, the
+//!   child group opened on the same replicas, the map's routing (essay).
 //! - `retired` — the `RETIRED` file: replicas this node no longer serves.
 //! - `wipe` — a removed replica's data, log and applied state deleted from
 //!   this node, and its group started over empty.
@@ -34,4 +36,5 @@ pub mod membership;
 pub mod placement;
 pub mod retired;
 pub mod slots;
+pub mod split;
 pub(crate) mod wipe;

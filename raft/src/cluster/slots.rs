@@ -31,12 +31,24 @@ pub const SLOTTED_KEYSPACES: [Keyspace; 8] = [
 ];
 
 /// Which shard owns which slots.
+///
+/// A cluster starts from [`SlotMap::even`]: shard `s` of `S` owns the
+/// `s`-th of `S` equal runs. An online split ([`SlotMap::split`]) gives the
+/// upper part of a shard's run to a new shard, numbered after every shard
+/// the map has named, so ids are never reused and the runs of shards are no
+/// longer in id order.
+///
+/// # Encoding (frozen: nodes' registrations carry it in metadata logs)
+///
+/// postcard of `{ version: varint, ranges: [ {start: u16, end: u16} ] }`:
+/// `ranges[i]` is the slot run of `ShardId(i + 1)`. The non-empty runs
+/// cover `0..SLOTS` without overlap; an empty run is a shard id that owns
+/// no slots (reserved for a split that was refused, or merged away).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotMap {
-    /// Bumped by every change.
+    /// 1 for an even map; bumped by every split.
     pub version: u64,
-    /// `ranges[i]` is the slot range of `ShardId(i + 1)`; together they
-    /// cover `0..SLOTS` in order without gaps.
+    /// `ranges[i]` is the slot range of `ShardId(i + 1)` (see above).
     ranges: Vec<Range<u16>>,
 }
 
@@ -59,14 +71,58 @@ impl SlotMap {
         Ok(SlotMap { version: 1, ranges })
     }
 
-    /// How many data shards.
-    pub fn shard_count(&self) -> u32 {
-        self.ranges.len() as u32
+    /// This map with `parent`'s slots from `at` on given to `child`, which
+    /// must be the next unnamed id ([`SlotMap::next_shard`]) or beyond it
+    /// (ids skipped own nothing). Refused unless `parent` owns `at` and a
+    /// slot below it.
+    pub fn split(&self, parent: ShardId, at: u16, child: ShardId) -> Result<SlotMap> {
+        let Some(run) = self.slots(parent).filter(|r| !r.is_empty()) else {
+            return Err(Error::InvalidArgument(format!("{parent} owns no slots")));
+        };
+        if at <= run.start || at >= run.end {
+            return Err(Error::InvalidArgument(format!(
+                "a split of {parent} (slots {}..{}) must fall strictly inside its run, not at {at}",
+                run.start, run.end
+            )));
+        }
+        if child < self.next_shard() {
+            return Err(Error::InvalidArgument(format!(
+                "{child} is already named by the slot map"
+            )));
+        }
+        let mut ranges = self.ranges.clone();
+        ranges.resize(child.0 as usize, 0..0);
+        if let Some(r) = ranges.get_mut(parent.0 as usize - 1) {
+            r.end = at;
+        }
+        if let Some(r) = ranges.get_mut(child.0 as usize - 1) {
+            *r = at..run.end;
+        }
+        Ok(SlotMap {
+            version: self.version + 1,
+            ranges,
+        })
     }
 
-    /// The data shards, in order (not the metadata group).
+    /// The first shard id the map has not named: where a split's child
+    /// is numbered.
+    pub fn next_shard(&self) -> ShardId {
+        ShardId(self.ranges.len() as u32 + 1)
+    }
+
+    /// How many data shards own slots.
+    pub fn shard_count(&self) -> u32 {
+        self.shards().count() as u32
+    }
+
+    /// The data shards that own slots, in id order (not the metadata
+    /// group).
     pub fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
-        (1..=self.ranges.len() as u32).map(ShardId)
+        self.ranges
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(i, _)| ShardId(i as u32 + 1))
     }
 
     /// Every Raft group of the cluster: the metadata group
@@ -75,9 +131,13 @@ impl SlotMap {
         std::iter::once(ShardId::DIRECTORY).chain(self.shards())
     }
 
-    /// The shard owning `slot`.
+    /// The shard owning `slot`. A few dozen runs at most: a scan.
     pub fn shard_of_slot(&self, slot: Slot) -> ShardId {
-        let i = self.ranges.partition_point(|r| r.end <= slot.0);
+        let i = self
+            .ranges
+            .iter()
+            .position(|r| r.contains(&slot.0))
+            .unwrap_or(0);
         ShardId(i as u32 + 1)
     }
 
@@ -91,7 +151,7 @@ impl SlotMap {
         self.shard_of_slot(Slot::of_user(user))
     }
 
-    /// The slots of a shard.
+    /// The slots of a shard (empty if it owns none).
     pub fn slots(&self, shard: ShardId) -> Option<Range<u16>> {
         let i = (shard.0 as usize).checked_sub(1)?;
         self.ranges.get(i).cloned()
@@ -103,26 +163,35 @@ impl SlotMap {
         if shard.is_directory() {
             return vec![crate::storage::meta::directory_range()];
         }
-        let Some(slots) = self.slots(shard) else {
-            return Vec::new();
-        };
-        SLOTTED_KEYSPACES
-            .iter()
-            .map(|ks| {
-                let tag = *ks as u8;
-                let mut lo = vec![tag];
-                lo.extend_from_slice(&slots.start.to_be_bytes());
-                let hi = if slots.end >= SLOTS {
-                    prefix_successor(&[tag])
-                } else {
-                    let mut h = vec![tag];
-                    h.extend_from_slice(&slots.end.to_be_bytes());
-                    Some(h)
-                };
-                (lo, hi)
-            })
-            .collect()
+        match self.slots(shard) {
+            Some(slots) => slot_key_ranges(&slots),
+            None => Vec::new(),
+        }
     }
+}
+
+/// The key ranges `[lo, hi)` of a run of slots: one per slotted keyspace
+/// (none for an empty run).
+pub fn slot_key_ranges(slots: &Range<u16>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    if slots.is_empty() {
+        return Vec::new();
+    }
+    SLOTTED_KEYSPACES
+        .iter()
+        .map(|ks| {
+            let tag = *ks as u8;
+            let mut lo = vec![tag];
+            lo.extend_from_slice(&slots.start.to_be_bytes());
+            let hi = if slots.end >= SLOTS {
+                prefix_successor(&[tag])
+            } else {
+                let mut h = vec![tag];
+                h.extend_from_slice(&slots.end.to_be_bytes());
+                Some(h)
+            };
+            (lo, hi)
+        })
+        .collect()
 }
 
 impl SlotMap {

@@ -113,14 +113,18 @@ impl<A: App> Shared<A> {
         let wipe = self.retired.contains(shard);
         if wipe {
             let (log, lsm) = (Arc::clone(&self.log), Arc::clone(&self.lsm));
-            let ranges = self.slots.key_ranges(shard);
+            let ranges =
+                crate::cluster::split::ranges_on_record(&self.lsm, &self.slot_map(), shard)?;
             let deleted =
                 tokio::task::spawn_blocking(move || wipe_storage(&log, &lsm, shard, &ranges))
                     .await
                     .map_err(|e| Error::Fatal(format!("wiping {shard}: {e}")))??;
             tracing::info!(%shard, deleted, "removed replica wiped: its data, log and applied state are gone");
         }
-        let opened = self.opener.open(&self.slots, shard, true, &g.seen).await?;
+        let opened = self
+            .opener
+            .open(&self.slot_map(), shard, true, &g.seen, &g.owned)
+            .await?;
         g.cell.replace(opened.raft);
         g.stale_ok.store(!opened.unconfirmed, Ordering::Relaxed);
         if wipe {

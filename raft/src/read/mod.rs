@@ -14,6 +14,7 @@
 
 mod read_index;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use missive_engine::keys::{ConversationId, Timestamp};
@@ -44,6 +45,32 @@ impl<A: App> Shared<A> {
     /// One read of `shard`'s data at `c`: here if this node is a voter of
     /// it (or hosts it, for a stale read), else at the leader.
     pub(crate) async fn read(
+        self: &Arc<Self>,
+        shard: ShardId,
+        c: Consistency,
+        op: ReadOp,
+    ) -> Result<ReadResult> {
+        // A slot a split moved after the caller routed: asked again of its
+        // owner under the refreshed map (a few times: each split moves a
+        // slot once).
+        let mut shard = shard;
+        let mut tries = 0;
+        loop {
+            match self.read_once(shard, c, op.clone()).await {
+                Err(Error::Misrouted { .. }) if tries < 5 => {
+                    tries += 1;
+                    match self.reroute_read(&op).await {
+                        Some(s) if s != shard => shard = s,
+                        _ => tokio::time::sleep(Duration::from_millis(20 << tries)).await,
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Shared::read`] once, at `shard`.
+    pub(crate) async fn read_once(
         &self,
         shard: ShardId,
         c: Consistency,
@@ -154,6 +181,7 @@ impl<A: App> Shared<A> {
 
     /// Serves `op` from this node's LSM (the caller decided it may).
     pub(crate) fn read_local(&self, shard: ShardId, op: &ReadOp) -> Result<ReadResult> {
+        self.check_owner(shard, op)?;
         let limit = |l: u64| usize::try_from(l).unwrap_or(usize::MAX);
         Ok(match op {
             ReadOp::BackupOpen { phase } => return self.open_backup(shard, *phase),

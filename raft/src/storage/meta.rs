@@ -5,6 +5,9 @@
 //! applied       0x50 shard:u32 0x01   → Applied (every group)
 //! cluster map   0x50 0:u32 0x02       → ClusterMap (the metadata group's
 //!                                       one record; see `directory`)
+//! owner         0x50 shard:u32 0x03   → Owner (a data shard's slots, once
+//!                                       a split has moved them; see
+//!                                       `state_machine`'s essay)
 //! ```
 //!
 //! Values are `[version: u8 = 1][postcard(struct)]` (see `codec`). All
@@ -34,6 +37,32 @@ pub fn applied_key(shard: ShardId) -> Vec<u8> {
     k.extend_from_slice(&shard.0.to_be_bytes());
     k.push(0x01);
     k
+}
+
+/// The slots a data shard owns, written by the split that changed them
+/// (for the parent and the child, in the parent's apply). A shard with no
+/// owner record owns its run of the founding even map.
+///
+/// Value: `[1][postcard { start: u16 varint, end: u16 varint }]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The slots, `[start, end)`.
+    pub slots: std::ops::Range<u16>,
+}
+
+/// Key of a data shard's owner record.
+pub fn owner_key(shard: ShardId) -> Vec<u8> {
+    let mut k = applied_key(shard);
+    k[5] = 0x03;
+    k
+}
+
+/// The key range of a shard's owner record alone (a snapshot carries it).
+pub fn owner_range(shard: ShardId) -> (Vec<u8>, Option<Vec<u8>>) {
+    let lo = owner_key(shard);
+    let mut hi = lo.clone();
+    hi[5] = 0x04;
+    (lo, Some(hi))
 }
 
 /// Key of the cluster map, the metadata group's one record (see

@@ -65,11 +65,13 @@ use missive_engine::lsm::{Direction, Lsm, WriteBatch};
 
 use crate::app::{App, BatchResponse, ClusterCommand};
 use crate::cluster::cluster_map::ClusterMap;
+use crate::cluster::slots::slot_key_ranges;
 use crate::cluster::slots::SlotMap;
+use crate::cluster::split::{self, Owned, Ownership};
 use crate::error::{Error, Result};
 use crate::ids::{ShardId, SnapshotMeta, StorageError, StoredMembership};
 use crate::storage::codec;
-use crate::storage::meta::{applied_key, cluster_map_key, Applied};
+use crate::storage::meta::{applied_key, cluster_map_key, owner_key, owner_range, Applied, Owner};
 use crate::storage::record_cache::{self, RecordCache};
 use crate::storage::record_source::Records;
 use crate::storage::snapshot::{ShardSnapshot, SnapshotSource, View};
@@ -106,6 +108,9 @@ pub struct ApplyHooks {
     pub apply_latency: missive_engine::latency::Recorder,
     /// The views pinned at verification checkpoints (see `verify`).
     pub checkpoints: crate::verify::Checkpoints,
+    /// Bumped when a shard applied a split's cut here: the node opens the
+    /// child groups whose owner records it now holds (`cluster::split`).
+    pub cuts: tokio::sync::watch::Sender<u64>,
 }
 
 impl ApplyHooks {
@@ -118,6 +123,7 @@ impl ApplyHooks {
             record_misses: AtomicU64::new(0),
             apply_latency: missive_engine::latency::Recorder::default(),
             checkpoints: crate::verify::Checkpoints::default(),
+            cuts: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -134,6 +140,10 @@ pub struct StateMachine<A: App> {
     shard: ShardId,
     hooks: Arc<ApplyHooks>,
     lsm: Arc<Lsm>,
+    /// The slots this data shard owns (`cluster::split`), shared with the
+    /// node's read path.
+    owned: Arc<Ownership>,
+    /// The key ranges of those slots (the metadata group: the map's).
     ranges: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     applied: Applied,
     /// Records apply reads, as stored (`record_cache`'s essay).
@@ -167,6 +177,21 @@ impl<A: App> StateMachine<A> {
         snapshot_dir: PathBuf,
         hooks: Arc<ApplyHooks>,
     ) -> Result<Self> {
+        let owned = Arc::new(Ownership::default());
+        Self::open_owned(app, lsm, slots, shard, snapshot_dir, hooks, owned)
+    }
+
+    /// [`StateMachine::open`], sharing what the shard owns through
+    /// `ownership` (the node's group keeps it across a wipe's reopen).
+    pub(crate) fn open_owned(
+        app: Arc<A>,
+        lsm: Arc<Lsm>,
+        slots: &SlotMap,
+        shard: ShardId,
+        snapshot_dir: PathBuf,
+        hooks: Arc<ApplyHooks>,
+        ownership: Arc<Ownership>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| {
             Error::Storage(missive_engine::Error::Io {
                 op: "create",
@@ -181,11 +206,34 @@ impl<A: App> StateMachine<A> {
                 membership: StoredMembership::default(),
             },
         };
+        let owned = if shard.is_directory() {
+            Owned::default()
+        } else {
+            match split::owner_of(|k| Ok(lsm.get(k)?), shard)? {
+                Some(o) => Owned {
+                    slots: o.slots,
+                    last_split: None,
+                },
+                None => Owned {
+                    slots: slots.slots(shard).unwrap_or(0..0),
+                    last_split: None,
+                },
+            }
+        };
+        let ranges = if shard.is_directory() {
+            slots.key_ranges(shard)
+        } else {
+            slot_key_ranges(&owned.slots)
+        };
         Ok(StateMachine {
             app,
             shard,
             hooks,
-            ranges: slots.key_ranges(shard),
+            owned: {
+                ownership.set(owned);
+                ownership
+            },
+            ranges,
             lsm,
             applied,
             records: RecordCache::new(record_cache::CACHE_BYTES),
@@ -193,6 +241,24 @@ impl<A: App> StateMachine<A> {
             snapshot_dir,
             received: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The key ranges a snapshot of this shard carries: a data shard's
+    /// owner record first (an install learns the slots from it before the
+    /// data), then its data.
+    fn snapshot_ranges(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        if self.shard.is_directory() {
+            return self.ranges.clone();
+        }
+        let mut r = vec![owner_range(self.shard)];
+        r.extend(self.ranges.iter().cloned());
+        r
+    }
+
+    /// Takes `owned` as what the shard owns (a cut, or an install).
+    fn set_owned(&mut self, owned: Owned) {
+        self.ranges = slot_key_ranges(&owned.slots);
+        self.owned.set(owned);
     }
 
     fn meta_now(&self) -> SnapshotMeta {
@@ -209,10 +275,23 @@ impl<A: App> StateMachine<A> {
         // the cache saw.
         self.records.clear();
         let mut batch = WriteBatch::new();
-        delete_ranges(&self.lsm, &self.ranges, &mut batch)?;
+        delete_ranges(&self.lsm, &self.snapshot_ranges(), &mut batch)?;
         let mut src = SnapshotSource::new(data)?;
+        // A snapshot of a data shard opens with its owner record when the
+        // shard has one (a split changed its slots): its data lies in those
+        // slots, which may not be the ones this replica thought it owned.
+        let mut owner = None;
         while let Some(chunk) = src.next_chunk()? {
             for (k, v) in chunk {
+                if !self.shard.is_directory() && k == owner_key(self.shard) && owner.is_none() {
+                    let o: Owner = codec::decode("owner record", &v)?;
+                    let ranges = slot_key_ranges(&o.slots);
+                    delete_ranges(&self.lsm, &ranges, &mut batch)?;
+                    self.ranges = ranges;
+                    owner = Some(o);
+                    batch.put(&k, &v);
+                    continue;
+                }
                 if !self.in_ranges(&k) {
                     return Err(Error::malformed(
                         "snapshot",
@@ -234,6 +313,12 @@ impl<A: App> StateMachine<A> {
         self.lsm.apply(&batch, position)?;
         self.lsm.flush()?;
         self.applied = applied;
+        if let Some(o) = owner {
+            self.set_owned(Owned {
+                slots: o.slots,
+                last_split: None,
+            });
+        }
         if let ShardSnapshot::Received(p) = data {
             let _ = std::fs::remove_file(p);
         }
@@ -252,6 +337,10 @@ impl<A: App> StateMachine<A> {
         run: &mut Run<A>,
     ) -> std::result::Result<(), StorageError> {
         let mut applied = self.applied.clone();
+        let owned = self.owned.get();
+        // Set by a cut: every later command of this run (the rest of the
+        // cut's entry: a cut is applied alone) is refused as misrouted.
+        let mut cut: Option<Owned> = None;
         let mut records = Records::new(&self.lsm, &mut self.records, &self.ranges);
         for e in entries {
             applied.last_applied = Some(e.log_id);
@@ -260,7 +349,45 @@ impl<A: App> StateMachine<A> {
                 EntryPayload::Normal(batch) => {
                     let mut outcomes = Vec::with_capacity(batch.commands.len());
                     for cmd in &batch.commands {
+                        if !self.shard.is_directory() {
+                            if cut.is_some() {
+                                outcomes.push(A::misrouted(format!(
+                                    "{} split in this entry; route again",
+                                    self.shard
+                                )));
+                                continue;
+                            }
+                            if A::as_cluster(cmd).is_none()
+                                && !self
+                                    .app
+                                    .slots_of(cmd)
+                                    .iter()
+                                    .all(|s| owned.slots.contains(&s.0))
+                            {
+                                outcomes.push(A::misrouted(format!(
+                                    "{} does not own this command's slots (it split); route again",
+                                    self.shard
+                                )));
+                                continue;
+                            }
+                        }
                         let o = match A::as_cluster(cmd) {
+                            Some(ClusterCommand::Split { at, child })
+                                if !self.shard.is_directory() =>
+                            {
+                                let (o, after) = split::apply_cut::<A>(
+                                    self.shard,
+                                    &owned,
+                                    &applied.membership,
+                                    e.log_id.index,
+                                    at,
+                                    child,
+                                    &mut records,
+                                )
+                                .map_err(|err| sm_err(ErrorVerb::Write, &err))?;
+                                cut = after;
+                                o
+                            }
                             Some(ClusterCommand::Restore { pairs })
                                 if !self.shard.is_directory() =>
                             {
@@ -305,6 +432,13 @@ impl<A: App> StateMachine<A> {
             )
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         records.written();
+        if let Some(after) = cut {
+            // The cut is in the LSM: from here on this shard owns less,
+            // and the node opens the child.
+            self.records.clear();
+            self.set_owned(after);
+            self.hooks.cuts.send_modify(|n| *n += 1);
+        }
         let (hits, misses) = self.records.take_counts();
         self.hooks.record_hits.fetch_add(hits, Ordering::Relaxed);
         self.hooks
@@ -331,6 +465,14 @@ impl<A: App> Default for Run<A> {
             newest_map: None,
             restored: false,
         }
+    }
+}
+
+/// Whether `e` carries a [`ClusterCommand::Split`].
+fn holds_cut<A: App>(e: &Entry<A>) -> bool {
+    match &e.payload {
+        EntryPayload::Normal(b) => b.commands.iter().any(split::is_cut::<A>),
+        _ => false,
     }
 }
 
@@ -476,11 +618,21 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachine<A> {
         // however each batches its apply calls (see `verify`).
         let mut pending = Vec::new();
         for e in entries {
+            if !self.shard.is_directory() && holds_cut::<A>(&e) {
+                // A cut is applied alone: the state it cuts, and what the
+                // commands after it in its entry are told, are then the
+                // same on every replica, however openraft groups entries.
+                if !pending.is_empty() {
+                    self.apply_run(std::mem::take(&mut pending), &mut run)?;
+                }
+                self.apply_run(vec![e], &mut run)?;
+                continue;
+            }
             if !self.shard.is_directory() && holds_checkpoint::<A>(&e) {
                 if !pending.is_empty() {
                     self.apply_run(std::mem::take(&mut pending), &mut run)?;
                 }
-                let view = View::new(Arc::clone(&self.lsm), self.ranges.clone());
+                let view = View::new(Arc::clone(&self.lsm), self.snapshot_ranges());
                 self.hooks
                     .checkpoints
                     .pinned(self.shard, e.log_id.index, view);
@@ -511,7 +663,7 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachine<A> {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         Builder {
             shard: self.shard,
-            view: Arc::new(View::new(Arc::clone(&self.lsm), self.ranges.clone())),
+            view: Arc::new(View::new(Arc::clone(&self.lsm), self.snapshot_ranges())),
             applied: self.applied.clone(),
             current: Arc::clone(&self.current),
             app: std::marker::PhantomData,
@@ -568,7 +720,7 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachine<A> {
             meta: self.meta_now(),
             snapshot: Box::new(ShardSnapshot::View(Arc::new(View::new(
                 Arc::clone(&self.lsm),
-                self.ranges.clone(),
+                self.snapshot_ranges(),
             )))),
         }))
     }
@@ -590,11 +742,14 @@ fn run<A: App>(
     match (A::as_cluster(cmd), shard.is_directory()) {
         (Some(c), true) => {
             let key = cluster_map_key();
-            let mut map: ClusterMap = records.get_as("cluster map", &key)?.unwrap_or_default();
+            let mut map: ClusterMap = match records.get(&key)? {
+                Some(v) => crate::cluster::cluster_map::decode(&v)?,
+                None => ClusterMap::default(),
+            };
             let before = map.version;
             let out = crate::cluster::cluster_map::execute(&mut map, &c);
             if map.version != before {
-                records.put_as(key, &map)?;
+                records.put(key, crate::cluster::cluster_map::encode(&map)?);
             }
             if let Ok(v) = out {
                 *newest_map = Some(newest_map.map_or(v, |n| n.max(v)));

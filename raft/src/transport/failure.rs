@@ -16,6 +16,7 @@ pub(crate) fn from_remote(shard: ShardId, f: RemoteFailure) -> Error {
         RemoteFailure::NotLeader { leader } => Error::NotLeader { shard, leader },
         RemoteFailure::Unavailable(reason) => Error::Unavailable { shard, reason },
         RemoteFailure::Invalid(reason) => Error::InvalidArgument(reason),
+        RemoteFailure::Misrouted(reason) => Error::Misrouted { shard, reason },
         RemoteFailure::Unknown(reason) | RemoteFailure::Failed(reason) => {
             Error::Unknown { shard, reason }
         }
@@ -52,6 +53,7 @@ pub(crate) fn to_remote(e: Error) -> RemoteFailure {
         Error::Unavailable { reason, .. } => RemoteFailure::Unavailable(reason),
         Error::Unknown { reason, .. } => RemoteFailure::Unknown(reason),
         Error::InvalidArgument(reason) => RemoteFailure::Invalid(reason),
+        Error::Misrouted { reason, .. } => RemoteFailure::Misrouted(reason),
         other => RemoteFailure::Failed(other.to_string()),
     }
 }

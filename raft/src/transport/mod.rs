@@ -319,6 +319,8 @@ pub enum RemoteFailure {
     Failed(String),
     /// The request was invalid (a bad membership change, …).
     Invalid(String),
+    /// The shard no longer owns the slot read (it split): route again.
+    Misrouted(String),
 }
 
 /// A call's answer.

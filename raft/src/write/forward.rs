@@ -68,6 +68,42 @@ impl<A: App> Shared<A> {
         }
     }
 
+    /// [`Node::write`]: routed by this node's slot map; a command the shard
+    /// refuses as misrouted (it split after the map was made: nothing was
+    /// written) is routed again with a refreshed map until the election
+    /// wait runs out.
+    pub(crate) async fn write_routed(
+        self: &Arc<Self>,
+        command: A::Command,
+        election_wait: Duration,
+    ) -> Result<A::Outcome> {
+        let deadline = tokio::time::Instant::now() + election_wait;
+        let mut backoff = RETRY_FIRST;
+        loop {
+            let shard = self.app.shard_of(&self.slot_map(), &command)?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = self.write(shard, command.clone(), left).await;
+            let misrouted = match &r {
+                Ok(o) => A::is_misrouted(o),
+                Err(Error::Misrouted { .. }) => true,
+                Err(_) => false,
+            };
+            if !misrouted || tokio::time::Instant::now() + backoff > deadline {
+                return r;
+            }
+            if let Err(e) = self.refresh_map().await {
+                tracing::debug!(error = %e, "refreshing the map after a misrouted write");
+            }
+            self.adopt_from_map().await;
+            if self.app.shard_of(&self.slot_map(), &command)? == shard {
+                // The map does not show the split yet (it is being
+                // recorded): wait a little.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+
     /// Waits until this node's view of `shard`'s leader changes (an
     /// election ended: retry at once, not after the rest of a backoff) or
     /// `backoff` passes. For a shard not hosted here there is nothing to
