@@ -59,7 +59,11 @@
 //! sequence of (node id varint, address string); `forgotten` a sequence of
 //! node id varints; `shards` a sequence of (shard id varint, `ShardEntry`:
 //! voters and learners as sequences of node id varints, `config_index`
-//! varint). Fields are append-only.
+//! varint). Fields are append-only. Record version 2 (written once a
+//! split was reserved or recorded; `cluster_map::encode`) appends `routing`
+//! (option of `SlotMap`: the founding map with every recorded split) and
+//! `reserved` (a sequence of (child shard varint, (parent shard varint,
+//! slot varint))).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
