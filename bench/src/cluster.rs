@@ -14,6 +14,10 @@
 //! between kills); the median is reported. Last, the same writer counts on
 //! the full cluster with every leader moved to node 1 and the balancer off
 //! — what one node taking every write costs against leaders spread.
+//! With `--split`, before that, shard 1 of the full cluster is split
+//! online under 64 writers (`Node::split`): the split's duration, and the
+//! commit latency p99 of the writes to shard 1's conversations before,
+//! during (from the call to half a second after it returned) and after.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,6 +63,10 @@ pub struct ClusterArgs {
     /// Print one JSON object per result instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Split shard 1 online under load and report the split's duration
+    /// and its effect on latency.
+    #[arg(long)]
+    pub split: bool,
 }
 
 type Nodes = Arc<RwLock<Vec<Option<Node>>>>;
@@ -348,6 +356,12 @@ async fn run_async(a: &ClusterArgs) -> Result<()> {
                 }
             }
         }
+        if n > 1 && a.split {
+            let r = split_under_load(&nodes, next_conv, a.body).await?;
+            next_conv += 100_000;
+            report_split(a, n, &r);
+        }
+        let _ = next_conv;
         shutdown(&nodes).await?;
         if n > 1 {
             // The anchor for balance: the same writes with one node
@@ -467,4 +481,130 @@ async fn leader_kill(nodes: &Nodes, base: u64) -> Result<(Duration, u64)> {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// What [`split_under_load`] saw.
+struct SplitRun {
+    took: Duration,
+    /// (before, during, after): p99 µs and writes, of shard 1's writes.
+    windows: [(u64, u64); 3],
+    errors: u64,
+}
+
+fn report_split(a: &ClusterArgs, n: u64, r: &SplitRun) {
+    let [b, d, f] = r.windows;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "split", "nodes": n, "took_ms": r.took.as_secs_f64() * 1e3,
+                "p99_before_us": b.0, "writes_before": b.1, "p99_during_us": d.0, "writes_during": d.1,
+                "p99_after_us": f.0, "writes_after": f.1, "errors": r.errors})
+        );
+    } else {
+        println!(
+            "split of shard 1 under 64 writers: {:.0} ms; its writes' p99 before {:.2} ms ({} writes), during {:.2} ms ({}), after {:.2} ms ({}); errors {}",
+            r.took.as_secs_f64() * 1e3,
+            b.0 as f64 / 1e3,
+            b.1,
+            d.0 as f64 / 1e3,
+            d.1,
+            f.0 as f64 / 1e3,
+            f.1,
+            r.errors
+        );
+    }
+}
+
+/// Under 64 writers (conversations over every shard), splits shard 1 at
+/// its middle slot after 3 s, runs 3 s more, and measures the latency of
+/// the writes to shard 1's conversations in three windows.
+async fn split_under_load(nodes: &Nodes, base: u64, body: usize) -> Result<SplitRun> {
+    let convs = conversations(nodes, base, 64).await?;
+    let (parent_slots, start) = {
+        let g = nodes.read().await;
+        let node = g.iter().flatten().next().context("no node")?;
+        let slots = node.slots();
+        (
+            slots.slots(ShardId(1)).context("no shard 1")?,
+            Instant::now(),
+        )
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    // (when it was sent, relative to start; latency µs) of shard 1's writes.
+    let seen: Arc<Mutex<Vec<(Duration, u64)>>> = Arc::default();
+    let body = vec![b'x'; body];
+    let mut tasks = Vec::new();
+    for (w, conv) in convs.iter().copied().enumerate() {
+        let ours = parent_slots.contains(&missive_engine::keys::Slot::of_conversation(conv).0);
+        let (nodes, stop, errors, seen, body) = (
+            nodes.clone(),
+            stop.clone(),
+            errors.clone(),
+            seen.clone(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut local = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let t = Instant::now();
+                let r = {
+                    let g = nodes.read().await;
+                    let live: Vec<&Node> = g.iter().flatten().collect();
+                    live[w % live.len()]
+                        .write(
+                            message(conv, format!("split-{w}-{i}"), &body),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                };
+                match r {
+                    Ok(_) if ours => local.push((t - start, t.elapsed().as_micros() as u64)),
+                    Ok(_) => {}
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if let Ok(mut s) = seen.lock() {
+                s.extend(local);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let called = start.elapsed();
+    let t = Instant::now();
+    {
+        let g = nodes.read().await;
+        let node = g.iter().flatten().next().context("no node")?;
+        node.split(ShardId(1), None).await?;
+    }
+    let took = t.elapsed();
+    let settled = start.elapsed() + Duration::from_millis(500);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let window = |lo: Duration, hi: Duration| {
+        let mut h = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+        for (at, us) in &seen {
+            if *at >= lo && *at < hi {
+                let _ = h.record(*us);
+            }
+        }
+        (h.value_at_quantile(0.99), h.len())
+    };
+    Ok(SplitRun {
+        took,
+        windows: [
+            window(Duration::ZERO, called),
+            window(called, settled),
+            window(settled, Duration::MAX),
+        ],
+        errors: errors.load(Ordering::Relaxed),
+    })
 }

@@ -151,6 +151,19 @@ pub const RETRY_LEADER_KNOWN_MS: u64 = 50;
 /// leader's last heartbeat).
 pub const RETRY_ELECTION_MS: u64 = 300;
 
+impl ApiError {
+    /// A shard split moved the data while the request was routed, and the
+    /// node's retries ran out before it learned where: nothing was written.
+    fn split_under_way() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the conversation's data is moving to a new shard; retry",
+        )
+        .retry_after(RETRY_LEADER_KNOWN_MS)
+    }
+}
+
 impl From<missive_raft::Error> for ApiError {
     fn from(e: missive_raft::Error) -> Self {
         use missive_raft::Error as E;
@@ -189,6 +202,10 @@ impl From<missive_raft::Error> for ApiError {
             .retry_after(500),
             E::Refused(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             E::InvalidArgument(m) => Self::invalid(m),
+            E::Misrouted { .. } => {
+                tracing::debug!(error = %e, "answering unavailable: a split moved the slot");
+                Self::split_under_way()
+            }
             other => Self::internal(&other),
         }
     }
@@ -198,6 +215,10 @@ impl From<missive_chat::Error> for ApiError {
     fn from(e: missive_chat::Error) -> Self {
         use missive_chat::Error as E;
         match e {
+            E::Rejected {
+                code: missive_chat::command::RejectCode::Misrouted,
+                ..
+            } => Self::split_under_way(),
             E::Rejected { code, message } => {
                 use missive_chat::command::RejectCode as R;
                 let status = match code {

@@ -678,3 +678,138 @@ async fn leader_of(addr: SocketAddr, shard: u32) -> u64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Online split through the admin API of a 3-node cluster while clients on
+/// every node keep sending: every acknowledged message is in its
+/// conversation's history once, in seq order with no gap, on every node;
+/// the moved conversations are served by the new shard (`/v1/admin/cluster`
+/// shows it, with its slots and its leader) and keep taking sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_splits_through_the_admin_api_while_clients_send() {
+    use missive_engine::keys::{ConversationId, Slot};
+    let dir = tempfile::tempdir().unwrap();
+    let (cfgs, nodes) = cluster(dir.path()).await;
+    let c = &cfgs[0];
+    let secret = c.auth.admin_secret.clone().unwrap();
+    let clients: Vec<Http> = nodes
+        .iter()
+        .map(|n| Http::new(n.addr(), token(c, 1, 1)))
+        .collect();
+    // Shard 1 of 4 owns slots 0..1024; the split gives 512..1024 away.
+    // Three conversations on each side of the cut.
+    let slot = |conv: &str| Slot::of_conversation(ConversationId(conv.parse().unwrap())).0;
+    let (mut moved, mut kept) = (Vec::new(), Vec::new());
+    for i in 0..400 {
+        if moved.len() == 3 && kept.len() == 3 {
+            break;
+        }
+        let conv = clients[0].group(&format!("g{i}"), &[1, 2, 3]).await;
+        match slot(&conv) {
+            512..1024 if moved.len() < 3 => moved.push(conv),
+            0..512 if kept.len() < 3 => kept.push(conv),
+            _ => {}
+        }
+    }
+    assert_eq!((moved.len(), kept.len()), (3, 3));
+    let convs: Vec<String> = moved.iter().chain(kept.iter()).cloned().collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let split = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (i, conv) in convs.iter().enumerate() {
+        let (client, conv) = (clients[i % 3].clone(), conv.clone());
+        let (stop, split) = (stop.clone(), split.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut after_split) = (Vec::new(), 0);
+            let mut n = 0;
+            // Paced, so that one page of history (200) holds them all.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 190 {
+                let done = split.load(std::sync::atomic::Ordering::Relaxed);
+                let (seq, dup) = client.send(&conv, &format!("m{n}"), "x").await;
+                assert!(!dup);
+                acked.push(seq);
+                after_split += usize::from(done);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (conv, acked, after_split)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (s, v) = admin(
+        reqwest::Method::POST,
+        format!("http://{}/v1/admin/shards/1/split", nodes[2].addr()),
+        &secret,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["parent"], 1, "{v}");
+    assert_eq!(v["child"], 5, "{v}");
+    assert_eq!(v["parent_slots"], json!([0, 512]), "{v}");
+    assert_eq!(v["child_slots"], json!([512, 1024]), "{v}");
+    split.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = Vec::new();
+    for w in writers {
+        sent.push(w.await.unwrap());
+    }
+    for (conv, acked, after_split) in &sent {
+        assert!(
+            *after_split >= 3,
+            "{conv}: {after_split} sends after the split"
+        );
+        assert!(
+            acked.len() > *after_split + 3,
+            "{conv}: {} sends",
+            acked.len()
+        );
+        for (i, client) in clients.iter().enumerate() {
+            let (s, v) = client
+                .get(&format!("/v1/conversations/{conv}/messages?limit=200"))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let mut seqs: Vec<u64> = v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["kind"] == "text")
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect();
+            seqs.sort_unstable();
+            let mut want = acked.clone();
+            want.sort_unstable();
+            assert_eq!(seqs, want, "node {}: {conv}", i + 1);
+        }
+    }
+    // The new shard is in the layout with its slots and a leader.
+    let (s, layout) = admin(
+        reqwest::Method::GET,
+        format!("http://{}/v1/admin/cluster", nodes[0].addr()),
+        &secret,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{layout}");
+    let child = layout["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["shard"] == 5)
+        .unwrap_or_else(|| panic!("no shard 5 in {layout}"));
+    assert_eq!(child["slots"], json!([512, 1024]), "{child}");
+    assert!(child["leader"].as_u64().is_some(), "{child}");
+    // A bad split point is refused with a clear error.
+    let (s, v) = admin(
+        reqwest::Method::POST,
+        format!("http://{}/v1/admin/shards/5/split", nodes[1].addr()),
+        &secret,
+        Some(json!({"at": 4000})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "invalid", "{v}");
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -241,6 +241,34 @@ pub fn shard(t: &Target, shard: u32, c: &Change) -> anyhow::Result<Output> {
     })
 }
 
+/// `shard split`: the shard's slots from `at` (default: its middle slot)
+/// go to a new shard on the same replicas, online.
+pub fn split(t: &Target, shard: u32, at: Option<u16>) -> anyhow::Result<Output> {
+    let body = json!({ "at": at });
+    let out = runtime()?.block_on(call(
+        t,
+        reqwest::Method::POST,
+        &format!("/shards/{shard}/split"),
+        Some(body),
+    ))?;
+    let run = |v: &Value| match (v[0].as_u64(), v[1].as_u64()) {
+        (Some(a), Some(b)) => format!("{a}..{b}"),
+        _ => "?".into(),
+    };
+    let text = format!(
+        "shard {} split at slot {} (its log index {}) in {} ms: shard {} keeps slots {}, new shard {} takes {}\n",
+        out["parent"],
+        out["at"],
+        out["cut_index"],
+        out["took_ms"],
+        out["parent"],
+        run(&out["parent_slots"]),
+        out["child"],
+        run(&out["child_slots"]),
+    );
+    Ok(Output { text, json: out })
+}
+
 /// `node drain`: every replica on `from` moves to `to`.
 pub fn drain(t: &Target, from: u64, to: u64, addr: &str) -> anyhow::Result<Output> {
     let rt = runtime()?;

@@ -225,6 +225,16 @@ enum ShardCommand {
         #[command(flatten)]
         moving: MoveArgs,
     },
+    /// Split the shard online: its slots from --at on (default: the middle
+    /// of its run) go to a new shard on the same replicas. No data moves;
+    /// writes for the moved slots pause for about one metadata write.
+    Split {
+        #[command(flatten)]
+        at: ShardAt,
+        /// The first slot the new shard takes.
+        #[arg(long = "at-slot")]
+        at_slot: Option<u16>,
+    },
     /// Move replicas, one at a time, from the nodes holding the most to
     /// those holding the fewest, until every node in the cluster map holds
     /// within one of every other.
@@ -582,6 +592,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 },
             )?,
             ShardCommand::Rebalance { target } => cluster::rebalance(target)?,
+            ShardCommand::Split { at, at_slot } => cluster::split(&at.target, at.shard, *at_slot)?,
             ShardCommand::SearchIndex { at, repair } => {
                 let (out, clean) = cluster::search_index(&at.target, at.shard, *repair)?;
                 if !clean {

@@ -229,3 +229,96 @@ fn a_joined_node_gets_its_share_of_replicas_from_rebalance() {
         n2.shutdown().await.unwrap();
     });
 }
+
+#[test]
+fn shard_split_adds_a_shard_that_nodes_joining_later_open_too() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (n1, n2, _) = rt.block_on(founder_and_joiner(dir.path()));
+    let url2 = format!("http://{}", n2.addr());
+
+    // Asked of node 2, which holds no replica: shard 2 (slots 1365..2730)
+    // gives 2000.. to a new shard 4 on node 1.
+    let r = ctl_json(&[
+        "shard",
+        "split",
+        "--url",
+        &url2,
+        "--shard",
+        "2",
+        "--at-slot",
+        "2000",
+    ]);
+    assert_eq!(
+        (&r["parent"], &r["child"], &r["at"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(4),
+            &serde_json::json!(2000)
+        ),
+        "{r}"
+    );
+    assert_eq!(r["parent_slots"], serde_json::json!([1365, 2000]), "{r}");
+    assert_eq!(r["child_slots"], serde_json::json!([2000, 2730]), "{r}");
+    let (code, text, err) = ctl(&[
+        "shard",
+        "split",
+        "--url",
+        &url2,
+        "--shard",
+        "2",
+        "--at-slot",
+        "100",
+    ]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        err.contains("invalid") && err.contains("1365..2000"),
+        "{err}"
+    );
+
+    // A node that joins now takes the founding count from the cluster and
+    // opens the new shard from the cluster map.
+    let mut c3 = config(dir.path(), 3);
+    c3.node.raft_listen = free_port("127.0.0.3");
+    c3.node.join = true;
+    c3.node.shards = None;
+    c3.node.peers = [(1, n1_raft(&n1))].into();
+    let n3 = rt.block_on(missive_server::start(c3)).unwrap();
+    let url3 = format!("http://{}", n3.addr());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = ctl_json(&["cluster", "status", "--url", &url3]);
+        let child = status["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["shard"] == 4)
+            .cloned();
+        if let Some(c) = child.filter(|c| c["leader"] == 1) {
+            assert_eq!(c["slots"], serde_json::json!([2000, 2730]), "{c}");
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["shards"].as_array().unwrap().len(), 5, "{status}");
+    rt.block_on(async {
+        n3.shutdown().await.unwrap();
+        n1.shutdown().await.unwrap();
+        n2.shutdown().await.unwrap();
+    });
+}
+
+/// Node 1's transport address, as its cluster map entry names it.
+fn n1_raft(n1: &missive_server::Running) -> String {
+    let url = format!("http://{}", n1.addr());
+    let status = ctl_json(&["cluster", "status", "--url", &url]);
+    status["map"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == 1)
+        .and_then(|n| n["addr"].as_str())
+        .unwrap()
+        .to_string()
+}

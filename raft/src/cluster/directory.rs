@@ -189,6 +189,11 @@ impl<A: App> Shared<A> {
             }
         };
         let map = Arc::new(map);
+        if let Some(current) = map.current_slots() {
+            // Route by the newest slot map at once (the keeper opens the
+            // groups it names on its next tick).
+            self.adopt_slots(current);
+        }
         self.map.send_if_modified(|cur| {
             let newer = map.version > cur.version;
             if newer {

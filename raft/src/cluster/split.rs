@@ -333,8 +333,32 @@ impl<A: App> crate::shared::Shared<A> {
                 .insert(shard, std::sync::Arc::new(group));
             tracing::info!(%shard, slots = ?slots.slots(shard), "group of a split opened");
             self.groups_changed.send_modify(|n| *n += 1);
+            self.campaign_if_preferred(shard).await;
         }
         Ok(())
+    }
+
+    /// A new group's replicas have never heard from a leader, so none
+    /// holds a lease against a candidate: its preferred leader
+    /// (`balance::preferred_leader`) campaigns at once instead of waiting
+    /// out an election timeout (200–320 ms in which the moved slots take
+    /// no write), and wins.
+    async fn campaign_if_preferred(&self, shard: ShardId) {
+        let Ok(g) = self.group(shard) else { return };
+        let raft = g.raft();
+        let (voters, leader) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let voters: Vec<_> = m.membership_config.membership().voter_ids().collect();
+            (voters, m.current_leader)
+        };
+        if leader.is_none()
+            && crate::cluster::balance::preferred_leader(shard, voters) == Some(self.id)
+        {
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::debug!(%shard, error = %e, "campaign of a new group");
+            }
+        }
     }
 
     /// Records in the cluster map each cut a group this node leads made
@@ -379,12 +403,24 @@ impl<A: App> crate::shared::Shared<A> {
                 "the metadata group holds no slots to split".into(),
             ));
         }
-        let map = self.refresh_map().await?;
-        let Some(current) = map.current_slots().cloned() else {
-            return Err(Error::Unavailable {
-                shard: ShardId::DIRECTORY,
-                reason: "the cluster has no slot map yet".into(),
-            });
+        // Right after a cluster forms, its first node registers (and so
+        // records the slot map) a tick after the metadata group elects.
+        let deadline = tokio::time::Instant::now() + STEP_WAIT;
+        let current = loop {
+            let last = match self.refresh_map().await {
+                Ok(map) => match map.current_slots() {
+                    Some(current) => break current.clone(),
+                    None => Error::Unavailable {
+                        shard: ShardId::DIRECTORY,
+                        reason: "the cluster has no slot map yet".into(),
+                    },
+                },
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };
         let run = current
             .slots(parent)

@@ -8,6 +8,9 @@
 //!  POST   /v1/admin/shards/{shard}/replicas        {"node", "addr"}: add
 //!  DELETE /v1/admin/shards/{shard}/replicas/{node} remove
 //!  POST   /v1/admin/shards/{shard}/move            {"from", "to", "addr"}
+//!  POST   /v1/admin/shards/{shard}/split           {"at"?}: give the slots
+//!                                                  from `at` on to a new
+//!                                                  shard on the same replicas
 //!  DELETE /v1/admin/nodes/{node}                   forget a drained node
 //!  POST   /v1/admin/scrub                          this node only: purge,
 //!                                                  roll the log, compact
@@ -260,9 +263,10 @@ pub(crate) fn shard_of(node: &missive_chat::ChatNode, raw: &str) -> Result<Shard
             .map_err(|_| ApiError::not_found(format!("{raw:?} is not a shard number")))?,
     );
     if !shard.is_directory() && node.slots().slots(shard).is_none() {
+        let list: Vec<String> = node.slots().shards().map(|s| s.0.to_string()).collect();
         return Err(ApiError::not_found(format!(
-            "there is no shard {raw} (the cluster has shards 1..={}, and 0: the metadata group)",
-            node.slots().shard_count()
+            "there is no shard {raw} (the cluster has shards {}, and 0: the metadata group)",
+            list.join(", ")
         )));
     }
     Ok(shard)
@@ -382,6 +386,55 @@ pub(crate) async fn move_replica(
         addr: req.addr,
     };
     apply(&s, &shard, change).await
+}
+
+/// The body of a split.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SplitReq {
+    /// The first slot the new shard takes (default: the middle of the
+    /// shard's run).
+    #[serde(default)]
+    at: Option<u16>,
+}
+
+/// `POST /v1/admin/shards/{shard}/split`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/shards/{shard}/split",
+    tag = "admin",
+    summary = "Split a shard online: its upper slots go to a new shard on the same replicas",
+    params(("shard" = String, Path, description = "shard id")),
+    request_body = SplitReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn split_shard(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(shard): Path<String>,
+    JsonBody(req): JsonBody<SplitReq>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, "splitting a shard")?;
+    let node = &s.service.node;
+    let parent = shard_of(node, &shard)?;
+    if parent.is_directory() {
+        return Err(ApiError::invalid(
+            "shard 0 is the metadata group: it holds no slots to split",
+        ));
+    }
+    tracing::info!(shard = %parent, at = ?req.at, "split requested");
+    let started = std::time::Instant::now();
+    let done = node.split(parent, req.at).await.map_err(leader_hint)?;
+    let slots = node.slots();
+    Ok(Json(json!({
+        "parent": done.parent.0,
+        "child": done.child.0,
+        "at": done.at,
+        "cut_index": done.cut_index,
+        "parent_slots": slots.slots(done.parent).map(|r| [r.start, r.end]),
+        "child_slots": slots.slots(done.child).map(|r| [r.start, r.end]),
+        "took_ms": started.elapsed().as_millis() as u64,
+    })))
 }
 
 /// An operator's 503 names the shard's new leader when one is known (the

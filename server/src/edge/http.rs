@@ -73,6 +73,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::add_replica))
         .routes(routes!(admin::remove_replica))
         .routes(routes!(admin::move_replica))
+        .routes(routes!(admin::split_shard))
         .routes(routes!(admin::forget_node))
         .routes(routes!(admin::scrub))
         .routes(routes!(media_admin::list))
