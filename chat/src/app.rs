@@ -114,6 +114,19 @@ impl App for ChatApp {
                 Command::RecordSplit { parent, at, child }
             }
             ClusterCommand::Split { at, child } => Command::Split { at, child },
+            ClusterCommand::Freeze { into } => Command::Freeze { into },
+            ClusterCommand::Merge {
+                child,
+                frozen_at,
+                start,
+                end,
+            } => Command::Merge {
+                child,
+                frozen_at,
+                start,
+                end,
+            },
+            ClusterCommand::RecordMerge { parent, child } => Command::RecordMerge { parent, child },
         }
     }
 
@@ -151,6 +164,22 @@ impl App for ChatApp {
             },
             Command::Split { at, child } => ClusterCommand::Split {
                 at: *at,
+                child: *child,
+            },
+            Command::Freeze { into } => ClusterCommand::Freeze { into: *into },
+            Command::Merge {
+                child,
+                frozen_at,
+                start,
+                end,
+            } => ClusterCommand::Merge {
+                child: *child,
+                frozen_at: *frozen_at,
+                start: *start,
+                end: *end,
+            },
+            Command::RecordMerge { parent, child } => ClusterCommand::RecordMerge {
+                parent: *parent,
                 child: *child,
             },
             _ => return None,

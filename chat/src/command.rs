@@ -23,7 +23,8 @@
 //! Chat never runs them; the runtime does, on the metadata group. Outcome
 //! variant 7 (`Directory`) is their outcome, likewise. The last variant,
 //! `Restore` and `Checkpoint` are the runtime's too (and, appended after
-//! them, `ReserveSplit`, `RecordSplit` and `Split`): a backup's records put
+//! them, `ReserveSplit`, `RecordSplit`, `Split`, `Freeze`, `Merge` and
+//! `RecordMerge`): a backup's records put
 //! into a data shard, and a verification point (they have no route: the
 //! runtime names the shard).
 
@@ -627,6 +628,30 @@ pub enum Command {
         /// The new shard.
         child: ShardId,
     },
+    /// The runtime's `ClusterCommand::Freeze` (a data shard about to be
+    /// merged). Chat never runs it.
+    Freeze {
+        /// The shard that takes its slots.
+        into: ShardId,
+    },
+    /// The runtime's `ClusterCommand::Merge`. Chat never runs it.
+    Merge {
+        /// The frozen shard.
+        child: ShardId,
+        /// Its freeze's log index.
+        frozen_at: u64,
+        /// Its first slot.
+        start: u16,
+        /// The slot after its last.
+        end: u16,
+    },
+    /// The runtime's `ClusterCommand::RecordMerge` (metadata group).
+    RecordMerge {
+        /// The shard that took the slots.
+        parent: ShardId,
+        /// The merged shard.
+        child: ShardId,
+    },
 }
 
 /// The most entries (`reindex` + `drop`) one [`Command::RepairIndex`]
@@ -778,8 +803,13 @@ impl Command {
             | Command::ForgetNode { .. }
             | Command::ReportPlacement { .. }
             | Command::ReserveSplit { .. }
-            | Command::RecordSplit { .. } => Route::Directory,
-            Command::Restore { .. } | Command::Checkpoint | Command::Split { .. } => Route::Empty,
+            | Command::RecordSplit { .. }
+            | Command::RecordMerge { .. } => Route::Directory,
+            Command::Restore { .. }
+            | Command::Checkpoint
+            | Command::Split { .. }
+            | Command::Freeze { .. }
+            | Command::Merge { .. } => Route::Empty,
             Command::RaiseHeads { conv, .. } | Command::RepairIndex { conv, .. } => {
                 Route::Conversation(*conv)
             }

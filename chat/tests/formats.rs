@@ -36,10 +36,13 @@ use missive_chat::command::{
 use missive_chat::records::{self, *};
 use missive_chat::{ChatApp, Eseq, Seq, Useq};
 use missive_engine::keys::ConversationId;
+use missive_raft::cluster::cluster_map;
 use missive_raft::cluster::directory::{ClusterMap, ShardEntry};
 use missive_raft::cluster::membership::{Change, Placement};
 use missive_raft::cluster::slots::SlotMap;
-use missive_raft::storage::meta::{applied_key, cluster_map_key, directory_range, Applied};
+use missive_raft::storage::meta::{
+    applied_key, cluster_map_key, directory_range, frozen_key, owner_key, Applied, Frozen, Owner,
+};
 use missive_raft::storage::snapshot::ChunkCursor;
 use missive_raft::transport::{read_frame, write_frame, ReadOp, ReadResult, RemoteFailure};
 use missive_raft::types::{LogId, NodeAddr, SnapshotMeta, StoredMembership, Vote};
@@ -755,6 +758,45 @@ fn commands() -> Vec<(&'static str, Command)> {
             },
         ),
         ("checkpoint", Command::Checkpoint),
+        (
+            "reserve_split",
+            Command::ReserveSplit {
+                parent: ShardId(2),
+                at: 1500,
+            },
+        ),
+        (
+            "record_split",
+            Command::RecordSplit {
+                parent: ShardId(2),
+                at: 1500,
+                child: ShardId(9),
+            },
+        ),
+        (
+            "split",
+            Command::Split {
+                at: 1500,
+                child: ShardId(9),
+            },
+        ),
+        ("freeze", Command::Freeze { into: ShardId(2) }),
+        (
+            "merge",
+            Command::Merge {
+                child: ShardId(9),
+                frozen_at: 4411,
+                start: 1500,
+                end: 2048,
+            },
+        ),
+        (
+            "record_merge",
+            Command::RecordMerge {
+                parent: ShardId(2),
+                child: ShardId(9),
+            },
+        ),
         (
             "send_text",
             Command::SendText(SendMessage {
@@ -1610,7 +1652,36 @@ fn stored_records_and_their_keys() {
         },
     );
     map.version = 6;
-    set.versioned("cluster_map", &map);
+    // The map's record is written as version 1 while no split exists (the
+    // shape builds before splits read), as version 2 after.
+    let v1 = cluster_map::encode(&map).unwrap();
+    let want = map.clone();
+    set.case("cluster_map", v1, |b| {
+        let got = cluster_map::decode(b).map_err(|e| e.to_string())?;
+        (got == want)
+            .then_some(())
+            .ok_or(format!("decoded {got:?}"))
+    });
+    let mut split = map.clone();
+    split.reserve(ShardId(2), 1500).unwrap();
+    split.reserve(ShardId(3), 2500).unwrap();
+    split.record_split(ShardId(2), 1500, ShardId(5)).unwrap();
+    let v2 = cluster_map::encode(&split).unwrap();
+    assert_eq!(v2[0], 2, "a map with splits is record version 2");
+    set.case("cluster_map_v2", v2, |b| {
+        let got = cluster_map::decode(b).map_err(|e| e.to_string())?;
+        (got == split)
+            .then_some(())
+            .ok_or(format!("decoded {got:?}"))
+    });
+    set.versioned("owner", &Owner { slots: 1500..2048 });
+    set.versioned(
+        "frozen",
+        &Frozen {
+            into: ShardId(2),
+            index: 4411,
+        },
+    );
     set.versioned(
         "outbox_head",
         &OutboxHead {
@@ -1750,6 +1821,8 @@ fn stored_records_and_their_keys() {
     set.key("key_receipt_prefix", receipt_prefix(conv()));
     set.key("key_applied", applied_key(ShardId(3)));
     set.key("key_cluster_map", cluster_map_key());
+    set.key("key_owner", owner_key(ShardId(3)));
+    set.key("key_frozen", frozen_key(ShardId(3)));
     let (lo, hi) = directory_range();
     set.key("key_directory_range_lo", lo);
     set.key("key_directory_range_hi", hi.unwrap());
@@ -2105,6 +2178,12 @@ fn frames() -> Vec<(String, Wire)> {
         (
             "write_failed".into(),
             Reply::Write(Err(RemoteFailure::Failed("disk".into()))),
+        ),
+        (
+            "read_misrouted".into(),
+            Reply::Read(Err(RemoteFailure::Misrouted(
+                "slot 1600 is not shard-2's".into(),
+            ))),
         ),
         ("signal".into(), Reply::Signal),
         ("read_index".into(), Reply::ReadIndex(Ok(Some(117)))),

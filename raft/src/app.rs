@@ -191,6 +191,35 @@ pub enum ClusterCommand {
         /// The new shard (reserved in the cluster map).
         child: ShardId,
     },
+    /// A data shard about to be merged into `into`: from this entry on it
+    /// refuses every command (misrouted). Its outcome is the entry's log
+    /// index, which the parent's `Merge` names (`cluster::merge`).
+    Freeze {
+        /// The shard that takes its slots.
+        into: ShardId,
+    },
+    /// A data shard takes `child`'s slots `start..end` once this replica's
+    /// copy of `child` has applied its freeze at `frozen_at` (every
+    /// replica waits for that, so all take the same data). Refused unless
+    /// the slots adjoin its own.
+    Merge {
+        /// The frozen shard.
+        child: ShardId,
+        /// Its freeze's log index.
+        frozen_at: u64,
+        /// Its first slot.
+        start: u16,
+        /// The slot after its last.
+        end: u16,
+    },
+    /// Metadata group: the merge of `child` into `parent` is made; route
+    /// the child's slots to the parent. Idempotent.
+    RecordMerge {
+        /// The shard that took the slots.
+        parent: ShardId,
+        /// The merged shard (it owns nothing after).
+        child: ShardId,
+    },
 }
 
 /// A cluster command's outcome: the map's version after it (not bumped if

@@ -571,6 +571,16 @@ impl<A: App> Node<A> {
         self.inner.split(parent, at).await
     }
 
+    /// Merges `child` into `parent` (adjoining slots, the same voters),
+    /// online: see `cluster::merge`. Any node may call it.
+    pub async fn merge(
+        &self,
+        parent: ShardId,
+        child: ShardId,
+    ) -> Result<crate::cluster::merge::MergeDone> {
+        self.inner.merge(parent, child).await
+    }
+
     /// Changes when this node opened a group after start (a split's
     /// child): per-group work should look at [`Node::groups`] again.
     pub fn groups_changed(&self) -> watch::Receiver<u64> {

@@ -722,7 +722,7 @@ async fn a_shard_splits_through_the_admin_api_while_clients_send() {
             let (mut acked, mut after_split) = (Vec::new(), 0);
             let mut n = 0;
             // Paced, so that one page of history (200) holds them all.
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 190 {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 180 {
                 let done = split.load(std::sync::atomic::Ordering::Relaxed);
                 let (seq, dup) = client.send(&conv, &format!("m{n}"), "x").await;
                 assert!(!dup);
@@ -809,6 +809,54 @@ async fn a_shard_splits_through_the_admin_api_while_clients_send() {
     .await;
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["error"]["code"], "invalid", "{v}");
+    // Merging into a shard whose slots do not adjoin is refused; into
+    // shard 1 it merges back, and the moved conversations keep taking
+    // sends and showing every message on every node.
+    let (s, v) = admin(
+        reqwest::Method::POST,
+        format!("http://{}/v1/admin/shards/5/merge", nodes[0].addr()),
+        &secret,
+        Some(json!({"into": 3})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("adjoin"),
+        "{v}"
+    );
+    let (s, v) = admin(
+        reqwest::Method::POST,
+        format!("http://{}/v1/admin/shards/5/merge", nodes[0].addr()),
+        &secret,
+        Some(json!({"into": 1})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["parent_slots"], json!([0, 1024]), "{v}");
+    for conv in &moved {
+        let mut acked = sent.iter().find(|(c, ..)| c == conv).unwrap().1.clone();
+        for (i, client) in clients.iter().enumerate() {
+            let (seq, _) = client.send(conv, &format!("merged-{i}"), "x").await;
+            acked.push(seq);
+        }
+        for (i, client) in clients.iter().enumerate() {
+            let (s, v) = client
+                .get(&format!("/v1/conversations/{conv}/messages?limit=200"))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let seqs: Vec<u64> = v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["kind"] == "text")
+                .map(|m| m["seq"].as_u64().unwrap())
+                .rev()
+                .collect();
+            let mut want = acked.clone();
+            want.sort_unstable();
+            assert_eq!(seqs, want, "node {}: {conv} after the merge", i + 1);
+        }
+    }
     for n in nodes {
         n.shutdown().await.unwrap();
     }

@@ -269,6 +269,29 @@ pub fn split(t: &Target, shard: u32, at: Option<u16>) -> anyhow::Result<Output> 
     Ok(Output { text, json: out })
 }
 
+/// `shard merge`: every slot of `shard` goes back to `into`, whose run
+/// adjoins it, online (the two must have the same voters).
+pub fn merge(t: &Target, shard: u32, into: u32) -> anyhow::Result<Output> {
+    let out = runtime()?.block_on(call(
+        t,
+        reqwest::Method::POST,
+        &format!("/shards/{shard}/merge"),
+        Some(json!({ "into": into })),
+    ))?;
+    let run = match (
+        out["parent_slots"][0].as_u64(),
+        out["parent_slots"][1].as_u64(),
+    ) {
+        (Some(a), Some(b)) => format!("{a}..{b}"),
+        _ => "?".into(),
+    };
+    let text = format!(
+        "shard {} merged into shard {} (frozen at its log index {}, merged at {}) in {} ms: shard {} owns slots {}\n",
+        out["child"], out["parent"], out["frozen_at"], out["merge_index"], out["took_ms"], out["parent"], run,
+    );
+    Ok(Output { text, json: out })
+}
+
 /// `node drain`: every replica on `from` moves to `to`.
 pub fn drain(t: &Target, from: u64, to: u64, addr: &str) -> anyhow::Result<Output> {
     let rt = runtime()?;

@@ -235,6 +235,16 @@ enum ShardCommand {
         #[arg(long = "at-slot")]
         at_slot: Option<u16>,
     },
+    /// Merge the shard online into the shard whose slots adjoin its own
+    /// (both must have the same voters: move replicas first). No data
+    /// moves; the merged shard's id is not reused.
+    Merge {
+        #[command(flatten)]
+        at: ShardAt,
+        /// The shard that takes the slots.
+        #[arg(long)]
+        into: u32,
+    },
     /// Move replicas, one at a time, from the nodes holding the most to
     /// those holding the fewest, until every node in the cluster map holds
     /// within one of every other.
@@ -593,6 +603,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             )?,
             ShardCommand::Rebalance { target } => cluster::rebalance(target)?,
             ShardCommand::Split { at, at_slot } => cluster::split(&at.target, at.shard, *at_slot)?,
+            ShardCommand::Merge { at, into } => cluster::merge(&at.target, at.shard, *into)?,
             ShardCommand::SearchIndex { at, repair } => {
                 let (out, clean) = cluster::search_index(&at.target, at.shard, *repair)?;
                 if !clean {

@@ -302,6 +302,26 @@ fn shard_split_adds_a_shard_that_nodes_joining_later_open_too() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(status["shards"].as_array().unwrap().len(), 5, "{status}");
+
+    // And merged back: shard 2 owns its slots again, shard 4 is gone from
+    // every node's layout.
+    let (code, _, err) = ctl(&[
+        "shard", "merge", "--url", &url3, "--shard", "4", "--into", "1",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("adjoin"), "{err}");
+    let m = ctl_json(&[
+        "shard", "merge", "--url", &url3, "--shard", "4", "--into", "2",
+    ]);
+    assert_eq!(m["parent_slots"], serde_json::json!([1365, 2730]), "{m}");
+    let status = ctl_json(&["cluster", "status", "--url", &url2]);
+    let shards: Vec<u64> = status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["shard"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shards, vec![0, 1, 2, 3], "{status}");
     rt.block_on(async {
         n3.shutdown().await.unwrap();
         n1.shutdown().await.unwrap();

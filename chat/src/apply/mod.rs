@@ -148,11 +148,16 @@ pub(crate) fn run(
         | Command::ForgetNode { .. }
         | Command::ReportPlacement { .. }
         | Command::ReserveSplit { .. }
-        | Command::RecordSplit { .. } => Ok(reject(
+        | Command::RecordSplit { .. }
+        | Command::RecordMerge { .. } => Ok(reject(
             RejectCode::Invalid,
             "a cluster map command cannot run on a data shard",
         )),
-        Command::Restore { .. } | Command::Checkpoint | Command::Split { .. } => Ok(reject(
+        Command::Restore { .. }
+        | Command::Checkpoint
+        | Command::Split { .. }
+        | Command::Freeze { .. }
+        | Command::Merge { .. } => Ok(reject(
             RejectCode::Invalid,
             "a restore, a checkpoint or a split is the runtime's, not the chat rules'",
         )),

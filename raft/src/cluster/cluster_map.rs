@@ -53,7 +53,7 @@ const RECORD_V2: u8 = 2;
 
 /// The map's record bytes: version 1 while no split was reserved or
 /// recorded, else version 2.
-pub(crate) fn encode(map: &ClusterMap) -> crate::error::Result<Vec<u8>> {
+pub fn encode(map: &ClusterMap) -> crate::error::Result<Vec<u8>> {
     let out = if map.routing.is_none() && map.reserved.is_empty() {
         let v1 = ClusterMapV1 {
             version: map.version,
@@ -70,7 +70,7 @@ pub(crate) fn encode(map: &ClusterMap) -> crate::error::Result<Vec<u8>> {
 }
 
 /// Reads a map record of either version.
-pub(crate) fn decode(bytes: &[u8]) -> crate::error::Result<ClusterMap> {
+pub fn decode(bytes: &[u8]) -> crate::error::Result<ClusterMap> {
     let bad = |e: postcard::Error| crate::error::Error::malformed("cluster map", e);
     match bytes.split_first() {
         Some((&RECORD_V1, rest)) => {
@@ -189,6 +189,24 @@ impl ClusterMap {
         Ok(true)
     }
 
+    /// Records a merge the parent's log has made: the routing map gives
+    /// the child's slots to the parent. Idempotent.
+    pub fn record_merge(
+        &mut self,
+        parent: ShardId,
+        child: ShardId,
+    ) -> std::result::Result<bool, String> {
+        let Some(current) = self.current_slots() else {
+            return Err("the cluster has no slot map yet".into());
+        };
+        if current.slots(child).is_some_and(|r| r.is_empty()) {
+            return Ok(false);
+        }
+        let next = current.merge(parent, child).map_err(|e| e.to_string())?;
+        self.routing = Some(next);
+        Ok(true)
+    }
+
     /// Records `node` at `addr`. `Ok(true)` if that changed the map;
     /// `Err(why)` if the node was forgotten or its slot map is not the
     /// cluster's.
@@ -297,9 +315,12 @@ pub(crate) fn execute(map: &mut ClusterMap, cmd: &ClusterCommand) -> ClusterOutc
         }
         ClusterCommand::ReserveSplit { parent, at } => map.reserve(*parent, *at),
         ClusterCommand::RecordSplit { parent, at, child } => map.record_split(*parent, *at, *child),
-        ClusterCommand::Split { .. } => {
-            Err("a split is cut in the parent shard's log, not the cluster map".to_string())
-        }
+        ClusterCommand::RecordMerge { parent, child } => map.record_merge(*parent, *child),
+        ClusterCommand::Split { .. }
+        | ClusterCommand::Freeze { .. }
+        | ClusterCommand::Merge { .. } => Err(
+            "a split or a merge is made in the data shards' logs, not the cluster map".to_string(),
+        ),
     }?;
     if changed {
         map.version += 1;

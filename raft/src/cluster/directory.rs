@@ -327,6 +327,8 @@ impl<A: App> Shared<A> {
 pub(crate) async fn run<A: App>(inner: Arc<Shared<A>>, mut stop: watch::Receiver<bool>) {
     let mut heard = inner.peers.map_versions();
     let mut applied = inner.hooks.directory.subscribe();
+    // A cut, freeze or merge applied here: open or close groups at once.
+    let mut cuts = inner.hooks.cuts.subscribe();
     let mut last_read: Option<Instant> = None;
     let mut refused = false;
     loop {
@@ -334,6 +336,7 @@ pub(crate) async fn run<A: App>(inner: Arc<Shared<A>>, mut stop: watch::Receiver
             r = stop.changed() => if r.is_err() || *stop.borrow() { return },
             _ = heard.changed() => {}
             _ = applied.changed() => {}
+            _ = cuts.changed() => {}
             _ = tokio::time::sleep(TICK) => {}
         }
         let newest = (*heard.borrow_and_update()).max(*applied.borrow_and_update());
@@ -362,6 +365,7 @@ pub(crate) async fn run<A: App>(inner: Arc<Shared<A>>, mut stop: watch::Receiver
         }
         inner.adopt_from_map().await;
         inner.record_cuts(&map).await;
+        inner.record_merges(&map).await;
         inner.report_placements(&map).await;
         inner.retire_if_removed(&map).await;
     }

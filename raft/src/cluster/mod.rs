@@ -18,6 +18,8 @@
 //! - `locations` — what routing remembers (seeds, located placements).
 //! - `membership` — changing a shard's replicas (add, remove, move) at its
 //!   leader wherever that is, and retiring a removed replica.
+//! - `merge` — online shard merge, split's reverse: the freeze in the
+//!   child's log, the merge in the parent's, the child closed (essay).
 //! - `split` — online shard split: the cut in the parent's log, the
 //!   child group opened on the same replicas, the map's routing (essay).
 //! - `retired` — the `RETIRED` file: replicas this node no longer serves.
@@ -33,6 +35,7 @@ pub mod identity;
 mod locate;
 pub(crate) mod locations;
 pub mod membership;
+pub mod merge;
 pub mod placement;
 pub mod retired;
 pub mod slots;

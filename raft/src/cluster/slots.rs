@@ -104,6 +104,34 @@ impl SlotMap {
         })
     }
 
+    /// This map with `child`'s slots given back to `parent`, whose run
+    /// they must adjoin; `child` then owns nothing (its id is not reused).
+    pub fn merge(&self, parent: ShardId, child: ShardId) -> Result<SlotMap> {
+        let owned = |s: ShardId| self.slots(s).filter(|r| !r.is_empty());
+        let (Some(p), Some(c)) = (owned(parent), owned(child)) else {
+            return Err(Error::InvalidArgument(format!(
+                "{parent} and {child} must both own slots to merge"
+            )));
+        };
+        let union = if p.end == c.start {
+            p.start..c.end
+        } else if c.end == p.start {
+            c.start..p.end
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "{child} (slots {}..{}) does not adjoin {parent} (slots {}..{})",
+                c.start, c.end, p.start, p.end
+            )));
+        };
+        let mut ranges = self.ranges.clone();
+        ranges[parent.0 as usize - 1] = union;
+        ranges[child.0 as usize - 1] = 0..0;
+        Ok(SlotMap {
+            version: self.version + 1,
+            ranges,
+        })
+    }
+
     /// The first shard id the map has not named: where a split's child
     /// is numbered.
     pub fn next_shard(&self) -> ShardId {

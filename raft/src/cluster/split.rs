@@ -79,6 +79,11 @@ pub struct Owned {
     pub(crate) slots: Range<u16>,
     /// The last cut this shard applied: (first slot given away, child).
     pub(crate) last_split: Option<(u16, ShardId)>,
+    /// Set once the shard froze to be merged (`cluster::merge`): it owns
+    /// nothing any more as far as commands and reads go.
+    pub(crate) frozen: Option<crate::storage::meta::Frozen>,
+    /// The last shard this one took the slots of (`cluster::merge`).
+    pub(crate) last_merge: Option<ShardId>,
 }
 
 impl Ownership {
@@ -90,13 +95,13 @@ impl Ownership {
             .clone()
     }
 
-    /// Whether the shard owns `slot`.
+    /// Whether the shard owns `slot` (a frozen shard owns none).
     pub(crate) fn owns(&self, slot: Slot) -> bool {
-        self.0
+        let o = self
+            .0
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .slots
-            .contains(&slot.0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        o.frozen.is_none() && o.slots.contains(&slot.0)
     }
 
     /// Replaces what the shard owns.
@@ -171,13 +176,17 @@ pub(crate) fn apply_cut<A: App>(
     let after = Owned {
         slots: run.start..at,
         last_split: Some((at, child)),
+        ..owned.clone()
     };
     Ok((A::cluster_outcome(Ok(index)), Some(after)))
 }
 
-/// Whether `cmd` is a cut.
+/// Whether `cmd` is a cut, or a merge's freeze (applied alone likewise).
 pub(crate) fn is_cut<A: App>(cmd: &A::Command) -> bool {
-    matches!(A::as_cluster(cmd), Some(ClusterCommand::Split { .. }))
+    matches!(
+        A::as_cluster(cmd),
+        Some(ClusterCommand::Split { .. } | ClusterCommand::Freeze { .. })
+    )
 }
 
 /// The key ranges a shard's data occupies on this node: its owner
@@ -276,6 +285,9 @@ impl<A: App> crate::shared::Shared<A> {
         }
         if let Err(e) = self.open_new_groups().await {
             tracing::warn!(error = %e, "opening the groups of a split failed; the next tick retries");
+        }
+        if let Err(e) = self.close_merged_groups().await {
+            tracing::warn!(error = %e, "closing a merged group failed; the next tick retries");
         }
     }
 

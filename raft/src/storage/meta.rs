@@ -7,7 +7,9 @@
 //!                                       one record; see `directory`)
 //! owner         0x50 shard:u32 0x03   → Owner (a data shard's slots, once
 //!                                       a split has moved them; see
-//!                                       `state_machine`'s essay)
+//!                                       `cluster::split`)
+//! frozen        0x50 shard:u32 0x04   → Frozen (a shard being merged into
+//!                                       another; see `cluster::merge`)
 //! ```
 //!
 //! Values are `[version: u8 = 1][postcard(struct)]` (see `codec`). All
@@ -57,11 +59,31 @@ pub fn owner_key(shard: ShardId) -> Vec<u8> {
     k
 }
 
-/// The key range of a shard's owner record alone (a snapshot carries it).
+/// A shard frozen to be merged into `into`: it applies nothing after
+/// the entry at `index` (`cluster::merge`).
+///
+/// Value: `[1][postcard { into: u32 varint, index: u64 varint }]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frozen {
+    /// The shard that takes its slots.
+    pub into: ShardId,
+    /// The log index of the freeze.
+    pub index: u64,
+}
+
+/// Key of a data shard's freeze record.
+pub fn frozen_key(shard: ShardId) -> Vec<u8> {
+    let mut k = applied_key(shard);
+    k[5] = 0x04;
+    k
+}
+
+/// The key range of a shard's owner and freeze records (a snapshot
+/// carries them, before its data).
 pub fn owner_range(shard: ShardId) -> (Vec<u8>, Option<Vec<u8>>) {
     let lo = owner_key(shard);
     let mut hi = lo.clone();
-    hi[5] = 0x04;
+    hi[5] = 0x05;
     (lo, Some(hi))
 }
 

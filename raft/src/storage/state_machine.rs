@@ -71,7 +71,9 @@ use crate::cluster::split::{self, Owned, Ownership};
 use crate::error::{Error, Result};
 use crate::ids::{ShardId, SnapshotMeta, StorageError, StoredMembership};
 use crate::storage::codec;
-use crate::storage::meta::{applied_key, cluster_map_key, owner_key, owner_range, Applied, Owner};
+use crate::storage::meta::{
+    applied_key, cluster_map_key, frozen_key, owner_key, owner_range, Applied, Frozen, Owner,
+};
 use crate::storage::record_cache::{self, RecordCache};
 use crate::storage::record_source::Records;
 use crate::storage::snapshot::{ShardSnapshot, SnapshotSource, View};
@@ -111,6 +113,11 @@ pub struct ApplyHooks {
     /// Bumped when a shard applied a split's cut here: the node opens the
     /// child groups whose owner records it now holds (`cluster::split`).
     pub cuts: tokio::sync::watch::Sender<u64>,
+    /// The shards frozen on this node to be merged (`cluster::merge`), and
+    /// a counter bumped at each freeze applied: a parent's merge waits on
+    /// it for its child's freeze.
+    frozen: Mutex<std::collections::BTreeMap<ShardId, Frozen>>,
+    freezes: tokio::sync::watch::Sender<u64>,
 }
 
 impl ApplyHooks {
@@ -124,6 +131,51 @@ impl ApplyHooks {
             apply_latency: missive_engine::latency::Recorder::default(),
             checkpoints: crate::verify::Checkpoints::default(),
             cuts: tokio::sync::watch::channel(0).0,
+            frozen: Mutex::default(),
+            freezes: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// `shard` froze here (applied, installed or found at open).
+    pub(crate) fn note_frozen(&self, shard: ShardId, f: Frozen) {
+        self.frozen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(shard, f);
+        self.freezes.send_modify(|n| *n += 1);
+    }
+
+    /// The freeze this node's copy of `shard` applied, if any.
+    pub(crate) fn frozen_at(&self, shard: ShardId) -> Option<Frozen> {
+        self.frozen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&shard)
+            .copied()
+    }
+
+    /// Waits until this node's copy of `child` has applied its freeze at
+    /// `index` (see `cluster::merge`: a merge takes the child's state as of
+    /// its freeze, the same on every replica).
+    pub(crate) async fn wait_frozen(&self, parent: ShardId, child: ShardId, index: u64) {
+        let mut changed = self.freezes.subscribe();
+        let mut waited = 0u64;
+        loop {
+            let at = self
+                .frozen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&child)
+                .copied();
+            if at.is_some_and(|f| f.index >= index) {
+                return;
+            }
+            let wait = std::time::Duration::from_secs(10);
+            if tokio::time::timeout(wait, changed.changed()).await.is_err() {
+                waited += 10;
+                tracing::warn!(%parent, %child, index, waited_s = waited,
+                    "merge waits for this replica of the merged shard to reach its freeze");
+            }
         }
     }
 }
@@ -212,14 +264,22 @@ impl<A: App> StateMachine<A> {
             match split::owner_of(|k| Ok(lsm.get(k)?), shard)? {
                 Some(o) => Owned {
                     slots: o.slots,
-                    last_split: None,
+                    ..Owned::default()
                 },
                 None => Owned {
                     slots: slots.slots(shard).unwrap_or(0..0),
-                    last_split: None,
+                    ..Owned::default()
                 },
             }
         };
+        let mut owned = owned;
+        if !shard.is_directory() {
+            if let Some(v) = lsm.get(&frozen_key(shard))? {
+                let f: Frozen = codec::decode("freeze record", &v)?;
+                hooks.note_frozen(shard, f);
+                owned.frozen = Some(f);
+            }
+        }
         let ranges = if shard.is_directory() {
             slots.key_ranges(shard)
         } else {
@@ -281,8 +341,14 @@ impl<A: App> StateMachine<A> {
         // shard has one (a split changed its slots): its data lies in those
         // slots, which may not be the ones this replica thought it owned.
         let mut owner = None;
+        let mut frozen = None;
         while let Some(chunk) = src.next_chunk()? {
             for (k, v) in chunk {
+                if !self.shard.is_directory() && k == frozen_key(self.shard) {
+                    frozen = Some(codec::decode::<Frozen>("freeze record", &v)?);
+                    batch.put(&k, &v);
+                    continue;
+                }
                 if !self.shard.is_directory() && k == owner_key(self.shard) && owner.is_none() {
                     let o: Owner = codec::decode("owner record", &v)?;
                     let ranges = slot_key_ranges(&o.slots);
@@ -313,10 +379,15 @@ impl<A: App> StateMachine<A> {
         self.lsm.apply(&batch, position)?;
         self.lsm.flush()?;
         self.applied = applied;
-        if let Some(o) = owner {
+        if !self.shard.is_directory() {
+            let slots = owner.map_or_else(|| self.owned.get().slots, |o| o.slots);
+            if let Some(f) = frozen {
+                self.hooks.note_frozen(self.shard, f);
+            }
             self.set_owned(Owned {
-                slots: o.slots,
-                last_split: None,
+                slots,
+                frozen,
+                ..Owned::default()
             });
         }
         if let ShardSnapshot::Received(p) = data {
@@ -350,6 +421,15 @@ impl<A: App> StateMachine<A> {
                     let mut outcomes = Vec::with_capacity(batch.commands.len());
                     for cmd in &batch.commands {
                         if !self.shard.is_directory() {
+                            let checkpoint =
+                                matches!(A::as_cluster(cmd), Some(ClusterCommand::Checkpoint));
+                            if owned.frozen.is_some() && !checkpoint {
+                                outcomes.push(A::misrouted(format!(
+                                    "{} is merged into another shard; route again",
+                                    self.shard
+                                )));
+                                continue;
+                            }
                             if cut.is_some() {
                                 outcomes.push(A::misrouted(format!(
                                     "{} split in this entry; route again",
@@ -382,6 +462,37 @@ impl<A: App> StateMachine<A> {
                                     e.log_id.index,
                                     at,
                                     child,
+                                    &mut records,
+                                )
+                                .map_err(|err| sm_err(ErrorVerb::Write, &err))?;
+                                cut = after;
+                                o
+                            }
+                            Some(ClusterCommand::Freeze { into }) if !self.shard.is_directory() => {
+                                let (o, after) = crate::cluster::merge::apply_freeze::<A>(
+                                    self.shard,
+                                    &owned,
+                                    &applied.membership,
+                                    e.log_id.index,
+                                    into,
+                                    &mut records,
+                                )
+                                .map_err(|err| sm_err(ErrorVerb::Write, &err))?;
+                                cut = after;
+                                o
+                            }
+                            Some(ClusterCommand::Merge {
+                                child,
+                                frozen_at,
+                                start,
+                                end,
+                            }) if !self.shard.is_directory() => {
+                                let (o, after) = crate::cluster::merge::apply_merge::<A>(
+                                    self.shard,
+                                    &owned,
+                                    &self.hooks,
+                                    e.log_id.index,
+                                    (child, frozen_at, start..end),
                                     &mut records,
                                 )
                                 .map_err(|err| sm_err(ErrorVerb::Write, &err))?;
@@ -433,9 +544,13 @@ impl<A: App> StateMachine<A> {
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         records.written();
         if let Some(after) = cut {
-            // The cut is in the LSM: from here on this shard owns less,
-            // and the node opens the child.
+            // The cut (or freeze, or merge) is in the LSM: from here on
+            // this shard owns what `after` says; the node opens or closes
+            // groups accordingly.
             self.records.clear();
+            if let Some(f) = after.frozen.filter(|_| owned.frozen.is_none()) {
+                self.hooks.note_frozen(self.shard, f);
+            }
             self.set_owned(after);
             self.hooks.cuts.send_modify(|n| *n += 1);
         }
@@ -465,6 +580,20 @@ impl<A: App> Default for Run<A> {
             newest_map: None,
             restored: false,
         }
+    }
+}
+
+/// The (child, freeze index) of the first [`ClusterCommand::Merge`] `e`
+/// carries.
+fn holds_merge<A: App>(e: &Entry<A>) -> Option<(ShardId, u64)> {
+    match &e.payload {
+        EntryPayload::Normal(b) => b.commands.iter().find_map(|c| match A::as_cluster(c) {
+            Some(ClusterCommand::Merge {
+                child, frozen_at, ..
+            }) => Some((child, frozen_at)),
+            _ => None,
+        }),
+        _ => None,
     }
 }
 
@@ -618,6 +747,16 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachine<A> {
         // however each batches its apply calls (see `verify`).
         let mut pending = Vec::new();
         for e in entries {
+            if let Some((child, at)) = holds_merge::<A>(&e).filter(|_| !self.shard.is_directory()) {
+                // The merge takes the child's state at its freeze: wait
+                // until this replica's copy of the child got there.
+                if !pending.is_empty() {
+                    self.apply_run(std::mem::take(&mut pending), &mut run)?;
+                }
+                self.hooks.wait_frozen(self.shard, child, at).await;
+                self.apply_run(vec![e], &mut run)?;
+                continue;
+            }
             if !self.shard.is_directory() && holds_cut::<A>(&e) {
                 // A cut is applied alone: the state it cuts, and what the
                 // commands after it in its entry are told, are then the

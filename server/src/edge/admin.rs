@@ -11,6 +11,8 @@
 //!  POST   /v1/admin/shards/{shard}/split           {"at"?}: give the slots
 //!                                                  from `at` on to a new
 //!                                                  shard on the same replicas
+//!  POST   /v1/admin/shards/{shard}/merge           {"into"}: give every slot
+//!                                                  back to the adjoining shard
 //!  DELETE /v1/admin/nodes/{node}                   forget a drained node
 //!  POST   /v1/admin/scrub                          this node only: purge,
 //!                                                  roll the log, compact
@@ -92,6 +94,13 @@ pub(crate) async fn cluster(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers, "reading the cluster's layout")?;
     let node = &s.service.node;
+    // A fresh read, so an operator sees every change made so far (a
+    // split or merge included: the read updates the slot map listed
+    // below); this node's copy if the metadata group cannot answer now.
+    let (map, map_error) = match node.refresh_cluster_map().await {
+        Ok(m) => (m, None),
+        Err(e) => (node.cluster_map(), Some(e.to_string())),
+    };
     let mut shards = Vec::new();
     for shard in node.slots().groups() {
         let entry = match node.placement(shard).await {
@@ -104,12 +113,6 @@ pub(crate) async fn cluster(
         };
         shards.push(entry);
     }
-    // A fresh read, so an operator sees every change made so far; this
-    // node's copy if the metadata group cannot answer now.
-    let (map, map_error) = match node.refresh_cluster_map().await {
-        Ok(m) => (m, None),
-        Err(e) => (node.cluster_map(), Some(e.to_string())),
-    };
     let nodes: Vec<Value> = map
         .nodes
         .iter()
@@ -433,6 +436,54 @@ pub(crate) async fn split_shard(
         "cut_index": done.cut_index,
         "parent_slots": slots.slots(done.parent).map(|r| [r.start, r.end]),
         "child_slots": slots.slots(done.child).map(|r| [r.start, r.end]),
+        "took_ms": started.elapsed().as_millis() as u64,
+    })))
+}
+
+/// The body of a merge.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MergeReq {
+    /// The shard that takes the slots (its run adjoins this one's; the
+    /// same voters).
+    into: u32,
+}
+
+/// `POST /v1/admin/shards/{shard}/merge`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/shards/{shard}/merge",
+    tag = "admin",
+    summary = "Merge a shard online into the shard whose slots adjoin its own",
+    params(("shard" = String, Path, description = "shard id")),
+    request_body = MergeReq,
+    responses((status = 200, description = "the answer (protocol.md)"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+)]
+pub(crate) async fn merge_shard(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(shard): Path<String>,
+    JsonBody(req): JsonBody<MergeReq>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, "merging shards")?;
+    let node = &s.service.node;
+    let child = shard_of(node, &shard)?;
+    let parent = shard_of(node, &req.into.to_string())?;
+    if child.is_directory() || parent.is_directory() {
+        return Err(ApiError::invalid(
+            "shard 0 is the metadata group: it holds no slots to merge",
+        ));
+    }
+    tracing::info!(%child, %parent, "merge requested");
+    let started = std::time::Instant::now();
+    let done = node.merge(parent, child).await.map_err(leader_hint)?;
+    let slots = node.slots();
+    Ok(Json(json!({
+        "parent": done.parent.0,
+        "child": done.child.0,
+        "frozen_at": done.frozen_at,
+        "merge_index": done.merge_index,
+        "parent_slots": slots.slots(done.parent).map(|r| [r.start, r.end]),
         "took_ms": started.elapsed().as_millis() as u64,
     })))
 }

@@ -74,6 +74,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::remove_replica))
         .routes(routes!(admin::move_replica))
         .routes(routes!(admin::split_shard))
+        .routes(routes!(admin::merge_shard))
         .routes(routes!(admin::forget_node))
         .routes(routes!(admin::scrub))
         .routes(routes!(media_admin::list))
