@@ -64,7 +64,7 @@ use missive_engine::keys::Keyspace;
 use missive_engine::lsm::Lsm;
 
 use crate::app::{App, ClusterCommand};
-use crate::cluster::slots::{slot_of_key, SlotMap};
+use crate::cluster::slots::slot_of_key;
 use crate::error::{Error, Result};
 use crate::ids::{LogId, NodeId, ShardId};
 use crate::node::Node;
@@ -137,15 +137,21 @@ impl Sessions {
     }
 }
 
-/// Pins `shard`'s ranges of `keyspaces` in `lsm` and reads the position
+/// Pins `shard`'s ranges of `keyspaces` in `lsm` — the slots it owns as
+/// its state machine last applied them (a split or merge may have changed
+/// them since this node's slot map was made) — and reads the position
 /// they reflect.
 pub(crate) fn pin(
     lsm: &Arc<Lsm>,
-    slots: &SlotMap,
+    slots: &std::ops::Range<u16>,
     shard: ShardId,
     keyspaces: &[Keyspace],
 ) -> Result<(View, Option<LogId>)> {
-    let view = View::new(Arc::clone(lsm), slots.key_ranges_of(shard, keyspaces));
+    let ranges = crate::cluster::slots::slot_key_ranges(slots)
+        .into_iter()
+        .filter(|(lo, _)| keyspaces.iter().any(|ks| lo.first() == Some(&(*ks as u8))))
+        .collect();
+    let view = View::new(Arc::clone(lsm), ranges);
     let applied = match view.get(&applied_key(shard))? {
         Some(v) => codec::decode::<Applied>("applied state", &v)?.last_applied,
         None => None,
@@ -163,7 +169,14 @@ impl<A: App> Shared<A> {
                 phases.len()
             ))
         })?;
-        let (view, applied) = pin(&self.lsm, &self.slot_map(), shard, keyspaces)?;
+        let owned = self.group(shard)?.owned.get();
+        if owned.frozen.is_some() {
+            return Err(Error::Misrouted {
+                shard,
+                reason: "it is being merged into another shard; back that one up".into(),
+            });
+        }
+        let (view, applied) = pin(&self.lsm, &owned.slots, shard, keyspaces)?;
         let token = self.backups.register(shard, view)?;
         Ok(ReadResult::BackupOpened {
             token,

@@ -679,6 +679,28 @@ async fn leader_of(addr: SocketAddr, shard: u32) -> u64 {
     }
 }
 
+/// Every node's history of `conv` (one page) holds exactly the text
+/// messages `acked` names, in seq order.
+async fn history_holds(clients: &[Http], conv: &str, acked: &[u64]) {
+    let mut want = acked.to_vec();
+    want.sort_unstable();
+    for (i, client) in clients.iter().enumerate() {
+        let (s, v) = client
+            .get(&format!("/v1/conversations/{conv}/messages?limit=200"))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let seqs: Vec<u64> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["kind"] == "text")
+            .map(|m| m["seq"].as_u64().unwrap())
+            .rev()
+            .collect();
+        assert_eq!(seqs, want, "node {}: {conv}", i + 1);
+    }
+}
+
 /// Online split through the admin API of a 3-node cluster while clients on
 /// every node keep sending: every acknowledged message is in its
 /// conversation's history once, in seq order with no gap, on every node;
@@ -764,23 +786,7 @@ async fn a_shard_splits_through_the_admin_api_while_clients_send() {
             "{conv}: {} sends",
             acked.len()
         );
-        for (i, client) in clients.iter().enumerate() {
-            let (s, v) = client
-                .get(&format!("/v1/conversations/{conv}/messages?limit=200"))
-                .await;
-            assert_eq!(s, 200, "{v}");
-            let mut seqs: Vec<u64> = v["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|m| m["kind"] == "text")
-                .map(|m| m["seq"].as_u64().unwrap())
-                .collect();
-            seqs.sort_unstable();
-            let mut want = acked.clone();
-            want.sort_unstable();
-            assert_eq!(seqs, want, "node {}: {conv}", i + 1);
-        }
+        history_holds(&clients, conv, acked).await;
     }
     // The new shard is in the layout with its slots and a leader.
     let (s, layout) = admin(
@@ -839,23 +845,7 @@ async fn a_shard_splits_through_the_admin_api_while_clients_send() {
             let (seq, _) = client.send(conv, &format!("merged-{i}"), "x").await;
             acked.push(seq);
         }
-        for (i, client) in clients.iter().enumerate() {
-            let (s, v) = client
-                .get(&format!("/v1/conversations/{conv}/messages?limit=200"))
-                .await;
-            assert_eq!(s, 200, "{v}");
-            let seqs: Vec<u64> = v["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|m| m["kind"] == "text")
-                .map(|m| m["seq"].as_u64().unwrap())
-                .rev()
-                .collect();
-            let mut want = acked.clone();
-            want.sort_unstable();
-            assert_eq!(seqs, want, "node {}: {conv} after the merge", i + 1);
-        }
+        history_holds(&clients, conv, &acked).await;
     }
     for n in nodes {
         n.shutdown().await.unwrap();

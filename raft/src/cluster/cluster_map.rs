@@ -332,6 +332,7 @@ pub(crate) fn execute(map: &mut ClusterMap, cmd: &ClusterCommand) -> ClusterOutc
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+    use missive_engine::keys::Slot;
 
     fn register(map: &mut ClusterMap, node: NodeId, addr: &str, shards: u32) -> ClusterOutcome {
         execute(
@@ -386,6 +387,44 @@ mod tests {
         let why = refused(&register(&mut m, 3, "127.0.0.3:1", 8)).to_string();
         assert!(why.contains("8 shards") && why.contains("has 4"), "{why}");
         assert_eq!(m, before);
+    }
+
+    #[test]
+    fn splits_are_reserved_then_recorded_and_merges_recorded_once() {
+        let mut m = ClusterMap::default();
+        register(&mut m, 1, "a:1", 2).unwrap();
+        let before = encode(&m).unwrap();
+        assert_eq!(before[0], 1, "no split yet: record version 1");
+        assert_eq!(decode(&before).unwrap(), m);
+        // Two reservations get two ids; the same one again, the same id.
+        assert_eq!(m.reserve(ShardId(1), 1000), Ok(true));
+        assert_eq!(m.reserve(ShardId(2), 3000), Ok(true));
+        assert_eq!(m.reserve(ShardId(1), 1000), Ok(false));
+        assert_eq!(m.reserved_child(ShardId(1), 1000), Some(ShardId(3)));
+        assert_eq!(m.reserved_child(ShardId(2), 3000), Some(ShardId(4)));
+        assert!(m.reserve(ShardId(1), 5).is_ok(), "inside shard 1's run");
+        assert!(m.reserve(ShardId(1), 3000).is_err(), "not shard 1's slot");
+        // Recording needs the reservation; it is idempotent.
+        assert!(m.record_split(ShardId(1), 1000, ShardId(9)).is_err());
+        assert_eq!(m.record_split(ShardId(1), 1000, ShardId(3)), Ok(true));
+        assert_eq!(m.record_split(ShardId(1), 1000, ShardId(3)), Ok(false));
+        assert_eq!(
+            m.current_slots().unwrap().shard_of_slot(Slot(1500)),
+            ShardId(3)
+        );
+        assert_eq!(
+            m.slots,
+            Some(SlotMap::even(2).unwrap()),
+            "the founding map stays"
+        );
+        let bytes = encode(&m).unwrap();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(decode(&bytes).unwrap(), m);
+        // A merge back, recorded once.
+        assert_eq!(m.record_merge(ShardId(1), ShardId(3)), Ok(true));
+        assert_eq!(m.record_merge(ShardId(1), ShardId(3)), Ok(false));
+        assert_eq!(m.current_slots().unwrap().slots(ShardId(1)), Some(0..2048));
+        assert!(m.record_merge(ShardId(2), ShardId(1)).is_ok());
     }
 
     #[test]

@@ -275,6 +275,42 @@ mod tests {
     }
 
     #[test]
+    fn a_split_and_its_merge_keep_every_slot_owned_once() {
+        let m = SlotMap::even(2).unwrap();
+        // The child must be a new id, the point strictly inside the run.
+        assert!(m.split(ShardId(1), 1024, ShardId(2)).is_err());
+        assert!(m.split(ShardId(1), 0, ShardId(3)).is_err());
+        assert!(m.split(ShardId(1), 2048, ShardId(3)).is_err());
+        let s = m.split(ShardId(1), 1000, ShardId(3)).unwrap();
+        assert_eq!(s.version, 2);
+        assert_eq!(s.slots(ShardId(1)), Some(0..1000));
+        assert_eq!(s.slots(ShardId(3)), Some(1000..2048));
+        assert_eq!(s.shard_of_slot(Slot(999)), ShardId(1));
+        assert_eq!(s.shard_of_slot(Slot(1000)), ShardId(3));
+        assert_eq!(s.shard_of_slot(Slot(2048)), ShardId(2));
+        assert_eq!(s.shards().collect::<Vec<_>>(), [1, 2, 3].map(ShardId));
+        assert_eq!(s.next_shard(), ShardId(4));
+        // Ids skipped by a refused reservation own nothing.
+        let t = s.split(ShardId(2), 3000, ShardId(6)).unwrap();
+        assert_eq!(t.slots(ShardId(5)), Some(0..0));
+        assert_eq!(t.shard_count(), 4);
+        // Merging needs adjoining runs; it empties the child for good.
+        assert!(t.merge(ShardId(1), ShardId(6)).is_err());
+        let u = t.merge(ShardId(3), ShardId(1)).unwrap();
+        assert_eq!(u.slots(ShardId(3)), Some(0..2048));
+        assert_eq!(u.slots(ShardId(1)), Some(0..0));
+        assert_eq!(u.shards().collect::<Vec<_>>(), [2, 3, 6].map(ShardId));
+        assert_eq!(u.next_shard(), ShardId(7));
+        for slot in [0, 2047, 2048, 2999, 3000, 4095] {
+            let owner = u.shard_of_slot(Slot(slot));
+            assert!(u.slots(owner).unwrap().contains(&slot), "slot {slot}");
+        }
+        // The encoding is the founding map's shape.
+        let bytes = postcard::to_allocvec(&u).unwrap();
+        assert_eq!(postcard::from_bytes::<SlotMap>(&bytes).unwrap(), u);
+    }
+
+    #[test]
     fn key_ranges_hold_exactly_the_shards_keys() {
         let m = SlotMap::even(3).unwrap();
         for c in 0..500u64 {
