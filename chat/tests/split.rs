@@ -2,7 +2,8 @@
 //! load: the history checker finds every acknowledged message exactly
 //! once, in one order on every replica, across both; the moved
 //! conversations are served by the new shard after the split (writes and
-//! reads, from every node) and by the old one again after the merge, whose
+//! reads, from every node; linearizable reads during the change never miss
+//! an acknowledged message) and by the old one again after the merge, whose
 //! merged group every node closes; the fan-out keeps filling inboxes; and
 //! both survive a restart of every node.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
@@ -17,6 +18,7 @@ use std::time::Duration;
 use common::{cluster, config_at, create_group, send, wait_leader, Checker};
 use missive_chat::ChatNode as Node;
 use missive_engine::keys::{ConversationId, Slot};
+use missive_raft::node::Consistency;
 use missive_raft::ShardId;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -68,12 +70,46 @@ async fn under_load<F: Future<Output = ()>>(
             }),
         ));
     }
+    // Readers beside the writers: a linearizable read of a conversation's
+    // history, through any node, holds every message acknowledged before
+    // it began — across the change too (no gap).
+    let mut readers = Vec::new();
+    for (i, (conv, checker)) in convs.iter().enumerate() {
+        let (nodes, stop, conv) = (Arc::clone(nodes), Arc::clone(&stop), *conv);
+        let checker = checker.clone();
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let before = checker.acked();
+                let node = nodes[(i + 1 + reads as usize) % 3].as_ref().unwrap();
+                let got: std::collections::HashSet<String> = node
+                    .history(conv, None, usize::MAX, Consistency::Linearizable)
+                    .await
+                    .unwrap_or_else(|e| panic!("reading {conv:?}: {e}"))
+                    .into_iter()
+                    .map(|m| m.message.client_msg_id)
+                    .collect();
+                if let Some(missing) = before.iter().find(|id| !got.contains(*id)) {
+                    panic!(
+                        "node {}: a read missed {missing}, acknowledged before it",
+                        node.id()
+                    );
+                }
+                reads += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            reads
+        }));
+    }
     tokio::time::sleep(Duration::from_millis(800)).await;
     change.await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
     for (_, _, w) in &mut writers {
         w.await.unwrap();
+    }
+    for r in readers {
+        assert!(r.await.unwrap() > 10, "{round}: a reader barely read");
     }
     for (conv, checker, _) in &writers {
         assert!(

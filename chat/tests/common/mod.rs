@@ -223,6 +223,17 @@ impl Checker {
         self.seen.lock().unwrap().get(id).cloned()
     }
 
+    /// The ids acknowledged so far.
+    pub fn acked(&self) -> HashSet<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| matches!(s, Seen::Ok(..)))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub fn oks(&self) -> usize {
         self.seen
             .lock()
