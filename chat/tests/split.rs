@@ -82,13 +82,19 @@ async fn under_load<F: Future<Output = ()>>(
             while !stop.load(Ordering::Relaxed) {
                 let before = checker.acked();
                 let node = nodes[(i + 1 + reads as usize) % 3].as_ref().unwrap();
-                let got: std::collections::HashSet<String> = node
+                let got: std::collections::HashSet<String> = match node
                     .history(conv, None, usize::MAX, Consistency::Linearizable)
                     .await
-                    .unwrap_or_else(|e| panic!("reading {conv:?}: {e}"))
-                    .into_iter()
-                    .map(|m| m.message.client_msg_id)
-                    .collect();
+                {
+                    Ok(h) => h.into_iter().map(|m| m.message.client_msg_id).collect(),
+                    // A client is told to retry (503): the new shard
+                    // electing its first leader, say.
+                    Err(e) if e.is_retryable() => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    Err(e) => panic!("reading {conv:?}: {e}"),
+                };
                 if let Some(missing) = before.iter().find(|id| !got.contains(*id)) {
                     panic!(
                         "node {}: a read missed {missing}, acknowledged before it",

@@ -65,7 +65,8 @@ pub struct MergeDone {
     pub child: ShardId,
     /// The child's freeze's log index.
     pub frozen_at: u64,
-    /// The parent's log index of the merge.
+    /// The parent's log index of the merge (0 when a repeated call found
+    /// it already made).
     pub merge_index: u64,
 }
 
@@ -222,7 +223,12 @@ impl<A: App> Shared<A> {
         let out = self.write(parent, A::cluster(cmd), STEP_WAIT).await?;
         let merge_index = match A::as_cluster_outcome(&out) {
             Some(Ok(i)) => i,
-            Some(Err(why)) => return Err(Error::Refused(why)),
+            // A repeated call: the merge is made if the parent's owner
+            // record covers the child's run (its index is not kept: 0).
+            Some(Err(why)) => match self.owner_on_record(parent, parent).await? {
+                Some(o) if o.slots.start <= run.start && o.slots.end >= run.end => 0,
+                _ => return Err(Error::Refused(why)),
+            },
             None => {
                 return Err(Error::Unknown {
                     shard: parent,

@@ -222,7 +222,8 @@ pub struct SplitDone {
     pub child: ShardId,
     /// The first slot the child took; the parent keeps the slots below.
     pub at: u16,
-    /// The parent's log index of the cut.
+    /// The parent's log index of the cut (0 when a repeated call found
+    /// the cut already made).
     pub cut_index: u64,
 }
 
@@ -400,6 +401,28 @@ impl<A: App> crate::shared::Shared<A> {
         }
     }
 
+    /// `of`'s owner record as `on`'s replicas hold it now (a linearizable
+    /// read through `on`'s read path: the records are not slot keys).
+    pub(crate) async fn owner_on_record(
+        &self,
+        on: ShardId,
+        of: ShardId,
+    ) -> crate::Result<Option<crate::storage::meta::Owner>> {
+        let op = crate::transport::ReadOp::Get { key: owner_key(of) };
+        match self
+            .read_once(on, crate::read::Consistency::Linearizable, op)
+            .await?
+        {
+            crate::transport::ReadResult::Value(v) => {
+                v.map(|v| codec::decode("owner record", &v)).transpose()
+            }
+            other => Err(crate::Error::malformed(
+                "owner record read",
+                format!("answered {other:?}"),
+            )),
+        }
+    }
+
     /// Splits `parent` at slot `at` (its middle slot if `None`) into a new
     /// shard on the same replicas (see the module essay). Safe to repeat
     /// after a failure: a repeated call finds its reservation and the cut
@@ -463,7 +486,12 @@ impl<A: App> crate::shared::Shared<A> {
             .await?;
         let cut_index = match A::as_cluster_outcome(&out) {
             Some(Ok(index)) => index,
-            Some(Err(why)) => return Err(Error::Refused(why)),
+            // A repeated call: the cut is made if the child's owner record
+            // is in the parent's replicas (its index is not kept: 0).
+            Some(Err(why)) => match self.owner_on_record(parent, child).await? {
+                Some(o) if o.slots.start == at => 0,
+                _ => return Err(Error::Refused(why)),
+            },
             None => {
                 return Err(Error::Unknown {
                     shard: parent,
