@@ -127,8 +127,13 @@ async fn metric(c: &reqwest::Client, srv: &Server, name: &str) -> Result<f64> {
 }
 
 async fn node_bytes_written(c: &reqwest::Client, srv: &Server) -> Result<f64> {
+    // Builds before blob files have no blob counter: zero for them.
+    let blobs = metric(c, srv, "missive_lsm_blob_bytes_written_total")
+        .await
+        .unwrap_or(0.0);
     Ok(metric(c, srv, "missive_log_bytes_written_total").await?
-        + metric(c, srv, "missive_lsm_table_bytes_written_total").await?)
+        + metric(c, srv, "missive_lsm_table_bytes_written_total").await?
+        + blobs)
 }
 
 async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {

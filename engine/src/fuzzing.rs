@@ -99,16 +99,17 @@ pub fn table_block(data: &[u8]) {
     let Some((&pick, payload)) = data.split_first() else {
         return;
     };
-    let layout = if pick & 1 == 0 {
-        BlockLayout::Columnar
-    } else {
-        BlockLayout::Interleaved
+    let layout = match pick % 3 {
+        0 => BlockLayout::Columnar,
+        1 => BlockLayout::Interleaved,
+        _ => BlockLayout::ColumnarBlobs,
     };
     if let Ok(block) = DecodedBlock::decode(payload.to_vec(), layout) {
         assert!(block.len() <= payload.len(), "more entries than bytes");
         for i in 0..block.len() {
             let (key, seq) = (block.key(i).to_vec(), block.seq(i));
             let _ = block.value(i);
+            let _ = block.is_blob(i);
             // Keys need not be sorted in a damaged block; seeking must
             // still answer an index in range.
             assert!(block.seek(&key, seq) <= block.len());
@@ -296,13 +297,32 @@ pub fn seeds(dir: &Path) -> crate::Result<Vec<(&'static str, String, Vec<u8>)>> 
     let mut bloom = crate::lsm::table::bloom::BloomBuilder::default();
     for ts in (1..=20u64).rev() {
         let key = message_key(ConversationId(9), Timestamp(ts));
-        block.add(&key, ts, (ts % 5 != 0).then_some(&b"hello"[..]));
+        block.add_entry(&key, ts, (ts % 5 != 0).then_some(&b"hello"[..]), false);
         bloom.add(crate::keys::bloom_prefix(&key));
     }
     out.push((
         "table_block",
         "columnar".into(),
         [&[0u8][..], &block.take()].concat(),
+    ));
+    // Version 3: every third value a blob reference.
+    for ts in (1..=20u64).rev() {
+        let key = message_key(ConversationId(9), Timestamp(ts));
+        let r = crate::lsm::blob::BlobRef {
+            file: 7,
+            offset: 16 + ts * 100,
+            len: 92,
+            crc: ts as u32,
+        }
+        .encode();
+        let blob = ts % 3 == 0;
+        let value: &[u8] = if blob { &r } else { b"hello" };
+        block.add_entry(&key, ts, (ts % 5 != 0).then_some(value), blob);
+    }
+    out.push((
+        "table_block",
+        "columnar-blobs".into(),
+        [&[2u8][..], &block.take()].concat(),
     ));
     let filter = bloom.finish(10);
     let key = message_key(ConversationId(9), Timestamp(1));

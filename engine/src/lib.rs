@@ -40,6 +40,8 @@
 //!     readers, finger-placed inserts) over `arena` chunks;
 //!   - `table/` — `block` (build/decode), `bloom`, `builder`, `reader`: the
 //!     table format, byte by byte in `table/mod.rs`;
+//!   - `blob` — blob files: values of a flush above a size kept out of the
+//!     tables, which hold references (format and lifetime in its essay);
 //!   - `cache` — the shared block cache;
 //!   - `read` — **the store's read path**: cursors, merge, snapshot rules;
 //!   - `version`, `manifest` — the live file set and its durable edit log;

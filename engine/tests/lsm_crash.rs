@@ -46,6 +46,7 @@ fn options() -> DbOptions {
             memtable_bytes: 16 << 10,
             block_size: 1024,
             target_table_bytes: 32 << 10,
+            blob_threshold: Some(150),
             picker: PickerConfig {
                 l0_trigger: 2,
                 level1_bytes: 64 << 10,
@@ -63,7 +64,8 @@ fn key(t: u64, i: u64, j: u64) -> Vec<u8> {
 
 fn value(t: u64, i: u64, j: u64) -> Vec<u8> {
     let mut v = format!("t{t} b{i} k{j} ").into_bytes();
-    v.resize(100, b'.');
+    // Every other value is above the blob threshold (blob files).
+    v.resize(100 + 100 * (j as usize % 2), b'.');
     v
 }
 

@@ -207,8 +207,13 @@ pub fn manifest(m: &ManifestDump) -> Output {
 }
 
 pub fn verify(r: &VerifyReport) -> Output {
+    let blobs = if r.blob_files > 0 {
+        format!(", {} blob files ({} values)", r.blob_files, r.blob_values)
+    } else {
+        String::new()
+    };
     let mut text = format!(
-        "ok: {} log segments ({} records), {} tables ({} entries): every checksum holds\n",
+        "ok: {} log segments ({} records), {} tables ({} entries){blobs}: every checksum holds\n",
         r.log_segments, r.log_records, r.tables, r.table_entries
     );
     if let Some((path, off, why)) = &r.torn_tail {
@@ -223,6 +228,7 @@ pub fn verify(r: &VerifyReport) -> Output {
         json: json!({
             "ok": true, "log_segments": r.log_segments, "log_records": r.log_records,
             "tables": r.tables, "table_entries": r.table_entries,
+            "blob_files": r.blob_files, "blob_values": r.blob_values,
             "torn_tail": r.torn_tail.as_ref().map(|(p, o, w)| json!({"file": p, "offset": o, "reason": w})),
         }),
     }

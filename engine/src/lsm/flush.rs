@@ -2,8 +2,10 @@
 //!
 //! # Order of the steps (what makes a crash at any point safe)
 //!
-//! 1. Write the table and fsync it, then fsync the tables directory. A
-//!    crash here leaves a file the manifest does not name: deleted at open.
+//! 1. Write the blob file (values of at least `blob_threshold` bytes, see
+//!    `blob.rs`) and fsync it, then the table referencing it, then fsync
+//!    the tables directory. A crash here leaves files the manifest does
+//!    not name or reference: deleted at open.
 //! 2. Run the owner's flush barrier: the owner's log must be durable up to
 //!    every position the memtable noted, or a table would hold an effect
 //!    whose log entry a crash could still take back.
@@ -52,9 +54,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::log::StreamId;
+use crate::lsm::blob::BlobWriter;
 use crate::lsm::reaper::{free_when_sole, FLUSHER_WAIT};
 use crate::lsm::table::builder::TableBuilder;
-use crate::lsm::table::reader::Table;
 use crate::lsm::table::table_path;
 use crate::lsm::version::TableFile;
 use crate::lsm::{lock, Inner};
@@ -129,6 +131,7 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
         let mut prev_key: Vec<u8> = Vec::new();
         let mut newer_seq = u64::MAX;
         let mut pacer = Pacer::new(inner, background);
+        let mut blobs: Option<BlobWriter> = None;
         for v in mem.iter() {
             pacer.tick();
             if v.key() != prev_key.as_slice() {
@@ -142,7 +145,30 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
                 dropped += 1;
                 continue;
             }
-            b.add(v.key(), v.seq(), v.value())?;
+            match v.value() {
+                // Large values go to the blob file, once (blob.rs).
+                Some(val) if inner.opts.blob_threshold.is_some_and(|t| val.len() >= t) => {
+                    let w = match &mut blobs {
+                        Some(w) => w,
+                        None => blobs.insert(BlobWriter::create(
+                            &inner.tables_dir,
+                            inner.allocate_table_id().0,
+                        )?),
+                    };
+                    let r = w.append(val)?;
+                    b.add_blob(v.key(), v.seq(), &r)?;
+                }
+                value => b.add(v.key(), v.seq(), value)?,
+            }
+        }
+        // The blob file is durable before the table naming it is installed
+        // (both are fsynced, then the directory, then the manifest edit).
+        if let Some(w) = blobs.take() {
+            let sum = w.finish()?;
+            inner
+                .stats
+                .blob_bytes_written
+                .fetch_add(sum.size, Ordering::Relaxed);
         }
         // The newest version of every key is kept, so a non-empty memtable
         // gives a non-empty table.
@@ -159,7 +185,7 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
             .flush_versions_dropped
             .fetch_add(dropped, Ordering::Relaxed);
         let meta = sum.into_meta(id, 0);
-        let table = Table::open(&path, id, Arc::clone(&inner.cache))?;
+        let table = inner.open_table(id)?;
         added.push(Arc::new(TableFile { meta, table }));
     }
     let mut flushed: Vec<(StreamId, u64)> = positions.iter().map(|(s, i)| (*s, *i)).collect();

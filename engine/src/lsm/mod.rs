@@ -44,6 +44,7 @@
 
 mod background;
 pub mod batch;
+pub(crate) mod blob;
 pub(crate) mod cache;
 pub mod compaction;
 mod db;
@@ -154,6 +155,12 @@ pub struct LsmOptions {
     /// the lowest priority. For a server sharing its cores with the store;
     /// off for bulk loading, where the flush is the bottleneck.
     pub yield_to_foreground: bool,
+    /// Values of at least this many bytes are written by the flush into a
+    /// blob file, the table keeping a 25-byte reference (see [`blob`]):
+    /// compactions then move the reference, never the bytes. `None` keeps
+    /// every value in the tables. Chat messages are far below the default
+    /// (64 KiB); media chunks (1 MiB) and large thumbnails are above it.
+    pub blob_threshold: Option<usize>,
 }
 
 impl std::fmt::Debug for LsmOptions {
@@ -185,6 +192,7 @@ impl Default for LsmOptions {
             clock: None,
             background: true,
             yield_to_foreground: false,
+            blob_threshold: Some(64 << 10),
         }
     }
 }
@@ -196,6 +204,13 @@ pub struct LsmStats {
     pub bytes_written: u64,
     /// Bytes of table files written by flushes and compactions.
     pub table_bytes_written: u64,
+    /// Bytes of blob files written by flushes and by full compactions'
+    /// rewrites (see [`blob`]).
+    pub blob_bytes_written: u64,
+    /// Blob files referenced by the live tables, and their bytes on disk.
+    pub blob_files: usize,
+    /// See `blob_files`.
+    pub blob_bytes: u64,
     /// Bytes of table blocks read into the cache.
     pub bytes_read: u64,
     /// Bytes of tables read by compactions.
@@ -346,6 +361,8 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     bg_error: Mutex<Option<Arc<Error>>>,
     cache: Arc<cache::BlockCache>,
+    /// The open blob files (`blob.rs`).
+    blobs: Arc<blob::Blobs>,
     on_flush: Mutex<Option<FlushHook>>,
     before_flush: Mutex<Option<FlushBarrier>>,
     stats: Counters,
@@ -357,6 +374,7 @@ pub(crate) struct Inner {
 struct Counters {
     bytes_written: AtomicU64,
     table_bytes_written: AtomicU64,
+    blob_bytes_written: AtomicU64,
     flushes: AtomicU64,
     compactions: AtomicU64,
     compaction_bytes_read: AtomicU64,
@@ -471,11 +489,39 @@ impl Inner {
             .version
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Blob files the removed tables referenced: those no table of the
+        // new version references go once their last reader does.
+        let mut candidates: Vec<u64> = v
+            .all_tables()
+            .filter(|t| ids.contains(&t.meta.id))
+            .flat_map(|t| t.table.blob_list.iter().map(|(f, _)| *f))
+            .collect();
         let next = v.apply(&ids, added);
+        if !candidates.is_empty() {
+            candidates.sort_unstable();
+            candidates.dedup();
+            let live: std::collections::HashSet<u64> = next
+                .all_tables()
+                .flat_map(|t| t.table.blob_list.iter().map(|(f, _)| *f))
+                .collect();
+            for id in candidates.into_iter().filter(|id| !live.contains(id)) {
+                self.blobs.retire(id);
+            }
+        }
         self.l0_tables
             .store(next.levels.first().map_or(0, Vec::len), Ordering::Release);
         *v = Arc::new(next);
         Ok(())
+    }
+
+    /// Opens a table this store just wrote, with its blob files.
+    pub(crate) fn open_table(&self, id: TableId) -> Result<table::reader::Table> {
+        table::reader::Table::open_with_blobs(
+            &table::table_path(&self.tables_dir, id),
+            id,
+            Arc::clone(&self.cache),
+            &self.blobs,
+        )
     }
 
     /// Wakes every sleeper on `bg_cv`: the background threads and stalled
@@ -507,6 +553,7 @@ impl Lsm {
             tables_dir,
             lock,
             cache,
+            blobs,
             number,
             state,
             levels,
@@ -553,6 +600,7 @@ impl Lsm {
             closed: AtomicBool::new(false),
             bg_error: Mutex::new(None),
             cache,
+            blobs,
             on_flush: Mutex::new(None),
             before_flush: Mutex::new(None),
             stats: Counters::default(),
@@ -808,7 +856,59 @@ impl Lsm {
             output_level: target,
             bottommost: true,
         };
-        self.run_compaction(&v, &choice)
+        self.run_compaction(&v, &choice)?;
+        self.rewrite_blob_garbage()
+    }
+
+    /// After a full compaction every reference left is live: rewrites each
+    /// table referencing a blob file that also holds unreferenced values,
+    /// copying its live values into new blob files, so the old files (and
+    /// the deleted values in them) leave the disk. One table at a time,
+    /// each into its own level and key range.
+    fn rewrite_blob_garbage(&self) -> Result<()> {
+        let v = self.inner.version();
+        let mut referenced: HashMap<u64, u64> = HashMap::new();
+        for t in v.all_tables() {
+            for (f, bytes) in &t.table.blob_list {
+                *referenced.entry(*f).or_insert(0) += bytes;
+            }
+        }
+        let garbage: std::collections::HashSet<u64> = self
+            .inner
+            .blobs
+            .all()
+            .iter()
+            .filter(|f| {
+                referenced
+                    .get(&f.id)
+                    .is_some_and(|&live| live < f.value_bytes)
+            })
+            .map(|f| f.id)
+            .collect();
+        if garbage.is_empty() {
+            return Ok(());
+        }
+        for t in v.all_tables() {
+            if !t.table.blob_list.iter().any(|(f, _)| garbage.contains(f)) {
+                continue;
+            }
+            let level = usize::from(t.meta.level);
+            let choice = Choice {
+                level,
+                inputs: Vec::new(),
+                overlapping: vec![t.meta.clone()],
+                output_level: level,
+                bottommost: false,
+            };
+            let how = How {
+                rewrite_blobs: Some(&garbage),
+                ..How::default()
+            };
+            if let Some(outcome) = compaction::worker::run(&self.inner, &v, &choice, how)? {
+                record_compaction(&self.inner, &outcome);
+            }
+        }
+        Ok(())
     }
 
     fn run_compaction(&self, v: &Version, choice: &Choice) -> Result<()> {
@@ -1131,6 +1231,9 @@ impl Lsm {
         for t in v.all_tables() {
             n += t.table.verify()?;
         }
+        for f in self.inner.blobs.all() {
+            f.verify()?;
+        }
         Ok(n)
     }
 
@@ -1159,9 +1262,13 @@ impl Lsm {
         let written = c.bytes_written.load(Ordering::Relaxed);
         let table_written = c.table_bytes_written.load(Ordering::Relaxed);
         let (cache_hits, cache_misses) = self.inner.cache.counts();
+        let blob_files = self.inner.blobs.all();
         LsmStats {
             bytes_written: written,
             table_bytes_written: table_written,
+            blob_bytes_written: c.blob_bytes_written.load(Ordering::Relaxed),
+            blob_files: blob_files.len(),
+            blob_bytes: blob_files.iter().map(|f| f.size()).sum(),
             bytes_read: v
                 .all_tables()
                 .map(|t| t.table.bytes_read.load(Ordering::Relaxed))
@@ -1283,6 +1390,7 @@ fn recompress_once(inner: &Inner, yielding: bool) -> Result<Recompressed> {
     let how = How {
         hc: true,
         abort: yielding.then_some(&busy as &dyn Fn() -> bool),
+        rewrite_blobs: None,
     };
     Ok(match compaction::worker::run(inner, &v, &choice, how)? {
         Some(outcome) => {
@@ -1364,6 +1472,7 @@ mod recompress_tests {
         let how = How {
             hc: true,
             abort: Some(&stop),
+            rewrite_blobs: None,
         };
         let outcome = compaction::worker::run(&lsm.inner, &v, &choice, how).unwrap();
         assert!(outcome.is_none());

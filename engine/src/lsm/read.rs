@@ -16,9 +16,11 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::lsm::blob::BlobRef;
 use crate::lsm::memtable::{Entry, Memtable};
 use crate::lsm::table::block::DecodedBlock;
 use crate::lsm::table::internal_cmp;
+use crate::lsm::table::reader::Table;
 use crate::lsm::version::TableFile;
 use crate::lsm::SeqNo;
 
@@ -38,6 +40,11 @@ pub(crate) type Item<'a> = (&'a [u8], u64, Option<&'a [u8]>);
 pub(crate) trait Cursor {
     fn current(&self) -> Option<Item<'_>>;
     fn advance(&mut self) -> Result<()>;
+    /// In a raw cursor (compaction's), when the current value is a blob
+    /// reference's bytes: the table holding it, which resolves it.
+    fn current_blob_table(&self) -> Option<&Table> {
+        None
+    }
 }
 
 /// A cursor over one memtable, within `[lo, hi)`.
@@ -103,6 +110,11 @@ impl Cursor for MemCursor<'_> {
 
 /// A cursor over a run of tables that do not overlap, in key order (one
 /// level ≥ 1, or a single level-0 table), within `[lo, hi)`.
+///
+/// A value kept in a blob file is read (and its checksum checked) when the
+/// cursor lands on it, so [`Cursor::current`] hands out the value itself;
+/// a raw cursor ([`RunCursor::raw`], compaction's) hands out the
+/// reference instead and never reads the blob.
 pub(crate) struct RunCursor {
     tables: Vec<Arc<TableFile>>,
     lo: Vec<u8>,
@@ -111,6 +123,10 @@ pub(crate) struct RunCursor {
     /// (table, block, entry) of the current position.
     pos: Option<(usize, usize, usize)>,
     block: Option<Arc<DecodedBlock>>,
+    /// Hand out blob references rather than the values.
+    raw: bool,
+    /// The current entry's blob reference, read and checked.
+    resolved: Option<BlobRef>,
 }
 
 impl RunCursor {
@@ -127,9 +143,51 @@ impl RunCursor {
             dir,
             pos: None,
             block: None,
+            raw: false,
+            resolved: None,
+        };
+        c.seek()?;
+        c.resolve()?;
+        Ok(c)
+    }
+
+    /// A forward cursor over every entry that hands out blob references
+    /// unread (for compaction, which moves them).
+    pub fn raw(tables: Vec<Arc<TableFile>>) -> Result<Self> {
+        let mut c = RunCursor {
+            tables,
+            lo: Vec::new(),
+            hi: None,
+            dir: Direction::Forward,
+            pos: None,
+            block: None,
+            raw: true,
+            resolved: None,
         };
         c.seek()?;
         Ok(c)
+    }
+
+    /// Reads and checks the blob value of the current entry, if it has one
+    /// and is in range.
+    fn resolve(&mut self) -> Result<()> {
+        self.resolved = None;
+        if self.raw {
+            return Ok(());
+        }
+        let (Some((t, _, i)), Some(blk)) = (self.pos, self.block.as_ref()) else {
+            return Ok(());
+        };
+        if !blk.is_blob(i) || self.current().is_none() {
+            return Ok(());
+        }
+        let Some(bytes) = blk.value(i) else {
+            return Ok(());
+        };
+        let table = &self.tables[t].table;
+        table.resolve(bytes)?;
+        self.resolved = BlobRef::decode(bytes);
+        Ok(())
     }
 
     fn load(&mut self, t: usize, b: usize) -> Result<()> {
@@ -243,25 +301,40 @@ impl RunCursor {
 
 impl Cursor for RunCursor {
     fn current(&self) -> Option<Item<'_>> {
-        let (_, _, i) = self.pos?;
+        let (t, _, i) = self.pos?;
         let blk = self.block.as_ref()?;
         let key = blk.key(i);
         let inside = match self.dir {
             Direction::Forward => self.hi.as_deref().is_none_or(|h| key < h),
             Direction::Reverse => key >= self.lo.as_slice(),
         };
-        inside.then(|| (key, blk.seq(i), blk.value(i)))
+        if !inside {
+            return None;
+        }
+        let value = match (blk.is_blob(i) && !self.raw, &self.resolved) {
+            (false, _) => blk.value(i),
+            // Checked when the cursor landed here (`resolve`).
+            (true, Some(r)) => self.tables[t].table.blob_slice(r),
+            (true, None) => None,
+        };
+        Some((key, blk.seq(i), value))
     }
 
     fn advance(&mut self) -> Result<()> {
         match (self.dir, self.pos) {
             (Direction::Forward, Some((t, b, i))) => {
                 self.pos = Some((t, b, i + 1));
-                self.settle_forward()
+                self.settle_forward()?;
             }
-            (Direction::Reverse, Some(_)) => self.step_back(),
-            (_, None) => Ok(()),
+            (Direction::Reverse, Some(_)) => self.step_back()?,
+            (_, None) => {}
         }
+        self.resolve()
+    }
+
+    fn current_blob_table(&self) -> Option<&Table> {
+        let (t, _, i) = self.pos?;
+        (self.raw && self.block.as_ref()?.is_blob(i)).then(|| &self.tables[t].table)
     }
 }
 

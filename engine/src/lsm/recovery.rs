@@ -13,7 +13,12 @@
 //! - a torn last manifest edit: `manifest::load` stops at it (the edit's
 //!   tables are then orphans, above);
 //! - never a named table that is missing: that is corruption, and opening
-//!   fails with it rather than serve a store with a hole.
+//!   fails with it rather than serve a store with a hole;
+//! - blob files (`blob.rs`) no named table references: written by a flush
+//!   or compaction whose edit never made it, or retired by one and not yet
+//!   deleted — deleted. A blob file a named table references is fsynced
+//!   with its directory entry before that table's edit, so one missing is
+//!   corruption too (reported when the table is opened).
 //!
 //! Sequence numbers continue after the highest any table holds. The
 //! memtables' contents are not here at all: they are in the owner's log,
@@ -26,6 +31,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::blob::{self, Blobs};
 use super::cache::BlockCache;
 use super::manifest::{self, ManifestState};
 use super::table::{self, reader::Table, table_path};
@@ -39,6 +45,8 @@ pub(super) struct Recovered {
     /// The directory's lock, held for the store's life.
     pub(super) lock: Box<dyn Send + Sync>,
     pub(super) cache: Arc<BlockCache>,
+    /// The blob files the tables reference, open.
+    pub(super) blobs: Arc<Blobs>,
     /// The number of the manifest file to write next.
     pub(super) number: u64,
     pub(super) state: ManifestState,
@@ -66,6 +74,7 @@ pub(super) fn recover(dir: &Path, opts: &LsmOptions) -> Result<Recovered> {
         }
     })?;
     let cache = Arc::new(BlockCache::new(opts.block_cache_bytes));
+    let blobs = Arc::new(Blobs::new(&tables_dir));
     let (number, mut state) = match manifest::load(dir)? {
         Some((n, s)) => (n + 1, s),
         None => (
@@ -79,9 +88,15 @@ pub(super) fn recover(dir: &Path, opts: &LsmOptions) -> Result<Recovered> {
     // Tables the manifest does not name were being written when the
     // process stopped: nothing refers to them.
     let names = std::fs::read_dir(&tables_dir).map_err(|e| Error::io("list", &tables_dir, e))?;
+    let mut blob_files = Vec::new();
     for entry in names {
         let entry = entry.map_err(|e| Error::io("list", &tables_dir, e))?;
         let name = entry.file_name();
+        if let Some(id) = name.to_str().and_then(blob::parse_blob_name) {
+            blob_files.push((id, entry.path()));
+            state.next_table_id = state.next_table_id.max(id + 1);
+            continue;
+        }
         let Some(id) = name.to_str().and_then(table::parse_table_name) else {
             continue;
         };
@@ -102,7 +117,7 @@ pub(super) fn recover(dir: &Path, opts: &LsmOptions) -> Result<Recovered> {
                 "table named by the manifest is missing",
             ));
         }
-        let table = Table::open(&path, meta.id, Arc::clone(&cache))?;
+        let table = Table::open_with_blobs(&path, meta.id, Arc::clone(&cache), &blobs)?;
         max_seq = max_seq.max(meta.max_seq);
         let lvl = usize::from(meta.level).min(LEVELS - 1);
         levels[lvl].push(Arc::new(TableFile {
@@ -110,12 +125,26 @@ pub(super) fn recover(dir: &Path, opts: &LsmOptions) -> Result<Recovered> {
             table,
         }));
     }
+    // Blob files no table references were being written by a flush or a
+    // compaction the crash interrupted, or were retired and not yet
+    // deleted: nothing refers to them.
+    let referenced: std::collections::HashSet<u64> = levels
+        .iter()
+        .flatten()
+        .flat_map(|t| t.table.blob_list.iter().map(|(f, _)| *f))
+        .collect();
+    for (id, p) in blob_files {
+        if !referenced.contains(&id) {
+            std::fs::remove_file(&p).map_err(|e| Error::io("remove the orphan", &p, e))?;
+        }
+    }
     version::sort_levels(&mut levels);
     state.last_seq = max_seq;
     Ok(Recovered {
         tables_dir,
         lock,
         cache,
+        blobs,
         number,
         state,
         levels,

@@ -27,10 +27,10 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::lsm::blob::{BlobRef, BlobWriter};
 use crate::lsm::compaction::picker::Choice;
 use crate::lsm::read::{next_cursor, Cursor, Direction, RunCursor};
 use crate::lsm::table::builder::TableBuilder;
-use crate::lsm::table::reader::Table;
 use crate::lsm::table::{table_path, TableId};
 use crate::lsm::version::{FileMeta, TableFile, Version};
 use crate::lsm::Inner;
@@ -52,6 +52,10 @@ pub(crate) struct How<'a> {
     /// Asked every [`ABORT_LOOK_EVERY`] versions: true stops the
     /// compaction, removes what it wrote and changes nothing.
     pub abort: Option<&'a dyn Fn() -> bool>,
+    /// Blob files whose referenced values this compaction copies into a
+    /// new blob file (they hold garbage; see `blob.rs`); every other
+    /// reference moves as it is.
+    pub rewrite_blobs: Option<&'a std::collections::HashSet<u64>>,
 }
 
 /// Versions merged between calls of `How::abort`.
@@ -77,21 +81,12 @@ pub(crate) fn run(
     // Inputs may overlap each other (level 0, or several levels in a full
     // compaction): a cursor each. The tables below form one sorted run.
     let mut cursors: Vec<Box<dyn Cursor>> = Vec::new();
+    // Raw cursors: blob references move, their values are not read.
     for t in &inputs {
-        cursors.push(Box::new(RunCursor::new(
-            vec![Arc::clone(t)],
-            &[],
-            None,
-            Direction::Forward,
-        )?));
+        cursors.push(Box::new(RunCursor::raw(vec![Arc::clone(t)])?));
     }
     if !below.is_empty() {
-        cursors.push(Box::new(RunCursor::new(
-            below.clone(),
-            &[],
-            None,
-            Direction::Forward,
-        )?));
+        cursors.push(Box::new(RunCursor::raw(below.clone())?));
     }
     let oldest_snapshot = inner.oldest_snapshot();
     let now = inner.now();
@@ -102,6 +97,8 @@ pub(crate) fn run(
 
     let mut outputs: Vec<(TableId, crate::lsm::table::builder::TableSummary)> = Vec::new();
     let mut builder: Option<(TableId, TableBuilder)> = None;
+    // Where values relocated out of `how.rewrite_blobs` files go.
+    let mut blob_out: Option<BlobWriter> = None;
     let mut prev_key: Vec<u8> = Vec::new();
     let mut have_prev = false;
     let mut newer_seq = u64::MAX;
@@ -119,6 +116,9 @@ pub(crate) fn run(
                 for id in ids {
                     let path = table_path(&inner.tables_dir, id);
                     std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                }
+                if let Some(w) = blob_out.take() {
+                    w.abandon()?;
                 }
                 return Ok(None);
             }
@@ -146,8 +146,16 @@ pub(crate) fn run(
         let mut discard =
             newer_seq <= oldest_snapshot || (v.is_none() && visible_to_all && choice.bottommost);
         let mut value = v;
+        // A blob reference: the table that resolves it.
+        let blob_table = cursors[i].current_blob_table();
         if !discard {
             if let Some(val) = v {
+                // Retention reads a value's head; a blob value is mapped,
+                // so only the pages it reads come in.
+                let val = match blob_table {
+                    Some(t) => t.resolve_unchecked(val)?,
+                    None => val,
+                };
                 if inner.is_expired(k, val, now) {
                     if choice.bottommost && visible_to_all {
                         discard = true;
@@ -179,10 +187,37 @@ pub(crate) fn run(
                 s
             };
             if let Some((_, b)) = builder.as_mut() {
-                b.add(k, out_seq, value)?;
+                match (value, blob_table) {
+                    (Some(reference), Some(t)) => {
+                        let r = BlobRef::decode(reference).ok_or_else(|| {
+                            Error::corruption(&t.path, 0, "malformed blob reference")
+                        })?;
+                        if how.rewrite_blobs.is_some_and(|set| set.contains(&r.file)) {
+                            let w = match &mut blob_out {
+                                Some(w) => w,
+                                None => blob_out.insert(BlobWriter::create(
+                                    &inner.tables_dir,
+                                    inner.allocate_table_id().0,
+                                )?),
+                            };
+                            b.add_blob(k, out_seq, &w.append(t.resolve(reference)?)?)?;
+                        } else {
+                            b.add_blob(k, out_seq, &r)?;
+                        }
+                    }
+                    _ => b.add(k, out_seq, value)?,
+                }
             }
         }
         cursors[i].advance()?;
+    }
+    // Relocated values are durable before the tables naming them.
+    if let Some(w) = blob_out.take() {
+        let sum = w.finish()?;
+        inner
+            .stats
+            .blob_bytes_written
+            .fetch_add(sum.size, std::sync::atomic::Ordering::Relaxed);
     }
     if let Some((id, b)) = builder.take() {
         if b.is_empty() {
@@ -200,11 +235,7 @@ pub(crate) fn run(
         outcome.bytes_out += sum.size;
         let mut meta = sum.into_meta(id, choice.output_level as u8);
         meta.recompressed = how.hc;
-        let table = Table::open(
-            &table_path(&inner.tables_dir, id),
-            id,
-            Arc::clone(&inner.cache),
-        )?;
+        let table = inner.open_table(id)?;
         added.push(Arc::new(TableFile { meta, table }));
     }
     let removed: Vec<(u8, TableId)> = inputs

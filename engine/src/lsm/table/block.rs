@@ -21,6 +21,10 @@ pub(crate) enum BlockLayout {
     /// Table version 2: the headers' columns, then all key suffixes, then
     /// all values.
     Columnar,
+    /// Table version 3: version 2's, and a block may carry the blob column
+    /// (after the value lengths) naming the entries whose value is a blob
+    /// reference.
+    ColumnarBlobs,
 }
 
 /// Accumulates the entries of one block, in the columnar layout.
@@ -40,17 +44,35 @@ pub(crate) struct BlockBuilder {
     value_lens: Vec<u8>,
     suffixes: Vec<u8>,
     values: Vec<u8>,
+    /// Indices of the entries whose value is a blob reference.
+    blobs: Vec<u32>,
     count: u32,
     last_key: Vec<u8>,
     last_seq: u64,
 }
+
+/// Bit 31 of a block's `count` word: the block has the blob column (table
+/// version 3; see [`crate::lsm::table`]).
+pub(crate) const BLOB_COLUMN_FLAG: u32 = 1 << 31;
+/// Bit 31 of a decoded slot's `val_len`: the value is a blob reference.
+const BLOB_BIT: u32 = 1 << 31;
 
 impl BlockBuilder {
     pub fn new() -> Self {
         Self::default()
     }
 
+    #[cfg(test)]
     pub fn add(&mut self, key: &[u8], seq: u64, value: Option<&[u8]>) {
+        self.add_entry(key, seq, value, false);
+    }
+
+    /// Adds a version whose value is a blob reference's bytes (`blob`) or
+    /// the value itself.
+    pub fn add_entry(&mut self, key: &[u8], seq: u64, value: Option<&[u8]>, blob: bool) {
+        if blob && value.is_some() {
+            self.blobs.push(self.count);
+        }
         let shared = key
             .iter()
             .zip(&self.last_key)
@@ -75,7 +97,8 @@ impl BlockBuilder {
 
     /// The payload's size if the block were finished now.
     pub fn raw_len(&self) -> usize {
-        4 + self.shared.len()
+        4 + self.blobs.len() * 2
+            + self.shared.len()
             + self.unshared.len()
             + self.seqs.len()
             + self.value_lens.len()
@@ -93,16 +116,34 @@ impl BlockBuilder {
 
     /// The finished payload; resets the builder (keeping its buffers).
     pub fn take(&mut self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.raw_len());
-        out.extend_from_slice(&self.count.to_le_bytes());
+        let mut out = Vec::with_capacity(self.raw_len() + 8);
+        let flag = if self.blobs.is_empty() {
+            0
+        } else {
+            BLOB_COLUMN_FLAG
+        };
+        out.extend_from_slice(&(self.count | flag).to_le_bytes());
         for col in [
             &mut self.shared,
             &mut self.unshared,
             &mut self.seqs,
             &mut self.value_lens,
-            &mut self.suffixes,
-            &mut self.values,
         ] {
+            out.extend_from_slice(col);
+            col.clear();
+        }
+        if !self.blobs.is_empty() {
+            // The blob column: how many, then each index as the distance
+            // from the previous one.
+            varint::put(&mut out, self.blobs.len() as u64);
+            let mut prev = 0;
+            for &i in &self.blobs {
+                varint::put(&mut out, u64::from(i - prev));
+                prev = i;
+            }
+            self.blobs.clear();
+        }
+        for col in [&mut self.suffixes, &mut self.values] {
             out.extend_from_slice(col);
             col.clear();
         }
@@ -113,14 +154,19 @@ impl BlockBuilder {
     }
 }
 
-/// A payload's entry count (its first four bytes).
-fn block_count(payload: &[u8]) -> Result<usize, &'static str> {
+/// A payload's entry count (its first four bytes, without the blob
+/// column flag) and whether the flag is set.
+fn block_count(payload: &[u8]) -> Result<(usize, bool), &'static str> {
     let count: [u8; 4] = payload
         .get(..4)
         .ok_or("block shorter than its count")?
         .try_into()
         .map_err(|_| "block count")?;
-    Ok(u32::from_le_bytes(count) as usize)
+    let word = u32::from_le_bytes(count);
+    Ok((
+        (word & !BLOB_COLUMN_FLAG) as usize,
+        word & BLOB_COLUMN_FLAG != 0,
+    ))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,12 +200,19 @@ impl DecodedBlock {
     pub fn decode(payload: Vec<u8>, layout: BlockLayout) -> Result<DecodedBlock, &'static str> {
         match layout {
             BlockLayout::Interleaved => Self::decode_interleaved(&payload),
-            BlockLayout::Columnar => Self::decode_columnar(payload),
+            BlockLayout::Columnar => Self::decode_columnar(payload, false),
+            BlockLayout::ColumnarBlobs => Self::decode_columnar(payload, true),
         }
     }
 
-    fn decode_columnar(payload: Vec<u8>) -> Result<DecodedBlock, &'static str> {
-        let count = block_count(&payload)?;
+    fn decode_columnar(
+        payload: Vec<u8>,
+        blobs_allowed: bool,
+    ) -> Result<DecodedBlock, &'static str> {
+        let (count, has_blobs) = block_count(&payload)?;
+        if has_blobs && !blobs_allowed {
+            return Err("blob column in a table whose version has none");
+        }
         let bad = "malformed block column";
         let mut pos = 4;
         // The four header columns first, parked in the slots: shared in
@@ -206,9 +259,32 @@ impl DecodedBlock {
                 0 => u32::MAX,
                 n => small(n - 1)?,
             };
+            if v != 0 && s.val_len >= BLOB_BIT - 1 {
+                return Err("value longer than a block can hold");
+            }
             value_total += if v == 0 { 0 } else { s.val_len as usize };
             Ok(())
         })?;
+        if has_blobs {
+            let n = varint::get(&payload, &mut pos).ok_or(bad)?;
+            let mut at = 0u64;
+            for k in 0..n {
+                let d = varint::get(&payload, &mut pos).ok_or(bad)?;
+                // Strictly increasing after the first.
+                if k > 0 && d == 0 {
+                    return Err("blob column indices out of order");
+                }
+                at = at.checked_add(d).ok_or(bad)?;
+                let slot = usize::try_from(at)
+                    .ok()
+                    .and_then(|i| slots.get_mut(i))
+                    .ok_or("blob column names an entry the block lacks")?;
+                if slot.val_len == u32::MAX {
+                    return Err("blob column names a tombstone");
+                }
+                slot.val_len |= BLOB_BIT;
+            }
+        }
         let mut suffix_at = pos;
         let mut value_at = pos.checked_add(suffix_total).ok_or(bad)?;
         if value_at.checked_add(value_total) != Some(payload.len()) {
@@ -230,7 +306,7 @@ impl DecodedBlock {
             s.key_len = (shared + unshared) as u32;
             s.val_off = value_at as u32;
             if s.val_len != u32::MAX {
-                value_at += s.val_len as usize;
+                value_at += (s.val_len & !BLOB_BIT) as usize;
             }
             prev = (key_off, shared + unshared);
         }
@@ -242,7 +318,10 @@ impl DecodedBlock {
     }
 
     fn decode_interleaved(payload: &[u8]) -> Result<DecodedBlock, &'static str> {
-        let count = block_count(payload)?;
+        let (count, has_blobs) = block_count(payload)?;
+        if has_blobs {
+            return Err("blob column in a version 1 table");
+        }
         let mut pos = 4;
         let mut values = Vec::with_capacity(payload.len());
         let mut keys = Vec::with_capacity(count.min(payload.len()) * 16);
@@ -274,6 +353,9 @@ impl DecodedBlock {
             let key_len = shared + unshared;
             let val_off = values.len();
             let stored_len = match val_len {
+                Some(n) if n >= (BLOB_BIT - 1) as usize => {
+                    return Err("value longer than a block can hold")
+                }
                 Some(n) => {
                     let value = payload.get(pos..pos.checked_add(n).ok_or(bad)?);
                     values.extend_from_slice(value.ok_or(bad)?);
@@ -314,11 +396,19 @@ impl DecodedBlock {
         self.slots[i].seq
     }
 
-    /// The value, `None` for a tombstone.
+    /// The value, `None` for a tombstone; for a blob entry, the
+    /// reference's bytes ([`DecodedBlock::is_blob`]).
     pub fn value(&self, i: usize) -> Option<&[u8]> {
         let s = &self.slots[i];
+        let len = s.val_len & !BLOB_BIT;
         (s.val_len != u32::MAX)
-            .then(|| &self.values[s.val_off as usize..(s.val_off + s.val_len) as usize])
+            .then(|| &self.values[s.val_off as usize..(s.val_off + len) as usize])
+    }
+
+    /// Whether entry `i`'s value is a blob reference.
+    pub fn is_blob(&self, i: usize) -> bool {
+        let v = self.slots[i].val_len;
+        v != u32::MAX && v & BLOB_BIT != 0
     }
 
     /// Index of the first entry at or after (key, seq) in internal order.
@@ -378,6 +468,40 @@ mod tests {
         b.add(b"cherry", 2, Some(b"dark"));
         let d = DecodedBlock::decode(b.take(), BlockLayout::Columnar).unwrap();
         assert_eq!(entry(&d, 0), (&b"cherry"[..], 2, Some(&b"dark"[..])));
+    }
+
+    /// A version 3 block marks its blob entries in its own column; a block
+    /// without any is byte for byte a version 2 block.
+    #[test]
+    fn blob_column_marks_references_and_only_where_allowed() {
+        let mut b = BlockBuilder::new();
+        b.add_entry(b"a", 4, Some(b"inline"), false);
+        b.add_entry(b"b", 3, Some(b"ref-b"), true);
+        b.add_entry(b"c", 2, None, false);
+        b.add_entry(b"d", 1, Some(b"ref-d"), true);
+        let payload = b.take();
+        assert_eq!(payload[3] & 0x80, 0x80, "count carries the flag");
+        let d = DecodedBlock::decode(payload.clone(), BlockLayout::ColumnarBlobs).unwrap();
+        assert_eq!(d.len(), 4);
+        let blobs: Vec<bool> = (0..4).map(|i| d.is_blob(i)).collect();
+        assert_eq!(blobs, [false, true, false, true]);
+        assert_eq!(entry(&d, 1), (&b"b"[..], 3, Some(&b"ref-b"[..])));
+        assert_eq!(entry(&d, 2), (&b"c"[..], 2, None));
+        assert_eq!(entry(&d, 3), (&b"d"[..], 1, Some(&b"ref-d"[..])));
+        // A version 2 table never holds one.
+        assert!(DecodedBlock::decode(payload.clone(), BlockLayout::Columnar).is_err());
+        for cut in 0..payload.len() {
+            assert!(
+                DecodedBlock::decode(payload[..cut].to_vec(), BlockLayout::ColumnarBlobs).is_err()
+            );
+        }
+        b.add_entry(b"a", 4, Some(b"inline"), false);
+        let plain = b.take();
+        let mut v2 = BlockBuilder::new();
+        v2.add(b"a", 4, Some(b"inline"));
+        assert_eq!(plain, v2.take());
+        let d = DecodedBlock::decode(plain, BlockLayout::ColumnarBlobs).unwrap();
+        assert!(!d.is_blob(0));
     }
 
     /// Tables written before version 2 keep their interleaved blocks.

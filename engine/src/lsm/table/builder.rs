@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::io::fd::start_writeback_fd;
 use crate::keys::bloom_prefix;
+use crate::lsm::blob::BlobRef;
 use crate::lsm::table::block::BlockBuilder;
 use crate::lsm::table::bloom::BloomBuilder;
-use crate::lsm::table::{TABLE_MAGIC, TABLE_VERSION};
+use crate::lsm::table::{TABLE_MAGIC, TABLE_VERSION, TABLE_VERSION_BLOBS};
 use crate::lsm::version::FileMeta;
 
 /// What a finished table holds, for the manifest.
@@ -108,6 +109,9 @@ pub(crate) struct TableBuilder {
     min_seq: u64,
     max_seq: u64,
     entries: u64,
+    /// Blob files referenced, with the bytes of the values referenced in
+    /// each (the table's blob list, version 3).
+    blobs: std::collections::BTreeMap<u64, u64>,
 }
 
 impl TableBuilder {
@@ -129,11 +133,22 @@ impl TableBuilder {
             min_seq: u64::MAX,
             max_seq: 0,
             entries: 0,
+            blobs: std::collections::BTreeMap::new(),
         })
     }
 
     /// Adds a version; callers add in internal order.
     pub fn add(&mut self, key: &[u8], seq: u64, value: Option<&[u8]>) -> Result<()> {
+        self.add_entry(key, seq, value, false)
+    }
+
+    /// Adds a version whose value lives in a blob file.
+    pub fn add_blob(&mut self, key: &[u8], seq: u64, r: &BlobRef) -> Result<()> {
+        *self.blobs.entry(r.file).or_insert(0) += u64::from(r.len);
+        self.add_entry(key, seq, Some(&r.encode()), true)
+    }
+
+    fn add_entry(&mut self, key: &[u8], seq: u64, value: Option<&[u8]>, blob: bool) -> Result<()> {
         if self.smallest.is_none() {
             self.smallest = Some(key.to_vec());
         }
@@ -143,7 +158,7 @@ impl TableBuilder {
             self.last_prefix.clear();
             self.last_prefix.extend_from_slice(prefix);
         }
-        self.block.add(key, seq, value);
+        self.block.add_entry(key, seq, value, blob);
         self.largest.clear();
         self.largest.extend_from_slice(key);
         self.min_seq = self.min_seq.min(seq);
@@ -229,6 +244,21 @@ impl TableBuilder {
         index.extend_from_slice(&crc.to_le_bytes());
         let index_offset = self.offset;
         self.write(&index)?;
+        let (version, blob_list_offset) = if self.blobs.is_empty() {
+            (TABLE_VERSION, 0)
+        } else {
+            let mut list = Vec::with_capacity(8 + self.blobs.len() * 16);
+            list.extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
+            for (file, bytes) in &self.blobs {
+                list.extend_from_slice(&file.to_le_bytes());
+                list.extend_from_slice(&bytes.to_le_bytes());
+            }
+            let crc = crc32fast::hash(&list);
+            list.extend_from_slice(&crc.to_le_bytes());
+            let at = self.offset;
+            self.write(&list)?;
+            (TABLE_VERSION_BLOBS, at)
+        };
 
         let mut footer = [0u8; super::FOOTER_LEN];
         footer[0..8].copy_from_slice(&index_offset.to_le_bytes());
@@ -236,7 +266,8 @@ impl TableBuilder {
         footer[16..24].copy_from_slice(&filter_offset.to_le_bytes());
         footer[24..32].copy_from_slice(&(filter.len() as u64).to_le_bytes());
         footer[32..40].copy_from_slice(&self.entries.to_le_bytes());
-        footer[48..50].copy_from_slice(&TABLE_VERSION.to_le_bytes());
+        footer[40..48].copy_from_slice(&blob_list_offset.to_le_bytes());
+        footer[48..50].copy_from_slice(&version.to_le_bytes());
         let crc = crc32fast::hash(&footer[0..52]);
         footer[52..56].copy_from_slice(&crc.to_le_bytes());
         footer[56..64].copy_from_slice(&TABLE_MAGIC);

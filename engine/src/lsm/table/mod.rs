@@ -1,11 +1,16 @@
 //! Sorted string tables: immutable files of sorted versions, read through
 //! memmap2.
 //!
-//! ## File format (version 2)
+//! ## File format (versions 2 and 3)
 //!
 //! ```text
-//! [data block 0] … [data block n-1] [filter block] [index block] [footer]
+//! [data block 0] … [data block n-1] [filter block] [index block] [blob list, v3] [footer]
 //! ```
+//!
+//! Version 3 is version 2 with values kept in blob files
+//! ([`crate::lsm::blob`]): a table is written as version 3 exactly when
+//! it references a blob file, so tables of small values are byte for byte
+//! what they were.
 //!
 //! **Data block** on disk: `payload ‖ compression u8 ‖ crc32 u32 LE`, the crc
 //! over payload and compression byte. Compression 0 = none, 1 = an LZ4 block
@@ -24,7 +29,13 @@
 //! values                     -- every value, in order
 //! ```
 //!
-//! The columns add up to the payload exactly. Entries are in internal
+//! In a version 3 table, a block holding blob references sets bit 31 of
+//! `count` and has one more column right after `value_len`: `n varint ‖ n
+//! × index varint` — the entries whose value is a [`BlobRef`] encoding
+//! (25 bytes, `crate::lsm::blob`), each index as the distance from the
+//! previous one. The columns add up to the payload exactly.
+//!
+//! [`BlobRef`]: crate::lsm::blob::BlobRef Entries are in internal
 //! order: key ascending, sequence number descending. Prefix sharing makes
 //! our regular keys cheap (consecutive messages of a conversation share
 //! their 11-byte conversation prefix and most of the reverse timestamp),
@@ -34,6 +45,12 @@
 //! Version 1 tables, still read, interleave each entry instead:
 //! `shared varint ‖ unshared varint ‖ seq varint ‖ kind u8 (0 tombstone, 1
 //! value) ‖ [value_len varint] ‖ key suffix ‖ value`.
+//!
+//! **Blob list** (version 3 only), between the index and the footer:
+//! `count u32 LE ‖ count × (blob file id u64 LE ‖ value bytes u64 LE) ‖
+//! crc32 u32 LE` — the blob files the table references, ascending, and how
+//! many value bytes it references in each (what tells a full compaction
+//! which files hold garbage).
 //!
 //! **Filter block**: a bloom filter over [`crate::keys::bloom_prefix`] of
 //! every key: `bits ‖ k u8 ‖ crc32 u32 LE` (see [`bloom`]).
@@ -67,8 +84,10 @@ pub struct TableId(pub u64);
 
 /// Magic at the end of every table.
 pub const TABLE_MAGIC: [u8; 8] = *b"MSVSST\r\n";
-/// Table format version.
+/// Table format version of a table without blob references.
 pub const TABLE_VERSION: u16 = 2;
+/// Table format version of a table with blob references.
+pub const TABLE_VERSION_BLOBS: u16 = 3;
 /// Footer size.
 pub const FOOTER_LEN: usize = 64;
 /// Bytes after each data block's payload: compression byte and crc32.

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::lsm::blob::{BlobFile, BlobRef, Blobs};
 use crate::lsm::cache::BlockCache;
 use crate::lsm::key_word;
 use crate::lsm::table::block::{BlockLayout, DecodedBlock};
 use crate::lsm::table::{
     bloom, internal_cmp, TableId, BLOCK_TRAILER_LEN, FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION,
+    TABLE_VERSION_BLOBS,
 };
 
 #[derive(Debug)]
@@ -42,6 +44,12 @@ pub(crate) struct Table {
     pub version: u16,
     /// How this table's data blocks lay out their entries (its version).
     layout: BlockLayout,
+    /// The blob files this table references and the value bytes it
+    /// references in each (version 3's blob list; empty before).
+    pub blob_list: Vec<(u64, u64)>,
+    /// Those files, open, in the same order — empty when the table was
+    /// opened without them (the offline tools).
+    blobs: Vec<Arc<BlobFile>>,
     cache: Arc<BlockCache>,
     /// Set when no version references the table any more; the file is
     /// deleted when the last reader drops its handle.
@@ -92,11 +100,12 @@ impl Table {
         let layout = match version {
             1 => BlockLayout::Interleaved,
             TABLE_VERSION => BlockLayout::Columnar,
+            TABLE_VERSION_BLOBS => BlockLayout::ColumnarBlobs,
             _ => {
                 return Err(Error::UnsupportedVersion {
                     file: path.to_path_buf(),
                     found: u32::from(version),
-                    supported: u32::from(TABLE_VERSION),
+                    supported: u32::from(TABLE_VERSION_BLOBS),
                 })
             }
         };
@@ -123,6 +132,13 @@ impl Table {
         let index_range = region(io, il, "index block")?;
         let index = Self::parse_index(&map[index_range.clone()], foot_at)
             .ok_or_else(|| corrupt(index_range.start, "malformed index block"))?;
+        let blob_list = if version == TABLE_VERSION_BLOBS {
+            let at = le_u64(&foot[40..48]) as usize;
+            let range = region(at, foot_at.saturating_sub(at), "blob list")?;
+            Self::parse_blob_list(&map[range]).ok_or_else(|| corrupt(at, "malformed blob list"))?
+        } else {
+            Vec::new()
+        };
         Ok(Table {
             id,
             path: path.to_path_buf(),
@@ -132,10 +148,79 @@ impl Table {
             entries,
             version,
             layout,
+            blob_list,
+            blobs: Vec::new(),
             cache,
             obsolete: AtomicBool::new(false),
             bytes_read: AtomicU64::new(0),
         })
+    }
+
+    /// Opens the table and the blob files it references, through the
+    /// LSM's registry (the serving path; reads resolve references).
+    pub fn open_with_blobs(
+        path: &Path,
+        id: TableId,
+        cache: Arc<BlockCache>,
+        registry: &Blobs,
+    ) -> Result<Table> {
+        let mut t = Table::open(path, id, cache)?;
+        t.blobs = t
+            .blob_list
+            .iter()
+            .map(|(file, _)| registry.get(*file))
+            .collect::<Result<_>>()?;
+        Ok(t)
+    }
+
+    fn parse_blob_list(b: &[u8]) -> Option<Vec<(u64, u64)>> {
+        let count = le_u32(b.get(..4)?) as usize;
+        if b.len() != 4 + count.checked_mul(16)? {
+            return None;
+        }
+        let list: Vec<(u64, u64)> = (0..count)
+            .map(|i| (le_u64(&b[4 + i * 16..]), le_u64(&b[12 + i * 16..])))
+            .collect();
+        list.windows(2).all(|w| w[0].0 < w[1].0).then_some(list)
+    }
+
+    /// The blob file `id`, if this table references it and was opened with
+    /// its blob files.
+    fn blob_file(&self, id: u64) -> Result<&BlobFile> {
+        self.blob_list
+            .binary_search_by_key(&id, |(f, _)| *f)
+            .ok()
+            .and_then(|i| self.blobs.get(i))
+            .map(|f| f.as_ref())
+            .ok_or_else(|| {
+                Error::corruption(
+                    &self.path,
+                    0,
+                    format!("an entry references blob file {id}, which the table does not list"),
+                )
+            })
+    }
+
+    fn blob_ref(&self, bytes: &[u8]) -> Result<BlobRef> {
+        BlobRef::decode(bytes)
+            .ok_or_else(|| Error::corruption(&self.path, 0, "malformed blob reference"))
+    }
+
+    /// The value a blob entry's reference bytes point at, checked.
+    pub fn resolve(&self, reference: &[u8]) -> Result<&[u8]> {
+        let r = self.blob_ref(reference)?;
+        self.blob_file(r.file)?.value(&r)
+    }
+
+    /// The value `r` points at, already checked by [`Table::resolve`].
+    pub fn blob_slice(&self, r: &BlobRef) -> Option<&[u8]> {
+        self.blob_file(r.file).ok()?.value_unchecked(r).ok()
+    }
+
+    /// The same, its checksum unchecked (see `BlobFile::value_unchecked`).
+    pub fn resolve_unchecked(&self, reference: &[u8]) -> Result<&[u8]> {
+        let r = self.blob_ref(reference)?;
+        self.blob_file(r.file)?.value_unchecked(&r)
     }
 
     pub(crate) fn parse_index(b: &[u8], data_end: usize) -> Option<Vec<IndexEntry>> {
@@ -223,7 +308,13 @@ impl Table {
                 if block.key(i) != key {
                     return Ok(None);
                 }
-                return Ok(Some(block.value(i).map(<[u8]>::to_vec)));
+                return match block.value(i) {
+                    Some(r) if block.is_blob(i) => {
+                        let r = self.blob_ref(r)?;
+                        Ok(Some(Some(self.blob_file(r.file)?.read(&r)?)))
+                    }
+                    v => Ok(Some(v.map(<[u8]>::to_vec))),
+                };
             }
             // (key, snapshot) falls after this block's last entry only when
             // the block ends with newer versions of `key`: look on.
