@@ -385,8 +385,6 @@ pub(crate) struct BlobFile {
     pub id: u64,
     pub path: PathBuf,
     map: Mmap,
-    /// For [`BlobFile::read`]'s one `pread` per value.
-    file: File,
     /// Records and value bytes, from the footer.
     pub records: u64,
     pub value_bytes: u64,
@@ -456,7 +454,6 @@ impl BlobFile {
             records: le_u64(&foot[..8]),
             value_bytes: le_u64(&foot[8..16]),
             map,
-            file,
             obsolete: AtomicBool::new(false),
         })
     }
@@ -490,28 +487,6 @@ impl BlobFile {
     pub fn value(&self, r: &BlobRef) -> Result<&[u8]> {
         let v = self.value_unchecked(r)?;
         if crc32fast::hash(v) != r.crc {
-            return Err(Error::corruption(
-                &self.path,
-                r.offset,
-                "blob value checksum mismatch",
-            ));
-        }
-        Ok(v)
-    }
-
-    /// A copy of the value `r` points at, checked: one `pread` of the whole
-    /// value. A point read copies the value out anyway, and a cold value
-    /// read through the mapping would come in one readahead window per
-    /// page fault instead of one request.
-    pub fn read(&self, r: &BlobRef) -> Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        // Bounds as the mapping would check them.
-        self.value_unchecked(r)?;
-        let mut v = vec![0u8; r.len as usize];
-        self.file
-            .read_exact_at(&mut v, r.offset)
-            .map_err(|e| Error::io("read", &self.path, e))?;
-        if crc32fast::hash(&v) != r.crc {
             return Err(Error::corruption(
                 &self.path,
                 r.offset,
@@ -666,7 +641,6 @@ mod tests {
         for (v, r) in values.iter().zip(&refs) {
             assert_eq!(BlobRef::decode(&r.encode()), Some(*r));
             assert_eq!(f.value(r).expect("value"), v.as_slice());
-            assert_eq!(&f.read(r).expect("read"), v);
         }
         let bad = BlobRef {
             crc: refs[1].crc ^ 1,
@@ -692,7 +666,6 @@ mod tests {
         std::fs::write(&path, &bytes).expect("write");
         let f = BlobFile::open(&path, 1).expect("open");
         assert!(f.value(&r).is_err());
-        assert!(f.read(&r).is_err());
         assert!(f.verify().is_err());
         drop(f);
         std::fs::write(&path, &bytes[..bytes.len() - 3]).expect("truncate");

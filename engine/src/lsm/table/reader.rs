@@ -309,10 +309,7 @@ impl Table {
                     return Ok(None);
                 }
                 return match block.value(i) {
-                    Some(r) if block.is_blob(i) => {
-                        let r = self.blob_ref(r)?;
-                        Ok(Some(Some(self.blob_file(r.file)?.read(&r)?)))
-                    }
+                    Some(r) if block.is_blob(i) => Ok(Some(Some(self.resolve(r)?.to_vec()))),
                     v => Ok(Some(v.map(<[u8]>::to_vec))),
                 };
             }
