@@ -419,9 +419,10 @@ pub enum Command {
         owner: UserId,
         /// Where the bytes go.
         offset: u64,
-        /// The bytes (at most one chunk).
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
+        /// The bytes (at most one chunk). Shared, not copied, when the
+        /// command is cloned on its way to the log (routing retries,
+        /// the batcher's queue): the same encoding as a byte vector's.
+        bytes: bytes::Bytes,
     },
     /// Ends an upload whose bytes all arrived, with their content hash:
     /// its chunks are the object's bytes (`keep`) or are deleted (an

@@ -848,7 +848,7 @@ fn commands() -> Vec<(&'static str, Command)> {
                 upload: 0x0102_0304_0506_0708,
                 owner: UserId(7),
                 offset: 1 << 20,
-                bytes: vec![0, 1, 2, 255],
+                bytes: vec![0, 1, 2, 255].into(),
             },
         ),
         (

@@ -231,7 +231,7 @@ impl Service {
         who: UserId,
         upload: UploadId,
         offset: u64,
-        bytes: Vec<u8>,
+        bytes: axum::body::Bytes,
     ) -> Result<Upload, ApiError> {
         self.node
             .append_upload(who, upload, offset, bytes, WRITE_WAIT)

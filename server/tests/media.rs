@@ -188,6 +188,23 @@ async fn an_upload_cut_at_any_point_resumes_to_the_exact_bytes() {
     let (s, _, bytes) = get(&h, &format!("/v1/media/{id}"), None).await;
     assert_eq!(s, 200);
     assert!(bytes == data, "the stored bytes differ from the upload");
+
+    // A body longer than the upload's declared length, in one PATCH from
+    // offset 0 (pieces in flight together): refused after the bytes that
+    // fit are stored, and an empty PATCH finishes the upload with them.
+    let other = file(5 << 19, 8);
+    let path = create(&h, other.len(), "long.bin", "application/octet-stream").await;
+    let mut longer = other.clone();
+    longer.extend_from_slice(b"ten bytes!");
+    let (s, _) = patch(&h, &path, 0, longer).await;
+    assert_eq!(s, 400, "a body past the declared length");
+    assert_eq!(offset(&h, &path).await, other.len() as u64);
+    let (s, headers) = patch(&h, &path, other.len() as u64, Vec::new()).await;
+    assert_eq!(s, 204);
+    let id = headers["missive-media-id"].to_str().unwrap().to_owned();
+    assert_eq!(id, hex(blake3::hash(&other).as_bytes()));
+    let (_, _, bytes) = get(&h, &format!("/v1/media/{id}"), None).await;
+    assert!(bytes == other, "the stored bytes differ from the upload");
     srv.shutdown().await.unwrap();
 }
 

@@ -1644,7 +1644,7 @@ mod media {
             upload: UP,
             owner: OWNER,
             offset,
-            bytes,
+            bytes: bytes.into(),
         }
     }
 
@@ -1682,7 +1682,7 @@ mod media {
             upload: UP,
             owner: UserId(2),
             offset: 0,
-            bytes: vec![1],
+            bytes: vec![1].into(),
         };
         assert_eq!(code(s.out(stranger)), RejectCode::NoSuchMedia);
         assert_eq!(code(s.out(append(5, vec![1]))), RejectCode::OffsetMismatch);
@@ -1724,7 +1724,7 @@ mod media {
                 upload: up,
                 owner,
                 offset: 0,
-                bytes: vec![7, 8, 9],
+                bytes: vec![7, 8, 9].into(),
             });
             let stored = s.out(Command::StoreObject {
                 hash,

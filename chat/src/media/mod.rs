@@ -4,11 +4,11 @@
 //!
 //! ```text
 //!  upload   CreateUpload ─► upload's shard (slot = hash of a random id)
-//!           AppendUpload × n (≤ 1 MiB each, in order) ─► chunk records
+//!           AppendUpload × n (≤ 1 MiB each, in order; up to 4 in flight) ─► chunk records
 //!  finish   read the chunks back, BLAKE3 ─► StoreObject on the hash's
 //!           shard (first upload of these bytes wins) ─► FinishUpload
-//!           (keep the chunks, or delete them: stored before) ─►
-//!           GrantMedia on the uploader's shard
+//!           (keep the chunks, or delete them: stored before) and
+//!           GrantMedia on the uploader's shard, together
 //!  send     a `media` message names the hash ─► apply writes a reference
 //!           (conversation, hash, seq) beside the message
 //!  read     object (hash's shard) ─► may the caller? (a grant, or a

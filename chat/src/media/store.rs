@@ -33,6 +33,8 @@ pub struct Finished {
     pub object: Object,
     /// Whether these bytes were stored before (this upload's were dropped).
     pub deduplicated: bool,
+    /// The upload, finished.
+    pub upload: Upload,
 }
 
 fn unexpected(what: &str, o: Outcome) -> Error {
@@ -110,7 +112,7 @@ impl ChatNode {
         owner: UserId,
         upload: UploadId,
         offset: u64,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
         wait: Duration,
     ) -> Result<Upload> {
         let cmd = Command::AppendUpload {
@@ -213,15 +215,18 @@ impl ChatNode {
             Outcome::Stored { upload } => upload,
             o => return Err(unexpected("StoreObject", o)),
         };
+        // The object is stored (its bytes held by `holder`): closing the
+        // upload, granting it to its owner and reading the object back
+        // depend on nothing but that, so they go together (three rounds
+        // in one wait). A crash between them leaves an open upload (its
+        // owner's retry finishes it: each step is idempotent) or a grant
+        // on an object whose bytes are stored — never an object without
+        // bytes.
         let finish = Command::FinishUpload {
             upload,
             owner,
             hash,
             keep: holder == upload,
-        };
-        let finished = match self.write(finish, wait).await? {
-            Outcome::Upload(f) => f,
-            o => return Err(unexpected("FinishUpload", o)),
         };
         let grant = Command::GrantMedia {
             user: owner,
@@ -230,18 +235,26 @@ impl ChatNode {
                 size: u.length,
                 mime: u.mime.clone(),
                 name: u.name.clone(),
-                at: finished.created_at,
+                at: u.created_at,
             },
         };
-        self.write(grant, wait).await?;
-        let object = self
-            .object(&hash, Consistency::Linearizable)
-            .await?
-            .ok_or_else(|| unexpected("StoreObject", Outcome::Stored { upload: holder }))?;
+        let (finished, granted, object) = tokio::join!(
+            self.write(finish, wait),
+            self.write(grant, wait),
+            self.object(&hash, Consistency::Linearizable)
+        );
+        let finished = match finished? {
+            Outcome::Upload(f) => f,
+            o => return Err(unexpected("FinishUpload", o)),
+        };
+        granted?;
+        let object =
+            object?.ok_or_else(|| unexpected("StoreObject", Outcome::Stored { upload: holder }))?;
         Ok(Finished {
             hash,
             object,
             deduplicated: holder != upload,
+            upload: finished,
         })
     }
 
