@@ -847,7 +847,6 @@ async fn media_survives_the_kill_of_its_shard_leader_mid_upload_and_after() {
     .await;
     assert_eq!(r.status(), 201);
     let path = r.headers()["location"].to_str().unwrap().to_owned();
-    let upload = u64::from_str_radix(path.rsplit('/').next().unwrap(), 16).unwrap();
     let acked = 3 << 19;
     let patch = |from: usize, to: usize, node: SocketAddr| {
         let (alice, path, body) = (alice.clone(), path.clone(), data[from..to].to_vec());
@@ -868,9 +867,43 @@ async fn media_survives_the_kill_of_its_shard_leader_mid_upload_and_after() {
     assert_eq!(r.headers()["upload-offset"], acked.to_string().as_str());
 
     let slots = SlotMap::even(SHARDS).unwrap();
-    let shard = slots
-        .shard_of_slot(missive_chat::media::records::upload_slot(upload))
-        .0;
+    let shard_of = |path: &str| {
+        let upload = u64::from_str_radix(path.rsplit('/').next().unwrap(), 16).unwrap();
+        slots
+            .shard_of_slot(missive_chat::media::records::upload_slot(upload))
+            .0
+    };
+
+    // A whole file in one PATCH to a node that does not lead the upload's
+    // shard: its pieces, four in flight, are forwarded one call each and
+    // may overtake each other (the later is refused on its offset and
+    // sent again); every byte must land in place.
+    let other: Vec<u8> = data.iter().rev().copied().collect();
+    let r = until_answered(&http, None, |c, a| {
+        c.post(format!("http://{a}/v1/media/uploads"))
+            .bearer_auth(&alice)
+            .header("Upload-Length", other.len().to_string())
+    })
+    .await;
+    let other_path = r.headers()["location"].to_str().unwrap().to_owned();
+    let leader = leader_of(http[0], shard_of(&other_path)).await;
+    let follower = http[leader as usize % 3];
+    let r = reqwest::Client::new()
+        .patch(format!("http://{follower}{other_path}"))
+        .bearer_auth(&alice)
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "0")
+        .body(other.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "a PATCH through a follower");
+    assert_eq!(
+        r.headers()["missive-media-id"],
+        blake3::hash(&other).to_hex().as_str()
+    );
+
+    let shard = shard_of(&path);
     let victim = leader_of(http[0], shard).await;
     let v = (victim - 1) as usize;
     // A PATCH in flight to the victim: part of its body sent (past the

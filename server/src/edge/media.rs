@@ -517,6 +517,7 @@ async fn settle_one(
     let n = bytes.len() as u64;
     let r = match r {
         Err(e) if e.code == "offset_mismatch" && u.received == at => {
+            tracing::debug!(upload = %format!("{id:016x}"), at, "a piece overtook the one before it; sent again");
             svc.append_upload(who, id, at, bytes).await
         }
         r => r,
