@@ -60,6 +60,7 @@ use std::sync::{Arc, Mutex, Weak};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::lsm::table::reader::{le_u32, le_u64};
 
 /// Magic at both ends of a blob file.
 pub const BLOB_MAGIC: [u8; 8] = *b"MSVBLOB\n";
@@ -326,6 +327,17 @@ impl BlobWriter {
     }
 }
 
+/// Creates the file for writes through the page cache.
+fn create_buffered(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))
+}
+
+/// Creates the file for `O_DIRECT` writes where the file system takes
+/// them; the flag says which it got.
 #[cfg(target_os = "linux")]
 fn open_for_write(path: &Path) -> Result<(File, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -337,26 +349,14 @@ fn open_for_write(path: &Path) -> Result<(File, bool)> {
     match direct {
         Ok(f) => Ok((f, true)),
         // tmpfs and some others refuse O_DIRECT at open.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map_err(|e| Error::io("create", path, e))?;
-            Ok((f, false))
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((create_buffered(path)?, false)),
         Err(e) => Err(Error::io("create", path, e)),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 fn open_for_write(path: &Path) -> Result<(File, bool)> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| Error::io("create", path, e))?;
-    Ok((f, false))
+    Ok((create_buffered(path)?, false))
 }
 
 #[cfg(target_os = "linux")]
@@ -397,18 +397,6 @@ impl std::fmt::Debug for BlobFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlobFile").field("id", &self.id).finish()
     }
-}
-
-fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
-}
-
-fn le_u32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
 }
 
 impl BlobFile {

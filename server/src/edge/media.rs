@@ -439,28 +439,32 @@ async fn append_stream(
     svc: &Service,
     who: missive_chat::UserId,
     id: UploadId,
-    mut u: Upload,
+    u: Upload,
     body: Body,
 ) -> Result<(Upload, Option<Hash>), ApiError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(PIPELINE);
     let reader = tokio::spawn(read_pieces(body, u.received, u.length, tx));
-    // Every piece stored exactly where it was sent (else the hash of the
-    // body is not the hash of the upload).
-    let mut in_place = true;
-    let mut inflight: std::collections::VecDeque<InFlight<'_>> = std::collections::VecDeque::new();
+    let mut p = Pipeline {
+        svc,
+        who,
+        id,
+        u,
+        in_place: true,
+        inflight: std::collections::VecDeque::new(),
+    };
     while let Some(piece) = rx.recv().await {
         let (at, bytes) = match piece {
             Piece::Bytes(at, bytes) => (at, bytes),
             Piece::TooLong => {
-                settle_all(svc, who, id, &mut inflight, &mut u, &mut in_place).await?;
+                p.settle_all().await?;
                 return Err(ApiError::invalid(format!(
                     "the upload was declared {} bytes long; the body is longer",
-                    u.length
+                    p.u.length
                 )));
             }
         };
-        if inflight.len() == PIPELINE {
-            settle_one(svc, who, id, &mut inflight, &mut u, &mut in_place).await?;
+        if p.inflight.len() == PIPELINE {
+            p.settle_one().await?;
         }
         let mut write: InFlight<'_> = Box::pin(async move {
             let r = svc.append_upload(who, id, at, bytes.clone()).await;
@@ -471,71 +475,74 @@ async fn append_stream(
         let _ =
             std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx).is_ready()))
                 .await;
-        inflight.push_back(write);
+        p.inflight.push_back(write);
     }
-    settle_all(svc, who, id, &mut inflight, &mut u, &mut in_place).await?;
+    p.settle_all().await?;
     let end = reader.await.map_err(|e| ApiError::internal(&e))?;
+    let u = p.u;
     if end.dropped {
         tracing::debug!(upload = %format!("{id:016x}"), offset = u.received, "upload paused");
     }
     let hash = end
         .hasher
-        .filter(|_| in_place && u.received == u.length)
+        .filter(|_| p.in_place && u.received == u.length)
         .map(|h| *h.finalize().as_bytes());
     Ok((u, hash))
 }
 
-/// Waits for every piece in flight, in order.
-async fn settle_all(
-    svc: &Service,
+/// The writes of one PATCH in flight, and the upload as the last settled
+/// one left it.
+struct Pipeline<'a> {
+    svc: &'a Service,
     who: missive_chat::UserId,
     id: UploadId,
-    inflight: &mut std::collections::VecDeque<InFlight<'_>>,
-    u: &mut Upload,
-    in_place: &mut bool,
-) -> Result<(), ApiError> {
-    while !inflight.is_empty() {
-        settle_one(svc, who, id, inflight, u, in_place).await?;
-    }
-    Ok(())
+    u: Upload,
+    /// Every piece stored exactly where it was sent (else the hash of the
+    /// body is not the hash of the upload).
+    in_place: bool,
+    inflight: std::collections::VecDeque<InFlight<'a>>,
 }
 
-/// Waits for the oldest piece in flight; resends it once if it arrived
-/// before the piece ahead of it (see [`append_stream`]).
-async fn settle_one(
-    svc: &Service,
-    who: missive_chat::UserId,
-    id: UploadId,
-    inflight: &mut std::collections::VecDeque<InFlight<'_>>,
-    u: &mut Upload,
-    in_place: &mut bool,
-) -> Result<(), ApiError> {
-    let Some(write) = inflight.pop_front() else {
-        return Ok(());
-    };
-    let (at, bytes, r) = write.await;
-    let n = bytes.len() as u64;
-    let r = match r {
-        Err(e) if e.code == "offset_mismatch" && u.received == at => {
-            tracing::debug!(upload = %format!("{id:016x}"), at, "a piece overtook the one before it; sent again");
-            svc.append_upload(who, id, at, bytes).await
+impl Pipeline<'_> {
+    /// Waits for every piece in flight, in order.
+    async fn settle_all(&mut self) -> Result<(), ApiError> {
+        while !self.inflight.is_empty() {
+            self.settle_one().await?;
         }
-        r => r,
-    };
-    match r {
-        Ok(next) => {
-            // The rule stores a piece at `at` only, in full.
-            if next.received != at + n {
-                *in_place = false;
+        Ok(())
+    }
+
+    /// Waits for the oldest piece in flight; resends it once if it arrived
+    /// before the piece ahead of it (see [`append_stream`]).
+    async fn settle_one(&mut self) -> Result<(), ApiError> {
+        let Some(write) = self.inflight.pop_front() else {
+            return Ok(());
+        };
+        let (svc, who, id) = (self.svc, self.who, self.id);
+        let (at, bytes, r) = write.await;
+        let n = bytes.len() as u64;
+        let r = match r {
+            Err(e) if e.code == "offset_mismatch" && self.u.received == at => {
+                tracing::debug!(upload = %format!("{id:016x}"), at, "a piece overtook the one before it; sent again");
+                svc.append_upload(who, id, at, bytes).await
             }
-            *u = next;
-            Ok(())
+            r => r,
+        };
+        match r {
+            Ok(next) => {
+                // The rule stores a piece at `at` only, in full.
+                if next.received != at + n {
+                    self.in_place = false;
+                }
+                self.u = next;
+                Ok(())
+            }
+            Err(e) if e.code == "offset_mismatch" => {
+                let now = svc.upload(who, id).await?;
+                Err(offset_mismatch(now.received))
+            }
+            Err(e) => Err(e),
         }
-        Err(e) if e.code == "offset_mismatch" => {
-            let now = svc.upload(who, id).await?;
-            Err(offset_mismatch(now.received))
-        }
-        Err(e) => Err(e),
     }
 }
 

@@ -64,13 +64,15 @@ impl std::fmt::Debug for Table {
     }
 }
 
-fn le_u64(b: &[u8]) -> u64 {
+/// The u64 LE at the start of `b` (at least 8 bytes).
+pub(crate) fn le_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_le_bytes(a)
 }
 
-fn le_u32(b: &[u8]) -> u32 {
+/// The u32 LE at the start of `b` (at least 4 bytes).
+pub(crate) fn le_u32(b: &[u8]) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[..4]);
     u32::from_le_bytes(a)
