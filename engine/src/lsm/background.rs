@@ -56,7 +56,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::lsm::memtable::Memtable;
-use crate::lsm::{compact_once, flush, lock, recompress_once, Inner, Recompressed};
+use crate::lsm::{
+    compact_once, flush, lock, reclaim_blobs_once, recompress_once, Inner, Recompressed,
+};
 
 /// How long the compaction thread must have seen no flush or compaction
 /// before the recompression pass starts: data compacted moments ago is
@@ -203,9 +205,15 @@ fn compactor(inner: &Inner) {
         if idle_ms >= RECOMPRESS_AFTER_IDLE.as_millis() as u64
             && inner.compaction_waiters.load(Ordering::Acquire) == 0
         {
-            // An abandoned rewrite (work arrived) is not retried at once:
-            // the loop takes the compaction first, and comes back here only
-            // when idle again.
+            // Blob files at least half garbage first (disk space), then
+            // the recompression pass. An abandoned rewrite (work arrived)
+            // is not retried at once: the loop takes the compaction first,
+            // and comes back here only when idle again.
+            match reclaim_blobs_once(inner, true) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => return fail(inner, err),
+            }
             match recompress_once(inner, true) {
                 Ok(Recompressed::One) => continue,
                 Ok(_) => {}

@@ -32,9 +32,15 @@
 //!   nothing but the reference).
 //! - **Garbage is reclaimed by rewriting.** A file stays whole while any
 //!   of its values is referenced, so deleted values can stay on disk in a
-//!   file shared with live ones. A full compaction (what `node scrub`
-//!   runs, and what erasure relies on) rewrites the live values of every
-//!   file holding garbage into new files so the old ones go.
+//!   file shared with live ones. In idle time the compaction thread takes
+//!   the file with the most unreferenced bytes, if at least half of it is,
+//!   and rewrites the tables referencing it one at a time, copying its live
+//!   values into a new file, until no table references it
+//!   (`reclaim_blobs_once`). A full compaction (what `node scrub` runs, and
+//!   what erasure relies on) does the same for every file holding any
+//!   garbage. Unreferenced bytes are counted from the tables' blob lists,
+//!   where a version shadowed but not yet compacted away still counts as
+//!   referenced: the count errs on the side of keeping.
 //!
 //! # File format (version 1)
 //!

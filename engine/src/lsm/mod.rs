@@ -867,47 +867,22 @@ impl Lsm {
     /// each into its own level and key range.
     fn rewrite_blob_garbage(&self) -> Result<()> {
         let v = self.inner.version();
-        let mut referenced: HashMap<u64, u64> = HashMap::new();
-        for t in v.all_tables() {
-            for (f, bytes) in &t.table.blob_list {
-                *referenced.entry(*f).or_insert(0) += bytes;
-            }
-        }
-        let garbage: std::collections::HashSet<u64> = self
-            .inner
-            .blobs
-            .all()
-            .iter()
-            .filter(|f| {
-                referenced
-                    .get(&f.id)
-                    .is_some_and(|&live| live < f.value_bytes)
-            })
-            .map(|f| f.id)
+        let garbage: std::collections::HashSet<u64> = blob_garbage(&self.inner, &v)
+            .into_iter()
+            .map(|(id, _, _)| id)
             .collect();
-        if garbage.is_empty() {
-            return Ok(());
-        }
         for t in v.all_tables() {
-            if !t.table.blob_list.iter().any(|(f, _)| garbage.contains(f)) {
-                continue;
-            }
-            let level = usize::from(t.meta.level);
-            let choice = Choice {
-                level,
-                inputs: Vec::new(),
-                overlapping: vec![t.meta.clone()],
-                output_level: level,
-                bottommost: false,
-            };
-            let how = How {
-                rewrite_blobs: Some(&garbage),
-                ..How::default()
-            };
-            if let Some(outcome) = compaction::worker::run(&self.inner, &v, &choice, how)? {
-                record_compaction(&self.inner, &outcome);
-            }
+            rewrite_blobs_of(&self.inner, &v, t, &garbage, None)?;
         }
+        Ok(())
+    }
+
+    /// Rewrites blob files until none is at least half garbage — what the
+    /// compaction thread does in idle time, a table at a time (see
+    /// `reclaim_blobs_once`). For tools and tests.
+    pub fn reclaim_blobs(&self) -> Result<()> {
+        let _w = Waiting::on(&self.inner.compaction_waiters);
+        while reclaim_blobs_once(&self.inner, false)? {}
         Ok(())
     }
 
@@ -1409,6 +1384,100 @@ fn recompress_once(inner: &Inner, yielding: bool) -> Result<Recompressed> {
             Recompressed::Abandoned
         }
     })
+}
+
+/// Blob files holding values no table references: (id, unreferenced
+/// value bytes, value bytes). Versions shadowed but not yet compacted away
+/// count as referenced, so this errs on the side of keeping.
+fn blob_garbage(inner: &Inner, v: &Version) -> Vec<(u64, u64, u64)> {
+    let mut referenced: HashMap<u64, u64> = HashMap::new();
+    for t in v.all_tables() {
+        for (f, bytes) in &t.table.blob_list {
+            *referenced.entry(*f).or_insert(0) += bytes;
+        }
+    }
+    inner
+        .blobs
+        .all()
+        .iter()
+        .filter_map(|f| {
+            let live = *referenced.get(&f.id)?;
+            (live < f.value_bytes).then(|| (f.id, f.value_bytes - live, f.value_bytes))
+        })
+        .collect()
+}
+
+/// Rewrites table `t` in place (its level, its key range) if it
+/// references one of `files`, copying the values it references there into
+/// a new blob file; other references move as they are. Level-0 tables are
+/// left to compaction (their order among themselves is by sequence
+/// numbers, which a rewrite keeps, but they are rewritten soon anyway).
+/// Returns whether it rewrote.
+fn rewrite_blobs_of(
+    inner: &Inner,
+    v: &Version,
+    t: &TableFile,
+    files: &std::collections::HashSet<u64>,
+    abort: Option<&dyn Fn() -> bool>,
+) -> Result<bool> {
+    if t.meta.level == 0 || !t.table.blob_list.iter().any(|(f, _)| files.contains(f)) {
+        return Ok(false);
+    }
+    let level = usize::from(t.meta.level);
+    let choice = Choice {
+        level,
+        inputs: Vec::new(),
+        overlapping: vec![t.meta.clone()],
+        output_level: level,
+        bottommost: false,
+    };
+    let how = How {
+        rewrite_blobs: Some(files),
+        abort,
+        ..How::default()
+    };
+    Ok(match compaction::worker::run(inner, v, &choice, how)? {
+        Some(outcome) => {
+            record_compaction(inner, &outcome);
+            true
+        }
+        None => false,
+    })
+}
+
+/// Blob garbage reclaimed in the background: the file with the most
+/// unreferenced bytes, if at least half of it is, has one table that
+/// references it rewritten (see [`rewrite_blobs_of`]); once no table
+/// references it, the install retires it. Returns whether it rewrote one.
+/// `yielding`: give the rewrite up as soon as other work arrives.
+fn reclaim_blobs_once(inner: &Inner, yielding: bool) -> Result<bool> {
+    let _c = lock(&inner.compaction_lock);
+    let v = inner.version();
+    let Some((worst, _, _)) = blob_garbage(inner, &v)
+        .into_iter()
+        .filter(|(_, garbage, bytes)| garbage.saturating_mul(2) >= *bytes)
+        .max_by_key(|(_, garbage, _)| *garbage)
+    else {
+        return Ok(false);
+    };
+    let busy = || {
+        inner.flush_waiters.load(Ordering::Acquire) > 0
+            || inner.compaction_waiters.load(Ordering::Acquire) > 0
+            || compaction::picker::pick(&inner.version().metas(), &inner.opts.picker).is_some()
+    };
+    let files = std::collections::HashSet::from([worst]);
+    for t in v.all_tables() {
+        if rewrite_blobs_of(
+            inner,
+            &v,
+            t,
+            &files,
+            yielding.then_some(&busy as &dyn Fn() -> bool),
+        )? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Counts a caller in `counter` while it lives.
