@@ -225,6 +225,17 @@ struct Measured {
     errors: u64,
 }
 
+/// Writer `w` sends one message to `conv` through a live node (writers
+/// spread over the nodes by number); whether it was acknowledged.
+async fn send_one(nodes: &Nodes, w: usize, conv: ConversationId, id: String, body: &[u8]) -> bool {
+    let g = nodes.read().await;
+    let live: Vec<&Node> = g.iter().flatten().collect();
+    live[w % live.len()]
+        .write(message(conv, id, body), Duration::from_secs(10))
+        .await
+        .is_ok()
+}
+
 async fn measure(nodes: &Nodes, convs: &[ConversationId], seconds: u64, body: usize) -> Measured {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -247,23 +258,10 @@ async fn measure(nodes: &Nodes, convs: &[ConversationId], seconds: u64, body: us
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let t = Instant::now();
-                let r = {
-                    let g = nodes.read().await;
-                    let live: Vec<&Node> = g.iter().flatten().collect();
-                    live[w % live.len()]
-                        .write(
-                            message(conv, format!("{w}-{i}"), &body),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                };
-                match r {
-                    Ok(_) => {
-                        let _ = local.record(t.elapsed().as_micros() as u64);
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                if send_one(&nodes, w, conv, format!("{w}-{i}"), &body).await {
+                    let _ = local.record(t.elapsed().as_micros() as u64);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if let Ok(mut h) = hist.lock() {
@@ -550,22 +548,10 @@ async fn split_under_load(nodes: &Nodes, base: u64, body: usize) -> Result<Split
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let t = Instant::now();
-                let r = {
-                    let g = nodes.read().await;
-                    let live: Vec<&Node> = g.iter().flatten().collect();
-                    live[w % live.len()]
-                        .write(
-                            message(conv, format!("split-{w}-{i}"), &body),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                };
-                match r {
-                    Ok(_) if ours => local.push((t - start, t.elapsed().as_micros() as u64)),
-                    Ok(_) => {}
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                if !send_one(&nodes, w, conv, format!("split-{w}-{i}"), &body).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                } else if ours {
+                    local.push((t - start, t.elapsed().as_micros() as u64));
                 }
             }
             if let Ok(mut s) = seen.lock() {
