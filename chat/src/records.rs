@@ -390,7 +390,8 @@ pub fn encode_message(m: &Message) -> Result<Vec<u8>> {
 /// `[version][postcard(v)]`: the encoding of the records whose version
 /// moved past 1 (messages, seq index entries).
 fn encode_versioned<T: Serialize>(what: &'static str, version: u8, v: &T) -> Result<Vec<u8>> {
-    postcard::to_extend(v, vec![version]).map_err(|e| missive_raft::Error::malformed(what, e))
+    missive_raft::storage::codec::postcard_after(&[version], v)
+        .map_err(|e| missive_raft::Error::malformed(what, e))
 }
 
 /// The version byte and the rest of a record written by

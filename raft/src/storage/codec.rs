@@ -33,9 +33,43 @@ pub const META_COMMITTED: &[u8] = b"committed";
 /// Meta key of the last purged log id.
 pub const META_PURGED: &[u8] = b"purged";
 
+/// A postcard output into a `Vec` allocated once at its final size,
+/// growing by whole slices. postcard's `to_extend` pushes a byte at a time
+/// through `Extend` and `to_stdvec` grows by doubling: for an entry holding
+/// a 1 MiB upload piece that was a byte loop plus a string of reallocations
+/// and copies, about a fifth of the server's CPU during uploads.
+struct ExactVec(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for ExactVec {
+    type Output = Vec<u8>;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
+/// `prefix` followed by `postcard(v)`, in one allocation of the exact size
+/// (a sizing pass first: it counts, it copies nothing).
+pub fn postcard_after<T: Serialize + ?Sized>(prefix: &[u8], v: &T) -> postcard::Result<Vec<u8>> {
+    let size = postcard::serialize_with_flavor(v, postcard::ser_flavors::Size::default())?;
+    let mut out = Vec::with_capacity(prefix.len() + size);
+    out.extend_from_slice(prefix);
+    postcard::serialize_with_flavor(v, ExactVec(out))
+}
+
 /// Encodes a value with the version byte in front.
 pub fn encode<T: Serialize + ?Sized>(what: &'static str, v: &T) -> Result<Vec<u8>> {
-    postcard::to_extend(v, vec![FORMAT_VERSION]).map_err(|e| Error::malformed(what, e))
+    postcard_after(&[FORMAT_VERSION], v).map_err(|e| Error::malformed(what, e))
 }
 
 /// Decodes a value written by [`encode`].
@@ -71,6 +105,16 @@ mod tests {
     use crate::types::Entry;
     use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
     use std::collections::{BTreeMap, BTreeSet};
+
+    #[test]
+    fn postcard_after_is_postcard_behind_the_prefix_in_one_allocation() {
+        let v = (7u64, vec![5u8; 100_000], "x");
+        let out = postcard_after(&[1, 2], &v).unwrap();
+        let mut want = vec![1, 2];
+        want.extend(postcard::to_stdvec(&v).unwrap());
+        assert_eq!(out, want);
+        assert_eq!(out.capacity(), out.len());
+    }
 
     #[test]
     fn entries_round_trip_and_reject_other_versions() {

@@ -41,7 +41,8 @@ pub const FILE_HEADER: &[u8; 5] = b"MSNP\x01";
 
 /// One chunk as the file frames it: `[len u32 LE][crc32 u32 LE][payload]`.
 pub fn frame_chunk(chunk: &Chunk) -> Result<Vec<u8>> {
-    let payload = postcard::to_stdvec(chunk).map_err(|e| Error::malformed("snapshot chunk", e))?;
+    let payload = crate::storage::codec::postcard_after(&[], chunk)
+        .map_err(|e| Error::malformed("snapshot chunk", e))?;
     let len = u32::try_from(payload.len())
         .map_err(|_| Error::malformed("snapshot chunk", "larger than 4 GiB"))?;
     let mut out = Vec::with_capacity(8 + payload.len());

@@ -373,7 +373,8 @@ pub async fn write_frame<A: App, W: AsyncWrite + Unpin>(
     w: &mut W,
     msg: &Wire<A>,
 ) -> Result<(), FrameError> {
-    let payload = postcard::to_stdvec(msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let payload = crate::storage::codec::postcard_after(&[], msg)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if payload.len() > MAX_FRAME {
         return Err(FrameError::Malformed(format!(
             "frame of {} bytes exceeds {MAX_FRAME}",
