@@ -256,6 +256,13 @@ impl App for ChatApp {
         matches!(cmd, Command::Deliver { .. } | Command::OutboxDone { .. })
     }
 
+    fn bulk_bytes(cmd: &Command) -> usize {
+        match cmd {
+            Command::AppendUpload { bytes, .. } => bytes.len(),
+            _ => 0,
+        }
+    }
+
     fn apply(
         &self,
         _shard: ShardId,

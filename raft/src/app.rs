@@ -239,6 +239,13 @@ impl<T> Payload for T where
 {
 }
 
+/// Bulk bytes (see [`App::bulk_bytes`]) a log entry carries at most,
+/// unless one command alone carries more: the batcher closes an entry
+/// before a command that would take it past this. 1 MiB, an upload's chunk:
+/// a large file crosses the log as many entries of one chunk each, never as
+/// one entry of many chunks (docs/design.md §4.3.3).
+pub const ENTRY_BULK_BYTES: usize = 1 << 20;
+
 /// A replicated application. See the [module documentation](self).
 ///
 /// One value of it lives per node, shared by every shard's state machine:
@@ -287,6 +294,14 @@ pub trait App: Debug + Send + Sync + 'static {
     /// Whether `cmd` is the node's own background work (served before
     /// client writes in the shard's batcher; see `batcher`).
     fn is_system(cmd: &Self::Command) -> bool;
+
+    /// The bulk bytes `cmd` carries (a piece of an upload), 0 for an
+    /// ordinary command. The shard's batcher puts at most
+    /// [`ENTRY_BULK_BYTES`] of them in one log entry (see
+    /// `write/batcher.rs`).
+    fn bulk_bytes(_cmd: &Self::Command) -> usize {
+        0
+    }
 
     /// Runs one command of a data shard. Deterministic: reads only
     /// `records` and `stamp_micros`. `Err` only for storage failures (they

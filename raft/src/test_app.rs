@@ -83,6 +83,12 @@ impl App for Kv {
     fn is_system(_: &KvCommand) -> bool {
         false
     }
+    fn bulk_bytes(cmd: &KvCommand) -> usize {
+        match cmd {
+            KvCommand::Put { value, .. } => value.len(),
+            _ => 0,
+        }
+    }
     fn apply(
         &self,
         _shard: ShardId,
