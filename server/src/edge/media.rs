@@ -324,9 +324,10 @@ fn offset_mismatch(received: u64) -> ApiError {
 /// Pieces of one PATCH in the log at once. One at a time, each piece
 /// waited out a whole Raft round (its log append and sync, apply, answer)
 /// before the next was even queued: uploads ran at a quarter of the
-/// disk's rate with the server mostly idle. Four share their rounds (the
-/// batcher groups what is queued); eight made bigger entries and went
-/// slower. An upload holds at most nine pieces (9 MiB) in memory: four in
+/// disk's rate with the server mostly idle. With four queued, the shard's
+/// log always has the next piece waiting when a flush ends; each is an
+/// entry of its own (`ENTRY_BULK_BYTES`), and eight measured no faster
+/// (openraft appends one entry per flush). An upload holds at most nine pieces (9 MiB) in memory: four in
 /// flight, four read ahead ([`read_pieces`]), one being cut.
 const PIPELINE: usize = 4;
 
@@ -368,55 +369,69 @@ async fn read_pieces(
     // Only what this node commits from offset 0 is hashed; anything else
     // is read back at finish.
     let mut hasher = (at == 0).then(blake3::Hasher::new);
-    // A piece's worth up front: growing it frame by frame reallocates
-    // (and the kernel zeroes) each size on the way to a MiB.
-    let mut buf: Vec<u8> = Vec::with_capacity(APPEND_CHUNK as usize);
     let mut dropped = false;
+    // The piece being filled, allocated at its final size: a frame is
+    // copied in only up to the piece's end, and the rest of it starts the
+    // next piece. (Appending whole frames overshot the MiB with almost
+    // every piece: a reallocation and a copy of the whole piece each.)
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let piece = match stream.next().await {
-            Some(Ok(b)) => Some(b),
+        let (mut frame, end) = match stream.next().await {
+            Some(Ok(b)) => (b, false),
             Some(Err(e)) => {
                 // The connection went away mid-body: keep what arrived
                 // (tus: the client resumes from the stored offset).
                 tracing::debug!(error = %e, "upload body ended early");
                 dropped = true;
-                None
+                (Bytes::new(), true)
             }
-            None => None,
+            None => (Bytes::new(), true),
         };
-        let end = piece.is_none();
-        if let Some(b) = piece {
-            buf.extend_from_slice(&b);
-        }
-        loop {
-            let room = APPEND_CHUNK - at % APPEND_CHUNK;
-            let left = length - at;
-            if left == 0 && !buf.is_empty() {
+        while !frame.is_empty() {
+            if at + buf.len() as u64 == length {
+                // A full piece is sent at once, so `buf` is empty here.
                 let _ = tx.send(Piece::TooLong).await;
                 return BodyEnd { dropped, hasher };
             }
-            let take = room.min(left) as usize;
-            if buf.is_empty() || (buf.len() < take && !end) {
-                break;
+            // The piece ends at its chunk's end or the file's.
+            let piece = (APPEND_CHUNK - at % APPEND_CHUNK).min(length - at) as usize;
+            if buf.capacity() < piece {
+                buf.reserve_exact(piece - buf.len());
             }
-            let n = take.min(buf.len());
-            let mut rest = Vec::with_capacity(APPEND_CHUNK as usize);
-            rest.extend_from_slice(&buf[n..]);
-            buf.truncate(n);
-            let bytes = Bytes::from(std::mem::replace(&mut buf, rest));
-            if let Some(h) = hasher.as_mut() {
-                h.update(&bytes);
-            }
-            if tx.send(Piece::Bytes(at, bytes)).await.is_err() {
-                // The writer gave up (an error went to the client).
+            let n = (piece - buf.len()).min(frame.len());
+            buf.extend_from_slice(&frame.split_to(n));
+            if buf.len() == piece && !send_piece(&tx, &mut hasher, &mut at, &mut buf).await {
                 return BodyEnd { dropped, hasher };
             }
-            at += n as u64;
         }
         if end {
+            if !buf.is_empty() {
+                send_piece(&tx, &mut hasher, &mut at, &mut buf).await;
+            }
             return BodyEnd { dropped, hasher };
         }
     }
+}
+
+/// Hands the piece in `buf` (starting at `*at`) to the writer, hashing it
+/// on the way; `buf` is left empty, `*at` past the piece. False: the
+/// writer gave up (an error went to the client).
+async fn send_piece(
+    tx: &tokio::sync::mpsc::Sender<Piece>,
+    hasher: &mut Option<blake3::Hasher>,
+    at: &mut u64,
+    buf: &mut Vec<u8>,
+) -> bool {
+    let bytes = Bytes::from(std::mem::take(buf));
+    if let Some(h) = hasher.as_mut() {
+        h.update(&bytes);
+    }
+    let n = bytes.len() as u64;
+    if tx.send(Piece::Bytes(*at, bytes)).await.is_err() {
+        return false;
+    }
+    *at += n;
+    true
 }
 
 /// Commits the body's bytes in chunk-bounded pieces, up to [`PIPELINE`] in
