@@ -7,9 +7,11 @@
 //!    kept until the reads, as an upload's bytes are) in the server's data
 //!    directory's filesystem, 1 MiB per `write`, one `fdatasync` per file
 //!    (what an upload's acknowledgement promises: the file is durable).
-//! 2. **upload**: tus create + one PATCH per file, one file at a time; the
-//!    answer comes once every chunk is committed (replicated where there
-//!    are replicas; this is one node) and the object stored.
+//! 2. **upload**: one POST per file carrying the whole body (tus
+//!    creation-with-upload; against a server that does not offer it, tus
+//!    create + one PATCH), one file at a time; the answer comes once every
+//!    chunk is committed (replicated where there are replicas; this is one
+//!    node) and the object stored.
 //! 3. **raw read** of those files (cold: their pages dropped with
 //!    `posix_fadvise(DONTNEED)` first) and **download** cold (every file
 //!    of the server's data directory dropped the same way) and warm.
@@ -136,6 +138,52 @@ async fn node_bytes_written(c: &reqwest::Client, srv: &Server) -> Result<f64> {
         + blobs)
 }
 
+/// Uploads `body`; its media id. `with_upload`: in the POST that creates
+/// the upload (tus creation-with-upload), else in a PATCH after it.
+async fn upload(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    body: &bytes::Bytes,
+    with_upload: bool,
+) -> Result<String> {
+    let mut req = c
+        .post(format!("{base}/v1/media/uploads"))
+        .bearer_auth(token)
+        .header("Upload-Length", body.len().to_string());
+    if with_upload {
+        req = req
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(body.clone());
+    }
+    let r = req.send().await?;
+    if r.status() != 201 {
+        bail!("create: {} {:?}", r.status(), r.text().await);
+    }
+    let r = if with_upload {
+        r
+    } else {
+        let loc = r.headers()["location"].to_str()?.to_owned();
+        let r = c
+            .patch(format!("{base}{loc}"))
+            .bearer_auth(token)
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", "0")
+            .body(body.clone())
+            .send()
+            .await?;
+        if r.status() != 204 {
+            bail!("patch: {} {:?}", r.status(), r.text().await);
+        }
+        r
+    };
+    Ok(r.headers()
+        .get("missive-media-id")
+        .context("no media id: the upload did not complete")?
+        .to_str()?
+        .to_owned())
+}
+
 async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
     let c = reqwest::Client::new();
     let base = format!("http://{}", srv.addr);
@@ -148,6 +196,15 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
         .json()
         .await?;
     let token = v["token"].as_str().context("token")?.to_owned();
+    // Whether the server takes a file's bytes with its creation.
+    let with_upload = c
+        .request(reqwest::Method::OPTIONS, format!("{base}/v1/media/uploads"))
+        .send()
+        .await?
+        .headers()
+        .get("tus-extension")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim() == "creation-with-upload"));
     let data_dir = dir.join("server").join("data");
     let mut rows = Vec::new();
     let mut uploaded_bytes = 0u64;
@@ -182,28 +239,7 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
             let t = Instant::now();
             let mut round_ids = Vec::new();
             for body in &contents {
-                let r = c
-                    .post(format!("{base}/v1/media/uploads"))
-                    .bearer_auth(&token)
-                    .header("Upload-Length", body.len().to_string())
-                    .send()
-                    .await?;
-                if r.status() != 201 {
-                    bail!("create: {} {:?}", r.status(), r.text().await);
-                }
-                let loc = r.headers()["location"].to_str()?.to_owned();
-                let r = c
-                    .patch(format!("{base}{loc}"))
-                    .bearer_auth(&token)
-                    .header("Content-Type", "application/offset+octet-stream")
-                    .header("Upload-Offset", "0")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                if r.status() != 204 {
-                    bail!("patch: {} {:?}", r.status(), r.text().await);
-                }
-                round_ids.push(r.headers()["missive-media-id"].to_str()?.to_owned());
+                round_ids.push(upload(&c, &base, &token, body, with_upload).await?);
             }
             up.push(mibps(total, t.elapsed()));
             uploaded_bytes += total;
@@ -258,7 +294,8 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
         let name = format!("{size_mib}MiB");
         rows.push(Row::single("raw", &format!("write-{name}"), "MiB/s", rw));
         let mut r = Row::single("missive", &format!("upload-{name}"), "MiB/s", u);
-        r.note = format!("{:.2}× raw write (target ≥ 0.5)", u / rw);
+        let how = if with_upload { "POST" } else { "POST+PATCH" };
+        r.note = format!("{:.2}× raw write (target ≥ 0.5), {how}", u / rw);
         rows.push(r);
         rows.push(Row::single(
             "raw",

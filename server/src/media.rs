@@ -30,6 +30,7 @@ use missive_chat::command::UserId;
 use missive_chat::media::body::{hash_hex, MediaBody};
 use missive_chat::media::records::{Hash, Object, Upload, UploadId, CHUNK};
 use missive_chat::media::store::Finished;
+use missive_chat::ChatNode;
 use missive_engine::keys::ConversationId;
 use missive_raft::node::Consistency;
 
@@ -184,6 +185,26 @@ impl Service {
         mime: &str,
         name: &str,
     ) -> Result<(UploadId, Upload), ApiError> {
+        let (mime, name) = self.check_new_upload(who, length, mime, name).await?;
+        let id = self.new_upload_id()?;
+        let u = self.create_upload_as(id, who, length, mime, name).await?;
+        Ok((id, u))
+    }
+
+    /// A new upload id (see [`Service::create_upload_as`]).
+    pub fn new_upload_id(&self) -> Result<UploadId, ApiError> {
+        ChatNode::new_upload_id().map_err(media_error)
+    }
+
+    /// Whether `who` may start an upload of `length` bytes named `name` of
+    /// type `mime` (rate, size, quota); the checked MIME type and name.
+    pub async fn check_new_upload(
+        &self,
+        who: UserId,
+        length: u64,
+        mime: &str,
+        name: &str,
+    ) -> Result<(String, String), ApiError> {
         self.rates.check(Class::Create, who)?;
         let max = self.media.section.max_file_bytes;
         if length > max {
@@ -209,8 +230,21 @@ impl Service {
                 format!("your uploads hold {used} of your {quota} bytes; this file does not fit"),
             ));
         }
+        Ok((mime, name))
+    }
+
+    /// Starts the upload `id` (from `ChatNode::new_upload_id`) that
+    /// [`Service::check_new_upload`] allowed.
+    pub async fn create_upload_as(
+        &self,
+        id: UploadId,
+        who: UserId,
+        length: u64,
+        mime: String,
+        name: String,
+    ) -> Result<Upload, ApiError> {
         self.node
-            .create_upload(who, length, &mime, &name, WRITE_WAIT)
+            .create_upload_as(id, who, length, &mime, &name, WRITE_WAIT)
             .await
             .map_err(media_error)
     }

@@ -903,6 +903,34 @@ async fn media_survives_the_kill_of_its_shard_leader_mid_upload_and_after() {
         blake3::hash(&other).to_hex().as_str()
     );
 
+    // tus creation-with-upload through every node: the creation and the
+    // first piece are queued together; through a node that does not lead
+    // the new upload's shard they are forwarded one call each, and a piece
+    // that arrives before the creation is refused and sent again.
+    let mut through_followers = 0;
+    for (i, node) in http.iter().enumerate() {
+        let body: Vec<u8> = data[i * 1000..i * 1000 + (3 << 19)].to_vec();
+        let r = reqwest::Client::new()
+            .post(format!("http://{node}/v1/media/uploads"))
+            .bearer_auth(&alice)
+            .header("Upload-Length", body.len().to_string())
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "creation-with-upload through {node}");
+        assert_eq!(
+            r.headers()["missive-media-id"],
+            blake3::hash(&body).to_hex().as_str()
+        );
+        let made = r.headers()["location"].to_str().unwrap();
+        if leader_of(http[0], shard_of(made)).await != i as u64 + 1 {
+            through_followers += 1;
+        }
+    }
+    assert!(through_followers > 0, "no upload went through a follower");
+
     let shard = shard_of(&path);
     let victim = leader_of(http[0], shard).await;
     let v = (victim - 1) as usize;

@@ -208,6 +208,107 @@ async fn an_upload_cut_at_any_point_resumes_to_the_exact_bytes() {
     srv.shutdown().await.unwrap();
 }
 
+/// tus creation-with-upload: a POST of `len` declared bytes whose body is
+/// `body`; (status, headers).
+async fn create_with(
+    h: &Http,
+    len: usize,
+    body: Vec<u8>,
+    mime: &str,
+) -> (u16, reqwest::header::HeaderMap) {
+    use base64::Engine;
+    let r = h
+        .client
+        .post(format!("{}/v1/media/uploads", h.base))
+        .bearer_auth(&h.token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", len.to_string())
+        .header(
+            "Upload-Metadata",
+            format!(
+                "filetype {}",
+                base64::engine::general_purpose::STANDARD.encode(mime)
+            ),
+        )
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.headers().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creation_with_upload_stores_the_body_and_says_where_it_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let h = Http::new(srv.addr(), token(&c, 1, 1));
+    let bin = "application/octet-stream";
+
+    // A whole file (two chunks) in the POST: created, stored, finished.
+    let data = file(3 << 19, 11);
+    let (s, headers) = create_with(&h, data.len(), data.clone(), bin).await;
+    assert_eq!(s, 201);
+    assert_eq!(headers["upload-offset"], data.len().to_string().as_str());
+    let id = headers["missive-media-id"].to_str().unwrap().to_owned();
+    assert_eq!(id, hex(blake3::hash(&data).as_bytes()));
+    let path = headers["location"].to_str().unwrap().to_owned();
+    let (s, v) = h.get(&path).await;
+    assert_eq!((s, v["media_id"].as_str()), (200, Some(id.as_str())));
+    let (_, _, bytes) = get(&h, &format!("/v1/media/{id}"), None).await;
+    assert!(bytes == data, "the stored bytes differ from the upload");
+
+    // Part of a file: created with what came; a PATCH finishes it.
+    let data = file(5 << 19, 12);
+    let half = data.len() / 2;
+    let (s, headers) = create_with(&h, data.len(), data[..half].to_vec(), bin).await;
+    assert_eq!(s, 201);
+    assert_eq!(headers["upload-offset"], half.to_string().as_str());
+    assert!(!headers.contains_key("missive-media-id"));
+    let path = headers["location"].to_str().unwrap().to_owned();
+    assert_eq!(offset(&h, &path).await, half as u64);
+    let (s, headers) = patch(&h, &path, half as u64, data[half..].to_vec()).await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        headers["missive-media-id"].to_str().unwrap(),
+        hex(blake3::hash(&data).as_bytes())
+    );
+
+    // A body past the declared length: refused, but the refusal names the
+    // upload, which holds the bytes that fit; an empty PATCH finishes it.
+    let (s, headers) = create_with(&h, 100, file(110, 13), bin).await;
+    assert_eq!(s, 400);
+    let path = headers["location"].to_str().unwrap().to_owned();
+    assert_eq!(offset(&h, &path).await, 100);
+    let (s, headers) = patch(&h, &path, 100, Vec::new()).await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        headers["missive-media-id"].to_str().unwrap(),
+        hex(blake3::hash(&file(110, 13)[..100]).as_bytes())
+    );
+
+    // An empty file in an empty POST is complete at once.
+    let (s, headers) = create_with(&h, 0, Vec::new(), bin).await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        headers["missive-media-id"].to_str().unwrap(),
+        hex(blake3::hash(b"").as_bytes())
+    );
+
+    // An image gets its placeholder in the POST's answer.
+    let png = encoded(300, 200, image::ImageFormat::Png);
+    let (s, headers) = create_with(&h, png.len(), png, "image/png").await;
+    assert_eq!(s, 201);
+    assert!(!headers["missive-placeholder"].is_empty());
+
+    // Refused before anything is created: too large, no Location.
+    let (s, headers) = create_with(&h, 1 << 40, vec![1, 2, 3], bin).await;
+    assert_eq!(s, 413);
+    assert!(!headers.contains_key("location"));
+    srv.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_serve_ranges_etags_and_refuse_bad_ranges() {
     let dir = tempfile::tempdir().unwrap();
@@ -292,6 +393,10 @@ async fn downloads_serve_ranges_etags_and_refuse_bad_ranges() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["tus-version"], "1.0.0");
+    assert_eq!(
+        r.headers()["tus-extension"],
+        "creation,creation-with-upload"
+    );
     srv.shutdown().await.unwrap();
 }
 

@@ -59,6 +59,19 @@ fn no_such_upload() -> Error {
 }
 
 impl ChatNode {
+    /// A new random upload id (never 0, so a zero id in a path is always
+    /// unknown).
+    pub fn new_upload_id() -> Result<UploadId> {
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).map_err(|e| {
+            Error::Runtime(RaftError::malformed(
+                "upload id",
+                format!("no randomness: {e}"),
+            ))
+        })?;
+        Ok(u64::from_be_bytes(raw).max(1))
+    }
+
     /// Starts an upload of `length` bytes for `owner` under a new random
     /// id.
     pub async fn create_upload(
@@ -69,15 +82,27 @@ impl ChatNode {
         name: &str,
         wait: Duration,
     ) -> Result<(UploadId, Upload)> {
-        let mut raw = [0u8; 8];
-        getrandom::fill(&mut raw).map_err(|e| {
-            Error::Runtime(RaftError::malformed(
-                "upload id",
-                format!("no randomness: {e}"),
-            ))
-        })?;
-        // Never 0, so a zero id in a path is always unknown.
-        let upload = u64::from_be_bytes(raw).max(1);
+        let upload = Self::new_upload_id()?;
+        let u = self
+            .create_upload_as(upload, owner, length, mime, name, wait)
+            .await?;
+        Ok((upload, u))
+    }
+
+    /// Starts an upload under `upload`, an id from
+    /// [`ChatNode::new_upload_id`]: a caller that knows the id before the
+    /// upload exists can queue its first bytes right behind it (tus
+    /// creation-with-upload), in the same log entry when they meet in
+    /// the shard's batcher.
+    pub async fn create_upload_as(
+        &self,
+        upload: UploadId,
+        owner: UserId,
+        length: u64,
+        mime: &str,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Upload> {
         let cmd = Command::CreateUpload {
             upload,
             owner,
@@ -86,7 +111,7 @@ impl ChatNode {
             name: name.to_owned(),
         };
         match self.write(cmd, wait).await? {
-            Outcome::Upload(u) => Ok((upload, u)),
+            Outcome::Upload(u) => Ok(u),
             o => Err(unexpected("CreateUpload", o)),
         }
     }

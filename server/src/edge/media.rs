@@ -124,7 +124,10 @@ pub(crate) async fn tus_options(
     let mut h = HeaderMap::new();
     tus_headers(&mut h);
     h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
-    h.insert("tus-extension", HeaderValue::from_static("creation"));
+    h.insert(
+        "tus-extension",
+        HeaderValue::from_static("creation,creation-with-upload"),
+    );
     h.insert(
         "tus-max-size",
         HeaderValue::from(s.service.media.section.max_file_bytes),
@@ -176,14 +179,16 @@ fn offset_headers(u: &Upload) -> HeaderMap {
     post,
     path = "/v1/media/uploads",
     tag = "media",
-    summary = "Start a resumable upload (tus 1.0 creation)",
+    summary = "Start a resumable upload (tus 1.0 creation, creation-with-upload)",
     params(("Upload-Length" = u64, Header, description = "the file's length in bytes"), ("Upload-Metadata" = Option<String>, Header, description = "tus metadata: `filename <base64>,filetype <base64>`")),
-    responses((status = 201, description = "created: Location names the upload"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
+    request_body(content = Option<Vec<u8>>, content_type = "application/offset+octet-stream", description = "optional: the file's first bytes (or all of them)"),
+    responses((status = 201, description = "created: Location names the upload; Upload-Offset is what the body stored; Missive-Media-Id once complete"), (status = "4XX", description = "refused", body = crate::error::ErrorAnswer), (status = "5XX", description = "unavailable, retry", body = crate::error::ErrorAnswer))
 )]
 pub(crate) async fn create_upload(
     State(s): State<AppState>,
     Authed(who): Authed,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     check_tus(&headers)?;
     if headers.contains_key("upload-defer-length") {
@@ -193,16 +198,91 @@ pub(crate) async fn create_upload(
     }
     let length = header_u64(&headers, "upload-length")?;
     let (name, mime) = upload_metadata(&headers)?;
-    let (id, u) = s
+    if !carries_bytes(&headers) {
+        let (id, u) = s
+            .service
+            .create_upload(who.user, length, &mime, &name)
+            .await?;
+        let mut h = offset_headers(&u);
+        h.extend(location(id));
+        return Ok((StatusCode::CREATED, h, Json(upload_json(id, &u))).into_response());
+    }
+    // tus creation-with-upload: the body holds the file's first bytes
+    // (or all of them). The creation is queued just ahead of the first
+    // piece, so on the shard's leader both ride in one log entry.
+    let (mime, name) = s
         .service
-        .create_upload(who.user, length, &mime, &name)
+        .check_new_upload(who.user, length, &mime, &name)
         .await?;
-    let mut h = offset_headers(&u);
-    let location = format!("/v1/media/uploads/{id:016x}");
-    if let Ok(v) = HeaderValue::from_str(&location) {
+    let id = s.service.new_upload_id()?;
+    let create: Creating<'_> =
+        Box::pin(s.service.create_upload_as(id, who.user, length, mime, name));
+    let start = Start::Creating { length, create };
+    let stored = match append_stream(&s.service, who.user, id, start, body).await {
+        Ok((u, hash)) => finish_if_complete(&s.service, who.user, id, u, hash).await,
+        Err(e) => Err(e),
+    };
+    match stored {
+        Ok((u, placeholder)) => {
+            let mut h = offset_headers(&u);
+            h.extend(location(id));
+            placeholder_header(&mut h, placeholder);
+            Ok((StatusCode::CREATED, h, Json(upload_json(id, &u))).into_response())
+        }
+        // Created or not, the refusal names where the upload would be:
+        // HEAD it to resume (it is 404 if the creation did not happen).
+        Err(e) => {
+            let mut r = e.into_response();
+            r.headers_mut().extend(location(id));
+            Ok(r)
+        }
+    }
+}
+
+/// Whether a request's body is upload bytes (tus: `Content-Type:
+/// application/offset+octet-stream`).
+fn carries_bytes(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "application/offset+octet-stream")
+}
+
+/// The `Location` of upload `id`.
+fn location(id: UploadId) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/media/uploads/{id:016x}")) {
         h.insert(header::LOCATION, v);
     }
-    Ok((StatusCode::CREATED, h, Json(upload_json(id, &u))).into_response())
+    h
+}
+
+/// Adds `Missive-Placeholder` (base64) when the finished upload is an image.
+fn placeholder_header(h: &mut HeaderMap, placeholder: Option<Vec<u8>>) {
+    if let Some(p) = placeholder {
+        use base64::Engine;
+        let p = base64::engine::general_purpose::STANDARD.encode(p);
+        if let Ok(v) = HeaderValue::from_str(&p) {
+            h.insert(PLACEHOLDER_HEADER, v);
+        }
+    }
+}
+
+/// Finishes `u` if its last byte is stored and it is still open: the
+/// upload as it stands after, and the image's placeholder if it is one.
+async fn finish_if_complete(
+    svc: &Service,
+    who: missive_chat::UserId,
+    id: UploadId,
+    u: Upload,
+    received_hash: Option<Hash>,
+) -> Result<(Upload, Option<Vec<u8>>), ApiError> {
+    if u.received == u.length && u.state == UploadState::Open {
+        let f = svc.finish_upload(who, id, received_hash).await?;
+        Ok((f.upload, f.object.image.map(|i| i.placeholder)))
+    } else {
+        Ok((u, None))
+    }
 }
 
 #[utoipa::path(
@@ -278,7 +358,7 @@ pub(crate) async fn append_upload(
     }
     let mut received_hash = None;
     let u = if u.state == UploadState::Open {
-        let (u, hash) = append_stream(&s.service, who.user, id, u, body).await?;
+        let (u, hash) = append_stream(&s.service, who.user, id, Start::Stored(u), body).await?;
         received_hash = hash;
         u
     } else {
@@ -294,22 +374,9 @@ pub(crate) async fn append_upload(
         }
         u
     };
-    let mut placeholder = None;
-    let u = if u.received == u.length && u.state == UploadState::Open {
-        let f = s.service.finish_upload(who.user, id, received_hash).await?;
-        placeholder = f.object.image.map(|i| i.placeholder);
-        f.upload
-    } else {
-        u
-    };
+    let (u, placeholder) = finish_if_complete(&s.service, who.user, id, u, received_hash).await?;
     let mut h = offset_headers(&u);
-    if let Some(p) = placeholder {
-        use base64::Engine;
-        let p = base64::engine::general_purpose::STANDARD.encode(p);
-        if let Ok(v) = HeaderValue::from_str(&p) {
-            h.insert(PLACEHOLDER_HEADER, v);
-        }
-    }
+    placeholder_header(&mut h, placeholder);
     Ok((StatusCode::NO_CONTENT, h).into_response())
 }
 
@@ -336,6 +403,64 @@ const PIPELINE: usize = 4;
 type InFlight<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = (u64, Bytes, Result<Upload, ApiError>)> + Send + 'a>,
 >;
+
+/// An upload's creation on its way (creation-with-upload).
+type Creating<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Upload, ApiError>> + Send + 'a>>;
+
+/// Where a body's bytes go.
+enum Start<'a> {
+    /// An upload that exists: after the bytes it holds.
+    Stored(Upload),
+    /// An upload being created: from its first byte, the creation queued
+    /// just ahead of the first piece.
+    Creating {
+        /// The upload's declared length.
+        length: u64,
+        /// The creation's write, not yet polled.
+        create: Creating<'a>,
+    },
+}
+
+/// A piece's write once queued: still running, or answered by its first
+/// poll already (a refusal before anything was sent).
+enum Queued<'a> {
+    Running(InFlight<'a>),
+    Answered(u64, Bytes, Result<Upload, ApiError>),
+}
+
+/// Polls `f` once, now, and gives its output if that finished it. A write
+/// queues itself on the shard's batcher (or starts its forward) at its
+/// first poll: polling in order queues in order.
+async fn poll_once<'a, T>(
+    f: &mut std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>,
+) -> Option<T> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Queues the write of `bytes` at `at`.
+async fn queue_piece(
+    svc: &Service,
+    who: missive_chat::UserId,
+    id: UploadId,
+    at: u64,
+    bytes: Bytes,
+) -> Queued<'_> {
+    let mut write: InFlight<'_> = Box::pin(async move {
+        let r = svc.append_upload(who, id, at, bytes.clone()).await;
+        (at, bytes, r)
+    });
+    match poll_once(&mut write).await {
+        Some((at, bytes, r)) => Queued::Answered(at, bytes, r),
+        None => Queued::Running(write),
+    }
+}
 
 /// What the body reader hands the writer.
 enum Piece {
@@ -454,20 +579,53 @@ async fn append_stream(
     svc: &Service,
     who: missive_chat::UserId,
     id: UploadId,
-    u: Upload,
+    start: Start<'_>,
     body: Body,
 ) -> Result<(Upload, Option<Hash>), ApiError> {
+    let (at, length) = match &start {
+        Start::Stored(u) => (u.received, u.length),
+        Start::Creating { length, .. } => (0, *length),
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel(PIPELINE);
-    let reader = tokio::spawn(read_pieces(body, u.received, u.length, tx));
+    let reader = tokio::spawn(read_pieces(body, at, length, tx));
+    let mut inflight = std::collections::VecDeque::new();
+    // What the reader sent before the upload existed, still to handle.
+    let mut early = None;
+    let (u, created) = match start {
+        Start::Stored(u) => (u, false),
+        Start::Creating { mut create, .. } => {
+            let first = rx.recv().await;
+            let answered = poll_once(&mut create).await;
+            match first {
+                Some(Piece::Bytes(at, bytes)) => {
+                    inflight.push_back(queue_piece(svc, who, id, at, bytes).await)
+                }
+                other => early = other,
+            }
+            let u = match answered {
+                Some(r) => r,
+                None => create.await,
+            }?;
+            (u, true)
+        }
+    };
     let mut p = Pipeline {
         svc,
         who,
         id,
         u,
+        created,
         in_place: true,
-        inflight: std::collections::VecDeque::new(),
+        inflight,
     };
-    while let Some(piece) = rx.recv().await {
+    loop {
+        let piece = match early.take() {
+            Some(piece) => piece,
+            None => match rx.recv().await {
+                Some(piece) => piece,
+                None => break,
+            },
+        };
         let (at, bytes) = match piece {
             Piece::Bytes(at, bytes) => (at, bytes),
             Piece::TooLong => {
@@ -481,16 +639,8 @@ async fn append_stream(
         if p.inflight.len() == PIPELINE {
             p.settle_one().await?;
         }
-        let mut write: InFlight<'_> = Box::pin(async move {
-            let r = svc.append_upload(who, id, at, bytes.clone()).await;
-            (at, bytes, r)
-        });
-        // The first poll queues the write on the batcher (or starts its
-        // forward): now, so pieces are queued in order.
-        let _ =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx).is_ready()))
-                .await;
-        p.inflight.push_back(write);
+        p.inflight
+            .push_back(queue_piece(svc, who, id, at, bytes).await);
     }
     p.settle_all().await?;
     let end = reader.await.map_err(|e| ApiError::internal(&e))?;
@@ -512,10 +662,13 @@ struct Pipeline<'a> {
     who: missive_chat::UserId,
     id: UploadId,
     u: Upload,
+    /// This request created the upload (creation-with-upload): its first
+    /// piece, forwarded, may reach the leader before the creation does.
+    created: bool,
     /// Every piece stored exactly where it was sent (else the hash of the
     /// body is not the hash of the upload).
     in_place: bool,
-    inflight: std::collections::VecDeque<InFlight<'a>>,
+    inflight: std::collections::VecDeque<Queued<'a>>,
 }
 
 impl Pipeline<'_> {
@@ -534,10 +687,16 @@ impl Pipeline<'_> {
             return Ok(());
         };
         let (svc, who, id) = (self.svc, self.who, self.id);
-        let (at, bytes, r) = write.await;
+        let (at, bytes, r) = match write {
+            Queued::Running(w) => w.await,
+            Queued::Answered(at, bytes, r) => (at, bytes, r),
+        };
         let n = bytes.len() as u64;
+        let overtaken = |e: &ApiError| {
+            e.code == "offset_mismatch" || (self.created && at == 0 && e.code == "no_such_media")
+        };
         let r = match r {
-            Err(e) if e.code == "offset_mismatch" && self.u.received == at => {
+            Err(e) if overtaken(&e) && self.u.received == at => {
                 tracing::debug!(upload = %format!("{id:016x}"), at, "a piece overtook the one before it; sent again");
                 svc.append_upload(who, id, at, bytes).await
             }
