@@ -274,15 +274,16 @@ impl Service {
     }
 
     /// Finishes the caller's upload once every byte arrived
-    /// (`received_hash`: see `ChatNode::finish_upload`).
+    /// (`known`, `received_hash`: see `ChatNode::finish_upload`).
     pub async fn finish_upload(
         &self,
         who: UserId,
         upload: UploadId,
+        known: Option<Upload>,
         received_hash: Option<Hash>,
     ) -> Result<Finished, ApiError> {
         self.node
-            .finish_upload(who, upload, received_hash, WRITE_WAIT)
+            .finish_upload(who, upload, known, received_hash, WRITE_WAIT)
             .await
             .map_err(media_error)
     }

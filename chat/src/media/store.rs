@@ -162,17 +162,26 @@ impl ChatNode {
     /// carried the whole file while it streams it): it spares reading the
     /// upload back. Without it (a resumed upload) the bytes are read back
     /// and hashed. Images are read back either way, to be decoded.
+    ///
+    /// `known` is the upload as a write of the caller's just committed it
+    /// (the last piece's answer): it spares reading the record again. Its
+    /// state may be stale by then (another request finished the upload):
+    /// every step below is idempotent and checked by its apply rule.
     pub async fn finish_upload(
         &self,
         owner: UserId,
         upload: UploadId,
+        known: Option<Upload>,
         received_hash: Option<Hash>,
         wait: Duration,
     ) -> Result<Finished> {
-        let u = self
-            .upload(owner, upload, Consistency::Linearizable)
-            .await?
-            .ok_or_else(no_such_upload)?;
+        let u = match known.filter(|u| u.owner == owner) {
+            Some(u) => u,
+            None => self
+                .upload(owner, upload, Consistency::Linearizable)
+                .await?
+                .ok_or_else(no_such_upload)?,
+        };
         let stored_before = |hash: Hash| async move {
             Ok::<_, Error>(
                 self.object(&hash, Consistency::Linearizable)

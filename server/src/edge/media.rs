@@ -278,7 +278,9 @@ async fn finish_if_complete(
     received_hash: Option<Hash>,
 ) -> Result<(Upload, Option<Vec<u8>>), ApiError> {
     if u.received == u.length && u.state == UploadState::Open {
-        let f = svc.finish_upload(who, id, received_hash).await?;
+        let f = svc
+            .finish_upload(who, id, Some(u.clone()), received_hash)
+            .await?;
         Ok((f.upload, f.object.image.map(|i| i.placeholder)))
     } else {
         Ok((u, None))
