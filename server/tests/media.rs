@@ -29,12 +29,11 @@ fn hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Creates an upload; its path.
-async fn create(h: &Http, len: usize, name: &str, mime: &str) -> String {
+/// A tus creation request for `len` bytes named `name` of type `mime`.
+fn creation(h: &Http, len: usize, name: &str, mime: &str) -> reqwest::RequestBuilder {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let r = h
-        .client
+    h.client
         .post(format!("{}/v1/media/uploads", h.base))
         .bearer_auth(&h.token)
         .header("Tus-Resumable", "1.0.0")
@@ -43,9 +42,11 @@ async fn create(h: &Http, len: usize, name: &str, mime: &str) -> String {
             "Upload-Metadata",
             format!("filename {},filetype {}", b64(name), b64(mime)),
         )
-        .send()
-        .await
-        .unwrap();
+}
+
+/// Creates an upload; its path.
+async fn create(h: &Http, len: usize, name: &str, mime: &str) -> String {
+    let r = creation(h, len, name, mime).send().await.unwrap();
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     assert_eq!(r.headers()["tus-resumable"], "1.0.0");
     assert_eq!(r.headers()["upload-offset"], "0");
@@ -216,20 +217,7 @@ async fn create_with(
     body: Vec<u8>,
     mime: &str,
 ) -> (u16, reqwest::header::HeaderMap) {
-    use base64::Engine;
-    let r = h
-        .client
-        .post(format!("{}/v1/media/uploads", h.base))
-        .bearer_auth(&h.token)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", len.to_string())
-        .header(
-            "Upload-Metadata",
-            format!(
-                "filetype {}",
-                base64::engine::general_purpose::STANDARD.encode(mime)
-            ),
-        )
+    let r = creation(h, len, "file", mime)
         .header("Content-Type", "application/offset+octet-stream")
         .body(body)
         .send()
