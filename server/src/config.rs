@@ -384,6 +384,10 @@ pub struct Limits {
     pub receipt_rate: Rate,
     /// Conversations created (direct and group), per user.
     pub create_rate: Rate,
+    /// Media uploads started (tus creations), per user. A chat client
+    /// sends an album as one upload per photo: its own bucket, roomier
+    /// than conversation creation's.
+    pub upload_rate: Rate,
     /// Presence requests and typing signals, per user.
     pub presence_rate: Rate,
     /// New TCP connections (HTTP and gRPC listeners), per client IP.
@@ -437,6 +441,7 @@ impl Default for Limits {
             // One per conversation read or delivered, batched by clients.
             receipt_rate: Rate::new(50, 200),
             create_rate: Rate::new(2, 20),
+            upload_rate: Rate::new(10, 100),
             presence_rate: Rate::new(5, 30),
             // Sized for many users behind one NAT or proxy, not for one
             // client: a reconnect storm after a restart is a burst.
@@ -545,6 +550,7 @@ impl Config {
             ("history_rate", l.history_rate),
             ("receipt_rate", l.receipt_rate),
             ("create_rate", l.create_rate),
+            ("upload_rate", l.upload_rate),
             ("presence_rate", l.presence_rate),
             ("connect_rate_per_ip", l.connect_rate_per_ip),
             ("upgrade_rate_per_ip", l.upgrade_rate_per_ip),

@@ -205,7 +205,7 @@ impl Service {
         mime: &str,
         name: &str,
     ) -> Result<(String, String), ApiError> {
-        self.rates.check(Class::Create, who)?;
+        self.rates.check(Class::Upload, who)?;
         let max = self.media.section.max_file_bytes;
         if length > max {
             return Err(ApiError::new(

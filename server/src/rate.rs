@@ -46,6 +46,8 @@ pub enum Class {
     Receipt,
     /// Conversation creation (`limits.create_rate`).
     Create,
+    /// Media uploads started (`limits.upload_rate`).
+    Upload,
     /// Presence requests and typing (`limits.presence_rate`).
     Presence,
 }
@@ -57,6 +59,7 @@ impl Class {
             Class::History => "history reads",
             Class::Receipt => "receipts",
             Class::Create => "conversations created",
+            Class::Upload => "uploads started",
             Class::Presence => "presence and typing requests",
         }
     }
@@ -69,6 +72,7 @@ pub struct UserRates {
     history: KeyedLimit<UserId>,
     receipt: KeyedLimit<UserId>,
     create: KeyedLimit<UserId>,
+    upload: KeyedLimit<UserId>,
     presence: KeyedLimit<UserId>,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -82,6 +86,7 @@ impl UserRates {
             history: k(l.history_rate),
             receipt: k(l.receipt_rate),
             create: k(l.create_rate),
+            upload: k(l.upload_rate),
             presence: k(l.presence_rate),
             metrics,
         }
@@ -93,6 +98,7 @@ impl UserRates {
             Class::History => &self.history,
             Class::Receipt => &self.receipt,
             Class::Create => &self.create,
+            Class::Upload => &self.upload,
             Class::Presence => &self.presence,
         }
     }
@@ -118,6 +124,7 @@ impl UserRates {
             Class::History,
             Class::Receipt,
             Class::Create,
+            Class::Upload,
             Class::Presence,
         ]
         .iter()

@@ -641,13 +641,14 @@ fn upgrade_refusal(r: Result<Ws, tokio_tungstenite::tungstenite::Error>) -> (u16
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_receipts_creation_and_presence_each_have_a_rate_per_user() {
+async fn history_receipts_creation_uploads_and_presence_each_have_a_rate_per_user() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     let two = missive_server::config::Rate::new(1, 2);
     c.limits.history_rate = two;
     c.limits.receipt_rate = two;
     c.limits.create_rate = two;
+    c.limits.upload_rate = two;
     c.limits.presence_rate = two;
     let srv = start(c.clone()).await;
     let alice = Http::new(srv.addr(), token(&c, 1, 1));
@@ -669,6 +670,27 @@ async fn history_receipts_creation_and_presence_each_have_a_rate_per_user() {
         .contains("conversations created"));
     let (s, _) = bob.post("/v1/conversations", direct("5")).await;
     assert_eq!(s, 201);
+    // Uploads started: a bucket of their own (Alice's creations are
+    // spent), two, then refused in their own words.
+    let start_upload = || {
+        alice
+            .client
+            .post(format!("{}/v1/media/uploads", alice.base))
+            .bearer_auth(&alice.token)
+            .header("Upload-Length", "10")
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(start_upload().await.unwrap().status(), 201);
+    }
+    let r = start_upload().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("uploads started"));
     // History (pages, lists, pins, receipts read): two, then refused.
     let history = format!("/v1/conversations/{conv}/messages");
     assert_eq!(alice.get(&history).await.0, 200);
