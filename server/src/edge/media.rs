@@ -396,8 +396,9 @@ fn offset_mismatch(received: u64) -> ApiError {
 /// disk's rate with the server mostly idle. With four queued, the shard's
 /// log always has the next piece waiting when a flush ends; each is an
 /// entry of its own (`ENTRY_BULK_BYTES`), and eight measured no faster
-/// (openraft appends one entry per flush). An upload holds at most nine pieces (9 MiB) in memory: four in
-/// flight, four read ahead ([`read_pieces`]), one being cut.
+/// (openraft appends one entry per flush). An upload holds at most nine
+/// pieces (9 MiB) in memory: four in flight, four read ahead
+/// ([`read_pieces`]), one being cut.
 const PIPELINE: usize = 4;
 
 /// A piece on its way: where it starts, its bytes (kept to resend it), and
