@@ -66,13 +66,17 @@ fn spawn_logging(config: &Path, level: Option<&str>) -> Child {
 }
 
 /// Waits for the "listening" line (the port is fixed by the config, but
-/// the line says the node is up).
-fn wait_listening(child: &mut Child) {
+/// the line says the node is up). A node that exits first fails the test
+/// with its log (`config` with the extension `log`), which says why.
+fn wait_listening(child: &mut Child, config: &Path) {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     // Log lines (peers not up yet) may come first.
     loop {
         let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "missived exited");
+        if out.read_line(&mut line).unwrap() == 0 {
+            let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+            panic!("missived exited before listening; its log:\n{log}");
+        }
         if line.starts_with("missived listening") {
             break;
         }
@@ -190,7 +194,7 @@ async fn start_cluster_with(
         )
         .unwrap();
         let mut child = spawn_logging(&cfg, level);
-        wait_listening(&mut child);
+        wait_listening(&mut child, &cfg);
         procs.push(Proc {
             child,
             config: cfg,
@@ -351,7 +355,7 @@ async fn sigkill_of_a_shard_leader_under_load_loses_no_acknowledged_send() {
 
     // The killed node restarts from its data directory and catches up.
     let mut child = spawn(&procs[v].config);
-    wait_listening(&mut child);
+    wait_listening(&mut child, &procs[v].config);
     procs[v].child = child;
     wait_ready(&http).await;
 
@@ -570,7 +574,7 @@ async fn edits_unsends_and_reactions_are_identical_on_every_replica_after_a_lead
     }
     // The killed node comes back from its data directory and catches up.
     let mut child = spawn(&procs[v].config);
-    wait_listening(&mut child);
+    wait_listening(&mut child, &procs[v].config);
     procs[v].child = child;
     wait_ready(&http).await;
 
@@ -624,7 +628,7 @@ async fn a_normal_cluster_start_and_restart_log_no_error_and_no_colour() {
         assert!(term.success());
         p.child.wait().unwrap();
         let mut child = spawn_logging(&p.config, None);
-        wait_listening(&mut child);
+        wait_listening(&mut child, &p.config);
         p.child = child;
         wait_ready(&http).await;
     }
@@ -769,7 +773,7 @@ async fn search_answers_the_same_on_every_node_after_a_leader_kill() {
     }
     // The killed node comes back from its data directory and catches up.
     let mut child = spawn(&procs[v].config);
-    wait_listening(&mut child);
+    wait_listening(&mut child, &procs[v].config);
     procs[v].child = child;
     wait_ready(&http).await;
     for (i, p) in procs.iter().enumerate() {
@@ -1018,7 +1022,7 @@ async fn media_survives_the_kill_of_its_shard_leader_mid_upload_and_after() {
 
     // The killed node comes back; then the upload shard's leader dies.
     let mut child = spawn(&procs[v].config);
-    wait_listening(&mut child);
+    wait_listening(&mut child, &procs[v].config);
     procs[v].child = child;
     wait_ready(&http).await;
     let victim = leader_of(http[(v + 1) % 3], shard).await;
@@ -1101,7 +1105,7 @@ async fn push_node(dir: &Path, push: &str) -> (Child, SocketAddr, std::path::Pat
     )
     .unwrap();
     let mut child = spawn(&cfg);
-    wait_listening(&mut child);
+    wait_listening(&mut child, &cfg);
     wait_ready(&[http]).await;
     let mut tc = Config {
         data_dir: dir.join("tokens"),
@@ -1140,7 +1144,7 @@ async fn sigkill_mid_retry_loses_no_push_notification_and_sends_none_twice() {
     );
 
     let mut child = spawn(&cfg);
-    wait_listening(&mut child);
+    wait_listening(&mut child, &cfg);
     wait_ready(&[http]).await;
     // Both events are accepted, once each.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1247,7 +1251,7 @@ async fn sigkill_mid_retry_through_apns_and_fcm_loses_no_notification_and_sends_
     }
 
     let mut child = spawn(&cfg);
-    wait_listening(&mut child);
+    wait_listening(&mut child, &cfg);
     wait_ready(&[http]).await;
     // Both events reach both devices, once each.
     for fake in [&apns, &fcm] {
@@ -1283,7 +1287,7 @@ async fn sigkill_mid_retry_through_apns_and_fcm_loses_no_notification_and_sends_
 /// Restarts node `i` (0-based) of `procs` from its config; ready.
 async fn restart(procs: &mut [Proc], i: usize) {
     let mut child = spawn(&procs[i].config);
-    wait_listening(&mut child);
+    wait_listening(&mut child, &procs[i].config);
     procs[i].child = child;
     wait_ready(&[procs[i].addr]).await;
 }
