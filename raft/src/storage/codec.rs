@@ -37,7 +37,8 @@ pub const META_PURGED: &[u8] = b"purged";
 /// growing by whole slices. postcard's `to_extend` pushes a byte at a time
 /// through `Extend` and `to_stdvec` grows by doubling: for an entry holding
 /// a 1 MiB upload piece that was a byte loop plus a string of reallocations
-/// and copies, about a fifth of the server's CPU during uploads.
+/// and copies, 7 % of the server's CPU during uploads, on the path of
+/// every uploaded byte (openraft appends one entry per log flush).
 struct ExactVec(Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for ExactVec {
