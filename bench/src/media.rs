@@ -13,8 +13,10 @@
 //!    chunk is committed (replicated where there are replicas; this is one
 //!    node) and the object stored.
 //! 3. **raw read** of those files (cold: their pages dropped with
-//!    `posix_fadvise(DONTNEED)` first) and **download** cold (every file
-//!    of the server's data directory dropped the same way) and warm.
+//!    `posix_fadvise(DONTNEED)` first; 1 MiB per `read` into one buffer)
+//!    and **download** cold (every file of the server's data directory
+//!    dropped the same way) and warm; the client streams each body and
+//!    drops it as it arrives, as the raw read reuses its buffer.
 //! 4. **range**: `--ranges` random 64 KiB `Range` requests over the
 //!    uploaded files; p50/p99.
 //!
@@ -96,6 +98,41 @@ fn drop_tree(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads a file through `buf`, 1 MiB per `read`; the bytes read. The raw
+/// read anchor consumes its bytes the way a download does (through one
+/// buffer, kept), so neither side pays for holding a whole file.
+fn read_through(path: &Path, buf: &mut [u8]) -> Result<usize> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut n = 0;
+    loop {
+        match f.read(buf)? {
+            0 => return Ok(n),
+            k => n += k,
+        }
+    }
+}
+
+/// Downloads media `id` whole, its body streamed and dropped as it
+/// arrives (what a client writing to a file or a decoder does); the bytes
+/// received. Collecting a 50 MiB body instead costs the client a growing
+/// buffer and its copies, which the raw read anchor does not pay.
+async fn download(c: &reqwest::Client, base: &str, token: &str, id: &str) -> Result<usize> {
+    let mut r = c
+        .get(format!("{base}/v1/media/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    if r.status() != 200 {
+        bail!("download of {id}: {}", r.status());
+    }
+    let mut n = 0;
+    while let Some(piece) = r.chunk().await? {
+        n += piece.len();
+    }
+    Ok(n)
 }
 
 fn mibps(bytes: u64, d: Duration) -> f64 {
@@ -248,8 +285,9 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
                 drop_cache(path)?;
             }
             let t = Instant::now();
+            let mut buf = vec![0u8; 1 << 20];
             for path in &raw_files {
-                let n = std::fs::read(path)?.len();
+                let n = read_through(path, &mut buf)?;
                 if n != size {
                     bail!("raw read {n} of {size}");
                 }
@@ -265,15 +303,9 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
                 }
                 let t = Instant::now();
                 for (id, body) in round_ids.iter().zip(&contents) {
-                    let got = c
-                        .get(format!("{base}/v1/media/{id}"))
-                        .bearer_auth(&token)
-                        .send()
-                        .await?
-                        .bytes()
-                        .await?;
-                    if got.len() != body.len() {
-                        bail!("download of {id}: {} of {} bytes", got.len(), body.len());
+                    let got = download(&c, &base, &token, id).await?;
+                    if got != body.len() {
+                        bail!("download of {id}: {got} of {} bytes", body.len());
                     }
                 }
                 out.push(mibps(total, t.elapsed()));
