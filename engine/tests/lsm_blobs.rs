@@ -123,3 +123,46 @@ fn a_blob_file_mostly_dead_is_rewritten_and_its_bytes_leave_the_disk() {
     assert_eq!(lsm.get(&key(20)).unwrap(), None);
     lsm.verify().unwrap();
 }
+
+#[test]
+fn a_shared_value_reads_like_a_copy_and_outlives_its_blob_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let mut b = WriteBatch::new();
+    for i in 0..4 {
+        b.put(key(i), value(i));
+    }
+    // Below the blob threshold: kept in the table itself.
+    b.put(key(9), b"small".to_vec());
+    lsm.apply(&b, None).unwrap();
+
+    // In the memtable, then in the tables (a blob file for the large ones).
+    let shared = |i: u8| lsm.get_shared(&key(i)).unwrap().map(|v| v.to_vec());
+    assert_eq!(shared(0), Some(value(0)), "from the memtable");
+    lsm.flush().unwrap();
+    lsm.compact_all().unwrap();
+    assert_eq!(on_disk(dir.path()).0, 1);
+    for i in [0, 1, 2, 3, 9] {
+        assert_eq!(shared(i), lsm.get(&key(i)).unwrap(), "key {i}");
+    }
+    assert_eq!(shared(9).as_deref(), Some(&b"small"[..]));
+    assert_eq!(shared(7), None);
+
+    // A view taken, then every value deleted and compacted away: the file
+    // is obsolete but stays while the view holds it (a download in
+    // flight reads on), and leaves the disk when the view is dropped.
+    let held = lsm.get_shared(&key(2)).unwrap().unwrap();
+    let mut b = WriteBatch::new();
+    for i in 0..4 {
+        b.delete(key(i));
+    }
+    lsm.apply(&b, None).unwrap();
+    lsm.flush().unwrap();
+    lsm.compact_all().unwrap();
+    lsm.reclaim_blobs().unwrap();
+    assert_eq!(shared(2), None, "deleted");
+    assert_eq!(on_disk(dir.path()).0, 1, "held by the view");
+    assert_eq!(&held[..], &value(2)[..], "the view reads on");
+    drop(held);
+    assert_eq!(on_disk(dir.path()).0, 0, "gone with the last holder");
+}

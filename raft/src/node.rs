@@ -693,6 +693,17 @@ impl<A: App> Node<A> {
         }
     }
 
+    /// [`Node::get`], a large value (one the engine keeps in a blob file)
+    /// handed out without a copy when this node serves the read.
+    pub async fn get_shared(
+        &self,
+        shard: ShardId,
+        consistency: Consistency,
+        key: &[u8],
+    ) -> Result<Option<bytes::Bytes>> {
+        self.inner.get_shared(shard, consistency, key).await
+    }
+
     /// The application's answer to `query` on `shard` (see
     /// [`App::query`]), from a replica read at `consistency`.
     pub async fn query(

@@ -397,7 +397,11 @@ impl Service {
     }
 
     /// Reads chunk `index` of the upload holding an object's bytes.
-    pub async fn media_chunk(&self, upload: UploadId, index: u32) -> Result<Vec<u8>, ApiError> {
+    pub async fn media_chunk(
+        &self,
+        upload: UploadId,
+        index: u32,
+    ) -> Result<axum::body::Bytes, ApiError> {
         match self
             .node
             .chunk(upload, index, Consistency::Linearizable)

@@ -116,10 +116,11 @@ pub struct VerifyPage {
 /// Checks an object's bytes: `chunk(i)` reads chunk `i` of its upload
 /// (`None` when it is not stored). Pure over the reader, so the rules are
 /// tested without a cluster (`tests` below).
-pub async fn check_bytes<F, Fut>(hash: &Hash, size: u64, mut chunk: F) -> Result<Option<Damage>>
+pub async fn check_bytes<F, Fut, B>(hash: &Hash, size: u64, mut chunk: F) -> Result<Option<Damage>>
 where
     F: FnMut(u32) -> Fut,
-    Fut: std::future::Future<Output = Result<Option<Vec<u8>>>>,
+    Fut: std::future::Future<Output = Result<Option<B>>>,
+    B: AsRef<[u8]>,
 {
     let mut hasher = blake3::Hasher::new();
     for index in 0..chunks_for(size) {
@@ -130,6 +131,7 @@ where
             Err(e) if e.is_corruption() => return Ok(Some(Damage::Unreadable(e.to_string()))),
             Err(e) => return Err(e),
         };
+        let bytes = bytes.as_ref();
         if bytes.len() as u64 != expected {
             return Ok(Some(Damage::ChunkLength {
                 index,
@@ -137,7 +139,7 @@ where
                 expected,
             }));
         }
-        hasher.update(&bytes);
+        hasher.update(bytes);
     }
     let found = *hasher.finalize().as_bytes();
     Ok((found != *hash).then(|| Damage::HashMismatch {

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use missive_engine::keys::ConversationId;
 use missive_raft::node::Consistency;
 use missive_raft::Error as RaftError;
@@ -335,23 +336,23 @@ impl ChatNode {
         Ok(Some(v))
     }
 
-    /// Chunk `index` of an upload's bytes.
+    /// Chunk `index` of an upload's bytes. Read here, a stored chunk is a
+    /// view of the engine's blob file (no copy of the megabyte).
     pub async fn chunk(
         &self,
         upload: UploadId,
         index: u32,
         consistency: Consistency,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<Bytes>> {
         let shard = self.slots().shard_of_slot(records::upload_slot(upload));
-        let Some(mut v) = self
-            .get(shard, consistency, &chunk_key(upload, index))
+        let Some(v) = self
+            .get_shared(shard, consistency, &chunk_key(upload, index))
             .await?
         else {
             return Ok(None);
         };
-        decode_chunk(&v)?;
-        v.remove(0);
-        Ok(Some(v))
+        let header = v.len() - decode_chunk(&v)?.len();
+        Ok(Some(v.slice(header..)))
     }
 
     /// The object stored under `hash`.

@@ -26,7 +26,9 @@
 //!   [`crate::lsm::table`]) and holds them open; when an installed version
 //!   no longer references a file that a removed table did, the file is
 //!   marked obsolete and deleted once the last reader holding one of those
-//!   tables lets go — the same rule as for tables.
+//!   tables lets go — the same rule as for tables. A value handed out as a
+//!   view of the mapping (`Lsm::get_shared`, a media download) holds its
+//!   file the same way until the view is dropped.
 //! - **Bytes are checked where they are read.** A reference carries the
 //!   value's CRC32; every read through the LSM checks it (compaction reads
 //!   nothing but the reference).
@@ -386,6 +388,19 @@ fn clear_direct(_file: &File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A checked value inside a blob file's mapping, owning a handle on the
+/// file (the owner of a [`BlobFile::shared`] `Bytes`).
+struct BlobSlice {
+    file: Arc<BlobFile>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for BlobSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.file.map[self.range.clone()]
+    }
+}
+
 /// An open blob file, mapped.
 pub(crate) struct BlobFile {
     pub id: u64,
@@ -488,6 +503,20 @@ impl BlobFile {
             ));
         }
         Ok(v)
+    }
+
+    /// The value `r` points at, checked against its CRC, as a view of the
+    /// mapping that keeps this file open (and mapped) while it lives: a
+    /// large value leaves the engine without a copy. The mapping stays
+    /// valid after the file is deleted, and blob files are never written
+    /// or truncated once open.
+    pub fn shared(self: &Arc<Self>, r: &BlobRef) -> Result<bytes::Bytes> {
+        let v = self.value(r)?;
+        let start = v.as_ptr() as usize - self.map.as_ptr() as usize;
+        Ok(bytes::Bytes::from_owner(BlobSlice {
+            file: Arc::clone(self),
+            range: start..start + v.len(),
+        }))
     }
 
     /// Walks every record and checks its checksum; returns the record

@@ -929,22 +929,51 @@ impl Lsm {
         self.get_at_seq(key, snapshot.seq)
     }
 
-    fn get_at_seq(&self, key: &[u8], snap: u64) -> Result<Option<Vec<u8>>> {
-        let found = self.lookup(key, snap)?;
+    /// The value of `key` now, a value kept in a blob file (a large one)
+    /// handed out as a view of the file's mapping, without a copy: for
+    /// callers that pass large values on (a media download), where
+    /// [`Lsm::get`] would copy each into a fresh buffer. The view keeps
+    /// its blob file open while it lives, even past a compaction that
+    /// drops the file.
+    pub fn get_shared(&self, key: &[u8]) -> Result<Option<bytes::Bytes>> {
+        let snap = self.inner.visible_seq.load(Ordering::Acquire);
+        let found = self.lookup(
+            key,
+            snap,
+            bytes::Bytes::from,
+            table::reader::Table::get_shared,
+        )?;
         let now = self.inner.now();
         Ok(found
             .flatten()
             .filter(|v| !self.inner.is_expired(key, v, now)))
     }
 
-    fn lookup(&self, key: &[u8], snap: u64) -> Result<Option<Option<Vec<u8>>>> {
+    fn get_at_seq(&self, key: &[u8], snap: u64) -> Result<Option<Vec<u8>>> {
+        let found = self.lookup(key, snap, |v| v, table::reader::Table::get)?;
+        let now = self.inner.now();
+        Ok(found
+            .flatten()
+            .filter(|v| !self.inner.is_expired(key, v, now)))
+    }
+
+    /// The newest version of `key` at `snap` (`Some(None)`: deleted),
+    /// from the memtables (their copy made a `T` by `from_mem`) or the
+    /// tables (read by `from_table`).
+    fn lookup<T>(
+        &self,
+        key: &[u8],
+        snap: u64,
+        from_mem: impl Fn(Vec<u8>) -> T,
+        from_table: impl Fn(&table::reader::Table, &[u8], u64) -> Result<Option<Option<T>>>,
+    ) -> Result<Option<Option<T>>> {
         let (active, immutables) = {
             let m = self.inner.mem();
             (Arc::clone(&m.active), m.immutables.clone())
         };
         for mem in std::iter::once(&active).chain(&immutables) {
             if let Some(v) = mem.get(key, SeqNo(snap)) {
-                return Ok(Some(v));
+                return Ok(Some(v.map(&from_mem)));
             }
         }
         let version = self.inner.version();
@@ -967,7 +996,7 @@ impl Lsm {
                 if t.meta.min_seq > snap || !t.table.may_contain(prefix) {
                     continue;
                 }
-                if let Some(v) = t.table.get(key, snap)? {
+                if let Some(v) = from_table(&t.table, key, snap)? {
                     return Ok(Some(v));
                 }
             }

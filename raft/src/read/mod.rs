@@ -69,6 +69,35 @@ impl<A: App> Shared<A> {
         }
     }
 
+    /// The value under `key` on `shard` at `c`, as [`Shared::read`] of a
+    /// `Get` would give it, but when served here a value kept in a blob
+    /// file comes as a view of its mapping (`Lsm::get_shared`), not a
+    /// copy — the media download path. Anything else (a routed read, a
+    /// slot a split moved) takes [`Shared::read`].
+    pub(crate) async fn get_shared(
+        self: &Arc<Self>,
+        shard: ShardId,
+        c: Consistency,
+        key: &[u8],
+    ) -> Result<Option<bytes::Bytes>> {
+        let op = ReadOp::Get { key: key.to_vec() };
+        let local = match c {
+            Consistency::Stale => self.hosts(shard),
+            Consistency::Linearizable => self.votes_in(shard),
+        };
+        if local {
+            self.ensure_read(shard, c).await?;
+            // As `read_local` does; a slot a split moved goes the long way.
+            if self.check_owner(shard, &op).is_ok() {
+                return Ok(self.lsm.get_shared(key)?);
+            }
+        }
+        match self.read(shard, c, op).await? {
+            ReadResult::Value(v) => Ok(v.map(bytes::Bytes::from)),
+            _ => Err(Error::malformed("get", "answer of the wrong kind")),
+        }
+    }
+
     /// [`Shared::read`] once, at `shard`.
     pub(crate) async fn read_once(
         &self,

@@ -1039,8 +1039,9 @@ fn chunks(
                         "upload {upload:x}'s chunk {index} is shorter than its object"
                     )));
                 }
-                // No copy: the chunk's buffer becomes the body's.
-                Ok(Bytes::from(chunk).slice(from..to))
+                // No copy: the chunk (a view of the engine's blob file when
+                // it is in one) becomes the body.
+                Ok(chunk.slice(from..to))
             }
         })
         .buffered(READ_AHEAD)

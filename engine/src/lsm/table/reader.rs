@@ -188,12 +188,11 @@ impl Table {
 
     /// The blob file `id`, if this table references it and was opened with
     /// its blob files.
-    fn blob_file(&self, id: u64) -> Result<&BlobFile> {
+    fn blob_file(&self, id: u64) -> Result<&Arc<BlobFile>> {
         self.blob_list
             .binary_search_by_key(&id, |(f, _)| *f)
             .ok()
             .and_then(|i| self.blobs.get(i))
-            .map(|f| f.as_ref())
             .ok_or_else(|| {
                 Error::corruption(
                     &self.path,
@@ -302,6 +301,33 @@ impl Table {
     /// The newest version of `key` at `snapshot`: `Some(None)` for a
     /// tombstone, `None` if the table has none visible.
     pub fn get(&self, key: &[u8], snapshot: u64) -> Result<Option<Option<Vec<u8>>>> {
+        self.get_with(key, snapshot, |t, v, blob| match blob {
+            true => Ok(t.resolve(v)?.to_vec()),
+            false => Ok(v.to_vec()),
+        })
+    }
+
+    /// [`Table::get`], a value in a blob file handed out as a view of its
+    /// mapping ([`BlobFile::shared`]) instead of a copy.
+    pub fn get_shared(&self, key: &[u8], snapshot: u64) -> Result<Option<Option<bytes::Bytes>>> {
+        self.get_with(key, snapshot, |t, v, blob| match blob {
+            true => {
+                let r = t.blob_ref(v)?;
+                t.blob_file(r.file)?.shared(&r)
+            }
+            false => Ok(bytes::Bytes::copy_from_slice(v)),
+        })
+    }
+
+    /// [`Table::get`] with the found value made by `make(self, stored,
+    /// is_blob)`: `stored` is the entry's bytes, a blob reference when
+    /// `is_blob`.
+    fn get_with<T>(
+        &self,
+        key: &[u8],
+        snapshot: u64,
+        make: impl FnOnce(&Self, &[u8], bool) -> Result<T>,
+    ) -> Result<Option<Option<T>>> {
         let mut b = self.find_block(key, snapshot);
         while b < self.index.len() {
             let block = self.block(b)?;
@@ -311,8 +337,8 @@ impl Table {
                     return Ok(None);
                 }
                 return match block.value(i) {
-                    Some(r) if block.is_blob(i) => Ok(Some(Some(self.resolve(r)?.to_vec()))),
-                    v => Ok(Some(v.map(<[u8]>::to_vec))),
+                    Some(v) => Ok(Some(Some(make(self, v, block.is_blob(i))?))),
+                    None => Ok(Some(None)),
                 };
             }
             // (key, snapshot) falls after this block's last entry only when
