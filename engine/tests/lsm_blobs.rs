@@ -133,7 +133,7 @@ fn a_shared_value_reads_like_a_copy_and_outlives_its_blob_file() {
         b.put(key(i), value(i));
     }
     // Below the blob threshold: kept in the table itself.
-    b.put(key(9), b"small".to_vec());
+    b.put(key(9), b"small");
     lsm.apply(&b, None).unwrap();
 
     // In the memtable, then in the tables (a blob file for the large ones).
