@@ -43,6 +43,8 @@
 //!   checkpoint entry, a pinned view on each, their checksums).
 //! - `scrub` — making what the replicas no longer hold leave this node's
 //!   disk: snapshot, purge, roll the log, compact (erasure).
+//! - `log_budget` — keeping the node's log within its byte budget: the
+//!   groups holding the oldest segment snapshot and purge early.
 //! - `group` — opening a group's Raft on the node's storage (at start, and
 //!   again for a replica wiped after its removal).
 //! - `shared` — the state every path of a running node shares.
@@ -54,6 +56,7 @@ pub mod cluster;
 pub mod error;
 mod group;
 pub mod ids;
+mod log_budget;
 pub mod node;
 mod read;
 pub mod scrub;

@@ -114,6 +114,11 @@ pub struct NodeConfig {
     /// Raft entries between snapshots of a shard (each snapshot flushes the
     /// memtables and lets the log be purged).
     pub snapshot_every: u64,
+    /// Bytes of log segments past which the groups holding the oldest
+    /// segment snapshot and purge at once instead of waiting for
+    /// `snapshot_every` entries (`log_budget`); 0: no budget. Large
+    /// entries (media uploads) reach it long before their count does.
+    pub log_budget: u64,
     /// Hand leadership back to each shard's preferred leader
     /// (`cluster::balance`). Off only to measure what balance buys.
     pub balance_leaders: bool,
@@ -137,10 +142,14 @@ impl NodeConfig {
                 ..LsmOptions::default()
             },
             snapshot_every: 20_000,
+            log_budget: DEFAULT_LOG_BUDGET,
             balance_leaders: true,
         }
     }
 }
+
+/// The default [`NodeConfig::log_budget`]: 1 GiB (16 segments of 64 MiB).
+pub const DEFAULT_LOG_BUDGET: u64 = 1 << 30;
 
 pub use crate::read::Consistency;
 
@@ -291,6 +300,12 @@ impl<A: App> Node<A> {
         let (stop, stop_rx) = watch::channel(false);
         tasks.push(tokio::spawn(directory::run(
             Arc::clone(&inner),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::log_budget::run(
+            Arc::clone(&inner),
+            cfg.log_budget,
+            cfg.log.segment_size,
             stop_rx.clone(),
         )));
         if cfg.balance_leaders {

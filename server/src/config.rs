@@ -166,6 +166,11 @@ pub struct NodeSection {
     /// per message for several times the compression CPU, never spent by
     /// a flush or a compaction. 0: the fast compressor everywhere.
     pub bottom_hc_level: u8,
+    /// MiB of log segments past which the shards holding the oldest
+    /// segment snapshot and purge their logs at once, instead of after
+    /// 20 000 entries: bounds the log under media uploads, whose entries
+    /// are up to 1 MiB each. 0: no budget (docs/design.md §4.3.3).
+    pub log_budget_mib: u64,
 }
 
 impl Default for NodeSection {
@@ -179,6 +184,7 @@ impl Default for NodeSection {
             join: false,
             io: IoBackend::default(),
             bottom_hc_level: 4,
+            log_budget_mib: missive_raft::node::DEFAULT_LOG_BUDGET >> 20,
         }
     }
 }
@@ -632,6 +638,14 @@ fn is_origin(o: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+
+    #[test]
+    fn the_log_budget_defaults_to_a_gibibyte_and_can_be_turned_off() {
+        let parse = |text: &str| toml::from_str::<Config>(text).unwrap();
+        assert_eq!(Config::default().node.log_budget_mib, 1024);
+        assert_eq!(parse("[node]\nlog_budget_mib = 0\n").node.log_budget_mib, 0);
+        assert_eq!(parse("[node]\nid = 2\n").node.log_budget_mib, 1024);
+    }
 
     #[test]
     fn the_bottom_compression_level_is_read_and_checked() {

@@ -667,6 +667,29 @@ impl Log {
         }
     }
 
+    /// The streams keeping the oldest segment on disk: those whose oldest
+    /// live entry is in it. Purging them past it lets the segment go
+    /// (`gc`); empty while only one segment is live (the one being
+    /// written is never deleted).
+    pub fn oldest_segment_holders(&self) -> Vec<StreamId> {
+        let streams = self.shared.streams();
+        let (oldest, live) = {
+            let segments = self.shared.segments();
+            (segments.keys().next().copied(), segments.len())
+        };
+        let Some(oldest) = oldest.filter(|_| live > 1) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<StreamId> = streams
+            .map
+            .iter()
+            .filter(|(_, s)| s.locs.front().is_some_and(|l| l.segment == oldest))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Sequence numbers of the live segment files, oldest first.
     pub fn segment_seqs(&self) -> Vec<u64> {
         self.shared.segments().keys().copied().collect()
