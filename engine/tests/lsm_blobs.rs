@@ -39,6 +39,13 @@ fn open(dir: &Path) -> Lsm {
     .unwrap()
 }
 
+/// Applies `b`, flushes, and compacts everything into level 1.
+fn write_settled(lsm: &Lsm, b: &WriteBatch) {
+    lsm.apply(b, None).unwrap();
+    lsm.flush().unwrap();
+    lsm.compact_all().unwrap();
+}
+
 /// The blob files in the directory: (count, bytes).
 fn on_disk(dir: &Path) -> (usize, u64) {
     let files: Vec<u64> = std::fs::read_dir(dir.join("tables"))
@@ -58,9 +65,7 @@ fn a_blob_file_mostly_dead_is_rewritten_and_its_bytes_leave_the_disk() {
     for i in 0..10 {
         b.put(key(i), value(i));
     }
-    lsm.apply(&b, None).unwrap();
-    lsm.flush().unwrap();
-    lsm.compact_all().unwrap();
+    write_settled(&lsm, &b);
     let (files, full) = on_disk(dir.path());
     assert_eq!(files, 1, "one flush, one blob file");
     assert!(full > 1_000_000, "ten values of 100 kB: {full} bytes");
@@ -71,9 +76,7 @@ fn a_blob_file_mostly_dead_is_rewritten_and_its_bytes_leave_the_disk() {
     for i in 0..8 {
         b.delete(key(i));
     }
-    lsm.apply(&b, None).unwrap();
-    lsm.flush().unwrap();
-    lsm.compact_all().unwrap();
+    write_settled(&lsm, &b);
     assert_eq!(on_disk(dir.path()), (1, full));
 
     lsm.reclaim_blobs().unwrap();
@@ -98,14 +101,10 @@ fn a_blob_file_mostly_dead_is_rewritten_and_its_bytes_leave_the_disk() {
     b.put(key(20), value(20));
     b.put(key(21), value(21));
     b.put(key(22), value(22));
-    lsm.apply(&b, None).unwrap();
-    lsm.flush().unwrap();
-    lsm.compact_all().unwrap();
+    write_settled(&lsm, &b);
     let mut b = WriteBatch::new();
     b.delete(key(20));
-    lsm.apply(&b, None).unwrap();
-    lsm.flush().unwrap();
-    lsm.compact_all().unwrap();
+    write_settled(&lsm, &b);
     let before = on_disk(dir.path());
     lsm.reclaim_blobs().unwrap();
     assert_eq!(
@@ -156,9 +155,7 @@ fn a_shared_value_reads_like_a_copy_and_outlives_its_blob_file() {
     for i in 0..4 {
         b.delete(key(i));
     }
-    lsm.apply(&b, None).unwrap();
-    lsm.flush().unwrap();
-    lsm.compact_all().unwrap();
+    write_settled(&lsm, &b);
     lsm.reclaim_blobs().unwrap();
     assert_eq!(shared(2), None, "deleted");
     assert_eq!(on_disk(dir.path()).0, 1, "held by the view");

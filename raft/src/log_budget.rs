@@ -66,14 +66,7 @@ pub(crate) async fn run<A: App>(
         return;
     }
     let mut asked: HashMap<ShardId, Instant> = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(ROUND) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
+    while crate::shared::next_round(&mut stop, ROUND).await {
         let live = shared.log.segment_seqs().len() as u64 * segment_size;
         if live <= budget {
             continue;

@@ -251,3 +251,16 @@ impl<A: App> Shared<A> {
             })
     }
 }
+
+/// Waits one round of a node's periodic task: `false` once the node is
+/// stopping (`stop` turned true), when the task should return.
+pub(crate) async fn next_round(
+    stop: &mut watch::Receiver<bool>,
+    round: std::time::Duration,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(round) => {}
+        _ = stop.changed() => return false,
+    }
+    !*stop.borrow()
+}

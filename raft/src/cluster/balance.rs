@@ -79,14 +79,7 @@ pub fn preferred_leader(
 pub(crate) async fn run<A: App>(inner: Arc<Shared<A>>, mut stop: watch::Receiver<bool>) {
     let started = Instant::now();
     let mut last: BTreeMap<ShardId, Instant> = BTreeMap::new();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(ROUND) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
+    while crate::shared::next_round(&mut stop, ROUND).await {
         if started.elapsed() < SETTLE {
             continue;
         }
