@@ -52,9 +52,6 @@ const ROUND: Duration = Duration::from_millis(500);
 /// The least time between two snapshots the task asks of one group.
 const COOLDOWN: Duration = Duration::from_secs(5);
 
-/// How long a group may take to build the snapshot it was asked for.
-const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
-
 /// Runs until `stop` turns true; nothing when `budget` is 0.
 pub(crate) async fn run<A: App>(
     shared: Arc<Shared<A>>,
@@ -109,27 +106,10 @@ async fn snapshot_and_purge<A: App>(shared: &Shared<A>, g: ShardId) -> crate::Re
     };
     let fatal = |e: openraft::error::Fatal<crate::NodeId>| crate::Error::Fatal(e.to_string());
     raft.trigger().snapshot().await.map_err(fatal)?;
-    let deadline = Instant::now() + SNAPSHOT_WAIT;
-    let snapshot = loop {
-        if let Some(s) = metrics
-            .borrow()
-            .snapshot
-            .map(|l| l.index)
-            .filter(|i| *i >= applied)
-        {
-            break s;
-        }
-        match tokio::time::timeout_at(deadline, metrics.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Ok(None),
-            Err(_) => {
-                return Err(crate::Error::Unavailable {
-                    shard: g,
-                    reason: format!("no snapshot within {} s", SNAPSHOT_WAIT.as_secs()),
-                })
-            }
-        }
-    };
+    let snapshot = crate::scrub::wait_for(&mut metrics, g, "build a snapshot", |m| {
+        m.snapshot.map(|l| l.index).filter(|i| *i >= applied)
+    })
+    .await?;
     raft.trigger().purge_log(snapshot).await.map_err(fatal)?;
     Ok(Some(snapshot))
 }

@@ -108,8 +108,9 @@ impl<A: App> Node<A> {
 /// A group's openraft metrics.
 type Metrics = openraft::RaftMetrics<crate::NodeId, crate::types::NodeAddr>;
 
-/// Waits until `done` gives a value for the group's metrics.
-async fn wait_for(
+/// Waits until `done` gives a value for the group's metrics (at most
+/// [`STEP_WAIT`]).
+pub(crate) async fn wait_for(
     metrics: &mut tokio::sync::watch::Receiver<Metrics>,
     group: ShardId,
     what: &str,
