@@ -8,7 +8,7 @@
 //! is tens of megabytes for chat messages — and gigabytes for media: an
 //! upload crosses the log as entries of up to 1 MiB, so one shard taking
 //! uploads held ~20 GiB of log before its first purge (a node measured
-//! 6.3 GiB of segments, none ever deleted, after 130 uploads of 50 MiB).
+//! 6.3 GiB of segments, none ever deleted, after 125 uploads of 50 MiB).
 //! The tables and blob files hold those bytes already; the log's copy
 //! only waited for a snapshot.
 //!
