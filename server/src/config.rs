@@ -394,6 +394,11 @@ pub struct Limits {
     /// sends an album as one upload per photo: its own bucket, roomier
     /// than conversation creation's.
     pub upload_rate: Rate,
+    /// Key directory writes (publishing or removing a device's keys),
+    /// per user: a device publishes at registration and when its
+    /// one-time pre-keys run low, so a low rate with room for a user
+    /// setting up several devices at once.
+    pub keys_rate: Rate,
     /// Presence requests and typing signals, per user.
     pub presence_rate: Rate,
     /// New TCP connections (HTTP and gRPC listeners), per client IP.
@@ -448,6 +453,7 @@ impl Default for Limits {
             receipt_rate: Rate::new(50, 200),
             create_rate: Rate::new(2, 20),
             upload_rate: Rate::new(10, 100),
+            keys_rate: Rate::new(2, 20),
             presence_rate: Rate::new(5, 30),
             // Sized for many users behind one NAT or proxy, not for one
             // client: a reconnect storm after a restart is a burst.
@@ -557,6 +563,7 @@ impl Config {
             ("receipt_rate", l.receipt_rate),
             ("create_rate", l.create_rate),
             ("upload_rate", l.upload_rate),
+            ("keys_rate", l.keys_rate),
             ("presence_rate", l.presence_rate),
             ("connect_rate_per_ip", l.connect_rate_per_ip),
             ("upgrade_rate_per_ip", l.upgrade_rate_per_ip),

@@ -235,7 +235,7 @@ impl Service {
         device: DeviceId,
         cmd: Command,
     ) -> Result<KeysAck, ApiError> {
-        self.rates.check(Class::Create, user)?;
+        self.rates.check(Class::Keys, user)?;
         let Outcome::Keys { change, remaining } = self.write(cmd).await? else {
             return Err(ApiError::internal(&"unexpected outcome of a key command"));
         };

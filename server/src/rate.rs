@@ -48,6 +48,9 @@ pub enum Class {
     Create,
     /// Media uploads started (`limits.upload_rate`).
     Upload,
+    /// Key directory writes: publishing and removing a device's keys
+    /// (`limits.keys_rate`).
+    Keys,
     /// Presence requests and typing (`limits.presence_rate`).
     Presence,
 }
@@ -60,6 +63,7 @@ impl Class {
             Class::Receipt => "receipts",
             Class::Create => "conversations created",
             Class::Upload => "uploads started",
+            Class::Keys => "key directory writes",
             Class::Presence => "presence and typing requests",
         }
     }
@@ -73,6 +77,7 @@ pub struct UserRates {
     receipt: KeyedLimit<UserId>,
     create: KeyedLimit<UserId>,
     upload: KeyedLimit<UserId>,
+    keys: KeyedLimit<UserId>,
     presence: KeyedLimit<UserId>,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -87,6 +92,7 @@ impl UserRates {
             receipt: k(l.receipt_rate),
             create: k(l.create_rate),
             upload: k(l.upload_rate),
+            keys: k(l.keys_rate),
             presence: k(l.presence_rate),
             metrics,
         }
@@ -99,6 +105,7 @@ impl UserRates {
             Class::Receipt => &self.receipt,
             Class::Create => &self.create,
             Class::Upload => &self.upload,
+            Class::Keys => &self.keys,
             Class::Presence => &self.presence,
         }
     }
@@ -125,6 +132,7 @@ impl UserRates {
             Class::Receipt,
             Class::Create,
             Class::Upload,
+            Class::Keys,
             Class::Presence,
         ]
         .iter()

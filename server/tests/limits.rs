@@ -641,7 +641,7 @@ fn upgrade_refusal(r: Result<Ws, tokio_tungstenite::tungstenite::Error>) -> (u16
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_receipts_creation_uploads_and_presence_each_have_a_rate_per_user() {
+async fn history_receipts_creation_uploads_keys_and_presence_each_have_a_rate_per_user() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     let two = missive_server::config::Rate::new(1, 2);
@@ -649,6 +649,7 @@ async fn history_receipts_creation_uploads_and_presence_each_have_a_rate_per_use
     c.limits.receipt_rate = two;
     c.limits.create_rate = two;
     c.limits.upload_rate = two;
+    c.limits.keys_rate = two;
     c.limits.presence_rate = two;
     let srv = start(c.clone()).await;
     let alice = Http::new(srv.addr(), token(&c, 1, 1));
@@ -691,6 +692,19 @@ async fn history_receipts_creation_uploads_and_presence_each_have_a_rate_per_use
         .as_str()
         .unwrap()
         .contains("uploads started"));
+    // Key directory writes: their own bucket too (they used to count as
+    // conversation creations and were refused in those words).
+    for want in [200, 200, 429] {
+        let (s, v) = alice.delete("/v1/keys").await;
+        assert_eq!(s, want, "{v}");
+        if s == 429 {
+            assert_eq!(v["error"]["code"], "rate_limited");
+            assert!(v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("key directory writes"));
+        }
+    }
     // History (pages, lists, pins, receipts read): two, then refused.
     let history = format!("/v1/conversations/{conv}/messages");
     assert_eq!(alice.get(&history).await.0, 200);

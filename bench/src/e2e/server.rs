@@ -46,6 +46,7 @@ fn config_text(
          receipt_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
          create_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
          upload_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
+         keys_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
          presence_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
          connect_rate_per_ip = {{ per_second = 1000000, burst = 1000000 }}\n\
          upgrade_rate_per_ip = {{ per_second = 1000000, burst = 1000000 }}\n\

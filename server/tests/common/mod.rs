@@ -45,6 +45,7 @@ pub fn config(dir: &Path) -> Config {
     c.limits.receipt_rate = fast;
     c.limits.create_rate = fast;
     c.limits.upload_rate = fast;
+    c.limits.keys_rate = fast;
     c.limits.presence_rate = fast;
     c.limits.connect_rate_per_ip = fast;
     c.limits.upgrade_rate_per_ip = fast;
