@@ -316,7 +316,7 @@ impl Collector for NodeView {
         let (log, lsm) = (&self.log, &self.lsm);
         // Counters without `_total` and help without a full stop: the
         // encoder adds both.
-        let counters: [(&str, &str, u64); 20] = [
+        let counters: [(&str, &str, u64); 21] = [
             (
                 "log_appends",
                 "Appends to the node's log (each a batch of Raft entries)",
@@ -365,6 +365,11 @@ impl Collector for NodeView {
             ),
             ("lsm_flushes", "Memtable flushes completed", lsm.flushes),
             ("lsm_compactions", "Compactions completed", lsm.compactions),
+            (
+                "lsm_compaction_parts",
+                "Key ranges compactions merged (more than compactions when split)",
+                lsm.compaction_parts,
+            ),
             (
                 "lsm_write_stalls",
                 "Times a writer waited for a flush",

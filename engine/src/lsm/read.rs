@@ -151,13 +151,13 @@ impl RunCursor {
         Ok(c)
     }
 
-    /// A forward cursor over every entry that hands out blob references
-    /// unread (for compaction, which moves them).
-    pub fn raw(tables: Vec<Arc<TableFile>>) -> Result<Self> {
+    /// A forward cursor over the entries in `[lo, hi)` that hands out blob
+    /// references unread (for compaction, which moves them).
+    pub fn raw(tables: Vec<Arc<TableFile>>, lo: &[u8], hi: Option<&[u8]>) -> Result<Self> {
         let mut c = RunCursor {
             tables,
-            lo: Vec::new(),
-            hi: None,
+            lo: lo.to_vec(),
+            hi: hi.map(<[u8]>::to_vec),
             dir: Direction::Forward,
             pos: None,
             block: None,

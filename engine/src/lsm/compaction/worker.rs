@@ -23,6 +23,21 @@
 //! tables of a level never share a key. They are fsynced, the directory is
 //! fsynced, and one manifest edit swaps inputs for outputs; the input files
 //! are deleted once no reader holds them.
+//!
+//! # Subcompactions
+//!
+//! A large compaction (a level-0 compaction merges every level-0 table with
+//! level 1; a full compaction merges everything) is cut into up to
+//! `LsmOptions::subcompactions` key ranges of about equal bytes, weighed by
+//! the inputs' block indexes, and each range is merged on a thread of its
+//! own. The cuts fall between user keys, so every version of a key meets
+//! the rules above in one range; each range writes its own tables, and the
+//! ranges being disjoint, so are their tables. One manifest edit installs
+//! all of them, or — if any range failed — none (the others' tables are
+//! removed). Why: one compaction thread was what capped a sustained ingest
+//! on two cores, the writers paced down while a core sat idle
+//! (docs/benchmarks.md). Compactions that may be abandoned (the
+//! recompression pass) or that relocate blob values run unsplit.
 
 use std::sync::Arc;
 
@@ -30,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::lsm::blob::{BlobRef, BlobWriter};
 use crate::lsm::compaction::picker::Choice;
 use crate::lsm::read::{next_cursor, Cursor, Direction, RunCursor};
-use crate::lsm::table::builder::TableBuilder;
+use crate::lsm::table::builder::{TableBuilder, TableSummary};
 use crate::lsm::table::{table_path, TableId};
 use crate::lsm::version::{FileMeta, TableFile, Version};
 use crate::lsm::Inner;
@@ -40,7 +55,11 @@ use crate::lsm::Inner;
 pub(crate) struct Outcome {
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// For the debug log of each compaction.
+    #[allow(dead_code, reason = "read through Debug only")]
     pub versions_dropped: u64,
+    /// Key ranges merged side by side (`LsmOptions::subcompactions`).
+    pub parts: usize,
 }
 
 /// How a compaction writes its outputs.
@@ -78,24 +97,189 @@ pub(crate) fn run(
     let inputs = find(&choice.inputs);
     let mut below = find(&choice.overlapping);
     below.sort_by(|a, b| a.meta.smallest.cmp(&b.meta.smallest));
+    let bytes_in: u64 = inputs.iter().chain(&below).map(|t| t.meta.size).sum();
+    let parts = if how.abort.is_none() && how.rewrite_blobs.is_none() {
+        let by_size = bytes_in / inner.opts.target_table_bytes.max(1);
+        inner.opts.subcompactions.min(by_size as usize).max(1)
+    } else {
+        1
+    };
+    let cuts = split_points(inputs.iter().chain(&below), parts);
+    let parts = cuts.len() + 1;
+    let ranges: Vec<(&[u8], Option<&[u8]>)> = (0..=cuts.len())
+        .map(|i| {
+            let lo = if i == 0 {
+                &[][..]
+            } else {
+                cuts[i - 1].as_slice()
+            };
+            (lo, cuts.get(i).map(Vec::as_slice))
+        })
+        .collect();
+    // One snapshot horizon and one clock for every range.
+    let job = Job {
+        inner,
+        inputs: &inputs,
+        below: &below,
+        choice,
+        oldest_snapshot: inner.oldest_snapshot(),
+        now: inner.now(),
+    };
+    let merged: Vec<Result<Option<Merged>>> = if ranges.len() == 1 {
+        vec![merge(&job, how, &[], None)]
+    } else {
+        // Split only without `abort` (above): nothing unshareable crosses.
+        let (hc, rewrite_blobs) = (how.hc, how.rewrite_blobs);
+        let merge_range = |(lo, hi)| {
+            let how = How {
+                hc,
+                abort: None,
+                rewrite_blobs,
+            };
+            merge(&job, how, lo, hi)
+        };
+        // The first range on this thread, the others on threads of their
+        // own (they inherit this thread's nice value).
+        std::thread::scope(|scope| {
+            let others: Vec<_> = ranges[1..]
+                .iter()
+                .map(|&r| scope.spawn(move || merge_range(r)))
+                .collect();
+            let mut all = vec![merge_range(ranges[0])];
+            for h in others {
+                // A panic is the compaction thread's, as if it ran there.
+                all.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            all
+        })
+    };
+    let mut outputs = Vec::new();
+    let mut versions_dropped = 0;
+    let mut failed = None;
+    for m in merged {
+        match m {
+            Ok(Some(m)) => {
+                outputs.extend(m.outputs);
+                versions_dropped += m.versions_dropped;
+            }
+            // Only an unsplit compaction can abort (`parts` above).
+            Ok(None) => return Ok(None),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    if let Some(e) = failed {
+        // The other ranges' tables are named by no version: removed now
+        // (a crash here leaves them to recovery, which removes tables the
+        // manifest does not name).
+        for (id, _) in outputs {
+            let _ = std::fs::remove_file(table_path(&inner.tables_dir, id));
+        }
+        return Err(e);
+    }
+    inner.sync_tables_dir()?;
+
+    let mut outcome = Outcome {
+        bytes_in,
+        versions_dropped,
+        parts,
+        ..Outcome::default()
+    };
+    let mut added = Vec::new();
+    for (id, sum) in outputs {
+        outcome.bytes_out += sum.size;
+        let mut meta = sum.into_meta(id, choice.output_level as u8);
+        meta.recompressed = how.hc;
+        let table = inner.open_table(id)?;
+        added.push(Arc::new(TableFile { meta, table }));
+    }
+    let removed: Vec<(u8, TableId)> = inputs
+        .iter()
+        .chain(&below)
+        .map(|t| (t.meta.level, t.meta.id))
+        .collect();
+    inner.install(removed, added, None, Vec::new())?;
+    for t in inputs.iter().chain(&below) {
+        t.table.mark_obsolete();
+    }
+    Ok(Some(outcome))
+}
+
+/// Keys that cut a compaction's inputs into `parts` ranges of about equal
+/// bytes, ascending and distinct (fewer when the inputs have too few
+/// blocks). Weighed by the tables' block indexes: each block counts its
+/// stored length at its last key.
+fn split_points<'a>(
+    tables: impl Iterator<Item = &'a Arc<TableFile>>,
+    parts: usize,
+) -> Vec<Vec<u8>> {
+    if parts <= 1 {
+        return Vec::new();
+    }
+    let mut marks: Vec<(&[u8], u64)> = tables
+        .flat_map(|t| t.table.index.iter())
+        .map(|e| (e.last_key.as_slice(), u64::from(e.len)))
+        .collect();
+    marks.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let total: u64 = marks.iter().map(|m| m.1).sum();
+    let mut cuts: Vec<Vec<u8>> = Vec::with_capacity(parts - 1);
+    let mut acc = 0u64;
+    for (key, len) in marks {
+        acc += len;
+        let due = (cuts.len() as u64 + 1) * total / parts as u64;
+        if cuts.len() + 1 < parts && acc >= due && cuts.last().is_none_or(|c| c.as_slice() < key) {
+            cuts.push(key.to_vec());
+        }
+    }
+    cuts
+}
+
+/// What merging one key range wrote.
+struct Merged {
+    /// Its output tables, in key order, written and synced.
+    outputs: Vec<(TableId, TableSummary)>,
+    versions_dropped: u64,
+}
+
+/// What every range of one compaction shares.
+struct Job<'a> {
+    inner: &'a Inner,
+    /// Tables of the input level(s), each a run of its own.
+    inputs: &'a [Arc<TableFile>],
+    /// Tables of the output level, in key order: one run.
+    below: &'a [Arc<TableFile>],
+    choice: &'a Choice,
+    /// Versions at or below this sequence number every snapshot sees.
+    oldest_snapshot: u64,
+    /// The clock retention compares against.
+    now: crate::keys::Timestamp,
+}
+
+/// Merges the inputs' entries with keys in `[lo, hi)` into new tables:
+/// one subcompaction. Every version of a key falls in one range, so the
+/// rules above hold range by range. `None` if `how.abort` stopped it (its
+/// files removed).
+fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Option<Merged>> {
+    let Job {
+        inner,
+        inputs,
+        below,
+        choice,
+        oldest_snapshot,
+        now,
+    } = *job;
     // Inputs may overlap each other (level 0, or several levels in a full
     // compaction): a cursor each. The tables below form one sorted run.
     let mut cursors: Vec<Box<dyn Cursor>> = Vec::new();
     // Raw cursors: blob references move, their values are not read.
-    for t in &inputs {
-        cursors.push(Box::new(RunCursor::raw(vec![Arc::clone(t)])?));
+    for t in inputs {
+        cursors.push(Box::new(RunCursor::raw(vec![Arc::clone(t)], lo, hi)?));
     }
     if !below.is_empty() {
-        cursors.push(Box::new(RunCursor::raw(below.clone())?));
+        cursors.push(Box::new(RunCursor::raw(below.to_vec(), lo, hi)?));
     }
-    let oldest_snapshot = inner.oldest_snapshot();
-    let now = inner.now();
-    let mut outcome = Outcome {
-        bytes_in: inputs.iter().chain(&below).map(|t| t.meta.size).sum(),
-        ..Outcome::default()
-    };
+    let mut versions_dropped = 0u64;
 
-    let mut outputs: Vec<(TableId, crate::lsm::table::builder::TableSummary)> = Vec::new();
+    let mut outputs: Vec<(TableId, TableSummary)> = Vec::new();
     let mut builder: Option<(TableId, TableBuilder)> = None;
     // Where values relocated out of `how.rewrite_blobs` files go.
     let mut blob_out: Option<BlobWriter> = None;
@@ -167,7 +351,7 @@ pub(crate) fn run(
         }
         newer_seq = s;
         if discard {
-            outcome.versions_dropped += 1;
+            versions_dropped += 1;
         } else {
             if builder.is_none() {
                 let id = inner.allocate_table_id();
@@ -228,24 +412,8 @@ pub(crate) fn run(
             outputs.push((id, b.finish()?));
         }
     }
-    inner.sync_tables_dir()?;
-
-    let mut added = Vec::new();
-    for (id, sum) in outputs {
-        outcome.bytes_out += sum.size;
-        let mut meta = sum.into_meta(id, choice.output_level as u8);
-        meta.recompressed = how.hc;
-        let table = inner.open_table(id)?;
-        added.push(Arc::new(TableFile { meta, table }));
-    }
-    let removed: Vec<(u8, TableId)> = inputs
-        .iter()
-        .chain(&below)
-        .map(|t| (t.meta.level, t.meta.id))
-        .collect();
-    inner.install(removed, added, None, Vec::new())?;
-    for t in inputs.iter().chain(&below) {
-        t.table.mark_obsolete();
-    }
-    Ok(Some(outcome))
+    Ok(Some(Merged {
+        outputs,
+        versions_dropped,
+    }))
 }
