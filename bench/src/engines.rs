@@ -86,6 +86,11 @@ pub struct Config {
     /// RocksDB's data block size (its default is 4 KiB; Missive's 16 KiB).
     #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
     pub rocksdb_block_bytes: usize,
+    /// Missive's `LsmOptions::subcompactions` (`None`: its default).
+    pub subcompactions: Option<usize>,
+    /// RocksDB's `max_subcompactions` (its default is 1).
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
+    pub rocksdb_subcompactions: u32,
 }
 
 pub const BLOCK_SIZE: usize = 16 << 10;
@@ -144,6 +149,9 @@ impl Missive {
                     block_size: BLOCK_SIZE,
                     block_cache_bytes: cfg.block_cache_bytes,
                     bottom_hc_level: cfg.bottom_hc_level,
+                    subcompactions: cfg
+                        .subcompactions
+                        .unwrap_or(LsmOptions::default().subcompactions),
                     ..LsmOptions::default()
                 },
             },
@@ -232,6 +240,7 @@ mod rocks {
                 None => opts.set_bottommost_compression_type(DBCompressionType::Lz4),
             }
             opts.set_write_buffer_size(MEMTABLE_BYTES);
+            opts.set_max_subcompactions(cfg.rocksdb_subcompactions);
             opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(
                 missive_engine::keys::CONVERSATION_PREFIX_LEN,
             ));

@@ -172,6 +172,14 @@ struct EngineArgs {
     /// uses 16, the default here so the tables are alike).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     rocksdb_block_kib: u32,
+    /// Missive: key ranges a large compaction is cut into, each merged on
+    /// its own thread (`LsmOptions::subcompactions`; default: the cores,
+    /// at most 4; 1 = one thread per compaction).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    subcompactions: Option<u64>,
+    /// RocksDB's `max_subcompactions` (its default, 1, unless set).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    rocksdb_subcompactions: u32,
     /// `sustained`: messages to ingest at most (generated first: about
     /// 170 bytes of memory each).
     #[arg(long, default_value_t = 30_000_000)]
@@ -273,6 +281,8 @@ fn engine(a: &EngineArgs) -> Result<()> {
         bottom_hc_level: (a.bottom_hc_level > 0).then_some(a.bottom_hc_level),
         rocksdb_bottom_hc: a.rocksdb_bottom_hc,
         rocksdb_block_bytes: a.rocksdb_block_kib as usize * 1024,
+        subcompactions: a.subcompactions.map(|n| n as usize),
+        rocksdb_subcompactions: a.rocksdb_subcompactions,
     };
 
     // ingest → settle → space → latest50 → pageback, on one store.

@@ -14,7 +14,11 @@
 //! background threads per GB of raw key + value bytes ingested, read from
 //! `/proc/self/task/*/stat` for threads named by the engine (Missive:
 //! `missive-lsm-*`; RocksDB: `rocksdb:*`, its flush and compaction pools),
-//! so both engines are measured the same way.
+//! so both engines are measured the same way — plus the CPU of threads
+//! that exited during the phase, which `/proc/self/stat` still counts for
+//! the process: both engines' subcompactions run on threads that live for
+//! one compaction (Missive's `LsmOptions::subcompactions`, RocksDB's
+//! `max_subcompactions`), and a count of live threads alone missed them.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,7 +56,7 @@ pub fn run(
     );
     let batches = Workload::new(limits.messages, conversations, seed ^ 0x5757).into_batches(batch);
     let threads = db.background_threads();
-    let cpu0 = thread_cpu(threads)?;
+    let cpu0 = Cpu::now(threads)?;
     let deadline = Duration::from_secs(limits.secs);
     let mut rec = Recorder::new();
     let (mut stalls, mut stalled_for) = (0u64, Duration::ZERO);
@@ -89,7 +93,7 @@ pub fn run(
         }
     }
     let el = start.elapsed();
-    let cpu = thread_cpu(threads)? - cpu0;
+    let cpu = Cpu::now(threads)?.background_since(&cpu0);
     marks.push((el, messages));
     let third = el.mul_f64(2.0 / 3.0);
     let from = marks
@@ -119,12 +123,43 @@ pub fn run(
     Ok(row)
 }
 
+/// Clock ticks per second of `/proc`'s CPU times: 100 on every Linux
+/// this runs on (USER_HZ, fixed by the kernel's ABI).
+const TICKS: f64 = 100.0;
+
+/// CPU seconds (user + system) of this process at one moment.
+struct Cpu {
+    /// Its live threads named by the engine.
+    named: f64,
+    /// All its live threads.
+    live: f64,
+    /// The whole process, threads that exited included.
+    process: f64,
+}
+
+impl Cpu {
+    fn now(prefixes: &[&str]) -> Result<Cpu> {
+        let stat = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
+        let process = stat_cpu_ticks(&stat).context("parse /proc/self/stat")? as f64 / TICKS;
+        Ok(Cpu {
+            named: thread_cpu(prefixes)?,
+            live: thread_cpu(&[""])?,
+            process,
+        })
+    }
+
+    /// The background work's CPU seconds since `before`: the named threads'
+    /// and those of threads that exited meanwhile (the process's CPU not
+    /// found in a live thread: subcompactions' threads).
+    fn background_since(&self, before: &Cpu) -> f64 {
+        let exited = (self.process - before.process) - (self.live - before.live);
+        (self.named - before.named) + exited.max(0.0)
+    }
+}
+
 /// CPU seconds (user + system) used so far by this process's threads
 /// whose name starts with one of `prefixes`.
 pub fn thread_cpu(prefixes: &[&str]) -> Result<f64> {
-    // Clock ticks per second: 100 on every Linux this runs on
-    // (USER_HZ, fixed by the kernel's ABI for /proc).
-    const TICKS: f64 = 100.0;
     let mut ticks = 0u64;
     let tasks = Path::new("/proc/self/task");
     for e in std::fs::read_dir(tasks).context("list /proc/self/task")? {
@@ -192,5 +227,38 @@ mod tests {
         let seen = busy.join().unwrap();
         assert!(seen > 0.05, "{seen}");
         assert_eq!(thread_cpu(&["no-such-thread"]).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn a_thread_that_exited_still_counts_as_background() {
+        let before = Cpu::now(&["no-such-thread"]).unwrap();
+        // Spins until it has used 100 ms of CPU, then exits (gives up
+        // after 30 s of wall time).
+        std::thread::Builder::new()
+            .name("bench-exiting".into())
+            .spawn(move || {
+                let t = Instant::now();
+                let mut x = 0u64;
+                loop {
+                    for _ in 0..1_000_000 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    }
+                    std::hint::black_box(x);
+                    let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+                    let own = stat_cpu_ticks(&own).unwrap() as f64 / TICKS;
+                    if own >= 0.1 || t.elapsed() > Duration::from_secs(30) {
+                        return;
+                    }
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let spent = Cpu::now(&["no-such-thread"])
+            .unwrap()
+            .background_since(&before);
+        // Other tests' threads exiting meanwhile may add to it; nothing
+        // takes the spin away.
+        assert!(spent >= 0.09, "{spent}");
     }
 }
