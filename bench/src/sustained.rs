@@ -203,39 +203,12 @@ mod tests {
         assert_eq!(stat_cpu_ticks("garbage"), None);
     }
 
-    #[test]
-    fn a_busy_thread_is_counted_and_others_are_not() {
-        // Spins until its own CPU, as read here, passes 50 ms; gives up
-        // (and fails) after 30 s of wall time if the reading never moves.
-        let busy = std::thread::Builder::new()
-            .name("bench-cpu-probe".into())
-            .spawn(|| {
-                let t = Instant::now();
-                let mut x = 0u64;
-                loop {
-                    for _ in 0..1_000_000 {
-                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    }
-                    std::hint::black_box(x);
-                    let seen = thread_cpu(&["bench-cpu-probe"]).unwrap();
-                    if seen > 0.05 || t.elapsed() > Duration::from_secs(30) {
-                        return seen;
-                    }
-                }
-            })
-            .unwrap();
-        let seen = busy.join().unwrap();
-        assert!(seen > 0.05, "{seen}");
-        assert_eq!(thread_cpu(&["no-such-thread"]).unwrap(), 0.0);
-    }
-
-    #[test]
-    fn a_thread_that_exited_still_counts_as_background() {
-        let before = Cpu::now(&["no-such-thread"]).unwrap();
-        // Spins until it has used 100 ms of CPU, then exits (gives up
-        // after 30 s of wall time).
+    /// Spins on a new thread named `name` until `cpu()`, read between
+    /// rounds of work, reaches `enough` seconds (or 30 s of wall time
+    /// pass, and the caller's check fails); what it read last.
+    fn spin(name: &str, enough: f64, cpu: fn() -> f64) -> f64 {
         std::thread::Builder::new()
-            .name("bench-exiting".into())
+            .name(name.into())
             .spawn(move || {
                 let t = Instant::now();
                 let mut x = 0u64;
@@ -244,16 +217,34 @@ mod tests {
                         x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
                     }
                     std::hint::black_box(x);
-                    let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-                    let own = stat_cpu_ticks(&own).unwrap() as f64 / TICKS;
-                    if own >= 0.1 || t.elapsed() > Duration::from_secs(30) {
-                        return;
+                    let seen = cpu();
+                    if seen >= enough || t.elapsed() > Duration::from_secs(30) {
+                        return seen;
                     }
                 }
             })
             .unwrap()
             .join()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn a_busy_thread_is_counted_and_others_are_not() {
+        let seen = spin("bench-cpu-probe", 0.05, || {
+            thread_cpu(&["bench-cpu-probe"]).unwrap()
+        });
+        assert!(seen >= 0.05, "{seen}");
+        assert_eq!(thread_cpu(&["no-such-thread"]).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn a_thread_that_exited_still_counts_as_background() {
+        let before = Cpu::now(&["no-such-thread"]).unwrap();
+        // A thread that uses 100 ms of CPU, then exits.
+        spin("bench-exiting", 0.1, || {
+            let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            stat_cpu_ticks(&own).unwrap() as f64 / TICKS
+        });
         let spent = Cpu::now(&["no-such-thread"])
             .unwrap()
             .background_since(&before);
