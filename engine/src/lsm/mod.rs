@@ -161,13 +161,14 @@ pub struct LsmOptions {
     /// every value in the tables. Chat messages are far below the default
     /// (64 KiB); media chunks (1 MiB) and large thumbnails are above it.
     pub blob_threshold: Option<usize>,
-    /// A compaction of at least this many times `target_table_bytes` is
-    /// cut into up to this many key ranges of about equal bytes, each
-    /// merged on a thread of its own (RocksDB's subcompactions): a large
+    /// A compaction is cut into up to this many key ranges of about equal
+    /// bytes, each merged on a thread of its own (RocksDB's
+    /// subcompactions), with at most one range per `target_table_bytes` of
+    /// input: only compactions of twice that or more are split. A large
     /// level-0 or full compaction then uses more than one core, where one
     /// thread was what capped a sustained ingest (docs/benchmarks.md).
-    /// 1: every compaction on the compaction thread alone. By default the
-    /// machine's cores, at most 4.
+    /// 1 (or 0): every compaction on the compaction thread alone. By
+    /// default the machine's cores, at most 4.
     pub subcompactions: usize,
 }
 
