@@ -44,7 +44,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::lsm::blob::{BlobRef, BlobWriter};
 use crate::lsm::compaction::picker::Choice;
-use crate::lsm::read::{next_cursor, Cursor, Direction, RunCursor};
+use crate::lsm::read::{Cursor, ForwardMerge, RunCursor};
 use crate::lsm::table::builder::{TableBuilder, TableSummary};
 use crate::lsm::table::{table_path, TableId};
 use crate::lsm::version::{FileMeta, TableFile, Version};
@@ -277,6 +277,7 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
     if !below.is_empty() {
         cursors.push(Box::new(RunCursor::raw(below.to_vec(), lo, hi)?));
     }
+    let mut merged = ForwardMerge::new(cursors);
     let mut versions_dropped = 0u64;
 
     let mut outputs: Vec<(TableId, TableSummary)> = Vec::new();
@@ -287,7 +288,7 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
     let mut have_prev = false;
     let mut newer_seq = u64::MAX;
     let mut since_look = 0u32;
-    while let Some(i) = next_cursor(&cursors, Direction::Forward) {
+    while let Some(top) = merged.top() {
         since_look += 1;
         if since_look == ABORT_LOOK_EVERY {
             since_look = 0;
@@ -307,7 +308,7 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
                 return Ok(None);
             }
         }
-        let Some((k, s, v)) = cursors[i].current() else {
+        let Some((k, s, v)) = top.current() else {
             break;
         };
         let new_key = !have_prev || k != prev_key.as_slice();
@@ -331,7 +332,7 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
             newer_seq <= oldest_snapshot || (v.is_none() && visible_to_all && choice.bottommost);
         let mut value = v;
         // A blob reference: the table that resolves it.
-        let blob_table = cursors[i].current_blob_table();
+        let blob_table = top.current_blob_table();
         if !discard {
             if let Some(val) = v {
                 // Retention reads a value's head; a blob value is mapped,
@@ -393,7 +394,7 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
                 }
             }
         }
-        cursors[i].advance()?;
+        merged.advance()?;
     }
     // Relocated values are durable before the tables naming them.
     if let Some(w) = blob_out.take() {
