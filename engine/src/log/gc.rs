@@ -94,5 +94,24 @@ pub(crate) fn collect(shared: &Shared, w: &mut WriterState) -> Result<()> {
             .sync_dir(&shared.dir)
             .map_err(|e| Error::io("fsync the directory", &shared.dir, e))?;
     }
+    close_elsewhere(doomed);
     Ok(())
+}
+
+/// Lets go of deleted segments on a thread of their own. Closing the last
+/// handle of a deleted segment is when the kernel frees its blocks (64 MiB,
+/// preallocated), which took 24–52 ms under a sustained ingest — on the
+/// appender's path, since collection runs on the writer: the one write in
+/// a thousand that rolled a segment waited that long. Their names are gone
+/// and the directory synced, so nothing about crash safety waits for the
+/// close (a crash before it leaves an orphan inode that the file system's
+/// recovery frees). A reader still holding a segment keeps it open as
+/// before. If no thread can be started, they close here.
+fn close_elsewhere(doomed: Vec<crate::log::segment::Segment>) {
+    if doomed.is_empty() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("missive-log-close".into())
+        .spawn(move || drop(doomed));
 }
