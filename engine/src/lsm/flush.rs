@@ -59,7 +59,7 @@ use crate::lsm::reaper::{free_when_sole, FLUSHER_WAIT};
 use crate::lsm::table::builder::TableBuilder;
 use crate::lsm::table::table_path;
 use crate::lsm::version::TableFile;
-use crate::lsm::{lock, Inner};
+use crate::lsm::{lock, Inner, Written};
 
 /// Work between pauses of a paced flush.
 const SLICE: Duration = Duration::from_millis(2);
@@ -126,7 +126,7 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
     if !mem.is_empty() {
         let id = inner.allocate_table_id();
         let path = table_path(&inner.tables_dir, id);
-        let mut b = TableBuilder::create(&path, inner.build_options(false))?;
+        let mut b = TableBuilder::create(&path, inner.build_options(false, Written::Flush))?;
         let oldest_snapshot = inner.oldest_snapshot();
         let mut prev_key: Vec<u8> = Vec::new();
         let mut newer_seq = u64::MAX;

@@ -48,7 +48,7 @@ use crate::lsm::read::{Cursor, ForwardMerge, RunCursor};
 use crate::lsm::table::builder::{TableBuilder, TableSummary};
 use crate::lsm::table::{table_path, TableId};
 use crate::lsm::version::{FileMeta, TableFile, Version};
-use crate::lsm::Inner;
+use crate::lsm::{Inner, Written};
 
 /// What a compaction did.
 #[derive(Debug, Clone, Default)]
@@ -358,7 +358,13 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
                 let id = inner.allocate_table_id();
                 let b = TableBuilder::create(
                     &table_path(&inner.tables_dir, id),
-                    inner.build_options(how.hc),
+                    inner.build_options(
+                        how.hc,
+                        Written::Compaction {
+                            level: choice.output_level,
+                            bottommost: choice.bottommost,
+                        },
+                    ),
                 )?;
                 builder = Some((id, b));
             }
