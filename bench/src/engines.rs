@@ -91,6 +91,13 @@ pub struct Config {
     /// RocksDB's `max_subcompactions` (its default is 1).
     #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
     pub rocksdb_subcompactions: u32,
+    /// Missive's `LsmOptions::uncompressed_levels` (`None`: its default).
+    pub uncompressed_levels: Option<usize>,
+    /// RocksDB: this many levels from the top (level 0, then its base
+    /// level, …) without compression (`compression_per_level`), the rest
+    /// LZ4; 0 (RocksDB's default): LZ4 everywhere.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
+    pub rocksdb_uncompressed_levels: usize,
 }
 
 pub const BLOCK_SIZE: usize = 16 << 10;
@@ -152,6 +159,9 @@ impl Missive {
                     subcompactions: cfg
                         .subcompactions
                         .unwrap_or(LsmOptions::default().subcompactions),
+                    uncompressed_levels: cfg
+                        .uncompressed_levels
+                        .unwrap_or(LsmOptions::default().uncompressed_levels),
                     ..LsmOptions::default()
                 },
             },
@@ -238,6 +248,20 @@ mod rocks {
                     opts.set_bottommost_compression_options(-14, level, 0, 0, true);
                 }
                 None => opts.set_bottommost_compression_type(DBCompressionType::Lz4),
+            }
+            if cfg.rocksdb_uncompressed_levels > 0 {
+                // With dynamic level sizes (RocksDB's default), entry 1
+                // applies to the base level, the one level 0 compacts into.
+                let per_level: Vec<DBCompressionType> = (0..7)
+                    .map(|l| {
+                        if l < cfg.rocksdb_uncompressed_levels {
+                            DBCompressionType::None
+                        } else {
+                            DBCompressionType::Lz4
+                        }
+                    })
+                    .collect();
+                opts.set_compression_per_level(&per_level);
             }
             opts.set_write_buffer_size(MEMTABLE_BYTES);
             opts.set_max_subcompactions(cfg.rocksdb_subcompactions);

@@ -180,6 +180,16 @@ struct EngineArgs {
     /// RocksDB's `max_subcompactions` (its default, 1, unless set).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     rocksdb_subcompactions: u32,
+    /// Missive: levels written uncompressed above the bottom
+    /// (`LsmOptions::uncompressed_levels`; default 2: level 0 and 1; 0:
+    /// compress every level, the engine before 2026-12-06).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=7))]
+    uncompressed_levels: Option<u64>,
+    /// RocksDB: this many levels from the top without compression
+    /// (`compression_per_level`; its tuning guide's advice for level 0 and
+    /// 1); default 0, LZ4 everywhere.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=7))]
+    rocksdb_uncompressed_levels: u64,
     /// `sustained`: messages to ingest at most (generated first: about
     /// 170 bytes of memory each).
     #[arg(long, default_value_t = 30_000_000)]
@@ -283,6 +293,8 @@ fn engine(a: &EngineArgs) -> Result<()> {
         rocksdb_block_bytes: a.rocksdb_block_kib as usize * 1024,
         subcompactions: a.subcompactions.map(|n| n as usize),
         rocksdb_subcompactions: a.rocksdb_subcompactions,
+        uncompressed_levels: a.uncompressed_levels.map(|n| n as usize),
+        rocksdb_uncompressed_levels: a.rocksdb_uncompressed_levels as usize,
     };
 
     // ingest → settle → space → latest50 → pageback, on one store.
