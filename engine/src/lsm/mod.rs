@@ -143,7 +143,7 @@ pub struct LsmOptions {
     /// level 0, so compressing them cost most of a sustained ingest's
     /// compaction CPU (LZ4 took about 40 % of it) to save little space for
     /// long: 30M messages ingested 1.2–1.4× as fast with level 0 and 1
-    /// uncompressed, at about 0.7× the background CPU per GB
+    /// uncompressed, at 0.6–0.75× the background CPU per GB
     /// (docs/benchmarks.md).
     /// The price: those levels' bytes on disk and in the page cache
     /// (about 2× theirs compressed on chat text), and up to
