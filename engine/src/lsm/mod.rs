@@ -1591,6 +1591,20 @@ mod compaction_tests {
 
     use super::*;
 
+    /// A store without background threads in a fresh directory.
+    fn open(opts: LsmOptions) -> (tempfile::TempDir, Lsm) {
+        let dir = tempfile::tempdir().unwrap();
+        let lsm = Lsm::open(
+            dir.path(),
+            LsmOptions {
+                background: false,
+                ..opts
+            },
+        )
+        .unwrap();
+        (dir, lsm)
+    }
+
     fn table_files(inner: &Inner) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(&inner.tables_dir)
             .unwrap()
@@ -1651,17 +1665,11 @@ mod compaction_tests {
     #[test]
     fn a_split_compaction_keeps_what_one_merge_keeps() {
         let fill = |subcompactions: usize| {
-            let dir = tempfile::tempdir().unwrap();
-            let lsm = Lsm::open(
-                dir.path(),
-                LsmOptions {
-                    background: false,
-                    target_table_bytes: 64 << 10,
-                    subcompactions,
-                    ..LsmOptions::default()
-                },
-            )
-            .unwrap();
+            let (dir, lsm) = open(LsmOptions {
+                target_table_bytes: 64 << 10,
+                subcompactions,
+                ..LsmOptions::default()
+            });
             // Six level-0 tables over one key space, each rewriting or
             // deleting keys of the ones before.
             for round in 0..6u32 {
@@ -1715,32 +1723,27 @@ mod compaction_tests {
                 .map(|l| l.iter().map(|f| f.size).sum())
                 .collect()
         };
+        // Keys `first`, `first + step`, … (20 000 of them), compressible.
+        let put = |lsm: &Lsm, first: u32, step: u32| {
+            let mut b = WriteBatch::new();
+            for k in (0..20_000u32).map(|i| first + i * step) {
+                b.put(k.to_be_bytes(), format!("value {k} see you at the office"));
+            }
+            lsm.apply(&b, None).unwrap();
+        };
         let run = |uncompressed_levels: usize| {
-            let dir = tempfile::tempdir().unwrap();
-            let lsm = Lsm::open(
-                dir.path(),
-                LsmOptions {
-                    background: false,
-                    target_table_bytes: 64 << 10,
-                    uncompressed_levels,
-                    // A small level 1, so the full compaction lands below it.
-                    picker: PickerConfig {
-                        level1_bytes: 64 << 10,
-                        ..PickerConfig::default()
-                    },
-                    ..LsmOptions::default()
+            let (dir, lsm) = open(LsmOptions {
+                target_table_bytes: 64 << 10,
+                uncompressed_levels,
+                // A small level 1, so the full compaction lands below it.
+                picker: PickerConfig {
+                    level1_bytes: 64 << 10,
+                    ..PickerConfig::default()
                 },
-            )
-            .unwrap();
+                ..LsmOptions::default()
+            });
             // Round 0 takes the even keys, round 1 the odd ones between.
-            let round = |r: u32| {
-                let mut b = WriteBatch::new();
-                for i in 0..20_000u32 {
-                    let k = i * 2 + r;
-                    b.put(k.to_be_bytes(), format!("value {k} see you at the office"));
-                }
-                lsm.apply(&b, None).unwrap();
-            };
+            let round = |r: u32| put(&lsm, r, 2);
             round(0);
             lsm.compact_full().unwrap();
             let bottom = level_bytes(&lsm);
@@ -1789,21 +1792,11 @@ mod compaction_tests {
 
         // A young tree, all of it in level 1: that is its bottom, compressed.
         let young = |uncompressed_levels: usize| {
-            let dir = tempfile::tempdir().unwrap();
-            let lsm = Lsm::open(
-                dir.path(),
-                LsmOptions {
-                    background: false,
-                    uncompressed_levels,
-                    ..LsmOptions::default()
-                },
-            )
-            .unwrap();
-            let mut b = WriteBatch::new();
-            for k in 0..20_000u32 {
-                b.put(k.to_be_bytes(), format!("value {k} see you at the office"));
-            }
-            lsm.apply(&b, None).unwrap();
+            let (_dir, lsm) = open(LsmOptions {
+                uncompressed_levels,
+                ..LsmOptions::default()
+            });
+            put(&lsm, 0, 1);
             lsm.compact_full().unwrap();
             let bytes = level_bytes(&lsm);
             assert!(
