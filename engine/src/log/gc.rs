@@ -101,8 +101,8 @@ pub(crate) fn collect(shared: &Shared, w: &mut WriterState) -> Result<()> {
 /// Lets go of deleted segments on a thread of their own. Closing the last
 /// handle of a deleted segment is when the kernel frees its blocks (64 MiB,
 /// preallocated), which took 24–52 ms under a sustained ingest — on the
-/// appender's path, since collection runs on the writer: the one write in
-/// a thousand that rolled a segment waited that long. Their names are gone
+/// appender's path, since collection runs on the writer: the write that
+/// rolled a segment waited that long. Their names are gone
 /// and the directory synced, so nothing about crash safety waits for the
 /// close (a crash before it leaves an orphan inode that the file system's
 /// recovery frees). A reader still holding a segment keeps it open as

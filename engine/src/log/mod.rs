@@ -93,6 +93,7 @@ mod gc;
 pub(crate) mod recovery;
 mod segment;
 pub(crate) mod stream;
+mod writeback;
 mod writer;
 
 use std::collections::HashMap;
@@ -322,6 +323,9 @@ impl Shared {
 pub struct Log {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// The writeback-hint thread (`writeback.rs`), stopped after the
+    /// writer: it ends when the writer's [`writeback::Hints`] is dropped.
+    writeback: Option<JoinHandle<()>>,
     report: RecoveryReport,
     _lock: LockGuard,
 }
@@ -385,9 +389,14 @@ impl Log {
             opts,
         });
         let threads = commit::start(&shared)?;
+        let writeback = writeback::Hints::start().map(|(hints, thread)| {
+            shared.writer().hints = Some(hints);
+            thread
+        });
         Ok(Log {
             shared,
             threads,
+            writeback,
             report: rec.report,
             _lock: LockGuard(rec.lock),
         })
@@ -717,6 +726,10 @@ impl Log {
         }
         self.shared.queue_cv.notify_all();
         for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        drop(self.shared.writer().hints.take());
+        if let Some(t) = self.writeback.take() {
             let _ = t.join();
         }
         self.shared.marks.close();

@@ -11,6 +11,7 @@ use crate::log::format::{
     self, peek_own_record, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::log::segment::{self, Segment};
+use crate::log::writeback::Hints;
 use crate::log::{Counters, Shared, StreamId};
 
 /// The writer's position: the newest segment and the offset to write at.
@@ -24,6 +25,10 @@ pub(crate) struct WriterState {
     /// Where in the segment writeback was last started
     /// ([`WRITEBACK_EVERY`]).
     writeback_from: u64,
+    /// The writeback thread's queue (`log/writeback.rs`); `None` until the
+    /// thread runs (recovery, or if it could not start): then the writer
+    /// makes the calls itself.
+    pub hints: Option<Hints>,
 }
 
 /// Bytes written to a segment between requests to the kernel to start
@@ -43,6 +48,7 @@ impl WriterState {
             offset,
             spare: Vec::new(),
             writeback_from: offset,
+            hints: None,
         }
     }
 
@@ -84,12 +90,15 @@ impl WriterState {
             Counters::add(&shared.stats.bytes_written, chunk.len() as u64);
             let end_offset = self.offset + chunk.len() as u64;
             if end_offset - self.writeback_from >= WRITEBACK_EVERY {
-                // A hint: if it fails, the next sync writes the bytes back
-                // all the same (and reports any real I/O error).
-                let _ = self
-                    .segment
-                    .file
-                    .start_writeback(self.writeback_from, end_offset - self.writeback_from);
+                let (from, len) = (self.writeback_from, end_offset - self.writeback_from);
+                match &self.hints {
+                    Some(hints) => hints.send(&self.segment.file, from, len),
+                    // A hint: if it fails, the next sync writes the bytes
+                    // back all the same (and reports any real I/O error).
+                    None => {
+                        let _ = self.segment.file.start_writeback(from, len);
+                    }
+                }
                 self.writeback_from = end_offset;
             }
             let mut streams = shared.streams_mut();
