@@ -166,6 +166,14 @@ pub struct NodeSection {
     /// per message for several times the compression CPU, never spent by
     /// a flush or a compaction. 0: the fast compressor everywhere.
     pub bottom_hc_level: u8,
+    /// How many levels from the top (level 0, then level 1) store their
+    /// tables uncompressed when they are not the tree's bottom: the next
+    /// compaction rewrites them anyway, so compressing them costs CPU for
+    /// bytes that live minutes (~40 % less compaction CPU per GB measured;
+    /// docs/benchmarks.md "Uncompressed upper levels"). 0: compress every
+    /// level, for a disk short of space or bandwidth. At most 2: deeper
+    /// levels hold most of the data and stay compressed.
+    pub uncompressed_levels: u8,
     /// MiB of log segments past which the shards holding the oldest
     /// segment snapshot and purge their logs at once, instead of after
     /// 20 000 entries: bounds the log under media uploads, whose entries
@@ -184,6 +192,7 @@ impl Default for NodeSection {
             join: false,
             io: IoBackend::default(),
             bottom_hc_level: 4,
+            uncompressed_levels: 2,
             log_budget_mib: missive_raft::node::DEFAULT_LOG_BUDGET >> 20,
         }
     }
@@ -539,6 +548,9 @@ impl Config {
         if self.node.bottom_hc_level > 12 {
             return bad("node.bottom_hc_level must be 0 (off) to 12");
         }
+        if self.node.uncompressed_levels > 2 {
+            return bad("node.uncompressed_levels must be 0 (compress every level) to 2");
+        }
         if self.node.join {
             if self.node.peers.keys().all(|&id| id == self.node.id) {
                 return bad("node.join needs node.peers to name at least one running node");
@@ -665,6 +677,19 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("bottom_hc_level"), "{err}");
+    }
+
+    #[test]
+    fn the_uncompressed_upper_levels_are_read_and_checked() {
+        let parse = |text: &str| toml::from_str::<Config>(text).unwrap();
+        assert_eq!(Config::default().node.uncompressed_levels, 2);
+        let off = parse("[node]\nuncompressed_levels = 0\n");
+        assert_eq!(off.node.uncompressed_levels, 0);
+        assert!(off.validate().is_ok());
+        let err = parse("[node]\nuncompressed_levels = 3\n")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("uncompressed_levels"), "{err}");
     }
 
     #[test]

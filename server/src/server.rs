@@ -92,6 +92,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     ncfg.log_budget = cfg.node.log_budget_mib.saturating_mul(1 << 20);
     ncfg.lsm.bottom_hc_level =
         (cfg.node.bottom_hc_level > 0).then_some(i32::from(cfg.node.bottom_hc_level));
+    ncfg.lsm.uncompressed_levels = usize::from(cfg.node.uncompressed_levels);
     let node = Node::start(ncfg).await?;
     if cfg.node.join {
         node.join(&cfg.node.peers).await?;
