@@ -46,6 +46,20 @@
 //! level 1, never pushed down, made every level-0 compaction rewrite all
 //! of it (248k against 386–409k messages/s over 30M).
 //!
+//! The thresholds are 20 and 36 tables, RocksDB's defaults for the same
+//! two knobs; they were 8 and 20. A level-0 compaction takes every
+//! level-0 table at once and merges them with all of level 1 (each
+//! memtable spans the whole key space), so its cost per byte ingested is
+//! about `1 + level 1 / level 0`: slowing writers at 8 tables kept level 0
+//! small and each of its compactions rewrote a level 1 several times its
+//! size. Slowed from 20, level 0 grows deeper under a sustained ingest,
+//! each compaction carries more of it down, and the 30M-message ingest
+//! ran at 1.08–1.18M messages/s with 8.1–9.1 s of background CPU per GB
+//! against 0.88–0.94M and 10.4–10.9 s/GB (alternating, same binary,
+//! 2026-12-06). The cost: while an ingest outruns compaction, a read of
+//! a conversation written to in each of those tables merges up to 20–36
+//! level-0 tables (every read checks their bloom filters).
+//!
 //! An explicit [`super::Lsm::flush`] does not wait for the stop: its
 //! caller (a shutdown, a tool) needs the memtables on disk now.
 

@@ -207,8 +207,11 @@ impl Default for LsmOptions {
         LsmOptions {
             memtable_bytes: 64 << 20,
             max_immutable_memtables: 2,
-            l0_slowdown_tables: 8,
-            l0_stop_tables: 20,
+            // RocksDB's own defaults for the same two thresholds
+            // (level0_slowdown_writes_trigger, level0_stop_writes_trigger);
+            // why not lower: `background.rs`.
+            l0_slowdown_tables: 20,
+            l0_stop_tables: 36,
             block_size: 16 << 10,
             bloom_bits_per_key: 10,
             compression: true,
