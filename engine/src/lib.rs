@@ -31,7 +31,9 @@
 //!   - `stream` — per-stream state, applied identically by replay and writer;
 //!   - `segment` — segment names and crash-safe creation;
 //!   - `recovery` — **the log's recovery path**: scan, replay, cut a torn tail;
-//!   - `gc` — deleting segments every stream has purged.
+//!   - `gc` — deleting segments every stream has purged;
+//!   - `writer` — the segment tail: write, roll;
+//!   - `writeback` — the writer's writeback hints, on a thread of their own.
 //! - `lsm/` — the message store ([`lsm::Lsm`], standalone [`lsm::Db`]):
 //!   - `mod` — the API, **the store's write path** (apply → memtable →
 //!     flush) and **recovery path** (manifest → tables → flushed positions);

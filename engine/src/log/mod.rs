@@ -73,7 +73,8 @@
 //! and fsyncs it, so every segment but the newest is complete and sealed, and
 //! the syncer only ever has one file to sync. The byte format is in
 //! `format.rs`; recovery in `recovery.rs`; segment deletion in `gc.rs`; the
-//! writer's tail (append, roll) in `writer.rs`.
+//! writer's tail (append, roll) in `writer.rs`; its writeback hints, made
+//! off the appender's path, in `writeback.rs`.
 //!
 //! # Small durable records
 //!
