@@ -667,29 +667,25 @@ mod tests {
     }
 
     #[test]
-    fn the_bottom_compression_level_is_read_and_checked() {
+    fn the_compression_knobs_are_read_and_checked() {
         let parse = |text: &str| toml::from_str::<Config>(text).unwrap();
-        assert_eq!(Config::default().node.bottom_hc_level, 4);
-        let off = parse("[node]\nbottom_hc_level = 0\n");
-        assert_eq!(off.node.bottom_hc_level, 0);
-        assert!(off.validate().is_ok());
-        let err = parse("[node]\nbottom_hc_level = 13\n")
-            .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("bottom_hc_level"), "{err}");
-    }
-
-    #[test]
-    fn the_uncompressed_upper_levels_are_read_and_checked() {
-        let parse = |text: &str| toml::from_str::<Config>(text).unwrap();
-        assert_eq!(Config::default().node.uncompressed_levels, 2);
-        let off = parse("[node]\nuncompressed_levels = 0\n");
-        assert_eq!(off.node.uncompressed_levels, 0);
-        assert!(off.validate().is_ok());
-        let err = parse("[node]\nuncompressed_levels = 3\n")
-            .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("uncompressed_levels"), "{err}");
+        let d = Config::default().node;
+        /// The key, its default, how to read it, a value it refuses.
+        type Knob = (&'static str, u8, fn(&NodeSection) -> u8, u8);
+        let knobs: [Knob; 2] = [
+            ("bottom_hc_level", 4, |n| n.bottom_hc_level, 13),
+            ("uncompressed_levels", 2, |n| n.uncompressed_levels, 3),
+        ];
+        for (key, default, get, too_high) in knobs {
+            assert_eq!(get(&d), default, "{key}");
+            let off = parse(&format!("[node]\n{key} = 0\n"));
+            assert_eq!(get(&off.node), 0, "{key}");
+            assert!(off.validate().is_ok(), "{key}");
+            let err = parse(&format!("[node]\n{key} = {too_high}\n"))
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]
