@@ -82,7 +82,7 @@ use crate::keys::{
 };
 use crate::log::StreamId;
 use manifest::{Edit, ManifestState, ManifestWriter};
-use memtable::{ChunkPool, Memtable};
+use memtable::{ChunkPool, Memtable, Reserve};
 use read::{Cursor, MemCursor, RunCursor};
 use table::builder::{BuildOptions, Compression};
 use version::{FileMeta, TableFile, Version, LEVELS};
@@ -389,6 +389,9 @@ pub(crate) struct Inner {
     reaper: Option<reaper::Reaper>,
     /// Memtable node chunks kept warm between memtables (`arena.rs`).
     chunks: Arc<ChunkPool>,
+    /// Keeps `chunks` stocked with faulted-in chunks (`reserve.rs`), with
+    /// background threads only; ends when the store drops.
+    _reserve: Option<Reserve>,
     compaction_lock: Mutex<()>,
     next_seq: AtomicU64,
     visible_seq: AtomicU64,
@@ -629,6 +632,12 @@ impl Lsm {
         // One memtable's worth: what a flush frees is what the next
         // memtable fills.
         let chunks = Arc::new(ChunkPool::new(opts.memtable_bytes));
+        let reserve = if opts.background {
+            Reserve::start(&chunks)
+                .map_err(|e| Error::io("spawn the memtable-reserve thread for", &dir, e))?
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             dir,
             tables_dir,
@@ -645,6 +654,7 @@ impl Lsm {
             compaction_waiters: std::sync::atomic::AtomicUsize::new(0),
             reaper,
             chunks,
+            _reserve: reserve,
             compaction_lock: Mutex::new(()),
             next_seq: AtomicU64::new(max_seq + 1),
             visible_seq: AtomicU64::new(max_seq),

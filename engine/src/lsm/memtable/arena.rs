@@ -22,10 +22,10 @@
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// Bytes per ordinary chunk.
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 /// Allocations above this get a chunk of their own, so a large value never
 /// wastes the tail of a shared chunk.
 const OWN_CHUNK_ABOVE: usize = CHUNK / 4;
@@ -39,12 +39,25 @@ fn chunk_layout(size: usize) -> Layout {
     Layout::from_size_align(size, 64).unwrap_or_else(|_| handle_alloc_error(Layout::new::<u64>()))
 }
 
-/// Ordinary chunks freed by dropped arenas, kept for the next ones.
+/// Ordinary chunks freed by dropped arenas, kept for the next ones, and
+/// chunks the reserve thread (`reserve.rs`) faulted in ahead of need.
 #[derive(Debug)]
 pub(crate) struct ChunkPool {
-    free: Mutex<Vec<PooledChunk>>,
+    free: Mutex<Free>,
     /// Chunks kept at most; the rest go back to the allocator.
     cap: usize,
+    /// Chunks the reserve thread keeps here (0: there is none); it is woken
+    /// when fewer than half are left.
+    ready: usize,
+    /// Where the reserve thread waits to be wanted.
+    wanted: Condvar,
+}
+
+/// The pool's chunks, and whether its reserve thread should end.
+#[derive(Debug, Default)]
+struct Free {
+    chunks: Vec<PooledChunk>,
+    closed: bool,
 }
 
 /// A free ordinary chunk, owned by the pool.
@@ -52,52 +65,125 @@ pub(crate) struct ChunkPool {
 struct PooledChunk(NonNull<u8>);
 
 // SAFETY: a pooled chunk is plain memory no one else references (its arena
-// dropped); the pool's mutex hands it to one arena at a time.
+// dropped, or the reserve thread handed it over); the pool's mutex hands it
+// to one arena at a time.
 unsafe impl Send for PooledChunk {}
 
+/// Chunks a reserve thread keeps faulted in, at most (and at most the
+/// pool's cap): 16 MiB, about a tenth of a second of the fastest ingest
+/// measured (docs/benchmarks.md), far longer than refilling takes.
+const READY_CHUNKS: usize = 16;
+
 impl ChunkPool {
-    /// A pool keeping up to `bytes` of chunks.
+    /// A pool keeping up to `bytes` of chunks; a reserve thread started on
+    /// it keeps [`READY_CHUNKS`] of them (fewer if `bytes` is smaller).
     pub fn new(bytes: usize) -> Self {
+        let cap = bytes / CHUNK;
         ChunkPool {
-            free: Mutex::new(Vec::new()),
-            cap: bytes / CHUNK,
+            free: Mutex::new(Free::default()),
+            cap,
+            ready: cap.min(READY_CHUNKS),
+            wanted: Condvar::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PooledChunk>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
         self.free.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn take(&self) -> Option<NonNull<u8>> {
-        self.lock().pop().map(|c| c.0)
+        let mut free = self.lock();
+        let p = free.chunks.pop();
+        if free.chunks.len() < self.low() {
+            // Without a reserve thread nobody waits: a futex wake, no more.
+            self.wanted.notify_one();
+        }
+        p.map(|c| c.0)
     }
 
     /// Keeps `p` (an ordinary chunk no one uses) if there is room; returns
     /// it otherwise.
     fn give(&self, p: NonNull<u8>) -> Option<NonNull<u8>> {
         let mut free = self.lock();
-        if free.len() >= self.cap {
+        if free.chunks.len() >= self.cap {
             return Some(p);
         }
-        free.push(PooledChunk(p));
+        free.chunks.push(PooledChunk(p));
         None
+    }
+
+    /// Chunks a reserve thread should keep here.
+    pub(super) fn ready(&self) -> usize {
+        self.ready
+    }
+
+    /// Below this many chunks the reserve thread is woken: half of
+    /// [`ChunkPool::ready`], rounded up (0 without a reserve).
+    fn low(&self) -> usize {
+        self.ready.div_ceil(2)
+    }
+
+    /// For the reserve thread: waits until fewer than [`ChunkPool::low`]
+    /// chunks are left and returns how many to add, or
+    /// `None` once the pool is closed.
+    pub(super) fn wait_until_wanted(&self) -> Option<usize> {
+        let mut free = self.lock();
+        loop {
+            if free.closed {
+                return None;
+            }
+            if free.chunks.len() < self.low() {
+                return Some(self.ready - free.chunks.len());
+            }
+            free = self
+                .wanted
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// For the reserve thread: keeps `p`, a fresh ordinary chunk
+    /// ([`fresh_chunk`]), or frees it if dropped arenas filled the pool
+    /// meanwhile.
+    pub(super) fn add_ready(&self, p: NonNull<u8>) {
+        if let Some(p) = self.give(p) {
+            // SAFETY: a fresh chunk of the ordinary layout, owned by the
+            // caller alone and refused by the pool: freed once, here.
+            unsafe { dealloc(p.as_ptr(), chunk_layout(CHUNK)) };
+        }
+    }
+
+    /// Ends the reserve thread's wait for good.
+    pub(super) fn close(&self) {
+        self.lock().closed = true;
+        self.wanted.notify_all();
     }
 
     /// Chunks kept now.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().chunks.len()
     }
 }
 
 impl Drop for ChunkPool {
     fn drop(&mut self) {
         let layout = chunk_layout(CHUNK);
-        for c in self.lock().drain(..) {
-            // SAFETY: every pooled chunk was allocated by `Arena::new_chunk`
+        for c in self.lock().chunks.drain(..) {
+            // SAFETY: every pooled chunk was allocated by `fresh_chunk`
             // with the ordinary layout, and the pool owns it alone.
             unsafe { dealloc(c.0.as_ptr(), layout) };
         }
+    }
+}
+
+/// A new chunk of `size` bytes from the allocator, uninitialized.
+pub(super) fn fresh_chunk(size: usize) -> NonNull<u8> {
+    let layout = chunk_layout(size);
+    // SAFETY: `layout` has a non-zero size.
+    match NonNull::new(unsafe { alloc(layout) }) {
+        Some(p) => p,
+        None => handle_alloc_error(layout),
     }
 }
 
@@ -176,14 +262,7 @@ impl Arena {
             Some(pool) if size == CHUNK => pool.take(),
             _ => None,
         };
-        let p = match pooled {
-            Some(p) => p,
-            // SAFETY: `layout` has a non-zero size.
-            None => match NonNull::new(unsafe { alloc(layout) }) {
-                Some(p) => p,
-                None => handle_alloc_error(layout),
-            },
-        };
+        let p = pooled.unwrap_or_else(|| fresh_chunk(size));
         self.chunks.push((p, layout));
         self.reserved += size;
         p

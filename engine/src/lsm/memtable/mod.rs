@@ -6,14 +6,18 @@
 //!   positions from per-prefix fingers (its essay: publication, fingers).
 //! - `arena.rs` — where its nodes live: 1 MiB chunks, returned with the
 //!   memtable to the LSM's chunk pool for the next one.
+//! - `reserve.rs` — the thread that keeps that pool stocked with chunks
+//!   already faulted in, off the write path.
 //!
 //! Applying a batch takes the list's writer lock once and bump-allocates one
 //! node per version; readers never block the writer or each other.
 
 mod arena;
+mod reserve;
 mod skiplist;
 
 pub(crate) use arena::ChunkPool;
+pub(crate) use reserve::Reserve;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
