@@ -378,7 +378,8 @@ pub(crate) struct Inner {
     version: RwLock<Arc<Version>>,
     manifest: Mutex<(ManifestWriter, ManifestState)>,
     /// Serializes writers: sequence assignment and memtable insertion.
-    write_lock: Mutex<()>,
+    /// parking_lot's, eventually fair (see `Db`'s lock: the same reason).
+    write_lock: parking_lot::Mutex<()>,
     flush_lock: Mutex<()>,
     /// Callers of [`Lsm::flush`] waiting: a paced flush stops pausing.
     flush_waiters: std::sync::atomic::AtomicUsize,
@@ -648,7 +649,7 @@ impl Lsm {
             }),
             version: RwLock::new(Arc::new(Version { levels })),
             manifest: Mutex::new((writer, state)),
-            write_lock: Mutex::new(()),
+            write_lock: parking_lot::Mutex::new(()),
             flush_lock: Mutex::new(()),
             flush_waiters: std::sync::atomic::AtomicUsize::new(0),
             compaction_waiters: std::sync::atomic::AtomicUsize::new(0),
@@ -735,7 +736,7 @@ impl Lsm {
                 batch.approximate_size()
             )));
         }
-        let _w = lock(&self.inner.write_lock);
+        let _w = self.inner.write_lock.lock();
         // Slept holding the write lock: the slowdown paces the store's
         // writers as a whole, not each one.
         background::slow_down(&self.inner, batch.approximate_size());
@@ -838,7 +839,7 @@ impl Lsm {
     /// Flushes every memtable to level 0 now (rotating the active one).
     pub fn flush(&self) -> Result<()> {
         {
-            let _w = lock(&self.inner.write_lock);
+            let _w = self.inner.write_lock.lock();
             self.rotate();
         }
         // A paced background flush in progress stops pausing.
@@ -859,7 +860,7 @@ impl Lsm {
     /// and flushed what it wrote before ([`Lsm::flush`]).
     pub fn forget_position(&self, stream: StreamId) -> Result<()> {
         {
-            let _w = lock(&self.inner.write_lock);
+            let _w = self.inner.write_lock.lock();
             let mems = self.inner.mem();
             mems.active.forget_position(stream);
             for m in &mems.immutables {
