@@ -316,7 +316,7 @@ impl Collector for NodeView {
         let (log, lsm) = (&self.log, &self.lsm);
         // Counters without `_total` and help without a full stop: the
         // encoder adds both.
-        let counters: [(&str, &str, u64); 21] = [
+        let counters: [(&str, &str, u64); 22] = [
             (
                 "log_appends",
                 "Appends to the node's log (each a batch of Raft entries)",
@@ -342,6 +342,11 @@ impl Collector for NodeView {
                 "log_segments_created",
                 "Log segment files created",
                 log.segments_created,
+            ),
+            (
+                "log_segments_prepared",
+                "Log segment files made (zero-filled) ahead of their roll",
+                log.segments_prepared,
             ),
             (
                 "log_segments_deleted",

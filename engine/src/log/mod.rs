@@ -67,14 +67,18 @@
 //! # Files
 //!
 //! Segments of a bounded size ([`LogOptions::segment_size`]), created
-//! crash-safely (temp file, fsync, rename, fsync the directory) and
-//! preallocated so an fdatasync never has to persist an allocation. When the
+//! crash-safely (temp file, fsync, rename, fsync the directory), ahead of
+//! the roll that needs them, and preallocated so an fdatasync never has to
+//! persist a block allocation (on ext4 it still commits each reserved
+//! block's change from unwritten to written, unless the segment was
+//! zero-filled: [`LogOptions::zero_fill`]). When the
 //! writer rolls to a new segment it first writes a Seal record to the old one
 //! and fsyncs it, so every segment but the newest is complete and sealed, and
 //! the syncer only ever has one file to sync. The byte format is in
 //! `format.rs`; recovery in `recovery.rs`; segment deletion in `gc.rs`; the
 //! writer's tail (append, roll) in `writer.rs`; its writeback hints, made
-//! off the appender's path, in `writeback.rs`.
+//! off the appender's path, in `writeback.rs`; the next segment, made ahead
+//! of the roll on the same helper thread, in `ahead.rs`.
 //!
 //! # Small durable records
 //!
@@ -87,6 +91,7 @@
 //! crash may roll back harmlessly — openraft's commit point, updated
 //! before every apply.
 
+mod ahead;
 mod commit;
 mod durable;
 pub mod format;
@@ -164,6 +169,15 @@ pub struct LogOptions {
     pub segment_size: u64,
     /// Reserve each new segment's blocks up front (`fallocate`).
     pub preallocate: bool,
+    /// With `preallocate` and a sync policy other than
+    /// [`SyncPolicy::Never`]: write each segment prepared ahead of its roll
+    /// as zeros, so an fdatasync after an append flushes data only instead
+    /// of also committing the allocation (p50 140 → 85 µs per durable
+    /// append on this project's test host). Off by default: zeroing a
+    /// segment slows the live segment's syncs while it runs (~1 ms each
+    /// for ~0.85 s per 64 MiB here), and costs writing each segment twice.
+    /// The trade-off, measured, is in `log/ahead.rs`.
+    pub zero_fill: bool,
     /// Entry compression.
     pub compression: Compression,
     /// How long [`Log::stage_meta`]'s records may wait in the queue for
@@ -183,9 +197,22 @@ impl Default for LogOptions {
             sync: SyncPolicy::Always,
             segment_size: 64 << 20,
             preallocate: true,
+            zero_fill: false,
             compression: Compression::None,
             staged_write_delay: Duration::from_millis(20),
             fs: None,
+        }
+    }
+}
+
+impl LogOptions {
+    /// How segments made ahead of a roll are filled.
+    pub(crate) fn ahead_fill(&self) -> segment::Fill {
+        use segment::Fill;
+        match (self.preallocate, self.zero_fill, self.sync) {
+            (false, _, _) => Fill::None,
+            (true, true, SyncPolicy::Always | SyncPolicy::EveryMillis(_)) => Fill::Zeros,
+            (true, _, _) => Fill::Reserve,
         }
     }
 }
@@ -242,6 +269,10 @@ pub struct LogStats {
     pub syncs: u64,
     /// Segments created.
     pub segments_created: u64,
+    /// Of those, made ahead of their roll on the helper thread
+    /// ([`LogOptions::zero_fill`], `log/ahead.rs`); the rest were made by
+    /// the roll itself.
+    pub segments_prepared: u64,
     /// Segments deleted after every stream purged them.
     pub segments_deleted: u64,
     /// How long each commit fdatasync took.
@@ -256,6 +287,7 @@ struct Counters {
     groups: AtomicU64,
     syncs: AtomicU64,
     segments_created: AtomicU64,
+    segments_prepared: AtomicU64,
     segments_deleted: AtomicU64,
     fsync: crate::latency::Recorder,
 }
@@ -672,6 +704,7 @@ impl Log {
             groups: g(&c.groups),
             syncs: g(&c.syncs),
             segments_created: g(&c.segments_created),
+            segments_prepared: g(&c.segments_prepared),
             segments_deleted: g(&c.segments_deleted),
             fsync: c.fsync.snapshot(),
         }
@@ -733,6 +766,9 @@ impl Log {
         if let Some(t) = self.writeback.take() {
             let _ = t.join();
         }
+        // The helper thread is gone: nothing prepares or takes a segment now.
+        let ahead = self.shared.writer().ahead.clone();
+        ahead.discard(self.shared.fs.as_ref());
         self.shared.marks.close();
     }
 

@@ -35,7 +35,7 @@ use crate::log::format::{
     check_segment_header, decode_record, intact_record_after, Decoded, HeaderError, RecordKind,
     SEGMENT_HEADER_LEN, SEGMENT_VERSION,
 };
-use crate::log::segment::{self, Segment};
+use crate::log::segment::{self, Fill, Segment};
 use crate::log::stream::Streams;
 use crate::log::writer::WriterState;
 use crate::log::LogOptions;
@@ -324,16 +324,19 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
     streams.forget_blank();
     report.streams = streams.map.len();
 
-    let prealloc = opts.preallocate.then_some(opts.segment_size);
+    // Only reserved, never zero-filled here: that would slow every open by
+    // a segment's worth of writes (`ahead.rs`).
+    let fill = opts.ahead_fill().min(Fill::Reserve);
+    let size = opts.segment_size;
     let writer = match tail {
         Some((seg, offset, false)) => WriterState::at(seg, offset),
         Some((seg, _, true)) => {
-            let next = segment::create(fs, dir, seg.seq + 1, prealloc)?;
+            let next = segment::create(fs, dir, seg.seq + 1, size, fill)?;
             segments.insert(next.seq, next.clone());
             WriterState::at(next, SEGMENT_HEADER_LEN as u64)
         }
         None => {
-            let first = segment::create(fs, dir, 1, prealloc)?;
+            let first = segment::create(fs, dir, 1, size, fill)?;
             segments.insert(first.seq, first.clone());
             WriterState::at(first, SEGMENT_HEADER_LEN as u64)
         }

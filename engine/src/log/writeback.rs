@@ -20,6 +20,10 @@
 //! covers a later range, and the kernel's own writeback the rest).
 //! Dropping the [`Hints`] handle ends the thread once it has drained the
 //! queue.
+//!
+//! The same thread prepares the writer's next segment (`ahead.rs`): a task
+//! sent through the same queue ([`Hints::run`]), never dropped once
+//! queued.
 
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -39,9 +43,15 @@ struct Hint {
     len: u64,
 }
 
+/// What the thread does next.
+enum Task {
+    Writeback(Hint),
+    Run(Box<dyn FnOnce() + Send>),
+}
+
 /// The writer's end: queues hints for the writeback thread.
 pub(crate) struct Hints {
-    tx: SyncSender<Hint>,
+    tx: SyncSender<Task>,
 }
 
 impl std::fmt::Debug for Hints {
@@ -69,18 +79,31 @@ impl Hints {
             offset,
             len,
         };
-        match self.tx.try_send(hint) {
+        match self.tx.try_send(Task::Writeback(hint)) {
             Ok(()) | Err(TrySendError::Full(_)) => {}
             // The thread is gone (it never panics, but if it did): make
             // the call here rather than leave the segment's pages dirty.
-            Err(TrySendError::Disconnected(h)) => start(&h),
+            Err(TrySendError::Disconnected(t)) => run_one(t),
         }
+    }
+
+    /// Queues `task` for the thread; false if the queue is full or the
+    /// thread is gone (the task is dropped unrun: the caller does without).
+    pub fn run(&self, task: Box<dyn FnOnce() + Send>) -> bool {
+        self.tx.try_send(Task::Run(task)).is_ok()
     }
 }
 
-fn run(rx: &Receiver<Hint>) {
-    while let Ok(hint) = rx.recv() {
-        start(&hint);
+fn run(rx: &Receiver<Task>) {
+    while let Ok(task) = rx.recv() {
+        run_one(task);
+    }
+}
+
+fn run_one(task: Task) {
+    match task {
+        Task::Writeback(hint) => start(&hint),
+        Task::Run(f) => f(),
     }
 }
 

@@ -6,11 +6,14 @@
 //! writer for now (`commit` explains who that is and when); segment GC
 //! (`gc`) runs under the same lock.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
+use crate::log::ahead::{self, Ahead};
 use crate::log::format::{
     self, peek_own_record, RecordKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use crate::log::segment::{self, Segment};
+use crate::log::segment::{self, Fill, Segment};
 use crate::log::writeback::Hints;
 use crate::log::{Counters, Shared, StreamId};
 
@@ -29,6 +32,8 @@ pub(crate) struct WriterState {
     /// thread runs (recovery, or if it could not start): then the writer
     /// makes the calls itself.
     pub hints: Option<Hints>,
+    /// The next segment, prepared on the writeback thread (`log/ahead.rs`).
+    pub ahead: Ahead,
 }
 
 /// Bytes written to a segment between requests to the kernel to start
@@ -49,6 +54,7 @@ impl WriterState {
             spare: Vec::new(),
             writeback_from: offset,
             hints: None,
+            ahead: Ahead::default(),
         }
     }
 
@@ -118,8 +124,29 @@ impl WriterState {
             drop(streams);
             self.offset += chunk.len() as u64;
             pos = end;
+            self.look_ahead(shared);
         }
         Ok(gc_hint)
+    }
+
+    /// Asks for the next segment once this one is half full
+    /// (`log/ahead.rs`).
+    fn look_ahead(&mut self, shared: &Shared) {
+        let Some(hints) = &self.hints else {
+            return;
+        };
+        if self.offset >= shared.opts.segment_size / 2 {
+            self.ahead.request(
+                hints,
+                ahead::Job {
+                    fs: Arc::clone(&shared.fs),
+                    dir: shared.dir.clone(),
+                    seq: self.segment.seq + 1,
+                    size: shared.opts.segment_size,
+                    fill: shared.opts.ahead_fill(),
+                },
+            );
+        }
     }
 
     /// Seals the current segment, fsyncs it, and starts the next one.
@@ -131,12 +158,20 @@ impl WriterState {
             .write_and_sync(&seal, self.offset)
             .map_err(|e| Error::io("seal", &old.path, e))?;
         Counters::add(&shared.stats.bytes_written, seal.len() as u64);
-        let next = segment::create(
-            shared.fs.as_ref(),
-            &shared.dir,
-            old.seq + 1,
-            shared.opts.preallocate.then_some(shared.opts.segment_size),
-        )?;
+        let fs = shared.fs.as_ref();
+        let next = match self.ahead.take(fs, old.seq + 1) {
+            Some(prepared) => {
+                let seg = segment::install(fs, &shared.dir, prepared)?;
+                Counters::add(&shared.stats.segments_prepared, 1);
+                seg
+            }
+            // Not prepared in time (or no helper thread): made here, only
+            // reserved — zeros would hold the writer up for a whole segment.
+            None => {
+                let fill = shared.opts.ahead_fill().min(Fill::Reserve);
+                segment::create(fs, &shared.dir, old.seq + 1, shared.opts.segment_size, fill)?
+            }
+        };
         Counters::add(&shared.stats.segments_created, 1);
         shared.segments_mut().insert(next.seq, next.clone());
         shared.sync_target().switch_to(next.clone());
