@@ -33,13 +33,16 @@
 //!   - `recovery` — **the log's recovery path**: scan, replay, cut a torn tail;
 //!   - `gc` — deleting segments every stream has purged;
 //!   - `writer` — the segment tail: write, roll;
-//!   - `writeback` — the writer's writeback hints, on a thread of their own.
+//!   - `writeback` — the writer's writeback hints, on a thread of their own;
+//!   - `ahead` — the next segment, made (and with `zero_fill` zeroed) on
+//!     that thread ahead of the roll.
 //! - `lsm/` — the message store ([`lsm::Lsm`], standalone [`lsm::Db`]):
 //!   - `mod` — the API, **the store's write path** (apply → memtable →
 //!     flush) and **recovery path** (manifest → tables → flushed positions);
 //!   - `batch` — atomic write batches and their encoding;
 //!   - `memtable/` — the write buffer: `skiplist` (one writer, lock-free
-//!     readers, finger-placed inserts) over `arena` chunks;
+//!     readers, finger-placed inserts) over `arena` chunks, which
+//!     `reserve` keeps faulted in ahead of the writers;
 //!   - `table/` — `block` (build/decode), `bloom`, `builder`, `reader`: the
 //!     table format, byte by byte in `table/mod.rs`;
 //!   - `blob` — blob files: values of a flush above a size kept out of the

@@ -179,6 +179,14 @@ pub struct NodeSection {
     /// 20 000 entries: bounds the log under media uploads, whose entries
     /// are up to 1 MiB each. 0: no budget (docs/design.md §4.3.3).
     pub log_budget_mib: u64,
+    /// Write each new log segment as zeros before the log uses it (on the
+    /// log's helper thread, ahead of the roll), so every fdatasync of a
+    /// commit flushes data only, without a journal commit for the blocks it
+    /// fills: faster durable writes once the node has rolled its first
+    /// segment, at the price of writing each segment twice and slower syncs
+    /// while one is being zeroed (docs/design.md §1, "Files"). Off by
+    /// default.
+    pub log_zero_fill: bool,
 }
 
 impl Default for NodeSection {
@@ -194,6 +202,7 @@ impl Default for NodeSection {
             bottom_hc_level: 4,
             uncompressed_levels: 2,
             log_budget_mib: missive_raft::node::DEFAULT_LOG_BUDGET >> 20,
+            log_zero_fill: false,
         }
     }
 }
@@ -664,6 +673,14 @@ mod tests {
         assert_eq!(Config::default().node.log_budget_mib, 1024);
         assert_eq!(parse("[node]\nlog_budget_mib = 0\n").node.log_budget_mib, 0);
         assert_eq!(parse("[node]\nid = 2\n").node.log_budget_mib, 1024);
+    }
+
+    #[test]
+    fn zero_filled_log_segments_are_off_unless_asked_for() {
+        let parse = |text: &str| toml::from_str::<Config>(text).unwrap();
+        assert!(!Config::default().node.log_zero_fill);
+        assert!(parse("[node]\nlog_zero_fill = true\n").node.log_zero_fill);
+        assert!(toml::from_str::<Config>("[node]\nlog_zero_fill = 1\n").is_err());
     }
 
     #[test]
