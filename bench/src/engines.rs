@@ -75,6 +75,8 @@ pub struct Config {
     pub block_cache_bytes: u64,
     /// Missive's log I/O back end.
     pub log_io: missive_engine::io::IoBackend,
+    /// Missive: zero-filled log segments (`LogOptions::zero_fill`).
+    pub log_zero_fill: bool,
     /// Missive: the LZ4 high-compression level of bottom-level tables
     /// (`None`: fast LZ4 everywhere). RocksDB: `None` keeps the issue's
     /// configuration (LZ4 on every level); `Some` makes its bottommost
@@ -149,6 +151,7 @@ impl Missive {
                         SyncPolicy::Never
                     },
                     io: cfg.log_io,
+                    zero_fill: cfg.log_zero_fill,
                     ..LogOptions::default()
                 },
                 lsm: LsmOptions {

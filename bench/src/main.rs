@@ -157,6 +157,10 @@ struct EngineArgs {
     /// or auto (io_uring where the kernel allows it).
     #[arg(long, value_enum, default_value_t = LogIo::Std)]
     log_io: LogIo,
+    /// Missive: write log segments as zeros before use (`LogOptions::
+    /// zero_fill`, off by default; a new log's first segment at creation).
+    #[arg(long)]
+    log_zero_fill: bool,
     /// Keep the data directory afterwards (to look inside with missivectl).
     #[arg(long)]
     keep: bool,
@@ -288,6 +292,7 @@ fn engine(a: &EngineArgs) -> Result<()> {
         sync,
         block_cache_bytes: cache_mib << 20,
         log_io: a.log_io.into(),
+        log_zero_fill: a.log_zero_fill,
         bottom_hc_level: (a.bottom_hc_level > 0).then_some(a.bottom_hc_level),
         rocksdb_bottom_hc: a.rocksdb_bottom_hc,
         rocksdb_block_bytes: a.rocksdb_block_kib as usize * 1024,

@@ -182,10 +182,10 @@ pub struct NodeSection {
     /// Write each new log segment as zeros before the log uses it (on the
     /// log's helper thread, ahead of the roll), so every fdatasync of a
     /// commit flushes data only, without a journal commit for the blocks it
-    /// fills: faster durable writes once the node has rolled its first
-    /// segment, at the price of writing each segment twice and slower syncs
-    /// while one is being zeroed (docs/design.md §1, "Files"). Off by
-    /// default.
+    /// fills: faster durable writes (a new node's first segment is zeroed
+    /// when its log is created, not after a restart), at the price of
+    /// writing each segment twice and slower syncs while the next one is
+    /// being zeroed (docs/design.md §1). Off by default.
     pub log_zero_fill: bool,
 }
 

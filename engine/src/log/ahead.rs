@@ -20,12 +20,18 @@
 //! writes into zeroed segments. But zeroing a 64 MiB segment takes ~0.85 s
 //! of the device in 1 MiB synced pieces, and the live segment's
 //! fdatasyncs take ~1 ms instead of ~0.15 ms meanwhile (5 ms with 8 MiB
-//! pieces) — for a 500 000-message durable ingest that is most of the run,
-//! and its p99 doubled. So it is off by default: worth it where segments
-//! fill slowly and every sync counts, not where a burst of durable writes
-//! is measured from a fresh log. Recovery never zero-fills (it would slow
-//! every open by a segment's worth of writes): a log's first segment after
-//! an open is only reserved.
+//! pieces). With the option on (`missive-bench engine --log-zero-fill`,
+//! 500 000-message `ingest-sync`, three runs each way): one writer
+//! 395k–445k msgs/s against 263k–308k, but batch p99 0.64–0.81 ms against
+//! 0.30–0.56, and four writers' p99 3.3–4.1 ms against 1.5–4.1 — the
+//! successor's zeroing overlaps the run. So it is off by default: worth it
+//! where segments fill slowly and throughput of durable writes counts, not
+//! where their tail does. (Zeroing with asynchronous writeback hints instead
+//! of a sync per piece, and pacing it, were tried: within this host's
+//! run-to-run noise, with single stalls of 25–41 ms.) A log created with
+//! the option zeroes its first segment at creation; reopening never zeroes
+//! (it would slow every open by a segment's worth of writes): the first
+//! segment after a reopen is only reserved.
 //!
 //! Crash safety is [`segment::create`]'s: the prepared file is written and
 //! fsynced under a `.tmp` name (recovery deletes those), then renamed into

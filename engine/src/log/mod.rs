@@ -176,7 +176,8 @@ pub struct LogOptions {
     /// append on this project's test host). Off by default: zeroing a
     /// segment slows the live segment's syncs while it runs (~1 ms each
     /// for ~0.85 s per 64 MiB here), and costs writing each segment twice.
-    /// The trade-off, measured, is in `log/ahead.rs`.
+    /// A log created with it zeroes its first segment then; reopening does
+    /// not. The trade-off, measured, is in `log/ahead.rs`.
     pub zero_fill: bool,
     /// Entry compression.
     pub compression: Compression,

@@ -324,8 +324,10 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
     streams.forget_blank();
     report.streams = streams.map.len();
 
-    // Only reserved, never zero-filled here: that would slow every open by
-    // a segment's worth of writes (`ahead.rs`).
+    // Only reserved, never zero-filled, when reopening: that would slow
+    // every open by a segment's worth of writes. A log created here with
+    // `zero_fill` pays it once, so its first segment is like the rest
+    // (`ahead.rs`).
     let fill = opts.ahead_fill().min(Fill::Reserve);
     let size = opts.segment_size;
     let writer = match tail {
@@ -336,7 +338,7 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem, opts: &LogOptions) -> Res
             WriterState::at(next, SEGMENT_HEADER_LEN as u64)
         }
         None => {
-            let first = segment::create(fs, dir, 1, size, fill)?;
+            let first = segment::create(fs, dir, 1, size, opts.ahead_fill())?;
             segments.insert(first.seq, first.clone());
             WriterState::at(first, SEGMENT_HEADER_LEN as u64)
         }
