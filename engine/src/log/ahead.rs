@@ -84,11 +84,11 @@ impl Ahead {
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks `hints`' thread to prepare `job.seq`, unless a preparation is
-    /// already asked for or waiting. A full queue leaves it for the next
-    /// write to ask again.
-    pub fn request(&self, hints: &Hints, job: Job) {
-        let seq = job.seq;
+    /// Asks `hints`' thread to prepare segment `seq` (`job` says how),
+    /// unless a preparation is already asked for or waiting. A full queue
+    /// leaves it for the next write to ask again. `job` runs only when a
+    /// request is sent: every write of a segment's second half calls this.
+    pub fn request(&self, hints: &Hints, seq: u64, job: impl FnOnce() -> Job) {
         {
             let mut slot = self.slot();
             if !matches!(*slot, Slot::Idle) {
@@ -96,6 +96,8 @@ impl Ahead {
             }
             *slot = Slot::Requested(seq);
         }
+        let job = job();
+        debug_assert_eq!(job.seq, seq);
         let ahead = self.clone();
         let sent = hints.run(Box::new(move || ahead.prepare(job)));
         if !sent {

@@ -136,16 +136,14 @@ impl WriterState {
             return;
         };
         if self.offset >= shared.opts.segment_size / 2 {
-            self.ahead.request(
-                hints,
-                ahead::Job {
-                    fs: Arc::clone(&shared.fs),
-                    dir: shared.dir.clone(),
-                    seq: self.segment.seq + 1,
-                    size: shared.opts.segment_size,
-                    fill: shared.opts.ahead_fill(),
-                },
-            );
+            let seq = self.segment.seq + 1;
+            self.ahead.request(hints, seq, || ahead::Job {
+                fs: Arc::clone(&shared.fs),
+                dir: shared.dir.clone(),
+                seq,
+                size: shared.opts.segment_size,
+                fill: shared.opts.ahead_fill(),
+            });
         }
     }
 

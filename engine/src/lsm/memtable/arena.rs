@@ -95,7 +95,8 @@ impl ChunkPool {
         let mut free = self.lock();
         let p = free.chunks.pop();
         if free.chunks.len() < self.low() {
-            // Without a reserve thread nobody waits: a futex wake, no more.
+            // (Never without a reserve: `low` is 0.) If the reserve thread
+            // is already refilling, this is a futex wake that finds no one.
             self.wanted.notify_one();
         }
         p.map(|c| c.0)
