@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::{bootstrap_all, config_at, create_group, init_tracing, send, wait_leader};
 use missive_chat::ChatNode as Node;
 use missive_engine::keys::ConversationId;
+use missive_raft::cluster::balance;
 use missive_raft::node::RaftTiming;
 use missive_raft::{NodeId, ShardId};
 
@@ -137,9 +138,11 @@ async fn leaders_spread_at_bootstrap_and_after_a_restart_and_failover_is_quick()
     );
     // The survivors counted the failover's election and leader change,
     // and handed the restarted node its shards back — at least one by a
-    // hand-over: under load one of them may come back to it by a plain
-    // election first (a CI run beside a compile: spread {1: 3, 2: 2,
-    // 3: 3} with one hand-over).
+    // hand-over, unless it won its share back by plain elections before a
+    // balancer round (every `balance::ROUND`) could hand it anything: under
+    // load its first heartbeats come late and it campaigns (CI runs:
+    // {1: 3, 2: 2, 3: 3} with one hand-over; the same spread 101 ms after
+    // the restart with none).
     let survivor = nodes[0].as_ref().unwrap();
     let seen = survivor.group_stats(shard).unwrap();
     assert!(seen.elections >= 2 && seen.leader_changes >= 2, "{seen:?}");
@@ -148,7 +151,10 @@ async fn leaders_spread_at_bootstrap_and_after_a_restart_and_failover_is_quick()
         .iter()
         .map(|&i| nodes[i].as_ref().unwrap().leader_handovers())
         .sum();
-    assert!(handed >= 1, "handovers: {handed}");
+    assert!(
+        handed >= 1 || took < balance::ROUND,
+        "balanced {took:?} after the restart, handovers: {handed}"
+    );
 
     // Everything acknowledged is still there, once.
     any(&nodes)
