@@ -271,8 +271,8 @@ pub struct LogStats {
     /// Segments created.
     pub segments_created: u64,
     /// Of those, made ahead of their roll on the helper thread
-    /// ([`LogOptions::zero_fill`], `log/ahead.rs`); the rest were made by
-    /// the roll itself.
+    /// (`log/ahead.rs`; zero-filled with [`LogOptions::zero_fill`]); the
+    /// rest were made by the roll itself.
     pub segments_prepared: u64,
     /// Segments deleted after every stream purged them.
     pub segments_deleted: u64,
