@@ -150,6 +150,12 @@ pub fn table_file(data: &[u8]) {
         if let Some((o, l)) = region(&sealed, 0) {
             let index = sealed[o..o + l - 4].to_vec();
             if let Some(entries) = Table::parse_index(&index, foot) {
+                // A version 4 dictionary: from the start to the first block.
+                if let Some(first) = entries.first().map(|e| e.offset as usize) {
+                    if first >= 4 {
+                        put_crc(&mut sealed, first - 4, 0..first - 4);
+                    }
+                }
                 for e in entries {
                     let (bo, bl) = (e.offset as usize, e.len as usize);
                     put_crc(&mut sealed, bo + bl - 4, bo..bo + bl - 4);
@@ -291,6 +297,46 @@ pub fn seeds(dir: &Path) -> crate::Result<Vec<(&'static str, String, Vec<u8>)>> 
                 name,
                 bytes[..used.max(SEGMENT_HEADER_LEN.min(bytes.len()))].to_vec(),
             ));
+        }
+    }
+    // Version 4: a bottom-level table of zstd blocks and its dictionary.
+    {
+        use crate::lsm::{BottomCompression, Lsm, LsmOptions};
+        let zdir = dir.join("zstd");
+        let lsm = Lsm::open(
+            &zdir,
+            LsmOptions {
+                background: false,
+                bottom_compression: Some(BottomCompression::Zstd {
+                    level: 3,
+                    block_size: 1 << 10,
+                }),
+                ..LsmOptions::default()
+            },
+        )?;
+        let mut batch = WriteBatch::new();
+        // Enough blocks for zstd to train a dictionary on.
+        let words = [
+            "see", "you", "at", "the", "office", "later", "lunch", "ok", "late",
+        ];
+        for ts in 1..=3000u64 {
+            let key = message_key(ConversationId(ts % 4), Timestamp(ts * 1000));
+            let text: Vec<&str> = (0..8)
+                .map(|i| words[(ts * 7 + i * ts / 3) as usize % 9])
+                .collect();
+            batch.put(key, format!("{ts}: {}", text.join(" ")));
+        }
+        lsm.apply(&batch, None)?;
+        lsm.flush()?;
+        lsm.compact_full()?;
+        lsm.recompress_all()?;
+        let tables = zdir.join("tables");
+        let entries =
+            std::fs::read_dir(&tables).map_err(|e| crate::Error::io("list", &tables, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let bytes = std::fs::read(&path).map_err(|e| crate::Error::io("read", &path, e))?;
+            out.push(("table_file", "zstd-dictionary.sst".into(), bytes));
         }
     }
     let mut block = crate::lsm::table::block::BlockBuilder::new();

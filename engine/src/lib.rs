@@ -43,8 +43,9 @@
 //!   - `memtable/` — the write buffer: `skiplist` (one writer, lock-free
 //!     readers, finger-placed inserts) over `arena` chunks, which
 //!     `reserve` keeps faulted in ahead of the writers;
-//!   - `table/` — `block` (build/decode), `bloom`, `builder`, `reader`: the
-//!     table format, byte by byte in `table/mod.rs`;
+//!   - `table/` — `block` (build/decode), `bloom`, `builder`, `codec`
+//!     (block compression, the zstd dictionary), `reader`: the table
+//!     format, byte by byte in `table/mod.rs`;
 //!   - `blob` — blob files: values of a flush above a size kept out of the
 //!     tables, which hold references (format and lifetime in its essay);
 //!   - `cache` — the shared block cache;

@@ -43,7 +43,7 @@ fn options(slowdown: usize, stop: usize) -> LsmOptions {
             multiplier: 4,
         },
         retention: Some(Arc::new(Sluggish(Duration::from_micros(30)))),
-        bottom_hc_level: None,
+        bottom_compression: None,
         ..LsmOptions::default()
     }
 }

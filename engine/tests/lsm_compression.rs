@@ -1,7 +1,8 @@
-//! Where the LZ4 high-compression match finder is used: the recompression
+//! Where the bottom level's compression (LZ4's high-compression match
+//! finder, or zstd with a dictionary per table) is used: the recompression
 //! pass over the deepest level's tables, never a flush or a compaction —
-//! and what it writes reads back byte for byte (the same block format,
-//! decoded by lz4_flex), also after a reopen.
+//! and what it writes reads back byte for byte, also after a reopen, with
+//! values in blob files too; a damaged dictionary is named at open.
 
 #![allow(
     clippy::unwrap_used,
@@ -9,7 +10,8 @@
     reason = "tests panic on surprises"
 )]
 
-use missive_engine::lsm::{Lsm, LsmOptions, WriteBatch};
+use missive_engine::lsm::{BottomCompression, Lsm, LsmOptions, WriteBatch};
+use missive_engine::Error;
 
 const WORDS: &[&str] = &[
     "see", "you", "tomorrow", "at", "the", "office", "coffee", "later", "running", "late", "sorry",
@@ -52,12 +54,12 @@ fn fill(lsm: &Lsm) {
 /// Writes the entries in four flushes, then compacts everything to the
 /// bottom; returns the table bytes after the flushes and after the
 /// compaction.
-fn load(dir: &std::path::Path, bottom_hc_level: Option<i32>) -> (Lsm, u64, u64) {
+fn load(dir: &std::path::Path, bottom: Option<BottomCompression>) -> (Lsm, u64, u64) {
     let lsm = Lsm::open(
         dir,
         LsmOptions {
             background: false,
-            bottom_hc_level,
+            bottom_compression: bottom,
             ..LsmOptions::default()
         },
     )
@@ -77,42 +79,54 @@ fn deepest(lsm: &Lsm) -> (bool, usize) {
     (level.iter().all(|f| f.recompressed), level.len())
 }
 
+const CODECS: [BottomCompression; 2] = [
+    BottomCompression::Lz4Hc { level: 4 },
+    BottomCompression::ZSTD,
+];
+
 #[test]
 fn compactions_write_the_fast_compressor_and_the_pass_recompresses_the_bottom() {
+    for codec in CODECS {
+        recompresses_the_bottom(codec);
+    }
+}
+
+fn recompresses_the_bottom(codec: BottomCompression) {
     let (fast_dir, hc_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (fast, fast_flushed, fast_bottom) = load(fast_dir.path(), None);
-    let (hc, hc_flushed, hc_bottom) = load(hc_dir.path(), Some(4));
+    let (hc, hc_flushed, hc_bottom) = load(hc_dir.path(), Some(codec));
 
     // Flushes and compactions use the fast compressor whatever the
-    // setting: HC is never on their path.
-    assert_eq!(fast_flushed, hc_flushed);
-    assert_eq!(fast_bottom, hc_bottom);
+    // setting: the bottom's codec is never on their path.
+    assert_eq!(fast_flushed, hc_flushed, "{codec:?}");
+    assert_eq!(fast_bottom, hc_bottom, "{codec:?}");
     assert!(!deepest(&hc).0);
 
-    // The pass rewrites the deepest level with HC: smaller, same reads.
+    // The pass rewrites the deepest level: smaller, same reads.
     hc.recompress_all().unwrap();
     let recompressed: u64 = hc.stats().bytes_per_level.iter().sum();
     assert!(
         recompressed * 100 < fast_bottom * 95,
-        "bottom level: {recompressed} bytes recompressed vs {fast_bottom} without"
+        "{codec:?}: bottom level {recompressed} bytes recompressed vs {fast_bottom} without"
     );
     let (all, tables) = deepest(&hc);
     assert!(all && tables > 0);
     assert_eq!(hc.stats().tables_recompressed as usize, tables);
-    // Without an HC level there is nothing to do.
+    // Without a bottom codec there is nothing to do.
     fast.recompress_all().unwrap();
     assert_eq!(fast.stats().tables_recompressed, 0);
     assert!(!deepest(&fast).0);
     for (k, v) in entries() {
-        assert_eq!(hc.get(&k).unwrap().as_deref(), Some(&v[..]));
+        assert_eq!(hc.get(&k).unwrap().as_deref(), Some(&v[..]), "{codec:?}");
         assert_eq!(fast.get(&k).unwrap().as_deref(), Some(&v[..]));
     }
     // A second pass finds nothing left.
     hc.recompress_all().unwrap();
     assert_eq!(hc.stats().tables_recompressed as usize, tables);
 
-    // After a reopen: the tables read the same and the manifest still
-    // says they were recompressed (the pass does not redo them).
+    // After a reopen (with the default codec: a table's own format says
+    // how to read it): the tables read the same, verify, and the manifest
+    // still says they were recompressed (the pass does not redo them).
     drop(hc);
     let hc = Lsm::open(
         hc_dir.path(),
@@ -126,7 +140,98 @@ fn compactions_write_the_fast_compressor_and_the_pass_recompresses_the_bottom() 
     hc.recompress_all().unwrap();
     assert_eq!(hc.stats().tables_recompressed, 0);
     for (k, v) in entries().iter().step_by(97) {
-        assert_eq!(hc.get(k).unwrap().as_deref(), Some(&v[..]));
+        assert_eq!(hc.get(k).unwrap().as_deref(), Some(&v[..]), "{codec:?}");
+    }
+    hc.verify().unwrap();
+}
+
+/// The deepest level's table files of a store.
+fn bottom_tables(lsm: &Lsm, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let files = lsm.files();
+    let level = files.iter().rev().find(|l| !l.is_empty()).unwrap();
+    level
+        .iter()
+        .map(|f| dir.join("tables").join(format!("{:020}.sst", f.id.0)))
+        .collect()
+}
+
+/// zstd tables carry their dictionary: a version 4 table, its flags and
+/// the dictionary first in the file, blob references kept beside it.
+#[test]
+fn zstd_tables_carry_a_dictionary_and_keep_blob_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LsmOptions {
+        background: false,
+        bottom_compression: Some(BottomCompression::ZSTD),
+        blob_threshold: Some(400),
+        ..LsmOptions::default()
+    };
+    let lsm = Lsm::open(dir.path(), opts.clone()).unwrap();
+    fill(&lsm);
+    // Every 100th entry gets a value long enough for a blob file.
+    let mut big = WriteBatch::new();
+    for (k, v) in entries().iter().step_by(100) {
+        big.put(k, v.repeat(5));
+    }
+    lsm.apply(&big, None).unwrap();
+    lsm.flush().unwrap();
+    lsm.compact_all().unwrap();
+    lsm.recompress_all().unwrap();
+    assert!(lsm.stats().blob_files > 0);
+    let expect = |i: usize, v: &Vec<u8>| if i % 100 == 0 { v.repeat(5) } else { v.clone() };
+    for (i, (k, v)) in entries().iter().enumerate() {
+        assert_eq!(lsm.get(k).unwrap(), Some(expect(i, v)), "entry {i}");
+    }
+    let tables = bottom_tables(&lsm, dir.path());
+    drop(lsm);
+    let mut with_blobs = 0;
+    for t in &tables {
+        let b = std::fs::read(t).unwrap();
+        let foot = &b[b.len() - 64..];
+        assert_eq!(u16::from_le_bytes([foot[48], foot[49]]), 4, "{t:?}");
+        let flags = u16::from_le_bytes([foot[50], foot[51]]);
+        assert_ne!(flags & 2, 0, "{t:?} has no dictionary");
+        with_blobs += usize::from(flags & 1 != 0);
+    }
+    assert!(with_blobs > 0, "no bottom table lists blob files");
+    let lsm = Lsm::open(dir.path(), opts).unwrap();
+    lsm.verify().unwrap();
+    for (i, (k, v)) in entries().iter().enumerate().step_by(50) {
+        assert_eq!(
+            lsm.get(k).unwrap(),
+            Some(expect(i, v)),
+            "entry {i} after reopen"
+        );
+    }
+}
+
+/// One flipped byte in a table's dictionary fails its open, naming the
+/// file and the dictionary, instead of decoding blocks wrongly.
+#[test]
+fn a_damaged_dictionary_is_named_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lsm, _, _) = load(dir.path(), Some(BottomCompression::ZSTD));
+    lsm.recompress_all().unwrap();
+    let table = bottom_tables(&lsm, dir.path()).remove(0);
+    drop(lsm);
+    let mut b = std::fs::read(&table).unwrap();
+    b[100] ^= 0x20;
+    std::fs::write(&table, b).unwrap();
+    let Err(err) = Lsm::open(
+        dir.path(),
+        LsmOptions {
+            background: false,
+            ..LsmOptions::default()
+        },
+    ) else {
+        panic!("a table with a damaged dictionary opened");
+    };
+    match err {
+        Error::Corruption { file, reason, .. } => {
+            assert_eq!(file, table);
+            assert!(reason.contains("dictionary"), "{reason}");
+        }
+        other => panic!("not a corruption error: {other:?}"),
     }
 }
 

@@ -15,7 +15,9 @@ use std::path::Path;
 
 use missive_engine::keys::{message_key, ConversationId, Timestamp};
 use missive_engine::log::{LogOptions, SyncPolicy};
-use missive_engine::lsm::{Db, DbOptions, Direction, LsmOptions, PickerConfig, Snapshot};
+use missive_engine::lsm::{
+    BottomCompression, Db, DbOptions, Direction, LsmOptions, PickerConfig, Snapshot,
+};
 use proptest::prelude::*;
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -26,6 +28,8 @@ enum Op {
     Flush,
     Compact,
     CompactFull,
+    /// The recompression pass over the deepest level (zstd here).
+    Recompress,
     Snapshot,
     Reopen,
 }
@@ -53,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Flush),
         2 => Just(Op::Compact),
         1 => Just(Op::CompactFull),
+        1 => Just(Op::Recompress),
         1 => Just(Op::Snapshot),
         1 => Just(Op::Reopen),
     ]
@@ -78,6 +83,12 @@ fn options(background: bool) -> DbOptions {
             background,
             // About half the values (0–119 bytes) go to blob files.
             blob_threshold: Some(60),
+            // The bottom level's other codec, in blocks as small as the
+            // rest (the default's LZ4-HC writes the same format as LZ4).
+            bottom_compression: Some(BottomCompression::Zstd {
+                level: 3,
+                block_size: 256,
+            }),
             ..LsmOptions::default()
         },
     }
@@ -254,6 +265,7 @@ fn run(ops: Vec<Op>, background: bool) {
                     no_blob_garbage(tmp.path(), d);
                 }
             }
+            Op::Recompress => d.lsm().recompress_all().unwrap(),
             Op::Snapshot => {
                 if snaps.len() >= 2 {
                     snaps.remove(0);

@@ -26,7 +26,7 @@
 //! | log segments of 64 MiB, preallocated | 64 MiB of disk from the first write; `open` reads the newest segment whole (recovery must prove nothing intact follows the last record), so reopening takes 50–300 ms against 1–3 ms without preallocation | `log.segment_size`, `log.preallocate` |
 //! | memtables of 64 MiB, up to 2 immutable ones waiting for flush | up to 192 MiB of RSS under a write burst | `lsm.memtable_bytes`, `lsm.max_immutable_memtables` |
 //! | a 256 MiB block cache | a ceiling, filled only as blocks are read | `lsm.block_cache_bytes` |
-//! | LZ4-HC at the bottom level | several times the compression CPU of a compaction into it, for ~9 % less space | `lsm.bottom_hc_level: None` |
+//! | LZ4-HC at the bottom level, rewritten in idle time | several times the compression CPU of a compaction into it, for ~9 % less space; [`crate::lsm::BottomCompression::ZSTD`] saves ~20 % instead, for ~3× slower decoding of each block a read misses in the cache | `lsm.bottom_compression` |
 //! | every write synced | one fdatasync per group commit | [`WriteOptions::sync`] per write, or `log.sync` for all |
 //! | level 0 and 1 written uncompressed above the bottom | those levels' bytes on disk and in the page cache, about 2× theirs compressed (a few percent of a grown tree; up to 3 uncompressed level-0 tables stay while idle); settled space is unchanged. Buys a sustained ingest 1.2–1.4× its rate | `lsm.uncompressed_levels: 0` |
 //! | writers slowed from 20 level-0 tables, stopped at 36 (RocksDB's defaults) | under an ingest faster than compaction, reads of a busy conversation merge up to that many level-0 tables; in exchange a 30M-message ingest runs 1.15–1.25× faster than with 8 / 20 | `lsm.l0_slowdown_tables`, `lsm.l0_stop_tables` |
@@ -75,7 +75,7 @@ impl DbOptions {
             lsm: LsmOptions {
                 memtable_bytes: 8 << 20,
                 block_cache_bytes: 8 << 20,
-                bottom_hc_level: None,
+                bottom_compression: None,
                 ..LsmOptions::default()
             },
         }

@@ -103,6 +103,47 @@ pub(crate) fn key_word(key: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(h)
 }
 
+/// How the recompression pass stores the bottom level
+/// ([`LsmOptions::bottom_compression`]). Measured on chat text (the
+/// benchmark's 5M messages, docs/benchmarks.md): the fast LZ4 of the other
+/// levels takes 77.0 bytes per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BottomCompression {
+    /// LZ4's high-compression match finder at this level (1–12): the same
+    /// block format and block size as every other level, read as fast;
+    /// 70.2 B/msg at level 4.
+    Lz4Hc {
+        /// 1–12; 4 gave nearly all of level 12's gain.
+        level: i32,
+    },
+    /// zstd at this level (1–19) with a dictionary trained per table, in
+    /// blocks of `block_size` uncompressed bytes: 61.8 B/msg at level 3
+    /// and 4 KiB, at the cost of slower block decoding — every
+    /// block-cache miss of a read decodes ~3× slower than LZ4
+    /// (`table::codec` says why the dictionary, and the small blocks).
+    Zstd {
+        /// 1–19 (zstd's levels above 19 need more memory to decode).
+        level: i32,
+        /// Uncompressed bytes per data block of the bottom level.
+        block_size: usize,
+    },
+}
+
+impl BottomCompression {
+    /// zstd at level 3 in 4 KiB blocks: what `Zstd` was measured at.
+    pub const ZSTD: BottomCompression = BottomCompression::zstd(3);
+
+    /// zstd at `level` in 4 KiB blocks (8 and 16 KiB were 2–3 % smaller
+    /// and slower to read: docs/benchmarks.md).
+    pub const fn zstd(level: i32) -> BottomCompression {
+        BottomCompression::Zstd {
+            level,
+            block_size: 4 << 10,
+        }
+    }
+}
+
 /// How to open an LSM.
 #[derive(Clone)]
 pub struct LsmOptions {
@@ -124,16 +165,14 @@ pub struct LsmOptions {
     pub bloom_bits_per_key: u32,
     /// lz4-compress data blocks (kept per block only where smaller).
     pub compression: bool,
-    /// With `compression`, the LZ4 high-compression level (1–12) of the
-    /// recompression pass: when the compaction thread has no
-    /// compaction to run, it rewrites the deepest level's tables one at a
-    /// time with it, giving up a rewrite as soon as work arrives (see
-    /// `compaction::picker`). The same block format, read as fast, about
-    /// 9 % smaller on chat text (77.0 → 70.2 bytes per message), at
-    /// several times the compression CPU — spent only in idle time, never
-    /// by a flush or a compaction. `None`: the fast compressor everywhere.
+    /// With `compression`, how the recompression pass rewrites the
+    /// bottom level: when the compaction thread has no compaction to run,
+    /// it rewrites the deepest level's tables one at a time this way,
+    /// giving up a rewrite as soon as work arrives (see
+    /// `compaction::picker`) — spent only in idle time, never by a flush
+    /// or a compaction. `None`: the fast LZ4 everywhere.
     /// [`Lsm::recompress_all`] runs the pass to the end on demand.
-    pub bottom_hc_level: Option<i32>,
+    pub bottom_compression: Option<BottomCompression>,
     /// With `compression`, tables written into the levels above this one
     /// are stored uncompressed (level-0 tables by flushes, level-1 tables
     /// by compactions with `uncompressed_levels` = 2), except by a
@@ -215,7 +254,7 @@ impl Default for LsmOptions {
             block_size: 16 << 10,
             bloom_bits_per_key: 10,
             compression: true,
-            bottom_hc_level: Some(4),
+            bottom_compression: Some(BottomCompression::Lz4Hc { level: 4 }),
             uncompressed_levels: 2,
             block_cache_bytes: 256 << 20,
             target_table_bytes: 32 << 20,
@@ -497,23 +536,30 @@ impl Inner {
         TableId(id)
     }
 
-    /// How to build a table `written` so; `hc` for the recompression pass
+    /// How to build a table `written` so; `recompress` for the recompression pass
     /// (always compressed).
-    pub(crate) fn build_options(&self, hc: bool, written: Written) -> BuildOptions {
+    pub(crate) fn build_options(&self, recompress: bool, written: Written) -> BuildOptions {
         let raw = match written {
             Written::Flush => self.opts.uncompressed_levels > 0,
             Written::Compaction { level, bottommost } => {
                 !bottommost && level < self.opts.uncompressed_levels
             }
         };
-        let compression = match (self.opts.compression, self.opts.bottom_hc_level) {
-            (false, _) => Compression::None,
-            _ if raw && !hc => Compression::None,
-            (true, Some(level)) if hc => Compression::Lz4Hc(level.clamp(1, 12)),
-            (true, _) => Compression::Lz4,
+        let (compression, block_size) = match (self.opts.compression, self.opts.bottom_compression)
+        {
+            (false, _) => (Compression::None, self.opts.block_size),
+            _ if raw && !recompress => (Compression::None, self.opts.block_size),
+            (true, Some(BottomCompression::Lz4Hc { level })) if recompress => {
+                (Compression::Lz4Hc(level.clamp(1, 12)), self.opts.block_size)
+            }
+            (true, Some(BottomCompression::Zstd { level, block_size })) if recompress => (
+                Compression::Zstd(level.clamp(1, 19)),
+                block_size.max(1 << 10),
+            ),
+            (true, _) => (Compression::Lz4, self.opts.block_size),
         };
         BuildOptions {
-            block_size: self.opts.block_size,
+            block_size,
             bloom_bits_per_key: self.opts.bloom_bits_per_key,
             compression,
         }
@@ -964,7 +1010,7 @@ impl Lsm {
 
     /// Compacts until the picker finds nothing, then runs the
     /// recompression pass over every table of the deepest level it has not
-    /// rewritten (LZ4-HC at `bottom_hc_level`; nothing if that is `None` or
+    /// rewritten (as `bottom_compression` says; nothing if that is `None` or
     /// compression is off). What the compaction thread does in idle time,
     /// to completion: for tools and benchmarks ("settled and recompressed").
     pub fn recompress_all(&self) -> Result<()> {
@@ -1446,11 +1492,11 @@ enum Recompressed {
 }
 
 /// One step of the recompression pass (`compaction::picker`'s module docs):
-/// rewrites one table of the deepest level with LZ4-HC. With `yielding`,
+/// rewrites one table of the deepest level as `bottom_compression` says. With `yielding`,
 /// it gives up as soon as the picker has a compaction to run or a memtable
 /// waits (the compaction thread's idle-time pass).
 fn recompress_once(inner: &Inner, yielding: bool) -> Result<Recompressed> {
-    if !inner.opts.compression || inner.opts.bottom_hc_level.is_none() {
+    if !inner.opts.compression || inner.opts.bottom_compression.is_none() {
         return Ok(Recompressed::Nothing);
     }
     let _c = lock(&inner.compaction_lock);
@@ -1466,7 +1512,7 @@ fn recompress_once(inner: &Inner, yielding: bool) -> Result<Recompressed> {
             || compaction::picker::pick(&inner.version().metas(), &inner.opts.picker).is_some()
     };
     let how = How {
-        hc: true,
+        recompress: true,
         abort: yielding.then_some(&busy as &dyn Fn() -> bool),
         rewrite_blobs: None,
     };
@@ -1656,7 +1702,7 @@ mod compaction_tests {
         let choice = compaction::picker::pick_recompress(&v.metas()).unwrap();
         let stop = || true;
         let how = How {
-            hc: true,
+            recompress: true,
             abort: Some(&stop),
             rewrite_blobs: None,
         };

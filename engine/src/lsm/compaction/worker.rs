@@ -65,9 +65,10 @@ pub(crate) struct Outcome {
 /// How a compaction writes its outputs.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct How<'a> {
-    /// LZ4-HC at `bottom_hc_level` (the recompression pass) instead of the
-    /// fast LZ4; the outputs are marked recompressed.
-    pub hc: bool,
+    /// The bottom level's compression (`LsmOptions::bottom_compression`:
+    /// the recompression pass) instead of the fast LZ4; the outputs are
+    /// marked recompressed.
+    pub recompress: bool,
     /// Asked every [`ABORT_LOOK_EVERY`] versions: true stops the
     /// compaction, removes what it wrote and changes nothing.
     pub abort: Option<&'a dyn Fn() -> bool>,
@@ -129,10 +130,10 @@ pub(crate) fn run(
         vec![merge(&job, how, &[], None)]
     } else {
         // Split only without `abort` (above): nothing unshareable crosses.
-        let (hc, rewrite_blobs) = (how.hc, how.rewrite_blobs);
+        let (recompress, rewrite_blobs) = (how.recompress, how.rewrite_blobs);
         let merge_range = |(lo, hi)| {
             let how = How {
-                hc,
+                recompress,
                 abort: None,
                 rewrite_blobs,
             };
@@ -188,7 +189,7 @@ pub(crate) fn run(
     for (id, sum) in outputs {
         outcome.bytes_out += sum.size;
         let mut meta = sum.into_meta(id, choice.output_level as u8);
-        meta.recompressed = how.hc;
+        meta.recompressed = how.recompress;
         let table = inner.open_table(id)?;
         added.push(Arc::new(TableFile { meta, table }));
     }
@@ -359,7 +360,7 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
                 let b = TableBuilder::create(
                     &table_path(&inner.tables_dir, id),
                     inner.build_options(
-                        how.hc,
+                        how.recompress,
                         Written::Compaction {
                             level: choice.output_level,
                             bottommost: choice.bottommost,

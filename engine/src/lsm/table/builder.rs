@@ -12,7 +12,12 @@ use crate::keys::bloom_prefix;
 use crate::lsm::blob::BlobRef;
 use crate::lsm::table::block::BlockBuilder;
 use crate::lsm::table::bloom::BloomBuilder;
-use crate::lsm::table::{TABLE_MAGIC, TABLE_VERSION, TABLE_VERSION_BLOBS};
+pub(crate) use crate::lsm::table::codec::Compression;
+use crate::lsm::table::codec::{self, Compressor, DICTIONARY_SAMPLE_BYTES};
+use crate::lsm::table::{
+    FOOTER_HAS_BLOB_LIST, FOOTER_HAS_DICTIONARY, TABLE_MAGIC, TABLE_VERSION, TABLE_VERSION_BLOBS,
+    TABLE_VERSION_FLAGS,
+};
 use crate::lsm::version::FileMeta;
 
 /// What a finished table holds, for the manifest.
@@ -43,20 +48,9 @@ impl TableSummary {
     }
 }
 
-/// How data blocks are compressed. Both LZ4 modes write the same block
-/// format (decoded by lz4_flex at the same speed); they differ only in
-/// how hard the compressor looks for matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Compression {
-    /// Stored as built.
-    None,
-    /// lz4_flex's fast compressor: for flushes and compactions that are
-    /// rewritten again soon.
-    Lz4,
-    /// The LZ4 reference library's high-compression match finder at this
-    /// level (1–12): for the bottom level, written once and kept.
-    Lz4Hc(i32),
-}
+/// A block held back until the table's dictionary is trained: its
+/// uncompressed payload, last key and last sequence number.
+type HeldBlock = (Vec<u8>, Vec<u8>, u64);
 
 /// Table-building knobs.
 #[derive(Debug, Clone, Copy)]
@@ -64,25 +58,6 @@ pub(crate) struct BuildOptions {
     pub block_size: usize,
     pub bloom_bits_per_key: u32,
     pub compression: Compression,
-}
-
-/// `raw` compressed as `how` says, the u32 LE uncompressed size first (the
-/// layout lz4_flex's `decompress_size_prepended` reads); `None` when
-/// compression is off or fails.
-fn compress(raw: &[u8], how: Compression) -> Option<Vec<u8>> {
-    match how {
-        Compression::None => None,
-        Compression::Lz4 => Some(lz4_flex::compress_prepend_size(raw)),
-        Compression::Lz4Hc(level) => {
-            let bound = lz4::block::compress_bound(raw.len()).ok()?;
-            let mut out = vec![0u8; bound + 4];
-            let mode = lz4::block::CompressionMode::HIGHCOMPRESSION(level);
-            // Fails only for inputs over 2 GiB: the block is stored raw.
-            let n = lz4::block::compress_to_buffer(raw, Some(mode), true, &mut out).ok()?;
-            out.truncate(n);
-            Some(out)
-        }
-    }
 }
 
 /// Bytes of a table between requests to the kernel to start writing them
@@ -96,6 +71,14 @@ pub(crate) struct TableBuilder {
     path: PathBuf,
     out: BufWriter<File>,
     opts: BuildOptions,
+    compressor: Compressor,
+    /// While the compressor waits for its dictionary: the first blocks,
+    /// uncompressed, with their last key and sequence number (written once
+    /// the dictionary is trained on them).
+    pending: Option<Vec<HeldBlock>>,
+    pending_bytes: usize,
+    /// Whether the file starts with a dictionary.
+    dictionary: bool,
     offset: u64,
     /// Where writeback was last started ([`WRITEBACK_EVERY`]).
     writeback_from: u64,
@@ -117,10 +100,15 @@ pub(crate) struct TableBuilder {
 impl TableBuilder {
     pub fn create(path: &Path, opts: BuildOptions) -> Result<Self> {
         let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
+        let compressor = Compressor::new(opts.compression);
         Ok(TableBuilder {
             path: path.to_path_buf(),
             out: BufWriter::with_capacity(256 << 10, file),
             opts,
+            pending: compressor.wants_dictionary().then(Vec::new),
+            compressor,
+            pending_bytes: 0,
+            dictionary: false,
             offset: 0,
             writeback_from: 0,
             block: BlockBuilder::new(),
@@ -172,7 +160,7 @@ impl TableBuilder {
 
     /// Bytes written so far plus the open block: for splitting outputs.
     pub fn estimated_size(&self) -> u64 {
-        self.offset + self.block.raw_len() as u64
+        self.offset + (self.pending_bytes + self.block.raw_len()) as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -209,9 +197,43 @@ impl TableBuilder {
             (k.to_vec(), s)
         };
         let raw = self.block.take();
-        let (mut payload, kind) = match compress(&raw, self.opts.compression) {
-            Some(c) if c.len() < raw.len() => (c, 1u8),
-            _ => (raw, 0u8),
+        if let Some(pending) = &mut self.pending {
+            self.pending_bytes += raw.len();
+            pending.push((raw, last_key, last_seq));
+            if self.pending_bytes >= DICTIONARY_SAMPLE_BYTES {
+                self.write_pending()?;
+            }
+            return Ok(());
+        }
+        self.write_block(raw, &last_key, last_seq)
+    }
+
+    /// Trains the dictionary on the blocks held back for it, writes it
+    /// (first in the file: its block runs to the first data block), then
+    /// those blocks.
+    fn write_pending(&mut self) -> Result<()> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        self.pending_bytes = 0;
+        let samples: Vec<&[u8]> = pending.iter().map(|(raw, ..)| raw.as_slice()).collect();
+        if let Some(mut dict) = self.compressor.train(&samples) {
+            let crc = crc32fast::hash(&dict);
+            dict.extend_from_slice(&crc.to_le_bytes());
+            self.write(&dict)?;
+            self.dictionary = true;
+        }
+        drop(samples);
+        for (raw, last_key, last_seq) in pending {
+            self.write_block(raw, &last_key, last_seq)?;
+        }
+        Ok(())
+    }
+
+    fn write_block(&mut self, raw: Vec<u8>, last_key: &[u8], last_seq: u64) -> Result<()> {
+        let (mut payload, kind) = match self.compressor.compress(&raw) {
+            Some(c) => c,
+            None => (raw, codec::STORED),
         };
         payload.push(kind);
         let crc = crc32fast::hash(&payload);
@@ -220,7 +242,7 @@ impl TableBuilder {
         self.write(&payload)?;
         self.index
             .extend_from_slice(&(last_key.len() as u16).to_le_bytes());
-        self.index.extend_from_slice(&last_key);
+        self.index.extend_from_slice(last_key);
         self.index.extend_from_slice(&last_seq.to_le_bytes());
         self.index.extend_from_slice(&offset.to_le_bytes());
         self.index
@@ -232,6 +254,7 @@ impl TableBuilder {
     /// Writes the rest, fsyncs the file, and describes it.
     pub fn finish(mut self) -> Result<TableSummary> {
         self.flush_block()?;
+        self.write_pending()?;
         let mut filter = self.bloom.finish(self.opts.bloom_bits_per_key);
         let crc = crc32fast::hash(&filter);
         filter.extend_from_slice(&crc.to_le_bytes());
@@ -259,6 +282,16 @@ impl TableBuilder {
             self.write(&list)?;
             (TABLE_VERSION_BLOBS, at)
         };
+        // Version 4 only when a dictionary needs it: tables without one
+        // stay byte for byte what versions 2 and 3 were.
+        let (version, flags) = match (self.dictionary, version) {
+            (false, v) => (v, 0u16),
+            (true, TABLE_VERSION_BLOBS) => (
+                TABLE_VERSION_FLAGS,
+                FOOTER_HAS_DICTIONARY | FOOTER_HAS_BLOB_LIST,
+            ),
+            (true, _) => (TABLE_VERSION_FLAGS, FOOTER_HAS_DICTIONARY),
+        };
 
         let mut footer = [0u8; super::FOOTER_LEN];
         footer[0..8].copy_from_slice(&index_offset.to_le_bytes());
@@ -268,6 +301,7 @@ impl TableBuilder {
         footer[32..40].copy_from_slice(&self.entries.to_le_bytes());
         footer[40..48].copy_from_slice(&blob_list_offset.to_le_bytes());
         footer[48..50].copy_from_slice(&version.to_le_bytes());
+        footer[50..52].copy_from_slice(&flags.to_le_bytes());
         let crc = crc32fast::hash(&footer[0..52]);
         footer[52..56].copy_from_slice(&crc.to_le_bytes());
         footer[56..64].copy_from_slice(&TABLE_MAGIC);

@@ -1,22 +1,32 @@
 //! Sorted string tables: immutable files of sorted versions, read through
 //! memmap2.
 //!
-//! ## File format (versions 2 and 3)
+//! ## File format (versions 2, 3 and 4)
 //!
 //! ```text
-//! [data block 0] … [data block n-1] [filter block] [index block] [blob list, v3] [footer]
+//! [dictionary, v4] [data block 0] … [data block n-1] [filter block] [index block] [blob list, v3/v4] [footer]
 //! ```
 //!
 //! Version 3 is version 2 with values kept in blob files
 //! ([`crate::lsm::blob`]): a table is written as version 3 exactly when
 //! it references a blob file, so tables of small values are byte for byte
-//! what they were.
+//! what they were. Version 4 is written exactly when the table has a zstd
+//! dictionary; its footer's flags (below) say which of the optional parts
+//! it has, and a version 4 table with the blob-list flag may hold blob
+//! columns as version 3 does.
+//!
+//! **Dictionary** (version 4 with flag bit 1): `dictionary bytes ‖ crc32
+//! u32 LE`, at offset 0 and running to the first data block's offset
+//! (from the index): the zstd dictionary every zstd block of the table was
+//! compressed with ([`codec`] says why).
 //!
 //! **Data block** on disk: `payload ‖ compression u8 ‖ crc32 u32 LE`, the crc
 //! over payload and compression byte. Compression 0 = none, 1 = an LZ4 block
 //! with the u32 LE uncompressed size first (kept only when smaller; written
-//! by lz4_flex's fast compressor or, at the bottom level, by the reference
-//! library's high-compression one — the same format either way). The
+//! by lz4_flex's fast compressor or by the reference library's
+//! high-compression one — the same format either way), 2 = the u32 LE
+//! uncompressed size, then a zstd frame without checksum, dictionary id or
+//! content size, compressed with the table's dictionary if it has one. The
 //! uncompressed payload is columnar:
 //!
 //! ```text
@@ -64,8 +74,8 @@
 //! ```text
 //!  0 8 index offset      8 8 index length
 //! 16 8 filter offset    24 8 filter length
-//! 32 8 entry count      40 8 reserved (0)
-//! 48 2 format version   50 2 reserved (0)
+//! 32 8 entry count      40 8 blob list offset (v3, v4 with flag bit 0; else 0)
+//! 48 2 format version   50 2 flags (v4; else 0): bit 0 blob list, bit 1 dictionary
 //! 52 4 crc32 of bytes 0..52
 //! 56 8 magic b"MSVSST\r\n"
 //! ```
@@ -73,6 +83,7 @@
 pub(crate) mod block;
 pub(crate) mod bloom;
 pub(crate) mod builder;
+pub(crate) mod codec;
 pub(crate) mod reader;
 
 use std::cmp::Ordering;
@@ -88,6 +99,13 @@ pub const TABLE_MAGIC: [u8; 8] = *b"MSVSST\r\n";
 pub const TABLE_VERSION: u16 = 2;
 /// Table format version of a table with blob references.
 pub const TABLE_VERSION_BLOBS: u16 = 3;
+/// Table format version of a table whose footer flags name its optional
+/// parts (written when it has a dictionary).
+pub const TABLE_VERSION_FLAGS: u16 = 4;
+/// Version 4 footer flag: the table has a blob list.
+pub(crate) const FOOTER_HAS_BLOB_LIST: u16 = 1;
+/// Version 4 footer flag: the table starts with a zstd dictionary.
+pub(crate) const FOOTER_HAS_DICTIONARY: u16 = 2;
 /// Footer size.
 pub const FOOTER_LEN: usize = 64;
 /// Bytes after each data block's payload: compression byte and crc32.

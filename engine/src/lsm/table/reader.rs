@@ -15,9 +15,10 @@ use crate::lsm::blob::{BlobFile, BlobRef, Blobs};
 use crate::lsm::cache::BlockCache;
 use crate::lsm::key_word;
 use crate::lsm::table::block::{BlockLayout, DecodedBlock};
+use crate::lsm::table::codec::{self, Dictionary};
 use crate::lsm::table::{
-    bloom, internal_cmp, TableId, BLOCK_TRAILER_LEN, FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION,
-    TABLE_VERSION_BLOBS,
+    bloom, internal_cmp, TableId, BLOCK_TRAILER_LEN, FOOTER_HAS_BLOB_LIST, FOOTER_HAS_DICTIONARY,
+    FOOTER_LEN, TABLE_MAGIC, TABLE_VERSION, TABLE_VERSION_BLOBS, TABLE_VERSION_FLAGS,
 };
 
 #[derive(Debug)]
@@ -51,6 +52,8 @@ pub(crate) struct Table {
     /// The blob files this table references and the value bytes it
     /// references in each (version 3's blob list; empty before).
     pub blob_list: Vec<(u64, u64)>,
+    /// The zstd dictionary its zstd blocks were compressed with (version 4).
+    dictionary: Option<Dictionary>,
     /// Those files, open, in the same order — empty when the table was
     /// opened without them (the offline tools).
     blobs: Vec<Arc<BlobFile>>,
@@ -103,15 +106,28 @@ impl Table {
             return Err(corrupt(foot_at, "footer checksum mismatch"));
         }
         let version = u16::from_le_bytes([foot[48], foot[49]]);
+        let flags = match version {
+            TABLE_VERSION_BLOBS => FOOTER_HAS_BLOB_LIST,
+            TABLE_VERSION_FLAGS => u16::from_le_bytes([foot[50], foot[51]]),
+            _ => 0,
+        };
         let layout = match version {
             1 => BlockLayout::Interleaved,
             TABLE_VERSION => BlockLayout::Columnar,
             TABLE_VERSION_BLOBS => BlockLayout::ColumnarBlobs,
+            TABLE_VERSION_FLAGS if flags & !(FOOTER_HAS_BLOB_LIST | FOOTER_HAS_DICTIONARY) != 0 => {
+                return Err(corrupt(
+                    foot_at + 50,
+                    &format!("unknown footer flags {flags:#x}"),
+                ));
+            }
+            TABLE_VERSION_FLAGS if flags & FOOTER_HAS_BLOB_LIST != 0 => BlockLayout::ColumnarBlobs,
+            TABLE_VERSION_FLAGS => BlockLayout::Columnar,
             _ => {
                 return Err(Error::UnsupportedVersion {
                     file: path.to_path_buf(),
                     found: u32::from(version),
-                    supported: u32::from(TABLE_VERSION_BLOBS),
+                    supported: u32::from(TABLE_VERSION_FLAGS),
                 })
             }
         };
@@ -138,7 +154,18 @@ impl Table {
         let index_range = region(io, il, "index block")?;
         let index = Self::parse_index(&map[index_range.clone()], foot_at)
             .ok_or_else(|| corrupt(index_range.start, "malformed index block"))?;
-        let blob_list = if version == TABLE_VERSION_BLOBS {
+        let dictionary = if flags & FOOTER_HAS_DICTIONARY != 0 {
+            // From the file's start to the first data block.
+            let end = index.first().map_or(0, |e| e.offset as usize);
+            let range = region(0, end, "dictionary")?;
+            Some(
+                Dictionary::new(&map[range])
+                    .ok_or_else(|| corrupt(0, "zstd refuses the dictionary"))?,
+            )
+        } else {
+            None
+        };
+        let blob_list = if flags & FOOTER_HAS_BLOB_LIST != 0 {
             let at = le_u64(&foot[40..48]) as usize;
             let range = region(at, foot_at.saturating_sub(at), "blob list")?;
             Self::parse_blob_list(&map[range]).ok_or_else(|| corrupt(at, "malformed blob list"))?
@@ -155,6 +182,7 @@ impl Table {
             version,
             layout,
             blob_list,
+            dictionary,
             blobs: Vec::new(),
             cache,
             obsolete: AtomicBool::new(false),
@@ -278,12 +306,8 @@ impl Table {
             return Err(corrupt("data block checksum mismatch".into()));
         }
         let (payload, kind) = body.split_at(body.len() - 1);
-        let plain = match kind[0] {
-            0 => payload.to_vec(),
-            1 => decompress(payload)
-                .map_err(|e| corrupt(format!("data block does not decompress: {e}")))?,
-            k => return Err(corrupt(format!("unknown block compression {k}"))),
-        };
+        let plain = codec::decompress(kind[0], payload, self.dictionary.as_ref())
+            .map_err(|e| corrupt(format!("data block does not decode: {e}")))?;
         self.bytes_read.fetch_add(l as u64, Ordering::Relaxed);
         let block =
             Arc::new(DecodedBlock::decode(plain, self.layout).map_err(|r| corrupt(r.into()))?);
@@ -399,100 +423,10 @@ fn key_words(key: &[u8]) -> [u64; 3] {
     [key_word(key, 0), key_word(key, 8), key_word(key, 16)]
 }
 
-/// Largest input LZ4 handles (`LZ4_MAX_INPUT_SIZE`): a larger size prefix
-/// cannot have been written by LZ4. (The block's checksum was verified
-/// before, so the prefix is what the writer stored.)
-const MAX_BLOCK_BYTES: usize = 0x7E00_0000;
-
-/// Decodes an LZ4 block stored with its `u32` little-endian uncompressed
-/// size first (the format `lz4::block::compress(.., true)` writes).
-///
-/// Why not `lz4::block::decompress`: it zero-fills the output buffer
-/// before LZ4 overwrites all of it, and on a block-cache miss that memset
-/// was 4 % of page-back's time. LZ4 writes every byte it reports.
-fn decompress(stored: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    let (size, src) = stored
-        .split_first_chunk::<4>()
-        .ok_or("shorter than its size prefix")?;
-    let size = u32::from_le_bytes(*size) as usize;
-    if size > MAX_BLOCK_BYTES {
-        return Err(format!("claims {size} bytes uncompressed"));
-    }
-    let (Ok(src_len), Ok(cap)) = (i32::try_from(src.len()), i32::try_from(size)) else {
-        return Err("block too large".into());
-    };
-    let mut out = Vec::<u8>::with_capacity(size);
-    // SAFETY: `src` is valid for `src_len` bytes and `out` has room for
-    // `cap` bytes. LZ4_decompress_safe never writes past `cap` nor reads
-    // past `src_len` whatever the input (it is the variant made for
-    // untrusted input), and reads back only output it has written. It
-    // returns how many bytes it wrote, or a negative number on malformed
-    // input; only an exact, successful count marks bytes initialised.
-    let n = unsafe {
-        lz4::liblz4::LZ4_decompress_safe(src.as_ptr().cast(), out.as_mut_ptr().cast(), src_len, cap)
-    };
-    if n != cap {
-        return Err(match n {
-            n if n < 0 => "malformed LZ4 data".into(),
-            n => format!("{n} bytes instead of {size}"),
-        });
-    }
-    // SAFETY: the call above initialised exactly `size` bytes (n == cap).
-    unsafe { out.set_len(size) };
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
-
-    fn stored(raw: &[u8], hc: bool) -> Vec<u8> {
-        if hc {
-            let mode = lz4::block::CompressionMode::HIGHCOMPRESSION(4);
-            lz4::block::compress(raw, Some(mode), true).unwrap()
-        } else {
-            lz4_flex::compress_prepend_size(raw)
-        }
-    }
-
-    #[test]
-    fn decompress_returns_what_either_compressor_stored() {
-        let mut rng = fastrand::Rng::with_seed(7);
-        for len in [0usize, 1, 15, 4096, 16_384, 70_000] {
-            let raw: Vec<u8> = (0..len).map(|_| b"abcab "[rng.usize(..6)]).collect();
-            for hc in [false, true] {
-                assert_eq!(
-                    decompress(&stored(&raw, hc)).unwrap(),
-                    raw,
-                    "len {len} hc {hc}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn decompress_refuses_what_lz4_did_not_write() {
-        let raw: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-        let good = stored(&raw, false);
-        let size = |s: &[u8]| u32::from_le_bytes(s[..4].try_into().unwrap());
-        let with_size = |n: u32| {
-            let mut s = good.clone();
-            s[..4].copy_from_slice(&n.to_le_bytes());
-            s
-        };
-        let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("no size", good[..3].to_vec()),
-            ("truncated", good[..good.len() / 2].to_vec()),
-            ("size too small", with_size(size(&good) - 1)),
-            ("size too large", with_size(size(&good) + 1)),
-            ("size past LZ4's limit", with_size(u32::MAX)),
-            ("garbage", [&good[..4], &[0xFF; 64][..]].concat()),
-        ];
-        for (what, bad) in cases {
-            assert!(decompress(&bad).is_err(), "{what} accepted");
-        }
-    }
 
     #[test]
     fn key_words_order_like_the_bytes_where_they_differ() {
