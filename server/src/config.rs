@@ -161,11 +161,18 @@ pub struct NodeSection {
     /// measured faster here), `io_uring`, or `auto` (io_uring where the
     /// kernel allows it).
     pub io: IoBackend,
-    /// The LZ4 high-compression level (1–12) with which the store
-    /// rewrites its deepest level's tables in idle time: ~9 % less disk
-    /// per message for several times the compression CPU, never spent by
-    /// a flush or a compaction. 0: the fast compressor everywhere.
+    /// How the store rewrites its deepest level's tables in idle time
+    /// (never by a flush or a compaction): `lz4hc` (the default, at
+    /// `bottom_hc_level`) or `zstd` (at `bottom_zstd_level`, with a
+    /// dictionary per table: ~12 % less disk per message than `lz4hc`, for
+    /// reads ~3× slower on each block they miss in the cache).
+    pub bottom_compression: BottomCodec,
+    /// The LZ4 high-compression level (1–12) of `lz4hc`: ~9 % less disk
+    /// per message than the fast compressor for several times its CPU.
+    /// 0: the fast compressor everywhere (with `lz4hc`).
     pub bottom_hc_level: u8,
+    /// The zstd level (1–19) of `zstd`.
+    pub bottom_zstd_level: u8,
     /// How many levels from the top (level 0, then level 1) store their
     /// tables uncompressed when they are not the tree's bottom: the next
     /// compaction rewrites them anyway, so compressing them costs CPU for
@@ -189,6 +196,30 @@ pub struct NodeSection {
     pub log_zero_fill: bool,
 }
 
+/// The deepest level's compression (`node.bottom_compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BottomCodec {
+    /// LZ4's high-compression match finder at `node.bottom_hc_level`.
+    #[default]
+    Lz4hc,
+    /// zstd at `node.bottom_zstd_level`, a dictionary per table.
+    Zstd,
+}
+
+impl NodeSection {
+    /// The engine's setting for the deepest level.
+    pub fn bottom(&self) -> Option<missive_engine::lsm::BottomCompression> {
+        use missive_engine::lsm::BottomCompression;
+        match self.bottom_compression {
+            BottomCodec::Lz4hc => (self.bottom_hc_level > 0).then_some(BottomCompression::Lz4Hc {
+                level: i32::from(self.bottom_hc_level),
+            }),
+            BottomCodec::Zstd => Some(BottomCompression::zstd(i32::from(self.bottom_zstd_level))),
+        }
+    }
+}
+
 impl Default for NodeSection {
     fn default() -> Self {
         NodeSection {
@@ -199,7 +230,9 @@ impl Default for NodeSection {
             peers: BTreeMap::new(),
             join: false,
             io: IoBackend::default(),
+            bottom_compression: BottomCodec::Lz4hc,
             bottom_hc_level: 4,
+            bottom_zstd_level: 3,
             uncompressed_levels: 2,
             log_budget_mib: missive_raft::node::DEFAULT_LOG_BUDGET >> 20,
             log_zero_fill: false,
@@ -557,6 +590,9 @@ impl Config {
         if self.node.bottom_hc_level > 12 {
             return bad("node.bottom_hc_level must be 0 (off) to 12");
         }
+        if !(1..=19).contains(&self.node.bottom_zstd_level) {
+            return bad("node.bottom_zstd_level must be 1 to 19");
+        }
         if self.node.uncompressed_levels > 2 {
             return bad("node.uncompressed_levels must be 0 (compress every level) to 2");
         }
@@ -703,6 +739,19 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
         }
+        use missive_engine::lsm::BottomCompression;
+        assert_eq!(d.bottom(), Some(BottomCompression::Lz4Hc { level: 4 }));
+        let zstd = parse("[node]\nbottom_compression = \"zstd\"\nbottom_zstd_level = 6\n");
+        assert!(zstd.validate().is_ok());
+        assert!(matches!(
+            zstd.node.bottom(),
+            Some(BottomCompression::Zstd { level: 6, .. })
+        ));
+        for bad in ["bottom_zstd_level = 0", "bottom_zstd_level = 20"] {
+            let err = parse(&format!("[node]\n{bad}\n")).validate().unwrap_err();
+            assert!(err.to_string().contains("bottom_zstd_level"), "{err}");
+        }
+        assert!(toml::from_str::<Config>("[node]\nbottom_compression = \"gzip\"\n").is_err());
     }
 
     #[test]

@@ -91,8 +91,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     ncfg.log.io = cfg.node.io;
     ncfg.log.zero_fill = cfg.node.log_zero_fill;
     ncfg.log_budget = cfg.node.log_budget_mib.saturating_mul(1 << 20);
-    ncfg.lsm.bottom_hc_level =
-        (cfg.node.bottom_hc_level > 0).then_some(i32::from(cfg.node.bottom_hc_level));
+    ncfg.lsm.bottom_compression = cfg.node.bottom();
     ncfg.lsm.uncompressed_levels = usize::from(cfg.node.uncompressed_levels);
     let node = Node::start(ncfg).await?;
     if cfg.node.join {
