@@ -148,8 +148,10 @@ pub struct BlockInfo {
     pub stored_len: u64,
     /// Uncompressed payload bytes.
     pub raw_len: u64,
-    /// Whether it is lz4-compressed.
+    /// Whether it is stored compressed.
     pub compressed: bool,
+    /// Its codec: "none", "lz4" or "zstd".
+    pub codec: &'static str,
     /// Versions it holds.
     pub entries: usize,
     /// Tombstones among them.
@@ -169,8 +171,11 @@ pub struct TableDump {
     pub size: u64,
     /// Versions (footer count).
     pub entries: u64,
-    /// Table format version (1: interleaved blocks, 2: columnar).
+    /// Table format version (1: interleaved blocks, 2: columnar, 3: with
+    /// blob references, 4: with a zstd dictionary).
     pub format_version: u16,
+    /// Bytes of its zstd dictionary (0: none).
+    pub dictionary_bytes: u64,
     /// Its data blocks.
     pub blocks: Vec<BlockInfo>,
     /// Bloom filter size in bytes and its probe count.
@@ -198,8 +203,16 @@ pub fn dump_table(path: &Path) -> Result<TableDump> {
     let (mut raw_total, mut stored_total) = (0u64, 0u64);
     for (i, e) in table.index.iter().enumerate() {
         let stored = &table.map[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
-        let compressed = stored.get(stored.len().saturating_sub(5)) == Some(&1);
+        use crate::lsm::table::codec;
+        let kind = stored.get(stored.len().saturating_sub(5)).copied();
+        let codec = match kind {
+            Some(codec::LZ4) => "lz4",
+            Some(codec::ZSTD) => "zstd",
+            _ => "none",
+        };
+        let compressed = codec != "none";
         let block = table.block(i)?;
+        // Both compressed forms store the uncompressed size first.
         let raw_len = if compressed {
             stored.get(..4).map_or(0, |b| {
                 u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -215,6 +228,7 @@ pub fn dump_table(path: &Path) -> Result<TableDump> {
             stored_len: u64::from(e.len),
             raw_len,
             compressed,
+            codec,
             entries: n,
             tombstones: (0..n).filter(|&j| block.value(j).is_none()).count(),
             first_key: if n > 0 {
@@ -244,6 +258,15 @@ pub fn dump_table(path: &Path) -> Result<TableDump> {
             .unwrap_or_default(),
         blocks,
         format_version: table.version,
+        // The dictionary runs from the file's start to the first block.
+        dictionary_bytes: if table.version == crate::lsm::table::TABLE_VERSION_FLAGS {
+            table
+                .index
+                .first()
+                .map_or(0, |e| e.offset.saturating_sub(4))
+        } else {
+            0
+        },
         bloom_bytes: filter.len().saturating_sub(1) as u64,
         bloom_probes: filter.last().copied().unwrap_or(0),
         compression_ratio: if stored_total == 0 {

@@ -108,18 +108,21 @@ pub fn table(t: &TableDump) -> Output {
         "compression ratio (raw/stored) {:.2}",
         t.compression_ratio
     );
+    if t.dictionary_bytes > 0 {
+        let _ = writeln!(text, "dictionary {} bytes (zstd)", t.dictionary_bytes);
+    }
     let _ = writeln!(
         text,
-        "\n  offset      stored      raw  lz4 entries  first key .. last key"
+        "\n  offset      stored      raw  codec entries  first key .. last key"
     );
     for b in &t.blocks {
         let _ = writeln!(
             text,
-            "  {:<10} {:>7} {:>8}  {:<3} {:>7}  {} .. {}",
+            "  {:<10} {:>7} {:>8}  {:<5} {:>7}  {} .. {}",
             b.offset,
             b.stored_len,
             b.raw_len,
-            if b.compressed { "yes" } else { "no" },
+            b.codec,
             b.entries,
             key(&b.first_key),
             key(&b.last_key)
@@ -130,7 +133,7 @@ pub fn table(t: &TableDump) -> Output {
         .iter()
         .map(|b| {
             json!({"offset": b.offset, "stored_len": b.stored_len, "raw_len": b.raw_len,
-                   "compressed": b.compressed, "entries": b.entries, "tombstones": b.tombstones,
+                   "compressed": b.compressed, "codec": b.codec, "entries": b.entries, "tombstones": b.tombstones,
                    "first_key": key(&b.first_key), "last_key": key(&b.last_key)})
         })
         .collect();
@@ -138,7 +141,7 @@ pub fn table(t: &TableDump) -> Output {
         text,
         json: json!({
             "path": t.path, "size": t.size, "entries": t.entries, "tombstones": tombstones,
-            "format_version": t.format_version,
+            "format_version": t.format_version, "dictionary_bytes": t.dictionary_bytes,
             "smallest": key(&t.smallest), "largest": key(&t.largest),
             "bloom_bytes": t.bloom_bytes, "bloom_probes": t.bloom_probes,
             "compression_ratio": t.compression_ratio, "blocks": blocks,
