@@ -77,14 +77,15 @@ pub struct Config {
     pub log_io: missive_engine::io::IoBackend,
     /// Missive: zero-filled log segments (`LogOptions::zero_fill`).
     pub log_zero_fill: bool,
-    /// Missive: the LZ4 high-compression level of bottom-level tables
-    /// (`None`: fast LZ4 everywhere). RocksDB: `None` keeps the issue's
-    /// configuration (LZ4 on every level); `Some` makes its bottommost
-    /// compression LZ4HC at the same level, for the like-for-like row.
-    pub bottom_hc_level: Option<i32>,
-    /// Whether RocksDB gets `bottom_hc_level` too.
+    /// Missive: how bottom-level tables are recompressed (`None`: fast
+    /// LZ4 everywhere).
+    pub bottom: Option<missive_engine::lsm::BottomCompression>,
+    /// Whether RocksDB gets `bottom` too, for the like-for-like rows: its
+    /// bottommost compression LZ4HC, or zstd with a dictionary of the same
+    /// size trained on as many bytes, at the same level. Without it,
+    /// RocksDB keeps the configuration (LZ4 on every level).
     #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
-    pub rocksdb_bottom_hc: bool,
+    pub rocksdb_bottom_alike: bool,
     /// RocksDB's data block size (its default is 4 KiB; Missive's 16 KiB).
     #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
     pub rocksdb_block_bytes: usize,
@@ -158,7 +159,7 @@ impl Missive {
                     memtable_bytes: MEMTABLE_BYTES,
                     block_size: BLOCK_SIZE,
                     block_cache_bytes: cfg.block_cache_bytes,
-                    bottom_hc_level: cfg.bottom_hc_level,
+                    bottom_compression: cfg.bottom,
                     subcompactions: cfg
                         .subcompactions
                         .unwrap_or(LsmOptions::default().subcompactions),
@@ -244,13 +245,22 @@ mod rocks {
             let mut opts = Options::default();
             opts.create_if_missing(true);
             opts.set_compression_type(DBCompressionType::Lz4);
-            match cfg.bottom_hc_level.filter(|_| cfg.rocksdb_bottom_hc) {
-                Some(level) => {
+            use missive_engine::lsm::BottomCompression;
+            match cfg.bottom.filter(|_| cfg.rocksdb_bottom_alike) {
+                Some(BottomCompression::Lz4Hc { level }) => {
                     opts.set_bottommost_compression_type(DBCompressionType::Lz4hc);
                     // window bits and strategy are zlib's; ignored by LZ4HC.
                     opts.set_bottommost_compression_options(-14, level, 0, 0, true);
                 }
-                None => opts.set_bottommost_compression_type(DBCompressionType::Lz4),
+                Some(BottomCompression::Zstd { level, .. }) => {
+                    // Missive's dictionary: 16 KiB per table, trained on
+                    // 100× that (`table::codec`); RocksDB trains one per
+                    // bottommost compaction output file likewise.
+                    opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+                    opts.set_bottommost_compression_options(-14, level, 0, 16 << 10, true);
+                    opts.set_bottommost_zstd_max_train_bytes(100 * (16 << 10), true);
+                }
+                _ => opts.set_bottommost_compression_type(DBCompressionType::Lz4),
             }
             if cfg.rocksdb_uncompressed_levels > 0 {
                 // With dynamic level sizes (RocksDB's default), entry 1

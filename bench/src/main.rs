@@ -51,6 +51,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use missive_engine::keys::Timestamp;
+use missive_engine::lsm::BottomCompression;
 
 use engines::{Config, Engine, Kind};
 use report::{Recorder, Row};
@@ -168,10 +169,17 @@ struct EngineArgs {
     /// (1–12; 0: the fast compressor everywhere).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(0..=12))]
     bottom_hc_level: i32,
-    /// Give RocksDB the same: bottommost compression LZ4HC at
-    /// `--bottom-hc-level` (the configuration is LZ4 on every level).
-    #[arg(long)]
-    rocksdb_bottom_hc: bool,
+    /// Missive: recompress bottom-level tables with zstd at this level
+    /// (1–19) with a dictionary per table, instead of `--bottom-hc-level`'s
+    /// LZ4-HC; 0: LZ4-HC.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    bottom_zstd_level: i32,
+    /// Give RocksDB the same bottommost compression as Missive: LZ4HC at
+    /// `--bottom-hc-level`, or with `--bottom-zstd-level` zstd at that
+    /// level with a 16 KiB dictionary (the configuration is LZ4 on
+    /// every level).
+    #[arg(long, alias = "rocksdb-bottom-hc")]
+    rocksdb_bottom_alike: bool,
     /// RocksDB's data block size, KiB (RocksDB's default is 4; Missive
     /// uses 16, the default here so the tables are alike).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -293,8 +301,12 @@ fn engine(a: &EngineArgs) -> Result<()> {
         block_cache_bytes: cache_mib << 20,
         log_io: a.log_io.into(),
         log_zero_fill: a.log_zero_fill,
-        bottom_hc_level: (a.bottom_hc_level > 0).then_some(a.bottom_hc_level),
-        rocksdb_bottom_hc: a.rocksdb_bottom_hc,
+        bottom: match (a.bottom_zstd_level, a.bottom_hc_level) {
+            (0, 0) => None,
+            (0, level) => Some(BottomCompression::Lz4Hc { level }),
+            (level, _) => Some(BottomCompression::zstd(level)),
+        },
+        rocksdb_bottom_alike: a.rocksdb_bottom_alike,
         rocksdb_block_bytes: a.rocksdb_block_kib as usize * 1024,
         subcompactions: a.subcompactions.map(|n| n as usize),
         rocksdb_subcompactions: a.rocksdb_subcompactions,
