@@ -83,8 +83,8 @@ fn options(background: bool) -> DbOptions {
             background,
             // About half the values (0–119 bytes) go to blob files.
             blob_threshold: Some(60),
-            // The bottom level's other codec, in blocks as small as the
-            // rest (the default's LZ4-HC writes the same format as LZ4).
+            // The bottom level's other codec, in its smallest blocks
+            // (1 KiB; the default's LZ4-HC writes the same format as LZ4).
             bottom_compression: Some(BottomCompression::Zstd {
                 level: 3,
                 block_size: 256,

@@ -125,7 +125,8 @@ pub enum BottomCompression {
     Zstd {
         /// 1–19 (zstd's levels above 19 need more memory to decode).
         level: i32,
-        /// Uncompressed bytes per data block of the bottom level.
+        /// Uncompressed bytes per data block of the bottom level (at
+        /// least 1 KiB: smaller is taken as 1 KiB).
         block_size: usize,
     },
 }
