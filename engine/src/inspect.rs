@@ -259,7 +259,7 @@ pub fn dump_table(path: &Path) -> Result<TableDump> {
         blocks,
         format_version: table.version,
         // The dictionary runs from the file's start to the first block.
-        dictionary_bytes: if table.version == crate::lsm::table::TABLE_VERSION_FLAGS {
+        dictionary_bytes: if table.has_dictionary() {
             table
                 .index
                 .first()
@@ -427,7 +427,8 @@ pub struct LevelStats {
 pub struct DirStats {
     /// Log segments.
     pub log_segments: usize,
-    /// Log bytes on disk (preallocated space included).
+    /// Log bytes on disk (preallocated space included, and a segment made
+    /// ahead of the roll that is not one yet).
     pub log_bytes: u64,
     /// Per level.
     pub levels: Vec<LevelStats>,
@@ -449,12 +450,18 @@ pub fn stats(dir: &Path) -> Result<DirStats> {
     if let Some(log) = &layout.log {
         for e in std::fs::read_dir(log).map_err(|e| Error::io("list", log, e))? {
             let e = e.map_err(|e| Error::io("list", log, e))?;
-            if e.file_name()
-                .to_str()
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // A segment, or the next one made ahead of the roll
+            // (`NNN.log.ahead.tmp`, up to a segment of reserved disk):
+            // both are the log's bytes on disk, only the first a segment.
+            let ahead = name
+                .strip_suffix(".ahead.tmp")
                 .and_then(crate::log::segment_seq)
-                .is_some()
-            {
-                s.log_segments += 1;
+                .is_some();
+            let segment = crate::log::segment_seq(name).is_some();
+            if segment || ahead {
+                s.log_segments += usize::from(segment);
                 s.log_bytes += e
                     .metadata()
                     .map_err(|err| Error::io("stat", e.path(), err))?

@@ -143,6 +143,19 @@ fn recompresses_the_bottom(codec: BottomCompression) {
         assert_eq!(hc.get(k).unwrap().as_deref(), Some(&v[..]), "{codec:?}");
     }
     hc.verify().unwrap();
+    // The table dump names each block's codec, and a dictionary only
+    // where the table has one (a zstd table's, see below).
+    for t in bottom_tables(&hc, hc_dir.path()) {
+        let dump = missive_engine::inspect::dump_table(&t).unwrap();
+        let want = match codec {
+            BottomCompression::Lz4Hc { .. } => "lz4",
+            _ => "zstd",
+        };
+        assert!(dump.blocks.iter().all(|b| b.codec == want), "{t:?}");
+        if want == "lz4" {
+            assert_eq!(dump.dictionary_bytes, 0, "{t:?}");
+        }
+    }
 }
 
 /// The deepest level's table files of a store.
@@ -192,6 +205,12 @@ fn zstd_tables_carry_a_dictionary_and_keep_blob_references() {
         let flags = u16::from_le_bytes([foot[50], foot[51]]);
         assert_ne!(flags & 2, 0, "{t:?} has no dictionary");
         with_blobs += usize::from(flags & 1 != 0);
+        // The table dump (missivectl) names the dictionary and its size:
+        // all of the file before the first block but the dictionary's CRC.
+        let dump = missive_engine::inspect::dump_table(t).unwrap();
+        let first = dump.blocks.first().unwrap().offset;
+        assert_eq!(dump.dictionary_bytes, first - 4, "{t:?}");
+        assert!(dump.blocks.iter().any(|b| b.codec == "zstd"), "{t:?}");
     }
     assert!(with_blobs > 0, "no bottom table lists blob files");
     let lsm = Lsm::open(dir.path(), opts).unwrap();

@@ -324,6 +324,11 @@ impl Table {
         Ok(block)
     }
 
+    /// Whether the table carries a zstd dictionary (its footer's flag).
+    pub fn has_dictionary(&self) -> bool {
+        self.dictionary.is_some()
+    }
+
     /// Index of the first block that may hold (key, seq) or anything after.
     ///
     /// Two steps, because a plain binary search over the index took a
