@@ -41,7 +41,7 @@ impl Mem {
 pub fn block_encode(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut b = BlockBuilder::new();
     for (k, v) in entries {
-        b.add(k, 0, Some(v));
+        b.add_entry(k, 0, Some(v), false);
     }
     b.take()
 }
