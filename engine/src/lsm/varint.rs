@@ -63,7 +63,13 @@ mod tests {
             let len = rng.usize(0..14);
             // Mostly continuation bytes, so long and malformed varints come up.
             let buf: Vec<u8> = (0..len)
-                .map(|_| if rng.u8(0..4) == 0 { rng.u8(0..0x80) } else { rng.u8(0x80..=0xFF) })
+                .map(|_| {
+                    if rng.u8(0..4) == 0 {
+                        rng.u8(0..0x80)
+                    } else {
+                        rng.u8(0x80..=0xFF)
+                    }
+                })
                 .collect();
             let start = rng.usize(0..=len);
             let (mut a, mut b) = (start, start);

@@ -230,9 +230,9 @@ impl DecodedBlock {
         if slots.len() != count {
             return Err("block count larger than the block");
         }
-        // Generic, not `&mut dyn FnMut`: each column's rule is inlined into
-        // its loop (an indirect call per entry and column was most of this
-        // function's time on a block-cache miss).
+        // Generic, not `&mut dyn FnMut`, so that each column's rule can be
+        // inlined into its loop (measured: 1 % of a block's decode; the
+        // out-of-line varint call was the cost, see `varint::get`).
         fn column(
             slots: &mut [Slot],
             payload: &[u8],
@@ -240,7 +240,10 @@ impl DecodedBlock {
             mut set: impl FnMut(&mut Slot, u64) -> Result<(), &'static str>,
         ) -> Result<(), &'static str> {
             for slot in slots.iter_mut() {
-                set(slot, varint::get(payload, pos).ok_or("malformed block column")?)?;
+                set(
+                    slot,
+                    varint::get(payload, pos).ok_or("malformed block column")?,
+                )?;
             }
             Ok(())
         }
