@@ -47,6 +47,12 @@ pub trait Engine: Send + Sync {
     /// Name prefixes of the threads doing the engine's background work
     /// (flushes, compactions), for `sustained`'s CPU accounting.
     fn background_threads(&self) -> &'static [&'static str];
+    /// Block-cache misses so far, where the engine counts them cheaply
+    /// (Missive); the read workloads then report misses per query by
+    /// latency band.
+    fn cache_misses(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Which engine.
@@ -178,6 +184,9 @@ impl Missive {
 }
 
 impl Engine for Missive {
+    fn cache_misses(&self) -> Option<u64> {
+        Some(self.db.lsm().block_cache_counts().1)
+    }
     fn write(&self, batch: &Batch) -> Result<()> {
         let mut b = missive_engine::lsm::WriteBatch::with_capacity(batch.len() * 128);
         for (k, v) in batch {
