@@ -150,7 +150,8 @@ pub struct BlockInfo {
     pub raw_len: u64,
     /// Whether it is stored compressed.
     pub compressed: bool,
-    /// Its codec: "none", "lz4" or "zstd".
+    /// Its codec: "none", "lz4", "lz4+dictionary" (LZ4 against the
+    /// table's dictionary) or "zstd".
     pub codec: &'static str,
     /// Versions it holds.
     pub entries: usize,
@@ -172,9 +173,9 @@ pub struct TableDump {
     /// Versions (footer count).
     pub entries: u64,
     /// Table format version (1: interleaved blocks, 2: columnar, 3: with
-    /// blob references, 4: with a zstd dictionary).
+    /// blob references, 4: with a dictionary).
     pub format_version: u16,
-    /// Bytes of its zstd dictionary (0: none).
+    /// Bytes of its dictionary (0: none).
     pub dictionary_bytes: u64,
     /// Its data blocks.
     pub blocks: Vec<BlockInfo>,
@@ -208,6 +209,7 @@ pub fn dump_table(path: &Path) -> Result<TableDump> {
         let codec = match kind {
             Some(codec::LZ4) => "lz4",
             Some(codec::ZSTD) => "zstd",
+            Some(codec::LZ4_DICT) => "lz4+dictionary",
             _ => "none",
         };
         let compressed = codec != "none";

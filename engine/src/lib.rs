@@ -44,7 +44,7 @@
 //!     readers, finger-placed inserts) over `arena` chunks, which
 //!     `reserve` keeps faulted in ahead of the writers;
 //!   - `table/` — `block` (build/decode), `bloom`, `builder`, `codec`
-//!     (block compression, the zstd dictionary), `reader`: the table
+//!     (block compression, the per-table dictionary), `reader`: the table
 //!     format, byte by byte in `table/mod.rs`;
 //!   - `blob` — blob files: values of a flush above a size kept out of the
 //!     tables, which hold references (format and lifetime in its essay);

@@ -10,15 +10,16 @@
 //! Version 3 is version 2 with values kept in blob files
 //! ([`crate::lsm::blob`]): a table is written as version 3 exactly when
 //! it references a blob file, so tables of small values are byte for byte
-//! what they were. Version 4 is written exactly when the table has a zstd
-//! dictionary; its footer's flags (below) say which of the optional parts
+//! what they were. Version 4 is written exactly when the table has a
+//! dictionary (zstd's or LZ4's, the bottom level's); its footer's flags (below) say which of the optional parts
 //! it has, and a version 4 table with the blob-list flag may hold blob
 //! columns as version 3 does.
 //!
 //! **Dictionary** (version 4 with flag bit 1): `dictionary bytes ‖ crc32
 //! u32 LE`, at offset 0 and running to the first data block's offset
-//! (from the index): the zstd dictionary every zstd block of the table was
-//! compressed with ([`codec`] says why).
+//! (from the index): the dictionary (trained by zstd's `ZDICT`) every zstd
+//! or dictionary-LZ4 block of the table was compressed with ([`codec`] says
+//! why).
 //!
 //! **Data block** on disk: `payload ‖ compression u8 ‖ crc32 u32 LE`, the crc
 //! over payload and compression byte. Compression 0 = none, 1 = an LZ4 block
@@ -26,7 +27,9 @@
 //! by lz4_flex's fast compressor or by the reference library's
 //! high-compression one — the same format either way), 2 = the u32 LE
 //! uncompressed size, then a zstd frame without checksum, dictionary id or
-//! content size, compressed with the table's dictionary if it has one. The
+//! content size, compressed with the table's dictionary if it has one, 3 =
+//! an LZ4 block as in 1 whose matches may reach into the table's dictionary
+//! as if it came right before the block (LZ4's prefix dictionary). The
 //! uncompressed payload is columnar:
 //!
 //! ```text

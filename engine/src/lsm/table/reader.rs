@@ -55,7 +55,8 @@ pub(crate) struct Table {
     /// The blob files this table references and the value bytes it
     /// references in each (version 3's blob list; empty before).
     pub blob_list: Vec<(u64, u64)>,
-    /// The zstd dictionary its zstd blocks were compressed with (version 4).
+    /// The dictionary its zstd and dictionary-LZ4 blocks were compressed
+    /// with (version 4).
     dictionary: Option<Dictionary>,
     /// Those files, open, in the same order — empty when the table was
     /// opened without them (the offline tools).
@@ -324,7 +325,7 @@ impl Table {
         Ok(block)
     }
 
-    /// Whether the table carries a zstd dictionary (its footer's flag).
+    /// Whether the table carries a dictionary (its footer's flag).
     pub fn has_dictionary(&self) -> bool {
         self.dictionary.is_some()
     }
