@@ -256,7 +256,7 @@ mod rocks {
             opts.set_compression_type(DBCompressionType::Lz4);
             use missive_engine::lsm::BottomCompression;
             match cfg.bottom.filter(|_| cfg.rocksdb_bottom_alike) {
-                Some(BottomCompression::Lz4Hc { level }) => {
+                Some(BottomCompression::Lz4Hc { level, .. }) => {
                     opts.set_bottommost_compression_type(DBCompressionType::Lz4hc);
                     // window bits and strategy are zlib's; ignored by LZ4HC.
                     opts.set_bottommost_compression_options(-14, level, 0, 0, true);

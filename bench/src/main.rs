@@ -169,7 +169,7 @@ struct EngineArgs {
     keep: bool,
     /// Missive's LZ4 high-compression level for bottom-level tables
     /// (1–12; 0: the fast compressor everywhere).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(0..=12))]
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(i32).range(0..=12))]
     bottom_hc_level: i32,
     /// Missive: recompress bottom-level tables with zstd at this level
     /// (1–19) with a dictionary per table, instead of `--bottom-hc-level`'s
@@ -305,7 +305,7 @@ fn engine(a: &EngineArgs) -> Result<()> {
         log_zero_fill: a.log_zero_fill,
         bottom: match (a.bottom_zstd_level, a.bottom_hc_level) {
             (0, 0) => None,
-            (0, level) => Some(BottomCompression::Lz4Hc { level }),
+            (0, level) => Some(BottomCompression::lz4hc(level)),
             (level, _) => Some(BottomCompression::zstd(level)),
         },
         rocksdb_bottom_alike: a.rocksdb_bottom_alike,
