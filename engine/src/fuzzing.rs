@@ -299,23 +299,36 @@ pub fn seeds(dir: &Path) -> crate::Result<Vec<(&'static str, String, Vec<u8>)>> 
             ));
         }
     }
-    // Version 4: a bottom-level table of zstd blocks and its dictionary.
-    {
-        use crate::lsm::{BottomCompression, Lsm, LsmOptions};
-        let zdir = dir.join("zstd");
+    // Version 4: bottom-level tables of zstd blocks and of LZ4 blocks
+    // against a dictionary, each with its dictionary.
+    for (sub, bottom) in [
+        (
+            "zstd",
+            crate::lsm::BottomCompression::Zstd {
+                level: 3,
+                block_size: 1 << 10,
+            },
+        ),
+        (
+            "lz4",
+            crate::lsm::BottomCompression::Lz4Hc {
+                level: 9,
+                block_size: 1 << 10,
+            },
+        ),
+    ] {
+        use crate::lsm::{Lsm, LsmOptions};
+        let zdir = dir.join(sub);
         let lsm = Lsm::open(
             &zdir,
             LsmOptions {
                 background: false,
-                bottom_compression: Some(BottomCompression::Zstd {
-                    level: 3,
-                    block_size: 1 << 10,
-                }),
+                bottom_compression: Some(bottom),
                 ..LsmOptions::default()
             },
         )?;
         let mut batch = WriteBatch::new();
-        // Enough blocks for zstd to train a dictionary on.
+        // Enough blocks to train a dictionary on.
         let words = [
             "see", "you", "at", "the", "office", "later", "lunch", "ok", "late",
         ];
@@ -336,7 +349,7 @@ pub fn seeds(dir: &Path) -> crate::Result<Vec<(&'static str, String, Vec<u8>)>> 
         for entry in entries.flatten() {
             let path = entry.path();
             let bytes = std::fs::read(&path).map_err(|e| crate::Error::io("read", &path, e))?;
-            out.push(("table_file", "zstd-dictionary.sst".into(), bytes));
+            out.push(("table_file", format!("{sub}-dictionary.sst"), bytes));
         }
     }
     let mut block = crate::lsm::table::block::BlockBuilder::new();
