@@ -42,9 +42,12 @@
 //! memory right before the output**: `LZ4_decompress_safe_usingDict`
 //! takes its fast prefix path only then, and its external-dictionary path
 //! measured at half the speed (1.8–2.2 GB/s). So a reading thread decodes
-//! into a scratch buffer that starts with the dictionary (copied in when
-//! the table changes, 16 KiB) and copies the block out, one `memcpy`
-//! of the block per miss; see [`decompress`].
+//! into a scratch buffer that starts with the dictionary and copies the
+//! block out: one `memcpy` of the block per miss, and one of the
+//! dictionary (16 KiB) when its buffer last held another table's — each
+//! thread keeps 16, one per dictionary id modulo 16, so a read moving
+//! between a few tables rarely pays it (a single buffer per thread cost
+//! page-back's p99 ~1.5 µs); see [`decompress`].
 
 use std::cell::RefCell;
 
@@ -299,8 +302,9 @@ fn decompress_lz4(stored: &[u8]) -> Result<Vec<u8>, String> {
 /// Scratch buffers a reading thread keeps for LZ4 blocks with a
 /// dictionary, each starting with one table's dictionary; a dictionary
 /// takes the slot of its id modulo this (ids are handed out in order, so
-/// the tables a read moves between rarely share one). 16 × ~32 KiB per
-/// thread at most, allocated as used.
+/// the tables a read moves between rarely share one). Each holds its
+/// dictionary and the largest block decoded there — ~24 KiB with the
+/// default 8 KiB blocks — allocated as used.
 const LZ4_SCRATCH_SLOTS: usize = 16;
 
 thread_local! {
