@@ -335,6 +335,7 @@ fn finish_sync(shared: &Shared, file: &Segment, upto: u64) -> Result<()> {
     shared.sync_cv.notify_one();
     match result {
         Ok(()) => {
+            shared.activity.record();
             Counters::add(&shared.stats.syncs, 1);
             shared.marks.set_durable(upto);
             Ok(())

@@ -91,6 +91,7 @@
 //! crash may roll back harmlessly — openraft's commit point, updated
 //! before every apply.
 
+mod activity;
 mod ahead;
 mod commit;
 mod durable;
@@ -110,6 +111,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use activity::SyncActivity;
 pub use durable::Durable;
 pub(crate) use recovery::scan_segment;
 pub use recovery::{RecoveryReport, TornTail};
@@ -320,6 +322,8 @@ pub(crate) struct Shared {
     sync: Mutex<SyncTarget>,
     sync_cv: Condvar,
     stats: Counters,
+    /// When the last fdatasync ended, for the LSM's table pacing.
+    activity: Arc<SyncActivity>,
 }
 
 fn relock<G>(r: std::sync::LockResult<G>) -> G {
@@ -420,6 +424,7 @@ impl Log {
             writer: Mutex::new(writer_state),
             sync_cv: Condvar::new(),
             stats: Counters::default(),
+            activity: Arc::new(SyncActivity::new()),
             opts,
         });
         let threads = commit::start(&shared)?;
@@ -692,6 +697,13 @@ impl Log {
     pub fn get(&self, stream: StreamId, index: u64) -> Result<Option<Vec<u8>>> {
         let mut v = self.read(stream, index..index.saturating_add(1))?;
         Ok(v.pop().map(|e| e.data))
+    }
+
+    /// When this log's last fdatasync ended: what a store sharing the disk
+    /// consults to give way while durable writes are being acknowledged
+    /// (`LsmOptions::sync_activity`).
+    pub fn sync_activity(&self) -> Arc<SyncActivity> {
+        Arc::clone(&self.shared.activity)
     }
 
     /// Counters since open.
