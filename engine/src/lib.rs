@@ -36,6 +36,8 @@
 //!   - `writeback` — the writer's writeback hints, on a thread of their own;
 //!   - `ahead` — the next segment, made (and with `zero_fill` zeroed) on
 //!     that thread ahead of the roll.
+//!   - `activity` — when the log last synced, which the LSM's paced table
+//!     writes consult.
 //! - `lsm/` — the message store ([`lsm::Lsm`], standalone [`lsm::Db`]):
 //!   - `mod` — the API, **the store's write path** (apply → memtable →
 //!     flush) and **recovery path** (manifest → tables → flushed positions);
@@ -52,6 +54,8 @@
 //!   - `read` — **the store's read path**: cursors, merge, snapshot rules;
 //!   - `version`, `manifest` — the live file set and its durable edit log;
 //!   - `compaction/` — `picker` (a pure function) and `worker`;
+//!   - `pace` — table writes of flushes and compactions paced while the
+//!     log acknowledges durable writes (never while writers wait);
 //!   - `retention` — the expiry hook;
 //!   - `db` — the LSM with a log of its own.
 //!

@@ -193,7 +193,13 @@ impl<A: App> Node<A> {
             },
         )?;
         let log = Arc::new(Log::open(cfg.data_dir.join("log"), cfg.log.clone())?);
-        let lsm = Arc::new(Lsm::open(cfg.data_dir.join("lsm"), cfg.lsm.clone())?);
+        let mut lsm_opts = cfg.lsm.clone();
+        // Table writes give way while the log acknowledges durable writes
+        // (`LsmOptions::paced_write_rate`): every Raft round is one.
+        lsm_opts
+            .sync_activity
+            .get_or_insert_with(|| log.sync_activity());
+        let lsm = Arc::new(Lsm::open(cfg.data_dir.join("lsm"), lsm_opts)?);
         // A flushed table must never hold an effect whose log entry is not
         // durable here (see state_machine).
         let barrier_log = Arc::clone(&log);

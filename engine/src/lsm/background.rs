@@ -167,6 +167,15 @@ fn l0_full(inner: &Inner) -> bool {
         && inner.flush_waiters.load(Ordering::Acquire) == 0
 }
 
+/// Whether writers are held back or about to be: every immutable memtable
+/// slot is taken, or level 0 is at the slowdown or full. Paced table
+/// writes (`pace.rs`) then run flat out.
+pub(super) fn writers_held_back(inner: &Inner) -> bool {
+    slowdown_depth(inner).is_some()
+        || l0_full(inner)
+        || inner.mem().immutables.len() >= inner.opts.max_immutable_memtables.max(1)
+}
+
 /// The flush thread: flushes the oldest immutable memtable whenever there
 /// is one, unless level 0 is full.
 fn flusher(inner: &Inner) {

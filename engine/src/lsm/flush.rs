@@ -55,6 +55,7 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::log::StreamId;
 use crate::lsm::blob::BlobWriter;
+use crate::lsm::pace::WritePacer;
 use crate::lsm::reaper::{free_when_sole, FLUSHER_WAIT};
 use crate::lsm::table::builder::TableBuilder;
 use crate::lsm::table::table_path;
@@ -131,9 +132,11 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
         let mut prev_key: Vec<u8> = Vec::new();
         let mut newer_seq = u64::MAX;
         let mut pacer = Pacer::new(inner, background);
+        let mut writes = WritePacer::new(inner, background);
         let mut blobs: Option<BlobWriter> = None;
         for v in mem.iter() {
             pacer.tick();
+            writes.after(&mut b)?;
             if v.key() != prev_key.as_slice() {
                 prev_key.clear();
                 prev_key.extend_from_slice(v.key());

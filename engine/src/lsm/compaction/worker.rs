@@ -44,6 +44,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::lsm::blob::{BlobRef, BlobWriter};
 use crate::lsm::compaction::picker::Choice;
+use crate::lsm::pace::WritePacer;
 use crate::lsm::read::{Cursor, ForwardMerge, RunCursor};
 use crate::lsm::table::builder::{TableBuilder, TableSummary};
 use crate::lsm::table::{table_path, TableId};
@@ -283,6 +284,9 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
 
     let mut outputs: Vec<(TableId, TableSummary)> = Vec::new();
     let mut builder: Option<(TableId, TableBuilder)> = None;
+    // Someone waiting for a compaction is counted in `compaction_waiters`,
+    // which stops the pacing; otherwise this is background work.
+    let mut writes = WritePacer::new(inner, true);
     // Where values relocated out of `how.rewrite_blobs` files go.
     let mut blob_out: Option<BlobWriter> = None;
     let mut prev_key: Vec<u8> = Vec::new();
@@ -368,6 +372,7 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
                     ),
                 )?;
                 builder = Some((id, b));
+                writes.restart();
             }
             // At the bottom, the one version every snapshot sees needs no
             // sequence number: nothing older exists to order it against
@@ -399,6 +404,7 @@ fn merge(job: &Job<'_>, how: How<'_>, lo: &[u8], hi: Option<&[u8]>) -> Result<Op
                     }
                     _ => b.add(k, out_seq, value)?,
                 }
+                writes.after(b)?;
             }
         }
         merged.advance()?;

@@ -167,6 +167,30 @@ impl TableBuilder {
         self.entries == 0
     }
 
+    /// Bytes of the table so far: written to the file or still buffered.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Hands everything buffered to the file and asks the kernel to start
+    /// writing it back now, instead of at the next [`WRITEBACK_EVERY`]: the
+    /// step of a paced writer (`lsm/pace.rs`), which then sleeps.
+    pub fn write_back_now(&mut self) -> Result<()> {
+        self.out
+            .flush()
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        if self.offset > self.writeback_from {
+            // A hint: a failure is left to the final fsync to report.
+            let _ = start_writeback_fd(
+                self.out.get_ref(),
+                self.writeback_from,
+                self.offset - self.writeback_from,
+            );
+            self.writeback_from = self.offset;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.out
             .write_all(bytes)
