@@ -195,6 +195,11 @@ pub struct NodeSection {
     /// writing each segment twice and slower syncs while the next one is
     /// being zeroed (docs/design.md §1). Off by default.
     pub log_zero_fill: bool,
+    /// MiB per second at which each table a flush or compaction writes is
+    /// written while durable writes are being acknowledged, so that the
+    /// log's fdatasyncs do not wait behind megabytes of table data (never
+    /// while writers are held back: docs/design.md §2.6.1). 0: never paced.
+    pub paced_write_mib: u32,
 }
 
 /// The deepest level's compression (`node.bottom_compression`).
@@ -237,6 +242,7 @@ impl Default for NodeSection {
             uncompressed_levels: 2,
             log_budget_mib: missive_raft::node::DEFAULT_LOG_BUDGET >> 20,
             log_zero_fill: false,
+            paced_write_mib: 48,
         }
     }
 }
@@ -710,6 +716,17 @@ mod tests {
         assert_eq!(Config::default().node.log_budget_mib, 1024);
         assert_eq!(parse("[node]\nlog_budget_mib = 0\n").node.log_budget_mib, 0);
         assert_eq!(parse("[node]\nid = 2\n").node.log_budget_mib, 1024);
+    }
+
+    #[test]
+    fn table_writes_are_paced_at_48_mib_unless_set_to_zero() {
+        let parse = |text: &str| toml::from_str::<Config>(text).unwrap();
+        assert_eq!(Config::default().node.paced_write_mib, 48);
+        assert_eq!(
+            parse("[node]\npaced_write_mib = 0\n").node.paced_write_mib,
+            0
+        );
+        assert!(toml::from_str::<Config>("[node]\npaced_write_mib = -1\n").is_err());
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl Collector for NodeView {
         let (log, lsm) = (&self.log, &self.lsm);
         // Counters without `_total` and help without a full stop: the
         // encoder adds both.
-        let counters: [(&str, &str, u64); 22] = [
+        let counters: [(&str, &str, u64); 24] = [
             (
                 "log_appends",
                 "Appends to the node's log (each a batch of Raft entries)",
@@ -389,6 +389,16 @@ impl Collector for NodeView {
                 "lsm_write_slowdown_micros",
                 "Microseconds writers slept because level 0 was deep",
                 lsm.slowdown_micros,
+            ),
+            (
+                "lsm_paced_steps",
+                "Steps of table writes paced while durable writes were acknowledged",
+                lsm.paced_steps,
+            ),
+            (
+                "lsm_paced_micros",
+                "Microseconds flushes and compactions slept to pace their table writes",
+                lsm.paced_micros,
             ),
             ("lsm_block_cache_hits", "Block cache hits", lsm.cache_hits),
             (

@@ -93,6 +93,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
     ncfg.log_budget = cfg.node.log_budget_mib.saturating_mul(1 << 20);
     ncfg.lsm.bottom_compression = cfg.node.bottom();
     ncfg.lsm.uncompressed_levels = usize::from(cfg.node.uncompressed_levels);
+    ncfg.lsm.paced_write_rate =
+        (cfg.node.paced_write_mib > 0).then(|| u64::from(cfg.node.paced_write_mib) << 20);
     let node = Node::start(ncfg).await?;
     if cfg.node.join {
         node.join(&cfg.node.peers).await?;
