@@ -97,6 +97,8 @@ pub struct Config {
     pub rocksdb_block_bytes: usize,
     /// Missive's `LsmOptions::subcompactions` (`None`: its default).
     pub subcompactions: Option<usize>,
+    /// Missive's `LsmOptions::paced_write_rate`.
+    pub paced_write_rate: Option<u64>,
     /// RocksDB's `max_subcompactions` (its default is 1).
     #[cfg_attr(not(feature = "rocksdb"), allow(dead_code, reason = "RocksDB only"))]
     pub rocksdb_subcompactions: u32,
@@ -172,6 +174,7 @@ impl Missive {
                     uncompressed_levels: cfg
                         .uncompressed_levels
                         .unwrap_or(LsmOptions::default().uncompressed_levels),
+                    paced_write_rate: cfg.paced_write_rate,
                     ..LsmOptions::default()
                 },
             },

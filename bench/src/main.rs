@@ -194,6 +194,11 @@ struct EngineArgs {
     /// RocksDB's `max_subcompactions` (its default, 1, unless set).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     rocksdb_subcompactions: u32,
+    /// Missive: MiB/s at which each table is written while durable writes
+    /// are being acknowledged (`LsmOptions::paced_write_rate`; 0: never
+    /// paced, the engine before 2026-12-07).
+    #[arg(long, default_value_t = 48)]
+    paced_write_mib: u64,
     /// Missive: levels written uncompressed above the bottom
     /// (`LsmOptions::uncompressed_levels`; default 2: level 0 and 1; 0:
     /// compress every level, the engine before 2026-12-06).
@@ -311,6 +316,7 @@ fn engine(a: &EngineArgs) -> Result<()> {
         rocksdb_bottom_alike: a.rocksdb_bottom_alike,
         rocksdb_block_bytes: a.rocksdb_block_kib as usize * 1024,
         subcompactions: a.subcompactions.map(|n| n as usize),
+        paced_write_rate: (a.paced_write_mib > 0).then_some(a.paced_write_mib << 20),
         rocksdb_subcompactions: a.rocksdb_subcompactions,
         uncompressed_levels: a.uncompressed_levels.map(|n| n as usize),
         rocksdb_uncompressed_levels: a.rocksdb_uncompressed_levels as usize,
