@@ -27,7 +27,10 @@
 //! in 64 KiB steps, against 2.9–4.2 ms unpaced; 64 KiB steps unpaced or at
 //! 100 MB/s gave nothing (3.3–4.5 ms), nor did 256 KiB steps at 50 MB/s
 //! (2.2–3.2 ms); 25 MB/s lost a third of the throughput (the flush no
-//! longer kept up). docs/benchmarks.md has the tables.
+//! longer kept up). At 500 000 messages: median 1.35 against 2.1 ms. The
+//! price is a lone durable writer's, whose every sync now more often
+//! carries a step of table data: ~9 % of its rate. docs/benchmarks.md
+//! (tenth round) has the tables.
 //!
 //! # When not
 //!
