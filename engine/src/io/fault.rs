@@ -73,6 +73,9 @@ struct State {
     syncs: u64,
     /// The sync number that will fail, if any.
     fail_sync_at: Option<u64>,
+    /// The path of the file or directory whose sync last failed (`None`
+    /// for a file no longer named, or before any failure).
+    last_failed: Option<PathBuf>,
     /// How long each file sync takes (a real disk's flush latency).
     sync_delay: std::time::Duration,
 }
@@ -146,6 +149,15 @@ impl FaultFsControl {
         lock(&self.state).sync_delay = d;
     }
 
+    /// Where the armed failure landed: the path of the file or directory
+    /// whose sync last failed, as named at that moment. A log syncs files
+    /// that no acknowledged write depends on (a segment prepared ahead of
+    /// the roll): a test tells those failures from the ones that must
+    /// poison the log by this.
+    pub fn last_failed_sync(&self) -> Option<PathBuf> {
+        lock(&self.state).last_failed.clone()
+    }
+
     /// How many syncs (file and directory) have run.
     pub fn syncs(&self) -> u64 {
         lock(&self.state).syncs
@@ -200,11 +212,25 @@ impl FaultFs {
     }
 }
 
+/// What is being synced, to name it if its sync is the one that fails.
+enum Target<'a> {
+    Dir(&'a Path),
+    File(&'a FileRef),
+}
+
 /// Counts a sync and decides whether it is the one armed to fail.
-fn sync_permitted(st: &mut State) -> io::Result<()> {
+fn sync_permitted(st: &mut State, target: Target<'_>) -> io::Result<()> {
     st.syncs += 1;
     if st.fail_sync_at == Some(st.syncs) {
         st.fail_sync_at = None;
+        st.last_failed = match target {
+            Target::Dir(path) => Some(path.to_path_buf()),
+            Target::File(file) => st
+                .names
+                .iter()
+                .find(|(_, f)| Arc::ptr_eq(f, file))
+                .map(|(p, _)| p.clone()),
+        };
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
     Ok(())
@@ -291,7 +317,7 @@ impl FileSystem for FaultFs {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut st = self.live()?;
-        sync_permitted(&mut st)?;
+        sync_permitted(&mut st, Target::Dir(path))?;
         let st = &mut *st;
         st.durable_names.retain(|p, _| p.parent() != Some(path));
         for (p, f) in &st.names {
@@ -381,7 +407,7 @@ impl LogFile for FaultFile {
             std::thread::sleep(delay);
         }
         let mut st = self.live()?;
-        sync_permitted(&mut st)?;
+        sync_permitted(&mut st, Target::File(&self.file))?;
         lock_file(&self.file).sync();
         Ok(())
     }
