@@ -932,18 +932,16 @@ impl Lsm {
 
     /// Flushes every memtable to level 0 now (rotating the active one).
     pub fn flush(&self) -> Result<()> {
+        // Counted as waiting before the rotation wakes the background
+        // thread, so that it never paces the memtable this call waits for
+        // (and a paced flush already in progress stops pausing).
+        let _w = Waiting::on(&self.inner.flush_waiters);
         {
-            let _w = self.inner.write_lock.lock();
+            let _writes = self.inner.write_lock.lock();
             self.rotate();
         }
-        // A paced background flush in progress stops pausing.
-        self.inner.flush_waiters.fetch_add(1, Ordering::AcqRel);
-        let r = (|| {
-            while flush::flush_oldest(&self.inner, false)? {}
-            Ok(())
-        })();
-        self.inner.flush_waiters.fetch_sub(1, Ordering::AcqRel);
-        r
+        while flush::flush_oldest(&self.inner, false)? {}
+        Ok(())
     }
 
     /// Drops what the store knows of how far `stream` is flushed, in its
