@@ -63,6 +63,19 @@ impl Drop for Syncing {
     }
 }
 
+/// A fresh LSM on `options` (changed by `tweak`) with a log "syncing"
+/// beside it.
+fn open_syncing(
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut LsmOptions),
+) -> (Lsm, Syncing, Arc<SyncActivity>) {
+    let activity = Arc::new(SyncActivity::new());
+    let syncing = Syncing::start(&activity);
+    let mut opts = options(&activity);
+    tweak(&mut opts);
+    (Lsm::open(dir, opts).unwrap(), syncing, activity)
+}
+
 /// Writes messages `from..from + n` of 200 bytes over 50 conversations.
 fn write(lsm: &Lsm, from: u64, n: u64) {
     for i in from..from + n {
@@ -94,9 +107,7 @@ fn count(lsm: &Lsm) -> u64 {
 #[test]
 fn a_background_flush_is_paced_while_the_log_syncs() {
     let tmp = tempfile::tempdir().unwrap();
-    let activity = Arc::new(SyncActivity::new());
-    let _syncing = Syncing::start(&activity);
-    let lsm = Lsm::open(tmp.path(), options(&activity)).unwrap();
+    let (lsm, _syncing, _) = open_syncing(tmp.path(), |_| {});
     // ~2.4 MiB of memtable: one rotation, one background flush.
     write(&lsm, 0, 10_000);
     wait_for_a_flush(&lsm);
@@ -126,17 +137,8 @@ fn nothing_is_paced_while_the_log_is_quiet() {
 #[test]
 fn a_callers_flush_and_compaction_are_never_paced() {
     let tmp = tempfile::tempdir().unwrap();
-    let activity = Arc::new(SyncActivity::new());
-    let _syncing = Syncing::start(&activity);
-    let lsm = Lsm::open(
-        tmp.path(),
-        LsmOptions {
-            // Never full by itself: only the calls below flush.
-            memtable_bytes: 64 << 20,
-            ..options(&activity)
-        },
-    )
-    .unwrap();
+    // Memtables never full by themselves: only the calls below flush.
+    let (lsm, _syncing, _) = open_syncing(tmp.path(), |o| o.memtable_bytes = 64 << 20);
     for round in 0..3 {
         write(&lsm, round * 5_000, 5_000);
         lsm.flush().unwrap();
@@ -151,18 +153,9 @@ fn a_callers_flush_and_compaction_are_never_paced() {
 #[test]
 fn nothing_is_paced_while_writers_are_held_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let activity = Arc::new(SyncActivity::new());
-    let _syncing = Syncing::start(&activity);
     // One immutable slot: the memtable being flushed takes it, so writers
     // would stall at the next rotation — the flush must run flat out.
-    let lsm = Lsm::open(
-        tmp.path(),
-        LsmOptions {
-            max_immutable_memtables: 1,
-            ..options(&activity)
-        },
-    )
-    .unwrap();
+    let (lsm, _syncing, _) = open_syncing(tmp.path(), |o| o.max_immutable_memtables = 1);
     write(&lsm, 0, 10_000);
     wait_for_a_flush(&lsm);
     assert_eq!(lsm.stats().paced_steps, 0);

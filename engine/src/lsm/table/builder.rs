@@ -179,16 +179,22 @@ impl TableBuilder {
         self.out
             .flush()
             .map_err(|e| Error::io("write", &self.path, e))?;
-        if self.offset > self.writeback_from {
-            // A hint: a failure is left to the final fsync to report.
+        self.start_writeback(self.offset);
+        Ok(())
+    }
+
+    /// Asks the kernel to start writing back the bytes handed to the file
+    /// since the last request, up to `handed`. A hint: a failure is left to
+    /// the final fsync to report.
+    fn start_writeback(&mut self, handed: u64) {
+        if handed > self.writeback_from {
             let _ = start_writeback_fd(
                 self.out.get_ref(),
                 self.writeback_from,
-                self.offset - self.writeback_from,
+                handed - self.writeback_from,
             );
-            self.writeback_from = self.offset;
+            self.writeback_from = handed;
         }
-        Ok(())
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
@@ -197,17 +203,9 @@ impl TableBuilder {
             .map_err(|e| Error::io("write", &self.path, e))?;
         self.offset += bytes.len() as u64;
         if self.offset - self.writeback_from >= WRITEBACK_EVERY {
-            // What the buffer handed the file so far; a hint, so a failure
-            // is left to the final fsync to report.
+            // Only what the buffer has handed the file so far.
             let handed = self.offset - self.out.buffer().len() as u64;
-            if handed > self.writeback_from {
-                let _ = start_writeback_fd(
-                    self.out.get_ref(),
-                    self.writeback_from,
-                    handed - self.writeback_from,
-                );
-                self.writeback_from = handed;
-            }
+            self.start_writeback(handed);
         }
         Ok(())
     }
