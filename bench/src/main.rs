@@ -199,6 +199,12 @@ struct EngineArgs {
     /// paced, the engine before 2026-12-07).
     #[arg(long, default_value_t = 48)]
     paced_write_mib: u64,
+    /// Read workloads: also count each query's page faults and involuntary
+    /// context switches (two `getrusage` calls per query, outside the timed
+    /// span but inside the q/s wall time: a diagnostic of what the slow
+    /// queries wait for, never for the comparison rows).
+    #[arg(long)]
+    trace_tails: bool,
     /// Missive: levels written uncompressed above the bottom
     /// (`LsmOptions::uncompressed_levels`; default 2: level 0 and 1; 0:
     /// compress every level, the engine before 2026-12-06).
@@ -410,10 +416,13 @@ fn engine(a: &EngineArgs) -> Result<()> {
                     &*db,
                     &wl,
                     &mut rng,
-                    a.queries,
-                    Read::Latest,
                     name,
-                    "latest50",
+                    ReadRun {
+                        kind: Read::Latest,
+                        n: a.queries,
+                        name: "latest50",
+                        trace_tails: a.trace_tails,
+                    },
                 )?,
                 &mut rows,
             );
@@ -424,10 +433,13 @@ fn engine(a: &EngineArgs) -> Result<()> {
                     &*db,
                     &wl,
                     &mut rng,
-                    a.queries,
-                    Read::PageBack,
                     name,
-                    "pageback",
+                    ReadRun {
+                        kind: Read::PageBack,
+                        n: a.queries,
+                        name: "pageback",
+                        trace_tails: a.trace_tails,
+                    },
                 )?,
                 &mut rows,
             );
@@ -453,10 +465,13 @@ fn engine(a: &EngineArgs) -> Result<()> {
                 &*db,
                 &wl,
                 &mut rng,
-                a.cold_queries,
-                Read::Latest,
                 name,
-                "cold-latest50",
+                ReadRun {
+                    kind: Read::Latest,
+                    n: a.cold_queries,
+                    name: "cold-latest50",
+                    trace_tails: a.trace_tails,
+                },
             )?;
             r.note = note.into();
             emit(&r, &mut rows);
@@ -464,10 +479,13 @@ fn engine(a: &EngineArgs) -> Result<()> {
                 &*db,
                 &wl,
                 &mut rng,
-                a.cold_queries,
-                Read::PageBack,
                 name,
-                "cold-pageback",
+                ReadRun {
+                    kind: Read::PageBack,
+                    n: a.cold_queries,
+                    name: "cold-pageback",
+                    trace_tails: a.trace_tails,
+                },
             )?;
             r.note = note.into();
             emit(&r, &mut rows);
@@ -551,21 +569,40 @@ enum Read {
     PageBack,
 }
 
+/// How to run and label one read workload.
+#[derive(Clone, Copy)]
+struct ReadRun<'a> {
+    kind: Read,
+    /// Queries, after any warm-up.
+    n: usize,
+    /// The row's workload name.
+    name: &'a str,
+    /// `--trace-tails`.
+    trace_tails: bool,
+}
+
 fn reads(
     db: &dyn Engine,
     wl: &Workload,
     rng: &mut fastrand::Rng,
-    n: usize,
-    kind: Read,
     engine: &str,
-    name: &str,
+    run: ReadRun<'_>,
 ) -> Result<Row> {
+    let ReadRun {
+        kind,
+        n,
+        name,
+        trace_tails,
+    } = run;
     let mut rec = Recorder::new();
     // (latency, block-cache misses) per query, where the engine counts
     // misses: the note then says how many misses the median and the tail
     // queries took (what a read's tail is made of; benchmarks.md).
     let counts_misses = db.cache_misses().is_some();
     let mut per_query: Vec<(Duration, u64)> = Vec::with_capacity(if counts_misses { n } else { 0 });
+    // With `--trace-tails`: (latency, [minor faults, major faults,
+    // involuntary switches]) per query.
+    let mut traced: Vec<(Duration, [u64; 3])> = Vec::with_capacity(if trace_tails { n } else { 0 });
     let mut returned = 0usize;
     let bar = progress(n as u64, name);
     let start = Instant::now();
@@ -576,6 +613,7 @@ fn reads(
         let rank = wl.sample_rank(rng);
         let conv = conversation_id(rank);
         let misses_before = db.cache_misses();
+        let usage_before = trace_tails.then(thread_usage);
         let t = Instant::now();
         returned += match kind {
             Read::Latest => db.latest(conv, 50)?,
@@ -590,21 +628,50 @@ fn reads(
         if let (Some(a), Some(b)) = (misses_before, db.cache_misses()) {
             per_query.push((took, b.saturating_sub(a)));
         }
+        if let Some(a) = usage_before {
+            let b = thread_usage();
+            traced.push((took, std::array::from_fn(|k| b[k].saturating_sub(a[k]))));
+        }
     }
     let el = start.elapsed();
     bar.finish_and_clear();
     let mut row = rec.row(engine, name, "queries/s", n as f64 / el.as_secs_f64());
     row.note = format!("{:.1} msgs/query", returned as f64 / n.max(1) as f64);
-    if let Some(bands) = misses_by_latency(per_query) {
+    if let Some(bands) = mean_by_latency(per_query) {
         row.note.push_str(&format!("; cache misses/query {bands}"));
+    }
+    if trace_tails {
+        for (k, what) in ["minor faults", "major faults", "preemptions"]
+            .iter()
+            .enumerate()
+        {
+            let counts = traced.iter().map(|(d, c)| (*d, c[k])).collect();
+            if let Some(bands) = mean_by_latency(counts) {
+                row.note.push_str(&format!("; {what}/query {bands}"));
+            }
+        }
     }
     Ok(row)
 }
 
-/// The mean block-cache misses of the queries around the median, p90 and
-/// p99 of latency ("1.0 at p50, 2.0 at p90, 1.9 at p99"); `None` without
-/// counts (or too few queries for the bands to mean anything).
-fn misses_by_latency(mut per_query: Vec<(Duration, u64)>) -> Option<String> {
+/// This thread's minor faults, major faults and involuntary context
+/// switches so far (`getrusage(RUSAGE_THREAD)`); zeros if it fails.
+fn thread_usage() -> [u64; 3] {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage, RUSAGE_THREAD is Linux's.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return [0; 3];
+    }
+    let n = |v: libc::c_long| u64::try_from(v).unwrap_or(0);
+    [n(ru.ru_minflt), n(ru.ru_majflt), n(ru.ru_nivcsw)]
+}
+
+/// The mean of a per-query count (block-cache misses, page faults) over
+/// the queries around the median, p90 and p99 of latency ("1.0 at p50,
+/// 2.0 at p90, 1.9 at p99"); `None` without counts (or too few queries for
+/// the bands to mean anything).
+fn mean_by_latency(mut per_query: Vec<(Duration, u64)>) -> Option<String> {
     let n = per_query.len();
     if n < 1000 {
         return None;
@@ -664,9 +731,9 @@ mod tests {
             .rev()
             .collect();
         assert_eq!(
-            misses_by_latency(per_query).as_deref(),
+            mean_by_latency(per_query).as_deref(),
             Some("1.0 at p50, 2.0 at p90, 3.0 at p99")
         );
-        assert_eq!(misses_by_latency(vec![(Duration::ZERO, 1); 999]), None);
+        assert_eq!(mean_by_latency(vec![(Duration::ZERO, 1); 999]), None);
     }
 }
