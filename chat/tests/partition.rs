@@ -18,10 +18,20 @@ use missive_raft::{NodeId, ShardId};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Three nodes whose every link (a → b) runs through its own proxy.
+/// Three nodes whose every link (a → b) runs through its own proxy,
+/// bootstrapped, with a leader of shard 1 every node agrees on.
 async fn proxied_cluster(
     dir: &std::path::Path,
 ) -> (Vec<Option<Node>>, HashMap<(NodeId, NodeId), Proxy>) {
+    let (nodes, proxies) = proxied_nodes(dir).await;
+    let nodes = bootstrap_all(nodes).await;
+    wait_leader(&nodes, ShardId(1), Duration::from_secs(20)).await;
+    (nodes, proxies)
+}
+
+/// [`proxied_cluster`]'s nodes and proxies before the bootstrap, so a test
+/// can slow a link before the groups form.
+async fn proxied_nodes(dir: &std::path::Path) -> (Vec<Node>, HashMap<(NodeId, NodeId), Proxy>) {
     init_tracing();
     let mut nodes = Vec::new();
     for id in 1..=3 {
@@ -39,8 +49,6 @@ async fn proxied_cluster(
             proxies.insert((a.id(), b.id()), p);
         }
     }
-    let nodes = bootstrap_all(nodes).await;
-    wait_leader(&nodes, ShardId(1), Duration::from_secs(20)).await;
     (nodes, proxies)
 }
 
@@ -172,6 +180,48 @@ async fn slow_links_still_replicate() {
     }
     wait_converged(&nodes, shard, Duration::from_secs(30)).await;
     checker.check(&nodes, conv, 1).await;
+    drop(proxies);
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A replica that has not yet heard of its shard — a replica other than
+/// the designated one learns even the first membership by replication —
+/// is behind, not a stranger: asked for a checkpoint's checksum it waits
+/// for the checkpoint like any lagging replica, and the shard's replicas
+/// agree. (It used to answer "does not replicate it", which made
+/// `missivectl verify` report a healthy replica silent on a slow machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_yet_to_hear_of_its_shard_answers_a_checksum_once_it_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, proxies) = proxied_nodes(dir.path()).await;
+    // Node 1 forms shard 1 (the designated first replica); what it sends
+    // node 3 is lost until the checksum request has reached node 3.
+    proxies[&(1, 3)].set(Mode::Blackhole);
+    let nodes = bootstrap_all(nodes).await;
+    let shard = ShardId(1);
+    let node = |id: NodeId| nodes[id as usize - 1].as_ref().unwrap();
+    let conv = ConversationId(5);
+    node(1)
+        .write(create_group(conv, &[1, 2]), WAIT)
+        .await
+        .unwrap();
+    node(1).write(send(conv, 1, "early"), WAIT).await.unwrap();
+    assert!(
+        !node(3).hosts(shard),
+        "node 3 heard of shard 1 already; the blackhole no longer holds it back"
+    );
+    // Healed well within the bootstrap fallback (after which node 3 would
+    // form the group itself, which is harmless but not this case).
+    let heal = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxies[&(1, 3)].set(Mode::Pass);
+    };
+    let (verdict, ()) = tokio::join!(node(2).verify_shard(shard), heal);
+    let verdict = verdict.unwrap();
+    assert_eq!(verdict.replicas.len(), 3, "{verdict:?}");
+    assert!(verdict.agrees(), "{verdict:?}");
     drop(proxies);
     for n in nodes.into_iter().flatten() {
         n.shutdown().await.unwrap();

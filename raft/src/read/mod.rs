@@ -188,16 +188,20 @@ impl<A: App> Shared<A> {
         op: ReadOp,
         linearizable: bool,
     ) -> Result<ReadResult> {
-        if !self.hosts(shard) {
-            return Err(Error::Unavailable {
-                shard,
-                reason: format!("node {} does not replicate it", self.id),
-            });
-        }
         // Asked of this replica in particular, at a log position it waits
-        // for itself.
+        // for itself. The asker named it from the shard's membership at
+        // that position, so a replica that has the group but has not yet
+        // replicated that far (a non-designated replica learns even its
+        // first membership through replication) is behind, not a
+        // stranger: it waits like any other, instead of refusing.
         if let ReadOp::Checksum { index } = op {
+            if self.group(shard).is_err() || self.retired.contains(shard) {
+                return Err(self.not_replicated(shard));
+            }
             return self.checkpoint_checksum(shard, index).await;
+        }
+        if !self.hosts(shard) {
+            return Err(self.not_replicated(shard));
         }
         let c = if linearizable {
             Consistency::Linearizable
@@ -206,6 +210,14 @@ impl<A: App> Shared<A> {
         };
         self.ensure_read(shard, c).await?;
         self.read_local(shard, &op)
+    }
+
+    /// The refusal of a read for a shard this node holds no replica of.
+    fn not_replicated(&self, shard: ShardId) -> Error {
+        Error::Unavailable {
+            shard,
+            reason: format!("node {} does not replicate it", self.id),
+        }
     }
 
     /// Serves `op` from this node's LSM (the caller decided it may).
