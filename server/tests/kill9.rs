@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{free_port, three_raft_addrs, token, Http};
+use common::{free_port, free_ports, peers_of, token, Http};
 use missive_chat::command::UserId;
 use missive_engine::keys::ConversationId;
 use missive_raft::cluster::slots::SlotMap;
@@ -165,10 +165,14 @@ async fn start_cluster_with(
     level: Option<&str>,
     extra: &str,
 ) -> (Vec<Proc>, Vec<SocketAddr>, Config) {
-    let (raft, peers) = three_raft_addrs();
-    let http: Vec<SocketAddr> = (1..=3)
-        .map(|i| free_port(&format!("127.0.0.{i}")))
-        .collect();
+    // Each node's transport and HTTP ports, picked together so they differ.
+    let (raft, http): (Vec<SocketAddr>, Vec<SocketAddr>) = (1..=3)
+        .map(|i| {
+            let p = free_ports(&format!("127.0.0.{i}"), 2);
+            (p[0], p[1])
+        })
+        .unzip();
+    let peers = peers_of(&raft);
     let peers_toml = peers
         .iter()
         .map(|(id, a)| format!("{id} = \"{a}\""))

@@ -94,18 +94,32 @@ pub fn three_raft_addrs() -> (Vec<SocketAddr>, std::collections::BTreeMap<u64, S
     let addrs: Vec<SocketAddr> = (1..=3)
         .map(|i| free_port(&format!("127.0.0.{i}")))
         .collect();
-    let peers = addrs
-        .iter()
+    let peers = peers_of(&addrs);
+    (addrs, peers)
+}
+
+/// The `peers` map of nodes 1, 2, … whose transports listen on `raft`.
+pub fn peers_of(raft: &[SocketAddr]) -> std::collections::BTreeMap<u64, String> {
+    raft.iter()
         .enumerate()
         .map(|(i, a)| (i as u64 + 1, a.to_string()))
-        .collect();
-    (addrs, peers)
+        .collect()
 }
 
 /// A free port on `ip` (bound then released).
 pub fn free_port(ip: &str) -> SocketAddr {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap()
+    free_ports(ip, 1)[0]
+}
+
+/// `n` distinct free ports on `ip`: every one stays bound until all are
+/// picked, so the kernel cannot hand the same port out twice (two
+/// `free_port` calls in a row may get the same one back, and a node then
+/// fails to listen on its second address).
+pub fn free_ports(ip: &str, n: usize) -> Vec<SocketAddr> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind(format!("{ip}:0")).unwrap())
+        .collect();
+    held.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
 /// An access token for (user, device), signed with the server's secret.
