@@ -111,3 +111,61 @@ fn without_syncs_or_preallocation_segments_are_still_made_ahead() {
         });
     }
 }
+
+/// A preparation whose fsync fails leaves the log going (nothing
+/// acknowledged depends on the file): the roll makes the segment itself,
+/// every entry reads back, no `.tmp` file is left — and the failure is
+/// counted, for an operator to see before the disk fails outright.
+#[test]
+fn a_failed_preparation_is_counted_and_the_roll_makes_the_segment() {
+    let b = backends()
+        .into_iter()
+        .find(|b| b.fault().is_some())
+        .expect("the fault back end");
+    let ctl = b.fault().unwrap().clone();
+    let dir = b.dir();
+    // No commit syncs: after the open, the only syncs are the helper's
+    // preparation (its file, then its directory) and the rolls'.
+    let opts = LogOptions {
+        segment_size: 64 << 10,
+        sync: SyncPolicy::Never,
+        ..LogOptions::default()
+    };
+    let log = b.open(&dir, opts.clone());
+    let mut n = 0u64;
+    let mut append = |log: &Log, until: u64| {
+        while n < until {
+            n += 1;
+            log.append(StreamId(1), &[entry(n)]).unwrap();
+        }
+    };
+    append(&log, 20);
+    assert_eq!(log.stats().segments_created, 0);
+    // The next sync is the preparation's, asked for once the segment is
+    // half full (~33 entries of 1 000 bytes in 64 KiB).
+    ctl.fail_sync(1);
+    append(&log, 40);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.stats().segment_preparations_failed == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed preparation counted; the failed sync was {:?}",
+            ctl.last_failed_sync()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let failed = ctl.last_failed_sync().expect("a sync failed");
+    assert!(
+        failed.to_string_lossy().ends_with(".ahead.tmp"),
+        "the armed failure hit {failed:?}"
+    );
+    // Past the roll: the log made the segment itself and goes on.
+    append(&log, 200);
+    let stats = log.stats();
+    assert!(stats.segments_created >= 2, "{stats:?}");
+    assert_eq!(stats.segment_preparations_failed, 1, "{stats:?}");
+    check(&log, n);
+    log.close().unwrap();
+    let log = b.open(&dir, opts);
+    check(&log, n);
+}

@@ -150,6 +150,7 @@ fn failed_fsync_poisons_and_acknowledges_nothing_after() {
             Arc::new(Log::open(dir(), options(&ctl)).unwrap_or_else(|e| panic!("{ctx}: {e}")));
         verify(&log, &acked, &ctx);
         let mut poisoned = false;
+        let mut failed_preparations = 0;
         for _attempt in 0..4 {
             ctl.fail_sync(rng.u64(1..40));
             let threads = hammer(&log, &acked, rng.u64(..), cycle);
@@ -175,6 +176,17 @@ fn failed_fsync_poisons_and_acknowledges_nothing_after() {
                         "{ctx}: the log took no notice of a failed sync of {failed:?}"
                     );
                     verify(&log, &acked, &ctx);
+                    // And counts it, for an operator to see (the helper
+                    // thread counts once the preparation gives up).
+                    failed_preparations += 1;
+                    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                    while log.stats().segment_preparations_failed < failed_preparations {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "{ctx}: a failed preparation was not counted"
+                        );
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
             }
         }

@@ -316,7 +316,7 @@ impl Collector for NodeView {
         let (log, lsm) = (&self.log, &self.lsm);
         // Counters without `_total` and help without a full stop: the
         // encoder adds both.
-        let counters: [(&str, &str, u64); 24] = [
+        let counters: [(&str, &str, u64); 25] = [
             (
                 "log_appends",
                 "Appends to the node's log (each a batch of Raft entries)",
@@ -347,6 +347,11 @@ impl Collector for NodeView {
                 "log_segments_prepared",
                 "Log segment files made (zero-filled) ahead of their roll",
                 log.segments_prepared,
+            ),
+            (
+                "log_segment_preparations_failed",
+                "Preparations of the next log segment that failed (the roll made it instead; a sign of a failing or full disk)",
+                log.segment_preparations_failed,
             ),
             (
                 "log_segments_deleted",

@@ -43,6 +43,7 @@
 //! [`LogOptions::zero_fill`]: super::LogOptions::zero_fill
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::io::FileSystem;
@@ -77,6 +78,8 @@ pub(crate) struct Job {
     pub seq: u64,
     pub size: u64,
     pub fill: Fill,
+    /// Counts a preparation that failed (`LogStats::segment_preparations_failed`).
+    pub failures: Arc<AtomicU64>,
 }
 
 impl Ahead {
@@ -123,6 +126,7 @@ impl Ahead {
                 remove(job.fs.as_ref(), &tmp);
             }
             Err(err) => {
+                job.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%err, "could not prepare the next log segment; the roll will create it");
                 *slot = Slot::Idle;
                 drop(slot);

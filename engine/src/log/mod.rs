@@ -276,6 +276,11 @@ pub struct LogStats {
     /// (`log/ahead.rs`; zero-filled with [`LogOptions::zero_fill`]); the
     /// rest were made by the roll itself.
     pub segments_prepared: u64,
+    /// Preparations of a next segment that failed (creating, reserving
+    /// or syncing its `.tmp` file): the roll then creates the segment
+    /// itself, so no write is lost, but on a healthy disk this stays 0 —
+    /// a rising count is an early sign of a failing device or a full one.
+    pub segment_preparations_failed: u64,
     /// Segments deleted after every stream purged them.
     pub segments_deleted: u64,
     /// How long each commit fdatasync took.
@@ -291,6 +296,8 @@ struct Counters {
     syncs: AtomicU64,
     segments_created: AtomicU64,
     segments_prepared: AtomicU64,
+    /// Shared with the helper thread's preparations (`log/ahead.rs`).
+    segment_preparations_failed: Arc<AtomicU64>,
     segments_deleted: AtomicU64,
     fsync: crate::latency::Recorder,
 }
@@ -718,6 +725,7 @@ impl Log {
             syncs: g(&c.syncs),
             segments_created: g(&c.segments_created),
             segments_prepared: g(&c.segments_prepared),
+            segment_preparations_failed: g(&c.segment_preparations_failed),
             segments_deleted: g(&c.segments_deleted),
             fsync: c.fsync.snapshot(),
         }

@@ -143,6 +143,7 @@ impl WriterState {
                 seq,
                 size: shared.opts.segment_size,
                 fill: shared.opts.ahead_fill(),
+                failures: Arc::clone(&shared.stats.segment_preparations_failed),
             });
         }
     }
