@@ -322,6 +322,12 @@ async fn history_pages_back_across_flushed_tables() {
     assert!(value("missive_lsm_flushes_total") >= 2.0, "{text}");
     assert!(value("missive_log_entries_total") >= 130.0, "{text}");
     assert!(value("missive_log_syncs_total") >= 1.0, "{text}");
+    // On a healthy disk no preparation of a next segment fails.
+    assert_eq!(
+        value("missive_log_segment_preparations_failed_total"),
+        0.0,
+        "{text}"
+    );
     // Every send after the first found the conversation's records in the
     // state machine's record cache, flushes or not.
     assert!(
