@@ -11,17 +11,19 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::{assert_consecutive, config, message_seqs, suites, three_raft_addrs, token, Http, Ws};
+use common::{assert_consecutive, config, message_seqs, suites, three_node_addrs, token, Http, Ws};
 use missive_server::{Config, Running};
 
 async fn cluster(dir: &std::path::Path) -> (Vec<Config>, Vec<Running>) {
-    let (raft, peers) = three_raft_addrs();
+    let (addrs, peers) = three_node_addrs();
     let mut cfgs = Vec::new();
     for i in 1..=3u64 {
         let mut c = config(&dir.join(format!("n{i}")));
-        c.listen = format!("127.0.0.{i}:0").parse().unwrap();
+        let [raft, http, grpc] = addrs[i as usize - 1];
+        c.listen = http;
+        c.grpc.listen = grpc;
         c.node.id = i;
-        c.node.raft_listen = raft[i as usize - 1];
+        c.node.raft_listen = raft;
         c.node.peers = peers.clone();
         c.node.replicas = 3;
         c.auth.secret = Some("one secret for the whole cluster".into());
@@ -403,9 +405,11 @@ async fn a_dead_node_is_replaced_through_the_admin_api_and_nothing_is_lost() {
 
     // Node 4 joins: it hosts nothing yet, and serves everything by routing.
     let mut c4 = config(&dir.path().join("n4"));
-    c4.listen = "127.0.0.4:0".parse().unwrap();
+    let p4 = common::free_ports("127.0.0.4", 3);
+    c4.listen = p4[1];
+    c4.grpc.listen = p4[2];
     c4.node.id = 4;
-    c4.node.raft_listen = common::free_port("127.0.0.4");
+    c4.node.raft_listen = p4[0];
     c4.node.peers = cfgs[0].node.peers.clone();
     c4.node.join = true;
     // No shard count of its own: it takes the cluster's 4 (its default, 8,

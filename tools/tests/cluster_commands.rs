@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{ctl, free_port, SECRET};
+use common::{ctl, free_ports, SECRET};
 
 fn ctl_json(args: &[&str]) -> Value {
     let mut a = args.to_vec();
@@ -26,12 +26,15 @@ fn ctl_json(args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// Node `id` on 127.0.0.`id`, its transport and HTTP ports picked together.
 fn config(dir: &std::path::Path, id: u64) -> missive_server::Config {
+    let ports = free_ports(&format!("127.0.0.{id}"), 2);
     let mut c = missive_server::Config {
-        listen: format!("127.0.0.{id}:0").parse().unwrap(),
+        listen: ports[1],
         data_dir: dir.join(format!("n{id}")),
         ..missive_server::Config::default()
     };
+    c.node.raft_listen = ports[0];
     c.node.id = id;
     c.node.shards = Some(3);
     c.grpc.enabled = false;
@@ -58,11 +61,9 @@ async fn founder_and_joiner(
     missive_server::Running,
     missive_server::Config,
 ) {
-    let mut c1 = config(dir, 1);
-    c1.node.raft_listen = free_port("127.0.0.1");
+    let c1 = config(dir, 1);
     let n1 = missive_server::start(c1.clone()).await.unwrap();
     let mut c2 = config(dir, 2);
-    c2.node.raft_listen = free_port("127.0.0.2");
     c2.node.join = true;
     c2.node.peers = [(1, c1.node.raft_listen.to_string())].into();
     let n2 = missive_server::start(c2.clone()).await.unwrap();
@@ -279,7 +280,6 @@ fn shard_split_adds_a_shard_that_nodes_joining_later_open_too() {
     // A node that joins now takes the founding count from the cluster and
     // opens the new shard from the cluster map.
     let mut c3 = config(dir.path(), 3);
-    c3.node.raft_listen = free_port("127.0.0.3");
     c3.node.join = true;
     c3.node.shards = None;
     c3.node.peers = [(1, n1_raft(&n1))].into();

@@ -87,14 +87,23 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .map(|v| v.parse().unwrap())
 }
 
-/// Free ports on 127.0.0.1, .2 and .3, one each (bound then released:
-/// loopback, no one else races for them), and the `node.peers` map of
-/// three nodes whose Raft transports listen there.
-pub fn three_raft_addrs() -> (Vec<SocketAddr>, std::collections::BTreeMap<u64, String>) {
-    let addrs: Vec<SocketAddr> = (1..=3)
-        .map(|i| free_port(&format!("127.0.0.{i}")))
+/// Every listener of three nodes on 127.0.0.1, .2 and .3: for node `i`,
+/// `[raft, http, grpc]` on 127.0.0.`i`, picked together by [`free_ports`]
+/// (a released transport port could otherwise be handed to another node's
+/// `:0` listener on the same address before the transport binds it) — and
+/// the `node.peers` map of the three transports.
+pub fn three_node_addrs() -> (
+    Vec<[SocketAddr; 3]>,
+    std::collections::BTreeMap<u64, String>,
+) {
+    let addrs: Vec<[SocketAddr; 3]> = (1..=3)
+        .map(|i| {
+            let p = free_ports(&format!("127.0.0.{i}"), 3);
+            [p[0], p[1], p[2]]
+        })
         .collect();
-    let peers = peers_of(&addrs);
+    let raft: Vec<SocketAddr> = addrs.iter().map(|a| a[0]).collect();
+    let peers = peers_of(&raft);
     (addrs, peers)
 }
 

@@ -42,10 +42,14 @@ pub fn found(dir: &Path, needle: &str) -> bool {
     code == 1
 }
 
-/// A free port on `ip` (bound then released: loopback, nobody races).
-pub fn free_port(ip: &str) -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap()
+/// `n` distinct free ports on `ip`, each bound until all are picked, then
+/// released. A node's transport and HTTP listener are picked together so
+/// the HTTP listener is never handed the transport's released port.
+pub fn free_ports(ip: &str, n: usize) -> Vec<std::net::SocketAddr> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind(format!("{ip}:0")).unwrap())
+        .collect();
+    held.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
 /// (status, body) of one call with a bearer token, or the admin secret
@@ -102,9 +106,11 @@ pub async fn three_nodes_with(
     shards: u32,
     change: impl Fn(&mut missive_server::Config),
 ) -> Trio {
-    let raft: Vec<_> = (1..=3)
-        .map(|i| free_port(&format!("127.0.0.{i}")))
+    // [raft, http] of each node.
+    let ports: Vec<_> = (1..=3)
+        .map(|i| free_ports(&format!("127.0.0.{i}"), 2))
         .collect();
+    let raft: Vec<_> = ports.iter().map(|p| p[0]).collect();
     let peers: BTreeMap<u64, String> = raft
         .iter()
         .enumerate()
@@ -113,7 +119,7 @@ pub async fn three_nodes_with(
     let mut cfgs = Vec::new();
     for i in 1..=3u64 {
         let mut c = missive_server::Config {
-            listen: format!("127.0.0.{i}:0").parse().unwrap(),
+            listen: ports[i as usize - 1][1],
             data_dir: dir.join(format!("{name}{i}")),
             ..missive_server::Config::default()
         };
@@ -164,13 +170,16 @@ pub async fn ready(url: &str) {
 /// One node alone (`shards` shards) on 127.0.0.1, data under
 /// `dir/{name}`, ready; its HTTP base URL.
 pub async fn one_node(dir: &Path, name: &str, shards: u32) -> (missive_server::Running, String) {
+    let [raft, http] = free_ports("127.0.0.1", 2)[..] else {
+        unreachable!("free_ports returns as many as asked")
+    };
     let mut c = missive_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: http,
         data_dir: dir.join(name),
         ..missive_server::Config::default()
     };
     c.node.shards = Some(shards);
-    c.node.raft_listen = free_port("127.0.0.1");
+    c.node.raft_listen = raft;
     c.grpc.enabled = false;
     c.auth.secret = Some(format!("the {name} node's secret"));
     c.auth.admin_secret = Some(SECRET.into());
