@@ -9,7 +9,8 @@
 //!    (what an upload's acknowledgement promises: the file is durable).
 //! 2. **upload**: one POST per file carrying the whole body (tus
 //!    creation-with-upload; against a server that does not offer it, tus
-//!    create + one PATCH), one file at a time; the answer comes once every
+//!    create + one PATCH), one file at a time (`--in-flight N`: N at
+//!    once, as several clients upload together); the answer comes once every
 //!    chunk is committed (replicated where there are replicas; this is one
 //!    node) and the object stored.
 //! 3. **raw read** of those files (cold: their pages dropped with
@@ -51,6 +52,10 @@ pub struct MediaArgs {
     /// Rounds.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// Uploads in flight at once (several clients uploading together;
+    /// the raw write anchor stays one writer, one file at a time).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
     /// The `missived` binary to start [default: next to this one].
     #[arg(long)]
     pub missived: Option<PathBuf>,
@@ -141,8 +146,8 @@ fn mibps(bytes: u64, d: Duration) -> f64 {
 
 /// Runs the benchmark.
 pub fn run(a: &MediaArgs) -> Result<()> {
-    if a.sizes.is_empty() || a.rounds == 0 || a.volume == 0 {
-        bail!("--sizes, --rounds and --volume must be set");
+    if a.sizes.is_empty() || a.rounds == 0 || a.volume == 0 || a.in_flight == 0 {
+        bail!("--sizes, --rounds, --volume and --in-flight must be set");
     }
     crate::e2e::server::measure_with_server(
         a.missived.as_deref(),
@@ -275,8 +280,17 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
             // Upload.
             let t = Instant::now();
             let mut round_ids = Vec::new();
-            for body in &contents {
-                round_ids.push(upload(&c, &base, &token, body, with_upload).await?);
+            {
+                use futures_util::StreamExt as _;
+                // `--in-flight` uploads at once, answers in file order.
+                let got: Vec<Result<String>> = futures_util::stream::iter(contents.iter())
+                    .map(|body| upload(&c, &base, &token, body, with_upload))
+                    .buffered(a.in_flight)
+                    .collect()
+                    .await;
+                for g in got {
+                    round_ids.push(g?);
+                }
             }
             up.push(mibps(total, t.elapsed()));
             uploaded_bytes += total;
@@ -327,7 +341,11 @@ async fn measure(a: &MediaArgs, srv: &Server, dir: &Path) -> Result<Vec<Row>> {
         rows.push(Row::single("raw", &format!("write-{name}"), "MiB/s", rw));
         let mut r = Row::single("missive", &format!("upload-{name}"), "MiB/s", u);
         let how = if with_upload { "POST" } else { "POST+PATCH" };
-        r.note = format!("{:.2}× raw write (target ≥ 0.5), {how}", u / rw);
+        r.note = format!(
+            "{:.2}× raw write (target ≥ 0.5), {how}, {} in flight",
+            u / rw,
+            a.in_flight
+        );
         rows.push(r);
         rows.push(Row::single(
             "raw",

@@ -22,10 +22,12 @@
 //! and everything the runtime does to a shard's key ranges — snapshots
 //! for a new replica, backup and restore, verification, retirement of a
 //! moved replica — covers media with no second mechanism. The price is
-//! write amplification: a chunk is written to the log, then by the flush,
-//! then by each compaction that moves it down (docs/design.md measures
-//! it). A separate blob file per object would save the compactions but
-//! need its own replication, snapshot, backup and crash story.
+//! write amplification: a chunk is written to the log, then once more by
+//! the flush into a blob file (the engine keeps large values there, so
+//! compactions move a reference, not the bytes) — 1.6–2.1 bytes written
+//! per byte uploaded, which bounds uploads on a disk-bound node
+//! (docs/design.md §4.3.3 measures it). A store of its own per object
+//! would need its own replication, snapshot, backup and crash story.
 //!
 //! # Invariants
 //!
