@@ -125,9 +125,21 @@ impl Default for MessagesSection {
     }
 }
 
-/// The most shards a new node alone gets by default (one per core up to
-/// this).
+/// The most shards a new node alone gets by default (one per
+/// [`CORES_PER_DEFAULT_SHARD`] cores up to this).
 pub const MAX_DEFAULT_SHARDS: u32 = 8;
+
+/// CPU cores per shard a new node alone gets by default (at least one
+/// shard): see [`Config::shards`] for the measurements behind it.
+pub const CORES_PER_DEFAULT_SHARD: usize = 2;
+
+/// The shard count of a new data directory for a node alone on `cores`
+/// CPU cores: one per [`CORES_PER_DEFAULT_SHARD`], at least 1, at most
+/// [`MAX_DEFAULT_SHARDS`].
+pub fn default_shards_alone(cores: usize) -> u32 {
+    let n = (cores / CORES_PER_DEFAULT_SHARD).clamp(1, MAX_DEFAULT_SHARDS as usize);
+    u32::try_from(n).unwrap_or(MAX_DEFAULT_SHARDS)
+}
 
 /// The shards of a new cluster of several nodes when `node.shards` is unset.
 pub const CLUSTER_DEFAULT_SHARDS: u32 = 8;
@@ -141,9 +153,10 @@ pub struct NodeSection {
     /// Where other nodes reach this one (the Raft transport).
     pub raft_listen: SocketAddr,
     /// Shards: Raft groups the keyspace is split into, fixed when the
-    /// cluster is created (there is no shard split yet). Unset: what the
-    /// data directory was created with; for a new directory, one per CPU
-    /// core (at most [`MAX_DEFAULT_SHARDS`]) for a node alone, and
+    /// cluster is created (`missivectl shard split` / `merge` change it
+    /// online later). Unset: what the data directory was created with; for
+    /// a new directory, one per two CPU cores (at least 1, at most
+    /// [`MAX_DEFAULT_SHARDS`]) for a node alone, and
     /// [`CLUSTER_DEFAULT_SHARDS`] for a new cluster; a node joining a
     /// running cluster takes the cluster's. See [`Config::shards`] for why.
     pub shards: Option<u32>,
@@ -543,22 +556,29 @@ impl Config {
     /// The shard count to start the node with: `node.shards` if set; else
     /// the count the data directory was created with (so an existing node
     /// starts as it always has); else, for a new directory, one shard per
-    /// CPU core for a node alone and [`CLUSTER_DEFAULT_SHARDS`] for a new
-    /// cluster; `None` for a node joining a running cluster, which takes
-    /// the cluster's count (`missive_raft::cluster::directory::cluster_shard_count`).
+    /// two CPU cores ([`default_shards_alone`]) for a node alone and
+    /// [`CLUSTER_DEFAULT_SHARDS`] for a new cluster; `None` for a node
+    /// joining a running cluster, which takes the cluster's count
+    /// (`missive_raft::cluster::directory::cluster_shard_count`).
     ///
-    /// Why per core for a node alone: each shard is a Raft group with its
-    /// own log stream, apply loop and batches, and on one node more groups
-    /// than cores only split the same load into smaller batches and more
-    /// wake-ups. Measured on a 2-core machine (`missive-bench e2e`, 10 000
-    /// connections, 5 000 msgs/s): 2 shards delivered p50 4–5 ms, p99
-    /// 20–34 ms at 1.1–1.2 server cores; 8 shards 9–12 ms, 36–50 ms at
-    /// 1.2–1.4 cores (docs/benchmarks.md). The cost: the count is fixed for
-    /// the data's life, so a node that later grows into a cluster can lead
-    /// at most that many shards on distinct nodes — set `node.shards`
-    /// explicitly for a node meant to grow. A cluster's nodes must agree on
-    /// the count, so cluster members do not derive it from their own
-    /// hardware.
+    /// Why so few for a node alone: each shard is a Raft group with its own
+    /// log stream, apply loop and batches, and on one node more groups only
+    /// split the same load into smaller batches and more wake-ups — and
+    /// fewer groups keep more of a message's recipients on its
+    /// conversation's shard, where it reaches their inboxes in its own Raft
+    /// round (local delivery) instead of a `Deliver` round on theirs.
+    /// Measured on a 2-core machine (`missive-bench e2e`, 10 000
+    /// connections, docs/benchmarks.md "One shard per two cores"): at
+    /// 3 000 msgs/s 1 shard took 15 % less server CPU per message than 2
+    /// and about halved the delivered p50; 2 shards had in turn beaten 8
+    /// (delivered p50 4–5 vs 9–12 ms at 5 000 msgs/s). A shard still gets
+    /// two cores so that a larger machine applies in parallel: one apply
+    /// loop is one thread. The count is recorded when the directory is
+    /// created and changes only by an online split or merge (`missivectl
+    /// shard split` / `merge`, docs/protocol.md), which is also how a node
+    /// that grows into a cluster gets enough shards to spread leaders over
+    /// its nodes. A cluster's nodes must agree on the count, so cluster
+    /// members do not derive it from their own hardware.
     pub fn shards(&self) -> Result<Option<u32>> {
         if let Some(n) = self.node.shards {
             return Ok(Some(n));
@@ -578,7 +598,7 @@ impl Config {
         let alone = self.node.peers.keys().all(|&id| id == self.node.id);
         Ok(Some(if alone {
             let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-            u32::try_from(cores.min(MAX_DEFAULT_SHARDS as usize)).unwrap_or(MAX_DEFAULT_SHARDS)
+            default_shards_alone(cores)
         } else {
             CLUSTER_DEFAULT_SHARDS
         }))
@@ -773,6 +793,15 @@ mod tests {
     }
 
     #[test]
+    fn a_node_alone_gets_one_shard_per_two_cores_at_least_one_at_most_eight() {
+        let got: Vec<u32> = [0, 1, 2, 3, 4, 5, 8, 15, 16, 17, 64]
+            .into_iter()
+            .map(default_shards_alone)
+            .collect();
+        assert_eq!(got, [1, 1, 1, 1, 2, 2, 4, 7, 8, 8, 8]);
+    }
+
+    #[test]
     fn the_shard_count_of_a_new_directory_follows_the_cores_alone_is_fixed_in_a_new_cluster_and_asked_when_joining(
     ) {
         let dir = tempfile::tempdir().unwrap();
@@ -781,11 +810,11 @@ mod tests {
             ..Config::default()
         };
         let cores = std::thread::available_parallelism().unwrap().get();
-        let want = u32::try_from(cores.min(MAX_DEFAULT_SHARDS as usize)).unwrap();
+        let want = default_shards_alone(cores);
         assert_eq!(
             c.shards().unwrap(),
             Some(want),
-            "a node alone: one per core"
+            "a node alone: one per two cores"
         );
         c.node.peers.insert(1, "127.0.0.1:7080".into());
         assert_eq!(
