@@ -569,7 +569,7 @@ impl Config {
     /// round (local delivery) instead of a `Deliver` round on theirs.
     /// Measured on a 2-core machine (`missive-bench e2e`, 10 000
     /// connections, docs/benchmarks.md "One shard per two cores"): at
-    /// 3 000 msgs/s 1 shard took 15 % less server CPU per message than 2
+    /// 3 000 msgs/s 1 shard took 14 % less server CPU per message than 2
     /// and about halved the delivered p50; 2 shards had in turn beaten 8
     /// (delivered p50 4–5 vs 9–12 ms at 5 000 msgs/s). A shard still gets
     /// two cores so that a larger machine applies in parallel: one apply
