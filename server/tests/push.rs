@@ -162,6 +162,59 @@ async fn offline_devices_with_a_token_are_notified_once_per_message() {
     srv.shutdown().await.unwrap();
 }
 
+/// Every delivery reads the user's list of push devices, and the store
+/// remembers that a user has none (so that it does not search for the
+/// list on each delivery): a token set later, or removed, must still
+/// decide the next message's push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_set_after_messages_without_one_decides_the_next_push() {
+    let (url, calls) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.push.webhook_url = Some(url);
+    c.push.webhook_secret = Some("gw-secret".into());
+    let srv = start(c.clone()).await;
+    let alice = Http::new(srv.addr(), token(&c, 1, 1));
+    let bob_phone = Http::new(srv.addr(), token(&c, 2, 1));
+    let conv = alice.direct(2).await;
+    // Bob has no token yet: two messages, no push.
+    alice.send(&conv, "m1", "hi").await;
+    alice.send(&conv, "m2", "anyone?").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        calls.lock().unwrap().is_empty(),
+        "{:?}",
+        calls.lock().unwrap()
+    );
+
+    let (s, v) = bob_phone
+        .post(
+            "/v1/devices",
+            json!({"name": "Bob's phone", "platform": "android"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = bob_phone
+        .put("/v1/devices/push", json!({"token": "tok-late"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    alice.send(&conv, "m3", "there you are").await;
+    let got = wait_for(&calls, 1).await;
+    assert_eq!(
+        (got[0]["seq"].clone(), got[0]["token"].clone()),
+        (json!(3), json!("tok-late"))
+    );
+
+    // Removed again: the next message is not pushed.
+    let (s, v) = bob_phone.delete("/v1/devices/push").await;
+    assert_eq!((s, v["push"].clone()), (200, json!(false)));
+    alice.send(&conv, "m4", "bye").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seqs: Vec<_> = accepted(&calls).iter().map(|b| b["seq"].clone()).collect();
+    assert_eq!(seqs, vec![json!(3)]);
+    srv.shutdown().await.unwrap();
+}
+
 /// A gateway whose answer for each call `answer` decides from the token
 /// and how many calls that idempotency key had before; what it received:
 /// (idempotency key, status answered, body).

@@ -24,7 +24,7 @@ impl Apply<'_, '_> {
         }
         let Some(list) = self
             .rec
-            .get_as::<PushDevices>("push devices", &push_devices_key(user))?
+            .get_as_often_absent::<PushDevices>("push devices", &push_devices_key(user))?
             .filter(|l| !l.devices.is_empty())
         else {
             return Ok(());

@@ -140,11 +140,16 @@ impl<'a> Records<'a> {
         self.pending
     }
 
-    /// Reads through the cache (filling it) to the source.
-    fn load(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// Reads through the cache (filling it) to the source; an absent key
+    /// gets an entry only if `keep_absence`.
+    fn load(&mut self, key: &[u8], keep_absence: bool) -> Result<Option<Vec<u8>>> {
         let v = self.source.get(key)?;
-        if let (Some(v), Some(cache)) = (&v, self.cache.as_deref_mut()) {
-            cache.loaded(key, v);
+        if let Some(cache) = self.cache.as_deref_mut() {
+            match &v {
+                Some(v) => cache.loaded(key, v),
+                None if keep_absence => cache.loaded_absent(key),
+                None => {}
+            }
         }
         Ok(v)
     }
@@ -156,9 +161,9 @@ impl<'a> Records<'a> {
             return Ok(v.clone());
         }
         if let Some(v) = self.cache.as_deref_mut().and_then(|c| c.get(key)) {
-            return Ok(Some(v.to_vec()));
+            return Ok(v.map(<[u8]>::to_vec));
         }
-        self.load(key)
+        self.load(key, false)
     }
 
     /// The record under `key`, decoded (`codec::decode`; `what` names it in
@@ -168,13 +173,36 @@ impl<'a> Records<'a> {
         what: &'static str,
         key: &[u8],
     ) -> Result<Option<T>> {
+        self.get_as_kept(what, key, false)
+    }
+
+    /// [`Records::get_as`] for a record most keys lack and the rules read
+    /// again and again (a user's push devices, on every delivery): its
+    /// absence is cached too, so the next read does not search the LSM
+    /// (`record_cache`'s essay says why that cannot go stale).
+    pub fn get_as_often_absent<T: DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        self.get_as_kept(what, key, true)
+    }
+
+    fn get_as_kept<T: DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+        key: &[u8],
+        keep_absence: bool,
+    ) -> Result<Option<T>> {
         if let Some(v) = self.pending.get(key) {
             return v.as_deref().map(|v| codec::decode(what, v)).transpose();
         }
         if let Some(v) = self.cache.as_deref_mut().and_then(|c| c.get(key)) {
-            return codec::decode(what, v).map(Some);
+            return v.map(|v| codec::decode(what, v)).transpose();
         }
-        self.load(key)?.map(|v| codec::decode(what, &v)).transpose()
+        self.load(key, keep_absence)?
+            .map(|v| codec::decode(what, &v))
+            .transpose()
     }
 
     /// Up to `limit` records with keys in `[lo, hi)`, in key order, as
