@@ -1280,6 +1280,29 @@ mod tests {
         );
         assert_eq!(f["conv"], "5", "{f}");
 
+        // A second `sync` replaces the stream: from its cursor again, then
+        // `synced`, and the old stream sends nothing more.
+        c.text(r#"{"type":"sync","id":"s2","after":0}"#);
+        let f = c.next().await;
+        assert_eq!(
+            (f["type"].as_str(), f["useq"].as_u64()),
+            (Some("event"), Some(1)),
+            "{f}"
+        );
+        let f = c.next().await;
+        assert_eq!(
+            (f["type"].as_str(), f["cursor"].as_u64()),
+            (Some("synced"), Some(1)),
+            "{f}"
+        );
+        c.text(r#"{"type":"ping","id":"p2"}"#);
+        let f = c.next().await;
+        assert_eq!(
+            (f["type"].as_str(), f["id"].as_str()),
+            (Some("pong"), Some("p2")),
+            "{f}"
+        );
+
         // The client going away ends the session.
         drop(c.send);
         tokio::time::timeout(Duration::from_secs(10), session)
