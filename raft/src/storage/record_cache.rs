@@ -31,7 +31,7 @@
 //! makes one, and only a read that found a value — or a read of a record
 //! the rules expect to be absent for most keys and read again and again
 //! (a user's push devices, read on every delivery to them: 4 200 of the
-//! 9 000 misses a second at 3 000 msgs/s before it was remembered),
+//! 7 500–8 400 misses a second at 3 000 msgs/s before it was remembered),
 //! which asks for its absence to be kept ([`loaded_absent`]).
 //!
 //! An absent entry obeys the same invariant: it is made from a read that
