@@ -72,14 +72,23 @@ async fn wait_for(calls: &Calls, n: usize) -> Vec<Value> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_devices_with_a_token_are_notified_once_per_message() {
+/// A server over `dir` pushing to [`gateway`] with its secret: the
+/// server, its config (for tokens), and what the gateway receives.
+async fn pushing_to_gateway(
+    dir: &std::path::Path,
+) -> (missive_server::Running, missive_server::Config, Calls) {
     let (url, calls) = gateway().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
+    let mut c = config(dir);
     c.push.webhook_url = Some(url);
     c.push.webhook_secret = Some("gw-secret".into());
     let srv = start(c.clone()).await;
+    (srv, c, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_devices_with_a_token_are_notified_once_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (srv, c, calls) = pushing_to_gateway(dir.path()).await;
     let alice = Http::new(srv.addr(), token(&c, 1, 1));
     let bob_phone = Http::new(srv.addr(), token(&c, 2, 1));
     let (s, v) = bob_phone
@@ -168,12 +177,8 @@ async fn offline_devices_with_a_token_are_notified_once_per_message() {
 /// decide the next message's push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_set_after_messages_without_one_decides_the_next_push() {
-    let (url, calls) = gateway().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.push.webhook_url = Some(url);
-    c.push.webhook_secret = Some("gw-secret".into());
-    let srv = start(c.clone()).await;
+    let (srv, c, calls) = pushing_to_gateway(dir.path()).await;
     let alice = Http::new(srv.addr(), token(&c, 1, 1));
     let bob_phone = Http::new(srv.addr(), token(&c, 2, 1));
     let conv = alice.direct(2).await;
