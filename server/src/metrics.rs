@@ -316,7 +316,7 @@ impl Collector for NodeView {
         let (log, lsm) = (&self.log, &self.lsm);
         // Counters without `_total` and help without a full stop: the
         // encoder adds both.
-        let counters: [(&str, &str, u64); 25] = [
+        let counters: [(&str, &str, u64); 27] = [
             (
                 "log_appends",
                 "Appends to the node's log (each a batch of Raft entries)",
@@ -404,6 +404,16 @@ impl Collector for NodeView {
                 "lsm_paced_micros",
                 "Microseconds flushes and compactions slept to pace their table writes",
                 lsm.paced_micros,
+            ),
+            (
+                "lsm_memtable_inserts",
+                "Versions inserted into memtables",
+                lsm.memtable_inserts,
+            ),
+            (
+                "lsm_memtable_full_searches",
+                "Memtable inserts placed by a search from the skiplist's top, not from a finger near their key (the costly case)",
+                lsm.memtable_full_searches,
             ),
             ("lsm_block_cache_hits", "Block cache hits", lsm.cache_hits),
             (

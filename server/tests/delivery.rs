@@ -328,6 +328,14 @@ async fn history_pages_back_across_flushed_tables() {
         0.0,
         "{text}"
     );
+    // Each of the 130 messages inserted its record (and more) into a
+    // memtable; a full search places a minority of them.
+    let inserts = value("missive_lsm_memtable_inserts_total");
+    assert!(inserts >= 130.0, "{text}");
+    assert!(
+        value("missive_lsm_memtable_full_searches_total") < inserts,
+        "{text}"
+    );
     // Every send after the first found the conversation's records in the
     // state machine's record cache, flushes or not.
     assert!(
