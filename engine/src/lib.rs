@@ -15,6 +15,7 @@
 //!   bytes, searched raw and decoded (the proof behind erasure).
 //! - `latency` — fixed-bucket latency histograms (the log's fdatasync, a
 //!   shard's apply) that the server exports.
+//! - `le` — little-endian integers read from the formats' fixed fields.
 //! - `keys` — the key layout: keyspace tag, slot, and the message key
 //!   (conversation, reverse timestamp); newtypes for ids and timestamps.
 //! - `io/` — file I/O behind the [`io::FileSystem`] / [`io::LogFile`] traits:
@@ -81,6 +82,7 @@ pub mod inspect;
 pub mod io;
 pub mod keys;
 pub mod latency;
+mod le;
 pub mod log;
 pub mod lsm;
 pub mod residue;

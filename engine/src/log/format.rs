@@ -45,6 +45,7 @@
 //!
 //! A header of all zeros (kind 0) marks the end of the written data.
 
+use crate::le::{le_u32, le_u64};
 use crate::log::StreamId;
 
 /// First bytes of every segment file.
@@ -155,18 +156,6 @@ pub fn check_segment_header(bytes: &[u8], expect_seq: u64) -> Result<(), HeaderE
         return Err(HeaderError::WrongSeq(seq));
     }
     Ok(())
-}
-
-fn le_u32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
 }
 
 /// Appends one record to `out`. The payload is given in parts so callers

@@ -68,7 +68,7 @@ use std::sync::{Arc, Mutex, Weak};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::lsm::table::reader::{le_u32, le_u64};
+use crate::le::{le_u32, le_u64};
 
 /// Magic at both ends of a blob file.
 pub const BLOB_MAGIC: [u8; 8] = *b"MSVBLOB\n";

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::le::{le_u32, le_u64};
 use crate::lsm::blob::{BlobFile, BlobRef, Blobs};
 use crate::lsm::cache::BlockCache;
 use crate::lsm::key_word;
@@ -73,20 +74,6 @@ impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table").field("id", &self.id).finish()
     }
-}
-
-/// The u64 LE at the start of `b` (at least 8 bytes).
-pub(crate) fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
-}
-
-/// The u32 LE at the start of `b` (at least 4 bytes).
-pub(crate) fn le_u32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
 }
 
 impl Table {
