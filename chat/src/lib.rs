@@ -67,4 +67,5 @@ pub mod search;
 pub use app::ChatApp;
 pub use error::{Error, Result};
 pub use ids::{direct_id, DeviceId, Eseq, Seq, Useq, UserId};
-pub use node::{ChatNode, StoredMessage};
+pub use node::ChatNode;
+pub use records::StoredMessage;

@@ -31,18 +31,9 @@ use crate::ids::{DeviceId, Useq, UserId};
 use crate::records::{
     self, conversation_key, device_prefix, head_key, inbox_key, key_tail_u64, msg_key,
     outbox_head_key, profile_key, push_prefix, receipt_prefix, user_conv_key, user_conv_prefix,
-    user_head_key, Conversation, Device, Head, InboxEvent, Message, OutboxHead, Profile,
-    PushTarget, Receipt, UserConv, UserHead,
+    user_head_key, Conversation, Device, Head, InboxEvent, OutboxHead, Profile, PushTarget,
+    Receipt, StoredMessage, UserConv, UserHead,
 };
-
-/// A message as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    /// Server timestamp (µs).
-    pub ts: u64,
-    /// The message.
-    pub message: Message,
-}
 
 /// A running chat node. See the [module documentation](self).
 pub struct ChatNode {

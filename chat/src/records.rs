@@ -265,6 +265,15 @@ pub struct Dedup {
     pub seq: Seq,
 }
 
+/// A message as read back: its server timestamp (from its key) with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Server timestamp (µs).
+    pub ts: u64,
+    /// The message.
+    pub message: Message,
+}
+
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {

@@ -19,8 +19,8 @@ use crate::app::ChatApp;
 use crate::command::RejectCode;
 use crate::error::{Error, Result};
 use crate::ids::UserId;
-use crate::node::StoredMessage;
 use crate::records;
+use crate::records::StoredMessage;
 
 /// The most hits one page holds.
 pub const MAX_PAGE: usize = 100;
