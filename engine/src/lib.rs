@@ -57,6 +57,9 @@
 //!   - `compaction/` — `picker` (a pure function) and `worker`;
 //!   - `pace` — table writes of flushes and compactions paced while the
 //!     log acknowledges durable writes (never while writers wait);
+//!   - `background`, `pressure` — the flush and compaction threads, and
+//!     how far behind they are (level 0's depth, the immutable memtables):
+//!     what slows writers and unpaces table writes;
 //!   - `retention` — the expiry hook;
 //!   - `db` — the LSM with a log of its own.
 //!

@@ -52,6 +52,7 @@ mod flush;
 pub(crate) mod manifest;
 pub(crate) mod memtable;
 pub(crate) mod pace;
+mod pressure;
 mod priority;
 pub mod read;
 mod reaper;
@@ -1525,7 +1526,7 @@ fn compact_once(inner: &Inner) -> Result<bool> {
     let _c = lock(&inner.compaction_lock);
     let v = inner.version();
     let metas = v.metas();
-    let urgent = background::level0_urgent(inner)
+    let urgent = pressure::level0_urgent(inner)
         .then(|| compaction::picker::pick_level0(&metas))
         .flatten();
     let Some(choice) = urgent.or_else(|| compaction::picker::pick(&metas, &inner.opts.picker))

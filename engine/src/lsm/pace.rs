@@ -149,6 +149,6 @@ impl<'a> WritePacer<'a> {
             && inner.flush_waiters.load(Ordering::Acquire) == 0
             && inner.compaction_waiters.load(Ordering::Acquire) == 0
             && !inner.closed.load(Ordering::Acquire)
-            && !super::background::writers_held_back(inner)
+            && !super::pressure::writers_held_back(inner)
     }
 }
