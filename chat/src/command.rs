@@ -19,7 +19,7 @@
 //! Variants 9–11 (`RegisterNode`, `ForgetNode`, `ReportPlacement`) are the
 //! runtime's cluster-map commands (`missive_raft::app::ClusterCommand`),
 //! carried here at the indices they had when one enum held every command,
-//! so that every entry ever written still decodes (`tests/formats.rs`).
+//! so that every entry ever written still decodes (`tests/it/formats.rs`).
 //! Chat never runs them; the runtime does, on the metadata group. Outcome
 //! variant 7 (`Directory`) is their outcome, likewise. The last variant,
 //! `Restore` and `Checkpoint` are the runtime's too (and, appended after

@@ -23,7 +23,7 @@ pub use missive_engine::keys::ConversationId;
 /// travels to clients as a plain integer; the types keep one from being
 /// compared with or stored as another. postcard encodes each exactly as
 /// the u64 inside, so records and entries keep their bytes
-/// (`chat/tests/formats.rs`).
+/// (`chat/tests/it/formats.rs`).
 macro_rules! counter {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*

@@ -19,7 +19,7 @@ fn fuzz_dir() -> PathBuf {
 }
 
 /// `[u16 LE name length][name][u32 LE length][bytes]` repeated: chat's
-/// fixture container (chat/tests/formats.rs).
+/// fixture container (chat/tests/it/formats.rs).
 fn fixtures(set: &str) -> Vec<(String, Vec<u8>)> {
     let path = fuzz_dir().join(format!("../chat/tests/fixtures/v1/{set}.bin"));
     let b = std::fs::read(&path).unwrap();

@@ -794,7 +794,7 @@ fn every_post_keeps_one_index_entry_and_odd_message_versions_are_refused() {
             .filter(|k| k.starts_with(&records::seq_key(CONV, Seq(0))[..12]))
             .collect();
     assert_eq!(index.len(), 5, "one seq index entry per message");
-    // Version 1 values are pinned by chat/tests/formats.rs ("message");
+    // Version 1 values are pinned by chat/tests/it/formats.rs ("message");
     // an unknown version or an empty value is refused.
     assert!(records::decode_message(&[9, 1, 2]).is_err());
     assert!(records::decode_message(&[]).is_err());
