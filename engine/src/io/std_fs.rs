@@ -90,6 +90,9 @@ pub(crate) fn open_rw(path: &Path, create: bool) -> io::Result<File> {
         .open(path)
 }
 
+/// How long [`OsFs::lock`] retries a lock that looks held (see there).
+const LOCK_RETRY_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Holds an `flock` for as long as it lives (the kernel drops the lock when
 /// the descriptor closes, including when the process dies).
 struct FlockGuard {
@@ -150,11 +153,25 @@ impl FileSystem for OsFs {
             .create(true)
             .truncate(false)
             .open(path)?;
-        // SAFETY: flock on a valid descriptor; no memory is passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
+        // A lock just released can look held for a moment: a child that
+        // another thread of this process is spawning holds a copy of every
+        // descriptor (and so of the lock) from its fork until its exec
+        // closes them (`O_CLOEXEC`). Measured in the engine's tests, which
+        // reopen a directory in a loop while others spawn processes: a
+        // reopen failed as `Locked` in every run. A real owner holds the
+        // lock far longer than the retries below, and is still refused.
+        let deadline = std::time::Instant::now() + LOCK_RETRY_FOR;
+        loop {
+            // SAFETY: flock on a valid descriptor; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(Box::new(FlockGuard { _file: file }));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::WouldBlock || std::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        Ok(Box::new(FlockGuard { _file: file }))
     }
 }
