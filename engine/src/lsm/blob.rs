@@ -21,12 +21,21 @@
 //!   the first table referencing it; a blob file no table in the manifest
 //!   references is an orphan of an interrupted flush or compaction and is
 //!   deleted at open (`recovery.rs`).
-//! - **A blob file lives while any table referencing it does.** Each table
+//! - **A reference made before the memtable stays inside its file.** A
+//!   batch may carry a reference to a value already in one of the store's
+//!   finished blob files (`WriteBatch::put_blob_ref`: the write-once path
+//!   for a log that keeps large values in blob files itself); `Lsm::apply`
+//!   opens the file and checks the bounds before applying any of the
+//!   batch, the memtable holds the file, and the flush writes the
+//!   reference (never the bytes) into its table.
+//! - **A blob file lives while any table or memtable referencing it does.** Each table
 //!   lists the blob files it references (table format version 3, see
 //!   [`crate::lsm::table`]) and holds them open; when an installed version
 //!   no longer references a file that a removed table did, the file is
 //!   marked obsolete and deleted once the last reader holding one of those
-//!   tables lets go — the same rule as for tables. A value handed out as a
+//!   tables lets go — the same rule as for tables — unless a memtable
+//!   references it (`Inner::blob_refs` orders that check against a batch
+//!   inserting new references). A value handed out as a
 //!   view of the mapping (`Lsm::get_shared`, a media download) holds its
 //!   file the same way until the view is dropped.
 //! - **Bytes are checked where they are read.** A reference carries the
@@ -558,6 +567,11 @@ impl BlobFile {
 
     pub fn mark_obsolete(&self) {
         self.obsolete.store(true, Ordering::Release);
+    }
+
+    /// Whether the file was retired (it goes when its last holder does).
+    pub fn is_obsolete(&self) -> bool {
+        self.obsolete.load(Ordering::Acquire)
     }
 }
 

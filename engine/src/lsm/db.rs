@@ -195,7 +195,8 @@ impl Db {
     /// [`message_key`] builds. A key of the message keyspace (first byte
     /// [`Keyspace::Message`]) of another length would be stored and never
     /// returned by them, so such a batch is refused with
-    /// [`Error::InvalidArgument`] and nothing of it is written.
+    /// [`Error::InvalidArgument`] and nothing of it is written; so is a
+    /// batch holding a blob reference ([`WriteBatch::put_blob_ref`]).
     ///
     /// Visibility is by log order: a write without sync also makes visible
     /// a synced write the log took before it that is still waiting for its
@@ -338,6 +339,15 @@ impl Db {
 /// message key (see [`Db::write_with`]).
 fn check_message_keys(batch: &WriteBatch) -> Result<()> {
     for op in batch.ops() {
+        // The log replays this batch at open, after the LSM deleted blob
+        // files no table references: nothing would keep the file.
+        if matches!(op, crate::lsm::BatchOp::PutBlobRef { .. }) {
+            return Err(Error::InvalidArgument(
+                "Db does not take blob references (WriteBatch::put_blob_ref): nothing \
+                 would keep their blob files until a flush"
+                    .into(),
+            ));
+        }
         let key = op.key();
         if key.first() == Some(&(Keyspace::Message as u8)) && key.len() != MESSAGE_KEY_LEN {
             return Err(Error::InvalidArgument(format!(

@@ -4,7 +4,9 @@
 //!
 //! 1. Write the blob file (values of at least `blob_threshold` bytes, see
 //!    `blob.rs`) and fsync it, then the table referencing it, then fsync
-//!    the tables directory. A crash here leaves files the manifest does
+//!    the tables directory. (A version the memtable holds as a blob
+//!    reference — its value written to a blob file before its batch — goes
+//!    into the table as that reference; its file is written already.) A crash here leaves files the manifest does
 //!    not name or reference: deleted at open.
 //! 2. Run the owner's flush barrier: the owner's log must be durable up to
 //!    every position the memtable noted, or a table would hold an effect
@@ -52,9 +54,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::log::StreamId;
-use crate::lsm::blob::BlobWriter;
+use crate::lsm::blob::{BlobRef, BlobWriter};
 use crate::lsm::pace::WritePacer;
 use crate::lsm::reaper::{free_when_sole, FLUSHER_WAIT};
 use crate::lsm::table::builder::TableBuilder;
@@ -149,6 +151,14 @@ pub(super) fn flush_oldest(inner: &Inner, background: bool) -> Result<bool> {
                 continue;
             }
             match v.value() {
+                // Already in a blob file (written before the batch that
+                // referenced it): the table takes the reference.
+                Some(val) if v.is_blob_ref() => {
+                    let r = BlobRef::decode(val).ok_or_else(|| {
+                        Error::corruption("<memtable>", 0, "a malformed blob reference")
+                    })?;
+                    b.add_blob(v.key(), v.seq(), &r)?;
+                }
                 // Large values go to the blob file, once (blob.rs).
                 Some(val) if inner.opts.blob_threshold.is_some_and(|t| val.len() >= t) => {
                     let w = match &mut blobs {

@@ -71,6 +71,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use batch::{BatchOp, WriteBatch};
+pub use blob::BlobRef;
 pub use compaction::picker::{Choice, PickerConfig};
 pub use db::{Db, DbOptions, WriteOptions};
 pub use read::Direction;
@@ -466,6 +467,11 @@ pub(crate) struct Inner {
     /// parking_lot's, eventually fair (see `Db`'s lock: the same reason).
     write_lock: parking_lot::Mutex<()>,
     flush_lock: Mutex<()>,
+    /// Orders a batch's blob references (checked live, then inserted)
+    /// against `install` retiring the files no table or memtable
+    /// references: without it a file could be retired between the check
+    /// and the insert, and deleted under the table its memtable becomes.
+    blob_refs: Mutex<()>,
     /// Callers of [`Lsm::flush`] waiting: a paced flush stops pausing.
     flush_waiters: std::sync::atomic::AtomicUsize,
     /// Callers in a compaction they asked for (`compact`, `compact_all`,
@@ -657,10 +663,21 @@ impl Inner {
         if !candidates.is_empty() {
             candidates.sort_unstable();
             candidates.dedup();
-            let live: std::collections::HashSet<u64> = next
+            // A memtable's blob references keep their files too: a file
+            // written before its batch is shared by the tables its earlier
+            // references were flushed to and the memtables holding later
+            // ones.
+            let _refs = lock(&self.blob_refs);
+            let mut live: std::collections::HashSet<u64> = next
                 .all_tables()
                 .flat_map(|t| t.table.blob_list.iter().map(|(f, _)| *f))
                 .collect();
+            {
+                let m = self.mem();
+                for mem in std::iter::once(&m.active).chain(&m.immutables) {
+                    live.extend(mem.blob_file_ids());
+                }
+            }
             for id in candidates.into_iter().filter(|id| !live.contains(id)) {
                 self.blobs.retire(id);
             }
@@ -746,6 +763,7 @@ impl Lsm {
             manifest: Mutex::new((writer, state)),
             write_lock: parking_lot::Mutex::new(()),
             flush_lock: Mutex::new(()),
+            blob_refs: Mutex::new(()),
             flush_waiters: std::sync::atomic::AtomicUsize::new(0),
             compaction_waiters: std::sync::atomic::AtomicUsize::new(0),
             reaper,
@@ -831,6 +849,23 @@ impl Lsm {
                 batch.approximate_size()
             )));
         }
+        // Every blob reference's file open and the reference inside it,
+        // before anything of the batch is applied (a batch is whole or
+        // nothing).
+        let mut blob_files = HashMap::new();
+        for op in batch.ops() {
+            if let BatchOp::PutBlobRef { blob, .. } = op {
+                if let std::collections::hash_map::Entry::Vacant(v) = blob_files.entry(blob.file) {
+                    v.insert(self.inner.blobs.get(blob.file)?);
+                }
+                blob_files[&blob.file].value_unchecked(&blob).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "a blob reference ({} bytes at {}) outside blob file {}",
+                        blob.len, blob.offset, blob.file
+                    ))
+                })?;
+            }
+        }
         let _w = self.inner.write_lock.lock();
         // Slept holding the write lock: the slowdown paces the store's
         // writers as a whole, not each one.
@@ -840,6 +875,14 @@ impl Lsm {
         let first = self.inner.next_seq.fetch_add(n, Ordering::AcqRel);
         let mem = Arc::clone(&self.inner.mem().active);
         {
+            // Held through the inserts (see `Inner::blob_refs`).
+            let _refs = (!blob_files.is_empty()).then(|| lock(&self.inner.blob_refs));
+            if let Some(f) = blob_files.values().find(|f| f.is_obsolete()) {
+                return Err(Error::InvalidArgument(format!(
+                    "blob file {} is no longer referenced and is being deleted",
+                    f.id
+                )));
+            }
             let mut w = mem.writer();
             let (_, full_before) = w.placements();
             for (i, op) in batch.ops().enumerate() {
@@ -847,6 +890,10 @@ impl Lsm {
                 match op {
                     BatchOp::Put { key, value } => w.insert(key, seq, Some(value)),
                     BatchOp::Delete { key } => w.insert(key, seq, None),
+                    BatchOp::PutBlobRef { key, blob } => {
+                        let file = &blob_files[&blob.file];
+                        w.insert_blob_ref(key, seq, file, &blob);
+                    }
                 }
             }
             let stats = &self.inner.stats;
@@ -990,6 +1037,11 @@ impl Lsm {
     pub fn compact_full(&self) -> Result<()> {
         let _w = Waiting::on(&self.inner.compaction_waiters);
         self.flush()?;
+        self.compact_tables_full()
+    }
+
+    /// [`Lsm::compact_full`]'s merge of every table, without its flush.
+    fn compact_tables_full(&self) -> Result<()> {
         let _c = lock(&self.inner.compaction_lock);
         let v = self.inner.version();
         let metas = v.metas();
@@ -1104,7 +1156,8 @@ impl Lsm {
         let found = self.lookup(
             key,
             snap,
-            bytes::Bytes::from,
+            bytes::Bytes::copy_from_slice,
+            |b| b,
             table::reader::Table::get_shared,
         )?;
         let now = self.inner.now();
@@ -1114,7 +1167,13 @@ impl Lsm {
     }
 
     fn get_at_seq(&self, key: &[u8], snap: u64) -> Result<Option<Vec<u8>>> {
-        let found = self.lookup(key, snap, |v| v, table::reader::Table::get)?;
+        let found = self.lookup(
+            key,
+            snap,
+            <[u8]>::to_vec,
+            |b| b.to_vec(),
+            table::reader::Table::get,
+        )?;
         let now = self.inner.now();
         Ok(found
             .flatten()
@@ -1122,13 +1181,15 @@ impl Lsm {
     }
 
     /// The newest version of `key` at `snap` (`Some(None)`: deleted),
-    /// from the memtables (their copy made a `T` by `from_mem`) or the
-    /// tables (read by `from_table`).
+    /// from the memtables (a value kept there made a `T` by `from_mem`,
+    /// one they reference in a blob file by `from_blob`) or the tables
+    /// (read by `from_table`).
     fn lookup<T>(
         &self,
         key: &[u8],
         snap: u64,
-        from_mem: impl Fn(Vec<u8>) -> T,
+        from_mem: impl Fn(&[u8]) -> T,
+        from_blob: impl Fn(bytes::Bytes) -> T,
         from_table: impl Fn(&table::reader::Table, &[u8], u64) -> Result<Option<Option<T>>>,
     ) -> Result<Option<Option<T>>> {
         let (active, immutables) = {
@@ -1136,8 +1197,8 @@ impl Lsm {
             (Arc::clone(&m.active), m.immutables.clone())
         };
         for mem in std::iter::once(&active).chain(&immutables) {
-            if let Some(v) = mem.get(key, SeqNo(snap)) {
-                return Ok(Some(v.map(&from_mem)));
+            if let Some(v) = mem.get(key, SeqNo(snap), &from_mem, &from_blob)? {
+                return Ok(Some(v));
             }
         }
         let version = self.inner.version();
@@ -1258,7 +1319,7 @@ impl Lsm {
         let version = self.inner.version();
         let mut cursors: Vec<Box<dyn Cursor + '_>> = Vec::new();
         for mem in std::iter::once(&active).chain(&immutables) {
-            cursors.push(Box::new(MemCursor::new(mem, lo, hi, dir)));
+            cursors.push(Box::new(MemCursor::new(mem, lo, hi, dir)?));
         }
         // A message-key range within one conversation can use the blooms.
         let prefix = conversation_range_prefix(lo, hi);
@@ -1703,6 +1764,9 @@ impl Drop for Waiting<'_> {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod blob_ref_tests;
 
 #[cfg(test)]
 mod compaction_tests {

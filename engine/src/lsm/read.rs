@@ -47,17 +47,22 @@ pub(crate) trait Cursor {
     }
 }
 
-/// A cursor over one memtable, within `[lo, hi)`.
+/// A cursor over one memtable, within `[lo, hi)`. A version the memtable
+/// holds as a blob reference is resolved (read and checked) when the
+/// cursor lands on it, as [`RunCursor`] does, so [`Cursor::current`]
+/// hands out the value.
 pub(crate) struct MemCursor<'a> {
     mem: &'a Memtable,
     cur: Option<Entry<'a>>,
     lo: Vec<u8>,
     hi: Option<Vec<u8>>,
     dir: Direction,
+    /// The current entry's value when it is a blob reference.
+    resolved: Option<bytes::Bytes>,
 }
 
 impl<'a> MemCursor<'a> {
-    pub fn new(mem: &'a Memtable, lo: &[u8], hi: Option<&[u8]>, dir: Direction) -> Self {
+    pub fn new(mem: &'a Memtable, lo: &[u8], hi: Option<&[u8]>, dir: Direction) -> Result<Self> {
         let newest = SeqNo(u64::MAX);
         let cur = match (dir, hi) {
             (Direction::Forward, _) => mem.seek(lo, newest),
@@ -71,28 +76,38 @@ impl<'a> MemCursor<'a> {
             lo: lo.to_vec(),
             hi: hi.map(<[u8]>::to_vec),
             dir,
+            resolved: None,
         };
-        c.clip();
-        c
+        c.land()?;
+        Ok(c)
     }
 
-    /// Ends the cursor once it leaves `[lo, hi)`.
-    fn clip(&mut self) {
-        let Some(e) = self.cur else { return };
+    /// Ends the cursor once it leaves `[lo, hi)`; resolves the value of
+    /// the entry it is on if that is a blob reference.
+    fn land(&mut self) -> Result<()> {
+        self.resolved = None;
+        let Some(e) = self.cur else { return Ok(()) };
         let outside = match self.dir {
             Direction::Forward => self.hi.as_deref().is_some_and(|h| e.key() >= h),
             Direction::Reverse => e.key() < self.lo.as_slice(),
         };
         if outside {
             self.cur = None;
+        } else if let Some(v) = e.value().filter(|_| e.is_blob_ref()) {
+            self.resolved = Some(self.mem.resolve(v)?);
         }
+        Ok(())
     }
 }
 
 impl Cursor for MemCursor<'_> {
     fn current(&self) -> Option<Item<'_>> {
         let e = self.cur.as_ref()?;
-        Some((e.key(), e.seq(), e.value()))
+        let value = match &self.resolved {
+            Some(v) => Some(v.as_ref()),
+            None => e.value(),
+        };
+        Some((e.key(), e.seq(), value))
     }
 
     fn advance(&mut self) -> Result<()> {
@@ -103,8 +118,7 @@ impl Cursor for MemCursor<'_> {
             // search (as crossbeam's `next_back` did).
             (Direction::Reverse, Some(e)) => self.mem.seek_before(e.key(), SeqNo(e.seq())),
         };
-        self.clip();
-        Ok(())
+        self.land()
     }
 }
 

@@ -91,6 +91,23 @@ fn a_message_keyspace_key_of_the_wrong_length_is_refused() {
     b.delete(&short);
     assert!(matches!(db.write(&b), Err(Error::InvalidArgument(_))));
 
+    // A blob reference: nothing would keep its file across the replay.
+    let mut b = WriteBatch::new();
+    b.put(good, b"fine").put_blob_ref(
+        b"chunk",
+        &missive_engine::lsm::BlobRef {
+            file: 1,
+            offset: 24,
+            len: 10,
+            crc: 0,
+        },
+    );
+    match db.write(&b) {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains("blob reference"), "{msg}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    assert_eq!(db.get(&good).unwrap(), None, "nothing of the batch landed");
+
     let mut b = WriteBatch::new();
     b.put(good, b"fine")
         .put([Keyspace::User as u8, 1, 2], b"any shape");

@@ -11,6 +11,12 @@
 //!
 //! Applying a batch takes the list's writer lock once and bump-allocates one
 //! node per version; readers never block the writer or each other.
+//!
+//! A version may hold a *blob reference* instead of its value: the value
+//! was written to a blob file before the batch (by whoever wrote the
+//! file), the memtable keeps the file open for as long as it lives, every
+//! read resolves the reference through it (checking the value's CRC), and
+//! a flush writes the reference into the table, never the bytes again.
 
 mod arena;
 mod reserve;
@@ -23,8 +29,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
+use crate::error::{Error, Result};
 use crate::log::StreamId;
+use crate::lsm::blob::{BlobFile, BlobRef};
 use crate::lsm::SeqNo;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 use skiplist::SkipList;
 pub(crate) use skiplist::{Entry, WriteGuard};
@@ -37,6 +49,8 @@ pub(crate) struct Memtable {
     bytes: AtomicUsize,
     /// Per log stream, the highest log index whose batch is in here.
     positions: Mutex<HashMap<StreamId, u64>>,
+    /// The blob files the versions' blob references point into, open.
+    blob_files: Mutex<HashMap<u64, Arc<BlobFile>>>,
 }
 
 /// Inserts of one batch, under the list's writer lock.
@@ -50,6 +64,15 @@ impl MemWriter<'_> {
     /// shorter than 4 GiB − 1 (the LSM refuses larger batches).
     pub fn insert(&mut self, key: &[u8], seq: SeqNo, value: Option<&[u8]>) {
         self.w.insert(key, seq.0, value);
+    }
+
+    /// Inserts a version whose value is `r` in `file` (open, and the file
+    /// `r` names): the memtable holds the file from now on.
+    pub fn insert_blob_ref(&mut self, key: &[u8], seq: SeqNo, file: &Arc<BlobFile>, r: &BlobRef) {
+        lock(&self.mem.blob_files)
+            .entry(r.file)
+            .or_insert_with(|| Arc::clone(file));
+        self.w.insert_blob_ref(key, seq.0, &r.encode());
     }
 
     /// Inserts placed from a finger and by a full search, so far.
@@ -83,6 +106,7 @@ impl Memtable {
             list: SkipList::with_chunk_pool(Some(Arc::clone(pool))),
             bytes: AtomicUsize::new(0),
             positions: Mutex::new(HashMap::new()),
+            blob_files: Mutex::new(HashMap::new()),
         }
     }
 
@@ -166,13 +190,53 @@ impl Memtable {
     }
 
     /// The newest version of `key` at `snapshot`: `Some(None)` for a
-    /// tombstone, `None` if this memtable has no version visible there.
-    pub fn get(&self, key: &[u8], snapshot: SeqNo) -> Option<Option<Vec<u8>>> {
-        let e = self.seek(key, snapshot)?;
-        if e.key() != key {
-            return None;
-        }
-        Some(e.value().map(<[u8]>::to_vec))
+    /// tombstone, `None` if this memtable has no version visible there. A
+    /// value kept here is made a `T` by `inline`, one kept in a blob file
+    /// (read and checked) by `blob`.
+    pub fn get<T>(
+        &self,
+        key: &[u8],
+        snapshot: SeqNo,
+        inline: impl Fn(&[u8]) -> T,
+        blob: impl Fn(bytes::Bytes) -> T,
+    ) -> Result<Option<Option<T>>> {
+        let Some(e) = self.seek(key, snapshot).filter(|e| e.key() == key) else {
+            return Ok(None);
+        };
+        Ok(Some(match e.value() {
+            None => None,
+            Some(v) if e.is_blob_ref() => Some(blob(self.resolve(v)?)),
+            Some(v) => Some(inline(v)),
+        }))
+    }
+
+    /// The blob files this memtable's blob references point into.
+    pub fn blob_file_ids(&self) -> Vec<u64> {
+        lock(&self.blob_files).keys().copied().collect()
+    }
+
+    /// The value an entry's blob reference (`encoded`, an entry's
+    /// [`Entry::value`] where [`Entry::is_blob_ref`]) points to, as a view
+    /// of its file's mapping that holds the file open; its CRC checked.
+    pub fn resolve(&self, encoded: &[u8]) -> Result<bytes::Bytes> {
+        // Both are broken invariants of this module (references are made
+        // by `insert_blob_ref` only, with their file), not bad input.
+        let r = BlobRef::decode(encoded)
+            .ok_or_else(|| Error::corruption("<memtable>", 0, "a malformed blob reference"))?;
+        let file = lock(&self.blob_files)
+            .get(&r.file)
+            .cloned()
+            .ok_or_else(|| {
+                Error::corruption(
+                    "<memtable>",
+                    0,
+                    format!(
+                        "a blob reference to file {} the memtable does not hold",
+                        r.file
+                    ),
+                )
+            })?;
+        file.shared(&r)
     }
 }
 
@@ -203,6 +267,11 @@ mod tests {
         }
     }
 
+    fn get(m: &Memtable, key: &[u8], snapshot: SeqNo) -> Option<Option<Vec<u8>>> {
+        m.get(key, snapshot, <[u8]>::to_vec, |b| b.to_vec())
+            .expect("inline values only")
+    }
+
     #[test]
     fn snapshot_reads_pick_the_right_version() {
         let m = Memtable::new();
@@ -210,12 +279,12 @@ mod tests {
         m.insert(b"a", SeqNo(3), Some(b"v3"));
         m.insert(b"a", SeqNo(5), None);
         m.insert(b"b", SeqNo(2), Some(b"b2"));
-        assert_eq!(m.get(b"a", SeqNo(0)), None);
-        assert_eq!(m.get(b"a", SeqNo(2)), Some(Some(b"v1".to_vec())));
-        assert_eq!(m.get(b"a", SeqNo(4)), Some(Some(b"v3".to_vec())));
-        assert_eq!(m.get(b"a", SeqNo(9)), Some(None));
-        assert_eq!(m.get(b"ab", SeqNo(9)), None);
-        assert_eq!(m.get(b"b", SeqNo(9)), Some(Some(b"b2".to_vec())));
+        assert_eq!(get(&m, b"a", SeqNo(0)), None);
+        assert_eq!(get(&m, b"a", SeqNo(2)), Some(Some(b"v1".to_vec())));
+        assert_eq!(get(&m, b"a", SeqNo(4)), Some(Some(b"v3".to_vec())));
+        assert_eq!(get(&m, b"a", SeqNo(9)), Some(None));
+        assert_eq!(get(&m, b"ab", SeqNo(9)), None);
+        assert_eq!(get(&m, b"b", SeqNo(9)), Some(Some(b"b2".to_vec())));
     }
 
     /// The memtable's order as a model: key ascending, seq descending.
@@ -331,10 +400,10 @@ mod tests {
         for (c, &t) in ts.iter().enumerate().filter(|(_, &t)| t > 3) {
             let conv = (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             let newest = chat_key(conv, t);
-            let got = m.get(&newest, SeqNo(n)).expect("the newest message");
+            let got = get(&m, &newest, SeqNo(n)).expect("the newest message");
             let seq = all.iter().find(|(k, _, _)| *k == newest).map(|e| e.1);
             assert_eq!(got, Some(value_for(&newest, seq.unwrap())));
-            assert_eq!(m.get(&chat_key(conv, t + 1), SeqNo(n)), None);
+            assert_eq!(get(&m, &chat_key(conv, t + 1), SeqNo(n)), None);
             let older = m
                 .seek(&chat_key(conv, t - 1), SeqNo(n))
                 .expect("an older one");
@@ -399,7 +468,7 @@ mod tests {
         let before = m.list.finger_reads();
         let mut reads = 0;
         for (k, &s) in newest.iter().filter(|(k, _)| k[11] != 1) {
-            let got = m.get(k, SeqNo(seq)).expect("written");
+            let got = get(&m, k, SeqNo(seq)).expect("written");
             assert_eq!(got, Some(value_for(k, s)));
             reads += 1;
         }

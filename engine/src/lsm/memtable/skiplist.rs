@@ -20,7 +20,8 @@
 //! 16  head3 u64   key bytes 16..24
 //! 24  seq   u64
 //! 32  key_len u32, 36 value_len u32 (u32::MAX: tombstone)
-//! 40  height u32, 44 padding
+//! 40  height u32, 44 flags u32 (bit 0: the value is an encoded blob
+//!     reference, `lsm::blob::BlobRef`, to bytes in a blob file)
 //! 48  next: [AtomicPtr<Node>; height]    level 0 first
 //! ..  key bytes, then value bytes
 //! ```
@@ -132,6 +133,8 @@ const FINGER_SLOTS: usize = 32768;
 const WALK_BUDGET: usize = 16;
 /// `value_len` of a tombstone.
 const TOMBSTONE: u32 = u32::MAX;
+/// `flags` bit: the value bytes are an encoded `BlobRef`, not the value.
+const FLAG_BLOB_REF: u32 = 1;
 
 /// A node's fixed part; the tower, key and value follow it in the arena.
 #[repr(C)]
@@ -143,7 +146,8 @@ pub(crate) struct Node {
     key_len: u32,
     value_len: u32,
     height: u32,
-    _pad: u32,
+    /// [`FLAG_BLOB_REF`] or 0.
+    flags: u32,
 }
 
 /// Bytes before the tower.
@@ -403,7 +407,7 @@ impl SkipList {
                     key_len: 0,
                     value_len: 0,
                     height: MAX_HEIGHT as u32,
-                    _pad: 0,
+                    flags: 0,
                 },
             );
             for i in 0..MAX_HEIGHT {
@@ -611,7 +615,15 @@ impl<'a> Entry<'a> {
         self.header().seq
     }
 
-    /// The value; `None` for a tombstone.
+    /// Whether [`Entry::value`] is an encoded blob reference (the value
+    /// itself is in a blob file) rather than the value.
+    pub fn is_blob_ref(&self) -> bool {
+        self.header().flags & FLAG_BLOB_REF != 0
+    }
+
+    /// The value as stored; `None` for a tombstone. For an entry
+    /// [`Entry::is_blob_ref`], the reference's encoding, which readers
+    /// resolve (`Memtable::resolve`) and a flush writes as a reference.
     pub fn value(&self) -> Option<&'a [u8]> {
         let h = self.header();
         if h.value_len == TOMBSTONE {
@@ -658,6 +670,17 @@ impl WriteGuard<'_> {
     /// be in the list already (sequence numbers are unique), and the key and
     /// value must each be shorter than 4 GiB − 1.
     pub fn insert(&mut self, key: &[u8], seq: u64, value: Option<&[u8]>) {
+        self.insert_flagged(key, seq, value, 0);
+    }
+
+    /// Inserts a version whose value is kept in a blob file: `encoded_ref`
+    /// is its `BlobRef::encode`, and the entry says so
+    /// ([`Entry::is_blob_ref`]).
+    pub fn insert_blob_ref(&mut self, key: &[u8], seq: u64, encoded_ref: &[u8]) {
+        self.insert_flagged(key, seq, Some(encoded_ref), FLAG_BLOB_REF);
+    }
+
+    fn insert_flagged(&mut self, key: &[u8], seq: u64, value: Option<&[u8]>, flags: u32) {
         let (key_len, value_len) = match (
             u32::try_from(key.len()),
             value.map(|v| u32::try_from(v.len())),
@@ -714,7 +737,7 @@ impl WriteGuard<'_> {
                     key_len,
                     value_len,
                     height: height as u32,
-                    _pad: 0,
+                    flags,
                 },
             );
             for (i, &pred) in preds.iter().enumerate().take(height) {

@@ -1,0 +1,192 @@
+//! Versions whose values were written to a blob file before their batch
+//! (`WriteBatch::put_blob_ref`): read from the memtable through the file,
+//! flushed as references (the bytes are not written again), kept across a
+//! restart by the table that references them; bad references refused
+//! whole.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use super::*;
+use crate::lsm::blob::BlobWriter;
+
+fn open(dir: &std::path::Path) -> Lsm {
+    Lsm::open(
+        dir,
+        LsmOptions {
+            background: false,
+            ..LsmOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Writes `values` into a new blob file of `lsm`'s, as a log keeping large
+/// values apart would: returns their references.
+fn write_blob_file(lsm: &Lsm, values: &[Vec<u8>]) -> Vec<BlobRef> {
+    let id = lsm.inner.allocate_table_id().0;
+    let mut w = BlobWriter::create(&lsm.inner.tables_dir, id).unwrap();
+    let refs = values.iter().map(|v| w.append(v).unwrap()).collect();
+    w.finish().unwrap();
+    lsm.inner.sync_tables_dir().unwrap();
+    refs
+}
+
+fn value(i: u8) -> Vec<u8> {
+    (0..300_000u32).map(|j| (j as u8) ^ i).collect()
+}
+
+fn blob_files(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("tables"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".blob"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn referenced_values_read_back_before_and_after_a_flush_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let refs = write_blob_file(&lsm, &[value(1), value(2)]);
+    let mut b = WriteBatch::new();
+    b.put(b"a", b"small")
+        .put_blob_ref(b"b", &refs[0])
+        .put_blob_ref(b"c", &refs[1]);
+    lsm.apply(&b, None).unwrap();
+
+    // From the memtable: get, the shared view, a scan either way.
+    let check = |lsm: &Lsm| {
+        assert_eq!(lsm.get(b"b").unwrap().unwrap(), value(1));
+        assert_eq!(lsm.get_shared(b"c").unwrap().unwrap(), value(2));
+        let fwd = lsm.scan(b"a", None, Direction::Forward, 10).unwrap();
+        let want = vec![
+            (b"a".to_vec(), b"small".to_vec()),
+            (b"b".to_vec(), value(1)),
+            (b"c".to_vec(), value(2)),
+        ];
+        assert_eq!(fwd, want);
+        let rev = lsm.scan(b"a", None, Direction::Reverse, 10).unwrap();
+        assert_eq!(rev, want.into_iter().rev().collect::<Vec<_>>());
+    };
+    check(&lsm);
+
+    // Flushed: the table takes the references, no blob byte is written
+    // again, and the one blob file is the one written above.
+    let before = blob_files(dir.path());
+    lsm.flush().unwrap();
+    assert_eq!(lsm.stats().blob_bytes_written, 0);
+    assert_eq!(blob_files(dir.path()), before);
+    check(&lsm);
+
+    // The table holds the file across a restart (no orphan).
+    drop(lsm);
+    let lsm = open(dir.path());
+    assert_eq!(blob_files(dir.path()), before);
+    check(&lsm);
+
+    // Once no table references it, the file goes like a flush's would.
+    let mut d = WriteBatch::new();
+    d.delete(b"b").delete(b"c");
+    lsm.apply(&d, None).unwrap();
+    lsm.compact_full().unwrap();
+    assert_eq!(lsm.get(b"b").unwrap(), None);
+    assert!(
+        blob_files(dir.path()).is_empty(),
+        "{:?}",
+        blob_files(dir.path())
+    );
+}
+
+#[test]
+fn a_newer_inline_version_hides_a_referenced_one_and_the_other_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let refs = write_blob_file(&lsm, &[value(3)]);
+    let mut b = WriteBatch::new();
+    b.put(b"k", b"old").put_blob_ref(b"k", &refs[0]);
+    lsm.apply(&b, None).unwrap();
+    assert_eq!(lsm.get(b"k").unwrap().unwrap(), value(3));
+    let mut b = WriteBatch::new();
+    b.put(b"k", b"new");
+    lsm.apply(&b, None).unwrap();
+    assert_eq!(lsm.get(b"k").unwrap().unwrap(), b"new");
+    lsm.flush().unwrap();
+    assert_eq!(lsm.get(b"k").unwrap().unwrap(), b"new");
+}
+
+#[test]
+fn a_reference_outside_its_file_or_to_no_file_is_refused_and_nothing_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let refs = write_blob_file(&lsm, &[value(4)]);
+    let outside = BlobRef {
+        offset: refs[0].offset + 1_000_000,
+        ..refs[0]
+    };
+    let mut b = WriteBatch::new();
+    b.put(b"x", b"1").put_blob_ref(b"y", &outside);
+    let err = lsm.apply(&b, None).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let nowhere = BlobRef {
+        file: refs[0].file + 1000,
+        ..refs[0]
+    };
+    let mut b = WriteBatch::new();
+    b.put(b"x", b"1").put_blob_ref(b"y", &nowhere);
+    assert!(lsm.apply(&b, None).is_err());
+    assert_eq!(lsm.get(b"x").unwrap(), None);
+    assert_eq!(lsm.get(b"y").unwrap(), None);
+}
+
+#[test]
+fn a_damaged_referenced_value_is_corruption_from_the_memtable_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let refs = write_blob_file(&lsm, &[value(5)]);
+    // Flip a byte of the value on disk (the mapping sees the file).
+    let path = blob::blob_path(&lsm.inner.tables_dir, refs[0].file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[refs[0].offset as usize + 1000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let mut b = WriteBatch::new();
+    b.put_blob_ref(b"z", &refs[0]);
+    lsm.apply(&b, None).unwrap();
+    let err = lsm.get(b"z").unwrap_err();
+    assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    assert!(lsm.scan(b"", None, Direction::Forward, 10).is_err());
+}
+
+/// A file shared by a table (earlier references, flushed) and the
+/// memtable (later ones): when a compaction leaves no table referencing
+/// it, the memtable's references keep it, so the table the memtable
+/// becomes finds it after a restart.
+#[test]
+fn a_file_the_memtable_still_references_outlives_its_last_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let refs = write_blob_file(&lsm, &[value(6), value(7)]);
+    let mut b = WriteBatch::new();
+    b.put_blob_ref(b"first", &refs[0]);
+    lsm.apply(&b, None).unwrap();
+    lsm.flush().unwrap();
+    let mut d = WriteBatch::new();
+    d.delete(b"first");
+    lsm.apply(&d, None).unwrap();
+    lsm.flush().unwrap();
+    // Only the memtable references the file once this merge is installed
+    // (the tombstone drops the first reference at the bottom level).
+    let mut b = WriteBatch::new();
+    b.put_blob_ref(b"second", &refs[1]);
+    lsm.apply(&b, None).unwrap();
+    let before = blob_files(dir.path());
+    lsm.compact_tables_full().unwrap();
+    assert_eq!(blob_files(dir.path()), before, "the file stays");
+    assert_eq!(lsm.get(b"first").unwrap(), None);
+    lsm.flush().unwrap();
+    drop(lsm);
+    assert_eq!(blob_files(dir.path()), before);
+    let lsm = open(dir.path());
+    assert_eq!(lsm.get(b"second").unwrap().unwrap(), value(7));
+}
