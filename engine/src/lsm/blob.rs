@@ -20,7 +20,9 @@
 //!   its directory entry fsynced before the manifest edit that installs
 //!   the first table referencing it; a blob file no table in the manifest
 //!   references is an orphan of an interrupted flush or compaction and is
-//!   deleted at open (`recovery.rs`).
+//!   deleted at open (`recovery.rs`) — unless the manifest pins it: a file
+//!   the store's owner writes itself (`pinned.rs`) is kept until the owner
+//!   unpins it.
 //! - **A reference made before the memtable stays inside its file.** A
 //!   batch may carry a reference to a value already in one of the store's
 //!   finished blob files (`WriteBatch::put_blob_ref`: the write-once path
@@ -235,6 +237,11 @@ impl BlobWriter {
     }
 
     /// Offset of the next byte appended.
+    /// The file's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     fn offset(&self) -> u64 {
         self.written + self.buf.len as u64
     }

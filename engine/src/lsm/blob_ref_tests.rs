@@ -190,3 +190,74 @@ fn a_file_the_memtable_still_references_outlives_its_last_table() {
     let lsm = open(dir.path());
     assert_eq!(lsm.get(b"second").unwrap().unwrap(), value(7));
 }
+
+/// A pinned file survives restarts with no table referencing it, until its
+/// owner unpins it; then it goes at once.
+#[test]
+fn a_pinned_file_outlives_restarts_until_unpinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let mut w = lsm.create_pinned_blob_file().unwrap();
+    let r = w.append(&value(8)).unwrap();
+    let id = w.finish().unwrap();
+    assert_eq!(r.file, id);
+    // Referenced from the memtable only, then a crash (no flush).
+    let mut b = WriteBatch::new();
+    b.put_blob_ref(b"k", &r);
+    lsm.apply(&b, None).unwrap();
+    drop(lsm);
+    let lsm = open(dir.path());
+    assert_eq!(lsm.pinned_blob_files(), vec![id]);
+    assert_eq!(blob_files(dir.path()).len(), 1);
+    // The owner applies the reference again (its log's replay).
+    lsm.apply(&b, None).unwrap();
+    assert_eq!(lsm.get(b"k").unwrap().unwrap(), value(8));
+    lsm.flush().unwrap();
+    // Unpinned while a table references it: it stays, across a restart.
+    lsm.unpin_blob_file(id).unwrap();
+    assert!(lsm.pinned_blob_files().is_empty());
+    drop(lsm);
+    let lsm = open(dir.path());
+    assert_eq!(lsm.get(b"k").unwrap().unwrap(), value(8));
+    // Its last reference gone, it goes.
+    let mut d = WriteBatch::new();
+    d.delete(b"k");
+    lsm.apply(&d, None).unwrap();
+    lsm.compact_full().unwrap();
+    assert!(blob_files(dir.path()).is_empty());
+}
+
+/// Unpinned with no reference anywhere: deleted now. A pin whose file was
+/// never finished (a crash mid-write) is listed at open for the owner.
+#[test]
+fn unpinning_an_unreferenced_file_deletes_it_and_unfinished_ones_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let mut w = lsm.create_pinned_blob_file().unwrap();
+    w.append(&value(9)).unwrap();
+    let done = w.finish().unwrap();
+    let mut torn = lsm.create_pinned_blob_file().unwrap();
+    let torn_id = torn.id();
+    torn.append(&value(10)).unwrap();
+    drop(torn);
+    drop(lsm);
+    let lsm = open(dir.path());
+    assert_eq!(lsm.pinned_blob_files(), vec![done, torn_id]);
+    // The unfinished one cannot be referenced.
+    let r = BlobRef {
+        file: torn_id,
+        offset: 24,
+        len: 10,
+        crc: 0,
+    };
+    let mut b = WriteBatch::new();
+    b.put_blob_ref(b"x", &r);
+    assert!(lsm.apply(&b, None).is_err());
+    lsm.unpin_blob_file(torn_id).unwrap();
+    lsm.unpin_blob_file(done).unwrap();
+    lsm.unpin_blob_file(done).unwrap();
+    assert!(blob_files(dir.path()).is_empty());
+    drop(lsm);
+    let lsm = open(dir.path());
+    assert!(lsm.pinned_blob_files().is_empty());
+}

@@ -11,7 +11,7 @@
 //! a torn tail of the previous one is left behind with it. While running,
 //! a manifest that grows past a bound is rewritten the same way.
 //!
-//! ## Format (version 3; versions 1 and 2, without tags 6 and 7, are read too)
+//! ## Format (version 4; versions 1–3, without tags 6 and 7 or 8 and 9, are read too)
 //!
 //! ```text
 //! header:  magic b"MSVMANIF" ‖ version u16 LE ‖ reserved u16 ‖ crc32 u32 LE (of the 12 bytes before)
@@ -27,6 +27,11 @@
 //!                 log was reset); applied before any tag 5 of the same edit
 //!   7 recompressed id u64: the file this edit adds (a tag 1 before it in
 //!                 the same edit) was written by the recompression pass
+//!   8 pin blob    id u64: blob file `id` is kept at open although no table
+//!                 may reference it (written by the store's owner, see
+//!                 `Lsm::create_pinned_blob_file`)
+//!   9 unpin blob  id u64: the pin is gone; applied after any tag 8 of the
+//!                 same edit
 //! ```
 //!
 //! Integers little-endian. A record is applied whole or not at all. On load,
@@ -34,7 +39,7 @@
 //! edit was never acknowledged: the edit's fsync had not returned) and is
 //! ignored; a bad record followed by an intact one is corruption.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,7 +51,7 @@ use crate::lsm::table::TableId;
 use crate::lsm::version::FileMeta;
 
 const MAGIC: [u8; 8] = *b"MSVMANIF";
-const VERSION: u16 = 3;
+const VERSION: u16 = 4;
 /// The oldest manifest version this build reads.
 const VERSION_MIN: u16 = 1;
 const HEADER_LEN: usize = 16;
@@ -64,6 +69,10 @@ pub(crate) struct Edit {
     /// Streams whose flushed position is dropped (applied before
     /// `flushed`).
     pub forgotten: Vec<StreamId>,
+    /// Blob files pinned by this edit (kept at open without a table).
+    pub pinned_blobs: Vec<u64>,
+    /// Blob files unpinned by this edit (applied after `pinned_blobs`).
+    pub unpinned_blobs: Vec<u64>,
 }
 
 /// The state a manifest describes.
@@ -73,6 +82,8 @@ pub(crate) struct ManifestState {
     pub next_table_id: u64,
     pub last_seq: u64,
     pub flushed: HashMap<StreamId, u64>,
+    /// Blob files kept at open although no table may reference them.
+    pub pinned_blobs: BTreeSet<u64>,
 }
 
 impl ManifestState {
@@ -96,6 +107,10 @@ impl ManifestState {
             let v = self.flushed.entry(*s).or_insert(0);
             *v = (*v).max(*i);
         }
+        self.pinned_blobs.extend(&e.pinned_blobs);
+        for id in &e.unpinned_blobs {
+            self.pinned_blobs.remove(id);
+        }
     }
 
     /// One edit that recreates this state.
@@ -109,6 +124,8 @@ impl ManifestState {
             last_seq: Some(self.last_seq),
             flushed,
             forgotten: Vec::new(),
+            pinned_blobs: self.pinned_blobs.iter().copied().collect(),
+            unpinned_blobs: Vec::new(),
         }
     }
 }
@@ -157,6 +174,14 @@ impl Edit {
             o.push(5);
             o.extend_from_slice(&s.0.to_le_bytes());
             o.extend_from_slice(&i.to_le_bytes());
+        }
+        for id in &self.pinned_blobs {
+            o.push(8);
+            o.extend_from_slice(&id.to_le_bytes());
+        }
+        for id in &self.unpinned_blobs {
+            o.push(9);
+            o.extend_from_slice(&id.to_le_bytes());
         }
         o
     }
@@ -217,6 +242,8 @@ impl Edit {
                     let id = TableId(u64_at(&mut p)?);
                     e.added.iter_mut().find(|f| f.id == id)?.recompressed = true;
                 }
+                8 => e.pinned_blobs.push(u64_at(&mut p)?),
+                9 => e.unpinned_blobs.push(u64_at(&mut p)?),
                 _ => return None,
             }
         }
@@ -430,7 +457,28 @@ mod tests {
             last_seq: Some(9),
             flushed: vec![(StreamId(1), 42)],
             forgotten: vec![StreamId(2)],
+            pinned_blobs: vec![11, 12],
+            unpinned_blobs: vec![5],
         };
         assert_eq!(Edit::decode(&e.encode()), Some(e));
+    }
+
+    #[test]
+    fn pins_come_and_go_and_survive_the_snapshot() {
+        let mut st = ManifestState::default();
+        st.apply(&Edit {
+            pinned_blobs: vec![4, 5],
+            ..Edit::default()
+        });
+        // An unpin in the same edit as its pin wins.
+        st.apply(&Edit {
+            pinned_blobs: vec![6],
+            unpinned_blobs: vec![4, 6],
+            ..Edit::default()
+        });
+        assert_eq!(st.pinned_blobs, BTreeSet::from([5]));
+        let mut again = ManifestState::default();
+        again.apply(&Edit::decode(&st.snapshot().encode()).unwrap());
+        assert_eq!(again.pinned_blobs, st.pinned_blobs);
     }
 }

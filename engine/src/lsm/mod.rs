@@ -52,6 +52,7 @@ mod flush;
 pub(crate) mod manifest;
 pub(crate) mod memtable;
 pub(crate) mod pace;
+mod pinned;
 mod pressure;
 mod priority;
 pub mod read;
@@ -74,6 +75,7 @@ pub use batch::{BatchOp, WriteBatch};
 pub use blob::BlobRef;
 pub use compaction::picker::{Choice, PickerConfig};
 pub use db::{Db, DbOptions, WriteOptions};
+pub use pinned::PinnedBlobWriter;
 pub use read::Direction;
 pub use retention::{MessageRetention, Retention};
 pub use table::TableId;
@@ -641,7 +643,7 @@ impl Inner {
             next_table_id: Some(m.1.next_table_id),
             last_seq,
             flushed,
-            forgotten: Vec::new(),
+            ..Edit::default()
         };
         m.0.append(&edit)?;
         m.1.apply(&edit);
@@ -678,6 +680,8 @@ impl Inner {
                     live.extend(mem.blob_file_ids());
                 }
             }
+            // A pinned file is its owner's to release (`unpin_blob_file`).
+            live.extend(&state.pinned_blobs);
             for id in candidates.into_iter().filter(|id| !live.contains(id)) {
                 self.blobs.retire(id);
             }

@@ -16,7 +16,9 @@
 //!   fails with it rather than serve a store with a hole;
 //! - blob files (`blob.rs`) no named table references: written by a flush
 //!   or compaction whose edit never made it, or retired by one and not yet
-//!   deleted — deleted. A blob file a named table references is fsynced
+//!   deleted — deleted, unless the manifest pins it (`pinned.rs`: a file
+//!   the owner writes itself, kept until it unpins it, finished or not).
+//!   A blob file a named table references is fsynced
 //!   with its directory entry before that table's edit, so one missing is
 //!   corruption too (reported when the table is opened).
 //!
@@ -125,16 +127,18 @@ pub(super) fn recover(dir: &Path, opts: &LsmOptions) -> Result<Recovered> {
             table,
         }));
     }
-    // Blob files no table references were being written by a flush or a
-    // compaction the crash interrupted, or were retired and not yet
-    // deleted: nothing refers to them.
+    // Blob files no table references (and no pin keeps) were being
+    // written by a flush or a compaction the crash interrupted, or were
+    // retired and not yet deleted: nothing refers to them.
     let referenced: std::collections::HashSet<u64> = levels
         .iter()
         .flatten()
         .flat_map(|t| t.table.blob_list.iter().map(|(f, _)| *f))
         .collect();
     for (id, p) in blob_files {
-        if !referenced.contains(&id) {
+        // A pinned file is kept for its owner, referenced or not (the
+        // manifest's tag 8: `Lsm::create_pinned_blob_file`).
+        if !referenced.contains(&id) && !state.pinned_blobs.contains(&id) {
             std::fs::remove_file(&p).map_err(|e| Error::io("remove the orphan", &p, e))?;
         }
     }

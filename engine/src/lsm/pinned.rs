@@ -1,0 +1,130 @@
+//! Blob files the store's owner writes itself, kept by a pin.
+//!
+//! A log that keeps large values out of its own records (the write-once
+//! layout for media, design.md §4.3.3) writes them into a blob file of the
+//! store and later applies batches referencing them
+//! (`WriteBatch::put_blob_ref`). Until a flush puts those references into
+//! a table, no table names the file, and open deletes blob files no table
+//! names (orphans of an interrupted flush). A *pin* — a manifest record
+//! (tag 8) written before the file is created — keeps it through any
+//! restart until its owner lets go ([`Lsm::unpin_blob_file`]: tag 9); from
+//! then on the file lives while a table or a memtable references it, like
+//! any other, and goes at once if none does.
+//!
+//! Order (what a crash at each point leaves): the pin is durable before
+//! the file exists, so a crash leaves at worst a pin of a file that is
+//! missing or was never finished — [`Lsm::pinned_blob_files`] lists the
+//! pins at open and the owner unpins what its log does not name. A file
+//! is readable, and may be referenced, once [`PinnedBlobWriter::finish`]
+//! fsynced it and its directory entry.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::lsm::blob::{BlobRef, BlobWriter};
+use crate::lsm::manifest::Edit;
+use crate::lsm::{lock, Inner, Lsm};
+
+/// Writes one pinned blob file ([module documentation](self)).
+pub struct PinnedBlobWriter {
+    inner: Arc<Inner>,
+    w: BlobWriter,
+}
+
+impl std::fmt::Debug for PinnedBlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedBlobWriter")
+            .field("id", &self.w.id())
+            .finish()
+    }
+}
+
+impl PinnedBlobWriter {
+    /// The file's id (what its references name).
+    pub fn id(&self) -> u64 {
+        self.w.id()
+    }
+
+    /// Appends a value; its reference is valid once the file is finished.
+    pub fn append(&mut self, value: &[u8]) -> Result<BlobRef> {
+        self.w.append(value)
+    }
+
+    /// Writes the footer and fsyncs the file and the tables directory:
+    /// from here its references may be applied. Returns the file's id.
+    pub fn finish(self) -> Result<u64> {
+        let id = self.w.id();
+        self.w.finish()?;
+        self.inner.sync_tables_dir()?;
+        Ok(id)
+    }
+}
+
+impl Lsm {
+    /// Pins a new blob file id durably, then creates the file: see the
+    /// [module documentation](self).
+    pub fn create_pinned_blob_file(&self) -> Result<PinnedBlobWriter> {
+        let id = self.inner.allocate_table_id().0;
+        {
+            let mut m = lock(&self.inner.manifest);
+            let edit = Edit {
+                next_table_id: Some(m.1.next_table_id),
+                pinned_blobs: vec![id],
+                ..Edit::default()
+            };
+            m.0.append(&edit)?;
+            m.1.apply(&edit);
+        }
+        let w = BlobWriter::create(&self.inner.tables_dir, id)?;
+        Ok(PinnedBlobWriter {
+            inner: Arc::clone(&self.inner),
+            w,
+        })
+    }
+
+    /// The pinned blob files, by id (after a restart: the owner's to
+    /// reconcile with what it still names).
+    pub fn pinned_blob_files(&self) -> Vec<u64> {
+        lock(&self.inner.manifest)
+            .1
+            .pinned_blobs
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Drops the pin of blob file `id` durably. A table or memtable that
+    /// references the file keeps it (it goes with the last of them);
+    /// otherwise it is deleted now (or when the last reader of one of its
+    /// values lets go). Unpinning an id that is not pinned does nothing.
+    pub fn unpin_blob_file(&self, id: u64) -> Result<()> {
+        let mut m = lock(&self.inner.manifest);
+        if !m.1.pinned_blobs.contains(&id) {
+            return Ok(());
+        }
+        let edit = Edit {
+            unpinned_blobs: vec![id],
+            ..Edit::default()
+        };
+        m.0.append(&edit)?;
+        m.1.apply(&edit);
+        // Ordered against batches inserting references and against
+        // `install` (which holds the manifest lock too).
+        let _refs = lock(&self.inner.blob_refs);
+        let in_tables = self
+            .inner
+            .version()
+            .all_tables()
+            .any(|t| t.table.blob_list.iter().any(|(f, _)| *f == id));
+        let in_memtables = {
+            let mems = self.inner.mem();
+            std::iter::once(&mems.active)
+                .chain(&mems.immutables)
+                .any(|mem| mem.blob_file_ids().contains(&id))
+        };
+        if !in_tables && !in_memtables {
+            self.inner.blobs.retire(id);
+        }
+        Ok(())
+    }
+}
