@@ -33,7 +33,10 @@ impl Mem {
 
     /// A point read at the newest snapshot; whether the key is there.
     pub fn get(&self, key: &[u8]) -> bool {
-        matches!(self.0.get(key, SeqNo(u64::MAX >> 8)), Some(Some(_)))
+        matches!(
+            self.0.get(key, SeqNo(u64::MAX >> 8), |_| (), |_| ()),
+            Ok(Some(Some(())))
+        )
     }
 }
 
