@@ -69,6 +69,9 @@ pub struct WriteBatch {
     /// The encoding (see the module docs), header included.
     rep: Vec<u8>,
     count: u32,
+    /// Whether any operation is a [`BatchOp::PutBlobRef`] (so that
+    /// applying a batch without one does not look for them).
+    blob_refs: bool,
 }
 
 const BATCH_VERSION: u8 = 1;
@@ -89,7 +92,11 @@ impl WriteBatch {
         let mut rep = Vec::with_capacity(64);
         rep.push(BATCH_VERSION);
         rep.extend_from_slice(&0u32.to_le_bytes());
-        WriteBatch { rep, count: 0 }
+        WriteBatch {
+            rep,
+            count: 0,
+            blob_refs: false,
+        }
     }
 
     /// An empty batch with room for `bytes` of keys and values.
@@ -131,6 +138,7 @@ impl WriteBatch {
         varint::put(&mut self.rep, key.len() as u64);
         self.rep.extend_from_slice(key);
         self.rep.extend_from_slice(&blob.encode());
+        self.blob_refs = true;
         self.bump();
         self
     }
@@ -149,6 +157,7 @@ impl WriteBatch {
     pub fn clear(&mut self) {
         self.rep.truncate(HEADER);
         self.count = 0;
+        self.blob_refs = false;
         self.rep[1..HEADER].copy_from_slice(&0u32.to_le_bytes());
     }
 
@@ -157,6 +166,12 @@ impl WriteBatch {
         Ops {
             rest: &self.rep[HEADER..],
         }
+    }
+
+    /// Whether any operation is a blob reference
+    /// ([`WriteBatch::put_blob_ref`]).
+    pub fn has_blob_refs(&self) -> bool {
+        self.blob_refs
     }
 
     /// Number of operations.
@@ -189,12 +204,14 @@ impl WriteBatch {
         let mut ops = Ops {
             rest: bytes.get(HEADER..)?,
         };
+        let mut blob_refs = false;
         for _ in 0..count {
-            ops.parse()?;
+            blob_refs |= matches!(ops.parse()?, BatchOp::PutBlobRef { .. });
         }
         ops.rest.is_empty().then(|| WriteBatch {
             rep: bytes.to_vec(),
             count,
+            blob_refs,
         })
     }
 }
@@ -306,6 +323,9 @@ mod tests {
             }
         );
         assert_eq!(ops[1].key(), b"chunk");
+        assert!(b.has_blob_refs() && d.has_blob_refs());
+        b.clear();
+        assert!(!b.has_blob_refs());
         assert_eq!(ops[2], BatchOp::Delete { key: b"z" });
         // Cut inside the reference, and a reference of another version.
         let at = enc.len() - 3 - BLOB_REF_LEN;

@@ -856,20 +856,7 @@ impl Lsm {
         // Every blob reference's file open and the reference inside it,
         // before anything of the batch is applied (a batch is whole or
         // nothing).
-        let mut blob_files = HashMap::new();
-        for op in batch.ops() {
-            if let BatchOp::PutBlobRef { blob, .. } = op {
-                if let std::collections::hash_map::Entry::Vacant(v) = blob_files.entry(blob.file) {
-                    v.insert(self.inner.blobs.get(blob.file)?);
-                }
-                blob_files[&blob.file].value_unchecked(&blob).map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "a blob reference ({} bytes at {}) outside blob file {}",
-                        blob.len, blob.offset, blob.file
-                    ))
-                })?;
-            }
-        }
+        let blob_files = self.open_blob_files(batch)?;
         let _w = self.inner.write_lock.lock();
         // Slept holding the write lock: the slowdown paces the store's
         // writers as a whole, not each one.
@@ -920,6 +907,36 @@ impl Lsm {
             self.rotate();
         }
         Ok(SeqNo(first + n - 1))
+    }
+
+    /// The blob files a batch's blob references name, open, each
+    /// reference checked to lie inside its file; empty (and no look at
+    /// the operations) for a batch without any.
+    fn open_blob_files(&self, batch: &WriteBatch) -> Result<HashMap<u64, Arc<blob::BlobFile>>> {
+        let mut files: HashMap<u64, Arc<blob::BlobFile>> = HashMap::new();
+        if !batch.has_blob_refs() {
+            return Ok(files);
+        }
+        for op in batch.ops() {
+            let BatchOp::PutBlobRef { blob, .. } = op else {
+                continue;
+            };
+            let file = match files.get(&blob.file) {
+                Some(f) => Arc::clone(f),
+                None => {
+                    let f = self.inner.blobs.get(blob.file)?;
+                    files.insert(blob.file, Arc::clone(&f));
+                    f
+                }
+            };
+            file.value_unchecked(&blob).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "a blob reference ({} bytes at {}) outside blob file {}",
+                    blob.len, blob.offset, blob.file
+                ))
+            })?;
+        }
+        Ok(files)
     }
 
     /// Makes everything applied up to `seq` visible.

@@ -93,8 +93,10 @@ impl<'a> MemCursor<'a> {
         };
         if outside {
             self.cur = None;
-        } else if let Some(v) = e.value().filter(|_| e.is_blob_ref()) {
-            self.resolved = Some(self.mem.resolve(v)?);
+        } else if e.is_blob_ref() {
+            if let Some(v) = e.value() {
+                self.resolved = Some(self.mem.resolve(v)?);
+            }
         }
         Ok(())
     }
