@@ -32,11 +32,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::log::StreamId;
 use crate::lsm::blob::{BlobFile, BlobRef};
-use crate::lsm::SeqNo;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::lsm::{lock, SeqNo};
 
 use skiplist::SkipList;
 pub(crate) use skiplist::{Entry, WriteGuard};
