@@ -658,7 +658,7 @@ impl Log {
         // nothing.
         self.sync()?;
         let mut w = self.shared.writer();
-        commit::drain(&self.shared, &mut w)?;
+        commit::drain(&self.shared, &mut w, commit::Staged::Write)?;
         let result = (|| {
             if w.offset > format::SEGMENT_HEADER_LEN as u64 {
                 w.roll(&self.shared)?;
@@ -832,7 +832,9 @@ impl Log {
         match w {
             Some(mut w) => {
                 while !self.shared.marks.is_written(lsn) {
-                    if commit::drain(&self.shared, &mut w)? != commit::Drained::Wrote {
+                    if commit::drain(&self.shared, &mut w, commit::Staged::Write)?
+                        != commit::Drained::Wrote
+                    {
                         break;
                     }
                 }
