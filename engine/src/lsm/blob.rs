@@ -22,10 +22,13 @@
 //!   references is an orphan of an interrupted flush or compaction and is
 //!   deleted at open (`recovery.rs`) — unless the manifest pins it: a file
 //!   the store's owner writes itself (`pinned.rs`) is kept until the owner
-//!   unpins it.
+//!   unpins it. Such a file may be referenced while it grows, up to what
+//!   its writer synced ([`Growth`]); one its writer left without a footer
+//!   is sealed at open after its last whole record ([`seal_unfinished`]),
+//!   which covers everything synced.
 //! - **A reference made before the memtable stays inside its file.** A
 //!   batch may carry a reference to a value already in one of the store's
-//!   finished blob files (`WriteBatch::put_blob_ref`: the write-once path
+//!   blob files (finished, or pinned and synced that far) (`WriteBatch::put_blob_ref`: the write-once path
 //!   for a log that keeps large values in blob files itself); `Lsm::apply`
 //!   opens the file and checks the bounds before applying any of the
 //!   batch, the memtable holds the file, and the flush writes the
@@ -229,19 +232,54 @@ impl BlobWriter {
             records: 0,
             value_bytes: 0,
         };
-        let mut header = [0u8; BLOB_HEADER_LEN];
-        header[..8].copy_from_slice(&BLOB_MAGIC);
-        header[8..10].copy_from_slice(&BLOB_VERSION.to_le_bytes());
-        w.put(&header)?;
+        w.put(&blob_header())?;
         Ok(w)
     }
 
-    /// Offset of the next byte appended.
+    /// Creates `tables/{id}.blob` for writes through the page cache: a
+    /// file read while it grows ([`BlobWriter::sync`]) must be, since its
+    /// last block is written again each time.
+    pub fn create_buffered(dir: &Path, id: u64) -> Result<BlobWriter> {
+        let path = blob_path(dir, id);
+        let file = create_buffered(&path)?;
+        let mut w = BlobWriter {
+            id,
+            path,
+            file,
+            direct: false,
+            buf: AlignedBuf::new(WRITE_CHUNK),
+            written: 0,
+            records: 0,
+            value_bytes: 0,
+        };
+        w.put(&blob_header())?;
+        Ok(w)
+    }
+
     /// The file's id.
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// Writes what is gathered and fdatasyncs the file (the first time:
+    /// `fsync`, for its size and its existence); returns the length now
+    /// durable, below which every value appended so far lies. Only for a
+    /// writer from [`BlobWriter::create_buffered`].
+    pub fn sync(&mut self, first: bool) -> Result<u64> {
+        debug_assert!(!self.direct, "an O_DIRECT writer writes whole blocks");
+        if self.buf.len > 0 {
+            self.write_out(self.buf.len)?;
+        }
+        let r = if first {
+            self.file.sync_all()
+        } else {
+            self.file.sync_data()
+        };
+        r.map_err(|e| Error::io("fsync", &self.path, e))?;
+        Ok(self.written)
+    }
+
+    /// Offset of the next byte appended.
     fn offset(&self) -> u64 {
         self.written + self.buf.len as u64
     }
@@ -308,13 +346,7 @@ impl BlobWriter {
     /// Writes the footer and the rest, trims the alignment padding and
     /// fsyncs the file.
     pub fn finish(mut self) -> Result<BlobSummary> {
-        let mut footer = [0u8; BLOB_FOOTER_LEN];
-        footer[..8].copy_from_slice(&self.records.to_le_bytes());
-        footer[8..16].copy_from_slice(&self.value_bytes.to_le_bytes());
-        let crc = crc32fast::hash(&footer[..16]);
-        footer[16..20].copy_from_slice(&crc.to_le_bytes());
-        footer[24..32].copy_from_slice(&BLOB_MAGIC);
-        self.put(&footer)?;
+        self.put(&blob_footer(self.records, self.value_bytes))?;
         let size = self.offset();
         let tail = self.buf.len;
         if tail > 0 {
@@ -349,6 +381,25 @@ impl BlobWriter {
     fn filled(&self) -> &[u8] {
         self.buf.filled()
     }
+}
+
+/// A blob file's first 16 bytes.
+fn blob_header() -> [u8; BLOB_HEADER_LEN] {
+    let mut header = [0u8; BLOB_HEADER_LEN];
+    header[..8].copy_from_slice(&BLOB_MAGIC);
+    header[8..10].copy_from_slice(&BLOB_VERSION.to_le_bytes());
+    header
+}
+
+/// A blob file's last 32 bytes.
+fn blob_footer(records: u64, value_bytes: u64) -> [u8; BLOB_FOOTER_LEN] {
+    let mut footer = [0u8; BLOB_FOOTER_LEN];
+    footer[..8].copy_from_slice(&records.to_le_bytes());
+    footer[8..16].copy_from_slice(&value_bytes.to_le_bytes());
+    let crc = crc32fast::hash(&footer[..16]);
+    footer[16..20].copy_from_slice(&crc.to_le_bytes());
+    footer[24..32].copy_from_slice(&BLOB_MAGIC);
+    footer
 }
 
 /// Creates the file for writes through the page cache.
@@ -417,12 +468,18 @@ impl AsRef<[u8]> for BlobSlice {
     }
 }
 
-/// An open blob file, mapped.
+/// An open blob file, mapped: a finished one (its footer checked), or
+/// the synced part of one still growing (see [`Growth`]).
 pub(crate) struct BlobFile {
     pub id: u64,
     pub path: PathBuf,
     map: Mmap,
-    /// Records and value bytes, from the footer.
+    /// Where values may lie: before the footer, or (growing) the end of
+    /// the mapped length.
+    end: usize,
+    /// The footer was found and checked.
+    finished: bool,
+    /// Records and value bytes, from the footer (0 for a growing file).
     pub records: u64,
     pub value_bytes: u64,
     /// Set when no installed version references the file any more; it is
@@ -436,31 +493,127 @@ impl std::fmt::Debug for BlobFile {
     }
 }
 
+/// Maps `len` bytes of `path` (the whole file if `None`) and checks the
+/// header.
+fn map_checked(path: &Path, len: Option<u64>) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut opts = memmap2::MmapOptions::new();
+    if let Some(len) = len {
+        let len = usize::try_from(len).map_err(|_| {
+            Error::InvalidArgument(format!("{}: {len} bytes do not map here", path.display()))
+        })?;
+        opts.len(len);
+    }
+    // SAFETY: the mapped bytes never change once written: a finished blob
+    // file is immutable, and a growing one is only appended to past the
+    // mapped length (its last block is rewritten with the same bytes in
+    // front) and never truncated while open; the data directory is locked
+    // against other processes.
+    let map = unsafe { opts.map(&file) }.map_err(|e| Error::io("map", path, e))?;
+    if map.len() < BLOB_HEADER_LEN {
+        return Err(Error::corruption(
+            path,
+            0,
+            "file is shorter than a blob file's header",
+        ));
+    }
+    if map[..8] != BLOB_MAGIC {
+        return Err(Error::corruption(
+            path,
+            0,
+            "bad magic: not a Missive blob file",
+        ));
+    }
+    let version = u16::from_le_bytes([map[8], map[9]]);
+    if version != BLOB_VERSION {
+        return Err(Error::UnsupportedVersion {
+            file: path.to_path_buf(),
+            found: u32::from(version),
+            supported: u32::from(BLOB_VERSION),
+        });
+    }
+    Ok(map)
+}
+
+/// Walks the records of `map[..end]` from the header on: the end of the
+/// last whole, checksummed record, the records and value bytes before it,
+/// and the offset of the first bad one (`None`: all whole).
+fn walk_records(map: &[u8], end: usize) -> (usize, u64, u64, Option<(usize, &'static str)>) {
+    let mut at = BLOB_HEADER_LEN;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while at < end {
+        if at + BLOB_RECORD_HEADER_LEN > end {
+            return (
+                at,
+                n,
+                bytes,
+                Some((at, "a record header runs past the end")),
+            );
+        }
+        let len = le_u32(&map[at..]) as usize;
+        let crc = le_u32(&map[at + 4..]);
+        let v = at + BLOB_RECORD_HEADER_LEN;
+        if v.checked_add(len).is_none_or(|e| e > end) {
+            return (at, n, bytes, Some((at, "a record runs past the end")));
+        }
+        if crc32fast::hash(&map[v..v + len]) != crc {
+            return (at, n, bytes, Some((at, "blob record checksum mismatch")));
+        }
+        n += 1;
+        bytes += len as u64;
+        at = v + len;
+    }
+    (at, n, bytes, None)
+}
+
+/// Finishes a blob file whose writer stopped before its footer (a crash
+/// while a pinned file grew, `pinned.rs`): cuts it after its last whole,
+/// checksummed record — a torn tail after the synced bytes, which no
+/// reference points into — and writes the footer, so from here it is an
+/// ordinary finished file. A file shorter than its header (the crash came
+/// before the first sync) becomes an empty one. Returns the records kept.
+pub(crate) fn seal_unfinished(path: &Path) -> Result<u64> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    let (end, records, value_bytes) = if len >= BLOB_HEADER_LEN as u64 {
+        let map = map_checked(path, None)?;
+        let (end, records, value_bytes, _torn) = walk_records(&map, map.len());
+        (end as u64, records, value_bytes)
+    } else {
+        (0, 0, 0)
+    };
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    file.set_len(end)
+        .map_err(|e| Error::io("truncate", path, e))?;
+    let mut tail = Vec::with_capacity(BLOB_HEADER_LEN + BLOB_FOOTER_LEN);
+    let at = if end == 0 {
+        tail.extend_from_slice(&blob_header());
+        0
+    } else {
+        end
+    };
+    tail.extend_from_slice(&blob_footer(records, value_bytes));
+    file.write_all_at(&tail, at)
+        .map_err(|e| Error::io("write", path, e))?;
+    file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+    Ok(records)
+}
+
 impl BlobFile {
     /// Maps the file and checks its header and footer.
     pub fn open(path: &Path, id: u64) -> Result<BlobFile> {
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        // SAFETY: blob files are immutable once written and never truncated
-        // while open, and the data directory is locked against other
-        // processes, so the mapping cannot change under us.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map", path, e))?;
+        let map = map_checked(path, None)?;
         let corrupt = |offset: usize, reason: &str| Error::corruption(path, offset as u64, reason);
         if map.len() < BLOB_HEADER_LEN + BLOB_FOOTER_LEN {
             return Err(corrupt(
                 0,
                 "file is shorter than a blob file's header and footer",
             ));
-        }
-        if map[..8] != BLOB_MAGIC {
-            return Err(corrupt(0, "bad magic: not a Missive blob file"));
-        }
-        let version = u16::from_le_bytes([map[8], map[9]]);
-        if version != BLOB_VERSION {
-            return Err(Error::UnsupportedVersion {
-                file: path.to_path_buf(),
-                found: u32::from(version),
-                supported: u32::from(BLOB_VERSION),
-            });
         }
         let foot_at = map.len() - BLOB_FOOTER_LEN;
         let foot = &map[foot_at..];
@@ -478,6 +631,24 @@ impl BlobFile {
             path: path.to_path_buf(),
             records: le_u64(&foot[..8]),
             value_bytes: le_u64(&foot[8..16]),
+            end: foot_at,
+            finished: true,
+            map,
+            obsolete: AtomicBool::new(false),
+        })
+    }
+
+    /// Maps the first `len` bytes of a file still being written — all of
+    /// them written and synced — checking only the header.
+    pub fn open_growing(path: &Path, id: u64, len: u64) -> Result<BlobFile> {
+        let map = map_checked(path, Some(len))?;
+        Ok(BlobFile {
+            id,
+            path: path.to_path_buf(),
+            end: map.len(),
+            finished: false,
+            records: 0,
+            value_bytes: 0,
             map,
             obsolete: AtomicBool::new(false),
         })
@@ -496,7 +667,7 @@ impl BlobFile {
         match range {
             Some(range)
                 if range.start >= BLOB_HEADER_LEN + BLOB_RECORD_HEADER_LEN
-                    && range.end <= self.map.len() - BLOB_FOOTER_LEN =>
+                    && range.end <= self.end =>
             {
                 Ok(&self.map[range])
             }
@@ -535,34 +706,18 @@ impl BlobFile {
         }))
     }
 
-    /// Walks every record and checks its checksum; returns the record
-    /// count.
+    /// Walks every record and checks its checksum (and, for a finished
+    /// file, the footer's counts); returns the record count.
     pub fn verify(&self) -> Result<u64> {
-        let end = self.map.len() - BLOB_FOOTER_LEN;
-        let mut at = BLOB_HEADER_LEN;
-        let (mut n, mut bytes) = (0u64, 0u64);
-        while at < end {
-            let corrupt = |reason: &str| Error::corruption(&self.path, at as u64, reason);
-            if at + BLOB_RECORD_HEADER_LEN > end {
-                return Err(corrupt("a record header runs into the footer"));
-            }
-            let len = le_u32(&self.map[at..]) as usize;
-            let crc = le_u32(&self.map[at + 4..]);
-            let v = at + BLOB_RECORD_HEADER_LEN;
-            if v.checked_add(len).is_none_or(|e| e > end) {
-                return Err(corrupt("a record runs into the footer"));
-            }
-            if crc32fast::hash(&self.map[v..v + len]) != crc {
-                return Err(corrupt("blob record checksum mismatch"));
-            }
-            n += 1;
-            bytes += len as u64;
-            at = v + len;
+        let (at, n, bytes, bad) = walk_records(&self.map, self.end);
+        if let Some((offset, reason)) = bad {
+            return Err(Error::corruption(&self.path, offset as u64, reason));
         }
-        if n != self.records || bytes != self.value_bytes {
+        debug_assert_eq!(at, self.end);
+        if self.finished && (n != self.records || bytes != self.value_bytes) {
             return Err(Error::corruption(
                 &self.path,
-                end as u64,
+                self.end as u64,
                 format!(
                     "the footer counts {} records of {} bytes, the file holds {n} of {bytes}",
                     self.records, self.value_bytes
@@ -592,33 +747,76 @@ impl Drop for BlobFile {
     }
 }
 
+/// A blob file the registry finds without its footer: its writer is
+/// live ([`crate::lsm::PinnedBlobWriter`]) and the first `n` bytes are
+/// written and synced, so references may point there. (One whose writer
+/// died is sealed at open: [`seal_unfinished`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Growth {
+    /// Written and synced up to this length.
+    Live(u64),
+}
+
+/// The registry's state: the mappings, and the files that may lack a
+/// footer.
+#[derive(Debug, Default)]
+struct Registry {
+    open: HashMap<u64, Weak<BlobFile>>,
+    growth: HashMap<u64, Growth>,
+}
+
 /// The open blob files of one LSM, by id: tables referencing the same file
 /// share one mapping. Holds them weakly: tables own them.
+///
+/// A growing file is mapped anew each time a reader asks after its synced
+/// length moved (a mapping cannot grow); the older mappings stay valid for
+/// whoever holds them, since the bytes they cover never change. Only the
+/// newest is marked obsolete at retirement; deleting the file under an
+/// older one is harmless (a mapping outlives the name).
 #[derive(Debug, Default)]
 pub(crate) struct Blobs {
     dir: PathBuf,
-    open: Mutex<HashMap<u64, Weak<BlobFile>>>,
+    reg: Mutex<Registry>,
 }
 
 impl Blobs {
     pub fn new(dir: &Path) -> Blobs {
         Blobs {
             dir: dir.to_path_buf(),
-            open: Mutex::new(HashMap::new()),
+            reg: Mutex::new(Registry::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<BlobFile>>> {
-        self.open
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.reg
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Blob file `id`, mapped once.
+    /// Says how to find file `id` without its footer (`None`: it has one
+    /// now).
+    pub fn set_growth(&self, id: u64, growth: Option<Growth>) {
+        let mut reg = self.lock();
+        match growth {
+            Some(g) => reg.growth.insert(id, g),
+            None => reg.growth.remove(&id),
+        };
+    }
+
+    /// Blob file `id`, mapped once (a growing file: once per synced
+    /// length).
     pub fn get(&self, id: u64) -> Result<Arc<BlobFile>> {
-        let mut open = self.lock();
-        if let Some(f) = open.get(&id).and_then(Weak::upgrade) {
-            return Ok(f);
+        let mut reg = self.lock();
+        let growth = reg.growth.get(&id).copied();
+        if let Some(f) = reg.open.get(&id).and_then(Weak::upgrade) {
+            let current = match growth {
+                Some(Growth::Live(len)) => !f.finished && f.size() == len,
+                // Finished since it was mapped growing: map it whole.
+                None => f.finished,
+            };
+            if current {
+                return Ok(f);
+            }
         }
         let path = blob_path(&self.dir, id);
         if !path.exists() {
@@ -628,14 +826,26 @@ impl Blobs {
                 "blob file referenced by a table is missing",
             ));
         }
-        let f = Arc::new(BlobFile::open(&path, id)?);
-        open.insert(id, Arc::downgrade(&f));
+        let f = Arc::new(match growth {
+            Some(Growth::Live(len)) if len < BLOB_HEADER_LEN as u64 => {
+                return Err(Error::InvalidArgument(format!(
+                    "blob file {id} has nothing synced yet"
+                )))
+            }
+            Some(Growth::Live(len)) => BlobFile::open_growing(&path, id, len)?,
+            None => BlobFile::open(&path, id)?,
+        });
+        reg.open.insert(id, Arc::downgrade(&f));
         Ok(f)
     }
 
     /// Marks `id` obsolete: deleted once nothing holds it.
     pub fn retire(&self, id: u64) {
-        let f = self.lock().remove(&id).and_then(|w| w.upgrade());
+        let f = {
+            let mut reg = self.lock();
+            reg.growth.remove(&id);
+            reg.open.remove(&id).and_then(|w| w.upgrade())
+        };
         match f {
             Some(f) => f.mark_obsolete(),
             // Nothing holds it open: delete it now.
@@ -652,7 +862,12 @@ impl Blobs {
 
     /// Every blob file open now.
     pub fn all(&self) -> Vec<Arc<BlobFile>> {
-        let mut v: Vec<Arc<BlobFile>> = self.lock().values().filter_map(Weak::upgrade).collect();
+        let mut v: Vec<Arc<BlobFile>> = self
+            .lock()
+            .open
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
         v.sort_by_key(|f| f.id);
         v
     }

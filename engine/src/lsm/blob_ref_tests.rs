@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use super::*;
-use crate::lsm::blob::BlobWriter;
+use crate::lsm::blob::{BlobWriter, BLOB_FOOTER_LEN};
 
 fn open(dir: &std::path::Path) -> Lsm {
     Lsm::open(
@@ -243,7 +243,8 @@ fn unpinning_an_unreferenced_file_deletes_it_and_unfinished_ones_are_listed() {
     drop(lsm);
     let lsm = open(dir.path());
     assert_eq!(lsm.pinned_blob_files(), vec![done, torn_id]);
-    // The unfinished one cannot be referenced.
+    // The unfinished one never synced: sealed empty, nothing in it can be
+    // referenced.
     let r = BlobRef {
         file: torn_id,
         offset: 24,
@@ -260,4 +261,144 @@ fn unpinning_an_unreferenced_file_deletes_it_and_unfinished_ones_are_listed() {
     drop(lsm);
     let lsm = open(dir.path());
     assert!(lsm.pinned_blob_files().is_empty());
+}
+
+fn put_ref(lsm: &Lsm, key: &[u8], r: &BlobRef) -> Result<SeqNo> {
+    let mut b = WriteBatch::new();
+    b.put_blob_ref(key, r);
+    lsm.apply(&b, None)
+}
+
+/// The write-once layout's file: one pinned file appended to for a long
+/// time, each value referenced a sync after its append — from the
+/// memtable, from tables flushed while the file still grows, after it is
+/// finished and after a restart — with no blob byte written twice.
+#[test]
+fn a_growing_pinned_file_is_referenced_a_sync_after_each_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let mut w = lsm.create_pinned_blob_file().unwrap();
+    let id = w.id();
+    let r1 = w.append(&value(1)).unwrap();
+    // Not synced: not referable, and nothing of the batch applied.
+    let mut b = WriteBatch::new();
+    b.put(b"inline", b"x").put_blob_ref(b"a", &r1);
+    assert!(matches!(
+        lsm.apply(&b, None),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(lsm.get(b"inline").unwrap(), None);
+    let len1 = w.sync().unwrap();
+    assert_eq!(len1, r1.offset + u64::from(r1.len));
+    assert_eq!(w.synced_len(), len1);
+    put_ref(&lsm, b"a", &r1).unwrap();
+    assert_eq!(lsm.get(b"a").unwrap().unwrap(), value(1));
+
+    // The next value: refused until its sync, then read from the same
+    // memtable as the first (which now holds the longer mapping).
+    let r2 = w.append(&value(2)).unwrap();
+    assert!(matches!(
+        put_ref(&lsm, b"b", &r2),
+        Err(Error::InvalidArgument(_))
+    ));
+    w.sync().unwrap();
+    put_ref(&lsm, b"b", &r2).unwrap();
+    assert_eq!(lsm.get(b"a").unwrap().unwrap(), value(1));
+    assert_eq!(lsm.get(b"b").unwrap().unwrap(), value(2));
+
+    // A flush while the file grows: the table references it as it is.
+    lsm.flush().unwrap();
+    let r3 = w.append(&value(3)).unwrap();
+    w.sync().unwrap();
+    put_ref(&lsm, b"c", &r3).unwrap();
+    lsm.flush().unwrap();
+    for (k, i) in [(&b"a"[..], 1), (b"b", 2), (b"c", 3)] {
+        assert_eq!(lsm.get(k).unwrap().unwrap(), value(i), "{k:?}");
+    }
+    assert_eq!(
+        lsm.stats().blob_bytes_written,
+        0,
+        "a blob byte written twice"
+    );
+
+    // Finished: still read the same; verified whole, footer included.
+    assert_eq!(w.finish().unwrap(), id);
+    assert_eq!(lsm.get(b"b").unwrap().unwrap(), value(2));
+    lsm.verify().unwrap();
+    drop(lsm);
+    let lsm = open(dir.path());
+    assert_eq!(lsm.pinned_blob_files(), vec![id]);
+    for (k, i) in [(&b"a"[..], 1), (b"b", 2), (b"c", 3)] {
+        assert_eq!(lsm.get(k).unwrap().unwrap(), value(i), "{k:?}");
+    }
+    lsm.verify().unwrap();
+    assert_eq!(blob_files(dir.path()).len(), 1);
+}
+
+/// A crash while a pinned file grows leaves it without a footer and with
+/// a torn tail: the restart seals it after its last whole record, the
+/// tables referencing its synced values read them, the owner's replay may
+/// apply its references again, and a reference into the torn tail is
+/// refused.
+#[test]
+fn an_unfinished_pinned_file_left_by_a_crash_is_sealed_after_its_last_whole_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let mut w = lsm.create_pinned_blob_file().unwrap();
+    let id = w.id();
+    let r1 = w.append(&value(4)).unwrap();
+    let r2 = w.append(&value(5)).unwrap();
+    w.sync().unwrap();
+    put_ref(&lsm, b"a", &r1).unwrap();
+    lsm.flush().unwrap();
+    put_ref(&lsm, b"b", &r2).unwrap();
+    // Appended, never synced: the crash takes the writer and the memtable.
+    let lost = w.append(&value(6)).unwrap();
+    drop(w);
+    drop(lsm);
+    // What a torn write leaves after the synced records: half a record.
+    let path = dir.path().join("tables").join(format!("{id:020}.blob"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let whole = bytes.len();
+    bytes.extend_from_slice(&200_000u32.to_le_bytes());
+    bytes.extend_from_slice(&[0xab; 1000]);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let lsm = open(dir.path());
+    assert_eq!(lsm.pinned_blob_files(), vec![id]);
+    let sealed = crate::lsm::blob::BlobFile::open(&path, id).unwrap();
+    assert_eq!((sealed.records, sealed.verify().unwrap()), (2, 2));
+    assert_eq!(sealed.size(), (whole + BLOB_FOOTER_LEN) as u64);
+    drop(sealed);
+    assert_eq!(lsm.get(b"a").unwrap().unwrap(), value(4));
+    assert_eq!(
+        lsm.get(b"b").unwrap(),
+        None,
+        "the memtable went with the crash"
+    );
+    put_ref(&lsm, b"b", &r2).unwrap();
+    assert_eq!(lsm.get(b"b").unwrap().unwrap(), value(5));
+    let torn = BlobRef {
+        offset: whole as u64 + 8,
+        len: 100,
+        ..lost
+    };
+    assert!(matches!(
+        put_ref(&lsm, b"c", &torn),
+        Err(Error::InvalidArgument(_))
+    ));
+    lsm.flush().unwrap();
+    lsm.verify().unwrap();
+    // The owner lets go; the tables keep the file until their references
+    // go, then it goes.
+    lsm.unpin_blob_file(id).unwrap();
+    assert_eq!(blob_files(dir.path()).len(), 1);
+    drop(lsm);
+    let lsm = open(dir.path());
+    assert_eq!(lsm.get(b"b").unwrap().unwrap(), value(5));
+    let mut d = WriteBatch::new();
+    d.delete(b"a").delete(b"b");
+    lsm.apply(&d, None).unwrap();
+    lsm.compact_full().unwrap();
+    assert!(blob_files(dir.path()).is_empty());
 }

@@ -1680,6 +1680,9 @@ fn recompress_once(inner: &Inner, yielding: bool) -> Result<Recompressed> {
 /// value bytes, value bytes). Versions shadowed but not yet compacted away
 /// count as referenced, so this errs on the side of keeping.
 fn blob_garbage(inner: &Inner, v: &Version) -> Vec<(u64, u64, u64)> {
+    // A pinned file stays while its pin does: copying its live values out
+    // would free nothing (and a growing one has no count to compare).
+    let pinned = lock(&inner.manifest).1.pinned_blobs.clone();
     let mut referenced: HashMap<u64, u64> = HashMap::new();
     for t in v.all_tables() {
         for (f, bytes) in &t.table.blob_list {
@@ -1690,6 +1693,7 @@ fn blob_garbage(inner: &Inner, v: &Version) -> Vec<(u64, u64, u64)> {
         .blobs
         .all()
         .iter()
+        .filter(|f| !pinned.contains(&f.id))
         .filter_map(|f| {
             let live = *referenced.get(&f.id)?;
             (live < f.value_bytes).then(|| (f.id, f.value_bytes - live, f.value_bytes))

@@ -11,17 +11,31 @@
 //! then on the file lives while a table or a memtable references it, like
 //! any other, and goes at once if none does.
 //!
+//! A pinned file is readable while it grows: what
+//! [`PinnedBlobWriter::sync`] made durable may be referenced at once, so
+//! an owner appends to one file for a long time (one pin, one manifest
+//! write per file) and its references are good a sync after the append —
+//! the sync it owes its own log anyway. The file is written through the
+//! page cache (its last block is written again at each sync, which
+//! `O_DIRECT`'s whole-block writes would make a read-modify-write) and
+//! mapped anew by the registry when a reader needs more of it than it
+//! mapped (`blob::Growth::Live`).
+//!
 //! Order (what a crash at each point leaves): the pin is durable before
-//! the file exists, so a crash leaves at worst a pin of a file that is
-//! missing or was never finished — [`Lsm::pinned_blob_files`] lists the
-//! pins at open and the owner unpins what its log does not name. A file
-//! is readable, and may be referenced, once [`PinnedBlobWriter::finish`]
-//! fsynced it and its directory entry.
+//! the file exists, and the first sync fsyncs the file and its directory
+//! entry before any reference to it can be applied, so a crash leaves at
+//! worst a pin of a file that is missing, or whose writer stopped before
+//! the footer — its synced records are whole, and after them may come a
+//! torn tail no reference points into. The store reads such a file up to
+//! its last whole record (`blob::Growth::MaybeUnfinished`);
+//! [`Lsm::pinned_blob_files`] lists the pins at open, and the owner
+//! unpins what its log does not need and starts a new file for new
+//! values.
 
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::lsm::blob::{BlobRef, BlobWriter};
+use crate::lsm::blob::{BlobRef, BlobWriter, Growth};
 use crate::lsm::manifest::Edit;
 use crate::lsm::{lock, Inner, Lsm};
 
@@ -29,6 +43,8 @@ use crate::lsm::{lock, Inner, Lsm};
 pub struct PinnedBlobWriter {
     inner: Arc<Inner>,
     w: BlobWriter,
+    /// Bytes durable so far (0: never synced).
+    synced: u64,
 }
 
 impl std::fmt::Debug for PinnedBlobWriter {
@@ -45,17 +61,42 @@ impl PinnedBlobWriter {
         self.w.id()
     }
 
-    /// Appends a value; its reference is valid once the file is finished.
+    /// Appends a value; its reference may be applied once a
+    /// [`PinnedBlobWriter::sync`] after this returned.
     pub fn append(&mut self, value: &[u8]) -> Result<BlobRef> {
         self.w.append(value)
     }
 
+    /// Makes everything appended so far durable (the first time, the
+    /// file's directory entry too) and readable through the store: their
+    /// references may be applied from now on. Returns the durable length
+    /// in bytes.
+    pub fn sync(&mut self) -> Result<u64> {
+        let first = self.synced == 0;
+        let len = self.w.sync(first)?;
+        if first {
+            self.inner.sync_tables_dir()?;
+        }
+        self.synced = len;
+        self.inner
+            .blobs
+            .set_growth(self.w.id(), Some(Growth::Live(len)));
+        Ok(len)
+    }
+
+    /// The length the last [`PinnedBlobWriter::sync`] made durable.
+    pub fn synced_len(&self) -> u64 {
+        self.synced
+    }
+
     /// Writes the footer and fsyncs the file and the tables directory:
-    /// from here its references may be applied. Returns the file's id.
+    /// every reference into it may be applied, and the file is read as a
+    /// finished one from now on. Returns the file's id.
     pub fn finish(self) -> Result<u64> {
         let id = self.w.id();
         self.w.finish()?;
         self.inner.sync_tables_dir()?;
+        self.inner.blobs.set_growth(id, None);
         Ok(id)
     }
 }
@@ -75,10 +116,12 @@ impl Lsm {
             m.0.append(&edit)?;
             m.1.apply(&edit);
         }
-        let w = BlobWriter::create(&self.inner.tables_dir, id)?;
+        let w = BlobWriter::create_buffered(&self.inner.tables_dir, id)?;
+        self.inner.blobs.set_growth(id, Some(Growth::Live(0)));
         Ok(PinnedBlobWriter {
             inner: Arc::clone(&self.inner),
             w,
+            synced: 0,
         })
     }
 

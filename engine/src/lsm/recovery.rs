@@ -87,6 +87,19 @@ pub(super) fn recover(dir: &Path, opts: &LsmOptions) -> Result<Recovered> {
             },
         ),
     };
+    // A pinned file's writer may have stopped before its footer (no
+    // writer outlives the process): seal it after its last whole record,
+    // which covers everything its owner synced and so everything a table
+    // or the owner's log references (`pinned.rs`).
+    for &id in &state.pinned_blobs {
+        let path = blob::blob_path(&tables_dir, id);
+        if path.exists() {
+            if let Err(Error::Corruption { .. }) = blob::BlobFile::open(&path, id) {
+                let kept = blob::seal_unfinished(&path)?;
+                tracing::warn!(path = %path.display(), records = kept, "sealed a pinned blob file its writer left unfinished");
+            }
+        }
+    }
     // Tables the manifest does not name were being written when the
     // process stopped: nothing refers to them.
     let names = std::fs::read_dir(&tables_dir).map_err(|e| Error::io("list", &tables_dir, e))?;

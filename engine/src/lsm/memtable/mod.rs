@@ -65,9 +65,16 @@ impl MemWriter<'_> {
     /// Inserts a version whose value is `r` in `file` (open, and the file
     /// `r` names): the memtable holds the file from now on.
     pub fn insert_blob_ref(&mut self, key: &[u8], seq: SeqNo, file: &Arc<BlobFile>, r: &BlobRef) {
-        lock(&self.mem.blob_files)
-            .entry(r.file)
-            .or_insert_with(|| Arc::clone(file));
+        // A growing file is mapped anew as it grows: keep the longest
+        // mapping, which covers every reference made so far.
+        let mut files = lock(&self.mem.blob_files);
+        match files.get(&r.file) {
+            Some(held) if held.size() >= file.size() => {}
+            _ => {
+                files.insert(r.file, Arc::clone(file));
+            }
+        }
+        drop(files);
         self.w.insert_blob_ref(key, seq.0, &r.encode());
     }
 
