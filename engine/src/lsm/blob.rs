@@ -286,19 +286,34 @@ impl BlobWriter {
 
     /// Appends one value; returns where it is.
     pub fn append(&mut self, value: &[u8]) -> Result<BlobRef> {
-        let len = u32::try_from(value.len()).map_err(|_| {
-            Error::InvalidArgument(format!(
-                "a value of {} bytes is too large to store",
-                value.len()
-            ))
+        self.append_parts(&[value])
+    }
+
+    /// Bytes appended so far (header included), written out or not.
+    pub fn len(&self) -> u64 {
+        self.offset()
+    }
+
+    /// Appends one value made of `parts`, back to back; returns where it
+    /// is.
+    pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<BlobRef> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(total).map_err(|_| {
+            Error::InvalidArgument(format!("a value of {total} bytes is too large to store"))
         })?;
-        let crc = crc32fast::hash(value);
+        let mut hasher = crc32fast::Hasher::new();
+        for p in parts {
+            hasher.update(p);
+        }
+        let crc = hasher.finalize();
         let mut head = [0u8; BLOB_RECORD_HEADER_LEN];
         head[..4].copy_from_slice(&len.to_le_bytes());
         head[4..].copy_from_slice(&crc.to_le_bytes());
         self.put(&head)?;
         let offset = self.offset();
-        self.put(value)?;
+        for p in parts {
+            self.put(p)?;
+        }
         self.records += 1;
         self.value_bytes += u64::from(len);
         Ok(BlobRef {

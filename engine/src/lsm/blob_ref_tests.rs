@@ -135,7 +135,18 @@ fn a_reference_outside_its_file_or_to_no_file_is_refused_and_nothing_applied() {
     };
     let mut b = WriteBatch::new();
     b.put(b"x", b"1").put_blob_ref(b"y", &nowhere);
-    assert!(lsm.apply(&b, None).is_err());
+    let err = lsm.apply(&b, None).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    // The same words from the owner's read of its own file.
+    assert!(matches!(
+        lsm.blob_value(&nowhere),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        lsm.blob_value(&outside),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(&lsm.blob_value(&refs[0]).unwrap()[..], value(4).as_slice());
     assert_eq!(lsm.get(b"x").unwrap(), None);
     assert_eq!(lsm.get(b"y").unwrap(), None);
 }
@@ -294,14 +305,23 @@ fn a_growing_pinned_file_is_referenced_a_sync_after_each_append() {
     put_ref(&lsm, b"a", &r1).unwrap();
     assert_eq!(lsm.get(b"a").unwrap().unwrap(), value(1));
 
-    // The next value: refused until its sync, then read from the same
-    // memtable as the first (which now holds the longer mapping).
-    let r2 = w.append(&value(2)).unwrap();
+    // The next value, given in pieces: refused until its sync (and not
+    // readable by the owner either), then read from the same memtable as
+    // the first (which now holds the longer mapping).
+    let v2 = value(2);
+    let r2 = w.append_parts(&[&v2[..1], &[], &v2[1..]]).unwrap();
+    assert_eq!(w.len(), r2.offset + u64::from(r2.len));
     assert!(matches!(
         put_ref(&lsm, b"b", &r2),
         Err(Error::InvalidArgument(_))
     ));
+    assert!(matches!(
+        lsm.blob_value(&r2),
+        Err(Error::InvalidArgument(_))
+    ));
     w.sync().unwrap();
+    assert_eq!(&lsm.blob_value(&r2).unwrap()[..], v2.as_slice());
+    assert_eq!(&lsm.blob_value(&r1).unwrap()[..], value(1).as_slice());
     put_ref(&lsm, b"b", &r2).unwrap();
     assert_eq!(lsm.get(b"a").unwrap().unwrap(), value(1));
     assert_eq!(lsm.get(b"b").unwrap().unwrap(), value(2));

@@ -921,20 +921,8 @@ impl Lsm {
             let BatchOp::PutBlobRef { blob, .. } = op else {
                 continue;
             };
-            let file = match files.get(&blob.file) {
-                Some(f) => Arc::clone(f),
-                None => {
-                    let f = self.inner.blobs.get(blob.file)?;
-                    files.insert(blob.file, Arc::clone(&f));
-                    f
-                }
-            };
-            file.value_unchecked(&blob).map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "a blob reference ({} bytes at {}) outside blob file {}",
-                    blob.len, blob.offset, blob.file
-                ))
-            })?;
+            let file = self.open_blob_file(&blob)?;
+            files.entry(blob.file).or_insert(file);
         }
         Ok(files)
     }
@@ -1185,6 +1173,35 @@ impl Lsm {
         Ok(found
             .flatten()
             .filter(|v| !self.inner.is_expired(key, v, now)))
+    }
+
+    /// The value `r` points at in one of the store's blob files (a pinned
+    /// one while it grows: up to its synced length), CRC-checked, as a view
+    /// of the mapping that holds the file open — how the owner of a pinned
+    /// file reads back what it wrote there. A reference outside the file,
+    /// or to a file the store does not have, is `InvalidArgument`; bytes
+    /// that fail their checksum are `Corruption`.
+    pub fn blob_value(&self, r: &BlobRef) -> Result<bytes::Bytes> {
+        let file = self.open_blob_file(r)?;
+        file.shared(r)
+    }
+
+    /// Blob file `r.file`, open, with `r` checked to lie inside it.
+    fn open_blob_file(&self, r: &BlobRef) -> Result<Arc<blob::BlobFile>> {
+        if !blob::blob_path(&self.inner.tables_dir, r.file).exists() {
+            return Err(Error::InvalidArgument(format!(
+                "a blob reference names file {}, which this store does not have",
+                r.file
+            )));
+        }
+        let file = self.inner.blobs.get(r.file)?;
+        file.value_unchecked(r).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "a blob reference ({} bytes at {}) outside blob file {}",
+                r.len, r.offset, r.file
+            ))
+        })?;
+        Ok(file)
     }
 
     fn get_at_seq(&self, key: &[u8], snap: u64) -> Result<Option<Vec<u8>>> {

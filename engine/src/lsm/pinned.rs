@@ -67,6 +67,23 @@ impl PinnedBlobWriter {
         self.w.append(value)
     }
 
+    /// Appends one value given in pieces (a format's prefix and the bytes
+    /// it frames, with no copy to join them first).
+    pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<BlobRef> {
+        self.w.append_parts(parts)
+    }
+
+    /// Bytes appended so far, synced or not (a caller rolls to a new file
+    /// past its own bound).
+    pub fn len(&self) -> u64 {
+        self.w.len()
+    }
+
+    /// Whether nothing but the header was appended.
+    pub fn is_empty(&self) -> bool {
+        self.w.len() <= crate::lsm::blob::BLOB_HEADER_LEN as u64
+    }
+
     /// Makes everything appended so far durable (the first time, the
     /// file's directory entry too) and readable through the store: their
     /// references may be applied from now on. Returns the durable length
