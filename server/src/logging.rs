@@ -4,7 +4,8 @@
 //! reports of an unreachable peer kept out.
 //!
 //! openraft logs every call to a peer that could not be reached at ERROR
-//! (votes: "while requesting vote", or "timeout" when one hangs;
+//! (votes: "while requesting vote", or "timeout" when one hangs — with a
+//! "timeout after … when Vote" error either way;
 //! replication: "RPCError"), every append or heartbeat past its deadline
 //! ("timeout after … when AppendEntries"), and every call cut short by a
 //! peer closing its connection. In a cluster whose nodes start one after
@@ -85,11 +86,16 @@ impl<S: Subscriber> Layer<S> for QuietUnreachablePeers {
         // AppendEntries …": on a loaded 2-core machine it happens on a
         // healthy start (CI saw one), and openraft retries at once. A peer
         // that stays away still shows as the transport's WARN.
+        // A vote past its deadline comes either way: "timeout" from the
+        // call, or "while requesting vote" from the election with the
+        // same "timeout after … when Vote" error (CI saw the second while
+        // a node restarted: the others' votes to it ran out).
         let unreachable = f.error.starts_with("Unreachable node")
             || (f.error.starts_with("NetworkError")
                 && f.error.ends_with("connection lost: connection closed"))
             || (f.message == "timeout" && f.error.contains(" when Vote "))
-            || (f.error.starts_with("timeout after") && f.error.contains(" when AppendEntries "));
+            || (f.error.starts_with("timeout after")
+                && (f.error.contains(" when Vote ") || f.error.contains(" when AppendEntries ")));
         !unreachable
     }
 }
@@ -143,6 +149,7 @@ mod tests {
             let closed = "NetworkError: missive_raft::transport::client::CallError: connection lost: connection closed";
             tracing::error!(target: "openraft::replication", err = %closed, "RPCError");
             tracing::error!(target: "openraft::core::raft_core", error = %"timeout after 1s when Vote 1->2", "timeout");
+            tracing::error!(target: "openraft::core::raft_core", error = %"timeout after 200ms when Vote 3->2 target=2", "while requesting vote");
             tracing::error!(target: "openraft::replication", err = %"timeout after 60ms when AppendEntries 1->3", "RPCError");
             tracing::error!(target: "openraft::replication", err = %"timeout after 1s when AppendEntries 1->2", "timeout");
         });
