@@ -76,7 +76,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use memmap2::Mmap;
@@ -197,6 +197,8 @@ impl AlignedBuf {
 pub(crate) struct BlobSummary {
     /// File size in bytes.
     pub size: u64,
+    /// Bytes of the values in it.
+    pub value_bytes: u64,
 }
 
 /// Writes one blob file: values appended as they come, gathered into
@@ -382,7 +384,10 @@ impl BlobWriter {
         self.file
             .sync_all()
             .map_err(|e| Error::io("fsync", &self.path, e))?;
-        Ok(BlobSummary { size })
+        Ok(BlobSummary {
+            size,
+            value_bytes: self.value_bytes,
+        })
     }
 
     /// Removes the unfinished file (an aborted compaction's).
@@ -494,9 +499,12 @@ pub(crate) struct BlobFile {
     end: usize,
     /// The footer was found and checked.
     finished: bool,
-    /// Records and value bytes, from the footer (0 for a growing file).
+    /// Records, from the footer (0 for a growing file).
     pub records: u64,
-    pub value_bytes: u64,
+    /// Value bytes, from the footer; for a file mapped while it grew, 0
+    /// until its writer finished it ([`Blobs::finished`]) — what the
+    /// garbage count compares the tables' references with.
+    value_bytes: AtomicU64,
     /// Set when no installed version references the file any more; it is
     /// deleted when the last table holding it is dropped.
     obsolete: AtomicBool,
@@ -645,7 +653,7 @@ impl BlobFile {
             id,
             path: path.to_path_buf(),
             records: le_u64(&foot[..8]),
-            value_bytes: le_u64(&foot[8..16]),
+            value_bytes: AtomicU64::new(le_u64(&foot[8..16])),
             end: foot_at,
             finished: true,
             map,
@@ -663,7 +671,7 @@ impl BlobFile {
             end: map.len(),
             finished: false,
             records: 0,
-            value_bytes: 0,
+            value_bytes: AtomicU64::new(0),
             map,
             obsolete: AtomicBool::new(false),
         })
@@ -729,17 +737,23 @@ impl BlobFile {
             return Err(Error::corruption(&self.path, offset as u64, reason));
         }
         debug_assert_eq!(at, self.end);
-        if self.finished && (n != self.records || bytes != self.value_bytes) {
+        let value_bytes = self.value_bytes();
+        if self.finished && (n != self.records || bytes != value_bytes) {
             return Err(Error::corruption(
                 &self.path,
                 self.end as u64,
                 format!(
-                    "the footer counts {} records of {} bytes, the file holds {n} of {bytes}",
-                    self.records, self.value_bytes
+                    "the footer counts {} records of {value_bytes} bytes, the file holds {n} of {bytes}",
+                    self.records
                 ),
             ));
         }
         Ok(n)
+    }
+
+    /// Bytes of the values in the file (see the field).
+    pub fn value_bytes(&self) -> u64 {
+        self.value_bytes.load(Ordering::Acquire)
     }
 
     pub fn mark_obsolete(&self) {
@@ -816,6 +830,18 @@ impl Blobs {
             Some(g) => reg.growth.insert(id, g),
             None => reg.growth.remove(&id),
         };
+    }
+
+    /// A growing file's writer finished it with `value_bytes` of values:
+    /// it is read as a finished file from now on, and a mapping taken
+    /// while it grew (still held by tables) counts its values from here,
+    /// so the garbage count sees them.
+    pub fn finished(&self, id: u64, value_bytes: u64) {
+        let mut reg = self.lock();
+        reg.growth.remove(&id);
+        if let Some(f) = reg.open.get(&id).and_then(Weak::upgrade) {
+            f.value_bytes.store(value_bytes, Ordering::Release);
+        }
     }
 
     /// Blob file `id`, mapped once (a growing file: once per synced

@@ -422,3 +422,36 @@ fn an_unfinished_pinned_file_left_by_a_crash_is_sealed_after_its_last_whole_reco
     lsm.compact_full().unwrap();
     assert!(blob_files(dir.path()).is_empty());
 }
+
+/// A file finished after tables took references to it while it grew (they
+/// hold the mapping from then) counts its values for the garbage rule:
+/// once unpinned, a full compaction copies the live values out and the
+/// deleted ones leave the disk with the file.
+#[test]
+fn a_file_finished_after_growing_is_reclaimed_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let lsm = open(dir.path());
+    let mut w = lsm.create_pinned_blob_file().unwrap();
+    let id = w.id();
+    let ra = w.append(&value(7)).unwrap();
+    let rb = w.append(&value(8)).unwrap();
+    w.sync().unwrap();
+    put_ref(&lsm, b"a", &ra).unwrap();
+    put_ref(&lsm, b"b", &rb).unwrap();
+    lsm.flush().unwrap();
+    w.finish().unwrap();
+    lsm.unpin_blob_file(id).unwrap();
+    let mut d = WriteBatch::new();
+    d.delete(b"a");
+    lsm.apply(&d, None).unwrap();
+    lsm.compact_full().unwrap();
+    assert_eq!(lsm.get(b"b").unwrap().unwrap(), value(8));
+    assert_eq!(lsm.get(b"a").unwrap(), None);
+    let files = blob_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_ne!(
+        files[0],
+        format!("{id:020}.blob"),
+        "the file with the deleted value stays"
+    );
+}

@@ -72,7 +72,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use batch::{BatchOp, WriteBatch};
-pub use blob::BlobRef;
+pub use blob::{BlobRef, BLOB_REF_LEN};
 pub use compaction::picker::{Choice, PickerConfig};
 pub use db::{Db, DbOptions, WriteOptions};
 pub use pinned::PinnedBlobWriter;
@@ -335,6 +335,9 @@ pub struct LsmStats {
     /// Bytes of blob files written by flushes and by full compactions'
     /// rewrites (see [`blob`]).
     pub blob_bytes_written: u64,
+    /// Bytes written to pinned blob files by their owner (`pinned.rs`: a
+    /// log keeping large values there), counted as they are synced.
+    pub pinned_blob_bytes_written: u64,
     /// Blob files referenced by the live tables, and their bytes on disk.
     pub blob_files: usize,
     /// See `blob_files`.
@@ -521,6 +524,7 @@ struct Counters {
     bytes_written: AtomicU64,
     table_bytes_written: AtomicU64,
     blob_bytes_written: AtomicU64,
+    pinned_blob_bytes_written: AtomicU64,
     flushes: AtomicU64,
     compactions: AtomicU64,
     compaction_parts: AtomicU64,
@@ -1542,6 +1546,7 @@ impl Lsm {
             bytes_written: written,
             table_bytes_written: table_written,
             blob_bytes_written: c.blob_bytes_written.load(Ordering::Relaxed),
+            pinned_blob_bytes_written: c.pinned_blob_bytes_written.load(Ordering::Relaxed),
             blob_files: blob_files.len(),
             blob_bytes: blob_files.iter().map(|f| f.size()).sum(),
             bytes_read: v
@@ -1713,7 +1718,10 @@ fn blob_garbage(inner: &Inner, v: &Version) -> Vec<(u64, u64, u64)> {
         .filter(|f| !pinned.contains(&f.id))
         .filter_map(|f| {
             let live = *referenced.get(&f.id)?;
-            (live < f.value_bytes).then(|| (f.id, f.value_bytes - live, f.value_bytes))
+            {
+                let all = f.value_bytes();
+                (live < all).then(|| (f.id, all - live, all))
+            }
         })
         .collect()
 }

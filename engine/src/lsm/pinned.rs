@@ -94,6 +94,10 @@ impl PinnedBlobWriter {
         if first {
             self.inner.sync_tables_dir()?;
         }
+        self.inner
+            .stats
+            .pinned_blob_bytes_written
+            .fetch_add(len - self.synced, std::sync::atomic::Ordering::Relaxed);
         self.synced = len;
         self.inner
             .blobs
@@ -111,9 +115,13 @@ impl PinnedBlobWriter {
     /// finished one from now on. Returns the file's id.
     pub fn finish(self) -> Result<u64> {
         let id = self.w.id();
-        self.w.finish()?;
+        let summary = self.w.finish()?;
+        self.inner.stats.pinned_blob_bytes_written.fetch_add(
+            summary.size.saturating_sub(self.synced),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.inner.sync_tables_dir()?;
-        self.inner.blobs.set_growth(id, None);
+        self.inner.blobs.finished(id, summary.value_bytes);
         Ok(id)
     }
 }
