@@ -263,6 +263,25 @@ impl App for ChatApp {
         }
     }
 
+    /// An upload's piece, as the chunk value it becomes
+    /// (`media::records::encode_chunk`: version 1 ‖ bytes) — the value a
+    /// piece starting a chunk is stored as, by reference
+    /// (`apply/media.rs`).
+    fn take_bulk(cmd: &mut Command) -> Option<(&'static [u8], bytes::Bytes)> {
+        match cmd {
+            Command::AppendUpload { bytes, .. } => {
+                Some((crate::media::records::CHUNK_PREFIX, std::mem::take(bytes)))
+            }
+            _ => None,
+        }
+    }
+
+    fn put_bulk(cmd: &mut Command, b: bytes::Bytes) {
+        if let Command::AppendUpload { bytes, .. } = cmd {
+            *bytes = b;
+        }
+    }
+
     fn apply(
         &self,
         _shard: ShardId,

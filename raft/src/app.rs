@@ -303,6 +303,20 @@ pub trait App: Debug + Send + Sync + 'static {
         0
     }
 
+    /// Moves `cmd`'s bulk bytes out of it, as the value they become in the
+    /// LSM: `(prefix, bytes)`, stored as `prefix ‖ bytes` (a stored
+    /// format's version byte, then the bytes). The log store writes an
+    /// entry's bulk values into a pinned blob file instead of the log
+    /// record (`storage/bulk.rs`) and hands apply their reference
+    /// ([`Records::bulk_ref`]), so the bytes are written once. `None` (the
+    /// default) for a command with none; [`App::put_bulk`] puts them back.
+    fn take_bulk(_cmd: &mut Self::Command) -> Option<(&'static [u8], bytes::Bytes)> {
+        None
+    }
+
+    /// Puts back bytes [`App::take_bulk`] took (without its prefix).
+    fn put_bulk(_cmd: &mut Self::Command, _bytes: bytes::Bytes) {}
+
     /// Runs one command of a data shard. Deterministic: reads only
     /// `records` and `stamp_micros`. `Err` only for storage failures (they
     /// stop the state machine); a refused command is an `Ok` outcome.

@@ -44,6 +44,8 @@ pub(crate) struct GroupOpener<A: App> {
     pub(crate) hooks: Arc<ApplyHooks>,
     /// Connections to the other nodes.
     pub(crate) peers: Arc<Peers<A>>,
+    /// Where large entries' bytes go instead of the log (`storage/bulk.rs`).
+    pub(crate) bulk: Arc<crate::storage::bulk::BulkFiles>,
 }
 
 /// A group just opened.
@@ -66,8 +68,13 @@ impl<A: App> GroupOpener<A> {
         seen: &Arc<GroupCounters>,
         owned: &Arc<Ownership>,
     ) -> Result<Opened<A>> {
-        let store =
-            LogStore::new(Arc::clone(&self.log), shard).with_durable_horizon(Arc::clone(&self.lsm));
+        let bulk_index = Arc::new(crate::storage::bulk::BulkIndex::default());
+        let store = LogStore::new(Arc::clone(&self.log), shard)
+            .with_durable_horizon(Arc::clone(&self.lsm))
+            .with_bulk(Arc::clone(&self.bulk), Arc::clone(&bulk_index));
+        store
+            .drop_unsynced_tail()
+            .map_err(|e| Error::Fatal(format!("{shard}: reading its log: {e}")))?;
         let unconfirmed = store
             .tail_unconfirmed()
             .map_err(|e| Error::Fatal(format!("{shard}: reading its log: {e}")))?;
@@ -79,7 +86,8 @@ impl<A: App> GroupOpener<A> {
             self.snapshot_dir.clone(),
             Arc::clone(&self.hooks),
             Arc::clone(owned),
-        )?;
+        )?
+        .with_bulk(Arc::clone(&self.bulk), bulk_index);
         let net = NetworkFactory::new(Arc::clone(&self.peers), shard);
         let raft = Raft::new(self.id, Arc::clone(&self.config), net, store, sm)
             .await

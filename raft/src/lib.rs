@@ -5,13 +5,15 @@
 //!
 //! ```text
 //!  write path  Node::write ─► App::shard_of ─► batcher (one entry per batch)
-//!              ─► openraft ─► log_store (engine log, group commit)
+//!              ─► openraft ─► log_store (engine log, group commit;
+//!                 a large entry's bulk bytes to a pinned blob file: bulk)
 //!              ─► state_machine: App::apply through record_source ─► LSM
 //!              (a follower forwards once to the leader: write::forward, transport)
 //!  read path   Node::read ─► read: leader (read index) or a follower
 //!              (read index from the leader, wait for apply) ─► LSM
 //!  recovery    Node::start ─► log and LSM open ─► each group: log_store's
-//!              vote/commit, state_machine's Applied ─► openraft re-applies
+//!              vote/commit (and its tail whose bulk bytes a crash lost,
+//!              dropped), state_machine's Applied ─► openraft re-applies
 //! ```
 //!
 //! # Layout
@@ -24,9 +26,10 @@
 //!   not depend on the application (log id, vote, membership).
 //! - `types` — the openraft instantiation ([`TypeConfig`]), generic over
 //!   the application; with `ids`, the only place openraft's types are named.
-//! - `storage/` — openraft's storage on the engine: the log store, the
-//!   state machine (**raft apply and recovery**), snapshots, the records
-//!   apply reads through.
+//! - `storage/` — openraft's storage on the engine: the log store (and
+//!   `bulk`, where large entries' bytes are written once), the state
+//!   machine (**raft apply and recovery**), snapshots, the records apply
+//!   reads through.
 //! - `write/` — **the write path** above the log: forwarding to the leader
 //!   and the batcher.
 //! - `read/` — **the read path**: local or routed reads, the read index

@@ -242,6 +242,10 @@ impl<A: App> Node<A> {
             snapshot_dir: snapshot_dir.clone(),
             hooks: Arc::clone(&hooks),
             peers: Arc::clone(&peers),
+            bulk: Arc::new(crate::storage::bulk::BulkFiles::open(
+                Arc::clone(&lsm),
+                Arc::clone(&log),
+            )),
         };
         for shard in slots.groups() {
             // A replica retired but not wiped — a crash cut its wipe short,

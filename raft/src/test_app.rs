@@ -89,6 +89,17 @@ impl App for Kv {
             _ => 0,
         }
     }
+    fn take_bulk(cmd: &mut KvCommand) -> Option<(&'static [u8], bytes::Bytes)> {
+        match cmd {
+            KvCommand::Put { value, .. } => Some((b"", bytes::Bytes::from(std::mem::take(value)))),
+            _ => None,
+        }
+    }
+    fn put_bulk(cmd: &mut KvCommand, bytes: bytes::Bytes) {
+        if let KvCommand::Put { value, .. } = cmd {
+            *value = bytes.to_vec();
+        }
+    }
     fn apply(
         &self,
         _shard: ShardId,
@@ -98,7 +109,12 @@ impl App for Kv {
         _effects: &mut (),
     ) -> Result<KvOutcome> {
         match cmd {
-            KvCommand::Put { key, value } => records.put(key.clone(), value.clone()),
+            KvCommand::Put { key, value } => {
+                match records.bulk_ref().filter(|r| r.len as usize == value.len()) {
+                    Some(r) => records.put_blob_ref(key.clone(), r, value.clone()),
+                    None => records.put(key.clone(), value.clone()),
+                }
+            }
             KvCommand::Delete { key } => records.delete(key.clone()),
             KvCommand::Cluster(_) => return Ok(KvOutcome::Refused("misrouted".into())),
         }

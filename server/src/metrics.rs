@@ -316,7 +316,7 @@ impl Collector for NodeView {
         let (log, lsm) = (&self.log, &self.lsm);
         // Counters without `_total` and help without a full stop: the
         // encoder adds both.
-        let counters: [(&str, &str, u64); 27] = [
+        let counters: [(&str, &str, u64); 28] = [
             (
                 "log_appends",
                 "Appends to the node's log (each a batch of Raft entries)",
@@ -372,6 +372,11 @@ impl Collector for NodeView {
                 "lsm_blob_bytes_written",
                 "Bytes of blob files (large values kept out of tables) written by flushes and full compactions",
                 lsm.blob_bytes_written,
+            ),
+            (
+                "lsm_pinned_blob_bytes_written",
+                "Bytes of blob files the Raft log store wrote large entries' bytes to (written once: the LSM references them)",
+                lsm.pinned_blob_bytes_written,
             ),
             ("lsm_flushes", "Memtable flushes completed", lsm.flushes),
             ("lsm_compactions", "Compactions completed", lsm.compactions),

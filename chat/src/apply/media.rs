@@ -103,8 +103,18 @@ impl Apply<'_, '_> {
             ));
         }
         let key = chunk_key(upload, index);
-        let value = if offset % CHUNK == 0 {
-            encode_chunk(bytes)
+        if offset % CHUNK == 0 {
+            let value = encode_chunk(bytes);
+            // The log store wrote this very value to a blob file: the
+            // chunk points there and its bytes are not written again.
+            match self
+                .rec
+                .bulk_ref()
+                .filter(|r| r.len as usize == value.len())
+            {
+                Some(r) => self.rec.put_blob_ref(key, r, value),
+                None => self.rec.put(key, value),
+            }
         } else {
             // The chunk's earlier bytes are stored: append to them.
             let Some(old) = self.rec.get(&key)? else {
@@ -116,9 +126,8 @@ impl Apply<'_, '_> {
             let mut v = old;
             decode_chunk(&v)?;
             v.extend_from_slice(bytes);
-            v
-        };
-        self.rec.put(key, value);
+            self.rec.put(key, v);
+        }
         u.received = end;
         self.rec.put_as(upload_key(upload), &u)?;
         Ok(Outcome::Upload(u))

@@ -155,11 +155,14 @@ pub fn chunks_for(len: u64) -> u32 {
 
 /// Encodes a chunk's value: `[1][bytes]`.
 pub fn encode_chunk(bytes: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + bytes.len());
-    v.push(1);
+    let mut v = Vec::with_capacity(CHUNK_PREFIX.len() + bytes.len());
+    v.extend_from_slice(CHUNK_PREFIX);
     v.extend_from_slice(bytes);
     v
 }
+
+/// What a chunk's value starts with: its format version.
+pub const CHUNK_PREFIX: &[u8] = &[1];
 
 /// The bytes of a chunk's value.
 pub fn decode_chunk(value: &[u8]) -> Result<&[u8]> {

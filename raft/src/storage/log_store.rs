@@ -33,6 +33,14 @@
 //!   engine's completion, which fires only after an fdatasync covering the
 //!   entries and everything before them. Firing it early is the classic
 //!   openraft bug: a leader would count its own unsynced entry in a quorum.
+//! - **Large entries: bytes once, in a blob file.** An entry carrying at
+//!   least `bulk::BULK_MIN_BYTES` of bulk values has them written to the
+//!   node's pinned blob file and its log record holds references (entry
+//!   format version 2, `codec.rs`); its callback waits for that file's
+//!   sync too, reads rebuild the whole entry, apply finds the references
+//!   in the shard's `BulkIndex`, and a boot drops a tail of entries whose
+//!   bytes a crash lost (`LogStore::drop_unsynced_tail`). The why and the
+//!   file lifetimes: `storage/bulk.rs`.
 //! - **No holes.** Each append's first index must be the stream's next one;
 //!   anything else is refused as a storage error (openraft never asks for
 //!   it; a bug that did would otherwise corrupt the log).
@@ -63,7 +71,8 @@ use missive_engine::lsm::Lsm;
 
 use crate::app::App;
 use crate::ids::{LogId, ShardId, StorageError, Vote};
-use crate::storage::codec::{self, META_COMMITTED, META_PURGED, META_VOTE};
+use crate::storage::bulk::{BulkFiles, BulkIndex, BULK_MIN_BYTES};
+use crate::storage::codec::{self, BulkRef, META_COMMITTED, META_PURGED, META_VOTE};
 use crate::storage::entry_cache::EntryCache;
 use crate::types::{Entry, TypeConfig};
 
@@ -80,6 +89,9 @@ pub struct LogStore<A: App> {
     saved_committed: Option<Option<LogId>>,
     /// The newest entries, decoded, shared with the readers (clones).
     cache: Arc<EntryCache<A>>,
+    /// Where large entries' bulk values go, and the index apply finds them
+    /// by (`storage/bulk.rs`); none: every entry is whole in the log.
+    bulk: Option<(Arc<BulkFiles>, Arc<BulkIndex>)>,
 }
 
 impl<A: App> Clone for LogStore<A> {
@@ -90,6 +102,7 @@ impl<A: App> Clone for LogStore<A> {
             horizon: self.horizon.clone(),
             saved_committed: self.saved_committed,
             cache: Arc::clone(&self.cache),
+            bulk: self.bulk.clone(),
         }
     }
 }
@@ -117,7 +130,170 @@ impl<A: App> LogStore<A> {
             horizon: None,
             saved_committed: None,
             cache: Arc::default(),
+            bulk: None,
         }
+    }
+
+    /// Writes the bulk values of entries carrying at least
+    /// [`BULK_MIN_BYTES`] of them to `files` instead of the log, and tells
+    /// apply where through `index` (`storage/bulk.rs`).
+    pub fn with_bulk(mut self, files: Arc<BulkFiles>, index: Arc<BulkIndex>) -> Self {
+        self.bulk = Some((files, index));
+        self
+    }
+
+    /// Truncates a tail of entries whose bulk bytes a crash lost: their
+    /// log records were written, their blob file was not synced (see
+    /// "A torn tail is dropped at boot" in `storage/bulk.rs`). None of
+    /// them was acknowledged. Call before openraft reads the log. Returns
+    /// how many entries went.
+    pub fn drop_unsynced_tail(&self) -> Result<u64, StorageError> {
+        let Some((files, _)) = &self.bulk else {
+            return Ok(0);
+        };
+        let stream = self.shard.stream();
+        let b = self.log.bounds(stream);
+        if b.is_empty() {
+            return Ok(0);
+        }
+        let read_err = |i: u64, e: &dyn std::error::Error| StorageError::IO {
+            source: StorageIOError::new(
+                ErrorSubject::LogIndex(i.saturating_sub(1)),
+                ErrorVerb::Read,
+                AnyError::error(e.to_string()),
+            ),
+        };
+        let mut keep = b.last;
+        while keep >= b.first {
+            let Some(data) = self.log.get(stream, keep).map_err(|e| read_err(keep, &e))? else {
+                break;
+            };
+            let (_, refs) = codec::decode_stored_entry::<TypeConfig<A>>(&data)
+                .map_err(|e| read_err(keep, &e))?;
+            if refs.iter().all(|r| files.read(&r.blob).is_ok()) {
+                break;
+            }
+            keep -= 1;
+        }
+        let dropped = b.last - keep;
+        if dropped > 0 {
+            tracing::warn!(
+                shard = %self.shard,
+                dropped,
+                "dropping log entries whose bulk bytes were never synced (a crash)"
+            );
+            self.log
+                .truncate_after(stream, keep)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        }
+        Ok(dropped)
+    }
+
+    /// Moves the bulk values of `e` (if it carries enough) to the bulk
+    /// files and encodes it; the values are put back, so `e` stays whole.
+    fn encode_for_log(&self, e: &mut Entry<A>) -> Result<(Vec<u8>, Vec<BulkRef>), StorageError> {
+        let log_id = *e.get_log_id();
+        let werr = |err: &dyn std::error::Error| StorageError::IO {
+            source: StorageIOError::new(
+                ErrorSubject::Log(log_id),
+                ErrorVerb::Write,
+                AnyError::error(err.to_string()),
+            ),
+        };
+        let (files, batch) = match (&self.bulk, &mut e.payload) {
+            (Some((files, _)), openraft::EntryPayload::Normal(batch))
+                if batch.commands.iter().map(A::bulk_bytes).sum::<usize>() >= BULK_MIN_BYTES =>
+            {
+                (files, batch)
+            }
+            _ => {
+                let bytes = codec::encode_entry(e).map_err(|err| werr(&err))?;
+                return Ok((bytes, Vec::new()));
+            }
+        };
+        let mut refs = Vec::new();
+        let mut taken = Vec::new();
+        let mut result = Ok(());
+        for (i, cmd) in batch.commands.iter_mut().enumerate() {
+            let Some((prefix, bytes)) = A::take_bulk(cmd) else {
+                continue;
+            };
+            if bytes.is_empty() {
+                A::put_bulk(cmd, bytes);
+                continue;
+            }
+            // Raft index i lives at engine index i + 1.
+            match files.append(self.shard.stream(), log_id.index + 1, prefix, &bytes) {
+                Ok(blob) => refs.push(BulkRef {
+                    command: i as u32,
+                    blob,
+                }),
+                Err(err) => result = Err(werr(&err)),
+            }
+            taken.push((i, bytes));
+            if result.is_err() {
+                break;
+            }
+        }
+        let encoded = match result {
+            Ok(()) => codec::encode_entry_with_bulk(e, &refs).map_err(|err| werr(&err)),
+            Err(err) => Err(err),
+        };
+        if let openraft::EntryPayload::Normal(batch) = &mut e.payload {
+            for (i, bytes) in taken {
+                if let Some(cmd) = batch.commands.get_mut(i) {
+                    A::put_bulk(cmd, bytes);
+                }
+            }
+        }
+        Ok((encoded?, refs))
+    }
+
+    /// Decodes a log record, reading its bulk values back.
+    fn decode_from_log(&self, index: u64, data: &[u8]) -> Result<Entry<A>, StorageError> {
+        let rerr = |err: &dyn std::error::Error| StorageError::IO {
+            source: StorageIOError::new(
+                ErrorSubject::LogIndex(index),
+                ErrorVerb::Read,
+                AnyError::error(err.to_string()),
+            ),
+        };
+        let (mut e, refs) =
+            codec::decode_stored_entry::<TypeConfig<A>>(data).map_err(|err| rerr(&err))?;
+        if refs.is_empty() {
+            return Ok(e);
+        }
+        let Some((files, bulk_index)) = &self.bulk else {
+            return Err(rerr(&crate::Error::malformed(
+                "raft log entry",
+                "its bulk bytes are in a blob file, and this log store has none",
+            )));
+        };
+        let openraft::EntryPayload::Normal(batch) = &mut e.payload else {
+            return Err(rerr(&crate::Error::malformed(
+                "raft log entry",
+                "bulk references on an entry without commands",
+            )));
+        };
+        for r in &refs {
+            let value = files.read(&r.blob).map_err(|err| rerr(&err))?;
+            let Some(cmd) = batch.commands.get_mut(r.command as usize) else {
+                return Err(rerr(&crate::Error::malformed(
+                    "raft log entry",
+                    "a bulk reference to a command the entry lacks",
+                )));
+            };
+            let prefix = A::take_bulk(cmd).map(|(p, _)| p).unwrap_or_default();
+            if !value.starts_with(prefix) {
+                return Err(rerr(&crate::Error::malformed(
+                    "raft log entry",
+                    "a bulk value without its command's prefix",
+                )));
+            }
+            A::put_bulk(cmd, value.slice(prefix.len()..));
+        }
+        bulk_index.set(index, refs);
+        Ok(e)
     }
 
     /// Purges go no further than the entries whose effects `lsm` has
@@ -254,11 +430,7 @@ impl<A: App> LogStore<A> {
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
         entries
             .iter()
-            .map(|e| {
-                codec::decode_entry::<TypeConfig<A>>(&e.data).map_err(|err| {
-                    io_err(ErrorSubject::LogIndex(e.index - 1), ErrorVerb::Read, &err)
-                })
-            })
+            .map(|e| self.decode_from_log(e.index - 1, &e.data))
             .collect()
     }
 }
@@ -376,11 +548,12 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
         let mut encoded = Vec::new();
         let mut kept = Vec::new();
         let mut first_index = None;
-        for e in entries {
+        let mut moved = Vec::new();
+        for mut e in entries {
             first_index.get_or_insert(e.get_log_id().index);
-            encoded.push(codec::encode_entry(&e).map_err(|err| {
-                io_err(ErrorSubject::Log(*e.get_log_id()), ErrorVerb::Write, &err)
-            })?);
+            let (bytes, refs) = self.encode_for_log(&mut e)?;
+            encoded.push(bytes);
+            moved.push((e.get_log_id().index, refs));
             kept.push(e);
         }
         let stream = self.shard.stream();
@@ -414,8 +587,43 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
             .append(stream, &encoded)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
         if let Some(first) = first_index {
-            self.cache
-                .appended(first, kept.into_iter().zip(encoded.iter().map(Vec::len)));
+            // An entry's size in memory: its record, and the bulk bytes
+            // its record only points to.
+            let sizes = encoded.iter().zip(&moved).map(|(bytes, (_, refs))| {
+                bytes.len() + refs.iter().map(|r| r.blob.len as usize).sum::<usize>()
+            });
+            self.cache.appended(first, kept.into_iter().zip(sizes));
+        }
+        // The newest reference covers the others: an earlier file was
+        // finished (synced) before the next one started.
+        let newest_blob = moved
+            .iter()
+            .rev()
+            .find_map(|(_, refs)| refs.last())
+            .map(|r| r.blob);
+        if let Some((files, index)) = &self.bulk {
+            // Replaces what an overwritten entry at the same index had.
+            for (i, refs) in moved {
+                index.set(i, refs);
+            }
+            let files = Arc::clone(files);
+            // Readable now; the callback waits for the log's fdatasync and
+            // the blob file's, run side by side.
+            tokio::spawn(async move {
+                let blob = async {
+                    match newest_blob {
+                        Some(r) => tokio::task::spawn_blocking(move || files.sync_upto(&r))
+                            .await
+                            .map_err(std::io::Error::other)?
+                            .map_err(std::io::Error::other),
+                        None => Ok(()),
+                    }
+                };
+                let log = async { appended.durable.await.map_err(std::io::Error::other) };
+                let (l, b) = tokio::join!(log, blob);
+                callback.log_io_completed(l.and(b));
+            });
+            return Ok(());
         }
         // Readable now; the callback waits for the fdatasync.
         tokio::spawn(async move {
@@ -429,6 +637,9 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
         // Drop Raft indexes >= log_id.index: keep engine indexes <= it.
         // The cache first, so no reader gets a dropped entry from it.
         self.cache.truncate_from(log_id.index);
+        if let Some((_, index)) = &self.bulk {
+            index.truncate_from(log_id.index);
+        }
         let d = self
             .log
             .submit_truncate_after(self.shard.stream(), log_id.index)
@@ -460,6 +671,139 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
             .log
             .submit_purge_upto(stream, upto)
             .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))?;
-        durable(d, ErrorSubject::Log(log_id)).await
+        durable(d, ErrorSubject::Log(log_id)).await?;
+        if let Some((files, _)) = &self.bulk {
+            // Files no log entry can reference any more are unpinned: the
+            // tables that reference their live values keep them.
+            files
+                .release()
+                .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use crate::app::Batch;
+    use crate::test_app::{Kv, KvCommand};
+    use missive_engine::log::LogOptions;
+    use missive_engine::lsm::LsmOptions;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    struct Node {
+        log: Arc<Log>,
+        files: Arc<BulkFiles>,
+        index: Arc<BulkIndex>,
+        store: LogStore<Kv>,
+    }
+
+    fn open(dir: &std::path::Path) -> Node {
+        let lsm = Arc::new(
+            Lsm::open(
+                dir.join("lsm"),
+                LsmOptions {
+                    background: false,
+                    ..LsmOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let log = Arc::new(Log::open(dir.join("log"), LogOptions::default()).unwrap());
+        let files = Arc::new(BulkFiles::open(lsm, Arc::clone(&log)));
+        let index = Arc::new(BulkIndex::default());
+        let store = LogStore::new(Arc::clone(&log), ShardId(1))
+            .with_bulk(Arc::clone(&files), Arc::clone(&index));
+        Node {
+            log,
+            files,
+            index,
+            store,
+        }
+    }
+
+    fn entry(index: u64, value_len: usize) -> Entry<Kv> {
+        Entry::<Kv> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch::<Kv> {
+                stamp_micros: 7,
+                commands: vec![
+                    KvCommand::Delete { key: vec![9] },
+                    KvCommand::Put {
+                        key: vec![1, index as u8],
+                        value: (0..value_len)
+                            .map(|i| (i * 7 + index as usize) as u8)
+                            .collect(),
+                    },
+                ],
+            }),
+        }
+    }
+
+    /// Writes `e` as the log store's append does, without openraft.
+    fn append(n: &Node, mut e: Entry<Kv>, sync_blob: bool) -> Vec<BulkRef> {
+        let (bytes, refs) = n.store.encode_for_log(&mut e).unwrap();
+        n.log.append(ShardId(1).stream(), &[bytes]).unwrap();
+        if sync_blob {
+            for r in &refs {
+                n.files.sync_upto(&r.blob).unwrap();
+            }
+        }
+        refs
+    }
+
+    /// A large entry's bulk value goes to a blob file (the log record
+    /// holds its reference) and reads back whole, telling apply where it
+    /// is; a small entry stays whole in the log.
+    #[test]
+    fn a_large_entry_keeps_its_bulk_in_a_blob_file_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = open(dir.path());
+        let big = entry(0, 200_000);
+        let mut e = big.clone();
+        let (bytes, refs) = n.store.encode_for_log(&mut e).unwrap();
+        assert_eq!(
+            format!("{e:?}"),
+            format!("{big:?}"),
+            "the entry is whole again"
+        );
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].command, 1);
+        assert_eq!(refs[0].blob.len, 200_000);
+        assert!(bytes.len() < 200, "{} bytes in the log record", bytes.len());
+        n.log.append(ShardId(1).stream(), &[bytes]).unwrap();
+        append(&n, entry(1, 100), true);
+        let back = n.store.read_range(0, 2).unwrap();
+        assert_eq!(format!("{:?}", back[0]), format!("{big:?}"));
+        assert_eq!(format!("{:?}", back[1]), format!("{:?}", entry(1, 100)));
+        assert_eq!(n.index.get(0), refs);
+        assert!(n.index.get(1).is_empty());
+    }
+
+    /// A crash after a log record was written but before its bulk bytes
+    /// were synced: the boot drops that tail (never acknowledged) and
+    /// keeps the entries before it.
+    #[test]
+    fn entries_whose_bulk_bytes_were_never_synced_are_dropped_at_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let n = open(dir.path());
+            append(&n, entry(0, 150_000), true);
+            append(&n, entry(1, 10), true);
+            append(&n, entry(2, 150_000), false);
+            append(&n, entry(3, 150_000), false);
+            assert_eq!(n.log.bounds(ShardId(1).stream()).last, 4);
+        }
+        let n = open(dir.path());
+        assert_eq!(n.store.drop_unsynced_tail().unwrap(), 2);
+        assert_eq!(n.log.bounds(ShardId(1).stream()).last, 2);
+        let back = n.store.read_range(0, 4).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(format!("{:?}", back[0]), format!("{:?}", entry(0, 150_000)));
+        // Nothing more to drop the next time.
+        assert_eq!(n.store.drop_unsynced_tail().unwrap(), 0);
     }
 }

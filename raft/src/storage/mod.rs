@@ -15,6 +15,9 @@
 //! - `codec` — how entries, votes and log pointers are stored in the log.
 //! - `meta` — the runtime's own records in the LSM (a group's `Applied`
 //!   position, the cluster map), byte by byte.
+//! - `bulk` — large entries' bytes kept out of the log: written once into
+//!   a pinned blob file of the LSM, applied as references, released with
+//!   the log entries that named them.
 //! - `log_store` — **the replication write path's durable half**:
 //!   openraft's log storage on the engine log (vote, committed, append with
 //!   a flush callback that fires only when durable, truncate, purge).
@@ -29,6 +32,7 @@
 //! - `snapshot` — snapshot data: a pinned LSM view, or a received file.
 //! - `snapshot_receive` — a follower's incoming snapshot transfers.
 
+pub mod bulk;
 pub mod codec;
 pub(crate) mod entry_cache;
 pub mod log_store;

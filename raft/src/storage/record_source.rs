@@ -16,12 +16,12 @@
 //! own tests run its rules over a `BTreeMap` ([`Records::over`]) with no
 //! disk and no Raft.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use missive_engine::lsm::{Lsm, WriteBatch};
+use missive_engine::lsm::{BlobRef, Lsm, WriteBatch};
 
 use crate::error::Result;
 use crate::storage::codec;
@@ -78,6 +78,12 @@ pub struct Records<'a> {
     cache: Option<&'a mut RecordCache>,
     /// Writes so far; `None` deletes.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The pending writes whose value is already in a blob file, there
+    /// (`Records::put_blob_ref`): the batch carries the reference.
+    by_ref: HashMap<Vec<u8>, BlobRef>,
+    /// Where the command being applied keeps its bulk bytes, if its log
+    /// store moved them to a blob file (`storage/bulk.rs`).
+    bulk: Option<BlobRef>,
     /// The key ranges `[lo, hi)` that are this shard's data
     /// (`SlotMap::key_ranges`); none over a test's map unless given.
     owned: &'a [(Vec<u8>, Option<Vec<u8>>)],
@@ -101,6 +107,8 @@ impl<'a> Records<'a> {
             source: lsm,
             cache: Some(cache),
             pending: BTreeMap::new(),
+            by_ref: HashMap::new(),
+            bulk: None,
             owned,
         }
     }
@@ -114,6 +122,8 @@ impl<'a> Records<'a> {
             source,
             cache: None,
             pending: BTreeMap::new(),
+            by_ref: HashMap::new(),
+            bulk: None,
             owned: &[],
         }
     }
@@ -236,7 +246,37 @@ impl<'a> Records<'a> {
 
     /// Writes `value` under `key`.
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.by_ref.remove(&key);
         self.pending.insert(key, Some(value));
+    }
+
+    /// Where the command being applied keeps its bulk bytes
+    /// (`App::take_bulk`'s `prefix ‖ bytes`) in a blob file, when its log
+    /// store put them there: a rule that stores exactly that value under
+    /// a key writes it with [`Records::put_blob_ref`], and the bytes are
+    /// not written again. `None`: the bytes are only in the command.
+    pub fn bulk_ref(&self) -> Option<BlobRef> {
+        self.bulk
+    }
+
+    /// Sets what [`Records::bulk_ref`] returns (per command, by apply).
+    pub(crate) fn set_bulk_ref(&mut self, r: Option<BlobRef>) {
+        self.bulk = r;
+    }
+
+    /// Writes `value` under `key` as the reference `r` (a
+    /// [`Records::bulk_ref`]) to where its bytes already are: `value` must
+    /// be those bytes (it is what this call's later reads see).
+    pub fn put_blob_ref(&mut self, key: Vec<u8>, r: BlobRef, value: Vec<u8>) {
+        debug_assert_eq!(value.len(), r.len as usize, "a reference to another value");
+        self.pending.insert(key.clone(), Some(value));
+        self.by_ref.insert(key, r);
+    }
+
+    /// The blob references the batch carries (apply makes sure each is
+    /// synced before the LSM takes it).
+    pub(crate) fn blob_refs(&self) -> impl Iterator<Item = &BlobRef> {
+        self.by_ref.values()
     }
 
     /// Writes `v`, encoded (`codec::encode`), under `key`.
@@ -248,6 +288,7 @@ impl<'a> Records<'a> {
 
     /// Deletes `key`.
     pub fn delete(&mut self, key: Vec<u8>) {
+        self.by_ref.remove(&key);
         self.pending.insert(key, None);
     }
 
@@ -255,9 +296,10 @@ impl<'a> Records<'a> {
     pub(crate) fn batch(&self) -> WriteBatch {
         let mut b = WriteBatch::new();
         for (k, v) in &self.pending {
-            match v {
-                Some(v) => b.put(k, v),
-                None => b.delete(k),
+            match (v, self.by_ref.get(k)) {
+                (Some(_), Some(r)) => b.put_blob_ref(k, r),
+                (Some(v), None) => b.put(k, v),
+                (None, _) => b.delete(k),
             };
         }
         b

@@ -70,6 +70,7 @@ use crate::cluster::slots::SlotMap;
 use crate::cluster::split::{self, Owned, Ownership};
 use crate::error::{Error, Result};
 use crate::ids::{ShardId, SnapshotMeta, StorageError, StoredMembership};
+use crate::storage::bulk::{BulkFiles, BulkIndex};
 use crate::storage::codec;
 use crate::storage::meta::{
     applied_key, cluster_map_key, frozen_key, owner_key, owner_range, Applied, Frozen, Owner,
@@ -205,6 +206,10 @@ pub struct StateMachine<A: App> {
     snapshot_dir: PathBuf,
     /// Unique names for received-snapshot files.
     received: Arc<AtomicU64>,
+    /// The node's bulk files and where this shard's entries put their
+    /// bulk values (`storage/bulk.rs`); none: every value is applied
+    /// inline.
+    bulk: Option<(Arc<BulkFiles>, Arc<BulkIndex>)>,
 }
 
 impl<A: App> std::fmt::Debug for StateMachine<A> {
@@ -300,7 +305,15 @@ impl<A: App> StateMachine<A> {
             current: Arc::new(Mutex::new(None)),
             snapshot_dir,
             received: Arc::new(AtomicU64::new(0)),
+            bulk: None,
         })
+    }
+
+    /// Applies the bulk values the shard's log store moved to the node's
+    /// bulk files as references to them (`storage/bulk.rs`).
+    pub(crate) fn with_bulk(mut self, files: Arc<BulkFiles>, index: Arc<BulkIndex>) -> Self {
+        self.bulk = Some((files, index));
+        self
     }
 
     /// The key ranges a snapshot of this shard carries: a data shard's
@@ -419,7 +432,16 @@ impl<A: App> StateMachine<A> {
                 EntryPayload::Blank => run.out.push(BatchResponse::default()),
                 EntryPayload::Normal(batch) => {
                     let mut outcomes = Vec::with_capacity(batch.commands.len());
-                    for cmd in &batch.commands {
+                    let bulk = match &self.bulk {
+                        Some((_, index)) => index.get(e.log_id.index),
+                        None => Vec::new(),
+                    };
+                    for (i, cmd) in batch.commands.iter().enumerate() {
+                        records.set_bulk_ref(
+                            bulk.iter()
+                                .find(|b| b.command as usize == i)
+                                .map(|b| b.blob),
+                        );
                         if !self.shard.is_directory() {
                             let checkpoint =
                                 matches!(A::as_cluster(cmd), Some(ClusterCommand::Checkpoint));
@@ -532,10 +554,22 @@ impl<A: App> StateMachine<A> {
         let Some(last) = applied.last_applied else {
             return Ok(());
         };
+        records.set_bulk_ref(None);
         records.put(
             applied_key(self.shard),
             codec::encode("applied state", &applied).map_err(|e| sm_err(ErrorVerb::Write, &e))?,
         );
+        if let Some((files, index)) = &self.bulk {
+            // A quorum of other replicas may have committed these entries
+            // before this one synced its copy of their bytes.
+            for r in records.blob_refs() {
+                files
+                    .sync_upto(r)
+                    .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+            }
+            // Read before the batch: apply found what it needed.
+            index.applied_upto(last.index);
+        }
         self.lsm
             .apply(
                 &records.batch(),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use common::{config, start, token, Http};
+use common::{config, metric, metrics, start, token, Http};
 
 /// A file of `len` bytes that compresses poorly (as media does).
 fn file(len: usize, seed: u64) -> Vec<u8> {
@@ -206,6 +206,56 @@ async fn an_upload_cut_at_any_point_resumes_to_the_exact_bytes() {
     assert_eq!(id, hex(blake3::hash(&other).as_bytes()));
     let (_, _, bytes) = get(&h, &format!("/v1/media/{id}"), None).await;
     assert!(bytes == other, "the stored bytes differ from the upload");
+    srv.shutdown().await.unwrap();
+}
+
+/// The write-once layout (design.md §4.3.3): an upload's whole chunks go
+/// to a blob file once, not into the Raft log, and come back byte for
+/// byte — before and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploads_bytes_are_written_once_outside_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let srv = start(c.clone()).await;
+    let h = Http::new(srv.addr(), token(&c, 1, 1));
+    let counters = |text: &str| {
+        (
+            metric(text, "missive_log_bytes_written_total").unwrap(),
+            metric(text, "missive_lsm_pinned_blob_bytes_written_total").unwrap(),
+        )
+    };
+    let (log0, pinned0) = counters(&metrics(srv.addr()).await);
+    let data = file(4 << 20, 11);
+    let id = upload(&h, &data, "four.bin", "application/octet-stream").await;
+    let (log1, pinned1) = counters(&metrics(srv.addr()).await);
+    let mib = f64::from(1 << 20);
+    assert!(
+        pinned1 - pinned0 >= data.len() as f64,
+        "{} bytes to blob files for a {}-byte upload",
+        pinned1 - pinned0,
+        data.len()
+    );
+    assert!(
+        log1 - log0 < mib,
+        "the log took {} bytes of a 4 MiB upload",
+        log1 - log0
+    );
+    let (s, _, bytes) = get(&h, &format!("/v1/media/{id}"), None).await;
+    assert_eq!(s, 200);
+    assert!(bytes == data, "the stored bytes differ from the upload");
+    srv.shutdown().await.unwrap();
+    let srv = start(c.clone()).await;
+    let h = Http::new(srv.addr(), token(&c, 1, 1));
+    let (s, _, bytes) = get(
+        &h,
+        &format!("/v1/media/{id}"),
+        Some("bytes=1048570-1048585"),
+    )
+    .await;
+    assert_eq!(s, 206);
+    assert_eq!(bytes, data[1_048_570..=1_048_585]);
+    let (_, _, bytes) = get(&h, &format!("/v1/media/{id}"), None).await;
+    assert!(bytes == data, "the stored bytes differ after a restart");
     srv.shutdown().await.unwrap();
 }
 
