@@ -70,7 +70,10 @@ pub struct MediaArgs {
 /// `len` pseudo-random (incompressible) bytes: xorshift64, a word at a
 /// time.
 fn bytes_of(len: usize, seed: u64) -> bytes::Bytes {
-    let mut x = seed | 1;
+    // Odd and non-zero, and distinct for distinct seeds: `seed | 1` gave
+    // seeds 2k and 2k + 1 the same bytes, so half of every round's files
+    // were duplicates the server deduplicated (until 2026-12-08).
+    let mut x = (seed << 1) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         x ^= x << 13;
